@@ -1,0 +1,198 @@
+"""Settings: one schema, loaded once from config.yaml plus environment overrides.
+
+Every option is a dataclass field with a default, a type and a help text (``metadata["help"]``).
+The environment variable for an option is ``DAVSERVER_`` + section + ``_`` + key, upper-cased
+(``database.url`` -> ``DAVSERVER_DATABASE_URL``); top-level options drop the section
+(``data_dir`` -> ``DAVSERVER_DATA_DIR``). Settings are frozen and passed to constructors; nothing
+reads them from a global.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "DAVSERVER_"
+
+
+def opt(default: Any, help: str) -> Any:
+    """A settings field with its help text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = opt("127.0.0.1", "Address to listen on; 0.0.0.0 for every interface.")
+    port: int = opt(8080, "TCP port to listen on.")
+    threads: int = opt(32, "Worker threads; each request, upload or download holds one.")
+    block_size: int = opt(1024 * 1024, "Bytes per read or write when streaming bodies.")
+    max_xml_body: int = opt(1024 * 1024, "Largest PROPFIND/PROPPATCH/LOCK body accepted (413).")
+    request_timeout: int = opt(60, "Seconds a connection may stay idle before it is closed.")
+    ssl_certificate: str = opt("", "PEM certificate file; TLS is on when this and the key are set.")
+    ssl_private_key: str = opt("", "PEM private key file for TLS.")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = opt("", "SQLAlchemy URL; empty means SQLite at <data_dir>/davserver.sqlite3.")
+    pool_size: int = opt(10, "Connections kept open per server process (PostgreSQL).")
+    echo: bool = opt(False, "Log every SQL statement (debugging only).")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    blob_dir: str = opt("", "Folder of the blob store; empty means <data_dir>/blobs.")
+    fsync: bool = opt(True, "Make each blob durable (fsync) before its version is committed.")
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    user: str = opt("admin", "Username of the first admin, created on start if missing.")
+    password: str = opt("", "Password of the first admin; empty means generate and print once.")
+
+
+@dataclass(frozen=True)
+class DavSettings:
+    realm: str = opt("davserver", "Realm shown in the Basic authentication prompt.")
+    lock_max_timeout: int = opt(7 * 24 * 3600, "Longest lock lifetime a client may ask for (s).")
+    delete_to_trash: bool = opt(True, "DELETE moves items to the trash instead of purging them.")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = opt("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
+    access_log: bool = opt(False, "Log one line per request (costs CPU on busy servers).")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str = opt("./data", "Folder for the SQLite database and blobs when no URL is set.")
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    dav: DavSettings = field(default_factory=DavSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'davserver.sqlite3'}"
+
+    @property
+    def blob_path(self) -> Path:
+        return Path(self.storage.blob_dir or Path(self.data_dir) / "blobs").resolve()
+
+
+class ConfigError(ValueError):
+    """A config file or environment value that does not fit the schema."""
+
+
+def iter_options() -> typing.Iterator[tuple[str, dataclasses.Field[Any]]]:
+    """Every option as (dotted name, field), top-level first."""
+    for f in dataclasses.fields(Settings):
+        if dataclasses.is_dataclass(_field_type(Settings, f)):
+            for sub in dataclasses.fields(_field_type(Settings, f)):
+                yield f"{f.name}.{sub.name}", sub
+        else:
+            yield f.name, f
+
+
+def env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build settings from defaults, then the YAML file, then the environment, then overrides.
+
+    ``overrides`` use dotted names with ``__`` for the dot (``server__port=8081``).
+    Raises ConfigError on unknown keys or values of the wrong type.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path is not None and Path(path).exists():
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        values = _flatten(loaded)
+    known = dict(iter_options())
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s) in {path}: {', '.join(unknown)}")
+    for dotted in known:
+        if env_name(dotted) in env:
+            values[dotted] = env[env_name(dotted)]
+    for key, value in overrides.items():
+        dotted = key.replace("__", ".")
+        if dotted not in known:
+            raise ConfigError(f"unknown option: {dotted}")
+        if value is not None:
+            values[dotted] = value
+    return _build(values)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _field_type(cls: type, f: dataclasses.Field[Any]) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _coerce(dotted: str, kind: Any, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{dotted}: expected true or false, got {value!r}")
+    if kind is int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{dotted}: expected an integer, got {value!r}") from None
+    if kind is str:
+        return "" if value is None else str(value)
+    if isinstance(kind, types.UnionType):
+        return value
+    raise ConfigError(f"{dotted}: unsupported type {kind!r}")
+
+
+def _build(values: Mapping[str, Any]) -> Settings:
+    top: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        kind = _field_type(Settings, f)
+        if dataclasses.is_dataclass(kind):
+            sub_kwargs = {
+                sub.name: _coerce(f"{f.name}.{sub.name}", _field_type(kind, sub), values[key])
+                for sub in dataclasses.fields(kind)
+                if (key := f"{f.name}.{sub.name}") in values
+            }
+            top[f.name] = kind(**sub_kwargs)  # type: ignore[operator]
+        elif f.name in values:
+            top[f.name] = _coerce(f.name, kind, values[f.name])
+    return Settings(**top)

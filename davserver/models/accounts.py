@@ -1,0 +1,167 @@
+"""Accounts: users, roles, groups, login sessions, refresh tokens, API keys, revoked tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from davserver.db.base import Base
+from davserver.db.types import (
+    InetType,
+    UTCDateTime,
+    created_at,
+    timestamp,
+    timestamp_or_none,
+    utcnow,
+    uuid_pk,
+)
+
+SYSTEM_ROLES = ("admin", "moderator", "user", "viewer")
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        sa.CheckConstraint("length(username) >= 3", name="username_min_length"),
+        sa.CheckConstraint("email IS NULL OR email LIKE '%_@_%'", name="email_format"),
+        sa.CheckConstraint("quota_bytes IS NULL OR quota_bytes >= 0", name="quota_not_negative"),
+    )
+
+    id: Mapped[uuid_pk]
+    username: Mapped[str] = mapped_column(sa.String(150), unique=True)
+    email: Mapped[str | None] = mapped_column(sa.String(320), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(sa.String(255))
+    is_active: Mapped[bool] = mapped_column(default=True)
+    last_login_at: Mapped[timestamp_or_none]
+    created_at: Mapped[created_at]
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[timestamp_or_none]
+    # None means unlimited; usage counts the logical bytes of the user's current files.
+    quota_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+
+class Role(Base):
+    __tablename__ = "roles"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(sa.String(50), unique=True)
+    description: Mapped[str] = mapped_column(sa.String(255), default="")
+    is_system: Mapped[bool] = mapped_column(default=False)
+
+
+class UserRole(Base):
+    __tablename__ = "user_roles"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    role_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True
+    )
+    assigned_by: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    assigned_at: Mapped[created_at]
+
+
+class Group(Base):
+    __tablename__ = "groups"
+
+    id: Mapped[uuid_pk]
+    name: Mapped[str] = mapped_column(sa.String(150), unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[created_at]
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    added_at: Mapped[created_at]
+
+
+class LoginSession(Base):
+    """One client session: a run of requests from one client with one credential."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[uuid_pk]
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    started_at: Mapped[created_at]
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[timestamp_or_none]
+    ended_at: Mapped[timestamp_or_none]
+    user_agent: Mapped[str] = mapped_column(sa.String(512), default="")
+    ip: Mapped[str | None] = mapped_column(InetType)
+    token_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+
+
+class RefreshToken(Base):
+    """A 30-day refresh token; each use replaces it, and reuse revokes its whole family."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[uuid_pk]
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    session_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("sessions.id", ondelete="SET NULL")
+    )
+    family_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    issued_at: Mapped[created_at]
+    expires_at: Mapped[timestamp]
+    revoked_at: Mapped[timestamp_or_none]
+    replaced_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("refresh_tokens.id", ondelete="SET NULL")
+    )
+
+
+class RevokedToken(Base):
+    """An access token revoked before its expiry (kept until it would have expired)."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE")
+    )
+    revoked_at: Mapped[created_at]
+    expires_at: Mapped[timestamp]
+
+
+class ApiKey(Base):
+    """An API key usable as a Basic password; only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        sa.CheckConstraint("scope IN ('read', 'readwrite')", name="scope_known"),
+    )
+
+    id: Mapped[uuid_pk]
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(150))
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(16))
+    scope: Mapped[str] = mapped_column(sa.String(16), default="readwrite")
+    created_at: Mapped[created_at]
+    expires_at: Mapped[timestamp_or_none]
+    last_used_at: Mapped[timestamp_or_none]
+    is_active: Mapped[bool] = mapped_column(default=True)

@@ -1,0 +1,64 @@
+"""The logbook: one row per state change, login, download and administrative action."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from davserver.db.base import Base
+from davserver.db.types import InetType, JSONType, UTCDateTime, bigint_pk, utcnow
+
+
+class Op(enum.StrEnum):
+    """Operation types, as ``area:object:verb``."""
+
+    FILE_CREATE = "file:create"
+    FILE_VERSION_CREATE = "file:version:create"
+    FILE_DOWNLOAD = "file:download"
+    FOLDER_CREATE = "folder:create"
+    NODE_MOVE = "node:move"
+    NODE_COPY = "node:copy"
+    NODE_DELETE = "node:delete"
+    NODE_PROPPATCH = "node:proppatch"
+    LOCK_CREATE = "lock:create"
+    LOCK_REFRESH = "lock:refresh"
+    LOCK_DELETE = "lock:delete"
+    USER_CREATE = "user:create"
+    LOGIN_SUCCESS = "auth:login"
+    LOGIN_FAILURE = "auth:login:failure"
+
+
+class LogEntry(Base):
+    __tablename__ = "logbook"
+    __table_args__ = (
+        sa.Index("ix_logbook_user_time", "user_id", "occurred_at"),
+        sa.Index("ix_logbook_node_time", "node_id", "occurred_at"),
+        sa.Index("ix_logbook_op_time", "op_type", "occurred_at"),
+    )
+
+    id: Mapped[bigint_pk]
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    session_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("sessions.id", ondelete="SET NULL")
+    )
+    op_type: Mapped[str] = mapped_column(sa.String(64))
+    node_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("nodes.id", ondelete="SET NULL")
+    )
+    version_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("file_versions.id", ondelete="SET NULL")
+    )
+    package_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("packages.id", ondelete="SET NULL")
+    )
+    remote_addr: Mapped[str | None] = mapped_column(InetType)
+    user_agent: Mapped[str | None] = mapped_column(sa.String(512))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

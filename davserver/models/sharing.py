@@ -1,0 +1,73 @@
+"""Grants and packages: who may do what with a node, and named bundles of pinned versions."""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from davserver.db.base import Base
+from davserver.db.types import created_at, timestamp_or_none, uuid_pk
+
+
+class Grant(Base):
+    """Rights on a node (and everything below it) for exactly one user or one group."""
+
+    __tablename__ = "grants"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "(user_id IS NULL) <> (group_id IS NULL)", name="one_grantee"
+        ),
+        sa.Index("ix_grants_node_user", "node_id", "user_id"),
+        sa.Index("ix_grants_node_group", "node_id", "group_id"),
+    )
+
+    id: Mapped[uuid_pk]
+    node_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("nodes.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    group_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("groups.id", ondelete="CASCADE"), index=True
+    )
+    can_read: Mapped[bool] = mapped_column(default=False)
+    can_download: Mapped[bool] = mapped_column(default=False)
+    can_write: Mapped[bool] = mapped_column(default=False)
+    can_share: Mapped[bool] = mapped_column(default=False)
+    granted_by: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    granted_at: Mapped[created_at]
+    expires_at: Mapped[timestamp_or_none]
+
+
+class Package(Base):
+    __tablename__ = "packages"
+    __table_args__ = (sa.UniqueConstraint("created_by", "name"),)
+
+    id: Mapped[uuid_pk]
+    name: Mapped[str] = mapped_column(sa.String(255))
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    created_by: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[created_at]
+    expires_at: Mapped[timestamp_or_none]
+    archive_blob_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("blobs.id"))
+
+
+class PackageItem(Base):
+    """One pinned file version inside a package, at a path inside the archive."""
+
+    __tablename__ = "package_items"
+    __table_args__ = (sa.UniqueConstraint("package_id", "path_in_archive"),)
+
+    id: Mapped[uuid_pk]
+    package_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("packages.id", ondelete="CASCADE")
+    )
+    node_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("nodes.id", ondelete="SET NULL")
+    )
+    version_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("file_versions.id"))
+    path_in_archive: Mapped[str] = mapped_column(sa.String(1024))
+    added_at: Mapped[created_at]

@@ -1,0 +1,70 @@
+"""Test databases: a fresh SQLite file or a fresh PostgreSQL database per test session.
+
+PostgreSQL comes from DAVSERVER_TEST_PG (default: the local server at 127.0.0.1:5432, user
+postgres, database test). Each test run creates its own database ``davserver_t_<random>`` and
+drops it at the end. Without a reachable server the PostgreSQL tests skip with the reason,
+unless the environment variable CI is set: then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import sqlalchemy as sa
+
+PG_ADMIN_URL = os.environ.get(
+    "DAVSERVER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def pg_unavailable_reason() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    engine = sa.create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return None
+    except Exception as exc:  # any failure to reach it is a reason to skip
+        return f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
+
+
+def require_pg() -> None:
+    """Skip (or, under CI, fail) the calling test when PostgreSQL is unreachable."""
+    reason = pg_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so PostgreSQL tests must run: {reason}")
+    pytest.skip(reason)
+
+
+@contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """Create an empty PostgreSQL database, yield its URL, drop it afterwards."""
+    name = f"davserver_t_{secrets.token_hex(6)}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@contextmanager
+def fresh_database_url(engine: str, tmp_dir: str) -> Iterator[str]:
+    """An empty database of the given engine ("sqlite" or "postgresql")."""
+    if engine == "sqlite":
+        yield f"sqlite:///{tmp_dir}/davserver.sqlite3"
+    else:
+        require_pg()
+        with fresh_pg_database() as url:
+            yield url
