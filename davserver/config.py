@@ -70,6 +70,9 @@ class DavSettings:
 class LoggingSettings:
     level: str = opt("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
     access_log: bool = opt(False, "Log one line per request (costs CPU on busy servers).")
+    query_header: bool = opt(
+        False, "Add X-Query-Count (SQL statements run) to every response; for benchmarks."
+    )
 
 
 @dataclass(frozen=True)

@@ -138,9 +138,7 @@ class RevokedToken(Base):
     __tablename__ = "revoked_tokens"
 
     jti: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    user_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("users.id", ondelete="CASCADE")
-    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
     revoked_at: Mapped[created_at]
     expires_at: Mapped[timestamp]
 
@@ -149,9 +147,7 @@ class ApiKey(Base):
     """An API key usable as a Basic password; only its SHA-256 is stored."""
 
     __tablename__ = "api_keys"
-    __table_args__ = (
-        sa.CheckConstraint("scope IN ('read', 'readwrite')", name="scope_known"),
-    )
+    __table_args__ = (sa.CheckConstraint("scope IN ('read', 'readwrite')", name="scope_known"),)
 
     id: Mapped[uuid_pk]
     user_id: Mapped[uuid.UUID] = mapped_column(

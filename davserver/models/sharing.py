@@ -16,9 +16,7 @@ class Grant(Base):
 
     __tablename__ = "grants"
     __table_args__ = (
-        sa.CheckConstraint(
-            "(user_id IS NULL) <> (group_id IS NULL)", name="one_grantee"
-        ),
+        sa.CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="one_grantee"),
         sa.Index("ix_grants_node_user", "node_id", "user_id"),
         sa.Index("ix_grants_node_group", "node_id", "group_id"),
     )
@@ -62,9 +60,7 @@ class PackageItem(Base):
     __table_args__ = (sa.UniqueConstraint("package_id", "path_in_archive"),)
 
     id: Mapped[uuid_pk]
-    package_id: Mapped[uuid.UUID] = mapped_column(
-        sa.ForeignKey("packages.id", ondelete="CASCADE")
-    )
+    package_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("packages.id", ondelete="CASCADE"))
     node_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("nodes.id", ondelete="SET NULL")
     )

@@ -1,0 +1,1 @@
+"""Authentication: the WebDAV domain controller, password hashing, the credential cache."""

@@ -1,0 +1,42 @@
+"""Password hashing through passlib's API (the maintained ``libpass`` distribution).
+
+argon2id for new hashes; bcrypt hashes from imported accounts still verify and are flagged for
+an upgrade to argon2 on the next successful login. Inputs longer than MAX_PASSWORD_BYTES are
+refused before any hashing, so a huge password costs nothing. At most ``max_concurrent``
+hashes run at once (argon2 takes 64 MiB each), so a burst of logins cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from passlib.context import CryptContext
+
+MAX_PASSWORD_BYTES = 1024
+
+_context = CryptContext(schemes=["argon2", "bcrypt"], deprecated=["bcrypt"])
+
+
+class PasswordHasher:
+    def __init__(self, *, max_concurrent: int = 4) -> None:
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        # A fixed hash to verify against when the user does not exist, so unknown users
+        # cost the same time as wrong passwords.
+        self._dummy_hash = _context.hash("davserver-dummy-password")
+
+    def hash(self, password: str) -> str:
+        with self._slots:
+            return _context.hash(password)
+
+    def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
+        """(matches, replacement hash or None). Unknown hash formats never match."""
+        if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+            return False, None
+        with self._slots:
+            if not stored_hash:
+                _context.verify(password, self._dummy_hash)
+                return False, None
+            try:
+                return _context.verify_and_update(password, stored_hash)
+            except (ValueError, TypeError):
+                return False, None

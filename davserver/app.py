@@ -1,0 +1,117 @@
+"""Assembles the application: database, blob store, services, WsgiDAV and its middleware."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import event
+from wsgidav.wsgidav_app import WsgiDAVApp
+
+from auth.credentials import CredentialCache
+from auth.domain_controller import DbDomainController
+from auth.passwords import PasswordHasher
+from davserver.blobstore import FileSystemBlobStore
+from davserver.config import Settings
+from davserver.db import Database
+from davserver.services.accounts import AccountService
+from davserver.services.files import FileService
+from providers.dispatch import DavRequestResolver
+from providers.lock_storage import SqlLockStorage
+from providers.provider import DavProvider
+
+# Bodies WsgiDAV reads whole into memory (PROPFIND, PROPPATCH, LOCK, ...) are capped.
+_STREAMED_METHODS = frozenset({"PUT", "GET", "HEAD"})
+
+
+class Application:
+    """The WSGI application and everything it owns; ``close()`` releases it all."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(
+            settings.database_url,
+            pool_size=settings.database.pool_size,
+            echo=settings.database.echo,
+        )
+        self.blobs = FileSystemBlobStore(settings.blob_path, fsync=settings.storage.fsync)
+        self.hasher = PasswordHasher()
+        self.credentials = CredentialCache()
+        self.accounts = AccountService(self.db, self.hasher, self.credentials)
+        self.files = FileService(self.db, self.blobs)
+        self.lock_storage = SqlLockStorage(self.db, max_timeout=settings.dav.lock_max_timeout)
+        self.provider = DavProvider(self.files)
+        self._queries = threading.local()
+        if settings.logging.query_header:
+            event.listen(self.db.engine, "before_cursor_execute", self._count_query)
+        self.dav = WsgiDAVApp(self._wsgidav_config())
+
+    def _wsgidav_config(self) -> dict[str, Any]:
+        return {
+            "provider_mapping": {"/": self.provider},
+            "http_authenticator": {
+                "domain_controller": DbDomainController,
+                "accept_basic": True,
+                "accept_digest": False,
+                "default_to_digest": False,
+            },
+            "davserver": {"accounts": self.accounts, "realm": self.settings.dav.realm},
+            "lock_storage": self.lock_storage,
+            "property_manager": None,
+            "mutable_live_props": ["{DAV:}getlastmodified"],
+            "honor_mtime_header": True,
+            "hotfixes": {"emulate_win32_lastmod": False, "re_encode_path_info": True},
+            "add_header_MS_Author_Via": True,
+            "block_size": self.settings.server.block_size,
+            "dir_browser": {"enable": False},
+            "middleware_stack": [
+                "wsgidav.error_printer.ErrorPrinter",
+                "wsgidav.http_authenticator.HTTPAuthenticator",
+                DavRequestResolver,
+            ],
+            "verbose": 1,
+            "logging": {"enable": False},
+            "suppress_version_info": True,
+        }
+
+    def _count_query(self, *_args: Any) -> None:
+        self._queries.count = getattr(self._queries, "count", 0) + 1
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "")
+        if method not in _STREAMED_METHODS:
+            length = environ.get("CONTENT_LENGTH", "") or "0"
+            if not length.isdigit():
+                return _plain(start_response, "400 Bad Request", "Invalid Content-Length\n")
+            if int(length) > self.settings.server.max_xml_body:
+                return _plain(start_response, "413 Content Too Large", "Request body too large\n")
+        if self.settings.logging.query_header:
+            self._queries.count = 0
+            start_response = self._with_query_header(start_response)
+        try:
+            return self.dav(environ, start_response)
+        except UnicodeError:
+            return _plain(start_response, "400 Bad Request", "The URL is not valid UTF-8\n")
+
+    def _with_query_header(self, start_response: Any) -> Any:
+        def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers = [*headers, ("X-Query-Count", str(getattr(self._queries, "count", 0)))]
+            return start_response(status, headers, exc_info)
+
+        return wrapped
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def _plain(start_response: Any, status: str, text: str) -> list[bytes]:
+    body = text.encode()
+    start_response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
+logging.getLogger("wsgidav").setLevel(logging.WARNING)

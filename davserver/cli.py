@@ -1,0 +1,79 @@
+"""The command line: ``davserver serve | db upgrade``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from davserver.config import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    return load_settings(args.config, **overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from davserver.bootstrap import prepare
+    from davserver.server import serve
+
+    settings = _settings(args, server__host=args.host, server__port=args.port)
+    logging.basicConfig(
+        level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    app, generated = prepare(settings)
+    if generated:
+        print(
+            f"Created the first admin {settings.admin.user!r} with password: {generated}\n"
+            "It is shown only this once.",
+            flush=True,
+        )
+    serve(app, settings.server.host, settings.server.port)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from davserver.db import Database
+    from davserver.db.migrate import upgrade
+
+    settings = _settings(args)
+    db = Database(settings.database_url)
+    try:
+        upgrade(db)
+    finally:
+        db.dispose()
+    print("database is at the newest schema")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="davserver", description=__doc__)
+    parser.add_argument(
+        "--config", default="config.yaml", help="settings file (default: ./config.yaml if present)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the WebDAV server")
+    serve.add_argument("--host", help="address to listen on (server.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (server.port)")
+    serve.set_defaults(func=cmd_serve)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="apply pending migrations")
+    upgrade.set_defaults(func=cmd_db_upgrade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"davserver: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

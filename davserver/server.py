@@ -1,0 +1,53 @@
+"""Serving the application over HTTP(S) with cheroot."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from davserver.app import Application
+
+log = logging.getLogger(__name__)
+
+
+def make_server(app: Application, host: str, port: int) -> wsgi.Server:
+    settings = app.settings.server
+    server = wsgi.Server(
+        (host, port),
+        app,
+        numthreads=settings.threads,
+        timeout=settings.request_timeout,
+        request_queue_size=64,
+        server_name="davserver",
+    )
+    server.max_request_body_size = 0  # uploads are bounded by quota, not by a fixed cap
+    if settings.ssl_certificate and settings.ssl_private_key:
+        server.ssl_adapter = BuiltinSSLAdapter(settings.ssl_certificate, settings.ssl_private_key)
+    return server
+
+
+def serve(app: Application, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM, then finish open requests and close."""
+    server = make_server(app, host, port)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping", signum)
+        threading.Thread(target=server.stop, daemon=True).start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    try:
+        server.prepare()
+        scheme = "https" if server.ssl_adapter else "http"
+        bound = server.bind_addr
+        print(f"davserver listening on {scheme}://{bound[0]}:{bound[1]}/", flush=True)
+        server.serve()
+    finally:
+        server.stop()
+        app.close()

@@ -1,0 +1,37 @@
+"""The logbook: every state change is recorded in the same transaction as the change."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from davserver.models import LogEntry, Op
+from davserver.services.actor import Actor
+
+
+def record_audit(
+    session: Session,
+    actor: Actor | None,
+    op: Op,
+    *,
+    node_id: uuid.UUID | None = None,
+    version_id: uuid.UUID | None = None,
+    package_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Add a logbook row to ``session``; it commits or rolls back with the change itself."""
+    session.add(
+        LogEntry(
+            user_id=actor.user_id if actor else None,
+            session_id=actor.session_id if actor else None,
+            op_type=op.value,
+            node_id=node_id,
+            version_id=version_id,
+            package_id=package_id,
+            remote_addr=actor.remote_addr if actor else None,
+            user_agent=(actor.user_agent or "")[:512] if actor else None,
+            details=details or {},
+        )
+    )

@@ -1,0 +1,578 @@
+"""Files and folders: create, upload, delete, move, copy, properties. One transaction each.
+
+Every method that changes something writes its logbook row in the same transaction. Bytes
+never pass through here: an upload is written to the blob store first (see ``BlobWriter``) and
+``commit_upload`` only records the finished blob.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import BinaryIO, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from davserver.blobstore import BlobStore, StoredBlob
+from davserver.db import Database
+from davserver.db.types import utcnow
+from davserver.errors import AlreadyExists, Conflict, NotFound, PreconditionFailed
+from davserver.models import Blob, DeadProperty, FileVersion, Node, NodeKind, Op, Space
+from davserver.services import tree
+from davserver.services.actor import Actor
+from davserver.services.audit import record_audit
+from davserver.services.tree import NodeView, check_name, name_key
+
+T = TypeVar("T")
+_RETRIES = 4
+
+
+class FileService:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+        self._home_ids: dict[uuid.UUID, uuid.UUID] = {}
+        self._home_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ reads
+
+    def home_id(self, user_id: uuid.UUID) -> uuid.UUID:
+        """The root folder of a user's own space, created on first use."""
+        cached = self._home_ids.get(user_id)
+        if cached is not None:
+            return cached
+        with self._home_lock:
+            with self.db.read() as session:
+                view = tree.home_root(session, user_id)
+            if view is None:
+                view = self._retry(lambda s: self._create_home(s, user_id))
+            self._home_ids[user_id] = view.id
+            return view.id
+
+    def _create_home(self, session: Session, user_id: uuid.UUID) -> NodeView:
+        existing = tree.home_root(session, user_id)
+        if existing is not None:
+            return existing
+        node = Node(name="", name_key="", kind=NodeKind.FOLDER, owner_id=user_id, space=Space.HOME)
+        session.add(node)
+        session.flush()
+        view = tree.get_node(session, node.id)
+        assert view is not None
+        return view
+
+    def resolve(self, root_id: uuid.UUID, parts: list[str]) -> NodeView | None:
+        with self.db.read() as session:
+            return tree.resolve(session, root_id, parts)
+
+    def children(self, folder_id: uuid.UUID) -> list[NodeView]:
+        with self.db.read() as session:
+            return tree.list_children(session, folder_id)
+
+    def open_content(self, view: NodeView) -> BinaryIO:
+        if view.storage_key is None:
+            raise NotFound("the file has no content")
+        return self.blobs.open(view.storage_key)
+
+    def dead_properties(self, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, bytes]]:
+        """Dead properties of many nodes at once: {node_id: {name: xml bytes}}."""
+        ids = list(node_ids)
+        result: dict[uuid.UUID, dict[str, bytes]] = {node_id: {} for node_id in ids}
+        if not ids:
+            return result
+        with self.db.read() as session:
+            rows = session.execute(
+                sa.select(DeadProperty.node_id, DeadProperty.name, DeadProperty.value).where(
+                    DeadProperty.node_id.in_(ids)
+                )
+            )
+            for node_id, name, value in rows:
+                result[node_id][name] = value
+        return result
+
+    # ----------------------------------------------------------------- writes
+
+    def create_folder(self, actor: Actor, parent: NodeView, name: str) -> NodeView:
+        check_name(name)
+
+        def work(session: Session) -> NodeView:
+            node = self._new_child(session, parent, name, NodeKind.FOLDER)
+            record_audit(session, actor, Op.FOLDER_CREATE, node_id=node.id, details={"name": name})
+            return _view(session, node.id)
+
+        return self._retry(work)
+
+    def create_empty_file(self, actor: Actor, parent: NodeView, name: str) -> NodeView:
+        """An empty file with no version yet (a LOCK on an unmapped URL makes one)."""
+        check_name(name)
+
+        def work(session: Session) -> NodeView:
+            node = self._new_child(session, parent, name, NodeKind.FILE)
+            record_audit(session, actor, Op.FILE_CREATE, node_id=node.id, details={"name": name})
+            return _view(session, node.id)
+
+        return self._retry(work)
+
+    def commit_upload(
+        self,
+        actor: Actor,
+        parent: NodeView,
+        name: str,
+        blob: StoredBlob,
+        *,
+        content_type: str | None = None,
+        expected_version_id: uuid.UUID | None = None,
+    ) -> tuple[NodeView, bool]:
+        """Record an uploaded blob as the newest version of ``parent/name``.
+
+        Creates the file when it does not exist yet (a new empty file gets no version). Bytes
+        equal to the current version's make no new version. ``expected_version_id`` is the
+        version an If-Match header was checked against: if another upload won the race in
+        between, PreconditionFailed. Returns the file and whether it was created.
+        """
+        check_name(name)
+
+        def work(session: Session) -> tuple[NodeView, bool]:
+            node = session.execute(
+                sa.select(Node)
+                .where(
+                    Node.parent_id == parent.id,
+                    Node.name_key == name_key(name),
+                    Node.deleted_at.is_(None),
+                )
+                .with_for_update()
+            ).scalar_one_or_none()
+            created = node is None
+            if node is None:
+                if expected_version_id is not None:
+                    raise PreconditionFailed("the file no longer exists")
+                node = self._new_child(session, parent, name, NodeKind.FILE)
+                record_audit(
+                    session, actor, Op.FILE_CREATE, node_id=node.id, details={"name": name}
+                )
+            elif node.kind != NodeKind.FILE:
+                raise Conflict(f"{name!r} is a folder")
+            elif expected_version_id is not None and node.current_version_id != expected_version_id:
+                raise PreconditionFailed("the file changed since the ETag was issued")
+            if content_type:
+                node.mime_type = content_type[:255]
+            if created and blob.size == 0:
+                return _view(session, node.id), True
+            if node.current_version_id is not None:
+                current_sha = session.scalar(
+                    sa.select(Blob.sha256)
+                    .join(FileVersion, FileVersion.blob_id == Blob.id)
+                    .where(FileVersion.id == node.current_version_id)
+                )
+                if current_sha == blob.sha256:
+                    return _view(session, node.id), created
+            elif blob.size == 0:
+                return _view(session, node.id), created
+            version = self._add_version(session, actor, node, self._blob_id(session, blob))
+            record_audit(
+                session,
+                actor,
+                Op.FILE_VERSION_CREATE,
+                node_id=node.id,
+                version_id=version.id,
+                details={
+                    "version_no": version.version_no,
+                    "size": blob.size,
+                    "sha256": blob.sha256,
+                },
+            )
+            return _view(session, node.id), created
+
+        return self._retry(work)
+
+    def delete(self, actor: Actor, node_id: uuid.UUID) -> None:
+        """Move a node (and so everything below it) to the trash: one UPDATE."""
+
+        def work(session: Session) -> None:
+            node = _live_node(session, node_id)
+            if node.parent_id is None:
+                raise Conflict("the root of a space cannot be deleted")
+            node.deleted_at = utcnow()
+            node.deleted_by = actor.user_id
+            record_audit(
+                session, actor, Op.NODE_DELETE, node_id=node.id, details={"name": node.name}
+            )
+
+        self._retry(work)
+
+    def move(
+        self,
+        actor: Actor,
+        node_id: uuid.UUID,
+        dest_parent: NodeView,
+        dest_name: str,
+        *,
+        replace_id: uuid.UUID | None = None,
+    ) -> None:
+        """Rename and/or re-parent a node: one UPDATE whatever the size of the subtree.
+
+        ``replace_id`` is an existing destination the client agreed to overwrite; it goes to
+        the trash first. Moving a node to a name that resolves to itself (a case- or
+        normalization-only rename) just renames it.
+        """
+        check_name(dest_name)
+
+        def work(session: Session) -> None:
+            node = _live_node(session, node_id)
+            if node.parent_id is None:
+                raise Conflict("the root of a space cannot be moved")
+            if tree.is_descendant(session, dest_parent.id, node.id):
+                raise Conflict("cannot move a folder into itself")
+            if replace_id is not None and replace_id != node.id:
+                _trash(session, actor, replace_id)
+            before = {"parent_id": str(node.parent_id), "name": node.name}
+            node.parent_id = dest_parent.id
+            node.name = dest_name
+            node.name_key = name_key(dest_name)
+            session.flush()
+            record_audit(
+                session,
+                actor,
+                Op.NODE_MOVE,
+                node_id=node.id,
+                details={
+                    "before": before,
+                    "after": {"parent_id": str(dest_parent.id), "name": dest_name},
+                },
+            )
+
+        self._retry(work)
+
+    def copy(
+        self,
+        actor: Actor,
+        node_id: uuid.UUID,
+        dest_parent: NodeView,
+        dest_name: str,
+        *,
+        recursive: bool = True,
+        replace_id: uuid.UUID | None = None,
+    ) -> None:
+        """Copy a node (and, when ``recursive``, its subtree) as new rows sharing the blobs.
+
+        A file copied onto an existing file becomes that file's newest version, so the
+        destination keeps its history; any other overwritten destination goes to the trash.
+        """
+        check_name(dest_name)
+
+        def work(session: Session) -> None:
+            source = _live_node(session, node_id)
+            if source.is_folder and tree.is_descendant(session, dest_parent.id, source.id):
+                raise Conflict("cannot copy a folder into itself")
+            if replace_id is not None:
+                target = _live_node(session, replace_id)
+                if not source.is_folder and not target.is_folder:
+                    self._copy_onto_file(session, actor, source, target)
+                    return
+                _trash(session, actor, replace_id)
+            new_root = self._copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
+            record_audit(
+                session,
+                actor,
+                Op.NODE_COPY,
+                node_id=new_root,
+                details={"source": str(source.id), "name": dest_name},
+            )
+
+        self._retry(work)
+
+    def set_mtime(self, actor: Actor, node_id: uuid.UUID, mtime: dt.datetime) -> None:
+        """Keep the client's modification time on the node and its current version."""
+
+        def work(session: Session) -> None:
+            node = _live_node(session, node_id)
+            node.mtime = mtime
+            if node.current_version_id is not None:
+                session.execute(
+                    sa.update(FileVersion)
+                    .where(FileVersion.id == node.current_version_id)
+                    .values(mtime=mtime)
+                )
+
+        self._retry(work)
+
+    def set_dead_properties(
+        self, actor: Actor, node_id: uuid.UUID, changes: dict[str, bytes | None]
+    ) -> None:
+        """Set (bytes) or remove (None) dead properties of a node, all or nothing."""
+
+        def work(session: Session) -> None:
+            _live_node(session, node_id)
+            for name, value in changes.items():
+                session.execute(
+                    sa.delete(DeadProperty).where(
+                        DeadProperty.node_id == node_id, DeadProperty.name == name
+                    )
+                )
+                if value is not None:
+                    session.add(DeadProperty(node_id=node_id, name=name, value=value))
+            record_audit(
+                session,
+                actor,
+                Op.NODE_PROPPATCH,
+                node_id=node_id,
+                details={
+                    "set": sorted(k for k, v in changes.items() if v is not None),
+                    "removed": sorted(k for k, v in changes.items() if v is None),
+                },
+            )
+
+        self._retry(work)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _retry(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in a write transaction, again when a concurrent writer won a race."""
+        for attempt in range(_RETRIES):
+            try:
+                with self.db.write() as session:
+                    return work(session)
+            except IntegrityError as exc:
+                if attempt == _RETRIES - 1:
+                    raise AlreadyExists("the name is taken") from exc
+        raise AssertionError("unreachable")
+
+    def _new_child(self, session: Session, parent: NodeView, name: str, kind: NodeKind) -> Node:
+        parent_row = session.get(Node, parent.id)
+        if parent_row is None or parent_row.deleted_at is not None or not parent_row.is_folder:
+            raise Conflict("the parent folder does not exist")
+        taken = session.scalar(
+            sa.select(Node.id).where(
+                Node.parent_id == parent.id,
+                Node.name_key == name_key(name),
+                Node.deleted_at.is_(None),
+            )
+        )
+        if taken is not None:
+            raise AlreadyExists(f"{name!r} exists")
+        node = Node(
+            parent_id=parent.id,
+            name=name,
+            name_key=name_key(name),
+            kind=kind,
+            owner_id=parent_row.owner_id,
+            space=parent_row.space,
+            group_id=parent_row.group_id,
+        )
+        session.add(node)
+        session.flush()
+        return node
+
+    def _blob_id(self, session: Session, blob: StoredBlob) -> uuid.UUID:
+        """The id of the blob row for these bytes, inserting it if this is their first upload."""
+        values = {
+            "id": uuid.uuid4(),
+            "sha256": blob.sha256,
+            "md5": blob.md5,
+            "sha1": blob.sha1,
+            "size_bytes": blob.size,
+            "storage_key": blob.storage_key,
+            "created_at": utcnow(),
+        }
+        insert = (
+            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        )
+        session.execute(
+            insert(Blob).values(**values).on_conflict_do_nothing(index_elements=["sha256"])
+        )
+        blob_id = session.scalar(sa.select(Blob.id).where(Blob.sha256 == blob.sha256))
+        assert blob_id is not None
+        return blob_id
+
+    def _add_version(
+        self, session: Session, actor: Actor, node: Node, blob_id: uuid.UUID
+    ) -> FileVersion:
+        size = session.scalar(sa.select(Blob.size_bytes).where(Blob.id == blob_id)) or 0
+        last = session.scalar(
+            sa.select(sa.func.coalesce(sa.func.max(FileVersion.version_no), 0)).where(
+                FileVersion.node_id == node.id
+            )
+        )
+        version = FileVersion(
+            node_id=node.id,
+            version_no=(last or 0) + 1,
+            blob_id=blob_id,
+            size=size,
+            uploaded_by=actor.user_id,
+            session_id=actor.session_id,
+        )
+        session.add(version)
+        session.flush()
+        node.current_version_id = version.id
+        node.size = size
+        node.modified_at = utcnow()
+        node.mtime = None
+        return version
+
+    def _copy_onto_file(self, session: Session, actor: Actor, source: Node, target: Node) -> None:
+        target = session.execute(
+            sa.select(Node).where(Node.id == target.id).with_for_update()
+        ).scalar_one()
+        source_blob = session.scalar(
+            sa.select(FileVersion.blob_id).where(FileVersion.id == source.current_version_id)
+        )
+        version_id = None
+        if source_blob is not None and source.current_version_id != target.current_version_id:
+            version = self._add_version(session, actor, target, source_blob)
+            version_id = version.id
+        elif source_blob is None and target.current_version_id is not None:
+            target.current_version_id = None
+            target.size = 0
+            target.modified_at = utcnow()
+        target.mime_type = source.mime_type
+        record_audit(
+            session,
+            actor,
+            Op.NODE_COPY,
+            node_id=target.id,
+            version_id=version_id,
+            details={"source": str(source.id), "onto": "existing file"},
+        )
+
+    def _copy_subtree(
+        self,
+        session: Session,
+        actor: Actor,
+        source: Node,
+        dest_parent: NodeView,
+        dest_name: str,
+        recursive: bool,
+    ) -> uuid.UUID:
+        parent_row = session.get(Node, dest_parent.id)
+        if parent_row is None or parent_row.deleted_at is not None or not parent_row.is_folder:
+            raise Conflict("the destination folder does not exist")
+        if session.scalar(
+            sa.select(Node.id).where(
+                Node.parent_id == dest_parent.id,
+                Node.name_key == name_key(dest_name),
+                Node.deleted_at.is_(None),
+            )
+        ):
+            raise AlreadyExists(f"{dest_name!r} exists")
+        rows = _subtree(session, source.id) if recursive and source.is_folder else [source]
+        new_ids = {row.id: uuid.uuid4() for row in rows}
+        now = utcnow()
+        node_values = []
+        version_values = []
+        pointer_values = []
+        for row in rows:
+            is_root = row.id == source.id
+            node_values.append(
+                {
+                    "id": new_ids[row.id],
+                    "parent_id": dest_parent.id if is_root else new_ids[row.parent_id],  # type: ignore[index]
+                    "name": dest_name if is_root else row.name,
+                    "name_key": name_key(dest_name) if is_root else row.name_key,
+                    "kind": row.kind,
+                    "owner_id": parent_row.owner_id,
+                    "space": parent_row.space,
+                    "group_id": parent_row.group_id,
+                    "mime_type": row.mime_type,
+                    "current_version_id": None,
+                    "size": row.size,
+                    "mtime": row.mtime,
+                    "created_at": now,
+                    "modified_at": row.modified_at,
+                }
+            )
+        session.execute(sa.insert(Node), node_values)
+        current = {row.current_version_id: row.id for row in rows if row.current_version_id}
+        if current:
+            sources = session.execute(
+                sa.select(
+                    FileVersion.id, FileVersion.blob_id, FileVersion.size, FileVersion.mtime
+                ).where(FileVersion.id.in_(list(current)))
+            )
+            for version_id, blob_id, size, mtime in sources:
+                new_version = uuid.uuid4()
+                version_values.append(
+                    {
+                        "id": new_version,
+                        "node_id": new_ids[current[version_id]],
+                        "version_no": 1,
+                        "blob_id": blob_id,
+                        "size": size,
+                        "uploaded_by": actor.user_id,
+                        "uploaded_at": now,
+                        "session_id": actor.session_id,
+                        "mtime": mtime,
+                    }
+                )
+                pointer_values.append(
+                    {"b_id": new_ids[current[version_id]], "b_version": new_version}
+                )
+            session.execute(sa.insert(FileVersion), version_values)
+            nodes = Node.__table__
+            session.execute(
+                sa.update(nodes)
+                .where(nodes.c.id == sa.bindparam("b_id"))
+                .values(current_version_id=sa.bindparam("b_version")),
+                pointer_values,
+            )
+        props = session.execute(
+            sa.select(DeadProperty.node_id, DeadProperty.name, DeadProperty.value).where(
+                DeadProperty.node_id.in_(list(new_ids))
+            )
+        ).all()
+        if props:
+            session.execute(
+                sa.insert(DeadProperty),
+                [
+                    {"id": uuid.uuid4(), "node_id": new_ids[n], "name": name, "value": value}
+                    for n, name, value in props
+                ],
+            )
+        return new_ids[source.id]
+
+
+def _subtree(session: Session, root_id: uuid.UUID) -> list[Node]:
+    """A node and its live descendants, parents before children."""
+    ids = (
+        sa.select(Node.id, sa.literal(0).label("depth"))
+        .where(Node.id == root_id)
+        .cte("subtree", recursive=True)
+    )
+    ids = ids.union_all(
+        sa.select(Node.id, (ids.c.depth + 1).label("depth")).where(
+            Node.parent_id == ids.c.id, Node.deleted_at.is_(None)
+        )
+    )
+    stmt = sa.select(Node).join(ids, Node.id == ids.c.id).order_by(ids.c.depth)
+    return list(session.execute(stmt).scalars())
+
+
+def _live_node(session: Session, node_id: uuid.UUID) -> Node:
+    node = session.get(Node, node_id, with_for_update=True)
+    if node is None or node.deleted_at is not None:
+        raise NotFound("no such file or folder")
+    return node
+
+
+def _trash(session: Session, actor: Actor, node_id: uuid.UUID) -> None:
+    node = _live_node(session, node_id)
+    node.deleted_at = utcnow()
+    node.deleted_by = actor.user_id
+    session.flush()
+    record_audit(
+        session,
+        actor,
+        Op.NODE_DELETE,
+        node_id=node.id,
+        details={"name": node.name, "overwritten": True},
+    )
+
+
+def _view(session: Session, node_id: uuid.UUID) -> NodeView:
+    session.flush()
+    view = tree.get_node(session, node_id)
+    assert view is not None
+    return view

@@ -1,0 +1,1 @@
+"""WsgiDAV plug-ins: the DAV provider, the lock storage and their helpers."""

@@ -1,0 +1,50 @@
+"""The one place where domain errors become WebDAV status codes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_CONFLICT,
+    HTTP_FORBIDDEN,
+    HTTP_INSUFFICIENT_STORAGE,
+    HTTP_LOCKED,
+    HTTP_NOT_FOUND,
+    HTTP_PRECONDITION_FAILED,
+    DAVError,
+)
+
+from davserver import errors
+
+_STATUS: list[tuple[type[errors.DomainError], int]] = [
+    (errors.InvalidName, HTTP_BAD_REQUEST),
+    (errors.BadRequest, HTTP_BAD_REQUEST),
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, HTTP_FORBIDDEN),
+    (errors.NotFound, HTTP_NOT_FOUND),
+    (errors.AlreadyExists, HTTP_PRECONDITION_FAILED),
+    (errors.Conflict, HTTP_CONFLICT),
+    (errors.PreconditionFailed, HTTP_PRECONDITION_FAILED),
+    (errors.Locked, HTTP_LOCKED),
+    (errors.QuotaExceeded, HTTP_INSUFFICIENT_STORAGE),
+    (errors.UploadIncomplete, HTTP_BAD_REQUEST),
+    (errors.ChecksumMismatch, HTTP_BAD_REQUEST),
+]
+
+
+def to_dav_error(exc: errors.DomainError) -> DAVError:
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return DAVError(status, context_info=str(exc), src_exception=exc)
+    return DAVError(500, context_info=str(exc), src_exception=exc)
+
+
+@contextmanager
+def dav_errors() -> Iterator[None]:
+    """Run a service call, re-raising its domain errors as DAVError."""
+    try:
+        yield
+    except errors.DomainError as exc:
+        raise to_dav_error(exc) from exc

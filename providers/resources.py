@@ -1,0 +1,412 @@
+"""WebDAV resources over the file service: the virtual root, folders and files.
+
+Resources translate between WsgiDAV's calls and service calls; they hold no rules of their own.
+Each keeps the ``NodeView`` it was built from, so a PROPFIND of a folder costs one query for the
+members (plus one for their dead properties), not one per member.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from lxml import etree
+from wsgidav import util
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_FORBIDDEN,
+    DAVError,
+    PRECONDITION_CODE_ProtectedProperty,
+)
+from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
+
+from davserver.blobstore import BlobWriter
+from davserver.errors import NotFound
+from davserver.services.actor import Actor
+from davserver.services.tree import NodeView
+from providers.errors import dav_errors
+
+if TYPE_CHECKING:
+    from providers.provider import DavProvider
+
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+# Properties WsgiDAV treats as live but clients set (rclone, Windows): mapped to the mtime.
+_MTIME_PROPS = frozenset(
+    {
+        "{DAV:}getlastmodified",
+        "{DAV:}lastmodified",
+        "{urn:schemas-microsoft-com:}Win32LastModifiedTime",
+    }
+)
+_LOCK_PROPS = frozenset({"{DAV:}lockdiscovery", "{DAV:}supportedlock"})
+
+
+def actor_of(environ: dict[str, Any]) -> Actor:
+    actor = environ.get("davserver.actor")
+    if actor is None:
+        raise DAVError(401)
+    return actor  # type: ignore[no-any-return]
+
+
+def _epoch(value: dt.datetime) -> float:
+    return value.timestamp()
+
+
+def parse_client_time(value: Any) -> dt.datetime:
+    """A client's timestamp: epoch seconds (X-OC-Mtime, rclone) or an HTTP/ISO date string."""
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(float(value), dt.UTC)
+    text = str(value or "").strip()
+    try:
+        return dt.datetime.fromtimestamp(float(text), dt.UTC)
+    except ValueError:
+        pass
+    seconds = util.parse_time_string(text)
+    if seconds is None:
+        raise DAVError(HTTP_BAD_REQUEST, context_info=f"unreadable time {text!r}")
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+class _NodeResource:
+    """What folders and files share: identity, times, dead properties, mtime."""
+
+    provider: DavProvider
+    environ: dict[str, Any]
+    path: str
+    is_collection: bool
+    view: NodeView | None
+    _dead: dict[str, bytes] | None
+
+    def _init_node(self, view: NodeView | None, dead: dict[str, bytes] | None) -> None:
+        self.view = view
+        self._dead = dead
+
+    @property
+    def node_id(self) -> uuid.UUID:
+        if self.view is None:
+            raise DAVError(404)
+        return self.view.id
+
+    def get_creation_date(self) -> float | None:
+        return _epoch(self.view.created_at) if self.view else None
+
+    def get_last_modified(self) -> float | None:
+        return _epoch(self.view.last_modified) if self.view else time.time()
+
+    def get_display_name(self) -> str:
+        return self.view.name if self.view else util.get_uri_name(self.path)
+
+    def dead_properties(self) -> dict[str, bytes]:
+        if self._dead is None:
+            self._dead = (
+                self.provider.files.dead_properties([self.view.id])[self.view.id]
+                if self.view
+                else {}
+            )
+        return self._dead
+
+    def get_property_names(self, *, is_allprop: bool) -> list[str]:
+        names: list[str] = _DAVResource.get_property_names(self, is_allprop=is_allprop)  # type: ignore[arg-type]
+        names.extend(n for n in self.dead_properties() if n not in names)
+        return names
+
+    def get_property_value(self, name: str) -> Any:
+        if name == "{DAV:}getetag":
+            etag = self.get_etag()  # type: ignore[attr-defined]
+            if etag is None:
+                raise DAVError(404)
+            return f'"{etag}"'
+        dead = self.dead_properties().get(name)
+        if dead is not None:
+            return etree.fromstring(dead)
+        return _DAVResource.get_property_value(self, name)  # type: ignore[arg-type]
+
+    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
+        if name in _LOCK_PROPS:
+            raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
+        if name in _MTIME_PROPS and value is not None:
+            return self.set_last_modified(self.path, value.text, dry_run=dry_run)
+        if name.startswith("{DAV:}"):
+            raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
+        if dry_run:
+            return None
+        stored = None if value is None else etree.tostring(value)
+        with dav_errors():
+            self.provider.files.set_dead_properties(
+                actor_of(self.environ), self.node_id, {name: stored}
+            )
+        if self._dead is not None:
+            if stored is None:
+                self._dead.pop(name, None)
+            else:
+                self._dead[name] = stored
+        return None
+
+    def remove_all_properties(self, *, recursive: bool) -> None:
+        """Dead properties belong to the node; they go when the node goes."""
+
+    def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
+        mtime = parse_client_time(time_stamp)
+        if dry_run:
+            return True
+        with dav_errors():
+            self.provider.files.set_mtime(actor_of(self.environ), self.node_id, mtime)
+        self.provider.forget(self.environ)
+        return True
+
+    def _split_destination(
+        self, dest_path: str
+    ) -> tuple[FolderResource, str, _NodeResource | None]:
+        parent = self.provider.get_resource_inst(util.get_uri_parent(dest_path), self.environ)
+        if not isinstance(parent, FolderResource) or parent.view is None:
+            raise DAVError(HTTP_FORBIDDEN, context_info="cannot copy or move there")
+        existing = self.provider.get_resource_inst(dest_path, self.environ)
+        if existing is not None and not isinstance(existing, _NodeResource):
+            raise DAVError(HTTP_FORBIDDEN)
+        return parent, util.get_uri_name(dest_path.rstrip("/")), existing
+
+    def handle_delete(self) -> bool:
+        lock_manager = self.provider.lock_manager
+        if lock_manager is not None:
+            lock_manager.check_write_permission(
+                url=self.get_ref_url(),  # type: ignore[attr-defined]
+                depth="infinity",
+                token_list=self.environ.get("wsgidav.ifLockTokenList", []),
+                principal=self.environ.get("wsgidav.user_name"),
+            )
+        with dav_errors():
+            self.provider.files.delete(actor_of(self.environ), self.node_id)
+        self.provider.drop_locks(self.get_ref_url())  # type: ignore[attr-defined]
+        self.provider.forget(self.environ)
+        return True
+
+    def handle_move(self, dest_path: str) -> bool:
+        parent, name, existing = self._split_destination(dest_path)
+        assert parent.view is not None
+        with dav_errors():
+            self.provider.files.move(
+                actor_of(self.environ),
+                self.node_id,
+                parent.view,
+                name,
+                replace_id=existing.view.id if existing and existing.view else None,
+            )
+        self.provider.drop_locks(self.get_ref_url())  # type: ignore[attr-defined]
+        if existing is not None and existing.view is not None and existing.view.id != self.node_id:
+            self.provider.drop_locks(existing.get_ref_url())  # type: ignore[attr-defined]
+        self.provider.forget(self.environ)
+        self.environ["davserver.status"] = 204 if existing else 201
+        return True
+
+    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        parent, name, existing = self._split_destination(dest_path)
+        assert parent.view is not None
+        with dav_errors():
+            self.provider.files.copy(
+                actor_of(self.environ),
+                self.node_id,
+                parent.view,
+                name,
+                recursive=depth_infinity,
+                replace_id=existing.view.id if existing and existing.view else None,
+            )
+        if existing is not None and existing.is_collection:
+            self.provider.drop_locks(existing.get_ref_url())  # type: ignore[attr-defined]
+        self.provider.forget(self.environ)
+        self.environ["davserver.status"] = 204 if existing else 201
+        return True
+
+
+class RootCollection(DAVCollection):
+    """``/``: a read-only listing of the spaces."""
+
+    SPACES = ("files",)
+
+    def get_member_names(self) -> list[str]:
+        return list(self.SPACES)
+
+    def get_display_name(self) -> str:
+        return ""
+
+    def prevent_locking(self) -> bool:
+        return True
+
+    def get_last_modified(self) -> float:
+        return time.time()
+
+
+class FolderResource(_NodeResource, DAVCollection):
+    def __init__(
+        self,
+        path: str,
+        environ: dict[str, Any],
+        view: NodeView,
+        dead: dict[str, bytes] | None = None,
+    ) -> None:
+        DAVCollection.__init__(self, path, environ)
+        self._init_node(view, dead)
+
+    def get_member_names(self) -> list[str]:
+        return [child.name for child in self.provider.files.children(self.node_id)]
+
+    def get_member_list(self) -> list[_NodeResource]:
+        """Every member from one query, with their dead properties from one more."""
+        children = self.provider.files.children(self.node_id)
+        dead = self.provider.files.dead_properties(c.id for c in children)
+        base = self.path.rstrip("/") + "/"
+        members = [
+            self.provider.resource_for(base + child.name, self.environ, child, dead[child.id])
+            for child in children
+        ]
+        return members
+
+    def get_member(self, name: str) -> _NodeResource | None:
+        return self.provider.get_resource_inst(util.join_uri(self.path, name), self.environ)
+
+    def create_empty_resource(self, name: str) -> FileResource:
+        """A PUT's new file is created when its body has arrived, not before; a LOCK's now."""
+        assert self.view is not None
+        if self.environ.get("REQUEST_METHOD") == "PUT":
+            return FileResource(
+                util.join_uri(self.path, name), self.environ, None, parent=self.view, name=name
+            )
+        with dav_errors():
+            view = self.provider.files.create_empty_file(actor_of(self.environ), self.view, name)
+        self.provider.forget(self.environ)
+        return FileResource(util.join_uri(self.path, name), self.environ, view)
+
+    def create_collection(self, name: str) -> None:
+        assert self.view is not None
+        with dav_errors():
+            self.provider.files.create_folder(actor_of(self.environ), self.view, name)
+        self.provider.forget(self.environ)
+
+    def support_recursive_delete(self) -> bool:
+        return True
+
+    def delete(self) -> None:
+        self.handle_delete()
+
+
+class FileResource(_NodeResource, DAVNonCollection):
+    def __init__(
+        self,
+        path: str,
+        environ: dict[str, Any],
+        view: NodeView | None,
+        dead: dict[str, bytes] | None = None,
+        *,
+        parent: NodeView | None = None,
+        name: str | None = None,
+    ) -> None:
+        DAVNonCollection.__init__(self, path, environ)
+        self._init_node(view, dead)
+        self._parent = parent
+        self._new_name = name
+        self._writer: BlobWriter | None = None
+        self._expected_length: int | None = None
+        self._expected_version: uuid.UUID | None = None
+
+    def get_content_length(self) -> int:
+        return self.view.size if self.view else 0
+
+    def get_content_type(self) -> str:
+        if self.view and self.view.mime_type:
+            return self.view.mime_type
+        return str(util.guess_mime_type(self.path))
+
+    def get_etag(self) -> str:
+        if self.view and self.view.sha256:
+            return self.view.sha256
+        return EMPTY_SHA256
+
+    def support_etag(self) -> bool:
+        return True
+
+    def support_ranges(self) -> bool:
+        return True
+
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return False
+
+    def get_content(self) -> BinaryIO:
+        assert self.view is not None
+        if self.view.storage_key is None:
+            import io
+
+            return io.BytesIO(b"")
+        with dav_errors():
+            try:
+                return self.provider.files.open_content(self.view)
+            except FileNotFoundError as exc:
+                raise NotFound("the file's bytes are missing from the blob store") from exc
+
+    def delete(self) -> None:
+        self.handle_delete()
+
+    # -- writing: the body goes to the blob store, then one transaction records it
+
+    def begin_write(self, *, content_type: str | None = None) -> _UploadSink:
+        environ = self.environ
+        if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            length = environ.get("CONTENT_LENGTH", "")
+            self._expected_length = int(length) if str(length).strip().isdigit() else None
+        if self.view is not None and environ.get("HTTP_IF_MATCH", "").strip() not in ("", "*"):
+            self._expected_version = self.view.current_version_id
+        self._content_type = (
+            content_type if content_type and content_type != "application/octet-stream" else None
+        )
+        self._writer = self.provider.files.blobs.writer()
+        return _UploadSink(self._writer, self._expected_length)
+
+    def end_write(self, *, with_errors: bool) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        if with_errors:
+            writer.abort()
+            return
+        blob = writer.finish()
+        parent = self._parent
+        name = self._new_name or util.get_uri_name(self.path)
+        if parent is None:
+            parent_res = self.provider.get_resource_inst(
+                util.get_uri_parent(self.path), self.environ
+            )
+            if not isinstance(parent_res, FolderResource) or parent_res.view is None:
+                raise DAVError(409)
+            parent = parent_res.view
+        with dav_errors():
+            view, _created = self.provider.files.commit_upload(
+                actor_of(self.environ),
+                parent,
+                name,
+                blob,
+                content_type=self._content_type,
+                expected_version_id=self._expected_version,
+            )
+        self.view = view
+        self.provider.forget(self.environ)
+
+
+class _UploadSink:
+    """The file object WsgiDAV's PUT writes into; refuses a body shorter than announced."""
+
+    def __init__(self, writer: BlobWriter, expected_length: int | None) -> None:
+        self._writer = writer
+        self._expected = expected_length
+
+    def write(self, data: bytes) -> int:
+        return self._writer.write(data)
+
+    def close(self) -> None:
+        if self._expected is not None and self._writer.bytes_written != self._expected:
+            raise DAVError(
+                HTTP_BAD_REQUEST,
+                context_info=(
+                    f"the body ended after {self._writer.bytes_written} of "
+                    f"{self._expected} bytes; nothing was stored"
+                ),
+            )
