@@ -33,7 +33,7 @@ class ServerSettings:
     host: str = opt("127.0.0.1", "Address to listen on; 0.0.0.0 for every interface.")
     port: int = opt(8080, "TCP port to listen on.")
     threads: int = opt(32, "Worker threads; each request, upload or download holds one.")
-    block_size: int = opt(1024 * 1024, "Bytes per read or write when streaming bodies.")
+    block_size: int = opt(256 * 1024, "Bytes per read or write when streaming bodies.")
     max_xml_body: int = opt(1024 * 1024, "Largest PROPFIND/PROPPATCH/LOCK body accepted (413).")
     request_timeout: int = opt(60, "Seconds a connection may stay idle before it is closed.")
     ssl_certificate: str = opt("", "PEM certificate file; TLS is on when this and the key are set.")

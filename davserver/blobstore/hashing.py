@@ -1,8 +1,9 @@
 """SHA-256, MD5 and SHA-1 of one stream, computed while it passes.
 
 SHA-256 is the blob's identity; MD5 and SHA-1 are for clients such as rclone that know only
-those. hashlib releases the GIL for large updates, so on big uploads MD5 (the slowest of the
-three) runs in a helper thread while the request thread does SHA-256, SHA-1 and the file write.
+those. hashlib releases the GIL while it hashes large buffers, so once an upload is big enough
+each digest runs in its own helper thread and the request thread only receives and writes;
+small uploads are hashed inline, where a thread would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -10,55 +11,57 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from typing import Any
 
-# Uploads smaller than this are hashed inline: a thread costs more than it saves.
 _THREAD_AFTER_BYTES = 4 * 1024 * 1024
-_QUEUE_DEPTH = 8
+_QUEUE_DEPTH = 4  # chunks in flight per digest; bounds the memory a slow hasher can pin
+_ALGORITHMS = ("sha256", "md5", "sha1")
+
+
+class _ThreadedDigest:
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self.thread = threading.Thread(target=self._run, name="hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            self.digest.update(chunk)
+
+    def join(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
 
 
 class MultiHasher:
     def __init__(self) -> None:
-        self._sha256 = hashlib.sha256()
-        self._sha1 = hashlib.sha1()
-        self._md5 = hashlib.md5()
+        self._digests = [hashlib.new(name) for name in _ALGORITHMS]
         self._seen = 0
-        self._queue: queue.Queue[bytes | None] | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[_ThreadedDigest] = []
 
     def update(self, data: bytes) -> None:
-        self._sha256.update(data)
-        self._sha1.update(data)
+        if self._threads:
+            for worker in self._threads:
+                worker.queue.put(data)
+            return
+        for digest in self._digests:
+            digest.update(data)
         self._seen += len(data)
-        if self._queue is not None:
-            self._queue.put(data)
-        elif self._seen > _THREAD_AFTER_BYTES:
-            self._md5.update(data)
-            self._start_thread()
-        else:
-            self._md5.update(data)
-
-    def _start_thread(self) -> None:
-        self._queue = queue.Queue(maxsize=_QUEUE_DEPTH)
-        self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        assert self._queue is not None
-        while (chunk := self._queue.get()) is not None:
-            self._md5.update(chunk)
+        if self._seen > _THREAD_AFTER_BYTES:
+            self._threads = [_ThreadedDigest(d) for d in self._digests]
 
     def _join(self) -> None:
-        if self._queue is not None and self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._queue = None
-            self._thread = None
+        for worker in self._threads:
+            worker.join()
+        self._threads = []
 
     def digests(self) -> tuple[str, str, str]:
         """(sha256, md5, sha1) as hex; the hasher is finished afterwards."""
         self._join()
-        return self._sha256.hexdigest(), self._md5.hexdigest(), self._sha1.hexdigest()
+        sha256, md5, sha1 = (d.hexdigest() for d in self._digests)
+        return sha256, md5, sha1
 
     def close(self) -> None:
-        """Stop the helper thread without computing anything (an aborted upload)."""
+        """Stop the helper threads without computing anything (an aborted upload)."""
         self._join()

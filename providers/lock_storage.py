@@ -1,0 +1,433 @@
+"""WebDAV lock storage in the database, so that every server process sees the same locks.
+
+``SqlLockStorage`` implements the lock-storage interface that WsgiDAV 4.4.0's
+``wsgidav.lock_man.lock_manager.LockManager`` calls (``LockStorageDict`` is the reference), on
+the ``locks`` table (``davserver.models.DavLock``). Use it as
+``LockManager(SqlLockStorage(db))`` or as the ``lock_storage`` config value.
+
+Contract:
+
+* A lock is a plain ``dict`` with exactly the keys ``root, type, scope, depth, owner, timeout,
+  principal, expire, token``: ``root`` is a normalized URL path (``/a/b``, no trailing slash,
+  ``/`` for the top), ``type`` is ``"write"``, ``scope`` is ``"exclusive"`` or ``"shared"``,
+  ``depth`` is ``"0"`` or ``"infinity"``, ``owner`` is the client's ``<owner>`` XML as
+  **bytes** (may be empty), ``timeout`` the granted lifetime in seconds (float), ``expire``
+  its end as epoch seconds (float) and ``token`` an ``opaquelocktoken:`` URI.
+* A lock is expired when ``0 <= expire < now``. Expired locks are never returned; ``get()``
+  deletes an expired lock it finds, ``cleanup()`` deletes them all.
+* ``create(path, lock)`` **mutates ``lock`` in place** (``LockManager`` returns its own dict):
+  ``root`` becomes the normalized ``path``, ``timeout`` is clamped (``-1`` = infinite, or
+  anything above ``max_timeout``, becomes ``max_timeout``), ``expire`` = now + timeout and
+  ``token`` a fresh ``generate_lock_token()``. It returns the same dict.
+* ``create()`` re-checks conflicts inside its own write transaction, because ``LockManager``
+  checks them under a *process-local* lock only. A conflict is an unexpired lock whose root is
+  the new root, or an ancestor of it with depth infinity, or (for a new depth-infinity lock) a
+  descendant of it; an exclusive lock conflicts with any of those, a shared lock only with
+  exclusive ones. On a conflict it raises ``DAVError(HTTP_LOCKED)`` with a ``lock-conflict``
+  condition naming the conflicting roots. Writers that create or revive locks serialize: on
+  PostgreSQL with ``pg_advisory_xact_lock`` on a fixed key, on SQLite through the ``BEGIN
+  IMMEDIATE`` of ``Database.write()``. So two processes can never both hold an exclusive lock
+  on one resource.
+* ``refresh(token, *, timeout)`` sets a new timeout and expire and returns the lock. An unknown
+  or expired token raises ``LockTokenError``, which is both a ``ValueError`` (as
+  ``LockManager.refresh`` documents) and a ``DAVError(HTTP_PRECONDITION_FAILED)``, so a LOCK
+  refresh that loses a race against expiry answers 412 rather than 500.
+* ``delete(token)`` returns True when it removed an unexpired lock, else False.
+* ``get_lock_list(path, *, include_root, include_children, token_only)`` returns the unexpired
+  locks on ``path`` itself and/or below it (roots starting with ``path + "/"``; for ``/`` every
+  other root), as dicts or, with ``token_only``, as tokens. It only reads (no purge), so a
+  PROPFIND never takes the write lock.
+* ``open()`` and ``close()`` do no I/O; the ``Database`` belongs to the caller and is not
+  disposed. ``clear()`` deletes every lock.
+
+Root matching is exact and case-sensitive on both engines (SQLite's ``LIKE`` ignores ASCII case,
+so the prefix matches are checked again in Python).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any, Final, Literal, overload
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_LOCKED,
+    HTTP_PRECONDITION_FAILED,
+    DAVError,
+    DAVErrorCondition,
+    PRECONDITION_CODE_LockConflict,
+    PRECONDITION_CODE_LockTokenMismatch,
+)
+from wsgidav.lock_man.lock_manager import (
+    LockManager,
+    generate_lock_token,
+    normalize_lock_root,
+    validate_lock,
+)
+
+from davserver.db import Database
+from davserver.models import DavLock
+
+__all__ = ["LOCK_KEYS", "LockDict", "LockTokenError", "SqlLockStorage"]
+
+LockDict = dict[str, Any]
+
+#: The keys of every lock dict handed out (the same as ``LockStorageDict``'s).
+LOCK_KEYS: Final = (
+    "root",
+    "type",
+    "scope",
+    "depth",
+    "owner",
+    "timeout",
+    "principal",
+    "expire",
+    "token",
+)
+
+DEFAULT_MAX_TIMEOUT: Final = 7 * 24 * 3600
+# Key of the transaction-scoped PostgreSQL advisory lock that serializes lock writers ("davslock").
+_PG_ADVISORY_KEY: Final = 0x646176736C6F636B
+_LIKE_ESCAPE: Final = "\\"
+_ROOT_MAX_LENGTH: Final = 4096  # DavLock.root is String(4096)
+
+_COLUMNS: Final = (
+    DavLock.root,
+    DavLock.type,
+    DavLock.scope,
+    DavLock.depth,
+    DavLock.owner,
+    DavLock.timeout,
+    DavLock.principal,
+    DavLock.expire,
+    DavLock.token,
+)
+
+
+def _now() -> float:
+    """The current time as epoch seconds (a seam for tests)."""
+    return time.time()
+
+
+class LockTokenError(DAVError, ValueError):
+    """A lock token that is unknown or expired (raised by ``refresh``)."""
+
+    def __init__(self, token: str) -> None:
+        DAVError.__init__(
+            self,
+            HTTP_PRECONDITION_FAILED,
+            context_info=f"Unknown or expired lock token {token!r}.",
+            err_condition=PRECONDITION_CODE_LockTokenMismatch,
+        )
+        self.token = token
+
+
+def _is_expired(expire: float, now: float) -> bool:
+    return 0 <= expire < now
+
+
+def _unexpired(now: float) -> sa.ColumnElement[bool]:
+    return sa.or_(DavLock.expire < 0, DavLock.expire >= now)
+
+
+def _escape_like(text: str) -> str:
+    return (
+        text.replace(_LIKE_ESCAPE, _LIKE_ESCAPE * 2)
+        .replace("%", _LIKE_ESCAPE + "%")
+        .replace("_", _LIKE_ESCAPE + "_")
+    )
+
+
+def _child_prefix(root: str) -> str:
+    """What the roots of locks below a normalized ``root`` start with."""
+    return root.rstrip("/") + "/"
+
+
+def _is_below(root: str, other: str) -> bool:
+    """True if ``other`` is strictly below the normalized ``root``."""
+    return other != root and other.startswith(_child_prefix(root))
+
+
+def _below_clause(root: str) -> sa.ColumnElement[bool]:
+    """SQL narrowing to roots below ``root``; a superset on SQLite (case-insensitive LIKE)."""
+    return DavLock.root.like(_escape_like(_child_prefix(root)) + "%", escape=_LIKE_ESCAPE)
+
+
+def _ancestors(root: str) -> list[str]:
+    """The normalized ancestors of a normalized root: ``/a/b/c`` -> ``/``, ``/a``, ``/a/b``."""
+    if root == "/":
+        return []
+    parts = root.strip("/").split("/")
+    return ["/"] + ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _to_dict(row: Mapping[Any, Any]) -> LockDict:
+    return {
+        "root": row["root"],
+        "type": row["type"],
+        "scope": row["scope"],
+        "depth": row["depth"],
+        "owner": bytes(row["owner"]),
+        "timeout": float(row["timeout"]),
+        "principal": row["principal"],
+        "expire": float(row["expire"]),
+        "token": row["token"],
+    }
+
+
+class SqlLockStorage:
+    """WsgiDAV lock storage on the ``locks`` table; safe across threads and processes."""
+
+    LOCK_TIME_OUT_DEFAULT: Final = LockManager.LOCK_TIME_OUT_DEFAULT
+
+    def __init__(self, db: Database, *, max_timeout: int = DEFAULT_MAX_TIMEOUT) -> None:
+        if not max_timeout > 0:
+            raise ValueError(f"max_timeout must be positive, not {max_timeout!r}")
+        dialect = db.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"SqlLockStorage supports SQLite and PostgreSQL, not {dialect}")
+        self._db = db
+        self._is_postgres = dialect == "postgresql"
+        self.max_timeout = float(max_timeout)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self._db.url.render_as_string(hide_password=True)!r})"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Called by ``LockManager.__init__``; nothing to do (the table comes from migrations)."""
+
+    def close(self) -> None:
+        """Called by ``LockManager.__del__``; the ``Database`` is the caller's, so it stays open."""
+
+    def cleanup(self) -> int:
+        """Delete expired locks; return how many."""
+        with self._db.write() as session:
+            result = session.execute(
+                sa.delete(DavLock).where(DavLock.expire >= 0, DavLock.expire < _now())
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def clear(self) -> None:
+        """Delete every lock."""
+        with self._db.write() as session:
+            session.execute(sa.delete(DavLock))
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _normalize_timeout(self, timeout: Any) -> float:
+        """Seconds to grant: None -> the default, -1 (infinite) or too long -> ``max_timeout``."""
+        if timeout is None:
+            return min(float(self.LOCK_TIME_OUT_DEFAULT), self.max_timeout)
+        value = float(timeout)
+        if math.isnan(value) or value == 0:
+            raise ValueError(f"lock timeout must be positive or -1, not {timeout!r}")
+        if value < 0 or value > self.max_timeout:
+            return self.max_timeout
+        return value
+
+    def _serialize_writers(self, session: Session) -> None:
+        """Queue behind every other transaction that creates or revives locks (any process)."""
+        if self._is_postgres:
+            session.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_ADVISORY_KEY)))
+        # SQLite: Database.write() began with BEGIN IMMEDIATE, which already serializes writers.
+
+    @staticmethod
+    def _conflicting_roots(
+        session: Session, *, root: str, scope: str, depth: str, now: float
+    ) -> list[str]:
+        """Roots of unexpired locks that a new lock (root, scope, depth) would conflict with."""
+        ancestors = _ancestors(root)
+        where: list[sa.ColumnElement[bool]] = [DavLock.root == root]
+        if ancestors:
+            where.append(sa.and_(DavLock.root.in_(ancestors), DavLock.depth == "infinity"))
+        if depth == "infinity":
+            where.append(_below_clause(root))
+        stmt = sa.select(DavLock.root, DavLock.depth).where(sa.or_(*where), _unexpired(now))
+        if scope == "shared":
+            stmt = stmt.where(DavLock.scope == "exclusive")
+        hrefs: list[str] = []
+        for other, other_depth in session.execute(stmt.order_by(DavLock.root)):
+            conflicts = (
+                other == root
+                or (other in ancestors and other_depth == "infinity")
+                or (depth == "infinity" and _is_below(root, other))
+            )
+            if conflicts and other not in hrefs:
+                hrefs.append(other)
+        return hrefs
+
+    def _purge_expired(self, token: str) -> None:
+        with self._db.write() as session:
+            session.execute(
+                sa.delete(DavLock).where(
+                    DavLock.token == token, DavLock.expire >= 0, DavLock.expire < _now()
+                )
+            )
+
+    # --- the interface ------------------------------------------------------------------------
+
+    def get(self, token: str) -> LockDict | None:
+        """The lock for ``token``; None if unknown or expired (an expired one is purged)."""
+        if not token or not isinstance(token, str):
+            return None
+        with self._db.read() as session:
+            row = session.execute(sa.select(*_COLUMNS).where(DavLock.token == token)).first()
+        if row is None:
+            return None
+        lock = _to_dict(row._mapping)
+        if _is_expired(lock["expire"], _now()):
+            self._purge_expired(token)
+            return None
+        return lock
+
+    def create(self, path: str, lock: LockDict) -> LockDict:
+        """Store a new direct lock on ``path``; mutate and return ``lock`` (see the module doc).
+
+        Raises ``DAVError(HTTP_LOCKED)`` if an unexpired lock, taken by any process, conflicts.
+        """
+        if lock.get("token") is not None:
+            raise ValueError("create() takes a lock definition, not an existing lock")
+        if lock.get("expire") is not None:
+            raise ValueError("create() takes a timeout, not an expire date")
+        if not isinstance(path, str) or "/" not in path:
+            raise ValueError(f"not a lock path: {path!r}")
+        root = normalize_lock_root(path)
+        if len(root) > _ROOT_MAX_LENGTH:
+            raise DAVError(HTTP_BAD_REQUEST, context_info="URL too long to lock.")
+        lock["root"] = root
+        lock["timeout"] = timeout = self._normalize_timeout(lock.get("timeout"))
+        if lock.get("type") != "write":
+            raise ValueError(f"lock type must be 'write', not {lock.get('type')!r}")
+        if lock.get("scope") not in ("exclusive", "shared"):
+            raise ValueError(f"lock scope must be exclusive or shared, not {lock.get('scope')!r}")
+        if lock.get("depth") not in ("0", "infinity"):
+            raise ValueError(f"lock depth must be '0' or 'infinity', not {lock.get('depth')!r}")
+        if not isinstance(lock.get("owner"), bytes):
+            raise TypeError(f"lock owner must be bytes, not {type(lock.get('owner')).__name__}")
+        if not isinstance(lock.get("principal"), str):
+            raise TypeError("lock principal must be a str")
+        validate_lock(lock)
+
+        token = generate_lock_token()
+        with self._db.write() as session:
+            self._serialize_writers(session)
+            now = _now()
+            conflicts = self._conflicting_roots(
+                session, root=root, scope=lock["scope"], depth=lock["depth"], now=now
+            )
+            if conflicts:
+                errcond = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
+                for href in conflicts:
+                    errcond.add_href(href)
+                raise DAVError(HTTP_LOCKED, err_condition=errcond)
+            expire = now + timeout
+            session.add(
+                DavLock(
+                    token=token,
+                    root=root,
+                    depth=lock["depth"],
+                    scope=lock["scope"],
+                    type=lock["type"],
+                    owner=lock["owner"],
+                    principal=lock["principal"],
+                    timeout=timeout,
+                    expire=expire,
+                )
+            )
+        lock["expire"] = expire
+        lock["token"] = token
+        return lock
+
+    def refresh(self, token: str, *, timeout: float | None) -> LockDict:
+        """Give an unexpired lock a new timeout (-1: the maximum); return the lock.
+
+        Raises ``LockTokenError`` (a ``ValueError``) if the token is unknown or expired: an
+        expired lock may already have been superseded by a conflicting one, so it is not revived.
+        """
+        granted = self._normalize_timeout(timeout)
+        with self._db.write() as session:
+            self._serialize_writers(session)
+            now = _now()
+            row = session.get(DavLock, token) if isinstance(token, str) else None
+            if row is None or _is_expired(row.expire, now):
+                found = None
+            else:
+                row.timeout = granted
+                row.expire = now + granted
+                session.flush()
+                found = _to_dict(
+                    {key: getattr(row, key) for key in LOCK_KEYS},
+                )
+        if found is None:
+            raise LockTokenError(token)
+        return found
+
+    def delete(self, token: str) -> bool:
+        """Delete a lock; True if it existed and was unexpired, else False."""
+        if not token or not isinstance(token, str):
+            return False
+        with self._db.write() as session:
+            expire = session.execute(
+                sa.delete(DavLock).where(DavLock.token == token).returning(DavLock.expire)
+            ).scalar_one_or_none()
+        return expire is not None and not _is_expired(expire, _now())
+
+    @overload
+    def get_lock_list(
+        self, path: str, *, include_root: bool, include_children: bool, token_only: Literal[False]
+    ) -> list[LockDict]: ...
+
+    @overload
+    def get_lock_list(
+        self, path: str, *, include_root: bool, include_children: bool, token_only: Literal[True]
+    ) -> list[str]: ...
+
+    @overload
+    def get_lock_list(
+        self, path: str, *, include_root: bool, include_children: bool, token_only: bool
+    ) -> list[LockDict] | list[str]: ...
+
+    def get_lock_list(
+        self,
+        path: str,
+        *,
+        include_root: bool,
+        include_children: bool,
+        token_only: bool,
+    ) -> list[LockDict] | list[str]:
+        """Unexpired direct locks on ``path`` (include_root) and below it (include_children).
+
+        Returns lock dicts, or tokens with ``token_only``; oldest first.
+        """
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"not a lock path: {path!r}")
+        root = normalize_lock_root(path)
+        where: list[sa.ColumnElement[bool]] = []
+        if include_root:
+            where.append(DavLock.root == root)
+        if include_children:
+            where.append(_below_clause(root))
+        if not where:
+            return []
+        stmt = (
+            sa.select(*_COLUMNS)
+            .where(sa.or_(*where), _unexpired(_now()))
+            .order_by(DavLock.created_at, DavLock.token)
+        )
+        with self._db.read() as session:
+            rows = session.execute(stmt).all()
+        locks = [
+            _to_dict(row._mapping)
+            for row in rows
+            if (include_root and row.root == root)
+            or (include_children and _is_below(root, row.root))
+        ]
+        if token_only:
+            return [lock["token"] for lock in locks]
+        return locks

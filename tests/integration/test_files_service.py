@@ -1,0 +1,308 @@
+"""The file service on both engines: versions, dedup, races, row-level MOVE/COPY/DELETE, audit."""
+
+from __future__ import annotations
+
+import threading
+import unicodedata
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from davserver.blobstore import FileSystemBlobStore, StoredBlob
+from davserver.db import Database
+from davserver.errors import AlreadyExists, Conflict, InvalidName, PreconditionFailed
+from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, User
+from davserver.services import files as files_module
+from davserver.services.actor import Actor
+from davserver.services.files import FileService
+from davserver.services.tree import NodeView, check_name
+
+
+@pytest.fixture
+def service(database: Database, tmp_path: Path) -> FileService:
+    return FileService(database, FileSystemBlobStore(tmp_path / "blobs", fsync=False))
+
+
+@pytest.fixture
+def actor(database: Database) -> Actor:
+    with database.write() as session:
+        user = User(username="alice", password_hash="x")
+        session.add(user)
+        session.flush()
+        return Actor(user_id=user.id, username="alice")
+
+
+@pytest.fixture
+def home(service: FileService, actor: Actor) -> NodeView:
+    view = service.resolve(service.home_id(actor.user_id), [])
+    assert view is not None
+    return view
+
+
+def store(service: FileService, data: bytes) -> StoredBlob:
+    writer = service.blobs.writer()
+    writer.write(data)
+    return writer.finish()
+
+
+def put(service: FileService, actor: Actor, parent: NodeView, name: str, data: bytes) -> NodeView:
+    view, _ = service.commit_upload(actor, parent, name, store(service, data))
+    return view
+
+
+def versions(database: Database, node_id: uuid.UUID) -> list[tuple[int, int]]:
+    with database.read() as session:
+        rows = session.execute(
+            sa.select(FileVersion.version_no, FileVersion.size)
+            .where(FileVersion.node_id == node_id)
+            .order_by(FileVersion.version_no)
+        )
+        return [(no, size) for no, size in rows]
+
+
+def count(database: Database, model: type, *where: sa.ColumnElement[bool]) -> int:
+    with database.read() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(model).where(*where)) or 0
+
+
+@pytest.fixture
+def statements(database: Database) -> Iterator[list[str]]:
+    """Every SQL statement the engine runs while the test body runs."""
+    seen: list[str] = []
+
+    def listener(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        seen.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", listener)
+    yield seen
+    event.remove(database.engine, "before_cursor_execute", listener)
+
+
+def test_each_put_is_a_version_and_equal_bytes_are_not(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    first = put(service, actor, home, "report.txt", b"one")
+    put(service, actor, home, "report.txt", b"two!")
+    put(service, actor, home, "report.txt", b"two!")
+    assert versions(database, first.id) == [(1, 3), (2, 4)]
+    current = service.resolve(home.id, ["report.txt"])
+    assert current is not None and current.size == 4 and current.version_no == 2
+
+
+def test_same_bytes_share_one_blob(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    put(service, actor, home, "a.bin", b"same bytes")
+    put(service, actor, home, "b.bin", b"same bytes")
+    assert count(database, Blob) == 1
+    assert count(database, FileVersion) == 2
+
+
+def test_new_empty_file_has_no_version(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    view = put(service, actor, home, "empty.txt", b"")
+    assert versions(database, view.id) == []
+    put(service, actor, home, "empty.txt", b"content")
+    assert versions(database, view.id) == [(1, 7)]
+
+
+def test_concurrent_uploads_get_distinct_version_numbers(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    blobs = [store(service, f"writer {i}".encode()) for i in range(8)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(blobs))
+
+    def upload(blob: StoredBlob) -> None:
+        barrier.wait()
+        try:
+            service.commit_upload(actor, home, "shared.txt", blob)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(b,)) for b in blobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    node = service.resolve(home.id, ["shared.txt"])
+    assert node is not None
+    assert [no for no, _ in versions(database, node.id)] == list(range(1, 9))
+    assert count(database, Node, Node.name == "shared.txt") == 1
+
+
+def test_stale_expected_version_is_refused(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    first = put(service, actor, home, "doc.txt", b"v1")
+    put(service, actor, home, "doc.txt", b"v2")
+    with pytest.raises(PreconditionFailed):
+        service.commit_upload(
+            actor,
+            home,
+            "doc.txt",
+            store(service, b"v3"),
+            expected_version_id=first.current_version_id,
+        )
+    assert [no for no, _ in versions(database, first.id)] == [1, 2]
+
+
+def test_move_of_a_big_folder_is_one_update(
+    service: FileService,
+    actor: Actor,
+    home: NodeView,
+    database: Database,
+    statements: list[str],
+) -> None:
+    folder = service.create_folder(actor, home, "big")
+    target = service.create_folder(actor, home, "target")
+    for i in range(300):
+        put(service, actor, folder, f"f{i}.txt", f"{i}".encode())
+    statements.clear()
+    service.move(actor, folder.id, target, "moved")
+    node_updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE NODES")]
+    assert len(node_updates) == 1
+    moved = service.resolve(home.id, ["target", "moved", "f299.txt"])
+    assert moved is not None and moved.size == 3
+    assert service.resolve(home.id, ["big"]) is None
+
+
+def test_move_into_own_subtree_is_refused(
+    service: FileService, actor: Actor, home: NodeView
+) -> None:
+    outer = service.create_folder(actor, home, "outer")
+    inner = service.create_folder(actor, outer, "inner")
+    with pytest.raises(Conflict):
+        service.move(actor, outer.id, inner, "loop")
+
+
+def test_copy_shares_blobs_and_keeps_structure(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    src = service.create_folder(actor, home, "src")
+    sub = service.create_folder(actor, src, "sub")
+    put(service, actor, src, "a.txt", b"alpha")
+    put(service, actor, sub, "b.txt", b"beta")
+    blobs_before = count(database, Blob)
+    service.copy(actor, src.id, home, "dst")
+    assert count(database, Blob) == blobs_before
+    copied = service.resolve(home.id, ["dst", "sub", "b.txt"])
+    original = service.resolve(home.id, ["src", "sub", "b.txt"])
+    assert copied is not None and original is not None
+    assert copied.id != original.id and copied.sha256 == original.sha256
+
+
+def test_copy_onto_a_file_adds_a_version(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    put(service, actor, home, "new.txt", b"new content")
+    old = put(service, actor, home, "old.txt", b"old content")
+    source = service.resolve(home.id, ["new.txt"])
+    assert source is not None
+    service.copy(actor, source.id, home, "old.txt", replace_id=old.id)
+    assert [no for no, _ in versions(database, old.id)] == [1, 2]
+
+
+def test_delete_is_soft_and_hides_the_subtree(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    folder = service.create_folder(actor, home, "gone")
+    put(service, actor, folder, "inside.txt", b"x")
+    service.delete(actor, folder.id)
+    assert service.resolve(home.id, ["gone"]) is None
+    assert service.resolve(home.id, ["gone", "inside.txt"]) is None
+    assert count(database, Node, Node.id == folder.id, Node.deleted_at.is_not(None)) == 1
+    # the name is free again
+    service.create_folder(actor, home, "gone")
+
+
+def test_dead_properties_follow_a_rename(
+    service: FileService, actor: Actor, home: NodeView
+) -> None:
+    view = put(service, actor, home, "p.txt", b"p")
+    service.set_dead_properties(actor, view.id, {"{urn:x}color": b"<x:color xmlns:x='urn:x'/>"})
+    service.move(actor, view.id, home, "renamed.txt")
+    moved = service.resolve(home.id, ["renamed.txt"])
+    assert moved is not None
+    assert "{urn:x}color" in service.dead_properties([moved.id])[moved.id]
+
+
+def test_every_change_writes_a_logbook_row(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    folder = service.create_folder(actor, home, "logged")
+    view = put(service, actor, folder, "f.txt", b"1")
+    service.move(actor, view.id, home, "g.txt")
+    service.delete(actor, view.id)
+    with database.read() as session:
+        ops = list(session.scalars(sa.select(LogEntry.op_type).order_by(LogEntry.id)))
+    assert ops == [
+        "folder:create",
+        "file:create",
+        "file:version:create",
+        "node:move",
+        "node:delete",
+    ]
+
+
+def test_logbook_failure_rolls_the_change_back(
+    service: FileService,
+    actor: Actor,
+    home: NodeView,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("logbook unavailable")
+
+    monkeypatch.setattr(files_module, "record_audit", broken)
+    with pytest.raises(RuntimeError):
+        put(service, actor, home, "never.txt", b"data")
+    assert service.resolve(home.id, ["never.txt"]) is None
+    assert count(database, FileVersion) == 0
+
+
+def test_composed_and_decomposed_names_find_the_same_file(
+    service: FileService, actor: Actor, home: NodeView
+) -> None:
+    composed = unicodedata.normalize("NFC", "café.txt")
+    decomposed = unicodedata.normalize("NFD", "café.txt")
+    assert composed != decomposed
+    put(service, actor, home, composed, b"coffee")
+    found = service.resolve(home.id, [decomposed])
+    assert found is not None and found.name == composed
+    with pytest.raises(AlreadyExists):
+        service.create_folder(actor, home, decomposed)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "nul\0byte", "x" * 256])
+def test_unstorable_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidName):
+        check_name(name)
+
+
+def test_deep_paths_resolve_beyond_the_join_limit(
+    service: FileService, actor: Actor, home: NodeView
+) -> None:
+    parent = home
+    names = [f"d{i}" for i in range(70)]
+    for name in names:
+        parent = service.create_folder(actor, parent, name)
+    put(service, actor, parent, "leaf.txt", b"deep")
+    leaf = service.resolve(home.id, [*names, "leaf.txt"])
+    assert leaf is not None and leaf.size == 4
+
+
+def test_dead_property_rows_go_with_their_node(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    view = put(service, actor, home, "q.txt", b"q")
+    service.set_dead_properties(actor, view.id, {"{urn:x}a": b"<a xmlns='urn:x'/>"})
+    service.set_dead_properties(actor, view.id, {"{urn:x}a": None})
+    assert count(database, DeadProperty) == 0

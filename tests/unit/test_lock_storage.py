@@ -1,0 +1,577 @@
+"""SqlLockStorage: WsgiDAV's own LockManager on the locks table, across processes and threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from wsgidav.dav_error import HTTP_LOCKED, HTTP_PRECONDITION_FAILED, DAVError
+from wsgidav.lock_man.lock_manager import LockManager
+
+import providers.lock_storage as lock_storage_module
+from davserver.db import Database
+from davserver.models import DavLock
+from providers.lock_storage import LOCK_KEYS, LockTokenError, SqlLockStorage
+
+OWNER = b'<owner xmlns="DAV:">joe@example.com</owner>'
+WEEK = 7 * 24 * 3600
+
+
+@pytest.fixture
+def storage(database: Database) -> SqlLockStorage:
+    return SqlLockStorage(database)
+
+
+@pytest.fixture
+def lm(storage: SqlLockStorage) -> LockManager:
+    return LockManager(storage)
+
+
+@pytest.fixture
+def other_database(db_url: str, database: Database) -> Iterator[Database]:
+    """A second engine on the same (already migrated) database: another server process."""
+    db = Database(db_url, pool_size=2)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Move the storage's clock forward by the given number of seconds."""
+    offset = [0.0]
+    monkeypatch.setattr(lock_storage_module, "_now", lambda: time.time() + offset[0])
+
+    def advance(seconds: float) -> None:
+        offset[0] += seconds
+
+    return advance
+
+
+def acquire(
+    lm: LockManager,
+    url: str,
+    *,
+    scope: str = "exclusive",
+    depth: str = "infinity",
+    principal: str = "joe",
+    timeout: float | None = 600,
+    owner: bytes = OWNER,
+) -> dict[str, Any]:
+    lock: dict[str, Any] = lm.acquire(
+        url=url,
+        lock_type="write",
+        lock_scope=scope,
+        lock_depth=depth,
+        lock_owner=owner,
+        timeout=timeout,
+        principal=principal,
+        token_list=[],
+    )
+    return lock
+
+
+def assert_refused(lm: LockManager, url: str, **kwargs: Any) -> DAVError:
+    with pytest.raises(DAVError) as excinfo:
+        acquire(lm, url, **kwargs)
+    assert excinfo.value.value == HTTP_LOCKED
+    return excinfo.value
+
+
+def lock_def(
+    *,
+    scope: str = "exclusive",
+    depth: str = "infinity",
+    principal: str = "joe",
+    timeout: float = 600,
+    root: str = "",
+) -> dict[str, Any]:
+    """A lock definition as LockManager._generate_lock passes it to create()."""
+    return {
+        "root": root,
+        "type": "write",
+        "scope": scope,
+        "depth": depth,
+        "owner": OWNER,
+        "timeout": timeout,
+        "principal": principal,
+    }
+
+
+def roots_in_table(db: Database) -> list[str]:
+    with db.read() as session:
+        return sorted(session.scalars(sa.select(DavLock.root)))
+
+
+def can_write(lm: LockManager, url: str, *, depth: str, principal: str, tokens: list[str]) -> bool:
+    try:
+        lm.check_write_permission(url=url, depth=depth, token_list=tokens, principal=principal)
+    except DAVError as exc:
+        assert exc.value == HTTP_LOCKED
+        return False
+    return True
+
+
+# --- the lock dict --------------------------------------------------------------------------
+
+
+def test_create_mutates_the_passed_dict(storage: SqlLockStorage) -> None:
+    lock = lock_def(timeout=-1, root="ignored")
+    before = time.time()
+    returned = storage.create("/dav/res/", lock)
+    assert returned is lock
+    assert set(lock) == set(LOCK_KEYS)
+    assert lock["root"] == "/dav/res"
+    assert lock["timeout"] == WEEK  # -1 (infinite) is clamped to max_timeout
+    assert before + WEEK <= lock["expire"] <= time.time() + WEEK
+    assert lock["token"].startswith("opaquelocktoken:0x")
+    assert storage.get(lock["token"]) == lock
+
+
+def test_lock_manager_returns_the_stored_lock(lm: LockManager, storage: SqlLockStorage) -> None:
+    # LockManager._generate_lock returns its own dict: only in-place mutation gives it a token.
+    lock = acquire(lm, "/dav/res", timeout=600)
+    assert set(lock) == set(LOCK_KEYS)
+    assert lock["token"].startswith("opaquelocktoken:")
+    assert lock["timeout"] == 600
+    stored = lm.get_lock(lock["token"])
+    assert stored == lock
+    assert type(stored["owner"]) is bytes and stored["owner"] == OWNER
+    assert lm.get_lock(lock["token"], key="root") == "/dav/res"
+    assert storage.get_lock_list(
+        "/dav/res", include_root=True, include_children=False, token_only=True
+    ) == [lock["token"]]
+
+
+def test_timeouts_are_clamped(database: Database) -> None:
+    storage = SqlLockStorage(database, max_timeout=60)
+    assert storage.create("/a", lock_def(timeout=3600))["timeout"] == 60
+    assert storage.create("/b", lock_def(timeout=-1))["timeout"] == 60
+    assert storage.create("/c", lock_def(timeout=5))["timeout"] == 5
+    lm = LockManager(storage)
+    assert acquire(lm, "/d", timeout=None)["timeout"] == 60  # LockManager's default is a week
+    with pytest.raises(ValueError):
+        SqlLockStorage(database, max_timeout=0)
+
+
+def test_create_validates_the_definition(storage: SqlLockStorage, database: Database) -> None:
+    with pytest.raises(TypeError):
+        storage.create("/a", {**lock_def(), "owner": "not bytes"})
+    with pytest.raises(ValueError):
+        storage.create("/a", {**lock_def(), "scope": "both"})
+    with pytest.raises(ValueError):
+        storage.create("/a", {**lock_def(), "depth": "1"})
+    with pytest.raises(ValueError):
+        storage.create("/a", {**lock_def(), "token": "opaquelocktoken:x"})
+    with pytest.raises(ValueError):
+        storage.create("/a", {**lock_def(), "timeout": 0})
+    assert roots_in_table(database) == []
+
+
+def test_empty_owner_is_kept_as_bytes(lm: LockManager) -> None:
+    lock = acquire(lm, "/a", owner=b"")
+    assert lm.get_lock(lock["token"], key="owner") == b""
+
+
+# --- LockManager behaviour ------------------------------------------------------------------
+
+
+def test_lookup_by_token_and_url(lm: LockManager) -> None:
+    lock = acquire(lm, "/dav/res")
+    tok = lock["token"]
+    assert lm.is_token_locked_by_user(tok, "joe")
+    assert not lm.is_token_locked_by_user(tok, "ann")
+    assert [x["token"] for x in lm.get_url_lock_list("/dav/res")] == [tok]
+    assert [x["token"] for x in lm.get_url_lock_list("/dav/res/")] == [tok]
+    assert lm.get_url_lock_list("/dav") == []
+    assert [x["token"] for x in lm.get_url_lock_list("/dav", recursive=True)] == [tok]
+    assert lm.is_url_locked("/dav/res")
+    assert not lm.is_url_locked("/dav/res/sub")
+
+    assert lm.is_url_locked_by_token("/dav/res", tok)
+    assert lm.is_url_locked_by_token("/dav/res/", tok)
+    assert lm.is_url_locked_by_token("/dav/res/sub", tok)
+    assert not lm.is_url_locked_by_token("/dav/ressub", tok)
+    assert not lm.is_url_locked_by_token("/dav", tok)
+    assert not lm.is_url_locked_by_token("/dav/", tok)
+    assert not lm.is_url_locked_by_token("/dav/res", "opaquelocktoken:0xnope")
+    assert lm.get_lock("opaquelocktoken:0xnope") is None
+
+
+def test_exclusive_conflicts(lm: LockManager) -> None:
+    acquire(lm, "/dav/res/", principal="joe")
+    assert_refused(lm, "/dav/res", principal="ann")  # same URL without the slash
+    assert_refused(lm, "/dav/res/", principal="ann")
+    assert_refused(lm, "/dav/res/sub", principal="ann")  # child of a depth-infinity lock
+    assert_refused(lm, "/dav/res/sub", principal="joe")  # even for the same principal
+    assert_refused(lm, "/dav/", principal="joe")  # parent (depth infinity) of a lock
+    assert_refused(lm, "/dav/res", scope="shared", principal="ann")
+    acquire(lm, "/dav/resource", principal="ann")  # a sibling sharing a name prefix
+    acquire(lm, "/dav", depth="0", principal="ann")  # depth-0 parent ignores children
+
+
+def test_shared_locks(lm: LockManager) -> None:
+    a = acquire(lm, "/doc", scope="shared", depth="0", principal="joe")
+    b = acquire(lm, "/doc", scope="shared", depth="0", principal="ann")
+    assert {x["token"] for x in lm.get_url_lock_list("/doc")} == {a["token"], b["token"]}
+    assert_refused(lm, "/doc", scope="exclusive", depth="0", principal="bob")
+    lm.release(a["token"])
+    assert_refused(lm, "/doc", scope="exclusive", depth="0", principal="bob")
+    lm.release(b["token"])
+    acquire(lm, "/doc", scope="exclusive", depth="0", principal="bob")
+
+    p = acquire(lm, "/folder", scope="shared", depth="infinity", principal="joe")
+    acquire(lm, "/folder/x", scope="shared", depth="0", principal="ann")
+    assert_refused(lm, "/folder/y", scope="exclusive", depth="0", principal="ann")
+    assert [x["token"] for x in lm.get_indirect_url_lock_list("/folder/y")] == [p["token"]]
+
+
+def test_depth_zero_covers_only_the_resource(lm: LockManager) -> None:
+    lock = acquire(lm, "/a", depth="0", principal="joe")
+    tok = lock["token"]
+    acquire(lm, "/a/b", depth="0", principal="ann")  # a depth-0 parent does not cover children
+    assert_refused(lm, "/a", depth="0", principal="ann")
+    assert_refused(lm, "/", depth="infinity", principal="ann")  # locked children below /
+    acquire(lm, "/", depth="0", principal="ann")
+
+    assert can_write(lm, "/a/c", depth="0", principal="ann", tokens=[])
+    assert not can_write(lm, "/a", depth="0", principal="ann", tokens=[])
+    assert not can_write(lm, "/a", depth="0", principal="joe", tokens=[])  # token not submitted
+    assert not can_write(lm, "/a", depth="0", principal="ann", tokens=[tok])  # not ann's lock
+    assert can_write(lm, "/a", depth="0", principal="joe", tokens=[tok])
+    assert [x["token"] for x in lm.get_indirect_url_lock_list("/a/c")] == []
+
+
+def test_depth_infinity_covers_descendants(lm: LockManager) -> None:
+    lock = acquire(lm, "/a", depth="infinity", principal="joe")
+    tok = lock["token"]
+    assert_refused(lm, "/a/b/c", depth="0", principal="ann")
+    assert not can_write(lm, "/a/b/c", depth="0", principal="ann", tokens=[])
+    assert not can_write(lm, "/a/b/c", depth="0", principal="joe", tokens=[])
+    assert can_write(lm, "/a/b/c", depth="0", principal="joe", tokens=[tok])
+    assert not can_write(lm, "/", depth="infinity", principal="ann", tokens=[])  # child locked
+    assert can_write(lm, "/b", depth="infinity", principal="ann", tokens=[])
+    assert lm.is_url_locked_by_token("/a/b/c", tok)
+    assert [x["token"] for x in lm.get_indirect_url_lock_list("/a/b/c")] == [tok]
+    assert [x["token"] for x in lm.get_indirect_url_lock_list("/a/b/c", principal="joe")] == [tok]
+    assert lm.get_indirect_url_lock_list("/a/b/c", principal="ann") == []
+    assert lm.get_indirect_url_lock_list("/ab/c") == []
+
+
+def test_refresh_and_release(lm: LockManager, storage: SqlLockStorage, clock: Any) -> None:
+    lock = acquire(lm, "/a", timeout=100)
+    clock(50)
+    refreshed = lm.refresh(lock["token"], timeout=300)
+    assert set(refreshed) == set(LOCK_KEYS)
+    assert refreshed["timeout"] == 300
+    assert refreshed["expire"] == pytest.approx(time.time() + 50 + 300, abs=5)
+    assert lm.get_lock(lock["token"]) == refreshed
+    assert lm.refresh(lock["token"], timeout=-1)["timeout"] == WEEK
+    assert lm.refresh(lock["token"])["timeout"] == WEEK  # LockManager's default: one week
+
+    lm.release(lock["token"])
+    assert lm.get_lock(lock["token"]) is None
+    assert not lm.is_url_locked("/a")
+    acquire(lm, "/a", principal="ann")
+
+    with pytest.raises(LockTokenError) as excinfo:
+        lm.refresh(lock["token"], timeout=300)
+    assert isinstance(excinfo.value, ValueError)
+    assert excinfo.value.value == HTTP_PRECONDITION_FAILED
+    assert storage.delete(lock["token"]) is False
+
+
+def test_expiry_by_clock(lm: LockManager, database: Database, clock: Any) -> None:
+    lock = acquire(lm, "/a/b", timeout=10, principal="joe")
+    clock(9)
+    assert lm.get_lock(lock["token"]) is not None
+    assert_refused(lm, "/a/b", principal="ann")
+    clock(2)
+    assert lm.get_url_lock_list("/a/b") == []
+    assert lm.get_url_lock_list("/", recursive=True) == []
+    assert lm.get_indirect_url_lock_list("/a/b/c") == []
+    assert can_write(lm, "/a/b", depth="infinity", principal="ann", tokens=[])
+    assert roots_in_table(database) == ["/a/b"]  # listing only reads
+    assert lm.get_lock(lock["token"]) is None  # get() purges
+    assert roots_in_table(database) == []
+    with pytest.raises(ValueError):
+        lm.refresh(lock["token"], timeout=100)
+    acquire(lm, "/a/b", principal="ann")
+
+
+def test_expiry_set_in_the_database(
+    lm: LockManager, storage: SqlLockStorage, database: Database
+) -> None:
+    old = acquire(lm, "/a", principal="joe")
+    keep = acquire(lm, "/b", principal="joe")
+    with database.write() as session:
+        session.execute(
+            sa.update(DavLock).where(DavLock.token == old["token"]).values(expire=time.time() - 1)
+        )
+    assert not lm.is_url_locked("/a")
+    # Refreshing an expired lock would revive it beside a newer conflicting one: refused.
+    with pytest.raises(LockTokenError):
+        lm.refresh(old["token"], timeout=100)
+    new = acquire(lm, "/a/x", principal="ann")  # the expired parent no longer covers /a/x
+    assert storage.delete(old["token"]) is False  # expired: reported as gone
+    assert storage.cleanup() == 0
+    assert roots_in_table(database) == ["/a/x", "/b"]
+
+    with database.write() as session:
+        session.execute(sa.update(DavLock).values(expire=time.time() - 1))
+    assert storage.cleanup() == 2
+    assert lm.get_lock(new["token"]) is None and lm.get_lock(keep["token"]) is None
+    assert roots_in_table(database) == []
+
+
+def test_delete_cleanup_and_clear(storage: SqlLockStorage, database: Database) -> None:
+    a = storage.create("/a", lock_def())
+    storage.create("/b", lock_def())
+    assert storage.delete(a["token"]) is True
+    assert storage.delete(a["token"]) is False
+    assert roots_in_table(database) == ["/b"]
+    storage.clear()
+    assert roots_in_table(database) == []
+    storage.close()
+    storage.open()
+
+
+# --- children by prefix ---------------------------------------------------------------------
+
+WILDCARD_ROOTS = [
+    "/x_y/f",
+    "/xay/f",
+    "/x%y/f",
+    "/x%25y/f",
+    "/x%y2/f",
+    "/x\\y/f",
+    "/xy/f",
+    "/X_Y/f",
+]
+
+
+@pytest.mark.parametrize(
+    ("parent", "children"),
+    [
+        ("/x_y", ["/x_y/f"]),
+        ("/x%y", ["/x%y/f"]),
+        ("/x%25y", ["/x%25y/f"]),
+        ("/x\\y", ["/x\\y/f"]),
+        ("/x", []),
+        ("/X_Y", ["/X_Y/f"]),  # case-sensitive, also on SQLite (where LIKE ignores ASCII case)
+        ("/", WILDCARD_ROOTS),
+    ],
+)
+def test_children_by_prefix_with_wildcard_characters(
+    storage: SqlLockStorage, parent: str, children: list[str]
+) -> None:
+    for root in WILDCARD_ROOTS:
+        storage.create(root, lock_def(depth="0"))
+    locks = storage.get_lock_list(
+        parent, include_root=False, include_children=True, token_only=False
+    )
+    assert sorted(lock["root"] for lock in locks) == sorted(children)
+    assert (
+        storage.get_lock_list(parent, include_root=True, include_children=False, token_only=True)
+        == []
+    )
+
+
+def test_lock_manager_children_with_wildcard_names(lm: LockManager) -> None:
+    acquire(lm, "/xay/file", depth="0", principal="joe")
+    acquire(lm, "/x%y2/file", depth="0", principal="joe")
+    acquire(lm, "/Dir/file", depth="0", principal="joe")
+    # Unescaped, "/x_y/%" and "/x%y/%" would match those children.
+    acquire(lm, "/x_y", depth="infinity", principal="ann")
+    acquire(lm, "/x%y", depth="infinity", principal="ann")
+    acquire(lm, "/dir", depth="infinity", principal="ann")
+    assert can_write(lm, "/x_z", depth="infinity", principal="bob", tokens=[])
+    assert not can_write(lm, "/x_y/a", depth="0", principal="bob", tokens=[])
+    perc = acquire(lm, "/p%q", depth="infinity", principal="joe")
+    assert [x["token"] for x in lm.get_indirect_url_lock_list("/p%q/r")] == [perc["token"]]
+    assert lm.get_indirect_url_lock_list("/pxq/r") == []
+    assert_refused(lm, "/p%q/r", principal="bob")
+    acquire(lm, "/pxq/r", principal="bob")
+
+
+def test_root_lock_is_not_its_own_child(storage: SqlLockStorage) -> None:
+    top = storage.create("/", lock_def(depth="0"))
+    below = storage.create("/a", lock_def(depth="0"))
+    assert storage.get_lock_list(
+        "/", include_root=False, include_children=True, token_only=True
+    ) == [below["token"]]
+    assert storage.get_lock_list(
+        "/", include_root=True, include_children=True, token_only=True
+    ) == [top["token"], below["token"]]
+
+
+# --- create() re-checks conflicts itself ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("existing", "new", "conflict"),
+    [
+        # (root, depth, scope) of an existing lock and of the new one
+        (("/a", "0", "exclusive"), ("/a", "0", "exclusive"), True),
+        (("/a", "0", "exclusive"), ("/a", "0", "shared"), True),
+        (("/a", "0", "shared"), ("/a", "0", "exclusive"), True),
+        (("/a", "0", "shared"), ("/a", "infinity", "shared"), False),
+        (("/a", "infinity", "exclusive"), ("/a/b/c", "0", "exclusive"), True),
+        (("/a", "infinity", "exclusive"), ("/a/b/c", "0", "shared"), True),
+        (("/a", "infinity", "shared"), ("/a/b/c", "0", "exclusive"), True),
+        (("/a", "infinity", "shared"), ("/a/b/c", "0", "shared"), False),
+        (("/a", "0", "exclusive"), ("/a/b", "0", "exclusive"), False),
+        (("/a/b/c", "0", "exclusive"), ("/a", "infinity", "exclusive"), True),
+        (("/a/b/c", "0", "exclusive"), ("/a", "infinity", "shared"), True),
+        (("/a/b/c", "0", "shared"), ("/a", "infinity", "exclusive"), True),
+        (("/a/b/c", "0", "exclusive"), ("/a", "0", "exclusive"), False),
+        (("/a/b/c", "0", "exclusive"), ("/", "infinity", "exclusive"), True),
+        (("/", "infinity", "exclusive"), ("/a", "0", "shared"), True),
+        (("/ab", "infinity", "exclusive"), ("/a", "infinity", "exclusive"), False),
+        (("/a", "infinity", "exclusive"), ("/ab", "infinity", "exclusive"), False),
+        (("/a_", "0", "exclusive"), ("/ab", "0", "exclusive"), False),
+        (("/abc/x", "0", "exclusive"), ("/a_c", "infinity", "exclusive"), False),
+        (("/A/x", "0", "exclusive"), ("/a", "infinity", "exclusive"), False),
+    ],
+)
+def test_create_refuses_conflicts_on_its_own(
+    storage: SqlLockStorage,
+    database: Database,
+    existing: tuple[str, str, str],
+    new: tuple[str, str, str],
+    conflict: bool,
+) -> None:
+    root, depth, scope = existing
+    storage.create(root, lock_def(depth=depth, scope=scope, principal="joe"))
+    root, depth, scope = new
+    if conflict:
+        with pytest.raises(DAVError) as excinfo:
+            storage.create(root, lock_def(depth=depth, scope=scope, principal="ann"))
+        assert excinfo.value.value == HTTP_LOCKED
+        assert excinfo.value.err_condition.hrefs == [existing[0]]
+        assert roots_in_table(database) == [existing[0]]
+    else:
+        storage.create(root, lock_def(depth=depth, scope=scope, principal="ann"))
+        assert len(roots_in_table(database)) == 2
+
+
+def test_expired_locks_do_not_conflict_in_create(storage: SqlLockStorage, clock: Any) -> None:
+    storage.create("/a", lock_def(timeout=10))
+    clock(11)
+    storage.create("/a", lock_def(principal="ann"))
+
+
+# --- two processes --------------------------------------------------------------------------
+
+
+def test_exclusive_lock_is_seen_and_refused_by_another_process(
+    database: Database, other_database: Database
+) -> None:
+    storage1, storage2 = SqlLockStorage(database), SqlLockStorage(other_database)
+    lm1, lm2 = LockManager(storage1), LockManager(storage2)
+    lock = acquire(lm1, "/shared/doc", depth="infinity", principal="joe")
+
+    assert lm2.get_lock(lock["token"]) == lock
+    assert [x["token"] for x in lm2.get_url_lock_list("/shared/doc")] == [lock["token"]]
+    assert_refused(lm2, "/shared/doc", principal="ann")
+    assert_refused(lm2, "/shared/doc", scope="shared", principal="ann")
+    assert not can_write(lm2, "/shared/doc/x", depth="0", principal="ann", tokens=[])
+    assert can_write(lm2, "/shared/doc/x", depth="0", principal="joe", tokens=[lock["token"]])
+
+    # The other process's LockManager check can be bypassed (it is process-local), but
+    # create() itself refuses.
+    for root, depth in [("/shared/doc", "0"), ("/shared/doc/x", "0"), ("/shared", "infinity")]:
+        with pytest.raises(DAVError) as excinfo:
+            storage2.create(root, lock_def(depth=depth, principal="ann"))
+        assert excinfo.value.value == HTTP_LOCKED
+        assert excinfo.value.err_condition.hrefs == ["/shared/doc"]
+    assert roots_in_table(database) == ["/shared/doc"]
+
+    lm1.release(lock["token"])
+    assert lm2.get_lock(lock["token"]) is None
+    acquire(lm2, "/shared/doc", principal="ann")
+    assert_refused(lm1, "/shared/doc", principal="joe")
+
+
+def test_shared_locks_across_processes(database: Database, other_database: Database) -> None:
+    storage1, storage2 = SqlLockStorage(database), SqlLockStorage(other_database)
+    storage1.create("/doc", lock_def(scope="shared", depth="0", principal="joe"))
+    storage2.create("/doc", lock_def(scope="shared", depth="0", principal="ann"))
+    with pytest.raises(DAVError):
+        storage2.create("/doc", lock_def(scope="exclusive", depth="0", principal="bob"))
+    assert (
+        len(
+            storage1.get_lock_list(
+                "/doc", include_root=True, include_children=False, token_only=True
+            )
+        )
+        == 2
+    )
+
+
+# --- threads racing -------------------------------------------------------------------------
+
+
+class _GatedStorage(SqlLockStorage):
+    """Enters create() only once every racer has passed LockManager's own conflict check."""
+
+    def __init__(self, db: Database, gate: threading.Barrier) -> None:
+        super().__init__(db)
+        self._gate = gate
+
+    def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
+        self._gate.wait(timeout=60)
+        return super().create(path, lock)
+
+
+def _race(
+    db_url: str, n: int, make_storage: Callable[[Database], SqlLockStorage]
+) -> tuple[list[dict[str, Any]], list[BaseException]]:
+    start = threading.Barrier(n)
+    won: list[dict[str, Any]] = []
+    failed: list[BaseException] = []
+    guard = threading.Lock()
+
+    def racer(i: int) -> None:
+        db = Database(db_url, pool_size=1)  # one engine per racer, like one process each
+        try:
+            lm = LockManager(make_storage(db))
+            start.wait(timeout=60)
+            lock = acquire(lm, "/race/doc", depth="0", principal=f"user{i}")
+            with guard:
+                won.append(lock)
+        except BaseException as exc:
+            with guard:
+                failed.append(exc)
+        finally:
+            db.dispose()
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    return won, failed
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["all-checks-pass-first", "free-race"])
+def test_threads_racing_for_an_exclusive_lock(db_url: str, database: Database, gated: bool) -> None:
+    n = 8
+    gate = threading.Barrier(n)
+
+    def make_storage(db: Database) -> SqlLockStorage:
+        return _GatedStorage(db, gate) if gated else SqlLockStorage(db)
+
+    won, failed = _race(db_url, n, make_storage)
+    assert len(won) == 1, f"{len(won)} racers got the exclusive lock"
+    assert len(failed) == n - 1
+    for exc in failed:
+        assert isinstance(exc, DAVError) and exc.value == HTTP_LOCKED, repr(exc)
+    assert roots_in_table(database) == ["/race/doc"]
+    assert SqlLockStorage(database).get(won[0]["token"]) == won[0]
