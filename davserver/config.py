@@ -189,13 +189,13 @@ def _build(values: Mapping[str, Any]) -> Settings:
     top: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
         kind = _field_type(Settings, f)
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             sub_kwargs = {
                 sub.name: _coerce(f"{f.name}.{sub.name}", _field_type(kind, sub), values[key])
                 for sub in dataclasses.fields(kind)
                 if (key := f"{f.name}.{sub.name}") in values
             }
-            top[f.name] = kind(**sub_kwargs)  # type: ignore[operator]
+            top[f.name] = kind(**sub_kwargs)
         elif f.name in values:
             top[f.name] = _coerce(f.name, kind, values[f.name])
     return Settings(**top)

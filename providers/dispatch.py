@@ -51,7 +51,7 @@ def _split_destination(url: str, scheme: str = "", allow_fragments: bool = True)
 
 # WsgiDAV 4.4.0 (pinned) calls this module-level name only in _copy_or_move, on the
 # Destination header; nothing else in request_server uses it.
-request_server.urlparse = _split_destination  # type: ignore[assignment]
+request_server.urlparse = _split_destination
 
 
 class DavRequestResolver(BaseMiddleware):

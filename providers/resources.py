@@ -47,7 +47,7 @@ def actor_of(environ: dict[str, Any]) -> Actor:
     actor = environ.get("davserver.actor")
     if actor is None:
         raise DAVError(401)
-    return actor  # type: ignore[no-any-return]
+    return actor
 
 
 def _epoch(value: dt.datetime) -> float:
@@ -108,7 +108,7 @@ class _NodeResource:
         return self._dead
 
     def get_property_names(self, *, is_allprop: bool) -> list[str]:
-        names: list[str] = _DAVResource.get_property_names(self, is_allprop=is_allprop)  # type: ignore[arg-type]
+        names: list[str] = _DAVResource.get_property_names(self, is_allprop=is_allprop)
         names.extend(n for n in self.dead_properties() if n not in names)
         return names
 
@@ -121,7 +121,7 @@ class _NodeResource:
         dead = self.dead_properties().get(name)
         if dead is not None:
             return etree.fromstring(dead)
-        return _DAVResource.get_property_value(self, name)  # type: ignore[arg-type]
+        return _DAVResource.get_property_value(self, name)
 
     def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
         if name in _LOCK_PROPS:

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: databases on both engines."""
+"""Fixtures shared by every test: databases and running servers, on both engines."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from davserver.db import Database
 from davserver.db.migrate import upgrade
 from tests.dbs import fresh_database_url
+from tests.servers import InprocServer, LiveServer, run_inproc_server, run_live_server
 
 ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -31,3 +32,38 @@ def database(db_url: str) -> Iterator[Database]:
         yield db
     finally:
         db.dispose()
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def live_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A real ``davserver serve`` subprocess with its own database, one per engine and session.
+
+    Tests share it: put what you create under ``dav_dir`` (or ``live_server.fresh_dir()``).
+    """
+    tmp_dir = tmp_path_factory.mktemp(f"live-{request.param}")
+    with run_live_server(request.param, tmp_dir) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def inproc_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InprocServer]:
+    """The application served by cheroot on a thread of this process (``.app`` to inspect rows)."""
+    tmp_dir = tmp_path_factory.mktemp(f"inproc-{request.param}")
+    with run_inproc_server(request.param, tmp_dir) as srv:
+        yield srv
+
+
+@pytest.fixture
+def dav_dir(live_server: LiveServer) -> str:
+    """URL of a fresh, empty collection ``/files/t-<random>/`` on ``live_server``."""
+    return live_server.fresh_dir()
+
+
+@pytest.fixture
+def inproc_dav_dir(inproc_server: InprocServer) -> str:
+    """URL of a fresh, empty collection ``/files/t-<random>/`` on ``inproc_server``."""
+    return inproc_server.fresh_dir()

@@ -511,7 +511,9 @@ class FileService:
                     {"b_id": new_ids[current[version_id]], "b_version": new_version}
                 )
             session.execute(sa.insert(FileVersion), version_values)
-            nodes = Node.__table__
+            nodes = sa.table(
+                "nodes", sa.column("id", sa.Uuid), sa.column("current_version_id", sa.Uuid)
+            )
             session.execute(
                 sa.update(nodes)
                 .where(nodes.c.id == sa.bindparam("b_id"))

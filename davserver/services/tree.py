@@ -12,6 +12,7 @@ import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
@@ -100,7 +101,7 @@ def _view_select(node: type[Node] | sa.orm.util.AliasedClass[Node]) -> sa.Select
 
 
 def _to_view(row: sa.Row[tuple]) -> NodeView:
-    return NodeView(*row)
+    return NodeView(*row)  # type: ignore[arg-type, call-arg]
 
 
 def home_root(session: Session, owner_id: uuid.UUID) -> NodeView | None:
@@ -139,7 +140,7 @@ def _resolve_slice(session: Session, root_id: uuid.UUID, parts: Sequence[str]) -
     aliases = [aliased(Node, name=f"n{i}") for i in range(len(parts))]
     last = aliases[-1]
     stmt = _view_select(last)
-    previous_id: sa.ColumnElement[uuid.UUID] | uuid.UUID = root_id
+    previous_id: Any = root_id
     conditions: list[sa.ColumnElement[bool]] = []
     for i, (alias, part) in enumerate(zip(aliases, parts, strict=True)):
         conditions += [
