@@ -87,6 +87,7 @@ class Application:
                 return _plain(start_response, "400 Bad Request", "Invalid Content-Length\n")
             if int(length) > self.settings.server.max_xml_body:
                 return _plain(start_response, "413 Content Too Large", "Request body too large\n")
+        self.lock_storage.end_request()  # a worker thread's previous request is over
         if self.settings.logging.query_header:
             self._queries.count = 0
             start_response = self._with_query_header(start_response)

@@ -40,15 +40,26 @@ Contract:
 * ``open()`` and ``close()`` do no I/O; the ``Database`` belongs to the caller and is not
   disposed. ``clear()`` deletes every lock.
 
+Namespaces and request scopes: URL paths are per user in davserver (everyone has a ``/files/``),
+so every lock belongs to the namespace it was taken in, and only locks of the current namespace
+are seen or conflict. ``storage.begin_request(namespace)`` sets it for one request and
+also lets the request read the namespace's unexpired locks once, instead of running a query for
+each of the many ``get_lock_list`` calls WsgiDAV makes per request (one per member in a
+PROPFIND); any write through the storage drops that snapshot. Outside a scope the namespace is
+``""`` and every call queries.
+
 Root matching is exact and case-sensitive on both engines (SQLite's ``LIKE`` ignores ASCII case,
 so the prefix matches are checked again in Python).
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Final, Literal, overload
 
 import sqlalchemy as sa
@@ -179,6 +190,28 @@ def _to_dict(row: Mapping[Any, Any]) -> LockDict:
     }
 
 
+@dataclass
+class _RequestScope:
+    namespace: str
+    snapshot: list[LockDict] | None = None
+
+
+_scope: contextvars.ContextVar[_RequestScope | None] = contextvars.ContextVar(
+    "davserver_lock_scope", default=None
+)
+
+
+def _namespace() -> str:
+    scope = _scope.get()
+    return scope.namespace if scope else ""
+
+
+def _forget_snapshot() -> None:
+    scope = _scope.get()
+    if scope is not None:
+        scope.snapshot = None
+
+
 class SqlLockStorage:
     """WsgiDAV lock storage on the ``locks`` table; safe across threads and processes."""
 
@@ -198,6 +231,24 @@ class SqlLockStorage:
         return f"{self.__class__.__name__}({self._db.url.render_as_string(hide_password=True)!r})"
 
     # --- lifecycle ----------------------------------------------------------------------------
+
+    def begin_request(self, namespace: str) -> None:
+        """From now on in this thread's context, locks live in ``namespace`` and reads share
+        one snapshot, until ``end_request`` (a request may stream its body after the handler
+        returned, so this is not a ``with`` block)."""
+        _scope.set(_RequestScope(namespace))
+
+    def end_request(self) -> None:
+        _scope.set(None)
+
+    @contextmanager
+    def request_scope(self, namespace: str) -> Iterator[None]:
+        """``begin_request``/``end_request`` around a block."""
+        self.begin_request(namespace)
+        try:
+            yield
+        finally:
+            self.end_request()
 
     def open(self) -> None:
         """Called by ``LockManager.__init__``; nothing to do (the table comes from migrations)."""
@@ -248,7 +299,9 @@ class SqlLockStorage:
             where.append(sa.and_(DavLock.root.in_(ancestors), DavLock.depth == "infinity"))
         if depth == "infinity":
             where.append(_below_clause(root))
-        stmt = sa.select(DavLock.root, DavLock.depth).where(sa.or_(*where), _unexpired(now))
+        stmt = sa.select(DavLock.root, DavLock.depth).where(
+            sa.or_(*where), _unexpired(now), DavLock.namespace == _namespace()
+        )
         if scope == "shared":
             stmt = stmt.where(DavLock.scope == "exclusive")
         hrefs: list[str] = []
@@ -330,6 +383,7 @@ class SqlLockStorage:
             session.add(
                 DavLock(
                     token=token,
+                    namespace=_namespace(),
                     root=root,
                     depth=lock["depth"],
                     scope=lock["scope"],
@@ -340,6 +394,7 @@ class SqlLockStorage:
                     expire=expire,
                 )
             )
+        _forget_snapshot()
         lock["expire"] = expire
         lock["token"] = token
         return lock
@@ -364,6 +419,7 @@ class SqlLockStorage:
                 found = _to_dict(
                     {key: getattr(row, key) for key in LOCK_KEYS},
                 )
+        _forget_snapshot()
         if found is None:
             raise LockTokenError(token)
         return found
@@ -376,6 +432,7 @@ class SqlLockStorage:
             expire = session.execute(
                 sa.delete(DavLock).where(DavLock.token == token).returning(DavLock.expire)
             ).scalar_one_or_none()
+        _forget_snapshot()
         return expire is not None and not _is_expired(expire, _now())
 
     @overload
@@ -415,19 +472,32 @@ class SqlLockStorage:
             where.append(_below_clause(root))
         if not where:
             return []
-        stmt = (
-            sa.select(*_COLUMNS)
-            .where(sa.or_(*where), _unexpired(_now()))
-            .order_by(DavLock.created_at, DavLock.token)
-        )
-        with self._db.read() as session:
-            rows = session.execute(stmt).all()
+        scope = _scope.get()
+        if scope is not None:
+            if scope.snapshot is None:
+                scope.snapshot = self._query(DavLock.namespace == scope.namespace)
+            candidates = scope.snapshot
+        else:
+            candidates = self._query(sa.or_(*where), DavLock.namespace == "")
+        now = _now()
         locks = [
-            _to_dict(row._mapping)
-            for row in rows
-            if (include_root and row.root == root)
-            or (include_children and _is_below(root, row.root))
+            dict(lock)  # callers may change what they get; the snapshot stays as read
+            for lock in candidates
+            if not _is_expired(lock["expire"], now)
+            and (
+                (include_root and lock["root"] == root)
+                or (include_children and _is_below(root, lock["root"]))
+            )
         ]
         if token_only:
             return [lock["token"] for lock in locks]
         return locks
+
+    def _query(self, *where: sa.ColumnElement[bool]) -> list[LockDict]:
+        stmt = (
+            sa.select(*_COLUMNS)
+            .where(*where, _unexpired(_now()))
+            .order_by(DavLock.created_at, DavLock.token)
+        )
+        with self._db.read() as session:
+            return [_to_dict(row._mapping) for row in session.execute(stmt)]

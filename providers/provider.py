@@ -18,6 +18,8 @@ from wsgidav.dav_provider import DAVProvider
 
 from davserver.services.files import FileService
 from davserver.services.tree import NodeView
+from providers.listing import folder_listing
+from providers.lock_storage import SqlLockStorage
 from providers.resources import (
     FileResource,
     FolderResource,
@@ -91,6 +93,9 @@ class DavProvider(DAVProvider):
     def custom_request_handler(
         self, environ: dict[str, Any], start_response: Any, default: Any
     ) -> Any:
+        storage = getattr(self.lock_manager, "storage", None)
+        if isinstance(storage, SqlLockStorage):
+            storage.begin_request(actor_of(environ).user_id.hex)
         if environ["REQUEST_METHOD"] == "PROPFIND":
             depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()
             if depth == "infinity":
@@ -101,4 +106,8 @@ class DavProvider(DAVProvider):
                         context_info="PROPFIND with Depth: infinity is not supported",
                         err_condition=PRECONDITION_CODE_PropfindFiniteDepth,
                     )
+        elif environ["REQUEST_METHOD"] in ("GET", "HEAD"):
+            res = self.get_resource_inst(environ["PATH_INFO"], environ)
+            if res is not None and res.is_collection:
+                return folder_listing(res, environ, start_response)
         return default(environ, start_response)

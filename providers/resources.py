@@ -96,7 +96,9 @@ class _NodeResource:
         return _epoch(self.view.last_modified) if self.view else time.time()
 
     def get_display_name(self) -> str:
-        return self.view.name if self.view else util.get_uri_name(self.path)
+        if self.view is not None and self.view.name:
+            return self.view.name
+        return util.get_uri_name(self.path.rstrip("/"))
 
     def dead_properties(self) -> dict[str, bytes]:
         if self._dead is None:

@@ -19,8 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from davserver.blobstore import BlobStore, StoredBlob
-from davserver.db import Database
-from davserver.db.types import utcnow
+from davserver.db import Base, Database
+from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import AlreadyExists, Conflict, NotFound, PreconditionFailed
 from davserver.models import Blob, DeadProperty, FileVersion, Node, NodeKind, Op, Space
 from davserver.services import tree
@@ -135,59 +135,116 @@ class FileService:
         between, PreconditionFailed. Returns the file and whether it was created.
         """
         check_name(name)
+        key = name_key(name)
+        mime = content_type[:255] if content_type else None
 
         def work(session: Session) -> tuple[NodeView, bool]:
-            node = session.execute(
-                sa.select(Node)
-                .where(
-                    Node.parent_id == parent.id,
-                    Node.name_key == name_key(name),
-                    Node.deleted_at.is_(None),
-                )
-                .with_for_update()
-            ).scalar_one_or_none()
-            created = node is None
-            if node is None:
+            # Core statements: this is the hottest write path (every small-file PUT).
+            current = session.execute(
+                _FILE_FOR_UPDATE_PG if _is_pg(session) else _FILE_FOR_UPDATE,
+                {"parent_id": parent.id, "key": key},
+            ).first()
+            if current is None:
                 if expected_version_id is not None:
                     raise PreconditionFailed("the file no longer exists")
-                node = self._new_child(session, parent, name, NodeKind.FILE)
+                node_id = uuid.uuid4()
+                inserted = session.execute(
+                    _INSERT_CHILD,
+                    {
+                        "id": node_id,
+                        "parent_id": parent.id,
+                        "name": name,
+                        "key": key,
+                        "kind": NodeKind.FILE.value,
+                        "mime": mime,
+                        "now": utcnow(),
+                    },
+                )
+                if inserted.first() is None:
+                    raise Conflict("the parent folder does not exist")
+                if blob.size == 0:
+                    record_audit(
+                        session, actor, Op.FILE_CREATE, node_id=node_id, details={"name": name}
+                    )
+                    return _view(session, node_id), True
+                version_id, version_no = self._add_version_core(
+                    session, actor, node_id, blob, mime, first=True
+                )
                 record_audit(
-                    session, actor, Op.FILE_CREATE, node_id=node.id, details={"name": name}
+                    session,
+                    actor,
+                    Op.FILE_CREATE,
+                    node_id=node_id,
+                    version_id=version_id,
+                    details={
+                        "name": name,
+                        "version_no": 1,
+                        "size": blob.size,
+                        "sha256": blob.sha256,
+                    },
                 )
-            elif node.kind != NodeKind.FILE:
+                return _view(session, node_id), True
+            node_id, kind, current_version_id, current_sha = current
+            if kind != NodeKind.FILE:
                 raise Conflict(f"{name!r} is a folder")
-            elif expected_version_id is not None and node.current_version_id != expected_version_id:
+            if expected_version_id is not None and current_version_id != expected_version_id:
                 raise PreconditionFailed("the file changed since the ETag was issued")
-            if content_type:
-                node.mime_type = content_type[:255]
-            if created and blob.size == 0:
-                return _view(session, node.id), True
-            if node.current_version_id is not None:
-                current_sha = session.scalar(
-                    sa.select(Blob.sha256)
-                    .join(FileVersion, FileVersion.blob_id == Blob.id)
-                    .where(FileVersion.id == node.current_version_id)
-                )
-                if current_sha == blob.sha256:
-                    return _view(session, node.id), created
-            elif blob.size == 0:
-                return _view(session, node.id), created
-            version = self._add_version(session, actor, node, self._blob_id(session, blob))
+            if current_sha == blob.sha256 or (current_version_id is None and blob.size == 0):
+                return _view(session, node_id), False
+            version_id, version_no = self._add_version_core(session, actor, node_id, blob, mime)
             record_audit(
                 session,
                 actor,
                 Op.FILE_VERSION_CREATE,
-                node_id=node.id,
-                version_id=version.id,
-                details={
-                    "version_no": version.version_no,
-                    "size": blob.size,
-                    "sha256": blob.sha256,
-                },
+                node_id=node_id,
+                version_id=version_id,
+                details={"version_no": version_no, "size": blob.size, "sha256": blob.sha256},
             )
-            return _view(session, node.id), created
+            return _view(session, node_id), False
 
         return self._retry(work)
+
+    def _add_version_core(
+        self,
+        session: Session,
+        actor: Actor,
+        node_id: uuid.UUID,
+        blob: StoredBlob,
+        mime: str | None,
+        *,
+        first: bool = False,
+    ) -> tuple[uuid.UUID, int]:
+        """Insert the next version of a file (locked by the caller) and make it current."""
+        blob_id = self._blob_id(session, blob)
+        version_no = (
+            1 if first else (session.scalar(_LAST_VERSION_NO, {"node_id": node_id}) or 0) + 1
+        )
+        version_id = uuid.uuid4()
+        now = utcnow()
+        session.execute(
+            _INSERT_VERSION,
+            {
+                "id": version_id,
+                "node_id": node_id,
+                "version_no": version_no,
+                "blob_id": blob_id,
+                "size": blob.size,
+                "uploaded_by": actor.user_id,
+                "uploaded_at": now,
+                "session_id": actor.session_id,
+            },
+        )
+        session.execute(
+            _SET_CURRENT,
+            {
+                "node_id": node_id,
+                "version_id": version_id,
+                "size": blob.size,
+                "now": now,
+                "mime": mime,
+            },
+        )
+        return version_id, version_no
 
     def delete(self, actor: Actor, node_id: uuid.UUID) -> None:
         """Move a node (and so everything below it) to the trash: one UPDATE."""
@@ -369,6 +426,9 @@ class FileService:
 
     def _blob_id(self, session: Session, blob: StoredBlob) -> uuid.UUID:
         """The id of the blob row for these bytes, inserting it if this is their first upload."""
+        existing = session.scalar(_BLOB_ID, {"sha256": blob.sha256})
+        if existing is not None:
+            return existing
         values = {
             "id": uuid.uuid4(),
             "sha256": blob.sha256,
@@ -378,13 +438,11 @@ class FileService:
             "storage_key": blob.storage_key,
             "created_at": utcnow(),
         }
-        insert = (
-            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        )
+        insert = postgresql.insert if _is_pg(session) else sqlite.insert
         session.execute(
             insert(Blob).values(**values).on_conflict_do_nothing(index_elements=["sha256"])
         )
-        blob_id = session.scalar(sa.select(Blob.id).where(Blob.sha256 == blob.sha256))
+        blob_id = session.scalar(_BLOB_ID, {"sha256": blob.sha256})
         assert blob_id is not None
         return blob_id
 
@@ -578,3 +636,83 @@ def _view(session: Session, node_id: uuid.UUID) -> NodeView:
     view = tree.get_node(session, node_id)
     assert view is not None
     return view
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+_n = Base.metadata.tables["nodes"]
+_v = Base.metadata.tables["file_versions"]
+_b = Base.metadata.tables["blobs"]
+_parent = _n.alias("parent")
+_FILE_FOR_UPDATE = (
+    sa.select(_n.c.id, _n.c.kind, _n.c.current_version_id, _b.c.sha256)
+    .select_from(_n)
+    .outerjoin(_v, _v.c.id == _n.c.current_version_id)
+    .outerjoin(_b, _b.c.id == _v.c.blob_id)
+    .where(
+        _n.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
+        _n.c.name_key == sa.bindparam("key"),
+        _n.c.deleted_at.is_(None),
+    )
+)
+# Serializes uploads to one file across processes (SQLite's BEGIN IMMEDIATE already does).
+_FILE_FOR_UPDATE_PG = _FILE_FOR_UPDATE.with_for_update(of=_n)
+# A new child inherits owner, space and group from its parent, which must still be live.
+_INSERT_CHILD = (
+    _n.insert()
+    .from_select(
+        [
+            "id",
+            "parent_id",
+            "name",
+            "name_key",
+            "kind",
+            "owner_id",
+            "space",
+            "group_id",
+            "mime_type",
+            "size",
+            "created_at",
+            "modified_at",
+        ],
+        sa.select(
+            sa.bindparam("id", type_=sa.Uuid),
+            _parent.c.id,
+            sa.bindparam("name", type_=sa.String),
+            sa.bindparam("key", type_=sa.String),
+            sa.bindparam("kind", type_=sa.String),
+            _parent.c.owner_id,
+            _parent.c.space,
+            _parent.c.group_id,
+            sa.bindparam("mime", type_=sa.String),
+            sa.literal(0, sa.BigInteger),
+            sa.bindparam("now", type_=UTCDateTime),
+            sa.bindparam("now", type_=UTCDateTime),
+        ).where(
+            _parent.c.id == sa.bindparam("parent_id", type_=sa.Uuid),
+            _parent.c.deleted_at.is_(None),
+            _parent.c.kind == NodeKind.FOLDER.value,
+        ),
+    )
+    .returning(_n.c.id)
+)
+
+
+_LAST_VERSION_NO = sa.select(sa.func.max(_v.c.version_no)).where(
+    _v.c.node_id == sa.bindparam("node_id", type_=sa.Uuid)
+)
+_INSERT_VERSION = _v.insert()
+_SET_CURRENT = (
+    _n.update()
+    .where(_n.c.id == sa.bindparam("node_id", type_=sa.Uuid))
+    .values(
+        current_version_id=sa.bindparam("version_id", type_=sa.Uuid),
+        size=sa.bindparam("size", type_=sa.BigInteger),
+        modified_at=sa.bindparam("now", type_=UTCDateTime),
+        mtime=None,
+        mime_type=sa.func.coalesce(sa.bindparam("mime", type_=sa.String), _n.c.mime_type),
+    )
+)
+_BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
+from davserver.db import Base
 from davserver.errors import InvalidName
-from davserver.models import Blob, FileVersion, Node, NodeKind, Space
+from davserver.models import Node, NodeKind, Space
 
 MAX_NAME_LENGTH = 255
 _SLICE = 30
@@ -87,36 +88,90 @@ _VIEW_COLUMNS = (
     "mime_type",
     "current_version_id",
 )
+_nodes = Base.metadata.tables["nodes"]
+_versions = Base.metadata.tables["file_versions"]
+_blobs = Base.metadata.tables["blobs"]
 
 
-def _view_select(node: type[Node] | sa.orm.util.AliasedClass[Node]) -> sa.Select[tuple]:
-    columns = [getattr(node, c) for c in _VIEW_COLUMNS]
+def _view_select(node: Any) -> sa.Select[Any]:
+    """SELECT the NodeView columns of ``node`` (the table or an alias of it)."""
     return (
         sa.select(
-            *columns, FileVersion.version_no, Blob.sha256, Blob.md5, Blob.sha1, Blob.storage_key
+            *(node.c[c] for c in _VIEW_COLUMNS),
+            _versions.c.version_no,
+            _blobs.c.sha256,
+            _blobs.c.md5,
+            _blobs.c.sha1,
+            _blobs.c.storage_key,
         )
-        .outerjoin(FileVersion, FileVersion.id == node.current_version_id)
-        .outerjoin(Blob, Blob.id == FileVersion.blob_id)
+        .select_from(node)
+        .outerjoin(_versions, _versions.c.id == node.c.current_version_id)
+        .outerjoin(_blobs, _blobs.c.id == _versions.c.blob_id)
     )
 
 
-def _to_view(row: sa.Row[tuple]) -> NodeView:
-    return NodeView(*row)  # type: ignore[arg-type, call-arg]
+def _to_view(row: sa.Row[Any]) -> NodeView:
+    return NodeView(*row)  # type: ignore[call-arg]
+
+
+# Statements are built once (per path depth) with bind parameters, so a request pays neither
+# for constructing them nor, thanks to SQLAlchemy's compiled cache, for compiling them.
+_HOME_ROOT = _view_select(_nodes).where(
+    _nodes.c.owner_id == sa.bindparam("owner_id", type_=sa.Uuid),
+    _nodes.c.parent_id.is_(None),
+    _nodes.c.space == Space.HOME.value,
+    _nodes.c.deleted_at.is_(None),
+)
+_BY_ID = _view_select(_nodes).where(_nodes.c.id == sa.bindparam("node_id", type_=sa.Uuid))
+_CHILDREN = (
+    _view_select(_nodes)
+    .where(
+        _nodes.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
+        _nodes.c.deleted_at.is_(None),
+    )
+    .order_by(_nodes.c.name)
+)
+_CHILD = _view_select(_nodes).where(
+    _nodes.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
+    _nodes.c.name_key == sa.bindparam("k0"),
+    _nodes.c.deleted_at.is_(None),
+)
+_resolve_statements: dict[int, sa.Select[Any]] = {}
+
+
+def _resolve_statement(depth: int) -> sa.Select[Any]:
+    """The path lookup for ``depth`` segments: one alias of ``nodes`` per segment."""
+    stmt = _resolve_statements.get(depth)
+    if stmt is not None:
+        return stmt
+    aliases = [_nodes.alias(f"n{i}") for i in range(depth)]
+    conditions: list[sa.ColumnElement[bool]] = []
+    previous: Any = sa.bindparam("root_id", type_=sa.Uuid)
+    for i, alias in enumerate(aliases):
+        conditions += [
+            alias.c.parent_id == previous,
+            alias.c.name_key == sa.bindparam(f"k{i}"),
+            alias.c.deleted_at.is_(None),
+        ]
+        if i < depth - 1:
+            conditions.append(alias.c.kind == NodeKind.FOLDER.value)
+        previous = alias.c.id
+    # Joined through WHERE conditions; both engines plan them as index lookups on
+    # (parent_id, name_key), segment by segment.
+    stmt = _view_select(aliases[-1]).where(*conditions)
+    for alias in aliases[:-1]:
+        stmt = stmt.select_from(alias)
+    _resolve_statements[depth] = stmt
+    return stmt
 
 
 def home_root(session: Session, owner_id: uuid.UUID) -> NodeView | None:
-    stmt = _view_select(Node).where(
-        Node.owner_id == owner_id,
-        Node.parent_id.is_(None),
-        Node.space == Space.HOME,
-        Node.deleted_at.is_(None),
-    )
-    row = session.execute(stmt).first()
+    row = session.execute(_HOME_ROOT, {"owner_id": owner_id}).first()
     return _to_view(row) if row else None
 
 
 def get_node(session: Session, node_id: uuid.UUID) -> NodeView | None:
-    row = session.execute(_view_select(Node).where(Node.id == node_id)).first()
+    row = session.execute(_BY_ID, {"node_id": node_id}).first()
     return _to_view(row) if row else None
 
 
@@ -127,54 +182,26 @@ def resolve(session: Session, root_id: uuid.UUID, parts: Sequence[str]) -> NodeV
     current = root_id
     view: NodeView | None = None
     for start in range(0, len(parts), _SLICE):
-        view = _resolve_slice(session, current, parts[start : start + _SLICE])
-        if view is None:
+        chunk = parts[start : start + _SLICE]
+        params: dict[str, Any] = {f"k{i}": name_key(part) for i, part in enumerate(chunk)}
+        params["root_id"] = current
+        row = session.execute(_resolve_statement(len(chunk)), params).first()
+        if row is None:
             return None
+        view = _to_view(row)
         if start + _SLICE < len(parts) and not view.is_folder:
             return None
         current = view.id
     return view
 
 
-def _resolve_slice(session: Session, root_id: uuid.UUID, parts: Sequence[str]) -> NodeView | None:
-    aliases = [aliased(Node, name=f"n{i}") for i in range(len(parts))]
-    last = aliases[-1]
-    stmt = _view_select(last)
-    previous_id: Any = root_id
-    conditions: list[sa.ColumnElement[bool]] = []
-    for i, (alias, part) in enumerate(zip(aliases, parts, strict=True)):
-        conditions += [
-            alias.parent_id == previous_id,
-            alias.name_key == name_key(part),
-            alias.deleted_at.is_(None),
-        ]
-        if i < len(parts) - 1:
-            conditions.append(alias.kind == NodeKind.FOLDER)
-        previous_id = alias.id
-    # The joins are written as WHERE conditions over a FROM list; both engines plan them as
-    # index lookups on (parent_id, name_key).
-    stmt = stmt.where(*conditions)
-    row = session.execute(stmt).first()
-    return _to_view(row) if row else None
-
-
 def list_children(session: Session, folder_id: uuid.UUID) -> list[NodeView]:
     """Every live child of a folder, with its current version, in one query."""
-    stmt = (
-        _view_select(Node)
-        .where(Node.parent_id == folder_id, Node.deleted_at.is_(None))
-        .order_by(Node.name)
-    )
-    return [_to_view(row) for row in session.execute(stmt)]
+    return [_to_view(row) for row in session.execute(_CHILDREN, {"parent_id": folder_id})]
 
 
 def child_by_name(session: Session, folder_id: uuid.UUID, name: str) -> NodeView | None:
-    stmt = _view_select(Node).where(
-        Node.parent_id == folder_id,
-        Node.name_key == name_key(name),
-        Node.deleted_at.is_(None),
-    )
-    row = session.execute(stmt).first()
+    row = session.execute(_CHILD, {"parent_id": folder_id, "k0": name_key(name)}).first()
     return _to_view(row) if row else None
 
 

@@ -37,6 +37,7 @@ def upgrade() -> None:
     op.create_table(
         "locks",
         sa.Column("token", sa.String(length=128), nullable=False),
+        sa.Column("namespace", sa.String(length=64), nullable=False),
         sa.Column("root", sa.String(length=4096), nullable=False),
         sa.Column("depth", sa.String(length=8), nullable=False),
         sa.Column("scope", sa.String(length=16), nullable=False),
@@ -51,7 +52,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("locks", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_locks_expire"), ["expire"], unique=False)
-        batch_op.create_index(batch_op.f("ix_locks_root"), ["root"], unique=False)
+        batch_op.create_index("ix_locks_namespace_root", ["namespace", "root"], unique=False)
 
     op.create_table(
         "roles",
@@ -638,7 +639,7 @@ def downgrade() -> None:
     op.drop_table("users")
     op.drop_table("roles")
     with op.batch_alter_table("locks", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_locks_root"))
+        batch_op.drop_index("ix_locks_namespace_root")
         batch_op.drop_index(batch_op.f("ix_locks_expire"))
 
     op.drop_table("locks")

@@ -1,0 +1,39 @@
+"""GET and HEAD on a folder: a plain HTML listing, so browsers and HEAD-probing clients work.
+
+WsgiDAV answers 403 there once its directory browser is off (it costs a lookup per request);
+clients such as webdavclient3 probe folders with HEAD before every operation and give up on 403.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+from wsgidav import util
+
+
+def folder_listing(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """Answer GET/HEAD on collection ``res`` with 200 and an HTML index of its members."""
+    title = html.escape(res.path)
+    rows = []
+    if res.path not in ("", "/"):
+        rows.append('<li><a href="../">../</a></li>')
+    for member in res.get_member_list():
+        name = member.name + ("/" if member.is_collection else "")
+        size = "" if member.is_collection else f" ({member.get_content_length()} bytes)"
+        rows.append(f'<li><a href="{quote(name)}">{html.escape(name)}</a>{html.escape(size)}</li>')
+    body = (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{title}</title></head>\n<body><h1>{title}</h1>\n<ul>\n"
+        + "\n".join(rows)
+        + "\n</ul></body></html>\n"
+    ).encode()
+    headers = [
+        ("Content-Type", "text/html; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Date", util.get_rfc1123_time()),
+    ]
+    start_response("200 OK", headers)
+    return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [body]
