@@ -48,6 +48,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from davserver.config import documented_defaults
+
+    print(documented_defaults(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="davserver", description=__doc__)
     parser.add_argument(
@@ -59,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (server.port)")
     serve.set_defaults(func=cmd_serve)
+
+    config = commands.add_parser("config", help="print every option, documented, at its default")
+    config.set_defaults(func=cmd_config)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)

@@ -63,13 +63,11 @@ class AdminSettings:
 class DavSettings:
     realm: str = opt("davserver", "Realm shown in the Basic authentication prompt.")
     lock_max_timeout: int = opt(7 * 24 * 3600, "Longest lock lifetime a client may ask for (s).")
-    delete_to_trash: bool = opt(True, "DELETE moves items to the trash instead of purging them.")
 
 
 @dataclass(frozen=True)
 class LoggingSettings:
     level: str = opt("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
-    access_log: bool = opt(False, "Log one line per request (costs CPU on busy servers).")
     query_header: bool = opt(
         False, "Add X-Query-Count (SQL statements run) to every response; for benchmarks."
     )
@@ -199,3 +197,26 @@ def _build(values: Mapping[str, Any]) -> Settings:
         elif f.name in values:
             top[f.name] = _coerce(f.name, kind, values[f.name])
     return Settings(**top)
+
+
+def documented_defaults() -> str:
+    """config.yaml text with every option commented out at its default, with help and env name."""
+    lines = [
+        "# davserver settings. Every option is shown at its default, commented out; uncomment to",
+        "# change it. Each can also be set by the environment variable named beside it, which",
+        "# wins over this file. To change a nested option, uncomment its section line as well.",
+        "# Regenerate this file with `davserver config`.",
+        "",
+    ]
+    section = None
+    for dotted, f in iter_options():
+        head, _, key = dotted.rpartition(".")
+        if head != section and head:
+            lines += ["", f"# {head}:"]
+            section = head
+        default = f.default if f.default is not dataclasses.MISSING else None
+        value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        indent = "#   " if head else "# "
+        lines.append(f"{indent if head else ''}# {f.metadata['help']} [{env_name(dotted)}]")
+        lines.append(f"{indent}{key}: {value}")
+    return "\n".join(lines) + "\n"
