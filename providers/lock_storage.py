@@ -465,12 +465,7 @@ class SqlLockStorage:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"not a lock path: {path!r}")
         root = normalize_lock_root(path)
-        where: list[sa.ColumnElement[bool]] = []
-        if include_root:
-            where.append(DavLock.root == root)
-        if include_children:
-            where.append(_below_clause(root))
-        if not where:
+        if not (include_root or include_children):
             return []
         scope = _scope.get()
         if scope is not None:
@@ -478,7 +473,14 @@ class SqlLockStorage:
                 scope.snapshot = self._query(DavLock.namespace == scope.namespace)
             candidates = scope.snapshot
         else:
+            where: list[sa.ColumnElement[bool]] = []
+            if include_root:
+                where.append(DavLock.root == root)
+            if include_children:
+                where.append(_below_clause(root))
             candidates = self._query(sa.or_(*where), DavLock.namespace == "")
+        if not candidates:
+            return []
         now = _now()
         locks = [
             dict(lock)  # callers may change what they get; the snapshot stays as read
@@ -492,6 +494,12 @@ class SqlLockStorage:
         if token_only:
             return [lock["token"] for lock in locks]
         return locks
+
+    def has_locks(self) -> bool:
+        """True when the current namespace has any unexpired lock (from the request snapshot)."""
+        return bool(
+            self.get_lock_list("/", include_root=True, include_children=True, token_only=True)
+        )
 
     def _query(self, *where: sa.ColumnElement[bool]) -> list[LockDict]:
         stmt = (

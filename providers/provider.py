@@ -18,6 +18,7 @@ from wsgidav.dav_provider import DAVProvider
 
 from davserver.services.files import FileService
 from davserver.services.tree import NodeView
+from providers import propfind
 from providers.listing import folder_listing
 from providers.lock_storage import SqlLockStorage
 from providers.resources import (
@@ -106,6 +107,10 @@ class DavProvider(DAVProvider):
                         context_info="PROPFIND with Depth: infinity is not supported",
                         err_condition=PRECONDITION_CODE_PropfindFiniteDepth,
                     )
+            if propfind.can_handle(environ):
+                res = self.get_resource_inst(environ["PATH_INFO"], environ)
+                if res is not None:
+                    return propfind.respond(res, environ, start_response)
         elif environ["REQUEST_METHOD"] in ("GET", "HEAD"):
             res = self.get_resource_inst(environ["PATH_INFO"], environ)
             if res is not None and res.is_collection:

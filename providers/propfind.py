@@ -1,0 +1,199 @@
+"""PROPFIND at Depth 0 and 1, rendered straight to text.
+
+WsgiDAV builds an lxml tree with a dozen getter calls per member and property; on a folder of
+2,000 members that costs ~125 µs per member, which made listing a big folder slower than the
+stock filesystem provider although our members come from one query. This handler parses the
+request exactly as WsgiDAV does (``util.parse_xml_body``, same modes and errors) and writes the
+multistatus as strings from the resources' preloaded state. Requests it does not handle (If
+headers, Depth: infinity) go to WsgiDAV's own handler.
+
+Dead properties are stored as serialized XML elements and are copied into the response as they
+are, so their namespaces, attributes and content survive byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+from xml.sax.saxutils import escape
+
+from wsgidav import util
+from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
+from wsgidav.dav_provider import DAVCollection
+
+_DAV = "{DAV:}"
+_SUPPORTED_LOCK = (
+    "<D:supportedlock>"
+    "<D:lockentry><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype>"
+    "</D:lockentry>"
+    "<D:lockentry><D:lockscope><D:shared/></D:lockscope><D:locktype><D:write/></D:locktype>"
+    "</D:lockentry>"
+    "</D:supportedlock>"
+)
+_CONDITIONAL_HEADERS = (
+    "HTTP_IF",
+    "HTTP_IF_MATCH",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
+
+
+def can_handle(environ: dict[str, Any]) -> bool:
+    """True for the requests this handler answers itself."""
+    depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()
+    return depth in ("0", "1") and not any(h in environ for h in _CONDITIONAL_HEADERS)
+
+
+def parse_request(environ: dict[str, Any]) -> tuple[str, list[str]]:
+    """(mode, names): mode is "allprop", "name" or "named"; raises DAVError(400) on bad XML."""
+    request = util.parse_xml_body(environ, allow_empty=True)
+    if request is None:
+        return "allprop", []
+    if request.tag != "{DAV:}propfind":
+        raise DAVError(HTTP_BAD_REQUEST, context_info="the body must be a DAV:propfind element")
+    mode: str | None = None
+    names: list[str] = []
+    for child in request:
+        if child.tag == "{DAV:}allprop":
+            if mode:
+                raise DAVError(HTTP_BAD_REQUEST)
+            mode = "allprop"
+        elif child.tag == "{DAV:}name":
+            if mode:
+                raise DAVError(HTTP_BAD_REQUEST)
+            mode = "name"
+        elif child.tag == "{DAV:}prop":
+            if mode not in (None, "named"):
+                raise DAVError(HTTP_BAD_REQUEST)
+            mode = "named"
+            names.extend(str(p.tag) for p in child if isinstance(p.tag, str))
+    return mode or "allprop", names
+
+
+def respond(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """The multistatus for ``res`` (and its members at Depth 1)."""
+    mode, names = parse_request(environ)
+    resources = [res]
+    if res.is_collection and environ.get("HTTP_DEPTH", "").strip() == "1":
+        resources.extend(res.get_member_list())
+    lock_manager = res.provider.lock_manager
+    storage = getattr(lock_manager, "storage", None)
+    # With no lock anywhere in the user's space, every lockdiscovery is empty: skip the lookups.
+    any_locks = lock_manager is not None and (
+        not hasattr(storage, "has_locks") or storage.has_locks()
+    )
+    parts = ['<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">']
+    for item in resources:
+        parts.append(_response(item, mode, names, lock_manager, any_locks))
+    parts.append("</D:multistatus>")
+    body = "".join(parts).encode("utf-8")
+    start_response(
+        "207 Multi-Status",
+        [
+            ("Content-Type", "application/xml; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Date", util.get_rfc1123_time()),
+        ],
+    )
+    return [body]
+
+
+def _response(res: Any, mode: str, names: list[str], lock_manager: Any, any_locks: bool) -> str:
+    renderers = _renderers(res, lock_manager, any_locks)
+    dead: dict[str, bytes] = res.dead_properties() if hasattr(res, "dead_properties") else {}
+    found: list[str] = []
+    missing: list[str] = []
+    if mode == "named":
+        for name in names:
+            value = _render(name, renderers, dead)
+            if value is None:
+                missing.append(_empty(name))
+            else:
+                found.append(value)
+    elif mode == "name":
+        found = [_empty(name) for name in [*renderers, *dead]]
+    else:
+        found = [render() for render in renderers.values()]
+        found.extend(value.decode("utf-8") for value in dead.values())
+    out = [f"<D:response><D:href>{escape(res.get_href())}</D:href>"]
+    if found or not missing:
+        out.append(
+            f"<D:propstat><D:prop>{''.join(found)}</D:prop>"
+            "<D:status>HTTP/1.1 200 OK</D:status></D:propstat>"
+        )
+    if missing:
+        out.append(
+            f"<D:propstat><D:prop>{''.join(missing)}</D:prop>"
+            "<D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>"
+        )
+    out.append("</D:response>")
+    return "".join(out)
+
+
+def _render(
+    name: str, renderers: dict[str, Callable[[], str]], dead: dict[str, bytes]
+) -> str | None:
+    render = renderers.get(name)
+    if render is not None:
+        return render()
+    value = dead.get(name)
+    return value.decode("utf-8") if value is not None else None
+
+
+def _renderers(res: Any, lock_manager: Any, any_locks: bool) -> dict[str, Callable[[], str]]:
+    """The live properties ``res`` has, in WsgiDAV's allprop order, each as a renderer."""
+    is_collection = isinstance(res, DAVCollection) or res.is_collection
+    out: dict[str, Callable[[], str]] = {
+        "{DAV:}resourcetype": (
+            (lambda: "<D:resourcetype><D:collection/></D:resourcetype>")
+            if is_collection
+            else (lambda: "<D:resourcetype/>")
+        )
+    }
+    created = res.get_creation_date()
+    if created is not None:
+        out["{DAV:}creationdate"] = lambda: _text("creationdate", util.get_rfc3339_time(created))
+    if not is_collection:
+        out["{DAV:}getcontentlength"] = lambda: _text(
+            "getcontentlength", str(res.get_content_length())
+        )
+        out["{DAV:}getcontenttype"] = lambda: _text("getcontenttype", res.get_content_type())
+    modified = res.get_last_modified()
+    if modified is not None:
+        out["{DAV:}getlastmodified"] = lambda: _text(
+            "getlastmodified", util.get_rfc1123_time(modified)
+        )
+    out["{DAV:}displayname"] = lambda: _text("displayname", res.get_display_name())
+    if not is_collection:
+        out["{DAV:}getetag"] = lambda: _text("getetag", f'"{res.get_etag()}"')
+    if lock_manager is not None and not res.prevent_locking():
+        out["{DAV:}lockdiscovery"] = (
+            (lambda: _lockdiscovery(res, lock_manager))
+            if any_locks
+            else (lambda: "<D:lockdiscovery/>")
+        )
+        out["{DAV:}supportedlock"] = lambda: _SUPPORTED_LOCK
+    return out
+
+
+def _lockdiscovery(res: Any, lock_manager: Any) -> str:
+    if not lock_manager.get_url_lock_list(res.get_ref_url()):
+        return "<D:lockdiscovery/>"
+    from lxml import etree
+
+    element = res.get_property_value("{DAV:}lockdiscovery")
+    return str(etree.tostring(element, encoding="unicode"))
+
+
+def _text(local: str, value: str) -> str:
+    return f"<D:{local}>{escape(value)}</D:{local}>"
+
+
+def _empty(name: str) -> str:
+    if name.startswith(_DAV):
+        return f"<D:{name[len(_DAV) :]}/>"
+    namespace, _, local = name[1:].partition("}") if name.startswith("{") else ("", "", name)
+    if not namespace:
+        return f'<{local} xmlns=""/>'
+    return f'<X:{local} xmlns:X="{escape(namespace, {chr(34): "&quot;"})}"/>'

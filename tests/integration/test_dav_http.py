@@ -1,0 +1,1046 @@
+"""WebDAV over real HTTP against the in-process server, with the database rows behind it.
+
+Every test talks raw HTTP (``http.client`` or a socket) to ``inproc_server``, once per engine,
+inside its own fresh collection, and where it matters looks at the rows the request left in
+``app.db``: versions, blobs, soft-deleted nodes, dead properties, the logbook.
+"""
+
+from __future__ import annotations
+
+import http.client
+import secrets
+import socket
+import threading
+import time
+import unicodedata
+import urllib.parse
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from davserver.app import Application
+from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, User
+from davserver.services.tree import NodeView
+from tests.servers import HOST, InprocServer, Response, basic_auth_header, http_request
+
+DAV_NS = "{DAV:}"
+MS_NS = "{urn:schemas-microsoft-com:}"
+CUSTOM_NS = "urn:example:davserver-tests"
+
+
+# --- URLs and HTTP ---------------------------------------------------------------------------
+
+
+def q(name: str) -> str:
+    """One path segment, percent-encoded (everything but unreserved characters)."""
+    return urllib.parse.quote(name, safe="")
+
+
+def path_of(url: str) -> str:
+    return urllib.parse.urlsplit(url).path
+
+
+def decoded_parts(url: str) -> list[str]:
+    return [urllib.parse.unquote(p) for p in path_of(url).split("/") if p]
+
+
+def no_traceback(response: Response) -> None:
+    assert b"Traceback" not in response.body, response.body[:2000]
+    assert b'File "' not in response.body, response.body[:2000]
+
+
+def assert_2xx(response: Response, what: str) -> None:
+    assert 200 <= response.status < 300, (
+        f"{what} answered {response.status}: {response.body[:500]!r}"
+    )
+
+
+def put(srv: InprocServer, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> int:
+    response = srv.request("PUT", url, body, headers)
+    assert response.status in (201, 204), (
+        f"PUT {url} answered {response.status}: {response.body[:500]!r}"
+    )
+    return response.status
+
+
+def get_body(srv: InprocServer, url: str) -> bytes:
+    response = srv.request("GET", url)
+    assert response.status == 200, f"GET {url} answered {response.status}"
+    return response.body
+
+
+class Connection:
+    """One keep-alive connection with Basic auth, for many requests in a row."""
+
+    def __init__(self, srv: InprocServer, user: str | None = None, password: str | None = None):
+        self.conn = http.client.HTTPConnection(HOST, srv.port, timeout=30)
+        self.auth = basic_auth_header(user or srv.user, password or srv.password)
+
+    def request(
+        self, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] = {}
+    ) -> Response:
+        sent = {"Authorization": self.auth, **headers}
+        self.conn.request(method, path_of(url), body=body, headers=sent)
+        resp = self.conn.getresponse()
+        return Response(resp.status, dict(resp.getheaders()), resp.read())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def as_user(srv: InprocServer, user: str, password: str) -> Callable[..., Response]:
+    """``request(method, url, body, headers)`` as another user."""
+
+    def request(
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        full = url if "://" in url else srv.url + url
+        return http_request(method, full, body, headers, auth=(user, password))
+
+    return request
+
+
+# --- multistatus -----------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One <response> of a multistatus: its decoded path and props by status."""
+
+    path: str
+    props: dict[str, ET.Element] = field(default_factory=dict)
+    status: dict[str, int] = field(default_factory=dict)
+
+
+def _status_code(text: str | None) -> int:
+    parts = (text or "").split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def parse_multistatus(body: bytes) -> dict[str, Entry]:
+    """{decoded path without trailing slash: Entry} of a 207 body."""
+    root = ET.fromstring(body)
+    assert root.tag == DAV_NS + "multistatus", body[:500]
+    entries: dict[str, Entry] = {}
+    for response in root.findall(DAV_NS + "response"):
+        href = response.findtext(DAV_NS + "href") or ""
+        path = urllib.parse.unquote(path_of(href)).rstrip("/") or "/"
+        entry = Entry(path)
+        for propstat in response.findall(DAV_NS + "propstat"):
+            code = _status_code(propstat.findtext(DAV_NS + "status"))
+            prop = propstat.find(DAV_NS + "prop")
+            for element in prop if prop is not None else []:
+                entry.status[element.tag] = code
+                if code == 200:
+                    entry.props[element.tag] = element
+        entries[path] = entry
+    return entries
+
+
+def propfind(
+    srv: InprocServer, url: str, depth: str = "1", body: bytes | None = None
+) -> dict[str, Entry]:
+    headers = {"Depth": depth}
+    if body is not None:
+        headers["Content-Type"] = "application/xml; charset=utf-8"
+    response = srv.request("PROPFIND", url, body, headers)
+    assert response.status == 207, (
+        f"PROPFIND {url} answered {response.status}: {response.body[:500]!r}"
+    )
+    return parse_multistatus(response.body)
+
+
+def member_names(srv: InprocServer, folder_url: str) -> list[str]:
+    """The decoded names a Depth 1 PROPFIND of ``folder_url`` lists (the folder excluded)."""
+    folder = urllib.parse.unquote(path_of(folder_url)).rstrip("/")
+    return sorted(
+        p.rsplit("/", 1)[1] for p in propfind(srv, folder_url) if p != folder and p != "/"
+    )
+
+
+def entry_of(srv: InprocServer, url: str, body: bytes | None = None) -> Entry:
+    entries = propfind(srv, url, "0", body)
+    assert len(entries) == 1, entries
+    return next(iter(entries.values()))
+
+
+def proppatch_body(set_props: str = "", remove_props: str = "") -> bytes:
+    parts = ['<?xml version="1.0" encoding="utf-8"?>']
+    parts.append(
+        f'<D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:schemas-microsoft-com:" '
+        f'xmlns:X="{CUSTOM_NS}">'
+    )
+    if set_props:
+        parts.append(f"<D:set><D:prop>{set_props}</D:prop></D:set>")
+    if remove_props:
+        parts.append(f"<D:remove><D:prop>{remove_props}</D:prop></D:remove>")
+    parts.append("</D:propertyupdate>")
+    return "".join(parts).encode()
+
+
+LOCK_BODY = (
+    b'<?xml version="1.0" encoding="utf-8"?>'
+    b'<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+    b"<D:locktype><D:write/></D:locktype><D:owner>tests</D:owner></D:lockinfo>"
+)
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def user_id(app: Application, username: str) -> uuid.UUID:
+    with app.db.read() as session:
+        found = session.scalar(sa.select(User.id).where(User.username == username))
+    assert found is not None, username
+    return found
+
+
+def node_at(srv: InprocServer, url: str, username: str | None = None) -> NodeView | None:
+    """The live node behind a /files/... URL of ``username`` (default: the test user)."""
+    app = srv.application
+    parts = decoded_parts(url)
+    assert parts[:1] == ["files"], url
+    home = app.files.home_id(user_id(app, username or srv.user))
+    return app.files.resolve(home, parts[1:])
+
+
+def existing_node(srv: InprocServer, url: str, username: str | None = None) -> NodeView:
+    view = node_at(srv, url, username)
+    assert view is not None, f"no live node at {url}"
+    return view
+
+
+def version_numbers(app: Application, node_id: uuid.UUID) -> list[int]:
+    with app.db.read() as session:
+        return list(
+            session.scalars(
+                sa.select(FileVersion.version_no)
+                .where(FileVersion.node_id == node_id)
+                .order_by(FileVersion.version_no)
+            )
+        )
+
+
+def count_rows(app: Application, model: type, *where: sa.ColumnElement[bool]) -> int:
+    with app.db.read() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(model).where(*where)) or 0
+
+
+def live_children(app: Application, folder_id: uuid.UUID) -> list[str]:
+    with app.db.read() as session:
+        return sorted(
+            session.scalars(
+                sa.select(Node.name).where(Node.parent_id == folder_id, Node.deleted_at.is_(None))
+            )
+        )
+
+
+def nodes_named(app: Application, name: str) -> int:
+    return count_rows(app, Node, Node.name == name)
+
+
+def last_log_id(app: Application) -> int:
+    with app.db.read() as session:
+        return session.scalar(sa.select(sa.func.max(LogEntry.id))) or 0
+
+
+def ops_since(app: Application, since: int) -> list[tuple[str, uuid.UUID | None]]:
+    with app.db.read() as session:
+        rows = session.execute(
+            sa.select(LogEntry.op_type, LogEntry.node_id)
+            .where(LogEntry.id > since)
+            .order_by(LogEntry.id)
+        )
+        return [(op, node) for op, node in rows]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@contextmanager
+def recorded_statements(app: Application) -> Iterator[list[str]]:
+    """Every SQL statement the application's engine runs inside the block."""
+    seen: list[str] = []
+
+    def listener(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(app.db.engine, "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        event.remove(app.db.engine, "before_cursor_execute", listener)
+
+
+@pytest.fixture
+def srv(inproc_server: InprocServer) -> InprocServer:
+    return inproc_server
+
+
+@pytest.fixture
+def folder(inproc_dav_dir: str) -> str:
+    """URL of a fresh, empty collection (with its trailing slash)."""
+    return inproc_dav_dir
+
+
+# --- 1. reading what was written -------------------------------------------------------------
+
+
+def test_put_get_round_trip_with_etag_range_and_conditional_get(
+    srv: InprocServer, folder: str
+) -> None:
+    data = bytes(range(256)) * 8
+    url = folder + "data.bin"
+    assert srv.request("PUT", url, data).status == 201
+    got = srv.request("GET", url)
+    assert got.status == 200
+    assert got.body == data
+    etag = got.headers.get("ETag", "")
+    assert len(etag) > 2 and etag.startswith('"') and etag.endswith('"'), etag
+    assert got.headers.get("Last-Modified"), got.headers
+    assert int(got.headers["Content-Length"]) == len(data)
+
+    listed = entry_of(srv, url).props
+    assert listed[DAV_NS + "getetag"].text == etag
+    assert listed[DAV_NS + "getcontentlength"].text == str(len(data))
+
+    head = srv.request("HEAD", url)
+    assert head.status == 200
+    assert head.body == b""
+    for name in ("ETag", "Last-Modified", "Content-Length", "Content-Type"):
+        assert head.headers.get(name) == got.headers.get(name), name
+
+    ranged = srv.request("GET", url, headers={"Range": "bytes=10-19"})
+    assert ranged.status == 206
+    assert ranged.body == data[10:20]
+    assert ranged.headers.get("Content-Range") == f"bytes 10-19/{len(data)}"
+    assert ranged.headers.get("Content-Length") == "10"
+
+    not_modified = srv.request("GET", url, headers={"If-None-Match": etag})
+    assert not_modified.status == 304
+    assert not_modified.body == b""
+
+
+# --- 2. versions and deduplication -----------------------------------------------------------
+
+
+def test_new_bytes_make_a_version_and_equal_bytes_do_not(srv: InprocServer, folder: str) -> None:
+    app = srv.application
+    url = folder + "versions.txt"
+    put(srv, url, b"first")
+    node = existing_node(srv, url)
+    assert version_numbers(app, node.id) == [1]
+    put(srv, url, b"second")
+    assert version_numbers(app, node.id) == [1, 2]
+    put(srv, url, b"second")
+    assert version_numbers(app, node.id) == [1, 2]
+    put(srv, url, b"first")
+    assert version_numbers(app, node.id) == [1, 2, 3]
+    assert get_body(srv, url) == b"first"
+
+
+def test_identical_files_share_one_blob_row_and_one_file_on_disk(
+    srv: InprocServer, folder: str
+) -> None:
+    app = srv.application
+    data = b"shared bytes " + secrets.token_bytes(32)
+    put(srv, folder + "one.bin", data)
+    put(srv, folder + "two.bin", data)
+    one = existing_node(srv, folder + "one.bin")
+    two = existing_node(srv, folder + "two.bin")
+    assert one.id != two.id
+    assert one.sha256 is not None and one.sha256 == two.sha256
+    assert count_rows(app, Blob, Blob.sha256 == one.sha256) == 1
+    on_disk = [p for p in app.blobs.root.rglob(one.sha256) if p.is_file()]
+    assert len(on_disk) == 1, on_disk
+    assert on_disk[0].read_bytes() == data
+
+
+# --- 3. If-Match -----------------------------------------------------------------------------
+
+
+def test_if_match_with_stale_etag_is_refused(srv: InprocServer, folder: str) -> None:
+    url = folder + "guarded.txt"
+    put(srv, url, b"version one")
+    stale = srv.request("GET", url).headers["ETag"]
+    put(srv, url, b"version two")
+    current = srv.request("GET", url).headers["ETag"]
+    assert stale != current
+
+    refused = srv.request("PUT", url, b"lost update", {"If-Match": stale})
+    assert refused.status == 412
+    assert get_body(srv, url) == b"version two"
+    assert version_numbers(srv.application, existing_node(srv, url).id) == [1, 2]
+
+    accepted = srv.request("PUT", url, b"version three", {"If-Match": current})
+    assert accepted.status in (200, 204)
+    assert get_body(srv, url) == b"version three"
+
+
+# --- 4. uploads cut off ----------------------------------------------------------------------
+
+
+def _cut_off_put(srv: InprocServer, url: str, *, chunked: bool) -> None:
+    """Send a PUT whose body stops after 1000 bytes, then close the connection."""
+    tmp_dir = srv.application.blobs.tmp_dir
+    before = set(tmp_dir.iterdir())
+    payload = b"x" * 1000
+    head = [
+        f"PUT {path_of(url)} HTTP/1.1",
+        f"Host: {HOST}:{srv.port}",
+        f"Authorization: {basic_auth_header(srv.user, srv.password)}",
+        "Content-Type: application/octet-stream",
+    ]
+    if chunked:
+        head.append("Transfer-Encoding: chunked")
+        body = b"%x\r\n" % len(payload) + payload + b"\r\n"  # no terminating 0-chunk
+    else:
+        head.append("Content-Length: 100000")
+        body = payload
+    sock = socket.create_connection((HOST, srv.port), timeout=10)
+    try:
+        sock.sendall("\r\n".join(head).encode("ascii") + b"\r\n\r\n" + body)
+        # The server has started writing the body once its temp file shows up.
+        wait_for(lambda: bool(set(tmp_dir.iterdir()) - before), timeout=3.0)
+    finally:
+        sock.close()
+    left = wait_for(lambda: not (set(tmp_dir.iterdir()) - before), timeout=5.0)
+    assert left, f"temp files left in {tmp_dir}: {sorted(set(tmp_dir.iterdir()) - before)}"
+    time.sleep(0.2)  # let a (wrong) commit after the temp file's rename land
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_cut_off_upload_of_a_new_file_stores_nothing(
+    srv: InprocServer, folder: str, chunked: bool
+) -> None:
+    url = folder + "never-finished.bin"
+    _cut_off_put(srv, url, chunked=chunked)
+    assert node_at(srv, url) is None
+    assert srv.request("GET", url).status == 404
+    assert nodes_named(srv.application, "never-finished.bin") == 0
+    put(srv, folder + "after.txt", b"server still fine")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_cut_off_upload_onto_an_existing_file_changes_nothing(
+    srv: InprocServer, folder: str, chunked: bool
+) -> None:
+    url = folder + "kept.txt"
+    put(srv, url, b"the original content")
+    node = existing_node(srv, url)
+    _cut_off_put(srv, url, chunked=chunked)
+    assert get_body(srv, url) == b"the original content"
+    after = existing_node(srv, url)
+    assert after.current_version_id == node.current_version_id
+    assert version_numbers(srv.application, node.id) == [1]
+
+
+# --- 5. names --------------------------------------------------------------------------------
+
+ODD_NAMES = [
+    "with spaces in it.txt",
+    'double "quoted".txt',
+    "single 'quoted'.txt",
+    "100% sure.txt",
+    "%41 not A.txt",
+    "hash # sign.txt",
+    "question? mark.txt",
+    "semi;colon.txt",
+    "and & amp.txt",
+    "plus + sign.txt",
+    "résumé ✓ 日本.txt",
+    "<angle> & {braces} [x] =@$!,~`^|.txt",
+]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_odd_names_round_trip(srv: InprocServer, folder: str, name: str) -> None:
+    url = folder + q(name)
+    data = f"content of {name}".encode()
+    assert srv.request("PUT", url, data).status == 201
+    assert get_body(srv, url) == data
+    assert existing_node(srv, url).name == name
+    assert member_names(srv, folder) == [name]
+    entry = entry_of(srv, url)
+    assert entry.path.rsplit("/", 1)[1] == name
+    assert srv.request("DELETE", url).status == 204
+    assert srv.request("GET", url).status == 404
+    assert member_names(srv, folder) == []
+
+
+@pytest.mark.parametrize("put_form", ["NFD", "NFC"])
+def test_nfc_and_nfd_spellings_are_one_file(srv: InprocServer, folder: str, put_form: str) -> None:
+    name = "résumé ✓ 日本.txt"
+    get_form = "NFC" if put_form == "NFD" else "NFD"
+    put_name = unicodedata.normalize(put_form, name)  # type: ignore[arg-type]
+    get_name = unicodedata.normalize(get_form, name)  # type: ignore[arg-type]
+    assert put_name != get_name
+    assert srv.request("PUT", folder + q(put_name), b"first").status == 201
+    assert get_body(srv, folder + q(get_name)) == b"first"
+    assert srv.request("PUT", folder + q(get_name), b"second").status == 204
+    assert get_body(srv, folder + q(put_name)) == b"second"
+    names = member_names(srv, folder)
+    assert len(names) == 1, names
+    assert unicodedata.normalize("NFC", names[0]) == unicodedata.normalize("NFC", name)
+    parent = existing_node(srv, folder)
+    assert len(live_children(srv.application, parent.id)) == 1
+    assert srv.request("DELETE", folder + q(get_name)).status == 204
+    assert member_names(srv, folder) == []
+
+
+def test_name_of_255_characters_works(srv: InprocServer, folder: str) -> None:
+    name = "n" * 251 + ".txt"
+    assert len(name) == 255
+    url = folder + q(name)
+    assert srv.request("PUT", url, b"long").status == 201
+    assert get_body(srv, url) == b"long"
+    assert member_names(srv, folder) == [name]
+    assert srv.request("MKCOL", folder + q("d" * 255)).status == 201
+
+
+@pytest.mark.parametrize("method", ["PUT", "MKCOL"])
+def test_name_of_300_characters_is_refused_cleanly(
+    srv: InprocServer, folder: str, method: str
+) -> None:
+    url = folder + q("n" * 296 + ".txt")
+    response = srv.request(method, url, b"too long" if method == "PUT" else None)
+    assert 400 <= response.status < 500, (response.status, response.body[:500])
+    no_traceback(response)
+    assert member_names(srv, folder) == []
+
+
+TARGET_NAMES = ["what?.txt", "semi;colon.txt", "hash#tag.txt", "100%.txt", "a?b;c#d%25e.txt"]
+
+
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+@pytest.mark.parametrize("target", TARGET_NAMES)
+def test_move_and_copy_land_under_exactly_the_encoded_name(
+    srv: InprocServer, folder: str, method: str, target: str
+) -> None:
+    source = folder + "source.txt"
+    put(srv, source, b"payload")
+    destination = srv.url + path_of(folder) + q(target)
+    response = srv.request(method, source, headers={"Destination": destination})
+    assert response.status == 201, (response.status, response.body[:500])
+    expected = [target] if method == "MOVE" else sorted(["source.txt", target])
+    assert member_names(srv, folder) == expected
+    assert get_body(srv, destination) == b"payload"
+    assert existing_node(srv, destination).name == target
+
+
+# --- 6. traversal ----------------------------------------------------------------------------
+
+TRAVERSALS = [
+    "/files/../{name}",
+    "/files/%2e%2e/{name}",
+    "/files/%2E%2E/{name}",
+    "/files/..%2f{name}",
+    "/files/a/%2e%2e/%2e%2e/etc/{name}",
+    "/files/a/../../{name}",
+    "/files/%2e%2e%2f%2e%2e%2f{name}",
+    "/files/./../{name}",
+]
+
+
+@pytest.mark.parametrize("template", TRAVERSALS)
+def test_traversal_paths_never_escape(srv: InprocServer, template: str) -> None:
+    app = srv.application
+    name = f"escape-{uuid.uuid4().hex[:10]}"
+    path = template.format(name=name)
+    files_before = {p for p in srv.data_dir.parent.rglob("*") if name in p.name}
+    for method, body in (
+        ("GET", None),
+        ("PROPFIND", None),
+        ("PUT", b"root:x:0:0:root:/root:/bin/sh\n"),
+        ("MKCOL", None),
+        ("DELETE", None),
+    ):
+        headers = {"Depth": "0"} if method == "PROPFIND" else {}
+        response = srv.request(method, path, body, headers)
+        assert response.status != 500, (method, path, response.body[:500])
+        assert response.status < 500, (method, path, response.status)
+        if method in ("GET", "PUT", "MKCOL"):
+            assert 400 <= response.status < 500, (method, path, response.status)
+        assert b"root:x:0:0" not in response.body
+        no_traceback(response)
+    assert nodes_named(app, name) == 0, f"{path} created a node"
+    after = {p for p in srv.data_dir.parent.rglob("*") if name in p.name}
+    assert after == files_before
+
+
+def test_passwd_is_never_served(srv: InprocServer) -> None:
+    for path in ("/files/../../../../etc/passwd", "/files/%2e%2e/%2e%2e/%2e%2e/etc/passwd"):
+        response = srv.request("GET", path)
+        assert 400 <= response.status < 500, (path, response.status)
+        assert b"root:" not in response.body
+
+
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "{url}/../{name}",
+        "{url}/files/../{name}",
+        "{url}/files/../../{name}",
+        "{url}/files/%2e%2e/{name}",
+        "{url}/{name}",
+        "http://other.example.com/files/{name}",
+        "http://other.example.com/{name}",
+    ],
+)
+def test_destination_outside_the_space_is_refused(
+    srv: InprocServer, folder: str, method: str, destination: str
+) -> None:
+    app = srv.application
+    source = folder + "stay.txt"
+    put(srv, source, b"stay here")
+    name = f"escape-{uuid.uuid4().hex[:10]}"
+    target = destination.format(url=srv.url, name=name)
+    response = srv.request(method, source, headers={"Destination": target})
+    assert (400 <= response.status < 500) or response.status == 502, (
+        target,
+        response.status,
+        response.body[:500],
+    )
+    no_traceback(response)
+    assert nodes_named(app, name) == 0
+    assert get_body(srv, source) == b"stay here"
+
+
+# --- 7. bad requests -------------------------------------------------------------------------
+
+MALFORMED = [
+    b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop>',
+    b"this is not xml at all",
+    b'<?xml version="1.0"?><D:x xmlns:D="DAV:"></D:y>',
+    b'<?xml version="1.0"?><a:propfind xmlns:D="DAV:"/>',
+    b"\xff\xfe\x00<",
+]
+
+
+@pytest.mark.parametrize("method", ["PROPFIND", "PROPPATCH", "LOCK"])
+@pytest.mark.parametrize("body", MALFORMED, ids=[f"body{i}" for i in range(len(MALFORMED))])
+def test_malformed_xml_is_a_bad_request(
+    srv: InprocServer, folder: str, method: str, body: bytes
+) -> None:
+    url = folder + "target.txt"
+    put(srv, url, b"x")
+    headers = {"Content-Type": "application/xml", "Depth": "0"}
+    response = srv.request(method, url, body, headers)
+    assert response.status == 400, (response.status, response.body[:500])
+    no_traceback(response)
+    # The file is still fine and not locked.
+    assert srv.request("PUT", url, b"y").status == 204
+
+
+def test_xml_body_over_the_limit_is_413(srv: InprocServer, folder: str) -> None:
+    limit = srv.application.settings.server.max_xml_body
+    assert limit == 1024 * 1024
+    filler = b"<!-- " + b"x" * limit + b" -->"
+    body = (
+        b'<?xml version="1.0"?>' + filler + b'<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
+    )
+    assert len(body) > limit
+    for method in ("PROPFIND", "PROPPATCH", "LOCK"):
+        response = srv.request(method, folder, body, {"Content-Type": "application/xml"})
+        assert response.status == 413, (method, response.status)
+
+
+def test_xml_body_at_the_limit_is_accepted(srv: InprocServer, folder: str) -> None:
+    limit = srv.application.settings.server.max_xml_body
+    head = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
+    body = head + b" " * (limit - len(head))
+    assert len(body) == limit
+    response = srv.request("PROPFIND", folder, body, {"Depth": "0"})
+    assert response.status == 207
+
+
+@pytest.mark.parametrize("method", ["FROB", "BREW", "PATCH", "SEARCH"])
+def test_unknown_method_is_405_or_501(srv: InprocServer, folder: str, method: str) -> None:
+    response = srv.request(method, folder)
+    assert response.status in (405, 501), (method, response.status)
+    no_traceback(response)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PROPFIND", "MKCOL", "DELETE"])
+@pytest.mark.parametrize("path", ["/files/%FF", "/files/%C3%28", "/files/a%80b/c"])
+def test_url_that_is_not_utf8_is_a_clean_4xx(srv: InprocServer, method: str, path: str) -> None:
+    headers = {"Depth": "0"} if method == "PROPFIND" else {}
+    response = srv.request(method, path, b"x" if method == "PUT" else None, headers)
+    assert response.status in (400, 404), (method, path, response.status)
+    no_traceback(response)
+    # The connection was answered, not dropped, and the server still works.
+    assert srv.request("PROPFIND", "/files/", headers={"Depth": "0"}).status == 207
+
+
+# --- 8. PROPFIND depth -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", ["infinity", "Infinity", None])
+def test_propfind_depth_infinity_on_a_folder_is_refused(
+    srv: InprocServer, folder: str, depth: str | None
+) -> None:
+    headers = {} if depth is None else {"Depth": depth}
+    response = srv.request("PROPFIND", folder, None, headers)
+    assert response.status == 403, (response.status, response.body[:500])
+    root = ET.fromstring(response.body)
+    assert root.tag == DAV_NS + "error"
+    assert root.find(DAV_NS + "propfind-finite-depth") is not None, response.body
+
+
+def test_propfind_depth_0_and_1(srv: InprocServer, folder: str) -> None:
+    put(srv, folder + "a.txt", b"a")
+    assert srv.request("MKCOL", folder + "sub").status == 201
+    base = urllib.parse.unquote(path_of(folder)).rstrip("/")
+    zero = propfind(srv, folder, "0")
+    assert list(zero) == [base]
+    assert DAV_NS + "collection" in [
+        child.tag for child in zero[base].props[DAV_NS + "resourcetype"]
+    ]
+    one = propfind(srv, folder, "1")
+    assert sorted(one) == sorted([base, base + "/a.txt", base + "/sub"])
+    assert one[base + "/a.txt"].props[DAV_NS + "getcontentlength"].text == "1"
+    # Depth infinity on a file is harmless: there is nothing below it.
+    assert list(propfind(srv, folder + "a.txt", "infinity")) == [base + "/a.txt"]
+
+
+# --- 9. properties ---------------------------------------------------------------------------
+
+
+def test_dead_property_is_kept_and_follows_a_move(srv: InprocServer, folder: str) -> None:
+    url = folder + "props.txt"
+    put(srv, url, b"p")
+    response = srv.request(
+        "PROPPATCH",
+        url,
+        proppatch_body('<X:color>blue <X:shade tone="dark">navy</X:shade></X:color>'),
+        {"Content-Type": "application/xml"},
+    )
+    assert response.status == 207
+    entry = parse_multistatus(response.body)
+    assert next(iter(entry.values())).status == {f"{{{CUSTOM_NS}}}color": 200}
+
+    ask = (
+        f'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:X="{CUSTOM_NS}">'
+        "<D:prop><X:color/></D:prop></D:propfind>"
+    ).encode()
+    color = entry_of(srv, url, ask).props[f"{{{CUSTOM_NS}}}color"]
+    assert color.text == "blue "
+    shade = color.find(f"{{{CUSTOM_NS}}}shade")
+    assert shade is not None and shade.text == "navy" and shade.get("tone") == "dark"
+
+    moved = folder + "moved-props.txt"
+    response = srv.request("MOVE", url, headers={"Destination": srv.url + path_of(moved)})
+    assert response.status == 201
+    color = entry_of(srv, moved, ask).props[f"{{{CUSTOM_NS}}}color"]
+    assert color.text == "blue "
+    # allprop lists it too
+    assert f"{{{CUSTOM_NS}}}color" in entry_of(srv, moved).props
+
+    response = srv.request(
+        "PROPPATCH", moved, proppatch_body(remove_props="<X:color/>"), {"Content-Type": "text/xml"}
+    )
+    assert response.status == 207
+    assert f"{{{CUSTOM_NS}}}color" not in entry_of(srv, moved).props
+    node = existing_node(srv, moved)
+    assert count_rows(srv.application, DeadProperty, DeadProperty.node_id == node.id) == 0
+
+
+@pytest.mark.parametrize(
+    ("prop", "value"),
+    [
+        ("Z:Win32LastModifiedTime", "Wed, 01 Jan 2020 10:20:30 GMT"),
+        ("D:getlastmodified", "Mon, 02 Jan 2006 15:04:05 GMT"),
+    ],
+)
+def test_proppatch_of_modification_time_is_accepted(
+    srv: InprocServer, folder: str, prop: str, value: str
+) -> None:
+    url = folder + "mtime.txt"
+    put(srv, url, b"m")
+    before = entry_of(srv, url).props[DAV_NS + "getlastmodified"].text
+    assert before != value
+    response = srv.request(
+        "PROPPATCH",
+        url,
+        proppatch_body(f"<{prop}>{value}</{prop}>"),
+        {"Content-Type": "application/xml"},
+    )
+    assert response.status == 207, (response.status, response.body[:500])
+    statuses = next(iter(parse_multistatus(response.body).values())).status
+    assert list(statuses.values()) == [200], statuses
+    assert entry_of(srv, url).props[DAV_NS + "getlastmodified"].text == value
+    assert srv.request("GET", url).headers.get("Last-Modified") == value
+
+
+def test_proppatch_of_a_protected_property_is_403(srv: InprocServer, folder: str) -> None:
+    url = folder + "protected.txt"
+    put(srv, url, b"p")
+    response = srv.request(
+        "PROPPATCH",
+        url,
+        proppatch_body("<D:getetag>nope</D:getetag>"),
+        {"Content-Type": "application/xml"},
+    )
+    assert response.status == 207
+    statuses = next(iter(parse_multistatus(response.body).values())).status
+    assert statuses == {DAV_NS + "getetag": 403}
+
+
+# --- 10. folders -----------------------------------------------------------------------------
+
+
+def test_mkcol_on_existing_is_405_and_with_missing_parent_is_409(
+    srv: InprocServer, folder: str
+) -> None:
+    assert srv.request("MKCOL", folder + "made").status == 201
+    assert srv.request("MKCOL", folder + "made").status == 405
+    put(srv, folder + "file.txt", b"f")
+    assert srv.request("MKCOL", folder + "file.txt").status == 405
+    assert srv.request("MKCOL", folder + "missing/child").status == 409
+    assert srv.request("MKCOL", folder + "file.txt/child").status == 409
+    assert node_at(srv, folder + "missing") is None
+
+
+def test_delete_of_a_folder_is_a_soft_delete(srv: InprocServer, folder: str) -> None:
+    app = srv.application
+    sub = folder + "doomed/"
+    assert srv.request("MKCOL", sub).status == 201
+    put(srv, sub + "inner.txt", b"inner")
+    sub_node = existing_node(srv, sub)
+    inner_node = existing_node(srv, sub + "inner.txt")
+    assert srv.request("DELETE", sub).status == 204
+    assert srv.request("PROPFIND", sub, headers={"Depth": "0"}).status == 404
+    assert srv.request("GET", sub + "inner.txt").status == 404
+    assert member_names(srv, folder) == []
+    with app.db.read() as session:
+        sub_row = session.get(Node, sub_node.id)
+        inner_row = session.get(Node, inner_node.id)
+        assert sub_row is not None and sub_row.deleted_at is not None
+        assert inner_row is not None
+        assert count_rows(app, FileVersion, FileVersion.node_id == inner_node.id) == 1
+
+
+def test_copy_of_a_folder_makes_rows_but_no_blobs(srv: InprocServer, folder: str) -> None:
+    app = srv.application
+    src = folder + "src/"
+    assert srv.request("MKCOL", src).status == 201
+    assert srv.request("MKCOL", src + "deeper").status == 201
+    for i in range(3):
+        put(srv, src + f"f{i}.txt", f"file {i} {uuid.uuid4()}".encode())
+    put(srv, src + "deeper/g.txt", f"deep {uuid.uuid4()}".encode())
+    nodes_before = count_rows(app, Node)
+    blobs_before = count_rows(app, Blob)
+    response = srv.request("COPY", src, headers={"Destination": srv.url + path_of(folder) + "dst"})
+    assert response.status == 201, (response.status, response.body[:500])
+    assert count_rows(app, Node) == nodes_before + 6  # dst, deeper, f0..f2, g
+    assert count_rows(app, Blob) == blobs_before
+    assert get_body(srv, folder + "dst/deeper/g.txt") == get_body(srv, src + "deeper/g.txt")
+    copied = existing_node(srv, folder + "dst/f0.txt")
+    original = existing_node(srv, src + "f0.txt")
+    assert copied.id != original.id and copied.sha256 == original.sha256
+
+
+def test_move_of_a_big_folder_is_one_update(srv: InprocServer, folder: str) -> None:
+    app = srv.application
+    src = folder + "big/"
+    assert srv.request("MKCOL", src).status == 201
+    conn = Connection(srv)
+    try:
+        for i in range(200):
+            response = conn.request("PUT", src + f"f{i:03}.txt", f"file {i}".encode())
+            assert response.status == 201
+    finally:
+        conn.close()
+    big = existing_node(srv, src)
+    dest = srv.url + path_of(folder) + "moved-big"
+    with recorded_statements(app) as statements:
+        response = srv.request("MOVE", src, headers={"Destination": dest})
+    assert response.status == 201, (response.status, response.body[:500])
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE NODES")]
+    assert len(updates) == 1, updates
+    assert not [s for s in statements if s.lstrip().upper().startswith("INSERT INTO NODES")]
+    moved = existing_node(srv, folder + "moved-big/")
+    assert moved.id == big.id
+    assert len(live_children(app, moved.id)) == 200
+    assert get_body(srv, folder + "moved-big/f199.txt") == b"file 199"
+    assert node_at(srv, src) is None
+
+
+# --- 11. concurrent uploads ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing"])
+def test_concurrent_puts_to_one_path_all_succeed(
+    srv: InprocServer, folder: str, existing: bool
+) -> None:
+    app = srv.application
+    url = folder + "contended.txt"
+    if existing:
+        put(srv, url, b"before the race")
+    writers = 6
+    barrier = threading.Barrier(writers)
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def upload(i: int) -> None:
+        conn = Connection(srv)
+        try:
+            conn.conn.connect()
+            barrier.wait(timeout=10)
+            statuses.append(conn.request("PUT", url, f"writer {i} ".encode() * (i + 1)).status)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert len(statuses) == writers
+    assert all(s in (201, 204) for s in statuses), statuses
+    node = existing_node(srv, url)
+    expected = writers + (1 if existing else 0)
+    assert version_numbers(app, node.id) == list(range(1, expected + 1))
+    assert nodes_named(app, "contended.txt") >= 1
+    assert live_children(app, existing_node(srv, folder).id) == ["contended.txt"]
+    assert get_body(srv, url).startswith(b"writer ")
+
+
+# --- 12. locks are per user ------------------------------------------------------------------
+
+
+def _lock_token(response: Response) -> str:
+    token = response.headers.get("Lock-Token", "")
+    assert token.startswith("<") and token.endswith(">"), response.headers
+    return token[1:-1]
+
+
+def test_locks_belong_to_their_user(srv: InprocServer) -> None:
+    app = srv.application
+    other_user = f"other{uuid.uuid4().hex[:8]}"
+    other_password = secrets.token_urlsafe(12)
+    app.accounts.ensure_admin(other_user, other_password)
+    alice = as_user(srv, srv.user, srv.password)
+    bob = as_user(srv, other_user, other_password)
+    path = f"/files/lock-{uuid.uuid4().hex[:8]}.txt"
+
+    assert alice("PUT", path, b"alice's").status == 201
+    locked = alice(
+        "LOCK", path, LOCK_BODY, {"Content-Type": "application/xml", "Timeout": "Second-600"}
+    )
+    assert locked.status == 200, (locked.status, locked.body[:500])
+    token = _lock_token(locked)
+    assert alice("PUT", path, b"no token").status == 423
+
+    # Bob's /files/ is his own: the same path is a different file, not locked.
+    assert bob("PUT", path, b"bob's").status == 201
+    assert bob("GET", path).body == b"bob's"
+    assert bob("LOCK", path, LOCK_BODY, {"Content-Type": "application/xml"}).status == 200
+
+    # Alice's token does nothing for Bob, and Bob cannot release Alice's lock.
+    unlock = bob("UNLOCK", path, None, {"Lock-Token": f"<{token}>"})
+    assert not 200 <= unlock.status < 300, unlock.status
+    assert unlock.status != 500
+    with_token = bob("PUT", path, b"through alice's token", {"If": f"(<{token}>)"})
+    assert with_token.status in (412, 423), with_token.status
+    assert bob("GET", path).body == b"bob's"
+
+    assert alice("GET", path).body == b"alice's"
+    assert alice("PUT", path, b"still no token").status == 423
+    assert alice("PUT", path, b"with token", {"If": f"(<{token}>)"}).status == 204
+    assert alice("GET", path).body == b"with token"
+    assert alice("UNLOCK", path, None, {"Lock-Token": f"<{token}>"}).status == 204
+    assert alice("PUT", path, b"unlocked").status == 204
+    assert (
+        existing_node(srv, srv.url + path, other_user).id != existing_node(srv, srv.url + path).id
+    )
+
+
+# --- 13. the logbook -------------------------------------------------------------------------
+
+
+def test_every_change_writes_a_logbook_row(srv: InprocServer, folder: str) -> None:
+    app = srv.application
+    mark = last_log_id(app)
+
+    def expect(op: str, url: str) -> None:
+        nonlocal mark
+        rows = ops_since(app, mark)
+        mark = last_log_id(app)
+        node = node_at(srv, url)
+        assert node is not None, url
+        assert (op, node.id) in rows, (op, rows)
+
+    file_url = folder + "logged.txt"
+    put(srv, file_url, b"one")
+    expect("file:create", file_url)
+    put(srv, file_url, b"two")
+    expect("file:version:create", file_url)
+
+    sub = folder + "logged-folder"
+    assert srv.request("MKCOL", sub).status == 201
+    expect("folder:create", sub)
+
+    moved = folder + "moved.txt"
+    response = srv.request("MOVE", file_url, headers={"Destination": srv.url + path_of(moved)})
+    assert response.status == 201
+    expect("node:move", moved)
+
+    copied = folder + "copied.txt"
+    response = srv.request("COPY", moved, headers={"Destination": srv.url + path_of(copied)})
+    assert response.status == 201
+    expect("node:copy", copied)
+
+    response = srv.request(
+        "PROPPATCH", copied, proppatch_body("<X:tag>t</X:tag>"), {"Content-Type": "text/xml"}
+    )
+    assert response.status == 207
+    expect("node:proppatch", copied)
+
+    deleted = existing_node(srv, copied)
+    assert srv.request("DELETE", copied).status == 204
+    rows = ops_since(app, mark)
+    assert ("node:delete", deleted.id) in rows, rows
+
+    # Reads write nothing of this kind.
+    mark = last_log_id(app)
+    srv.request("GET", moved)
+    propfind(srv, folder)
+    assert [op for op, _ in ops_since(app, mark) if not op.startswith(("file:download",))] == []
+
+
+def test_unchanged_put_writes_no_version_row_in_the_logbook(srv: InprocServer, folder: str) -> None:
+    app = srv.application
+    url = folder + "same.txt"
+    put(srv, url, b"same")
+    mark = last_log_id(app)
+    put(srv, url, b"same")
+    assert [op for op, _ in ops_since(app, mark) if op.startswith("file:")] == []
+
+
+def test_failed_requests_write_no_logbook_row(srv: InprocServer, folder: str) -> None:
+    app = srv.application
+    mark = last_log_id(app)
+    assert srv.request("MKCOL", folder + "missing/child").status == 409
+    assert srv.request("DELETE", folder + "missing").status == 404
+    assert ops_since(app, mark) == []
