@@ -78,11 +78,9 @@ def respond(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[
     if res.is_collection and environ.get("HTTP_DEPTH", "").strip() == "1":
         resources.extend(res.get_member_list())
     lock_manager = res.provider.lock_manager
-    storage = getattr(lock_manager, "storage", None)
+    has_locks = getattr(getattr(lock_manager, "storage", None), "has_locks", None)
     # With no lock anywhere in the user's space, every lockdiscovery is empty: skip the lookups.
-    any_locks = lock_manager is not None and (
-        not hasattr(storage, "has_locks") or storage.has_locks()
-    )
+    any_locks = lock_manager is not None and (has_locks is None or bool(has_locks()))
     parts = ['<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">']
     for item in resources:
         parts.append(_response(item, mode, names, lock_manager, any_locks))
