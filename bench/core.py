@@ -848,6 +848,8 @@ def rows_for(sizes: Sizes) -> list[Row]:
 def fmt_num(x: float, unit: str = "") -> str:
     if unit == "bytes":
         return f"{x:,.0f}"
+    if unit == "stmts" and float(x).is_integer():
+        return f"{x:.0f}"
     ax = abs(x)
     if ax >= 100:
         return f"{x:.0f}"
@@ -965,6 +967,24 @@ def build_report(sizes: Sizes, servers: list[Server]) -> tuple[str, list[dict[st
         else:
             why = "no X-Query-Count header" if dav.rounds and not q_lo + q_hi else "no result"
             lines.append(f"X-Query-Count PROPFIND {lo} vs {hi}: {why}  n/a")
+    # a failed absolute-RSS check: say whether the transfer or earlier requests caused it
+    if dav is not None and any(
+        not v["pass"] for v in verdicts if str(v["check"]).startswith("davserver")
+    ):
+        growth = [
+            v
+            for key in ("put_rss_growth", "get_rss_growth")
+            for v in per_round(dav, key)
+            if v is not None
+        ]
+        before = [v for v in per_round(dav, "put_rss_before") if v is not None]
+        if growth and before:
+            lines.append(
+                f"note: davserver's RSS grew at most {max(growth):.1f} MiB during the transfers;"
+                f" it was already {min(before):.0f}-{max(before):.0f} MiB before them"
+                f" (started at {dav.setup.get('started_rss_mib', 0):.0f} MiB; the setup's and"
+                " earlier rounds' PROPFINDs run before)"
+            )
     return "\n".join(lines), verdicts
 
 

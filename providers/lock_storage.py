@@ -507,5 +507,5 @@ class SqlLockStorage:
             .where(*where, _unexpired(_now()))
             .order_by(DavLock.created_at, DavLock.token)
         )
-        with self._db.read() as session:
-            return [_to_dict(row._mapping) for row in session.execute(stmt)]
+        with self._db.connect() as conn:
+            return [_to_dict(row._mapping) for row in conn.execute(stmt)]

@@ -54,7 +54,16 @@ class DavProvider(DAVProvider):
         view = cache.get(key, _MISSING)
         if view is _MISSING:
             home = self.files.home_id(actor_of(environ).user_id)
-            view = self.files.resolve(home, parts[1:])
+            if len(parts) == 1:
+                view = self.files.resolve(home, [])
+            else:
+                # One query answers the path and all its prefixes (WsgiDAV asks for the
+                # parent next).
+                chain = self.files.resolve_chain(home, parts[1:])
+                for depth, found in enumerate(chain[:-1], start=2):
+                    if found is not None:
+                        cache["/".join(parts[:depth])] = found
+                view = chain[-1]
             cache[key] = view
         if view is None:
             return None

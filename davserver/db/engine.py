@@ -59,6 +59,12 @@ class Database:
         with self._write_sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        """A Core connection for a few quick reads (cheaper than a Session); rolled back."""
+        with self.engine.connect() as conn:
+            yield conn
+
     def dispose(self) -> None:
         self.engine.dispose()
 

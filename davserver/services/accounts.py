@@ -9,7 +9,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from davserver.db import Database
+from davserver.db import Base, Database
 from davserver.db.types import utcnow
 from davserver.errors import BadRequest
 from davserver.models import SYSTEM_ROLES, Op, Role, User, UserRole
@@ -92,23 +92,13 @@ class AccountService:
         user row is still read on every call, so a disabled account or a changed password
         takes effect on the next request.
         """
-        with self.db.read() as session:
-            row = session.execute(
-                sa.select(User.id, User.password_hash, User.is_active).where(
-                    User.username == username, User.deleted_at.is_(None)
-                )
-            ).first()
-            if row is None or not row.is_active or not row.password_hash:
-                self.hasher.verify(password, None)  # same cost as a wrong password
-                return None
-            user_id, stored_hash = row.id, row.password_hash
-            roles = frozenset(
-                session.scalars(
-                    sa.select(Role.name)
-                    .join(UserRole, UserRole.role_id == Role.id)
-                    .where(UserRole.user_id == user_id)
-                )
-            )
+        with self.db.connect() as conn:
+            rows = conn.execute(_USER_WITH_ROLES, {"username": username}).all()
+        if not rows or not rows[0].is_active or not rows[0].password_hash:
+            self.hasher.verify(password, None)  # same cost as a wrong password
+            return None
+        user_id, stored_hash = rows[0].id, rows[0].password_hash
+        roles = frozenset(row.role for row in rows if row.role)
         if not self.memo.matches(username, password, stored_hash):
             ok, new_hash = self.hasher.verify(password, stored_hash)
             if not ok:
@@ -129,3 +119,16 @@ class AccountService:
             values["password_hash"] = new_hash
         with self.db.write() as session:
             session.execute(sa.update(User).where(User.id == user_id).values(**values))
+
+
+_users = Base.metadata.tables["users"]
+_user_roles = Base.metadata.tables["user_roles"]
+_roles = Base.metadata.tables["roles"]
+# One row per role (or one row with no role): the user and their roles in one query.
+_USER_WITH_ROLES = (
+    sa.select(_users.c.id, _users.c.password_hash, _users.c.is_active, _roles.c.name.label("role"))
+    .select_from(_users)
+    .outerjoin(_user_roles, _user_roles.c.user_id == _users.c.id)
+    .outerjoin(_roles, _roles.c.id == _user_roles.c.role_id)
+    .where(_users.c.username == sa.bindparam("username"), _users.c.deleted_at.is_(None))
+)

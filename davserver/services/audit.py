@@ -5,8 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from davserver.db import Base
+from davserver.db.types import utcnow
 from davserver.models import LogEntry, Op
 from davserver.services.actor import Actor
 
@@ -22,16 +25,21 @@ def record_audit(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Add a logbook row to ``session``; it commits or rolls back with the change itself."""
-    session.add(
-        LogEntry(
-            user_id=actor.user_id if actor else None,
-            session_id=actor.session_id if actor else None,
-            op_type=op.value,
-            node_id=node_id,
-            version_id=version_id,
-            package_id=package_id,
-            remote_addr=actor.remote_addr if actor else None,
-            user_agent=(actor.user_agent or "")[:512] if actor else None,
-            details=details or {},
-        )
+    session.execute(
+        _INSERT,
+        {
+            "occurred_at": utcnow(),
+            "user_id": actor.user_id if actor else None,
+            "session_id": actor.session_id if actor else None,
+            "op_type": op.value,
+            "node_id": node_id,
+            "version_id": version_id,
+            "package_id": package_id,
+            "remote_addr": actor.remote_addr if actor else None,
+            "user_agent": (actor.user_agent or "")[:512] if actor else None,
+            "details": details or {},
+        },
     )
+
+
+_INSERT = sa.insert(Base.metadata.tables[LogEntry.__tablename__])

@@ -66,12 +66,17 @@ class FileService:
         return view
 
     def resolve(self, root_id: uuid.UUID, parts: list[str]) -> NodeView | None:
-        with self.db.read() as session:
-            return tree.resolve(session, root_id, parts)
+        with self.db.connect() as conn:
+            return tree.resolve(conn, root_id, parts)
+
+    def resolve_chain(self, root_id: uuid.UUID, parts: list[str]) -> list[NodeView | None]:
+        """The node at every prefix of ``parts`` (see ``tree.resolve_chain``), in one query."""
+        with self.db.connect() as conn:
+            return tree.resolve_chain(conn, root_id, parts)
 
     def children(self, folder_id: uuid.UUID) -> list[NodeView]:
-        with self.db.read() as session:
-            return tree.list_children(session, folder_id)
+        with self.db.connect() as conn:
+            return tree.list_children(conn, folder_id)
 
     def open_content(self, view: NodeView) -> BinaryIO:
         if view.storage_key is None:

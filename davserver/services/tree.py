@@ -22,7 +22,7 @@ from davserver.errors import InvalidName
 from davserver.models import Node, NodeKind, Space
 
 MAX_NAME_LENGTH = 255
-_SLICE = 30
+_SLICE = 20  # SQLite joins at most 64 tables; a slice uses 22
 _FORBIDDEN_CHARS = frozenset("/\0")
 
 
@@ -136,66 +136,114 @@ _CHILD = _view_select(_nodes).where(
     _nodes.c.name_key == sa.bindparam("k0"),
     _nodes.c.deleted_at.is_(None),
 )
-_resolve_statements: dict[int, sa.Select[Any]] = {}
 
 
-def _resolve_statement(depth: int) -> sa.Select[Any]:
-    """The path lookup for ``depth`` segments: one alias of ``nodes`` per segment."""
-    stmt = _resolve_statements.get(depth)
-    if stmt is not None:
-        return stmt
-    aliases = [_nodes.alias(f"n{i}") for i in range(depth)]
-    conditions: list[sa.ColumnElement[bool]] = []
-    previous: Any = sa.bindparam("root_id", type_=sa.Uuid)
-    for i, alias in enumerate(aliases):
-        conditions += [
-            alias.c.parent_id == previous,
-            alias.c.name_key == sa.bindparam(f"k{i}"),
-            alias.c.deleted_at.is_(None),
-        ]
-        if i < depth - 1:
-            conditions.append(alias.c.kind == NodeKind.FOLDER.value)
-        previous = alias.c.id
-    # Joined through WHERE conditions; both engines plan them as index lookups on
-    # (parent_id, name_key), segment by segment.
-    stmt = _view_select(aliases[-1]).where(*conditions)
-    for alias in aliases[:-1]:
-        stmt = stmt.select_from(alias)
-    _resolve_statements[depth] = stmt
-    return stmt
-
-
-def home_root(session: Session, owner_id: uuid.UUID) -> NodeView | None:
+def home_root(session: Session | sa.Connection, owner_id: uuid.UUID) -> NodeView | None:
     row = session.execute(_HOME_ROOT, {"owner_id": owner_id}).first()
     return _to_view(row) if row else None
 
 
-def get_node(session: Session, node_id: uuid.UUID) -> NodeView | None:
+def get_node(session: Session | sa.Connection, node_id: uuid.UUID) -> NodeView | None:
     row = session.execute(_BY_ID, {"node_id": node_id}).first()
     return _to_view(row) if row else None
 
 
-def resolve(session: Session, root_id: uuid.UUID, parts: Sequence[str]) -> NodeView | None:
-    """The live node at ``parts`` below the folder ``root_id``, or None."""
-    if not parts:
-        return get_node(session, root_id)
+_chain_statements: dict[int, sa.Select[Any]] = {}
+_NODE_WIDTH = len(_VIEW_COLUMNS)
+
+
+def _chain_statement(depth: int) -> sa.Select[Any]:
+    """The lookup of ``depth`` path segments and every prefix of them, in one statement.
+
+    One alias of ``nodes`` per segment, each LEFT JOINed to the one before (which must be a
+    folder), so the row also tells where a missing path stops: the parent of a new file comes
+    with the lookup of the file. Version and blob columns are joined for the last segment only.
+    """
+    cached = _chain_statements.get(depth)
+    if cached is not None:
+        return cached
+    aliases = [_nodes.alias(f"n{i}") for i in range(depth)]
+    first, last = aliases[0], aliases[-1]
+    joined: Any = first
+    for i in range(1, depth):
+        previous, alias = aliases[i - 1], aliases[i]
+        joined = joined.outerjoin(
+            alias,
+            sa.and_(
+                alias.c.parent_id == previous.c.id,
+                previous.c.kind == NodeKind.FOLDER.value,
+                alias.c.name_key == sa.bindparam(f"k{i}"),
+                alias.c.deleted_at.is_(None),
+            ),
+        )
+    joined = joined.outerjoin(_versions, _versions.c.id == last.c.current_version_id).outerjoin(
+        _blobs, _blobs.c.id == _versions.c.blob_id
+    )
+    columns: list[Any] = [alias.c[c] for alias in aliases for c in _VIEW_COLUMNS]
+    stmt: sa.Select[Any] = (
+        sa.select(
+            *columns,
+            _versions.c.version_no,
+            _blobs.c.sha256,
+            _blobs.c.md5,
+            _blobs.c.sha1,
+            _blobs.c.storage_key,
+        )
+        .select_from(joined)
+        .where(
+            first.c.parent_id == sa.bindparam("root_id", type_=sa.Uuid),
+            first.c.name_key == sa.bindparam("k0"),
+            first.c.deleted_at.is_(None),
+        )
+    )
+    _chain_statements[depth] = stmt
+    return stmt
+
+
+def resolve_chain(
+    conn: Session | sa.Connection, root_id: uuid.UUID, parts: Sequence[str]
+) -> list[NodeView | None]:
+    """The live node at every prefix of ``parts`` below folder ``root_id``; None where missing.
+
+    Entries before the last are given only when they are folders (only folders can be parents;
+    a file met midway ends the path).
+    """
+    result: list[NodeView | None] = [None] * len(parts)
     current = root_id
-    view: NodeView | None = None
     for start in range(0, len(parts), _SLICE):
         chunk = parts[start : start + _SLICE]
         params: dict[str, Any] = {f"k{i}": name_key(part) for i, part in enumerate(chunk)}
         params["root_id"] = current
-        row = session.execute(_resolve_statement(len(chunk)), params).first()
+        row = conn.execute(_chain_statement(len(chunk)), params).first()
         if row is None:
-            return None
-        view = _to_view(row)
-        if start + _SLICE < len(parts) and not view.is_folder:
-            return None
-        current = view.id
-    return view
+            return result
+        tail = tuple(row[len(chunk) * _NODE_WIDTH :])
+        for i in range(len(chunk)):
+            cells = tuple(row[i * _NODE_WIDTH : (i + 1) * _NODE_WIDTH])
+            if cells[0] is None:
+                return result
+            is_last = i == len(chunk) - 1
+            view = NodeView(*cells, *(tail if is_last else (None,) * len(tail)))
+            if not is_last and not view.is_folder:
+                return result
+            result[start + i] = view
+        last = result[start + len(chunk) - 1]
+        if last is None or not last.is_folder:
+            return result
+        current = last.id
+    return result
 
 
-def list_children(session: Session, folder_id: uuid.UUID) -> list[NodeView]:
+def resolve(
+    conn: Session | sa.Connection, root_id: uuid.UUID, parts: Sequence[str]
+) -> NodeView | None:
+    """The live node at ``parts`` below the folder ``root_id``, or None."""
+    if not parts:
+        return get_node(conn, root_id)
+    return resolve_chain(conn, root_id, parts)[-1]
+
+
+def list_children(session: Session | sa.Connection, folder_id: uuid.UUID) -> list[NodeView]:
     """Every live child of a folder, with its current version, in one query."""
     return [_to_view(row) for row in session.execute(_CHILDREN, {"parent_id": folder_id})]
 

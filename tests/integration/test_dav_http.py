@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import secrets
+import select
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,6 +53,25 @@ def decoded_parts(url: str) -> list[str]:
     return [urllib.parse.unquote(p) for p in path_of(url).split("/") if p]
 
 
+def call(
+    srv: InprocServer,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    timeout: float = 10.0,
+) -> Response:
+    """``srv.request`` that turns a hang or a dropped connection into a test failure."""
+    try:
+        return srv.request(method, url, body, headers, timeout=timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        pytest.fail(
+            f"{method} {url} got no complete response: {type(exc).__name__}: {exc}",
+            pytrace=False,
+        )
+
+
 def no_traceback(response: Response) -> None:
     assert b"Traceback" not in response.body, response.body[:2000]
     assert b'File "' not in response.body, response.body[:2000]
@@ -63,7 +84,7 @@ def assert_2xx(response: Response, what: str) -> None:
 
 
 def put(srv: InprocServer, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> int:
-    response = srv.request("PUT", url, body, headers)
+    response = call(srv, "PUT", url, body, headers)
     assert response.status in (201, 204), (
         f"PUT {url} answered {response.status}: {response.body[:500]!r}"
     )
@@ -71,7 +92,7 @@ def put(srv: InprocServer, url: str, body: bytes, headers: Mapping[str, str] | N
 
 
 def get_body(srv: InprocServer, url: str) -> bytes:
-    response = srv.request("GET", url)
+    response = call(srv, "GET", url)
     assert response.status == 200, f"GET {url} answered {response.status}"
     return response.body
 
@@ -105,7 +126,7 @@ def as_user(srv: InprocServer, user: str, password: str) -> Callable[..., Respon
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         full = url if "://" in url else srv.url + url
-        return http_request(method, full, body, headers, auth=(user, password))
+        return http_request(method, full, body, headers, auth=(user, password), timeout=10.0)
 
     return request
 
@@ -153,7 +174,7 @@ def propfind(
     headers = {"Depth": depth}
     if body is not None:
         headers["Content-Type"] = "application/xml; charset=utf-8"
-    response = srv.request("PROPFIND", url, body, headers)
+    response = call(srv, "PROPFIND", url, body, headers)
     assert response.status == 207, (
         f"PROPFIND {url} answered {response.status}: {response.body[:500]!r}"
     )
@@ -307,8 +328,8 @@ def test_put_get_round_trip_with_etag_range_and_conditional_get(
 ) -> None:
     data = bytes(range(256)) * 8
     url = folder + "data.bin"
-    assert srv.request("PUT", url, data).status == 201
-    got = srv.request("GET", url)
+    assert call(srv, "PUT", url, data).status == 201
+    got = call(srv, "GET", url)
     assert got.status == 200
     assert got.body == data
     etag = got.headers.get("ETag", "")
@@ -320,19 +341,19 @@ def test_put_get_round_trip_with_etag_range_and_conditional_get(
     assert listed[DAV_NS + "getetag"].text == etag
     assert listed[DAV_NS + "getcontentlength"].text == str(len(data))
 
-    head = srv.request("HEAD", url)
+    head = call(srv, "HEAD", url)
     assert head.status == 200
     assert head.body == b""
     for name in ("ETag", "Last-Modified", "Content-Length", "Content-Type"):
         assert head.headers.get(name) == got.headers.get(name), name
 
-    ranged = srv.request("GET", url, headers={"Range": "bytes=10-19"})
+    ranged = call(srv, "GET", url, headers={"Range": "bytes=10-19"})
     assert ranged.status == 206
     assert ranged.body == data[10:20]
     assert ranged.headers.get("Content-Range") == f"bytes 10-19/{len(data)}"
     assert ranged.headers.get("Content-Length") == "10"
 
-    not_modified = srv.request("GET", url, headers={"If-None-Match": etag})
+    not_modified = call(srv, "GET", url, headers={"If-None-Match": etag})
     assert not_modified.status == 304
     assert not_modified.body == b""
 
@@ -378,17 +399,17 @@ def test_identical_files_share_one_blob_row_and_one_file_on_disk(
 def test_if_match_with_stale_etag_is_refused(srv: InprocServer, folder: str) -> None:
     url = folder + "guarded.txt"
     put(srv, url, b"version one")
-    stale = srv.request("GET", url).headers["ETag"]
+    stale = call(srv, "GET", url).headers["ETag"]
     put(srv, url, b"version two")
-    current = srv.request("GET", url).headers["ETag"]
+    current = call(srv, "GET", url).headers["ETag"]
     assert stale != current
 
-    refused = srv.request("PUT", url, b"lost update", {"If-Match": stale})
+    refused = call(srv, "PUT", url, b"lost update", {"If-Match": stale})
     assert refused.status == 412
     assert get_body(srv, url) == b"version two"
     assert version_numbers(srv.application, existing_node(srv, url).id) == [1, 2]
 
-    accepted = srv.request("PUT", url, b"version three", {"If-Match": current})
+    accepted = call(srv, "PUT", url, b"version three", {"If-Match": current})
     assert accepted.status in (200, 204)
     assert get_body(srv, url) == b"version three"
 
@@ -432,7 +453,7 @@ def test_cut_off_upload_of_a_new_file_stores_nothing(
     url = folder + "never-finished.bin"
     _cut_off_put(srv, url, chunked=chunked)
     assert node_at(srv, url) is None
-    assert srv.request("GET", url).status == 404
+    assert call(srv, "GET", url).status == 404
     assert nodes_named(srv.application, "never-finished.bin") == 0
     put(srv, folder + "after.txt", b"server still fine")
 
@@ -465,6 +486,7 @@ ODD_NAMES = [
     "and & amp.txt",
     "plus + sign.txt",
     "résumé ✓ 日本.txt",
+    "encoded %2F slash.txt",
     "<angle> & {braces} [x] =@$!,~`^|.txt",
 ]
 
@@ -473,14 +495,14 @@ ODD_NAMES = [
 def test_odd_names_round_trip(srv: InprocServer, folder: str, name: str) -> None:
     url = folder + q(name)
     data = f"content of {name}".encode()
-    assert srv.request("PUT", url, data).status == 201
+    assert call(srv, "PUT", url, data).status == 201
     assert get_body(srv, url) == data
     assert existing_node(srv, url).name == name
     assert member_names(srv, folder) == [name]
     entry = entry_of(srv, url)
     assert entry.path.rsplit("/", 1)[1] == name
-    assert srv.request("DELETE", url).status == 204
-    assert srv.request("GET", url).status == 404
+    assert call(srv, "DELETE", url).status == 204
+    assert call(srv, "GET", url).status == 404
     assert member_names(srv, folder) == []
 
 
@@ -491,16 +513,16 @@ def test_nfc_and_nfd_spellings_are_one_file(srv: InprocServer, folder: str, put_
     put_name = unicodedata.normalize(put_form, name)  # type: ignore[arg-type]
     get_name = unicodedata.normalize(get_form, name)  # type: ignore[arg-type]
     assert put_name != get_name
-    assert srv.request("PUT", folder + q(put_name), b"first").status == 201
+    assert call(srv, "PUT", folder + q(put_name), b"first").status == 201
     assert get_body(srv, folder + q(get_name)) == b"first"
-    assert srv.request("PUT", folder + q(get_name), b"second").status == 204
+    assert call(srv, "PUT", folder + q(get_name), b"second").status == 204
     assert get_body(srv, folder + q(put_name)) == b"second"
     names = member_names(srv, folder)
     assert len(names) == 1, names
     assert unicodedata.normalize("NFC", names[0]) == unicodedata.normalize("NFC", name)
     parent = existing_node(srv, folder)
     assert len(live_children(srv.application, parent.id)) == 1
-    assert srv.request("DELETE", folder + q(get_name)).status == 204
+    assert call(srv, "DELETE", folder + q(get_name)).status == 204
     assert member_names(srv, folder) == []
 
 
@@ -508,10 +530,10 @@ def test_name_of_255_characters_works(srv: InprocServer, folder: str) -> None:
     name = "n" * 251 + ".txt"
     assert len(name) == 255
     url = folder + q(name)
-    assert srv.request("PUT", url, b"long").status == 201
+    assert call(srv, "PUT", url, b"long").status == 201
     assert get_body(srv, url) == b"long"
     assert member_names(srv, folder) == [name]
-    assert srv.request("MKCOL", folder + q("d" * 255)).status == 201
+    assert call(srv, "MKCOL", folder + q("d" * 255)).status == 201
 
 
 @pytest.mark.parametrize("method", ["PUT", "MKCOL"])
@@ -519,7 +541,7 @@ def test_name_of_300_characters_is_refused_cleanly(
     srv: InprocServer, folder: str, method: str
 ) -> None:
     url = folder + q("n" * 296 + ".txt")
-    response = srv.request(method, url, b"too long" if method == "PUT" else None)
+    response = call(srv, method, url, b"too long" if method == "PUT" else None)
     assert 400 <= response.status < 500, (response.status, response.body[:500])
     no_traceback(response)
     assert member_names(srv, folder) == []
@@ -536,7 +558,7 @@ def test_move_and_copy_land_under_exactly_the_encoded_name(
     source = folder + "source.txt"
     put(srv, source, b"payload")
     destination = srv.url + path_of(folder) + q(target)
-    response = srv.request(method, source, headers={"Destination": destination})
+    response = call(srv, method, source, headers={"Destination": destination})
     assert response.status == 201, (response.status, response.body[:500])
     expected = [target] if method == "MOVE" else sorted(["source.txt", target])
     assert member_names(srv, folder) == expected
@@ -550,12 +572,17 @@ TRAVERSALS = [
     "/files/../{name}",
     "/files/%2e%2e/{name}",
     "/files/%2E%2E/{name}",
-    "/files/..%2f{name}",
     "/files/a/%2e%2e/%2e%2e/etc/{name}",
     "/files/a/../../{name}",
-    "/files/%2e%2e%2f%2e%2e%2f{name}",
     "/files/./../{name}",
+    "/files/../files/../{name}",
+    "/files/../../{name}",
+    "/files/%2e%2e/%2e%2e/%2e%2e/{name}",
 ]
+
+
+def _files_named(srv: InprocServer, name: str) -> set[Path]:
+    return {p for p in srv.data_dir.parent.rglob("*") if name in p.name}
 
 
 @pytest.mark.parametrize("template", TRAVERSALS)
@@ -563,7 +590,7 @@ def test_traversal_paths_never_escape(srv: InprocServer, template: str) -> None:
     app = srv.application
     name = f"escape-{uuid.uuid4().hex[:10]}"
     path = template.format(name=name)
-    files_before = {p for p in srv.data_dir.parent.rglob("*") if name in p.name}
+    files_before = _files_named(srv, name)
     for method, body in (
         ("GET", None),
         ("PROPFIND", None),
@@ -572,21 +599,44 @@ def test_traversal_paths_never_escape(srv: InprocServer, template: str) -> None:
         ("DELETE", None),
     ):
         headers = {"Depth": "0"} if method == "PROPFIND" else {}
-        response = srv.request(method, path, body, headers)
-        assert response.status != 500, (method, path, response.body[:500])
-        assert response.status < 500, (method, path, response.status)
+        response = call(srv, method, path, body, headers, timeout=3.0)
+        assert response.status < 500, (method, path, response.status, response.body[:500])
         if method in ("GET", "PUT", "MKCOL"):
             assert 400 <= response.status < 500, (method, path, response.status)
         assert b"root:x:0:0" not in response.body
         no_traceback(response)
     assert nodes_named(app, name) == 0, f"{path} created a node"
-    after = {p for p in srv.data_dir.parent.rglob("*") if name in p.name}
-    assert after == files_before
+    assert _files_named(srv, name) == files_before
+
+
+@pytest.mark.parametrize(
+    "template", ["/files/..%2f{name}", "/files/%2e%2e%2f%2e%2e%2f{name}", "/files/..%2F..%2F{name}"]
+)
+def test_encoded_slashes_never_escape(srv: InprocServer, template: str) -> None:
+    """An encoded "/" never splits a path: whatever happens stays a child of /files/."""
+    app = srv.application
+    name = f"escape-{uuid.uuid4().hex[:10]}"
+    path = template.format(name=name)
+    home = existing_node(srv, srv.files_url)
+    files_before = _files_named(srv, name)
+    nodes_before = count_rows(app, Node)
+    for method, body in (("PUT", b"x"), ("MKCOL", None), ("GET", None)):
+        response = call(srv, method, path, body)
+        assert response.status < 500, (method, path, response.status, response.body[:500])
+        no_traceback(response)
+    with app.db.read() as session:
+        new = session.execute(
+            sa.select(Node.name, Node.parent_id).where(Node.name.contains(name))
+        ).all()
+    assert all(parent == home.id and "/" not in n for n, parent in new), new
+    assert count_rows(app, Node) - nodes_before == len(new)
+    assert nodes_named(app, name) == 0
+    assert _files_named(srv, name) == files_before
 
 
 def test_passwd_is_never_served(srv: InprocServer) -> None:
     for path in ("/files/../../../../etc/passwd", "/files/%2e%2e/%2e%2e/%2e%2e/etc/passwd"):
-        response = srv.request("GET", path)
+        response = call(srv, "GET", path, timeout=3.0)
         assert 400 <= response.status < 500, (path, response.status)
         assert b"root:" not in response.body
 
@@ -612,7 +662,7 @@ def test_destination_outside_the_space_is_refused(
     put(srv, source, b"stay here")
     name = f"escape-{uuid.uuid4().hex[:10]}"
     target = destination.format(url=srv.url, name=name)
-    response = srv.request(method, source, headers={"Destination": target})
+    response = call(srv, method, source, headers={"Destination": target})
     assert (400 <= response.status < 500) or response.status == 502, (
         target,
         response.status,
@@ -642,24 +692,58 @@ def test_malformed_xml_is_a_bad_request(
     url = folder + "target.txt"
     put(srv, url, b"x")
     headers = {"Content-Type": "application/xml", "Depth": "0"}
-    response = srv.request(method, url, body, headers)
+    response = call(srv, method, url, body, headers)
     assert response.status == 400, (response.status, response.body[:500])
     no_traceback(response)
     # The file is still fine and not locked.
-    assert srv.request("PUT", url, b"y").status == 204
+    assert call(srv, "PUT", url, b"y").status == 204
 
 
-def test_xml_body_over_the_limit_is_413(srv: InprocServer, folder: str) -> None:
+def early_answer(srv: InprocServer, method: str, url: str, body: bytes) -> int:
+    """Send a request as a careful client does: stop sending the body once the server answers.
+
+    Returns the status of the answer the server gave, before or after the whole body was sent.
+    """
+    head = (
+        f"{method} {path_of(url)} HTTP/1.1\r\n"
+        f"Host: {HOST}:{srv.port}\r\n"
+        f"Authorization: {basic_auth_header(srv.user, srv.password)}\r\n"
+        "Content-Type: application/xml\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("ascii")
+    sock = socket.create_connection((HOST, srv.port), timeout=10)
+    try:
+        sock.sendall(head)
+        view = memoryview(body)
+        while view:
+            readable, _, _ = select.select([sock], [], [], 0.05)
+            if readable:
+                break
+            try:
+                sent = sock.send(view[:65536])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            view = view[sent:]
+        response = http.client.HTTPResponse(sock, method=method)
+        try:
+            response.begin()
+        except (OSError, http.client.HTTPException) as exc:
+            pytest.fail(f"{method} {url} got no answer: {exc!r}", pytrace=False)
+        return response.status
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("method", ["PROPFIND", "PROPPATCH", "LOCK"])
+def test_xml_body_over_the_limit_is_413(srv: InprocServer, folder: str, method: str) -> None:
     limit = srv.application.settings.server.max_xml_body
     assert limit == 1024 * 1024
     filler = b"<!-- " + b"x" * limit + b" -->"
-    body = (
-        b'<?xml version="1.0"?>' + filler + b'<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
-    )
+    query = b'<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
+    body = b'<?xml version="1.0"?>' + filler + query
     assert len(body) > limit
-    for method in ("PROPFIND", "PROPPATCH", "LOCK"):
-        response = srv.request(method, folder, body, {"Content-Type": "application/xml"})
-        assert response.status == 413, (method, response.status)
+    assert early_answer(srv, method, folder, body) == 413
+    assert call(srv, "PROPFIND", folder, headers={"Depth": "0"}).status == 207
 
 
 def test_xml_body_at_the_limit_is_accepted(srv: InprocServer, folder: str) -> None:
@@ -667,13 +751,13 @@ def test_xml_body_at_the_limit_is_accepted(srv: InprocServer, folder: str) -> No
     head = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
     body = head + b" " * (limit - len(head))
     assert len(body) == limit
-    response = srv.request("PROPFIND", folder, body, {"Depth": "0"})
+    response = call(srv, "PROPFIND", folder, body, {"Depth": "0"})
     assert response.status == 207
 
 
 @pytest.mark.parametrize("method", ["FROB", "BREW", "PATCH", "SEARCH"])
 def test_unknown_method_is_405_or_501(srv: InprocServer, folder: str, method: str) -> None:
-    response = srv.request(method, folder)
+    response = call(srv, method, folder)
     assert response.status in (405, 501), (method, response.status)
     no_traceback(response)
 
@@ -682,11 +766,11 @@ def test_unknown_method_is_405_or_501(srv: InprocServer, folder: str, method: st
 @pytest.mark.parametrize("path", ["/files/%FF", "/files/%C3%28", "/files/a%80b/c"])
 def test_url_that_is_not_utf8_is_a_clean_4xx(srv: InprocServer, method: str, path: str) -> None:
     headers = {"Depth": "0"} if method == "PROPFIND" else {}
-    response = srv.request(method, path, b"x" if method == "PUT" else None, headers)
+    response = call(srv, method, path, b"x" if method == "PUT" else None, headers)
     assert response.status in (400, 404), (method, path, response.status)
     no_traceback(response)
     # The connection was answered, not dropped, and the server still works.
-    assert srv.request("PROPFIND", "/files/", headers={"Depth": "0"}).status == 207
+    assert call(srv, "PROPFIND", "/files/", headers={"Depth": "0"}).status == 207
 
 
 # --- 8. PROPFIND depth -----------------------------------------------------------------------
@@ -697,7 +781,7 @@ def test_propfind_depth_infinity_on_a_folder_is_refused(
     srv: InprocServer, folder: str, depth: str | None
 ) -> None:
     headers = {} if depth is None else {"Depth": depth}
-    response = srv.request("PROPFIND", folder, None, headers)
+    response = call(srv, "PROPFIND", folder, None, headers)
     assert response.status == 403, (response.status, response.body[:500])
     root = ET.fromstring(response.body)
     assert root.tag == DAV_NS + "error"
@@ -706,7 +790,7 @@ def test_propfind_depth_infinity_on_a_folder_is_refused(
 
 def test_propfind_depth_0_and_1(srv: InprocServer, folder: str) -> None:
     put(srv, folder + "a.txt", b"a")
-    assert srv.request("MKCOL", folder + "sub").status == 201
+    assert call(srv, "MKCOL", folder + "sub").status == 201
     base = urllib.parse.unquote(path_of(folder)).rstrip("/")
     zero = propfind(srv, folder, "0")
     assert list(zero) == [base]
@@ -726,7 +810,8 @@ def test_propfind_depth_0_and_1(srv: InprocServer, folder: str) -> None:
 def test_dead_property_is_kept_and_follows_a_move(srv: InprocServer, folder: str) -> None:
     url = folder + "props.txt"
     put(srv, url, b"p")
-    response = srv.request(
+    response = call(
+        srv,
         "PROPPATCH",
         url,
         proppatch_body('<X:color>blue <X:shade tone="dark">navy</X:shade></X:color>'),
@@ -746,15 +831,19 @@ def test_dead_property_is_kept_and_follows_a_move(srv: InprocServer, folder: str
     assert shade is not None and shade.text == "navy" and shade.get("tone") == "dark"
 
     moved = folder + "moved-props.txt"
-    response = srv.request("MOVE", url, headers={"Destination": srv.url + path_of(moved)})
+    response = call(srv, "MOVE", url, headers={"Destination": srv.url + path_of(moved)})
     assert response.status == 201
     color = entry_of(srv, moved, ask).props[f"{{{CUSTOM_NS}}}color"]
     assert color.text == "blue "
     # allprop lists it too
     assert f"{{{CUSTOM_NS}}}color" in entry_of(srv, moved).props
 
-    response = srv.request(
-        "PROPPATCH", moved, proppatch_body(remove_props="<X:color/>"), {"Content-Type": "text/xml"}
+    response = call(
+        srv,
+        "PROPPATCH",
+        moved,
+        proppatch_body(remove_props="<X:color/>"),
+        {"Content-Type": "text/xml"},
     )
     assert response.status == 207
     assert f"{{{CUSTOM_NS}}}color" not in entry_of(srv, moved).props
@@ -776,7 +865,8 @@ def test_proppatch_of_modification_time_is_accepted(
     put(srv, url, b"m")
     before = entry_of(srv, url).props[DAV_NS + "getlastmodified"].text
     assert before != value
-    response = srv.request(
+    response = call(
+        srv,
         "PROPPATCH",
         url,
         proppatch_body(f"<{prop}>{value}</{prop}>"),
@@ -786,13 +876,14 @@ def test_proppatch_of_modification_time_is_accepted(
     statuses = next(iter(parse_multistatus(response.body).values())).status
     assert list(statuses.values()) == [200], statuses
     assert entry_of(srv, url).props[DAV_NS + "getlastmodified"].text == value
-    assert srv.request("GET", url).headers.get("Last-Modified") == value
+    assert call(srv, "GET", url).headers.get("Last-Modified") == value
 
 
 def test_proppatch_of_a_protected_property_is_403(srv: InprocServer, folder: str) -> None:
     url = folder + "protected.txt"
     put(srv, url, b"p")
-    response = srv.request(
+    response = call(
+        srv,
         "PROPPATCH",
         url,
         proppatch_body("<D:getetag>nope</D:getetag>"),
@@ -809,25 +900,25 @@ def test_proppatch_of_a_protected_property_is_403(srv: InprocServer, folder: str
 def test_mkcol_on_existing_is_405_and_with_missing_parent_is_409(
     srv: InprocServer, folder: str
 ) -> None:
-    assert srv.request("MKCOL", folder + "made").status == 201
-    assert srv.request("MKCOL", folder + "made").status == 405
+    assert call(srv, "MKCOL", folder + "made").status == 201
+    assert call(srv, "MKCOL", folder + "made").status == 405
     put(srv, folder + "file.txt", b"f")
-    assert srv.request("MKCOL", folder + "file.txt").status == 405
-    assert srv.request("MKCOL", folder + "missing/child").status == 409
-    assert srv.request("MKCOL", folder + "file.txt/child").status == 409
+    assert call(srv, "MKCOL", folder + "file.txt").status == 405
+    assert call(srv, "MKCOL", folder + "missing/child").status == 409
+    assert call(srv, "MKCOL", folder + "file.txt/child").status == 409
     assert node_at(srv, folder + "missing") is None
 
 
 def test_delete_of_a_folder_is_a_soft_delete(srv: InprocServer, folder: str) -> None:
     app = srv.application
     sub = folder + "doomed/"
-    assert srv.request("MKCOL", sub).status == 201
+    assert call(srv, "MKCOL", sub).status == 201
     put(srv, sub + "inner.txt", b"inner")
     sub_node = existing_node(srv, sub)
     inner_node = existing_node(srv, sub + "inner.txt")
-    assert srv.request("DELETE", sub).status == 204
-    assert srv.request("PROPFIND", sub, headers={"Depth": "0"}).status == 404
-    assert srv.request("GET", sub + "inner.txt").status == 404
+    assert call(srv, "DELETE", sub).status == 204
+    assert call(srv, "PROPFIND", sub, headers={"Depth": "0"}).status == 404
+    assert call(srv, "GET", sub + "inner.txt").status == 404
     assert member_names(srv, folder) == []
     with app.db.read() as session:
         sub_row = session.get(Node, sub_node.id)
@@ -840,14 +931,14 @@ def test_delete_of_a_folder_is_a_soft_delete(srv: InprocServer, folder: str) -> 
 def test_copy_of_a_folder_makes_rows_but_no_blobs(srv: InprocServer, folder: str) -> None:
     app = srv.application
     src = folder + "src/"
-    assert srv.request("MKCOL", src).status == 201
-    assert srv.request("MKCOL", src + "deeper").status == 201
+    assert call(srv, "MKCOL", src).status == 201
+    assert call(srv, "MKCOL", src + "deeper").status == 201
     for i in range(3):
         put(srv, src + f"f{i}.txt", f"file {i} {uuid.uuid4()}".encode())
     put(srv, src + "deeper/g.txt", f"deep {uuid.uuid4()}".encode())
     nodes_before = count_rows(app, Node)
     blobs_before = count_rows(app, Blob)
-    response = srv.request("COPY", src, headers={"Destination": srv.url + path_of(folder) + "dst"})
+    response = call(srv, "COPY", src, headers={"Destination": srv.url + path_of(folder) + "dst"})
     assert response.status == 201, (response.status, response.body[:500])
     assert count_rows(app, Node) == nodes_before + 6  # dst, deeper, f0..f2, g
     assert count_rows(app, Blob) == blobs_before
@@ -860,7 +951,7 @@ def test_copy_of_a_folder_makes_rows_but_no_blobs(srv: InprocServer, folder: str
 def test_move_of_a_big_folder_is_one_update(srv: InprocServer, folder: str) -> None:
     app = srv.application
     src = folder + "big/"
-    assert srv.request("MKCOL", src).status == 201
+    assert call(srv, "MKCOL", src).status == 201
     conn = Connection(srv)
     try:
         for i in range(200):
@@ -871,7 +962,7 @@ def test_move_of_a_big_folder_is_one_update(srv: InprocServer, folder: str) -> N
     big = existing_node(srv, src)
     dest = srv.url + path_of(folder) + "moved-big"
     with recorded_statements(app) as statements:
-        response = srv.request("MOVE", src, headers={"Destination": dest})
+        response = call(srv, "MOVE", src, headers={"Destination": dest})
     assert response.status == 201, (response.status, response.body[:500])
     updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE NODES")]
     assert len(updates) == 1, updates
@@ -998,33 +1089,33 @@ def test_every_change_writes_a_logbook_row(srv: InprocServer, folder: str) -> No
     expect("file:version:create", file_url)
 
     sub = folder + "logged-folder"
-    assert srv.request("MKCOL", sub).status == 201
+    assert call(srv, "MKCOL", sub).status == 201
     expect("folder:create", sub)
 
     moved = folder + "moved.txt"
-    response = srv.request("MOVE", file_url, headers={"Destination": srv.url + path_of(moved)})
+    response = call(srv, "MOVE", file_url, headers={"Destination": srv.url + path_of(moved)})
     assert response.status == 201
     expect("node:move", moved)
 
     copied = folder + "copied.txt"
-    response = srv.request("COPY", moved, headers={"Destination": srv.url + path_of(copied)})
+    response = call(srv, "COPY", moved, headers={"Destination": srv.url + path_of(copied)})
     assert response.status == 201
     expect("node:copy", copied)
 
-    response = srv.request(
-        "PROPPATCH", copied, proppatch_body("<X:tag>t</X:tag>"), {"Content-Type": "text/xml"}
+    response = call(
+        srv, "PROPPATCH", copied, proppatch_body("<X:tag>t</X:tag>"), {"Content-Type": "text/xml"}
     )
     assert response.status == 207
     expect("node:proppatch", copied)
 
     deleted = existing_node(srv, copied)
-    assert srv.request("DELETE", copied).status == 204
+    assert call(srv, "DELETE", copied).status == 204
     rows = ops_since(app, mark)
     assert ("node:delete", deleted.id) in rows, rows
 
     # Reads write nothing of this kind.
     mark = last_log_id(app)
-    srv.request("GET", moved)
+    call(srv, "GET", moved)
     propfind(srv, folder)
     assert [op for op, _ in ops_since(app, mark) if not op.startswith(("file:download",))] == []
 
@@ -1041,6 +1132,6 @@ def test_unchanged_put_writes_no_version_row_in_the_logbook(srv: InprocServer, f
 def test_failed_requests_write_no_logbook_row(srv: InprocServer, folder: str) -> None:
     app = srv.application
     mark = last_log_id(app)
-    assert srv.request("MKCOL", folder + "missing/child").status == 409
-    assert srv.request("DELETE", folder + "missing").status == 404
+    assert call(srv, "MKCOL", folder + "missing/child").status == 409
+    assert call(srv, "DELETE", folder + "missing").status == 404
     assert ops_since(app, mark) == []
