@@ -1166,7 +1166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"raw numbers saved to {args.json}")
         return 0 if not any(s.errors for s in servers) else 3
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}); cleaning up", file=sys.stderr, flush=True)
+        print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}); cleaning up", file=sys.stderr, flush=True)
         return 130
     finally:
         for sig in handled:

@@ -88,13 +88,13 @@ class Application:
             if int(length) > self.settings.server.max_xml_body:
                 return _plain(start_response, "413 Content Too Large", "Request body too large\n")
         self.lock_storage.end_request()  # a worker thread's previous request is over
+        problem = _path_problem(environ.get("PATH_INFO", ""))
+        if problem:
+            return _plain(start_response, "400 Bad Request", problem + "\n")
         if self.settings.logging.query_header:
             self._queries.count = 0
             start_response = self._with_query_header(start_response)
-        try:
-            return self.dav(environ, start_response)
-        except UnicodeError:
-            return _plain(start_response, "400 Bad Request", "The URL is not valid UTF-8\n")
+        return self.dav(environ, start_response)
 
     def _with_query_header(self, start_response: Any) -> Any:
         def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -105,6 +105,29 @@ class Application:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+def _path_problem(path_info: str) -> str | None:
+    """Why a request path cannot be served, or None.
+
+    Checked here because WsgiDAV meets these inside a generator, where its error response is
+    lost: a URL that is not UTF-8 dropped the connection, and one climbing above ``/`` with
+    ``..`` announced a body it never sent.
+    """
+    try:
+        # WSGI hands the raw bytes over as latin-1; WsgiDAV decodes them as UTF-8.
+        path = path_info.encode("iso-8859-1").decode("utf-8")
+    except UnicodeError:
+        return "The URL is not valid UTF-8"
+    depth = 0
+    for segment in path.split("/"):
+        if segment == "..":
+            depth -= 1
+            if depth < 0:
+                return "The URL climbs above the root"
+        elif segment not in ("", "."):
+            depth += 1
+    return None
 
 
 def _plain(start_response: Any, status: str, text: str) -> list[bytes]:

@@ -1,0 +1,310 @@
+"""Settings: defaults, the YAML file, environment overrides, errors, and the shipped config.yaml."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from davserver.config import (
+    ConfigError,
+    Settings,
+    env_name,
+    iter_options,
+    load_settings,
+)
+from tests.servers import REPO_ROOT
+
+REPO_CONFIG = REPO_ROOT / "config.yaml"
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- defaults --------------------------------------------------------------------------------
+
+
+def test_defaults_without_file_or_environment() -> None:
+    settings = load_settings(None, env={})
+    assert settings == Settings()
+    assert settings.data_dir == "./data"
+    assert settings.server.host == "127.0.0.1"
+    assert settings.server.port == 8080
+    assert settings.server.max_xml_body == 1024 * 1024
+    assert settings.database.url == ""
+    assert settings.storage.fsync is True
+    assert settings.admin.user == "admin"
+    assert settings.admin.password == ""
+    assert settings.dav.realm == "davserver"
+    assert settings.logging.query_header is False
+
+
+def test_default_database_and_blobs_live_in_the_data_dir(tmp_path: Path) -> None:
+    settings = load_settings(None, env={"DAVSERVER_DATA_DIR": str(tmp_path / "d")})
+    assert settings.database_url == f"sqlite:///{(tmp_path / 'd').resolve()}/davserver.sqlite3"
+    assert settings.blob_path == (tmp_path / "d" / "blobs").resolve()
+
+
+def test_a_missing_file_means_defaults(tmp_path: Path) -> None:
+    assert load_settings(tmp_path / "absent.yaml", env={}) == Settings()
+
+
+def test_an_empty_file_means_defaults(tmp_path: Path) -> None:
+    assert load_settings(write_yaml(tmp_path / "c.yaml", ""), env={}) == Settings()
+
+
+def test_every_option_has_a_default_and_help() -> None:
+    options = dict(iter_options())
+    assert "data_dir" in options
+    assert "server.port" in options
+    assert "database.url" in options
+    for dotted, f in options.items():
+        assert f.default is not dataclasses.MISSING, dotted
+        assert f.metadata.get("help"), dotted
+
+
+def test_env_names() -> None:
+    assert env_name("data_dir") == "DAVSERVER_DATA_DIR"
+    assert env_name("database.url") == "DAVSERVER_DATABASE_URL"
+    assert env_name("server.port") == "DAVSERVER_SERVER_PORT"
+
+
+# --- the YAML file ---------------------------------------------------------------------------
+
+
+def test_values_from_the_yaml_file(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path / "config.yaml",
+        """
+data_dir: /srv/dav
+server:
+  host: 0.0.0.0
+  port: 9000
+  threads: 4
+database:
+  url: postgresql+psycopg://dav@db/dav
+  echo: true
+storage:
+  fsync: false
+admin:
+  user: root
+  password: s3cret
+dav:
+  realm: Team files
+logging:
+  level: DEBUG
+""",
+    )
+    settings = load_settings(path, env={})
+    assert settings.data_dir == "/srv/dav"
+    assert settings.server.host == "0.0.0.0"
+    assert settings.server.port == 9000
+    assert settings.server.threads == 4
+    assert settings.server.block_size == 256 * 1024  # untouched options keep their default
+    assert settings.database.url == "postgresql+psycopg://dav@db/dav"
+    assert settings.database_url == "postgresql+psycopg://dav@db/dav"
+    assert settings.database.echo is True
+    assert settings.storage.fsync is False
+    assert settings.admin.user == "root"
+    assert settings.admin.password == "s3cret"
+    assert settings.dav.realm == "Team files"
+    assert settings.logging.level == "DEBUG"
+
+
+def test_yaml_strings_become_ints_and_bools(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "c.yaml", 'server:\n  port: "8443"\nstorage:\n  fsync: "no"\n')
+    settings = load_settings(path, env={})
+    assert settings.server.port == 8443
+    assert settings.storage.fsync is False
+
+
+# --- the environment -------------------------------------------------------------------------
+
+
+def test_environment_overrides_defaults() -> None:
+    env = {
+        "DAVSERVER_DATA_DIR": "/var/lib/davserver",
+        "DAVSERVER_DATABASE_URL": "postgresql+psycopg://u@h/db",
+        "DAVSERVER_ADMIN_USER": "boss",
+        "DAVSERVER_ADMIN_PASSWORD": "hunter2",
+        "DAVSERVER_SERVER_PORT": "8099",
+    }
+    settings = load_settings(None, env=env)
+    assert settings.data_dir == "/var/lib/davserver"
+    assert settings.database.url == "postgresql+psycopg://u@h/db"
+    assert settings.admin.user == "boss"
+    assert settings.admin.password == "hunter2"
+    assert settings.server.port == 8099
+    assert isinstance(settings.server.port, int)
+
+
+def test_environment_wins_over_the_file(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path / "c.yaml",
+        "data_dir: /from/file\nserver:\n  port: 9000\n  host: 10.0.0.1\n"
+        "database:\n  url: sqlite:///file.db\nadmin:\n  user: fileadmin\n  password: filepw\n",
+    )
+    env = {
+        "DAVSERVER_DATA_DIR": "/from/env",
+        "DAVSERVER_DATABASE_URL": "sqlite:///env.db",
+        "DAVSERVER_ADMIN_USER": "envadmin",
+        "DAVSERVER_ADMIN_PASSWORD": "envpw",
+        "DAVSERVER_SERVER_PORT": "9100",
+    }
+    settings = load_settings(path, env=env)
+    assert settings.data_dir == "/from/env"
+    assert settings.database.url == "sqlite:///env.db"
+    assert settings.admin.user == "envadmin"
+    assert settings.admin.password == "envpw"
+    assert settings.server.port == 9100
+    assert settings.server.host == "10.0.0.1"  # not in the environment: the file's value
+
+
+def test_environment_bools() -> None:
+    for text, expected in [("0", False), ("false", False), ("1", True), ("yes", True)]:
+        settings = load_settings(None, env={"DAVSERVER_STORAGE_FSYNC": text})
+        assert settings.storage.fsync is expected, text
+
+
+def test_unrelated_environment_variables_are_ignored() -> None:
+    env = {"DAVSERVER_NOT_AN_OPTION": "x", "HOME": "/root", "PORT": "1"}
+    assert load_settings(None, env=env) == Settings()
+
+
+def test_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAVSERVER_SERVER_PORT", "8123")
+    assert load_settings(None).server.port == 8123
+
+
+def test_keyword_overrides_win_over_everything(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "c.yaml", "server:\n  port: 9000\n")
+    settings = load_settings(
+        path, env={"DAVSERVER_SERVER_PORT": "9100"}, server__port=9200, data_dir="/kw"
+    )
+    assert settings.server.port == 9200
+    assert settings.data_dir == "/kw"
+    # None means "not given" (an unset command-line flag)
+    assert load_settings(path, env={}, server__port=None).server.port == 9000
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no_such_option: 1\n",
+        "server:\n  no_such_option: 1\n",
+        "serverr:\n  port: 1\n",
+        "database:\n  url: x\n  pool: 3\n",
+    ],
+)
+def test_unknown_keys_are_an_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(write_yaml(tmp_path / "c.yaml", text), env={})
+
+
+def test_unknown_keyword_override_is_an_error() -> None:
+    with pytest.raises(ConfigError):
+        load_settings(None, env={}, server__no_such=1)
+
+
+@pytest.mark.parametrize(
+    "text", ["server:\n  port: eighty\n", "server:\n  threads: 1.5x\n", "server:\n  port: ''\n"]
+)
+def test_bad_int_in_the_file_is_an_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(write_yaml(tmp_path / "c.yaml", text), env={})
+
+
+@pytest.mark.parametrize("value", ["eighty", "", "80 80", "0x50"])
+def test_bad_int_in_the_environment_is_an_error(value: str) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(None, env={"DAVSERVER_SERVER_PORT": value})
+
+
+def test_bad_bool_is_an_error() -> None:
+    with pytest.raises(ConfigError):
+        load_settings(None, env={"DAVSERVER_STORAGE_FSYNC": "maybe"})
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(write_yaml(tmp_path / "c.yaml", text), env={})
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# --- the shipped config.yaml -----------------------------------------------------------------
+
+_KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?P<value>.*)$")
+
+
+def documented_options(text: str) -> set[str]:
+    """Dotted names of the options in a config.yaml, set or shown commented out.
+
+    A line ``# key: value`` (or ``key: value``) at the left margin is a top-level option and
+    ``# section:`` starts a section; indented ``#   key: value`` lines are options of that
+    section. Comment lines inside (``#   # help``) are skipped.
+    """
+    found: set[str] = set()
+    section: str | None = None
+    for raw in text.splitlines():
+        line = raw
+        if line.startswith("#"):
+            line = line[1:]
+            if line.startswith(" "):
+                line = line[1:]
+        match = _KEY_LINE.match(line)
+        if match is None:
+            continue
+        indent, key, value = match["indent"], match["key"], match["value"].strip()
+        if not indent:
+            if value in ("", "#") or value.startswith("#"):
+                section = key
+            else:
+                section = None
+                found.add(key)
+        elif section is not None:
+            found.add(f"{section}.{key}")
+    return found
+
+
+def test_documented_options_parser() -> None:
+    text = (
+        "# Help text: with a colon. [X]\n# data_dir: ./data\n\n# server:\n"
+        "#   # Port help. [DAVSERVER_SERVER_PORT]\n#   port: 8080\ndatabase:\n  url: ''\n"
+    )
+    assert documented_options(text) == {"data_dir", "server.port", "database.url"}
+
+
+def test_repo_config_yaml_exists() -> None:
+    assert REPO_CONFIG.is_file(), f"{REPO_CONFIG} is missing"
+
+
+def test_repo_config_yaml_documents_every_option() -> None:
+    assert REPO_CONFIG.is_file(), f"{REPO_CONFIG} is missing"
+    text = REPO_CONFIG.read_text(encoding="utf-8")
+    documented = documented_options(text)
+    missing = [dotted for dotted, _ in iter_options() if dotted not in documented]
+    assert missing == [], f"options missing from config.yaml: {missing}"
+    unknown = sorted(documented - {dotted for dotted, _ in iter_options()})
+    assert unknown == [], f"config.yaml shows options that do not exist: {unknown}"
+    missing_env = [dotted for dotted, _ in iter_options() if env_name(dotted) not in text]
+    assert missing_env == [], f"config.yaml does not name the environment variable of {missing_env}"
+
+
+def test_repo_config_yaml_loads() -> None:
+    """The file as shipped is valid YAML and valid settings (values as shown, or all commented)."""
+    assert REPO_CONFIG.is_file(), f"{REPO_CONFIG} is missing"
+    data = yaml.safe_load(REPO_CONFIG.read_text(encoding="utf-8"))
+    assert data is None or isinstance(data, dict)
+    load_settings(REPO_CONFIG, env={})
