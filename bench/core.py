@@ -15,6 +15,7 @@ import argparse
 import base64
 import contextlib
 import ctypes
+import functools
 import http.client
 import json
 import os
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -391,11 +392,24 @@ def pg_conninfo(base_url: str) -> str:
     return url + "/postgres"
 
 
-def pg_admin(base_url: str, sql: str) -> None:
+def pg_create_db(base_url: str, name: str) -> None:
+    _pg_admin(base_url, "CREATE DATABASE {}", name)
+
+
+def pg_drop_db(base_url: str, name: str) -> None:
+    _pg_admin(base_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+def _pg_admin(
+    base_url: str,
+    template: Literal["CREATE DATABASE {}", "DROP DATABASE IF EXISTS {} WITH (FORCE)"],
+    name: str,
+) -> None:
     import psycopg  # installed with davserver
+    from psycopg import sql
 
     with psycopg.connect(pg_conninfo(base_url), autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql.SQL(template).format(sql.Identifier(name)))
 
 
 def start_stock(server: Server, python: str) -> None:
@@ -424,7 +438,7 @@ def start_davserver(
         env[key] = value
     if db == "postgresql":
         server.db_name = f"davserver_bench_{secrets.token_hex(4)}"
-        pg_admin(pg_url, f'CREATE DATABASE "{server.db_name}"')
+        pg_create_db(pg_url, server.db_name)
         env["DAVSERVER_DATABASE_URL"] = f"{pg_url.rstrip('/')}/{server.db_name}"
     cmd = [python, "-m", "davserver", "serve", "--host", "127.0.0.1"]
     server.start(cmd, env, ready_timeout=180)
@@ -722,7 +736,7 @@ class Bench:
             (f"PUT {small}", self.w_small),
         ]
         for n in self.sizes.members:
-            out.append((f"PROPFIND {n}", lambda s, r, n=n: self.w_propfind(s, r, n)))
+            out.append((f"PROPFIND {n}", functools.partial(self.w_propfind, members=n)))
         return out
 
     def run_unit(self, s: Server, r: int, name: str, fn: Callable[..., dict[str, Any]]) -> None:
@@ -1176,7 +1190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in started:
             if s.db_name:
                 try:
-                    pg_admin(args.pg_url, f'DROP DATABASE IF EXISTS "{s.db_name}" WITH (FORCE)')
+                    pg_drop_db(args.pg_url, s.db_name)
                 except Exception as exc:
                     print(f"could not drop database {s.db_name}: {exc}", file=sys.stderr)
         if args.keep:

@@ -102,23 +102,21 @@ class FileService:
     # ----------------------------------------------------------------- writes
 
     def create_folder(self, actor: Actor, parent: NodeView, name: str) -> NodeView:
-        check_name(name)
-
-        def work(session: Session) -> NodeView:
-            node = self._new_child(session, parent, name, NodeKind.FOLDER)
-            record_audit(session, actor, Op.FOLDER_CREATE, node_id=node.id, details={"name": name})
-            return _view(session, node.id)
-
-        return self._retry(work)
+        return self._create(actor, parent, name, NodeKind.FOLDER, Op.FOLDER_CREATE)
 
     def create_empty_file(self, actor: Actor, parent: NodeView, name: str) -> NodeView:
         """An empty file with no version yet (a LOCK on an unmapped URL makes one)."""
+        return self._create(actor, parent, name, NodeKind.FILE, Op.FILE_CREATE)
+
+    def _create(
+        self, actor: Actor, parent: NodeView, name: str, kind: NodeKind, op: Op
+    ) -> NodeView:
         check_name(name)
 
         def work(session: Session) -> NodeView:
-            node = self._new_child(session, parent, name, NodeKind.FILE)
-            record_audit(session, actor, Op.FILE_CREATE, node_id=node.id, details={"name": name})
-            return _view(session, node.id)
+            node_id = _insert_child(session, parent.id, name, kind)
+            record_audit(session, actor, op, node_id=node_id, details={"name": name})
+            return _view(session, node_id)
 
         return self._retry(work)
 
@@ -152,21 +150,9 @@ class FileService:
             if current is None:
                 if expected_version_id is not None:
                     raise PreconditionFailed("the file no longer exists")
-                node_id = uuid.uuid4()
-                inserted = session.execute(
-                    _INSERT_CHILD,
-                    {
-                        "id": node_id,
-                        "parent_id": parent.id,
-                        "name": name,
-                        "key": key,
-                        "kind": NodeKind.FILE.value,
-                        "mime": mime,
-                        "now": utcnow(),
-                    },
+                node_id = _insert_child(
+                    session, parent.id, name, NodeKind.FILE, mime=mime, known_free=True
                 )
-                if inserted.first() is None:
-                    raise Conflict("the parent folder does not exist")
                 if blob.size == 0:
                     record_audit(
                         session, actor, Op.FILE_CREATE, node_id=node_id, details={"name": name}
@@ -254,17 +240,7 @@ class FileService:
     def delete(self, actor: Actor, node_id: uuid.UUID) -> None:
         """Move a node (and so everything below it) to the trash: one UPDATE."""
 
-        def work(session: Session) -> None:
-            node = _live_node(session, node_id)
-            if node.parent_id is None:
-                raise Conflict("the root of a space cannot be deleted")
-            node.deleted_at = utcnow()
-            node.deleted_by = actor.user_id
-            record_audit(
-                session, actor, Op.NODE_DELETE, node_id=node.id, details={"name": node.name}
-            )
-
-        self._retry(work)
+        self._retry(lambda session: _trash(session, actor, node_id))
 
     def move(
         self,
@@ -290,7 +266,7 @@ class FileService:
             if tree.is_descendant(session, dest_parent.id, node.id):
                 raise Conflict("cannot move a folder into itself")
             if replace_id is not None and replace_id != node.id:
-                _trash(session, actor, replace_id)
+                _trash(session, actor, replace_id, overwritten=True)
             before = {"parent_id": str(node.parent_id), "name": node.name}
             node.parent_id = dest_parent.id
             node.name = dest_name
@@ -335,7 +311,7 @@ class FileService:
                 if not source.is_folder and not target.is_folder:
                     self._copy_onto_file(session, actor, source, target)
                     return
-                _trash(session, actor, replace_id)
+                _trash(session, actor, replace_id, overwritten=True)
             new_root = self._copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
             record_audit(
                 session,
@@ -402,32 +378,6 @@ class FileService:
                 if attempt == _RETRIES - 1:
                     raise AlreadyExists("the name is taken") from exc
         raise AssertionError("unreachable")
-
-    def _new_child(self, session: Session, parent: NodeView, name: str, kind: NodeKind) -> Node:
-        parent_row = session.get(Node, parent.id)
-        if parent_row is None or parent_row.deleted_at is not None or not parent_row.is_folder:
-            raise Conflict("the parent folder does not exist")
-        taken = session.scalar(
-            sa.select(Node.id).where(
-                Node.parent_id == parent.id,
-                Node.name_key == name_key(name),
-                Node.deleted_at.is_(None),
-            )
-        )
-        if taken is not None:
-            raise AlreadyExists(f"{name!r} exists")
-        node = Node(
-            parent_id=parent.id,
-            name=name,
-            name_key=name_key(name),
-            kind=kind,
-            owner_id=parent_row.owner_id,
-            space=parent_row.space,
-            group_id=parent_row.group_id,
-        )
-        session.add(node)
-        session.flush()
-        return node
 
     def _blob_id(self, session: Session, blob: StoredBlob) -> uuid.UUID:
         """The id of the blob row for these bytes, inserting it if this is their first upload."""
@@ -622,18 +572,58 @@ def _live_node(session: Session, node_id: uuid.UUID) -> Node:
     return node
 
 
-def _trash(session: Session, actor: Actor, node_id: uuid.UUID) -> None:
+def _trash(
+    session: Session, actor: Actor, node_id: uuid.UUID, *, overwritten: bool = False
+) -> None:
+    """Move a node, and so everything below it, to the trash: one UPDATE."""
     node = _live_node(session, node_id)
+    if node.parent_id is None:
+        raise Conflict("the root of a space cannot be deleted")
     node.deleted_at = utcnow()
     node.deleted_by = actor.user_id
     session.flush()
-    record_audit(
-        session,
-        actor,
-        Op.NODE_DELETE,
-        node_id=node.id,
-        details={"name": node.name, "overwritten": True},
+    details: dict[str, object] = {"name": node.name}
+    if overwritten:
+        details["overwritten"] = True
+    record_audit(session, actor, Op.NODE_DELETE, node_id=node.id, details=details)
+
+
+def _insert_child(
+    session: Session,
+    parent_id: uuid.UUID,
+    name: str,
+    kind: NodeKind,
+    *,
+    mime: str | None = None,
+    known_free: bool = False,
+) -> uuid.UUID:
+    """Insert a child that inherits owner, space and group from its live parent folder.
+
+    Raises AlreadyExists when a live sibling has the name (``known_free``: the caller just
+    looked), Conflict when the parent is gone.
+    """
+    key = name_key(name)
+    if (
+        not known_free
+        and session.scalar(_LIVE_CHILD, {"parent_id": parent_id, "key": key}) is not None
+    ):
+        raise AlreadyExists(f"{name!r} exists")
+    node_id = uuid.uuid4()
+    inserted = session.execute(
+        _INSERT_CHILD,
+        {
+            "id": node_id,
+            "parent_id": parent_id,
+            "name": name,
+            "key": key,
+            "kind": kind.value,
+            "mime": mime,
+            "now": utcnow(),
+        },
     )
+    if inserted.first() is None:
+        raise Conflict("the parent folder does not exist")
+    return node_id
 
 
 def _view(session: Session, node_id: uuid.UUID) -> NodeView:
@@ -719,5 +709,10 @@ _SET_CURRENT = (
         mtime=None,
         mime_type=sa.func.coalesce(sa.bindparam("mime", type_=sa.String), _n.c.mime_type),
     )
+)
+_LIVE_CHILD = sa.select(_n.c.id).where(
+    _n.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
+    _n.c.name_key == sa.bindparam("key"),
+    _n.c.deleted_at.is_(None),
 )
 _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
