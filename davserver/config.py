@@ -36,6 +36,10 @@ class ServerSettings:
     block_size: int = opt(256 * 1024, "Bytes per read or write when streaming bodies.")
     max_xml_body: int = opt(1024 * 1024, "Largest PROPFIND/PROPPATCH/LOCK body accepted (413).")
     request_timeout: int = opt(60, "Seconds a connection may stay idle before it is closed.")
+    malloc_arenas: int = opt(
+        2,
+        "glibc malloc arenas shared by all threads (0: glibc's default, 8 per core).",
+    )
     ssl_certificate: str = opt("", "PEM certificate file; TLS is on when this and the key are set.")
     ssl_private_key: str = opt("", "PEM private key file for TLS.")
 

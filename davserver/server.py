@@ -11,6 +11,7 @@ from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.app import Application
+from davserver.memory import limit_malloc_arenas, release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ def make_server(app: Application, host: str, port: int) -> wsgi.Server:
 
 def serve(app: Application, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM, then finish open requests and close."""
+    # Before the worker threads exist, so none of them gets an arena of its own.
+    limit_malloc_arenas(app.settings.server.malloc_arenas)
+    release_free_memory()  # start-up (migrations, the first password hash) is over
     server = make_server(app, host, port)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
