@@ -13,13 +13,15 @@ are, so their namespaces, attributes and content survive byte for byte.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from xml.sax.saxutils import escape
 
 from wsgidav import util
 from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
 from wsgidav.dav_provider import DAVCollection
+
+from davserver.memory import release_free_memory
 
 _DAV = "{DAV:}"
 _SUPPORTED_LOCK = (
@@ -94,7 +96,29 @@ def respond(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[
             ("Date", util.get_rfc1123_time()),
         ],
     )
-    return [body]
+    return _Body(body)
+
+
+# Past this size the answer's memory is handed back to the system once it has been sent, or a
+# few large listings would keep the process at their peak (see davserver.memory).
+_RELEASE_AFTER_BYTES = 1024 * 1024
+
+
+class _Body:
+    """A one-chunk response body that releases the memory it held once it has been sent."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._body is not None:
+            yield self._body
+
+    def close(self) -> None:
+        large = self._body is not None and len(self._body) > _RELEASE_AFTER_BYTES
+        self._body = None
+        if large:
+            release_free_memory()
 
 
 def _response(res: Any, mode: str, names: list[str], lock_manager: Any, any_locks: bool) -> str:
