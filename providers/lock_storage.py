@@ -470,7 +470,7 @@ class SqlLockStorage:
         scope = _scope.get()
         if scope is not None:
             if scope.snapshot is None:
-                scope.snapshot = self._query(DavLock.namespace == scope.namespace)
+                scope.snapshot = self._namespace_locks(scope.namespace)
             candidates = scope.snapshot
         else:
             where: list[sa.ColumnElement[bool]] = []
@@ -501,6 +501,12 @@ class SqlLockStorage:
             self.get_lock_list("/", include_root=True, include_children=True, token_only=True)
         )
 
+    def _namespace_locks(self, namespace: str) -> list[LockDict]:
+        """Every unexpired lock of a namespace (the per-request snapshot); a prepared statement."""
+        with self._db.connect() as conn:
+            rows = conn.execute(_NAMESPACE_LOCKS, {"namespace": namespace, "now": _now()})
+            return [_to_dict(row._mapping) for row in rows]
+
     def _query(self, *where: sa.ColumnElement[bool]) -> list[LockDict]:
         stmt = (
             sa.select(*_COLUMNS)
@@ -509,3 +515,14 @@ class SqlLockStorage:
         )
         with self._db.connect() as conn:
             return [_to_dict(row._mapping) for row in conn.execute(stmt)]
+
+
+# Built once: constructing the statement per request cost more than running it.
+_NAMESPACE_LOCKS = (
+    sa.select(*_COLUMNS)
+    .where(
+        DavLock.namespace == sa.bindparam("namespace"),
+        sa.or_(DavLock.expire < 0, DavLock.expire >= sa.bindparam("now")),
+    )
+    .order_by(DavLock.created_at, DavLock.token)
+)

@@ -384,20 +384,20 @@ class FileService:
         existing = session.scalar(_BLOB_ID, {"sha256": blob.sha256})
         if existing is not None:
             return existing
-        values = {
-            "id": uuid.uuid4(),
-            "sha256": blob.sha256,
-            "md5": blob.md5,
-            "sha1": blob.sha1,
-            "size_bytes": blob.size,
-            "storage_key": blob.storage_key,
-            "created_at": utcnow(),
-        }
-        insert = postgresql.insert if _is_pg(session) else sqlite.insert
-        session.execute(
-            insert(Blob).values(**values).on_conflict_do_nothing(index_elements=["sha256"])
+        inserted = session.scalar(
+            _INSERT_BLOB_PG if _is_pg(session) else _INSERT_BLOB_SQLITE,
+            {
+                "id": uuid.uuid4(),
+                "sha256": blob.sha256,
+                "md5": blob.md5,
+                "sha1": blob.sha1,
+                "size_bytes": blob.size,
+                "storage_key": blob.storage_key,
+                "created_at": utcnow(),
+            },
         )
-        blob_id = session.scalar(_BLOB_ID, {"sha256": blob.sha256})
+        # None: a concurrent upload of the same bytes inserted the row first.
+        blob_id = inserted or session.scalar(_BLOB_ID, {"sha256": blob.sha256})
         assert blob_id is not None
         return blob_id
 
@@ -714,5 +714,11 @@ _LIVE_CHILD = sa.select(_n.c.id).where(
     _n.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
     _n.c.name_key == sa.bindparam("key"),
     _n.c.deleted_at.is_(None),
+)
+_INSERT_BLOB_PG = (
+    postgresql.insert(_b).on_conflict_do_nothing(index_elements=["sha256"]).returning(_b.c.id)
+)
+_INSERT_BLOB_SQLITE = (
+    sqlite.insert(_b).on_conflict_do_nothing(index_elements=["sha256"]).returning(_b.c.id)
 )
 _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
