@@ -8,6 +8,7 @@ members (plus one for their dead properties), not one per member.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -310,6 +311,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         self._writer: BlobWriter | None = None
         self._expected_length: int | None = None
         self._expected_version: uuid.UUID | None = None
+        self._content_type: str | None = None
 
     def get_content_length(self) -> int:
         return self.view.size if self.view else 0
@@ -336,8 +338,6 @@ class FileResource(_NodeResource, DAVNonCollection):
     def get_content(self) -> BinaryIO:
         assert self.view is not None
         if self.view.storage_key is None:
-            import io
-
             return io.BytesIO(b"")
         with dav_errors():
             try:
