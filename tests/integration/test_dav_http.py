@@ -1056,6 +1056,13 @@ def test_locks_belong_to_their_user(srv: InprocServer) -> None:
     assert with_token.status in (412, 423), with_token.status
     assert bob("GET", path).body == b"bob's"
 
+    # Nothing of Alice's is visible in Bob's space.
+    private = f"/files/alice-only-{uuid.uuid4().hex[:8]}.txt"
+    assert alice("PUT", private, b"private").status == 201
+    assert bob("GET", private).status == 404
+    listing = bob("PROPFIND", "/files/", None, {"Depth": "1"})
+    assert listing.status == 207 and private.rsplit("/", 1)[1].encode() not in listing.body
+
     assert alice("GET", path).body == b"alice's"
     assert alice("PUT", path, b"still no token").status == 423
     assert alice("PUT", path, b"with token", {"If": f"(<{token}>)"}).status == 204
