@@ -41,6 +41,13 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        # Quick reads on PostgreSQL run without BEGIN/ROLLBACK round trips (one statement each,
+        # so each sees a consistent snapshot anyway); SQLite's are in-process and stay as they are.
+        self._read_engine = (
+            self.engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
 
@@ -61,8 +68,8 @@ class Database:
 
     @contextmanager
     def connect(self) -> Iterator[sa.Connection]:
-        """A Core connection for a few quick reads (cheaper than a Session); rolled back."""
-        with self.engine.connect() as conn:
+        """A Core connection for quick single-statement reads (cheaper than a Session)."""
+        with self._read_engine.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
