@@ -106,16 +106,20 @@ class _FileBlobWriter:
         key = storage_key_for(sha256)
         final = self._store.path_of(key)
         try:
-            if self._store.fsync:
-                os.fsync(self._file.fileno())
-            self._file.close()
             if final.exists():
-                self._path.unlink()  # dedup: these bytes are already stored
+                # Dedup: these bytes are stored already, so this copy need not reach the disk.
+                # The folder is still flushed, in case the existing copy was renamed into place
+                # by a concurrent upload that has not flushed it yet.
+                self._file.close()
+                self._path.unlink()
             else:
+                if self._store.fsync:
+                    os.fsync(self._file.fileno())
+                self._file.close()
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self._path, final)
-                if self._store.fsync:
-                    _fsync_dir(final.parent)
+            if self._store.fsync:
+                _fsync_dir(final.parent)
         except BaseException:
             self.abort()
             raise
