@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import event
@@ -94,7 +94,15 @@ class Application:
         if self.settings.logging.query_header:
             self._queries.count = 0
             start_response = self._with_query_header(start_response)
-        return self.dav(environ, start_response)
+        # WsgiDAV does its work while the response is iterated, so the request's shared read
+        # connection is released when the server closes the response, not when this returns.
+        self.db.begin_request()
+        try:
+            response = self.dav(environ, start_response)
+        except BaseException:
+            self.db.end_request()
+            raise
+        return _ClosingResponse(response, self.db.end_request)
 
     def _with_query_header(self, start_response: Any) -> Any:
         def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -105,6 +113,25 @@ class Application:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+class _ClosingResponse:
+    """A response iterable that runs ``on_close`` after the wrapped one is closed."""
+
+    def __init__(self, response: Iterable[bytes], on_close: Any) -> None:
+        self._response = response
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._response)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._response, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._on_close()
 
 
 def _path_problem(path_info: str) -> str | None:

@@ -5,10 +5,15 @@ transaction starts with ``BEGIN IMMEDIATE``, so two writers queue on the databas
 failing with "database is locked" when a reader tries to upgrade; reads stay concurrent (WAL).
 On PostgreSQL both are ordinary READ COMMITTED transactions; writers that must serialize on a row
 take ``SELECT ... FOR UPDATE``.
+
+``Database.connect()`` is for quick single-statement reads: no transaction (autocommit), so each
+statement sees everything committed before it. Between ``begin_request()`` and ``end_request()``
+all of a request's quick reads share one pooled connection instead of checking one out each.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +24,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 _WRITE_OPTION = "davserver_write"
+_AUTOCOMMIT_OPTION = "davserver_autocommit"
+
+
+class _RequestConnection:
+    """The read connection one request shares, opened on first use."""
+
+    def __init__(self) -> None:
+        self.connection: sa.Connection | None = None
 
 
 class Database:
@@ -41,12 +54,15 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
-        # Quick reads on PostgreSQL run without BEGIN/ROLLBACK round trips (one statement each,
-        # so each sees a consistent snapshot anyway); SQLite's are in-process and stay as they are.
+        # Quick reads need no BEGIN/ROLLBACK round trips. SQLite's driver already runs without
+        # implicit transactions here (see _configure_sqlite), so only the BEGIN is skipped.
         self._read_engine = (
-            self.engine
+            self.engine.execution_options(**{_AUTOCOMMIT_OPTION: True})
             if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self._request: contextvars.ContextVar[_RequestConnection | None] = contextvars.ContextVar(
+            f"davserver_db_request_{id(self)}", default=None
         )
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
@@ -69,8 +85,26 @@ class Database:
     @contextmanager
     def connect(self) -> Iterator[sa.Connection]:
         """A Core connection for quick single-statement reads (cheaper than a Session)."""
-        with self._read_engine.connect() as conn:
-            yield conn
+        shared = self._request.get()
+        if shared is None:
+            with self._read_engine.connect() as conn:
+                yield conn
+            return
+        if shared.connection is None:
+            shared.connection = self._read_engine.connect()
+        yield shared.connection
+
+    def begin_request(self) -> None:
+        """From here on (in this thread's context) quick reads share one connection."""
+        self.end_request()
+        self._request.set(_RequestConnection())
+
+    def end_request(self) -> None:
+        """Give the request's shared read connection back to the pool."""
+        shared = self._request.get()
+        self._request.set(None)
+        if shared is not None and shared.connection is not None:
+            shared.connection.close()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -90,5 +124,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_AUTOCOMMIT_OPTION):
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE_OPTION) else "BEGIN")
