@@ -93,20 +93,26 @@ _versions = Base.metadata.tables["file_versions"]
 _blobs = Base.metadata.tables["blobs"]
 
 
+_VERSION_COLUMNS = (
+    _versions.c.version_no,
+    _blobs.c.sha256,
+    _blobs.c.md5,
+    _blobs.c.sha1,
+    _blobs.c.storage_key,
+)
+
+
+def _with_current_version(from_: Any, node: Any) -> Any:
+    """``from_`` outer-joined to the current version of ``node`` and that version's blob."""
+    return from_.outerjoin(_versions, _versions.c.id == node.c.current_version_id).outerjoin(
+        _blobs, _blobs.c.id == _versions.c.blob_id
+    )
+
+
 def _view_select(node: Any) -> sa.Select[Any]:
     """SELECT the NodeView columns of ``node`` (the table or an alias of it)."""
-    return (
-        sa.select(
-            *(node.c[c] for c in _VIEW_COLUMNS),
-            _versions.c.version_no,
-            _blobs.c.sha256,
-            _blobs.c.md5,
-            _blobs.c.sha1,
-            _blobs.c.storage_key,
-        )
-        .select_from(node)
-        .outerjoin(_versions, _versions.c.id == node.c.current_version_id)
-        .outerjoin(_blobs, _blobs.c.id == _versions.c.blob_id)
+    return sa.select(*(node.c[c] for c in _VIEW_COLUMNS), *_VERSION_COLUMNS).select_from(
+        _with_current_version(node, node)
     )
 
 
@@ -130,11 +136,6 @@ _CHILDREN = (
         _nodes.c.deleted_at.is_(None),
     )
     .order_by(_nodes.c.name)
-)
-_CHILD = _view_select(_nodes).where(
-    _nodes.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
-    _nodes.c.name_key == sa.bindparam("k0"),
-    _nodes.c.deleted_at.is_(None),
 )
 
 
@@ -176,19 +177,10 @@ def _chain_statement(depth: int) -> sa.Select[Any]:
                 alias.c.deleted_at.is_(None),
             ),
         )
-    joined = joined.outerjoin(_versions, _versions.c.id == last.c.current_version_id).outerjoin(
-        _blobs, _blobs.c.id == _versions.c.blob_id
-    )
+    joined = _with_current_version(joined, last)
     columns: list[Any] = [alias.c[c] for alias in aliases for c in _VIEW_COLUMNS]
     stmt: sa.Select[Any] = (
-        sa.select(
-            *columns,
-            _versions.c.version_no,
-            _blobs.c.sha256,
-            _blobs.c.md5,
-            _blobs.c.sha1,
-            _blobs.c.storage_key,
-        )
+        sa.select(*columns, *_VERSION_COLUMNS)
         .select_from(joined)
         .where(
             first.c.parent_id == sa.bindparam("root_id", type_=sa.Uuid),
@@ -246,11 +238,6 @@ def resolve(
 def list_children(session: Session | sa.Connection, folder_id: uuid.UUID) -> list[NodeView]:
     """Every live child of a folder, with its current version, in one query."""
     return [_to_view(row) for row in session.execute(_CHILDREN, {"parent_id": folder_id})]
-
-
-def child_by_name(session: Session, folder_id: uuid.UUID, name: str) -> NodeView | None:
-    row = session.execute(_CHILD, {"parent_id": folder_id, "k0": name_key(name)}).first()
-    return _to_view(row) if row else None
 
 
 def is_descendant(session: Session, node_id: uuid.UUID, ancestor_id: uuid.UUID) -> bool:
