@@ -548,6 +548,17 @@ def test_name_of_300_characters_is_refused_cleanly(
     assert member_names(srv, folder) == []
 
 
+@pytest.mark.parametrize("method", ["PUT", "MKCOL"])
+def test_control_characters_in_names_are_refused_cleanly(
+    srv: InprocServer, folder: str, method: str
+) -> None:
+    url = folder + q("bell\x07name.txt")
+    response = call(srv, method, url, b"data" if method == "PUT" else None)
+    assert response.status == 400, (response.status, response.body[:500])
+    no_traceback(response)
+    assert member_names(srv, folder) == []  # and the listing is still well-formed XML
+
+
 TARGET_NAMES = ["what?.txt", "semi;colon.txt", "hash#tag.txt", "100%.txt", "a?b;c#d%25e.txt"]
 
 

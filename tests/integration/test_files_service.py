@@ -285,7 +285,9 @@ def test_composed_and_decomposed_names_find_the_same_file(
         service.create_folder(actor, home, decomposed)
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "nul\0byte", "x" * 256])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "a/b", "nul\0byte", "bell\x07", "new\nline", "x" * 256]
+)
 def test_unstorable_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidName):
         check_name(name)
