@@ -36,6 +36,26 @@ class DavRequestServer(RequestServer):
             success_code = override
         return super()._send_response(environ, start_response, root_res, success_code, error_list)
 
+    def do_PUT(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return super().do_PUT(environ, _accepting_mtime(environ, start_response))
+
+    def do_MKCOL(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return super().do_MKCOL(environ, _accepting_mtime(environ, start_response))
+
+
+def _accepting_mtime(environ: dict[str, Any], start_response: Any) -> Any:
+    """Tell ownCloud-dialect clients (rclone) their X-OC-Mtime was kept, so they skip the
+    PROPPATCH they would otherwise send to set it."""
+    if "HTTP_X_OC_MTIME" not in environ:
+        return start_response
+
+    def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if status.startswith("2"):
+            headers = [*headers, ("X-OC-MTime", "accepted")]
+        return start_response(status, headers, exc_info)
+
+    return wrapped
+
 
 _URL = re.compile(
     r"^(?:(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):)?(?://(?P<netloc>[^/]*))?(?P<path>.*)$", re.S

@@ -22,6 +22,7 @@ from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
 from wsgidav.dav_provider import DAVCollection
 
 from davserver.memory import release_free_memory
+from providers import live_props
 
 _DAV = "{DAV:}"
 _SUPPORTED_LOCK = (
@@ -128,7 +129,7 @@ def _response(res: Any, mode: str, names: list[str], lock_manager: Any, any_lock
     missing: list[str] = []
     if mode == "named":
         for name in names:
-            value = _render(name, renderers, dead)
+            value = _render(res, name, renderers, dead)
             if value is None:
                 missing.append(_empty(name))
             else:
@@ -154,13 +155,15 @@ def _response(res: Any, mode: str, names: list[str], lock_manager: Any, any_lock
 
 
 def _render(
-    name: str, renderers: dict[str, Callable[[], str]], dead: dict[str, bytes]
+    res: Any, name: str, renderers: dict[str, Callable[[], str]], dead: dict[str, bytes]
 ) -> str | None:
     render = renderers.get(name)
     if render is not None:
         return render()
     value = dead.get(name)
-    return value.decode("utf-8") if value is not None else None
+    if value is not None:
+        return value.decode("utf-8")
+    return live_props.render(res, name) if name in live_props.NAMES else None
 
 
 def _renderers(res: Any, lock_manager: Any, any_locks: bool) -> dict[str, Callable[[], str]]:

@@ -27,6 +27,8 @@ from davserver.blobstore import BlobWriter
 from davserver.errors import NotFound
 from davserver.services.actor import Actor
 from davserver.services.tree import NodeView
+from providers import live_props
+from providers.digests import expected_digests, repr_digest
 from providers.errors import dav_errors
 
 if TYPE_CHECKING:
@@ -124,6 +126,11 @@ class _NodeResource:
         dead = self.dead_properties().get(name)
         if dead is not None:
             return etree.fromstring(dead)
+        if name in live_props.NAMES:
+            text = live_props.render(self, name)
+            if text is None:
+                raise DAVError(404)
+            return etree.fromstring(text)
         return _DAVResource.get_property_value(self, name)
 
     def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
@@ -131,7 +138,11 @@ class _NodeResource:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
         if name in _MTIME_PROPS and value is not None:
             return self.set_last_modified(self.path, value.text, dry_run=dry_run)
-        if name.startswith("{DAV:}"):
+        if name == live_props.CHECKSUMS:
+            # rclone sends its checksums along with a new mtime; ours are computed from the
+            # bytes, so the client's are accepted and not stored.
+            return None
+        if name.startswith("{DAV:}") or name in live_props.NAMES:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
         if dry_run:
             return None
@@ -312,6 +323,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         self._expected_length: int | None = None
         self._expected_version: uuid.UUID | None = None
         self._content_type: str | None = None
+        self._expected_digests: dict[str, str] = {}
 
     def get_content_length(self) -> int:
         return self.view.size if self.view else 0
@@ -328,6 +340,10 @@ class FileResource(_NodeResource, DAVNonCollection):
 
     def support_etag(self) -> bool:
         return True
+
+    def finalize_headers(self, environ: dict[str, Any], response_headers: list[Any]) -> None:
+        """GET and HEAD: the RFC 9530 digest of the whole file, whatever range is sent."""
+        response_headers.append(("Repr-Digest", repr_digest(self.get_etag())))
 
     def support_ranges(self) -> bool:
         return True
@@ -360,6 +376,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         self._content_type = (
             content_type if content_type and content_type != "application/octet-stream" else None
         )
+        self._expected_digests = expected_digests(environ)
         self._writer = self.provider.files.blobs.writer()
         return _UploadSink(self._writer, self._expected_length)
 
@@ -370,7 +387,8 @@ class FileResource(_NodeResource, DAVNonCollection):
         if with_errors:
             writer.abort()
             return
-        blob = writer.finish()
+        with dav_errors():
+            blob = writer.finish(self._expected_digests)
         parent = self._parent
         name = self._new_name or util.get_uri_name(self.path)
         if parent is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -24,10 +25,12 @@ class BlobWriter(Protocol):
 
     def write(self, data: bytes) -> int: ...
 
-    def finish(self) -> StoredBlob:
+    def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
         """Make the bytes durable under their SHA-256 and return the digests.
 
-        Writing bytes that are already stored keeps the existing copy (dedup).
+        ``expect`` maps "sha256", "sha1" or "md5" to hex digests the client announced; if one
+        differs, the bytes are thrown away and ChecksumMismatch is raised. Writing bytes that
+        are already stored keeps the existing copy (dedup).
         """
         ...
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import ctypes
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 from davserver.blobstore.base import StoredBlob
 from davserver.blobstore.hashing import MultiHasher
+from davserver.errors import ChecksumMismatch
 
 _WRITEBACK_EVERY = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
@@ -101,8 +102,15 @@ class _FileBlobWriter:
             self._flushed = self.bytes_written
         return len(data)
 
-    def finish(self) -> StoredBlob:
+    def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
         sha256, md5, sha1 = self._hasher.digests()
+        actual = {"sha256": sha256, "md5": md5, "sha1": sha1}
+        for algorithm, digest in (expect or {}).items():
+            if actual.get(algorithm) != digest.lower():
+                self.abort()
+                raise ChecksumMismatch(
+                    f"the body's {algorithm} is {actual.get(algorithm)}, not {digest.lower()}"
+                )
         key = storage_key_for(sha256)
         final = self._store.path_of(key)
         try:

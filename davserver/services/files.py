@@ -11,7 +11,7 @@ import datetime as dt
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,7 +22,7 @@ from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import AlreadyExists, Conflict, NotFound, PreconditionFailed
-from davserver.models import Blob, DeadProperty, FileVersion, Node, NodeKind, Op, Space
+from davserver.models import Blob, DeadProperty, FileVersion, Node, NodeKind, Op, Space, User
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
@@ -77,6 +77,23 @@ class FileService:
     def children(self, folder_id: uuid.UUID) -> list[NodeView]:
         with self.db.connect() as conn:
             return tree.list_children(conn, folder_id)
+
+    def subtree_size(self, node_id: uuid.UUID) -> int:
+        """Bytes of the current versions of every live file at or below a node."""
+        with self.db.connect() as conn:
+            return int(conn.execute(_subtree_size_statement(), {"root_id": node_id}).scalar() or 0)
+
+    def usage(self, owner_id: uuid.UUID) -> tuple[int, int | None]:
+        """(bytes used, quota in bytes or None for unlimited) of a user's own space.
+
+        Usage is logical: the sizes of the user's current files, whatever dedup saves.
+        """
+        used = self.subtree_size(self.home_id(owner_id))
+        with self.db.connect() as conn:
+            quota = conn.execute(
+                sa.select(User.quota_bytes).where(User.id == owner_id)
+            ).scalar_one_or_none()
+        return used, quota
 
     def open_content(self, view: NodeView) -> BinaryIO:
         if view.storage_key is None:
@@ -722,3 +739,20 @@ _INSERT_BLOB_SQLITE = (
     sqlite.insert(_b).on_conflict_do_nothing(index_elements=["sha256"]).returning(_b.c.id)
 )
 _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
+
+
+def _subtree_size_statement() -> sa.Select[Any]:
+    """SUM of file sizes below :root_id, walking live nodes only (a deleted folder hides all)."""
+    tree_ids = (
+        sa.select(_n.c.id)
+        .where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid), _n.c.deleted_at.is_(None))
+        .cte("tree_ids", recursive=True)
+    )
+    tree_ids = tree_ids.union_all(
+        sa.select(_n.c.id).where(_n.c.parent_id == tree_ids.c.id, _n.c.deleted_at.is_(None))
+    )
+    return (
+        sa.select(sa.func.sum(_n.c.size))
+        .select_from(_n.join(tree_ids, tree_ids.c.id == _n.c.id))
+        .where(_n.c.kind == NodeKind.FILE.value)
+    )

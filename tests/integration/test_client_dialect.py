@@ -1,0 +1,185 @@
+"""The ownCloud dialect and digests that rclone and sync clients rely on, over real HTTP.
+
+X-OC-Mtime on PUT (answered with X-OC-MTime: accepted), oc:checksums / oc:fileid / oc:size,
+RFC 4331 quota properties, OC-Checksum and RFC 9530 digests verified on upload (a mismatch
+stores nothing), Repr-Digest on GET and HEAD.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+from tests.servers import InprocServer, Response
+
+OC = "{http://owncloud.org/ns}"
+DAV = "{DAV:}"
+PROPS = (
+    b'<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns"><d:prop>'
+    b"<oc:checksums/><oc:fileid/><oc:size/><d:quota-used-bytes/><d:quota-available-bytes/>"
+    b"<d:getlastmodified/></d:prop></d:propfind>"
+)
+
+
+@pytest.fixture
+def srv(inproc_server: InprocServer) -> InprocServer:
+    return inproc_server
+
+
+@pytest.fixture
+def folder(inproc_dav_dir: str) -> str:
+    return inproc_dav_dir
+
+
+def propfind(srv: InprocServer, url: str, depth: str = "0") -> dict[str, ElementTree.Element]:
+    """{href: the <prop> element of its 200 propstat}."""
+    response = srv.request("PROPFIND", url, PROPS, {"Depth": depth})
+    assert response.status == 207, response.body[:500]
+    found: dict[str, ElementTree.Element] = {}
+    for item in ElementTree.fromstring(response.body).iter(f"{DAV}response"):
+        href = item.findtext(f"{DAV}href") or ""
+        for propstat in item.iter(f"{DAV}propstat"):
+            if "200" in (propstat.findtext(f"{DAV}status") or ""):
+                prop = propstat.find(f"{DAV}prop")
+                assert prop is not None
+                found[href] = prop
+    return found
+
+
+def put(srv: InprocServer, url: str, body: bytes, headers: dict[str, str]) -> Response:
+    return srv.request("PUT", url, body, headers)
+
+
+def blob_tmp_files(srv: InprocServer) -> list[Path]:
+    return list((Path(srv.data_dir) / "blobs" / "tmp").iterdir())
+
+
+def test_x_oc_mtime_is_kept_and_acknowledged(srv: InprocServer, folder: str) -> None:
+    response = put(srv, folder + "a.txt", b"timed", {"X-OC-Mtime": "1600000000"})
+    assert response.status == 201
+    assert response.headers.get("X-OC-MTime") == "accepted"
+    head = srv.request("HEAD", folder + "a.txt")
+    modified = email.utils.parsedate_to_datetime(head.headers["Last-Modified"])
+    assert int(modified.timestamp()) == 1600000000
+    # without the header, no acknowledgement
+    assert "X-OC-MTime" not in put(srv, folder + "b.txt", b"untimed", {}).headers
+
+
+def test_checksums_fileid_and_sizes_are_properties(srv: InprocServer, folder: str) -> None:
+    body = os.urandom(3000)
+    assert srv.request("MKCOL", folder + "sub/").status == 201
+    assert put(srv, folder + "sub/f.bin", body, {}).status == 201
+    assert put(srv, folder + "g.bin", b"12345", {}).status == 201
+    props = propfind(srv, folder + "sub/f.bin")
+    (prop,) = props.values()
+    checksum = prop.findtext(f"{OC}checksums/{OC}checksum")
+    assert checksum == f"SHA1:{hashlib.sha1(body).hexdigest()} MD5:{hashlib.md5(body).hexdigest()}"
+    assert len(prop.findtext(f"{OC}fileid") or "") == 32
+    assert prop.findtext(f"{OC}size") == "3000"
+    listing = propfind(srv, folder, depth="1")
+    folder_prop = next(p for href, p in listing.items() if href.endswith("/sub/"))
+    assert folder_prop.findtext(f"{OC}size") == "3000"  # the folder's size is its subtree's
+
+
+def test_quota_properties_count_current_files(srv: InprocServer, folder: str) -> None:
+    before = propfind(srv, "/files/")
+    (prop,) = before.values()
+    used = int(prop.findtext(f"{DAV}quota-used-bytes") or "-1")
+    available = int(prop.findtext(f"{DAV}quota-available-bytes") or "-1")
+    assert used >= 0 and available > 0
+    assert put(srv, folder + "q.bin", b"x" * 1000, {}).status == 201
+    assert put(srv, folder + "q.bin", b"y" * 400, {}).status == 204  # replaces, not adds
+    (after,) = propfind(srv, "/files/").values()
+    assert int(after.findtext(f"{DAV}quota-used-bytes") or "-1") == used + 400
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        lambda body: {"OC-Checksum": "SHA1:" + hashlib.sha1(body).hexdigest()},
+        lambda body: {"OC-Checksum": "MD5:" + hashlib.md5(body).hexdigest()},
+        lambda body: {
+            "Repr-Digest": "sha-256=:"
+            + base64.b64encode(hashlib.sha256(body).digest()).decode()
+            + ":"
+        },
+    ],
+    ids=["oc-sha1", "oc-md5", "repr-digest"],
+)
+def test_matching_checksums_are_accepted(
+    srv: InprocServer, folder: str, header: Callable[[bytes], dict[str, str]]
+) -> None:
+    body = os.urandom(5000)
+    assert put(srv, folder + "ok.bin", body, header(body)).status == 201
+    assert srv.request("GET", folder + "ok.bin").body == body
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"OC-Checksum": "SHA1:" + "0" * 40},
+        {"OC-Checksum": "MD5:" + "0" * 32},
+        {"Repr-Digest": "sha-256=:" + base64.b64encode(b"\0" * 32).decode() + ":"},
+        {"Content-Digest": "sha-256=:" + base64.b64encode(b"\1" * 32).decode() + ":"},
+    ],
+    ids=["oc-sha1", "oc-md5", "repr-digest", "content-digest"],
+)
+def test_a_wrong_checksum_stores_nothing(
+    srv: InprocServer, folder: str, headers: dict[str, str]
+) -> None:
+    assert put(srv, folder + "keep.bin", b"original", {}).status == 201
+    response = put(srv, folder + "keep.bin", os.urandom(4000), headers)
+    assert response.status == 400, response.status
+    assert srv.request("GET", folder + "keep.bin").body == b"original"
+    assert put(srv, folder + "new.bin", b"data", headers).status == 400
+    assert srv.request("GET", folder + "new.bin").status == 404
+    assert blob_tmp_files(srv) == []
+
+
+@pytest.mark.parametrize(
+    "headers", [{"OC-Checksum": "SHA1:nothex"}, {"Repr-Digest": "sha-256=notbase64"}]
+)
+def test_malformed_checksum_headers_are_a_clean_400(
+    srv: InprocServer, folder: str, headers: dict[str, str]
+) -> None:
+    response = put(srv, folder + "m.bin", b"data", headers)
+    assert response.status == 400
+    assert srv.request("GET", folder + "m.bin").status == 404
+
+
+def test_get_and_head_carry_repr_digest(srv: InprocServer, folder: str) -> None:
+    body = os.urandom(10_000)
+    assert put(srv, folder + "d.bin", body, {}).status == 201
+    expected = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    assert srv.request("GET", folder + "d.bin").headers.get("Repr-Digest") == expected
+    assert srv.request("HEAD", folder + "d.bin").headers.get("Repr-Digest") == expected
+    ranged = srv.request("GET", folder + "d.bin", None, {"Range": "bytes=0-9"})
+    assert ranged.status == 206 and ranged.headers.get("Repr-Digest") == expected
+
+
+def test_rclone_style_proppatch_of_checksums_is_accepted_not_stored(
+    srv: InprocServer, folder: str
+) -> None:
+    assert put(srv, folder + "r.txt", b"rclone", {}).status == 201
+    patch = (
+        b'<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">'
+        b"<d:set><d:prop><d:lastmodified>1500000000</d:lastmodified>"
+        b"<oc:checksums><oc:checksum>SHA1:0000</oc:checksum></oc:checksums>"
+        b"</d:prop></d:set></d:propertyupdate>"
+    )
+    response = srv.request("PROPPATCH", folder + "r.txt", patch)
+    assert response.status == 207
+    assert b"403" not in response.body and b"409" not in response.body, response.body
+    (prop,) = propfind(srv, folder + "r.txt").values()
+    assert (prop.findtext(f"{OC}checksums/{OC}checksum") or "").startswith(
+        "SHA1:" + hashlib.sha1(b"rclone").hexdigest()
+    )
+    modified = email.utils.parsedate_to_datetime(prop.findtext(f"{DAV}getlastmodified") or "")
+    assert int(modified.timestamp()) == 1500000000
