@@ -55,6 +55,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_davmount(args: argparse.Namespace) -> int:
+    from davserver.davmount import instructions
+
+    settings = _settings(args)
+    if args.url:
+        url = args.url
+    else:
+        scheme = "https" if settings.server.ssl_certificate else "http"
+        host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "HOST"
+        url = f"{scheme}://{host}:{settings.server.port}/"
+    print(instructions(url, args.user or settings.admin.user), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="davserver", description=__doc__)
     parser.add_argument(
@@ -69,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="print every option, documented, at its default")
     config.set_defaults(func=cmd_config)
+
+    davmount = commands.add_parser(
+        "davmount", help="print how to mount this server in Explorer, Finder, GNOME, rclone..."
+    )
+    davmount.add_argument("--url", help="the server's public URL (default: from the settings)")
+    davmount.add_argument("--user", help="the user to show in the examples")
+    davmount.set_defaults(func=cmd_davmount)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)

@@ -1,0 +1,36 @@
+"""`davserver davmount`: mount instructions carry this server's own URL for every client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from davserver.davmount import instructions
+
+
+def test_every_client_gets_the_files_url() -> None:
+    text = instructions("https://dav.example.org:8443/", "alice")
+    for client in ("Windows Explorer", "macOS Finder", "GNOME Files", "davfs2", "rclone", "curl"):
+        assert client in text
+    assert "https://dav.example.org:8443/files/" in text
+    assert r"\\dav.example.org@SSL@8443\DavWWWRoot\files" in text
+    assert "davs://alice@dav.example.org:8443/files/" in text
+    assert "BasicAuthLevel" not in text  # only needed without TLS
+
+
+def test_plain_http_warns_about_basic_auth_on_windows() -> None:
+    text = instructions("http://127.0.0.1:8080", "bob")
+    assert "BasicAuthLevel" in text
+    assert "dav://bob@127.0.0.1:8080/files/" in text
+
+
+def test_cli_uses_the_configured_port() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "davserver", "--config", "/nonexistent.yaml", "davmount"],
+        capture_output=True,
+        text=True,
+        env={"DAVSERVER_SERVER_PORT": "9123", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=True,
+    )
+    assert "http://127.0.0.1:9123/files/" in result.stdout
