@@ -26,7 +26,7 @@ from davserver.models import Blob, DeadProperty, FileVersion, Node, NodeKind, Op
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.tree import NodeView, check_name, name_key
+from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
 
 T = TypeVar("T")
 _RETRIES = 4
@@ -199,7 +199,12 @@ class FileService:
                 raise PreconditionFailed("the file changed since the ETag was issued")
             if current_sha == blob.sha256 or (current_version_id is None and blob.size == 0):
                 return _view(session, node_id), False
-            version_id, version_no = self._add_version_core(session, actor, node_id, blob, mime)
+            if current_version_id is not None and is_client_metadata(name):
+                version_id, version_no = self._replace_version(
+                    session, actor, node_id, current_version_id, blob
+                )
+            else:
+                version_id, version_no = self._add_version_core(session, actor, node_id, blob, mime)
             record_audit(
                 session,
                 actor,
@@ -211,6 +216,35 @@ class FileService:
             return _view(session, node_id), False
 
         return self._retry(work)
+
+    def _replace_version(
+        self,
+        session: Session,
+        actor: Actor,
+        node_id: uuid.UUID,
+        version_id: uuid.UUID,
+        blob: StoredBlob,
+    ) -> tuple[uuid.UUID, int]:
+        """Overwrite the current version in place (client metadata files keep no history)."""
+        now = utcnow()
+        version = session.get(FileVersion, version_id)
+        assert version is not None
+        version.blob_id = self._blob_id(session, blob)
+        version.size = blob.size
+        version.uploaded_by = actor.user_id
+        version.uploaded_at = now
+        version.mtime = None
+        session.execute(
+            _SET_CURRENT,
+            {
+                "node_id": node_id,
+                "version_id": version_id,
+                "size": blob.size,
+                "now": now,
+                "mime": None,
+            },
+        )
+        return version_id, version.version_no
 
     def _add_version_core(
         self,

@@ -33,6 +33,12 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def is_client_metadata(name: str) -> bool:
+    """Files that desktops write beside the user's own (Finder's AppleDouble ``._*`` and
+    ``.DS_Store``, Explorer's ``Thumbs.db``): stored, but their history is not worth keeping."""
+    return name.startswith("._") or name in (".DS_Store", "Thumbs.db")
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it can be stored as a file or folder name, else raise InvalidName."""
     if name in ("", ".", ".."):

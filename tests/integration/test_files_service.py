@@ -312,3 +312,17 @@ def test_dead_property_rows_go_with_their_node(
     service.set_dead_properties(actor, view.id, {"{urn:x}a": b"<a xmlns='urn:x'/>"})
     service.set_dead_properties(actor, view.id, {"{urn:x}a": None})
     assert count(database, DeadProperty) == 0
+
+
+@pytest.mark.parametrize("name", [".DS_Store", "._report.docx", "Thumbs.db"])
+def test_desktop_metadata_files_keep_no_history(
+    service: FileService, actor: Actor, home: NodeView, database: Database, name: str
+) -> None:
+    view = put(service, actor, home, name, b"first")
+    put(service, actor, home, name, b"second")
+    put(service, actor, home, name, b"third!")
+    assert versions(database, view.id) == [(1, 6)]
+    current = service.resolve(home.id, [name])
+    assert current is not None and current.size == 6
+    with service.open_content(current) as fh:
+        assert fh.read() == b"third!"
