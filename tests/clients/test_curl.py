@@ -4,7 +4,7 @@ Every request is one ``curl -sS -o BODY -D HEADERS -w '%{http_code}'`` run; the 
 final header block (after any ``100 Continue``) and the body are read back from those files.
 ``-v`` is on as well, so a test can check what curl actually sent (``Content-Length`` or
 ``Transfer-Encoding: chunked``) and not only what the server answered. Each test works in its own
-fresh collection (``dav_dir``) on ``live_server``. The commands are the ones in docs/clients.md.
+fresh collection (``dav_dir``) on ``live_server``. The commands are those of README.md.
 
 Needs the ``curl`` binary: without it the tests skip, unless the environment variable CI is set,
 where they fail.

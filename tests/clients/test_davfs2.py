@@ -9,7 +9,7 @@ Mounting needs root, a usable ``/dev/fuse``, ``CAP_SYS_ADMIN``, FUSE in the kern
 (Debian package ``davfs2``; ``./dev test`` installs it as root). Where any of that is missing the
 test skips with the reason, also under CI: many CI machines cannot mount at all.
 
-The davfs2 configuration is the one in docs/clients.md: ``use_locks 1``, ``buf_size 64`` (without
+The davfs2 configuration is the one in README.md: ``use_locks 1``, ``buf_size 64`` (without
 it, davfs2 1.6.1 on recent kernels fails ``ls`` with EINVAL), ``ask_auth 0``, ``delay_upload 0``,
 a private ``secrets`` file (mode 600) and cache folder.
 """
