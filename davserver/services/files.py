@@ -22,7 +22,7 @@ from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import AlreadyExists, Conflict, NotFound, PreconditionFailed
-from davserver.models import Blob, DeadProperty, FileVersion, Node, NodeKind, Op, Space, User
+from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space, User
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
@@ -175,8 +175,14 @@ class FileService:
                         session, actor, Op.FILE_CREATE, node_id=node_id, details={"name": name}
                     )
                     return _view(session, node_id), True
-                version_id, version_no = self._add_version_core(
-                    session, actor, node_id, blob, mime, first=True
+                version_id, version_no = self._add_version(
+                    session,
+                    actor,
+                    node_id,
+                    self._blob_id(session, blob),
+                    blob.size,
+                    mime,
+                    first=True,
                 )
                 record_audit(
                     session,
@@ -204,7 +210,9 @@ class FileService:
                     session, actor, node_id, current_version_id, blob
                 )
             else:
-                version_id, version_no = self._add_version_core(session, actor, node_id, blob, mime)
+                version_id, version_no = self._add_version(
+                    session, actor, node_id, self._blob_id(session, blob), blob.size, mime
+                )
             record_audit(
                 session,
                 actor,
@@ -234,30 +242,21 @@ class FileService:
         version.uploaded_by = actor.user_id
         version.uploaded_at = now
         version.mtime = None
-        session.execute(
-            _SET_CURRENT,
-            {
-                "node_id": node_id,
-                "version_id": version_id,
-                "size": blob.size,
-                "now": now,
-                "mime": None,
-            },
-        )
+        _make_current(session, node_id, version_id, blob.size, now, None)
         return version_id, version.version_no
 
-    def _add_version_core(
+    def _add_version(
         self,
         session: Session,
         actor: Actor,
         node_id: uuid.UUID,
-        blob: StoredBlob,
+        blob_id: uuid.UUID,
+        size: int,
         mime: str | None,
         *,
         first: bool = False,
     ) -> tuple[uuid.UUID, int]:
         """Insert the next version of a file (locked by the caller) and make it current."""
-        blob_id = self._blob_id(session, blob)
         version_no = (
             1 if first else (session.scalar(_LAST_VERSION_NO, {"node_id": node_id}) or 0) + 1
         )
@@ -270,22 +269,13 @@ class FileService:
                 "node_id": node_id,
                 "version_no": version_no,
                 "blob_id": blob_id,
-                "size": blob.size,
+                "size": size,
                 "uploaded_by": actor.user_id,
                 "uploaded_at": now,
                 "session_id": actor.session_id,
             },
         )
-        session.execute(
-            _SET_CURRENT,
-            {
-                "node_id": node_id,
-                "version_id": version_id,
-                "size": blob.size,
-                "now": now,
-                "mime": mime,
-            },
-        )
+        _make_current(session, node_id, version_id, size, now, mime)
         return version_id, version_no
 
     def delete(self, actor: Actor, node_id: uuid.UUID) -> None:
@@ -452,31 +442,6 @@ class FileService:
         assert blob_id is not None
         return blob_id
 
-    def _add_version(
-        self, session: Session, actor: Actor, node: Node, blob_id: uuid.UUID
-    ) -> FileVersion:
-        size = session.scalar(sa.select(Blob.size_bytes).where(Blob.id == blob_id)) or 0
-        last = session.scalar(
-            sa.select(sa.func.coalesce(sa.func.max(FileVersion.version_no), 0)).where(
-                FileVersion.node_id == node.id
-            )
-        )
-        version = FileVersion(
-            node_id=node.id,
-            version_no=(last or 0) + 1,
-            blob_id=blob_id,
-            size=size,
-            uploaded_by=actor.user_id,
-            session_id=actor.session_id,
-        )
-        session.add(version)
-        session.flush()
-        node.current_version_id = version.id
-        node.size = size
-        node.modified_at = utcnow()
-        node.mtime = None
-        return version
-
     def _copy_onto_file(self, session: Session, actor: Actor, source: Node, target: Node) -> None:
         target = session.execute(
             sa.select(Node).where(Node.id == target.id).with_for_update()
@@ -486,8 +451,9 @@ class FileService:
         )
         version_id = None
         if source_blob is not None and source.current_version_id != target.current_version_id:
-            version = self._add_version(session, actor, target, source_blob)
-            version_id = version.id
+            version_id, _ = self._add_version(
+                session, actor, target.id, source_blob, source.size, source.mime_type
+            )
         elif source_blob is None and target.current_version_id is not None:
             target.current_version_id = None
             target.size = 0
@@ -682,6 +648,20 @@ def _view(session: Session, node_id: uuid.UUID) -> NodeView:
     view = tree.get_node(session, node_id)
     assert view is not None
     return view
+
+
+def _make_current(
+    session: Session,
+    node_id: uuid.UUID,
+    version_id: uuid.UUID,
+    size: int,
+    now: dt.datetime,
+    mime: str | None,
+) -> None:
+    session.execute(
+        _SET_CURRENT,
+        {"node_id": node_id, "version_id": version_id, "size": size, "now": now, "mime": mime},
+    )
 
 
 def _is_pg(session: Session) -> bool:
