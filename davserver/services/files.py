@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, TypeVar
 
 import sqlalchemy as sa
@@ -517,11 +517,15 @@ class FileService:
         session.execute(sa.insert(Node), node_values)
         current = {row.current_version_id: row.id for row in rows if row.current_version_id}
         if current:
-            sources = session.execute(
-                sa.select(
-                    FileVersion.id, FileVersion.blob_id, FileVersion.size, FileVersion.mtime
-                ).where(FileVersion.id.in_(list(current)))
-            )
+            sources = [
+                row
+                for batch in _batches(list(current))
+                for row in session.execute(
+                    sa.select(
+                        FileVersion.id, FileVersion.blob_id, FileVersion.size, FileVersion.mtime
+                    ).where(FileVersion.id.in_(batch))
+                )
+            ]
             for version_id, blob_id, size, mtime in sources:
                 new_version = uuid.uuid4()
                 version_values.append(
@@ -550,11 +554,15 @@ class FileService:
                 .values(current_version_id=sa.bindparam("b_version")),
                 pointer_values,
             )
-        props = session.execute(
-            sa.select(DeadProperty.node_id, DeadProperty.name, DeadProperty.value).where(
-                DeadProperty.node_id.in_(list(new_ids))
+        props = [
+            row
+            for batch in _batches(list(new_ids))
+            for row in session.execute(
+                sa.select(DeadProperty.node_id, DeadProperty.name, DeadProperty.value).where(
+                    DeadProperty.node_id.in_(batch)
+                )
             )
-        ).all()
+        ]
         if props:
             session.execute(
                 sa.insert(DeadProperty),
@@ -564,6 +572,15 @@ class FileService:
                 ],
             )
         return new_ids[source.id]
+
+
+# SQLite allows 32,766 bound parameters per statement; IN lists stay well below that.
+_BATCH = 5000
+
+
+def _batches(items: list[T]) -> Iterator[list[T]]:
+    for start in range(0, len(items), _BATCH):
+        yield items[start : start + _BATCH]
 
 
 def _subtree(session: Session, root_id: uuid.UUID) -> list[Node]:

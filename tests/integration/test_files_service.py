@@ -326,3 +326,26 @@ def test_desktop_metadata_files_keep_no_history(
     assert current is not None and current.size == 6
     with service.open_content(current) as fh:
         assert fh.read() == b"third!"
+
+
+def test_copy_of_a_big_subtree_reads_in_batches(
+    service: FileService,
+    actor: Actor,
+    home: NodeView,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SQLite limits bound parameters per statement; copies read versions and properties in
+    # batches. A batch of 2 makes this small tree take several.
+    monkeypatch.setattr(files_module, "_BATCH", 2)
+    src = service.create_folder(actor, home, "batched")
+    for i in range(5):
+        view = put(service, actor, src, f"f{i}.txt", f"content {i}".encode())
+        service.set_dead_properties(
+            actor, view.id, {"{urn:x}n": f"<n xmlns='urn:x'>{i}</n>".encode()}
+        )
+    service.copy(actor, src.id, home, "batched-copy")
+    for i in range(5):
+        copied = service.resolve(home.id, ["batched-copy", f"f{i}.txt"])
+        assert copied is not None and copied.size == len(f"content {i}")
+        assert f">{i}<".encode() in service.dead_properties([copied.id])[copied.id]["{urn:x}n"]
