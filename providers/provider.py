@@ -106,22 +106,23 @@ class DavProvider(DAVProvider):
         storage = getattr(self.lock_manager, "storage", None)
         if isinstance(storage, SqlLockStorage):
             storage.begin_request(actor_of(environ).user_id.hex)
-        if environ["REQUEST_METHOD"] == "PROPFIND":
-            depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()
-            if depth == "infinity":
-                res = self.get_resource_inst(environ["PATH_INFO"], environ)
-                if res is not None and res.is_collection:
-                    raise DAVError(
-                        HTTP_FORBIDDEN,
-                        context_info="PROPFIND with Depth: infinity is not supported",
-                        err_condition=PRECONDITION_CODE_PropfindFiniteDepth,
-                    )
-            if propfind.can_handle(environ):
-                res = self.get_resource_inst(environ["PATH_INFO"], environ)
-                if res is not None:
-                    return propfind.respond(res, environ, start_response)
-        elif environ["REQUEST_METHOD"] in ("GET", "HEAD"):
-            res = self.get_resource_inst(environ["PATH_INFO"], environ)
-            if res is not None and res.is_collection:
+        method = environ["REQUEST_METHOD"]
+        if method not in ("PROPFIND", "GET", "HEAD"):
+            return default(environ, start_response)
+        res = self.get_resource_inst(environ["PATH_INFO"], environ)
+        if res is None:
+            return default(environ, start_response)  # WsgiDAV's own 404
+        if method != "PROPFIND":
+            if res.is_collection:
                 return folder_listing(res, environ, start_response)
+            return default(environ, start_response)
+        depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()
+        if depth == "infinity" and res.is_collection:
+            raise DAVError(
+                HTTP_FORBIDDEN,
+                context_info="PROPFIND with Depth: infinity is not supported",
+                err_condition=PRECONDITION_CODE_PropfindFiniteDepth,
+            )
+        if propfind.can_handle(environ):
+            return propfind.respond(res, environ, start_response)
         return default(environ, start_response)

@@ -8,7 +8,6 @@ members (plus one for their dead properties), not one per member.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -24,7 +23,6 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 
 from davserver.blobstore import BlobWriter
-from davserver.errors import NotFound
 from davserver.services.actor import Actor
 from davserver.services.tree import NodeView
 from providers import live_props
@@ -181,6 +179,9 @@ class _NodeResource:
             raise DAVError(HTTP_FORBIDDEN)
         return parent, util.get_uri_name(dest_path.rstrip("/")), existing
 
+    def delete(self) -> None:
+        self.handle_delete()
+
     def handle_delete(self) -> bool:
         lock_manager = self.provider.lock_manager
         if lock_manager is not None:
@@ -300,9 +301,6 @@ class FolderResource(_NodeResource, DAVCollection):
     def support_recursive_delete(self) -> bool:
         return True
 
-    def delete(self) -> None:
-        self.handle_delete()
-
 
 class FileResource(_NodeResource, DAVNonCollection):
     def __init__(
@@ -320,7 +318,6 @@ class FileResource(_NodeResource, DAVNonCollection):
         self._parent = parent
         self._new_name = name
         self._writer: BlobWriter | None = None
-        self._expected_length: int | None = None
         self._expected_version: uuid.UUID | None = None
         self._content_type: str | None = None
         self._expected_digests: dict[str, str] = {}
@@ -353,24 +350,17 @@ class FileResource(_NodeResource, DAVNonCollection):
 
     def get_content(self) -> BinaryIO:
         assert self.view is not None
-        if self.view.storage_key is None:
-            return io.BytesIO(b"")
         with dav_errors():
-            try:
-                return self.provider.files.open_content(self.view)
-            except FileNotFoundError as exc:
-                raise NotFound("the file's bytes are missing from the blob store") from exc
-
-    def delete(self) -> None:
-        self.handle_delete()
+            return self.provider.files.open_content(self.view)
 
     # -- writing: the body goes to the blob store, then one transaction records it
 
     def begin_write(self, *, content_type: str | None = None) -> _UploadSink:
         environ = self.environ
+        expected_length = None
         if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            length = environ.get("CONTENT_LENGTH", "")
-            self._expected_length = int(length) if str(length).strip().isdigit() else None
+            length = str(environ.get("CONTENT_LENGTH", "")).strip()
+            expected_length = int(length) if length.isdigit() else None
         if self.view is not None and environ.get("HTTP_IF_MATCH", "").strip() not in ("", "*"):
             self._expected_version = self.view.current_version_id
         self._content_type = (
@@ -378,7 +368,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         )
         self._expected_digests = expected_digests(environ)
         self._writer = self.provider.files.blobs.writer()
-        return _UploadSink(self._writer, self._expected_length)
+        return _UploadSink(self._writer, expected_length)
 
     def end_write(self, *, with_errors: bool) -> None:
         writer, self._writer = self._writer, None

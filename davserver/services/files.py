@@ -8,6 +8,7 @@ never pass through here: an upload is written to the blob store first (see ``Blo
 from __future__ import annotations
 
 import datetime as dt
+import io
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -81,7 +82,7 @@ class FileService:
     def subtree_size(self, node_id: uuid.UUID) -> int:
         """Bytes of the current versions of every live file at or below a node."""
         with self.db.connect() as conn:
-            return int(conn.execute(_subtree_size_statement(), {"root_id": node_id}).scalar() or 0)
+            return int(conn.execute(_SUBTREE_SIZE, {"root_id": node_id}).scalar() or 0)
 
     def usage(self, owner_id: uuid.UUID) -> tuple[int, int | None]:
         """(bytes used, quota in bytes or None for unlimited) of a user's own space.
@@ -96,9 +97,16 @@ class FileService:
         return used, quota
 
     def open_content(self, view: NodeView) -> BinaryIO:
+        """A seekable reader of a file's current bytes (empty for a file with no version yet).
+
+        Raises NotFound when the blob store has lost the bytes.
+        """
         if view.storage_key is None:
-            raise NotFound("the file has no content")
-        return self.blobs.open(view.storage_key)
+            return io.BytesIO(b"")
+        try:
+            return self.blobs.open(view.storage_key)
+        except FileNotFoundError as exc:
+            raise NotFound("the file's bytes are missing from the blob store") from exc
 
     def dead_properties(self, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, bytes]]:
         """Dead properties of many nodes at once: {node_id: {name: xml bytes}}."""
@@ -443,9 +451,7 @@ class FileService:
         return blob_id
 
     def _copy_onto_file(self, session: Session, actor: Actor, source: Node, target: Node) -> None:
-        target = session.execute(
-            sa.select(Node).where(Node.id == target.id).with_for_update()
-        ).scalar_one()
+        """``target`` was loaded FOR UPDATE by the caller (``_live_node``)."""
         source_blob = session.scalar(
             sa.select(FileVersion.blob_id).where(FileVersion.id == source.current_version_id)
         )
@@ -787,3 +793,6 @@ def _subtree_size_statement() -> sa.Select[Any]:
         .select_from(_n.join(tree_ids, tree_ids.c.id == _n.c.id))
         .where(_n.c.kind == NodeKind.FILE.value)
     )
+
+
+_SUBTREE_SIZE = _subtree_size_statement()
