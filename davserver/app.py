@@ -87,7 +87,6 @@ class Application:
                 return _plain(start_response, "400 Bad Request", "Invalid Content-Length\n")
             if int(length) > self.settings.server.max_xml_body:
                 return _plain(start_response, "413 Content Too Large", "Request body too large\n")
-        self.lock_storage.end_request()  # a worker thread's previous request is over
         problem = _path_problem(environ.get("PATH_INFO", ""))
         if problem:
             return _plain(start_response, "400 Bad Request", problem + "\n")
@@ -100,9 +99,14 @@ class Application:
         try:
             response = self.dav(environ, start_response)
         except BaseException:
-            self.db.end_request()
+            self._end_request()
             raise
-        return _ClosingResponse(response, self.db.end_request)
+        return _ClosingResponse(response, self._end_request)
+
+    def _end_request(self) -> None:
+        """Release what a request held for its whole life: its read connection, its locks view."""
+        self.db.end_request()
+        self.lock_storage.end_request()
 
     def _with_query_header(self, start_response: Any) -> Any:
         def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
