@@ -10,14 +10,9 @@ from typing import Any
 from sqlalchemy import event
 from wsgidav.wsgidav_app import WsgiDAVApp
 
-from auth.credentials import CredentialCache
 from auth.domain_controller import DbDomainController
-from auth.passwords import PasswordHasher
-from davserver.blobstore import FileSystemBlobStore
 from davserver.config import Settings
-from davserver.db import Database
-from davserver.services.accounts import AccountService
-from davserver.services.files import FileService
+from davserver.context import Services
 from providers.dispatch import DavRequestResolver
 from providers.lock_storage import SqlLockStorage
 from providers.provider import DavProvider
@@ -31,16 +26,11 @@ class Application:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(
-            settings.database_url,
-            pool_size=settings.database.pool_size,
-            echo=settings.database.echo,
-        )
-        self.blobs = FileSystemBlobStore(settings.blob_path, fsync=settings.storage.fsync)
-        self.hasher = PasswordHasher()
-        self.credentials = CredentialCache()
-        self.accounts = AccountService(self.db, self.hasher, self.credentials)
-        self.files = FileService(self.db, self.blobs)
+        self.services = services = Services(settings)
+        self.db = services.db
+        self.blobs = services.blobs
+        self.accounts = services.accounts
+        self.files = services.files
         self.lock_storage = SqlLockStorage(self.db, max_timeout=settings.dav.lock_max_timeout)
         self.provider = DavProvider(self.files)
         self._queries = threading.local()
@@ -116,7 +106,7 @@ class Application:
         return wrapped
 
     def close(self) -> None:
-        self.db.dispose()
+        self.services.close()
 
 
 class _ClosingResponse:

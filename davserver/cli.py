@@ -1,4 +1,5 @@
-"""The command line: ``davserver serve | db upgrade``."""
+"""The command line: ``davserver serve | config | davmount | db upgrade`` and the command groups
+in ``davserver.commands``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from davserver.config import ConfigError, Settings, load_settings
+from davserver.errors import DomainError
+
+# Command groups, each a module of davserver.commands with register(commands).
+COMMAND_GROUPS: tuple[str, ...] = ()
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -95,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser("upgrade", help="apply pending migrations")
     upgrade.set_defaults(func=cmd_db_upgrade)
+
+    import importlib
+
+    for name in COMMAND_GROUPS:
+        importlib.import_module(f"davserver.commands.{name}").register(commands)
     return parser
 
 
@@ -105,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"davserver: {exc}", file=sys.stderr)
         return 2
+    except DomainError as exc:
+        print(f"davserver: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

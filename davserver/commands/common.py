@@ -1,0 +1,89 @@
+"""What every CLI command shares: the deployment's services, and output for people or scripts.
+
+People get aligned tables; ``--json`` gives scripts one JSON document (a list for listings, an
+object for one item). Values are made JSON-safe here (UUIDs, datetimes) so commands pass rows
+as they come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from davserver.config import load_settings
+from davserver.context import Services
+
+
+@contextmanager
+def open_services(args: argparse.Namespace) -> Iterator[Services]:
+    """The services for the settings the command line names; the schema must be current."""
+    from davserver.db.migrate import upgrade
+
+    services = Services(load_settings(args.config))
+    try:
+        upgrade(services.db)
+        yield services
+    finally:
+        services.close()
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def plain(value: Any) -> Any:
+    """A JSON-safe form of a value from a row."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, frozenset | set | tuple):
+        return sorted(plain(v) for v in value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    return value
+
+
+def _cell(value: Any) -> str:
+    value = plain(value)
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def emit_rows(
+    args: argparse.Namespace, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> None:
+    """A listing: a table with the given columns, or with --json every field of every row."""
+    if getattr(args, "json", False):
+        json.dump([plain(row) for row in rows], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = [list(columns)] + [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+        sys.stdout.write("\n")
+
+
+def emit_item(args: argparse.Namespace, item: Mapping[str, Any]) -> None:
+    """One item: ``key: value`` lines, or with --json one object."""
+    if getattr(args, "json", False):
+        json.dump(plain(item), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    width = max((len(k) for k in item), default=0)
+    for key, value in item.items():
+        sys.stdout.write(f"{key.ljust(width)}  {_cell(value)}\n")
