@@ -16,6 +16,7 @@ class StoredBlob:
     sha1: str
     size: int
     storage_key: str
+    crc32: int | None = None
 
 
 class BlobWriter(Protocol):

@@ -132,7 +132,7 @@ class _FileBlobWriter:
             self.abort()
             raise
         self._done = True
-        return StoredBlob(sha256, md5, sha1, self.bytes_written, key)
+        return StoredBlob(sha256, md5, sha1, self.bytes_written, key, self._hasher.crc32)
 
     def abort(self) -> None:
         if self._done:

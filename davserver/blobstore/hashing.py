@@ -1,8 +1,9 @@
-"""SHA-256, MD5 and SHA-1 of one stream, computed while it passes.
+"""SHA-256, MD5, SHA-1 and CRC-32 of one stream, computed while it passes.
 
 SHA-256 is the blob's identity; MD5 and SHA-1 are for clients such as rclone that know only
-those. hashlib releases the GIL while it hashes large buffers, so once an upload is big enough
-each digest runs in its own helper thread and the request thread only receives and writes;
+those; CRC-32 is what a zip entry records, so packages can lay out their archive up front.
+hashlib releases the GIL while it hashes large buffers, so once an upload is big enough each
+digest runs in its own helper thread and the request thread only receives and writes;
 small uploads are hashed inline, where a thread would cost more than it saves.
 """
 
@@ -11,11 +12,25 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import zlib
 from typing import Any
 
 _THREAD_AFTER_BYTES = 4 * 1024 * 1024
 _QUEUE_DEPTH = 4  # chunks in flight per digest; bounds the memory a slow hasher can pin
 _ALGORITHMS = ("sha256", "md5", "sha1")
+
+
+class _Crc32:
+    """CRC-32 with hashlib's update/hexdigest shape (zlib releases the GIL too)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def hexdigest(self) -> str:
+        return f"{self.value:08x}"
 
 
 class _ThreadedDigest:
@@ -36,7 +51,9 @@ class _ThreadedDigest:
 
 class MultiHasher:
     def __init__(self) -> None:
-        self._digests = [hashlib.new(name) for name in _ALGORITHMS]
+        self._crc = _Crc32()
+        self._digests: list[Any] = [hashlib.new(name) for name in _ALGORITHMS]
+        self._digests.append(self._crc)
         self._seen = 0
         self._threads: list[_ThreadedDigest] = []
 
@@ -59,8 +76,13 @@ class MultiHasher:
     def digests(self) -> tuple[str, str, str]:
         """(sha256, md5, sha1) as hex; the hasher is finished afterwards."""
         self._join()
-        sha256, md5, sha1 = (d.hexdigest() for d in self._digests)
+        sha256, md5, sha1 = (d.hexdigest() for d in self._digests[:3])
         return sha256, md5, sha1
+
+    @property
+    def crc32(self) -> int:
+        """The CRC-32 as an unsigned integer; valid after ``digests()``."""
+        return self._crc.value
 
     def close(self) -> None:
         """Stop the helper threads without computing anything (an aborted upload)."""

@@ -108,6 +108,13 @@ class LoginSession(Base):
     user_agent: Mapped[str] = mapped_column(sa.String(512), default="")
     ip: Mapped[str | None] = mapped_column(InetType)
     token_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    # How the client signed in: password, apikey (Basic with a key) or token (Bearer).
+    auth_method: Mapped[str] = mapped_column(
+        sa.String(16), default="password", server_default="password"
+    )
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
 
 
 class RefreshToken(Base):
@@ -161,3 +168,29 @@ class ApiKey(Base):
     expires_at: Mapped[timestamp_or_none]
     last_used_at: Mapped[timestamp_or_none]
     is_active: Mapped[bool] = mapped_column(default=True)
+
+
+class LoginThrottle(Base):
+    """Failed logins counted per account or per client address, shared by every process.
+
+    ``key`` is ``user:<username>`` or ``addr:<ip>``. Failures inside one window count towards a
+    ban; a ban lasts until ``banned_until``.
+    """
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    window_started_at: Mapped[timestamp]
+    banned_until: Mapped[timestamp_or_none]
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class InstanceSecret(Base):
+    """Secrets every server process of one deployment shares (the token signing key)."""
+
+    __tablename__ = "instance_secrets"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(255))
+    created_at: Mapped[created_at]

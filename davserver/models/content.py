@@ -24,6 +24,8 @@ class Blob(Base):
     size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
     storage_key: Mapped[str] = mapped_column(sa.String(255))
     created_at: Mapped[created_at]
+    # CRC-32 of the bytes (zip entries need it before their data); None until computed.
+    crc32: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class FileVersion(Base):

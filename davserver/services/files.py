@@ -443,6 +443,7 @@ class FileService:
                 "size_bytes": blob.size,
                 "storage_key": blob.storage_key,
                 "created_at": utcnow(),
+                "crc32": blob.crc32,
             },
         )
         # None: a concurrent upload of the same bytes inserted the row first.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import unicodedata
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,6 +101,16 @@ def test_same_bytes_share_one_blob(
     put(service, actor, home, "b.bin", b"same bytes")
     assert count(database, Blob) == 1
     assert count(database, FileVersion) == 2
+
+
+@pytest.mark.parametrize("size", [10, 5 * 1024 * 1024 + 3])  # inline and threaded hashing
+def test_blob_row_records_the_crc32_zip_entries_need(
+    service: FileService, actor: Actor, home: NodeView, database: Database, size: int
+) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    put(service, actor, home, "c.bin", data)
+    with database.read() as session:
+        assert session.scalar(sa.select(Blob.crc32)) == zlib.crc32(data)
 
 
 def test_new_empty_file_has_no_version(
