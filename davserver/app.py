@@ -10,9 +10,12 @@ from typing import Any
 from sqlalchemy import event
 from wsgidav.wsgidav_app import WsgiDAVApp
 
-from auth.domain_controller import DbDomainController
+from auth.authenticator import Authenticator
+from davserver.api import ApiApp
+from davserver.api.app import PREFIX as API_PREFIX
 from davserver.config import Settings
 from davserver.context import Services
+from davserver.errors import TooManyRequests, Unauthorized
 from providers.dispatch import DavRequestResolver
 from providers.lock_storage import SqlLockStorage
 from providers.provider import DavProvider
@@ -31,8 +34,12 @@ class Application:
         self.blobs = services.blobs
         self.accounts = services.accounts
         self.files = services.files
+        self.authenticator = Authenticator(
+            services.accounts, services.tokens, services.sessions, realm=settings.dav.realm
+        )
+        self.api = ApiApp(services, self.authenticator.identify, self.authenticator.challenges)
         self.lock_storage = SqlLockStorage(self.db, max_timeout=settings.dav.lock_max_timeout)
-        self.provider = DavProvider(self.files)
+        self.provider = DavProvider(self.files, services.variants, services.namespace)
         self._queries = threading.local()
         if settings.logging.query_header:
             event.listen(self.db.engine, "before_cursor_execute", self._count_query)
@@ -41,13 +48,6 @@ class Application:
     def _wsgidav_config(self) -> dict[str, Any]:
         return {
             "provider_mapping": {"/": self.provider},
-            "http_authenticator": {
-                "domain_controller": DbDomainController,
-                "accept_basic": True,
-                "accept_digest": False,
-                "default_to_digest": False,
-            },
-            "davserver": {"accounts": self.accounts, "realm": self.settings.dav.realm},
             "lock_storage": self.lock_storage,
             "property_manager": None,
             "mutable_live_props": ["{DAV:}getlastmodified"],
@@ -57,8 +57,8 @@ class Application:
             "block_size": self.settings.server.block_size,
             "dir_browser": {"enable": False},
             "middleware_stack": [
+                # Authentication happens before WsgiDAV (``Application.__call__``).
                 "wsgidav.error_printer.ErrorPrinter",
-                "wsgidav.http_authenticator.HTTPAuthenticator",
                 DavRequestResolver,
             ],
             "verbose": 1,
@@ -87,11 +87,29 @@ class Application:
         # connection is released when the server closes the response, not when this returns.
         self.db.begin_request()
         try:
-            response = self.dav(environ, start_response)
+            response = self._dispatch(environ, start_response)
         except BaseException:
             self._end_request()
             raise
         return _ClosingResponse(response, self._end_request)
+
+    def _dispatch(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+            return self.api(environ, start_response)
+        try:
+            self.authenticator.identify(environ)
+        except Unauthorized:
+            body = "" if environ.get("REQUEST_METHOD") == "HEAD" else "Authentication required\n"
+            return _plain(start_response, "401 Unauthorized", body, self.authenticator.challenges)
+        except TooManyRequests as exc:
+            return _plain(
+                start_response,
+                "429 Too Many Requests",
+                "Too many failed logins; try again later\n",
+                [("Retry-After", str(exc.retry_after))],
+            )
+        return self.dav(environ, start_response)
 
     def _end_request(self) -> None:
         """Release what a request held for its whole life: its read connection, its locks view."""
@@ -151,10 +169,17 @@ def _path_problem(path_info: str) -> str | None:
     return None
 
 
-def _plain(start_response: Any, status: str, text: str) -> list[bytes]:
+def _plain(
+    start_response: Any, status: str, text: str, headers: list[tuple[str, str]] | None = None
+) -> list[bytes]:
     body = text.encode()
     start_response(
-        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        status,
+        [
+            *(headers or []),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+        ],
     )
     return [body]
 

@@ -70,6 +70,66 @@ class DavSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    credential_cache_seconds: int = opt(
+        300, "How long a verified Basic password is recognised without hashing (0: never)."
+    )
+    access_token_seconds: int = opt(900, "Lifetime of a Bearer access token from /api/v1/token.")
+    refresh_token_days: int = opt(30, "Lifetime of a refresh token; each one works only once.")
+    token_secret: str = opt(
+        "", "Key signing access tokens; empty means one generated once and kept in the database."
+    )
+    session_idle_seconds: int = opt(
+        1800, "A client's session ends after this long without a request; the next one starts anew."
+    )
+    max_failures_per_user: int = opt(
+        5, "Failed logins for one account within the window before it is locked (429)."
+    )
+    max_failures_per_address: int = opt(
+        20, "Failed logins from one client address within the window before it is locked (429)."
+    )
+    failure_window_seconds: int = opt(900, "Window in which failed logins are counted.")
+    ban_seconds: int = opt(900, "How long a locked account or address is refused.")
+
+
+@dataclass(frozen=True)
+class MaintenanceSettings:
+    gc_grace_seconds: int = opt(
+        3600,
+        "gc leaves blobs, orphan files and upload leftovers younger than this alone (s).",
+    )
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    thumbnail_sizes: str = opt(
+        "64,256", "Sizes (px, longer side) a client may ask for as ?thumbnail=N; comma-separated."
+    )
+    preview_sizes: str = opt(
+        "1024,2048", "Sizes (px, longer side) a client may ask for as ?preview=N; comma-separated."
+    )
+    qualities: str = opt(
+        "60,80,90", "Quality levels (1-95) a client may ask for as &quality=N (JPEG and WebP)."
+    )
+    default_quality: int = opt(80, "Quality level when a request names none; one of qualities.")
+    input_formats: str = opt(
+        "JPEG,PNG,WEBP,GIF,TIFF,BMP",
+        "Source formats converted, recognised by content (Pillow names); others get 415.",
+    )
+    max_pixels: int = opt(
+        50_000_000, "Largest source converted (width x height); larger ones get 422 (bombs)."
+    )
+    workers: int = opt(2, "Conversions run at once, each in a worker process of its own.")
+    memory_limit_mb: int = opt(
+        1024, "Address space of each worker process (MiB); a conversion needing more gets 422."
+    )
+    timeout: int = opt(30, "Seconds one conversion may take before its worker is killed (422).")
+    render_on_upload: bool = opt(
+        False, "Make the thumbnail sizes in the background as soon as an image is uploaded."
+    )
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = opt("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
     query_header: bool = opt(
@@ -85,6 +145,9 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     dav: DavSettings = field(default_factory=DavSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    images: ImageSettings = field(default_factory=ImageSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     @property

@@ -6,13 +6,25 @@ once. The WSGI application adds WsgiDAV on top; CLI commands use it directly.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from auth.credentials import CredentialCache
 from auth.passwords import PasswordHasher
 from davserver.blobstore import FileSystemBlobStore
 from davserver.config import Settings
 from davserver.db import Database
 from davserver.services.accounts import AccountService
+from davserver.services.apikeys import ApiKeyService
 from davserver.services.files import FileService
+from davserver.services.groups import GroupAdminService
+from davserver.services.namespace import NamespaceService
+from davserver.services.sessions import SessionService
+from davserver.services.sharing import SharingService
+from davserver.services.throttle import LoginThrottle, ThrottlePolicy
+from davserver.services.tokens import TokenService
+from davserver.services.user_import import UserImportService
+from davserver.services.users import UserAdminService
+from davserver.services.variants import VariantService
 
 
 class Services:
@@ -24,10 +36,41 @@ class Services:
             echo=settings.database.echo,
         )
         self.blobs = FileSystemBlobStore(settings.blob_path, fsync=settings.storage.fsync)
+        auth = settings.auth
         self.hasher = PasswordHasher()
-        self.credentials = CredentialCache()
-        self.accounts = AccountService(self.db, self.hasher, self.credentials)
+        self.credentials = CredentialCache(ttl_seconds=auth.credential_cache_seconds)
+        self.throttle = LoginThrottle(
+            self.db,
+            ThrottlePolicy(
+                max_failures_per_user=auth.max_failures_per_user,
+                max_failures_per_address=auth.max_failures_per_address,
+                window=dt.timedelta(seconds=auth.failure_window_seconds),
+                ban=dt.timedelta(seconds=auth.ban_seconds),
+            ),
+        )
+        self.accounts = AccountService(self.db, self.hasher, self.credentials, self.throttle)
+        self.sessions = SessionService(
+            self.db, idle=dt.timedelta(seconds=auth.session_idle_seconds)
+        )
+        self.tokens = TokenService(
+            self.db,
+            self.accounts,
+            self.sessions,
+            access_lifetime=dt.timedelta(seconds=auth.access_token_seconds),
+            refresh_lifetime=dt.timedelta(days=auth.refresh_token_days),
+            secret=auth.token_secret,
+        )
         self.files = FileService(self.db, self.blobs)
+        self.namespace = NamespaceService(self.db, self.files)
+        self.sharing = SharingService(self.db)
+        self.variants = VariantService.from_settings(
+            self.db, self.blobs, self.files, settings.images
+        )
+        self.users = UserAdminService(self.db, self.hasher, self.accounts.ensure_roles)
+        self.groups = GroupAdminService(self.db)
+        self.user_import = UserImportService(self.db, self.accounts.ensure_roles)
+        self.api_keys = ApiKeyService(self.db)
 
     def close(self) -> None:
+        self.variants.close()
         self.db.dispose()

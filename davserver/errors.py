@@ -4,6 +4,7 @@ DomainError
  +-- BadRequest           malformed input (an invalid name, a bad header value)
  |    +-- InvalidName     a name that cannot be stored (empty, "..", "/", NUL, too long)
  +-- Unauthorized         no valid credentials
+ +-- TooManyRequests      login refused for a while after repeated failures (retry_after)
  +-- Forbidden            authenticated, but not allowed
  +-- NotFound             missing, or hidden from this user
  +-- Conflict             the tree does not allow it (missing parent, file as folder)
@@ -13,6 +14,9 @@ DomainError
  +-- QuotaExceeded        the user's quota would be exceeded
  +-- UploadIncomplete     the body ended before its announced length
  +-- ChecksumMismatch     the body does not match the checksum the client sent
+ +-- UnsupportedMedia     content of a kind the operation does not handle (not an image)
+ +-- Unprocessable        content that cannot be processed (a truncated or oversized image)
+ +-- Unavailable          cannot be done right now (every image worker busy); retry later
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ class InvalidName(BadRequest):
 
 class Unauthorized(DomainError):
     pass
+
+
+class TooManyRequests(DomainError):
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Forbidden(DomainError):
@@ -68,3 +78,17 @@ class UploadIncomplete(DomainError):
 
 class ChecksumMismatch(DomainError):
     pass
+
+
+class UnsupportedMedia(DomainError):
+    pass
+
+
+class Unprocessable(DomainError):
+    pass
+
+
+class Unavailable(DomainError):
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

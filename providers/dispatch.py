@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import ParseResult
+from urllib.parse import ParseResult, unquote
 
 from wsgidav import request_server, util
 from wsgidav.mw.base_mw import BaseMiddleware
@@ -67,6 +67,14 @@ def _split_destination(url: str, scheme: str = "", allow_fragments: bool = True)
     match = _URL.match(url)
     assert match is not None  # the pattern matches any string
     return ParseResult(match["scheme"] or scheme, match["netloc"] or "", match["path"], "", "", "")
+
+
+def destination_path(environ: dict[str, Any]) -> str | None:
+    """The path a COPY or MOVE names in its Destination header, as WsgiDAV will read it."""
+    header = environ.get("HTTP_DESTINATION")
+    if not header:
+        return None
+    return _split_destination(unquote(header)).path or None
 
 
 # WsgiDAV 4.4.0 (pinned) calls this module-level name only in _copy_or_move, on the

@@ -6,13 +6,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from wsgidav.dav_error import (
+    ERROR_DESCRIPTIONS,
     HTTP_BAD_REQUEST,
     HTTP_CONFLICT,
     HTTP_FORBIDDEN,
     HTTP_INSUFFICIENT_STORAGE,
     HTTP_LOCKED,
+    HTTP_MEDIATYPE_NOT_SUPPORTED,
     HTTP_NOT_FOUND,
     HTTP_PRECONDITION_FAILED,
+    HTTP_SERVICE_UNAVAILABLE,
+    HTTP_UNPROCESSABLE_ENTITY,
     DAVError,
 )
 
@@ -31,13 +35,24 @@ _STATUS: list[tuple[type[errors.DomainError], int]] = [
     (errors.QuotaExceeded, HTTP_INSUFFICIENT_STORAGE),
     (errors.UploadIncomplete, HTTP_BAD_REQUEST),
     (errors.ChecksumMismatch, HTTP_BAD_REQUEST),
+    (errors.UnsupportedMedia, HTTP_MEDIATYPE_NOT_SUPPORTED),
+    (errors.Unprocessable, HTTP_UNPROCESSABLE_ENTITY),
+    (errors.Unavailable, HTTP_SERVICE_UNAVAILABLE),
 ]
+# WsgiDAV knows no reason phrase for these ("422 Status" otherwise).
+ERROR_DESCRIPTIONS.setdefault(HTTP_UNPROCESSABLE_ENTITY, "422 Unprocessable Content")
+ERROR_DESCRIPTIONS.setdefault(HTTP_SERVICE_UNAVAILABLE, "503 Service Unavailable")
 
 
 def to_dav_error(exc: errors.DomainError) -> DAVError:
     for kind, status in _STATUS:
         if isinstance(exc, kind):
-            return DAVError(status, context_info=str(exc), src_exception=exc)
+            headers = (
+                [("Retry-After", str(exc.retry_after))]
+                if isinstance(exc, errors.Unavailable)
+                else None
+            )
+            return DAVError(status, context_info=str(exc), src_exception=exc, add_headers=headers)
     return DAVError(500, context_info=str(exc), src_exception=exc)
 
 

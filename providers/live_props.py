@@ -1,4 +1,4 @@
-"""Live properties beyond WsgiDAV's own: the ownCloud dialect and RFC 4331 quota.
+"""Live properties beyond WsgiDAV's own: the ownCloud/Nextcloud dialect and RFC 4331 quota.
 
 Clients ask for these by name (rclone: ``oc:checksums`` to compare hashes, the quota pair for
 ``rclone about``); they are not part of ``allprop``, as in Nextcloud, so a plain listing stays
@@ -10,13 +10,32 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from davserver.services.permissions import Perm
+
 OC_NS = "http://owncloud.org/ns"
 CHECKSUMS = f"{{{OC_NS}}}checksums"
 FILEID = f"{{{OC_NS}}}fileid"
 SIZE = f"{{{OC_NS}}}size"
 QUOTA_USED = "{DAV:}quota-used-bytes"
 QUOTA_AVAILABLE = "{DAV:}quota-available-bytes"
-NAMES = frozenset({CHECKSUMS, FILEID, SIZE, QUOTA_USED, QUOTA_AVAILABLE})
+NC_NS = "http://nextcloud.org/ns"
+# Whether ?thumbnail= / ?preview= can answer (Nextcloud's name; decided by type and name).
+HAS_PREVIEW = f"{{{NC_NS}}}has-preview"
+PERMISSIONS = f"{{{OC_NS}}}permissions"
+PRIVILEGES = "{DAV:}current-user-privilege-set"
+DS_NS = "http://davserver.dev/ns"
+NAMES = frozenset(
+    {
+        CHECKSUMS,
+        FILEID,
+        SIZE,
+        QUOTA_USED,
+        QUOTA_AVAILABLE,
+        HAS_PREVIEW,
+        PERMISSIONS,
+        PRIVILEGES,
+    }
+)
 
 # The digests of zero bytes, for files that have no version yet.
 EMPTY_DIGESTS = {
@@ -40,6 +59,17 @@ def render(res: Any, name: str) -> str | None:
             f'<oc:checksums xmlns:oc="{OC_NS}">'
             f"<oc:checksum>SHA1:{sha1} MD5:{md5}</oc:checksum></oc:checksums>"
         )
+    if name == HAS_PREVIEW:
+        flag = "true" if res.provider.variants.has_preview(view) else "false"
+        return f'<nc:has-preview xmlns:nc="{NC_NS}">{flag}</nc:has-preview>'
+    if name == PERMISSIONS:
+        return f'<oc:permissions xmlns:oc="{OC_NS}">{oc_permissions(res)}</oc:permissions>'
+    if name == PRIVILEGES:
+        privileges = "".join(f"<D:privilege>{p}</D:privilege>" for p in _privileges(res))
+        return (
+            f'<D:current-user-privilege-set xmlns:D="DAV:" xmlns:ds="{DS_NS}">'
+            f"{privileges}</D:current-user-privilege-set>"
+        )
     if name == SIZE:
         size = res.provider.files.subtree_size(view.id) if view.is_folder else view.size
         return f'<oc:size xmlns:oc="{OC_NS}">{size}</oc:size>'
@@ -49,6 +79,42 @@ def render(res: Any, name: str) -> str | None:
         local = name[len("{DAV:}") :]
         return f'<D:{local} xmlns:D="DAV:">{value}</D:{local}>'
     return None
+
+
+def oc_permissions(res: Any) -> str:
+    """ownCloud's permission letters: S shared with me, R may reshare, G readable, D may
+    delete, N may rename, V may move, W may write (files), C and K may create files and
+    folders (folders)."""
+    rights, view = res.rights, res.view
+    letters = ""
+    if view.group_id is None and view.owner_id != res.environ["davserver.actor"].user_id:
+        letters += "S"
+    if rights & Perm.SHARE:
+        letters += "R"
+    if rights & Perm.READ:
+        letters += "G"
+    if rights & (Perm.WRITE | Perm.TRASH):
+        letters += "D"
+    if rights & Perm.WRITE:
+        letters += "NV" + ("CK" if view.is_folder else "W")
+    return letters
+
+
+def _privileges(res: Any) -> list[str]:
+    """RFC 3744 privileges (read, write and its parts) plus ours: download and share."""
+    rights = res.rights
+    out = []
+    if rights & Perm.READ:
+        out += ["<D:read/>", "<D:read-current-user-privilege-set/>"]
+    if rights & Perm.DOWNLOAD:
+        out.append("<ds:download/>")
+    if rights & Perm.WRITE:
+        out += ["<D:write/>", "<D:write-content/>", "<D:write-properties/>"]
+        if res.view.is_folder:
+            out += ["<D:bind/>", "<D:unbind/>"]
+    if rights & Perm.SHARE:
+        out.append("<ds:share/>")
+    return out
 
 
 def _usage(res: Any) -> tuple[int, int]:

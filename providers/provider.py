@@ -7,6 +7,7 @@ times per request); every write clears that cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from wsgidav.dav_error import (
@@ -17,57 +18,81 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVProvider
 
 from davserver.services.files import FileService
+from davserver.services.namespace import (
+    AccessContext,
+    NamespaceService,
+    Reached,
+    Virtual,
+)
+from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
+from davserver.services.variants import VariantService
 from providers import propfind
+from providers.gate import check_request
 from providers.listing import folder_listing
 from providers.lock_storage import SqlLockStorage
 from providers.resources import (
     FileResource,
     FolderResource,
-    RootCollection,
+    VirtualCollection,
     _NodeResource,
     actor_of,
 )
+from providers.variants import respond_variant, wants_variant
 
+ResourceFactory = Callable[["DavProvider", str, dict[str, Any], Any], Any]
 _CACHE_KEY = "davserver.nodes"
+_ACCESS_KEY = "davserver.access"
 _MISSING = object()
 
 
 class DavProvider(DAVProvider):
-    def __init__(self, files: FileService) -> None:
+    def __init__(
+        self, files: FileService, variants: VariantService, namespace: NamespaceService
+    ) -> None:
         super().__init__()
         self.files = files
+        self.variants = variants
+        self.namespace = namespace
+        # Resources for the items of spaces added to the namespace (NamespaceService.add_space):
+        # item type -> factory(provider, path, environ, item).
+        self.resource_factories: dict[type, ResourceFactory] = {}
 
     def is_readonly(self) -> bool:
         return False
 
     # -- lookups
 
+    def access(self, environ: dict[str, Any]) -> AccessContext:
+        """The request's access context (the user's groups and grants, read on first need)."""
+        ctx = environ.get(_ACCESS_KEY)
+        if ctx is None:
+            ctx = environ[_ACCESS_KEY] = self.namespace.context(actor_of(environ))
+        return ctx
+
     def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
         parts = [p for p in path.split("/") if p]
-        if not parts:
-            return RootCollection("/", environ)
-        if parts[0] not in RootCollection.SPACES:
-            return None
         cache: dict[str, Any] = environ.setdefault(_CACHE_KEY, {})
         key = "/".join(parts)
-        view = cache.get(key, _MISSING)
-        if view is _MISSING:
-            home = self.files.home_id(actor_of(environ).user_id)
-            if len(parts) == 1:
-                view = self.files.resolve(home, [])
+        found = cache.get(key, _MISSING)
+        if found is _MISSING:
+            if not parts:
+                found = Virtual(self.namespace.spaces)
             else:
                 # One query answers the path and all its prefixes (WsgiDAV asks for the
                 # parent next).
-                chain = self.files.resolve_chain(home, parts[1:])
-                for depth, found in enumerate(chain[:-1], start=2):
-                    if found is not None:
-                        cache["/".join(parts[:depth])] = found
-                view = chain[-1]
-            cache[key] = view
-        if view is None:
+                prefixes = self.namespace.resolve_prefixes(self.access(environ), parts)
+                for depth, item in enumerate(prefixes, start=1):
+                    cache.setdefault("/".join(parts[:depth]), item)
+                found = prefixes[-1]
+            cache[key] = found
+        if found is None:
             return None
-        return self.resource_for(path, environ, view)
+        if isinstance(found, Virtual):
+            return VirtualCollection(path.rstrip("/") + "/", environ, found.names)
+        if isinstance(found, Reached):
+            return self.resource_for(path, environ, found.view, None, found.rights)
+        return self.resource_factories[type(found)](self, path, environ, found)
 
     def resource_for(
         self,
@@ -75,12 +100,13 @@ class DavProvider(DAVProvider):
         environ: dict[str, Any],
         view: NodeView,
         dead: dict[str, bytes] | None = None,
+        rights: Perm = Perm.NONE,
     ) -> _NodeResource:
         cache: dict[str, Any] = environ.setdefault(_CACHE_KEY, {})
-        cache["/".join(p for p in path.split("/") if p)] = view
+        cache["/".join(p for p in path.split("/") if p)] = Reached(view, rights)
         if view.is_folder:
-            return FolderResource(path.rstrip("/") + "/", environ, view, dead)
-        return FileResource(path.rstrip("/"), environ, view, dead)
+            return FolderResource(path.rstrip("/") + "/", environ, view, dead, rights)
+        return FileResource(path.rstrip("/"), environ, view, dead, rights=rights)
 
     def exists(self, path: str, environ: dict[str, Any]) -> bool:
         return self.get_resource_inst(path, environ) is not None
@@ -105,7 +131,8 @@ class DavProvider(DAVProvider):
     ) -> Any:
         storage = getattr(self.lock_manager, "storage", None)
         if isinstance(storage, SqlLockStorage):
-            storage.begin_request(actor_of(environ).user_id.hex)
+            storage.begin_request(_lock_namespace(environ))
+        check_request(self, environ)
         method = environ["REQUEST_METHOD"]
         if method not in ("PROPFIND", "GET", "HEAD"):
             return default(environ, start_response)
@@ -113,6 +140,8 @@ class DavProvider(DAVProvider):
         if res is None:
             return default(environ, start_response)  # WsgiDAV's own 404
         if method != "PROPFIND":
+            if wants_variant(environ):
+                return respond_variant(res, environ, start_response)
             if res.is_collection:
                 return folder_listing(res, environ, start_response)
             return default(environ, start_response)
@@ -126,3 +155,12 @@ class DavProvider(DAVProvider):
         if propfind.can_handle(environ):
             return propfind.respond(res, environ, start_response)
         return default(environ, start_response)
+
+
+def _lock_namespace(environ: dict[str, Any]) -> str:
+    """Whose locks a request sees: a group's space is one namespace shared by its members
+    (they all use the same URLs); everything else is the user's own."""
+    parts = [p for p in environ.get("PATH_INFO", "").split("/") if p]
+    if len(parts) > 1 and parts[0] == "groups":
+        return "group:" + parts[1]
+    return actor_of(environ).user_id.hex

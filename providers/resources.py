@@ -17,6 +17,7 @@ from wsgidav import util
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
     HTTP_FORBIDDEN,
+    HTTP_INSUFFICIENT_STORAGE,
     DAVError,
     PRECONDITION_CODE_ProtectedProperty,
 )
@@ -24,6 +25,8 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 
 from davserver.blobstore import BlobWriter
 from davserver.services.actor import Actor
+from davserver.services.namespace import Reached
+from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from providers import live_props
 from providers.digests import expected_digests, repr_digest
@@ -78,11 +81,15 @@ class _NodeResource:
     path: str
     is_collection: bool
     view: NodeView | None
+    rights: Perm
     _dead: dict[str, bytes] | None
 
-    def _init_node(self, view: NodeView | None, dead: dict[str, bytes] | None) -> None:
+    def _init_node(
+        self, view: NodeView | None, dead: dict[str, bytes] | None, rights: Perm
+    ) -> None:
         self.view = view
         self._dead = dead
+        self.rights = rights
 
     @property
     def node_id(self) -> uuid.UUID:
@@ -234,16 +241,19 @@ class _NodeResource:
         return True
 
 
-class RootCollection(DAVCollection):
-    """``/``: a read-only listing of the spaces."""
+class VirtualCollection(DAVCollection):
+    """A read-only folder that only lists names: ``/``, ``/groups/``, ``/shared/``, an owner
+    in ``/shared/``. Nothing can be created, changed or locked in it."""
 
-    SPACES = ("files",)
+    def __init__(self, path: str, environ: dict[str, Any], names: list[str]) -> None:
+        DAVCollection.__init__(self, path, environ)
+        self.names = names
 
     def get_member_names(self) -> list[str]:
-        return list(self.SPACES)
+        return list(self.names)
 
     def get_display_name(self) -> str:
-        return ""
+        return util.get_uri_name(self.path.rstrip("/"))
 
     def prevent_locking(self) -> bool:
         return True
@@ -259,23 +269,32 @@ class FolderResource(_NodeResource, DAVCollection):
         environ: dict[str, Any],
         view: NodeView,
         dead: dict[str, bytes] | None = None,
+        rights: Perm = Perm.NONE,
     ) -> None:
         DAVCollection.__init__(self, path, environ)
-        self._init_node(view, dead)
+        self._init_node(view, dead, rights)
+
+    def _readable_children(self) -> list[Reached]:
+        assert self.view is not None
+        return self.provider.namespace.children(
+            self.provider.access(self.environ), Reached(self.view, self.rights)
+        )
 
     def get_member_names(self) -> list[str]:
-        return [child.name for child in self.provider.files.children(self.node_id)]
+        return [child.view.name for child in self._readable_children()]
 
     def get_member_list(self) -> list[_NodeResource]:
-        """Every member from one query, with their dead properties from one more."""
-        children = self.provider.files.children(self.node_id)
-        dead = self.provider.files.dead_properties(c.id for c in children)
+        """The members the user may read, from one query, with their dead properties from
+        one more; their rights follow from this folder's (no query per member)."""
+        children = self._readable_children()
+        dead = self.provider.files.dead_properties(c.view.id for c in children)
         base = self.path.rstrip("/") + "/"
-        members = [
-            self.provider.resource_for(base + child.name, self.environ, child, dead[child.id])
+        return [
+            self.provider.resource_for(
+                base + child.view.name, self.environ, child.view, dead[child.view.id], child.rights
+            )
             for child in children
         ]
-        return members
 
     def get_member(self, name: str) -> _NodeResource | None:
         return self.provider.get_resource_inst(util.join_uri(self.path, name), self.environ)
@@ -285,12 +304,17 @@ class FolderResource(_NodeResource, DAVCollection):
         assert self.view is not None
         if self.environ.get("REQUEST_METHOD") == "PUT":
             return FileResource(
-                util.join_uri(self.path, name), self.environ, None, parent=self.view, name=name
+                util.join_uri(self.path, name),
+                self.environ,
+                None,
+                rights=self.rights,
+                parent=self.view,
+                name=name,
             )
         with dav_errors():
             view = self.provider.files.create_empty_file(actor_of(self.environ), self.view, name)
         self.provider.forget(self.environ)
-        return FileResource(util.join_uri(self.path, name), self.environ, view)
+        return FileResource(util.join_uri(self.path, name), self.environ, view, rights=self.rights)
 
     def create_collection(self, name: str) -> None:
         assert self.view is not None
@@ -310,17 +334,36 @@ class FileResource(_NodeResource, DAVNonCollection):
         view: NodeView | None,
         dead: dict[str, bytes] | None = None,
         *,
+        rights: Perm = Perm.NONE,
         parent: NodeView | None = None,
         name: str | None = None,
     ) -> None:
         DAVNonCollection.__init__(self, path, environ)
-        self._init_node(view, dead)
+        self._init_node(view, dead, rights)
         self._parent = parent
         self._new_name = name
         self._writer: BlobWriter | None = None
         self._expected_version: uuid.UUID | None = None
         self._content_type: str | None = None
         self._expected_digests: dict[str, str] = {}
+        self._allowance: int | None = None
+
+    def _parent_view(self) -> NodeView:
+        """The folder this file is (or is being created) in."""
+        if self._parent is not None:
+            return self._parent
+        if self.view is not None and self.view.parent_id is not None:
+            # An existing file: its folder may not be reachable by this user (a shared file).
+            parent = self.provider.files.resolve(self.view.parent_id, [])
+        else:
+            parent_res = self.provider.get_resource_inst(
+                util.get_uri_parent(self.path), self.environ
+            )
+            parent = parent_res.view if isinstance(parent_res, FolderResource) else None
+        if parent is None:
+            raise DAVError(409)
+        self._parent = parent
+        return parent
 
     def get_content_length(self) -> int:
         return self.view.size if self.view else 0
@@ -367,8 +410,17 @@ class FileResource(_NodeResource, DAVNonCollection):
             content_type if content_type and content_type != "application/octet-stream" else None
         )
         self._expected_digests = expected_digests(environ)
+        with dav_errors():
+            self._allowance = self.provider.files.upload_allowance(
+                self.view or self._parent_view(), self.view
+            )
+        if self._allowance is not None and (expected_length or 0) > self._allowance:
+            raise DAVError(
+                HTTP_INSUFFICIENT_STORAGE,
+                context_info=f"{expected_length} bytes do not fit: {self._allowance} are left",
+            )
         self._writer = self.provider.files.blobs.writer()
-        return _UploadSink(self._writer, expected_length)
+        return _UploadSink(self._writer, expected_length, self._allowance)
 
     def end_write(self, *, with_errors: bool) -> None:
         writer, self._writer = self._writer, None
@@ -377,17 +429,14 @@ class FileResource(_NodeResource, DAVNonCollection):
         if with_errors:
             writer.abort()
             return
+        try:
+            parent = self._parent_view()  # before finish(): nothing to clean up if it fails
+        except BaseException:
+            writer.abort()
+            raise
         with dav_errors():
             blob = writer.finish(self._expected_digests)
-        parent = self._parent
         name = self._new_name or util.get_uri_name(self.path)
-        if parent is None:
-            parent_res = self.provider.get_resource_inst(
-                util.get_uri_parent(self.path), self.environ
-            )
-            if not isinstance(parent_res, FolderResource) or parent_res.view is None:
-                raise DAVError(409)
-            parent = parent_res.view
         with dav_errors():
             view, _created = self.provider.files.commit_upload(
                 actor_of(self.environ),
@@ -396,19 +445,33 @@ class FileResource(_NodeResource, DAVNonCollection):
                 blob,
                 content_type=self._content_type,
                 expected_version_id=self._expected_version,
+                enforce_quota=self._allowance is not None,
             )
         self.view = view
         self.provider.forget(self.environ)
+        self.provider.variants.after_upload(view)
 
 
 class _UploadSink:
-    """The file object WsgiDAV's PUT writes into; refuses a body shorter than announced."""
+    """The file object WsgiDAV's PUT writes into.
 
-    def __init__(self, writer: BlobWriter, expected_length: int | None) -> None:
+    Refuses a body shorter than announced, and cuts off one (chunked) that grows past what
+    the quota leaves (``allowance``); either way nothing is stored.
+    """
+
+    def __init__(
+        self, writer: BlobWriter, expected_length: int | None, allowance: int | None
+    ) -> None:
         self._writer = writer
         self._expected = expected_length
+        self._allowance = allowance
 
     def write(self, data: bytes) -> int:
+        if self._allowance is not None and self._writer.bytes_written + len(data) > self._allowance:
+            raise DAVError(
+                HTTP_INSUFFICIENT_STORAGE,
+                context_info=f"the upload grew past the {self._allowance} bytes the quota leaves",
+            )
         return self._writer.write(data)
 
     def close(self) -> None:

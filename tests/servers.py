@@ -272,17 +272,20 @@ def _stop_process(server: LiveServer) -> None:
 
 
 @contextmanager
-def run_live_server(engine: str, tmp_dir: Path) -> Iterator[LiveServer]:
+def run_live_server(
+    engine: str, tmp_dir: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[LiveServer]:
     """Start ``python -m davserver serve`` on a free port with its own data folder and database.
 
-    Yields once the server answers HTTP and the test user can list /files/; on exit terminates
-    the process and raises if it does not exit cleanly.
+    ``extra_env`` sets more ``DAVSERVER_*`` options. Yields once the server answers HTTP and the
+    test user can list /files/; on exit terminates the process and raises if it does not exit
+    cleanly.
     """
     data_dir = tmp_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     password = secrets.token_urlsafe(16)
     with fresh_database_url(engine, str(tmp_dir)) as db_url:
-        env = _server_env(data_dir, db_url, TEST_USER, password)
+        env = {**_server_env(data_dir, db_url, TEST_USER, password), **(extra_env or {})}
         server: LiveServer | None = None
         try:
             for attempt in range(3):
@@ -328,8 +331,11 @@ def run_live_server(engine: str, tmp_dir: Path) -> Iterator[LiveServer]:
 
 
 @contextmanager
-def run_inproc_server(engine: str, tmp_dir: Path) -> Iterator[InprocServer]:
-    """Build the application with ``prepare()`` and serve it by cheroot on a thread."""
+def run_inproc_server(engine: str, tmp_dir: Path, **overrides: object) -> Iterator[InprocServer]:
+    """Build the application with ``prepare()`` and serve it by cheroot on a thread.
+
+    ``overrides`` are settings in ``load_settings`` form (``auth__ban_seconds=2``).
+    """
     from davserver.bootstrap import prepare
     from davserver.config import load_settings
     from davserver.server import make_server
@@ -345,6 +351,7 @@ def run_inproc_server(engine: str, tmp_dir: Path) -> Iterator[InprocServer]:
             database__url=db_url,
             admin__user=TEST_USER,
             admin__password=password,
+            **overrides,
         )
         app, _ = prepare(settings)
         try:

@@ -1,6 +1,20 @@
 """The blob store: bytes addressed by their SHA-256. Nothing else knows where bytes live."""
 
-from davserver.blobstore.base import BlobStore, BlobWriter, StoredBlob
-from davserver.blobstore.filesystem import FileSystemBlobStore
+from davserver.blobstore.base import (
+    BlobFile,
+    BlobStore,
+    BlobWriter,
+    MaintainableBlobStore,
+    StoredBlob,
+)
+from davserver.blobstore.filesystem import FileSystemBlobStore, storage_key_for
 
-__all__ = ["BlobStore", "BlobWriter", "FileSystemBlobStore", "StoredBlob"]
+__all__ = [
+    "BlobFile",
+    "BlobStore",
+    "BlobWriter",
+    "FileSystemBlobStore",
+    "MaintainableBlobStore",
+    "StoredBlob",
+    "storage_key_for",
+]

@@ -1,15 +1,31 @@
-"""The narrow interface every blob store implements."""
+"""The narrow interface every blob store implements, and the optional one maintenance needs.
+
+Blob rows and blob files are kept consistent against ``davserver gc`` by one rule on each side
+(the full argument is in ``davserver.services.maintenance``):
+
+- A writer keeps a spare copy of the bytes it finished (``StoredBlob.spare``) until
+  ``release``. Whoever makes a row reference a blob (a file version, an image variant, a
+  package archive) does so in one transaction: upsert the blob row, write the reference, then
+  ``ensure_stored(blob)``, which puts the bytes back from the spare if gc removed them; after
+  that transaction ends, ``release(blob)``.
+- gc deletes a blob row only together with a re-check that nothing references it, and moves
+  the file away while that transaction is still open.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 
 @dataclass(frozen=True)
 class StoredBlob:
-    """What a finished write produced: its digests, its size and where it is kept."""
+    """What a finished write produced: its digests, its size and where it is kept.
+
+    ``spare`` is the store's handle on the writer's own copy of the bytes, kept until
+    ``BlobStore.release``; None when the store could not keep one.
+    """
 
     sha256: str
     md5: str
@@ -17,6 +33,7 @@ class StoredBlob:
     size: int
     storage_key: str
     crc32: int | None = None
+    spare: str | None = None
 
 
 class BlobWriter(Protocol):
@@ -31,7 +48,8 @@ class BlobWriter(Protocol):
 
         ``expect`` maps "sha256", "sha1" or "md5" to hex digests the client announced; if one
         differs, the bytes are thrown away and ChecksumMismatch is raised. Writing bytes that
-        are already stored keeps the existing copy (dedup).
+        are already stored keeps the existing copy (dedup). Either way the writer's copy stays
+        as the returned blob's ``spare`` until ``BlobStore.release``.
         """
         ...
 
@@ -50,3 +68,53 @@ class BlobStore(Protocol):
     def exists(self, storage_key: str) -> bool: ...
 
     def delete(self, storage_key: str) -> None: ...
+
+    def ensure_stored(self, blob: StoredBlob) -> None:
+        """Make sure a finished write's bytes are at ``blob.storage_key``.
+
+        Call it in the transaction that makes a row reference the blob, after that reference
+        is written: the bytes are then put back from the spare if gc removed them meanwhile.
+        Costs one stat() when they are in place. Raises FileNotFoundError when they are
+        missing and there is no spare.
+        """
+        ...
+
+    def release(self, blob: StoredBlob) -> None:
+        """Drop the spare copy of a finished write (after its transaction ended either way)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BlobFile:
+    """One file found in a store: its key (or temp name), size in bytes and mtime (epoch s)."""
+
+    key: str
+    size: int
+    mtime: float
+
+
+class MaintainableBlobStore(BlobStore, Protocol):
+    """What gc and fsck need beyond ``BlobStore``: listing, and removal that can be undone."""
+
+    def iter_files(self) -> Iterator[BlobFile]:
+        """Every stored file outside the temp area, in key order; memory stays bounded."""
+        ...
+
+    def iter_temp_files(self) -> Iterator[BlobFile]:
+        """Files in the temp area: uploads in progress or left behind by a crash."""
+        ...
+
+    def remove_temp(self, name: str) -> None: ...
+
+    def set_aside(self, storage_key: str) -> str | None:
+        """Move a blob away from its key; returns a token for ``restore`` or ``discard``, or
+        None when there was nothing to move."""
+        ...
+
+    def restore(self, token: str, storage_key: str) -> None:
+        """Put a set-aside blob back under its key."""
+        ...
+
+    def discard(self, token: str) -> int:
+        """Delete a set-aside blob for good; returns the bytes freed."""
+        ...

@@ -1,21 +1,27 @@
 """Blobs as files on a local disk, fanned out by hash: ``ab/cd/abcd…``.
 
-A write goes to ``tmp/`` first and is renamed into place once its SHA-256 is known, so a
-reader never sees a partial blob and an aborted upload leaves nothing behind. With ``fsync``
-on, the file and its folder are flushed to disk before ``finish`` returns, so a committed
-version never points at bytes that a crash could lose.
+A write goes to ``tmp/`` first and is hard-linked into place once its SHA-256 is known, so a
+reader never sees a partial blob and an aborted upload leaves nothing behind. The ``tmp/`` name
+stays as the write's spare copy until ``release`` (see ``davserver.blobstore.base``): a link
+costs no bytes, and it lets ``ensure_stored`` put the blob back if gc removed it before the
+upload's transaction committed. With ``fsync`` on, the file and its folder are flushed to disk
+before ``finish`` returns, so a committed version never points at bytes that a crash could lose.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import secrets
+import shutil
+import stat
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from davserver.blobstore.base import StoredBlob
+from davserver.blobstore.base import BlobFile, StoredBlob
 from davserver.blobstore.hashing import MultiHasher
 from davserver.errors import ChecksumMismatch
 
@@ -45,6 +51,12 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
 _start_writeback = _load_sync_file_range()
 
 
+# What link(2) answers where the file system has no hard links (FAT, some network shares).
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+)
+
+
 def storage_key_for(sha256: str) -> str:
     return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
@@ -72,6 +84,80 @@ class FileSystemBlobStore:
 
     def delete(self, storage_key: str) -> None:
         self.path_of(storage_key).unlink(missing_ok=True)
+
+    # -- the upload side of the gc protocol
+
+    def ensure_stored(self, blob: StoredBlob) -> None:
+        final = self.path_of(blob.storage_key)
+        if final.exists():
+            return
+        if blob.spare is None:
+            raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
+        spare = self._temp_path(blob.spare)
+        if self.fsync:
+            # A dedup write's spare was never flushed: it had not been needed until now.
+            with open(spare, "rb") as fh:
+                os.fsync(fh.fileno())
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if _link(spare, final) is None:
+            # No hard links here: copy, keeping the spare for a retried transaction.
+            copy = self.tmp_dir / f"put-{secrets.token_hex(8)}"
+            shutil.copyfile(spare, copy)
+            if self.fsync:
+                with open(copy, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.replace(copy, final)
+        if self.fsync:
+            _fsync_dir(final.parent)
+
+    def release(self, blob: StoredBlob) -> None:
+        if blob.spare is not None:
+            self._temp_path(blob.spare).unlink(missing_ok=True)
+
+    # -- what gc and fsck need
+
+    def iter_files(self) -> Iterator[BlobFile]:
+        yield from _walk(self.root, "", skip=self.tmp_dir)
+
+    def iter_temp_files(self) -> Iterator[BlobFile]:
+        with os.scandir(self.tmp_dir) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in entries:
+            found = _regular_file(entry, entry.name)
+            if found is not None:
+                yield found
+
+    def remove_temp(self, name: str) -> None:
+        self._temp_path(name).unlink(missing_ok=True)
+
+    def set_aside(self, storage_key: str) -> str | None:
+        token = f"gc-{secrets.token_hex(8)}"
+        try:
+            os.rename(self.path_of(storage_key), self.tmp_dir / token)
+        except FileNotFoundError:
+            return None
+        # Fresh mtime: a concurrent gc's sweep of old temp files must not take it meanwhile.
+        os.utime(self.tmp_dir / token)
+        return token
+
+    def restore(self, token: str, storage_key: str) -> None:
+        final = self.path_of(storage_key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._temp_path(token), final)
+
+    def discard(self, token: str) -> int:
+        path = self._temp_path(token)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def _temp_path(self, name: str) -> Path:
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"bad temp file name {name!r}")
+        return self.tmp_dir / name
 
 
 class _FileBlobWriter:
@@ -113,26 +199,30 @@ class _FileBlobWriter:
                 )
         key = storage_key_for(sha256)
         final = self._store.path_of(key)
+        spare: str | None = self._path.name
         try:
             if final.exists():
-                # Dedup: these bytes are stored already, so this copy need not reach the disk.
-                # The folder is still flushed, in case the existing copy was renamed into place
-                # by a concurrent upload that has not flushed it yet.
+                # Dedup: these bytes are stored already, so this copy need not reach the disk;
+                # it stays as the spare. The folder is still flushed, in case the existing copy
+                # was linked into place by a concurrent upload that has not flushed it yet.
                 self._file.close()
-                self._path.unlink()
             else:
                 if self._store.fsync:
                     os.fsync(self._file.fileno())
                 self._file.close()
                 final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self._path, final)
+                if _link(self._path, final) is None:
+                    os.replace(self._path, final)
+                    spare = None
             if self._store.fsync:
                 _fsync_dir(final.parent)
         except BaseException:
             self.abort()
             raise
         self._done = True
-        return StoredBlob(sha256, md5, sha1, self.bytes_written, key, self._hasher.crc32)
+        return StoredBlob(
+            sha256, md5, sha1, self.bytes_written, key, self._hasher.crc32, spare=spare
+        )
 
     def abort(self) -> None:
         if self._done:
@@ -150,3 +240,45 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _link(source: Path, target: Path) -> bool | None:
+    """Hard-link ``source`` at ``target``: True when linked, False when ``target`` exists
+    already (a concurrent write of the same bytes won), None when the file system cannot."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno in _NO_HARD_LINKS:
+            return None
+        raise
+    return True
+
+
+def _walk(folder: Path, prefix: str, *, skip: Path) -> Iterator[BlobFile]:
+    """Regular files below ``folder`` in key order, one folder listing in memory at a time."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if path == skip:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(path, f"{prefix}{entry.name}/", skip=skip)
+        else:
+            found = _regular_file(entry, f"{prefix}{entry.name}")
+            if found is not None:
+                yield found
+
+
+def _regular_file(entry: os.DirEntry[str], key: str) -> BlobFile | None:
+    """The entry as a BlobFile; None for anything but a regular file, or one gone meanwhile."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return BlobFile(key, st.st_size, st.st_mtime) if stat.S_ISREG(st.st_mode) else None

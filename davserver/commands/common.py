@@ -1,23 +1,22 @@
 """What every CLI command shares: the deployment's services, and output for people or scripts.
 
 People get aligned tables; ``--json`` gives scripts one JSON document (a list for listings, an
-object for one item). Values are made JSON-safe here (UUIDs, datetimes) so commands pass rows
-as they come.
+object for one item). Values are made JSON-safe (``davserver.jsonsafe.plain``: UUIDs, datetimes)
+so commands pass rows as they come.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from davserver.config import load_settings
 from davserver.context import Services
+from davserver.jsonsafe import plain
 
 
 @contextmanager
@@ -35,21 +34,6 @@ def open_services(args: argparse.Namespace) -> Iterator[Services]:
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-def plain(value: Any) -> Any:
-    """A JSON-safe form of a value from a row."""
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, frozenset | set | tuple):
-        return sorted(plain(v) for v in value)
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    return value
 
 
 def _cell(value: Any) -> str:

@@ -1,22 +1,24 @@
-"""Accounts: the first admin, roles, and checking a username and password."""
+"""Accounts: the first admin, roles, and checking Basic credentials (a password or an API key)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
-import uuid
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
 from davserver.db.types import utcnow
-from davserver.errors import BadRequest
-from davserver.models import SYSTEM_ROLES, Op, Role, User, UserRole
+from davserver.errors import Unauthorized
+from davserver.models import SYSTEM_ROLES, ApiKey, Op, Role, User, UserRole
+from davserver.services.account_rules import check_name
 from davserver.services.actor import Actor
+from davserver.services.apikeys import KEY_MARKER, key_hash
 from davserver.services.audit import record_audit
-
-MIN_USERNAME_LENGTH = 3
+from davserver.services.throttle import LoginThrottle
 
 
 class Hasher(Protocol):
@@ -32,10 +34,13 @@ class CredentialMemo(Protocol):
 
 
 class AccountService:
-    def __init__(self, db: Database, hasher: Hasher, memo: CredentialMemo) -> None:
+    def __init__(
+        self, db: Database, hasher: Hasher, memo: CredentialMemo, throttle: LoginThrottle
+    ) -> None:
         self.db = db
         self.hasher = hasher
         self.memo = memo
+        self.throttle = throttle
 
     def ensure_roles(self, session: Session) -> dict[str, int]:
         """The system roles, created when missing; {name: id}."""
@@ -56,8 +61,7 @@ class AccountService:
         Returns the generated password when one had to be made (to be shown once), else None.
         An existing account is left as it is.
         """
-        if len(username) < MIN_USERNAME_LENGTH:
-            raise BadRequest(f"usernames have at least {MIN_USERNAME_LENGTH} characters")
+        check_name(username)
         with self.db.write() as session:
             roles = self.ensure_roles(session)
             if session.scalar(sa.select(User.id).where(User.username == username)):
@@ -78,57 +82,152 @@ class AccountService:
             )
             return generated
 
-    def authenticate(
+    def authenticate_basic(
+        self,
+        username: str,
+        secret: str,
+        *,
+        remote_addr: str | None = None,
+        user_agent: str | None = None,
+    ) -> Actor:
+        """The actor for Basic credentials: a password, or an API key in the password's place.
+
+        Raises Unauthorized (the same for an unknown user, a wrong password, a revoked key) or
+        TooManyRequests while the account or the address is locked after repeated failures.
+        """
+        if secret.startswith(KEY_MARKER):
+            actor = self._authenticate_key(username, secret, remote_addr, user_agent)
+            if actor is not None:
+                return actor
+        return self.authenticate_password(
+            username, secret, remote_addr=remote_addr, user_agent=user_agent
+        )
+
+    def authenticate_password(
         self,
         username: str,
         password: str,
         *,
         remote_addr: str | None = None,
         user_agent: str | None = None,
-    ) -> Actor | None:
-        """The actor for a valid, active username and password; None otherwise.
+    ) -> Actor:
+        """The actor for a valid, active username and password.
 
         A pair verified recently is recognised from the credential memo without hashing; the
         user row is still read on every call, so a disabled account or a changed password
-        takes effect on the next request.
+        takes effect on the next request. Before any hash is computed the throttle is asked,
+        and every failure is counted.
         """
         with self.db.connect() as conn:
-            rows = conn.execute(_USER_WITH_ROLES, {"username": username}).all()
-        if not rows or not rows[0].is_active or not rows[0].password_hash:
-            self.hasher.verify(password, None)  # same cost as a wrong password
+            rows = conn.execute(_BY_USERNAME, {"username": username}).all()
+        stored_hash = rows[0].password_hash if rows and rows[0].is_active else None
+        if stored_hash and self.memo.matches(username, password, stored_hash):
+            return _actor(rows, remote_addr, user_agent, auth_method="password")
+        self.throttle.check(username, remote_addr)
+        ok, new_hash = self.hasher.verify(password, stored_hash)  # unknown users cost the same
+        if not ok:
+            self.throttle.record_failure(username, remote_addr, user_agent, "bad credentials")
+            raise Unauthorized("unknown user or wrong password")
+        actor = _actor(rows, remote_addr, user_agent, auth_method="password")
+        self._record_login(actor, new_hash)
+        self.memo.remember(username, password, new_hash or stored_hash or "")
+        return actor
+
+    def _authenticate_key(
+        self, username: str, key: str, remote_addr: str | None, user_agent: str | None
+    ) -> Actor | None:
+        """The actor for a valid API key of this user; None when the key is unknown."""
+        now = utcnow()
+        with self.db.connect() as conn:
+            rows = conn.execute(_BY_KEY, {"key_hash": key_hash(key), "now": now}).all()
+        if not rows or rows[0].username != username:  # exact, as for passwords
             return None
-        user_id, stored_hash = rows[0].id, rows[0].password_hash
-        roles = frozenset(row.role for row in rows if row.role)
-        if not self.memo.matches(username, password, stored_hash):
-            ok, new_hash = self.hasher.verify(password, stored_hash)
-            if not ok:
-                return None
-            self._record_login(user_id, new_hash)
-            self.memo.remember(username, password, new_hash or stored_hash)
-        return Actor(
-            user_id=user_id,
-            username=username,
-            roles=roles,
-            remote_addr=remote_addr,
-            user_agent=user_agent,
+        key_row = rows[0]
+        if not (key_row.is_active and key_row.key_active):
+            return None
+        if key_row.last_used_at is None or now - key_row.last_used_at > _KEY_USE_RESOLUTION:
+            with self.db.write() as session:
+                session.execute(
+                    sa.update(ApiKey).where(ApiKey.id == key_row.key_id).values(last_used_at=now)
+                )
+        return _actor(
+            rows,
+            remote_addr,
+            user_agent,
+            auth_method="apikey",
+            api_key_id=key_row.key_id,
+            read_only=key_row.scope == "read",
         )
 
-    def _record_login(self, user_id: uuid.UUID, new_hash: str | None) -> None:
+    def _record_login(self, actor: Actor, new_hash: str | None) -> None:
         values: dict[str, object] = {"last_login_at": utcnow()}
         if new_hash:
             values["password_hash"] = new_hash
         with self.db.write() as session:
-            session.execute(sa.update(User).where(User.id == user_id).values(**values))
+            session.execute(sa.update(User).where(User.id == actor.user_id).values(**values))
+            self.throttle.clear(session, actor.username)
+            record_audit(
+                session,
+                actor,
+                Op.LOGIN_SUCCESS,
+                details={"hash_upgraded": True} if new_hash else None,
+            )
 
+
+def _actor(
+    rows: Sequence[sa.Row[Any]],
+    remote_addr: str | None,
+    user_agent: str | None,
+    **credential: Any,
+) -> Actor:
+    return Actor(
+        user_id=rows[0].id,
+        username=rows[0].username,
+        roles=frozenset(row.role for row in rows if row.role),
+        remote_addr=remote_addr,
+        user_agent=user_agent,
+        **credential,
+    )
+
+
+# A key's last use is recorded to this resolution, so a busy key is not a write per request.
+_KEY_USE_RESOLUTION = dt.timedelta(minutes=5)
 
 _users = Base.metadata.tables["users"]
 _user_roles = Base.metadata.tables["user_roles"]
 _roles = Base.metadata.tables["roles"]
-# One row per role (or one row with no role): the user and their roles in one query.
-_USER_WITH_ROLES = (
-    sa.select(_users.c.id, _users.c.password_hash, _users.c.is_active, _roles.c.name.label("role"))
-    .select_from(_users)
-    .outerjoin(_user_roles, _user_roles.c.user_id == _users.c.id)
-    .outerjoin(_roles, _roles.c.id == _user_roles.c.role_id)
-    .where(_users.c.username == sa.bindparam("username"), _users.c.deleted_at.is_(None))
+_keys = Base.metadata.tables["api_keys"]
+
+
+def user_with_roles() -> sa.Select[Any]:
+    """Live users with their roles: one row per role (or one row with no role)."""
+    return (
+        sa.select(
+            _users.c.id,
+            _users.c.username,
+            _users.c.password_hash,
+            _users.c.is_active,
+            _roles.c.name.label("role"),
+        )
+        .select_from(_users)
+        .outerjoin(_user_roles, _user_roles.c.user_id == _users.c.id)
+        .outerjoin(_roles, _roles.c.id == _user_roles.c.role_id)
+        .where(_users.c.deleted_at.is_(None))
+    )
+
+
+_BY_USERNAME = user_with_roles().where(_users.c.username == sa.bindparam("username"))
+_BY_KEY = (
+    user_with_roles()
+    .add_columns(
+        _keys.c.id.label("key_id"),
+        _keys.c.scope,
+        _keys.c.last_used_at,
+        sa.and_(
+            _keys.c.is_active,
+            sa.or_(_keys.c.expires_at.is_(None), _keys.c.expires_at > sa.bindparam("now")),
+        ).label("key_active"),
+    )
+    .join(_keys, _keys.c.user_id == _users.c.id)
+    .where(_keys.c.key_hash == sa.bindparam("key_hash"))
 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from davserver.errors import Forbidden
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -14,7 +16,23 @@ class Actor:
     session_id: uuid.UUID | None = None
     remote_addr: str | None = None
     user_agent: str | None = None
+    # How this request signed in: password, apikey or token; a read-only API key never writes.
+    auth_method: str = "password"
+    api_key_id: uuid.UUID | None = None
+    read_only: bool = False
 
     @property
     def is_admin(self) -> bool:
         return "admin" in self.roles
+
+    @property
+    def may_write(self) -> bool:
+        """False for read-only API keys and for viewers, whatever they were granted."""
+        return not self.read_only and ("viewer" not in self.roles or self.is_admin)
+
+    def require_write(self) -> None:
+        """Raise Forbidden unless this actor may change anything at all."""
+        if not self.may_write:
+            raise Forbidden(
+                "this API key is read-only" if self.read_only else "viewers cannot change files"
+            )

@@ -23,8 +23,14 @@ def record_audit(
     version_id: uuid.UUID | None = None,
     package_id: uuid.UUID | None = None,
     details: dict[str, Any] | None = None,
+    remote_addr: str | None = None,
+    user_agent: str | None = None,
 ) -> None:
-    """Add a logbook row to ``session``; it commits or rolls back with the change itself."""
+    """Add a logbook row to ``session``; it commits or rolls back with the change itself.
+
+    ``remote_addr`` and ``user_agent`` describe the client when there is no actor (a failed
+    login); with an actor, the actor's own are used.
+    """
     session.execute(
         _INSERT,
         {
@@ -35,8 +41,8 @@ def record_audit(
             "node_id": node_id,
             "version_id": version_id,
             "package_id": package_id,
-            "remote_addr": actor.remote_addr if actor else None,
-            "user_agent": (actor.user_agent or "")[:512] if actor else None,
+            "remote_addr": actor.remote_addr if actor else remote_addr,
+            "user_agent": ((actor.user_agent if actor else user_agent) or "")[:512] or None,
             "details": details or {},
         },
     )

@@ -21,8 +21,16 @@ from sqlalchemy.orm import Session
 
 from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
+from davserver.db.dialect import is_postgres
 from davserver.db.types import UTCDateTime, utcnow
-from davserver.errors import AlreadyExists, Conflict, NotFound, PreconditionFailed
+from davserver.errors import (
+    AlreadyExists,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    QuotaExceeded,
+)
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space, User
 from davserver.services import tree
 from davserver.services.actor import Actor
@@ -38,6 +46,7 @@ class FileService:
         self.db = db
         self.blobs = blobs
         self._home_ids: dict[uuid.UUID, uuid.UUID] = {}
+        self._group_root_ids: dict[uuid.UUID, uuid.UUID] = {}
         self._home_lock = threading.Lock()
 
     # ------------------------------------------------------------------ reads
@@ -54,6 +63,38 @@ class FileService:
                 view = self._retry(lambda s: self._create_home(s, user_id))
             self._home_ids[user_id] = view.id
             return view.id
+
+    def group_root_id(self, group_id: uuid.UUID, creator_id: uuid.UUID) -> uuid.UUID:
+        """The root folder of a group's space, created on first use (owned by ``creator_id``,
+        whose rows the space's items then carry; rights there come from membership)."""
+        cached = self._group_root_ids.get(group_id)
+        if cached is not None:
+            return cached
+        with self._home_lock:
+            with self.db.connect() as conn:
+                root_id = conn.execute(_GROUP_ROOT, {"group_id": group_id}).scalar()
+            if root_id is None:
+                root_id = self._retry(lambda s: self._create_group_root(s, group_id, creator_id))
+            self._group_root_ids[group_id] = root_id
+            return root_id
+
+    def _create_group_root(
+        self, session: Session, group_id: uuid.UUID, creator_id: uuid.UUID
+    ) -> uuid.UUID:
+        existing = session.execute(_GROUP_ROOT, {"group_id": group_id}).scalar()
+        if existing is not None:
+            return existing
+        node = Node(
+            name="",
+            name_key="",
+            kind=NodeKind.FOLDER,
+            owner_id=creator_id,
+            space=Space.GROUP,
+            group_id=group_id,
+        )
+        session.add(node)
+        session.flush()
+        return node.id
 
     def _create_home(self, session: Session, user_id: uuid.UUID) -> NodeView:
         existing = tree.home_root(session, user_id)
@@ -83,6 +124,22 @@ class FileService:
         """Bytes of the current versions of every live file at or below a node."""
         with self.db.connect() as conn:
             return int(conn.execute(_SUBTREE_SIZE, {"root_id": node_id}).scalar() or 0)
+
+    def upload_allowance(self, into: NodeView, replacing: NodeView | None) -> int | None:
+        """How many bytes an upload into ``into``'s space may have; None for no limit.
+
+        Quotas are per user and count their own space; group spaces have none. ``replacing``
+        is the file the upload would replace: its current bytes stop counting.
+        """
+        if into.group_id is not None:
+            return None
+        owner_id = into.owner_id
+        with self.db.connect() as conn:
+            quota = conn.execute(_QUOTA, {"owner_id": owner_id}).scalar_one_or_none()
+        if quota is None:
+            return None
+        used = self.subtree_size(self.home_id(owner_id))
+        return max(0, quota - used + (replacing.size if replacing else 0))
 
     def usage(self, owner_id: uuid.UUID) -> tuple[int, int | None]:
         """(bytes used, quota in bytes or None for unlimited) of a user's own space.
@@ -136,6 +193,7 @@ class FileService:
     def _create(
         self, actor: Actor, parent: NodeView, name: str, kind: NodeKind, op: Op
     ) -> NodeView:
+        actor.require_write()
         check_name(name)
 
         def work(session: Session) -> NodeView:
@@ -154,24 +212,29 @@ class FileService:
         *,
         content_type: str | None = None,
         expected_version_id: uuid.UUID | None = None,
+        enforce_quota: bool = False,
     ) -> tuple[NodeView, bool]:
         """Record an uploaded blob as the newest version of ``parent/name``.
 
         Creates the file when it does not exist yet (a new empty file gets no version). Bytes
         equal to the current version's make no new version. ``expected_version_id`` is the
         version an If-Match header was checked against: if another upload won the race in
-        between, PreconditionFailed. Returns the file and whether it was created.
+        between, PreconditionFailed. With ``enforce_quota`` (the owner has a quota, see
+        ``upload_allowance``) the quota is checked again inside the transaction, against
+        uploads that finished meanwhile: QuotaExceeded. Returns the file and whether it was
+        created.
         """
-        check_name(name)
         key = name_key(name)
         mime = content_type[:255] if content_type else None
 
         def work(session: Session) -> tuple[NodeView, bool]:
             # Core statements: this is the hottest write path (every small-file PUT).
             current = session.execute(
-                _FILE_FOR_UPDATE_PG if _is_pg(session) else _FILE_FOR_UPDATE,
+                _FILE_FOR_UPDATE_PG if is_postgres(session) else _FILE_FOR_UPDATE,
                 {"parent_id": parent.id, "key": key},
             ).first()
+            if enforce_quota:
+                _check_quota(session, parent.owner_id, blob.size - (current.size if current else 0))
             if current is None:
                 if expected_version_id is not None:
                     raise PreconditionFailed("the file no longer exists")
@@ -192,6 +255,7 @@ class FileService:
                     mime,
                     first=True,
                 )
+                self._ensure_stored(session, blob)
                 record_audit(
                     session,
                     actor,
@@ -206,7 +270,7 @@ class FileService:
                     },
                 )
                 return _view(session, node_id), True
-            node_id, kind, current_version_id, current_sha = current
+            node_id, kind, current_version_id, current_sha, _size = current
             if kind != NodeKind.FILE:
                 raise Conflict(f"{name!r} is a folder")
             if expected_version_id is not None and current_version_id != expected_version_id:
@@ -221,6 +285,7 @@ class FileService:
                 version_id, version_no = self._add_version(
                     session, actor, node_id, self._blob_id(session, blob), blob.size, mime
                 )
+            self._ensure_stored(session, blob)
             record_audit(
                 session,
                 actor,
@@ -231,7 +296,13 @@ class FileService:
             )
             return _view(session, node_id), False
 
-        return self._retry(work)
+        try:
+            actor.require_write()
+            check_name(name)
+            return self._retry(work)
+        finally:
+            # The writer's spare copy matters only until the referencing transaction has ended.
+            self.blobs.release(blob)
 
     def _replace_version(
         self,
@@ -288,6 +359,7 @@ class FileService:
 
     def delete(self, actor: Actor, node_id: uuid.UUID) -> None:
         """Move a node (and so everything below it) to the trash: one UPDATE."""
+        actor.require_write()
 
         self._retry(lambda session: _trash(session, actor, node_id))
 
@@ -306,12 +378,16 @@ class FileService:
         the trash first. Moving a node to a name that resolves to itself (a case- or
         normalization-only rename) just renames it.
         """
+        actor.require_write()
         check_name(dest_name)
 
         def work(session: Session) -> None:
             node = _live_node(session, node_id)
             if node.parent_id is None:
                 raise Conflict("the root of a space cannot be moved")
+            if (node.owner_id, node.group_id) != (dest_parent.owner_id, dest_parent.group_id):
+                # Rows keep their space's owner (quota, trash, sharing): copy, then delete.
+                raise Forbidden("items cannot be moved between spaces; copy them instead")
             if tree.is_descendant(session, dest_parent.id, node.id):
                 raise Conflict("cannot move a folder into itself")
             if replace_id is not None and replace_id != node.id:
@@ -349,6 +425,7 @@ class FileService:
         A file copied onto an existing file becomes that file's newest version, so the
         destination keeps its history; any other overwritten destination goes to the trash.
         """
+        actor.require_write()
         check_name(dest_name)
 
         def work(session: Session) -> None:
@@ -374,6 +451,7 @@ class FileService:
 
     def set_mtime(self, actor: Actor, node_id: uuid.UUID, mtime: dt.datetime) -> None:
         """Keep the client's modification time on the node and its current version."""
+        actor.require_write()
 
         def work(session: Session) -> None:
             node = _live_node(session, node_id)
@@ -391,6 +469,7 @@ class FileService:
         self, actor: Actor, node_id: uuid.UUID, changes: dict[str, bytes | None]
     ) -> None:
         """Set (bytes) or remove (None) dead properties of a node, all or nothing."""
+        actor.require_write()
 
         def work(session: Session) -> None:
             _live_node(session, node_id)
@@ -428,13 +507,19 @@ class FileService:
                     raise AlreadyExists("the name is taken") from exc
         raise AssertionError("unreachable")
 
+    def _ensure_stored(self, session: Session, blob: StoredBlob) -> None:
+        """Once a version references ``blob``: its bytes must be in place, as gc may have removed
+        them after the upload finished (see davserver.blobstore.base). One stat() when they are."""
+        session.flush()
+        self.blobs.ensure_stored(blob)
+
     def _blob_id(self, session: Session, blob: StoredBlob) -> uuid.UUID:
         """The id of the blob row for these bytes, inserting it if this is their first upload."""
         existing = session.scalar(_BLOB_ID, {"sha256": blob.sha256})
         if existing is not None:
             return existing
         inserted = session.scalar(
-            _INSERT_BLOB_PG if _is_pg(session) else _INSERT_BLOB_SQLITE,
+            _INSERT_BLOB_PG if is_postgres(session) else _INSERT_BLOB_SQLITE,
             {
                 "id": uuid.uuid4(),
                 "sha256": blob.sha256,
@@ -688,8 +773,21 @@ def _make_current(
     )
 
 
-def _is_pg(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+def _check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
+    """QuotaExceeded when the owner's space would grow past their quota.
+
+    On PostgreSQL the owner's row is locked, so two uploads cannot both take the last bytes.
+    """
+    statement = _QUOTA.with_for_update() if is_postgres(session) else _QUOTA
+    quota = session.execute(statement, {"owner_id": owner_id}).scalar_one_or_none()
+    if quota is None or growth <= 0:
+        return
+    home = tree.home_root(session, owner_id)
+    used = int(session.execute(_SUBTREE_SIZE, {"root_id": home.id}).scalar() or 0) if home else 0
+    if used + growth > quota:
+        raise QuotaExceeded(
+            f"this upload needs {growth} more bytes; {max(0, quota - used)} of the quota are left"
+        )
 
 
 _n = Base.metadata.tables["nodes"]
@@ -697,7 +795,7 @@ _v = Base.metadata.tables["file_versions"]
 _b = Base.metadata.tables["blobs"]
 _parent = _n.alias("parent")
 _FILE_FOR_UPDATE = (
-    sa.select(_n.c.id, _n.c.kind, _n.c.current_version_id, _b.c.sha256)
+    sa.select(_n.c.id, _n.c.kind, _n.c.current_version_id, _b.c.sha256, _n.c.size)
     .select_from(_n)
     .outerjoin(_v, _v.c.id == _n.c.current_version_id)
     .outerjoin(_b, _b.c.id == _v.c.blob_id)
@@ -797,3 +895,9 @@ def _subtree_size_statement() -> sa.Select[Any]:
 
 
 _SUBTREE_SIZE = _subtree_size_statement()
+_GROUP_ROOT = sa.select(_n.c.id).where(
+    _n.c.group_id == sa.bindparam("group_id", type_=sa.Uuid),
+    _n.c.parent_id.is_(None),
+    _n.c.space == Space.GROUP.value,
+)
+_QUOTA = sa.select(User.quota_bytes).where(User.id == sa.bindparam("owner_id", type_=sa.Uuid))

@@ -61,6 +61,7 @@ class NodeView:
     name: str
     kind: str
     owner_id: uuid.UUID
+    group_id: uuid.UUID | None  # set in a group's space
     size: int
     mtime: dt.datetime | None
     created_at: dt.datetime
@@ -89,6 +90,7 @@ _VIEW_COLUMNS = (
     "name",
     "kind",
     "owner_id",
+    "group_id",
     "size",
     "mtime",
     "created_at",

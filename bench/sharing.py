@@ -1,0 +1,143 @@
+"""The cost of permission checks: PROPFIND Depth 1 on a big folder as its owner and as a
+grantee reaching it through /shared/, on one server, with the SQL statements each ran.
+
+The owner (``bench``) fills ``/files/big/`` with ``--members`` small files, grants a second
+user read and download on the folder (and download on one member, so a per-member grant is in
+play), then both list it ``--rounds`` times. A grantee's rights come from the folder's rights
+plus the grants loaded once per request, so the statement count does not grow with the folder.
+
+    .venv/bin/python bench/sharing.py                      # 10,000 members, SQLite
+    .venv/bin/python bench/sharing.py --db postgresql      # the same on PostgreSQL
+    .venv/bin/python bench/sharing.py --members 500        # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from core import (
+    PG_DEFAULT,
+    USER,
+    Server,
+    count_responses,
+    pg_drop_db,
+    propfind,
+    put_files,
+    start_davserver,
+)
+
+GRANTEE = "grantee"
+
+
+def cli(server: Server, pg_url: str, python: str, *args: str, stdin: str = "") -> str:
+    """Run ``davserver ARGS`` against the server's own database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
+    env["DAVSERVER_DATA_DIR"] = str(server.workdir)
+    if server.db_name:
+        env["DAVSERVER_DATABASE_URL"] = f"{pg_url.rstrip('/')}/{server.db_name}"
+    done = subprocess.run(
+        [python, "-m", "davserver", *args], input=stdin, env=env, cwd=server.workdir,
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"davserver {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--pg-url", default=PG_DEFAULT)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="davbench-share-") as tmp:
+        server = Server("davserver", Path(tmp) / "dav", secrets.token_urlsafe(12))
+        try:
+            start_davserver(server, python, args.db, args.pg_url)
+            owner = server.client()
+            owner.expect("MKCOL", "/files/big/", (201,))
+            seconds, _, _ = put_files(owner, "/files/big/", args.members, 64, tag=1)
+            password = secrets.token_urlsafe(12)
+            cli(
+                server,
+                args.pg_url,
+                python,
+                "user",
+                "create",
+                GRANTEE,
+                "--password-stdin",
+                stdin=password + "\n",
+            )
+            cli(
+                server,
+                args.pg_url,
+                python,
+                "grant",
+                f"{USER}:/big",
+                "--to",
+                GRANTEE,
+                "--rights",
+                "read,download",
+            )
+            cli(
+                server,
+                args.pg_url,
+                python,
+                "grant",
+                f"{USER}:/big/f00001.bin",
+                "--to",
+                GRANTEE,
+                "--rights",
+                "download",
+            )
+            grantee = server.client()
+            grantee.auth = {
+                "Authorization": "Basic "
+                + base64.b64encode(f"{GRANTEE}:{password}".encode()).decode()
+            }
+            views = {"owner": (owner, "/files/big/"), "grantee": (grantee, f"/shared/{USER}/big/")}
+            times: dict[str, list[float]] = {name: [] for name in views}
+            queries: dict[str, int | None] = {}
+            for r in range(args.rounds + 1):  # the first round warms up
+                for name, (client, path) in views.items():
+                    elapsed, body, count = propfind(client, path)
+                    if count_responses(body) != args.members + 1:
+                        raise RuntimeError(f"{name} saw {count_responses(body)} responses")
+                    if r:
+                        times[name].append(elapsed * 1000)
+                        queries[name] = count
+        finally:
+            server.stop()
+            if server.db_name:
+                pg_drop_db(args.pg_url, server.db_name)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    if args.json:
+        print(json.dumps({"ms": times, "queries": queries, "members": args.members}, indent=2))
+        return 0
+    print(f"PROPFIND Depth 1 of a {args.members}-member folder, {args.db}, {args.rounds} rounds")
+    print(f"  (filled with {args.members} PUTs in {seconds:.1f} s)")
+    for name, values in times.items():
+        print(
+            f"  {name:8s} {medians[name]:8.1f} ms  [{min(values):.1f}-{max(values):.1f}]"
+            f"  {queries[name]} SQL statements"
+        )
+    print(f"  grantee/owner time: {medians['grantee'] / medians['owner']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

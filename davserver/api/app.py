@@ -1,0 +1,267 @@
+"""The JSON API's routes. Requests and responses are JSON objects; errors are
+``{"error": code, "message": text}`` with the matching status.
+
+    POST   /api/v1/token            {username, password} -> access and refresh token
+    POST   /api/v1/token/refresh    {refresh_token}      -> a new pair (each refresh token once)
+    POST   /api/v1/token/revoke     {token}              -> revoke a refresh or access token
+    GET    /api/v1/me                                     -> who am I
+    GET    /api/v1/sessions                               -> my open sessions
+    DELETE /api/v1/sessions/<id>                          -> end one (its tokens stop working)
+    GET    /api/v1/keys                                   -> my API keys
+    POST   /api/v1/keys             {name, scope?, expires_days?} -> a new key, shown once
+    DELETE /api/v1/keys/<id>                              -> revoke one
+    GET    /api/v1/grants?path=/files/docs                -> the grants on an item
+    POST   /api/v1/grants   {path, user | group, rights, expires_days?} -> grant (or replace)
+    DELETE /api/v1/grants?path=...&user=bob (or &group=team) -> revoke
+
+Everything but the token endpoints needs credentials (Basic, an API key or a Bearer token);
+a read-only API key may only read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from davserver.api.errors import status_of
+from davserver.context import Services
+from davserver.errors import (
+    BadRequest,
+    DomainError,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
+from davserver.jsonsafe import plain
+from davserver.services.actor import Actor
+from davserver.services.namespace import Reached
+from davserver.services.permissions import Perm
+
+PREFIX = "/api/v1"
+Identify = Callable[[dict[str, Any]], Actor]
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    412: "Precondition Failed",
+    415: "Unsupported Media Type",
+    423: "Locked",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    507: "Insufficient Storage",
+}
+
+
+class ApiApp:
+    def __init__(
+        self, services: Services, identify: Identify, challenges: list[tuple[str, str]]
+    ) -> None:
+        self.services = services
+        self.identify = identify
+        self.challenges = challenges
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        parts = [p for p in environ.get("PATH_INFO", "")[len(PREFIX) :].split("/") if p]
+        try:
+            status, body = self._route(method, parts, environ)
+        except DomainError as exc:
+            return self._error(start_response, exc)
+        return _json(start_response, status, body)
+
+    def _route(self, method: str, parts: list[str], environ: dict[str, Any]) -> tuple[int, Any]:
+        client = {
+            "remote_addr": environ.get("REMOTE_ADDR"),
+            "user_agent": environ.get("HTTP_USER_AGENT"),
+        }
+        tokens = self.services.tokens
+        match method, parts:
+            case "POST", ["token"]:
+                body = _body(environ)
+                if body.get("grant_type") == "refresh_token":
+                    return 200, tokens.refresh(_text(body, "refresh_token"), **client).as_json()
+                pair = tokens.login(_text(body, "username"), _text(body, "password"), **client)
+                return 200, pair.as_json()
+            case "POST", ["token", "refresh"]:
+                body = _body(environ)
+                return 200, tokens.refresh(_text(body, "refresh_token"), **client).as_json()
+            case "POST", ["token", "revoke"]:
+                tokens.revoke(_text(_body(environ), "token"))
+                return 200, {"revoked": True}
+        actor = self.identify(environ)
+        if method not in ("GET", "HEAD") and actor.read_only:
+            raise Forbidden("this API key is read-only")
+        match method, parts:
+            case "GET", ["me"]:
+                return 200, self._me(actor)
+            case "GET", ["sessions"]:
+                sessions = self.services.sessions.list(actor.user_id)
+                for item in sessions:
+                    item["current"] = item["id"] == actor.session_id
+                return 200, {"sessions": plain(sessions)}
+            case "DELETE", ["sessions", session_id]:
+                self.services.sessions.end(actor, _uuid(session_id))
+                return 204, None
+            case "GET", ["keys"]:
+                keys = self.services.api_keys.list_keys(actor.user_id, actor=actor)
+                return 200, {"keys": [plain(k.as_dict()) for k in keys]}
+            case "POST", ["keys"]:
+                return 201, self._create_key(actor, _body(environ))
+            case "DELETE", ["keys", key]:
+                self.services.api_keys.revoke(actor, actor.user_id, key)
+                return 204, None
+            case "GET", ["grants"]:
+                target = self._reach(actor, _query(environ).get("path", ""))
+                grants = self.services.sharing.grants_on(target.view)
+                return 200, {"grants": [plain(g.as_dict()) for g in grants]}
+            case "POST", ["grants"]:
+                return 201, self._grant(actor, _body(environ))
+            case "DELETE", ["grants"]:
+                query = _query(environ)
+                target = self._reach(actor, query.get("path", ""))
+                self.services.sharing.revoke_grantee(
+                    actor,
+                    target.view,
+                    target.rights,
+                    user=query.get("user"),
+                    group=query.get("group"),
+                )
+                return 204, None
+        raise NotFound(f"no API endpoint {method} {PREFIX}/{'/'.join(parts)}")
+
+    def _me(self, actor: Actor) -> dict[str, Any]:
+        return plain(
+            {
+                "id": actor.user_id,
+                "username": actor.username,
+                "roles": sorted(actor.roles),
+                "auth_method": actor.auth_method,
+                "read_only": actor.read_only,
+                "session_id": actor.session_id,
+            }
+        )
+
+    def _create_key(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
+        days = body.get("expires_days")
+        if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 1):
+            raise BadRequest("expires_days is a whole number of days, at least 1")
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=days) if days else None
+        scope = body.get("scope", "readwrite")
+        if not isinstance(scope, str):
+            raise BadRequest("scope is read or readwrite")
+        info, key = self.services.api_keys.create(
+            actor, actor.user_id, _text(body, "name"), scope=scope, expires_at=expires
+        )
+        return {**plain(info.as_dict()), "key": key}
+
+    def _reach(self, actor: Actor, path: str) -> Reached:
+        """The item at a path of the user's namespace (``/files/...``, ``/groups/...``,
+        ``/shared/...``); NotFound unless it is a file or folder the user may read."""
+        namespace = self.services.namespace
+        found = namespace.resolve(namespace.context(actor), [p for p in path.split("/") if p])
+        if not isinstance(found, Reached):
+            raise NotFound(f"no item {path!r}")
+        return found
+
+    def _grant(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
+        target = self._reach(actor, _text(body, "path"))
+        rights = body.get("rights")
+        if not isinstance(rights, list) or not all(isinstance(r, str) for r in rights):
+            raise BadRequest('rights is a list such as ["read", "download"]')
+        try:
+            wanted = Perm.parse(rights)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        days = body.get("expires_days")
+        if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 1):
+            raise BadRequest("expires_days is a whole number of days, at least 1")
+        user, group = body.get("user"), body.get("group")
+        if not isinstance(user, str | None) or not isinstance(group, str | None):
+            raise BadRequest("user and group are names")
+        info = self.services.sharing.grant(
+            actor,
+            target.view,
+            target.rights,
+            user=user,
+            group=group,
+            rights=wanted,
+            expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=days) if days else None,
+        )
+        return plain(info.as_dict())
+
+    def _error(self, start_response: Any, exc: DomainError) -> list[bytes]:
+        status, code = status_of(exc)
+        headers: list[tuple[str, str]] = []
+        if isinstance(exc, Unauthorized):
+            headers = list(self.challenges)
+        elif isinstance(exc, TooManyRequests):
+            headers = [("Retry-After", str(exc.retry_after))]
+        return _json(start_response, status, {"error": code, "message": str(exc)}, headers)
+
+
+def _json(
+    start_response: Any,
+    status: int,
+    body: Any,
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    data = b"" if status == 204 else json.dumps(body).encode() + b"\n"
+    response_headers = [*(headers or []), ("Cache-Control", "no-store")]
+    if status != 204:
+        response_headers += [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(data))),
+        ]
+    start_response(f"{status} {_REASONS.get(status, 'Error')}", response_headers)
+    return [data]
+
+
+def _body(environ: dict[str, Any]) -> dict[str, Any]:
+    """The request's JSON object (or form fields); BadRequest when it is neither."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BadRequest("invalid Content-Length") from None
+    raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        from urllib.parse import parse_qsl
+
+        return dict(parse_qsl(raw.decode("utf-8", "replace")))
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _query(environ: dict[str, Any]) -> dict[str, str]:
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(environ.get("QUERY_STRING", "")))
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{name} is required (a string)")
+    return value
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise NotFound("no such item") from None

@@ -1,0 +1,176 @@
+"""``davserver gc`` and ``davserver fsck``: upkeep of the blob store.
+
+Both print a progress line on stderr about once a second on long runs (``--quiet`` for none),
+a summary on stdout (``--json`` for scripts), and exit with status 1 when something is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from typing import Any
+
+from davserver.commands.common import add_json_flag, emit_item, open_services
+from davserver.services.maintenance import FsckReport, MaintenanceService, Progress
+
+_PROGRESS_EVERY = 1.0  # seconds between progress lines
+
+
+def register(commands: Any) -> None:
+    gc = commands.add_parser(
+        "gc",
+        help="remove blobs that no version, image variant or package uses",
+        description="Remove blob rows and files that nothing references, files without a row "
+        "and upload leftovers, all older than the grace period. Safe while the server runs.",
+    )
+    gc.add_argument(
+        "--dry-run", action="store_true", help="count what would be removed; remove nothing"
+    )
+    gc.add_argument(
+        "--grace",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="leave anything younger alone (default: maintenance.gc_grace_seconds); "
+        "0 also takes the temp files of uploads in progress, so only with the server stopped",
+    )
+    gc.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_json_flag(gc)
+    gc.set_defaults(func=cmd_gc)
+
+    fsck = commands.add_parser(
+        "fsck",
+        help="re-hash blobs; report missing, corrupt and orphan files",
+        description="Re-hash every blob (SHA-256, size, CRC-32) against its row, then list "
+        "files in the store that have no row. Reports only; changes nothing.",
+    )
+    fsck.add_argument(
+        "--sample",
+        type=_positive,
+        metavar="N",
+        help="check N blobs picked at random (skips the orphan scan)",
+    )
+    fsck.add_argument(
+        "--since",
+        type=_timestamp,
+        metavar="TIME",
+        help="check blobs created at or after TIME, ISO 8601, UTC unless it has a zone "
+        "(skips the orphan scan)",
+    )
+    fsck.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_json_flag(fsck)
+    fsck.set_defaults(func=cmd_fsck)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    with open_services(args) as services:
+        grace = args.grace
+        if grace is None:
+            grace = services.settings.maintenance.gc_grace_seconds
+        report = MaintenanceService(services.db, services.blobs).collect_garbage(
+            grace=dt.timedelta(seconds=grace),
+            dry_run=args.dry_run,
+            progress=None if args.quiet else _ProgressLine("gc"),
+        )
+    if args.json:
+        emit_item(args, report.as_dict())
+    else:
+        emit_item(
+            args,
+            {
+                "dry run": report.dry_run,
+                "blobs removed": f"{report.blobs_removed} ({_size(report.bytes_removed)})",
+                "rows without a file": report.blobs_without_file,
+                "orphan files removed": f"{report.orphan_files_removed} "
+                f"({_size(report.orphan_bytes_removed)})",
+                "temp files removed": f"{report.temp_files_removed} "
+                f"({_size(report.temp_bytes_removed)})",
+                "seconds": report.seconds,
+            },
+        )
+    for error in report.errors:
+        print(f"davserver gc: {error}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    with open_services(args) as services:
+        report = MaintenanceService(services.db, services.blobs).check(
+            sample=args.sample,
+            since=args.since,
+            progress=None if args.quiet else _ProgressLine("fsck"),
+        )
+    if args.json:
+        emit_item(args, report.as_dict())
+    else:
+        _print_fsck(report)
+    return 0 if report.ok else 1
+
+
+def _print_fsck(report: FsckReport) -> None:
+    for problem in report.problems:
+        print(f"{problem.kind:<10} {problem.storage_key}  {problem.detail}")
+    if report.problems_truncated:
+        print(f"... and more: {sum(report.counts.values())} problems in all")
+    found = ", ".join(f"{n} {kind}" for kind, n in sorted(report.counts.items())) or "none"
+    scanned = f", {report.files_scanned} files scanned" if report.orphan_scan else ""
+    print(
+        f"checked {report.blobs_checked} blobs ({_size(report.bytes_checked)}){scanned} "
+        f"in {report.seconds}s; problems: {found}"
+    )
+
+
+class _ProgressLine:
+    """Prints the newest progress to stderr at most once per ``_PROGRESS_EVERY`` seconds, so
+    short runs print nothing."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.last = time.monotonic()
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if now - self.last < _PROGRESS_EVERY:
+            return
+        self.last = now
+        count = f"{progress.done}" + (f"/{progress.total}" if progress.total is not None else "")
+        line = f"{self.command}: {progress.phase} {count}"
+        if progress.bytes_total:
+            share = 100 * progress.bytes_done / progress.bytes_total
+            line += f", {_size(progress.bytes_done)} of {_size(progress.bytes_total)}"
+            line += f" ({share:.0f}%)"
+        elif progress.bytes_done:
+            line += f", {_size(progress.bytes_done)}"
+        print(line, file=sys.stderr, flush=True)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _timestamp(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

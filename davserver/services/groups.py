@@ -1,0 +1,301 @@
+"""Group administration: groups, their members, and which members are group admins.
+
+Group names follow the username rules (``davserver.services.users.check_name``): they are the
+``<group>`` of ``/groups/<group>/``. Each change is one transaction with its logbook row.
+
+Deleting a group removes its memberships and grants with it, and its space's root folder; a
+group whose space still holds items (trash included) is not deleted, because its files would
+go with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from davserver.db import Database
+from davserver.errors import AlreadyExists, Conflict, NotFound
+from davserver.models import Group, GroupMember, Node, Op, User
+from davserver.services.account_rules import (
+    UserStatus,
+    audit_details,
+    check_name,
+    find_live_user,
+    find_user,
+    require_admin,
+    serialize_account_changes,
+    user_status,
+)
+from davserver.services.actor import Actor
+from davserver.services.audit import record_audit
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    id: uuid.UUID
+    name: str
+    description: str
+    members: int
+    created_at: dt.datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class GroupMemberInfo:
+    username: str
+    is_admin: bool
+    status: UserStatus
+    added_at: dt.datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class GroupDetail(GroupInfo):
+    created_by: str | None
+    member_list: list[GroupMemberInfo]
+
+
+def find_group(session: Session, name: str) -> Group:
+    """The group of that name (the exact spelling wins over other cases); NotFound if none."""
+    found = session.scalars(sa.select(Group).where(sa.func.lower(Group.name) == name.lower())).all()
+    for group in found:
+        if group.name == name:
+            return group
+    if not found:
+        raise NotFound(f"no group {name!r}")
+    if len(found) > 1:
+        raise Conflict(f"several groups are called {name!r} ignoring case; give the exact name")
+    return found[0]
+
+
+class GroupAdminService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -------------------------------------------------------------------------- reads
+
+    def list_groups(self) -> list[GroupInfo]:
+        """Every group, sorted by name, with its number of members."""
+        members = (
+            sa.select(GroupMember.group_id, sa.func.count().label("n"))
+            .group_by(GroupMember.group_id)
+            .subquery()
+        )
+        query = (
+            sa.select(Group, sa.func.coalesce(members.c.n, 0))
+            .outerjoin(members, members.c.group_id == Group.id)
+            .order_by(sa.func.lower(Group.name))
+        )
+        with self.db.read() as session:
+            return [_group_info(group, count) for group, count in session.execute(query)]
+
+    def show_group(self, name: str) -> GroupDetail:
+        """One group with its members (admins first, then by name); NotFound if none."""
+        with self.db.read() as session:
+            group = find_group(session, name)
+            rows = session.execute(
+                sa.select(User, GroupMember.is_admin, GroupMember.added_at)
+                .join(GroupMember, GroupMember.user_id == User.id)
+                .where(GroupMember.group_id == group.id)
+                .order_by(GroupMember.is_admin.desc(), sa.func.lower(User.username))
+            ).all()
+            creator = (
+                session.scalar(sa.select(User.username).where(User.id == group.created_by))
+                if group.created_by
+                else None
+            )
+            # Views are built inside: the read transaction's end expires the rows.
+            info = _group_info(group, len(rows))
+            return GroupDetail(
+                **{f.name: getattr(info, f.name) for f in dataclasses.fields(GroupInfo)},
+                created_by=creator,
+                member_list=[
+                    GroupMemberInfo(
+                        username=user.username,
+                        is_admin=is_admin,
+                        status=user_status(user),
+                        added_at=added_at,
+                    )
+                    for user, is_admin, added_at in rows
+                ],
+            )
+
+    # -------------------------------------------------------------------------- changes
+
+    def create_group(self, actor: Actor | None, name: str, *, description: str = "") -> GroupInfo:
+        """A new, empty group; AlreadyExists when the name is taken (ignoring case)."""
+        require_admin(actor)
+        check_name(name, "group name")
+        with self.db.write() as session:
+            serialize_account_changes(session)
+            taken = session.scalar(
+                sa.select(Group.id).where(sa.func.lower(Group.name) == name.lower()).limit(1)
+            )
+            if taken is not None:
+                raise AlreadyExists(f"the group name {name!r} is taken")
+            group = Group(
+                name=name,
+                description=description,
+                created_by=actor.user_id if actor is not None else None,
+            )
+            session.add(group)
+            session.flush()
+            record_audit(
+                session,
+                actor,
+                Op.GROUP_CREATE,
+                details=audit_details(
+                    actor,
+                    None,
+                    {"description": description},
+                    group=name,
+                    group_id=str(group.id),
+                ),
+            )
+            return _group_info(group, 0)
+
+    def delete_group(self, actor: Actor | None, name: str) -> None:
+        """Delete a group, its memberships and grants; Conflict while its space holds items."""
+        require_admin(actor)
+        with self.db.write() as session:
+            serialize_account_changes(session)
+            group = find_group(session, name)
+            items = session.scalar(
+                sa.select(sa.func.count())
+                .select_from(Node)
+                .where(Node.group_id == group.id, Node.parent_id.is_not(None))
+            )
+            if items:
+                raise Conflict(
+                    f"group {group.name!r} still has {items} item(s) in /groups/{group.name}/ "
+                    "(trash included); move or purge them first"
+                )
+            members = [
+                {"user": username, "is_admin": is_admin}
+                for username, is_admin in session.execute(
+                    sa.select(User.username, GroupMember.is_admin)
+                    .join(GroupMember, GroupMember.user_id == User.id)
+                    .where(GroupMember.group_id == group.id)
+                    .order_by(User.username)
+                )
+            ]
+            before = {"description": group.description, "members": members}
+            record_audit(
+                session,
+                actor,
+                Op.GROUP_DELETE,
+                details=audit_details(
+                    actor, before, None, group=group.name, group_id=str(group.id)
+                ),
+            )
+            # Memberships, grants and the empty root folder go by ON DELETE CASCADE.
+            session.execute(sa.delete(Group).where(Group.id == group.id))
+
+    def add_member(
+        self, actor: Actor | None, group_name: str, username: str, *, admin: bool = False
+    ) -> GroupMemberInfo:
+        """Add a user (not deleted) to a group, as group admin if ``admin``."""
+        require_admin(actor)
+        with self.db.write() as session:
+            serialize_account_changes(session)
+            group = find_group(session, group_name)
+            user = find_live_user(session, username)
+            if session.get(GroupMember, (group.id, user.id)) is not None:
+                raise AlreadyExists(f"{user.username!r} is already a member of {group.name!r}")
+            member = GroupMember(group_id=group.id, user_id=user.id, is_admin=admin)
+            session.add(member)
+            session.flush()
+            record_audit(
+                session,
+                actor,
+                Op.GROUP_MEMBER_ADD,
+                details=audit_details(
+                    actor,
+                    None,
+                    {"is_admin": admin},
+                    group=group.name,
+                    group_id=str(group.id),
+                    user=user.username,
+                    user_id=str(user.id),
+                ),
+            )
+            return GroupMemberInfo(user.username, admin, user_status(user), member.added_at)
+
+    def remove_member(self, actor: Actor | None, group_name: str, username: str) -> None:
+        """Take a user out of a group; NotFound when they are not a member."""
+        require_admin(actor)
+        with self.db.write() as session:
+            group, user, member = self._membership(session, group_name, username)
+            record_audit(
+                session,
+                actor,
+                Op.GROUP_MEMBER_REMOVE,
+                details=audit_details(
+                    actor,
+                    {"is_admin": member.is_admin},
+                    None,
+                    group=group.name,
+                    group_id=str(group.id),
+                    user=user.username,
+                    user_id=str(user.id),
+                ),
+            )
+            session.delete(member)
+
+    def set_group_admin(
+        self, actor: Actor | None, group_name: str, username: str, *, admin: bool = True
+    ) -> GroupMemberInfo:
+        """Make a member a group admin (or, ``admin=False``, an ordinary member again)."""
+        require_admin(actor)
+        with self.db.write() as session:
+            group, user, member = self._membership(session, group_name, username)
+            if member.is_admin == admin:
+                state = "an admin" if admin else "not an admin"
+                raise Conflict(f"{user.username!r} is already {state} of {group.name!r}")
+            member.is_admin = admin
+            session.flush()
+            record_audit(
+                session,
+                actor,
+                Op.GROUP_ADMIN_SET,
+                details=audit_details(
+                    actor,
+                    {"is_admin": not admin},
+                    {"is_admin": admin},
+                    group=group.name,
+                    group_id=str(group.id),
+                    user=user.username,
+                    user_id=str(user.id),
+                ),
+            )
+            return GroupMemberInfo(user.username, admin, user_status(user), member.added_at)
+
+    def _membership(
+        self, session: Session, group_name: str, username: str
+    ) -> tuple[Group, User, GroupMember]:
+        group = find_group(session, group_name)
+        user = find_user(session, username)  # deleted users may still leave groups
+        member = session.get(GroupMember, (group.id, user.id))
+        if member is None:
+            raise NotFound(f"{user.username!r} is not a member of {group.name!r}")
+        return group, user, member
+
+
+def _group_info(group: Group, members: int) -> GroupInfo:
+    return GroupInfo(
+        id=group.id,
+        name=group.name,
+        description=group.description,
+        members=int(members),
+        created_at=group.created_at,
+    )

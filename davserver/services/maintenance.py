@@ -1,0 +1,517 @@
+"""Blob store upkeep: ``collect_garbage`` removes blobs nothing references, ``check`` re-hashes.
+
+gc against a racing upload
+--------------------------
+An upload writes its bytes first (``BlobWriter.finish``: linked into place, or found there
+already) and records them later, in one transaction that upserts the blob row and inserts the
+version. gc may run at any moment in between. Two rules keep a committed version from ever
+pointing at removed bytes:
+
+1. gc deletes blob rows with one ``DELETE ... WHERE id IN (candidates) AND nothing references
+   it RETURNING ...``, so the "unreferenced" test and the delete cannot be separated, and it
+   moves each deleted row's file aside before that transaction commits. After the commit the
+   set-aside files are deleted; after a rollback they are put back.
+2. An upload keeps its own copy of the bytes (the writer's spare) until its transaction has
+   ended, and inside it, after writing the version, calls ``BlobStore.ensure_stored``: if the
+   file is missing, the spare is linked back into place.
+
+The engines order the two transactions. SQLite: write transactions start with BEGIN IMMEDIATE,
+so gc's (delete, move aside) and an upload's (upsert, version, ensure) never interleave, and
+whichever runs second sees the other's effect. PostgreSQL: inserting the version takes a KEY
+SHARE lock on the blob row (the foreign key check). If gc's DELETE came first, the insert waits
+for gc and then fails, the row being gone; the upload retries, inserts the row again, and
+``ensure_stored`` re-places the file gc moved away before it committed. If the insert came
+first, gc's DELETE waits for the upload and then fails its own foreign key check; gc retries
+the batch and the re-check now sees the version. Either way ``ensure_stored`` runs while the
+upload holds the row (on SQLite, the write lock), so gc cannot remove the file after it has
+looked. Image variants and package archives reference blobs under the same rule 2.
+
+Files with no row at all (left by uploads whose transaction failed, such as a quota refusal)
+go the same way: gc first inserts a row for their SHA-256 (ON CONFLICT DO NOTHING), which makes
+an upload of the same bytes wait for gc's transaction, moves the file aside, deletes the row
+again and commits; the upload then inserts its row and re-places the file from its spare.
+
+The grace period is not what makes this safe. It keeps gc away from what is in the middle of
+being used (upload leftovers, a package being assembled) and gives a mistaken purge time to be
+noticed. A blob's age is its row's created_at; a dedup upload of old bytes does not refresh it,
+which is harmless because that upload's spare covers it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import re
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from davserver.blobstore import BlobFile, MaintainableBlobStore, storage_key_for
+from davserver.db import Base, Database
+from davserver.db.dialect import for_bind, insert_or_ignore
+from davserver.db.types import utcnow
+from davserver.models import Op
+from davserver.services.audit import record_audit
+
+_BATCH = 500  # rows per statement; SQLite allows 32,766 bound parameters
+_RETRIES = 4
+_READ_BLOCK = 1024 * 1024
+_LOGGED_PROBLEMS = 100  # problems copied into the logbook row; the report has them all
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run is: ``done`` of ``total`` items (None: not known) in ``phase``."""
+
+    phase: str
+    done: int
+    total: int | None = None
+    bytes_done: int = 0
+    bytes_total: int | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class GcReport:
+    """What a gc run removed (with ``dry_run``: would remove). Bytes are file sizes."""
+
+    dry_run: bool
+    grace_seconds: int
+    blobs_removed: int = 0
+    bytes_removed: int = 0
+    blobs_without_file: int = 0  # removed rows whose file was already gone
+    orphan_files_removed: int = 0
+    orphan_bytes_removed: int = 0
+    temp_files_removed: int = 0
+    temp_bytes_removed: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class FsckProblem:
+    """One finding: ``kind`` is missing, corrupt, unreadable or orphan."""
+
+    kind: str
+    storage_key: str
+    sha256: str | None
+    detail: str
+
+
+@dataclass
+class FsckReport:
+    blobs_checked: int = 0
+    bytes_checked: int = 0
+    files_scanned: int = 0  # files walked looking for orphans; 0 when that scan was skipped
+    orphan_scan: bool = True
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[FsckProblem] = field(default_factory=list)
+    problems_truncated: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts
+
+    def add(self, problem: FsckProblem, limit: int) -> None:
+        self.counts[problem.kind] = self.counts.get(problem.kind, 0) + 1
+        if len(self.problems) < limit:
+            self.problems.append(problem)
+        else:
+            self.problems_truncated = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+
+class MaintenanceService:
+    def __init__(self, db: Database, blobs: MaintainableBlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    # ---------------------------------------------------------------------- gc
+
+    def collect_garbage(
+        self,
+        *,
+        grace: dt.timedelta,
+        dry_run: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> GcReport:
+        """Remove blobs older than ``grace`` that nothing references: rows with their files,
+        files with no row, and upload leftovers in the temp area. Writes one logbook row.
+
+        Problems with single files (permissions, I/O) are collected in ``errors``; the run goes
+        on with the rest.
+        """
+        started = time.monotonic()
+        cutoff = utcnow() - grace
+        report = GcReport(dry_run=dry_run, grace_seconds=int(grace.total_seconds()))
+        tick = progress or _ignore
+        self._gc_rows(cutoff, report, tick)
+        self._gc_orphans(cutoff.timestamp(), report, tick)
+        self._gc_temp(cutoff.timestamp(), report, tick)
+        report.seconds = round(time.monotonic() - started, 3)
+        details = report.as_dict()
+        details["errors"] = report.errors[:_LOGGED_PROBLEMS]
+        with self.db.write() as session:
+            record_audit(session, None, Op.MAINTENANCE_GC, details=details)
+        return report
+
+    def _gc_rows(self, cutoff: dt.datetime, report: GcReport, tick: ProgressCallback) -> None:
+        after: uuid.UUID | None = None
+        seen = 0
+        while True:
+            with self.db.connect() as conn:
+                rows = conn.execute(
+                    _candidates(after), {"cutoff": cutoff, "after": after, "limit": _BATCH}
+                ).all()
+            if not rows:
+                return
+            after = rows[-1].id
+            seen += len(rows)
+            if report.dry_run:
+                for row in rows:
+                    report.blobs_removed += 1
+                    if self.blobs.exists(row.storage_key):
+                        report.bytes_removed += row.size_bytes
+                    else:
+                        report.blobs_without_file += 1
+            else:
+                self._delete_rows([row.id for row in rows], report)
+            tick(Progress("blobs", seen, None, report.bytes_removed))
+
+    def _delete_rows(self, ids: list[uuid.UUID], report: GcReport) -> None:
+        """Delete the rows of ``ids`` that are still unreferenced, and their files."""
+
+        def remove(session: Session) -> list[str]:
+            return list(session.execute(_DELETE_UNREFERENCED, {"ids": ids}).scalars())
+
+        self._remove_with_files(remove, report, orphans=False)
+
+    def _gc_orphans(self, cutoff: float, report: GcReport, tick: ProgressCallback) -> None:
+        old = (f for f in self.blobs.iter_files() if f.mtime < cutoff and _is_blob_key(f.key))
+        seen = 0
+        for batch in _batched(old, _BATCH):
+            seen += len(batch)
+            self._gc_orphan_batch(batch, report)
+            tick(Progress("orphans", seen, None, report.orphan_bytes_removed))
+
+    def _gc_orphan_batch(self, files: Sequence[BlobFile], report: GcReport) -> None:
+        by_sha = {f.key.rpartition("/")[2]: f for f in files}
+        with self.db.connect() as conn:
+            recorded = set(conn.execute(_KNOWN_SHAS, {"shas": list(by_sha)}).scalars())
+        orphans = [f for sha, f in by_sha.items() if sha not in recorded]
+        if not orphans:
+            return
+        if report.dry_run:
+            report.orphan_files_removed += len(orphans)
+            report.orphan_bytes_removed += sum(f.size for f in orphans)
+            return
+
+        def remove(session: Session) -> list[str]:
+            # Claim each SHA-256 with a row of our own: an upload inserting the same bytes now
+            # waits for this transaction. Where the insert does nothing, a row appeared meanwhile.
+            now = utcnow()
+            claim = for_bind(_INSERT_BLOB, session).values(
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "sha256": f.key.rpartition("/")[2],
+                        "md5": "",
+                        "sha1": "",
+                        "size_bytes": f.size,
+                        "storage_key": f.key,
+                        "created_at": now,
+                    }
+                    for f in orphans
+                ]
+            )
+            claimed = session.execute(claim.returning(_b.c.id, _b.c.storage_key)).all()
+            if claimed:
+                session.execute(_DELETE_IDS, {"ids": [row.id for row in claimed]})
+            return [row.storage_key for row in claimed]
+
+        self._remove_with_files(remove, report, orphans=True)
+
+    def _remove_with_files(
+        self,
+        delete_rows: Callable[[Session], list[str]],
+        report: GcReport,
+        *,
+        orphans: bool,
+    ) -> None:
+        """Run ``delete_rows`` in a write transaction and move the files whose keys it returns
+        aside before the commit; delete them after it, put them back on failure.
+
+        PostgreSQL reports a version that referenced a row meanwhile as a foreign key
+        violation (or, rarely, a deadlock): the batch is tried again and its re-check sees it.
+        """
+        failure: Exception | None = None
+        for _attempt in range(_RETRIES):
+            moved: list[tuple[str, str]] = []
+            missing = 0
+            try:
+                with self.db.write() as session:
+                    removed = delete_rows(session)
+                    for storage_key in removed:
+                        token = self.blobs.set_aside(storage_key)
+                        if token is None:
+                            missing += 1
+                        else:
+                            moved.append((token, storage_key))
+            except (IntegrityError, OperationalError) as exc:
+                self._restore(moved, report)
+                failure = exc
+                continue
+            except OSError as exc:
+                self._restore(moved, report)
+                report.errors.append(f"could not move a blob file aside: {exc}")
+                return
+            except BaseException:
+                self._restore(moved, report)
+                raise
+            freed = 0
+            for token, storage_key in moved:
+                try:
+                    freed += self.blobs.discard(token)
+                except OSError as exc:
+                    report.errors.append(f"could not delete {storage_key} (set aside): {exc}")
+            if orphans:
+                report.orphan_files_removed += len(moved)
+                report.orphan_bytes_removed += freed
+            else:
+                report.blobs_removed += len(removed)
+                report.blobs_without_file += missing
+                report.bytes_removed += freed
+            return
+        first_line = str(failure).splitlines()[0] if failure else ""
+        report.errors.append(f"gave up on a batch after {_RETRIES} attempts: {first_line}")
+
+    def _restore(self, moved: Iterable[tuple[str, str]], report: GcReport) -> None:
+        for token, storage_key in moved:
+            try:
+                self.blobs.restore(token, storage_key)
+            except OSError as exc:
+                report.errors.append(f"could not put {storage_key} back: {exc}")
+
+    def _gc_temp(self, cutoff: float, report: GcReport, tick: ProgressCallback) -> None:
+        for found in self.blobs.iter_temp_files():
+            if found.mtime >= cutoff:
+                continue
+            if not report.dry_run:
+                try:
+                    self.blobs.remove_temp(found.key)
+                except OSError as exc:
+                    report.errors.append(f"could not remove tmp/{found.key}: {exc}")
+                    continue
+            report.temp_files_removed += 1
+            report.temp_bytes_removed += found.size
+        tick(Progress("temp", report.temp_files_removed, report.temp_files_removed))
+
+    # -------------------------------------------------------------------- fsck
+
+    def check(
+        self,
+        *,
+        sample: int | None = None,
+        since: dt.datetime | None = None,
+        progress: ProgressCallback | None = None,
+        max_problems: int = 10_000,
+        orphan_min_age: dt.timedelta = dt.timedelta(minutes=1),
+    ) -> FsckReport:
+        """Re-hash blobs and report any whose file is missing or whose bytes (SHA-256, size,
+        CRC-32) no longer match their row; then report files that have no row.
+
+        ``sample`` checks that many blobs chosen at random, ``since`` only blobs created at or
+        after that time; either skips the orphan scan, which walks the whole store. Files
+        younger than ``orphan_min_age`` are not called orphans: their upload may be
+        committing. At most ``max_problems`` are listed; ``counts`` has them all. Writes one
+        logbook row.
+        """
+        started = time.monotonic()
+        report = FsckReport(orphan_scan=sample is None and since is None)
+        tick = progress or _ignore
+        total, total_bytes = self._totals(sample, since)
+        done_bytes = 0
+        for index, row in enumerate(self._rows_to_check(sample, since), 1):
+
+            def hashing(n: int, before: int = index - 1, base: int = done_bytes) -> None:
+                tick(Progress("hash", before, total, base + n, total_bytes))
+
+            problem = self._verify(row, hashing)
+            done_bytes += row.size_bytes
+            report.blobs_checked = index
+            report.bytes_checked = done_bytes
+            if problem is not None:
+                report.add(problem, max_problems)
+            tick(Progress("hash", index, total, done_bytes, total_bytes))
+        if report.orphan_scan:
+            cutoff = time.time() - orphan_min_age.total_seconds()
+            for problem in self._orphans(report, cutoff, tick):
+                report.add(problem, max_problems)
+        report.seconds = round(time.monotonic() - started, 3)
+        details = report.as_dict()
+        details["problems"] = details["problems"][:_LOGGED_PROBLEMS]
+        details.update(sample=sample, since=since.isoformat() if since else None)
+        with self.db.write() as session:
+            record_audit(session, None, Op.MAINTENANCE_FSCK, details=details)
+        return report
+
+    def _totals(self, sample: int | None, since: dt.datetime | None) -> tuple[int, int]:
+        statement = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(_b.c.size_bytes), 0))
+        if since is not None:
+            statement = statement.where(_b.c.created_at >= since)
+        with self.db.connect() as conn:
+            count, size = conn.execute(statement).one()
+        if sample is not None and sample < count:
+            # The sizes of a random sample are not known up front; estimate them.
+            return sample, int(size * sample / count) if count else 0
+        return int(count), int(size)
+
+    def _rows_to_check(self, sample: int | None, since: dt.datetime | None) -> Iterator[Any]:
+        columns = (_b.c.id, _b.c.sha256, _b.c.storage_key, _b.c.size_bytes, _b.c.crc32)
+        if sample is not None:
+            with self.db.connect() as conn:
+                picked = conn.execute(
+                    sa.select(*columns).order_by(sa.func.random()).limit(sample)
+                ).all()
+            yield from picked
+            return
+        after: uuid.UUID | None = None
+        while True:
+            statement = sa.select(*columns).order_by(_b.c.id).limit(_BATCH)
+            if after is not None:
+                statement = statement.where(_b.c.id > after)
+            if since is not None:
+                statement = statement.where(_b.c.created_at >= since)
+            with self.db.connect() as conn:
+                rows = conn.execute(statement).all()
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1].id
+
+    def _verify(self, row: Any, read: Callable[[int], None]) -> FsckProblem | None:
+        """Hash one blob in fixed-size blocks (``read`` hears the bytes so far after each);
+        the problem with it, if any."""
+        digest = hashlib.sha256()
+        crc = 0
+        size = 0
+        try:
+            with self.blobs.open(row.storage_key) as fh:
+                while block := fh.read(_READ_BLOCK):
+                    digest.update(block)
+                    crc = zlib.crc32(block, crc)
+                    size += len(block)
+                    read(size)
+        except FileNotFoundError:
+            return FsckProblem("missing", row.storage_key, row.sha256, "the file is missing")
+        except OSError as exc:
+            return FsckProblem("unreadable", row.storage_key, row.sha256, str(exc))
+        wrong = []
+        if size != row.size_bytes:
+            wrong.append(f"size {size}, expected {row.size_bytes}")
+        if digest.hexdigest() != row.sha256:
+            wrong.append(f"sha256 {digest.hexdigest()}")
+        if row.crc32 is not None and crc != row.crc32:
+            wrong.append(f"crc32 {crc:08x}, expected {row.crc32:08x}")
+        if wrong:
+            return FsckProblem("corrupt", row.storage_key, row.sha256, "; ".join(wrong))
+        return None
+
+    def _orphans(
+        self, report: FsckReport, cutoff: float, tick: ProgressCallback
+    ) -> Iterator[FsckProblem]:
+        for batch in _batched(self.blobs.iter_files(), _BATCH):
+            report.files_scanned += len(batch)
+            shas = [f.key.rpartition("/")[2] for f in batch]
+            with self.db.connect() as conn:
+                keys = set(
+                    conn.execute(
+                        sa.select(_b.c.storage_key).where(
+                            _b.c.sha256.in_([s for s in shas if _SHA256.fullmatch(s)])
+                        )
+                    ).scalars()
+                )
+            for found in batch:
+                if found.key not in keys and found.mtime < cutoff:
+                    yield FsckProblem("orphan", found.key, None, f"no row ({found.size} bytes)")
+            tick(Progress("orphans", report.files_scanned))
+
+
+def _is_blob_key(key: str) -> bool:
+    """True for files the store itself names (``ab/cd/abcd…``); gc touches nothing else."""
+    sha256 = key.rpartition("/")[2]
+    return bool(_SHA256.fullmatch(sha256)) and key == storage_key_for(sha256)
+
+
+def _ignore(_progress: Progress) -> None:
+    return None
+
+
+def _batched(items: Iterable[BlobFile], size: int) -> Iterator[Sequence[BlobFile]]:
+    batch: list[BlobFile] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+_b = Base.metadata.tables["blobs"]
+_v = Base.metadata.tables["file_versions"]
+_iv = Base.metadata.tables["image_variants"]
+_p = Base.metadata.tables["packages"]
+
+
+def _unreferenced() -> sa.ColumnElement[bool]:
+    """No version, image variant (as result or source) or package archive uses the blob."""
+    return sa.and_(
+        ~sa.exists().where(_v.c.blob_id == _b.c.id),
+        ~sa.exists().where(_iv.c.blob_id == _b.c.id),
+        ~sa.exists().where(_iv.c.source_blob_id == _b.c.id),
+        ~sa.exists().where(_p.c.archive_blob_id == _b.c.id),
+    )
+
+
+def _candidates(after: uuid.UUID | None) -> sa.Select[Any]:
+    statement = (
+        sa.select(_b.c.id, _b.c.storage_key, _b.c.size_bytes)
+        .where(_b.c.created_at < sa.bindparam("cutoff"), _unreferenced())
+        .order_by(_b.c.id)
+        .limit(sa.bindparam("limit"))
+    )
+    if after is not None:
+        statement = statement.where(_b.c.id > sa.bindparam("after", type_=sa.Uuid))
+    return statement
+
+
+_DELETE_UNREFERENCED = (
+    sa.delete(_b)
+    .where(_b.c.id.in_(sa.bindparam("ids", expanding=True)), _unreferenced())
+    .returning(_b.c.storage_key)
+)
+_DELETE_IDS = sa.delete(_b).where(_b.c.id.in_(sa.bindparam("ids", expanding=True)))
+_KNOWN_SHAS = sa.select(_b.c.sha256).where(_b.c.sha256.in_(sa.bindparam("shas", expanding=True)))
+_INSERT_BLOB = insert_or_ignore(_b, "sha256")

@@ -1,0 +1,370 @@
+"""One user's namespace: what ``/files/``, ``/groups/`` and ``/shared/`` hold for them, and the
+effective permissions of every node reached through it.
+
+    /files/...                     the user's own space
+    /groups/<group>/...            a group's space, for its members (admins and moderators: all)
+    /shared/<owner>/<name>/...     the top-most items other users granted to this user or to
+                                   one of their groups, per owner (``@<group>`` for items
+                                   of a group's space)
+
+An ``AccessContext`` is built once per request: the user's groups and the grants that apply to
+them (two queries). From then on the rights of a node follow from its parent's rights and the
+grants on the node itself (rights only add up going down), so listing a folder of any size
+costs no query per member. A node the user may not read is answered as missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import sqlalchemy as sa
+
+from davserver.db import Base, Database
+from davserver.db.types import utcnow
+from davserver.errors import NotFound
+from davserver.services import tree
+from davserver.services.actor import Actor
+from davserver.services.files import FileService
+from davserver.services.permissions import (
+    EVERYTHING,
+    Perm,
+    Principal,
+    SpaceOwner,
+    base_permissions,
+    restrict,
+)
+from davserver.services.tree import NodeView
+
+SPACES = ("files", "groups", "shared")
+# More spaces (the trash, version history, packages) plug in with NamespaceService.add_space: a
+# resolver is given the service, the access context and the names after the space's own, and
+# returns what each prefix is, starting with the space itself (Virtual, Reached, or an item of
+# its own that the provider registers a resource for).
+SpaceResolver = Callable[["NamespaceService", "AccessContext", list[str]], list[Any]]
+
+
+class AccessContext:
+    """The user's groups and applicable grants, loaded on first need.
+
+    In the user's own space (and for admins) nothing can add to the rights they already have,
+    so a request there never loads them.
+    """
+
+    def __init__(
+        self,
+        actor: Actor,
+        now: dt.datetime,
+        load: Callable[[], tuple[dict[uuid.UUID, tuple[str, bool]], dict[uuid.UUID, Perm]]],
+    ) -> None:
+        self.actor = actor
+        self.now = now
+        self._load = load
+        self._alone = Principal(actor.user_id, actor.roles, {}, actor.read_only)
+        # The most this user may ever hold (roles and key scope cap it); nothing adds to it.
+        self.ceiling = restrict(self._alone, EVERYTHING)
+        self._shared: dict[str, dict[str, uuid.UUID]] | None = None
+
+    @cached_property
+    def _loaded(self) -> tuple[dict[uuid.UUID, tuple[str, bool]], dict[uuid.UUID, Perm]]:
+        return self._load()
+
+    @property
+    def groups(self) -> dict[uuid.UUID, tuple[str, bool]]:
+        """group id -> (name, is group admin), for the user's own groups."""
+        return self._loaded[0]
+
+    @property
+    def grants(self) -> dict[uuid.UUID, Perm]:
+        """node id -> the raw rights granted on it to the user or their groups (unexpired)."""
+        return self._loaded[1]
+
+    @cached_property
+    def principal(self) -> Principal:
+        groups = {gid: admin for gid, (_, admin) in self.groups.items()}
+        return Principal(self.actor.user_id, self.actor.roles, groups, self.actor.read_only)
+
+    def top(self, view: NodeView) -> Perm:
+        """Rights on a node reached from the top of a space or a share (no ancestor known)."""
+        space = SpaceOwner(view.owner_id, view.group_id)
+        if base_permissions(self._alone, space) == EVERYTHING:
+            return self.ceiling
+        rights = base_permissions(self.principal, space) | self.grants.get(view.id, Perm.NONE)
+        return restrict(self.principal, rights)
+
+    def below(self, parent_rights: Perm, child: NodeView) -> Perm:
+        """Rights on a child: its parent's, plus what is granted on the child itself."""
+        if parent_rights == self.ceiling:
+            return parent_rights
+        extra = self.grants.get(child.id)
+        return parent_rights if extra is None else restrict(self.principal, parent_rights | extra)
+
+
+@dataclass(frozen=True)
+class Virtual:
+    """A read-only folder that only lists names: ``/``, ``/groups/``, ``/shared/``, an owner."""
+
+    names: list[str]
+
+
+@dataclass(frozen=True)
+class Reached:
+    """A node reached through the namespace, with the user's rights on it."""
+
+    view: NodeView
+    rights: Perm
+
+
+class NamespaceService:
+    def __init__(self, db: Database, files: FileService) -> None:
+        self.db = db
+        self.files = files
+        self._extra: dict[str, SpaceResolver] = {}
+
+    def add_space(self, name: str, resolver: SpaceResolver) -> None:
+        """Serve ``/<name>/...`` through ``resolver`` (see ``SpaceResolver``)."""
+        self._extra[name] = resolver
+
+    @property
+    def spaces(self) -> list[str]:
+        """What ``/`` lists."""
+        return [*SPACES, *self._extra]
+
+    def context(self, actor: Actor) -> AccessContext:
+        """The access context of one request; its groups and grants are read on first need."""
+        now = utcnow()
+
+        def load() -> tuple[dict[uuid.UUID, tuple[str, bool]], dict[uuid.UUID, Perm]]:
+            with self.db.connect() as conn:
+                groups = {
+                    row.id: (row.name, bool(row.is_admin))
+                    for row in conn.execute(_MY_GROUPS, {"user_id": actor.user_id})
+                }
+                grants: dict[uuid.UUID, Perm] = defaultdict(lambda: Perm.NONE)
+                for row in conn.execute(
+                    _MY_GRANTS, {"user_id": actor.user_id, "groups": list(groups), "now": now}
+                ):
+                    grants[row.node_id] |= _rights(row)
+            return groups, dict(grants)
+
+        return AccessContext(actor, now, load)
+
+    # -- resolving paths
+
+    def resolve(self, ctx: AccessContext, parts: Sequence[str]) -> Any:
+        """What a path (split into names) is for this user: Virtual, Reached, an item of an
+        added space, or None when missing or unreadable."""
+        if not parts:
+            return Virtual(self.spaces)
+        return self.resolve_prefixes(ctx, parts)[-1]
+
+    def resolve_prefixes(self, ctx: AccessContext, parts: Sequence[str]) -> list[Any]:
+        """``resolve`` of every prefix of ``parts`` (``parts[:1]`` .. ``parts``), in one go:
+        WebDAV asks for a path's parent right after the path."""
+        found: list[Any] = []
+        space, rest = parts[0], list(parts[1:])
+        if space in self._extra:
+            found = list(self._extra[space](self, ctx, rest))
+        elif space == "files":
+            found = self.descend(ctx, self.files.home_id(ctx.actor.user_id), rest)
+        elif space == "groups":
+            groups = self.visible_groups(ctx)
+            found = [Virtual(sorted(groups))]
+            if rest and rest[0] in groups:
+                root = self.files.group_root_id(groups[rest[0]], ctx.actor.user_id)
+                found += self.descend(ctx, root, rest[1:])
+        elif space == "shared":
+            shared = self.shared(ctx)
+            found = [Virtual(sorted(shared))]
+            entries = shared.get(rest[0]) if rest else None
+            if entries is not None:
+                found.append(Virtual(sorted(entries)))
+                if len(rest) > 1 and rest[1] in entries:
+                    found += self.descend(ctx, entries[rest[1]], rest[2:])
+        found = found[: len(parts)]
+        return found + [None] * (len(parts) - len(found))
+
+    def descend(
+        self, ctx: AccessContext, start_id: uuid.UUID, rest: list[str]
+    ) -> list[Virtual | Reached | None]:
+        """The node ``start_id`` and those at each prefix of ``rest`` below it, with their
+        rights summed along the way; stops at the first missing or unreadable one."""
+        with self.db.connect() as conn:
+            start = tree.get_node(conn, start_id)
+            chain = tree.resolve_chain(conn, start_id, rest) if rest else []
+        if start is None:
+            return []
+        rights = ctx.top(start)
+        found: list[Virtual | Reached | None] = []
+        for view in [start, *chain]:
+            if view is None:
+                break
+            if view is not start:
+                rights = ctx.below(rights, view)
+            if not rights & Perm.READ:
+                break
+            found.append(Reached(view, rights))
+        return found
+
+    def children(self, ctx: AccessContext, parent: Reached) -> list[Reached]:
+        """The readable children of a folder, each with its rights (one query)."""
+        members = self.files.children(parent.view.id)
+        out = []
+        for child in members:
+            rights = ctx.below(parent.rights, child)
+            if rights & Perm.READ:
+                out.append(Reached(child, rights))
+        return out
+
+    def locate(self, space: str, path: str) -> NodeView:
+        """The node at ``path`` in ``space``: a username for their home, ``@group`` for a
+        group's space. For administration (the command line), no rights involved."""
+        parts = [p for p in path.split("/") if p]
+        with self.db.connect() as conn:
+            if space.startswith("@"):
+                group_id = conn.execute(
+                    sa.select(_groups.c.id).where(_groups.c.name == space[1:])
+                ).scalar()
+                root_id = conn.execute(
+                    sa.select(_n.c.id).where(_n.c.group_id == group_id, _n.c.parent_id.is_(None))
+                ).scalar()
+                if group_id is None or root_id is None:
+                    raise NotFound(f"no group space {space!r} (or it holds nothing yet)")
+            else:
+                user_id = conn.execute(
+                    sa.select(_users.c.id).where(
+                        _users.c.username == space, _users.c.deleted_at.is_(None)
+                    )
+                ).scalar()
+                if user_id is None:
+                    raise NotFound(f"no user {space!r}")
+                root_id = self.files.home_id(user_id)
+            found = tree.resolve(conn, root_id, parts)
+        if found is None:
+            raise NotFound(f"nothing at {space}:{path}")
+        return found
+
+    # -- the virtual folders
+
+    def visible_groups(self, ctx: AccessContext) -> dict[str, uuid.UUID]:
+        """{name: id} of the groups whose space the user sees: their own, or all for admins
+        and moderators."""
+        if ctx.actor.is_admin or "moderator" in ctx.actor.roles:
+            with self.db.connect() as conn:
+                return {row.name: row.id for row in conn.execute(_ALL_GROUPS)}
+        return {name: gid for gid, (name, _) in ctx.groups.items()}
+
+    def shared(self, ctx: AccessContext) -> dict[str, dict[str, uuid.UUID]]:
+        """{owner username or @group: {entry name: node id}}: the top-most live nodes granted to the
+        user, other than their own. Two entries of one owner with the same name are told
+        apart as ``name (2)``."""
+        if ctx._shared is not None:
+            return ctx._shared
+        granted = [nid for nid, rights in ctx.grants.items() if rights]
+        result: dict[str, dict[str, uuid.UUID]] = {}
+        if granted:
+            with self.db.connect() as conn:
+                rows = conn.execute(_ANCESTRY, {"ids": granted}).all()
+                chains: dict[
+                    uuid.UUID, list[sa.Row[tuple[uuid.UUID, uuid.UUID, dt.datetime | None]]]
+                ] = defaultdict(list)
+                for row in rows:
+                    chains[row.start_id].append(row)
+                tops = [
+                    start
+                    for start, chain in chains.items()
+                    if all(r.deleted_at is None for r in chain)
+                    and not any(r.node_id in ctx.grants and r.node_id != start for r in chain)
+                ]
+                entries = conn.execute(_ENTRIES, {"ids": tops}).all() if tops else []
+            for row in sorted(entries, key=lambda r: (r.username, r.name, str(r.id))):
+                if row.owner_id == ctx.actor.user_id and row.group_id is None:
+                    continue  # the user's own files are in /files/
+                # A group's items are listed under @group, not under the member who happened
+                # to create the group's space.
+                owner = row.username if row.group_id is None else f"@{row.group_name}"
+                names = result.setdefault(owner, {})
+                name, n = row.name, 1
+                while name in names:
+                    n += 1
+                    name = f"{row.name} ({n})"
+                names[name] = row.id
+        ctx._shared = result
+        return result
+
+
+def _rights(row: Any) -> Perm:
+    rights = Perm.NONE
+    for flag, perm in (
+        (row.can_read, Perm.READ),
+        (row.can_download, Perm.DOWNLOAD),
+        (row.can_write, Perm.WRITE),
+        (row.can_share, Perm.SHARE),
+    ):
+        if flag:
+            rights |= perm
+    return rights
+
+
+_n = Base.metadata.tables["nodes"]
+_g = Base.metadata.tables["grants"]
+_groups = Base.metadata.tables["groups"]
+_members = Base.metadata.tables["group_members"]
+_users = Base.metadata.tables["users"]
+
+_MY_GROUPS = (
+    sa.select(_groups.c.id, _groups.c.name, _members.c.is_admin)
+    .join(_members, _members.c.group_id == _groups.c.id)
+    .where(_members.c.user_id == sa.bindparam("user_id", type_=sa.Uuid))
+)
+_ALL_GROUPS = sa.select(_groups.c.id, _groups.c.name)
+_MY_GRANTS = sa.select(
+    _g.c.node_id, _g.c.can_read, _g.c.can_download, _g.c.can_write, _g.c.can_share
+).where(
+    sa.or_(
+        _g.c.user_id == sa.bindparam("user_id", type_=sa.Uuid),
+        _g.c.group_id.in_(sa.bindparam("groups", expanding=True, type_=sa.Uuid)),
+    ),
+    sa.or_(_g.c.expires_at.is_(None), _g.c.expires_at > sa.bindparam("now")),
+)
+
+
+def _ancestry() -> sa.Select[Any]:
+    """(start, node, deleted_at) for each granted node and every ancestor of it."""
+    up = (
+        sa.select(
+            _n.c.id.label("start_id"),
+            _n.c.id.label("node_id"),
+            _n.c.parent_id,
+            _n.c.deleted_at,
+        )
+        .where(_n.c.id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
+        .cte("up", recursive=True)
+    )
+    up = up.union_all(
+        sa.select(up.c.start_id, _n.c.id, _n.c.parent_id, _n.c.deleted_at).where(
+            _n.c.id == up.c.parent_id
+        )
+    )
+    return sa.select(up.c.start_id, up.c.node_id, up.c.deleted_at)
+
+
+_ANCESTRY = _ancestry()
+_ENTRIES = (
+    sa.select(
+        _n.c.id,
+        _n.c.name,
+        _n.c.owner_id,
+        _n.c.group_id,
+        _users.c.username,
+        _groups.c.name.label("group_name"),
+    )
+    .join(_users, _users.c.id == _n.c.owner_id)
+    .outerjoin(_groups, _groups.c.id == _n.c.group_id)
+    .where(_n.c.id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
+)

@@ -1,0 +1,215 @@
+"""Granting and revoking rights on a node to another user or to a group.
+
+Whoever holds SHARE on a node (its owner, a group admin in the group's space, an admin, or a
+grantee given SHARE) may grant others at most the rights they hold themselves, and may revoke
+grants on it. A grant covers the node and everything below it; granting the same grantee again
+replaces its rights. Each grant and revoke is in the logbook with its before and after. Rights
+are read on every request, so a revoke takes effect on the grantee's next request.
+
+``holder`` is the granter's rights on the node as the namespace computed them; the command
+line (actor None) acts with every right.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from davserver.db import Database
+from davserver.db.types import utcnow
+from davserver.errors import BadRequest, Forbidden, NotFound
+from davserver.models import Grant, Group, Op, User
+from davserver.services.account_rules import audit_details, find_live_user, iso
+from davserver.services.actor import Actor
+from davserver.services.audit import record_audit
+from davserver.services.groups import find_group
+from davserver.services.permissions import EVERYTHING, GRANTABLE, Perm
+from davserver.services.tree import NodeView
+
+
+@dataclass(frozen=True)
+class GrantInfo:
+    id: uuid.UUID
+    node_id: uuid.UUID
+    grantee: str  # a username, or @group
+    rights: list[str]
+    granted_by: str | None
+    granted_at: dt.datetime
+    expires_at: dt.datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rights_of(grant: Grant) -> Perm:
+    rights = Perm.NONE
+    for flag, perm in (
+        (grant.can_read, Perm.READ),
+        (grant.can_download, Perm.DOWNLOAD),
+        (grant.can_write, Perm.WRITE),
+        (grant.can_share, Perm.SHARE),
+    ):
+        if flag:
+            rights |= perm
+    return rights
+
+
+def _set_rights(grant: Grant, rights: Perm) -> None:
+    grant.can_read = bool(rights & Perm.READ)
+    grant.can_download = bool(rights & Perm.DOWNLOAD)
+    grant.can_write = bool(rights & Perm.WRITE)
+    grant.can_share = bool(rights & Perm.SHARE)
+
+
+class SharingService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def grant(
+        self,
+        actor: Actor | None,
+        node: NodeView,
+        holder: Perm,
+        *,
+        user: str | None = None,
+        group: str | None = None,
+        rights: Perm,
+        expires_at: dt.datetime | None = None,
+    ) -> GrantInfo:
+        """Give ``user`` or ``group`` ``rights`` on ``node`` (replacing an earlier grant).
+
+        Raises Forbidden (no SHARE, or more than the granter holds), NotFound (no such user
+        or group) or BadRequest (no rights, both or neither grantee, expiry in the past,
+        granting the owner their own space).
+        """
+        holder = EVERYTHING if actor is None else holder
+        if not holder & Perm.SHARE:
+            raise Forbidden("you may not share this item")
+        rights &= GRANTABLE
+        if not rights:
+            raise BadRequest("a grant gives at least one right")
+        if rights & ~holder:
+            extra = ", ".join((rights & ~holder).names())
+            raise Forbidden(f"you cannot grant rights you do not hold: {extra}")
+        if (user is None) == (group is None):
+            raise BadRequest("grant to exactly one user or one group")
+        if expires_at is not None and expires_at <= utcnow():
+            raise BadRequest("a grant expires in the future")
+        with self.db.write() as session:
+            if user is not None:
+                grantee = find_live_user(session, user)
+                if grantee.id == node.owner_id and node.group_id is None:
+                    raise BadRequest(f"{grantee.username!r} owns this item already")
+                match = Grant.user_id == grantee.id
+                label = grantee.username
+            else:
+                team = find_group(session, group or "")
+                match = Grant.group_id == team.id
+                label = "@" + team.name
+            row = session.scalars(sa.select(Grant).where(Grant.node_id == node.id, match)).first()
+            before = None
+            if row is None:
+                row = Grant(
+                    node_id=node.id,
+                    user_id=grantee.id if user is not None else None,
+                    group_id=team.id if group is not None else None,
+                )
+                session.add(row)
+            else:
+                before = {"rights": _rights_of(row).names(), "expires_at": iso(row.expires_at)}
+            _set_rights(row, rights)
+            row.expires_at = expires_at
+            row.granted_by = actor.user_id if actor else None
+            row.granted_at = utcnow()
+            session.flush()
+            record_audit(
+                session,
+                actor,
+                Op.GRANT_CREATE,
+                node_id=node.id,
+                details=audit_details(
+                    actor,
+                    before,
+                    {"rights": rights.names(), "expires_at": iso(expires_at)},
+                    grantee=label,
+                    grant_id=str(row.id),
+                ),
+            )
+            return self._info(session, row)
+
+    def revoke(
+        self, actor: Actor | None, node: NodeView, holder: Perm, grant_id: uuid.UUID
+    ) -> None:
+        """Remove a grant on ``node``; the grantee is refused from their next request on."""
+        holder = EVERYTHING if actor is None else holder
+        if not holder & Perm.SHARE:
+            raise Forbidden("you may not change the sharing of this item")
+        with self.db.write() as session:
+            row = session.get(Grant, grant_id)
+            if row is None or row.node_id != node.id:
+                raise NotFound("no such grant on this item")
+            info = self._info(session, row)
+            session.delete(row)
+            record_audit(
+                session,
+                actor,
+                Op.GRANT_REVOKE,
+                node_id=node.id,
+                details=audit_details(
+                    actor,
+                    {"rights": info.rights, "expires_at": iso(info.expires_at)},
+                    None,
+                    grantee=info.grantee,
+                    grant_id=str(grant_id),
+                ),
+            )
+
+    def revoke_grantee(
+        self,
+        actor: Actor | None,
+        node: NodeView,
+        holder: Perm,
+        *,
+        user: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Remove the grant on ``node`` to ``user`` or ``group``."""
+        for info in self.grants_on(node):
+            if info.grantee == (user if user is not None else f"@{group}"):
+                self.revoke(actor, node, holder, info.id)
+                return
+        raise NotFound("no such grant on this item")
+
+    def grants_on(self, node: NodeView) -> list[GrantInfo]:
+        """The grants on one node (not those inherited from its folders)."""
+        with self.db.read() as session:
+            rows = session.scalars(
+                sa.select(Grant).where(Grant.node_id == node.id).order_by(Grant.granted_at)
+            ).all()
+            return [self._info(session, row) for row in rows]
+
+    def _info(self, session: Any, row: Grant) -> GrantInfo:
+        if row.user_id is not None:
+            grantee = session.scalar(sa.select(User.username).where(User.id == row.user_id))
+        else:
+            grantee = "@" + str(
+                session.scalar(sa.select(Group.name).where(Group.id == row.group_id))
+            )
+        granter = (
+            session.scalar(sa.select(User.username).where(User.id == row.granted_by))
+            if row.granted_by
+            else None
+        )
+        return GrantInfo(
+            id=row.id,
+            node_id=row.node_id,
+            grantee=str(grantee),
+            rights=_rights_of(row).names(),
+            granted_by=granter,
+            granted_at=row.granted_at,
+            expires_at=row.expires_at,
+        )

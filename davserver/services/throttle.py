@@ -1,0 +1,154 @@
+"""Throttling of failed logins, per account and per client address, shared through the database.
+
+Failures are counted in a window; reaching the limit bans the key (``user:<name>`` or
+``addr:<ip>``) until ``banned_until``. The table is consulted only before a password would be
+hashed, so clients whose credentials are already verified (the credential cache, API keys) pay
+nothing, and a banned account keeps its already signed-in clients while guesses are refused.
+Unknown usernames are counted like real ones, so a ban does not reveal whether an account exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from davserver.db import Base, Database
+from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
+from davserver.db.types import utcnow
+from davserver.errors import TooManyRequests
+from davserver.models import Op
+from davserver.services.audit import record_audit
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    max_failures_per_user: int = 5
+    max_failures_per_address: int = 20
+    window: dt.timedelta = dt.timedelta(minutes=15)
+    ban: dt.timedelta = dt.timedelta(minutes=15)
+
+
+def _keys(username: str, remote_addr: str | None) -> list[str]:
+    keys = [f"user:{username.casefold()}"[:200]]
+    if remote_addr:
+        keys.append(f"addr:{remote_addr}"[:200])
+    return keys
+
+
+class LoginThrottle:
+    def __init__(self, db: Database, policy: ThrottlePolicy) -> None:
+        self.db = db
+        self.policy = policy
+
+    def check(self, username: str, remote_addr: str | None) -> None:
+        """Raise TooManyRequests while the account or the address is banned."""
+        now = utcnow()
+        with self.db.connect() as conn:
+            until = conn.execute(
+                _BANNED_UNTIL, {"keys": _keys(username, remote_addr), "now": now}
+            ).scalar()
+        if until is not None:
+            raise _refusal(until, now)
+
+    def record_failure(
+        self, username: str, remote_addr: str | None, user_agent: str | None, reason: str
+    ) -> None:
+        """Count one failed login, log it, and ban a key that reached its limit.
+
+        Raises TooManyRequests when this failure started a ban.
+        """
+        now = utcnow()
+        limits = {
+            "user": self.policy.max_failures_per_user,
+            "addr": self.policy.max_failures_per_address,
+        }
+        banned_until = None
+        with self.db.write() as session:
+            record_audit(
+                session,
+                None,
+                Op.LOGIN_FAILURE,
+                details={"username": username, "reason": reason},
+                remote_addr=remote_addr,
+                user_agent=user_agent,
+            )
+            for key in _keys(username, remote_addr):
+                failures = self._count(session, key, now)
+                if failures >= limits[key.partition(":")[0]]:
+                    until = now + self.policy.ban
+                    session.execute(_BAN, {"k": key, "until": until, "now": now})
+                    record_audit(
+                        session,
+                        None,
+                        Op.LOGIN_BAN,
+                        details={"key": key, "failures": failures, "until": until.isoformat()},
+                        remote_addr=remote_addr,
+                        user_agent=user_agent,
+                    )
+                    banned_until = max(banned_until or until, until)
+        if banned_until is not None:
+            raise _refusal(banned_until, now)
+
+    def clear(self, session: Session, username: str) -> None:
+        """A verified password clears the account's failure count (not the address's), in the
+        caller's transaction."""
+        session.execute(_CLEAR, {"key": _keys(username, None)[0]})
+
+    def _count(self, session: Session, key: str, now: dt.datetime) -> int:
+        """Add one failure to ``key``'s window (a new window when the old one ran out)."""
+        session.execute(
+            for_bind(_INSERT, session),
+            {"key": key, "window_started_at": now, "updated_at": now, "failures": 0},
+        )
+        row = session.execute(_ROW_FOR_UPDATE if is_postgres(session) else _ROW, {"key": key}).one()
+        started = row.window_started_at
+        failures = 1 if now - started > self.policy.window else row.failures + 1
+        session.execute(
+            _SET_COUNT,
+            {
+                "k": key,
+                "failures": failures,
+                "started": started if failures > 1 else now,
+                "now": now,
+            },
+        )
+        return failures
+
+
+def _refusal(until: dt.datetime, now: dt.datetime) -> TooManyRequests:
+    seconds = max(1, math.ceil((until - now).total_seconds()))
+    return TooManyRequests("too many failed logins; try again later", retry_after=seconds)
+
+
+_t = Base.metadata.tables["login_throttle"]
+_BANNED_UNTIL = sa.select(sa.func.max(_t.c.banned_until)).where(
+    _t.c.key.in_(sa.bindparam("keys", expanding=True)),
+    _t.c.banned_until > sa.bindparam("now"),
+)
+_INSERT = insert_or_ignore(_t, "key")
+_ROW = sa.select(_t.c.failures, _t.c.window_started_at).where(_t.c.key == sa.bindparam("key"))
+_ROW_FOR_UPDATE = _ROW.with_for_update()
+_SET_COUNT = (
+    _t.update()
+    .where(_t.c.key == sa.bindparam("k"))
+    .values(
+        failures=sa.bindparam("failures"),
+        window_started_at=sa.bindparam("started"),
+        updated_at=sa.bindparam("now"),
+    )
+)
+_BAN = (
+    _t.update()
+    .where(_t.c.key == sa.bindparam("k"))
+    .values(
+        failures=0,
+        window_started_at=sa.bindparam("now"),
+        banned_until=sa.bindparam("until"),
+        updated_at=sa.bindparam("now"),
+    )
+)
+_CLEAR = _t.delete().where(_t.c.key == sa.bindparam("key"), _t.c.banned_until.is_(None))

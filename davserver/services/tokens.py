@@ -1,0 +1,369 @@
+"""Bearer tokens for scripts: short-lived signed access tokens and rotating refresh tokens.
+
+An access token is a JWT (HS256) naming the user (``sub``), the session (``sid``) and itself
+(``jti``); it is checked on every request against the user, the session and the revoked-token
+list, so a disabled user, an ended session or a revoked token is refused on the next request.
+A refresh token is an opaque random string of which only the SHA-256 is stored. Each works once:
+refreshing replaces it with a new one in the same family; presenting a replaced one means it was
+copied, so the whole family is revoked and its session ended.
+
+The signing key comes from the settings or, when they give none, is generated once and kept in
+the database, so every server process of a deployment accepts the others' tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from davserver.db import Base, Database
+from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
+from davserver.db.types import utcnow
+from davserver.errors import Unauthorized
+from davserver.models import Op
+from davserver.services.accounts import AccountService, user_with_roles
+from davserver.services.actor import Actor
+from davserver.services.audit import record_audit
+from davserver.services.sessions import SessionService
+
+REFRESH_PREFIX = "drt_"
+_ALGORITHM = "HS256"
+_SECRET_NAME = "access-token-signing-key"
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    session_id: uuid.UUID
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "refresh_token": self.refresh_token,
+            "session_id": str(self.session_id),
+        }
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class TokenService:
+    def __init__(
+        self,
+        db: Database,
+        accounts: AccountService,
+        sessions: SessionService,
+        *,
+        access_lifetime: dt.timedelta,
+        refresh_lifetime: dt.timedelta,
+        secret: str = "",
+    ) -> None:
+        self.db = db
+        self.accounts = accounts
+        self.sessions = sessions
+        self.access_lifetime = access_lifetime
+        self.refresh_lifetime = refresh_lifetime
+        self._secret = secret
+
+    @property
+    def secret(self) -> str:
+        if not self._secret:
+            self._secret = self._shared_secret()
+        return self._secret
+
+    def _shared_secret(self) -> str:
+        with self.db.write() as session:
+            session.execute(
+                for_bind(_INSERT_SECRET, session),
+                {"name": _SECRET_NAME, "value": secrets.token_urlsafe(48), "created_at": utcnow()},
+            )
+            value = session.scalar(sa.select(_sec.c.value).where(_sec.c.name == _SECRET_NAME))
+        assert value is not None
+        return str(value)
+
+    # -- issuing
+
+    def login(
+        self,
+        username: str,
+        password: str,
+        *,
+        remote_addr: str | None = None,
+        user_agent: str | None = None,
+    ) -> TokenPair:
+        """A new session with its first token pair, for a valid username and password.
+
+        Raises Unauthorized or TooManyRequests (throttled like every password check).
+        """
+        actor = self.accounts.authenticate_password(
+            username, password, remote_addr=remote_addr, user_agent=user_agent
+        )
+        now = utcnow()
+        with self.db.write() as session:
+            session_id = self.sessions.start(
+                session, actor, expires_at=now + self.refresh_lifetime, auth_method="token"
+            )
+            actor = dataclasses.replace(actor, session_id=session_id, auth_method="token")
+            _, refresh = self._new_refresh(session, actor, family_id=uuid.uuid4(), now=now)
+            record_audit(session, actor, Op.TOKEN_ISSUE)
+        return self._pair(actor, refresh, now)
+
+    def refresh(
+        self, refresh_token: str, *, remote_addr: str | None = None, user_agent: str | None = None
+    ) -> TokenPair:
+        """Trade a refresh token for a new pair; a token used before revokes its whole family."""
+        now = utcnow()
+        with self.db.write() as session:
+            row = session.execute(
+                _REFRESH_ROW.with_for_update() if is_postgres(session) else _REFRESH_ROW,
+                {"hash": _sha256(refresh_token)},
+            ).first()
+            if row is None or row.expires_at <= now:
+                raise Unauthorized("unknown or expired refresh token")
+            actor = None
+            if row.revoked_at is None:
+                actor = self._actor(session, row.user_id, row.session_id, remote_addr, user_agent)
+            if actor is not None:
+                new_id, token = self._new_refresh(session, actor, family_id=row.family_id, now=now)
+                session.execute(
+                    _rt.update()
+                    .where(_rt.c.id == row.id)
+                    .values(revoked_at=now, replaced_by_id=new_id)
+                )
+                session.execute(
+                    _s.update()
+                    .where(_s.c.id == row.session_id)
+                    .values(last_seen_at=now, expires_at=now + self.refresh_lifetime)
+                )
+                record_audit(session, actor, Op.TOKEN_REFRESH)
+            elif row.replaced_by_id is not None:
+                # Used before: someone holds a copy. Revoke the family, and commit that.
+                self._revoke_family(session, row.family_id, row.session_id, now)
+                record_audit(
+                    session,
+                    None,
+                    Op.TOKEN_REUSE,
+                    details={
+                        "user_id": str(row.user_id),
+                        "family_id": str(row.family_id),
+                        "session_id": str(row.session_id),
+                    },
+                    remote_addr=remote_addr,
+                    user_agent=user_agent,
+                )
+        if actor is None:
+            raise Unauthorized("this refresh token was revoked or already used")
+        return self._pair(actor, token, now)
+
+    def revoke(self, token: str, *, actor: Actor | None = None) -> None:
+        """Revoke a refresh token (its family and session) or an access token (just it)."""
+        now = utcnow()
+        if token.startswith(REFRESH_PREFIX):
+            with self.db.write() as session:
+                row = session.execute(_REFRESH_ROW, {"hash": _sha256(token)}).first()
+                if row is None:
+                    return  # RFC 7009: an unknown token is not an error
+                self._revoke_family(session, row.family_id, row.session_id, now)
+                record_audit(
+                    session, actor, Op.TOKEN_REVOKE, details={"family_id": str(row.family_id)}
+                )
+            return
+        claims = self._claims(token)
+        if claims is None:
+            return
+        with self.db.write() as session:
+            session.execute(
+                for_bind(_INSERT_REVOKED, session),
+                {
+                    "jti": claims["jti"],
+                    "user_id": uuid.UUID(claims["sub"]),
+                    "revoked_at": now,
+                    "expires_at": dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
+                },
+            )
+            session.execute(_rev.delete().where(_rev.c.expires_at < now))
+            record_audit(session, actor, Op.TOKEN_REVOKE, details={"jti": claims["jti"]})
+
+    # -- checking
+
+    def authenticate(
+        self, token: str, *, remote_addr: str | None = None, user_agent: str | None = None
+    ) -> Actor:
+        """The actor an access token speaks for; Unauthorized when it is no longer valid."""
+        claims = self._claims(token)
+        if claims is None:
+            raise Unauthorized("invalid or expired access token")
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                _BEARER_CHECK,
+                {
+                    "user_id": uuid.UUID(claims["sub"]),
+                    "session_id": uuid.UUID(claims["sid"]),
+                    "jti": claims["jti"],
+                    "now": utcnow(),
+                },
+            ).all()
+        if not rows or not rows[0].usable:
+            raise Unauthorized("invalid or expired access token")
+        return Actor(
+            user_id=rows[0].id,
+            username=rows[0].username,
+            roles=frozenset(r.role for r in rows if r.role),
+            session_id=uuid.UUID(claims["sid"]),
+            remote_addr=remote_addr,
+            user_agent=user_agent,
+            auth_method="token",
+        )
+
+    def _claims(self, token: str) -> dict[str, Any] | None:
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[_ALGORITHM],
+                options={"require": ["exp", "sub", "sid", "jti"]},
+            )
+            uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"])
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            return None
+        return claims if claims.get("typ") == "access" else None
+
+    # -- pieces
+
+    def _pair(self, actor: Actor, refresh: str, now: dt.datetime) -> TokenPair:
+        assert actor.session_id is not None
+        expires = now + self.access_lifetime
+        access = jwt.encode(
+            {
+                "typ": "access",
+                "sub": str(actor.user_id),
+                "sid": str(actor.session_id),
+                "jti": uuid.uuid4().hex,
+                "iat": int(now.timestamp()),
+                "exp": int(expires.timestamp()),
+            },
+            self.secret,
+            algorithm=_ALGORITHM,
+        )
+        return TokenPair(
+            access, refresh, int(self.access_lifetime.total_seconds()), actor.session_id
+        )
+
+    def _new_refresh(
+        self, session: Session, actor: Actor, *, family_id: uuid.UUID, now: dt.datetime
+    ) -> tuple[uuid.UUID, str]:
+        token = REFRESH_PREFIX + secrets.token_urlsafe(32)
+        token_id = uuid.uuid4()
+        session.execute(
+            _rt.insert(),
+            {
+                "id": token_id,
+                "user_id": actor.user_id,
+                "session_id": actor.session_id,
+                "family_id": family_id,
+                "token_hash": _sha256(token),
+                "issued_at": now,
+                "expires_at": now + self.refresh_lifetime,
+            },
+        )
+        return token_id, token
+
+    def _revoke_family(
+        self,
+        session: Session,
+        family_id: uuid.UUID,
+        session_id: uuid.UUID | None,
+        now: dt.datetime,
+    ) -> None:
+        session.execute(
+            _rt.update()
+            .where(_rt.c.family_id == family_id, _rt.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        if session_id is not None:
+            session.execute(
+                _s.update()
+                .where(_s.c.id == session_id, _s.c.ended_at.is_(None))
+                .values(ended_at=now)
+            )
+
+    def _actor(
+        self,
+        session: Session,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID | None,
+        remote_addr: str | None,
+        user_agent: str | None,
+    ) -> Actor | None:
+        """The actor for a refresh, when the account and the session are still active."""
+        if session_id is None:
+            return None
+        rows = session.execute(
+            _BEARER_CHECK,
+            {"user_id": user_id, "session_id": session_id, "jti": "", "now": utcnow()},
+        ).all()
+        if not rows or not rows[0].usable:
+            return None
+        return Actor(
+            user_id=user_id,
+            username=rows[0].username,
+            roles=frozenset(r.role for r in rows if r.role),
+            session_id=session_id,
+            remote_addr=remote_addr,
+            user_agent=user_agent,
+            auth_method="token",
+        )
+
+
+_rt = Base.metadata.tables["refresh_tokens"]
+_s = Base.metadata.tables["sessions"]
+_rev = Base.metadata.tables["revoked_tokens"]
+_sec = Base.metadata.tables["instance_secrets"]
+_INSERT_SECRET = insert_or_ignore(_sec, "name")
+_INSERT_REVOKED = insert_or_ignore(_rev, "jti")
+_REFRESH_ROW = sa.select(
+    _rt.c.id,
+    _rt.c.user_id,
+    _rt.c.session_id,
+    _rt.c.family_id,
+    _rt.c.expires_at,
+    _rt.c.revoked_at,
+    _rt.c.replaced_by_id,
+).where(_rt.c.token_hash == sa.bindparam("hash"))
+
+
+def _bearer_check() -> sa.Select[Any]:
+    """The user with roles, plus whether the session is open and the token not revoked."""
+    users = user_with_roles()
+    session_open = (
+        sa.select(_s.c.id)
+        .where(
+            _s.c.id == sa.bindparam("session_id", type_=sa.Uuid),
+            _s.c.user_id == users.selected_columns.id,
+            _s.c.ended_at.is_(None),
+            sa.or_(_s.c.expires_at.is_(None), _s.c.expires_at > sa.bindparam("now")),
+        )
+        .exists()
+    )
+    revoked = sa.select(_rev.c.jti).where(_rev.c.jti == sa.bindparam("jti")).exists()
+    usable = sa.and_(users.selected_columns.is_active, session_open, ~revoked)
+    return users.add_columns(sa.case((usable, True), else_=False).label("usable")).where(
+        users.selected_columns.id == sa.bindparam("user_id", type_=sa.Uuid)
+    )
+
+
+_BEARER_CHECK = _bearer_check()

@@ -1,0 +1,93 @@
+"""GET and HEAD of an image variant: ``<file>?thumbnail=<size>`` or ``<file>?preview=<size>``.
+
+WsgiDAV's GET knows one representation per resource, so the provider hands these requests
+here. The service checks who may see the variant and finds or makes it; this module only
+speaks HTTP: the ETag (the source's SHA-256 and the variant's parameters, so it is known
+before anything is looked up and If-None-Match is answered at once), long private caching,
+and the bytes from the blob store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+from urllib.parse import parse_qs
+
+from wsgidav import util
+
+from davserver.errors import BadRequest
+from davserver.services.variant_policy import VARIANT_TYPES
+from providers.errors import dav_errors
+
+# Authenticated content: caches shared between users must not keep it. A variant's URL can
+# answer different bytes only once the file has a new version, and then its ETag changes.
+CACHE_CONTROL = "private, max-age=31536000, immutable"
+
+
+def wants_variant(environ: dict[str, Any]) -> bool:
+    """True when a GET or HEAD asks for a thumbnail or preview instead of the file itself."""
+    query = environ.get("QUERY_STRING", "")
+    return bool(query) and any(kind in _params(environ) for kind in VARIANT_TYPES)
+
+
+def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> Any:
+    """Answer a variant request for resource ``res``: 200, 304 or a mapped domain error."""
+    service = res.provider.variants
+    view = getattr(res, "view", None)
+    with dav_errors():
+        if view is None:
+            raise BadRequest("only files have thumbnails or previews")
+        request = service.request(res.rights, view, _params(environ))
+        etag = f'"{request.etag}"'
+        headers = [("ETag", etag), ("Cache-Control", CACHE_CONTROL)]
+        if _none_match(environ.get("HTTP_IF_NONE_MATCH", ""), request.etag):
+            start_response("304 Not Modified", [*headers, ("Date", util.get_rfc1123_time())])
+            return [b""]
+        variant = service.get(request)
+        body = service.open(variant) if environ["REQUEST_METHOD"] == "GET" else None
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", variant.content_type),
+            ("Content-Length", str(variant.size)),
+            *headers,
+            ("X-Content-Type-Options", "nosniff"),
+            ("Date", util.get_rfc1123_time()),
+        ],
+    )
+    if body is None:
+        return [b""]
+    block_size = int(environ.get("wsgidav.config", {}).get("block_size", 256 * 1024))
+    return _FileBody(body, block_size)
+
+
+def _params(environ: dict[str, Any]) -> dict[str, list[str]]:
+    return parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+
+
+def _none_match(header: str, etag: str) -> bool:
+    """If-None-Match (weak comparison, RFC 9110 13.1.2): does it name ``etag`` or ``*``?"""
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag.strip('"') == etag:
+            return True
+    return False
+
+
+class _FileBody:
+    """The blob's bytes in chunks; the file is closed when the server closes the response."""
+
+    def __init__(self, reader: BinaryIO, block_size: int) -> None:
+        self._reader = reader
+        self._block_size = block_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self._reader.read(self._block_size):
+            yield chunk
+
+    def close(self) -> None:
+        self._reader.close()

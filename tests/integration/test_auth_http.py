@@ -1,0 +1,426 @@
+"""Authentication over real HTTP: Basic with passwords and API keys, Bearer tokens, sessions,
+throttling and quota, on both engines (an in-process server with small throttle limits)."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from davserver.models import FileVersion, LogEntry, LoginSession, Node, Op
+from tests.conftest import ENGINES
+from tests.servers import InprocServer, Response, basic_auth_header, http_request, run_inproc_server
+
+BAN_SECONDS = 2
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InprocServer]:
+    tmp = tmp_path_factory.mktemp(f"auth-{request.param}")
+    with run_inproc_server(
+        request.param,
+        tmp,
+        auth__max_failures_per_user=3,
+        auth__max_failures_per_address=1000,
+        auth__ban_seconds=BAN_SECONDS,
+    ) as srv:
+        yield srv
+
+
+def make_user(
+    server: InprocServer, *, quota: int | None = None, roles: tuple[str, ...] = ("user",)
+) -> tuple[str, str]:
+    name = f"u{uuid.uuid4().hex[:10]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    server.app.services.users.create_user(
+        None, name, password=password, roles=roles, quota_bytes=quota
+    )
+    return name, password
+
+
+def call(
+    server: InprocServer,
+    method: str,
+    path: str,
+    *,
+    user: tuple[str, str] | None = None,
+    token: str | None = None,
+    authorization: str | None = None,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    sent = dict(headers or {})
+    if authorization is not None:
+        sent["Authorization"] = authorization
+    elif token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    elif user is not None:
+        sent["Authorization"] = basic_auth_header(*user)
+    return http_request(method, server.url + path, body, sent)
+
+
+def api(
+    server: InprocServer, method: str, path: str, payload: dict[str, Any] | None = None, **kw: Any
+) -> tuple[int, Any]:
+    body = json.dumps(payload).encode() if payload is not None else None
+    headers = {"Content-Type": "application/json"} if body else {}
+    response = call(server, method, "/api/v1" + path, body=body, headers=headers, **kw)
+    return response.status, json.loads(response.body) if response.body else None
+
+
+def propfind(server: InprocServer, **kw: Any) -> int:
+    return call(server, "PROPFIND", "/files/", headers={"Depth": "0"}, **kw).status
+
+
+# -- Basic and malformed headers
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Basic",
+        "Basic !!!not-base64!!!",
+        "Basic " + base64.b64encode(b"no-colon-here").decode(),
+        "Basic " + base64.b64encode(b":password-without-user").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),
+        "Bearer",
+        "Bearer not.a.token",
+        "Digest username=x",
+        "Negotiate abc",
+        "Basic " + "A" * 20000,
+    ],
+)
+def test_malformed_authorization_gets_401_never_500(
+    server: InprocServer, authorization: str
+) -> None:
+    response = call(server, "PROPFIND", "/files/", authorization=authorization)
+    assert response.status == 401
+    assert "Basic realm=" in response.headers.get("WWW-Authenticate", "") or "Bearer" in (
+        response.headers.get("WWW-Authenticate", "")
+    )
+
+
+def test_unknown_user_and_wrong_password_look_the_same(server: InprocServer) -> None:
+    name, _ = make_user(server)
+
+    def attempt(user: str) -> tuple[Response, float]:
+        started = time.perf_counter()
+        response = call(server, "PROPFIND", "/files/", user=(user, "wrong password"))
+        return response, time.perf_counter() - started
+
+    # Two attempts each: under the per-account limit of 3.
+    wrong = [attempt(name) for _ in range(2)]
+    unknown = [attempt(f"nobody-{uuid.uuid4().hex[:8]}") for _ in range(2)]
+    for (a, _), (b, _) in zip(wrong, unknown, strict=True):
+        assert (a.status, a.body) == (b.status, b.body) == (401, b"Authentication required\n")
+        drop = {"Date"}
+        assert {k: v for k, v in a.headers.items() if k not in drop} == {
+            k: v for k, v in b.headers.items() if k not in drop
+        }
+    # Both cost one argon2 verification: same order of time (generous bounds; shared machine).
+    slow = max(t for _, t in wrong + unknown)
+    fast = min(t for _, t in wrong + unknown)
+    assert slow < fast * 5 + 0.05
+
+
+def test_password_change_and_disable_take_effect_on_the_next_request(server: InprocServer) -> None:
+    name, password = make_user(server)
+    users = server.app.services.users
+    assert propfind(server, user=(name, password)) == 207  # now cached
+    users.set_password(None, name, "a-new-password-1")
+    assert propfind(server, user=(name, password)) == 401
+    assert propfind(server, user=(name, "a-new-password-1")) == 207
+    users.disable_user(None, name)
+    assert propfind(server, user=(name, "a-new-password-1")) == 401
+    users.enable_user(None, name)
+    assert propfind(server, user=(name, "a-new-password-1")) == 207
+
+
+# -- API keys
+
+
+def test_api_key_works_as_basic_password_until_revoked(server: InprocServer) -> None:
+    name, password = make_user(server)
+    status, created = api(server, "POST", "/keys", {"name": "rclone"}, user=(name, password))
+    assert status == 201 and created["key"].startswith("dav_")
+    key = created["key"]
+    assert propfind(server, user=(name, key)) == 207
+    put = call(server, "PUT", "/files/by-key.txt", user=(name, key), body=b"written with a key")
+    assert put.status == 201
+    # The key belongs to this user only.
+    other, _ = make_user(server)
+    assert propfind(server, user=(other, key)) == 401
+    status, listing = api(server, "GET", "/keys", user=(name, password))
+    assert [k["prefix"] for k in listing["keys"]] == [key[:12]]
+    assert "key" not in listing["keys"][0] and "key_hash" not in listing["keys"][0]
+    status, _ = api(server, "DELETE", f"/keys/{created['id']}", user=(name, password))
+    assert status == 204
+    assert propfind(server, user=(name, key)) == 401
+
+
+def test_read_only_key_reads_but_never_writes(server: InprocServer) -> None:
+    name, password = make_user(server)
+    assert call(server, "PUT", "/files/kept.txt", user=(name, password), body=b"kept").status == 201
+    _, created = api(
+        server, "POST", "/keys", {"name": "backup", "scope": "read"}, user=(name, password)
+    )
+    key = (name, created["key"])
+    assert propfind(server, user=key) == 207
+    assert call(server, "GET", "/files/kept.txt", user=key).body == b"kept"
+    for method, path, body in [
+        ("PUT", "/files/kept.txt", b"overwritten"),
+        ("PUT", "/files/new.txt", b"new"),
+        ("MKCOL", "/files/folder/", None),
+        ("DELETE", "/files/kept.txt", None),
+        ("PROPPATCH", "/files/kept.txt", b"<x/>"),
+        ("LOCK", "/files/kept.txt", None),
+    ]:
+        assert call(server, method, path, user=key, body=body).status == 403, method
+    headers = {"Destination": server.url + "/files/moved.txt"}
+    assert call(server, "MOVE", "/files/kept.txt", user=key, headers=headers).status == 403
+    assert call(server, "COPY", "/files/kept.txt", user=key, headers=headers).status == 403
+    assert call(server, "GET", "/files/kept.txt", user=(name, password)).body == b"kept"
+    # Nor can it mint itself a writing key.
+    status, _ = api(server, "POST", "/keys", {"name": "escalate"}, user=key)
+    assert status == 403
+
+
+# -- Bearer tokens
+
+
+def login(server: InprocServer, name: str, password: str) -> dict[str, Any]:
+    status, body = api(server, "POST", "/token", {"username": name, "password": password})
+    assert status == 200, body
+    assert body["token_type"] == "Bearer"
+    return body
+
+
+def test_bearer_token_and_refresh_rotation(server: InprocServer) -> None:
+    name, password = make_user(server)
+    first = login(server, name, password)
+    assert propfind(server, token=first["access_token"]) == 207
+    status, me = api(server, "GET", "/me", token=first["access_token"])
+    assert status == 200 and me["username"] == name and me["auth_method"] == "token"
+
+    status, second = api(
+        server, "POST", "/token/refresh", {"refresh_token": first["refresh_token"]}
+    )
+    assert status == 200 and second["refresh_token"] != first["refresh_token"]
+    assert propfind(server, token=second["access_token"]) == 207
+
+    # The first refresh token was used: presenting it again revokes the whole chain.
+    status, error = api(server, "POST", "/token/refresh", {"refresh_token": first["refresh_token"]})
+    assert status == 401 and error["error"] == "unauthorized"
+    status, _ = api(server, "POST", "/token/refresh", {"refresh_token": second["refresh_token"]})
+    assert status == 401
+    assert propfind(server, token=second["access_token"]) == 401
+    with server.app.db.read() as session:
+        reuse = session.scalars(
+            sa.select(LogEntry.details).where(LogEntry.op_type == Op.TOKEN_REUSE.value)
+        ).all()
+    assert any(d["session_id"] == first["session_id"] for d in reuse)
+
+
+def test_revoked_access_token_and_ended_session_are_refused(server: InprocServer) -> None:
+    name, password = make_user(server)
+    pair = login(server, name, password)
+    status, _ = api(server, "POST", "/token/revoke", {"token": pair["access_token"]})
+    assert status == 200
+    assert propfind(server, token=pair["access_token"]) == 401
+
+    pair = login(server, name, password)
+    status, listing = api(server, "GET", "/sessions", token=pair["access_token"])
+    current = [s for s in listing["sessions"] if s["current"]]
+    assert [s["id"] for s in current] == [pair["session_id"]]
+    assert current[0]["auth_method"] == "token"
+    status, _ = api(server, "DELETE", f"/sessions/{pair['session_id']}", user=(name, password))
+    assert status == 204
+    assert propfind(server, token=pair["access_token"]) == 401
+    status, _ = api(server, "POST", "/token/refresh", {"refresh_token": pair["refresh_token"]})
+    assert status == 401
+
+
+def test_disabled_user_loses_password_key_and_token_at_once(server: InprocServer) -> None:
+    name, password = make_user(server)
+    _, created = api(server, "POST", "/keys", {"name": "k"}, user=(name, password))
+    pair = login(server, name, password)
+    credentials: list[dict[str, Any]] = [
+        {"user": (name, password)},
+        {"user": (name, created["key"])},
+        {"token": pair["access_token"]},
+    ]
+    assert [propfind(server, **c) for c in credentials] == [207, 207, 207]
+    server.app.services.users.disable_user(None, name)
+    assert [propfind(server, **c) for c in credentials] == [401, 401, 401]
+    status, _ = api(server, "POST", "/token/refresh", {"refresh_token": pair["refresh_token"]})
+    assert status == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"{not json", "application/json", 400),
+        (b"[1, 2]", "application/json", 400),
+        (b'{"username": "x"}', "application/json", 400),
+        (b'{"username": 5, "password": "x"}', "application/json", 400),
+    ],
+)
+def test_token_endpoint_refuses_bad_bodies_with_json_errors(
+    server: InprocServer, body: bytes, content_type: str, status: int
+) -> None:
+    response = call(
+        server, "POST", "/api/v1/token", body=body, headers={"Content-Type": content_type}
+    )
+    assert response.status == status
+    assert json.loads(response.body)["error"] == "bad_request"
+
+
+def test_api_without_credentials_is_401_and_unknown_path_404(server: InprocServer) -> None:
+    assert call(server, "GET", "/api/v1/me").status == 401
+    name, password = make_user(server)
+    response = call(server, "GET", "/api/v1/nothing-here", user=(name, password))
+    assert response.status == 404 and json.loads(response.body)["error"] == "not_found"
+
+
+# -- throttling
+
+
+def test_repeated_failures_lock_the_account_until_the_ban_expires(server: InprocServer) -> None:
+    name, password = make_user(server)
+    cached_client = {
+        "user": (name, password),
+        "headers": {"User-Agent": "already-signed-in", "Depth": "0"},
+    }
+    assert call(server, "PROPFIND", "/files/", **cached_client).status == 207
+    statuses = [propfind(server, user=(name, f"guess-{i}")) for i in range(3)]
+    assert statuses == [401, 401, 429]
+    refused = call(server, "PROPFIND", "/files/", user=(name, "guess-4"))
+    assert refused.status == 429 and 1 <= int(refused.headers["Retry-After"]) <= BAN_SECONDS
+    # The right password is not even checked while the account is locked...
+    server.app.services.credentials._entries.clear()  # as if the cache had expired
+    assert propfind(server, user=(name, password)) == 429
+    # ...and the lock ends on schedule.
+    time.sleep(BAN_SECONDS + 0.5)
+    assert propfind(server, user=(name, password)) == 207
+    with server.app.db.read() as session:
+        ops = session.scalars(
+            sa.select(LogEntry.op_type).where(
+                LogEntry.op_type.in_([Op.LOGIN_FAILURE.value, Op.LOGIN_BAN.value])
+            )
+        ).all()
+    assert Op.LOGIN_BAN.value in ops and ops.count(Op.LOGIN_FAILURE.value) >= 3
+
+
+def test_token_endpoint_is_throttled_too(server: InprocServer) -> None:
+    name, _ = make_user(server)
+    statuses = [
+        api(server, "POST", "/token", {"username": name, "password": f"bad-{i}"})[0]
+        for i in range(4)
+    ]
+    assert statuses == [401, 401, 429, 429]
+
+
+# -- sessions
+
+
+def test_requests_of_one_client_share_a_session_in_the_logbook(server: InprocServer) -> None:
+    name, password = make_user(server)
+    agent = {"User-Agent": f"test-client/{uuid.uuid4().hex[:6]}"}
+    for i in range(3):
+        response = call(
+            server, "PUT", f"/files/s{i}.txt", user=(name, password), body=b"x", headers=agent
+        )
+        assert response.status == 201
+    other = call(
+        server,
+        "PUT",
+        "/files/s9.txt",
+        user=(name, password),
+        body=b"y",
+        headers={"User-Agent": "another-client"},
+    )
+    assert other.status == 201
+    with server.app.db.read() as session:
+        user_id = server.app.services.users.user_id(name)
+        rows = session.execute(
+            sa.select(LogEntry.session_id, LogEntry.user_agent).where(
+                LogEntry.op_type == Op.FILE_CREATE.value, LogEntry.user_id == user_id
+            )
+        ).all()
+        sessions = session.execute(
+            sa.select(
+                LoginSession.id, LoginSession.user_agent, LoginSession.ip, LoginSession.auth_method
+            ).where(LoginSession.user_id == user_id)
+        ).all()
+    by_agent = {ua: {sid for sid, a in rows if a == ua} for _, ua in rows}
+    assert len(by_agent[agent["User-Agent"]]) == 1
+    assert by_agent[agent["User-Agent"]] != by_agent["another-client"]
+    recorded = {s.id: s for s in sessions}
+    (sid,) = by_agent[agent["User-Agent"]]
+    assert recorded[sid].user_agent == agent["User-Agent"]
+    assert str(recorded[sid].ip) == "127.0.0.1" and recorded[sid].auth_method == "password"
+
+
+# -- quota
+
+
+def put_chunked(server: InprocServer, path: str, user: tuple[str, str], chunks: list[bytes]) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.putrequest("PUT", path)
+        conn.putheader("Authorization", basic_auth_header(*user))
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for chunk in chunks:
+            try:
+                conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        else:
+            conn.send(b"0\r\n\r\n")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def versions_of(server: InprocServer, user: str) -> int:
+    with server.app.db.read() as session:
+        return int(
+            session.scalar(
+                sa.select(sa.func.count())
+                .select_from(FileVersion)
+                .join(Node, Node.id == FileVersion.node_id)
+                .where(Node.owner_id == server.app.services.users.user_id(user))
+            )
+            or 0
+        )
+
+
+def test_quota_refuses_before_the_body_and_cuts_off_chunked_uploads(server: InprocServer) -> None:
+    name, password = make_user(server, quota=1000)
+    user = (name, password)
+    started = time.perf_counter()
+    big = call(server, "PUT", "/files/big.bin", user=user, body=b"x" * 5000)
+    assert big.status == 507
+    assert put_chunked(server, "/files/chunked.bin", user, [b"y" * 400] * 5) == 507
+    assert versions_of(server, name) == 0
+    assert call(server, "GET", "/files/chunked.bin", user=user).status == 404
+    # What fits, fits; dedup does not make usage smaller.
+    assert call(server, "PUT", "/files/a.bin", user=user, body=b"a" * 450).status == 201
+    assert call(server, "PUT", "/files/b.bin", user=user, body=b"a" * 450).status == 201
+    assert call(server, "PUT", "/files/c.bin", user=user, body=b"c" * 200).status == 507
+    # Replacing a file frees its old bytes first.
+    assert call(server, "PUT", "/files/a.bin", user=user, body=b"d" * 540).status == 204
+    assert versions_of(server, name) == 3
+    assert time.perf_counter() - started < 30
+    used, quota = server.app.files.usage(server.app.services.users.user_id(name))
+    assert (used, quota) == (990, 1000)

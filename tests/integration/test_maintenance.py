@@ -1,0 +1,288 @@
+"""gc and fsck on both engines: what gc removes and keeps, what fsck finds.
+
+gc racing an upload is in test_maintenance_race.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from davserver.blobstore import FileSystemBlobStore, storage_key_for
+from davserver.db import Database
+from davserver.db.types import utcnow
+from davserver.models import Blob, ImageVariant, LogEntry, Package, User
+from davserver.services.actor import Actor
+from davserver.services.files import FileService
+from davserver.services.maintenance import MaintenanceService
+from davserver.services.tree import NodeView
+from tests.blobs import (
+    HOUR,
+    OLD,
+    backdate,
+    blob_shas,
+    loose_blob,
+    orphan_file,
+    path_of,
+    put,
+    sha,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileSystemBlobStore:
+    return FileSystemBlobStore(tmp_path / "blobs", fsync=False)
+
+
+@pytest.fixture
+def files(database: Database, store: FileSystemBlobStore) -> FileService:
+    return FileService(database, store)
+
+
+@pytest.fixture
+def maintenance(database: Database, store: FileSystemBlobStore) -> MaintenanceService:
+    return MaintenanceService(database, store)
+
+
+@pytest.fixture
+def actor(database: Database) -> Actor:
+    with database.write() as session:
+        user = User(username="alice", password_hash="x")
+        session.add(user)
+        session.flush()
+        return Actor(user_id=user.id, username="alice")
+
+
+@pytest.fixture
+def home(files: FileService, actor: Actor) -> NodeView:
+    view = files.resolve(files.home_id(actor.user_id), [])
+    assert view is not None
+    return view
+
+
+# ------------------------------------------------------------------ what gc removes and keeps
+
+
+@dataclass
+class Scene:
+    kept: list[bytes]  # blobs (row and file) that must survive
+    garbage: bytes  # old and unreferenced: removed
+    orphan: Path  # old file without a row: removed
+    young_orphan: Path
+    stray: Path  # not a blob name: never touched
+    old_temp: Path
+    young_temp: Path
+
+
+@pytest.fixture
+def scene(
+    database: Database,
+    store: FileSystemBlobStore,
+    files: FileService,
+    actor: Actor,
+    home: NodeView,
+) -> Scene:
+    put(files, actor, home, "doc.txt", b"in a version")
+    source = loose_blob(database, store, b"variant source")
+    variant = loose_blob(database, store, b"variant bytes")
+    archive = loose_blob(database, store, b"package archive")
+    loose_blob(database, store, b"young garbage", age=60)
+    loose_blob(database, store, b"old garbage")
+    with database.write() as session:
+        session.execute(sa.update(Blob).values(created_at=utcnow() - dt.timedelta(seconds=OLD)))
+        session.execute(
+            sa.update(Blob)
+            .where(Blob.sha256 == sha(b"young garbage"))
+            .values(created_at=utcnow() - dt.timedelta(seconds=60))
+        )
+        session.add(
+            ImageVariant(
+                source_blob_id=source,
+                variant_type="thumbnail",
+                max_size=64,
+                quality_level=80,
+                format="jpeg",
+                blob_id=variant,
+                width=1,
+                height=1,
+                size_bytes=13,
+            )
+        )
+        session.add(Package(name="p", created_by=actor.user_id, archive_blob_id=archive))
+    stray = store.root / "ab" / "notes.txt"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"not a blob")
+    backdate(stray, OLD)
+    old_temp = store.tmp_dir / "up-crashed"
+    old_temp.write_bytes(b"half an upload")
+    backdate(old_temp, OLD)
+    young_temp = store.tmp_dir / "up-running"
+    young_temp.write_bytes(b"an upload in progress")
+    return Scene(
+        kept=[
+            b"in a version",
+            b"variant source",
+            b"variant bytes",
+            b"package archive",
+            b"young garbage",
+        ],
+        garbage=b"old garbage",
+        orphan=orphan_file(store, b"orphan bytes"),
+        young_orphan=orphan_file(store, b"young orphan", age=60),
+        stray=stray,
+        old_temp=old_temp,
+        young_temp=young_temp,
+    )
+
+
+def test_gc_removes_exactly_what_is_old_and_unreferenced(
+    scene: Scene, maintenance: MaintenanceService, store: FileSystemBlobStore, database: Database
+) -> None:
+    report = maintenance.collect_garbage(grace=HOUR)
+
+    assert (report.blobs_removed, report.bytes_removed) == (1, len(scene.garbage))
+    assert (report.orphan_files_removed, report.orphan_bytes_removed) == (1, 12)
+    assert (report.temp_files_removed, report.temp_bytes_removed) == (1, 14)
+    assert report.errors == [] and report.blobs_without_file == 0
+    assert blob_shas(database) == {sha(data) for data in scene.kept}
+    for data in scene.kept:
+        assert path_of(store, data).read_bytes() == data
+    assert not path_of(store, scene.garbage).exists()
+    assert not scene.orphan.exists() and scene.young_orphan.exists()
+    assert scene.stray.exists() and scene.young_temp.exists() and not scene.old_temp.exists()
+    assert sorted(f.key for f in store.iter_temp_files()) == ["up-running"]
+    with database.read() as session:
+        logged = session.scalars(
+            sa.select(LogEntry.details).where(LogEntry.op_type == "maintenance:gc")
+        ).one()
+    assert logged["blobs_removed"] == 1 and logged["dry_run"] is False
+
+
+def test_dry_run_counts_the_same_and_removes_nothing(
+    scene: Scene, maintenance: MaintenanceService, store: FileSystemBlobStore, database: Database
+) -> None:
+    before_rows = blob_shas(database)
+    before_files = sorted(f.key for f in store.iter_files())
+    dry = maintenance.collect_garbage(grace=HOUR, dry_run=True)
+    assert blob_shas(database) == before_rows
+    assert sorted(f.key for f in store.iter_files()) == before_files
+    assert scene.old_temp.exists()
+
+    real = maintenance.collect_garbage(grace=HOUR)
+    counted = ("blobs_removed", "bytes_removed", "orphan_files_removed", "temp_files_removed")
+    assert [getattr(dry, k) for k in counted] == [getattr(real, k) for k in counted]
+    assert dry.dry_run and not real.dry_run
+
+
+def test_a_row_whose_file_is_gone_is_removed_and_counted(
+    maintenance: MaintenanceService, store: FileSystemBlobStore, database: Database
+) -> None:
+    loose_blob(database, store, b"lost bytes")
+    path_of(store, b"lost bytes").unlink()
+    report = maintenance.collect_garbage(grace=HOUR)
+    assert (report.blobs_removed, report.blobs_without_file, report.bytes_removed) == (1, 1, 0)
+    assert blob_shas(database) == set()
+
+
+def test_a_failed_move_puts_everything_back_and_reports_it(
+    maintenance: MaintenanceService,
+    store: FileSystemBlobStore,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for i in range(3):
+        loose_blob(database, store, f"garbage {i}".encode())
+    real_set_aside = store.set_aside
+    calls = []
+
+    def fail_third(storage_key: str) -> str | None:
+        calls.append(storage_key)
+        if len(calls) == 3:
+            raise PermissionError(13, "Permission denied", storage_key)
+        return real_set_aside(storage_key)
+
+    monkeypatch.setattr(store, "set_aside", fail_third)
+    report = maintenance.collect_garbage(grace=HOUR)
+    assert not report.ok and "Permission denied" in report.errors[0]
+    assert report.blobs_removed == 0
+    assert len(blob_shas(database)) == 3
+    for i in range(3):
+        assert path_of(store, f"garbage {i}".encode()).exists()
+    assert list(store.iter_temp_files()) == []
+
+
+# --------------------------------------------------------------------------------- fsck
+
+
+def test_fsck_finds_corrupt_missing_and_orphan_files(
+    database: Database,
+    store: FileSystemBlobStore,
+    files: FileService,
+    maintenance: MaintenanceService,
+    actor: Actor,
+    home: NodeView,
+) -> None:
+    put(files, actor, home, "fine.txt", b"fine bytes")
+    put(files, actor, home, "flipped.txt", b"flipped bytes")
+    put(files, actor, home, "short.txt", b"truncated bytes")
+    put(files, actor, home, "gone.txt", b"missing bytes")
+    assert maintenance.check().ok
+    with open(path_of(store, b"flipped bytes"), "r+b") as fh:
+        fh.write(b"F")
+    path_of(store, b"truncated bytes").write_bytes(b"trunc")
+    path_of(store, b"missing bytes").unlink()
+    orphan_file(store, b"nobody's bytes")
+    orphan_file(store, b"just uploaded", age=0)  # its upload may still be committing
+
+    report = maintenance.check()
+
+    assert not report.ok
+    assert report.counts == {"corrupt": 2, "missing": 1, "orphan": 1}
+    found = {(p.kind, p.storage_key) for p in report.problems}
+    assert found == {
+        ("corrupt", storage_key_for(sha(b"flipped bytes"))),
+        ("corrupt", storage_key_for(sha(b"truncated bytes"))),
+        ("missing", storage_key_for(sha(b"missing bytes"))),
+        ("orphan", storage_key_for(sha(b"nobody's bytes"))),
+    }
+    short = next(p for p in report.problems if p.sha256 == sha(b"truncated bytes"))
+    assert "size 5, expected 15" in short.detail
+    assert report.blobs_checked == 4 and report.files_scanned == 5
+    with database.read() as session:
+        logged = session.scalars(
+            sa.select(LogEntry.details)
+            .where(LogEntry.op_type == "maintenance:fsck")
+            .order_by(LogEntry.id.desc())
+        ).first()
+    assert logged is not None and logged["counts"]["corrupt"] == 2
+
+
+def test_fsck_sample_and_since_check_a_subset_and_skip_the_orphan_scan(
+    database: Database, store: FileSystemBlobStore, maintenance: MaintenanceService
+) -> None:
+    for i in range(5):
+        loose_blob(database, store, f"old {i}".encode(), age=3 * 24 * 3600)
+    loose_blob(database, store, b"new one", age=0)
+    orphan_file(store, b"orphan")
+    sampled = maintenance.check(sample=3)
+    assert sampled.blobs_checked == 3 and not sampled.orphan_scan and sampled.ok
+    recent = maintenance.check(since=utcnow() - dt.timedelta(days=1))
+    assert (recent.blobs_checked, recent.bytes_checked) == (1, len(b"new one"))
+    assert maintenance.check().counts == {"orphan": 1}
+
+
+def test_fsck_reports_progress_within_a_large_blob(
+    database: Database, store: FileSystemBlobStore, maintenance: MaintenanceService
+) -> None:
+    loose_blob(database, store, os.urandom(3 * 1024 * 1024 + 5))
+    seen: list[Any] = []
+    assert maintenance.check(progress=seen.append).ok
+    hashing = [p for p in seen if p.phase == "hash"]
+    assert [p.bytes_done for p in hashing[:3]] == [1 << 20, 2 << 20, 3 << 20]
+    assert hashing[-1].done == hashing[-1].total == 1

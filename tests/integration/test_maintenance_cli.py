@@ -1,0 +1,138 @@
+"""``davserver gc`` and ``davserver fsck`` run in-process: exit statuses, --json, progress."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from davserver.blobstore import FileSystemBlobStore
+from davserver.cli import main
+from davserver.commands import maintenance as commands
+from davserver.db import Database
+from davserver.models import LogEntry
+from tests.blobs import loose_blob, path_of
+
+
+@pytest.fixture
+def data_dir(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DAVSERVER_DATABASE_URL", db_url)
+    monkeypatch.setenv("DAVSERVER_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def run(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
+    def davserver(*argv: str) -> tuple[int, Any, str]:
+        """Exit status, stdout (parsed when it is JSON) and stderr of one command."""
+        status = main(["--config", str(tmp_path / "absent.yaml"), *argv])
+        out, err = capsys.readouterr()
+        return status, json.loads(out) if "--json" in argv else out, err
+
+    yield davserver
+
+
+def add_loose_blob(db_url: str, data_dir: Path, data: bytes) -> Path:
+    """A blob row and file that nothing references, two hours old; returns the file."""
+    store = FileSystemBlobStore(data_dir / "blobs", fsync=False)
+    db = Database(db_url)
+    try:
+        loose_blob(db, store, data)
+    finally:
+        db.dispose()
+    return path_of(store, data)
+
+
+def logged_ops(db_url: str) -> list[str]:
+    db = Database(db_url)
+    try:
+        with db.read() as session:
+            return list(
+                session.scalars(
+                    sa.select(LogEntry.op_type)
+                    .where(LogEntry.op_type.like("maintenance:%"))
+                    .order_by(LogEntry.id)
+                )
+            )
+    finally:
+        db.dispose()
+
+
+def test_gc_and_fsck_from_the_command_line(run: Any, db_url: str, data_dir: Path) -> None:
+    status, report, _ = run("gc", "--json")
+    assert status == 0 and report["ok"] and report["blobs_removed"] == 0
+
+    garbage = add_loose_blob(db_url, data_dir, b"nobody uses these bytes")
+    damaged = add_loose_blob(db_url, data_dir, b"these bytes will rot")
+    with open(damaged, "r+b") as fh:
+        fh.write(b"T")
+
+    status, report, _ = run("fsck", "--json")
+    assert status == 1 and not report["ok"]
+    assert report["counts"] == {"corrupt": 1} and report["blobs_checked"] == 2
+    assert report["problems"][0]["storage_key"].endswith(damaged.name)
+
+    status, text, _ = run("fsck")
+    assert status == 1
+    assert "corrupt" in text and damaged.name in text and "problems: 1 corrupt" in text
+
+    status, report, _ = run("gc", "--dry-run", "--json")
+    assert status == 0 and report["dry_run"] and report["blobs_removed"] == 2
+    assert garbage.exists() and damaged.exists()
+
+    status, text, _ = run("gc", "--grace", "86400")
+    assert status == 0 and "blobs removed         0 (0 B)" in text
+
+    status, report, _ = run("gc", "--json")
+    assert status == 0 and report["blobs_removed"] == 2
+    assert report["bytes_removed"] == len(b"nobody uses these bytes") + len(b"these bytes will rot")
+    assert not garbage.exists() and not damaged.exists()
+
+    status, report, _ = run("fsck", "--json")
+    assert status == 0 and report["ok"] and report["blobs_checked"] == 0
+    assert logged_ops(db_url) == ["maintenance:gc"] + ["maintenance:fsck"] * 2 + [
+        "maintenance:gc"
+    ] * 3 + ["maintenance:fsck"]
+
+
+def test_gc_exits_non_zero_when_a_file_cannot_be_removed(
+    run: Any, db_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run("gc", "--json")  # creates the schema
+    garbage = add_loose_blob(db_url, data_dir, b"stuck bytes")
+
+    def refuse(self: FileSystemBlobStore, storage_key: str) -> str | None:
+        raise PermissionError(13, "Permission denied", storage_key)
+
+    monkeypatch.setattr(FileSystemBlobStore, "set_aside", refuse)
+    status, report, err = run("gc", "--json")
+    assert status == 1 and not report["ok"] and report["blobs_removed"] == 0
+    assert "Permission denied" in err
+    assert garbage.exists()
+    status, report, _ = run("fsck", "--json")
+    assert status == 0 and report["blobs_checked"] == 1  # the row came back with its file
+
+
+def test_progress_lines_go_to_stderr(
+    run: Any, db_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run("gc", "--json")
+    add_loose_blob(db_url, data_dir, b"x" * 3000)
+    monkeypatch.setattr(commands, "_PROGRESS_EVERY", 0.0)
+    status, report, err = run("fsck", "--json", "--sample", "1")
+    assert status == 0 and report["blobs_checked"] == 1
+    assert "fsck: hash 1/1, 2.9 KiB of 2.9 KiB (100%)" in err.splitlines()
+    status, _, err = run("gc", "--quiet", "--json")
+    assert status == 0 and err == ""
+
+
+def test_bad_arguments_are_refused(run: Any) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run("fsck", "--since", "yesterday")
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        run("gc", "--grace", "-5")

@@ -1,0 +1,375 @@
+"""Permissions and sharing over real HTTP, on both engines: grants of each single right on a
+file and on a folder, every WebDAV method as the grantee, and the edge cases of issue 4."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from davserver.models import Grant, LogEntry, Node, Op
+from tests import images
+from tests.conftest import ENGINES
+from tests.servers import InprocServer, Response, basic_auth_header, http_request, run_inproc_server
+
+PROPPATCH = (
+    b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:x="urn:x">'
+    b"<D:set><D:prop><x:color>red</x:color></D:prop></D:set></D:propertyupdate>"
+)
+LOCK = (
+    b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+    b"</D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"
+)
+
+
+class People:
+    def __init__(self, server: InprocServer) -> None:
+        self.server = server
+        self.passwords: dict[str, str] = {}
+        suffix = uuid.uuid4().hex[:6]
+        self.alice, self.bob, self.carol, self.dave = (
+            f"{n}{suffix}" for n in ("alice", "bob", "carol", "dave")
+        )
+        self.team = f"team{suffix}"
+        users = server.app.services.users
+        for name in (self.alice, self.bob, self.carol):
+            self.passwords[name] = f"pw-{uuid.uuid4().hex}"
+            users.create_user(None, name, password=self.passwords[name])
+        self.passwords[self.dave] = f"pw-{uuid.uuid4().hex}"
+        users.create_user(None, self.dave, password=self.passwords[self.dave], roles=["viewer"])
+        groups = server.app.services.groups
+        groups.create_group(None, self.team)
+        groups.add_member(None, self.team, self.bob)
+        groups.add_member(None, self.team, self.alice, admin=True)
+
+    def call(
+        self,
+        who: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        sent = {"Authorization": basic_auth_header(who, self.passwords[who]), **(headers or {})}
+        return http_request(method, self.server.url + path, body, sent)
+
+    def api(self, who: str, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
+        body = json.dumps(payload).encode() if payload is not None else None
+        response = self.call(
+            who, method, "/api/v1" + path, body, {"Content-Type": "application/json"}
+        )
+        return response.status, json.loads(response.body) if response.body else None
+
+    def grant(self, who: str, path: str, to: str, *rights: str, group: bool = False) -> int:
+        payload = {"path": path, ("group" if group else "user"): to, "rights": list(rights)}
+        status, _ = self.api(who, "POST", "/grants", payload)
+        return status
+
+    def put(self, who: str, path: str, data: bytes = b"content") -> int:
+        return self.call(who, "PUT", path, data).status
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InprocServer]:
+    tmp = tmp_path_factory.mktemp(f"share-{request.param}")
+    with run_inproc_server(request.param, tmp, logging__query_header=True) as srv:
+        yield srv
+
+
+@pytest.fixture
+def people(server: InprocServer) -> People:
+    return People(server)
+
+
+# -- the matrix: each single right on a file and on a folder, each method as the grantee
+
+RIGHTS = ["read", "download", "write", "share"]
+# method -> expected status per right (read, download, write, share)
+FILE_CELLS: dict[str, tuple[int, int, int, int]] = {
+    "PROPFIND": (207, 207, 207, 207),
+    "GET": (403, 200, 403, 403),
+    "PUT": (403, 403, 204, 403),
+    "PROPPATCH": (403, 403, 207, 403),
+    "LOCK": (403, 403, 200, 403),
+    "COPY out": (403, 201, 403, 403),
+    "DELETE": (403, 403, 204, 403),
+}
+FOLDER_CELLS: dict[str, tuple[int, int, int, int]] = {
+    "PROPFIND": (207, 207, 207, 207),
+    "GET child": (403, 200, 403, 403),
+    "PUT child": (403, 403, 201, 403),
+    "MKCOL child": (403, 403, 201, 403),
+    "MOVE child": (403, 403, 201, 403),
+    "COPY out": (403, 201, 403, 403),
+    "DELETE child": (403, 403, 204, 403),
+    "DELETE": (403, 403, 204, 403),
+}
+
+
+def run_cell(p: People, kind: str, method: str, right: str) -> int:
+    name = f"{kind}-{right}-{uuid.uuid4().hex[:6]}"
+    if kind == "file":
+        assert p.put(p.alice, f"/files/{name}") == 201
+    else:
+        assert p.call(p.alice, "MKCOL", f"/files/{name}/").status == 201
+        assert p.put(p.alice, f"/files/{name}/child.txt") == 201
+    assert p.grant(p.alice, f"/files/{name}", p.bob, right) == 201
+    shared = f"/shared/{p.alice}/{name}"
+    child = f"{shared}/child.txt"
+    out = {"Destination": f"{p.server.url}/files/copy-{uuid.uuid4().hex[:6]}"}
+    requests: dict[str, tuple[str, str, bytes | None, dict[str, str]]] = {
+        "PROPFIND": ("PROPFIND", shared, None, {"Depth": "0"}),
+        "GET": ("GET", shared, None, {}),
+        "GET child": ("GET", child, None, {}),
+        "PUT": ("PUT", shared, b"changed", {}),
+        "PUT child": ("PUT", f"{shared}/new.txt", b"new", {}),
+        "MKCOL child": ("MKCOL", f"{shared}/sub/", None, {}),
+        "MOVE child": ("MOVE", child, None, {"Destination": p.server.url + f"{shared}/moved.txt"}),
+        "PROPPATCH": ("PROPPATCH", shared, PROPPATCH, {}),
+        "LOCK": ("LOCK", shared, LOCK, {"Timeout": "Second-60"}),
+        "COPY out": ("COPY", shared, None, out),
+        "DELETE child": ("DELETE", child, None, {}),
+        "DELETE": ("DELETE", shared, None, {}),
+    }
+    method_name, path, body, headers = requests[method]
+    return p.call(p.bob, method_name, path, body, headers).status
+
+
+@pytest.mark.parametrize("method", list(FILE_CELLS))
+def test_matrix_file(people: People, method: str) -> None:
+    got = tuple(run_cell(people, "file", method, right) for right in RIGHTS)
+    assert got == FILE_CELLS[method], dict(zip(RIGHTS, got, strict=True))
+
+
+@pytest.mark.parametrize("method", list(FOLDER_CELLS))
+def test_matrix_folder(people: People, method: str) -> None:
+    got = tuple(run_cell(people, "folder", method, right) for right in RIGHTS)
+    assert got == FOLDER_CELLS[method], dict(zip(RIGHTS, got, strict=True))
+
+
+# -- what others see
+
+
+def test_unshared_items_answer_like_missing(people: People) -> None:
+    p = people
+    assert p.put(p.alice, "/files/private.txt") == 201
+    assert p.call(p.carol, "GET", f"/shared/{p.alice}/private.txt").status == 404
+    assert p.call(p.carol, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "0"}).status == 404
+    assert p.call(p.carol, "DELETE", f"/shared/{p.alice}/private.txt").status == 404
+
+
+def test_listing_shows_only_the_shared_child(people: People) -> None:
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/mixed/").status == 201
+    for name in ("shared.txt", "p1.txt", "p2.txt"):
+        assert p.put(p.alice, f"/files/mixed/{name}") == 201
+    assert p.grant(p.alice, "/files/mixed/shared.txt", p.bob, "read") == 201
+    listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
+    assert listing.status == 207
+    assert b"shared.txt" in listing.body and b"p1.txt" not in listing.body
+    assert (
+        p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/mixed", headers={"Depth": "0"}).status == 404
+    )
+    root = p.call(p.bob, "PROPFIND", "/shared/", headers={"Depth": "1"})
+    assert p.alice.encode() in root.body
+
+
+def test_copy_into_another_users_tree_needs_write_there(people: People) -> None:
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/inbox/").status == 201
+    assert p.call(p.alice, "MKCOL", "/files/readonly/").status == 201
+    assert p.grant(p.alice, "/files/inbox", p.bob, "write") == 201
+    assert p.grant(p.alice, "/files/readonly", p.bob, "read") == 201
+    assert p.put(p.bob, "/files/mine.txt", b"from bob") == 201
+    into = f"{p.server.url}/shared/{p.alice}/readonly/mine.txt"
+    assert p.call(p.bob, "COPY", "/files/mine.txt", headers={"Destination": into}).status == 403
+    into = f"{p.server.url}/shared/{p.alice}/inbox/mine.txt"
+    assert p.call(p.bob, "COPY", "/files/mine.txt", headers={"Destination": into}).status == 201
+    assert p.call(p.alice, "GET", "/files/inbox/mine.txt").body == b"from bob"
+    # Moving between spaces is refused: rows keep their space's owner.
+    into = f"{p.server.url}/shared/{p.alice}/inbox/moved.txt"
+    assert p.call(p.bob, "MOVE", "/files/mine.txt", headers={"Destination": into}).status == 403
+    with p.server.app.db.read() as session:
+        owners = set(
+            session.scalars(
+                sa.select(Node.owner_id).where(Node.name == "mine.txt", Node.deleted_at.is_(None))
+            )
+        )
+    ids = {p.server.app.services.users.user_id(n) for n in (p.alice, p.bob)}
+    assert owners == ids  # bob's original and alice's copy
+
+
+def test_read_only_grantee_cannot_move_copy_out_or_lock(people: People) -> None:
+    p = people
+    assert p.put(p.alice, "/files/doc.txt", b"alice's") == 201
+    assert p.grant(p.alice, "/files/doc.txt", p.bob, "read") == 201
+    shared = f"/shared/{p.alice}/doc.txt"
+    assert (
+        p.call(p.bob, "MOVE", shared, headers={"Destination": p.server.url + "/files/x"}).status
+        == 403
+    )
+    assert (
+        p.call(p.bob, "COPY", shared, headers={"Destination": p.server.url + "/files/x"}).status
+        == 403
+    )
+    assert p.call(p.bob, "LOCK", shared, LOCK).status == 403
+    # So the owner is never blocked by them.
+    assert p.put(p.alice, "/files/doc.txt", b"still alice's") == 204
+
+
+def test_viewer_never_writes_whatever_its_grants(people: People) -> None:
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/for-dave/").status == 201
+    assert p.grant(p.alice, "/files/for-dave", p.dave, "write", "download") == 201
+    shared = f"/shared/{p.alice}/for-dave"
+    assert p.call(p.dave, "PROPFIND", shared, headers={"Depth": "0"}).status == 207
+    assert p.call(p.dave, "PUT", f"{shared}/x.txt", b"x").status == 403
+    assert p.call(p.dave, "LOCK", shared, LOCK).status == 403
+    assert p.call(p.dave, "PUT", "/files/own.txt", b"x").status == 403
+
+
+def test_resharing_is_capped_by_what_the_grantee_holds(people: People) -> None:
+    p = people
+    assert p.put(p.alice, "/files/reshare.txt") == 201
+    assert p.grant(p.alice, "/files/reshare.txt", p.bob, "read", "share") == 201
+    shared = f"/shared/{p.alice}/reshare.txt"
+    assert p.grant(p.bob, shared, p.carol, "read", "write") == 403
+    assert p.grant(p.bob, shared, p.carol, "download") == 403
+    assert p.grant(p.bob, shared, p.carol, "read") == 201
+    assert p.call(p.carol, "PROPFIND", shared, headers={"Depth": "0"}).status == 207
+    # Without share, no resharing at all.
+    assert p.grant(p.carol, shared, p.dave, "read") == 403
+
+
+def test_expired_grant_is_ignored(people: People) -> None:
+    p = people
+    assert p.put(p.alice, "/files/expiring.txt") == 201
+    assert p.grant(p.alice, "/files/expiring.txt", p.bob, "download") == 201
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/expiring.txt").status == 200
+    with p.server.app.db.write() as session:
+        session.execute(
+            sa.update(Grant)
+            .where(Grant.user_id == p.server.app.services.users.user_id(p.bob))
+            .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/expiring.txt").status == 404
+
+
+def test_group_grant_and_removed_member_on_a_kept_alive_connection(people: People) -> None:
+    p = people
+    assert p.put(p.alice, "/files/for-team.txt", b"team stuff") == 201
+    assert p.grant(p.alice, "/files/for-team.txt", p.team, "download", group=True) == 201
+    conn = http.client.HTTPConnection("127.0.0.1", p.server.port, timeout=30)
+    auth = {"Authorization": basic_auth_header(p.bob, p.passwords[p.bob])}
+    path = f"/shared/{p.alice}/for-team.txt"
+    try:
+        conn.request("GET", path, headers=auth)
+        first = conn.getresponse()
+        assert (first.status, first.read()) == (200, b"team stuff")
+        p.server.app.services.groups.remove_member(None, p.team, p.bob)
+        conn.request("GET", path, headers=auth)  # the same connection
+        second = conn.getresponse()
+        second.read()
+        assert second.status == 404
+    finally:
+        conn.close()
+    assert p.call(p.carol, "GET", path).status == 404
+
+
+def test_revoke_takes_effect_on_the_next_request_and_is_logged(people: People) -> None:
+    p = people
+    assert p.put(p.alice, "/files/revoked.txt") == 201
+    assert p.grant(p.alice, "/files/revoked.txt", p.bob, "read", "download") == 201
+    assert p.grant(p.alice, "/files/revoked.txt", p.bob, "read") == 201  # replaces
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/revoked.txt").status == 403
+    status, listing = p.api(p.alice, "GET", "/grants?path=/files/revoked.txt")
+    assert status == 200 and [g["rights"] for g in listing["grants"]] == [["read"]]
+    status, _ = p.api(p.alice, "DELETE", f"/grants?path=/files/revoked.txt&user={p.bob}")
+    assert status == 204
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/revoked.txt").status == 404
+    with p.server.app.db.read() as session:
+        rows = session.execute(
+            sa.select(LogEntry.op_type, LogEntry.details)
+            .where(LogEntry.op_type.in_([Op.GRANT_CREATE.value, Op.GRANT_REVOKE.value]))
+            .order_by(LogEntry.id)
+        ).all()
+    mine = [r for r in rows if r.details.get("grantee") == p.bob][-3:]
+    assert [r.op_type for r in mine] == ["share:grant:create"] * 2 + ["share:grant:revoke"]
+    assert mine[1].details["before"]["rights"] == ["read", "download"]
+    assert mine[1].details["after"]["rights"] == ["read"]
+    assert mine[2].details["after"] is None
+
+
+def test_group_space_is_for_members(people: People) -> None:
+    p = people
+    assert p.put(p.bob, f"/groups/{p.team}/plan.txt", b"plan") == 201
+    assert p.call(p.alice, "GET", f"/groups/{p.team}/plan.txt").body == b"plan"
+    assert p.call(p.carol, "GET", f"/groups/{p.team}/plan.txt").status == 404
+    listing = p.call(p.bob, "PROPFIND", "/groups/", headers={"Depth": "1"})
+    assert p.team.encode() in listing.body
+    assert (
+        p.team.encode() not in p.call(p.carol, "PROPFIND", "/groups/", headers={"Depth": "1"}).body
+    )
+    # The group admin may share out of the group's space; a plain member may not.
+    assert p.grant(p.bob, f"/groups/{p.team}/plan.txt", p.carol, "read") == 403
+    assert p.grant(p.alice, f"/groups/{p.team}/plan.txt", p.carol, "read") == 201
+    assert (
+        p.call(p.carol, "PROPFIND", f"/shared/@{p.team}/plan.txt", headers={"Depth": "0"}).status
+        == 207
+    )
+
+
+def test_clients_see_their_rights(people: People) -> None:
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/rights/").status == 201
+    assert p.grant(p.alice, "/files/rights", p.bob, "read", "write") == 201
+    body = (
+        b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:oc="http://owncloud.org/ns">'
+        b"<D:prop><oc:permissions/><D:current-user-privilege-set/></D:prop></D:propfind>"
+    )
+    bob = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/rights", body, {"Depth": "0"})
+    assert bob.status == 207
+    assert b">SGDNVCK</" in bob.body
+    assert b"write-content" in bob.body and b"download" not in bob.body
+    alice = p.call(p.alice, "PROPFIND", "/files/rights", body, {"Depth": "0"})
+    assert b">RGDNVCK</" in alice.body and b"ds:share" in alice.body
+
+
+def test_a_grantees_listing_costs_the_same_queries_whatever_its_size(people: People) -> None:
+    p = people
+    counts = {}
+    assert p.call(p.bob, "PROPFIND", "/files/", headers={"Depth": "0"}).status == 207  # sign in
+    for size in (5, 150):
+        folder = f"/files/big-{size}"
+        assert p.call(p.alice, "MKCOL", folder + "/").status == 201
+        for i in range(size):
+            assert p.put(p.alice, f"{folder}/f{i:04d}.txt", b"x") == 201
+        assert p.grant(p.alice, folder, p.bob, "read") == 201
+        # One member also granted directly: its rights come from the same query.
+        assert p.grant(p.alice, f"{folder}/f0001.txt", p.bob, "download") == 201
+        listing = p.call(
+            p.bob, "PROPFIND", f"/shared/{p.alice}/big-{size}/", headers={"Depth": "1"}
+        )
+        assert listing.status == 207 and listing.body.count(b"<D:response>") == size + 1
+        counts[size] = int(listing.headers["X-Query-Count"])
+    assert counts[5] == counts[150], counts
+
+
+def test_read_only_grantee_sees_thumbnails_but_not_the_original(people: People) -> None:
+    p = people
+    assert p.put(p.alice, "/files/photo.jpg", images.jpeg(120, 80)) == 201
+    assert p.grant(p.alice, "/files/photo.jpg", p.bob, "read") == 201
+    shared = f"/shared/{p.alice}/photo.jpg"
+    thumb = p.call(p.bob, "GET", shared + "?thumbnail=64")
+    assert thumb.status == 200 and thumb.headers["Content-Type"] == "image/jpeg"
+    assert p.call(p.bob, "GET", shared).status == 403
+    assert p.call(p.bob, "GET", shared + "?a=thumbnail=64").status == 403
+    assert p.call(p.carol, "GET", shared + "?thumbnail=64").status == 404
