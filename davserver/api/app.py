@@ -25,6 +25,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from davserver.api.errors import status_of
 from davserver.context import Services
@@ -235,8 +236,6 @@ def _body(environ: dict[str, Any]) -> dict[str, Any]:
     raw = environ["wsgi.input"].read(length) if length > 0 else b""
     kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if kind == "application/x-www-form-urlencoded":
-        from urllib.parse import parse_qsl
-
         return dict(parse_qsl(raw.decode("utf-8", "replace")))
     try:
         body = json.loads(raw or b"{}")
@@ -248,8 +247,6 @@ def _body(environ: dict[str, Any]) -> dict[str, Any]:
 
 
 def _query(environ: dict[str, Any]) -> dict[str, str]:
-    from urllib.parse import parse_qsl
-
     return dict(parse_qsl(environ.get("QUERY_STRING", "")))
 
 

@@ -38,6 +38,7 @@ from davserver.services.permissions import (
     SpaceOwner,
     base_permissions,
     restrict,
+    rights_of_grant,
 )
 from davserver.services.tree import NodeView
 
@@ -149,7 +150,7 @@ class NamespaceService:
                 for row in conn.execute(
                     _MY_GRANTS, {"user_id": actor.user_id, "groups": list(groups), "now": now}
                 ):
-                    grants[row.node_id] |= _rights(row)
+                    grants[row.node_id] |= rights_of_grant(row)
             return groups, dict(grants)
 
         return AccessContext(actor, now, load)
@@ -296,19 +297,6 @@ class NamespaceService:
                 names[name] = row.id
         ctx._shared = result
         return result
-
-
-def _rights(row: Any) -> Perm:
-    rights = Perm.NONE
-    for flag, perm in (
-        (row.can_read, Perm.READ),
-        (row.can_download, Perm.DOWNLOAD),
-        (row.can_write, Perm.WRITE),
-        (row.can_share, Perm.SHARE),
-    ):
-        if flag:
-            rights |= perm
-    return rights
 
 
 _n = Base.metadata.tables["nodes"]

@@ -20,6 +20,7 @@ import enum
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from davserver.errors import Forbidden, NotFound
 
@@ -50,6 +51,20 @@ class Perm(enum.IntFlag):
 
     def names(self) -> list[str]:
         return [m.name.lower() for m in GRANTABLE_MEMBERS if m in self and m.name]
+
+
+def rights_of_grant(row: Any) -> Perm:
+    """The rights a grant row (or any object with ``can_read`` .. ``can_share``) gives."""
+    rights = Perm.NONE
+    for flag, perm in (
+        (row.can_read, Perm.READ),
+        (row.can_download, Perm.DOWNLOAD),
+        (row.can_write, Perm.WRITE),
+        (row.can_share, Perm.SHARE),
+    ):
+        if flag:
+            rights |= perm
+    return rights
 
 
 GRANTABLE_NAMES = ("READ", "DOWNLOAD", "WRITE", "SHARE")

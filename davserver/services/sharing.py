@@ -27,7 +27,7 @@ from davserver.services.account_rules import audit_details, find_live_user, iso
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.groups import find_group
-from davserver.services.permissions import EVERYTHING, GRANTABLE, Perm
+from davserver.services.permissions import EVERYTHING, GRANTABLE, Perm, rights_of_grant
 from davserver.services.tree import NodeView
 
 
@@ -43,19 +43,6 @@ class GrantInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _rights_of(grant: Grant) -> Perm:
-    rights = Perm.NONE
-    for flag, perm in (
-        (grant.can_read, Perm.READ),
-        (grant.can_download, Perm.DOWNLOAD),
-        (grant.can_write, Perm.WRITE),
-        (grant.can_share, Perm.SHARE),
-    ):
-        if flag:
-            rights |= perm
-    return rights
 
 
 def _set_rights(grant: Grant, rights: Perm) -> None:
@@ -120,7 +107,7 @@ class SharingService:
                 )
                 session.add(row)
             else:
-                before = {"rights": _rights_of(row).names(), "expires_at": iso(row.expires_at)}
+                before = {"rights": rights_of_grant(row).names(), "expires_at": iso(row.expires_at)}
             _set_rights(row, rights)
             row.expires_at = expires_at
             row.granted_by = actor.user_id if actor else None
@@ -208,7 +195,7 @@ class SharingService:
             id=row.id,
             node_id=row.node_id,
             grantee=str(grantee),
-            rights=_rights_of(row).names(),
+            rights=rights_of_grant(row).names(),
             granted_by=granter,
             granted_at=row.granted_at,
             expires_at=row.expires_at,

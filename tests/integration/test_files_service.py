@@ -7,16 +7,15 @@ import unicodedata
 import uuid
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from davserver.blobstore import FileSystemBlobStore, StoredBlob
+from davserver.blobstore import StoredBlob
 from davserver.db import Database
 from davserver.errors import AlreadyExists, Conflict, InvalidName, PreconditionFailed
-from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, User
+from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node
 from davserver.services import files as files_module
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
@@ -24,24 +23,8 @@ from davserver.services.tree import NodeView, check_name
 
 
 @pytest.fixture
-def service(database: Database, tmp_path: Path) -> FileService:
-    return FileService(database, FileSystemBlobStore(tmp_path / "blobs", fsync=False))
-
-
-@pytest.fixture
-def actor(database: Database) -> Actor:
-    with database.write() as session:
-        user = User(username="alice", password_hash="x")
-        session.add(user)
-        session.flush()
-        return Actor(user_id=user.id, username="alice")
-
-
-@pytest.fixture
-def home(service: FileService, actor: Actor) -> NodeView:
-    view = service.resolve(service.home_id(actor.user_id), [])
-    assert view is not None
-    return view
+def service(files: FileService) -> FileService:
+    return files
 
 
 def store(service: FileService, data: bytes) -> StoredBlob:

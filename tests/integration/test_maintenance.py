@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from davserver.blobstore import FileSystemBlobStore, storage_key_for
 from davserver.db import Database
 from davserver.db.types import utcnow
-from davserver.models import Blob, ImageVariant, LogEntry, Package, User
+from davserver.models import Blob, ImageVariant, LogEntry, Package
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.maintenance import MaintenanceService
@@ -33,38 +33,6 @@ from tests.blobs import (
     put,
     sha,
 )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FileSystemBlobStore:
-    return FileSystemBlobStore(tmp_path / "blobs", fsync=False)
-
-
-@pytest.fixture
-def files(database: Database, store: FileSystemBlobStore) -> FileService:
-    return FileService(database, store)
-
-
-@pytest.fixture
-def maintenance(database: Database, store: FileSystemBlobStore) -> MaintenanceService:
-    return MaintenanceService(database, store)
-
-
-@pytest.fixture
-def actor(database: Database) -> Actor:
-    with database.write() as session:
-        user = User(username="alice", password_hash="x")
-        session.add(user)
-        session.flush()
-        return Actor(user_id=user.id, username="alice")
-
-
-@pytest.fixture
-def home(files: FileService, actor: Actor) -> NodeView:
-    view = files.resolve(files.home_id(actor.user_id), [])
-    assert view is not None
-    return view
-
 
 # ------------------------------------------------------------------ what gc removes and keeps
 

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,43 +21,12 @@ from sqlalchemy import event
 
 from davserver.blobstore import FileSystemBlobStore, StoredBlob, filesystem
 from davserver.db import Database
-from davserver.models import Blob, FileVersion, User
+from davserver.models import Blob, FileVersion
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.maintenance import GcReport, MaintenanceService
 from davserver.services.tree import NodeView
 from tests.blobs import HOUR, loose_blob, orphan_file, sha, write
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FileSystemBlobStore:
-    return FileSystemBlobStore(tmp_path / "blobs", fsync=False)
-
-
-@pytest.fixture
-def files(database: Database, store: FileSystemBlobStore) -> FileService:
-    return FileService(database, store)
-
-
-@pytest.fixture
-def maintenance(database: Database, store: FileSystemBlobStore) -> MaintenanceService:
-    return MaintenanceService(database, store)
-
-
-@pytest.fixture
-def actor(database: Database) -> Actor:
-    with database.write() as session:
-        user = User(username="alice", password_hash="x")
-        session.add(user)
-        session.flush()
-        return Actor(user_id=user.id, username="alice")
-
-
-@pytest.fixture
-def home(files: FileService, actor: Actor) -> NodeView:
-    view = files.resolve(files.home_id(actor.user_id), [])
-    assert view is not None
-    return view
 
 
 class Worker(threading.Thread):
