@@ -7,6 +7,7 @@ import signal
 import threading
 from types import FrameType
 
+from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
@@ -14,6 +15,28 @@ from davserver.app import Application
 from davserver.memory import limit_malloc_arenas, release_free_memory
 
 log = logging.getLogger(__name__)
+
+
+# An unread request body up to this size is read and dropped after an early answer, so the
+# connection can be kept; a bigger one closes the connection instead.
+_DRAIN_LIMIT = 1024 * 1024
+
+
+class _Request(cheroot_server.HTTPRequest):
+    """cheroot's request, minus one trap: after an answer given before the body was read (401,
+    403, 507...), cheroot reads the rest of the body in *one* ``read(remaining)`` to keep the
+    connection, so a client announcing 50 GiB made the server allocate 50 GiB. Past
+    ``_DRAIN_LIMIT`` the connection is closed instead."""
+
+    def send_headers(self) -> None:
+        remaining = getattr(self.rfile, "remaining", 0)
+        if not self.chunked_read and remaining > _DRAIN_LIMIT:
+            self.close_connection = True
+        super().send_headers()
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _Request
 
 
 def make_server(app: Application, host: str, port: int) -> wsgi.Server:
@@ -27,6 +50,7 @@ def make_server(app: Application, host: str, port: int) -> wsgi.Server:
         server_name="davserver",
     )
     server.max_request_body_size = 0  # uploads are bounded by quota, not by a fixed cap
+    server.ConnectionClass = _Connection
     if settings.ssl_certificate and settings.ssl_private_key:
         server.ssl_adapter = BuiltinSSLAdapter(settings.ssl_certificate, settings.ssl_private_key)
     return server

@@ -424,3 +424,38 @@ def test_quota_refuses_before_the_body_and_cuts_off_chunked_uploads(server: Inpr
     assert time.perf_counter() - started < 30
     used, quota = server.app.files.usage(server.app.services.users.user_id(name))
     assert (used, quota) == (990, 1000)
+
+
+def announce_huge_put(server: InprocServer, authorization: str | None) -> tuple[int, str]:
+    """PUT announcing 50 GiB and sending none: (status, Connection header), within seconds."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.putrequest("PUT", "/files/huge.iso")
+        if authorization:
+            conn.putheader("Authorization", authorization)
+        conn.putheader("Content-Length", str(50 * 1024**3))
+        conn.endheaders()
+        started = time.perf_counter()
+        response = conn.getresponse()
+        assert time.perf_counter() - started < 5
+        return response.status, response.getheader("Connection", "")
+    finally:
+        conn.close()
+
+
+def test_quota_answers_before_a_body_that_never_comes(server: InprocServer) -> None:
+    name, password = make_user(server, quota=1000)
+    # The server answers, then closes rather than reading (or buffering) 50 GiB.
+    assert announce_huge_put(server, basic_auth_header(name, password)) == (507, "close")
+    assert announce_huge_put(server, None) == (401, "close")
+    assert versions_of(server, name) == 0
+    assert propfind(server, user=(name, password)) == 207
+
+
+def test_an_overlong_password_is_refused_fast_not_truncated(server: InprocServer) -> None:
+    name, password = make_user(server)
+    huge = password + "x" * 100_000
+    started = time.perf_counter()
+    assert propfind(server, user=(name, huge)) == 401
+    assert time.perf_counter() - started < 2
+    assert propfind(server, user=(name, password[:-1])) == 401  # no prefix matching either
