@@ -17,7 +17,7 @@ from davserver.services.accounts import AccountService
 from davserver.services.apikeys import ApiKeyService
 from davserver.services.files import FileService
 from davserver.services.groups import GroupAdminService
-from davserver.services.namespace import NamespaceService
+from davserver.services.namespace import NamespaceService, may_see_all_users, users_space
 from davserver.services.sessions import SessionService
 from davserver.services.sharing import SharingService
 from davserver.services.throttle import LoginThrottle, ThrottlePolicy
@@ -62,6 +62,7 @@ class Services:
         )
         self.files = FileService(self.db, self.blobs)
         self.namespace = NamespaceService(self.db, self.files)
+        self.namespace.add_space("users", users_space, visible=may_see_all_users)
         self.sharing = SharingService(self.db)
         self.variants = VariantService.from_settings(
             self.db, self.blobs, self.files, settings.images

@@ -77,7 +77,7 @@ class DavProvider(DAVProvider):
         found = cache.get(key, _MISSING)
         if found is _MISSING:
             if not parts:
-                found = Virtual(self.namespace.spaces)
+                found = Virtual(self.namespace.spaces_for(actor_of(environ)))
             else:
                 # One query answers the path and all its prefixes (WsgiDAV asks for the
                 # parent next).

@@ -3,6 +3,7 @@ effective permissions of every node reached through it.
 
     /files/...                     the user's own space
     /groups/<group>/...            a group's space, for its members (admins and moderators: all)
+    /users/<name>/...              every user's own space, for admins and moderators
     /shared/<owner>/<name>/...     the top-most items other users granted to this user or to
                                    one of their groups, per owner (``@<group>`` for items
                                    of a group's space)
@@ -18,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -106,6 +107,32 @@ class AccessContext:
         return parent_rights if extra is None else restrict(self.principal, parent_rights | extra)
 
 
+def _everyone(actor: Actor) -> bool:
+    return True
+
+
+def may_see_all_users(actor: Actor) -> bool:
+    return actor.is_admin or "moderator" in actor.roles
+
+
+def users_space(service: NamespaceService, ctx: AccessContext, rest: list[str]) -> list[Any]:
+    """``/users/<name>/...``: every user's own space, for admins (everything) and moderators
+    (they read and may move things to the trash)."""
+    if not may_see_all_users(ctx.actor):
+        return []
+    with service.db.connect() as conn:
+        homes = {
+            row.username: row.id
+            for row in conn.execute(
+                sa.select(_users.c.username, _users.c.id).where(_users.c.deleted_at.is_(None))
+            )
+        }
+    found: list[Any] = [Virtual(sorted(homes))]
+    if rest and rest[0] in homes:
+        found += service.descend(ctx, service.files.home_id(homes[rest[0]]), rest[1:])
+    return found
+
+
 @dataclass(frozen=True)
 class Virtual:
     """A read-only folder that only lists names: ``/``, ``/groups/``, ``/shared/``, an owner."""
@@ -126,15 +153,28 @@ class NamespaceService:
         self.db = db
         self.files = files
         self._extra: dict[str, SpaceResolver] = {}
+        self._visible: dict[str, Callable[[Actor], bool]] = {}
 
-    def add_space(self, name: str, resolver: SpaceResolver) -> None:
-        """Serve ``/<name>/...`` through ``resolver`` (see ``SpaceResolver``)."""
+    def add_space(
+        self,
+        name: str,
+        resolver: SpaceResolver,
+        visible: Callable[[Actor], bool] | None = None,
+    ) -> None:
+        """Serve ``/<name>/...`` through ``resolver`` (see ``SpaceResolver``); ``visible``
+        says whom ``/`` shows it to (everyone by default)."""
         self._extra[name] = resolver
+        if visible is not None:
+            self._visible[name] = visible
 
     @property
     def spaces(self) -> list[str]:
-        """What ``/`` lists."""
+        """Every space there is."""
         return [*SPACES, *self._extra]
+
+    def spaces_for(self, actor: Actor) -> list[str]:
+        """What ``/`` lists for this user."""
+        return [s for s in self.spaces if self._visible.get(s, _everyone)(actor)]
 
     def context(self, actor: Actor) -> AccessContext:
         """The access context of one request; its groups and grants are read on first need."""
@@ -161,7 +201,7 @@ class NamespaceService:
         """What a path (split into names) is for this user: Virtual, Reached, an item of an
         added space, or None when missing or unreadable."""
         if not parts:
-            return Virtual(self.spaces)
+            return Virtual(self.spaces_for(ctx.actor))
         return self.resolve_prefixes(ctx, parts)[-1]
 
     def resolve_prefixes(self, ctx: AccessContext, parts: Sequence[str]) -> list[Any]:
@@ -250,6 +290,36 @@ class NamespaceService:
             raise NotFound(f"nothing at {space}:{path}")
         return found
 
+    def rights_on(self, ctx: AccessContext, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Perm]:
+        """The user's rights on nodes known by id, whatever path reaches them (one query).
+
+        The base rights of each node's space, plus the grants on the node and every ancestor,
+        as ``ctx.top`` and ``ctx.below`` sum them along a path. A node that is missing, deleted
+        or below a deleted folder gets Perm.NONE.
+        """
+        ids = list(dict.fromkeys(node_ids))
+        rights = dict.fromkeys(ids, Perm.NONE)
+        if not ids:
+            return rights
+        with self.db.connect() as conn:
+            rows = conn.execute(_ANCESTRY, {"ids": ids}).all()
+        chains: dict[uuid.UUID, list[Any]] = defaultdict(list)
+        for row in rows:
+            chains[row.start_id].append(row)
+        for node_id, chain in chains.items():
+            if any(row.deleted_at is not None for row in chain):
+                continue
+            start = next(row for row in chain if row.node_id == node_id)
+            space = SpaceOwner(start.owner_id, start.group_id)
+            total = base_permissions(ctx.principal, space)
+            if total == EVERYTHING:
+                rights[node_id] = ctx.ceiling
+                continue
+            for row in chain:
+                total |= ctx.grants.get(row.node_id, Perm.NONE)
+            rights[node_id] = restrict(ctx.principal, total)
+        return rights
+
     # -- the virtual folders
 
     def visible_groups(self, ctx: AccessContext) -> dict[str, uuid.UUID]:
@@ -323,23 +393,15 @@ _MY_GRANTS = sa.select(
 
 
 def _ancestry() -> sa.Select[Any]:
-    """(start, node, deleted_at) for each granted node and every ancestor of it."""
+    """(start, node, deleted_at, owner, group) for each given node and every ancestor of it."""
+    columns = (_n.c.parent_id, _n.c.deleted_at, _n.c.owner_id, _n.c.group_id)
     up = (
-        sa.select(
-            _n.c.id.label("start_id"),
-            _n.c.id.label("node_id"),
-            _n.c.parent_id,
-            _n.c.deleted_at,
-        )
+        sa.select(_n.c.id.label("start_id"), _n.c.id.label("node_id"), *columns)
         .where(_n.c.id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
         .cte("up", recursive=True)
     )
-    up = up.union_all(
-        sa.select(up.c.start_id, _n.c.id, _n.c.parent_id, _n.c.deleted_at).where(
-            _n.c.id == up.c.parent_id
-        )
-    )
-    return sa.select(up.c.start_id, up.c.node_id, up.c.deleted_at)
+    up = up.union_all(sa.select(up.c.start_id, _n.c.id, *columns).where(_n.c.id == up.c.parent_id))
+    return sa.select(up.c.start_id, up.c.node_id, up.c.deleted_at, up.c.owner_id, up.c.group_id)
 
 
 _ANCESTRY = _ancestry()

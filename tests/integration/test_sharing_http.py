@@ -94,17 +94,24 @@ def people(server: InprocServer) -> People:
 RIGHTS = ["read", "download", "write", "share"]
 # method -> expected status per right (read, download, write, share)
 FILE_CELLS: dict[str, tuple[int, int, int, int]] = {
+    "OPTIONS": (200, 200, 200, 200),
     "PROPFIND": (207, 207, 207, 207),
+    "HEAD": (200, 200, 200, 200),  # what HEAD tells is what PROPFIND tells
     "GET": (403, 200, 403, 403),
     "PUT": (403, 403, 204, 403),
     "PROPPATCH": (403, 403, 207, 403),
     "LOCK": (403, 403, 200, 403),
     "COPY out": (403, 201, 403, 403),
+    # Renaming needs write on the folder it is in, which the grant does not cover.
+    "MOVE rename": (403, 403, 403, 403),
     "DELETE": (403, 403, 204, 403),
 }
 FOLDER_CELLS: dict[str, tuple[int, int, int, int]] = {
     "PROPFIND": (207, 207, 207, 207),
+    "PROPFIND Depth 1": (207, 207, 207, 207),
     "GET child": (403, 200, 403, 403),
+    "PROPPATCH child": (403, 403, 207, 403),
+    "LOCK child": (403, 403, 200, 403),
     "PUT child": (403, 403, 201, 403),
     "MKCOL child": (403, 403, 201, 403),
     "MOVE child": (403, 403, 201, 403),
@@ -126,9 +133,15 @@ def run_cell(p: People, kind: str, method: str, right: str) -> int:
     child = f"{shared}/child.txt"
     out = {"Destination": f"{p.server.url}/files/copy-{uuid.uuid4().hex[:6]}"}
     requests: dict[str, tuple[str, str, bytes | None, dict[str, str]]] = {
+        "OPTIONS": ("OPTIONS", shared, None, {}),
+        "HEAD": ("HEAD", shared, None, {}),
+        "MOVE rename": ("MOVE", shared, None, {"Destination": p.server.url + shared + "-x"}),
         "PROPFIND": ("PROPFIND", shared, None, {"Depth": "0"}),
         "GET": ("GET", shared, None, {}),
         "GET child": ("GET", child, None, {}),
+        "PROPFIND Depth 1": ("PROPFIND", shared + "/", None, {"Depth": "1"}),
+        "PROPPATCH child": ("PROPPATCH", child, PROPPATCH, {}),
+        "LOCK child": ("LOCK", child, LOCK, {"Timeout": "Second-60"}),
         "PUT": ("PUT", shared, b"changed", {}),
         "PUT child": ("PUT", f"{shared}/new.txt", b"new", {}),
         "MKCOL child": ("MKCOL", f"{shared}/sub/", None, {}),
@@ -373,3 +386,29 @@ def test_read_only_grantee_sees_thumbnails_but_not_the_original(people: People) 
     assert p.call(p.bob, "GET", shared).status == 403
     assert p.call(p.bob, "GET", shared + "?a=thumbnail=64").status == 403
     assert p.call(p.carol, "GET", shared + "?thumbnail=64").status == 404
+
+
+def test_moderators_and_admins_reach_every_users_space(people: People) -> None:
+    p = people
+    users = p.server.app.services.users
+    moderator, admin = f"mod{uuid.uuid4().hex[:6]}", f"adm{uuid.uuid4().hex[:6]}"
+    for name, role in ((moderator, "moderator"), (admin, "admin")):
+        p.passwords[name] = f"pw-{uuid.uuid4().hex}"
+        users.create_user(None, name, password=p.passwords[name], roles=["user", role])
+    assert p.put(p.alice, "/files/report.txt", b"alice's report") == 201
+    assert p.put(p.alice, "/files/spam.txt", b"spam") == 201
+    mine = f"/users/{p.alice}"
+    listing = p.call(moderator, "PROPFIND", "/users/", headers={"Depth": "1"})
+    assert listing.status == 207 and p.alice.encode() in listing.body
+    # A moderator sees everything and may trash it, but neither downloads nor writes.
+    assert p.call(moderator, "PROPFIND", f"{mine}/report.txt", headers={"Depth": "0"}).status == 207
+    assert p.call(moderator, "GET", f"{mine}/report.txt").status == 403
+    assert p.call(moderator, "PUT", f"{mine}/report.txt", b"edited").status == 403
+    assert p.call(moderator, "DELETE", f"{mine}/spam.txt").status == 204
+    assert p.call(p.alice, "GET", "/files/spam.txt").status == 404
+    # An admin may do anything.
+    assert p.call(admin, "GET", f"{mine}/report.txt").body == b"alice's report"
+    # Others do not even see the space.
+    assert p.call(p.bob, "PROPFIND", "/users/", headers={"Depth": "0"}).status == 404
+    root = p.call(p.bob, "PROPFIND", "/", headers={"Depth": "1"})
+    assert b"/users/" not in root.body and b"/shared/" in root.body
