@@ -18,7 +18,10 @@ from davserver.context import Services
 from davserver.errors import TooManyRequests, Unauthorized
 from providers.dispatch import DavRequestResolver
 from providers.lock_storage import SqlLockStorage
+from providers.packages import register as register_packages
 from providers.provider import DavProvider
+from providers.trash import register as register_trash
+from providers.versions import register as register_versions
 
 # Bodies WsgiDAV reads whole into memory (PROPFIND, PROPPATCH, LOCK, ...) are capped.
 _STREAMED_METHODS = frozenset({"PUT", "GET", "HEAD"})
@@ -40,6 +43,9 @@ class Application:
         self.api = ApiApp(services, self.authenticator.identify, self.authenticator.challenges)
         self.lock_storage = SqlLockStorage(self.db, max_timeout=settings.dav.lock_max_timeout)
         self.provider = DavProvider(self.files, services.variants, services.namespace)
+        register_packages(self.provider, services.packages)
+        register_versions(self.provider, services.versions)
+        register_trash(self.provider, services.trash)
         self._queries = threading.local()
         if settings.logging.query_header:
             event.listen(self.db.engine, "before_cursor_execute", self._count_query)

@@ -13,7 +13,16 @@ from davserver.config import ConfigError, Settings, load_settings
 from davserver.errors import DomainError
 
 # Command groups, each a module of davserver.commands with register(commands).
-COMMAND_GROUPS: tuple[str, ...] = ("users", "apikeys", "sharing", "maintenance", "variants")
+COMMAND_GROUPS: tuple[str, ...] = (
+    "users",
+    "apikeys",
+    "sharing",
+    "maintenance",
+    "variants",
+    "packages",
+    "versions",
+    "trash",
+)
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:

@@ -101,6 +101,15 @@ class MaintenanceSettings:
 
 
 @dataclass(frozen=True)
+class PackageSettings:
+    default_expiry_days: int = opt(
+        30,
+        "Days a package lives when its creator names no expiry (MKCOL, or the API and CLI"
+        " without one); 0: until deleted.",
+    )
+
+
+@dataclass(frozen=True)
 class ImageSettings:
     thumbnail_sizes: str = opt(
         "64,256", "Sizes (px, longer side) a client may ask for as ?thumbnail=N; comma-separated."
@@ -130,6 +139,28 @@ class ImageSettings:
 
 
 @dataclass(frozen=True)
+class VersionSettings:
+    keep_last: int = opt(
+        50, "Versions kept per file, newest first (0: all); the current one always stays."
+    )
+    thin_after_days: int = opt(
+        30, "Versions older than this many days are thinned to the last of each day (0: never)."
+    )
+    coalesce_seconds: int = opt(
+        0,
+        "An upload by the same user this soon after the file's previous version replaces that "
+        "version instead of adding one (0: off; uploads under one lock always coalesce).",
+    )
+
+
+@dataclass(frozen=True)
+class TrashSettings:
+    retention_days: int = opt(
+        30, "Deleted items are purged for good this many days after deletion (0: never)."
+    )
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = opt("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
     query_header: bool = opt(
@@ -147,7 +178,10 @@ class Settings:
     dav: DavSettings = field(default_factory=DavSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    packages: PackageSettings = field(default_factory=PackageSettings)
     images: ImageSettings = field(default_factory=ImageSettings)
+    versions: VersionSettings = field(default_factory=VersionSettings)
+    trash: TrashSettings = field(default_factory=TrashSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     @property

@@ -13,18 +13,23 @@ from auth.passwords import PasswordHasher
 from davserver.blobstore import FileSystemBlobStore
 from davserver.config import Settings
 from davserver.db import Database
+from davserver.services import package_space, trash, versions
 from davserver.services.accounts import AccountService
 from davserver.services.apikeys import ApiKeyService
 from davserver.services.files import FileService
 from davserver.services.groups import GroupAdminService
 from davserver.services.namespace import NamespaceService, may_see_all_users, users_space
+from davserver.services.packages import PackageService
 from davserver.services.sessions import SessionService
 from davserver.services.sharing import SharingService
 from davserver.services.throttle import LoginThrottle, ThrottlePolicy
 from davserver.services.tokens import TokenService
+from davserver.services.trash import TrashService
 from davserver.services.user_import import UserImportService
 from davserver.services.users import UserAdminService
 from davserver.services.variants import VariantService
+from davserver.services.version_rules import VersionPolicy
+from davserver.services.versions import VersionService
 
 
 class Services:
@@ -60,9 +65,28 @@ class Services:
             refresh_lifetime=dt.timedelta(days=auth.refresh_token_days),
             secret=auth.token_secret,
         )
-        self.files = FileService(self.db, self.blobs)
+        self.files = FileService(
+            self.db,
+            self.blobs,
+            VersionPolicy(
+                keep_last=settings.versions.keep_last,
+                thin_after_days=settings.versions.thin_after_days,
+                coalesce_seconds=settings.versions.coalesce_seconds,
+            ),
+        )
         self.namespace = NamespaceService(self.db, self.files)
         self.namespace.add_space("users", users_space, visible=may_see_all_users)
+        self.packages = PackageService(
+            self.db,
+            self.blobs,
+            self.namespace,
+            default_expiry_days=settings.packages.default_expiry_days,
+        )
+        self.namespace.add_space(package_space.SPACE, package_space.resolver(self.packages))
+        self.versions = VersionService(self.db, self.files)
+        self.namespace.add_space(versions.SPACE, self.versions.resolve)
+        self.trash = TrashService(self.db, self.files, retention_days=settings.trash.retention_days)
+        self.namespace.add_space(trash.SPACE, self.trash.resolve)
         self.sharing = SharingService(self.db)
         self.variants = VariantService.from_settings(
             self.db, self.blobs, self.files, settings.images

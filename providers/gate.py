@@ -58,10 +58,16 @@ def check_request(provider: DavProvider, environ: dict[str, Any]) -> None:
                 require(target.rights, Perm.WRITE, "move")
             else:
                 require(target.rights, Perm.DOWNLOAD, "copy")
-            dest = destination_path(environ)
-            if dest is not None:
-                existing = provider.get_resource_inst(dest, environ)
-                _may_create_or_change(provider, environ, dest, existing)
+            check_destination(provider, environ)
+
+
+def check_destination(provider: DavProvider, environ: dict[str, Any]) -> None:
+    """COPY and MOVE: what their Destination needs (WRITE on an item they replace, WRITE on
+    the folder they create in, or the rules of an added space's resource there)."""
+    dest = destination_path(environ)
+    if dest is not None:
+        existing = provider.get_resource_inst(dest, environ)
+        _may_create_or_change(provider, environ, dest, existing)
 
 
 def _may_change(target: Any) -> None:

@@ -55,9 +55,10 @@ so the prefix matches are checked again in Python).
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, overload
@@ -500,6 +501,31 @@ class SqlLockStorage:
         return bool(
             self.get_lock_list("/", include_root=True, include_children=True, token_only=True)
         )
+
+    def held_since(
+        self, tokens: Sequence[str], *, url: str, principal: str | None
+    ) -> dt.datetime | None:
+        """When the oldest unexpired lock among ``tokens`` that ``principal`` holds on ``url``
+        (on it, or on an ancestor with depth infinity) was taken; None if there is none.
+        Uploads under one lock coalesce into one version (davserver.services.version_rules)."""
+        if not tokens or not principal:
+            return None
+        root = normalize_lock_root(url)
+        with self._db.connect() as conn:
+            rows = conn.execute(
+                sa.select(DavLock.root, DavLock.depth, DavLock.created_at).where(
+                    DavLock.token.in_(list(tokens)),
+                    DavLock.principal == principal,
+                    DavLock.namespace == _namespace(),
+                    _unexpired(_now()),
+                )
+            ).all()
+        taken = [
+            row.created_at
+            for row in rows
+            if row.root == root or (row.depth == "infinity" and _is_below(row.root, root))
+        ]
+        return min(taken, default=None)
 
     def _namespace_locks(self, namespace: str) -> list[LockDict]:
         """Every unexpired lock of a namespace (the per-request snapshot); a prepared statement."""

@@ -39,6 +39,7 @@ from providers.resources import (
     actor_of,
 )
 from providers.variants import respond_variant, wants_variant
+from providers.versions import respond_version, wants_version
 
 ResourceFactory = Callable[["DavProvider", str, dict[str, Any], Any], Any]
 _CACHE_KEY = "davserver.nodes"
@@ -115,6 +116,12 @@ class DavProvider(DAVProvider):
         res = self.get_resource_inst(path, environ)
         return bool(res and res.is_collection)
 
+    def substitute(self, environ: dict[str, Any], path: str, item: Any) -> None:
+        """For the rest of this request, ``path`` is ``item`` (an item of an added space):
+        ``GET <file>?version=N`` is answered by WsgiDAV's GET on the version's resource."""
+        cache: dict[str, Any] = environ.setdefault(_CACHE_KEY, {})
+        cache["/".join(p for p in path.split("/") if p)] = item
+
     def forget(self, environ: dict[str, Any]) -> None:
         """Drop the request's node cache after a write."""
         environ.pop(_CACHE_KEY, None)
@@ -142,6 +149,8 @@ class DavProvider(DAVProvider):
         if method != "PROPFIND":
             if wants_variant(environ):
                 return respond_variant(res, environ, start_response)
+            if wants_version(environ):
+                return respond_version(self, res, environ, start_response, default)
             if res.is_collection:
                 return folder_listing(res, environ, start_response)
             return default(environ, start_response)

@@ -31,6 +31,7 @@ from davserver.services.tree import NodeView
 from providers import live_props
 from providers.digests import expected_digests, repr_digest
 from providers.errors import dav_errors
+from providers.lock_storage import SqlLockStorage
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
@@ -223,6 +224,13 @@ class _NodeResource:
         return True
 
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        # A space added to the namespace may decide what a COPY into it means (a package
+        # pins the current versions): its folder's ``receive_copy``.
+        into = self.provider.get_resource_inst(util.get_uri_parent(dest_path), self.environ)
+        receive = getattr(into, "receive_copy", None)
+        if receive is not None:
+            name = util.get_uri_name(dest_path.rstrip("/"))
+            return bool(receive(self, name, depth_infinity=depth_infinity))
         parent, name, existing = self._split_destination(dest_path)
         assert parent.view is not None
         with dav_errors():
@@ -412,7 +420,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         self._expected_digests = expected_digests(environ)
         with dav_errors():
             self._allowance = self.provider.files.upload_allowance(
-                self.view or self._parent_view(), self.view
+                actor_of(environ), self.view or self._parent_view(), self.view
             )
         if self._allowance is not None and (expected_length or 0) > self._allowance:
             raise DAVError(
@@ -446,10 +454,25 @@ class FileResource(_NodeResource, DAVNonCollection):
                 content_type=self._content_type,
                 expected_version_id=self._expected_version,
                 enforce_quota=self._allowance is not None,
+                lock_since=self._held_lock_since(),
             )
         self.view = view
         self.provider.forget(self.environ)
         self.provider.variants.after_upload(view)
+
+    def _held_lock_since(self) -> dt.datetime | None:
+        """When the lock the uploader holds on this file (and sent the token of) was taken:
+        uploads under one lock coalesce into one version."""
+        storage = getattr(self.provider.lock_manager, "storage", None)
+        if self.view is None or self.view.current_version_id is None:
+            return None  # nothing to coalesce with
+        if not isinstance(storage, SqlLockStorage):
+            return None
+        return storage.held_since(
+            self.environ.get("wsgidav.ifLockTokenList") or [],
+            url=self.get_ref_url(),
+            principal=self.environ.get("wsgidav.user_name"),
+        )
 
 
 class _UploadSink:

@@ -13,6 +13,12 @@
     GET    /api/v1/grants?path=/files/docs                -> the grants on an item
     POST   /api/v1/grants   {path, user | group, rights, expires_days?} -> grant (or replace)
     DELETE /api/v1/grants?path=...&user=bob (or &group=team) -> revoke
+    GET    /api/v1/packages                               -> my packages
+    POST   /api/v1/packages {name, description?, expires_days?} -> a new package (0: no expiry)
+    GET    /api/v1/packages/<name>                        -> its items, zip size and ETag
+    DELETE /api/v1/packages/<name>                        -> delete it (the files stay)
+    POST   /api/v1/packages/<name>/items {path, path_in_archive?} -> pin a file or folder
+    DELETE /api/v1/packages/<name>/items/<path in archive> -> unpin (a folder: all below)
 
 Everything but the token endpoints needs credentials (Basic, an API key or a Bearer token);
 a read-only API key may only read.
@@ -20,12 +26,13 @@ a read-only API key may only read.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from davserver.api.errors import status_of
 from davserver.context import Services
@@ -39,7 +46,8 @@ from davserver.errors import (
 )
 from davserver.jsonsafe import plain
 from davserver.services.actor import Actor
-from davserver.services.namespace import Reached
+from davserver.services.namespace import AccessContext, Reached
+from davserver.services.package_archive import PackageView
 from davserver.services.permissions import Perm
 
 PREFIX = "/api/v1"
@@ -73,7 +81,10 @@ class ApiApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        parts = [p for p in environ.get("PATH_INFO", "")[len(PREFIX) :].split("/") if p]
+        path = environ.get("PATH_INFO", "")
+        with contextlib.suppress(UnicodeError):  # WSGI gives the URL's bytes as latin-1
+            path = path.encode("iso-8859-1").decode("utf-8")
+        parts = [p for p in path[len(PREFIX) :].split("/") if p]
         try:
             status, body = self._route(method, parts, environ)
         except DomainError as exc:
@@ -138,7 +149,73 @@ class ApiApp:
                     group=query.get("group"),
                 )
                 return 204, None
+            case _, ["packages", *rest]:
+                return self._packages(actor, method, rest, environ)
         raise NotFound(f"no API endpoint {method} {PREFIX}/{'/'.join(parts)}")
+
+    def _packages(
+        self, actor: Actor, method: str, rest: list[str], environ: dict[str, Any]
+    ) -> tuple[int, Any]:
+        packages = self.services.packages
+        match method, rest:
+            case "GET", []:
+                found = packages.list_packages(actor.user_id)
+                return 200, {"packages": [plain(p.summary()) for p in found]}
+            case "POST", []:
+                body = _body(environ)
+                description = body.get("description", "")
+                if not isinstance(description, str):
+                    raise BadRequest("description is a string")
+                days = body.get("expires_days")
+                if days is not None and (
+                    not isinstance(days, int) or isinstance(days, bool) or days < 0
+                ):
+                    raise BadRequest("expires_days is a whole number of days (0: never expires)")
+                created = packages.create(
+                    actor,
+                    actor.user_id,
+                    _text(body, "name"),
+                    description=description,
+                    expires_days=days,
+                )
+                return 201, self._package(actor, created)
+            case "GET", [name]:
+                return 200, self._package(actor, packages.get(actor.user_id, name))
+            case "DELETE", [name]:
+                packages.delete(actor, packages.get(actor.user_id, name))
+                return 204, None
+            case "POST", [name, "items"]:
+                body = _body(environ)
+                package = packages.get(actor.user_id, name)
+                path_in_archive = body.get("path_in_archive")
+                if not isinstance(path_in_archive, str | None):
+                    raise BadRequest("path_in_archive is a string")
+                ctx = self.services.namespace.context(actor)
+                target = self._reach(actor, _text(body, "path"), ctx)
+                added = packages.add(actor, package, ctx, target.view, path_in_archive)
+                return 201, {"added": [plain(item.as_dict()) for item in added]}
+            case "DELETE", [name, "items", *path] if path:
+                packages.remove(actor, packages.get(actor.user_id, name), "/".join(path))
+                return 204, None
+        raise NotFound(f"no API endpoint {method} {PREFIX}/packages/{'/'.join(rest)}")
+
+    def _package(self, actor: Actor, package: PackageView) -> dict[str, Any]:
+        """A package with its items, where its zip is, and what could not be downloaded."""
+        packages = self.services.packages
+        layout = packages.layout(package)
+        unavailable = packages.unavailable(self.services.namespace.context(actor), package)
+        return plain(
+            {
+                **package.summary(),
+                "zip": {
+                    "url": f"/packages/{quote(package.zip_name)}",
+                    "size": layout.size,
+                    "etag": layout.etag,
+                },
+                "files": [item.as_dict() for item in package.items],
+                "unavailable": unavailable,
+            }
+        )
 
     def _me(self, actor: Actor) -> dict[str, Any]:
         return plain(
@@ -165,11 +242,12 @@ class ApiApp:
         )
         return {**plain(info.as_dict()), "key": key}
 
-    def _reach(self, actor: Actor, path: str) -> Reached:
+    def _reach(self, actor: Actor, path: str, ctx: AccessContext | None = None) -> Reached:
         """The item at a path of the user's namespace (``/files/...``, ``/groups/...``,
         ``/shared/...``); NotFound unless it is a file or folder the user may read."""
         namespace = self.services.namespace
-        found = namespace.resolve(namespace.context(actor), [p for p in path.split("/") if p])
+        ctx = ctx or namespace.context(actor)
+        found = namespace.resolve(ctx, [p for p in path.split("/") if p])
         if not isinstance(found, Reached):
             raise NotFound(f"no item {path!r}")
         return found

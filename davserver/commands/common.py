@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from davserver.config import load_settings
 from davserver.context import Services
 from davserver.jsonsafe import plain
+from davserver.services.maintenance import Progress
 
 
 @contextmanager
@@ -71,3 +73,64 @@ def emit_item(args: argparse.Namespace, item: Mapping[str, Any]) -> None:
     width = max((len(k) for k in item), default=0)
     for key, value in item.items():
         sys.stdout.write(f"{key.ljust(width)}  {_cell(value)}\n")
+
+
+PROGRESS_EVERY = 1.0  # seconds between progress lines
+
+
+class ProgressLine:
+    """Prints the newest progress to stderr at most once per ``PROGRESS_EVERY`` seconds, so
+    short runs print nothing."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.last = time.monotonic()
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        count = f"{progress.done}" + (f"/{progress.total}" if progress.total is not None else "")
+        line = f"{self.command}: {progress.phase} {count}"
+        if progress.bytes_total:
+            share = 100 * progress.bytes_done / progress.bytes_total
+            done, total = human_size(progress.bytes_done), human_size(progress.bytes_total)
+            line += f", {done} of {total}"
+            line += f" ({share:.0f}%)"
+        elif progress.bytes_done:
+            line += f", {human_size(progress.bytes_done)}"
+        print(line, file=sys.stderr, flush=True)
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def item_path(text: str) -> tuple[str, str]:
+    """``OWNER:/path`` or ``@GROUP:/path`` -> (space, path), for argparse."""
+    space, colon, path = text.partition(":")
+    if not colon or not space:
+        raise argparse.ArgumentTypeError(
+            f"name an item as OWNER:/path or @GROUP:/path, not {text!r}"
+        )
+    return space, path or "/"

@@ -9,13 +9,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-import time
 from typing import Any
 
-from davserver.commands.common import add_json_flag, emit_item, open_services
-from davserver.services.maintenance import FsckReport, MaintenanceService, Progress
-
-_PROGRESS_EVERY = 1.0  # seconds between progress lines
+from davserver.commands.common import (
+    ProgressLine,
+    add_json_flag,
+    emit_item,
+    human_size,
+    non_negative_int,
+    open_services,
+    positive_int,
+)
+from davserver.services.maintenance import FsckReport, MaintenanceService
 
 
 def register(commands: Any) -> None:
@@ -30,7 +35,7 @@ def register(commands: Any) -> None:
     )
     gc.add_argument(
         "--grace",
-        type=_non_negative,
+        type=non_negative_int,
         metavar="SECONDS",
         help="leave anything younger alone (default: maintenance.gc_grace_seconds); "
         "0 also takes the temp files of uploads in progress, so only with the server stopped",
@@ -47,7 +52,7 @@ def register(commands: Any) -> None:
     )
     fsck.add_argument(
         "--sample",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="check N blobs picked at random (skips the orphan scan)",
     )
@@ -71,7 +76,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         report = MaintenanceService(services.db, services.blobs).collect_garbage(
             grace=dt.timedelta(seconds=grace),
             dry_run=args.dry_run,
-            progress=None if args.quiet else _ProgressLine("gc"),
+            progress=None if args.quiet else ProgressLine("gc"),
         )
     if args.json:
         emit_item(args, report.as_dict())
@@ -80,12 +85,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
             args,
             {
                 "dry run": report.dry_run,
-                "blobs removed": f"{report.blobs_removed} ({_size(report.bytes_removed)})",
+                "blobs removed": f"{report.blobs_removed} ({human_size(report.bytes_removed)})",
                 "rows without a file": report.blobs_without_file,
                 "orphan files removed": f"{report.orphan_files_removed} "
-                f"({_size(report.orphan_bytes_removed)})",
+                f"({human_size(report.orphan_bytes_removed)})",
                 "temp files removed": f"{report.temp_files_removed} "
-                f"({_size(report.temp_bytes_removed)})",
+                f"({human_size(report.temp_bytes_removed)})",
                 "seconds": report.seconds,
             },
         )
@@ -99,7 +104,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         report = MaintenanceService(services.db, services.blobs).check(
             sample=args.sample,
             since=args.since,
-            progress=None if args.quiet else _ProgressLine("fsck"),
+            progress=None if args.quiet else ProgressLine("fsck"),
         )
     if args.json:
         emit_item(args, report.as_dict())
@@ -116,56 +121,9 @@ def _print_fsck(report: FsckReport) -> None:
     found = ", ".join(f"{n} {kind}" for kind, n in sorted(report.counts.items())) or "none"
     scanned = f", {report.files_scanned} files scanned" if report.orphan_scan else ""
     print(
-        f"checked {report.blobs_checked} blobs ({_size(report.bytes_checked)}){scanned} "
+        f"checked {report.blobs_checked} blobs ({human_size(report.bytes_checked)}){scanned} "
         f"in {report.seconds}s; problems: {found}"
     )
-
-
-class _ProgressLine:
-    """Prints the newest progress to stderr at most once per ``_PROGRESS_EVERY`` seconds, so
-    short runs print nothing."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-        self.last = time.monotonic()
-
-    def __call__(self, progress: Progress) -> None:
-        now = time.monotonic()
-        if now - self.last < _PROGRESS_EVERY:
-            return
-        self.last = now
-        count = f"{progress.done}" + (f"/{progress.total}" if progress.total is not None else "")
-        line = f"{self.command}: {progress.phase} {count}"
-        if progress.bytes_total:
-            share = 100 * progress.bytes_done / progress.bytes_total
-            line += f", {_size(progress.bytes_done)} of {_size(progress.bytes_total)}"
-            line += f" ({share:.0f}%)"
-        elif progress.bytes_done:
-            line += f", {_size(progress.bytes_done)}"
-        print(line, file=sys.stderr, flush=True)
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
 
 
 def _timestamp(text: str) -> dt.datetime:

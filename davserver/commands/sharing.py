@@ -10,21 +10,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from davserver.commands.common import add_json_flag, emit_item, emit_rows, open_services
+from davserver.commands.common import add_json_flag, emit_item, emit_rows, item_path, open_services
 from davserver.db.types import utcnow
 from davserver.errors import BadRequest
 from davserver.services.permissions import Perm
 
 GRANT_COLUMNS = ("id", "grantee", "rights", "granted_by", "granted_at", "expires_at")
-
-
-def _item(text: str) -> tuple[str, str]:
-    space, colon, path = text.partition(":")
-    if not colon or not space:
-        raise argparse.ArgumentTypeError(
-            f"name an item as OWNER:/path or @GROUP:/path, not {text!r}"
-        )
-    return space, path or "/"
 
 
 def _grantee(text: str) -> dict[str, str]:
@@ -69,7 +60,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     grant = commands.add_parser(
         "grant", help="give a user or group rights on an item (replaces an earlier grant)"
     )
-    grant.add_argument("item", type=_item, help="OWNER:/path or @GROUP:/path")
+    grant.add_argument("item", type=item_path, help="OWNER:/path or @GROUP:/path")
     grant.add_argument("--to", required=True, help="a username, or @group")
     grant.add_argument(
         "--rights", required=True, help="comma-separated: read, download, write, share (or all)"
@@ -79,12 +70,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     grant.set_defaults(func=cmd_grant)
 
     revoke = commands.add_parser("revoke", help="remove a user's or group's grant on an item")
-    revoke.add_argument("item", type=_item, help="OWNER:/path or @GROUP:/path")
+    revoke.add_argument("item", type=item_path, help="OWNER:/path or @GROUP:/path")
     revoke.add_argument("grantee", help="a username, or @group")
     add_json_flag(revoke)
     revoke.set_defaults(func=cmd_revoke)
 
     grants = commands.add_parser("grants", help="list the grants on an item")
-    grants.add_argument("item", type=_item, help="OWNER:/path or @GROUP:/path")
+    grants.add_argument("item", type=item_path, help="OWNER:/path or @GROUP:/path")
     add_json_flag(grants)
     grants.set_defaults(func=cmd_grants)

@@ -63,7 +63,7 @@ class ImageVariant(Base):
 
     id: Mapped[uuid_pk]
     version_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("file_versions.id", ondelete="SET NULL")
+        sa.ForeignKey("file_versions.id", ondelete="SET NULL"), index=True
     )
     source_blob_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("blobs.id"))
     variant_type: Mapped[str] = mapped_column(sa.String(16))  # thumbnail | preview

@@ -19,11 +19,16 @@ class Op(enum.StrEnum):
 
     FILE_CREATE = "file:create"
     FILE_VERSION_CREATE = "file:version:create"
+    FILE_VERSION_REPLACE = "file:version:replace"  # an upload coalesced into the newest version
+    FILE_VERSION_RESTORE = "file:version:restore"
+    FILE_VERSION_PRUNE = "file:version:prune"
     FILE_DOWNLOAD = "file:download"
     FOLDER_CREATE = "folder:create"
     NODE_MOVE = "node:move"
     NODE_COPY = "node:copy"
     NODE_DELETE = "node:delete"
+    NODE_RESTORE = "node:restore"  # out of the trash
+    NODE_PURGE = "node:purge"  # out of the trash for good
     NODE_PROPPATCH = "node:proppatch"
     LOCK_CREATE = "lock:create"
     LOCK_REFRESH = "lock:refresh"
@@ -55,6 +60,11 @@ class Op(enum.StrEnum):
     SESSION_END = "auth:session:end"
     GRANT_CREATE = "share:grant:create"
     GRANT_REVOKE = "share:grant:revoke"
+    PACKAGE_CREATE = "package:create"
+    PACKAGE_DELETE = "package:delete"
+    PACKAGE_ITEM_ADD = "package:item:add"
+    PACKAGE_ITEM_REMOVE = "package:item:remove"
+    PACKAGE_DOWNLOAD = "package:download"
     MAINTENANCE_GC = "maintenance:gc"
     MAINTENANCE_FSCK = "maintenance:fsck"
 
@@ -79,8 +89,9 @@ class LogEntry(Base):
     node_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("nodes.id", ondelete="SET NULL")
     )
+    # Indexed: deleting a version (retention, trash purge) looks its references up here.
     version_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("file_versions.id", ondelete="SET NULL")
+        sa.ForeignKey("file_versions.id", ondelete="SET NULL"), index=True
     )
     package_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("packages.id", ondelete="SET NULL")

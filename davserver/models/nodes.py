@@ -77,7 +77,7 @@ class Node(Base):
     )
     mime_type: Mapped[str | None] = mapped_column(sa.String(255))
     current_version_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("file_versions.id", use_alter=True, ondelete="SET NULL")
+        sa.ForeignKey("file_versions.id", use_alter=True, ondelete="SET NULL"), index=True
     )
     size: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     # The modification time the client asked for (X-OC-Mtime, PROPPATCH); None = server time.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from davserver.db.base import Base
-from davserver.db.types import created_at, timestamp_or_none, uuid_pk
+from davserver.db.types import UTCDateTime, created_at, timestamp_or_none, utcnow, uuid_pk
 
 
 class Grant(Base):
@@ -41,6 +42,8 @@ class Grant(Base):
 
 
 class Package(Base):
+    """A named, expiring set of pinned file versions, served as one zip (``/packages/``)."""
+
     __tablename__ = "packages"
     __table_args__ = (sa.UniqueConstraint("created_by", "name"),)
 
@@ -50,6 +53,11 @@ class Package(Base):
     created_by: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
     created_at: Mapped[created_at]
     expires_at: Mapped[timestamp_or_none]
+    # Bumped by every change to the items: the zip's Last-Modified (If-Range by date). Null
+    # is allowed only so that adding it did not rebuild the table on SQLite (which would have
+    # cleared the references to it); the service always sets it.
+    modified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=utcnow)
+    # Unused: archives are streamed from the pinned blobs, never stored.
     archive_blob_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("blobs.id"))
 
 
@@ -62,8 +70,15 @@ class PackageItem(Base):
     id: Mapped[uuid_pk]
     package_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("packages.id", ondelete="CASCADE"))
     node_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("nodes.id", ondelete="SET NULL")
+        sa.ForeignKey("nodes.id", ondelete="SET NULL"), index=True
     )
-    version_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("file_versions.id"))
+    # No ondelete: a pinned version cannot be deleted while a package holds it. None pins an
+    # empty file (empty files have no version).
+    version_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("file_versions.id"), index=True
+    )
     path_in_archive: Mapped[str] = mapped_column(sa.String(1024))
+    # The file's modification time when it was pinned: a later PROPPATCH of the file's time
+    # must not change the package's bytes.
+    mtime: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     added_at: Mapped[created_at]

@@ -186,6 +186,7 @@ def _actor(
         roles=frozenset(row.role for row in rows if row.role),
         remote_addr=remote_addr,
         user_agent=user_agent,
+        quota_bytes=rows[0].quota_bytes,
         **credential,
     )
 
@@ -207,6 +208,7 @@ def user_with_roles() -> sa.Select[Any]:
             _users.c.username,
             _users.c.password_hash,
             _users.c.is_active,
+            _users.c.quota_bytes,
             _roles.c.name.label("role"),
         )
         .select_from(_users)

@@ -20,6 +20,8 @@ class Actor:
     auth_method: str = "password"
     api_key_id: uuid.UUID | None = None
     read_only: bool = False
+    # The user's own quota as read when they signed in for this request (None: unlimited).
+    quota_bytes: int | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -32,7 +32,7 @@ from davserver.errors import (
     QuotaExceeded,
 )
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space, User
-from davserver.services import tree
+from davserver.services import tree, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
@@ -42,9 +42,13 @@ _RETRIES = 4
 
 
 class FileService:
-    def __init__(self, db: Database, blobs: BlobStore) -> None:
+    def __init__(
+        self, db: Database, blobs: BlobStore, policy: version_rules.VersionPolicy | None = None
+    ) -> None:
         self.db = db
         self.blobs = blobs
+        # Coalescing and retention of versions; by default every version is kept.
+        self.policy = policy or version_rules.VersionPolicy()
         self._home_ids: dict[uuid.UUID, uuid.UUID] = {}
         self._group_root_ids: dict[uuid.UUID, uuid.UUID] = {}
         self._home_lock = threading.Lock()
@@ -125,8 +129,10 @@ class FileService:
         with self.db.connect() as conn:
             return int(conn.execute(_SUBTREE_SIZE, {"root_id": node_id}).scalar() or 0)
 
-    def upload_allowance(self, into: NodeView, replacing: NodeView | None) -> int | None:
-        """How many bytes an upload into ``into``'s space may have; None for no limit.
+    def upload_allowance(
+        self, actor: Actor, into: NodeView, replacing: NodeView | None
+    ) -> int | None:
+        """How many bytes ``actor``'s upload into ``into``'s space may have; None for no limit.
 
         Quotas are per user and count their own space; group spaces have none. ``replacing``
         is the file the upload would replace: its current bytes stop counting.
@@ -134,8 +140,11 @@ class FileService:
         if into.group_id is not None:
             return None
         owner_id = into.owner_id
-        with self.db.connect() as conn:
-            quota = conn.execute(_QUOTA, {"owner_id": owner_id}).scalar_one_or_none()
+        if owner_id == actor.user_id:
+            quota = actor.quota_bytes  # read with the credentials, this request
+        else:
+            with self.db.connect() as conn:
+                quota = conn.execute(_QUOTA, {"owner_id": owner_id}).scalar_one_or_none()
         if quota is None:
             return None
         used = self.subtree_size(self.home_id(owner_id))
@@ -213,6 +222,7 @@ class FileService:
         content_type: str | None = None,
         expected_version_id: uuid.UUID | None = None,
         enforce_quota: bool = False,
+        lock_since: dt.datetime | None = None,
     ) -> tuple[NodeView, bool]:
         """Record an uploaded blob as the newest version of ``parent/name``.
 
@@ -221,8 +231,11 @@ class FileService:
         version an If-Match header was checked against: if another upload won the race in
         between, PreconditionFailed. With ``enforce_quota`` (the owner has a quota, see
         ``upload_allowance``) the quota is checked again inside the transaction, against
-        uploads that finished meanwhile: QuotaExceeded. Returns the file and whether it was
-        created.
+        uploads that finished meanwhile: QuotaExceeded. ``lock_since`` is when the lock the
+        uploader holds on the file was taken: uploads under one lock, and within the
+        configured window, replace the newest version instead of adding one, and a new version
+        applies the retention policy (``davserver.services.version_rules``). Returns the file
+        and whether it was created.
         """
         key = name_key(name)
         mime = content_type[:255] if content_type else None
@@ -277,22 +290,36 @@ class FileService:
                 raise PreconditionFailed("the file changed since the ETag was issued")
             if current_sha == blob.sha256 or (current_version_id is None and blob.size == 0):
                 return _view(session, node_id), False
-            if current_version_id is not None and is_client_metadata(name):
+            op, details = Op.FILE_VERSION_CREATE, {}
+            coalesced = (
+                version_rules.coalesces(session, self.policy, actor, current_version_id, lock_since)
+                if current_version_id is not None
+                else None
+            )
+            if current_version_id is not None and (coalesced or is_client_metadata(name)):
                 version_id, version_no = self._replace_version(
                     session, actor, node_id, current_version_id, blob
                 )
+                if coalesced:
+                    op, details = Op.FILE_VERSION_REPLACE, {"coalesced": coalesced}
             else:
                 version_id, version_no = self._add_version(
                     session, actor, node_id, self._blob_id(session, blob), blob.size, mime
                 )
+                version_rules.prune_file(session, self.policy, actor, node_id)
             self._ensure_stored(session, blob)
             record_audit(
                 session,
                 actor,
-                Op.FILE_VERSION_CREATE,
+                op,
                 node_id=node_id,
                 version_id=version_id,
-                details={"version_no": version_no, "size": blob.size, "sha256": blob.sha256},
+                details={
+                    "version_no": version_no,
+                    "size": blob.size,
+                    "sha256": blob.sha256,
+                    **details,
+                },
             )
             return _view(session, node_id), False
 
@@ -546,6 +573,7 @@ class FileService:
             version_id, _ = self._add_version(
                 session, actor, target.id, source_blob, source.size, source.mime_type
             )
+            version_rules.prune_file(session, self.policy, actor, target.id)
         elif source_blob is None and target.current_version_id is not None:
             target.current_version_id = None
             target.size = 0

@@ -236,8 +236,7 @@ class NamespaceService:
         """The node ``start_id`` and those at each prefix of ``rest`` below it, with their
         rights summed along the way; stops at the first missing or unreadable one."""
         with self.db.connect() as conn:
-            start = tree.get_node(conn, start_id)
-            chain = tree.resolve_chain(conn, start_id, rest) if rest else []
+            start, *chain = tree.resolve_from(conn, start_id, rest)
         if start is None:
             return []
         rights = ctx.top(start)

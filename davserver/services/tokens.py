@@ -227,6 +227,7 @@ class TokenService:
             remote_addr=remote_addr,
             user_agent=user_agent,
             auth_method="token",
+            quota_bytes=rows[0].quota_bytes,
         )
 
     def _claims(self, token: str) -> dict[str, Any] | None:
@@ -326,6 +327,7 @@ class TokenService:
             remote_addr=remote_addr,
             user_agent=user_agent,
             auth_method="token",
+            quota_bytes=rows[0].quota_bytes,
         )
 
 

@@ -22,7 +22,7 @@ from davserver.errors import InvalidName
 from davserver.models import Node, NodeKind, Space
 
 MAX_NAME_LENGTH = 255
-_SLICE = 20  # SQLite joins at most 64 tables; a slice uses 22
+_SLICE = 20  # SQLite joins at most 64 tables; a slice uses 23
 # "/" separates names; control characters cannot appear in the XML of a PROPFIND answer
 # (XML 1.0), and Windows refuses them in file names too.
 _FORBIDDEN_CHARS = frozenset("/\x7f") | frozenset(chr(c) for c in range(32))
@@ -159,25 +159,45 @@ def get_node(session: Session | sa.Connection, node_id: uuid.UUID) -> NodeView |
     return _to_view(row) if row else None
 
 
+_BY_IDS = _view_select(_nodes).where(
+    _nodes.c.id.in_(sa.bindparam("node_ids", expanding=True, type_=sa.Uuid))
+)
+
+
+def get_nodes(
+    session: Session | sa.Connection, node_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, NodeView]:
+    """Many nodes by id, live or deleted, in one query per 5,000 (SQLite's parameter limit)."""
+    found: dict[uuid.UUID, NodeView] = {}
+    for start in range(0, len(node_ids), 5000):
+        batch = list(node_ids[start : start + 5000])
+        for row in session.execute(_BY_IDS, {"node_ids": batch}):
+            view = _to_view(row)
+            found[view.id] = view
+    return found
+
+
 _chain_statements: dict[int, sa.Select[Any]] = {}
 _NODE_WIDTH = len(_VIEW_COLUMNS)
 
 
 def _chain_statement(depth: int) -> sa.Select[Any]:
-    """The lookup of ``depth`` path segments and every prefix of them, in one statement.
+    """The lookup of the folder ``root_id`` and ``depth`` path segments below it, with every
+    prefix, in one statement.
 
     One alias of ``nodes`` per segment, each LEFT JOINed to the one before (which must be a
     folder), so the row also tells where a missing path stops: the parent of a new file comes
-    with the lookup of the file. Version and blob columns are joined for the last segment only.
+    with the lookup of the file, and the root comes too. Version and blob columns are joined
+    for the last segment only.
     """
     cached = _chain_statements.get(depth)
     if cached is not None:
         return cached
+    root = _nodes.alias("r")
     aliases = [_nodes.alias(f"n{i}") for i in range(depth)]
-    first, last = aliases[0], aliases[-1]
-    joined: Any = first
-    for i in range(1, depth):
-        previous, alias = aliases[i - 1], aliases[i]
+    joined: Any = root
+    for i, alias in enumerate(aliases):
+        previous = aliases[i - 1] if i else root
         joined = joined.outerjoin(
             alias,
             sa.and_(
@@ -187,16 +207,12 @@ def _chain_statement(depth: int) -> sa.Select[Any]:
                 alias.c.deleted_at.is_(None),
             ),
         )
-    joined = _with_current_version(joined, last)
-    columns: list[Any] = [alias.c[c] for alias in aliases for c in _VIEW_COLUMNS]
+    joined = _with_current_version(joined, aliases[-1])
+    columns: list[Any] = [alias.c[c] for alias in (root, *aliases) for c in _VIEW_COLUMNS]
     stmt: sa.Select[Any] = (
         sa.select(*columns, *_VERSION_COLUMNS)
         .select_from(joined)
-        .where(
-            first.c.parent_id == sa.bindparam("root_id", type_=sa.Uuid),
-            first.c.name_key == sa.bindparam("k0"),
-            first.c.deleted_at.is_(None),
-        )
+        .where(root.c.id == sa.bindparam("root_id", type_=sa.Uuid))
     )
     _chain_statements[depth] = stmt
     return stmt
@@ -210,7 +226,17 @@ def resolve_chain(
     Entries before the last are given only when they are folders (only folders can be parents;
     a file met midway ends the path).
     """
-    result: list[NodeView | None] = [None] * len(parts)
+    return resolve_from(conn, root_id, parts)[1:]
+
+
+def resolve_from(
+    conn: Session | sa.Connection, root_id: uuid.UUID, parts: Sequence[str]
+) -> list[NodeView | None]:
+    """``root_id`` itself (None when it does not exist), then ``resolve_chain``: one statement
+    for paths of up to _SLICE segments."""
+    if not parts:
+        return [get_node(conn, root_id)]
+    result: list[NodeView | None] = [None] * (len(parts) + 1)
     current = root_id
     for start in range(0, len(parts), _SLICE):
         chunk = parts[start : start + _SLICE]
@@ -219,17 +245,22 @@ def resolve_chain(
         row = conn.execute(_chain_statement(len(chunk)), params).first()
         if row is None:
             return result
-        tail = tuple(row[len(chunk) * _NODE_WIDTH :])
+        tail = tuple(row[(len(chunk) + 1) * _NODE_WIDTH :])
+        if start == 0:
+            root = NodeView(*row[:_NODE_WIDTH], *(None,) * len(tail))
+            # A file has no children; its own view needs its version (a rare path).
+            result[0] = root if root.is_folder else get_node(conn, root_id)
         for i in range(len(chunk)):
-            cells = tuple(row[i * _NODE_WIDTH : (i + 1) * _NODE_WIDTH])
+            offset = (i + 1) * _NODE_WIDTH
+            cells = tuple(row[offset : offset + _NODE_WIDTH])
             if cells[0] is None:
                 return result
             is_last = i == len(chunk) - 1
             view = NodeView(*cells, *(tail if is_last else (None,) * len(tail)))
             if not is_last and not view.is_folder:
                 return result
-            result[start + i] = view
-        last = result[start + len(chunk) - 1]
+            result[start + i + 1] = view
+        last = result[start + len(chunk)]
         if last is None or not last.is_folder:
             return result
         current = last.id

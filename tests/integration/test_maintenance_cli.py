@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from davserver.blobstore import FileSystemBlobStore
 from davserver.cli import main
-from davserver.commands import maintenance as commands
+from davserver.commands import common as commands
 from davserver.db import Database
 from davserver.models import LogEntry
 from tests.blobs import loose_blob, path_of
@@ -122,7 +122,7 @@ def test_progress_lines_go_to_stderr(
 ) -> None:
     run("gc", "--json")
     add_loose_blob(db_url, data_dir, b"x" * 3000)
-    monkeypatch.setattr(commands, "_PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(commands, "PROGRESS_EVERY", 0.0)
     status, report, err = run("fsck", "--json", "--sample", "1")
     assert status == 0 and report["blobs_checked"] == 1
     assert "fsck: hash 1/1, 2.9 KiB of 2.9 KiB (100%)" in err.splitlines()

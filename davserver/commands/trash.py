@@ -1,0 +1,153 @@
+"""``davserver trash list | restore | purge``: users' trash from the command line.
+
+``list USER`` shows what ``/trash/`` shows that user (with the group items they deleted, from
+any group). ``restore USER ITEM`` puts an item back where it was deleted from, or with ``--to
+OWNER:/path`` (``@GROUP:/path``) elsewhere in the same space. ``purge`` removes for good what
+was deleted longer ago than ``trash.retention_days`` (or ``--older-than``), for everyone or one
+user: run it from cron. The command line acts with every right; each change is in the logbook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import posixpath
+import sys
+from typing import Any
+
+from davserver.commands.common import (
+    ProgressLine,
+    add_json_flag,
+    emit_item,
+    emit_rows,
+    human_size,
+    item_path,
+    non_negative_int,
+    open_services,
+)
+from davserver.context import Services
+from davserver.errors import BadRequest, NotFound
+from davserver.services.trash import TrashEntry
+
+LIST_COLUMNS = ("name", "kind", "size", "original_path", "deleted_at", "deleted_by")
+
+
+def register(commands: Any) -> None:
+    trash = commands.add_parser("trash", help="deleted items: list, restore, purge")
+    sub = trash.add_subparsers(dest="trash_command", required=True)
+
+    listing = sub.add_parser("list", help="a user's trash, oldest deletion first")
+    listing.add_argument("user")
+    add_json_flag(listing)
+    listing.set_defaults(func=cmd_list)
+
+    restore = sub.add_parser("restore", help="bring an item of a user's trash back")
+    restore.add_argument("user")
+    restore.add_argument("item", help="its name in the trash (as `trash list` shows it)")
+    restore.add_argument(
+        "--to",
+        type=item_path,
+        metavar="OWNER:/path",
+        help="where to put it (same space; default: where it was deleted from)",
+    )
+    add_json_flag(restore)
+    restore.set_defaults(func=cmd_restore)
+
+    purge = sub.add_parser(
+        "purge",
+        help="remove for good what was deleted more than trash.retention_days ago",
+        description="Purge trashed items older than the retention period: their rows, versions "
+        "and properties go; their blobs are left to davserver gc. Items holding a version a "
+        "package pins are kept. Safe while the server runs.",
+    )
+    purge.add_argument("--user", help="only this user's trash")
+    purge.add_argument(
+        "--older-than",
+        type=non_negative_int,
+        metavar="DAYS",
+        help="deleted more than DAYS ago (default: trash.retention_days; 0: everything)",
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="count what would be purged; purge nothing"
+    )
+    purge.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_json_flag(purge)
+    purge.set_defaults(func=cmd_purge)
+
+
+def _entries(services: Services, username: str) -> list[TrashEntry]:
+    return list(services.trash.listing(services.users.user_id(username)).entries)
+
+
+def _row(entry: TrashEntry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "id": entry.view.id,
+        "kind": entry.view.kind,
+        "size": entry.view.size,
+        "original_path": entry.original_path,
+        "deleted_at": entry.deleted_at,
+        "deleted_by": entry.deleted_by,
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with open_services(args) as services:
+        rows = [_row(entry) for entry in _entries(services, args.user)]
+    if not args.json:
+        rows = [{**row, "size": human_size(row["size"])} for row in rows]
+    emit_rows(args, rows, LIST_COLUMNS)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    with open_services(args) as services:
+        entry = next((e for e in _entries(services, args.user) if e.name == args.item), None)
+        if entry is None:
+            raise NotFound(f"{args.user}'s trash holds no {args.item!r}")
+        if args.to is None:
+            view = services.trash.restore_original(None, entry)
+            where = entry.original_path
+        else:
+            space, path = args.to
+            name = posixpath.basename(path.rstrip("/"))
+            if not name:
+                raise BadRequest("--to names the item's new path, such as alice:/docs/a.txt")
+            folder = services.namespace.locate(space, posixpath.dirname(path.rstrip("/")))
+            where = f"{space}:{path}"
+            view = services.trash.restore(None, entry.view.id, folder, name, where=where)
+    emit_item(args, {"restored": entry.name, "to": where, "id": view.id})
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    with open_services(args) as services:
+        older_than = dt.timedelta(days=args.older_than) if args.older_than is not None else None
+        if older_than is None and not services.trash.retention_days:
+            print(
+                "davserver trash purge: trash.retention_days is 0 (keep forever); "
+                "name --older-than DAYS to purge anyway",
+                file=sys.stderr,
+            )
+        report = services.trash.purge_expired(
+            older_than=older_than,
+            user_id=services.users.user_id(args.user) if args.user else None,
+            dry_run=args.dry_run,
+            progress=None if args.quiet else ProgressLine("purge"),
+        )
+    if args.json:
+        emit_item(args, report.as_dict())
+    else:
+        emit_item(
+            args,
+            {
+                "dry run": report.dry_run,
+                "older than": f"{report.older_than_days} days",
+                "items purged": report.items_purged,
+                "nodes removed": report.nodes_removed,
+                "versions removed": report.versions_removed,
+                "kept (pinned by a package)": report.items_pinned,
+                "seconds": report.seconds,
+            },
+        )
+    return 0

@@ -1,0 +1,163 @@
+"""What a package is made of, and its zip: the pinned items, the manifest, the layout, the ETag.
+
+A package's zip is a pure function of its items (path, pinned version, pinned time), its name
+and description: entries in code-point order of their paths, stored uncompressed by
+``davserver.services.zipstream``, then the manifest. So the same package always gives the same
+bytes, its length is known before the first byte and any range can be served alone. The ETag
+is a hash of that layout (each entry's path, SHA-256, size and time, plus the manifest): it
+changes exactly when the bytes would.
+
+Nothing here touches the database; ``PackageService`` loads the items and fills in missing
+CRC-32s before it asks for an archive whose bytes will be read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from davserver.services.zipstream import ZipEntry, ZipStream
+
+MANIFEST_FORMAT = "davserver-package/1"
+# Part of every ETag: a change in how the bytes are laid out must change the ETags too.
+_LAYOUT_VERSION = b"davserver-zip/1\n"
+Opener = Callable[[str | None], BinaryIO]
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedItem:
+    """One file of a package: a version pinned at a path inside the archive."""
+
+    id: uuid.UUID
+    path: str
+    node_id: uuid.UUID | None  # None once the file itself is gone for good
+    # An empty file has no version: None for the version, its number and its blob.
+    version_id: uuid.UUID | None
+    version_no: int | None
+    size: int
+    blob_id: uuid.UUID | None
+    sha256: str
+    crc32: int | None  # None until computed (blobs uploaded before CRC-32s were recorded)
+    storage_key: str | None
+    mtime: dt.datetime
+    added_at: dt.datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "version": self.version_no,
+            "mtime": self.mtime,
+            "node_id": self.node_id,
+            "added_at": self.added_at,
+        }
+
+
+@dataclass(frozen=True)
+class PackageView:
+    """A package and its items (sorted by path), as read in one go."""
+
+    id: uuid.UUID
+    name: str
+    description: str
+    created_by: uuid.UUID
+    owner: str  # the creator's username
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    modified_at: dt.datetime
+    items: tuple[PinnedItem, ...]
+
+    @property
+    def size(self) -> int:
+        """The bytes of the pinned files (not counting the zip's headers)."""
+        return sum(item.size for item in self.items)
+
+    @property
+    def zip_name(self) -> str:
+        return f"{self.name}.zip"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "name": self.name,
+            "description": self.description,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "modified_at": self.modified_at,
+            "items": len(self.items),
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True)
+class PackageArchive:
+    """A package's zip, laid out: ``stream.total_size`` bytes with this strong ETag."""
+
+    package: PackageView
+    stream: ZipStream
+    etag: str
+
+    @property
+    def size(self) -> int:
+        return self.stream.total_size
+
+
+def manifest_bytes(package: PackageView) -> bytes:
+    """The manifest riding inside the zip: each file's path, size, SHA-256 and version
+    (null for an empty file that has none)."""
+    document = {
+        "format": MANIFEST_FORMAT,
+        "package": package.name,
+        "description": package.description,
+        "files": [
+            {
+                "path": item.path,
+                "size": item.size,
+                "sha256": item.sha256,
+                "version": item.version_no,
+                "mtime": item.mtime.isoformat(),
+            }
+            for item in package.items
+        ],
+    }
+    return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def layout_etag(package: PackageView, manifest: bytes) -> str:
+    """A strong ETag for the zip: SHA-256 of everything its bytes are made from."""
+    digest = hashlib.sha256(_LAYOUT_VERSION)
+    for item in package.items:
+        line = f"{item.path}\0{item.sha256}\0{item.size}\0{item.mtime.isoformat()}\n"
+        digest.update(line.encode("utf-8", "surrogatepass"))
+    digest.update(manifest)
+    return digest.hexdigest()
+
+
+def build_archive(package: PackageView, open_blob: Opener) -> PackageArchive:
+    """The zip of ``package``. Items without a CRC-32 get 0: the size and ETag are right, but
+    such an archive is for HEAD and listings only, not for reading bytes."""
+    manifest = manifest_bytes(package)
+    entries = [
+        ZipEntry(
+            item.path,
+            item.size,
+            item.crc32 or 0,
+            item.mtime,
+            _opener(open_blob, item.storage_key),
+        )
+        for item in package.items
+    ]
+    stream = ZipStream(entries, manifest=manifest)
+    return PackageArchive(package, stream, layout_etag(package, manifest))
+
+
+def _opener(open_blob: Opener, storage_key: str | None) -> Callable[[], BinaryIO]:
+    return lambda: open_blob(storage_key)

@@ -1,0 +1,187 @@
+"""Reading packages and what to pin: the rows behind ``PackageService``.
+
+``load_packages`` turns package rows into ``PackageView``s with their items (one query for all
+the items); ``pins_below`` finds what adding a file or folder pins, inside the adding
+transaction (one recursive query for a whole folder).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from davserver.db import Base
+from davserver.errors import Conflict, NotFound
+from davserver.models import NodeKind
+from davserver.services.package_archive import EMPTY_SHA256, PackageView, PinnedItem
+from davserver.services.tree import NodeView, is_client_metadata, name_key
+
+
+def pins_below(session: Session, node: NodeView, prefix: str) -> list[dict[str, Any]]:
+    """What adding ``node`` at ``prefix`` pins, read in the adding transaction: the file's
+    current version (none for an empty file), or each live file below the folder at
+    ``prefix/<relative path>`` (desktop clutter such as ``.DS_Store`` left out)."""
+    rows = session.execute(_SUBTREE, {"root_id": node.id}).all()
+    if not rows or rows[0].deleted_at is not None:
+        raise NotFound("the item is gone")
+    if not node.is_folder:
+        return [_pin(rows[0], prefix)]
+    paths: dict[uuid.UUID, str] = {node.id: prefix}
+    children: dict[uuid.UUID | None, list[Any]] = defaultdict(list)
+    for row in rows[1:]:
+        children[row.parent_id].append(row)
+    pins: list[dict[str, Any]] = []
+    stack = [node.id]
+    while stack:
+        folder = stack.pop()
+        for row in children.get(folder, ()):
+            if is_client_metadata(row.name):
+                continue
+            paths[row.id] = f"{paths[folder]}/{name_key(row.name)}"
+            if row.kind == NodeKind.FOLDER:
+                stack.append(row.id)
+            else:
+                pins.append(_pin(row, paths[row.id]))
+    if not pins:
+        raise Conflict(f"{node.name!r} holds no file to pin")
+    return pins
+
+
+def _pin(row: Any, path: str) -> dict[str, Any]:
+    return {
+        "node_id": row.id,
+        "version_id": row.version_id,
+        "path_in_archive": path,
+        "mtime": row.version_mtime or row.uploaded_at or row.node_mtime or row.modified_at,
+    }
+
+
+def load_packages(conn: sa.Connection, rows: Iterable[Any]) -> list[PackageView]:
+    """Package rows (``LIVE_PACKAGES``) as views, with all their items read in one query."""
+    rows = list(rows)
+    items: dict[uuid.UUID, list[PinnedItem]] = defaultdict(list)
+    if rows:
+        for row in conn.execute(_ITEMS, {"ids": [row.id for row in rows]}):
+            items[row.package_id].append(
+                PinnedItem(
+                    id=row.id,
+                    path=row.path_in_archive,
+                    node_id=row.node_id,
+                    version_id=row.version_id,
+                    version_no=row.version_no,
+                    size=row.size or 0,
+                    blob_id=row.blob_id,
+                    sha256=row.sha256 or EMPTY_SHA256,
+                    crc32=row.crc32 if row.blob_id is not None else 0,
+                    storage_key=row.storage_key,
+                    mtime=row.mtime,
+                    added_at=row.added_at,
+                )
+            )
+    return [
+        PackageView(
+            id=row.id,
+            name=row.name,
+            description=row.description,
+            created_by=row.created_by,
+            owner=row.username,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            modified_at=row.modified_at or row.created_at,
+            # Code-point order, the same on every engine (database collations differ).
+            items=tuple(sorted(items[row.id], key=lambda item: item.path)),
+        )
+        for row in rows
+    ]
+
+
+_p = Base.metadata.tables["packages"]
+_pi = Base.metadata.tables["package_items"]
+_n = Base.metadata.tables["nodes"]
+_v = Base.metadata.tables["file_versions"]
+_b = Base.metadata.tables["blobs"]
+_users = Base.metadata.tables["users"]
+
+LIVE_PACKAGES = (
+    sa.select(
+        _p.c.id,
+        _p.c.name,
+        _p.c.description,
+        _p.c.created_by,
+        _users.c.username,
+        _p.c.created_at,
+        _p.c.expires_at,
+        _p.c.modified_at,
+    )
+    .join(_users, _users.c.id == _p.c.created_by)
+    .where(sa.or_(_p.c.expires_at.is_(None), _p.c.expires_at > sa.bindparam("now")))
+)
+_ITEMS = (
+    sa.select(
+        _pi.c.id,
+        _pi.c.package_id,
+        _pi.c.path_in_archive,
+        _pi.c.node_id,
+        _pi.c.version_id,
+        _pi.c.mtime,
+        _pi.c.added_at,
+        _v.c.version_no,
+        _v.c.size,
+        _b.c.id.label("blob_id"),
+        _b.c.sha256,
+        _b.c.crc32,
+        _b.c.storage_key,
+    )
+    .outerjoin(_v, _v.c.id == _pi.c.version_id)
+    .outerjoin(_b, _b.c.id == _v.c.blob_id)
+    .where(_pi.c.package_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
+)
+
+
+def _subtree_statement() -> sa.Select[Any]:
+    """A node (first) and every live node below it, with each file's current version."""
+    columns = (
+        _n.c.id,
+        _n.c.parent_id,
+        _n.c.name,
+        _n.c.kind,
+        _n.c.current_version_id,
+        _n.c.mtime,
+        _n.c.modified_at,
+    )
+    down = (
+        sa.select(*columns, _n.c.deleted_at, sa.literal(0).label("depth"))
+        .where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
+        .cte("down", recursive=True)
+    )
+    down = down.union_all(
+        sa.select(*columns, _n.c.deleted_at, (down.c.depth + 1).label("depth")).where(
+            _n.c.parent_id == down.c.id,
+            _n.c.deleted_at.is_(None),
+            down.c.kind == NodeKind.FOLDER.value,
+        )
+    )
+    return (
+        sa.select(
+            down.c.id,
+            down.c.parent_id,
+            down.c.name,
+            down.c.kind,
+            down.c.deleted_at,
+            down.c.mtime.label("node_mtime"),
+            down.c.modified_at,
+            _v.c.id.label("version_id"),
+            _v.c.mtime.label("version_mtime"),
+            _v.c.uploaded_at,
+        )
+        .select_from(down.outerjoin(_v, _v.c.id == down.c.current_version_id))
+        .order_by(down.c.depth)
+    )
+
+
+_SUBTREE = _subtree_statement()

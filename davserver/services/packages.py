@@ -1,0 +1,475 @@
+"""Packages: named, expiring sets of pinned file versions, downloaded as one zip.
+
+A package belongs to the user who created it; only they see it (``/packages/``, the JSON API),
+and the command line manages anyone's. Adding a file pins its current version at a path inside
+the archive (by default its name); adding a folder pins every live file below it at its path
+relative to the folder's parent (``docs/a.txt``). Later uploads make new versions and leave the
+package as it was. Adding needs DOWNLOAD on the item; paths that would escape the folder a zip
+is extracted into, or collide with another item (letter case aside), are refused then.
+
+Every download re-checks that the creator may still download every item: an item whose grant
+was revoked, or whose file was deleted, makes the download fail with Forbidden naming it (the
+creator can remove it); the zip never silently leaves files out. An expired package is gone
+for every front (NotFound, not listed); its rows stay until ``purge_expired`` or a new package
+of the same name replaces it, and keep its versions pinned until then.
+
+Each change is one transaction with its logbook row, and so is each download (GET of the zip,
+whole or a range; not HEAD). Logbook rows carry the package's name and id in their details,
+as deleting a package clears the rows' package reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import uuid
+import zlib
+from typing import Any, BinaryIO
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from davserver.blobstore import BlobStore
+from davserver.db import Base, Database
+from davserver.db.types import utcnow
+from davserver.errors import BadRequest, Conflict, Forbidden, InvalidName, NotFound
+from davserver.models import Op
+from davserver.services.accounts import user_with_roles
+from davserver.services.actor import Actor
+from davserver.services.audit import record_audit
+from davserver.services.namespace import AccessContext, NamespaceService
+from davserver.services.package_archive import (
+    PackageArchive,
+    PackageView,
+    PinnedItem,
+    build_archive,
+)
+from davserver.services.package_rows import LIVE_PACKAGES, load_packages, pins_below
+from davserver.services.permissions import Perm, require
+from davserver.services.tree import NodeView, check_name, name_key
+from davserver.services.zipstream import MANIFEST_NAME, check_archive_path, check_unique_paths
+
+_CRC_BLOCK = 1024 * 1024
+
+
+def check_package_name(name: str) -> str:
+    """The stored form (NFC) of a package name; InvalidName when it cannot be one.
+
+    A package name is a file name that does not end in ``.zip``: ``/packages/<name>.zip`` is
+    the package's zip, next to its folder ``/packages/<name>/``.
+    """
+    name = name_key(check_name(name))
+    if name.lower().endswith(".zip"):
+        raise InvalidName(f"{name!r}: a package's zip is <name>.zip, so names cannot end in .zip")
+    return name
+
+
+class PackageService:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        namespace: NamespaceService,
+        *,
+        default_expiry_days: int = 0,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.namespace = namespace
+        self.default_expiry_days = default_expiry_days
+
+    # ------------------------------------------------------------------ reads
+
+    def list_packages(self, owner_id: uuid.UUID | None) -> list[PackageView]:
+        """The live (unexpired) packages of a user, by name; every user's for None."""
+        statement = LIVE_PACKAGES.order_by(_users.c.username, _p.c.name)
+        if owner_id is not None:
+            statement = statement.where(_p.c.created_by == owner_id)
+        with self.db.connect() as conn:
+            rows = conn.execute(statement, {"now": utcnow()}).all()
+            return load_packages(conn, rows)
+
+    def find(self, owner_id: uuid.UUID, name: str) -> PackageView | None:
+        """A user's live package by name, or None."""
+        try:
+            key = check_package_name(name)
+        except InvalidName:
+            return None
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                LIVE_PACKAGES.where(_p.c.created_by == owner_id, _p.c.name == key),
+                {"now": utcnow()},
+            ).all()
+            found = load_packages(conn, rows)
+        return found[0] if found else None
+
+    def get(self, owner_id: uuid.UUID, name: str) -> PackageView:
+        """A user's live package by name; NotFound when there is none (or it expired)."""
+        found = self.find(owner_id, name)
+        if found is None:
+            raise NotFound(f"no package {name!r}")
+        return found
+
+    def creator_context(self, owner_id: uuid.UUID) -> AccessContext:
+        """The access context of a package's creator, for the command line (which acts for
+        them: items are pinned and checked with the creator's own rights)."""
+        with self.db.connect() as conn:
+            rows = conn.execute(user_with_roles().where(_users.c.id == owner_id)).all()
+        if not rows:
+            raise NotFound("the package's creator no longer exists")
+        roles = frozenset(row.role for row in rows if row.role)
+        return self.namespace.context(Actor(owner_id, rows[0].username, roles))
+
+    # ---------------------------------------------------------------- changes
+
+    def create(
+        self,
+        actor: Actor | None,
+        owner_id: uuid.UUID,
+        name: str,
+        *,
+        description: str = "",
+        expires_days: int | None = None,
+    ) -> PackageView:
+        """A new, empty package of ``owner_id``.
+
+        ``expires_days`` None takes the configured default; 0 means it never expires. A name
+        held by an expired package of the same user is taken over (the old one is deleted).
+        Raises InvalidName, BadRequest, or Conflict when the user has a package of that name.
+        """
+        _require_write(actor)
+        key = check_package_name(name)
+        days = self.default_expiry_days if expires_days is None else expires_days
+        if days < 0:
+            raise BadRequest("expiry is a number of days, 0 for never")
+        expires_at = utcnow() + dt.timedelta(days=days) if days else None
+        try:
+            with self.db.write() as session:
+                self._insert(session, actor, owner_id, key, description, expires_at)
+        except IntegrityError:  # a concurrent create of the same name won
+            raise Conflict(f"there is a package {key!r} already") from None
+        return self.get(owner_id, key)
+
+    def _insert(
+        self,
+        session: Session,
+        actor: Actor | None,
+        owner_id: uuid.UUID,
+        key: str,
+        description: str,
+        expires_at: dt.datetime | None,
+    ) -> uuid.UUID:
+        now = utcnow()
+        old = session.execute(
+            sa.select(_p.c.id, _p.c.expires_at)
+            .where(_p.c.created_by == owner_id, _p.c.name == key)
+            .with_for_update()
+        ).first()
+        if old is not None:
+            if old.expires_at is None or old.expires_at > now:
+                raise Conflict(f"there is a package {key!r} already")
+            self._delete_row(session, actor, old.id, key, reason="expired")
+        package_id = uuid.uuid4()
+        session.execute(
+            sa.insert(_p).values(
+                id=package_id,
+                name=key,
+                description=description,
+                created_by=owner_id,
+                created_at=now,
+                expires_at=expires_at,
+                modified_at=now,
+            )
+        )
+        record_audit(
+            session,
+            actor,
+            Op.PACKAGE_CREATE,
+            package_id=package_id,
+            details=_details(actor, key, package_id, expires_at=_iso(expires_at)),
+        )
+        return package_id
+
+    def add(
+        self,
+        actor: Actor | None,
+        package: PackageView,
+        ctx: AccessContext,
+        node: NodeView,
+        path: str | None = None,
+        *,
+        replace: bool = False,
+    ) -> list[PinnedItem]:
+        """Pin ``node`` (a file, or every live file below a folder) at ``path`` (default: its
+        name); ``replace`` first unpins what is at or below ``path``. ``ctx`` is the creator's.
+
+        Raises NotFound (the package or node is gone, or not readable), Forbidden (no
+        DOWNLOAD), InvalidName (an unsafe or duplicate path), Conflict (nothing to pin).
+        """
+        _require_write(actor)
+        _require_creator(ctx, package)
+        rights = self.namespace.rights_on(ctx, [node.id])[node.id]
+        require(rights, Perm.DOWNLOAD, "add to a package")
+        # NFC, as most zip tools write names (macOS clients send NFD).
+        prefix = check_archive_path(name_key(node.name if path is None else path))
+        now = utcnow()
+        with self.db.write() as session:
+            self._lock_live(session, package, now)
+            pins = pins_below(session, node, prefix)
+            existing = {
+                row.path_in_archive: row.id
+                for row in session.execute(
+                    sa.select(_pi.c.id, _pi.c.path_in_archive).where(_pi.c.package_id == package.id)
+                )
+            }
+            replaced = [pid for p, pid in existing.items() if _at_or_below(p, prefix)]
+            kept = [p for p in existing if not (replace and _at_or_below(p, prefix))]
+            new_paths = [pin["path_in_archive"] for pin in pins]
+            for new_path in new_paths:
+                check_archive_path(new_path)
+                if _fold(new_path) == _fold(MANIFEST_NAME):
+                    raise InvalidName(f"{new_path!r} is the name of the package's manifest")
+            check_unique_paths([*kept, *new_paths])
+            if replace and replaced:
+                session.execute(sa.delete(_pi).where(_pi.c.id.in_(replaced)))
+            for pin in pins:
+                pin.update(id=uuid.uuid4(), package_id=package.id, added_at=now)
+            session.execute(sa.insert(_pi), pins)
+            session.execute(sa.update(_p).where(_p.c.id == package.id).values(modified_at=now))
+            record_audit(
+                session,
+                actor,
+                Op.PACKAGE_ITEM_ADD,
+                node_id=node.id,
+                version_id=pins[0]["version_id"] if not node.is_folder else None,
+                package_id=package.id,
+                details=_details(
+                    actor,
+                    package.name,
+                    package.id,
+                    path=prefix,
+                    files=len(pins),
+                    replaced=len(replaced) if replace else 0,
+                    paths=new_paths[:100],
+                ),
+            )
+        added = set(new_paths)
+        fresh = self.get(package.created_by, package.name)
+        return [item for item in fresh.items if item.path in added]
+
+    def remove(self, actor: Actor | None, package: PackageView, path: str) -> int:
+        """Unpin the item at ``path``, or every item below it when it names a folder of the
+        archive; the number unpinned. NotFound when nothing is there."""
+        _require_write(actor)
+        path = name_key(path.strip("/"))
+        now = utcnow()
+        with self.db.write() as session:
+            self._lock_live(session, package, now)
+            rows = session.execute(
+                sa.select(_pi.c.id, _pi.c.path_in_archive).where(_pi.c.package_id == package.id)
+            ).all()
+            ids = [row.id for row in rows if path and _at_or_below(row.path_in_archive, path)]
+            if not ids:
+                raise NotFound(f"nothing at {path!r} in package {package.name!r}")
+            session.execute(sa.delete(_pi).where(_pi.c.id.in_(ids)))
+            session.execute(sa.update(_p).where(_p.c.id == package.id).values(modified_at=now))
+            record_audit(
+                session,
+                actor,
+                Op.PACKAGE_ITEM_REMOVE,
+                package_id=package.id,
+                details=_details(actor, package.name, package.id, path=path, files=len(ids)),
+            )
+        return len(ids)
+
+    def delete(self, actor: Actor | None, package: PackageView) -> None:
+        """Delete a package and unpin its items (the files themselves are untouched)."""
+        _require_write(actor)
+        with self.db.write() as session:
+            self._lock_live(session, package, utcnow())
+            self._delete_row(session, actor, package.id, package.name, reason="deleted")
+
+    def purge_expired(self, actor: Actor | None = None) -> list[str]:
+        """Delete every expired package (releasing its pinned versions); their names as
+        ``owner:name``."""
+        with self.db.write() as session:
+            rows = session.execute(
+                sa.select(_p.c.id, _p.c.name, _users.c.username)
+                .join(_users, _users.c.id == _p.c.created_by)
+                .where(_p.c.expires_at <= utcnow())
+                .with_for_update(of=_p)
+            ).all()
+            for row in rows:
+                self._delete_row(session, actor, row.id, row.name, reason="expired")
+        return [f"{row.username}:{row.name}" for row in rows]
+
+    def _lock_live(self, session: Session, package: PackageView, now: dt.datetime) -> None:
+        """Serialize changes to one package (PostgreSQL: its row; SQLite: the write lock);
+        NotFound when it was deleted or expired meanwhile."""
+        row = session.execute(
+            sa.select(_p.c.expires_at).where(_p.c.id == package.id).with_for_update()
+        ).first()
+        if row is None or (row.expires_at is not None and row.expires_at <= now):
+            raise NotFound(f"no package {package.name!r}")
+
+    def _delete_row(
+        self, session: Session, actor: Actor | None, package_id: uuid.UUID, name: str, reason: str
+    ) -> None:
+        record_audit(
+            session,
+            actor,
+            Op.PACKAGE_DELETE,
+            package_id=package_id,
+            details=_details(actor, name, package_id, reason=reason),
+        )
+        session.execute(sa.delete(_p).where(_p.c.id == package_id))
+
+    # -------------------------------------------------------------- downloads
+
+    def unavailable(self, ctx: AccessContext, package: PackageView) -> dict[str, str]:
+        """The items the creator may no longer download: {path: why}."""
+        _require_creator(ctx, package)
+        rights = self.namespace.rights_on(
+            ctx, [item.node_id for item in package.items if item.node_id is not None]
+        )
+        problems = {}
+        for item in package.items:
+            if item.node_id is None or not rights[item.node_id] & Perm.READ:
+                problems[item.path] = "deleted, or no longer shared with you"
+            elif not rights[item.node_id] & Perm.DOWNLOAD:
+                problems[item.path] = "no download right"
+        return problems
+
+    def check_downloadable(self, ctx: AccessContext, package: PackageView) -> None:
+        """Forbidden, naming them, when some items may no longer be downloaded."""
+        problems = self.unavailable(ctx, package)
+        if problems:
+            shown = [f"{path} ({why})" for path, why in list(problems.items())[:10]]
+            more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise Forbidden(
+                f"package {package.name!r} holds items you may no longer download: "
+                f"{', '.join(shown)}{more}; remove them from the package"
+            )
+
+    def check_item(self, ctx: AccessContext, package: PackageView, item: PinnedItem) -> None:
+        """Forbidden (or NotFound) unless the creator may still download one item."""
+        _require_creator(ctx, package)
+        if item.node_id is None:
+            raise Forbidden(f"{item.path}: its file was deleted")
+        rights = self.namespace.rights_on(ctx, [item.node_id])[item.node_id]
+        if not rights & Perm.READ:
+            raise Forbidden(f"{item.path}: its file was deleted or is no longer shared with you")
+        require(rights, Perm.DOWNLOAD, "download")
+
+    def open_item(self, item: PinnedItem) -> BinaryIO:
+        """A seekable reader of one pinned version's bytes; NotFound when they are missing."""
+        try:
+            return self._open(item.storage_key)
+        except FileNotFoundError as exc:
+            raise NotFound(f"{item.path}: the bytes are missing from the blob store") from exc
+
+    def _open(self, storage_key: str | None) -> BinaryIO:
+        return io.BytesIO(b"") if storage_key is None else self.blobs.open(storage_key)
+
+    def layout(self, package: PackageView) -> PackageArchive:
+        """The zip's size and ETag (for HEAD and listings; its bytes are not for reading)."""
+        return build_archive(package, self._open)
+
+    def download(
+        self, ctx: AccessContext, package: PackageView, *, byte_range: str | None = None
+    ) -> PackageArchive:
+        """The zip, ready to be read: checks every item, computes missing CRC-32s, and logs
+        the download (``byte_range`` is the Range header, if any)."""
+        self.check_downloadable(ctx, package)
+        package = self._with_crc32(package)
+        archive = build_archive(package, self._open)
+        with self.db.write() as session:
+            record_audit(
+                session,
+                ctx.actor,
+                Op.PACKAGE_DOWNLOAD,
+                package_id=package.id,
+                details=_details(
+                    ctx.actor,
+                    package.name,
+                    package.id,
+                    etag=archive.etag,
+                    size=archive.size,
+                    files=len(package.items),
+                    range=byte_range,
+                ),
+            )
+        return archive
+
+    def _with_crc32(self, package: PackageView) -> PackageView:
+        """``package`` with every item's CRC-32, reading (once, then stored) the blobs of
+        those uploaded before CRC-32s were recorded at upload."""
+        missing = {
+            item.blob_id: item.storage_key
+            for item in package.items
+            if item.crc32 is None and item.blob_id is not None and item.storage_key is not None
+        }
+        if not missing:
+            return package
+        computed: dict[uuid.UUID, int] = {}
+        for blob_id, storage_key in missing.items():
+            crc = 0
+            try:
+                with self.blobs.open(storage_key) as fh:
+                    while block := fh.read(_CRC_BLOCK):
+                        crc = zlib.crc32(block, crc)
+            except FileNotFoundError as exc:
+                raise NotFound("a pinned file's bytes are missing from the blob store") from exc
+            computed[blob_id] = crc
+        with self.db.write() as session:
+            for blob_id, crc in computed.items():
+                session.execute(
+                    sa.update(_b).where(_b.c.id == blob_id, _b.c.crc32.is_(None)).values(crc32=crc)
+                )
+        items = tuple(
+            dataclasses.replace(item, crc32=computed[item.blob_id])
+            if item.blob_id is not None and item.blob_id in computed
+            else item
+            for item in package.items
+        )
+        return dataclasses.replace(package, items=items)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _require_write(actor: Actor | None) -> None:
+    if actor is not None:
+        actor.require_write()
+
+
+def _require_creator(ctx: AccessContext, package: PackageView) -> None:
+    if ctx.actor.user_id != package.created_by:
+        raise NotFound(f"no package {package.name!r}")
+
+
+def _at_or_below(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _fold(path: str) -> str:
+    return name_key(path).casefold()
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _details(actor: Actor | None, name: str, package_id: uuid.UUID, **extra: Any) -> dict[str, Any]:
+    details = {"package": name, "package_id": str(package_id), **extra}
+    if actor is None:
+        details["via"] = "cli"
+    return details
+
+
+_p = Base.metadata.tables["packages"]
+_pi = Base.metadata.tables["package_items"]
+_b = Base.metadata.tables["blobs"]
+_users = Base.metadata.tables["users"]

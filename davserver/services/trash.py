@@ -1,0 +1,467 @@
+"""The trash: what a user deleted, restoring it, purging it, and ``/trash/`` in their namespace.
+
+    /trash/                   the user's deleted items, in the order they were deleted
+    /trash/<name>             one deleted item: a file, or a folder with all that was in it
+    /trash/<name>/sub/...     inside a deleted folder (read-only)
+
+Deleting sets ``deleted_at`` on the deleted item's row only (``FileService.delete``); what is
+below it stays as it is, hidden by its deleted ancestor. So a folder goes to the trash whole and
+comes back whole, one UPDATE each way, and an item deleted before its folder was stays a trash
+item of its own (restoring the folder does not bring it back).
+
+Whose trash: the items deleted from the user's own space, whoever deleted them (the user, a
+grantee with write, a moderator), and the items the user deleted from a group's space while
+they still see that group. Other members of the group do not see those.
+
+Names: an item keeps its name; when several share one, later deletions get `` (2)``,
+`` (3)``... before the extension (``a (2).txt``), so the operating system still knows the type.
+
+Restoring puts an item into a live folder of the same space under the name given, never
+replacing anything: Conflict when the name is taken or the folder is gone (a folder in the
+trash itself must be restored first). Purging removes the rows for good: the item, everything
+below it, their versions and properties (the foreign keys cascade); blobs stay until ``davserver
+gc`` finds nothing else uses them. An item holding a version a package pins cannot be purged.
+Items deleted more than ``retention_days`` ago are purged: a user's when they list /trash/,
+everyone's by ``davserver trash purge`` (run it from cron).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import posixpath
+import time
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from davserver.db import Base, Database
+from davserver.db.types import utcnow
+from davserver.errors import Conflict, Forbidden, NotFound
+from davserver.models import Node, NodeKind, Op, Space
+from davserver.services import tree
+from davserver.services.actor import Actor
+from davserver.services.audit import record_audit
+from davserver.services.files import FileService, _check_quota, _view
+from davserver.services.maintenance import Progress, ProgressCallback
+from davserver.services.namespace import AccessContext, NamespaceService
+from davserver.services.tree import NodeView, check_name, name_key
+
+SPACE = "trash"
+
+
+@dataclass(frozen=True)
+class TrashEntry:
+    """One item in a user's trash."""
+
+    name: str  # its name in /trash/ (told apart from namesakes)
+    view: NodeView  # the deleted node itself
+    deleted_at: dt.datetime
+    deleted_by: str | None  # username; None once that user is gone
+    original_path: str  # where it was, in the namespace: /files/docs/a.txt
+
+    @property
+    def original_folder(self) -> str:
+        return posixpath.dirname(self.original_path)
+
+
+@dataclass(frozen=True)
+class TrashRoot:
+    """``/trash/`` itself; its entries are listed only when asked for (``TrashService.listing``)."""
+
+    user_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class TrashListing:
+    """A user's trash: the entries in deletion order, found by name (NFC)."""
+
+    entries: tuple[TrashEntry, ...]
+    by_key: dict[str, TrashEntry] = field(compare=False, repr=False)
+
+    def find(self, name: str) -> TrashEntry | None:
+        return self.by_key.get(name_key(name))
+
+
+@dataclass(frozen=True)
+class TrashedNode:
+    """A node inside a deleted folder: readable, not restorable on its own."""
+
+    view: NodeView
+    entry: TrashEntry
+
+
+@dataclass
+class PurgeReport:
+    """What ``purge_expired`` removed (with ``dry_run``: would remove)."""
+
+    dry_run: bool
+    older_than_days: int
+    items_purged: int = 0
+    nodes_removed: int = 0
+    versions_removed: int = 0
+    items_pinned: int = 0  # kept: a package pins a version in them
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def numbered(name: str, n: int, *, is_folder: bool) -> str:
+    """``a.txt`` -> ``a (2).txt``; folders and names without an extension: ``a (2)``."""
+    stem, ext = (name, "") if is_folder else posixpath.splitext(name)
+    return f"{stem} ({n}){ext}"
+
+
+class TrashService:
+    def __init__(self, db: Database, files: FileService, *, retention_days: int = 0) -> None:
+        self.db = db
+        self.files = files
+        self.retention_days = retention_days
+
+    # ------------------------------------------------------------------ reads
+
+    def resolve(
+        self, namespace: NamespaceService, ctx: AccessContext, rest: list[str]
+    ) -> list[Any]:
+        """The ``/trash/`` space (``NamespaceService.add_space``): what each prefix is."""
+        found: list[Any] = [TrashRoot(ctx.actor.user_id)]
+        if not rest:
+            return found  # ``/`` lists the spaces: no query for the trash's entries
+        entry = self.listing_for(namespace, ctx).find(rest[0])
+        if entry is None:
+            return found
+        found.append(entry)
+        if len(rest) > 1 and entry.view.is_folder:
+            with self.db.connect() as conn:
+                chain = tree.resolve_chain(conn, entry.view.id, rest[1:])
+            for view in chain:
+                if view is None:
+                    break
+                found.append(TrashedNode(view, entry))
+        return found
+
+    def listing_for(self, namespace: NamespaceService, ctx: AccessContext) -> TrashListing:
+        """What ``/trash/`` holds for the user of ``ctx``: group items only from the groups
+        they still see."""
+        return self.listing(ctx.actor.user_id, namespace.visible_groups(ctx).values())
+
+    def listing(
+        self, user_id: uuid.UUID, group_ids: Collection[uuid.UUID] | None = None
+    ) -> TrashListing:
+        """A user's trash: items deleted from their space, and those they deleted from the
+        groups ``group_ids`` (None: from any group). Three queries."""
+        with self.db.connect() as conn:
+            rows = conn.execute(_items(user_id, group_ids).order_by(_n.c.deleted_at, _n.c.id)).all()
+            views = tree.get_nodes(conn, [row.id for row in rows])
+            places = _locations(conn, [views[row.id].parent_id for row in rows])
+        entries: list[TrashEntry] = []
+        by_key: dict[str, TrashEntry] = {}
+        for row in rows:
+            view = views[row.id]
+            name, n = view.name, 1
+            while name_key(name) in by_key:
+                n += 1
+                name = numbered(view.name, n, is_folder=view.is_folder)
+            folder = places.get(view.parent_id) if view.parent_id else None
+            entry = TrashEntry(
+                name=name,
+                view=view,
+                deleted_at=row.deleted_at,
+                deleted_by=row.username,
+                original_path=f"{folder or '/files'}/{view.name}",
+            )
+            entries.append(entry)
+            by_key[name_key(name)] = entry
+        return TrashListing(tuple(entries), by_key)
+
+    def children(self, folder: NodeView) -> list[NodeView]:
+        """What a deleted folder (or a folder inside one) holds: its rows that are still live."""
+        return self.files.children(folder.id)
+
+    def expired(self, listing: TrashListing) -> list[TrashEntry]:
+        """The entries deleted longer ago than the retention period."""
+        if self.retention_days <= 0:
+            return []
+        cutoff = utcnow() - dt.timedelta(days=self.retention_days)
+        return [e for e in listing.entries if e.deleted_at < cutoff]
+
+    # ----------------------------------------------------------------- writes
+
+    def restore(
+        self,
+        actor: Actor | None,
+        node_id: uuid.UUID,
+        folder: NodeView,
+        name: str,
+        *,
+        where: str,
+    ) -> NodeView:
+        """Bring a trashed item (or a node inside a trashed folder) back as ``folder/name``:
+        one UPDATE. ``where`` names the destination in messages.
+
+        NotFound when it is no longer in the trash; Conflict when the folder is gone or the
+        name taken; Forbidden when the folder is in another space; QuotaExceeded.
+        """
+        if actor is not None:
+            actor.require_write()
+        check_name(name)
+
+        def work(session: Session) -> NodeView:
+            node = session.get(Node, node_id, with_for_update=True)
+            if node is None or not _hidden(session, node.id):
+                raise NotFound("that item is no longer in the trash")
+            parent = session.get(Node, folder.id)
+            if parent is None or not parent.is_folder or _hidden(session, parent.id):
+                raise Conflict(f"cannot restore to {where}: its folder no longer exists")
+            if (node.owner_id, node.group_id) != (parent.owner_id, parent.group_id):
+                raise Forbidden("items can only be restored into the space they were deleted from")
+            if tree.is_descendant(session, parent.id, node.id):
+                raise Conflict("cannot restore a folder into itself")
+            taken = session.scalar(
+                sa.select(_n.c.id).where(
+                    _n.c.parent_id == parent.id,
+                    _n.c.name_key == name_key(name),
+                    _n.c.deleted_at.is_(None),
+                )
+            )
+            if taken is not None:
+                raise Conflict(f"cannot restore to {where}: that name is taken; choose another")
+            if parent.group_id is None and session.scalar(_QUOTA, {"user_id": parent.owner_id}):
+                growth = session.scalar(_RESTORED_SIZE, {"root_id": node.id}) or 0
+                _check_quota(session, parent.owner_id, int(growth))
+            before = {"parent_id": str(node.parent_id), "name": node.name}
+            deleted_at = node.deleted_at
+            node.deleted_at = None
+            node.deleted_by = None
+            node.parent_id = parent.id
+            node.name = name
+            node.name_key = name_key(name)
+            session.flush()
+            record_audit(
+                session,
+                actor,
+                Op.NODE_RESTORE,
+                node_id=node.id,
+                details={
+                    "before": before,
+                    "after": {"parent_id": str(parent.id), "name": name, "path": where},
+                    "deleted_at": deleted_at.isoformat() if deleted_at else None,
+                },
+            )
+            return _view(session, node.id)
+
+        return self.files._retry(work)
+
+    def restore_original(self, actor: Actor | None, entry: TrashEntry) -> NodeView:
+        """Restore ``entry`` where it was deleted from, under its own name."""
+        parent_id = entry.view.parent_id
+        folder = self.files.resolve(parent_id, []) if parent_id else None
+        if folder is not None:
+            with self.db.read() as session:
+                if _hidden(session, folder.id):
+                    folder = None
+        if folder is None:
+            raise Conflict(
+                f"cannot restore {entry.name} to {entry.original_path}: the folder "
+                f"{entry.original_folder} is in the trash itself; restore that first, "
+                "or restore this item somewhere else"
+            )
+        return self.restore(
+            actor, entry.view.id, folder, entry.view.name, where=entry.original_path
+        )
+
+    def purge(self, actor: Actor | None, node_id: uuid.UUID, *, reason: str = "purged") -> int:
+        """Remove a trashed item and everything below it for good; returns the number of
+        nodes removed. NotFound when it is not in the trash; Conflict when a package pins one
+        of its versions."""
+        if actor is not None:
+            actor.require_write()
+
+        def work(session: Session) -> int:
+            row = session.execute(
+                sa.select(_n.c.name, _n.c.deleted_at).where(_n.c.id == node_id).with_for_update()
+            ).first()
+            if row is None or row.deleted_at is None:
+                raise NotFound("that item is not in the trash")
+            nodes, versions, pins = session.execute(_SUBTREE_COUNTS, {"root_id": node_id}).one()
+            if pins:
+                raise Conflict(
+                    f"{row.name!r} holds versions that packages pin; remove them from the "
+                    "packages first"
+                )
+            record_audit(
+                session,
+                actor,
+                Op.NODE_PURGE,
+                details={
+                    "node_id": str(node_id),
+                    "name": row.name,
+                    "deleted_at": row.deleted_at.isoformat(),
+                    "nodes": nodes,
+                    "versions": versions,
+                    "reason": reason,
+                },
+            )
+            session.execute(sa.delete(_n).where(_n.c.id == node_id))
+            return int(nodes)
+
+        return self.files._retry(work)
+
+    def purge_expired(
+        self,
+        *,
+        older_than: dt.timedelta | None = None,
+        user_id: uuid.UUID | None = None,
+        dry_run: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> PurgeReport:
+        """Purge every item deleted longer ago than ``older_than`` (default: the retention
+        period; nothing when that is 0), of everyone or of one user's trash, one transaction
+        each (``davserver trash purge``)."""
+        if older_than is None:
+            older_than = dt.timedelta(days=self.retention_days) if self.retention_days else None
+        report = PurgeReport(dry_run, older_than.days if older_than is not None else 0)
+        started = time.monotonic()
+        if older_than is not None:
+            cutoff = utcnow() - older_than
+            query = _items(user_id, None) if user_id else sa.select(_n.c.id)
+            query = query.where(_n.c.deleted_at.is_not(None), _n.c.deleted_at < cutoff)
+            with self.db.connect() as conn:
+                ids = list(conn.scalars(query.order_by(_n.c.deleted_at, _n.c.id)))
+            for done, node_id in enumerate(ids, start=1):
+                self._purge_counted(node_id, dry_run, report)
+                if progress is not None:
+                    progress(Progress("items", done, len(ids)))
+        report.seconds = round(time.monotonic() - started, 3)
+        return report
+
+    def purge_entries(self, entries: list[TrashEntry], *, reason: str) -> int:
+        """Purge these entries (the expired ones of a listing); returns how many went."""
+        report = PurgeReport(False, self.retention_days)
+        for entry in entries:
+            self._purge_counted(entry.view.id, False, report, reason=reason)
+        return report.items_purged
+
+    def _purge_counted(
+        self, node_id: uuid.UUID, dry_run: bool, report: PurgeReport, *, reason: str = "expired"
+    ) -> None:
+        with self.db.connect() as conn:
+            nodes, versions, pins = conn.execute(_SUBTREE_COUNTS, {"root_id": node_id}).one()
+        if pins:
+            report.items_pinned += 1
+            return
+        if not dry_run:
+            try:
+                self.purge(None, node_id, reason=reason)
+            except NotFound:
+                return  # gone with a folder purged before it
+            except Conflict:
+                report.items_pinned += 1
+                return
+        report.items_purged += 1
+        report.nodes_removed += int(nodes)
+        report.versions_removed += int(versions)
+
+
+def _items(user_id: uuid.UUID, group_ids: Collection[uuid.UUID] | None) -> sa.Select[Any]:
+    """(id, deleted_at, username of the deleter) of the items in ``user_id``'s trash."""
+    mine = sa.and_(_n.c.owner_id == user_id, _n.c.space == Space.HOME.value)
+    theirs = sa.and_(_n.c.deleted_by == user_id, _n.c.group_id.is_not(None))
+    if group_ids is not None:
+        theirs = sa.and_(theirs, _n.c.group_id.in_(list(group_ids))) if group_ids else sa.false()
+    return (
+        sa.select(_n.c.id, _n.c.deleted_at, _users.c.username)
+        .outerjoin(_users, _users.c.id == _n.c.deleted_by)
+        .where(_n.c.deleted_at.is_not(None), sa.or_(mine, theirs))
+    )
+
+
+def _hidden(session: Session, node_id: uuid.UUID) -> bool:
+    """True when the node or one of its ancestors is deleted (it is in the trash)."""
+    up = sa.select(_n.c.id, _n.c.parent_id, _n.c.deleted_at).where(_n.c.id == node_id)
+    chain = up.cte("chain", recursive=True)
+    chain = chain.union_all(
+        sa.select(_n.c.id, _n.c.parent_id, _n.c.deleted_at).where(_n.c.id == chain.c.parent_id)
+    )
+    found = session.scalar(sa.select(chain.c.id).where(chain.c.deleted_at.is_not(None)).limit(1))
+    return found is not None
+
+
+def _locations(conn: sa.Connection, folder_ids: list[uuid.UUID | None]) -> dict[uuid.UUID, str]:
+    """The namespace path of each folder (``/files/a/b``, ``/groups/team/a``), one query."""
+    ids = list({f for f in folder_ids if f is not None})
+    if not ids:
+        return {}
+    up = sa.select(
+        _n.c.id.label("start"),
+        _n.c.parent_id,
+        _n.c.name,
+        _n.c.group_id,
+        sa.literal(0).label("depth"),
+    ).where(_n.c.id.in_(ids))
+    chain = up.cte("chain", recursive=True)
+    chain = chain.union_all(
+        sa.select(chain.c.start, _n.c.parent_id, _n.c.name, _n.c.group_id, chain.c.depth + 1).where(
+            _n.c.id == chain.c.parent_id
+        )
+    )
+    rows = conn.execute(
+        sa.select(chain, _groups.c.name.label("group_name"))
+        .outerjoin(_groups, _groups.c.id == chain.c.group_id)
+        .order_by(chain.c.start, chain.c.depth.desc())
+    ).all()
+    names: dict[uuid.UUID, list[str]] = {}
+    tops: dict[uuid.UUID, str] = {}
+    for row in rows:
+        if row.parent_id is None:  # the root of the space
+            tops[row.start] = f"/groups/{row.group_name}" if row.group_id else "/files"
+        else:
+            names.setdefault(row.start, []).append(row.name)
+    return {start: "/".join([top, *names.get(start, [])]) for start, top in tops.items()}
+
+
+def _subtree_counts() -> sa.Select[int, int, int]:
+    """(nodes, versions, pinned versions) at and below :root_id, deleted or not."""
+    sub = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
+    below = sub.cte("below", recursive=True)
+    below = below.union_all(sa.select(_n.c.id).where(_n.c.parent_id == below.c.id))
+    return sa.select(
+        sa.func.count(sa.distinct(below.c.id)),
+        sa.func.count(sa.distinct(_v.c.id)),
+        sa.func.count(_items_t.c.id),
+    ).select_from(
+        below.outerjoin(_v, _v.c.node_id == below.c.id).outerjoin(
+            _items_t, _items_t.c.version_id == _v.c.id
+        )
+    )
+
+
+def _restored_size() -> sa.Select[Any]:
+    """Bytes of the live files at and below :root_id, which itself may be deleted."""
+    sub = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
+    below = sub.cte("restored", recursive=True)
+    below = below.union_all(
+        sa.select(_n.c.id).where(_n.c.parent_id == below.c.id, _n.c.deleted_at.is_(None))
+    )
+    return (
+        sa.select(sa.func.sum(_n.c.size))
+        .select_from(_n.join(below, below.c.id == _n.c.id))
+        .where(_n.c.kind == NodeKind.FILE.value)
+    )
+
+
+_n = Base.metadata.tables["nodes"]
+_v = Base.metadata.tables["file_versions"]
+_users = Base.metadata.tables["users"]
+_groups = Base.metadata.tables["groups"]
+_items_t = Base.metadata.tables["package_items"]
+_SUBTREE_COUNTS = _subtree_counts()
+_QUOTA = sa.select(_users.c.quota_bytes).where(
+    _users.c.id == sa.bindparam("user_id", type_=sa.Uuid)
+)
+_RESTORED_SIZE = _restored_size()

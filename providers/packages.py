@@ -1,0 +1,346 @@
+"""WebDAV resources of ``/packages/`` (see davserver.services.package_space).
+
+    MKCOL  /packages/<name>/               create a package (default expiry)
+    COPY   <file or folder> /packages/<name>/<path>
+                                           pin current versions (no bytes copied)
+    DELETE /packages/<name>/<path>         unpin an item, or everything below a folder
+    DELETE /packages/<name>/               delete the package
+    GET    /packages/<name>/<path>         a pinned version's bytes
+    GET    /packages/<name>.zip            the whole package as one zip (HEAD, Range)
+
+Nothing here can be locked, PROPPATCHed, PUT or moved. Each resource checks requests aimed at
+it (``check_request``) and what may arrive in it (``check_incoming``) for the gate; the rules
+themselves are the package service's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import quote
+
+from wsgidav import util
+from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_NOT_FOUND, DAVError
+from wsgidav.dav_provider import DAVCollection, DAVNonCollection
+
+from davserver.errors import Forbidden
+from davserver.services.package_archive import PackageArchive, PackageView, PinnedItem
+from davserver.services.package_space import (
+    PackageFile,
+    PackageFolder,
+    PackagesRoot,
+    PackageZip,
+    folder_of,
+)
+from davserver.services.packages import PackageService
+from providers.errors import dav_errors
+from providers.resources import actor_of
+
+if TYPE_CHECKING:
+    from providers.provider import DavProvider
+    from providers.resources import _NodeResource
+
+_READ_METHODS = frozenset({"OPTIONS", "PROPFIND", "GET", "HEAD"})
+_CHANGE_BY_COPY = "a package is changed by COPYing files or folders into it, and DELETE"
+
+
+def register(provider: DavProvider, service: PackageService) -> None:
+    """Give the provider a resource for each kind of item of the packages space."""
+    factories: dict[type, Callable[[DavProvider, str, dict[str, Any], Any], Any]] = {
+        PackagesRoot: lambda p, path, env, item: PackagesRootResource(path, env, service, item),
+        PackageFolder: lambda p, path, env, item: PackageFolderResource(path, env, service, item),
+        PackageFile: lambda p, path, env, item: PackageFileResource(path, env, service, item),
+        PackageZip: lambda p, path, env, item: PackageZipResource(path, env, service, item),
+    }
+    provider.resource_factories.update(factories)
+
+
+def _allow(environ: dict[str, Any], allowed: frozenset[str], why: str) -> None:
+    if environ["REQUEST_METHOD"] not in allowed:
+        raise Forbidden(why)
+
+
+class _Base:
+    """What every resource here shares: no locks, no properties to set."""
+
+    environ: dict[str, Any]
+    provider: DavProvider
+    service: PackageService
+
+    def prevent_locking(self) -> bool:
+        return True
+
+    def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
+        return True  # MKCOL with X-OC-Mtime: a package's times are its own
+
+    def _forget(self) -> None:
+        self.provider.forget(self.environ)
+
+
+class PackagesRootResource(_Base, DAVCollection):
+    """``/packages/``: each live package as ``<name>/`` and ``<name>.zip``."""
+
+    def __init__(
+        self, path: str, environ: dict[str, Any], service: PackageService, item: PackagesRoot
+    ) -> None:
+        DAVCollection.__init__(self, path.rstrip("/") + "/", environ)
+        self.service = service
+        self.owner_id = item.owner_id
+        self._packages: list[PackageView] | None = None
+
+    def packages(self) -> list[PackageView]:
+        if self._packages is None:
+            self._packages = self.service.list_packages(self.owner_id)
+        return self._packages
+
+    def get_member_names(self) -> list[str]:
+        return [name for p in self.packages() for name in (p.name, p.zip_name)]
+
+    def get_member_list(self) -> list[Any]:
+        members: list[Any] = []
+        for package in self.packages():
+            folder = folder_of(package, "")
+            assert folder is not None  # a package's own folder always exists
+            folder_path = util.join_uri(self.path, package.name)
+            zip_path = util.join_uri(self.path, package.zip_name)
+            members.append(PackageFolderResource(folder_path, self.environ, self.service, folder))
+            members.append(
+                PackageZipResource(zip_path, self.environ, self.service, PackageZip(package))
+            )
+        return members
+
+    def get_display_name(self) -> str:
+        return "packages"
+
+    def get_last_modified(self) -> float:
+        return time.time()
+
+    def check_request(self, environ: dict[str, Any]) -> None:
+        _allow(environ, _READ_METHODS | {"MKCOL"}, "this folder holds packages")
+
+    def check_incoming(self, environ: dict[str, Any]) -> None:
+        _allow(environ, frozenset({"MKCOL"}), "create a package with MKCOL /packages/<name>/")
+
+    def create_collection(self, name: str) -> None:
+        actor = actor_of(self.environ)
+        with dav_errors():
+            self.service.create(actor, actor.user_id, name)
+        self._forget()
+
+
+class PackageFolderResource(_Base, DAVCollection):
+    """A package's folder, or a folder inside it (from the items' archive paths)."""
+
+    def __init__(
+        self, path: str, environ: dict[str, Any], service: PackageService, folder: PackageFolder
+    ) -> None:
+        DAVCollection.__init__(self, path.rstrip("/") + "/", environ)
+        self.service = service
+        self.folder = folder
+        self.package = folder.package
+
+    def get_member_names(self) -> list[str]:
+        return [*self.folder.folders, *(_name(item) for item in self.folder.files)]
+
+    def get_member_list(self) -> list[Any]:
+        members: list[Any] = []
+        for name in self.folder.folders:
+            prefix = f"{self.folder.prefix}/{name}" if self.folder.prefix else name
+            sub = folder_of(self.package, prefix)
+            assert sub is not None  # listed because items are below it
+            sub_path = util.join_uri(self.path, name)
+            members.append(PackageFolderResource(sub_path, self.environ, self.service, sub))
+        for item in self.folder.files:
+            members.append(
+                PackageFileResource(
+                    util.join_uri(self.path, _name(item)),
+                    self.environ,
+                    self.service,
+                    PackageFile(self.package, item),
+                )
+            )
+        return members
+
+    def get_display_name(self) -> str:
+        return self.folder.prefix.rpartition("/")[2] or self.package.name
+
+    def get_creation_date(self) -> float:
+        return self.package.created_at.timestamp()
+
+    def get_last_modified(self) -> float:
+        return self.package.modified_at.timestamp()
+
+    def check_request(self, environ: dict[str, Any]) -> None:
+        _allow(environ, _READ_METHODS | {"DELETE", "MKCOL"}, _CHANGE_BY_COPY)
+
+    def check_incoming(self, environ: dict[str, Any]) -> None:
+        _allow(environ, frozenset({"COPY"}), _CHANGE_BY_COPY)
+
+    def receive_copy(self, source: _NodeResource, name: str, *, depth_infinity: bool) -> bool:
+        """COPY of a file or folder to ``<this folder>/<name>``: pin its current versions
+        there, replacing what was at that path (Overwrite: F was refused by WsgiDAV)."""
+        if source.view is None:
+            raise DAVError(HTTP_NOT_FOUND)
+        if source.view.is_folder and not depth_infinity:
+            raise DAVError(HTTP_BAD_REQUEST, context_info="a folder is pinned with Depth: infinity")
+        dest = util.join_uri(self.path, name)
+        existing = self.provider.get_resource_inst(dest, self.environ) is not None
+        path = f"{self.folder.prefix}/{name}" if self.folder.prefix else name
+        with dav_errors():
+            self.service.add(
+                actor_of(self.environ),
+                self.package,
+                self.provider.access(self.environ),
+                source.view,
+                path,
+                replace=existing,
+            )
+        self._forget()
+        self.environ["davserver.status"] = 204 if existing else 201
+        return True
+
+    def support_recursive_delete(self) -> bool:
+        return True
+
+    def handle_delete(self) -> bool:
+        actor = actor_of(self.environ)
+        with dav_errors():
+            if self.folder.prefix:
+                self.service.remove(actor, self.package, self.folder.prefix)
+            else:
+                self.service.delete(actor, self.package)
+        self._forget()
+        return True
+
+
+class PackageFileResource(_Base, DAVNonCollection):
+    """One pinned version inside a package: its bytes, read-only."""
+
+    def __init__(
+        self, path: str, environ: dict[str, Any], service: PackageService, found: PackageFile
+    ) -> None:
+        DAVNonCollection.__init__(self, path.rstrip("/"), environ)
+        self.service = service
+        self.package = found.package
+        self.item: PinnedItem = found.item
+
+    def get_content_length(self) -> int:
+        return self.item.size
+
+    def get_content_type(self) -> str:
+        return str(util.guess_mime_type(self.item.path))
+
+    def get_etag(self) -> str:
+        return self.item.sha256
+
+    def support_etag(self) -> bool:
+        return True
+
+    def support_ranges(self) -> bool:
+        return True
+
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return False
+
+    def get_creation_date(self) -> float:
+        return self.item.added_at.timestamp()
+
+    def get_last_modified(self) -> float:
+        return self.item.mtime.timestamp()
+
+    def get_display_name(self) -> str:
+        return _name(self.item)
+
+    def check_request(self, environ: dict[str, Any]) -> None:
+        _allow(environ, _READ_METHODS | {"DELETE"}, _CHANGE_BY_COPY)
+        if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
+            ctx = self.provider.access(environ)
+            self.service.check_item(ctx, self.package, self.item)
+
+    def check_incoming(self, environ: dict[str, Any]) -> None:
+        _allow(environ, frozenset({"COPY"}), _CHANGE_BY_COPY)
+
+    def get_content(self) -> BinaryIO:
+        with dav_errors():
+            return self.service.open_item(self.item)
+
+    def handle_delete(self) -> bool:
+        with dav_errors():
+            self.service.remove(actor_of(self.environ), self.package, self.item.path)
+        self._forget()
+        return True
+
+
+class PackageZipResource(_Base, DAVNonCollection):
+    """``/packages/<name>.zip``: deterministic bytes, so a strong ETag and byte ranges."""
+
+    def __init__(
+        self, path: str, environ: dict[str, Any], service: PackageService, found: PackageZip
+    ) -> None:
+        DAVNonCollection.__init__(self, path.rstrip("/"), environ)
+        self.service = service
+        self.package = found.package
+        self._layout: PackageArchive | None = None
+
+    def layout(self) -> PackageArchive:
+        if self._layout is None:
+            with dav_errors():
+                self._layout = self.service.layout(self.package)
+        return self._layout
+
+    def get_content_length(self) -> int:
+        return self.layout().size
+
+    def get_content_type(self) -> str:
+        return "application/zip"
+
+    def get_etag(self) -> str:
+        return self.layout().etag
+
+    def support_etag(self) -> bool:
+        return True
+
+    def support_ranges(self) -> bool:
+        return True
+
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return False
+
+    def get_creation_date(self) -> float:
+        return self.package.created_at.timestamp()
+
+    def get_last_modified(self) -> float:
+        return self.package.modified_at.timestamp()
+
+    def finalize_headers(self, environ: dict[str, Any], response_headers: list[Any]) -> None:
+        name = self.package.zip_name
+        fallback = name.encode("ascii", "replace").decode().replace('"', "_")
+        response_headers.append(
+            (
+                "Content-Disposition",
+                f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}",
+            )
+        )
+
+    def check_request(self, environ: dict[str, Any]) -> None:
+        _allow(environ, _READ_METHODS, "the zip is read-only; change the package's folder")
+        if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
+            ctx = self.provider.access(environ)
+            self.service.check_downloadable(ctx, self.package)
+
+    def check_incoming(self, environ: dict[str, Any]) -> None:
+        raise Forbidden("the zip is read-only; change the package's folder")
+
+    def get_content(self) -> BinaryIO:
+        """Only GET reads the bytes (HEAD does not): this is where a download is logged."""
+        ctx = self.provider.access(self.environ)
+        with dav_errors():
+            archive = self.service.download(
+                ctx, self.package, byte_range=self.environ.get("HTTP_RANGE")
+            )
+        return archive.stream.open()  # type: ignore[return-value]
+
+
+def _name(item: PinnedItem) -> str:
+    return item.path.rpartition("/")[2]

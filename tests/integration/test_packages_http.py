@@ -1,0 +1,341 @@
+"""Packages over real HTTP, on both engines: MKCOL and COPY into ``/packages/``, the zip checked
+by Python's zipfile and by ``unzip -t`` against the pinned versions, deterministic bytes and
+ETag, Range and resume, HEAD, expiry, zip-slip names refused, and what WebDAV refuses there."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+
+from davserver.db.types import utcnow
+from davserver.models import Package
+from davserver.services.zipstream import MANIFEST_NAME
+from tests.conftest import ENGINES
+from tests.servers import InprocServer, Response, basic_auth_header, http_request, run_inproc_server
+
+PROPPATCH_MTIME = (
+    b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:"><D:set><D:prop>'
+    b"<D:getlastmodified>Mon, 01 Jan 2024 10:00:00 GMT</D:getlastmodified>"
+    b"</D:prop></D:set></D:propertyupdate>"
+)
+LOCK = (
+    b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+    b"</D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"
+)
+
+
+class User:
+    """One user of the test server, talking WebDAV and the JSON API."""
+
+    def __init__(self, server: InprocServer, name: str, roles: list[str] | None = None) -> None:
+        self.server = server
+        self.name = name
+        self.password = f"pw-{uuid.uuid4().hex}"
+        server.application.services.users.create_user(
+            None, name, password=self.password, roles=roles or ["user"]
+        )
+        self.id = server.application.services.users.user_id(name)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        sent = {"Authorization": basic_auth_header(self.name, self.password), **(headers or {})}
+        path, mark, query = path.partition("?")
+        return http_request(method, self.server.url + quote(path) + mark + query, body, sent)
+
+    def put(self, path: str, data: bytes) -> None:
+        status = self.call("PUT", path, data).status
+        assert status in (201, 204), status
+
+    def mkcol(self, path: str) -> None:
+        assert self.call("MKCOL", path).status == 201
+
+    def copy(self, source: str, dest: str, **headers: str) -> Response:
+        destination = self.server.url + quote(dest)
+        return self.call("COPY", source, headers={"Destination": destination, **headers})
+
+    def api(self, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
+        body = json.dumps(payload).encode() if payload is not None else None
+        response = self.call(method, "/api/v1" + path, body, {"Content-Type": "application/json"})
+        return response.status, json.loads(response.body) if response.body else None
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InprocServer]:
+    with run_inproc_server(request.param, tmp_path_factory.mktemp(f"pkg-{request.param}")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def alice(server: InprocServer) -> User:
+    return User(server, f"alice{uuid.uuid4().hex[:6]}")
+
+
+def unzip_test(data: bytes, tmp_path: Path) -> str:
+    """``unzip -t`` of the archive; its output (it must pass)."""
+    if shutil.which("unzip") is None:
+        pytest.skip("unzip is not installed")
+    path = tmp_path / f"{uuid.uuid4().hex}.zip"
+    path.write_bytes(data)
+    done = subprocess.run(["unzip", "-t", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def make_tree(user: User) -> dict[str, bytes]:
+    """Files in /files/: a.txt, a unicode name, and a folder with a sub-folder; their bytes
+    by the path they get in the archive when a.txt, résumé.txt and docs/ are pinned."""
+    contents = {
+        "a.txt": b"alpha\n",
+        "résumé.txt": "naïve ☃\n".encode(),
+        "docs/big.bin": hashlib.sha256(b"seed").digest() * 40_000,
+        "docs/sub/c.txt": b"",
+        "docs/sub/deeper/d.txt": b"deep\n",
+    }
+    user.mkcol("/files/docs/")
+    user.mkcol("/files/docs/sub/")
+    user.mkcol("/files/docs/sub/deeper/")
+    for path, data in contents.items():
+        user.put(f"/files/{path}", data)
+    user.put("/files/docs/.DS_Store", b"finder clutter")  # never pinned from a folder
+    return contents
+
+
+def pinned_package(user: User, name: str) -> dict[str, bytes]:
+    contents = make_tree(user)
+    user.mkcol(f"/packages/{name}/")
+    for source in ("a.txt", "résumé.txt", "docs"):
+        assert user.copy(f"/files/{source}", f"/packages/{name}/{source}").status == 201
+    return contents
+
+
+# -- the zip
+
+
+def test_zip_holds_the_pinned_versions(alice: User, tmp_path: Path) -> None:
+    contents = pinned_package(alice, "release")
+    response = alice.call("GET", "/packages/release.zip")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/zip"
+    assert int(response.headers["Content-Length"]) == len(response.body)
+    archive = zipfile.ZipFile(io.BytesIO(response.body))
+    assert archive.testzip() is None
+    assert archive.namelist() == [*sorted(contents), MANIFEST_NAME]
+    for path, data in contents.items():
+        assert archive.read(path) == data
+    manifest = json.loads(archive.read(MANIFEST_NAME))
+    assert manifest["package"] == "release"
+    assert manifest["files"] == [
+        {
+            "path": path,
+            "size": len(contents[path]),
+            "sha256": hashlib.sha256(contents[path]).hexdigest(),
+            "version": 1 if contents[path] else None,  # an empty file has no version
+            "mtime": manifest["files"][index]["mtime"],
+        }
+        for index, path in enumerate(sorted(contents))
+    ]
+    tested = unzip_test(response.body, tmp_path)
+    assert "No errors detected" in tested and "résumé.txt" in tested
+
+
+def test_later_changes_to_the_files_leave_the_package_alone(alice: User) -> None:
+    pinned_package(alice, "frozen")
+    before = alice.call("GET", "/packages/frozen.zip")
+    alice.put("/files/a.txt", b"a newer version\n")
+    assert alice.call("PROPPATCH", "/files/docs/big.bin", PROPPATCH_MTIME).status == 207
+    after = alice.call("GET", "/packages/frozen.zip")
+    assert after.body == before.body
+    assert after.headers["ETag"] == before.headers["ETag"]
+    assert zipfile.ZipFile(io.BytesIO(after.body)).read("a.txt") == b"alpha\n"
+    # A COPY onto the pinned path (Overwrite: T) pins the new version instead.
+    assert alice.copy("/files/a.txt", "/packages/frozen/a.txt").status == 204
+    repinned = alice.call("GET", "/packages/frozen.zip")
+    assert repinned.headers["ETag"] != before.headers["ETag"]
+    assert zipfile.ZipFile(io.BytesIO(repinned.body)).read("a.txt") == b"a newer version\n"
+    refused = alice.copy("/files/a.txt", "/packages/frozen/a.txt", Overwrite="F")
+    assert refused.status == 412
+
+
+def test_same_package_same_bytes_and_etag(alice: User) -> None:
+    pinned_package(alice, "twice")
+    first = alice.call("GET", "/packages/twice.zip")
+    second = alice.call("GET", "/packages/twice.zip")
+    assert first.body == second.body
+    etag = first.headers["ETag"]
+    assert etag == second.headers["ETag"] and etag.startswith('"') and not etag.startswith("W/")
+    listing = alice.call("PROPFIND", "/packages/", headers={"Depth": "1"})
+    assert listing.status == 207 and etag.encode() in listing.body
+    assert f"<D:getcontentlength>{len(first.body)}<".encode() in listing.body
+    cached = alice.call("GET", "/packages/twice.zip", headers={"If-None-Match": etag})
+    assert cached.status == 304
+
+
+def test_head_range_and_resume(alice: User) -> None:
+    pinned_package(alice, "ranges")
+    whole = alice.call("GET", "/packages/ranges.zip").body
+    size = len(whole)
+    head = alice.call("HEAD", "/packages/ranges.zip")
+    assert head.status == 200 and head.body == b""
+    assert int(head.headers["Content-Length"]) == size
+    assert head.headers["Accept-Ranges"] == "bytes"
+    etag = head.headers["ETag"]
+    # mid-zip, across a local header and into an entry's data
+    start, end = 20, size // 2
+    part = alice.call("GET", "/packages/ranges.zip", headers={"Range": f"bytes={start}-{end}"})
+    assert part.status == 206
+    assert part.headers["Content-Range"] == f"bytes {start}-{end}/{size}"
+    assert part.body == whole[start : end + 1]
+    # a resumed download: from an offset to the end, only while the ETag still matches
+    offset = size // 3
+    resumed = alice.call(
+        "GET", "/packages/ranges.zip", headers={"Range": f"bytes={offset}-", "If-Range": etag}
+    )
+    assert resumed.status == 206 and resumed.body == whole[offset:]
+    stale = alice.call(
+        "GET", "/packages/ranges.zip", headers={"Range": f"bytes={offset}-", "If-Range": '"x"'}
+    )
+    assert stale.status == 200 and stale.body == whole
+    tail = alice.call("GET", "/packages/ranges.zip", headers={"Range": "bytes=-22"})
+    assert tail.status == 206 and tail.body == whole[-22:]
+
+
+def test_the_package_folder_lists_and_serves_the_pinned_items(alice: User) -> None:
+    contents = pinned_package(alice, "tree")
+    listing = alice.call("PROPFIND", "/packages/tree/docs/", headers={"Depth": "1"})
+    assert listing.status == 207
+    assert b"/packages/tree/docs/sub/" in listing.body and b"big.bin" in listing.body
+    assert b".DS_Store" not in listing.body
+    got = alice.call("GET", "/packages/tree/docs/sub/deeper/d.txt")
+    assert got.status == 200 and got.body == contents["docs/sub/deeper/d.txt"]
+    html = alice.call("GET", "/packages/tree/").body
+    assert b'href="docs/"' in html and b"a.txt" in html
+    # DELETE unpins: one item, then a whole folder of the archive; the files stay
+    assert alice.call("DELETE", "/packages/tree/a.txt").status == 204
+    assert alice.call("DELETE", "/packages/tree/docs/sub/").status == 204
+    names = zipfile.ZipFile(io.BytesIO(alice.call("GET", "/packages/tree.zip").body)).namelist()
+    assert names == ["docs/big.bin", "résumé.txt", MANIFEST_NAME]
+    assert alice.call("GET", "/files/a.txt").status == 200
+    assert alice.call("DELETE", "/packages/tree/").status == 204
+    assert alice.call("GET", "/packages/tree.zip").status == 404
+    assert alice.call("GET", "/files/docs/sub/c.txt").status == 200
+
+
+# -- expiry
+
+
+def test_an_expired_package_is_gone(server: InprocServer, alice: User) -> None:
+    pinned_package(alice, "old")
+    assert alice.call("GET", "/packages/old.zip").status == 200
+    with server.application.db.write() as session:
+        session.execute(
+            sa.update(Package)
+            .where(Package.created_by == alice.id, Package.name == "old")
+            .values(expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+    for path in ("/packages/old.zip", "/packages/old/", "/packages/old/a.txt"):
+        assert alice.call("GET", path).status == 404, path
+    assert alice.call("HEAD", "/packages/old.zip").status == 404
+    listing = alice.call("PROPFIND", "/packages/", headers={"Depth": "1"})
+    assert b"old" not in listing.body
+    assert alice.api("GET", "/packages/old")[0] == 404
+    assert alice.api("GET", "/packages")[1] == {"packages": []}
+    # Its name is free again: a new package of that name replaces the expired one.
+    assert alice.call("MKCOL", "/packages/old/").status == 201
+    assert alice.api("GET", "/packages/old")[1]["items"] == 0
+
+
+# -- names that would escape on extraction
+
+
+@pytest.mark.parametrize(
+    "dest",
+    [
+        "..\\..\\evil.txt",  # backslashes
+        "C:evil.txt",  # a drive letter
+        "...",  # only dots: Windows trims it to ".."
+        "tab\there.txt",  # a control character
+        "nul\x00.txt",
+        "A.TXT",  # a.txt is there already: the same file on Windows and macOS
+        MANIFEST_NAME,
+    ],
+)
+def test_copy_with_unsafe_names_is_refused(alice: User, dest: str) -> None:
+    alice.put("/files/a.txt", b"alpha")
+    if alice.call("PROPFIND", "/packages/slip/", headers={"Depth": "0"}).status == 404:
+        alice.mkcol("/packages/slip/")
+        assert alice.copy("/files/a.txt", "/packages/slip/a.txt").status == 201
+    response = alice.copy("/files/a.txt", f"/packages/slip/{dest}")
+    assert response.status == 400, response.body
+    names = zipfile.ZipFile(io.BytesIO(alice.call("GET", "/packages/slip.zip").body)).namelist()
+    assert names == ["a.txt", MANIFEST_NAME]
+
+
+def test_copy_of_a_folder_with_an_unsafe_name_inside_is_refused(alice: User) -> None:
+    alice.mkcol("/files/mixed/")
+    alice.put("/files/mixed/fine.txt", b"ok")
+    alice.put("/files/mixed/back\\slash.txt", b"bad")
+    alice.mkcol("/packages/whole/")
+    response = alice.copy("/files/mixed", "/packages/whole/mixed")
+    assert response.status == 400
+    assert b"slash.txt" in response.body and b"separate folders with" in response.body
+    assert alice.api("GET", "/packages/whole")[1]["items"] == 0
+
+
+# -- what WebDAV refuses in /packages/
+
+
+def test_webdav_refusals(server: InprocServer, alice: User) -> None:
+    pinned_package(alice, "strict")
+    other = User(server, f"bob{uuid.uuid4().hex[:6]}")
+    assert other.call("GET", "/packages/strict.zip").status == 404  # packages are private
+    assert (
+        other.call("PROPFIND", "/packages/", headers={"Depth": "1"}).body.count(b"<D:response>")
+        == 1
+    )
+    refused = {
+        "PUT into a package": alice.call("PUT", "/packages/strict/new.txt", b"x"),
+        "PUT onto an item": alice.call("PUT", "/packages/strict/a.txt", b"x"),
+        "PUT into /packages/": alice.call("PUT", "/packages/loose.txt", b"x"),
+        "MKCOL in a package": alice.call("MKCOL", "/packages/strict/sub/"),
+        "PROPPATCH": alice.call("PROPPATCH", "/packages/strict/a.txt", PROPPATCH_MTIME),
+        "LOCK": alice.call("LOCK", "/packages/strict/a.txt", LOCK),
+        "DELETE the zip": alice.call("DELETE", "/packages/strict.zip"),
+        "DELETE /packages/": alice.call("DELETE", "/packages/"),
+        "MOVE into a package": alice.call(
+            "MOVE", "/files/a.txt", headers={"Destination": server.url + "/packages/strict/m"}
+        ),
+        "MOVE out of a package": alice.call(
+            "MOVE", "/packages/strict/a.txt", headers={"Destination": server.url + "/files/m"}
+        ),
+        "COPY into /packages/": alice.copy("/files/a.txt", "/packages/a.txt"),
+    }
+    assert {what: r.status for what, r in refused.items()} == dict.fromkeys(refused, 403)
+    assert alice.call("MKCOL", "/packages/strict/").status == 405
+    assert alice.call("MKCOL", "/packages/bad.zip/").status == 400
+    assert alice.copy("/files/docs", "/packages/nowhere/docs").status == 409
+
+
+def test_viewers_and_read_only_keys_cannot_change_packages(server: InprocServer) -> None:
+    viewer = User(server, f"viewer{uuid.uuid4().hex[:6]}", roles=["viewer"])
+    assert viewer.call("MKCOL", "/packages/mine/").status == 403
+    assert viewer.api("POST", "/packages", {"name": "mine"})[0] == 403
