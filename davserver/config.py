@@ -98,6 +98,10 @@ class MaintenanceSettings:
         3600,
         "gc leaves blobs, orphan files and upload leftovers younger than this alone (s).",
     )
+    housekeeping_seconds: int = opt(
+        3600,
+        "A running server purges expired trash items and packages this often (s; 0: never).",
+    )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.app import Application
+from davserver.housekeeping import Housekeeper
 from davserver.memory import limit_malloc_arenas, release_free_memory
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def serve(app: Application, host: str, port: int) -> None:
     limit_malloc_arenas(app.settings.server.malloc_arenas)
     release_free_memory()  # start-up (migrations, the first password hash) is over
     server = make_server(app, host, port)
+    housekeeper = Housekeeper(app.services, app.settings.maintenance.housekeeping_seconds)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping", signum)
@@ -75,7 +77,9 @@ def serve(app: Application, host: str, port: int) -> None:
         scheme = "https" if server.ssl_adapter else "http"
         bound = server.bind_addr
         print(f"davserver listening on {scheme}://{bound[0]}:{bound[1]}/", flush=True)
+        housekeeper.start()
         server.serve()
     finally:
+        housekeeper.stop()
         server.stop()
         app.close()

@@ -1,0 +1,63 @@
+"""Clean-ups a running server does on its own: trash items past their retention and expired
+packages are purged every ``maintenance.housekeeping_seconds``.
+
+Each purge is one transaction per item, so several server processes doing this at once only
+repeat a little work. Failures are logged and retried at the next run; they never stop serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from davserver.context import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Swept:
+    trash_items: int
+    packages: int
+
+
+class Housekeeper:
+    def __init__(self, services: Services, every_seconds: float) -> None:
+        self.services = services
+        self.every = every_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> Swept:
+        """One sweep: expired trash items of everyone, then expired packages."""
+        trash = self.services.trash.purge_expired()
+        packages = self.services.packages.purge_expired()
+        if trash.items_purged or packages:
+            log.info(
+                "housekeeping: purged %d trash items and %d expired packages",
+                trash.items_purged,
+                len(packages),
+            )
+        return Swept(trash.items_purged, len(packages))
+
+    def start(self) -> None:
+        """Sweep now and then every ``every_seconds`` on a daemon thread (not when 0)."""
+        if self.every <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # a failed sweep is retried next time; serving goes on
+                log.exception("housekeeping failed")
+            self._stop.wait(self.every)

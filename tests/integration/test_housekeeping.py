@@ -1,0 +1,82 @@
+"""A running server purges expired trash items and packages on its own, on both engines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+
+import sqlalchemy as sa
+
+from davserver.db.types import utcnow
+from davserver.housekeeping import Housekeeper
+from davserver.models import Node, Package
+from tests.servers import InprocServer, basic_auth_header
+
+
+def _user_with_stale_trash(server: InprocServer) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    """(user, a trashed node past retention, a fresh trashed node)."""
+    services = server.app.services
+    name = f"hk{uuid.uuid4().hex[:8]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    services.users.create_user(None, name, password=password)
+    user_id = services.users.user_id(name)
+    auth = {"Authorization": basic_auth_header(name, password)}
+    ids = []
+    for file in ("stale.txt", "fresh.txt"):
+        url = f"/files/{file}"
+        assert server.request("PUT", url, b"x", auth, auth=False).status == 201
+        assert server.request("DELETE", url, None, auth, auth=False).status == 204
+        with server.app.db.read() as session:
+            ids.append(
+                session.scalar(
+                    sa.select(Node.id).where(Node.owner_id == user_id, Node.name == file)
+                )
+            )
+    with server.app.db.write() as session:
+        session.execute(
+            sa.update(Node)
+            .where(Node.id == ids[0])
+            .values(deleted_at=utcnow() - dt.timedelta(days=31))
+        )
+    return user_id, ids[0], ids[1]
+
+
+def _exists(server: InprocServer, model: type, ident: uuid.UUID) -> bool:
+    with server.app.db.read() as session:
+        return session.get(model, ident) is not None
+
+
+def _expired_package(server: InprocServer, owner: uuid.UUID) -> uuid.UUID:
+    package = server.app.services.packages.create(None, owner, f"p{uuid.uuid4().hex[:6]}")
+    with server.app.db.write() as session:
+        session.execute(
+            sa.update(Package)
+            .where(Package.id == package.id)
+            .values(expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+    return package.id
+
+
+def test_one_sweep_purges_expired_trash_and_packages(inproc_server: InprocServer) -> None:
+    user, stale, fresh = _user_with_stale_trash(inproc_server)
+    package = _expired_package(inproc_server, user)
+    swept = Housekeeper(inproc_server.app.services, 0).run_once()
+    assert swept.trash_items >= 1 and swept.packages >= 1
+    assert not _exists(inproc_server, Node, stale)
+    assert _exists(inproc_server, Node, fresh)
+    assert not _exists(inproc_server, Package, package)
+
+
+def test_the_server_sweeps_on_its_own(inproc_server: InprocServer) -> None:
+    _, stale, fresh = _user_with_stale_trash(inproc_server)
+    keeper = Housekeeper(inproc_server.app.services, 0.2)
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while _exists(inproc_server, Node, stale) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        keeper.stop()
+    assert not _exists(inproc_server, Node, stale)
+    assert _exists(inproc_server, Node, fresh)
