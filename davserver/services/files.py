@@ -64,7 +64,7 @@ class FileService:
             with self.db.read() as session:
                 view = tree.home_root(session, user_id)
             if view is None:
-                view = self._retry(lambda s: self._create_home(s, user_id))
+                view = self.run_write(lambda s: self._create_home(s, user_id))
             self._home_ids[user_id] = view.id
             return view.id
 
@@ -78,7 +78,7 @@ class FileService:
             with self.db.connect() as conn:
                 root_id = conn.execute(_GROUP_ROOT, {"group_id": group_id}).scalar()
             if root_id is None:
-                root_id = self._retry(lambda s: self._create_group_root(s, group_id, creator_id))
+                root_id = self.run_write(lambda s: self._create_group_root(s, group_id, creator_id))
             self._group_root_ids[group_id] = root_id
             return root_id
 
@@ -206,11 +206,11 @@ class FileService:
         check_name(name)
 
         def work(session: Session) -> NodeView:
-            node_id = _insert_child(session, parent.id, name, kind)
+            node_id = insert_child(session, parent.id, name, kind)
             record_audit(session, actor, op, node_id=node_id, details={"name": name})
-            return _view(session, node_id)
+            return view_of(session, node_id)
 
-        return self._retry(work)
+        return self.run_write(work)
 
     def commit_upload(
         self,
@@ -247,23 +247,23 @@ class FileService:
                 {"parent_id": parent.id, "key": key},
             ).first()
             if enforce_quota:
-                _check_quota(session, parent.owner_id, blob.size - (current.size if current else 0))
+                check_quota(session, parent.owner_id, blob.size - (current.size if current else 0))
             if current is None:
                 if expected_version_id is not None:
                     raise PreconditionFailed("the file no longer exists")
-                node_id = _insert_child(
+                node_id = insert_child(
                     session, parent.id, name, NodeKind.FILE, mime=mime, known_free=True
                 )
                 if blob.size == 0:
                     record_audit(
                         session, actor, Op.FILE_CREATE, node_id=node_id, details={"name": name}
                     )
-                    return _view(session, node_id), True
-                version_id, version_no = self._add_version(
+                    return view_of(session, node_id), True
+                version_id, version_no = self.add_version(
                     session,
                     actor,
                     node_id,
-                    self._blob_id(session, blob),
+                    self.blob_row_id(session, blob),
                     blob.size,
                     mime,
                     first=True,
@@ -282,14 +282,14 @@ class FileService:
                         "sha256": blob.sha256,
                     },
                 )
-                return _view(session, node_id), True
+                return view_of(session, node_id), True
             node_id, kind, current_version_id, current_sha, _size = current
             if kind != NodeKind.FILE:
                 raise Conflict(f"{name!r} is a folder")
             if expected_version_id is not None and current_version_id != expected_version_id:
                 raise PreconditionFailed("the file changed since the ETag was issued")
             if current_sha == blob.sha256 or (current_version_id is None and blob.size == 0):
-                return _view(session, node_id), False
+                return view_of(session, node_id), False
             op, details = Op.FILE_VERSION_CREATE, {}
             coalesced = (
                 version_rules.coalesces(session, self.policy, actor, current_version_id, lock_since)
@@ -303,8 +303,8 @@ class FileService:
                 if coalesced:
                     op, details = Op.FILE_VERSION_REPLACE, {"coalesced": coalesced}
             else:
-                version_id, version_no = self._add_version(
-                    session, actor, node_id, self._blob_id(session, blob), blob.size, mime
+                version_id, version_no = self.add_version(
+                    session, actor, node_id, self.blob_row_id(session, blob), blob.size, mime
                 )
                 version_rules.prune_file(session, self.policy, actor, node_id)
             self._ensure_stored(session, blob)
@@ -321,12 +321,12 @@ class FileService:
                     **details,
                 },
             )
-            return _view(session, node_id), False
+            return view_of(session, node_id), False
 
         try:
             actor.require_write()
             check_name(name)
-            return self._retry(work)
+            return self.run_write(work)
         finally:
             # The writer's spare copy matters only until the referencing transaction has ended.
             self.blobs.release(blob)
@@ -343,7 +343,7 @@ class FileService:
         now = utcnow()
         version = session.get(FileVersion, version_id)
         assert version is not None
-        version.blob_id = self._blob_id(session, blob)
+        version.blob_id = self.blob_row_id(session, blob)
         version.size = blob.size
         version.uploaded_by = actor.user_id
         version.uploaded_at = now
@@ -351,7 +351,7 @@ class FileService:
         _make_current(session, node_id, version_id, blob.size, now, None)
         return version_id, version.version_no
 
-    def _add_version(
+    def add_version(
         self,
         session: Session,
         actor: Actor,
@@ -388,7 +388,7 @@ class FileService:
         """Move a node (and so everything below it) to the trash: one UPDATE."""
         actor.require_write()
 
-        self._retry(lambda session: _trash(session, actor, node_id))
+        self.run_write(lambda session: _trash(session, actor, node_id))
 
     def move(
         self,
@@ -409,7 +409,7 @@ class FileService:
         check_name(dest_name)
 
         def work(session: Session) -> None:
-            node = _live_node(session, node_id)
+            node = live_node(session, node_id)
             if node.parent_id is None:
                 raise Conflict("the root of a space cannot be moved")
             if (node.owner_id, node.group_id) != (dest_parent.owner_id, dest_parent.group_id):
@@ -435,7 +435,7 @@ class FileService:
                 },
             )
 
-        self._retry(work)
+        self.run_write(work)
 
     def copy(
         self,
@@ -456,11 +456,11 @@ class FileService:
         check_name(dest_name)
 
         def work(session: Session) -> None:
-            source = _live_node(session, node_id)
+            source = live_node(session, node_id)
             if source.is_folder and tree.is_descendant(session, dest_parent.id, source.id):
                 raise Conflict("cannot copy a folder into itself")
             if replace_id is not None:
-                target = _live_node(session, replace_id)
+                target = live_node(session, replace_id)
                 if not source.is_folder and not target.is_folder:
                     self._copy_onto_file(session, actor, source, target)
                     return
@@ -474,14 +474,14 @@ class FileService:
                 details={"source": str(source.id), "name": dest_name},
             )
 
-        self._retry(work)
+        self.run_write(work)
 
     def set_mtime(self, actor: Actor, node_id: uuid.UUID, mtime: dt.datetime) -> None:
         """Keep the client's modification time on the node and its current version."""
         actor.require_write()
 
         def work(session: Session) -> None:
-            node = _live_node(session, node_id)
+            node = live_node(session, node_id)
             node.mtime = mtime
             if node.current_version_id is not None:
                 session.execute(
@@ -490,7 +490,7 @@ class FileService:
                     .values(mtime=mtime)
                 )
 
-        self._retry(work)
+        self.run_write(work)
 
     def set_dead_properties(
         self, actor: Actor, node_id: uuid.UUID, changes: dict[str, bytes | None]
@@ -499,7 +499,7 @@ class FileService:
         actor.require_write()
 
         def work(session: Session) -> None:
-            _live_node(session, node_id)
+            live_node(session, node_id)
             for name, value in changes.items():
                 session.execute(
                     sa.delete(DeadProperty).where(
@@ -519,11 +519,11 @@ class FileService:
                 },
             )
 
-        self._retry(work)
+        self.run_write(work)
 
     # ---------------------------------------------------------------- helpers
 
-    def _retry(self, work: Callable[[Session], T]) -> T:
+    def run_write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in a write transaction, again when a concurrent writer won a race."""
         for attempt in range(_RETRIES):
             try:
@@ -540,7 +540,7 @@ class FileService:
         session.flush()
         self.blobs.ensure_stored(blob)
 
-    def _blob_id(self, session: Session, blob: StoredBlob) -> uuid.UUID:
+    def blob_row_id(self, session: Session, blob: StoredBlob) -> uuid.UUID:
         """The id of the blob row for these bytes, inserting it if this is their first upload."""
         existing = session.scalar(_BLOB_ID, {"sha256": blob.sha256})
         if existing is not None:
@@ -564,13 +564,13 @@ class FileService:
         return blob_id
 
     def _copy_onto_file(self, session: Session, actor: Actor, source: Node, target: Node) -> None:
-        """``target`` was loaded FOR UPDATE by the caller (``_live_node``)."""
+        """``target`` was loaded FOR UPDATE by the caller (``live_node``)."""
         source_blob = session.scalar(
             sa.select(FileVersion.blob_id).where(FileVersion.id == source.current_version_id)
         )
         version_id = None
         if source_blob is not None and source.current_version_id != target.current_version_id:
-            version_id, _ = self._add_version(
+            version_id, _ = self.add_version(
                 session, actor, target.id, source_blob, source.size, source.mime_type
             )
             version_rules.prune_file(session, self.policy, actor, target.id)
@@ -719,7 +719,8 @@ def _subtree(session: Session, root_id: uuid.UUID) -> list[Node]:
     return list(session.execute(stmt).scalars())
 
 
-def _live_node(session: Session, node_id: uuid.UUID) -> Node:
+def live_node(session: Session, node_id: uuid.UUID) -> Node:
+    """The node, locked for this transaction; NotFound when it is missing or in the trash."""
     node = session.get(Node, node_id, with_for_update=True)
     if node is None or node.deleted_at is not None:
         raise NotFound("no such file or folder")
@@ -730,7 +731,7 @@ def _trash(
     session: Session, actor: Actor, node_id: uuid.UUID, *, overwritten: bool = False
 ) -> None:
     """Move a node, and so everything below it, to the trash: one UPDATE."""
-    node = _live_node(session, node_id)
+    node = live_node(session, node_id)
     if node.parent_id is None:
         raise Conflict("the root of a space cannot be deleted")
     node.deleted_at = utcnow()
@@ -742,7 +743,7 @@ def _trash(
     record_audit(session, actor, Op.NODE_DELETE, node_id=node.id, details=details)
 
 
-def _insert_child(
+def insert_child(
     session: Session,
     parent_id: uuid.UUID,
     name: str,
@@ -780,7 +781,8 @@ def _insert_child(
     return node_id
 
 
-def _view(session: Session, node_id: uuid.UUID) -> NodeView:
+def view_of(session: Session, node_id: uuid.UUID) -> NodeView:
+    """The node as the caller's transaction sees it now (pending changes flushed)."""
     session.flush()
     view = tree.get_node(session, node_id)
     assert view is not None
@@ -801,7 +803,7 @@ def _make_current(
     )
 
 
-def _check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
+def check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
     """QuotaExceeded when the owner's space would grow past their quota.
 
     On PostgreSQL the owner's row is locked, so two uploads cannot both take the last bytes.

@@ -46,7 +46,7 @@ from davserver.models import Node, NodeKind, Op, Space
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.files import FileService, _check_quota, _view
+from davserver.services.files import FileService, check_quota, view_of
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.tree import NodeView, check_name, name_key
@@ -233,7 +233,7 @@ class TrashService:
                 raise Conflict(f"cannot restore to {where}: that name is taken; choose another")
             if parent.group_id is None and session.scalar(_QUOTA, {"user_id": parent.owner_id}):
                 growth = session.scalar(_RESTORED_SIZE, {"root_id": node.id}) or 0
-                _check_quota(session, parent.owner_id, int(growth))
+                check_quota(session, parent.owner_id, int(growth))
             before = {"parent_id": str(node.parent_id), "name": node.name}
             deleted_at = node.deleted_at
             node.deleted_at = None
@@ -253,9 +253,9 @@ class TrashService:
                     "deleted_at": deleted_at.isoformat() if deleted_at else None,
                 },
             )
-            return _view(session, node.id)
+            return view_of(session, node.id)
 
-        return self.files._retry(work)
+        return self.files.run_write(work)
 
     def restore_original(self, actor: Actor | None, entry: TrashEntry) -> NodeView:
         """Restore ``entry`` where it was deleted from, under its own name."""
@@ -310,7 +310,7 @@ class TrashService:
             session.execute(sa.delete(_n).where(_n.c.id == node_id))
             return int(nodes)
 
-        return self.files._retry(work)
+        return self.files.run_write(work)
 
     def purge_expired(
         self,

@@ -273,7 +273,7 @@ class VariantService:
             source_id = session.scalar(_BLOB_ID, {"sha256": request.source.sha256})
             if source_id is None:
                 raise NotFound("the image's bytes are no longer stored")
-            variant_blob_id = self.files._blob_id(session, stored)
+            variant_blob_id = self.files.blob_row_id(session, stored)
             session.execute(
                 for_bind(_INSERT_VARIANT, session).values(
                     id=uuid.uuid4(),

@@ -34,7 +34,7 @@ from davserver.models import NodeKind, Op
 from davserver.services import version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.files import FileService, _check_quota, _insert_child, _live_node, _view
+from davserver.services.files import FileService, check_quota, insert_child, live_node, view_of
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService, Reached, Virtual
 from davserver.services.tree import NodeView, check_name, name_key
@@ -206,7 +206,7 @@ class VersionService:
         actor.require_write()
 
         def work(session: Session) -> int | None:
-            node = _live_node(session, target.id)
+            node = live_node(session, target.id)
             if node.is_folder:
                 raise Conflict("a version can only be restored onto a file")
             blob_id, size = _still_there(session, version)
@@ -216,8 +216,8 @@ class VersionService:
             if current_blob == blob_id:
                 return None
             if node.group_id is None:
-                _check_quota(session, node.owner_id, size - node.size)
-            version_id, version_no = self.files._add_version(
+                check_quota(session, node.owner_id, size - node.size)
+            version_id, version_no = self.files.add_version(
                 session, actor, node.id, blob_id, size, None
             )
             version_rules.prune_file(session, self.policy, actor, node.id)
@@ -236,7 +236,7 @@ class VersionService:
             )
             return version_no
 
-        return self.files._retry(work)
+        return self.files.run_write(work)
 
     def copy_to(
         self,
@@ -254,9 +254,9 @@ class VersionService:
         def work(session: Session) -> NodeView:
             blob_id, size = _still_there(session, version)
             if parent.group_id is None:
-                _check_quota(session, parent.owner_id, size)
-            node_id = _insert_child(session, parent.id, name, NodeKind.FILE, mime=mime_type)
-            version_id, _ = self.files._add_version(
+                check_quota(session, parent.owner_id, size)
+            node_id = insert_child(session, parent.id, name, NodeKind.FILE, mime=mime_type)
+            version_id, _ = self.files.add_version(
                 session, actor, node_id, blob_id, size, mime_type, first=True
             )
             record_audit(
@@ -271,9 +271,9 @@ class VersionService:
                     "version_no": version.version_no,
                 },
             )
-            return _view(session, node_id)
+            return view_of(session, node_id)
 
-        return self.files._retry(work)
+        return self.files.run_write(work)
 
     def prune(
         self, *, dry_run: bool = False, progress: ProgressCallback | None = None
@@ -309,7 +309,7 @@ class VersionService:
                 return []  # purged meanwhile
             return version_rules.prune_file(session, self.policy, None, node_id, dry_run=dry_run)
 
-        return self.files._retry(work)
+        return self.files.run_write(work)
 
 
 def _candidates(policy: version_rules.VersionPolicy, now: dt.datetime) -> sa.Select[Any]:

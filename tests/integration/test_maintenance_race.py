@@ -217,7 +217,7 @@ def test_gc_while_the_upload_has_its_blob_row_but_no_version_yet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     loose_blob(database, store, DATA)
-    real_blob_id = files._blob_id
+    real_blob_id = files.blob_row_id
     gc_run: list[Worker] = []
 
     def blob_id_then_gc(session: Any, blob: StoredBlob) -> uuid.UUID:
@@ -231,7 +231,7 @@ def test_gc_while_the_upload_has_its_blob_row_but_no_version_yet(
                 gc_run[0].outcome()  # nothing holds the row yet: gc deletes it and commits
         return found
 
-    monkeypatch.setattr(files, "_blob_id", blob_id_then_gc)
+    monkeypatch.setattr(files, "blob_row_id", blob_id_then_gc)
     view, _ = files.commit_upload(actor, home, "b.txt", write(store, DATA))
     report = gc_run[0].outcome()
     # SQLite: gc ran after the upload and saw the version. PostgreSQL: gc won; the version
