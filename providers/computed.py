@@ -77,3 +77,17 @@ class ComputedProperties:
     def check_incoming(self, environ: dict[str, Any]) -> None:
         """Nothing can be copied or moved into these (``providers.gate``)."""
         raise Forbidden(self.read_only_reason)
+
+
+class StoredBytes:
+    """What every read-only file of an added space answers alike: its ETag is the hash of fixed
+    bytes, served with Range, and it is never moved."""
+
+    def support_etag(self) -> bool:
+        return True
+
+    def support_ranges(self) -> bool:
+        return True
+
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return False

@@ -34,6 +34,7 @@ from davserver.services.package_space import (
     folder_of,
 )
 from davserver.services.packages import PackageService
+from providers.computed import StoredBytes
 from providers.errors import dav_errors
 from providers.resources import actor_of
 
@@ -214,7 +215,7 @@ class PackageFolderResource(_Base, DAVCollection):
         return True
 
 
-class PackageFileResource(_Base, DAVNonCollection):
+class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
     """One pinned version inside a package: its bytes, read-only."""
 
     def __init__(
@@ -233,15 +234,6 @@ class PackageFileResource(_Base, DAVNonCollection):
 
     def get_etag(self) -> str:
         return self.item.sha256
-
-    def support_etag(self) -> bool:
-        return True
-
-    def support_ranges(self) -> bool:
-        return True
-
-    def support_recursive_move(self, dest_path: str) -> bool:
-        return False
 
     def get_creation_date(self) -> float:
         return self.item.added_at.timestamp()
@@ -272,7 +264,7 @@ class PackageFileResource(_Base, DAVNonCollection):
         return True
 
 
-class PackageZipResource(_Base, DAVNonCollection):
+class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
     """``/packages/<name>.zip``: deterministic bytes, so a strong ETag and byte ranges."""
 
     def __init__(
@@ -297,15 +289,6 @@ class PackageZipResource(_Base, DAVNonCollection):
 
     def get_etag(self) -> str:
         return self.layout().etag
-
-    def support_etag(self) -> bool:
-        return True
-
-    def support_ranges(self) -> bool:
-        return True
-
-    def support_recursive_move(self, dest_path: str) -> bool:
-        return False
 
     def get_creation_date(self) -> float:
         return self.package.created_at.timestamp()

@@ -20,7 +20,7 @@ from davserver.errors import Conflict, Forbidden
 from davserver.services.permissions import Perm
 from davserver.services.trash import TrashedNode, TrashEntry, TrashRoot, TrashService
 from davserver.services.tree import NodeView
-from providers.computed import DS, NC, ComputedProperties, prop
+from providers.computed import DS, NC, ComputedProperties, StoredBytes, prop
 from providers.dispatch import destination_path
 from providers.errors import dav_errors
 from providers.gate import check_destination
@@ -222,7 +222,7 @@ class TrashedFolder(_Trashed, DAVCollection):
         return True
 
 
-class TrashedFile(_Trashed, DAVNonCollection):
+class TrashedFile(StoredBytes, _Trashed, DAVNonCollection):
     def __init__(
         self,
         path: str,
@@ -242,15 +242,6 @@ class TrashedFile(_Trashed, DAVNonCollection):
 
     def get_etag(self) -> str:
         return self.view.sha256 or EMPTY_SHA256
-
-    def support_etag(self) -> bool:
-        return True
-
-    def support_ranges(self) -> bool:
-        return True
-
-    def support_recursive_move(self, dest_path: str) -> bool:
-        return False
 
     def get_content(self) -> BinaryIO:
         with dav_errors():

@@ -26,7 +26,7 @@ from davserver.services.versions import (
     VersionService,
     entry_name,
 )
-from providers.computed import DS, ComputedProperties, prop
+from providers.computed import DS, ComputedProperties, StoredBytes, prop
 from providers.digests import repr_digest
 from providers.errors import dav_errors
 from providers.gate import check_destination
@@ -140,7 +140,7 @@ class HistoryResource(_InHistory, DAVCollection):
         return {CURRENT_VERSION: prop(CURRENT_VERSION, view.version_no)}
 
 
-class VersionResource(_InHistory, DAVNonCollection):
+class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
     """One version of a file: its bytes and who made it when."""
 
     def __init__(
@@ -196,15 +196,6 @@ class VersionResource(_InHistory, DAVNonCollection):
 
     def get_etag(self) -> str:
         return self.version.sha256
-
-    def support_etag(self) -> bool:
-        return True
-
-    def support_ranges(self) -> bool:
-        return True
-
-    def support_recursive_move(self, dest_path: str) -> bool:
-        return False
 
     def finalize_headers(self, environ: dict[str, Any], response_headers: list[Any]) -> None:
         response_headers.append(("Repr-Digest", repr_digest(self.version.sha256)))
