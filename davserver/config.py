@@ -72,7 +72,7 @@ class DavSettings:
 @dataclass(frozen=True)
 class AuthSettings:
     credential_cache_seconds: int = opt(
-        300, "How long a verified Basic password is recognised without hashing (0: never)."
+        300, "Seconds a verified Basic password is recognised without hashing after its last use."
     )
     access_token_seconds: int = opt(900, "Lifetime of a Bearer access token from /api/v1/token.")
     refresh_token_days: int = opt(30, "Lifetime of a refresh token; each one works only once.")
