@@ -122,13 +122,13 @@ class AccountService:
             rows = conn.execute(_BY_USERNAME, {"username": username}).all()
         stored_hash = rows[0].password_hash if rows and rows[0].is_active else None
         if stored_hash and self.memo.matches(username, password, stored_hash):
-            return _actor(rows, remote_addr, user_agent, auth_method="password")
+            return actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
         self.throttle.check(username, remote_addr)
         ok, new_hash = self.hasher.verify(password, stored_hash)  # unknown users cost the same
         if not ok:
             self.throttle.record_failure(username, remote_addr, user_agent, "bad credentials")
             raise Unauthorized("unknown user or wrong password")
-        actor = _actor(rows, remote_addr, user_agent, auth_method="password")
+        actor = actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
         self._record_login(actor, new_hash)
         self.memo.remember(username, password, new_hash or stored_hash or "")
         return actor
@@ -150,7 +150,7 @@ class AccountService:
                 session.execute(
                     sa.update(ApiKey).where(ApiKey.id == key_row.key_id).values(last_used_at=now)
                 )
-        return _actor(
+        return actor_from_rows(
             rows,
             remote_addr,
             user_agent,
@@ -174,12 +174,13 @@ class AccountService:
             )
 
 
-def _actor(
+def actor_from_rows(
     rows: Sequence[sa.Row[Any]],
     remote_addr: str | None,
     user_agent: str | None,
     **credential: Any,
 ) -> Actor:
+    """The actor for a user's rows from ``user_with_roles()`` (one row per role)."""
     return Actor(
         user_id=rows[0].id,
         username=rows[0].username,

@@ -30,7 +30,7 @@ from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
 from davserver.db.types import utcnow
 from davserver.errors import Unauthorized
 from davserver.models import Op
-from davserver.services.accounts import AccountService, user_with_roles
+from davserver.services.accounts import AccountService, actor_from_rows, user_with_roles
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.sessions import SessionService
@@ -136,7 +136,9 @@ class TokenService:
                 raise Unauthorized("unknown or expired refresh token")
             actor = None
             if row.revoked_at is None:
-                actor = self._actor(session, row.user_id, row.session_id, remote_addr, user_agent)
+                actor = _token_actor(
+                    session, row.user_id, row.session_id, "", remote_addr, user_agent
+                )
             if actor is not None:
                 new_id, token = self._new_refresh(session, actor, family_id=row.family_id, now=now)
                 session.execute(
@@ -208,27 +210,17 @@ class TokenService:
         if claims is None:
             raise Unauthorized("invalid or expired access token")
         with self.db.connect() as conn:
-            rows = conn.execute(
-                _BEARER_CHECK,
-                {
-                    "user_id": uuid.UUID(claims["sub"]),
-                    "session_id": uuid.UUID(claims["sid"]),
-                    "jti": claims["jti"],
-                    "now": utcnow(),
-                },
-            ).all()
-        if not rows or not rows[0].usable:
+            actor = _token_actor(
+                conn,
+                uuid.UUID(claims["sub"]),
+                uuid.UUID(claims["sid"]),
+                claims["jti"],
+                remote_addr,
+                user_agent,
+            )
+        if actor is None:
             raise Unauthorized("invalid or expired access token")
-        return Actor(
-            user_id=rows[0].id,
-            username=rows[0].username,
-            roles=frozenset(r.role for r in rows if r.role),
-            session_id=uuid.UUID(claims["sid"]),
-            remote_addr=remote_addr,
-            user_agent=user_agent,
-            auth_method="token",
-            quota_bytes=rows[0].quota_bytes,
-        )
+        return actor
 
     def _claims(self, token: str) -> dict[str, Any] | None:
         try:
@@ -302,33 +294,28 @@ class TokenService:
                 .values(ended_at=now)
             )
 
-    def _actor(
-        self,
-        session: Session,
-        user_id: uuid.UUID,
-        session_id: uuid.UUID | None,
-        remote_addr: str | None,
-        user_agent: str | None,
-    ) -> Actor | None:
-        """The actor for a refresh, when the account and the session are still active."""
-        if session_id is None:
-            return None
-        rows = session.execute(
-            _BEARER_CHECK,
-            {"user_id": user_id, "session_id": session_id, "jti": "", "now": utcnow()},
-        ).all()
-        if not rows or not rows[0].usable:
-            return None
-        return Actor(
-            user_id=user_id,
-            username=rows[0].username,
-            roles=frozenset(r.role for r in rows if r.role),
-            session_id=session_id,
-            remote_addr=remote_addr,
-            user_agent=user_agent,
-            auth_method="token",
-            quota_bytes=rows[0].quota_bytes,
-        )
+
+def _token_actor(
+    bind: Session | sa.Connection,
+    user_id: uuid.UUID,
+    session_id: uuid.UUID | None,
+    jti: str,
+    remote_addr: str | None,
+    user_agent: str | None,
+) -> Actor | None:
+    """The actor of a token, when the account is active, the session open and the access
+    token (``jti``; "" for a refresh) not revoked; else None."""
+    if session_id is None:
+        return None
+    rows = bind.execute(
+        _BEARER_CHECK,
+        {"user_id": user_id, "session_id": session_id, "jti": jti, "now": utcnow()},
+    ).all()
+    if not rows or not rows[0].usable:
+        return None
+    return actor_from_rows(
+        rows, remote_addr, user_agent, session_id=session_id, auth_method="token"
+    )
 
 
 _rt = Base.metadata.tables["refresh_tokens"]
