@@ -31,6 +31,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -52,23 +53,6 @@ from davserver.services.permissions import Perm
 
 PREFIX = "/api/v1"
 Identify = Callable[[dict[str, Any]], Actor]
-_REASONS = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    412: "Precondition Failed",
-    415: "Unsupported Media Type",
-    423: "Locked",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    507: "Insufficient Storage",
-}
 
 
 class ApiApp:
@@ -166,11 +150,7 @@ class ApiApp:
                 description = body.get("description", "")
                 if not isinstance(description, str):
                     raise BadRequest("description is a string")
-                days = body.get("expires_days")
-                if days is not None and (
-                    not isinstance(days, int) or isinstance(days, bool) or days < 0
-                ):
-                    raise BadRequest("expires_days is a whole number of days (0: never expires)")
+                days = _days(body, at_least=0, meaning="0: never expires")
                 created = packages.create(
                     actor,
                     actor.user_id,
@@ -230,10 +210,7 @@ class ApiApp:
         )
 
     def _create_key(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
-        days = body.get("expires_days")
-        if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 1):
-            raise BadRequest("expires_days is a whole number of days, at least 1")
-        expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=days) if days else None
+        expires = _expiry(_days(body, at_least=1, meaning="at least 1"))
         scope = body.get("scope", "readwrite")
         if not isinstance(scope, str):
             raise BadRequest("scope is read or readwrite")
@@ -261,9 +238,7 @@ class ApiApp:
             wanted = Perm.parse(rights)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        days = body.get("expires_days")
-        if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 1):
-            raise BadRequest("expires_days is a whole number of days, at least 1")
+        expires = _expiry(_days(body, at_least=1, meaning="at least 1"))
         user, group = body.get("user"), body.get("group")
         if not isinstance(user, str | None) or not isinstance(group, str | None):
             raise BadRequest("user and group are names")
@@ -274,7 +249,7 @@ class ApiApp:
             user=user,
             group=group,
             rights=wanted,
-            expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=days) if days else None,
+            expires_at=expires,
         )
         return plain(info.as_dict())
 
@@ -301,7 +276,7 @@ def _json(
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(data))),
         ]
-    start_response(f"{status} {_REASONS.get(status, 'Error')}", response_headers)
+    start_response(f"{status} {HTTPStatus(status).phrase}", response_headers)
     return [data]
 
 
@@ -322,6 +297,20 @@ def _body(environ: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
+
+
+def _days(body: dict[str, Any], *, at_least: int, meaning: str) -> int | None:
+    """The body's ``expires_days``: None when absent, else a whole number >= ``at_least``."""
+    days = body.get("expires_days")
+    if days is not None and (
+        not isinstance(days, int) or isinstance(days, bool) or days < at_least
+    ):
+        raise BadRequest(f"expires_days is a whole number of days ({meaning})")
+    return days
+
+
+def _expiry(days: int | None) -> dt.datetime | None:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(days=days) if days else None
 
 
 def _query(environ: dict[str, Any]) -> dict[str, str]:
