@@ -140,27 +140,23 @@ class FileService:
         if into.group_id is not None:
             return None
         owner_id = into.owner_id
-        if owner_id == actor.user_id:
-            quota = actor.quota_bytes  # read with the credentials, this request
-        else:
-            with self.db.connect() as conn:
-                quota = conn.execute(_QUOTA, {"owner_id": owner_id}).scalar_one_or_none()
+        # The actor's own quota was read with their credentials, this request.
+        quota = actor.quota_bytes if owner_id == actor.user_id else self._quota(owner_id)
         if quota is None:
             return None
         used = self.subtree_size(self.home_id(owner_id))
         return max(0, quota - used + (replacing.size if replacing else 0))
+
+    def _quota(self, owner_id: uuid.UUID) -> int | None:
+        with self.db.connect() as conn:
+            return conn.execute(_QUOTA, {"owner_id": owner_id}).scalar_one_or_none()
 
     def usage(self, owner_id: uuid.UUID) -> tuple[int, int | None]:
         """(bytes used, quota in bytes or None for unlimited) of a user's own space.
 
         Usage is logical: the sizes of the user's current files, whatever dedup saves.
         """
-        used = self.subtree_size(self.home_id(owner_id))
-        with self.db.connect() as conn:
-            quota = conn.execute(
-                sa.select(User.quota_bytes).where(User.id == owner_id)
-            ).scalar_one_or_none()
-        return used, quota
+        return self.subtree_size(self.home_id(owner_id)), self._quota(owner_id)
 
     def open_content(self, view: NodeView) -> BinaryIO:
         """A seekable reader of a file's current bytes (empty for a file with no version yet).

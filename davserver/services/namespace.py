@@ -301,13 +301,8 @@ class NamespaceService:
         if not ids:
             return rights
         with self.db.connect() as conn:
-            rows = conn.execute(_ANCESTRY, {"ids": ids}).all()
-        chains: dict[uuid.UUID, list[Any]] = defaultdict(list)
-        for row in rows:
-            chains[row.start_id].append(row)
+            chains = _live_ancestries(conn, ids)
         for node_id, chain in chains.items():
-            if any(row.deleted_at is not None for row in chain):
-                continue
             start = next(row for row in chain if row.node_id == node_id)
             space = SpaceOwner(start.owner_id, start.group_id)
             total = base_permissions(ctx.principal, space)
@@ -339,17 +334,10 @@ class NamespaceService:
         result: dict[str, dict[str, uuid.UUID]] = {}
         if granted:
             with self.db.connect() as conn:
-                rows = conn.execute(_ANCESTRY, {"ids": granted}).all()
-                chains: dict[
-                    uuid.UUID, list[sa.Row[tuple[uuid.UUID, uuid.UUID, dt.datetime | None]]]
-                ] = defaultdict(list)
-                for row in rows:
-                    chains[row.start_id].append(row)
                 tops = [
                     start
-                    for start, chain in chains.items()
-                    if all(r.deleted_at is None for r in chain)
-                    and not any(r.node_id in ctx.grants and r.node_id != start for r in chain)
+                    for start, chain in _live_ancestries(conn, granted).items()
+                    if not any(r.node_id in ctx.grants and r.node_id != start for r in chain)
                 ]
                 entries = conn.execute(_ENTRIES, {"ids": tops}).all() if tops else []
             for row in sorted(entries, key=lambda r: (r.username, r.name, str(r.id))):
@@ -404,6 +392,21 @@ def _ancestry() -> sa.Select[Any]:
 
 
 _ANCESTRY = _ancestry()
+
+
+def _live_ancestries(conn: sa.Connection, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+    """{node: rows of it and its ancestors} for the given nodes that are live: neither they
+    nor an ancestor is in the trash (a missing node has no entry either)."""
+    chains: dict[uuid.UUID, list[Any]] = defaultdict(list)
+    for row in conn.execute(_ANCESTRY, {"ids": ids}):
+        chains[row.start_id].append(row)
+    return {
+        start: chain
+        for start, chain in chains.items()
+        if all(row.deleted_at is None for row in chain)
+    }
+
+
 _ENTRIES = (
     sa.select(
         _n.c.id,
