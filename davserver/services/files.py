@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
-from davserver.db.dialect import is_postgres
+from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import (
     AlreadyExists,
@@ -542,7 +541,7 @@ class FileService:
         if existing is not None:
             return existing
         inserted = session.scalar(
-            _INSERT_BLOB_PG if is_postgres(session) else _INSERT_BLOB_SQLITE,
+            for_bind(_INSERT_BLOB, session),
             {
                 "id": uuid.uuid4(),
                 "sha256": blob.sha256,
@@ -894,12 +893,9 @@ _LIVE_CHILD = sa.select(_n.c.id).where(
     _n.c.name_key == sa.bindparam("key"),
     _n.c.deleted_at.is_(None),
 )
-_INSERT_BLOB_PG = (
-    postgresql.insert(_b).on_conflict_do_nothing(index_elements=["sha256"]).returning(_b.c.id)
-)
-_INSERT_BLOB_SQLITE = (
-    sqlite.insert(_b).on_conflict_do_nothing(index_elements=["sha256"]).returning(_b.c.id)
-)
+_INSERT_BLOB = {
+    dialect: insert.returning(_b.c.id) for dialect, insert in insert_or_ignore(_b, "sha256").items()
+}
 _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
 
 
