@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
-from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
+from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import (
     AlreadyExists,
@@ -238,7 +238,7 @@ class FileService:
         def work(session: Session) -> tuple[NodeView, bool]:
             # Core statements: this is the hottest write path (every small-file PUT).
             current = session.execute(
-                _FILE_FOR_UPDATE_PG if is_postgres(session) else _FILE_FOR_UPDATE,
+                _FILE_FOR_UPDATE,
                 {"parent_id": parent.id, "key": key},
             ).first()
             if enforce_quota:
@@ -803,8 +803,7 @@ def check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
 
     On PostgreSQL the owner's row is locked, so two uploads cannot both take the last bytes.
     """
-    statement = _QUOTA.with_for_update() if is_postgres(session) else _QUOTA
-    quota = session.execute(statement, {"owner_id": owner_id}).scalar_one_or_none()
+    quota = session.execute(_QUOTA.with_for_update(), {"owner_id": owner_id}).scalar_one_or_none()
     if quota is None or growth <= 0:
         return
     home = tree.home_root(session, owner_id)
@@ -829,9 +828,10 @@ _FILE_FOR_UPDATE = (
         _n.c.name_key == sa.bindparam("key"),
         _n.c.deleted_at.is_(None),
     )
+    # Serializes uploads to one file on PostgreSQL; SQLite renders no FOR UPDATE (its
+    # BEGIN IMMEDIATE already serializes writers).
+    .with_for_update(of=_n)
 )
-# Serializes uploads to one file across processes (SQLite's BEGIN IMMEDIATE already does).
-_FILE_FOR_UPDATE_PG = _FILE_FOR_UPDATE.with_for_update(of=_n)
 # A new child inherits owner, space and group from its parent, which must still be live.
 _INSERT_CHILD = (
     _n.insert()

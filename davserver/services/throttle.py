@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
-from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
+from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import utcnow
 from davserver.errors import TooManyRequests
 from davserver.models import Op
@@ -104,7 +104,7 @@ class LoginThrottle:
             for_bind(_INSERT, session),
             {"key": key, "window_started_at": now, "updated_at": now, "failures": 0},
         )
-        row = session.execute(_ROW_FOR_UPDATE if is_postgres(session) else _ROW, {"key": key}).one()
+        row = session.execute(_ROW_FOR_UPDATE, {"key": key}).one()
         started = row.window_started_at
         failures = 1 if now - started > self.policy.window else row.failures + 1
         session.execute(
@@ -130,8 +130,12 @@ _BANNED_UNTIL = sa.select(sa.func.max(_t.c.banned_until)).where(
     _t.c.banned_until > sa.bindparam("now"),
 )
 _INSERT = insert_or_ignore(_t, "key")
-_ROW = sa.select(_t.c.failures, _t.c.window_started_at).where(_t.c.key == sa.bindparam("key"))
-_ROW_FOR_UPDATE = _ROW.with_for_update()
+# FOR UPDATE matters on PostgreSQL; SQLite renders none (BEGIN IMMEDIATE serializes writers).
+_ROW_FOR_UPDATE = (
+    sa.select(_t.c.failures, _t.c.window_started_at)
+    .where(_t.c.key == sa.bindparam("key"))
+    .with_for_update()
+)
 _SET_COUNT = (
     _t.update()
     .where(_t.c.key == sa.bindparam("k"))

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
-from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
+from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import utcnow
 from davserver.errors import Unauthorized
 from davserver.models import Op
@@ -129,7 +129,7 @@ class TokenService:
         now = utcnow()
         with self.db.write() as session:
             row = session.execute(
-                _REFRESH_ROW.with_for_update() if is_postgres(session) else _REFRESH_ROW,
+                _REFRESH_ROW.with_for_update(),  # PostgreSQL; SQLite's writers queue anyway
                 {"hash": _sha256(refresh_token)},
             ).first()
             if row is None or row.expires_at <= now:
