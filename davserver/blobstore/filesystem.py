@@ -67,6 +67,15 @@ class FileSystemBlobStore:
         self.tmp_dir = self.root / "tmp"
         self.fsync = fsync
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._folders: set[str] = set()
+
+    def make_folder(self, path: Path, *, again: bool = False) -> None:
+        """``mkdir -p``, remembered: a fan-out folder is made once per process, not per write
+        (``again`` when it was removed behind the store's back)."""
+        name = str(path)  # a str hashes once; a Path hashes its parts again every time
+        if again or name not in self._folders:
+            path.mkdir(parents=True, exist_ok=True)
+            self._folders.add(name)
 
     def writer(self) -> _FileBlobWriter:
         return _FileBlobWriter(self)
@@ -98,7 +107,7 @@ class FileSystemBlobStore:
             # A dedup write's spare was never flushed: it had not been needed until now.
             with open(spare, "rb") as fh:
                 os.fsync(fh.fileno())
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self.make_folder(final.parent, again=True)
         if _link(spare, final) is None:
             # No hard links here: copy, keeping the spare for a retried transaction.
             copy = self.tmp_dir / f"put-{secrets.token_hex(8)}"
@@ -142,7 +151,7 @@ class FileSystemBlobStore:
 
     def restore(self, token: str, storage_key: str) -> None:
         final = self.path_of(storage_key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self.make_folder(final.parent, again=True)
         os.replace(self._temp_path(token), final)
 
     def discard(self, token: str) -> int:
@@ -198,7 +207,15 @@ class _FileBlobWriter:
                     f"the body's {algorithm} is {actual.get(algorithm)}, not {digest.lower()}"
                 )
         key = storage_key_for(sha256)
+        spare = self._place(key)
+        return StoredBlob(
+            sha256, md5, sha1, self.bytes_written, key, self._hasher.crc32, spare=spare
+        )
+
+    def _place(self, key: str) -> str | None:
+        """Make the bytes durable and put them under ``key``; returns the spare's name."""
         final = self._store.path_of(key)
+        folder = final.parent
         spare: str | None = self._path.name
         try:
             if final.exists():
@@ -210,19 +227,22 @@ class _FileBlobWriter:
                 if self._store.fsync:
                     os.fsync(self._file.fileno())
                 self._file.close()
-                final.parent.mkdir(parents=True, exist_ok=True)
-                if _link(self._path, final) is None:
+                self._store.make_folder(folder)
+                try:
+                    linked = _link(self._path, final)
+                except FileNotFoundError:  # the fan-out folder was removed meanwhile
+                    self._store.make_folder(folder, again=True)
+                    linked = _link(self._path, final)
+                if linked is None:
                     os.replace(self._path, final)
                     spare = None
             if self._store.fsync:
-                _fsync_dir(final.parent)
+                _fsync_dir(folder)
         except BaseException:
             self.abort()
             raise
         self._done = True
-        return StoredBlob(
-            sha256, md5, sha1, self.bytes_written, key, self._hasher.crc32, spare=spare
-        )
+        return spare
 
     def abort(self) -> None:
         if self._done:

@@ -536,10 +536,8 @@ class FileService:
         self.blobs.ensure_stored(blob)
 
     def blob_row_id(self, session: Session, blob: StoredBlob) -> uuid.UUID:
-        """The id of the blob row for these bytes, inserting it if this is their first upload."""
-        existing = session.scalar(_BLOB_ID, {"sha256": blob.sha256})
-        if existing is not None:
-            return existing
+        """The id of the blob row for these bytes, inserting it if this is their first upload
+        (one statement then; two when the bytes are stored already)."""
         inserted = session.scalar(
             for_bind(_INSERT_BLOB, session),
             {
@@ -553,7 +551,7 @@ class FileService:
                 "crc32": blob.crc32,
             },
         )
-        # None: a concurrent upload of the same bytes inserted the row first.
+        # None: the row exists, from an earlier or a concurrent upload of the same bytes.
         blob_id = inserted or session.scalar(_BLOB_ID, {"sha256": blob.sha256})
         assert blob_id is not None
         return blob_id
