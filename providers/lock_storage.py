@@ -40,13 +40,23 @@ Contract:
 * ``open()`` and ``close()`` do no I/O; the ``Database`` belongs to the caller and is not
   disposed. ``clear()`` deletes every lock.
 
-Namespaces and request scopes: URL paths are per user in davserver (everyone has a ``/files/``),
-so every lock belongs to the namespace it was taken in, and only locks of the current namespace
-are seen or conflict. ``storage.begin_request(namespace)`` sets it for one request and
-also lets the request read the namespace's unexpired locks once, instead of running a query for
-each of the many ``get_lock_list`` calls WsgiDAV makes per request (one per member in a
-PROPFIND); any write through the storage drops that snapshot. Outside a scope the namespace is
-``""`` and every call queries.
+Namespaces, mounts and request scopes: URL paths are per user in davserver (everyone has a
+``/files/``), and one file can be reached by several URLs: alice's ``/files/a/doc`` is bob's
+``/shared/alice/doc`` once shared with him, and an admin's ``/users/alice/a/doc``. A lock must
+hold whichever URL it was taken through, so every URL is first turned into its ``LockKey``: the
+namespace of the space the item lives in (its owner's, or its group's) and its *canonical* root,
+the URL its owner (or group member) uses. ``LockSpace.key`` does that for one request
+(``providers.lock_space``); ``OneNamespace`` is the identity in a single namespace. Locks are
+stored canonically and handed back to WsgiDAV with roots in the requester's URLs. Where a shared
+item is mounted (``/shared/alice/doc``) the folders above it are not reachable by its URL, so
+depth-infinity locks on them are reported as locks on the mount itself, which is what they mean
+to the requester.
+
+``storage.begin_request(space)`` sets the space for one request and also lets the request read
+each namespace's unexpired locks once, instead of running a query for each of the many
+``get_lock_list`` calls WsgiDAV makes per request (one per member in a PROPFIND); any write
+through the storage drops those snapshots. Outside a scope the namespace is ``""``, roots are
+used as given, and every call queries.
 
 Root matching is exact and case-sensitive on both engines (SQLite's ``LIKE`` ignores ASCII case,
 so the prefix matches are checked again in Python).
@@ -58,10 +68,10 @@ import contextvars
 import datetime as dt
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Final, Literal, overload
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol, overload
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -84,7 +94,15 @@ from wsgidav.lock_man.lock_manager import (
 from davserver.db import Database
 from davserver.models import DavLock
 
-__all__ = ["LOCK_KEYS", "LockDict", "LockTokenError", "SqlLockStorage"]
+__all__ = [
+    "LOCK_KEYS",
+    "LockDict",
+    "LockKey",
+    "LockSpace",
+    "LockTokenError",
+    "OneNamespace",
+    "SqlLockStorage",
+]
 
 LockDict = dict[str, Any]
 
@@ -191,10 +209,71 @@ def _to_dict(row: Mapping[Any, Any]) -> LockDict:
     }
 
 
+@dataclass(frozen=True)
+class LockKey:
+    """Where a URL's locks are kept: a namespace and a canonical root.
+
+    The URL was reached through a mount: ``mount_url`` (the requester's URL) stands for
+    ``mount_root`` (canonical), and everything below each corresponds name for name.
+    """
+
+    namespace: str
+    root: str
+    mount_url: str = "/"
+    mount_root: str = "/"
+
+    @property
+    def hides_ancestors(self) -> bool:
+        """True at a mount whose canonical ancestors the requester cannot reach by URL."""
+        return self.root == self.mount_root and self.mount_url != self.mount_root
+
+    def url_of(self, root: str) -> str | None:
+        """The requester's URL for a canonical root of this namespace: below the mount name for
+        name, the mount itself for a folder above it; None when unrelated."""
+        if root == self.mount_root or _is_below(self.mount_root, root):
+            rest = root[len(self.mount_root) :].lstrip("/")
+            return normalize_lock_root(f"{self.mount_url}/{rest}")
+        if _is_below(root, self.mount_root):
+            return self.mount_url
+        return None
+
+
+class LockSpace(Protocol):
+    def key(self, url: str) -> LockKey:
+        """The key of a normalized URL path (``/a/b``) for the current requester."""
+        ...
+
+    def request_keys(self) -> list[LockKey]:
+        """Keys that map stored roots back to URLs before the request named any: those of the
+        URLs the request is about, and the requester's own namespace."""
+        ...
+
+    def namespace(self, url: str) -> str:
+        """``key(url).namespace``, as cheaply as it can be had."""
+        ...
+
+
+class OneNamespace:
+    """Every URL is its own canonical root, in one namespace."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def key(self, url: str) -> LockKey:
+        return LockKey(self.name, url)
+
+    def namespace(self, url: str) -> str:
+        return self.name
+
+    def request_keys(self) -> list[LockKey]:
+        return [LockKey(self.name, "/")]
+
+
 @dataclass
 class _RequestScope:
-    namespace: str
-    snapshot: list[LockDict] | None = None
+    space: LockSpace
+    keys: list[LockKey] = field(default_factory=list)
+    snapshots: dict[str, list[LockDict]] = field(default_factory=dict)
 
 
 _scope: contextvars.ContextVar[_RequestScope | None] = contextvars.ContextVar(
@@ -202,15 +281,36 @@ _scope: contextvars.ContextVar[_RequestScope | None] = contextvars.ContextVar(
 )
 
 
-def _namespace() -> str:
+def _key(url: str) -> LockKey:
+    """The key of a normalized URL path in the current scope (remembered for ``_url_of``)."""
     scope = _scope.get()
-    return scope.namespace if scope else ""
+    if scope is None:
+        return LockKey("", url)
+    key = scope.space.key(url)
+    if key not in scope.keys:
+        scope.keys.append(key)
+    return key
 
 
-def _forget_snapshot() -> None:
+def _url_of(namespace: str, root: str) -> str | None:
+    """The current requester's URL for a stored lock root, by the keys this request met."""
+    scope = _scope.get()
+    if scope is None:
+        return root
+    above = None
+    for key in [*scope.keys, *scope.space.request_keys()]:
+        if key.namespace == namespace:
+            url = key.url_of(root)
+            if url is not None and not _is_below(root, key.mount_root):
+                return url
+            above = above or url
+    return above
+
+
+def _forget_snapshots() -> None:
     scope = _scope.get()
     if scope is not None:
-        scope.snapshot = None
+        scope.snapshots.clear()
 
 
 class SqlLockStorage:
@@ -233,19 +333,20 @@ class SqlLockStorage:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def begin_request(self, namespace: str) -> None:
-        """From now on in this thread's context, locks live in ``namespace`` and reads share
-        one snapshot, until ``end_request`` (a request may stream its body after the handler
-        returned, so this is not a ``with`` block)."""
-        _scope.set(_RequestScope(namespace))
+    def begin_request(self, space: LockSpace | str) -> None:
+        """From now on in this thread's context, URLs are keyed by ``space`` (a namespace name:
+        ``OneNamespace``) and reads share one snapshot per namespace, until ``end_request`` (a
+        request may stream its body after the handler returned, so this is not a ``with``
+        block)."""
+        _scope.set(_RequestScope(OneNamespace(space) if isinstance(space, str) else space))
 
     def end_request(self) -> None:
         _scope.set(None)
 
     @contextmanager
-    def request_scope(self, namespace: str) -> Iterator[None]:
+    def request_scope(self, space: LockSpace | str) -> Iterator[None]:
         """``begin_request``/``end_request`` around a block."""
-        self.begin_request(namespace)
+        self.begin_request(space)
         try:
             yield
         finally:
@@ -291,9 +392,11 @@ class SqlLockStorage:
 
     @staticmethod
     def _conflicting_roots(
-        session: Session, *, root: str, scope: str, depth: str, now: float
+        session: Session, *, key: LockKey, scope: str, depth: str, now: float
     ) -> list[str]:
-        """Roots of unexpired locks that a new lock (root, scope, depth) would conflict with."""
+        """The requester's URLs of unexpired locks that a new lock (key, scope, depth) would
+        conflict with."""
+        root = key.root
         ancestors = _ancestors(root)
         where: list[sa.ColumnElement[bool]] = [DavLock.root == root]
         if ancestors:
@@ -301,7 +404,7 @@ class SqlLockStorage:
         if depth == "infinity":
             where.append(_below_clause(root))
         stmt = sa.select(DavLock.root, DavLock.depth).where(
-            sa.or_(*where), _unexpired(now), DavLock.namespace == _namespace()
+            sa.or_(*where), _unexpired(now), DavLock.namespace == key.namespace
         )
         if scope == "shared":
             stmt = stmt.where(DavLock.scope == "exclusive")
@@ -312,8 +415,9 @@ class SqlLockStorage:
                 or (other in ancestors and other_depth == "infinity")
                 or (depth == "infinity" and _is_below(root, other))
             )
-            if conflicts and other not in hrefs:
-                hrefs.append(other)
+            href = key.url_of(other) or other
+            if conflicts and href not in hrefs:
+                hrefs.append(href)
         return hrefs
 
     def _purge_expired(self, token: str) -> None:
@@ -331,13 +435,19 @@ class SqlLockStorage:
         if not token or not isinstance(token, str):
             return None
         with self._db.read() as session:
-            row = session.execute(sa.select(*_COLUMNS).where(DavLock.token == token)).first()
+            row = session.execute(
+                sa.select(*_COLUMNS, DavLock.namespace).where(DavLock.token == token)
+            ).first()
         if row is None:
             return None
         lock = _to_dict(row._mapping)
         if _is_expired(lock["expire"], _now()):
             self._purge_expired(token)
             return None
+        url = _url_of(row.namespace, lock["root"])
+        if url is None:
+            return None  # a lock on something this requester does not reach
+        lock["root"] = url
         return lock
 
     def create(self, path: str, lock: LockDict) -> LockDict:
@@ -352,7 +462,8 @@ class SqlLockStorage:
         if not isinstance(path, str) or "/" not in path:
             raise ValueError(f"not a lock path: {path!r}")
         root = normalize_lock_root(path)
-        if len(root) > _ROOT_MAX_LENGTH:
+        key = _key(root)
+        if len(key.root) > _ROOT_MAX_LENGTH:
             raise DAVError(HTTP_BAD_REQUEST, context_info="URL too long to lock.")
         lock["root"] = root
         lock["timeout"] = timeout = self._normalize_timeout(lock.get("timeout"))
@@ -373,7 +484,7 @@ class SqlLockStorage:
             self._serialize_writers(session)
             now = _now()
             conflicts = self._conflicting_roots(
-                session, root=root, scope=lock["scope"], depth=lock["depth"], now=now
+                session, key=key, scope=lock["scope"], depth=lock["depth"], now=now
             )
             if conflicts:
                 errcond = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
@@ -384,8 +495,8 @@ class SqlLockStorage:
             session.add(
                 DavLock(
                     token=token,
-                    namespace=_namespace(),
-                    root=root,
+                    namespace=key.namespace,
+                    root=key.root,
                     depth=lock["depth"],
                     scope=lock["scope"],
                     type=lock["type"],
@@ -395,7 +506,7 @@ class SqlLockStorage:
                     expire=expire,
                 )
             )
-        _forget_snapshot()
+        _forget_snapshots()
         lock["expire"] = expire
         lock["token"] = token
         return lock
@@ -414,15 +525,17 @@ class SqlLockStorage:
             if row is None or _is_expired(row.expire, now):
                 found = None
             else:
+                namespace = row.namespace
                 row.timeout = granted
                 row.expire = now + granted
                 session.flush()
                 found = _to_dict(
                     {key: getattr(row, key) for key in LOCK_KEYS},
                 )
-        _forget_snapshot()
+        _forget_snapshots()
         if found is None:
             raise LockTokenError(token)
+        found["root"] = _url_of(namespace, found["root"]) or found["root"]
         return found
 
     def delete(self, token: str) -> bool:
@@ -433,7 +546,7 @@ class SqlLockStorage:
             expire = session.execute(
                 sa.delete(DavLock).where(DavLock.token == token).returning(DavLock.expire)
             ).scalar_one_or_none()
-        _forget_snapshot()
+        _forget_snapshots()
         return expire is not None and not _is_expired(expire, _now())
 
     @overload
@@ -461,45 +574,67 @@ class SqlLockStorage:
     ) -> list[LockDict] | list[str]:
         """Unexpired direct locks on ``path`` (include_root) and below it (include_children).
 
-        Returns lock dicts, or tokens with ``token_only``; oldest first.
+        At a mount, depth-infinity locks on the folders above it count as locks on ``path``
+        (see the module doc). Returns lock dicts, or tokens with ``token_only``; oldest first.
         """
+        locks = self._locks(path, include_root, include_children, above=include_root)
+        if token_only:
+            return [lock["token"] for lock in locks]
+        return locks
+
+    def drop(self, path: str) -> None:
+        """Delete the locks on ``path`` and below it, which was moved or deleted (RFC 4918,
+        7.7); those on folders above a mount stay."""
+        for lock in self._locks(path, True, True, above=False):
+            self.delete(lock["token"])
+
+    def _locks(
+        self, path: str, include_root: bool, include_children: bool, *, above: bool
+    ) -> list[LockDict]:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"not a lock path: {path!r}")
-        root = normalize_lock_root(path)
+        url = normalize_lock_root(path)
         if not (include_root or include_children):
             return []
-        scope = _scope.get()
-        if scope is not None:
-            if scope.snapshot is None:
-                scope.snapshot = self._namespace_locks(scope.namespace)
-            candidates = scope.snapshot
+        key = _key(url)
+        root, above = key.root, above and key.hides_ancestors
+        if _scope.get() is not None:
+            candidates = self._snapshot(key.namespace)
         else:
             where: list[sa.ColumnElement[bool]] = []
             if include_root:
                 where.append(DavLock.root == root)
             if include_children:
                 where.append(_below_clause(root))
-            candidates = self._query(sa.or_(*where), DavLock.namespace == "")
-        if not candidates:
-            return []
+            candidates = self._query(sa.or_(*where), DavLock.namespace == key.namespace)
         now = _now()
-        locks = [
-            dict(lock)  # callers may change what they get; the snapshot stays as read
-            for lock in candidates
-            if not _is_expired(lock["expire"], now)
-            and (
-                (include_root and lock["root"] == root)
-                or (include_children and _is_below(root, lock["root"]))
-            )
-        ]
-        if token_only:
-            return [lock["token"] for lock in locks]
+        locks = []
+        for lock in candidates:
+            if _is_expired(lock["expire"], now):
+                continue
+            if include_root and (
+                lock["root"] == root
+                or (above and lock["depth"] == "infinity" and _is_below(lock["root"], root))
+            ):
+                found = url
+            elif include_children and _is_below(root, lock["root"]):
+                found = normalize_lock_root(url + lock["root"][len(root) :])
+            else:
+                continue
+            # Callers may change what they get; the snapshot stays as read.
+            locks.append({**lock, "root": found})
         return locks
 
-    def has_locks(self) -> bool:
-        """True when the current namespace has any unexpired lock (from the request snapshot)."""
-        return bool(
-            self.get_lock_list("/", include_root=True, include_children=True, token_only=True)
+    def has_locks(self, paths: Iterable[str] = ("/",)) -> bool:
+        """True when the namespace of any of ``paths`` has an unexpired lock (from the request
+        snapshots)."""
+        scope = _scope.get()
+        namespaces = {scope.space.namespace(normalize_lock_root(p)) if scope else "" for p in paths}
+        now = _now()
+        return any(
+            not _is_expired(lock["expire"], now)
+            for namespace in namespaces
+            for lock in self._snapshot(namespace)
         )
 
     def held_since(
@@ -510,22 +645,33 @@ class SqlLockStorage:
         Uploads under one lock coalesce into one version (davserver.services.version_rules)."""
         if not tokens or not principal:
             return None
-        root = normalize_lock_root(url)
+        key = _key(normalize_lock_root(url))
         with self._db.connect() as conn:
             rows = conn.execute(
                 sa.select(DavLock.root, DavLock.depth, DavLock.created_at).where(
                     DavLock.token.in_(list(tokens)),
                     DavLock.principal == principal,
-                    DavLock.namespace == _namespace(),
+                    DavLock.namespace == key.namespace,
                     _unexpired(_now()),
                 )
             ).all()
         taken = [
             row.created_at
             for row in rows
-            if row.root == root or (row.depth == "infinity" and _is_below(row.root, root))
+            if row.root == key.root or (row.depth == "infinity" and _is_below(row.root, key.root))
         ]
         return min(taken, default=None)
+
+    def _snapshot(self, namespace: str) -> list[LockDict]:
+        """The namespace's unexpired locks as this request read them first (outside a request
+        scope: read now)."""
+        scope = _scope.get()
+        if scope is None:
+            return self._namespace_locks(namespace)
+        found = scope.snapshots.get(namespace)
+        if found is None:
+            found = scope.snapshots[namespace] = self._namespace_locks(namespace)
+        return found
 
     def _namespace_locks(self, namespace: str) -> list[LockDict]:
         """Every unexpired lock of a namespace (the per-request snapshot); a prepared statement."""

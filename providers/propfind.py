@@ -23,6 +23,7 @@ from wsgidav.dav_provider import DAVCollection
 
 from davserver.memory import release_free_memory
 from providers import live_props
+from providers.resources import VirtualCollection
 
 _DAV = "{DAV:}"
 _SUPPORTED_LOCK = (
@@ -82,8 +83,12 @@ def respond(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[
         resources.extend(res.get_member_list())
     lock_manager = res.provider.lock_manager
     has_locks = getattr(getattr(lock_manager, "storage", None), "has_locks", None)
-    # With no lock anywhere in the user's space, every lockdiscovery is empty: skip the lookups.
-    any_locks = lock_manager is not None and (has_locks is None or bool(has_locks()))
+    # With no lock anywhere in the spaces listed, every lockdiscovery is empty: skip the
+    # lookups. Members of a folder are in its space; those of a virtual one (/shared/alice/)
+    # may each be in another.
+    spaces = resources if isinstance(res, VirtualCollection) else [res]
+    urls = [item.get_ref_url() for item in spaces]
+    any_locks = lock_manager is not None and (has_locks is None or bool(has_locks(urls)))
     parts = ['<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">']
     for item in resources:
         parts.append(_response(item, mode, names, lock_manager, any_locks))

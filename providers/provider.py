@@ -30,6 +30,7 @@ from davserver.services.variants import VariantService
 from providers import propfind
 from providers.gate import check_request
 from providers.listing import folder_listing
+from providers.lock_space import RequestLockSpace
 from providers.lock_storage import SqlLockStorage
 from providers.resources import (
     FileResource,
@@ -128,7 +129,10 @@ class DavProvider(DAVProvider):
 
     def drop_locks(self, ref_url: str) -> None:
         """Locks do not follow a moved or deleted resource (RFC 4918, 7.7)."""
-        if self.lock_manager is not None:
+        storage = getattr(self.lock_manager, "storage", None)
+        if isinstance(storage, SqlLockStorage):
+            storage.drop(ref_url)  # not the locks on folders above a mount
+        elif self.lock_manager is not None:
             self.lock_manager.remove_all_locks_from_url(ref_url, recursive=True)
 
     # -- the gate every request passes
@@ -138,7 +142,7 @@ class DavProvider(DAVProvider):
     ) -> Any:
         storage = getattr(self.lock_manager, "storage", None)
         if isinstance(storage, SqlLockStorage):
-            storage.begin_request(_lock_namespace(environ))
+            storage.begin_request(RequestLockSpace(self, environ))
         check_request(self, environ)
         method = environ["REQUEST_METHOD"]
         if method not in ("PROPFIND", "GET", "HEAD"):
@@ -164,12 +168,3 @@ class DavProvider(DAVProvider):
         if propfind.can_handle(environ):
             return propfind.respond(res, environ, start_response)
         return default(environ, start_response)
-
-
-def _lock_namespace(environ: dict[str, Any]) -> str:
-    """Whose locks a request sees: a group's space is one namespace shared by its members
-    (they all use the same URLs); everything else is the user's own."""
-    parts = [p for p in environ.get("PATH_INFO", "").split("/") if p]
-    if len(parts) > 1 and parts[0] == "groups":
-        return "group:" + parts[1]
-    return actor_of(environ).user_id.hex

@@ -289,6 +289,15 @@ class NamespaceService:
             raise NotFound(f"nothing at {space}:{path}")
         return found
 
+    def space_path(self, node_id: uuid.UUID) -> tuple[str | None, list[str]]:
+        """Where a node sits in its space: the group's name (None in a user's own space) and
+        the names from the space's root down to the node (none for the root). One query."""
+        with self.db.connect() as conn:
+            rows = conn.execute(_PATH_UP, {"node_id": node_id}).all()
+        if not rows:
+            raise NotFound("the item no longer exists")
+        return rows[0].group_name, [row.name for row in rows if row.parent_id is not None]
+
     def rights_on(self, ctx: AccessContext, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Perm]:
         """The user's rights on nodes known by id, whatever path reaches them (one query).
 
@@ -392,6 +401,25 @@ def _ancestry() -> sa.Select[Any]:
 
 
 _ANCESTRY = _ancestry()
+
+
+def _path_up() -> sa.Select[Any]:
+    """A node and its ancestors, the space's root first, with the root's group name."""
+    columns = (_n.c.id, _n.c.parent_id, _n.c.name, _n.c.group_id)
+    up = (
+        sa.select(*columns, sa.literal(0).label("depth"))
+        .where(_n.c.id == sa.bindparam("node_id", type_=sa.Uuid))
+        .cte("path_up", recursive=True)
+    )
+    up = up.union_all(sa.select(*columns, up.c.depth + 1).where(_n.c.id == up.c.parent_id))
+    return (
+        sa.select(up.c.parent_id, up.c.name, _groups.c.name.label("group_name"))
+        .outerjoin(_groups, _groups.c.id == up.c.group_id)
+        .order_by(up.c.depth.desc())
+    )
+
+
+_PATH_UP = _path_up()
 
 
 def _live_ancestries(conn: sa.Connection, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:

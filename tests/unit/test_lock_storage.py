@@ -15,7 +15,7 @@ from wsgidav.lock_man.lock_manager import LockManager
 import providers.lock_storage as lock_storage_module
 from davserver.db import Database
 from davserver.models import DavLock
-from providers.lock_storage import LOCK_KEYS, LockTokenError, SqlLockStorage
+from providers.lock_storage import LOCK_KEYS, LockKey, LockTokenError, SqlLockStorage
 
 OWNER = b'<owner xmlns="DAV:">joe@example.com</owner>'
 WEEK = 7 * 24 * 3600
@@ -575,3 +575,59 @@ def test_threads_racing_for_an_exclusive_lock(db_url: str, database: Database, g
         assert isinstance(exc, DAVError) and exc.value == HTTP_LOCKED, repr(exc)
     assert roots_in_table(database) == ["/race/doc"]
     assert SqlLockStorage(database).get(won[0]["token"]) == won[0]
+
+
+# --- keys: one lock, several URLs (providers.lock_space gives real ones) ----------------------
+
+
+def test_lock_key_maps_canonical_roots_back_through_its_mount() -> None:
+    key = LockKey(
+        "alice", "/files/a/proj/doc", mount_url="/shared/alice/proj", mount_root="/files/a/proj"
+    )
+    assert key.url_of("/files/a/proj/doc") == "/shared/alice/proj/doc"
+    assert key.url_of("/files/a/proj") == "/shared/alice/proj"
+    # Folders above the mount are out of the requester's reach: they stand at the mount.
+    assert key.url_of("/files/a") == "/shared/alice/proj"
+    assert key.url_of("/files/b") is None
+    assert key.url_of("/files/a/project") is None
+    assert not key.hides_ancestors
+    assert LockKey("alice", "/files/a/proj", "/shared/alice/proj", "/files/a/proj").hides_ancestors
+    assert not LockKey("alice", "/files/a").hides_ancestors
+
+
+class _Mounted:
+    """bob's ``/shared/alice/proj`` is alice's ``/files/a/proj``; the rest is bob's own."""
+
+    def key(self, url: str) -> LockKey:
+        mount, root = "/shared/alice/proj", "/files/a/proj"
+        if url == mount or url.startswith(mount + "/"):
+            return LockKey("alice", root + url[len(mount) :], mount, root)
+        return LockKey("bob", url)
+
+    def request_keys(self) -> list[LockKey]:
+        return [LockKey("bob", "/"), self.key("/shared/alice/proj")]
+
+    def namespace(self, url: str) -> str:
+        return self.key(url).namespace
+
+
+def test_locks_are_stored_canonically_and_seen_through_every_url(lm: LockManager) -> None:
+    storage = lm.storage
+    with storage.request_scope("alice"):
+        above = acquire(lm, "/files/a", scope="shared", principal="alice")
+        own = acquire(lm, "/files/a/proj/doc", scope="shared", depth="0", principal="alice")
+    with storage.request_scope(_Mounted()):
+        # A lock on the item itself comes back at bob's URL ...
+        assert [lock["root"] for lock in lm.get_url_lock_list("/shared/alice/proj/doc")] == [
+            "/shared/alice/proj/doc"
+        ]
+        # ... one above the mount at the mount, and it covers everything below.
+        assert [lock["token"] for lock in lm.get_url_lock_list("/shared/alice/proj")] == [
+            above["token"]
+        ]
+        assert not can_write(lm, "/shared/alice/proj/new", depth="0", principal="bob", tokens=[])
+        assert lm.get_lock(own["token"], key="root") == "/shared/alice/proj/doc"
+        # Bob's own /files/a is not alice's.
+        assert lm.get_url_lock_list("/files/a") == []
+        assert can_write(lm, "/files/a/x", depth="0", principal="bob", tokens=[])
+    assert sorted(roots_in_table(storage._db)) == ["/files/a", "/files/a/proj/doc"]

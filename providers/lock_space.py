@@ -1,0 +1,113 @@
+"""Where a URL's locks are kept, for one request: its ``LockKey`` (see providers.lock_storage).
+
+A URL names an item of some space: the requester's own (``/files/...``), a group's
+(``/groups/<group>/...``), or, through a mount, someone else's: ``/users/<name>/...`` for
+admins and moderators, ``/shared/<owner>/<entry>/...`` for what was shared with the requester.
+Locks live in the namespace of the item's space, under the URL its owner (or a group member)
+uses, so a lock taken through any of these URLs holds through all the others. Other URLs
+(virtual folders, trash, versions, packages) stay in the requester's own namespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+from wsgidav.lock_man.lock_manager import normalize_lock_root
+
+from davserver.services.tree import NodeView
+from providers.dispatch import destination_path
+from providers.lock_storage import LockKey
+from providers.resources import actor_of
+
+if TYPE_CHECKING:
+    from providers.provider import DavProvider
+
+# How many names make the mount of a space reached through another user's URLs.
+_MOUNT_DEPTH = {"users": 2, "shared": 3}
+
+
+def user_namespace(user_id_hex: str) -> str:
+    return user_id_hex
+
+
+def group_namespace(group_name: str) -> str:
+    return "group:" + group_name
+
+
+class RequestLockSpace:
+    """``LockSpace`` for one request, resolving mounts through the provider (once each)."""
+
+    def __init__(self, provider: DavProvider, environ: dict[str, Any]) -> None:
+        self._provider = provider
+        self._environ = environ
+        self._own = user_namespace(actor_of(environ).user_id.hex)
+        self._mounts: dict[str, LockKey | None] = {}
+
+    def key(self, url: str) -> LockKey:
+        parts = [p for p in url.split("/") if p]  # quoted names, as in WsgiDAV's ref URLs
+        if len(parts) > 1 and parts[0] == "groups":
+            return LockKey(group_namespace(unquote(parts[1])), url)
+        depth = _mount_depth(parts)
+        if depth:
+            mount = self._mount("/" + "/".join(parts[:depth]))
+            if mount is not None:
+                rest = "/".join(parts[depth:])
+                return replace(mount, root=normalize_lock_root(f"{mount.mount_root}/{rest}"))
+        return LockKey(self._own, url)
+
+    def namespace(self, url: str) -> str:
+        """``key(url).namespace`` without a query, even at a mount: a PROPFIND of /shared/<owner>/
+        asks it for every member."""
+        parts = [p for p in url.split("/") if p]
+        if len(parts) > 1 and parts[0] == "groups":
+            return group_namespace(unquote(parts[1]))
+        depth = _mount_depth(parts)
+        if depth:
+            owner = unquote(parts[1])
+            if parts[0] == "shared" and owner.startswith("@"):
+                return group_namespace(owner[1:])  # what a group shares is listed as @group
+            view = self._view("/" + "/".join(parts[:depth]))
+            if view is not None:
+                return user_namespace(view.owner_id.hex)
+        return self._own
+
+    def request_keys(self) -> list[LockKey]:
+        keys = [LockKey(self._own, "/")]
+        for path in (self._environ.get("PATH_INFO"), destination_path(self._environ)):
+            if path:
+                keys.append(self.key(normalize_lock_root(quote(path))))
+        return keys
+
+    def _mount(self, url: str) -> LockKey | None:
+        if url not in self._mounts:
+            self._mounts[url] = self._resolve_mount(url)
+        return self._mounts[url]
+
+    def _view(self, mount_url: str) -> NodeView | None:
+        """The item at a mount; None when there is none this requester may see."""
+        res = self._provider.get_resource_inst(unquote(mount_url), self._environ)
+        view = getattr(res, "view", None)
+        return view if isinstance(view, NodeView) else None
+
+    def _resolve_mount(self, url: str) -> LockKey | None:
+        view = self._view(url)
+        if view is None:
+            return None
+        group: str | None = None
+        names: list[str] = []  # a user's own space at its root (/users/<name>) needs no query
+        if view.parent_id is not None or view.group_id is not None:
+            group, names = self._provider.namespace.space_path(view.id)
+        if group is None:
+            namespace, base = user_namespace(view.owner_id.hex), "/files"
+        else:
+            namespace, base = group_namespace(group), f"/groups/{group}"
+        root = normalize_lock_root(quote("/".join([base, *names])))
+        return LockKey(namespace, root, mount_url=url, mount_root=root)
+
+
+def _mount_depth(parts: list[str]) -> int:
+    """How many of a URL's names (quoted) make the mount it passes through; 0 for none."""
+    depth = _MOUNT_DEPTH.get(parts[0], 0) if parts else 0
+    return depth if len(parts) >= depth else 0

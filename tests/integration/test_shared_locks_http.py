@@ -1,0 +1,139 @@
+"""Locks hold whichever URL reaches an item: the owner's ``/files/``, a grantee's
+``/shared/<owner>/``, an admin's ``/users/<owner>/``, a group's ``/groups/`` and
+``/shared/@<group>/``. Two people editing one shared document must not both get a lock."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import ENGINES
+from tests.integration.test_sharing_http import People
+from tests.servers import InprocServer, Response, run_inproc_server
+
+LOCK = (
+    b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+    b"</D:lockscope><D:locktype><D:write/></D:locktype>"
+    b"<D:owner><D:href>tester</D:href></D:owner></D:lockinfo>"
+)
+LOCKROOT = re.compile(rb"<(?:\w+:)?lockroot>\s*<(?:\w+:)?href>([^<]*)</", re.S)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InprocServer]:
+    with run_inproc_server(request.param, tmp_path_factory.mktemp(f"locks-{request.param}")) as s:
+        yield s
+
+
+@pytest.fixture
+def p(server: InprocServer) -> People:
+    people = People(server)
+    people.passwords[server.user] = server.password  # the admin
+    return people
+
+
+def lock(p: People, who: str, path: str, depth: str = "0") -> Response:
+    return p.call(who, "LOCK", path, LOCK, {"Timeout": "Second-600", "Depth": depth})
+
+
+def token_of(response: Response) -> str:
+    assert response.status == 200, response.body
+    return response.headers["Lock-Token"].strip("<>")
+
+
+def with_token(token: str) -> dict[str, str]:
+    return {"If": f"(<{token}>)"}
+
+
+def lockroots(p: People, who: str, path: str, depth: str = "0") -> list[str]:
+    response = p.call(who, "PROPFIND", path, None, {"Depth": depth})
+    assert response.status == 207
+    return [href.decode().rstrip("/") for href in LOCKROOT.findall(response.body)]
+
+
+def shared_folder(p: People, *, above: str = "") -> tuple[str, str]:
+    """Alice's folder ``[above/]proj`` with ``doc.txt``, shared with bob for writing;
+    returns (alice's URL, bob's URL) of the folder."""
+    base = f"/files/{above}" if above else "/files"
+    if above:
+        assert p.call(p.alice, "MKCOL", base + "/").status == 201
+    folder = f"{base}/proj-{uuid.uuid4().hex[:6]}"
+    assert p.call(p.alice, "MKCOL", folder + "/").status == 201
+    assert p.put(p.alice, folder + "/doc.txt") == 201
+    assert p.grant(p.alice, folder, p.bob, "write") == 201
+    return folder, f"/shared/{p.alice}/{folder.rsplit('/', 1)[1]}"
+
+
+def test_a_lock_taken_through_a_share_holds_for_the_owner_and_an_admin(p: People) -> None:
+    mine, bobs = shared_folder(p)
+    token = token_of(lock(p, p.bob, bobs + "/doc.txt"))
+
+    assert p.put(p.alice, mine + "/doc.txt", b"alice's edit") == 423
+    assert lock(p, p.alice, mine + "/doc.txt").status == 423
+    admins = f"/users/{p.alice}/{mine.removeprefix('/files/')}/doc.txt"
+    assert p.put(p.server.user, admins, b"admin's edit") == 423
+    # Each sees the lock at the URL they use.
+    assert lockroots(p, p.alice, mine + "/doc.txt") == [mine + "/doc.txt"]
+    assert lockroots(p, p.bob, bobs + "/", depth="1") == [bobs + "/doc.txt"]
+
+    headers = with_token(token)
+    assert p.call(p.bob, "PUT", bobs + "/doc.txt", b"bob's edit", headers).status == 204
+    unlock = p.call(p.bob, "UNLOCK", bobs + "/doc.txt", None, {"Lock-Token": f"<{token}>"})
+    assert unlock.status == 204
+    assert p.put(p.alice, mine + "/doc.txt", b"alice's edit") == 204
+
+
+def test_the_owners_lock_on_a_folder_above_a_share_holds_for_the_grantee(p: People) -> None:
+    top = f"top-{uuid.uuid4().hex[:6]}"
+    _, bobs = shared_folder(p, above=top)
+    token = token_of(lock(p, p.alice, f"/files/{top}/", depth="infinity"))
+
+    assert p.put(p.bob, bobs + "/doc.txt", b"bob's edit") == 423
+    assert p.put(p.bob, bobs + "/new.txt") == 423
+    assert lock(p, p.bob, bobs + "/doc.txt").status == 423
+    assert p.call(p.bob, "DELETE", bobs + "/doc.txt").status == 423
+    # Bob cannot reach alice's folder above his share: the lock shows on the share itself.
+    assert lockroots(p, p.bob, bobs + "/") == [bobs]
+
+    unlock = p.call(p.alice, "UNLOCK", f"/files/{top}/", None, {"Lock-Token": f"<{token}>"})
+    assert unlock.status == 204
+    assert p.put(p.bob, bobs + "/doc.txt", b"bob's edit") == 204
+
+
+def test_the_grantees_token_does_not_work_at_another_place(p: People) -> None:
+    """A token is good for what it locks, and only for the one who took it."""
+    mine, bobs = shared_folder(p)
+    headers = with_token(token_of(lock(p, p.bob, bobs + "/doc.txt")))
+    # A file of bob's own is another file: the If header does not hold there.
+    own = f"/files/own-{uuid.uuid4().hex[:6]}.txt"
+    assert p.put(p.bob, own) == 201
+    assert p.call(p.bob, "PUT", own, b"x", headers).status == 412
+    # Alice's URL is the locked file, but the lock is bob's: If headers are matched against
+    # the requester's own locks, so the condition fails.
+    assert p.call(p.alice, "PUT", mine + "/doc.txt", b"x", headers).status == 412
+
+
+def test_deleting_a_locked_shared_file_drops_its_lock(p: People) -> None:
+    mine, bobs = shared_folder(p)
+    token = token_of(lock(p, p.bob, bobs + "/doc.txt"))
+    assert p.call(p.bob, "DELETE", bobs + "/doc.txt", None, with_token(token)).status == 204
+    assert p.put(p.alice, mine + "/doc.txt", b"new") == 201
+    assert lockroots(p, p.alice, mine + "/doc.txt") == []
+
+
+def test_a_lock_through_a_groups_share_holds_for_its_members(p: People) -> None:
+    name = f"plan-{uuid.uuid4().hex[:6]}.txt"
+    in_group = f"/groups/{p.team}/{name}"
+    assert p.put(p.alice, in_group) == 201
+    assert p.grant(p.alice, in_group, p.carol, "write") == 201
+    token = token_of(lock(p, p.carol, f"/shared/@{p.team}/{name}"))
+
+    assert p.put(p.bob, in_group, b"bob's edit") == 423
+    assert lockroots(p, p.bob, in_group) == [in_group]
+    headers = with_token(token)
+    assert p.call(p.carol, "PUT", f"/shared/@{p.team}/{name}", b"carol", headers).status == 204
