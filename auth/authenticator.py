@@ -16,11 +16,10 @@ from typing import Any
 
 from davserver.errors import Unauthorized
 from davserver.services.accounts import AccountService
-from davserver.services.actor import Actor
+from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.sessions import SessionService
 from davserver.services.tokens import TokenService
 
-ACTOR_KEY = "davserver.actor"
 # Longest Authorization header read; a Basic password is capped far below this anyway.
 _MAX_HEADER = 8192
 
@@ -69,7 +68,7 @@ class Authenticator:
         else:
             raise Unauthorized("unsupported authentication scheme")
         actor = self.sessions.attach(actor)
-        environ[ACTOR_KEY] = actor
+        environ[ENVIRON_KEY] = actor
         environ["wsgidav.auth.user_name"] = actor.username
         environ["wsgidav.auth.realm"] = self.realm
         environ["wsgidav.auth.roles"] = sorted(actor.roles)

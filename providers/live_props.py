@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from davserver.services.actor import ENVIRON_KEY
 from davserver.services.permissions import Perm
 
 OC_NS = "http://owncloud.org/ns"
@@ -87,7 +88,7 @@ def oc_permissions(res: Any) -> str:
     folders (folders)."""
     rights, view = res.rights, res.view
     letters = ""
-    if view.group_id is None and view.owner_id != res.environ["davserver.actor"].user_id:
+    if view.group_id is None and view.owner_id != res.environ[ENVIRON_KEY].user_id:
         letters += "S"
     if rights & Perm.SHARE:
         letters += "R"
@@ -124,7 +125,7 @@ def _usage(res: Any) -> tuple[int, int]:
         used, available = cached
         return int(used), int(available)
     files = res.provider.files
-    used, quota = files.usage(res.environ["davserver.actor"].user_id)
+    used, quota = files.usage(res.environ[ENVIRON_KEY].user_id)
     free_disk = shutil.disk_usage(getattr(files.blobs, "root", ".")).free
     available = free_disk if quota is None else max(0, min(quota - used, free_disk))
     res.environ[_USAGE_KEY] = (used, available)

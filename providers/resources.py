@@ -24,7 +24,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 
 from davserver.blobstore import BlobWriter
-from davserver.services.actor import Actor
+from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
@@ -49,7 +49,7 @@ _LOCK_PROPS = frozenset({"{DAV:}lockdiscovery", "{DAV:}supportedlock"})
 
 
 def actor_of(environ: dict[str, Any]) -> Actor:
-    actor = environ.get("davserver.actor")
+    actor = environ.get(ENVIRON_KEY)
     if actor is None:
         raise DAVError(401)
     return actor

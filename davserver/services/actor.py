@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from davserver.errors import Forbidden
 
+# Where a request's Actor travels in the WSGI environ, from the authenticator to the providers.
+ENVIRON_KEY = "davserver.actor"
+
 
 @dataclass(frozen=True)
 class Actor:

@@ -143,7 +143,8 @@ class FileService:
         quota = actor.quota_bytes if owner_id == actor.user_id else self._quota(owner_id)
         if quota is None:
             return None
-        used = self.subtree_size(self.home_id(owner_id))
+        with self.db.connect() as conn:
+            used = space_usage(conn, owner_id)
         return max(0, quota - used + (replacing.size if replacing else 0))
 
     def _quota(self, owner_id: uuid.UUID) -> int | None:
@@ -155,7 +156,9 @@ class FileService:
 
         Usage is logical: the sizes of the user's current files, whatever dedup saves.
         """
-        return self.subtree_size(self.home_id(owner_id)), self._quota(owner_id)
+        with self.db.connect() as conn:
+            used = space_usage(conn, owner_id)
+        return used, self._quota(owner_id)
 
     def open_content(self, view: NodeView) -> BinaryIO:
         """A seekable reader of a file's current bytes (empty for a file with no version yet).
@@ -804,8 +807,7 @@ def check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
     quota = session.execute(_QUOTA.with_for_update(), {"owner_id": owner_id}).scalar_one_or_none()
     if quota is None or growth <= 0:
         return
-    home = tree.home_root(session, owner_id)
-    used = int(session.execute(_SUBTREE_SIZE, {"root_id": home.id}).scalar() or 0) if home else 0
+    used = space_usage(session, owner_id)
     if used + growth > quota:
         raise QuotaExceeded(
             f"this upload needs {growth} more bytes; {max(0, quota - used)} of the quota are left"
@@ -915,6 +917,39 @@ def _subtree_size_statement() -> sa.Select[Any]:
 
 
 _SUBTREE_SIZE = _subtree_size_statement()
+
+
+def space_usage(conn: Session | sa.Connection, owner_id: uuid.UUID) -> int:
+    """Bytes of the live files in a user's own space (what counts against their quota)."""
+    return int(conn.execute(_SPACE_USAGE, {"owner_id": owner_id}).scalar() or 0)
+
+
+def _space_usage_statement() -> sa.Select[Any]:
+    """The live files of a user's space, summed without walking the tree (that took 0.4 s for
+    100,000 files): every file of the space not itself in the trash, less those below a
+    folder that is. The walk goes only through trashed folders' contents, each reached once,
+    from its nearest trashed ancestor."""
+    owner = sa.bindparam("owner_id", type_=sa.Uuid)
+    of_space = (_n.c.owner_id == owner, _n.c.space == Space.HOME.value)
+    files = (_n.c.kind == NodeKind.FILE.value, _n.c.deleted_at.is_(None))
+    flagged = sa.select(sa.func.coalesce(sa.func.sum(_n.c.size), 0)).where(*of_space, *files)
+    hidden_ids = (
+        sa.select(_n.c.id)
+        .where(*of_space, _n.c.deleted_at.is_not(None))
+        .cte("hidden", recursive=True)
+    )
+    hidden_ids = hidden_ids.union_all(
+        sa.select(_n.c.id).where(_n.c.parent_id == hidden_ids.c.id, _n.c.deleted_at.is_(None))
+    )
+    hidden = (
+        sa.select(sa.func.coalesce(sa.func.sum(_n.c.size), 0))
+        .select_from(_n.join(hidden_ids, hidden_ids.c.id == _n.c.id))
+        .where(*files)
+    )
+    return sa.select(flagged.scalar_subquery() - hidden.scalar_subquery())
+
+
+_SPACE_USAGE = _space_usage_statement()
 _GROUP_ROOT = sa.select(_n.c.id).where(
     _n.c.group_id == sa.bindparam("group_id", type_=sa.Uuid),
     _n.c.parent_id.is_(None),

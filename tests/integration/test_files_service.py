@@ -15,7 +15,7 @@ from sqlalchemy import event
 from davserver.blobstore import StoredBlob
 from davserver.db import Database
 from davserver.errors import AlreadyExists, Conflict, InvalidName, PreconditionFailed
-from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node
+from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node
 from davserver.services import files as files_module
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
@@ -343,3 +343,41 @@ def test_copy_of_a_big_subtree_reads_in_batches(
         copied = service.resolve(home.id, ["batched-copy", f"f{i}.txt"])
         assert copied is not None and copied.size == len(f"content {i}")
         assert f">{i}<".encode() in service.dead_properties([copied.id])[copied.id]["{urn:x}n"]
+
+
+def test_space_usage_counts_live_files_only_whatever_the_trash_holds(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """Quota usage is summed per owner without walking the tree; it must equal the walk from
+    the space's root after every kind of change, trash within trash included."""
+
+    def check(expected: int) -> None:
+        assert service.usage(actor.user_id)[0] == expected
+        assert service.subtree_size(home.id) == expected
+
+    a = service.create_folder(actor, home, "a")
+    b = service.create_folder(actor, a, "b")
+    put(service, actor, home, "top.txt", b"1" * 10)
+    put(service, actor, a, "in-a.txt", b"2" * 100)
+    put(service, actor, b, "in-b.txt", b"3" * 1000)
+    early = put(service, actor, b, "trashed-early.txt", b"4" * 10000)
+    check(11110)
+    put(service, actor, b, "in-b.txt", b"5" * 3000)  # a new version replaces the old size
+    check(13110)
+    service.delete(actor, early.id)  # a file in the trash
+    check(3110)
+    service.delete(actor, b.id)  # a folder holding a trashed file and a live one
+    check(110)
+    service.delete(actor, a.id)  # and the folder above it
+    check(10)
+    # A group's space does not count, though its rows carry the member who made it.
+    with database.write() as session:
+        group = Group(name=f"g-{uuid.uuid4().hex[:6]}")
+        session.add(group)
+        session.flush()
+        group_id = group.id
+    root = service.group_root_id(group_id, actor.user_id)
+    group_root = service.resolve(root, [])
+    assert group_root is not None
+    put(service, actor, group_root, "shared.txt", b"6" * 500)
+    check(10)
