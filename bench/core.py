@@ -961,14 +961,16 @@ def build_report(sizes: Sizes, servers: list[Server]) -> tuple[str, list[dict[st
             f" {summarize(stock_vals, row.unit):>22s}  {ratio_txt:>18s}  {target_txt:>9s}"
             f"  {verdict}"
         )
-    # X-Query-Count must not grow with the member count
+    # X-Query-Count must not grow with the member count. A request now and then also touches
+    # its client session's row (at most once a minute: two statements more) whatever it asks,
+    # so the fewest statements per size are compared.
     if dav is not None and len(sizes.members) >= 2:
         lo, hi = sizes.members[0], sizes.members[-1]
         q_lo = [v for v in per_round(dav, f"pf{lo}_qc") if v is not None]
         q_hi = [v for v in per_round(dav, f"pf{hi}_qc") if v is not None]
         if q_lo and q_hi:
-            ok = max(q_hi) <= max(q_lo)
-            text = f"X-Query-Count PROPFIND {lo}: {max(q_lo):g}, {hi}: {max(q_hi):g}"
+            ok = min(q_hi) <= min(q_lo)
+            text = f"X-Query-Count PROPFIND {lo}: {min(q_lo):g}, {hi}: {min(q_hi):g} (fewest)"
             verdicts.append(
                 {
                     "check": "PROPFIND X-Query-Count independent of member count",

@@ -16,6 +16,7 @@
     GET    /api/v1/packages                               -> my packages
     POST   /api/v1/packages {name, description?, expires_days?} -> a new package (0: no expiry)
     GET    /api/v1/packages/<name>                        -> its items, zip size and ETag
+    PATCH  /api/v1/packages/<name> {description?, expires_days?} -> change them (days from now)
     DELETE /api/v1/packages/<name>                        -> delete it (the files stay)
     POST   /api/v1/packages/<name>/items {path, path_in_archive?} -> pin a file or folder
     DELETE /api/v1/packages/<name>/items/<path in archive> -> unpin (a folder: all below)
@@ -147,20 +148,25 @@ class ApiApp:
                 return 200, {"packages": [plain(p.summary()) for p in found]}
             case "POST", []:
                 body = _body(environ)
-                description = body.get("description", "")
-                if not isinstance(description, str):
-                    raise BadRequest("description is a string")
-                days = _days(body, at_least=0, meaning="0: never expires")
                 created = packages.create(
                     actor,
                     actor.user_id,
                     _text(body, "name"),
-                    description=description,
-                    expires_days=days,
+                    description=_description(body) or "",
+                    expires_days=_days(body, at_least=0, meaning="0: never expires"),
                 )
                 return 201, self._package(actor, created)
             case "GET", [name]:
                 return 200, self._package(actor, packages.get(actor.user_id, name))
+            case "PATCH", [name]:
+                body = _body(environ)
+                changed = packages.update(
+                    actor,
+                    packages.get(actor.user_id, name),
+                    description=_description(body),
+                    expires_days=_days(body, at_least=0, meaning="0: never expires"),
+                )
+                return 200, self._package(actor, changed)
             case "DELETE", [name]:
                 packages.delete(actor, packages.get(actor.user_id, name))
                 return 204, None
@@ -307,6 +313,14 @@ def _days(body: dict[str, Any], *, at_least: int, meaning: str) -> int | None:
     ):
         raise BadRequest(f"expires_days is a whole number of days ({meaning})")
     return days
+
+
+def _description(body: dict[str, Any]) -> str | None:
+    """The body's ``description``: None when absent."""
+    description = body.get("description")
+    if not isinstance(description, str | None):
+        raise BadRequest("description is a string")
+    return description
 
 
 def _expiry(days: int | None) -> dt.datetime | None:

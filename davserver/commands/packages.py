@@ -1,4 +1,4 @@
-"""``davserver package create | add | remove | list | show | delete | purge``.
+"""``davserver package create | update | add | remove | list | show | delete | purge``.
 
 A package is named ``OWNER:NAME`` (it belongs to the user OWNER, who sees it under
 ``/packages/``); items are added as ``OWNER:/path`` or ``@GROUP:/path``, like ``davserver
@@ -11,7 +11,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from davserver.commands.common import add_json_flag, emit_item, emit_rows, item_path, open_services
+from davserver.commands.common import (
+    add_json_flag,
+    emit_item,
+    emit_rows,
+    item_path,
+    non_negative_int,
+    open_services,
+)
 from davserver.context import Services
 from davserver.services.package_archive import PackageView
 
@@ -57,6 +64,18 @@ def cmd_create(args: argparse.Namespace) -> int:
             expires_days=args.expires,
         )
         emit_item(args, created.summary())
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    with open_services(args) as services:
+        changed = services.packages.update(
+            None,
+            _find(services, args.package),
+            description=args.description,
+            expires_days=args.expires,
+        )
+        emit_item(args, changed.summary())
     return 0
 
 
@@ -131,11 +150,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     create.add_argument("--description", default="", help="shown in listings and the manifest")
     create.add_argument(
         "--expires",
-        type=int,
+        type=non_negative_int,
         metavar="DAYS",
         help="expire after DAYS days (0: never; default: packages.default_expiry_days)",
     )
     create.set_defaults(func=cmd_create)
+
+    update = verbs.add_parser("update", help="change a package's description or expiry")
+    update.add_argument("package", type=_package_name, help="OWNER:NAME")
+    update.add_argument("--description", help="a new description")
+    update.add_argument(
+        "--expires",
+        type=non_negative_int,
+        metavar="DAYS",
+        help="expire DAYS days from now (0: never)",
+    )
+    update.set_defaults(func=cmd_update)
 
     add = verbs.add_parser("add", help="pin a file, or every file below a folder")
     add.add_argument("package", type=_package_name, help="OWNER:NAME")
@@ -165,5 +195,5 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     purge = verbs.add_parser("purge", help="delete expired packages, releasing their versions")
     purge.set_defaults(func=cmd_purge)
 
-    for parser in (create, add, remove, listing, show, delete, purge):
+    for parser in (create, update, add, remove, listing, show, delete, purge):
         add_json_flag(parser)

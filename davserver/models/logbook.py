@@ -62,6 +62,7 @@ class Op(enum.StrEnum):
     GRANT_REVOKE = "share:grant:revoke"
     PACKAGE_CREATE = "package:create"
     PACKAGE_DELETE = "package:delete"
+    PACKAGE_UPDATE = "package:update"
     PACKAGE_ITEM_ADD = "package:item:add"
     PACKAGE_ITEM_REMOVE = "package:item:remove"
     PACKAGE_DOWNLOAD = "package:download"

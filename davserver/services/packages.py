@@ -141,16 +141,49 @@ class PackageService:
         """
         _require_write(actor)
         key = check_package_name(name)
-        days = self.default_expiry_days if expires_days is None else expires_days
-        if days < 0:
-            raise BadRequest("expiry is a number of days, 0 for never")
-        expires_at = utcnow() + dt.timedelta(days=days) if days else None
+        expires_at = _expires_at(self.default_expiry_days if expires_days is None else expires_days)
         try:
             with self.db.write() as session:
                 self._insert(session, actor, owner_id, key, description, expires_at)
         except IntegrityError:  # a concurrent create of the same name won
             raise Conflict(f"there is a package {key!r} already") from None
         return self.get(owner_id, key)
+
+    def update(
+        self,
+        actor: Actor | None,
+        package: PackageView,
+        *,
+        description: str | None = None,
+        expires_days: int | None = None,
+    ) -> PackageView:
+        """Change a live package's description and/or expiry (``expires_days`` from now; 0:
+        never). The logbook keeps what each was before. NotFound once it expired."""
+        _require_write(actor)
+        changes: dict[str, Any] = {}
+        if description is not None:
+            changes["description"] = description
+        if expires_days is not None:
+            changes["expires_at"] = _expires_at(expires_days)
+        if not changes:
+            raise BadRequest("nothing to change: give a description or an expiry")
+        now = utcnow()
+        with self.db.write() as session:
+            row = self._lock_live(session, package, now)
+            session.execute(
+                sa.update(_p).where(_p.c.id == package.id).values(**changes, modified_at=now)
+            )
+            before = {key: getattr(row, key) for key in changes}
+            record_audit(
+                session,
+                actor,
+                Op.PACKAGE_UPDATE,
+                package_id=package.id,
+                details=_details(
+                    actor, package.name, package.id, before=_shown(before), after=_shown(changes)
+                ),
+            )
+        return self.get(package.created_by, package.name)
 
     def _insert(
         self,
@@ -305,14 +338,18 @@ class PackageService:
                 self._delete_row(session, actor, row.id, row.name, reason="expired")
         return [f"{row.username}:{row.name}" for row in rows]
 
-    def _lock_live(self, session: Session, package: PackageView, now: dt.datetime) -> None:
+    def _lock_live(self, session: Session, package: PackageView, now: dt.datetime) -> Any:
         """Serialize changes to one package (PostgreSQL: its row; SQLite: the write lock);
-        NotFound when it was deleted or expired meanwhile."""
+        its row (description, expires_at), or NotFound when it was deleted or expired
+        meanwhile."""
         row = session.execute(
-            sa.select(_p.c.expires_at).where(_p.c.id == package.id).with_for_update()
+            sa.select(_p.c.description, _p.c.expires_at)
+            .where(_p.c.id == package.id)
+            .with_for_update()
         ).first()
         if row is None or (row.expires_at is not None and row.expires_at <= now):
             raise NotFound(f"no package {package.name!r}")
+        return row
 
     def _delete_row(
         self, session: Session, actor: Actor | None, package_id: uuid.UUID, name: str, reason: str
@@ -460,6 +497,18 @@ def _fold(path: str) -> str:
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def _expires_at(days: int) -> dt.datetime | None:
+    """When a package given ``days`` from now expires; None for 0 (never)."""
+    if days < 0:
+        raise BadRequest("expiry is a number of days, 0 for never")
+    return utcnow() + dt.timedelta(days=days) if days else None
+
+
+def _shown(fields: dict[str, Any]) -> dict[str, Any]:
+    """Package fields as the logbook shows them (dates as ISO text)."""
+    return {k: _iso(v) if isinstance(v, dt.datetime) else v for k, v in fields.items()}
 
 
 def _details(actor: Actor | None, name: str, package_id: uuid.UUID, **extra: Any) -> dict[str, Any]:

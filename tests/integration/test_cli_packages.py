@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import zipfile
 
+import pytest
 import sqlalchemy as sa
 
 from davserver.context import Services
@@ -115,3 +116,20 @@ def test_bad_input_is_one_line_and_exit_1(cli: Cli, services: Services) -> None:
     assert "'..'" in cli.fails("package", "add", "alice:p", "alice:/a.txt", "--as", "../x")
     assert "nothing at" in cli.fails("package", "remove", "alice:p", "missing.txt")
     assert "purged 0" in cli("package", "purge").out
+
+
+def test_update_changes_expiry_and_description(cli: Cli) -> None:
+    cli.json("user", "create", "alice", "--password-stdin", stdin="a-good-password\n")
+    created = cli.json("package", "create", "alice:notes", "--expires", "1")
+    longer = cli.json("package", "update", "alice:notes", "--expires", "90")
+    assert longer["expires_at"] > created["expires_at"]
+    changed = cli.json(
+        "package", "update", "alice:notes", "--description", "kept", "--expires", "0"
+    )
+    assert changed["description"] == "kept" and changed["expires_at"] is None
+    nothing = cli("package", "update", "alice:notes")
+    assert nothing.code == 1 and "nothing to change" in nothing.err
+    with pytest.raises(SystemExit) as usage:
+        cli("package", "update", "alice:notes", "--expires", "-3")
+    assert usage.value.code == 2
+    assert cli("package", "update", "alice:none", "--expires", "3").code == 1

@@ -3,6 +3,7 @@ deleted file), and the logbook rows, over real HTTP on both engines."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import uuid
 import zipfile
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from davserver.db import Base
 from davserver.models import LogEntry
 from davserver.services.zipstream import MANIFEST_NAME
 from tests.conftest import ENGINES
@@ -137,6 +139,7 @@ def test_read_only_key_downloads_but_does_not_change(alice: User) -> None:
     assert alice.api("GET", "/packages/keyed")[0] == 200
     assert zip_names(alice, "keyed") == ["a.txt", MANIFEST_NAME]
     assert alice.api("POST", "/packages", {"name": "other"})[0] == 403
+    assert alice.api("PATCH", "/packages/keyed", {"expires_days": 0})[0] == 403
     assert alice.api("DELETE", "/packages/keyed")[0] == 403
     assert alice.call("DELETE", "/packages/keyed/a.txt").status == 403
 
@@ -222,3 +225,53 @@ def test_each_change_and_download_is_logged(server: InprocServer, alice: User) -
     whole, part = rows[2], rows[3]
     assert whole.details["range"] is None and part.details["range"] == "bytes=0-9"
     assert whole.details["etag"] == part.details["etag"] and whole.details["files"] == 1
+
+
+def test_api_changes_expiry_and_description_and_logs_both(
+    server: InprocServer, alice: User, bob: User
+) -> None:
+    assert alice.api("POST", "/packages", {"name": "handout", "expires_days": 1})[0] == 201
+    status, created = alice.api("GET", "/packages/handout")
+    assert status == 200
+    status, longer = alice.api("PATCH", "/packages/handout", {"expires_days": 30})
+    assert status == 200, longer
+    assert longer["expires_at"] > created["expires_at"]
+    assert longer["description"] == created["description"]  # untouched
+    status, forever = alice.api("PATCH", "/packages/handout", {"expires_days": 0})
+    assert status == 200 and forever["expires_at"] is None
+    status, described = alice.api("PATCH", "/packages/handout", {"description": "for Monday"})
+    assert status == 200 and described["description"] == "for Monday"
+    assert described["expires_at"] is None
+    # Bad input, other people's packages, nothing to change.
+    assert alice.api("PATCH", "/packages/handout", {"expires_days": -1})[0] == 400
+    assert alice.api("PATCH", "/packages/handout", {"description": 7})[0] == 400
+    assert alice.api("PATCH", "/packages/handout", {})[0] == 400
+    assert alice.api("PATCH", "/packages/none", {"expires_days": 3})[0] == 404
+    assert bob.api("PATCH", "/packages/handout", {"expires_days": 3})[0] == 404
+    with server.application.db.connect() as conn:
+        rows = conn.execute(
+            sa.select(LogEntry.__table__)
+            .where(LogEntry.user_id == alice.id, LogEntry.op_type == "package:update")
+            .order_by(LogEntry.id)
+        ).all()
+    assert [(sorted(r.details["before"]), sorted(r.details["after"])) for r in rows] == [
+        (["expires_at"], ["expires_at"]),
+        (["expires_at"], ["expires_at"]),
+        (["description"], ["description"]),
+    ]
+    assert rows[0].details["before"]["expires_at"] == created["expires_at"]
+    assert rows[1].details["after"]["expires_at"] is None
+    assert rows[2].details["before"]["description"] == ""
+    assert all(r.package_id is not None for r in rows)
+
+
+def test_an_expired_package_cannot_be_revived(server: InprocServer, alice: User) -> None:
+    assert alice.api("POST", "/packages", {"name": "gone", "expires_days": 1})[0] == 201
+    packages = Base.metadata.tables["packages"]
+    with server.application.db.write() as session:
+        session.execute(
+            sa.update(packages)
+            .where(packages.c.name == "gone", packages.c.created_by == alice.id)
+            .values(expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        )
+    assert alice.api("PATCH", "/packages/gone", {"expires_days": 30})[0] == 404
