@@ -36,7 +36,7 @@ from davserver.services.package_space import (
 from davserver.services.packages import PackageService
 from providers.computed import StoredBytes
 from providers.errors import dav_errors
-from providers.resources import actor_of
+from providers.resources import actor_of, guess_mime_type
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
@@ -230,7 +230,7 @@ class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
         return self.item.size
 
     def get_content_type(self) -> str:
-        return str(util.guess_mime_type(self.item.path))
+        return guess_mime_type(self.item.path)
 
     def get_etag(self) -> str:
         return self.item.sha256

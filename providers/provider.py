@@ -105,7 +105,10 @@ class DavProvider(DAVProvider):
         rights: Perm = Perm.NONE,
     ) -> _NodeResource:
         cache: dict[str, Any] = environ.setdefault(_CACHE_KEY, {})
-        cache["/".join(p for p in path.split("/") if p)] = Reached(view, rights)
+        key = path.strip("/")
+        if "//" in key:
+            key = "/".join(p for p in key.split("/") if p)
+        cache[key] = Reached(view, rights)
         if view.is_folder:
             return FolderResource(path.rstrip("/") + "/", environ, view, dead, rights)
         return FileResource(path.rstrip("/"), environ, view, dead, rights=rights)

@@ -8,6 +8,7 @@ members (plus one for their dead properties), not one per member.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -46,6 +47,18 @@ _MTIME_PROPS = frozenset(
     }
 )
 _LOCK_PROPS = frozenset({"{DAV:}lockdiscovery", "{DAV:}supportedlock"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _mime_of_suffixes(suffixes: str) -> str:
+    return str(util.guess_mime_type("x" + suffixes))
+
+
+def guess_mime_type(name: str) -> str:
+    """WsgiDAV's guess from a file name, remembered by the name's last two suffixes, which
+    decide it (``.tar.gz``): a listing asks once per member."""
+    parts = name.rsplit("/", 1)[-1].split(".")
+    return _mime_of_suffixes("".join("." + p for p in parts[1:][-2:]))
 
 
 def actor_of(environ: dict[str, Any]) -> Actor:
@@ -294,12 +307,17 @@ class FolderResource(_NodeResource, DAVCollection):
     def get_member_list(self) -> list[_NodeResource]:
         """The members the user may read, from one query, with their dead properties from
         one more; their rights follow from this folder's (no query per member)."""
+        assert self.view is not None
         children = self._readable_children()
-        dead = self.provider.files.dead_properties(c.view.id for c in children)
+        dead = self.provider.files.children_dead_properties(self.view.id)
         base = self.path.rstrip("/") + "/"
         return [
             self.provider.resource_for(
-                base + child.view.name, self.environ, child.view, dead[child.view.id], child.rights
+                base + child.view.name,
+                self.environ,
+                child.view,
+                dead.get(child.view.id, {}),
+                child.rights,
             )
             for child in children
         ]
@@ -379,7 +397,7 @@ class FileResource(_NodeResource, DAVNonCollection):
     def get_content_type(self) -> str:
         if self.view and self.view.mime_type:
             return self.view.mime_type
-        return str(util.guess_mime_type(self.path))
+        return guess_mime_type(self.view.name if self.view else self.path)
 
     def get_etag(self) -> str:
         if self.view and self.view.sha256:

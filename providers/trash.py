@@ -24,7 +24,7 @@ from providers.computed import DS, NC, ComputedProperties, StoredBytes, prop
 from providers.dispatch import destination_path
 from providers.errors import dav_errors
 from providers.gate import check_destination
-from providers.resources import EMPTY_SHA256, FolderResource, actor_of
+from providers.resources import EMPTY_SHA256, FolderResource, actor_of, guess_mime_type
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
@@ -238,7 +238,7 @@ class TrashedFile(StoredBytes, _Trashed, DAVNonCollection):
         return self.view.size
 
     def get_content_type(self) -> str:
-        return self.view.mime_type or str(util.guess_mime_type(self.view.name))
+        return self.view.mime_type or guess_mime_type(self.view.name)
 
     def get_etag(self) -> str:
         return self.view.sha256 or EMPTY_SHA256

@@ -30,7 +30,7 @@ from providers.computed import DS, ComputedProperties, StoredBytes, prop
 from providers.digests import repr_digest
 from providers.errors import dav_errors
 from providers.gate import check_destination
-from providers.resources import FileResource, FolderResource, actor_of
+from providers.resources import FileResource, FolderResource, actor_of, guess_mime_type
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
@@ -192,7 +192,7 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
 
     def get_content_type(self) -> str:
         view = self.reached.view
-        return view.mime_type or str(util.guess_mime_type(view.name))
+        return view.mime_type or guess_mime_type(view.name)
 
     def get_etag(self) -> str:
         return self.version.sha256

@@ -119,9 +119,9 @@ class FileService:
         with self.db.connect() as conn:
             return tree.resolve_chain(conn, root_id, parts)
 
-    def children(self, folder_id: uuid.UUID) -> list[NodeView]:
+    def children(self, folder: NodeView) -> list[NodeView]:
         with self.db.connect() as conn:
-            return tree.list_children(conn, folder_id)
+            return tree.list_children(conn, folder)
 
     def subtree_size(self, node_id: uuid.UUID) -> int:
         """Bytes of the current versions of every live file at or below a node."""
@@ -178,14 +178,18 @@ class FileService:
         result: dict[uuid.UUID, dict[str, bytes]] = {node_id: {} for node_id in ids}
         if not ids:
             return result
-        with self.db.read() as session:
-            rows = session.execute(
-                sa.select(DeadProperty.node_id, DeadProperty.name, DeadProperty.value).where(
-                    DeadProperty.node_id.in_(ids)
-                )
-            )
-            for node_id, name, value in rows:
+        with self.db.connect() as conn:
+            for node_id, name, value in conn.execute(_DEAD_OF, {"ids": ids}):
                 result[node_id][name] = value
+        return result
+
+    def children_dead_properties(self, folder_id: uuid.UUID) -> dict[uuid.UUID, dict[str, bytes]]:
+        """Dead properties of a folder's live children, {node_id: {name: xml bytes}} for those
+        that have any; by the folder, so a listing binds no list of ids."""
+        result: dict[uuid.UUID, dict[str, bytes]] = {}
+        with self.db.connect() as conn:
+            for node_id, name, value in conn.execute(_DEAD_OF_CHILDREN, {"folder_id": folder_id}):
+                result.setdefault(node_id, {})[name] = value
         return result
 
     # ----------------------------------------------------------------- writes
@@ -917,6 +921,15 @@ def _subtree_size_statement() -> sa.Select[Any]:
 
 
 _SUBTREE_SIZE = _subtree_size_statement()
+_dp = Base.metadata.tables["dead_properties"]
+_DEAD_OF = sa.select(_dp.c.node_id, _dp.c.name, _dp.c.value).where(
+    _dp.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid))
+)
+_DEAD_OF_CHILDREN = (
+    sa.select(_dp.c.node_id, _dp.c.name, _dp.c.value)
+    .join(_n, _n.c.id == _dp.c.node_id)
+    .where(_n.c.parent_id == sa.bindparam("folder_id", type_=sa.Uuid), _n.c.deleted_at.is_(None))
+)
 
 
 def space_usage(conn: Session | sa.Connection, owner_id: uuid.UUID) -> int:

@@ -253,11 +253,15 @@ class NamespaceService:
 
     def children(self, ctx: AccessContext, parent: Reached) -> list[Reached]:
         """The readable children of a folder, each with its rights (one query)."""
-        members = self.files.children(parent.view.id)
+        members = self.files.children(parent.view)
         out = []
+        readable: dict[Perm, bool] = {}  # Perm arithmetic is slow; members mostly share rights
         for child in members:
             rights = ctx.below(parent.rights, child)
-            if rights & Perm.READ:
+            seen = readable.get(rights)
+            if seen is None:
+                seen = readable[rights] = bool(rights & Perm.READ)
+            if seen:
                 out.append(Reached(child, rights))
         return out
 

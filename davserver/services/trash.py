@@ -181,7 +181,7 @@ class TrashService:
 
     def children(self, folder: NodeView) -> list[NodeView]:
         """What a deleted folder (or a folder inside one) holds: its rows that are still live."""
-        return self.files.children(folder.id)
+        return self.files.children(folder)
 
     def expired(self, listing: TrashListing) -> list[TrashEntry]:
         """The entries deleted longer ago than the retention period."""

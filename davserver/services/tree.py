@@ -139,8 +139,13 @@ _HOME_ROOT = _view_select(_nodes).where(
     _nodes.c.deleted_at.is_(None),
 )
 _BY_ID = _view_select(_nodes).where(_nodes.c.id == sa.bindparam("node_id", type_=sa.Uuid))
+# A child's parent, owner and group are its folder's (every writer keeps them so): a listing
+# reads the other columns only, in NodeView's order (id, name, kind, size, ...), which spares
+# three UUID conversions per member.
+_CHILD_COLUMNS = tuple(c for c in _VIEW_COLUMNS if c not in ("parent_id", "owner_id", "group_id"))
 _CHILDREN = (
-    _view_select(_nodes)
+    sa.select(*(_nodes.c[c] for c in _CHILD_COLUMNS), *_VERSION_COLUMNS)
+    .select_from(_with_current_version(_nodes, _nodes))
     .where(
         _nodes.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
         _nodes.c.deleted_at.is_(None),
@@ -276,9 +281,13 @@ def resolve(
     return resolve_chain(conn, root_id, parts)[-1]
 
 
-def list_children(session: Session | sa.Connection, folder_id: uuid.UUID) -> list[NodeView]:
+def list_children(session: Session | sa.Connection, folder: NodeView) -> list[NodeView]:
     """Every live child of a folder, with its current version, in one query."""
-    return [_to_view(row) for row in session.execute(_CHILDREN, {"parent_id": folder_id})]
+    parent_id, owner_id, group_id = folder.id, folder.owner_id, folder.group_id
+    return [
+        NodeView(node_id, parent_id, name, kind, owner_id, group_id, *rest)
+        for node_id, name, kind, *rest in session.execute(_CHILDREN, {"parent_id": parent_id}).all()
+    ]
 
 
 def is_descendant(session: Session, node_id: uuid.UUID, ancestor_id: uuid.UUID) -> bool:
