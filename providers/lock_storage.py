@@ -272,7 +272,8 @@ class OneNamespace:
 @dataclass
 class _RequestScope:
     space: LockSpace
-    keys: list[LockKey] = field(default_factory=list)
+    # The mounts met so far, each once (a listing keys every member): (namespace, url, root).
+    mounts: dict[tuple[str, str, str], LockKey] = field(default_factory=dict)
     snapshots: dict[str, list[LockDict]] = field(default_factory=dict)
 
 
@@ -287,8 +288,7 @@ def _key(url: str) -> LockKey:
     if scope is None:
         return LockKey("", url)
     key = scope.space.key(url)
-    if key not in scope.keys:
-        scope.keys.append(key)
+    scope.mounts.setdefault((key.namespace, key.mount_url, key.mount_root), key)
     return key
 
 
@@ -298,7 +298,7 @@ def _url_of(namespace: str, root: str) -> str | None:
     if scope is None:
         return root
     above = None
-    for key in [*scope.keys, *scope.space.request_keys()]:
+    for key in [*scope.mounts.values(), *scope.space.request_keys()]:
         if key.namespace == namespace:
             url = key.url_of(root)
             if url is not None and not _is_below(root, key.mount_root):

@@ -631,3 +631,22 @@ def test_locks_are_stored_canonically_and_seen_through_every_url(lm: LockManager
         assert lm.get_url_lock_list("/files/a") == []
         assert can_write(lm, "/files/a/x", depth="0", principal="bob", tokens=[])
     assert sorted(roots_in_table(storage._db)) == ["/files/a", "/files/a/proj/doc"]
+
+
+def test_a_listing_remembers_each_mount_once_not_each_url(storage: SqlLockStorage) -> None:
+    """Every member of a PROPFIND is keyed; remembering each key made a 10,000-member listing
+    with one lock in the space take 10 s instead of 0.5 s (a linear search per member)."""
+    with storage.request_scope(_Mounted()):
+        for i in range(2000):
+            storage.get_lock_list(
+                f"/files/f{i}", include_root=True, include_children=False, token_only=True
+            )
+            storage.get_lock_list(
+                f"/shared/alice/proj/f{i}",
+                include_root=True,
+                include_children=False,
+                token_only=True,
+            )
+        scope = lock_storage_module._scope.get()
+        assert scope is not None
+        assert len(scope.mounts) == 2
