@@ -48,6 +48,11 @@ PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DAVSERVER = "davserver"
 STOCK = "stock"
 
+LOCK_BODY = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<D:lockinfo xmlns:D="DAV:"><D:lockscope>'
+    b"<D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype>"
+    b"<D:owner><D:href>bench</D:href></D:owner></D:lockinfo>"
+)
 PROPFIND_ALLPROP = (
     b'<?xml version="1.0" encoding="utf-8"?>\n<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
 )
@@ -690,12 +695,19 @@ class Bench:
         finally:
             c.close()
 
-    def w_propfind(self, s: Server, r: int, members: int) -> dict[str, Any]:
+    def w_propfind(self, s: Server, r: int, members: int, locked: bool = False) -> dict[str, Any]:
+        """PROPFIND the folder ``propfind_reps`` times; with ``locked``, while one member holds
+        an exclusive lock (every member's lockdiscovery must then be looked up)."""
         folder = f"/files/pf{members}/"
         if not s.setup.get(f"pf{members}_ready"):
             raise HttpError(f"skipped: {folder} was not created in the setup")
         c = s.client()
+        member = f"{folder}f00000.bin"
+        token = ""
         try:
+            if locked:
+                _, hdrs, _ = c.expect("LOCK", member, (200,), LOCK_BODY, {"Timeout": "Second-600"})
+                token = hdrs.get("Lock-Token", "")
             times: list[float] = []
             qcs: list[int] = []
             size = 0
@@ -713,7 +725,7 @@ class Bench:
                     f"round {r + 1}: PROPFIND {folder} returned {responses} responses,"
                     f" expected {members + 1}"
                 )
-            k = f"pf{members}"
+            k = f"pf{members}" + ("_locked" if locked else "")
             return {
                 f"{k}_ms": statistics.median(times) * 1000,
                 f"{k}_samples_ms": [t * 1000 for t in times],
@@ -723,6 +735,8 @@ class Bench:
                 f"{k}_cpu_ms": cpu.server * 1000 / self.sizes.propfind_reps,
             }
         finally:
+            if token:
+                c.expect("UNLOCK", member, (204,), None, {"Lock-Token": token})
             c.close()
 
     # ---- driver
@@ -737,6 +751,13 @@ class Bench:
         ]
         for n in self.sizes.members:
             out.append((f"PROPFIND {n}", functools.partial(self.w_propfind, members=n)))
+        most = self.sizes.members[-1]
+        out.append(
+            (
+                f"PROPFIND {most} locked",
+                functools.partial(self.w_propfind, members=most, locked=True),
+            )
+        )
         return out
 
     def run_unit(self, s: Server, r: int, name: str, fn: Callable[..., dict[str, Any]]) -> None:
@@ -856,6 +877,17 @@ def rows_for(sizes: Sizes) -> list[Row]:
             Row(f"pf{n}_cpu_ms", "   server CPU per PROPFIND", "cpu-ms", True),
             Row(f"pf{n}_qc", "   X-Query-Count", "stmts"),
         ]
+    most = sizes.members[-1]
+    rows += [
+        Row(
+            f"pf{most}_locked_ms",
+            "   ... with one member locked",
+            "ms",
+            True,
+            ("<=", 0.5),
+        ),
+        Row(f"pf{most}_locked_cpu_ms", "   server CPU per PROPFIND", "cpu-ms", True),
+    ]
     return rows
 
 
