@@ -10,6 +10,7 @@ uses, so a lock taken through any of these URLs holds through all the others. Ot
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -28,11 +29,13 @@ if TYPE_CHECKING:
 _MOUNT_DEPTH = {"users": 2, "shared": 3}
 
 
-def user_namespace(user_id_hex: str) -> str:
-    return user_id_hex
+def user_namespace(user_id: uuid.UUID) -> str:
+    """The lock namespace of a user's own space."""
+    return user_id.hex
 
 
 def group_namespace(group_name: str) -> str:
+    """The lock namespace of a group's space (shared by its members)."""
     return "group:" + group_name
 
 
@@ -42,7 +45,7 @@ class RequestLockSpace:
     def __init__(self, provider: DavProvider, environ: dict[str, Any]) -> None:
         self._provider = provider
         self._environ = environ
-        self._own = user_namespace(actor_of(environ).user_id.hex)
+        self._own = user_namespace(actor_of(environ).user_id)
         self._mounts: dict[str, LockKey | None] = {}
 
     def key(self, url: str) -> LockKey:
@@ -70,7 +73,7 @@ class RequestLockSpace:
                 return group_namespace(owner[1:])  # what a group shares is listed as @group
             view = self._view("/" + "/".join(parts[:depth]))
             if view is not None:
-                return user_namespace(view.owner_id.hex)
+                return user_namespace(view.owner_id)
         return self._own
 
     def request_keys(self) -> list[LockKey]:
@@ -100,7 +103,7 @@ class RequestLockSpace:
         if view.parent_id is not None or view.group_id is not None:
             group, names = self._provider.namespace.space_path(view.id)
         if group is None:
-            namespace, base = user_namespace(view.owner_id.hex), "/files"
+            namespace, base = user_namespace(view.owner_id), "/files"
         else:
             namespace, base = group_namespace(group), f"/groups/{group}"
         root = normalize_lock_root(quote("/".join([base, *names])))
