@@ -44,6 +44,20 @@ EMPTY_DIGESTS = {
     "md5": "d41d8cd98f00b204e9800998ecf8427e",
 }
 _USAGE_KEY = "davserver.usage"
+_SIZES_KEY = "davserver.folder_sizes"
+
+
+def prepare_listing(folder: Any, names: list[str]) -> None:
+    """Before the members of ``folder`` are rendered: what they will be asked, worked out for
+    all of them at once (now the folders' ``oc:size``: one query instead of one each)."""
+    view = getattr(folder, "view", None)
+    if SIZE in names and view is not None and view.is_folder:
+        folder.environ[_SIZES_KEY] = folder.provider.files.child_folder_sizes(view.id)
+
+
+def _folder_size(res: Any) -> int:
+    known = res.environ.get(_SIZES_KEY, {}).get(res.view.id)
+    return known if known is not None else int(res.provider.files.subtree_size(res.view.id))
 
 
 def render(res: Any, name: str) -> str | None:
@@ -72,7 +86,7 @@ def render(res: Any, name: str) -> str | None:
             f"{privileges}</D:current-user-privilege-set>"
         )
     if name == SIZE:
-        size = res.provider.files.subtree_size(view.id) if view.is_folder else view.size
+        size = _folder_size(res) if view.is_folder else view.size
         return f'<oc:size xmlns:oc="{OC_NS}">{size}</oc:size>'
     if name in (QUOTA_USED, QUOTA_AVAILABLE) and view.is_folder:
         used, available = _usage(res)

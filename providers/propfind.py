@@ -81,6 +81,7 @@ def respond(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[
     mode, names = parse_request(environ)
     resources = [res]
     if res.is_collection and environ.get("HTTP_DEPTH", "").strip() == "1":
+        live_props.prepare_listing(res, names)
         resources.extend(res.get_member_list())
     lock_manager = res.provider.lock_manager
     has_locks = getattr(getattr(lock_manager, "storage", None), "has_locks", None)

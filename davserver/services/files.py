@@ -128,6 +128,15 @@ class FileService:
         with self.db.connect() as conn:
             return int(conn.execute(_SUBTREE_SIZE, {"root_id": node_id}).scalar() or 0)
 
+    def child_folder_sizes(self, folder_id: uuid.UUID) -> dict[uuid.UUID, int]:
+        """``subtree_size`` of each live folder in a folder, in one query (a listing's)."""
+        with self.db.connect() as conn:
+            rows = conn.execute(_CHILD_FOLDER_SIZES, {"folder_id": folder_id}).all()
+        sizes = dict.fromkeys((row.start_id for row in rows), 0)
+        for row in rows:
+            sizes[row.start_id] += int(row.size or 0)
+        return sizes
+
     def upload_allowance(
         self, actor: Actor, into: NodeView, replacing: NodeView | None
     ) -> int | None:
@@ -921,6 +930,34 @@ def _subtree_size_statement() -> sa.Select[Any]:
 
 
 _SUBTREE_SIZE = _subtree_size_statement()
+
+
+def _child_folder_sizes_statement() -> sa.Select[Any]:
+    """(start_id, size) for each live child folder of :folder_id: the sum of the live files
+    below it (a row with size NULL for a folder holding none)."""
+    below = (
+        sa.select(_n.c.id.label("start_id"), _n.c.id)
+        .where(
+            _n.c.parent_id == sa.bindparam("folder_id", type_=sa.Uuid),
+            _n.c.kind == NodeKind.FOLDER.value,
+            _n.c.deleted_at.is_(None),
+        )
+        .cte("below", recursive=True)
+    )
+    below = below.union_all(
+        sa.select(below.c.start_id, _n.c.id).where(
+            _n.c.parent_id == below.c.id, _n.c.deleted_at.is_(None)
+        )
+    )
+    files = sa.and_(_n.c.id == below.c.id, _n.c.kind == NodeKind.FILE.value)
+    return (
+        sa.select(below.c.start_id, sa.func.sum(_n.c.size).label("size"))
+        .select_from(below.outerjoin(_n, files))
+        .group_by(below.c.start_id)
+    )
+
+
+_CHILD_FOLDER_SIZES = _child_folder_sizes_statement()
 _dp = Base.metadata.tables["dead_properties"]
 _DEAD_OF = sa.select(_dp.c.node_id, _dp.c.name, _dp.c.value).where(
     _dp.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid))

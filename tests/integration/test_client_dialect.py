@@ -16,6 +16,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+from sqlalchemy import event
 
 from tests.servers import InprocServer, Response
 
@@ -183,3 +184,44 @@ def test_rclone_style_proppatch_of_checksums_is_accepted_not_stored(
     )
     modified = email.utils.parsedate_to_datetime(prop.findtext(f"{DAV}getlastmodified") or "")
     assert int(modified.timestamp()) == 1500000000
+
+
+def test_a_listings_folder_sizes_take_one_query_whatever_the_number_of_folders(
+    srv: InprocServer, folder: str
+) -> None:
+    """Sync clients ask oc:size in every listing: the member folders' sizes come from one
+    query, not from one walk of each folder's subtree."""
+
+    def listing_statements(url: str) -> tuple[int, dict[str, ElementTree.Element]]:
+        seen: list[str] = []
+
+        def count(*args: object) -> None:
+            seen.append("")
+
+        event.listen(srv.app.db.engine, "before_cursor_execute", count)
+        try:
+            listing = propfind(srv, url, depth="1")
+        finally:
+            event.remove(srv.app.db.engine, "before_cursor_execute", count)
+        return len(seen), listing
+
+    counts = {}
+    for n in (2, 6):
+        base = f"{folder}n{n}/"
+        assert srv.request("MKCOL", base).status == 201
+        for i in range(n):
+            assert srv.request("MKCOL", f"{base}d{i}/").status == 201
+            assert srv.request("MKCOL", f"{base}d{i}/deeper/").status == 201
+            assert put(srv, f"{base}d{i}/a.bin", b"x" * (10 * i), {}).status == 201
+            assert put(srv, f"{base}d{i}/deeper/b.bin", b"y" * 5, {}).status == 201
+        assert srv.request("DELETE", f"{base}d0/deeper/b.bin").status == 204  # trash: not counted
+        counts[n], listing = listing_statements(base)
+        sizes = {
+            href.rstrip("/").rsplit("/", 1)[-1]: prop.findtext(f"{OC}size")
+            for href, prop in listing.items()
+        }
+        assert sizes == {
+            f"n{n}": str(sum(10 * i + 5 for i in range(n)) - 5),
+            **{f"d{i}": str(10 * i + (5 if i else 0)) for i in range(n)},
+        }
+    assert counts[6] == counts[2]
