@@ -400,6 +400,9 @@ def test_moderators_and_admins_reach_every_users_space(people: People) -> None:
     mine = f"/users/{p.alice}"
     listing = p.call(moderator, "PROPFIND", "/users/", headers={"Depth": "1"})
     assert listing.status == 207 and p.alice.encode() in listing.body
+    assert p.bob.encode() in listing.body and p.carol.encode() in listing.body
+    missing = p.call(moderator, "PROPFIND", "/users/nobody-here/", headers={"Depth": "0"})
+    assert missing.status == 404
     # A moderator sees everything and may trash it, but neither downloads nor writes.
     assert p.call(moderator, "PROPFIND", f"{mine}/report.txt", headers={"Depth": "0"}).status == 207
     assert p.call(moderator, "GET", f"{mine}/report.txt").status == 403
