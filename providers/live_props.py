@@ -57,7 +57,7 @@ def prepare_listing(folder: Any, names: list[str]) -> None:
 
 def _folder_size(res: Any) -> int:
     known = res.environ.get(_SIZES_KEY, {}).get(res.view.id)
-    return known if known is not None else int(res.provider.files.subtree_size(res.view.id))
+    return known if known is not None else res.provider.files.subtree_size(res.view.id)
 
 
 def render(res: Any, name: str) -> str | None:

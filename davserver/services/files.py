@@ -131,11 +131,8 @@ class FileService:
     def child_folder_sizes(self, folder_id: uuid.UUID) -> dict[uuid.UUID, int]:
         """``subtree_size`` of each live folder in a folder, in one query (a listing's)."""
         with self.db.connect() as conn:
-            rows = conn.execute(_CHILD_FOLDER_SIZES, {"folder_id": folder_id}).all()
-        sizes = dict.fromkeys((row.start_id for row in rows), 0)
-        for row in rows:
-            sizes[row.start_id] += int(row.size or 0)
-        return sizes
+            rows = conn.execute(_CHILD_FOLDER_SIZES, {"folder_id": folder_id})
+            return {row.start_id: int(row.size or 0) for row in rows}
 
     def upload_allowance(
         self, actor: Actor, into: NodeView, replacing: NodeView | None
@@ -152,9 +149,12 @@ class FileService:
         quota = actor.quota_bytes if owner_id == actor.user_id else self._quota(owner_id)
         if quota is None:
             return None
-        with self.db.connect() as conn:
-            used = space_usage(conn, owner_id)
+        used = self._used(owner_id)
         return max(0, quota - used + (replacing.size if replacing else 0))
+
+    def _used(self, owner_id: uuid.UUID) -> int:
+        with self.db.connect() as conn:
+            return space_usage(conn, owner_id)
 
     def _quota(self, owner_id: uuid.UUID) -> int | None:
         with self.db.connect() as conn:
@@ -165,9 +165,7 @@ class FileService:
 
         Usage is logical: the sizes of the user's current files, whatever dedup saves.
         """
-        with self.db.connect() as conn:
-            used = space_usage(conn, owner_id)
-        return used, self._quota(owner_id)
+        return self._used(owner_id), self._quota(owner_id)
 
     def open_content(self, view: NodeView) -> BinaryIO:
         """A seekable reader of a file's current bytes (empty for a file with no version yet).
@@ -912,15 +910,24 @@ _INSERT_BLOB = {
 _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
 
 
+def _live_below(start: sa.Select[Any], name: str) -> sa.CTE:
+    """The nodes ``start`` selects and, recursively, every live child of each (a node in the
+    trash hides what is below it). ``start`` selects ``id`` last; the columns before it (such
+    as a ``start_id``) are carried down to every descendant."""
+    nodes = start.cte(name, recursive=True)
+    carried = [column for column in nodes.c if column.key != "id"]
+    return nodes.union_all(
+        sa.select(*carried, _n.c.id).where(_n.c.parent_id == nodes.c.id, _n.c.deleted_at.is_(None))
+    )
+
+
 def _subtree_size_statement() -> sa.Select[Any]:
     """SUM of file sizes below :root_id, walking live nodes only (a deleted folder hides all)."""
-    tree_ids = (
-        sa.select(_n.c.id)
-        .where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid), _n.c.deleted_at.is_(None))
-        .cte("tree_ids", recursive=True)
-    )
-    tree_ids = tree_ids.union_all(
-        sa.select(_n.c.id).where(_n.c.parent_id == tree_ids.c.id, _n.c.deleted_at.is_(None))
+    tree_ids = _live_below(
+        sa.select(_n.c.id).where(
+            _n.c.id == sa.bindparam("root_id", type_=sa.Uuid), _n.c.deleted_at.is_(None)
+        ),
+        "tree_ids",
     )
     return (
         sa.select(sa.func.sum(_n.c.size))
@@ -935,19 +942,13 @@ _SUBTREE_SIZE = _subtree_size_statement()
 def _child_folder_sizes_statement() -> sa.Select[Any]:
     """(start_id, size) for each live child folder of :folder_id: the sum of the live files
     below it (a row with size NULL for a folder holding none)."""
-    below = (
-        sa.select(_n.c.id.label("start_id"), _n.c.id)
-        .where(
+    below = _live_below(
+        sa.select(_n.c.id.label("start_id"), _n.c.id).where(
             _n.c.parent_id == sa.bindparam("folder_id", type_=sa.Uuid),
             _n.c.kind == NodeKind.FOLDER.value,
             _n.c.deleted_at.is_(None),
-        )
-        .cte("below", recursive=True)
-    )
-    below = below.union_all(
-        sa.select(below.c.start_id, _n.c.id).where(
-            _n.c.parent_id == below.c.id, _n.c.deleted_at.is_(None)
-        )
+        ),
+        "below",
     )
     files = sa.and_(_n.c.id == below.c.id, _n.c.kind == NodeKind.FILE.value)
     return (
@@ -983,13 +984,8 @@ def _space_usage_statement() -> sa.Select[Any]:
     of_space = (_n.c.owner_id == owner, _n.c.space == Space.HOME.value)
     files = (_n.c.kind == NodeKind.FILE.value, _n.c.deleted_at.is_(None))
     flagged = sa.select(sa.func.coalesce(sa.func.sum(_n.c.size), 0)).where(*of_space, *files)
-    hidden_ids = (
-        sa.select(_n.c.id)
-        .where(*of_space, _n.c.deleted_at.is_not(None))
-        .cte("hidden", recursive=True)
-    )
-    hidden_ids = hidden_ids.union_all(
-        sa.select(_n.c.id).where(_n.c.parent_id == hidden_ids.c.id, _n.c.deleted_at.is_(None))
+    hidden_ids = _live_below(
+        sa.select(_n.c.id).where(*of_space, _n.c.deleted_at.is_not(None)), "hidden"
     )
     hidden = (
         sa.select(sa.func.coalesce(sa.func.sum(_n.c.size), 0))
