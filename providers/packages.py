@@ -5,12 +5,17 @@
                                            pin current versions (no bytes copied)
     DELETE /packages/<name>/<path>         unpin an item, or everything below a folder
     DELETE /packages/<name>/               delete the package
+    MOVE   /packages/<name>/<path> /packages/<name>/<new path>
+                                           rename or move items within their package
+    MOVE   /packages/<name>/ /packages/<new name>/
+                                           rename the package
     GET    /packages/<name>/<path>         a pinned version's bytes
     GET    /packages/<name>.zip            the whole package as one zip (HEAD, Range)
 
-Nothing here can be locked, PROPPATCHed, PUT or moved. Each resource checks requests aimed at
-it (``check_request``) and what may arrive in it (``check_incoming``) for the gate; the rules
-themselves are the package service's.
+Nothing here can be locked, PROPPATCHed or PUT, nor moved out of its package (or into one: only
+COPY pins). Each resource checks requests aimed at it (``check_request``, for a MOVE its
+destination too) and what may arrive in it from elsewhere (``check_incoming``) for the gate;
+the rules themselves are the package service's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from davserver.services.package_space import (
 )
 from davserver.services.packages import PackageService
 from providers.computed import StoredBytes
+from providers.dispatch import destination_path
 from providers.errors import dav_errors
 from providers.resources import actor_of, guess_mime_type
 
@@ -43,7 +49,10 @@ if TYPE_CHECKING:
     from providers.resources import _NodeResource
 
 _READ_METHODS = frozenset({"OPTIONS", "PROPFIND", "GET", "HEAD"})
-_CHANGE_BY_COPY = "a package is changed by COPYing files or folders into it, and DELETE"
+_HOW_TO_CHANGE = (
+    "a package is changed by COPYing files or folders into it, MOVE within it, and DELETE"
+)
+_CHANGES = _READ_METHODS | {"DELETE", "MOVE"}
 
 
 def register(provider: DavProvider, service: PackageService) -> None:
@@ -77,6 +86,34 @@ class _Base:
 
     def _forget(self) -> None:
         self.provider.forget(self.environ)
+
+    def _destination_folder(self, environ: dict[str, Any]) -> Any:
+        """MOVE: the resource of the folder the Destination names a member of (None when
+        there is none: WsgiDAV answers 409)."""
+        dest = (destination_path(environ) or "").rstrip("/")
+        return self.provider.get_resource_inst(util.get_uri_parent(dest), environ)
+
+    def _check_move_within(self, environ: dict[str, Any], package: PackageView) -> None:
+        """Items move only to a folder of their own package."""
+        into = self._destination_folder(environ)
+        if into is not None and not (
+            isinstance(into, PackageFolderResource) and into.package.id == package.id
+        ):
+            raise Forbidden("items of a package move only within it; COPY them elsewhere")
+
+    def _move_within(self, package: PackageView, path: str, dest_path: str) -> bool:
+        """MOVE of the item or folder at ``path`` of ``package`` to ``dest_path`` (a path in
+        the same package, as ``_check_move_within`` made sure)."""
+        into = self._destination_folder(self.environ)
+        assert isinstance(into, PackageFolderResource)
+        name = util.get_uri_name(dest_path.rstrip("/"))
+        new_path = f"{into.folder.prefix}/{name}" if into.folder.prefix else name
+        existing = self.provider.get_resource_inst(dest_path, self.environ) is not None
+        with dav_errors():
+            self.service.move(actor_of(self.environ), package, path, new_path, replace=existing)
+        self._forget()
+        self.environ["davserver.status"] = 204 if existing else 201
+        return True
 
 
 class PackagesRootResource(_Base, DAVCollection):
@@ -173,10 +210,29 @@ class PackageFolderResource(_Base, DAVCollection):
         return self.package.modified_at.timestamp()
 
     def check_request(self, environ: dict[str, Any]) -> None:
-        _allow(environ, _READ_METHODS | {"DELETE", "MKCOL"}, _CHANGE_BY_COPY)
+        _allow(environ, _CHANGES | {"MKCOL"}, _HOW_TO_CHANGE)
+        if environ["REQUEST_METHOD"] != "MOVE":
+            return
+        if self.folder.prefix:
+            self._check_move_within(environ, self.package)
+        elif not isinstance(self._destination_folder(environ), PackagesRootResource):
+            raise Forbidden("a package is renamed by a MOVE to /packages/<new name>/")
 
     def check_incoming(self, environ: dict[str, Any]) -> None:
-        _allow(environ, frozenset({"COPY"}), _CHANGE_BY_COPY)
+        _allow(environ, frozenset({"COPY"}), _HOW_TO_CHANGE)
+
+    def handle_move(self, dest_path: str) -> bool:
+        if self.folder.prefix:
+            return self._move_within(self.package, self.folder.prefix, dest_path)
+        with dav_errors():
+            self.service.update(
+                actor_of(self.environ),
+                self.package,
+                name=util.get_uri_name(dest_path.rstrip("/")),
+            )
+        self._forget()
+        self.environ["davserver.status"] = 201  # a package of that name is refused (409)
+        return True
 
     def receive_copy(self, source: _NodeResource, name: str, *, depth_infinity: bool) -> bool:
         """COPY of a file or folder to ``<this folder>/<name>``: pin its current versions
@@ -245,13 +301,18 @@ class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
         return _name(self.item)
 
     def check_request(self, environ: dict[str, Any]) -> None:
-        _allow(environ, _READ_METHODS | {"DELETE"}, _CHANGE_BY_COPY)
+        _allow(environ, _CHANGES, _HOW_TO_CHANGE)
         if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
             ctx = self.provider.access(environ)
             self.service.check_item(ctx, self.package, self.item)
+        elif environ["REQUEST_METHOD"] == "MOVE":
+            self._check_move_within(environ, self.package)
 
     def check_incoming(self, environ: dict[str, Any]) -> None:
-        _allow(environ, frozenset({"COPY"}), _CHANGE_BY_COPY)
+        _allow(environ, frozenset({"COPY"}), _HOW_TO_CHANGE)
+
+    def handle_move(self, dest_path: str) -> bool:
+        return self._move_within(self.package, self.item.path, dest_path)
 
     def get_content(self) -> BinaryIO:
         with dav_errors():

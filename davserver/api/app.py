@@ -16,9 +16,10 @@
     GET    /api/v1/packages                               -> my packages
     POST   /api/v1/packages {name, description?, expires_days?} -> a new package (0: no expiry)
     GET    /api/v1/packages/<name>                        -> its items, zip size and ETag
-    PATCH  /api/v1/packages/<name> {description?, expires_days?} -> change them (days from now)
+    PATCH  /api/v1/packages/<name> {name?, description?, expires_days?} -> rename, or change them
     DELETE /api/v1/packages/<name>                        -> delete it (the files stay)
     POST   /api/v1/packages/<name>/items {path, path_in_archive?} -> pin a file or folder
+    PATCH  /api/v1/packages/<name>/items/<path in archive> {path_in_archive} -> move it there
     DELETE /api/v1/packages/<name>/items/<path in archive> -> unpin (a folder: all below)
 
 Everything but the token endpoints needs credentials (Basic, an API key or a Bearer token);
@@ -152,7 +153,7 @@ class ApiApp:
                     actor,
                     actor.user_id,
                     _text(body, "name"),
-                    description=_description(body) or "",
+                    description=_optional_text(body, "description") or "",
                     expires_days=_days(body, at_least=0, meaning="0: never expires"),
                 )
                 return 201, self._package(actor, created)
@@ -163,7 +164,8 @@ class ApiApp:
                 changed = packages.update(
                     actor,
                     packages.get(actor.user_id, name),
-                    description=_description(body),
+                    name=_optional_text(body, "name"),
+                    description=_optional_text(body, "description"),
                     expires_days=_days(body, at_least=0, meaning="0: never expires"),
                 )
                 return 200, self._package(actor, changed)
@@ -173,13 +175,16 @@ class ApiApp:
             case "POST", [name, "items"]:
                 body = _body(environ)
                 package = packages.get(actor.user_id, name)
-                path_in_archive = body.get("path_in_archive")
-                if not isinstance(path_in_archive, str | None):
-                    raise BadRequest("path_in_archive is a string")
+                path_in_archive = _optional_text(body, "path_in_archive")
                 ctx = self.services.namespace.context(actor)
                 target = self._reach(actor, _text(body, "path"), ctx)
                 added = packages.add(actor, package, ctx, target.view, path_in_archive)
                 return 201, {"added": [plain(item.as_dict()) for item in added]}
+            case "PATCH", [name, "items", *path] if path:
+                body = _body(environ)
+                package = packages.get(actor.user_id, name)
+                packages.move(actor, package, "/".join(path), _text(body, "path_in_archive"))
+                return 200, self._package(actor, packages.get(actor.user_id, name))
             case "DELETE", [name, "items", *path] if path:
                 packages.remove(actor, packages.get(actor.user_id, name), "/".join(path))
                 return 204, None
@@ -315,12 +320,12 @@ def _days(body: dict[str, Any], *, at_least: int, meaning: str) -> int | None:
     return days
 
 
-def _description(body: dict[str, Any]) -> str | None:
-    """The body's ``description``: None when absent."""
-    description = body.get("description")
-    if not isinstance(description, str | None):
-        raise BadRequest("description is a string")
-    return description
+def _optional_text(body: dict[str, Any], name: str) -> str | None:
+    """The body's ``name`` field: None when absent, else a string."""
+    value = body.get(name)
+    if not isinstance(value, str | None):
+        raise BadRequest(f"{name} is a string")
+    return value
 
 
 def _expiry(days: int | None) -> dt.datetime | None:

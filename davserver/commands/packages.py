@@ -72,6 +72,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         changed = services.packages.update(
             None,
             _find(services, args.package),
+            name=args.name,
             description=args.description,
             expires_days=args.expires,
         )
@@ -156,8 +157,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     create.set_defaults(func=cmd_create)
 
-    update = verbs.add_parser("update", help="change a package's description or expiry")
+    update = verbs.add_parser(
+        "update", help="rename a package, or change its description or expiry"
+    )
     update.add_argument("package", type=_package_name, help="OWNER:NAME")
+    update.add_argument("--name", help="a new name")
     update.add_argument("--description", help="a new description")
     update.add_argument(
         "--expires",

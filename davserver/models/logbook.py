@@ -65,6 +65,7 @@ class Op(enum.StrEnum):
     PACKAGE_UPDATE = "package:update"
     PACKAGE_ITEM_ADD = "package:item:add"
     PACKAGE_ITEM_REMOVE = "package:item:remove"
+    PACKAGE_ITEM_MOVE = "package:item:move"
     PACKAGE_DOWNLOAD = "package:download"
     MAINTENANCE_GC = "maintenance:gc"
     MAINTENANCE_FSCK = "maintenance:fsck"

@@ -5,7 +5,8 @@ and the command line manages anyone's. Adding a file pins its current version at
 the archive (by default its name); adding a folder pins every live file below it at its path
 relative to the folder's parent (``docs/a.txt``). Later uploads make new versions and leave the
 package as it was. Adding needs DOWNLOAD on the item; paths that would escape the folder a zip
-is extracted into, or collide with another item (letter case aside), are refused then.
+is extracted into, or collide with another item (letter case aside), are refused then, and
+so are they when items are moved within their package.
 
 Every download re-checks that the creator may still download every item: an item whose grant
 was revoked, or whose file was deleted, makes the download fail with Forbidden naming it (the
@@ -154,22 +155,29 @@ class PackageService:
         actor: Actor | None,
         package: PackageView,
         *,
+        name: str | None = None,
         description: str | None = None,
         expires_days: int | None = None,
     ) -> PackageView:
-        """Change a live package's description and/or expiry (``expires_days`` from now; 0:
-        never). The logbook keeps what each was before. NotFound once it expired."""
+        """Rename a live package, or change its description and/or expiry (``expires_days``
+        from now; 0: never). The logbook keeps what each was before. NotFound once it
+        expired; Conflict when another live package of its creator has the new name (an
+        expired one of that name is deleted, as by ``create``)."""
         _require_write(actor)
         changes: dict[str, Any] = {}
+        if name is not None and check_package_name(name) != package.name:
+            changes["name"] = check_package_name(name)
         if description is not None:
             changes["description"] = description
         if expires_days is not None:
             changes["expires_at"] = _expires_at(expires_days)
         if not changes:
-            raise BadRequest("nothing to change: give a description or an expiry")
+            raise BadRequest("nothing to change: give a new name, a description or an expiry")
         now = utcnow()
         with self.db.write() as session:
             row = self._lock_live(session, package, now)
+            if "name" in changes:
+                self._claim_name(session, actor, package.created_by, changes["name"], now)
             session.execute(
                 sa.update(_p).where(_p.c.id == package.id).values(**changes, modified_at=now)
             )
@@ -183,7 +191,7 @@ class PackageService:
                     actor, package.name, package.id, before=_shown(before), after=_shown(changes)
                 ),
             )
-        return self.get(package.created_by, package.name)
+        return self.get(package.created_by, changes.get("name", package.name))
 
     def _insert(
         self,
@@ -195,15 +203,7 @@ class PackageService:
         expires_at: dt.datetime | None,
     ) -> uuid.UUID:
         now = utcnow()
-        old = session.execute(
-            sa.select(_p.c.id, _p.c.expires_at)
-            .where(_p.c.created_by == owner_id, _p.c.name == key)
-            .with_for_update()
-        ).first()
-        if old is not None:
-            if old.expires_at is None or old.expires_at > now:
-                raise Conflict(f"there is a package {key!r} already")
-            self._delete_row(session, actor, old.id, key, reason="expired")
+        self._claim_name(session, actor, owner_id, key, now)
         package_id = uuid.uuid4()
         session.execute(
             sa.insert(_p).values(
@@ -260,11 +260,7 @@ class PackageService:
             replaced = [pid for p, pid in existing.items() if _at_or_below(p, prefix)]
             kept = [p for p in existing if not (replace and _at_or_below(p, prefix))]
             new_paths = [pin["path_in_archive"] for pin in pins]
-            for new_path in new_paths:
-                check_archive_path(new_path)
-                if _fold(new_path) == _fold(MANIFEST_NAME):
-                    raise InvalidName(f"{new_path!r} is the name of the package's manifest")
-            check_unique_paths([*kept, *new_paths])
+            _check_item_paths(kept, new_paths)
             if replace and replaced:
                 session.execute(sa.delete(_pi).where(_pi.c.id.in_(replaced)))
             for pin in pins:
@@ -317,6 +313,70 @@ class PackageService:
             )
         return len(ids)
 
+    def move(
+        self,
+        actor: Actor | None,
+        package: PackageView,
+        path: str,
+        new_path: str,
+        *,
+        replace: bool = False,
+    ) -> int:
+        """Give the item at ``path`` (or every item below it, when it names a folder of the
+        archive) the path ``new_path`` in the same package; ``replace`` first unpins what is
+        at or below ``new_path``. The pinned versions stay; the number of items moved.
+
+        Raises NotFound (nothing at ``path``), Conflict (a folder into itself), InvalidName
+        (an unsafe path, the manifest's name, or one that collides with another item).
+        """
+        _require_write(actor)
+        path = name_key(path.strip("/"))
+        new_path = check_archive_path(name_key(new_path))
+        if new_path != path and _at_or_below(new_path, path):
+            raise Conflict(f"cannot move {path!r} into itself")
+        now = utcnow()
+        with self.db.write() as session:
+            self._lock_live(session, package, now)
+            rows = session.execute(
+                sa.select(_pi.c.id, _pi.c.path_in_archive).where(_pi.c.package_id == package.id)
+            ).all()
+            moved = {
+                row.id: new_path + row.path_in_archive[len(path) :]
+                for row in rows
+                if path and _at_or_below(row.path_in_archive, path)
+            }
+            if not moved:
+                raise NotFound(f"nothing at {path!r} in package {package.name!r}")
+            stay = [row for row in rows if row.id not in moved]
+            replaced = [r.id for r in stay if replace and _at_or_below(r.path_in_archive, new_path)]
+            kept = [r.path_in_archive for r in stay if r.id not in replaced]
+            _check_item_paths(kept, list(moved.values()))
+            if replaced:
+                session.execute(sa.delete(_pi).where(_pi.c.id.in_(replaced)))
+            session.execute(
+                sa.update(_pi)
+                .where(_pi.c.id == sa.bindparam("b_id"))
+                .values(path_in_archive=sa.bindparam("b_path")),
+                [{"b_id": item_id, "b_path": moved_path} for item_id, moved_path in moved.items()],
+            )
+            session.execute(sa.update(_p).where(_p.c.id == package.id).values(modified_at=now))
+            record_audit(
+                session,
+                actor,
+                Op.PACKAGE_ITEM_MOVE,
+                package_id=package.id,
+                details=_details(
+                    actor,
+                    package.name,
+                    package.id,
+                    path=path,
+                    to=new_path,
+                    files=len(moved),
+                    replaced=len(replaced),
+                ),
+            )
+        return len(moved)
+
     def delete(self, actor: Actor | None, package: PackageView) -> None:
         """Delete a package and unpin its items (the files themselves are untouched)."""
         _require_write(actor)
@@ -338,12 +398,27 @@ class PackageService:
                 self._delete_row(session, actor, row.id, row.name, reason="expired")
         return [f"{row.username}:{row.name}" for row in rows]
 
+    def _claim_name(
+        self, session: Session, actor: Actor | None, owner_id: uuid.UUID, key: str, now: dt.datetime
+    ) -> None:
+        """Make ``key`` free among ``owner_id``'s packages: Conflict when a live package has
+        it; an expired one (kept until purged) is deleted."""
+        old = session.execute(
+            sa.select(_p.c.id, _p.c.expires_at)
+            .where(_p.c.created_by == owner_id, _p.c.name == key)
+            .with_for_update()
+        ).first()
+        if old is not None:
+            if old.expires_at is None or old.expires_at > now:
+                raise Conflict(f"there is a package {key!r} already")
+            self._delete_row(session, actor, old.id, key, reason="expired")
+
     def _lock_live(self, session: Session, package: PackageView, now: dt.datetime) -> Any:
         """Serialize changes to one package (PostgreSQL: its row; SQLite: the write lock);
-        its row (description, expires_at), or NotFound when it was deleted or expired
+        its row (name, description, expires_at), or NotFound when it was deleted or expired
         meanwhile."""
         row = session.execute(
-            sa.select(_p.c.description, _p.c.expires_at)
+            sa.select(_p.c.name, _p.c.description, _p.c.expires_at)
             .where(_p.c.id == package.id)
             .with_for_update()
         ).first()
@@ -485,6 +560,16 @@ def _require_write(actor: Actor | None) -> None:
 def _require_creator(ctx: AccessContext, package: PackageView) -> None:
     if ctx.actor.user_id != package.created_by:
         raise NotFound(f"no package {package.name!r}")
+
+
+def _check_item_paths(kept: list[str], new_paths: list[str]) -> None:
+    """InvalidName unless ``new_paths`` are safe archive paths, none the manifest's, that
+    collide with neither each other nor the ``kept`` items (letter case aside)."""
+    for new_path in new_paths:
+        check_archive_path(new_path)
+        if _fold(new_path) == _fold(MANIFEST_NAME):
+            raise InvalidName(f"{new_path!r} is the name of the package's manifest")
+    check_unique_paths([*kept, *new_paths])
 
 
 def _at_or_below(path: str, prefix: str) -> bool:

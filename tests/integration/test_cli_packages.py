@@ -133,3 +133,8 @@ def test_update_changes_expiry_and_description(cli: Cli) -> None:
         cli("package", "update", "alice:notes", "--expires", "-3")
     assert usage.value.code == 2
     assert cli("package", "update", "alice:none", "--expires", "3").code == 1
+    renamed = cli.json("package", "update", "alice:notes", "--name", "minutes")
+    assert renamed["name"] == "minutes" and renamed["description"] == "kept"
+    assert cli("package", "show", "alice:notes").code == 1
+    cli.json("package", "create", "alice:agenda")
+    assert "already" in cli.fails("package", "update", "alice:minutes", "--name", "agenda")

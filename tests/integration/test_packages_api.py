@@ -107,6 +107,10 @@ def test_api_refuses_unsafe_or_duplicate_paths(alice: User, path_in_archive: str
     body = {"path": "/files/a.txt", "path_in_archive": path_in_archive}
     status, error = alice.api("POST", "/packages/safe/items", body)
     assert status == 400 and error["error"] == "bad_request", error
+    if path_in_archive != "A.TXT":  # for a.txt itself, that is a rename
+        move = {"path_in_archive": path_in_archive}
+        status, error = alice.api("PATCH", "/packages/safe/items/a.txt", move)
+        assert status == 400 and error["error"] == "bad_request", error
     assert zip_names(alice, "safe") == ["a.txt", MANIFEST_NAME]
 
 
@@ -263,6 +267,46 @@ def test_api_changes_expiry_and_description_and_logs_both(
     assert rows[1].details["after"]["expires_at"] is None
     assert rows[2].details["before"]["description"] == ""
     assert all(r.package_id is not None for r in rows)
+
+
+def test_api_renames_packages_and_moves_items(server: InprocServer, alice: User, bob: User) -> None:
+    alice.put("/files/a.txt", b"alpha")
+    alice.mkcol("/files/docs/")
+    alice.put("/files/docs/b.txt", b"beta")
+    assert alice.api("POST", "/packages", {"name": "first"})[0] == 201
+    assert alice.api("POST", "/packages/first/items", {"path": "/files/a.txt"})[0] == 201
+    assert alice.api("POST", "/packages/first/items", {"path": "/files/docs"})[0] == 201
+    status, moved = alice.api(
+        "PATCH", "/packages/first/items/docs", {"path_in_archive": "papers/2026"}
+    )
+    assert status == 200, moved
+    assert [f["path"] for f in moved["files"]] == ["a.txt", "papers/2026/b.txt"]
+    assert alice.api("PATCH", "/packages/first/items/docs", {"path_in_archive": "x"})[0] == 404
+    assert alice.api("PATCH", "/packages/first/items/a.txt", {})[0] == 400
+    assert bob.api("PATCH", "/packages/first/items/a.txt", {"path_in_archive": "b"})[0] == 404
+    status, renamed = alice.api("PATCH", "/packages/first", {"name": "second"})
+    assert status == 200 and renamed["name"] == "second", renamed
+    assert alice.api("GET", "/packages/first")[0] == 404
+    assert zip_names(alice, "second") == ["a.txt", "papers/2026/b.txt", MANIFEST_NAME]
+    assert alice.api("POST", "/packages", {"name": "third"})[0] == 201
+    assert alice.api("PATCH", "/packages/second", {"name": "third"})[0] == 409
+    assert alice.api("PATCH", "/packages/second", {"name": "x.zip"})[0] == 400
+    assert alice.api("PATCH", "/packages/second", {"name": 3})[0] == 400
+    assert alice.api("PATCH", "/packages/second", {"name": "second"})[0] == 400  # no change
+    with server.application.db.connect() as conn:
+        rows = conn.execute(
+            sa.select(LogEntry.__table__)
+            .where(
+                LogEntry.user_id == alice.id,
+                LogEntry.op_type.in_(["package:item:move", "package:update"]),
+            )
+            .order_by(LogEntry.id)
+        ).all()
+    assert [(r.op_type, r.details.get("to"), r.details.get("after")) for r in rows] == [
+        ("package:item:move", "papers/2026", None),
+        ("package:update", None, {"name": "second"}),
+    ]
+    assert rows[0].details["path"] == "docs" and rows[0].details["files"] == 1
 
 
 def test_an_expired_package_cannot_be_revived(server: InprocServer, alice: User) -> None:

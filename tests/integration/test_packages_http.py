@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from davserver.db.types import utcnow
-from davserver.models import Package
+from davserver.models import LogEntry, Package
 from davserver.services.zipstream import MANIFEST_NAME
 from tests.conftest import ENGINES
 from tests.servers import InprocServer, Response, basic_auth_header, http_request, run_inproc_server
@@ -70,6 +70,10 @@ class User:
     def copy(self, source: str, dest: str, **headers: str) -> Response:
         destination = self.server.url + quote(dest)
         return self.call("COPY", source, headers={"Destination": destination, **headers})
+
+    def move(self, source: str, dest: str, **headers: str) -> Response:
+        destination = self.server.url + quote(dest)
+        return self.call("MOVE", source, headers={"Destination": destination, **headers})
 
     def api(self, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
         body = json.dumps(payload).encode() if payload is not None else None
@@ -299,6 +303,124 @@ def test_copy_of_a_folder_with_an_unsafe_name_inside_is_refused(alice: User) -> 
     assert response.status == 400
     assert b"slash.txt" in response.body and b"separate folders with" in response.body
     assert alice.api("GET", "/packages/whole")[1]["items"] == 0
+
+
+# -- MOVE within a package, and renaming one
+
+
+def zip_contents(user: User, name: str) -> dict[str, bytes]:
+    """The files of the package's zip by name, the manifest left out."""
+    response = user.call("GET", f"/packages/{name}.zip")
+    assert response.status == 200, response.body
+    archive = zipfile.ZipFile(io.BytesIO(response.body))
+    return {n: archive.read(n) for n in archive.namelist() if n != MANIFEST_NAME}
+
+
+def test_move_renames_and_moves_items_within_their_package(alice: User) -> None:
+    contents = pinned_package(alice, "moving")
+    assert alice.move("/packages/moving/a.txt", "/packages/moving/docs/alpha.txt").status == 201
+    assert alice.move("/packages/moving/docs/sub/", "/packages/moving/parts/").status == 201
+    assert alice.move("/packages/moving/résumé.txt", "/packages/moving/cv.txt").status == 201
+    assert alice.move("/packages/moving/cv.txt", "/packages/moving/CV.txt").status == 201  # case
+    expected = {
+        "docs/alpha.txt": contents["a.txt"],
+        "CV.txt": contents["résumé.txt"],
+        "docs/big.bin": contents["docs/big.bin"],
+        "parts/c.txt": contents["docs/sub/c.txt"],
+        "parts/deeper/d.txt": contents["docs/sub/deeper/d.txt"],
+    }
+    assert zip_contents(alice, "moving") == expected
+    assert alice.call("GET", "/packages/moving/docs/alpha.txt").body == contents["a.txt"]
+    assert alice.call("GET", "/packages/moving/parts/deeper/d.txt").body == b"deep\n"
+    for gone in ("a.txt", "résumé.txt", "docs/sub/", "docs/sub/c.txt"):
+        assert alice.call("GET", f"/packages/moving/{gone}").status == 404, gone
+    listing = alice.call("PROPFIND", "/packages/moving/", headers={"Depth": "1"}).body
+    assert b"/packages/moving/parts/" in listing and b"/packages/moving/docs/sub" not in listing
+    # The files themselves are untouched.
+    assert alice.call("GET", "/files/a.txt").body == contents["a.txt"]
+    assert alice.call("GET", "/files/docs/sub/c.txt").status == 200
+
+
+def test_move_onto_an_item_needs_overwrite_and_replaces_it(alice: User) -> None:
+    contents = pinned_package(alice, "onto")
+    before = zip_contents(alice, "onto")
+    stopped = alice.move("/packages/onto/a.txt", "/packages/onto/résumé.txt", Overwrite="F")
+    assert stopped.status == 412
+    assert zip_contents(alice, "onto") == before
+    assert alice.move("/packages/onto/a.txt", "/packages/onto/résumé.txt").status == 204
+    after = zip_contents(alice, "onto")
+    assert after["résumé.txt"] == contents["a.txt"] and "a.txt" not in after
+    assert len(after) == len(before) - 1
+    # A folder onto a folder: what was below the target goes, the moved items take its place.
+    assert alice.move("/packages/onto/docs/sub/deeper/", "/packages/onto/docs/sub/").status == 204
+    assert sorted(zip_contents(alice, "onto")) == ["docs/big.bin", "docs/sub/d.txt", "résumé.txt"]
+
+
+def test_move_refusals_change_nothing(server: InprocServer, alice: User) -> None:
+    pinned_package(alice, "fixed")
+    alice.mkcol("/packages/other/")
+    before = zip_contents(alice, "fixed")
+    refused = {
+        "to another package": (alice.move("/packages/fixed/a.txt", "/packages/other/a.txt"), 403),
+        "a folder to /files/": (alice.move("/packages/fixed/docs/", "/files/docs2/"), 403),
+        "to the manifest's name": (
+            alice.move("/packages/fixed/a.txt", f"/packages/fixed/{MANIFEST_NAME}"),
+            400,
+        ),
+        "onto a name taken but for case": (
+            alice.move("/packages/fixed/a.txt", "/packages/fixed/RÉSUMÉ.txt"),
+            400,
+        ),
+        "a file onto a folder's path": (
+            alice.move("/packages/fixed/a.txt", "/packages/fixed/DOCS"),
+            400,
+        ),
+        "into a folder that is not there": (
+            alice.move("/packages/fixed/a.txt", "/packages/fixed/none/a.txt"),
+            409,
+        ),
+        "a folder into itself": (
+            alice.move("/packages/fixed/docs/", "/packages/fixed/docs/sub/docs/"),
+            403,
+        ),
+        "the zip": (alice.move("/packages/fixed.zip", "/packages/renamed.zip"), 403),
+        "a package into a package": (alice.move("/packages/fixed/", "/packages/other/x/"), 403),
+        "a sub-folder out to /packages/": (
+            alice.move("/packages/fixed/docs/", "/packages/d/"),
+            403,
+        ),
+    }
+    assert {what: r.status for what, (r, _) in refused.items()} == {
+        what: status for what, (_, status) in refused.items()
+    }
+    assert zip_contents(alice, "fixed") == before
+    other = User(server, f"bob{uuid.uuid4().hex[:6]}")
+    assert other.move("/packages/fixed/a.txt", "/packages/fixed/b.txt").status == 404
+
+
+def test_move_renames_a_package(server: InprocServer, alice: User) -> None:
+    pinned_package(alice, "draft")
+    files = zip_contents(alice, "draft")
+    alice.mkcol("/packages/taken/")
+    assert alice.move("/packages/draft/", "/packages/taken/", Overwrite="F").status == 412
+    assert alice.move("/packages/draft/", "/packages/taken/").status == 409
+    assert alice.move("/packages/draft/", "/packages/final.zip/").status == 400
+    assert alice.move("/packages/draft/", "/packages/final/").status == 201
+    assert alice.call("GET", "/packages/draft.zip").status == 404
+    assert alice.call("GET", "/packages/draft/a.txt").status == 404
+    assert zip_contents(alice, "final") == files
+    renamed = alice.call("GET", "/packages/final.zip")
+    assert "final.zip" in renamed.headers["Content-Disposition"]
+    manifest = zipfile.ZipFile(io.BytesIO(renamed.body)).read(MANIFEST_NAME)
+    assert json.loads(manifest)["package"] == "final"
+    with server.application.db.connect() as conn:
+        row = conn.execute(
+            sa.select(LogEntry.__table__)
+            .where(LogEntry.user_id == alice.id, LogEntry.op_type == "package:update")
+            .order_by(LogEntry.id.desc())
+        ).first()
+    assert row is not None
+    assert (row.details["before"], row.details["after"]) == ({"name": "draft"}, {"name": "final"})
 
 
 # -- what WebDAV refuses in /packages/
