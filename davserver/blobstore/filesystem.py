@@ -4,8 +4,9 @@ A write goes to ``tmp/`` first and is hard-linked into place once its SHA-256 is
 reader never sees a partial blob and an aborted upload leaves nothing behind. The ``tmp/`` name
 stays as the write's spare copy until ``release`` (see ``davserver.blobstore.base``): a link
 costs no bytes, and it lets ``ensure_stored`` put the blob back if gc removed it before the
-upload's transaction committed. With ``fsync`` on, the file and its folder are flushed to disk
-before ``finish`` returns, so a committed version never points at bytes that a crash could lose.
+upload's transaction committed. With ``fsync`` on, the file and its folder (and a fan-out folder
+made for it, in its parent) are flushed to disk before ``finish`` returns, so a committed version
+never points at bytes that a crash could lose.
 """
 
 from __future__ import annotations
@@ -71,11 +72,21 @@ class FileSystemBlobStore:
 
     def make_folder(self, path: Path, *, again: bool = False) -> None:
         """``mkdir -p``, remembered: a fan-out folder is made once per process, not per write
-        (``again`` when it was removed behind the store's back)."""
+        (``again`` when it was removed behind the store's back). With ``fsync``, each folder
+        that was missing is flushed in its parent, so the blobs linked into it can be durable."""
         name = str(path)  # a str hashes once; a Path hashes its parts again every time
-        if again or name not in self._folders:
-            path.mkdir(parents=True, exist_ok=True)
-            self._folders.add(name)
+        if not again and name in self._folders:
+            return
+        missing = []
+        while not path.is_dir():
+            missing.append(path)
+            path = path.parent
+        for folder in reversed(missing):
+            # A concurrent write may make it first; it was missing all the same, so flush it.
+            folder.mkdir(exist_ok=True)
+            if self.fsync:
+                _fsync_dir(folder.parent)
+        self._folders.add(name)
 
     def writer(self) -> _FileBlobWriter:
         return _FileBlobWriter(self)

@@ -78,3 +78,40 @@ def test_a_wrong_announced_digest_stores_nothing(store: FileSystemBlobStore) -> 
         _write(store, b"body", sha256="0" * 64)
     assert list(store.iter_files()) == []
     assert list(store.iter_temp_files()) == []
+
+
+def _same_top_folder_as(data: bytes) -> bytes:
+    """Other bytes whose SHA-256 shares ``data``'s first fan-out level but not its second."""
+    digest = hashlib.sha256(data).hexdigest()
+    for n in itertools.count():
+        candidate = b"cousin %d" % n
+        other = hashlib.sha256(candidate).hexdigest()
+        if other[:2] == digest[:2] and other[2:4] != digest[2:4]:
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def test_new_fan_out_folders_are_made_durable_with_the_blob(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A blob is durable only if the folders leading to it are: each folder the store makes
+    is flushed in its parent (once), and the blob's own folder after each new blob."""
+    from davserver.blobstore import filesystem
+
+    flushed: list[Path] = []
+    monkeypatch.setattr(filesystem, "_fsync_dir", flushed.append)
+    store = FileSystemBlobStore(tmp_path / "blobs", fsync=True)
+    root = store.root
+    first = _write(store, b"first")
+    top, leaf = root / first.storage_key[:2], root / first.storage_key[:5]
+    assert flushed == [root, top, leaf]  # aa/ made in root, aa/bb/ in aa/, the blob in aa/bb/
+    flushed.clear()
+    _write(store, _same_folder_as(b"first"))
+    assert flushed == [leaf]  # both folders exist: only the new blob's entry
+    flushed.clear()
+    cousin = _write(store, _same_top_folder_as(b"first"))
+    assert flushed == [top, root / cousin.storage_key[:5]]
+    flushed.clear()
+    unsafe = FileSystemBlobStore(tmp_path / "unsafe", fsync=False)
+    _write(unsafe, b"first")
+    assert flushed == []
