@@ -417,11 +417,13 @@ def _pg_admin(
         conn.execute(sql.SQL(template).format(sql.Identifier(name)))
 
 
-def start_stock(server: Server, python: str) -> None:
+def start_stock(server: Server, python: str, *, fsync: bool = False) -> None:
     env = {**os.environ, "BENCH_PASSWORD": server.password}
     data = server.workdir / "files"
     data.mkdir(parents=True)
     cmd = [python, str(HERE / "stock_server.py"), "--host", "127.0.0.1", "--root", str(data)]
+    if fsync:
+        cmd.append("--fsync")
     server.start(cmd, env, ready_timeout=60)
 
 
@@ -1056,6 +1058,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 200 files, 200/1000")
     p.add_argument("--servers", choices=("both", DAVSERVER, STOCK), default="both")
     p.add_argument(
+        "--stock-fsync",
+        action="store_true",
+        help="make the stock server fsync each PUT's file and folder, as davserver does"
+        " (then it is no longer stock: a reference for durable small PUTs)",
+    )
+    p.add_argument(
         "--db",
         choices=("sqlite", "postgresql"),
         default="sqlite",
@@ -1129,7 +1137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"davserver bench: {args.rounds} round(s), big file {human_bytes(sizes.big_bytes)},"
         f" {sizes.small_count} x {human_bytes(sizes.small_bytes)} PUTs, PROPFIND on"
         f" {'/'.join(map(str, sizes.members))} members x {sizes.propfind_reps},"
-        f" davserver db {args.db}, data in {base}",
+        f" davserver db {args.db},"
+        f" stock{' with --fsync (each PUT durable, not stock)' if args.stock_fsync else ''},"
+        f" data in {base}",
         flush=True,
     )
     try:
@@ -1137,7 +1147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             started.append(s)
             try:
                 if s.name == STOCK:
-                    start_stock(s, args.python)
+                    start_stock(s, args.python, fsync=args.stock_fsync)
                 else:
                     start_davserver(s, args.python, args.db, args.pg_url, args.dav_env)
                 tree = process_tree(s.pid)
@@ -1191,6 +1201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "kernel": platform.release(),
                     "python": platform.python_version(),
                     "db": args.db,
+                    "stock_fsync": args.stock_fsync,
                     "rounds": args.rounds,
                     "sizes": sizes.__dict__,
                     "elapsed_s": elapsed,
