@@ -40,7 +40,7 @@ from providers.resources import (
     actor_of,
 )
 from providers.variants import respond_variant, wants_variant
-from providers.versions import respond_version, wants_version
+from providers.versions import respond_version, version_entry, wants_version
 
 ResourceFactory = Callable[["DavProvider", str, dict[str, Any], Any], Any]
 _CACHE_KEY = "davserver.nodes"
@@ -155,6 +155,8 @@ class DavProvider(DAVProvider):
             return default(environ, start_response)  # WsgiDAV's own 404
         if method != "PROPFIND":
             if wants_variant(environ):
+                if wants_version(environ):
+                    res = version_entry(self, res, environ)
                 return respond_variant(res, environ, start_response)
             if wants_version(environ):
                 return respond_version(self, res, environ, start_response, default)

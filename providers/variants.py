@@ -1,4 +1,5 @@
-"""GET and HEAD of an image variant: ``<file>?thumbnail=<size>`` or ``<file>?preview=<size>``.
+"""GET and HEAD of an image variant: ``<file>?thumbnail=<size>`` or ``<file>?preview=<size>``,
+of the current version, or of an older one (``&version=N``, or on its entry in ``/versions/``).
 
 WsgiDAV's GET knows one representation per resource, so the provider hands these requests
 here. The service checks who may see the variant and finds or makes it; this module only
@@ -33,11 +34,13 @@ def wants_variant(environ: dict[str, Any]) -> bool:
 def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> Any:
     """Answer a variant request for resource ``res``: 200, 304 or a mapped domain error."""
     service = res.provider.variants
-    view = getattr(res, "view", None)
+    # A file's resource shows its current version; an entry of /versions/ its own.
+    variant_of = getattr(res, "variant_of", None)
+    view, version = variant_of() if variant_of else (getattr(res, "view", None), None)
     with dav_errors():
         if view is None:
             raise BadRequest("only files have thumbnails or previews")
-        request = service.request(res.rights, view, _params(environ))
+        request = service.request(res.rights, view, _params(environ), version=version)
         etag = f'"{request.etag}"'
         headers = [("ETag", etag), ("Cache-Control", CACHE_CONTROL)]
         if _none_match(environ.get("HTTP_IF_NONE_MATCH", ""), request.etag):

@@ -4,7 +4,9 @@ Folders list their folders and files, each file as a folder of its versions; a v
 answers GET and HEAD (with Range) to whoever may download the file, and COPY onto a file
 restores it (a new version sharing the old one's blob) or, to a new name, makes a new file.
 Everything else is refused. ``GET <file>?version=N`` is answered by the same entry resource,
-so both give the same headers, ranges and conditional answers.
+so both give the same headers, ranges and conditional answers. A version's thumbnail or preview
+(``?thumbnail=``, ``?preview=`` on its entry, or with ``?version=N`` on the file) needs only
+READ, as the current version's does.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 from davserver.errors import BadRequest, Conflict, Forbidden, NotFound
 from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm, require
+from davserver.services.tree import NodeView
 from davserver.services.versions import (
     SPACE,
     History,
     HistoryFolder,
     VersionEntry,
+    VersionInfo,
     VersionService,
     entry_name,
 )
@@ -31,6 +35,7 @@ from providers.digests import repr_digest
 from providers.errors import dav_errors
 from providers.gate import check_destination
 from providers.resources import FileResource, FolderResource, actor_of, guess_mime_type
+from providers.variants import wants_variant
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
@@ -158,7 +163,8 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
     def check_request(self, environ: dict[str, Any]) -> None:
         method = environ["REQUEST_METHOD"]
         if method in ("GET", "HEAD"):
-            require(self.rights, Perm.DOWNLOAD, "download")
+            if not wants_variant(environ):  # a thumbnail or preview needs only READ
+                require(self.rights, Perm.DOWNLOAD, "download")
         elif method == "COPY":
             require(self.rights, Perm.DOWNLOAD, "copy")
             check_destination(self.provider, environ)
@@ -180,6 +186,10 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
 
     def get_display_name(self) -> str:
         return util.get_uri_name(self.path)
+
+    def variant_of(self) -> tuple[NodeView, VersionInfo]:
+        """What a thumbnail or preview of this entry shows: this version of the file."""
+        return self.reached.view, self.version
 
     def get_creation_date(self) -> float:
         return self.version.uploaded_at.timestamp()
@@ -246,6 +256,17 @@ def respond_version(
 ) -> Any:
     """Answer ``GET <file>?version=N`` as ``GET /versions/<file>/<name>.vN.<ext>`` would:
     400 for a malformed N, 404 for a version that does not exist."""
+    entry = version_entry(provider, res, environ)
+    with dav_errors():
+        require(entry.rights, Perm.DOWNLOAD, "download")
+    path = environ["PATH_INFO"].rstrip("/")
+    provider.substitute(environ, path, VersionEntry(entry.reached, entry.version))
+    return default(environ, start_response)
+
+
+def version_entry(provider: DavProvider, res: Any, environ: dict[str, Any]) -> VersionResource:
+    """The entry in /versions/ of the version ``?version=N`` names of file ``res``: BadRequest
+    for a malformed N or a folder, NotFound for a version that does not exist."""
     with dav_errors():
         number = _version_number(environ)
         if not isinstance(res, FileResource) or res.view is None:
@@ -256,9 +277,7 @@ def respond_version(
         )
         if not isinstance(entry, VersionResource):
             raise NotFound(f"{res.view.name} has no version {number}")
-        require(entry.rights, Perm.DOWNLOAD, "download")
-    provider.substitute(environ, path, VersionEntry(entry.reached, entry.version))
-    return default(environ, start_response)
+    return entry
 
 
 def _version_number(environ: dict[str, Any]) -> int:

@@ -58,6 +58,7 @@ from davserver.services.variant_policy import (
     VariantSource,
     may_preview,
 )
+from davserver.services.versions import VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,16 @@ class VariantService:
     # -------------------------------------------------------------------------- asking
 
     def request(
-        self, rights: Perm, view: NodeView, params: Mapping[str, Sequence[str]]
+        self,
+        rights: Perm,
+        view: NodeView,
+        params: Mapping[str, Sequence[str]],
+        *,
+        version: VersionInfo | None = None,
     ) -> VariantRequest:
         """Check that someone with ``rights`` on ``view`` may see a variant of it (see
-        ``may_preview``) and parse what is asked for.
+        ``may_preview``) and parse what is asked for: of its current version, or of
+        ``version`` (one of its older ones).
 
         Raises NotFound when the actor may not see the file, BadRequest for a folder or for
         sizes, formats or qualities not allowed, UnsupportedMedia for a file with no content.
@@ -126,9 +133,15 @@ class VariantService:
         if view.kind != NodeKind.FILE:
             raise BadRequest("folders have no thumbnails or previews")
         variant_type, spec = self.policy.parse(params)
-        if view.sha256 is None or view.storage_key is None or view.size == 0:
+        if version is None:
+            sha256, key, version_id = view.sha256, view.storage_key, view.current_version_id
+            size = view.size
+        else:
+            sha256, key, version_id = version.sha256, version.storage_key, version.id
+            size = version.size
+        if sha256 is None or key is None or size == 0:
             raise UnsupportedMedia("the file is empty")
-        source = VariantSource(view.sha256, view.storage_key, view.current_version_id, view.name)
+        source = VariantSource(sha256, key, version_id, view.name)
         return VariantRequest(source, variant_type, spec)
 
     def has_preview(self, view: NodeView) -> bool:

@@ -34,6 +34,7 @@ from davserver.services.permissions import EVERYTHING, Perm
 from davserver.services.variants import VariantService
 from tests import images
 from tests.images import GREEN, RED
+from tests.integration.test_sharing_http import People
 from tests.servers import InprocServer, LiveServer, Response
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"
@@ -516,6 +517,50 @@ def test_only_someone_who_may_read_the_file_gets_a_variant(
     with pytest.raises(NotFound):
         service.request(Perm.NONE, view, {"thumbnail": ["64"]})
     assert service.request(Perm.READ, view, {"thumbnail": ["64"]}).source.sha256 == view.sha256
+
+
+def _near(pixel: Any, color: tuple[int, int, int]) -> bool:
+    return all(abs(a - b) < 40 for a, b in zip(pixel, color, strict=True))
+
+
+def test_older_versions_have_thumbnails_too(inproc_server: InprocServer) -> None:
+    """?version=N with ?thumbnail= on the file, or ?thumbnail= on its entry in /versions/:
+    the variant of that version's bytes. Like the current one's, it needs only READ."""
+    people = People(inproc_server)
+    alice, bob, carol = people.alice, people.bob, people.carol
+    path = "/files/history.jpg"
+    assert people.put(alice, path, images.jpeg(640, 480, RED)) == 201
+    assert people.put(alice, path, images.jpeg(480, 640, GREEN)) == 204
+    current = people.call(alice, "GET", path + "?thumbnail=64")
+    by_number = people.call(alice, "GET", path + "?version=1&thumbnail=64")
+    by_entry = people.call(alice, "GET", "/versions/files/history.jpg/history.v1.jpg?thumbnail=64")
+    assert (current.status, by_number.status, by_entry.status) == (200, 200, 200)
+    assert images.decode(current.body).size == (48, 64)
+    assert _near(images.decode(current.body).getpixel((24, 32)), GREEN)
+    assert images.decode(by_number.body).size == (64, 48)
+    assert _near(images.decode(by_number.body).getpixel((32, 24)), RED)
+    assert by_entry.body == by_number.body
+    assert by_entry.headers["ETag"] == by_number.headers["ETag"] != current.headers["ETag"]
+    revalidated = people.call(
+        alice,
+        "GET",
+        path + "?version=1&thumbnail=64",
+        headers={"If-None-Match": by_number.headers["ETag"]},
+    )
+    assert revalidated.status == 304
+    assert people.call(alice, "GET", path + "?version=3&thumbnail=64").status == 404
+    assert people.call(alice, "GET", path + "?version=x&thumbnail=64").status == 400
+    # bob may read the file, not download it: thumbnails of each version, no bytes.
+    assert people.grant(alice, path, bob, "read") == 201
+    shared = f"/shared/{alice}/history.jpg"
+    assert people.call(bob, "GET", shared + "?version=1&thumbnail=64").body == by_number.body
+    entry = f"/versions/shared/{alice}/history.jpg/history.v1.jpg"
+    assert people.call(bob, "GET", entry + "?thumbnail=64").body == by_number.body
+    assert people.call(bob, "GET", entry).status == 403
+    assert people.call(bob, "GET", shared + "?version=1").status == 403
+    # carol may not even see it.
+    assert people.call(carol, "GET", shared + "?version=1&thumbnail=64").status == 404
+    assert people.call(carol, "GET", entry + "?thumbnail=64").status == 404
 
 
 PROPFIND_HAS_PREVIEW = (
