@@ -8,6 +8,7 @@ from alembic import context
 
 from davserver.config import load_settings
 from davserver.db import Base, Database
+from davserver.db.migrate import migration_connection
 from davserver.models import __all__ as _all_models  # noqa: F401  (fills the metadata)
 
 config = context.config
@@ -42,7 +43,7 @@ def run_migrations_online() -> None:
         return
     db = Database(_url(), pool_size=1)
     try:
-        with db.engine.connect() as conn:
+        with migration_connection(db) as conn:
             _run(conn)
     finally:
         db.dispose()

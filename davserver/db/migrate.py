@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
@@ -21,7 +24,44 @@ def alembic_config() -> Config:
 
 def upgrade(db: Database, revision: str = "head") -> None:
     """Run every pending migration on ``db`` in one transaction."""
+    _migrate(db, command.upgrade, revision)
+
+
+def downgrade(db: Database, revision: str) -> None:
+    """Undo migrations down to ``revision`` in one transaction (what they added is lost)."""
+    _migrate(db, command.downgrade, revision)
+
+
+def _migrate(db: Database, action: Callable[[Config, str], None], revision: str) -> None:
     cfg = alembic_config()
-    with db.engine.begin() as conn:
+    with migration_connection(db) as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        action(cfg, revision)
+
+
+@contextmanager
+def migration_connection(db: Database) -> Iterator[sa.Connection]:
+    """A connection in a transaction, for migrations.
+
+    On SQLite, foreign keys are off meanwhile and checked before the commit. Alembic changes a
+    SQLite table it cannot ALTER by copying it and dropping the old one; with foreign keys on,
+    that DROP fails, or deletes every row that references the table (``ON DELETE CASCADE``:
+    rebuilding ``users`` would empty ``nodes``).
+    """
+    with db.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection if db.is_sqlite else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys=OFF")  # outside a transaction, or it is ignored
+        try:
+            with conn.begin():
+                yield conn
+                if raw is not None:
+                    dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if dangling:
+                        raise RuntimeError(
+                            f"the migration left {len(dangling)} row(s) referencing nothing, "
+                            f"such as {tuple(dangling[0])}; nothing was changed"
+                        )
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=ON")
