@@ -46,7 +46,7 @@ from davserver.models import Node, NodeKind, Op, Space
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.files import FileService, check_quota, view_of
+from davserver.services.files import FileService, add_home_bytes, check_quota, view_of
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.tree import NodeView, check_name, name_key
@@ -236,6 +236,8 @@ class TrashService:
                 check_quota(session, parent.owner_id, int(growth))
             before = {"parent_id": str(node.parent_id), "name": node.name}
             deleted_at = node.deleted_at
+            if deleted_at is not None and not node.is_folder:  # (a folder's files count still)
+                add_home_bytes(session, node.owner_id, node.space, node.size)
             node.deleted_at = None
             node.deleted_by = None
             node.parent_id = parent.id
@@ -284,7 +286,9 @@ class TrashService:
 
         def work(session: Session) -> int:
             row = session.execute(
-                sa.select(_n.c.name, _n.c.deleted_at).where(_n.c.id == node_id).with_for_update()
+                sa.select(_n.c.name, _n.c.deleted_at, _n.c.owner_id, _n.c.space)
+                .where(_n.c.id == node_id)
+                .with_for_update()
             ).first()
             if row is None or row.deleted_at is None:
                 raise NotFound("that item is not in the trash")
@@ -307,6 +311,8 @@ class TrashService:
                     "reason": reason,
                 },
             )
+            counted = session.scalar(_COUNTED_BELOW, {"root_id": node_id}) or 0
+            add_home_bytes(session, row.owner_id, row.space, -int(counted))
             session.execute(sa.delete(_n).where(_n.c.id == node_id))
             return int(nodes)
 
@@ -425,11 +431,27 @@ def _locations(conn: sa.Connection, folder_ids: list[uuid.UUID | None]) -> dict[
     return {start: "/".join([top, *names.get(start, [])]) for start, top in tops.items()}
 
 
-def _subtree_counts() -> sa.Select[int, int, int]:
-    """(nodes, versions, pinned versions) at and below :root_id, deleted or not."""
+def _all_below() -> sa.CTE:
+    """:root_id and every node below it, deleted or not."""
     sub = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
     below = sub.cte("below", recursive=True)
-    below = below.union_all(sa.select(_n.c.id).where(_n.c.parent_id == below.c.id))
+    return below.union_all(sa.select(_n.c.id).where(_n.c.parent_id == below.c.id))
+
+
+def _counted_below() -> sa.Select[Any]:
+    """Bytes at and below :root_id that ``users.home_bytes`` counts: the files not themselves
+    deleted (below a deleted folder, they still count there)."""
+    below = _all_below()
+    return (
+        sa.select(sa.func.sum(_n.c.size))
+        .select_from(_n.join(below, below.c.id == _n.c.id))
+        .where(_n.c.kind == NodeKind.FILE.value, _n.c.deleted_at.is_(None))
+    )
+
+
+def _subtree_counts() -> sa.Select[int, int, int]:
+    """(nodes, versions, pinned versions) at and below :root_id, deleted or not."""
+    below = _all_below()
     return sa.select(
         sa.func.count(sa.distinct(below.c.id)),
         sa.func.count(sa.distinct(_v.c.id)),
@@ -461,6 +483,7 @@ _users = Base.metadata.tables["users"]
 _groups = Base.metadata.tables["groups"]
 _items_t = Base.metadata.tables["package_items"]
 _SUBTREE_COUNTS = _subtree_counts()
+_COUNTED_BELOW = _counted_below()
 _QUOTA = sa.select(_users.c.quota_bytes).where(
     _users.c.id == sa.bindparam("user_id", type_=sa.Uuid)
 )

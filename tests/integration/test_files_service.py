@@ -13,13 +13,16 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from davserver.blobstore import StoredBlob
-from davserver.db import Database
+from davserver.db import Base, Database
+from davserver.db.migrate import downgrade, upgrade
 from davserver.errors import AlreadyExists, Conflict, InvalidName, PreconditionFailed
 from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node
 from davserver.services import files as files_module
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
+from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView, check_name
+from davserver.services.versions import VersionService
 
 
 @pytest.fixture
@@ -381,3 +384,91 @@ def test_space_usage_counts_live_files_only_whatever_the_trash_holds(
     assert group_root is not None
     put(service, actor, group_root, "shared.txt", b"6" * 500)
     check(10)
+
+
+def test_the_running_total_follows_every_change_to_a_space(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """``users.home_bytes`` is kept by each change in its own transaction; after every kind of
+    change it must equal the sum from the rows, and usage the walk of the tree."""
+    trash = TrashService(database, service)
+    history = VersionService(database, service)
+    users = Base.metadata.tables["users"]
+
+    def check(expected: int) -> None:
+        with database.connect() as conn:
+            kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
+            counted = conn.scalar(files_module._HOME_BYTES_COUNTED, {"owner_id": actor.user_id})
+        assert kept == counted
+        assert service.usage(actor.user_id)[0] == service.subtree_size(home.id) == expected
+
+    def entry(name: str) -> uuid.UUID:
+        found = trash.listing(actor.user_id, None).find(name)
+        assert found is not None
+        return found.view.id
+
+    docs = service.create_folder(actor, home, "docs")
+    a = put(service, actor, docs, "a.txt", b"a" * 100)  # a new file
+    put(service, actor, home, "empty.txt", b"")  # an empty one: no version
+    check(100)
+    put(service, actor, docs, "a.txt", b"A" * 40)  # a smaller new version
+    put(service, actor, home, ".DS_Store", b"d" * 7)
+    put(service, actor, home, ".DS_Store", b"D" * 9)  # client metadata: replaced in place
+    check(49)
+    service.copy(actor, docs.id, home, "docs2")  # a folder copied with its file
+    service.copy(actor, a.id, home, "a-copy.txt")  # a file copied to a new name
+    check(129)
+    empty = service.resolve(home.id, ["empty.txt"])
+    a_copy = service.resolve(home.id, ["a-copy.txt"])
+    assert empty is not None and a_copy is not None
+    service.copy(actor, empty.id, home, "a-copy.txt", replace_id=a_copy.id)  # emptied
+    check(89)
+    service.copy(actor, a.id, home, "empty.txt", replace_id=empty.id)  # filled
+    check(129)
+    first = history.history(a.id)[0]
+    current = service.resolve(docs.id, ["a.txt"])
+    assert current is not None
+    history.restore(actor, first, current)  # an old version made current: 40 -> 100 bytes
+    history.copy_to(actor, first, home, "a-v1.txt")  # and copied out as a new file
+    check(289)
+    service.delete(actor, a.id)  # a file to the trash
+    check(189)
+    docs2 = service.resolve(home.id, ["docs2"])
+    assert docs2 is not None
+    service.delete(actor, docs2.id)  # a folder to the trash: its file still counts in the total
+    check(149)
+    trash.restore(actor, a.id, docs, "a.txt", where="/docs/a.txt")  # a file back
+    check(249)
+    inside = service.resolve(docs2.id, ["a.txt"])
+    assert inside is not None
+    trash.restore(actor, inside.id, home, "rescued.txt", where="/rescued.txt")  # out of a folder
+    check(289)
+    service.delete(actor, a.id)
+    trash.purge(actor, a.id)  # a trashed file purged
+    trash.purge(actor, entry("docs2"))  # a trashed folder purged (now empty)
+    check(189)
+    folder = service.create_folder(actor, home, "old")
+    put(service, actor, folder, "kept.txt", b"k" * 5)
+    gone = put(service, actor, folder, "gone.txt", b"g" * 3)
+    service.delete(actor, gone.id)
+    service.delete(actor, folder.id)
+    trash.purge(actor, folder.id)  # a folder holding a live file and a trashed one
+    check(189)
+
+
+def test_migration_0005_fills_the_running_total_from_the_rows(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    folder = service.create_folder(actor, home, "f")
+    put(service, actor, folder, "live.txt", b"l" * 70)
+    trashed = put(service, actor, home, "trashed.txt", b"t" * 500)
+    put(service, actor, home, "top.txt", b"x" * 3)
+    service.delete(actor, trashed.id)
+    service.delete(actor, folder.id)  # its file counts in the total; usage subtracts it
+    downgrade(database, "0004")
+    upgrade(database)
+    users = Base.metadata.tables["users"]
+    with database.connect() as conn:
+        kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
+    assert kept == 73
+    assert service.usage(actor.user_id)[0] == 3
