@@ -41,9 +41,8 @@ class User(Base):
     deleted_at: Mapped[timestamp_or_none]
     # None means unlimited; usage counts the logical bytes of the user's current files.
     quota_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
-    # The sizes of the files of the user's own space not themselves in the trash (those below
-    # a trashed folder included), kept by every change in its transaction; usage is this less
-    # what trashed folders hide (davserver.services.files.space_usage).
+    # Quota usage: the bytes of the live files of the user's own space (not in the trash),
+    # kept by every change in its own transaction (davserver.services.files.add_home_bytes).
     home_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 

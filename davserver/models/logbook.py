@@ -69,6 +69,7 @@ class Op(enum.StrEnum):
     PACKAGE_DOWNLOAD = "package:download"
     MAINTENANCE_GC = "maintenance:gc"
     MAINTENANCE_FSCK = "maintenance:fsck"
+    MAINTENANCE_RECOUNT = "maintenance:recount"
 
 
 class LogEntry(Base):

@@ -7,6 +7,7 @@ never pass through here: an upload is written to the blob store first (see ``Blo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import threading
@@ -38,6 +39,18 @@ from davserver.services.tree import NodeView, check_name, is_client_metadata, na
 
 T = TypeVar("T")
 _RETRIES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageDrift:
+    """A user whose running total was off: what it held, and what the files add up to."""
+
+    username: str
+    kept: int
+    counted: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 class FileService:
@@ -166,6 +179,41 @@ class FileService:
         Usage is logical: the sizes of the user's current files, whatever dedup saves.
         """
         return self._used(owner_id), self._quota(owner_id)
+
+    def recount_usage(self, owner_id: uuid.UUID | None = None) -> list[UsageDrift]:
+        """Set each user's running total (``users.home_bytes``, see ``space_usage``), or only
+        ``owner_id``'s, from the rows; the users whose total was off. One transaction per user,
+        holding their row, so a change committing meanwhile is counted exactly once. Every
+        change keeps the total, so this finds drift only after a bug or a hand-edited database.
+        Writes one logbook row."""
+        ids = [owner_id] if owner_id is not None else None
+        if ids is None:
+            with self.db.connect() as conn:
+                ids = list(conn.scalars(sa.select(_u.c.id).order_by(_u.c.username)))
+        drifts = []
+        for user_id in ids:
+            with self.db.write() as session:
+                row = session.execute(
+                    sa.select(_u.c.username, _u.c.home_bytes)
+                    .where(_u.c.id == user_id)
+                    .with_for_update()
+                ).first()
+                if row is None:
+                    continue
+                counted = int(session.scalar(_HOME_BYTES_COUNTED, {"owner_id": user_id}) or 0)
+                if counted != row.home_bytes:
+                    session.execute(
+                        _u.update().where(_u.c.id == user_id).values(home_bytes=counted)
+                    )
+                    drifts.append(UsageDrift(row.username, row.home_bytes, counted))
+        with self.db.write() as session:
+            record_audit(
+                session,
+                None,
+                Op.MAINTENANCE_RECOUNT,
+                details={"users": len(ids), "off": [drift.as_dict() for drift in drifts[:100]]},
+            )
+        return drifts
 
     def open_content(self, view: NodeView) -> BinaryIO:
         """A seekable reader of a file's current bytes (empty for a file with no version yet).
@@ -744,10 +792,10 @@ def _trash(
     node = live_node(session, node_id)
     if node.parent_id is None:
         raise Conflict("the root of a space cannot be deleted")
+    if node.space == Space.HOME.value:  # what it and everything below it held stops counting
+        add_home_bytes(session, node.owner_id, node.space, -bytes_below(session, node.id))
     node.deleted_at = utcnow()
     node.deleted_by = actor.user_id
-    if not node.is_folder:  # a folder's files keep counting; usage subtracts what it hides
-        add_home_bytes(session, node.owner_id, node.space, -node.size)
     session.flush()
     details: dict[str, object] = {"name": node.name}
     if overwritten:
@@ -819,9 +867,10 @@ def _make_current(
 
 
 def add_home_bytes(session: Session, owner_id: uuid.UUID, space: str, delta: int) -> None:
-    """Keep ``users.home_bytes`` (see ``space_usage``) when files of a space, not themselves
-    in the trash, appear, go or change size by ``delta`` bytes in all (only an owner's own
-    space counts)."""
+    """Keep ``users.home_bytes``, the bytes of the live files of a user's own space (quota
+    usage), when files there appear, change size, go to the trash or come back: ``delta``
+    bytes in all. Every change calls this in its own transaction (or ``_make_current``);
+    ``recount_usage`` repairs a total that a bug or a hand-edited database put off."""
     if delta and space == Space.HOME.value:
         session.execute(_ADD_HOME_BYTES, {"owner_id": owner_id, "delta": delta})
 
@@ -958,30 +1007,49 @@ _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
 def _live_below(start: sa.Select[Any], name: str) -> sa.CTE:
     """The nodes ``start`` selects and, recursively, every live child of each (a node in the
     trash hides what is below it). ``start`` selects ``id`` last; the columns before it (such
-    as a ``start_id``) are carried down to every descendant."""
-    nodes = start.cte(name, recursive=True)
-    carried = [column for column in nodes.c if column.key != "id"]
+    as a ``start_id``) are carried down to every descendant. Each row also has the node's own
+    ``kind`` and ``size``: summing over the walk then needs no join back to ``nodes``, which
+    both engines' planners did with a scan of the whole table."""
+    nodes = start.add_columns(_n.c.kind, _n.c.size).cte(name, recursive=True)
+    carried = [column for column in nodes.c if column.key not in ("id", "kind", "size")]
     return nodes.union_all(
-        sa.select(*carried, _n.c.id).where(_n.c.parent_id == nodes.c.id, _n.c.deleted_at.is_(None))
+        sa.select(*carried, _n.c.id, _n.c.kind, _n.c.size).where(
+            _n.c.parent_id == nodes.c.id, _n.c.deleted_at.is_(None)
+        )
     )
+
+
+def _files_bytes(walk: sa.CTE) -> sa.ColumnElement[Any]:
+    """SUM of the sizes of the files in a ``_live_below`` walk (NULL when it holds none)."""
+    return sa.func.sum(sa.case((walk.c.kind == NodeKind.FILE.value, walk.c.size)))
 
 
 def _subtree_size_statement() -> sa.Select[Any]:
     """SUM of file sizes below :root_id, walking live nodes only (a deleted folder hides all)."""
-    tree_ids = _live_below(
+    tree = _live_below(
         sa.select(_n.c.id).where(
             _n.c.id == sa.bindparam("root_id", type_=sa.Uuid), _n.c.deleted_at.is_(None)
         ),
         "tree_ids",
     )
-    return (
-        sa.select(sa.func.sum(_n.c.size))
-        .select_from(_n.join(tree_ids, tree_ids.c.id == _n.c.id))
-        .where(_n.c.kind == NodeKind.FILE.value)
-    )
+    return sa.select(_files_bytes(tree))
 
 
 _SUBTREE_SIZE = _subtree_size_statement()
+# The same below a node that may itself be in the trash (what restoring it brings back).
+_BYTES_BELOW = sa.select(
+    _files_bytes(
+        _live_below(
+            sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid)),
+            "below_any",
+        )
+    )
+)
+
+
+def bytes_below(session: Session, node_id: uuid.UUID) -> int:
+    """Bytes of the live files at and below a node, which itself may be in the trash."""
+    return int(session.scalar(_BYTES_BELOW, {"root_id": node_id}) or 0)
 
 
 def _child_folder_sizes_statement() -> sa.Select[Any]:
@@ -995,12 +1063,7 @@ def _child_folder_sizes_statement() -> sa.Select[Any]:
         ),
         "below",
     )
-    files = sa.and_(_n.c.id == below.c.id, _n.c.kind == NodeKind.FILE.value)
-    return (
-        sa.select(below.c.start_id, sa.func.sum(_n.c.size).label("size"))
-        .select_from(below.outerjoin(_n, files))
-        .group_by(below.c.start_id)
-    )
+    return sa.select(below.c.start_id, _files_bytes(below).label("size")).group_by(below.c.start_id)
 
 
 _CHILD_FOLDER_SIZES = _child_folder_sizes_statement()
@@ -1016,39 +1079,34 @@ _DEAD_OF_CHILDREN = (
 
 
 def space_usage(conn: Session | sa.Connection, owner_id: uuid.UUID) -> int:
-    """Bytes of the live files in a user's own space (what counts against their quota)."""
+    """Bytes of the live files in a user's own space (what counts against their quota): the
+    running total ``users.home_bytes``, so nothing is summed or walked here (that took 23 ms
+    for 100,000 files, and seconds with a trash to subtract)."""
     return int(conn.execute(_SPACE_USAGE, {"owner_id": owner_id}).scalar() or 0)
 
 
-def _space_usage_statement() -> sa.Select[Any]:
-    """The live files of a user's space, summed without walking the tree (that took 0.4 s for
-    100,000 files) or even reading them: the running total of every file of the space not
-    itself in the trash (``users.home_bytes``), less those below a folder that is. The walk
-    goes only through trashed folders' contents, each reached once, from its nearest trashed
-    ancestor."""
-    owner = sa.bindparam("owner_id", type_=sa.Uuid)
-    of_space = (_n.c.owner_id == owner, _n.c.space == Space.HOME.value)
-    files = (_n.c.kind == NodeKind.FILE.value, _n.c.deleted_at.is_(None))
-    flagged = sa.select(_u.c.home_bytes).where(_u.c.id == owner)
-    hidden_ids = _live_below(
-        sa.select(_n.c.id).where(*of_space, _n.c.deleted_at.is_not(None)), "hidden"
-    )
-    hidden = (
-        sa.select(sa.func.coalesce(sa.func.sum(_n.c.size), 0))
-        .select_from(_n.join(hidden_ids, hidden_ids.c.id == _n.c.id))
-        .where(*files)
-    )
-    return sa.select(sa.func.coalesce(flagged.scalar_subquery(), 0) - hidden.scalar_subquery())
-
-
-_SPACE_USAGE = _space_usage_statement()
-# What ``users.home_bytes`` should hold: the sum it keeps, from the rows (``recount_usage``).
-_HOME_BYTES_COUNTED = sa.select(sa.func.coalesce(sa.func.sum(_n.c.size), 0)).where(
-    _n.c.owner_id == sa.bindparam("owner_id", type_=sa.Uuid),
-    _n.c.space == Space.HOME.value,
-    _n.c.kind == NodeKind.FILE.value,
-    _n.c.deleted_at.is_(None),
+# Quota usage: the running total every change keeps (see ``add_home_bytes``).
+_SPACE_USAGE = sa.select(sa.func.coalesce(_u.c.home_bytes, 0)).where(
+    _u.c.id == sa.bindparam("owner_id", type_=sa.Uuid)
 )
+
+
+def _home_bytes_counted_statement() -> sa.Select[Any]:
+    """What ``users.home_bytes`` should hold, from the rows: the live files below the user's
+    own root, walked (``recount_usage``)."""
+    tree = _live_below(
+        sa.select(_n.c.id).where(
+            _n.c.owner_id == sa.bindparam("owner_id", type_=sa.Uuid),
+            _n.c.parent_id.is_(None),
+            _n.c.space == Space.HOME.value,
+            _n.c.deleted_at.is_(None),
+        ),
+        "home_tree",
+    )
+    return sa.select(sa.func.coalesce(_files_bytes(tree), 0))
+
+
+_HOME_BYTES_COUNTED = _home_bytes_counted_statement()
 _GROUP_ROOT = sa.select(_n.c.id).where(
     _n.c.group_id == sa.bindparam("group_id", type_=sa.Uuid),
     _n.c.parent_id.is_(None),

@@ -42,11 +42,17 @@ from sqlalchemy.orm import Session
 from davserver.db import Base, Database
 from davserver.db.types import utcnow
 from davserver.errors import Conflict, Forbidden, NotFound
-from davserver.models import Node, NodeKind, Op, Space
+from davserver.models import Node, Op, Space
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.files import FileService, add_home_bytes, check_quota, view_of
+from davserver.services.files import (
+    FileService,
+    add_home_bytes,
+    bytes_below,
+    check_quota,
+    view_of,
+)
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.tree import NodeView, check_name, name_key
@@ -231,13 +237,12 @@ class TrashService:
             )
             if taken is not None:
                 raise Conflict(f"cannot restore to {where}: that name is taken; choose another")
-            if parent.group_id is None and session.scalar(_QUOTA, {"user_id": parent.owner_id}):
-                growth = session.scalar(_RESTORED_SIZE, {"root_id": node.id}) or 0
-                check_quota(session, parent.owner_id, int(growth))
+            if parent.group_id is None:  # what comes back counts against the owner's quota
+                growth = bytes_below(session, node.id)
+                check_quota(session, parent.owner_id, growth)
+                add_home_bytes(session, node.owner_id, node.space, growth)
             before = {"parent_id": str(node.parent_id), "name": node.name}
             deleted_at = node.deleted_at
-            if deleted_at is not None and not node.is_folder:  # (a folder's files count still)
-                add_home_bytes(session, node.owner_id, node.space, node.size)
             node.deleted_at = None
             node.deleted_by = None
             node.parent_id = parent.id
@@ -286,9 +291,7 @@ class TrashService:
 
         def work(session: Session) -> int:
             row = session.execute(
-                sa.select(_n.c.name, _n.c.deleted_at, _n.c.owner_id, _n.c.space)
-                .where(_n.c.id == node_id)
-                .with_for_update()
+                sa.select(_n.c.name, _n.c.deleted_at).where(_n.c.id == node_id).with_for_update()
             ).first()
             if row is None or row.deleted_at is None:
                 raise NotFound("that item is not in the trash")
@@ -311,8 +314,6 @@ class TrashService:
                     "reason": reason,
                 },
             )
-            counted = session.scalar(_COUNTED_BELOW, {"root_id": node_id}) or 0
-            add_home_bytes(session, row.owner_id, row.space, -int(counted))
             session.execute(sa.delete(_n).where(_n.c.id == node_id))
             return int(nodes)
 
@@ -431,27 +432,11 @@ def _locations(conn: sa.Connection, folder_ids: list[uuid.UUID | None]) -> dict[
     return {start: "/".join([top, *names.get(start, [])]) for start, top in tops.items()}
 
 
-def _all_below() -> sa.CTE:
-    """:root_id and every node below it, deleted or not."""
-    sub = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
-    below = sub.cte("below", recursive=True)
-    return below.union_all(sa.select(_n.c.id).where(_n.c.parent_id == below.c.id))
-
-
-def _counted_below() -> sa.Select[Any]:
-    """Bytes at and below :root_id that ``users.home_bytes`` counts: the files not themselves
-    deleted (below a deleted folder, they still count there)."""
-    below = _all_below()
-    return (
-        sa.select(sa.func.sum(_n.c.size))
-        .select_from(_n.join(below, below.c.id == _n.c.id))
-        .where(_n.c.kind == NodeKind.FILE.value, _n.c.deleted_at.is_(None))
-    )
-
-
 def _subtree_counts() -> sa.Select[int, int, int]:
     """(nodes, versions, pinned versions) at and below :root_id, deleted or not."""
-    below = _all_below()
+    sub = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
+    below = sub.cte("below", recursive=True)
+    below = below.union_all(sa.select(_n.c.id).where(_n.c.parent_id == below.c.id))
     return sa.select(
         sa.func.count(sa.distinct(below.c.id)),
         sa.func.count(sa.distinct(_v.c.id)),
@@ -463,28 +448,9 @@ def _subtree_counts() -> sa.Select[int, int, int]:
     )
 
 
-def _restored_size() -> sa.Select[Any]:
-    """Bytes of the live files at and below :root_id, which itself may be deleted."""
-    sub = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
-    below = sub.cte("restored", recursive=True)
-    below = below.union_all(
-        sa.select(_n.c.id).where(_n.c.parent_id == below.c.id, _n.c.deleted_at.is_(None))
-    )
-    return (
-        sa.select(sa.func.sum(_n.c.size))
-        .select_from(_n.join(below, below.c.id == _n.c.id))
-        .where(_n.c.kind == NodeKind.FILE.value)
-    )
-
-
 _n = Base.metadata.tables["nodes"]
 _v = Base.metadata.tables["file_versions"]
 _users = Base.metadata.tables["users"]
 _groups = Base.metadata.tables["groups"]
 _items_t = Base.metadata.tables["package_items"]
 _SUBTREE_COUNTS = _subtree_counts()
-_COUNTED_BELOW = _counted_below()
-_QUOTA = sa.select(_users.c.quota_bytes).where(
-    _users.c.id == sa.bindparam("user_id", type_=sa.Uuid)
-)
-_RESTORED_SIZE = _restored_size()

@@ -435,7 +435,7 @@ def test_the_running_total_follows_every_change_to_a_space(
     check(189)
     docs2 = service.resolve(home.id, ["docs2"])
     assert docs2 is not None
-    service.delete(actor, docs2.id)  # a folder to the trash: its file still counts in the total
+    service.delete(actor, docs2.id)  # a folder to the trash, and its file with it
     check(149)
     trash.restore(actor, a.id, docs, "a.txt", where="/docs/a.txt")  # a file back
     check(249)
@@ -454,6 +454,13 @@ def test_the_running_total_follows_every_change_to_a_space(
     service.delete(actor, folder.id)
     trash.purge(actor, folder.id)  # a folder holding a live file and a trashed one
     check(189)
+    back = service.create_folder(actor, home, "back")
+    put(service, actor, back, "one.txt", b"1" * 11)
+    put(service, actor, service.create_folder(actor, back, "deeper"), "two.txt", b"2" * 22)
+    service.delete(actor, back.id)
+    check(189)
+    trash.restore(actor, back.id, home, "back", where="/back")  # a folder back, all below it
+    check(222)
 
 
 def test_migration_0005_fills_the_running_total_from_the_rows(
@@ -464,11 +471,10 @@ def test_migration_0005_fills_the_running_total_from_the_rows(
     trashed = put(service, actor, home, "trashed.txt", b"t" * 500)
     put(service, actor, home, "top.txt", b"x" * 3)
     service.delete(actor, trashed.id)
-    service.delete(actor, folder.id)  # its file counts in the total; usage subtracts it
+    service.delete(actor, folder.id)  # and with it its file
     downgrade(database, "0004")
     upgrade(database)
     users = Base.metadata.tables["users"]
     with database.connect() as conn:
         kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
-    assert kept == 73
-    assert service.usage(actor.user_id)[0] == 3
+    assert kept == service.usage(actor.user_id)[0] == 3

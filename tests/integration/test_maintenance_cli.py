@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from davserver.blobstore import FileSystemBlobStore
 from davserver.cli import main
 from davserver.commands import common as commands
-from davserver.db import Database
+from davserver.db import Base, Database
 from davserver.models import LogEntry
 from tests.blobs import loose_blob, path_of
 
@@ -136,3 +136,21 @@ def test_bad_arguments_are_refused(run: Any) -> None:
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
         run("gc", "--grace", "-5")
+
+
+def test_recount_fixes_a_running_total_that_is_off(run: Any, db_url: str) -> None:
+    run("gc", "--json")  # creates the schema and the first admin
+    status, _, _ = run("user", "create", "carla", "--json")
+    assert status == 0
+    db = Database(db_url)
+    try:
+        users = Base.metadata.tables["users"]
+        with db.write() as session:
+            session.execute(users.update().where(users.c.username == "carla").values(home_bytes=7))
+    finally:
+        db.dispose()
+    status, report, _ = run("recount", "--json")
+    assert status == 0 and report["off"] == [{"username": "carla", "kept": 7, "counted": 0}]
+    status, text, _ = run("recount", "--user", "carla")
+    assert status == 0 and text.strip() == "recounted; all were right"
+    assert logged_ops(db_url)[-2:] == ["maintenance:recount"] * 2
