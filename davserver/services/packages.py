@@ -295,13 +295,8 @@ class PackageService:
         path = name_key(path.strip("/"))
         now = utcnow()
         with self.db.write() as session:
-            self._lock_live(session, package, now)
-            rows = session.execute(
-                sa.select(_pi.c.id, _pi.c.path_in_archive).where(_pi.c.package_id == package.id)
-            ).all()
-            ids = [row.id for row in rows if path and _at_or_below(row.path_in_archive, path)]
-            if not ids:
-                raise NotFound(f"nothing at {path!r} in package {package.name!r}")
+            _rows, at = self._items_at(session, package, path, now)
+            ids = [row.id for row in at]
             session.execute(sa.delete(_pi).where(_pi.c.id.in_(ids)))
             session.execute(sa.update(_p).where(_p.c.id == package.id).values(modified_at=now))
             record_audit(
@@ -336,17 +331,8 @@ class PackageService:
             raise Conflict(f"cannot move {path!r} into itself")
         now = utcnow()
         with self.db.write() as session:
-            self._lock_live(session, package, now)
-            rows = session.execute(
-                sa.select(_pi.c.id, _pi.c.path_in_archive).where(_pi.c.package_id == package.id)
-            ).all()
-            moved = {
-                row.id: new_path + row.path_in_archive[len(path) :]
-                for row in rows
-                if path and _at_or_below(row.path_in_archive, path)
-            }
-            if not moved:
-                raise NotFound(f"nothing at {path!r} in package {package.name!r}")
+            rows, at = self._items_at(session, package, path, now)
+            moved = {row.id: new_path + row.path_in_archive[len(path) :] for row in at}
             stay = [row for row in rows if row.id not in moved]
             replaced = [r.id for r in stay if replace and _at_or_below(r.path_in_archive, new_path)]
             kept = [r.path_in_archive for r in stay if r.id not in replaced]
@@ -412,6 +398,22 @@ class PackageService:
             if old.expires_at is None or old.expires_at > now:
                 raise Conflict(f"there is a package {key!r} already")
             self._delete_row(session, actor, old.id, key, reason="expired")
+
+    def _items_at(
+        self, session: Session, package: PackageView, path: str, now: dt.datetime
+    ) -> tuple[list[Any], list[Any]]:
+        """Lock the live package (``_lock_live``); (all its items, those at or below
+        ``path``), or NotFound when nothing is there."""
+        self._lock_live(session, package, now)
+        rows = list(
+            session.execute(
+                sa.select(_pi.c.id, _pi.c.path_in_archive).where(_pi.c.package_id == package.id)
+            )
+        )
+        at = [row for row in rows if path and _at_or_below(row.path_in_archive, path)]
+        if not at:
+            raise NotFound(f"nothing at {path!r} in package {package.name!r}")
+        return rows, at
 
     def _lock_live(self, session: Session, package: PackageView, now: dt.datetime) -> Any:
         """Serialize changes to one package (PostgreSQL: its row; SQLite: the write lock);

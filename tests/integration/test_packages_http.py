@@ -360,39 +360,30 @@ def test_move_refusals_change_nothing(server: InprocServer, alice: User) -> None
     pinned_package(alice, "fixed")
     alice.mkcol("/packages/other/")
     before = zip_contents(alice, "fixed")
-    refused = {
-        "to another package": (alice.move("/packages/fixed/a.txt", "/packages/other/a.txt"), 403),
-        "a folder to /files/": (alice.move("/packages/fixed/docs/", "/files/docs2/"), 403),
-        "to the manifest's name": (
-            alice.move("/packages/fixed/a.txt", f"/packages/fixed/{MANIFEST_NAME}"),
+    refused = [  # (what, source, destination, status)
+        ("to another package", "/packages/fixed/a.txt", "/packages/other/a.txt", 403),
+        ("a folder to /files/", "/packages/fixed/docs/", "/files/docs2/", 403),
+        (
+            "to the manifest's name",
+            "/packages/fixed/a.txt",
+            f"/packages/fixed/{MANIFEST_NAME}",
             400,
         ),
-        "onto a name taken but for case": (
-            alice.move("/packages/fixed/a.txt", "/packages/fixed/RÉSUMÉ.txt"),
+        (
+            "onto a name taken but for case",
+            "/packages/fixed/a.txt",
+            "/packages/fixed/RÉSUMÉ.txt",
             400,
         ),
-        "a file onto a folder's path": (
-            alice.move("/packages/fixed/a.txt", "/packages/fixed/DOCS"),
-            400,
-        ),
-        "into a folder that is not there": (
-            alice.move("/packages/fixed/a.txt", "/packages/fixed/none/a.txt"),
-            409,
-        ),
-        "a folder into itself": (
-            alice.move("/packages/fixed/docs/", "/packages/fixed/docs/sub/docs/"),
-            403,
-        ),
-        "the zip": (alice.move("/packages/fixed.zip", "/packages/renamed.zip"), 403),
-        "a package into a package": (alice.move("/packages/fixed/", "/packages/other/x/"), 403),
-        "a sub-folder out to /packages/": (
-            alice.move("/packages/fixed/docs/", "/packages/d/"),
-            403,
-        ),
-    }
-    assert {what: r.status for what, (r, _) in refused.items()} == {
-        what: status for what, (_, status) in refused.items()
-    }
+        ("a file onto a folder's path", "/packages/fixed/a.txt", "/packages/fixed/DOCS", 400),
+        ("into a missing folder", "/packages/fixed/a.txt", "/packages/fixed/none/a.txt", 409),
+        ("a folder into itself", "/packages/fixed/docs/", "/packages/fixed/docs/sub/docs/", 403),
+        ("the zip", "/packages/fixed.zip", "/packages/renamed.zip", 403),
+        ("a package into a package", "/packages/fixed/", "/packages/other/x/", 403),
+        ("a sub-folder out to /packages/", "/packages/fixed/docs/", "/packages/d/", 403),
+    ]
+    statuses = {what: alice.move(source, dest).status for what, source, dest, _ in refused}
+    assert statuses == {what: status for what, _, _, status in refused}
     assert zip_contents(alice, "fixed") == before
     other = User(server, f"bob{uuid.uuid4().hex[:6]}")
     assert other.move("/packages/fixed/a.txt", "/packages/fixed/b.txt").status == 404
