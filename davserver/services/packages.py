@@ -266,23 +266,18 @@ class PackageService:
             for pin in pins:
                 pin.update(id=uuid.uuid4(), package_id=package.id, added_at=now)
             session.execute(sa.insert(_pi), pins)
-            session.execute(sa.update(_p).where(_p.c.id == package.id).values(modified_at=now))
-            record_audit(
+            _items_changed(
                 session,
                 actor,
+                package,
+                now,
                 Op.PACKAGE_ITEM_ADD,
                 node_id=node.id,
                 version_id=pins[0]["version_id"] if not node.is_folder else None,
-                package_id=package.id,
-                details=_details(
-                    actor,
-                    package.name,
-                    package.id,
-                    path=prefix,
-                    files=len(pins),
-                    replaced=len(replaced) if replace else 0,
-                    paths=new_paths[:100],
-                ),
+                path=prefix,
+                files=len(pins),
+                replaced=len(replaced) if replace else 0,
+                paths=new_paths[:100],
             )
         added = set(new_paths)
         fresh = self.get(package.created_by, package.name)
@@ -298,13 +293,8 @@ class PackageService:
             _rows, at = self._items_at(session, package, path, now)
             ids = [row.id for row in at]
             session.execute(sa.delete(_pi).where(_pi.c.id.in_(ids)))
-            session.execute(sa.update(_p).where(_p.c.id == package.id).values(modified_at=now))
-            record_audit(
-                session,
-                actor,
-                Op.PACKAGE_ITEM_REMOVE,
-                package_id=package.id,
-                details=_details(actor, package.name, package.id, path=path, files=len(ids)),
+            _items_changed(
+                session, actor, package, now, Op.PACKAGE_ITEM_REMOVE, path=path, files=len(ids)
             )
         return len(ids)
 
@@ -345,21 +335,16 @@ class PackageService:
                 .values(path_in_archive=sa.bindparam("b_path")),
                 [{"b_id": item_id, "b_path": moved_path} for item_id, moved_path in moved.items()],
             )
-            session.execute(sa.update(_p).where(_p.c.id == package.id).values(modified_at=now))
-            record_audit(
+            _items_changed(
                 session,
                 actor,
+                package,
+                now,
                 Op.PACKAGE_ITEM_MOVE,
-                package_id=package.id,
-                details=_details(
-                    actor,
-                    package.name,
-                    package.id,
-                    path=path,
-                    to=new_path,
-                    files=len(moved),
-                    replaced=len(replaced),
-                ),
+                path=path,
+                to=new_path,
+                files=len(moved),
+                replaced=len(replaced),
             )
         return len(moved)
 
@@ -562,6 +547,31 @@ def _require_write(actor: Actor | None) -> None:
 def _require_creator(ctx: AccessContext, package: PackageView) -> None:
     if ctx.actor.user_id != package.created_by:
         raise NotFound(f"no package {package.name!r}")
+
+
+def _items_changed(
+    session: Session,
+    actor: Actor | None,
+    package: PackageView,
+    now: dt.datetime,
+    op: Op,
+    *,
+    node_id: uuid.UUID | None = None,
+    version_id: uuid.UUID | None = None,
+    **details: Any,
+) -> None:
+    """After items were added, removed or moved: the package changed ``now`` (its zip's
+    Last-Modified), and the logbook row of ``op``."""
+    session.execute(sa.update(_p).where(_p.c.id == package.id).values(modified_at=now))
+    record_audit(
+        session,
+        actor,
+        op,
+        node_id=node_id,
+        version_id=version_id,
+        package_id=package.id,
+        details=_details(actor, package.name, package.id, **details),
+    )
 
 
 def _check_item_paths(kept: list[str], new_paths: list[str]) -> None:
