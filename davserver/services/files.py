@@ -203,7 +203,9 @@ class FileService:
                 counted = int(session.scalar(_HOME_BYTES_COUNTED, {"owner_id": user_id}) or 0)
                 if counted != row.home_bytes:
                     session.execute(
-                        _u.update().where(_u.c.id == user_id).values(home_bytes=counted)
+                        _u.update()
+                        .where(_u.c.id == user_id)
+                        .values(home_bytes=counted, updated_at=_u.c.updated_at)
                     )
                     drifts.append(UsageDrift(row.username, row.home_bytes, counted))
         with self.db.write() as session:
@@ -308,8 +310,9 @@ class FileService:
             if current is None:
                 if expected_version_id is not None:
                     raise PreconditionFailed("the file no longer exists")
+                now = utcnow()
                 node_id = insert_child(
-                    session, parent.id, name, NodeKind.FILE, mime=mime, known_free=True
+                    session, parent.id, name, NodeKind.FILE, mime=mime, known_free=True, now=now
                 )
                 if blob.size == 0:
                     record_audit(
@@ -324,6 +327,7 @@ class FileService:
                     blob.size,
                     mime,
                     first=True,
+                    now=now,
                 )
                 self._ensure_stored(session, blob)
                 record_audit(
@@ -339,7 +343,26 @@ class FileService:
                         "sha256": blob.sha256,
                     },
                 )
-                return view_of(session, node_id), True
+                # Every column of the new file is known here: no need to read it back.
+                return NodeView(
+                    id=node_id,
+                    parent_id=parent.id,
+                    name=name,
+                    kind=NodeKind.FILE.value,
+                    owner_id=parent.owner_id,
+                    group_id=parent.group_id,
+                    size=blob.size,
+                    mtime=None,
+                    created_at=now,
+                    modified_at=now,
+                    mime_type=mime,
+                    current_version_id=version_id,
+                    version_no=version_no,
+                    sha256=blob.sha256,
+                    md5=blob.md5,
+                    sha1=blob.sha1,
+                    storage_key=blob.storage_key,
+                ), True
             node_id, kind, current_version_id, current_sha, _size = current
             if kind != NodeKind.FILE:
                 raise Conflict(f"{name!r} is a folder")
@@ -418,13 +441,15 @@ class FileService:
         mime: str | None,
         *,
         first: bool = False,
+        now: dt.datetime | None = None,
     ) -> tuple[uuid.UUID, int]:
-        """Insert the next version of a file (locked by the caller) and make it current."""
+        """Insert the next version of a file (locked by the caller) and make it current, as of
+        ``now`` (default: the present)."""
         version_no = (
             1 if first else (session.scalar(_LAST_VERSION_NO, {"node_id": node_id}) or 0) + 1
         )
         version_id = uuid.uuid4()
-        now = utcnow()
+        now = now or utcnow()
         session.execute(
             _INSERT_VERSION,
             {
@@ -811,8 +836,10 @@ def insert_child(
     *,
     mime: str | None = None,
     known_free: bool = False,
+    now: dt.datetime | None = None,
 ) -> uuid.UUID:
-    """Insert a child that inherits owner, space and group from its live parent folder.
+    """Insert a child that inherits owner, space and group from its live parent folder,
+    created ``now`` (default: the present).
 
     Raises AlreadyExists when a live sibling has the name (``known_free``: the caller just
     looked), Conflict when the parent is gone.
@@ -833,7 +860,7 @@ def insert_child(
             "key": key,
             "kind": kind.value,
             "mime": mime,
-            "now": utcnow(),
+            "now": now or utcnow(),
         },
     )
     if inserted.first() is None:
@@ -965,10 +992,14 @@ _SET_CURRENT = (
     )
 )
 _u = Base.metadata.tables["users"]
+# Usage is not a change to the account: users.updated_at (an onupdate column) stays as it was.
 _ADD_HOME_BYTES = (
     _u.update()
     .where(_u.c.id == sa.bindparam("owner_id", type_=sa.Uuid))
-    .values(home_bytes=_u.c.home_bytes + sa.bindparam("delta", type_=sa.BigInteger))
+    .values(
+        home_bytes=_u.c.home_bytes + sa.bindparam("delta", type_=sa.BigInteger),
+        updated_at=_u.c.updated_at,
+    )
 )
 # A file about to get a new size: its owner's total moves by the difference, if the file is in
 # the owner's own space and not itself in the trash (a file in a group space counts nowhere).
@@ -990,7 +1021,8 @@ _HOME_BYTES_FOLLOW = (
         + sa.bindparam("size", type_=sa.BigInteger)
         - sa.select(_file.c.size)
         .where(_file.c.id == sa.bindparam("node_id", type_=sa.Uuid))
-        .scalar_subquery()
+        .scalar_subquery(),
+        updated_at=_u.c.updated_at,
     )
 )
 _LIVE_CHILD = sa.select(_n.c.id).where(

@@ -18,6 +18,7 @@ from davserver.db.migrate import downgrade, upgrade
 from davserver.errors import AlreadyExists, Conflict, InvalidName, PreconditionFailed
 from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node
 from davserver.services import files as files_module
+from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.trash import TrashService
@@ -395,11 +396,18 @@ def test_the_running_total_follows_every_change_to_a_space(
     history = VersionService(database, service)
     users = Base.metadata.tables["users"]
 
+    def account_updated() -> object:
+        with database.connect() as conn:
+            return conn.scalar(sa.select(users.c.updated_at).where(users.c.id == actor.user_id))
+
+    updated = account_updated()
+
     def check(expected: int) -> None:
         with database.connect() as conn:
             kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
             counted = conn.scalar(files_module._HOME_BYTES_COUNTED, {"owner_id": actor.user_id})
         assert kept == counted
+        assert account_updated() == updated  # usage is not a change to the account
         assert service.usage(actor.user_id)[0] == service.subtree_size(home.id) == expected
 
     def entry(name: str) -> uuid.UUID:
@@ -478,3 +486,29 @@ def test_migration_0005_fills_the_running_total_from_the_rows(
     with database.connect() as conn:
         kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
     assert kept == service.usage(actor.user_id)[0] == 3
+
+
+def test_a_new_files_view_is_what_reading_it_back_gives(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """A new file's view is built from what the upload wrote, not read back: it must equal
+    the stored row, whatever the name, type or space."""
+    with database.write() as session:
+        group = Group(name=f"g-{uuid.uuid4().hex[:6]}")
+        session.add(group)
+        session.flush()
+        group_id = group.id
+    group_root = service.resolve(service.group_root_id(group_id, actor.user_id), [])
+    assert group_root is not None
+    cases = [
+        (home, "plain.bin", None),
+        (home, "Re\u0301sume\u0301 \u2603.txt", "text/plain"),  # decomposed, as macOS sends
+        (group_root, "shared.png", "image/png"),
+    ]
+    for parent, name, content_type in cases:
+        view, created = service.commit_upload(
+            actor, parent, name, store(service, name.encode() * 3), content_type=content_type
+        )
+        assert created
+        with database.connect() as conn:
+            assert view == tree.get_node(conn, view.id), name
