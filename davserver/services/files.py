@@ -31,7 +31,7 @@ from davserver.errors import (
     PreconditionFailed,
     QuotaExceeded,
 )
-from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space, User
+from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space
 from davserver.services import tree, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
@@ -158,36 +158,33 @@ class FileService:
         if into.group_id is not None:
             return None
         owner_id = into.owner_id
-        # The actor's own quota was read with their credentials, this request.
-        quota = actor.quota_bytes if owner_id == actor.user_id else self._quota(owner_id)
+        own = owner_id == actor.user_id
+        if own and actor.quota_bytes is None:
+            return None
+        used, quota = self.usage(owner_id)
+        if own:  # the actor's own quota was read with their credentials, this request
+            quota = actor.quota_bytes
         if quota is None:
             return None
-        used = self._used(owner_id)
         return max(0, quota - used + (replacing.size if replacing else 0))
-
-    def _used(self, owner_id: uuid.UUID) -> int:
-        with self.db.connect() as conn:
-            return space_usage(conn, owner_id)
-
-    def _quota(self, owner_id: uuid.UUID) -> int | None:
-        with self.db.connect() as conn:
-            return conn.execute(_QUOTA, {"owner_id": owner_id}).scalar_one_or_none()
 
     def usage(self, owner_id: uuid.UUID) -> tuple[int, int | None]:
         """(bytes used, quota in bytes or None for unlimited) of a user's own space.
 
         Usage is logical: the sizes of the user's current files, whatever dedup saves.
         """
-        return self._used(owner_id), self._quota(owner_id)
+        with self.db.connect() as conn:
+            return _usage(conn.execute(_USAGE, {"owner_id": owner_id}).first())
 
     def recount_usage(self, owner_id: uuid.UUID | None = None) -> list[UsageDrift]:
-        """Set each user's running total (``users.home_bytes``, see ``space_usage``), or only
+        """Set each user's running total (``users.home_bytes``, see ``add_home_bytes``), or only
         ``owner_id``'s, from the rows; the users whose total was off. One transaction per user,
         holding their row, so a change committing meanwhile is counted exactly once. Every
         change keeps the total, so this finds drift only after a bug or a hand-edited database.
         Writes one logbook row."""
-        ids = [owner_id] if owner_id is not None else None
-        if ids is None:
+        if owner_id is not None:
+            ids = [owner_id]
+        else:
             with self.db.connect() as conn:
                 ids = list(conn.scalars(sa.select(_u.c.id).order_by(_u.c.username)))
         drifts = []
@@ -200,7 +197,8 @@ class FileService:
                 ).first()
                 if row is None:
                     continue
-                counted = int(session.scalar(_HOME_BYTES_COUNTED, {"owner_id": user_id}) or 0)
+                home = tree.home_root(session, user_id)
+                counted = bytes_below(session, home.id) if home is not None else 0
                 if counted != row.home_bytes:
                     session.execute(
                         _u.update()
@@ -907,10 +905,9 @@ def check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
 
     On PostgreSQL the owner's row is locked, so two uploads cannot both take the last bytes.
     """
-    quota = session.execute(_QUOTA.with_for_update(), {"owner_id": owner_id}).scalar_one_or_none()
+    used, quota = _usage(session.execute(_USAGE.with_for_update(), {"owner_id": owner_id}).first())
     if quota is None or growth <= 0:
         return
-    used = space_usage(session, owner_id)
     if used + growth > quota:
         raise QuotaExceeded(
             f"this upload needs {growth} more bytes; {max(0, quota - used)} of the quota are left"
@@ -1056,30 +1053,21 @@ def _files_bytes(walk: sa.CTE) -> sa.ColumnElement[Any]:
     return sa.func.sum(sa.case((walk.c.kind == NodeKind.FILE.value, walk.c.size)))
 
 
-def _subtree_size_statement() -> sa.Select[Any]:
-    """SUM of file sizes below :root_id, walking live nodes only (a deleted folder hides all)."""
-    tree = _live_below(
-        sa.select(_n.c.id).where(
-            _n.c.id == sa.bindparam("root_id", type_=sa.Uuid), _n.c.deleted_at.is_(None)
-        ),
-        "tree_ids",
-    )
-    return sa.select(_files_bytes(tree))
+def _bytes_below_statement(*, root_live: bool) -> sa.Select[Any]:
+    """SUM of the sizes of the live files at and below :root_id (a deleted folder hides all
+    below it); with ``root_live``, nothing when :root_id is itself in the trash."""
+    start = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
+    if root_live:
+        start = start.where(_n.c.deleted_at.is_(None))
+    return sa.select(_files_bytes(_live_below(start, "tree_ids")))
 
 
-_SUBTREE_SIZE = _subtree_size_statement()
-# The same below a node that may itself be in the trash (what restoring it brings back).
-_BYTES_BELOW = sa.select(
-    _files_bytes(
-        _live_below(
-            sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid)),
-            "below_any",
-        )
-    )
-)
+_SUBTREE_SIZE = _bytes_below_statement(root_live=True)
+# What restoring a node from the trash brings back.
+_BYTES_BELOW = _bytes_below_statement(root_live=False)
 
 
-def bytes_below(session: Session, node_id: uuid.UUID) -> int:
+def bytes_below(session: Session | sa.Connection, node_id: uuid.UUID) -> int:
     """Bytes of the live files at and below a node, which itself may be in the trash."""
     return int(session.scalar(_BYTES_BELOW, {"root_id": node_id}) or 0)
 
@@ -1110,38 +1098,20 @@ _DEAD_OF_CHILDREN = (
 )
 
 
-def space_usage(conn: Session | sa.Connection, owner_id: uuid.UUID) -> int:
-    """Bytes of the live files in a user's own space (what counts against their quota): the
-    running total ``users.home_bytes``, so nothing is summed or walked here (that took 23 ms
-    for 100,000 files, and seconds with a trash to subtract)."""
-    return int(conn.execute(_SPACE_USAGE, {"owner_id": owner_id}).scalar() or 0)
-
-
-# Quota usage: the running total every change keeps (see ``add_home_bytes``).
-_SPACE_USAGE = sa.select(sa.func.coalesce(_u.c.home_bytes, 0)).where(
+# A user's quota and its usage: the running total every change keeps (``add_home_bytes``), so
+# nothing is summed or walked here (that took 23 ms for 100,000 files, seconds with a trash).
+_USAGE = sa.select(_u.c.home_bytes, _u.c.quota_bytes).where(
     _u.c.id == sa.bindparam("owner_id", type_=sa.Uuid)
 )
 
 
-def _home_bytes_counted_statement() -> sa.Select[Any]:
-    """What ``users.home_bytes`` should hold, from the rows: the live files below the user's
-    own root, walked (``recount_usage``)."""
-    tree = _live_below(
-        sa.select(_n.c.id).where(
-            _n.c.owner_id == sa.bindparam("owner_id", type_=sa.Uuid),
-            _n.c.parent_id.is_(None),
-            _n.c.space == Space.HOME.value,
-            _n.c.deleted_at.is_(None),
-        ),
-        "home_tree",
-    )
-    return sa.select(sa.func.coalesce(_files_bytes(tree), 0))
+def _usage(row: Any) -> tuple[int, int | None]:
+    """(bytes used, quota or None) from a ``_USAGE`` row (none for a user who is gone)."""
+    return (int(row.home_bytes), row.quota_bytes) if row is not None else (0, None)
 
 
-_HOME_BYTES_COUNTED = _home_bytes_counted_statement()
 _GROUP_ROOT = sa.select(_n.c.id).where(
     _n.c.group_id == sa.bindparam("group_id", type_=sa.Uuid),
     _n.c.parent_id.is_(None),
     _n.c.space == Space.GROUP.value,
 )
-_QUOTA = sa.select(User.quota_bytes).where(User.id == sa.bindparam("owner_id", type_=sa.Uuid))

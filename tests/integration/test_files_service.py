@@ -405,7 +405,7 @@ def test_the_running_total_follows_every_change_to_a_space(
     def check(expected: int) -> None:
         with database.connect() as conn:
             kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
-            counted = conn.scalar(files_module._HOME_BYTES_COUNTED, {"owner_id": actor.user_id})
+            counted = files_module.bytes_below(conn, home.id)
         assert kept == counted
         assert account_updated() == updated  # usage is not a change to the account
         assert service.usage(actor.user_id)[0] == service.subtree_size(home.id) == expected
