@@ -106,8 +106,7 @@ class _Base:
         the same package, as ``_check_move_within`` made sure)."""
         into = self._destination_folder(self.environ)
         assert isinstance(into, PackageFolderResource)
-        name = util.get_uri_name(dest_path.rstrip("/"))
-        new_path = f"{into.folder.prefix}/{name}" if into.folder.prefix else name
+        new_path = into.member_path(util.get_uri_name(dest_path.rstrip("/")))
         existing = self.provider.get_resource_inst(dest_path, self.environ) is not None
         with dav_errors():
             self.service.move(actor_of(self.environ), package, path, new_path, replace=existing)
@@ -181,11 +180,14 @@ class PackageFolderResource(_Base, DAVCollection):
     def get_member_names(self) -> list[str]:
         return [*self.folder.folders, *(_name(item) for item in self.folder.files)]
 
+    def member_path(self, name: str) -> str:
+        """The archive path of ``name`` in this folder."""
+        return f"{self.folder.prefix}/{name}" if self.folder.prefix else name
+
     def get_member_list(self) -> list[Any]:
         members: list[Any] = []
         for name in self.folder.folders:
-            prefix = f"{self.folder.prefix}/{name}" if self.folder.prefix else name
-            sub = folder_of(self.package, prefix)
+            sub = folder_of(self.package, self.member_path(name))
             assert sub is not None  # listed because items are below it
             sub_path = util.join_uri(self.path, name)
             members.append(PackageFolderResource(sub_path, self.environ, self.service, sub))
@@ -243,7 +245,7 @@ class PackageFolderResource(_Base, DAVCollection):
             raise DAVError(HTTP_BAD_REQUEST, context_info="a folder is pinned with Depth: infinity")
         dest = util.join_uri(self.path, name)
         existing = self.provider.get_resource_inst(dest, self.environ) is not None
-        path = f"{self.folder.prefix}/{name}" if self.folder.prefix else name
+        path = self.member_path(name)
         with dav_errors():
             self.service.add(
                 actor_of(self.environ),

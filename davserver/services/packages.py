@@ -165,8 +165,9 @@ class PackageService:
         expired one of that name is deleted, as by ``create``)."""
         _require_write(actor)
         changes: dict[str, Any] = {}
-        if name is not None and check_package_name(name) != package.name:
-            changes["name"] = check_package_name(name)
+        key = check_package_name(name) if name is not None else package.name
+        if key != package.name:
+            changes["name"] = key
         if description is not None:
             changes["description"] = description
         if expires_days is not None:
