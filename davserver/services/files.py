@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from davserver.blobstore import BlobStore, StoredBlob
@@ -39,6 +39,8 @@ from davserver.services.tree import NodeView, check_name, is_client_metadata, na
 
 T = TypeVar("T")
 _RETRIES = 4
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction can run again.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +265,7 @@ class FileService:
         check_name(name)
 
         def work(session: Session) -> NodeView:
+            hold_folder(session, parent)
             node_id = insert_child(session, parent.id, name, kind)
             record_audit(session, actor, op, node_id=node_id, details={"name": name})
             return view_of(session, node_id)
@@ -303,6 +306,7 @@ class FileService:
                 _FILE_FOR_UPDATE,
                 {"parent_id": parent.id, "key": key},
             ).first()
+            hold_folder(session, parent)
             if enforce_quota:
                 check_quota(session, parent.owner_id, blob.size - (current.size if current else 0))
             if current is None:
@@ -489,13 +493,13 @@ class FileService:
         check_name(dest_name)
 
         def work(session: Session) -> None:
-            node = live_node(session, node_id)
+            node = held_node(session, node_id)
             if node.parent_id is None:
                 raise Conflict("the root of a space cannot be moved")
             if (node.owner_id, node.group_id) != (dest_parent.owner_id, dest_parent.group_id):
                 # Rows keep their space's owner (quota, trash, sharing): copy, then delete.
                 raise Forbidden("items cannot be moved between spaces; copy them instead")
-            if tree.is_descendant(session, dest_parent.id, node.id):
+            if node.id in tree.hold_chain(session, dest_parent.id):
                 raise Conflict("cannot move a folder into itself")
             if replace_id is not None and replace_id != node.id:
                 _trash(session, actor, replace_id, overwritten=True)
@@ -537,10 +541,10 @@ class FileService:
 
         def work(session: Session) -> None:
             source = live_node(session, node_id)
-            if source.is_folder and tree.is_descendant(session, dest_parent.id, source.id):
+            if source.id in tree.hold_chain(session, dest_parent.id):
                 raise Conflict("cannot copy a folder into itself")
             if replace_id is not None:
-                target = live_node(session, replace_id)
+                target = held_node(session, replace_id)
                 if not source.is_folder and not target.is_folder:
                     self._copy_onto_file(session, actor, source, target)
                     return
@@ -604,14 +608,23 @@ class FileService:
     # ---------------------------------------------------------------- helpers
 
     def run_write(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in a write transaction, again when a concurrent writer won a race."""
+        """Run ``work`` in a write transaction, again when a concurrent writer won a race: it
+        took the name first, moved a folder this one held (``tree.ChainChanged``), or, on
+        PostgreSQL, the two deadlocked (the server aborts one of them)."""
         for attempt in range(_RETRIES):
+            last = attempt == _RETRIES - 1
             try:
                 with self.db.write() as session:
                     return work(session)
             except IntegrityError as exc:
-                if attempt == _RETRIES - 1:
+                if last:
                     raise AlreadyExists("the name is taken") from exc
+            except tree.ChainChanged as exc:
+                if last:
+                    raise Conflict("the folders kept moving; try again") from exc
+            except DBAPIError as exc:
+                if last or _sqlstate(exc) not in _RETRYABLE_SQLSTATES:
+                    raise
         raise AssertionError("unreachable")
 
     def _ensure_stored(self, session: Session, blob: StoredBlob) -> None:
@@ -779,6 +792,10 @@ class FileService:
 _BATCH = 5000
 
 
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
+
+
 def _batches(items: list[T]) -> Iterator[list[T]]:
     for start in range(0, len(items), _BATCH):
         yield items[start : start + _BATCH]
@@ -808,11 +825,29 @@ def live_node(session: Session, node_id: uuid.UUID) -> Node:
     return node
 
 
+def held_node(session: Session, node_id: uuid.UUID) -> Node:
+    """``live_node``, with the folders above it held until the transaction ends
+    (``tree.hold_chain``): for a change to what the node counts for in its owner's usage (its
+    size, or whether it is live), which must not race with a folder above it going to the
+    trash."""
+    node = live_node(session, node_id)
+    if node.parent_id is not None:
+        tree.hold_chain(session, node.parent_id)
+    return node
+
+
+def hold_folder(session: Session, folder: NodeView) -> None:
+    """``tree.hold_chain`` for a change inside ``folder``; nothing to hold for a space's root,
+    which can neither move nor go to the trash."""
+    if folder.parent_id is not None:
+        tree.hold_chain(session, folder.id)
+
+
 def _trash(
     session: Session, actor: Actor, node_id: uuid.UUID, *, overwritten: bool = False
 ) -> None:
     """Move a node, and so everything below it, to the trash: one UPDATE."""
-    node = live_node(session, node_id)
+    node = held_node(session, node_id)
     if node.parent_id is None:
         raise Conflict("the root of a space cannot be deleted")
     if node.space == Space.HOME.value:  # what it and everything below it held stops counting

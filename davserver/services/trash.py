@@ -222,12 +222,17 @@ class TrashService:
             if node is None or not _hidden(session, node.id):
                 raise NotFound("that item is no longer in the trash")
             parent = session.get(Node, folder.id)
-            if parent is None or not parent.is_folder or _hidden(session, parent.id):
+            if parent is None or not parent.is_folder:
                 raise Conflict(f"cannot restore to {where}: its folder no longer exists")
+            try:
+                # Held until the restore commits: a folder above going to the trash meanwhile
+                # would not count what comes back. A folder restored into itself meets itself
+                # here too (it is in the trash).
+                tree.hold_chain(session, parent.id)
+            except Conflict:
+                raise Conflict(f"cannot restore to {where}: its folder no longer exists") from None
             if (node.owner_id, node.group_id) != (parent.owner_id, parent.group_id):
                 raise Forbidden("items can only be restored into the space they were deleted from")
-            if tree.is_descendant(session, parent.id, node.id):
-                raise Conflict("cannot restore a folder into itself")
             taken = session.scalar(
                 sa.select(_n.c.id).where(
                     _n.c.parent_id == parent.id,

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
-from davserver.errors import InvalidName
-from davserver.models import Node, NodeKind, Space
+from davserver.errors import Conflict, InvalidName
+from davserver.models import NodeKind, Space
 
 MAX_NAME_LENGTH = 255
 _SLICE = 20  # SQLite joins at most 64 tables; a slice uses 23
@@ -290,13 +290,54 @@ def list_children(session: Session | sa.Connection, folder: NodeView) -> list[No
     ]
 
 
-def is_descendant(session: Session, node_id: uuid.UUID, ancestor_id: uuid.UUID) -> bool:
-    """True when ``node_id`` is ``ancestor_id`` or lies below it."""
-    chain = (
-        sa.select(Node.id, Node.parent_id).where(Node.id == node_id).cte("chain", recursive=True)
-    )
-    chain = chain.union_all(
-        sa.select(Node.id, Node.parent_id).join(chain, Node.id == chain.c.parent_id)
-    )
-    found = session.execute(sa.select(chain.c.id).where(chain.c.id == ancestor_id)).first()
-    return found is not None
+class ChainChanged(Exception):
+    """A folder above the one being changed moved while ``hold_chain`` waited for it; the
+    transaction should be run again (``FileService.run_write`` does)."""
+
+
+_up = (
+    sa.select(_nodes.c.id, _nodes.c.parent_id)
+    .where(_nodes.c.id == sa.bindparam("folder_id", type_=sa.Uuid))
+    .cte("up", recursive=True)
+)
+_up = _up.union_all(
+    sa.select(_nodes.c.id, _nodes.c.parent_id).where(_nodes.c.id == _up.c.parent_id)
+)
+_held = _nodes.alias("held")
+# On PostgreSQL the rows are share-locked (FOR SHARE): moving or trashing one of them (both
+# lock it FOR UPDATE first) waits for the holder's commit, and the other way round; a holder
+# that waited reads the row as committed. SQLite renders no lock: its writers are serialized.
+_HOLD_CHAIN = (
+    sa.select(_held.c.id, _held.c.parent_id, _held.c.deleted_at)
+    .join_from(_held, _up, _held.c.id == _up.c.id)
+    .with_for_update(read=True, of=_held)
+)
+
+
+def hold_chain(session: Session, folder_id: uuid.UUID) -> list[uuid.UUID]:
+    """The folder and every folder above it, up to its space's root (nearest first), held for
+    the rest of the caller's write transaction: none of them can go to the trash or move
+    until it ends.
+
+    A change inside a folder takes this first, so that it cannot land in a folder that is
+    going to the trash meanwhile: the trash counts the bytes below the folder it removes when
+    it removes it (``users.home_bytes``), and a file arriving after that count would be
+    counted as live for ever. Raises Conflict when the folder, or one above it, is in the
+    trash (or gone); ChainChanged when one of them moved while this waited for it.
+    """
+    rows = {row.id: row for row in session.execute(_HOLD_CHAIN, {"folder_id": folder_id})}
+    chain: list[uuid.UUID] = []
+    current: uuid.UUID | None = folder_id
+    while current is not None:
+        row = rows.get(current)
+        if row is None:
+            if not chain:
+                raise Conflict("the folder no longer exists")
+            raise ChainChanged(f"a folder above {folder_id} moved")
+        if row.deleted_at is not None:
+            raise Conflict("the folder was deleted")
+        chain.append(current)
+        if len(chain) > len(rows):
+            raise ChainChanged(f"the folders above {folder_id} form a loop")
+        current = row.parent_id
+    return chain

@@ -34,7 +34,14 @@ from davserver.models import NodeKind, Op
 from davserver.services import version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.files import FileService, check_quota, insert_child, live_node, view_of
+from davserver.services.files import (
+    FileService,
+    check_quota,
+    held_node,
+    hold_folder,
+    insert_child,
+    view_of,
+)
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService, Reached, Virtual
 from davserver.services.tree import NodeView, check_name, name_key
@@ -206,7 +213,7 @@ class VersionService:
         actor.require_write()
 
         def work(session: Session) -> int | None:
-            node = live_node(session, target.id)
+            node = held_node(session, target.id)
             if node.is_folder:
                 raise Conflict("a version can only be restored onto a file")
             blob_id, size = _still_there(session, version)
@@ -252,6 +259,7 @@ class VersionService:
         check_name(name)
 
         def work(session: Session) -> NodeView:
+            hold_folder(session, parent)
             blob_id, size = _still_there(session, version)
             if parent.group_id is None:
                 check_quota(session, parent.owner_id, size)

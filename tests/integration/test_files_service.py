@@ -512,3 +512,117 @@ def test_a_new_files_view_is_what_reading_it_back_gives(
         assert created
         with database.connect() as conn:
             assert view == tree.get_node(conn, view.id), name
+
+
+def _kept_and_counted(database: Database, actor: Actor, home: NodeView) -> tuple[int, int]:
+    users = Base.metadata.tables["users"]
+    with database.connect() as conn:
+        kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
+        return kept, files_module.bytes_below(conn, home.id)
+
+
+def test_nothing_lands_in_a_folder_that_went_to_the_trash_after_it_was_looked_up(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """A client looks a folder up, then (before its change commits) a folder above it goes to
+    the trash. The change must not land in the trash: 409, and the running total stays true
+    (it had counted a file arriving there as live for ever)."""
+    trash = TrashService(database, service)
+    history = VersionService(database, service)
+    top = service.create_folder(actor, home, "top")
+    inner = service.create_folder(actor, top, "inner")  # looked up before the delete
+    old = put(service, actor, inner, "old.txt", b"o" * 10)  # ... as is this file
+    first = history.history(old.id)[0]
+    put(service, actor, inner, "old.txt", b"O" * 20)
+    outside = put(service, actor, home, "outside.txt", b"x" * 100)
+    binned = put(service, actor, home, "binned.txt", b"b" * 1000)
+    service.delete(actor, binned.id)
+    service.delete(actor, top.id)
+    assert _kept_and_counted(database, actor, home) == (100, 100)
+
+    changes = {
+        "a new file": lambda: put(service, actor, inner, "new.txt", b"n" * 7),
+        "a new version": lambda: put(service, actor, inner, "old.txt", b"v" * 7),
+        "a folder": lambda: service.create_folder(actor, inner, "sub"),
+        "a copy in": lambda: service.copy(actor, outside.id, inner, "copy.txt"),
+        "a move in": lambda: service.move(actor, outside.id, inner, "moved.txt"),
+        "a move out": lambda: service.move(actor, old.id, home, "out.txt"),
+        "a delete": lambda: service.delete(actor, old.id),
+        "a version restored": lambda: history.restore(actor, first, old),
+        "a version copied in": lambda: history.copy_to(actor, first, inner, "v1.txt"),
+        "a restore into it": lambda: trash.restore(
+            actor, binned.id, inner, "binned.txt", where="/top/inner/binned.txt"
+        ),
+    }
+    for what, change in changes.items():
+        with pytest.raises(Conflict):
+            change()
+        assert _kept_and_counted(database, actor, home) == (100, 100), what
+    assert service.resolve(home.id, ["outside.txt"]) is not None
+    assert count(database, Node, Node.parent_id == inner.id) == 1  # old.txt alone
+
+
+def test_an_upload_racing_the_trash_of_a_folder_above_is_refused(
+    service: FileService,
+    actor: Actor,
+    home: NodeView,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The trash has counted what it removes but not committed yet; an upload into the folder
+    meanwhile must wait for it and then be refused, not add bytes the trash did not count."""
+    top = service.create_folder(actor, home, "top")
+    inner = service.create_folder(actor, top, "inner")
+    put(service, actor, inner, "old.txt", b"o" * 10)
+    counted, go = threading.Event(), threading.Event()
+    original = files_module.add_home_bytes
+
+    def add_then_pause(session: object, *args: object) -> None:
+        original(session, *args)  # type: ignore[arg-type]
+        if threading.current_thread().name == "trash":
+            counted.set()
+            assert go.wait(30)
+
+    monkeypatch.setattr(files_module, "add_home_bytes", add_then_pause)
+    outcome: dict[str, BaseException | None] = {}
+
+    def run(name: str, work: object) -> threading.Thread:
+        def target() -> None:
+            try:
+                work()  # type: ignore[operator]
+                outcome[name] = None
+            except BaseException as exc:
+                outcome[name] = exc
+
+        thread = threading.Thread(target=target, name=name)
+        thread.start()
+        return thread
+
+    trashing = run("trash", lambda: service.delete(actor, top.id))
+    assert counted.wait(30)
+    uploading = run("upload", lambda: put(service, actor, inner, "late.txt", b"l" * 5))
+    if database.is_sqlite:
+        uploading.join(0.3)  # waits for the trash's write transaction
+    else:
+        _wait_for_a_lock_wait(database)  # on the folder the trash holds
+    assert uploading.is_alive()
+    go.set()
+    trashing.join(30)
+    uploading.join(30)
+    assert outcome["trash"] is None
+    assert isinstance(outcome["upload"], Conflict)
+    assert _kept_and_counted(database, actor, home) == (0, 0)
+
+
+def _wait_for_a_lock_wait(database: Database) -> None:
+    """Until some transaction on this PostgreSQL database waits for a row lock."""
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(300):
+        with database.connect() as conn:
+            if conn.scalar(query):
+                return
+        threading.Event().wait(0.01)
+    raise AssertionError("no transaction came to wait for a lock")
