@@ -518,6 +518,7 @@ def _kept_and_counted(database: Database, actor: Actor, home: NodeView) -> tuple
     users = Base.metadata.tables["users"]
     with database.connect() as conn:
         kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
+        assert kept is not None
         return kept, files_module.bytes_below(conn, home.id)
 
 
@@ -626,3 +627,53 @@ def _wait_for_a_lock_wait(database: Database) -> None:
                 return
         threading.Event().wait(0.01)
     raise AssertionError("no transaction came to wait for a lock")
+
+
+def test_two_folders_moved_into_each_other_at_once_never_make_a_loop(
+    service: FileService,
+    actor: Actor,
+    home: NodeView,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """x into y and y into x, each having locked its own folder before looking at the other's
+    place: one wins, the other is refused (409), and the tree stays a tree. On PostgreSQL the
+    two deadlock; the loser used to fail with the server's deadlock error (a 500) and is now
+    run again, which finds the winner's move. SQLite runs the two one after the other."""
+    x = service.create_folder(actor, home, "x")
+    y = service.create_folder(actor, home, "y")
+    both_locked = threading.Barrier(2)
+    waited: set[str] = set()  # a retry (after the deadlock) does not wait again
+    original = tree.hold_chain
+
+    def hold_after_both_locked(session: object, folder_id: uuid.UUID) -> list[uuid.UUID]:
+        me = threading.current_thread().name
+        if not database.is_sqlite and folder_id in (x.id, y.id) and me not in waited:
+            waited.add(me)
+            both_locked.wait(10)  # both moving folders are locked by now
+        return original(session, folder_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tree, "hold_chain", hold_after_both_locked)
+    outcome: dict[str, BaseException | None] = {}
+
+    def move(name: str, node: NodeView, into: NodeView) -> None:
+        try:
+            service.move(actor, node.id, into, node.name)
+            outcome[name] = None
+        except BaseException as exc:
+            outcome[name] = exc
+
+    threads = [
+        threading.Thread(target=move, args=("x", x, y), name="move-x"),
+        threading.Thread(target=move, args=("y", y, x), name="move-y"),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    refused = [name for name, exc in outcome.items() if isinstance(exc, Conflict)]
+    moved = [name for name, exc in outcome.items() if exc is None]
+    assert len(refused) == 1 and len(moved) == 1, outcome
+    # The one moved is reachable from the home folder, inside the other.
+    outer, inner = ("y", "x") if moved == ["x"] else ("x", "y")
+    assert service.resolve(home.id, [outer, inner]) is not None
