@@ -302,10 +302,7 @@ class FileService:
 
         def work(session: Session) -> tuple[NodeView, bool]:
             # Core statements: this is the hottest write path (every small-file PUT).
-            current = session.execute(
-                _FILE_FOR_UPDATE,
-                {"parent_id": parent.id, "key": key},
-            ).first()
+            current = tree.child_for_update(session, parent.id, key)
             hold_folder(session, parent)
             if enforce_quota:
                 check_quota(session, parent.owner_id, blob.size - (current.size if current else 0))
@@ -365,13 +362,14 @@ class FileService:
                     sha1=blob.sha1,
                     storage_key=blob.storage_key,
                 ), True
-            node_id, kind, current_version_id, current_sha, _size = current
-            if kind != NodeKind.FILE:
+            node_id, current_version_id = current.id, current.current_version_id
+            if current.is_folder:
                 raise Conflict(f"{name!r} is a folder")
             if expected_version_id is not None and current_version_id != expected_version_id:
                 raise PreconditionFailed("the file changed since the ETag was issued")
-            if current_sha == blob.sha256 or (current_version_id is None and blob.size == 0):
-                return view_of(session, node_id), False
+            if current.sha256 == blob.sha256 or (current_version_id is None and blob.size == 0):
+                return current, False
+            now = utcnow()
             op, details = Op.FILE_VERSION_CREATE, {}
             coalesced = (
                 version_rules.coalesces(session, self.policy, actor, current_version_id, lock_since)
@@ -380,14 +378,22 @@ class FileService:
             )
             if current_version_id is not None and (coalesced or is_client_metadata(name)):
                 version_id, version_no = self._replace_version(
-                    session, actor, node_id, current_version_id, blob
+                    session, actor, node_id, current_version_id, blob, now
                 )
+                mime_type = current.mime_type  # a replaced version keeps the type
                 if coalesced:
                     op, details = Op.FILE_VERSION_REPLACE, {"coalesced": coalesced}
             else:
                 version_id, version_no = self.add_version(
-                    session, actor, node_id, self.blob_row_id(session, blob), blob.size, mime
+                    session,
+                    actor,
+                    node_id,
+                    self.blob_row_id(session, blob),
+                    blob.size,
+                    mime,
+                    now=now,
                 )
+                mime_type = mime or current.mime_type
                 version_rules.prune_file(session, self.policy, actor, node_id)
             self._ensure_stored(session, blob)
             record_audit(
@@ -403,7 +409,20 @@ class FileService:
                     **details,
                 },
             )
-            return view_of(session, node_id), False
+            # What changed is known here: no need to read the file back.
+            return dataclasses.replace(
+                current,
+                size=blob.size,
+                mtime=None,
+                modified_at=now,
+                mime_type=mime_type,
+                current_version_id=version_id,
+                version_no=version_no,
+                sha256=blob.sha256,
+                md5=blob.md5,
+                sha1=blob.sha1,
+                storage_key=blob.storage_key,
+            ), False
 
         try:
             actor.require_write()
@@ -420,9 +439,10 @@ class FileService:
         node_id: uuid.UUID,
         version_id: uuid.UUID,
         blob: StoredBlob,
+        now: dt.datetime,
     ) -> tuple[uuid.UUID, int]:
-        """Overwrite the current version in place (client metadata files keep no history)."""
-        now = utcnow()
+        """Overwrite the current version in place, as of ``now`` (client metadata files keep
+        no history, and uploads under one lock coalesce)."""
         version = session.get(FileVersion, version_id)
         assert version is not None
         version.blob_id = self.blob_row_id(session, blob)
@@ -953,20 +973,6 @@ _n = Base.metadata.tables["nodes"]
 _v = Base.metadata.tables["file_versions"]
 _b = Base.metadata.tables["blobs"]
 _parent = _n.alias("parent")
-_FILE_FOR_UPDATE = (
-    sa.select(_n.c.id, _n.c.kind, _n.c.current_version_id, _b.c.sha256, _n.c.size)
-    .select_from(_n)
-    .outerjoin(_v, _v.c.id == _n.c.current_version_id)
-    .outerjoin(_b, _b.c.id == _v.c.blob_id)
-    .where(
-        _n.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
-        _n.c.name_key == sa.bindparam("key"),
-        _n.c.deleted_at.is_(None),
-    )
-    # Serializes uploads to one file on PostgreSQL; SQLite renders no FOR UPDATE (its
-    # BEGIN IMMEDIATE already serializes writers).
-    .with_for_update(of=_n)
-)
 # A new child inherits owner, space and group from its parent, which must still be live.
 _INSERT_CHILD = (
     _n.insert()

@@ -139,6 +139,17 @@ _HOME_ROOT = _view_select(_nodes).where(
     _nodes.c.deleted_at.is_(None),
 )
 _BY_ID = _view_select(_nodes).where(_nodes.c.id == sa.bindparam("node_id", type_=sa.Uuid))
+# Serializes writers to one name on PostgreSQL; SQLite renders no FOR UPDATE (its BEGIN
+# IMMEDIATE already serializes writers).
+_CHILD_FOR_UPDATE = (
+    _view_select(_nodes)
+    .where(
+        _nodes.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
+        _nodes.c.name_key == sa.bindparam("key"),
+        _nodes.c.deleted_at.is_(None),
+    )
+    .with_for_update(of=_nodes)
+)
 # A child's parent, owner and group are its folder's (every writer keeps them so): a listing
 # reads the other columns only, in NodeView's order (id, name, kind, size, ...), which spares
 # three UUID conversions per member.
@@ -161,6 +172,13 @@ def home_root(session: Session | sa.Connection, owner_id: uuid.UUID) -> NodeView
 
 def get_node(session: Session | sa.Connection, node_id: uuid.UUID) -> NodeView | None:
     row = session.execute(_BY_ID, {"node_id": node_id}).first()
+    return _to_view(row) if row else None
+
+
+def child_for_update(session: Session, parent_id: uuid.UUID, key: str) -> NodeView | None:
+    """The live child of ``parent_id`` whose name has the ``name_key`` ``key``, locked for the
+    rest of the caller's write transaction; None when there is none."""
+    row = session.execute(_CHILD_FOR_UPDATE, {"parent_id": parent_id, "key": key}).first()
     return _to_view(row) if row else None
 
 

@@ -514,6 +514,30 @@ def test_a_new_files_view_is_what_reading_it_back_gives(
             assert view == tree.get_node(conn, view.id), name
 
 
+def test_an_uploads_view_of_an_existing_file_is_what_reading_it_back_gives(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """The view an upload onto an existing file answers with is built from the row it locked
+    and what it wrote, not read back: it must equal the stored row after each kind of upload."""
+    uploads = [
+        ("report.docx", b"first", "application/msword"),  # new (the view test above)
+        ("report.docx", b"second", None),  # a new version keeps the type
+        ("report.docx", b"third", "text/plain"),  # ... or takes the one sent
+        ("report.docx", b"third", None),  # the same bytes: no new version
+        (".DS_Store", b"one", None),
+        (".DS_Store", b"two", "application/octet-stream"),  # client metadata: replaced
+        ("empty.txt", b"", None),
+        ("empty.txt", b"", None),  # an empty file again: nothing to do
+        ("empty.txt", b"now full", "text/plain"),  # its first version
+    ]
+    for name, data, content_type in uploads:
+        view, _ = service.commit_upload(
+            actor, home, name, store(service, data), content_type=content_type
+        )
+        with database.connect() as conn:
+            assert view == tree.get_node(conn, view.id), (name, data)
+
+
 def _kept_and_counted(database: Database, actor: Actor, home: NodeView) -> tuple[int, int]:
     users = Base.metadata.tables["users"]
     with database.connect() as conn:
