@@ -113,6 +113,13 @@ class DavProvider(DAVProvider):
             return FolderResource(path.rstrip("/") + "/", environ, view, dead, rights)
         return FileResource(path.rstrip("/"), environ, view, dead, rights=rights)
 
+    def looked_up(self, path: str, environ: dict[str, Any]) -> Any:
+        """What ``path`` was found to be earlier in this request (None when it was not looked
+        up, or is missing): no query."""
+        cache: dict[str, Any] = environ.get(_CACHE_KEY, {})
+        found = cache.get("/".join(p for p in path.split("/") if p))
+        return None if found is _MISSING else found
+
     def exists(self, path: str, environ: dict[str, Any]) -> bool:
         return self.get_resource_inst(path, environ) is not None
 

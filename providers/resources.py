@@ -378,9 +378,15 @@ class FileResource(_NodeResource, DAVNonCollection):
         """The folder this file is (or is being created) in."""
         if self._parent is not None:
             return self._parent
+        parent: NodeView | None
         if self.view is not None and self.view.parent_id is not None:
-            # An existing file: its folder may not be reachable by this user (a shared file).
-            parent = self.provider.files.resolve(self.view.parent_id, [])
+            # An existing file: its folder was looked up with its path, unless the file is
+            # reached on its own (a shared file), when this user may not reach its folder.
+            above = self.provider.looked_up(util.get_uri_parent(self.path), self.environ)
+            if isinstance(above, Reached) and above.view.id == self.view.parent_id:
+                parent = above.view
+            else:
+                parent = self.provider.files.resolve(self.view.parent_id, [])
         else:
             parent_res = self.provider.get_resource_inst(
                 util.get_uri_parent(self.path), self.environ

@@ -302,13 +302,15 @@ class FileService:
 
         def work(session: Session) -> tuple[NodeView, bool]:
             # Core statements: this is the hottest write path (every small-file PUT).
+            # Locks in the order every writer takes them: the node, the folders above it
+            # (hold_folder), the owner's row (check_quota, the running total).
             current = tree.child_for_update(session, parent.id, key)
-            hold_folder(session, parent)
-            if enforce_quota:
-                check_quota(session, parent.owner_id, blob.size - (current.size if current else 0))
             if current is None:
                 if expected_version_id is not None:
                     raise PreconditionFailed("the file no longer exists")
+                hold_folder(session, parent)
+                if enforce_quota:
+                    check_quota(session, parent.owner_id, blob.size)
                 now = utcnow()
                 node_id = insert_child(
                     session, parent.id, name, NodeKind.FILE, mime=mime, known_free=True, now=now
@@ -369,6 +371,9 @@ class FileService:
                 raise PreconditionFailed("the file changed since the ETag was issued")
             if current.sha256 == blob.sha256 or (current_version_id is None and blob.size == 0):
                 return current, False
+            hold_folder(session, parent)
+            if enforce_quota:
+                check_quota(session, parent.owner_id, blob.size - current.size)
             now = utcnow()
             op, details = Op.FILE_VERSION_CREATE, {}
             coalesced = (
@@ -394,7 +399,9 @@ class FileService:
                     now=now,
                 )
                 mime_type = mime or current.mime_type
-                version_rules.prune_file(session, self.policy, actor, node_id)
+                version_rules.prune_file(
+                    session, self.policy, actor, node_id, current_id=version_id
+                )
             self._ensure_stored(session, blob)
             record_audit(
                 session,
@@ -684,7 +691,7 @@ class FileService:
             version_id, _ = self.add_version(
                 session, actor, target.id, source_blob, source.size, source.mime_type
             )
-            version_rules.prune_file(session, self.policy, actor, target.id)
+            version_rules.prune_file(session, self.policy, actor, target.id, current_id=version_id)
         elif source_blob is None and target.current_version_id is not None:
             add_home_bytes(session, target.owner_id, target.space, -target.size)
             target.current_version_id = None

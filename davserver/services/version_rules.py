@@ -161,13 +161,16 @@ def prune_file(
     actor: Actor | None,
     node_id: uuid.UUID,
     *,
+    current_id: uuid.UUID | None = None,
     dry_run: bool = False,
 ) -> list[VersionFacts]:
     """Apply retention to one file whose row the caller holds; returns what was (with
-    ``dry_run``: would be) removed, with a logbook row when anything was."""
+    ``dry_run``: would be) removed, with a logbook row when anything was. ``current_id`` is
+    the file's current version when the caller knows it (it is read otherwise)."""
     if not policy.prunes:
         return []
-    current_id = session.scalar(sa.select(_n.c.current_version_id).where(_n.c.id == node_id))
+    if current_id is None:
+        current_id = session.scalar(sa.select(_n.c.current_version_id).where(_n.c.id == node_id))
     versions = [
         VersionFacts(*row) for row in session.execute(_FACTS.where(_v.c.node_id == node_id))
     ]

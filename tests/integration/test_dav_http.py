@@ -986,6 +986,33 @@ def test_move_of_a_big_folder_is_one_update(srv: InprocServer, folder: str) -> N
     assert node_at(srv, src) is None
 
 
+def test_uploads_take_a_fixed_number_of_statements(srv: InprocServer, folder: str) -> None:
+    """Small-file PUTs are the hottest path: the statements each kind takes (reads of the
+    credentials, the path and the locks, then one write transaction) stay fixed, whatever the
+    folder holds. Fewer is welcome; more needs a reason, and this number changed with it."""
+    app = srv.application
+    conn = Connection(srv)
+    begin = 1 if srv.engine == "sqlite" else 0  # BEGIN IMMEDIATE (psycopg's BEGIN is implicit)
+    budget = {"new file": 11 + begin, "new version": 12 + begin, "same bytes": 4 + begin}
+    spent: dict[str, list[int]] = {kind: [] for kind in budget}
+    try:
+        for i in range(3):
+            url = folder + f"f{i}.bin"
+            for kind, body in (
+                ("new file", f"{i} first".encode()),
+                ("new version", f"{i} second".encode()),
+                ("same bytes", f"{i} second".encode()),
+            ):
+                with recorded_statements(app) as statements:
+                    response = conn.request("PUT", url, body)
+                assert response.status in (201, 204), (kind, response.status)
+                spent[kind].append(len(statements))
+    finally:
+        conn.close()
+    # The fewest of three: a request now and then also touches its session row.
+    assert {kind: min(counts) for kind, counts in spent.items()} == budget, spent
+
+
 # --- 11. concurrent uploads ------------------------------------------------------------------
 
 
