@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 
 from davserver.db import Database
 from davserver.db.types import utcnow
@@ -126,34 +127,13 @@ class SharingService:
                     grant_id=str(row.id),
                 ),
             )
-            return self._info(session, row)
+            return _infos(session, Grant.id == row.id)[0]
 
     def revoke(
         self, actor: Actor | None, node: NodeView, holder: Perm, grant_id: uuid.UUID
     ) -> None:
         """Remove a grant on ``node``; the grantee is refused from their next request on."""
-        holder = EVERYTHING if actor is None else holder
-        if not holder & Perm.SHARE:
-            raise Forbidden("you may not change the sharing of this item")
-        with self.db.write() as session:
-            row = session.get(Grant, grant_id)
-            if row is None or row.node_id != node.id:
-                raise NotFound("no such grant on this item")
-            info = self._info(session, row)
-            session.delete(row)
-            record_audit(
-                session,
-                actor,
-                Op.GRANT_REVOKE,
-                node_id=node.id,
-                details=audit_details(
-                    actor,
-                    {"rights": info.rights, "expires_at": iso(info.expires_at)},
-                    None,
-                    grantee=info.grantee,
-                    grant_id=str(grant_id),
-                ),
-            )
+        self._revoke(actor, node, holder, Grant.id == grant_id)
 
     def revoke_grantee(
         self,
@@ -164,39 +144,75 @@ class SharingService:
         user: str | None = None,
         group: str | None = None,
     ) -> None:
-        """Remove the grant on ``node`` to ``user`` or ``group``."""
-        for info in self.grants_on(node):
-            if info.grantee == (user if user is not None else f"@{group}"):
-                self.revoke(actor, node, holder, info.id)
-                return
-        raise NotFound("no such grant on this item")
+        """Remove the grant on ``node`` to ``user`` or ``group`` (the exact name)."""
+        if user is not None:
+            match = (
+                Grant.user_id == sa.select(User.id).where(User.username == user).scalar_subquery()
+            )
+        else:
+            match = (
+                Grant.group_id == sa.select(Group.id).where(Group.name == group).scalar_subquery()
+            )
+        self._revoke(actor, node, holder, match)
+
+    def _revoke(
+        self, actor: Actor | None, node: NodeView, holder: Perm, which: sa.ColumnElement[bool]
+    ) -> None:
+        holder = EVERYTHING if actor is None else holder
+        if not holder & Perm.SHARE:
+            raise Forbidden("you may not change the sharing of this item")
+        with self.db.write() as session:
+            found = _infos(session, Grant.node_id == node.id, which)
+            if not found:
+                raise NotFound("no such grant on this item")
+            info = found[0]
+            session.execute(sa.delete(Grant).where(Grant.id == info.id))
+            record_audit(
+                session,
+                actor,
+                Op.GRANT_REVOKE,
+                node_id=node.id,
+                details=audit_details(
+                    actor,
+                    {"rights": info.rights, "expires_at": iso(info.expires_at)},
+                    None,
+                    grantee=info.grantee,
+                    grant_id=str(info.id),
+                ),
+            )
 
     def grants_on(self, node: NodeView) -> list[GrantInfo]:
-        """The grants on one node (not those inherited from its folders)."""
+        """The grants on one node (not those inherited from its folders), in one query."""
         with self.db.read() as session:
-            rows = session.scalars(
-                sa.select(Grant).where(Grant.node_id == node.id).order_by(Grant.granted_at)
-            ).all()
-            return [self._info(session, row) for row in rows]
+            return _infos(session, Grant.node_id == node.id)
 
-    def _info(self, session: Any, row: Grant) -> GrantInfo:
-        if row.user_id is not None:
-            grantee = session.scalar(sa.select(User.username).where(User.id == row.user_id))
-        else:
-            grantee = "@" + str(
-                session.scalar(sa.select(Group.name).where(Group.id == row.group_id))
-            )
-        granter = (
-            session.scalar(sa.select(User.username).where(User.id == row.granted_by))
-            if row.granted_by
-            else None
-        )
-        return GrantInfo(
-            id=row.id,
-            node_id=row.node_id,
-            grantee=str(grantee),
-            rights=rights_of_grant(row).names(),
-            granted_by=granter,
-            granted_at=row.granted_at,
-            expires_at=row.expires_at,
-        )
+
+_grantee = aliased(User, name="grantee")
+_granter = aliased(User, name="granter")
+_INFOS = (
+    sa.select(Grant, _grantee.username, Group.name, _granter.username)
+    .outerjoin(_grantee, _grantee.id == Grant.user_id)
+    .outerjoin(Group, Group.id == Grant.group_id)
+    .outerjoin(_granter, _granter.id == Grant.granted_by)
+    .order_by(Grant.granted_at)
+)
+
+
+def _infos(session: Any, *where: sa.ColumnElement[bool]) -> list[GrantInfo]:
+    """The grants matching ``where``, oldest first, with the names they refer to."""
+    return [
+        _info(row, user if user is not None else f"@{group}", granter)
+        for row, user, group, granter in session.execute(_INFOS.where(*where))
+    ]
+
+
+def _info(row: Grant, grantee: str, granter: str | None) -> GrantInfo:
+    return GrantInfo(
+        id=row.id,
+        node_id=row.node_id,
+        grantee=grantee,
+        rights=rights_of_grant(row).names(),
+        granted_by=granter,
+        granted_at=row.granted_at,
+        expires_at=row.expires_at,
+    )

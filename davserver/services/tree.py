@@ -337,11 +337,12 @@ def hold_chain(session: Session, folder_id: uuid.UUID) -> list[uuid.UUID]:
     the rest of the caller's write transaction: none of them can go to the trash or move
     until it ends.
 
-    A change inside a folder takes this first, so that it cannot land in a folder that is
-    going to the trash meanwhile: the trash counts the bytes below the folder it removes when
-    it removes it (``users.home_bytes``), and a file arriving after that count would be
-    counted as live for ever. Raises Conflict when the folder, or one above it, is in the
-    trash (or gone); ChainChanged when one of them moved while this waited for it.
+    A change inside a folder takes this (after locking the node it changes, before the
+    owner's row), so that it cannot land in a folder that is going to the trash meanwhile:
+    the trash counts the bytes below the folder it removes when it removes it
+    (``users.home_bytes``), and a file arriving after that count would be counted as live for
+    ever. Raises Conflict when the folder, or one above it, is in the trash (or gone);
+    ChainChanged when one of them moved while this waited for it.
     """
     rows = {row.id: row for row in session.execute(_HOLD_CHAIN, {"folder_id": folder_id})}
     chain: list[uuid.UUID] = []

@@ -43,6 +43,8 @@ def test_grant_list_revoke(cli: Cli, services: Services) -> None:
     assert table.code == 0 and "read,download" in table.out
     cli.json("revoke", "alice:/doc.txt", "bob")
     assert [g["grantee"] for g in cli.json("grants", "alice:/doc.txt")] == ["@team"]
+    cli.json("revoke", "alice:/doc.txt", "@team")
+    assert cli.json("grants", "alice:/doc.txt") == []
 
 
 def test_bad_input_is_one_line_and_exit_1(cli: Cli, services: Services) -> None:

@@ -376,6 +376,29 @@ def test_a_grantees_listing_costs_the_same_queries_whatever_its_size(people: Peo
     assert counts[5] == counts[150], counts
 
 
+def test_listing_an_items_grants_costs_the_same_queries_whatever_their_number(
+    people: People,
+) -> None:
+    p = people
+    assert p.put(p.alice, "/files/many-grants.txt") == 201
+    counts = {}
+    for grantees in ([p.bob], [p.carol, p.dave]):
+        for grantee in grantees:
+            assert p.grant(p.alice, "/files/many-grants.txt", grantee, "read") == 201
+        listing = p.call(p.alice, "GET", "/api/v1/grants?path=/files/many-grants.txt")
+        assert listing.status == 200
+        grants = json.loads(listing.body)["grants"]
+        assert {(g["grantee"], g["granted_by"]) for g in grants} >= {
+            (name, p.alice) for name in grantees
+        }
+        counts[len(grants)] = int(listing.headers["X-Query-Count"])
+    assert list(counts) == [1, 3] and counts[1] == counts[3], counts
+    status, _ = p.api(p.alice, "DELETE", f"/grants?path=/files/many-grants.txt&user={p.carol}")
+    assert status == 204
+    status, listed = p.api(p.alice, "GET", "/grants?path=/files/many-grants.txt")
+    assert [g["grantee"] for g in listed["grants"]] == [p.bob, p.dave]
+
+
 def test_read_only_grantee_sees_thumbnails_but_not_the_original(people: People) -> None:
     p = people
     assert p.put(p.alice, "/files/photo.jpg", images.jpeg(120, 80)) == 201
