@@ -1091,7 +1091,11 @@ def _live_below(start: sa.Select[Any], name: str) -> sa.CTE:
     carried = [column for column in nodes.c if column.key not in ("id", "kind", "size")]
     return nodes.union_all(
         sa.select(*carried, _n.c.id, _n.c.kind, _n.c.size).where(
-            _n.c.parent_id == nodes.c.id, _n.c.deleted_at.is_(None)
+            # Only folders have children: a level of files ends the walk without another
+            # lookup (PostgreSQL skips the scan of nodes its hash join would make for them).
+            nodes.c.kind == NodeKind.FOLDER.value,
+            _n.c.parent_id == nodes.c.id,
+            _n.c.deleted_at.is_(None),
         )
     )
 
