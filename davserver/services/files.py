@@ -301,14 +301,21 @@ class FileService:
         mime = content_type[:255] if content_type else None
 
         def work(session: Session) -> tuple[NodeView, bool]:
-            # Core statements: this is the hottest write path (every small-file PUT).
-            # Locks in the order every writer takes them: the node, the folders above it
-            # (hold_folder), the owner's row (check_quota, the running total).
-            current = tree.child_for_update(session, parent.id, key)
+            # Core statements: this is the hottest write path (every small-file PUT). Below
+            # a space's root the folders above are held (``tree.hold_chain``) by the statement
+            # that looks for the file; the file, when it is there and changes, is locked next
+            # (two uploads to one file queue there), the owner's row last (check_quota, the
+            # running total). PostgreSQL aborts the rare deadlock with a copy onto the file
+            # and the trash of its folder at once, and run_write runs it again.
+            if parent.parent_id is None:  # a root can neither move nor go to the trash
+                current = tree.child_for_update(session, parent.id, key)
+            else:
+                _, current = tree.hold_chain_for_child(session, parent.id, key)
+                if current is not None and not _unchanged(current, blob):
+                    current = tree.child_for_update(session, parent.id, key)
             if current is None:
                 if expected_version_id is not None:
                     raise PreconditionFailed("the file no longer exists")
-                hold_folder(session, parent)
                 if enforce_quota:
                     check_quota(session, parent.owner_id, blob.size)
                 now = utcnow()
@@ -345,33 +352,33 @@ class FileService:
                     },
                 )
                 # Every column of the new file is known here: no need to read it back.
-                return NodeView(
+                empty = NodeView(
                     id=node_id,
                     parent_id=parent.id,
                     name=name,
                     kind=NodeKind.FILE.value,
                     owner_id=parent.owner_id,
                     group_id=parent.group_id,
-                    size=blob.size,
+                    size=0,
                     mtime=None,
                     created_at=now,
                     modified_at=now,
                     mime_type=mime,
-                    current_version_id=version_id,
-                    version_no=version_no,
-                    sha256=blob.sha256,
-                    md5=blob.md5,
-                    sha1=blob.sha1,
-                    storage_key=blob.storage_key,
-                ), True
+                    current_version_id=None,
+                    version_no=None,
+                    sha256=None,
+                    md5=None,
+                    sha1=None,
+                    storage_key=None,
+                )
+                return _with_upload(empty, blob, version_id, version_no, now, mime), True
             node_id, current_version_id = current.id, current.current_version_id
             if current.is_folder:
                 raise Conflict(f"{name!r} is a folder")
             if expected_version_id is not None and current_version_id != expected_version_id:
                 raise PreconditionFailed("the file changed since the ETag was issued")
-            if current.sha256 == blob.sha256 or (current_version_id is None and blob.size == 0):
+            if _unchanged(current, blob):
                 return current, False
-            hold_folder(session, parent)
             if enforce_quota:
                 check_quota(session, parent.owner_id, blob.size - current.size)
             now = utcnow()
@@ -417,19 +424,7 @@ class FileService:
                 },
             )
             # What changed is known here: no need to read the file back.
-            return dataclasses.replace(
-                current,
-                size=blob.size,
-                mtime=None,
-                modified_at=now,
-                mime_type=mime_type,
-                current_version_id=version_id,
-                version_no=version_no,
-                sha256=blob.sha256,
-                md5=blob.md5,
-                sha1=blob.sha1,
-                storage_key=blob.storage_key,
-            ), False
+            return _with_upload(current, blob, version_id, version_no, now, mime_type), False
 
         try:
             actor.require_write()
@@ -817,6 +812,37 @@ class FileService:
 
 # SQLite allows 32,766 bound parameters per statement; IN lists stay well below that.
 _BATCH = 5000
+
+
+def _unchanged(file: NodeView, blob: StoredBlob) -> bool:
+    """True when uploading ``blob`` to ``file`` changes nothing: the same bytes, or none onto
+    a file that has none."""
+    return file.sha256 == blob.sha256 or (file.current_version_id is None and blob.size == 0)
+
+
+def _with_upload(
+    file: NodeView,
+    blob: StoredBlob,
+    version_id: uuid.UUID,
+    version_no: int,
+    now: dt.datetime,
+    mime_type: str | None,
+) -> NodeView:
+    """``file`` once ``blob`` became its current version ``version_no`` at ``now``: what
+    reading it back gives (the upload clears a client's modification time)."""
+    return dataclasses.replace(
+        file,
+        size=blob.size,
+        mtime=None,
+        modified_at=now,
+        mime_type=mime_type,
+        current_version_id=version_id,
+        version_no=version_no,
+        sha256=blob.sha256,
+        md5=blob.md5,
+        sha1=blob.sha1,
+        storage_key=blob.storage_key,
+    )
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:

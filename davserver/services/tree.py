@@ -330,6 +330,32 @@ _HOLD_CHAIN = (
     .join_from(_held, _up, _held.c.id == _up.c.id)
     .with_for_update(read=True, of=_held)
 )
+# The same, with the folder's live child of one name (its row only, unlocked) beside it.
+_named = _nodes.alias("named")
+_HOLD_CHAIN_AND_CHILD = (
+    sa.select(
+        _held.c.id,
+        _held.c.parent_id,
+        _held.c.deleted_at,
+        *(_named.c[c] for c in _VIEW_COLUMNS),
+        *_VERSION_COLUMNS,
+    )
+    .select_from(
+        _with_current_version(
+            _held.join(_up, _held.c.id == _up.c.id).outerjoin(
+                _named,
+                sa.and_(
+                    _held.c.id == sa.bindparam("folder_id", type_=sa.Uuid),
+                    _named.c.parent_id == _held.c.id,
+                    _named.c.name_key == sa.bindparam("key"),
+                    _named.c.deleted_at.is_(None),
+                ),
+            ),
+            _named,
+        )
+    )
+    .with_for_update(read=True, of=_held)
+)
 
 
 def hold_chain(session: Session, folder_id: uuid.UUID) -> list[uuid.UUID]:
@@ -344,7 +370,24 @@ def hold_chain(session: Session, folder_id: uuid.UUID) -> list[uuid.UUID]:
     ever. Raises Conflict when the folder, or one above it, is in the trash (or gone);
     ChainChanged when one of them moved while this waited for it.
     """
-    rows = {row.id: row for row in session.execute(_HOLD_CHAIN, {"folder_id": folder_id})}
+    return _walk_up(folder_id, session.execute(_HOLD_CHAIN, {"folder_id": folder_id}).all())
+
+
+def hold_chain_for_child(
+    session: Session, folder_id: uuid.UUID, key: str
+) -> tuple[list[uuid.UUID], NodeView | None]:
+    """``hold_chain``, and in the same statement the folder's live child whose name has the
+    ``name_key`` ``key`` (None when there is none), as it is now but not locked."""
+    rows = session.execute(_HOLD_CHAIN_AND_CHILD, {"folder_id": folder_id, "key": key}).all()
+    chain = _walk_up(folder_id, rows)
+    child = next((row[3:] for row in rows if row.id == folder_id and row[3] is not None), None)
+    return chain, NodeView(*child) if child is not None else None  # type: ignore[call-arg]
+
+
+def _walk_up(folder_id: uuid.UUID, found: Sequence[Any]) -> list[uuid.UUID]:
+    """The chain from ``folder_id`` up to its root through the (id, parent_id, deleted_at)
+    rows ``found``; see ``hold_chain`` for what it raises."""
+    rows = {row.id: row for row in found}
     chain: list[uuid.UUID] = []
     current: uuid.UUID | None = folder_id
     while current is not None:
