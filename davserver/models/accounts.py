@@ -82,6 +82,14 @@ class Group(Base):
     created_at: Mapped[created_at]
 
 
+# Names and addresses are unique ignoring case, for every writer (the services check first, to
+# answer with a clear message). Usernames and group names are ASCII; SQLite's lower() folds
+# ASCII only, so e-mail addresses differing in non-ASCII case are caught on PostgreSQL alone.
+sa.Index("uq_users_username_lower", sa.func.lower(User.username), unique=True)
+sa.Index("uq_users_email_lower", sa.func.lower(User.email), unique=True)
+sa.Index("uq_groups_name_lower", sa.func.lower(Group.name), unique=True)
+
+
 class GroupMember(Base):
     __tablename__ = "group_members"
 

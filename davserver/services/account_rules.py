@@ -3,7 +3,8 @@ addresses, passwords and sizes; finding a user; who may administer; the logbook 
 
 Names of users and groups are URL path segments (``/shared/<owner>/``, ``/groups/<group>/``),
 so they are 3 to 150 ASCII letters, digits and ``. _ - @``, not starting with ``.`` or ``-``;
-they are unique ignoring case (checked by the services, under ``serialize_account_changes``).
+they are unique ignoring case: the services check under ``serialize_account_changes`` (to
+answer clearly), and unique ``lower()`` indexes hold it for every writer (migration 0006).
 """
 
 from __future__ import annotations
@@ -125,18 +126,11 @@ def serialize_account_changes(session: Session) -> None:
 
 
 def find_user(session: Session, username: str) -> User:
-    """The user of that name, deleted or not; the exact spelling wins over other cases."""
-    found = session.scalars(
-        sa.select(User).where(sa.func.lower(User.username) == username.lower())
-    ).all()
-    for user in found:
-        if user.username == username:
-            return user
-    if not found:
+    """The user of that name in any case (names are unique ignoring case), deleted or not."""
+    found = session.scalar(sa.select(User).where(sa.func.lower(User.username) == username.lower()))
+    if found is None:
         raise NotFound(f"no user {username!r}")
-    if len(found) > 1:
-        raise Conflict(f"several users are called {username!r} ignoring case; give the exact name")
-    return found[0]
+    return found
 
 
 def find_live_user(session: Session, username: str) -> User:
