@@ -105,10 +105,7 @@ class DavProvider(DAVProvider):
         rights: Perm = Perm.NONE,
     ) -> _NodeResource:
         cache: dict[str, Any] = environ.setdefault(_CACHE_KEY, {})
-        key = path.strip("/")
-        if "//" in key:
-            key = "/".join(p for p in key.split("/") if p)
-        cache[key] = Reached(view, rights)
+        cache[_cache_key(path)] = Reached(view, rights)
         if view.is_folder:
             return FolderResource(path.rstrip("/") + "/", environ, view, dead, rights)
         return FileResource(path.rstrip("/"), environ, view, dead, rights=rights)
@@ -117,8 +114,7 @@ class DavProvider(DAVProvider):
         """What ``path`` was found to be earlier in this request (None when it was not looked
         up, or is missing): no query."""
         cache: dict[str, Any] = environ.get(_CACHE_KEY, {})
-        found = cache.get("/".join(p for p in path.split("/") if p))
-        return None if found is _MISSING else found
+        return cache.get(_cache_key(path))
 
     def exists(self, path: str, environ: dict[str, Any]) -> bool:
         return self.get_resource_inst(path, environ) is not None
@@ -131,7 +127,7 @@ class DavProvider(DAVProvider):
         """For the rest of this request, ``path`` is ``item`` (an item of an added space):
         ``GET <file>?version=N`` is answered by WsgiDAV's GET on the version's resource."""
         cache: dict[str, Any] = environ.setdefault(_CACHE_KEY, {})
-        cache["/".join(p for p in path.split("/") if p)] = item
+        cache[_cache_key(path)] = item
 
     def forget(self, environ: dict[str, Any]) -> None:
         """Drop the request's node cache after a write."""
@@ -180,3 +176,10 @@ class DavProvider(DAVProvider):
         if propfind.can_handle(environ):
             return propfind.respond(res, environ, start_response)
         return default(environ, start_response)
+
+
+def _cache_key(path: str) -> str:
+    """A path as the request's node cache keys it: its segments, without empty ones (split
+    only when there are any: a listing keys every member)."""
+    key = path.strip("/")
+    return key if "//" not in key else "/".join(p for p in key.split("/") if p)

@@ -310,7 +310,7 @@ class FileService:
             if parent.parent_id is None:  # a root can neither move nor go to the trash
                 current = tree.child_for_update(session, parent.id, key)
             else:
-                _, current = tree.hold_chain_for_child(session, parent.id, key)
+                current = tree.hold_chain_for_child(session, parent.id, key)
                 if current is not None and not _unchanged(current, blob):
                     current = tree.child_for_update(session, parent.id, key)
             if current is None:

@@ -219,7 +219,7 @@ class TrashService:
 
         def work(session: Session) -> NodeView:
             node = session.get(Node, node_id, with_for_update=True)
-            if node is None or not _hidden(session, node.id):
+            if node is None or not tree.in_trash(session, node.id):
                 raise NotFound("that item is no longer in the trash")
             parent = session.get(Node, folder.id)
             if parent is None or not parent.is_folder:
@@ -275,7 +275,7 @@ class TrashService:
         folder = self.files.resolve(parent_id, []) if parent_id else None
         if folder is not None:
             with self.db.read() as session:
-                if _hidden(session, folder.id):
+                if tree.in_trash(session, folder.id):
                     folder = None
         if folder is None:
             raise Conflict(
@@ -391,17 +391,6 @@ def _items(user_id: uuid.UUID, group_ids: Collection[uuid.UUID] | None) -> sa.Se
         .outerjoin(_users, _users.c.id == _n.c.deleted_by)
         .where(_n.c.deleted_at.is_not(None), sa.or_(mine, theirs))
     )
-
-
-def _hidden(session: Session, node_id: uuid.UUID) -> bool:
-    """True when the node or one of its ancestors is deleted (it is in the trash)."""
-    up = sa.select(_n.c.id, _n.c.parent_id, _n.c.deleted_at).where(_n.c.id == node_id)
-    chain = up.cte("chain", recursive=True)
-    chain = chain.union_all(
-        sa.select(_n.c.id, _n.c.parent_id, _n.c.deleted_at).where(_n.c.id == chain.c.parent_id)
-    )
-    found = session.scalar(sa.select(chain.c.id).where(chain.c.deleted_at.is_not(None)).limit(1))
-    return found is not None
 
 
 def _locations(conn: sa.Connection, folder_ids: list[uuid.UUID | None]) -> dict[uuid.UUID, str]:

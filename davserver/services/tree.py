@@ -313,23 +313,23 @@ class ChainChanged(Exception):
     transaction should be run again (``FileService.run_write`` does)."""
 
 
+# :start_id and every node above it, up to its space's root.
 _up = (
     sa.select(_nodes.c.id, _nodes.c.parent_id)
-    .where(_nodes.c.id == sa.bindparam("folder_id", type_=sa.Uuid))
+    .where(_nodes.c.id == sa.bindparam("start_id", type_=sa.Uuid))
     .cte("up", recursive=True)
 )
 _up = _up.union_all(
     sa.select(_nodes.c.id, _nodes.c.parent_id).where(_nodes.c.id == _up.c.parent_id)
 )
 _held = _nodes.alias("held")
+_CHAIN = sa.select(_held.c.id, _held.c.parent_id, _held.c.deleted_at).join_from(
+    _held, _up, _held.c.id == _up.c.id
+)
 # On PostgreSQL the rows are share-locked (FOR SHARE): moving or trashing one of them (both
 # lock it FOR UPDATE first) waits for the holder's commit, and the other way round; a holder
 # that waited reads the row as committed. SQLite renders no lock: its writers are serialized.
-_HOLD_CHAIN = (
-    sa.select(_held.c.id, _held.c.parent_id, _held.c.deleted_at)
-    .join_from(_held, _up, _held.c.id == _up.c.id)
-    .with_for_update(read=True, of=_held)
-)
+_HOLD_CHAIN = _CHAIN.with_for_update(read=True, of=_held)
 # The same, with the folder's live child of one name (its row only, unlocked) beside it.
 _named = _nodes.alias("named")
 _HOLD_CHAIN_AND_CHILD = (
@@ -345,7 +345,7 @@ _HOLD_CHAIN_AND_CHILD = (
             _held.join(_up, _held.c.id == _up.c.id).outerjoin(
                 _named,
                 sa.and_(
-                    _held.c.id == sa.bindparam("folder_id", type_=sa.Uuid),
+                    _held.c.id == sa.bindparam("start_id", type_=sa.Uuid),
                     _named.c.parent_id == _held.c.id,
                     _named.c.name_key == sa.bindparam("key"),
                     _named.c.deleted_at.is_(None),
@@ -370,18 +370,22 @@ def hold_chain(session: Session, folder_id: uuid.UUID) -> list[uuid.UUID]:
     ever. Raises Conflict when the folder, or one above it, is in the trash (or gone);
     ChainChanged when one of them moved while this waited for it.
     """
-    return _walk_up(folder_id, session.execute(_HOLD_CHAIN, {"folder_id": folder_id}).all())
+    return _walk_up(folder_id, session.execute(_HOLD_CHAIN, {"start_id": folder_id}).all())
 
 
-def hold_chain_for_child(
-    session: Session, folder_id: uuid.UUID, key: str
-) -> tuple[list[uuid.UUID], NodeView | None]:
-    """``hold_chain``, and in the same statement the folder's live child whose name has the
-    ``name_key`` ``key`` (None when there is none), as it is now but not locked."""
-    rows = session.execute(_HOLD_CHAIN_AND_CHILD, {"folder_id": folder_id, "key": key}).all()
-    chain = _walk_up(folder_id, rows)
+def hold_chain_for_child(session: Session, folder_id: uuid.UUID, key: str) -> NodeView | None:
+    """``hold_chain`` (with what it raises), and in the same statement the folder's live child
+    whose name has the ``name_key`` ``key`` (None when there is none), as it is now but not
+    locked."""
+    rows = session.execute(_HOLD_CHAIN_AND_CHILD, {"start_id": folder_id, "key": key}).all()
+    _walk_up(folder_id, rows)
     child = next((row[3:] for row in rows if row.id == folder_id and row[3] is not None), None)
-    return chain, NodeView(*child) if child is not None else None  # type: ignore[call-arg]
+    return NodeView(*child) if child is not None else None  # type: ignore[call-arg]
+
+
+def in_trash(session: Session, node_id: uuid.UUID) -> bool:
+    """True when the node, or a folder above it, is in the trash."""
+    return any(row.deleted_at is not None for row in session.execute(_CHAIN, {"start_id": node_id}))
 
 
 def _walk_up(folder_id: uuid.UUID, found: Sequence[Any]) -> list[uuid.UUID]:
