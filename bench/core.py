@@ -697,6 +697,49 @@ class Bench:
         finally:
             c.close()
 
+    def w_small_parallel(self, s: Server, r: int) -> dict[str, Any]:
+        """The small PUTs again, split over ``--parallel`` keep-alive connections at once (as
+        rclone's four transfers do): the rate a server sustains when it is not waiting on one
+        client's round trips."""
+        k = self.args.parallel
+        folder = f"/files/parallel-r{r + 1}/"
+        per = self.sizes.small_count // k
+        setup = s.client()
+        try:
+            setup.expect("MKCOL", folder, (201,))
+        finally:
+            setup.close()
+        latencies: list[list[float]] = [[] for _ in range(k)]
+        errors: list[BaseException] = []
+
+        def upload(i: int) -> None:
+            c = s.client()
+            try:
+                _, latencies[i], _ = put_files(
+                    c, folder, per, self.sizes.small_bytes, r, start=i * per
+                )
+            except BaseException as exc:  # reported by the caller
+                errors.append(exc)
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=upload, args=(i,)) for i in range(k)]
+        with CpuMeter(process_tree(s.pid)) as cpu:
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            secs = time.perf_counter() - t0
+        if errors:
+            raise errors[0]
+        lat = [x for each in latencies for x in each]
+        return {
+            "par_fps": len(lat) / secs,
+            "par_p50_ms": statistics.median(lat) * 1000,
+            "par_cpu_ms": cpu.server * 1000 / len(lat),
+        }
+
     def w_propfind(self, s: Server, r: int, members: int, locked: bool = False) -> dict[str, Any]:
         """PROPFIND the folder ``propfind_reps`` times; with ``locked``, while one member holds
         an exclusive lock (every member's lockdiscovery must then be looked up)."""
@@ -751,6 +794,8 @@ class Bench:
             (f"GET {big}", self.w_get_big),
             (f"PUT {small}", self.w_small),
         ]
+        if self.args.parallel > 1:
+            out.append((f"PUT {small} x{self.args.parallel}", self.w_small_parallel))
         for n in self.sizes.members:
             out.append((f"PROPFIND {n}", functools.partial(self.w_propfind, members=n)))
         most = self.sizes.members[-1]
@@ -811,6 +856,9 @@ def describe(m: dict[str, Any]) -> str:
         ("small_fps", "{:.0f} files/s"),
         ("small_p50_ms", "p50 {:.2f} ms"),
         ("small_cpu_ms", "cpu {:.2f} ms/PUT"),
+        ("par_fps", "{:.0f} files/s"),
+        ("par_p50_ms", "p50 {:.2f} ms"),
+        ("par_cpu_ms", "cpu {:.2f} ms/PUT"),
     ):
         if m.get(key) is not None:
             parts.append(fmt.format(m[key]))
@@ -870,6 +918,9 @@ def rows_for(sizes: Sizes) -> list[Row]:
         Row("small_p99_ms", "   p99 latency", "ms", True),
         Row("small_cpu_ms", "   server CPU per PUT", "cpu-ms", True),
         Row("small_qc", "   X-Query-Count per PUT (median)", "stmts"),
+        Row("par_fps", "   the same over parallel connections", "files/s", True),
+        Row("par_p50_ms", "   p50 latency", "ms", True),
+        Row("par_cpu_ms", "   server CPU per PUT", "cpu-ms", True),
     ]
     for i, n in enumerate(sizes.members):
         head = "5." if i == 0 else "  "
@@ -1072,6 +1123,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pg-url", default=PG_DEFAULT, help="PostgreSQL server for --db postgresql")
     p.add_argument("--big-mib", type=int, help="size of the big PUT/GET file in MiB")
     p.add_argument("--small-count", type=int, help="number of small files PUT per round")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=4,
+        help="connections for the parallel small PUTs (default 4, as rclone; 0 or 1: skip)",
+    )
     p.add_argument("--members", help="comma-separated PROPFIND folder sizes, e.g. 2000,10000")
     p.add_argument("--propfind-reps", type=int, help="PROPFINDs per folder per round")
     p.add_argument("--json", metavar="FILE", help="save the raw numbers as JSON")

@@ -31,9 +31,14 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from davserver.bootstrap import prepare
-    from davserver.server import serve
+    from davserver.server import CannotListen, serve
+    from davserver.workers import check_supported, serve_workers, worker_count
 
-    settings = _settings(args, server__host=args.host, server__port=args.port)
+    settings = _settings(
+        args, server__host=args.host, server__port=args.port, server__workers=args.workers
+    )
+    workers = worker_count(settings.server.workers)
+    check_supported(workers)
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -44,7 +49,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "It is shown only this once.",
             flush=True,
         )
-    serve(app, settings.server.host, settings.server.port)
+    try:
+        if workers > 1:
+            return serve_workers(app, settings, workers)
+        serve(app, settings.server.host, settings.server.port)
+    except CannotListen as exc:
+        print(f"davserver: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -93,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the WebDAV server")
     serve.add_argument("--host", help="address to listen on (server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (server.port)")
+    serve.add_argument(
+        "--workers", type=int, help="server processes sharing the port (server.workers)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     config = commands.add_parser("config", help="print every option, documented, at its default")

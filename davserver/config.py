@@ -32,10 +32,23 @@ def opt(default: Any, help: str) -> Any:
 class ServerSettings:
     host: str = opt("127.0.0.1", "Address to listen on; 0.0.0.0 for every interface.")
     port: int = opt(8080, "TCP port to listen on.")
-    threads: int = opt(32, "Worker threads; each request, upload or download holds one.")
+    threads: int = opt(
+        32, "Threads per server process; each request, upload or download holds one."
+    )
+    workers: int = opt(
+        1,
+        "Server processes sharing the port (Linux); each has its own threads and database"
+        " pool. One process computes on one core at a time: use about one per core (0: one"
+        " per CPU).",
+    )
     block_size: int = opt(256 * 1024, "Bytes per read or write when streaming bodies.")
     max_xml_body: int = opt(1024 * 1024, "Largest PROPFIND/PROPPATCH/LOCK body accepted (413).")
     request_timeout: int = opt(60, "Seconds a connection may stay idle before it is closed.")
+    keep_alive_connections: int = opt(
+        500,
+        "Idle keep-alive connections kept open per server process (each mounted drive holds"
+        " one); past this an answer closes its connection. Each takes a file descriptor.",
+    )
     malloc_arenas: int = opt(
         2,
         "glibc malloc arenas shared by all threads (0: glibc's default, 8 per core).",

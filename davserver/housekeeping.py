@@ -54,10 +54,14 @@ class Housekeeper:
             self._thread.join(timeout=10)
             self._thread = None
 
+    def sweep(self) -> None:
+        """``run_once``, logging a failure instead of raising it."""
+        try:
+            self.run_once()
+        except Exception:  # a failed sweep is retried next time; serving goes on
+            log.exception("housekeeping failed")
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # a failed sweep is retried next time; serving goes on
-                log.exception("housekeeping failed")
+            self.sweep()
             self._stop.wait(self.every)

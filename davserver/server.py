@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 from cheroot import server as cheroot_server
@@ -12,6 +13,7 @@ from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.app import Application
+from davserver.config import ServerSettings
 from davserver.housekeeping import Housekeeper
 from davserver.memory import limit_malloc_arenas, release_free_memory
 
@@ -21,6 +23,14 @@ log = logging.getLogger(__name__)
 # An unread request body up to this size is read and dropped after an early answer, so the
 # connection can be kept; a bigger one closes the connection instead.
 _DRAIN_LIMIT = 1024 * 1024
+
+
+class CannotListen(Exception):
+    """The address could not be bound (taken, not ours, not an address of this host)."""
+
+    def __init__(self, host: str, port: int, reason: OSError) -> None:
+        detail = reason.strerror or str(reason)
+        super().__init__(f"cannot listen on {host}:{port}: {detail}")
 
 
 class _Request(cheroot_server.HTTPRequest):
@@ -40,7 +50,8 @@ class _Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = _Request
 
 
-def make_server(app: Application, host: str, port: int) -> wsgi.Server:
+def make_server(app: Application, host: str, port: int, *, reuse_port: bool = False) -> wsgi.Server:
+    """A cheroot server for ``app``; ``reuse_port`` lets several processes listen on one port."""
     settings = app.settings.server
     server = wsgi.Server(
         (host, port),
@@ -49,23 +60,60 @@ def make_server(app: Application, host: str, port: int) -> wsgi.Server:
         timeout=settings.request_timeout,
         request_queue_size=64,
         server_name="davserver",
+        reuse_port=reuse_port,
     )
     server.max_request_body_size = 0  # uploads are bounded by quota, not by a fixed cap
+    # cheroot's default of 10 made every client past the tenth reconnect for each request.
+    server.keep_alive_conn_limit = settings.keep_alive_connections
     server.ConnectionClass = _Connection
-    if settings.ssl_certificate and settings.ssl_private_key:
+    if tls_enabled(settings):
         server.ssl_adapter = BuiltinSSLAdapter(settings.ssl_certificate, settings.ssl_private_key)
     return server
 
 
-def serve(app: Application, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM, then finish open requests and close."""
+def tls_enabled(settings: ServerSettings) -> bool:
+    return bool(settings.ssl_certificate and settings.ssl_private_key)
+
+
+def announce(tls: bool, host: str, port: int, workers: int = 1) -> None:
+    """Print the address being served: the line scripts and tests wait for."""
+    scheme = "https" if tls else "http"
+    suffix = f" ({workers} worker processes)" if workers > 1 else ""
+    print(f"davserver listening on {scheme}://{host}:{port}/{suffix}", flush=True)
+
+
+def _announce(server: wsgi.Server) -> None:
+    host, port = server.bind_addr[:2]
+    announce(server.ssl_adapter is not None, host, port)
+
+
+def serve(
+    app: Application,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    housekeeping: bool = True,
+    ready: Callable[[wsgi.Server], None] = _announce,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then finish open requests and close.
+
+    ``ready`` is called once the port listens (by default it prints the address). A worker of
+    ``davserver.workers`` passes ``reuse_port``, no ``housekeeping`` (its parent sweeps) and a
+    ``ready`` that tells the parent.
+    """
     # Before the worker threads exist, so none of them gets an arena of its own.
     limit_malloc_arenas(app.settings.server.malloc_arenas)
     release_free_memory()  # start-up (migrations, the first password hash) is over
-    server = make_server(app, host, port)
-    housekeeper = Housekeeper(app.services, app.settings.maintenance.housekeeping_seconds)
+    server = make_server(app, host, port, reuse_port=reuse_port)
+    every = app.settings.maintenance.housekeeping_seconds if housekeeping else 0
+    housekeeper = Housekeeper(app.services, every)
+    stopping = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():  # Ctrl-C reaches a worker and its parent, which passes it on
+            return
+        stopping.set()
         log.info("signal %s: stopping", signum)
         threading.Thread(target=server.stop, daemon=True).start()
 
@@ -73,10 +121,11 @@ def serve(app: Application, host: str, port: int) -> None:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
     try:
-        server.prepare()
-        scheme = "https" if server.ssl_adapter else "http"
-        bound = server.bind_addr
-        print(f"davserver listening on {scheme}://{bound[0]}:{bound[1]}/", flush=True)
+        try:
+            server.prepare()
+        except OSError as exc:
+            raise CannotListen(host, port, exc) from exc
+        ready(server)
         housekeeper.start()
         server.serve()
     finally:

@@ -40,10 +40,15 @@ def live_server(
 ) -> Iterator[LiveServer]:
     """A real ``davserver serve`` subprocess with its own database, one per engine and session.
 
+    On PostgreSQL it runs as production would: two worker processes on one port, so every
+    real client (litmus, rclone, davfs2, curl...) meets a server whose consecutive connections
+    may land on different processes. SQLite is the embedded default: one process.
+
     Tests share it: put what you create under ``dav_dir`` (or ``live_server.fresh_dir()``).
     """
     tmp_dir = tmp_path_factory.mktemp(f"live-{request.param}")
-    with run_live_server(request.param, tmp_dir) as srv:
+    workers = {"DAVSERVER_SERVER_WORKERS": "2"} if request.param == "postgresql" else None
+    with run_live_server(request.param, tmp_dir, workers) as srv:
         yield srv
 
 

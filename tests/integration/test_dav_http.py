@@ -1055,6 +1055,25 @@ def test_concurrent_puts_to_one_path_all_succeed(
     assert get_body(srv, url).startswith(b"writer ")
 
 
+def test_many_idle_clients_keep_their_connections(srv: InprocServer, folder: str) -> None:
+    """Every mounted drive holds a connection open between requests. Past cheroot's default of
+    10 idle connections each answer said ``Connection: close``: a new TCP (and TLS) handshake
+    per request for every client beyond the tenth."""
+    clients = [Connection(srv) for _ in range(40)]
+    try:
+        for rounds in range(2):
+            for i, client in enumerate(clients):
+                response = client.request("PROPFIND", folder, headers={"Depth": "0"})
+                assert response.status == 207
+                assert response.headers.get("Connection", "").lower() != "close", (
+                    f"client {i} of {len(clients)}, round {rounds}: the server closed it"
+                )
+                assert client.conn.sock is not None
+    finally:
+        for client in clients:
+            client.close()
+
+
 # --- 12. locks are per user ------------------------------------------------------------------
 
 

@@ -1,0 +1,278 @@
+"""Several server processes on one port (``server.workers``).
+
+One Python process runs on one core at a time (the GIL): its threads overlap waiting, not
+computing. With ``server.workers`` above 1, ``davserver serve`` forks that many worker processes
+after the migrations. Each builds its own application (engine, pool, caches) and listens on the
+same address with ``SO_REUSEPORT``, so the kernel spreads new connections across them; a
+keep-alive connection stays with the worker that accepted it. Everything the workers must share
+(locks, sessions, tokens, throttling) already lives in the database, as it does for several
+servers behind a load balancer.
+
+The parent serves nothing. It holds the port (bound, not listening, so no connection waits on
+it), runs the housekeeping sweeps, replaces a worker that dies, and on SIGTERM or SIGINT stops
+every worker, each after finishing its open requests. A worker whose parent dies is stopped by
+the kernel (``PR_SET_PDEATHSIG``).
+
+Linux only: elsewhere ``SO_REUSEPORT`` does not balance connections (macOS) or is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from davserver.app import Application
+from davserver.config import ConfigError, Settings
+from davserver.housekeeping import Housekeeper
+from davserver.server import CannotListen, announce, serve, tls_enabled
+
+log = logging.getLogger(__name__)
+
+# A worker that dies this soon after it started counts as a failed start; after
+# _FAILED_STARTS of those in a row the parent gives up instead of forking forever.
+_QUICK_DEATH_SECONDS = 10.0
+_FAILED_STARTS = 3
+# How long workers get to finish their open requests after SIGTERM before they are killed.
+_STOP_GRACE_SECONDS = 30.0
+_START_TIMEOUT_SECONDS = 120.0
+_TICK_SECONDS = 0.2
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_count(setting: int) -> int:
+    """``server.workers`` as a number of processes (0: one per CPU)."""
+    if setting < 0:
+        raise ConfigError(f"server.workers: {setting} is negative (0 means one per CPU)")
+    if setting == 0:
+        return os.cpu_count() or 1
+    return setting
+
+
+def check_supported(workers: int) -> None:
+    if workers > 1 and not (sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")):
+        raise ConfigError(
+            f"server.workers: {workers} worker processes need Linux (SO_REUSEPORT); "
+            "on this system run one process per port behind a proxy instead"
+        )
+
+
+@dataclass
+class _Workers:
+    """The parent's side: the worker processes and when each started."""
+
+    start: Callable[[], int]
+    started: dict[int, float] = field(default_factory=dict)
+    failed_starts: int = 0
+
+    def spawn(self) -> int:
+        pid = self.start()
+        self.started[pid] = time.monotonic()
+        return pid
+
+    def reap(self) -> list[tuple[int, int, float]]:
+        """Workers that have exited: (pid, wait status, seconds they ran)."""
+        gone = []
+        while self.started:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            began = self.started.pop(pid, None)
+            if began is not None:
+                gone.append((pid, status, time.monotonic() - began))
+        return gone
+
+    def signal_all(self, signum: int) -> None:
+        for pid in self.started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def stop(self) -> None:
+        """SIGTERM every worker, wait for them, SIGKILL those still there after the grace."""
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        while self.started and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(_TICK_SECONDS / 4)
+        if self.started:
+            log.warning("workers %s still running after SIGTERM: killed", sorted(self.started))
+            self.signal_all(signal.SIGKILL)
+            for pid in list(self.started):
+                os.waitpid(pid, 0)
+            self.started.clear()
+
+
+def serve_workers(app: Application, settings: Settings, workers: int) -> int:
+    """Serve with ``workers`` processes until SIGTERM or SIGINT; the exit status to return."""
+    check_supported(workers)
+    holder = _hold_port(settings.server.host, settings.server.port)
+    host, port = settings.server.host, int(holder.getsockname()[1])
+    ready_read, ready_write = os.pipe()
+    parent = os.getpid()
+
+    def start() -> int:
+        app.db.dispose()  # no open database connection may be shared with a child
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            holder.close()
+            os.close(ready_read)
+            _run_worker(settings, host, port, parent, ready_write)  # never returns
+        return pid
+
+    pool = _Workers(start)
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for _ in range(workers):
+            pool.spawn()
+        if not _wait_until_listening(pool, ready_read, workers, stopping):
+            return 0 if stopping else 1
+        announce(tls_enabled(settings.server), host, port, workers)
+        log.info("worker processes %s listening", ", ".join(map(str, sorted(pool.started))))
+        return _supervise(app, settings, pool, stopping)
+    finally:
+        pool.stop()
+        os.close(ready_read)
+        os.close(ready_write)
+        holder.close()
+        app.close()
+
+
+def _hold_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) the address the workers will share.
+
+    Binding here makes a taken port fail before any worker starts, resolves port 0 to one port
+    for all of them, and keeps the port while workers are replaced. A socket that does not
+    listen receives no connections.
+    """
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )[0]
+    holder = socket.socket(family, kind, proto)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        holder.bind(address)
+    except OSError as exc:
+        holder.close()
+        raise CannotListen(host, port, exc) from exc
+    return holder
+
+
+def _wait_until_listening(
+    pool: _Workers, ready_read: int, workers: int, stopping: list[int]
+) -> bool:
+    """True once every worker listens; False (after logging why) if one exits first."""
+    listening = 0
+    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+    while listening < workers:
+        if stopping:
+            return False
+        for pid, status, _ran in pool.reap():
+            log.error("worker %d exited (%s) before listening", pid, _describe(status))
+            return False
+        if time.monotonic() > deadline:
+            log.error("workers did not listen within %.0f s", _START_TIMEOUT_SECONDS)
+            return False
+        readable, _, _ = select.select([ready_read], [], [], _TICK_SECONDS)
+        if readable:
+            listening += len(os.read(ready_read, workers))
+    return True
+
+
+def _supervise(app: Application, settings: Settings, pool: _Workers, stopping: list[int]) -> int:
+    """Sweep now and then, replace workers that die, until a signal; the exit status."""
+    housekeeper = Housekeeper(app.services, settings.maintenance.housekeeping_seconds)
+    next_sweep = time.monotonic()
+    while not stopping:
+        if housekeeper.every > 0 and time.monotonic() >= next_sweep:
+            housekeeper.sweep()
+            next_sweep = time.monotonic() + housekeeper.every
+        for pid, status, ran in pool.reap():
+            if stopping:
+                break
+            if ran < _QUICK_DEATH_SECONDS:
+                pool.failed_starts += 1
+            else:
+                pool.failed_starts = 0
+            if pool.failed_starts >= _FAILED_STARTS:
+                log.error(
+                    "worker %d exited (%s) %.1f s after it started, the %d. in a row: stopping",
+                    pid,
+                    _describe(status),
+                    ran,
+                    pool.failed_starts,
+                )
+                return 1
+            replacement = pool.spawn()
+            log.warning(
+                "worker %d exited (%s) after %.0f s; started worker %d in its place",
+                pid,
+                _describe(status),
+                ran,
+                replacement,
+            )
+        time.sleep(_TICK_SECONDS)
+    log.info("signal %s: stopping the workers", stopping[0])
+    return 0
+
+
+def _run_worker(settings: Settings, host: str, port: int, parent: int, ready_write: int) -> None:
+    """The child's side of a fork: serve until told to stop, then leave without unwinding."""
+    status = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _stop_with_parent(parent)
+
+        def ready(_server: object) -> None:
+            os.write(ready_write, b".")
+
+        serve(
+            Application(settings),
+            host,
+            port,
+            reuse_port=True,
+            housekeeping=False,
+            ready=ready,
+        )
+        status = 0
+    except BaseException:
+        log.exception("worker %d failed", os.getpid())
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The parent's objects were copied into this process: none of their finalizers, atexit
+        # handlers or open database connections may run here.
+        os._exit(status)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM when the parent dies (and check it has not already)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"status {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,289 @@
+"""``server.workers``: several server processes on one port, as one server to every client.
+
+What a user relies on: connections land on every worker; what one worker writes or locks the
+others see at once; a worker that dies is replaced while the others keep answering; SIGTERM
+stops them all cleanly; killing the parent leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from davserver.config import ConfigError
+from davserver.workers import check_supported, worker_count
+from tests.conftest import ENGINES
+from tests.servers import (
+    HOST,
+    REPO_ROOT,
+    LiveServer,
+    basic_auth_header,
+    run_live_server,
+)
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="worker processes need Linux (SO_REUSEPORT)"
+)
+
+WORKERS = 2
+SERVE = [sys.executable, "-m", "davserver", "serve"]
+LOCK = (
+    b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+    b"</D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"
+)
+
+
+@pytest.fixture(params=ENGINES)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
+    with run_live_server(
+        request.param, tmp_path, extra_env={"DAVSERVER_SERVER_WORKERS": str(WORKERS)}
+    ) as srv:
+        yield srv
+
+
+# --- which process is which ------------------------------------------------------------------
+
+
+def children(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is ``pid``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def workers_of(server: LiveServer, count: int = WORKERS, timeout: float = 30.0) -> set[int]:
+    """The server's worker processes, once there are ``count`` of them."""
+    assert server.process is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        found = children(server.process.pid)
+        if len(found) == count or time.monotonic() > deadline:
+            assert len(found) == count, f"workers {found}" + server.diagnostics()
+            return found
+        time.sleep(0.1)
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def holder_of(conn: http.client.HTTPConnection, workers: set[int]) -> int:
+    """The worker whose end of the TCP connection ``conn`` is (by /proc/net/tcp)."""
+    assert conn.sock is not None
+    client_port = conn.sock.getsockname()[1]
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            # The server's end: its remote address is the client's port.
+            if int(fields[2].rsplit(":", 1)[1], 16) == client_port and fields[3] == "01":
+                inode = fields[9]
+    assert inode is not None, "the connection is not in /proc/net/tcp"
+    holders = [pid for pid in workers if inode in socket_inodes(pid)]
+    assert len(holders) == 1, holders
+    return holders[0]
+
+
+def connect(server: LiveServer) -> http.client.HTTPConnection:
+    port = urllib.parse.urlsplit(server.url).port
+    return http.client.HTTPConnection(HOST, port, timeout=30)
+
+
+def call(
+    conn: http.client.HTTPConnection,
+    server: LiveServer,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    sent = {"Authorization": basic_auth_header(server.user, server.password), **(headers or {})}
+    conn.request(method, path, body=body, headers=sent)
+    response = conn.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+
+
+def connections_on_each(
+    server: LiveServer, workers: set[int]
+) -> dict[int, http.client.HTTPConnection]:
+    """One open connection to each worker (opening more until each has one), having answered."""
+    held: dict[int, http.client.HTTPConnection] = {}
+    for _ in range(64):
+        conn = connect(server)
+        status, _, _ = call(conn, server, "PROPFIND", "/files/", headers={"Depth": "0"})
+        assert status == 207
+        holder = holder_of(conn, workers)
+        if holder in held:
+            conn.close()  # cheroot keeps only so many idle connections (keep_alive_conn_limit)
+            continue
+        held[holder] = conn
+        if len(held) == len(workers):
+            return held
+    raise AssertionError(f"64 connections did not reach every worker: {held}")
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+
+def test_connections_reach_every_worker_and_they_see_each_others_writes_and_locks(
+    server: LiveServer,
+) -> None:
+    workers = workers_of(server)
+    held = connections_on_each(server, workers)
+    first, second = (held[pid] for pid in sorted(workers))
+    folder = urllib.parse.urlsplit(server.fresh_dir()).path
+
+    # Written through one worker, read through the other at once.
+    status, _, _ = call(first, server, "PUT", folder + "doc.txt", b"version one")
+    assert status == 201
+    status, _, body = call(second, server, "GET", folder + "doc.txt")
+    assert (status, body) == (200, b"version one")
+
+    # A lock taken through one worker holds on the other; its token works there.
+    status, headers, _ = call(
+        first, server, "LOCK", folder + "doc.txt", LOCK, {"Timeout": "Second-60"}
+    )
+    assert status == 200
+    token = headers["Lock-Token"]
+    status, _, _ = call(second, server, "PUT", folder + "doc.txt", b"no token")
+    assert status == 423
+    status, _, _ = call(second, server, "PUT", folder + "doc.txt", b"two", {"If": f"({token})"})
+    assert status == 204
+    status, _, _ = call(second, server, "UNLOCK", folder + "doc.txt", None, {"Lock-Token": token})
+    assert status == 204
+    status, _, body = call(first, server, "GET", folder + "doc.txt")
+    assert (status, body) == (200, b"two")
+    for conn in held.values():
+        conn.close()
+
+
+def test_a_worker_that_dies_is_replaced_while_the_others_answer(server: LiveServer) -> None:
+    workers = workers_of(server)
+    held = connections_on_each(server, workers)
+    victim, survivor = sorted(workers)
+    log_start = server.stderr_size()
+
+    os.kill(victim, signal.SIGKILL)
+    # The surviving worker's connection answers straight away.
+    status, _, _ = call(held[survivor], server, "PROPFIND", "/files/", headers={"Depth": "0"})
+    assert status == 207
+
+    assert server.process is not None
+    deadline = time.monotonic() + 30
+    now = children(server.process.pid)
+    while victim in now or len(now) < WORKERS:
+        assert time.monotonic() < deadline, f"not replaced: {now}" + server.diagnostics()
+        time.sleep(0.1)
+        now = children(server.process.pid)
+    assert survivor in now
+    log = server.stderr_text(log_start)
+    assert f"worker {victim} exited (signal SIGKILL)" in log
+    # New connections are answered, by the replacement too.
+    replacement = (now - {victim, survivor}).pop()
+    reached = connections_on_each(server, now)
+    status, _, _ = call(reached[replacement], server, "PUT", "/files/after.txt", b"replaced")
+    assert status == 201
+    for conn in [*held.values(), *reached.values()]:
+        conn.close()
+
+
+def test_sigterm_stops_every_worker(server: LiveServer) -> None:
+    assert server.process is not None
+    workers = workers_of(server)
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=40) == 0
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+def test_workers_stop_when_their_parent_is_killed(server: LiveServer) -> None:
+    assert server.process is not None
+    workers = workers_of(server)
+    server.process.kill()
+    server.process.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while left := [pid for pid in workers if _alive(pid)]:
+        assert time.monotonic() < deadline, f"workers {left} outlived their parent"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def test_worker_count() -> None:
+    assert worker_count(1) == 1
+    assert worker_count(3) == 3
+    assert worker_count(0) == (os.cpu_count() or 1)
+    with pytest.raises(ConfigError, match="negative"):
+        worker_count(-1)
+
+
+def test_workers_need_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    check_supported(1)  # one process needs nothing special
+    with pytest.raises(ConfigError, match="need Linux"):
+        check_supported(2)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_taken_port_is_one_clear_line(tmp_path: Path, workers: int) -> None:
+    with taken_port() as port:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
+        env.update(DAVSERVER_DATA_DIR=str(tmp_path), DAVSERVER_ADMIN_PASSWORD="x" * 16)
+        env["PYTHONPATH"] = str(REPO_ROOT)
+        done = subprocess.run(
+            [*SERVE, "--host", HOST, "--port", str(port), "--workers", str(workers)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"davserver: cannot listen on {HOST}:{port}:" in done.stderr
+    assert "Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@contextmanager
+def taken_port() -> Iterator[int]:
+    """A port some other program listens on (without SO_REUSEPORT)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
