@@ -1126,8 +1126,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--parallel",
         type=int,
-        default=4,
-        help="connections for the parallel small PUTs (default 4, as rclone; 0 or 1: skip)",
+        default=0,
+        help="also PUT the small files over K connections at once (4: rclone's transfers);"
+        " off by default: its memory stays in the server for the next round's RSS figures",
     )
     p.add_argument("--members", help="comma-separated PROPFIND folder sizes, e.g. 2000,10000")
     p.add_argument("--propfind-reps", type=int, help="PROPFINDs per folder per round")
