@@ -145,7 +145,9 @@ class ImageSettings:
     max_pixels: int = opt(
         50_000_000, "Largest source converted (width x height); larger ones get 422 (bombs)."
     )
-    workers: int = opt(2, "Conversions run at once, each in a worker process of its own.")
+    workers: int = opt(
+        2, "Conversions run at once per server process, each in a worker process of its own."
+    )
     memory_limit_mb: int = opt(
         1024, "Address space of each worker process (MiB); a conversion needing more gets 422."
     )
