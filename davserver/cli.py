@@ -32,13 +32,12 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from davserver.bootstrap import prepare
     from davserver.server import CannotListen, serve
-    from davserver.workers import check_supported, serve_workers, worker_count
+    from davserver.workers import serve_workers, worker_count
 
     settings = _settings(
         args, server__host=args.host, server__port=args.port, server__workers=args.workers
     )
     workers = worker_count(settings.server.workers)
-    check_supported(workers)
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )

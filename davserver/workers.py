@@ -50,12 +50,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def worker_count(setting: int) -> int:
-    """``server.workers`` as a number of processes (0: one per CPU)."""
+    """``server.workers`` as a number of processes (0: one per CPU); ConfigError where this
+    system cannot run more than one."""
     if setting < 0:
         raise ConfigError(f"server.workers: {setting} is negative (0 means one per CPU)")
-    if setting == 0:
-        return os.cpu_count() or 1
-    return setting
+    workers = setting or os.cpu_count() or 1
+    check_supported(workers)
+    return workers
 
 
 def check_supported(workers: int) -> None:
@@ -112,8 +113,8 @@ class _Workers:
 
 
 def serve_workers(app: Application, settings: Settings, workers: int) -> int:
-    """Serve with ``workers`` processes until SIGTERM or SIGINT; the exit status to return."""
-    check_supported(workers)
+    """Serve with ``workers`` processes (from ``worker_count``) until SIGTERM or SIGINT; the exit
+    status to return."""
     holder = _hold_port(settings.server.host, settings.server.port)
     host, port = settings.server.host, int(holder.getsockname()[1])
     ready_read, ready_write = os.pipe()

@@ -30,7 +30,7 @@ from sqlalchemy import event
 from davserver.app import Application
 from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, User
 from davserver.services.tree import NodeView
-from tests.servers import HOST, InprocServer, Response, basic_auth_header, http_request
+from tests.servers import HOST, DavServer, InprocServer, Response, basic_auth_header, http_request
 
 DAV_NS = "{DAV:}"
 MS_NS = "{urn:schemas-microsoft-com:}"
@@ -100,7 +100,7 @@ def get_body(srv: InprocServer, url: str) -> bytes:
 class Connection:
     """One keep-alive connection with Basic auth, for many requests in a row."""
 
-    def __init__(self, srv: InprocServer, user: str | None = None, password: str | None = None):
+    def __init__(self, srv: DavServer, user: str | None = None, password: str | None = None):
         self.conn = http.client.HTTPConnection(HOST, srv.port, timeout=30)
         self.auth = basic_auth_header(user or srv.user, password or srv.password)
 

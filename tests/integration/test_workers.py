@@ -7,14 +7,12 @@ stops them all cleanly; killing the parent leaves no worker behind.
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,11 +22,11 @@ import pytest
 from davserver.config import ConfigError
 from davserver.workers import check_supported, worker_count
 from tests.conftest import ENGINES
+from tests.integration.test_dav_http import Connection
 from tests.servers import (
     HOST,
     REPO_ROOT,
     LiveServer,
-    basic_auth_header,
     run_live_server,
 )
 
@@ -55,20 +53,31 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServe
 # --- which process is which ------------------------------------------------------------------
 
 
+def _state_and_parent(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent from /proc; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, ppid = stat.rpartition(")")[2].split()[:2]
+    return state, int(ppid)
+
+
+def _alive(pid: int) -> bool:
+    found = _state_and_parent(pid)
+    return found is not None and found[0] != "Z"
+
+
 def children(pid: int) -> set[int]:
     """Live (not zombie) processes whose parent is ``pid``."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, ppid = stat.rpartition(")")[2].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.add(int(entry.name))
-    return found
+    return {
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and (found := _state_and_parent(int(entry.name))) is not None
+        and found[1] == pid
+        and found[0] != "Z"
+    }
 
 
 def workers_of(server: LiveServer, count: int = WORKERS, timeout: float = 30.0) -> set[int]:
@@ -95,10 +104,10 @@ def socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def holder_of(conn: http.client.HTTPConnection, workers: set[int]) -> int:
+def holder_of(conn: Connection, workers: set[int]) -> int:
     """The worker whose end of the TCP connection ``conn`` is (by /proc/net/tcp)."""
-    assert conn.sock is not None
-    client_port = conn.sock.getsockname()[1]
+    assert conn.conn.sock is not None
+    client_port = conn.conn.sock.getsockname()[1]
     inode = None
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
@@ -112,34 +121,12 @@ def holder_of(conn: http.client.HTTPConnection, workers: set[int]) -> int:
     return holders[0]
 
 
-def connect(server: LiveServer) -> http.client.HTTPConnection:
-    port = urllib.parse.urlsplit(server.url).port
-    return http.client.HTTPConnection(HOST, port, timeout=30)
-
-
-def call(
-    conn: http.client.HTTPConnection,
-    server: LiveServer,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    sent = {"Authorization": basic_auth_header(server.user, server.password), **(headers or {})}
-    conn.request(method, path, body=body, headers=sent)
-    response = conn.getresponse()
-    return response.status, dict(response.getheaders()), response.read()
-
-
-def connections_on_each(
-    server: LiveServer, workers: set[int]
-) -> dict[int, http.client.HTTPConnection]:
+def connections_on_each(server: LiveServer, workers: set[int]) -> dict[int, Connection]:
     """One open connection to each worker (opening more until each has one), having answered."""
-    held: dict[int, http.client.HTTPConnection] = {}
+    held: dict[int, Connection] = {}
     for _ in range(64):
-        conn = connect(server)
-        status, _, _ = call(conn, server, "PROPFIND", "/files/", headers={"Depth": "0"})
-        assert status == 207
+        conn = Connection(server)
+        assert conn.request("PROPFIND", "/files/", headers={"Depth": "0"}).status == 207
         holder = holder_of(conn, workers)
         if holder in held:
             conn.close()  # cheroot keeps only so many idle connections (keep_alive_conn_limit)
@@ -159,28 +146,22 @@ def test_connections_reach_every_worker_and_they_see_each_others_writes_and_lock
     workers = workers_of(server)
     held = connections_on_each(server, workers)
     first, second = (held[pid] for pid in sorted(workers))
-    folder = urllib.parse.urlsplit(server.fresh_dir()).path
+    folder = server.fresh_dir()
 
     # Written through one worker, read through the other at once.
-    status, _, _ = call(first, server, "PUT", folder + "doc.txt", b"version one")
-    assert status == 201
-    status, _, body = call(second, server, "GET", folder + "doc.txt")
-    assert (status, body) == (200, b"version one")
+    assert first.request("PUT", folder + "doc.txt", b"version one").status == 201
+    response = second.request("GET", folder + "doc.txt")
+    assert (response.status, response.body) == (200, b"version one")
 
     # A lock taken through one worker holds on the other; its token works there.
-    status, headers, _ = call(
-        first, server, "LOCK", folder + "doc.txt", LOCK, {"Timeout": "Second-60"}
-    )
-    assert status == 200
-    token = headers["Lock-Token"]
-    status, _, _ = call(second, server, "PUT", folder + "doc.txt", b"no token")
-    assert status == 423
-    status, _, _ = call(second, server, "PUT", folder + "doc.txt", b"two", {"If": f"({token})"})
-    assert status == 204
-    status, _, _ = call(second, server, "UNLOCK", folder + "doc.txt", None, {"Lock-Token": token})
-    assert status == 204
-    status, _, body = call(first, server, "GET", folder + "doc.txt")
-    assert (status, body) == (200, b"two")
+    response = first.request("LOCK", folder + "doc.txt", LOCK, {"Timeout": "Second-60"})
+    assert response.status == 200
+    token = response.headers["Lock-Token"]
+    assert second.request("PUT", folder + "doc.txt", b"no token").status == 423
+    assert second.request("PUT", folder + "doc.txt", b"two", {"If": f"({token})"}).status == 204
+    assert second.request("UNLOCK", folder + "doc.txt", None, {"Lock-Token": token}).status == 204
+    response = first.request("GET", folder + "doc.txt")
+    assert (response.status, response.body) == (200, b"two")
     for conn in held.values():
         conn.close()
 
@@ -193,8 +174,7 @@ def test_a_worker_that_dies_is_replaced_while_the_others_answer(server: LiveServ
 
     os.kill(victim, signal.SIGKILL)
     # The surviving worker's connection answers straight away.
-    status, _, _ = call(held[survivor], server, "PROPFIND", "/files/", headers={"Depth": "0"})
-    assert status == 207
+    assert held[survivor].request("PROPFIND", "/files/", headers={"Depth": "0"}).status == 207
 
     assert server.process is not None
     deadline = time.monotonic() + 30
@@ -209,8 +189,7 @@ def test_a_worker_that_dies_is_replaced_while_the_others_answer(server: LiveServ
     # New connections are answered, by the replacement too.
     replacement = (now - {victim, survivor}).pop()
     reached = connections_on_each(server, now)
-    status, _, _ = call(reached[replacement], server, "PUT", "/files/after.txt", b"replaced")
-    assert status == 201
+    assert reached[replacement].request("PUT", "/files/after.txt", b"replaced").status == 201
     for conn in [*held.values(), *reached.values()]:
         conn.close()
 
@@ -220,7 +199,7 @@ def test_sigterm_stops_every_worker(server: LiveServer) -> None:
     workers = workers_of(server)
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=40) == 0
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not [pid for pid in workers if _alive(pid)]
 
 
 def test_workers_stop_when_their_parent_is_killed(server: LiveServer) -> None:
@@ -232,14 +211,6 @@ def test_workers_stop_when_their_parent_is_killed(server: LiveServer) -> None:
     while left := [pid for pid in workers if _alive(pid)]:
         assert time.monotonic() < deadline, f"workers {left} outlived their parent"
         time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -258,6 +229,8 @@ def test_workers_need_linux(monkeypatch: pytest.MonkeyPatch) -> None:
     check_supported(1)  # one process needs nothing special
     with pytest.raises(ConfigError, match="need Linux"):
         check_supported(2)
+    with pytest.raises(ConfigError, match="need Linux"):
+        worker_count(2)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
