@@ -64,6 +64,17 @@ def orphan_file(store: FileSystemBlobStore, data: bytes, *, age: float = OLD) ->
     return path
 
 
+def two_level_file(store: FileSystemBlobStore, data: bytes, *, age: float = OLD) -> Path:
+    """A blob file where the store put it when it fanned out twice (``ab/cd/abcd…``), with no
+    row, last modified ``age`` seconds ago."""
+    digest = sha(data)
+    path = store.root / digest[:2] / digest[2:4] / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    backdate(path, age)
+    return path
+
+
 def backdate(path: Path, age: float) -> None:
     then = time.time() - age
     os.utime(path, (then, then))

@@ -7,7 +7,7 @@ from davserver.blobstore.base import (
     MaintainableBlobStore,
     StoredBlob,
 )
-from davserver.blobstore.filesystem import FileSystemBlobStore, storage_key_for
+from davserver.blobstore.filesystem import FileSystemBlobStore, is_storage_key, storage_key_for
 
 __all__ = [
     "BlobFile",
@@ -16,5 +16,6 @@ __all__ = [
     "FileSystemBlobStore",
     "MaintainableBlobStore",
     "StoredBlob",
+    "is_storage_key",
     "storage_key_for",
 ]

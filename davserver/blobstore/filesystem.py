@@ -1,4 +1,10 @@
-"""Blobs as files on a local disk, fanned out by hash: ``ab/cd/abcd…``.
+"""Blobs as files on a local disk, fanned out by hash: ``ab/abcd…``.
+
+One fan-out level: 256 folders, made as writes need them, each holding any number of blobs
+(ext4 and XFS index large folders). The store used to fan out twice, ``ab/cd/abcd…``: 65,536
+folders (256 MiB of folder blocks on ext4 once all exist), and until it held a few hundred
+thousand blobs most uploads made a folder and flushed its parent too. Files stored that way keep
+their keys (rows record them), and a write of the same bytes finds them there.
 
 A write goes to ``tmp/`` first and is hard-linked into place once its SHA-256 is known, so a
 reader never sees a partial blob and an aborted upload leaves nothing behind. The ``tmp/`` name
@@ -14,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -26,6 +33,7 @@ from davserver.blobstore.base import BlobFile, StoredBlob
 from davserver.blobstore.hashing import MultiHasher
 from davserver.errors import ChecksumMismatch
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _WRITEBACK_EVERY = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -59,7 +67,22 @@ _NO_HARD_LINKS = frozenset(
 
 
 def storage_key_for(sha256: str) -> str:
+    """Where new bytes with this SHA-256 go."""
+    return f"{sha256[:2]}/{sha256}"
+
+
+def _two_level_key(sha256: str) -> str:
+    """Where the store put them before it went to one fan-out level."""
     return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def is_storage_key(key: str) -> bool:
+    """True for the names the store gives its files, in either layout; gc touches nothing else."""
+    sha256 = key.rpartition("/")[2]
+    return bool(_SHA256.fullmatch(sha256)) and key in (
+        storage_key_for(sha256),
+        _two_level_key(sha256),
+    )
 
 
 class FileSystemBlobStore:
@@ -90,6 +113,17 @@ class FileSystemBlobStore:
 
     def writer(self) -> _FileBlobWriter:
         return _FileBlobWriter(self)
+
+    def locate(self, sha256: str) -> tuple[str, bool]:
+        """The key for these bytes, and whether a file is there already: where they are, in
+        either layout, or else where new bytes go."""
+        key = storage_key_for(sha256)
+        if self.path_of(key).exists():
+            return key, True
+        earlier = _two_level_key(sha256)
+        if self.path_of(earlier).exists():
+            return earlier, True
+        return key, False
 
     def path_of(self, storage_key: str) -> Path:
         if ".." in storage_key.split("/") or storage_key.startswith("/"):
@@ -217,19 +251,20 @@ class _FileBlobWriter:
                 raise ChecksumMismatch(
                     f"the body's {algorithm} is {actual.get(algorithm)}, not {digest.lower()}"
                 )
-        key = storage_key_for(sha256)
-        spare = self._place(key)
+        key, stored = self._store.locate(sha256)
+        spare = self._place(key, stored)
         return StoredBlob(
             sha256, md5, sha1, self.bytes_written, key, self._hasher.crc32, spare=spare
         )
 
-    def _place(self, key: str) -> str | None:
-        """Make the bytes durable and put them under ``key``; returns the spare's name."""
+    def _place(self, key: str, stored: bool) -> str | None:
+        """Make the bytes durable and put them under ``key`` unless they are ``stored`` there
+        already; returns the spare's name."""
         final = self._store.path_of(key)
         folder = final.parent
         spare: str | None = self._path.name
         try:
-            if final.exists():
+            if stored:
                 # Dedup: these bytes are stored already, so this copy need not reach the disk;
                 # it stays as the spare. The folder is still flushed, in case the existing copy
                 # was linked into place by a concurrent upload that has not flushed it yet.

@@ -54,7 +54,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from davserver.blobstore import BlobFile, MaintainableBlobStore, storage_key_for
+from davserver.blobstore import BlobFile, MaintainableBlobStore, is_storage_key
 from davserver.db import Base, Database
 from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import utcnow
@@ -208,7 +208,7 @@ class MaintenanceService:
         self._remove_with_files(remove, report, orphans=False)
 
     def _gc_orphans(self, cutoff: float, report: GcReport, tick: ProgressCallback) -> None:
-        old = (f for f in self.blobs.iter_files() if f.mtime < cutoff and _is_blob_key(f.key))
+        old = (f for f in self.blobs.iter_files() if f.mtime < cutoff and is_storage_key(f.key))
         seen = 0
         for batch in _batched(old, _BATCH):
             seen += len(batch)
@@ -456,12 +456,6 @@ class MaintenanceService:
                 if found.key not in keys and found.mtime < cutoff:
                     yield FsckProblem("orphan", found.key, None, f"no row ({found.size} bytes)")
             tick(Progress("orphans", report.files_scanned))
-
-
-def _is_blob_key(key: str) -> bool:
-    """True for files the store itself names (``ab/cd/abcd…``); gc touches nothing else."""
-    sha256 = key.rpartition("/")[2]
-    return bool(_SHA256.fullmatch(sha256)) and key == storage_key_for(sha256)
 
 
 def _ignore(_progress: Progress) -> None:

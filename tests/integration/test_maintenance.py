@@ -32,6 +32,7 @@ from tests.blobs import (
     path_of,
     put,
     sha,
+    two_level_file,
 )
 
 # ------------------------------------------------------------------ what gc removes and keeps
@@ -183,6 +184,35 @@ def test_a_failed_move_puts_everything_back_and_reports_it(
     for i in range(3):
         assert path_of(store, f"garbage {i}".encode()).exists()
     assert list(store.iter_temp_files()) == []
+
+
+def test_a_store_that_fanned_out_twice_keeps_working(
+    database: Database,
+    store: FileSystemBlobStore,
+    files: FileService,
+    maintenance: MaintenanceService,
+    actor: Actor,
+    home: NodeView,
+) -> None:
+    """Blobs stored as ``ab/cd/abcd…`` before the store went to one level: an upload of the
+    same bytes uses that file, gc still collects an orphan there, fsck finds nothing wrong."""
+    earlier = two_level_file(store, b"stored long ago")
+    orphan = two_level_file(store, b"orphan long ago")
+    view = put(files, actor, home, "old.txt", b"stored long ago")
+    put(files, actor, home, "new.txt", b"stored today")
+
+    with database.read() as session:
+        keys = {blob.sha256: blob.storage_key for blob in session.scalars(sa.select(Blob))}
+    assert keys[sha(b"stored long ago")] == str(earlier.relative_to(store.root))
+    assert keys[sha(b"stored today")] == storage_key_for(sha(b"stored today"))
+    assert not path_of(store, b"stored long ago").exists()  # no second copy
+    with files.open_content(view) as fh:
+        assert fh.read() == b"stored long ago"
+
+    report = maintenance.collect_garbage(grace=HOUR)
+    assert report.orphan_files_removed == 1 and report.blobs_removed == 0
+    assert not orphan.exists() and earlier.exists()
+    assert maintenance.check().ok
 
 
 # --------------------------------------------------------------------------------- fsck

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from davserver.blobstore import FileSystemBlobStore, StoredBlob
+from davserver.blobstore import FileSystemBlobStore, StoredBlob, is_storage_key
 from davserver.errors import ChecksumMismatch
 
 
@@ -21,10 +21,10 @@ def _write(store: FileSystemBlobStore, data: bytes, **expect: str) -> StoredBlob
 
 def _same_folder_as(data: bytes) -> bytes:
     """Other bytes whose SHA-256 starts like ``data``'s: they share its fan-out folder."""
-    prefix = hashlib.sha256(data).hexdigest()[:4]
+    prefix = hashlib.sha256(data).hexdigest()[:2]
     for n in itertools.count():
         candidate = b"other %d" % n
-        if hashlib.sha256(candidate).hexdigest()[:4] == prefix:
+        if hashlib.sha256(candidate).hexdigest()[:2] == prefix:
             return candidate
     raise AssertionError("unreachable")
 
@@ -39,7 +39,7 @@ def test_bytes_land_under_their_sha256_and_the_spare_goes_on_release(
 ) -> None:
     blob = _write(store, b"hello")
     assert blob.sha256 == hashlib.sha256(b"hello").hexdigest()
-    assert blob.storage_key == f"{blob.sha256[:2]}/{blob.sha256[2:4]}/{blob.sha256}"
+    assert blob.storage_key == f"{blob.sha256[:2]}/{blob.sha256}"
     with store.open(blob.storage_key) as fh:
         assert fh.read() == b"hello"
     assert [f.key for f in store.iter_temp_files()] == [blob.spare]
@@ -68,7 +68,7 @@ def test_a_fan_out_folder_removed_behind_the_stores_back_is_made_again(
     other = _same_folder_as(b"first")
     second = _write(store, other)
     store.release(second)
-    assert second.storage_key[:5] == first.storage_key[:5]
+    assert second.storage_key[:3] == first.storage_key[:3]
     with store.open(second.storage_key) as fh:
         assert fh.read() == other
 
@@ -80,22 +80,11 @@ def test_a_wrong_announced_digest_stores_nothing(store: FileSystemBlobStore) -> 
     assert list(store.iter_temp_files()) == []
 
 
-def _same_top_folder_as(data: bytes) -> bytes:
-    """Other bytes whose SHA-256 shares ``data``'s first fan-out level but not its second."""
-    digest = hashlib.sha256(data).hexdigest()
-    for n in itertools.count():
-        candidate = b"cousin %d" % n
-        other = hashlib.sha256(candidate).hexdigest()
-        if other[:2] == digest[:2] and other[2:4] != digest[2:4]:
-            return candidate
-    raise AssertionError("unreachable")
-
-
 def test_new_fan_out_folders_are_made_durable_with_the_blob(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A blob is durable only if the folders leading to it are: each folder the store makes
-    is flushed in its parent (once), and the blob's own folder after each new blob."""
+    """A blob is durable only if the folder leading to it is: a folder the store makes is
+    flushed in its parent (once), and the blob's own folder after each new blob."""
     from davserver.blobstore import filesystem
 
     flushed: list[Path] = []
@@ -103,15 +92,60 @@ def test_new_fan_out_folders_are_made_durable_with_the_blob(
     store = FileSystemBlobStore(tmp_path / "blobs", fsync=True)
     root = store.root
     first = _write(store, b"first")
-    top, leaf = root / first.storage_key[:2], root / first.storage_key[:5]
-    assert flushed == [root, top, leaf]  # aa/ made in root, aa/bb/ in aa/, the blob in aa/bb/
+    folder = root / first.storage_key[:2]
+    assert flushed == [root, folder]  # aa/ made in root, the blob in aa/
     flushed.clear()
     _write(store, _same_folder_as(b"first"))
-    assert flushed == [leaf]  # both folders exist: only the new blob's entry
-    flushed.clear()
-    cousin = _write(store, _same_top_folder_as(b"first"))
-    assert flushed == [top, root / cousin.storage_key[:5]]
+    assert flushed == [folder]  # the folder exists: only the new blob's entry
     flushed.clear()
     unsafe = FileSystemBlobStore(tmp_path / "unsafe", fsync=False)
     _write(unsafe, b"first")
     assert flushed == []
+
+
+def test_one_fan_out_level_however_many_blobs(store: FileSystemBlobStore) -> None:
+    """New blobs share at most 256 folders: a young store does not make a folder per upload."""
+    for n in range(600):
+        store.release(_write(store, b"blob %d" % n))
+    folders = [p for p in store.root.iterdir() if p != store.tmp_dir]
+    assert len(folders) <= 256
+    assert all(len(folder.name) == 2 for folder in folders)
+    blobs = [p for folder in folders for p in folder.iterdir()]
+    assert len(blobs) == 600 and all(p.is_file() for p in blobs)
+
+
+def _store_the_old_way(store: FileSystemBlobStore, data: bytes) -> str:
+    """Put ``data`` where the store kept blobs when it fanned out twice: ``ab/cd/abcd…``."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+    path = store.path_of(key)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return key
+
+
+def test_bytes_stored_in_the_two_level_layout_are_found_not_copied(
+    store: FileSystemBlobStore,
+) -> None:
+    key = _store_the_old_way(store, b"from before")
+    blob = _write(store, b"from before")
+    store.release(blob)
+    assert blob.storage_key == key
+    assert [f.key for f in store.iter_files()] == [key]
+    store.ensure_stored(blob)
+    with store.open(blob.storage_key) as fh:
+        assert fh.read() == b"from before"
+
+
+def test_storage_keys_in_either_layout_are_recognised() -> None:
+    sha256 = hashlib.sha256(b"x").hexdigest()
+    assert is_storage_key(f"{sha256[:2]}/{sha256}")
+    assert is_storage_key(f"{sha256[:2]}/{sha256[2:4]}/{sha256}")
+    for other in (
+        f"{sha256[2:4]}/{sha256}",  # the wrong folder
+        f"{sha256[:2]}/{sha256[:2]}/{sha256}",
+        f"{sha256}",
+        f"{sha256[:2]}/notes.txt",
+        f"{sha256[:2]}/{sha256.upper()}",
+    ):
+        assert not is_storage_key(other), other
