@@ -128,7 +128,9 @@ def test_litmus(suite: str, live_server: LiveServer, tmp_path: Path) -> None:
     base = live_server.fresh_dir(f"litmus-{suite}")
     log_start = live_server.stderr_size()
     env = dict(os.environ, TESTS=suite)
-    command = [LITMUS, base, live_server.user, live_server.password]
+    # "--": the test servers' random passwords may start with "-", which litmus would take for
+    # an option (it then prints its usage and runs nothing: all five suites of a server fail).
+    command = [LITMUS, "--", base, live_server.user, live_server.password]
     try:
         # litmus writes debug.log (every request and response) into its cwd.
         proc = subprocess.run(
