@@ -62,6 +62,11 @@ class DatabaseSettings:
     url: str = opt("", "SQLAlchemy URL; empty means SQLite at <data_dir>/davserver.sqlite3.")
     pool_size: int = opt(10, "Connections kept open per server process (PostgreSQL).")
     echo: bool = opt(False, "Log every SQL statement (debugging only).")
+    ping_after_idle_seconds: int = opt(
+        1,
+        "A pooled connection unused this long is checked (one round trip) before its next use,"
+        " and replaced if the server dropped it (PostgreSQL); 0 checks it at every use.",
+    )
 
 
 @dataclass(frozen=True)

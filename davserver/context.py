@@ -39,6 +39,7 @@ class Services:
             settings.database_url,
             pool_size=settings.database.pool_size,
             echo=settings.database.echo,
+            ping_after_idle=settings.database.ping_after_idle_seconds,
         )
         self.blobs = FileSystemBlobStore(settings.blob_path, fsync=settings.storage.fsync)
         auth = settings.auth

@@ -14,6 +14,7 @@ all of a request's quick reads share one pooled connection instead of checking o
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,7 +38,9 @@ class _RequestConnection:
 class Database:
     """One engine and its session factory; shared by every thread of a server process."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, echo: bool = False, ping_after_idle: float = 1.0
+    ) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
@@ -49,10 +52,14 @@ class Database:
         else:
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = 64
-            kwargs["pool_pre_ping"] = True
+            # Newest first: a pool reuses the connection it just got back, which needs no check
+            # (_ping_when_idle), and lets the ones it has not needed lately sit idle.
+            kwargs["pool_use_lifo"] = True
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+        else:
+            _ping_when_idle(self.engine, ping_after_idle)
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
         # Quick reads need no BEGIN/ROLLBACK round trips. SQLite's driver already runs without
         # implicit transactions here (see _configure_sqlite), so only the BEGIN is skipped.
@@ -108,6 +115,32 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Check a pooled connection before use, but only one that sat unused for ``idle_seconds``.
+
+    The server may have dropped it meanwhile (a restart, a failover, ``idle_session_timeout``,
+    a firewall): a failed check replaces it, so the request never sees the dead one. SQLAlchemy's
+    ``pool_pre_ping`` checks at every checkout instead, a round trip each, two per small PUT.
+    A connection that was in use a moment ago is alive unless the server went away within that
+    moment; then the one request on it fails and SQLAlchemy drops the whole pool's connections.
+    """
+    stamp = "davserver_idle_since"
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[stamp] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(stamp)  # None: connected for this checkout
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise sa.exc.DisconnectionError(f"idle connection failed its check: {exc}") from exc
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -1,0 +1,138 @@
+"""Pooled PostgreSQL connections: checked only after sitting idle, replaced when the server
+dropped them (a restart, a failover, ``idle_session_timeout``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from davserver.db import Database
+from tests.dbs import PG_ADMIN_URL, fresh_pg_database, require_pg
+from tests.servers import LiveServer
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    require_pg()
+    with fresh_pg_database() as url:
+        yield url
+
+
+def _backend_pid(db: Database) -> int:
+    with db.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def _terminate(pid: int) -> None:
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    finally:
+        admin.dispose()
+
+
+def _count_pings(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    pings: list[Any] = []
+    ping = db.engine.dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        pings.append(dbapi_connection)
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(db.engine.dialect, "do_ping", counted)
+    return pings
+
+
+def test_a_connection_the_server_dropped_is_replaced_before_use(pg_url: str) -> None:
+    db = Database(pg_url, pool_size=1, ping_after_idle=0.05)
+    try:
+        dropped = _backend_pid(db)
+        _terminate(dropped)
+        time.sleep(0.2)
+        replacement = _backend_pid(db)  # no error: the check found it dead and reconnected
+        assert replacement != dropped
+        with db.write() as session:  # and a write transaction runs on the new one
+            assert session.execute(sa.text("SELECT pg_backend_pid()")).scalar() == replacement
+    finally:
+        db.dispose()
+
+
+def test_a_connection_in_steady_use_is_not_checked(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check is a round trip: a busy server (a small PUT checks out two connections)
+    would pay it on every request."""
+    db = Database(pg_url, pool_size=1, ping_after_idle=60)
+    try:
+        pings = _count_pings(db, monkeypatch)
+        pids = {_backend_pid(db) for _ in range(20)}
+        assert len(pids) == 1 and pings == []
+    finally:
+        db.dispose()
+
+
+def test_after_a_quiet_spell_one_connection_is_checked_and_then_reused(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool hands out the connection it got back last: after a quiet spell one check,
+    not one per pooled connection as they come round in turn."""
+    db = Database(pg_url, pool_size=3, ping_after_idle=0.2)
+    try:
+        with db.connect() as a, db.connect() as b, db.connect() as c:
+            assert len({conn.connection.dbapi_connection for conn in (a, b, c)}) == 3
+        time.sleep(0.4)
+        pings = _count_pings(db, monkeypatch)
+        pids = {_backend_pid(db) for _ in range(10)}
+        assert len(pids) == 1 and len(pings) == 1
+    finally:
+        db.dispose()
+
+
+def test_zero_checks_a_connection_at_every_use(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(pg_url, pool_size=1, ping_after_idle=0)
+    try:
+        pings = _count_pings(db, monkeypatch)
+        for _ in range(20):
+            _backend_pid(db)
+        assert len(pings) == 19  # not the first use: that connection was just made
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("live_server", ["postgresql"], indirect=True)
+def test_a_running_server_survives_the_database_dropping_its_connections(
+    live_server: LiveServer,
+) -> None:
+    """What a PostgreSQL restart or failover does to every server process: each worker's
+    pooled connections die. The next requests must be answered, not fail with a 500."""
+    folder = live_server.fresh_dir()
+    assert live_server.request("PUT", f"{folder}before.txt", b"before").status == 201
+    database = sa.make_url(live_server.db_url).database
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            dropped = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            ).scalar()
+    finally:
+        admin.dispose()
+    assert dropped
+    time.sleep(1.5)  # past database.ping_after_idle_seconds (1 by default)
+    for n in range(6):  # several connections, so both workers are met
+        put = live_server.request("PUT", f"{folder}after-{n}.txt", b"after")
+        assert put.status == 201, put.body
+    got = live_server.request("GET", f"{folder}before.txt")
+    assert (got.status, got.body) == (200, b"before")
