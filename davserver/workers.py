@@ -9,9 +9,11 @@ keep-alive connection stays with the worker that accepted it. Everything the wor
 servers behind a load balancer.
 
 The parent serves nothing. It holds the port (bound, not listening, so no connection waits on
-it), runs the housekeeping sweeps, replaces a worker that dies, and on SIGTERM or SIGINT stops
-every worker, each after finishing its open requests. A worker whose parent dies is stopped by
-the kernel (``PR_SET_PDEATHSIG``).
+it), replaces a worker that dies, and on SIGTERM or SIGINT stops every worker, each after
+finishing its open requests. It forks each housekeeping sweep into a child process of its own,
+so a long sweep holds up neither a replacement nor a stop (which ends the sweep: its open
+transaction rolls back). A child whose parent dies is stopped by the kernel
+(``PR_SET_PDEATHSIG``).
 
 Linux only: elsewhere ``SO_REUSEPORT`` does not balance connections (macOS) or is missing.
 """
@@ -80,16 +82,22 @@ class _Workers:
         self.started[pid] = time.monotonic()
         return pid
 
-    def reap(self) -> list[tuple[int, int, float]]:
-        """Workers that have exited: (pid, wait status, seconds they ran)."""
+    def reap(self, other: Callable[[int, int], None] | None = None) -> list[tuple[int, int, float]]:
+        """Workers that have exited: (pid, wait status, seconds they ran). Any other child
+        that exited goes to ``other`` (pid, wait status)."""
         gone = []
-        while self.started:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # no child at all
+                break
             if pid == 0:
                 break
             began = self.started.pop(pid, None)
             if began is not None:
                 gone.append((pid, status, time.monotonic() - began))
+            elif other is not None:
+                other(pid, status)
         return gone
 
     def signal_all(self, signum: int) -> None:
@@ -112,6 +120,39 @@ class _Workers:
             self.started.clear()
 
 
+@dataclass
+class _Sweeps:
+    """The parent's housekeeping: one sweep at a time, each in a child process (``start``),
+    the next ``every`` seconds after the last one ended."""
+
+    start: Callable[[], int]
+    every: float
+    pid: int | None = None
+    due: float = field(default_factory=time.monotonic)
+
+    def start_if_due(self) -> None:
+        if self.every > 0 and self.pid is None and time.monotonic() >= self.due:
+            self.pid = self.start()
+
+    def ended(self, pid: int, status: int) -> None:
+        if pid != self.pid:
+            return
+        self.pid = None
+        self.due = time.monotonic() + self.every
+        if status != 0:
+            log.error("housekeeping process %d exited (%s)", pid, _describe(status))
+
+    def stop(self) -> None:
+        """End a running sweep now."""
+        if self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.pid = None
+
+
 def serve_workers(app: Application, settings: Settings, workers: int) -> int:
     """Serve with ``workers`` processes (from ``worker_count``) until SIGTERM or SIGINT; the exit
     status to return."""
@@ -120,7 +161,7 @@ def serve_workers(app: Application, settings: Settings, workers: int) -> int:
     ready_read, ready_write = os.pipe()
     parent = os.getpid()
 
-    def start() -> int:
+    def fork(child: Callable[[], None]) -> int:
         app.db.dispose()  # no open database connection may be shared with a child
         sys.stdout.flush()
         sys.stderr.flush()
@@ -128,10 +169,21 @@ def serve_workers(app: Application, settings: Settings, workers: int) -> int:
         if pid == 0:
             holder.close()
             os.close(ready_read)
-            _run_worker(settings, host, port, parent, ready_write)  # never returns
+            _run_child(parent, child)  # never returns
         return pid
 
-    pool = _Workers(start)
+    def ready(_server: object) -> None:
+        os.write(ready_write, b".")
+
+    def worker() -> None:
+        serve(Application(settings), host, port, reuse_port=True, housekeeping=False, ready=ready)
+
+    def sweep() -> None:
+        os.close(ready_write)
+        Housekeeper(app.services, settings.maintenance.housekeeping_seconds).sweep()
+
+    pool = _Workers(lambda: fork(worker))
+    sweeps = _Sweeps(lambda: fork(sweep), settings.maintenance.housekeeping_seconds)
     stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -146,8 +198,9 @@ def serve_workers(app: Application, settings: Settings, workers: int) -> int:
             return 0 if stopping else 1
         announce(tls_enabled(settings.server), host, port, workers)
         log.info("worker processes %s listening", ", ".join(map(str, sorted(pool.started))))
-        return _supervise(app, settings, pool, stopping)
+        return _supervise(pool, sweeps, stopping)
     finally:
+        sweeps.stop()
         pool.stop()
         os.close(ready_read)
         os.close(ready_write)
@@ -197,15 +250,11 @@ def _wait_until_listening(
     return True
 
 
-def _supervise(app: Application, settings: Settings, pool: _Workers, stopping: list[int]) -> int:
+def _supervise(pool: _Workers, sweeps: _Sweeps, stopping: list[int]) -> int:
     """Sweep now and then, replace workers that die, until a signal; the exit status."""
-    housekeeper = Housekeeper(app.services, settings.maintenance.housekeeping_seconds)
-    next_sweep = time.monotonic()
     while not stopping:
-        if housekeeper.every > 0 and time.monotonic() >= next_sweep:
-            housekeeper.sweep()
-            next_sweep = time.monotonic() + housekeeper.every
-        for pid, status, ran in pool.reap():
+        sweeps.start_if_due()
+        for pid, status, ran in pool.reap(sweeps.ended):
             if stopping:
                 break
             if ran < _QUICK_DEATH_SECONDS:
@@ -234,28 +283,18 @@ def _supervise(app: Application, settings: Settings, pool: _Workers, stopping: l
     return 0
 
 
-def _run_worker(settings: Settings, host: str, port: int, parent: int, ready_write: int) -> None:
-    """The child's side of a fork: serve until told to stop, then leave without unwinding."""
+def _run_child(parent: int, work: Callable[[], None]) -> None:
+    """The child's side of a fork: ``work`` (serve until told to stop, or sweep once), then
+    leave without unwinding."""
     status = 1
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         _stop_with_parent(parent)
-
-        def ready(_server: object) -> None:
-            os.write(ready_write, b".")
-
-        serve(
-            Application(settings),
-            host,
-            port,
-            reuse_port=True,
-            housekeeping=False,
-            ready=ready,
-        )
+        work()
         status = 0
     except BaseException:
-        log.exception("worker %d failed", os.getpid())
+        log.exception("process %d failed", os.getpid())
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

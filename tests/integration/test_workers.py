@@ -27,6 +27,7 @@ from tests.servers import (
     HOST,
     REPO_ROOT,
     LiveServer,
+    free_port,
     run_live_server,
 )
 
@@ -211,6 +212,71 @@ def test_workers_stop_when_their_parent_is_killed(server: LiveServer) -> None:
     while left := [pid for pid in workers if _alive(pid)]:
         assert time.monotonic() < deadline, f"workers {left} outlived their parent"
         time.sleep(0.1)
+
+
+# A server whose housekeeping sweep takes ten minutes: it notes the sweeping process first.
+SLOW_SWEEP = """
+import os, sys, time
+from davserver.housekeeping import Housekeeper
+
+def slow(self):
+    with open(os.environ["SWEEP_PID_FILE"], "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(600)
+
+Housekeeper.run_once = slow
+from davserver.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_long_sweep_holds_up_neither_a_replacement_nor_a_stop(tmp_path: Path) -> None:
+    """Purging a large expired trash can take minutes. The parent sweeps in a child process of
+    its own, so meanwhile it still replaces a dead worker, and SIGTERM ends the sweep with the
+    rest instead of waiting for it."""
+    sweep_pid_file = tmp_path / "sweep.pid"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
+    env.update(
+        DAVSERVER_DATA_DIR=str(tmp_path),
+        DAVSERVER_ADMIN_PASSWORD="x" * 16,
+        SWEEP_PID_FILE=str(sweep_pid_file),
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    serve = ["serve", "--workers", str(WORKERS), "--host", HOST, "--port", str(free_port())]
+    with open(tmp_path / "stderr", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_SWEEP, *serve],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not sweep_pid_file.exists() or not sweep_pid_file.read_text():
+            assert proc.poll() is None, (tmp_path / "stderr").read_text()
+            assert time.monotonic() < deadline, "no sweep started"
+            time.sleep(0.1)
+        sweeper = int(sweep_pid_file.read_text())
+        assert sweeper in children(proc.pid)  # a child sweeps, not the parent
+        workers = children(proc.pid) - {sweeper}
+        assert len(workers) == WORKERS
+
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while len(now := children(proc.pid) - {sweeper, victim}) < WORKERS:
+            assert time.monotonic() < deadline, f"not replaced during the sweep: {now}"
+            time.sleep(0.1)
+        assert _alive(sweeper)
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert not [pid for pid in {sweeper, *now} if _alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # --- configuration -----------------------------------------------------------------------------
