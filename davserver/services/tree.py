@@ -366,11 +366,14 @@ def _up_the_chain(*, hold: bool, child: bool) -> dict[str, Any]:
             statements[dialect] = sa.select(*columns).select_from(rows)
             continue
         named = _nodes.alias("named")
+        start = sa.bindparam("start_id", type_=sa.Uuid)
         with_child = rows.outerjoin(
             named,
             sa.and_(
-                held.c.id == sa.bindparam("start_id", type_=sa.Uuid),
-                named.c.parent_id == held.c.id,
+                held.c.id == start,
+                # Not "= held.id": PostgreSQL then looked the name up in every folder (a scan
+                # of the name index, as long as the table) and kept the one in this folder.
+                named.c.parent_id == start,
                 named.c.name_key == sa.bindparam("key"),
                 named.c.deleted_at.is_(None),
             ),
