@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
-from davserver.db.dialect import for_bind
+from davserver.db.dialect import for_bind, is_postgres
 from davserver.errors import Conflict, InvalidName
 from davserver.models import NodeKind, Space
 
@@ -201,45 +201,61 @@ def get_nodes(
     return found
 
 
-_chain_statements: dict[int, sa.Select[Any]] = {}
+_path_statements: dict[tuple[int, bool], sa.Select[Any]] = {}
 _NODE_WIDTH = len(_VIEW_COLUMNS)
 
 
-def _chain_statement(depth: int) -> sa.Select[Any]:
+def _path_statement(depth: int, *, postgres: bool) -> sa.Select[Any]:
     """The lookup of the folder ``root_id`` and ``depth`` path segments below it, with every
     prefix, in one statement.
 
     One alias of ``nodes`` per segment, each LEFT JOINed to the one before (which must be a
     folder), so the row also tells where a missing path stops: the parent of a new file comes
     with the lookup of the file, and the root comes too. Version and blob columns are joined
-    for the last segment only.
+    for the last segment only. On PostgreSQL each segment is a LATERAL lookup of (parent, name)
+    in the name index: as a plain join, a plan made while the table was small (and kept, once
+    psycopg prepared the statement) looked every segment past the first up by name alone, in
+    every folder.
     """
-    cached = _chain_statements.get(depth)
+    cached = _path_statements.get((depth, postgres))
     if cached is not None:
         return cached
     root = _nodes.alias("r")
-    aliases = [_nodes.alias(f"n{i}") for i in range(depth)]
+    segments: list[Any] = []
     joined: Any = root
-    for i, alias in enumerate(aliases):
-        previous = aliases[i - 1] if i else root
-        joined = joined.outerjoin(
-            alias,
-            sa.and_(
-                alias.c.parent_id == previous.c.id,
-                previous.c.kind == NodeKind.FOLDER.value,
-                alias.c.name_key == sa.bindparam(f"k{i}"),
-                alias.c.deleted_at.is_(None),
-            ),
-        )
-    joined = _with_current_version(joined, aliases[-1])
-    columns: list[Any] = [alias.c[c] for alias in (root, *aliases) for c in _VIEW_COLUMNS]
+    for i in range(depth):
+        previous = segments[-1] if segments else root
+        if postgres:
+            segment: Any = (
+                sa.select(*(_nodes.c[c] for c in _VIEW_COLUMNS))
+                .where(*_segment_conditions(_nodes, previous, i))
+                .limit(1)
+                .lateral(f"n{i}")
+            )
+            joined = joined.outerjoin(segment, sa.true())
+        else:
+            segment = _nodes.alias(f"n{i}")
+            joined = joined.outerjoin(segment, sa.and_(*_segment_conditions(segment, previous, i)))
+        segments.append(segment)
+    joined = _with_current_version(joined, segments[-1])
+    columns: list[Any] = [node.c[c] for node in (root, *segments) for c in _VIEW_COLUMNS]
     stmt: sa.Select[Any] = (
         sa.select(*columns, *_VERSION_COLUMNS)
         .select_from(joined)
         .where(root.c.id == sa.bindparam("root_id", type_=sa.Uuid))
     )
-    _chain_statements[depth] = stmt
+    _path_statements[(depth, postgres)] = stmt
     return stmt
+
+
+def _segment_conditions(node: Any, previous: Any, i: int) -> list[sa.ColumnElement[bool]]:
+    """``node`` is the live child named by the ``k{i}`` parameter of the folder ``previous``."""
+    return [
+        node.c.parent_id == previous.c.id,
+        previous.c.kind == NodeKind.FOLDER.value,
+        node.c.name_key == sa.bindparam(f"k{i}"),
+        node.c.deleted_at.is_(None),
+    ]
 
 
 def resolve_chain(
@@ -266,7 +282,8 @@ def resolve_from(
         chunk = parts[start : start + _SLICE]
         params: dict[str, Any] = {f"k{i}": name_key(part) for i, part in enumerate(chunk)}
         params["root_id"] = current
-        row = conn.execute(_chain_statement(len(chunk)), params).first()
+        statement = _path_statement(len(chunk), postgres=is_postgres(conn))
+        row = conn.execute(statement, params).first()
         if row is None:
             return result
         tail = tuple(row[(len(chunk) + 1) * _NODE_WIDTH :])
