@@ -709,10 +709,10 @@ def test_holding_the_folders_above_reads_only_those_rows(
     database: Database, files: FileService, actor: Actor, home: NodeView
 ) -> None:
     """Every request finds its path, and every upload, MKCOL, MOVE and DELETE below a space's
-    root holds the folders above its target and looks up the name it writes to. On PostgreSQL each must be a lookup by key:
-    joined with the recursive walk up, the planner scanned the whole nodes table instead (until
-    it held some 30,000 rows), and the name was looked up in every folder, so each upload got
-    slower with every file stored."""
+    root holds the folders above its target and looks up the name it writes to. On PostgreSQL
+    each must be a lookup by key: joined with the recursive walk up, the planner scanned the
+    whole nodes table instead (until it held some 30,000 rows), and names were looked up in
+    every folder, so each upload got slower with every file stored."""
     outer = files.create_folder(actor, home, "outer")
     inner = files.create_folder(actor, outer, "inner")
 
