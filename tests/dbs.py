@@ -45,18 +45,27 @@ def require_pg() -> None:
 
 
 @contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """Create an empty PostgreSQL database, yield its URL, drop it afterwards."""
-    name = f"davserver_t_{secrets.token_hex(6)}"
+def pg_admin() -> Iterator[sa.Connection]:
+    """An autocommit connection to the PostgreSQL server as its administrator."""
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            yield conn
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """Create an empty PostgreSQL database, yield its URL, drop it afterwards."""
+    name = f"davserver_t_{secrets.token_hex(6)}"
+    with pg_admin() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
         yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
+        with pg_admin() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from davserver.db import Database
-from tests.dbs import PG_ADMIN_URL, fresh_pg_database, require_pg
+from tests.dbs import fresh_pg_database, pg_admin, require_pg
 from tests.servers import LiveServer
 
 pytestmark = pytest.mark.postgres
@@ -30,12 +30,8 @@ def _backend_pid(db: Database) -> int:
 
 
 def _terminate(pid: int) -> None:
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
-    finally:
-        admin.dispose()
+    with pg_admin() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
 
 
 def _count_pings(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -117,18 +113,14 @@ def test_a_running_server_survives_the_database_dropping_its_connections(
     folder = live_server.fresh_dir()
     assert live_server.request("PUT", f"{folder}before.txt", b"before").status == 201
     database = sa.make_url(live_server.db_url).database
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            dropped = conn.execute(
-                sa.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = :db AND pid <> pg_backend_pid()"
-                ),
-                {"db": database},
-            ).scalar()
-    finally:
-        admin.dispose()
+    with pg_admin() as conn:
+        dropped = conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = :db AND pid <> pg_backend_pid()"
+            ),
+            {"db": database},
+        ).scalar()
     assert dropped
     time.sleep(1.5)  # past database.ping_after_idle_seconds (1 by default)
     for n in range(6):  # several connections, so both workers are met
