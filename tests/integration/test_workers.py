@@ -235,19 +235,12 @@ def test_a_long_sweep_holds_up_neither_a_replacement_nor_a_stop(tmp_path: Path) 
     its own, so meanwhile it still replaces a dead worker, and SIGTERM ends the sweep with the
     rest instead of waiting for it."""
     sweep_pid_file = tmp_path / "sweep.pid"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
-    env.update(
-        DAVSERVER_DATA_DIR=str(tmp_path),
-        DAVSERVER_ADMIN_PASSWORD="x" * 16,
-        SWEEP_PID_FILE=str(sweep_pid_file),
-        PYTHONPATH=str(REPO_ROOT),
-    )
     serve = ["serve", "--workers", str(WORKERS), "--host", HOST, "--port", str(free_port())]
     with open(tmp_path / "stderr", "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-c", SLOW_SWEEP, *serve],
             cwd=tmp_path,
-            env=env,
+            env=server_env(tmp_path, SWEEP_PID_FILE=str(sweep_pid_file)),
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -302,13 +295,10 @@ def test_workers_need_linux(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_taken_port_is_one_clear_line(tmp_path: Path, workers: int) -> None:
     with taken_port() as port:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
-        env.update(DAVSERVER_DATA_DIR=str(tmp_path), DAVSERVER_ADMIN_PASSWORD="x" * 16)
-        env["PYTHONPATH"] = str(REPO_ROOT)
         done = subprocess.run(
             [*SERVE, "--host", HOST, "--port", str(port), "--workers", str(workers)],
             cwd=tmp_path,
-            env=env,
+            env=server_env(tmp_path),
             capture_output=True,
             text=True,
             timeout=60,
@@ -317,6 +307,19 @@ def test_a_taken_port_is_one_clear_line(tmp_path: Path, workers: int) -> None:
     assert f"davserver: cannot listen on {HOST}:{port}:" in done.stderr
     assert "Address already in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """This environment without any DAVSERVER_ setting, for a server of its own in
+    ``data_dir`` (SQLite) with an admin password, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
+    env.update(
+        DAVSERVER_DATA_DIR=str(data_dir),
+        DAVSERVER_ADMIN_PASSWORD="x" * 16,
+        PYTHONPATH=str(REPO_ROOT),
+        **extra,
+    )
+    return env
 
 
 @contextmanager
