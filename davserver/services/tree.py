@@ -201,6 +201,16 @@ def get_nodes(
     return found
 
 
+def _one_row(
+    columns: Sequence[str], *where: sa.ColumnElement[bool], hold: bool = False
+) -> sa.Select[Any]:
+    """The ``columns`` of the one node ``where`` picks (by a unique key, from columns of an
+    outer query), share-locked with ``hold``: a LATERAL subquery on PostgreSQL. LIMIT 1 keeps
+    PostgreSQL from flattening it into a join, which it may plan as a scan."""
+    select = sa.select(*(_nodes.c[c] for c in columns)).where(*where).limit(1)
+    return select.with_for_update(read=True) if hold else select
+
+
 _path_statements: dict[tuple[int, bool], sa.Select[Any]] = {}
 _NODE_WIDTH = len(_VIEW_COLUMNS)
 
@@ -226,12 +236,8 @@ def _path_statement(depth: int, *, postgres: bool) -> sa.Select[Any]:
     for i in range(depth):
         previous = segments[-1] if segments else root
         if postgres:
-            segment: Any = (
-                sa.select(*(_nodes.c[c] for c in _VIEW_COLUMNS))
-                .where(*_segment_conditions(_nodes, previous, i))
-                .limit(1)
-                .lateral(f"n{i}")
-            )
+            where = _segment_conditions(_nodes, previous, i)
+            segment: Any = _one_row(_VIEW_COLUMNS, *where).lateral(f"n{i}")
             joined = joined.outerjoin(segment, sa.true())
         else:
             segment = _nodes.alias(f"n{i}")
@@ -278,12 +284,12 @@ def resolve_from(
         return [get_node(conn, root_id)]
     result: list[NodeView | None] = [None] * (len(parts) + 1)
     current = root_id
+    postgres = is_postgres(conn)
     for start in range(0, len(parts), _SLICE):
         chunk = parts[start : start + _SLICE]
         params: dict[str, Any] = {f"k{i}": name_key(part) for i, part in enumerate(chunk)}
         params["root_id"] = current
-        statement = _path_statement(len(chunk), postgres=is_postgres(conn))
-        row = conn.execute(statement, params).first()
+        row = conn.execute(_path_statement(len(chunk), postgres=postgres), params).first()
         if row is None:
             return result
         tail = tuple(row[(len(chunk) + 1) * _NODE_WIDTH :])
@@ -331,14 +337,6 @@ class ChainChanged(Exception):
     transaction should be run again (``FileService.run_write`` does)."""
 
 
-def _by_key(key: Any, *columns: str, hold: bool = False) -> sa.Select[Any]:
-    """The ``columns`` of the node whose id is ``key`` (a column of an outer query), share-locked
-    with ``hold``. LIMIT 1 (it is a key lookup) keeps PostgreSQL from flattening it, as a
-    LATERAL subquery, into a join it may plan as a scan."""
-    select = sa.select(*(_nodes.c[c] for c in columns)).where(_nodes.c.id == key).limit(1)
-    return select.with_for_update(read=True) if hold else select
-
-
 def _chain_rows(dialect: str, *, hold: bool) -> tuple[sa.FromClause, Any]:
     """The rows of ``:start_id`` and every node above it, up to its space's root, as a FROM
     clause with its (id, parent_id, deleted_at) columns; share-locked with ``hold``.
@@ -359,11 +357,12 @@ def _chain_rows(dialect: str, *, hold: bool) -> tuple[sa.FromClause, Any]:
         .cte("up", recursive=True)
     )
     if dialect == "postgresql":
-        above = _by_key(up.c.parent_id, "id", "parent_id").lateral("above")
+        above = _one_row(("id", "parent_id"), _nodes.c.id == up.c.parent_id).lateral("above")
         up = up.union_all(
             sa.select(above.c.id, above.c.parent_id).select_from(up.join(above, sa.true()))
         )
-        looked_up = _by_key(up.c.id, "id", "parent_id", "deleted_at", hold=hold).lateral("held")
+        held_columns = ("id", "parent_id", "deleted_at")
+        looked_up = _one_row(held_columns, _nodes.c.id == up.c.id, hold=hold).lateral("held")
         return up.join(looked_up, sa.true()), looked_up
     up = up.union_all(
         sa.select(_nodes.c.id, _nodes.c.parent_id).where(_nodes.c.id == up.c.parent_id)
