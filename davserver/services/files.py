@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import io
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO, TypeVar
 
 import sqlalchemy as sa
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
-from davserver.db.dialect import for_bind, insert_or_ignore
+from davserver.db.dialect import by_dialect, for_bind, insert_or_ignore
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import (
     AlreadyExists,
@@ -141,12 +142,13 @@ class FileService:
     def subtree_size(self, node_id: uuid.UUID) -> int:
         """Bytes of the current versions of every live file at or below a node."""
         with self.db.connect() as conn:
-            return int(conn.execute(_SUBTREE_SIZE, {"root_id": node_id}).scalar() or 0)
+            statement = for_bind(_SUBTREE_SIZE, conn)
+            return int(conn.execute(statement, {"root_id": node_id}).scalar() or 0)
 
     def child_folder_sizes(self, folder_id: uuid.UUID) -> dict[uuid.UUID, int]:
         """``subtree_size`` of each live folder in a folder, in one query (a listing's)."""
         with self.db.connect() as conn:
-            rows = conn.execute(_CHILD_FOLDER_SIZES, {"folder_id": folder_id})
+            rows = conn.execute(for_bind(_CHILD_FOLDER_SIZES, conn), {"folder_id": folder_id})
             return {row.start_id: int(row.size or 0) for row in rows}
 
     def upload_allowance(
@@ -722,7 +724,9 @@ class FileService:
             )
         ):
             raise AlreadyExists(f"{dest_name!r} exists")
-        rows = _subtree(session, source.id) if recursive and source.is_folder else [source]
+        rows: Sequence[Any] = (
+            _subtree(session, source.id) if recursive and source.is_folder else [source]
+        )
         new_ids = {row.id: uuid.uuid4() for row in rows}
         now = utcnow()
         node_values = []
@@ -733,7 +737,7 @@ class FileService:
             node_values.append(
                 {
                     "id": new_ids[row.id],
-                    "parent_id": dest_parent.id if is_root else new_ids[row.parent_id],  # type: ignore[index]
+                    "parent_id": dest_parent.id if is_root else new_ids[row.parent_id],
                     "name": dest_name if is_root else row.name,
                     "name_key": name_key(dest_name) if is_root else row.name_key,
                     "kind": row.kind,
@@ -749,7 +753,7 @@ class FileService:
                 }
             )
         session.execute(sa.insert(Node), node_values)
-        copied = sum(row.size for row in rows if not row.is_folder)
+        copied = sum(row.size for row in rows if row.kind == NodeKind.FILE.value)
         add_home_bytes(session, parent_row.owner_id, parent_row.space, copied)
         current = {row.current_version_id: row.id for row in rows if row.current_version_id}
         if current:
@@ -852,22 +856,6 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 def _batches(items: list[T]) -> Iterator[list[T]]:
     for start in range(0, len(items), _BATCH):
         yield items[start : start + _BATCH]
-
-
-def _subtree(session: Session, root_id: uuid.UUID) -> list[Node]:
-    """A node and its live descendants, parents before children."""
-    ids = (
-        sa.select(Node.id, sa.literal(0).label("depth"))
-        .where(Node.id == root_id)
-        .cte("subtree", recursive=True)
-    )
-    ids = ids.union_all(
-        sa.select(Node.id, (ids.c.depth + 1).label("depth")).where(
-            Node.parent_id == ids.c.id, Node.deleted_at.is_(None)
-        )
-    )
-    stmt = sa.select(Node).join(ids, Node.id == ids.c.id).order_by(ids.c.depth)
-    return list(session.execute(stmt).scalars())
 
 
 def live_node(session: Session, node_id: uuid.UUID) -> Node:
@@ -1005,8 +993,12 @@ def check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
 _n = Base.metadata.tables["nodes"]
 _v = Base.metadata.tables["file_versions"]
 _b = Base.metadata.tables["blobs"]
-_parent = _n.alias("parent")
-# A new child inherits owner, space and group from its parent, which must still be live.
+# A new child inherits owner, space and group from its parent, which must still be live. The
+# parent is looked up by its id alone (see tree.one_row), then checked.
+_parent = tree.one_row(
+    ("id", "owner_id", "space", "group_id", "deleted_at", "kind"),
+    _n.c.id == sa.bindparam("parent_id", type_=sa.Uuid),
+).subquery("parent")
 _INSERT_CHILD = (
     _n.insert()
     .from_select(
@@ -1038,7 +1030,6 @@ _INSERT_CHILD = (
             sa.bindparam("now", type_=UTCDateTime),
             sa.bindparam("now", type_=UTCDateTime),
         ).where(
-            _parent.c.id == sa.bindparam("parent_id", type_=sa.Uuid),
             _parent.c.deleted_at.is_(None),
             _parent.c.kind == NodeKind.FOLDER.value,
         ),
@@ -1074,25 +1065,23 @@ _ADD_HOME_BYTES = (
 )
 # A file about to get a new size: its owner's total moves by the difference, if the file is in
 # the owner's own space and not itself in the trash (a file in a group space counts nowhere).
-_file = _n.alias("changing")
+# The file is looked up by its id alone (see tree.one_row), then checked.
+_file = tree.one_row(
+    ("owner_id", "space", "deleted_at", "size"),
+    _n.c.id == sa.bindparam("node_id", type_=sa.Uuid),
+).subquery("changing")
 _HOME_BYTES_FOLLOW = (
     _u.update()
     .where(
         _u.c.id
         == sa.select(_file.c.owner_id)
-        .where(
-            _file.c.id == sa.bindparam("node_id", type_=sa.Uuid),
-            _file.c.space == Space.HOME.value,
-            _file.c.deleted_at.is_(None),
-        )
+        .where(_file.c.space == Space.HOME.value, _file.c.deleted_at.is_(None))
         .scalar_subquery()
     )
     .values(
         home_bytes=_u.c.home_bytes
         + sa.bindparam("size", type_=sa.BigInteger)
-        - sa.select(_file.c.size)
-        .where(_file.c.id == sa.bindparam("node_id", type_=sa.Uuid))
-        .scalar_subquery(),
+        - sa.select(_file.c.size).scalar_subquery(),
         updated_at=_u.c.updated_at,
     )
 )
@@ -1107,7 +1096,7 @@ _INSERT_BLOB = {
 _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
 
 
-def _live_below(start: sa.Select[Any], name: str) -> sa.CTE:
+def _live_below(start: sa.Select[Any], name: str, *, postgres: bool) -> sa.CTE:
     """The nodes ``start`` selects and, recursively, every live child of each (a node in the
     trash hides what is below it). ``start`` selects ``id`` last; the columns before it (such
     as a ``start_id``) are carried down to every descendant. Each row also has the node's own
@@ -1115,15 +1104,50 @@ def _live_below(start: sa.Select[Any], name: str) -> sa.CTE:
     both engines' planners did with a scan of the whole table."""
     nodes = start.add_columns(_n.c.kind, _n.c.size).cte(name, recursive=True)
     carried = [column for column in nodes.c if column.key not in ("id", "kind", "size")]
+    steps, child = tree.walk_step(nodes, ("id", "kind", "size"), up=False, postgres=postgres)
     return nodes.union_all(
-        sa.select(*carried, _n.c.id, _n.c.kind, _n.c.size).where(
-            # Only folders have children: a level of files ends the walk without another
-            # lookup (PostgreSQL skips the scan of nodes its hash join would make for them).
-            nodes.c.kind == NodeKind.FOLDER.value,
-            _n.c.parent_id == nodes.c.id,
-            _n.c.deleted_at.is_(None),
-        )
+        sa.select(*carried, child.c.id, child.c.kind, child.c.size)
+        .select_from(steps)
+        # Only folders have children: a level of files ends the walk without another lookup.
+        .where(nodes.c.kind == NodeKind.FOLDER.value)
     )
+
+
+# What a copy copies of each node below the one it copies (as read from the Node it copies).
+_COPIED = (
+    "id",
+    "parent_id",
+    "name",
+    "name_key",
+    "kind",
+    "mime_type",
+    "size",
+    "mtime",
+    "modified_at",
+    "current_version_id",
+)
+
+
+def _subtree_statement(postgres: bool) -> sa.Select[Any]:
+    """The ``_COPIED`` columns of :root_id and its live descendants, parents before children.
+    The walk carries them: a join back to ``nodes`` was planned as a scan of the table."""
+    top = sa.select(*(_n.c[c] for c in _COPIED), sa.literal(0).label("depth"))
+    walk = top.where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid)).cte("subtree", True)
+    steps, child = tree.walk_step(walk, _COPIED, up=False, postgres=postgres)
+    walk = walk.union_all(
+        sa.select(*(child.c[c] for c in _COPIED), walk.c.depth + 1)
+        .select_from(steps)
+        .where(walk.c.kind == NodeKind.FOLDER.value)
+    )
+    return sa.select(*(walk.c[c] for c in _COPIED)).order_by(walk.c.depth)
+
+
+_SUBTREE = by_dialect(_subtree_statement)
+
+
+def _subtree(session: Session, root_id: uuid.UUID) -> Sequence[sa.Row[Any]]:
+    """A node and its live descendants, parents before children (``_COPIED`` columns)."""
+    return session.execute(for_bind(_SUBTREE, session), {"root_id": root_id}).all()
 
 
 def _files_bytes(walk: sa.CTE) -> sa.ColumnElement[Any]:
@@ -1131,26 +1155,26 @@ def _files_bytes(walk: sa.CTE) -> sa.ColumnElement[Any]:
     return sa.func.sum(sa.case((walk.c.kind == NodeKind.FILE.value, walk.c.size)))
 
 
-def _bytes_below_statement(*, root_live: bool) -> sa.Select[Any]:
+def _bytes_below_statement(postgres: bool, *, root_live: bool) -> sa.Select[Any]:
     """SUM of the sizes of the live files at and below :root_id (a deleted folder hides all
     below it); with ``root_live``, nothing when :root_id is itself in the trash."""
     start = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
     if root_live:
         start = start.where(_n.c.deleted_at.is_(None))
-    return sa.select(_files_bytes(_live_below(start, "tree_ids")))
+    return sa.select(_files_bytes(_live_below(start, "tree_ids", postgres=postgres)))
 
 
-_SUBTREE_SIZE = _bytes_below_statement(root_live=True)
+_SUBTREE_SIZE = by_dialect(functools.partial(_bytes_below_statement, root_live=True))
 # What restoring a node from the trash brings back.
-_BYTES_BELOW = _bytes_below_statement(root_live=False)
+_BYTES_BELOW = by_dialect(functools.partial(_bytes_below_statement, root_live=False))
 
 
 def bytes_below(session: Session | sa.Connection, node_id: uuid.UUID) -> int:
     """Bytes of the live files at and below a node, which itself may be in the trash."""
-    return int(session.scalar(_BYTES_BELOW, {"root_id": node_id}) or 0)
+    return int(session.scalar(for_bind(_BYTES_BELOW, session), {"root_id": node_id}) or 0)
 
 
-def _child_folder_sizes_statement() -> sa.Select[Any]:
+def _child_folder_sizes_statement(postgres: bool) -> sa.Select[Any]:
     """(start_id, size) for each live child folder of :folder_id: the sum of the live files
     below it (a row with size NULL for a folder holding none)."""
     below = _live_below(
@@ -1160,11 +1184,12 @@ def _child_folder_sizes_statement() -> sa.Select[Any]:
             _n.c.deleted_at.is_(None),
         ),
         "below",
+        postgres=postgres,
     )
     return sa.select(below.c.start_id, _files_bytes(below).label("size")).group_by(below.c.start_id)
 
 
-_CHILD_FOLDER_SIZES = _child_folder_sizes_statement()
+_CHILD_FOLDER_SIZES = by_dialect(_child_folder_sizes_statement)
 _dp = Base.metadata.tables["dead_properties"]
 _DEAD_OF = sa.select(_dp.c.node_id, _dp.c.name, _dp.c.value).where(
     _dp.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid))

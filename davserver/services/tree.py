@@ -201,14 +201,49 @@ def get_nodes(
     return found
 
 
-def _one_row(
+def one_row(
     columns: Sequence[str], *where: sa.ColumnElement[bool], hold: bool = False
 ) -> sa.Select[Any]:
-    """The ``columns`` of the one node ``where`` picks (by a unique key, from columns of an
-    outer query), share-locked with ``hold``: a LATERAL subquery on PostgreSQL. LIMIT 1 keeps
-    PostgreSQL from flattening it into a join, which it may plan as a scan."""
+    """The ``columns`` of the one node ``where`` picks by a unique key (parameters, or
+    columns of an outer query: then a LATERAL subquery), share-locked with ``hold``.
+
+    LIMIT 1 keeps PostgreSQL from merging the subquery into the outer query, and the outer
+    query's conditions into it. Merged into a join, the lookup may be planned as a scan of
+    the table. Merged with ``deleted_at IS NULL`` (a condition to check on the row found),
+    a lookup by id may be planned as a scan of the live-name index, which is partial on that
+    condition. Such a plan can be made while the table is small, and is kept once psycopg
+    prepares the statement."""
     select = sa.select(*(_nodes.c[c] for c in columns)).where(*where).limit(1)
     return select.with_for_update(read=True) if hold else select
+
+
+def walk_step(
+    walk: Any, columns: Sequence[str], *, up: bool, postgres: bool, live: bool = True
+) -> tuple[Any, Any]:
+    """The recursive part of a walk through the tree: ``walk`` (a recursive CTE, or an alias
+    of it) joined to the nodes one step from each of its rows, and those nodes (``.c``, with
+    ``columns``). Up: the parent of each row (by its ``parent_id``). Down: the children of
+    each row (by its ``id``), only the live ones with ``live``.
+
+    On PostgreSQL each step is a LATERAL lookup by key (LIMIT 1 up; OFFSET 0 down keeps it
+    from being merged into a join). As a join, the planner guesses a walk's size at 101 rows
+    per level and hash-joins it with a scan of all nodes, or of the live-name index, at every
+    level; and a plan made while the table was small is kept once psycopg prepares the
+    statement. SQLite looks each step up by key anyway."""
+    if up:
+        where = [_nodes.c.id == walk.c.parent_id]
+    else:
+        where = [_nodes.c.parent_id == walk.c.id]
+        if live:
+            where.append(_nodes.c.deleted_at.is_(None))
+    if not postgres:
+        return walk.join(_nodes, sa.and_(*where)), _nodes
+    if up:
+        found = one_row(columns, *where).lateral("above")
+    else:
+        below = sa.select(*(_nodes.c[c] for c in columns)).where(*where)
+        found = below.offset(sa.literal_column("0")).lateral("below")
+    return walk.join(found, sa.true()), found
 
 
 _path_statements: dict[tuple[int, bool], sa.Select[Any]] = {}
@@ -237,7 +272,7 @@ def _path_statement(depth: int, *, postgres: bool) -> sa.Select[Any]:
         previous = segments[-1] if segments else root
         if postgres:
             where = _segment_conditions(_nodes, previous, i)
-            segment: Any = _one_row(_VIEW_COLUMNS, *where).lateral(f"n{i}")
+            segment: Any = one_row(_VIEW_COLUMNS, *where).lateral(f"n{i}")
             joined = joined.outerjoin(segment, sa.true())
         else:
             segment = _nodes.alias(f"n{i}")
@@ -356,17 +391,13 @@ def _chain_rows(dialect: str, *, hold: bool) -> tuple[sa.FromClause, Any]:
         .where(_nodes.c.id == sa.bindparam("start_id", type_=sa.Uuid))
         .cte("up", recursive=True)
     )
-    if dialect == "postgresql":
-        above = _one_row(("id", "parent_id"), _nodes.c.id == up.c.parent_id).lateral("above")
-        up = up.union_all(
-            sa.select(above.c.id, above.c.parent_id).select_from(up.join(above, sa.true()))
-        )
+    postgres = dialect == "postgresql"
+    steps, above = walk_step(up, ("id", "parent_id"), up=True, postgres=postgres)
+    up = up.union_all(sa.select(above.c.id, above.c.parent_id).select_from(steps))
+    if postgres:
         held_columns = ("id", "parent_id", "deleted_at")
-        looked_up = _one_row(held_columns, _nodes.c.id == up.c.id, hold=hold).lateral("held")
+        looked_up = one_row(held_columns, _nodes.c.id == up.c.id, hold=hold).lateral("held")
         return up.join(looked_up, sa.true()), looked_up
-    up = up.union_all(
-        sa.select(_nodes.c.id, _nodes.c.parent_id).where(_nodes.c.id == up.c.parent_id)
-    )
     held = _nodes.alias("held")
     return held.join(up, held.c.id == up.c.id), held
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import unicodedata
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -704,6 +707,42 @@ def test_two_folders_moved_into_each_other_at_once_never_make_a_loop(
     assert service.resolve(home.id, [outer, inner]) is not None
 
 
+# A long-running server's plans: psycopg prepares a statement at its 5th run, PostgreSQL may
+# then plan it once for all parameters, and keeps that plan while the table grows.
+_GENERIC_PLANS = sa.text("SET LOCAL plan_cache_mode = force_generic_plan")
+# Rows of nodes this transaction read so far: by sequential scans, and index entries.
+_NODES_READ = sa.text(
+    "SELECT (SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'nodes'),"
+    " (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
+    "  WHERE indrelid = 'nodes'::regclass)"
+)
+
+
+def _grow(database: Database, outer: NodeView) -> None:
+    """49 more folders beside the one in ``outer``, and 100 files in each of the 50: the nodes
+    table grows from a few rows to 5,000."""
+    columns = "id, parent_id, name, name_key, kind, owner_id, space, size, created_at, modified_at"
+    values = {"outer": outer.id, "owner": outer.owner_id}
+    with database.write() as session:
+        session.execute(
+            sa.text(
+                f"INSERT INTO nodes ({columns}) SELECT gen_random_uuid(), :outer, 'd' || i,"
+                " 'd' || i, 'folder', :owner, 'home', 0, now(), now()"
+                " FROM generate_series(1, 49) AS i"
+            ),
+            values,
+        )
+        session.execute(
+            sa.text(
+                f"INSERT INTO nodes ({columns}) SELECT gen_random_uuid(), folder.id, 'f' || i,"
+                " 'f' || i, 'file', :owner, 'home', 0, now(), now()"
+                " FROM nodes AS folder, generate_series(1, 100) AS i"
+                " WHERE folder.parent_id = :outer"
+            ),
+            values,
+        )
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_holding_the_folders_above_reads_only_those_rows(
     database: Database, files: FileService, actor: Actor, home: NodeView
@@ -725,44 +764,96 @@ def test_holding_the_folders_above_reads_only_those_rows(
         assert tree.hold_chain(session, inner.id) == [inner.id, outer.id, home.id]
         assert not tree.in_trash(session, inner.id)
 
-    # A long-running server's plans: psycopg prepares a statement at its 5th run, PostgreSQL
-    # may then plan it once for all parameters, and keeps that plan while the table grows.
-    generic = sa.text("SET LOCAL plan_cache_mode = force_generic_plan")
     with database.write() as session:
-        session.execute(generic)
+        session.execute(_GENERIC_PLANS)
         for _ in range(8):
             hold_the_chain(session)
-    columns = "id, parent_id, name, name_key, kind, owner_id, space, size, created_at, modified_at"
-    with database.write() as session:  # 49 more folders beside inner; 100 files in each of 50
-        session.execute(
-            sa.text(
-                f"INSERT INTO nodes ({columns}) SELECT gen_random_uuid(), :outer, 'd' || i,"
-                " 'd' || i, 'folder', :owner, 'home', 0, now(), now()"
-                " FROM generate_series(1, 49) AS i"
-            ),
-            {"outer": outer.id, "owner": actor.user_id},
-        )
-        session.execute(
-            sa.text(
-                f"INSERT INTO nodes ({columns}) SELECT gen_random_uuid(), folder.id, 'f' || i,"
-                " 'f' || i, 'file', :owner, 'home', 0, now(), now()"
-                " FROM nodes AS folder, generate_series(1, 100) AS i"
-                " WHERE folder.parent_id = :outer"
-            ),
-            {"outer": outer.id, "owner": actor.user_id},
-        )
-    # Rows of nodes this backend read so far: by sequential scans, and index entries.
-    read = sa.text(
-        "SELECT (SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'nodes'),"
-        " (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
-        "  WHERE indrelid = 'nodes'::regclass)"
-    )
+    _grow(database, outer)
     with database.write() as session:
-        session.execute(generic)
-        scanned, entries = session.execute(read).one()
+        session.execute(_GENERIC_PLANS)
+        scanned, entries = session.execute(_NODES_READ).one()
         for _ in range(8):
             hold_the_chain(session)
-        now_scanned, now_entries = session.execute(read).one()
+        now_scanned, now_entries = session.execute(_NODES_READ).one()
         assert tree.hold_chain_for_child(session, inner.id, "f7") is not None
     assert now_scanned == scanned
     assert now_entries - entries <= 8 * 4 * 10  # a few keys per statement, not the table
+
+
+_CHANGES = (
+    "new file",
+    "new version",
+    "folder",
+    "move",
+    "copy",
+    "properties",
+    "mtime",
+    "folder copy",
+    "folder move",
+    "delete",
+    "folder delete",
+)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_each_change_reads_only_the_rows_it_touches(
+    database: Database,
+    files: FileService,
+    actor: Actor,
+    home: NodeView,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Uploads, MKCOL, MOVE, COPY, PROPPATCH and DELETE on PostgreSQL, planned while the
+    nodes table was small (as on a new server) and run again once it holds 5,000 rows: the
+    write transaction of each must find its nodes by key. A new file's parent, and the file
+    whose size its owner's usage follows, were looked up by id beside ``deleted_at IS NULL``;
+    PostgreSQL planned that as a scan of the live-name index (partial on that condition), so
+    every upload read every live name. The walks down a folder (the bytes a DELETE takes off
+    its owner's usage, the rows a COPY copies) were hash joins over the same index, or over
+    the whole table, at every level."""
+    outer = files.create_folder(actor, home, "outer")
+    inner = files.create_folder(actor, outer, "inner")
+    reads: dict[str, list[tuple[int, int]]] = {}
+    doing = [""]
+    write = database.write
+
+    @contextmanager
+    def write_planned_generically() -> Iterator[Session]:
+        with write() as session:
+            session.execute(_GENERIC_PLANS)
+            scanned, entries = session.execute(_NODES_READ).one()
+            yield session
+            now_scanned, now_entries = session.execute(_NODES_READ).one()
+            reads.setdefault(doing[0], []).append((now_scanned - scanned, now_entries - entries))
+
+    def run(change: str, do: Callable[..., Any], *args: Any) -> Any:
+        doing[0] = change
+        return do(*args)
+
+    def each_change(tag: str) -> None:
+        for i in range(8):
+            name = f"{tag}-{i}"
+            new = run("new file", put, files, actor, inner, f"new-{name}", name.encode())
+            run("new version", put, files, actor, inner, "same", name.encode())
+            folder = run("folder", files.create_folder, actor, inner, f"dir-{name}")
+            run("move", files.move, actor, new.id, folder, "moved")
+            run("copy", files.copy, actor, new.id, inner, f"copy-{name}")
+            run("properties", files.set_dead_properties, actor, folder.id, {"{x:}p": b"<v/>"})
+            run("mtime", files.set_mtime, actor, folder.id, dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+            run("folder copy", files.copy, actor, folder.id, inner, f"copied-{name}")
+            run("folder move", files.move, actor, folder.id, outer, f"moved-{name}")
+            run("delete", files.delete, actor, new.id)
+            run("folder delete", files.delete, actor, folder.id)
+
+    monkeypatch.setattr(database, "write", write_planned_generically)
+    each_change("small")
+    with monkeypatch.context() as unpatched:
+        unpatched.setattr(database, "write", write)
+        _grow(database, outer)
+    reads.clear()
+    each_change("grown")
+    assert sorted(reads) == sorted(_CHANGES)
+    scanned = {change: max(seq for seq, _ in found) for change, found in reads.items()}
+    assert scanned == dict.fromkeys(_CHANGES, 0)
+    entries = {change: max(n for _, n in found) for change, found in reads.items()}
+    assert max(entries.values()) <= 40, entries  # a few keys per statement, not the table
