@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from davserver.db import Base, Database
+from davserver.db.dialect import by_dialect, for_bind
 from davserver.db.types import utcnow
 from davserver.errors import NotFound
 from davserver.services import tree
@@ -297,7 +298,7 @@ class NamespaceService:
         """Where a node sits in its space: the group's name (None in a user's own space) and
         the names from the space's root down to the node (none for the root). One query."""
         with self.db.connect() as conn:
-            rows = conn.execute(_PATH_UP, {"node_id": node_id}).all()
+            rows = conn.execute(for_bind(_PATH_UP, conn), {"node_id": node_id}).all()
         if not rows:
             raise NotFound("the item no longer exists")
         return rows[0].group_name, [row.name for row in rows if row.parent_id is not None]
@@ -392,30 +393,34 @@ _MY_GRANTS = sa.select(
 )
 
 
-def _ancestry() -> sa.Select[Any]:
+def _ancestry(postgres: bool) -> sa.Select[Any]:
     """(start, node, deleted_at, owner, group) for each given node and every ancestor of it."""
-    columns = (_n.c.parent_id, _n.c.deleted_at, _n.c.owner_id, _n.c.group_id)
+    columns = ("parent_id", "deleted_at", "owner_id", "group_id")
     up = (
-        sa.select(_n.c.id.label("start_id"), _n.c.id.label("node_id"), *columns)
+        sa.select(_n.c.id.label("start_id"), _n.c.id.label("node_id"), *(_n.c[c] for c in columns))
         .where(_n.c.id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
         .cte("up", recursive=True)
     )
-    up = up.union_all(sa.select(up.c.start_id, _n.c.id, *columns).where(_n.c.id == up.c.parent_id))
+    steps, above = tree.walk_step(up, ("id", *columns), up=True, postgres=postgres)
+    up = up.union_all(
+        sa.select(up.c.start_id, above.c.id, *(above.c[c] for c in columns)).select_from(steps)
+    )
     return sa.select(up.c.start_id, up.c.node_id, up.c.deleted_at, up.c.owner_id, up.c.group_id)
 
 
-_ANCESTRY = _ancestry()
+_ANCESTRY = by_dialect(_ancestry)
 
 
-def _path_up() -> sa.Select[Any]:
+def _path_up(postgres: bool) -> sa.Select[Any]:
     """A node and its ancestors, the space's root first, with the root's group name."""
-    columns = (_n.c.id, _n.c.parent_id, _n.c.name, _n.c.group_id)
+    columns = ("id", "parent_id", "name", "group_id")
     up = (
-        sa.select(*columns, sa.literal(0).label("depth"))
+        sa.select(*(_n.c[c] for c in columns), sa.literal(0).label("depth"))
         .where(_n.c.id == sa.bindparam("node_id", type_=sa.Uuid))
         .cte("path_up", recursive=True)
     )
-    up = up.union_all(sa.select(*columns, up.c.depth + 1).where(_n.c.id == up.c.parent_id))
+    steps, above = tree.walk_step(up, columns, up=True, postgres=postgres)
+    up = up.union_all(sa.select(*(above.c[c] for c in columns), up.c.depth + 1).select_from(steps))
     return (
         sa.select(up.c.parent_id, up.c.name, _groups.c.name.label("group_name"))
         .outerjoin(_groups, _groups.c.id == up.c.group_id)
@@ -423,14 +428,14 @@ def _path_up() -> sa.Select[Any]:
     )
 
 
-_PATH_UP = _path_up()
+_PATH_UP = by_dialect(_path_up)
 
 
 def _live_ancestries(conn: sa.Connection, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
     """{node: rows of it and its ancestors} for the given nodes that are live: neither they
     nor an ancestor is in the trash (a missing node has no entry either)."""
     chains: dict[uuid.UUID, list[Any]] = defaultdict(list)
-    for row in conn.execute(_ANCESTRY, {"ids": ids}):
+    for row in conn.execute(for_bind(_ANCESTRY, conn), {"ids": ids}):
         chains[row.start_id].append(row)
     return {
         start: chain

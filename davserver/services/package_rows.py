@@ -16,8 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
+from davserver.db.dialect import by_dialect, for_bind
 from davserver.errors import Conflict, NotFound
 from davserver.models import NodeKind
+from davserver.services import tree
 from davserver.services.package_archive import EMPTY_SHA256, PackageView, PinnedItem
 from davserver.services.tree import NodeView, is_client_metadata, name_key
 
@@ -26,7 +28,7 @@ def pins_below(session: Session, node: NodeView, prefix: str) -> list[dict[str, 
     """What adding ``node`` at ``prefix`` pins, read in the adding transaction: the file's
     current version (none for an empty file), or each live file below the folder at
     ``prefix/<relative path>`` (desktop clutter such as ``.DS_Store`` left out)."""
-    rows = session.execute(_SUBTREE, {"root_id": node.id}).all()
+    rows = session.execute(for_bind(_SUBTREE, session), {"root_id": node.id}).all()
     if not rows or rows[0].deleted_at is not None:
         raise NotFound("the item is gone")
     if not node.is_folder:
@@ -143,28 +145,28 @@ _ITEMS = (
 )
 
 
-def _subtree_statement() -> sa.Select[Any]:
+def _subtree_statement(postgres: bool) -> sa.Select[Any]:
     """A node (first) and every live node below it, with each file's current version."""
     columns = (
-        _n.c.id,
-        _n.c.parent_id,
-        _n.c.name,
-        _n.c.kind,
-        _n.c.current_version_id,
-        _n.c.mtime,
-        _n.c.modified_at,
+        "id",
+        "parent_id",
+        "name",
+        "kind",
+        "current_version_id",
+        "mtime",
+        "modified_at",
+        "deleted_at",
     )
     down = (
-        sa.select(*columns, _n.c.deleted_at, sa.literal(0).label("depth"))
+        sa.select(*(_n.c[c] for c in columns), sa.literal(0).label("depth"))
         .where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
         .cte("down", recursive=True)
     )
+    steps, child = tree.walk_step(down, columns, up=False, postgres=postgres)
     down = down.union_all(
-        sa.select(*columns, _n.c.deleted_at, (down.c.depth + 1).label("depth")).where(
-            _n.c.parent_id == down.c.id,
-            _n.c.deleted_at.is_(None),
-            down.c.kind == NodeKind.FOLDER.value,
-        )
+        sa.select(*(child.c[c] for c in columns), (down.c.depth + 1).label("depth"))
+        .select_from(steps)
+        .where(down.c.kind == NodeKind.FOLDER.value)
     )
     return (
         sa.select(
@@ -184,4 +186,4 @@ def _subtree_statement() -> sa.Select[Any]:
     )
 
 
-_SUBTREE = _subtree_statement()
+_SUBTREE = by_dialect(_subtree_statement)

@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
+from davserver.db.dialect import by_dialect, for_bind, is_postgres
 from davserver.db.types import utcnow
 from davserver.errors import Conflict, Forbidden, NotFound
 from davserver.models import Node, Op, Space
@@ -300,7 +301,9 @@ class TrashService:
             ).first()
             if row is None or row.deleted_at is None:
                 raise NotFound("that item is not in the trash")
-            nodes, versions, pins = session.execute(_SUBTREE_COUNTS, {"root_id": node_id}).one()
+            nodes, versions, pins = session.execute(
+                for_bind(_SUBTREE_COUNTS, session), {"root_id": node_id}
+            ).one()
             if pins:
                 raise Conflict(
                     f"{row.name!r} holds versions that packages pin; remove them from the "
@@ -363,7 +366,9 @@ class TrashService:
         self, node_id: uuid.UUID, dry_run: bool, report: PurgeReport, *, reason: str = "expired"
     ) -> None:
         with self.db.connect() as conn:
-            nodes, versions, pins = conn.execute(_SUBTREE_COUNTS, {"root_id": node_id}).one()
+            nodes, versions, pins = conn.execute(
+                for_bind(_SUBTREE_COUNTS, conn), {"root_id": node_id}
+            ).one()
         if pins:
             report.items_pinned += 1
             return
@@ -406,9 +411,11 @@ def _locations(conn: sa.Connection, folder_ids: list[uuid.UUID | None]) -> dict[
         sa.literal(0).label("depth"),
     ).where(_n.c.id.in_(ids))
     chain = up.cte("chain", recursive=True)
+    columns = ("parent_id", "name", "group_id")
+    steps, above = tree.walk_step(chain, columns, up=True, postgres=is_postgres(conn))
     chain = chain.union_all(
-        sa.select(chain.c.start, _n.c.parent_id, _n.c.name, _n.c.group_id, chain.c.depth + 1).where(
-            _n.c.id == chain.c.parent_id
+        sa.select(chain.c.start, *(above.c[c] for c in columns), chain.c.depth + 1).select_from(
+            steps
         )
     )
     rows = conn.execute(
@@ -426,11 +433,12 @@ def _locations(conn: sa.Connection, folder_ids: list[uuid.UUID | None]) -> dict[
     return {start: "/".join([top, *names.get(start, [])]) for start, top in tops.items()}
 
 
-def _subtree_counts() -> sa.Select[int, int, int]:
+def _subtree_counts(postgres: bool) -> sa.Select[int, int, int]:
     """(nodes, versions, pinned versions) at and below :root_id, deleted or not."""
     sub = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
     below = sub.cte("below", recursive=True)
-    below = below.union_all(sa.select(_n.c.id).where(_n.c.parent_id == below.c.id))
+    steps, child = tree.walk_step(below, ("id",), up=False, postgres=postgres, live=False)
+    below = below.union_all(sa.select(child.c.id).select_from(steps))
     return sa.select(
         sa.func.count(sa.distinct(below.c.id)),
         sa.func.count(sa.distinct(_v.c.id)),
@@ -447,4 +455,4 @@ _v = Base.metadata.tables["file_versions"]
 _users = Base.metadata.tables["users"]
 _groups = Base.metadata.tables["groups"]
 _items_t = Base.metadata.tables["package_items"]
-_SUBTREE_COUNTS = _subtree_counts()
+_SUBTREE_COUNTS = by_dialect(_subtree_counts)

@@ -239,10 +239,10 @@ def walk_step(
     if not postgres:
         return walk.join(_nodes, sa.and_(*where)), _nodes
     if up:
-        found = one_row(columns, *where).lateral("above")
+        found = one_row(columns, *where).lateral("next_up")
     else:
         below = sa.select(*(_nodes.c[c] for c in columns)).where(*where)
-        found = below.offset(sa.literal_column("0")).lateral("below")
+        found = below.offset(sa.literal_column("0")).lateral("next_down")
     return walk.join(found, sa.true()), found
 
 

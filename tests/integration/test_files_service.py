@@ -22,9 +22,10 @@ from davserver.db.migrate import downgrade, upgrade
 from davserver.errors import AlreadyExists, Conflict, InvalidName, PreconditionFailed
 from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node
 from davserver.services import files as files_module
-from davserver.services import tree
+from davserver.services import package_rows, tree
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
+from davserver.services.namespace import NamespaceService
 from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView, check_name
 from davserver.services.versions import VersionService
@@ -792,6 +793,10 @@ _CHANGES = (
     "folder move",
     "delete",
     "folder delete",
+    "purge",
+    "place in its space",
+    "rights",
+    "package pins",
 )
 
 
@@ -803,9 +808,10 @@ def test_each_change_reads_only_the_rows_it_touches(
     home: NodeView,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Uploads, MKCOL, MOVE, COPY, PROPPATCH and DELETE on PostgreSQL, planned while the
-    nodes table was small (as on a new server) and run again once it holds 5,000 rows: the
-    write transaction of each must find its nodes by key. A new file's parent, and the file
+    """Uploads, MKCOL, MOVE, COPY, PROPPATCH, DELETE, and the walks up and down the tree of
+    the trash, locks, sharing and packages, on PostgreSQL, planned while the nodes table was
+    small (as on a new server) and run again once it holds 5,000 rows: each transaction must
+    find its nodes by key. A new file's parent, and the file
     whose size its owner's usage follows, were looked up by id beside ``deleted_at IS NULL``;
     PostgreSQL planned that as a scan of the live-name index (partial on that condition), so
     every upload read every live name. The walks down a folder (the bytes a DELETE takes off
@@ -813,18 +819,29 @@ def test_each_change_reads_only_the_rows_it_touches(
     the whole table, at every level."""
     outer = files.create_folder(actor, home, "outer")
     inner = files.create_folder(actor, outer, "inner")
+    trash = TrashService(database, files)
+    namespace = NamespaceService(database, files)
     reads: dict[str, list[tuple[int, int]]] = {}
     doing = [""]
     write = database.write
 
     @contextmanager
-    def write_planned_generically() -> Iterator[Session]:
+    def planned_generically() -> Iterator[Session]:
         with write() as session:
             session.execute(_GENERIC_PLANS)
             scanned, entries = session.execute(_NODES_READ).one()
             yield session
             now_scanned, now_entries = session.execute(_NODES_READ).one()
             reads.setdefault(doing[0], []).append((now_scanned - scanned, now_entries - entries))
+
+    @contextmanager
+    def connection_planned_generically() -> Iterator[sa.Connection]:
+        with planned_generically() as session:
+            yield session.connection()
+
+    def pins(folder: NodeView) -> None:
+        with database.read() as session:
+            assert package_rows.pins_below(session, folder, "p")
 
     def run(change: str, do: Callable[..., Any], *args: Any) -> Any:
         doing[0] = change
@@ -842,10 +859,21 @@ def test_each_change_reads_only_the_rows_it_touches(
             run("mtime", files.set_mtime, actor, folder.id, dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
             run("folder copy", files.copy, actor, folder.id, inner, f"copied-{name}")
             run("folder move", files.move, actor, folder.id, outer, f"moved-{name}")
+            copied = files.resolve(inner.id, [f"copied-{name}"])
+            assert copied is not None
+            run("place in its space", namespace.space_path, copied.id)
+            run("rights", namespace.rights_on, namespace.context(actor), [copied.id])
+            run("package pins", pins, copied)
             run("delete", files.delete, actor, new.id)
             run("folder delete", files.delete, actor, folder.id)
+            run("purge", trash.purge, actor, folder.id)
 
-    monkeypatch.setattr(database, "write", write_planned_generically)
+    for entry_point, patched in (
+        ("write", planned_generically),
+        ("read", planned_generically),
+        ("connect", connection_planned_generically),
+    ):
+        monkeypatch.setattr(database, entry_point, patched)
     each_change("small")
     with monkeypatch.context() as unpatched:
         unpatched.setattr(database, "write", write)
@@ -856,4 +884,4 @@ def test_each_change_reads_only_the_rows_it_touches(
     scanned = {change: max(seq for seq, _ in found) for change, found in reads.items()}
     assert scanned == dict.fromkeys(_CHANGES, 0)
     entries = {change: max(n for _, n in found) for change, found in reads.items()}
-    assert max(entries.values()) <= 40, entries  # a few keys per statement, not the table
+    assert max(entries.values()) <= 60, entries  # a few keys per statement, not the table
