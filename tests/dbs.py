@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import pytest
 import sqlalchemy as sa
@@ -66,6 +67,31 @@ def fresh_pg_database() -> Iterator[str]:
     finally:
         with pg_admin() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Reads(NamedTuple):
+    """What this PostgreSQL backend read of one table in the current transaction so far."""
+
+    scanned: int  # rows read by sequential scans
+    entries: int  # index entries returned, over all the table's indexes
+    index_blocks: int  # index blocks fetched (from the cache or the disk)
+
+
+def pg_reads(conn: sa.Connection, table: str) -> Reads:
+    """``table``'s read counters for this transaction (``pg_stat_xact_*``): take them before
+    and after a statement, in the same transaction, to see what it read."""
+    row = conn.execute(
+        sa.text(
+            "SELECT (SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relid = t.oid),"
+            " (SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0)"
+            "  FROM pg_index WHERE indrelid = t.oid),"
+            " (SELECT coalesce(sum(pg_stat_get_xact_blocks_fetched(indexrelid)), 0)"
+            "  FROM pg_index WHERE indrelid = t.oid)"
+            " FROM pg_class AS t WHERE t.oid = CAST(:table AS regclass)"
+        ),
+        {"table": table},
+    ).one()
+    return Reads(*(int(n) for n in row))
 
 
 @contextmanager

@@ -387,14 +387,17 @@ class TrashService:
 
 def _items(user_id: uuid.UUID, group_ids: Collection[uuid.UUID] | None) -> sa.Select[Any]:
     """(id, deleted_at, username of the deleter) of the items in ``user_id``'s trash."""
-    mine = sa.and_(_n.c.owner_id == user_id, _n.c.space == Space.HOME.value)
-    theirs = sa.and_(_n.c.deleted_by == user_id, _n.c.group_id.is_not(None))
+    # Each branch says the row is trashed: SQLite takes a partial index (ix_nodes_trash,
+    # ix_nodes_trash_deleter) for a branch of an OR only when that branch implies its WHERE.
+    trashed = _n.c.deleted_at.is_not(None)
+    mine = sa.and_(trashed, _n.c.owner_id == user_id, _n.c.space == Space.HOME.value)
+    theirs = sa.and_(trashed, _n.c.deleted_by == user_id, _n.c.group_id.is_not(None))
     if group_ids is not None:
         theirs = sa.and_(theirs, _n.c.group_id.in_(list(group_ids))) if group_ids else sa.false()
     return (
         sa.select(_n.c.id, _n.c.deleted_at, _users.c.username)
         .outerjoin(_users, _users.c.id == _n.c.deleted_by)
-        .where(_n.c.deleted_at.is_not(None), sa.or_(mine, theirs))
+        .where(sa.or_(mine, theirs))
     )
 
 

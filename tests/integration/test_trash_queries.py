@@ -1,0 +1,152 @@
+"""The trash's queries read the trashed rows only, however many live nodes there are, on both
+engines: the sweep's purge of everyone's expired items, one user's purge and /trash/ listings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+
+from davserver.db import Base, Database
+from davserver.db.types import utcnow
+from davserver.models import Group, User
+from davserver.services.actor import Actor
+from davserver.services.files import FileService
+from davserver.services.trash import TrashService
+from davserver.services.tree import NodeView
+from tests.dbs import pg_reads
+
+LIVE = 12000
+_n = Base.metadata.tables["nodes"]
+
+
+def _rows(
+    parent: uuid.UUID,
+    owner: uuid.UUID,
+    count: int,
+    *,
+    group: uuid.UUID | None = None,
+    deleted: tuple[dt.datetime, uuid.UUID] | None = None,
+) -> list[dict[str, Any]]:
+    """``count`` files in ``parent``, live or (``deleted``: when, by whom) in the trash."""
+    now = utcnow()
+    deleted_at, deleted_by = deleted if deleted else (None, None)
+    rows = []
+    for _ in range(count):
+        name = uuid.uuid4().hex
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "parent_id": parent,
+                "name": name,
+                "name_key": name,
+                "kind": "file",
+                "owner_id": owner,
+                "space": "group" if group else "home",
+                "group_id": group,
+                "size": 0,
+                "created_at": now,
+                "modified_at": now,
+                "deleted_at": deleted_at,
+                "deleted_by": deleted_by,
+            }
+        )
+    return rows
+
+
+def _run_watched(database: Database, call: Callable[[], int]) -> tuple[int, list[Any]]:
+    """What ``call`` returns, and the statements it ran that look for trashed nodes (each with
+    its parameters)."""
+    seen: list[tuple[str, Any]] = []
+
+    def listener(_c: object, _cur: object, statement: str, parameters: Any, *_a: object) -> None:
+        if "deleted_at IS NOT NULL" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(database.engine, "before_cursor_execute", listener)
+    try:
+        return call(), seen
+    finally:
+        event.remove(database.engine, "before_cursor_execute", listener)
+
+
+def _how_it_reads_nodes(database: Database, statement: str, parameters: Any) -> str | None:
+    """None when ``statement`` finds its rows of nodes through an index, without reading the
+    whole table or a whole index; else what it does instead."""
+    with database.engine.begin() as conn:
+        if database.is_sqlite:
+            plan = [
+                row[-1]
+                for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            ]
+            scans = [step for step in plan if step.startswith("SCAN nodes")]
+            return f"plan {plan}" if scans else None
+        before = pg_reads(conn, "nodes")
+        conn.exec_driver_sql(statement, parameters).all()
+        after = pg_reads(conn, "nodes")
+    scanned = after.scanned - before.scanned
+    blocks = after.index_blocks - before.index_blocks
+    # A block or two per index looked up; an index of every node takes some 13 here.
+    return f"{scanned} rows scanned, {blocks} index blocks read" if scanned or blocks > 4 else None
+
+
+def test_purging_and_listing_the_trash_read_only_trashed_rows(
+    database: Database, files: FileService, actor: Actor, home: NodeView
+) -> None:
+    """Every housekeeping sweep purges everyone's expired items, and every /trash/ request
+    lists the user's: with an index holding every node (owner_id first), the sweep read all
+    the nodes (PostgreSQL: the whole table or the whole index; SQLite: the table), and a
+    listing that includes group items read the whole table."""
+    with database.write() as session:
+        bob = User(username="bob", password_hash="x")
+        team = Group(name="team")
+        session.add_all([bob, team])
+        session.flush()
+        bob_id, team_id = bob.id, team.id
+    bob_home = files.home_id(bob_id)
+    team_root = files.group_root_id(team_id, actor.user_id)
+    old, fresh = utcnow() - dt.timedelta(days=60), utcnow() - dt.timedelta(days=1)
+    alice = actor.user_id
+    rows = [
+        *_rows(home.id, alice, LIVE // 2),
+        *_rows(bob_home, bob_id, LIVE // 4),
+        *_rows(team_root, alice, LIVE // 4, group=team_id),
+        *_rows(home.id, alice, 10, deleted=(old, alice)),
+        *_rows(home.id, alice, 3, deleted=(fresh, alice)),
+        *_rows(bob_home, bob_id, 10, deleted=(old, bob_id)),
+        *_rows(team_root, alice, 5, group=team_id, deleted=(old, alice)),
+        *_rows(team_root, alice, 5, group=team_id, deleted=(old, bob_id)),
+    ]
+    with database.engine.begin() as conn:
+        conn.execute(_n.insert(), rows)
+        if not database.is_sqlite:  # statistics, as autovacuum would gather (it may be off)
+            conn.exec_driver_sql("ANALYZE nodes")
+
+    trash = TrashService(database, files)
+    month = dt.timedelta(days=30)
+    # What each finds: 30 expired items in all; alice's 13 (3 of them recent), and the 5
+    # group items she deleted.
+    calls: dict[str, tuple[Callable[[], int], int]] = {
+        "the sweep's purge": (
+            lambda: trash.purge_expired(older_than=month, dry_run=True).items_purged,
+            30,
+        ),
+        "one user's purge": (
+            lambda: trash.purge_expired(older_than=month, user_id=alice, dry_run=True).items_purged,
+            15,
+        ),
+        "listing, any group": (lambda: len(trash.listing(alice, None).entries), 18),
+        "listing, alice's groups": (lambda: len(trash.listing(alice, [team_id]).entries), 18),
+        "listing, no group": (lambda: len(trash.listing(alice, []).entries), 13),
+    }
+    problems = {}
+    for label, (call, expected) in calls.items():
+        found, statements = _run_watched(database, call)
+        assert (found, len(statements)) == (expected, 1), label
+        problem = _how_it_reads_nodes(database, *statements[0])
+        if problem is not None:
+            problems[label] = problem
+    assert problems == {}
