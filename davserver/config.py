@@ -67,6 +67,14 @@ class DatabaseSettings:
         "A pooled connection unused this long is checked (one round trip) before its next use,"
         " and replaced if the server dropped it (PostgreSQL); 0 checks it at every use.",
     )
+    reconnect_after_seconds: int = opt(
+        600,
+        "A pooled connection this old is closed and replaced at its next use (PostgreSQL), and"
+        " its prepared statements with it: PostgreSQL plans them again for the tables as they"
+        " are then. Otherwise a plan made while a table was small lasts as long as the"
+        " connection, when autovacuum (which analyses growing tables, and so makes PostgreSQL"
+        " plan again) is off. 0 keeps connections open for good.",
+    )
 
 
 @dataclass(frozen=True)

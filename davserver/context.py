@@ -40,6 +40,7 @@ class Services:
             pool_size=settings.database.pool_size,
             echo=settings.database.echo,
             ping_after_idle=settings.database.ping_after_idle_seconds,
+            reconnect_after=settings.database.reconnect_after_seconds,
         )
         self.blobs = FileSystemBlobStore(settings.blob_path, fsync=settings.storage.fsync)
         auth = settings.auth

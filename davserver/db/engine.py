@@ -39,7 +39,13 @@ class Database:
     """One engine and its session factory; shared by every thread of a server process."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, echo: bool = False, ping_after_idle: float = 1.0
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        echo: bool = False,
+        ping_after_idle: float = 1.0,
+        reconnect_after: float = 600.0,
     ) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
@@ -55,6 +61,11 @@ class Database:
             # Newest first: a pool reuses the connection it just got back, which needs no check
             # (_ping_when_idle), and lets the ones it has not needed lately sit idle.
             kwargs["pool_use_lifo"] = True
+            # A connection's prepared statements keep the plans they were given (psycopg
+            # prepares a statement at its 5th run) until ANALYZE changes the table's statistics;
+            # replacing the connection now and then bounds how long a plan made for a small
+            # table can outlive it, when autovacuum is off.
+            kwargs["pool_recycle"] = reconnect_after if reconnect_after > 0 else -1
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from davserver.db import Database
-from tests.dbs import fresh_pg_database, pg_admin, require_pg
+from tests.dbs import fresh_pg_database, pg_admin, pg_reads, require_pg
 from tests.servers import LiveServer
 
 pytestmark = pytest.mark.postgres
@@ -128,3 +128,46 @@ def test_a_running_server_survives_the_database_dropping_its_connections(
         assert put.status == 201, put.body
     got = live_server.request("GET", f"{folder}before.txt")
     assert (got.status, got.body) == (200, b"before")
+
+
+def test_a_plan_made_while_a_table_was_small_goes_with_its_connection(pg_url: str) -> None:
+    """psycopg prepares a statement at its 5th run on a connection, and PostgreSQL may plan it
+    once for all parameters (here: always). Made while the table was small, the plan is a scan,
+    and it stays one while the table grows, until ANALYZE (autovacuum, when it is on) or a new
+    connection: ``database.reconnect_after_seconds`` bounds how long that can last."""
+    db = Database(pg_url, pool_size=1, ping_after_idle=60, reconnect_after=1.5)
+
+    @sa.event.listens_for(db.engine, "connect")
+    def _generic_plans(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET plan_cache_mode = force_generic_plan")
+        dbapi_connection.commit()
+
+    lookup = sa.text("SELECT v FROM t WHERE k IN (:a, :b)")
+
+    def rows_scanned() -> int:
+        with db.write() as session:
+            before = pg_reads(session.connection(), "t")
+            assert session.execute(lookup, {"a": 7, "b": 9}).all() is not None
+            return pg_reads(session.connection(), "t").scanned - before.scanned
+
+    try:
+        with db.write() as session:
+            session.execute(sa.text("CREATE TABLE t (k integer, v integer)"))
+            session.execute(sa.text("INSERT INTO t SELECT i, i FROM generate_series(1, 10) i"))
+            # Statistics of a small table (the last ones, with autovacuum off), as a migration
+            # that makes an index leaves them.
+            session.execute(sa.text("CREATE INDEX t_k ON t (k)"))
+        started = time.monotonic()
+        for _ in range(6):
+            rows_scanned()
+        other = sa.create_engine(pg_url)  # the pooled connection's plan is not touched
+        with other.begin() as conn:
+            conn.execute(sa.text("INSERT INTO t SELECT i, i FROM generate_series(11, 50000) i"))
+        other.dispose()
+        assert time.monotonic() - started < 1.5, "too slow to see the plan kept"
+        assert rows_scanned() == 50_000  # the plan made for 10 rows
+        time.sleep(1.6)
+        assert rows_scanned() == 0  # a new connection, a new plan: the index
+    finally:
+        db.dispose()
