@@ -8,6 +8,7 @@ from davserver.blobstore.base import (
     StoredBlob,
 )
 from davserver.blobstore.filesystem import FileSystemBlobStore, is_storage_key, storage_key_for
+from davserver.blobstore.hashing import is_sha256
 
 __all__ = [
     "BlobFile",
@@ -16,6 +17,7 @@ __all__ = [
     "FileSystemBlobStore",
     "MaintainableBlobStore",
     "StoredBlob",
+    "is_sha256",
     "is_storage_key",
     "storage_key_for",
 ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -30,10 +29,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from davserver.blobstore.base import BlobFile, StoredBlob
-from davserver.blobstore.hashing import MultiHasher
+from davserver.blobstore.hashing import MultiHasher, is_sha256
 from davserver.errors import ChecksumMismatch
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _WRITEBACK_EVERY = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -79,7 +77,7 @@ def _two_level_key(sha256: str) -> str:
 def is_storage_key(key: str) -> bool:
     """True for the names the store gives its files, in either layout; gc touches nothing else."""
     sha256 = key.rpartition("/")[2]
-    return bool(_SHA256.fullmatch(sha256)) and key in (
+    return is_sha256(sha256) and key in (
         storage_key_for(sha256),
         _two_level_key(sha256),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import re
 import threading
 import zlib
 from typing import Any
@@ -18,6 +19,12 @@ from typing import Any
 _THREAD_AFTER_BYTES = 4 * 1024 * 1024
 _QUEUE_DEPTH = 4  # chunks in flight per digest; bounds the memory a slow hasher can pin
 _ALGORITHMS = ("sha256", "md5", "sha1")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(text: str) -> bool:
+    """True for a SHA-256 as the store spells it (64 lowercase hex digits), a blob's name."""
+    return bool(_SHA256.fullmatch(text))
 
 
 class _Crc32:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import re
 import time
 import uuid
 import zlib
@@ -54,7 +53,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from davserver.blobstore import BlobFile, MaintainableBlobStore, is_storage_key
+from davserver.blobstore import BlobFile, MaintainableBlobStore, is_sha256, is_storage_key
 from davserver.db import Base, Database
 from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import utcnow
@@ -65,7 +64,6 @@ _BATCH = 500  # rows per statement; SQLite allows 32,766 bound parameters
 _RETRIES = 4
 _READ_BLOCK = 1024 * 1024
 _LOGGED_PROBLEMS = 100  # problems copied into the logbook row; the report has them all
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -448,7 +446,7 @@ class MaintenanceService:
                 keys = set(
                     conn.execute(
                         sa.select(_b.c.storage_key).where(
-                            _b.c.sha256.in_([s for s in shas if _SHA256.fullmatch(s)])
+                            _b.c.sha256.in_([s for s in shas if is_sha256(s)])
                         )
                     ).scalars()
                 )
