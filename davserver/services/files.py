@@ -1158,10 +1158,13 @@ def _files_bytes(walk: sa.CTE) -> sa.ColumnElement[Any]:
 def _bytes_below_statement(postgres: bool, *, root_live: bool) -> sa.Select[Any]:
     """SUM of the sizes of the live files at and below :root_id (a deleted folder hides all
     below it); with ``root_live``, nothing when :root_id is itself in the trash."""
-    start = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
-    if root_live:
-        start = start.where(_n.c.deleted_at.is_(None))
-    return sa.select(_files_bytes(_live_below(start, "tree_ids", postgres=postgres)))
+    root = sa.bindparam("root_id", type_=sa.Uuid)
+    start = sa.select(_n.c.id).where(_n.c.id == root)
+    total = sa.select(_files_bytes(_live_below(start, "tree_ids", postgres=postgres)))
+    if not root_live:
+        return total
+    # Not "deleted_at IS NULL" beside "id = :root_id": see tree.one_row.
+    return total.where(tree.one_row(("deleted_at",), _n.c.id == root).scalar_subquery().is_(None))
 
 
 _SUBTREE_SIZE = by_dialect(functools.partial(_bytes_below_statement, root_live=True))

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
-from davserver.db.dialect import for_bind, is_postgres
+from davserver.db.dialect import by_dialect, for_bind, is_postgres
 from davserver.errors import Conflict, InvalidName
 from davserver.models import NodeKind, Space
 
@@ -183,11 +184,6 @@ def child_for_update(session: Session, parent_id: uuid.UUID, key: str) -> NodeVi
     return _to_view(row) if row else None
 
 
-_BY_IDS = _view_select(_nodes).where(
-    _nodes.c.id.in_(sa.bindparam("node_ids", expanding=True, type_=sa.Uuid))
-)
-
-
 def get_nodes(
     session: Session | sa.Connection, node_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, NodeView]:
@@ -195,7 +191,7 @@ def get_nodes(
     found: dict[uuid.UUID, NodeView] = {}
     for start in range(0, len(node_ids), 5000):
         batch = list(node_ids[start : start + 5000])
-        for row in session.execute(_BY_IDS, {"node_ids": batch}):
+        for row in session.execute(for_bind(_BY_IDS, session), {"node_ids": batch}):
             view = _to_view(row)
             found[view.id] = view
     return found
@@ -246,6 +242,22 @@ def walk_step(
     return walk.join(found, sa.true()), found
 
 
+def _by_ids(postgres: bool) -> sa.Select[Any]:
+    """The NodeView rows of the nodes whose ids are in :node_ids. On PostgreSQL each id is
+    looked up by key (``one_row``) from the array of them: as an IN list, a plan made while the
+    table was small was a scan of it, and stayed one."""
+    if not postgres:
+        ids = sa.bindparam("node_ids", expanding=True, type_=sa.Uuid)
+        return _view_select(_nodes).where(_nodes.c.id.in_(ids))
+    ids = sa.bindparam("node_ids", type_=postgresql.ARRAY(sa.Uuid))
+    wanted = sa.func.unnest(ids).table_valued("id").render_derived(name="wanted")
+    node = one_row(_VIEW_COLUMNS, _nodes.c.id == wanted.c.id).lateral("node")
+    return sa.select(*(node.c[c] for c in _VIEW_COLUMNS), *_VERSION_COLUMNS).select_from(
+        _with_current_version(wanted.join(node, sa.true()), node)
+    )
+
+
+_BY_IDS = by_dialect(_by_ids)
 _path_statements: dict[tuple[int, bool], sa.Select[Any]] = {}
 _NODE_WIDTH = len(_VIEW_COLUMNS)
 
