@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import PG_DEFAULT, VENV_PYTHON, Client, Server, pg_drop_db, query_count, start_davserver
 from PIL import Image
 
-from davserver.imaging import VariantSpec, render
+from davserver.imaging import VariantSpec
+from davserver.imaging.render import render
 
 WIDTH, HEIGHT = 6000, 4000  # 24 megapixels
 OK_PUT = (201, 204)

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from davserver.errors import Unavailable, Unprocessable
-from davserver.imaging.render import (
+from davserver.imaging.protocol import ProtocolError, receive_message, send_message
+from davserver.imaging.spec import (
     OUTPUT_FORMATS,
     ImageTooLarge,
     InvalidImage,
@@ -40,7 +41,6 @@ from davserver.imaging.render import (
     UnsupportedImage,
     VariantSpec,
 )
-from davserver.imaging.worker import ProtocolError, receive_message, send_message
 
 log = logging.getLogger(__name__)
 

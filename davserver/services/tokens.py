@@ -21,7 +21,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -223,6 +222,8 @@ class TokenService:
         return actor
 
     def _claims(self, token: str) -> dict[str, Any] | None:
+        import jwt  # here, not at the top: a server whose clients send no tokens never loads it
+
         try:
             claims = jwt.decode(
                 token,
@@ -238,6 +239,8 @@ class TokenService:
     # -- pieces
 
     def _pair(self, actor: Actor, refresh: str, now: dt.datetime) -> TokenPair:
+        import jwt  # here, not at the top: see _claims
+
         assert actor.session_id is not None
         expires = now + self.access_lifetime
         access = jwt.encode(

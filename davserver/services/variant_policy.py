@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from davserver.config import ConfigError, ImageSettings
 from davserver.errors import BadRequest
 from davserver.imaging import INPUT_FORMATS, MIME_TYPES, OUTPUT_FORMATS, VariantSpec
-from davserver.imaging.render import LOSSLESS_QUALITY
+from davserver.imaging.spec import LOSSLESS_QUALITY
 from davserver.services.permissions import Perm
 
 THUMBNAIL = "thumbnail"

@@ -44,7 +44,7 @@ from davserver.imaging import (
     RenderPool,
     VariantSpec,
 )
-from davserver.imaging.render import LOSSLESS_QUALITY
+from davserver.imaging.spec import LOSSLESS_QUALITY
 from davserver.models import NodeKind
 from davserver.services.files import FileService
 from davserver.services.permissions import Perm

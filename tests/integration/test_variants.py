@@ -426,7 +426,7 @@ def test_two_servers_converting_the_same_variant_at_once_both_succeed(
 
 HANGING_WORKER = (
     "import socket, time\n"
-    "from davserver.imaging.worker import send_message\n"
+    "from davserver.imaging.protocol import send_message\n"
     "s = socket.socket(fileno=0)\n"
     "send_message(s, {'ready': True})\n"
     "s.recv(65536)\n"

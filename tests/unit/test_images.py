@@ -32,8 +32,8 @@ from davserver.imaging import (
     RenderPool,
     UnsupportedImage,
     VariantSpec,
-    render,
 )
+from davserver.imaging.render import render
 from davserver.services.permissions import EVERYTHING, Perm
 from davserver.services.tree import NodeView
 from davserver.services.variant_policy import (
@@ -210,7 +210,7 @@ def test_image_errors_are_domain_errors() -> None:
 # Stand-in workers: they answer the start handshake, then misbehave on the first job.
 _PRELUDE = (
     "import os, socket, sys, time\n"
-    "from davserver.imaging.worker import send_message\n"
+    "from davserver.imaging.protocol import send_message\n"
     "s = socket.socket(fileno=0)\n"
     "send_message(s, {'ready': True})\n"
     "s.recv(65536)\n"
