@@ -2,21 +2,74 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from pathlib import Path
 
 from davserver.app import Application
 from davserver.config import Settings
-from davserver.db.migrate import upgrade
+from davserver.db import Database
 
 
-def prepare(settings: Settings) -> tuple[Application, str | None]:
+class SchemaUpgradeFailed(RuntimeError):
+    """The child process that brings the schema up to date failed (its error went to stderr)."""
+
+
+def prepare(
+    settings: Settings, *, migrate_in_child: bool = False
+) -> tuple[Application, str | None]:
     """Migrate the database, create the first admin if missing, and build the application.
 
     Returns the application and the admin password when one was generated (to print once).
+
+    With ``migrate_in_child`` the migration runs in a forked child process, so this process
+    never loads Alembic (with Mako, some 10 MiB resident for as long as the server runs).
+    Only where no other thread runs yet: ``davserver serve`` at its start.
     """
     if not settings.database.url:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    if migrate_in_child:
+        _upgrade_schema_in_child(settings)
     app = Application(settings)
-    upgrade(app.db)
+    if not migrate_in_child:
+        upgrade_schema(settings, app.db)
     generated = app.accounts.ensure_admin(settings.admin.user, settings.admin.password or None)
     return app, generated
+
+
+def upgrade_schema(settings: Settings, db: Database | None = None) -> None:
+    """Bring the database's schema to the newest revision (on ``db``, or a connection of its
+    own)."""
+    from davserver.db.migrate import upgrade  # Alembic: see prepare()
+
+    own = db is None
+    db = db or Database(settings.database_url)
+    try:
+        upgrade(db)
+    finally:
+        if own:
+            db.dispose()
+
+
+def _upgrade_schema_in_child(settings: Settings) -> None:
+    """``upgrade_schema`` in a forked child, waited for; SchemaUpgradeFailed when it fails
+    (its traceback is on stderr)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        status = 1
+        try:
+            upgrade_schema(settings)
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code != 0:
+        raise SchemaUpgradeFailed(f"bringing the database schema up to date failed (exit {code})")

@@ -30,7 +30,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from davserver.bootstrap import prepare
+    from davserver.bootstrap import SchemaUpgradeFailed, prepare
     from davserver.server import CannotListen, serve
     from davserver.workers import serve_workers, worker_count
 
@@ -41,7 +41,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    app, generated = prepare(settings)
+    try:
+        app, generated = prepare(settings, migrate_in_child=True)
+    except SchemaUpgradeFailed as exc:
+        print(f"davserver: {exc}", file=sys.stderr)
+        return 1
     if generated:
         print(
             f"Created the first admin {settings.admin.user!r} with password: {generated}\n"
@@ -59,15 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from davserver.db import Database
-    from davserver.db.migrate import upgrade
+    from davserver.bootstrap import upgrade_schema
 
-    settings = _settings(args)
-    db = Database(settings.database_url)
-    try:
-        upgrade(db)
-    finally:
-        db.dispose()
+    upgrade_schema(_settings(args))
     print("database is at the newest schema")
     return 0
 

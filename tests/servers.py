@@ -331,10 +331,13 @@ def run_live_server(
 
 
 @contextmanager
-def run_inproc_server(engine: str, tmp_dir: Path, **overrides: object) -> Iterator[InprocServer]:
+def run_inproc_server(
+    engine: str, tmp_dir: Path, *, migrate_in_child: bool = False, **overrides: object
+) -> Iterator[InprocServer]:
     """Build the application with ``prepare()`` and serve it by cheroot on a thread.
 
-    ``overrides`` are settings in ``load_settings`` form (``auth__ban_seconds=2``).
+    ``overrides`` are settings in ``load_settings`` form (``auth__ban_seconds=2``);
+    ``migrate_in_child`` as ``davserver serve`` does (only before this process has threads).
     """
     from davserver.bootstrap import prepare
     from davserver.config import load_settings
@@ -353,7 +356,7 @@ def run_inproc_server(engine: str, tmp_dir: Path, **overrides: object) -> Iterat
             admin__password=password,
             **overrides,
         )
-        app, _ = prepare(settings)
+        app, _ = prepare(settings, migrate_in_child=migrate_in_child)
         try:
             server = make_server(app, HOST, 0)
             server.prepare()  # binds: bind_addr now holds the real port

@@ -21,9 +21,13 @@ def loaded() -> list[str]:
 
 
 def main(engine: str, jpeg: bytes) -> None:
-    build_parser()  # `davserver serve` imports every command group as well
+    build_parser()  # `davserver serve` imports every command group as well, and migrates
+    # the database in a child process
     steps: dict[str, object] = {}
-    with tempfile.TemporaryDirectory() as tmp, run_inproc_server(engine, Path(tmp)) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        run_inproc_server(engine, Path(tmp), migrate_in_child=True) as server,
+    ):
         steps["started"] = loaded()
 
         folder = server.fresh_dir("imports")

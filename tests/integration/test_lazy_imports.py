@@ -1,6 +1,7 @@
 """The server does not load what a plain request never needs: Pillow (image variants are made
-in worker processes) and PyJWT (only Bearer tokens use it). Each costs resident memory in every
-server process from start to end. They still load, and work, when a request does need them.
+in worker processes), PyJWT (only Bearer tokens use it) and Alembic (the schema is brought up
+to date in a child process). Each costs resident memory in every server process from start to
+end. Pillow and PyJWT still load, and work, when a request does need them.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from tests.conftest import ENGINES
 from tests.servers import REPO_ROOT
 
 # Top-level packages a server must not import until a request needs them.
-LAZY = {"PIL", "jwt", "cryptography"}
+LAZY = {"PIL", "jwt", "cryptography", "alembic", "mako"}
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_server_loads_pillow_and_jwt_only_when_needed(engine: str, tmp_path: Path) -> None:
+def test_server_loads_pillow_jwt_and_alembic_only_when_needed(engine: str, tmp_path: Path) -> None:
     jpeg = tmp_path / "photo.jpg"
     jpeg.write_bytes(images.jpeg(320, 240))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

@@ -309,6 +309,23 @@ def test_a_taken_port_is_one_clear_line(tmp_path: Path, workers: int) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_schema_that_cannot_be_brought_up_to_date_stops_the_start(tmp_path: Path) -> None:
+    """The migration runs in a child process (the server never loads Alembic); when it fails,
+    its error is shown and the server does not start."""
+    (tmp_path / "davserver.sqlite3").write_bytes(b"not a database" * 100)
+    done = subprocess.run(
+        [*SERVE, "--host", HOST, "--port", "0"],
+        cwd=tmp_path,
+        env=server_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "file is not a database" in done.stderr  # the child's own error
+    assert "davserver: bringing the database schema up to date failed" in done.stderr
+
+
 def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """This environment without any DAVSERVER_ setting, for a server of its own in
     ``data_dir`` (SQLite) with an admin password, plus ``extra``."""
