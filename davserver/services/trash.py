@@ -32,7 +32,7 @@ import datetime as dt
 import posixpath
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,16 +344,30 @@ class TrashService:
         started = time.monotonic()
         if older_than is not None:
             cutoff = utcnow() - older_than
-            query = _items(user_id, None) if user_id else sa.select(_n.c.id)
-            query = query.where(_n.c.deleted_at.is_not(None), _n.c.deleted_at < cutoff)
-            with self.db.connect() as conn:
-                ids = list(conn.scalars(query.order_by(_n.c.deleted_at, _n.c.id)))
-            for done, node_id in enumerate(ids, start=1):
+            for done, node_id in enumerate(self._expired(cutoff, user_id), start=1):
                 self._purge_counted(node_id, dry_run, report)
                 if progress is not None:
-                    progress(Progress("items", done, len(ids)))
+                    progress(Progress("items", done))
         report.seconds = round(time.monotonic() - started, 3)
         return report
+
+    def _expired(self, cutoff: dt.datetime, user_id: uuid.UUID | None) -> Iterator[uuid.UUID]:
+        """The items deleted before ``cutoff`` (of one user's trash, or of all), oldest first,
+        read a batch at a time after the last one seen (an item left in place, such as a pinned
+        one, is not met again). LIMIT makes PostgreSQL walk ix_nodes_trash_expiry in order even
+        on a table it has no statistics of; without it, it scanned every node and sorted."""
+        query = _items(user_id, None) if user_id else sa.select(_n.c.id, _n.c.deleted_at)
+        query = query.where(_n.c.deleted_at.is_not(None), _n.c.deleted_at < cutoff)
+        query = query.order_by(_n.c.deleted_at, _n.c.id).limit(_PURGE_BATCH)
+        page = query
+        while True:
+            with self.db.connect() as conn:
+                rows = conn.execute(page).all()
+            yield from (row.id for row in rows)
+            if len(rows) < _PURGE_BATCH:
+                return
+            last = rows[-1]
+            page = query.where(sa.tuple_(_n.c.deleted_at, _n.c.id) > (last.deleted_at, last.id))
 
     def purge_entries(self, entries: list[TrashEntry], *, reason: str) -> int:
         """Purge these entries (the expired ones of a listing); returns how many went."""
@@ -459,3 +473,4 @@ _users = Base.metadata.tables["users"]
 _groups = Base.metadata.tables["groups"]
 _items_t = Base.metadata.tables["package_items"]
 _SUBTREE_COUNTS = by_dialect(_subtree_counts)
+_PURGE_BATCH = 500
