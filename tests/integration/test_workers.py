@@ -295,14 +295,7 @@ def test_workers_need_linux(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_taken_port_is_one_clear_line(tmp_path: Path, workers: int) -> None:
     with taken_port() as port:
-        done = subprocess.run(
-            [*SERVE, "--host", HOST, "--port", str(port), "--workers", str(workers)],
-            cwd=tmp_path,
-            env=server_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = serve_until_it_stops(tmp_path, "--port", str(port), "--workers", str(workers))
     assert done.returncode == 1
     assert f"davserver: cannot listen on {HOST}:{port}:" in done.stderr
     assert "Address already in use" in done.stderr
@@ -313,17 +306,23 @@ def test_a_schema_that_cannot_be_brought_up_to_date_stops_the_start(tmp_path: Pa
     """The migration runs in a child process (the server never loads Alembic); when it fails,
     its error is shown and the server does not start."""
     (tmp_path / "davserver.sqlite3").write_bytes(b"not a database" * 100)
-    done = subprocess.run(
-        [*SERVE, "--host", HOST, "--port", "0"],
-        cwd=tmp_path,
-        env=server_env(tmp_path),
+    done = serve_until_it_stops(tmp_path, "--port", "0")
+    assert done.returncode == 1
+    assert "file is not a database" in done.stderr  # the child's own error
+    assert "davserver: bringing the database schema up to date failed" in done.stderr
+
+
+def serve_until_it_stops(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``davserver serve --host HOST *args`` on a server of its own in ``data_dir``, run until
+    it exits (a minute at most), its output captured."""
+    return subprocess.run(
+        [*SERVE, "--host", HOST, *args],
+        cwd=data_dir,
+        env=server_env(data_dir),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1
-    assert "file is not a database" in done.stderr  # the child's own error
-    assert "davserver: bringing the database schema up to date failed" in done.stderr
 
 
 def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
