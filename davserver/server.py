@@ -15,7 +15,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from davserver.app import Application
 from davserver.config import ServerSettings
 from davserver.housekeeping import Housekeeper
-from davserver.memory import limit_malloc_arenas, release_free_memory
+from davserver.memory import fix_malloc_thresholds, limit_malloc_arenas, release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ def serve(
     """
     # Before the worker threads exist, so none of them gets an arena of its own.
     limit_malloc_arenas(app.settings.server.malloc_arenas)
+    fix_malloc_thresholds()
     release_free_memory()  # start-up (migrations, the first password hash) is over
     server = make_server(app, host, port, reuse_port=reuse_port)
     every = app.settings.maintenance.housekeeping_seconds if housekeeping else 0
