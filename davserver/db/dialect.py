@@ -35,5 +35,22 @@ def by_dialect(build: Callable[[bool], T]) -> dict[str, T]:
     return {"postgresql": build(True), "sqlite": build(False)}
 
 
+def lateral_by_key(select: sa.Select[Any], name: str, *, one: bool) -> Any:
+    """``select``, which finds rows by key from columns of an outer query, as a LATERAL
+    subquery that PostgreSQL keeps apart: LIMIT 1 (``one``) or OFFSET 0 stops it from merging
+    the lookup into a join. Merged, a join planned while the tables were small is a scan of the
+    looked-up table, and psycopg's prepared statement keeps that plan as the table grows."""
+    fenced = select.limit(1) if one else select.offset(sa.literal_column("0"))
+    return fenced.lateral(name)
+
+
+def unnested(name: str, type_: Any) -> Any:
+    """The list parameter ``:name`` as a one-column table ``<name>(value)`` (PostgreSQL), to
+    look each element up by key with ``lateral_by_key``: as ``IN (...)``, a plan made while the
+    table was small scanned it."""
+    values = sa.bindparam(name, type_=postgresql.ARRAY(type_))
+    return sa.func.unnest(values).table_valued("value").render_derived(name=name)
+
+
 def for_bind(statements: dict[str, Any], bind: Session | sa.Connection) -> Any:
     return statements["postgresql" if is_postgres(bind) else "sqlite"]

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
-from davserver.db.dialect import by_dialect, for_bind, insert_or_ignore
+from davserver.db.dialect import by_dialect, for_bind, insert_or_ignore, lateral_by_key, unnested
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import (
     AlreadyExists,
@@ -238,7 +238,7 @@ class FileService:
         if not ids:
             return result
         with self.db.connect() as conn:
-            for node_id, name, value in conn.execute(_DEAD_OF, {"ids": ids}):
+            for node_id, name, value in conn.execute(for_bind(_DEAD_OF, conn), {"ids": ids}):
                 result[node_id][name] = value
         return result
 
@@ -797,11 +797,7 @@ class FileService:
         props = [
             row
             for batch in _batches(list(new_ids))
-            for row in session.execute(
-                sa.select(DeadProperty.node_id, DeadProperty.name, DeadProperty.value).where(
-                    DeadProperty.node_id.in_(batch)
-                )
-            )
+            for row in session.execute(for_bind(_DEAD_OF, session), {"ids": batch})
         ]
         if props:
             session.execute(
@@ -1194,9 +1190,26 @@ def _child_folder_sizes_statement(postgres: bool) -> sa.Select[Any]:
 
 _CHILD_FOLDER_SIZES = by_dialect(_child_folder_sizes_statement)
 _dp = Base.metadata.tables["dead_properties"]
-_DEAD_OF = sa.select(_dp.c.node_id, _dp.c.name, _dp.c.value).where(
-    _dp.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid))
-)
+
+
+def _dead_of_statement(postgres: bool) -> sa.Select[Any]:
+    """(node_id, name, value) of the dead properties of the nodes in :ids; on PostgreSQL each
+    node's looked up by key (``lateral_by_key``)."""
+    columns = (_dp.c.node_id, _dp.c.name, _dp.c.value)
+    if not postgres:
+        return sa.select(*columns).where(
+            _dp.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid))
+        )
+    ids = unnested("ids", sa.Uuid)
+    props = lateral_by_key(
+        sa.select(*columns).where(_dp.c.node_id == ids.c.value), "props", one=False
+    )
+    return sa.select(props.c.node_id, props.c.name, props.c.value).select_from(
+        ids.join(props, sa.true())
+    )
+
+
+_DEAD_OF = by_dialect(_dead_of_statement)
 _DEAD_OF_CHILDREN = (
     sa.select(_dp.c.node_id, _dp.c.name, _dp.c.value)
     .join(_n, _n.c.id == _dp.c.node_id)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
-from davserver.db.dialect import by_dialect, for_bind
+from davserver.db.dialect import by_dialect, for_bind, lateral_by_key
 from davserver.errors import Conflict, NotFound
 from davserver.models import NodeKind
 from davserver.services import tree
@@ -168,6 +168,14 @@ def _subtree_statement(postgres: bool) -> sa.Select[Any]:
         .select_from(steps)
         .where(down.c.kind == NodeKind.FOLDER.value)
     )
+    current = _v.c.id == down.c.current_version_id
+    if postgres:  # each file's version by key (see lateral_by_key), not a join
+        version: Any = lateral_by_key(
+            sa.select(_v.c.id, _v.c.mtime, _v.c.uploaded_at).where(current), "version", one=True
+        )
+        rows = down.outerjoin(version, sa.true())
+    else:
+        version, rows = _v, down.outerjoin(_v, current)
     return (
         sa.select(
             down.c.id,
@@ -177,11 +185,11 @@ def _subtree_statement(postgres: bool) -> sa.Select[Any]:
             down.c.deleted_at,
             down.c.mtime.label("node_mtime"),
             down.c.modified_at,
-            _v.c.id.label("version_id"),
-            _v.c.mtime.label("version_mtime"),
-            _v.c.uploaded_at,
+            version.c.id.label("version_id"),
+            version.c.mtime.label("version_mtime"),
+            version.c.uploaded_at,
         )
-        .select_from(down.outerjoin(_v, _v.c.id == down.c.current_version_id))
+        .select_from(rows)
         .order_by(down.c.depth)
     )
 

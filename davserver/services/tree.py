@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
-from davserver.db.dialect import by_dialect, for_bind, is_postgres
+from davserver.db.dialect import by_dialect, for_bind, is_postgres, lateral_by_key, unnested
 from davserver.errors import Conflict, InvalidName
 from davserver.models import NodeKind, Space
 
@@ -234,12 +233,9 @@ def walk_step(
             where.append(_nodes.c.deleted_at.is_(None))
     if not postgres:
         return walk.join(_nodes, sa.and_(*where)), _nodes
-    if up:
-        found = one_row(columns, *where).lateral("next_up")
-    else:
-        below = sa.select(*(_nodes.c[c] for c in columns)).where(*where)
-        found = below.offset(sa.literal_column("0")).lateral("next_down")
-    return walk.join(found, sa.true()), found
+    found = sa.select(*(_nodes.c[c] for c in columns)).where(*where)
+    step = lateral_by_key(found, "next_up" if up else "next_down", one=up)
+    return walk.join(step, sa.true()), step
 
 
 def _by_ids(postgres: bool) -> sa.Select[Any]:
@@ -249,9 +245,8 @@ def _by_ids(postgres: bool) -> sa.Select[Any]:
     if not postgres:
         ids = sa.bindparam("node_ids", expanding=True, type_=sa.Uuid)
         return _view_select(_nodes).where(_nodes.c.id.in_(ids))
-    ids = sa.bindparam("node_ids", type_=postgresql.ARRAY(sa.Uuid))
-    wanted = sa.func.unnest(ids).table_valued("id").render_derived(name="wanted")
-    node = one_row(_VIEW_COLUMNS, _nodes.c.id == wanted.c.id).lateral("node")
+    wanted = unnested("node_ids", sa.Uuid)
+    node = one_row(_VIEW_COLUMNS, _nodes.c.id == wanted.c.value).lateral("node")
     return sa.select(*(node.c[c] for c in _VIEW_COLUMNS), *_VERSION_COLUMNS).select_from(
         _with_current_version(wanted.join(node, sa.true()), node)
     )
