@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -35,18 +35,36 @@ def by_dialect(build: Callable[[bool], T]) -> dict[str, T]:
     return {"postgresql": build(True), "sqlite": build(False)}
 
 
-def lateral_by_key(select: sa.Select[Any], name: str, *, one: bool) -> Any:
-    """``select``, which finds rows by key from columns of an outer query, as a LATERAL
-    subquery that PostgreSQL keeps apart: LIMIT 1 (``one``) or OFFSET 0 stops it from merging
-    the lookup into a join. Merged, a join planned while the tables were small is a scan of the
-    looked-up table, and psycopg's prepared statement keeps that plan as the table grows."""
-    fenced = select.limit(1) if one else select.offset(sa.literal_column("0"))
-    return fenced.lateral(name)
+def join_by_key(
+    outer: Any,
+    table: sa.Table,
+    on: sa.ColumnElement[bool],
+    columns: Sequence[str],
+    name: str,
+    *,
+    one: bool,
+    postgres: bool,
+    optional: bool = False,
+) -> tuple[Any, Any]:
+    """``outer`` joined (outer-joined with ``optional``) to the rows of ``table`` that ``on``
+    picks by key from ``outer``'s columns (one row with ``one``), and those rows (``.c``).
+
+    On PostgreSQL a LATERAL subquery of ``columns`` that the planner keeps apart: LIMIT 1
+    (``one``) or OFFSET 0 stops it from merging the lookup into a join. Merged, a join planned
+    while the tables were small is a scan of the looked-up table, and psycopg's prepared
+    statement keeps that plan as the table grows. SQLite, which looks each row up by key
+    anyway, gets the plain join."""
+    found: Any = table
+    if postgres:
+        lookup = sa.select(*(table.c[c] for c in columns)).where(on)
+        fenced = lookup.limit(1) if one else lookup.offset(sa.literal_column("0"))
+        found, on = fenced.lateral(name), sa.true()
+    return (outer.outerjoin(found, on) if optional else outer.join(found, on)), found
 
 
 def unnested(name: str, type_: Any) -> Any:
     """The list parameter ``:name`` as a one-column table ``<name>(value)`` (PostgreSQL), to
-    look each element up by key with ``lateral_by_key``: as ``IN (...)``, a plan made while the
+    look each element up by key with ``join_by_key``: as ``IN (...)``, a plan made while the
     table was small scanned it."""
     values = sa.bindparam(name, type_=postgresql.ARRAY(type_))
     return sa.func.unnest(values).table_valued("value").render_derived(name=name)

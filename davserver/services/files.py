@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
-from davserver.db.dialect import by_dialect, for_bind, insert_or_ignore, lateral_by_key, unnested
+from davserver.db.dialect import by_dialect, for_bind, insert_or_ignore, join_by_key, unnested
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import (
     AlreadyExists,
@@ -1194,19 +1194,15 @@ _dp = Base.metadata.tables["dead_properties"]
 
 def _dead_of_statement(postgres: bool) -> sa.Select[Any]:
     """(node_id, name, value) of the dead properties of the nodes in :ids; on PostgreSQL each
-    node's looked up by key (``lateral_by_key``)."""
-    columns = (_dp.c.node_id, _dp.c.name, _dp.c.value)
+    node's looked up by key (``join_by_key``)."""
+    columns = ("node_id", "name", "value")
     if not postgres:
-        return sa.select(*columns).where(
-            _dp.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid))
-        )
-    ids = unnested("ids", sa.Uuid)
-    props = lateral_by_key(
-        sa.select(*columns).where(_dp.c.node_id == ids.c.value), "props", one=False
-    )
-    return sa.select(props.c.node_id, props.c.name, props.c.value).select_from(
-        ids.join(props, sa.true())
-    )
+        ids = sa.bindparam("ids", expanding=True, type_=sa.Uuid)
+        return sa.select(*(_dp.c[c] for c in columns)).where(_dp.c.node_id.in_(ids))
+    wanted = unnested("ids", sa.Uuid)
+    on = _dp.c.node_id == wanted.c.value
+    rows, props = join_by_key(wanted, _dp, on, columns, "props", one=False, postgres=True)
+    return sa.select(*(props.c[c] for c in columns)).select_from(rows)
 
 
 _DEAD_OF = by_dialect(_dead_of_statement)

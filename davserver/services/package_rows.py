@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
-from davserver.db.dialect import by_dialect, for_bind, lateral_by_key
+from davserver.db.dialect import by_dialect, for_bind, join_by_key
 from davserver.errors import Conflict, NotFound
 from davserver.models import NodeKind
 from davserver.services import tree
@@ -168,14 +168,16 @@ def _subtree_statement(postgres: bool) -> sa.Select[Any]:
         .select_from(steps)
         .where(down.c.kind == NodeKind.FOLDER.value)
     )
-    current = _v.c.id == down.c.current_version_id
-    if postgres:  # each file's version by key (see lateral_by_key), not a join
-        version: Any = lateral_by_key(
-            sa.select(_v.c.id, _v.c.mtime, _v.c.uploaded_at).where(current), "version", one=True
-        )
-        rows = down.outerjoin(version, sa.true())
-    else:
-        version, rows = _v, down.outerjoin(_v, current)
+    rows, version = join_by_key(
+        down,
+        _v,
+        _v.c.id == down.c.current_version_id,
+        ("id", "mtime", "uploaded_at"),
+        "version",
+        one=True,
+        postgres=postgres,
+        optional=True,
+    )
     return (
         sa.select(
             down.c.id,

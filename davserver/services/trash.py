@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
-from davserver.db.dialect import by_dialect, for_bind, is_postgres, lateral_by_key
+from davserver.db.dialect import by_dialect, for_bind, is_postgres, join_by_key
 from davserver.db.types import utcnow
 from davserver.errors import Conflict, Forbidden, NotFound
 from davserver.models import Node, Op, Space
@@ -456,21 +456,26 @@ def _subtree_counts(postgres: bool) -> sa.Select[int, int, int]:
     below = sub.cte("below", recursive=True)
     steps, child = tree.walk_step(below, ("id",), up=False, postgres=postgres, live=False)
     below = below.union_all(sa.select(child.c.id).select_from(steps))
-    if postgres:  # versions and pins by key (see lateral_by_key), not joins
-        versions: Any = lateral_by_key(
-            sa.select(_v.c.id).where(_v.c.node_id == below.c.id), "versions", one=False
-        )
-        pins: Any = lateral_by_key(
-            sa.select(_items_t.c.id).where(_items_t.c.version_id == versions.c.id),
-            "pins",
-            one=False,
-        )
-        rows = below.outerjoin(versions, sa.true()).outerjoin(pins, sa.true())
-    else:
-        versions, pins = _v, _items_t
-        rows = below.outerjoin(_v, _v.c.node_id == below.c.id).outerjoin(
-            _items_t, _items_t.c.version_id == _v.c.id
-        )
+    rows, versions = join_by_key(
+        below,
+        _v,
+        _v.c.node_id == below.c.id,
+        ("id",),
+        "versions",
+        one=False,
+        postgres=postgres,
+        optional=True,
+    )
+    rows, pins = join_by_key(
+        rows,
+        _items_t,
+        _items_t.c.version_id == versions.c.id,
+        ("id",),
+        "pins",
+        one=False,
+        postgres=postgres,
+        optional=True,
+    )
     return sa.select(
         sa.func.count(sa.distinct(below.c.id)),
         sa.func.count(sa.distinct(versions.c.id)),

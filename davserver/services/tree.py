@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
-from davserver.db.dialect import by_dialect, for_bind, is_postgres, lateral_by_key, unnested
+from davserver.db.dialect import by_dialect, for_bind, is_postgres, join_by_key, unnested
 from davserver.errors import Conflict, InvalidName
 from davserver.models import NodeKind, Space
 
@@ -226,16 +226,13 @@ def walk_step(
     level; and a plan made while the table was small is kept once psycopg prepares the
     statement. SQLite looks each step up by key anyway."""
     if up:
-        where = [_nodes.c.id == walk.c.parent_id]
+        on = _nodes.c.id == walk.c.parent_id
     else:
-        where = [_nodes.c.parent_id == walk.c.id]
+        on = _nodes.c.parent_id == walk.c.id
         if live:
-            where.append(_nodes.c.deleted_at.is_(None))
-    if not postgres:
-        return walk.join(_nodes, sa.and_(*where)), _nodes
-    found = sa.select(*(_nodes.c[c] for c in columns)).where(*where)
-    step = lateral_by_key(found, "next_up" if up else "next_down", one=up)
-    return walk.join(step, sa.true()), step
+            on = sa.and_(on, _nodes.c.deleted_at.is_(None))
+    name = "next_up" if up else "next_down"
+    return join_by_key(walk, _nodes, on, columns, name, one=up, postgres=postgres)
 
 
 def _by_ids(postgres: bool) -> sa.Select[Any]:
