@@ -8,6 +8,7 @@ allows 64 tables in a join, so deeper paths are resolved in slices of ``_SLICE``
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import unicodedata
 import uuid
 from collections.abc import Sequence
@@ -376,7 +377,7 @@ class ChainChanged(Exception):
     transaction should be run again (``FileService.run_write`` does)."""
 
 
-def _chain_rows(dialect: str, *, hold: bool) -> tuple[sa.FromClause, Any]:
+def _chain_rows(postgres: bool, *, hold: bool) -> tuple[sa.FromClause, Any]:
     """The rows of ``:start_id`` and every node above it, up to its space's root, as a FROM
     clause with its (id, parent_id, deleted_at) columns; share-locked with ``hold``.
 
@@ -395,7 +396,6 @@ def _chain_rows(dialect: str, *, hold: bool) -> tuple[sa.FromClause, Any]:
         .where(_nodes.c.id == sa.bindparam("start_id", type_=sa.Uuid))
         .cte("up", recursive=True)
     )
-    postgres = dialect == "postgresql"
     steps, above = walk_step(up, ("id", "parent_id"), up=True, postgres=postgres)
     up = up.union_all(sa.select(above.c.id, above.c.parent_id).select_from(steps))
     if postgres:
@@ -406,38 +406,34 @@ def _chain_rows(dialect: str, *, hold: bool) -> tuple[sa.FromClause, Any]:
     return held.join(up, held.c.id == up.c.id), held
 
 
-def _up_the_chain(*, hold: bool, child: bool) -> dict[str, Any]:
-    """Per dialect: the chain's rows, and with ``child`` the folder's live child of one name
-    (its row only, unlocked) beside the folder's row."""
-    statements = {}
-    for dialect in ("postgresql", "sqlite"):
-        rows, held = _chain_rows(dialect, hold=hold)
-        columns = [held.c.id, held.c.parent_id, held.c.deleted_at]
-        if not child:
-            statements[dialect] = sa.select(*columns).select_from(rows)
-            continue
-        named = _nodes.alias("named")
-        start = sa.bindparam("start_id", type_=sa.Uuid)
-        with_child = rows.outerjoin(
-            named,
-            sa.and_(
-                held.c.id == start,
-                # Not "= held.id": PostgreSQL then looked the name up in every folder (a scan
-                # of the name index, as long as the table) and kept the one in this folder.
-                named.c.parent_id == start,
-                named.c.name_key == sa.bindparam("key"),
-                named.c.deleted_at.is_(None),
-            ),
-        )
-        statements[dialect] = sa.select(
-            *columns, *(named.c[c] for c in _VIEW_COLUMNS), *_VERSION_COLUMNS
-        ).select_from(_with_current_version(with_child, named))
-    return statements
+def _up_the_chain(postgres: bool, *, hold: bool, child: bool) -> sa.Select[Any]:
+    """The chain's rows, and with ``child`` the folder's live child of one name (its row only,
+    unlocked) beside the folder's row."""
+    rows, held = _chain_rows(postgres, hold=hold)
+    columns = [held.c.id, held.c.parent_id, held.c.deleted_at]
+    if not child:
+        return sa.select(*columns).select_from(rows)
+    named = _nodes.alias("named")
+    start = sa.bindparam("start_id", type_=sa.Uuid)
+    with_child = rows.outerjoin(
+        named,
+        sa.and_(
+            held.c.id == start,
+            # Not "= held.id": PostgreSQL then looked the name up in every folder (a scan of the
+            # name index, as long as the table) and kept the one in this folder.
+            named.c.parent_id == start,
+            named.c.name_key == sa.bindparam("key"),
+            named.c.deleted_at.is_(None),
+        ),
+    )
+    return sa.select(*columns, *(named.c[c] for c in _VIEW_COLUMNS), *_VERSION_COLUMNS).select_from(
+        _with_current_version(with_child, named)
+    )
 
 
-_CHAIN = _up_the_chain(hold=False, child=False)
-_HOLD_CHAIN = _up_the_chain(hold=True, child=False)
-_HOLD_CHAIN_AND_CHILD = _up_the_chain(hold=True, child=True)
+_CHAIN = by_dialect(functools.partial(_up_the_chain, hold=False, child=False))
+_HOLD_CHAIN = by_dialect(functools.partial(_up_the_chain, hold=True, child=False))
+_HOLD_CHAIN_AND_CHILD = by_dialect(functools.partial(_up_the_chain, hold=True, child=True))
 
 
 def hold_chain(session: Session, folder_id: uuid.UUID) -> list[uuid.UUID]:
