@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import traceback
 from pathlib import Path
 
 from davserver.app import Application
 from davserver.config import Settings
 from davserver.db import Database
+from davserver.processes import run_in_child
 
 
 class SchemaUpgradeFailed(RuntimeError):
-    """The child process that brings the schema up to date failed (its error went to stderr)."""
+    """The child process that brings the schema up to date failed (its error is logged)."""
 
 
 def prepare(
@@ -54,22 +52,7 @@ def upgrade_schema(settings: Settings, db: Database | None = None) -> None:
 
 def _upgrade_schema_in_child(settings: Settings) -> None:
     """``upgrade_schema`` in a forked child, waited for; SchemaUpgradeFailed when it fails
-    (its traceback is on stderr)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the caller's code
-        status = 1
-        try:
-            upgrade_schema(settings)
-            status = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-    _, wait_status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(wait_status)
+    (its error is logged)."""
+    code = run_in_child(lambda: upgrade_schema(settings))
     if code != 0:
         raise SchemaUpgradeFailed(f"bringing the database schema up to date failed (exit {code})")

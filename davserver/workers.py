@@ -21,7 +21,6 @@ Linux only: elsewhere ``SO_REUSEPORT`` does not balance connections (macOS) or i
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import select
@@ -36,6 +35,7 @@ from types import FrameType
 from davserver.app import Application
 from davserver.config import ConfigError, Settings
 from davserver.housekeeping import Housekeeper
+from davserver.processes import fork_child
 from davserver.server import CannotListen, announce, serve, tls_enabled
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ _FAILED_STARTS = 3
 _STOP_GRACE_SECONDS = 30.0
 _START_TIMEOUT_SECONDS = 120.0
 _TICK_SECONDS = 0.2
-_PR_SET_PDEATHSIG = 1
 
 
 def worker_count(setting: int) -> int:
@@ -159,18 +158,16 @@ def serve_workers(app: Application, settings: Settings, workers: int) -> int:
     holder = _hold_port(settings.server.host, settings.server.port)
     host, port = settings.server.host, int(holder.getsockname()[1])
     ready_read, ready_write = os.pipe()
-    parent = os.getpid()
 
     def fork(child: Callable[[], None]) -> int:
         app.db.dispose()  # no open database connection may be shared with a child
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
+
+        def in_child() -> None:
             holder.close()
             os.close(ready_read)
-            _run_child(parent, child)  # never returns
-        return pid
+            child()
+
+        return fork_child(in_child)
 
     def ready(_server: object) -> None:
         os.write(ready_write, b".")
@@ -281,35 +278,6 @@ def _supervise(pool: _Workers, sweeps: _Sweeps, stopping: list[int]) -> int:
         time.sleep(_TICK_SECONDS)
     log.info("signal %s: stopping the workers", stopping[0])
     return 0
-
-
-def _run_child(parent: int, work: Callable[[], None]) -> None:
-    """The child's side of a fork: ``work`` (serve until told to stop, or sweep once), then
-    leave without unwinding."""
-    status = 1
-    try:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _stop_with_parent(parent)
-        work()
-        status = 0
-    except BaseException:
-        log.exception("process %d failed", os.getpid())
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # The parent's objects were copied into this process: none of their finalizers, atexit
-        # handlers or open database connections may run here.
-        os._exit(status)
-
-
-def _stop_with_parent(parent: int) -> None:
-    """Have the kernel send SIGTERM when the parent dies (and check it has not already)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-    if os.getppid() != parent:
-        os._exit(0)
 
 
 def _describe(status: int) -> str:
