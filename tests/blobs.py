@@ -57,18 +57,17 @@ def loose_blob(
 
 def orphan_file(store: FileSystemBlobStore, data: bytes, *, age: float = OLD) -> Path:
     """A blob file with no row, last modified ``age`` seconds ago."""
-    path = path_of(store, data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    backdate(path, age)
-    return path
+    return _file_at(path_of(store, data), data, age)
 
 
 def two_level_file(store: FileSystemBlobStore, data: bytes, *, age: float = OLD) -> Path:
     """A blob file where the store put it when it fanned out twice (``ab/cd/abcd…``), with no
     row, last modified ``age`` seconds ago."""
     digest = sha(data)
-    path = store.root / digest[:2] / digest[2:4] / digest
+    return _file_at(store.root / digest[:2] / digest[2:4] / digest, data, age)
+
+
+def _file_at(path: Path, data: bytes, age: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     backdate(path, age)
