@@ -1127,14 +1127,7 @@ _COPIED = (
 def _subtree_statement(postgres: bool) -> sa.Select[Any]:
     """The ``_COPIED`` columns of :root_id and its live descendants, parents before children.
     The walk carries them: a join back to ``nodes`` was planned as a scan of the table."""
-    top = sa.select(*(_n.c[c] for c in _COPIED), sa.literal(0).label("depth"))
-    walk = top.where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid)).cte("subtree", True)
-    steps, child = tree.walk_step(walk, _COPIED, up=False, postgres=postgres)
-    walk = walk.union_all(
-        sa.select(*(child.c[c] for c in _COPIED), walk.c.depth + 1)
-        .select_from(steps)
-        .where(walk.c.kind == NodeKind.FOLDER.value)
-    )
+    walk = tree.walk_down(_COPIED, "subtree", postgres=postgres)
     return sa.select(*(walk.c[c] for c in _COPIED)).order_by(walk.c.depth)
 
 

@@ -157,17 +157,7 @@ def _subtree_statement(postgres: bool) -> sa.Select[Any]:
         "modified_at",
         "deleted_at",
     )
-    down = (
-        sa.select(*(_n.c[c] for c in columns), sa.literal(0).label("depth"))
-        .where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
-        .cte("down", recursive=True)
-    )
-    steps, child = tree.walk_step(down, columns, up=False, postgres=postgres)
-    down = down.union_all(
-        sa.select(*(child.c[c] for c in columns), (down.c.depth + 1).label("depth"))
-        .select_from(steps)
-        .where(down.c.kind == NodeKind.FOLDER.value)
-    )
+    down = tree.walk_down(columns, "down", postgres=postgres)
     rows, version = join_by_key(
         down,
         _v,

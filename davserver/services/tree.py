@@ -236,6 +236,20 @@ def walk_step(
     return join_by_key(walk, _nodes, on, columns, name, one=up, postgres=postgres)
 
 
+def walk_down(columns: Sequence[str], name: str, *, postgres: bool) -> sa.CTE:
+    """``:root_id`` and its live descendants, parents before children: a recursive CTE of
+    their ``columns`` (``kind`` among them) and their ``depth`` below the root (0 for it). Each
+    level is looked up from the folders of the one above (``walk_step``)."""
+    top = sa.select(*(_nodes.c[c] for c in columns), sa.literal(0).label("depth"))
+    walk = top.where(_nodes.c.id == sa.bindparam("root_id", type_=sa.Uuid)).cte(name, True)
+    steps, child = walk_step(walk, columns, up=False, postgres=postgres)
+    return walk.union_all(
+        sa.select(*(child.c[c] for c in columns), (walk.c.depth + 1).label("depth"))
+        .select_from(steps)
+        .where(walk.c.kind == NodeKind.FOLDER.value)
+    )
+
+
 def _by_ids(postgres: bool) -> sa.Select[Any]:
     """The NodeView rows of the nodes whose ids are in :node_ids. On PostgreSQL each id is
     looked up by key (``one_row``) from the array of them: as an IN list, a plan made while the
