@@ -24,7 +24,7 @@ from wsgidav.dav_provider import DAVCollection
 
 from davserver.memory import release_free_memory
 from providers import live_props
-from providers.resources import VirtualCollection
+from providers.resources import FolderResource, VirtualCollection
 
 _DAV = "{DAV:}"
 _SUPPORTED_LOCK = (
@@ -77,55 +77,90 @@ def parse_request(environ: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def respond(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    """The multistatus for ``res`` (and its members at Depth 1)."""
+    """The multistatus for ``res`` (and its members at Depth 1).
+
+    The whole answer is written before it is sent (clients need its Content-Length: without
+    one, WsgiDAV closes the connection), but as encoded chunks, each member's resource let go
+    once written: a folder's members are never all held as resources and text at once.
+    """
     mode, names = parse_request(environ)
-    resources = [res]
+    members: Iterable[Any] = ()
     if res.is_collection and environ.get("HTTP_DEPTH", "").strip() == "1":
         live_props.prepare_listing(res, names)
-        resources.extend(res.get_member_list())
+        members = (
+            res.iter_members(remember=False)
+            if isinstance(res, FolderResource)
+            else res.get_member_list()
+        )
     lock_manager = res.provider.lock_manager
     has_locks = getattr(getattr(lock_manager, "storage", None), "has_locks", None)
     # With no lock anywhere in the spaces listed, every lockdiscovery is empty: skip the
     # lookups. Members of a folder are in its space; those of a virtual one (/shared/alice/)
     # may each be in another.
-    spaces = resources if isinstance(res, VirtualCollection) else [res]
+    spaces = [res, *members] if isinstance(res, VirtualCollection) else [res]
     urls = [item.get_ref_url() for item in spaces]
     any_locks = lock_manager is not None and (has_locks is None or bool(has_locks(urls)))
-    parts = ['<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">']
-    for item in resources:
-        parts.append(_response(item, mode, names, lock_manager, any_locks))
-    parts.append("</D:multistatus>")
-    body = "".join(parts).encode("utf-8")
+    body = _Body()
+    body.write('<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">')
+    body.write(_response(res, mode, names, lock_manager, any_locks))
+    for item in members:
+        body.write(_response(item, mode, names, lock_manager, any_locks))
+    body.write("</D:multistatus>")
     start_response(
         "207 Multi-Status",
         [
             ("Content-Type", "application/xml; charset=utf-8"),
-            ("Content-Length", str(len(body))),
+            ("Content-Length", str(body.finish())),
             ("Date", util.get_rfc1123_time()),
         ],
     )
-    return _Body(body)
+    return body
 
 
+# Text is encoded this many characters at a time: few chunks, each small beside a big answer.
+_CHUNK_CHARS = 64 * 1024
 # Past this size the answer's memory is handed back to the system once it has been sent, or a
 # few large listings would keep the process at their peak (see davserver.memory).
 _RELEASE_AFTER_BYTES = 1024 * 1024
 
 
 class _Body:
-    """A one-chunk response body that releases the memory it held once it has been sent."""
+    """A response body written as text, kept as UTF-8 chunks, and let go of chunk by chunk
+    as it is sent; the memory it held is handed back once it has been sent."""
 
-    def __init__(self, body: bytes) -> None:
-        self._body: bytes | None = body
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._size = 0
+
+    def write(self, text: str) -> None:
+        self._pending.append(text)
+        self._pending_chars += len(text)
+        if self._pending_chars >= _CHUNK_CHARS:
+            self._encode_pending()
+
+    def finish(self) -> int:
+        """Done writing; returns the body's length in bytes."""
+        self._encode_pending()
+        return self._size
+
+    def _encode_pending(self) -> None:
+        if self._pending:
+            chunk = "".join(self._pending).encode("utf-8")
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+            self._pending.clear()
+            self._pending_chars = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._body is not None:
-            yield self._body
+        self._chunks.reverse()
+        while self._chunks:
+            yield self._chunks.pop()
 
     def close(self) -> None:
-        large = self._body is not None and len(self._body) > _RELEASE_AFTER_BYTES
-        self._body = None
-        if large:
+        self._chunks.clear()
+        if self._size > _RELEASE_AFTER_BYTES:
             release_free_memory()
 
 

@@ -103,9 +103,14 @@ class DavProvider(DAVProvider):
         view: NodeView,
         dead: dict[str, bytes] | None = None,
         rights: Perm = Perm.NONE,
+        *,
+        remember: bool = True,
     ) -> _NodeResource:
-        cache: dict[str, Any] = environ.setdefault(_CACHE_KEY, {})
-        cache[_cache_key(path)] = Reached(view, rights)
+        """The resource of a node found at ``path``; with ``remember``, later lookups of
+        ``path`` in this request need no query."""
+        if remember:
+            cache: dict[str, Any] = environ.setdefault(_CACHE_KEY, {})
+            cache[_cache_key(path)] = Reached(view, rights)
         if view.is_folder:
             return FolderResource(path.rstrip("/") + "/", environ, view, dead, rights)
         return FileResource(path.rstrip("/"), environ, view, dead, rights=rights)

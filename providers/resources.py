@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import time
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lxml import etree
@@ -307,20 +308,29 @@ class FolderResource(_NodeResource, DAVCollection):
     def get_member_list(self) -> list[_NodeResource]:
         """The members the user may read, from one query, with their dead properties from
         one more; their rights follow from this folder's (no query per member)."""
+        return list(self.iter_members())
+
+    def iter_members(self, *, remember: bool = True) -> Iterator[_NodeResource]:
+        """``get_member_list`` one member at a time: both queries run before the first is
+        made, and each member's rows are let go once it is made, so a caller that is done
+        with each member before it takes the next (PROPFIND) never holds them all as
+        resources. ``remember``: whether this request looks the members up again (see
+        ``DavProvider.resource_for``)."""
         assert self.view is not None
         children = self._readable_children()
         dead = self.provider.files.children_dead_properties(self.view.id)
         base = self.path.rstrip("/") + "/"
-        return [
-            self.provider.resource_for(
+        children.reverse()
+        while children:
+            child = children.pop()
+            yield self.provider.resource_for(
                 base + child.view.name,
                 self.environ,
                 child.view,
-                dead.get(child.view.id, {}),
+                dead.pop(child.view.id, {}),
                 child.rights,
+                remember=remember,
             )
-            for child in children
-        ]
 
     def get_member(self, name: str) -> _NodeResource | None:
         return self.provider.get_resource_inst(util.join_uri(self.path, name), self.environ)

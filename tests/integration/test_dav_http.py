@@ -8,11 +8,13 @@ inside its own fresh collection, and where it matters looks at the rows the requ
 from __future__ import annotations
 
 import http.client
+import io
 import secrets
 import select
 import socket
 import threading
 import time
+import tracemalloc
 import unicodedata
 import urllib.parse
 import uuid
@@ -29,6 +31,7 @@ from sqlalchemy import event
 
 from davserver.app import Application
 from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, User
+from davserver.services.actor import Actor
 from davserver.services.tree import NodeView
 from tests.servers import HOST, DavServer, InprocServer, Response, basic_auth_header, http_request
 
@@ -814,6 +817,64 @@ def test_propfind_depth_0_and_1(srv: InprocServer, folder: str) -> None:
     assert one[base + "/a.txt"].props[DAV_NS + "getcontentlength"].text == "1"
     # Depth infinity on a file is harmless: there is nothing below it.
     assert list(propfind(srv, folder + "a.txt", "infinity")) == [base + "/a.txt"]
+
+
+def _peak_while_answered(
+    srv: InprocServer, path: str, headers: Mapping[str, str]
+) -> tuple[int, int]:
+    """(peak bytes Python allocated while the application answered a PROPFIND and its body was sent,
+    the body's length): the WSGI application called directly, its chunks counted and dropped
+    as a server sends them."""
+    environ = {
+        "REQUEST_METHOD": "PROPFIND",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": HOST,
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": HOST,
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "CONTENT_LENGTH": "0",
+        "HTTP_AUTHORIZATION": basic_auth_header(srv.user, srv.password),
+        **{"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()},
+    }
+    statuses: list[str] = []
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        body = srv.application(environ, lambda status, _headers, _exc=None: statuses.append(status))
+        length = sum(len(chunk) for chunk in body)
+        getattr(body, "close", lambda: None)()
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert statuses and statuses[0].startswith("207"), statuses
+    return peak, length
+
+
+def test_a_big_listing_is_never_held_whole_as_resources_and_text(
+    srv: InprocServer, folder: str
+) -> None:
+    """PROPFIND Depth 1 on a folder of 1,500 members: the answer is written as encoded chunks,
+    each member's resource let go once written. Building every member's resource first, then
+    the text, then one string of it and its bytes took 5.2 times the body's size at the peak
+    (41 MiB for 10,000 members); now 1.4 to 1.7 (the members' rows, and the body once)."""
+    app = srv.application
+    parent = existing_node(srv, folder)
+    actor = Actor(user_id=user_id(app, srv.user), username=srv.user)
+    for i in range(1_500):
+        app.services.files.create_empty_file(actor, parent, f"member-{i:05d}-of-a-big-folder.txt")
+    peak, length = _peak_while_answered(srv, path_of(folder), {"Depth": "1"})
+    assert length > 1_000_000
+    assert peak < 2.5 * length, (peak, length)
+    # The answer is whole: every member is in it.
+    assert len(propfind(srv, folder)) == 1_501
 
 
 # --- 9. properties ---------------------------------------------------------------------------
