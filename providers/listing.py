@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from wsgidav import util
 
+from providers.resources import members_of
+
 
 def folder_listing(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     """Answer GET/HEAD on collection ``res`` with 200 and an HTML index of its members."""
@@ -20,7 +22,7 @@ def folder_listing(res: Any, environ: dict[str, Any], start_response: Any) -> It
     rows = []
     if res.path not in ("", "/"):
         rows.append('<li><a href="../">../</a></li>')
-    for member in res.get_member_list():
+    for member in members_of(res):
         name = member.name + ("/" if member.is_collection else "")
         size = "" if member.is_collection else f" ({member.get_content_length()} bytes)"
         rows.append(f'<li><a href="{quote(name)}">{html.escape(name)}</a>{html.escape(size)}</li>')

@@ -24,7 +24,7 @@ from wsgidav.dav_provider import DAVCollection
 
 from davserver.memory import release_free_memory
 from providers import live_props
-from providers.resources import FolderResource, VirtualCollection
+from providers.resources import VirtualCollection, members_of
 
 _DAV = "{DAV:}"
 _SUPPORTED_LOCK = (
@@ -87,11 +87,7 @@ def respond(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[
     members: Iterable[Any] = ()
     if res.is_collection and environ.get("HTTP_DEPTH", "").strip() == "1":
         live_props.prepare_listing(res, names)
-        members = (
-            res.iter_members(remember=False)
-            if isinstance(res, FolderResource)
-            else res.get_member_list()
-        )
+        members = members_of(res)
     lock_manager = res.provider.lock_manager
     has_locks = getattr(getattr(lock_manager, "storage", None), "has_locks", None)
     # With no lock anywhere in the spaces listed, every lockdiscovery is empty: skip the

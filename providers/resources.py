@@ -11,7 +11,7 @@ import datetime as dt
 import functools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lxml import etree
@@ -360,6 +360,15 @@ class FolderResource(_NodeResource, DAVCollection):
 
     def support_recursive_delete(self) -> bool:
         return True
+
+
+def members_of(collection: Any) -> Iterable[Any]:
+    """The members of a collection for a caller that is done with each before it takes the
+    next (a listing): a folder's are made one at a time (``FolderResource.iter_members``)."""
+    if isinstance(collection, FolderResource):
+        return collection.iter_members(remember=False)
+    members: list[Any] = collection.get_member_list()
+    return members
 
 
 class FileResource(_NodeResource, DAVNonCollection):
