@@ -1,4 +1,4 @@
-"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with two fixes.
+"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with four fixes.
 
 * COPY and MOVE answered by a provider hook (``handle_copy``/``handle_move``) always get 204
   from WsgiDAV; RFC 4918 wants 201 when the destination is new. Resources leave the right code
@@ -6,6 +6,9 @@
 * WsgiDAV un-escapes the Destination header *before* splitting it into URL parts, so a name
   with ``?`` or ``;`` was cut short (a MOVE to ``what%3F.txt`` created ``what``). Its parser
   is replaced by one that keeps everything after the host as the path.
+* If-Match, If-None-Match, If-Modified-Since and If-Unmodified-Since are evaluated by
+  ``providers.conditions``, on the resource the request names only.
+* GET and HEAD ignore a Range header that is not one valid byte range.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from wsgidav import request_server, util
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_server import RequestServer
 
+from providers import conditions
+
 _STATUS_KEY = "davserver.status"
+_CHECKED_KEY = "davserver.preconditions_checked"
 
 
 class DavRequestServer(RequestServer):
@@ -36,11 +42,51 @@ class DavRequestServer(RequestServer):
             success_code = override
         return super()._send_response(environ, start_response, root_res, success_code, error_list)
 
+    def _evaluate_if_headers(self, res: Any, environ: dict[str, Any]) -> None:
+        """If-Match and friends on the resource the request names (the first one WsgiDAV
+        checks) as RFC 9110 says (``providers.conditions``); the If header as WsgiDAV does."""
+        if not environ.get(_CHECKED_KEY):
+            environ[_CHECKED_KEY] = True
+            conditions.check(res, environ)
+        with conditions.hidden(environ):
+            super()._evaluate_if_headers(res, environ)
+
+    def do_GET(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        _drop_unusable_range(environ)
+        return super().do_GET(environ, start_response)
+
+    def do_HEAD(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        _drop_unusable_range(environ)
+        return super().do_HEAD(environ, start_response)
+
     def do_PUT(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         return super().do_PUT(environ, _accepting_mtime(environ, start_response))
 
     def do_MKCOL(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        # WsgiDAV checks no precondition for MKCOL: "If-Match: *" must stop it.
+        if conditions.has_preconditions(environ):
+            path = environ["PATH_INFO"]
+            self._evaluate_if_headers(self._davProvider.get_resource_inst(path, environ), environ)
         return super().do_MKCOL(environ, _accepting_mtime(environ, start_response))
+
+
+# One byte range: "bytes=START-", "bytes=START-END" or "bytes=-SUFFIX" (a non-zero suffix).
+_SINGLE_RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d+)\s*-\s*(\d*)|-\s*0*[1-9]\d*)\s*", re.I)
+
+
+def _drop_unusable_range(environ: dict[str, Any]) -> None:
+    """Serve the whole file (200) for a Range header that is not one valid byte range.
+
+    RFC 9110 lets a server ignore Range, and says to ignore one it cannot parse. WsgiDAV
+    answered ``bytes=5-2`` with bytes from the end of the file, ``foo=1-2`` as bytes, ``bytes=abc``
+    with 416, and of ``bytes=0-4,10-14`` sent only the last range under a 206.
+    """
+    header = environ.get("HTTP_RANGE")
+    if header is None:
+        return
+    match = _SINGLE_RANGE.fullmatch(header)
+    if match is None or (match[2] and int(match[2]) < int(match[1])):
+        del environ["HTTP_RANGE"]
 
 
 def _accepting_mtime(environ: dict[str, Any], start_response: Any) -> Any:

@@ -15,6 +15,7 @@ from wsgidav.dav_error import (
     HTTP_MEDIATYPE_NOT_SUPPORTED,
     HTTP_NOT_FOUND,
     HTTP_PRECONDITION_FAILED,
+    HTTP_REQUEST_ENTITY_TOO_LARGE,
     HTTP_SERVICE_UNAVAILABLE,
     HTTP_UNPROCESSABLE_ENTITY,
     DAVError,
@@ -39,9 +40,14 @@ _STATUS: list[tuple[type[errors.DomainError], int]] = [
     (errors.Unprocessable, HTTP_UNPROCESSABLE_ENTITY),
     (errors.Unavailable, HTTP_SERVICE_UNAVAILABLE),
 ]
-# WsgiDAV knows no reason phrase for these ("422 Status" otherwise).
-ERROR_DESCRIPTIONS.setdefault(HTTP_UNPROCESSABLE_ENTITY, "422 Unprocessable Content")
-ERROR_DESCRIPTIONS.setdefault(HTTP_SERVICE_UNAVAILABLE, "503 Service Unavailable")
+# WsgiDAV knows no reason phrase for these ("507 Status" otherwise).
+for _code, _reason in (
+    (HTTP_REQUEST_ENTITY_TOO_LARGE, "Content Too Large"),
+    (HTTP_UNPROCESSABLE_ENTITY, "Unprocessable Content"),
+    (HTTP_SERVICE_UNAVAILABLE, "Service Unavailable"),
+    (HTTP_INSUFFICIENT_STORAGE, "Insufficient Storage"),
+):
+    ERROR_DESCRIPTIONS.setdefault(_code, f"{_code} {_reason}")
 
 
 def to_dav_error(exc: errors.DomainError) -> DAVError:

@@ -426,8 +426,9 @@ def test_quota_refuses_before_the_body_and_cuts_off_chunked_uploads(server: Inpr
     assert (used, quota) == (990, 1000)
 
 
-def announce_huge_put(server: InprocServer, authorization: str | None) -> tuple[int, str]:
-    """PUT announcing 50 GiB and sending none: (status, Connection header), within seconds."""
+def announce_huge_put(server: InprocServer, authorization: str | None) -> tuple[int, str, str]:
+    """PUT announcing 50 GiB and sending none: (status, reason, Connection header), within
+    seconds."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         conn.putrequest("PUT", "/files/huge.iso")
@@ -438,7 +439,7 @@ def announce_huge_put(server: InprocServer, authorization: str | None) -> tuple[
         started = time.perf_counter()
         response = conn.getresponse()
         assert time.perf_counter() - started < 5
-        return response.status, response.getheader("Connection", "")
+        return response.status, response.reason, response.getheader("Connection", "")
     finally:
         conn.close()
 
@@ -446,8 +447,9 @@ def announce_huge_put(server: InprocServer, authorization: str | None) -> tuple[
 def test_quota_answers_before_a_body_that_never_comes(server: InprocServer) -> None:
     name, password = make_user(server, quota=1000)
     # The server answers, then closes rather than reading (or buffering) 50 GiB.
-    assert announce_huge_put(server, basic_auth_header(name, password)) == (507, "close")
-    assert announce_huge_put(server, None) == (401, "close")
+    refused = announce_huge_put(server, basic_auth_header(name, password))
+    assert refused == (507, "Insufficient Storage", "close")
+    assert announce_huge_put(server, None) == (401, "Unauthorized", "close")
     assert versions_of(server, name) == 0
     assert propfind(server, user=(name, password)) == 207
 

@@ -7,6 +7,7 @@ inside its own fresh collection, and where it matters looks at the rows the requ
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import io
 import secrets
@@ -415,6 +416,122 @@ def test_if_match_with_stale_etag_is_refused(srv: InprocServer, folder: str) -> 
     accepted = call(srv, "PUT", url, b"version three", {"If-Match": current})
     assert accepted.status in (200, 204)
     assert get_body(srv, url) == b"version three"
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=5-2", "foo=1-2", "bytes=abc", "bytes=0-4,10-14", "bytes=-0"]
+)
+def test_a_range_that_is_not_one_valid_byte_range_gets_the_whole_file(
+    srv: InprocServer, folder: str, header: str
+) -> None:
+    """RFC 9110 14.2: a Range the server cannot use is ignored (200, all bytes). WsgiDAV sent
+    bytes from the end of the file for 5-2, treated foo= as bytes, refused bytes=abc with 416
+    and sent only the last of several ranges under a 206."""
+    data = bytes(range(256)) * 4
+    put(srv, folder + "ranged.bin", data)
+    for method in ("GET", "HEAD"):
+        got = call(srv, method, folder + "ranged.bin", headers={"Range": header})
+        assert got.status == 200, (method, header, got.status)
+        assert got.headers.get("Content-Length") == str(len(data))
+        assert "Content-Range" not in got.headers
+        assert got.body == (data if method == "GET" else b"")
+
+
+def test_valid_single_ranges_still_work(srv: InprocServer, folder: str) -> None:
+    data = bytes(range(256)) * 4
+    put(srv, folder + "ranged.bin", data)
+    for header, first, last in (
+        ("bytes=10-19", 10, 19),
+        ("bytes=1000-", 1000, 1023),
+        ("bytes=-5", 1019, 1023),
+        ("bytes=1020-5000", 1020, 1023),
+    ):
+        got = call(srv, "GET", folder + "ranged.bin", headers={"Range": header})
+        assert got.status == 206, (header, got.status)
+        assert got.body == data[first : last + 1], header
+        assert got.headers["Content-Range"] == f"bytes {first}-{last}/{len(data)}"
+    past = call(srv, "GET", folder + "ranged.bin", headers={"Range": "bytes=5000-"})
+    assert past.status == 416
+
+
+def _http_date(epoch: float) -> str:
+    return email.utils.formatdate(epoch, usegmt=True)
+
+
+def test_if_modified_since_and_if_unmodified_since_count_whole_seconds(
+    srv: InprocServer, folder: str
+) -> None:
+    """Last-Modified is in whole seconds; a date equal to it is "not modified since" (304)
+    and "unmodified since" (the write goes ahead). WsgiDAV answered 200 to the first."""
+    url = folder + "dated.txt"
+    put(srv, url, b"dated")
+    stamp = call(srv, "GET", url).headers["Last-Modified"]
+    seconds = email.utils.parsedate_to_datetime(stamp).timestamp()
+    assert call(srv, "GET", url, headers={"If-Modified-Since": stamp}).status == 304
+    assert call(srv, "HEAD", url, headers={"If-Modified-Since": stamp}).status == 304
+    earlier = _http_date(seconds - 1)
+    assert call(srv, "GET", url, headers={"If-Modified-Since": earlier}).status == 200
+    # An unreadable date is ignored.
+    assert call(srv, "GET", url, headers={"If-Modified-Since": "yesterday"}).status == 200
+
+    assert call(srv, "PUT", url, b"later", {"If-Unmodified-Since": earlier}).status == 412
+    assert get_body(srv, url) == b"dated"
+    assert call(srv, "PUT", url, b"same second", {"If-Unmodified-Since": stamp}).status == 204
+    assert get_body(srv, url) == b"same second"
+
+
+def test_if_match_star_needs_something_there(srv: InprocServer, folder: str) -> None:
+    """``If-Match: *`` means "only if it exists": a PUT or MKCOL to a free name must not
+    create it. WsgiDAV created both."""
+    for method, url in (("PUT", folder + "only-if-there.txt"), ("MKCOL", folder + "dir/")):
+        refused = call(srv, method, url, b"x" if method == "PUT" else None, {"If-Match": "*"})
+        assert refused.status == 412, (method, refused.status)
+        assert call(srv, "PROPFIND", url, headers={"Depth": "0"}).status == 404
+    put(srv, folder + "there.txt", b"one")
+    assert call(srv, "PUT", folder + "there.txt", b"two", {"If-Match": "*"}).status == 204
+    assert get_body(srv, folder + "there.txt") == b"two"
+
+
+def test_if_match_compares_strongly_and_if_none_match_weakly(
+    srv: InprocServer, folder: str
+) -> None:
+    url = folder + "tagged.txt"
+    put(srv, url, b"tagged")
+    etag = call(srv, "GET", url).headers["ETag"]
+    # A weak tag never satisfies If-Match (WsgiDAV stripped the W/ and let the write in).
+    assert call(srv, "PUT", url, b"weak", {"If-Match": "W/" + etag}).status == 412
+    assert call(srv, "PUT", url, b"strong", {"If-Match": f'"nope", {etag}'}).status == 204
+    etag = call(srv, "GET", url).headers["ETag"]
+    assert call(srv, "GET", url, headers={"If-None-Match": "W/" + etag}).status == 304
+    assert call(srv, "GET", url, headers={"If-None-Match": '"nope"'}).status == 200
+    # Create-only: If-None-Match: * refuses a PUT onto an existing file, lets a new one in.
+    assert call(srv, "PUT", url, b"over", {"If-None-Match": "*"}).status == 412
+    assert get_body(srv, url) == b"strong"
+    assert call(srv, "PUT", folder + "fresh.txt", b"new", {"If-None-Match": "*"}).status == 201
+
+
+def test_preconditions_apply_to_the_requested_resource_only(srv: InprocServer, folder: str) -> None:
+    """A MOVE with the source's ETag in If-Match replaces whatever the destination holds, and
+    a DELETE of a folder with its ETag list is not checked against its members' tags: WsgiDAV
+    checked If-Match against every resource it touched, and refused both."""
+    put(srv, folder + "source.txt", b"source")
+    put(srv, folder + "target.txt", b"target")
+    etag = call(srv, "GET", folder + "source.txt").headers["ETag"]
+    moved = call(
+        srv,
+        "MOVE",
+        folder + "source.txt",
+        headers={"Destination": path_of(folder) + "target.txt", "If-Match": etag},
+    )
+    assert moved.status == 204, (moved.status, moved.body[:300])
+    assert get_body(srv, folder + "target.txt") == b"source"
+    stale = call(
+        srv,
+        "COPY",
+        folder + "target.txt",
+        headers={"Destination": path_of(folder) + "copy.txt", "If-Match": '"stale"'},
+    )
+    assert stale.status == 412
 
 
 # --- 4. uploads cut off ----------------------------------------------------------------------

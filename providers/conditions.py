@@ -1,0 +1,119 @@
+"""HTTP preconditions (If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since) as
+RFC 9110 section 13 evaluates them, on the resource a request names.
+
+WsgiDAV 4.4 gets four cases wrong, each of which a client relies on to not lose a write or to
+not transfer a file again:
+
+* ``If-Match: *`` on a resource that does not exist succeeds (a PUT or MKCOL creates it); it
+  must fail with 412.
+* ``If-Match: W/"tag"`` matches (it strips ``W/``); If-Match compares strongly, so a weak tag
+  never matches.
+* ``If-Modified-Since`` equal to Last-Modified answers 200; not modified since means 304.
+* It applies the request's If-Match and friends to every resource it touches: the
+  destination of a COPY or MOVE and the members of a folder being deleted, whose tags the
+  client never saw. They apply to the resource the request names only.
+
+The ``If`` header (lock tokens and tags per RFC 4918) is left to WsgiDAV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from wsgidav import util
+from wsgidav.dav_error import HTTP_NOT_MODIFIED, HTTP_PRECONDITION_FAILED, DAVError
+
+STANDARD_HEADERS = (
+    "HTTP_IF_MATCH",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
+
+
+def has_preconditions(environ: dict[str, Any]) -> bool:
+    return any(name in environ for name in STANDARD_HEADERS)
+
+
+def check(res: Any, environ: dict[str, Any]) -> None:
+    """Raise 412 (or 304 for GET and HEAD) when a precondition on ``res`` fails; ``res`` is
+    None when nothing is at the request's URL."""
+    etag = _etag_of(res)
+    modified = _last_modified_of(res)
+    if_match = environ.get("HTTP_IF_MATCH")
+    if if_match is not None:
+        if not _matches(if_match, res, etag, weak=False):
+            raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-Match failed")
+    else:
+        since = _date(environ.get("HTTP_IF_UNMODIFIED_SINCE"))
+        if since is not None and modified is not None and modified > since:
+            raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-Unmodified-Since failed")
+    reading = environ.get("REQUEST_METHOD") in ("GET", "HEAD")
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match is not None:
+        if _matches(if_none_match, res, etag, weak=True):
+            if reading:
+                raise DAVError(HTTP_NOT_MODIFIED)
+            raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-None-Match failed")
+    elif reading:
+        since = _date(environ.get("HTTP_IF_MODIFIED_SINCE"))
+        if since is not None and modified is not None and modified <= since:
+            raise DAVError(HTTP_NOT_MODIFIED)
+
+
+@contextmanager
+def hidden(environ: dict[str, Any]) -> Iterator[None]:
+    """Inside the block the request has none of the headers ``check`` evaluates."""
+    saved = {name: environ.pop(name) for name in STANDARD_HEADERS if name in environ}
+    try:
+        yield
+    finally:
+        environ.update(saved)
+
+
+def _matches(header: str, res: Any, etag: str | None, *, weak: bool) -> bool:
+    """Whether ``header`` (``*`` or a list of entity tags) matches the resource: ``*`` any
+    that exists; a tag its entity tag, compared weakly (``W/`` ignored) or strongly (a weak
+    tag never matches)."""
+    if header.strip() == "*":
+        return res is not None
+    if etag is None:
+        return False
+    for item in header.split(","):
+        tag = item.strip()
+        is_weak = tag.startswith("W/")
+        if is_weak:
+            if not weak:
+                continue
+            tag = tag[2:]
+        if tag.startswith('"') and tag.endswith('"') and len(tag) >= 2:
+            tag = tag[1:-1]
+        if tag == etag:
+            return True
+    return False
+
+
+def _etag_of(res: Any) -> str | None:
+    if res is None or not res.support_etag():
+        return None
+    etag: str | None = res.get_etag()
+    return etag
+
+
+def _last_modified_of(res: Any) -> int | None:
+    """Whole seconds, as the Last-Modified header says it."""
+    if res is None or not res.support_modified():
+        return None
+    modified = res.get_last_modified()
+    return None if modified is None else int(modified)
+
+
+def _date(value: str | None) -> int | None:
+    """An HTTP date as epoch seconds; None when absent or not a date (the header is then
+    ignored, as RFC 9110 asks)."""
+    if not value:
+        return None
+    parsed = util.parse_time_string(value)
+    return None if parsed is None else int(parsed)
