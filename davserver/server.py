@@ -8,21 +8,16 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.app import Application
 from davserver.config import ServerSettings
 from davserver.housekeeping import Housekeeper
+from davserver.http_request import Connection
 from davserver.memory import fix_malloc_thresholds, limit_malloc_arenas, release_free_memory
 
 log = logging.getLogger(__name__)
-
-
-# An unread request body up to this size is read and dropped after an early answer, so the
-# connection can be kept; a bigger one closes the connection instead.
-_DRAIN_LIMIT = 1024 * 1024
 
 
 class CannotListen(Exception):
@@ -31,23 +26,6 @@ class CannotListen(Exception):
     def __init__(self, host: str, port: int, reason: OSError) -> None:
         detail = reason.strerror or str(reason)
         super().__init__(f"cannot listen on {host}:{port}: {detail}")
-
-
-class _Request(cheroot_server.HTTPRequest):
-    """cheroot's request, minus one trap: after an answer given before the body was read (401,
-    403, 507...), cheroot reads the rest of the body in *one* ``read(remaining)`` to keep the
-    connection, so a client announcing 50 GiB made the server allocate 50 GiB. Past
-    ``_DRAIN_LIMIT`` the connection is closed instead."""
-
-    def send_headers(self) -> None:
-        remaining = getattr(self.rfile, "remaining", 0)
-        if not self.chunked_read and remaining > _DRAIN_LIMIT:
-            self.close_connection = True
-        super().send_headers()
-
-
-class _Connection(cheroot_server.HTTPConnection):
-    RequestHandlerClass = _Request
 
 
 def make_server(app: Application, host: str, port: int, *, reuse_port: bool = False) -> wsgi.Server:
@@ -65,7 +43,7 @@ def make_server(app: Application, host: str, port: int, *, reuse_port: bool = Fa
     server.max_request_body_size = 0  # uploads are bounded by quota, not by a fixed cap
     # cheroot's default of 10 made every client past the tenth reconnect for each request.
     server.keep_alive_conn_limit = settings.keep_alive_connections
-    server.ConnectionClass = _Connection
+    server.ConnectionClass = Connection
     if tls_enabled(settings):
         server.ssl_adapter = BuiltinSSLAdapter(settings.ssl_certificate, settings.ssl_private_key)
     return server

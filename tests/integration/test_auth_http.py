@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -452,6 +453,50 @@ def test_quota_answers_before_a_body_that_never_comes(server: InprocServer) -> N
     assert announce_huge_put(server, None) == (401, "Unauthorized", "close")
     assert versions_of(server, name) == 0
     assert propfind(server, user=(name, password)) == 207
+
+
+def put_expecting_continue(
+    server: InprocServer, path: str, authorization: str | None, body: bytes
+) -> list[int]:
+    """A PUT with ``Expect: 100-continue`` that sends its body only once told to continue, as
+    curl does: the statuses received, in order (100 first if the server asked for the body).
+    A final answer without a 100 before it must close the connection, or the client would
+    wait for the body to be asked for and the server for the body."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        head = [f"PUT {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+        head.append("Expect: 100-continue")
+        if authorization:
+            head.append(f"Authorization: {authorization}")
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        reader = sock.makefile("rb")
+        statuses: list[int] = []
+        while True:
+            status = int(reader.readline().split()[1])
+            statuses.append(status)
+            headers = {}
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if status == 100:
+                sock.sendall(body)
+                continue
+            reader.read(int(headers.get("content-length", 0)))
+            if status != 201:
+                assert headers.get("connection") == "close", headers
+                assert reader.read() == b""  # the server closed it
+            return statuses
+
+
+def test_100_continue_is_sent_only_when_the_body_is_wanted(server: InprocServer) -> None:
+    """cheroot sent "100 Continue" before the application had looked at the request, so a
+    client started sending a body the server then refused (401, 507)."""
+    name, password = make_user(server, quota=1000)
+    authorization = basic_auth_header(name, password)
+    assert put_expecting_continue(server, "/files/ok.bin", authorization, b"k" * 500) == [100, 201]
+    assert call(server, "GET", "/files/ok.bin", user=(name, password)).body == b"k" * 500
+    assert put_expecting_continue(server, "/files/big.bin", authorization, b"b" * 5000) == [507]
+    assert put_expecting_continue(server, "/files/anon.bin", None, b"a" * 10) == [401]
+    assert versions_of(server, name) == 1
 
 
 def test_an_overlong_password_is_refused_fast_not_truncated(server: InprocServer) -> None:
