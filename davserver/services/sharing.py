@@ -1,10 +1,15 @@
 """Granting and revoking rights on a node to another user or to a group.
 
 Whoever holds SHARE on a node (its owner, a group admin in the group's space, an admin, or a
-grantee given SHARE) may grant others at most the rights they hold themselves, and may revoke
-grants on it. A grant covers the node and everything below it; granting the same grantee again
-replaces its rights. Each grant and revoke is in the logbook with its before and after. Rights
-are read on every request, so a revoke takes effect on the grantee's next request.
+grantee given SHARE) may grant others at most the rights they hold themselves. A grant covers the
+node and everything below it; granting the same grantee again replaces its rights. Each grant
+and revoke is in the logbook with its before and after. Rights are read on every request, so a
+revoke takes effect on the grantee's next request.
+
+Who may replace or revoke a grant: those who manage the node's sharing (its owner, the group's
+admins in a group's space, admins, the command line: whoever holds SHARE without a grant) every
+grant on it; a grantee given SHARE only the grants they made themselves, so that they never
+lower or remove what someone with more authority gave.
 
 ``holder`` is the granter's rights on the node as the namespace computed them; the command
 line (actor None) acts with every right.
@@ -18,17 +23,25 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from davserver.db import Database
 from davserver.db.types import utcnow
 from davserver.errors import BadRequest, Forbidden, NotFound
-from davserver.models import Grant, Group, Op, User
+from davserver.models import Grant, Group, GroupMember, Op, User
 from davserver.services.account_rules import audit_details, find_live_user, iso
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.groups import find_group
-from davserver.services.permissions import EVERYTHING, GRANTABLE, Perm, rights_of_grant
+from davserver.services.permissions import (
+    EVERYTHING,
+    GRANTABLE,
+    Perm,
+    Principal,
+    SpaceOwner,
+    base_permissions,
+    rights_of_grant,
+)
 from davserver.services.tree import NodeView
 
 
@@ -70,7 +83,8 @@ class SharingService:
     ) -> GrantInfo:
         """Give ``user`` or ``group`` ``rights`` on ``node`` (replacing an earlier grant).
 
-        Raises Forbidden (no SHARE, or more than the granter holds), NotFound (no such user
+        Raises Forbidden (no SHARE, more than the granter holds, or replacing a grant someone
+        else made without managing the node's sharing), NotFound (no such user
         or group) or BadRequest (no rights, both or neither grantee, expiry in the past,
         granting the owner their own space).
         """
@@ -108,6 +122,7 @@ class SharingService:
                 )
                 session.add(row)
             else:
+                _require_may_change(session, actor, node, row)
                 before = {"rights": rights_of_grant(row).names(), "expires_at": iso(row.expires_at)}
             _set_rights(row, rights)
             row.expires_at = expires_at
@@ -132,7 +147,11 @@ class SharingService:
     def revoke(
         self, actor: Actor | None, node: NodeView, holder: Perm, grant_id: uuid.UUID
     ) -> None:
-        """Remove a grant on ``node``; the grantee is refused from their next request on."""
+        """Remove a grant on ``node``; the grantee is refused from their next request on.
+
+        Raises Forbidden (no SHARE, or a grant someone else made without managing the node's
+        sharing) or NotFound (no such grant on the node).
+        """
         self._revoke(actor, node, holder, Grant.id == grant_id)
 
     def revoke_grantee(
@@ -162,10 +181,11 @@ class SharingService:
         if not holder & Perm.SHARE:
             raise Forbidden("you may not change the sharing of this item")
         with self.db.write() as session:
-            found = _infos(session, Grant.node_id == node.id, which)
-            if not found:
+            row = session.scalars(sa.select(Grant).where(Grant.node_id == node.id, which)).first()
+            if row is None:
                 raise NotFound("no such grant on this item")
-            info = found[0]
+            _require_may_change(session, actor, node, row)
+            info = _infos(session, Grant.id == row.id)[0]
             session.execute(sa.delete(Grant).where(Grant.id == info.id))
             record_audit(
                 session,
@@ -185,6 +205,42 @@ class SharingService:
         """The grants on one node (not those inherited from its folders), in one query."""
         with self.db.read() as session:
             return _infos(session, Grant.node_id == node.id)
+
+
+def _manages_sharing(session: Session, actor: Actor | None, node: NodeView) -> bool:
+    """Whether ``actor`` may replace and revoke every grant on ``node``: the command line (None),
+    an admin, the owner of a user's space, or an admin of the group whose space it is. That is
+    whoever holds SHARE there by role or ownership, without a grant."""
+    if actor is None:
+        return True
+    groups: dict[uuid.UUID, bool] = {}
+    if node.group_id is not None:
+        is_admin = session.scalar(
+            sa.select(GroupMember.is_admin).where(
+                GroupMember.group_id == node.group_id, GroupMember.user_id == actor.user_id
+            )
+        )
+        if is_admin is not None:
+            groups[node.group_id] = is_admin
+    who = Principal(actor.user_id, actor.roles, groups)
+    return bool(base_permissions(who, SpaceOwner(node.owner_id, node.group_id)) & Perm.SHARE)
+
+
+def _require_may_change(session: Session, actor: Actor | None, node: NodeView, row: Grant) -> None:
+    """Raise Forbidden unless ``actor`` may replace or revoke the grant ``row`` on ``node``.
+
+    A grantee holding SHARE changes only the grants they made: a grant someone else made (the
+    owner, most often) may give rights they do not hold, or be one the owner wants kept.
+    """
+    if actor is not None and row.granted_by == actor.user_id:
+        return
+    if _manages_sharing(session, actor, node):
+        return
+    info = _infos(session, Grant.id == row.id)[0]
+    raise Forbidden(
+        f"you may only change the grants you made: {info.grantee}'s grant on this item was "
+        f"made by {info.granted_by or 'the server'}"
+    )
 
 
 _grantee = aliased(User, name="grantee")

@@ -6,7 +6,9 @@ import pytest
 
 from davserver.blobstore import StoredBlob
 from davserver.context import Services
+from davserver.errors import Forbidden
 from davserver.services.actor import Actor
+from davserver.services.permissions import Perm
 from tests.integration import test_cli_accounts as accounts_cli
 from tests.integration.test_cli_accounts import Cli
 
@@ -61,3 +63,20 @@ def test_bad_input_is_one_line_and_exit_1(cli: Cli, services: Services) -> None:
     with pytest.raises(SystemExit) as usage:  # argparse's own exit for a malformed item
         cli("grant", "no-colon", "--to", "bob", "--rights", "read")
     assert usage.value.code == 2
+
+
+def test_the_command_line_manages_every_grant(cli: Cli, services: Services) -> None:
+    for name in ("alice", "bob", "carol"):
+        cli.json("user", "create", name, "--password-stdin", stdin="a-good-password\n")
+    make_file(services, "alice", "doc.txt")
+    cli.json("grant", "alice:/doc.txt", "--to", "bob", "--rights", "read,share")
+    node = services.namespace.locate("alice", "/doc.txt")
+    bob = Actor(user_id=services.users.user_id("bob"), username="bob")
+    services.sharing.grant(bob, node, Perm.READ | Perm.SHARE, user="carol", rights=Perm.READ)
+    # bob may not touch the grant the command line made, nor the command line bob's.
+    with pytest.raises(Forbidden, match="made by the server"):
+        services.sharing.revoke_grantee(bob, node, Perm.READ | Perm.SHARE, user="bob")
+    replaced = cli.json("grant", "alice:/doc.txt", "--to", "carol", "--rights", "read,download")
+    assert replaced["rights"] == ["read", "download"] and replaced["granted_by"] is None
+    cli.json("revoke", "alice:/doc.txt", "carol")
+    assert [g["grantee"] for g in cli.json("grants", "alice:/doc.txt")] == ["bob"]

@@ -71,6 +71,18 @@ class People:
         status, _ = self.api(who, "POST", "/grants", payload)
         return status
 
+    def revoke(self, who: str, path: str, to: str, *, group: bool = False) -> int:
+        status, _ = self.api(
+            who, "DELETE", f"/grants?path={path}&{'group' if group else 'user'}={to}"
+        )
+        return status
+
+    def rights_on(self, path: str) -> dict[str, list[str]]:
+        """grantee -> rights of the grants on ``path`` of alice's space, as alice lists them."""
+        status, listed = self.api(self.alice, "GET", f"/grants?path={path}")
+        assert status == 200
+        return {g["grantee"]: g["rights"] for g in listed["grants"]}
+
     def put(self, who: str, path: str, data: bytes = b"content") -> int:
         return self.call(who, "PUT", path, data).status
 
@@ -260,6 +272,91 @@ def test_resharing_is_capped_by_what_the_grantee_holds(people: People) -> None:
     assert p.call(p.carol, "PROPFIND", shared, headers={"Depth": "0"}).status == 207
     # Without share, no resharing at all.
     assert p.grant(p.carol, shared, p.dave, "read") == 403
+
+
+def test_a_sharer_cannot_lower_or_revoke_what_the_owner_granted(people: People) -> None:
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/plans/").status == 201
+    assert p.grant(p.alice, "/files/plans", p.bob, "read", "share") == 201
+    assert p.grant(p.alice, "/files/plans", p.carol, "read", "download", "write") == 201
+    assert p.grant(p.alice, "/files/plans", p.dave, "read") == 201
+    shared = f"/shared/{p.alice}/plans"
+    # Not even a grant bob could have made himself (dave's read), nor his own.
+    for grantee, rights in ((p.carol, ["read"]), (p.dave, ["read"]), (p.bob, ["read"])):
+        status, body = p.api(
+            p.bob, "POST", "/grants", {"path": shared, "user": grantee, "rights": rights}
+        )
+        assert status == 403 and f"made by {p.alice}" in body["message"], body
+        assert p.revoke(p.bob, shared, grantee) == 403
+    assert p.rights_on("/files/plans") == {
+        p.bob: ["read", "share"],
+        p.carol: ["read", "download", "write"],
+        p.dave: ["read"],
+    }
+    assert p.put(p.carol, f"{shared}/still-mine.txt") == 201
+    # The owner still replaces and revokes as before.
+    assert p.grant(p.alice, "/files/plans", p.carol, "read") == 201
+    assert p.put(p.carol, f"{shared}/no-more.txt") == 403
+    assert p.revoke(p.alice, "/files/plans", p.carol) == 204
+    assert p.rights_on("/files/plans") == {p.bob: ["read", "share"], p.dave: ["read"]}
+
+
+def test_a_sharer_manages_the_grants_they_made(people: People) -> None:
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/reshared/").status == 201
+    assert p.grant(p.alice, "/files/reshared", p.bob, "read", "download", "share") == 201
+    shared = f"/shared/{p.alice}/reshared"
+    assert p.grant(p.bob, shared, p.carol, "read") == 201
+    assert p.grant(p.bob, shared, p.carol, "read", "download") == 201  # replaces his own
+    assert p.grant(p.bob, shared, p.carol, "read", "write") == 403  # still capped
+    assert p.rights_on("/files/reshared")[p.carol] == ["read", "download"]
+    assert p.revoke(p.bob, shared, p.carol) == 204
+    assert p.call(p.carol, "PROPFIND", shared, headers={"Depth": "0"}).status == 404
+    # Once the owner replaced bob's grant, it is the owner's: bob no longer changes it.
+    assert p.grant(p.bob, shared, p.carol, "read") == 201
+    assert p.grant(p.alice, "/files/reshared", p.carol, "read", "write") == 201
+    assert p.revoke(p.bob, shared, p.carol) == 403
+    assert p.rights_on("/files/reshared")[p.carol] == ["read", "write"]
+    # And the owner revokes what bob granted, as does an admin.
+    assert p.grant(p.bob, shared, p.dave, "read") == 201
+    assert p.revoke(p.alice, "/files/reshared", p.dave) == 204
+    admin = f"adm{uuid.uuid4().hex[:6]}"
+    p.passwords[admin] = f"pw-{uuid.uuid4().hex}"
+    p.server.app.services.users.create_user(
+        None, admin, password=p.passwords[admin], roles=["admin"]
+    )
+    assert p.grant(p.bob, shared, p.dave, "read") == 201
+    assert p.revoke(admin, f"/users/{p.alice}/reshared", p.dave) == 204
+    assert p.rights_on("/files/reshared") == {
+        p.bob: ["read", "download", "share"],
+        p.carol: ["read", "write"],
+    }
+
+
+def test_a_sharer_cannot_lower_or_revoke_a_group_grant_the_owner_made(people: People) -> None:
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/for-team/").status == 201
+    assert p.grant(p.alice, "/files/for-team", p.carol, "read", "share") == 201
+    assert p.grant(p.alice, "/files/for-team", p.team, "read", "write", group=True) == 201
+    shared = f"/shared/{p.alice}/for-team"
+    assert p.grant(p.carol, shared, p.team, "read", group=True) == 403
+    assert p.revoke(p.carol, shared, p.team, group=True) == 403
+    assert p.rights_on("/files/for-team")["@" + p.team] == ["read", "write"]
+    assert p.put(p.bob, f"{shared}/team-note.txt") == 201
+    assert p.revoke(p.alice, "/files/for-team", p.team, group=True) == 204
+
+
+def test_in_a_group_space_its_admins_manage_every_grant(people: People) -> None:
+    p = people
+    item = f"/groups/{p.team}/agenda.txt"
+    assert p.put(p.bob, item) == 201  # bob owns the file; alice is the group's admin
+    assert p.grant(p.alice, item, p.carol, "read", "share") == 201
+    shared = f"/shared/@{p.team}/agenda.txt"
+    assert p.grant(p.carol, shared, p.dave, "read") == 201
+    assert p.grant(p.alice, item, p.dave, "read", "download") == 201  # replaces carol's
+    assert p.revoke(p.carol, shared, p.dave) == 403
+    assert p.revoke(p.alice, item, p.dave) == 204
+    assert p.revoke(p.alice, item, p.carol) == 204
 
 
 def test_expired_grant_is_ignored(people: People) -> None:
