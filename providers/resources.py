@@ -34,6 +34,7 @@ from providers import live_props
 from providers.digests import expected_digests, repr_digest
 from providers.errors import dav_errors
 from providers.lock_storage import SqlLockStorage
+from providers.xml_safety import stored_elements
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
@@ -103,7 +104,7 @@ class _NodeResource:
         self, view: NodeView | None, dead: dict[str, bytes] | None, rights: Perm
     ) -> None:
         self.view = view
-        self._dead = dead
+        self._dead = None if dead is None else stored_elements(dead)
         self.rights = rights
 
     @property
@@ -124,9 +125,10 @@ class _NodeResource:
         return util.get_uri_name(self.path.rstrip("/"))
 
     def dead_properties(self) -> dict[str, bytes]:
+        """{name: serialized element}, each one safe to copy into a multistatus as it is."""
         if self._dead is None:
             self._dead = (
-                self.provider.files.dead_properties([self.view.id])[self.view.id]
+                stored_elements(self.provider.files.dead_properties([self.view.id])[self.view.id])
                 if self.view
                 else {}
             )

@@ -831,6 +831,58 @@ def test_malformed_xml_is_a_bad_request(
     assert call(srv, "PUT", url, b"y").status == 204
 
 
+# Bodies with a document type, each with the entity it declares: an internal entity, a billion
+# laughs, an external entity (XXE), an external DTD. None is expanded or fetched: all are refused.
+DOCTYPES = [
+    (b'<!DOCTYPE d [<!ENTITY x "y">]>', b"&x;"),
+    (
+        b'<!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">'
+        + b"".join(
+            f'<!ENTITY {chr(98 + i)} "{f"&{chr(97 + i)};" * 10}">'.encode() for i in range(8)
+        )
+        + b"]>",
+        b"&i;",
+    ),
+    (b'<!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>', b"&x;"),
+    (b'<!DOCTYPE d SYSTEM "http://127.0.0.1:9/evil.dtd">', b"v"),
+]
+_BODY_AROUND_VALUE = {
+    "PROPFIND": b'<D:propfind xmlns:D="DAV:"><D:prop><z xmlns="urn:z">%s</z></D:prop></D:propfind>',
+    "PROPPATCH": b'<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><z xmlns="urn:z">%s</z>'
+    b"</D:prop></D:set></D:propertyupdate>",
+    "LOCK": b'<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+    b"<D:locktype><D:write/></D:locktype><D:owner>%s</D:owner></D:lockinfo>",
+}
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["plain", "if-none-match"])
+@pytest.mark.parametrize("method", ["PROPFIND", "PROPPATCH", "LOCK"])
+@pytest.mark.parametrize(
+    ("doctype", "value"), DOCTYPES, ids=["entity", "laughs", "xxe", "external-dtd"]
+)
+def test_xml_body_with_a_doctype_is_a_bad_request(
+    srv: InprocServer, folder: str, method: str, doctype: bytes, value: bytes, conditional: bool
+) -> None:
+    url = folder + "doctype.txt"
+    put(srv, url, b"x")
+    body = b'<?xml version="1.0"?>' + doctype + _BODY_AROUND_VALUE[method] % value
+    headers = {"Content-Type": "application/xml", "Depth": "0"}
+    if conditional:
+        headers["If-None-Match"] = '"no-such-etag"'
+    response = call(srv, method, url, body, headers)
+    assert response.status == 400, (response.status, response.body[:500])
+    # libxml2 stops a billion laughs itself, before the DOCTYPE is looked at.
+    reasons = (b"with a DOCTYPE (DTD, entity declarations)", b"entity amplification")
+    assert any(reason in response.body for reason in reasons), response.body[:500]
+    assert b"root:" not in response.body
+    no_traceback(response)
+    # Nothing was stored or locked, and the folder still lists.
+    node = existing_node(srv, url)
+    assert count_rows(srv.application, DeadProperty, DeadProperty.node_id == node.id) == 0
+    assert call(srv, "PUT", url, b"y").status == 204
+    assert "doctype.txt" in member_names(srv, folder)
+
+
 def early_answer(srv: InprocServer, method: str, url: str, body: bytes) -> int:
     """Send a request as a careful client does: stop sending the body once the server answers.
 

@@ -1,0 +1,67 @@
+"""What keeps XML from clients from breaking the XML sent to clients.
+
+WsgiDAV parses request bodies (PROPFIND, PROPPATCH, LOCK) with entities left unresolved: no
+file or URL is read (XXE) and libxml2 stops a billion laughs. But a reference to an internal
+entity stays in the tree as ``&x;``: a dead property (or a lock's owner) stored from it comes
+back without its declaration, and every multistatus that includes it is ill-formed. No WebDAV
+client sends a DTD, so a body with one is refused (400) before anything is done. Every XML body
+is read by ``wsgidav.util.parse_xml_body``, WsgiDAV's handlers and ``providers.propfind``
+alike: it is replaced here, once, by a version that refuses a DOCTYPE.
+
+Values stored before that (or written to the database by other means) are checked when they
+are read: one that is not a single well-formed element is answered as an empty one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from lxml import etree
+from wsgidav import util
+from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
+
+_logger = logging.getLogger(__name__)
+_wsgidav_parse_xml_body = util.parse_xml_body
+# An XML declaration may only start a document; copied into a multistatus it would break it.
+_DECLARATION = re.compile(rb"\s*<\?xml\s")
+
+
+def parse_xml_body(environ: dict[str, Any], *, allow_empty: bool = False) -> Any:
+    """WsgiDAV's ``util.parse_xml_body``: the body's root element, or None if it is empty and
+    ``allow_empty``. Raises DAVError(400) for a missing or malformed body, or one that has a
+    DOCTYPE (a DTD, entity declarations)."""
+    root = _wsgidav_parse_xml_body(environ, allow_empty=allow_empty)
+    if root is not None:
+        docinfo = root.getroottree().docinfo
+        if docinfo.doctype or docinfo.internalDTD is not None:
+            raise DAVError(
+                HTTP_BAD_REQUEST,
+                context_info="XML bodies with a DOCTYPE (DTD, entity declarations) are refused",
+            )
+    return root
+
+
+util.parse_xml_body = parse_xml_body
+
+
+def stored_element(name: str, value: bytes) -> bytes:
+    """``value``, a property ``name`` stored as serialized XML, if it can be copied into a
+    multistatus as it is (one well-formed element, no DTD or XML declaration); otherwise the
+    empty element ``name``, so the property is still listed and can be removed."""
+    if not _DECLARATION.match(value):
+        try:
+            parser = etree.XMLParser(resolve_entities=False, no_network=True)
+            root = etree.fromstring(value, parser=parser)
+        except etree.XMLSyntaxError:
+            root = None
+        if root is not None and not root.getroottree().docinfo.doctype:
+            return value
+    _logger.warning("stored property %s is not well-formed XML; answered empty", name)
+    return bytes(etree.tostring(etree.Element(name)))
+
+
+def stored_elements(values: dict[str, bytes]) -> dict[str, bytes]:
+    """``stored_element`` of each {name: value}."""
+    return {name: stored_element(name, value) for name, value in values.items()}
