@@ -2,10 +2,9 @@
 state, and refusing what they cannot do.
 
 Their properties are not stored: each resource renders them as XML text
-(``computed_properties``). PROPFIND has two paths: ``providers.propfind`` copies what a
-resource's ``dead_properties()`` holds (name -> XML) into the answer as it is, and WsgiDAV's
-own handler (Depth infinity on a file, If headers) asks ``get_property_names`` and
-``get_property_value``; this mixin serves both from the same text.
+(``computed_properties``). PROPFIND (``providers.propfind``) copies what a resource's
+``dead_properties()`` holds (name -> XML) into the answer as it is, and WsgiDAV's own code asks
+``get_property_names`` and ``get_property_value``; this mixin serves both from the same text.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with four fixes.
+"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with five fixes.
 
 * COPY and MOVE answered by a provider hook (``handle_copy``/``handle_move``) always get 204
   from WsgiDAV; RFC 4918 wants 201 when the destination is new. Resources leave the right code
   in ``environ["davserver.status"]``.
+* PROPFIND is answered by ``providers.propfind`` once WsgiDAV's If headers are evaluated:
+  WsgiDAV's own handler is slow and reads ``DAV:propname`` and ``DAV:include`` wrongly.
 * WsgiDAV un-escapes the Destination header *before* splitting it into URL parts, so a name
   with ``?`` or ``;`` was cut short (a MOVE to ``what%3F.txt`` created ``what``). Its parser
   is replaced by one that keeps everything after the host as the path.
@@ -22,7 +24,7 @@ from wsgidav import request_server, util
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_server import RequestServer
 
-from providers import conditions
+from providers import conditions, propfind
 
 _STATUS_KEY = "davserver.status"
 _CHECKED_KEY = "davserver.preconditions_checked"
@@ -58,6 +60,13 @@ class DavRequestServer(RequestServer):
     def do_HEAD(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         _drop_unusable_range(environ)
         return super().do_HEAD(environ, start_response)
+
+    def do_PROPFIND(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        res = self._davProvider.get_resource_inst(environ["PATH_INFO"], environ)
+        if res is None or not propfind.can_handle(environ, res):
+            return super().do_PROPFIND(environ, start_response)  # its 404 or 400
+        self._evaluate_if_headers(res, environ)
+        return propfind.respond(res, environ, start_response)
 
     def do_PUT(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         return super().do_PUT(environ, _accepting_mtime(environ, start_response))

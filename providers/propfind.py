@@ -3,9 +3,10 @@
 WsgiDAV builds an lxml tree with a dozen getter calls per member and property; on a folder of
 2,000 members that costs ~125 µs per member, which made listing a big folder slower than the
 stock filesystem provider although our members come from one query. This handler parses the
-request exactly as WsgiDAV does (``util.parse_xml_body``, same modes and errors) and writes the
-multistatus as strings from the resources' preloaded state. Requests it does not handle (If
-headers, Depth: infinity) go to WsgiDAV's own handler.
+request as WsgiDAV does (``util.parse_xml_body``, same errors), plus what WsgiDAV gets wrong
+(``DAV:propname``, ``DAV:include``), and writes the multistatus as strings from the resources'
+preloaded state. It answers every PROPFIND that gets past WsgiDAV's checks of Depth and If
+headers (``providers.dispatch``); a Depth: infinity on a folder is refused before.
 
 Dead properties are stored as serialized XML elements and are copied into the response as they
 are, so their namespaces, attributes and content survive byte for byte.
@@ -25,6 +26,7 @@ from wsgidav.dav_provider import DAVCollection
 from davserver.memory import release_free_memory
 from providers import live_props
 from providers.resources import VirtualCollection, members_of
+from providers.xml_safety import parse_xml_body
 
 _DAV = "{DAV:}"
 _SUPPORTED_LOCK = (
@@ -35,44 +37,40 @@ _SUPPORTED_LOCK = (
     "</D:lockentry>"
     "</D:supportedlock>"
 )
-_CONDITIONAL_HEADERS = (
-    "HTTP_IF",
-    "HTTP_IF_MATCH",
-    "HTTP_IF_NONE_MATCH",
-    "HTTP_IF_MODIFIED_SINCE",
-    "HTTP_IF_UNMODIFIED_SINCE",
-)
 
 
-def can_handle(environ: dict[str, Any]) -> bool:
-    """True for the requests this handler answers itself."""
+def can_handle(environ: dict[str, Any], res: Any) -> bool:
+    """True for the requests this handler answers: Depth 0 or 1, or any on a file (nothing is
+    below it). A Depth: infinity on a folder is refused before (``DavProvider``)."""
     depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()
-    return depth in ("0", "1") and not any(h in environ for h in _CONDITIONAL_HEADERS)
+    return depth in ("0", "1") or (depth == "infinity" and not res.is_collection)
+
+
+# RFC 4918 14.20: propfind ( propname | (allprop, include?) | prop )
+_MODES = {"{DAV:}allprop": "allprop", "{DAV:}propname": "name", "{DAV:}prop": "named"}
+_INCLUDE = "{DAV:}include"
 
 
 def parse_request(environ: dict[str, Any]) -> tuple[str, list[str]]:
-    """(mode, names): mode is "allprop", "name" or "named"; raises DAVError(400) on bad XML."""
-    request = util.parse_xml_body(environ, allow_empty=True)
+    """(mode, names): mode is "allprop" (names: those its DAV:include adds), "name" (a
+    DAV:propname, names only) or "named" (names: those its DAV:prop asks); raises DAVError(400)
+    on bad XML or modes that do not go together."""
+    request = parse_xml_body(environ, allow_empty=True)
     if request is None:
         return "allprop", []
     if request.tag != "{DAV:}propfind":
         raise DAVError(HTTP_BAD_REQUEST, context_info="the body must be a DAV:propfind element")
-    mode: str | None = None
-    names: list[str] = []
-    for child in request:
-        if child.tag == "{DAV:}allprop":
-            if mode:
-                raise DAVError(HTTP_BAD_REQUEST)
-            mode = "allprop"
-        elif child.tag == "{DAV:}name":
-            if mode:
-                raise DAVError(HTTP_BAD_REQUEST)
-            mode = "name"
-        elif child.tag == "{DAV:}prop":
-            if mode not in (None, "named"):
-                raise DAVError(HTTP_BAD_REQUEST)
-            mode = "named"
-            names.extend(str(p.tag) for p in child if isinstance(p.tag, str))
+    modes = {_MODES[child.tag] for child in request if child.tag in _MODES}
+    if len(modes) > 1:
+        raise DAVError(
+            HTTP_BAD_REQUEST, context_info="allprop, propname and prop exclude each other"
+        )
+    mode = modes.pop() if modes else None
+    includes = [child for child in request if child.tag == _INCLUDE]
+    if includes and mode != "allprop":
+        raise DAVError(HTTP_BAD_REQUEST, context_info="DAV:include goes with DAV:allprop only")
+    lists = includes if mode == "allprop" else [c for c in request if c.tag == "{DAV:}prop"]
+    names = [str(p.tag) for child in lists for p in child if isinstance(p.tag, str)]
     return mode or "allprop", names
 
 
@@ -165,18 +163,21 @@ def _response(res: Any, mode: str, names: list[str], lock_manager: Any, any_lock
     dead: dict[str, bytes] = res.dead_properties() if hasattr(res, "dead_properties") else {}
     found: list[str] = []
     missing: list[str] = []
-    if mode == "named":
-        for name in names:
-            value = _render(res, name, renderers, dead)
-            if value is None:
-                missing.append(_empty(name))
-            else:
-                found.append(value)
-    elif mode == "name":
+    asked = names
+    if mode == "name":
         found = [_empty(name) for name in [*renderers, *dead]]
-    else:
+        asked = []
+    elif mode == "allprop":
         found = [render() for render in renderers.values()]
         found.extend(value.decode("utf-8") for value in dead.values())
+        # DAV:include adds what allprop leaves out (quota, oc:, nc:), not what it has already.
+        asked = [name for name in names if name not in renderers and name not in dead]
+    for name in asked:
+        value = _render(res, name, renderers, dead)
+        if value is None:
+            missing.append(_empty(name))
+        else:
+            found.append(value)
     out = [f"<D:response><D:href>{escape(res.get_href())}</D:href>"]
     if found or not missing:
         out.append(

@@ -27,7 +27,6 @@ from davserver.services.namespace import (
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from davserver.services.variants import VariantService
-from providers import propfind
 from providers.gate import check_request
 from providers.listing import folder_listing
 from providers.lock_space import RequestLockSpace
@@ -178,9 +177,7 @@ class DavProvider(DAVProvider):
                 context_info="PROPFIND with Depth: infinity is not supported",
                 err_condition=PRECONDITION_CODE_PropfindFiniteDepth,
             )
-        if propfind.can_handle(environ):
-            return propfind.respond(res, environ, start_response)
-        return default(environ, start_response)
+        return default(environ, start_response)  # providers.dispatch answers it
 
 
 def _cache_key(path: str) -> str:

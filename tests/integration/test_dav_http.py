@@ -38,6 +38,7 @@ from tests.servers import HOST, DavServer, InprocServer, Response, basic_auth_he
 
 DAV_NS = "{DAV:}"
 MS_NS = "{urn:schemas-microsoft-com:}"
+OC_FILEID = "{http://owncloud.org/ns}fileid"
 CUSTOM_NS = "urn:example:davserver-tests"
 
 
@@ -1091,6 +1092,141 @@ def test_dead_property_is_kept_and_follows_a_move(srv: InprocServer, folder: str
     assert f"{{{CUSTOM_NS}}}color" not in entry_of(srv, moved).props
     node = existing_node(srv, moved)
     assert count_rows(srv.application, DeadProperty, DeadProperty.node_id == node.id) == 0
+
+
+# PROPFIND variants: Depth, and an If header (such requests went to WsgiDAV's own handler).
+LISTINGS = [
+    pytest.param("0", {}, id="depth0"),
+    pytest.param("1", {}, id="depth1"),
+    pytest.param("0", {"If-None-Match": '"no-such-etag"'}, id="depth0-if"),
+    pytest.param("1", {"If-None-Match": '"no-such-etag"'}, id="depth1-if"),
+]
+_PROPNAME = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:propname/></D:propfind>'
+
+
+def propfind_with(
+    srv: InprocServer, url: str, depth: str, headers: Mapping[str, str], body: bytes | None
+) -> dict[str, Entry]:
+    """``propfind`` with extra headers; the answer must be a well-formed 207."""
+    response = call(srv, "PROPFIND", url, body, {"Depth": depth, **headers})
+    assert response.status == 207, (response.status, response.body[:500])
+    assert b"HTTP/1.1 500" not in response.body, response.body[:2000]
+    return parse_multistatus(response.body)
+
+
+@pytest.mark.parametrize(("depth", "headers"), LISTINGS)
+@pytest.mark.parametrize("body", [None, _PROPNAME], ids=["allprop", "propname"])
+def test_a_stored_property_that_does_not_parse_leaves_listings_well_formed(
+    srv: InprocServer,
+    folder: str,
+    depth: str,
+    headers: dict[str, str],
+    body: bytes | None,
+) -> None:
+    # As stored before DOCTYPEs were refused: the entity reference was kept, unexpanded.
+    url = folder + "entity.txt"
+    put(srv, url, b"e")
+    node = existing_node(srv, url)
+    with srv.application.db.write() as session:
+        session.add(
+            DeadProperty(node_id=node.id, name="{urn:z}z", value=b'<z xmlns="urn:z">&x;</z>')
+        )
+    base = urllib.parse.unquote(path_of(folder)).rstrip("/")
+    target = url if depth == "0" else folder
+    entries = propfind_with(srv, target, depth, headers, body)
+    entry = entries[base + "/entity.txt"]
+    # Still listed, by name, with no value: a client can see it and remove it.
+    assert entry.status.get("{urn:z}z") == 200, entry.status
+    assert len(entry.props["{urn:z}z"]) == 0 and not entry.props["{urn:z}z"].text
+    asked = (
+        b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:">'
+        b'<D:prop><z xmlns="urn:z"/><D:displayname/></D:prop></D:propfind>'
+    )
+    named = propfind_with(srv, url, "0", headers, asked)[base + "/entity.txt"]
+    assert named.status == {"{urn:z}z": 200, DAV_NS + "displayname": 200}
+
+
+@pytest.mark.parametrize(("depth", "headers"), LISTINGS)
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_propname_answers_names_only(
+    srv: InprocServer, folder: str, depth: str, headers: dict[str, str], kind: str
+) -> None:
+    sub = folder + "sub/"
+    assert call(srv, "MKCOL", sub).status == 201
+    put(srv, sub + "named.txt", b"four")
+    target = sub + "named.txt" if kind == "file" else sub
+    response = call(srv, "PROPPATCH", target, proppatch_body("<X:color>blue</X:color>"))
+    assert response.status == 207
+    entries = propfind_with(srv, target, depth, headers, _PROPNAME)
+    base = urllib.parse.unquote(path_of(target)).rstrip("/")
+    expected = {base} | ({base + "/named.txt"} if kind == "folder" and depth == "1" else set())
+    assert set(entries) == expected
+    entry = entries[base]
+    names = set(entry.props)
+    assert {DAV_NS + "resourcetype", DAV_NS + "displayname", f"{{{CUSTOM_NS}}}color"} <= names
+    if kind == "file":
+        assert {DAV_NS + "getcontentlength", DAV_NS + "getetag"} <= names
+    for each in entries.values():
+        assert set(each.status.values()) == {200}, each.status
+        for element in each.props.values():
+            assert len(element) == 0 and not (element.text or "").strip(), ET.tostring(element)
+
+
+def _allprop_including(*props: str) -> bytes:
+    return (
+        '<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:oc="http://owncloud.org/ns"'
+        f' xmlns:X="{CUSTOM_NS}"><D:allprop/><D:include>{"".join(props)}</D:include></D:propfind>'
+    ).encode()
+
+
+@pytest.mark.parametrize(("depth", "headers"), LISTINGS)
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_allprop_with_include_adds_the_included_properties(
+    srv: InprocServer, folder: str, depth: str, headers: dict[str, str], kind: str
+) -> None:
+    sub = folder + "sub/"
+    assert call(srv, "MKCOL", sub).status == 201
+    put(srv, sub + "inc.txt", b"four")
+    target = sub + "inc.txt" if kind == "file" else sub
+    body = _allprop_including(
+        "<D:quota-used-bytes/>", "<oc:fileid/>", "<D:displayname/>", "<X:missing/>"
+    )
+    entries = propfind_with(srv, target, depth, headers, body)
+    base = urllib.parse.unquote(path_of(target)).rstrip("/")
+    entry = entries[base]
+    # The allprop set, once each, ...
+    assert {DAV_NS + "resourcetype", DAV_NS + "displayname", DAV_NS + "getlastmodified"} <= set(
+        entry.props
+    )
+    # ... and what was included, though allprop leaves it out.
+    assert OC_FILEID in entry.props
+    assert entry.status[DAV_NS + "quota-used-bytes"] == (200 if kind == "folder" else 404)
+    assert entry.status[f"{{{CUSTOM_NS}}}missing"] == 404
+    if kind == "folder" and depth == "1":
+        assert OC_FILEID in entries[base + "/inc.txt"].props
+    plain = propfind_with(srv, target, depth, headers, None)[base]
+    assert OC_FILEID not in plain.props and DAV_NS + "quota-used-bytes" not in plain.status
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'<D:propfind xmlns:D="DAV:"><D:include><D:displayname/></D:include></D:propfind>',
+        b'<D:propfind xmlns:D="DAV:"><D:propname/><D:include><D:displayname/></D:include>'
+        b"</D:propfind>",
+        b'<D:propfind xmlns:D="DAV:"><D:propname/><D:allprop/></D:propfind>',
+        b'<D:propfind xmlns:D="DAV:"><D:prop><D:displayname/></D:prop><D:propname/></D:propfind>',
+    ],
+    ids=["include-alone", "propname-include", "propname-allprop", "prop-propname"],
+)
+@pytest.mark.parametrize("conditional", [False, True], ids=["plain", "if-none-match"])
+def test_propfind_modes_that_do_not_go_together_are_a_bad_request(
+    srv: InprocServer, folder: str, body: bytes, conditional: bool
+) -> None:
+    headers = {"Depth": "0"} | ({"If-None-Match": '"x"'} if conditional else {})
+    response = call(srv, "PROPFIND", folder, body, headers)
+    assert response.status == 400, (response.status, response.body[:500])
+    no_traceback(response)
 
 
 @pytest.mark.parametrize(
