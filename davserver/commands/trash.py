@@ -2,7 +2,8 @@
 
 ``list USER`` shows what ``/trash/`` shows that user (with the group items they deleted, from
 any group). ``restore USER ITEM`` puts an item back where it was deleted from, or with ``--to
-OWNER:/path`` (``@GROUP:/path``) elsewhere in the same space. ``purge`` removes for good what
+OWNER:/path`` (``@GROUP:/path``) elsewhere in the same space; ITEM is its name in the trash, or
+the name it had when no other item in the trash had that name too. ``purge`` removes for good what
 was deleted longer ago than ``trash.retention_days`` (or ``--older-than``), for everyone or one
 user: run it from cron. The command line acts with every right; each change is in the logbook.
 """
@@ -28,6 +29,7 @@ from davserver.commands.common import (
 from davserver.context import Services
 from davserver.errors import BadRequest, NotFound
 from davserver.services.trash import TrashEntry
+from davserver.services.tree import name_key
 
 LIST_COLUMNS = ("name", "kind", "size", "original_path", "deleted_at", "deleted_by")
 
@@ -43,7 +45,11 @@ def register(commands: Any) -> None:
 
     restore = sub.add_parser("restore", help="bring an item of a user's trash back")
     restore.add_argument("user")
-    restore.add_argument("item", help="its name in the trash (as `trash list` shows it)")
+    restore.add_argument(
+        "item",
+        help="its name in the trash (as `trash list` shows it), or the name it was deleted "
+        "under if no other item in the trash had it",
+    )
     restore.add_argument(
         "--to",
         type=item_path,
@@ -79,6 +85,23 @@ def _entries(services: Services, username: str) -> list[TrashEntry]:
     return list(services.trash.listing(services.users.user_id(username)).entries)
 
 
+def _find(services: Services, username: str, item: str) -> TrashEntry:
+    """The item named ``item`` in the user's trash, or the only one deleted under that name."""
+    listing = services.trash.listing(services.users.user_id(username))
+    found = listing.find(item)
+    if found is not None:
+        return found
+    namesakes = [e for e in listing.entries if name_key(e.view.name) == name_key(item)]
+    if len(namesakes) == 1:
+        return namesakes[0]
+    if namesakes:
+        raise NotFound(
+            f"{username}'s trash holds {len(namesakes)} items deleted as {item!r}; "
+            "name one as `trash list` shows it"
+        )
+    raise NotFound(f"{username}'s trash holds no {item!r}")
+
+
 def _row(entry: TrashEntry) -> dict[str, Any]:
     return {
         "name": entry.name,
@@ -102,9 +125,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     with open_services(args) as services:
-        entry = next((e for e in _entries(services, args.user) if e.name == args.item), None)
-        if entry is None:
-            raise NotFound(f"{args.user}'s trash holds no {args.item!r}")
+        entry = _find(services, args.user, args.item)
         if args.to is None:
             view = services.trash.restore_original(None, entry)
             where = entry.original_path

@@ -13,8 +13,14 @@ Whose trash: the items deleted from the user's own space, whoever deleted them (
 grantee with write, a moderator), and the items the user deleted from a group's space while
 they still see that group. Other members of the group do not see those.
 
-Names: an item keeps its name; when several share one, later deletions get `` (2)``,
-`` (3)``... before the extension (``a (2).txt``), so the operating system still knows the type.
+Names: an item is listed under its own name with the time it was deleted (UTC, to the
+millisecond) before the extension, ``a (2026-11-27 04.00.31.207).txt``, so the operating system
+still knows the type and namesakes are told apart. The name depends on nothing but the item, so
+it stays the same for as long as the item is in the trash whatever else comes and goes: a client
+that lists the trash and then purges or restores (or retries) always acts on the item it listed.
+Namesakes deleted in the same millisecond are listed with the start of their id too (``a
+(2026-11-27 04.00.31.207 3f2a9c1b).txt``), a name every item answers to; a name two items could
+take finds neither.
 
 Restoring puts an item into a live folder of the same space under the name given, never
 replacing anything: Conflict when the name is taken or the folder is gone (a folder in the
@@ -32,6 +38,7 @@ import datetime as dt
 import posixpath
 import time
 import uuid
+from collections import Counter
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +72,7 @@ SPACE = "trash"
 class TrashEntry:
     """One item in a user's trash."""
 
-    name: str  # its name in /trash/ (told apart from namesakes)
+    name: str  # its name in /trash/: its own name and when it was deleted (trash_names)
     view: NodeView  # the deleted node itself
     deleted_at: dt.datetime
     deleted_by: str | None  # username; None once that user is gone
@@ -118,10 +125,24 @@ class PurgeReport:
         return dataclasses.asdict(self)
 
 
-def numbered(name: str, n: int, *, is_folder: bool) -> str:
-    """``a.txt`` -> ``a (2).txt``; folders and names without an extension: ``a (2)``."""
+def suffixed(name: str, suffix: str, *, is_folder: bool) -> str:
+    """``a.txt`` -> ``a (suffix).txt``; folders and names without an extension: ``a (suffix)``."""
     stem, ext = (name, "") if is_folder else posixpath.splitext(name)
-    return f"{stem} ({n}){ext}"
+    return f"{stem} ({suffix}){ext}"
+
+
+def trash_names(view: NodeView, deleted_at: dt.datetime) -> tuple[str, str, str]:
+    """An item's names in /trash/, each made from the item alone: with the time it was
+    deleted (UTC, to the millisecond: a client deleting the same name in a loop does it
+    several times a second), with the first 8 hex digits of its id too (for namesakes deleted
+    in the same millisecond), and with its whole id (should even those meet)."""
+    when = deleted_at.astimezone(dt.UTC)
+    stamp = f"{when:%Y-%m-%d %H.%M.%S}.{when.microsecond // 1000:03d}"
+
+    def name(suffix: str) -> str:
+        return suffixed(view.name, suffix, is_folder=view.is_folder)
+
+    return name(stamp), name(f"{stamp} {view.id.hex[:8]}"), name(f"{stamp} {view.id.hex}")
 
 
 class TrashService:
@@ -166,24 +187,23 @@ class TrashService:
             rows = conn.execute(_items(user_id, group_ids).order_by(_n.c.deleted_at, _n.c.id)).all()
             views = tree.get_nodes(conn, [row.id for row in rows])
             places = _locations(conn, [views[row.id].parent_id for row in rows])
+        names = {row.id: trash_names(views[row.id], row.deleted_at) for row in rows}
+        holders = Counter(name_key(name) for choices in names.values() for name in choices)
         entries: list[TrashEntry] = []
         by_key: dict[str, TrashEntry] = {}
         for row in rows:
-            view = views[row.id]
-            name, n = view.name, 1
-            while name_key(name) in by_key:
-                n += 1
-                name = numbered(view.name, n, is_folder=view.is_folder)
+            view, choices = views[row.id], names[row.id]
             folder = places.get(view.parent_id) if view.parent_id else None
             entry = TrashEntry(
-                name=name,
+                name=next(name for name in choices if holders[name_key(name)] == 1),
                 view=view,
                 deleted_at=row.deleted_at,
                 deleted_by=row.username,
                 original_path=f"{folder or '/files'}/{view.name}",
             )
             entries.append(entry)
-            by_key[name_key(name)] = entry
+            # A name two items could take finds neither: never the wrong one.
+            by_key.update((name_key(n), entry) for n in choices if holders[name_key(n)] == 1)
         return TrashListing(tuple(entries), by_key)
 
     def children(self, folder: NodeView) -> list[NodeView]:

@@ -417,8 +417,8 @@ def test_the_running_total_follows_every_change_to_a_space(
         assert service.usage(actor.user_id)[0] == service.subtree_size(home.id) == expected
 
     def entry(name: str) -> uuid.UUID:
-        found = trash.listing(actor.user_id, None).find(name)
-        assert found is not None
+        """The one item deleted under ``name``."""
+        (found,) = (e for e in trash.listing(actor.user_id, None).entries if e.view.name == name)
         return found.view.id
 
     docs = service.create_folder(actor, home, "docs")

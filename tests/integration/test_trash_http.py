@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +95,25 @@ def add_files(server: InprocServer, user: User, folder: str, count: int) -> None
         app.files.commit_upload(actor, parent, f"f-{i:04d}.txt", writer.finish())
 
 
+def listed(user: User, original_path: str) -> str:
+    """The path in /trash/ of the one item deleted from ``original_path``."""
+    found = [
+        path
+        for path, props in user.propfind("/trash/").items()
+        if props.get(DS + "original-path") == original_path
+    ]
+    assert len(found) == 1, (original_path, found)
+    return found[0]
+
+
+def originals(user: User) -> list[str]:
+    """The names the items in the user's trash had when they were deleted."""
+    listing = user.propfind("/trash/")
+    return sorted(
+        props[NC + "trashbin-filename"] for path, props in listing.items() if path != "/trash"
+    )
+
+
 def set_deleted_at(server: InprocServer, node: uuid.UUID, when: dt.datetime) -> None:
     with server.application.db.write() as session:
         session.execute(sa.update(Node).where(Node.id == node).values(deleted_at=when))
@@ -111,16 +131,17 @@ def test_trash_and_restore_a_folder_of_1000_files(server: InprocServer, alice: U
         assert alice("DELETE", "/files/big/").status == 204
     assert len(updates_of(seen, "nodes")) == 1
     assert alice("GET", "/files/big/f-0001.txt").status == 404
-    assert alice.members("/trash/") == ["big"]
-    assert len(alice.members("/trash/big/")) == 991
-    assert alice.get("/trash/big/sub/f-0007.txt") == b"/big/sub/f-0007.txt holds 7"
+    assert originals(alice) == ["big"]
+    big = listed(alice, "/files/big")
+    assert len(alice.members(big)) == 991
+    assert alice.get(f"{big}/sub/f-0007.txt") == b"/big/sub/f-0007.txt holds 7"
     assert subtree(server, root) == (1002, 1000)
 
     with statements(server) as seen:
-        restored = alice("MOVE", "/trash/big", None, alice.destination("/files/big"))
+        restored = alice("MOVE", big, None, alice.destination("/files/big"))
     assert restored.status == 201, restored.body
     assert len(updates_of(seen, "nodes")) == 1
-    assert alice.members("/trash/") == []
+    assert originals(alice) == []
     assert subtree(server, root) == (1002, 1000)
     assert len(alice.members("/files/big/")) == 991
     for i in (0, 499, 989):
@@ -139,24 +160,17 @@ def test_names_properties_and_browsing(server: InprocServer, alice: User) -> Non
     assert alice("DELETE", "/files/f/").status == 204
 
     listing = alice.propfind("/trash/")
-    assert sorted(listing) == sorted(
-        [
-            "/trash",
-            "/trash/a.txt",
-            "/trash/a (2).txt",
-            "/trash/a (3).txt",
-            "/trash/inner.txt",
-            "/trash/f",
-        ]
-    )
-    assert [
-        listing[f"/trash/{n}"][DS + "original-path"] for n in ("a.txt", "a (2).txt", "a (3).txt")
-    ] == [
-        "/files/x/a.txt",
-        "/files/y/a.txt",
-        "/files/a.txt",
-    ]
-    props = listing["/trash/a (2).txt"]
+    stamp = r"\d{4}-\d\d-\d\d \d\d\.\d\d\.\d\d\.\d{3}( [0-9a-f]{8})?"
+    patterns = [rf"a \({stamp}\)\.txt"] * 3 + [rf"inner \({stamp}\)\.txt", rf"f \({stamp}\)"]
+    names = sorted(path.removeprefix("/trash/") for path in listing if path != "/trash")
+    assert len(names) == 5 and all(
+        any(re.fullmatch(pattern, name) for name in names) for pattern in patterns
+    ), names
+    assert sorted(
+        props[DS + "original-path"] for props in listing.values() if DS + "original-path" in props
+    ) == ["/files/a.txt", "/files/f", "/files/f/inner.txt", "/files/x/a.txt", "/files/y/a.txt"]
+    a2, f = listed(alice, "/files/y/a.txt"), listed(alice, "/files/f")
+    props = listing[a2]
     assert props[NC + "trashbin-filename"] == "a.txt"
     assert props[NC + "trashbin-original-location"] == "files/y/a.txt"
     deleted = int(props[NC + "trashbin-delete-timestamp"])
@@ -166,41 +180,37 @@ def test_names_properties_and_browsing(server: InprocServer, alice: User) -> Non
     )
     assert props[DS + "deleted-by"] == alice.name
     assert props[DAV + "getcontentlength"] == str(len(b"/files/y/a.txt"))
-    assert alice.get("/trash/a (2).txt") == b"/files/y/a.txt"
+    assert alice.get(a2) == b"/files/y/a.txt"
     # Inside a deleted folder: what was in it when it went, not what went before it.
-    assert alice.members("/trash/f/") == ["kept.txt"]
-    assert alice.get("/trash/f/kept.txt") == b"kept"
-    assert (
-        NC + "trashbin-filename"
-        not in alice.propfind("/trash/f/kept.txt", "0")["/trash/f/kept.txt"]
-    )
+    assert alice.members(f) == ["kept.txt"]
+    assert alice.get(f"{f}/kept.txt") == b"kept"
+    assert NC + "trashbin-filename" not in alice.propfind(f"{f}/kept.txt", "0")[f"{f}/kept.txt"]
+    a1, inner = listed(alice, "/files/x/a.txt"), listed(alice, "/files/f/inner.txt")
 
     refused = {
         "PUT": alice("PUT", "/trash/new.txt", b"x"),
-        "PUT over": alice("PUT", "/trash/a.txt", b"x"),
+        "PUT over": alice("PUT", a1, b"x"),
         "MKCOL": alice("MKCOL", "/trash/new/"),
-        "PROPPATCH": alice("PROPPATCH", "/trash/a.txt", WIN32_PROPPATCH),
-        "LOCK": alice("LOCK", "/trash/a.txt", b""),
-        "COPY out": alice("COPY", "/trash/a.txt", None, alice.destination("/files/c.txt")),
-        "DELETE inside": alice("DELETE", "/trash/f/kept.txt"),
+        "PROPPATCH": alice("PROPPATCH", a1, WIN32_PROPPATCH),
+        "LOCK": alice("LOCK", a1, b""),
+        "COPY out": alice("COPY", a1, None, alice.destination("/files/c.txt")),
+        "DELETE inside": alice("DELETE", f"{f}/kept.txt"),
         "DELETE trash": alice("DELETE", "/trash/"),
         "MOVE in": alice("MOVE", "/files/x/", None, alice.destination("/trash/x")),
     }
     assert {k: r.status for k, r in refused.items()} == dict.fromkeys(refused, 403)
 
     # Restoring the folder does not bring back what was deleted from it before.
-    assert alice("MOVE", "/trash/f", None, alice.destination("/files/f")).status == 201
+    assert alice("MOVE", f, None, alice.destination("/files/f")).status == 201
     assert alice.members("/files/f/") == ["kept.txt"]
-    assert (
-        alice("MOVE", "/trash/inner.txt", None, alice.destination("/files/f/inner.txt")).status
-        == 201
-    )
+    assert alice("MOVE", inner, None, alice.destination("/files/f/inner.txt")).status == 201
     assert alice.members("/files/f/") == ["inner.txt", "kept.txt"]
     # One file out of a deleted folder, under a new name.
     assert alice("DELETE", "/files/f/").status == 204
-    moved = alice("MOVE", "/trash/f/kept.txt", None, alice.destination("/files/kept again.txt"))
+    f = listed(alice, "/files/f")
+    moved = alice("MOVE", f"{f}/kept.txt", None, alice.destination("/files/kept again.txt"))
     assert moved.status == 201 and alice.get("/files/kept again.txt") == b"kept"
-    assert alice.members("/trash/f/") == ["inner.txt"]
+    assert alice.members(f) == ["inner.txt"]
 
 
 def test_restore_refusals_say_why(server: InprocServer, alice: User, cli: Any) -> None:
@@ -209,19 +219,18 @@ def test_restore_refusals_say_why(server: InprocServer, alice: User, cli: Any) -
     assert alice("DELETE", "/files/projects/plan.txt").status == 204
     assert alice("DELETE", "/files/projects/").status == 204
 
-    gone = alice("MOVE", "/trash/plan.txt", None, alice.destination("/files/projects/plan.txt"))
+    plan, projects = listed(alice, "/files/projects/plan.txt"), listed(alice, "/files/projects")
+    gone = alice("MOVE", plan, None, alice.destination("/files/projects/plan.txt"))
     assert gone.status == 409 and b"restore it first" in gone.body
     status, _, err = cli("trash", "restore", alice.name, "plan.txt")
     assert status == 1 and "/files/projects is in the trash itself" in err
 
-    assert (
-        alice("MOVE", "/trash/projects", None, alice.destination("/files/projects")).status == 201
-    )
+    assert alice("MOVE", projects, None, alice.destination("/files/projects")).status == 201
     assert alice.put("/files/projects/plan.txt", b"a new plan") == 201
     for overwrite in ("T", "F"):
         taken = alice(
             "MOVE",
-            "/trash/plan.txt",
+            plan,
             None,
             {**alice.destination("/files/projects/plan.txt"), "Overwrite": overwrite},
         )
@@ -242,11 +251,10 @@ def test_restore_refusals_say_why(server: InprocServer, alice: User, cli: Any) -
     groups.add_member(None, team, alice.name)
     assert alice.put("/files/mine.txt", b"mine") == 201
     assert alice("DELETE", "/files/mine.txt").status == 204
-    other = alice("MOVE", "/trash/mine.txt", None, alice.destination(f"/groups/{team}/mine.txt"))
+    mine = listed(alice, "/files/mine.txt")
+    other = alice("MOVE", mine, None, alice.destination(f"/groups/{team}/mine.txt"))
     assert other.status == 403
-    assert (
-        alice("MOVE", "/trash/mine.txt", None, alice.destination("/nowhere/mine.txt")).status == 409
-    )
+    assert alice("MOVE", mine, None, alice.destination("/nowhere/mine.txt")).status == 409
 
 
 def test_delete_in_the_trash_purges_and_gc_takes_the_blobs(
@@ -259,10 +267,11 @@ def test_delete_in_the_trash_purges_and_gc_takes_the_blobs(
     folder, file = node_id(server, alice, "/old"), node_id(server, alice, "/old/data.bin")
     assert alice("DELETE", "/files/old/").status == 204
 
-    assert alice("DELETE", "/trash/old/").status == 204
+    old = listed(alice, "/files/old")
+    assert alice("DELETE", f"{old}/").status == 204
     assert subtree(server, folder) == (0, 0)
     assert count(server, FileVersion, FileVersion.node_id == file) == 0
-    assert alice.members("/trash/") == []
+    assert originals(alice) == []
     with server.application.db.read() as session:
         purge = session.execute(
             sa.select(LogEntry.user_id, LogEntry.details)
@@ -279,7 +288,7 @@ def test_delete_in_the_trash_purges_and_gc_takes_the_blobs(
     report = MaintenanceService(app.db, app.blobs).collect_garbage(grace=dt.timedelta(0))
     assert report.ok and report.blobs_removed >= 2
     assert count(server, Blob, Blob.sha256.in_(digests)) == 0
-    assert alice("DELETE", "/trash/old/").status == 404
+    assert alice("DELETE", f"{old}/").status == 404
 
 
 def test_items_past_retention_are_purged(server: InprocServer, alice: User, cli: Any) -> None:
@@ -294,7 +303,7 @@ def test_items_past_retention_are_purged(server: InprocServer, alice: User, cli:
         set_deleted_at(server, stale[user.name], utcnow() - dt.timedelta(days=31))
 
     # Listing the trash purges the user's own expired items.
-    assert alice.members("/trash/") == ["fresh.txt"]
+    assert originals(alice) == ["fresh.txt"]
     assert count(server, Node, Node.id == stale[alice.name]) == 0
     assert count(server, Node, Node.id == stale[bob.name]) == 1
 
@@ -305,11 +314,13 @@ def test_items_past_retention_are_purged(server: InprocServer, alice: User, cli:
     status, report, _ = cli("trash", "purge", "--user", bob.name)
     assert status == 0 and report["items_purged"] == 1 and report["versions_removed"] == 1
     assert count(server, Node, Node.id == stale[bob.name]) == 0
-    status, listed, _ = cli("trash", "list", bob.name)
-    assert status == 0 and [item["name"] for item in listed] == ["fresh.txt"]
+    status, items, _ = cli("trash", "list", bob.name)
+    assert status == 0 and [item["name"] for item in items] == [
+        listed(bob, "/files/fresh.txt").removeprefix("/trash/")
+    ]
     status, report, _ = cli("trash", "purge", "--user", bob.name, "--older-than", "0")
     assert status == 0 and report["items_purged"] == 1
-    assert bob.members("/trash/") == []
+    assert originals(bob) == []
 
 
 def test_a_pinned_item_stays_until_its_package_lets_go(
@@ -333,10 +344,10 @@ def test_a_pinned_item_stays_until_its_package_lets_go(
             )
         )
     assert alice("DELETE", "/files/pinned.txt").status == 204
-    refused = alice("DELETE", "/trash/pinned.txt")
+    refused = alice("DELETE", listed(alice, "/files/pinned.txt"))
     assert refused.status == 409 and b"packages pin" in refused.body
     set_deleted_at(server, node, utcnow() - dt.timedelta(days=90))
-    assert alice.members("/trash/") == ["pinned.txt"]
+    assert originals(alice) == ["pinned.txt"]
     status, report, _ = cli("trash", "purge", "--user", alice.name)
     assert status == 0 and report["items_pinned"] == 1 and report["items_purged"] == 0
     assert count(server, Node, Node.id == node) == 1
@@ -352,24 +363,25 @@ def test_group_and_moderator_deletions(server: InprocServer, alice: User) -> Non
     assert alice.put(f"/groups/{team}/g.txt", b"group file") == 201
     assert bob("DELETE", f"/groups/{team}/g.txt").status == 204
     # In the trash of whoever deleted it, not of the other members.
-    props = bob.propfind("/trash/")["/trash/g.txt"]
+    g = listed(bob, f"/groups/{team}/g.txt")
+    props = bob.propfind("/trash/")[g]
     assert props[DS + "original-path"] == f"/groups/{team}/g.txt"
-    assert alice.members("/trash/") == []
-    restored = bob("MOVE", "/trash/g.txt", None, bob.destination(f"/groups/{team}/g.txt"))
+    assert originals(alice) == []
+    restored = bob("MOVE", g, None, bob.destination(f"/groups/{team}/g.txt"))
     assert restored.status == 201 and alice.get(f"/groups/{team}/g.txt") == b"group file"
     # Into bob's own space instead: another space, refused.
     assert bob("DELETE", f"/groups/{team}/g.txt").status == 204
-    assert bob("MOVE", "/trash/g.txt", None, bob.destination("/files/g.txt")).status == 403
+    g = listed(bob, f"/groups/{team}/g.txt")
+    assert bob("MOVE", g, None, bob.destination("/files/g.txt")).status == 403
 
     # A moderator's deletion lands in the owner's trash.
     assert alice.put("/files/offending.txt", b"spam") == 201
     assert mod("DELETE", f"/users/{alice.name}/offending.txt").status == 204
-    props = alice.propfind("/trash/")["/trash/offending.txt"]
+    offending = listed(alice, "/files/offending.txt")
+    props = alice.propfind("/trash/")[offending]
     assert props[DS + "deleted-by"] == mod.name
-    assert mod.members("/trash/") == []
-    restored = alice(
-        "MOVE", "/trash/offending.txt", None, alice.destination("/files/offending.txt")
-    )
+    assert originals(mod) == []
+    restored = alice("MOVE", offending, None, alice.destination("/files/offending.txt"))
     assert restored.status == 201
 
 
@@ -378,9 +390,80 @@ def test_unicode_and_spaces(server: InprocServer, alice: User) -> None:
     assert alice("MKCOL", "/files/Ordner mit Ümlaut/").status == 201
     assert alice.put(f"/files/Ordner mit Ümlaut/{name}", name.encode()) == 201
     assert alice("DELETE", "/files/Ordner mit Ümlaut/").status == 204
-    assert alice.members("/trash/") == ["Ordner mit Ümlaut"]
-    assert alice.get(f"/trash/Ordner mit Ümlaut/{name}") == name.encode()
+    assert originals(alice) == ["Ordner mit Ümlaut"]
+    folder = listed(alice, "/files/Ordner mit Ümlaut")
+    assert alice.get(f"{folder}/{name}") == name.encode()
     assert alice("DELETE", f"/files/{name}").status == 404
-    back = alice("MOVE", "/trash/Ordner mit Ümlaut", None, alice.destination("/files/Zurück"))
+    back = alice("MOVE", folder, None, alice.destination("/files/Zurück"))
     assert back.status == 201
     assert alice.get(f"/files/Zurück/{name}") == name.encode()
+
+
+def test_names_stay_while_namesakes_are_purged_and_restored(
+    server: InprocServer, alice: User
+) -> None:
+    """Purging or restoring one of several namesakes leaves the others' names alone, so a
+    client acting on a listing (or retrying) never hits another item."""
+    for content in (b"X1", b"X2", b"X3", b"X4"):
+        assert alice.put("/files/x.txt", content) == 201
+        assert alice("DELETE", "/files/x.txt").status == 204
+    # A real file named like a suffixed one is an item of its own.
+    assert alice.put("/files/x (2).txt", b"not X2") == 201
+    assert alice("DELETE", "/files/x (2).txt").status == 204
+    names = {alice.get(path): path for path in alice.propfind("/trash/") if path != "/trash"}
+    assert sorted(names) == [b"X1", b"X2", b"X3", b"X4", b"not X2"]
+
+    assert alice("DELETE", names[b"X1"]).status == 204
+    assert alice("DELETE", names[b"X1"]).status == 404  # a retry finds nothing
+    assert alice("DELETE", names[b"X2"]).status == 204  # the middle one, by its listed name
+    assert alice("DELETE", names[b"X2"]).status == 404
+    back = alice("MOVE", names[b"X3"], None, alice.destination("/files/x.txt"))
+    assert back.status == 201 and alice.get("/files/x.txt") == b"X3"
+    assert alice("MOVE", names[b"X3"], None, alice.destination("/files/y.txt")).status == 404
+    remaining = {path: alice.get(path) for path in alice.propfind("/trash/") if path != "/trash"}
+    assert remaining == {names[b"X4"]: b"X4", names[b"not X2"]: b"not X2"}
+
+
+def test_an_item_trashed_inside_a_trashed_folder_keeps_its_name(
+    server: InprocServer, alice: User
+) -> None:
+    assert alice("MKCOL", "/files/d/").status == 201
+    for path in ("/files/d/n.txt", "/files/n.txt"):
+        assert alice.put(path, path.encode()) == 201
+    assert alice("DELETE", "/files/d/n.txt").status == 204
+    inner = listed(alice, "/files/d/n.txt")
+    assert alice("DELETE", "/files/d/").status == 204
+    assert alice("DELETE", "/files/n.txt").status == 204
+    folder = listed(alice, "/files/d")
+    assert alice("DELETE", listed(alice, "/files/n.txt")).status == 204
+    assert alice("MOVE", folder, None, alice.destination("/files/d")).status == 201
+    assert listed(alice, "/files/d/n.txt") == inner
+    assert alice.get(inner) == b"/files/d/n.txt"
+    restored = alice("MOVE", inner, None, alice.destination("/files/d/n.txt"))
+    assert restored.status == 201 and originals(alice) == []
+
+
+def test_namesakes_deleted_in_the_same_millisecond(
+    server: InprocServer, alice: User, cli: Any
+) -> None:
+    ids = []
+    for content in (b"one", b"two"):
+        assert alice.put("/files/same.txt", content) == 201
+        ids.append(node_id(server, alice, "/same.txt"))
+        assert alice("DELETE", "/files/same.txt").status == 204
+    when = dt.datetime(2026, 11, 27, 4, 0, 31, 207_000, tzinfo=dt.UTC)
+    for node in ids:
+        set_deleted_at(server, node, when)
+    listing = {alice.get(p): p for p in alice.propfind("/trash/") if p != "/trash"}
+    assert listing == {
+        content: f"/trash/same (2026-11-27 04.00.31.207 {node.hex[:8]}).txt"
+        for content, node in zip((b"one", b"two"), ids, strict=True)
+    }
+    # The name both could take finds neither, on the web and on the command line.
+    assert alice("DELETE", "/trash/same (2026-11-27 04.00.31.207).txt").status == 404
+    status, _, err = cli("trash", "restore", alice.name, "same.txt")
+    assert status == 1 and "2 items deleted as 'same.txt'" in err
+    assert alice("DELETE", listing[b"one"]).status == 204
+    # Alone now, it is listed by the shorter name and still answers to the one it had.
+    assert alice.members("/trash/") == ["same (2026-11-27 04.00.31.207).txt"]
+    assert alice.get(listing[b"two"]) == b"two"

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from davserver.services.trash import numbered
+from davserver.services.trash import suffixed
 from davserver.services.version_rules import (
     VersionFacts,
     VersionPolicy,
@@ -127,6 +127,6 @@ def test_other_names_are_not_entries(entry: str) -> None:
 
 
 def test_trash_namesakes_keep_their_extension() -> None:
-    assert numbered("a.txt", 2, is_folder=False) == "a (2).txt"
-    assert numbered("Makefile", 3, is_folder=False) == "Makefile (3)"
-    assert numbered("photos.2024", 2, is_folder=True) == "photos.2024 (2)"
+    assert suffixed("a.txt", "2", is_folder=False) == "a (2).txt"
+    assert suffixed("Makefile", "3", is_folder=False) == "Makefile (3)"
+    assert suffixed("photos.2024", "2", is_folder=True) == "photos.2024 (2)"
