@@ -46,6 +46,10 @@ class BlobWriter(Protocol):
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
         """Make the bytes durable under their SHA-256 and return the digests.
 
+        A store may keep bytes nobody references yet in the spare only, for ``ensure_stored``
+        to place: the file-system store does so with no bytes at all, since a new empty file
+        references no blob and an empty blob placed for it would be an orphan.
+
         ``expect`` maps "sha256", "sha1" or "md5" to hex digests the client announced; if one
         differs, the bytes are thrown away and ChecksumMismatch is raised. Writing bytes that
         are already stored keeps the existing copy (dedup). Either way the writer's copy stays

@@ -250,10 +250,22 @@ class _FileBlobWriter:
                     f"the body's {algorithm} is {actual.get(algorithm)}, not {digest.lower()}"
                 )
         key, stored = self._store.locate(sha256)
-        spare = self._place(key, stored)
+        if self.bytes_written == 0 and not stored:
+            spare: str | None = self._keep_empty()
+        else:
+            spare = self._place(key, stored)
         return StoredBlob(
             sha256, md5, sha1, self.bytes_written, key, self._hasher.crc32, spare=spare
         )
+
+    def _keep_empty(self) -> str:
+        """No bytes: keep them as the spare only, for ``ensure_stored`` to place once a row
+        references them. A new empty file has no version, so placing them now would leave a
+        file without a row (an fsck orphan) after every 0-byte PUT; a version of size 0 (a
+        file emptied) calls ``ensure_stored`` like any other. Nothing to flush."""
+        self._file.close()
+        self._done = True
+        return self._path.name
 
     def _place(self, key: str, stored: bool) -> str | None:
         """Make the bytes durable and put them under ``key`` unless they are ``stored`` there

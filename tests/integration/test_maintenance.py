@@ -284,3 +284,29 @@ def test_fsck_reports_progress_within_a_large_blob(
     hashing = [p for p in seen if p.phase == "hash"]
     assert [p.bytes_done for p in hashing[:3]] == [1 << 20, 2 << 20, 3 << 20]
     assert hashing[-1].done == hashing[-1].total == 1
+
+
+def test_an_empty_new_file_leaves_no_blob_file_and_an_emptied_one_keeps_its_blob(
+    store: FileSystemBlobStore,
+    files: FileService,
+    maintenance: MaintenanceService,
+    actor: Actor,
+    home: NodeView,
+) -> None:
+    """Explorer starts every copy with a 0-byte PUT: a new empty file has no version, so its
+    upload must not leave the empty blob behind for fsck to call an orphan."""
+    put(files, actor, home, "empty.txt", b"")
+    assert list(store.iter_files()) == [] and list(store.iter_temp_files()) == []
+    for orphan in store.root.rglob("*"):
+        backdate(orphan, OLD)
+    assert maintenance.check().ok
+
+    # 0 bytes over a file with bytes make a version of size 0: that one needs its blob.
+    put(files, actor, home, "doc.txt", b"some bytes")
+    emptied = put(files, actor, home, "doc.txt", b"")
+    assert emptied.size == 0 and emptied.version_no == 2
+    assert path_of(store, b"").is_file() and list(store.iter_temp_files()) == []
+    with files.open_content(emptied) as fh:
+        assert fh.read() == b""
+    report = maintenance.check()
+    assert report.ok and report.blobs_checked == 2 and report.files_scanned == 2

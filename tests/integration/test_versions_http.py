@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from davserver.cli import main
 from davserver.db.types import utcnow
 from davserver.models import Blob, FileVersion, LogEntry, Node, Package, PackageItem
+from davserver.services.maintenance import MaintenanceService
 from davserver.services.permissions import Perm
 from tests.conftest import ENGINES
 from tests.servers import InprocServer, run_inproc_server
@@ -444,3 +445,27 @@ def test_unicode_and_spaces_in_names(server: InprocServer, alice: User) -> None:
     restored = alice("COPY", entry, None, alice.destination(f"/files/{name}"))
     assert restored.status == 204 and alice.get(f"/files/{name}") == b"erste Fassung"
     assert count(server, Node, Node.name == name, Node.owner_id == alice.id) == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_0_byte_put_of_a_new_file_stores_nothing(engine: str, tmp_path: Path) -> None:
+    """Explorer starts every copy with one: the new empty file has no version, so no blob
+    file (nor temp file) may stay behind for fsck to report; emptying a file is a version
+    like any other, with its blob."""
+    with run_inproc_server(engine, tmp_path) as srv:
+        alice, store = make_user(srv, "alice"), srv.application.blobs
+        maintenance = MaintenanceService(srv.application.db, store)
+        assert alice.put("/files/empty.txt", b"") == 201
+        assert alice.get("/files/empty.txt") == b""
+        assert list(store.iter_files()) == [] and list(store.iter_temp_files()) == []
+        report = maintenance.check()
+        assert report.ok and report.files_scanned == 0
+
+        assert alice.put("/files/doc.txt", b"some bytes") == 201
+        assert alice.put("/files/doc.txt", b"") == 204
+        assert history(srv, alice, "/doc.txt") == [(1, 10, sha(b"some bytes")), (2, 0, sha(b""))]
+        assert alice.get("/files/doc.txt") == b""
+        assert alice.get("/versions/files/doc.txt/doc.v2.txt") == b""
+        assert list(store.iter_temp_files()) == []
+        report = maintenance.check()
+        assert report.ok and report.blobs_checked == 2 and report.files_scanned == 2
