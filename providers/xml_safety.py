@@ -50,6 +50,8 @@ def stored_element(name: str, value: bytes) -> bytes:
     """``value``, a property ``name`` stored as serialized XML, if it can be copied into a
     multistatus as it is (one well-formed element, no DTD or XML declaration); otherwise the
     empty element ``name``, so the property is still listed and can be removed."""
+    if _plainly_whole(value):
+        return value
     if not _DECLARATION.match(value):
         try:
             parser = etree.XMLParser(resolve_entities=False, no_network=True)
@@ -60,6 +62,20 @@ def stored_element(name: str, value: bytes) -> bytes:
             return value
     _logger.warning("stored property %s is not well-formed XML; answered empty", name)
     return bytes(etree.tostring(etree.Element(name)))
+
+
+def _plainly_whole(value: bytes) -> bool:
+    """True for what PROPPATCH stores, lxml's serialization of one element, when it holds no
+    entity reference, DTD or declaration: nothing else could spoil it, and seeing that takes
+    ~0.2 us against ~3.2 us to parse (a listing reads every member's properties; Windows sets
+    four on each file)."""
+    return (
+        value.startswith(b"<")
+        and value.endswith(b">")
+        and b"&" not in value
+        and b"<!" not in value
+        and b"<?" not in value
+    )
 
 
 def stored_elements(values: dict[str, bytes]) -> dict[str, bytes]:
