@@ -17,6 +17,7 @@ from davserver.config import Settings
 from davserver.context import Services
 from davserver.errors import TooManyRequests, Unauthorized
 from providers.dispatch import DavRequestResolver
+from providers.lock_manager import LockManager
 from providers.lock_storage import SqlLockStorage
 from providers.packages import register as register_packages
 from providers.provider import DavProvider
@@ -50,6 +51,10 @@ class Application:
         if settings.logging.query_header:
             event.listen(self.db.engine, "before_cursor_execute", self._count_query)
         self.dav = WsgiDAVApp(self._wsgidav_config())
+        # WsgiDAV made its own LockManager from the storage; ours lets a member's lock holder
+        # change the folder above it (providers.lock_manager).
+        self.dav.lock_manager = LockManager(self.lock_storage)
+        self.provider.set_lock_manager(self.dav.lock_manager)
 
     def _wsgidav_config(self) -> dict[str, Any]:
         return {

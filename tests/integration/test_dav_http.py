@@ -1497,6 +1497,31 @@ def test_locks_belong_to_their_user(srv: InprocServer) -> None:
     )
 
 
+@pytest.mark.parametrize("method", ["DELETE", "MOVE"])
+def test_a_folder_with_a_locked_member_changes_once_the_members_token_is_submitted(
+    srv: InprocServer, folder: str, method: str
+) -> None:
+    """RFC 4918 9.6.1 and 9.9.2: the member's lock token, tagged with the member's URL, lets
+    its holder delete or move the folder above it. WsgiDAV answered 423 whatever was sent."""
+    inner = folder + "inner/"
+    assert call(srv, "MKCOL", inner).status == 201
+    put(srv, inner + "held.txt", b"held")
+    locked = call(srv, "LOCK", inner + "held.txt", LOCK_BODY, {"Content-Type": "application/xml"})
+    token = _lock_token(locked)
+    headers = {"Destination": path_of(folder) + "moved/"} if method == "MOVE" else {}
+    assert call(srv, method, inner, headers=headers).status == 423
+    assert call(srv, method, inner, headers={**headers, "If": "(<opaquelocktoken:x>)"}).status in (
+        412,
+        423,
+    )
+    member_url = srv.url + path_of(inner) + "held.txt"
+    done = call(srv, method, inner, headers={**headers, "If": f"<{member_url}> (<{token}>)"})
+    assert done.status in (201, 204), (done.status, done.body[:300])
+    assert call(srv, "GET", inner + "held.txt").status == 404
+    if method == "MOVE":
+        assert get_body(srv, folder + "moved/held.txt") == b"held"
+
+
 # --- 13. the logbook -------------------------------------------------------------------------
 
 
