@@ -58,7 +58,8 @@ def to_dav_error(exc: errors.DomainError) -> DAVError:
                 if isinstance(exc, errors.Unavailable)
                 else None
             )
-            return DAVError(status, context_info=str(exc), src_exception=exc, add_headers=headers)
+            # The message says what went wrong; the exception's repr would only repeat it.
+            return DAVError(status, context_info=str(exc), add_headers=headers)
     return DAVError(500, context_info=str(exc), src_exception=exc)
 
 

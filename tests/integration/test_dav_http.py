@@ -666,6 +666,8 @@ def test_name_of_300_characters_is_refused_cleanly(
     response = call(srv, method, url, b"too long" if method == "PUT" else None)
     assert 400 <= response.status < 500, (response.status, response.body[:500])
     no_traceback(response)
+    # What went wrong, in words, not the exception's repr.
+    assert b"Source exception" not in response.body and b"InvalidName(" not in response.body
     assert member_names(srv, folder) == []
 
 
