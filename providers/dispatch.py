@@ -1,4 +1,4 @@
-"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with five fixes.
+"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with six fixes.
 
 * COPY and MOVE answered by a provider hook (``handle_copy``/``handle_move``) always get 204
   from WsgiDAV; RFC 4918 wants 201 when the destination is new. Resources leave the right code
@@ -11,6 +11,7 @@
 * If-Match, If-None-Match, If-Modified-Since and If-Unmodified-Since are evaluated by
   ``providers.conditions``, on the resource the request names only.
 * GET and HEAD ignore a Range header that is not one valid byte range.
+* An X-OC-Mtime that cannot be kept is refused (400) before a PUT or MKCOL stores anything.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from typing import Any
 from urllib.parse import ParseResult, unquote
 
 from wsgidav import request_server, util
+from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_server import RequestServer
 
+from davserver.errors import BadRequest
+from davserver.services.bounds import from_epoch
 from providers import conditions, propfind
 
 _STATUS_KEY = "davserver.status"
@@ -69,9 +73,11 @@ class DavRequestServer(RequestServer):
         return propfind.respond(res, environ, start_response)
 
     def do_PUT(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        check_mtime_header(environ)
         return super().do_PUT(environ, _accepting_mtime(environ, start_response))
 
     def do_MKCOL(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        check_mtime_header(environ)
         # WsgiDAV checks no precondition for MKCOL: "If-Match: *" must stop it.
         if conditions.has_preconditions(environ):
             path = environ["PATH_INFO"]
@@ -96,6 +102,24 @@ def _drop_unusable_range(environ: dict[str, Any]) -> None:
     match = _SINGLE_RANGE.fullmatch(header)
     if match is None or (match[2] and int(match[2]) < int(match[1])):
         del environ["HTTP_RANGE"]
+
+
+def check_mtime_header(environ: dict[str, Any]) -> None:
+    """Refuse an X-OC-Mtime that cannot be kept with 400, before anything is stored.
+
+    WsgiDAV applies the header only after the upload has committed, and lets through what
+    ``str.isdigit`` accepts (``"²"``, which ``int`` refuses) and any number of digits (year
+    10000 and beyond); clients send whole seconds since 1970 (rclone, Nextcloud's, which
+    answer 400 themselves for a value they cannot use)."""
+    text = environ.get("HTTP_X_OC_MTIME")
+    if text is None:
+        return
+    if not (text.isascii() and text.isdigit()):
+        raise DAVError(HTTP_BAD_REQUEST, context_info="X-OC-Mtime is whole seconds since 1970")
+    try:
+        from_epoch(int(text))
+    except BadRequest as exc:
+        raise DAVError(HTTP_BAD_REQUEST, context_info=f"X-OC-Mtime: {exc}") from None
 
 
 def _accepting_mtime(environ: dict[str, Any], start_response: Any) -> Any:

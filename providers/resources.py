@@ -18,6 +18,7 @@ from lxml import etree
 from wsgidav import util
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
+    HTTP_CONFLICT,
     HTTP_FORBIDDEN,
     HTTP_INSUFFICIENT_STORAGE,
     DAVError,
@@ -26,7 +27,9 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 
 from davserver.blobstore import BlobWriter
+from davserver.errors import BadRequest
 from davserver.services.actor import ENVIRON_KEY, Actor
+from davserver.services.bounds import from_epoch
 from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
@@ -75,18 +78,29 @@ def _epoch(value: dt.datetime) -> float:
 
 
 def parse_client_time(value: Any) -> dt.datetime:
-    """A client's timestamp: epoch seconds (X-OC-Mtime, rclone) or an HTTP/ISO date string."""
+    """A client's timestamp: epoch seconds (X-OC-Mtime, rclone) or an HTTP date string.
+    BadRequest when it is neither, or outside the years 1 to 9999."""
     if isinstance(value, int | float):
-        return dt.datetime.fromtimestamp(float(value), dt.UTC)
+        return from_epoch(float(value))
     text = str(value or "").strip()
+    seconds: float | None
     try:
-        return dt.datetime.fromtimestamp(float(text), dt.UTC)
+        seconds = float(text)
     except ValueError:
-        pass
-    seconds = util.parse_time_string(text)
+        seconds = _http_date_seconds(text)
     if seconds is None:
-        raise DAVError(HTTP_BAD_REQUEST, context_info=f"unreadable time {text!r}")
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+        raise BadRequest(f"unreadable time {text!r}")
+    return from_epoch(seconds)
+
+
+def _http_date_seconds(text: str) -> float | None:
+    """Seconds since 1970 of an HTTP date, or None; WsgiDAV's parser raises ValueError on a
+    well-formed date past year 9999 (``Wed, 04 Jan 99999 10:00:00 GMT``)."""
+    try:
+        seconds = util.parse_time_string(text)
+    except (ValueError, OverflowError):
+        return None
+    return None if seconds is None else float(seconds)
 
 
 class _NodeResource:
@@ -159,7 +173,12 @@ class _NodeResource:
         if name in _LOCK_PROPS:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
         if name in _MTIME_PROPS and value is not None:
-            return self.set_last_modified(self.path, value.text, dry_run=dry_run)
+            try:
+                mtime = parse_client_time(value.text)
+            except BadRequest as exc:
+                # RFC 4918 9.2: 409 for a value not appropriate to the property.
+                raise DAVError(HTTP_CONFLICT, context_info=str(exc)) from None
+            return self.set_last_modified(self.path, mtime, dry_run=dry_run)
         if name == live_props.CHECKSUMS:
             # rclone sends its checksums along with a new mtime; ours are computed from the
             # bytes, so the client's are accepted and not stored.
@@ -184,7 +203,10 @@ class _NodeResource:
         """Dead properties belong to the node; they go when the node goes."""
 
     def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
-        mtime = parse_client_time(time_stamp)
+        with dav_errors():
+            mtime = (
+                time_stamp if isinstance(time_stamp, dt.datetime) else parse_client_time(time_stamp)
+            )
         if dry_run:
             return True
         with dav_errors():

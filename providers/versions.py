@@ -29,6 +29,7 @@ from davserver.services.versions import (
     VersionInfo,
     VersionService,
     entry_name,
+    version_no_of,
 )
 from providers.computed import DS, ComputedProperties, StoredBytes, prop
 from providers.digests import repr_digest
@@ -283,6 +284,9 @@ def version_entry(provider: DavProvider, res: Any, environ: dict[str, Any]) -> V
 def _version_number(environ: dict[str, Any]) -> int:
     values = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)["version"]
     text = values[0].strip() if len(values) == 1 else ""
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or not text.strip("0"):
         raise BadRequest("?version= takes one version number, 1 or more")
-    return int(text)
+    number = version_no_of(text)
+    if number is None:
+        raise NotFound(f"no version {text}")
+    return number

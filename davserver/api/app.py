@@ -49,6 +49,7 @@ from davserver.errors import (
 )
 from davserver.jsonsafe import plain
 from davserver.services.actor import Actor
+from davserver.services.bounds import check_days, days_from_now
 from davserver.services.namespace import AccessContext, Reached
 from davserver.services.package_archive import PackageView
 from davserver.services.permissions import Perm
@@ -154,7 +155,7 @@ class ApiApp:
                     actor.user_id,
                     _text(body, "name"),
                     description=_optional_text(body, "description") or "",
-                    expires_days=_days(body, at_least=0, meaning="0: never expires"),
+                    expires_days=_days(body, at_least=0, what="expires_days (0: never expires)"),
                 )
                 return 201, self._package(actor, created)
             case "GET", [name]:
@@ -166,7 +167,7 @@ class ApiApp:
                     packages.get(actor.user_id, name),
                     name=_optional_text(body, "name"),
                     description=_optional_text(body, "description"),
-                    expires_days=_days(body, at_least=0, meaning="0: never expires"),
+                    expires_days=_days(body, at_least=0, what="expires_days (0: never expires)"),
                 )
                 return 200, self._package(actor, changed)
             case "DELETE", [name]:
@@ -221,7 +222,7 @@ class ApiApp:
         )
 
     def _create_key(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
-        expires = _expiry(_days(body, at_least=1, meaning="at least 1"))
+        expires = _expiry(_days(body, at_least=1))
         scope = body.get("scope", "readwrite")
         if not isinstance(scope, str):
             raise BadRequest("scope is read or readwrite")
@@ -249,7 +250,7 @@ class ApiApp:
             wanted = Perm.parse(rights)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        expires = _expiry(_days(body, at_least=1, meaning="at least 1"))
+        expires = _expiry(_days(body, at_least=1))
         user, group = body.get("user"), body.get("group")
         if not isinstance(user, str | None) or not isinstance(group, str | None):
             raise BadRequest("user and group are names")
@@ -310,14 +311,11 @@ def _body(environ: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _days(body: dict[str, Any], *, at_least: int, meaning: str) -> int | None:
-    """The body's ``expires_days``: None when absent, else a whole number >= ``at_least``."""
+def _days(body: dict[str, Any], *, at_least: int, what: str = "expires_days") -> int | None:
+    """The body's ``expires_days``: None when absent, else a whole number from ``at_least``
+    to ``bounds.MAX_DAYS``; BadRequest for anything else."""
     days = body.get("expires_days")
-    if days is not None and (
-        not isinstance(days, int) or isinstance(days, bool) or days < at_least
-    ):
-        raise BadRequest(f"expires_days is a whole number of days ({meaning})")
-    return days
+    return None if days is None else check_days(days, at_least=at_least, what=what)
 
 
 def _optional_text(body: dict[str, Any], name: str) -> str | None:
@@ -329,7 +327,7 @@ def _optional_text(body: dict[str, Any], name: str) -> str | None:
 
 
 def _expiry(days: int | None) -> dt.datetime | None:
-    return dt.datetime.now(dt.UTC) + dt.timedelta(days=days) if days else None
+    return days_from_now(days) if days else None
 
 
 def _query(environ: dict[str, Any]) -> dict[str, str]:

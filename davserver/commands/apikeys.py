@@ -7,27 +7,16 @@ key's prefix (its first 12 characters), which ``revoke`` accepts, as it does the
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from typing import Any
 
-from davserver.commands.common import add_json_flag, emit_item, emit_rows, open_services
-from davserver.db.types import utcnow
+from davserver.commands.common import add_json_flag, days, emit_item, emit_rows, open_services
+from davserver.services.bounds import days_from_now
 
 KEY_COLUMNS = ("prefix", "name", "scope", "status", "created_at", "expires_at", "last_used_at")
 
 
-def _days(text: str) -> int:
-    try:
-        days = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
-    if days < 1:
-        raise argparse.ArgumentTypeError("a key lives at least 1 day")
-    return days
-
-
 def cmd_apikey_create(args: argparse.Namespace) -> int:
-    expires_at = utcnow() + dt.timedelta(days=args.expires) if args.expires else None
+    expires_at = days_from_now(args.expires) if args.expires else None
     with open_services(args) as services:
         user_id = services.users.user_id(args.username)
         info, key = services.api_keys.create(
@@ -73,7 +62,10 @@ def register(commands: Any) -> None:
     create.add_argument("--name", required=True, help="what the key is for, e.g. 'backup job'")
     create.add_argument("--read-only", action="store_true", help="the key may read but never write")
     create.add_argument(
-        "--expires", type=_days, metavar="DAYS", help="expire after DAYS days (default: never)"
+        "--expires",
+        type=days(at_least=1),
+        metavar="DAYS",
+        help="expire after DAYS days (default: never)",
     )
     add_json_flag(create)
     create.set_defaults(func=cmd_apikey_create)

@@ -11,13 +11,15 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from davserver.config import load_settings
 from davserver.context import Services
+from davserver.errors import BadRequest
 from davserver.jsonsafe import plain
+from davserver.services.bounds import check_days
 from davserver.services.maintenance import Progress
 
 
@@ -112,18 +114,33 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+def whole_number(at_least: int, at_most: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``at_least`` to ``at_most``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not at_least <= value <= at_most:
+            raise argparse.ArgumentTypeError(f"must be from {at_least} to {at_most}")
+        return value
+
+    return parse
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
+def days(at_least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of days from ``at_least`` to ``bounds.MAX_DAYS``."""
+
+    def parse(text: str) -> int:
+        try:
+            return check_days(int(text), at_least=at_least, what="DAYS")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+        except BadRequest as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def item_path(text: str) -> tuple[str, str]:

@@ -16,10 +16,10 @@ from davserver.commands.common import (
     add_json_flag,
     emit_item,
     human_size,
-    non_negative_int,
     open_services,
-    positive_int,
+    whole_number,
 )
+from davserver.services.bounds import MAX_INTEGER, MAX_SECONDS
 from davserver.services.maintenance import FsckReport, MaintenanceService
 
 
@@ -35,7 +35,7 @@ def register(commands: Any) -> None:
     )
     gc.add_argument(
         "--grace",
-        type=non_negative_int,
+        type=whole_number(0, MAX_SECONDS),
         metavar="SECONDS",
         help="leave anything younger alone (default: maintenance.gc_grace_seconds); "
         "0 also takes the temp files of uploads in progress, so only with the server stopped",
@@ -52,7 +52,7 @@ def register(commands: Any) -> None:
     )
     fsck.add_argument(
         "--sample",
-        type=positive_int,
+        type=whole_number(1, MAX_INTEGER),
         metavar="N",
         help="check N blobs picked at random (skips the orphan scan)",
     )

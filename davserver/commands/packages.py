@@ -13,10 +13,10 @@ from typing import Any
 
 from davserver.commands.common import (
     add_json_flag,
+    days,
     emit_item,
     emit_rows,
     item_path,
-    non_negative_int,
     open_services,
 )
 from davserver.context import Services
@@ -151,7 +151,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     create.add_argument("--description", default="", help="shown in listings and the manifest")
     create.add_argument(
         "--expires",
-        type=non_negative_int,
+        type=days(at_least=0),
         metavar="DAYS",
         help="expire after DAYS days (0: never; default: packages.default_expiry_days)",
     )
@@ -165,7 +165,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     update.add_argument("--description", help="a new description")
     update.add_argument(
         "--expires",
-        type=non_negative_int,
+        type=days(at_least=0),
         metavar="DAYS",
         help="expire DAYS days from now (0: never)",
     )

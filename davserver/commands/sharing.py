@@ -8,11 +8,17 @@ right; each grant and revoke is in the logbook.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 
-from davserver.commands.common import add_json_flag, emit_item, emit_rows, item_path, open_services
-from davserver.db.types import utcnow
+from davserver.commands.common import (
+    add_json_flag,
+    days,
+    emit_item,
+    emit_rows,
+    item_path,
+    open_services,
+)
 from davserver.errors import BadRequest
+from davserver.services.bounds import days_from_now
 from davserver.services.permissions import Perm
 
 GRANT_COLUMNS = ("id", "grantee", "rights", "granted_by", "granted_at", "expires_at")
@@ -27,7 +33,7 @@ def cmd_grant(args: argparse.Namespace) -> int:
         rights = Perm.parse(args.rights.split(","))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    expires = utcnow() + dt.timedelta(days=args.expires) if args.expires else None
+    expires = days_from_now(args.expires) if args.expires else None
     with open_services(args) as services:
         node = services.namespace.locate(*args.item)
         info = services.sharing.grant(
@@ -65,7 +71,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     grant.add_argument(
         "--rights", required=True, help="comma-separated: read, download, write, share (or all)"
     )
-    grant.add_argument("--expires", type=int, metavar="DAYS", help="expire after DAYS days")
+    grant.add_argument(
+        "--expires", type=days(at_least=1), metavar="DAYS", help="expire after DAYS days"
+    )
     add_json_flag(grant)
     grant.set_defaults(func=cmd_grant)
 

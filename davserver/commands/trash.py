@@ -19,11 +19,11 @@ from typing import Any
 from davserver.commands.common import (
     ProgressLine,
     add_json_flag,
+    days,
     emit_item,
     emit_rows,
     human_size,
     item_path,
-    non_negative_int,
     open_services,
 )
 from davserver.context import Services
@@ -69,7 +69,7 @@ def register(commands: Any) -> None:
     purge.add_argument("--user", help="only this user's trash")
     purge.add_argument(
         "--older-than",
-        type=non_negative_int,
+        type=days(at_least=0),
         metavar="DAYS",
         help="deleted more than DAYS ago (default: trash.retention_days; 0: everything)",
     )

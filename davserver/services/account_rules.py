@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from davserver.errors import BadRequest, Conflict, Forbidden, NotFound
 from davserver.models import User
 from davserver.services.actor import Actor
+from davserver.services.bounds import MAX_BYTES, check_bytes
 
 # ensure_roles(session) -> {role name: id}, creating the system roles when missing
 # (AccountService.ensure_roles): how the services find role ids.
@@ -96,14 +97,18 @@ def generate_password() -> str:
 
 def parse_size(text: str) -> int | None:
     """Bytes from ``"500"``, ``"10M"``, ``"2G"``, ``"1TiB"`` (binary multiples); None for
-    ``""``, ``"none"`` or ``"unlimited"``. BadRequest for anything else."""
+    ``""``, ``"none"`` or ``"unlimited"``. BadRequest for anything else, and for more than
+    ``bounds.MAX_BYTES`` (the quota column is a BigInteger)."""
     text = text.strip()
     if text.lower() in ("", "none", "unlimited"):
         return None
     match = _SIZE.fullmatch(text)
     if not match:
         raise BadRequest(f"not a size (bytes, or a number with K, M, G or T): {text!r}")
-    return int(match.group(1)) * _SIZE_FACTORS[match.group(2).upper()]
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > len(str(MAX_BYTES)):  # before int(), which refuses 4,300 digits
+        raise BadRequest(f"a quota is 0 to {MAX_BYTES} bytes (8 EiB): {text!r}")
+    return check_bytes(int(digits) * _SIZE_FACTORS[match.group(2).upper()], what="a quota")
 
 
 def format_size(size: int | None) -> str:

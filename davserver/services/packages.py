@@ -40,6 +40,7 @@ from davserver.models import Op
 from davserver.services.accounts import user_with_roles
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
+from davserver.services.bounds import check_days, days_from_now
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.package_archive import (
     PackageArchive,
@@ -598,10 +599,9 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def _expires_at(days: int) -> dt.datetime | None:
-    """When a package given ``days`` from now expires; None for 0 (never)."""
-    if days < 0:
-        raise BadRequest("expiry is a number of days, 0 for never")
-    return utcnow() + dt.timedelta(days=days) if days else None
+    """When a package given ``days`` from now expires; None for 0 (never). BadRequest for a
+    number of days that is negative or past ``bounds.MAX_DAYS``."""
+    return days_from_now(check_days(days, at_least=0, what="a package's expiry in days (0: never)"))
 
 
 def _shown(fields: dict[str, Any]) -> dict[str, Any]:

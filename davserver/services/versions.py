@@ -101,6 +101,10 @@ class VersionEntry:
         return entry_name(self.reached.view.name, self.version.version_no)
 
 
+# file_versions.version_no is an Integer: 32 bits on PostgreSQL.
+MAX_VERSION_NO = 2**31 - 1
+
+
 def entry_name(file_name: str, version_no: int) -> str:
     """``report.docx``, 3 -> ``report.v3.docx``; ``Makefile``, 3 -> ``Makefile.v3``."""
     stem, ext = posixpath.splitext(file_name)
@@ -116,6 +120,15 @@ def parse_entry_name(file_name: str, entry: str) -> int | None:
         return None
     digits = entry[len(head) : len(entry) - len(ext)]
     if not digits.isascii() or not digits.isdigit() or digits.startswith("0"):
+        return None
+    return version_no_of(digits)
+
+
+def version_no_of(digits: str) -> int | None:
+    """The number ASCII ``digits`` spell, or None past MAX_VERSION_NO: a number no version can
+    have names none, rather than overflowing the query (or ``int``, at 4,300 digits)."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_VERSION_NO)) or int(digits) > MAX_VERSION_NO:
         return None
     return int(digits)
 

@@ -170,6 +170,10 @@ def test_user_lifecycle(cli: Cli) -> None:
         (("user", "create", "zed", "--email", "nope"), None, "not an e-mail"),
         (("user", "create", "zed", "--role", "wizard"), None, "unknown role"),
         (("user", "create", "zed", "--quota", "10X"), None, "not a size"),
+        (("user", "create", "zed", "--quota", "99999999999999999999T"), None, "8 EiB"),
+        (("user", "create", "zed", "--quota", "8388608T"), None, "8 EiB"),  # 2**63 bytes
+        (("user", "quota", "admin1", "99999999999999999999T"), None, "8 EiB"),
+        (("user", "quota", "admin1", "9223372036854775808"), None, "8 EiB"),
         (("user", "create", "zed", "--password-stdin"), "", "no password on standard input"),
         (("user", "create", "zed", "--password-stdin"), "short\n", "at least 8"),
         (("user", "show", "nobody"), None, "no user 'nobody'"),
@@ -202,6 +206,9 @@ def test_bad_input_is_one_line_and_status_1(
         ("apikey", "create", "alice"),  # --name is required
         ("apikey", "create", "alice", "--name", "k", "--expires", "0"),
         ("apikey", "create", "alice", "--name", "k", "--expires", "soon"),
+        ("apikey", "create", "alice", "--name", "k", "--expires", "36501"),
+        ("apikey", "create", "alice", "--name", "k", "--expires", "3000000"),
+        ("apikey", "create", "alice", "--name", "k", "--expires", "9" * 30),
         ("group", "add", "staff"),
     ],
 )
@@ -342,3 +349,11 @@ def test_import_from_stdin(cli: Cli) -> None:
     text = f"username,password_hash\nomar,{BCRYPT_HASH}\n"
     result = cli("user", "import", "-", stdin=text)
     assert result.code == 0 and result.out.startswith("imported 1 user(s): omar")
+
+
+def test_the_largest_quota_fits_the_column(cli: Cli) -> None:
+    cli.json("user", "create", "erin")
+    largest = str(2**63 - 1)
+    assert cli.json("user", "quota", "erin", largest)["quota_bytes"] == 2**63 - 1
+    assert cli.json("user", "show", "erin")["quota_bytes"] == 2**63 - 1
+    assert cli.json("user", "quota", "erin", "8388607T")["quota_bytes"] == 8388607 << 40

@@ -129,9 +129,12 @@ def test_update_changes_expiry_and_description(cli: Cli) -> None:
     assert changed["description"] == "kept" and changed["expires_at"] is None
     nothing = cli("package", "update", "alice:notes")
     assert nothing.code == 1 and "nothing to change" in nothing.err
-    with pytest.raises(SystemExit) as usage:
-        cli("package", "update", "alice:notes", "--expires", "-3")
-    assert usage.value.code == 2
+    for days in ("-3", "36501", "99999999"):
+        for verb, name in (("update", "alice:notes"), ("create", "alice:later")):
+            with pytest.raises(SystemExit) as usage:
+                cli("package", verb, name, "--expires", days)
+            assert usage.value.code == 2
+    assert cli("package", "show", "alice:later").code == 1
     assert cli("package", "update", "alice:none", "--expires", "3").code == 1
     renamed = cli.json("package", "update", "alice:notes", "--name", "minutes")
     assert renamed["name"] == "minutes" and renamed["description"] == "kept"

@@ -60,6 +60,11 @@ def test_bad_input_is_one_line_and_exit_1(cli: Cli, services: Services) -> None:
         "grant", "alice:/doc.txt", "--to", "alice", "--rights", "read"
     )
     assert "no such grant" in cli.fails("revoke", "alice:/doc.txt", "bob")
+    for days in ("99999999", "36501", "0", "-5", "soon"):  # past year 9999, or no expiry
+        with pytest.raises(SystemExit) as usage:
+            cli("grant", "alice:/doc.txt", "--to", "bob", "--rights", "read", "--expires", days)
+        assert usage.value.code == 2
+    assert cli.json("grants", "alice:/doc.txt") == []
     with pytest.raises(SystemExit) as usage:  # argparse's own exit for a malformed item
         cli("grant", "no-colon", "--to", "bob", "--rights", "read")
     assert usage.value.code == 2

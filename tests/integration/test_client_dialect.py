@@ -73,6 +73,72 @@ def test_x_oc_mtime_is_kept_and_acknowledged(srv: InprocServer, folder: str) -> 
     assert "X-OC-MTime" not in put(srv, folder + "b.txt", b"untimed", {}).headers
 
 
+# Past year 9999, too large for any clock, negative, not a number, fractional, empty, and a
+# digit Python's str.isdigit() accepts but int() refuses (a latin-1 superscript two).
+UNUSABLE_MTIMES = ["253402300800", "99999999999999", "9" * 30, "-5", "soon", "1.5", "", "\xb2"]
+
+
+@pytest.mark.parametrize("value", UNUSABLE_MTIMES)
+def test_an_unusable_x_oc_mtime_is_a_400_that_stores_nothing(
+    srv: InprocServer, folder: str, value: str
+) -> None:
+    response = put(srv, folder + "new.txt", b"NEW", {"X-OC-Mtime": value})
+    assert response.status == 400, (response.status, response.body[:500])
+    assert b"X-OC-Mtime" in response.body and b"Traceback" not in response.body
+    assert srv.request("GET", folder + "new.txt").status == 404
+    assert put(srv, folder + "old.txt", b"OLD", {}).status == 201
+    assert put(srv, folder + "old.txt", b"NEW", {"X-OC-Mtime": value}).status == 400
+    assert srv.request("GET", folder + "old.txt").body == b"OLD"
+    assert srv.request("MKCOL", folder + "sub/", None, {"X-OC-Mtime": value}).status == 400
+    assert srv.request("PROPFIND", folder + "sub/", None, {"Depth": "0"}).status == 404
+    assert blob_tmp_files(srv) == []
+
+
+@pytest.mark.parametrize("seconds", [0, 253402300799])
+def test_an_x_oc_mtime_at_the_ends_of_the_range_is_kept(
+    srv: InprocServer, folder: str, seconds: int
+) -> None:
+    response = put(srv, folder + "edge.txt", b"edge", {"X-OC-Mtime": str(seconds)})
+    assert response.status == 201, response.body[:500]
+    (prop,) = propfind(srv, folder + "edge.txt").values()
+    modified = email.utils.parsedate_to_datetime(prop.findtext(f"{DAV}getlastmodified") or "")
+    assert int(modified.timestamp()) == seconds
+
+
+def lastmodified_patch(value: str) -> bytes:
+    return (
+        b'<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:"><d:set><d:prop>'
+        b"<d:getlastmodified>" + value.encode() + b"</d:getlastmodified>"
+        b"</d:prop></d:set></d:propertyupdate>"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Wed, 04 Jan 99999 10:00:00 GMT",
+        "99999999999999",
+        "-99999999999999",
+        "1e400",
+        "nan",
+        "not a date",
+    ],
+)
+def test_an_unusable_getlastmodified_is_a_409_propstat(
+    srv: InprocServer, folder: str, value: str
+) -> None:
+    """RFC 4918 9.2: 409 for a value whose semantics are not appropriate for the property."""
+    assert put(srv, folder + "p.txt", b"patched", {"X-OC-Mtime": "1600000000"}).status == 201
+    response = srv.request("PROPPATCH", folder + "p.txt", lastmodified_patch(value))
+    assert response.status == 207
+    statuses = [s.text for s in ElementTree.fromstring(response.body).iter(f"{DAV}status")]
+    assert statuses == ["HTTP/1.1 409 Conflict"], response.body
+    assert b"Source exception" not in response.body
+    (prop,) = propfind(srv, folder + "p.txt").values()
+    modified = email.utils.parsedate_to_datetime(prop.findtext(f"{DAV}getlastmodified") or "")
+    assert int(modified.timestamp()) == 1600000000
+
+
 def test_checksums_fileid_and_sizes_are_properties(srv: InprocServer, folder: str) -> None:
     body = os.urandom(3000)
     assert srv.request("MKCOL", folder + "sub/").status == 201

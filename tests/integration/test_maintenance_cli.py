@@ -134,8 +134,16 @@ def test_bad_arguments_are_refused(run: Any) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run("fsck", "--since", "yesterday")
     assert exit_info.value.code == 2
-    with pytest.raises(SystemExit):
-        run("gc", "--grace", "-5")
+    for args in (
+        ("gc", "--grace", "-5"),
+        ("gc", "--grace", "99999999999999999"),  # past what a timedelta holds
+        ("gc", "--grace", "9" * 30),
+        ("fsck", "--sample", "0"),
+        ("fsck", "--sample", "99999999999999999999"),  # past the database's integers
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run(*args)
+        assert exit_info.value.code == 2, args
 
 
 def test_recount_fixes_a_running_total_that_is_off(run: Any, db_url: str) -> None:

@@ -319,3 +319,35 @@ def test_an_expired_package_cannot_be_revived(server: InprocServer, alice: User)
             .values(expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
         )
     assert alice.api("PATCH", "/packages/gone", {"expires_days": 30})[0] == 404
+
+
+@pytest.mark.parametrize("days", [36_501, 3_000_000, 10**30, 1.5, "7", True])
+def test_expiry_days_out_of_range_are_a_json_400(
+    server: InprocServer, alice: User, bob: User, days: object
+) -> None:
+    """expires_days past the calendar (year 9999) is refused like any bad field, never a 500;
+    the same rule for API keys, grants and packages, on create and on update."""
+    alice.put("/files/a.txt", b"alpha")
+    assert alice.api("POST", "/packages", {"name": "p"})[0] == 201
+    grant = {"path": "/files/a.txt", "user": bob.name, "rights": ["read"]}
+    key = {"name": "k", "scope": "read"}
+    for method, path, body in [
+        ("POST", "/keys", key),
+        ("POST", "/grants", grant),
+        ("POST", "/packages", {"name": "q"}),
+        ("PATCH", "/packages/p", {}),
+    ]:
+        status, error = alice.api(method, path, {**body, "expires_days": days})
+        assert status == 400, (path, status, error)
+        assert error["error"] == "bad_request" and "expires_days" in error["message"], error
+    assert alice.api("GET", "/keys")[1]["keys"] == []
+    assert alice.api("GET", "/grants?path=/files/a.txt")[1]["grants"] == []
+    assert [p["name"] for p in alice.api("GET", "/packages")[1]["packages"]] == ["p"]
+
+
+def test_the_longest_expiry_is_accepted(server: InprocServer, alice: User, bob: User) -> None:
+    alice.put("/files/a.txt", b"alpha")
+    grant = {"path": "/files/a.txt", "user": bob.name, "rights": ["read"], "expires_days": 36_500}
+    assert alice.api("POST", "/grants", grant)[0] == 201
+    assert alice.api("POST", "/keys", {"name": "k", "expires_days": 36_500})[0] == 201
+    assert alice.api("POST", "/packages", {"name": "p", "expires_days": 36_500})[0] == 201

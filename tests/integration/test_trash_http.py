@@ -315,9 +315,13 @@ def test_items_past_retention_are_purged(server: InprocServer, alice: User, cli:
     assert status == 0 and report["items_purged"] == 1 and report["versions_removed"] == 1
     assert count(server, Node, Node.id == stale[bob.name]) == 0
     status, items, _ = cli("trash", "list", bob.name)
-    assert status == 0 and [item["name"] for item in items] == [
-        listed(bob, "/files/fresh.txt").removeprefix("/trash/")
-    ]
+    fresh = listed(bob, "/files/fresh.txt").removeprefix("/trash/")
+    assert status == 0 and [item["name"] for item in items] == [fresh]
+    for days in ("99999999999", "36501", "-1"):  # past the calendar: a usage error
+        with pytest.raises(SystemExit) as usage:
+            cli("trash", "purge", "--user", bob.name, "--older-than", days)
+        assert usage.value.code == 2
+    assert bob.members("/trash/") == [fresh]
     status, report, _ = cli("trash", "purge", "--user", bob.name, "--older-than", "0")
     assert status == 0 and report["items_purged"] == 1
     assert originals(bob) == []

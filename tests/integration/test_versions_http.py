@@ -469,3 +469,18 @@ def test_a_0_byte_put_of_a_new_file_stores_nothing(engine: str, tmp_path: Path) 
         assert list(store.iter_temp_files()) == []
         report = maintenance.check()
         assert report.ok and report.blobs_checked == 2 and report.files_scanned == 2
+
+
+@pytest.mark.parametrize("number", ["2147483648", "99999999999999999999", "9" * 5000])
+def test_a_version_number_past_any_stored_one_is_not_found(
+    server: InprocServer, alice: User, number: str
+) -> None:
+    """Version numbers are 32-bit integers on PostgreSQL; a larger one names no version (404),
+    it is not an overflow in the query (500)."""
+    assert alice.put("/files/big.txt", b"one") == 201
+    assert alice("GET", f"/files/big.txt?version={number}").status == 404
+    assert alice("HEAD", f"/files/big.txt?version={number}").status == 404
+    assert alice("GET", f"/versions/files/big.txt/big.v{number}.txt").status == 404
+    assert alice("PROPFIND", f"/versions/files/big.txt/big.v{number}.txt").status == 404
+    assert alice("GET", "/files/big.txt?version=0001").body == b"one"
+    assert alice("GET", "/files/big.txt?version=000").status == 400

@@ -1,0 +1,53 @@
+"""Bounds on the numbers people and clients type: days, byte counts and client times.
+
+Python's datetimes end with the year 9999 and the database's integer columns at 2**63 - 1
+(BigInteger on both engines), so a number beyond either is refused here as BadRequest,
+before anything is computed or stored, instead of surfacing as an OverflowError or a
+database error halfway through a request. Every front (WebDAV, the JSON API, the command
+line) parses through these.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+from davserver.db.types import utcnow
+from davserver.errors import BadRequest
+
+# A hundred years: longer than any expiry or retention anyone means, and far from year 9999.
+MAX_DAYS = 36_500
+MAX_SECONDS = MAX_DAYS * 86_400
+# The database's largest integer (BigInteger, SQLite's INTEGER): quotas and sizes, LIMITs.
+MAX_INTEGER = 2**63 - 1
+MAX_BYTES = MAX_INTEGER
+
+
+def check_days(days: int, *, at_least: int, what: str = "a number of days") -> int:
+    """``days`` when it is a whole number from ``at_least`` to MAX_DAYS; BadRequest if not."""
+    if isinstance(days, bool) or not isinstance(days, int) or not at_least <= days <= MAX_DAYS:
+        raise BadRequest(f"{what} is a whole number from {at_least} to {MAX_DAYS}")
+    return days
+
+
+def days_from_now(days: int) -> dt.datetime | None:
+    """The moment ``days`` (checked, 0 or more) from now; None for 0 (never)."""
+    return utcnow() + dt.timedelta(days=check_days(days, at_least=0)) if days else None
+
+
+def check_bytes(size: int, *, what: str = "a size") -> int:
+    """``size`` when it fits the database's byte columns (0 to MAX_BYTES); BadRequest if not."""
+    if not 0 <= size <= MAX_BYTES:
+        raise BadRequest(f"{what} is 0 to {MAX_BYTES} bytes (8 EiB): {size}")
+    return size
+
+
+def from_epoch(seconds: float) -> dt.datetime:
+    """The UTC time ``seconds`` after 1970 names; BadRequest when it is not a finite number of
+    seconds within the years 1 to 9999."""
+    if not math.isfinite(seconds):
+        raise BadRequest(f"not a time: {seconds}")
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise BadRequest(f"a time outside the years 1 to 9999: {seconds:.0f}") from None
