@@ -82,12 +82,13 @@ class Application:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "")
-        if method not in _STREAMED_METHODS:
-            length = environ.get("CONTENT_LENGTH", "") or "0"
-            if not length.isdigit():
-                return _plain(start_response, "400 Bad Request", "Invalid Content-Length\n")
-            if int(length) > self.settings.server.max_xml_body:
-                return _plain(start_response, "413 Content Too Large", "Request body too large\n")
+        length = environ.get("CONTENT_LENGTH", "") or "0"
+        # Checked for every method: cheroot passes "-5" and "+5" on, and a PUT then failed
+        # reading its body (ValueError, a 500).
+        if not (length.isascii() and length.isdigit()):
+            return _plain(start_response, "400 Bad Request", "Invalid Content-Length\n")
+        if method not in _STREAMED_METHODS and int(length) > self.settings.server.max_xml_body:
+            return _plain(start_response, "413 Content Too Large", "Request body too large\n")
         problem = _path_problem(environ.get("PATH_INFO", ""))
         if problem:
             return _plain(start_response, "400 Bad Request", problem + "\n")

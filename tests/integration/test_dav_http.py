@@ -942,6 +942,41 @@ def test_xml_body_at_the_limit_is_accepted(srv: InprocServer, folder: str) -> No
     assert response.status == 207
 
 
+def raw_request(srv: InprocServer, head_lines: list[str], body: bytes = b"") -> Response:
+    """Send one request exactly as given (no client to correct its headers) and read the answer."""
+    head = "\r\n".join(
+        [
+            *head_lines,
+            f"Host: {HOST}:{srv.port}",
+            f"Authorization: {basic_auth_header(srv.user, srv.password)}",
+            "Connection: close",
+        ]
+    )
+    sock = socket.create_connection((HOST, srv.port), timeout=10)
+    try:
+        sock.sendall(head.encode("latin-1") + b"\r\n\r\n" + body)
+        response = http.client.HTTPResponse(sock, method=head_lines[0].split()[0])
+        response.begin()
+        return Response(response.status, dict(response.getheaders()), response.read())
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("method", ["PUT", "GET", "HEAD", "PROPFIND"])
+@pytest.mark.parametrize("length", ["-5", "+5", "5x", "0x5"])
+def test_a_malformed_content_length_is_a_400_that_stores_nothing(
+    srv: InprocServer, folder: str, method: str, length: str
+) -> None:
+    url = folder + "cl.txt"
+    response = raw_request(
+        srv, [f"{method} {path_of(url)} HTTP/1.1", f"Content-Length: {length}", "Depth: 0"], b"abc"
+    )
+    assert response.status == 400, (response.status, response.body[:500])
+    no_traceback(response)
+    assert call(srv, "GET", url).status == 404
+    put(srv, url, b"fine")  # the server still works
+
+
 @pytest.mark.parametrize("method", ["FROB", "BREW", "PATCH", "SEARCH"])
 def test_unknown_method_is_405_or_501(srv: InprocServer, folder: str, method: str) -> None:
     response = call(srv, method, folder)
