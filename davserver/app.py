@@ -17,6 +17,7 @@ from davserver.config import Settings
 from davserver.context import Services
 from davserver.errors import TooManyRequests, Unauthorized
 from providers.dispatch import DavRequestResolver
+from providers.error_printer import ErrorPrinter
 from providers.lock_manager import LockManager
 from providers.lock_storage import SqlLockStorage
 from providers.packages import register as register_packages
@@ -69,7 +70,7 @@ class Application:
             "dir_browser": {"enable": False},
             "middleware_stack": [
                 # Authentication happens before WsgiDAV (``Application.__call__``).
-                "wsgidav.error_printer.ErrorPrinter",
+                ErrorPrinter,
                 DavRequestResolver,
             ],
             "verbose": 1,

@@ -35,6 +35,7 @@ from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from providers import live_props
 from providers.digests import expected_digests, repr_digest
+from providers.error_printer import logs_unexpected
 from providers.errors import dav_errors
 from providers.lock_storage import SqlLockStorage
 from providers.xml_safety import stored_elements
@@ -169,6 +170,7 @@ class _NodeResource:
             return etree.fromstring(text)
         return _DAVResource.get_property_value(self, name)
 
+    @logs_unexpected
     def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
         if name in _LOCK_PROPS:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import http.client
 import io
+import logging
 import secrets
 import select
 import socket
@@ -975,6 +976,58 @@ def test_a_malformed_content_length_is_a_400_that_stores_nothing(
     no_traceback(response)
     assert call(srv, "GET", url).status == 404
     put(srv, url, b"fine")  # the server still works
+
+
+@pytest.fixture
+def unexpected_error(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make reading a file's content and setting a file's mtime fail as a bug would."""
+    marker = f"unexpected-{uuid.uuid4().hex[:8]}"
+
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError(marker)
+
+    monkeypatch.setattr("providers.resources.FileResource.get_content", fail)
+    monkeypatch.setattr("davserver.services.files.FileService.set_mtime", fail)
+    return marker
+
+
+def test_an_unexpected_error_is_logged_once_and_answered_500_without_details(
+    srv: InprocServer, folder: str, caplog: pytest.LogCaptureFixture, unexpected_error: str
+) -> None:
+    url = folder + "bug.txt"
+    put(srv, url, b"content")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        response = call(srv, "GET", url)
+        assert response.status == 500
+        no_traceback(response)
+        assert unexpected_error.encode() not in response.body
+        assert wait_for(lambda: bool(caplog.records), timeout=3.0)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(logged) == 1, [r.getMessage() for r in logged]
+    (record,) = logged
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    assert "GET" in record.getMessage() and path_of(url) in record.getMessage()
+    assert unexpected_error in caplog.text and "Traceback" in caplog.text
+
+
+def test_an_unexpected_error_in_proppatch_is_logged_once_and_a_500_propstat(
+    srv: InprocServer, folder: str, caplog: pytest.LogCaptureFixture, unexpected_error: str
+) -> None:
+    url = folder + "bug.txt"
+    put(srv, url, b"content")
+    body = proppatch_body(set_props="<D:getlastmodified>1600000000</D:getlastmodified>")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        response = call(srv, "PROPPATCH", url, body, {"Content-Type": "application/xml"})
+        assert response.status == 207
+        assert b"500 Internal Server Error" in response.body
+        assert unexpected_error.encode() not in response.body
+        no_traceback(response)
+        assert wait_for(lambda: bool(caplog.records), timeout=3.0)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(logged) == 1, [r.getMessage() for r in logged]
+    assert logged[0].exc_info is not None and logged[0].exc_info[0] is RuntimeError
 
 
 @pytest.mark.parametrize("method", ["FROB", "BREW", "PATCH", "SEARCH"])

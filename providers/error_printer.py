@@ -1,0 +1,107 @@
+"""The outermost WebDAV middleware: a DAVError becomes its status page, a bug a logged 500.
+
+It replaces WsgiDAV's ErrorPrinter, which logs an unexpected exception to the ``wsgidav``
+logger (silent unless WsgiDAV's own logging is set up, and twice when it is) and shows the
+client the exception's text in the 500 page. Here every unexpected exception, and every
+DAVError 500 that carries one (WsgiDAV wraps some, such as a failed PUT body copy), is logged
+once at ERROR with its traceback to ``providers.error_printer``, and the client gets a 500
+that names nothing of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from wsgidav import util
+from wsgidav.dav_error import (
+    HTTP_INTERNAL_ERROR,
+    HTTP_NO_CONTENT,
+    HTTP_NOT_MODIFIED,
+    DAVError,
+    get_http_status_string,
+)
+from wsgidav.mw.base_mw import BaseMiddleware
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ErrorPrinter(BaseMiddleware):
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        held = util.SubAppStartResponse()
+        started = False
+        try:
+            app_iter = self.next_app(environ, held)
+            try:
+                for chunk in app_iter:
+                    if not started:
+                        start_response(held.status, held.response_headers, held.exc_info)
+                        started = True
+                    yield chunk
+            finally:
+                close = getattr(app_iter, "close", None)
+                if close is not None:
+                    close()
+            if not started:
+                start_response(held.status, held.response_headers, held.exc_info)
+            return
+        except DAVError as exc:
+            if started:
+                raise
+            error = exc
+        except Exception as exc:
+            if started:
+                raise  # the answer is under way: cheroot logs it and drops the connection
+            error = DAVError(HTTP_INTERNAL_ERROR, src_exception=exc)
+        yield from _error_response(_logged(error, environ), start_response)
+
+
+def logs_unexpected(method: Callable[..., T]) -> Callable[..., T]:
+    """For a resource method whose exceptions WsgiDAV turns into a status without logging
+    them (``set_property_value``: a PROPPATCH answers 207 with a 500 propstat): log an
+    unexpected exception once and raise a 500 that names nothing of it."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except DAVError:
+            raise
+        except Exception as exc:
+            log_unexpected(exc, self.environ)
+            raise DAVError(HTTP_INTERNAL_ERROR) from None
+
+    return wrapper
+
+
+def log_unexpected(error: BaseException, environ: dict[str, Any]) -> None:
+    """Log an exception no code meant to raise, once, at ERROR with its traceback."""
+    log.error(
+        "%s %s failed",
+        environ.get("REQUEST_METHOD"),
+        environ.get("PATH_INFO"),
+        exc_info=(type(error), error, error.__traceback__),
+    )
+
+
+def _logged(error: DAVError, environ: dict[str, Any]) -> DAVError:
+    """A 500 wrapping an exception is logged, and answered without its text."""
+    if error.value != HTTP_INTERNAL_ERROR or not isinstance(error.src_exception, Exception):
+        return error
+    log_unexpected(error.src_exception, environ)
+    return DAVError(HTTP_INTERNAL_ERROR)
+
+
+def _error_response(error: DAVError, start_response: Any) -> Iterable[bytes]:
+    status = get_http_status_string(error)
+    date = ("Date", util.get_rfc1123_time())
+    if error.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
+        start_response(status, [("Content-Length", "0"), date])
+        return [b""]
+    content_type, body = error.get_response_page()
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), date]
+    start_response(status, headers + (error.add_headers or []))
+    return [body if error.add_body else b""]
