@@ -113,6 +113,20 @@ def lastmodified_patch(value: str) -> bytes:
     )
 
 
+@pytest.mark.parametrize("value", ["-62135596800", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_getlastmodified_at_the_ends_of_the_range_is_kept_and_listed(
+    srv: InprocServer, folder: str, value: str
+) -> None:
+    assert put(srv, folder + "old.txt", b"old", {}).status == 201
+    response = srv.request("PROPPATCH", folder + "old.txt", lastmodified_patch(value))
+    assert response.status == 207 and b"200 OK" in response.body, response.body
+    listing = propfind(srv, folder, depth="1")
+    (prop,) = [p for href, p in listing.items() if href.endswith("/old.txt")]
+    shown = prop.findtext(f"{DAV}getlastmodified") or ""
+    assert shown.endswith((" 0001 00:00:00 GMT", " 9999 23:59:59 GMT")), shown
+    assert srv.request("GET", folder + "old.txt").body == b"old"
+
+
 @pytest.mark.parametrize(
     "value",
     [
