@@ -559,6 +559,7 @@ class FileService:
 
         A file copied onto an existing file becomes that file's newest version, so the
         destination keeps its history; any other overwritten destination goes to the trash.
+        What the copy adds to a user's own space counts against their quota: QuotaExceeded.
         """
         actor.require_write()
         check_name(dest_name)
@@ -685,6 +686,8 @@ class FileService:
         )
         version_id = None
         if source_blob is not None and source.current_version_id != target.current_version_id:
+            if target.group_id is None:  # the target's new size counts against its owner's quota
+                check_quota(session, target.owner_id, source.size - target.size)
             version_id, _ = self.add_version(
                 session, actor, target.id, source_blob, source.size, source.mime_type
             )
@@ -754,6 +757,8 @@ class FileService:
             )
         session.execute(sa.insert(Node), node_values)
         copied = sum(row.size for row in rows if row.kind == NodeKind.FILE.value)
+        if parent_row.group_id is None:  # what the copy adds counts against the owner's quota
+            check_quota(session, parent_row.owner_id, copied)
         add_home_bytes(session, parent_row.owner_id, parent_row.space, copied)
         current = {row.current_version_id: row.id for row in rows if row.current_version_id}
         if current:
@@ -982,7 +987,7 @@ def check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
         return
     if used + growth > quota:
         raise QuotaExceeded(
-            f"this upload needs {growth} more bytes; {max(0, quota - used)} of the quota are left"
+            f"this needs {growth} more bytes; {max(0, quota - used)} of the quota are left"
         )
 
 

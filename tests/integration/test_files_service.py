@@ -19,8 +19,14 @@ from sqlalchemy.orm import Session
 from davserver.blobstore import StoredBlob
 from davserver.db import Base, Database
 from davserver.db.migrate import downgrade, upgrade
-from davserver.errors import AlreadyExists, Conflict, InvalidName, PreconditionFailed
-from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node
+from davserver.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidName,
+    PreconditionFailed,
+    QuotaExceeded,
+)
+from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node, User
 from davserver.services import files as files_module
 from davserver.services import package_rows, tree
 from davserver.services.actor import Actor
@@ -211,6 +217,34 @@ def test_copy_onto_a_file_adds_a_version(
     assert source is not None
     service.copy(actor, source.id, home, "old.txt", replace_id=old.id)
     assert [no for no, _ in versions(database, old.id)] == [1, 2]
+
+
+def set_quota(database: Database, user_id: uuid.UUID, quota: int) -> None:
+    with database.write() as session:
+        session.execute(sa.update(User).where(User.id == user_id).values(quota_bytes=quota))
+
+
+def test_copy_refuses_what_the_quota_cannot_hold(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    folder = service.create_folder(actor, home, "src")
+    big = put(service, actor, folder, "big.bin", b"b" * 600)
+    small = put(service, actor, home, "small.bin", b"s" * 10)
+    set_quota(database, actor.user_id, 1000)
+    refused = [
+        ("a file to a new name", big.id, "big-copy.bin", None),
+        ("a folder", folder.id, "src-copy", None),
+        ("a file onto a smaller one", big.id, "small.bin", small.id),
+    ]
+    for what, source_id, name, replace_id in refused:
+        with pytest.raises(QuotaExceeded):
+            service.copy(actor, source_id, home, name, replace_id=replace_id)
+        assert service.usage(actor.user_id) == (610, 1000), what
+    assert service.resolve(home.id, ["big-copy.bin"]) is None
+    assert service.resolve(home.id, ["src-copy"]) is None
+    assert versions(database, small.id) == [(1, 10)]
+    service.copy(actor, small.id, home, "small-copy.bin")  # what fits, fits
+    assert service.usage(actor.user_id) == (620, 1000)
 
 
 def test_delete_is_soft_and_hides_the_subtree(

@@ -232,6 +232,33 @@ def test_copy_into_another_users_tree_needs_write_there(people: People) -> None:
     assert owners == ids  # bob's original and alice's copy
 
 
+def test_copy_into_own_space_counts_against_the_quota(people: People) -> None:
+    p = people
+    p.server.app.services.users.set_quota(None, p.bob, 1000)
+    assert p.put(p.alice, f"/groups/{p.team}/big.bin", b"g" * 600) == 201
+    assert p.put(p.alice, "/files/big.bin", b"a" * 600) == 201
+    assert p.grant(p.alice, "/files/big.bin", p.bob, "read", "download") == 201
+    assert p.put(p.bob, "/files/small.bin", b"s" * 10) == 201
+
+    def copy(source: str, dest: str) -> int:
+        into = {"Destination": p.server.url + dest}
+        return p.call(p.bob, "COPY", source, headers=into).status
+
+    assert copy(f"/groups/{p.team}/big.bin", "/files/from-group.bin") == 201
+    refused = [
+        (f"/groups/{p.team}/big.bin", "/files/again.bin"),
+        (f"/shared/{p.alice}/big.bin", "/files/from-share.bin"),
+        ("/files/from-group.bin", "/files/copy.bin"),
+        ("/files/from-group.bin", "/files/small.bin"),  # onto an existing file
+    ]
+    assert [copy(source, dest) for source, dest in refused] == [507] * len(refused)
+    users = p.server.app.services.users
+    assert p.server.app.files.usage(users.user_id(p.bob)) == (610, 1000)
+    listing = p.call(p.bob, "PROPFIND", "/files/", headers={"Depth": "1"}).body
+    assert b"again.bin" not in listing and b"from-share.bin" not in listing
+    assert p.call(p.bob, "GET", "/files/small.bin").body == b"s" * 10
+
+
 def test_read_only_grantee_cannot_move_copy_out_or_lock(people: People) -> None:
     p = people
     assert p.put(p.alice, "/files/doc.txt", b"alice's") == 201
