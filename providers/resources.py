@@ -240,7 +240,7 @@ class _NodeResource:
                 principal=self.environ.get("wsgidav.user_name"),
             )
         with dav_errors():
-            self.provider.files.delete(actor_of(self.environ), self.node_id)
+            self.provider.files.delete(actor_of(self.environ), self.node_id, seen=self.view)
         self.provider.drop_locks(self.get_ref_url())  # type: ignore[attr-defined]
         self.provider.forget(self.environ)
         return True
@@ -255,6 +255,7 @@ class _NodeResource:
                 parent.view,
                 name,
                 replace_id=existing.view.id if existing and existing.view else None,
+                seen=self.view,
             )
         self.provider.drop_locks(self.get_ref_url())  # type: ignore[attr-defined]
         if existing is not None and existing.view is not None and existing.view.id != self.node_id:
@@ -281,6 +282,7 @@ class _NodeResource:
                 name,
                 recursive=depth_infinity,
                 replace_id=existing.view.id if existing and existing.view else None,
+                seen=self.view,
             )
         if existing is not None and existing.is_collection:
             self.provider.drop_locks(existing.get_ref_url())  # type: ignore[attr-defined]

@@ -492,11 +492,15 @@ class FileService:
         _make_current(session, node_id, version_id, size, now, mime)
         return version_id, version_no
 
-    def delete(self, actor: Actor, node_id: uuid.UUID) -> None:
-        """Move a node (and so everything below it) to the trash: one UPDATE."""
+    def delete(self, actor: Actor, node_id: uuid.UUID, *, seen: NodeView | None = None) -> None:
+        """Move a node (and so everything below it) to the trash: one UPDATE.
+
+        ``seen`` is the node as the request found it at its URL: NotFound when it has moved
+        or been renamed since (see ``still_where_seen``).
+        """
         actor.require_write()
 
-        self.run_write(lambda session: _trash(session, actor, node_id))
+        self.run_write(lambda session: _trash(session, actor, node_id, seen=seen))
 
     def move(
         self,
@@ -506,18 +510,20 @@ class FileService:
         dest_name: str,
         *,
         replace_id: uuid.UUID | None = None,
+        seen: NodeView | None = None,
     ) -> None:
         """Rename and/or re-parent a node: one UPDATE whatever the size of the subtree.
 
         ``replace_id`` is an existing destination the client agreed to overwrite; it goes to
         the trash first. Moving a node to a name that resolves to itself (a case- or
-        normalization-only rename) just renames it.
+        normalization-only rename) just renames it. ``seen`` is the node as the request
+        found it: NotFound when another request moved it meanwhile (``still_where_seen``).
         """
         actor.require_write()
         check_name(dest_name)
 
         def work(session: Session) -> None:
-            node = held_node(session, node_id)
+            node = still_where_seen(held_node(session, node_id), seen)
             if node.parent_id is None:
                 raise Conflict("the root of a space cannot be moved")
             if (node.owner_id, node.group_id) != (dest_parent.owner_id, dest_parent.group_id):
@@ -554,18 +560,21 @@ class FileService:
         *,
         recursive: bool = True,
         replace_id: uuid.UUID | None = None,
+        seen: NodeView | None = None,
     ) -> None:
         """Copy a node (and, when ``recursive``, its subtree) as new rows sharing the blobs.
 
         A file copied onto an existing file becomes that file's newest version, so the
         destination keeps its history; any other overwritten destination goes to the trash.
         What the copy adds to a user's own space counts against their quota: QuotaExceeded.
+        ``seen`` is the source as the request found it: NotFound when another request moved
+        it meanwhile (``still_where_seen``).
         """
         actor.require_write()
         check_name(dest_name)
 
         def work(session: Session) -> None:
-            source = live_node(session, node_id)
+            source = still_where_seen(live_node(session, node_id), seen)
             if source.id in tree.hold_chain(session, dest_parent.id):
                 raise Conflict("cannot copy a folder into itself")
             if replace_id is not None:
@@ -885,11 +894,27 @@ def hold_folder(session: Session, folder: NodeView) -> None:
         tree.hold_chain(session, folder.id)
 
 
+def still_where_seen(node: Node, seen: NodeView | None) -> Node:
+    """``node`` (locked by the caller), if it is still where a request found it (``seen``,
+    None: wherever it is). NotFound when it has moved or been renamed since: another
+    request's MOVE committed in between, and the request's URL no longer names it. A folder
+    above it moving meanwhile does not matter: the outcome is as if this ran first."""
+    if seen is not None and (node.parent_id, node.name) != (seen.parent_id, seen.name):
+        raise NotFound("no such file or folder: it was moved or renamed meanwhile")
+    return node
+
+
 def _trash(
-    session: Session, actor: Actor, node_id: uuid.UUID, *, overwritten: bool = False
+    session: Session,
+    actor: Actor,
+    node_id: uuid.UUID,
+    *,
+    overwritten: bool = False,
+    seen: NodeView | None = None,
 ) -> None:
-    """Move a node, and so everything below it, to the trash: one UPDATE."""
-    node = held_node(session, node_id)
+    """Move a node, and so everything below it, to the trash: one UPDATE. ``seen``: see
+    ``still_where_seen``."""
+    node = still_where_seen(held_node(session, node_id), seen)
     if node.parent_id is None:
         raise Conflict("the root of a space cannot be deleted")
     if node.space == Space.HOME.value:  # what it and everything below it held stops counting

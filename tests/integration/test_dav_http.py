@@ -1511,6 +1511,56 @@ def test_concurrent_puts_to_one_path_all_succeed(
     assert get_body(srv, url).startswith(b"writer ")
 
 
+def race(srv: InprocServer, requests: list[tuple[str, str, dict[str, str]]]) -> list[int]:
+    """Send the requests at once, each on its own connection: their statuses, in order."""
+    barrier = threading.Barrier(len(requests))
+    statuses: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def send(i: int) -> None:
+        method, url, headers = requests[i]
+        conn = Connection(srv)
+        try:
+            conn.conn.connect()
+            barrier.wait(timeout=10)
+            statuses[i] = conn.request(method, url, None, headers).status
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    return [statuses[i] for i in range(len(requests))]
+
+
+def test_concurrent_moves_of_one_source_succeed_once(srv: InprocServer, folder: str) -> None:
+    source = folder + "moving/"
+    assert call(srv, "MKCOL", source).status == 201
+    put(srv, source + "in.txt", b"hi")
+    moves = [("MOVE", source, {"Destination": f"{folder}dest{i}/"}) for i in range(6)]
+    statuses = race(srv, moves)
+    assert sorted(statuses) == [201] + [404] * 5, statuses
+    assert live_children(srv.application, existing_node(srv, folder).id) == [
+        f"dest{statuses.index(201)}"
+    ]
+
+
+def test_a_delete_racing_a_move_never_trashes_the_moved_node(
+    srv: InprocServer, folder: str
+) -> None:
+    for round_no in range(5):
+        source, moved = f"{folder}from{round_no}.txt", f"{folder}to{round_no}.txt"
+        put(srv, source, b"content")
+        move, delete = race(srv, [("MOVE", source, {"Destination": moved}), ("DELETE", source, {})])
+        assert sorted([move, delete]) in ([201, 404], [204, 404]), (move, delete)
+        assert (call(srv, "GET", moved).status == 200) == (move == 201)
+
+
 def test_many_idle_clients_keep_their_connections(srv: InprocServer, folder: str) -> None:
     """Every mounted drive holds a connection open between requests. Past cheroot's default of
     10 idle connections each answer said ``Connection: close``: a new TCP (and TLS) handshake

@@ -23,6 +23,7 @@ from davserver.errors import (
     AlreadyExists,
     Conflict,
     InvalidName,
+    NotFound,
     PreconditionFailed,
     QuotaExceeded,
 )
@@ -258,6 +259,29 @@ def test_delete_is_soft_and_hides_the_subtree(
     assert count(database, Node, Node.id == folder.id, Node.deleted_at.is_not(None)) == 1
     # the name is free again
     service.create_folder(actor, home, "gone")
+
+
+def test_a_node_moved_since_the_request_found_it_is_not_found(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """What a request found at its URL (``seen``) and another request moved meanwhile is no
+    longer at that URL: MOVE, COPY and DELETE of it answer NotFound and change nothing."""
+    seen = put(service, actor, home, "here.txt", b"x")
+    target = service.create_folder(actor, home, "target")
+    service.move(actor, seen.id, home, "there.txt", seen=seen)  # the request that won
+    attempts = {
+        "move": lambda: service.move(actor, seen.id, target, "here.txt", seen=seen),
+        "copy": lambda: service.copy(actor, seen.id, target, "here.txt", seen=seen),
+        "delete": lambda: service.delete(actor, seen.id, seen=seen),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(NotFound):
+            attempt()
+        assert service.children(target) == [], what
+    moved = service.resolve(home.id, ["there.txt"])
+    assert moved is not None and moved.id == seen.id
+    service.delete(actor, seen.id, seen=moved)  # where it is now, it is found
+    assert service.resolve(home.id, ["there.txt"]) is None
 
 
 def test_dead_properties_follow_a_rename(
