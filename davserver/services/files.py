@@ -516,8 +516,10 @@ class FileService:
 
         ``replace_id`` is an existing destination the client agreed to overwrite; it goes to
         the trash first. Moving a node to a name that resolves to itself (a case- or
-        normalization-only rename) just renames it. ``seen`` is the node as the request
-        found it: NotFound when another request moved it meanwhile (``still_where_seen``).
+        normalization-only rename) just renames it; Forbidden when the destination is the
+        node itself, name and all, or below it (whatever URLs the request named them by).
+        ``seen`` is the node as the request found it: NotFound when another request moved it
+        meanwhile (``still_where_seen``).
         """
         actor.require_write()
         check_name(dest_name)
@@ -529,8 +531,10 @@ class FileService:
             if (node.owner_id, node.group_id) != (dest_parent.owner_id, dest_parent.group_id):
                 # Rows keep their space's owner (quota, trash, sharing): copy, then delete.
                 raise Forbidden("items cannot be moved between spaces; copy them instead")
+            if (node.parent_id, node.name) == (dest_parent.id, dest_name):
+                raise Forbidden(_SAME)  # a case-only rename is not the same name
             if node.id in tree.hold_chain(session, dest_parent.id):
-                raise Conflict("cannot move a folder into itself")
+                raise Forbidden("cannot move a folder into itself")
             if replace_id is not None and replace_id != node.id:
                 _trash(session, actor, replace_id, overwritten=True)
             before = {"parent_id": str(node.parent_id), "name": node.name}
@@ -567,16 +571,19 @@ class FileService:
         A file copied onto an existing file becomes that file's newest version, so the
         destination keeps its history; any other overwritten destination goes to the trash.
         What the copy adds to a user's own space counts against their quota: QuotaExceeded.
-        ``seen`` is the source as the request found it: NotFound when another request moved
-        it meanwhile (``still_where_seen``).
+        Forbidden when the destination is the source itself or below it. ``seen`` is the
+        source as the request found it: NotFound when another request moved it meanwhile
+        (``still_where_seen``).
         """
         actor.require_write()
         check_name(dest_name)
 
         def work(session: Session) -> None:
             source = still_where_seen(live_node(session, node_id), seen)
+            if replace_id == source.id:
+                raise Forbidden(_SAME)
             if source.id in tree.hold_chain(session, dest_parent.id):
-                raise Conflict("cannot copy a folder into itself")
+                raise Forbidden("cannot copy a folder into itself")
             if replace_id is not None:
                 target = held_node(session, replace_id)
                 if not source.is_folder and not target.is_folder:
@@ -892,6 +899,11 @@ def hold_folder(session: Session, folder: NodeView) -> None:
     which can neither move nor go to the trash."""
     if folder.parent_id is not None:
         tree.hold_chain(session, folder.id)
+
+
+# The request's two URLs (say /users/<name>/a and /files/a) name one node: WsgiDAV compares only
+# the URLs, and refuses the same one with 403.
+_SAME = "source and destination are the same"
 
 
 def still_where_seen(node: Node, seen: NodeView | None) -> Node:

@@ -535,6 +535,48 @@ def test_read_only_grantee_sees_thumbnails_but_not_the_original(people: People) 
     assert p.call(p.carol, "GET", shared + "?thumbnail=64").status == 404
 
 
+def test_copy_or_move_onto_or_into_itself_through_another_url_is_refused(
+    people: People,
+) -> None:
+    """An admin reaches their own files at /files/ and at /users/<name>/: the same node
+    under two URLs is the same node (WsgiDAV compares only the URLs)."""
+    p = people
+    admin = f"adm{uuid.uuid4().hex[:6]}"
+    p.passwords[admin] = f"pw-{uuid.uuid4().hex}"
+    p.server.app.services.users.create_user(
+        None, admin, password=p.passwords[admin], roles=["user", "admin"]
+    )
+    assert p.call(admin, "MKCOL", "/files/proj/").status == 201
+    assert p.put(admin, "/files/proj/doc.txt", b"v1") == 201
+    assert p.put(admin, "/files/proj/doc.txt", b"v2") == 204
+    assert p.grant(admin, "/files/proj", p.carol, "read") == 201
+    alias = f"/users/{admin}"
+    refused = [
+        ("COPY", f"{alias}/proj/", "/files/proj/"),
+        ("MOVE", f"{alias}/proj/", "/files/proj/"),
+        ("COPY", f"{alias}/proj/doc.txt", "/files/proj/doc.txt"),
+        ("MOVE", f"{alias}/proj/doc.txt", "/files/proj/doc.txt"),
+        ("COPY", f"{alias}/proj/", "/files/proj/inside/"),
+        ("MOVE", "/files/proj/", f"{alias}/proj/inside/"),
+    ]
+    statuses = [
+        p.call(admin, method, source, headers={"Destination": p.server.url + dest}).status
+        for method, source, dest in refused
+    ]
+    assert statuses == [403] * len(refused)
+    versions = p.call(admin, "PROPFIND", "/versions/files/proj/doc.txt/", headers={"Depth": "1"})
+    assert b"doc.v1.txt" in versions.body and b"doc.v2.txt" in versions.body
+    # The original is where it was, with its history and its share.
+    listing = p.call(p.carol, "PROPFIND", f"/shared/{admin}/proj/", headers={"Depth": "1"})
+    assert listing.status == 207 and b"doc.txt" in listing.body
+    trash = p.call(admin, "PROPFIND", "/trash/", headers={"Depth": "1"})
+    assert b"proj" not in trash.body and b"doc.txt" not in trash.body
+    # A case-only rename names the node too, under another name: that is a move.
+    renamed = {"Destination": p.server.url + "/files/Proj/"}
+    assert p.call(admin, "MOVE", f"{alias}/proj/", headers=renamed).status in (201, 204)
+    assert p.call(admin, "GET", "/files/Proj/doc.txt").body == b"v2"
+
+
 def test_moderators_and_admins_reach_every_users_space(people: People) -> None:
     p = people
     users = p.server.app.services.users
