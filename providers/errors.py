@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from wsgidav.dav_error import (
@@ -13,6 +13,7 @@ from wsgidav.dav_error import (
     HTTP_INSUFFICIENT_STORAGE,
     HTTP_LOCKED,
     HTTP_MEDIATYPE_NOT_SUPPORTED,
+    HTTP_METHOD_NOT_ALLOWED,
     HTTP_NOT_FOUND,
     HTTP_PRECONDITION_FAILED,
     HTTP_REQUEST_ENTITY_TOO_LARGE,
@@ -23,7 +24,8 @@ from wsgidav.dav_error import (
 
 from davserver import errors
 
-_STATUS: list[tuple[type[errors.DomainError], int]] = [
+Statuses = Sequence[tuple[type[errors.DomainError], int]]
+_STATUS: Statuses = [
     (errors.InvalidName, HTTP_BAD_REQUEST),
     (errors.BadRequest, HTTP_BAD_REQUEST),
     (errors.Unauthorized, 401),
@@ -50,8 +52,14 @@ for _code, _reason in (
     ERROR_DESCRIPTIONS.setdefault(_code, f"{_code} {_reason}")
 
 
-def to_dav_error(exc: errors.DomainError) -> DAVError:
-    for kind, status in _STATUS:
+# MKCOL on a name that is taken (also when it was taken meanwhile): 405 (RFC 4918, 9.3.1).
+MKCOL_STATUS: Statuses = [(errors.AlreadyExists, HTTP_METHOD_NOT_ALLOWED)]
+
+
+def to_dav_error(exc: errors.DomainError, overrides: Statuses = ()) -> DAVError:
+    """The DAVError for a domain error: the first of ``overrides`` (a method's own statuses)
+    and then the defaults whose kind it is."""
+    for kind, status in [*overrides, *_STATUS]:
         if isinstance(exc, kind):
             headers = (
                 [("Retry-After", str(exc.retry_after))]
@@ -64,9 +72,9 @@ def to_dav_error(exc: errors.DomainError) -> DAVError:
 
 
 @contextmanager
-def dav_errors() -> Iterator[None]:
-    """Run a service call, re-raising its domain errors as DAVError."""
+def dav_errors(overrides: Statuses = ()) -> Iterator[None]:
+    """Run a service call, re-raising its domain errors as DAVError (``to_dav_error``)."""
     try:
         yield
     except errors.DomainError as exc:
-        raise to_dav_error(exc) from exc
+        raise to_dav_error(exc, overrides) from exc

@@ -36,7 +36,7 @@ from davserver.services.tree import NodeView
 from providers import live_props
 from providers.digests import expected_digests, repr_digest
 from providers.error_printer import logs_unexpected
-from providers.errors import dav_errors
+from providers.errors import MKCOL_STATUS, dav_errors
 from providers.lock_storage import SqlLockStorage
 from providers.xml_safety import stored_elements
 
@@ -382,7 +382,7 @@ class FolderResource(_NodeResource, DAVCollection):
 
     def create_collection(self, name: str) -> None:
         assert self.view is not None
-        with dav_errors():
+        with dav_errors(MKCOL_STATUS):
             self.provider.files.create_folder(actor_of(self.environ), self.view, name)
         self.provider.forget(self.environ)
 

@@ -1561,6 +1561,11 @@ def test_a_delete_racing_a_move_never_trashes_the_moved_node(
         assert (call(srv, "GET", moved).status == 200) == (move == 201)
 
 
+def test_concurrent_mkcols_of_one_name_make_it_once(srv: InprocServer, folder: str) -> None:
+    statuses = race(srv, [("MKCOL", folder + "samedir/", {})] * 6)
+    assert sorted(statuses) == [201] + [405] * 5, statuses
+
+
 def test_many_idle_clients_keep_their_connections(srv: InprocServer, folder: str) -> None:
     """Every mounted drive holds a connection open between requests. Past cheroot's default of
     10 idle connections each answer said ``Connection: close``: a new TCP (and TLS) handshake
