@@ -249,19 +249,21 @@ class _NodeResource:
         parent, name, existing = self._split_destination(dest_path)
         assert parent.view is not None
         with dav_errors():
-            self.provider.files.move(
+            replaced = self.provider.files.move(
                 actor_of(self.environ),
                 self.node_id,
                 parent.view,
                 name,
-                replace_id=existing.view.id if existing and existing.view else None,
+                overwrite=_overwrite(self.environ),
                 seen=self.view,
             )
         self.provider.drop_locks(self.get_ref_url())  # type: ignore[attr-defined]
-        if existing is not None and existing.view is not None and existing.view.id != self.node_id:
-            self.provider.drop_locks(existing.get_ref_url())  # type: ignore[attr-defined]
         self.provider.forget(self.environ)
-        self.environ["davserver.status"] = 204 if existing else 201
+        if replaced is not None:
+            self._drop_locks_at(dest_path, existing)
+        # The destination named the node itself: a case- or normalization-only rename.
+        renamed = bool(existing and existing.view and existing.view.id == self.node_id)
+        self.environ["davserver.status"] = 204 if replaced or renamed else 201
         return True
 
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
@@ -275,20 +277,37 @@ class _NodeResource:
         parent, name, existing = self._split_destination(dest_path)
         assert parent.view is not None
         with dav_errors():
-            self.provider.files.copy(
+            replaced = self.provider.files.copy(
                 actor_of(self.environ),
                 self.node_id,
                 parent.view,
                 name,
                 recursive=depth_infinity,
-                replace_id=existing.view.id if existing and existing.view else None,
+                overwrite=_overwrite(self.environ),
                 seen=self.view,
             )
-        if existing is not None and existing.is_collection:
-            self.provider.drop_locks(existing.get_ref_url())  # type: ignore[attr-defined]
         self.provider.forget(self.environ)
-        self.environ["davserver.status"] = 204 if existing else 201
+        # A file copied onto a file is a new version of it, which keeps its locks; anything
+        # else replaced went to the trash.
+        if replaced is not None and (replaced.is_folder or self.is_collection):
+            self._drop_locks_at(dest_path, existing)
+        self.environ["davserver.status"] = 204 if replaced else 201
         return True
+
+    def _drop_locks_at(self, dest_path: str, existing: _NodeResource | None) -> None:
+        """Drop the locks of what a COPY or MOVE replaced at ``dest_path``: the resource the
+        request found there, or (when it appeared meanwhile) the one there now."""
+        found: Any = existing
+        if found is None:
+            found = self.provider.get_resource_inst(dest_path, self.environ)
+        if found is not None:
+            self.provider.drop_locks(found.get_ref_url())
+
+
+def _overwrite(environ: dict[str, Any]) -> bool:
+    """Whether the client agreed that a COPY or MOVE replace what is at its destination
+    (``Overwrite: T``, the default; WsgiDAV has upper-cased the header)."""
+    return environ.get("HTTP_OVERWRITE", "T") != "F"
 
 
 class VirtualCollection(DAVCollection):

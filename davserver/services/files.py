@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import hashlib
 import io
 import threading
 import uuid
@@ -22,7 +23,14 @@ from sqlalchemy.orm import Session
 
 from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
-from davserver.db.dialect import by_dialect, for_bind, insert_or_ignore, join_by_key, unnested
+from davserver.db.dialect import (
+    by_dialect,
+    for_bind,
+    insert_or_ignore,
+    is_postgres,
+    join_by_key,
+    unnested,
+)
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import (
     AlreadyExists,
@@ -509,13 +517,15 @@ class FileService:
         dest_parent: NodeView,
         dest_name: str,
         *,
-        replace_id: uuid.UUID | None = None,
+        overwrite: bool = False,
         seen: NodeView | None = None,
-    ) -> None:
+    ) -> NodeView | None:
         """Rename and/or re-parent a node: one UPDATE whatever the size of the subtree.
+        Returns what it replaced at the destination, if anything.
 
-        ``replace_id`` is an existing destination the client agreed to overwrite; it goes to
-        the trash first. Moving a node to a name that resolves to itself (a case- or
+        What is at the destination when this runs (not when the request began) goes to the
+        trash first if the client agreed to ``overwrite`` it, else PreconditionFailed (see
+        ``_occupant``). Moving a node to a name that resolves to itself (a case- or
         normalization-only rename) just renames it; Forbidden when the destination is the
         node itself, name and all, or below it (whatever URLs the request named them by).
         ``seen`` is the node as the request found it: NotFound when another request moved it
@@ -524,7 +534,7 @@ class FileService:
         actor.require_write()
         check_name(dest_name)
 
-        def work(session: Session) -> None:
+        def work(session: Session) -> NodeView | None:
             node = still_where_seen(held_node(session, node_id), seen)
             if node.parent_id is None:
                 raise Conflict("the root of a space cannot be moved")
@@ -535,8 +545,9 @@ class FileService:
                 raise Forbidden(_SAME)  # a case-only rename is not the same name
             if node.id in tree.hold_chain(session, dest_parent.id):
                 raise Forbidden("cannot move a folder into itself")
-            if replace_id is not None and replace_id != node.id:
-                _trash(session, actor, replace_id, overwritten=True)
+            occupant = _occupant(session, dest_parent, dest_name, overwrite=overwrite, mover=node)
+            if occupant is not None:
+                _trash(session, actor, occupant.id, overwritten=True)
             before = {"parent_id": str(node.parent_id), "name": node.name}
             node.parent_id = dest_parent.id
             node.name = dest_name
@@ -552,8 +563,9 @@ class FileService:
                     "after": {"parent_id": str(dest_parent.id), "name": dest_name},
                 },
             )
+            return occupant
 
-        self.run_write(work)
+        return self.run_write(work)
 
     def copy(
         self,
@@ -563,13 +575,16 @@ class FileService:
         dest_name: str,
         *,
         recursive: bool = True,
-        replace_id: uuid.UUID | None = None,
+        overwrite: bool = False,
         seen: NodeView | None = None,
-    ) -> None:
+    ) -> NodeView | None:
         """Copy a node (and, when ``recursive``, its subtree) as new rows sharing the blobs.
+        Returns what it replaced at the destination, if anything.
 
-        A file copied onto an existing file becomes that file's newest version, so the
-        destination keeps its history; any other overwritten destination goes to the trash.
+        What is at the destination when this runs is replaced if the client agreed to
+        ``overwrite`` it, else PreconditionFailed (see ``_occupant``). A file copied onto an
+        existing file becomes that file's newest version, so the destination keeps its
+        history; any other overwritten destination goes to the trash.
         What the copy adds to a user's own space counts against their quota: QuotaExceeded.
         Forbidden when the destination is the source itself or below it. ``seen`` is the
         source as the request found it: NotFound when another request moved it meanwhile
@@ -578,18 +593,19 @@ class FileService:
         actor.require_write()
         check_name(dest_name)
 
-        def work(session: Session) -> None:
+        def work(session: Session) -> NodeView | None:
             source = still_where_seen(live_node(session, node_id), seen)
-            if replace_id == source.id:
-                raise Forbidden(_SAME)
             if source.id in tree.hold_chain(session, dest_parent.id):
                 raise Forbidden("cannot copy a folder into itself")
-            if replace_id is not None:
-                target = held_node(session, replace_id)
+            occupant = _occupant(session, dest_parent, dest_name, overwrite=overwrite)
+            if occupant is not None:
+                if occupant.id == source.id:
+                    raise Forbidden(_SAME)
+                target = held_node(session, occupant.id)
                 if not source.is_folder and not target.is_folder:
                     self._copy_onto_file(session, actor, source, target)
-                    return
-                _trash(session, actor, replace_id, overwritten=True)
+                    return occupant
+                _trash(session, actor, occupant.id, overwritten=True)
             new_root = self._copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
             record_audit(
                 session,
@@ -598,8 +614,9 @@ class FileService:
                 node_id=new_root,
                 details={"source": str(source.id), "name": dest_name},
             )
+            return occupant
 
-        self.run_write(work)
+        return self.run_write(work)
 
     def set_mtime(self, actor: Actor, node_id: uuid.UUID, mtime: dt.datetime) -> None:
         """Keep the client's modification time on the node and its current version."""
@@ -914,6 +931,44 @@ def still_where_seen(node: Node, seen: NodeView | None) -> Node:
     if seen is not None and (node.parent_id, node.name) != (seen.parent_id, seen.name):
         raise NotFound("no such file or folder: it was moved or renamed meanwhile")
     return node
+
+
+def _occupant(
+    session: Session,
+    folder: NodeView,
+    name: str,
+    *,
+    overwrite: bool,
+    mover: Node | None = None,
+) -> NodeView | None:
+    """What a COPY or MOVE to ``folder/name`` replaces: the live node there now, locked
+    (None when the name is free, or holds ``mover`` itself: a case-only rename).
+    PreconditionFailed when something is there and the client did not agree to
+    ``overwrite`` it. What the request saw there may have gone or come meanwhile."""
+    key = name_key(name)
+    _hold_name(session, folder.id, key)
+    found = tree.child_for_update(session, folder.id, key)
+    if found is None or (mover is not None and found.id == mover.id):
+        return None
+    if not overwrite:
+        raise PreconditionFailed(f"{name!r} exists and Overwrite is F")
+    return found
+
+
+def _hold_name(session: Session, folder_id: uuid.UUID, key: str) -> None:
+    """On PostgreSQL, one COPY or MOVE at a time onto one name in a folder, until the
+    transaction ends (a transaction-level advisory lock; SQLite's writers queue anyway).
+
+    Without it, of several waiting to replace what is there, each that waited for the
+    winner's row lock found nothing (that row left the name, and the winner's came after
+    the statement began), collided with the winner's row and ran again: one more round for
+    each contender, past ``FileService.run_write``'s retries (412 for a MOVE with Overwrite:
+    T). Once this is held, the lookup that follows sees the last winner's row.
+    """
+    if is_postgres(session):
+        digest = hashlib.blake2b(f"{folder_id}/{key}".encode(), digest_size=8).digest()
+        lock_key = int.from_bytes(digest, "big", signed=True)
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key)))
 
 
 def _trash(

@@ -1561,6 +1561,20 @@ def test_a_delete_racing_a_move_never_trashes_the_moved_node(
         assert (call(srv, "GET", moved).status == 200) == (move == 201)
 
 
+def test_concurrent_moves_onto_one_name_each_overwrite_what_is_there(
+    srv: InprocServer, folder: str
+) -> None:
+    """With Overwrite: T each MOVE replaces whatever is at the destination when it runs,
+    whether or not something was there when the request began."""
+    sources = [f"{folder}s{i}.bin" for i in range(6)]
+    for i, source in enumerate(sources):
+        put(srv, source, f"source {i}".encode())
+    statuses = race(srv, [("MOVE", s, {"Destination": folder + "same.bin"}) for s in sources])
+    assert all(status in (201, 204) for status in statuses), statuses
+    assert live_children(srv.application, existing_node(srv, folder).id) == ["same.bin"]
+    assert get_body(srv, folder + "same.bin").startswith(b"source ")
+
+
 def test_concurrent_mkcols_of_one_name_make_it_once(srv: InprocServer, folder: str) -> None:
     statuses = race(srv, [("MKCOL", folder + "samedir/", {})] * 6)
     assert sorted(statuses) == [201] + [405] * 5, statuses

@@ -217,7 +217,7 @@ def test_copy_onto_a_file_adds_a_version(
     old = put(service, actor, home, "old.txt", b"old content")
     source = service.resolve(home.id, ["new.txt"])
     assert source is not None
-    service.copy(actor, source.id, home, "old.txt", replace_id=old.id)
+    service.copy(actor, source.id, home, "old.txt", overwrite=True)
     assert [no for no, _ in versions(database, old.id)] == [1, 2]
 
 
@@ -234,13 +234,13 @@ def test_copy_refuses_what_the_quota_cannot_hold(
     small = put(service, actor, home, "small.bin", b"s" * 10)
     set_quota(database, actor.user_id, 1000)
     refused = [
-        ("a file to a new name", big.id, "big-copy.bin", None),
-        ("a folder", folder.id, "src-copy", None),
-        ("a file onto a smaller one", big.id, "small.bin", small.id),
+        ("a file to a new name", big.id, "big-copy.bin"),
+        ("a folder", folder.id, "src-copy"),
+        ("a file onto a smaller one", big.id, "small.bin"),
     ]
-    for what, source_id, name, replace_id in refused:
+    for what, source_id, name in refused:
         with pytest.raises(QuotaExceeded):
-            service.copy(actor, source_id, home, name, replace_id=replace_id)
+            service.copy(actor, source_id, home, name, overwrite=True)
         assert service.usage(actor.user_id) == (610, 1000), what
     assert service.resolve(home.id, ["big-copy.bin"]) is None
     assert service.resolve(home.id, ["src-copy"]) is None
@@ -283,6 +283,31 @@ def test_a_node_moved_since_the_request_found_it_is_not_found(
     assert moved is not None and moved.id == seen.id
     service.delete(actor, seen.id, seen=moved)  # where it is now, it is found
     assert service.resolve(home.id, ["there.txt"]) is None
+
+
+def test_move_and_copy_overwrite_what_is_at_the_destination_when_they_run(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """The destination a request saw may have changed before its transaction: with
+    ``overwrite`` what is there then is replaced, and nothing there is no error; without,
+    something there is PreconditionFailed."""
+    source = put(service, actor, home, "source.txt", b"source")
+    other = put(service, actor, home, "other.txt", b"other")
+    with pytest.raises(PreconditionFailed):
+        service.move(actor, source.id, home, "other.txt", seen=source)
+    with pytest.raises(PreconditionFailed):
+        service.copy(actor, source.id, home, "other.txt", seen=source)
+    onto = service.copy(actor, source.id, home, "other.txt", overwrite=True)
+    assert onto is not None and onto.id == other.id
+    assert versions(database, other.id) == [(1, 5), (2, 6)]  # a file copied onto a file
+    assert service.copy(actor, source.id, home, "fresh.txt", overwrite=True) is None
+    replaced = service.move(actor, source.id, home, "other.txt", overwrite=True, seen=source)
+    assert replaced is not None and replaced.id == other.id
+    fresh = service.resolve(home.id, ["fresh.txt"])
+    assert fresh is not None
+    assert service.move(actor, fresh.id, home, "free.txt", overwrite=True) is None
+    names = sorted(view.name for view in service.children(home))
+    assert names == ["free.txt", "other.txt"]
 
 
 def test_dead_properties_follow_a_rename(
@@ -494,9 +519,9 @@ def test_the_running_total_follows_every_change_to_a_space(
     empty = service.resolve(home.id, ["empty.txt"])
     a_copy = service.resolve(home.id, ["a-copy.txt"])
     assert empty is not None and a_copy is not None
-    service.copy(actor, empty.id, home, "a-copy.txt", replace_id=a_copy.id)  # emptied
+    service.copy(actor, empty.id, home, "a-copy.txt", overwrite=True)  # emptied
     check(89)
-    service.copy(actor, a.id, home, "empty.txt", replace_id=empty.id)  # filled
+    service.copy(actor, a.id, home, "empty.txt", overwrite=True)  # filled
     check(129)
     first = history.history(a.id)[0]
     current = service.resolve(docs.id, ["a.txt"])
