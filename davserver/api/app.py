@@ -29,7 +29,6 @@ a read-only API key may only read.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterable
@@ -222,7 +221,7 @@ class ApiApp:
         )
 
     def _create_key(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
-        expires = _expiry(_days(body, at_least=1))
+        expires = days_from_now(_days(body, at_least=1))
         scope = body.get("scope", "readwrite")
         if not isinstance(scope, str):
             raise BadRequest("scope is read or readwrite")
@@ -250,7 +249,7 @@ class ApiApp:
             wanted = Perm.parse(rights)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        expires = _expiry(_days(body, at_least=1))
+        expires = days_from_now(_days(body, at_least=1))
         user, group = body.get("user"), body.get("group")
         if not isinstance(user, str | None) or not isinstance(group, str | None):
             raise BadRequest("user and group are names")
@@ -324,10 +323,6 @@ def _optional_text(body: dict[str, Any], name: str) -> str | None:
     if not isinstance(value, str | None):
         raise BadRequest(f"{name} is a string")
     return value
-
-
-def _expiry(days: int | None) -> dt.datetime | None:
-    return days_from_now(days) if days else None
 
 
 def _query(environ: dict[str, Any]) -> dict[str, str]:

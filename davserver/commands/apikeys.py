@@ -16,7 +16,7 @@ KEY_COLUMNS = ("prefix", "name", "scope", "status", "created_at", "expires_at", 
 
 
 def cmd_apikey_create(args: argparse.Namespace) -> int:
-    expires_at = days_from_now(args.expires) if args.expires else None
+    expires_at = days_from_now(args.expires)
     with open_services(args) as services:
         user_id = services.users.user_id(args.username)
         info, key = services.api_keys.create(

@@ -33,7 +33,7 @@ def cmd_grant(args: argparse.Namespace) -> int:
         rights = Perm.parse(args.rights.split(","))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    expires = days_from_now(args.expires) if args.expires else None
+    expires = days_from_now(args.expires)
     with open_services(args) as services:
         node = services.namespace.locate(*args.item)
         info = services.sharing.grant(

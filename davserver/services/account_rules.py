@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from davserver.errors import BadRequest, Conflict, Forbidden, NotFound
 from davserver.models import User
 from davserver.services.actor import Actor
-from davserver.services.bounds import MAX_BYTES, check_bytes
+from davserver.services.bounds import MAX_BYTES, check_bytes, spelled_number
 
 # ensure_roles(session) -> {role name: id}, creating the system roles when missing
 # (AccountService.ensure_roles): how the services find role ids.
@@ -105,10 +105,10 @@ def parse_size(text: str) -> int | None:
     match = _SIZE.fullmatch(text)
     if not match:
         raise BadRequest(f"not a size (bytes, or a number with K, M, G or T): {text!r}")
-    digits = match.group(1).lstrip("0") or "0"
-    if len(digits) > len(str(MAX_BYTES)):  # before int(), which refuses 4,300 digits
+    number = spelled_number(match.group(1), MAX_BYTES)
+    if number is None:
         raise BadRequest(f"a quota is 0 to {MAX_BYTES} bytes (8 EiB): {text!r}")
-    return check_bytes(int(digits) * _SIZE_FACTORS[match.group(2).upper()], what="a quota")
+    return check_bytes(number * _SIZE_FACTORS[match.group(2).upper()], what="a quota")
 
 
 def format_size(size: int | None) -> str:

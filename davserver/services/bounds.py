@@ -30,9 +30,18 @@ def check_days(days: int, *, at_least: int, what: str = "a number of days") -> i
     return days
 
 
-def days_from_now(days: int) -> dt.datetime | None:
-    """The moment ``days`` (checked, 0 or more) from now; None for 0 (never)."""
+def days_from_now(days: int | None) -> dt.datetime | None:
+    """The moment ``days`` (checked, 0 or more) from now; None for None or 0 (never)."""
     return utcnow() + dt.timedelta(days=check_days(days, at_least=0)) if days else None
+
+
+def spelled_number(digits: str, at_most: int) -> int | None:
+    """The number ASCII ``digits`` spell, or None past ``at_most``; their length is checked
+    before ``int``, which refuses 4,300 digits."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(at_most)) or int(digits) > at_most:
+        return None
+    return int(digits)
 
 
 def check_bytes(size: int, *, what: str = "a size") -> int:

@@ -34,6 +34,7 @@ from davserver.models import NodeKind, Op
 from davserver.services import version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
+from davserver.services.bounds import spelled_number
 from davserver.services.files import (
     FileService,
     check_quota,
@@ -127,10 +128,7 @@ def parse_entry_name(file_name: str, entry: str) -> int | None:
 def version_no_of(digits: str) -> int | None:
     """The number ASCII ``digits`` spell, or None past MAX_VERSION_NO: a number no version can
     have names none, rather than overflowing the query (or ``int``, at 4,300 digits)."""
-    digits = digits.lstrip("0") or "0"
-    if len(digits) > len(str(MAX_VERSION_NO)) or int(digits) > MAX_VERSION_NO:
-        return None
-    return int(digits)
+    return spelled_number(digits, MAX_VERSION_NO)
 
 
 @dataclass
