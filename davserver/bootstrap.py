@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from davserver.app import Application
-from davserver.config import Settings
+from davserver.config import ConfigError, Settings
 from davserver.db import Database
+from davserver.db.engine import check_url
 from davserver.processes import run_in_child
 
 
@@ -25,8 +26,10 @@ def prepare(
     never loads Alembic (with Mako, some 10 MiB resident for as long as the server runs).
     Only where no other thread runs yet: ``davserver serve`` at its start.
     """
+    check_url(settings.database_url)
     if not settings.database.url:
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        _make_folder("data_dir", Path(settings.data_dir))
+    _make_folder("storage.blob_dir", settings.blob_path)
     if migrate_in_child:
         _upgrade_schema_in_child(settings)
     app = Application(settings)
@@ -34,6 +37,14 @@ def prepare(
         upgrade_schema(settings, app.db)
     generated = app.accounts.ensure_admin(settings.admin.user, settings.admin.password or None)
     return app, generated
+
+
+def _make_folder(option: str, path: Path) -> None:
+    """``mkdir -p path``, or ConfigError naming the option that gave the path."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot create the folder {path}: {exc.strerror}") from None
 
 
 def upgrade_schema(settings: Settings, db: Database | None = None) -> None:

@@ -7,9 +7,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from davserver.config import ConfigError, Settings, load_settings
+from davserver.commands.common import settings_of
+from davserver.config import ConfigError
 from davserver.errors import DomainError
 
 # Command groups, each a module of davserver.commands with register(commands).
@@ -25,19 +25,16 @@ COMMAND_GROUPS: tuple[str, ...] = (
 )
 
 
-def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    return load_settings(args.config, **overrides)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from davserver.bootstrap import SchemaUpgradeFailed, prepare
-    from davserver.server import CannotListen, serve
+    from davserver.server import CannotListen, check_tls, serve
     from davserver.workers import serve_workers, worker_count
 
-    settings = _settings(
+    settings = settings_of(
         args, server__host=args.host, server__port=args.port, server__workers=args.workers
     )
     workers = worker_count(settings.server.workers)
+    check_tls(settings.server)
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -65,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from davserver.bootstrap import upgrade_schema
 
-    upgrade_schema(_settings(args))
+    upgrade_schema(settings_of(args))
     print("database is at the newest schema")
     return 0
 
@@ -80,7 +77,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_davmount(args: argparse.Namespace) -> int:
     from davserver.davmount import instructions
 
-    settings = _settings(args)
+    settings = settings_of(args)
     if args.url:
         url = args.url
     else:
@@ -93,9 +90,7 @@ def cmd_davmount(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="davserver", description=__doc__)
-    parser.add_argument(
-        "--config", default="config.yaml", help="settings file (default: ./config.yaml if present)"
-    )
+    parser.add_argument("--config", help="settings file (default: ./config.yaml if present)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the WebDAV server")

@@ -21,37 +21,65 @@ from typing import Any
 import yaml
 
 ENV_PREFIX = "DAVSERVER_"
+# The longest span in days any option, expiry or retention takes: a hundred years, far from
+# the year 9999 where Python's datetimes end (davserver.services.bounds uses it too).
+MAX_DAYS = 36_500
 
 
-def opt(default: Any, help: str) -> Any:
-    """A settings field with its help text."""
-    return field(default=default, metadata={"help": help})
+def opt(
+    default: Any,
+    help: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    choices: tuple[str, ...] = (),
+) -> Any:
+    """A settings field with its help text, and for a number its range ``low..high``, for a
+    text the ``choices`` it may take (compared without case)."""
+    return field(
+        default=default, metadata={"help": help, "low": low, "high": high, "choices": choices}
+    )
 
 
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = opt("127.0.0.1", "Address to listen on; 0.0.0.0 for every interface.")
-    port: int = opt(8080, "TCP port to listen on.")
+    port: int = opt(8080, "TCP port to listen on (0: any free one).", low=0, high=65535)
     threads: int = opt(
-        32, "Threads per server process; each request, upload or download holds one."
+        32,
+        "Threads per server process; each request, upload or download holds one.",
+        low=1,
+        high=1000,
     )
     workers: int = opt(
         1,
         "Server processes sharing the port (Linux); each has its own threads and database"
         " pool. One process computes on one core at a time: use about one per core (0: one"
         " per CPU).",
+        low=0,
+        high=256,
     )
-    block_size: int = opt(256 * 1024, "Bytes per read or write when streaming bodies.")
-    max_xml_body: int = opt(1024 * 1024, "Largest PROPFIND/PROPPATCH/LOCK body accepted (413).")
-    request_timeout: int = opt(60, "Seconds a connection may stay idle before it is closed.")
+    block_size: int = opt(
+        256 * 1024,
+        "Bytes per read or write when streaming bodies.",
+        low=4096,
+        high=16 * 1024 * 1024,
+    )
+    max_xml_body: int = opt(
+        1024 * 1024, "Largest PROPFIND/PROPPATCH/LOCK body accepted (413).", low=4096
+    )
+    request_timeout: int = opt(60, "Seconds a connection may stay idle before it is closed.", low=1)
     keep_alive_connections: int = opt(
         500,
         "Idle keep-alive connections kept open per server process (each mounted drive holds"
         " one); past this an answer closes its connection. Each takes a file descriptor.",
+        low=0,
     )
     malloc_arenas: int = opt(
         2,
         "glibc malloc arenas shared by all threads (0: glibc's default, 8 per core).",
+        low=0,
+        high=1024,
     )
     ssl_certificate: str = opt("", "PEM certificate file; TLS is on when this and the key are set.")
     ssl_private_key: str = opt("", "PEM private key file for TLS.")
@@ -60,12 +88,13 @@ class ServerSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = opt("", "SQLAlchemy URL; empty means SQLite at <data_dir>/davserver.sqlite3.")
-    pool_size: int = opt(10, "Connections kept open per server process (PostgreSQL).")
+    pool_size: int = opt(10, "Connections kept open per server process (PostgreSQL).", low=1)
     echo: bool = opt(False, "Log every SQL statement (debugging only).")
     ping_after_idle_seconds: int = opt(
         1,
         "A pooled connection unused this long is checked (one round trip) before its next use,"
         " and replaced if the server dropped it (PostgreSQL); 0 checks it at every use.",
+        low=0,
     )
     reconnect_after_seconds: int = opt(
         600,
@@ -74,6 +103,7 @@ class DatabaseSettings:
         " are then. Otherwise a plan made while a table was small lasts as long as the"
         " connection, when autovacuum (which analyses growing tables, and so makes PostgreSQL"
         " plan again) is off. 0 keeps connections open for good.",
+        low=0,
     )
 
 
@@ -92,30 +122,42 @@ class AdminSettings:
 @dataclass(frozen=True)
 class DavSettings:
     realm: str = opt("davserver", "Realm shown in the Basic authentication prompt.")
-    lock_max_timeout: int = opt(7 * 24 * 3600, "Longest lock lifetime a client may ask for (s).")
+    lock_max_timeout: int = opt(
+        7 * 24 * 3600, "Longest lock lifetime a client may ask for (s).", low=1
+    )
 
 
 @dataclass(frozen=True)
 class AuthSettings:
     credential_cache_seconds: int = opt(
-        300, "Seconds a verified Basic password is recognised without hashing after its last use."
+        300,
+        "Seconds a verified Basic password is recognised without hashing after its last use.",
+        low=0,
     )
-    access_token_seconds: int = opt(900, "Lifetime of a Bearer access token from /api/v1/token.")
-    refresh_token_days: int = opt(30, "Lifetime of a refresh token; each one works only once.")
+    access_token_seconds: int = opt(
+        900, "Lifetime of a Bearer access token from /api/v1/token.", low=1
+    )
+    refresh_token_days: int = opt(
+        30, "Lifetime of a refresh token; each one works only once.", low=1, high=MAX_DAYS
+    )
     token_secret: str = opt(
         "", "Key signing access tokens; empty means one generated once and kept in the database."
     )
     session_idle_seconds: int = opt(
-        1800, "A client's session ends after this long without a request; the next one starts anew."
+        1800,
+        "A client's session ends after this long without a request; the next one starts anew.",
+        low=1,
     )
     max_failures_per_user: int = opt(
-        5, "Failed logins for one account within the window before it is locked (429)."
+        5, "Failed logins for one account within the window before it is locked (429).", low=1
     )
     max_failures_per_address: int = opt(
-        20, "Failed logins from one client address within the window before it is locked (429)."
+        20,
+        "Failed logins from one client address within the window before it is locked (429).",
+        low=1,
     )
-    failure_window_seconds: int = opt(900, "Window in which failed logins are counted.")
-    ban_seconds: int = opt(900, "How long a locked account or address is refused.")
+    failure_window_seconds: int = opt(900, "Window in which failed logins are counted.", low=1)
+    ban_seconds: int = opt(900, "How long a locked account or address is refused.", low=0)
 
 
 @dataclass(frozen=True)
@@ -123,10 +165,12 @@ class MaintenanceSettings:
     gc_grace_seconds: int = opt(
         3600,
         "gc leaves blobs, orphan files and upload leftovers younger than this alone (s).",
+        low=0,
     )
     housekeeping_seconds: int = opt(
         3600,
         "A running server purges expired trash items and packages this often (s; 0: never).",
+        low=0,
     )
 
 
@@ -136,6 +180,8 @@ class PackageSettings:
         30,
         "Days a package lives when its creator names no expiry (MKCOL, or the API and CLI"
         " without one); 0: until deleted.",
+        low=0,
+        high=MAX_DAYS,
     )
 
 
@@ -150,21 +196,30 @@ class ImageSettings:
     qualities: str = opt(
         "60,80,90", "Quality levels (1-95) a client may ask for as &quality=N (JPEG and WebP)."
     )
-    default_quality: int = opt(80, "Quality level when a request names none; one of qualities.")
+    default_quality: int = opt(
+        80, "Quality level when a request names none; one of qualities.", low=1, high=95
+    )
     input_formats: str = opt(
         "JPEG,PNG,WEBP,GIF,TIFF,BMP",
         "Source formats converted, recognised by content (Pillow names); others get 415.",
     )
     max_pixels: int = opt(
-        50_000_000, "Largest source converted (width x height); larger ones get 422 (bombs)."
+        50_000_000, "Largest source converted (width x height); larger ones get 422 (bombs).", low=1
     )
     workers: int = opt(
-        2, "Conversions run at once per server process, each in a worker process of its own."
+        2,
+        "Conversions run at once per server process, each in a worker process of its own.",
+        low=1,
+        high=64,
     )
     memory_limit_mb: int = opt(
-        1024, "Address space of each worker process (MiB); a conversion needing more gets 422."
+        1024,
+        "Address space of each worker process (MiB); a conversion needing more gets 422.",
+        low=64,
     )
-    timeout: int = opt(30, "Seconds one conversion may take before its worker is killed (422).")
+    timeout: int = opt(
+        30, "Seconds one conversion may take before its worker is killed (422).", low=1
+    )
     render_on_upload: bool = opt(
         False, "Make the thumbnail sizes in the background as soon as an image is uploaded."
     )
@@ -173,28 +228,39 @@ class ImageSettings:
 @dataclass(frozen=True)
 class VersionSettings:
     keep_last: int = opt(
-        50, "Versions kept per file, newest first (0: all); the current one always stays."
+        50, "Versions kept per file, newest first (0: all); the current one always stays.", low=0
     )
     thin_after_days: int = opt(
-        30, "Versions older than this many days are thinned to the last of each day (0: never)."
+        30,
+        "Versions older than this many days are thinned to the last of each day (0: never).",
+        low=0,
+        high=MAX_DAYS,
     )
     coalesce_seconds: int = opt(
         0,
         "An upload by the same user this soon after the file's previous version replaces that "
         "version instead of adding one (0: off; uploads under one lock always coalesce).",
+        low=0,
     )
 
 
 @dataclass(frozen=True)
 class TrashSettings:
     retention_days: int = opt(
-        30, "Deleted items are purged for good this many days after deletion (0: never)."
+        30,
+        "Deleted items are purged for good this many days after deletion (0: never).",
+        low=0,
+        high=MAX_DAYS,
     )
 
 
 @dataclass(frozen=True)
 class LoggingSettings:
-    level: str = opt("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
+    level: str = opt(
+        "INFO",
+        "How much the server logs.",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    )
     query_header: bool = opt(
         False, "Add X-Query-Count (SQL statements run) to every response; for benchmarks."
     )
@@ -248,21 +314,21 @@ def env_name(dotted: str) -> str:
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    required: bool = False,
     **overrides: Any,
 ) -> Settings:
     """Build settings from defaults, then the YAML file, then the environment, then overrides.
 
+    A missing file means defaults, unless it is ``required`` (named by the user).
     ``overrides`` use dotted names with ``__`` for the dot (``server__port=8081``).
-    Raises ConfigError on unknown keys or values of the wrong type.
+    Raises ConfigError on unreadable or malformed files, unknown keys, values of the wrong
+    type or out of their range, and settings that contradict each other.
     """
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    if path is not None and Path(path).exists():
-        with open(path, encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        values = _flatten(loaded)
+    if path is not None and (required or Path(path).exists()):
+        values = _flatten(_read_yaml(path))
     known = dict(iter_options())
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -276,7 +342,45 @@ def load_settings(
             raise ConfigError(f"unknown option: {dotted}")
         if value is not None:
             values[dotted] = value
-    return _build(values)
+    settings = _build(values)
+    _check_together(settings)
+    return settings
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return loaded
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """What is wrong, and where, on one line."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return f"{exc.problem}{where}"
+    return " ".join(str(exc).split())
+
+
+def _check_together(settings: Settings) -> None:
+    """The rules between options."""
+    server = settings.server
+    if bool(server.ssl_certificate) != bool(server.ssl_private_key):
+        given, missing = (
+            ("ssl_certificate", "ssl_private_key")
+            if server.ssl_certificate
+            else ("ssl_private_key", "ssl_certificate")
+        )
+        raise ConfigError(
+            f"server.{given} is set but server.{missing} is not: TLS needs both (or neither)"
+        )
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -294,7 +398,7 @@ def _field_type(cls: type, f: dataclasses.Field[Any]) -> Any:
     return typing.get_type_hints(cls)[f.name]
 
 
-def _coerce(dotted: str, kind: Any, value: Any) -> Any:
+def _coerce(dotted: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -305,15 +409,35 @@ def _coerce(dotted: str, kind: Any, value: Any) -> Any:
             return False
         raise ConfigError(f"{dotted}: expected true or false, got {value!r}")
     if kind is int:
+        if isinstance(value, bool):  # YAML's yes/no: not a number
+            raise ConfigError(f"{dotted}: expected an integer, got {value!r}")
         try:
-            return int(value)
+            number = int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{dotted}: expected an integer, got {value!r}") from None
+        return _in_range(dotted, f, number)
     if kind is str:
-        return "" if value is None else str(value)
+        text = "" if value is None else str(value)
+        choices = f.metadata.get("choices") or ()
+        if choices and text.upper() not in choices:
+            raise ConfigError(f"{dotted}: expected one of {', '.join(choices)}, got {text!r}")
+        return text
     if isinstance(kind, types.UnionType):
         return value
     raise ConfigError(f"{dotted}: unsupported type {kind!r}")
+
+
+def _in_range(dotted: str, f: dataclasses.Field[Any], number: int) -> int:
+    low, high = f.metadata.get("low"), f.metadata.get("high")
+    if (low is not None and number < low) or (high is not None and number > high):
+        if high is None:
+            expected = f"at least {low}"
+        elif low is None:
+            expected = f"at most {high}"
+        else:
+            expected = f"from {low} to {high}"
+        raise ConfigError(f"{dotted}: expected a number {expected}, got {number}")
+    return number
 
 
 def _build(values: Mapping[str, Any]) -> Settings:
@@ -322,14 +446,25 @@ def _build(values: Mapping[str, Any]) -> Settings:
         kind = _field_type(Settings, f)
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             sub_kwargs = {
-                sub.name: _coerce(f"{f.name}.{sub.name}", _field_type(kind, sub), values[key])
+                sub.name: _coerce(f"{f.name}.{sub.name}", sub, _field_type(kind, sub), values[key])
                 for sub in dataclasses.fields(kind)
                 if (key := f"{f.name}.{sub.name}") in values
             }
             top[f.name] = kind(**sub_kwargs)
         elif f.name in values:
-            top[f.name] = _coerce(f.name, kind, values[f.name])
+            top[f.name] = _coerce(f.name, f, kind, values[f.name])
     return Settings(**top)
+
+
+def _range_text(f: dataclasses.Field[Any]) -> str:
+    low, high, choices = f.metadata["low"], f.metadata["high"], f.metadata["choices"]
+    if choices:
+        return f" One of {', '.join(choices)}."
+    if low is not None and high is not None:
+        return f" From {low} to {high}."
+    if low is not None:
+        return f" At least {low}."
+    return ""
 
 
 def documented_defaults() -> str:
@@ -350,6 +485,7 @@ def documented_defaults() -> str:
         default = f.default if f.default is not dataclasses.MISSING else None
         value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
         indent = "#   " if head else "# "
-        lines.append(f"{indent if head else ''}# {f.metadata['help']} [{env_name(dotted)}]")
+        help_text = f.metadata["help"] + _range_text(f)
+        lines.append(f"{indent if head else ''}# {help_text} [{env_name(dotted)}]")
         lines.append(f"{indent}{key}: {value}")
     return "\n".join(lines) + "\n"

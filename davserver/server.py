@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -12,7 +13,7 @@ from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.app import Application
-from davserver.config import ServerSettings
+from davserver.config import ConfigError, ServerSettings
 from davserver.housekeeping import Housekeeper
 from davserver.http_request import Connection
 from davserver.memory import fix_malloc_thresholds, limit_malloc_arenas, release_free_memory
@@ -51,6 +52,30 @@ def make_server(app: Application, host: str, port: int, *, reuse_port: bool = Fa
 
 def tls_enabled(settings: ServerSettings) -> bool:
     return bool(settings.ssl_certificate and settings.ssl_private_key)
+
+
+def check_tls(settings: ServerSettings) -> None:
+    """ConfigError unless TLS is off, or its certificate and key can be read and belong
+    together; checked before start-up, so the server never comes up without them."""
+    if not tls_enabled(settings):
+        return
+    for option, path in (
+        ("ssl_certificate", settings.ssl_certificate),
+        ("ssl_private_key", settings.ssl_private_key),
+    ):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"server.{option}: cannot read {path}: {exc.strerror}") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.ssl_certificate, settings.ssl_private_key)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"server.ssl_certificate and ssl_private_key: not a PEM certificate and its "
+            f"private key ({exc.reason or exc})"
+        ) from None
 
 
 def announce(tls: bool, host: str, port: int, workers: int = 1) -> None:

@@ -53,8 +53,6 @@ _TICK_SECONDS = 0.2
 def worker_count(setting: int) -> int:
     """``server.workers`` as a number of processes (0: one per CPU); ConfigError where this
     system cannot run more than one."""
-    if setting < 0:
-        raise ConfigError(f"server.workers: {setting} is negative (0 means one per CPU)")
     workers = setting or os.cpu_count() or 1
     check_supported(workers)
     return workers

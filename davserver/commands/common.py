@@ -15,12 +15,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from davserver.config import load_settings
+from davserver.config import Settings, load_settings
 from davserver.context import Services
 from davserver.errors import BadRequest
 from davserver.jsonsafe import plain
 from davserver.services.bounds import check_days
 from davserver.services.maintenance import Progress
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def settings_of(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """The settings from ``--config`` (which must exist), or ./config.yaml when present."""
+    named = args.config is not None
+    return load_settings(args.config if named else DEFAULT_CONFIG, required=named, **overrides)
 
 
 @contextmanager
@@ -28,7 +36,7 @@ def open_services(args: argparse.Namespace) -> Iterator[Services]:
     """The services for the settings the command line names; the schema must be current."""
     from davserver.db.migrate import upgrade
 
-    services = Services(load_settings(args.config))
+    services = Services(settings_of(args))
     try:
         upgrade(services.db)
         yield services

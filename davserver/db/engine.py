@@ -24,8 +24,33 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from davserver.config import ConfigError
+
+_BACKENDS = ("sqlite", "postgresql")
 _WRITE_OPTION = "davserver_write"
 _AUTOCOMMIT_OPTION = "davserver_autocommit"
+
+
+def check_url(url: str) -> sa.URL:
+    """``url`` parsed, or ConfigError naming what is wrong with it: not a URL, a database
+    other than SQLite and PostgreSQL, or a driver that is not installed."""
+    example = "postgresql+psycopg://user:password@host:5432/name or sqlite:///path"
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):  # not shown: it may hold a password
+        raise ConfigError(f"database.url is not a database URL; expected {example}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        parsed.get_dialect()
+    except sa.exc.NoSuchModuleError:
+        raise ConfigError(
+            f"database.url {shown}: no database driver {parsed.drivername!r}; use {example}"
+        ) from None
+    if parsed.get_backend_name() not in _BACKENDS:
+        raise ConfigError(
+            f"database.url {shown}: only SQLite and PostgreSQL are supported; use {example}"
+        )
+    return parsed
 
 
 class _RequestConnection:
@@ -47,7 +72,7 @@ class Database:
         ping_after_idle: float = 1.0,
         reconnect_after: float = 600.0,
     ) -> None:
-        self.url = sa.make_url(url)
+        self.url = check_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.is_sqlite:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+from davserver.config import MAX_DAYS as MAX_DAYS  # the settings' bound too
 from davserver.db.types import utcnow
 from davserver.errors import BadRequest
 
-# A hundred years: longer than any expiry or retention anyone means, and far from year 9999.
-MAX_DAYS = 36_500
 MAX_SECONDS = MAX_DAYS * 86_400
 # The database's largest integer (BigInteger, SQLite's INTEGER): quotas and sizes, LIMITs.
 MAX_INTEGER = 2**63 - 1

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from davserver.config import ConfigError
+from davserver.config import ConfigError, load_settings
 from davserver.workers import check_supported, worker_count
 from tests.conftest import ENGINES
 from tests.integration.test_dav_http import Connection
@@ -279,8 +279,8 @@ def test_worker_count() -> None:
     assert worker_count(1) == 1
     assert worker_count(3) == 3
     assert worker_count(0) == (os.cpu_count() or 1)
-    with pytest.raises(ConfigError, match="negative"):
-        worker_count(-1)
+    with pytest.raises(ConfigError, match=r"server\.workers: expected a number from 0"):
+        load_settings(None, env={"DAVSERVER_SERVER_WORKERS": "-1"})
 
 
 def test_workers_need_linux(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -239,6 +239,93 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
         load_settings(write_yaml(tmp_path / "c.yaml", text), env={})
 
 
+def test_a_file_that_must_exist_is_an_error_when_missing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read .*absent\.yaml: No such file"):
+        load_settings(tmp_path / "absent.yaml", env={}, required=True)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path, env={}, required=True)  # a folder
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("server:\n  port: [1\n", "c.yaml is not valid YAML: expected ',' or ']'"),
+        ("server:\n\tport: 1\n", "c.yaml is not valid YAML: "),
+        ("a: b: c\n", "at line 1, column 5"),
+    ],
+)
+def test_malformed_yaml_is_one_line_naming_the_place(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write_yaml(tmp_path / "c.yaml", text), env={})
+    assert problem in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_file_that_is_not_utf8_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(path, env={})
+
+
+def _bounded() -> list[tuple[str, int | None, int | None]]:
+    return [
+        (dotted, f.metadata.get("low"), f.metadata.get("high"))
+        for dotted, f in iter_options()
+        if f.metadata.get("low") is not None or f.metadata.get("high") is not None
+    ]
+
+
+def test_every_number_option_has_a_range() -> None:
+    bounded = {dotted for dotted, _, _ in _bounded()}
+    numbers = {
+        dotted
+        for dotted, f in iter_options()
+        if isinstance(f.default, int) and not isinstance(f.default, bool)
+    }
+    assert len(numbers) > 20
+    assert numbers - bounded == set()
+
+
+@pytest.mark.parametrize(("dotted", "low", "high"), _bounded())
+def test_numbers_outside_their_range_are_refused(
+    dotted: str, low: int | None, high: int | None
+) -> None:
+    name = env_name(dotted)
+    for inside in (low, high):
+        if inside is not None:
+            load_settings(None, env={name: str(inside)})
+    for outside in (None if low is None else low - 1, None if high is None else high + 1):
+        if outside is not None:
+            with pytest.raises(ConfigError, match=f"{dotted}: expected a number"):
+                load_settings(None, env={name: str(outside)})
+
+
+def test_a_yaml_boolean_is_not_a_number(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server\.threads: expected an integer"):
+        load_settings(write_yaml(tmp_path / "c.yaml", "server:\n  threads: yes\n"), env={})
+
+
+def test_the_log_level_is_one_of_four_in_any_case() -> None:
+    assert load_settings(None, env={"DAVSERVER_LOGGING_LEVEL": "debug"}).logging.level == "debug"
+    with pytest.raises(ConfigError, match=r"logging\.level: expected one of DEBUG, INFO"):
+        load_settings(None, env={"DAVSERVER_LOGGING_LEVEL": "verbose"})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DAVSERVER_SERVER_SSL_CERTIFICATE": "/etc/cert.pem"},
+        {"DAVSERVER_SERVER_SSL_PRIVATE_KEY": "/etc/key.pem"},
+    ],
+)
+def test_tls_needs_a_certificate_and_a_key(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="TLS needs both"):
+        load_settings(None, env=env)
+
+
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
 

@@ -1,0 +1,217 @@
+"""`davserver serve` refuses settings it cannot run with, in one line, before touching anything;
+and serves HTTPS when given a certificate and its key.
+
+Each case starts the real command in a subprocess (its cwd a fresh folder, so no developer's
+config.yaml is read) and checks the exit status (2: a usage or settings error), that stderr
+ends with one ``davserver: ...`` line naming the option, and that nothing was created.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import REPO_ROOT, basic_auth_header, free_port
+
+RUN_TIMEOUT = 60.0
+
+
+def serve(
+    cwd: Path, env: dict[str, str], *args: str, timeout: float = RUN_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """``davserver [args] serve`` until it exits; a server that starts is a failure."""
+    command = [sys.executable, "-m", "davserver", *args, "serve", "--port", str(free_port())]
+    try:
+        return subprocess.run(
+            command,
+            cwd=cwd,
+            env=_env(cwd, env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"davserver started instead of refusing its settings: {exc.stdout!r}")
+
+
+def _env(cwd: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["DAVSERVER_DATA_DIR"] = str(cwd / "data")
+    return {**env, **extra}
+
+
+def assert_refused(done: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Exit 2 with one ``davserver:`` line naming ``fragments``, and no traceback."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    assert last.startswith("davserver: "), done.stderr
+    for fragment in fragments:
+        assert fragment in done.stderr, done.stderr
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "fragments"),
+    [
+        ({"DAVSERVER_SERVER_BLOCK_SIZE": "0"}, ("server.block_size", "got 0")),
+        ({"DAVSERVER_SERVER_BLOCK_SIZE": "-5"}, ("server.block_size",)),
+        ({"DAVSERVER_SERVER_THREADS": "0"}, ("server.threads",)),
+        ({"DAVSERVER_SERVER_MAX_XML_BODY": "-1"}, ("server.max_xml_body",)),
+        ({"DAVSERVER_SERVER_WORKERS": "-2"}, ("server.workers",)),
+        ({"DAVSERVER_DATABASE_POOL_SIZE": "0"}, ("database.pool_size",)),
+        ({"DAVSERVER_TRASH_RETENTION_DAYS": "99999999"}, ("trash.retention_days",)),
+        ({"DAVSERVER_LOGGING_LEVEL": "verbose"}, ("logging.level", "DEBUG, INFO")),
+        (
+            {"DAVSERVER_SERVER_SSL_CERTIFICATE": "/etc/ssl/cert.pem"},
+            ("server.ssl_private_key is not", "TLS needs both"),
+        ),
+        (
+            {
+                "DAVSERVER_SERVER_SSL_CERTIFICATE": "/nonexistent/cert.pem",
+                "DAVSERVER_SERVER_SSL_PRIVATE_KEY": "/nonexistent/key.pem",
+            },
+            ("server.ssl_certificate: cannot read /nonexistent/cert.pem",),
+        ),
+        ({"DAVSERVER_DATABASE_URL": "not a url"}, ("database.url is not a database URL",)),
+        (
+            {"DAVSERVER_DATABASE_URL": "postgres://dav:s3cret@db/dav"},
+            ("no database driver 'postgres'", "postgresql+psycopg://"),
+        ),
+        (
+            {"DAVSERVER_DATABASE_URL": "mysql://dav:s3cret@db/dav"},
+            ("only SQLite and PostgreSQL",),
+        ),
+    ],
+    ids=lambda value: "-".join(value) if isinstance(value, dict) else None,
+)
+def test_settings_it_cannot_run_with_are_refused_in_one_line(
+    tmp_path: Path, env: dict[str, str], fragments: tuple[str, ...]
+) -> None:
+    stderr = assert_refused(serve(tmp_path, env), *fragments)
+    assert "s3cret" not in stderr  # a database password is never printed
+    assert not (tmp_path / "data").exists()  # refused before creating anything
+
+
+def test_folders_that_cannot_be_made_are_named(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the data folder should be")
+    assert_refused(
+        serve(tmp_path, {"DAVSERVER_DATA_DIR": str(tmp_path / "taken")}),
+        f"data_dir: cannot create the folder {tmp_path / 'taken'}",
+    )
+    assert_refused(
+        serve(tmp_path, {"DAVSERVER_STORAGE_BLOB_DIR": str(tmp_path / "taken" / "blobs")}),
+        "storage.blob_dir: cannot create the folder",
+    )
+
+
+def test_a_certificate_and_key_that_do_not_load_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    env = {
+        "DAVSERVER_SERVER_SSL_CERTIFICATE": str(junk),
+        "DAVSERVER_SERVER_SSL_PRIVATE_KEY": str(junk),
+    }
+    assert_refused(serve(tmp_path, env), "not a PEM certificate and its private key")
+
+
+def test_a_named_config_file_must_exist_and_be_yaml(tmp_path: Path) -> None:
+    assert_refused(
+        serve(tmp_path, {}, "--config", str(tmp_path / "absent.yaml")),
+        f"cannot read {tmp_path / 'absent.yaml'}: No such file or directory",
+    )
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("server:\n  port: [1\n")
+    assert_refused(serve(tmp_path, {}, "--config", str(broken)), "broken.yaml is not valid YAML")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    assert_refused(serve(tmp_path, {}, "--config", str(binary)), "binary.yaml is not valid YAML")
+
+
+# --- HTTPS ---------------------------------------------------------------------------------
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set, so the TLS test must run: openssl is not installed")
+        pytest.skip("openssl is not installed")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_serves_https_with_a_certificate_and_key(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    env = _env(
+        tmp_path,
+        {
+            "DAVSERVER_SERVER_SSL_CERTIFICATE": str(cert),
+            "DAVSERVER_SERVER_SSL_PRIVATE_KEY": str(key),
+            "DAVSERVER_ADMIN_USER": "tlsadmin",
+            "DAVSERVER_ADMIN_PASSWORD": "tls-password-1",
+            "PYTHONUNBUFFERED": "1",
+        },
+    )
+    command = [sys.executable, "-m", "davserver", "serve", "--host", "127.0.0.1"]
+    with subprocess.Popen(
+        [*command, "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            lines = []
+            for line in process.stdout:  # the announcement is the line to wait for
+                lines.append(line)
+                if "listening on" in line:
+                    break
+            assert f"davserver listening on https://127.0.0.1:{port}/" in lines[-1], lines
+
+            context = ssl.create_default_context(cafile=str(cert))
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+            auth = {"Authorization": basic_auth_header("tlsadmin", "tls-password-1")}
+            conn.request("PUT", "/files/over-tls.txt", body=b"secret bytes", headers=auth)
+            created = conn.getresponse()
+            created.read()
+            assert created.status == 201, "PUT over TLS"
+            conn.request("GET", "/files/over-tls.txt", headers=auth)
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"secret bytes")
+            conn.close()
+
+            # Plain HTTP on the TLS port gets no answer in the clear.
+            plain = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            with pytest.raises((http.client.HTTPException, OSError)):
+                plain.request("GET", "/files/over-tls.txt", headers=auth)
+                plain.getresponse().read()
+            plain.close()
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
