@@ -12,6 +12,7 @@ DomainError
  +-- PreconditionFailed   If-Match, Overwrite: F and similar
  +-- Locked               a WebDAV lock stands in the way
  +-- QuotaExceeded        the user's quota would be exceeded
+ +-- StorageFull          the server's disk has no room left for the bytes
  +-- UploadIncomplete     the body ended before its announced length
  +-- ChecksumMismatch     the body does not match the checksum the client sent
  +-- UnsupportedMedia     content of a kind the operation does not handle (not an image)
@@ -69,6 +70,10 @@ class Locked(DomainError):
 
 
 class QuotaExceeded(DomainError):
+    pass
+
+
+class StorageFull(DomainError):
     pass
 
 

@@ -36,6 +36,7 @@ _STATUS: Statuses = [
     (errors.PreconditionFailed, HTTP_PRECONDITION_FAILED),
     (errors.Locked, HTTP_LOCKED),
     (errors.QuotaExceeded, HTTP_INSUFFICIENT_STORAGE),
+    (errors.StorageFull, HTTP_INSUFFICIENT_STORAGE),
     (errors.UploadIncomplete, HTTP_BAD_REQUEST),
     (errors.ChecksumMismatch, HTTP_BAD_REQUEST),
     (errors.UnsupportedMedia, HTTP_MEDIATYPE_NOT_SUPPORTED),

@@ -517,7 +517,8 @@ class FileResource(_NodeResource, DAVNonCollection):
                 HTTP_INSUFFICIENT_STORAGE,
                 context_info=f"{expected_length} bytes do not fit: {self._allowance} are left",
             )
-        self._writer = self.provider.files.blobs.writer()
+        with dav_errors():
+            self._writer = self.provider.files.blobs.writer()
         return _UploadSink(self._writer, expected_length, self._allowance)
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -585,7 +586,8 @@ class _UploadSink:
                 HTTP_INSUFFICIENT_STORAGE,
                 context_info=f"the upload grew past the {self._allowance} bytes the quota leaves",
             )
-        return self._writer.write(data)
+        with dav_errors():
+            return self._writer.write(data)
 
     def close(self) -> None:
         if self._expected is not None and self._writer.bytes_written != self._expected:

@@ -14,6 +14,7 @@ _STATUS: list[tuple[type[errors.DomainError], int, str]] = [
     (errors.PreconditionFailed, 412, "precondition_failed"),
     (errors.Locked, 423, "locked"),
     (errors.QuotaExceeded, 507, "insufficient_storage"),
+    (errors.StorageFull, 507, "insufficient_storage"),
 ]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import secrets
 import shutil
@@ -26,14 +27,34 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ParamSpec, TypeVar
 
 from davserver.blobstore.base import BlobFile, StoredBlob
 from davserver.blobstore.hashing import MultiHasher, is_sha256
-from davserver.errors import ChecksumMismatch
+from davserver.errors import ChecksumMismatch, StorageFull
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# What writing answers when the disk (or the user's file system quota) has no room left.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _WRITEBACK_EVERY = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
+
+
+def _full_is_storage_full(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``function``, with "no space left" raised as StorageFull: the one write error a
+    client can act on (507), where any other is the server's fault."""
+
+    @functools.wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return function(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise StorageFull("the server's storage is full") from exc
+            raise
+
+    return wrapper
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
@@ -109,6 +130,7 @@ class FileSystemBlobStore:
                 _fsync_dir(folder.parent)
         self._folders.add(name)
 
+    @_full_is_storage_full
     def writer(self) -> _FileBlobWriter:
         return _FileBlobWriter(self)
 
@@ -139,6 +161,7 @@ class FileSystemBlobStore:
 
     # -- the upload side of the gc protocol
 
+    @_full_is_storage_full
     def ensure_stored(self, blob: StoredBlob) -> None:
         final = self.path_of(blob.storage_key)
         if final.exists():
@@ -223,6 +246,7 @@ class _FileBlobWriter:
         self._flushed = 0
         self._done = False
 
+    @_full_is_storage_full
     def write(self, data: bytes) -> int:
         self._hasher.update(data)
         view = memoryview(data)
@@ -240,6 +264,7 @@ class _FileBlobWriter:
             self._flushed = self.bytes_written
         return len(data)
 
+    @_full_is_storage_full
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
         sha256, md5, sha1 = self._hasher.digests()
         actual = {"sha256": sha256, "md5": md5, "sha1": sha1}

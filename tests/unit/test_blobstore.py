@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from davserver.blobstore import FileSystemBlobStore, StoredBlob, is_storage_key
-from davserver.errors import ChecksumMismatch
+from davserver.errors import ChecksumMismatch, StorageFull
 
 
 def _write(store: FileSystemBlobStore, data: bytes, **expect: str) -> StoredBlob:
@@ -149,3 +151,52 @@ def test_storage_keys_in_either_layout_are_recognised() -> None:
         f"{sha256[:2]}/{sha256.upper()}",
     ):
         assert not is_storage_key(other), other
+
+
+# --- a full disk ---------------------------------------------------------------------------
+
+
+def _full(*_args: object, **_kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["write", "fsync", "link"])
+def test_a_full_disk_is_storage_full_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs", fsync=True)
+    writer = store.writer()
+    if where == "write":
+        # Linux's /dev/full answers every write with ENOSPC, as a full disk does.
+        temp = writer._file  # type: ignore[attr-defined]
+        monkeypatch.setattr(writer, "_file", open("/dev/full", "wb", buffering=0))  # noqa: SIM115
+        with pytest.raises(StorageFull):
+            writer.write(b"x" * 4096)
+        writer._file.close()  # type: ignore[attr-defined]
+        monkeypatch.setattr(writer, "_file", temp)
+        writer.abort()
+    else:
+        writer.write(b"bytes that do not fit")
+        monkeypatch.setattr(os, where, _full)
+        with pytest.raises(StorageFull):
+            writer.finish()
+        monkeypatch.undo()
+    assert list(store.iter_temp_files()) == []
+    assert list(store.iter_files()) == []
+
+
+def test_other_write_errors_stay_what_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs", fsync=True)
+    writer = store.writer()
+    writer.write(b"bytes")
+
+    def broken(*_args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError) as raised:
+        writer.finish()
+    assert not isinstance(raised.value, StorageFull)
+    assert raised.value.errno == errno.EIO
