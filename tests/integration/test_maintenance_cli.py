@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ def data_dir(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
 def run(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
     def davserver(*argv: str) -> tuple[int, Any, str]:
         """Exit status, stdout (parsed when it is JSON) and stderr of one command."""
-        status = main(["--config", str(tmp_path / "absent.yaml"), *argv])
+        status = main(["--config", os.devnull, *argv])
         out, err = capsys.readouterr()
         return status, json.loads(out) if "--json" in argv else out, err
 

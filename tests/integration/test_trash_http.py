@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ def cli(
     monkeypatch.setenv("DAVSERVER_DATA_DIR", str(server.data_dir))
 
     def davserver(*argv: str) -> tuple[int, Any, str]:
-        status = main(["--config", str(tmp_path / "absent.yaml"), *argv, "--json"])
+        status = main(["--config", os.devnull, *argv, "--json"])
         out, err = capsys.readouterr()
         return status, json.loads(out) if out.strip() else None, err
 

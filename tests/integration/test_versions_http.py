@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import unicodedata
 import uuid
 from collections.abc import Iterator
@@ -379,7 +380,7 @@ def test_versions_prune_from_the_command_line(
                 version.uploaded_at = long_ago + dt.timedelta(minutes=version.version_no)
     monkeypatch.setenv("DAVSERVER_DATABASE_URL", server.db_url)
     monkeypatch.setenv("DAVSERVER_DATA_DIR", str(server.data_dir))
-    argv = ["--config", str(tmp_path / "absent.yaml"), "versions"]
+    argv = ["--config", os.devnull, "versions"]
 
     assert main([*argv, "prune", "--dry-run", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

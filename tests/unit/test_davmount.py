@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from davserver.davmount import instructions
+from tests.servers import REPO_ROOT
 
 
 def test_every_client_gets_the_files_url() -> None:
@@ -24,12 +26,17 @@ def test_plain_http_warns_about_basic_auth_on_windows() -> None:
     assert "dav://bob@127.0.0.1:8080/files/" in text
 
 
-def test_cli_uses_the_configured_port() -> None:
+def test_cli_uses_the_configured_port(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "davserver", "--config", "/nonexistent.yaml", "davmount"],
+        [sys.executable, "-m", "davserver", "davmount"],
         capture_output=True,
         text=True,
-        env={"DAVSERVER_SERVER_PORT": "9123", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,  # no config.yaml there: the environment's port
+        env={
+            "DAVSERVER_SERVER_PORT": "9123",
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO_ROOT),
+        },
         timeout=60,
         check=True,
     )
