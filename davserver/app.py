@@ -15,7 +15,7 @@ from davserver.api import ApiApp
 from davserver.api.app import PREFIX as API_PREFIX
 from davserver.config import Settings
 from davserver.context import Services
-from davserver.errors import TooManyRequests, Unauthorized
+from davserver.errors import StorageFull, TooManyRequests, Unauthorized
 from providers.dispatch import DavRequestResolver
 from providers.error_printer import ErrorPrinter
 from providers.lock_manager import LockManager
@@ -122,6 +122,8 @@ class Application:
                 "Too many failed logins; try again later\n",
                 [("Retry-After", str(exc.retry_after))],
             )
+        except StorageFull:  # a first login is recorded: the database's disk is full
+            return _plain(start_response, "507 Insufficient Storage", "The server is full\n")
         return self.dav(environ, start_response)
 
     def _end_request(self) -> None:

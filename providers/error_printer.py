@@ -1,4 +1,5 @@
-"""The outermost WebDAV middleware: a DAVError becomes its status page, a bug a logged 500.
+"""The outermost WebDAV middleware: a DAVError (or a domain error that no handler translated)
+becomes its status page, a bug a logged 500.
 
 It replaces WsgiDAV's ErrorPrinter, which logs an unexpected exception to the ``wsgidav``
 logger (silent unless WsgiDAV's own logging is set up, and twice when it is) and shows the
@@ -24,6 +25,9 @@ from wsgidav.dav_error import (
     get_http_status_string,
 )
 from wsgidav.mw.base_mw import BaseMiddleware
+
+from davserver.errors import DomainError
+from providers.errors import to_dav_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +56,10 @@ class ErrorPrinter(BaseMiddleware):
             if started:
                 raise
             error = exc
+        except DomainError as exc:  # from a path that had no dav_errors(), such as a LOCK's
+            if started:
+                raise
+            error = to_dav_error(exc)
         except Exception as exc:
             if started:
                 raise  # the answer is under way: cheroot logs it and drops the connection
@@ -70,6 +78,8 @@ def logs_unexpected(method: Callable[..., T]) -> Callable[..., T]:
             return method(self, *args, **kwargs)
         except DAVError:
             raise
+        except DomainError as exc:
+            raise to_dav_error(exc) from exc
         except Exception as exc:
             log_unexpected(exc, self.environ)
             raise DAVError(HTTP_INTERNAL_ERROR) from None
@@ -88,9 +98,12 @@ def log_unexpected(error: BaseException, environ: dict[str, Any]) -> None:
 
 
 def _logged(error: DAVError, environ: dict[str, Any]) -> DAVError:
-    """A 500 wrapping an exception is logged, and answered without its text."""
+    """A 500 wrapping an exception is logged, and answered without its text; one wrapping a
+    domain error (WsgiDAV wraps what a PUT's body copy raises) gets that error's status."""
     if error.value != HTTP_INTERNAL_ERROR or not isinstance(error.src_exception, Exception):
         return error
+    if isinstance(error.src_exception, DomainError):
+        return to_dav_error(error.src_exception)
     log_unexpected(error.src_exception, environ)
     return DAVError(HTTP_INTERNAL_ERROR)
 

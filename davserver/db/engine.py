@@ -14,6 +14,7 @@ all of a request's quick reads share one pooled connection instead of checking o
 from __future__ import annotations
 
 import contextvars
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,8 +26,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from davserver.config import ConfigError
+from davserver.errors import StorageFull
 
 _BACKENDS = ("sqlite", "postgresql")
+_PG_DISK_FULL = "53100"
 _WRITE_OPTION = "davserver_write"
 _AUTOCOMMIT_OPTION = "davserver_autocommit"
 
@@ -121,9 +124,16 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A read-write transaction, committed when the block ends without an exception."""
-        with self._write_sessions() as session, session.begin():
-            yield session
+        """A read-write transaction, committed when the block ends without an exception.
+
+        A database whose disk is full raises StorageFull (rolled back, nothing changed)."""
+        try:
+            with self._write_sessions() as session, session.begin():
+                yield session
+        except sa.exc.OperationalError as exc:
+            if _disk_full(exc):
+                raise StorageFull("the server's database storage is full") from exc
+            raise
 
     @contextmanager
     def connect(self) -> Iterator[sa.Connection]:
@@ -151,6 +161,16 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _disk_full(exc: sa.exc.DBAPIError) -> bool:
+    """Whether the database refused a write for want of disk space (SQLite's SQLITE_FULL,
+    PostgreSQL's disk_full)."""
+    orig = exc.orig
+    return (
+        getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(orig, "sqlstate", None) == _PG_DISK_FULL
+    )
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:

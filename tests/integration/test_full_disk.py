@@ -1,29 +1,31 @@
-"""A disk with no room left: an upload gets 507 Insufficient Storage, and loses nothing.
+"""A disk with no room left: a change gets 507 Insufficient Storage, and loses nothing.
 
-The blob folder is a 1 MiB tmpfs, so the disk really fills up (ENOSPC from write(2), not a
-mock). Mounting needs root and the right to mount; where that is missing the test skips with
-the reason, also under CI (as the davfs2 test does): many CI machines cannot mount at all.
+The blob folder, or the SQLite database, is on a small tmpfs, so the disk really fills up
+(ENOSPC from write(2), SQLITE_FULL from SQLite; not mocks). Mounting needs root and the right
+to mount; where that is missing the test skips with the reason, also under CI (as the davfs2
+test does): many CI machines cannot mount at all.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ENGINES
 from tests.integration.test_dav_http import existing_node, version_numbers
-from tests.servers import InprocServer, run_inproc_server
+from tests.integration.test_packages_http import User
+from tests.servers import InprocServer, Response, run_inproc_server
 
 SIZE = "1m"
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A folder on a 1 MiB file system of its own."""
+    """A folder on a 1 MiB file system of its own (``grow`` gives it more room)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     folder = tmp_path / "small"
@@ -78,3 +80,84 @@ def test_an_upload_that_does_not_fit_on_the_disk_is_507_and_loses_nothing(
     small = os.urandom(10 * 1024)
     assert server.request("PUT", f"{folder}small.bin", body=small).status == 201
     assert server.request("GET", f"{folder}small.bin").body == small
+
+
+def grow(disk: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+
+PROPPATCH = (
+    '<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:x="urn:x-fill">'
+    "<d:set><d:prop><x:p{n}>{value}</x:p{n}></d:prop></d:set></d:propertyupdate>"
+)
+
+
+LOCKINFO = (
+    b'<?xml version="1.0"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:shared/></d:lockscope>'
+    b"<d:locktype><d:write/></d:locktype><d:owner>filler</d:owner></d:lockinfo>"
+)
+
+
+def first_refusal(attempt: Callable[[int], Response], done: int) -> tuple[int, Response]:
+    """Run ``attempt(0)``, ``attempt(1)``... until one does not answer ``done``; that one.
+
+    A database that filled its disk still takes small writes for a while: SQLite reuses the
+    room its write-ahead log already holds. What matters is how it says no when it does."""
+    for n in range(500):
+        answer = attempt(n)
+        if answer.status != done:
+            return n, answer
+    pytest.fail(f"still {done} after 500 attempts on a full disk")
+
+
+def test_a_full_database_disk_refuses_changes_with_507_and_still_serves_reads(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    blob_dir = str(tmp_path / "blobs")  # the bytes have room: only the database is short
+    grow(small_disk, "4m")  # the schema, the users, then dead properties fill it
+    with run_inproc_server("sqlite", small_disk, storage__blob_dir=blob_dir) as server:
+        folder = server.fresh_dir("dbfull")
+        assert server.request("PUT", f"{folder}kept.txt", body=b"kept").status == 201
+        # They sign in for the first time once the disk is full.
+        newcomers = [User(server, f"newcomer{n}") for n in range(20)]
+        # Fill the database's disk with dead properties of 64 KiB each.
+        for n in range(100):
+            body = PROPPATCH.format(n=n, value="v" * 65536).encode()
+            answer = server.request("PROPPATCH", folder, body=body)
+            assert answer.status == 207
+            if b"HTTP/1.1 200" not in answer.body:
+                break
+        else:
+            pytest.fail("the database's 1 MiB disk never filled up")
+        assert b"HTTP/1.1 507 Insufficient Storage" in answer.body, answer.body[-300:]
+
+        n, put = first_refusal(
+            lambda n: server.request("PUT", f"{folder}new{n}.txt", body=b"new bytes"), 201
+        )
+        assert put.status == 507, put.body[:300]
+        assert b"storage is full" in put.body
+        assert server.request("HEAD", f"{folder}new{n}.txt").status == 404  # nothing half done
+        _, mkcol = first_refusal(lambda n: server.request("MKCOL", f"{folder}sub{n}/"), 201)
+        assert mkcol.status == 507
+        _, lock = first_refusal(
+            lambda n: server.request(
+                "LOCK", f"{folder}kept.txt", body=LOCKINFO, headers={"Timeout": "Second-60"}
+            ),
+            200,
+        )
+        assert lock.status == 507, lock.body[:300]
+        # A first sign-in is recorded (the logbook): it waits for room too, 507 and not 500.
+        _, login = first_refusal(
+            lambda n: newcomers[n].call("PROPFIND", "/files/", headers={"Depth": "0"}), 207
+        )
+        assert (login.status, login.body) == (507, b"The server is full\n")
+        # Reading goes on.
+        got = server.request("GET", f"{folder}kept.txt")
+        assert (got.status, got.body) == (200, b"kept")
+        assert server.request("PROPFIND", folder, headers={"Depth": "1"}).status == 207
+
+        grow(small_disk, "16m")
+        assert server.request("PUT", f"{folder}new{n}.txt", body=b"new bytes").status == 201
+        assert server.request("GET", f"{folder}new{n}.txt").body == b"new bytes"
+        for newcomer in newcomers:
+            assert newcomer.call("PROPFIND", "/files/", headers={"Depth": "0"}).status == 207
