@@ -11,13 +11,35 @@ A request is often answered before its body is read: 401 (no or wrong credential
 * **Draining.** After such an answer cheroot reads the rest of the body in *one*
   ``read(remaining)`` to keep the connection, so a client announcing 50 GiB made the server
   allocate 50 GiB. Past ``_DRAIN_LIMIT`` the connection is closed instead.
+
+And three for bodies that are broken or ambiguous:
+
+* **A malformed chunked body** (a chunk size that is not hex, a chunk not ended by CRLF) made
+  cheroot's reader raise ValueError, answered 500 and logged as a server bug. It is the
+  client's fault: BadRequest (400), and the connection is closed, its framing being lost.
+  So is a body cut off by the network (a reset, or the idle timeout while the body is due):
+  UploadIncomplete.
+* **Content-Length with Transfer-Encoding: chunked.** The chunked framing wins (RFC 9112,
+  6.1), and the connection is closed after the answer: a proxy in front that framed the
+  request by its Content-Length would otherwise read the rest as a second request (request
+  smuggling).
+* **Headers** are capped at ``MAX_HEADER_BYTES`` in all (cheroot's default is no cap, so a
+  client could make a thread buffer gigabytes): 413.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from cheroot import server as cheroot_server
+
+from davserver.errors import BadRequest, UploadIncomplete
+
+# The request line and headers together; Windows' redirector with a dozen lock tokens in an
+# If header stays far below this.
+MAX_HEADER_BYTES = 256 * 1024
 
 # An unread request body up to this size is read and dropped after an early answer, so the
 # connection can be kept; a bigger one closes the connection instead.
@@ -34,45 +56,62 @@ class _HeaderReader(cheroot_server.HeaderReader):
         return headers
 
 
-class _ContinueOnRead:
-    """A request body that sends "100 Continue" before its first read, unless the answer has
-    started by then."""
+class _Body:
+    """The request body as the application reads it. With ``deferred``, "100 Continue" is
+    sent before the first read, unless the answer has started by then. A body that cannot be
+    read to its end (malformed chunks, a broken connection) raises a domain error and closes
+    the connection, instead of escaping as a server error."""
 
-    def __init__(self, body: Any, request: Request) -> None:
+    def __init__(self, body: Any, request: Request, *, deferred: bool) -> None:
         self._body = body
         self._request = request
+        self.deferred = deferred
         self.continued = False
+        self.answered = False  # from here on cheroot reads (drains) it: its errors are its own
 
     def _continue(self) -> None:
         if self.continued:
             return
         self.continued = True
         request = self._request
-        if not request.sent_headers:
+        if self.deferred and not request.sent_headers:
             protocol = request.server.protocol.encode("ascii")
             request.conn.wfile.write(protocol + b" 100 Continue\r\n\r\n")
 
-    def read(self, size: int | None = None) -> bytes:
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
         self._continue()
-        data: bytes = self._body.read(size)
+        try:
+            yield
+        except (ValueError, OSError) as exc:
+            if self.answered:
+                raise
+            self._request.close_connection = True  # the body's framing is lost
+            if isinstance(exc, ValueError):  # cheroot's chunked reader: not hex, no CRLF
+                raise BadRequest(f"malformed chunked request body: {exc}") from exc
+            raise UploadIncomplete(f"the request body could not be read: {exc}") from exc
+
+    def read(self, size: int | None = None) -> bytes:
+        with self._reading():
+            data: bytes = self._body.read(size)
         return data
 
     def readline(self, size: int | None = None) -> bytes:
-        self._continue()
-        line: bytes = self._body.readline(size)
+        with self._reading():
+            line: bytes = self._body.readline(size)
         return line
 
     def readlines(self, sizehint: int = 0) -> list[bytes]:
-        self._continue()
-        lines: list[bytes] = self._body.readlines(sizehint)
+        with self._reading():
+            lines: list[bytes] = self._body.readlines(sizehint)
         return lines
 
-    def __iter__(self) -> _ContinueOnRead:
+    def __iter__(self) -> _Body:
         return self
 
     def __next__(self) -> bytes:
-        self._continue()
-        chunk: bytes = next(self._body)
+        with self._reading():
+            chunk: bytes = next(self._body)
         return chunk
 
     def __getattr__(self, name: str) -> Any:  # remaining, close, ...
@@ -90,18 +129,26 @@ class Request(cheroot_server.HTTPRequest):
     def rfile(self, reader: Any) -> None:
         # cheroot sets the body's reader in respond(), just before the application runs.
         body_readers = (cheroot_server.KnownLengthRFile, cheroot_server.ChunkedRFile)
-        if isinstance(reader, body_readers) and self.inheaders.get(b"Expect") == _DEFERRED:
-            reader = _ContinueOnRead(reader, self)
+        if isinstance(reader, body_readers):
+            reader = _Body(reader, self, deferred=self.inheaders.get(b"Expect") == _DEFERRED)
         self._rfile = reader
+
+    def read_request_headers(self) -> bool:
+        ready: bool = super().read_request_headers()
+        if ready and self.chunked_read and b"Content-Length" in self.inheaders:
+            self.close_connection = True
+        return ready
 
     def send_headers(self) -> None:
         reader = self._rfile
         remaining = getattr(reader, "remaining", 0)
-        never_asked = isinstance(reader, _ContinueOnRead) and not reader.continued
+        never_asked = isinstance(reader, _Body) and reader.deferred and not reader.continued
         if never_asked and (remaining or self.chunked_read):
             self.close_connection = True  # the client holds the body back: do not wait for it
         elif not self.chunked_read and remaining > _DRAIN_LIMIT:
             self.close_connection = True
+        if isinstance(reader, _Body):
+            reader.answered = True
         super().send_headers()
 
 

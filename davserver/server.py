@@ -15,7 +15,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from davserver.app import Application
 from davserver.config import ConfigError, ServerSettings
 from davserver.housekeeping import Housekeeper
-from davserver.http_request import Connection
+from davserver.http_request import MAX_HEADER_BYTES, Connection
 from davserver.memory import fix_malloc_thresholds, limit_malloc_arenas, release_free_memory
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def make_server(app: Application, host: str, port: int, *, reuse_port: bool = Fa
         reuse_port=reuse_port,
     )
     server.max_request_body_size = 0  # uploads are bounded by quota, not by a fixed cap
+    server.max_request_header_size = MAX_HEADER_BYTES
     # cheroot's default of 10 made every client past the tenth reconnect for each request.
     server.keep_alive_conn_limit = settings.keep_alive_connections
     server.ConnectionClass = Connection

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from davserver.app import Application
+from davserver.http_request import MAX_HEADER_BYTES
 from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, User
 from davserver.services.actor import Actor
 from davserver.services.tree import NodeView
@@ -976,6 +977,101 @@ def test_a_malformed_content_length_is_a_400_that_stores_nothing(
     no_traceback(response)
     assert call(srv, "GET", url).status == 404
     put(srv, url, b"fine")  # the server still works
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The errors davserver logged (WsgiDAV's own logger has no output in the server)."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and not r.name.startswith("wsgidav")
+    ]
+
+
+def exchange(srv: InprocServer, head_lines: list[str], body: bytes) -> tuple[Response, bytes]:
+    """One request on a kept-alive connection: the answer, and what the server sent after it
+    before closing the connection or falling silent (b"" when it closed)."""
+    head = "\r\n".join(
+        [
+            *head_lines,
+            f"Host: {HOST}:{srv.port}",
+            f"Authorization: {basic_auth_header(srv.user, srv.password)}",
+        ]
+    )
+    sock = socket.create_connection((HOST, srv.port), timeout=10)
+    try:
+        sock.sendall(head.encode("latin-1") + b"\r\n\r\n" + body)
+        response = http.client.HTTPResponse(sock, method=head_lines[0].split()[0])
+        response.begin()
+        answer = Response(response.status, dict(response.getheaders()), response.read())
+        sock.settimeout(3)
+        try:
+            after = sock.recv(100)
+        except TimeoutError:
+            after = b"(still open)"
+        return answer, after
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcdef\r\n0\r\n\r\n"],
+    ids=["size-not-hex", "chunk-longer-than-its-size"],
+)
+def test_a_malformed_chunked_body_is_a_400_that_stores_nothing_and_logs_no_error(
+    srv: InprocServer, folder: str, caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    url = folder + "chunks.txt"
+    with caplog.at_level(logging.ERROR):
+        response, after = exchange(
+            srv, [f"PUT {path_of(url)} HTTP/1.1", "Transfer-Encoding: chunked"], body
+        )
+    assert response.status == 400, (response.status, response.body[:500])
+    assert b"malformed chunked request body" in response.body
+    assert after == b""  # its framing is lost: the connection is closed
+    assert errors_logged(caplog) == []
+    assert call(srv, "GET", url).status == 404
+
+
+def test_a_cut_off_chunked_upload_logs_no_error(
+    srv: InprocServer, folder: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's connection breaking mid-body is the client's business, not a bug."""
+    with caplog.at_level(logging.ERROR):
+        _cut_off_put(srv, folder + "cut.bin", chunked=True)
+    assert errors_logged(caplog) == []
+
+
+def test_content_length_beside_chunked_is_read_as_chunked_and_the_connection_closed(
+    srv: InprocServer, folder: str
+) -> None:
+    """RFC 9112, 6.1: the chunked framing wins; the connection closes after the answer, so a
+    proxy that framed the request by its Content-Length cannot smuggle a second one."""
+    url = folder + "both.txt"
+    smuggled = b"GET /files/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"3\r\nabc\r\n0\r\n\r\n" + smuggled
+    response, after = exchange(
+        srv,
+        [
+            f"PUT {path_of(url)} HTTP/1.1",
+            "Content-Length: 3",
+            "Transfer-Encoding: chunked",
+        ],
+        body,
+    )
+    assert response.status == 201
+    assert response.headers.get("Connection") == "close"
+    assert after == b""  # the "smuggled" request was never answered
+    assert get_body(srv, url) == b"abc"
+
+
+def test_headers_past_the_cap_are_refused(srv: InprocServer, folder: str) -> None:
+    big = "x" * (MAX_HEADER_BYTES + 1)
+    response, _ = exchange(srv, [f"GET {path_of(folder)} HTTP/1.1", f"X-Big: {big}"], b"")
+    assert response.status == 413
+    fine, _ = exchange(srv, [f"GET {path_of(folder)} HTTP/1.1", "X-Big: " + "x" * 8000], b"")
+    assert fine.status == 200
 
 
 @pytest.fixture
