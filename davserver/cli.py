@@ -27,17 +27,21 @@ COMMAND_GROUPS: tuple[str, ...] = (
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from davserver.bootstrap import SchemaUpgradeFailed, prepare
+    from davserver.capacity import accepted_connections, fit_threads
+    from davserver.db.engine import check_url
     from davserver.server import CannotListen, check_tls, serve
     from davserver.workers import serve_workers, worker_count
 
     settings = settings_of(
         args, server__host=args.host, server__port=args.port, server__workers=args.workers
     )
-    workers = worker_count(settings.server.workers)
-    check_tls(settings.server)
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
+    workers = worker_count(settings.server.workers)
+    check_tls(settings.server)
+    check_url(settings.database_url)
+    settings = fit_threads(settings, workers, accepted_connections(settings.database_url))
     try:
         app, generated = prepare(settings, migrate_in_child=True)
     except SchemaUpgradeFailed as exc:

@@ -11,6 +11,7 @@ import datetime as dt
 from auth.credentials import CredentialCache
 from auth.passwords import PasswordHasher
 from davserver.blobstore import FileSystemBlobStore
+from davserver.capacity import pool_limit
 from davserver.config import Settings
 from davserver.db import Database
 from davserver.services import package_space, trash, versions
@@ -38,6 +39,7 @@ class Services:
         self.db = Database(
             settings.database_url,
             pool_size=settings.database.pool_size,
+            max_connections=pool_limit(settings.server.threads),
             echo=settings.database.echo,
             ping_after_idle=settings.database.ping_after_idle_seconds,
             reconnect_after=settings.database.reconnect_after_seconds,

@@ -71,6 +71,7 @@ class Database:
         url: str,
         *,
         pool_size: int = 10,
+        max_connections: int | None = None,
         echo: bool = False,
         ping_after_idle: float = 1.0,
         reconnect_after: float = 600.0,
@@ -78,14 +79,14 @@ class Database:
         self.url = check_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        # At most max_connections at once (davserver.capacity), pool_size of them kept open.
+        limit = max_connections if max_connections is not None else pool_size + 64
+        kwargs["pool_size"] = min(pool_size, limit)
+        kwargs["max_overflow"] = limit - kwargs["pool_size"]
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            kwargs["pool_size"] = pool_size
-            kwargs["max_overflow"] = 64
             kwargs["poolclass"] = sa.pool.QueuePool
         else:
-            kwargs["pool_size"] = pool_size
-            kwargs["max_overflow"] = 64
             # Newest first: a pool reuses the connection it just got back, which needs no check
             # (_ping_when_idle), and lets the ones it has not needed lately sit idle.
             kwargs["pool_use_lifo"] = True
