@@ -201,6 +201,7 @@ class MaintenanceService:
         """Delete the rows of ``ids`` that are still unreferenced, and their files."""
 
         def remove(session: Session) -> list[str]:
+            session.execute(_DELETE_DEAD_VARIANTS, {"ids": ids})
             return list(session.execute(_DELETE_UNREFERENCED, {"ids": ids}).scalars())
 
         self._remove_with_files(remove, report, orphans=False)
@@ -478,13 +479,25 @@ _p = Base.metadata.tables["packages"]
 
 
 def _unreferenced() -> sa.ColumnElement[bool]:
-    """No version, image variant (as result or source) or package archive uses the blob."""
+    """No version, live image variant or package archive uses the blob.
+
+    A variant is a cache of a version's bytes, not a use of them: it is live while some
+    version holds its source. The variants of bytes no version holds (every file that had
+    them purged, or their versions pruned) would otherwise keep those bytes, and themselves,
+    for ever; gc deletes them with the blobs (``_DELETE_DEAD_VARIANTS``). A blob no version
+    holds cannot be the source of a live variant, so the source needs no test of its own.
+    """
     return sa.and_(
         ~sa.exists().where(_v.c.blob_id == _b.c.id),
-        ~sa.exists().where(_iv.c.blob_id == _b.c.id),
-        ~sa.exists().where(_iv.c.source_blob_id == _b.c.id),
+        ~sa.exists().where(_iv.c.blob_id == _b.c.id, _variant_live()),
         ~sa.exists().where(_p.c.archive_blob_id == _b.c.id),
     )
+
+
+def _variant_live() -> sa.ColumnElement[bool]:
+    """Some version holds the source of the ``image_variants`` row in the enclosing query."""
+    held = _v.alias("held")
+    return sa.exists().where(held.c.blob_id == _iv.c.source_blob_id)
 
 
 def _candidates(after: uuid.UUID | None) -> sa.Select[Any]:
@@ -503,6 +516,15 @@ _DELETE_UNREFERENCED = (
     sa.delete(_b)
     .where(_b.c.id.in_(sa.bindparam("ids", expanding=True)), _unreferenced())
     .returning(_b.c.storage_key)
+)
+# The dead variants (see ``_unreferenced``) made from or stored in these blobs: deleted first,
+# in the same transaction, as their rows would hold the blobs by foreign key.
+_DELETE_DEAD_VARIANTS = sa.delete(_iv).where(
+    sa.or_(
+        _iv.c.source_blob_id.in_(sa.bindparam("ids", expanding=True)),
+        _iv.c.blob_id.in_(sa.bindparam("ids", expanding=True)),
+    ),
+    ~_variant_live(),
 )
 _DELETE_IDS = sa.delete(_b).where(_b.c.id.in_(sa.bindparam("ids", expanding=True)))
 _KNOWN_SHAS = sa.select(_b.c.sha256).where(_b.c.sha256.in_(sa.bindparam("shas", expanding=True)))

@@ -21,6 +21,7 @@ from davserver.models import Blob, ImageVariant, LogEntry, Package
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.maintenance import MaintenanceService
+from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView
 from tests.blobs import (
     HOUR,
@@ -58,7 +59,7 @@ def scene(
     home: NodeView,
 ) -> Scene:
     put(files, actor, home, "doc.txt", b"in a version")
-    source = loose_blob(database, store, b"variant source")
+    source = _blob_id(database, b"in a version")  # a variant lives while its source does
     variant = loose_blob(database, store, b"variant bytes")
     archive = loose_blob(database, store, b"package archive")
     loose_blob(database, store, b"young garbage", age=60)
@@ -96,7 +97,6 @@ def scene(
     return Scene(
         kept=[
             b"in a version",
-            b"variant source",
             b"variant bytes",
             b"package archive",
             b"young garbage",
@@ -108,6 +108,11 @@ def scene(
         old_temp=old_temp,
         young_temp=young_temp,
     )
+
+
+def _blob_id(database: Database, data: bytes) -> Any:
+    with database.read() as session:
+        return session.scalars(sa.select(Blob.id).where(Blob.sha256 == sha(data))).one()
 
 
 def test_gc_removes_exactly_what_is_old_and_unreferenced(
@@ -310,3 +315,57 @@ def test_an_empty_new_file_leaves_no_blob_file_and_an_emptied_one_keeps_its_blob
         assert fh.read() == b""
     report = maintenance.check()
     assert report.ok and report.blobs_checked == 2 and report.files_scanned == 2
+
+
+def test_gc_removes_an_image_purged_for_good_with_its_variants(
+    database: Database,
+    store: FileSystemBlobStore,
+    files: FileService,
+    maintenance: MaintenanceService,
+    actor: Actor,
+    home: NodeView,
+) -> None:
+    """A thumbnail is a cache of a version's bytes, not a use of them: once every version
+    holding an image is purged, gc takes the image's bytes and its variants' (rows too);
+    the variants of bytes a version still holds stay."""
+    purged = put(files, actor, home, "purged.jpg", b"purged image")
+    put(files, actor, home, "kept.jpg", b"kept image")
+
+    def variant_of(source: bytes, data: bytes) -> None:
+        rendered = loose_blob(database, store, data)
+        source_id = _blob_id(database, source)
+        with database.write() as session:
+            session.add(
+                ImageVariant(
+                    source_blob_id=source_id,
+                    variant_type="thumbnail",
+                    max_size=64,
+                    quality_level=80,
+                    format="jpeg",
+                    blob_id=rendered,
+                    width=1,
+                    height=1,
+                    size_bytes=len(data),
+                )
+            )
+
+    variant_of(b"purged image", b"purged thumbnail")
+    variant_of(b"kept image", b"kept thumbnail")
+    trash = TrashService(database, files)
+    files.delete(actor, purged.id)
+    trash.purge(actor, purged.id)
+    with database.write() as session:
+        session.execute(sa.update(Blob).values(created_at=utcnow() - dt.timedelta(seconds=OLD)))
+
+    dry = maintenance.collect_garbage(grace=HOUR, dry_run=True)
+    report = maintenance.collect_garbage(grace=HOUR)
+
+    gone = len(b"purged image") + len(b"purged thumbnail")
+    assert (dry.blobs_removed, dry.bytes_removed) == (2, gone)
+    assert (report.blobs_removed, report.bytes_removed) == (2, gone) and report.errors == []
+    assert blob_shas(database) == {sha(b"kept image"), sha(b"kept thumbnail")}
+    assert not path_of(store, b"purged image").exists()
+    assert not path_of(store, b"purged thumbnail").exists()
+    assert path_of(store, b"kept thumbnail").read_bytes() == b"kept thumbnail"
+    with database.read() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(ImageVariant)) == 1
