@@ -25,8 +25,11 @@ take finds neither.
 Restoring puts an item into a live folder of the same space under the name given, never
 replacing anything: Conflict when the name is taken or the folder is gone (a folder in the
 trash itself must be restored first). Purging removes the rows for good: the item, everything
-below it, their versions and properties (the foreign keys cascade); blobs stay until ``davserver
-gc`` finds nothing else uses them. An item holding a version a package pins cannot be purged.
+that went to the trash with it, their versions and properties (the foreign keys cascade); blobs
+stay until ``davserver gc`` finds nothing else uses them. An item deleted from a folder before
+the folder was is not purged with it: it stays in the trash under its own name, moved (still
+deleted) into the folder the purged item was in. An item holding a version a package pins
+cannot be purged.
 Items deleted more than ``retention_days`` ago are purged: a user's when they list /trash/,
 everyone's by ``davserver trash purge`` (run it from cron).
 """
@@ -317,7 +320,9 @@ class TrashService:
 
         def work(session: Session) -> int:
             row = session.execute(
-                sa.select(_n.c.name, _n.c.deleted_at).where(_n.c.id == node_id).with_for_update()
+                sa.select(_n.c.name, _n.c.deleted_at, _n.c.parent_id)
+                .where(_n.c.id == node_id)
+                .with_for_update()
             ).first()
             if row is None or row.deleted_at is None:
                 raise NotFound("that item is not in the trash")
@@ -328,6 +333,13 @@ class TrashService:
                 raise Conflict(
                     f"{row.name!r} holds versions that packages pin; remove them from the "
                     "packages first"
+                )
+            # Items deleted from inside this one before it was are trash items of their own:
+            # out of the way of the cascade, into the folder this one was in.
+            earlier = session.scalars(for_bind(_EARLIER_ITEMS, session), {"root_id": node_id}).all()
+            if earlier:
+                session.execute(
+                    _MOVE_NODE, [{"node_id": i, "new_parent_id": row.parent_id} for i in earlier]
                 )
             record_audit(
                 session,
@@ -470,12 +482,34 @@ def _locations(conn: sa.Connection, folder_ids: list[uuid.UUID | None]) -> dict[
     return {start: "/".join([top, *names.get(start, [])]) for start, top in tops.items()}
 
 
-def _subtree_counts(postgres: bool) -> sa.Select[int, int, int]:
-    """(nodes, versions, pinned versions) at and below :root_id, deleted or not."""
+def _trashed_with(postgres: bool) -> sa.CTE:
+    """The trash item :root_id and what went to the trash with it: the nodes below it with no
+    ``deleted_at`` of their own (an item deleted before it, and what is below that, is not)."""
     sub = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
     below = sub.cte("below", recursive=True)
-    steps, child = tree.walk_step(below, ("id",), up=False, postgres=postgres, live=False)
-    below = below.union_all(sa.select(child.c.id).select_from(steps))
+    steps, child = tree.walk_step(below, ("id",), up=False, postgres=postgres, live=True)
+    return below.union_all(sa.select(child.c.id).select_from(steps))
+
+
+def _earlier_items(postgres: bool) -> sa.Select[Any]:
+    """The ids of the trash items directly inside what went to the trash with :root_id
+    (``_trashed_with``): each deleted before it, from a folder inside it."""
+    below = _trashed_with(postgres)
+    rows, earlier = join_by_key(
+        below,
+        _n,
+        sa.and_(_n.c.parent_id == below.c.id, _n.c.deleted_at.is_not(None)),
+        ("id",),
+        "earlier",
+        one=False,
+        postgres=postgres,
+    )
+    return sa.select(earlier.c.id).select_from(rows)
+
+
+def _subtree_counts(postgres: bool) -> sa.Select[int, int, int]:
+    """(nodes, versions, pinned versions) of :root_id and what went to the trash with it."""
+    below = _trashed_with(postgres)
     rows, versions = join_by_key(
         below,
         _v,
@@ -509,4 +543,10 @@ _users = Base.metadata.tables["users"]
 _groups = Base.metadata.tables["groups"]
 _items_t = Base.metadata.tables["package_items"]
 _SUBTREE_COUNTS = by_dialect(_subtree_counts)
+_EARLIER_ITEMS = by_dialect(_earlier_items)
+_MOVE_NODE = (
+    sa.update(_n)
+    .where(_n.c.id == sa.bindparam("node_id", type_=sa.Uuid))
+    .values(parent_id=sa.bindparam("new_parent_id", type_=sa.Uuid))
+)
 _PURGE_BATCH = 500

@@ -448,6 +448,45 @@ def test_an_item_trashed_inside_a_trashed_folder_keeps_its_name(
     assert restored.status == 201 and originals(alice) == []
 
 
+def test_purging_a_folder_leaves_what_was_deleted_from_it_before(
+    server: InprocServer, alice: User
+) -> None:
+    """An item deleted from a folder before the folder was is an item of the trash of its own
+    (the folder's restore leaves it out): purging the folder must not purge it too. It stays,
+    under its own name, in the folder the purged one was in, and a pin it holds does not stop
+    the folder's purge."""
+    assert alice("MKCOL", "/files/box/").status == 201
+    assert alice("MKCOL", "/files/box/sub/").status == 201
+    assert alice.put("/files/box/early.txt", b"deleted first") == 201
+    assert alice.put("/files/box/sub/deep.txt", b"deleted first, deeper") == 201
+    assert alice.put("/files/box/late.txt", b"deleted with the folder") == 201
+    assert alice("MKCOL", "/packages/keep/").status == 201
+    pin = alice("COPY", "/files/box/early.txt", None, alice.destination("/packages/keep/e.txt"))
+    assert pin.status == 201
+    assert alice("DELETE", "/files/box/early.txt").status == 204
+    assert alice("DELETE", "/files/box/sub/deep.txt").status == 204
+    early, deep = listed(alice, "/files/box/early.txt"), listed(alice, "/files/box/sub/deep.txt")
+    assert alice("DELETE", "/files/box/").status == 204
+    folder = listed(alice, "/files/box")
+
+    assert alice("DELETE", f"{folder}/").status == 204
+    assert originals(alice) == ["deep.txt", "early.txt"]
+    assert listed(alice, "/files/early.txt") == early
+    assert listed(alice, "/files/deep.txt") == deep
+    assert alice.get(early) == b"deleted first" and alice.get(deep) == b"deleted first, deeper"
+    with server.application.db.read() as session:
+        purge = session.scalars(
+            sa.select(LogEntry.details)
+            .where(LogEntry.op_type == "node:purge")
+            .order_by(LogEntry.id.desc())
+        ).first()
+    assert purge is not None and (purge["nodes"], purge["versions"]) == (3, 1)
+    assert alice("MOVE", early, None, alice.destination("/files/early.txt")).status == 201
+    assert alice.get("/files/early.txt") == b"deleted first"
+    assert alice("DELETE", deep).status == 204 and originals(alice) == []
+    assert alice("DELETE", "/packages/keep/").status == 204
+
+
 def test_namesakes_deleted_in_the_same_millisecond(
     server: InprocServer, alice: User, cli: Any
 ) -> None:
