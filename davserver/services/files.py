@@ -398,7 +398,9 @@ class FileService:
                 if current_version_id is not None
                 else None
             )
-            if current_version_id is not None and (coalesced or is_client_metadata(name)):
+            if current_version_id is not None and (
+                coalesced or self._replaces_metadata(session, name, current_version_id)
+            ):
                 version_id, version_no = self._replace_version(
                     session, actor, node_id, current_version_id, blob, now
                 )
@@ -443,6 +445,12 @@ class FileService:
         finally:
             # The writer's spare copy matters only until the referencing transaction has ended.
             self.blobs.release(blob)
+
+    @staticmethod
+    def _replaces_metadata(session: Session, name: str, version_id: uuid.UUID) -> bool:
+        """Whether an upload onto a client metadata file (no history kept) replaces its
+        current version: not when a package pins it, as its bytes were promised."""
+        return is_client_metadata(name) and not version_rules.pinned(session, [version_id])
 
     def _replace_version(
         self,

@@ -219,6 +219,23 @@ def test_pinned_time_and_version_survive_later_changes(
     assert zip_of(packages, actor, "pinned").read("d/doc.txt") == b"one"
 
 
+@pytest.mark.parametrize("name", ["Thumbs.db", ".DS_Store", "._report.pdf"])
+def test_a_pinned_version_of_desktop_metadata_is_not_replaced(
+    files: FileService, packages: PackageService, actor: Actor, home: NodeView, name: str
+) -> None:
+    """Desktop metadata files keep one version, replaced by each upload; but a version a
+    package pins is never replaced: the next upload adds a version beside it."""
+    first = put(files, actor, home, name, b"pinned metadata")
+    package = packages.create(actor, actor.user_id, "meta")
+    packages.add(actor, package, packages.namespace.context(actor), first)
+    before = packages.layout(packages.get(actor.user_id, "meta"))
+    after_upload = put(files, actor, home, name, b"newer")
+    assert after_upload.version_no == 2
+    assert packages.layout(packages.get(actor.user_id, "meta")).etag == before.etag
+    assert zip_of(packages, actor, "meta").read(name) == b"pinned metadata"
+    assert put(files, actor, home, name, b"newest").version_no == 2  # not pinned: replaced
+
+
 def test_gc_leaves_the_bytes_of_pinned_versions(
     files: FileService,
     packages: PackageService,
