@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
@@ -137,6 +139,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DomainError as exc:
         print(f"davserver: {exc}", file=sys.stderr)
         return 1
+    except (OperationalError, InterfaceError) as exc:
+        # The database is out of reach (down, wrong address, a file that cannot be opened)
+        # or refused the work: what the driver said, without a traceback.
+        said = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+        print(f"davserver: cannot use the database: {said[0] if said else exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # Whoever read the output stopped early (``davserver gc --json | head``): the work
+        # is done; send what is left of the output nowhere, so that exiting flushes no more.
+        _silence_stdout()
+        return 1
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return  # not a real file (captured output): nothing will be flushed to the pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -163,3 +163,41 @@ def test_recount_fixes_a_running_total_that_is_off(run: Any, db_url: str) -> Non
     status, text, _ = run("recount", "--user", "carla")
     assert status == 0 and text.strip() == "recounted; all were right"
     assert logged_ops(db_url)[-2:] == ["maintenance:recount"] * 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://postgres@127.0.0.1:1/nothing?connect_timeout=3",  # nobody listens
+        "sqlite:////nonexistent/folder/davserver.sqlite3",
+    ],
+)
+@pytest.mark.parametrize("command", [("gc",), ("fsck",), ("recount",), ("trash", "purge")])
+def test_a_database_out_of_reach_is_one_line_not_a_traceback(
+    url: str,
+    command: tuple[str, ...],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DAVSERVER_DATABASE_URL", url)
+    monkeypatch.setenv("DAVSERVER_DATA_DIR", str(tmp_path / "data"))
+    status = main(["--config", str(tmp_path / "absent.yaml"), *command])
+    out, err = capsys.readouterr()
+    assert status == 1 and out == ""
+    assert err.startswith("davserver: cannot use the database: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(
+    run: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``davserver gc --json | head -3``: the pipe closes before the output is written."""
+
+    def closed(*_args: Any) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(commands, "emit_item", closed)
+    monkeypatch.setattr("davserver.commands.maintenance.emit_item", closed)
+    status, _, err = run("gc")
+    assert status == 1 and err == ""
