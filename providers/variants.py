@@ -20,9 +20,12 @@ from davserver.errors import BadRequest
 from davserver.services.variant_policy import VARIANT_TYPES
 from providers.errors import dav_errors
 
-# Authenticated content: caches shared between users must not keep it. A variant's URL can
-# answer different bytes only once the file has a new version, and then its ETag changes.
+# Authenticated content: caches shared between users must not keep it. A variant of an older
+# version never changes (a version is replaced in place only while it is the newest), so it may
+# be kept for good. The file's own URL, and its newest version's, show new bytes once the file
+# changes: a cache must ask again each time, and the ETag makes that a 304 without a body.
 CACHE_CONTROL = "private, max-age=31536000, immutable"
+CACHE_CONTROL_CURRENT = "private, no-cache"
 
 
 def wants_variant(environ: dict[str, Any]) -> bool:
@@ -42,7 +45,11 @@ def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> A
             raise BadRequest("only files have thumbnails or previews")
         request = service.request(res.rights, view, _params(environ), version=version)
         etag = f'"{request.etag}"'
-        headers = [("ETag", etag), ("Cache-Control", CACHE_CONTROL)]
+        fixed = version is not None and not version.is_current
+        headers = [
+            ("ETag", etag),
+            ("Cache-Control", CACHE_CONTROL if fixed else CACHE_CONTROL_CURRENT),
+        ]
         if _none_match(environ.get("HTTP_IF_NONE_MATCH", ""), request.etag):
             start_response("304 Not Modified", [*headers, ("Date", util.get_rfc1123_time())])
             return [b""]

@@ -37,7 +37,8 @@ from tests.images import GREEN, RED
 from tests.integration.test_sharing_http import People
 from tests.servers import InprocServer, LiveServer, Response
 
-CACHE_CONTROL = "private, max-age=31536000, immutable"
+CACHE_CONTROL = "private, max-age=31536000, immutable"  # an older version's: never changes
+CACHE_CONTROL_CURRENT = "private, no-cache"  # the file's: asked again, answered 304
 NC_NS = "http://nextcloud.org/ns"
 
 
@@ -304,7 +305,7 @@ def test_cache_headers_and_if_none_match(inproc_server: InprocServer, inproc_dav
     put(inproc_server, url, data)
     response = get(inproc_server, url, "thumbnail=64&format=webp&quality=60")
     assert response.status == 200
-    assert response.headers["Cache-Control"] == CACHE_CONTROL
+    assert response.headers["Cache-Control"] == CACHE_CONTROL_CURRENT
     etag = response.headers["ETag"]
     assert etag == f'"{sha(data)}-thumbnail-64-webp-q60"'
     before = renders(inproc_server)
@@ -317,6 +318,28 @@ def test_cache_headers_and_if_none_match(inproc_server: InprocServer, inproc_dav
         assert not_modified.headers["ETag"] == etag
     assert get(inproc_server, url, "thumbnail=64", {"If-None-Match": etag}).status == 200
     assert renders(inproc_server) == before + 1
+
+
+def test_only_an_older_version_s_variant_may_be_cached_for_good(
+    inproc_server: InprocServer, inproc_dav_dir: str
+) -> None:
+    """A browser keeps a response marked immutable without asking again: after an upload it
+    would show the old thumbnail of the file for a year. Only an older version's variant
+    never changes (the newest version can still be replaced in place by coalescing)."""
+    url = inproc_dav_dir + "cached.jpg"
+    put(inproc_server, url, images.jpeg(640, 480, RED))
+    entry = url.replace("/files/", "/versions/files/", 1) + "/cached.v1.jpg"
+    for address, query in ((url, "thumbnail=64"), (url, "version=1&thumbnail=64"), (entry, "")):
+        response = get(inproc_server, address, query or "thumbnail=64")
+        assert response.headers["Cache-Control"] == CACHE_CONTROL_CURRENT, (address, query)
+    put(inproc_server, url, images.jpeg(480, 640, GREEN))
+    assert get(inproc_server, url, "thumbnail=64").headers["Cache-Control"] == (
+        CACHE_CONTROL_CURRENT
+    )
+    for address, query in ((url, "version=1&thumbnail=64"), (entry, "thumbnail=64")):
+        response = get(inproc_server, address, query)
+        assert response.status == 200
+        assert response.headers["Cache-Control"] == CACHE_CONTROL, (address, query)
 
 
 def test_a_new_version_gets_new_variants(inproc_server: InprocServer, inproc_dav_dir: str) -> None:
