@@ -223,6 +223,30 @@ def test_head_range_and_resume(alice: User) -> None:
     assert tail.status == 206 and tail.body == whole[-22:]
 
 
+def test_the_logbook_names_the_range_that_was_served(server: InprocServer, alice: User) -> None:
+    """A Range with an If-Range that no longer matches gets the whole zip (200): the
+    package:download row must say so (no range), not name the range the client asked for."""
+    pinned_package(alice, "logged")
+    head = alice.call("HEAD", "/packages/logged.zip")
+    etag, modified = head.headers["ETag"], head.headers["Last-Modified"]
+    asked = [
+        ({"Range": "bytes=10-"}, 206, "bytes=10-"),
+        ({"Range": "bytes=11-", "If-Range": etag}, 206, "bytes=11-"),
+        ({"Range": "bytes=12-", "If-Range": modified}, 206, "bytes=12-"),
+        ({"Range": "bytes=13-", "If-Range": '"stale"'}, 200, None),
+        ({"Range": "bytes=14-", "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"}, 200, None),
+    ]
+    for headers, status, _ in asked:
+        assert alice.call("GET", "/packages/logged.zip", headers=headers).status == status
+    with server.application.db.connect() as conn:
+        rows = conn.execute(
+            sa.select(LogEntry.details)
+            .where(LogEntry.user_id == alice.id, LogEntry.op_type == "package:download")
+            .order_by(LogEntry.id)
+        ).all()
+    assert [row.details["range"] for row in rows[-len(asked) :]] == [r for _, _, r in asked]
+
+
 def test_the_package_folder_lists_and_serves_the_pinned_items(alice: User) -> None:
     contents = pinned_package(alice, "tree")
     listing = alice.call("PROPFIND", "/packages/tree/docs/", headers={"Depth": "1"})
