@@ -398,15 +398,20 @@ class FileService:
                 if current_version_id is not None
                 else None
             )
-            if current_version_id is not None and (
-                coalesced or self._replaces_metadata(session, name, current_version_id)
+            if (
+                current_version_id is not None
+                and not coalesced
+                and self._replaces_metadata(session, name, current_version_id)
             ):
+                coalesced = "metadata"
+            if current_version_id is not None and coalesced:
                 version_id, version_no = self._replace_version(
                     session, actor, node_id, current_version_id, blob, now
                 )
                 mime_type = current.mime_type  # a replaced version keeps the type
-                if coalesced:
-                    op, details = Op.FILE_VERSION_REPLACE, {"coalesced": coalesced}
+                # What was overwritten: its bytes are gone from the history after this.
+                before = {"size": current.size, "sha256": current.sha256}
+                op, details = Op.FILE_VERSION_REPLACE, {"coalesced": coalesced, "before": before}
             else:
                 version_id, version_no = self.add_version(
                     session,

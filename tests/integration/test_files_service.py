@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 import unicodedata
 import uuid
@@ -414,6 +415,19 @@ def test_desktop_metadata_files_keep_no_history(
     assert current is not None and current.size == 6
     with service.open_content(current) as fh:
         assert fh.read() == b"third!"
+    # The logbook tells a replaced version from a new one, and what the replace overwrote.
+    with database.read() as session:
+        logged = session.execute(
+            sa.select(LogEntry.op_type, LogEntry.details)
+            .where(LogEntry.node_id == view.id)
+            .order_by(LogEntry.id)
+        ).all()
+    assert [row.op_type for row in logged] == ["file:create"] + ["file:version:replace"] * 2
+    assert [row.details["coalesced"] for row in logged[1:]] == ["metadata"] * 2
+    assert [row.details["before"] for row in logged[1:]] == [
+        {"size": 5, "sha256": hashlib.sha256(b"first").hexdigest()},
+        {"size": 6, "sha256": hashlib.sha256(b"second").hexdigest()},
+    ]
 
 
 def test_copy_of_a_big_subtree_reads_in_batches(
