@@ -287,6 +287,8 @@ class TrashService:
                     "before": before,
                     "after": {"parent_id": str(parent.id), "name": name, "path": where},
                     "deleted_at": deleted_at.isoformat() if deleted_at else None,
+                    # No actor: ``davserver trash restore`` (as other commands mark theirs).
+                    **({"via": "cli"} if actor is None else {}),
                 },
             )
             return view_of(session, node.id)

@@ -244,6 +244,15 @@ def test_restore_refusals_say_why(server: InprocServer, alice: User, cli: Any) -
     assert status == 0 and result["to"] == f"{alice.name}:/projects/plan (old).txt"
     assert alice.get("/files/projects/plan (old).txt") == b"plan"
     assert alice.get("/files/projects/plan.txt") == b"a new plan"
+    with server.application.db.read() as session:
+        restores = session.execute(
+            sa.select(LogEntry.user_id, LogEntry.details)
+            .where(LogEntry.op_type == "node:restore")
+            .order_by(LogEntry.id.desc())
+        ).all()
+    # The command line's restore says so, as its other changes do; a client's names its user.
+    assert restores[0].user_id is None and restores[0].details["via"] == "cli"
+    assert restores[1].user_id == alice.id and "via" not in restores[1].details
 
     # Into another space: refused.
     team = f"team{uuid.uuid4().hex[:6]}"
