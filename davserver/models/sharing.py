@@ -73,7 +73,8 @@ class PackageItem(Base):
         sa.ForeignKey("nodes.id", ondelete="SET NULL"), index=True
     )
     # No ondelete: a pinned version cannot be deleted while a package holds it. None pins an
-    # empty file (empty files have no version).
+    # empty file (empty files have no version), or, with node_id None too, a file purged from
+    # its owner's trash while another user's package held it (the pin was released).
     version_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("file_versions.id"), index=True
     )

@@ -28,8 +28,10 @@ trash itself must be restored first). Purging removes the rows for good: the ite
 that went to the trash with it, their versions and properties (the foreign keys cascade); blobs
 stay until ``davserver gc`` finds nothing else uses them. An item deleted from a folder before
 the folder was is not purged with it: it stays in the trash under its own name, moved (still
-deleted) into the folder the purged item was in. An item holding a version a package pins
-cannot be purged.
+deleted) into the folder the purged item was in. An item holding a version that a package of
+the trash's owner pins cannot be purged (they can remove it from the package). Other users'
+packages cannot deliver a deleted file anyway and only they could change them: a purge releases
+their pins (the item stays in their package, answering 403 as deleted).
 Items deleted more than ``retention_days`` ago are purged: a user's when they list /trash/,
 everyone's by ``davserver trash purge`` (run it from cron).
 """
@@ -322,19 +324,37 @@ class TrashService:
 
         def work(session: Session) -> int:
             row = session.execute(
-                sa.select(_n.c.name, _n.c.deleted_at, _n.c.parent_id)
+                sa.select(
+                    _n.c.name,
+                    _n.c.deleted_at,
+                    _n.c.parent_id,
+                    _n.c.owner_id,
+                    _n.c.group_id,
+                    _n.c.deleted_by,
+                )
                 .where(_n.c.id == node_id)
                 .with_for_update()
             ).first()
             if row is None or row.deleted_at is None:
                 raise NotFound("that item is not in the trash")
+            params = {"root_id": node_id, "holder_id": _holder(row)}
             nodes, versions, pins = session.execute(
-                for_bind(_SUBTREE_COUNTS, session), {"root_id": node_id}
+                for_bind(_SUBTREE_COUNTS, session), params
             ).one()
             if pins:
                 raise Conflict(
-                    f"{row.name!r} holds versions that packages pin; remove them from the "
-                    "packages first"
+                    f"{row.name!r} holds versions that your packages pin; remove them from "
+                    "the packages first"
+                )
+            # Other users' packages cannot deliver it any more (it is deleted: 403) and only
+            # they could change them: their pins go, the items stay listed there as deleted.
+            released = session.execute(for_bind(_FOREIGN_PINS, session), params).all()
+            if released:
+                session.execute(_RELEASE_PIN, [{"item_id": pin.id} for pin in released])
+                now = utcnow()
+                session.execute(
+                    _TOUCH_PACKAGE,
+                    [{"package_id": p, "now": now} for p in {pin.package_id for pin in released}],
                 )
             # Items deleted from inside this one before it was are trash items of their own:
             # out of the way of the cascade, into the folder this one was in.
@@ -353,6 +373,7 @@ class TrashService:
                     "deleted_at": row.deleted_at.isoformat(),
                     "nodes": nodes,
                     "versions": versions,
+                    "released_pins": len(released),
                     "reason": reason,
                 },
             )
@@ -414,8 +435,13 @@ class TrashService:
         self, node_id: uuid.UUID, dry_run: bool, report: PurgeReport, *, reason: str = "expired"
     ) -> None:
         with self.db.connect() as conn:
+            row = conn.execute(
+                sa.select(_n.c.owner_id, _n.c.group_id, _n.c.deleted_by).where(_n.c.id == node_id)
+            ).first()
+            if row is None:
+                return  # gone with a folder purged before it
             nodes, versions, pins = conn.execute(
-                for_bind(_SUBTREE_COUNTS, conn), {"root_id": node_id}
+                for_bind(_SUBTREE_COUNTS, conn), {"root_id": node_id, "holder_id": _holder(row)}
             ).one()
         if pins:
             report.items_pinned += 1
@@ -509,8 +535,24 @@ def _earlier_items(postgres: bool) -> sa.Select[Any]:
     return sa.select(earlier.c.id).select_from(rows)
 
 
-def _subtree_counts(postgres: bool) -> sa.Select[int, int, int]:
-    """(nodes, versions, pinned versions) of :root_id and what went to the trash with it."""
+def _holder(row: Any) -> uuid.UUID | None:
+    """Whose trash lists a trashed node (with its owner_id, group_id and deleted_by): the
+    owner's for their own space, the deleter's for a group's."""
+    return row.deleted_by if row.group_id is not None else row.owner_id
+
+
+def _held_by_holder() -> sa.ColumnElement[bool]:
+    """The package_items row is in a package of :holder_id's."""
+    own = sa.select(_packages.c.id).where(
+        _packages.c.created_by == sa.bindparam("holder_id", type_=sa.Uuid)
+    )
+    return _items_t.c.package_id.in_(own)
+
+
+def _pins_below(postgres: bool, *, own: bool) -> tuple[Any, Any, Any, Any]:
+    """(rows, below, versions, pins) for :root_id and what went to the trash with it: its
+    versions, and the package items pinning them in the packages of :holder_id (``own``) or
+    in everyone else's."""
     below = _trashed_with(postgres)
     rows, versions = join_by_key(
         below,
@@ -522,16 +564,31 @@ def _subtree_counts(postgres: bool) -> sa.Select[int, int, int]:
         postgres=postgres,
         optional=True,
     )
+    whose = _held_by_holder() if own else ~_held_by_holder()
     rows, pins = join_by_key(
         rows,
         _items_t,
-        _items_t.c.version_id == versions.c.id,
-        ("id",),
+        sa.and_(_items_t.c.version_id == versions.c.id, whose),
+        ("id", "package_id"),
         "pins",
         one=False,
         postgres=postgres,
-        optional=True,
+        optional=own,
     )
+    return rows, below, versions, pins
+
+
+def _foreign_pins(postgres: bool) -> sa.Select[Any]:
+    """(id, package_id) of the items of other users' packages pinning a version of :root_id
+    or of what went to the trash with it (:holder_id: whose trash it is in)."""
+    rows, _below, _versions, pins = _pins_below(postgres, own=False)
+    return sa.select(pins.c.id, pins.c.package_id).select_from(rows)
+
+
+def _subtree_counts(postgres: bool) -> sa.Select[int, int, int]:
+    """(nodes, versions, versions pinned by :holder_id's packages) of :root_id and what went
+    to the trash with it."""
+    rows, below, versions, pins = _pins_below(postgres, own=True)
     return sa.select(
         sa.func.count(sa.distinct(below.c.id)),
         sa.func.count(sa.distinct(versions.c.id)),
@@ -544,7 +601,19 @@ _v = Base.metadata.tables["file_versions"]
 _users = Base.metadata.tables["users"]
 _groups = Base.metadata.tables["groups"]
 _items_t = Base.metadata.tables["package_items"]
+_packages = Base.metadata.tables["packages"]
 _SUBTREE_COUNTS = by_dialect(_subtree_counts)
+_FOREIGN_PINS = by_dialect(_foreign_pins)
+_RELEASE_PIN = (
+    sa.update(_items_t)
+    .where(_items_t.c.id == sa.bindparam("item_id", type_=sa.Uuid))
+    .values(version_id=None)
+)
+_TOUCH_PACKAGE = (
+    sa.update(_packages)
+    .where(_packages.c.id == sa.bindparam("package_id", type_=sa.Uuid))
+    .values(modified_at=sa.bindparam("now"))
+)
 _EARLIER_ITEMS = by_dialect(_earlier_items)
 _MOVE_NODE = (
     sa.update(_n)

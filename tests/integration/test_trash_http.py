@@ -367,6 +367,48 @@ def test_a_pinned_item_stays_until_its_package_lets_go(
     assert count(server, Node, Node.id == node) == 1
 
 
+def test_another_user_s_package_does_not_stop_the_owner_s_purge(
+    server: InprocServer, alice: User, cli: Any
+) -> None:
+    """bob pinned a file alice shared with him, in a package that never expires; alice
+    revoked the share and deleted the file. bob's package can no longer deliver it (403), and
+    only bob can change his package: his pin must not keep alice's file in her trash for
+    ever. Her purge releases it; bob's zip goes on answering 403 naming the file (never a
+    smaller zip). A pin of alice's own still stops her, as she can remove it."""
+    bob = make_user(server, "bob")
+    assert alice("MKCOL", "/files/gift/").status == 201
+    assert alice.put("/files/gift/secret.txt", b"alice's own") == 201
+    assert alice.put("/files/gift/mine.txt", b"pinned by alice") == 201
+    status, _, _ = cli("grant", f"{alice.name}:/gift", "--to", bob.name, "--rights", "all")
+    assert status == 0
+    shared = f"/shared/{alice.name}/gift/secret.txt"
+    assert bob("MKCOL", "/packages/hoard/").status == 201
+    assert bob("COPY", shared, None, bob.destination("/packages/hoard/secret.txt")).status == 201
+    assert alice("MKCOL", "/packages/own/").status == 201
+    own = alice("COPY", "/files/gift/mine.txt", None, alice.destination("/packages/own/m.txt"))
+    assert own.status == 201
+    assert cli("revoke", f"{alice.name}:/gift", bob.name)[0] == 0
+    assert alice("DELETE", "/files/gift/").status == 204
+
+    folder = listed(alice, "/files/gift")
+    refused = alice("DELETE", folder)
+    assert refused.status == 409 and b"packages pin" in refused.body  # her own package
+    assert alice("DELETE", "/packages/own/m.txt").status == 204
+    assert alice("DELETE", folder).status == 204
+    assert originals(alice) == []
+    zipped = bob("GET", "/packages/hoard.zip")
+    assert zipped.status == 403 and b"secret.txt" in zipped.body
+    assert bob("DELETE", "/packages/hoard/secret.txt").status == 204
+    assert bob("GET", "/packages/hoard.zip").status == 200
+    with server.application.db.read() as session:
+        purge = session.scalars(
+            sa.select(LogEntry.details)
+            .where(LogEntry.op_type == "node:purge", LogEntry.user_id == alice.id)
+            .order_by(LogEntry.id.desc())
+        ).first()
+    assert purge is not None and purge["released_pins"] == 1
+
+
 def test_group_and_moderator_deletions(server: InprocServer, alice: User) -> None:
     bob, mod = make_user(server, "bob"), make_user(server, "mod", roles=["user", "moderator"])
     team = f"team{uuid.uuid4().hex[:6]}"
