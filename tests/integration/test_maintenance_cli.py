@@ -182,7 +182,7 @@ def test_a_database_out_of_reach_is_one_line_not_a_traceback(
 ) -> None:
     monkeypatch.setenv("DAVSERVER_DATABASE_URL", url)
     monkeypatch.setenv("DAVSERVER_DATA_DIR", str(tmp_path / "data"))
-    status = main(["--config", str(tmp_path / "absent.yaml"), *command])
+    status = main(["--config", os.devnull, *command])
     out, err = capsys.readouterr()
     assert status == 1 and out == ""
     assert err.startswith("davserver: cannot use the database: ") and err.count("\n") == 1
