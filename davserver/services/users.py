@@ -26,7 +26,17 @@ from sqlalchemy.orm import Session
 from davserver.db import Database
 from davserver.db.types import utcnow
 from davserver.errors import AlreadyExists, BadRequest, Conflict
-from davserver.models import ApiKey, Group, GroupMember, Op, Role, User, UserRole
+from davserver.models import (
+    ApiKey,
+    Group,
+    GroupMember,
+    LoginSession,
+    Op,
+    RefreshToken,
+    Role,
+    User,
+    UserRole,
+)
 from davserver.services.account_rules import (
     DEFAULT_ROLES,
     RolesLoader,
@@ -338,7 +348,13 @@ class UserAdminService:
             return user_info(user, user_roles(session, [user.id])[user.id])
 
     def set_password(self, actor: Actor | None, username: str, password: str | None) -> str | None:
-        """A new password (generated and returned when None), in force from the next request."""
+        """A new password (generated and returned when None), in force from the next request.
+
+        A password is changed because it leaked, too: every session started with the old one
+        (password and token sessions) ends, and their refresh tokens are revoked, so a token
+        client is refused from its next request on. API keys are credentials of their own and
+        stay valid.
+        """
         require_admin(actor)
         generated = None
         if password is None:
@@ -348,6 +364,7 @@ class UserAdminService:
             user = find_live_user(session, username)
             user.password_hash = password_hash
             session.flush()
+            ended = _end_password_sessions(session, user.id)
             # The hashes themselves stay out of the logbook.
             record_audit(
                 session,
@@ -356,7 +373,7 @@ class UserAdminService:
                 details=audit_details(
                     actor,
                     None,
-                    {"generated": generated is not None},
+                    {"generated": generated is not None, "ended_sessions": ended},
                     user=user.username,
                     user_id=str(user.id),
                 ),
@@ -484,6 +501,27 @@ class UserAdminService:
                 actor, {field: before}, {field: after}, user=user.username, user_id=str(user.id)
             ),
         )
+
+
+def _end_password_sessions(session: Session, user_id: uuid.UUID) -> int:
+    """End the user's open sessions that a password started (Basic and token ones, not API
+    keys') and revoke every refresh token of the user; returns how many sessions ended."""
+    now = utcnow()
+    session.execute(
+        sa.update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    ended = session.execute(
+        sa.update(LoginSession)
+        .where(
+            LoginSession.user_id == user_id,
+            LoginSession.ended_at.is_(None),
+            LoginSession.auth_method != "apikey",
+        )
+        .values(ended_at=now)
+    )
+    return int(ended.rowcount)  # type: ignore[attr-defined]
 
 
 def _actor_id(actor: Actor | None) -> uuid.UUID | None:

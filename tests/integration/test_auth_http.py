@@ -266,6 +266,29 @@ def test_disabled_user_loses_password_key_and_token_at_once(server: InprocServer
     assert status == 401
 
 
+def test_a_new_password_ends_the_token_sessions_of_the_old_one(server: InprocServer) -> None:
+    # A password is changed because it leaked: whoever signed in with it must not keep a
+    # 30-day refresh token. API keys are credentials of their own and stay.
+    name, password = make_user(server)
+    _, created = api(server, "POST", "/keys", {"name": "k"}, user=(name, password))
+    pair = login(server, name, password)
+    assert propfind(server, token=pair["access_token"]) == 207
+    server.app.services.users.set_password(None, name, "a-new-password-1")
+    assert propfind(server, token=pair["access_token"]) == 401
+    status, _ = api(server, "POST", "/token/refresh", {"refresh_token": pair["refresh_token"]})
+    assert status == 401
+    assert propfind(server, user=(name, created["key"])) == 207
+    assert propfind(server, token=login(server, name, "a-new-password-1")["access_token"]) == 207
+    with server.app.db.read() as session:
+        details = session.scalars(
+            sa.select(LogEntry.details).where(LogEntry.op_type == Op.USER_PASSWORD_SET.value)
+        ).all()
+    # Ended: the Basic session that made the key and the token session; not the key's.
+    assert {"user": name, "ended_sessions": 2} in [
+        {"user": d.get("user"), "ended_sessions": d["after"].get("ended_sessions")} for d in details
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "status"),
     [
