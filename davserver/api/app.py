@@ -74,7 +74,7 @@ class ApiApp:
         try:
             status, body = self._route(method, parts, environ)
         except DomainError as exc:
-            return self._error(start_response, exc)
+            return self.error(start_response, exc)
         return _json(start_response, status, body)
 
     def _route(self, method: str, parts: list[str], environ: dict[str, Any]) -> tuple[int, Any]:
@@ -264,7 +264,8 @@ class ApiApp:
         )
         return plain(info.as_dict())
 
-    def _error(self, start_response: Any, exc: DomainError) -> list[bytes]:
+    def error(self, start_response: Any, exc: DomainError) -> list[bytes]:
+        """The JSON answer to a domain error (the front uses it for a request it refuses)."""
         status, code = status_of(exc)
         headers: list[tuple[str, str]] = []
         if isinstance(exc, Unauthorized):
@@ -300,14 +301,29 @@ def _body(environ: dict[str, Any]) -> dict[str, Any]:
     raw = environ["wsgi.input"].read(length) if length > 0 else b""
     kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if kind == "application/x-www-form-urlencoded":
-        return dict(parse_qsl(raw.decode("utf-8", "replace")))
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+        body = dict(parse_qsl(raw.decode("utf-8", "replace")))
+    else:
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+    if _holds_nul(body):
+        # No name can hold one, and PostgreSQL refuses it in any text (a 500 there).
+        raise BadRequest("the body contains a NUL character")
     return body
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a parsed JSON value has a NUL character in any string, keys included."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _days(body: dict[str, Any], *, at_least: int, what: str = "expires_days") -> int | None:

@@ -118,6 +118,8 @@ class AccountService:
         takes effect on the next request. Before any hash is computed the throttle is asked,
         and every failure is counted.
         """
+        if "\x00" in username:  # no name holds one, and PostgreSQL refuses it in a query
+            raise Unauthorized("unknown user or wrong password")
         with self.db.connect() as conn:
             rows = conn.execute(_BY_USERNAME, {"username": username}).all()
         stored_hash = rows[0].password_hash if rows and rows[0].is_active else None

@@ -93,6 +93,9 @@ def propfind(server: InprocServer, **kw: Any) -> int:
         "Basic " + base64.b64encode(b"no-colon-here").decode(),
         "Basic " + base64.b64encode(b":password-without-user").decode(),
         "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),
+        "Basic " + base64.b64encode(b"ad\x00min:password").decode(),
+        "Basic " + base64.b64encode(b"admin:pass\x00word").decode(),
+        "Basic " + base64.b64encode(b"ad\x00min:dav_" + b"A" * 43).decode(),
         "Bearer",
         "Bearer not.a.token",
         "Digest username=x",
@@ -296,6 +299,9 @@ def test_a_new_password_ends_the_token_sessions_of_the_old_one(server: InprocSer
         (b"[1, 2]", "application/json", 400),
         (b'{"username": "x"}', "application/json", 400),
         (b'{"username": 5, "password": "x"}', "application/json", 400),
+        # PostgreSQL refuses a NUL in any text: it was a 500 there
+        (b'{"username": "ad\\u0000min", "password": "x"}', "application/json", 400),
+        (b"username=ad%00min&password=x", "application/x-www-form-urlencoded", 400),
     ],
 )
 def test_token_endpoint_refuses_bad_bodies_with_json_errors(
@@ -306,6 +312,19 @@ def test_token_endpoint_refuses_bad_bodies_with_json_errors(
     )
     assert response.status == status
     assert json.loads(response.body)["error"] == "bad_request"
+
+
+def test_api_refuses_nul_characters_with_400_never_500(server: InprocServer) -> None:
+    name, password = make_user(server)
+    for method, path, payload in [
+        ("POST", "/keys", {"name": "k\x00"}),
+        ("POST", "/grants", {"path": "/files", "user": "b\x00b", "rights": ["read"]}),
+        ("GET", "/grants?path=/files/a%00b", None),
+        ("DELETE", "/grants?path=/files&user=a%00b", None),
+        ("DELETE", "/keys/a%00b", None),
+    ]:
+        status, body = api(server, method, path, payload, user=(name, password))
+        assert (status, body["error"]) == (400, "bad_request"), (method, path, body)
 
 
 def test_api_without_credentials_is_401_and_unknown_path_404(server: InprocServer) -> None:

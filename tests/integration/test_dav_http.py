@@ -778,6 +778,29 @@ def test_passwd_is_never_served(srv: InprocServer) -> None:
         assert b"root:" not in response.body
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("PROPFIND", "/files/a%00b", {"Depth": "0"}),
+        ("GET", "/files/a%00b/", {}),
+        ("PUT", "/files/a%00b", {}),
+        ("MKCOL", "/files/a%00b/", {}),
+        ("DELETE", "/files/a%00b", {}),
+        ("PROPFIND", "/users/a%00b/", {"Depth": "0"}),
+        ("PROPFIND", "/files/?x=%00", {"Depth": "0"}),
+        ("COPY", "/files/", {"Destination": "/files/a%00b/"}),
+        ("PROPFIND", "/files/", {"Depth": "0", "User-Agent": "agent\x00x"}),
+    ],
+)
+def test_a_nul_character_anywhere_is_a_bad_request_never_500(
+    srv: InprocServer, method: str, path: str, headers: dict[str, str]
+) -> None:
+    # No name can hold one; PostgreSQL refuses it in any text (a 500 there), SQLite not.
+    response = call(srv, method, srv.url + path, b"", headers)
+    assert response.status == 400, response.body[:500]
+    no_traceback(response)
+
+
 @pytest.mark.parametrize("method", ["MOVE", "COPY"])
 @pytest.mark.parametrize(
     "destination",
