@@ -307,6 +307,8 @@ def _body(environ: dict[str, Any]) -> dict[str, Any]:
             body = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("the body is not valid JSON") from None
+        except RecursionError:  # [[[[... deeper than Python's stack
+            raise BadRequest("the body is nested too deeply") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
     if _holds_nul(body):
@@ -315,14 +317,20 @@ def _body(environ: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _holds_nul(value: Any) -> bool:
-    """Whether a parsed JSON value has a NUL character in any string, keys included."""
+_MAX_DEPTH = 32  # far more than any request of this API has
+
+
+def _holds_nul(value: Any, depth: int = 0) -> bool:
+    """Whether a parsed JSON value has a NUL character in any string, keys included;
+    BadRequest when it is nested deeper than ``_MAX_DEPTH``."""
     if isinstance(value, str):
         return "\x00" in value
+    if depth > _MAX_DEPTH and isinstance(value, dict | list):
+        raise BadRequest("the body is nested too deeply")
     if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+        return any(_holds_nul(k) or _holds_nul(v, depth + 1) for k, v in value.items())
     if isinstance(value, list):
-        return any(_holds_nul(item) for item in value)
+        return any(_holds_nul(item, depth + 1) for item in value)
     return False
 
 

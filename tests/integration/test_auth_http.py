@@ -302,6 +302,9 @@ def test_a_new_password_ends_the_token_sessions_of_the_old_one(server: InprocSer
         # PostgreSQL refuses a NUL in any text: it was a 500 there
         (b'{"username": "ad\\u0000min", "password": "x"}', "application/json", 400),
         (b"username=ad%00min&password=x", "application/x-www-form-urlencoded", 400),
+        # nested past Python's recursion limit: it was a RecursionError, a 500
+        (b"[" * 50_000 + b"]" * 50_000, "application/json", 400),
+        (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "application/json", 400),
     ],
 )
 def test_token_endpoint_refuses_bad_bodies_with_json_errors(
