@@ -241,7 +241,8 @@ class ApiApp:
         return found
 
     def _grant(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
-        target = self._reach(actor, _text(body, "path"))
+        ctx = self.services.namespace.context(actor)
+        target = self._reach(actor, _text(body, "path"), ctx)
         rights = body.get("rights")
         if not isinstance(rights, list) or not all(isinstance(r, str) for r in rights):
             raise BadRequest('rights is a list such as ["read", "download"]')
@@ -261,6 +262,7 @@ class ApiApp:
             group=group,
             rights=wanted,
             expires_at=expires,
+            holder_until=self.services.namespace.held_until(ctx, target.view, wanted | Perm.SHARE),
         )
         return plain(info.as_dict())
 

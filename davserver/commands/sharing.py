@@ -36,8 +36,15 @@ def cmd_grant(args: argparse.Namespace) -> int:
     expires = days_from_now(args.expires)
     with open_services(args) as services:
         node = services.namespace.locate(*args.item)
+        grantee = _grantee(args.to)
         info = services.sharing.grant(
-            None, node, Perm.NONE, rights=rights, expires_at=expires, **_grantee(args.to)
+            None,
+            node,
+            Perm.NONE,
+            user=grantee.get("user"),
+            group=grantee.get("group"),
+            rights=rights,
+            expires_at=expires,
         )
     emit_item(args, info.as_dict())
     return 0

@@ -35,6 +35,7 @@ from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.permissions import (
     EVERYTHING,
+    GRANTABLE_MEMBERS,
     Perm,
     Principal,
     SpaceOwner,
@@ -328,6 +329,40 @@ class NamespaceService:
             rights[node_id] = restrict(ctx.principal, total)
         return rights
 
+    def held_until(self, ctx: AccessContext, node: NodeView, rights: Perm) -> dt.datetime | None:
+        """Until when the user holds every one of ``rights`` on ``node``: None for good (by
+        role, ownership of the space, membership of its group, or a grant without expiry),
+        else the earliest, over the rights, of the latest expiry of the grants giving each.
+
+        A grantee sharing on passes it on (``SharingService.grant``), so that what they grant
+        ends when their own rights do. Rights the user does not hold at all are not counted.
+        """
+        space = SpaceOwner(node.owner_id, node.group_id)
+        lasting = base_permissions(ctx.principal, space)
+        wanted = [r for r in GRANTABLE_MEMBERS if r & rights and not r & lasting]
+        if not wanted:
+            return None
+        with self.db.connect() as conn:
+            chain = _live_ancestries(conn, [node.id]).get(node.id, [])
+            rows = conn.execute(
+                _MY_GRANT_EXPIRIES,
+                {
+                    "ids": [row.node_id for row in chain],
+                    "user_id": ctx.actor.user_id,
+                    "groups": list(ctx.groups),
+                    "now": ctx.now,
+                },
+            ).all()
+        until: dt.datetime | None = None
+        for right in wanted:
+            # Any right implies READ, so every grant gives it.
+            giving = [r for r in rows if right == Perm.READ or rights_of_grant(r) & right]
+            if not giving or any(r.expires_at is None for r in giving):
+                continue
+            latest = max(r.expires_at for r in giving)
+            until = latest if until is None else min(until, latest)
+        return until
+
     # -- the virtual folders
 
     def visible_groups(self, ctx: AccessContext) -> dict[str, uuid.UUID]:
@@ -382,15 +417,20 @@ _MY_GROUPS = (
     .where(_members.c.user_id == sa.bindparam("user_id", type_=sa.Uuid))
 )
 _ALL_GROUPS = sa.select(_groups.c.id, _groups.c.name)
-_MY_GRANTS = sa.select(
-    _g.c.node_id, _g.c.can_read, _g.c.can_download, _g.c.can_write, _g.c.can_share
-).where(
+# The grants that apply to the user: to them or to one of their groups, and not expired.
+_APPLIES_TO_ME = sa.and_(
     sa.or_(
         _g.c.user_id == sa.bindparam("user_id", type_=sa.Uuid),
         _g.c.group_id.in_(sa.bindparam("groups", expanding=True, type_=sa.Uuid)),
     ),
     sa.or_(_g.c.expires_at.is_(None), _g.c.expires_at > sa.bindparam("now")),
 )
+_MY_GRANTS = sa.select(
+    _g.c.node_id, _g.c.can_read, _g.c.can_download, _g.c.can_write, _g.c.can_share
+).where(_APPLIES_TO_ME)
+_MY_GRANT_EXPIRIES = sa.select(
+    _g.c.can_read, _g.c.can_download, _g.c.can_write, _g.c.can_share, _g.c.expires_at
+).where(_g.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)), _APPLIES_TO_ME)
 
 
 def _ancestry(postgres: bool) -> sa.Select[Any]:

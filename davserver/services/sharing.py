@@ -80,8 +80,14 @@ class SharingService:
         group: str | None = None,
         rights: Perm,
         expires_at: dt.datetime | None = None,
+        holder_until: dt.datetime | None = None,
     ) -> GrantInfo:
         """Give ``user`` or ``group`` ``rights`` on ``node`` (replacing an earlier grant).
+
+        ``holder_until`` is when the granter's own hold of these rights and SHARE ends (None:
+        never; ``NamespaceService.held_until``): the grant expires then at the latest, so a
+        grantee cannot make their access outlive their grant by resharing (to a group they
+        are in, or to a friend).
 
         Raises Forbidden (no SHARE, more than the granter holds, or replacing a grant someone
         else made without managing the node's sharing), NotFound (no such user
@@ -101,6 +107,8 @@ class SharingService:
             raise BadRequest("grant to exactly one user or one group")
         if expires_at is not None and expires_at <= utcnow():
             raise BadRequest("a grant expires in the future")
+        if actor is not None and holder_until is not None:
+            expires_at = holder_until if expires_at is None else min(expires_at, holder_until)
         with self.db.write() as session:
             if user is not None:
                 grantee = find_live_user(session, user)

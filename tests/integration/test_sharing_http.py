@@ -400,6 +400,45 @@ def test_expired_grant_is_ignored(people: People) -> None:
     assert p.call(p.bob, "GET", f"/shared/{p.alice}/expiring.txt").status == 404
 
 
+def test_a_reshare_never_outlives_the_sharers_own_grant(people: People) -> None:
+    # Bob may share for a week: a grant he makes (to carol, or to a group he is in, which
+    # would give him back the access) must end with his, however long he asks for.
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/for-a-week/").status == 201
+    payload = {"path": "/files/for-a-week", "user": p.bob, "expires_days": 7}
+    status, bobs = p.api(p.alice, "POST", "/grants", {**payload, "rights": ["read", "share"]})
+    assert status == 201
+    shared = f"/shared/{p.alice}/for-a-week"
+    for asked in ({}, {"expires_days": 36500}):
+        status, made = p.api(
+            p.bob, "POST", "/grants", {"path": shared, "user": p.carol, "rights": ["read"], **asked}
+        )
+        assert status == 201 and made["expires_at"] == bobs["expires_at"], made
+        status, made = p.api(
+            p.bob, "POST", "/grants", {"path": shared, "group": p.team, "rights": ["read"], **asked}
+        )
+        assert status == 201 and made["expires_at"] == bobs["expires_at"], made
+    # A shorter expiry stays as asked.
+    status, made = p.api(
+        p.bob,
+        "POST",
+        "/grants",
+        {"path": shared, "user": p.carol, "rights": ["read"], "expires_days": 1},
+    )
+    assert status == 201 and made["expires_at"] < bobs["expires_at"]
+    # With a lasting right from another grant (his group's, without expiry), no cap.
+    assert p.grant(p.alice, "/files/for-a-week", p.team, "read", "share", group=True) == 201
+    status, made = p.api(
+        p.bob, "POST", "/grants", {"path": shared, "user": p.dave, "rights": ["read"]}
+    )
+    assert status == 201 and made["expires_at"] is None, made
+    # The owner's grants are never capped.
+    status, made = p.api(
+        p.alice, "POST", "/grants", {**payload, "rights": ["read"], "expires_days": 3650}
+    )
+    assert status == 201 and made["expires_at"] > bobs["expires_at"]
+
+
 def test_group_grant_and_removed_member_on_a_kept_alive_connection(people: People) -> None:
     p = people
     assert p.put(p.alice, "/files/for-team.txt", b"team stuff") == 201
