@@ -171,15 +171,19 @@ class SharingService:
         user: str | None = None,
         group: str | None = None,
     ) -> None:
-        """Remove the grant on ``node`` to ``user`` or ``group`` (the exact name)."""
+        """Remove the grant on ``node`` to ``user`` or ``group``, named in any case as for
+        ``grant`` (names are unique ignoring case); a deleted user's grant too.
+
+        Raises BadRequest unless exactly one grantee is named, and what ``revoke`` raises.
+        """
+        if (user is None) == (group is None):
+            raise BadRequest("revoke from exactly one user or one group")
         if user is not None:
-            match = (
-                Grant.user_id == sa.select(User.id).where(User.username == user).scalar_subquery()
-            )
+            named = sa.select(User.id).where(sa.func.lower(User.username) == user.lower())
+            match = Grant.user_id == named.scalar_subquery()
         else:
-            match = (
-                Grant.group_id == sa.select(Group.id).where(Group.name == group).scalar_subquery()
-            )
+            named = sa.select(Group.id).where(sa.func.lower(Group.name) == (group or "").lower())
+            match = Grant.group_id == named.scalar_subquery()
         self._revoke(actor, node, holder, match)
 
     def _revoke(

@@ -400,6 +400,22 @@ def test_expired_grant_is_ignored(people: People) -> None:
     assert p.call(p.bob, "GET", f"/shared/{p.alice}/expiring.txt").status == 404
 
 
+def test_revoke_names_its_grantee_as_grant_does(people: People) -> None:
+    p = people
+    assert p.put(p.alice, "/files/named.txt") == 201
+    # Names are unique ignoring case: a grant to BOB is bob's, and so is its revoke.
+    assert p.grant(p.alice, "/files/named.txt", p.bob.upper(), "read") == 201
+    assert p.grant(p.alice, "/files/named.txt", p.team.upper(), "read", group=True) == 201
+    # Exactly one grantee, as for a grant: not silently the user of the two.
+    for query in ("", f"&user={p.bob}&group={p.team}"):
+        status, body = p.api(p.alice, "DELETE", f"/grants?path=/files/named.txt{query}")
+        assert (status, body["error"]) == (400, "bad_request"), body
+    assert p.rights_on("/files/named.txt") == {p.bob: ["read"], "@" + p.team: ["read"]}
+    assert p.revoke(p.alice, "/files/named.txt", p.bob.upper()) == 204
+    assert p.revoke(p.alice, "/files/named.txt", p.team.upper(), group=True) == 204
+    assert p.rights_on("/files/named.txt") == {}
+
+
 def test_a_reshare_never_outlives_the_sharers_own_grant(people: People) -> None:
     # Bob may share for a week: a grant he makes (to carol, or to a group he is in, which
     # would give him back the access) must end with his, however long he asks for.
