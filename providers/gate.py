@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from wsgidav import util
 
 from davserver.errors import Forbidden
-from davserver.services.permissions import Perm, require
+from davserver.services.permissions import Perm, SpaceOwner, base_permissions, require
 from providers.dispatch import destination_path
 from providers.errors import dav_errors
 from providers.resources import VirtualCollection, _NodeResource, actor_of
@@ -59,6 +59,24 @@ def check_request(provider: DavProvider, environ: dict[str, Any]) -> None:
             else:
                 require(target.rights, Perm.DOWNLOAD, "copy")
             check_destination(provider, environ)
+
+
+def may_break_locks(provider: DavProvider, environ: dict[str, Any], target: Any) -> bool:
+    """Whether the user may UNLOCK someone else's lock on ``target``: whoever manages the
+    item (its owner, in a group's space the group's admins, admins), as they manage its
+    sharing; never through a read-only key or as a viewer.
+
+    Otherwise a lock outlives the reach of its holder: a grantee whose grant was revoked, or
+    whose editor crashed, left the owner unable to write their own file until it expired.
+    """
+    if not isinstance(target, _NodeResource) or target.view is None:
+        return False
+    actor = actor_of(environ)
+    if not actor.may_write:
+        return False
+    view = target.view
+    space = SpaceOwner(view.owner_id, view.group_id)
+    return bool(base_permissions(provider.access(environ).principal, space) & Perm.SHARE)
 
 
 def check_destination(provider: DavProvider, environ: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from wsgidav import util
 from wsgidav.dav_error import (
     HTTP_FORBIDDEN,
     DAVError,
@@ -17,6 +18,8 @@ from wsgidav.dav_error import (
 )
 from wsgidav.dav_provider import DAVProvider
 
+from davserver.models import Op
+from davserver.services.audit import record_audit
 from davserver.services.files import FileService
 from davserver.services.namespace import (
     AccessContext,
@@ -27,7 +30,7 @@ from davserver.services.namespace import (
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from davserver.services.variants import VariantService
-from providers.gate import check_request
+from providers.gate import check_request, may_break_locks
 from providers.listing import folder_listing
 from providers.lock_space import RequestLockSpace
 from providers.lock_storage import SqlLockStorage
@@ -155,6 +158,10 @@ class DavProvider(DAVProvider):
             storage.begin_request(RequestLockSpace(self, environ))
         check_request(self, environ)
         method = environ["REQUEST_METHOD"]
+        if method == "UNLOCK":
+            broken = self._break_lock(environ, start_response)
+            if broken is not None:
+                return broken
         if method not in ("PROPFIND", "GET", "HEAD"):
             return default(environ, start_response)
         res = self.get_resource_inst(environ["PATH_INFO"], environ)
@@ -178,6 +185,37 @@ class DavProvider(DAVProvider):
                 err_condition=PRECONDITION_CODE_PropfindFiniteDepth,
             )
         return default(environ, start_response)  # providers.dispatch answers it
+
+    def _break_lock(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """UNLOCK of another user's lock by whoever manages the item (``may_break_locks``),
+        with its logbook row; None to leave the request to WsgiDAV (the holder's own UNLOCK,
+        a token not on this item, anyone else: its 403)."""
+        token = environ.get("HTTP_LOCK_TOKEN", "").strip().strip("<>")
+        lock_man = self.lock_manager
+        if not token or lock_man is None or util.get_content_length(environ) != 0:
+            return None
+        target = self.get_resource_inst(environ["PATH_INFO"], environ)
+        holder = lock_man.get_lock(token, key="principal")
+        actor = actor_of(environ)
+        if (
+            target is None
+            or holder is None
+            or holder == actor.username
+            or not lock_man.is_url_locked_by_token(target.get_ref_url(), token)
+            or not may_break_locks(self, environ, target)
+        ):
+            return None
+        lock_man.release(token)
+        with self.namespace.db.write() as session:
+            record_audit(
+                session,
+                actor,
+                Op.LOCK_DELETE,
+                node_id=target.node_id,
+                details={"broken": True, "holder": holder},
+            )
+        start_response("204 No Content", [("Content-Length", "0")])
+        return [b""]
 
 
 def _cache_key(path: str) -> str:

@@ -137,3 +137,29 @@ def test_a_lock_through_a_groups_share_holds_for_its_members(p: People) -> None:
     assert lockroots(p, p.bob, in_group) == [in_group]
     headers = with_token(token)
     assert p.call(p.carol, "PUT", f"/shared/@{p.team}/{name}", b"carol", headers).status == 204
+
+
+def test_the_owner_or_an_admin_can_break_a_grantees_lock(p: People) -> None:
+    # Bob's editor locked alice's document for a week, then his grant was revoked: he can no
+    # longer reach it to unlock it, and alice could not write her own file until it expired.
+    mine, bobs = shared_folder(p)
+    doc = mine + "/doc.txt"
+    headers = {"Timeout": "Second-604800", "Depth": "0"}
+    token = token_of(p.call(p.bob, "LOCK", bobs + "/doc.txt", LOCK, headers))
+    assert p.revoke(p.alice, mine, p.bob) == 204
+    assert p.put(p.alice, doc, b"alice's edit") == 423
+    unlock = {"Lock-Token": f"<{token}>"}
+    # Someone who may only write there (carol, through a grant) cannot break it.
+    assert p.grant(p.alice, mine, p.carol, "write") == 201
+    carols = f"/shared/{p.alice}/{mine.rsplit('/', 1)[1]}/doc.txt"
+    assert p.call(p.carol, "UNLOCK", carols, None, unlock).status == 403
+    # The owner can; a wrong token is still a conflict.
+    assert p.call(p.alice, "UNLOCK", doc, None, {"Lock-Token": "<opaquelocktoken:x>"}).status == 409
+    assert p.call(p.alice, "UNLOCK", doc, None, unlock).status == 204
+    assert p.put(p.alice, doc, b"alice's edit") == 204
+    # And an admin, through /users/.
+    token = token_of(lock(p, p.carol, carols))
+    admins = f"/users/{p.alice}/{doc.removeprefix('/files/')}"
+    unlock = {"Lock-Token": f"<{token}>"}
+    assert p.call(p.server.user, "UNLOCK", admins, None, unlock).status == 204
+    assert p.put(p.alice, doc, b"alice's second edit") == 204
