@@ -16,6 +16,7 @@ import datetime as dt
 import enum
 import hashlib
 import secrets
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -94,13 +95,17 @@ class ApiKeyService:
     ) -> tuple[ApiKeyInfo, str]:
         """A new key for the user; returns what may be shown of it and the key (only now).
 
-        Raises BadRequest (empty or long name, unknown scope, expiry not in the future),
+        Raises BadRequest (empty or long name, control characters in it, unknown scope, expiry
+        not in the future),
         Forbidden (another user's key, actor not an admin), NotFound (no such user),
         Conflict (user deleted) or AlreadyExists (the user has an active key of that name).
         """
         name = name.strip()
         if not name or len(name) > MAX_KEY_NAME_LENGTH:
             raise BadRequest(f"a key name has 1 to {MAX_KEY_NAME_LENGTH} characters")
+        if any(unicodedata.category(ch) == "Cc" for ch in name):
+            # It is printed in listings, an admin's terminal among them: no escape sequences.
+            raise BadRequest("a key name may not contain control characters")
         if scope not in SCOPES:
             raise BadRequest(f"unknown scope {scope!r}; scopes are {', '.join(SCOPES)}")
         now = utcnow()

@@ -532,6 +532,10 @@ def test_api_key_rules(services: Services) -> None:
         services.api_keys.create(None, owner.id, "x", scope="admin")
     with pytest.raises(BadRequest):
         services.api_keys.create(None, owner.id, "  ")
+    # The name is printed by `davserver apikey list` in an admin's terminal: no escapes.
+    for name in ("\x1b]0;owned\x07", "two\nlines", "bell\x07", "del\x7f", "c1\x9b31m"):
+        with pytest.raises(BadRequest):
+            services.api_keys.create(me, owner.id, name)
     with pytest.raises(BadRequest):
         services.api_keys.create(None, owner.id, "late", expires_at=utcnow() - dt.timedelta(1))
     with pytest.raises(NotFound):
