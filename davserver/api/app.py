@@ -29,6 +29,7 @@ a read-only API key may only read.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Iterable
@@ -119,8 +120,13 @@ class ApiApp:
                 self.services.api_keys.revoke(actor, actor.user_id, key)
                 return 204, None
             case "GET", ["grants"]:
-                target = self._reach(actor, _query(environ).get("path", ""))
-                grants = self.services.sharing.grants_on(target.view)
+                # Who else has access is for those who may share; a reader sees their own.
+                # (A read-only key reads what its user may read: its cap on rights aside.)
+                holder = dataclasses.replace(actor, read_only=False)
+                ctx = self.services.namespace.context(holder)
+                target = self._reach(holder, _query(environ).get("path", ""), ctx)
+                reaching = None if target.rights & Perm.SHARE else (actor.user_id, ctx.groups)
+                grants = self.services.sharing.grants_on(target.view, reaching=reaching)
                 return 200, {"grants": [plain(g.as_dict()) for g in grants]}
             case "POST", ["grants"]:
                 return 201, self._grant(actor, _body(environ))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -213,10 +214,23 @@ class SharingService:
                 ),
             )
 
-    def grants_on(self, node: NodeView) -> list[GrantInfo]:
-        """The grants on one node (not those inherited from its folders), in one query."""
+    def grants_on(
+        self,
+        node: NodeView,
+        *,
+        reaching: tuple[uuid.UUID, Collection[uuid.UUID]] | None = None,
+    ) -> list[GrantInfo]:
+        """The grants on one node (not those inherited from its folders), in one query.
+
+        With ``reaching`` (a user id and the ids of their groups) only the grants to that user
+        or one of those groups: who else was given access is for those who may share.
+        """
+        where = [Grant.node_id == node.id]
+        if reaching is not None:
+            user_id, group_ids = reaching
+            where.append(sa.or_(Grant.user_id == user_id, Grant.group_id.in_(list(group_ids))))
         with self.db.read() as session:
-            return _infos(session, Grant.node_id == node.id)
+            return _infos(session, *where)
 
 
 def _manages_sharing(session: Session, actor: Actor | None, node: NodeView) -> bool:

@@ -400,6 +400,31 @@ def test_expired_grant_is_ignored(people: People) -> None:
     assert p.call(p.bob, "GET", f"/shared/{p.alice}/expiring.txt").status == 404
 
 
+def test_who_else_has_access_is_for_those_who_may_share(people: People) -> None:
+    p = people
+    assert p.put(p.alice, "/files/confidential.txt") == 201
+    assert p.grant(p.alice, "/files/confidential.txt", p.bob, "read") == 201
+    assert p.grant(p.alice, "/files/confidential.txt", p.carol, "read", "share") == 201
+    assert p.grant(p.alice, "/files/confidential.txt", p.team, "download", group=True) == 201
+    shared = f"/shared/{p.alice}/confidential.txt"
+
+    def grantees(who: str) -> list[str]:
+        status, listed = p.api(who, "GET", f"/grants?path={shared}")
+        assert status == 200, listed
+        return sorted(g["grantee"] for g in listed["grants"])
+
+    # A reader sees the grants that reach them (their own, their groups'), not the others.
+    assert grantees(p.bob) == sorted([p.bob, "@" + p.team])
+    # Whoever may share sees them all, as the owner does.
+    assert grantees(p.carol) == sorted([p.bob, p.carol, "@" + p.team])
+    assert sorted(p.rights_on("/files/confidential.txt")) == grantees(p.carol)
+    # The owner's read-only key lists them all too: listing is reading.
+    status, key = p.api(p.alice, "POST", "/keys", {"name": "audit", "scope": "read"})
+    assert status == 201
+    p.passwords[p.alice] = key["key"]
+    assert sorted(p.rights_on("/files/confidential.txt")) == grantees(p.carol)
+
+
 def test_revoke_names_its_grantee_as_grant_does(people: People) -> None:
     p = people
     assert p.put(p.alice, "/files/named.txt") == 201
