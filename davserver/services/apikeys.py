@@ -97,9 +97,13 @@ class ApiKeyService:
 
         Raises BadRequest (empty or long name, control characters in it, unknown scope, expiry
         not in the future),
-        Forbidden (another user's key, actor not an admin), NotFound (no such user),
+        Forbidden (another user's key, actor not an admin, or signed in with an API key),
+        NotFound (no such user),
         Conflict (user deleted) or AlreadyExists (the user has an active key of that name).
         """
+        if actor is not None and actor.auth_method == "apikey":
+            # Else a key given out for a day (or stolen) could mint itself a lasting one.
+            raise Forbidden("an API key cannot create API keys: sign in with your password")
         name = name.strip()
         if not name or len(name) > MAX_KEY_NAME_LENGTH:
             raise BadRequest(f"a key name has 1 to {MAX_KEY_NAME_LENGTH} characters")

@@ -171,6 +171,24 @@ def test_api_key_works_as_basic_password_until_revoked(server: InprocServer) -> 
     assert propfind(server, user=(name, key)) == 401
 
 
+def test_an_api_key_cannot_mint_keys_that_outlive_it(server: InprocServer) -> None:
+    # A key given to a device for a day, once stolen, must not turn into a key for ever.
+    name, password = make_user(server)
+    _, created = api(
+        server, "POST", "/keys", {"name": "device", "expires_days": 1}, user=(name, password)
+    )
+    key = (name, created["key"])
+    assert propfind(server, user=key) == 207
+    status, body = api(server, "POST", "/keys", {"name": "forever"}, user=key)
+    assert status == 403 and "password" in body["message"], body
+    status, listing = api(server, "GET", "/keys", user=(name, password))
+    assert [k["name"] for k in listing["keys"]] == ["device"]
+    # Signed in with the password (Basic or a token), keys are made as before.
+    assert api(server, "POST", "/keys", {"name": "by-password"}, user=(name, password))[0] == 201
+    token = login(server, name, password)["access_token"]
+    assert api(server, "POST", "/keys", {"name": "by-token"}, token=token)[0] == 201
+
+
 def test_read_only_key_reads_but_never_writes(server: InprocServer) -> None:
     name, password = make_user(server)
     assert call(server, "PUT", "/files/kept.txt", user=(name, password), body=b"kept").status == 201
