@@ -64,7 +64,8 @@ def check_name(name: str, what: str = "username") -> str:
         raise BadRequest(
             f"a {what} has {MIN_NAME_LENGTH} to {MAX_NAME_LENGTH} characters: {name!r}"
         )
-    if name[0] in ".-":
+    # "@" marks a group where users and groups meet (/shared/@group/, @GROUP:/path).
+    if name[0] in ".-@":
         raise BadRequest(f"a {what} cannot start with {name[0]!r}: {name!r}")
     if not _NAME.fullmatch(name):
         raise BadRequest(f"a {what} has only ASCII letters, digits and . _ - @: {name!r}")

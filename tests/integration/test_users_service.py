@@ -90,6 +90,10 @@ def stored_user(services: Services, username: str) -> User:
         ("", False),
         (".hidden", False),
         ("-dash", False),
+        # "@name" is a group in /shared/@name/ and in the command line's @GROUP:/path and
+        # --to @GROUP: a user so named passed their files off as the group's.
+        ("@team", False),
+        ("ab@", True),
         ("..", False),
         ("with space", False),
         ("a/b", False),
