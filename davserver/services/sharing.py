@@ -11,6 +11,11 @@ admins in a group's space, admins, the command line: whoever holds SHARE without
 grant on it; a grantee given SHARE only the grants they made themselves, so that they never
 lower or remove what someone with more authority gave.
 
+A grantee's share ends with their grant: revoking a user's grant (or replacing it with one
+without SHARE) revokes the grants they made on the node and below it, and in turn those made
+from these (``_drop_reshares``); a grant they make never expires after their own does
+(``holder_until``). Revoking a group's grant does not reach what its members shared on.
+
 ``holder`` is the granter's rights on the node as the namespace computed them; the command
 line (actor None) acts with every right.
 """
@@ -29,7 +34,8 @@ from sqlalchemy.orm import Session, aliased
 from davserver.db import Database
 from davserver.db.types import utcnow
 from davserver.errors import BadRequest, Forbidden, NotFound
-from davserver.models import Grant, Group, GroupMember, Op, User
+from davserver.models import Grant, Group, GroupMember, Op, Role, User, UserRole
+from davserver.services import tree
 from davserver.services.account_rules import audit_details, find_live_user, iso
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
@@ -133,6 +139,9 @@ class SharingService:
             else:
                 _require_may_change(session, actor, node, row)
                 before = {"rights": rights_of_grant(row).names(), "expires_at": iso(row.expires_at)}
+                if row.user_id is not None and row.can_share and not rights & Perm.SHARE:
+                    because = f"{label}'s grant no longer shares"
+                    _drop_reshares(session, actor, node, row.user_id, because)
             _set_rights(row, rights)
             row.expires_at = expires_at
             row.granted_by = actor.user_id if actor else None
@@ -200,6 +209,9 @@ class SharingService:
             _require_may_change(session, actor, node, row)
             info = _infos(session, Grant.id == row.id)[0]
             session.execute(sa.delete(Grant).where(Grant.id == info.id))
+            if row.user_id is not None:
+                because = f"{info.grantee}'s grant was revoked"
+                _drop_reshares(session, actor, node, row.user_id, because)
             record_audit(
                 session,
                 actor,
@@ -239,17 +251,71 @@ def _manages_sharing(session: Session, actor: Actor | None, node: NodeView) -> b
     whoever holds SHARE there by role or ownership, without a grant."""
     if actor is None:
         return True
+    return _manages(session, actor.user_id, actor.roles, node)
+
+
+def _manages(session: Session, user_id: uuid.UUID, roles: frozenset[str], node: NodeView) -> bool:
+    """Whether the user holds SHARE on ``node`` by role or ownership (see _manages_sharing)."""
     groups: dict[uuid.UUID, bool] = {}
     if node.group_id is not None:
         is_admin = session.scalar(
             sa.select(GroupMember.is_admin).where(
-                GroupMember.group_id == node.group_id, GroupMember.user_id == actor.user_id
+                GroupMember.group_id == node.group_id, GroupMember.user_id == user_id
             )
         )
         if is_admin is not None:
             groups[node.group_id] = is_admin
-    who = Principal(actor.user_id, actor.roles, groups)
+    who = Principal(user_id, roles, groups)
     return bool(base_permissions(who, SpaceOwner(node.owner_id, node.group_id)) & Perm.SHARE)
+
+
+def _drop_reshares(
+    session: Session, actor: Actor | None, node: NodeView, grantee_id: uuid.UUID, because: str
+) -> None:
+    """Revoke the grants ``grantee_id`` made on ``node`` or below it, and in turn those made
+    by whom they had given share, each with its logbook row saying ``because``: their right to
+    share there came from the grant just revoked (or stripped of share). Else a resharer kept
+    access through a grant to a group of theirs, and whoever they shared with kept theirs.
+
+    A grantee who manages the node anyway (an admin, the group's admins) keeps theirs. All the
+    nodes are in ``node``'s space, whose owner and group decide who manages it.
+    """
+    pending = [(node.id, grantee_id, because)]
+    while pending:
+        top, granter_id, reason = pending.pop()
+        roles = frozenset(
+            session.scalars(
+                sa.select(Role.name)
+                .join(UserRole, UserRole.role_id == Role.id)
+                .where(UserRole.user_id == granter_id)
+            )
+        )
+        if _manages(session, granter_id, roles, node):
+            continue
+        made = session.execute(
+            sa.select(Grant.id, Grant.node_id, Grant.user_id).where(Grant.granted_by == granter_id)
+        ).all()
+        for grant_id, node_id, user_id in made:
+            if top not in tree.chain_ids(session, node_id):
+                continue
+            info = _infos(session, Grant.id == grant_id)[0]
+            session.execute(sa.delete(Grant).where(Grant.id == grant_id))
+            record_audit(
+                session,
+                actor,
+                Op.GRANT_REVOKE,
+                node_id=node_id,
+                details=audit_details(
+                    actor,
+                    {"rights": info.rights, "expires_at": iso(info.expires_at)},
+                    None,
+                    grantee=info.grantee,
+                    grant_id=str(grant_id),
+                    because=reason,
+                ),
+            )
+            if user_id is not None:
+                pending.append((node_id, user_id, f"{info.grantee}'s grant was revoked"))
 
 
 def _require_may_change(session: Session, actor: Actor | None, node: NodeView, row: Grant) -> None:

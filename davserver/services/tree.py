@@ -477,6 +477,11 @@ def hold_chain_for_child(session: Session, folder_id: uuid.UUID, key: str) -> No
     return NodeView(*child) if child is not None else None
 
 
+def chain_ids(session: Session | sa.Connection, node_id: uuid.UUID) -> set[uuid.UUID]:
+    """The node and every folder above it, up to its space's root (none if it is gone)."""
+    return {row.id for row in session.execute(for_bind(_CHAIN, session), {"start_id": node_id})}
+
+
 def in_trash(session: Session, node_id: uuid.UUID) -> bool:
     """True when the node, or a folder above it, is in the trash."""
     chain = session.execute(for_bind(_CHAIN, session), {"start_id": node_id})

@@ -525,6 +525,42 @@ def test_revoke_takes_effect_on_the_next_request_and_is_logged(people: People) -
     assert mine[2].details["after"] is None
 
 
+def test_revoking_a_sharer_revokes_what_they_shared_on(people: People) -> None:
+    # Bob gave the folder on to his own group and to carol, carol to dave: when alice revokes
+    # bob, none of them may keep it, bob least of all through his group.
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/handed-on/").status == 201
+    assert p.call(p.alice, "MKCOL", "/files/handed-on/sub/").status == 201
+    assert p.put(p.alice, "/files/handed-on/sub/doc.txt") == 201
+    assert p.grant(p.alice, "/files/handed-on", p.bob, "read", "download", "share") == 201
+    assert p.grant(p.alice, "/files/handed-on", p.dave, "read") == 201  # alice's own
+    shared = f"/shared/{p.alice}/handed-on"
+    assert p.grant(p.bob, shared, p.team, "read", "download", "share", group=True) == 201
+    assert p.grant(p.bob, f"{shared}/sub", p.carol, "read", "share") == 201
+    carols = f"/shared/{p.alice}/sub"
+    assert p.grant(p.carol, carols, p.dave, "read") == 201  # replaced below
+    assert p.grant(p.alice, "/files/handed-on/sub", p.dave, "read") == 201  # now alice's
+    assert p.call(p.bob, "GET", f"{shared}/sub/doc.txt").status == 200
+
+    assert p.revoke(p.alice, "/files/handed-on", p.bob) == 204
+    assert p.call(p.bob, "GET", f"{shared}/sub/doc.txt").status == 404
+    assert p.call(p.carol, "PROPFIND", carols, headers={"Depth": "0"}).status == 404
+    assert p.rights_on("/files/handed-on") == {p.dave: ["read"]}
+    assert p.rights_on("/files/handed-on/sub") == {p.dave: ["read"]}  # alice's stays
+    with p.server.app.db.read() as session:
+        revoked = session.scalars(
+            sa.select(LogEntry.details).where(LogEntry.op_type == Op.GRANT_REVOKE.value)
+        ).all()
+    cascaded = [d for d in revoked if d.get("because") == f"{p.bob}'s grant was revoked"]
+    assert sorted(d["grantee"] for d in cascaded) == sorted([p.carol, "@" + p.team])
+
+    # Lowering a grant so that it no longer shares does the same.
+    assert p.grant(p.alice, "/files/handed-on", p.bob, "read", "share") == 201
+    assert p.grant(p.bob, shared, p.carol, "read") == 201
+    assert p.grant(p.alice, "/files/handed-on", p.bob, "read", "download") == 201
+    assert p.rights_on("/files/handed-on") == {p.bob: ["read", "download"], p.dave: ["read"]}
+
+
 def test_group_space_is_for_members(people: People) -> None:
     p = people
     assert p.put(p.bob, f"/groups/{p.team}/plan.txt", b"plan") == 201
