@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -14,7 +15,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from auth.authenticator import Authenticator
 from davserver.api import ApiApp
 from davserver.api.app import PREFIX as API_PREFIX
-from davserver.config import Settings
+from davserver.config import Networks, Settings, trusted_networks
 from davserver.context import Services
 from davserver.errors import BadRequest, StorageFull, TooManyRequests, Unauthorized
 from providers.dispatch import DavRequestResolver
@@ -35,6 +36,7 @@ class Application:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._proxies = trusted_networks(settings.server.trusted_proxies)
         self.services = services = Services(settings)
         self.db = services.db
         self.blobs = services.blobs
@@ -92,6 +94,8 @@ class Application:
         if method not in _STREAMED_METHODS and int(length) > self.settings.server.max_xml_body:
             return _plain(start_response, "413 Content Too Large", "Request body too large\n")
         path = environ.get("PATH_INFO", "")
+        if self._proxies:
+            _take_forwarded_address(environ, self._proxies)
         problem = _path_problem(path) or _nul_problem(environ)
         if problem:
             if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
@@ -186,6 +190,36 @@ def _path_problem(path_info: str) -> str | None:
         elif segment not in ("", "."):
             depth += 1
     return None
+
+
+def _trusted(address: str, proxies: Networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def _take_forwarded_address(environ: dict[str, Any], proxies: Networks) -> None:
+    """Put the client's address in ``REMOTE_ADDR`` when a trusted proxy forwarded the request.
+
+    X-Forwarded-For lists the addresses a request came through, each proxy appending the one
+    it came from; read from the right, the first one that is not a trusted proxy is the client
+    (anything left of it could have been sent by the client itself). A malformed entry ends
+    the walk: the last trusted hop is then the best that is known.
+    """
+    remote = environ.get("REMOTE_ADDR", "")
+    if not _trusted(remote, proxies):
+        return
+    hops = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return
+        environ["REMOTE_ADDR"] = hop
+        if not _trusted(hop, proxies):
+            return
 
 
 def _nul_problem(environ: dict[str, Any]) -> str | None:

@@ -10,6 +10,7 @@ reads them from a global.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
@@ -83,6 +84,15 @@ class ServerSettings:
     )
     ssl_certificate: str = opt("", "PEM certificate file; TLS is on when this and the key are set.")
     ssl_private_key: str = opt("", "PEM private key file for TLS.")
+    trusted_proxies: str = opt(
+        "",
+        "Reverse proxies or load balancers in front of the server (comma-separated addresses"
+        " or networks, such as 10.0.0.0/8): from them the client's address is taken from"
+        " X-Forwarded-For, for throttling, sessions and the logbook. Empty: nobody's.",
+    )
+
+    def __post_init__(self) -> None:
+        trusted_networks(self.trusted_proxies)  # a typo stops the start, not a request
 
 
 @dataclass(frozen=True)
@@ -291,6 +301,24 @@ class Settings:
     @property
     def blob_path(self) -> Path:
         return Path(self.storage.blob_dir or Path(self.data_dir) / "blobs").resolve()
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def trusted_networks(text: str) -> Networks:
+    """The ``server.trusted_proxies`` setting: comma-separated addresses or networks.
+
+    Raises ConfigError (naming the entry) for one that is neither.
+    """
+    networks = []
+    for entry in (e.strip() for e in text.split(",")):
+        if entry:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ConfigError(f"server.trusted_proxies: not an address: {entry!r}") from None
+    return tuple(networks)
 
 
 class ConfigError(ValueError):

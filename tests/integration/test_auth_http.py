@@ -70,16 +70,26 @@ def call(
 
 
 def api(
-    server: InprocServer, method: str, path: str, payload: dict[str, Any] | None = None, **kw: Any
+    server: InprocServer,
+    method: str,
+    path: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    **kw: Any,
 ) -> tuple[int, Any]:
     body = json.dumps(payload).encode() if payload is not None else None
-    headers = {"Content-Type": "application/json"} if body else {}
-    response = call(server, method, "/api/v1" + path, body=body, headers=headers, **kw)
+    sent = {"Content-Type": "application/json"} if body else {}
+    response = call(
+        server, method, "/api/v1" + path, body=body, headers={**sent, **(headers or {})}, **kw
+    )
     return response.status, json.loads(response.body) if response.body else None
 
 
-def propfind(server: InprocServer, **kw: Any) -> int:
-    return call(server, "PROPFIND", "/files/", headers={"Depth": "0"}, **kw).status
+def propfind(server: InprocServer, *, headers: dict[str, str] | None = None, **kw: Any) -> int:
+    return call(
+        server, "PROPFIND", "/files/", headers={"Depth": "0", **(headers or {})}, **kw
+    ).status
 
 
 # -- Basic and malformed headers
@@ -391,6 +401,56 @@ def test_token_endpoint_is_throttled_too(server: InprocServer) -> None:
         for i in range(4)
     ]
     assert statuses == [401, 401, 429, 429]
+
+
+# -- behind a reverse proxy or load balancer
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def proxied(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InprocServer]:
+    """A server whose clients all come through a proxy at 127.0.0.1 (the tests)."""
+    tmp = tmp_path_factory.mktemp(f"proxied-{request.param}")
+    with run_inproc_server(
+        request.param,
+        tmp,
+        server__trusted_proxies="10.0.0.0/8, 127.0.0.1",
+        auth__max_failures_per_user=1000,
+        auth__max_failures_per_address=3,
+        auth__ban_seconds=BAN_SECONDS,
+    ) as srv:
+        yield srv
+
+
+def test_behind_a_trusted_proxy_each_client_is_throttled_on_its_own(proxied: InprocServer) -> None:
+    # Every request reaches the server from the proxy's address: one guesser locked out every
+    # client that had to sign in, and the logbook and sessions named the proxy, not the client.
+    name, password = make_user(proxied)
+    guesser = {"X-Forwarded-For": "203.0.113.7, 10.1.2.3"}  # through a second, trusted, hop
+    for _ in range(2):
+        assert propfind(proxied, user=("nobody", "guess"), headers=guesser) == 401
+    assert propfind(proxied, user=("nobody", "guess"), headers=guesser) == 429
+    # The same proxy, another client: not locked out.
+    client = {"X-Forwarded-For": "198.51.100.2", "User-Agent": f"proxied-{name}"}
+    assert propfind(proxied, user=(name, password), headers=client) == 207
+    status, listing = api(proxied, "GET", "/sessions", user=(name, password), headers=client)
+    assert status == 200
+    assert {s["ip"] for s in listing["sessions"] if s["user_agent"] == client["User-Agent"]} == {
+        "198.51.100.2"
+    }
+    time.sleep(BAN_SECONDS + 0.5)
+
+
+def test_a_forwarded_address_from_anyone_else_is_ignored(server: InprocServer) -> None:
+    # X-Forwarded-For is whatever the client wants it to be unless a trusted proxy set it.
+    name, password = make_user(server)
+    client = {"X-Forwarded-For": "198.51.100.3", "User-Agent": f"spoofing-{name}"}
+    status, listing = api(server, "GET", "/sessions", user=(name, password), headers=client)
+    assert status == 200
+    assert {s["ip"] for s in listing["sessions"] if s["user_agent"] == client["User-Agent"]} == {
+        "127.0.0.1"
+    }
 
 
 # -- sessions

@@ -15,6 +15,7 @@ from davserver.config import (
     env_name,
     iter_options,
     load_settings,
+    trusted_networks,
 )
 from tests.servers import REPO_ROOT
 
@@ -395,3 +396,13 @@ def test_repo_config_yaml_loads() -> None:
     data = yaml.safe_load(REPO_CONFIG.read_text(encoding="utf-8"))
     assert data is None or isinstance(data, dict)
     load_settings(REPO_CONFIG, env={})
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    settings = load_settings(None, env={"DAVSERVER_SERVER_TRUSTED_PROXIES": "10.0.0.0/8, ::1"})
+    assert [str(n) for n in trusted_networks(settings.server.trusted_proxies)] == [
+        "10.0.0.0/8",
+        "::1/128",
+    ]
+    with pytest.raises(ConfigError, match=r"not an address: 'proxy\.local'"):
+        load_settings(None, env={"DAVSERVER_SERVER_TRUSTED_PROXIES": "10.0.0.1, proxy.local"})
