@@ -22,6 +22,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "packages",
     "versions",
     "trash",
+    "audit",
 )
 
 

@@ -13,6 +13,8 @@
     GET    /api/v1/grants?path=/files/docs                -> the grants on an item
     POST   /api/v1/grants   {path, user | group, rights, expires_days?} -> grant (or replace)
     DELETE /api/v1/grants?path=...&user=bob (or &group=team) -> revoke
+    GET    /api/v1/audit?user=&path=&op=&days=&limit=      -> logbook rows, newest first
+                                                    (admins: anyone's; others: their own)
     GET    /api/v1/packages                               -> my packages
     POST   /api/v1/packages {name, description?, expires_days?} -> a new package (0: no expiry)
     GET    /api/v1/packages/<name>                        -> its items, zip size and ETag
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterable
@@ -39,6 +42,7 @@ from urllib.parse import parse_qsl, quote
 
 from davserver.api.errors import status_of
 from davserver.context import Services
+from davserver.db.types import utcnow
 from davserver.errors import (
     BadRequest,
     DomainError,
@@ -49,7 +53,8 @@ from davserver.errors import (
 )
 from davserver.jsonsafe import plain
 from davserver.services.actor import Actor
-from davserver.services.bounds import check_days, days_from_now
+from davserver.services.audit import MAX_ROWS, read_logbook
+from davserver.services.bounds import MAX_DAYS, check_days, days_from_now, spelled_number
 from davserver.services.namespace import AccessContext, Reached
 from davserver.services.package_archive import PackageView
 from davserver.services.permissions import Perm
@@ -141,6 +146,8 @@ class ApiApp:
                     group=query.get("group"),
                 )
                 return 204, None
+            case "GET", ["audit"]:
+                return 200, self._audit(actor, _query(environ))
             case _, ["packages", *rest]:
                 return self._packages(actor, method, rest, environ)
         raise NotFound(f"no API endpoint {method} {PREFIX}/{'/'.join(parts)}")
@@ -245,6 +252,30 @@ class ApiApp:
         if not isinstance(found, Reached):
             raise NotFound(f"no item {path!r}")
         return found
+
+    def _audit(self, actor: Actor, query: dict[str, str]) -> dict[str, Any]:
+        """Logbook rows, newest first: an admin's of anyone (``user``), anyone else's their
+        own; about an item of their namespace (``path``), an operation or family (``op``),
+        the last ``days`` days, at most ``limit`` (100)."""
+        user = query.get("user")
+        if actor.is_admin:
+            user_id = self.services.users.user_id(user, include_deleted=True) if user else None
+        elif user is None or user.lower() == actor.username.lower():
+            user_id = actor.user_id
+        else:
+            raise Forbidden("only admins read other users' logbook rows")
+        path = query.get("path")
+        days = _query_number(query, "days", MAX_DAYS, at_least=1)
+        limit = _query_number(query, "limit", MAX_ROWS, at_least=1)
+        rows = read_logbook(
+            self.services.db,
+            user_id=user_id,
+            node_id=self._reach(actor, path).view.id if path else None,
+            op=query.get("op"),
+            since=utcnow() - dt.timedelta(days=days) if days is not None else None,
+            limit=100 if limit is None else limit,
+        )
+        return {"entries": [plain(row.as_dict()) for row in rows]}
 
     def _grant(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
         ctx = self.services.namespace.context(actor)
@@ -359,6 +390,17 @@ def _optional_text(body: dict[str, Any], name: str) -> str | None:
 
 def _query(environ: dict[str, Any]) -> dict[str, str]:
     return dict(parse_qsl(environ.get("QUERY_STRING", "")))
+
+
+def _query_number(query: dict[str, str], name: str, at_most: int, *, at_least: int) -> int | None:
+    """The query's ``name``: None when absent, else a whole number in range; BadRequest."""
+    text = query.get(name)
+    if text is None:
+        return None
+    number = spelled_number(text, at_most) if text.isascii() and text.isdigit() else None
+    if number is None or number < at_least:
+        raise BadRequest(f"{name} is a whole number from {at_least} to {at_most}")
+    return number
 
 
 def _text(body: dict[str, Any], name: str) -> str:

@@ -1,16 +1,22 @@
-"""The logbook: every state change is recorded in the same transaction as the change."""
+"""The logbook: every state change is recorded in the same transaction as the change, and
+read back by user, item, operation and time (``read_logbook``: ``davserver audit``, and
+``GET /api/v1/audit``)."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from davserver.db import Base
+from davserver.db import Base, Database
 from davserver.db.types import utcnow
-from davserver.models import LogEntry, Op
+from davserver.errors import BadRequest
+from davserver.models import LogEntry, Op, User
 from davserver.services.actor import Actor
 
 
@@ -49,3 +55,73 @@ def record_audit(
 
 
 _INSERT = sa.insert(Base.metadata.tables[LogEntry.__tablename__])
+
+
+MAX_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class LogbookRow:
+    """One logbook row as it is shown: the user by name, the operation, what it touched."""
+
+    id: int
+    occurred_at: dt.datetime
+    user: str | None
+    op: str
+    node_id: uuid.UUID | None
+    session_id: uuid.UUID | None
+    remote_addr: str | None
+    details: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_logbook(
+    db: Database,
+    *,
+    user_id: uuid.UUID | None = None,
+    node_id: uuid.UUID | None = None,
+    op: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    limit: int = 100,
+) -> list[LogbookRow]:
+    """Logbook rows, newest first, at most ``limit`` (1 to MAX_ROWS): of one user, about one
+    file or folder, of one operation (``share:grant:create``) or family of them (``share``),
+    from ``since`` and before ``until``. Each filter uses an index of the logbook.
+    """
+    if not 1 <= limit <= MAX_ROWS:
+        raise BadRequest(f"limit is a whole number from 1 to {MAX_ROWS}")
+    log = LogEntry.__table__
+    users = User.__table__
+    query = (
+        sa.select(
+            log.c.id,
+            log.c.occurred_at,
+            users.c.username,
+            log.c.op_type,
+            log.c.node_id,
+            log.c.session_id,
+            log.c.remote_addr,
+            log.c.details,
+        )
+        .select_from(log.outerjoin(users, users.c.id == log.c.user_id))
+        .order_by(log.c.occurred_at.desc(), log.c.id.desc())
+        .limit(limit)
+    )
+    if user_id is not None:
+        query = query.where(log.c.user_id == user_id)
+    if node_id is not None:
+        query = query.where(log.c.node_id == node_id)
+    if op:
+        family = op.rstrip(":")
+        query = query.where(
+            sa.or_(log.c.op_type == family, log.c.op_type.startswith(family + ":", autoescape=True))
+        )
+    if since is not None:
+        query = query.where(log.c.occurred_at >= since)
+    if until is not None:
+        query = query.where(log.c.occurred_at < until)
+    with db.connect() as conn:
+        return [LogbookRow(*row) for row in conn.execute(query)]

@@ -629,3 +629,30 @@ def test_an_overlong_password_is_refused_fast_not_truncated(server: InprocServer
     assert propfind(server, user=(name, huge)) == 401
     assert time.perf_counter() - started < 2
     assert propfind(server, user=(name, password[:-1])) == 401  # no prefix matching either
+
+
+# -- the logbook
+
+
+def test_the_logbook_is_read_through_the_api(server: InprocServer) -> None:
+    name, password = make_user(server)
+    other, other_password = make_user(server)
+    assert call(server, "PUT", "/files/logged.txt", user=(name, password), body=b"x").status == 201
+    status, body = api(server, "GET", "/audit?path=/files/logged.txt", user=(name, password))
+    assert status == 200 and [e["op"] for e in body["entries"]] == ["file:create"]
+    assert body["entries"][0]["user"] == name
+    status, body = api(server, "GET", "/audit?op=auth&limit=2", user=(name, password))
+    assert status == 200 and len(body["entries"]) == 2
+    assert {e["user"] for e in body["entries"]} == {name}
+    assert all(e["op"].startswith("auth:") for e in body["entries"])
+    # Only their own rows, unless an admin asks.
+    status, body = api(server, "GET", f"/audit?user={other}", user=(name, password))
+    assert status == 403
+    status, body = api(server, "GET", "/audit", user=(other, other_password))
+    assert status == 200 and {e["user"] for e in body["entries"]} == {other}
+    admin = (server.user, server.password)
+    status, body = api(server, "GET", f"/audit?user={name}&op=file", user=admin)
+    assert status == 200 and [e["op"] for e in body["entries"]] == ["file:create"]
+    for bad in ("limit=0", "limit=x", "days=0", "limit=100000000000000000000"):
+        status, body = api(server, "GET", f"/audit?{bad}", user=admin)
+        assert (status, body["error"]) == (400, "bad_request"), bad

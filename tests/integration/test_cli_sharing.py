@@ -85,3 +85,27 @@ def test_the_command_line_manages_every_grant(cli: Cli, services: Services) -> N
     assert replaced["rights"] == ["read", "download"] and replaced["granted_by"] is None
     cli.json("revoke", "alice:/doc.txt", "carol")
     assert [g["grantee"] for g in cli.json("grants", "alice:/doc.txt")] == ["bob"]
+
+
+def test_audit_reads_the_logbook_by_user_item_and_operation(cli: Cli, services: Services) -> None:
+    for name in ("alice", "bob"):
+        cli.json("user", "create", name, "--password-stdin", stdin="a-good-password\n")
+    make_file(services, "alice", "doc.txt")
+    cli.json("grant", "alice:/doc.txt", "--to", "bob", "--rights", "read")
+    cli.json("revoke", "alice:/doc.txt", "bob")
+    about_doc = cli.json("audit", "--item", "alice:/doc.txt")
+    assert [row["op"] for row in about_doc] == [
+        "share:grant:revoke",
+        "share:grant:create",
+        "file:create",
+    ]
+    assert about_doc[0]["details"]["grantee"] == "bob" and about_doc[0]["user"] is None
+    assert [row["op"] for row in cli.json("audit", "--op", "share", "--limit", "1")] == [
+        "share:grant:revoke"
+    ]
+    assert {row["op"] for row in cli.json("audit", "--op", "user:create")} == {"user:create"}
+    assert [row["op"] for row in cli.json("audit", "--user", "alice")] == ["file:create"]
+    table = cli("audit", "--days", "1")
+    assert table.code == 0 and "share:grant:revoke" in table.out
+    assert "no user" in cli.fails("audit", "--user", "zed")
+    assert "nothing at" in cli.fails("audit", "--item", "alice:/nope")
