@@ -117,3 +117,17 @@ def _date(value: str | None) -> int | None:
         return None
     parsed = util.parse_time_string(value)
     return None if parsed is None else int(parsed)
+
+
+def served_range(environ: dict[str, Any], etag: str, last_modified: float | None) -> str | None:
+    """The Range header of a GET when WsgiDAV honours it, else None: it sends the whole
+    entity instead when an If-Range names another ETag or time (a download resumed after the
+    bytes changed)."""
+    byte_range: str | None = environ.get("HTTP_RANGE")
+    if_range = environ.get("HTTP_IF_RANGE")
+    if byte_range is None or if_range is None:
+        return byte_range
+    seconds = util.parse_time_string(if_range)
+    if seconds:
+        return byte_range if last_modified is not None and int(last_modified) == seconds else None
+    return byte_range if if_range.strip('" ') == etag else None

@@ -40,6 +40,7 @@ from davserver.services.package_space import (
 )
 from davserver.services.packages import PackageService
 from providers.computed import StoredBytes
+from providers.conditions import served_range
 from providers.dispatch import destination_path
 from providers.errors import dav_errors
 from providers.resources import actor_of, guess_mime_type
@@ -382,20 +383,9 @@ class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
         """Only GET reads the bytes (HEAD does not): this is where a download is logged."""
         ctx = self.provider.access(self.environ)
         with dav_errors():
-            archive = self.service.download(ctx, self.package, byte_range=self._served_range())
+            byte_range = served_range(self.environ, self.get_etag(), self.get_last_modified())
+            archive = self.service.download(ctx, self.package, byte_range=byte_range)
         return archive.stream.open()  # type: ignore[return-value]
-
-    def _served_range(self) -> str | None:
-        """The Range header when it is honoured: WsgiDAV sends the whole zip instead when an
-        If-Range names another ETag or time (a download resumed after the package changed)."""
-        byte_range = self.environ.get("HTTP_RANGE")
-        if_range = self.environ.get("HTTP_IF_RANGE")
-        if byte_range is None or if_range is None:
-            return byte_range
-        seconds = util.parse_time_string(if_range)
-        if seconds:
-            return byte_range if int(self.get_last_modified()) == seconds else None
-        return byte_range if if_range.strip('" ') == self.get_etag() else None
 
 
 def _name(item: PinnedItem) -> str:

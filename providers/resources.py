@@ -34,6 +34,7 @@ from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from providers import live_props
+from providers.conditions import served_range
 from providers.digests import expected_digests, repr_digest
 from providers.error_printer import logs_unexpected
 from providers.errors import MKCOL_STATUS, dav_errors
@@ -490,9 +491,21 @@ class FileResource(_NodeResource, DAVNonCollection):
         return False
 
     def get_content(self) -> BinaryIO:
-        assert self.view is not None
+        """Only GET reads the bytes (HEAD and a 304 do not): this is where a download is
+        logged, once the bytes are found."""
+        view = self.view
+        assert view is not None
+        files = self.provider.files
         with dav_errors():
-            return self.provider.files.open_content(self.view)
+            content = files.open_content(view)
+            files.record_download(
+                actor_of(self.environ),
+                view.id,
+                view.current_version_id,
+                size=view.size,
+                served_range=served_range(self.environ, self.get_etag(), self.get_last_modified()),
+            )
+        return content
 
     # -- writing: the body goes to the blob store, then one transaction records it
 

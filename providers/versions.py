@@ -32,6 +32,7 @@ from davserver.services.versions import (
     version_no_of,
 )
 from providers.computed import DS, ComputedProperties, StoredBytes, prop
+from providers.conditions import served_range
 from providers.digests import repr_digest
 from providers.errors import dav_errors
 from providers.gate import check_destination
@@ -212,9 +213,20 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
         response_headers.append(("Repr-Digest", repr_digest(self.version.sha256)))
 
     def get_content(self) -> BinaryIO:
+        """GET only: the download is logged once the bytes are found."""
+        version = self.version
         with dav_errors():
             require(self.rights, Perm.DOWNLOAD, "download")
-            return self.service.open(self.version)
+            content = self.service.open(version)
+            self.provider.files.record_download(
+                actor_of(self.environ),
+                self.reached.view.id,
+                version.id,
+                size=version.size,
+                version_no=version.version_no,
+                served_range=served_range(self.environ, version.sha256, self.get_last_modified()),
+            )
+        return content
 
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
         """Onto a file: restore (a new version of it); to a new name: a new file."""

@@ -1,4 +1,5 @@
-"""The logbook: every state change is recorded in the same transaction as the change, and
+"""The logbook: every state change is recorded in the same transaction as the change (an event
+that changes nothing, such as a download, in a transaction of its own: ``record_alone``), and
 read back by user, item, operation and time (``read_logbook``: ``davserver audit``, and
 ``GET /api/v1/audit``)."""
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
 from davserver.db.types import utcnow
-from davserver.errors import BadRequest
+from davserver.errors import BadRequest, StorageFull
 from davserver.models import LogEntry, Op, User
 from davserver.services.actor import Actor
 
@@ -55,6 +57,28 @@ def record_audit(
 
 
 _INSERT = sa.insert(Base.metadata.tables[LogEntry.__tablename__])
+log = logging.getLogger(__name__)
+
+
+def record_alone(
+    db: Database,
+    actor: Actor | None,
+    op: Op,
+    *,
+    node_id: uuid.UUID | None = None,
+    version_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """A logbook row in a transaction of its own, for an event that changes nothing (a
+    download). When the database has no room left the event goes on unrecorded, with a
+    warning in the server's log: reading must not stop for want of room to say so."""
+    try:
+        with db.write() as session:
+            record_audit(
+                session, actor, op, node_id=node_id, version_id=version_id, details=details
+            )
+    except StorageFull:
+        log.warning("no room in the database to record %s of node %s", op.value, node_id)
 
 
 MAX_ROWS = 10_000

@@ -43,7 +43,7 @@ from davserver.errors import (
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space
 from davserver.services import tree, version_rules
 from davserver.services.actor import Actor
-from davserver.services.audit import record_audit
+from davserver.services.audit import record_alone, record_audit
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
 
 T = TypeVar("T")
@@ -238,6 +238,32 @@ class FileService:
             return self.blobs.open(view.storage_key)
         except FileNotFoundError as exc:
             raise NotFound("the file's bytes are missing from the blob store") from exc
+
+    def record_download(
+        self,
+        actor: Actor,
+        node_id: uuid.UUID,
+        version_id: uuid.UUID | None,
+        *,
+        size: int,
+        version_no: int | None = None,
+        served_range: str | None = None,
+    ) -> None:
+        """Log that ``actor`` is being sent a file's bytes (its current version, or
+        ``version_no``), all of them or ``served_range``; a GET's, not a HEAD's."""
+        details: dict[str, Any] = {"size": size}
+        if version_no is not None:
+            details["version_no"] = version_no
+        if served_range is not None:
+            details["range"] = served_range[:200]
+        record_alone(
+            self.db,
+            actor,
+            Op.FILE_DOWNLOAD,
+            node_id=node_id,
+            version_id=version_id,
+            details=details,
+        )
 
     def dead_properties(self, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, bytes]]:
         """Dead properties of many nodes at once: {node_id: {name: xml bytes}}."""

@@ -1853,6 +1853,50 @@ def test_every_change_writes_a_logbook_row(srv: InprocServer, folder: str) -> No
     assert [op for op, _ in ops_since(app, mark) if not op.startswith(("file:download",))] == []
 
 
+def downloads_since(app: Application, since: int) -> list[Any]:
+    with app.db.read() as session:
+        return list(
+            session.execute(
+                sa.select(LogEntry.node_id, LogEntry.version_id, LogEntry.user_id, LogEntry.details)
+                .where(LogEntry.id > since, LogEntry.op_type == "file:download")
+                .order_by(LogEntry.id)
+            )
+        )
+
+
+def test_a_download_is_logged_with_its_version_and_range(srv: InprocServer, folder: str) -> None:
+    """DESIGN: every download writes a logbook row. Only a GET sends the bytes: not a HEAD,
+    a 304 or a missing file. A range is logged as it was served."""
+    app = srv.application
+    url = folder + "read-me.txt"
+    put(srv, url, b"version one")
+    put(srv, url, b"version two!")
+    node = existing_node(srv, url)
+    mark = last_log_id(app)
+
+    head = call(srv, "HEAD", url)
+    assert head.status == 200
+    assert call(srv, "GET", url, headers={"If-None-Match": head.headers["ETag"]}).status == 304
+    assert call(srv, "GET", folder + "missing.txt").status == 404
+    assert downloads_since(app, mark) == []
+
+    assert get_body(srv, url) == b"version two!"
+    assert call(srv, "GET", url, headers={"Range": "bytes=8-"}).body == b"two!"
+    stale = call(srv, "GET", url, headers={"Range": "bytes=8-", "If-Range": '"stale"'})
+    assert (stale.status, stale.body) == (200, b"version two!")  # the whole file: no range
+    assert call(srv, "GET", url + "?version=1").body == b"version one"
+
+    rows = downloads_since(app, mark)
+    assert [(row.node_id, row.details) for row in rows] == [
+        (node.id, {"size": 12}),
+        (node.id, {"size": 12, "range": "bytes=8-"}),
+        (node.id, {"size": 12}),
+        (node.id, {"size": 11, "version_no": 1}),
+    ]
+    assert {row.user_id for row in rows} == {user_id(app, srv.user)}
+    assert [row.version_id == node.current_version_id for row in rows] == [True] * 3 + [False]
+
+
 def test_unchanged_put_writes_no_version_row_in_the_logbook(srv: InprocServer, folder: str) -> None:
     app = srv.application
     url = folder + "same.txt"

@@ -203,7 +203,7 @@ def test_restore_by_copy_shares_the_blob(server: InprocServer, alice: User) -> N
         )
     assert blob_ids[3] == blob_ids[1]  # the same blob row: no bytes copied
     assert count(server, Blob) == blobs
-    assert ops[-1] == "file:version:restore"
+    assert [op for op in ops if op != "file:download"][-1] == "file:version:restore"
     assert alice.members("/versions/files/essay.txt/") == [
         "essay.v1.txt",
         "essay.v2.txt",
