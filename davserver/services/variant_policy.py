@@ -34,14 +34,16 @@ _SOURCE_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def may_preview(rights: Perm) -> bool:
-    """Whether someone holding ``rights`` on a file may see its thumbnails and previews: the
+def may_preview(rights: Perm, variant_type: str = THUMBNAIL) -> bool:
+    """Whether someone holding ``rights`` on a file may see a variant of this type of it: the
     one place that decides.
 
-    Reading is enough (a view-only share shows thumbnails), unlike the original bytes, which
-    need the download permission.
+    Reading is enough for a thumbnail (a view-only share shows thumbnails), unlike the
+    original bytes, which need the download permission. So does a preview: at 1024 or 2048
+    pixels it is the picture itself, for most photos.
     """
-    return bool(rights & Perm.READ)
+    needed = Perm.READ | Perm.DOWNLOAD if variant_type == PREVIEW else Perm.READ
+    return rights & needed == needed
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from davserver.db.types import utcnow
 from davserver.errors import (
     BadRequest,
     DomainError,
+    Forbidden,
     NotFound,
     Unprocessable,
     UnsupportedMedia,
@@ -125,7 +126,8 @@ class VariantService:
         ``may_preview``) and parse what is asked for: of its current version, or of
         ``version`` (one of its older ones).
 
-        Raises NotFound when the actor may not see the file, BadRequest for a folder or for
+        Raises NotFound when the actor may not see the file, Forbidden for a preview without
+        the download right, BadRequest for a folder or for
         sizes, formats or qualities not allowed, UnsupportedMedia for a file with no content.
         """
         if not may_preview(rights):
@@ -133,6 +135,8 @@ class VariantService:
         if view.kind != NodeKind.FILE:
             raise BadRequest("folders have no thumbnails or previews")
         variant_type, spec = self.policy.parse(params)
+        if not may_preview(rights, variant_type):
+            raise Forbidden("a preview shows the picture itself: it needs the download right")
         if version is None:
             sha256, key, version_id = view.sha256, view.storage_key, view.current_version_id
             size = view.size

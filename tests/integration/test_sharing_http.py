@@ -639,7 +639,9 @@ def test_listing_an_items_grants_costs_the_same_queries_whatever_their_number(
     assert [g["grantee"] for g in listed["grants"]] == [p.bob, p.dave]
 
 
-def test_read_only_grantee_sees_thumbnails_but_not_the_original(people: People) -> None:
+def test_read_only_grantee_sees_thumbnails_but_not_the_original_or_a_preview(
+    people: People,
+) -> None:
     p = people
     assert p.put(p.alice, "/files/photo.jpg", images.jpeg(120, 80)) == 201
     assert p.grant(p.alice, "/files/photo.jpg", p.bob, "read") == 201
@@ -649,6 +651,12 @@ def test_read_only_grantee_sees_thumbnails_but_not_the_original(people: People) 
     assert p.call(p.bob, "GET", shared).status == 403
     assert p.call(p.bob, "GET", shared + "?a=thumbnail=64").status == 403
     assert p.call(p.carol, "GET", shared + "?thumbnail=64").status == 404
+    # A preview (1024 or 2048 px) is the picture itself: it needs download too.
+    refused = p.call(p.bob, "GET", shared + "?preview=1024")
+    assert refused.status == 403 and b"needs the download right" in refused.body
+    assert p.call(p.bob, "HEAD", shared + "?preview=1024").status == 403
+    assert p.grant(p.alice, "/files/photo.jpg", p.bob, "read", "download") == 201
+    assert p.call(p.bob, "GET", shared + "?preview=1024").status == 200
 
 
 def test_copy_or_move_onto_or_into_itself_through_another_url_is_refused(

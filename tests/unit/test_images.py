@@ -419,16 +419,20 @@ def _view(owner: uuid.UUID) -> NodeView:
 
 
 @pytest.mark.parametrize(
-    ("rights", "allowed"),
+    ("rights", "thumbnail", "preview"),
     [
-        (EVERYTHING, True),
-        (Perm.READ, True),  # view-only sharing shows thumbnails
-        (Perm.READ | Perm.DOWNLOAD, True),
-        (Perm.NONE, False),
+        (EVERYTHING, True, True),
+        (Perm.READ, True, False),  # view-only sharing shows thumbnails, not the picture
+        (Perm.READ | Perm.DOWNLOAD, True, True),
+        (Perm.NONE, False, False),
     ],
 )
-def test_who_may_see_a_preview(rights: Perm, allowed: bool) -> None:
-    assert may_preview(rights) is allowed
+def test_who_may_see_a_thumbnail_and_a_preview(
+    rights: Perm, thumbnail: bool, preview: bool
+) -> None:
+    assert may_preview(rights) is thumbnail
+    assert may_preview(rights, THUMBNAIL) is thumbnail
+    assert may_preview(rights, PREVIEW) is preview
 
 
 def test_the_etag_names_the_source_bytes_and_every_parameter() -> None:
