@@ -25,9 +25,10 @@ from davserver.models import NodeKind, Space
 
 MAX_NAME_LENGTH = 255
 _SLICE = 20  # SQLite joins at most 64 tables; a slice uses 23
-# "/" separates names; control characters cannot appear in the XML of a PROPFIND answer
-# (XML 1.0), and Windows refuses them in file names too.
-_FORBIDDEN_CHARS = frozenset("/\x7f") | frozenset(chr(c) for c in range(32))
+# "/" separates names; control characters and the noncharacters U+FFFE and U+FFFF cannot
+# appear in the XML of a PROPFIND answer (XML 1.0 "Char"): one such name would make every
+# listing of its folder unreadable. Windows refuses control characters in file names too.
+_FORBIDDEN_CHARS = frozenset("/\x7f\ufffe\uffff") | frozenset(chr(c) for c in range(32))
 
 
 def name_key(name: str) -> str:
@@ -48,7 +49,7 @@ def check_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"names are at most {MAX_NAME_LENGTH} characters")
     if any(ch in _FORBIDDEN_CHARS for ch in name):
-        raise InvalidName("names may not contain '/' or control characters")
+        raise InvalidName("names may not contain '/', control characters, U+FFFE or U+FFFF")
     if any(unicodedata.category(ch) == "Cs" for ch in name):
         raise InvalidName("names must be valid Unicode")
     return name

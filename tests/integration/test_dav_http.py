@@ -684,6 +684,25 @@ def test_control_characters_in_names_are_refused_cleanly(
     assert member_names(srv, folder) == []  # and the listing is still well-formed XML
 
 
+@pytest.mark.parametrize("char", ["\ufffe", "\uffff"], ids=["U+FFFE", "U+FFFF"])
+@pytest.mark.parametrize("method", ["PUT", "MKCOL", "MOVE", "COPY"])
+def test_names_xml_cannot_carry_are_refused_and_the_listing_stays_readable(
+    srv: InprocServer, folder: str, method: str, char: str
+) -> None:
+    """XML 1.0 has no U+FFFE or U+FFFF: a member named with one made every PROPFIND of its
+    folder a multistatus that no client could parse (Explorer, Finder, davfs2, rclone)."""
+    put(srv, folder + "keep.txt", b"keep")
+    url = folder + q(f"odd{char}name.txt")
+    if method in ("MOVE", "COPY"):
+        headers = {"Destination": srv.url + path_of(url)}
+        response = call(srv, method, folder + "keep.txt", headers=headers)
+    else:
+        response = call(srv, method, url, b"data" if method == "PUT" else None)
+    assert response.status == 400, (response.status, response.body[:500])
+    no_traceback(response)
+    assert member_names(srv, folder) == ["keep.txt"]  # parses the listing's XML
+
+
 TARGET_NAMES = ["what?.txt", "semi;colon.txt", "hash#tag.txt", "100%.txt", "a?b;c#d%25e.txt"]
 
 
