@@ -1,4 +1,4 @@
-"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with six fixes.
+"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with seven fixes.
 
 * COPY and MOVE answered by a provider hook (``handle_copy``/``handle_move``) always get 204
   from WsgiDAV; RFC 4918 wants 201 when the destination is new. Resources leave the right code
@@ -12,6 +12,8 @@
   ``providers.conditions``, on the resource the request names only.
 * GET and HEAD ignore a Range header that is not one valid byte range.
 * An X-OC-Mtime that cannot be kept is refused (400) before a PUT or MKCOL stores anything.
+* A LOCK of an unmapped URL that found the name taken meanwhile, and locked what is there,
+  answers 200, not WsgiDAV's 201 (``FolderResource.create_empty_resource``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from wsgidav.request_server import RequestServer
 from davserver.errors import BadRequest
 from davserver.services.bounds import from_epoch
 from providers import conditions, propfind
+from providers.resources import FOUND_KEY
 
 _STATUS_KEY = "davserver.status"
 _CHECKED_KEY = "davserver.preconditions_checked"
@@ -75,6 +78,14 @@ class DavRequestServer(RequestServer):
     def do_PUT(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         check_mtime_header(environ)
         return super().do_PUT(environ, _accepting_mtime(environ, start_response))
+
+    def do_LOCK(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        def answer(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if status.startswith("201") and environ.pop(FOUND_KEY, False):
+                status = "200 OK"  # nothing was created: the file was there when locked
+            return start_response(status, headers, exc_info)
+
+        return super().do_LOCK(environ, answer)
 
     def do_MKCOL(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         check_mtime_header(environ)

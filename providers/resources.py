@@ -27,7 +27,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 
 from davserver.blobstore import BlobWriter
-from davserver.errors import BadRequest
+from davserver.errors import AlreadyExists, BadRequest
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
 from davserver.services.namespace import Reached
@@ -54,6 +54,9 @@ _MTIME_PROPS = frozenset(
     }
 )
 _LOCK_PROPS = frozenset({"{DAV:}lockdiscovery", "{DAV:}supportedlock"})
+# Set when a LOCK of an unmapped URL found the name taken meanwhile and locked what is there:
+# WsgiDAV answers 201 for such a LOCK, and providers.dispatch turns it into 200.
+FOUND_KEY = "davserver.lock_found_existing"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -383,22 +386,54 @@ class FolderResource(_NodeResource, DAVCollection):
     def get_member(self, name: str) -> _NodeResource | None:
         return self.provider.get_resource_inst(util.join_uri(self.path, name), self.environ)
 
-    def create_empty_resource(self, name: str) -> FileResource:
-        """A PUT's new file is created when its body has arrived, not before; a LOCK's now."""
+    def create_empty_resource(self, name: str) -> _NodeResource:
+        """A PUT's new file is created when its body has arrived, not before; a LOCK's now.
+
+        WsgiDAV makes a LOCK's file before it checks any lock, so the locks that forbid
+        adding to this folder (its own, or one with depth infinity above) are checked here
+        first, as for a PUT. A name taken meanwhile (another LOCK or a PUT won the race) is
+        locked as it is found: the lock then conflicts with the winner's (423), or is taken
+        on the file that is there (200, see ``dispatch.FOUND_KEY``).
+        """
         assert self.view is not None
+        path = util.join_uri(self.path, name)
+        new = FileResource(
+            path, self.environ, None, rights=self.rights, parent=self.view, name=name
+        )
         if self.environ.get("REQUEST_METHOD") == "PUT":
-            return FileResource(
-                util.join_uri(self.path, name),
-                self.environ,
-                None,
-                rights=self.rights,
-                parent=self.view,
-                name=name,
+            return new
+        lock_manager = self.provider.lock_manager
+        if lock_manager is not None:
+            tokens = self.environ.get("wsgidav.ifLockTokenList", [])
+            principal = self.environ.get("wsgidav.user_name")
+            lock_manager.check_write_permission(
+                url=self.get_ref_url(), depth="0", token_list=tokens, principal=principal
+            )
+            # An exclusive lock with depth infinity above refuses any new lock, even its
+            # holder's: refuse it before the file is made (WsgiDAV's own check, run later).
+            lock_manager._check_lock_permission(
+                new.get_ref_url(),
+                "write",
+                "shared",
+                "0",
+                tokens,
+                principal,
             )
         with dav_errors():
-            view = self.provider.files.create_empty_file(actor_of(self.environ), self.view, name)
+            try:
+                view = self.provider.files.create_empty_file(
+                    actor_of(self.environ), self.view, name
+                )
+            except AlreadyExists:
+                view = None
         self.provider.forget(self.environ)
-        return FileResource(util.join_uri(self.path, name), self.environ, view, rights=self.rights)
+        if view is None:
+            found = self.provider.get_resource_inst(path, self.environ)
+            if not isinstance(found, _NodeResource):
+                raise DAVError(HTTP_CONFLICT, context_info=f"{name!r} changed meanwhile")
+            self.environ[FOUND_KEY] = True
+            return found
+        return FileResource(path, self.environ, view, rights=self.rights)
 
     def create_collection(self, name: str) -> None:
         assert self.view is not None

@@ -1819,6 +1819,86 @@ def test_a_folder_with_a_locked_member_changes_once_the_members_token_is_submitt
         assert get_body(srv, folder + "moved/held.txt") == b"held"
 
 
+@pytest.mark.parametrize("depth", ["0", "infinity"])
+def test_a_lock_of_a_new_name_in_a_locked_folder_creates_nothing_without_its_token(
+    srv: InprocServer, folder: str, depth: str
+) -> None:
+    """A LOCK of an unmapped URL makes an empty file (RFC 4918 9.10.4); in a folder someone
+    else has locked, that is adding a member, which the folder's lock forbids as for PUT.
+    WsgiDAV made the file before it checked any lock: 423, with the file left behind."""
+    inner = folder + "held/"
+    assert call(srv, "MKCOL", inner).status == 201
+    xml = {"Content-Type": "application/xml", "Timeout": "Second-600"}
+    folder_token = _lock_token(call(srv, "LOCK", inner, LOCK_BODY, {**xml, "Depth": depth}))
+
+    refused = call(srv, "LOCK", inner + "new.txt", LOCK_BODY, {**xml, "Depth": "0"})
+    assert refused.status == 423, (refused.status, refused.body[:300])
+    assert member_names(srv, inner) == []
+    assert call(srv, "PUT", inner + "new.txt", b"x").status == 423  # the same rule as PUT
+
+    held = {"If": f"(<{folder_token}>)"}
+    taken = call(srv, "LOCK", inner + "new.txt", LOCK_BODY, {**xml, **held})
+    if depth == "0":
+        assert taken.status == 201, (taken.status, taken.body[:300])
+        assert member_names(srv, inner) == ["new.txt"]
+    else:  # no lock within an exclusive one with depth infinity, not even its holder's
+        assert taken.status == 423, (taken.status, taken.body[:300])
+        assert member_names(srv, inner) == []
+        assert call(srv, "PUT", inner + "new.txt", b"x", held).status == 201
+
+
+def test_concurrent_locks_of_one_new_name_lock_it_once_and_refuse_the_rest_with_423(
+    srv: InprocServer, folder: str
+) -> None:
+    """Clients (davfs2 creates files with a LOCK) making one new file at once: those that
+    lost the race met the lock of the winner (423), not a 412 for a precondition nobody
+    sent."""
+    url = folder + "raced.txt"
+    headers = {"Content-Type": "application/xml", "Timeout": "Second-600"}
+    count = 6
+    barrier = threading.Barrier(count)
+    statuses: list[int] = []
+
+    def take() -> None:
+        barrier.wait()
+        statuses.append(call(srv, "LOCK", url, LOCK_BODY, headers).status)
+
+    threads = [threading.Thread(target=take) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # One lock: usually the maker's (201); or one that found the file made, and locked it
+    # before its maker could (200), when the maker meets that lock.
+    assert sorted(statuses)[1:] == [423] * (count - 1), statuses
+    assert sorted(statuses)[0] in (200, 201), statuses
+    assert member_names(srv, folder) == ["raced.txt"]
+
+
+def test_a_lock_of_a_name_created_meanwhile_locks_what_is_there(
+    srv: InprocServer, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LOCK that found no file, and then found one created by someone else (a PUT) before
+    it could make its own, locks that file and says so with 200, not 201."""
+    url = folder + "meanwhile.txt"
+    files = srv.application.files
+    create = files.create_empty_file
+
+    def created_by_someone_else_first(actor: Actor, parent: NodeView, name: str) -> NodeView:
+        writer = files.blobs.writer()
+        writer.write(b"theirs")
+        files.commit_upload(actor, parent, name, writer.finish())
+        return create(actor, parent, name)
+
+    monkeypatch.setattr(files, "create_empty_file", created_by_someone_else_first)
+    locked = call(srv, "LOCK", url, LOCK_BODY, {"Content-Type": "application/xml"})
+    assert locked.status == 200, (locked.status, locked.body[:300])
+    token = _lock_token(locked)
+    assert call(srv, "PUT", url, b"mine").status == 423
+    assert call(srv, "PUT", url, b"mine", {"If": f"(<{token}>)"}).status == 204
+    assert get_body(srv, url) == b"mine"
+
+
 # --- 13. the logbook -------------------------------------------------------------------------
 
 
