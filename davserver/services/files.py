@@ -568,7 +568,8 @@ class FileService:
         normalization-only rename) just renames it; Forbidden when the destination is the
         node itself, name and all, or below it (whatever URLs the request named them by).
         ``seen`` is the node as the request found it: NotFound when another request moved it
-        meanwhile (``still_where_seen``).
+        meanwhile (``still_where_seen``). Forbidden too when the destination to replace is a
+        folder the node is in.
         """
         actor.require_write()
         check_name(dest_name)
@@ -586,6 +587,7 @@ class FileService:
                 raise Forbidden("cannot move a folder into itself")
             occupant = _occupant(session, dest_parent, dest_name, overwrite=overwrite, mover=node)
             if occupant is not None:
+                _refuse_replacing_a_folder_above(session, occupant, node.parent_id)
                 _trash(session, actor, occupant.id, overwritten=True)
             before = {"parent_id": str(node.parent_id), "name": node.name}
             node.parent_id = dest_parent.id
@@ -625,7 +627,8 @@ class FileService:
         existing file becomes that file's newest version, so the destination keeps its
         history; any other overwritten destination goes to the trash.
         What the copy adds to a user's own space counts against their quota: QuotaExceeded.
-        Forbidden when the destination is the source itself or below it. ``seen`` is the
+        Forbidden when the destination is the source itself, below it, or (to replace) a
+        folder the source is in. ``seen`` is the
         source as the request found it: NotFound when another request moved it meanwhile
         (``still_where_seen``).
         """
@@ -644,6 +647,7 @@ class FileService:
                 if not source.is_folder and not target.is_folder:
                     self._copy_onto_file(session, actor, source, target)
                     return occupant
+                _refuse_replacing_a_folder_above(session, occupant, source.parent_id)
                 _trash(session, actor, occupant.id, overwritten=True)
             new_root = self._copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
             record_audit(
@@ -992,6 +996,20 @@ def _occupant(
     if not overwrite:
         raise PreconditionFailed(f"{name!r} exists and Overwrite is F")
     return found
+
+
+def _refuse_replacing_a_folder_above(
+    session: Session, occupant: NodeView, source_parent_id: uuid.UUID | None
+) -> None:
+    """Forbidden when the destination a COPY or MOVE would replace is a folder the source is
+    in: replacing it would take the source along to the trash, and everything else in that
+    folder with it (mod_dav answers 403 "Destination collection contains the Source" too)."""
+    if (
+        occupant.is_folder
+        and source_parent_id is not None
+        and occupant.id in tree.chain_ids(session, source_parent_id)
+    ):
+        raise Forbidden("the destination is a folder the source is in")
 
 
 def _hold_name(session: Session, folder_id: uuid.UUID, key: str) -> None:

@@ -722,6 +722,28 @@ def test_move_and_copy_land_under_exactly_the_encoded_name(
     assert existing_node(srv, destination).name == target
 
 
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+@pytest.mark.parametrize("source", ["doc.txt", "inner/doc.txt", "inner/", "inner/deeper/"])
+def test_replacing_a_folder_the_source_is_in_is_refused(
+    srv: InprocServer, folder: str, method: str, source: str
+) -> None:
+    """``MOVE outer/inner/doc.txt`` to ``outer`` with Overwrite: T sent all of ``outer`` (the
+    source and everything beside it) to the trash, to put the one file in its place."""
+    outer = folder + "outer/"
+    for sub in ("", "inner/", "inner/deeper/"):
+        assert call(srv, "MKCOL", outer + sub).status == 201
+    for name in ("doc.txt", "inner/doc.txt", "inner/deeper/doc.txt", "other.txt"):
+        put(srv, outer + name, name.encode())
+    destination = srv.url + path_of(outer).rstrip("/")
+    response = call(
+        srv, method, outer + source, headers={"Destination": destination, "Overwrite": "T"}
+    )
+    assert response.status == 403, (response.status, response.body[:300])
+    assert member_names(srv, outer) == ["doc.txt", "inner", "other.txt"]
+    for name in ("doc.txt", "inner/doc.txt", "inner/deeper/doc.txt", "other.txt"):
+        assert get_body(srv, outer + name) == name.encode()
+
+
 # --- 6. traversal ----------------------------------------------------------------------------
 
 TRAVERSALS = [
