@@ -293,18 +293,28 @@ def _key(url: str) -> LockKey:
 
 
 def _url_of(namespace: str, root: str) -> str | None:
-    """The current requester's URL for a stored lock root, by the keys this request met."""
+    """The current requester's URL for a stored lock root, by the keys this request met.
+
+    Where several keys map the root, the most specific mount wins: an admin's own files are
+    both ``/files/x`` (their namespace at ``/``) and ``/users/<admin>/x`` (a mount of that
+    namespace at ``/files``); a request through the mount must see its locks there, or
+    UNLOCK at the very URL a lock was taken at fails (409, the token "does not match")."""
     scope = _scope.get()
     if scope is None:
         return root
     above = None
+    found: tuple[int, str] | None = None  # (how specific its mount is, URL)
     for key in [*scope.mounts.values(), *scope.space.request_keys()]:
-        if key.namespace == namespace:
-            url = key.url_of(root)
-            if url is not None and not _is_below(root, key.mount_root):
-                return url
+        if key.namespace != namespace:
+            continue
+        url = key.url_of(root)
+        if url is None:
+            continue
+        if _is_below(root, key.mount_root):
             above = above or url
-    return above
+        elif found is None or len(key.mount_root) > found[0]:
+            found = (len(key.mount_root), url)
+    return found[1] if found is not None else above
 
 
 def _forget_snapshots() -> None:

@@ -163,3 +163,27 @@ def test_the_owner_or_an_admin_can_break_a_grantees_lock(p: People) -> None:
     unlock = {"Lock-Token": f"<{token}>"}
     assert p.call(p.server.user, "UNLOCK", admins, None, unlock).status == 204
     assert p.put(p.alice, doc, b"alice's second edit") == 204
+
+
+@pytest.mark.parametrize(
+    ("taken_at", "released_at"),
+    [("alias", "alias"), ("files", "alias"), ("alias", "files")],
+)
+def test_an_admin_unlocks_their_own_file_through_either_of_its_urls(
+    p: People, taken_at: str, released_at: str
+) -> None:
+    """An admin's own files are at /files/ and at /users/<admin>/ (an admin who maps
+    /users/ sees everyone's). A lock taken through one URL holds through both, and UNLOCK at
+    either must release it: at /users/<admin>/ it answered 409 (lock-token-matches-request-uri)
+    even at the URL the lock was taken at, so it stayed until it timed out."""
+    admin = p.server.user
+    name = f"mine-{uuid.uuid4().hex[:6]}.txt"
+    urls = {"files": f"/files/{name}", "alias": f"/users/{admin}/{name}"}
+    assert p.put(admin, urls["files"]) == 201
+    token = token_of(lock(p, admin, urls[taken_at]))
+    assert lockroots(p, admin, urls[released_at]) == [urls[released_at]]
+
+    unlock = p.call(admin, "UNLOCK", urls[released_at], None, {"Lock-Token": f"<{token}>"})
+    assert unlock.status == 204, (unlock.status, unlock.body[:300])
+    assert lockroots(p, admin, urls["files"]) == []
+    assert p.put(admin, urls["alias"], b"unlocked") == 204
