@@ -74,7 +74,9 @@ class DavProvider(DAVProvider):
             ctx = environ[_ACCESS_KEY] = self.namespace.context(actor_of(environ))
         return ctx
 
-    def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
+    def get_resource_inst(self, path: str | None, environ: dict[str, Any]) -> Any:
+        if path is None:
+            return None  # the parent of "/" (WsgiDAV asks for it on a COPY or MOVE of "/")
         parts = [p for p in path.split("/") if p]
         cache: dict[str, Any] = environ.setdefault(_CACHE_KEY, {})
         key = "/".join(parts)

@@ -334,6 +334,12 @@ class VirtualCollection(DAVCollection):
     def get_last_modified(self) -> float:
         return time.time()
 
+    def handle_move(self, dest_path: str) -> bool:
+        raise DAVError(HTTP_FORBIDDEN, context_info=f"{self.path} cannot be moved")
+
+    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        raise DAVError(HTTP_FORBIDDEN, context_info=f"{self.path} cannot be copied")
+
 
 class FolderResource(_NodeResource, DAVCollection):
     def __init__(

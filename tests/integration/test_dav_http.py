@@ -874,6 +874,20 @@ def test_destination_outside_the_space_is_refused(
     assert get_body(srv, source) == b"stay here"
 
 
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+@pytest.mark.parametrize("source", ["/", "/users/", "/groups/", "/shared/", "/versions/"])
+def test_the_servers_own_folders_cannot_be_moved_or_copied(
+    srv: InprocServer, folder: str, method: str, source: str
+) -> None:
+    """The read-only folders of the layout: a plain 403. ``/`` answered 500 (WsgiDAV looked
+    up the parent of ``/``), /users/ and /versions/ a 207 listing both 403 and 409."""
+    destination = srv.url + path_of(folder) + "copy-of-layout/"
+    response = call(srv, method, source, headers={"Destination": destination})
+    assert response.status == 403, (response.status, response.body[:500])
+    no_traceback(response)
+    assert member_names(srv, folder) == []
+
+
 # --- 7. bad requests -------------------------------------------------------------------------
 
 MALFORMED = [
