@@ -478,6 +478,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         self._new_name = name
         self._writer: BlobWriter | None = None
         self._expected_version: uuid.UUID | None = None
+        self._must_be_new = False
         self._content_type: str | None = None
         self._expected_digests: dict[str, str] = {}
         self._allowance: int | None = None
@@ -558,6 +559,11 @@ class FileResource(_NodeResource, DAVNonCollection):
             expected_length = int(length) if length.isdigit() else None
         if self.view is not None and environ.get("HTTP_IF_MATCH", "").strip() not in ("", "*"):
             self._expected_version = self.view.current_version_id
+        # "If-None-Match: *" held when the request began (nothing there); it must still hold
+        # when the upload is recorded, or of two clients creating one file both "create" it.
+        self._must_be_new = (
+            self.view is None and environ.get("HTTP_IF_NONE_MATCH", "").strip() == "*"
+        )
         self._content_type = (
             content_type if content_type and content_type != "application/octet-stream" else None
         )
@@ -598,6 +604,7 @@ class FileResource(_NodeResource, DAVNonCollection):
                 blob,
                 content_type=self._content_type,
                 expected_version_id=self._expected_version,
+                must_be_new=self._must_be_new,
                 enforce_quota=self._allowance is not None,
                 lock_since=self._held_lock_since(),
             )

@@ -317,6 +317,7 @@ class FileService:
         *,
         content_type: str | None = None,
         expected_version_id: uuid.UUID | None = None,
+        must_be_new: bool = False,
         enforce_quota: bool = False,
         lock_since: dt.datetime | None = None,
     ) -> tuple[NodeView, bool]:
@@ -325,9 +326,10 @@ class FileService:
         Creates the file when it does not exist yet (a new empty file gets no version). Bytes
         equal to the current version's make no new version. ``expected_version_id`` is the
         version an If-Match header was checked against: if another upload won the race in
-        between, PreconditionFailed. With ``enforce_quota`` (the owner has a quota, see
-        ``upload_allowance``) the quota is checked again inside the transaction, against
-        uploads that finished meanwhile: QuotaExceeded. ``lock_since`` is when the lock the
+        between, PreconditionFailed; with ``must_be_new`` (``If-None-Match: *``, create only)
+        the same when the file was created in between. With ``enforce_quota`` (the owner has
+        a quota, see ``upload_allowance``) the quota is checked again inside the transaction,
+        against uploads that finished meanwhile: QuotaExceeded. ``lock_since`` is when the lock the
         uploader holds on the file was taken: uploads under one lock, and within the
         configured window, replace the newest version instead of adding one, and a new version
         applies the retention policy (``davserver.services.version_rules``). Returns the file
@@ -349,6 +351,8 @@ class FileService:
                 current = tree.hold_chain_for_child(session, parent.id, key)
                 if current is not None and not _unchanged(current, blob):
                     current = tree.child_for_update(session, parent.id, key)
+            if must_be_new and current is not None:
+                raise PreconditionFailed(f"{name!r} was created meanwhile")
             if current is None:
                 if expected_version_id is not None:
                     raise PreconditionFailed("the file no longer exists")

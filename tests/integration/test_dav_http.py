@@ -421,6 +421,32 @@ def test_if_match_with_stale_etag_is_refused(srv: InprocServer, folder: str) -> 
     assert get_body(srv, url) == b"version three"
 
 
+def test_if_none_match_star_still_holds_when_the_upload_is_recorded(
+    srv: InprocServer, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``If-None-Match: *`` (create only; GNOME Files and davfs2 send it for a new file) was
+    checked when the request began: a client that created the file while the body streamed
+    was overwritten, and both were told they had created it."""
+    url = folder + "created-once.txt"
+    files = srv.application.files
+    commit = files.commit_upload
+
+    def someone_else_first(actor: Actor, parent: NodeView, name: str, *a: Any, **k: Any) -> Any:
+        writer = files.blobs.writer()
+        writer.write(b"theirs")
+        commit(actor, parent, name, writer.finish())
+        return commit(actor, parent, name, *a, **k)
+
+    monkeypatch.setattr(files, "commit_upload", someone_else_first)
+    refused = call(srv, "PUT", url, b"mine", {"If-None-Match": "*"})
+    assert refused.status == 412, (refused.status, refused.body[:300])
+    monkeypatch.undo()
+    assert get_body(srv, url) == b"theirs"
+    assert version_numbers(srv.application, existing_node(srv, url).id) == [1]
+    assert call(srv, "PUT", url, b"mine", {"If-None-Match": "*"}).status == 412
+    assert call(srv, "PUT", folder + "free.txt", b"mine", {"If-None-Match": "*"}).status == 201
+
+
 @pytest.mark.parametrize(
     "header", ["bytes=5-2", "foo=1-2", "bytes=abc", "bytes=0-4,10-14", "bytes=-0"]
 )
