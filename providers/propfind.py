@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from xml.sax.saxutils import escape
 
-from wsgidav import util
+from wsgidav import util, xml_tools
 from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
 from wsgidav.dav_provider import DAVCollection
 
@@ -240,12 +240,48 @@ def _renderers(res: Any, lock_manager: Any, any_locks: bool) -> dict[str, Callab
 
 
 def _lockdiscovery(res: Any, lock_manager: Any) -> str:
-    if not lock_manager.get_url_lock_list(res.get_ref_url()):
+    """Every lock on ``res``: its own and those with depth infinity on folders above it (RFC
+    4918 7.7: they lock it too; ``lockroot`` says where each was taken). WsgiDAV lists only
+    the resource's own; its rendering is kept for the LOCK answer, which neon and others read
+    for the new lock."""
+    locks = lock_manager.get_indirect_url_lock_list(res.get_ref_url())
+    if not locks:
         return "<D:lockdiscovery/>"
+    return (
+        "<D:lockdiscovery>"
+        + "".join(_activelock(res, lock) for lock in locks)
+        + "</D:lockdiscovery>"
+    )
+
+
+def _owner_xml(owner: bytes | str | None) -> str:
+    """The stored ``<owner>`` element (serialized with an XML declaration) as text to embed."""
+    if not owner:
+        return ""
     from lxml import etree
 
-    element = res.get_property_value("{DAV:}lockdiscovery")
-    return str(etree.tostring(element, encoding="unicode"))
+    return str(etree.tostring(xml_tools.string_to_xml(owner), encoding="unicode"))
+
+
+def _activelock(res: Any, lock: dict[str, Any]) -> str:
+    if lock["timeout"] < 0:
+        timeout = "Infinite"
+    else:
+        timeout = f"Second-{max(0, int(lock['expire'] - time.time()))}"
+    owner = _owner_xml(lock["owner"])
+    root = res.provider.get_resource_inst(res.provider.ref_url_to_path(lock["root"]), res.environ)
+    href = root.get_href() if root is not None else lock["root"]
+    return (
+        "<D:activelock>"
+        f"<D:locktype><D:{lock['type']}/></D:locktype>"
+        f"<D:lockscope><D:{lock['scope']}/></D:lockscope>"
+        f"<D:depth>{escape(lock['depth'])}</D:depth>"
+        f"{owner}"
+        f"<D:timeout>{timeout}</D:timeout>"
+        f"<D:locktoken><D:href>{escape(lock['token'])}</D:href></D:locktoken>"
+        f"<D:lockroot><D:href>{escape(href)}</D:href></D:lockroot>"
+        "</D:activelock>"
+    )
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

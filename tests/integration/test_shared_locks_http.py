@@ -187,3 +187,31 @@ def test_an_admin_unlocks_their_own_file_through_either_of_its_urls(
     assert unlock.status == 204, (unlock.status, unlock.body[:300])
     assert lockroots(p, admin, urls["files"]) == []
     assert p.put(admin, urls["alias"], b"unlocked") == 204
+
+
+def test_a_folders_lock_shows_in_the_lockdiscovery_of_everything_it_covers(p: People) -> None:
+    """RFC 4918 (7.7, 14.12): a lock with depth infinity locks every member, and their
+    ``lockdiscovery`` lists it with its ``lockroot``, as Apache and SabreDAV answer; members
+    showed an empty lockdiscovery, so a client checking before it edits saw no lock and met a
+    423 only on saving."""
+    alice = p.alice
+    top = f"/files/team-{uuid.uuid4().hex[:6]}"
+    assert p.call(alice, "MKCOL", top + "/").status == 201
+    assert p.call(alice, "MKCOL", top + "/sub/").status == 201
+    assert p.put(alice, top + "/sub/doc.txt") == 201
+    token = token_of(lock(p, alice, top + "/", depth="infinity"))
+
+    for depth, path in (("0", "/sub/doc.txt"), ("0", "/sub/"), ("1", "/sub/")):
+        response = p.call(alice, "PROPFIND", top + path, None, {"Depth": depth})
+        assert response.status == 207
+        entries = response.body.count(b"<D:response>")
+        assert response.body.count(token.encode()) == entries, response.body[:2000]
+        assert [r.decode().rstrip("/") for r in LOCKROOT.findall(response.body)] == [top] * entries
+    # A lock that does not cover the member (depth 0 on the folder) is not listed there.
+    assert p.call(alice, "UNLOCK", top + "/", None, {"Lock-Token": f"<{token}>"}).status == 204
+    shallow = token_of(lock(p, alice, top + "/sub/", depth="0"))
+    assert lockroots(p, alice, top + "/sub/doc.txt") == []
+    assert lockroots(p, alice, top + "/sub/") == [top + "/sub"]
+    assert (
+        p.call(alice, "UNLOCK", top + "/sub/", None, {"Lock-Token": f"<{shallow}>"}).status == 204
+    )
