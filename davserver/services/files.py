@@ -566,10 +566,12 @@ class FileService:
         """Rename and/or re-parent a node: one UPDATE whatever the size of the subtree.
         Returns what it replaced at the destination, if anything.
 
-        What is at the destination when this runs (not when the request began) goes to the
-        trash first if the client agreed to ``overwrite`` it, else PreconditionFailed (see
-        ``_occupant``). Moving a node to a name that resolves to itself (a case- or
-        normalization-only rename) just renames it; Forbidden when the destination is the
+        What is at the destination when this runs (not when the request began) is replaced if
+        the client agreed to ``overwrite`` it, else PreconditionFailed (see ``_occupant``): a
+        file moved onto a file becomes that file's newest version and goes to the trash itself
+        (``_move_onto_file``); anything else at the destination goes to the trash. Moving a
+        node to a name that resolves to itself (a case- or normalization-only rename) just
+        renames it; Forbidden when the destination is the
         node itself, name and all, or below it (whatever URLs the request named them by).
         ``seen`` is the node as the request found it: NotFound when another request moved it
         meanwhile (``still_where_seen``). Forbidden too when the destination to replace is a
@@ -592,6 +594,9 @@ class FileService:
             occupant = _occupant(session, dest_parent, dest_name, overwrite=overwrite, mover=node)
             if occupant is not None:
                 _refuse_replacing_a_folder_above(session, occupant, node.parent_id)
+                if not (node.is_folder or occupant.is_folder or is_client_metadata(dest_name)):
+                    self._move_onto_file(session, actor, node, occupant)
+                    return occupant
                 _trash(session, actor, occupant.id, overwritten=True)
             before = {"parent_id": str(node.parent_id), "name": node.name}
             node.parent_id = dest_parent.id
@@ -759,8 +764,36 @@ class FileService:
         assert blob_id is not None
         return blob_id
 
-    def _copy_onto_file(self, session: Session, actor: Actor, source: Node, target: Node) -> None:
-        """``target`` was loaded FOR UPDATE by the caller (``live_node``)."""
+    def _move_onto_file(
+        self, session: Session, actor: Actor, source: Node, occupant: NodeView
+    ) -> None:
+        """A file moved onto a file becomes that file's newest version, and the source goes to
+        the trash. Editors save so (gedit, LibreOffice, vim on davfs2: write a temporary file,
+        rename it over the document); replacing the document's node would leave its history
+        in the trash and start the live file again at version 1. Nextcloud keeps the
+        history through such a rename too."""
+        target = held_node(session, occupant.id)
+        _trash(session, actor, source.id)  # first: its bytes stop counting against the quota
+        self._copy_onto_file(session, actor, source, target, op=Op.NODE_MOVE)
+        if source.mtime is not None:  # the client's modification time goes with the content
+            target.mtime = source.mtime
+            session.execute(
+                sa.update(FileVersion)
+                .where(FileVersion.id == target.current_version_id)
+                .values(mtime=source.mtime)
+            )
+
+    def _copy_onto_file(
+        self,
+        session: Session,
+        actor: Actor,
+        source: Node,
+        target: Node,
+        *,
+        op: Op = Op.NODE_COPY,
+    ) -> None:
+        """``target`` was loaded FOR UPDATE by the caller (``live_node``); ``op`` is what the
+        logbook calls it."""
         source_blob = session.scalar(
             sa.select(FileVersion.blob_id).where(FileVersion.id == source.current_version_id)
         )
@@ -781,7 +814,7 @@ class FileService:
         record_audit(
             session,
             actor,
-            Op.NODE_COPY,
+            op,
             node_id=target.id,
             version_id=version_id,
             details={"source": str(source.id), "onto": "existing file"},

@@ -1775,6 +1775,34 @@ def test_concurrent_moves_onto_one_name_each_overwrite_what_is_there(
     assert get_body(srv, folder + "same.bin").startswith(b"source ")
 
 
+def test_a_file_renamed_over_a_document_becomes_its_newest_version(
+    srv: InprocServer, folder: str
+) -> None:
+    """Editors save by writing a temporary file and renaming it over the document (gedit,
+    LibreOffice, vim through davfs2: MOVE with Overwrite: T). The document kept none of its
+    history: its node went to the trash and the renamed file started again at version 1."""
+    doc = folder + "report.txt"
+    put(srv, doc, b"draft 1")
+    put(srv, doc, b"draft 2")
+    before = existing_node(srv, doc)
+    temporary = folder + ".report.txt.swp"
+    put(srv, temporary, b"draft 3")
+    headers = {"Destination": srv.url + path_of(doc), "Overwrite": "T"}
+    moved = call(srv, "MOVE", temporary, headers=headers)
+    assert moved.status == 204, (moved.status, moved.body[:300])
+
+    assert get_body(srv, doc) == b"draft 3"
+    assert call(srv, "GET", temporary).status == 404
+    assert member_names(srv, folder) == ["report.txt"]
+    after = existing_node(srv, doc)
+    assert after.id == before.id  # the same document, one version further
+    assert version_numbers(srv.application, after.id) == [1, 2, 3]
+    listing = call(srv, "PROPFIND", "/versions" + path_of(doc) + "/", headers={"Depth": "1"})
+    assert listing.status == 207 and listing.body.count(b"</D:displayname>") == 4
+    refused = call(srv, "MOVE", doc, headers={**headers, "Overwrite": "F"})
+    assert refused.status in (403, 412)  # onto itself, or Overwrite: F
+
+
 def test_concurrent_mkcols_of_one_name_make_it_once(srv: InprocServer, folder: str) -> None:
     statuses = race(srv, [("MKCOL", folder + "samedir/", {})] * 6)
     assert sorted(statuses) == [201] + [405] * 5, statuses
