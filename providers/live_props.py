@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from wsgidav import util
+
 from davserver.services.actor import ENVIRON_KEY
 from davserver.services.permissions import Perm
 
@@ -37,6 +39,14 @@ NAMES = frozenset(
         PRIVILEGES,
     }
 )
+
+# Set by PROPPATCH as the client's modification time (Explorer; see resources._MTIME_PROPS),
+# and read back as that time when there is one. Not among NAMES: it is not protected.
+MS_NS = "urn:schemas-microsoft-com:"
+_WIN32_LOCAL = "Win32LastModifiedTime"
+WIN32_MTIME = f"{{{MS_NS}}}{_WIN32_LOCAL}"
+# What ``render`` answers.
+READABLE = NAMES | {WIN32_MTIME}
 
 # The digests of zero bytes, for files that have no version yet.
 EMPTY_DIGESTS = {
@@ -67,6 +77,11 @@ def render(res: Any, name: str) -> str | None:
         return None
     if name == FILEID:
         return f'<oc:fileid xmlns:oc="{OC_NS}">{view.id.hex}</oc:fileid>'
+    if name == WIN32_MTIME:
+        if view.mtime is None:
+            return None
+        stamp = util.get_rfc1123_time(view.mtime.timestamp())
+        return f'<Z:{_WIN32_LOCAL} xmlns:Z="{MS_NS}">{stamp}</Z:{_WIN32_LOCAL}>'
     if name == CHECKSUMS and not view.is_folder:
         sha1 = view.sha1 or EMPTY_DIGESTS["sha1"]
         md5 = view.md5 or EMPTY_DIGESTS["md5"]

@@ -202,7 +202,7 @@ def _render(
     value = dead.get(name)
     if value is not None:
         return value.decode("utf-8")
-    return live_props.render(res, name) if name in live_props.NAMES else None
+    return live_props.render(res, name) if name in live_props.READABLE else None
 
 
 def _renderers(res: Any, lock_manager: Any, any_locks: bool) -> dict[str, Callable[[], str]]:

@@ -167,7 +167,7 @@ class _NodeResource:
         dead = self.dead_properties().get(name)
         if dead is not None:
             return etree.fromstring(dead)
-        if name in live_props.NAMES:
+        if name in live_props.READABLE:
             text = live_props.render(self, name)
             if text is None:
                 raise DAVError(404)

@@ -1547,6 +1547,33 @@ def test_proppatch_of_modification_time_is_accepted(
     assert call(srv, "GET", url).headers.get("Last-Modified") == value
 
 
+def test_win32_last_modified_time_reads_back_what_proppatch_set(
+    srv: InprocServer, folder: str
+) -> None:
+    """Explorer PROPPATCHes Win32LastModifiedTime (200), but a PROPFIND asking for it
+    answered 404, as if the PROPPATCH had not happened. It is the file's client time."""
+    url = folder + "win.txt"
+    put(srv, url, b"w")
+    value = "Wed, 01 Jan 2020 10:20:30 GMT"
+    prop = "Z:Win32LastModifiedTime"
+    body = proppatch_body(f"<{prop}>{value}</{prop}>")
+    assert call(srv, "PROPPATCH", url, body, {"Content-Type": "application/xml"}).status == 207
+    ask = (
+        b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:Z="urn:schemas-microsoft-com:">'
+        b"<D:prop><Z:Win32LastModifiedTime/><D:getlastmodified/></D:prop></D:propfind>"
+    )
+    name = MS_NS + "Win32LastModifiedTime"
+    for depth, target in (("0", url), ("1", folder)):
+        entry = propfind(srv, target, depth, ask)[urllib.parse.unquote(path_of(url))]
+        assert entry.status[name] == 200 and entry.props[name].text == value, entry.status
+        assert entry.props[DAV_NS + "getlastmodified"].text == value
+    # New content has the server's time until a client sets one again.
+    put(srv, url, b"w2")
+    entry = entry_of(srv, url, ask)
+    assert entry.status[name] == 404
+    assert entry.props[DAV_NS + "getlastmodified"].text != value
+
+
 def test_proppatch_of_a_protected_property_is_403(srv: InprocServer, folder: str) -> None:
     url = folder + "protected.txt"
     put(srv, url, b"p")
