@@ -1,4 +1,4 @@
-"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with seven fixes.
+"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with eight fixes.
 
 * COPY and MOVE answered by a provider hook (``handle_copy``/``handle_move``) always get 204
   from WsgiDAV; RFC 4918 wants 201 when the destination is new. Resources leave the right code
@@ -14,6 +14,9 @@
 * An X-OC-Mtime that cannot be kept is refused (400) before a PUT or MKCOL stores anything.
 * A LOCK of an unmapped URL that found the name taken meanwhile, and locked what is there,
   answers 200, not WsgiDAV's 201 (``FolderResource.create_empty_resource``).
+* WsgiDAV compares the Destination's host with the Host header as text, so a port spelled in
+  one and left to its default in the other (``host:443`` and ``host``) was another server
+  (502). Default ports are dropped from both before it compares them.
 """
 
 from __future__ import annotations
@@ -78,6 +81,14 @@ class DavRequestServer(RequestServer):
     def do_PUT(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         check_mtime_header(environ)
         return super().do_PUT(environ, _accepting_mtime(environ, start_response))
+
+    def do_COPY(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        _drop_default_ports(environ)
+        return super().do_COPY(environ, start_response)
+
+    def do_MOVE(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        _drop_default_ports(environ)
+        return super().do_MOVE(environ, start_response)
 
     def do_LOCK(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         def answer(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -153,10 +164,36 @@ _URL = re.compile(
 
 
 def _split_destination(url: str, scheme: str = "", allow_fragments: bool = True) -> ParseResult:
-    """``urlparse`` for an already un-escaped Destination: everything after the host is path."""
+    """``urlparse`` for an already un-escaped Destination: everything after the host is path,
+    and the host loses its scheme's default port (``_drop_default_ports``)."""
     match = _URL.match(url)
     assert match is not None  # the pattern matches any string
-    return ParseResult(match["scheme"] or scheme, match["netloc"] or "", match["path"], "", "", "")
+    scheme = match["scheme"] or scheme
+    netloc = _without_default_port(match["netloc"] or "", scheme)
+    return ParseResult(scheme, netloc, match["path"], "", "", "")
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _without_default_port(netloc: str, scheme: str) -> str:
+    """``host:port`` without the port when it is the scheme's default (``[::1]:80`` too)."""
+    host, colon, port = netloc.rpartition(":")
+    if colon and port == _DEFAULT_PORTS.get(scheme.lower()):
+        return host
+    return netloc
+
+
+def _drop_default_ports(environ: dict[str, Any]) -> None:
+    """The Host and X-Forwarded-Host a COPY or MOVE's Destination is compared with, without
+    their scheme's default port, as the Destination's host is (``_split_destination``)."""
+    scheme = environ.get("wsgi.url_scheme", "http")
+    if "HTTP_HOST" in environ:
+        environ["HTTP_HOST"] = _without_default_port(environ["HTTP_HOST"], scheme)
+    if "HTTP_X_FORWARDED_HOST" in environ:
+        forwarded = environ.get("HTTP_X_FORWARDED_PROTO") or scheme
+        host = environ["HTTP_X_FORWARDED_HOST"]
+        environ["HTTP_X_FORWARDED_HOST"] = _without_default_port(host, forwarded)
 
 
 def destination_path(environ: dict[str, Any]) -> str | None:

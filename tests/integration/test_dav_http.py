@@ -914,6 +914,31 @@ def test_the_servers_own_folders_cannot_be_moved_or_copied(
     assert member_names(srv, folder) == []
 
 
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+@pytest.mark.parametrize(
+    ("host", "destination_host"),
+    [
+        ("dav.example.test", "dav.example.test:80"),
+        ("dav.example.test:80", "dav.example.test"),
+        ("DAV.example.test", "dav.EXAMPLE.test:80"),
+    ],
+)
+def test_a_destination_spelling_the_default_port_otherwise_is_the_same_server(
+    srv: InprocServer, folder: str, method: str, host: str, destination_host: str
+) -> None:
+    """``http://host/`` and ``http://host:80/`` are one server (RFC 9110 4.2.3), but a
+    Destination that spelled the port and a Host header that did not (a drive mounted as
+    ``http://host:80/files/``, or the other way round) failed every rename with 502."""
+    put(srv, folder + "a.txt", b"a")
+    destination = f"http://{destination_host}{path_of(folder)}b.txt"
+    headers = {"Host": host, "Destination": destination}
+    response = call(srv, method, folder + "a.txt", headers=headers)
+    assert response.status == 201, (response.status, response.body[:300])
+    assert get_body(srv, folder + "b.txt") == b"a"
+    elsewhere = {**headers, "Destination": f"http://{host}:8080{path_of(folder)}c.txt"}
+    assert call(srv, method, folder + "b.txt", headers=elsewhere).status == 502
+
+
 # --- 7. bad requests -------------------------------------------------------------------------
 
 MALFORMED = [
