@@ -711,6 +711,7 @@ def test_variants_rebuild(
         ("same-as-a.jpeg", images.jpeg(1500, 1000)),
         ("broken.jpg", images.truncated_jpeg()),
         ("notes.txt", b"not an image"),
+        ("misnamed.jpg", b"not an image either"),
     ]:
         writer = files.blobs.writer()
         writer.write(data)
@@ -728,14 +729,15 @@ def test_variants_rebuild(
 
     status, summary, err = rebuild()
     assert status == 1  # one image could not be converted
-    assert {k: summary[k] for k in ("images", "made", "kept", "failed")} == {
-        "images": 3,
+    assert {k: summary[k] for k in ("images", "made", "kept", "failed", "not_images")} == {
+        "images": 4,
         "made": 8,  # 2 good images x (2 thumbnail + 2 preview sizes)
         "kept": 0,
         "failed": 1,
+        "not_images": 1,  # misnamed.jpg: no failure
     }
     assert [f["name"] for f in summary["failures"]] == ["broken.jpg"]
-    assert "variants: 3/3 images, 8 made, 0 kept, 1 failed" in err
+    assert "variants: 4/4 images, 8 made, 0 kept, 1 failed" in err
     assert "broken.jpg" in err
     with database.read() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(ImageVariant)) == 8
@@ -745,7 +747,7 @@ def test_variants_rebuild(
 
     files.delete(actor, uploaded["broken.jpg"].id)
     status, summary, _ = rebuild("--force")
-    assert (status, summary["images"], summary["made"], summary["failed"]) == (0, 2, 8, 0)
+    assert (status, summary["images"], summary["made"], summary["failed"]) == (0, 3, 8, 0)
     with database.read() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(ImageVariant)) == 8
 
