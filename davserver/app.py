@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from sqlalchemy import event
 from wsgidav.wsgidav_app import WsgiDAVApp
@@ -96,7 +96,7 @@ class Application:
         path = environ.get("PATH_INFO", "")
         if self._proxies:
             _take_forwarded_address(environ, self._proxies)
-        problem = _path_problem(path) or _nul_problem(environ)
+        problem = _path_problem(path) or _destination_problem(environ) or _nul_problem(environ)
         if problem:
             if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
                 return self.api.error(start_response, BadRequest(problem))
@@ -189,6 +189,28 @@ def _path_problem(path_info: str) -> str | None:
                 return "The URL climbs above the root"
         elif segment not in ("", "."):
             depth += 1
+    return None
+
+
+def _destination_problem(environ: dict[str, Any]) -> str | None:
+    """Why a COPY or MOVE's Destination cannot be used, or None; a Destination sent as raw
+    UTF-8 (not percent-encoded) is percent-encoded here, in ``environ``.
+
+    WsgiDAV un-escapes the header as UTF-8 with replacement characters, and takes WSGI's
+    latin-1 reading of raw bytes as it is: ``%FF%FE.txt`` made a file named with U+FFFD, and a
+    raw ``été.txt`` one named ``Ã©tÃ©.txt``.
+    """
+    header = environ.get("HTTP_DESTINATION")
+    if not header:
+        return None
+    raw = header.encode("iso-8859-1", errors="replace")
+    if not raw.isascii():
+        header = "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+        environ["HTTP_DESTINATION"] = header
+    try:
+        unquote_to_bytes(header).decode("utf-8")
+    except UnicodeDecodeError:
+        return "The Destination is not valid UTF-8"
     return None
 
 

@@ -914,6 +914,32 @@ def test_the_servers_own_folders_cannot_be_moved_or_copied(
     assert member_names(srv, folder) == []
 
 
+def test_a_destination_in_raw_utf8_names_what_it_says(srv: InprocServer, folder: str) -> None:
+    """A Destination sent as raw UTF-8 rather than percent-encoded (the bytes WSGI reads as
+    latin-1) names the same file as its encoded spelling; it made 'Ã©tÃ©.txt'."""
+    put(srv, folder + "summer.txt", b"sun")
+    raw = f"{srv.url}{path_of(folder)}été.txt".encode().decode("latin-1")
+    moved = raw_request(srv, [f"MOVE {path_of(folder)}summer.txt HTTP/1.1", f"Destination: {raw}"])
+    assert moved.status == 201, (moved.status, moved.body[:300])
+    assert get_body(srv, folder + urllib.parse.quote("été.txt")) == b"sun"
+
+
+def test_a_destination_that_is_not_utf8_is_a_400_that_moves_nothing(
+    srv: InprocServer, folder: str
+) -> None:
+    put(srv, folder + "stay.txt", b"here")
+    for destination in (f"{path_of(folder)}%FF%FE.txt", f"{path_of(folder)}\xff.txt"):
+        for method in ("MOVE", "COPY"):
+            answer = raw_request(
+                srv,
+                [f"{method} {path_of(folder)}stay.txt HTTP/1.1", f"Destination: {destination}"],
+            )
+            assert answer.status == 400, (method, destination, answer.status)
+            assert b"Destination is not valid UTF-8" in answer.body
+    assert get_body(srv, folder + "stay.txt") == b"here"
+    assert member_names(srv, folder) == ["stay.txt"]
+
+
 @pytest.mark.parametrize("method", ["MOVE", "COPY"])
 @pytest.mark.parametrize(
     ("host", "destination_host"),
