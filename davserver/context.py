@@ -102,4 +102,5 @@ class Services:
 
     def close(self) -> None:
         self.variants.close()
+        self.files.read_log.close()
         self.db.dispose()

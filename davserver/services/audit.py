@@ -1,13 +1,13 @@
 """The logbook: every state change is recorded in the same transaction as the change (an event
-that changes nothing, such as a download, in a transaction of its own: ``record_alone``), and
-read back by user, item, operation and time (``read_logbook``: ``davserver audit``, and
-``GET /api/v1/audit``)."""
+that changes nothing, such as a download, in batches: ``ReadLog``), and read back by user,
+item, operation and time (``read_logbook``: ``davserver audit``, and ``GET /api/v1/audit``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -41,44 +41,125 @@ def record_audit(
     """
     session.execute(
         _INSERT,
-        {
-            "occurred_at": utcnow(),
-            "user_id": actor.user_id if actor else None,
-            "session_id": actor.session_id if actor else None,
-            "op_type": op.value,
-            "node_id": node_id,
-            "version_id": version_id,
-            "package_id": package_id,
-            "remote_addr": actor.remote_addr if actor else remote_addr,
-            "user_agent": ((actor.user_agent if actor else user_agent) or "")[:512] or None,
-            "details": details or {},
-        },
+        _row(
+            actor,
+            op,
+            node_id=node_id,
+            version_id=version_id,
+            package_id=package_id,
+            details=details,
+            remote_addr=remote_addr,
+            user_agent=user_agent,
+        ),
     )
+
+
+def _row(
+    actor: Actor | None,
+    op: Op,
+    *,
+    node_id: uuid.UUID | None = None,
+    version_id: uuid.UUID | None = None,
+    package_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+    remote_addr: str | None = None,
+    user_agent: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "occurred_at": utcnow(),
+        "user_id": actor.user_id if actor else None,
+        "session_id": actor.session_id if actor else None,
+        "op_type": op.value,
+        "node_id": node_id,
+        "version_id": version_id,
+        "package_id": package_id,
+        "remote_addr": actor.remote_addr if actor else remote_addr,
+        "user_agent": ((actor.user_agent if actor else user_agent) or "")[:512] or None,
+        "details": details or {},
+    }
 
 
 _INSERT = sa.insert(Base.metadata.tables[LogEntry.__tablename__])
 log = logging.getLogger(__name__)
 
 
-def record_alone(
-    db: Database,
-    actor: Actor | None,
-    op: Op,
-    *,
-    node_id: uuid.UUID | None = None,
-    version_id: uuid.UUID | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """A logbook row in a transaction of its own, for an event that changes nothing (a
-    download). When the database has no room left the event goes on unrecorded, with a
-    warning in the server's log: reading must not stop for want of room to say so."""
-    try:
-        with db.write() as session:
-            record_audit(
-                session, actor, op, node_id=node_id, version_id=version_id, details=details
-            )
-    except StorageFull:
-        log.warning("no room in the database to record %s of node %s", op.value, node_id)
+class ReadLog:
+    """Logbook rows of events that change nothing (downloads), written in batches.
+
+    A change's row goes in the change's own transaction. A download changes nothing, and a
+    transaction of its own per GET more than doubled the server's work for a small file
+    (measured in process: 0.41 -> 1.01 ms of CPU), and queued every GET behind SQLite's one
+    writer. So each row is stamped when the bytes start to go out and kept here; a thread
+    writes what is pending, in one transaction, every ``interval`` seconds or once
+    ``batch`` rows wait, and ``close`` writes the rest. A process that dies loses at most
+    the last ``interval`` of them. When the database has no room left the rows are dropped
+    with a warning: reading must not stop for want of room to say so.
+    """
+
+    def __init__(self, db: Database, *, interval: float = 1.0, batch: int = 200) -> None:
+        self._db = db
+        self._interval = interval
+        self._batch = batch
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()  # the pending rows
+        self._writing = threading.Lock()  # one batch written at a time
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(
+        self,
+        actor: Actor | None,
+        op: Op,
+        *,
+        node_id: uuid.UUID | None = None,
+        version_id: uuid.UUID | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        row = _row(actor, op, node_id=node_id, version_id=version_id, details=details)
+        with self._lock:
+            self._pending.append(row)
+            if self._thread is None and not self._closed.is_set():
+                # Started on first use: after a fork, in the process that serves.
+                self._thread = threading.Thread(target=self._run, name="read-log", daemon=True)
+                self._thread.start()
+            if len(self._pending) >= self._batch:
+                self._wake.set()
+
+    def flush(self) -> int:
+        """Write what is pending now, and wait for a batch the thread is writing; how many
+        rows this call wrote."""
+        with self._writing:
+            return self._write()
+
+    def _write(self) -> int:
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if not rows:
+            return 0
+        try:
+            with self._db.write() as session:
+                session.execute(_INSERT, rows)
+        except StorageFull:
+            log.warning("no room in the database for %d logbook rows of downloads", len(rows))
+            return 0
+        except Exception:
+            log.exception("%d logbook rows of downloads could not be written", len(rows))
+            return 0
+        return len(rows)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self.flush()
 
 
 MAX_ROWS = 10_000

@@ -43,7 +43,7 @@ from davserver.errors import (
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space
 from davserver.services import tree, version_rules
 from davserver.services.actor import Actor
-from davserver.services.audit import record_alone, record_audit
+from davserver.services.audit import ReadLog, record_audit
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
 
 T = TypeVar("T")
@@ -70,6 +70,7 @@ class FileService:
     ) -> None:
         self.db = db
         self.blobs = blobs
+        self.read_log = ReadLog(db)  # downloads, written in batches
         # Coalescing and retention of versions; by default every version is kept.
         self.policy = policy or version_rules.VersionPolicy()
         self._home_ids: dict[uuid.UUID, uuid.UUID] = {}
@@ -250,19 +251,15 @@ class FileService:
         served_range: str | None = None,
     ) -> None:
         """Log that ``actor`` is being sent a file's bytes (its current version, or
-        ``version_no``), all of them or ``served_range``; a GET's, not a HEAD's."""
+        ``version_no``), all of them or ``served_range``; a GET's, not a HEAD's. The row is
+        written within a second (``ReadLog``)."""
         details: dict[str, Any] = {"size": size}
         if version_no is not None:
             details["version_no"] = version_no
         if served_range is not None:
             details["range"] = served_range[:200]
-        record_alone(
-            self.db,
-            actor,
-            Op.FILE_DOWNLOAD,
-            node_id=node_id,
-            version_id=version_id,
-            details=details,
+        self.read_log.add(
+            actor, Op.FILE_DOWNLOAD, node_id=node_id, version_id=version_id, details=details
         )
 
     def dead_properties(self, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, bytes]]:
