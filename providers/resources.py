@@ -595,7 +595,9 @@ class FileResource(_NodeResource, DAVNonCollection):
             raise
         with dav_errors():
             blob = writer.finish(self._expected_digests)
-        name = self._new_name or util.get_uri_name(self.path)
+        # An existing file keeps its own name: the URL's may be another (a shared entry told
+        # apart from a namesake, ``/shared/<owner>/doc (2).txt``), which is not in its folder.
+        name = self._new_name or (self.view.name if self.view else util.get_uri_name(self.path))
         with dav_errors():
             view, _created = self.provider.files.commit_upload(
                 actor_of(self.environ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -728,3 +729,32 @@ def test_moderators_and_admins_reach_every_users_space(people: People) -> None:
     assert p.call(p.bob, "PROPFIND", "/users/", headers={"Depth": "0"}).status == 404
     root = p.call(p.bob, "PROPFIND", "/", headers={"Depth": "1"})
     assert b"/users/" not in root.body and b"/shared/" in root.body
+
+
+def _share_two_namesakes(p: People) -> str:
+    """alice shares /files/a/doc.txt and /files/b/doc.txt with bob (download, write);
+    returns the name bob's /shared/<alice>/ lists the second one under."""
+    for folder in ("a", "b"):
+        assert p.call(p.alice, "MKCOL", f"/files/{folder}/").status == 201
+        assert p.put(p.alice, f"/files/{folder}/doc.txt", f"from {folder}".encode()) == 201
+        assert p.grant(p.alice, f"/files/{folder}/doc.txt", p.bob, "download", "write") == 201
+    listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
+    hrefs = re.findall(rf"<D:href>/shared/{p.alice}/([^<]+)</D:href>", listing.body.decode())
+    assert len(hrefs) == 2 and "doc.txt" in hrefs, hrefs
+    return next(h for h in hrefs if h != "doc.txt")
+
+
+def test_an_upload_to_a_renamed_namesake_entry_is_a_version_of_its_file(people: People) -> None:
+    """The second of two shared namesakes is listed under another name; an upload to that
+    entry is a new version of the file it shows, never a new file beside the original (in a
+    folder the grantee may not even write in)."""
+    p = people
+    second = _share_two_namesakes(p)
+    first = p.call(p.bob, "GET", f"/shared/{p.alice}/doc.txt").body
+    folder = "b" if first == b"from a" else "a"
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/{second}").body == f"from {folder}".encode()
+    assert p.put(p.bob, f"/shared/{p.alice}/{second}", b"edited by bob") == 204
+    assert p.call(p.alice, "GET", f"/files/{folder}/doc.txt").body == b"edited by bob"
+    for place in ("a", "b"):
+        listing = p.call(p.alice, "PROPFIND", f"/files/{place}/", headers={"Depth": "1"})
+        assert listing.body.count(b"<D:href>") == 2, listing.body  # the folder and doc.txt
