@@ -17,6 +17,7 @@ costs no query per member. A node the user may not read is answered as missing.
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +31,7 @@ from davserver.db import Base, Database
 from davserver.db.dialect import by_dialect, for_bind
 from davserver.db.types import utcnow
 from davserver.errors import NotFound
+from davserver.models import NodeKind
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
@@ -376,7 +378,8 @@ class NamespaceService:
     def shared(self, ctx: AccessContext) -> dict[str, dict[str, uuid.UUID]]:
         """{owner username or @group: {entry name: node id}}: the top-most live nodes granted to the
         user, other than their own. Two entries of one owner with the same name are told
-        apart as ``name (2)``."""
+        apart as ``name (2)``, or ``doc (2).txt`` for a file (as Nextcloud names them: programs
+        still know its type)."""
         if ctx._shared is not None:
             return ctx._shared
         granted = [nid for nid, rights in ctx.grants.items() if rights]
@@ -399,10 +402,16 @@ class NamespaceService:
                 name, n = row.name, 1
                 while name in names:
                     n += 1
-                    name = f"{row.name} ({n})"
+                    name = _numbered(row.name, n, is_folder=row.kind == NodeKind.FOLDER.value)
                 names[name] = row.id
         ctx._shared = result
         return result
+
+
+def _numbered(name: str, n: int, *, is_folder: bool) -> str:
+    """``doc.txt`` -> ``doc (n).txt``; a folder, or a name without an extension: ``name (n)``."""
+    stem, ext = (name, "") if is_folder else posixpath.splitext(name)
+    return f"{stem} ({n}){ext}"
 
 
 _n = Base.metadata.tables["nodes"]
@@ -488,6 +497,7 @@ _ENTRIES = (
     sa.select(
         _n.c.id,
         _n.c.name,
+        _n.c.kind,
         _n.c.owner_id,
         _n.c.group_id,
         _users.c.username,

@@ -758,3 +758,18 @@ def test_an_upload_to_a_renamed_namesake_entry_is_a_version_of_its_file(people: 
     for place in ("a", "b"):
         listing = p.call(p.alice, "PROPFIND", f"/files/{place}/", headers={"Depth": "1"})
         assert listing.body.count(b"<D:href>") == 2, listing.body  # the folder and doc.txt
+
+
+def test_a_shared_namesake_keeps_its_extension(people: People) -> None:
+    """The second of two shared files of one name is ``doc (2).txt``, as Nextcloud names it:
+    programs still know its type (``doc.txt (2)`` opens with nothing)."""
+    p = people
+    assert _share_two_namesakes(p) == "doc%20(2).txt"
+    entry = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/doc%20(2).txt", headers={"Depth": "0"})
+    assert b"<D:getcontenttype>text/plain" in entry.body
+    assert p.call(p.alice, "MKCOL", "/files/c/").status == 201
+    for folder in ("/files/c/photos.2024", "/files/photos.2024"):
+        assert p.call(p.alice, "MKCOL", folder + "/").status == 201
+        assert p.grant(p.alice, folder, p.bob, "read") == 201
+    listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
+    assert f"/shared/{p.alice}/photos.2024%20(2)/".encode() in listing.body
