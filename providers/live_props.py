@@ -148,14 +148,18 @@ def _privileges(res: Any) -> list[str]:
 
 
 def _usage(res: Any) -> tuple[int, int]:
-    """(used, available) bytes of the user's space, computed once per request."""
-    cached = res.environ.get(_USAGE_KEY)
-    if cached is not None:
-        used, available = cached
-        return int(used), int(available)
+    """(used, available) bytes of the quota of the space ``res`` is in, computed once per
+    request and space: a user's space counts against its owner's quota (what a grantee
+    uploads into a shared folder too), a group's space against nobody's, so there only the
+    disk limits an upload (and nothing is counted as used)."""
+    view = res.view
+    realm = ("group", view.group_id) if view.group_id is not None else ("user", view.owner_id)
+    known: dict[tuple[str, Any], tuple[int, int]] = res.environ.setdefault(_USAGE_KEY, {})
+    if realm in known:
+        return known[realm]
     files = res.provider.files
-    used, quota = files.usage(res.environ[ENVIRON_KEY].user_id)
+    used, quota = (0, None) if view.group_id is not None else files.usage(view.owner_id)
     free_disk = shutil.disk_usage(getattr(files.blobs, "root", ".")).free
     available = free_disk if quota is None else max(0, min(quota - used, free_disk))
-    res.environ[_USAGE_KEY] = (used, available)
+    known[realm] = (used, available)
     return used, available

@@ -773,3 +773,37 @@ def test_a_shared_namesake_keeps_its_extension(people: People) -> None:
         assert p.grant(p.alice, folder, p.bob, "read") == 201
     listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
     assert f"/shared/{p.alice}/photos.2024%20(2)/".encode() in listing.body
+
+
+def test_quota_properties_are_those_of_the_space_the_item_is_in(people: People) -> None:
+    """A client decides from ``quota-available-bytes`` whether an upload fits (the ownCloud
+    and Nextcloud clients skip one that does not; ``rclone about``): in a shared folder it is
+    what the owner's quota leaves, in a group's space (which has no quota) the disk's, never
+    the grantee's own."""
+    p = people
+    users = p.server.app.services.users
+    users.set_quota(None, p.alice, 100_000)
+    users.set_quota(None, p.bob, 1_000)
+    assert p.call(p.alice, "MKCOL", "/files/inbox/").status == 201
+    assert p.put(p.alice, "/files/inbox/a.bin", b"a" * 30_000) == 201
+    assert p.grant(p.alice, "/files/inbox", p.bob, "write") == 201
+    assert p.put(p.bob, "/files/mine.bin", b"b" * 100) == 201
+    body = (
+        b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop>'
+        b"<D:quota-used-bytes/><D:quota-available-bytes/></D:prop></D:propfind>"
+    )
+
+    def quota(path: str) -> tuple[int, int]:
+        answer = p.call(p.bob, "PROPFIND", path, body, {"Depth": "0"})
+        assert answer.status == 207, answer.body
+        text = answer.body.decode()
+        used = re.search(r"quota-used-bytes[^>]*>(\d+)<", text)
+        available = re.search(r"quota-available-bytes[^>]*>(\d+)<", text)
+        assert used and available, text
+        return int(used.group(1)), int(available.group(1))
+
+    assert quota("/files/") == (100, 900)
+    assert quota(f"/shared/{p.alice}/inbox/") == (30_000, 70_000)
+    assert quota(f"/groups/{p.team}/")[1] > 1_000  # what bob may upload there: 2 000 bytes fit
+    assert p.put(p.bob, f"/groups/{p.team}/two-k.bin", b"g" * 2_000) == 201
+    assert p.put(p.bob, f"/shared/{p.alice}/inbox/big.bin", b"x" * 70_001) == 507
