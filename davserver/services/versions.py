@@ -201,14 +201,23 @@ class VersionService:
             # The namespace does not tell a file met midway from a missing name; here a file
             # is a folder (of its versions), so look again up to that name.
             prefixes = namespace.resolve_prefixes(ctx, rest[: prefixes.index(None) + 1])
+        missing = False
         for item in prefixes:
             if isinstance(item, Virtual):
                 found.append(item)
             elif isinstance(item, Reached):
                 found.append(HistoryFolder(item) if item.view.is_folder else History(item))
             else:
-                return found
+                missing = True
+                break
         file = found[-1]
+        if missing:
+            if number or len(found) < len(rest) or not isinstance(file, History):
+                return found
+            # Only the last name is missing, below a file listed under another name than its
+            # own (``/shared/<owner>/doc (2).txt``, a namesake told apart): its versions are
+            # named after its own name (``doc.v1.txt``).
+            number = parse_entry_name(file.reached.view.name, rest[-1])
         if number and isinstance(file, History):
             version = self.get(file.reached.view.id, number)
             if version is not None:

@@ -807,3 +807,24 @@ def test_quota_properties_are_those_of_the_space_the_item_is_in(people: People) 
     assert quota(f"/groups/{p.team}/")[1] > 1_000  # what bob may upload there: 2 000 bytes fit
     assert p.put(p.bob, f"/groups/{p.team}/two-k.bin", b"g" * 2_000) == 201
     assert p.put(p.bob, f"/shared/{p.alice}/inbox/big.bin", b"x" * 70_001) == 507
+
+
+def test_the_history_of_a_renamed_namesake_entry_answers_what_it_lists(people: People) -> None:
+    """``/versions/shared/<owner>/doc (2).txt/`` lists the versions of the file the entry
+    shows; each listed entry answers GET, ``?version=N`` on the entry works, and a grantee
+    with write restores a version onto it."""
+    p = people
+    second = _share_two_namesakes(p)
+    history = f"/versions/shared/{p.alice}/{second}/"
+    before = p.call(p.bob, "GET", f"/shared/{p.alice}/{second}").body
+    assert p.put(p.bob, f"/shared/{p.alice}/{second}", b"version 2") == 204
+    listing = p.call(p.bob, "PROPFIND", history, headers={"Depth": "1"})
+    assert listing.status == 207
+    entries = re.findall(r"<D:href>([^<]+[^/])</D:href>", listing.body.decode())
+    assert len(entries) == 2, listing.body
+    assert [p.call(p.bob, "GET", href).body for href in sorted(entries)] == [before, b"version 2"]
+    old = p.call(p.bob, "GET", f"/shared/{p.alice}/{second}?version=1")
+    assert (old.status, old.body) == (200, before)
+    restore = {"Destination": f"{p.server.url}/shared/{p.alice}/{second}"}
+    assert p.call(p.bob, "COPY", sorted(entries)[0], headers=restore).status == 204
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/{second}").body == before
