@@ -180,16 +180,24 @@ class TrashService:
 
     def listing_for(self, namespace: NamespaceService, ctx: AccessContext) -> TrashListing:
         """What ``/trash/`` holds for the user of ``ctx``: group items only from the groups
-        they still see."""
-        return self.listing(ctx.actor.user_id, namespace.visible_groups(ctx).values())
+        they still see, and from the groups they are an admin of, whoever deleted them."""
+        managed = [gid for gid, (_name, is_admin) in ctx.groups.items() if is_admin]
+        return self.listing(ctx.actor.user_id, namespace.visible_groups(ctx).values(), managed)
 
     def listing(
-        self, user_id: uuid.UUID, group_ids: Collection[uuid.UUID] | None = None
+        self,
+        user_id: uuid.UUID,
+        group_ids: Collection[uuid.UUID] | None = None,
+        managed_groups: Collection[uuid.UUID] = (),
     ) -> TrashListing:
-        """A user's trash: items deleted from their space, and those they deleted from the
-        groups ``group_ids`` (None: from any group). Three queries."""
+        """A user's trash: items deleted from their space, those they deleted from the
+        groups ``group_ids`` (None: from any group), and anything deleted from the spaces of
+        ``managed_groups`` (those they are an admin of: what a member since removed, or
+        someone the group shared a folder with, deleted there stays within the group's
+        reach). Three queries."""
+        query = _items(user_id, group_ids, managed_groups)
         with self.db.connect() as conn:
-            rows = conn.execute(_items(user_id, group_ids).order_by(_n.c.deleted_at, _n.c.id)).all()
+            rows = conn.execute(query.order_by(_n.c.deleted_at, _n.c.id)).all()
             views = tree.get_nodes(conn, [row.id for row in rows])
             places = _locations(conn, [views[row.id].parent_id for row in rows])
         names = {row.id: trash_names(views[row.id], row.deleted_at) for row in rows}
@@ -459,7 +467,11 @@ class TrashService:
         report.versions_removed += int(versions)
 
 
-def _items(user_id: uuid.UUID, group_ids: Collection[uuid.UUID] | None) -> sa.Select[Any]:
+def _items(
+    user_id: uuid.UUID,
+    group_ids: Collection[uuid.UUID] | None,
+    managed_groups: Collection[uuid.UUID] = (),
+) -> sa.Select[Any]:
     """(id, deleted_at, username of the deleter) of the items in ``user_id``'s trash."""
     # Each branch says the row is trashed: SQLite takes a partial index (ix_nodes_trash,
     # ix_nodes_trash_deleter) for a branch of an OR only when that branch implies its WHERE.
@@ -468,10 +480,13 @@ def _items(user_id: uuid.UUID, group_ids: Collection[uuid.UUID] | None) -> sa.Se
     theirs = sa.and_(trashed, _n.c.deleted_by == user_id, _n.c.group_id.is_not(None))
     if group_ids is not None:
         theirs = sa.and_(theirs, _n.c.group_id.in_(list(group_ids))) if group_ids else sa.false()
+    branches = [mine, theirs]
+    if managed_groups:
+        branches.append(sa.and_(trashed, _n.c.group_id.in_(list(managed_groups))))
     return (
         sa.select(_n.c.id, _n.c.deleted_at, _users.c.username)
         .outerjoin(_users, _users.c.id == _n.c.deleted_by)
-        .where(sa.or_(mine, theirs))
+        .where(sa.or_(*branches))
     )
 
 

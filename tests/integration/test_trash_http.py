@@ -562,3 +562,32 @@ def test_namesakes_deleted_in_the_same_millisecond(
     # Alone now, it is listed by the shorter name and still answers to the one it had.
     assert alice.members("/trash/") == ["same (2026-11-27 04.00.31.207).txt"]
     assert alice.get(listing[b"two"]) == b"two"
+
+
+def test_a_groups_admins_see_what_anyone_deleted_from_its_space(
+    server: InprocServer, alice: User
+) -> None:
+    """What someone the group shared a folder with deletes from it, and what a member deletes
+    before being removed from the group, is in the trash of the group's admins too: else
+    nobody who can reach the group's space could restore it, and retention would purge it."""
+    bob, carol = make_user(server, "bob"), make_user(server, "carol")
+    team = f"team{uuid.uuid4().hex[:6]}"
+    groups = server.application.services.groups
+    groups.create_group(None, team)
+    groups.add_member(None, team, alice.name, admin=True)
+    groups.add_member(None, team, bob.name)
+    assert alice("MKCOL", f"/groups/{team}/box/").status == 201
+    for name in ("by-carol.txt", "by-bob.txt"):
+        assert alice.put(f"/groups/{team}/box/{name}", name.encode()) == 201
+    grant = {"path": f"/groups/{team}/box", "user": carol.name, "rights": ["read", "write"]}
+    headers = {"Content-Type": "application/json"}
+    assert alice("POST", "/api/v1/grants", json.dumps(grant).encode(), headers).status == 201
+    assert carol("DELETE", f"/shared/@{team}/box/by-carol.txt").status == 204
+    assert bob("DELETE", f"/groups/{team}/box/by-bob.txt").status == 204
+    groups.remove_member(None, team, bob.name)
+    assert originals(alice) == ["by-bob.txt", "by-carol.txt"]
+    for name in ("by-carol.txt", "by-bob.txt"):
+        entry = listed(alice, f"/groups/{team}/box/{name}")
+        back = alice("MOVE", entry, None, alice.destination(f"/groups/{team}/box/{name}"))
+        assert back.status == 201
+        assert alice.get(f"/groups/{team}/box/{name}") == name.encode()
