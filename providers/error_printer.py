@@ -15,6 +15,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
+from xml.sax.saxutils import escape as xml_escape
 
 from wsgidav import util
 from wsgidav.dav_error import (
@@ -64,7 +65,7 @@ class ErrorPrinter(BaseMiddleware):
             if started:
                 raise  # the answer is under way: cheroot logs it and drops the connection
             error = DAVError(HTTP_INTERNAL_ERROR, src_exception=exc)
-        yield from _error_response(_logged(error, environ), start_response)
+        yield from _error_response(_logged(error, environ), start_response, environ)
 
 
 def logs_unexpected(method: Callable[..., T]) -> Callable[..., T]:
@@ -108,13 +109,33 @@ def _logged(error: DAVError, environ: dict[str, Any]) -> DAVError:
     return DAVError(HTTP_INTERNAL_ERROR)
 
 
-def _error_response(error: DAVError, start_response: Any) -> Iterable[bytes]:
+def _error_response(
+    error: DAVError, start_response: Any, environ: dict[str, Any]
+) -> Iterable[bytes]:
     status = get_http_status_string(error)
     date = ("Date", util.get_rfc1123_time())
     if error.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
         start_response(status, [("Content-Length", "0"), date])
         return [b""]
-    content_type, body = error.get_response_page()
+    if error.err_condition or "text/html" in environ.get("HTTP_ACCEPT", ""):
+        content_type, body = error.get_response_page()
+    else:
+        content_type, body = _sabre_error(error)
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), date]
     start_response(status, headers + (error.add_headers or []))
     return [body if error.add_body else b""]
+
+
+def _sabre_error(error: DAVError) -> tuple[str, bytes]:
+    """The error body of Nextcloud and ownCloud (SabreDAV's), for clients other than
+    browsers: rclone and the ownCloud/Nextcloud clients read its ``s:message`` and show
+    ``you may not download this item: 403 Forbidden`` instead of a page of HTML."""
+    message = str(error.context_info or get_http_status_string(error))
+    if error.src_exception is not None:  # as the HTML page tells it (a 500's is never here)
+        message += f": {error.src_exception}"
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<d:error xmlns:d="DAV:" xmlns:s="http://sabredav.org/ns">'
+        f"<s:message>{xml_escape(message)}</s:message></d:error>"
+    )
+    return "application/xml; charset=utf-8", body.encode()

@@ -8,6 +8,7 @@ import http.client
 import json
 import re
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
 
@@ -828,3 +829,24 @@ def test_the_history_of_a_renamed_namesake_entry_answers_what_it_lists(people: P
     restore = {"Destination": f"{p.server.url}/shared/{p.alice}/{second}"}
     assert p.call(p.bob, "COPY", sorted(entries)[0], headers=restore).status == 204
     assert p.call(p.bob, "GET", f"/shared/{p.alice}/{second}").body == before
+
+
+def test_a_refusal_tells_clients_why_in_the_body_they_read(people: People) -> None:
+    """rclone and the ownCloud/Nextcloud clients read the reason of an error from SabreDAV's
+    ``<d:error><s:message>`` (what Nextcloud sends); an HTML page they print whole. A browser
+    (Accept: text/html) still gets the page."""
+    p = people
+    assert p.put(p.alice, "/files/look.txt") == 201
+    assert p.grant(p.alice, "/files/look.txt", p.bob, "read") == 201
+    refused = p.call(p.bob, "GET", f"/shared/{p.alice}/look.txt")
+    assert refused.status == 403
+    assert refused.headers["Content-Type"].startswith("application/xml")
+    root = ET.fromstring(refused.body)
+    assert root.tag == "{DAV:}error"
+    assert root.findtext("{http://sabredav.org/ns}message") == "you may not download this item"
+    missing = p.call(p.bob, "GET", f"/shared/{p.alice}/nothing.txt")
+    assert missing.status == 404 and ET.fromstring(missing.body).tag == "{DAV:}error"
+    page = p.call(p.bob, "GET", f"/shared/{p.alice}/look.txt", headers={"Accept": "text/html"})
+    assert page.status == 403 and page.headers["Content-Type"].startswith("text/html")
+    assert b"you may not download this item" in page.body
+
