@@ -229,8 +229,9 @@ class NamespaceService:
             entries = shared.get(rest[0]) if rest else None
             if entries is not None:
                 found.append(Virtual(sorted(entries)))
-                if len(rest) > 1 and rest[1] in entries:
-                    found += self.descend(ctx, entries[rest[1]], rest[2:])
+                entry = _entry(entries, rest[1]) if len(rest) > 1 else None
+                if entry is not None:
+                    found += self.descend(ctx, entry, rest[2:])
         found = found[: len(parts)]
         return found + [None] * (len(parts) - len(found))
 
@@ -384,6 +385,7 @@ class NamespaceService:
             return ctx._shared
         granted = [nid for nid, rights in ctx.grants.items() if rights]
         result: dict[str, dict[str, uuid.UUID]] = {}
+        taken: dict[str, set[str]] = {}
         if granted:
             with self.db.connect() as conn:
                 tops = [
@@ -399,13 +401,26 @@ class NamespaceService:
                 # to create the group's space.
                 owner = row.username if row.group_id is None else f"@{row.group_name}"
                 names = result.setdefault(owner, {})
+                keys = taken.setdefault(owner, set())
                 name, n = row.name, 1
-                while name in names:
+                # Names are told apart as lookups find them: by name_key (NFC).
+                while tree.name_key(name) in keys:
                     n += 1
                     name = _numbered(row.name, n, is_folder=row.kind == NodeKind.FOLDER.value)
                 names[name] = row.id
+                keys.add(tree.name_key(name))
         ctx._shared = result
         return result
+
+
+def _entry(entries: dict[str, uuid.UUID], name: str) -> uuid.UUID | None:
+    """The node of the entry ``name`` names, as a folder finds its children: by name_key, so
+    a decomposed (NFD, macOS) name finds the entry listed composed."""
+    found = entries.get(name)
+    if found is not None:
+        return found
+    key = tree.name_key(name)
+    return next((node for entry, node in entries.items() if tree.name_key(entry) == key), None)
 
 
 def _numbered(name: str, n: int, *, is_folder: bool) -> str:

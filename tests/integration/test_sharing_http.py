@@ -850,3 +850,21 @@ def test_a_refusal_tells_clients_why_in_the_body_they_read(people: People) -> No
     assert page.status == 403 and page.headers["Content-Type"].startswith("text/html")
     assert b"you may not download this item" in page.body
 
+
+def test_a_shared_entry_answers_to_its_nfd_name_as_files_do(people: People) -> None:
+    """macOS sends names decomposed (NFD); ``/files/`` finds the NFC name they stand for, and
+    ``/shared/<owner>/<entry>`` must too. Two entries of one name, one NFC and one NFD, are
+    told apart like any namesakes."""
+    p = people
+    nfc, nfd = "caf%C3%A9.txt", "cafe%CC%81.txt"
+    assert p.put(p.alice, f"/files/{nfc}", b"coffee") == 201
+    assert p.grant(p.alice, "/files/caf\u00e9.txt", p.bob, "download") == 201
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/{nfd}").body == b"coffee"
+    assert p.call(p.alice, "MKCOL", "/files/mac/").status == 201
+    assert p.put(p.alice, f"/files/mac/{nfd}", b"decomposed") == 201
+    assert p.grant(p.alice, "/files/mac/cafe\u0301.txt", p.bob, "download") == 201
+    listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
+    hrefs = re.findall(rf"<D:href>/shared/{p.alice}/([^<]+)</D:href>", listing.body.decode())
+    assert len(hrefs) == 2 and any("(2)" in h for h in hrefs), hrefs
+    bodies = {p.call(p.bob, "GET", f"/shared/{p.alice}/{h}").body for h in hrefs}
+    assert bodies == {b"coffee", b"decomposed"}
