@@ -126,8 +126,16 @@ def oc_permissions(res: Any) -> str:
     if rights & (Perm.WRITE | Perm.TRASH):
         letters += "D"
     if rights & Perm.WRITE:
-        letters += "NV" + ("CK" if view.is_folder else "W")
+        # An entry of /shared/<owner>/ cannot be renamed or moved (its folder is not the
+        # user's: 403), so clients are not told they may; what is inside it can.
+        letters += ("" if _is_shared_entry(res.path) else "NV") + ("CK" if view.is_folder else "W")
     return letters
+
+
+def _is_shared_entry(path: str) -> bool:
+    """``/shared/<owner>/<name>``, a top-most item shared with the user."""
+    parts = path.strip("/").split("/")
+    return len(parts) == 3 and parts[0] == "shared"
 
 
 def _privileges(res: Any) -> list[str]:

@@ -592,8 +592,16 @@ def test_clients_see_their_rights(people: People) -> None:
     )
     bob = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/rights", body, {"Depth": "0"})
     assert bob.status == 207
-    assert b">SGDNVCK</" in bob.body
+    # The shared entry itself cannot be renamed or moved (no N, V); what is inside it can.
+    assert b">SGDCK</" in bob.body
     assert b"write-content" in bob.body and b"download" not in bob.body
+    renamed = {"Destination": f"{p.server.url}/shared/{p.alice}/renamed"}
+    assert p.call(p.bob, "MOVE", f"/shared/{p.alice}/rights", headers=renamed).status == 403
+    assert p.put(p.bob, f"/shared/{p.alice}/rights/in.txt") == 201
+    inside = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/rights/in.txt", body, {"Depth": "0"})
+    assert b">SGDNVW</" in inside.body
+    renamed = {"Destination": f"{p.server.url}/shared/{p.alice}/rights/out.txt"}
+    assert p.call(p.bob, "MOVE", f"/shared/{p.alice}/rights/in.txt", headers=renamed).status == 201
     alice = p.call(p.alice, "PROPFIND", "/files/rights", body, {"Depth": "0"})
     assert b">RGDNVCK</" in alice.body and b"ds:share" in alice.body
 
