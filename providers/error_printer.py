@@ -12,7 +12,9 @@ that names nothing of it.
 from __future__ import annotations
 
 import functools
+import html
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape as xml_escape
@@ -43,7 +45,8 @@ class ErrorPrinter(BaseMiddleware):
             try:
                 for chunk in app_iter:
                     if not started:
-                        start_response(held.status, held.response_headers, held.exc_info)
+                        headers, chunk = _page_for_client(held, chunk, environ)
+                        start_response(held.status, headers, held.exc_info)
                         started = True
                     yield chunk
             finally:
@@ -117,13 +120,43 @@ def _error_response(
     if error.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
         start_response(status, [("Content-Length", "0"), date])
         return [b""]
-    if error.err_condition or "text/html" in environ.get("HTTP_ACCEPT", ""):
+    if error.err_condition or _wants_html(environ):
         content_type, body = error.get_response_page()
     else:
         content_type, body = _sabre_error(error)
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), date]
     start_response(status, headers + (error.add_headers or []))
     return [body if error.add_body else b""]
+
+
+def _wants_html(environ: dict[str, Any]) -> bool:
+    return "text/html" in environ.get("HTTP_ACCEPT", "")
+
+
+_WSGIDAV_PAGE = b"<!DOCTYPE HTML PUBLIC"
+_PAGE_TEXT = re.compile(rb"<p>(.*?)</p>", re.DOTALL)
+
+
+def _page_for_client(
+    held: Any, chunk: bytes, environ: dict[str, Any]
+) -> tuple[list[tuple[str, str]], bytes]:
+    """The headers and first chunk to answer with. WsgiDAV answers the one failure of a
+    COPY, MOVE or DELETE with its HTML status page itself (``send_status_response``), not
+    through here as a DAVError: for a client other than a browser that page is turned into
+    the XML of ``_sabre_error``, with the same reason."""
+    headers: list[tuple[str, str]] = held.response_headers
+    status = str(held.status)
+    if status[:1] not in ("4", "5") or _wants_html(environ):
+        return headers, chunk
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    found = _PAGE_TEXT.search(chunk) if chunk.startswith(_WSGIDAV_PAGE) else None
+    if not content_type.startswith("text/html") or found is None:
+        return headers, chunk
+    text = html.unescape(found.group(1).decode("utf-8", "replace"))
+    reason = text.removeprefix(status + ":").strip() or status
+    content_type, body = _sabre_body(reason)
+    kept = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]
+    return [("Content-Type", content_type), ("Content-Length", str(len(body))), *kept], body
 
 
 def _sabre_error(error: DAVError) -> tuple[str, bytes]:
@@ -133,6 +166,10 @@ def _sabre_error(error: DAVError) -> tuple[str, bytes]:
     message = str(error.context_info or get_http_status_string(error))
     if error.src_exception is not None:  # as the HTML page tells it (a 500's is never here)
         message += f": {error.src_exception}"
+    return _sabre_body(message)
+
+
+def _sabre_body(message: str) -> tuple[str, bytes]:
     body = (
         '<?xml version="1.0" encoding="utf-8"?>\n'
         '<d:error xmlns:d="DAV:" xmlns:s="http://sabredav.org/ns">'

@@ -857,6 +857,14 @@ def test_a_refusal_tells_clients_why_in_the_body_they_read(people: People) -> No
     page = p.call(p.bob, "GET", f"/shared/{p.alice}/look.txt", headers={"Accept": "text/html"})
     assert page.status == 403 and page.headers["Content-Type"].startswith("text/html")
     assert b"you may not download this item" in page.body
+    # The one failure of a COPY, MOVE or DELETE, which WsgiDAV answers with its page itself.
+    into = {"Destination": f"{p.server.url}/groups/{p.team}/look.txt"}
+    moved = p.call(p.alice, "MOVE", "/files/look.txt", headers=into)
+    assert moved.status == 403
+    assert moved.headers["Content-Type"].startswith("application/xml")
+    message = ET.fromstring(moved.body).findtext("{http://sabredav.org/ns}message")
+    assert message == "items cannot be moved between spaces; copy them instead"
+    assert int(moved.headers["Content-Length"]) == len(moved.body)
 
 
 def test_a_shared_entry_answers_to_its_nfd_name_as_files_do(people: People) -> None:
