@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,19 +72,7 @@ def scene(
             .where(Blob.sha256 == sha(b"young garbage"))
             .values(created_at=utcnow() - dt.timedelta(seconds=60))
         )
-        session.add(
-            ImageVariant(
-                source_blob_id=source,
-                variant_type="thumbnail",
-                max_size=64,
-                quality_level=80,
-                format="jpeg",
-                blob_id=variant,
-                width=1,
-                height=1,
-                size_bytes=13,
-            )
-        )
+        session.add(thumbnail_row(source, variant, 13))
         session.add(Package(name="p", created_by=actor.user_id, archive_blob_id=archive))
     stray = store.root / "ab" / "notes.txt"
     stray.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +102,21 @@ def scene(
 def _blob_id(database: Database, data: bytes) -> Any:
     with database.read() as session:
         return session.scalars(sa.select(Blob.id).where(Blob.sha256 == sha(data))).one()
+
+
+def thumbnail_row(source_blob_id: uuid.UUID, blob_id: uuid.UUID, size: int) -> ImageVariant:
+    """A 64 px JPEG thumbnail's row, of the bytes ``source_blob_id``, stored as ``blob_id``."""
+    return ImageVariant(
+        source_blob_id=source_blob_id,
+        variant_type="thumbnail",
+        max_size=64,
+        quality_level=80,
+        format="jpeg",
+        blob_id=blob_id,
+        width=1,
+        height=1,
+        size_bytes=size,
+    )
 
 
 def test_gc_removes_exactly_what_is_old_and_unreferenced(
@@ -335,19 +339,7 @@ def test_gc_removes_an_image_purged_for_good_with_its_variants(
         rendered = loose_blob(database, store, data)
         source_id = _blob_id(database, source)
         with database.write() as session:
-            session.add(
-                ImageVariant(
-                    source_blob_id=source_id,
-                    variant_type="thumbnail",
-                    max_size=64,
-                    quality_level=80,
-                    format="jpeg",
-                    blob_id=rendered,
-                    width=1,
-                    height=1,
-                    size_bytes=len(data),
-                )
-            )
+            session.add(thumbnail_row(source_id, rendered, len(data)))
 
     variant_of(b"purged image", b"purged thumbnail")
     variant_of(b"kept image", b"kept thumbnail")
