@@ -92,7 +92,17 @@ class ServerSettings:
     )
 
     def __post_init__(self) -> None:
+        """The rules between options, checked wherever settings are made."""
         trusted_networks(self.trusted_proxies)  # a typo stops the start, not a request
+        if bool(self.ssl_certificate) != bool(self.ssl_private_key):
+            given, missing = (
+                ("ssl_certificate", "ssl_private_key")
+                if self.ssl_certificate
+                else ("ssl_private_key", "ssl_certificate")
+            )
+            raise ConfigError(
+                f"server.{given} is set but server.{missing} is not: TLS needs both (or neither)"
+            )
 
 
 @dataclass(frozen=True)
@@ -370,9 +380,7 @@ def load_settings(
             raise ConfigError(f"unknown option: {dotted}")
         if value is not None:
             values[dotted] = value
-    settings = _build(values)
-    _check_together(settings)
-    return settings
+    return _build(values)
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -395,20 +403,6 @@ def _yaml_problem(exc: Exception) -> str:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         return f"{exc.problem}{where}"
     return " ".join(str(exc).split())
-
-
-def _check_together(settings: Settings) -> None:
-    """The rules between options."""
-    server = settings.server
-    if bool(server.ssl_certificate) != bool(server.ssl_private_key):
-        given, missing = (
-            ("ssl_certificate", "ssl_private_key")
-            if server.ssl_certificate
-            else ("ssl_private_key", "ssl_certificate")
-        )
-        raise ConfigError(
-            f"server.{given} is set but server.{missing} is not: TLS needs both (or neither)"
-        )
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
