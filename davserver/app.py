@@ -193,8 +193,9 @@ def _path_problem(path_info: str) -> str | None:
 
 
 def _destination_problem(environ: dict[str, Any]) -> str | None:
-    """Why a COPY or MOVE's Destination cannot be used, or None; a Destination sent as raw
-    UTF-8 (not percent-encoded) is percent-encoded here, in ``environ``.
+    """Why a COPY or MOVE's Destination cannot be used (not UTF-8, or a NUL in it), or None; a
+    Destination sent as raw UTF-8 (not percent-encoded) is percent-encoded here, in
+    ``environ``.
 
     WsgiDAV un-escapes the header as UTF-8 with replacement characters, and takes WSGI's
     latin-1 reading of raw bytes as it is: ``%FF%FE.txt`` made a file named with U+FFFD, and a
@@ -208,10 +209,10 @@ def _destination_problem(environ: dict[str, Any]) -> str | None:
         header = "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
         environ["HTTP_DESTINATION"] = header
     try:
-        unquote_to_bytes(header).decode("utf-8")
+        decoded = unquote_to_bytes(header).decode("utf-8")
     except UnicodeDecodeError:
         return "The Destination is not valid UTF-8"
-    return None
+    return "The URL contains a NUL character" if "\x00" in decoded else None
 
 
 def _trusted(address: str, proxies: Networks) -> bool:
@@ -254,8 +255,8 @@ def _nul_problem(environ: dict[str, Any]) -> str | None:
     """
     if "\x00" in environ.get("PATH_INFO", ""):
         return "The URL contains a NUL character"
-    encoded = (environ.get("QUERY_STRING", ""), environ.get("HTTP_DESTINATION", ""))
-    if any("\x00" in unquote(value) for value in encoded if "%" in value):
+    query = environ.get("QUERY_STRING", "")  # the Destination: _destination_problem
+    if "%" in query and "\x00" in unquote(query):
         return "The URL contains a NUL character"
     if any("\x00" in value for key, value in environ.items() if key.startswith("HTTP_")):
         return "A header contains a NUL character"
