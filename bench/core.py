@@ -407,6 +407,19 @@ def pg_drop_db(base_url: str, name: str) -> None:
     _pg_admin(base_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
 
 
+def stop_servers(servers: Sequence[Server], pg_url: str) -> None:
+    """Stop each server, then drop the PostgreSQL database it had (``--db postgresql``); a
+    database that cannot be dropped is reported, and the others still are."""
+    for s in servers:
+        s.stop()
+    for s in servers:
+        if s.db_name:
+            try:
+                pg_drop_db(pg_url, s.db_name)
+            except Exception as exc:
+                print(f"could not drop database {s.db_name}: {exc}", file=sys.stderr)
+
+
 def _pg_admin(
     base_url: str,
     template: Literal["CREATE DATABASE {}", "DROP DATABASE IF EXISTS {} WITH (FORCE)"],
@@ -1290,14 +1303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig in handled:
             signal.signal(sig, signal.SIG_IGN)  # finish the cleanup even if asked twice
-        for s in started:
-            s.stop()
-        for s in started:
-            if s.db_name:
-                try:
-                    pg_drop_db(args.pg_url, s.db_name)
-                except Exception as exc:
-                    print(f"could not drop database {s.db_name}: {exc}", file=sys.stderr)
+        stop_servers(started, args.pg_url)
         if args.keep:
             print(f"kept {base}", file=sys.stderr)
         else:

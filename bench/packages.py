@@ -40,8 +40,8 @@ from core import (
     RssSampler,
     Server,
     big_body,
-    pg_drop_db,
     start_davserver,
+    stop_servers,
 )
 
 ZIP_NAME = "/packages/bench.zip"
@@ -158,9 +158,7 @@ def main() -> int:
                 raise HttpError(f"the resumed GET answered {resumed['status']}")
             check(server, size, salts, file_size)
         finally:
-            server.stop()
-            if server.db_name:
-                pg_drop_db(args.pg_url, server.db_name)
+            stop_servers([server], args.pg_url)
     figures = {
         "db": args.db,
         "files": args.files,

@@ -31,10 +31,10 @@ from core import (
     USER,
     Server,
     count_responses,
-    pg_drop_db,
     propfind,
     put_files,
     start_davserver,
+    stop_servers,
 )
 
 GRANTEE = "grantee"
@@ -121,9 +121,7 @@ def main() -> int:
                         times[name].append(elapsed * 1000)
                         queries[name] = count
         finally:
-            server.stop()
-            if server.db_name:
-                pg_drop_db(args.pg_url, server.db_name)
+            stop_servers([server], args.pg_url)
     medians = {name: statistics.median(values) for name, values in times.items()}
     if args.json:
         print(json.dumps({"ms": times, "queries": queries, "members": args.members}, indent=2))

@@ -38,11 +38,11 @@ from core import (
     VENV_PYTHON,
     CpuMeter,
     Server,
-    pg_drop_db,
     process_tree,
     put_files,
     start_davserver,
     start_stock,
+    stop_servers,
 )
 
 STOCK, STOCK_FSYNC, FLOOR, DAVSERVER = "stock", "stock-fsync", "floor", "davserver"
@@ -105,10 +105,7 @@ def main() -> int:
             line = "  ".join(f"{s.name} {results[s.name][-1]['fps']:.0f}" for s in servers)
             print(f"round {r}/{args.rounds}: files/s {line}", flush=True)
     finally:
-        for s in servers:
-            s.stop()
-            if s.db_name:
-                pg_drop_db(args.pg_url, s.db_name)
+        stop_servers(servers, args.pg_url)
         shutil.rmtree(base, ignore_errors=True)
     print(
         f"\n{args.rounds} rounds x {args.count} PUTs of 4 KiB, one connection, davserver on"

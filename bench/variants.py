@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import PG_DEFAULT, VENV_PYTHON, Client, Server, pg_drop_db, query_count, start_davserver
+from core import PG_DEFAULT, VENV_PYTHON, Client, Server, query_count, start_davserver, stop_servers
 from PIL import Image
 
 from davserver.imaging import VariantSpec
@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 queries.add(qc)
         client.close()
     finally:
-        server.stop()
-        if server.db_name:
-            pg_drop_db(args.pg_url, server.db_name)
+        stop_servers([server], args.pg_url)
         shutil.rmtree(base, ignore_errors=True)
 
     print(
