@@ -1489,15 +1489,21 @@ def test_a_stored_property_that_does_not_parse_leaves_listings_well_formed(
     assert named.status == {"{urn:z}z": 200, DAV_NS + "displayname": 200}
 
 
+def file_or_folder(srv: InprocServer, folder: str, name: str, kind: str) -> str:
+    """A new folder ``sub/`` holding the file ``name`` (4 bytes): the URL of the file, or for
+    ``kind`` "folder" of the folder."""
+    sub = folder + "sub/"
+    assert call(srv, "MKCOL", sub).status == 201
+    put(srv, sub + name, b"four")
+    return sub + name if kind == "file" else sub
+
+
 @pytest.mark.parametrize(("depth", "headers"), LISTINGS)
 @pytest.mark.parametrize("kind", ["file", "folder"])
 def test_propname_answers_names_only(
     srv: InprocServer, folder: str, depth: str, headers: dict[str, str], kind: str
 ) -> None:
-    sub = folder + "sub/"
-    assert call(srv, "MKCOL", sub).status == 201
-    put(srv, sub + "named.txt", b"four")
-    target = sub + "named.txt" if kind == "file" else sub
+    target = file_or_folder(srv, folder, "named.txt", kind)
     response = call(srv, "PROPPATCH", target, proppatch_body("<X:color>blue</X:color>"))
     assert response.status == 207
     entries = propfind_with(srv, target, depth, headers, _PROPNAME)
@@ -1527,10 +1533,7 @@ def _allprop_including(*props: str) -> bytes:
 def test_allprop_with_include_adds_the_included_properties(
     srv: InprocServer, folder: str, depth: str, headers: dict[str, str], kind: str
 ) -> None:
-    sub = folder + "sub/"
-    assert call(srv, "MKCOL", sub).status == 201
-    put(srv, sub + "inc.txt", b"four")
-    target = sub + "inc.txt" if kind == "file" else sub
+    target = file_or_folder(srv, folder, "inc.txt", kind)
     body = _allprop_including(
         "<D:quota-used-bytes/>", "<oc:fileid/>", "<D:displayname/>", "<X:missing/>"
     )
