@@ -39,7 +39,8 @@ class StoredBlob:
 class BlobWriter(Protocol):
     """A blob being written. ``write`` any number of times, then ``finish`` or ``abort``."""
 
-    bytes_written: int
+    @property
+    def bytes_written(self) -> int: ...
 
     def write(self, data: bytes) -> int: ...
 

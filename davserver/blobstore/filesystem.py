@@ -19,42 +19,26 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import os
 import secrets
 import shutil
-import stat
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO, ParamSpec, TypeVar
+from typing import BinaryIO
 
 from davserver.blobstore.base import BlobFile, StoredBlob
-from davserver.blobstore.hashing import MultiHasher, is_sha256
-from davserver.errors import ChecksumMismatch, StorageFull
+from davserver.blobstore.hashing import is_sha256
+from davserver.blobstore.staging import (
+    StagedUpload,
+    full_is_storage_full,
+    regular_file,
+    temp_files,
+    temp_path,
+)
+from davserver.errors import ChecksumMismatch
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-# What writing answers when the disk (or the user's file system quota) has no room left.
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _WRITEBACK_EVERY = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
-
-
-def _full_is_storage_full(function: Callable[_P, _R]) -> Callable[_P, _R]:
-    """``function``, with "no space left" raised as StorageFull: the one write error a
-    client can act on (507), where any other is the server's fault."""
-
-    @functools.wraps(function)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return function(*args, **kwargs)
-        except OSError as exc:
-            if exc.errno in _FULL:
-                raise StorageFull("the server's storage is full") from exc
-            raise
-
-    return wrapper
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
@@ -130,7 +114,7 @@ class FileSystemBlobStore:
                 _fsync_dir(folder.parent)
         self._folders.add(name)
 
-    @_full_is_storage_full
+    @full_is_storage_full
     def writer(self) -> _FileBlobWriter:
         return _FileBlobWriter(self)
 
@@ -161,7 +145,7 @@ class FileSystemBlobStore:
 
     # -- the upload side of the gc protocol
 
-    @_full_is_storage_full
+    @full_is_storage_full
     def ensure_stored(self, blob: StoredBlob) -> None:
         final = self.path_of(blob.storage_key)
         if final.exists():
@@ -195,12 +179,7 @@ class FileSystemBlobStore:
         yield from _walk(self.root, "", skip=self.tmp_dir)
 
     def iter_temp_files(self) -> Iterator[BlobFile]:
-        with os.scandir(self.tmp_dir) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-        for entry in entries:
-            found = _regular_file(entry, entry.name)
-            if found is not None:
-                yield found
+        yield from temp_files(self.tmp_dir)
 
     def remove_temp(self, name: str) -> None:
         self._temp_path(name).unlink(missing_ok=True)
@@ -230,57 +209,48 @@ class FileSystemBlobStore:
         return size
 
     def _temp_path(self, name: str) -> Path:
-        if not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"bad temp file name {name!r}")
-        return self.tmp_dir / name
+        return temp_path(self.tmp_dir, name)
 
 
 class _FileBlobWriter:
     def __init__(self, store: FileSystemBlobStore) -> None:
         self._store = store
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="up-")
-        self._path = Path(name)
-        self._file = os.fdopen(fd, "wb", buffering=0)
-        self._hasher = MultiHasher()
-        self.bytes_written = 0
+        writeback = store.fsync and _start_writeback is not None
+        self._staged = StagedUpload(store.tmp_dir, on_written=self._written if writeback else None)
+        self._path = self._staged.path
+        self._file = self._staged.file
         self._flushed = 0
         self._done = False
 
-    @_full_is_storage_full
-    def write(self, data: bytes) -> int:
-        self._hasher.update(data)
-        view = memoryview(data)
-        while view:
-            written = self._file.write(view)
-            assert written is not None
-            view = view[written:]
-        self.bytes_written += len(data)
-        if (
-            self._store.fsync
-            and _start_writeback is not None
-            and self.bytes_written - self._flushed >= _WRITEBACK_EVERY
-        ):
-            _start_writeback(self._file.fileno(), self._flushed, self.bytes_written - self._flushed)
-            self._flushed = self.bytes_written
-        return len(data)
+    @property
+    def bytes_written(self) -> int:
+        return self._staged.bytes_written
 
-    @_full_is_storage_full
+    @full_is_storage_full
+    def write(self, data: bytes) -> int:
+        return self._staged.write(data)
+
+    def _written(self, fd: int, bytes_written: int) -> None:
+        """Start writing back what arrived since the last start, every few MiB."""
+        assert _start_writeback is not None
+        if bytes_written - self._flushed >= _WRITEBACK_EVERY:
+            _start_writeback(fd, self._flushed, bytes_written - self._flushed)
+            self._flushed = bytes_written
+
+    @full_is_storage_full
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
-        sha256, md5, sha1 = self._hasher.digests()
-        actual = {"sha256": sha256, "md5": md5, "sha1": sha1}
-        for algorithm, digest in (expect or {}).items():
-            if actual.get(algorithm) != digest.lower():
-                self.abort()
-                raise ChecksumMismatch(
-                    f"the body's {algorithm} is {actual.get(algorithm)}, not {digest.lower()}"
-                )
+        try:
+            sha256, md5, sha1 = self._staged.verified(expect)
+        except ChecksumMismatch:
+            self._done = True
+            raise
         key, stored = self._store.locate(sha256)
         if self.bytes_written == 0 and not stored:
             spare: str | None = self._keep_empty()
         else:
             spare = self._place(key, stored)
         return StoredBlob(
-            sha256, md5, sha1, self.bytes_written, key, self._hasher.crc32, spare=spare
+            sha256, md5, sha1, self.bytes_written, key, self._staged.crc32, spare=spare
         )
 
     def _keep_empty(self) -> str:
@@ -329,10 +299,7 @@ class _FileBlobWriter:
         if self._done:
             return
         self._done = True
-        self._hasher.close()
-        if not self._file.closed:
-            self._file.close()
-        self._path.unlink(missing_ok=True)
+        self._staged.discard()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -371,15 +338,6 @@ def _walk(folder: Path, prefix: str, *, skip: Path) -> Iterator[BlobFile]:
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(path, f"{prefix}{entry.name}/", skip=skip)
         else:
-            found = _regular_file(entry, f"{prefix}{entry.name}")
+            found = regular_file(entry, f"{prefix}{entry.name}")
             if found is not None:
                 yield found
-
-
-def _regular_file(entry: os.DirEntry[str], key: str) -> BlobFile | None:
-    """The entry as a BlobFile; None for anything but a regular file, or one gone meanwhile."""
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return BlobFile(key, st.st_size, st.st_mtime) if stat.S_ISREG(st.st_mode) else None

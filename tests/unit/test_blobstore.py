@@ -168,12 +168,13 @@ def test_a_full_disk_is_storage_full_and_leaves_nothing(
     writer = store.writer()
     if where == "write":
         # Linux's /dev/full answers every write with ENOSPC, as a full disk does.
-        temp = writer._file  # type: ignore[attr-defined]
-        monkeypatch.setattr(writer, "_file", open("/dev/full", "wb", buffering=0))  # noqa: SIM115
+        staged = writer._staged  # type: ignore[attr-defined]
+        temp = staged.file
+        monkeypatch.setattr(staged, "file", open("/dev/full", "wb", buffering=0))  # noqa: SIM115
         with pytest.raises(StorageFull):
             writer.write(b"x" * 4096)
-        writer._file.close()  # type: ignore[attr-defined]
-        monkeypatch.setattr(writer, "_file", temp)
+        staged.file.close()
+        monkeypatch.setattr(staged, "file", temp)
         writer.abort()
     else:
         writer.write(b"bytes that do not fit")

@@ -1,0 +1,124 @@
+"""An upload's bytes in a local temp file, hashed while they are written.
+
+Every store's writer starts here: the SHA-256 that names a blob is known only once the last
+byte has arrived, so the bytes wait in a temp folder until then. The temp file is also the
+write's spare copy (see ``davserver.blobstore.base``) until the store releases it.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from davserver.blobstore.base import BlobFile
+from davserver.blobstore.hashing import MultiHasher
+from davserver.errors import ChecksumMismatch, StorageFull
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# What writing answers when the disk (or the user's file system quota) has no room left.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def full_is_storage_full(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``function``, with "no space left" raised as StorageFull: the one write error a
+    client can act on (507), where any other is the server's fault."""
+
+    @functools.wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return function(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise StorageFull("the server's storage is full") from exc
+            raise
+
+    return wrapper
+
+
+class StagedUpload:
+    """Bytes written to a new temp file in ``folder`` and hashed as they pass.
+
+    ``on_written(fd, bytes_written)`` runs after each write (the file-system store starts
+    writeback there). ``verified`` closes the file and returns the digests.
+    """
+
+    def __init__(
+        self, folder: Path, *, on_written: Callable[[int, int], None] | None = None
+    ) -> None:
+        fd, name = tempfile.mkstemp(dir=folder, prefix="up-")
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb", buffering=0)
+        self.hasher = MultiHasher()
+        self.bytes_written = 0
+        self._on_written = on_written
+
+    def write(self, data: bytes) -> int:
+        self.hasher.update(data)
+        view = memoryview(data)
+        while view:
+            written = self.file.write(view)
+            assert written is not None
+            view = view[written:]
+        self.bytes_written += len(data)
+        if self._on_written is not None:
+            self._on_written(self.file.fileno(), self.bytes_written)
+        return len(data)
+
+    def verified(self, expect: Mapping[str, str] | None) -> tuple[str, str, str]:
+        """(sha256, md5, sha1) of the bytes. ``expect`` maps "sha256", "sha1" or "md5" to
+        the hex digests the client announced: on a difference the bytes are discarded and
+        ChecksumMismatch is raised."""
+        sha256, md5, sha1 = self.hasher.digests()
+        actual = {"sha256": sha256, "md5": md5, "sha1": sha1}
+        for algorithm, digest in (expect or {}).items():
+            if actual.get(algorithm) != digest.lower():
+                self.discard()
+                raise ChecksumMismatch(
+                    f"the body's {algorithm} is {actual.get(algorithm)}, not {digest.lower()}"
+                )
+        return sha256, md5, sha1
+
+    @property
+    def crc32(self) -> int:
+        """Valid after ``verified``."""
+        return self.hasher.crc32
+
+    def discard(self) -> None:
+        """Stop hashing, close and delete the temp file."""
+        self.hasher.close()
+        if not self.file.closed:
+            self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def temp_path(folder: Path, name: str) -> Path:
+    """The temp file ``name`` in ``folder``; ValueError for a name that is not one."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"bad temp file name {name!r}")
+    return folder / name
+
+
+def temp_files(folder: Path) -> Iterator[BlobFile]:
+    """The regular files in ``folder``, by name."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        found = regular_file(entry, entry.name)
+        if found is not None:
+            yield found
+
+
+def regular_file(entry: os.DirEntry[str], key: str) -> BlobFile | None:
+    """The entry as a BlobFile; None for anything but a regular file, or one gone meanwhile."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return BlobFile(key, st.st_size, st.st_mtime) if stat.S_ISREG(st.st_mode) else None
