@@ -15,6 +15,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from auth.authenticator import Authenticator
 from davserver.api import ApiApp
 from davserver.api.app import PREFIX as API_PREFIX
+from davserver.blobstore import MaintainableBlobStore
 from davserver.config import Networks, Settings, trusted_networks
 from davserver.context import Services
 from davserver.errors import BadRequest, StorageFull, TooManyRequests, Unauthorized
@@ -34,10 +35,10 @@ _STREAMED_METHODS = frozenset({"PUT", "GET", "HEAD"})
 class Application:
     """The WSGI application and everything it owns; ``close()`` releases it all."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, blobs: MaintainableBlobStore | None = None) -> None:
         self.settings = settings
         self._proxies = trusted_networks(settings.server.trusted_proxies)
-        self.services = services = Services(settings)
+        self.services = services = Services(settings, blobs)
         self.db = services.db
         self.blobs = services.blobs
         self.accounts = services.accounts

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from davserver.app import Application
 from davserver.config import ConfigError, Settings
+from davserver.context import open_s3_store
 from davserver.db import Database
 from davserver.db.engine import check_url
 from davserver.processes import run_in_child
@@ -27,12 +28,13 @@ def prepare(
     Only where no other thread runs yet: ``davserver serve`` at its start.
     """
     check_url(settings.database_url)
+    blobs = open_s3_store(settings)  # asks the bucket before anything is made
     if not settings.database.url:
         _make_folder("data_dir", Path(settings.data_dir))
     _make_folder("storage.blob_dir", settings.blob_path)
     if migrate_in_child:
         _upgrade_schema_in_child(settings)
-    app = Application(settings)
+    app = Application(settings, blobs)
     if not migrate_in_child:
         upgrade_schema(settings, app.db)
     generated = app.accounts.ensure_admin(settings.admin.user, settings.admin.password or None)

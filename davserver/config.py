@@ -129,8 +129,38 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class StorageSettings:
+    backend: str = opt(
+        "filesystem",
+        "Where blob bytes live: filesystem (in blob_dir) or s3 (an S3-compatible object store,"
+        " the s3 section; uploads wait in blob_dir/tmp until their hash is known).",
+        choices=("filesystem", "s3"),
+    )
     blob_dir: str = opt("", "Folder of the blob store; empty means <data_dir>/blobs.")
     fsync: bool = opt(True, "Make each blob durable (fsync) before its version is committed.")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str = opt("", "Bucket holding the blobs (storage.backend s3); it must exist.")
+    prefix: str = opt(
+        "", "Key prefix in the bucket, such as davserver/ (empty: the bucket's top level)."
+    )
+    endpoint_url: str = opt(
+        "",
+        "URL of an S3-compatible store (MinIO, SeaweedFS, Ceph, Garage); empty: AWS S3.",
+    )
+    region: str = opt("", "Region of the bucket; empty: boto3's default.")
+    access_key_id: str = opt(
+        "",
+        "Access key; empty: boto3's own chain (AWS_ACCESS_KEY_ID, ~/.aws, an instance role).",
+    )
+    secret_access_key: str = opt("", "Secret key of access_key_id.")
+    addressing_style: str = opt(
+        "auto",
+        "path (http://host/bucket/key, what most self-hosted stores need), virtual"
+        " (http://bucket.host/key), or auto (boto3 chooses).",
+        choices=("auto", "path", "virtual"),
+    )
 
 
 @dataclass(frozen=True)
@@ -292,6 +322,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     dav: DavSettings = field(default_factory=DavSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -301,6 +332,10 @@ class Settings:
     versions: VersionSettings = field(default_factory=VersionSettings)
     trash: TrashSettings = field(default_factory=TrashSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    def __post_init__(self) -> None:
+        if self.storage.backend == "s3" and not self.s3.bucket:
+            raise ConfigError("storage.backend is s3 but s3.bucket is not set")
 
     @property
     def database_url(self) -> str:
@@ -441,8 +476,11 @@ def _coerce(dotted: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> An
     if kind is str:
         text = "" if value is None else str(value)
         choices = f.metadata.get("choices") or ()
-        if choices and text.upper() not in choices:
-            raise ConfigError(f"{dotted}: expected one of {', '.join(choices)}, got {text!r}")
+        if choices:
+            chosen = {choice.lower(): choice for choice in choices}.get(text.lower())
+            if chosen is None:
+                raise ConfigError(f"{dotted}: expected one of {', '.join(choices)}, got {text!r}")
+            return chosen
         return text
     if isinstance(kind, types.UnionType):
         return value

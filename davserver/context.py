@@ -7,13 +7,15 @@ once. The WSGI application adds WsgiDAV on top; CLI commands use it directly.
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from auth.credentials import CredentialCache
 from auth.passwords import PasswordHasher
-from davserver.blobstore import FileSystemBlobStore
+from davserver.blobstore import FileSystemBlobStore, MaintainableBlobStore
 from davserver.capacity import pool_limit
-from davserver.config import Settings
+from davserver.config import ConfigError, Settings
 from davserver.db import Database
+from davserver.errors import Unavailable
 from davserver.services import package_space, trash, versions
 from davserver.services.accounts import AccountService
 from davserver.services.apikeys import ApiKeyService
@@ -32,9 +34,49 @@ from davserver.services.variants import VariantService
 from davserver.services.version_rules import VersionPolicy
 from davserver.services.versions import VersionService
 
+if TYPE_CHECKING:
+    from davserver.blobstore.s3 import S3BlobStore
+
+
+def open_blob_store(settings: Settings) -> MaintainableBlobStore:
+    """The configured blob store (see ``open_s3_store``)."""
+    s3 = open_s3_store(settings)
+    if s3 is not None:
+        return s3
+    return FileSystemBlobStore(settings.blob_path, fsync=settings.storage.fsync)
+
+
+def open_s3_store(settings: Settings) -> S3BlobStore | None:
+    """The S3 store when ``storage.backend`` is s3, else None. Its bucket is asked once
+    whether it answers (nothing is made on disk before): ConfigError, naming what was tried,
+    when it does not."""
+    if settings.storage.backend != "s3":
+        return None
+    from davserver.blobstore.s3 import S3BlobStore, S3Location
+
+    s3 = settings.s3
+    prefix = s3.prefix.strip("/")
+    location = S3Location(
+        bucket=s3.bucket,
+        prefix=f"{prefix}/" if prefix else "",
+        endpoint_url=s3.endpoint_url,
+        region=s3.region,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+        addressing_style=s3.addressing_style,
+        connections=settings.server.threads + 4,
+    )
+    store = S3BlobStore(location, settings.blob_path / "tmp")
+    try:
+        store.check()
+    except (OSError, Unavailable) as exc:
+        raise ConfigError(f"s3.bucket: cannot use {location.describe()}: {exc}") from None
+    return store
+
 
 class Services:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, blobs: MaintainableBlobStore | None = None) -> None:
+        """``blobs``: the store, when the caller opened it already (``open_blob_store``)."""
         self.settings = settings
         self.db = Database(
             settings.database_url,
@@ -44,7 +86,7 @@ class Services:
             ping_after_idle=settings.database.ping_after_idle_seconds,
             reconnect_after=settings.database.reconnect_after_seconds,
         )
-        self.blobs = FileSystemBlobStore(settings.blob_path, fsync=settings.storage.fsync)
+        self.blobs = blobs or open_blob_store(settings)
         auth = settings.auth
         self.hasher = PasswordHasher()
         self.credentials = CredentialCache(ttl_seconds=auth.credential_cache_seconds)

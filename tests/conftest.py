@@ -9,6 +9,8 @@ import pytest
 from davserver.db import Database
 from davserver.db.migrate import upgrade
 from tests.dbs import fresh_database_url
+from tests.s3 import fresh_bucket, run_s3_endpoint
+from tests.s3 import server_env as s3_server_env
 from tests.servers import InprocServer, LiveServer, run_inproc_server, run_live_server
 
 ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -72,3 +74,33 @@ def dav_dir(live_server: LiveServer) -> str:
 def inproc_dav_dir(inproc_server: InprocServer) -> str:
     """URL of a fresh, empty collection ``/files/t-<random>/`` on ``inproc_server``."""
     return inproc_server.fresh_dir()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of an S3-compatible server (moto's), one per session."""
+    with run_s3_endpoint(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint.url
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> Iterator[str]:
+    """A fresh bucket on ``s3_endpoint``, removed afterwards."""
+    with fresh_bucket(s3_endpoint) as bucket:
+        yield bucket
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def s3_live_server(
+    request: pytest.FixtureRequest, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """``live_server`` with its blobs in an S3 bucket of its own (``.s3_bucket``), as DESIGN's
+    production deployment runs: on PostgreSQL, two worker processes."""
+    tmp_dir = tmp_path_factory.mktemp(f"live-s3-{request.param}")
+    with fresh_bucket(s3_endpoint) as bucket:
+        env = s3_server_env(s3_endpoint, bucket)
+        if request.param == "postgresql":
+            env["DAVSERVER_SERVER_WORKERS"] = "2"
+        with run_live_server(request.param, tmp_dir, env) as srv:
+            srv.s3_bucket = bucket
+            yield srv

@@ -117,6 +117,7 @@ class LiveServer(DavServer):
     process: subprocess.Popen[bytes] | None = None
     stdout_path: Path = field(default_factory=Path)
     stderr_path: Path = field(default_factory=Path)
+    s3_bucket: str = ""  # where its blobs are, when in an S3 store
 
     def stderr_text(self, start: int = 0) -> str:
         """The server's stderr from byte offset ``start``."""

@@ -121,6 +121,23 @@ def test_parse_litmus() -> None:
 )
 @pytest.mark.parametrize("suite", SUITES)
 def test_litmus(suite: str, live_server: LiveServer, tmp_path: Path) -> None:
+    check_litmus(suite, live_server, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not HAVE_LITMUS and not os.environ.get("CI"),
+    reason=f"litmus is not installed at {LITMUS} (apt-get install litmus; ./dev test does that)",
+)
+@pytest.mark.parametrize("suite", ["basic", "copymove", "http"])
+def test_litmus_with_blobs_in_s3(suite: str, s3_live_server: LiveServer, tmp_path: Path) -> None:
+    """The suites that move bytes, against a server whose blobs are in an S3 store."""
+    check_litmus(suite, s3_live_server, tmp_path)
+
+
+def check_litmus(suite: str, live_server: LiveServer, tmp_path: Path) -> None:
+    """Run litmus's ``suite`` in a fresh folder of ``live_server``; fail with its FAIL and
+    WARNING lines, its output and the server's log unless every test passed."""
     if not HAVE_LITMUS:
         pytest.fail(
             f"CI is set, so litmus must run, but {LITMUS} is missing (apt-get install litmus)"

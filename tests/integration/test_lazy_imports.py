@@ -1,7 +1,8 @@
 """The server does not load what a plain request never needs: Pillow (image variants are made
-in worker processes), PyJWT (only Bearer tokens use it) and Alembic (the schema is brought up
-to date in a child process). Each costs resident memory in every server process from start to
-end. Pillow and PyJWT still load, and work, when a request does need them.
+in worker processes), PyJWT (only Bearer tokens use it), Alembic (the schema is brought up
+to date in a child process) and boto3 (only blobs in S3 need it). Each costs resident memory
+in every server process from start to end. Pillow and PyJWT still load, and work, when a
+request does need them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.conftest import ENGINES
 from tests.servers import REPO_ROOT
 
 # Top-level packages a server must not import until a request needs them.
-LAZY = {"PIL", "jwt", "cryptography", "alembic", "mako"}
+LAZY = {"PIL", "jwt", "cryptography", "alembic", "mako", "boto3", "botocore", "s3transfer"}
 
 
 @pytest.mark.parametrize("engine", ENGINES)

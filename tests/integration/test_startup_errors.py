@@ -92,6 +92,18 @@ def assert_refused(done: subprocess.CompletedProcess[str], *fragments: str) -> s
             {"DAVSERVER_DATABASE_URL": "mysql://dav:s3cret@db/dav"},
             ("only SQLite and PostgreSQL",),
         ),
+        ({"DAVSERVER_STORAGE_BACKEND": "s3"}, ("s3.bucket is not set",)),
+        ({"DAVSERVER_STORAGE_BACKEND": "ftp"}, ("storage.backend", "filesystem, s3")),
+        (
+            {
+                "DAVSERVER_STORAGE_BACKEND": "s3",
+                "DAVSERVER_S3_BUCKET": "photos",
+                "DAVSERVER_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+                "DAVSERVER_S3_ACCESS_KEY_ID": "dav",
+                "DAVSERVER_S3_SECRET_ACCESS_KEY": "s3cret",
+            },
+            ("s3.bucket: cannot use s3://photos/ at http://127.0.0.1:9", "not answering"),
+        ),
     ],
     ids=lambda value: "-".join(value) if isinstance(value, dict) else None,
 )

@@ -309,8 +309,12 @@ def test_a_yaml_boolean_is_not_a_number(tmp_path: Path) -> None:
         load_settings(write_yaml(tmp_path / "c.yaml", "server:\n  threads: yes\n"), env={})
 
 
-def test_the_log_level_is_one_of_four_in_any_case() -> None:
-    assert load_settings(None, env={"DAVSERVER_LOGGING_LEVEL": "debug"}).logging.level == "debug"
+def test_a_choice_is_taken_in_any_case_and_kept_as_listed() -> None:
+    assert load_settings(None, env={"DAVSERVER_LOGGING_LEVEL": "debug"}).logging.level == "DEBUG"
+    settings = load_settings(
+        None, env={"DAVSERVER_STORAGE_BACKEND": "S3", "DAVSERVER_S3_BUCKET": "b"}
+    )
+    assert settings.storage.backend == "s3"
     with pytest.raises(ConfigError, match=r"logging\.level: expected one of DEBUG, INFO"):
         load_settings(None, env={"DAVSERVER_LOGGING_LEVEL": "verbose"})
 

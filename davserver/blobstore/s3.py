@@ -1,0 +1,384 @@
+"""Blobs in an S3-compatible object store (AWS S3, MinIO, SeaweedFS, Ceph RGW), keyed by hash.
+
+Keys are the file-system store's (``<prefix>ab/abcd…``), so one ``is_storage_key`` rule serves
+gc for both. An upload waits in a local temp folder while it is hashed, since its SHA-256 names
+the object, then goes up in one PUT with its Content-MD5 (the store checks the bytes it got), or
+as a multipart upload when it is large. The temp file stays as the write's spare until
+``release`` (see ``davserver.blobstore.base``). Bytes already stored are not sent again.
+
+An object store has no rename: gc sets a blob aside by copying it to ``<prefix>aside/<token>``
+on the server and deleting the key; restore copies it back. Set-aside objects are listed with
+the temp files, so gc's sweep of old temp files also removes those a crashed gc left.
+
+Errors: a missing object is FileNotFoundError; an unreachable store, or one answering 5xx or
+"slow down" after boto3's retries, is Unavailable (503 with Retry-After); a full one is
+StorageFull (507); any other refusal (credentials, a missing bucket) is an OSError naming the
+operation and the store's error code.
+
+boto3 is imported only when this store is configured (the ``s3`` extra). A client is made per
+process: ``davserver serve`` forks its workers after building the store, and a connection pool
+must not be shared across a fork.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import secrets
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from davserver.blobstore.base import BlobFile, StoredBlob
+from davserver.blobstore.filesystem import storage_key_for
+from davserver.blobstore.staging import StagedUpload, full_is_storage_full, temp_files, temp_path
+from davserver.errors import ChecksumMismatch, StorageFull, Unavailable
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+ASIDE = "aside/"
+_ASIDE_TOKEN = "gc-"
+# Larger uploads go up in parts of this size, several at once; smaller ones in one PUT.
+MULTIPART_BYTES = 64 * 1024 * 1024
+_PART_UPLOADS = 4
+# How much a reader asks for at a time when it has to start a ranged GET.
+_READ_BUFFER = 1024 * 1024
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+_FULL = frozenset({"XMinioStorageFull", "QuotaExceeded", "EntityTooLarge", "507"})
+_BUSY = frozenset({"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "503"})
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where the blobs live and how to reach them; empty values take boto3's defaults (its
+    credential chain: AWS_* variables, ~/.aws, an instance role)."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str = ""
+    region: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    addressing_style: str = "auto"
+    connections: int = 10
+
+    def describe(self) -> str:
+        where = self.endpoint_url or "AWS"
+        return f"s3://{self.bucket}/{self.prefix} at {where}"
+
+
+def make_client(location: S3Location) -> S3Client:
+    """A boto3 S3 client for ``location``: retries with backoff, and checksums only where
+    the protocol requires them (newer boto3 adds CRC32 trailers that some S3-compatible
+    stores refuse; Content-MD5 guards the bytes here)."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise OSError("storage.backend s3 needs boto3: pip install 'davserver[s3]'") from None
+    config = Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        max_pool_connections=location.connections,
+        s3={"addressing_style": location.addressing_style},  # type: ignore[arg-type]
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=location.endpoint_url or None,
+        region_name=location.region or None,
+        aws_access_key_id=location.access_key_id or None,
+        aws_secret_access_key=location.secret_access_key or None,
+        config=config,
+    )
+
+
+@contextlib.contextmanager
+def _s3_errors(operation: str, key: str) -> Iterator[None]:
+    """The store's answers as the exceptions the blob store interface promises."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        message = f"S3 {operation} {key}: {code or status} {error.get('Message', '')}".strip()
+        if code in _NOT_FOUND or (status == "404" and code != "NoSuchBucket"):
+            raise FileNotFoundError(message) from None
+        if code in _FULL or status == "507":
+            raise StorageFull("the server's storage is full") from exc
+        if code in _BUSY or status.startswith("5"):
+            raise Unavailable(f"the blob store is not answering ({message})") from exc
+        raise OSError(message) from exc
+    except BotoCoreError as exc:  # no connection, a timeout, an unreadable answer
+        raise Unavailable(f"the blob store is not answering (S3 {operation}: {exc})") from exc
+
+
+class S3BlobStore:
+    def __init__(self, location: S3Location, staging: str | os.PathLike[str]) -> None:
+        self.location = location
+        self.bucket = location.bucket
+        self.prefix = location.prefix
+        self.tmp_dir = Path(staging)  # made by the first write
+        self._client_lock = threading.Lock()
+        self._client_pid = -1
+        self._s3: S3Client | None = None
+
+    @property
+    def client(self) -> S3Client:
+        """This process's client (made on first use, and again in a forked child)."""
+        if self._s3 is None or self._client_pid != os.getpid():
+            with self._client_lock:
+                if self._s3 is None or self._client_pid != os.getpid():
+                    self._s3 = make_client(self.location)
+                    self._client_pid = os.getpid()
+        return self._s3
+
+    def check(self) -> None:
+        """Raise (OSError or Unavailable) unless the bucket answers to these credentials."""
+        with _s3_errors("HeadBucket", self.bucket):
+            self.client.head_bucket(Bucket=self.bucket)
+
+    def _key(self, storage_key: str) -> str:
+        if ".." in storage_key.split("/") or storage_key.startswith("/"):
+            raise ValueError(f"bad storage key {storage_key!r}")
+        return self.prefix + storage_key
+
+    # -- the BlobStore interface
+
+    @full_is_storage_full
+    def writer(self) -> _S3BlobWriter:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return _S3BlobWriter(self)
+
+    def open(self, storage_key: str) -> BinaryIO:
+        return io.BufferedReader(_ObjectReader(self, self._key(storage_key)), _READ_BUFFER)
+
+    def exists(self, storage_key: str) -> bool:
+        return self._size(self._key(storage_key)) is not None
+
+    def delete(self, storage_key: str) -> None:
+        key = self._key(storage_key)
+        with _s3_errors("DeleteObject", key):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def ensure_stored(self, blob: StoredBlob) -> None:
+        key = self._key(blob.storage_key)
+        if self._size(key) is not None:
+            return
+        if blob.spare is None:
+            raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
+        self._upload(temp_path(self.tmp_dir, blob.spare), key, blob.md5, blob.size)
+
+    def release(self, blob: StoredBlob) -> None:
+        if blob.spare is not None:
+            temp_path(self.tmp_dir, blob.spare).unlink(missing_ok=True)
+
+    # -- what gc and fsck need
+
+    def iter_files(self) -> Iterator[BlobFile]:
+        """Objects under the prefix in key order (S3 lists that way), set-aside ones excepted."""
+        for found in self._list(self.prefix):
+            if not found.key.startswith(ASIDE):
+                yield found
+
+    def iter_temp_files(self) -> Iterator[BlobFile]:
+        """Local uploads in progress or left by a crash, then blobs gc set aside."""
+        if self.tmp_dir.is_dir():
+            yield from temp_files(self.tmp_dir)
+        for found in self._list(self.prefix + ASIDE):
+            yield BlobFile(found.key.removeprefix(ASIDE), found.size, found.mtime)
+
+    def remove_temp(self, name: str) -> None:
+        if name.startswith(_ASIDE_TOKEN):
+            self.discard(name)
+        else:
+            temp_path(self.tmp_dir, name).unlink(missing_ok=True)
+
+    def set_aside(self, storage_key: str) -> str | None:
+        token = f"{_ASIDE_TOKEN}{secrets.token_hex(8)}"
+        try:
+            self._move(self._key(storage_key), self._aside_key(token))
+        except FileNotFoundError:
+            return None
+        return token
+
+    def restore(self, token: str, storage_key: str) -> None:
+        self._move(self._aside_key(token), self._key(storage_key))
+
+    def discard(self, token: str) -> int:
+        key = self._aside_key(token)
+        size = self._size(key)
+        if size is None:
+            return 0
+        with _s3_errors("DeleteObject", key):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return size
+
+    # -- S3 calls
+
+    def _aside_key(self, token: str) -> str:
+        if not token.startswith(_ASIDE_TOKEN) or "/" in token:
+            raise ValueError(f"bad set-aside token {token!r}")
+        return self.prefix + ASIDE + token
+
+    def _size(self, key: str) -> int | None:
+        """The object's size, or None when there is none."""
+        try:
+            with _s3_errors("HeadObject", key):
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        return int(head["ContentLength"])
+
+    def _upload(self, path: Path, key: str, md5: str, size: int) -> None:
+        with _s3_errors("PutObject", key):
+            if size < MULTIPART_BYTES:
+                digest = base64.b64encode(bytes.fromhex(md5)).decode("ascii")
+                with open(path, "rb") as body:
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=body, ContentMD5=digest
+                    )
+            else:
+                from boto3.s3.transfer import TransferConfig
+
+                parts = TransferConfig(
+                    multipart_threshold=MULTIPART_BYTES,
+                    multipart_chunksize=MULTIPART_BYTES,
+                    max_concurrency=_PART_UPLOADS,
+                )
+                self.client.upload_file(str(path), self.bucket, key, Config=parts)
+
+    def _move(self, source: str, target: str) -> None:
+        """Copy on the server (in parts when large), then delete the source."""
+        with _s3_errors("CopyObject", source):
+            self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target)
+        with _s3_errors("DeleteObject", source):
+            self.client.delete_object(Bucket=self.bucket, Key=source)
+
+    def _list(self, prefix: str) -> Iterator[BlobFile]:
+        pages = self.client.get_paginator("list_objects_v2")
+        with _s3_errors("ListObjectsV2", prefix):
+            for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield BlobFile(
+                        item["Key"][len(self.prefix) :],
+                        int(item["Size"]),
+                        item["LastModified"].timestamp(),
+                    )
+
+
+class _S3BlobWriter:
+    def __init__(self, store: S3BlobStore) -> None:
+        self._store = store
+        self._staged = StagedUpload(store.tmp_dir)
+        self._done = False
+
+    @property
+    def bytes_written(self) -> int:
+        return self._staged.bytes_written
+
+    @full_is_storage_full
+    def write(self, data: bytes) -> int:
+        return self._staged.write(data)
+
+    def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
+        try:
+            sha256, md5, sha1 = self._staged.verified(expect)
+        except ChecksumMismatch:
+            self._done = True
+            raise
+        try:
+            self._staged.file.close()
+            key = storage_key_for(sha256)
+            size = self.bytes_written
+            # No bytes: kept as the spare only, as the file-system store does (a new empty
+            # file has no version; ensure_stored places them once a row references them).
+            if size > 0 and not self._store.exists(key):
+                self._store._upload(self._staged.path, self._store._key(key), md5, size)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return StoredBlob(
+            sha256, md5, sha1, size, key, self._staged.crc32, spare=self._staged.path.name
+        )
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._staged.discard()
+
+
+class _ObjectReader(io.RawIOBase):
+    """A seekable reader of one object: sequential reads share one streamed GET from the
+    position; a seek ends it and the next read starts another at the new position."""
+
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        super().__init__()
+        self._store = store
+        self._key = key
+        size = store._size(key)
+        if size is None:
+            raise FileNotFoundError(f"blob {key} is missing from the S3 store")
+        self._length = size
+        self._position = 0
+        self._body: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        position = base + offset
+        if position < 0:
+            raise ValueError(f"negative seek position {position}")
+        if position != self._position:
+            self._drop_body()
+            self._position = position
+        return position
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._length - self._position)
+        if wanted <= 0:
+            return 0
+        if self._body is None:
+            with _s3_errors("GetObject", self._key):
+                answer = self._store.client.get_object(
+                    Bucket=self._store.bucket,
+                    Key=self._key,
+                    Range=f"bytes={self._position}-{self._length - 1}",
+                )
+            self._body = answer["Body"]
+        with _s3_errors("GetObject", self._key):
+            data = self._body.read(wanted)
+        if not data:
+            raise OSError(f"S3 GetObject {self._key}: the object ended early")
+        memoryview(buffer)[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()

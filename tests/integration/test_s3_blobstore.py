@@ -1,0 +1,246 @@
+"""The S3 blob store against a real S3 endpoint over HTTP, and the blob store contract that the
+file-system store and it both keep (what the services and gc rely on)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from davserver.blobstore import FileSystemBlobStore, MaintainableBlobStore, StoredBlob
+from davserver.blobstore import s3 as s3_module
+from davserver.blobstore.s3 import S3BlobStore, make_client
+from davserver.config import ConfigError, load_settings
+from davserver.context import open_blob_store
+from davserver.errors import ChecksumMismatch, Unavailable
+from tests.s3 import location, server_env
+
+
+def _write(store: MaintainableBlobStore, data: bytes, **expect: str) -> StoredBlob:
+    writer = store.writer()
+    for start in range(0, len(data), 64 * 1024):
+        writer.write(data[start : start + 64 * 1024])
+    return writer.finish(expect or None)
+
+
+def _keys(store: MaintainableBlobStore) -> list[str]:
+    return [f.key for f in store.iter_files()]
+
+
+@pytest.fixture
+def s3_store(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> S3BlobStore:
+    return S3BlobStore(location(s3_endpoint, s3_bucket, "blobs/"), tmp_path / "staging")
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MaintainableBlobStore]:
+    if request.param == "filesystem":
+        yield FileSystemBlobStore(tmp_path / "blobs", fsync=False)
+    else:
+        yield request.getfixturevalue("s3_store")
+
+
+# --- the contract, on both stores -----------------------------------------------------------
+
+
+def test_bytes_are_stored_under_their_sha256_once(store: MaintainableBlobStore) -> None:
+    first, second = _write(store, b"twice"), _write(store, b"twice")
+    assert first.sha256 == hashlib.sha256(b"twice").hexdigest()
+    assert first.md5 == hashlib.md5(b"twice").hexdigest()
+    assert first.sha1 == hashlib.sha1(b"twice").hexdigest()
+    assert first.storage_key == second.storage_key == f"{first.sha256[:2]}/{first.sha256}"
+    assert _keys(store) == [first.storage_key]
+    with store.open(first.storage_key) as fh:
+        assert fh.read() == b"twice"
+    # Each write keeps its spare until released; then no temp file is left.
+    assert len(list(store.iter_temp_files())) == 2
+    store.release(first)
+    store.release(second)
+    assert list(store.iter_temp_files()) == []
+
+
+def test_a_reader_seeks_like_a_file(store: MaintainableBlobStore) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    blob = _write(store, data)
+    with store.open(blob.storage_key) as fh:
+        assert fh.seek(0, io.SEEK_END) == len(data)
+        fh.seek(1_000_000)
+        assert fh.read(10) == data[1_000_000:1_000_010]
+        assert fh.read(5) == data[1_000_010:1_000_015]  # goes on where it stopped
+        fh.seek(-7, io.SEEK_END)
+        assert fh.read() == data[-7:]
+        assert fh.read() == b""
+        fh.seek(0)
+        assert hashlib.sha256(fh.read()).hexdigest() == blob.sha256
+
+
+def test_a_missing_blob_is_file_not_found(store: MaintainableBlobStore) -> None:
+    key = f"ab/ab{'0' * 62}"
+    assert not store.exists(key)
+    with pytest.raises(FileNotFoundError):
+        store.open(key)
+
+
+def test_a_wrong_announced_digest_stores_nothing(store: MaintainableBlobStore) -> None:
+    with pytest.raises(ChecksumMismatch):
+        _write(store, b"body", md5="0" * 32)
+    assert _keys(store) == []
+    assert list(store.iter_temp_files()) == []
+
+
+def test_an_aborted_write_leaves_nothing(store: MaintainableBlobStore) -> None:
+    writer = store.writer()
+    writer.write(b"half of it")
+    writer.abort()
+    assert _keys(store) == []
+    assert list(store.iter_temp_files()) == []
+
+
+def test_empty_bytes_are_placed_only_once_referenced(store: MaintainableBlobStore) -> None:
+    blob = _write(store, b"")
+    assert _keys(store) == []
+    store.ensure_stored(blob)
+    assert _keys(store) == [blob.storage_key]
+    store.release(blob)
+    with store.open(blob.storage_key) as fh:
+        assert fh.read() == b""
+
+
+def test_bytes_removed_before_the_commit_are_put_back_from_the_spare(
+    store: MaintainableBlobStore,
+) -> None:
+    blob = _write(store, b"needed")
+    store.delete(blob.storage_key)
+    store.ensure_stored(blob)
+    store.release(blob)
+    with store.open(blob.storage_key) as fh:
+        assert fh.read() == b"needed"
+    store.delete(blob.storage_key)
+    with pytest.raises(FileNotFoundError):
+        store.ensure_stored(blob)
+
+
+def test_gc_sets_aside_restores_and_discards(store: MaintainableBlobStore) -> None:
+    kept, dropped = _write(store, b"kept"), _write(store, b"dropped!")
+    store.release(kept)
+    store.release(dropped)
+    token_kept = store.set_aside(kept.storage_key)
+    token_dropped = store.set_aside(dropped.storage_key)
+    assert token_kept and token_dropped
+    assert _keys(store) == []
+    # Set-aside bytes count as temp files: the sweep of old ones removes what a crash left.
+    assert len(list(store.iter_temp_files())) == 2
+    store.restore(token_kept, kept.storage_key)
+    assert store.discard(token_dropped) == len(b"dropped!")
+    assert store.discard(token_dropped) == 0
+    assert _keys(store) == [kept.storage_key]
+    assert list(store.iter_temp_files()) == []
+    assert store.set_aside(dropped.storage_key) is None
+
+
+def test_old_temp_files_can_be_removed_by_name(store: MaintainableBlobStore) -> None:
+    blob = _write(store, b"left behind")
+    token = store.set_aside(blob.storage_key)
+    assert token is not None
+    for found in list(store.iter_temp_files()):
+        store.remove_temp(found.key)
+    assert list(store.iter_temp_files()) == []
+
+
+def test_keys_are_listed_in_order(store: MaintainableBlobStore) -> None:
+    blobs = [_write(store, b"blob %d" % n) for n in range(12)]
+    assert _keys(store) == sorted(b.storage_key for b in blobs)
+
+
+# --- S3 only --------------------------------------------------------------------------------
+
+
+def test_large_uploads_go_up_in_parts(
+    s3_store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "MULTIPART_BYTES", 5 * 1024 * 1024)  # S3's smallest part
+    data = os.urandom(11 * 1024 * 1024 + 5)
+    blob = _write(s3_store, data)
+    s3_store.release(blob)
+    head = s3_store.client.head_object(Bucket=s3_store.bucket, Key="blobs/" + blob.storage_key)
+    assert head["ETag"].strip('"').endswith("-3")  # a multipart object of three parts
+    with s3_store.open(blob.storage_key) as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == blob.sha256
+
+
+def test_each_store_sees_only_its_prefix(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+    one = S3BlobStore(location(s3_endpoint, s3_bucket, "one/"), tmp_path / "one")
+    two = S3BlobStore(location(s3_endpoint, s3_bucket, "two/"), tmp_path / "two")
+    blob = _write(one, b"only in one")
+    one.release(blob)
+    assert _keys(one) == [blob.storage_key]
+    assert _keys(two) == []
+    assert not two.exists(blob.storage_key)
+
+
+def test_an_unreachable_store_is_unavailable(tmp_path: Path) -> None:
+    store = S3BlobStore(location("http://127.0.0.1:9", "bucket"), tmp_path / "staging")
+    with pytest.raises(Unavailable, match="not answering"):
+        store.check()
+    blob = StoredBlob("0" * 64, "", "", 0, "00/" + "0" * 64)
+    with pytest.raises(Unavailable):
+        store.exists(blob.storage_key)
+
+
+def test_an_upload_that_cannot_be_stored_leaves_no_temp_file(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    store = S3BlobStore(location(s3_endpoint, "no-such-bucket-here"), tmp_path / "staging")
+    writer = store.writer()
+    writer.write(b"nowhere to go")
+    with pytest.raises(OSError, match="NoSuchBucket") as raised:
+        writer.finish()
+    assert not isinstance(raised.value, FileNotFoundError)
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_forked_child_makes_its_own_client(s3_store: S3BlobStore) -> None:
+    """``davserver serve`` builds the store, then forks its workers: a child must not use
+    the parent's connection pool."""
+    parent = s3_store.client
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether it got a client of its own, and that it works
+        try:
+            ok = s3_store.client is not parent and s3_store.exists("00/" + "0" * 64) is False
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert s3_store.client is parent
+
+
+def test_settings_pick_the_store_and_check_the_bucket(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    env = {**server_env(s3_endpoint, s3_bucket), "DAVSERVER_S3_PREFIX": "/site-a"}
+    settings = load_settings(None, env=env, data_dir=str(tmp_path))
+    store = open_blob_store(settings)
+    assert isinstance(store, S3BlobStore)
+    assert store.prefix == "site-a/"
+    assert store.tmp_dir == tmp_path.resolve() / "blobs" / "tmp"
+    missing = {**env, "DAVSERVER_S3_BUCKET": "not-there"}
+    with pytest.raises(ConfigError, match=r"s3\.bucket: cannot use s3://not-there/site-a/"):
+        open_blob_store(load_settings(None, env=missing, data_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"s3\.bucket is not set"):
+        load_settings(None, env={"DAVSERVER_STORAGE_BACKEND": "S3"}, data_dir=str(tmp_path))
+
+
+def test_the_client_sends_no_checksum_trailers(s3_endpoint: str) -> None:
+    """Newer boto3 adds CRC32 checksums to every upload unless told otherwise; several
+    S3-compatible stores refuse them. Content-MD5 guards the bytes instead."""
+    config = make_client(location(s3_endpoint, "any")).meta.config
+    assert config.request_checksum_calculation == "when_required"

@@ -1,0 +1,181 @@
+"""A running server with its blobs in an S3 store, end to end over HTTP: DESIGN's production
+deployment (on PostgreSQL with two worker processes) and the embedded database beside S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from davserver.blobstore.s3 import make_client
+from tests.images import jpeg
+from tests.s3 import location, run_s3_endpoint, server_env
+from tests.servers import LiveServer, basic_auth_header, run_live_server
+from tests.webdav import DS, User, url_path
+
+
+def objects(endpoint: str, bucket: str) -> dict[str, int]:
+    """Every object in the bucket: key -> size."""
+    client = make_client(location(endpoint, bucket))
+    found: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            found[item["Key"]] = int(item["Size"])
+    return found
+
+
+def key_of(data: bytes) -> str:
+    sha256 = hashlib.sha256(data).hexdigest()
+    return f"{sha256[:2]}/{sha256}"
+
+
+def staged_files(srv: LiveServer) -> list[str]:
+    """Uploads waiting in the local staging folder."""
+    return sorted(p.name for p in (srv.data_dir / "blobs" / "tmp").iterdir())
+
+
+def folder_path(srv: LiveServer, prefix: str) -> str:
+    """A fresh folder's decoded path below /files/ (for ``User`` requests)."""
+    return srv.fresh_dir(prefix).removeprefix(srv.url)
+
+
+def test_bytes_go_to_the_bucket_once_and_come_back_whole(
+    s3_live_server: LiveServer, s3_endpoint: str
+) -> None:
+    srv = s3_live_server
+    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+    folder = folder_path(srv, "s3")
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    assert user.put(f"{folder}big.bin", data) == 201
+    assert objects(s3_endpoint, srv.s3_bucket)[key_of(data)] == len(data)
+
+    assert user.get(f"{folder}big.bin") == data
+    ranged = user("GET", f"{folder}big.bin", headers={"Range": "bytes=1000000-1000999"})
+    assert ranged.status == 206 and ranged.body == data[1_000_000:1_001_000]
+    tail = user("GET", f"{folder}big.bin", headers={"Range": "bytes=-10"})
+    assert tail.status == 206 and tail.body == data[-10:]
+    head = user("HEAD", f"{folder}big.bin")
+    assert head.status == 200 and int(head.headers["Content-Length"]) == len(data)
+
+    # The same bytes again, and a copy of the folder: no new object.
+    before = objects(s3_endpoint, srv.s3_bucket)
+    assert user.put(f"{folder}again.bin", data) == 201
+    copy = user("COPY", folder, None, user.destination(folder.rstrip("/") + "-copy/"))
+    assert copy.status == 201
+    assert objects(s3_endpoint, srv.s3_bucket) == before
+    assert user.get(folder.rstrip("/") + "-copy/big.bin") == data
+    assert staged_files(srv) == []
+
+
+def test_older_versions_are_read_from_the_bucket(s3_live_server: LiveServer) -> None:
+    srv = s3_live_server
+    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+    folder = folder_path(srv, "s3v")
+    first, second = os.urandom(100_000), os.urandom(50_000)
+    assert user.put(f"{folder}doc.bin", first) == 201
+    assert user.put(f"{folder}doc.bin", second) == 204
+    assert user.get(f"{folder}doc.bin") == second
+    assert user.get(f"{folder}doc.bin?version=1") == first
+
+
+def test_a_cut_off_upload_leaves_nothing_behind(
+    s3_live_server: LiveServer, s3_endpoint: str
+) -> None:
+    srv = s3_live_server
+    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+    folder = folder_path(srv, "s3cut")
+    assert user.put(f"{folder}keep.bin", b"the version that stays") == 201
+    before = objects(s3_endpoint, srv.s3_bucket)
+    head = (
+        f"PUT {url_path(folder)}keep.bin HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {basic_auth_header(srv.user, srv.password)}\r\n"
+        "Content-Length: 1000000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(head.encode() + os.urandom(300_000))  # then the connection drops
+    deadline = time.monotonic() + 10
+    while staged_files(srv) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert staged_files(srv) == []
+    assert objects(s3_endpoint, srv.s3_bucket) == before
+    assert user.get(f"{folder}keep.bin") == b"the version that stays"
+
+
+def test_thumbnails_are_made_from_blobs_in_the_bucket(s3_live_server: LiveServer) -> None:
+    srv = s3_live_server
+    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+    folder = folder_path(srv, "s3img")
+    assert user.put(f"{folder}photo.jpg", jpeg(640, 480)) == 201
+    thumb = user("GET", f"{folder}photo.jpg?thumbnail=64")
+    assert thumb.status == 200, thumb.body[:300]
+    assert thumb.headers["Content-Type"].startswith("image/")
+    assert 0 < len(thumb.body) < 20_000
+
+
+def test_gc_removes_purged_bytes_from_the_bucket_and_fsck_finds_it_whole(
+    s3_live_server: LiveServer, s3_endpoint: str
+) -> None:
+    srv = s3_live_server
+    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+    folder = folder_path(srv, "s3gc")
+    data = os.urandom(20_000)
+    assert user.put(f"{folder}gone.bin", data) == 201
+    assert user("DELETE", f"{folder}gone.bin").status == 204
+    trashed = [
+        path
+        for path, props in user.propfind("/trash/").items()
+        if props.get(DS + "original-path") == f"{folder}gone.bin"
+    ]
+    assert len(trashed) == 1, trashed
+    assert user("DELETE", trashed[0]).status == 204
+    assert key_of(data) in objects(s3_endpoint, srv.s3_bucket)
+
+    gc = davserver_cli(srv, s3_endpoint, "gc", "--grace", "0", "--json")
+    assert gc["blobs_removed"] >= 1, gc
+    assert key_of(data) not in objects(s3_endpoint, srv.s3_bucket)
+    fsck = davserver_cli(srv, s3_endpoint, "fsck", "--json")
+    assert fsck["ok"] and fsck["blobs_checked"] >= 3 and fsck["files_scanned"] >= 3, fsck
+
+
+def davserver_cli(srv: LiveServer, endpoint: str, *argv: str) -> dict[str, object]:
+    """Run a ``davserver`` command on the server's database and bucket; its JSON output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
+    env.update(
+        server_env(endpoint, srv.s3_bucket),
+        DAVSERVER_DATABASE_URL=srv.db_url,
+        DAVSERVER_DATA_DIR=str(srv.data_dir),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "davserver", "--config", os.devnull, *argv, "--quiet"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_a_store_that_stops_answering_is_503_and_loses_nothing(tmp_path: Path) -> None:
+    with run_s3_endpoint(tmp_path) as endpoint:  # its own: this test stops it
+        make_client(location(endpoint.url, "photos")).create_bucket(Bucket="photos")
+        env = server_env(endpoint.url, "photos")
+        with run_live_server("sqlite", tmp_path, env) as srv:
+            user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+            assert user.put("/files/kept.txt", b"stored while the store answered") == 201
+            endpoint.stop()
+
+            put = user("PUT", "/files/kept.txt", b"a version the store never got")
+            assert put.status == 503, put.body[:300]
+            assert "Retry-After" in put.headers
+            get = user("GET", "/files/kept.txt")
+            assert get.status == 503, get.body[:300]
+            assert user("PROPFIND", "/files/", headers={"Depth": "1"}).status == 207
+            assert len(user.members("/versions/files/kept.txt/")) == 1
+            assert staged_files(srv) == []
