@@ -4,12 +4,15 @@ deployment (on PostgreSQL with two worker processes) and the embedded database b
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
+import zipfile
 from pathlib import Path
 
 from davserver.blobstore.s3 import make_client
@@ -115,6 +118,30 @@ def test_thumbnails_are_made_from_blobs_in_the_bucket(s3_live_server: LiveServer
     assert thumb.status == 200, thumb.body[:300]
     assert thumb.headers["Content-Type"].startswith("image/")
     assert 0 < len(thumb.body) < 20_000
+
+
+def test_a_package_zips_versions_read_from_the_bucket(s3_live_server: LiveServer) -> None:
+    srv = s3_live_server
+    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+    folder = folder_path(srv, "s3zip")
+    contents = {"a.bin": os.urandom(300_000), "b.txt": b"small"}
+    for name, data in contents.items():
+        assert user.put(f"{folder}{name}", data) == 201
+    package = f"s3zip-{uuid.uuid4().hex[:8]}"
+    assert user("MKCOL", f"/packages/{package}/").status == 201
+    for name in contents:
+        copy = user(
+            "COPY", f"{folder}{name}", None, user.destination(f"/packages/{package}/{name}")
+        )
+        assert copy.status == 201
+    whole = user("GET", f"/packages/{package}.zip")
+    assert whole.status == 200
+    archive = zipfile.ZipFile(io.BytesIO(whole.body))
+    assert archive.testzip() is None
+    for name, data in contents.items():
+        assert archive.read(name) == data
+    part = user("GET", f"/packages/{package}.zip", headers={"Range": "bytes=100-200099"})
+    assert part.status == 206 and part.body == whole.body[100:200100]
 
 
 def test_gc_removes_purged_bytes_from_the_bucket_and_fsck_finds_it_whole(
