@@ -14,6 +14,7 @@ Blob rows and blob files are kept consistent against ``davserver gc`` by one rul
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -123,3 +124,37 @@ class MaintainableBlobStore(BlobStore, Protocol):
     def discard(self, token: str) -> int:
         """Delete a set-aside blob for good; returns the bytes freed."""
         ...
+
+
+class SeekableReader(io.RawIOBase):
+    """A raw reader of ``size()`` bytes that keeps its own position: subclasses implement
+    ``readinto`` from ``_position``, and ``_moved`` when a seek must drop what they hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._position = 0
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size()}[whence]
+        target = base + offset
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
+        if target != self._position:
+            self._moved()
+            self._position = target
+        return target
+
+    def _moved(self) -> None:
+        """The position is about to change other than by reading."""

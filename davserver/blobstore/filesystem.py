@@ -30,12 +30,12 @@ from davserver.blobstore.base import BlobFile, StoredBlob
 from davserver.blobstore.hashing import is_sha256
 from davserver.blobstore.staging import (
     StagedUpload,
+    StagedWriter,
     full_is_storage_full,
     regular_file,
     temp_files,
     temp_path,
 )
-from davserver.errors import ChecksumMismatch
 
 _WRITEBACK_EVERY = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
@@ -212,23 +212,16 @@ class FileSystemBlobStore:
         return temp_path(self.tmp_dir, name)
 
 
-class _FileBlobWriter:
+class _FileBlobWriter(StagedWriter):
     def __init__(self, store: FileSystemBlobStore) -> None:
-        self._store = store
         writeback = store.fsync and _start_writeback is not None
-        self._staged = StagedUpload(store.tmp_dir, on_written=self._written if writeback else None)
+        super().__init__(
+            StagedUpload(store.tmp_dir, on_written=self._written if writeback else None)
+        )
+        self._store = store
         self._path = self._staged.path
         self._file = self._staged.file
         self._flushed = 0
-        self._done = False
-
-    @property
-    def bytes_written(self) -> int:
-        return self._staged.bytes_written
-
-    @full_is_storage_full
-    def write(self, data: bytes) -> int:
-        return self._staged.write(data)
 
     def _written(self, fd: int, bytes_written: int) -> None:
         """Start writing back what arrived since the last start, every few MiB."""
@@ -239,11 +232,7 @@ class _FileBlobWriter:
 
     @full_is_storage_full
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
-        try:
-            sha256, md5, sha1 = self._staged.verified(expect)
-        except ChecksumMismatch:
-            self._done = True
-            raise
+        sha256, md5, sha1 = self._digests(expect)
         key, stored = self._store.locate(sha256)
         if self.bytes_written == 0 and not stored:
             spare: str | None = self._keep_empty()
@@ -294,12 +283,6 @@ class _FileBlobWriter:
             raise
         self._done = True
         return spare
-
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._staged.discard()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -33,10 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from davserver.blobstore.base import BlobFile, StoredBlob
+from davserver.blobstore.base import BlobFile, SeekableReader, StoredBlob
 from davserver.blobstore.filesystem import storage_key_for
-from davserver.blobstore.staging import StagedUpload, full_is_storage_full, temp_files, temp_path
-from davserver.errors import ChecksumMismatch, StorageFull, Unavailable
+from davserver.blobstore.staging import (
+    StagedUpload,
+    StagedWriter,
+    full_is_storage_full,
+    temp_files,
+    temp_path,
+)
+from davserver.errors import StorageFull, Unavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -177,7 +183,7 @@ class S3BlobStore:
             return
         if blob.spare is None:
             raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
-        self._upload(temp_path(self.tmp_dir, blob.spare), key, blob.md5, blob.size)
+        self.put_file(temp_path(self.tmp_dir, blob.spare), blob.storage_key, blob.md5, blob.size)
 
     def release(self, blob: StoredBlob) -> None:
         if blob.spare is not None:
@@ -240,7 +246,9 @@ class S3BlobStore:
             return None
         return int(head["ContentLength"])
 
-    def _upload(self, path: Path, key: str, md5: str, size: int) -> None:
+    def put_file(self, path: Path, storage_key: str, md5: str, size: int) -> None:
+        """Send the local file ``path`` (``size`` bytes, this MD5) up as ``storage_key``."""
+        key = self._key(storage_key)
         with _s3_errors("PutObject", key):
             if size < MULTIPART_BYTES:
                 digest = base64.b64encode(bytes.fromhex(md5)).decode("ascii")
@@ -277,26 +285,13 @@ class S3BlobStore:
                     )
 
 
-class _S3BlobWriter:
+class _S3BlobWriter(StagedWriter):
     def __init__(self, store: S3BlobStore) -> None:
+        super().__init__(StagedUpload(store.tmp_dir))
         self._store = store
-        self._staged = StagedUpload(store.tmp_dir)
-        self._done = False
-
-    @property
-    def bytes_written(self) -> int:
-        return self._staged.bytes_written
-
-    @full_is_storage_full
-    def write(self, data: bytes) -> int:
-        return self._staged.write(data)
 
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
-        try:
-            sha256, md5, sha1 = self._staged.verified(expect)
-        except ChecksumMismatch:
-            self._done = True
-            raise
+        sha256, md5, sha1 = self._digests(expect)
         try:
             self._staged.file.close()
             key = storage_key_for(sha256)
@@ -304,7 +299,7 @@ class _S3BlobWriter:
             # No bytes: kept as the spare only, as the file-system store does (a new empty
             # file has no version; ensure_stored places them once a row references them).
             if size > 0 and not self._store.exists(key):
-                self._store._upload(self._staged.path, self._store._key(key), md5, size)
+                self._store.put_file(self._staged.path, key, md5, size)
         except BaseException:
             self.abort()
             raise
@@ -313,14 +308,8 @@ class _S3BlobWriter:
             sha256, md5, sha1, size, key, self._staged.crc32, spare=self._staged.path.name
         )
 
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._staged.discard()
 
-
-class _ObjectReader(io.RawIOBase):
+class _ObjectReader(SeekableReader):
     """A seekable reader of one object: sequential reads share one streamed GET from the
     position; a seek ends it and the next read starts another at the new position."""
 
@@ -332,27 +321,10 @@ class _ObjectReader(io.RawIOBase):
         if size is None:
             raise FileNotFoundError(f"blob {key} is missing from the S3 store")
         self._length = size
-        self._position = 0
         self._body: Any = None
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
-        position = base + offset
-        if position < 0:
-            raise ValueError(f"negative seek position {position}")
-        if position != self._position:
-            self._drop_body()
-            self._position = position
-        return position
+    def size(self) -> int:
+        return self._length
 
     def readinto(self, buffer: Any) -> int:
         wanted = min(len(buffer), self._length - self._position)
@@ -374,11 +346,11 @@ class _ObjectReader(io.RawIOBase):
         self._position += len(data)
         return len(data)
 
-    def _drop_body(self) -> None:
+    def _moved(self) -> None:
         if self._body is not None:
             self._body.close()
             self._body = None
 
     def close(self) -> None:
-        self._drop_body()
+        self._moved()
         super().close()

@@ -98,6 +98,38 @@ class StagedUpload:
         self.path.unlink(missing_ok=True)
 
 
+class StagedWriter:
+    """What every store's BlobWriter shares: the staged upload, its byte count, the check of
+    announced digests and ``abort``. A store's ``finish`` sets ``_done`` once the temp file
+    is placed or handed on as the spare, or calls ``abort`` when it fails."""
+
+    def __init__(self, staged: StagedUpload) -> None:
+        self._staged = staged
+        self._done = False
+
+    @property
+    def bytes_written(self) -> int:
+        return self._staged.bytes_written
+
+    @full_is_storage_full
+    def write(self, data: bytes) -> int:
+        return self._staged.write(data)
+
+    def _digests(self, expect: Mapping[str, str] | None) -> tuple[str, str, str]:
+        """(sha256, md5, sha1); ChecksumMismatch (nothing kept) when ``expect`` differs."""
+        try:
+            return self._staged.verified(expect)
+        except ChecksumMismatch:
+            self._done = True
+            raise
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._staged.discard()
+
+
 def temp_path(folder: Path, name: str) -> Path:
     """The temp file ``name`` in ``folder``; ValueError for a name that is not one."""
     if not name or "/" in name or name in (".", ".."):

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from davserver.blobstore.base import SeekableReader
 from davserver.errors import InvalidName
 
 MANIFEST_NAME = ".davserver-manifest.json"
@@ -321,35 +322,20 @@ class ZipStream:
         )
 
 
-class ZipReader(io.RawIOBase):
+class ZipReader(SeekableReader):
     """A seekable view of a ZipStream; keeps at most one entry stream open at a time."""
 
     def __init__(self, archive: ZipStream) -> None:
         super().__init__()
         self.archive = archive
-        self._position = 0
         self._header_key: tuple[str, int] | None = None
         self._header = b""
         self._index = -1
         self._stream: BinaryIO | None = None
         self._stream_position = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.archive.total_size}
-        target = base[whence] + offset
-        if target < 0:
-            raise ValueError("negative seek position")
-        self._position = target
-        return target
+    def size(self) -> int:
+        return self.archive.total_size
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Fill ``buffer`` as far as the archive goes (so read(n) gives n bytes before EOF)."""

@@ -42,17 +42,17 @@ def staged_files(srv: LiveServer) -> list[str]:
     return sorted(p.name for p in (srv.data_dir / "blobs" / "tmp").iterdir())
 
 
-def folder_path(srv: LiveServer, prefix: str) -> str:
-    """A fresh folder's decoded path below /files/ (for ``User`` requests)."""
-    return srv.fresh_dir(prefix).removeprefix(srv.url)
+def signed_in(srv: LiveServer, prefix: str) -> tuple[User, str]:
+    """The server's test user, and the path of a fresh folder of theirs (``/files/...``)."""
+    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+    return user, srv.fresh_dir(prefix).removeprefix(srv.url)
 
 
 def test_bytes_go_to_the_bucket_once_and_come_back_whole(
     s3_live_server: LiveServer, s3_endpoint: str
 ) -> None:
     srv = s3_live_server
-    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
-    folder = folder_path(srv, "s3")
+    user, folder = signed_in(srv, "s3")
     data = os.urandom(3 * 1024 * 1024 + 5)
     assert user.put(f"{folder}big.bin", data) == 201
     assert objects(s3_endpoint, srv.s3_bucket)[key_of(data)] == len(data)
@@ -77,8 +77,7 @@ def test_bytes_go_to_the_bucket_once_and_come_back_whole(
 
 def test_older_versions_are_read_from_the_bucket(s3_live_server: LiveServer) -> None:
     srv = s3_live_server
-    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
-    folder = folder_path(srv, "s3v")
+    user, folder = signed_in(srv, "s3v")
     first, second = os.urandom(100_000), os.urandom(50_000)
     assert user.put(f"{folder}doc.bin", first) == 201
     assert user.put(f"{folder}doc.bin", second) == 204
@@ -90,8 +89,7 @@ def test_a_cut_off_upload_leaves_nothing_behind(
     s3_live_server: LiveServer, s3_endpoint: str
 ) -> None:
     srv = s3_live_server
-    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
-    folder = folder_path(srv, "s3cut")
+    user, folder = signed_in(srv, "s3cut")
     assert user.put(f"{folder}keep.bin", b"the version that stays") == 201
     before = objects(s3_endpoint, srv.s3_bucket)
     head = (
@@ -111,8 +109,7 @@ def test_a_cut_off_upload_leaves_nothing_behind(
 
 def test_thumbnails_are_made_from_blobs_in_the_bucket(s3_live_server: LiveServer) -> None:
     srv = s3_live_server
-    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
-    folder = folder_path(srv, "s3img")
+    user, folder = signed_in(srv, "s3img")
     assert user.put(f"{folder}photo.jpg", jpeg(640, 480)) == 201
     thumb = user("GET", f"{folder}photo.jpg?thumbnail=64")
     assert thumb.status == 200, thumb.body[:300]
@@ -122,8 +119,7 @@ def test_thumbnails_are_made_from_blobs_in_the_bucket(s3_live_server: LiveServer
 
 def test_a_package_zips_versions_read_from_the_bucket(s3_live_server: LiveServer) -> None:
     srv = s3_live_server
-    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
-    folder = folder_path(srv, "s3zip")
+    user, folder = signed_in(srv, "s3zip")
     contents = {"a.bin": os.urandom(300_000), "b.txt": b"small"}
     for name, data in contents.items():
         assert user.put(f"{folder}{name}", data) == 201
@@ -148,8 +144,7 @@ def test_gc_removes_purged_bytes_from_the_bucket_and_fsck_finds_it_whole(
     s3_live_server: LiveServer, s3_endpoint: str
 ) -> None:
     srv = s3_live_server
-    user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
-    folder = folder_path(srv, "s3gc")
+    user, folder = signed_in(srv, "s3gc")
     data = os.urandom(20_000)
     assert user.put(f"{folder}gone.bin", data) == 201
     assert user("DELETE", f"{folder}gone.bin").status == 204
