@@ -274,7 +274,12 @@ class UserAdminService:
         return info, generated
 
     def disable_user(self, actor: Actor | None, username: str) -> UserInfo:
-        """Sign the user out of everything from the next request on; the data stays."""
+        """Sign the user out of everything from the next request on; the data stays.
+
+        For good: every session ends and every refresh token is revoked, so enabling the user
+        again revives none of them (they sign in afresh). API keys are credentials of their
+        own, as for a password change: they stay, refused while the user is disabled.
+        """
         return self._set_active(actor, username, active=False)
 
     def enable_user(self, actor: Actor | None, username: str) -> UserInfo:
@@ -288,8 +293,12 @@ class UserAdminService:
             if user.is_active == active:
                 state = "active" if active else "disabled"
                 raise Conflict(f"user {user.username!r} is already {state}")
+            after: dict[str, Any] = {"is_active": active}
             if not active:
                 self._keep_an_admin(session, user, "disable")
+                after["ended_sessions"] = _end_sessions(
+                    session, user.id, keep_api_key_sessions=False
+                )
             user.is_active = active
             session.flush()
             record_audit(
@@ -299,7 +308,7 @@ class UserAdminService:
                 details=audit_details(
                     actor,
                     {"is_active": not active},
-                    {"is_active": active},
+                    after,
                     user=user.username,
                     user_id=str(user.id),
                 ),
@@ -364,7 +373,7 @@ class UserAdminService:
             user = find_live_user(session, username)
             user.password_hash = password_hash
             session.flush()
-            ended = _end_password_sessions(session, user.id)
+            ended = _end_sessions(session, user.id, keep_api_key_sessions=True)
             # The hashes themselves stay out of the logbook.
             record_audit(
                 session,
@@ -503,24 +512,21 @@ class UserAdminService:
         )
 
 
-def _end_password_sessions(session: Session, user_id: uuid.UUID) -> int:
-    """End the user's open sessions that a password started (Basic and token ones, not API
-    keys') and revoke every refresh token of the user; returns how many sessions ended."""
+def _end_sessions(session: Session, user_id: uuid.UUID, *, keep_api_key_sessions: bool) -> int:
+    """End the user's open sessions (but for API keys' when ``keep_api_key_sessions``) and
+    revoke every refresh token of the user; returns how many sessions ended."""
     now = utcnow()
     session.execute(
         sa.update(RefreshToken)
         .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
-    ended = session.execute(
-        sa.update(LoginSession)
-        .where(
-            LoginSession.user_id == user_id,
-            LoginSession.ended_at.is_(None),
-            LoginSession.auth_method != "apikey",
-        )
-        .values(ended_at=now)
+    sessions = sa.update(LoginSession).where(
+        LoginSession.user_id == user_id, LoginSession.ended_at.is_(None)
     )
+    if keep_api_key_sessions:
+        sessions = sessions.where(LoginSession.auth_method != "apikey")
+    ended = session.execute(sessions.values(ended_at=now))
     return int(ended.rowcount)  # type: ignore[attr-defined]
 
 

@@ -297,6 +297,37 @@ def test_disabled_user_loses_password_key_and_token_at_once(server: InprocServer
     assert status == 401
 
 
+def test_a_re_enabled_user_gets_no_old_token_or_session_back(server: InprocServer) -> None:
+    # Disabling is for good for what was signed in: enabling again must not revive the
+    # tokens of before. API keys stay (as after a password change) but are refused meanwhile.
+    name, password = make_user(server)
+    _, created = api(server, "POST", "/keys", {"name": "k"}, user=(name, password))
+    pair = login(server, name, password)
+    assert propfind(server, user=(name, created["key"])) == 207
+    server.app.services.users.disable_user(None, name)
+    server.app.services.users.enable_user(None, name)
+    assert propfind(server, token=pair["access_token"]) == 401
+    status, _ = api(server, "POST", "/token/refresh", {"refresh_token": pair["refresh_token"]})
+    assert status == 401
+    with server.app.db.read() as session:
+        open_sessions = session.scalars(
+            sa.select(LoginSession.auth_method).where(
+                LoginSession.user_id == server.app.services.users.user_id(name),
+                LoginSession.ended_at.is_(None),
+            )
+        ).all()
+        details = session.scalars(
+            sa.select(LogEntry.details).where(LogEntry.op_type == Op.USER_DISABLE.value)
+        ).all()
+    assert open_sessions == []
+    # Basic (which made the key), the key's and the token's.
+    assert {"user": name, "ended_sessions": 3} in [
+        {"user": d.get("user"), "ended_sessions": d["after"].get("ended_sessions")} for d in details
+    ]
+    assert propfind(server, user=(name, created["key"])) == 207
+    assert propfind(server, token=login(server, name, password)["access_token"]) == 207
+
+
 def test_a_new_password_ends_the_token_sessions_of_the_old_one(server: InprocServer) -> None:
     # A password is changed because it leaked: whoever signed in with it must not keep a
     # 30-day refresh token. API keys are credentials of their own and stay.

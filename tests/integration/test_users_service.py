@@ -372,7 +372,7 @@ def test_only_admins_administer(services: Services, admin: Actor) -> None:
     ("change", "op", "before", "after"),
     [
         (lambda s: s.users.disable_user(None, "judy"), "user:disable", {"is_active": True},
-         {"is_active": False}),
+         {"is_active": False, "ended_sessions": 0}),
         (lambda s: s.users.add_role(None, "judy", "viewer"), "user:role:assign",
          {"roles": ["user"]}, {"roles": ["user", "viewer"]}),
         (lambda s: s.users.remove_role(None, "judy", "user"), "user:role:remove",
