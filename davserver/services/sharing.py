@@ -207,24 +207,7 @@ class SharingService:
             if row is None:
                 raise NotFound("no such grant on this item")
             _require_may_change(session, actor, node, row)
-            info = _infos(session, Grant.id == row.id)[0]
-            session.execute(sa.delete(Grant).where(Grant.id == info.id))
-            if row.user_id is not None:
-                because = f"{info.grantee}'s grant was revoked"
-                _drop_reshares(session, actor, node, row.user_id, because)
-            record_audit(
-                session,
-                actor,
-                Op.GRANT_REVOKE,
-                node_id=node.id,
-                details=audit_details(
-                    actor,
-                    {"rights": info.rights, "expires_at": iso(info.expires_at)},
-                    None,
-                    grantee=info.grantee,
-                    grant_id=str(info.id),
-                ),
-            )
+            _remove_grant(session, actor, node, row.id)
 
     def grants_on(
         self,
@@ -243,6 +226,74 @@ class SharingService:
             where.append(sa.or_(Grant.user_id == user_id, Grant.group_id.in_(list(group_ids))))
         with self.db.read() as session:
             return _infos(session, *where)
+
+
+def drop_grants_of_deleted_user(
+    session: Session, actor: Actor | None, user_id: uuid.UUID, username: str
+) -> int:
+    """Revoke, in the caller's transaction, the grants to a user being deleted and the grants
+    they made where only a grant let them share (their reshares, through a grant to them or to
+    a group of theirs), and in turn those made from these, each with its logbook row. What they
+    granted on what they manage (their own space, a group's space they administer) stays,
+    like their files. Returns how many grants went.
+    """
+    because = f"{username} was deleted"
+    count = sa.select(sa.func.count()).select_from(Grant)
+    before = session.scalar(count) or 0
+    to_them = session.scalars(sa.select(Grant.id).where(Grant.user_id == user_id)).all()
+    for grant_id in to_them:
+        _remove_grant(session, actor, None, grant_id, because)
+    roles = frozenset(
+        session.scalars(
+            sa.select(Role.name)
+            .join(UserRole, UserRole.role_id == Role.id)
+            .where(UserRole.user_id == user_id)
+        )
+    )
+    made = session.execute(
+        sa.select(Grant.id, Grant.node_id).where(Grant.granted_by == user_id)
+    ).all()
+    for grant_id, node_id in made:
+        node = tree.get_node(session, node_id)
+        if node is not None and not _manages(session, user_id, roles, node):
+            _remove_grant(session, actor, node, grant_id, because)
+    return before - (session.scalar(count) or 0)
+
+
+def _remove_grant(
+    session: Session,
+    actor: Actor | None,
+    node: NodeView | None,
+    grant_id: uuid.UUID,
+    because: str | None = None,
+) -> None:
+    """Delete a grant (on ``node``; None: look it up) with its logbook row, and the reshares
+    its grantee made from it (``_drop_reshares``); nothing when it is gone already."""
+    found = _infos(session, Grant.id == grant_id)
+    if not found:
+        return
+    info = found[0]
+    if node is None:
+        node = tree.get_node(session, info.node_id)
+    user_id = session.scalar(sa.select(Grant.user_id).where(Grant.id == grant_id))
+    session.execute(sa.delete(Grant).where(Grant.id == grant_id))
+    if user_id is not None and node is not None:
+        _drop_reshares(session, actor, node, user_id, f"{info.grantee}'s grant was revoked")
+    reason = {"because": because} if because is not None else {}
+    record_audit(
+        session,
+        actor,
+        Op.GRANT_REVOKE,
+        node_id=info.node_id,
+        details=audit_details(
+            actor,
+            {"rights": info.rights, "expires_at": iso(info.expires_at)},
+            None,
+            grantee=info.grantee,
+            grant_id=str(info.id),
+            **reason,
+        ),
+    )
 
 
 def _manages_sharing(session: Session, actor: Actor | None, node: NodeView) -> bool:

@@ -56,6 +56,7 @@ from davserver.services.account_rules import (
 from davserver.services.accounts import Hasher
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
+from davserver.services.sharing import drop_grants_of_deleted_user
 
 # ------------------------------------------------------------------------------ views
 
@@ -317,8 +318,9 @@ class UserAdminService:
 
     def delete_user(self, actor: Actor | None, username: str) -> UserInfo:
         """Soft delete: ``deleted_at`` set, inactive, API keys revoked, e-mail address freed
-        (it is in the logbook row); the name stays reserved, and the user's files, roles and
-        group memberships stay as they are."""
+        (it is in the logbook row), the grants to the user and their reshares revoked
+        (``drop_grants_of_deleted_user``); the name stays reserved, and the user's files, roles,
+        group memberships and the grants they made on their own files stay as they are."""
         require_admin(actor)
         with self.db.write() as session:
             serialize_account_changes(session)
@@ -333,6 +335,7 @@ class UserAdminService:
                     .returning(ApiKey.prefix)
                 )
             )
+            dropped = drop_grants_of_deleted_user(session, actor, user.id, user.username)
             user.is_active = False
             user.deleted_at = utcnow()
             user.email = None
@@ -349,6 +352,7 @@ class UserAdminService:
                         "deleted_at": iso(user.deleted_at),
                         "email": None,
                         "revoked_api_keys": sorted(revoked),
+                        "revoked_grants": dropped,
                     },
                     user=user.username,
                     user_id=str(user.id),

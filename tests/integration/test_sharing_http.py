@@ -563,6 +563,54 @@ def test_revoking_a_sharer_revokes_what_they_shared_on(people: People) -> None:
     assert p.rights_on("/files/handed-on") == {p.bob: ["read", "download"], p.dave: ["read"]}
 
 
+def test_a_deleted_users_grants_and_reshares_go(people: People) -> None:
+    # Bob is deleted: the grant to him goes, and so do those he made from it (carol's, and
+    # dave's from carol) or from his group's grant (carol's on the team file); each is in the
+    # logbook. What he shared of his own files stays, like the files.
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/to-bob/").status == 201
+    assert p.put(p.alice, "/files/to-bob/doc.txt") == 201
+    assert p.put(p.alice, "/files/to-team.txt") == 201
+    assert p.put(p.bob, "/files/bobs.txt") == 201
+    assert p.grant(p.alice, "/files/to-bob", p.bob, "read", "share") == 201
+    assert p.grant(p.alice, "/files/to-team.txt", p.team, "read", "share", group=True) == 201
+    assert p.grant(p.bob, f"/shared/{p.alice}/to-bob", p.carol, "read", "share") == 201
+    assert p.grant(p.carol, f"/shared/{p.alice}/to-bob/doc.txt", p.dave, "read") == 201
+    assert p.grant(p.bob, f"/shared/{p.alice}/to-team.txt", p.carol, "read") == 201
+    assert p.grant(p.bob, "/files/bobs.txt", p.carol, "read") == 201
+
+    p.server.app.services.users.delete_user(None, p.bob)
+    assert p.rights_on("/files/to-bob") == {}
+    assert p.rights_on("/files/to-bob/doc.txt") == {}
+    assert p.rights_on("/files/to-team.txt") == {"@" + p.team: ["read", "share"]}
+    for path in ("to-bob", "doc.txt", "to-team.txt"):
+        status = p.call(p.carol, "PROPFIND", f"/shared/{p.alice}/{path}", headers={"Depth": "0"})
+        assert status.status == 404, path
+    assert (
+        p.call(p.carol, "PROPFIND", f"/shared/{p.bob}/bobs.txt", headers={"Depth": "0"}).status
+        == 207
+    )
+    with p.server.app.db.read() as session:
+        revoked = session.scalars(
+            sa.select(LogEntry.details).where(LogEntry.op_type == Op.GRANT_REVOKE.value)
+        ).all()
+        [deleted] = session.scalars(
+            sa.select(LogEntry.details).where(LogEntry.op_type == Op.USER_DELETE.value)
+        ).all()[-1:]
+    mine = [d for d in revoked if p.bob in d.get("because", "")]
+    assert sorted((d["grantee"], d["because"]) for d in mine) == sorted(
+        [
+            (p.bob, f"{p.bob} was deleted"),
+            (p.carol, f"{p.bob}'s grant was revoked"),
+            (p.carol, f"{p.bob} was deleted"),
+        ]
+    )
+    assert [
+        d["grantee"] for d in revoked if d.get("because") == f"{p.carol}'s grant was revoked"
+    ] == [p.dave]
+    assert deleted["user"] == p.bob and deleted["after"]["revoked_grants"] == 4
+
+
 def test_group_space_is_for_members(people: People) -> None:
     p = people
     assert p.put(p.bob, f"/groups/{p.team}/plan.txt", b"plan") == 201
