@@ -113,15 +113,16 @@ class AccountService:
     ) -> Actor:
         """The actor for a valid, active username and password.
 
-        A pair verified recently is recognised from the credential memo without hashing; the
-        user row is still read on every call, so a disabled account or a changed password
-        takes effect on the next request. Before any hash is computed the throttle is asked,
-        and every failure is counted.
+        The name is matched ignoring case, as it is unique ignoring case; the actor carries
+        its stored spelling. A pair verified recently is recognised from the credential memo
+        without hashing; the user row is still read on every call, so a disabled account or a
+        changed password takes effect on the next request. Before any hash is computed the
+        throttle is asked, and every failure is counted (per account ignoring case too).
         """
         if "\x00" in username:  # no name holds one, and PostgreSQL refuses it in a query
             raise Unauthorized("unknown user or wrong password")
         with self.db.connect() as conn:
-            rows = conn.execute(_BY_USERNAME, {"username": username}).all()
+            rows = conn.execute(_BY_USERNAME, {"name_key": _name_key(username)}).all()
         stored_hash = rows[0].password_hash if rows and rows[0].is_active else None
         if stored_hash and self.memo.matches(username, password, stored_hash):
             return actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
@@ -142,7 +143,7 @@ class AccountService:
         now = utcnow()
         with self.db.connect() as conn:
             rows = conn.execute(_BY_KEY, {"key_hash": key_hash(key), "now": now}).all()
-        if not rows or rows[0].username != username:  # exact, as for passwords
+        if not rows or rows[0].username.lower() != _name_key(username):  # as for passwords
             return None
         key_row = rows[0]
         if not (key_row.is_active and key_row.key_active):
@@ -221,7 +222,15 @@ def user_with_roles() -> sa.Select[Any]:
     )
 
 
-_BY_USERNAME = user_with_roles().where(_users.c.username == sa.bindparam("username"))
+_BY_USERNAME = user_with_roles().where(sa.func.lower(_users.c.username) == sa.bindparam("name_key"))
+
+
+def _name_key(username: str) -> str:
+    """The form a name signs in by: names are unique ignoring case (``lower()``, migration
+    0006) and ASCII, so only ASCII is folded (Python would fold the Kelvin sign to k)."""
+    return username.lower() if username.isascii() else username
+
+
 _BY_KEY = (
     user_with_roles()
     .add_columns(

@@ -159,6 +159,24 @@ def test_password_change_and_disable_take_effect_on_the_next_request(server: Inp
     assert propfind(server, user=(name, "a-new-password-1")) == 207
 
 
+def test_a_name_signs_in_in_any_case_as_it_is_unique_ignoring_case(server: InprocServer) -> None:
+    # Grant, revoke and the admin commands find a user by name in any case; signing in does
+    # too, and the user is then who they are, under their own spelling.
+    name, password = make_user(server)
+    _, created = api(server, "POST", "/keys", {"name": "k"}, user=(name, password))
+    shouted = name.upper()
+    assert propfind(server, user=(shouted, password)) == 207
+    assert propfind(server, user=(name.capitalize(), created["key"])) == 207
+    status, me = api(server, "GET", "/me", user=(shouted, password))
+    assert (status, me["username"]) == (200, name)
+    token = login(server, shouted, password)["access_token"]
+    status, me = api(server, "GET", "/me", token=token)
+    assert (status, me["username"]) == (200, name)
+    assert propfind(server, user=(shouted, "wrong password")) == 401
+    other, _ = make_user(server)
+    assert propfind(server, user=(other.upper(), created["key"])) == 401
+
+
 # -- API keys
 
 
