@@ -1,4 +1,4 @@
-"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with eight fixes.
+"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with nine fixes.
 
 * COPY and MOVE answered by a provider hook (``handle_copy``/``handle_move``) always get 204
   from WsgiDAV; RFC 4918 wants 201 when the destination is new. Resources leave the right code
@@ -12,6 +12,8 @@
   ``providers.conditions``, on the resource the request names only.
 * GET and HEAD ignore a Range header that is not one valid byte range.
 * An X-OC-Mtime that cannot be kept is refused (400) before a PUT or MKCOL stores anything.
+* A PUT or LOCK of a path ending in a slash (a collection's) is 409 unless a folder is there:
+  WsgiDAV dropped the slash and made a file of that name.
 * A LOCK of an unmapped URL that found the name taken meanwhile, and locked what is there,
   answers 200, not WsgiDAV's 201 (``FolderResource.create_empty_resource``).
 * WsgiDAV compares the Destination's host with the Host header as text, so a port spelled in
@@ -27,7 +29,7 @@ from typing import Any
 from urllib.parse import ParseResult, unquote
 
 from wsgidav import request_server, util
-from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
+from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_CONFLICT, DAVError
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_server import RequestServer
 
@@ -80,7 +82,22 @@ class DavRequestServer(RequestServer):
 
     def do_PUT(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         check_mtime_header(environ)
+        self._refuse_file_for_folder_path(environ)
         return super().do_PUT(environ, _accepting_mtime(environ, start_response))
+
+    def _refuse_file_for_folder_path(self, environ: dict[str, Any]) -> None:
+        """409 for a PUT or LOCK whose path ends in a slash, unless a folder is there (whose
+        PUT stays WsgiDAV's 405): the slash names a collection, which neither makes, and
+        WsgiDAV dropped it and made (or overwrote) a file of that name."""
+        path = environ["PATH_INFO"]
+        if not path.endswith("/"):
+            return
+        res = self._davProvider.get_resource_inst(path, environ)
+        if res is None or not res.is_collection:
+            raise DAVError(
+                HTTP_CONFLICT,
+                context_info="a path ending in / names a folder: make one with MKCOL",
+            )
 
     def do_COPY(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         _drop_default_ports(environ)
@@ -96,6 +113,7 @@ class DavRequestServer(RequestServer):
                 status = "200 OK"  # nothing was created: the file was there when locked
             return start_response(status, headers, exc_info)
 
+        self._refuse_file_for_folder_path(environ)
         return super().do_LOCK(environ, answer)
 
     def do_MKCOL(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

@@ -1660,6 +1660,25 @@ def test_mkcol_on_existing_is_405_and_with_missing_parent_is_409(
     assert node_at(srv, folder + "missing") is None
 
 
+def test_a_put_or_lock_to_a_path_ending_in_a_slash_makes_no_file(
+    srv: InprocServer, folder: str
+) -> None:
+    # A trailing slash names a collection, and neither PUT nor LOCK makes one: it was a file
+    # "new" (nginx answers 409 too). An existing folder stays 405 with or without the slash,
+    # and a file is not overwritten through a path that calls it a folder.
+    for method, body in (("PUT", b"data"), ("LOCK", LOCK_BODY)):
+        response = call(srv, method, folder + "new/", body)
+        assert response.status == 409, (method, response.status)
+        assert b"MKCOL" in response.body
+        assert node_at(srv, folder + "new") is None
+    assert call(srv, "MKCOL", folder + "made/").status == 201
+    assert call(srv, "PUT", folder + "made/", b"data").status == 405
+    assert call(srv, "PUT", folder + "made", b"data").status == 405
+    put(srv, folder + "file.txt", b"kept")
+    assert call(srv, "PUT", folder + "file.txt/", b"data").status == 409
+    assert get_body(srv, folder + "file.txt") == b"kept"
+
+
 def test_delete_of_a_folder_is_a_soft_delete(srv: InprocServer, folder: str) -> None:
     app = srv.application
     sub = folder + "doomed/"
