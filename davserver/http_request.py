@@ -25,10 +25,19 @@ And three for bodies that are broken or ambiguous:
   smuggling).
 * **Headers** are capped at ``MAX_HEADER_BYTES`` in all (cheroot's default is no cap, so a
   client could make a thread buffer gigabytes): 413.
+
+And one for the request line:
+
+* **Absolute form** (``GET http://host/path HTTP/1.1``), which RFC 9112 (3.2.2) says a server
+  MUST accept and some proxies send, was 400 ("Absolute URI not allowed if server is not a
+  proxy"). It is served as the path it names, with the Host header replaced by the target's
+  host (which the RFC says wins), so that a Destination naming it is this server. CONNECT
+  stays 405, and the scheme stays the connection's.
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -133,8 +142,30 @@ class Request(cheroot_server.HTTPRequest):
             reader = _Body(reader, self, deferred=self.inheaders.get(b"Expect") == _DEFERRED)
         self._rfile = reader
 
+    def read_request_line(self) -> bool:
+        # cheroot takes the absolute form only as a proxy, whose other ways are undone below.
+        scheme = self.scheme
+        self.proxy_mode = True
+        try:
+            ready: bool = super().read_request_line()
+        finally:
+            self.proxy_mode = False
+        if not ready:
+            return False
+        self.scheme = scheme  # "https://..." on a plain connection does not make it secure
+        if self.method == b"CONNECT":
+            self.simple_response("405 Method Not Allowed")
+            return False
+        if self.authority and self.method == b"OPTIONS":
+            # As a proxy cheroot keeps the whole URI as the path; origin-form keeps the path
+            # as sent (cheroot does not unquote an OPTIONS path).
+            self.path = urllib.parse.urlsplit(self.uri).path or b"/"
+        return True
+
     def read_request_headers(self) -> bool:
         ready: bool = super().read_request_headers()
+        if ready and self.authority:  # absolute form: its host is the request's (RFC 9112 3.2.2)
+            self.inheaders[b"Host"] = self.authority.rpartition(b"@")[2]
         if ready and self.chunked_read and b"Content-Length" in self.inheaders:
             self.close_connection = True
         return ready

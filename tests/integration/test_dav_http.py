@@ -1101,12 +1101,15 @@ def test_xml_body_at_the_limit_is_accepted(srv: InprocServer, folder: str) -> No
     assert response.status == 207
 
 
-def raw_request(srv: InprocServer, head_lines: list[str], body: bytes = b"") -> Response:
-    """Send one request exactly as given (no client to correct its headers) and read the answer."""
+def raw_request(
+    srv: InprocServer, head_lines: list[str], body: bytes = b"", *, host: str | None = None
+) -> Response:
+    """Send one request exactly as given (no client to correct its headers) and read the answer;
+    ``host`` is the Host header (default: the server's address)."""
     head = "\r\n".join(
         [
             *head_lines,
-            f"Host: {HOST}:{srv.port}",
+            f"Host: {host or f'{HOST}:{srv.port}'}",
             f"Authorization: {basic_auth_header(srv.user, srv.password)}",
             "Connection: close",
         ]
@@ -1119,6 +1122,45 @@ def raw_request(srv: InprocServer, head_lines: list[str], body: bytes = b"") -> 
         return Response(response.status, dict(response.getheaders()), response.read())
     finally:
         sock.close()
+
+
+def test_every_method_accepts_an_absolute_form_request_target(
+    srv: InprocServer, folder: str
+) -> None:
+    # RFC 9112 3.2.2: a server MUST accept "GET http://host/path HTTP/1.1" (proxies send it),
+    # and takes the host from it, not from the Host header. cheroot answered 400.
+    origin = f"http://{HOST}:{srv.port}"
+    base = origin + path_of(folder)
+
+    def absolute(line: str, body: bytes = b"", *headers: str) -> Response:
+        method, target = line.split(" ", 1)
+        response = raw_request(
+            srv, [f"{method} {target} HTTP/1.1", *headers], body, host="elsewhere.example"
+        )
+        assert response.status < 400, (line, response.status, response.body[:300])
+        return response
+
+    assert absolute(f"PUT {base}a%20b.txt", b"hello", "Content-Length: 5").status == 201
+    assert absolute(f"GET {base}a%20b.txt").body == b"hello"
+    assert absolute(f"HEAD {base}a%20b.txt").headers["Content-Length"] == "5"
+    listed = absolute(f"PROPFIND {base}", b"", "Depth: 1").body
+    assert f"{path_of(folder)}a%20b.txt".encode() in listed
+    assert absolute(f"MKCOL {base}sub").status == 201
+    assert "PROPFIND" in absolute(f"OPTIONS {base}sub").headers["Allow"]
+    destination = f"Destination: {base}sub/moved.txt"
+    assert absolute(f"MOVE {base}a%20b.txt", b"", destination).status == 201
+    assert absolute(f"COPY {base}sub/moved.txt", b"", f"Destination: {base}c.txt").status == 201
+    assert absolute(f"DELETE {base}c.txt").status == 204
+    assert get_body(srv, folder + "sub/moved.txt") == b"hello"
+    assert call(srv, "GET", folder + "c.txt").status == 404
+    # Only the request's host is this server: a Destination naming the Host header's is not.
+    elsewhere = f"Destination: http://elsewhere.example{path_of(folder)}x.txt"
+    response = raw_request(
+        srv, [f"MOVE {base}sub/moved.txt HTTP/1.1", elsewhere], host="elsewhere.example"
+    )
+    assert response.status == 502
+    # A proxy's method stays refused.
+    assert raw_request(srv, [f"CONNECT {HOST}:{srv.port} HTTP/1.1"]).status == 405
 
 
 @pytest.mark.parametrize("method", ["PUT", "GET", "HEAD", "PROPFIND"])
