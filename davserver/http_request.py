@@ -26,17 +26,20 @@ And three for bodies that are broken or ambiguous:
 * **Headers** are capped at ``MAX_HEADER_BYTES`` in all (cheroot's default is no cap, so a
   client could make a thread buffer gigabytes): 413.
 
-And one for the request line:
+And two for the request line:
 
 * **Absolute form** (``GET http://host/path HTTP/1.1``), which RFC 9112 (3.2.2) says a server
   MUST accept and some proxies send, was 400 ("Absolute URI not allowed if server is not a
   proxy"). It is served as the path it names, with the Host header replaced by the target's
   host (which the RFC says wins), so that a Destination naming it is this server. CONNECT
   stays 405, and the scheme stays the connection's.
+* **OPTIONS** had its path left escaped (cheroot un-escapes every other method's), so
+  ``OPTIONS /files/a%20b.txt`` answered for an unmapped URL.
 """
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +58,7 @@ MAX_HEADER_BYTES = 256 * 1024
 _DRAIN_LIMIT = 1024 * 1024
 # What an "Expect: 100-continue" header is renamed to, so that cheroot does not answer it.
 _DEFERRED = b"100-continue (deferred)"
+_QUOTED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
 
 
 class _HeaderReader(cheroot_server.HeaderReader):
@@ -156,10 +160,13 @@ class Request(cheroot_server.HTTPRequest):
         if self.method == b"CONNECT":
             self.simple_response("405 Method Not Allowed")
             return False
-        if self.authority and self.method == b"OPTIONS":
-            # As a proxy cheroot keeps the whole URI as the path; origin-form keeps the path
-            # as sent (cheroot does not unquote an OPTIONS path).
-            self.path = urllib.parse.urlsplit(self.uri).path or b"/"
+        if self.method == b"OPTIONS" and self.uri != b"*":
+            # cheroot un-escapes every method's path but OPTIONS's (and keeps the whole URI
+            # as the path of an absolute one, as a proxy): done here as cheroot does it.
+            path = urllib.parse.urlsplit(self.uri).path or b"/"
+            atoms = _QUOTED_SLASH.split(path)  # "%2F" stays: it is not a path separator
+            unquoted = b"%2F".join(map(urllib.parse.unquote_to_bytes, atoms))
+            self.path = unquoted if unquoted.startswith(b"/") else b"/" + unquoted
         return True
 
     def read_request_headers(self) -> bool:

@@ -1163,6 +1163,17 @@ def test_every_method_accepts_an_absolute_form_request_target(
     assert raw_request(srv, [f"CONNECT {HOST}:{srv.port} HTTP/1.1"]).status == 405
 
 
+def test_options_answers_for_an_item_whose_name_is_escaped(srv: InprocServer, folder: str) -> None:
+    # cheroot un-escapes the path of every method but OPTIONS: "a%20b.txt" was looked up as
+    # written and answered as an unmapped URL (Allow: OPTIONS, PUT, MKCOL).
+    put(srv, folder + "a%20b%2Bc.txt", b"x")
+    for target in (path_of(folder), f"http://{HOST}:{srv.port}{path_of(folder)}"):
+        response = raw_request(srv, [f"OPTIONS {target}a%20b%2Bc.txt HTTP/1.1"])
+        assert response.status == 200
+        assert "GET" in response.headers["Allow"], (target, response.headers["Allow"])
+    assert raw_request(srv, ["OPTIONS * HTTP/1.1"]).status == 200
+
+
 @pytest.mark.parametrize("method", ["PUT", "GET", "HEAD", "PROPFIND"])
 @pytest.mark.parametrize("length", ["-5", "+5", "5x", "0x5"])
 def test_a_malformed_content_length_is_a_400_that_stores_nothing(
