@@ -44,6 +44,7 @@ from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Spac
 from davserver.services import tree, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
+from davserver.services.lost_bytes import lost_bytes
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
 
 T = TypeVar("T")
@@ -238,7 +239,7 @@ class FileService:
         try:
             return self.blobs.open(view.storage_key)
         except FileNotFoundError as exc:
-            raise NotFound("the file's bytes are missing from the blob store") from exc
+            raise lost_bytes(view.name, [view.storage_key]) from exc
 
     def record_download(
         self,

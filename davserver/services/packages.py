@@ -41,6 +41,7 @@ from davserver.services.accounts import user_with_roles
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.bounds import check_days, days_from_now
+from davserver.services.lost_bytes import lost_bytes
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.package_archive import (
     PackageArchive,
@@ -469,7 +470,7 @@ class PackageService:
         try:
             return self._open(item.storage_key)
         except FileNotFoundError as exc:
-            raise NotFound(f"{item.path}: the bytes are missing from the blob store") from exc
+            raise lost_bytes(item.path, [item.storage_key]) from exc
 
     def _open(self, storage_key: str | None) -> BinaryIO:
         return io.BytesIO(b"") if storage_key is None else self.blobs.open(storage_key)
@@ -484,6 +485,7 @@ class PackageService:
         """The zip, ready to be read: checks every item, computes missing CRC-32s, and logs
         the download (``byte_range`` is the Range header, if any)."""
         self.check_downloadable(ctx, package)
+        self._require_bytes(package)
         package = self._with_crc32(package)
         archive = build_archive(package, self._open)
         with self.db.write() as session:
@@ -503,6 +505,20 @@ class PackageService:
                 ),
             )
         return archive
+
+    def _require_bytes(self, package: PackageView) -> None:
+        """NotFound naming the items whose bytes the blob store lost (``lost_bytes``), so that
+        the answer is an error, not a zip that breaks off at the first of them."""
+        lost = [
+            item
+            for item in package.items
+            if item.storage_key is not None and not self.blobs.exists(item.storage_key)
+        ]
+        if lost:
+            paths = ", ".join(item.path for item in lost[:10])
+            more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
+            what = f"{paths}{more} in package {package.name!r}"
+            raise lost_bytes(what, [item.storage_key for item in lost])
 
     def _with_crc32(self, package: PackageView) -> PackageView:
         """``package`` with every item's CRC-32, reading (once, then stored) the blobs of

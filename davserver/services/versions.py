@@ -43,6 +43,7 @@ from davserver.services.files import (
     insert_child,
     view_of,
 )
+from davserver.services.lost_bytes import lost_bytes
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService, Reached, Virtual
 from davserver.services.tree import NodeView, check_name, name_key
@@ -182,7 +183,7 @@ class VersionService:
         try:
             return self.files.blobs.open(version.storage_key)
         except FileNotFoundError as exc:
-            raise NotFound("the version's bytes are missing from the blob store") from exc
+            raise lost_bytes(f"version {version.version_no}", [version.storage_key]) from exc
 
     def resolve(
         self, namespace: NamespaceService, ctx: AccessContext, rest: list[str]

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import shutil
 import subprocess
 import uuid
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from davserver.db.types import utcnow
 from davserver.models import LogEntry, Package
 from davserver.services.zipstream import MANIFEST_NAME
+from tests import blobs
 from tests.conftest import ENGINES
 from tests.servers import InprocServer, Response, basic_auth_header, http_request, run_inproc_server
 
@@ -245,6 +247,39 @@ def test_the_logbook_names_the_range_that_was_served(server: InprocServer, alice
             .order_by(LogEntry.id)
         ).all()
     assert [row.details["range"] for row in rows[-len(asked) :]] == [r for _, _, r in asked]
+
+
+def test_lost_bytes_are_named_before_any_byte_of_the_zip_is_sent(
+    server: InprocServer, alice: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The second member's blob file is gone (a disk restored from an old backup): the zip was
+    # a 200 that broke off mid-stream, or a bare 500. It is a 404 naming the file now, as a
+    # GET of the file is, and the server's log names the blob for the admin (fsck finds all).
+    kept, lost = (f"{what} {uuid.uuid4()}".encode() for what in ("kept", "lost"))
+    alice.put("/files/kept.txt", kept)
+    alice.put("/files/lost.txt", lost)
+    alice.mkcol("/packages/damaged/")
+    for name in ("kept.txt", "lost.txt"):
+        assert alice.copy(f"/files/{name}", f"/packages/damaged/{name}").status == 201
+    blobs.path_of(server.application.blobs, lost).unlink()
+    with caplog.at_level(logging.ERROR):
+        for headers in ({}, {"Range": "bytes=0-"}, {"Range": "bytes=500-"}):
+            response = alice.call("GET", "/packages/damaged.zip", headers=headers)
+            assert response.status == 404, (headers, response.status)
+            assert b"lost.txt" in response.body and b"blob store" in response.body
+        for path in ("/files/lost.txt", "/packages/damaged/lost.txt"):
+            response = alice.call("GET", path)
+            assert response.status == 404 and b"blob store" in response.body, path
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len([m for m in logged if blobs.sha(lost) in m and "lost.txt" in m]) == 5, logged
+    with server.application.db.connect() as conn:
+        downloads = conn.execute(
+            sa.select(LogEntry.id).where(
+                LogEntry.user_id == alice.id, LogEntry.op_type == "package:download"
+            )
+        ).all()
+    assert downloads == []
+    assert alice.call("GET", "/packages/damaged/kept.txt").body == kept
 
 
 def test_the_package_folder_lists_and_serves_the_pinned_items(alice: User) -> None:
