@@ -4,11 +4,13 @@ in ``davserver.commands``."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from davserver.commands.common import settings_of
+from davserver.commands.common import add_json_flag, settings_of
 from davserver.config import ConfigError
 from davserver.errors import DomainError
 
@@ -72,6 +74,55 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_copy(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from davserver.db import Base, Database
+    from davserver.db.copy import copy_database
+    from davserver.db.engine import check_url
+    from davserver.db.migrate import is_at_head, upgrade
+    from davserver.models import Op
+    from davserver.services.audit import record_audit
+
+    settings = settings_of(args)
+    source_url, target_url = check_url(settings.database_url), check_url(args.to)
+    shown = target_url.render_as_string(hide_password=True)
+    if source_url == target_url:
+        raise ConfigError(f"--to names the database being copied ({shown})")
+    source, target = Database(settings.database_url), Database(args.to)
+    try:
+        if not is_at_head(source):
+            print(
+                "davserver: the database to copy is not at the newest schema: run"
+                " `davserver db upgrade` first",
+                file=sys.stderr,
+            )
+            return 1
+        upgrade(target)
+
+        def tell(table: str, rows: int) -> None:
+            if not args.quiet:
+                print(f"db copy: {table}: {rows} rows", file=sys.stderr)
+
+        def log(session: sa.orm.Session, report: Any) -> None:
+            details = {"from": source_url.get_backend_name(), "rows": report.rows}
+            record_audit(session, None, Op.MAINTENANCE_COPY, details=details)
+
+        report = copy_database(source, target, Base.metadata, progress=tell, before_commit=log)
+    finally:
+        source.dispose()
+        target.dispose()
+    if args.json:
+        print(json.dumps({"to": shown, "rows": report.rows, "seconds": report.seconds}))
+    else:
+        print(f"copied {report.total} rows into {shown} in {report.seconds:.1f} s")
+        print(
+            f"to serve it, set database.url (DAVSERVER_DATABASE_URL) to that database and keep"
+            f" the blobs where they are ({settings.blob_path})"
+        )
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from davserver.config import documented_defaults
 
@@ -120,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser("upgrade", help="apply pending migrations")
     upgrade.set_defaults(func=cmd_db_upgrade)
+    copy = db_commands.add_parser(
+        "copy",
+        help="copy every row into another, empty database (SQLite to PostgreSQL)",
+        description="Copy every row of the configured database into another, empty one"
+        " (brought to the newest schema first), keeping ids, in one transaction: moving from"
+        " the embedded SQLite to PostgreSQL, or back. Blobs stay where they are. Stop the"
+        " server first: what it writes after the copy starts is not copied.",
+    )
+    copy.add_argument("--to", required=True, metavar="URL", help="SQLAlchemy URL of the target")
+    copy.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_json_flag(copy)
+    copy.set_defaults(func=cmd_db_copy)
 
     import importlib
 

@@ -25,7 +25,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -333,12 +333,19 @@ def run_live_server(
 
 @contextmanager
 def run_inproc_server(
-    engine: str, tmp_dir: Path, *, migrate_in_child: bool = False, **overrides: object
+    engine: str,
+    tmp_dir: Path,
+    *,
+    migrate_in_child: bool = False,
+    existing: tuple[str, str] | None = None,
+    **overrides: object,
 ) -> Iterator[InprocServer]:
     """Build the application with ``prepare()`` and serve it by cheroot on a thread.
 
     ``overrides`` are settings in ``load_settings`` form (``auth__ban_seconds=2``);
     ``migrate_in_child`` as ``davserver serve`` does (only before this process has threads).
+    ``existing`` (database URL, test user's password) serves a database made before, with the
+    blobs in ``tmp_dir``, instead of a fresh one.
     """
     from davserver.bootstrap import prepare
     from davserver.config import load_settings
@@ -346,8 +353,9 @@ def run_inproc_server(
 
     data_dir = tmp_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(16)
-    with fresh_database_url(engine, str(tmp_dir)) as db_url:
+    password = existing[1] if existing else secrets.token_urlsafe(16)
+    database = nullcontext(existing[0]) if existing else fresh_database_url(engine, str(tmp_dir))
+    with database as db_url:
         settings = load_settings(
             None,
             env={},

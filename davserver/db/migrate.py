@@ -27,6 +27,16 @@ def upgrade(db: Database, revision: str = "head") -> None:
     _migrate(db, command.upgrade, revision)
 
 
+def is_at_head(db: Database) -> bool:
+    """True when ``db``'s schema is at the newest revision."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with db.engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision() == head
+
+
 def downgrade(db: Database, revision: str) -> None:
     """Undo migrations down to ``revision`` in one transaction (what they added is lost)."""
     _migrate(db, command.downgrade, revision)

@@ -42,8 +42,23 @@ def utcnow() -> dt.datetime:
 
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-# INET on PostgreSQL, text elsewhere; addresses are handled as strings either way.
-InetType = sa.String(45).with_variant(postgresql.INET(), "postgresql")
+
+
+class InetType(sa.TypeDecorator[str]):
+    """INET on PostgreSQL, text elsewhere; an address is a string either way (psycopg reads
+    INET as an ``ipaddress`` object, which JSON and comparisons with text trip over)."""
+
+    impl = sa.String(45)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.INET())
+        return dialect.type_descriptor(sa.String(45))
+
+    def process_result_value(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else str(value)
+
 
 uuid_pk = Annotated[uuid.UUID, mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)]
 bigint_pk = Annotated[

@@ -70,6 +70,7 @@ class Op(enum.StrEnum):
     MAINTENANCE_GC = "maintenance:gc"
     MAINTENANCE_FSCK = "maintenance:fsck"
     MAINTENANCE_RECOUNT = "maintenance:recount"
+    MAINTENANCE_COPY = "maintenance:copy"
 
 
 class LogEntry(Base):

@@ -1,0 +1,223 @@
+"""``davserver db copy``: a deployment moves from SQLite to PostgreSQL (and back) with every
+row, and the copy serves what the original served."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from davserver.cli import main
+from davserver.db import Base, Database
+from davserver.db import copy as db_copy
+from davserver.db.copy import copy_database
+from davserver.db.migrate import upgrade
+from davserver.errors import Conflict
+from davserver.models import LogEntry
+from davserver.models import User as UserRow
+from tests.dbs import fresh_database_url
+from tests.images import jpeg
+from tests.servers import InprocServer, basic_auth_header, http_request, run_inproc_server
+from tests.webdav import LOCK_BODY, User, make_user
+
+DIRECTIONS = [
+    pytest.param(("sqlite", "postgresql"), marks=pytest.mark.postgres, id="sqlite-to-postgresql"),
+    pytest.param(("postgresql", "sqlite"), marks=pytest.mark.postgres, id="postgresql-to-sqlite"),
+]
+DEAD_PROP = (
+    b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:example">'
+    b"<D:set><D:prop><Z:colour>teal</Z:colour></D:prop></D:set></D:propertyupdate>"
+)
+
+
+@dataclass
+class Deployment:
+    """What the source server held, to be found again on the copy."""
+
+    server: InprocServer
+    alice: User
+    bob: User
+    api_key: str
+    refresh_token: str
+    package_zip: bytes
+
+
+def api(server: InprocServer, who: tuple[str, str], method: str, path: str, payload: Any) -> Any:
+    body = json.dumps(payload).encode()
+    headers = {"Authorization": basic_auth_header(*who), "Content-Type": "application/json"}
+    response = http_request(method, server.url + "/api/v1" + path, body, headers)
+    assert response.status in (200, 201), (path, response.status, response.body[:300])
+    return json.loads(response.body)
+
+
+def populate(server: InprocServer) -> Deployment:
+    """Users, a group, folders, versions, a thumbnail, a dead property, a lock, a share, a
+    package, a trashed file, an API key and a rotated refresh token."""
+    alice, bob = make_user(server, "alice"), make_user(server, "bob")
+    assert alice("MKCOL", "/files/docs/").status == 201
+    assert alice("MKCOL", "/files/docs/deep/").status == 201
+    assert alice.put("/files/docs/a.txt", b"first") == 201
+    assert alice.put("/files/docs/a.txt", b"second") == 204
+    assert alice.put("/files/docs/deep/photo.jpg", jpeg(320, 240)) == 201
+    assert alice("GET", "/files/docs/deep/photo.jpg?thumbnail=64").status == 200
+    assert alice("PROPPATCH", "/files/docs/a.txt", DEAD_PROP).status == 207
+    assert alice("LOCK", "/files/docs/locked.txt", LOCK_BODY).status == 201
+    assert alice.put("/files/gone.txt", b"to the trash") == 201
+    assert alice("DELETE", "/files/gone.txt").status == 204
+    who = (alice.name, alice.password)
+    share = {"path": "/files/docs", "user": bob.name, "rights": ["read", "download"]}
+    api(server, who, "POST", "/grants", share)
+    assert alice("MKCOL", "/packages/release/").status == 201
+    copied = alice("COPY", "/files/docs/", None, alice.destination("/packages/release/docs"))
+    assert copied.status == 201
+    package_zip = alice.get("/packages/release.zip")
+    key = api(server, who, "POST", "/keys", {"name": "rclone"})["key"]
+    login = {"username": alice.name, "password": alice.password}
+    tokens = api(server, who, "POST", "/token", login)
+    rotated = api(server, who, "POST", "/token/refresh", {"refresh_token": tokens["refresh_token"]})
+    return Deployment(server, alice, bob, key, rotated["refresh_token"], package_zip)
+
+
+@pytest.fixture(params=DIRECTIONS)
+def copied(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[tuple[Deployment, str, dict[str, Any]]]:
+    """A populated server on one engine, copied (while it runs) into a fresh database on the
+    other by the command line; yields the source, the target's URL and the command's JSON."""
+    source_engine, target_engine = request.param
+    with (
+        run_inproc_server(source_engine, tmp_path) as server,
+        fresh_database_url(target_engine, str(tmp_path)) as target_url,
+    ):
+        deployment = populate(server)
+        monkeypatch.setenv("DAVSERVER_DATABASE_URL", server.db_url)
+        monkeypatch.setenv("DAVSERVER_DATA_DIR", str(server.data_dir))
+        capsys.readouterr()
+        status = main(["--config", os.devnull, "db", "copy", "--to", target_url, "--json"])
+        out, err = capsys.readouterr()
+        assert status == 0, err
+        assert "db copy: nodes:" in err  # progress, per table
+        yield deployment, target_url, json.loads(out)
+
+
+def rows_of(url: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table, ordered by primary key."""
+    db = Database(url)
+    try:
+        with db.engine.connect() as conn:
+            return {
+                table.name: [
+                    dict(row._mapping)
+                    for row in conn.execute(sa.select(table).order_by(*table.primary_key))
+                ]
+                for table in Base.metadata.sorted_tables
+            }
+    finally:
+        db.dispose()
+
+
+def test_every_row_arrives_as_it_was(copied: tuple[Deployment, str, dict[str, Any]]) -> None:
+    deployment, target_url, report = copied
+    source, target = rows_of(deployment.server.db_url), rows_of(target_url)
+    copy_rows = [row for row in target["logbook"] if row["op_type"] == "maintenance:copy"]
+    assert len(copy_rows) == 1 and copy_rows[0]["details"]["rows"] == report["rows"]
+    target["logbook"] = [row for row in target["logbook"] if row not in copy_rows]
+    # Rows the source wrote after the copy began (the download log's batch) are not in it.
+    source["logbook"] = source["logbook"][: len(target["logbook"])]
+    for table in Base.metadata.sorted_tables:
+        for mine, theirs in zip(target[table.name], source[table.name], strict=True):
+            assert mine == theirs, {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+    assert report["rows"]["nodes"] == len(source["nodes"]) > 5
+
+
+def test_the_copy_serves_what_the_original_served(
+    copied: tuple[Deployment, str, dict[str, Any]], tmp_path: Path
+) -> None:
+    deployment, target_url, _ = copied
+    source = deployment.server
+    engine = "postgresql" if target_url.startswith("postgresql") else "sqlite"
+    with run_inproc_server(engine, tmp_path, existing=(target_url, source.password)) as server:
+        alice = User(server, deployment.alice.name, deployment.alice.password)
+        bob = User(server, deployment.bob.name, deployment.bob.password)
+        assert alice.get("/files/docs/a.txt") == b"second"
+        assert alice.get("/files/docs/a.txt?version=1") == b"first"
+        assert (
+            alice.propfind("/files/docs/a.txt", "0")["/files/docs/a.txt"].get("{urn:example}colour")
+            == "teal"
+        )
+        assert alice.put("/files/docs/locked.txt", b"no token") == 423
+        assert bob.get(f"/shared/{alice.name}/docs/a.txt") == b"second"
+        assert alice.get("/packages/release.zip") == deployment.package_zip
+        trash = alice.propfind("/trash/")
+        assert any(path.startswith("/trash/gone (") for path in trash), trash
+        thumb = alice("GET", "/files/docs/deep/photo.jpg?thumbnail=64")
+        assert thumb.status == 200
+        with_key = User(server, alice.name, deployment.api_key)
+        assert with_key.get("/files/docs/a.txt") == b"second"
+        refreshed = http_request(
+            "POST",
+            server.url + "/api/v1/token/refresh",
+            json.dumps({"refresh_token": deployment.refresh_token}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        assert refreshed.status == 200, refreshed.body
+        # New rows get new ids (the logbook's sequence starts past the copied ones).
+        assert alice.put("/files/docs/new.txt", b"written on the copy") == 201
+        assert alice.get("/files/docs/new.txt") == b"written on the copy"
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_a_copy_goes_only_into_an_empty_database_and_fails_whole(
+    direction: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source_engine, target_engine = direction
+    with (
+        run_inproc_server(source_engine, tmp_path) as server,
+        fresh_database_url(target_engine, str(tmp_path)) as target_url,
+    ):
+        populate(server)
+        source, target = Database(server.db_url), Database(target_url)
+        try:
+            upgrade(target)
+
+            def broken(*_args: object) -> None:
+                raise RuntimeError("the disk went away")
+
+            # A copy that fails half-way leaves the target as it was: empty.
+            with monkeypatch.context() as patch:
+                patch.setattr(db_copy, "_set_forward_references", broken)
+                with pytest.raises(RuntimeError, match="went away"):
+                    copy_database(source, target, Base.metadata)
+            assert count(target, UserRow) == 0
+
+            copy_database(source, target, Base.metadata)
+            users, log = count(target, UserRow), count(target, LogEntry)
+            with pytest.raises(Conflict, match=r"holds data already \(\d+ row\(s\) in users\)"):
+                copy_database(source, target, Base.metadata)
+            assert (count(target, UserRow), count(target, LogEntry)) == (users, log)
+        finally:
+            source.dispose()
+            target.dispose()
+
+
+def count(db: Database, model: type[Any]) -> int:
+    with db.read() as session:
+        return int(session.scalar(sa.select(sa.func.count()).select_from(model)) or 0)
+
+
+def test_the_command_refuses_to_copy_a_database_onto_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'one.sqlite3'}"
+    monkeypatch.setenv("DAVSERVER_DATABASE_URL", url)
+    assert main(["--config", os.devnull, "db", "copy", "--to", url]) == 2
+    assert "--to names the database being copied" in capsys.readouterr().err
