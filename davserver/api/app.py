@@ -52,6 +52,7 @@ from davserver.errors import (
     Unauthorized,
 )
 from davserver.jsonsafe import plain
+from davserver.services import health
 from davserver.services.actor import Actor
 from davserver.services.audit import MAX_ROWS, read_logbook
 from davserver.services.bounds import MAX_DAYS, check_days, days_from_now, spelled_number
@@ -102,6 +103,8 @@ class ApiApp:
             case "POST", ["token", "revoke"]:
                 tokens.revoke(_text(_body(environ), "token"))
                 return 200, {"revoked": True}
+            case "GET" | "HEAD", ["health"]:
+                return self._health()
         actor = self.identify(environ)
         if method not in ("GET", "HEAD") and actor.read_only:
             raise Forbidden("this API key is read-only")
@@ -220,6 +223,13 @@ class ApiApp:
                 "unavailable": unavailable,
             }
         )
+
+    def _health(self) -> tuple[int, dict[str, str]]:
+        """200 when this process can serve, 503 naming the failing part (no sign-in)."""
+        parts = health.probe(self.services.db, self.services.blobs)
+        working = all(parts.values())
+        answer = {name: "ok" if ok else "failing" for name, ok in parts.items()}
+        return (200 if working else 503), {"status": "ok" if working else "failing", **answer}
 
     def _me(self, actor: Actor) -> dict[str, Any]:
         return plain(

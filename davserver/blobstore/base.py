@@ -67,6 +67,11 @@ class BlobWriter(Protocol):
 class BlobStore(Protocol):
     def writer(self) -> BlobWriter: ...
 
+    def check(self) -> None:
+        """Raise (OSError, or a DomainError such as Unavailable) unless the store can take
+        an upload now; cheap enough for a load balancer's health check."""
+        ...
+
     def open(self, storage_key: str) -> BinaryIO:
         """A seekable binary reader of the blob. Raises FileNotFoundError when missing."""
         ...

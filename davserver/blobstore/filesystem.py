@@ -114,6 +114,10 @@ class FileSystemBlobStore:
                 _fsync_dir(folder.parent)
         self._folders.add(name)
 
+    def check(self) -> None:
+        if not os.access(self.tmp_dir, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write in {self.tmp_dir}")
+
     @full_is_storage_full
     def writer(self) -> _FileBlobWriter:
         return _FileBlobWriter(self)

@@ -18,7 +18,7 @@ from pathlib import Path
 from davserver.blobstore.s3 import make_client
 from tests.images import jpeg
 from tests.s3 import location, run_s3_endpoint, server_env
-from tests.servers import LiveServer, basic_auth_header, run_live_server
+from tests.servers import LiveServer, basic_auth_header, http_request, run_live_server
 from tests.webdav import DS, User, url_path
 
 
@@ -200,4 +200,7 @@ def test_a_store_that_stops_answering_is_503_and_loses_nothing(tmp_path: Path) -
             assert get.status == 503, get.body[:300]
             assert user("PROPFIND", "/files/", headers={"Depth": "1"}).status == 207
             assert len(user.members("/versions/files/kept.txt/")) == 1
+            health = http_request("GET", srv.url + "/api/v1/health")
+            assert health.status == 503
+            assert json.loads(health.body)["blob_store"] == "failing"
             assert staged_files(srv) == []
