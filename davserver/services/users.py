@@ -317,8 +317,9 @@ class UserAdminService:
             return user_info(user, user_roles(session, [user.id])[user.id])
 
     def delete_user(self, actor: Actor | None, username: str) -> UserInfo:
-        """Soft delete: ``deleted_at`` set, inactive, API keys revoked, e-mail address freed
-        (it is in the logbook row), the grants to the user and their reshares revoked
+        """Soft delete: ``deleted_at`` set, inactive, API keys revoked, sessions ended and
+        refresh tokens revoked, e-mail address freed (it is in the logbook row), the grants to
+        the user and their reshares revoked
         (``drop_grants_of_deleted_user``); the name stays reserved, and the user's files, roles,
         group memberships and the grants they made on their own files stay as they are."""
         require_admin(actor)
@@ -336,6 +337,7 @@ class UserAdminService:
                 )
             )
             dropped = drop_grants_of_deleted_user(session, actor, user.id, user.username)
+            ended = _end_sessions(session, user.id, keep_api_key_sessions=False)
             user.is_active = False
             user.deleted_at = utcnow()
             user.email = None
@@ -353,6 +355,7 @@ class UserAdminService:
                         "email": None,
                         "revoked_api_keys": sorted(revoked),
                         "revoked_grants": dropped,
+                        "ended_sessions": ended,
                     },
                     user=user.username,
                     user_id=str(user.id),

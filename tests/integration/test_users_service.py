@@ -21,7 +21,7 @@ from davserver.context import Services
 from davserver.db.migrate import upgrade
 from davserver.db.types import utcnow
 from davserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, NotFound
-from davserver.models import ApiKey, Group, LogEntry, Node, User
+from davserver.models import ApiKey, Group, LogEntry, LoginSession, Node, RefreshToken, User
 from davserver.services import account_rules
 from davserver.services.account_rules import (
     UserStatus,
@@ -272,9 +272,12 @@ def test_show_user_lists_roles_groups_and_usable_keys(services: Services) -> Non
 
 
 def test_soft_delete_keeps_the_name_and_the_files_and_revokes_keys(services: Services) -> None:
-    info, _ = services.users.create_user(None, "frank", email="frank@example.org")
+    info, _ = services.users.create_user(
+        None, "frank", email="frank@example.org", password="frank's password"
+    )
     home = services.files.home_id(info.id)
     _, key = services.api_keys.create(None, info.id, "sync")
+    services.tokens.login("frank", "frank's password")
     deleted = services.users.delete_user(None, "frank")
     assert deleted.status is UserStatus.DELETED and deleted.email is None
     stored = stored_user(services, "frank")
@@ -283,6 +286,16 @@ def test_soft_delete_keeps_the_name_and_the_files_and_revokes_keys(services: Ser
         assert session.get(Node, home) is not None  # the files stay
         key_row = session.scalar(sa.select(ApiKey).where(ApiKey.key_hash == key_hash(key)))
         assert key_row is not None and not key_row.is_active
+        # No session or refresh token is left open behind the deleted account.
+        where = {"user_id": info.id}
+        assert session.scalars(sa.select(LoginSession).filter_by(**where)).all()
+        assert (
+            session.scalars(sa.select(LoginSession).filter_by(**where, ended_at=None)).all() == []
+        )
+        assert session.scalars(sa.select(RefreshToken).filter_by(**where)).all()
+        assert (
+            session.scalars(sa.select(RefreshToken).filter_by(**where, revoked_at=None)).all() == []
+        )
     with pytest.raises(AlreadyExists):
         services.users.create_user(None, "Frank")  # the name stays reserved
     services.users.create_user(None, "frank2", email="frank@example.org")  # the e-mail is free
