@@ -1,4 +1,5 @@
-"""GET and HEAD on a folder: a plain HTML listing, so browsers and HEAD-probing clients work.
+"""GET and HEAD on a folder: a plain HTML listing, so browsers and HEAD-probing clients work,
+or the folder as a zip when asked for one (``wants_zip``, answered by ``providers.packages``).
 
 WsgiDAV answers 403 there once its directory browser is off (it costs a lookup per request);
 clients such as webdavclient3 probe folders with HEAD before every operation and give up on 403.
@@ -9,11 +10,20 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from wsgidav import util
 
 from providers.resources import members_of
+
+
+def wants_zip(environ: dict[str, Any]) -> bool:
+    """``?zip`` (as dufs and curl users spell it) or ``Accept: application/zip`` (as
+    Nextcloud's clients ask for a folder)."""
+    if "zip" in parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+        return True
+    accepted = environ.get("HTTP_ACCEPT", "").split(",")
+    return "application/zip" in (kind.split(";")[0].strip().lower() for kind in accepted)
 
 
 def folder_listing(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

@@ -11,6 +11,8 @@
                                            rename the package
     GET    /packages/<name>/<path>         a pinned version's bytes
     GET    /packages/<name>.zip            the whole package as one zip (HEAD, Range)
+    GET    <folder>/?zip                   a folder's current files as one zip, built as a
+                                           package's is (HEAD, Range, a strong ETag)
 
 Nothing here can be locked, PROPPATCHed or PUT, nor moved out of its package (or into one: only
 COPY pins). Each resource checks requests aimed at it (``check_request``, for a MOVE its
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
@@ -63,8 +66,26 @@ def register(provider: DavProvider, service: PackageService) -> None:
         PackageFolder: lambda p, path, env, item: PackageFolderResource(path, env, service, item),
         PackageFile: lambda p, path, env, item: PackageFileResource(path, env, service, item),
         PackageZip: lambda p, path, env, item: PackageZipResource(path, env, service, item),
+        FolderZip: lambda p, path, env, item: FolderZipResource(path, env, service, item),
     }
     provider.resource_factories.update(factories)
+
+    def folder_zip(folder: _NodeResource, environ: dict[str, Any], start: Any, dav: Any) -> Any:
+        """``GET <folder>?zip``: WsgiDAV's GET (conditions, Range) on the folder's zip."""
+        assert folder.view is not None  # a folder that was found
+        with dav_errors():
+            found = service.of_folder(provider.access(environ), folder.view, folder.rights)
+        provider.substitute(environ, environ["PATH_INFO"], FolderZip(found))
+        return dav(environ, start)
+
+    provider.folder_zip = folder_zip
+
+
+@dataclass(frozen=True)
+class FolderZip:
+    """A folder, answered as its zip for the rest of the request."""
+
+    package: PackageView
 
 
 def _allow(environ: dict[str, Any], allowed: frozenset[str], why: str) -> None:
@@ -385,6 +406,22 @@ class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
         with dav_errors():
             byte_range = served_range(self.environ, self.get_etag(), self.get_last_modified())
             archive = self.service.download(ctx, self.package, byte_range=byte_range)
+        return archive.stream.open()  # type: ignore[return-value]
+
+
+class FolderZipResource(PackageZipResource):
+    """``<folder>/?zip``: the folder's current files, zipped as a package's pinned versions
+    are (deterministic bytes while nothing changes in it: a strong ETag, byte ranges)."""
+
+    def check_request(self, environ: dict[str, Any]) -> None:
+        _allow(environ, frozenset({"GET", "HEAD"}), "a folder's zip is read-only")
+
+    def get_content(self) -> BinaryIO:
+        """Only GET reads the bytes (HEAD does not): this is where the download is logged."""
+        ctx = self.provider.access(self.environ)
+        with dav_errors():
+            byte_range = served_range(self.environ, self.get_etag(), self.get_last_modified())
+            archive = self.service.download_folder(ctx, self.package, byte_range=byte_range)
         return archive.stream.open()  # type: ignore[return-value]
 
 

@@ -31,7 +31,7 @@ from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from davserver.services.variants import VariantService
 from providers.gate import check_request, may_break_locks
-from providers.listing import folder_listing
+from providers.listing import folder_listing, wants_zip
 from providers.lock_space import RequestLockSpace
 from providers.lock_storage import SqlLockStorage
 from providers.resources import (
@@ -61,6 +61,9 @@ class DavProvider(DAVProvider):
         # Resources for the items of spaces added to the namespace (NamespaceService.add_space):
         # item type -> factory(provider, path, environ, item).
         self.resource_factories: dict[type, ResourceFactory] = {}
+        # GET <folder>?zip (providers.packages.register): (folder, environ, start_response,
+        # WsgiDAV's handler) -> the answer.
+        self.folder_zip: Callable[[Any, dict[str, Any], Any, Any], Any] | None = None
 
     def is_readonly(self) -> bool:
         return False
@@ -177,6 +180,8 @@ class DavProvider(DAVProvider):
             if wants_version(environ):
                 return respond_version(self, res, environ, start_response, default)
             if res.is_collection:
+                if isinstance(res, FolderResource) and self.folder_zip and wants_zip(environ):
+                    return self.folder_zip(res, environ, start_response, default)
                 return folder_listing(res, environ, start_response)
             return default(environ, start_response)
         depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()

@@ -23,6 +23,7 @@ class Op(enum.StrEnum):
     FILE_VERSION_RESTORE = "file:version:restore"
     FILE_VERSION_PRUNE = "file:version:prune"
     FILE_DOWNLOAD = "file:download"
+    FOLDER_DOWNLOAD = "folder:download"
     FOLDER_CREATE = "folder:create"
     NODE_MOVE = "node:move"
     NODE_COPY = "node:copy"

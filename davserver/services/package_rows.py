@@ -7,6 +7,7 @@ transaction (one recursive query for a whole folder).
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -24,10 +25,13 @@ from davserver.services.package_archive import EMPTY_SHA256, PackageView, Pinned
 from davserver.services.tree import NodeView, is_client_metadata, name_key
 
 
-def pins_below(session: Session, node: NodeView, prefix: str) -> list[dict[str, Any]]:
+def pins_below(
+    session: Session, node: NodeView, prefix: str, *, allow_empty: bool = False
+) -> list[dict[str, Any]]:
     """What adding ``node`` at ``prefix`` pins, read in the adding transaction: the file's
     current version (none for an empty file), or each live file below the folder at
-    ``prefix/<relative path>`` (desktop clutter such as ``.DS_Store`` left out)."""
+    ``prefix/<relative path>`` (desktop clutter such as ``.DS_Store`` left out). A folder
+    without files is a Conflict unless ``allow_empty``."""
     rows = session.execute(for_bind(_SUBTREE, session), {"root_id": node.id}).all()
     if not rows or rows[0].deleted_at is not None:
         raise NotFound("the item is gone")
@@ -49,9 +53,60 @@ def pins_below(session: Session, node: NodeView, prefix: str) -> list[dict[str, 
                 stack.append(row.id)
             else:
                 pins.append(_pin(row, paths[row.id]))
-    if not pins:
+    if not pins and not allow_empty:
         raise Conflict(f"{node.name!r} holds no file to pin")
     return pins
+
+
+def pinned_items(
+    conn: sa.Connection, pins: list[dict[str, Any]], added_at: dt.datetime
+) -> list[PinnedItem]:
+    """``pins`` (from ``pins_below``) as items with their versions' sizes and blobs, sorted
+    by path, as a package that is never stored would hold them (a folder's zip)."""
+    versions: dict[uuid.UUID, Any] = {}
+    ids = [pin["version_id"] for pin in pins if pin["version_id"] is not None]
+    for start in range(0, len(ids), _IN_BATCH):
+        for found in conn.execute(_VERSIONS, {"ids": ids[start : start + _IN_BATCH]}):
+            versions[found.version_id] = found
+    items = [
+        _pinned(
+            pin["node_id"],
+            pin["path_in_archive"],
+            pin["node_id"],
+            pin["mtime"],
+            added_at,
+            versions.get(pin["version_id"]),
+        )
+        for pin in pins
+    ]
+    return sorted(items, key=lambda item: item.path)
+
+
+def _pinned(
+    item_id: uuid.UUID,
+    path: str,
+    node_id: uuid.UUID | None,
+    mtime: dt.datetime,
+    added_at: dt.datetime,
+    version: Any,
+) -> PinnedItem:
+    """An item from a row with ``_VERSION_COLUMNS`` (None, or None in them, for an empty
+    file, which has no version)."""
+    blob_id = version.blob_id if version is not None else None
+    return PinnedItem(
+        id=item_id,
+        path=path,
+        node_id=node_id,
+        version_id=version.version_id if blob_id is not None else None,
+        version_no=version.version_no if blob_id is not None else None,
+        size=version.size if blob_id is not None else 0,
+        blob_id=blob_id,
+        sha256=version.sha256 if blob_id is not None else EMPTY_SHA256,
+        crc32=version.crc32 if blob_id is not None else 0,
+        storage_key=version.storage_key if blob_id is not None else None,
+        mtime=mtime,
+        added_at=added_at,
+    )
 
 
 def _pin(row: Any, path: str) -> dict[str, Any]:
@@ -70,20 +125,7 @@ def load_packages(conn: sa.Connection, rows: Iterable[Any]) -> list[PackageView]
     if rows:
         for row in conn.execute(_ITEMS, {"ids": [row.id for row in rows]}):
             items[row.package_id].append(
-                PinnedItem(
-                    id=row.id,
-                    path=row.path_in_archive,
-                    node_id=row.node_id,
-                    version_id=row.version_id,
-                    version_no=row.version_no,
-                    size=row.size or 0,
-                    blob_id=row.blob_id,
-                    sha256=row.sha256 or EMPTY_SHA256,
-                    crc32=row.crc32 if row.blob_id is not None else 0,
-                    storage_key=row.storage_key,
-                    mtime=row.mtime,
-                    added_at=row.added_at,
-                )
+                _pinned(row.id, row.path_in_archive, row.node_id, row.mtime, row.added_at, row)
             )
     return [
         PackageView(
@@ -123,25 +165,37 @@ LIVE_PACKAGES = (
     .join(_users, _users.c.id == _p.c.created_by)
     .where(sa.or_(_p.c.expires_at.is_(None), _p.c.expires_at > sa.bindparam("now")))
 )
+# What an item needs of its version and blob (all None for an empty file, which has none).
+_VERSION_COLUMNS = (
+    _v.c.id.label("version_id"),
+    _v.c.version_no,
+    _v.c.size,
+    _b.c.id.label("blob_id"),
+    _b.c.sha256,
+    _b.c.crc32,
+    _b.c.storage_key,
+)
 _ITEMS = (
     sa.select(
         _pi.c.id,
         _pi.c.package_id,
         _pi.c.path_in_archive,
         _pi.c.node_id,
-        _pi.c.version_id,
         _pi.c.mtime,
         _pi.c.added_at,
-        _v.c.version_no,
-        _v.c.size,
-        _b.c.id.label("blob_id"),
-        _b.c.sha256,
-        _b.c.crc32,
-        _b.c.storage_key,
+        *_VERSION_COLUMNS,
     )
     .outerjoin(_v, _v.c.id == _pi.c.version_id)
     .outerjoin(_b, _b.c.id == _v.c.blob_id)
     .where(_pi.c.package_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
+)
+
+
+_IN_BATCH = 500  # ids per IN list (PostgreSQL takes at most 65,535 parameters)
+_VERSIONS = (
+    sa.select(*_VERSION_COLUMNS)
+    .join(_b, _b.c.id == _v.c.blob_id)
+    .where(_v.c.id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
 )
 
 

@@ -49,7 +49,7 @@ from davserver.services.package_archive import (
     PinnedItem,
     build_archive,
 )
-from davserver.services.package_rows import LIVE_PACKAGES, load_packages, pins_below
+from davserver.services.package_rows import LIVE_PACKAGES, load_packages, pinned_items, pins_below
 from davserver.services.permissions import Perm, require
 from davserver.services.tree import NodeView, check_name, name_key
 from davserver.services.zipstream import MANIFEST_NAME, check_archive_path, check_unique_paths
@@ -485,9 +485,7 @@ class PackageService:
         """The zip, ready to be read: checks every item, computes missing CRC-32s, and logs
         the download (``byte_range`` is the Range header, if any)."""
         self.check_downloadable(ctx, package)
-        self._require_bytes(package)
-        package = self._with_crc32(package)
-        archive = build_archive(package, self._open)
+        archive = self._readable(package, f"package {package.name!r}")
         with self.db.write() as session:
             record_audit(
                 session,
@@ -506,7 +504,55 @@ class PackageService:
             )
         return archive
 
-    def _require_bytes(self, package: PackageView) -> None:
+    def of_folder(self, ctx: AccessContext, node: NodeView, rights: Perm) -> PackageView:
+        """Folder ``node``'s live files as a package that is never stored: each current
+        version under the folder's name, for ``GET <folder>?zip``. Needs DOWNLOAD on the
+        folder (grants reach everything below it)."""
+        require(rights, Perm.DOWNLOAD, "download")
+        name = check_archive_path(name_key(node.name or ctx.actor.username or "files"))
+        with self.db.read() as session:
+            pins = pins_below(session, node, name, allow_empty=True)
+            items = pinned_items(session.connection(), pins, node.modified_at)
+        return PackageView(
+            id=node.id,
+            name=name,
+            description="",
+            created_by=ctx.actor.user_id,
+            owner=ctx.actor.username,
+            created_at=node.created_at,
+            expires_at=None,
+            modified_at=max((item.mtime for item in items), default=node.modified_at),
+            items=tuple(items),
+        )
+
+    def download_folder(
+        self, ctx: AccessContext, folder: PackageView, *, byte_range: str | None = None
+    ) -> PackageArchive:
+        """``of_folder``'s zip, ready to be read; logged as the folder's download."""
+        archive = self._readable(folder, f"folder {folder.name!r}")
+        with self.db.write() as session:
+            record_audit(
+                session,
+                ctx.actor,
+                Op.FOLDER_DOWNLOAD,
+                node_id=folder.id,
+                details={
+                    "name": folder.name,
+                    "etag": archive.etag,
+                    "size": archive.size,
+                    "files": len(folder.items),
+                    "range": byte_range,
+                },
+            )
+        return archive
+
+    def _readable(self, package: PackageView, where: str) -> PackageArchive:
+        """The zip of ``package`` with its bytes: each item's blob checked (``lost_bytes``
+        names those gone, ``where``) and missing CRC-32s computed."""
+        self._require_bytes(package, where)
+        return build_archive(self._with_crc32(package), self._open)
+
+    def _require_bytes(self, package: PackageView, where: str) -> None:
         """NotFound naming the items whose bytes the blob store lost (``lost_bytes``), so that
         the answer is an error, not a zip that breaks off at the first of them."""
         lost = [
@@ -517,8 +563,7 @@ class PackageService:
         if lost:
             paths = ", ".join(item.path for item in lost[:10])
             more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
-            what = f"{paths}{more} in package {package.name!r}"
-            raise lost_bytes(what, [item.storage_key for item in lost])
+            raise lost_bytes(f"{paths}{more} in {where}", [item.storage_key for item in lost])
 
     def _with_crc32(self, package: PackageView) -> PackageView:
         """``package`` with every item's CRC-32, reading (once, then stored) the blobs of

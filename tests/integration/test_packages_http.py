@@ -303,6 +303,73 @@ def test_the_package_folder_lists_and_serves_the_pinned_items(alice: User) -> No
     assert alice.call("GET", "/files/docs/sub/c.txt").status == 200
 
 
+# -- a folder as a zip (GET <folder>/?zip), built as a package's is
+
+
+def test_a_folder_downloads_as_one_zip_of_its_current_files(
+    server: InprocServer, alice: User, tmp_path: Path
+) -> None:
+    contents = make_tree(alice)
+    below = {path: data for path, data in contents.items() if path.startswith("docs/")}
+    response = alice.call("GET", "/files/docs/?zip")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/zip"
+    assert 'filename="docs.zip"' in response.headers["Content-Disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(response.body))
+    assert archive.namelist() == [*sorted(below), MANIFEST_NAME]  # no .DS_Store
+    for path, data in below.items():
+        assert archive.read(path) == data
+    assert "No errors detected" in unzip_test(response.body, tmp_path)
+
+    # Nextcloud's way of asking, HEAD, a range, and the same bytes and ETag again.
+    asked = alice.call("GET", "/files/docs/", headers={"Accept": "application/zip"})
+    assert asked.body == response.body and asked.headers["ETag"] == response.headers["ETag"]
+    head = alice.call("HEAD", "/files/docs/?zip")
+    assert int(head.headers["Content-Length"]) == len(response.body) and head.body == b""
+    part = alice.call("GET", "/files/docs/?zip", headers={"Range": "bytes=100-5099"})
+    assert part.status == 206 and part.body == response.body[100:5100]
+    # A browser's GET of the folder still lists it.
+    assert alice.call("GET", "/files/docs/").headers["Content-Type"].startswith("text/html")
+
+    # A change inside makes another zip, with another ETag.
+    alice.put("/files/docs/sub/deeper/d.txt", b"changed\n")
+    changed = alice.call("GET", "/files/docs/?zip")
+    assert changed.headers["ETag"] != response.headers["ETag"]
+    assert zipfile.ZipFile(io.BytesIO(changed.body)).read("docs/sub/deeper/d.txt") == b"changed\n"
+
+    with server.application.db.read() as session:
+        logged = session.execute(
+            sa.select(LogEntry.details, LogEntry.node_id)
+            .where(LogEntry.user_id == alice.id, LogEntry.op_type == "folder:download")
+            .order_by(LogEntry.id)
+        ).all()
+    assert len(logged) == 4  # the GETs that sent bytes, not the HEAD
+    assert logged[0].details["files"] == len(below) and logged[0].details["name"] == "docs"
+    assert logged[2].details["range"] == "bytes=100-5099"
+
+
+def test_an_empty_folder_zips_to_its_manifest(alice: User) -> None:
+    alice.mkcol("/files/nothing/")
+    response = alice.call("GET", "/files/nothing/?zip")
+    assert response.status == 200
+    assert zipfile.ZipFile(io.BytesIO(response.body)).namelist() == [MANIFEST_NAME]
+
+
+def test_a_shared_folder_zips_only_with_the_download_right(server: InprocServer) -> None:
+    alice, bob = (
+        User(server, f"alice{uuid.uuid4().hex[:6]}"),
+        User(server, f"bob{uuid.uuid4().hex[:6]}"),
+    )
+    make_tree(alice)
+    grant = {"path": "/files/docs", "user": bob.name, "rights": ["read"]}
+    assert alice.api("POST", "/grants", grant)[0] == 201
+    assert bob.call("GET", f"/shared/{alice.name}/docs/?zip").status == 403
+    assert alice.api("POST", "/grants", {**grant, "rights": ["read", "download"]})[0] == 201
+    shared = bob.call("GET", f"/shared/{alice.name}/docs/?zip")
+    assert shared.status == 200
+    assert "docs/sub/deeper/d.txt" in zipfile.ZipFile(io.BytesIO(shared.body)).namelist()
+
+
 # -- expiry
 
 
