@@ -25,7 +25,8 @@
     DELETE /api/v1/packages/<name>/items/<path in archive> -> unpin (a folder: all below)
 
 Everything but the token endpoints needs credentials (Basic, an API key or a Bearer token);
-a read-only API key may only read.
+a read-only API key may only read. HEAD answers as GET without the body; OPTIONS, and a method
+an endpoint lacks (405), answer with the endpoint's methods in ``Allow``.
 """
 
 from __future__ import annotations
@@ -78,11 +79,23 @@ class ApiApp:
         with contextlib.suppress(UnicodeError):  # WSGI gives the URL's bytes as latin-1
             path = path.encode("iso-8859-1").decode("utf-8")
         parts = [p for p in path[len(PREFIX) :].split("/") if p]
+        allowed = _allowed(parts)
+        allow = [("Allow", ", ".join(allowed))]
+        if allowed and method == "OPTIONS":
+            return _json(start_response, 204, None, allow)
+        if allowed and method not in allowed:
+            refusal = {
+                "error": "method_not_allowed",
+                "message": f"{PREFIX}/{'/'.join(parts)} answers {', '.join(allowed)}",
+            }
+            return _json(start_response, 405, refusal, allow)
         try:
-            status, body = self._route(method, parts, environ)
+            status, body = self._route("GET" if method == "HEAD" else method, parts, environ)
         except DomainError as exc:
-            return self.error(start_response, exc)
-        return _json(start_response, status, body)
+            response = self.error(start_response, exc)
+        else:
+            response = _json(start_response, status, body)
+        return [b""] if method == "HEAD" else response
 
     def _route(self, method: str, parts: list[str], environ: dict[str, Any]) -> tuple[int, Any]:
         client = {
@@ -322,6 +335,31 @@ class ApiApp:
         elif isinstance(exc, TooManyRequests):
             headers = [("Retry-After", str(exc.retry_after))]
         return _json(start_response, status, {"error": code, "message": str(exc)}, headers)
+
+
+def _allowed(parts: list[str]) -> tuple[str, ...]:
+    """The methods of the endpoint at a path (as ``_route`` answers them), OPTIONS last;
+    () where there is none."""
+    match parts:
+        case ["token"] | ["token", "refresh"] | ["token", "revoke"]:
+            methods: tuple[str, ...] = ("POST",)
+        case ["me"] | ["sessions"] | ["audit"]:
+            methods = ("GET", "HEAD")
+        case ["sessions", _] | ["keys", _]:
+            methods = ("DELETE",)
+        case ["keys"] | ["packages"]:
+            methods = ("GET", "HEAD", "POST")
+        case ["grants"]:
+            methods = ("GET", "HEAD", "POST", "DELETE")
+        case ["packages", _]:
+            methods = ("GET", "HEAD", "PATCH", "DELETE")
+        case ["packages", _, "items"]:
+            methods = ("POST",)
+        case ["packages", _, "items", _, *_]:
+            methods = ("PATCH", "DELETE")
+        case _:
+            return ()
+    return (*methods, "OPTIONS")
 
 
 def _json(

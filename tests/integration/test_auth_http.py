@@ -414,6 +414,41 @@ def test_api_without_credentials_is_401_and_unknown_path_404(server: InprocServe
     assert response.status == 404 and json.loads(response.body)["error"] == "not_found"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/api/v1/me", "GET, HEAD, OPTIONS"),
+        ("DELETE", "/api/v1/keys", "GET, HEAD, POST, OPTIONS"),
+        ("GET", "/api/v1/token", "POST, OPTIONS"),
+        ("POST", "/api/v1/keys/some-key", "DELETE, OPTIONS"),
+        ("PUT", "/api/v1/grants", "GET, HEAD, POST, DELETE, OPTIONS"),
+        ("POST", "/api/v1/packages/p", "GET, HEAD, PATCH, DELETE, OPTIONS"),
+        ("GET", "/api/v1/packages/p/items/a.txt", "PATCH, DELETE, OPTIONS"),
+    ],
+)
+def test_api_answers_a_method_an_endpoint_lacks_with_405_and_allow(
+    server: InprocServer, method: str, path: str, allow: str
+) -> None:
+    # It was a 404 "no API endpoint", as if the path did not exist.
+    name, password = make_user(server)
+    response = call(server, method, path, user=(name, password))
+    assert response.status == 405, response.body
+    assert response.headers["Allow"] == allow
+    assert json.loads(response.body)["error"] == "method_not_allowed"
+    options = call(server, "OPTIONS", path)
+    assert (options.status, options.headers["Allow"], options.body) == (204, allow, b"")
+
+
+def test_api_answers_head_as_get_without_the_body(server: InprocServer) -> None:
+    name, password = make_user(server)
+    got = call(server, "GET", "/api/v1/me", user=(name, password))
+    head = call(server, "HEAD", "/api/v1/me", user=(name, password))
+    assert (head.status, head.body) == (200, b"")
+    assert head.headers["Content-Type"] == "application/json"
+    assert head.headers["Content-Length"] == got.headers["Content-Length"]
+    assert call(server, "HEAD", "/api/v1/me").status == 401
+
+
 # -- throttling
 
 
