@@ -99,11 +99,14 @@ class SharingService:
         Raises Forbidden (no SHARE, more than the granter holds, or replacing a grant someone
         else made without managing the node's sharing), NotFound (no such user
         or group) or BadRequest (no rights, both or neither grantee, expiry in the past,
-        granting the owner their own space).
+        granting the owner their own space, granting a space itself).
         """
         holder = EVERYTHING if actor is None else holder
         if not holder & Perm.SHARE:
             raise Forbidden("you may not share this item")
+        if node.parent_id is None:
+            # A space's root has no name to be listed by in the grantee's /shared/<owner>/.
+            raise BadRequest("a space itself is not shared: share the folders or files in it")
         rights &= GRANTABLE
         if not rights:
             raise BadRequest("a grant gives at least one right")

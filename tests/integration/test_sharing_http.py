@@ -932,3 +932,20 @@ def test_a_shared_entry_answers_to_its_nfd_name_as_files_do(people: People) -> N
     assert len(hrefs) == 2 and any("(2)" in h for h in hrefs), hrefs
     bodies = {p.call(p.bob, "GET", f"/shared/{p.alice}/{h}").body for h in hrefs}
     assert bodies == {b"coffee", b"decomposed"}
+
+
+def test_a_space_itself_cannot_be_shared(people: People) -> None:
+    # It was granted, and the grantee's /shared/<owner>/ then listed a nameless entry (its
+    # href the folder's own) that no path reached.
+    p = people
+    assert p.put(p.alice, "/files/in-home.txt") == 201
+    assert p.put(p.alice, f"/groups/{p.team}/in-group.txt") == 201
+    for path in ("/files", "/files/", f"/groups/{p.team}"):
+        status, body = p.api(
+            p.alice, "POST", "/grants", {"path": path, "user": p.carol, "rights": ["read"]}
+        )
+        assert (status, body["error"]) == (400, "bad_request"), (path, body)
+    assert (
+        p.call(p.carol, "PROPFIND", "/shared/", headers={"Depth": "1"}).body.count(b"<D:response>")
+        == 1
+    )
