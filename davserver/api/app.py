@@ -13,8 +13,9 @@
     GET    /api/v1/grants?path=/files/docs                -> the grants on an item
     POST   /api/v1/grants   {path, user | group, rights, expires_days?} -> grant (or replace)
     DELETE /api/v1/grants?path=...&user=bob (or &group=team) -> revoke
-    GET    /api/v1/audit?user=&path=&op=&days=&limit=      -> logbook rows, newest first
-                                                    (admins: anyone's; others: their own)
+    GET    /api/v1/audit?user=&path=&op=&days=&limit=&before= -> logbook rows, newest first
+                                (admins: anyone's; others: their own), and next_before: the
+                                ``before`` of the next page (null on the last)
     GET    /api/v1/packages                               -> my packages
     POST   /api/v1/packages {name, description?, expires_days?} -> a new package (0: no expiry)
     GET    /api/v1/packages/<name>                        -> its items, zip size and ETag
@@ -25,8 +26,9 @@
     DELETE /api/v1/packages/<name>/items/<path in archive> -> unpin (a folder: all below)
 
 Everything but the token endpoints needs credentials (Basic, an API key or a Bearer token);
-a read-only API key may only read. HEAD answers as GET without the body; OPTIONS, and a method
-an endpoint lacks (405), answer with the endpoint's methods in ``Allow``.
+a read-only API key may only read. A query parameter an endpoint does not take, or one given
+twice, is a 400 rather than silently ignored. HEAD answers as GET without the body; OPTIONS,
+and a method an endpoint lacks (405), answer with the endpoint's methods in ``Allow``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from davserver.services.package_archive import PackageView
 from davserver.services.permissions import Perm
 
 PREFIX = "/api/v1"
+MAX_LOG_ID = 2**63 - 1  # the logbook's ids are bigint
 Identify = Callable[[dict[str, Any]], Actor]
 
 
@@ -145,14 +148,14 @@ class ApiApp:
                 # (A read-only key reads what its user may read: its cap on rights aside.)
                 holder = dataclasses.replace(actor, read_only=False)
                 ctx = self.services.namespace.context(holder)
-                target = self._reach(holder, _query(environ).get("path", ""), ctx)
+                target = self._reach(holder, _query(environ, "path").get("path", ""), ctx)
                 reaching = None if target.rights & Perm.SHARE else (actor.user_id, ctx.groups)
                 grants = self.services.sharing.grants_on(target.view, reaching=reaching)
                 return 200, {"grants": [plain(g.as_dict()) for g in grants]}
             case "POST", ["grants"]:
                 return 201, self._grant(actor, _body(environ))
             case "DELETE", ["grants"]:
-                query = _query(environ)
+                query = _query(environ, "path", "user", "group")
                 target = self._reach(actor, query.get("path", ""))
                 self.services.sharing.revoke_grantee(
                     actor,
@@ -163,7 +166,8 @@ class ApiApp:
                 )
                 return 204, None
             case "GET", ["audit"]:
-                return 200, self._audit(actor, _query(environ))
+                query = _query(environ, "user", "path", "op", "days", "limit", "before")
+                return 200, self._audit(actor, query)
             case _, ["packages", *rest]:
                 return self._packages(actor, method, rest, environ)
         raise NotFound(f"no API endpoint {method} {PREFIX}/{'/'.join(parts)}")
@@ -280,7 +284,7 @@ class ApiApp:
         """Logbook rows, newest first: an admin's of anyone (``user``), anyone else's their
         own; about an item of their namespace (``path``), an operation or family (``op``),
         the last ``days`` days, at most ``limit`` (100)."""
-        user = query.get("user")
+        user = query.get("user") or None
         if actor.is_admin:
             user_id = self.services.users.user_id(user, include_deleted=True) if user else None
         elif user is None or user.lower() == actor.username.lower():
@@ -289,16 +293,19 @@ class ApiApp:
             raise Forbidden("only admins read other users' logbook rows")
         path = query.get("path")
         days = _query_number(query, "days", MAX_DAYS, at_least=1)
-        limit = _query_number(query, "limit", MAX_ROWS, at_least=1)
+        limit = _query_number(query, "limit", MAX_ROWS, at_least=1) or 100
+        before = _query_number(query, "before", MAX_LOG_ID, at_least=1)
         rows = read_logbook(
             self.services.db,
             user_id=user_id,
             node_id=self._reach(actor, path).view.id if path else None,
             op=query.get("op"),
             since=utcnow() - dt.timedelta(days=days) if days is not None else None,
-            limit=100 if limit is None else limit,
+            before=before,
+            limit=limit,
         )
-        return {"entries": [plain(row.as_dict()) for row in rows]}
+        next_before = rows[-1].id if len(rows) == limit else None
+        return {"entries": [plain(row.as_dict()) for row in rows], "next_before": next_before}
 
     def _grant(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
         ctx = self.services.namespace.context(actor)
@@ -436,8 +443,18 @@ def _optional_text(body: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def _query(environ: dict[str, Any]) -> dict[str, str]:
-    return dict(parse_qsl(environ.get("QUERY_STRING", "")))
+def _query(environ: dict[str, Any], *names: str) -> dict[str, str]:
+    """The query's parameters, each of ``names`` at most once; BadRequest for any other, so
+    that a script's ``offset`` or misspelt ``limt`` is not silently ignored."""
+    query: dict[str, str] = {}
+    for name, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+        if name not in names:
+            takes = ", ".join(names)
+            raise BadRequest(f"unknown query parameter {name!r}; this endpoint takes {takes}")
+        if name in query:
+            raise BadRequest(f"the query parameter {name!r} is given twice")
+        query[name] = value
+    return query
 
 
 def _query_number(query: dict[str, str], name: str, at_most: int, *, at_least: int) -> int | None:

@@ -36,6 +36,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             node_id=node_id,
             op=args.op,
             since=since,
+            before=args.before,
             limit=args.limit,
         )
     listed: list[dict[str, Any]] = [row.as_dict() for row in rows]
@@ -65,6 +66,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=whole_number(1, MAX_ROWS),
         default=100,
         help=f"at most this many rows (default 100, at most {MAX_ROWS})",
+    )
+    audit.add_argument(
+        "--before",
+        type=whole_number(1, 2**63 - 1),
+        metavar="ID",
+        help="only rows older than the row ID: the last id of a page asks for the next page",
     )
     add_json_flag(audit)
     audit.set_defaults(func=cmd_audit)

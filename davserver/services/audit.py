@@ -190,11 +190,15 @@ def read_logbook(
     op: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
+    before: int | None = None,
     limit: int = 100,
 ) -> list[LogbookRow]:
     """Logbook rows, newest first, at most ``limit`` (1 to MAX_ROWS): of one user, about one
     file or folder, of one operation (``share:grant:create``) or family of them (``share``),
     from ``since`` and before ``until``. Each filter uses an index of the logbook.
+
+    ``before`` is the id of a row: only the rows after it in this order (older ones), so that
+    the id of a page's last row asks for the next page. None past an unknown id.
     """
     if not 1 <= limit <= MAX_ROWS:
         raise BadRequest(f"limit is a whole number from 1 to {MAX_ROWS}")
@@ -228,5 +232,10 @@ def read_logbook(
         query = query.where(log.c.occurred_at >= since)
     if until is not None:
         query = query.where(log.c.occurred_at < until)
+    if before is not None:
+        then = sa.select(log.c.occurred_at).where(log.c.id == before).scalar_subquery()
+        query = query.where(
+            sa.or_(log.c.occurred_at < then, sa.and_(log.c.occurred_at == then, log.c.id < before))
+        )
     with db.connect() as conn:
         return [LogbookRow(*row) for row in conn.execute(query)]

@@ -740,3 +740,28 @@ def test_the_logbook_is_read_through_the_api(server: InprocServer) -> None:
     for bad in ("limit=0", "limit=x", "days=0", "limit=100000000000000000000"):
         status, body = api(server, "GET", f"/audit?{bad}", user=admin)
         assert (status, body["error"]) == (400, "bad_request"), bad
+
+
+def test_the_logbook_is_read_page_by_page_through_the_api(server: InprocServer) -> None:
+    # There was no way past the newest 10,000 rows; ``offset`` and the like were ignored, so
+    # a script asking for the next page got the first one again.
+    name, password = make_user(server)
+    for n in range(5):
+        path = f"/files/page-{n}.txt"
+        assert call(server, "PUT", path, user=(name, password), body=b"x").status == 201
+    status, whole = api(server, "GET", "/audit?op=file", user=(name, password))
+    assert status == 200 and len(whole["entries"]) == 5 and whole["next_before"] is None
+    paged: list[int] = []
+    query = "/audit?op=file&limit=2"
+    while True:
+        status, page = api(server, "GET", query, user=(name, password))
+        assert status == 200 and len(page["entries"]) <= 2
+        paged += [e["id"] for e in page["entries"]]
+        if page["next_before"] is None:
+            break
+        assert page["next_before"] == paged[-1]
+        query = f"/audit?op=file&limit=2&before={page['next_before']}"
+    assert paged == [e["id"] for e in whole["entries"]]
+    for bad in ("before=x", "before=-1", "before=", "offset=2", "limit=2&limit=3"):
+        status, body = api(server, "GET", f"/audit?{bad}", user=(name, password))
+        assert (status, body["error"]) == (400, "bad_request"), bad

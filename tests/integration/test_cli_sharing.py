@@ -109,3 +109,12 @@ def test_audit_reads_the_logbook_by_user_item_and_operation(cli: Cli, services: 
     assert table.code == 0 and "share:grant:revoke" in table.out
     assert "no user" in cli.fails("audit", "--user", "zed")
     assert "nothing at" in cli.fails("audit", "--item", "alice:/nope")
+    # Page by page, each page starting before the last row of the one before.
+    newest, older = cli.json("audit", "--limit", "2"), []
+    page = newest
+    while page:
+        older += page
+        page = cli.json("audit", "--limit", "2", "--before", str(page[-1]["id"]))
+    assert older == cli.json("audit", "--limit", "1000")
+    with pytest.raises(SystemExit):
+        cli("audit", "--before", "x")
