@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from davserver.app import Application
 from davserver.config import ConfigError, Settings
 from davserver.context import open_s3_store
 from davserver.db import Database
 from davserver.db.engine import check_url
 from davserver.processes import run_in_child
+
+if TYPE_CHECKING:  # the command line makes folders and migrates without the WebDAV app
+    from davserver.app import Application
 
 
 class SchemaUpgradeFailed(RuntimeError):
@@ -27,11 +30,11 @@ def prepare(
     never loads Alembic (with Mako, some 10 MiB resident for as long as the server runs).
     Only where no other thread runs yet: ``davserver serve`` at its start.
     """
+    from davserver.app import Application
+
     check_url(settings.database_url)
     blobs = open_s3_store(settings)  # asks the bucket before anything is made
-    if not settings.database.url:
-        _make_folder("data_dir", Path(settings.data_dir))
-    _make_folder("storage.blob_dir", settings.blob_path)
+    make_folders(settings)
     if migrate_in_child:
         _upgrade_schema_in_child(settings)
     app = Application(settings, blobs)
@@ -39,6 +42,14 @@ def prepare(
         upgrade_schema(settings, app.db)
     generated = app.accounts.ensure_admin(settings.admin.user, settings.admin.password or None)
     return app, generated
+
+
+def make_folders(settings: Settings) -> None:
+    """The data folder (for SQLite's file) and the blob folder, made where missing;
+    ConfigError naming the option whose folder cannot be made."""
+    if not settings.database.url:
+        _make_folder("data_dir", Path(settings.data_dir))
+    _make_folder("storage.blob_dir", settings.blob_path)
 
 
 def _make_folder(option: str, path: Path) -> None:
@@ -55,6 +66,8 @@ def upgrade_schema(settings: Settings, db: Database | None = None) -> None:
     from davserver.db.migrate import upgrade  # Alembic: see prepare()
 
     own = db is None
+    if own:
+        make_folders(settings)
     db = db or Database(settings.database_url)
     try:
         upgrade(db)

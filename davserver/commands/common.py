@@ -33,10 +33,14 @@ def settings_of(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 @contextmanager
 def open_services(args: argparse.Namespace) -> Iterator[Services]:
-    """The services for the settings the command line names; the schema must be current."""
+    """The services for the settings the command line names, their folders made as ``serve``
+    makes them; the schema is brought up to date."""
+    from davserver.bootstrap import make_folders
     from davserver.db.migrate import upgrade
 
-    services = Services(settings_of(args))
+    settings = settings_of(args)
+    make_folders(settings)
+    services = Services(settings)
     try:
         upgrade(services.db)
         yield services

@@ -127,6 +127,33 @@ def test_folders_that_cannot_be_made_are_named(tmp_path: Path) -> None:
     )
 
 
+def command(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``davserver args`` (a command that ends by itself) until it exits."""
+    return subprocess.run(
+        [sys.executable, "-m", "davserver", *args],
+        cwd=cwd,
+        env=_env(cwd, env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def test_commands_make_the_data_folder_as_serve_does_or_name_it(tmp_path: Path) -> None:
+    # ``db upgrade`` on a new install failed with "unable to open database file"; a command
+    # whose data folder was a file ended in a traceback (NotADirectoryError).
+    fresh = {"DAVSERVER_DATA_DIR": str(tmp_path / "new" / "data")}
+    done = command(tmp_path, fresh, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "new" / "data" / "blobs").is_dir()
+    (tmp_path / "taken").write_text("a file where the data folder should be")
+    taken = {"DAVSERVER_DATA_DIR": str(tmp_path / "taken")}
+    for args in (("db", "upgrade"), ("user", "list"), ("trash", "purge")):
+        assert_refused(command(tmp_path, taken, *args), "data_dir: cannot create the folder")
+
+
 def test_a_certificate_and_key_that_do_not_load_are_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
