@@ -88,18 +88,23 @@ class Application:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "")
         length = environ.get("CONTENT_LENGTH", "") or "0"
+        path = environ.get("PATH_INFO", "")
+        is_api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
         # Checked for every method: cheroot passes "-5" and "+5" on, and a PUT then failed
         # reading its body (ValueError, a 500).
         if not (length.isascii() and length.isdigit()):
+            if is_api:
+                return self.api.error(start_response, BadRequest("invalid Content-Length"))
             return _plain(start_response, "400 Bad Request", "Invalid Content-Length\n")
         if method not in _STREAMED_METHODS and int(length) > self.settings.server.max_xml_body:
+            if is_api:
+                return self.api.too_large(start_response)
             return _plain(start_response, "413 Content Too Large", "Request body too large\n")
-        path = environ.get("PATH_INFO", "")
         if self._proxies:
             _take_forwarded_address(environ, self._proxies)
         problem = _path_problem(path) or _destination_problem(environ) or _nul_problem(environ)
         if problem:
-            if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+            if is_api:
                 return self.api.error(start_response, BadRequest(problem))
             return _plain(start_response, "400 Bad Request", problem + "\n")
         if self.settings.logging.query_header:

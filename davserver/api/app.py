@@ -343,6 +343,12 @@ class ApiApp:
             headers = [("Retry-After", str(exc.retry_after))]
         return _json(start_response, status, {"error": code, "message": str(exc)}, headers)
 
+    def too_large(self, start_response: Any) -> list[bytes]:
+        """The JSON answer to a body larger than ``server.max_xml_body`` (the front refuses
+        it before reading it)."""
+        refusal = {"error": "too_large", "message": "the request body is too large"}
+        return _json(start_response, 413, refusal)
+
 
 def _allowed(parts: list[str]) -> tuple[str, ...]:
     """The methods of the endpoint at a path (as ``_route`` answers them), OPTIONS last;

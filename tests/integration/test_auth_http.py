@@ -414,6 +414,18 @@ def test_api_without_credentials_is_401_and_unknown_path_404(server: InprocServe
     assert response.status == 404 and json.loads(response.body)["error"] == "not_found"
 
 
+def test_api_refuses_an_oversized_or_mismeasured_body_in_json(server: InprocServer) -> None:
+    # Both were the WebDAV front's text/plain answers, which a script's jq cannot read.
+    name, password = make_user(server)
+    too_big = str(server.app.settings.server.max_xml_body + 1)
+    for length, status in [(too_big, 413), ("-5", 400)]:
+        headers = {"Content-Type": "application/json", "Content-Length": length}
+        response = call(server, "POST", "/api/v1/keys", user=(name, password), headers=headers)
+        assert response.status == status
+        assert response.headers["Content-Type"] == "application/json"
+        assert json.loads(response.body)["error"] in ("too_large", "bad_request")
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
