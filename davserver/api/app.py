@@ -393,14 +393,16 @@ def _json(
 
 
 def _body(environ: dict[str, Any]) -> dict[str, Any]:
-    """The request's JSON object (or form fields); BadRequest when it is neither."""
+    """The request's JSON object (or form fields); BadRequest when it is neither.
+
+    A "form" that is a JSON object is read as JSON: ``curl -d '{...}'`` labels it a form."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         raise BadRequest("invalid Content-Length") from None
     raw = environ["wsgi.input"].read(length) if length > 0 else b""
     kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-    if kind == "application/x-www-form-urlencoded":
+    if kind == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
         body = dict(parse_qsl(raw.decode("utf-8", "replace")))
     else:
         try:

@@ -394,6 +394,18 @@ def test_token_endpoint_refuses_bad_bodies_with_json_errors(
     assert json.loads(response.body)["error"] == "bad_request"
 
 
+def test_a_json_body_sent_as_a_form_is_read_as_json(server: InprocServer) -> None:
+    # ``curl -d '{...}'`` labels its body a form: the JSON was parsed as one form field,
+    # and the answer was "username is required", which sent people looking elsewhere.
+    name, password = make_user(server)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = json.dumps({"username": name, "password": password}).encode()
+    response = call(server, "POST", "/api/v1/token", body=b" " + body, headers=form)
+    assert response.status == 200 and "access_token" in json.loads(response.body)
+    fields = f"username={name}&password={password}".encode()
+    assert call(server, "POST", "/api/v1/token", body=fields, headers=form).status == 200
+
+
 def test_api_refuses_nul_characters_with_400_never_500(server: InprocServer) -> None:
     name, password = make_user(server)
     for method, path, payload in [
