@@ -148,7 +148,7 @@ class ApiApp:
                 # (A read-only key reads what its user may read: its cap on rights aside.)
                 holder = dataclasses.replace(actor, read_only=False)
                 ctx = self.services.namespace.context(holder)
-                target = self._reach(holder, _query(environ, "path").get("path", ""), ctx)
+                target = self._reach(holder, _text(_query(environ, "path"), "path"), ctx)
                 reaching = None if target.rights & Perm.SHARE else (actor.user_id, ctx.groups)
                 grants = self.services.sharing.grants_on(target.view, reaching=reaching)
                 return 200, {"grants": [plain(g.as_dict()) for g in grants]}
@@ -156,7 +156,7 @@ class ApiApp:
                 return 201, self._grant(actor, _body(environ))
             case "DELETE", ["grants"]:
                 query = _query(environ, "path", "user", "group")
-                target = self._reach(actor, query.get("path", ""))
+                target = self._reach(actor, _text(query, "path"))
                 self.services.sharing.revoke_grantee(
                     actor,
                     target.view,

@@ -949,3 +949,12 @@ def test_a_space_itself_cannot_be_shared(people: People) -> None:
         p.call(p.carol, "PROPFIND", "/shared/", headers={"Depth": "1"}).body.count(b"<D:response>")
         == 1
     )
+
+
+def test_the_grants_of_no_path_are_a_400_naming_it(people: People) -> None:
+    # They were a 404 "no item ''", as if the path given did not exist.
+    p = people
+    for method, query in [("GET", ""), ("GET", "?path="), ("DELETE", f"?user={p.bob}")]:
+        status, body = p.api(p.alice, method, f"/grants{query}")
+        assert (status, body["error"]) == (400, "bad_request"), (method, query)
+        assert "path" in body["message"]
