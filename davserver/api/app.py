@@ -413,27 +413,36 @@ def _body(environ: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest("the body is nested too deeply") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
-    if _holds_nul(body):
-        # No name can hold one, and PostgreSQL refuses it in any text (a 500 there).
-        raise BadRequest("the body contains a NUL character")
+    _check_text(body)
     return body
 
 
 _MAX_DEPTH = 32  # far more than any request of this API has
 
 
-def _holds_nul(value: Any, depth: int = 0) -> bool:
-    """Whether a parsed JSON value has a NUL character in any string, keys included;
-    BadRequest when it is nested deeper than ``_MAX_DEPTH``."""
+def _check_text(value: Any, depth: int = 0) -> None:
+    """BadRequest when a string of a parsed JSON value, keys included, holds a NUL character
+    (no name can hold one, and PostgreSQL refuses it in any text) or a lone surrogate
+    (``"\\ud800"`` is valid JSON, but no UTF-8 carries it to the database), or when the value
+    is nested deeper than ``_MAX_DEPTH``."""
     if isinstance(value, str):
-        return "\x00" in value
+        if "\x00" in value:
+            raise BadRequest("the body contains a NUL character")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest("the body contains a lone surrogate (\\ud800-\\udfff)") from None
+        return
     if depth > _MAX_DEPTH and isinstance(value, dict | list):
         raise BadRequest("the body is nested too deeply")
     if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(item, depth + 1) for item in value)
-    return False
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, depth + 1)
 
 
 def _days(body: dict[str, Any], *, at_least: int, what: str = "expires_days") -> int | None:

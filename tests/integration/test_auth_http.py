@@ -379,6 +379,8 @@ def test_a_new_password_ends_the_token_sessions_of_the_old_one(server: InprocSer
         # PostgreSQL refuses a NUL in any text: it was a 500 there
         (b'{"username": "ad\\u0000min", "password": "x"}', "application/json", 400),
         (b"username=ad%00min&password=x", "application/x-www-form-urlencoded", 400),
+        # A lone surrogate is valid JSON but no UTF-8: the database driver's 500
+        (b'{"username": "ad\\ud800min", "password": "x"}', "application/json", 400),
         # nested past Python's recursion limit: it was a RecursionError, a 500
         (b"[" * 50_000 + b"]" * 50_000, "application/json", 400),
         (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "application/json", 400),
@@ -414,6 +416,10 @@ def test_api_refuses_nul_characters_with_400_never_500(server: InprocServer) -> 
         ("GET", "/grants?path=/files/a%00b", None),
         ("DELETE", "/grants?path=/files&user=a%00b", None),
         ("DELETE", "/keys/a%00b", None),
+        # a lone surrogate was a 500: no UTF-8 can carry it to the database
+        ("POST", "/keys", {"name": "k\ud800"}),
+        ("POST", "/packages", {"name": "p", "description": "\udfff"}),
+        ("POST", "/grants", {"path": "/files/\ud800", "user": "bob", "rights": ["read"]}),
     ]:
         status, body = api(server, method, path, payload, user=(name, password))
         assert (status, body["error"]) == (400, "bad_request"), (method, path, body)
