@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for arg in argv:
+        if not arg.isascii() and not _is_utf8(arg):
+            # Bytes that are not UTF-8 arrive as lone surrogates, which no name may hold and
+            # the database driver cannot encode.
+            print(f"davserver: the argument {arg!r} is not UTF-8", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
@@ -214,6 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # is done; send what is left of the output nowhere, so that exiting flushes no more.
         _silence_stdout()
         return 1
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _silence_stdout() -> None:

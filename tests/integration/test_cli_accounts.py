@@ -219,6 +219,26 @@ def test_usage_errors_exit_2(cli: Cli, args: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ("user", "show", "bob\udcff"),  # what Python makes of the byte 0xFF in argv
+        ("apikey", "create", "admin1", "--name", "k\udcff"),
+        ("audit", "--op", "a\udcff"),
+        ("grant", "admin1:/\udcff", "--to", "admin1", "--rights", "read"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_one_line_and_status_2(
+    cli: Cli, args: tuple[str, ...]
+) -> None:
+    # It reached the database driver: a UnicodeEncodeError traceback on PostgreSQL.
+    cli.json("user", "create", "admin1", "--role", "admin")
+    result = cli(*args)
+    assert result.code == 2 and result.out == ""
+    bad = next(arg for arg in args if "\udcff" in arg)
+    assert result.err.splitlines() == [f"davserver: the argument {bad!r} is not UTF-8"]
+
+
+@pytest.mark.parametrize(
     "command",
     [
         "user", "user create", "user list", "user show", "user disable", "user enable",
