@@ -100,6 +100,27 @@ def test_disable_takes_effect_on_the_next_request(
     assert propfind(inproc_server, name, password) == 401
 
 
+def test_a_re_enabled_users_old_tokens_stay_dead(
+    inproc_server: InprocServer, admin_cli: Admin
+) -> None:
+    # Disabling signs the user out of everything: their access and refresh tokens worked
+    # again as soon as they were enabled, a stolen one with them.
+    name = fresh_name("reenabled")
+    password = admin_cli("user", "create", name)["password"]
+    api = inproc_server.url + "/api/v1"
+    login = json.dumps({"username": name, "password": password}).encode()
+    json_type = {"Content-Type": "application/json"}
+    pair = json.loads(http_request("POST", api + "/token", login, json_type).body)
+    bearer = {"Authorization": f"Bearer {pair['access_token']}"}
+    assert http_request("GET", api + "/me", headers=bearer).status == 200
+    admin_cli("user", "disable", name)
+    admin_cli("user", "enable", name)
+    assert http_request("GET", api + "/me", headers=bearer).status == 401
+    refresh = json.dumps({"refresh_token": pair["refresh_token"]}).encode()
+    assert http_request("POST", api + "/token/refresh", refresh, json_type).status == 401
+    assert http_request("POST", api + "/token", login, json_type).status == 200
+
+
 def test_password_change_takes_effect_on_the_next_request(
     inproc_server: InprocServer, admin_cli: Admin
 ) -> None:
