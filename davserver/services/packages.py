@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import unicodedata
 import uuid
 import zlib
 from typing import Any, BinaryIO
@@ -55,6 +56,7 @@ from davserver.services.tree import NodeView, check_name, name_key
 from davserver.services.zipstream import MANIFEST_NAME, check_archive_path, check_unique_paths
 
 _CRC_BLOCK = 1024 * 1024
+MAX_DESCRIPTION_LENGTH = 1024
 
 
 def check_package_name(name: str) -> str:
@@ -67,6 +69,17 @@ def check_package_name(name: str) -> str:
     if name.lower().endswith(".zip"):
         raise InvalidName(f"{name!r}: a package's zip is <name>.zip, so names cannot end in .zip")
     return name
+
+
+def check_description(text: str) -> str:
+    """A package description as it is stored; BadRequest when it is longer than
+    ``MAX_DESCRIPTION_LENGTH`` characters or holds a control character (it is printed in
+    listings, an admin's terminal among them: no escape sequences, no line breaks)."""
+    if len(text) > MAX_DESCRIPTION_LENGTH:
+        raise BadRequest(f"a description has at most {MAX_DESCRIPTION_LENGTH} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        raise BadRequest("a description may not contain control characters")
+    return text
 
 
 class PackageService:
@@ -140,10 +153,12 @@ class PackageService:
 
         ``expires_days`` None takes the configured default; 0 means it never expires. A name
         held by an expired package of the same user is taken over (the old one is deleted).
-        Raises InvalidName, BadRequest, or Conflict when the user has a package of that name.
+        Raises InvalidName, BadRequest (a description ``check_description`` refuses), or
+        Conflict when the user has a package of that name.
         """
         _require_write(actor)
         key = check_package_name(name)
+        description = check_description(description)
         expires_at = _expires_at(self.default_expiry_days if expires_days is None else expires_days)
         try:
             with self.db.write() as session:
@@ -171,7 +186,7 @@ class PackageService:
         if key != package.name:
             changes["name"] = key
         if description is not None:
-            changes["description"] = description
+            changes["description"] = check_description(description)
         if expires_days is not None:
             changes["expires_at"] = _expires_at(expires_days)
         if not changes:

@@ -133,6 +133,19 @@ def test_api_input_errors(server: InprocServer, alice: User, bob: User) -> None:
     assert created_default["expires_at"] > created_default["created_at"]
 
 
+def test_a_description_has_no_control_characters_and_a_bounded_length(alice: User) -> None:
+    # Both were stored as sent: an escape sequence then reached an admin's terminal through
+    # ``davserver package list``, and a description could be a megabyte long.
+    for description in ("\x1b[31mred\x1b[0m", "two\nlines", "x" * 1025):
+        for method, path in [("POST", "/packages"), ("PATCH", "/packages/kept")]:
+            if method == "PATCH":
+                assert alice.api("POST", "/packages", {"name": "kept"})[0] in (201, 409)
+            status, body = alice.api(method, path, {"name": "desc", "description": description})
+            assert (status, body["error"]) == (400, "bad_request"), (method, description)
+    status, created = alice.api("POST", "/packages", {"name": "fine", "description": "ü" * 1024})
+    assert status == 201 and created["description"] == "ü" * 1024
+
+
 def test_read_only_key_downloads_but_does_not_change(alice: User) -> None:
     alice.put("/files/a.txt", b"alpha")
     assert alice.api("POST", "/packages", {"name": "keyed"})[0] == 201
