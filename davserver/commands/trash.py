@@ -39,12 +39,12 @@ def register(commands: Any) -> None:
     sub = trash.add_subparsers(dest="trash_command", required=True)
 
     listing = sub.add_parser("list", help="a user's trash, oldest deletion first")
-    listing.add_argument("user")
+    listing.add_argument("user", help="whose trash (a username)")
     add_json_flag(listing)
     listing.set_defaults(func=cmd_list)
 
     restore = sub.add_parser("restore", help="bring an item of a user's trash back")
-    restore.add_argument("user")
+    restore.add_argument("user", help="whose trash (a username)")
     restore.add_argument(
         "item",
         help="its name in the trash (as `trash list` shows it), or the name it was deleted "

@@ -3,6 +3,7 @@ errors with exit status 1, passwords from stdin, and the all-or-nothing CSV impo
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from passlib.hash import bcrypt
 
-from davserver.cli import main
+from davserver.cli import build_parser, main
 from davserver.config import load_settings
 from davserver.context import Services
 from davserver.models import ApiKey, User
@@ -253,6 +254,20 @@ def test_every_command_has_help(cli: Cli, command: str) -> None:
         main([*command.split(), "--help"])
     assert caught.value.code == 0
     assert cli.capsys.readouterr().out.startswith("usage: davserver " + command)
+
+
+
+def test_every_argument_of_every_command_is_explained() -> None:
+    # ``davserver trash list --help`` showed a bare "user" with nothing to say what it was.
+    def unexplained(parser: argparse.ArgumentParser, command: str) -> Iterator[str]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from unexplained(sub, f"{command} {name}")
+            elif not action.help:
+                yield f"{command} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(unexplained(build_parser(), "davserver")) == []
 
 
 # ------------------------------------------------------------------------------ groups
