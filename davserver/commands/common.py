@@ -13,9 +13,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from davserver.config import Settings, load_settings
+from davserver.config import ConfigError, Settings, load_settings
 from davserver.context import Services
 from davserver.errors import BadRequest
 from davserver.jsonsafe import plain
@@ -39,6 +40,7 @@ def open_services(args: argparse.Namespace) -> Iterator[Services]:
     from davserver.db.migrate import upgrade
 
     settings = settings_of(args)
+    _require_sqlite_file(settings)
     make_folders(settings)
     services = Services(settings)
     try:
@@ -46,6 +48,24 @@ def open_services(args: argparse.Namespace) -> Iterator[Services]:
         yield services
     finally:
         services.close()
+
+
+def _require_sqlite_file(settings: Settings) -> None:
+    """ConfigError when the settings name a SQLite file that does not exist. Commands work
+    on a deployment that ``serve`` or ``db upgrade`` made: run from another folder (cron
+    runs in $HOME, where ./data is not the server's) or with a mistyped data_dir, they
+    would otherwise make a new, empty database and answer from it."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if not Path(path).exists():
+        raise ConfigError(
+            f"no database at {path}: name the server's settings (--config, "
+            "DAVSERVER_DATA_DIR, DAVSERVER_DATABASE_URL), or create it with davserver db upgrade"
+        )
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

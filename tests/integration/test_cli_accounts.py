@@ -79,6 +79,8 @@ def cli(
     monkeypatch.setenv("DAVSERVER_DATABASE_URL", db_url)
     monkeypatch.setenv("DAVSERVER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)  # no config.yaml here
+    assert main(["db", "upgrade"]) == 0  # as on a new install: commands need a database
+    capsys.readouterr()
     return Cli(capsys, monkeypatch)
 
 
@@ -254,7 +256,6 @@ def test_every_command_has_help(cli: Cli, command: str) -> None:
         main([*command.split(), "--help"])
     assert caught.value.code == 0
     assert cli.capsys.readouterr().out.startswith("usage: davserver " + command)
-
 
 
 def test_every_argument_of_every_command_is_explained() -> None:

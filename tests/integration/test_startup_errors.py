@@ -150,8 +150,24 @@ def test_commands_make_the_data_folder_as_serve_does_or_name_it(tmp_path: Path) 
     assert (tmp_path / "new" / "data" / "blobs").is_dir()
     (tmp_path / "taken").write_text("a file where the data folder should be")
     taken = {"DAVSERVER_DATA_DIR": str(tmp_path / "taken")}
-    for args in (("db", "upgrade"), ("user", "list"), ("trash", "purge")):
-        assert_refused(command(tmp_path, taken, *args), "data_dir: cannot create the folder")
+    assert_refused(command(tmp_path, taken, "db", "upgrade"), "data_dir: cannot create the folder")
+    blobs_taken = {**fresh, "DAVSERVER_STORAGE_BLOB_DIR": str(tmp_path / "taken" / "blobs")}
+    for args in (("user", "list"), ("trash", "purge")):
+        assert_refused(
+            command(tmp_path, blobs_taken, *args), "storage.blob_dir: cannot create the folder"
+        )
+
+
+def test_commands_do_not_answer_from_a_new_empty_database(tmp_path: Path) -> None:
+    # Run from another folder (cron runs in $HOME) or with a mistyped data_dir, a command
+    # made a new SQLite database there and answered from it: user list listed nobody,
+    # trash purge purged nothing, user create created a user no server would see; exit 0.
+    for args in (("user", "list"), ("trash", "purge"), ("user", "create", "alice")):
+        stderr = assert_refused(command(tmp_path, {}, *args), "no database at")
+        assert str(tmp_path / "data" / "davserver.sqlite3") in stderr
+    assert not (tmp_path / "data").exists()
+    assert command(tmp_path, {}, "db", "upgrade").returncode == 0
+    assert command(tmp_path, {}, "user", "list").returncode == 0
 
 
 def test_a_certificate_and_key_that_do_not_load_are_refused(tmp_path: Path) -> None:
