@@ -117,7 +117,7 @@ class ApiApp:
                 body = _body(environ)
                 return 200, tokens.refresh(_text(body, "refresh_token"), **client).as_json()
             case "POST", ["token", "revoke"]:
-                tokens.revoke(_text(_body(environ), "token"))
+                tokens.revoke(_text(_body(environ), "token"), **client)
                 return 200, {"revoked": True}
             case "GET" | "HEAD", ["health"]:
                 return self._health()

@@ -170,9 +170,32 @@ class TokenService:
             raise Unauthorized("this refresh token was revoked or already used")
         return self._pair(actor, token, now)
 
-    def revoke(self, token: str, *, actor: Actor | None = None) -> None:
-        """Revoke a refresh token (its family and session) or an access token (just it)."""
+    def revoke(
+        self,
+        token: str,
+        *,
+        actor: Actor | None = None,
+        remote_addr: str | None = None,
+        user_agent: str | None = None,
+    ) -> None:
+        """Revoke a refresh token (its family and session) or an access token (just it).
+
+        Without an ``actor`` the logbook row is the token's user's and session's, from the
+        client at ``remote_addr``: whoever presents a token speaks for its session."""
         now = utcnow()
+
+        def holder(user_id: uuid.UUID, session_id: uuid.UUID | None) -> Actor:
+            if actor is not None:
+                return actor
+            return Actor(
+                user_id,
+                "",  # not in the row: the logbook keeps the user's id
+                session_id=session_id,
+                remote_addr=remote_addr,
+                user_agent=user_agent,
+                auth_method="token",
+            )
+
         if token.startswith(REFRESH_PREFIX):
             with self.db.write() as session:
                 row = session.execute(_REFRESH_ROW, {"hash": _sha256(token)}).first()
@@ -180,12 +203,16 @@ class TokenService:
                     return  # RFC 7009: an unknown token is not an error
                 self._revoke_family(session, row.family_id, row.session_id, now)
                 record_audit(
-                    session, actor, Op.TOKEN_REVOKE, details={"family_id": str(row.family_id)}
+                    session,
+                    holder(row.user_id, row.session_id),
+                    Op.TOKEN_REVOKE,
+                    details={"family_id": str(row.family_id)},
                 )
             return
         claims = self._claims(token)
         if claims is None:
             return
+        revoker = holder(uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
         with self.db.write() as session:
             session.execute(
                 for_bind(_INSERT_REVOKED, session),
@@ -197,7 +224,7 @@ class TokenService:
                 },
             )
             session.execute(_rev.delete().where(_rev.c.expires_at < now))
-            record_audit(session, actor, Op.TOKEN_REVOKE, details={"jti": claims["jti"]})
+            record_audit(session, revoker, Op.TOKEN_REVOKE, details={"jti": claims["jti"]})
 
     # -- checking
 

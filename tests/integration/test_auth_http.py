@@ -299,6 +299,28 @@ def test_revoked_access_token_and_ended_session_are_refused(server: InprocServer
     assert status == 401
 
 
+def test_a_token_revocation_is_logged_as_the_users_with_the_clients_address(
+    server: InprocServer,
+) -> None:
+    # The rows had no user, session or address: ``audit --user`` never showed them, and
+    # nobody could tell from where a session was cut off.
+    name, password = make_user(server)
+    pair = login(server, name, password)
+    client = {"User-Agent": "revoker/1.0"}
+    for token in (pair["access_token"], pair["refresh_token"]):
+        status, _ = api(server, "POST", "/token/revoke", {"token": token}, headers=client)
+        assert status == 200
+    user_id = server.app.services.users.user_id(name)
+    with server.app.db.read() as session:
+        rows = session.scalars(
+            sa.select(LogEntry).where(
+                LogEntry.op_type == Op.TOKEN_REVOKE.value, LogEntry.user_id == user_id
+            )
+        ).all()
+        seen = [(str(r.session_id), str(r.remote_addr), r.user_agent) for r in rows]
+    assert seen == [(pair["session_id"], "127.0.0.1", "revoker/1.0")] * 2
+
+
 def test_disabled_user_loses_password_key_and_token_at_once(server: InprocServer) -> None:
     name, password = make_user(server)
     _, created = api(server, "POST", "/keys", {"name": "k"}, user=(name, password))
