@@ -96,6 +96,8 @@ class ApiApp:
             status, body = self._route("GET" if method == "HEAD" else method, parts, environ)
         except DomainError as exc:
             response = self.error(start_response, exc)
+        except _BodyTooLarge:
+            response = self.too_large(start_response)
         else:
             response = _json(start_response, status, body)
         return [b""] if method == "HEAD" else response
@@ -108,16 +110,16 @@ class ApiApp:
         tokens = self.services.tokens
         match method, parts:
             case "POST", ["token"]:
-                body = _body(environ)
+                body = self._body(environ)
                 if body.get("grant_type") == "refresh_token":
                     return 200, tokens.refresh(_text(body, "refresh_token"), **client).as_json()
                 pair = tokens.login(_text(body, "username"), _text(body, "password"), **client)
                 return 200, pair.as_json()
             case "POST", ["token", "refresh"]:
-                body = _body(environ)
+                body = self._body(environ)
                 return 200, tokens.refresh(_text(body, "refresh_token"), **client).as_json()
             case "POST", ["token", "revoke"]:
-                tokens.revoke(_text(_body(environ), "token"), **client)
+                tokens.revoke(_text(self._body(environ), "token"), **client)
                 return 200, {"revoked": True}
             case "GET" | "HEAD", ["health"]:
                 return self._health()
@@ -139,7 +141,7 @@ class ApiApp:
                 keys = self.services.api_keys.list_keys(actor.user_id, actor=actor)
                 return 200, {"keys": [plain(k.as_dict()) for k in keys]}
             case "POST", ["keys"]:
-                return 201, self._create_key(actor, _body(environ))
+                return 201, self._create_key(actor, self._body(environ))
             case "DELETE", ["keys", key]:
                 self.services.api_keys.revoke(actor, actor.user_id, key)
                 return 204, None
@@ -153,7 +155,7 @@ class ApiApp:
                 grants = self.services.sharing.grants_on(target.view, reaching=reaching)
                 return 200, {"grants": [plain(g.as_dict()) for g in grants]}
             case "POST", ["grants"]:
-                return 201, self._grant(actor, _body(environ))
+                return 201, self._grant(actor, self._body(environ))
             case "DELETE", ["grants"]:
                 query = _query(environ, "path", "user", "group")
                 target = self._reach(actor, _text(query, "path"))
@@ -181,7 +183,7 @@ class ApiApp:
                 found = packages.list_packages(actor.user_id)
                 return 200, {"packages": [plain(p.summary()) for p in found]}
             case "POST", []:
-                body = _body(environ)
+                body = self._body(environ)
                 created = packages.create(
                     actor,
                     actor.user_id,
@@ -193,7 +195,7 @@ class ApiApp:
             case "GET", [name]:
                 return 200, self._package(actor, packages.get(actor.user_id, name))
             case "PATCH", [name]:
-                body = _body(environ)
+                body = self._body(environ)
                 changed = packages.update(
                     actor,
                     packages.get(actor.user_id, name),
@@ -206,7 +208,7 @@ class ApiApp:
                 packages.delete(actor, packages.get(actor.user_id, name))
                 return 204, None
             case "POST", [name, "items"]:
-                body = _body(environ)
+                body = self._body(environ)
                 package = packages.get(actor.user_id, name)
                 path_in_archive = _optional_text(body, "path_in_archive")
                 ctx = self.services.namespace.context(actor)
@@ -214,7 +216,7 @@ class ApiApp:
                 added = packages.add(actor, package, ctx, target.view, path_in_archive)
                 return 201, {"added": [plain(item.as_dict()) for item in added]}
             case "PATCH", [name, "items", *path] if path:
-                body = _body(environ)
+                body = self._body(environ)
                 package = packages.get(actor.user_id, name)
                 packages.move(actor, package, "/".join(path), _text(body, "path_in_archive"))
                 return 200, self._package(actor, packages.get(actor.user_id, name))
@@ -222,6 +224,9 @@ class ApiApp:
                 packages.remove(actor, packages.get(actor.user_id, name), "/".join(path))
                 return 204, None
         raise NotFound(f"no API endpoint {method} {PREFIX}/packages/{'/'.join(rest)}")
+
+    def _body(self, environ: dict[str, Any]) -> dict[str, Any]:
+        return _body(environ, self.services.settings.server.max_xml_body)
 
     def _package(self, actor: Actor, package: PackageView) -> dict[str, Any]:
         """A package with its items, where its zip is, and what could not be downloaded."""
@@ -392,15 +397,26 @@ def _json(
     return [data]
 
 
-def _body(environ: dict[str, Any]) -> dict[str, Any]:
+class _BodyTooLarge(Exception):
+    """A chunked body grew past ``server.max_xml_body`` (one with a Content-Length over it
+    is refused by the front before the API runs)."""
+
+
+def _body(environ: dict[str, Any], limit: int) -> dict[str, Any]:
     """The request's JSON object (or form fields); BadRequest when it is neither.
 
-    A "form" that is a JSON object is read as JSON: ``curl -d '{...}'`` labels it a form."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise BadRequest("invalid Content-Length") from None
-    raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    A "form" that is a JSON object is read as JSON: ``curl -d '{...}'`` labels it a form.
+    A chunked body (no Content-Length: a pipe, a generator) is read up to ``limit`` bytes."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raw = environ["wsgi.input"].read(limit + 1)
+        if len(raw) > limit:
+            raise _BodyTooLarge
+    else:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+        raw = environ["wsgi.input"].read(length) if length > 0 else b""
     kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if kind == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
         body = dict(parse_qsl(raw.decode("utf-8", "replace")))

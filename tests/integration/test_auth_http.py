@@ -430,6 +430,29 @@ def test_a_json_body_sent_as_a_form_is_read_as_json(server: InprocServer) -> Non
     assert call(server, "POST", "/api/v1/token", body=fields, headers=form).status == 200
 
 
+def test_a_chunked_json_body_is_read(server: InprocServer) -> None:
+    # A body sent without a Content-Length (a pipe, a generator) was taken as empty: the
+    # answer was "username is required", whatever the body held.
+    name, password = make_user(server)
+
+    def post_chunked(chunks: list[bytes]) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+            conn.request("POST", "/api/v1/token", iter(chunks), headers, encode_chunked=True)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    body = json.dumps({"username": name, "password": password}).encode()
+    status, pair = post_chunked([body[:10], body[10:]])
+    assert status == 200 and "access_token" in pair
+    too_big = server.app.settings.server.max_xml_body + 1
+    status, error = post_chunked([b'{"username": "' + b"x" * too_big + b'"}'])
+    assert (status, error["error"]) == (413, "too_large")
+
+
 def test_api_refuses_nul_characters_with_400_never_500(server: InprocServer) -> None:
     name, password = make_user(server)
     for method, path, payload in [
