@@ -194,8 +194,9 @@ def read_logbook(
     limit: int = 100,
 ) -> list[LogbookRow]:
     """Logbook rows, newest first, at most ``limit`` (1 to MAX_ROWS): of one user, about one
-    file or folder, of one operation (``share:grant:create``) or family of them (``share``),
-    from ``since`` and before ``until``. Each filter uses an index of the logbook.
+    file or folder, of one operation (``share:grant:create``) or family of them (``share``;
+    BadRequest for one no row can have), from ``since`` and before ``until``. Each filter uses
+    an index of the logbook.
 
     ``before`` is the id of a row: only the rows after it in this order (older ones), so that
     the id of a page's last row asks for the next page. None past an unknown id.
@@ -225,6 +226,10 @@ def read_logbook(
         query = query.where(log.c.node_id == node_id)
     if op:
         family = op.rstrip(":")
+        if not any(known == family or known.startswith(family + ":") for known in Op):
+            # A typo ("shared") would otherwise be an empty answer, as if nothing happened.
+            areas = ", ".join(sorted({known.split(":")[0] for known in Op}))
+            raise BadRequest(f"no operation {op!r}; operations start with {areas}")
         query = query.where(
             sa.or_(log.c.op_type == family, log.c.op_type.startswith(family + ":", autoescape=True))
         )

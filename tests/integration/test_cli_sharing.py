@@ -109,6 +109,7 @@ def test_audit_reads_the_logbook_by_user_item_and_operation(cli: Cli, services: 
     assert table.code == 0 and "share:grant:revoke" in table.out
     assert "no user" in cli.fails("audit", "--user", "zed")
     assert "nothing at" in cli.fails("audit", "--item", "alice:/nope")
+    assert "no operation 'shares'" in cli.fails("audit", "--op", "shares")
     # Page by page, each page starting before the last row of the one before.
     newest, older = cli.json("audit", "--limit", "2"), []
     page = newest
