@@ -177,6 +177,9 @@ class LogbookRow:
     session_id: uuid.UUID | None
     remote_addr: str | None
     details: dict[str, Any]
+    version_id: uuid.UUID | None
+    package_id: uuid.UUID | None
+    user_agent: str | None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,6 +218,9 @@ def read_logbook(
             log.c.session_id,
             log.c.remote_addr,
             log.c.details,
+            log.c.version_id,
+            log.c.package_id,
+            log.c.user_agent,
         )
         .select_from(log.outerjoin(users, users.c.id == log.c.user_id))
         .order_by(log.c.occurred_at.desc(), log.c.id.desc())

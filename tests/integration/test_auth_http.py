@@ -796,10 +796,18 @@ def test_an_overlong_password_is_refused_fast_not_truncated(server: InprocServer
 def test_the_logbook_is_read_through_the_api(server: InprocServer) -> None:
     name, password = make_user(server)
     other, other_password = make_user(server)
-    assert call(server, "PUT", "/files/logged.txt", user=(name, password), body=b"x").status == 201
+    uploader = {"User-Agent": "uploader/2.0"}
+    put = call(
+        server, "PUT", "/files/logged.txt", user=(name, password), body=b"x", headers=uploader
+    )
+    assert put.status == 201
     status, body = api(server, "GET", "/audit?path=/files/logged.txt", user=(name, password))
     assert status == 200 and [e["op"] for e in body["entries"]] == ["file:create"]
     assert body["entries"][0]["user"] == name
+    # Every column of the row: the client and the version were left out.
+    entry = body["entries"][0]
+    assert entry["version_id"] is not None and entry["package_id"] is None
+    assert entry["user_agent"] == "uploader/2.0"
     status, body = api(server, "GET", "/audit?op=auth&limit=2", user=(name, password))
     assert status == 200 and len(body["entries"]) == 2
     assert {e["user"] for e in body["entries"]} == {name}

@@ -100,6 +100,8 @@ def test_audit_reads_the_logbook_by_user_item_and_operation(cli: Cli, services: 
         "file:create",
     ]
     assert about_doc[0]["details"]["grantee"] == "bob" and about_doc[0]["user"] is None
+    assert about_doc[-1]["version_id"] is not None and about_doc[-1]["user_agent"] is None
+    assert about_doc[-1]["package_id"] is None
     assert [row["op"] for row in cli.json("audit", "--op", "share", "--limit", "1")] == [
         "share:grant:revoke"
     ]
