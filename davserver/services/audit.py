@@ -202,7 +202,8 @@ def read_logbook(
     an index of the logbook.
 
     ``before`` is the id of a row: only the rows after it in this order (older ones), so that
-    the id of a page's last row asks for the next page. None past an unknown id.
+    the id of a page's last row asks for the next page; BadRequest when no row has that id
+    (an empty page would look like the end of the logbook).
     """
     if not 1 <= limit <= MAX_ROWS:
         raise BadRequest(f"limit is a whole number from 1 to {MAX_ROWS}")
@@ -249,4 +250,9 @@ def read_logbook(
             sa.or_(log.c.occurred_at < then, sa.and_(log.c.occurred_at == then, log.c.id < before))
         )
     with db.connect() as conn:
+        if (
+            before is not None
+            and conn.scalar(sa.select(log.c.id).where(log.c.id == before)) is None
+        ):
+            raise BadRequest(f"no logbook row {before} to read before")
         return [LogbookRow(*row) for row in conn.execute(query)]

@@ -846,6 +846,14 @@ def test_the_logbook_is_read_page_by_page_through_the_api(server: InprocServer) 
         assert page["next_before"] == paged[-1]
         query = f"/audit?op=file&limit=2&before={page['next_before']}"
     assert paged == [e["id"] for e in whole["entries"]]
-    for bad in ("before=x", "before=-1", "before=", "offset=2", "limit=2&limit=3"):
+    # A row that does not exist: an empty page would look like the end of the logbook.
+    for bad in (
+        "before=x",
+        "before=-1",
+        "before=",
+        "offset=2",
+        "limit=2&limit=3",
+        f"before={2**62}",
+    ):
         status, body = api(server, "GET", f"/audit?{bad}", user=(name, password))
         assert (status, body["error"]) == (400, "bad_request"), bad
