@@ -216,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         said = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
         print(f"davserver: cannot use the database: {said[0] if said else exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: what was not committed is rolled back; 128 + SIGINT, as shells report it.
+        print("davserver: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # Whoever read the output stopped early (``davserver gc --json | head``): the work
         # is done; send what is left of the output nowhere, so that exiting flushes no more.

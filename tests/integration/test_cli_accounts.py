@@ -241,6 +241,20 @@ def test_an_argument_that_is_not_utf8_is_one_line_and_status_2(
     assert result.err.splitlines() == [f"davserver: the argument {bad!r} is not UTF-8"]
 
 
+def test_an_interrupted_command_is_one_line_and_status_130(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C while a command waited (here for a password on stdin) printed a traceback.
+    class Interrupted(io.StringIO):
+        def readline(self, size: int | None = -1) -> str:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "stdin", Interrupted())
+    result = cli("user", "create", "alice", "--password-stdin")
+    assert (result.code, result.out, result.err) == (130, "", "davserver: interrupted\n")
+    assert cli.fails("user", "show", "alice") == "davserver: no user 'alice'"
+
+
 @pytest.mark.parametrize(
     "command",
     [
