@@ -145,7 +145,14 @@ def cmd_davmount(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="davserver", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="davserver",
+        description="A WebDAV file server whose files live in a database: serve it, and "
+        "administer its users, groups, grants, packages, versions, trash and logbook.",
+        epilog="Every command has --help. Errors are one line on stderr; the exit status is "
+        "0 on success, 1 when the command failed (fsck: found a problem), 2 for a usage or "
+        "settings error, 130 when interrupted.",
+    )
     parser.add_argument("--config", help="settings file (default: ./config.yaml if present)")
     commands = parser.add_subparsers(dest="command", required=True)
 
