@@ -17,6 +17,7 @@ from typing import Any
 from davserver.errors import Unauthorized
 from davserver.services.accounts import AccountService
 from davserver.services.actor import ENVIRON_KEY, Actor
+from davserver.services.apikeys import KEY_MARKER
 from davserver.services.sessions import SessionService
 from davserver.services.tokens import TokenService
 
@@ -63,6 +64,11 @@ class Authenticator:
         if scheme == "basic":
             username, password = _basic_credentials(value.strip())
             actor = self.accounts.authenticate_basic(username, password, **client)
+        elif scheme == "bearer" and value.strip().startswith(KEY_MARKER):
+            raise Unauthorized(
+                "an API key is not a Bearer token: send it as the password of Basic "
+                "authentication, with your username (curl -u USER:dav_...)"
+            )
         elif scheme == "bearer" and value.strip():
             actor = self.tokens.authenticate(value.strip(), **client)
         else:

@@ -280,6 +280,15 @@ def test_bearer_token_and_refresh_rotation(server: InprocServer) -> None:
     assert any(d["session_id"] == first["session_id"] for d in reuse)
 
 
+def test_an_api_key_sent_as_a_bearer_token_is_told_where_it_goes(server: InprocServer) -> None:
+    # The answer was "invalid or expired access token", about a key that was neither.
+    name, password = make_user(server)
+    _, created = api(server, "POST", "/keys", {"name": "bearer"}, user=(name, password))
+    status, error = api(server, "GET", "/me", token=created["key"])
+    assert status == 401 and "Basic" in error["message"] and "password" in error["message"]
+    assert api(server, "GET", "/me", user=(name, created["key"]))[0] == 200
+
+
 def test_revoked_access_token_and_ended_session_are_refused(server: InprocServer) -> None:
     name, password = make_user(server)
     pair = login(server, name, password)
