@@ -388,10 +388,17 @@ class NamespaceService:
         taken: dict[str, set[str]] = {}
         if granted:
             with self.db.connect() as conn:
+                ancestries = _live_ancestries(conn, granted)
+                # A space's root (its own whole chain) has no name to be listed by: a grant
+                # on one, made before they were refused, neither lists nor hides anything.
+                roots = {start for start, chain in ancestries.items() if len(chain) == 1}
                 tops = [
                     start
-                    for start, chain in _live_ancestries(conn, granted).items()
-                    if not any(r.node_id in ctx.grants and r.node_id != start for r in chain)
+                    for start, chain in ancestries.items()
+                    if start not in roots
+                    and not any(
+                        r.node_id in ctx.grants and r.node_id not in (start, *roots) for r in chain
+                    )
                 ]
                 entries = conn.execute(_ENTRIES, {"ids": tops}).all() if tops else []
             for row in sorted(entries, key=lambda r: (r.username, r.name, str(r.id))):

@@ -951,6 +951,23 @@ def test_a_space_itself_cannot_be_shared(people: People) -> None:
     )
 
 
+def test_a_grant_on_a_space_made_before_is_left_out_of_the_listing(people: People) -> None:
+    # Such a grant (made before it was refused; here straight in the database) put a
+    # nameless entry in /shared/<owner>/, its href the folder's own, that no path reached.
+    # Worse, it hid every share of that owner's below it.
+    p = people
+    assert p.put(p.alice, "/files/shared-below.txt") == 201
+    assert p.grant(p.alice, "/files/shared-below.txt", p.carol, "read") == 201
+    services = p.server.app.services
+    home = services.files.home_id(services.users.user_id(p.alice))
+    with services.db.write() as session:
+        session.add(Grant(node_id=home, user_id=services.users.user_id(p.carol), can_read=True))
+    listing = p.call(p.carol, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
+    assert listing.status == 207
+    hrefs = re.findall(rb"<D:href>([^<]*)</D:href>", listing.body)
+    assert hrefs == [f"/shared/{p.alice}/".encode(), f"/shared/{p.alice}/shared-below.txt".encode()]
+
+
 def test_the_grants_of_no_path_are_a_400_naming_it(people: People) -> None:
     # They were a 404 "no item ''", as if the path given did not exist.
     p = people
