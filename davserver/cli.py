@@ -77,6 +77,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_db_copy(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
+    from davserver.commands.common import require_sqlite_file
     from davserver.db import Base, Database
     from davserver.db.copy import copy_database
     from davserver.db.engine import check_url
@@ -89,6 +90,7 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     shown = target_url.render_as_string(hide_password=True)
     if source_url == target_url:
         raise ConfigError(f"--to names the database being copied ({shown})")
+    require_sqlite_file(settings)
     source, target = Database(settings.database_url), Database(args.to)
     try:
         if not is_at_head(source):

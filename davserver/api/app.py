@@ -121,7 +121,7 @@ class ApiApp:
             case "POST", ["token", "revoke"]:
                 tokens.revoke(_text(self._body(environ), "token"), **client)
                 return 200, {"revoked": True}
-            case "GET" | "HEAD", ["health"]:
+            case "GET", ["health"]:
                 return self._health()
         actor = self.identify(environ)
         if method not in ("GET", "HEAD") and actor.read_only:
@@ -361,7 +361,7 @@ def _allowed(parts: list[str]) -> tuple[str, ...]:
     match parts:
         case ["token"] | ["token", "refresh"] | ["token", "revoke"]:
             methods: tuple[str, ...] = ("POST",)
-        case ["me"] | ["sessions"] | ["audit"]:
+        case ["me"] | ["sessions"] | ["audit"] | ["health"]:
             methods = ("GET", "HEAD")
         case ["sessions", _] | ["keys", _]:
             methods = ("DELETE",)

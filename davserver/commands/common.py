@@ -40,7 +40,7 @@ def open_services(args: argparse.Namespace) -> Iterator[Services]:
     from davserver.db.migrate import upgrade
 
     settings = settings_of(args)
-    _require_sqlite_file(settings)
+    require_sqlite_file(settings)
     make_folders(settings)
     services = Services(settings)
     try:
@@ -50,7 +50,7 @@ def open_services(args: argparse.Namespace) -> Iterator[Services]:
         services.close()
 
 
-def _require_sqlite_file(settings: Settings) -> None:
+def require_sqlite_file(settings: Settings) -> None:
     """ConfigError when the settings name a SQLite file that does not exist. Commands work
     on a deployment that ``serve`` or ``db upgrade`` made: run from another folder (cron
     runs in $HOME, where ./data is not the server's) or with a mistyped data_dir, they
