@@ -35,17 +35,30 @@ And two for the request line:
   stays 405, and the scheme stays the connection's.
 * **OPTIONS** had its path left escaped (cheroot un-escapes every other method's), so
   ``OPTIONS /files/a%20b.txt`` answered for an unmapped URL.
+
+And one for connections that say nothing:
+
+* **A new connection** was handed to a worker thread at once, to wait there up to
+  ``request_timeout`` for its first bytes (with TLS the accepting thread itself made the
+  handshake, so one silent client stopped every other from being accepted). A few silent
+  connections (a browser's speculative preconnects, a TCP health check) held every thread.
+  Here it waits in cheroot's selector, as an idle kept-alive connection does, until its first
+  bytes arrive; the worker that then reads it makes the TLS handshake.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from cheroot import connections as cheroot_connections
+from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
+from cheroot.makefile import MakeFile
 
 from davserver.errors import BadRequest, UploadIncomplete
 
@@ -192,3 +205,60 @@ class Request(cheroot_server.HTTPRequest):
 
 class Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = Request
+    # Set on a connection accepted for TLS: the handshake is still to be made.
+    tls_pending = False
+    # A failed handshake closed the socket (the ssl module does): cheroot's close() would
+    # fail on it (EBADF), and end the worker thread.
+    _socket_gone = False
+
+    def communicate(self) -> bool:
+        if self.tls_pending and not self._start_tls():
+            return False
+        kept: bool = super().communicate()
+        return kept
+
+    def _start_tls(self) -> bool:
+        """Make the TLS handshake (in the worker thread); False when it fails."""
+        self.tls_pending = False
+        adapter = self.server.ssl_adapter
+        try:
+            sock, self.ssl_env = adapter.wrap(self.socket)
+        except (cheroot_errors.FatalSSLAlert, cheroot_errors.NoSSLError):
+            self._socket_gone = True
+            return False
+        sock.settimeout(self.server.timeout)
+        self.socket = sock
+        self.rfile = adapter.makefile(sock, "rb", self.rbufsize)
+        self.wfile = adapter.makefile(sock, "wb", self.wbufsize)
+        return True
+
+    def close(self) -> None:
+        if self._socket_gone:
+            self.rfile.close()
+        else:
+            super().close()
+
+
+class ConnectionManager(cheroot_connections.ConnectionManager):
+    """cheroot's, except that a new connection waits in the selector until it is readable."""
+
+    def _from_server_socket(self, server_socket: socket.socket) -> None:
+        try:
+            sock, address = server_socket.accept()
+        except OSError as exc:  # as cheroot: a timeout, EINTR, a connection gone before accept
+            quiet = (
+                *cheroot_errors.socket_error_eintr,
+                *cheroot_errors.socket_errors_nonblocking,
+                *cheroot_errors.socket_errors_to_ignore,
+            )
+            if isinstance(exc, TimeoutError) or exc.args[0] in quiet:
+                return None
+            raise
+        sock.settimeout(self.server.timeout)
+        conn = self.server.ConnectionClass(self.server, sock, MakeFile)
+        if isinstance(address, tuple) and len(address) >= 2:
+            conn.remote_addr, conn.remote_port = address[0], address[1]
+        conn.ssl_env = {}
+        conn.tls_pending = self.server.ssl_adapter is not None
+        self.put(conn)  # into the selector (its buffer is empty)
+        return None

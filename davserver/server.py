@@ -9,13 +9,13 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from cheroot import wsgi
+from cheroot import connections, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.app import Application
 from davserver.config import ConfigError, ServerSettings
 from davserver.housekeeping import Housekeeper
-from davserver.http_request import MAX_HEADER_BYTES, Connection
+from davserver.http_request import MAX_HEADER_BYTES, Connection, ConnectionManager
 from davserver.memory import fix_malloc_thresholds, limit_malloc_arenas, release_free_memory
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,20 @@ class CannotListen(Exception):
         super().__init__(f"cannot listen on {host}:{port}: {detail}")
 
 
+class _Server(wsgi.Server):
+    _connections: connections.ConnectionManager
+
+    def prepare(self) -> None:
+        super().prepare()
+        # Ours lets a new connection wait for its first bytes without holding a worker thread.
+        cheroots, self._connections = self._connections, ConnectionManager(self)
+        cheroots.close()
+
+
 def make_server(app: Application, host: str, port: int, *, reuse_port: bool = False) -> wsgi.Server:
     """A cheroot server for ``app``; ``reuse_port`` lets several processes listen on one port."""
     settings = app.settings.server
-    server = wsgi.Server(
+    server = _Server(
         (host, port),
         app,
         numthreads=settings.threads,

@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -172,7 +173,14 @@ def http_request(
 ) -> Response:
     """A single request on a fresh connection; any HTTP status is returned, not raised."""
     parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or HOST, parts.port, timeout=timeout)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":  # a test server's own certificate: not checked
+        unchecked = ssl._create_unverified_context()
+        conn = http.client.HTTPSConnection(
+            parts.hostname or HOST, parts.port, timeout=timeout, context=unchecked
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or HOST, parts.port, timeout=timeout)
     sent = dict(headers or {})
     if auth is not None:
         sent.setdefault("Authorization", basic_auth_header(*auth))
@@ -349,7 +357,7 @@ def run_inproc_server(
     """
     from davserver.bootstrap import prepare
     from davserver.config import load_settings
-    from davserver.server import make_server
+    from davserver.server import make_server, tls_enabled
 
     data_dir = tmp_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -374,7 +382,7 @@ def run_inproc_server(
             thread.start()
             info = InprocServer(
                 engine=engine,
-                url=f"http://{HOST}:{port}",
+                url=f"{'https' if tls_enabled(settings.server) else 'http'}://{HOST}:{port}",
                 user=TEST_USER,
                 password=password,
                 data_dir=data_dir,

@@ -36,7 +36,16 @@ from davserver.http_request import MAX_HEADER_BYTES
 from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, User
 from davserver.services.actor import Actor
 from davserver.services.tree import NodeView
-from tests.servers import HOST, DavServer, InprocServer, Response, basic_auth_header, http_request
+from tests.integration.test_startup_errors import self_signed
+from tests.servers import (
+    HOST,
+    DavServer,
+    InprocServer,
+    Response,
+    basic_auth_header,
+    http_request,
+    run_inproc_server,
+)
 
 DAV_NS = "{DAV:}"
 MS_NS = "{urn:schemas-microsoft-com:}"
@@ -1980,6 +1989,35 @@ def test_many_idle_clients_keep_their_connections(srv: InprocServer, folder: str
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.fixture(params=["http", "https"])
+def two_threads(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InprocServer]:
+    """A server with two worker threads, over HTTP or HTTPS (on SQLite: what is tested with
+    it is cheroot's)."""
+    tls: dict[str, object] = {}
+    if request.param == "https":
+        cert, key = self_signed(tmp_path)
+        tls = {"server__ssl_certificate": str(cert), "server__ssl_private_key": str(key)}
+    with run_inproc_server("sqlite", tmp_path, server__threads=2, **tls) as server:
+        yield server
+
+
+def test_connections_that_send_nothing_hold_no_thread(two_threads: InprocServer) -> None:
+    """cheroot handed each new connection to a worker thread at once, to wait up to
+    ``request_timeout`` (60 s) for a request line: a few connections that said nothing (a
+    browser's speculative preconnects, a load balancer's TCP check, or a script) left every
+    thread waiting and everyone else unanswered for a minute. With TLS one was enough: the
+    thread accepting connections made the handshake, and waited for it."""
+    silent = [socket.create_connection((HOST, two_threads.port)) for _ in range(6)]
+    try:
+        started = time.monotonic()
+        response = call(two_threads, "PROPFIND", "/files/", headers={"Depth": "0"}, timeout=5)
+        assert response.status == 207
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in silent:
+            sock.close()
 
 
 # --- 12. locks are per user ------------------------------------------------------------------
