@@ -70,6 +70,12 @@ class ServerSettings:
         1024 * 1024, "Largest PROPFIND/PROPPATCH/LOCK body accepted (413).", low=4096
     )
     request_timeout: int = opt(60, "Seconds a connection may stay idle before it is closed.", low=1)
+    header_timeout: int = opt(
+        20,
+        "Seconds a client has, once it starts a request, for its request line and headers (and"
+        " a new connection's TLS handshake); a slower one is cut off.",
+        low=1,
+    )
     keep_alive_connections: int = opt(
         500,
         "Idle keep-alive connections kept open per server process (each mounted drive holds"

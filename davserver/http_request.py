@@ -36,7 +36,7 @@ And two for the request line:
 * **OPTIONS** had its path left escaped (cheroot un-escapes every other method's), so
   ``OPTIONS /files/a%20b.txt`` answered for an unmapped URL.
 
-And one for connections that say nothing:
+And two for connections that say nothing, or say it slowly:
 
 * **A new connection** was handed to a worker thread at once, to wait there up to
   ``request_timeout`` for its first bytes (with TLS the accepting thread itself made the
@@ -44,15 +44,21 @@ And one for connections that say nothing:
   connections (a browser's speculative preconnects, a TCP health check) held every thread.
   Here it waits in cheroot's selector, as an idle kept-alive connection does, until its first
   bytes arrive; the worker that then reads it makes the TLS handshake.
+* **A request line and headers sent a byte at a time** (slowloris) held a thread for as long
+  as the client kept trickling: the socket's timeout bounds each wait, not the whole. They,
+  and the TLS handshake, now have ``header_timeout`` seconds in all (``Deadlines``); then the
+  connection's reading side is shut down and cheroot closes it.
 """
 
 from __future__ import annotations
 
 import re
 import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from cheroot import connections as cheroot_connections
@@ -144,8 +150,56 @@ class _Body:
         return getattr(self._body, name)
 
 
+class Deadlines:
+    """Cuts off connections that take longer than ``seconds`` over what they were given that
+    long for: a thread watching them shuts the socket's reading side down, so the worker
+    blocked in reading it sees the end of the stream."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._due: dict[object, tuple[float, socket.socket]] = {}
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+
+    @contextmanager
+    def limit(self, sock: socket.socket) -> Iterator[None]:
+        """Within the block, reading ``sock`` ends after ``seconds``."""
+        key = object()
+        with self._lock:
+            self._due[key] = (time.monotonic() + self.seconds, sock)
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch, name="davserver-deadlines", daemon=True
+                )
+                self._watcher.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._due.pop(key, None)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self._lock:  # a socket is shut down only while its block still runs
+                late = [key for key, (due, _) in self._due.items() if due <= now]
+                for key in late:
+                    _, sock = self._due.pop(key)
+                    with suppress(OSError):  # socket.socket's: a TLS socket's own would unwrap
+                        socket.socket.shutdown(sock, socket.SHUT_RD)
+
+
 class Request(cheroot_server.HTTPRequest):
     header_reader = _HeaderReader()
+
+    def parse_request(self) -> None:
+        deadlines: Deadlines | None = getattr(self.server, "deadlines", None)
+        if deadlines is None:
+            super().parse_request()
+            return
+        with deadlines.limit(self.conn.socket):
+            super().parse_request()
 
     @property
     def rfile(self) -> Any:
@@ -221,8 +275,13 @@ class Connection(cheroot_server.HTTPConnection):
         """Make the TLS handshake (in the worker thread); False when it fails."""
         self.tls_pending = False
         adapter = self.server.ssl_adapter
+        deadlines: Deadlines | None = getattr(self.server, "deadlines", None)
         try:
-            sock, self.ssl_env = adapter.wrap(self.socket)
+            if deadlines is None:
+                sock, self.ssl_env = adapter.wrap(self.socket)
+            else:
+                with deadlines.limit(self.socket):
+                    sock, self.ssl_env = adapter.wrap(self.socket)
         except (cheroot_errors.FatalSSLAlert, cheroot_errors.NoSSLError):
             self._socket_gone = True
             return False

@@ -15,7 +15,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from davserver.app import Application
 from davserver.config import ConfigError, ServerSettings
 from davserver.housekeeping import Housekeeper
-from davserver.http_request import MAX_HEADER_BYTES, Connection, ConnectionManager
+from davserver.http_request import MAX_HEADER_BYTES, Connection, ConnectionManager, Deadlines
 from davserver.memory import fix_malloc_thresholds, limit_malloc_arenas, release_free_memory
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ class CannotListen(Exception):
 
 class _Server(wsgi.Server):
     _connections: connections.ConnectionManager
+    # For a request's line and headers, and a TLS handshake (davserver.http_request).
+    deadlines: Deadlines | None = None
 
     def prepare(self) -> None:
         super().prepare()
@@ -56,6 +58,7 @@ def make_server(app: Application, host: str, port: int, *, reuse_port: bool = Fa
     # cheroot's default of 10 made every client past the tenth reconnect for each request.
     server.keep_alive_conn_limit = settings.keep_alive_connections
     server.ConnectionClass = Connection
+    server.deadlines = Deadlines(settings.header_timeout)
     if tls_enabled(settings):
         server.ssl_adapter = BuiltinSSLAdapter(settings.ssl_certificate, settings.ssl_private_key)
     return server

@@ -2020,6 +2020,48 @@ def test_connections_that_send_nothing_hold_no_thread(two_threads: InprocServer)
             sock.close()
 
 
+@pytest.fixture
+def trickled_to(tmp_path: Path) -> Iterator[InprocServer]:
+    """A server with two worker threads that gives a request 2 s for its line and headers."""
+    with run_inproc_server(
+        "sqlite", tmp_path, server__threads=2, server__header_timeout=2
+    ) as server:
+        yield server
+
+
+def test_a_request_trickling_its_headers_is_cut_off(trickled_to: InprocServer) -> None:
+    """A client that starts a request and sends its headers a byte at a time (slowloris) held
+    a worker thread for as long as it kept trickling: ``request_timeout`` bounds each wait for a
+    byte, not the whole. Three of them held every thread. The request line and headers now
+    have ``header_timeout`` seconds in all."""
+    stop = threading.Event()
+    slow = [socket.create_connection((HOST, trickled_to.port)) for _ in range(3)]
+
+    def trickle(sock: socket.socket) -> None:
+        try:
+            sock.sendall(f"GET /files/ HTTP/1.1\r\nHost: {HOST}\r\n".encode())
+            while not stop.wait(0.2):
+                sock.sendall(b"X")
+        except OSError:  # cut off: what is expected
+            pass
+
+    threads = [threading.Thread(target=trickle, args=(sock,), daemon=True) for sock in slow]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)  # all three are trickling
+        started = time.monotonic()
+        response = call(trickled_to, "PROPFIND", "/files/", headers={"Depth": "0"}, timeout=15)
+        assert response.status == 207
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        for sock in slow:
+            sock.close()
+        for thread in threads:
+            thread.join(5)
+
+
 # --- 12. locks are per user ------------------------------------------------------------------
 
 
