@@ -553,10 +553,12 @@ class FileResource(_NodeResource, DAVNonCollection):
 
     def begin_write(self, *, content_type: str | None = None) -> _UploadSink:
         environ = self.environ
-        expected_length = None
-        if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            # macOS Finder sends its uploads chunked, and their length in this header.
+            length = environ.get("HTTP_X_EXPECTED_ENTITY_LENGTH", "").strip()
+        else:
             length = str(environ.get("CONTENT_LENGTH", "")).strip()
-            expected_length = int(length) if length.isdigit() else None
+        expected_length = int(length) if length.isdigit() else None
         if self.view is not None and environ.get("HTTP_IF_MATCH", "").strip() not in ("", "*"):
             self._expected_version = self.view.current_version_id
         # "If-None-Match: *" held when the request began (nothing there); it must still hold
@@ -632,7 +634,8 @@ class FileResource(_NodeResource, DAVNonCollection):
 class _UploadSink:
     """The file object WsgiDAV's PUT writes into.
 
-    Refuses a body shorter than announced, and cuts off one (chunked) that grows past what
+    Refuses a body of another length than announced (Content-Length, or for a chunked one
+    macOS Finder's X-Expected-Entity-Length), and cuts off one (chunked) that grows past what
     the quota leaves (``allowance``); either way nothing is stored.
     """
 

@@ -2,7 +2,8 @@
 
 X-OC-Mtime on PUT (answered with X-OC-MTime: accepted), oc:checksums / oc:fileid / oc:size,
 RFC 4331 quota properties, OC-Checksum and RFC 9530 digests verified on upload (a mismatch
-stores nothing), Repr-Digest on GET and HEAD.
+stores nothing), Repr-Digest on GET and HEAD; macOS Finder's chunked uploads with
+X-Expected-Entity-Length.
 """
 
 from __future__ import annotations
@@ -305,3 +306,25 @@ def test_a_listings_folder_sizes_take_one_query_whatever_the_number_of_folders(
             **{f"d{i}": str(10 * i + (5 if i else 0)) for i in range(n)},
         }
     assert counts[6] == counts[2]
+
+
+def chunked(*chunks: bytes) -> bytes:
+    """A chunked request body made of ``chunks`` (sent as it is: the client adds no framing)."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("sent", [b"hello", b"hello world, and more"], ids=["short", "long"])
+def test_a_finder_upload_not_of_its_expected_length_stores_nothing(
+    srv: InprocServer, folder: str, sent: bytes
+) -> None:
+    """macOS Finder sends an upload chunked, with its length in X-Expected-Entity-Length: a
+    body of another length is not the file Finder meant (a proxy or the client lost part of
+    it), and was stored as if it were."""
+    url = folder + "finder.txt"
+    finder = {"Transfer-Encoding": "chunked", "X-Expected-Entity-Length": "11"}
+    response = put(srv, url, chunked(sent), finder)
+    assert response.status == 400, (response.status, response.body[:300])
+    assert srv.request("GET", url).status == 404
+    response = put(srv, url, chunked(b"hello", b" world"), finder)
+    assert response.status == 201, (response.status, response.body[:300])
+    assert srv.request("GET", url).body == b"hello world"
