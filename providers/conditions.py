@@ -9,6 +9,7 @@ not transfer a file again:
 * ``If-Match: W/"tag"`` matches (it strips ``W/``); If-Match compares strongly, so a weak tag
   never matches.
 * ``If-Modified-Since`` equal to Last-Modified answers 200; not modified since means 304.
+  And its 304 had no ETag, which RFC 9110 requires.
 * It applies the request's If-Match and friends to every resource it touches: the
   destination of a COPY or MOVE and the members of a folder being deleted, whose tags the
   client never saw. They apply to the resource the request names only.
@@ -55,12 +56,18 @@ def check(res: Any, environ: dict[str, Any]) -> None:
     if if_none_match is not None:
         if _matches(if_none_match, res, etag, weak=True):
             if reading:
-                raise DAVError(HTTP_NOT_MODIFIED)
+                raise _not_modified(etag)
             raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-None-Match failed")
     elif reading:
         since = _date(environ.get("HTTP_IF_MODIFIED_SINCE"))
         if since is not None and modified is not None and modified <= since:
-            raise DAVError(HTTP_NOT_MODIFIED)
+            raise _not_modified(etag)
+
+
+def _not_modified(etag: str | None) -> DAVError:
+    """A 304, with the ETag a 200 would carry (RFC 9110 15.4.5)."""
+    headers = [] if etag is None else [("ETag", f'"{etag}"')]
+    return DAVError(HTTP_NOT_MODIFIED, add_headers=headers)
 
 
 @contextmanager

@@ -54,7 +54,10 @@ class ErrorPrinter(BaseMiddleware):
                 if close is not None:
                     close()
             if not started:
-                start_response(held.status, held.response_headers, held.exc_info)
+                headers = held.response_headers
+                if str(held.status)[:3] in _NO_CONTENT:
+                    headers = _without_length(headers)
+                start_response(held.status, headers, held.exc_info)
             return
         except DAVError as exc:
             if started:
@@ -118,7 +121,7 @@ def _error_response(
     status = get_http_status_string(error)
     date = ("Date", util.get_rfc1123_time())
     if error.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
-        start_response(status, [("Content-Length", "0"), date])
+        start_response(status, [date, *(error.add_headers or [])])
         return [b""]
     if error.err_condition or _wants_html(environ):
         content_type, body = error.get_response_page()
@@ -127,6 +130,14 @@ def _error_response(
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), date]
     start_response(status, headers + (error.add_headers or []))
     return [body if error.add_body else b""]
+
+
+# RFC 9110 8.6: no Content-Length in a 204, and none but the 200's in a 304; WsgiDAV sends 0.
+_NO_CONTENT = ("204", "304")
+
+
+def _without_length(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k.lower() != "content-length"]
 
 
 def _wants_html(environ: dict[str, Any]) -> bool:
@@ -146,6 +157,8 @@ def _page_for_client(
     the XML of ``_sabre_error``, with the same reason."""
     headers: list[tuple[str, str]] = held.response_headers
     status = str(held.status)
+    if status[:3] in _NO_CONTENT:
+        return _without_length(headers), chunk
     if status[:1] not in ("4", "5") or _wants_html(environ):
         return headers, chunk
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "")

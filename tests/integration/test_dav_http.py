@@ -376,6 +376,36 @@ def test_put_get_round_trip_with_etag_range_and_conditional_get(
     assert not_modified.body == b""
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("condition", ["If-None-Match", "If-Modified-Since"])
+def test_a_304_carries_the_etag_and_no_content_length(
+    srv: InprocServer, folder: str, method: str, condition: str
+) -> None:
+    """RFC 9110 15.4.5: a 304 carries the ETag a 200 would have (a cache revalidating by
+    date learns the tag from it); 8.6: its Content-Length, if any, is the 200's, never the 0
+    that was sent."""
+    url = folder + "cached.txt"
+    put(srv, url, b"some bytes")
+    got = call(srv, "GET", url)
+    value = got.headers["ETag"] if condition == "If-None-Match" else got.headers["Last-Modified"]
+    response = raw_request(srv, [f"{method} {path_of(url)} HTTP/1.1", f"{condition}: {value}"])
+    assert response.status == 304
+    assert response.headers.get("ETag") == got.headers["ETag"]
+    assert "Content-Length" not in response.headers, response.headers
+    assert response.headers.get("Date")
+
+
+def test_a_204_has_no_content_length(srv: InprocServer, folder: str) -> None:
+    """RFC 9110 8.6: a server MUST NOT send Content-Length in a 204."""
+    url = folder + "replaced.txt"
+    put(srv, url, b"first")
+    replaced = raw_request(srv, [f"PUT {path_of(url)} HTTP/1.1", "Content-Length: 6"], b"second")
+    deleted = raw_request(srv, [f"DELETE {path_of(url)} HTTP/1.1"])
+    for response in (replaced, deleted):
+        assert response.status == 204
+        assert "Content-Length" not in response.headers, response.headers
+
+
 # --- 2. versions and deduplication -----------------------------------------------------------
 
 
