@@ -154,11 +154,17 @@ def _page_for_client(
     """The headers and first chunk to answer with. WsgiDAV answers the one failure of a
     COPY, MOVE or DELETE with its HTML status page itself (``send_status_response``), not
     through here as a DAVError: for a client other than a browser that page is turned into
-    the XML of ``_sabre_error``, with the same reason."""
+    the XML of ``_sabre_error``, with the same reason. Its page for a success is dropped,
+    and a 204 or 304 loses its ``Content-Length: 0``."""
     headers: list[tuple[str, str]] = held.response_headers
     status = str(held.status)
     if status[:3] in _NO_CONTENT:
         return _without_length(headers), chunk
+    if status[:1] == "2" and chunk.startswith(_WSGIDAV_PAGE):
+        # A success (201 Created) needs no page, and WsgiDAV's names its version and the
+        # server's local time.
+        kept = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]
+        return [*kept, ("Content-Length", "0")], b""
     if status[:1] not in ("4", "5") or _wants_html(environ):
         return headers, chunk
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "")

@@ -406,6 +406,22 @@ def test_a_204_has_no_content_length(srv: InprocServer, folder: str) -> None:
         assert "Content-Length" not in response.headers, response.headers
 
 
+def test_a_201_has_an_empty_body(srv: InprocServer, folder: str) -> None:
+    """A created file, folder or copy was answered with WsgiDAV's HTML page, naming its
+    version (which ``suppress_version_info`` hides elsewhere) and the server's local time;
+    curl printed it after every upload."""
+    url = folder + "new.txt"
+    answers = [
+        call(srv, "PUT", url, b"content"),
+        call(srv, "MKCOL", folder + "sub/"),
+        call(srv, "COPY", url, headers={"Destination": path_of(folder) + "copy.txt"}),
+    ]
+    for response in answers:
+        assert response.status == 201
+        assert response.body == b"", response.body[:300]
+        assert response.headers.get("Content-Length") == "0"
+
+
 # --- 2. versions and deduplication -----------------------------------------------------------
 
 
