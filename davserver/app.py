@@ -107,6 +107,7 @@ class Application:
             if is_api:
                 return self.api.error(start_response, BadRequest(problem))
             return _plain(start_response, "400 Bad Request", problem + "\n")
+        start_response = _with_content_policy(start_response)
         if self.settings.logging.query_header:
             self._queries.count = 0
             start_response = self._with_query_header(start_response)
@@ -154,6 +155,30 @@ class Application:
 
     def close(self) -> None:
         self.services.close()
+
+
+# Files are served with the type their uploader gave, on the server's origin, where a browser
+# adds the signed-in user's Basic credentials to every request: an HTML page shared with
+# someone must not run scripts there (it could make itself an API key with their rights).
+# Sandboxed, with nothing to load but its own images, media and inline styles, it is shown,
+# inert; and no answer may be sniffed into a type it was not given.
+_CONTENT_POLICY = [
+    (
+        "Content-Security-Policy",
+        "sandbox; default-src 'none'; img-src 'self' data:; media-src 'self';"
+        " style-src 'unsafe-inline'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+]
+
+
+def _with_content_policy(start_response: Any) -> Any:
+    def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        present = {name.lower() for name, _ in headers}
+        extra = [(k, v) for k, v in _CONTENT_POLICY if k.lower() not in present]
+        return start_response(status, [*headers, *extra], exc_info)
+
+    return wrapped
 
 
 class _ClosingResponse:

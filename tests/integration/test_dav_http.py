@@ -422,6 +422,26 @@ def test_a_201_has_an_empty_body(srv: InprocServer, folder: str) -> None:
         assert response.headers.get("Content-Length") == "0"
 
 
+def test_an_uploaded_page_cannot_run_scripts_as_the_server(srv: InprocServer, folder: str) -> None:
+    """A file is served with the type its uploader gave: an HTML page shared with a user,
+    opened in their browser, ran its scripts on the server's origin, where the browser adds
+    that user's Basic credentials to every request (``POST /api/v1/keys`` made a key for
+    its author to read). Every answer is sandboxed and may not be sniffed into another type."""
+    url = folder + "page.html"
+    put(srv, url, b"<script>fetch('/api/v1/keys')</script>", {"Content-Type": "text/html"})
+    answers = [
+        call(srv, "GET", url),
+        call(srv, "HEAD", url),
+        call(srv, "GET", url + "?version=1"),
+        call(srv, "GET", url.replace("/files/", "/versions/files/", 1) + "/page.v1.html"),
+    ]
+    for response in answers:
+        assert response.status == 200
+        policy = response.headers.get("Content-Security-Policy", "")
+        assert "sandbox" in policy.split(";")[0] and "default-src 'none'" in policy, policy
+        assert response.headers.get("X-Content-Type-Options") == "nosniff"
+
+
 # --- 2. versions and deduplication -----------------------------------------------------------
 
 
