@@ -150,6 +150,15 @@ class _Body:
         return getattr(self._body, name)
 
 
+class Deadline:
+    """One connection's deadline; ``expired`` once it has been cut off."""
+
+    def __init__(self, due: float, sock: socket.socket) -> None:
+        self.due = due
+        self.sock = sock
+        self.expired = False
+
+
 class Deadlines:
     """Cuts off connections that take longer than ``seconds`` over what they were given that
     long for: a thread watching them shuts the socket's reading side down, so the worker
@@ -157,49 +166,53 @@ class Deadlines:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._due: dict[object, tuple[float, socket.socket]] = {}
+        self._due: set[Deadline] = set()
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
 
     @contextmanager
-    def limit(self, sock: socket.socket) -> Iterator[None]:
+    def limit(self, sock: socket.socket) -> Iterator[Deadline]:
         """Within the block, reading ``sock`` ends after ``seconds``."""
-        key = object()
+        deadline = Deadline(time.monotonic() + self.seconds, sock)
         with self._lock:
-            self._due[key] = (time.monotonic() + self.seconds, sock)
+            self._due.add(deadline)
             if self._watcher is None:
                 self._watcher = threading.Thread(
                     target=self._watch, name="davserver-deadlines", daemon=True
                 )
                 self._watcher.start()
         try:
-            yield
+            yield deadline
         finally:
             with self._lock:
-                self._due.pop(key, None)
+                self._due.discard(deadline)
 
     def _watch(self) -> None:
         while True:
             time.sleep(0.25)
             now = time.monotonic()
-            with self._lock:  # a socket is shut down only while its block still runs
-                late = [key for key, (due, _) in self._due.items() if due <= now]
-                for key in late:
-                    _, sock = self._due.pop(key)
+            with self._lock:  # a socket is shut down only while its block runs: it is open
+                for deadline in [d for d in self._due if d.due <= now]:
+                    self._due.discard(deadline)
+                    deadline.expired = True
                     with suppress(OSError):  # socket.socket's: a TLS socket's own would unwrap
-                        socket.socket.shutdown(sock, socket.SHUT_RD)
+                        socket.socket.shutdown(deadline.sock, socket.SHUT_RD)
 
 
 class Request(cheroot_server.HTTPRequest):
     header_reader = _HeaderReader()
 
     def parse_request(self) -> None:
-        deadlines: Deadlines | None = getattr(self.server, "deadlines", None)
-        if deadlines is None:
-            super().parse_request()
-            return
-        with deadlines.limit(self.conn.socket):
-            super().parse_request()
+        with self.server.deadlines.limit(self.conn.socket) as deadline:
+            try:
+                super().parse_request()
+            except OSError:
+                # Cut off: cheroot's 400 could not be sent (over TLS nothing can be once the
+                # reading side is shut), which is no error of the server's.
+                if not deadline.expired:
+                    raise
+                self.ready = False
+                self.close_connection = True
 
     @property
     def rfile(self) -> Any:
@@ -261,8 +274,8 @@ class Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = Request
     # Set on a connection accepted for TLS: the handshake is still to be made.
     tls_pending = False
-    # A failed handshake closed the socket (the ssl module does): cheroot's close() would
-    # fail on it (EBADF), and end the worker thread.
+    # After a failed handshake nothing is left to close: cheroot's close() would fail on the
+    # plain socket the ssl module took over (EBADF), and end the worker thread.
     _socket_gone = False
 
     def communicate(self) -> bool:
@@ -272,17 +285,24 @@ class Connection(cheroot_server.HTTPConnection):
         return kept
 
     def _start_tls(self) -> bool:
-        """Make the TLS handshake (in the worker thread); False when it fails."""
+        """Make the TLS handshake, within the header deadline; False when it fails."""
         self.tls_pending = False
-        adapter = self.server.ssl_adapter
-        deadlines: Deadlines | None = getattr(self.server, "deadlines", None)
+        adapter = self.server.ssl_adapter  # a BuiltinSSLAdapter (davserver.server)
         try:
-            if deadlines is None:
-                sock, self.ssl_env = adapter.wrap(self.socket)
-            else:
-                with deadlines.limit(self.socket):
-                    sock, self.ssl_env = adapter.wrap(self.socket)
-        except (cheroot_errors.FatalSSLAlert, cheroot_errors.NoSSLError):
+            # The ssl module takes the socket over (the plain one is left without its file
+            # descriptor), and closes it when the handshake fails.
+            sock = adapter.context.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
+        except (OSError, ValueError):
+            self._socket_gone = True
+            return False
+        try:
+            with self.server.deadlines.limit(sock):
+                sock.do_handshake()
+            self.ssl_env = adapter.get_environ(sock)
+        except (OSError, ValueError):  # ssl.SSLError is an OSError: a failed or cut handshake
+            sock.close()
             self._socket_gone = True
             return False
         sock.settimeout(self.server.timeout)

@@ -14,6 +14,7 @@ import logging
 import secrets
 import select
 import socket
+import ssl
 import threading
 import time
 import tracemalloc
@@ -2086,11 +2087,16 @@ def test_connections_that_send_nothing_hold_no_thread(two_threads: InprocServer)
             sock.close()
 
 
-@pytest.fixture
-def trickled_to(tmp_path: Path) -> Iterator[InprocServer]:
-    """A server with two worker threads that gives a request 2 s for its line and headers."""
+@pytest.fixture(params=["http", "https"])
+def trickled_to(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InprocServer]:
+    """A server with two worker threads that gives a request 2 s for its line and headers
+    (and a connection as long for its TLS handshake), over HTTP or HTTPS."""
+    tls: dict[str, object] = {}
+    if request.param == "https":
+        cert, key = self_signed(tmp_path)
+        tls = {"server__ssl_certificate": str(cert), "server__ssl_private_key": str(key)}
     with run_inproc_server(
-        "sqlite", tmp_path, server__threads=2, server__header_timeout=2
+        "sqlite", tmp_path, server__threads=2, server__header_timeout=2, **tls
     ) as server:
         yield server
 
@@ -2098,20 +2104,30 @@ def trickled_to(tmp_path: Path) -> Iterator[InprocServer]:
 def test_a_request_trickling_its_headers_is_cut_off(trickled_to: InprocServer) -> None:
     """A client that starts a request and sends its headers a byte at a time (slowloris) held
     a worker thread for as long as it kept trickling: ``request_timeout`` bounds each wait for a
-    byte, not the whole. Three of them held every thread. The request line and headers now
-    have ``header_timeout`` seconds in all."""
+    byte, not the whole. Three of them held every thread. The request line and headers, and
+    the TLS handshake before them, now have ``header_timeout`` seconds in all."""
     stop = threading.Event()
-    slow = [socket.create_connection((HOST, trickled_to.port)) for _ in range(3)]
+    tls = trickled_to.url.startswith("https")
 
-    def trickle(sock: socket.socket) -> None:
+    def trickle(handshake_only: bool) -> None:
         try:
-            sock.sendall(f"GET /files/ HTTP/1.1\r\nHost: {HOST}\r\n".encode())
-            while not stop.wait(0.2):
-                sock.sendall(b"X")
+            with socket.create_connection((HOST, trickled_to.port)) as raw:
+                if handshake_only:  # a TLS record that never ends
+                    raw.sendall(b"\x16\x03\x01\x02\x00\x01")
+                    while not stop.wait(0.2):
+                        raw.sendall(b"\x00")
+                    return
+                sock = raw
+                if tls:
+                    sock = ssl._create_unverified_context().wrap_socket(raw)
+                sock.sendall(f"GET /files/ HTTP/1.1\r\nHost: {HOST}\r\n".encode())
+                while not stop.wait(0.2):
+                    sock.sendall(b"X")
         except OSError:  # cut off: what is expected
             pass
 
-    threads = [threading.Thread(target=trickle, args=(sock,), daemon=True) for sock in slow]
+    slow = [tls and i < 2 for i in range(3)]  # over TLS two handshakes, one request
+    threads = [threading.Thread(target=trickle, args=(hs,), daemon=True) for hs in slow]
     for thread in threads:
         thread.start()
     try:
@@ -2122,8 +2138,6 @@ def test_a_request_trickling_its_headers_is_cut_off(trickled_to: InprocServer) -
         assert time.monotonic() - started < 5
     finally:
         stop.set()
-        for sock in slow:
-            sock.close()
         for thread in threads:
             thread.join(5)
 
