@@ -12,7 +12,7 @@ A request is often answered before its body is read: 401 (no or wrong credential
   ``read(remaining)`` to keep the connection, so a client announcing 50 GiB made the server
   allocate 50 GiB. Past ``_DRAIN_LIMIT`` the connection is closed instead.
 
-And three for bodies that are broken or ambiguous:
+And four for requests that are broken or ambiguous:
 
 * **A malformed chunked body** (a chunk size that is not hex, a chunk not ended by CRLF) made
   cheroot's reader raise ValueError, answered 500 and logged as a server bug. It is the
@@ -25,6 +25,8 @@ And three for bodies that are broken or ambiguous:
   smuggling).
 * **Headers** are capped at ``MAX_HEADER_BYTES`` in all (cheroot's default is no cap, so a
   client could make a thread buffer gigabytes): 413.
+* **Header lines a proxy could read otherwise** (whitespace before a colon, a folded line,
+  two different Content-Lengths) are refused, 400 (``_StrictLines``).
 
 And two for the request line:
 
@@ -80,9 +82,39 @@ _DEFERRED = b"100-continue (deferred)"
 _QUOTED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
 
 
+class _StrictLines:
+    """The header lines of a request as cheroot's reader reads them, refusing (ValueError,
+    which cheroot answers 400 and closes the connection) what RFC 9112 tells a server to
+    refuse because a proxy in front could frame the request otherwise: whitespace between a
+    field name and its colon (5.1), a line folded onto the one before (obs-fold, 5.2), and
+    Content-Length given twice with different values (6.3). cheroot took the last
+    Content-Length, read ``Content-Length :`` as one, and replaced a field with its folded
+    continuation."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self._length: bytes | None = None
+
+    def readline(self, size: int = -1) -> bytes:
+        line: bytes = self._rfile.readline(size)
+        if line[:1] in (b" ", b"\t"):
+            raise ValueError("Folded header lines (obs-fold) are not accepted.")
+        name, colon, value = line.partition(b":")
+        if not colon or line == b"\r\n":
+            return line  # the end of the headers, or cheroot's own error
+        if name != name.rstrip(b" \t"):
+            raise ValueError("Whitespace before the colon of a header field.")
+        if name.lower() == b"content-length":
+            value = value.strip()
+            if self._length is not None and value != self._length:
+                raise ValueError("Two different Content-Length headers.")
+            self._length = value
+        return line
+
+
 class _HeaderReader(cheroot_server.HeaderReader):
     def __call__(self, rfile: Any, hdict: dict[bytes, bytes] | None = None) -> Any:
-        headers = super().__call__(rfile, hdict)
+        headers = super().__call__(_StrictLines(rfile), hdict)
         if headers.get(b"Expect", b"").strip().lower() == b"100-continue":
             headers[b"Expect"] = _DEFERRED
         return headers

@@ -1352,6 +1352,34 @@ def test_content_length_beside_chunked_is_read_as_chunked_and_the_connection_clo
     assert get_body(srv, url) == b"abc"
 
 
+@pytest.mark.parametrize(
+    "framing",
+    [
+        ["Content-Length: 3", "Content-Length: 40"],
+        ["Content-Length : 40"],
+        ["Transfer-Encoding\t: chunked"],
+        ["Content-Length: 3", " 40"],
+        ["X-Note: folded", " Content-Length: 40"],
+    ],
+    ids=["two-lengths", "space-before-colon", "tab-before-colon", "folded-length", "folded"],
+)
+def test_headers_a_proxy_could_read_otherwise_are_a_400(
+    srv: InprocServer, folder: str, framing: list[str]
+) -> None:
+    """RFC 9112 5.1, 5.2 and 6.3: whitespace between a field name and its colon, a line
+    folded onto the one before (obs-fold) and two different Content-Lengths must be refused
+    (400), as a proxy in front may frame the body otherwise (request smuggling). cheroot took
+    the last Content-Length, read ``Content-Length :`` as Content-Length, and replaced a field
+    with its folded continuation; the bytes past the first framing became a request."""
+    url = folder + "framed.txt"
+    smuggled = b"GET /files/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"abc" if "chunked" not in framing[0] else b"3\r\nabc\r\n0\r\n\r\n"
+    response, after = exchange(srv, [f"PUT {path_of(url)} HTTP/1.1", *framing], body + smuggled)
+    assert response.status == 400, (response.status, response.body[:300])
+    assert after == b""  # closed: nothing more was read as a request
+    assert call(srv, "GET", url).status == 404
+
+
 def test_headers_past_the_cap_are_refused(srv: InprocServer, folder: str) -> None:
     big = "x" * (MAX_HEADER_BYTES + 1)
     response, _ = exchange(srv, [f"GET {path_of(folder)} HTTP/1.1", f"X-Big: {big}"], b"")
