@@ -29,7 +29,12 @@ from typing import Any
 from urllib.parse import ParseResult, unquote
 
 from wsgidav import request_server, util
-from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_CONFLICT, DAVError
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_CONFLICT,
+    HTTP_MEDIATYPE_NOT_SUPPORTED,
+    DAVError,
+)
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_server import RequestServer
 
@@ -83,6 +88,7 @@ class DavRequestServer(RequestServer):
     def do_PUT(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         check_mtime_header(environ)
         self._refuse_file_for_folder_path(environ)
+        _check_content_coding(environ)
         return super().do_PUT(environ, _accepting_mtime(environ, start_response))
 
     def _refuse_file_for_folder_path(self, environ: dict[str, Any]) -> None:
@@ -142,6 +148,22 @@ def _drop_unusable_range(environ: dict[str, Any]) -> None:
     match = _SINGLE_RANGE.fullmatch(header)
     if match is None or (match[2] and int(match[2]) < int(match[1])):
         del environ["HTTP_RANGE"]
+
+
+def _check_content_coding(environ: dict[str, Any]) -> None:
+    """A PUT's body is stored as it comes, so it may have no content coding: 415 naming the
+    one accepted (RFC 9110 12.5.3). WsgiDAV answered 501, also to ``identity`` (no coding)."""
+    coding = environ.get("HTTP_CONTENT_ENCODING")
+    if coding is None:
+        return
+    if all(part.strip().lower() in ("", "identity") for part in coding.split(",")):
+        del environ["HTTP_CONTENT_ENCODING"]
+        return
+    raise DAVError(
+        HTTP_MEDIATYPE_NOT_SUPPORTED,
+        context_info=f"Content-Encoding {coding} is not accepted: send the bytes as they are",
+        add_headers=[("Accept-Encoding", "identity")],
+    )
 
 
 def check_mtime_header(environ: dict[str, Any]) -> None:

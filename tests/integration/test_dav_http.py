@@ -8,6 +8,7 @@ inside its own fresh collection, and where it matters looks at the rows the requ
 from __future__ import annotations
 
 import email.utils
+import gzip
 import http.client
 import io
 import logging
@@ -441,6 +442,21 @@ def test_an_uploaded_page_cannot_run_scripts_as_the_server(srv: InprocServer, fo
         policy = response.headers.get("Content-Security-Policy", "")
         assert "sandbox" in policy.split(";")[0] and "default-src 'none'" in policy, policy
         assert response.headers.get("X-Content-Type-Options") == "nosniff"
+
+
+def test_a_put_with_a_content_coding_is_a_415_and_identity_is_none(
+    srv: InprocServer, folder: str
+) -> None:
+    """RFC 9110 12.5.3: a content coding the server does not apply is answered 415 (with the
+    Accept-Encoding it takes); WsgiDAV answered 501 Not Implemented, also to ``identity``, which
+    names no coding at all."""
+    url = folder + "coded.txt"
+    zipped = call(srv, "PUT", url, gzip.compress(b"text"), {"Content-Encoding": "gzip"})
+    assert zipped.status == 415, (zipped.status, zipped.body[:300])
+    assert zipped.headers.get("Accept-Encoding") == "identity"
+    assert call(srv, "GET", url).status == 404
+    assert call(srv, "PUT", url, b"text", {"Content-Encoding": "identity"}).status == 201
+    assert get_body(srv, url) == b"text"
 
 
 # --- 2. versions and deduplication -----------------------------------------------------------
