@@ -56,17 +56,21 @@ def check(res: Any, environ: dict[str, Any]) -> None:
     if if_none_match is not None:
         if _matches(if_none_match, res, etag, weak=True):
             if reading:
-                raise _not_modified(etag)
+                raise _not_modified(res, environ, etag)
             raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-None-Match failed")
     elif reading:
         since = _date(environ.get("HTTP_IF_MODIFIED_SINCE"))
         if since is not None and modified is not None and modified <= since:
-            raise _not_modified(etag)
+            raise _not_modified(res, environ, etag)
 
 
-def _not_modified(etag: str | None) -> DAVError:
-    """A 304, with the ETag a 200 would carry (RFC 9110 15.4.5)."""
+def _not_modified(res: Any, environ: dict[str, Any], etag: str | None) -> DAVError:
+    """A 304, with the ETag and Cache-Control a 200 would carry (RFC 9110 15.4.5)."""
     headers = [] if etag is None else [("ETag", f'"{etag}"')]
+    if res is not None:
+        answered: list[tuple[str, str]] = []
+        res.finalize_headers(environ, answered)
+        headers += [(k, v) for k, v in answered if k.lower() == "cache-control"]
     return DAVError(HTTP_NOT_MODIFIED, add_headers=headers)
 
 

@@ -523,8 +523,12 @@ class FileResource(_NodeResource, DAVNonCollection):
         return True
 
     def finalize_headers(self, environ: dict[str, Any], response_headers: list[Any]) -> None:
-        """GET and HEAD: the RFC 9530 digest of the whole file, whatever range is sent."""
+        """GET and HEAD: the RFC 9530 digest of the whole file, whatever range is sent; and
+        no-cache, or a browser shows a file from its cache, unasked, for a tenth of the time
+        since it last changed (heuristic freshness, RFC 9111 4.2.2); with the ETag, asking
+        is a 304."""
         response_headers.append(("Repr-Digest", repr_digest(self.get_etag())))
+        response_headers.append(("Cache-Control", "no-cache"))
 
     def support_ranges(self) -> bool:
         return True

@@ -459,6 +459,23 @@ def test_a_put_with_a_content_coding_is_a_415_and_identity_is_none(
     assert get_body(srv, url) == b"text"
 
 
+def test_a_file_is_revalidated_before_a_cached_copy_is_shown(
+    srv: InprocServer, folder: str
+) -> None:
+    """A file answered without Cache-Control but with Last-Modified is fresh in a browser's
+    cache for a tenth of its age (RFC 9111 4.2.2): a file last changed ten days ago was shown
+    from the cache, unchanged, for a day after someone replaced it. It is to be revalidated
+    each time (its ETag makes that a 304)."""
+    url = folder + "report.txt"
+    put(srv, url, b"first")
+    etag = call(srv, "HEAD", url).headers["ETag"]
+    for method in ("GET", "HEAD"):
+        for headers in ({}, {"If-None-Match": etag}):
+            response = call(srv, method, url, headers=headers)
+            assert response.status == (304 if headers else 200)
+            assert response.headers.get("Cache-Control") == "no-cache", (method, response.headers)
+
+
 # --- 2. versions and deduplication -----------------------------------------------------------
 
 
