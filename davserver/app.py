@@ -107,7 +107,7 @@ class Application:
             if is_api:
                 return self.api.error(start_response, BadRequest(problem))
             return _plain(start_response, "400 Bad Request", problem + "\n")
-        start_response = _with_content_policy(start_response)
+        start_response = _with_final_headers(start_response)
         if self.settings.logging.query_header:
             self._queries.count = 0
             start_response = self._with_query_header(start_response)
@@ -172,10 +172,17 @@ _CONTENT_POLICY = [
 ]
 
 
-def _with_content_policy(start_response: Any) -> Any:
+def _with_final_headers(start_response: Any) -> Any:
+    """``start_response`` adding the content policy to every answer, and taking the
+    ``Content-Length: 0`` out of a 204 or 304 (RFC 9110 8.6: none in a 204, none but the
+    200's in a 304). WsgiDAV needs it there: it closes the connection after an answer
+    without one."""
+
     def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         present = {name.lower() for name, _ in headers}
         extra = [(k, v) for k, v in _CONTENT_POLICY if k.lower() not in present]
+        if status[:3] in ("204", "304"):
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
         return start_response(status, [*headers, *extra], exc_info)
 
     return wrapped

@@ -54,10 +54,7 @@ class ErrorPrinter(BaseMiddleware):
                 if close is not None:
                     close()
             if not started:
-                headers = held.response_headers
-                if str(held.status)[:3] in _NO_CONTENT:
-                    headers = _without_length(headers)
-                start_response(held.status, headers, held.exc_info)
+                start_response(held.status, held.response_headers, held.exc_info)
             return
         except DAVError as exc:
             if started:
@@ -121,7 +118,9 @@ def _error_response(
     status = get_http_status_string(error)
     date = ("Date", util.get_rfc1123_time())
     if error.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
-        start_response(status, [date, *(error.add_headers or [])])
+        # Its Content-Length: 0 keeps WsgiDAV from closing the connection; davserver.app
+        # takes it out.
+        start_response(status, [("Content-Length", "0"), date, *(error.add_headers or [])])
         return [b""]
     if error.err_condition or _wants_html(environ):
         content_type, body = error.get_response_page()
@@ -130,14 +129,6 @@ def _error_response(
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), date]
     start_response(status, headers + (error.add_headers or []))
     return [body if error.add_body else b""]
-
-
-# RFC 9110 8.6: no Content-Length in a 204, and none but the 200's in a 304; WsgiDAV sends 0.
-_NO_CONTENT = ("204", "304")
-
-
-def _without_length(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers if k.lower() != "content-length"]
 
 
 def _wants_html(environ: dict[str, Any]) -> bool:
@@ -154,12 +145,9 @@ def _page_for_client(
     """The headers and first chunk to answer with. WsgiDAV answers the one failure of a
     COPY, MOVE or DELETE with its HTML status page itself (``send_status_response``), not
     through here as a DAVError: for a client other than a browser that page is turned into
-    the XML of ``_sabre_error``, with the same reason. Its page for a success is dropped,
-    and a 204 or 304 loses its ``Content-Length: 0``."""
+    the XML of ``_sabre_error``, with the same reason. Its page for a success is dropped."""
     headers: list[tuple[str, str]] = held.response_headers
     status = str(held.status)
-    if status[:3] in _NO_CONTENT:
-        return _without_length(headers), chunk
     if status[:1] == "2" and chunk.startswith(_WSGIDAV_PAGE):
         # A success (201 Created) needs no page, and WsgiDAV's names its version and the
         # server's local time.

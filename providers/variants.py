@@ -51,7 +51,9 @@ def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> A
             ("Cache-Control", CACHE_CONTROL if fixed else CACHE_CONTROL_CURRENT),
         ]
         if _none_match(environ.get("HTTP_IF_NONE_MATCH", ""), request.etag):
-            start_response("304 Not Modified", [*headers, ("Date", util.get_rfc1123_time())])
+            # Content-Length: 0, or WsgiDAV closes the connection (davserver.app drops it).
+            not_modified = [*headers, ("Content-Length", "0"), ("Date", util.get_rfc1123_time())]
+            start_response("304 Not Modified", not_modified)
             return [b""]
         variant = service.get(request)
         body = service.open(variant) if environ["REQUEST_METHOD"] == "GET" else None

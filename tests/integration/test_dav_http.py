@@ -385,27 +385,29 @@ def test_a_304_carries_the_etag_and_no_content_length(
 ) -> None:
     """RFC 9110 15.4.5: a 304 carries the ETag a 200 would have (a cache revalidating by
     date learns the tag from it); 8.6: its Content-Length, if any, is the 200's, never the 0
-    that was sent."""
+    that was sent. And the connection is kept (WsgiDAV closes it after an answer without a
+    Content-Length)."""
     url = folder + "cached.txt"
     put(srv, url, b"some bytes")
     got = call(srv, "GET", url)
     value = got.headers["ETag"] if condition == "If-None-Match" else got.headers["Last-Modified"]
-    response = raw_request(srv, [f"{method} {path_of(url)} HTTP/1.1", f"{condition}: {value}"])
+    response = call(srv, method, url, headers={condition: value})
     assert response.status == 304
     assert response.headers.get("ETag") == got.headers["ETag"]
     assert "Content-Length" not in response.headers, response.headers
     assert response.headers.get("Date")
+    assert response.headers.get("Connection") != "close", response.headers
 
 
 def test_a_204_has_no_content_length(srv: InprocServer, folder: str) -> None:
-    """RFC 9110 8.6: a server MUST NOT send Content-Length in a 204."""
+    """RFC 9110 8.6: a server MUST NOT send Content-Length in a 204. And the connection is
+    kept (WsgiDAV closes it after an answer without a Content-Length)."""
     url = folder + "replaced.txt"
     put(srv, url, b"first")
-    replaced = raw_request(srv, [f"PUT {path_of(url)} HTTP/1.1", "Content-Length: 6"], b"second")
-    deleted = raw_request(srv, [f"DELETE {path_of(url)} HTTP/1.1"])
-    for response in (replaced, deleted):
+    for response in (call(srv, "PUT", url, b"second"), call(srv, "DELETE", url)):
         assert response.status == 204
         assert "Content-Length" not in response.headers, response.headers
+        assert response.headers.get("Connection") != "close", response.headers
 
 
 def test_a_201_has_an_empty_body(srv: InprocServer, folder: str) -> None:

@@ -316,6 +316,8 @@ def test_cache_headers_and_if_none_match(inproc_server: InprocServer, inproc_dav
         assert not_modified.status == 304, header
         assert not_modified.body == b""
         assert not_modified.headers["ETag"] == etag
+        assert "Content-Length" not in not_modified.headers  # RFC 9110 8.6
+        assert not_modified.headers.get("Connection") != "close"  # kept alive
     assert get(inproc_server, url, "thumbnail=64", {"If-None-Match": etag}).status == 200
     assert renders(inproc_server) == before + 1
 
