@@ -26,7 +26,8 @@ And four for requests that are broken or ambiguous:
 * **Headers** are capped at ``MAX_HEADER_BYTES`` in all (cheroot's default is no cap, so a
   client could make a thread buffer gigabytes): 413.
 * **Header lines a proxy could read otherwise** (whitespace before a colon, a folded line,
-  two different Content-Lengths) are refused, 400 (``_StrictLines``).
+  a bare CR, two different Content-Lengths, two Hosts or none) are refused, 400
+  (``_StrictLines``).
 
 And two for the request line:
 
@@ -82,18 +83,24 @@ _DEFERRED = b"100-continue (deferred)"
 _QUOTED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
 
 
+# RFC 9110 5.6.2: a field name is a token.
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
 class _StrictLines:
     """The header lines of a request as cheroot's reader reads them, refusing (ValueError,
     which cheroot answers 400 and closes the connection) what RFC 9112 tells a server to
-    refuse because a proxy in front could frame the request otherwise: whitespace between a
-    field name and its colon (5.1), a line folded onto the one before (obs-fold, 5.2), and
-    Content-Length given twice with different values (6.3). cheroot took the last
-    Content-Length, read ``Content-Length :`` as one, and replaced a field with its folded
+    refuse because a proxy in front could frame or route the request otherwise: a field name
+    that is not a token, such as one with whitespace before its colon (5.1), a line folded
+    onto the one before (obs-fold, 5.2), a bare CR (2.2), Content-Length given twice with
+    different values (6.3), and Host given twice (3.2). cheroot took the last Content-Length
+    and the last Host, read ``Content-Length :`` as one, and replaced a field with its folded
     continuation."""
 
     def __init__(self, rfile: Any) -> None:
         self._rfile = rfile
         self._length: bytes | None = None
+        self.hosts = 0
 
     def readline(self, size: int = -1) -> bytes:
         line: bytes = self._rfile.readline(size)
@@ -102,13 +109,20 @@ class _StrictLines:
         name, colon, value = line.partition(b":")
         if not colon or line == b"\r\n":
             return line  # the end of the headers, or cheroot's own error
-        if name != name.rstrip(b" \t"):
-            raise ValueError("Whitespace before the colon of a header field.")
-        if name.lower() == b"content-length":
+        if not _TOKEN.fullmatch(name):
+            raise ValueError("A header field name is not a token.")
+        if b"\r" in line[:-2]:
+            raise ValueError("A bare CR in a header field.")
+        name = name.lower()
+        if name == b"content-length":
             value = value.strip()
             if self._length is not None and value != self._length:
                 raise ValueError("Two different Content-Length headers.")
             self._length = value
+        elif name == b"host":
+            self.hosts += 1
+            if self.hosts > 1:
+                raise ValueError("Two Host headers.")
         return line
 
 
@@ -285,6 +299,9 @@ class Request(cheroot_server.HTTPRequest):
         ready: bool = super().read_request_headers()
         if ready and self.authority:  # absolute form: its host is the request's (RFC 9112 3.2.2)
             self.inheaders[b"Host"] = self.authority.rpartition(b"@")[2]
+        if ready and self.request_protocol == b"HTTP/1.1" and b"Host" not in self.inheaders:
+            self.simple_response("400 Bad Request", "An HTTP/1.1 request needs a Host header.")
+            return False
         if ready and self.chunked_read and b"Content-Length" in self.inheaders:
             self.close_connection = True
         return ready

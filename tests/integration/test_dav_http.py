@@ -1415,6 +1415,33 @@ def test_headers_a_proxy_could_read_otherwise_are_a_400(
     assert call(srv, "GET", url).status == 404
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        ["GET /files/ HTTP/1.1"],
+        ["GET /files/ HTTP/1.1", f"Host: {HOST}", "Host: elsewhere.example"],
+        ["GET /files/ HTTP/1.1", f"Host: {HOST}", "Bad Name: x"],
+        ["GET /files/ HTTP/1.1", f"Host: {HOST}", "X-Note: a\rb"],
+    ],
+    ids=["no-host", "two-hosts", "space-in-name", "bare-cr"],
+)
+def test_a_request_without_one_host_or_with_a_malformed_field_is_a_400(
+    srv: InprocServer, head: list[str]
+) -> None:
+    """RFC 9112 3.2: an HTTP/1.1 request without a Host, or with two, is a 400; 5.1 and 2.2: so
+    is a field name that is not a token, and a bare CR. cheroot served them all (with two
+    Host fields the last won, which a proxy or a cache in front may not agree with)."""
+    lines = [*head, f"Authorization: {basic_auth_header(srv.user, srv.password)}"]
+    sock = socket.create_connection((HOST, srv.port), timeout=10)
+    try:
+        sock.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n")
+        response = http.client.HTTPResponse(sock, method="GET")
+        response.begin()
+        assert response.status == 400, response.status
+    finally:
+        sock.close()
+
+
 def test_headers_past_the_cap_are_refused(srv: InprocServer, folder: str) -> None:
     big = "x" * (MAX_HEADER_BYTES + 1)
     response, _ = exchange(srv, [f"GET {path_of(folder)} HTTP/1.1", f"X-Big: {big}"], b"")
