@@ -215,6 +215,7 @@ class Deadlines:
         self._due: set[Deadline] = set()
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self._closed = threading.Event()
 
     @contextmanager
     def limit(self, sock: socket.socket) -> Iterator[Deadline]:
@@ -233,9 +234,12 @@ class Deadlines:
             with self._lock:
                 self._due.discard(deadline)
 
+    def close(self) -> None:
+        """Stop watching (when the server stops)."""
+        self._closed.set()
+
     def _watch(self) -> None:
-        while True:
-            time.sleep(0.25)
+        while not self._closed.wait(0.25):
             now = time.monotonic()
             with self._lock:  # a socket is shut down only while its block runs: it is open
                 for deadline in [d for d in self._due if d.due <= now]:

@@ -40,6 +40,11 @@ class _Server(wsgi.Server):
         cheroots, self._connections = self._connections, ConnectionManager(self)
         cheroots.close()
 
+    def stop(self) -> None:
+        super().stop()
+        if self.deadlines is not None:
+            self.deadlines.close()
+
 
 def make_server(app: Application, host: str, port: int, *, reuse_port: bool = False) -> wsgi.Server:
     """A cheroot server for ``app``; ``reuse_port`` lets several processes listen on one port."""

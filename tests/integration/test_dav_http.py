@@ -2232,6 +2232,18 @@ def test_a_request_trickling_its_headers_is_cut_off(trickled_to: InprocServer) -
             thread.join(5)
 
 
+def test_the_deadline_watcher_stops_with_its_server(tmp_path: Path) -> None:
+    """Each server's thread watching header deadlines ran for the life of the process:
+    one more, for good, per server a test suite (or an embedding program) started."""
+    with run_inproc_server("sqlite", tmp_path) as server:
+        assert call(server, "OPTIONS", "/files/").status == 200
+        assert server.server is not None
+        watcher = server.server.deadlines._watcher
+        assert watcher is not None and watcher.is_alive()
+    watcher.join(2)
+    assert not watcher.is_alive()
+
+
 # --- 12. locks are per user ------------------------------------------------------------------
 
 
