@@ -46,7 +46,8 @@ And two for connections that say nothing, or say it slowly:
   handshake, so one silent client stopped every other from being accepted). A few silent
   connections (a browser's speculative preconnects, a TCP health check) held every thread.
   Here it waits in cheroot's selector, as an idle kept-alive connection does, until its first
-  bytes arrive; the worker that then reads it makes the TLS handshake.
+  bytes arrive; the worker that then reads it makes the TLS handshake. Past
+  ``keep_alive_connections`` waiting ones, the longest idle is closed.
 * **A request line and headers sent a byte at a time** (slowloris) held a thread for as long
   as the client kept trickling: the socket's timeout bounds each wait, not the whole. They,
   and the TLS handshake, now have ``header_timeout`` seconds in all (``Deadlines``); then the
@@ -374,6 +375,8 @@ class Connection(cheroot_server.HTTPConnection):
 class ConnectionManager(cheroot_connections.ConnectionManager):
     """cheroot's, except that a new connection waits in the selector until it is readable."""
 
+    _selector: Any  # cheroot's, which its type stubs leave out
+
     def _from_server_socket(self, server_socket: socket.socket) -> None:
         try:
             sock, address = server_socket.accept()
@@ -393,4 +396,23 @@ class ConnectionManager(cheroot_connections.ConnectionManager):
         conn.ssl_env = {}
         conn.tls_pending = self.server.ssl_adapter is not None
         self.put(conn)  # into the selector (its buffer is empty)
+        self._close_longest_idle(keep=conn)
         return None
+
+    def _close_longest_idle(self, *, keep: Any) -> None:
+        """Past the keep-alive limit, close the connections idle the longest (``keep``
+        aside): each waiting one takes a file descriptor, and without a bound a client
+        opening connections by the thousand ran the process out of them."""
+        limit = self.server.keep_alive_conn_limit
+        excess = len(self._selector) - 1 - (limit or 0)  # the listening socket is in it too
+        if limit is None or excess <= 0:
+            return
+        waiting = [
+            (conn.last_used, fd, conn)
+            for fd, conn in self._selector.connections
+            if conn is not self.server and conn is not keep
+        ]
+        waiting.sort(key=lambda item: item[0])
+        for _, fd, conn in waiting[:excess]:
+            self._selector.unregister(fd)
+            conn.close()

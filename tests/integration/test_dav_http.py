@@ -2232,6 +2232,35 @@ def test_a_request_trickling_its_headers_is_cut_off(trickled_to: InprocServer) -
             thread.join(5)
 
 
+def test_silent_connections_past_the_keep_alive_limit_close_the_oldest(tmp_path: Path) -> None:
+    """A connection waiting for its first bytes takes a file descriptor, not a thread; with no
+    bound, a client opening connections by the thousand (each closed only after
+    ``request_timeout``) ran the process out of descriptors (EMFILE), and then nobody could
+    connect. Past ``keep_alive_connections`` the longest idle one is closed, as an idle
+    kept-alive connection may be at any time."""
+    with run_inproc_server(
+        "sqlite", tmp_path, server__threads=2, server__keep_alive_connections=5
+    ) as server:
+        silent = []
+        for _ in range(20):
+            silent.append(socket.create_connection((HOST, server.port), timeout=5))
+            time.sleep(0.02)  # accepted one after the other
+        try:
+            response = call(server, "PROPFIND", "/files/", headers={"Depth": "0"}, timeout=5)
+            assert response.status == 207
+            closed = 0
+            for sock in silent[:10]:  # the oldest
+                sock.settimeout(2)
+                try:
+                    closed += sock.recv(1) == b""
+                except TimeoutError:
+                    pass
+            assert closed == 10
+        finally:
+            for sock in silent:
+                sock.close()
+
+
 def test_the_deadline_watcher_stops_with_its_server(tmp_path: Path) -> None:
     """Each server's thread watching header deadlines ran for the life of the process:
     one more, for good, per server a test suite (or an embedding program) started."""
