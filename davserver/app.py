@@ -161,11 +161,12 @@ class Application:
 # adds the signed-in user's Basic credentials to every request: an HTML page shared with
 # someone must not run scripts there (it could make itself an API key with their rights).
 # Sandboxed, with nothing to load but its own images, media and inline styles, it is shown,
-# inert; and no answer may be sniffed into a type it was not given.
+# inert; and no answer may be sniffed into a type it was not given. Downloads stay allowed:
+# a sandbox blocks those started from the page, and the folder listing's links start them.
 _CONTENT_POLICY = [
     (
         "Content-Security-Policy",
-        "sandbox; default-src 'none'; img-src 'self' data:; media-src 'self';"
+        "sandbox allow-downloads; default-src 'none'; img-src 'self' data:; media-src 'self';"
         " style-src 'unsafe-inline'",
     ),
     ("X-Content-Type-Options", "nosniff"),

@@ -444,6 +444,12 @@ def test_an_uploaded_page_cannot_run_scripts_as_the_server(srv: InprocServer, fo
         policy = response.headers.get("Content-Security-Policy", "")
         assert "sandbox" in policy.split(";")[0] and "default-src 'none'" in policy, policy
         assert response.headers.get("X-Content-Type-Options") == "nosniff"
+    # A sandbox blocks downloads started from the page (Chrome) unless it allows them: a
+    # link to a .docx or .zip in the folder listing must still download it.
+    listing = call(srv, "GET", folder, headers={"Accept": "text/html"})
+    assert listing.status == 200
+    sandbox = listing.headers["Content-Security-Policy"].split(";")[0].split()
+    assert sandbox == ["sandbox", "allow-downloads"], sandbox
 
 
 def test_a_put_with_a_content_coding_is_a_415_and_identity_is_none(
