@@ -27,20 +27,26 @@ def serve(
     cwd: Path, env: dict[str, str], *args: str, timeout: float = RUN_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
     """``davserver [args] serve`` until it exits; a server that starts is a failure."""
-    command = [sys.executable, "-m", "davserver", *args, "serve", "--port", str(free_port())]
     try:
-        return subprocess.run(
-            command,
-            cwd=cwd,
-            env=_env(cwd, env),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return command(cwd, env, *args, "serve", "--port", str(free_port()), timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"davserver started instead of refusing its settings: {exc.stdout!r}")
+
+
+def command(
+    cwd: Path, env: dict[str, str], *args: str, timeout: float = RUN_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """``davserver args`` (a command that ends by itself) until it exits."""
+    return subprocess.run(
+        [sys.executable, "-m", "davserver", *args],
+        cwd=cwd,
+        env=_env(cwd, env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _env(cwd: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -124,20 +130,6 @@ def test_folders_that_cannot_be_made_are_named(tmp_path: Path) -> None:
     assert_refused(
         serve(tmp_path, {"DAVSERVER_STORAGE_BLOB_DIR": str(tmp_path / "taken" / "blobs")}),
         "storage.blob_dir: cannot create the folder",
-    )
-
-
-def command(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``davserver args`` (a command that ends by itself) until it exits."""
-    return subprocess.run(
-        [sys.executable, "-m", "davserver", *args],
-        cwd=cwd,
-        env=_env(cwd, env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
     )
 
 
