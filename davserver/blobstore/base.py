@@ -15,7 +15,7 @@ Blob rows and blob files are kept consistent against ``davserver gc`` by one rul
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -77,6 +77,11 @@ class BlobStore(Protocol):
         ...
 
     def exists(self, storage_key: str) -> bool: ...
+
+    def missing(self, storage_keys: Iterable[str]) -> list[str]:
+        """The keys of ``storage_keys`` with no bytes stored, in their order (a package's or
+        a folder's zip checks all its members before it starts)."""
+        ...
 
     def delete(self, storage_key: str) -> None: ...
 

@@ -22,7 +22,7 @@ import errno
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -143,6 +143,9 @@ class FileSystemBlobStore:
 
     def exists(self, storage_key: str) -> bool:
         return self.path_of(storage_key).is_file()
+
+    def missing(self, storage_keys: Iterable[str]) -> list[str]:
+        return [key for key in storage_keys if not self.exists(key)]
 
     def delete(self, storage_key: str) -> None:
         self.path_of(storage_key).unlink(missing_ok=True)

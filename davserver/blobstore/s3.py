@@ -28,7 +28,8 @@ import io
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -52,6 +53,7 @@ _ASIDE_TOKEN = "gc-"
 # Larger uploads go up in parts of this size, several at once; smaller ones in one PUT.
 MULTIPART_BYTES = 64 * 1024 * 1024
 _PART_UPLOADS = 4
+_CHECKS_AT_ONCE = 16  # HeadObject requests in flight for one ``missing`` call
 # How much a reader asks for at a time when it has to start a ranged GET.
 _READ_BUFFER = 1024 * 1024
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -171,6 +173,14 @@ class S3BlobStore:
 
     def exists(self, storage_key: str) -> bool:
         return self._size(self._key(storage_key)) is not None
+
+    def missing(self, storage_keys: Iterable[str]) -> list[str]:
+        """One HeadObject per key, ``_CHECKS_AT_ONCE`` at a time: a round trip each, so a
+        zip of a thousand files waits for a few dozen of them, not a thousand."""
+        keys = list(storage_keys)
+        with ThreadPoolExecutor(min(_CHECKS_AT_ONCE, max(len(keys), 1))) as pool:
+            found = list(pool.map(self.exists, keys))
+        return [key for key, there in zip(keys, found, strict=True) if not there]
 
     def delete(self, storage_key: str) -> None:
         key = self._key(storage_key)

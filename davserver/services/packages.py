@@ -570,11 +570,9 @@ class PackageService:
     def _require_bytes(self, package: PackageView, where: str) -> None:
         """NotFound naming the items whose bytes the blob store lost (``lost_bytes``), so that
         the answer is an error, not a zip that breaks off at the first of them."""
-        lost = [
-            item
-            for item in package.items
-            if item.storage_key is not None and not self.blobs.exists(item.storage_key)
-        ]
+        keys = {item.storage_key for item in package.items if item.storage_key is not None}
+        gone = set(self.blobs.missing(sorted(keys)))
+        lost = [item for item in package.items if item.storage_key in gone]
         if lost:
             paths = ", ".join(item.path for item in lost[:10])
             more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""

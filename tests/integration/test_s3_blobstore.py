@@ -85,6 +85,16 @@ def test_a_missing_blob_is_file_not_found(store: MaintainableBlobStore) -> None:
         store.open(key)
 
 
+def test_missing_names_the_keys_without_bytes_in_order(store: MaintainableBlobStore) -> None:
+    blobs = [_write(store, b"present %d" % n) for n in range(20)]
+    gone = [blobs[3].storage_key, blobs[17].storage_key]
+    for key in gone:
+        store.delete(key)
+    keys = [blob.storage_key for blob in blobs]
+    assert store.missing(keys) == gone
+    assert store.missing([]) == []
+
+
 def test_a_wrong_announced_digest_stores_nothing(store: MaintainableBlobStore) -> None:
     with pytest.raises(ChecksumMismatch):
         _write(store, b"body", md5="0" * 32)
