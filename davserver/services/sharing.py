@@ -141,6 +141,15 @@ class SharingService:
                 session.add(row)
             else:
                 _require_may_change(session, actor, node, row)
+                granter = actor.user_id if actor else None
+                if (rights_of_grant(row), row.expires_at, row.granted_by) == (
+                    rights,
+                    expires_at,
+                    granter,
+                ):
+                    # The same grant again (a script making sure a share exists): nothing
+                    # changes, and the logbook gets no row saying so every time.
+                    return _infos(session, Grant.id == row.id)[0]
                 before = {"rights": rights_of_grant(row).names(), "expires_at": iso(row.expires_at)}
                 if row.user_id is not None and row.can_share and not rights & Perm.SHARE:
                     because = f"{label}'s grant no longer shares"

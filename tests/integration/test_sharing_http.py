@@ -975,3 +975,34 @@ def test_the_grants_of_no_path_are_a_400_naming_it(people: People) -> None:
         status, body = p.api(p.alice, method, f"/grants{query}")
         assert (status, body["error"]) == (400, "bad_request"), (method, query)
         assert "path" in body["message"]
+
+
+def test_the_same_grant_again_changes_nothing_and_logs_nothing(people: People) -> None:
+    """A script that makes sure a share exists, every night, must not fill the logbook."""
+    p = people
+    assert p.put(p.alice, "/files/nightly.txt") == 201
+    assert p.grant(p.alice, "/files/nightly.txt", p.bob, "read") == 201
+
+    def state() -> tuple[int, list[dt.datetime]]:
+        with p.server.app.db.read() as session:
+            node = session.scalar(
+                sa.select(Node.id)
+                .where(Node.name == "nightly.txt", Node.deleted_at.is_(None))
+                .join(Grant, Grant.node_id == Node.id)
+            )
+            rows = session.scalar(
+                sa.select(sa.func.count())
+                .select_from(LogEntry)
+                .where(LogEntry.node_id == node, LogEntry.op_type == Op.GRANT_CREATE)
+            )
+            granted = list(
+                session.scalars(sa.select(Grant.granted_at).where(Grant.node_id == node))
+            )
+        return int(rows or 0), granted
+
+    before = state()
+    assert p.grant(p.alice, "/files/nightly.txt", p.bob, "read") == 201
+    assert state() == before
+    # A change is still a change.
+    assert p.grant(p.alice, "/files/nightly.txt", p.bob, "read", "download") == 201
+    assert state()[0] == before[0] + 1
