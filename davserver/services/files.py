@@ -207,7 +207,7 @@ class FileService:
                 row = session.execute(
                     sa.select(_u.c.username, _u.c.home_bytes)
                     .where(_u.c.id == user_id)
-                    .with_for_update()
+                    .with_for_update(**NO_KEY_UPDATE)
                 ).first()
                 if row is None:
                     continue
@@ -970,9 +970,18 @@ def _batches(items: list[T]) -> Iterator[list[T]]:
         yield items[start : start + _BATCH]
 
 
+# Rows a writer changes but never deletes are locked FOR NO KEY UPDATE (PostgreSQL), not FOR
+# UPDATE: a row inserted elsewhere that refers to them (a logbook row, a version, a child)
+# holds a key-share lock on them until its transaction ends, which FOR UPDATE waits for. With
+# a third writer in the ring, that wait was a deadlock (a 500, or a batch of download rows
+# lost from the logbook). Neither id is ever changed, so nothing needs the stronger lock.
+NO_KEY_UPDATE: dict[str, Any] = {"key_share": True}
+
+
 def live_node(session: Session, node_id: uuid.UUID) -> Node:
-    """The node, locked for this transaction; NotFound when it is missing or in the trash."""
-    node = session.get(Node, node_id, with_for_update=True)
+    """The node, locked for this transaction (``NO_KEY_UPDATE``); NotFound when it is missing
+    or in the trash."""
+    node = session.get(Node, node_id, with_for_update=NO_KEY_UPDATE)
     if node is None or node.deleted_at is not None:
         raise NotFound("no such file or folder")
     return node
@@ -1164,9 +1173,11 @@ def add_home_bytes(session: Session, owner_id: uuid.UUID, space: str, delta: int
 def check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
     """QuotaExceeded when the owner's space would grow past their quota.
 
-    On PostgreSQL the owner's row is locked, so two uploads cannot both take the last bytes.
+    On PostgreSQL the owner's row is locked (``NO_KEY_UPDATE``), so two uploads cannot both
+    take the last bytes.
     """
-    used, quota = _usage(session.execute(_USAGE.with_for_update(), {"owner_id": owner_id}).first())
+    statement = _USAGE.with_for_update(**NO_KEY_UPDATE)
+    used, quota = _usage(session.execute(statement, {"owner_id": owner_id}).first())
     if quota is None or growth <= 0:
         return
     if used + growth > quota:

@@ -60,6 +60,7 @@ from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.files import (
+    NO_KEY_UPDATE,
     FileService,
     add_home_bytes,
     bytes_below,
@@ -252,7 +253,7 @@ class TrashService:
         check_name(name)
 
         def work(session: Session) -> NodeView:
-            node = session.get(Node, node_id, with_for_update=True)
+            node = session.get(Node, node_id, with_for_update=NO_KEY_UPDATE)
             if node is None or not tree.in_trash(session, node.id):
                 raise NotFound("that item is no longer in the trash")
             parent = session.get(Node, folder.id)

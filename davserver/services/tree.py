@@ -143,7 +143,7 @@ _HOME_ROOT = _view_select(_nodes).where(
 )
 _BY_ID = _view_select(_nodes).where(_nodes.c.id == sa.bindparam("node_id", type_=sa.Uuid))
 # Serializes writers to one name on PostgreSQL; SQLite renders no FOR UPDATE (its BEGIN
-# IMMEDIATE already serializes writers).
+# IMMEDIATE already serializes writers). FOR NO KEY UPDATE (see files.live_node).
 _CHILD_FOR_UPDATE = (
     _view_select(_nodes)
     .where(
@@ -151,7 +151,7 @@ _CHILD_FOR_UPDATE = (
         _nodes.c.name_key == sa.bindparam("key"),
         _nodes.c.deleted_at.is_(None),
     )
-    .with_for_update(of=_nodes)
+    .with_for_update(of=_nodes, key_share=True)
 )
 # A child's parent, owner and group are its folder's (every writer keeps them so): a listing
 # reads the other columns only, in NodeView's order (id, name, kind, size, ...), which spares
@@ -402,7 +402,7 @@ def _chain_rows(postgres: bool, *, hold: bool) -> tuple[sa.FromClause, Any]:
     looks cheaper than that many lookups until the table holds some 30,000 rows. Each upload
     read the whole table (measured: with 8,000 nodes, 1.2 ms of a 5 ms PUT, growing with every
     file). The rows are share-locked (FOR SHARE): moving or trashing one of them (both lock it
-    FOR UPDATE first) waits for the holder's commit, and the other way round; a holder that
+    FOR NO KEY UPDATE first) waits for the holder's commit, and the other way round; a holder that
     waited reads the row as committed. SQLite renders no lock (its writers are serialized) and
     looks up each row by its key anyway.
     """

@@ -36,6 +36,7 @@ from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.bounds import spelled_number
 from davserver.services.files import (
+    NO_KEY_UPDATE,
     FileService,
     check_quota,
     held_node,
@@ -333,7 +334,9 @@ class VersionService:
 
     def _prune_one(self, node_id: uuid.UUID, dry_run: bool) -> list[version_rules.VersionFacts]:
         def work(session: Session) -> list[version_rules.VersionFacts]:
-            held = session.scalar(sa.select(_n.c.id).where(_n.c.id == node_id).with_for_update())
+            held = session.scalar(
+                sa.select(_n.c.id).where(_n.c.id == node_id).with_for_update(**NO_KEY_UPDATE)
+            )
             if held is None:
                 return []  # purged meanwhile
             return version_rules.prune_file(session, self.policy, None, node_id, dry_run=dry_run)

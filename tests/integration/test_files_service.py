@@ -29,7 +29,7 @@ from davserver.errors import (
     PreconditionFailed,
     QuotaExceeded,
 )
-from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node, User
+from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node, Op, User
 from davserver.services import files as files_module
 from davserver.services import package_rows, tree
 from davserver.services.actor import Actor
@@ -805,6 +805,39 @@ def test_two_folders_moved_into_each_other_at_once_never_make_a_loop(
     # The one moved is reachable from the home folder, inside the other.
     outer, inner = ("y", "x") if moved == ["x"] else ("x", "y")
     assert service.resolve(home.id, [outer, inner]) is not None
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_writers_do_not_wait_for_a_transaction_that_only_refers_to_their_rows(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """A logbook row being written about a file (a batch of download rows, say) holds, until
+    its transaction ends, PostgreSQL's key-share lock on the file and on the user it names.
+    Writers locked the rows they change FOR UPDATE, which waits for that lock: with a third
+    transaction in the ring, PostgreSQL aborted one of them as a deadlock, a 500 for an
+    upload or lost download rows in the logbook. They now lock FOR NO KEY UPDATE (they never
+    change a row's id), which does not wait for it."""
+    folder = service.create_folder(actor, home, "docs")
+    doc = put(service, actor, folder, "doc.txt", b"one")
+    set_quota(database, actor.user_id, 1000)
+
+    def fail_rather_than_wait(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
+
+    event.listen(database.engine, "begin", fail_rather_than_wait)
+    try:
+        with Session(database.engine) as referring, referring.begin():
+            referring.add(LogEntry(op_type=Op.FILE_DOWNLOAD, user_id=actor.user_id, node_id=doc.id))
+            referring.flush()
+            service.commit_upload(
+                actor, folder, "doc.txt", store(service, b"two"), enforce_quota=True
+            )
+            service.move(actor, doc.id, folder, "renamed.txt")
+            service.delete(actor, doc.id)
+    finally:
+        event.remove(database.engine, "begin", fail_rather_than_wait)
+    assert versions(database, doc.id) == [(1, 3), (2, 3)]
+    assert service.resolve(home.id, ["docs", "renamed.txt"]) is None
 
 
 # A long-running server's plans: psycopg prepares a statement at its 5th run, PostgreSQL may
