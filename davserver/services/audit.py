@@ -137,16 +137,26 @@ class ReadLog:
             rows, self._pending = self._pending, []
         if not rows:
             return 0
-        try:
-            with self._db.write() as session:
-                session.execute(_INSERT, rows)
-        except StorageFull:
-            log.warning("no room in the database for %d logbook rows of downloads", len(rows))
+        for attempt in range(2):
+            try:
+                with self._db.write() as session:
+                    if attempt:
+                        _forget_what_is_gone(session, rows)
+                    session.execute(_INSERT, rows)
+                return len(rows)
+            except StorageFull:
+                log.warning("no room in the database for %d logbook rows of downloads", len(rows))
+                return 0
+            except sa.exc.DBAPIError:
+                # Once more, without the references a row can no longer have; a deadlock
+                # (PostgreSQL aborted this insert) is worth another try too.
+                if attempt == 0:
+                    continue
+                log.exception("%d logbook rows of downloads could not be written", len(rows))
+            except Exception:
+                log.exception("%d logbook rows of downloads could not be written", len(rows))
             return 0
-        except Exception:
-            log.exception("%d logbook rows of downloads could not be written", len(rows))
-            return 0
-        return len(rows)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._closed.set()
@@ -160,6 +170,29 @@ class ReadLog:
             self._wake.wait(self._interval)
             self._wake.clear()
             self.flush()
+
+
+# What a logbook row refers to, each ON DELETE SET NULL.
+_REFERENCES = tuple(
+    (column.name, next(iter(column.foreign_keys)).column)
+    for column in Base.metadata.tables[LogEntry.__tablename__].columns
+    if column.foreign_keys
+)
+
+
+def _forget_what_is_gone(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Clear each reference of ``rows`` whose row was deleted since the download (a file or
+    version purged, a package deleted, a session ended): what that deletion did to the rows
+    already written. Without this, one such row failed the whole batch."""
+    for name, target in _REFERENCES:
+        wanted = list({row[name] for row in rows if row[name] is not None})
+        there: set[Any] = set()
+        for start in range(0, len(wanted), 1000):
+            batch = wanted[start : start + 1000]
+            there.update(session.scalars(sa.select(target).where(target.in_(batch))))
+        for row in rows:
+            if row[name] is not None and row[name] not in there:
+                row[name] = None
 
 
 MAX_ROWS = 10_000

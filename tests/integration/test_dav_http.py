@@ -35,8 +35,9 @@ from sqlalchemy import event
 
 from davserver.app import Application
 from davserver.http_request import MAX_HEADER_BYTES
-from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, User
+from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, Op, User
 from davserver.services.actor import Actor
+from davserver.services.audit import ReadLog
 from davserver.services.tree import NodeView
 from tests.integration.test_startup_errors import self_signed
 from tests.servers import (
@@ -2539,6 +2540,42 @@ def test_a_download_is_logged_with_its_version_and_range(srv: InprocServer, fold
     ]
     assert {row.user_id for row in rows} == {user_id(app, srv.user)}
     assert [row.version_id == node.current_version_id for row in rows] == [True] * 3 + [False]
+
+
+def test_a_download_whose_file_is_purged_before_its_batch_is_written_is_logged(
+    srv: InprocServer, folder: str
+) -> None:
+    """A download's row waits up to a second for its batch (``ReadLog``); the file may be
+    purged from the trash meanwhile. The batch used to fail on the row's reference to the
+    file that no longer exists, and every download in it, of any file by anyone, was
+    dropped from the logbook. The row is now written without the reference, as the purge
+    leaves the rows written before it."""
+    app = srv.application
+    put(srv, folder + "kept.txt", b"kept")
+    put(srv, folder + "gone.txt", b"gone")
+    kept, gone = existing_node(srv, folder + "kept.txt"), existing_node(srv, folder + "gone.txt")
+    read_log = ReadLog(app.db, interval=3600)  # written by flush() only
+    for view in (gone, kept):
+        read_log.add(
+            None,
+            Op.FILE_DOWNLOAD,
+            node_id=view.id,
+            version_id=view.current_version_id,
+            details={"size": 4, "name": view.name},
+        )
+    assert call(srv, "DELETE", folder + "gone.txt").status == 204
+    app.services.trash.purge(None, gone.id)
+    assert read_log.flush() == 2
+    read_log.close()
+    assert [row.details["name"] for row in downloads_of(app, kept.id)] == ["kept.txt"]
+    with app.db.read() as session:
+        orphaned = session.execute(
+            sa.select(LogEntry.node_id, LogEntry.version_id).where(
+                LogEntry.op_type == Op.FILE_DOWNLOAD,
+                LogEntry.details["name"].as_string() == "gone.txt",
+            )
+        ).all()
+    assert [tuple(row) for row in orphaned] == [(None, None)]
 
 
 def test_unchanged_put_writes_no_version_row_in_the_logbook(srv: InprocServer, folder: str) -> None:
