@@ -132,13 +132,16 @@ def serve(
     every = app.settings.maintenance.housekeeping_seconds if housekeeping else 0
     housekeeper = Housekeeper(app.services, every)
     stopping = threading.Event()
+    # Stops the server from outside the signal handler: it closes the port, then waits for
+    # the requests in progress (up to cheroot's shutdown_timeout) while serve() returns.
+    stopper = threading.Thread(target=server.stop, name="stop", daemon=True)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         if stopping.is_set():  # Ctrl-C reaches a worker and its parent, which passes it on
             return
         stopping.set()
         log.info("signal %s: stopping", signum)
-        threading.Thread(target=server.stop, daemon=True).start()
+        stopper.start()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
@@ -153,5 +156,11 @@ def serve(
         server.serve()
     finally:
         housekeeper.stop()
+        if stopper.is_alive():
+            # The requests in progress still use the application (its database, the logbook
+            # rows of downloads): close it once they are done. A worker process leaves with
+            # os._exit after this returns, which would cut them off.
+            log.info("finishing open requests (at most %s s)", server.shutdown_timeout)
+            stopper.join()
         server.stop()
         app.close()

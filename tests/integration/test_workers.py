@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from tests.servers import (
     REPO_ROOT,
     LiveServer,
     free_port,
+    http_request,
     run_live_server,
 )
 
@@ -212,6 +214,71 @@ def test_workers_stop_when_their_parent_is_killed(server: LiveServer) -> None:
     while left := [pid for pid in workers if _alive(pid)]:
         assert time.monotonic() < deadline, f"workers {left} outlived their parent"
         time.sleep(0.1)
+
+
+# Loaded by every server process (PYTHONPATH): each upload, once its bytes are in, notes that
+# it is held and waits for the release file before it is committed.
+HOLD_UPLOADS = """
+import os, time
+from pathlib import Path
+from davserver.services.files import FileService
+
+_commit = FileService.commit_upload
+
+def _held(self, *args, **kwargs):
+    Path(os.environ["HELD_FILE"]).touch()
+    while not Path(os.environ["RELEASE_FILE"]).exists():
+        time.sleep(0.01)
+    return _commit(self, *args, **kwargs)
+
+FileService.commit_upload = _held
+"""
+
+
+@pytest.mark.parametrize("workers", [1, WORKERS])
+def test_sigterm_lets_the_requests_in_progress_finish(tmp_path: Path, workers: int) -> None:
+    """On SIGTERM the server stops after its open requests (up to cheroot's shutdown_timeout).
+    A worker process used to close its application and leave (os._exit) as soon as it stopped
+    listening: an upload in progress was cut off, its client saw the connection reset and
+    nothing was saved. A single process closed the application (the database pool, the
+    logbook's batch of downloads) under its last requests."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(HOLD_UPLOADS)
+    held, release = tmp_path / "held", tmp_path / "release"
+    env = {
+        "DAVSERVER_SERVER_WORKERS": str(workers),
+        "PYTHONPATH": os.pathsep.join([str(hooks), str(REPO_ROOT)]),
+        "HELD_FILE": str(held),
+        "RELEASE_FILE": str(release),
+    }
+    with run_live_server("sqlite", tmp_path, extra_env=env) as server:
+        assert server.process is not None
+        answered: list[int] = []
+
+        def upload() -> None:
+            auth = (server.user, server.password)
+            put = http_request("PUT", server.url + "/files/late.txt", b"saved", auth=auth)
+            answered.append(put.status)
+
+        uploading = threading.Thread(target=upload)
+        uploading.start()
+        deadline = time.monotonic() + 30
+        while not held.exists():
+            assert time.monotonic() < deadline, "the upload never arrived" + server.diagnostics()
+            time.sleep(0.01)
+        log_start = server.stderr_size()
+        server.process.send_signal(signal.SIGTERM)
+        while "finishing open requests" not in server.stderr_text(log_start):
+            assert server.process.poll() is None, (
+                "it left with the upload open" + server.diagnostics()
+            )
+            assert time.monotonic() < deadline, "it never stopped" + server.diagnostics()
+            time.sleep(0.01)
+        release.touch()
+        uploading.join(30)
+        assert answered == [201]
+        assert server.process.wait(timeout=30) == 0
 
 
 # A server whose housekeeping sweep takes ten minutes: it notes the sweeping process first.
