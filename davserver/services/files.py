@@ -979,8 +979,9 @@ NO_KEY_UPDATE: dict[str, Any] = {"key_share": True}
 
 
 def live_node(session: Session, node_id: uuid.UUID) -> Node:
-    """The node, locked for this transaction (``NO_KEY_UPDATE``); NotFound when it is missing
-    or in the trash."""
+    """The node, locked for this transaction (``NO_KEY_UPDATE``, after its turn:
+    ``tree.take_turn``); NotFound when it is missing or in the trash."""
+    tree.take_turn(session, node_id)
     node = session.get(Node, node_id, with_for_update=NO_KEY_UPDATE)
     if node is None or node.deleted_at is not None:
         raise NotFound("no such file or folder")

@@ -142,17 +142,47 @@ _HOME_ROOT = _view_select(_nodes).where(
     _nodes.c.deleted_at.is_(None),
 )
 _BY_ID = _view_select(_nodes).where(_nodes.c.id == sa.bindparam("node_id", type_=sa.Uuid))
+# PostgreSQL grants a row's share lock to every transaction asking for it while others hold it,
+# whoever waits for the row meanwhile: a MOVE or DELETE of a folder waits for the uploads
+# holding it (``hold_chain``) to end, and with a few clients uploading into the folder new
+# holds came before the old ones ended, for as long as the uploads went on (a COPY of a busy
+# folder waited a minute). Its advisory locks queue fairly: a transaction first takes its turn
+# at the node, shared to hold it, exclusive to lock it for a change, and a turn asked for after
+# a waiting exclusive one waits behind it.
+_TURNS = 0x6E6F6465  # the key space of these advisory locks ("node")
+
+
+def turn(node_id: Any, *, shared: bool) -> sa.ColumnElement[bool]:
+    """PostgreSQL only: an always-true condition that takes, until the transaction ends, the
+    turn at the node ``node_id`` (a column or a parameter), shared or exclusive."""
+    take = sa.func.pg_advisory_xact_lock_shared if shared else sa.func.pg_advisory_xact_lock
+    return take(_TURNS, sa.func.hashtext(sa.cast(node_id, sa.Text))).is_not(None)
+
+
+def take_turn(session: Session, node_id: uuid.UUID) -> None:
+    """Take the exclusive turn at ``node_id`` (see ``turn``) before locking its row to move,
+    rename or trash it; nothing on SQLite, whose writers are serialized."""
+    if is_postgres(session):
+        session.execute(_TAKE_TURN, {"node_id": node_id})
+
+
 # Serializes writers to one name on PostgreSQL; SQLite renders no FOR UPDATE (its BEGIN
-# IMMEDIATE already serializes writers). FOR NO KEY UPDATE (see files.live_node).
-_CHILD_FOR_UPDATE = (
-    _view_select(_nodes)
-    .where(
+# IMMEDIATE already serializes writers). FOR NO KEY UPDATE (see files.live_node), after the
+# child's exclusive turn (``turn``), taken inside a CASE: on the child alone, whatever the plan.
+def _child_for_update(postgres: bool) -> sa.Select[Any]:
+    found = sa.and_(
         _nodes.c.parent_id == sa.bindparam("parent_id", type_=sa.Uuid),
         _nodes.c.name_key == sa.bindparam("key"),
         _nodes.c.deleted_at.is_(None),
     )
-    .with_for_update(of=_nodes, key_share=True)
-)
+    select = _view_select(_nodes).where(found)
+    if postgres:
+        select = select.where(sa.case((found, turn(_nodes.c.id, shared=False)), else_=False))
+    return select.with_for_update(of=_nodes, key_share=True)
+
+
+_CHILD_FOR_UPDATE = by_dialect(_child_for_update)
+_TAKE_TURN = sa.select(turn(sa.bindparam("node_id", type_=sa.Uuid), shared=False))
 # A child's parent, owner and group are its folder's (every writer keeps them so): a listing
 # reads the other columns only, in NodeView's order (id, name, kind, size, ...), which spares
 # three UUID conversions per member.
@@ -181,7 +211,8 @@ def get_node(session: Session | sa.Connection, node_id: uuid.UUID) -> NodeView |
 def child_for_update(session: Session, parent_id: uuid.UUID, key: str) -> NodeView | None:
     """The live child of ``parent_id`` whose name has the ``name_key`` ``key``, locked for the
     rest of the caller's write transaction; None when there is none."""
-    row = session.execute(_CHILD_FOR_UPDATE, {"parent_id": parent_id, "key": key}).first()
+    statement = for_bind(_CHILD_FOR_UPDATE, session)
+    row = session.execute(statement, {"parent_id": parent_id, "key": key}).first()
     return _to_view(row) if row else None
 
 
@@ -403,8 +434,9 @@ def _chain_rows(postgres: bool, *, hold: bool) -> tuple[sa.FromClause, Any]:
     read the whole table (measured: with 8,000 nodes, 1.2 ms of a 5 ms PUT, growing with every
     file). The rows are share-locked (FOR SHARE): moving or trashing one of them (both lock it
     FOR NO KEY UPDATE first) waits for the holder's commit, and the other way round; a holder that
-    waited reads the row as committed. SQLite renders no lock (its writers are serialized) and
-    looks up each row by its key anyway.
+    waited reads the row as committed. Before each row's lock, its turn is taken (``turn``), so
+    that a holder coming after a mover waits for it. SQLite renders no lock (its writers are
+    serialized) and looks up each row by its key anyway.
     """
     up = (
         sa.select(_nodes.c.id, _nodes.c.parent_id)
@@ -415,7 +447,10 @@ def _chain_rows(postgres: bool, *, hold: bool) -> tuple[sa.FromClause, Any]:
     up = up.union_all(sa.select(above.c.id, above.c.parent_id).select_from(steps))
     if postgres:
         held_columns = ("id", "parent_id", "deleted_at")
-        looked_up = one_row(held_columns, _nodes.c.id == up.c.id, hold=hold).lateral("held")
+        # The turn is a condition on the row found by its key: taken before the row's lock.
+        turns = [turn(_nodes.c.id, shared=True)] if hold else []
+        row = one_row(held_columns, _nodes.c.id == up.c.id, *turns, hold=hold)
+        looked_up = row.lateral("held")
         return up.join(looked_up, sa.true()), looked_up
     held = _nodes.alias("held")
     return held.join(up, held.c.id == up.c.id), held

@@ -840,6 +840,68 @@ def test_writers_do_not_wait_for_a_transaction_that_only_refers_to_their_rows(
     assert service.resolve(home.id, ["docs", "renamed.txt"]) is None
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_folder_busy_with_uploads_can_still_be_moved(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """Each upload holds the folders above it (FOR SHARE) until it commits, and a MOVE or
+    DELETE of one of them waits for those holds to end. PostgreSQL let every new upload take
+    its share beside the ones held, whatever waited: with a few clients uploading into a
+    folder, their holds overlapped without a gap and a COPY of it waited 58 s, until they
+    stopped. Now an upload that comes after the mover waits for it."""
+    folder = service.create_folder(actor, home, "busy")
+    first_open, second_in, moved = (threading.Event() for _ in range(3))
+    release_first, release_second = threading.Event(), threading.Event()
+    outcome: dict[str, BaseException | None] = {}
+
+    def hold(name: str, opened: threading.Event, release: threading.Event) -> None:
+        try:
+            with database.write() as session:
+                tree.hold_chain(session, folder.id)  # as an upload into the folder does
+                opened.set()
+                assert release.wait(30)
+            outcome[name] = None
+        except BaseException as exc:
+            outcome[name] = exc
+        finally:
+            opened.set()
+
+    def move() -> None:
+        try:
+            service.move(actor, folder.id, home, "renamed")
+            outcome["move"] = None
+        except BaseException as exc:
+            outcome["move"] = exc
+        moved.set()
+
+    threads = [threading.Thread(target=hold, args=("first", first_open, release_first))]
+    threads[0].start()
+    assert first_open.wait(30)
+    threads.append(threading.Thread(target=move))
+    threads[1].start()
+    _wait_for_a_lock_wait(database)  # the move waits for the first upload
+    threads.append(threading.Thread(target=hold, args=("second", second_in, release_second)))
+    threads[2].start()
+    # The second upload either got its hold at once (the mover then waits for it too) or
+    # queues behind the mover: two transactions wait then.
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while not second_in.is_set():
+        with database.connect() as conn:
+            if conn.scalar(query) == 2:
+                break
+        threading.Event().wait(0.01)
+    release_first.set()  # the upload that was there first commits; the second is still open
+    assert moved.wait(10), "the move waited for an upload that came after it"
+    release_second.set()
+    for thread in threads:
+        thread.join(30)
+    assert outcome == {"first": None, "move": None, "second": None}
+    assert service.resolve(home.id, ["renamed"]) is not None
+
+
 # A long-running server's plans: psycopg prepares a statement at its 5th run, PostgreSQL may
 # then plan it once for all parameters, and keeps that plan while the table grows.
 _GENERIC_PLANS = sa.text("SET LOCAL plan_cache_mode = force_generic_plan")
