@@ -579,7 +579,7 @@ class FileService:
         check_name(dest_name)
 
         def work(session: Session) -> NodeView | None:
-            node = still_where_seen(held_node(session, node_id), seen)
+            node = held_node(session, node_id, seen=seen)
             if node.parent_id is None:
                 raise Conflict("the root of a space cannot be moved")
             if (node.owner_id, node.group_id) != (dest_parent.owner_id, dest_parent.group_id):
@@ -988,12 +988,13 @@ def live_node(session: Session, node_id: uuid.UUID) -> Node:
     return node
 
 
-def held_node(session: Session, node_id: uuid.UUID) -> Node:
+def held_node(session: Session, node_id: uuid.UUID, *, seen: NodeView | None = None) -> Node:
     """``live_node``, with the folders above it held until the transaction ends
     (``tree.hold_chain``): for a change to what the node counts for in its owner's usage (its
     size, or whether it is live), which must not race with a folder above it going to the
-    trash."""
-    node = live_node(session, node_id)
+    trash. ``seen``: see ``still_where_seen``, checked first (a node moved meanwhile into a
+    folder since trashed is NotFound where the request found it, not in a deleted folder)."""
+    node = still_where_seen(live_node(session, node_id), seen)
     if node.parent_id is not None:
         tree.hold_chain(session, node.parent_id)
     return node
@@ -1083,7 +1084,7 @@ def _trash(
 ) -> None:
     """Move a node, and so everything below it, to the trash: one UPDATE. ``seen``: see
     ``still_where_seen``."""
-    node = still_where_seen(held_node(session, node_id), seen)
+    node = held_node(session, node_id, seen=seen)
     if node.parent_id is None:
         raise Conflict("the root of a space cannot be deleted")
     if node.space == Space.HOME.value:  # what it and everything below it held stops counting

@@ -286,6 +286,27 @@ def test_a_node_moved_since_the_request_found_it_is_not_found(
     assert service.resolve(home.id, ["there.txt"]) is None
 
 
+def test_a_node_moved_into_a_folder_since_trashed_is_not_found_where_it_was(
+    service: FileService, actor: Actor, home: NodeView
+) -> None:
+    """The same when the other requests moved it into a folder and then trashed that folder:
+    the URL names nothing any more (NotFound, 404). It used to be Conflict (409, "the
+    folder was deleted"), about a folder the client never named."""
+    seen = put(service, actor, home, "here.txt", b"x")
+    target = service.create_folder(actor, home, "target")
+    bin_ = service.create_folder(actor, home, "bin")
+    service.move(actor, seen.id, bin_, "here.txt", seen=seen)
+    service.delete(actor, bin_.id)
+    attempts = {
+        "move": lambda: service.move(actor, seen.id, target, "here.txt", seen=seen),
+        "delete": lambda: service.delete(actor, seen.id, seen=seen),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(NotFound):
+            attempt()
+        assert service.children(target) == [], what
+
+
 def test_move_and_copy_overwrite_what_is_at_the_destination_when_they_run(
     service: FileService, actor: Actor, home: NodeView, database: Database
 ) -> None:
