@@ -18,7 +18,7 @@ from davserver.api.app import PREFIX as API_PREFIX
 from davserver.blobstore import MaintainableBlobStore
 from davserver.config import Networks, Settings, trusted_networks
 from davserver.context import Services
-from davserver.errors import BadRequest, StorageFull, TooManyRequests, Unauthorized
+from davserver.errors import BadRequest, StorageFull, TooManyRequests, Unauthorized, Unavailable
 from providers.dispatch import DavRequestResolver
 from providers.error_printer import ErrorPrinter
 from providers.lock_manager import LockManager
@@ -139,6 +139,13 @@ class Application:
             )
         except StorageFull:  # a first login is recorded: the database's disk is full
             return _plain(start_response, "507 Insufficient Storage", "The server is full\n")
+        except Unavailable as exc:  # ... or another writer kept SQLite's write lock too long
+            return _plain(
+                start_response,
+                "503 Service Unavailable",
+                "The server is busy; try again\n",
+                [("Retry-After", str(exc.retry_after))],
+            )
         return self.dav(environ, start_response)
 
     def _end_request(self) -> None:

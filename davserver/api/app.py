@@ -53,6 +53,7 @@ from davserver.errors import (
     NotFound,
     TooManyRequests,
     Unauthorized,
+    Unavailable,
 )
 from davserver.jsonsafe import plain
 from davserver.services import health
@@ -344,7 +345,7 @@ class ApiApp:
         headers: list[tuple[str, str]] = []
         if isinstance(exc, Unauthorized):
             headers = list(self.challenges)
-        elif isinstance(exc, TooManyRequests):
+        elif isinstance(exc, (TooManyRequests, Unavailable)):
             headers = [("Retry-After", str(exc.retry_after))]
         return _json(start_response, status, {"error": code, "message": str(exc)}, headers)
 

@@ -15,6 +15,7 @@ _STATUS: list[tuple[type[errors.DomainError], int, str]] = [
     (errors.Locked, 423, "locked"),
     (errors.QuotaExceeded, 507, "insufficient_storage"),
     (errors.StorageFull, 507, "insufficient_storage"),
+    (errors.Unavailable, 503, "unavailable"),
 ]
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from davserver.config import ConfigError
-from davserver.errors import StorageFull
+from davserver.errors import StorageFull, Unavailable
 
 _BACKENDS = ("sqlite", "postgresql")
 _PG_DISK_FULL = "53100"
@@ -127,13 +127,17 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A read-write transaction, committed when the block ends without an exception.
 
-        A database whose disk is full raises StorageFull (rolled back, nothing changed)."""
+        A database whose disk is full raises StorageFull, and a SQLite database that another
+        writer kept for longer than the busy timeout (30 s) Unavailable: rolled back, nothing
+        changed."""
         try:
             with self._write_sessions() as session, session.begin():
                 yield session
         except sa.exc.OperationalError as exc:
             if _disk_full(exc):
                 raise StorageFull("the server's database storage is full") from exc
+            if getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                raise Unavailable("the database is busy with other changes; try again") from exc
             raise
 
     @contextmanager

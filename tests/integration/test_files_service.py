@@ -28,6 +28,7 @@ from davserver.errors import (
     NotFound,
     PreconditionFailed,
     QuotaExceeded,
+    Unavailable,
 )
 from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node, Op, User
 from davserver.services import files as files_module
@@ -261,6 +262,33 @@ def test_delete_is_soft_and_hides_the_subtree(
     assert count(database, Node, Node.id == folder.id, Node.deleted_at.is_not(None)) == 1
     # the name is free again
     service.create_folder(actor, home, "gone")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_change_that_cannot_get_the_sqlite_write_lock_is_unavailable(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """SQLite has one writer at a time; a change waits for it (the busy timeout, 30 s) and
+    then gives up. That was the driver's "database is locked", a 500 with a traceback in the
+    log; it is now Unavailable (503 with Retry-After): try again, nothing was changed."""
+
+    def short_wait(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout = 50")
+
+    event.listen(database.engine, "checkout", short_wait)
+    writer = sa.create_engine(database.url, poolclass=sa.pool.NullPool)
+    try:
+        with writer.connect() as other:
+            other.exec_driver_sql("BEGIN IMMEDIATE")  # another process writing, for a long time
+            with pytest.raises(Unavailable) as refused:
+                service.create_folder(actor, home, "waiting")
+            other.exec_driver_sql("ROLLBACK")
+    finally:
+        writer.dispose()
+        event.remove(database.engine, "checkout", short_wait)
+    assert refused.value.retry_after > 0
+    assert service.resolve(home.id, ["waiting"]) is None
+    service.create_folder(actor, home, "waiting")  # once the other writer is done
 
 
 def test_a_node_moved_since_the_request_found_it_is_not_found(
