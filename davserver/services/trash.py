@@ -200,6 +200,9 @@ class TrashService:
         with self.db.connect() as conn:
             rows = conn.execute(query.order_by(_n.c.deleted_at, _n.c.id)).all()
             views = tree.get_nodes(conn, [row.id for row in rows])
+            # Each statement reads the database as it is then: an item purged in between is
+            # gone from the second, and from the listing.
+            rows = [row for row in rows if row.id in views]
             places = _locations(conn, [views[row.id].parent_id for row in rows])
         names = {row.id: trash_names(views[row.id], row.deleted_at) for row in rows}
         holders = Counter(name_key(name) for choices in names.values() for name in choices)

@@ -194,3 +194,31 @@ def test_the_purge_meets_each_expired_item_once_oldest_first(
     met.clear()
     trash.purge_expired(older_than=dt.timedelta(days=30), user_id=actor.user_id)
     assert met == [row["id"] for row in expired]
+
+
+def test_an_item_purged_while_the_trash_is_listed_is_left_out(
+    database: Database,
+    files: FileService,
+    actor: Actor,
+    home: NodeView,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listing reads the trashed items, then their rows, in separate statements; a purge (the
+    housekeeping sweep, another client's DELETE in /trash/) may commit in between. Each
+    /trash/ PROPFIND, and each MOVE or DELETE in /trash/ (they find their item in the
+    listing), then failed with a KeyError, a 500. The purged item is left out instead."""
+    kept = files.create_folder(actor, home, "kept")
+    gone = files.create_folder(actor, home, "gone")
+    files.delete(actor, kept.id)
+    files.delete(actor, gone.id)
+    trash = TrashService(database, files)
+    get_nodes = trash_module.tree.get_nodes
+
+    def purged_meanwhile(conn: Any, node_ids: Any) -> Any:
+        if gone.id in node_ids:
+            trash.purge(None, gone.id)
+        return get_nodes(conn, node_ids)
+
+    monkeypatch.setattr(trash_module.tree, "get_nodes", purged_meanwhile)
+    listing = trash.listing(actor.user_id)
+    assert [entry.view.id for entry in listing.entries] == [kept.id]
