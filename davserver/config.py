@@ -142,7 +142,12 @@ class StorageSettings:
         choices=("filesystem", "s3"),
     )
     blob_dir: str = opt("", "Folder of the blob store; empty means <data_dir>/blobs.")
-    fsync: bool = opt(True, "Make each blob durable (fsync) before its version is committed.")
+    fsync: bool = opt(
+        True,
+        "Make each upload durable before it is answered: its blob is flushed (fsync) before its"
+        " version is committed, and SQLite flushes each commit (synchronous=FULL, else NORMAL),"
+        " so a power cut loses no answered upload.",
+    )
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class Services:
             echo=settings.database.echo,
             ping_after_idle=settings.database.ping_after_idle_seconds,
             reconnect_after=settings.database.reconnect_after_seconds,
+            durable_commits=settings.storage.fsync,
         )
         self.blobs = blobs or open_blob_store(settings)
         auth = settings.auth

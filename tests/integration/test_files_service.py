@@ -10,6 +10,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from davserver.blobstore import StoredBlob
+from davserver.config import load_settings
+from davserver.context import Services
 from davserver.db import Base, Database
 from davserver.db.migrate import downgrade, upgrade
 from davserver.errors import (
@@ -289,6 +292,22 @@ def test_a_change_that_cannot_get_the_sqlite_write_lock_is_unavailable(
     assert refused.value.retry_after > 0
     assert service.resolve(home.id, ["waiting"]) is None
     service.create_folder(actor, home, "waiting")  # once the other writer is done
+
+
+@pytest.mark.parametrize(("fsync", "synchronous"), [("true", 2), ("false", 1)])
+def test_with_fsync_on_a_sqlite_commit_survives_a_power_cut(
+    tmp_path: Path, fsync: str, synchronous: int
+) -> None:
+    """``storage.fsync`` makes an upload durable before its 201: the blob is flushed before
+    the commit, and SQLite flushes the commit (synchronous=FULL, 2). It ran with NORMAL (1),
+    where a power cut could lose the last commits answered 201."""
+    settings = load_settings(None, env={"DAVSERVER_STORAGE_FSYNC": fsync}, data_dir=str(tmp_path))
+    services = Services(settings)
+    try:
+        with services.db.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == synchronous
+    finally:
+        services.close()
 
 
 def test_a_node_moved_since_the_request_found_it_is_not_found(
