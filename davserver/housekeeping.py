@@ -1,5 +1,7 @@
 """Clean-ups a running server does on its own: trash items past their retention and expired
-packages are purged every ``maintenance.housekeeping_seconds``.
+packages are purged every ``maintenance.housekeeping_seconds``, and the temp files a crashed
+upload left are removed once older than ``maintenance.gc_grace_seconds``, and at least an hour
+(an upload's temp file waits while it goes up to an S3 store, unchanged).
 
 Each purge is one transaction per item, so several server processes doing this at once only
 repeat a little work. Failures are logged and retried at the next run; they never stop serving.
@@ -7,19 +9,23 @@ repeat a little work. Failures are logged and retried at the next run; they neve
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass
 
 from davserver.context import Services
+from davserver.services.maintenance import MaintenanceService
 
 log = logging.getLogger(__name__)
+_LEFTOVER_AGE = 3600  # seconds: no upload in progress leaves its temp file alone this long
 
 
 @dataclass(frozen=True)
 class Swept:
     trash_items: int
     packages: int
+    temp_files: int = 0
 
 
 class Housekeeper:
@@ -30,16 +36,25 @@ class Housekeeper:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> Swept:
-        """One sweep: expired trash items of everyone, then expired packages."""
+        """One sweep: expired trash items of everyone, expired packages, upload leftovers."""
         trash = self.services.trash.purge_expired()
         packages = self.services.packages.purge_expired()
-        if trash.items_purged or packages:
+        seconds = max(self.services.settings.maintenance.gc_grace_seconds, _LEFTOVER_AGE)
+        grace = dt.timedelta(seconds=seconds)
+        maintenance = MaintenanceService(self.services.db, self.services.blobs)
+        temp = maintenance.sweep_temp(grace=grace)
+        if trash.items_purged or packages or temp.temp_files_removed:
             log.info(
-                "housekeeping: purged %d trash items and %d expired packages",
+                "housekeeping: purged %d trash items and %d expired packages, removed %d"
+                " upload leftovers (%d bytes)",
                 trash.items_purged,
                 len(packages),
+                temp.temp_files_removed,
+                temp.temp_bytes_removed,
             )
-        return Swept(trash.items_purged, len(packages))
+        for error in temp.errors:
+            log.warning("housekeeping: %s", error)
+        return Swept(trash.items_purged, len(packages), temp.temp_files_removed)
 
     def start(self) -> None:
         """Sweep now and then every ``every_seconds`` on a daemon thread (not when 0)."""

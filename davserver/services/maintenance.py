@@ -197,6 +197,18 @@ class MaintenanceService:
                 self._delete_rows([row.id for row in rows], report)
             tick(Progress("blobs", seen, None, report.bytes_removed))
 
+    def sweep_temp(self, *, grace: dt.timedelta) -> GcReport:
+        """Remove only upload leftovers older than ``grace``: what a crashed server left in the
+        temp area. The housekeeping sweep runs it; a logbook row when anything went."""
+        report = GcReport(dry_run=False, grace_seconds=int(grace.total_seconds()))
+        self._gc_temp((utcnow() - grace).timestamp(), report, _ignore)
+        if report.temp_files_removed or report.errors:
+            details = report.as_dict()
+            details["errors"] = report.errors[:_LOGGED_PROBLEMS]
+            with self.db.write() as session:
+                record_audit(session, None, Op.MAINTENANCE_GC, details=details)
+        return report
+
     def _delete_rows(self, ids: list[uuid.UUID], report: GcReport) -> None:
         """Delete the rows of ``ids`` that are still unreferenced, and their files."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import uuid
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 
 from davserver.db.types import utcnow
 from davserver.housekeeping import Housekeeper
-from davserver.models import Node, Package
+from davserver.models import LogEntry, Node, Package
 from tests.servers import InprocServer, basic_auth_header
 
 
@@ -80,3 +81,33 @@ def test_the_server_sweeps_on_its_own(inproc_server: InprocServer) -> None:
         keeper.stop()
     assert not _exists(inproc_server, Node, stale)
     assert _exists(inproc_server, Node, fresh)
+
+
+def test_a_sweep_removes_what_a_crashed_upload_left_and_nothing_younger(
+    inproc_server: InprocServer,
+) -> None:
+    """kill -9 during a PUT leaves its temp file; it stayed until someone ran davserver gc
+    (fsck does not report it). The sweep takes it once it is an hour old, never a younger
+    one: an upload in progress, or one going up to an S3 store."""
+    tmp = inproc_server.app.services.blobs.tmp_dir
+    leftover, recent = tmp / f"up-crashed-{uuid.uuid4().hex}", tmp / f"up-live-{uuid.uuid4().hex}"
+    leftover.write_bytes(b"x" * 1000)
+    recent.write_bytes(b"y" * 10)
+    two_hours_ago = time.time() - 7200
+    os.utime(leftover, (two_hours_ago, two_hours_ago))
+    half_an_hour_ago = time.time() - 1800
+    os.utime(recent, (half_an_hour_ago, half_an_hour_ago))
+    try:
+        swept = Housekeeper(inproc_server.app.services, 0).run_once()
+        assert swept.temp_files >= 1
+        assert not leftover.exists()
+        assert recent.exists()
+        with inproc_server.app.db.read() as session:
+            logged = session.scalar(
+                sa.select(LogEntry.details)
+                .where(LogEntry.op_type == "maintenance:gc")
+                .order_by(LogEntry.id.desc())
+            )
+        assert logged is not None and logged["temp_files_removed"] >= 1
+    finally:
+        recent.unlink(missing_ok=True)
