@@ -226,8 +226,6 @@ class _FileBlobWriter(StagedWriter):
             StagedUpload(store.tmp_dir, on_written=self._written if writeback else None)
         )
         self._store = store
-        self._path = self._staged.path
-        self._file = self._staged.file
         self._flushed = 0
 
     def _written(self, fd: int, bytes_written: int) -> None:
@@ -254,34 +252,34 @@ class _FileBlobWriter(StagedWriter):
         references them. A new empty file has no version, so placing them now would leave a
         file without a row (an fsck orphan) after every 0-byte PUT; a version of size 0 (a
         file emptied) calls ``ensure_stored`` like any other. Nothing to flush."""
-        self._file.close()
+        self._staged.file.close()
         self._done = True
-        return self._path.name
+        return self._staged.path.name
 
     def _place(self, key: str, stored: bool) -> str | None:
         """Make the bytes durable and put them under ``key`` unless they are ``stored`` there
         already; returns the spare's name."""
         final = self._store.path_of(key)
         folder = final.parent
-        spare: str | None = self._path.name
+        spare: str | None = self._staged.path.name
         try:
             if stored:
                 # Dedup: these bytes are stored already, so this copy need not reach the disk;
                 # it stays as the spare. The folder is still flushed, in case the existing copy
                 # was linked into place by a concurrent upload that has not flushed it yet.
-                self._file.close()
+                self._staged.file.close()
             else:
                 if self._store.fsync:
-                    os.fsync(self._file.fileno())
-                self._file.close()
+                    os.fsync(self._staged.file.fileno())
+                self._staged.file.close()
                 self._store.make_folder(folder)
                 try:
-                    linked = _link(self._path, final)
+                    linked = _link(self._staged.path, final)
                 except FileNotFoundError:  # the fan-out folder was removed meanwhile
                     self._store.make_folder(folder, again=True)
-                    linked = _link(self._path, final)
+                    linked = _link(self._staged.path, final)
                 if linked is None:
-                    os.replace(self._path, final)
+                    os.replace(self._staged.path, final)
                     spare = None
             if self._store.fsync:
                 _fsync_dir(folder)

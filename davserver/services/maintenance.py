@@ -168,11 +168,15 @@ class MaintenanceService:
         self._gc_orphans(cutoff.timestamp(), report, tick)
         self._gc_temp(cutoff.timestamp(), report, tick)
         report.seconds = round(time.monotonic() - started, 3)
+        self._log_gc(report)
+        return report
+
+    def _log_gc(self, report: GcReport) -> None:
+        """The run's maintenance:gc logbook row (its first problems only)."""
         details = report.as_dict()
         details["errors"] = report.errors[:_LOGGED_PROBLEMS]
         with self.db.write() as session:
             record_audit(session, None, Op.MAINTENANCE_GC, details=details)
-        return report
 
     def _gc_rows(self, cutoff: dt.datetime, report: GcReport, tick: ProgressCallback) -> None:
         after: uuid.UUID | None = None
@@ -187,12 +191,13 @@ class MaintenanceService:
             after = rows[-1].id
             seen += len(rows)
             if report.dry_run:
+                gone = set(self.blobs.missing([row.storage_key for row in rows]))
                 for row in rows:
                     report.blobs_removed += 1
-                    if self.blobs.exists(row.storage_key):
-                        report.bytes_removed += row.size_bytes
-                    else:
+                    if row.storage_key in gone:
                         report.blobs_without_file += 1
+                    else:
+                        report.bytes_removed += row.size_bytes
             else:
                 self._delete_rows([row.id for row in rows], report)
             tick(Progress("blobs", seen, None, report.bytes_removed))
@@ -203,10 +208,7 @@ class MaintenanceService:
         report = GcReport(dry_run=False, grace_seconds=int(grace.total_seconds()))
         self._gc_temp((utcnow() - grace).timestamp(), report, _ignore)
         if report.temp_files_removed or report.errors:
-            details = report.as_dict()
-            details["errors"] = report.errors[:_LOGGED_PROBLEMS]
-            with self.db.write() as session:
-                record_audit(session, None, Op.MAINTENANCE_GC, details=details)
+            self._log_gc(report)
         return report
 
     def _delete_rows(self, ids: list[uuid.UUID], report: GcReport) -> None:
