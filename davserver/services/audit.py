@@ -10,7 +10,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -22,60 +22,41 @@ from davserver.models import LogEntry, Op, User
 from davserver.services.actor import Actor
 
 
+class LogFields(TypedDict, total=False):
+    """What a logbook row may say besides who did what (each None when not given)."""
+
+    node_id: uuid.UUID | None
+    version_id: uuid.UUID | None
+    package_id: uuid.UUID | None
+    details: dict[str, Any] | None
+    remote_addr: str | None
+    user_agent: str | None
+
+
 def record_audit(
-    session: Session,
-    actor: Actor | None,
-    op: Op,
-    *,
-    node_id: uuid.UUID | None = None,
-    version_id: uuid.UUID | None = None,
-    package_id: uuid.UUID | None = None,
-    details: dict[str, Any] | None = None,
-    remote_addr: str | None = None,
-    user_agent: str | None = None,
+    session: Session, actor: Actor | None, op: Op, **fields: Unpack[LogFields]
 ) -> None:
     """Add a logbook row to ``session``; it commits or rolls back with the change itself.
 
     ``remote_addr`` and ``user_agent`` describe the client when there is no actor (a failed
     login); with an actor, the actor's own are used.
     """
-    session.execute(
-        _INSERT,
-        _row(
-            actor,
-            op,
-            node_id=node_id,
-            version_id=version_id,
-            package_id=package_id,
-            details=details,
-            remote_addr=remote_addr,
-            user_agent=user_agent,
-        ),
-    )
+    session.execute(_INSERT, _row(actor, op, **fields))
 
 
-def _row(
-    actor: Actor | None,
-    op: Op,
-    *,
-    node_id: uuid.UUID | None = None,
-    version_id: uuid.UUID | None = None,
-    package_id: uuid.UUID | None = None,
-    details: dict[str, Any] | None = None,
-    remote_addr: str | None = None,
-    user_agent: str | None = None,
-) -> dict[str, Any]:
+def _row(actor: Actor | None, op: Op, **fields: Unpack[LogFields]) -> dict[str, Any]:
+    client = fields.get("user_agent")
     return {
         "occurred_at": utcnow(),
         "user_id": actor.user_id if actor else None,
         "session_id": actor.session_id if actor else None,
         "op_type": op.value,
-        "node_id": node_id,
-        "version_id": version_id,
-        "package_id": package_id,
-        "remote_addr": actor.remote_addr if actor else remote_addr,
-        "user_agent": ((actor.user_agent if actor else user_agent) or "")[:512] or None,
-        "details": details or {},
+        "node_id": fields.get("node_id"),
+        "version_id": fields.get("version_id"),
+        "package_id": fields.get("package_id"),
+        "remote_addr": actor.remote_addr if actor else fields.get("remote_addr"),
+        "user_agent": ((actor.user_agent if actor else client) or "")[:512] or None,
+        "details": fields.get("details") or {},
     }
 
 
