@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from davserver.config import ConfigError, Settings
-from davserver.context import open_s3_store
 from davserver.db import Database
 from davserver.db.engine import check_url
 from davserver.processes import run_in_child
@@ -31,6 +30,7 @@ def prepare(
     Only where no other thread runs yet: ``davserver serve`` at its start.
     """
     from davserver.app import Application
+    from davserver.context import open_s3_store
 
     check_url(settings.database_url)
     blobs = open_s3_store(settings)  # asks the bucket before anything is made

@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from davserver.commands.common import add_json_flag, settings_of
 from davserver.config import ConfigError
@@ -79,7 +78,7 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
 
     from davserver.commands.common import require_sqlite_file
     from davserver.db import Base, Database
-    from davserver.db.copy import copy_database
+    from davserver.db.copy import CopyReport, copy_database
     from davserver.db.engine import check_url
     from davserver.db.migrate import is_at_head, upgrade
     from davserver.models import Op
@@ -106,7 +105,7 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"db copy: {table}: {rows} rows", file=sys.stderr)
 
-        def log(session: sa.orm.Session, report: Any) -> None:
+        def log(session: sa.orm.Session, report: CopyReport) -> None:
             details = {"from": source_url.get_backend_name(), "rows": report.rows}
             record_audit(session, None, Op.MAINTENANCE_COPY, details=details)
 
