@@ -9,7 +9,8 @@ import pytest
 from davserver.db import Database
 from davserver.db.migrate import upgrade
 from tests.dbs import fresh_database_url
-from tests.s3 import fresh_bucket, run_s3_endpoint
+from tests.s3 import STORES as S3_STORES
+from tests.s3 import S3Endpoints, fresh_bucket
 from tests.s3 import server_env as s3_server_env
 from tests.servers import InprocServer, LiveServer, run_inproc_server, run_live_server
 
@@ -77,10 +78,26 @@ def inproc_dav_dir(inproc_server: InprocServer) -> str:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of an S3-compatible server (moto's), one per session."""
-    with run_s3_endpoint(tmp_path_factory.mktemp("s3")) as endpoint:
-        yield endpoint.url
+def s3_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoints]:
+    """The S3-compatible stores' servers, each started once, when a test first needs it."""
+    endpoints = S3Endpoints(tmp_path_factory.mktemp("s3"))
+    try:
+        yield endpoints
+    finally:
+        endpoints.close()
+
+
+@pytest.fixture(scope="session", params=S3_STORES)
+def s3_kind(request: pytest.FixtureRequest) -> str:
+    """Which S3-compatible store (tests.s3.STORES): every S3 test runs on each."""
+    store: str = request.param
+    return store
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_kind: str, s3_endpoints: S3Endpoints) -> str:
+    """URL of that store's server."""
+    return s3_endpoints.url(s3_kind)
 
 
 @pytest.fixture

@@ -184,8 +184,10 @@ def davserver_cli(srv: LiveServer, endpoint: str, *argv: str) -> dict[str, objec
     return result
 
 
-def test_a_store_that_stops_answering_is_503_and_loses_nothing(tmp_path: Path) -> None:
-    with run_s3_endpoint(tmp_path) as endpoint:  # its own: this test stops it
+def test_a_store_that_stops_answering_is_503_and_loses_nothing(
+    s3_kind: str, tmp_path: Path
+) -> None:
+    with run_s3_endpoint(tmp_path, s3_kind) as endpoint:  # its own: this test stops it
         make_client(location(endpoint.url, "photos")).create_bucket(Bucket="photos")
         env = server_env(endpoint.url, "photos")
         with run_live_server("sqlite", tmp_path, env) as srv:
