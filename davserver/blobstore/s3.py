@@ -4,7 +4,8 @@ Keys are the file-system store's (``<prefix>ab/abcd…``), so one ``is_storage_k
 gc for both. An upload waits in a local temp folder while it is hashed, since its SHA-256 names
 the object, then goes up in one PUT with its Content-MD5 (the store checks the bytes it got), or
 as a multipart upload when it is large. The temp file stays as the write's spare until
-``release`` (see ``davserver.blobstore.base``). Bytes already stored are not sent again.
+``release`` (see ``davserver.blobstore.base``). Bytes already stored are not sent again,
+except small ones, which are sent without asking first.
 
 An object store has no rename: gc sets a blob aside by copying it to ``<prefix>aside/<token>``
 on the server and deleting the key; restore copies it back. Set-aside objects are listed with
@@ -53,6 +54,10 @@ _ASIDE_TOKEN = "gc-"
 # Larger uploads go up in parts of this size, several at once; smaller ones in one PUT.
 MULTIPART_BYTES = 64 * 1024 * 1024
 _PART_UPLOADS = 4
+# Up to this size an upload is sent without asking first whether the bucket has it: the PUT
+# costs about what the question would (one round trip), and most small uploads are new bytes.
+# A repeat PUT of the same key writes the same bytes (a versioned bucket keeps both).
+_SEND_WITHOUT_ASKING = 64 * 1024
 _CHECKS_AT_ONCE = 16  # HeadObject requests in flight for one ``missing`` call
 # How much a reader asks for at a time when it has to start a ranged GET.
 _READ_BUFFER = 1024 * 1024
@@ -308,7 +313,7 @@ class _S3BlobWriter(StagedWriter):
             size = self.bytes_written
             # No bytes: kept as the spare only, as the file-system store does (a new empty
             # file has no version; ensure_stored places them once a row references them).
-            if size > 0 and not self._store.exists(key):
+            if size > 0 and (size <= _SEND_WITHOUT_ASKING or not self._store.exists(key)):
                 self._store.put_file(self._staged.path, key, md5, size)
         except BaseException:
             self.abort()
