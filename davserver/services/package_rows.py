@@ -23,15 +23,24 @@ from davserver.models import NodeKind
 from davserver.services import tree
 from davserver.services.package_archive import EMPTY_SHA256, PackageView, PinnedItem
 from davserver.services.tree import NodeView, is_client_metadata, name_key
+from davserver.services.zipstream import archive_names
 
 
 def pins_below(
-    session: Session, node: NodeView, prefix: str, *, allow_empty: bool = False
+    session: Session,
+    node: NodeView,
+    prefix: str,
+    *,
+    allow_empty: bool = False,
+    make_safe: bool = False,
 ) -> list[dict[str, Any]]:
     """What adding ``node`` at ``prefix`` pins, read in the adding transaction: the file's
     current version (none for an empty file), or each live file below the folder at
     ``prefix/<relative path>`` (desktop clutter such as ``.DS_Store`` left out). A folder
-    without files is a Conflict unless ``allow_empty``."""
+    without files is a Conflict unless ``allow_empty``. With ``make_safe`` (a folder's zip,
+    where nobody chose the paths) names a zip cannot hold, or that collide there, are made
+    safe and unique (``archive_names``); without, they are left for the package's checks to
+    refuse."""
     rows = session.execute(for_bind(_SUBTREE, session), {"root_id": node.id}).all()
     if not rows or rows[0].deleted_at is not None:
         raise NotFound("the item is gone")
@@ -45,10 +54,12 @@ def pins_below(
     stack = [node.id]
     while stack:
         folder = stack.pop()
-        for row in children.get(folder, ()):
-            if is_client_metadata(row.name):
-                continue
-            paths[row.id] = f"{paths[folder]}/{name_key(row.name)}"
+        kept = [row for row in children.get(folder, ()) if not is_client_metadata(row.name)]
+        names = [name_key(row.name) for row in kept]
+        if make_safe:
+            names = archive_names(names)
+        for row, name in zip(kept, names, strict=True):
+            paths[row.id] = f"{paths[folder]}/{name}"
             if row.kind == NodeKind.FOLDER:
                 stack.append(row.id)
             else:

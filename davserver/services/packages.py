@@ -53,7 +53,12 @@ from davserver.services.package_archive import (
 from davserver.services.package_rows import LIVE_PACKAGES, load_packages, pinned_items, pins_below
 from davserver.services.permissions import Perm, require
 from davserver.services.tree import NodeView, check_name, name_key
-from davserver.services.zipstream import MANIFEST_NAME, check_archive_path, check_unique_paths
+from davserver.services.zipstream import (
+    MANIFEST_NAME,
+    check_archive_path,
+    check_unique_paths,
+    safe_archive_name,
+)
 
 _CRC_BLOCK = 1024 * 1024
 MAX_DESCRIPTION_LENGTH = 1024
@@ -524,9 +529,9 @@ class PackageService:
         version under the folder's name, for ``GET <folder>?zip``. Needs DOWNLOAD on the
         folder (grants reach everything below it)."""
         require(rights, Perm.DOWNLOAD, "download")
-        name = check_archive_path(name_key(node.name or ctx.actor.username or "files"))
+        name = safe_archive_name(name_key(node.name or ctx.actor.username or "files"), first=True)
         with self.db.read() as session:
-            pins = pins_below(session, node, name, allow_empty=True)
+            pins = pins_below(session, node, name, allow_empty=True, make_safe=True)
             items = pinned_items(session.connection(), pins, node.modified_at)
         return PackageView(
             id=node.id,

@@ -106,6 +106,42 @@ def check_archive_path(path: str) -> str:
     return path
 
 
+def safe_archive_name(name: str, *, first: bool = False) -> str:
+    """A stored file or folder name as one component of an archive path that
+    ``check_archive_path`` accepts: backslashes and control characters become "_", a name of
+    only dots and spaces gets a leading "_", and so does the drive-letter colon of a ``first``
+    component ("C:" -> "C_"). A folder's zip is made of names its users chose, which the
+    server stores whatever a zip allows."""
+    safe = "".join("_" if ch == "\\" or ord(ch) < 32 or 127 <= ord(ch) < 160 else ch for ch in name)
+    if not safe.rstrip(". "):
+        safe = "_" + safe
+    if first and _DRIVE.match(safe):
+        safe = safe[0] + "_" + safe[2:]
+    return safe
+
+
+def archive_names(names: Sequence[str]) -> list[str]:
+    """The sibling ``names`` of one folder, in their order, as archive path components that
+    are safe (``safe_archive_name``) and that no two share once letter case and Unicode form
+    are set aside (``check_unique_paths``): a name taken by a sibling earlier in code-point
+    order gets " (2)", " (3)", ... before its extension. The same names always give the same
+    result, whatever the order they come in, so a folder's zip keeps its bytes."""
+    taken: set[str] = set()
+    chosen: dict[str, str] = {}
+    for name in sorted(set(names)):
+        safe = safe_archive_name(name)
+        stem, dot, extension = safe.rpartition(".")
+        if not stem.strip(". "):  # ".bashrc", "_...": no extension to keep apart
+            stem, dot, extension = safe, "", ""
+        candidate, number = safe, 2
+        while _fold(candidate) in taken:
+            candidate = f"{stem} ({number}){dot}{extension}"
+            number += 1
+        taken.add(_fold(candidate))
+        chosen[name] = candidate
+    return [chosen[name] for name in names]
+
+
 def _fold(part: str) -> str:
     """How case-insensitive file systems (Windows, macOS) compare a name."""
     return unicodedata.normalize("NFC", part).casefold()

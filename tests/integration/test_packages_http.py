@@ -355,6 +355,42 @@ def test_an_empty_folder_zips_to_its_manifest(alice: User) -> None:
     assert zipfile.ZipFile(io.BytesIO(response.body)).namelist() == [MANIFEST_NAME]
 
 
+def test_a_folder_zips_whatever_names_its_files_have(alice: User, tmp_path: Path) -> None:
+    # Names a folder may hold but a zip may not: two that differ only in letter case (one file
+    # on Windows and macOS), a backslash, a C1 control, one of only dots; and a folder named
+    # like a drive. Each was a 400 for the whole folder; now each gets a safe, unique name.
+    alice.mkcol("/files/C:/")
+    alice.mkcol("/files/C:/Sub/")
+    stored = {
+        "C:/Report.txt": b"upper\n",
+        "C:/report.txt": b"lower\n",
+        "C:/REPORT (2).txt": b"taken already\n",
+        "C:/back\\slash.txt": b"backslash\n",
+        "C:/line\x85break.txt": b"c1\n",
+        "C:/...": b"dots\n",
+        "C:/sub": b"a file beside the folder Sub\n",
+        "C:/Sub/inner.txt": b"inner\n",
+    }
+    for path, data in stored.items():
+        alice.put(f"/files/{path}", data)
+    response = alice.call("GET", "/files/C:/?zip")
+    assert response.status == 200, response.body
+    archive = zipfile.ZipFile(io.BytesIO(response.body))
+    assert {name: archive.read(name) for name in archive.namelist()[:-1]} == {
+        "C_/REPORT (2).txt": b"taken already\n",
+        "C_/Report.txt": b"upper\n",
+        "C_/Sub/inner.txt": b"inner\n",
+        "C_/_...": b"dots\n",
+        "C_/back_slash.txt": b"backslash\n",
+        "C_/line_break.txt": b"c1\n",
+        "C_/report (3).txt": b"lower\n",
+        "C_/sub (2)": b"a file beside the folder Sub\n",
+    }
+    assert "No errors detected" in unzip_test(response.body, tmp_path)
+    # The same folder gives the same names, so the same bytes (ETag, Range, resume).
+    assert alice.call("GET", "/files/C:/?zip").body == response.body
+
+
 def test_a_shared_folder_zips_only_with_the_download_right(server: InprocServer) -> None:
     alice, bob = (
         User(server, f"alice{uuid.uuid4().hex[:6]}"),

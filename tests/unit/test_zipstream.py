@@ -27,7 +27,9 @@ from davserver.services.zipstream import (
     EntrySizeError,
     ZipEntry,
     ZipStream,
+    archive_names,
     check_archive_path,
+    safe_archive_name,
 )
 
 WHEN = dt.datetime(2024, 5, 6, 7, 8, 10, tzinfo=dt.UTC)
@@ -394,6 +396,26 @@ def test_safe_names_pass(path: str) -> None:
 def test_duplicate_and_clashing_names_are_refused(paths: list[str]) -> None:
     with pytest.raises(InvalidName):
         ZipStream([entry(p, b"x") for p in paths])
+
+
+def test_archive_names_are_safe_unique_and_independent_of_order() -> None:
+    names = ["b.txt", "B.TXT", ".env", ".ENV", "a\\b", "...", "x\x85y", "b (2).txt", "README"]
+    safe = archive_names(names)
+    # Taken in code-point order: "B.TXT" before "b (2).txt" before "b.txt".
+    assert safe == [
+        "b (3).txt",
+        "B.TXT",
+        ".env (2)",
+        ".ENV",
+        "a_b",
+        "_...",
+        "x_y",
+        "b (2).txt",
+        "README",
+    ]
+    assert archive_names(list(reversed(names))) == list(reversed(safe))
+    ZipStream([entry(f"top/{name}", b"x") for name in safe])  # every one accepted
+    assert safe_archive_name("C:", first=True) == "C_" and safe_archive_name("C:") == "C:"
 
 
 def test_the_manifest_name_is_reserved_only_when_there_is_a_manifest() -> None:
