@@ -411,7 +411,16 @@ class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
 
 class FolderZipResource(PackageZipResource):
     """``<folder>/?zip``: the folder's current files, zipped as a package's pinned versions
-    are (deterministic bytes while nothing changes in it: a strong ETag, byte ranges)."""
+    are (deterministic bytes while nothing changes in it: a strong ETag, byte ranges).
+
+    It has no Last-Modified: its files' times are the clients' (X-OC-Mtime), and a deletion
+    or a rename inside leaves them as they were, so no date would tell that the zip changed.
+    Without one, If-Range by date sends the whole zip, and If-Modified-Since and
+    If-Unmodified-Since are ignored; the ETag alone validates (RFC 9110, 13.1.5 and 8.8.2).
+    """
+
+    def get_last_modified(self) -> float | None:  # type: ignore[override]
+        return None
 
     def check_request(self, environ: dict[str, Any]) -> None:
         _allow(environ, frozenset({"GET", "HEAD"}), "a folder's zip is read-only")

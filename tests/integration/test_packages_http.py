@@ -391,6 +391,43 @@ def test_a_folder_zips_whatever_names_its_files_have(alice: User, tmp_path: Path
     assert alice.call("GET", "/files/C:/?zip").body == response.body
 
 
+def test_a_folder_zip_is_never_resumed_or_revalidated_by_date(alice: User) -> None:
+    # Its files' times are the clients' (X-OC-Mtime) and a deletion or a rename leaves them
+    # as they were, so no date tells that the zip changed: a download resumed with If-Range
+    # by date got the rest of another zip (206, a corrupt file), and If-Modified-Since a 304
+    # for new contents. Only the ETag says it is the same zip.
+    alice.mkcol("/files/dated/")
+    for name in ("a.txt", "b.txt"):
+        assert alice.call("PUT", f"/files/dated/{name}", name.encode() * 4000).status == 201
+    first = alice.call("GET", "/files/dated/?zip")
+    assert first.status == 200
+    assert alice.call("DELETE", "/files/dated/a.txt").status == 204
+    some_date = "Fri, 27 Nov 2099 10:00:00 GMT"
+    dates = [first.headers.get("Last-Modified") or some_date, some_date]
+    for date in dates:
+        resumed = alice.call(
+            "GET", "/files/dated/?zip", headers={"Range": "bytes=100-", "If-Range": date}
+        )
+        assert resumed.status == 200 and resumed.body[:4] == b"PK\x03\x04"
+        assert (
+            alice.call("GET", "/files/dated/?zip", headers={"If-Modified-Since": date}).status
+            == 200
+        )
+    now = alice.call("GET", "/files/dated/?zip")
+    etag = now.headers["ETag"]
+    assert "Last-Modified" not in now.headers
+    resumed = alice.call(
+        "GET", "/files/dated/?zip", headers={"Range": "bytes=100-", "If-Range": etag}
+    )
+    assert resumed.status == 206 and resumed.body == now.body[100:]
+    stale = alice.call(
+        "GET",
+        "/files/dated/?zip",
+        headers={"Range": "bytes=100-", "If-Range": first.headers["ETag"]},
+    )
+    assert stale.status == 200 and stale.body == now.body
+
+
 def test_a_shared_folder_zips_only_with_the_download_right(server: InprocServer) -> None:
     alice, bob = (
         User(server, f"alice{uuid.uuid4().hex[:6]}"),
