@@ -526,11 +526,17 @@ class PackageService:
 
     def of_folder(self, ctx: AccessContext, node: NodeView, rights: Perm) -> PackageView:
         """Folder ``node``'s live files as a package that is never stored: each current
-        version under the folder's name, for ``GET <folder>?zip``. Needs DOWNLOAD on the
-        folder (grants reach everything below it)."""
+        version under the folder's name (a space's root has none: its group's, or the
+        user's), for ``GET <folder>?zip``. Needs DOWNLOAD on the folder (grants reach
+        everything below it)."""
         require(rights, Perm.DOWNLOAD, "download")
-        name = safe_archive_name(name_key(node.name or ctx.actor.username or "files"), first=True)
         with self.db.read() as session:
+            name: str | None = node.name
+            if not name and node.group_id is not None:  # a group space's root: the group's
+                name = session.scalar(
+                    sa.select(_groups.c.name).where(_groups.c.id == node.group_id)
+                )
+            name = safe_archive_name(name_key(name or ctx.actor.username or "files"), first=True)
             pins = pins_below(session, node, name, allow_empty=True, make_safe=True)
             items = pinned_items(session.connection(), pins, node.modified_at)
         return PackageView(
@@ -699,3 +705,4 @@ _p = Base.metadata.tables["packages"]
 _pi = Base.metadata.tables["package_items"]
 _b = Base.metadata.tables["blobs"]
 _users = Base.metadata.tables["users"]
+_groups = Base.metadata.tables["groups"]

@@ -428,6 +428,21 @@ def test_a_folder_zip_is_never_resumed_or_revalidated_by_date(alice: User) -> No
     assert stale.status == 200 and stale.body == now.body
 
 
+def test_a_group_space_zips_under_the_groups_name(server: InprocServer, alice: User) -> None:
+    # Its root has no name of its own: the zip was named after whoever downloaded it.
+    group = f"team{uuid.uuid4().hex[:6]}"
+    server.application.services.groups.create_group(None, group)
+    server.application.services.groups.add_member(None, group, alice.name)
+    alice.put(f"/groups/{group}/plan.txt", b"plan\n")
+    response = alice.call("GET", f"/groups/{group}/?zip")
+    assert response.status == 200
+    assert f'filename="{group}.zip"' in response.headers["Content-Disposition"]
+    names = zipfile.ZipFile(io.BytesIO(response.body)).namelist()
+    assert names == [f"{group}/plan.txt", MANIFEST_NAME]
+    home = alice.call("GET", "/files/?zip")  # a home's root: its owner's name, as before
+    assert f'filename="{alice.name}.zip"' in home.headers["Content-Disposition"]
+
+
 def test_a_shared_folder_zips_only_with_the_download_right(server: InprocServer) -> None:
     alice, bob = (
         User(server, f"alice{uuid.uuid4().hex[:6]}"),
