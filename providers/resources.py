@@ -30,6 +30,7 @@ from davserver.blobstore import BlobWriter
 from davserver.errors import AlreadyExists, BadRequest
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
+from davserver.services.files import check_dead_properties
 from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
@@ -124,6 +125,7 @@ class _NodeResource:
     ) -> None:
         self.view = view
         self._dead = None if dead is None else stored_elements(dead)
+        self._dead_planned: dict[str, bytes | None] = {}  # a PROPPATCH's, tried (dry run)
         self.rights = rights
 
     @property
@@ -191,9 +193,14 @@ class _NodeResource:
             return None
         if name.startswith("{DAV:}") or name in live_props.NAMES:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
-        if dry_run:
-            return None
         stored = None if value is None else etree.tostring(value)
+        if dry_run:
+            # WsgiDAV tries every property of a PROPPATCH first, then sets each: the whole
+            # request must fit, or none of it is set (RFC 4918 9.2).
+            self._dead_planned[name] = stored
+            with dav_errors():
+                check_dead_properties(self.dead_properties(), self._dead_planned)
+            return None
         with dav_errors():
             self.provider.files.set_dead_properties(
                 actor_of(self.environ), self.node_id, {name: stored}

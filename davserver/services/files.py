@@ -49,6 +49,10 @@ from davserver.services.tree import NodeView, check_name, is_client_metadata, na
 
 T = TypeVar("T")
 _RETRIES = 4
+# Dead properties are what clients note about an item (Explorer's Win32 times take a few
+# hundred bytes), not a place for content: they count against no quota, and a listing reads
+# those of every child, so each item's are bounded (RFC 4918 9.2.1: 507 for a PROPPATCH).
+MAX_DEAD_PROPERTY_BYTES = 64 * 1024
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction can run again.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
@@ -687,11 +691,17 @@ class FileService:
     def set_dead_properties(
         self, actor: Actor, node_id: uuid.UUID, changes: dict[str, bytes | None]
     ) -> None:
-        """Set (bytes) or remove (None) dead properties of a node, all or nothing."""
+        """Set (bytes) or remove (None) dead properties of a node, all or nothing.
+        QuotaExceeded when the node's would then exceed MAX_DEAD_PROPERTY_BYTES."""
         actor.require_write()
 
         def work(session: Session) -> None:
             live_node(session, node_id)
+            stored = sa.select(DeadProperty.name, DeadProperty.value).where(
+                DeadProperty.node_id == node_id
+            )
+            kept = {name: value for name, value in session.execute(stored)}
+            check_dead_properties(kept, changes)
             for name, value in changes.items():
                 session.execute(
                     sa.delete(DeadProperty).where(
@@ -1170,6 +1180,20 @@ def add_home_bytes(session: Session, owner_id: uuid.UUID, space: str, delta: int
     ``recount_usage`` repairs a total that a bug or a hand-edited database put off."""
     if delta and space == Space.HOME.value:
         session.execute(_ADD_HOME_BYTES, {"owner_id": owner_id, "delta": delta})
+
+
+def check_dead_properties(kept: dict[str, bytes], changes: dict[str, bytes | None]) -> None:
+    """QuotaExceeded when a node's dead properties ``kept``, with ``changes`` (None removes
+    one) applied, would hold more than MAX_DEAD_PROPERTY_BYTES of names and values."""
+    merged = {**kept, **changes}
+    total = sum(
+        len(name.encode()) + len(value) for name, value in merged.items() if value is not None
+    )
+    if total > MAX_DEAD_PROPERTY_BYTES:
+        raise QuotaExceeded(
+            f"an item's properties are limited to {MAX_DEAD_PROPERTY_BYTES} bytes; "
+            f"these would take {total}"
+        )
 
 
 def check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:

@@ -34,10 +34,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from davserver.app import Application
+from davserver.errors import QuotaExceeded
 from davserver.http_request import MAX_HEADER_BYTES
 from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, Op, User
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog
+from davserver.services.files import MAX_DEAD_PROPERTY_BYTES
 from davserver.services.tree import NodeView
 from tests.integration.test_startup_errors import self_signed
 from tests.servers import (
@@ -1617,6 +1619,43 @@ def test_a_big_listing_is_never_held_whole_as_resources_and_text(
 
 
 # --- 9. properties ---------------------------------------------------------------------------
+
+
+def test_an_items_dead_properties_are_bounded_all_or_nothing(
+    srv: InprocServer, folder: str
+) -> None:
+    # They count against no quota: a user with 1 MB left stored 36 MB in one file's
+    # properties in 40 requests, and every listing of its folder read them all.
+    url = folder + "stuffed.txt"
+    put(srv, url, b"s")
+    filler = "a" * (MAX_DEAD_PROPERTY_BYTES // 5)
+
+    def proppatch(props: str) -> dict[str, int]:
+        response = call(srv, "PROPPATCH", url, proppatch_body(props))
+        assert response.status == 207
+        return next(iter(parse_multistatus(response.body).values())).status
+
+    three = "".join(f"<X:p{i}>{filler}</X:p{i}>" for i in range(3))
+    assert set(proppatch(three).values()) == {200}
+    # Two more would pass the bound (one would fit): neither is set, 424 and 507.
+    assert sorted(proppatch(f"<X:p3>{filler}</X:p3><X:p4>{filler}</X:p4>").values()) == [
+        424,
+        507,
+    ]
+    ask = (
+        f'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:X="{CUSTOM_NS}">'
+        "<D:prop><X:p0/><X:p3/></D:prop></D:propfind>"
+    ).encode()
+    entry = entry_of(srv, url, ask)
+    assert f"{{{CUSTOM_NS}}}p0" in entry.props and f"{{{CUSTOM_NS}}}p3" not in entry.props
+    # Replacing one is not growth: it fits.
+    assert set(proppatch(f"<X:p0>{filler}</X:p0>").values()) == {200}
+    app = srv.application
+    actor = Actor(user_id=user_id(app, srv.user), username=srv.user)
+    with pytest.raises(QuotaExceeded):  # the service holds the rule, for every front
+        app.files.set_dead_properties(
+            actor, existing_node(srv, url).id, {f"{{{CUSTOM_NS}}}p5": filler.encode() * 2}
+        )
 
 
 def test_dead_property_is_kept_and_follows_a_move(srv: InprocServer, folder: str) -> None:
