@@ -171,7 +171,9 @@ class FileService:
         """How many bytes ``actor``'s upload into ``into``'s space may have; None for no limit.
 
         Quotas are per user and count their own space; group spaces have none. ``replacing``
-        is the file the upload would replace: its current bytes stop counting.
+        is the file the upload would replace: its current bytes stop counting, so a space
+        over its quota (lowered by an admin) may still replace a file by one no bigger, as
+        ``check_quota`` allows whatever does not grow the space.
         """
         if into.group_id is not None:
             return None
@@ -184,7 +186,7 @@ class FileService:
             quota = actor.quota_bytes
         if quota is None:
             return None
-        return max(0, quota - used + (replacing.size if replacing else 0))
+        return max(0, quota - used) + (replacing.size if replacing else 0)
 
     def usage(self, owner_id: uuid.UUID) -> tuple[int, int | None]:
         """(bytes used, quota in bytes or None for unlimited) of a user's own space.

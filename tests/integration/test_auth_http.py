@@ -718,6 +718,23 @@ def test_quota_refuses_before_the_body_and_cuts_off_chunked_uploads(server: Inpr
     assert (used, quota) == (990, 1000)
 
 
+def test_over_quota_a_file_can_still_be_replaced_by_one_no_bigger(server: InprocServer) -> None:
+    # Over quota (an admin lowered it), saving an edited document of the same size, or a
+    # smaller one, was 507 "0 bytes are left", though it adds nothing (a COPY over it passed).
+    name, password = make_user(server, quota=2000)
+    user = (name, password)
+    assert call(server, "PUT", "/files/a.doc", user=user, body=b"a" * 1200).status == 201
+    assert call(server, "PUT", "/files/b.doc", user=user, body=b"b" * 600).status == 201
+    server.app.services.users.set_quota(None, name, 1000)
+    assert call(server, "PUT", "/files/a.doc", user=user, body=b"A" * 1200).status == 204
+    assert put_chunked(server, "/files/a.doc", user, [b"s" * 500] * 2) == 204
+    assert call(server, "PUT", "/files/a.doc", user=user, body=b"g" * 1001).status == 507
+    assert put_chunked(server, "/files/a.doc", user, [b"G" * 500] * 3) == 507
+    assert call(server, "PUT", "/files/c.doc", user=user, body=b"c").status == 507
+    used, _ = server.app.files.usage(server.app.services.users.user_id(name))
+    assert used == 1600
+
+
 def announce_huge_put(server: InprocServer, authorization: str | None) -> tuple[int, str, str]:
     """PUT announcing 50 GiB and sending none: (status, reason, Connection header), within
     seconds."""
