@@ -19,11 +19,37 @@ from providers.resources import members_of
 
 def wants_zip(environ: dict[str, Any]) -> bool:
     """``?zip`` (as dufs and curl users spell it) or ``Accept: application/zip`` (as
-    Nextcloud's clients ask for a folder)."""
+    Nextcloud's clients ask for a folder), unless with ``q=0`` (RFC 9110 12.4.2: not
+    acceptable)."""
     if "zip" in parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True):
         return True
-    accepted = environ.get("HTTP_ACCEPT", "").split(",")
-    return "application/zip" in (kind.split(";")[0].strip().lower() for kind in accepted)
+    for kind in environ.get("HTTP_ACCEPT", "").split(","):
+        media, *params = kind.split(";")
+        if media.strip().lower() == "application/zip":
+            return _quality(params) > 0
+    return False
+
+
+def _quality(params: list[str]) -> float:
+    """The ``q`` of one Accept entry's parameters (1 when absent, 0 when unreadable)."""
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                return float(value.strip())
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def vary_on_accept(start_response: Any) -> Any:
+    """``start_response`` that adds ``Vary: Accept``: a folder's GET answers a listing or a
+    zip by that header, and a cache must not hand one to whoever asked for the other."""
+
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return start_response(status, [*headers, ("Vary", "Accept")], exc_info)
+
+    return start
 
 
 def folder_listing(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

@@ -31,7 +31,7 @@ from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from davserver.services.variants import VariantService
 from providers.gate import check_request, may_break_locks
-from providers.listing import folder_listing, wants_zip
+from providers.listing import folder_listing, vary_on_accept, wants_zip
 from providers.lock_space import RequestLockSpace
 from providers.lock_storage import SqlLockStorage
 from providers.resources import (
@@ -180,8 +180,10 @@ class DavProvider(DAVProvider):
             if wants_version(environ):
                 return respond_version(self, res, environ, start_response, default)
             if res.is_collection:
-                if isinstance(res, FolderResource) and self.folder_zip and wants_zip(environ):
-                    return self.folder_zip(res, environ, start_response, default)
+                if isinstance(res, FolderResource) and self.folder_zip:
+                    start_response = vary_on_accept(start_response)
+                    if wants_zip(environ):
+                        return self.folder_zip(res, environ, start_response, default)
                 return folder_listing(res, environ, start_response)
             return default(environ, start_response)
         depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()

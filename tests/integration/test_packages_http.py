@@ -328,8 +328,13 @@ def test_a_folder_downloads_as_one_zip_of_its_current_files(
     assert int(head.headers["Content-Length"]) == len(response.body) and head.body == b""
     part = alice.call("GET", "/files/docs/?zip", headers={"Range": "bytes=100-5099"})
     assert part.status == 206 and part.body == response.body[100:5100]
-    # A browser's GET of the folder still lists it.
-    assert alice.call("GET", "/files/docs/").headers["Content-Type"].startswith("text/html")
+    # A browser's GET of the folder still lists it, as does one that refuses zips (q=0);
+    # either answer says that it depends on Accept, for caches.
+    listing = alice.call("GET", "/files/docs/")
+    assert listing.headers["Content-Type"].startswith("text/html")
+    refused = alice.call("GET", "/files/docs/", headers={"Accept": "application/zip;q=0"})
+    assert refused.headers["Content-Type"].startswith("text/html")
+    assert listing.headers["Vary"] == asked.headers["Vary"] == "Accept"
 
     # A change inside makes another zip, with another ETag.
     alice.put("/files/docs/sub/deeper/d.txt", b"changed\n")
