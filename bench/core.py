@@ -442,6 +442,21 @@ def start_stock(server: Server, python: str, *, fsync: bool = False) -> None:
     server.start(cmd, env, ready_timeout=60)
 
 
+def start_object_store(running: contextlib.ExitStack, store: str, base: Path) -> list[str]:
+    """Start ``store`` (SeaweedFS or moto's server, as the tests run them) with a fresh
+    bucket, stopped and emptied when ``running`` closes; the --dav-env items that put
+    davserver's blobs there."""
+    sys.path.insert(0, str(HERE.parent))
+    from tests.s3 import fresh_bucket, run_s3_endpoint, server_env
+
+    folder = base / store
+    folder.mkdir(parents=True)
+    endpoint = running.enter_context(run_s3_endpoint(folder, store))
+    bucket = running.enter_context(fresh_bucket(endpoint.url))
+    print(f"  blobs in {store} at {endpoint.url}, bucket {bucket}", flush=True)
+    return [f"{key}={value}" for key, value in server_env(endpoint.url, bucket).items()]
+
+
 def start_davserver(
     server: Server, python: str, db: str, pg_url: str, extra_env: Sequence[str] = ()
 ) -> None:
@@ -1208,6 +1223,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-sync", action="store_true", help="skip os.sync() between workloads")
     p.add_argument(
+        "--s3",
+        choices=("seaweedfs", "moto"),
+        help="put davserver's blobs in this S3-compatible store, started for the run as the"
+        " tests start it (stock stays on its local disk)",
+    )
+    p.add_argument(
         "--prefault-gib",
         type=float,
         default=None,
@@ -1256,6 +1277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [DAVSERVER, STOCK] if args.servers == "both" else [args.servers]
     servers = [Server(name, base / name, password) for name in names]
     started: list[Server] = []
+    object_store = contextlib.ExitStack()
     t_begin = time.monotonic()
     print(
         f"davserver bench: {args.rounds} round(s), big file {human_bytes(sizes.big_bytes)},"
@@ -1267,6 +1289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     try:
+        if args.s3:
+            args.dav_env = [*args.dav_env, *start_object_store(object_store, args.s3, base)]
         for s in servers:
             started.append(s)
             try:
@@ -1359,6 +1383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sig in handled:
             signal.signal(sig, signal.SIG_IGN)  # finish the cleanup even if asked twice
         stop_servers(started, args.pg_url)
+        object_store.close()
         if args.keep:
             print(f"kept {base}", file=sys.stderr)
         else:
