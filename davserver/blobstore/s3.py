@@ -326,33 +326,40 @@ class _S3BlobWriter(StagedWriter):
 
 class _ObjectReader(SeekableReader):
     """A seekable reader of one object: sequential reads share one streamed GET from the
-    position; a seek ends it and the next read starts another at the new position."""
+    position; a seek ends it and the next read starts another at the new position.
+
+    Opening starts the GET of the whole object, which answers its size (and FileNotFoundError
+    when it is missing, before a caller has sent anything): one round trip for a reader that
+    reads from the start, as a download, a zip entry or a thumbnail does.
+    """
 
     def __init__(self, store: S3BlobStore, key: str) -> None:
         super().__init__()
         self._store = store
         self._key = key
-        size = store._size(key)
-        if size is None:
-            raise FileNotFoundError(f"blob {key} is missing from the S3 store")
-        self._length = size
         self._body: Any = None
+        answer = self._get(None)
+        self._length = int(answer["ContentLength"])
+        self._body = answer["Body"]
 
     def size(self) -> int:
         return self._length
+
+    def _get(self, first: int | None) -> Any:
+        """GetObject from byte ``first`` to the end (the whole object for None)."""
+        bucket, key = self._store.bucket, self._key
+        with _s3_errors("GetObject", key):
+            if first is None:
+                return self._store.client.get_object(Bucket=bucket, Key=key)
+            ranged = f"bytes={first}-{self._length - 1}"
+            return self._store.client.get_object(Bucket=bucket, Key=key, Range=ranged)
 
     def readinto(self, buffer: Any) -> int:
         wanted = min(len(buffer), self._length - self._position)
         if wanted <= 0:
             return 0
         if self._body is None:
-            with _s3_errors("GetObject", self._key):
-                answer = self._store.client.get_object(
-                    Bucket=self._store.bucket,
-                    Key=self._key,
-                    Range=f"bytes={self._position}-{self._length - 1}",
-                )
-            self._body = answer["Body"]
+            self._body = self._get(self._position)["Body"]
         with _s3_errors("GetObject", self._key):
             data = self._body.read(wanted)
         if not data:

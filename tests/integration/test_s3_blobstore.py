@@ -199,12 +199,7 @@ def test_a_small_upload_costs_one_request_and_a_large_one_asks_first(
 ) -> None:
     """Each request is a round trip to the store: a small upload is sent without asking
     whether the bucket has it; a larger one asks first, and is not sent again when it has."""
-    sent: list[str] = []
-
-    def record(event_name: str, **_: object) -> None:
-        sent.append(event_name.rsplit(".", 1)[-1])
-
-    s3_store.client.meta.events.register("before-send.s3", record)
+    sent = _requests(s3_store)
     s3_store.release(_write(s3_store, b"small and new"))
     assert sent == ["PutObject"]
     large = os.urandom(s3_module._SEND_WITHOUT_ASKING + 1)
@@ -214,6 +209,32 @@ def test_a_small_upload_costs_one_request_and_a_large_one_asks_first(
     sent.clear()
     s3_store.release(_write(s3_store, large))
     assert sent == ["HeadObject"]
+
+
+def test_reading_from_the_start_costs_one_request(s3_store: S3BlobStore) -> None:
+    data = os.urandom(300 * 1024)
+    blob = _write(s3_store, data)
+    s3_store.release(blob)
+    sent = _requests(s3_store)
+    with s3_store.open(blob.storage_key) as fh:
+        assert fh.read() == data
+    assert sent == ["GetObject"]  # no HeadObject for the size first
+    sent.clear()
+    with s3_store.open(blob.storage_key) as fh:
+        fh.seek(1000)
+        assert fh.read(10) == data[1000:1010]
+    assert sent == ["GetObject", "GetObject"]
+
+
+def _requests(store: S3BlobStore) -> list[str]:
+    """The names of the S3 operations ``store`` sends from now on, as they are sent."""
+    sent: list[str] = []
+
+    def record(event_name: str, **_: object) -> None:
+        sent.append(event_name.rsplit(".", 1)[-1])
+
+    store.client.meta.events.register("before-send.s3", record)
+    return sent
 
 
 def test_each_store_sees_only_its_prefix(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
