@@ -2,6 +2,9 @@
 
 SHA-256 is the blob's identity; MD5 and SHA-1 are for clients such as rclone that know only
 those; CRC-32 is what a zip entry records, so packages can lay out their archive up front.
+CRC-32 is left out past ``CRC_UP_TO`` bytes: an upload that large is bound by the CPU the
+hashes take, and the few that end up in a zip get theirs computed then, once
+(``PackageService._with_crc32``).
 hashlib releases the GIL while it hashes large buffers, so once an upload is big enough each
 digest runs in its own helper thread and the request thread only receives and writes;
 small uploads are hashed inline, where a thread would cost more than it saves.
@@ -17,6 +20,7 @@ import zlib
 from typing import Any
 
 _THREAD_AFTER_BYTES = 4 * 1024 * 1024
+CRC_UP_TO = 64 * 1024 * 1024
 _QUEUE_DEPTH = 4  # chunks in flight per digest; bounds the memory a slow hasher can pin
 _ALGORITHMS = ("sha256", "md5", "sha1")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -65,15 +69,24 @@ class MultiHasher:
         self._threads: list[_ThreadedDigest] = []
 
     def update(self, data: bytes) -> None:
+        self._seen += len(data)
+        if self._seen > CRC_UP_TO and self._crc in self._digests:
+            self._drop_crc()
         if self._threads:
             for worker in self._threads:
                 worker.queue.put(data)
             return
         for digest in self._digests:
             digest.update(data)
-        self._seen += len(data)
         if self._seen > _THREAD_AFTER_BYTES:
             self._threads = [_ThreadedDigest(d) for d in self._digests]
+
+    def _drop_crc(self) -> None:
+        self._digests.remove(self._crc)
+        for worker in self._threads:
+            if worker.digest is self._crc:
+                worker.join()
+                self._threads.remove(worker)
 
     def _join(self) -> None:
         for worker in self._threads:
@@ -87,9 +100,10 @@ class MultiHasher:
         return sha256, md5, sha1
 
     @property
-    def crc32(self) -> int:
-        """The CRC-32 as an unsigned integer; valid after ``digests()``."""
-        return self._crc.value
+    def crc32(self) -> int | None:
+        """The CRC-32 as an unsigned integer, None past ``CRC_UP_TO`` bytes; valid after
+        ``digests()``."""
+        return self._crc.value if self._crc in self._digests else None
 
     def close(self) -> None:
         """Stop the helper threads without computing anything (an aborted upload)."""

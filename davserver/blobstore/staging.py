@@ -86,8 +86,8 @@ class StagedUpload:
         return sha256, md5, sha1
 
     @property
-    def crc32(self) -> int:
-        """Valid after ``verified``."""
+    def crc32(self) -> int | None:
+        """Valid after ``verified``; None for a large upload (``hashing.CRC_UP_TO``)."""
         return self.hasher.crc32
 
     def discard(self) -> None:

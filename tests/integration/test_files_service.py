@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import threading
 import unicodedata
 import uuid
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from davserver.blobstore import StoredBlob
+from davserver.blobstore import StoredBlob, hashing
 from davserver.config import load_settings
 from davserver.context import Services
 from davserver.db import Base, Database
@@ -117,6 +118,25 @@ def test_blob_row_records_the_crc32_zip_entries_need(
     put(service, actor, home, "c.bin", data)
     with database.read() as session:
         assert session.scalar(sa.select(Blob.crc32)) == zlib.crc32(data)
+
+
+def test_a_large_upload_leaves_its_crc32_to_the_first_zip(
+    service: FileService,
+    actor: Actor,
+    home: NodeView,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past hashing.CRC_UP_TO the CRC-32 is not computed while the bytes arrive (packages
+    compute it when a zip first needs it; see test_missing_crc32_is_computed_once_and_stored)."""
+    monkeypatch.setattr(hashing, "CRC_UP_TO", 5 * 1024 * 1024)
+    data = os.urandom(6 * 1024 * 1024)
+    view = put(service, actor, home, "large.bin", data)
+    with database.read() as session:
+        row = session.execute(sa.select(Blob.sha256, Blob.md5, Blob.crc32)).one()
+    assert row.sha256 == view.sha256 == hashlib.sha256(data).hexdigest()
+    assert row.md5 == hashlib.md5(data).hexdigest()
+    assert row.crc32 is None
 
 
 def test_new_empty_file_has_no_version(
