@@ -79,16 +79,21 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     from davserver.commands.common import require_sqlite_file
     from davserver.db import Base, Database
     from davserver.db.copy import CopyReport, copy_database
-    from davserver.db.engine import check_url
+    from davserver.db.engine import check_url, is_in_memory
     from davserver.db.migrate import is_at_head, upgrade
     from davserver.models import Op
     from davserver.services.audit import record_audit
 
     settings = settings_of(args)
-    source_url, target_url = check_url(settings.database_url), check_url(args.to)
+    source_url, target_url = check_url(settings.database_url), check_url(args.to, option="--to")
     shown = target_url.render_as_string(hide_password=True)
     if source_url == target_url:
         raise ConfigError(f"--to names the database being copied ({shown})")
+    if is_in_memory(target_url):
+        raise ConfigError(
+            f"--to names an in-memory SQLite database ({shown}), gone when the copy ends;"
+            " name a file: sqlite:///path"
+        )
     require_sqlite_file(settings)
     source, target = Database(settings.database_url), Database(args.to)
     try:

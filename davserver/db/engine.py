@@ -34,26 +34,36 @@ _WRITE_OPTION = "davserver_write"
 _AUTOCOMMIT_OPTION = "davserver_autocommit"
 
 
-def check_url(url: str) -> sa.URL:
-    """``url`` parsed, or ConfigError naming what is wrong with it: not a URL, a database
-    other than SQLite and PostgreSQL, or a driver that is not installed."""
+def check_url(url: str, *, option: str = "database.url") -> sa.URL:
+    """``url`` parsed, or ConfigError naming what is wrong with it (and ``option``, where
+    it was given): not a URL, a database other than SQLite and PostgreSQL, or a driver that
+    is not installed."""
     example = "postgresql+psycopg://user:password@host:5432/name or sqlite:///path"
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):  # not shown: it may hold a password
-        raise ConfigError(f"database.url is not a database URL; expected {example}") from None
+        raise ConfigError(f"{option} is not a database URL; expected {example}") from None
     shown = parsed.render_as_string(hide_password=True)
     try:
         parsed.get_dialect()
     except sa.exc.NoSuchModuleError:
         raise ConfigError(
-            f"database.url {shown}: no database driver {parsed.drivername!r}; use {example}"
+            f"{option} {shown}: no database driver {parsed.drivername!r}; use {example}"
         ) from None
     if parsed.get_backend_name() not in _BACKENDS:
         raise ConfigError(
-            f"database.url {shown}: only SQLite and PostgreSQL are supported; use {example}"
+            f"{option} {shown}: only SQLite and PostgreSQL are supported; use {example}"
         )
     return parsed
+
+
+def is_in_memory(url: sa.URL) -> bool:
+    """Whether ``url`` names a SQLite database that lives only as long as its connection
+    (``sqlite://``, ``:memory:``, a ``mode=memory`` URI)."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    path = url.database or ""
+    return path in ("", ":memory:") or "mode=memory" in path or url.query.get("mode") == "memory"
 
 
 class _RequestConnection:

@@ -221,3 +221,23 @@ def test_the_command_refuses_to_copy_a_database_onto_itself(
     monkeypatch.setenv("DAVSERVER_DATABASE_URL", url)
     assert main(["--config", os.devnull, "db", "copy", "--to", url]) == 2
     assert "--to names the database being copied" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "to", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:copy?mode=memory&uri=true"]
+)
+def test_the_command_refuses_a_target_that_vanishes_when_it_ends(
+    to: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An in-memory database took every row and said so, then was gone with the process.
+    monkeypatch.setenv("DAVSERVER_DATABASE_URL", f"sqlite:///{tmp_path / 'one.sqlite3'}")
+    assert main(["--config", os.devnull, "db", "copy", "--to", to]) == 2
+    assert "--to names an in-memory SQLite database" in capsys.readouterr().err
+
+
+def test_the_command_names_the_option_holding_a_bad_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DAVSERVER_DATABASE_URL", f"sqlite:///{tmp_path / 'one.sqlite3'}")
+    assert main(["--config", os.devnull, "db", "copy", "--to", "mysql://x@db/name"]) == 2
+    assert "davserver: --to mysql://x@db/name: only SQLite" in capsys.readouterr().err
