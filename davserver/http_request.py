@@ -52,6 +52,9 @@ And two for connections that say nothing, or say it slowly:
   as the client kept trickling: the socket's timeout bounds each wait, not the whole. They,
   and the TLS handshake, now have ``header_timeout`` seconds in all (``Deadlines``); then the
   connection's reading side is shut down and cheroot closes it.
+* **Plain HTTP on the TLS port** (an http:// URL for an https:// server) got cheroot's 400
+  saying so while cheroot made the handshake; once the worker made it, the connection was
+  only reset. It is answered 400 in the clear again, naming https.
 """
 
 from __future__ import annotations
@@ -82,6 +85,12 @@ _DRAIN_LIMIT = 1024 * 1024
 # What an "Expect: 100-continue" header is renamed to, so that cheroot does not answer it.
 _DEFERRED = b"100-continue (deferred)"
 _QUOTED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
+_PLAIN_HTTP_MESSAGE = b"This server speaks HTTPS on this port: use an https:// URL.\n"
+_PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(_PLAIN_HTTP_MESSAGE), _PLAIN_HTTP_MESSAGE)
+)
 
 
 # RFC 9110 5.6.2: a field name is a token.
@@ -342,6 +351,9 @@ class Connection(cheroot_server.HTTPConnection):
         """Make the TLS handshake, within the header deadline; False when it fails."""
         self.tls_pending = False
         adapter = self.server.ssl_adapter  # a BuiltinSSLAdapter (davserver.server)
+        if self._speaks_plain_http():
+            self._refuse_plain_http()
+            return False
         try:
             # The ssl module takes the socket over (the plain one is left without its file
             # descriptor), and closes it when the handshake fails.
@@ -364,6 +376,32 @@ class Connection(cheroot_server.HTTPConnection):
         self.rfile = adapter.makefile(sock, "rb", self.rbufsize)
         self.wfile = adapter.makefile(sock, "wb", self.wbufsize)
         return True
+
+    def _speaks_plain_http(self) -> bool:
+        """Whether the client began with a request line (a letter) where a TLS handshake
+        record (0x16) belongs: an http:// URL for an https:// server. The connection is
+        readable (it waited in the selector), so the peek does not wait."""
+        try:
+            first = self.socket.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return False  # the handshake fails on it too
+        return first.isalpha()
+
+    def _refuse_plain_http(self) -> None:
+        """Answer 400 in the clear, saying to use https (what cheroot answered before its
+        handshake moved here, and nginx answers): the client's own error reads "connection
+        reset" otherwise. What the client sent is read first, as far as it has arrived, so
+        that closing with it unread does not reset the connection before the answer."""
+        sock = self.socket
+        with suppress(OSError):
+            sock.settimeout(0)
+            for _ in range(64):  # at most 256 KiB, the header limit
+                if not sock.recv(4096):
+                    break
+        with suppress(OSError):
+            sock.settimeout(self.server.timeout)
+            sock.sendall(_PLAIN_HTTP_ANSWER)
+            sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         if self._socket_gone:

@@ -253,12 +253,20 @@ def test_serves_https_with_a_certificate_and_key(tmp_path: Path) -> None:
             assert (response.status, response.read()) == (200, b"secret bytes")
             conn.close()
 
-            # Plain HTTP on the TLS port gets no answer in the clear.
-            plain = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            with pytest.raises((http.client.HTTPException, OSError)):
-                plain.request("GET", "/files/over-tls.txt", headers=auth)
-                plain.getresponse().read()
-            plain.close()
+            # Plain HTTP on the TLS port (an http:// URL) is told to use https, not reset:
+            # "connection reset by peer" was all a client could show its user.
+            for method, body in (("GET", None), ("PUT", b"x" * 100_000)):
+                plain = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                plain.request(method, "/files/over-tls.txt", body=body, headers=auth)
+                refused = plain.getresponse()
+                assert refused.status == 400, method
+                assert b"use an https:// URL" in refused.read()
+                plain.close()
+            # ... and the server goes on serving TLS.
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+            conn.request("GET", "/files/over-tls.txt", headers=auth)
+            assert conn.getresponse().read() == b"secret bytes"
+            conn.close()
         finally:
             process.terminate()
             process.wait(timeout=30)
