@@ -1658,6 +1658,24 @@ def test_an_items_dead_properties_are_bounded_all_or_nothing(
         )
 
 
+@pytest.mark.parametrize("depth", ["0", "1", "infinity"])
+def test_proppatch_ignores_a_depth_header(srv: InprocServer, folder: str, depth: str) -> None:
+    """RFC 4918 defines no Depth for PROPPATCH; webdavclient3's set_property sends Depth: 1,
+    which was a 400 ("Depth must be '0'")."""
+    url = folder + f"depth-{depth}.txt"
+    put(srv, url, b"p")
+    response = call(
+        srv,
+        "PROPPATCH",
+        url,
+        proppatch_body("<X:color>green</X:color>"),
+        {"Content-Type": "application/xml", "Depth": depth},
+    )
+    assert response.status == 207, response.body[:300]
+    entry = parse_multistatus(response.body)
+    assert next(iter(entry.values())).status == {f"{{{CUSTOM_NS}}}color": 200}
+
+
 def test_dead_property_is_kept_and_follows_a_move(srv: InprocServer, folder: str) -> None:
     url = folder + "props.txt"
     put(srv, url, b"p")
