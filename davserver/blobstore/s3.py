@@ -12,9 +12,11 @@ on the server and deleting the key; restore copies it back. Set-aside objects ar
 the temp files, so gc's sweep of old temp files also removes those a crashed gc left.
 
 Errors: a missing object is FileNotFoundError; an unreachable store, or one answering 5xx or
-"slow down" after boto3's retries, is Unavailable (503 with Retry-After); a full one is
-StorageFull (507); any other refusal (credentials, a missing bucket) is an OSError naming the
-operation and the store's error code.
+"slow down" after boto3's retries, is Unavailable (503 with Retry-After), logged at WARNING
+with boto3's account of it; a full one is StorageFull (507); any other refusal (credentials, a
+missing bucket) is an OSError naming the operation and the store's error code. The 503's
+message goes to the client, so it names the operation and the kind of failure only: boto3's
+text holds the store's internal URL, the object's key and an upload's id.
 
 boto3 is imported only when this store is configured (the ``s3`` extra). A client is made per
 process: ``davserver serve`` forks its workers after building the store, and a connection pool
@@ -26,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import logging
 import os
 import secrets
 import threading
@@ -48,6 +51,8 @@ from davserver.errors import StorageFull, Unavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
 
 ASIDE = "aside/"
 _ASIDE_TOKEN = "gc-"
@@ -130,10 +135,17 @@ def _s3_errors(operation: str, key: str) -> Iterator[None]:
         if code in _FULL or status == "507":
             raise StorageFull("the server's storage is full") from exc
         if code in _BUSY or status.startswith("5"):
-            raise Unavailable(f"the blob store is not answering ({message})") from exc
+            raise _not_answering(operation, code or status, message) from exc
         raise OSError(message) from exc
     except BotoCoreError as exc:  # no connection, a timeout, an unreadable answer
-        raise Unavailable(f"the blob store is not answering (S3 {operation}: {exc})") from exc
+        raise _not_answering(operation, type(exc).__name__, f"S3 {operation}: {exc}") from exc
+
+
+def _not_answering(operation: str, kind: str, detail: str) -> Unavailable:
+    """The Unavailable for a store that did not answer: ``detail`` (where, which key) is
+    logged for the operator; the message, which the client sees, keeps to the kind."""
+    log.warning("the blob store is not answering: %s", detail)
+    return Unavailable(f"the blob store is not answering (S3 {operation}: {kind})")
 
 
 class S3BlobStore:

@@ -194,12 +194,19 @@ def test_a_store_that_stops_answering_is_503_and_loses_nothing(
             user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
             assert user.put("/files/kept.txt", b"stored while the store answered") == 201
             endpoint.stop()
+            logged = srv.stderr_size()
 
             put = user("PUT", "/files/kept.txt", b"a version the store never got")
             assert put.status == 503, put.body[:300]
             assert "Retry-After" in put.headers
             get = user("GET", "/files/kept.txt")
             assert get.status == 503, get.body[:300]
+            # The client is told what failed, not where the store is (its internal URL, the
+            # object's key); the operator finds that in the log, which had nothing.
+            host_port = endpoint.url.removeprefix("http://").encode()
+            for answer in (put, get):
+                assert b"not answering" in answer.body and host_port not in answer.body
+            assert endpoint.url in srv.stderr_text(logged)
             assert user("PROPFIND", "/files/", headers={"Depth": "1"}).status == 207
             assert len(user.members("/versions/files/kept.txt/")) == 1
             health = http_request("GET", srv.url + "/api/v1/health")
