@@ -129,6 +129,15 @@ def _snapshot(db: Database) -> Iterator[sa.Connection]:
 
 
 def _check_unused(dst: sa.Connection, metadata: sa.MetaData) -> None:
+    """Conflict unless the target is empty, and kept so until the copy commits: on
+    PostgreSQL its "in use" tables are locked against other writers first (SQLite's write
+    transaction holds the whole file). Otherwise a second copy started meanwhile found the
+    target empty too, and failed at its first row with a database error (a duplicate key)
+    once the first one committed."""
+    if dst.dialect.name == "postgresql":
+        quote = dst.dialect.identifier_preparer.quote
+        names = ", ".join(quote(name) for name in _IN_USE)
+        dst.execute(sa.text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
     for name in _IN_USE:
         table = metadata.tables[name]
         count = dst.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +210,48 @@ def test_a_copy_goes_only_into_an_empty_database_and_fails_whole(
         finally:
             source.dispose()
             target.dispose()
+
+
+@pytest.mark.postgres
+def test_of_two_copies_into_one_database_the_second_finds_it_taken(tmp_path: Path) -> None:
+    """The second, started while the first was writing, found the target empty too, and
+    failed on a duplicate key (a screenful of SQL parameters) once the first committed."""
+    with (
+        run_inproc_server("sqlite", tmp_path) as server,
+        fresh_database_url("postgresql", str(tmp_path)) as target_url,
+    ):
+        make_user(server, "alice")
+        source, first_target, second_target = (
+            Database(server.db_url),
+            Database(target_url),
+            Database(target_url),
+        )
+        upgrade(first_target)
+        writing, outcome = threading.Event(), queue.Queue[BaseException | None]()
+
+        def slow(table: str, rows: int) -> None:
+            if not writing.is_set():
+                writing.set()
+                time.sleep(1.0)  # the second starts meanwhile
+
+        def second() -> None:
+            writing.wait(30)
+            try:
+                copy_database(source, second_target, Base.metadata)
+            except BaseException as exc:
+                outcome.put(exc)
+            else:
+                outcome.put(None)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        try:
+            copy_database(source, first_target, Base.metadata, progress=slow)
+        finally:
+            thread.join(60)
+            for db in (source, first_target, second_target):
+                db.dispose()
+        assert isinstance(outcome.get(timeout=1), Conflict)
 
 
 def count(db: Database, model: type[Any]) -> int:
