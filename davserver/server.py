@@ -89,12 +89,27 @@ def check_tls(settings: ServerSettings) -> None:
             raise ConfigError(f"server.{option}: cannot read {path}: {exc.strerror}") from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(settings.ssl_certificate, settings.ssl_private_key)
+        context.load_cert_chain(
+            settings.ssl_certificate, settings.ssl_private_key, password=_no_passphrase
+        )
     except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                "server.ssl_private_key is not the key of server.ssl_certificate"
+            ) from None
         raise ConfigError(
             f"server.ssl_certificate and ssl_private_key: not a PEM certificate and its "
             f"private key ({exc.reason or exc})"
         ) from None
+
+
+def _no_passphrase() -> str:
+    """Asked for an encrypted key's passphrase: OpenSSL would prompt on the terminal (twice,
+    the check and the server), and without one fail with EINVAL and a traceback."""
+    raise ConfigError(
+        "server.ssl_private_key is encrypted, and the server has no passphrase to give:"
+        " store it decrypted, readable only by the server (openssl pkey -in KEY -out NEW)"
+    )
 
 
 def announce(tls: bool, host: str, port: int, workers: int = 1) -> None:

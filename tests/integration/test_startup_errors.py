@@ -209,6 +209,31 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def test_a_key_that_is_encrypted_or_not_the_certificates_is_refused(tmp_path: Path) -> None:
+    """An encrypted key made OpenSSL prompt for its passphrase on the terminal, then failed
+    with a traceback (EINVAL); a key of another certificate was 'not a PEM certificate'."""
+    cert, key = self_signed(tmp_path)
+    encrypted = tmp_path / "encrypted.pem"
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:secret",
+         "-out", str(encrypted)],
+        check=True,
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    env = {
+        "DAVSERVER_SERVER_SSL_CERTIFICATE": str(cert),
+        "DAVSERVER_SERVER_SSL_PRIVATE_KEY": str(encrypted),
+    }
+    stderr = assert_refused(serve(tmp_path, env), "server.ssl_private_key is encrypted")
+    assert "pass phrase" not in stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = self_signed(other)
+    env["DAVSERVER_SERVER_SSL_PRIVATE_KEY"] = str(other_key)
+    assert_refused(serve(tmp_path, env), "ssl_private_key is not the key of server.ssl_cert")
+
+
 def test_serves_https_with_a_certificate_and_key(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     port = free_port()
