@@ -30,7 +30,7 @@ from davserver.blobstore import BlobWriter
 from davserver.errors import AlreadyExists, BadRequest
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
-from davserver.services.files import check_dead_properties
+from davserver.services.files import check_dead_properties, check_property_name
 from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
@@ -195,10 +195,11 @@ class _NodeResource:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
         stored = None if value is None else etree.tostring(value)
         if dry_run:
-            # WsgiDAV tries every property of a PROPPATCH first, then sets each: the whole
-            # request must fit, or none of it is set (RFC 4918 9.2).
-            self._dead_planned[name] = stored
+            # WsgiDAV tries every property of a PROPPATCH first, then sets each: a refused
+            # name, or a request that does not fit, sets none of it (RFC 4918 9.2).
             with dav_errors():
+                check_property_name(name)
+                self._dead_planned[name] = stored
                 check_dead_properties(self.dead_properties(), self._dead_planned)
             return None
         with dav_errors():

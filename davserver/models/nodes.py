@@ -104,6 +104,10 @@ class Node(Base):
         return self.kind == NodeKind.FOLDER
 
 
+# The longest dead property name (Clark notation) the column holds.
+MAX_PROPERTY_NAME = 512
+
+
 class DeadProperty(Base):
     """A PROPPATCH-ed property, stored per node so it follows renames and moves."""
 
@@ -112,5 +116,5 @@ class DeadProperty(Base):
 
     id: Mapped[uuid_pk]
     node_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("nodes.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(sa.String(512))  # Clark notation: {namespace}local
+    name: Mapped[str] = mapped_column(sa.String(MAX_PROPERTY_NAME))  # {namespace}local
     value: Mapped[bytes] = mapped_column(sa.LargeBinary)  # the serialized XML element

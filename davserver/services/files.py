@@ -34,6 +34,7 @@ from davserver.db.dialect import (
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import (
     AlreadyExists,
+    BadRequest,
     Conflict,
     Forbidden,
     NotFound,
@@ -41,6 +42,7 @@ from davserver.errors import (
     QuotaExceeded,
 )
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space
+from davserver.models.nodes import MAX_PROPERTY_NAME
 from davserver.services import tree, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
@@ -53,6 +55,19 @@ _RETRIES = 4
 # hundred bytes), not a place for content: they count against no quota, and a listing reads
 # those of every child, so each item's are bounded (RFC 4918 9.2.1: 507 for a PROPPATCH).
 MAX_DEAD_PROPERTY_BYTES = 64 * 1024
+
+
+def check_property_name(name: str) -> None:
+    """BadRequest for a dead property name (``{namespace}local``) longer than the database
+    holds: PostgreSQL refused it with a 500, and SQLite stored it, which then stopped a
+    ``db copy`` to PostgreSQL."""
+    if len(name) > MAX_PROPERTY_NAME:
+        raise BadRequest(
+            f"a property name (namespace and local name) has at most {MAX_PROPERTY_NAME}"
+            f" characters, not {len(name)}"
+        )
+
+
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction can run again.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
@@ -694,8 +709,11 @@ class FileService:
         self, actor: Actor, node_id: uuid.UUID, changes: dict[str, bytes | None]
     ) -> None:
         """Set (bytes) or remove (None) dead properties of a node, all or nothing.
-        QuotaExceeded when the node's would then exceed MAX_DEAD_PROPERTY_BYTES."""
+        QuotaExceeded when the node's would then exceed MAX_DEAD_PROPERTY_BYTES; BadRequest
+        for a name too long to store (``check_property_name``)."""
         actor.require_write()
+        for name in changes:
+            check_property_name(name)
 
         def work(session: Session) -> None:
             live_node(session, node_id)

@@ -1676,6 +1676,26 @@ def test_proppatch_ignores_a_depth_header(srv: InprocServer, folder: str, depth:
     assert next(iter(entry.values())).status == {f"{{{CUSTOM_NS}}}color": 200}
 
 
+def test_a_property_name_too_long_to_store_is_refused_and_changes_nothing(
+    srv: InprocServer, folder: str
+) -> None:
+    """A 600-character namespace was a 500 on PostgreSQL (the column holds 512) and stored
+    on SQLite, where it then stopped a ``db copy`` to PostgreSQL."""
+    url = folder + "long-name.txt"
+    put(srv, url, b"p")
+    long_ns = "urn:" + "n" * 600
+    body = proppatch_body(f'<X:color>red</X:color><L:p xmlns:L="{long_ns}">v</L:p>')
+    response = call(srv, "PROPPATCH", url, body, {"Content-Type": "application/xml"})
+    assert response.status == 207, response.body[:300]
+    statuses = next(iter(parse_multistatus(response.body).values())).status
+    assert statuses == {f"{{{CUSTOM_NS}}}color": 424, f"{{{long_ns}}}p": 400}
+    ask = (
+        f'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:X="{CUSTOM_NS}">'
+        "<D:prop><X:color/></D:prop></D:propfind>"
+    ).encode()
+    assert f"{{{CUSTOM_NS}}}color" not in entry_of(srv, url, ask).props
+
+
 def test_dead_property_is_kept_and_follows_a_move(srv: InprocServer, folder: str) -> None:
     url = folder + "props.txt"
     put(srv, url, b"p")
