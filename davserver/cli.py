@@ -78,7 +78,7 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
 
     from davserver.commands.common import require_sqlite_file
     from davserver.db import Base, Database
-    from davserver.db.copy import CopyReport, copy_database
+    from davserver.db.copy import CopyFailed, CopyReport, copy_database
     from davserver.db.engine import check_url, is_in_memory
     from davserver.db.migrate import is_at_head, upgrade
     from davserver.models import Op
@@ -114,7 +114,14 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
             details = {"from": source_url.get_backend_name(), "rows": report.rows}
             record_audit(session, None, Op.MAINTENANCE_COPY, details=details)
 
-        report = copy_database(source, target, Base.metadata, progress=tell, before_commit=log)
+        try:
+            report = copy_database(source, target, Base.metadata, progress=tell, before_commit=log)
+        except CopyFailed as exc:
+            print(
+                f"davserver: the target refused a row, so nothing was copied: {exc}",
+                file=sys.stderr,
+            )
+            return 1
     finally:
         source.dispose()
         target.dispose()

@@ -59,7 +59,8 @@ def copy_database(
     """Copy every table of ``metadata`` (every model's) from ``source`` into ``target`` (see
     the module doc); ``before_commit`` may add to the target's transaction (a logbook row).
 
-    Raises Conflict, changing nothing, when the target holds data already.
+    Raises Conflict, changing nothing, when the target holds data already, and
+    CopyFailed, changing nothing, when it refuses a row.
     """
     started = time.monotonic()
     report = CopyReport()
@@ -71,18 +72,38 @@ def copy_database(
         for table in reversed(tables):
             dst.execute(table.delete())
         for table in tables:
-            report.rows[table.name] = _copy_rows(src, dst, table, later[table.name], batch)
+            with _refused_rows(table):
+                report.rows[table.name] = _copy_rows(src, dst, table, later[table.name], batch)
             if progress is not None:
                 progress(table.name, report.rows[table.name])
         for table in tables:
             if later[table.name]:
-                _set_forward_references(src, dst, table, later[table.name], batch)
+                with _refused_rows(table):
+                    _set_forward_references(src, dst, table, later[table.name], batch)
         if dst.dialect.name == "postgresql":
             _move_sequences(dst, tables)
         report.seconds = time.monotonic() - started
         if before_commit is not None:
             before_commit(session, report)
     return report
+
+
+class CopyFailed(Exception):
+    """The target refused a row (one the source's engine let in, such as a string longer
+    than its column on SQLite); the target is left as it was."""
+
+
+@contextmanager
+def _refused_rows(table: sa.Table) -> Iterator[None]:
+    """The target's refusal as CopyFailed naming the table and what the database said
+    (not the statement and its thousand rows of parameters)."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+            raise  # the database out of reach, reported as such
+        said = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+        raise CopyFailed(f"{table.name}: {said[0] if said else type(exc).__name__}") from exc
 
 
 def _forward_references(tables: list[sa.Table]) -> dict[str, list[str]]:

@@ -22,7 +22,7 @@ from davserver.db import copy as db_copy
 from davserver.db.copy import copy_database
 from davserver.db.migrate import upgrade
 from davserver.errors import Conflict
-from davserver.models import LogEntry
+from davserver.models import DeadProperty, LogEntry
 from davserver.models import User as UserRow
 from tests.dbs import fresh_database_url
 from tests.images import jpeg
@@ -252,6 +252,40 @@ def test_of_two_copies_into_one_database_the_second_finds_it_taken(tmp_path: Pat
             for db in (source, first_target, second_target):
                 db.dispose()
         assert isinstance(outcome.get(timeout=1), Conflict)
+
+
+@pytest.mark.postgres
+def test_a_row_the_target_refuses_is_named_in_one_line_and_nothing_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite keeps strings longer than their column (a dead property name an older server
+    let in); PostgreSQL refuses them. That was a traceback with every parameter of the
+    batch; it is one line naming the table, and the target stays empty."""
+    with (
+        run_inproc_server("sqlite", tmp_path) as server,
+        fresh_database_url("postgresql", str(tmp_path)) as target_url,
+    ):
+        alice = make_user(server, "alice")
+        assert alice.put("/files/a.txt", b"a") == 201
+        assert alice("PROPPATCH", "/files/a.txt", DEAD_PROP).status == 207
+        source = Database(server.db_url)
+        try:
+            with source.write() as session:
+                session.execute(sa.update(DeadProperty).values(name="{urn:x}" + "p" * 600))
+        finally:
+            source.dispose()
+        monkeypatch.setenv("DAVSERVER_DATABASE_URL", server.db_url)
+        monkeypatch.setenv("DAVSERVER_DATA_DIR", str(server.data_dir))
+        capsys.readouterr()
+        assert main(["--config", os.devnull, "db", "copy", "--to", target_url, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("davserver: the target refused a row, so nothing was copied:")
+        assert "dead_properties: value too long" in err and len(err.splitlines()) == 1
+        target = Database(target_url)
+        try:
+            assert count(target, UserRow) == 0
+        finally:
+            target.dispose()
 
 
 def count(db: Database, model: type[Any]) -> int:
