@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +17,16 @@ if TYPE_CHECKING:  # the command line makes folders and migrates without the Web
 
 
 class SchemaUpgradeFailed(RuntimeError):
-    """The child process that brings the schema up to date failed (its error is logged)."""
+    """The child process that brings the schema up to date failed (its error is logged,
+    or, for a ConfigError, printed as one ``davserver:`` line: ``told``)."""
+
+    def __init__(self, message: str, *, told: bool = False) -> None:
+        super().__init__(message)
+        self.told = told
+
+
+# The exit code of a schema upgrade child that printed a ConfigError.
+_TOLD = 2
 
 
 def prepare(
@@ -79,6 +90,16 @@ def upgrade_schema(settings: Settings, db: Database | None = None) -> None:
 def _upgrade_schema_in_child(settings: Settings) -> None:
     """``upgrade_schema`` in a forked child, waited for; SchemaUpgradeFailed when it fails
     (its error is logged)."""
-    code = run_in_child(lambda: upgrade_schema(settings))
+
+    def work() -> None:
+        try:
+            upgrade_schema(settings)
+        except ConfigError as exc:  # a reason for the user, not a traceback
+            print(f"davserver: {exc}", file=sys.stderr, flush=True)
+            os._exit(_TOLD)
+
+    code = run_in_child(work)
     if code != 0:
-        raise SchemaUpgradeFailed(f"bringing the database schema up to date failed (exit {code})")
+        raise SchemaUpgradeFailed(
+            f"bringing the database schema up to date failed (exit {code})", told=code == _TOLD
+        )

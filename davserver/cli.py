@@ -47,6 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         app, generated = prepare(settings, migrate_in_child=True)
     except SchemaUpgradeFailed as exc:
+        if exc.told:  # the child printed why
+            return 2
         print(f"davserver: {exc}", file=sys.stderr)
         return 1
     if generated:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from davserver.config import ConfigError
 from davserver.db.engine import Database
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -45,8 +46,26 @@ def downgrade(db: Database, revision: str) -> None:
 def _migrate(db: Database, action: Callable[[Config, str], None], revision: str) -> None:
     cfg = alembic_config()
     with migration_connection(db) as conn:
+        _require_known_revision(cfg, conn)
         cfg.attributes["connection"] = conn
         action(cfg, revision)
+
+
+def _require_known_revision(cfg: Config, conn: sa.Connection) -> None:
+    """ConfigError when the database's schema is at a revision none of ours names: a newer
+    davserver migrated it (a rollback of the software), or another application's Alembic
+    did. Alembic's own 'Can't locate revision' came as a traceback from every command."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    known = {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
+    for current in MigrationContext.configure(conn).get_current_heads():
+        if current not in known:
+            raise ConfigError(
+                f"the database's schema is at revision {current!r}, which this davserver does"
+                " not know: a newer davserver upgraded it; run that version, or restore the"
+                " backup taken before the upgrade"
+            )
 
 
 @contextmanager

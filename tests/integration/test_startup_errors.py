@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -160,6 +161,19 @@ def test_commands_do_not_answer_from_a_new_empty_database(tmp_path: Path) -> Non
     assert not (tmp_path / "data").exists()
     assert command(tmp_path, {}, "db", "upgrade").returncode == 0
     assert command(tmp_path, {}, "user", "list").returncode == 0
+
+
+def test_a_schema_newer_than_this_davserver_is_named_not_a_traceback(tmp_path: Path) -> None:
+    # After rolling the software back over a database a newer davserver migrated, every
+    # command (serve, db upgrade, user list) ended in Alembic's "Can't locate revision"
+    # traceback.
+    assert command(tmp_path, {}, "db", "upgrade").returncode == 0
+    with sqlite3.connect(tmp_path / "data" / "davserver.sqlite3") as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    expected = "schema is at revision '9999_from_the_future', which this davserver does not"
+    assert_refused(serve(tmp_path, {}), expected)
+    for args in (("db", "upgrade"), ("user", "list")):
+        assert_refused(command(tmp_path, {}, *args), expected)
 
 
 def test_a_certificate_and_key_that_do_not_load_are_refused(tmp_path: Path) -> None:
