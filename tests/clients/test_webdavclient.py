@@ -205,3 +205,11 @@ def test_delete_folder_with_contents(client: Client) -> None:
 def test_download_missing_file_raises(client: Client) -> None:
     with pytest.raises(WebDavException):
         download(client, "does not exist.txt")
+
+
+def test_a_property_set_is_read_back(client: Client) -> None:
+    # webdavclient3 sends PROPPATCH with Depth: 1, which was a 400 ("Depth must be '0'").
+    upload(client, "tagged.txt", b"t")
+    tag = {"namespace": "urn:example:tags", "name": "colour", "value": "grün"}
+    client.set_property("tagged.txt", tag)
+    assert client.get_property("tagged.txt", tag) == "grün"
