@@ -13,6 +13,8 @@ from alembic.config import Config
 from davserver.config import ConfigError
 from davserver.db.engine import Database
 
+# PostgreSQL's SQLSTATE for "permission denied".
+_INSUFFICIENT_PRIVILEGE = "42501"
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -45,10 +47,20 @@ def downgrade(db: Database, revision: str) -> None:
 
 def _migrate(db: Database, action: Callable[[Config, str], None], revision: str) -> None:
     cfg = alembic_config()
-    with migration_connection(db) as conn:
-        _require_known_revision(cfg, conn)
-        cfg.attributes["connection"] = conn
-        action(cfg, revision)
+    try:
+        with migration_connection(db) as conn:
+            _require_known_revision(cfg, conn)
+            cfg.attributes["connection"] = conn
+            action(cfg, revision)
+    except sa.exc.ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+            raise
+        said = str(exc.orig).strip().splitlines()[0]
+        raise ConfigError(
+            f"the database user may not change the schema ({said}): let it create tables"
+            " (GRANT CREATE ON SCHEMA public TO it; PostgreSQL 15 no longer grants that to"
+            " everyone), or run `davserver db upgrade` as the database's owner"
+        ) from None
 
 
 def _require_known_revision(cfg: Config, conn: sa.Connection) -> None:

@@ -4,6 +4,7 @@ and migrating down and up again keeps the rows that both revisions have."""
 from __future__ import annotations
 
 import re
+import secrets
 
 import pytest
 import sqlalchemy as sa
@@ -12,12 +13,14 @@ from alembic.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError
 
 import davserver.models  # noqa: F401  (fills the metadata)
+from davserver.config import ConfigError
 from davserver.db import Base, Database
 from davserver.db.migrate import downgrade, upgrade
 from davserver.models import Group, User
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.tree import NodeView
+from tests.dbs import fresh_pg_database, pg_admin
 
 # SQLite cannot reflect the lower() indexes (0006), so autogenerate skips them there; the
 # behaviour test below checks them on both engines.
@@ -141,3 +144,30 @@ def test_migration_0006_stops_on_names_differing_only_in_case(database: Database
     upgrade(database)
     with pytest.raises(IntegrityError):
         _add(database, _user("DAVE"))
+
+
+@pytest.mark.postgres
+def test_a_database_user_that_may_not_create_tables_is_told_so() -> None:
+    """PostgreSQL 15 lets only the owner create tables in schema public: the first start
+    as another user ended in a ProgrammingError traceback (serve, db upgrade, db copy)."""
+    role = f"davserver_r_{secrets.token_hex(4)}"
+    with pg_admin() as admin:
+        admin.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        with fresh_pg_database() as url:
+            owner = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+            try:
+                with owner.connect() as conn:
+                    conn.exec_driver_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            finally:
+                owner.dispose()
+            as_role = sa.make_url(url).set(username=role).render_as_string(hide_password=False)
+            db = Database(as_role)
+            try:
+                with pytest.raises(ConfigError, match=r"may not change the schema \(permission"):
+                    upgrade(db)
+            finally:
+                db.dispose()
+    finally:
+        with pg_admin() as admin:
+            admin.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
