@@ -14,6 +14,7 @@ all of a request's quick reads share one pooled connection instead of checking o
 from __future__ import annotations
 
 import contextvars
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -66,6 +67,20 @@ def is_in_memory(url: sa.URL) -> bool:
     return path in ("", ":memory:") or "mode=memory" in path or url.query.get("mode") == "memory"
 
 
+def _create_private_file(url: sa.URL) -> None:
+    """Create a new SQLite database file readable and writable by its owner only: it holds
+    password and key hashes, and with the usual umask (022) SQLite made it readable by every
+    local user. SQLite gives the -wal and -shm files the database file's mode. An existing
+    file is left as it is; a file that cannot be made is left for SQLite to report."""
+    path = url.database or ""
+    if is_in_memory(url) or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:  # there already, or a folder that is missing or not ours
+        return
+
+
 class _RequestConnection:
     """The read connection one request shares, opened on first use."""
 
@@ -92,6 +107,8 @@ class Database:
         commits are durable by its own settings."""
         self.url = check_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            _create_private_file(self.url)
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         # At most max_connections at once (davserver.capacity), pool_size of them kept open.
         limit = max_connections if max_connections is not None else pool_size + 64

@@ -3,8 +3,11 @@ dropped them (a restart, a failover, ``idle_session_timeout``)."""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,3 +176,28 @@ def test_a_plan_made_while_a_table_was_small_goes_with_its_connection(pg_url: st
         assert rows_scanned() == 0  # a new connection, a new plan: the index
     finally:
         db.dispose()
+
+
+def test_a_new_sqlite_database_is_private_to_its_owner(tmp_path: Path) -> None:
+    """It holds password and key hashes; with umask 022 it (and its -wal) was world-readable:
+    the server's own and the one ``db copy`` makes. One that exists keeps its mode."""
+    path = tmp_path / "new.sqlite3"
+    db = Database(f"sqlite:///{path}")
+    try:
+        with db.write() as session:
+            session.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+            session.execute(sa.text("INSERT INTO t VALUES (1)"))
+        for made in (path, path.with_name(path.name + "-wal")):
+            assert stat.S_IMODE(made.stat().st_mode) == 0o600, made
+    finally:
+        db.dispose()
+    shared = tmp_path / "shared.sqlite3"
+    shared.touch(mode=0o640)
+    Database(f"sqlite:///{shared}").dispose()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640 & ~current_umask()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
