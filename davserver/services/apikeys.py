@@ -171,13 +171,14 @@ class ApiKeyService:
         """Revoke one of the user's keys, named by its id, its prefix or the whole key.
 
         The key stops working on the next request. Raises NotFound (no such key of this
-        user), Conflict (already revoked, or a prefix shared by several keys) or Forbidden.
+        user, or it is revoked already: a second DELETE answers as the API's other ones do),
+        Conflict (a prefix shared by several keys) or Forbidden.
         """
         with self.db.write() as session:
             user = _owner(session, actor, user_id)
             row = _find_key(session, user.id, key.strip())
             if not row.is_active:
-                raise Conflict(f"the key {row.prefix}… is already revoked")
+                raise NotFound(f"the key {row.prefix}… is already revoked")
             row.is_active = False
             session.flush()
             record_audit(

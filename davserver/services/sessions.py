@@ -174,29 +174,48 @@ class SessionService:
 
         A token client is refused from its next request on; a password or key client simply
         starts a new session with its next request, since its credential is still valid.
+        NotFound when there is no such session (of the actor's), or it has ended already: a
+        second DELETE answers as the API's other ones do. The logbook row names the user
+        whose session it was, who is not the actor when an admin ends it.
         """
         now = utcnow()
         with self.db.write() as session:
-            owner = session.scalar(sa.select(_s.c.user_id).where(_s.c.id == session_id))
-            if owner is None or (owner != actor.user_id and not actor.is_admin):
+            found = session.execute(
+                sa.select(_s.c.user_id, _u.c.username)
+                .join(_u, _u.c.id == _s.c.user_id)
+                .where(_s.c.id == session_id)
+            ).first()
+            if found is None or (found.user_id != actor.user_id and not actor.is_admin):
                 raise NotFound("no such session")
-            session.execute(
+            ended = session.execute(
                 _s.update()
                 .where(_s.c.id == session_id, _s.c.ended_at.is_(None))
                 .values(ended_at=now)
             )
+            if not ended.rowcount:  # type: ignore[attr-defined]
+                raise NotFound("the session has ended already")
             session.execute(
                 _rt.update()
                 .where(_rt.c.session_id == session_id, _rt.c.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
-            record_audit(session, actor, Op.SESSION_END, details={"session_id": str(session_id)})
+            record_audit(
+                session,
+                actor,
+                Op.SESSION_END,
+                details={
+                    "session_id": str(session_id),
+                    "user": found.username,
+                    "user_id": str(found.user_id),
+                },
+            )
         with self._lock:
             self._recent = {k: v for k, v in self._recent.items() if v[0] != session_id}
 
 
 _s = Base.metadata.tables["sessions"]
 _rt = Base.metadata.tables["refresh_tokens"]
+_u = Base.metadata.tables["users"]
 _PUBLIC_COLUMNS = (
     "id",
     "auth_method",

@@ -883,3 +883,51 @@ def test_the_logbook_is_read_page_by_page_through_the_api(server: InprocServer) 
     ):
         status, body = api(server, "GET", f"/audit?{bad}", user=(name, password))
         assert (status, body["error"]) == (400, "bad_request"), bad
+
+
+def test_a_second_delete_of_the_same_thing_is_404_everywhere(server: InprocServer) -> None:
+    # A second DELETE answered 204 for a session (and logged another ending), 409 for a key,
+    # 404 for a grant or a package: one rule now, 404, and one logbook row per ending.
+    name, password = make_user(server)
+    user = (name, password)
+    other, _ = make_user(server)
+    assert call(server, "PUT", "/files/pinned.txt", user=user, body=b"x").status == 201
+    _, key = api(server, "POST", "/keys", {"name": "twice"}, user=user)
+    session_id = login(server, name, password)["session_id"]
+    grant = {"path": "/files/pinned.txt", "user": other, "rights": ["read"]}
+    assert api(server, "POST", "/grants", grant, user=user)[0] == 201
+    assert api(server, "POST", "/packages", {"name": "twice"}, user=user)[0] == 201
+    item = {"path": "/files/pinned.txt"}
+    assert api(server, "POST", "/packages/twice/items", item, user=user)[0] == 201
+    for path in (
+        f"/sessions/{session_id}",
+        f"/keys/{key['id']}",
+        f"/grants?path=/files/pinned.txt&user={other}",
+        "/packages/twice/items/pinned.txt",
+        "/packages/twice",
+    ):
+        assert api(server, "DELETE", path, user=user)[0] == 204, path
+        status, error = api(server, "DELETE", path, user=user)
+        assert (status, error and error["error"]) == (404, "not_found"), path
+    user_id = server.app.services.users.user_id(name)
+    with server.app.db.read() as session:
+        ended = session.scalars(
+            sa.select(LogEntry.details).where(
+                LogEntry.op_type == Op.SESSION_END.value, LogEntry.user_id == user_id
+            )
+        ).all()
+    assert [d["session_id"] for d in ended] == [session_id]
+
+
+def test_an_admin_ending_a_session_is_logged_with_whose_it_was(server: InprocServer) -> None:
+    # The row named the admin and the session only: nobody could tell whose session ended.
+    name, password = make_user(server)
+    session_id = login(server, name, password)["session_id"]
+    admin = (server.user, server.password)
+    assert api(server, "DELETE", f"/sessions/{session_id}", user=admin)[0] == 204
+    status, body = api(server, "GET", "/audit?op=auth:session:end&limit=20", user=admin)
+    assert status == 200
+    [row] = [r for r in body["entries"] if r["details"].get("session_id") == session_id]
+    assert row["user"] == server.user
+    assert row["details"]["user"] == name
+    assert row["details"]["user_id"] == str(server.app.services.users.user_id(name))

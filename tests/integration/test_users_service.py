@@ -527,7 +527,7 @@ def test_api_key_revoke_by_prefix_id_or_key(services: Services, how: str) -> Non
     ref = {"prefix": key_info.prefix, "id": str(key_info.id), "key": plaintext}[how]
     revoked = services.api_keys.revoke(None, info.id, ref)
     assert revoked.status is KeyStatus.REVOKED
-    with pytest.raises(Conflict, match="already revoked"):
+    with pytest.raises(NotFound, match="already revoked"):
         services.api_keys.revoke(None, info.id, ref)
     [row] = logbook(services, "apikey:revoke")
     assert row.details["before"] == {"is_active": True}
