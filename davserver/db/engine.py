@@ -235,6 +235,12 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise sa.exc.DisconnectionError(f"idle connection failed its check: {exc}") from exc
 
 
+# What SQLite's WAL file is cut back to once a checkpoint has copied it into the database
+# (``PRAGMA journal_size_limit``). Without it the file keeps the size of the largest burst
+# of writes it ever held (a big trash purge or import: gigabytes) for as long as the server runs.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
 def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -245,6 +251,7 @@ def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

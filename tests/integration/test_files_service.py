@@ -23,6 +23,7 @@ from davserver.blobstore import StoredBlob, hashing
 from davserver.config import load_settings
 from davserver.context import Services
 from davserver.db import Base, Database
+from davserver.db import engine as engine_module
 from davserver.db.migrate import downgrade, upgrade
 from davserver.errors import (
     AlreadyExists,
@@ -328,6 +329,35 @@ def test_with_fsync_on_a_sqlite_commit_survives_a_power_cut(
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == synchronous
     finally:
         services.close()
+
+
+def test_sqlite_cuts_its_wal_file_back_after_a_burst(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL file kept the size of the largest burst it ever held (no journal_size_limit):
+    after one big transaction and a checkpoint it is back under the limit."""
+    limit = 256 * 1024
+    monkeypatch.setattr(engine_module, "WAL_SIZE_LIMIT", limit)
+    path = tmp_path / "wal.db"
+    database = Database(f"sqlite:///{path}")
+    try:
+        with database.write() as session:
+            session.execute(sa.text("CREATE TABLE burst (data BLOB)"))
+            chunk = b"x" * 64 * 1024
+            session.execute(sa.text("INSERT INTO burst VALUES (:d)"), [{"d": chunk}] * 64)
+        wal = Path(f"{path}-wal")
+        assert wal.stat().st_size > 4 * 1024 * 1024  # the burst went through the WAL
+        with database.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        with database.write() as session:  # the next write starts the WAL over
+            session.execute(sa.text("DELETE FROM burst"))
+        with database.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        with database.write() as session:
+            session.execute(sa.text("INSERT INTO burst VALUES (x'00')"))
+        assert wal.stat().st_size <= limit
+    finally:
+        database.dispose()
 
 
 def test_a_node_moved_since_the_request_found_it_is_not_found(
