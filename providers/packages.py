@@ -338,6 +338,12 @@ class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
     def handle_move(self, dest_path: str) -> bool:
         return self._move_within(self.package, self.item.path, dest_path)
 
+    def finalize_headers(self, environ: dict[str, Any], response_headers: list[Any]) -> None:
+        """A HEAD answers 404, as the GET would, when the bytes are lost."""
+        if environ["REQUEST_METHOD"] == "HEAD":
+            with dav_errors():
+                self.service.check_item_bytes(self.item)
+
     def get_content(self) -> BinaryIO:
         with dav_errors():
             return self.service.open_item(self.item)
@@ -351,6 +357,8 @@ class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
 
 class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
     """``/packages/<name>.zip``: deterministic bytes, so a strong ETag and byte ranges."""
+
+    of_folder = False  # a folder's zip (``?zip``), not a package's
 
     def __init__(
         self, path: str, environ: dict[str, Any], service: PackageService, found: PackageZip
@@ -382,6 +390,11 @@ class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
         return self.package.modified_at.timestamp()
 
     def finalize_headers(self, environ: dict[str, Any], response_headers: list[Any]) -> None:
+        """A download's file name; and a HEAD answers 404, as the GET would, when bytes of
+        an item are lost."""
+        if environ["REQUEST_METHOD"] == "HEAD":
+            with dav_errors():
+                self.service.check_zip_bytes(self.package, folder=self.of_folder)
         name = self.package.zip_name
         fallback = name.encode("ascii", "replace").decode().replace('"', "_")
         response_headers.append(
@@ -421,6 +434,8 @@ class FolderZipResource(PackageZipResource):
 
     def get_last_modified(self) -> float | None:  # type: ignore[override]
         return None
+
+    of_folder = True
 
     def check_request(self, environ: dict[str, Any]) -> None:
         _allow(environ, frozenset({"GET", "HEAD"}), "a folder's zip is read-only")

@@ -534,7 +534,10 @@ class FileResource(_NodeResource, DAVNonCollection):
         """GET and HEAD: the RFC 9530 digest of the whole file, whatever range is sent; and
         no-cache, or a browser shows a file from its cache, unasked, for a tenth of the time
         since it last changed (heuristic freshness, RFC 9111 4.2.2); with the ETag, asking
-        is a 304."""
+        is a 304. A HEAD answers 404, as the GET would, when the bytes are lost."""
+        if environ["REQUEST_METHOD"] == "HEAD" and self.view is not None:
+            with dav_errors():
+                self.provider.files.check_content(self.view)
         response_headers.append(("Repr-Digest", repr_digest(self.get_etag())))
         response_headers.append(("Cache-Control", "no-cache"))
 

@@ -210,6 +210,10 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
         return self.version.sha256
 
     def finalize_headers(self, environ: dict[str, Any], response_headers: list[Any]) -> None:
+        """A HEAD answers 404, as the GET would, when the bytes are lost."""
+        if environ["REQUEST_METHOD"] == "HEAD":
+            with dav_errors():
+                self.service.check_bytes(self.version)
         response_headers.append(("Repr-Digest", repr_digest(self.version.sha256)))
 
     def get_content(self) -> BinaryIO:

@@ -262,6 +262,12 @@ class FileService:
         except FileNotFoundError as exc:
             raise lost_bytes(view.name, [view.storage_key]) from exc
 
+    def check_content(self, view: NodeView) -> None:
+        """What ``open_content`` would raise, without opening the bytes: NotFound when the
+        blob store has lost them (a HEAD answers what a GET would)."""
+        if view.storage_key is not None and not self.blobs.exists(view.storage_key):
+            raise lost_bytes(view.name, [view.storage_key])
+
     def record_download(
         self,
         actor: Actor,

@@ -492,6 +492,18 @@ class PackageService:
         except FileNotFoundError as exc:
             raise lost_bytes(item.path, [item.storage_key]) from exc
 
+    def check_item_bytes(self, item: PinnedItem) -> None:
+        """What ``open_item`` would raise, without opening the bytes: NotFound when they are
+        missing (a HEAD answers what a GET would)."""
+        if item.storage_key is not None and not self.blobs.exists(item.storage_key):
+            raise lost_bytes(item.path, [item.storage_key])
+
+    def check_zip_bytes(self, package: PackageView, *, folder: bool = False) -> None:
+        """What ``download`` (``download_folder`` with ``folder``) would raise for bytes the
+        blob store lost, without reading them or logging a download: a HEAD answers what a
+        GET would."""
+        self._require_bytes(package, _zip_of(package, folder=folder))
+
     def _open(self, storage_key: str | None) -> BinaryIO:
         return io.BytesIO(b"") if storage_key is None else self.blobs.open(storage_key)
 
@@ -505,7 +517,7 @@ class PackageService:
         """The zip, ready to be read: checks every item, computes missing CRC-32s, and logs
         the download (``byte_range`` is the Range header, if any)."""
         self.check_downloadable(ctx, package)
-        archive = self._readable(package, f"package {package.name!r}")
+        archive = self._readable(package, _zip_of(package, folder=False))
         with self.db.write() as session:
             record_audit(
                 session,
@@ -555,7 +567,7 @@ class PackageService:
         self, ctx: AccessContext, folder: PackageView, *, byte_range: str | None = None
     ) -> PackageArchive:
         """``of_folder``'s zip, ready to be read; logged as the folder's download."""
-        archive = self._readable(folder, f"folder {folder.name!r}")
+        archive = self._readable(folder, _zip_of(folder, folder=True))
         with self.db.write() as session:
             record_audit(
                 session,
@@ -706,3 +718,8 @@ _pi = Base.metadata.tables["package_items"]
 _b = Base.metadata.tables["blobs"]
 _users = Base.metadata.tables["users"]
 _groups = Base.metadata.tables["groups"]
+
+
+def _zip_of(package: PackageView, *, folder: bool) -> str:
+    """How an error names the zip of a package, or of a folder (``?zip``)."""
+    return f"folder {package.name!r}" if folder else f"package {package.name!r}"

@@ -186,6 +186,12 @@ class VersionService:
         except FileNotFoundError as exc:
             raise lost_bytes(f"version {version.version_no}", [version.storage_key]) from exc
 
+    def check_bytes(self, version: VersionInfo) -> None:
+        """What ``open`` would raise, without opening the bytes: NotFound when the blob store
+        lost them (a HEAD answers what a GET would)."""
+        if not self.files.blobs.exists(version.storage_key):
+            raise lost_bytes(f"version {version.version_no}", [version.storage_key])
+
     def resolve(
         self, namespace: NamespaceService, ctx: AccessContext, rest: list[str]
     ) -> list[Any]:

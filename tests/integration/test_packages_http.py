@@ -282,6 +282,31 @@ def test_lost_bytes_are_named_before_any_byte_of_the_zip_is_sent(
     assert alice.call("GET", "/packages/damaged/kept.txt").body == kept
 
 
+def test_a_head_of_lost_bytes_answers_404_as_the_get_does(
+    server: InprocServer, alice: User
+) -> None:
+    # HEAD answered 200 with the length and ETag of bytes that a GET then could not send (404),
+    # for the file, its versions, a package's item, the package's zip and a folder's zip.
+    lost = f"lost {uuid.uuid4()}".encode()
+    alice.mkcol("/files/headless/")
+    alice.put("/files/headless/gone.txt", lost)
+    alice.put("/files/headless/kept.txt", b"kept")
+    alice.mkcol("/packages/headless/")
+    assert alice.copy("/files/headless/gone.txt", "/packages/headless/gone.txt").status == 201
+    blobs.path_of(server.application.blobs, lost).unlink()
+    for path in (
+        "/files/headless/gone.txt",
+        "/files/headless/gone.txt?version=1",
+        "/versions/files/headless/gone.txt/gone.v1.txt",
+        "/packages/headless/gone.txt",
+        "/packages/headless.zip",
+        "/files/headless/?zip",
+    ):
+        assert alice.call("GET", path).status == 404, path
+        assert alice.call("HEAD", path).status == 404, path
+    assert alice.call("HEAD", "/files/headless/kept.txt").status == 200
+
+
 def test_the_package_folder_lists_and_serves_the_pinned_items(alice: User) -> None:
     contents = pinned_package(alice, "tree")
     listing = alice.call("PROPFIND", "/packages/tree/docs/", headers={"Depth": "1"})
