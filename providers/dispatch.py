@@ -7,7 +7,8 @@
   WsgiDAV's own handler is slow and reads ``DAV:propname`` and ``DAV:include`` wrongly.
 * WsgiDAV un-escapes the Destination header *before* splitting it into URL parts, so a name
   with ``?`` or ``;`` was cut short (a MOVE to ``what%3F.txt`` created ``what``). Its parser
-  is replaced by one that keeps everything after the host as the path.
+  is replaced by one that keeps everything after the host as the path. It also un-escaped
+  ``%2F`` into a separator, where the request's own path keeps it as part of the name.
 * If-Match, If-None-Match, If-Modified-Since and If-Unmodified-Since are evaluated by
   ``providers.conditions``, on the resource the request names only.
 * GET and HEAD ignore a Range header that is not one valid byte range.
@@ -243,17 +244,30 @@ def _drop_default_ports(environ: dict[str, Any]) -> None:
         environ["HTTP_X_FORWARDED_HOST"] = _without_default_port(host, forwarded)
 
 
+_QUOTED_SLASH = re.compile("%2F", re.I)
+
+
+def unquote_keeping_slashes(url: str) -> str:
+    """``url`` un-escaped as cheroot un-escapes a request's path: an escaped slash (``%2F``)
+    stays as it is, since it is part of a name, not a separator (RFC 3986, 2.2).
+
+    WsgiDAV un-escaped the Destination whole, so ``MOVE`` to ``q%2Fr.txt`` went to the
+    folder ``q`` (or 409), while ``PUT q%2Fr.txt`` made a file named ``q%2Fr.txt``."""
+    return "%2F".join(unquote(part) for part in _QUOTED_SLASH.split(url))
+
+
 def destination_path(environ: dict[str, Any]) -> str | None:
     """The path a COPY or MOVE names in its Destination header, as WsgiDAV will read it."""
     header = environ.get("HTTP_DESTINATION")
     if not header:
         return None
-    return _split_destination(unquote(header)).path or None
+    return _split_destination(unquote_keeping_slashes(header)).path or None
 
 
-# WsgiDAV 4.4.0 (pinned) calls this module-level name only in _copy_or_move, on the
-# Destination header; nothing else in request_server uses it.
+# WsgiDAV 4.4.0 (pinned) calls these module-level names only in _copy_or_move, on the
+# Destination header; nothing else in request_server uses them.
 request_server.urlparse = _split_destination
+request_server.unquote = unquote_keeping_slashes
 
 
 class DavRequestResolver(BaseMiddleware):

@@ -871,6 +871,27 @@ def test_move_and_copy_land_under_exactly_the_encoded_name(
 
 
 @pytest.mark.parametrize("method", ["MOVE", "COPY"])
+def test_an_escaped_slash_names_the_same_item_in_the_path_and_the_destination(
+    srv: InprocServer, folder: str, method: str
+) -> None:
+    """An escaped slash (``%2F``) is part of a name in a request's path (a PUT of
+    ``a%2Fb.txt`` makes the file ``a%2Fb.txt``), but the Destination of a COPY or MOVE
+    un-escaped it into a separator: to ``c%2Fd.txt`` went into the folder ``c`` as ``d.txt``
+    (or 409 with no ``c``), a name the same URL then did not find."""
+    assert call(srv, "MKCOL", folder + "c/").status == 201
+    assert put(srv, folder + "a%2Fb.txt", b"payload") == 201
+    assert member_names(srv, folder) == ["a%2Fb.txt", "c"]
+    destination = srv.url + path_of(folder) + "c%2fd.txt"
+    response = call(srv, method, folder + "a%2Fb.txt", headers={"Destination": destination})
+    assert response.status == 201, (response.status, response.body[:500])
+    expected = ["c", "c%2Fd.txt"] if method == "MOVE" else ["a%2Fb.txt", "c", "c%2Fd.txt"]
+    assert member_names(srv, folder) == expected
+    assert member_names(srv, folder + "c/") == []
+    for url in (destination, folder + q("c%2Fd.txt")):  # as sent, and as the listing spells it
+        assert get_body(srv, url) == b"payload"
+
+
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
 @pytest.mark.parametrize("source", ["doc.txt", "inner/doc.txt", "inner/", "inner/deeper/"])
 def test_replacing_a_folder_the_source_is_in_is_refused(
     srv: InprocServer, folder: str, method: str, source: str
