@@ -345,8 +345,14 @@ class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
                 self.service.check_item_bytes(self.item)
 
     def get_content(self) -> BinaryIO:
+        """Only GET reads the bytes (HEAD does not): this is where a download is logged."""
         with dav_errors():
-            return self.service.open_item(self.item)
+            return self.service.download_item(
+                actor_of(self.environ),
+                self.package,
+                self.item,
+                served_range=served_range(self.environ, self.get_etag(), self.get_last_modified()),
+            )
 
     def handle_delete(self) -> bool:
         with dav_errors():

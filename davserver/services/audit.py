@@ -95,9 +95,17 @@ class ReadLog:
         *,
         node_id: uuid.UUID | None = None,
         version_id: uuid.UUID | None = None,
+        package_id: uuid.UUID | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        row = _row(actor, op, node_id=node_id, version_id=version_id, details=details)
+        row = _row(
+            actor,
+            op,
+            node_id=node_id,
+            version_id=version_id,
+            package_id=package_id,
+            details=details,
+        )
         with self._lock:
             self._pending.append(row)
             if self._thread is None and not self._closed.is_set():

@@ -504,6 +504,38 @@ class PackageService:
         GET would."""
         self._require_bytes(package, _zip_of(package, folder=folder))
 
+    def download_item(
+        self,
+        actor: Actor,
+        package: PackageView,
+        item: PinnedItem,
+        *,
+        served_range: str | None = None,
+    ) -> BinaryIO:
+        """One pinned item's bytes (``open_item``; ``check_item`` first), its download logged
+        as the file's, with the package's name (``served_range``: the range sent, if any).
+        The row is written within a second, as a file's GET is (``ReadLog``)."""
+        content = self.open_item(item)
+        details = _details(
+            actor,
+            package.name,
+            package.id,
+            path=item.path,
+            size=item.size,
+            version_no=item.version_no,
+        )
+        if served_range is not None:
+            details["range"] = served_range[:200]
+        self.namespace.files.read_log.add(
+            actor,
+            Op.FILE_DOWNLOAD,
+            node_id=item.node_id,
+            version_id=item.version_id,
+            package_id=package.id,
+            details=details,
+        )
+        return content
+
     def _open(self, storage_key: str | None) -> BinaryIO:
         return io.BytesIO(b"") if storage_key is None else self.blobs.open(storage_key)
 

@@ -249,6 +249,47 @@ def test_the_logbook_names_the_range_that_was_served(server: InprocServer, alice
     assert [row.details["range"] for row in rows[-len(asked) :]] == [r for _, _, r in asked]
 
 
+def test_a_pinned_item_read_from_the_package_folder_is_a_logged_download(
+    server: InprocServer, alice: User
+) -> None:
+    """DESIGN: every download writes a logbook row. GET of one item of a package's folder
+    sent its bytes and wrote none: the file's history did not show who had read it. It is a
+    file:download of the file and the pinned version, naming the package; HEAD is none."""
+    alice.put("/files/pinned.txt", b"pinned bytes")
+    alice.mkcol("/packages/readable/")
+    assert alice.copy("/files/pinned.txt", "/packages/readable/it.txt").status == 201
+    alice.put("/files/pinned.txt", b"changed since")
+    assert alice.call("HEAD", "/packages/readable/it.txt").status == 200
+    got = alice.call("GET", "/packages/readable/it.txt", headers={"Range": "bytes=7-"})
+    assert (got.status, got.body) == (206, b"bytes")
+    app = server.application
+    app.files.read_log.flush()
+    package = app.services.packages.find(alice.id, "readable")
+    assert package is not None
+    with app.db.connect() as conn:
+        rows = conn.execute(
+            sa.select(LogEntry.node_id, LogEntry.version_id, LogEntry.package_id, LogEntry.details)
+            .where(LogEntry.user_id == alice.id, LogEntry.op_type == "file:download")
+            .order_by(LogEntry.id)
+        ).all()
+    item = package.items[0]
+    assert [tuple(row) for row in rows] == [
+        (
+            item.node_id,
+            item.version_id,
+            package.id,
+            {
+                "package": "readable",
+                "package_id": str(package.id),
+                "path": "it.txt",
+                "size": 12,
+                "version_no": 1,
+                "range": "bytes=7-",
+            },
+        )
+    ]
+
+
 def test_lost_bytes_are_named_before_any_byte_of_the_zip_is_sent(
     server: InprocServer, alice: User, caplog: pytest.LogCaptureFixture
 ) -> None:
