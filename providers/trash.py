@@ -21,6 +21,7 @@ from davserver.services.permissions import Perm
 from davserver.services.trash import TrashedNode, TrashEntry, TrashRoot, TrashService
 from davserver.services.tree import NodeView
 from providers.computed import DS, NC, ComputedProperties, StoredBytes, prop
+from providers.conditions import served_range
 from providers.dispatch import destination_path
 from providers.errors import dav_errors
 from providers.gate import check_destination
@@ -244,5 +245,15 @@ class TrashedFile(StoredBytes, _Trashed, DAVNonCollection):
         return self.view.sha256 or EMPTY_SHA256
 
     def get_content(self) -> BinaryIO:
+        """Only GET reads the bytes (HEAD does not): this is where a download is logged."""
+        view, files = self.view, self.service.files
         with dav_errors():
-            return self.service.files.open_content(self.view)
+            content = files.open_content(view)
+            files.record_download(
+                actor_of(self.environ),
+                view.id,
+                view.current_version_id,
+                size=view.size,
+                served_range=served_range(self.environ, self.get_etag(), self.get_last_modified()),
+            )
+        return content

@@ -214,6 +214,27 @@ def test_names_properties_and_browsing(server: InprocServer, alice: User) -> Non
     assert alice.members(f) == ["inner.txt"]
 
 
+def test_reading_a_file_in_the_trash_is_a_logged_download(
+    server: InprocServer, alice: User
+) -> None:
+    """DESIGN: every download writes a logbook row. GET of a file in /trash/ sent its bytes
+    and wrote none. It is a file:download of the trashed file, as a GET in /files/ is."""
+    assert alice.put("/files/read-in-trash.txt", b"still readable") == 201
+    file_id = node_id(server, alice, "/read-in-trash.txt")
+    assert alice("DELETE", "/files/read-in-trash.txt").status == 204
+    in_trash = listed(alice, "/files/read-in-trash.txt")
+    assert alice("HEAD", in_trash).status == 200
+    assert alice.get(in_trash) == b"still readable"
+    server.application.files.read_log.flush()
+    with server.application.db.connect() as conn:
+        rows = conn.execute(
+            sa.select(LogEntry.node_id, LogEntry.user_id, LogEntry.details).where(
+                LogEntry.op_type == "file:download", LogEntry.node_id == file_id
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [(file_id, alice.id, {"size": 14})]
+
+
 def test_restore_refusals_say_why(server: InprocServer, alice: User, cli: Any) -> None:
     assert alice("MKCOL", "/files/projects/").status == 201
     assert alice.put("/files/projects/plan.txt", b"plan") == 201
