@@ -15,11 +15,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from sqlalchemy.orm import Session
 from wsgidav.lock_man.lock_manager import normalize_lock_root
 
+from davserver.models import Op
+from davserver.services.audit import record_audit
 from davserver.services.tree import NodeView
 from providers.dispatch import destination_path
-from providers.lock_storage import LockKey
+from providers.lock_storage import LockKey, LockLogger
 from providers.resources import actor_of
 
 if TYPE_CHECKING:
@@ -82,6 +85,20 @@ class RequestLockSpace:
             if path:
                 keys.append(self.key(normalize_lock_root(quote(path))))
         return keys
+
+    def lock_logger(self) -> LockLogger:
+        """Rows about the item the request names (LOCK, its refresh and UNLOCK name the
+        locked item or one below a depth-infinity lock), by the requester."""
+        environ = self._environ
+        res = self._provider.get_resource_inst(environ["PATH_INFO"], environ)
+        view = getattr(res, "view", None)
+        node_id = view.id if isinstance(view, NodeView) else None
+        actor = actor_of(environ)
+
+        def log(session: Session, op: Op, details: dict[str, Any]) -> None:
+            record_audit(session, actor, op, node_id=node_id, details=details)
+
+        return log
 
     def _mount(self, url: str) -> LockKey | None:
         if url not in self._mounts:

@@ -68,7 +68,7 @@ import contextvars
 import datetime as dt
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, overload
@@ -92,12 +92,13 @@ from wsgidav.lock_man.lock_manager import (
 )
 
 from davserver.db import Database
-from davserver.models import DavLock
+from davserver.models import DavLock, Op
 
 __all__ = [
     "LOCK_KEYS",
     "LockDict",
     "LockKey",
+    "LockLogger",
     "LockSpace",
     "LockTokenError",
     "OneNamespace",
@@ -105,6 +106,8 @@ __all__ = [
 ]
 
 LockDict = dict[str, Any]
+#: Writes a lock change's logbook row (the operation and its details) in the change's session.
+LockLogger = Callable[[Session, Op, dict[str, Any]], None]
 
 #: The keys of every lock dict handed out (the same as ``LockStorageDict``'s).
 LOCK_KEYS: Final = (
@@ -252,6 +255,11 @@ class LockSpace(Protocol):
         """``key(url).namespace``, as cheaply as it can be had."""
         ...
 
+    def lock_logger(self) -> LockLogger | None:
+        """What writes the logbook row of a lock the request takes, refreshes or releases,
+        in that change's transaction; None when no row is written (outside a request)."""
+        ...
+
 
 class OneNamespace:
     """Every URL is its own canonical root, in one namespace."""
@@ -264,6 +272,9 @@ class OneNamespace:
 
     def namespace(self, url: str) -> str:
         return self.name
+
+    def lock_logger(self) -> LockLogger | None:
+        return None
 
     def request_keys(self) -> list[LockKey]:
         return [LockKey(self.name, "/")]
@@ -430,6 +441,12 @@ class SqlLockStorage:
                 hrefs.append(href)
         return hrefs
 
+    @staticmethod
+    def _logger() -> LockLogger | None:
+        """The request's writer of lock rows in the logbook (none outside a request)."""
+        scope = _scope.get()
+        return scope.space.lock_logger() if scope is not None else None
+
     def _purge_expired(self, token: str) -> None:
         with self._db.write() as session:
             session.execute(
@@ -490,6 +507,7 @@ class SqlLockStorage:
         validate_lock(lock)
 
         token = generate_lock_token()
+        log = self._logger()  # it may read the item: before the write transaction begins
         with self._db.write() as session:
             self._serialize_writers(session)
             now = _now()
@@ -516,6 +534,9 @@ class SqlLockStorage:
                     expire=expire,
                 )
             )
+            if log is not None:
+                details = {"token": token, "scope": lock["scope"], "depth": lock["depth"]}
+                log(session, Op.LOCK_CREATE, {**details, "timeout": timeout})
         _forget_snapshots()
         lock["expire"] = expire
         lock["token"] = token
@@ -528,6 +549,7 @@ class SqlLockStorage:
         expired lock may already have been superseded by a conflicting one, so it is not revived.
         """
         granted = self._normalize_timeout(timeout)
+        log = self._logger()
         with self._db.write() as session:
             self._serialize_writers(session)
             now = _now()
@@ -542,22 +564,31 @@ class SqlLockStorage:
                 found = _to_dict(
                     {key: getattr(row, key) for key in LOCK_KEYS},
                 )
+                if log is not None:
+                    log(session, Op.LOCK_REFRESH, {"token": token, "timeout": granted})
         _forget_snapshots()
         if found is None:
             raise LockTokenError(token)
         found["root"] = _url_of(namespace, found["root"]) or found["root"]
         return found
 
-    def delete(self, token: str) -> bool:
-        """Delete a lock; True if it existed and was unexpired, else False."""
+    def delete(self, token: str, *, details: Mapping[str, Any] | None = None) -> bool:
+        """Delete a lock (UNLOCK); True if it existed and was unexpired, else False. The
+        request's logbook row of an unexpired one says ``details`` besides its token."""
+        return self._delete(token, self._logger(), details or {})
+
+    def _delete(self, token: str, log: LockLogger | None, details: Mapping[str, Any]) -> bool:
         if not token or not isinstance(token, str):
             return False
         with self._db.write() as session:
             expire = session.execute(
                 sa.delete(DavLock).where(DavLock.token == token).returning(DavLock.expire)
             ).scalar_one_or_none()
+            held = expire is not None and not _is_expired(expire, _now())
+            if held and log is not None:
+                log(session, Op.LOCK_DELETE, {"token": token, **details})
         _forget_snapshots()
-        return expire is not None and not _is_expired(expire, _now())
+        return held
 
     @overload
     def get_lock_list(
@@ -596,7 +627,7 @@ class SqlLockStorage:
         """Delete the locks on ``path`` and below it, which was moved or deleted (RFC 4918,
         7.7); those on folders above a mount stay."""
         for lock in self._locks(path, True, True, above=False):
-            self.delete(lock["token"])
+            self._delete(lock["token"], None, {})  # the move's or deletion's row tells
 
     def _locks(
         self, path: str, include_root: bool, include_children: bool, *, above: bool

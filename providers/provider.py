@@ -214,15 +214,19 @@ class DavProvider(DAVProvider):
             or not may_break_locks(self, environ, target)
         ):
             return None
-        lock_man.release(token)
-        with self.namespace.db.write() as session:
-            record_audit(
-                session,
-                actor,
-                Op.LOCK_DELETE,
-                node_id=target.node_id,
-                details={"broken": True, "holder": holder},
-            )
+        storage = lock_man.storage
+        if isinstance(storage, SqlLockStorage):  # its row, in the lock's transaction
+            storage.delete(token, details={"broken": True, "holder": holder})
+        else:
+            lock_man.release(token)
+            with self.namespace.db.write() as session:
+                record_audit(
+                    session,
+                    actor,
+                    Op.LOCK_DELETE,
+                    node_id=target.node_id,
+                    details={"broken": True, "holder": holder},
+                )
         start_response("204 No Content", [("Content-Length", "0")])
         return [b""]
 

@@ -2591,6 +2591,45 @@ def test_every_change_writes_a_logbook_row(srv: InprocServer, folder: str) -> No
     assert ops_since(app, mark) == []
 
 
+def test_locks_taken_refreshed_and_released_write_logbook_rows(
+    srv: InprocServer, folder: str
+) -> None:
+    """A lock is a change that others see (their writes answer 423 until it goes): LOCK, its
+    refresh and UNLOCK each write a row about the locked item, in the lock's transaction; a
+    refused LOCK or UNLOCK none. They wrote none, so nothing told who had held a file."""
+    app = srv.application
+    url = folder + "held.txt"
+    put(srv, url, b"held")
+    node = existing_node(srv, url)
+    xml = {"Content-Type": "application/xml"}
+    mark = last_log_id(app)
+    locked = call(srv, "LOCK", url, LOCK_BODY, {**xml, "Timeout": "Second-600"})
+    assert locked.status == 200
+    token = _lock_token(locked)
+    assert call(srv, "LOCK", url, LOCK_BODY, xml).status == 423
+    refresh = {"If": f"(<{token}>)", "Timeout": "Second-900"}
+    assert call(srv, "LOCK", url, None, refresh).status == 200
+    assert call(srv, "UNLOCK", url, None, {"Lock-Token": "<opaquelocktoken:nope>"}).status >= 400
+    assert call(srv, "UNLOCK", url, None, {"Lock-Token": f"<{token}>"}).status == 204
+    with app.db.read() as session:
+        rows = session.execute(
+            sa.select(LogEntry.op_type, LogEntry.node_id, LogEntry.user_id, LogEntry.details)
+            .where(LogEntry.id > mark, LogEntry.op_type.startswith("lock:"))
+            .order_by(LogEntry.id)
+        ).all()
+    me = user_id(app, srv.user)
+    assert [tuple(row) for row in rows] == [
+        (
+            "lock:create",
+            node.id,
+            me,
+            {"token": token, "scope": "exclusive", "depth": "infinity", "timeout": 600},
+        ),
+        ("lock:refresh", node.id, me, {"token": token, "timeout": 900}),
+        ("lock:delete", node.id, me, {"token": token}),
+    ]
+
+
 def downloads_of(app: Application, node_id: uuid.UUID) -> list[Any]:
     """The file:download rows of one file (the server is shared: other tests download too,
     and their rows are written when their batch is)."""

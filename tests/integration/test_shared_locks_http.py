@@ -9,7 +9,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 
+from davserver.models import LogEntry, User
 from tests.conftest import ENGINES
 from tests.integration.test_sharing_http import People
 from tests.servers import InprocServer, Response, run_inproc_server
@@ -158,11 +160,31 @@ def test_the_owner_or_an_admin_can_break_a_grantees_lock(p: People) -> None:
     assert p.call(p.alice, "UNLOCK", doc, None, unlock).status == 204
     assert p.put(p.alice, doc, b"alice's edit") == 204
     # And an admin, through /users/.
-    token = token_of(lock(p, p.carol, carols))
+    bobs_token, token = token, token_of(lock(p, p.carol, carols))
     admins = f"/users/{p.alice}/{doc.removeprefix('/files/')}"
     unlock = {"Lock-Token": f"<{token}>"}
     assert p.call(p.server.user, "UNLOCK", admins, None, unlock).status == 204
     assert p.put(p.alice, doc, b"alice's second edit") == 204
+    # One row each in the logbook, about the document, by who did it.
+    app = p.server.application
+    with app.db.connect() as conn:
+        rows = conn.execute(
+            sa.select(LogEntry.op_type, User.username, LogEntry.node_id, LogEntry.details)
+            .join(User, User.id == LogEntry.user_id)
+            .where(LogEntry.op_type.startswith("lock:"))
+            .order_by(LogEntry.id)
+        ).all()
+    doc_id = app.services.namespace.locate(p.alice, doc.removeprefix("/files")).id
+    assert [
+        (op, who, node == doc_id, details.get("holder"))
+        for op, who, node, details in rows
+        if details["token"] in (bobs_token, token)
+    ] == [
+        ("lock:create", p.bob, True, None),
+        ("lock:delete", p.alice, True, p.bob),
+        ("lock:create", p.carol, True, None),
+        ("lock:delete", p.server.user, True, p.carol),
+    ]
 
 
 @pytest.mark.parametrize(
