@@ -13,7 +13,8 @@
     GET    /api/v1/grants?path=/files/docs                -> the grants on an item
     POST   /api/v1/grants   {path, user | group, rights, expires_days?} -> grant (or replace)
     DELETE /api/v1/grants?path=...&user=bob (or &group=team) -> revoke
-    GET    /api/v1/audit?user=&path=&op=&days=&limit=&before= -> logbook rows, newest first
+    GET    /api/v1/audit?user=&path=|node=&op=&days=|since=&until=&limit=&before=
+                                -> logbook rows, newest first
                                 (admins: anyone's; others: their own), and next_before: the
                                 ``before`` of the next page (null on the last)
     GET    /api/v1/packages                               -> my packages
@@ -59,7 +60,13 @@ from davserver.jsonsafe import plain
 from davserver.services import health
 from davserver.services.actor import Actor
 from davserver.services.audit import MAX_ROWS, read_logbook
-from davserver.services.bounds import MAX_DAYS, check_days, days_from_now, spelled_number
+from davserver.services.bounds import (
+    MAX_DAYS,
+    check_days,
+    days_from_now,
+    parse_time,
+    spelled_number,
+)
 from davserver.services.namespace import AccessContext, Reached
 from davserver.services.package_archive import PackageView
 from davserver.services.permissions import Perm
@@ -169,7 +176,18 @@ class ApiApp:
                 )
                 return 204, None
             case "GET", ["audit"]:
-                query = _query(environ, "user", "path", "op", "days", "limit", "before")
+                query = _query(
+                    environ,
+                    "user",
+                    "path",
+                    "node",
+                    "op",
+                    "days",
+                    "since",
+                    "until",
+                    "limit",
+                    "before",
+                )
                 return 200, self._audit(actor, query)
             case _, ["packages", *rest]:
                 return self._packages(actor, method, rest, environ)
@@ -288,8 +306,9 @@ class ApiApp:
 
     def _audit(self, actor: Actor, query: dict[str, str]) -> dict[str, Any]:
         """Logbook rows, newest first: an admin's of anyone (``user``), anyone else's their
-        own; about an item of their namespace (``path``), an operation or family (``op``),
-        the last ``days`` days, at most ``limit`` (100)."""
+        own; about an item of their namespace (``path``) or any item by its id (``node``:
+        one in the trash too), an operation or family (``op``), the last ``days``
+        days or from ``since``, before ``until``, at most ``limit`` (100)."""
         user = query.get("user") or None
         if actor.is_admin:
             user_id = self.services.users.user_id(user, include_deleted=True) if user else None
@@ -297,16 +316,35 @@ class ApiApp:
             user_id = actor.user_id
         else:
             raise Forbidden("only admins read other users' logbook rows")
-        path = query.get("path")
+        path, node = query.get("path"), query.get("node")
+        if path and node:
+            raise BadRequest("name the item by path or by node, not both")
         days = _query_number(query, "days", MAX_DAYS, at_least=1)
+        since, until = (
+            parse_time(query[name], what=name) if name in query else None
+            for name in ("since", "until")
+        )
+        if days is not None and since is not None:
+            raise BadRequest("give days or since, not both")
+        if days is not None:
+            since = utcnow() - dt.timedelta(days=days)
         limit = _query_number(query, "limit", MAX_ROWS, at_least=1) or 100
         before = _query_number(query, "before", MAX_LOG_ID, at_least=1)
+        if node is not None:
+            # The id its rows carry: an item in the trash too, which no path reaches.
+            try:
+                node_id: uuid.UUID | None = uuid.UUID(node)
+            except ValueError:
+                raise BadRequest("node is the id of a file or folder (node_id)") from None
+        else:
+            node_id = self._reach(actor, path).view.id if path else None
         rows = read_logbook(
             self.services.db,
             user_id=user_id,
-            node_id=self._reach(actor, path).view.id if path else None,
+            node_id=node_id,
             op=query.get("op"),
-            since=utcnow() - dt.timedelta(days=days) if days is not None else None,
+            since=since,
+            until=until,
             before=before,
             limit=limit,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import uuid
 from typing import Any
 
 from davserver.commands.common import (
@@ -17,6 +18,7 @@ from davserver.commands.common import (
     emit_rows,
     item_path,
     open_services,
+    timestamp,
     whole_number,
 )
 from davserver.db.types import utcnow
@@ -26,16 +28,17 @@ COLUMNS = ("id", "occurred_at", "user", "op", "node_id", "remote_addr", "details
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    since = utcnow() - dt.timedelta(days=args.days) if args.days is not None else None
+    since = utcnow() - dt.timedelta(days=args.days) if args.days is not None else args.since
     with open_services(args) as services:
         user_id = services.users.user_id(args.user, include_deleted=True) if args.user else None
-        node_id = services.namespace.locate(*args.item).id if args.item else None
+        node_id = services.namespace.locate(*args.item).id if args.item else args.node
         rows = read_logbook(
             services.db,
             user_id=user_id,
             node_id=node_id,
             op=args.op,
             since=since,
+            until=args.until,
             before=args.before,
             limit=args.limit,
         )
@@ -54,13 +57,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Print logbook rows, newest first, filtered by user, item, operation, age.",
     )
     audit.add_argument("--user", help="rows of this user (deleted users too)")
-    audit.add_argument("--item", type=item_path, help="rows about OWNER:/path or @GROUP:/path")
+    item = audit.add_mutually_exclusive_group()
+    item.add_argument("--item", type=item_path, help="rows about OWNER:/path or @GROUP:/path")
+    item.add_argument(
+        "--node",
+        type=uuid.UUID,
+        metavar="ID",
+        help="rows about the item with this node_id (one in the trash too)",
+    )
     audit.add_argument(
         "--op", help="an operation (share:grant:create) or a family of them (share, auth:login)"
     )
-    audit.add_argument(
+    since = audit.add_mutually_exclusive_group()
+    since.add_argument(
         "--days", type=days(at_least=1), metavar="DAYS", help="only the last DAYS days"
     )
+    since.add_argument(
+        "--since", type=timestamp, metavar="TIME", help="rows from TIME (ISO 8601; UTC by default)"
+    )
+    audit.add_argument("--until", type=timestamp, metavar="TIME", help="rows before TIME")
     audit.add_argument(
         "--limit",
         type=whole_number(1, MAX_ROWS),

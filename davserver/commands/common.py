@@ -8,6 +8,7 @@ so commands pass rows as they come.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import time
@@ -20,7 +21,7 @@ from davserver.config import ConfigError, Settings, load_settings
 from davserver.context import Services
 from davserver.errors import BadRequest
 from davserver.jsonsafe import plain
-from davserver.services.bounds import check_days
+from davserver.services.bounds import check_days, parse_time
 from davserver.services.maintenance import Progress
 
 DEFAULT_CONFIG = "config.yaml"
@@ -173,6 +174,14 @@ def days(at_least: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def timestamp(text: str) -> dt.datetime:
+    """An argparse type: an ISO 8601 time, in UTC when it names no offset."""
+    try:
+        return parse_time(text)
+    except BadRequest:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
 
 
 def item_path(text: str) -> tuple[str, str]:

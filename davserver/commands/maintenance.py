@@ -17,6 +17,7 @@ from davserver.commands.common import (
     emit_item,
     human_size,
     open_services,
+    timestamp,
     whole_number,
 )
 from davserver.services.bounds import MAX_INTEGER, MAX_SECONDS
@@ -58,7 +59,7 @@ def register(commands: Any) -> None:
     )
     fsck.add_argument(
         "--since",
-        type=_timestamp,
+        type=timestamp,
         metavar="TIME",
         help="check blobs created at or after TIME, ISO 8601, UTC unless it has a zone "
         "(skips the orphan scan)",
@@ -149,11 +150,3 @@ def _print_fsck(report: FsckReport) -> None:
         f"checked {report.blobs_checked} blobs ({human_size(report.bytes_checked)}){scanned} "
         f"in {report.seconds}s; problems: {found}"
     )
-
-
-def _timestamp(text: str) -> dt.datetime:
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

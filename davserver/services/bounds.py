@@ -59,3 +59,13 @@ def from_epoch(seconds: float) -> dt.datetime:
         return dt.datetime.fromtimestamp(seconds, dt.UTC)
     except (ValueError, OverflowError, OSError):
         raise BadRequest(f"a time outside the years 1 to 9999: {seconds:.0f}") from None
+
+
+def parse_time(text: str, *, what: str = "a time") -> dt.datetime:
+    """An ISO 8601 time (``2026-11-27T10:00``, with an offset or in UTC without one) as an
+    aware datetime; BadRequest for anything else."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"{what} is an ISO 8601 time such as 2026-11-27T10:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

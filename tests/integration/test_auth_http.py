@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -849,6 +850,47 @@ def test_the_logbook_is_read_through_the_api(server: InprocServer) -> None:
     # An operation no row can have (a typo: "shared") was an empty answer, as if none happened.
     for bad in ("limit=0", "limit=x", "days=0", "limit=100000000000000000000", "op=shared"):
         status, body = api(server, "GET", f"/audit?{bad}", user=admin)
+        assert (status, body["error"]) == (400, "bad_request"), bad
+
+
+def test_the_logbook_is_read_by_time_window_and_by_item_once_deleted(
+    server: InprocServer,
+) -> None:
+    """Time was only ``days`` (the last N days): what happened yesterday between 10 and 11
+    could not be asked. And a file's rows were found by its path only, so once it was in
+    the trash nothing named it. ``since`` and ``until`` (ISO 8601, UTC
+    when no offset) bound the time, ``node`` names an item by the id its rows carry."""
+    name, password = make_user(server)
+    me = (name, password)
+    for n in range(3):
+        path = f"/files/window-{n}.txt"
+        assert call(server, "PUT", path, user=me, body=b"x").status == 201
+    status, body = api(server, "GET", "/audit?op=file", user=me)
+    newest, middle, oldest = body["entries"]
+    assert status == 200 and middle["op"] == "file:create"
+
+    def ops(query: str, user: tuple[str, str] = me) -> list[int]:
+        status, body = api(server, "GET", "/audit?" + query, user=user)
+        assert status == 200, body
+        return [e["id"] for e in body["entries"]]
+
+    since, until = quote(middle["occurred_at"]), quote(newest["occurred_at"])
+    assert ops(f"op=file&since={since}&until={until}") == [middle["id"]]
+    assert ops(f"op=file&until={since}") == [oldest["id"]]
+    naive = quote(middle["occurred_at"].removesuffix("+00:00"))
+    assert ops(f"op=file&since={naive}") == [newest["id"], middle["id"]]
+
+    node = middle["node_id"]
+    assert call(server, "DELETE", "/files/window-1.txt", user=me).status == 204
+    status, _ = api(server, "GET", "/audit?path=/files/window-1.txt", user=me)
+    assert status == 404
+    status, body = api(server, "GET", f"/audit?node={node}", user=me)
+    assert [e["op"] for e in body["entries"]] == ["node:delete", "file:create"]
+    # Someone else's rows about it are not theirs to read.
+    other = make_user(server)
+    assert ops(f"node={node}", other) == []
+    for bad in ("since=yesterday", "until=2026-13-01", "node=x", "days=1&since=2026-01-01"):
+        status, body = api(server, "GET", f"/audit?{bad}", user=me)
         assert (status, body["error"]) == (400, "bad_request"), bad
 
 

@@ -121,3 +121,35 @@ def test_audit_reads_the_logbook_by_user_item_and_operation(cli: Cli, services: 
     assert older == cli.json("audit", "--limit", "1000")
     with pytest.raises(SystemExit):
         cli("audit", "--before", "x")
+
+
+def test_audit_reads_a_time_window_and_an_item_once_it_is_deleted(
+    cli: Cli, services: Services
+) -> None:
+    """``--days`` was the only bound in time, and ``--item`` reaches live items only, so a
+    window in the past, or the history of a file in the trash, could not be read."""
+    cli.json("user", "create", "alice", "--password-stdin", stdin="a-good-password\n")
+    for name in ("one.txt", "two.txt", "three.txt"):
+        make_file(services, "alice", name)
+    three, two, one = cli.json("audit", "--user", "alice")
+    window = ("--since", two["occurred_at"], "--until", three["occurred_at"])
+    assert [row["id"] for row in cli.json("audit", *window)] == [two["id"]]
+    naive = two["occurred_at"].removesuffix("+00:00")
+    assert [row["id"] for row in cli.json("audit", "--until", naive)][:1] == [one["id"]]
+    node = services.namespace.locate("alice", "/two.txt")
+    alice = Actor(user_id=services.users.user_id("alice"), username="alice")
+    services.files.delete(alice, node.id)
+    assert "nothing at" in cli.fails("audit", "--item", "alice:/two.txt")
+    assert [row["op"] for row in cli.json("audit", "--node", str(node.id))] == [
+        "node:delete",
+        "file:create",
+    ]
+    for bad in (
+        ("--since", "yesterday"),
+        ("--node", "x"),
+        ("--days", "1", "--since", two["occurred_at"]),
+        ("--item", "alice:/one.txt", "--node", str(node.id)),
+    ):
+        with pytest.raises(SystemExit) as usage:
+            cli("audit", *bad)
+        assert usage.value.code == 2, bad
