@@ -65,6 +65,7 @@ def test_create_add_show_remove_delete(cli: Cli, services: Services) -> None:
     assert "release" in cli("package", "list", "alice").out
     assert cli.json("package", "remove", "alice:release", "documents") == {"removed": 1}
     assert zip_names(services, "alice", "release") == ["a.txt", MANIFEST_NAME]
+    services.files.read_log.flush()  # downloads are logged in batches
     assert cli.json("package", "delete", "alice:release") == {"deleted": True}
     assert [p["name"] for p in cli.json("package", "list", "alice")] == ["forever"]
     with services.db.read() as session:

@@ -118,6 +118,9 @@ def test_a_full_database_disk_refuses_changes_with_507_and_still_serves_reads(
     with run_inproc_server("sqlite", small_disk, storage__blob_dir=blob_dir) as server:
         folder = server.fresh_dir("dbfull")
         assert server.request("PUT", f"{folder}kept.txt", body=b"kept").status == 201
+        assert server.request("MKCOL", "/packages/kept/").status == 201
+        destination = {"Destination": server.url + "/packages/kept/kept.txt"}
+        assert server.request("COPY", f"{folder}kept.txt", headers=destination).status == 201
         # They sign in for the first time once the disk is full.
         newcomers = [User(server, f"newcomer{n}") for n in range(20)]
         # Fill the database's disk with dead properties of 64 KiB each.
@@ -151,9 +154,13 @@ def test_a_full_database_disk_refuses_changes_with_507_and_still_serves_reads(
             lambda n: newcomers[n].call("PROPFIND", "/files/", headers={"Depth": "0"}), 207
         )
         assert (login.status, login.body) == (507, b"The server is full\n")
-        # Reading goes on.
+        # Reading goes on: a file, a package's zip and a folder's (their logbook rows wait).
         got = server.request("GET", f"{folder}kept.txt")
         assert (got.status, got.body) == (200, b"kept")
+        for _ in range(3):
+            assert server.request("GET", "/packages/kept.zip").status == 200
+            zipped = server.request("GET", folder, headers={"Accept": "application/zip"})
+            assert zipped.status == 200
         assert server.request("PROPFIND", folder, headers={"Depth": "1"}).status == 207
 
         grow(small_disk, "16m")

@@ -240,6 +240,7 @@ def test_the_logbook_names_the_range_that_was_served(server: InprocServer, alice
     ]
     for headers, status, _ in asked:
         assert alice.call("GET", "/packages/logged.zip", headers=headers).status == status
+    server.application.files.read_log.flush()  # downloads are logged in batches
     with server.application.db.connect() as conn:
         rows = conn.execute(
             sa.select(LogEntry.details)
@@ -313,6 +314,7 @@ def test_lost_bytes_are_named_before_any_byte_of_the_zip_is_sent(
             assert response.status == 404 and b"blob store" in response.body, path
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len([m for m in logged if blobs.sha(lost) in m and "lost.txt" in m]) == 5, logged
+    server.application.files.read_log.flush()
     with server.application.db.connect() as conn:
         downloads = conn.execute(
             sa.select(LogEntry.id).where(
@@ -408,6 +410,7 @@ def test_a_folder_downloads_as_one_zip_of_its_current_files(
     assert changed.headers["ETag"] != response.headers["ETag"]
     assert zipfile.ZipFile(io.BytesIO(changed.body)).read("docs/sub/deeper/d.txt") == b"changed\n"
 
+    server.application.files.read_log.flush()
     with server.application.db.read() as session:
         logged = session.execute(
             sa.select(LogEntry.details, LogEntry.node_id)
