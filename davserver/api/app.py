@@ -306,9 +306,10 @@ class ApiApp:
 
     def _audit(self, actor: Actor, query: dict[str, str]) -> dict[str, Any]:
         """Logbook rows, newest first: an admin's of anyone (``user``), anyone else's their
-        own; about an item of their namespace (``path``) or any item by its id (``node``:
-        one in the trash too), an operation or family (``op``), the last ``days``
-        days or from ``since``, before ``until``, at most ``limit`` (100)."""
+        own (a user's rows include the failed sign-ins under their name); about an item of
+        their namespace (``path``) or any item by its id (``node``: one in the trash too),
+        an operation or family (``op``), the last ``days`` days or from ``since``, before
+        ``until``, at most ``limit`` (100)."""
         user = query.get("user") or None
         if actor.is_admin:
             user_id = self.services.users.user_id(user, include_deleted=True) if user else None

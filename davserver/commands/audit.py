@@ -56,7 +56,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="read the logbook (newest first)",
         description="Print logbook rows, newest first, filtered by user, item, operation, age.",
     )
-    audit.add_argument("--user", help="rows of this user (deleted users too)")
+    audit.add_argument(
+        "--user", help="rows of this user (deleted users too), and failed sign-ins under their name"
+    )
     item = audit.add_mutually_exclusive_group()
     item.add_argument("--item", type=item_path, help="rows about OWNER:/path or @GROUP:/path")
     item.add_argument(

@@ -218,7 +218,8 @@ def read_logbook(
     before: int | None = None,
     limit: int = 100,
 ) -> list[LogbookRow]:
-    """Logbook rows, newest first, at most ``limit`` (1 to MAX_ROWS): of one user, about one
+    """Logbook rows, newest first, at most ``limit`` (1 to MAX_ROWS): of one user (with the
+    failed sign-ins under their name), about one
     file or folder, of one operation (``share:grant:create``) or family of them (``share``;
     BadRequest for one no row can have), from ``since`` and before ``until``. Each filter uses
     an index of the logbook.
@@ -250,7 +251,14 @@ def read_logbook(
         .limit(limit)
     )
     if user_id is not None:
-        query = query.where(log.c.user_id == user_id)
+        # A failed sign-in has no user, only the name typed: it is the named user's too.
+        name = sa.select(users.c.username).where(users.c.id == user_id).scalar_subquery()
+        attempt = sa.and_(
+            log.c.op_type == Op.LOGIN_FAILURE.value,
+            log.c.user_id.is_(None),
+            sa.func.lower(log.c.details["username"].as_string()) == sa.func.lower(name),
+        )
+        query = query.where(sa.or_(log.c.user_id == user_id, attempt))
     if node_id is not None:
         query = query.where(log.c.node_id == node_id)
     if op:

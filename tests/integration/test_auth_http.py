@@ -894,6 +894,33 @@ def test_the_logbook_is_read_by_time_window_and_by_item_once_deleted(
         assert (status, body["error"]) == (400, "bad_request"), bad
 
 
+def test_failed_sign_ins_under_a_name_are_among_that_users_rows(server: InprocServer) -> None:
+    """A failed sign-in has no user (nobody proved who they are), so asking the logbook for
+    a user's rows (theirs, or an admin's ``user=``) never showed the attempts on their
+    account. They are now among the rows of the user whose name was typed (in any case);
+    no one else's."""
+    name, password = make_user(server)
+    other, other_password = make_user(server)
+    guesses = {"User-Agent": "guesser/1.0"}
+    for typed in (name, name.upper()):
+        answer = call(server, "GET", "/files/", user=(typed, "wrong"), headers=guesses)
+        assert answer.status == 401
+
+    def failures(query: str, user: tuple[str, str]) -> list[Any]:
+        status, body = api(server, "GET", "/audit?op=auth:login:failure" + query, user=user)
+        assert status == 200, body
+        return body["entries"]
+
+    mine = failures("", (name, password))
+    assert [(e["user"], e["details"]["username"], e["user_agent"]) for e in mine] == [
+        (None, name.upper(), "guesser/1.0"),
+        (None, name, "guesser/1.0"),
+    ]
+    assert failures("", (other, other_password)) == []
+    admin = (server.user, server.password)
+    assert [e["id"] for e in failures(f"&user={name}", admin)] == [e["id"] for e in mine]
+
+
 def test_the_logbook_is_read_page_by_page_through_the_api(server: InprocServer) -> None:
     # There was no way past the newest 10,000 rows; ``offset`` and the like were ignored, so
     # a script asking for the next page got the first one again.
