@@ -317,7 +317,14 @@ class PackageService:
             ids = [row.id for row in at]
             session.execute(sa.delete(_pi).where(_pi.c.id.in_(ids)))
             _items_changed(
-                session, actor, package, now, Op.PACKAGE_ITEM_REMOVE, path=path, files=len(ids)
+                session,
+                actor,
+                package,
+                now,
+                Op.PACKAGE_ITEM_REMOVE,
+                **_one_file(at),
+                path=path,
+                files=len(ids),
             )
         return len(ids)
 
@@ -364,6 +371,7 @@ class PackageService:
                 package,
                 now,
                 Op.PACKAGE_ITEM_MOVE,
+                **_one_file(at),
                 path=path,
                 to=new_path,
                 files=len(moved),
@@ -415,7 +423,9 @@ class PackageService:
         self._lock_live(session, package, now)
         rows = list(
             session.execute(
-                sa.select(_pi.c.id, _pi.c.path_in_archive).where(_pi.c.package_id == package.id)
+                sa.select(_pi.c.id, _pi.c.path_in_archive, _pi.c.node_id, _pi.c.version_id).where(
+                    _pi.c.package_id == package.id
+                )
             )
         )
         at = [row for row in rows if path and _at_or_below(row.path_in_archive, path)]
@@ -700,6 +710,14 @@ def _items_changed(
         package_id=package.id,
         details=_details(actor, package.name, package.id, **details),
     )
+
+
+def _one_file(items: list[Any]) -> dict[str, uuid.UUID | None]:
+    """The file and version a logbook row about ``items`` names: the item's when there is
+    one, none when there are several (a folder of the archive)."""
+    if len(items) != 1:
+        return {}
+    return {"node_id": items[0].node_id, "version_id": items[0].version_id}
 
 
 def _check_item_paths(kept: list[str], new_paths: list[str]) -> None:

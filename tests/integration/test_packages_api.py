@@ -237,9 +237,11 @@ def test_each_change_and_download_is_logged(server: InprocServer, alice: User) -
     assert {row.details["package"] for row in rows} == {"logged"}
     assert len({row.details["package_id"] for row in rows}) == 1
     assert all(row.package_id is None for row in rows)  # the package is gone
-    add = rows[1]
+    add, remove = rows[1], rows[4]
     assert add.node_id is not None and add.version_id is not None
     assert add.details["paths"] == ["a.txt"]
+    # Unpinning one file names it, as pinning it did.
+    assert (remove.node_id, remove.version_id) == (add.node_id, add.version_id)
     whole, part = rows[2], rows[3]
     assert whole.details["range"] is None and part.details["range"] == "bytes=0-9"
     assert whole.details["etag"] == part.details["etag"] and whole.details["files"] == 1
