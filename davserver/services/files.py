@@ -874,20 +874,49 @@ class FileService:
             )
         ):
             raise AlreadyExists(f"{dest_name!r} exists")
-        rows: Sequence[Any] = (
-            _subtree(session, source.id) if recursive and source.is_folder else [source]
+        # Read and written a batch at a time, parents before children: what stays in memory
+        # for the whole copy is the new id of each folder copied (its children need it), not
+        # the rows (which took 3.5 kB a node: 360 MB for a copy of 100,000).
+        batches: Iterable[Sequence[Any]] = (
+            _subtree(session, source.id) if recursive and source.is_folder else [[source]]
         )
-        new_ids = {row.id: uuid.uuid4() for row in rows}
+        new_ids: dict[uuid.UUID, uuid.UUID] = {}  # of the folders copied, and of the root
+        copied = 0
+        for rows in batches:
+            copied += self._copy_batch(
+                session, actor, rows, new_ids, source.id, parent_row, dest_name
+            )
+            if parent_row.group_id is None:  # what the copy adds counts against the quota
+                check_quota(session, parent_row.owner_id, copied)
+        add_home_bytes(session, parent_row.owner_id, parent_row.space, copied)
+        return new_ids[source.id]
+
+    @staticmethod
+    def _copy_batch(
+        session: Session,
+        actor: Actor,
+        rows: Sequence[Any],
+        new_ids: dict[uuid.UUID, uuid.UUID],
+        source_id: uuid.UUID,
+        parent_row: Node,
+        dest_name: str,
+    ) -> int:
+        """Copy ``rows`` (``_COPIED`` columns; their parents copied before them, with their
+        new ids in ``new_ids``) with their current versions and dead properties as new rows
+        below ``parent_row``; adds the new ids of the folders among them (and of the root) to
+        ``new_ids`` and returns their bytes."""
         now = utcnow()
         node_values = []
-        version_values = []
-        pointer_values = []
+        batch_ids: dict[uuid.UUID, uuid.UUID] = {}
         for row in rows:
-            is_root = row.id == source.id
+            batch_ids[row.id] = new_id = uuid.uuid4()
+            is_root = row.id == source_id
+            if is_root or row.kind == NodeKind.FOLDER.value:
+                new_ids[row.id] = new_id
             node_values.append(
                 {
-                    "id": new_ids[row.id],
-                    "parent_id": dest_parent.id if is_root else new_ids[row.parent_id],
+                    "id": new_id,
+                    "parent_id": parent_row.id if is_root else new_ids[row.parent_id],
                     "name": dest_name if is_root else row.name,
                     "name_key": name_key(dest_name) if is_root else row.name_key,
                     "kind": row.kind,
@@ -903,27 +932,20 @@ class FileService:
                 }
             )
         session.execute(sa.insert(Node), node_values)
-        copied = sum(row.size for row in rows if row.kind == NodeKind.FILE.value)
-        if parent_row.group_id is None:  # what the copy adds counts against the owner's quota
-            check_quota(session, parent_row.owner_id, copied)
-        add_home_bytes(session, parent_row.owner_id, parent_row.space, copied)
         current = {row.current_version_id: row.id for row in rows if row.current_version_id}
         if current:
-            sources = [
-                row
-                for batch in _batches(list(current))
-                for row in session.execute(
-                    sa.select(
-                        FileVersion.id, FileVersion.blob_id, FileVersion.size, FileVersion.mtime
-                    ).where(FileVersion.id.in_(batch))
-                )
-            ]
-            for version_id, blob_id, size, mtime in sources:
+            version_values = []
+            pointer_values = []
+            for version_id, blob_id, size, mtime in session.execute(
+                sa.select(
+                    FileVersion.id, FileVersion.blob_id, FileVersion.size, FileVersion.mtime
+                ).where(FileVersion.id.in_(list(current)))
+            ):
                 new_version = uuid.uuid4()
                 version_values.append(
                     {
                         "id": new_version,
-                        "node_id": new_ids[current[version_id]],
+                        "node_id": batch_ids[current[version_id]],
                         "version_no": 1,
                         "blob_id": blob_id,
                         "size": size,
@@ -934,7 +956,7 @@ class FileService:
                     }
                 )
                 pointer_values.append(
-                    {"b_id": new_ids[current[version_id]], "b_version": new_version}
+                    {"b_id": batch_ids[current[version_id]], "b_version": new_version}
                 )
             session.execute(sa.insert(FileVersion), version_values)
             nodes = sa.table(
@@ -946,20 +968,18 @@ class FileService:
                 .values(current_version_id=sa.bindparam("b_version")),
                 pointer_values,
             )
-        props = [
-            row
-            for batch in _batches(list(new_ids))
-            for row in session.execute(for_bind(_DEAD_OF, session), {"ids": batch})
-        ]
+        props = session.execute(
+            for_bind(_DEAD_OF, session), {"ids": [row.id for row in rows]}
+        ).all()
         if props:
             session.execute(
                 sa.insert(DeadProperty),
                 [
-                    {"id": uuid.uuid4(), "node_id": new_ids[n], "name": name, "value": value}
+                    {"id": uuid.uuid4(), "node_id": batch_ids[n], "name": name, "value": value}
                     for n, name, value in props
                 ],
             )
-        return new_ids[source.id]
+        return sum(row.size for row in rows if row.kind == NodeKind.FILE.value)
 
 
 # SQLite allows 32,766 bound parameters per statement; IN lists stay well below that.
@@ -999,11 +1019,6 @@ def _with_upload(
 
 def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None)
-
-
-def _batches(items: list[T]) -> Iterator[list[T]]:
-    for start in range(0, len(items), _BATCH):
-        yield items[start : start + _BATCH]
 
 
 # Rows a writer changes but never deletes are locked FOR NO KEY UPDATE (PostgreSQL), not FOR
@@ -1386,9 +1401,11 @@ def _subtree_statement(postgres: bool) -> sa.Select[Any]:
 _SUBTREE = by_dialect(_subtree_statement)
 
 
-def _subtree(session: Session, root_id: uuid.UUID) -> Sequence[sa.Row[Any]]:
-    """A node and its live descendants, parents before children (``_COPIED`` columns)."""
-    return session.execute(for_bind(_SUBTREE, session), {"root_id": root_id}).all()
+def _subtree(session: Session, root_id: uuid.UUID) -> Iterator[Sequence[sa.Row[Any]]]:
+    """A node and its live descendants, parents before children (``_COPIED`` columns), in
+    batches of ``_BATCH`` rows read as they are needed."""
+    statement = for_bind(_SUBTREE, session).execution_options(yield_per=_BATCH)
+    yield from session.execute(statement, {"root_id": root_id}).partitions()
 
 
 def _files_bytes(walk: sa.CTE) -> sa.ColumnElement[Any]:
