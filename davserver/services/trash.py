@@ -41,10 +41,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import posixpath
+import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,7 +167,7 @@ class TrashService:
         found: list[Any] = [TrashRoot(ctx.actor.user_id)]
         if not rest:
             return found  # ``/`` lists the spaces: no query for the trash's entries
-        entry = self.listing_for(namespace, ctx).find(rest[0])
+        entry = self.entry_named(namespace, ctx, rest[0])
         if entry is None:
             return found
         found.append(entry)
@@ -179,24 +180,57 @@ class TrashService:
                 found.append(TrashedNode(view, entry))
         return found
 
-    def listing_for(self, namespace: NamespaceService, ctx: AccessContext) -> TrashListing:
+    def listing_for(
+        self,
+        namespace: NamespaceService,
+        ctx: AccessContext,
+        *,
+        deleted_within: Sequence[tuple[dt.datetime, dt.datetime]] | None = None,
+    ) -> TrashListing:
         """What ``/trash/`` holds for the user of ``ctx``: group items only from the groups
         they still see, and from the groups they are an admin of, whoever deleted them."""
         managed = [gid for gid, (_name, is_admin) in ctx.groups.items() if is_admin]
-        return self.listing(ctx.actor.user_id, namespace.visible_groups(ctx).values(), managed)
+        groups = namespace.visible_groups(ctx).values()
+        return self.listing(ctx.actor.user_id, groups, managed, deleted_within=deleted_within)
+
+    def entry_named(
+        self, namespace: NamespaceService, ctx: AccessContext, name: str
+    ) -> TrashEntry | None:
+        """The entry of ``listing_for`` that ``name`` names, or None. Only the items deleted
+        in a millisecond the name gives are read: every item that could take the name, or
+        a name it could be mistaken for, has its time of deletion in it (``trash_names``).
+        Each MOVE, DELETE or PROPFIND of a trash item read the whole trash: 3.5 s each with
+        50,000 items in it."""
+        windows = deletion_windows(name)
+        if not windows:
+            return None
+        return self.listing_for(namespace, ctx, deleted_within=windows).find(name)
 
     def listing(
         self,
         user_id: uuid.UUID,
         group_ids: Collection[uuid.UUID] | None = None,
         managed_groups: Collection[uuid.UUID] = (),
+        *,
+        deleted_within: Sequence[tuple[dt.datetime, dt.datetime]] | None = None,
     ) -> TrashListing:
         """A user's trash: items deleted from their space, those they deleted from the
         groups ``group_ids`` (None: from any group), and anything deleted from the spaces of
         ``managed_groups`` (those they are an admin of: what a member since removed, or
         someone the group shared a folder with, deleted there stays within the group's
-        reach). Three queries."""
+        reach); with ``deleted_within``, only those deleted in one of these [start, end)
+        periods. Three queries."""
         query = _items(user_id, group_ids, managed_groups)
+        if deleted_within is not None:
+            query = query.where(
+                sa.or_(
+                    sa.false(),
+                    *(
+                        sa.and_(_n.c.deleted_at >= start, _n.c.deleted_at < end)
+                        for start, end in deleted_within
+                    ),
+                )
+            )
         with self.db.connect() as conn:
             rows = conn.execute(query.order_by(_n.c.deleted_at, _n.c.id)).all()
             views = tree.get_nodes(conn, [row.id for row in rows])
@@ -469,6 +503,24 @@ class TrashService:
         report.items_purged += 1
         report.nodes_removed += int(nodes)
         report.versions_removed += int(versions)
+
+
+# The time of deletion in a trash name (``trash_names``), followed by the id or the end.
+_STAMP = re.compile(r"\((\d{4}-\d\d-\d\d \d\d\.\d\d\.\d\d\.\d{3})[ )]")
+
+
+def deletion_windows(name: str) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The milliseconds (as [start, end) in UTC) that the times of deletion in the trash name
+    ``name`` give: the item it names, if any, was deleted in one of them."""
+    windows = []
+    for found in _STAMP.finditer(name_key(name)):
+        try:
+            start = dt.datetime.strptime(found.group(1), "%Y-%m-%d %H.%M.%S.%f")
+        except ValueError:
+            continue
+        start = start.replace(tzinfo=dt.UTC)
+        windows.append((start, start + dt.timedelta(milliseconds=1)))
+    return windows
 
 
 def _items(

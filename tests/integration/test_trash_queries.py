@@ -18,6 +18,7 @@ from davserver.models import Group, User
 from davserver.services import trash as trash_module
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
+from davserver.services.namespace import NamespaceService
 from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView
 from tests.dbs import pg_reads
@@ -222,3 +223,43 @@ def test_an_item_purged_while_the_trash_is_listed_is_left_out(
     monkeypatch.setattr(trash_module.tree, "get_nodes", purged_meanwhile)
     listing = trash.listing(actor.user_id)
     assert [entry.view.id for entry in listing.entries] == [kept.id]
+
+
+def test_one_trash_item_is_found_without_reading_the_whole_trash(
+    database: Database,
+    files: FileService,
+    actor: Actor,
+    home: NodeView,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A MOVE, DELETE or PROPFIND of /trash/<name> finds its item among those deleted in the
+    millisecond its name gives; it read every item of the trash (3.5 s a request with 50,000
+    in it, so emptying such a trash one item at a time took days)."""
+    start = utcnow() - dt.timedelta(days=1)
+    with database.write() as session:
+        for i in range(40):
+            deleted = (start + dt.timedelta(seconds=i), actor.user_id)
+            session.execute(sa.insert(_n), _rows(home.id, actor.user_id, 1, deleted=deleted))
+    wanted = files.create_folder(actor, home, "wanted")
+    files.delete(actor, wanted.id)
+    namesake = files.create_folder(actor, home, "wanted")
+    files.delete(actor, namesake.id)
+    trash = TrashService(database, files)
+    namespace = NamespaceService(database, files)
+    listing = trash.listing(actor.user_id)
+    assert len(listing.entries) == 42
+    looked_up: list[int] = []
+    get_nodes = trash_module.tree.get_nodes
+
+    def counted(conn: Any, node_ids: Any) -> Any:
+        looked_up.append(len(node_ids))
+        return get_nodes(conn, node_ids)
+
+    monkeypatch.setattr(trash_module.tree, "get_nodes", counted)
+    ctx = namespace.context(actor)
+    for entry in listing.entries:
+        found = trash.resolve(namespace, ctx, [entry.name])
+        assert found[-1] == entry
+    assert max(looked_up) <= 2  # the namesakes deleted in the same millisecond, at most
+    assert len(trash.resolve(namespace, ctx, ["wanted"])) == 1  # no time: no item
+    assert len(trash.resolve(namespace, ctx, ["wanted (2020-13-45 99.99.99.999)"])) == 1
