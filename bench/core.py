@@ -317,6 +317,7 @@ class Server:
     errors: list[str] = field(default_factory=list)
     setup: dict[str, Any] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -338,6 +339,7 @@ class Server:
             raise HttpError(f"{self.name}: {self.dead}")
 
     def start(self, cmd: list[str], env: dict[str, str], ready_timeout: float) -> None:
+        self.env = env
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.log_path = self.workdir.parent / f"{self.name}.log"
@@ -482,49 +484,6 @@ def start_davserver(
 
 
 # --------------------------------------------------------------------------- workloads
-
-
-_PREFAULT = """
-import mmap, sys
-size, step = int(sys.argv[1]), 64 * 1024 * 1024
-memory = mmap.mmap(-1, size)
-zeros = bytes(step)
-for start in range(0, size, step):
-    memory[start : start + min(step, size - start)] = zeros[: min(step, size - start)]
-"""
-
-
-def prefault(total: int, python: str) -> float:
-    """Touch ``total`` bytes of fresh memory in a child process, which frees it on exit;
-    returns the seconds it took.
-
-    On these VMs the hypervisor backs guest memory only when it is first touched, which cost
-    about 2 s of kernel time per GiB here. A big PUT or GET that fills the page cache from
-    such memory pays that on top of its own work, and which server meets it depends on what
-    the other one freed before (stock deletes its file after each round; davserver's DELETE
-    moves the file to the trash, so its pages stay cached). Touched once, the memory is
-    reused at normal cost: both servers then run on the same footing.
-    """
-    t0 = time.monotonic()
-    subprocess.run([python, "-c", _PREFAULT, str(total)], check=True)
-    return time.monotonic() - t0
-
-
-def prefault_bytes(args: argparse.Namespace, sizes: Sizes) -> int:
-    """What ``--prefault-gib`` asks for; by default enough for every big file of the run
-    (both servers, every round, plus one) but at most half of the available memory."""
-    if args.prefault_gib is not None:
-        return int(args.prefault_gib * 1024 * MIB)
-    wanted = (2 * args.rounds + 1) * sizes.big_bytes
-    return min(wanted, mem_available() // 2)
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def big_body(total: int, salt: int) -> Iterator[bytes | bytearray | memoryview]:
@@ -740,11 +699,25 @@ class Bench:
                 raise HttpError(f"content check failed at offset {off}: got {data[:16]!r}")
 
     def delete_big(self, s: Server, r: int) -> None:
+        """Remove the big file, bytes included. davserver's DELETE moves it to the trash and
+        keeps its blob, so its trash is purged and its blobs collected, as stock's DELETE
+        removes its file: otherwise davserver's copy stays in the page cache, and on these VMs
+        the next round's big PUT then fills the page cache from memory the hypervisor took
+        back, which costs stock as much when it keeps its files (README)."""
         c = s.client()
         try:
             c.expect("DELETE", self.big_path(r), (200, 204, 404))
         finally:
             c.close()
+        if s.name == DAVSERVER:
+            for command in (["trash", "purge", "--older-than", "0"], ["gc", "--grace", "0"]):
+                subprocess.run(
+                    [self.args.python, "-m", "davserver", *command, "--quiet"],
+                    cwd=s.workdir,
+                    env=s.env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
 
     def w_small(self, s: Server, r: int) -> dict[str, Any]:
         folder = f"/files/small-r{r + 1}/"
@@ -1229,14 +1202,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " tests start it (stock stays on its local disk)",
     )
     p.add_argument(
-        "--prefault-gib",
-        type=float,
-        default=None,
-        help="GiB of memory to touch once before the rounds, so that no server pays the VM's"
-        " first-touch cost of fresh memory (default: enough for the run's big files, at most"
-        " half the available memory; 0 turns it off)",
-    )
-    p.add_argument(
         "--python",
         default=str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable),
         help="interpreter for both servers",
@@ -1327,10 +1292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(args, sizes, [s for s in servers if not s.dead])
         if not bench.servers:
             return 1
-        touch = prefault_bytes(args, sizes)
-        if touch > 0:
-            took = prefault(touch, args.python)
-            print(f"touched {human_bytes(touch)} of memory once in {took:.1f} s", flush=True)
         bench.run()
 
         table, verdicts = build_report(sizes, servers)
