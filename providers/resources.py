@@ -30,7 +30,7 @@ from davserver.blobstore import BlobWriter
 from davserver.errors import AlreadyExists, BadRequest
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
-from davserver.services.files import check_dead_properties, check_property_name
+from davserver.services.files import FileService, check_dead_properties, check_property_name
 from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
@@ -77,6 +77,21 @@ def actor_of(environ: dict[str, Any]) -> Actor:
     if actor is None:
         raise DAVError(401)
     return actor
+
+
+def logged_content(files: FileService, res: Any, view: NodeView) -> BinaryIO:
+    """The bytes of file ``view`` (current version), which resource ``res`` answers a GET
+    with, and their download in the logbook (with the range sent, if any)."""
+    with dav_errors():
+        content = files.open_content(view)
+        files.record_download(
+            actor_of(res.environ),
+            view.id,
+            view.current_version_id,
+            size=view.size,
+            served_range=served_range(res.environ, res.get_etag(), res.get_last_modified()),
+        )
+    return content
 
 
 def _epoch(value: dt.datetime) -> float:
@@ -550,19 +565,8 @@ class FileResource(_NodeResource, DAVNonCollection):
     def get_content(self) -> BinaryIO:
         """Only GET reads the bytes (HEAD and a 304 do not): this is where a download is
         logged, once the bytes are found."""
-        view = self.view
-        assert view is not None
-        files = self.provider.files
-        with dav_errors():
-            content = files.open_content(view)
-            files.record_download(
-                actor_of(self.environ),
-                view.id,
-                view.current_version_id,
-                size=view.size,
-                served_range=served_range(self.environ, self.get_etag(), self.get_last_modified()),
-            )
-        return content
+        assert self.view is not None
+        return logged_content(self.provider.files, self, self.view)
 
     # -- writing: the body goes to the blob store, then one transaction records it
 

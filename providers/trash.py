@@ -21,11 +21,16 @@ from davserver.services.permissions import Perm
 from davserver.services.trash import TrashedNode, TrashEntry, TrashRoot, TrashService
 from davserver.services.tree import NodeView
 from providers.computed import DS, NC, ComputedProperties, StoredBytes, prop
-from providers.conditions import served_range
 from providers.dispatch import destination_path
 from providers.errors import dav_errors
 from providers.gate import check_destination
-from providers.resources import EMPTY_SHA256, FolderResource, actor_of, guess_mime_type
+from providers.resources import (
+    EMPTY_SHA256,
+    FolderResource,
+    actor_of,
+    guess_mime_type,
+    logged_content,
+)
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
@@ -246,14 +251,4 @@ class TrashedFile(StoredBytes, _Trashed, DAVNonCollection):
 
     def get_content(self) -> BinaryIO:
         """Only GET reads the bytes (HEAD does not): this is where a download is logged."""
-        view, files = self.view, self.service.files
-        with dav_errors():
-            content = files.open_content(view)
-            files.record_download(
-                actor_of(self.environ),
-                view.id,
-                view.current_version_id,
-                size=view.size,
-                served_range=served_range(self.environ, self.get_etag(), self.get_last_modified()),
-            )
-        return content
+        return logged_content(self.service.files, self, self.view)
