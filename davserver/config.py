@@ -347,6 +347,14 @@ class Settings:
     def __post_init__(self) -> None:
         if self.storage.backend == "s3" and not self.s3.bucket:
             raise ConfigError("storage.backend is s3 but s3.bucket is not set")
+        segments = self.s3.prefix.strip("/").split("/")
+        if self.s3.prefix.strip("/") and any(s in ("", ".", "..") for s in segments):
+            # Keys are taken literally by AWS, but stores that map them onto paths (SeaweedFS's
+            # filer, a gateway over a file system) would resolve them elsewhere.
+            raise ConfigError(
+                f"s3.prefix: {self.s3.prefix!r} has an empty, '.' or '..' part; use names"
+                " separated by single slashes, such as davserver/site-a/"
+            )
 
     @property
     def database_url(self) -> str:

@@ -331,6 +331,17 @@ def test_tls_needs_a_certificate_and_a_key(env: dict[str, str]) -> None:
         load_settings(None, env=env)
 
 
+@pytest.mark.parametrize("prefix", ["a/../b", "..", "./x", "site//a/"])
+def test_an_s3_prefix_with_dot_or_empty_parts_is_refused(prefix: str) -> None:
+    with pytest.raises(ConfigError, match=r"s3\.prefix: .* has an empty, '\.' or '\.\.' part"):
+        load_settings(None, env={"DAVSERVER_S3_PREFIX": prefix})
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "site-a", "/site-a/", "davserver/site-a/", "a..b/"])
+def test_an_s3_prefix_of_plain_names_is_taken(prefix: str) -> None:
+    assert load_settings(None, env={"DAVSERVER_S3_PREFIX": prefix}).s3.prefix == prefix
+
+
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
 
