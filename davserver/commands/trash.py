@@ -155,6 +155,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
             user_id=services.users.user_id(args.user) if args.user else None,
             dry_run=args.dry_run,
             progress=None if args.quiet else ProgressLine("purge"),
+            via="cli",
         )
     if args.json:
         emit_item(args, report.as_dict())

@@ -361,10 +361,17 @@ class TrashService:
             actor, entry.view.id, folder, entry.view.name, where=entry.original_path
         )
 
-    def purge(self, actor: Actor | None, node_id: uuid.UUID, *, reason: str = "purged") -> int:
+    def purge(
+        self,
+        actor: Actor | None,
+        node_id: uuid.UUID,
+        *,
+        reason: str = "purged",
+        via: str | None = None,
+    ) -> int:
         """Remove a trashed item and everything below it for good; returns the number of
         nodes removed. NotFound when it is not in the trash; Conflict when a package pins one
-        of its versions."""
+        of its versions. ``via`` ("cli") marks the logbook row of a command's purge."""
         if actor is not None:
             actor.require_write()
 
@@ -421,6 +428,7 @@ class TrashService:
                     "versions": versions,
                     "released_pins": len(released),
                     "reason": reason,
+                    **({"via": via} if via else {}),
                 },
             )
             session.execute(sa.delete(_n).where(_n.c.id == node_id))
@@ -435,10 +443,11 @@ class TrashService:
         user_id: uuid.UUID | None = None,
         dry_run: bool = False,
         progress: ProgressCallback | None = None,
+        via: str | None = None,
     ) -> PurgeReport:
         """Purge every item deleted longer ago than ``older_than`` (default: the retention
         period; nothing when that is 0), of everyone or of one user's trash, one transaction
-        each (``davserver trash purge``)."""
+        each (``davserver trash purge`` with ``via`` "cli", and the server's sweep)."""
         if older_than is None:
             older_than = dt.timedelta(days=self.retention_days) if self.retention_days else None
         report = PurgeReport(dry_run, older_than.days if older_than is not None else 0)
@@ -446,7 +455,7 @@ class TrashService:
         if older_than is not None:
             cutoff = utcnow() - older_than
             for done, node_id in enumerate(self._expired(cutoff, user_id), start=1):
-                self._purge_counted(node_id, dry_run, report)
+                self._purge_counted(node_id, dry_run, report, via=via)
                 if progress is not None:
                     progress(Progress("items", done))
         report.seconds = round(time.monotonic() - started, 3)
@@ -478,7 +487,13 @@ class TrashService:
         return report.items_purged
 
     def _purge_counted(
-        self, node_id: uuid.UUID, dry_run: bool, report: PurgeReport, *, reason: str = "expired"
+        self,
+        node_id: uuid.UUID,
+        dry_run: bool,
+        report: PurgeReport,
+        *,
+        reason: str = "expired",
+        via: str | None = None,
     ) -> None:
         with self.db.connect() as conn:
             row = conn.execute(
@@ -494,7 +509,7 @@ class TrashService:
             return
         if not dry_run:
             try:
-                self.purge(None, node_id, reason=reason)
+                self.purge(None, node_id, reason=reason, via=via)
             except NotFound:
                 return  # gone with a folder purged before it
             except Conflict:

@@ -14,7 +14,7 @@ from sqlalchemy import event
 
 from davserver.db import Base, Database
 from davserver.db.types import utcnow
-from davserver.models import Group, User
+from davserver.models import Group, LogEntry, User
 from davserver.services import trash as trash_module
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
@@ -195,6 +195,27 @@ def test_the_purge_meets_each_expired_item_once_oldest_first(
     met.clear()
     trash.purge_expired(older_than=dt.timedelta(days=30), user_id=actor.user_id)
     assert met == [row["id"] for row in expired]
+
+
+def test_a_commands_purge_is_told_apart_from_the_sweep_in_the_logbook(
+    database: Database, files: FileService, actor: Actor, home: NodeView
+) -> None:
+    """``davserver trash purge`` marks its rows ``via: cli``, as the other commands do; the
+    server's own sweep does not. Both rows had been the same."""
+    trash = TrashService(database, files)
+    for name, via in (("by-cli", "cli"), ("by-sweep", None)):
+        files.delete(actor, files.create_folder(actor, home, name).id)
+        trash.purge_expired(older_than=dt.timedelta(0), via=via)
+    with database.read() as session:
+        rows = session.scalars(
+            sa.select(LogEntry.details)
+            .where(LogEntry.op_type == "node:purge")
+            .order_by(LogEntry.id)
+        ).all()
+    assert [(row["name"], row.get("via")) for row in rows] == [
+        ("by-cli", "cli"),
+        ("by-sweep", None),
+    ]
 
 
 def test_an_item_purged_while_the_trash_is_listed_is_left_out(
