@@ -63,7 +63,7 @@ class EntrySizeError(OSError):
     """An entry's stream gave more or fewer bytes than its announced size."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ZipEntry:
     """One file of the archive. ``open`` returns a binary stream of exactly ``size`` bytes,
     seekable when a range may start inside the entry; it is closed after each use."""

@@ -13,15 +13,18 @@ import shutil
 import struct
 import subprocess
 import unicodedata
+import uuid
 import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 
 from davserver.errors import InvalidName
+from davserver.services import package_archive
+from davserver.services.package_archive import PackageView, PinnedItem, manifest_bytes
 from davserver.services.zipstream import (
     MANIFEST_NAME,
     EntrySizeError,
@@ -439,3 +442,60 @@ def test_an_empty_archive_is_valid() -> None:
     with zipfile.ZipFile(io.BytesIO(build(archive))) as zf:
         assert zf.infolist() == []
     assert archive.total_size == 22
+
+
+# --- the manifest -----------------------------------------------------------------------------
+
+
+def _package(items: int, description: str | None, **item: Any) -> PackageView:
+    when = dt.datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=dt.UTC)
+    return PackageView(
+        id=uuid.uuid4(),
+        name='q"uoted\\ näme ✓',
+        description=description,  # type: ignore[arg-type]
+        created_by=uuid.uuid4(),
+        owner="alice",
+        created_at=when,
+        expires_at=None,
+        modified_at=when,
+        items=tuple(
+            PinnedItem(
+                id=uuid.uuid4(),
+                path=item.get("path", f'dir/ünïcode {i} "q" \\ \t.txt'),
+                node_id=uuid.uuid4(),
+                version_id=None if item.get("empty") else uuid.uuid4(),
+                version_no=None if item.get("empty") else i + 1,
+                size=0 if item.get("empty") else 2**40 + i,
+                blob_id=None,
+                sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                crc32=0,
+                storage_key=None,
+                mtime=when + dt.timedelta(days=i),
+                added_at=when,
+            )
+            for i in range(items)
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("items", "description", "item"),
+    [
+        (0, None, {}),
+        (0, "", {}),
+        (1, "one", {}),
+        (3, 'line\nbreak "and" \\ ✓ \u2028', {}),
+        (2, None, {"empty": True}),
+        (2, "emoji", {"path": "😀/𝄞.txt"}),
+    ],
+)
+def test_the_manifest_is_what_json_dumps_writes(
+    items: int, description: str | None, item: dict[str, Any]
+) -> None:
+    """manifest_bytes writes a file at a time, to keep its memory to the bytes; they must stay
+    those of json.dumps, as the ETag of every existing zip depends on them."""
+    package = _package(items, description, **item)
+    expected = json.dumps(
+        package_archive._manifest_document(package), indent=2, sort_keys=True, ensure_ascii=False
+    )
+    assert manifest_bytes(package) == (expected + "\n").encode()
