@@ -11,7 +11,6 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
-import io
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,7 +45,7 @@ from davserver.models.nodes import MAX_PROPERTY_NAME
 from davserver.services import tree, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
-from davserver.services.lost_bytes import lost_bytes
+from davserver.services.lost_bytes import open_stored, require_stored
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
 
 T = TypeVar("T")
@@ -255,18 +254,12 @@ class FileService:
 
         Raises NotFound when the blob store has lost the bytes.
         """
-        if view.storage_key is None:
-            return io.BytesIO(b"")
-        try:
-            return self.blobs.open(view.storage_key)
-        except FileNotFoundError as exc:
-            raise lost_bytes(view.name, [view.storage_key]) from exc
+        return open_stored(self.blobs, view.storage_key, view.name)
 
     def check_content(self, view: NodeView) -> None:
         """What ``open_content`` would raise, without opening the bytes: NotFound when the
         blob store has lost them (a HEAD answers what a GET would)."""
-        if view.storage_key is not None and not self.blobs.exists(view.storage_key):
-            raise lost_bytes(view.name, [view.storage_key])
+        require_stored(self.blobs, view.storage_key, view.name)
 
     def record_download(
         self,

@@ -9,9 +9,12 @@ whose file is missing).
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterable
+from typing import BinaryIO
 
+from davserver.blobstore import BlobStore
 from davserver.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -27,3 +30,21 @@ def lost_bytes(what: str, storage_keys: Iterable[str | None]) -> NotFound:
         ", ".join(keys),
     )
     return NotFound(f"{what}: the bytes are missing from the blob store")
+
+
+def open_stored(blobs: BlobStore, storage_key: str | None, what: str) -> BinaryIO:
+    """A seekable reader of the bytes under ``storage_key`` (none for None: a file with no
+    version); ``lost_bytes`` for ``what`` when the blob store has lost them."""
+    if storage_key is None:
+        return io.BytesIO(b"")
+    try:
+        return blobs.open(storage_key)
+    except FileNotFoundError as exc:
+        raise lost_bytes(what, [storage_key]) from exc
+
+
+def require_stored(blobs: BlobStore, storage_key: str | None, what: str) -> None:
+    """What ``open_stored`` would raise, without opening the bytes (a HEAD answers what a
+    GET would)."""
+    if storage_key is not None and not blobs.exists(storage_key):
+        raise lost_bytes(what, [storage_key])

@@ -42,7 +42,7 @@ from davserver.services.accounts import user_with_roles
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.bounds import check_days, days_from_now
-from davserver.services.lost_bytes import lost_bytes
+from davserver.services.lost_bytes import lost_bytes, open_stored, require_stored
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.package_archive import (
     PackageArchive,
@@ -497,16 +497,12 @@ class PackageService:
 
     def open_item(self, item: PinnedItem) -> BinaryIO:
         """A seekable reader of one pinned version's bytes; NotFound when they are missing."""
-        try:
-            return self._open(item.storage_key)
-        except FileNotFoundError as exc:
-            raise lost_bytes(item.path, [item.storage_key]) from exc
+        return open_stored(self.blobs, item.storage_key, item.path)
 
     def check_item_bytes(self, item: PinnedItem) -> None:
         """What ``open_item`` would raise, without opening the bytes: NotFound when they are
         missing (a HEAD answers what a GET would)."""
-        if item.storage_key is not None and not self.blobs.exists(item.storage_key):
-            raise lost_bytes(item.path, [item.storage_key])
+        require_stored(self.blobs, item.storage_key, item.path)
 
     def check_zip_bytes(self, package: PackageView, *, folder: bool = False) -> None:
         """What ``download`` (``download_folder`` with ``folder``) would raise for bytes the
@@ -522,7 +518,7 @@ class PackageService:
         *,
         served_range: str | None = None,
     ) -> BinaryIO:
-        """One pinned item's bytes (``open_item``; ``check_item`` first), its download logged
+        """One pinned item's bytes (``open_item``), its download logged
         as the file's, with the package's name (``served_range``: the range sent, if any).
         The row is written within a second, as a file's GET is (``ReadLog``)."""
         content = self.open_item(item)

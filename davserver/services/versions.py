@@ -44,7 +44,7 @@ from davserver.services.files import (
     insert_child,
     view_of,
 )
-from davserver.services.lost_bytes import lost_bytes
+from davserver.services.lost_bytes import open_stored, require_stored
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService, Reached, Virtual
 from davserver.services.tree import NodeView, check_name, name_key
@@ -181,16 +181,12 @@ class VersionService:
 
     def open(self, version: VersionInfo) -> BinaryIO:
         """A seekable reader of a version's bytes; NotFound when the blob store lost them."""
-        try:
-            return self.files.blobs.open(version.storage_key)
-        except FileNotFoundError as exc:
-            raise lost_bytes(f"version {version.version_no}", [version.storage_key]) from exc
+        return open_stored(self.files.blobs, version.storage_key, f"version {version.version_no}")
 
     def check_bytes(self, version: VersionInfo) -> None:
         """What ``open`` would raise, without opening the bytes: NotFound when the blob store
         lost them (a HEAD answers what a GET would)."""
-        if not self.files.blobs.exists(version.storage_key):
-            raise lost_bytes(f"version {version.version_no}", [version.storage_key])
+        require_stored(self.files.blobs, version.storage_key, f"version {version.version_no}")
 
     def resolve(
         self, namespace: NamespaceService, ctx: AccessContext, rest: list[str]
