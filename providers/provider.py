@@ -18,8 +18,6 @@ from wsgidav.dav_error import (
 )
 from wsgidav.dav_provider import DAVProvider
 
-from davserver.models import Op
-from davserver.services.audit import record_audit
 from davserver.services.files import FileService
 from davserver.services.namespace import (
     AccessContext,
@@ -215,18 +213,8 @@ class DavProvider(DAVProvider):
         ):
             return None
         storage = lock_man.storage
-        if isinstance(storage, SqlLockStorage):  # its row, in the lock's transaction
-            storage.delete(token, details={"broken": True, "holder": holder})
-        else:
-            lock_man.release(token)
-            with self.namespace.db.write() as session:
-                record_audit(
-                    session,
-                    actor,
-                    Op.LOCK_DELETE,
-                    node_id=target.node_id,
-                    details={"broken": True, "holder": holder},
-                )
+        assert isinstance(storage, SqlLockStorage)  # davserver.app's: it writes the row
+        storage.delete(token, details={"broken": True, "holder": holder})
         start_response("204 No Content", [("Content-Length", "0")])
         return [b""]
 
