@@ -144,7 +144,7 @@ def trash_names(view: NodeView, deleted_at: dt.datetime) -> tuple[str, str, str]
     several times a second), with the first 8 hex digits of its id too (for namesakes deleted
     in the same millisecond), and with its whole id (should even those meet)."""
     when = deleted_at.astimezone(dt.UTC)
-    stamp = f"{when:%Y-%m-%d %H.%M.%S}.{when.microsecond // 1000:03d}"
+    stamp = f"{when.strftime(_STAMP_SECONDS)}.{when.microsecond // 1000:03d}"
 
     def name(suffix: str) -> str:
         return suffixed(view.name, suffix, is_folder=view.is_folder)
@@ -520,7 +520,9 @@ class TrashService:
         report.versions_removed += int(versions)
 
 
-# The time of deletion in a trash name (``trash_names``), followed by the id or the end.
+# The time of deletion in a trash name (``trash_names``): these, then the milliseconds;
+# followed by the id or the end.
+_STAMP_SECONDS = "%Y-%m-%d %H.%M.%S"
 _STAMP = re.compile(r"\((\d{4}-\d\d-\d\d \d\d\.\d\d\.\d\d\.\d{3})[ )]")
 
 
@@ -530,7 +532,7 @@ def deletion_windows(name: str) -> list[tuple[dt.datetime, dt.datetime]]:
     windows = []
     for found in _STAMP.finditer(name_key(name)):
         try:
-            start = dt.datetime.strptime(found.group(1), "%Y-%m-%d %H.%M.%S.%f")
+            start = dt.datetime.strptime(found.group(1), f"{_STAMP_SECONDS}.%f")
         except ValueError:
             continue
         start = start.replace(tzinfo=dt.UTC)
