@@ -84,7 +84,7 @@ def check_archive_path(path: str) -> str:
     """
     if not path:
         raise InvalidName("an archive path cannot be empty")
-    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in path):
+    if any(_is_control(ch) for ch in path):
         raise InvalidName(f"{path!r}: control characters are not allowed in archive paths")
     if "\\" in path:
         raise InvalidName(f"{path!r}: archive paths separate folders with '/', not '\\'")
@@ -106,13 +106,18 @@ def check_archive_path(path: str) -> str:
     return path
 
 
+def _is_control(ch: str) -> bool:
+    """A C0 or C1 control character, or DEL: what no archive path may hold."""
+    return ord(ch) < 32 or 127 <= ord(ch) < 160
+
+
 def safe_archive_name(name: str, *, first: bool = False) -> str:
     """A stored file or folder name as one component of an archive path that
     ``check_archive_path`` accepts: backslashes and control characters become "_", a name of
     only dots and spaces gets a leading "_", and so does the drive-letter colon of a ``first``
     component ("C:" -> "C_"). A folder's zip is made of names its users chose, which the
     server stores whatever a zip allows."""
-    safe = "".join("_" if ch == "\\" or ord(ch) < 32 or 127 <= ord(ch) < 160 else ch for ch in name)
+    safe = "".join("_" if ch == "\\" or _is_control(ch) else ch for ch in name)
     if not safe.rstrip(". "):
         safe = "_" + safe
     if first and _DRIVE.match(safe):
