@@ -307,7 +307,7 @@ class ApiApp:
     def _audit(self, actor: Actor, query: dict[str, str]) -> dict[str, Any]:
         """Logbook rows, newest first: an admin's of anyone (``user``), anyone else's their
         own (a user's rows include the failed sign-ins under their name); about an item of
-        their namespace (``path``) or any item by its id (``node``: one in the trash too),
+        their namespace (``path``) or any item by its id (``node``: trashed or purged too),
         an operation or family (``op``), the last ``days`` days or from ``since``, before
         ``until``, at most ``limit`` (100)."""
         user = query.get("user") or None
@@ -332,7 +332,7 @@ class ApiApp:
         limit = _query_number(query, "limit", MAX_ROWS, at_least=1) or 100
         before = _query_number(query, "before", MAX_LOG_ID, at_least=1)
         if node is not None:
-            # The id its rows carry: an item in the trash too, which no path reaches.
+            # The id its rows carry: an item in the trash or purged, which no path reaches.
             try:
                 node_id: uuid.UUID | None = uuid.UUID(node)
             except ValueError:

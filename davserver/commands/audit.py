@@ -65,7 +65,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--node",
         type=uuid.UUID,
         metavar="ID",
-        help="rows about the item with this node_id (one in the trash too)",
+        help="rows about the item with this node_id (one in the trash, or purged, too)",
     )
     audit.add_argument(
         "--op", help="an operation (share:grant:create) or a family of them (share, auth:login)"

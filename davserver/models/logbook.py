@@ -91,16 +91,13 @@ class LogEntry(Base):
         sa.ForeignKey("sessions.id", ondelete="SET NULL")
     )
     op_type: Mapped[str] = mapped_column(sa.String(64))
-    node_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("nodes.id", ondelete="SET NULL")
-    )
-    # Indexed: deleting a version (retention, trash purge) looks its references up here.
-    version_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("file_versions.id", ondelete="SET NULL"), index=True
-    )
-    package_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("packages.id", ondelete="SET NULL")
-    )
+    # What a row is about: ids kept as they were when it happened, with no foreign key, so that
+    # purging a file, pruning a version or deleting a package does not rewrite the record of it
+    # (``davserver audit --node`` finds a purged file's history by its id). Users and sessions
+    # are never deleted, so those two keep theirs.
+    node_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    version_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    package_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     remote_addr: Mapped[str | None] = mapped_column(InetType)
     user_agent: Mapped[str | None] = mapped_column(sa.String(512))
     details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -420,6 +420,7 @@ class TrashService:
                 session,
                 actor,
                 Op.NODE_PURGE,
+                node_id=node_id,
                 details={
                     "node_id": str(node_id),
                     "name": row.name,

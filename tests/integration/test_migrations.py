@@ -3,6 +3,7 @@ and migrating down and up again keeps the rows that both revisions have."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import secrets
 
@@ -19,6 +20,7 @@ from davserver.db.migrate import downgrade, upgrade
 from davserver.models import Group, User
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
+from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView
 from tests.dbs import fresh_pg_database, pg_admin
 
@@ -144,6 +146,35 @@ def test_migration_0006_stops_on_names_differing_only_in_case(database: Database
     upgrade(database)
     with pytest.raises(IntegrityError):
         _add(database, _user("DAVE"))
+
+
+def test_0008_keeps_a_purged_files_logbook_ids_and_downgrading_clears_them(
+    database: Database, files: FileService, actor: Actor, home: NodeView
+) -> None:
+    """After 0008 the logbook names what is gone; going back to 0007 (whose foreign keys
+    would refuse such rows) sets those ids to NULL, as its ON DELETE SET NULL would have."""
+    writer = files.blobs.writer()
+    writer.write(b"soon gone")
+    view, _created = files.commit_upload(actor, home, "gone.txt", writer.finish())
+    files.delete(actor, view.id)
+    TrashService(database, files).purge_expired(older_than=dt.timedelta(0))
+
+    query = sa.text(
+        "SELECT op_type, version_id IS NOT NULL FROM logbook WHERE node_id = :id ORDER BY id"
+    ).bindparams(sa.bindparam("id", view.id, type_=sa.Uuid))
+
+    def about_it() -> list[tuple[str, bool]]:
+        with database.engine.connect() as conn:
+            return [(op, bool(has_version)) for op, has_version in conn.execute(query)]
+
+    kept = [("file:create", True), ("node:delete", False), ("node:purge", False)]
+    assert about_it() == kept
+    downgrade(database, "0007")
+    assert about_it() == []
+    upgrade(database)
+    with database.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
 
 
 @pytest.mark.postgres

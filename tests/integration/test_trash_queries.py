@@ -17,6 +17,7 @@ from davserver.db.types import utcnow
 from davserver.models import Group, LogEntry, User
 from davserver.services import trash as trash_module
 from davserver.services.actor import Actor
+from davserver.services.audit import read_logbook
 from davserver.services.files import FileService
 from davserver.services.namespace import NamespaceService
 from davserver.services.trash import TrashService
@@ -284,3 +285,30 @@ def test_one_trash_item_is_found_without_reading_the_whole_trash(
     assert max(looked_up) <= 2  # the namesakes deleted in the same millisecond, at most
     assert len(trash.resolve(namespace, ctx, ["wanted"])) == 1  # no time: no item
     assert len(trash.resolve(namespace, ctx, ["wanted (2020-13-45 99.99.99.999)"])) == 1
+
+
+def test_a_purged_files_logbook_rows_keep_its_ids(
+    database: Database, files: FileService, actor: Actor, home: NodeView
+) -> None:
+    """The logbook is the record of what happened: purging a file, or pruning one of its
+    versions, must not rewrite it. Its rows pointed at nodes and versions with ON DELETE SET
+    NULL, so after a purge ``davserver audit --node <id>`` found nothing of the file's uploads,
+    and each purged node or version meant an UPDATE of every row about it."""
+    trash = TrashService(database, files)
+    folder = files.create_folder(actor, home, "kept-history")
+    versions = []
+    for content in (b"first", b"second"):
+        writer = files.blobs.writer()
+        writer.write(content)
+        view, _created = files.commit_upload(actor, folder, "report.txt", writer.finish())
+        versions.append(view)
+    file_id = versions[-1].id
+    files.delete(actor, folder.id)
+    trash.purge_expired(older_than=dt.timedelta(0))
+
+    rows = read_logbook(database, node_id=file_id)
+    uploads = [row for row in rows if row.op.startswith("file:")]
+    assert len(uploads) == 2, rows
+    assert all(row.version_id is not None for row in uploads)
+    folder_rows = read_logbook(database, node_id=folder.id)
+    assert {row.op for row in folder_rows} >= {"folder:create", "node:delete", "node:purge"}
