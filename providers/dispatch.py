@@ -257,11 +257,16 @@ def unquote_keeping_slashes(url: str) -> str:
 
 
 def destination_path(environ: dict[str, Any]) -> str | None:
-    """The path a COPY or MOVE names in its Destination header, as WsgiDAV will read it."""
+    """The path a COPY or MOVE names in its Destination header, as WsgiDAV will read it:
+    with ``.`` and ``..`` resolved (``util.normalize_path``, a 400 for one climbing above
+    the root), since that is where WsgiDAV copies or moves to. Unresolved, the rights of
+    ``/files/../shared/alice/docs/x`` were looked up on a path that names nothing, and a
+    reader of alice's folder could write into it."""
     header = environ.get("HTTP_DESTINATION")
     if not header:
         return None
-    return _split_destination(unquote_keeping_slashes(header)).path or None
+    path = _split_destination(unquote_keeping_slashes(header)).path
+    return util.normalize_path(path) if path else None
 
 
 # WsgiDAV 4.4.0 (pinned) calls these module-level names only in _copy_or_move, on the

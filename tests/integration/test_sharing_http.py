@@ -234,6 +234,27 @@ def test_copy_into_another_users_tree_needs_write_there(people: People) -> None:
     assert owners == ids  # bob's original and alice's copy
 
 
+@pytest.mark.parametrize(
+    "climb",
+    ["/files/..", "/files/%2e%2e", "/files/./sub/../..", "{url}/files/.."],
+)
+def test_a_destination_that_climbs_with_dots_is_checked_where_it_lands(
+    people: People, climb: str
+) -> None:
+    """WsgiDAV resolves ``..`` in a Destination; the rights must be those of where it lands."""
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/readonly/").status == 201
+    assert p.put(p.alice, "/files/readonly/doc.txt", b"alice's") == 201
+    assert p.grant(p.alice, "/files/readonly", p.bob, "read") == 201
+    assert p.put(p.bob, "/files/mine.txt", b"from bob") == 201
+    prefix = climb.format(url=p.server.url) + f"/shared/{p.alice}/readonly"
+    for name in ("new.txt", "doc.txt"):
+        into = {"Destination": f"{prefix}/{name}"}
+        assert p.call(p.bob, "COPY", "/files/mine.txt", headers=into).status == 403
+    assert p.call(p.alice, "GET", "/files/readonly/doc.txt").body == b"alice's"
+    assert p.call(p.alice, "GET", "/files/readonly/new.txt").status == 404
+
+
 def test_copy_into_own_space_counts_against_the_quota(people: People) -> None:
     p = people
     p.server.app.services.users.set_quota(None, p.bob, 1000)
