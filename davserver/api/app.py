@@ -101,6 +101,8 @@ class ApiApp:
             }
             return _json(start_response, 405, refusal, allow)
         try:
+            if method not in _SAFE_METHODS:
+                _refuse_other_sites(environ)
             status, body = self._route("GET" if method == "HEAD" else method, parts, environ)
         except DomainError as exc:
             response = self.error(start_response, exc)
@@ -393,6 +395,34 @@ class ApiApp:
         it before reading it)."""
         refusal = {"error": "too_large", "message": "the request body is too large"}
         return _json(start_response, 413, refusal)
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _refuse_other_sites(environ: dict[str, Any]) -> None:
+    """Forbidden for a request a browser sent on behalf of a page of another origin.
+
+    A browser adds the Basic credentials its user signed in with (to the folder listing, say)
+    to every request to this server, whichever page makes it, and another site's page may
+    POST without asking first (a form, whose ``text/plain`` carries any JSON, or fetch with
+    ``no-cors``): it could grant itself the user's files or make keys. Browsers say where a
+    request comes from in ``Sec-Fetch-Site`` (or, older ones, ``Origin``); clients that are
+    not browsers (curl, scripts) send neither and are not affected. As Go's
+    ``http.CrossOriginProtection`` decides."""
+    site = environ.get("HTTP_SEC_FETCH_SITE")
+    if site is not None:
+        if site.strip().lower() in ("same-origin", "none"):
+            return
+    else:
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is None:
+            return
+        _, _, host = origin.strip().lower().partition("://")
+        ours = (environ.get("HTTP_HOST"), environ.get("HTTP_X_FORWARDED_HOST"))
+        if host and host in {h.strip().lower() for h in ours if h}:
+            return
+    raise Forbidden("the API takes no changes from another site's page (Origin, Sec-Fetch-Site)")
 
 
 def _allowed(parts: list[str]) -> tuple[str, ...]:

@@ -463,6 +463,54 @@ def test_a_chunked_json_body_is_read(server: InprocServer) -> None:
     assert (status, error["error"]) == (413, "too_large")
 
 
+# What a browser adds to a POST another site's page makes: a form (text/plain carries any
+# JSON) or fetch(mode: "no-cors") sends no preflight, and carries the Basic credentials the
+# browser keeps for this server after its user signed in to the folder listing.
+CROSS_SITE = [
+    {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+    {"Origin": "https://evil.example"},  # a browser without Fetch metadata
+    {"Origin": "null", "Sec-Fetch-Site": "cross-site"},  # a sandboxed or file: page
+    {"Sec-Fetch-Site": "same-site"},  # another host of the same site
+]
+
+
+@pytest.mark.parametrize("browser", CROSS_SITE)
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_api_refuses_changes_a_browser_sends_for_another_site(
+    server: InprocServer, browser: dict[str, str], content_type: str
+) -> None:
+    user = make_user(server)
+    other, _ = make_user(server)
+    assert call(server, "MKCOL", "/files/private/", user=user).status == 201
+    grant = {"path": "/files/private", "user": other, "rights": ["read", "download"]}
+    forged = {"Content-Type": content_type, **browser}
+    for path, payload in (("/grants", grant), ("/keys", {"name": "forged"})):
+        body = json.dumps(payload).encode()
+        response = call(server, "POST", "/api/v1" + path, user=user, body=body, headers=forged)
+        assert response.status == 403, path
+        assert json.loads(response.body)["error"] == "forbidden"
+    assert api(server, "GET", "/grants?path=/files/private", user=user)[1]["grants"] == []
+    assert api(server, "GET", "/keys", user=user)[1]["keys"] == []
+
+
+def test_api_takes_changes_from_its_own_origin_and_from_clients_that_are_not_browsers(
+    server: InprocServer,
+) -> None:
+    user = make_user(server)
+    host = f"127.0.0.1:{server.port}"
+    for number, browser in enumerate(
+        (
+            {},  # curl, scripts
+            {"Sec-Fetch-Site": "same-origin", "Origin": f"http://{host}"},
+            {"Sec-Fetch-Site": "none"},  # typed by the user
+            {"Origin": f"http://{host}"},
+        )
+    ):
+        key = {"name": f"key{number}"}
+        status, _ = api(server, "POST", "/keys", key, user=user, headers=browser)
+        assert status == 201, browser
+
+
 def test_api_refuses_nul_characters_with_400_never_500(server: InprocServer) -> None:
     name, password = make_user(server)
     for method, path, payload in [
