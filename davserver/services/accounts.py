@@ -117,7 +117,8 @@ class AccountService:
         its stored spelling. A pair verified recently is recognised from the credential memo
         without hashing; the user row is still read on every call, so a disabled account or a
         changed password takes effect on the next request. Before any hash is computed the
-        throttle is asked, and every failure is counted (per account ignoring case too).
+        throttle is asked, and every failure is counted (per account ignoring case too), one
+        attempt of an account or address after another (``LoginThrottle.one_at_a_time``).
         """
         if "\x00" in username:  # no name holds one, and PostgreSQL refuses it in a query
             raise Unauthorized("unknown user or wrong password")
@@ -126,14 +127,18 @@ class AccountService:
         stored_hash = rows[0].password_hash if rows and rows[0].is_active else None
         if stored_hash and self.memo.matches(username, password, stored_hash):
             return actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
-        self.throttle.check(username, remote_addr)
-        ok, new_hash = self.hasher.verify(password, stored_hash)  # unknown users cost the same
-        if not ok:
-            self.throttle.record_failure(username, remote_addr, user_agent, "bad credentials")
-            raise Unauthorized("unknown user or wrong password")
-        actor = actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
-        self._record_login(actor, new_hash)
-        self.memo.remember(username, password, new_hash or stored_hash or "")
+        with self.throttle.one_at_a_time(username, remote_addr):
+            # A client's requests sent at once wait for its first: then they are recognised.
+            if stored_hash and self.memo.matches(username, password, stored_hash):
+                return actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
+            self.throttle.check(username, remote_addr)
+            ok, new_hash = self.hasher.verify(password, stored_hash)  # unknown users cost the same
+            if not ok:
+                self.throttle.record_failure(username, remote_addr, user_agent, "bad credentials")
+                raise Unauthorized("unknown user or wrong password")
+            actor = actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
+            self._record_login(actor, new_hash)
+            self.memo.remember(username, password, new_hash or stored_hash or "")
         return actor
 
     def _authenticate_key(

@@ -5,12 +5,20 @@ Failures are counted in a window; reaching the limit bans the key (``user:<name>
 hashed, so clients whose credentials are already verified (the credential cache, API keys) pay
 nothing, and a banned account keeps its already signed-in clients while guesses are refused.
 Unknown usernames are counted like real ones, so a ban does not reveal whether an account exists.
+
+Within one process, the attempts of one account or one address are checked, verified and
+counted one after another (``one_at_a_time``): checked side by side, guesses sent at once
+passed the check before the first of them had failed (fourteen of twenty, at a limit of three).
+Across processes one attempt per process may still be under way when a ban starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -43,6 +51,15 @@ class LoginThrottle:
     def __init__(self, db: Database, policy: ThrottlePolicy) -> None:
         self.db = db
         self.policy = policy
+        self._turns = _KeyedLocks()
+
+    def one_at_a_time(
+        self, username: str, remote_addr: str | None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Hold this process's turn for the account and the address: an attempt checks the
+        ban, verifies the password and records its outcome inside it, so the next one sees
+        that outcome."""
+        return self._turns.held(_keys(username, remote_addr))
 
     def check(self, username: str, remote_addr: str | None) -> None:
         """Raise TooManyRequests while the account or the address is banned."""
@@ -117,6 +134,48 @@ class LoginThrottle:
             },
         )
         return failures
+
+
+class _KeyedLocks:
+    """One lock per key, made when first wanted and dropped when no thread holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def held(self, keys: list[str]) -> Iterator[None]:
+        """Hold the locks of ``keys``, taken in their order (always the account's first, then
+        the address's, so two holders never wait for each other)."""
+        taken: list[tuple[str, threading.Lock]] = []
+        try:
+            for key in keys:
+                lock = self._enter(key)
+                try:
+                    lock.acquire()
+                except BaseException:
+                    self._leave(key)
+                    raise
+                taken.append((key, lock))
+            yield
+        finally:
+            for key, lock in reversed(taken):
+                lock.release()
+                self._leave(key)
+
+    def _enter(self, key: str) -> threading.Lock:
+        with self._guard:
+            lock, users = self._locks.get(key) or (threading.Lock(), 0)
+            self._locks[key] = (lock, users + 1)
+            return lock
+
+    def _leave(self, key: str) -> None:
+        with self._guard:
+            lock, users = self._locks[key]
+            if users > 1:
+                self._locks[key] = (lock, users - 1)
+            else:
+                del self._locks[key]
 
 
 def _refusal(until: dt.datetime, now: dt.datetime) -> TooManyRequests:

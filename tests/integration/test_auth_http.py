@@ -4,9 +4,11 @@ throttling and quota, on both engines (an in-process server with small throttle 
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import http.client
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -611,6 +613,30 @@ def test_repeated_failures_lock_the_account_until_the_ban_expires(server: Inproc
     assert Op.LOGIN_BAN.value in ops and ops.count(Op.LOGIN_FAILURE.value) >= 3
 
 
+def in_parallel(server: InprocServer, attempts: list[dict[str, Any]]) -> list[int]:
+    """The statuses of PROPFINDs (``propfind`` keywords each) sent all at once."""
+    barrier = threading.Barrier(len(attempts))
+
+    def attempt(kw: dict[str, Any]) -> int:
+        barrier.wait()
+        return propfind(server, **kw)
+
+    with concurrent.futures.ThreadPoolExecutor(len(attempts)) as pool:
+        return list(pool.map(attempt, attempts))
+
+
+def test_guesses_sent_at_once_are_throttled_as_one_after_another(server: InprocServer) -> None:
+    # Each guess was checked against the ban before any of them had failed: twenty sent at
+    # once had all their passwords tried (the limit is 3: the third failure is a 429).
+    name, password = make_user(server)
+    statuses = in_parallel(server, [{"user": (name, f"guess-{i}")} for i in range(20)])
+    assert statuses.count(401) == 2 and statuses.count(429) == 18
+    time.sleep(BAN_SECONDS + 0.5)
+    # A client opening many connections at once with the right password is no guesser.
+    statuses = in_parallel(server, [{"user": (name, password)} for _ in range(12)])
+    assert statuses == [207] * 12
+
+
 def test_token_endpoint_is_throttled_too(server: InprocServer) -> None:
     name, _ = make_user(server)
     statuses = [
@@ -656,6 +682,16 @@ def test_behind_a_trusted_proxy_each_client_is_throttled_on_its_own(proxied: Inp
     assert {s["ip"] for s in listing["sessions"] if s["user_agent"] == client["User-Agent"]} == {
         "198.51.100.2"
     }
+    time.sleep(BAN_SECONDS + 0.5)
+
+
+def test_names_guessed_at_once_from_one_address_are_throttled_as_one_after_another(
+    proxied: InprocServer,
+) -> None:
+    sprayer = {"X-Forwarded-For": "203.0.113.9"}
+    attempts = [{"user": (f"nobody{i}", "guess"), "headers": sprayer} for i in range(20)]
+    statuses = in_parallel(proxied, attempts)
+    assert statuses.count(401) == 2 and statuses.count(429) == 18
     time.sleep(BAN_SECONDS + 0.5)
 
 
