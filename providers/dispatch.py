@@ -234,10 +234,16 @@ def _without_default_port(netloc: str, scheme: str) -> str:
 
 def _drop_default_ports(environ: dict[str, Any]) -> None:
     """The Host and X-Forwarded-Host a COPY or MOVE's Destination is compared with, without
-    their scheme's default port, as the Destination's host is (``_split_destination``)."""
+    their scheme's default port, as the Destination's host is (``_split_destination``).
+
+    A request without a Host header (HTTP/1.0 needs none) names no host to compare with:
+    its Destination's host is taken as this server's, as a Destination of a path alone is.
+    WsgiDAV read the missing header and failed with a 500."""
     scheme = environ.get("wsgi.url_scheme", "http")
-    if "HTTP_HOST" in environ:
-        environ["HTTP_HOST"] = _without_default_port(environ["HTTP_HOST"], scheme)
+    if "HTTP_HOST" not in environ:
+        header = unquote_keeping_slashes(environ.get("HTTP_DESTINATION", ""))
+        environ["HTTP_HOST"] = _split_destination(header, scheme).netloc
+    environ["HTTP_HOST"] = _without_default_port(environ["HTTP_HOST"], scheme)
     if "HTTP_X_FORWARDED_HOST" in environ:
         forwarded = environ.get("HTTP_X_FORWARDED_PROTO") or scheme
         host = environ["HTTP_X_FORWARDED_HOST"]

@@ -1108,6 +1108,28 @@ def test_a_destination_spelling_the_default_port_otherwise_is_the_same_server(
     assert call(srv, method, folder + "b.txt", headers=elsewhere).status == 502
 
 
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+def test_a_destination_without_a_host_header_is_taken_as_this_servers(
+    srv: InprocServer, folder: str, method: str
+) -> None:
+    """HTTP/1.0 needs no Host header; WsgiDAV read it to compare the Destination's host and
+    answered 500 (KeyError). Without one, no host is another server's."""
+    for number, destination in enumerate(
+        (f"{path_of(folder)}b", f"http://{HOST}:{srv.port}{path_of(folder)}b")
+    ):
+        put(srv, folder + f"a{number}.txt", b"a")
+        line = f"{method} {path_of(folder)}a{number}.txt HTTP/1.0"
+        sent = [line, f"Destination: {destination}{number}.txt"]
+        response = raw_request(srv, sent, host="")
+        assert response.status == 201, (response.status, response.body[:300])
+        assert get_body(srv, folder + f"b{number}.txt") == b"a"
+    put(srv, folder + "c.txt", b"c")
+    line = f"{method} {path_of(folder)}c.txt HTTP/1.0"
+    renamed = [line, f"Destination: http://dav.example.test{path_of(folder)}d.txt"]
+    assert raw_request(srv, renamed, host="").status == 201
+    assert get_body(srv, folder + "d.txt") == b"c"
+
+
 # --- 7. bad requests -------------------------------------------------------------------------
 
 MALFORMED = [
@@ -1246,11 +1268,11 @@ def raw_request(
     srv: InprocServer, head_lines: list[str], body: bytes = b"", *, host: str | None = None
 ) -> Response:
     """Send one request exactly as given (no client to correct its headers) and read the answer;
-    ``host`` is the Host header (default: the server's address)."""
+    ``host`` is the Host header (default: the server's address; "" for none)."""
     head = "\r\n".join(
         [
             *head_lines,
-            f"Host: {host or f'{HOST}:{srv.port}'}",
+            *([] if host == "" else [f"Host: {host or f'{HOST}:{srv.port}'}"]),
             f"Authorization: {basic_auth_header(srv.user, srv.password)}",
             "Connection: close",
         ]
