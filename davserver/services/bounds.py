@@ -63,9 +63,16 @@ def from_epoch(seconds: float) -> dt.datetime:
 
 def parse_time(text: str, *, what: str = "a time") -> dt.datetime:
     """An ISO 8601 time (``2026-11-27T10:00``, with an offset or in UTC without one) as an
-    aware datetime; BadRequest for anything else."""
+    aware datetime in UTC; BadRequest for anything else, and for a time whose offset takes it
+    outside the years 1 to 9999 in UTC (``0001-01-01T00:00+14:00``), which the database
+    layer, storing UTC, could not convert."""
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
         raise BadRequest(f"{what} is an ISO 8601 time such as 2026-11-27T10:00Z") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        raise BadRequest(f"{what} is outside the years 1 to 9999 in UTC: {text}") from None

@@ -14,6 +14,7 @@ from davserver.services.bounds import (
     check_days,
     days_from_now,
     from_epoch,
+    parse_time,
 )
 
 
@@ -78,3 +79,25 @@ def test_from_epoch(seconds: float, expected: dt.datetime | None) -> None:
     else:
         with pytest.raises(BadRequest):
             from_epoch(seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-27T10:00", dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)),
+        ("2026-11-27T10:00+01:00", dt.datetime(2026, 11, 27, 9, tzinfo=dt.UTC)),
+        ("0001-01-01T00:00:00Z", dt.datetime(1, 1, 1, tzinfo=dt.UTC)),
+        ("9999-12-31T23:59:59Z", dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)),
+        # Written in the years 1 and 9999, but before and after them in UTC: the database
+        # layer's conversion to UTC raised OverflowError (a 500 from /api/v1/audit?since=).
+        ("0001-01-01T00:00:00+14:00", None),
+        ("9999-12-31T23:59:59-14:00", None),
+        ("yesterday", None),
+    ],
+)
+def test_parse_time(text: str, expected: dt.datetime | None) -> None:
+    if expected is not None:
+        assert parse_time(text) == expected
+    else:
+        with pytest.raises(BadRequest):
+            parse_time(text)
