@@ -26,8 +26,10 @@ from providers.variants import wants_variant
 if TYPE_CHECKING:
     from providers.provider import DavProvider
 
-# Methods that change something: refused at once to read-only keys and viewers.
-WRITE_METHODS = frozenset({"PUT", "MKCOL", "DELETE", "MOVE", "COPY", "PROPPATCH", "LOCK"})
+# Methods that change something: refused at once to read-only keys and viewers. UNLOCK
+# too: neither can take a lock, and a read-only key removed its user's (it speaks for the
+# same principal), which let other writers past the user's editor.
+WRITE_METHODS = frozenset({"PUT", "MKCOL", "DELETE", "MOVE", "COPY", "PROPPATCH", "LOCK", "UNLOCK"})
 
 
 def check_request(provider: DavProvider, environ: dict[str, Any]) -> None:

@@ -247,6 +247,25 @@ def test_read_only_key_reads_but_never_writes(server: InprocServer) -> None:
     assert status == 403
 
 
+def test_read_only_key_cannot_take_away_a_lock_its_user_holds(server: InprocServer) -> None:
+    # The user's editor locked the file; the key (the same user, so WsgiDAV took it for the
+    # lock's holder) could UNLOCK it, letting other writers past the editor.
+    user = make_user(server)
+    assert call(server, "PUT", "/files/open.docx", user=user, body=b"v1").status == 201
+    _, created = api(server, "POST", "/keys", {"name": "backup", "scope": "read"}, user=user)
+    key = (user[0], created["key"])
+    lockinfo = (
+        b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+        b"</D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"
+    )
+    locked = call(server, "LOCK", "/files/open.docx", user=user, body=lockinfo)
+    assert locked.status == 200
+    token = {"Lock-Token": locked.headers["Lock-Token"]}
+    assert call(server, "UNLOCK", "/files/open.docx", user=key, headers=token).status == 403
+    assert call(server, "PUT", "/files/open.docx", user=user, body=b"v2").status == 423
+    assert call(server, "UNLOCK", "/files/open.docx", user=user, headers=token).status == 204
+
+
 # -- Bearer tokens
 
 
