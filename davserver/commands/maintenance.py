@@ -20,6 +20,7 @@ from davserver.commands.common import (
     timestamp,
     whole_number,
 )
+from davserver.services import usage
 from davserver.services.bounds import MAX_INTEGER, MAX_SECONDS
 from davserver.services.maintenance import FsckReport, MaintenanceService
 
@@ -115,7 +116,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_recount(args: argparse.Namespace) -> int:
     with open_services(args) as services:
         owner = services.users.user_id(args.user) if args.user else None
-        drifts = services.files.recount_usage(owner)
+        drifts = usage.recount(services.db, owner)
     if args.json:
         emit_item(args, {"off": [drift.as_dict() for drift in drifts]})
         return 0

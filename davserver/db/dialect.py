@@ -11,6 +11,13 @@ from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 
+# Rows a writer changes but never deletes are locked FOR NO KEY UPDATE (PostgreSQL), not FOR
+# UPDATE: a row inserted elsewhere that refers to them (a logbook row, a version, a child)
+# holds a key-share lock on them until its transaction ends, which FOR UPDATE waits for. With
+# a third writer in the ring, that wait was a deadlock (a 500, or a batch of download rows
+# lost from the logbook). Neither id is ever changed, so nothing needs the stronger lock.
+NO_KEY_UPDATE: dict[str, Any] = {"key_share": True}
+
 
 def is_postgres(bind: Session | sa.Connection) -> bool:
     engine = bind.get_bind() if isinstance(bind, Session) else bind

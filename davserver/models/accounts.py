@@ -42,7 +42,7 @@ class User(Base):
     # None means unlimited; usage counts the logical bytes of the user's current files.
     quota_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
     # Quota usage: the bytes of the live files of the user's own space (not in the trash),
-    # kept by every change in its own transaction (davserver.services.files.add_home_bytes).
+    # kept by every change in its own transaction (davserver.services.usage).
     home_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import hashlib
 import threading
 import uuid
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
 from davserver.db.dialect import (
+    NO_KEY_UPDATE,
     by_dialect,
     for_bind,
     insert_or_ignore,
@@ -42,11 +42,12 @@ from davserver.errors import (
 )
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space
 from davserver.models.nodes import MAX_PROPERTY_NAME
-from davserver.services import tree, version_rules
+from davserver.services import tree, usage, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
 from davserver.services.lost_bytes import open_stored, require_stored
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
+from davserver.services.usage import add_home_bytes, bytes_below, check_quota
 
 T = TypeVar("T")
 _RETRIES = 4
@@ -69,18 +70,6 @@ def check_property_name(name: str) -> None:
 
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction can run again.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
-
-
-@dataclasses.dataclass(frozen=True)
-class UsageDrift:
-    """A user whose running total was off: what it held, and what the files add up to."""
-
-    username: str
-    kept: int
-    counted: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class FileService:
@@ -170,14 +159,12 @@ class FileService:
     def subtree_size(self, node_id: uuid.UUID) -> int:
         """Bytes of the current versions of every live file at or below a node."""
         with self.db.connect() as conn:
-            statement = for_bind(_SUBTREE_SIZE, conn)
-            return int(conn.execute(statement, {"root_id": node_id}).scalar() or 0)
+            return usage.subtree_size(conn, node_id)
 
     def child_folder_sizes(self, folder_id: uuid.UUID) -> dict[uuid.UUID, int]:
         """``subtree_size`` of each live folder in a folder, in one query (a listing's)."""
         with self.db.connect() as conn:
-            rows = conn.execute(for_bind(_CHILD_FOLDER_SIZES, conn), {"folder_id": folder_id})
-            return {row.start_id: int(row.size or 0) for row in rows}
+            return usage.child_folder_sizes(conn, folder_id)
 
     def upload_allowance(
         self, actor: Actor, into: NodeView, replacing: NodeView | None
@@ -208,46 +195,7 @@ class FileService:
         Usage is logical: the sizes of the user's current files, whatever dedup saves.
         """
         with self.db.connect() as conn:
-            return _usage(conn.execute(_USAGE, {"owner_id": owner_id}).first())
-
-    def recount_usage(self, owner_id: uuid.UUID | None = None) -> list[UsageDrift]:
-        """Set each user's running total (``users.home_bytes``, see ``add_home_bytes``), or only
-        ``owner_id``'s, from the rows; the users whose total was off. One transaction per user,
-        holding their row, so a change committing meanwhile is counted exactly once. Every
-        change keeps the total, so this finds drift only after a bug or a hand-edited database.
-        Writes one logbook row."""
-        if owner_id is not None:
-            ids = [owner_id]
-        else:
-            with self.db.connect() as conn:
-                ids = list(conn.scalars(sa.select(_u.c.id).order_by(_u.c.username)))
-        drifts = []
-        for user_id in ids:
-            with self.db.write() as session:
-                row = session.execute(
-                    sa.select(_u.c.username, _u.c.home_bytes)
-                    .where(_u.c.id == user_id)
-                    .with_for_update(**NO_KEY_UPDATE)
-                ).first()
-                if row is None:
-                    continue
-                home = tree.home_root(session, user_id)
-                counted = bytes_below(session, home.id) if home is not None else 0
-                if counted != row.home_bytes:
-                    session.execute(
-                        _u.update()
-                        .where(_u.c.id == user_id)
-                        .values(home_bytes=counted, updated_at=_u.c.updated_at)
-                    )
-                    drifts.append(UsageDrift(row.username, row.home_bytes, counted))
-        with self.db.write() as session:
-            record_audit(
-                session,
-                None,
-                Op.MAINTENANCE_RECOUNT,
-                details={"users": len(ids), "off": [drift.as_dict() for drift in drifts[:100]]},
-            )
-        return drifts
+            return usage.usage_of(conn, owner_id)
 
     def open_content(self, view: NodeView) -> BinaryIO:
         """A seekable reader of a file's current bytes (empty for a file with no version yet).
@@ -1014,14 +962,6 @@ def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None)
 
 
-# Rows a writer changes but never deletes are locked FOR NO KEY UPDATE (PostgreSQL), not FOR
-# UPDATE: a row inserted elsewhere that refers to them (a logbook row, a version, a child)
-# holds a key-share lock on them until its transaction ends, which FOR UPDATE waits for. With
-# a third writer in the ring, that wait was a deadlock (a 500, or a batch of download rows
-# lost from the logbook). Neither id is ever changed, so nothing needs the stronger lock.
-NO_KEY_UPDATE: dict[str, Any] = {"key_share": True}
-
-
 def live_node(session: Session, node_id: uuid.UUID) -> Node:
     """The node, locked for this transaction (``NO_KEY_UPDATE``, after its turn:
     ``tree.take_turn``); NotFound when it is missing or in the trash."""
@@ -1207,15 +1147,6 @@ def _make_current(
     )
 
 
-def add_home_bytes(session: Session, owner_id: uuid.UUID, space: str, delta: int) -> None:
-    """Keep ``users.home_bytes``, the bytes of the live files of a user's own space (quota
-    usage), when files there appear, change size, go to the trash or come back: ``delta``
-    bytes in all. Every change calls this in its own transaction (or ``_make_current``);
-    ``recount_usage`` repairs a total that a bug or a hand-edited database put off."""
-    if delta and space == Space.HOME.value:
-        session.execute(_ADD_HOME_BYTES, {"owner_id": owner_id, "delta": delta})
-
-
 def check_dead_properties(kept: dict[str, bytes], changes: dict[str, bytes | None]) -> None:
     """QuotaExceeded when a node's dead properties ``kept``, with ``changes`` (None removes
     one) applied, would hold more than MAX_DEAD_PROPERTY_BYTES of names and values."""
@@ -1227,22 +1158,6 @@ def check_dead_properties(kept: dict[str, bytes], changes: dict[str, bytes | Non
         raise QuotaExceeded(
             f"an item's properties are limited to {MAX_DEAD_PROPERTY_BYTES} bytes; "
             f"these would take {total}"
-        )
-
-
-def check_quota(session: Session, owner_id: uuid.UUID, growth: int) -> None:
-    """QuotaExceeded when the owner's space would grow past their quota.
-
-    On PostgreSQL the owner's row is locked (``NO_KEY_UPDATE``), so two uploads cannot both
-    take the last bytes.
-    """
-    statement = _USAGE.with_for_update(**NO_KEY_UPDATE)
-    used, quota = _usage(session.execute(statement, {"owner_id": owner_id}).first())
-    if quota is None or growth <= 0:
-        return
-    if used + growth > quota:
-        raise QuotaExceeded(
-            f"this needs {growth} more bytes; {max(0, quota - used)} of the quota are left"
         )
 
 
@@ -1310,15 +1225,6 @@ _SET_CURRENT = (
     )
 )
 _u = Base.metadata.tables["users"]
-# Usage is not a change to the account: users.updated_at (an onupdate column) stays as it was.
-_ADD_HOME_BYTES = (
-    _u.update()
-    .where(_u.c.id == sa.bindparam("owner_id", type_=sa.Uuid))
-    .values(
-        home_bytes=_u.c.home_bytes + sa.bindparam("delta", type_=sa.BigInteger),
-        updated_at=_u.c.updated_at,
-    )
-)
 # A file about to get a new size: its owner's total moves by the difference, if the file is in
 # the owner's own space and not itself in the trash (a file in a group space counts nowhere).
 # The file is looked up by its id alone (see tree.one_row), then checked.
@@ -1350,23 +1256,6 @@ _INSERT_BLOB = {
     dialect: insert.returning(_b.c.id) for dialect, insert in insert_or_ignore(_b, "sha256").items()
 }
 _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
-
-
-def _live_below(start: sa.Select[Any], name: str, *, postgres: bool) -> sa.CTE:
-    """The nodes ``start`` selects and, recursively, every live child of each (a node in the
-    trash hides what is below it). ``start`` selects ``id`` last; the columns before it (such
-    as a ``start_id``) are carried down to every descendant. Each row also has the node's own
-    ``kind`` and ``size``: summing over the walk then needs no join back to ``nodes``, which
-    both engines' planners did with a scan of the whole table."""
-    nodes = start.add_columns(_n.c.kind, _n.c.size).cte(name, recursive=True)
-    carried = [column for column in nodes.c if column.key not in ("id", "kind", "size")]
-    steps, child = tree.walk_step(nodes, ("id", "kind", "size"), up=False, postgres=postgres)
-    return nodes.union_all(
-        sa.select(*carried, child.c.id, child.c.kind, child.c.size)
-        .select_from(steps)
-        # Only folders have children: a level of files ends the walk without another lookup.
-        .where(nodes.c.kind == NodeKind.FOLDER.value)
-    )
 
 
 # What a copy copies of each node below the one it copies (as read from the Node it copies).
@@ -1401,49 +1290,6 @@ def _subtree(session: Session, root_id: uuid.UUID) -> Iterator[Sequence[sa.Row[A
     yield from session.execute(statement, {"root_id": root_id}).partitions()
 
 
-def _files_bytes(walk: sa.CTE) -> sa.ColumnElement[Any]:
-    """SUM of the sizes of the files in a ``_live_below`` walk (NULL when it holds none)."""
-    return sa.func.sum(sa.case((walk.c.kind == NodeKind.FILE.value, walk.c.size)))
-
-
-def _bytes_below_statement(postgres: bool, *, root_live: bool) -> sa.Select[Any]:
-    """SUM of the sizes of the live files at and below :root_id (a deleted folder hides all
-    below it); with ``root_live``, nothing when :root_id is itself in the trash."""
-    root = sa.bindparam("root_id", type_=sa.Uuid)
-    start = sa.select(_n.c.id).where(_n.c.id == root)
-    total = sa.select(_files_bytes(_live_below(start, "tree_ids", postgres=postgres)))
-    if not root_live:
-        return total
-    # Not "deleted_at IS NULL" beside "id = :root_id": see tree.one_row.
-    return total.where(tree.one_row(("deleted_at",), _n.c.id == root).scalar_subquery().is_(None))
-
-
-_SUBTREE_SIZE = by_dialect(functools.partial(_bytes_below_statement, root_live=True))
-# What restoring a node from the trash brings back.
-_BYTES_BELOW = by_dialect(functools.partial(_bytes_below_statement, root_live=False))
-
-
-def bytes_below(session: Session | sa.Connection, node_id: uuid.UUID) -> int:
-    """Bytes of the live files at and below a node, which itself may be in the trash."""
-    return int(session.scalar(for_bind(_BYTES_BELOW, session), {"root_id": node_id}) or 0)
-
-
-def _child_folder_sizes_statement(postgres: bool) -> sa.Select[Any]:
-    """(start_id, size) for each live child folder of :folder_id: the sum of the live files
-    below it (a row with size NULL for a folder holding none)."""
-    below = _live_below(
-        sa.select(_n.c.id.label("start_id"), _n.c.id).where(
-            _n.c.parent_id == sa.bindparam("folder_id", type_=sa.Uuid),
-            _n.c.kind == NodeKind.FOLDER.value,
-            _n.c.deleted_at.is_(None),
-        ),
-        "below",
-        postgres=postgres,
-    )
-    return sa.select(below.c.start_id, _files_bytes(below).label("size")).group_by(below.c.start_id)
-
-
-_CHILD_FOLDER_SIZES = by_dialect(_child_folder_sizes_statement)
 _dp = Base.metadata.tables["dead_properties"]
 
 
@@ -1466,18 +1312,6 @@ _DEAD_OF_CHILDREN = (
     .join(_n, _n.c.id == _dp.c.node_id)
     .where(_n.c.parent_id == sa.bindparam("folder_id", type_=sa.Uuid), _n.c.deleted_at.is_(None))
 )
-
-
-# A user's quota and its usage: the running total every change keeps (``add_home_bytes``), so
-# nothing is summed or walked here (that took 23 ms for 100,000 files, seconds with a trash).
-_USAGE = sa.select(_u.c.home_bytes, _u.c.quota_bytes).where(
-    _u.c.id == sa.bindparam("owner_id", type_=sa.Uuid)
-)
-
-
-def _usage(row: Any) -> tuple[int, int | None]:
-    """(bytes used, quota or None) from a ``_USAGE`` row (none for a user who is gone)."""
-    return (int(row.home_bytes), row.quota_bytes) if row is not None else (0, None)
 
 
 _GROUP_ROOT = sa.select(_n.c.id).where(

@@ -53,24 +53,18 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
-from davserver.db.dialect import by_dialect, for_bind, is_postgres, join_by_key
+from davserver.db.dialect import NO_KEY_UPDATE, by_dialect, for_bind, is_postgres, join_by_key
 from davserver.db.types import utcnow
 from davserver.errors import Conflict, Forbidden, NotFound
 from davserver.models import Node, Op, Space
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.files import (
-    NO_KEY_UPDATE,
-    FileService,
-    add_home_bytes,
-    bytes_below,
-    check_quota,
-    view_of,
-)
+from davserver.services.files import FileService, view_of
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.tree import NodeView, check_name, name_key
+from davserver.services.usage import add_home_bytes, bytes_below, check_quota
 
 SPACE = "trash"
 

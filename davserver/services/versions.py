@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
+from davserver.db.dialect import NO_KEY_UPDATE
 from davserver.db.types import utcnow
 from davserver.errors import Conflict, DomainError, NotFound
 from davserver.models import NodeKind, Op
@@ -35,19 +36,12 @@ from davserver.services import version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.bounds import spelled_number
-from davserver.services.files import (
-    NO_KEY_UPDATE,
-    FileService,
-    check_quota,
-    held_node,
-    hold_folder,
-    insert_child,
-    view_of,
-)
+from davserver.services.files import FileService, held_node, hold_folder, insert_child, view_of
 from davserver.services.lost_bytes import open_stored, require_stored
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService, Reached, Virtual
 from davserver.services.tree import NodeView, check_name, name_key
+from davserver.services.usage import check_quota
 
 SPACE = "versions"
 # The spaces whose files have a history to browse (``users`` only for those who see it).
