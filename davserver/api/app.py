@@ -42,9 +42,19 @@ import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from davserver.api.errors import status_of
+from davserver.api.inputs import (
+    BodyTooLarge,
+    expiry_days,
+    optional_text,
+    parse_id,
+    query_number,
+    query_params,
+    read_body,
+    required_text,
+)
 from davserver.context import Services
 from davserver.db.types import utcnow
 from davserver.errors import (
@@ -62,10 +72,8 @@ from davserver.services.actor import Actor
 from davserver.services.audit import MAX_ROWS, read_logbook
 from davserver.services.bounds import (
     MAX_DAYS,
-    check_days,
     days_from_now,
     parse_time,
-    spelled_number,
 )
 from davserver.services.namespace import AccessContext, Reached
 from davserver.services.package_archive import PackageView
@@ -106,7 +114,7 @@ class ApiApp:
             status, body = self._route("GET" if method == "HEAD" else method, parts, environ)
         except DomainError as exc:
             response = self.error(start_response, exc)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             response = self.too_large(start_response)
         else:
             response = _json(start_response, status, body)
@@ -122,14 +130,18 @@ class ApiApp:
             case "POST", ["token"]:
                 body = self._body(environ)
                 if body.get("grant_type") == "refresh_token":
-                    return 200, tokens.refresh(_text(body, "refresh_token"), **client).as_json()
-                pair = tokens.login(_text(body, "username"), _text(body, "password"), **client)
+                    return 200, tokens.refresh(
+                        required_text(body, "refresh_token"), **client
+                    ).as_json()
+                pair = tokens.login(
+                    required_text(body, "username"), required_text(body, "password"), **client
+                )
                 return 200, pair.as_json()
             case "POST", ["token", "refresh"]:
                 body = self._body(environ)
-                return 200, tokens.refresh(_text(body, "refresh_token"), **client).as_json()
+                return 200, tokens.refresh(required_text(body, "refresh_token"), **client).as_json()
             case "POST", ["token", "revoke"]:
-                tokens.revoke(_text(self._body(environ), "token"), **client)
+                tokens.revoke(required_text(self._body(environ), "token"), **client)
                 return 200, {"revoked": True}
             case "GET", ["health"]:
                 return self._health()
@@ -145,7 +157,7 @@ class ApiApp:
                     item["current"] = item["id"] == actor.session_id
                 return 200, {"sessions": plain(sessions)}
             case "DELETE", ["sessions", session_id]:
-                self.services.sessions.end(actor, _uuid(session_id))
+                self.services.sessions.end(actor, parse_id(session_id))
                 return 204, None
             case "GET", ["keys"]:
                 keys = self.services.api_keys.list_keys(actor.user_id, actor=actor)
@@ -160,15 +172,17 @@ class ApiApp:
                 # (A read-only key reads what its user may read: its cap on rights aside.)
                 holder = dataclasses.replace(actor, read_only=False)
                 ctx = self.services.namespace.context(holder)
-                target = self._reach(holder, _text(_query(environ, "path"), "path"), ctx)
+                target = self._reach(
+                    holder, required_text(query_params(environ, "path"), "path"), ctx
+                )
                 reaching = None if target.rights & Perm.SHARE else (actor.user_id, ctx.groups)
                 grants = self.services.sharing.grants_on(target.view, reaching=reaching)
                 return 200, {"grants": [plain(g.as_dict()) for g in grants]}
             case "POST", ["grants"]:
                 return 201, self._grant(actor, self._body(environ))
             case "DELETE", ["grants"]:
-                query = _query(environ, "path", "user", "group")
-                target = self._reach(actor, _text(query, "path"))
+                query = query_params(environ, "path", "user", "group")
+                target = self._reach(actor, required_text(query, "path"))
                 self.services.sharing.revoke_grantee(
                     actor,
                     target.view,
@@ -178,7 +192,7 @@ class ApiApp:
                 )
                 return 204, None
             case "GET", ["audit"]:
-                query = _query(
+                query = query_params(
                     environ,
                     "user",
                     "path",
@@ -208,9 +222,11 @@ class ApiApp:
                 created = packages.create(
                     actor,
                     actor.user_id,
-                    _text(body, "name"),
-                    description=_optional_text(body, "description") or "",
-                    expires_days=_days(body, at_least=0, what="expires_days (0: never expires)"),
+                    required_text(body, "name"),
+                    description=optional_text(body, "description") or "",
+                    expires_days=expiry_days(
+                        body, at_least=0, what="expires_days (0: never expires)"
+                    ),
                 )
                 return 201, self._package(actor, created)
             case "GET", [name]:
@@ -220,9 +236,11 @@ class ApiApp:
                 changed = packages.update(
                     actor,
                     packages.get(actor.user_id, name),
-                    name=_optional_text(body, "name"),
-                    description=_optional_text(body, "description"),
-                    expires_days=_days(body, at_least=0, what="expires_days (0: never expires)"),
+                    name=optional_text(body, "name"),
+                    description=optional_text(body, "description"),
+                    expires_days=expiry_days(
+                        body, at_least=0, what="expires_days (0: never expires)"
+                    ),
                 )
                 return 200, self._package(actor, changed)
             case "DELETE", [name]:
@@ -231,15 +249,17 @@ class ApiApp:
             case "POST", [name, "items"]:
                 body = self._body(environ)
                 package = packages.get(actor.user_id, name)
-                path_in_archive = _optional_text(body, "path_in_archive")
+                path_in_archive = optional_text(body, "path_in_archive")
                 ctx = self.services.namespace.context(actor)
-                target = self._reach(actor, _text(body, "path"), ctx)
+                target = self._reach(actor, required_text(body, "path"), ctx)
                 added = packages.add(actor, package, ctx, target.view, path_in_archive)
                 return 201, {"added": [plain(item.as_dict()) for item in added]}
             case "PATCH", [name, "items", *path] if path:
                 body = self._body(environ)
                 package = packages.get(actor.user_id, name)
-                packages.move(actor, package, "/".join(path), _text(body, "path_in_archive"))
+                packages.move(
+                    actor, package, "/".join(path), required_text(body, "path_in_archive")
+                )
                 return 200, self._package(actor, packages.get(actor.user_id, name))
             case "DELETE", [name, "items", *path] if path:
                 packages.remove(actor, packages.get(actor.user_id, name), "/".join(path))
@@ -247,7 +267,7 @@ class ApiApp:
         raise NotFound(f"no API endpoint {method} {PREFIX}/packages/{'/'.join(rest)}")
 
     def _body(self, environ: dict[str, Any]) -> dict[str, Any]:
-        return _body(environ, self.services.settings.server.max_xml_body)
+        return read_body(environ, self.services.settings.server.max_xml_body)
 
     def _package(self, actor: Actor, package: PackageView) -> dict[str, Any]:
         """A package with its items, where its zip is, and what could not be downloaded."""
@@ -287,12 +307,12 @@ class ApiApp:
         )
 
     def _create_key(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
-        expires = days_from_now(_days(body, at_least=1))
+        expires = days_from_now(expiry_days(body, at_least=1))
         scope = body.get("scope", "readwrite")
         if not isinstance(scope, str):
             raise BadRequest("scope is read or readwrite")
         info, key = self.services.api_keys.create(
-            actor, actor.user_id, _text(body, "name"), scope=scope, expires_at=expires
+            actor, actor.user_id, required_text(body, "name"), scope=scope, expires_at=expires
         )
         return {**plain(info.as_dict()), "key": key}
 
@@ -322,7 +342,7 @@ class ApiApp:
         path, node = query.get("path"), query.get("node")
         if path and node:
             raise BadRequest("name the item by path or by node, not both")
-        days = _query_number(query, "days", MAX_DAYS, at_least=1)
+        days = query_number(query, "days", MAX_DAYS, at_least=1)
         since, until = (
             parse_time(query[name], what=name) if name in query else None
             for name in ("since", "until")
@@ -331,8 +351,8 @@ class ApiApp:
             raise BadRequest("give days or since, not both")
         if days is not None:
             since = utcnow() - dt.timedelta(days=days)
-        limit = _query_number(query, "limit", MAX_ROWS, at_least=1) or 100
-        before = _query_number(query, "before", MAX_LOG_ID, at_least=1)
+        limit = query_number(query, "limit", MAX_ROWS, at_least=1) or 100
+        before = query_number(query, "before", MAX_LOG_ID, at_least=1)
         if node is not None:
             # The id its rows carry: an item in the trash or purged, which no path reaches.
             try:
@@ -356,7 +376,7 @@ class ApiApp:
 
     def _grant(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
         ctx = self.services.namespace.context(actor)
-        target = self._reach(actor, _text(body, "path"), ctx)
+        target = self._reach(actor, required_text(body, "path"), ctx)
         rights = body.get("rights")
         if not isinstance(rights, list) or not all(isinstance(r, str) for r in rights):
             raise BadRequest('rights is a list such as ["read", "download"]')
@@ -364,7 +384,7 @@ class ApiApp:
             wanted = Perm.parse(rights)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        expires = days_from_now(_days(body, at_least=1))
+        expires = days_from_now(expiry_days(body, at_least=1))
         user, group = body.get("user"), body.get("group")
         if not isinstance(user, str | None) or not isinstance(group, str | None):
             raise BadRequest("user and group are names")
@@ -465,121 +485,3 @@ def _json(
         ]
     start_response(f"{status} {HTTPStatus(status).phrase}", response_headers)
     return [data]
-
-
-class _BodyTooLarge(Exception):
-    """A chunked body grew past ``server.max_xml_body`` (one with a Content-Length over it
-    is refused by the front before the API runs)."""
-
-
-def _body(environ: dict[str, Any], limit: int) -> dict[str, Any]:
-    """The request's JSON object (or form fields); BadRequest when it is neither.
-
-    A "form" that is a JSON object is read as JSON: ``curl -d '{...}'`` labels it a form.
-    A chunked body (no Content-Length: a pipe, a generator) is read up to ``limit`` bytes."""
-    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        raw = environ["wsgi.input"].read(limit + 1)
-        if len(raw) > limit:
-            raise _BodyTooLarge
-    else:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise BadRequest("invalid Content-Length") from None
-        raw = environ["wsgi.input"].read(length) if length > 0 else b""
-    kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-    if kind == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
-        body = dict(parse_qsl(raw.decode("utf-8", "replace")))
-    else:
-        try:
-            body = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the body is not valid JSON") from None
-        except RecursionError:  # [[[[... deeper than Python's stack
-            raise BadRequest("the body is nested too deeply") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-    _check_text(body)
-    return body
-
-
-_MAX_DEPTH = 32  # far more than any request of this API has
-
-
-def _check_text(value: Any, depth: int = 0) -> None:
-    """BadRequest when a string of a parsed JSON value, keys included, holds a NUL character
-    (no name can hold one, and PostgreSQL refuses it in any text) or a lone surrogate
-    (``"\\ud800"`` is valid JSON, but no UTF-8 carries it to the database), or when the value
-    is nested deeper than ``_MAX_DEPTH``."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise BadRequest("the body contains a NUL character")
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise BadRequest("the body contains a lone surrogate (\\ud800-\\udfff)") from None
-        return
-    if depth > _MAX_DEPTH and isinstance(value, dict | list):
-        raise BadRequest("the body is nested too deeply")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key)
-            _check_text(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_text(item, depth + 1)
-
-
-def _days(body: dict[str, Any], *, at_least: int, what: str = "expires_days") -> int | None:
-    """The body's ``expires_days``: None when absent, else a whole number from ``at_least``
-    to ``bounds.MAX_DAYS``; BadRequest for anything else."""
-    days = body.get("expires_days")
-    return None if days is None else check_days(days, at_least=at_least, what=what)
-
-
-def _optional_text(body: dict[str, Any], name: str) -> str | None:
-    """The body's ``name`` field: None when absent, else a string."""
-    value = body.get(name)
-    if not isinstance(value, str | None):
-        raise BadRequest(f"{name} is a string")
-    return value
-
-
-def _query(environ: dict[str, Any], *names: str) -> dict[str, str]:
-    """The query's parameters, each of ``names`` at most once; BadRequest for any other, so
-    that a script's ``offset`` or misspelt ``limt`` is not silently ignored."""
-    query: dict[str, str] = {}
-    for name, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
-        if name not in names:
-            takes = ", ".join(names)
-            raise BadRequest(f"unknown query parameter {name!r}; this endpoint takes {takes}")
-        if name in query:
-            raise BadRequest(f"the query parameter {name!r} is given twice")
-        query[name] = value
-    return query
-
-
-def _query_number(query: dict[str, str], name: str, at_most: int, *, at_least: int) -> int | None:
-    """The query's ``name``: None when absent, else a whole number in range; BadRequest."""
-    text = query.get(name)
-    if text is None:
-        return None
-    number = spelled_number(text, at_most) if text.isascii() and text.isdigit() else None
-    if number is None or number < at_least:
-        raise BadRequest(f"{name} is a whole number from {at_least} to {at_most}")
-    return number
-
-
-def _text(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{name} is required (a string)")
-    return value
-
-
-def _uuid(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise NotFound("no such item") from None
