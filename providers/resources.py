@@ -208,7 +208,9 @@ class _NodeResource:
             return None
         if name.startswith("{DAV:}") or name in live_props.NAMES:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
-        stored = None if value is None else etree.tostring(value)
+        # UTF-8: lxml's default (ASCII) writes other letters as character references, which
+        # XML allows in text but not in names, so ``<X:été>`` would spoil every listing.
+        stored = None if value is None else etree.tostring(value, encoding="utf-8")
         if dry_run:
             # WsgiDAV tries every property of a PROPPATCH first, then sets each: a refused
             # name, or a request that does not fit, sets none of it (RFC 4918 9.2).

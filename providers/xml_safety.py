@@ -61,7 +61,7 @@ def stored_element(name: str, value: bytes) -> bytes:
         if root is not None and not root.getroottree().docinfo.doctype:
             return value
     _logger.warning("stored property %s is not well-formed XML; answered empty", name)
-    return bytes(etree.tostring(etree.Element(name)))
+    return bytes(etree.tostring(etree.Element(name), encoding="utf-8"))
 
 
 def _plainly_whole(value: bytes) -> bool:

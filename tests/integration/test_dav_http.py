@@ -1835,6 +1835,37 @@ def test_a_stored_property_that_does_not_parse_leaves_listings_well_formed(
     assert named.status == {"{urn:z}z": 200, DAV_NS + "displayname": 200}
 
 
+@pytest.mark.parametrize(("depth", "headers"), LISTINGS)
+@pytest.mark.parametrize("body", [None, _PROPNAME], ids=["allprop", "propname"])
+def test_a_property_named_in_any_script_leaves_listings_well_formed(
+    srv: InprocServer,
+    folder: str,
+    depth: str,
+    headers: dict[str, str],
+    body: bytes | None,
+) -> None:
+    """XML names may hold any letter. A PROPPATCH of ``<X:été ä="1">`` was stored as
+    ``<ns0:&#233;t&#233; ...>`` (character references are not allowed in names): every
+    PROPFIND of the file, and every listing of its folder, answered XML no client could read."""
+    url = folder + q("été.txt")
+    put(srv, url, b"e")
+    patch = proppatch_body('<X:été ä="ü">süß &amp; 😀</X:été>')
+    assert call(srv, "PROPPATCH", url, patch).status == 207
+    name = f"{{{CUSTOM_NS}}}été"
+    base = urllib.parse.unquote(path_of(folder)).rstrip("/")
+    entries = propfind_with(srv, url if depth == "0" else folder, depth, headers, body)
+    entry = entries[base + "/été.txt"]
+    assert entry.status.get(name) == 200, entry.status
+    if body is None:
+        assert entry.props[name].text == "süß & 😀"
+        assert entry.props[name].get("ä") == "ü"
+    asked = (
+        f'<D:propfind xmlns:D="DAV:"><D:prop><X:été xmlns:X="{CUSTOM_NS}"/></D:prop></D:propfind>'
+    )
+    named = propfind_with(srv, url, "0", headers, asked.encode())[base + "/été.txt"]
+    assert named.props[name].text == "süß & 😀"
+
+
 def file_or_folder(srv: InprocServer, folder: str, name: str, kind: str) -> str:
     """A new folder ``sub/`` holding the file ``name`` (4 bytes): the URL of the file, or for
     ``kind`` "folder" of the folder."""

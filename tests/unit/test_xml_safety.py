@@ -32,3 +32,13 @@ def test_anything_else_becomes_the_empty_element(value: bytes) -> None:
     out = stored_element("{urn:z}z", value)
     element = etree.fromstring(out)
     assert element.tag == "{urn:z}z" and len(element) == 0 and element.text is None
+
+
+def test_a_name_written_with_character_references_becomes_its_empty_element() -> None:
+    """What PROPPATCH stored for ``<X:été/>`` before values were written in UTF-8: the empty
+    element it falls back to must itself name the property in UTF-8, not again in references."""
+    out = stored_element(
+        "{urn:z}été", b'<ns0:&#233;t&#233; xmlns:ns0="urn:z">v</ns0:&#233;t&#233;>'
+    )
+    element = etree.fromstring(out)
+    assert element.tag == "{urn:z}été" and element.text is None
