@@ -6,6 +6,10 @@ admins and moderators, ``/shared/<owner>/<entry>/...`` for what was shared with 
 Locks live in the namespace of the item's space, under the URL its owner (or a group member)
 uses, so a lock taken through any of these URLs holds through all the others. Other URLs
 (virtual folders, trash, versions, packages) stay in the requester's own namespace.
+
+A name is found whichever Unicode form spells it (``tree.name_key``: macOS sends decomposed
+names, Windows and Linux composed ones), so roots are kept with every name composed (NFC), and
+handed back to the requester as it spelled the URL.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from wsgidav.lock_man.lock_manager import normalize_lock_root
 
 from davserver.models import Op
 from davserver.services.audit import record_audit
-from davserver.services.tree import NodeView
+from davserver.services.tree import NodeView, name_key
 from providers.dispatch import destination_path
 from providers.lock_storage import LockKey, LockLogger
 from providers.resources import actor_of
@@ -52,16 +56,20 @@ class RequestLockSpace:
         self._mounts: dict[str, LockKey | None] = {}
 
     def key(self, url: str) -> LockKey:
+        key = self._key(url)
+        return key if _composed(url) == url else replace(key, spelled=url)
+
+    def _key(self, url: str) -> LockKey:
         parts = [p for p in url.split("/") if p]  # quoted names, as in WsgiDAV's ref URLs
         if len(parts) > 1 and parts[0] == "groups":
-            return LockKey(group_namespace(unquote(parts[1])), url)
+            return LockKey(group_namespace(unquote(parts[1])), _composed(url))
         depth = _mount_depth(parts)
         if depth:
             mount = self._mount("/" + "/".join(parts[:depth]))
             if mount is not None:
-                rest = "/".join(parts[depth:])
+                rest = _composed("/".join(parts[depth:]))
                 return replace(mount, root=normalize_lock_root(f"{mount.mount_root}/{rest}"))
-        return LockKey(self._own, url)
+        return LockKey(self._own, _composed(url))
 
     def namespace(self, url: str) -> str:
         """``key(url).namespace`` without a query, even at a mount: a PROPFIND of /shared/<owner>/
@@ -123,8 +131,17 @@ class RequestLockSpace:
             namespace, base = user_namespace(view.owner_id), "/files"
         else:
             namespace, base = group_namespace(group), f"/groups/{group}"
-        root = normalize_lock_root(quote("/".join([base, *names])))
+        root = normalize_lock_root(_composed(quote("/".join([base, *names]))))
         return LockKey(namespace, root, mount_url=url, mount_root=root)
+
+
+def _composed(url: str) -> str:
+    """A quoted URL path with its names in NFC (``tree.name_key``), quoted the same way."""
+    if "%" not in url:  # nothing but ASCII: already composed
+        return url
+    names = unquote(url)
+    composed = name_key(names)
+    return url if composed == names else quote(composed)
 
 
 def _mount_depth(parts: list[str]) -> int:

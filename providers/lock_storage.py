@@ -224,6 +224,19 @@ class LockKey:
     root: str
     mount_url: str = "/"
     mount_root: str = "/"
+    # The requester's URL for ``root`` when it spells it otherwise (a decomposed name).
+    spelled: str = ""
+
+    def respelled(self, root: str) -> str | None:
+        """The requester's spelling of a canonical ``root`` at or below this key's; None when
+        the requester spelled this key's URL canonically, or ``root`` is elsewhere."""
+        if not self.spelled:
+            return None
+        if root == self.root:
+            return self.spelled
+        if _is_below(self.root, root):
+            return normalize_lock_root(self.spelled + root[len(self.root) :])
+        return None
 
     @property
     def hides_ancestors(self) -> bool:
@@ -313,9 +326,18 @@ def _url_of(namespace: str, root: str) -> str | None:
     scope = _scope.get()
     if scope is None:
         return root
+    keys = [*scope.mounts.values(), *scope.space.request_keys()]
+    # The URL the request named, as it spelled it: UNLOCK compares the lock's root with it.
+    spelled = [
+        (len(key.root), url)
+        for key in keys
+        if key.namespace == namespace and (url := key.respelled(root)) is not None
+    ]
+    if spelled:
+        return max(spelled)[1]
     above = None
     found: tuple[int, str] | None = None  # (how specific its mount is, URL)
-    for key in [*scope.mounts.values(), *scope.space.request_keys()]:
+    for key in keys:
         if key.namespace != namespace:
             continue
         url = key.url_of(root)

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -237,3 +239,54 @@ def test_a_folders_lock_shows_in_the_lockdiscovery_of_everything_it_covers(p: Pe
     assert (
         p.call(alice, "UNLOCK", top + "/sub/", None, {"Lock-Token": f"<{shallow}>"}).status == 204
     )
+
+
+@pytest.mark.parametrize("space", ["files", "group", "shared"])
+@pytest.mark.parametrize(("taken", "used"), [("nfc", "nfd"), ("nfd", "nfc"), ("nfd", "nfd")])
+def test_a_lock_holds_whichever_unicode_form_spells_the_url(
+    p: People, space: str, taken: str, used: str
+) -> None:
+    """A name with an accent reaches one item whether a client spells it composed (NFC,
+    Windows, Linux) or decomposed (NFD, macOS). A lock taken through one spelling did not hold
+    through the other: a Mac overwrote, deleted or re-locked a file a Windows editor had locked,
+    without its token, and saw no lock in its lockdiscovery."""
+    folder = f"fé-{uuid.uuid4().hex[:6]}"
+    owner, bases = (
+        p.alice,
+        {
+            "files": (f"/files/{folder}", f"/files/{folder}"),
+            "group": (f"/groups/{p.team}/{folder}", f"/groups/{p.team}/{folder}"),
+            "shared": (f"/files/{folder}", f"/shared/{p.alice}/{folder}"),
+        }[space],
+    )
+    user = p.bob if space == "shared" else owner
+    assert p.call(owner, "MKCOL", quote(bases[0]) + "/").status == 201
+    assert p.put(owner, quote(bases[0] + "/café.txt")) == 201
+    if space == "shared":
+        assert p.grant(owner, bases[0], p.bob, "write") == 201
+
+    def url(form: str, name: str = "café.txt") -> str:
+        return quote(unicodedata.normalize(form.upper(), f"{bases[1]}/{name}"))
+
+    token = token_of(lock(p, user, url(taken)))
+    other = {"files": user, "group": p.bob, "shared": owner}[space]
+    if other != user:  # someone else, through their own URL (composed)
+        assert p.put(other, quote(bases[0] + "/café.txt"), b"edit") == 423
+    assert p.call(user, "PUT", url(used), b"edit").status == 423
+    assert p.call(user, "DELETE", url(used)).status == 423
+    assert lock(p, user, url(used)).status == 423
+    assert lockroots(p, user, url(used)) == [url(used)]
+    assert p.call(user, "PUT", url(used), b"edit", with_token(token)).status == 204
+    unlock = p.call(user, "UNLOCK", url(used), None, {"Lock-Token": f"<{token}>"})
+    assert unlock.status == 204, (unlock.status, unlock.body[:300])
+    assert p.call(user, "PUT", url(taken), b"free").status == 204
+
+    # A folder's depth-infinity lock holds for the names below it, spelled either way.
+    def folder_url(form: str) -> str:
+        return quote(unicodedata.normalize(form.upper(), bases[1]))
+
+    token = token_of(lock(p, user, folder_url(taken) + "/", depth="infinity"))
+    assert p.call(user, "PUT", url(used, "né.txt"), b"new").status == 423
+    assert lockroots(p, user, url(used)) == [folder_url(used)]
+    unlock = p.call(user, "UNLOCK", folder_url(used) + "/", None, {"Lock-Token": f"<{token}>"})
+    assert unlock.status == 204, (unlock.status, unlock.body[:300])
