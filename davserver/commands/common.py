@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,8 +81,18 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+        return _printable(",".join(str(v) for v in value)) or "-"
+    return _printable(str(value))
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters written as ``\\xNN``. File names may hold the C1
+    controls (U+0080 to U+009F; XML allows them), and a terminal takes U+009B for the start of
+    an escape sequence and U+0085 for a new line: a name in a table could recolour or clear
+    an admin's screen, or forge rows. ``--json`` escapes them as JSON does."""
+    if text.isprintable():
+        return text
+    return "".join(f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" else ch for ch in text)
 
 
 def emit_rows(
