@@ -402,7 +402,8 @@ class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
             with dav_errors():
                 self.service.check_zip_bytes(self.package, folder=self.of_folder)
         name = self.package.zip_name
-        fallback = name.encode("ascii", "replace").decode().replace('"', "_")
+        # A quoted-string: a backslash would escape the next character, as a quote would end it.
+        fallback = name.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
         response_headers.append(
             (
                 "Content-Disposition",

@@ -371,6 +371,20 @@ def test_the_package_folder_lists_and_serves_the_pinned_items(alice: User) -> No
     assert alice.call("GET", "/files/docs/sub/c.txt").status == 200
 
 
+def test_a_zips_file_name_survives_any_package_name(alice: User) -> None:
+    """A package may be named ``a\\b "c" é`` (backslashes and quotes are allowed in names).
+    The plain ``filename`` fallback of Content-Disposition is a quoted-string, where a
+    backslash escapes the next character: ``filename="a\\b..."`` read as ``ab...``.
+    ``filename*`` carries the exact name."""
+    name = 'a\\b "c" é'
+    alice.mkcol(f"/packages/{name}/")
+    response = alice.call("GET", f"/packages/{name}.zip")
+    assert response.status == 200
+    disposition = response.headers["Content-Disposition"]
+    assert 'filename="a_b _c_ ?.zip"' in disposition
+    assert f"filename*=UTF-8''{quote(name + '.zip', safe='')}" in disposition
+
+
 # -- a folder as a zip (GET <folder>/?zip), built as a package's is
 
 
