@@ -95,7 +95,12 @@ def query_params(environ: dict[str, Any], *names: str) -> dict[str, str]:
     """The query's parameters, each of ``names`` at most once; BadRequest for any other, so
     that a script's ``offset`` or misspelt ``limt`` is not silently ignored."""
     query: dict[str, str] = {}
-    for name, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+    try:
+        # Strict: bytes that are not UTF-8 read as U+FFFD would name another item.
+        pairs = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("the query is not valid UTF-8") from None
+    for name, value in pairs:
         if name not in names:
             takes = ", ".join(names)
             raise BadRequest(f"unknown query parameter {name!r}; this endpoint takes {takes}")

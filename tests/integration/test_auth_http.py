@@ -549,6 +549,24 @@ def test_api_refuses_nul_characters_with_400_never_500(server: InprocServer) -> 
         assert (status, body["error"]) == (400, "bad_request"), (method, path, body)
 
 
+def test_api_refuses_a_query_that_is_not_utf8(server: InprocServer) -> None:
+    """A query's bytes that are not UTF-8 were read as U+FFFD: ``?path=/files/%FF.txt``
+    found, and a DELETE revoked grants on, the file named ``\ufffd.txt``. A path that is not
+    UTF-8 is refused (400), in the API as in WebDAV; so is such a query now."""
+    name, password = make_user(server)
+    user = (name, password)
+    assert call(server, "PUT", "/files/%EF%BF%BD.txt", body=b"x", user=user).status == 201
+    assert api(server, "GET", "/grants?path=/files/%EF%BF%BD.txt", user=user)[0] == 200
+    for method, path in [
+        ("GET", "/grants?path=/files/%FF.txt"),
+        ("DELETE", "/grants?path=/files/%FF.txt&user=bob"),
+        ("GET", "/audit?path=/files/%ED%A0%80.txt"),
+        ("GET", "/audit?op=file&user=%C3"),
+    ]:
+        status, body = api(server, method, path, user=user)
+        assert (status, body["error"]) == (400, "bad_request"), (method, path, body)
+
+
 def test_api_without_credentials_is_401_and_unknown_path_404(server: InprocServer) -> None:
     assert call(server, "GET", "/api/v1/me").status == 401
     name, password = make_user(server)
