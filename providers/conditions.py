@@ -14,7 +14,9 @@ not transfer a file again:
   destination of a COPY or MOVE and the members of a folder being deleted, whose tags the
   client never saw. They apply to the resource the request names only.
 
-The ``If`` header (lock tokens and tags per RFC 4918) is left to WsgiDAV.
+A file's Last-Modified is the client's time (X-OC-Mtime), which a new version may set back,
+so a date is "unmodified since" only when the server changed nothing after it either
+(``_unchanged``). The ``If`` header (lock tokens and tags per RFC 4918) is left to WsgiDAV.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def check(res: Any, environ: dict[str, Any]) -> None:
             raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-Match failed")
     else:
         since = _date(environ.get("HTTP_IF_UNMODIFIED_SINCE"))
-        if since is not None and modified is not None and modified > since:
+        if since is not None and modified is not None and not _unchanged(res, modified, since):
             raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-Unmodified-Since failed")
     reading = environ.get("REQUEST_METHOD") in ("GET", "HEAD")
     if_none_match = environ.get("HTTP_IF_NONE_MATCH")
@@ -60,8 +62,24 @@ def check(res: Any, environ: dict[str, Any]) -> None:
             raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-None-Match failed")
     elif reading:
         since = _date(environ.get("HTTP_IF_MODIFIED_SINCE"))
-        if since is not None and modified is not None and modified <= since:
+        if since is not None and modified is not None and _unchanged(res, modified, since):
             raise _not_modified(res, environ, etag)
+
+
+def _unchanged(res: Any, modified: int, since: int) -> bool:
+    """Whether ``res`` is unchanged since the date ``since``: its Last-Modified is that very
+    date (a client sending back the one it was given), or neither it nor the time the
+    server last changed the resource is later.
+
+    A file's Last-Modified is the client's time (X-OC-Mtime), which goes back when a sync
+    writes an older copy over it: by Last-Modified alone, a cache asking If-Modified-Since
+    the date it saw got 304 for the new bytes, and a PUT If-Unmodified-Since that date
+    overwrote them."""
+    if modified == since:
+        return True
+    changed = getattr(res, "get_last_changed", None)
+    changed_at = None if changed is None else changed()
+    return modified <= since and (changed_at is None or int(changed_at) <= since)
 
 
 def _not_modified(res: Any, environ: dict[str, Any], etag: str | None) -> DAVError:

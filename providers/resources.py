@@ -155,6 +155,12 @@ class _NodeResource:
     def get_last_modified(self) -> float | None:
         return _epoch(self.view.last_modified) if self.view else time.time()
 
+    def get_last_changed(self) -> float | None:
+        """When the server last changed the item, which can be later than its Last-Modified:
+        that is the client's time (X-OC-Mtime), and a new version may set it back
+        (``conditions``)."""
+        return _epoch(self.view.modified_at) if self.view else None
+
     def get_display_name(self) -> str:
         if self.view is not None and self.view.name:
             return self.view.name

@@ -631,6 +631,33 @@ def test_if_modified_since_and_if_unmodified_since_count_whole_seconds(
     assert get_body(srv, url) == b"same second"
 
 
+def test_a_new_version_with_an_older_client_time_is_modified_since(
+    srv: InprocServer, folder: str
+) -> None:
+    """Last-Modified is the client's time (X-OC-Mtime), which goes back when a sync writes an
+    older copy over a file. ``curl -z`` or a cache asking If-Modified-Since the Last-Modified
+    it saw got 304 and kept the old bytes, and a PUT If-Unmodified-Since it overwrote the
+    newer upload it never saw. A date the file changed after is not "unmodified since"."""
+    url = folder + "synced.txt"
+    put(srv, url, b"first bytes", {"X-OC-Mtime": "1600000000"})
+    seen = call(srv, "GET", url).headers["Last-Modified"]
+    assert call(srv, "GET", url, headers={"If-Modified-Since": seen}).status == 304
+
+    put(srv, url, b"older copy synced over it", {"X-OC-Mtime": "1500000000"})
+    fresh = call(srv, "GET", url, headers={"If-Modified-Since": seen})
+    assert fresh.status == 200 and fresh.body == b"older copy synced over it"
+    refused = call(srv, "PUT", url, b"lost update", {"If-Unmodified-Since": seen})
+    assert refused.status == 412
+    assert get_body(srv, url) == b"older copy synced over it"
+
+    # The date it answers now, or a later one, is still "not modified since" (304).
+    now_seen = call(srv, "GET", url).headers["Last-Modified"]
+    assert call(srv, "GET", url, headers={"If-Modified-Since": now_seen}).status == 304
+    later = _http_date(time.time() + 60)
+    assert call(srv, "GET", url, headers={"If-Modified-Since": later}).status == 304
+    assert call(srv, "PUT", url, b"mine", {"If-Unmodified-Since": now_seen}).status == 204
+
+
 def test_if_match_star_needs_something_there(srv: InprocServer, folder: str) -> None:
     """``If-Match: *`` means "only if it exists": a PUT or MKCOL to a free name must not
     create it. WsgiDAV created both."""
