@@ -513,6 +513,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         self._content_type: str | None = None
         self._expected_digests: dict[str, str] = {}
         self._allowance: int | None = None
+        self._kept_mtime = False  # the upload kept the request's X-OC-Mtime
 
     def _parent_view(self) -> NodeView:
         """The folder this file is (or is being created) in."""
@@ -627,7 +628,9 @@ class FileResource(_NodeResource, DAVNonCollection):
         # An existing file keeps its own name: the URL's may be another (a shared entry told
         # apart from a namesake, ``/shared/<owner>/doc (2).txt``), which is not in its folder.
         name = self._new_name or (self.view.name if self.view else util.get_uri_name(self.path))
+        header = self.environ.get("HTTP_X_OC_MTIME")  # checked before the PUT began
         with dav_errors():
+            mtime = None if header is None else parse_client_time(int(header))
             view, _created = self.provider.files.commit_upload(
                 actor_of(self.environ),
                 parent,
@@ -638,10 +641,20 @@ class FileResource(_NodeResource, DAVNonCollection):
                 must_be_new=self._must_be_new,
                 enforce_quota=self._allowance is not None,
                 lock_since=self._held_lock_since(),
+                mtime=mtime,
             )
+        self._kept_mtime = mtime is not None
         self.view = view
         self.provider.forget(self.environ)
         self.provider.variants.after_upload(view)
+
+    def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
+        """WsgiDAV sets a PUT's X-OC-Mtime once the upload is done, in a transaction of its
+        own, which could land on the version of another upload committed in between; the
+        upload kept it already, with its bytes (``end_write``)."""
+        if self._kept_mtime:
+            return True
+        return super().set_last_modified(dest_path, time_stamp, dry_run=dry_run)
 
     def _held_lock_since(self) -> dt.datetime | None:
         """When the lock the uploader holds on this file (and sent the token of) was taken:

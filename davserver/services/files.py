@@ -286,6 +286,7 @@ class FileService:
         must_be_new: bool = False,
         enforce_quota: bool = False,
         lock_since: dt.datetime | None = None,
+        mtime: dt.datetime | None = None,
     ) -> tuple[NodeView, bool]:
         """Record an uploaded blob as the newest version of ``parent/name``.
 
@@ -298,8 +299,10 @@ class FileService:
         against uploads that finished meanwhile: QuotaExceeded. ``lock_since`` is when the lock the
         uploader holds on the file was taken: uploads under one lock, and within the
         configured window, replace the newest version instead of adding one, and a new version
-        applies the retention policy (``davserver.services.version_rules``). Returns the file
-        and whether it was created.
+        applies the retention policy (``davserver.services.version_rules``). ``mtime`` is the
+        client's modification time of the bytes (X-OC-Mtime), kept with them in the same
+        transaction: set afterwards, another upload committed in between got it. Returns the
+        file and whether it was created.
         """
         key = name_key(name)
         mime = content_type[:255] if content_type else None
@@ -329,6 +332,7 @@ class FileService:
                     session, parent.id, name, NodeKind.FILE, mime=mime, known_free=True, now=now
                 )
                 if blob.size == 0:
+                    _keep_mtime(session, node_id, None, mtime)
                     record_audit(
                         session, actor, Op.FILE_CREATE, node_id=node_id, details={"name": name}
                     )
@@ -343,6 +347,7 @@ class FileService:
                     first=True,
                     now=now,
                 )
+                _keep_mtime(session, node_id, version_id, mtime)
                 self._ensure_stored(session, blob)
                 record_audit(
                     session,
@@ -377,14 +382,17 @@ class FileService:
                     sha1=None,
                     storage_key=None,
                 )
-                return _with_upload(empty, blob, version_id, version_no, now, mime), True
+                return _with_upload(empty, blob, version_id, version_no, now, mime, mtime), True
             node_id, current_version_id = current.id, current.current_version_id
             if current.is_folder:
                 raise Conflict(f"{name!r} is a folder")
             if expected_version_id is not None and current_version_id != expected_version_id:
                 raise PreconditionFailed("the file changed since the ETag was issued")
             if _unchanged(current, blob):
-                return current, False
+                if mtime is None:
+                    return current, False
+                _keep_mtime(session, node_id, current_version_id, mtime)
+                return dataclasses.replace(current, mtime=mtime), False
             if enforce_quota:
                 check_quota(session, parent.owner_id, blob.size - current.size)
             now = utcnow()
@@ -422,6 +430,7 @@ class FileService:
                 version_rules.prune_file(
                     session, self.policy, actor, node_id, current_id=version_id
                 )
+            _keep_mtime(session, node_id, version_id, mtime)
             self._ensure_stored(session, blob)
             record_audit(
                 session,
@@ -437,7 +446,10 @@ class FileService:
                 },
             )
             # What changed is known here: no need to read the file back.
-            return _with_upload(current, blob, version_id, version_no, now, mime_type), False
+            return (
+                _with_upload(current, blob, version_id, version_no, now, mime_type, mtime),
+                False,
+            )
 
         try:
             actor.require_write()
@@ -642,13 +654,7 @@ class FileService:
 
         def work(session: Session) -> None:
             node = live_node(session, node_id)
-            node.mtime = mtime
-            if node.current_version_id is not None:
-                session.execute(
-                    sa.update(FileVersion)
-                    .where(FileVersion.id == node.current_version_id)
-                    .values(mtime=mtime)
-                )
+            _keep_mtime(session, node.id, node.current_version_id, mtime)
 
         self.run_write(work)
 
@@ -940,13 +946,15 @@ def _with_upload(
     version_no: int,
     now: dt.datetime,
     mime_type: str | None,
+    mtime: dt.datetime | None,
 ) -> NodeView:
     """``file`` once ``blob`` became its current version ``version_no`` at ``now``: what
-    reading it back gives (the upload clears a client's modification time)."""
+    reading it back gives (the upload replaces a client's modification time with its own,
+    or none)."""
     return dataclasses.replace(
         file,
         size=blob.size,
-        mtime=None,
+        mtime=mtime,
         modified_at=now,
         mime_type=mime_type,
         current_version_id=version_id,
@@ -1128,6 +1136,20 @@ def view_of(session: Session, node_id: uuid.UUID) -> NodeView:
     view = tree.get_node(session, node_id)
     assert view is not None
     return view
+
+
+def _keep_mtime(
+    session: Session, node_id: uuid.UUID, version_id: uuid.UUID | None, mtime: dt.datetime | None
+) -> None:
+    """Keep the client's modification time (if it gave one) on a file and its current
+    version ``version_id`` (None for an empty file, which has none)."""
+    if mtime is None:
+        return
+    session.execute(sa.update(Node).where(Node.id == node_id).values(mtime=mtime))
+    if version_id is not None:
+        session.execute(
+            sa.update(FileVersion).where(FileVersion.id == version_id).values(mtime=mtime)
+        )
 
 
 def _make_current(

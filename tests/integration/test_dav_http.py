@@ -658,6 +658,44 @@ def test_a_new_version_with_an_older_client_time_is_modified_since(
     assert call(srv, "PUT", url, b"mine", {"If-Unmodified-Since": now_seen}).status == 204
 
 
+def test_an_upload_keeps_its_own_x_oc_mtime_when_another_lands_in_between(
+    srv: InprocServer, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X-OC-Mtime was applied in a transaction of its own after the upload's: when another
+    upload of the file committed in between (two rclone clients syncing one folder), the
+    first one's time landed on the second one's version, and the file showed the bytes of
+    one upload with the time of the other."""
+    from providers.resources import FileResource
+
+    url = folder + "raced.txt"
+    set_last_modified = FileResource.set_last_modified
+    raced: list[int] = []
+
+    def another_upload_first(self: FileResource, *args: Any, **kwargs: Any) -> Any:
+        if not raced:  # the first upload has committed; the other one lands now
+            raced.append(0)
+            raced[0] = put(srv, url, b"second upload", {"X-OC-Mtime": "1500000000"})
+        return set_last_modified(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileResource, "set_last_modified", another_upload_first)
+    put(srv, url, b"first upload", {"X-OC-Mtime": "1600000000"})
+    assert raced == [204]
+
+    got = call(srv, "GET", url)
+    assert got.body == b"second upload"
+    assert got.headers["Last-Modified"] == _http_date(1500000000)
+    history = url.replace("/files/", "/versions/files/", 1) + "/"
+    times = {
+        path.rsplit("/", 1)[1]: entry.props[DAV_NS + "getlastmodified"].text
+        for path, entry in propfind(srv, history).items()
+        if path.endswith(".txt") and not path.endswith("/raced.txt")
+    }
+    assert times == {
+        "raced.v1.txt": _http_date(1600000000),
+        "raced.v2.txt": _http_date(1500000000),
+    }
+
+
 def test_if_match_star_needs_something_there(srv: InprocServer, folder: str) -> None:
     """``If-Match: *`` means "only if it exists": a PUT or MKCOL to a free name must not
     create it. WsgiDAV created both."""
