@@ -55,6 +55,9 @@ _MTIME_PROPS = frozenset(
     }
 )
 _LOCK_PROPS = frozenset({"{DAV:}lockdiscovery", "{DAV:}supportedlock"})
+# Content-Types of a PUT that say nothing about the file, which is then typed by its name:
+# no type, and curl's label for every -d/--data-binary body (a form's).
+_UNTYPED = frozenset({"", "application/octet-stream", "application/x-www-form-urlencoded"})
 # Set when a LOCK of an unmapped URL found the name taken meanwhile and locked what is there:
 # WsgiDAV answers 201 for such a LOCK, and providers.dispatch turns it into 200.
 FOUND_KEY = "davserver.lock_found_existing"
@@ -594,9 +597,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         self._must_be_new = (
             self.view is None and environ.get("HTTP_IF_NONE_MATCH", "").strip() == "*"
         )
-        self._content_type = (
-            content_type if content_type and content_type != "application/octet-stream" else None
-        )
+        self._content_type = _file_type(content_type)
         self._expected_digests = expected_digests(environ)
         with dav_errors():
             self._allowance = self.provider.files.upload_allowance(
@@ -669,6 +670,13 @@ class FileResource(_NodeResource, DAVNonCollection):
             url=self.get_ref_url(),
             principal=self.environ.get("wsgidav.user_name"),
         )
+
+
+def _file_type(content_type: str | None) -> str | None:
+    """The type a PUT's Content-Type gives the file, or None to type it by its name."""
+    if content_type is None or content_type.split(";")[0].strip().lower() in _UNTYPED:
+        return None
+    return content_type
 
 
 class _UploadSink:

@@ -289,6 +289,23 @@ def test_put_chunked(
     assert server_bytes(live_server, url) == data
 
 
+def test_put_with_data_binary_is_typed_by_its_name(
+    curl: Curl, live_server: LiveServer, dav_dir: str
+) -> None:
+    """``curl -X PUT --data-binary @FILE`` labels every body as a form
+    (``application/x-www-form-urlencoded``, curl's default for -d): the file was then served
+    as a form, a PDF a browser could not open. That label is no file's type."""
+    data = b"%PDF-1.4\n" + os.urandom(3000)
+    (curl.work_dir / "report.pdf").write_bytes(data)
+    url = dav_dir + "report.pdf"
+    result = curl("PUT", url, "-X", "PUT", "--data-binary", "@report.pdf")
+    expect(result, 201)
+    assert sent_header(result, "Content-Type") == "application/x-www-form-urlencoded"
+    assert server_bytes(live_server, url) == data
+    fetched = curl.get(url)
+    assert fetched.headers["content-type"] == ["application/pdf"], fetched.describe()
+
+
 # --- GET ----------------------------------------------------------------------------------------
 
 
