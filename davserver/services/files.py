@@ -654,7 +654,20 @@ class FileService:
 
         def work(session: Session) -> None:
             node = live_node(session, node_id)
+            before = node.mtime
             _keep_mtime(session, node.id, node.current_version_id, mtime)
+            record_audit(
+                session,
+                actor,
+                Op.NODE_PROPPATCH,
+                node_id=node.id,
+                details={
+                    "mtime": {
+                        "before": before.isoformat() if before is not None else None,
+                        "after": mtime.isoformat(),
+                    }
+                },
+            )
 
         self.run_write(work)
 

@@ -549,6 +549,30 @@ def test_desktop_metadata_files_keep_no_history(
     ]
 
 
+def test_a_new_modification_time_is_in_the_logbook(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """A PROPPATCH of the modification time (rclone's "Updated modification time in
+    destination", Explorer's Win32 times) changed the file and wrote no logbook row."""
+    view = put(service, actor, home, "dated.txt", b"bytes")
+    first = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    second = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
+    service.set_mtime(actor, view.id, first)
+    service.set_mtime(actor, view.id, second)
+    with database.read() as session:
+        logged = session.execute(
+            sa.select(LogEntry.op_type, LogEntry.details, LogEntry.user_id)
+            .where(LogEntry.node_id == view.id)
+            .order_by(LogEntry.id)
+        ).all()
+    assert [row.op_type for row in logged] == ["file:create", "node:proppatch", "node:proppatch"]
+    assert [row.details for row in logged[1:]] == [
+        {"mtime": {"before": None, "after": first.isoformat()}},
+        {"mtime": {"before": first.isoformat(), "after": second.isoformat()}},
+    ]
+    assert logged[1].user_id == actor.user_id
+
+
 def test_copy_of_a_big_subtree_reads_in_batches(
     service: FileService,
     actor: Actor,
