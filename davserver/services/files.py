@@ -768,14 +768,9 @@ class FileService:
         history through such a rename too."""
         target = held_node(session, occupant.id)
         _trash(session, actor, source.id)  # first: its bytes stop counting against the quota
-        self._copy_onto_file(session, actor, source, target, op=Op.NODE_MOVE)
-        if source.mtime is not None:  # the client's modification time goes with the content
-            target.mtime = source.mtime
-            session.execute(
-                sa.update(FileVersion)
-                .where(FileVersion.id == target.current_version_id)
-                .values(mtime=source.mtime)
-            )
+        version_id = self._copy_onto_file(session, actor, source, target, op=Op.NODE_MOVE)
+        # The client's modification time goes with the content, to the version it became.
+        _keep_mtime(session, target.id, version_id, source.mtime)
 
     def _copy_onto_file(
         self,
@@ -785,9 +780,10 @@ class FileService:
         target: Node,
         *,
         op: Op = Op.NODE_COPY,
-    ) -> None:
+    ) -> uuid.UUID | None:
         """``target`` was loaded FOR UPDATE by the caller (``live_node``); ``op`` is what the
-        logbook calls it."""
+        logbook calls it. Returns the version the source's bytes became, if they made one
+        (``target.current_version_id`` is not updated)."""
         source_blob = session.scalar(
             sa.select(FileVersion.blob_id).where(FileVersion.id == source.current_version_id)
         )
@@ -813,6 +809,7 @@ class FileService:
             version_id=version_id,
             details={"source": str(source.id), "onto": "existing file"},
         )
+        return version_id
 
     def _copy_subtree(
         self,

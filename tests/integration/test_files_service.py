@@ -248,6 +248,35 @@ def test_copy_onto_a_file_adds_a_version(
     assert [no for no, _ in versions(database, old.id)] == [1, 2]
 
 
+def version_mtimes(database: Database, node_id: uuid.UUID) -> list[dt.datetime | None]:
+    with database.read() as session:
+        return list(
+            session.scalars(
+                sa.select(FileVersion.mtime)
+                .where(FileVersion.node_id == node_id)
+                .order_by(FileVersion.version_no)
+            )
+        )
+
+
+def test_a_file_moved_onto_a_file_keeps_its_time_on_the_new_version(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """An editor's save by rename: the moved file's client time goes with its bytes to the
+    version it becomes. It was written on the version before it instead (the history showed
+    the old bytes with the new time, and the new ones with none)."""
+    saved = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
+    earlier = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    doc = put(service, actor, home, "doc.txt", b"first draft")
+    service.set_mtime(actor, doc.id, earlier)
+    temp = put(service, actor, home, "doc.txt~", b"second draft")
+    service.set_mtime(actor, temp.id, saved)
+    service.move(actor, temp.id, home, "doc.txt", overwrite=True)
+    assert version_mtimes(database, doc.id) == [earlier, saved]
+    current = service.resolve(home.id, ["doc.txt"])
+    assert current is not None and current.mtime == saved
+
+
 def set_quota(database: Database, user_id: uuid.UUID, quota: int) -> None:
     with database.write() as session:
         session.execute(sa.update(User).where(User.id == user_id).values(quota_bytes=quota))
