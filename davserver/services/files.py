@@ -768,9 +768,7 @@ class FileService:
         history through such a rename too."""
         target = held_node(session, occupant.id)
         _trash(session, actor, source.id)  # first: its bytes stop counting against the quota
-        version_id = self._copy_onto_file(session, actor, source, target, op=Op.NODE_MOVE)
-        # The client's modification time goes with the content, to the version it became.
-        _keep_mtime(session, target.id, version_id, source.mtime)
+        self._copy_onto_file(session, actor, source, target, op=Op.NODE_MOVE)
 
     def _copy_onto_file(
         self,
@@ -780,10 +778,10 @@ class FileService:
         target: Node,
         *,
         op: Op = Op.NODE_COPY,
-    ) -> uuid.UUID | None:
+    ) -> None:
         """``target`` was loaded FOR UPDATE by the caller (``live_node``); ``op`` is what the
-        logbook calls it. Returns the version the source's bytes became, if they made one
-        (``target.current_version_id`` is not updated)."""
+        logbook calls it. The client's modification time goes with the content, to the
+        version it becomes, as with a copy to a new name."""
         source_blob = session.scalar(
             sa.select(FileVersion.blob_id).where(FileVersion.id == source.current_version_id)
         )
@@ -801,6 +799,7 @@ class FileService:
             target.size = 0
             target.modified_at = utcnow()
         target.mime_type = source.mime_type
+        _keep_mtime(session, target.id, version_id, source.mtime)
         record_audit(
             session,
             actor,
@@ -809,7 +808,6 @@ class FileService:
             version_id=version_id,
             details={"source": str(source.id), "onto": "existing file"},
         )
-        return version_id
 
     def _copy_subtree(
         self,

@@ -277,6 +277,24 @@ def test_a_file_moved_onto_a_file_keeps_its_time_on_the_new_version(
     assert current is not None and current.mtime == saved
 
 
+def test_a_file_copied_onto_a_file_keeps_its_time_as_a_copy_to_a_new_name_does(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """COPY to a new name keeps the source's client time, and so does MOVE onto a file; COPY
+    onto a file gave the copy the time of the copy (curl, webdavclient3, Finder; rclone
+    then set it again with a PROPPATCH)."""
+    made = dt.datetime(2005, 3, 18, 1, 58, 31, tzinfo=dt.UTC)
+    source = put(service, actor, home, "source.txt", b"source bytes")
+    service.set_mtime(actor, source.id, made)
+    target = put(service, actor, home, "target.txt", b"target bytes")
+    service.copy(actor, source.id, home, "target.txt", overwrite=True)
+    service.copy(actor, source.id, home, "new.txt")
+    assert version_mtimes(database, target.id) == [None, made]
+    for name in ("target.txt", "new.txt"):
+        copied = service.resolve(home.id, [name])
+        assert copied is not None and copied.mtime == made, name
+
+
 def set_quota(database: Database, user_id: uuid.UUID, quota: int) -> None:
     with database.write() as session:
         session.execute(sa.update(User).where(User.id == user_id).values(quota_bytes=quota))
