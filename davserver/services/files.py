@@ -782,11 +782,15 @@ class FileService:
         """``target`` was loaded FOR UPDATE by the caller (``live_node``); ``op`` is what the
         logbook calls it. The client's modification time goes with the content, to the
         version it becomes, as with a copy to a new name."""
-        source_blob = session.scalar(
-            sa.select(FileVersion.blob_id).where(FileVersion.id == source.current_version_id)
+        source_blob, target_blob = (
+            session.scalar(sa.select(FileVersion.blob_id).where(FileVersion.id == version))
+            for version in (source.current_version_id, target.current_version_id)
         )
         version_id = None
-        if source_blob is not None and source.current_version_id != target.current_version_id:
+        if source_blob is not None and source_blob == target_blob:
+            # The bytes the file has make no new version, as with a PUT of them.
+            version_id = target.current_version_id
+        elif source_blob is not None:
             if target.group_id is None:  # the target's new size counts against its owner's quota
                 check_quota(session, target.owner_id, source.size - target.size)
             version_id, _ = self.add_version(

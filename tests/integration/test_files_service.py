@@ -295,6 +295,27 @@ def test_a_file_copied_onto_a_file_keeps_its_time_as_a_copy_to_a_new_name_does(
         assert copied is not None and copied.mtime == made, name
 
 
+def test_a_file_copied_or_moved_onto_the_same_bytes_makes_no_version(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """As with a PUT of the bytes a file has: an editor saving an unchanged document by
+    renaming a temporary file over it (vim on davfs2) added an identical version each time,
+    and those pushed real ones out of the history (versions.keep_last)."""
+    doc = put(service, actor, home, "doc.txt", b"unchanged")
+    temp = put(service, actor, home, "doc.txt~", b"unchanged")
+    service.move(actor, temp.id, home, "doc.txt", overwrite=True)
+    other = put(service, actor, home, "other.txt", b"unchanged")
+    service.copy(actor, other.id, home, "doc.txt", overwrite=True)
+    assert versions(database, doc.id) == [(1, 9)]
+    assert service.resolve(home.id, ["doc.txt~"]) is None  # the move still happened
+    service.move(actor, other.id, home, "doc.txt", overwrite=True)
+    put(service, actor, home, "changed.txt", b"changed!")
+    changed = service.resolve(home.id, ["changed.txt"])
+    assert changed is not None
+    service.move(actor, changed.id, home, "doc.txt", overwrite=True)
+    assert versions(database, doc.id) == [(1, 9), (2, 8)]
+
+
 def set_quota(database: Database, user_id: uuid.UUID, quota: int) -> None:
     with database.write() as session:
         session.execute(sa.update(User).where(User.id == user_id).values(quota_bytes=quota))
