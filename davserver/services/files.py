@@ -346,8 +346,8 @@ class FileService:
                     mime,
                     first=True,
                     now=now,
+                    mtime=mtime,
                 )
-                _keep_mtime(session, node_id, version_id, mtime)
                 self._ensure_stored(session, blob)
                 record_audit(
                     session,
@@ -410,7 +410,7 @@ class FileService:
                 coalesced = "metadata"
             if current_version_id is not None and coalesced:
                 version_id, version_no = self._replace_version(
-                    session, actor, node_id, current_version_id, blob, now
+                    session, actor, node_id, current_version_id, blob, now, mtime
                 )
                 mime_type = current.mime_type  # a replaced version keeps the type
                 # What was overwritten: its bytes are gone from the history after this.
@@ -425,12 +425,12 @@ class FileService:
                     blob.size,
                     mime,
                     now=now,
+                    mtime=mtime,
                 )
                 mime_type = mime or current.mime_type
                 version_rules.prune_file(
                     session, self.policy, actor, node_id, current_id=version_id
                 )
-            _keep_mtime(session, node_id, version_id, mtime)
             self._ensure_stored(session, blob)
             record_audit(
                 session,
@@ -473,17 +473,18 @@ class FileService:
         version_id: uuid.UUID,
         blob: StoredBlob,
         now: dt.datetime,
+        mtime: dt.datetime | None,
     ) -> tuple[uuid.UUID, int]:
-        """Overwrite the current version in place, as of ``now`` (client metadata files keep
-        no history, and uploads under one lock coalesce)."""
+        """Overwrite the current version in place, as of ``now``, with the client's ``mtime``
+        (client metadata files keep no history, and uploads under one lock coalesce)."""
         version = session.get(FileVersion, version_id)
         assert version is not None
         version.blob_id = self.blob_row_id(session, blob)
         version.size = blob.size
         version.uploaded_by = actor.user_id
         version.uploaded_at = now
-        version.mtime = None
-        _make_current(session, node_id, version_id, blob.size, now, None)
+        version.mtime = mtime
+        _make_current(session, node_id, version_id, blob.size, now, None, mtime)
         return version_id, version.version_no
 
     def add_version(
@@ -497,9 +498,11 @@ class FileService:
         *,
         first: bool = False,
         now: dt.datetime | None = None,
+        mtime: dt.datetime | None = None,
     ) -> tuple[uuid.UUID, int]:
         """Insert the next version of a file (locked by the caller) and make it current, as of
-        ``now`` (default: the present)."""
+        ``now`` (default: the present), with the client's modification time ``mtime`` on both
+        (none: the version's time is its upload's)."""
         version_no = (
             1 if first else (session.scalar(_LAST_VERSION_NO, {"node_id": node_id}) or 0) + 1
         )
@@ -516,9 +519,10 @@ class FileService:
                 "uploaded_by": actor.user_id,
                 "uploaded_at": now,
                 "session_id": actor.session_id,
+                "mtime": mtime,
             },
         )
-        _make_current(session, node_id, version_id, size, now, mime)
+        _make_current(session, node_id, version_id, size, now, mime, mtime)
         return version_id, version_no
 
     def delete(self, actor: Actor, node_id: uuid.UUID, *, seen: NodeView | None = None) -> None:
@@ -1171,13 +1175,22 @@ def _make_current(
     size: int,
     now: dt.datetime,
     mime: str | None,
+    mtime: dt.datetime | None,
 ) -> None:
-    """Point a file at its new current version; its owner's ``home_bytes`` follows the size
-    (before the node changes: the statement reads the size it had)."""
+    """Point a file at its new current version, with the client's ``mtime`` (or none); its
+    owner's ``home_bytes`` follows the size (before the node changes: the statement reads the
+    size it had)."""
     session.execute(_HOME_BYTES_FOLLOW, {"node_id": node_id, "size": size})
     session.execute(
         _SET_CURRENT,
-        {"node_id": node_id, "version_id": version_id, "size": size, "now": now, "mime": mime},
+        {
+            "node_id": node_id,
+            "version_id": version_id,
+            "size": size,
+            "now": now,
+            "mime": mime,
+            "mtime": mtime,
+        },
     )
 
 
@@ -1254,7 +1267,7 @@ _SET_CURRENT = (
         current_version_id=sa.bindparam("version_id", type_=sa.Uuid),
         size=sa.bindparam("size", type_=sa.BigInteger),
         modified_at=sa.bindparam("now", type_=UTCDateTime),
-        mtime=None,
+        mtime=sa.bindparam("mtime", type_=UTCDateTime),
         mime_type=sa.func.coalesce(sa.bindparam("mime", type_=sa.String), _n.c.mime_type),
     )
 )
