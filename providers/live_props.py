@@ -83,12 +83,7 @@ def render(res: Any, name: str) -> str | None:
         stamp = util.get_rfc1123_time(view.mtime.timestamp())
         return f'<Z:{_WIN32_LOCAL} xmlns:Z="{MS_NS}">{stamp}</Z:{_WIN32_LOCAL}>'
     if name == CHECKSUMS and not view.is_folder:
-        sha1 = view.sha1 or EMPTY_DIGESTS["sha1"]
-        md5 = view.md5 or EMPTY_DIGESTS["md5"]
-        return (
-            f'<oc:checksums xmlns:oc="{OC_NS}">'
-            f"<oc:checksum>SHA1:{sha1} MD5:{md5}</oc:checksum></oc:checksums>"
-        )
+        return checksums(view.sha1 or EMPTY_DIGESTS["sha1"], view.md5 or EMPTY_DIGESTS["md5"])
     if name == HAS_PREVIEW:
         flag = "true" if res.provider.variants.has_preview(view) else "false"
         return f'<nc:has-preview xmlns:nc="{NC_NS}">{flag}</nc:has-preview>'
@@ -109,6 +104,14 @@ def render(res: Any, name: str) -> str | None:
         local = name[len("{DAV:}") :]
         return f'<D:{local} xmlns:D="DAV:">{value}</D:{local}>'
     return None
+
+
+def checksums(sha1: str, md5: str) -> str:
+    """``oc:checksums`` of bytes with these digests, as Nextcloud writes it."""
+    return (
+        f'<oc:checksums xmlns:oc="{OC_NS}">'
+        f"<oc:checksum>SHA1:{sha1} MD5:{md5}</oc:checksum></oc:checksums>"
+    )
 
 
 def oc_permissions(res: Any) -> str:

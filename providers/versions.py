@@ -31,6 +31,7 @@ from davserver.services.versions import (
     entry_name,
     version_no_of,
 )
+from providers import live_props
 from providers.computed import DS, ComputedProperties, StoredBytes, prop
 from providers.conditions import served_range
 from providers.digests import repr_digest
@@ -180,6 +181,8 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
             SIZE: prop(SIZE, version.size),
             UPLOADED_AT: prop(UPLOADED_AT, util.get_rfc3339_time(version.uploaded_at.timestamp())),
             SHA256: prop(SHA256, version.sha256),
+            # rclone compares these (``rclone check``), as on the file itself.
+            live_props.CHECKSUMS: live_props.checksums(version.sha1, version.md5),
             CURRENT: prop(CURRENT, "true" if version.is_current else "false"),
         }
         if version.author is not None:

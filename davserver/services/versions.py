@@ -58,6 +58,8 @@ class VersionInfo:
     size: int
     blob_id: uuid.UUID
     sha256: str
+    sha1: str
+    md5: str
     storage_key: str
     author: str | None  # the uploader's username; None once that user is gone
     uploaded_at: dt.datetime
@@ -381,6 +383,8 @@ _HISTORY = sa.select(
     _v.c.size,
     _v.c.blob_id,
     _b.c.sha256,
+    _b.c.sha1,
+    _b.c.md5,
     _b.c.storage_key,
     _u.c.username.label("author"),
     _v.c.uploaded_at,

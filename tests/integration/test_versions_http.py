@@ -12,6 +12,7 @@ import unicodedata
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import sqlalchemy as sa
@@ -485,3 +486,27 @@ def test_a_version_number_past_any_stored_one_is_not_found(
     assert alice("PROPFIND", f"/versions/files/big.txt/big.v{number}.txt").status == 404
     assert alice("GET", "/files/big.txt?version=0001").body == b"one"
     assert alice("GET", "/files/big.txt?version=000").status == 400
+
+
+def test_each_version_entry_has_its_checksums(server: InprocServer, alice: User) -> None:
+    """rclone asks for oc:checksums to compare hashes (``rclone check``, ``lsjson --hash``);
+    the history's entries had none, so every version there was "could not be checked"."""
+    contents = [b"one", b"two, longer"]
+    for data in contents:
+        assert alice.put("/files/sums.txt", data) in (201, 204)
+    body = (
+        b'<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">'
+        b"<d:prop><oc:checksums/></d:prop></d:propfind>"
+    )
+    answer = alice("PROPFIND", "/versions/files/sums.txt/", body, {"Depth": "1"})
+    assert answer.status == 207
+    tree = ElementTree.fromstring(answer.body)
+    found = {
+        response.findtext("{DAV:}href", "").rsplit("/", 1)[-1]: response.findtext(
+            ".//{http://owncloud.org/ns}checksum"
+        )
+        for response in tree.iter("{DAV:}response")
+    }
+    for number, data in enumerate(contents, start=1):
+        sha1, md5 = hashlib.sha1(data).hexdigest(), hashlib.md5(data).hexdigest()
+        assert found[f"sums.v{number}.txt"] == f"SHA1:{sha1} MD5:{md5}"
