@@ -238,9 +238,12 @@ def _path_problem(path_info: str) -> str | None:
     return None
 
 
+_MOVES = frozenset({"COPY", "MOVE"})
+
+
 def _destination_problem(environ: dict[str, Any]) -> str | None:
-    """Why a COPY or MOVE's Destination cannot be used (not UTF-8, or a NUL in it), or None; a
-    Destination sent as raw UTF-8 (not percent-encoded) is percent-encoded here, in
+    """Why a COPY or MOVE's Destination cannot be used (empty, not UTF-8, or a NUL in it), or
+    None; a Destination sent as raw UTF-8 (not percent-encoded) is percent-encoded here, in
     ``environ``.
 
     WsgiDAV un-escapes the header as UTF-8 with replacement characters, and takes WSGI's
@@ -248,6 +251,8 @@ def _destination_problem(environ: dict[str, Any]) -> str | None:
     raw ``été.txt`` one named ``Ã©tÃ©.txt``.
     """
     header = environ.get("HTTP_DESTINATION")
+    if header is not None and not header.strip() and environ["REQUEST_METHOD"] in _MOVES:
+        return "The Destination header is empty: name where the item goes"
     if not header:
         return None
     raw = header.encode("iso-8859-1", errors="replace")

@@ -1148,6 +1148,17 @@ def test_a_destination_that_is_not_utf8_is_a_400_that_moves_nothing(
     assert member_names(srv, folder) == ["stay.txt"]
 
 
+def test_an_empty_destination_is_a_400_that_moves_nothing(srv: InprocServer, folder: str) -> None:
+    """``Destination:`` with nothing in it was taken for a path and answered 409 ("Destination
+    parent must be a collection"), which sends a client looking for a missing folder."""
+    put(srv, folder + "stay.txt", b"here")
+    for method in ("MOVE", "COPY"):
+        answer = raw_request(srv, [f"{method} {path_of(folder)}stay.txt HTTP/1.1", "Destination: "])
+        assert answer.status == 400, (method, answer.status)
+        assert b"Destination header is empty" in answer.body
+    assert member_names(srv, folder) == ["stay.txt"]
+
+
 @pytest.mark.parametrize("method", ["MOVE", "COPY"])
 @pytest.mark.parametrize(
     ("host", "destination_host"),
