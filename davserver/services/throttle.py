@@ -1,9 +1,10 @@
 """Throttling of failed logins, per account and per client address, shared through the database.
 
 Failures are counted in a window; reaching the limit bans the key (``user:<name>`` or
-``addr:<ip>``) until ``banned_until``. The table is consulted only before a password would be
-hashed, so clients whose credentials are already verified (the credential cache, API keys) pay
-nothing, and a banned account keeps its already signed-in clients while guesses are refused.
+``addr:<ip>``, an IPv6 client's /64) until ``banned_until``. The table is consulted only before
+a password would be hashed, so clients whose credentials are already verified (the credential
+cache, API keys) pay nothing, and a banned account keeps its already signed-in clients while
+guesses are refused.
 Unknown usernames are counted like real ones, so a ban does not reveal whether an account exists.
 
 Within one process, the attempts of one account or one address are checked, verified and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import math
 import threading
 from collections.abc import Iterator
@@ -43,8 +45,23 @@ class ThrottlePolicy:
 def _keys(username: str, remote_addr: str | None) -> list[str]:
     keys = [f"user:{username.casefold()}"[:200]]
     if remote_addr:
-        keys.append(f"addr:{remote_addr}"[:200])
+        keys.append(f"addr:{_client_of(remote_addr)}"[:200])
     return keys
+
+
+def _client_of(remote_addr: str) -> str:
+    """What counts as one client's address: an IPv6 address's /64 (a host picks any address
+    in its prefix, so per address it could send each guess from a new one), an IPv4 address
+    as it is (also when written as IPv6, ``::ffff:192.0.2.1``)."""
+    try:
+        address = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return remote_addr
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class LoginThrottle:

@@ -52,6 +52,18 @@ def test_address_is_banned_after_its_limit_whatever_the_accounts(database: Datab
     t.check("someone-else", "192.0.2.8")
 
 
+def test_an_ipv6_client_is_counted_by_its_64_bit_prefix(database: Database) -> None:
+    """One IPv6 client has a whole /64 to pick addresses from; counted per address, it could
+    send each guess from a new one and never meet the address limit."""
+    t = throttle(database)
+    started = [fail(t, f"user{i}", f"2001:db8:1:2::{i + 1:x}") for i in range(5)]
+    assert started == [False, False, False, False, True]
+    with pytest.raises(TooManyRequests):
+        t.check("someone-else", "2001:db8:1:2:ffff:ffff:ffff:ffff")
+    t.check("someone-else", "2001:db8:1:3::1")  # the next /64 is another client
+    t.check("someone-else", "::ffff:192.0.2.1")  # an IPv4 address written as IPv6: itself
+
+
 def test_failures_outside_the_window_start_a_new_count(database: Database) -> None:
     t = throttle(database, window=dt.timedelta(seconds=-1))  # every failure opens a new window
     assert [fail(t, "carol", "10.1.1.1") for _ in range(6)] == [False] * 6
