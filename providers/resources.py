@@ -30,7 +30,8 @@ from davserver.blobstore import BlobWriter
 from davserver.errors import AlreadyExists, BadRequest
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
-from davserver.services.files import FileService, check_dead_properties, check_property_name
+from davserver.services.dead_props import check_dead_properties, check_property_name
+from davserver.services.files import FileService
 from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO, TypeVar
 
 import sqlalchemy as sa
@@ -23,51 +23,29 @@ from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
 from davserver.db.dialect import (
     NO_KEY_UPDATE,
-    by_dialect,
     for_bind,
     insert_or_ignore,
     is_postgres,
-    join_by_key,
-    unnested,
 )
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import (
     AlreadyExists,
-    BadRequest,
     Conflict,
     Forbidden,
     NotFound,
     PreconditionFailed,
-    QuotaExceeded,
 )
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space
-from davserver.models.nodes import MAX_PROPERTY_NAME
-from davserver.services import tree, usage, version_rules
+from davserver.services import dead_props, tree, usage, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
 from davserver.services.lost_bytes import open_stored, require_stored
+from davserver.services.subtree_copy import copy_subtree
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
 from davserver.services.usage import add_home_bytes, bytes_below, check_quota
 
 T = TypeVar("T")
 _RETRIES = 4
-# Dead properties are what clients note about an item (Explorer's Win32 times take a few
-# hundred bytes), not a place for content: they count against no quota, and a listing reads
-# those of every child, so each item's are bounded (RFC 4918 9.2.1: 507 for a PROPPATCH).
-MAX_DEAD_PROPERTY_BYTES = 64 * 1024
-
-
-def check_property_name(name: str) -> None:
-    """BadRequest for a dead property name (``{namespace}local``) longer than the database
-    holds: PostgreSQL refused it with a 500, and SQLite stored it, which then stopped a
-    ``db copy`` to PostgreSQL."""
-    if len(name) > MAX_PROPERTY_NAME:
-        raise BadRequest(
-            f"a property name (namespace and local name) has at most {MAX_PROPERTY_NAME}"
-            f" characters, not {len(name)}"
-        )
-
-
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction can run again.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
@@ -234,22 +212,16 @@ class FileService:
     def dead_properties(self, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, bytes]]:
         """Dead properties of many nodes at once: {node_id: {name: xml bytes}}."""
         ids = list(node_ids)
-        result: dict[uuid.UUID, dict[str, bytes]] = {node_id: {} for node_id in ids}
         if not ids:
-            return result
+            return {}
         with self.db.connect() as conn:
-            for node_id, name, value in conn.execute(for_bind(_DEAD_OF, conn), {"ids": ids}):
-                result[node_id][name] = value
-        return result
+            return dead_props.read(conn, ids)
 
     def children_dead_properties(self, folder_id: uuid.UUID) -> dict[uuid.UUID, dict[str, bytes]]:
         """Dead properties of a folder's live children, {node_id: {name: xml bytes}} for those
         that have any; by the folder, so a listing binds no list of ids."""
-        result: dict[uuid.UUID, dict[str, bytes]] = {}
         with self.db.connect() as conn:
-            for node_id, name, value in conn.execute(_DEAD_OF_CHILDREN, {"folder_id": folder_id}):
-                result.setdefault(node_id, {})[name] = value
-        return result
+            return dead_props.read_children(conn, folder_id)
 
     # ----------------------------------------------------------------- writes
 
@@ -640,7 +612,7 @@ class FileService:
                     return occupant
                 _refuse_replacing_a_folder_above(session, occupant, source.parent_id)
                 _trash(session, actor, occupant.id, overwritten=True)
-            new_root = self._copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
+            new_root = copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
             record_audit(
                 session,
                 actor,
@@ -679,11 +651,11 @@ class FileService:
         self, actor: Actor, node_id: uuid.UUID, changes: dict[str, bytes | None]
     ) -> None:
         """Set (bytes) or remove (None) dead properties of a node, all or nothing.
-        QuotaExceeded when the node's would then exceed MAX_DEAD_PROPERTY_BYTES; BadRequest
-        for a name too long to store (``check_property_name``)."""
+        QuotaExceeded when the node's would then exceed ``dead_props.MAX_DEAD_PROPERTY_BYTES``;
+        BadRequest for a name too long to store (``dead_props.check_property_name``)."""
         actor.require_write()
         for name in changes:
-            check_property_name(name)
+            dead_props.check_property_name(name)
 
         def work(session: Session) -> None:
             live_node(session, node_id)
@@ -691,7 +663,7 @@ class FileService:
                 DeadProperty.node_id == node_id
             )
             kept = {name: value for name, value in session.execute(stored)}
-            check_dead_properties(kept, changes)
+            dead_props.check_dead_properties(kept, changes)
             for name, value in changes.items():
                 session.execute(
                     sa.delete(DeadProperty).where(
@@ -816,137 +788,6 @@ class FileService:
             version_id=version_id,
             details={"source": str(source.id), "onto": "existing file"},
         )
-
-    def _copy_subtree(
-        self,
-        session: Session,
-        actor: Actor,
-        source: Node,
-        dest_parent: NodeView,
-        dest_name: str,
-        recursive: bool,
-    ) -> uuid.UUID:
-        parent_row = session.get(Node, dest_parent.id)
-        if parent_row is None or parent_row.deleted_at is not None or not parent_row.is_folder:
-            raise Conflict("the destination folder does not exist")
-        if session.scalar(
-            sa.select(Node.id).where(
-                Node.parent_id == dest_parent.id,
-                Node.name_key == name_key(dest_name),
-                Node.deleted_at.is_(None),
-            )
-        ):
-            raise AlreadyExists(f"{dest_name!r} exists")
-        # Read and written a batch at a time, parents before children: what stays in memory
-        # for the whole copy is the new id of each folder copied (its children need it), not
-        # the rows (which took 3.5 kB a node: 360 MB for a copy of 100,000).
-        batches: Iterable[Sequence[Any]] = (
-            _subtree(session, source.id) if recursive and source.is_folder else [[source]]
-        )
-        new_ids: dict[uuid.UUID, uuid.UUID] = {}  # of the folders copied, and of the root
-        copied = 0
-        for rows in batches:
-            copied += self._copy_batch(
-                session, actor, rows, new_ids, source.id, parent_row, dest_name
-            )
-            if parent_row.group_id is None:  # what the copy adds counts against the quota
-                check_quota(session, parent_row.owner_id, copied)
-        add_home_bytes(session, parent_row.owner_id, parent_row.space, copied)
-        return new_ids[source.id]
-
-    @staticmethod
-    def _copy_batch(
-        session: Session,
-        actor: Actor,
-        rows: Sequence[Any],
-        new_ids: dict[uuid.UUID, uuid.UUID],
-        source_id: uuid.UUID,
-        parent_row: Node,
-        dest_name: str,
-    ) -> int:
-        """Copy ``rows`` (``_COPIED`` columns; their parents copied before them, with their
-        new ids in ``new_ids``) with their current versions and dead properties as new rows
-        below ``parent_row``; adds the new ids of the folders among them (and of the root) to
-        ``new_ids`` and returns their bytes."""
-        now = utcnow()
-        node_values = []
-        batch_ids: dict[uuid.UUID, uuid.UUID] = {}
-        for row in rows:
-            batch_ids[row.id] = new_id = uuid.uuid4()
-            is_root = row.id == source_id
-            if is_root or row.kind == NodeKind.FOLDER.value:
-                new_ids[row.id] = new_id
-            node_values.append(
-                {
-                    "id": new_id,
-                    "parent_id": parent_row.id if is_root else new_ids[row.parent_id],
-                    "name": dest_name if is_root else row.name,
-                    "name_key": name_key(dest_name) if is_root else row.name_key,
-                    "kind": row.kind,
-                    "owner_id": parent_row.owner_id,
-                    "space": parent_row.space,
-                    "group_id": parent_row.group_id,
-                    "mime_type": row.mime_type,
-                    "current_version_id": None,
-                    "size": row.size,
-                    "mtime": row.mtime,
-                    "created_at": now,
-                    "modified_at": row.modified_at,
-                }
-            )
-        session.execute(sa.insert(Node), node_values)
-        current = {row.current_version_id: row.id for row in rows if row.current_version_id}
-        if current:
-            version_values = []
-            pointer_values = []
-            for version_id, blob_id, size, mtime in session.execute(
-                sa.select(
-                    FileVersion.id, FileVersion.blob_id, FileVersion.size, FileVersion.mtime
-                ).where(FileVersion.id.in_(list(current)))
-            ):
-                new_version = uuid.uuid4()
-                version_values.append(
-                    {
-                        "id": new_version,
-                        "node_id": batch_ids[current[version_id]],
-                        "version_no": 1,
-                        "blob_id": blob_id,
-                        "size": size,
-                        "uploaded_by": actor.user_id,
-                        "uploaded_at": now,
-                        "session_id": actor.session_id,
-                        "mtime": mtime,
-                    }
-                )
-                pointer_values.append(
-                    {"b_id": batch_ids[current[version_id]], "b_version": new_version}
-                )
-            session.execute(sa.insert(FileVersion), version_values)
-            nodes = sa.table(
-                "nodes", sa.column("id", sa.Uuid), sa.column("current_version_id", sa.Uuid)
-            )
-            session.execute(
-                sa.update(nodes)
-                .where(nodes.c.id == sa.bindparam("b_id"))
-                .values(current_version_id=sa.bindparam("b_version")),
-                pointer_values,
-            )
-        props = session.execute(
-            for_bind(_DEAD_OF, session), {"ids": [row.id for row in rows]}
-        ).all()
-        if props:
-            session.execute(
-                sa.insert(DeadProperty),
-                [
-                    {"id": uuid.uuid4(), "node_id": batch_ids[n], "name": name, "value": value}
-                    for n, name, value in props
-                ],
-            )
-        return sum(row.size for row in rows if row.kind == NodeKind.FILE.value)
-
-
-# SQLite allows 32,766 bound parameters per statement; IN lists stay well below that.
-_BATCH = 5000
 
 
 def _unchanged(file: NodeView, blob: StoredBlob) -> bool:
@@ -1194,20 +1035,6 @@ def _make_current(
     )
 
 
-def check_dead_properties(kept: dict[str, bytes], changes: dict[str, bytes | None]) -> None:
-    """QuotaExceeded when a node's dead properties ``kept``, with ``changes`` (None removes
-    one) applied, would hold more than MAX_DEAD_PROPERTY_BYTES of names and values."""
-    merged = {**kept, **changes}
-    total = sum(
-        len(name.encode()) + len(value) for name, value in merged.items() if value is not None
-    )
-    if total > MAX_DEAD_PROPERTY_BYTES:
-        raise QuotaExceeded(
-            f"an item's properties are limited to {MAX_DEAD_PROPERTY_BYTES} bytes; "
-            f"these would take {total}"
-        )
-
-
 _n = Base.metadata.tables["nodes"]
 _v = Base.metadata.tables["file_versions"]
 _b = Base.metadata.tables["blobs"]
@@ -1303,62 +1130,6 @@ _INSERT_BLOB = {
     dialect: insert.returning(_b.c.id) for dialect, insert in insert_or_ignore(_b, "sha256").items()
 }
 _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
-
-
-# What a copy copies of each node below the one it copies (as read from the Node it copies).
-_COPIED = (
-    "id",
-    "parent_id",
-    "name",
-    "name_key",
-    "kind",
-    "mime_type",
-    "size",
-    "mtime",
-    "modified_at",
-    "current_version_id",
-)
-
-
-def _subtree_statement(postgres: bool) -> sa.Select[Any]:
-    """The ``_COPIED`` columns of :root_id and its live descendants, parents before children.
-    The walk carries them: a join back to ``nodes`` was planned as a scan of the table."""
-    walk = tree.walk_down(_COPIED, "subtree", postgres=postgres)
-    return sa.select(*(walk.c[c] for c in _COPIED)).order_by(walk.c.depth)
-
-
-_SUBTREE = by_dialect(_subtree_statement)
-
-
-def _subtree(session: Session, root_id: uuid.UUID) -> Iterator[Sequence[sa.Row[Any]]]:
-    """A node and its live descendants, parents before children (``_COPIED`` columns), in
-    batches of ``_BATCH`` rows read as they are needed."""
-    statement = for_bind(_SUBTREE, session).execution_options(yield_per=_BATCH)
-    yield from session.execute(statement, {"root_id": root_id}).partitions()
-
-
-_dp = Base.metadata.tables["dead_properties"]
-
-
-def _dead_of_statement(postgres: bool) -> sa.Select[Any]:
-    """(node_id, name, value) of the dead properties of the nodes in :ids; on PostgreSQL each
-    node's looked up by key (``join_by_key``)."""
-    columns = ("node_id", "name", "value")
-    if not postgres:
-        ids = sa.bindparam("ids", expanding=True, type_=sa.Uuid)
-        return sa.select(*(_dp.c[c] for c in columns)).where(_dp.c.node_id.in_(ids))
-    wanted = unnested("ids", sa.Uuid)
-    on = _dp.c.node_id == wanted.c.value
-    rows, props = join_by_key(wanted, _dp, on, columns, "props", one=False, postgres=True)
-    return sa.select(*(props.c[c] for c in columns)).select_from(rows)
-
-
-_DEAD_OF = by_dialect(_dead_of_statement)
-_DEAD_OF_CHILDREN = (
-    sa.select(_dp.c.node_id, _dp.c.name, _dp.c.value)
-    .join(_n, _n.c.id == _dp.c.node_id)
-    .where(_n.c.parent_id == sa.bindparam("folder_id", type_=sa.Uuid), _n.c.deleted_at.is_(None))
-)
 
 
 _GROUP_ROOT = sa.select(_n.c.id).where(

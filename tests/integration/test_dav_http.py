@@ -39,7 +39,7 @@ from davserver.http_request import MAX_HEADER_BYTES
 from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, Op, User
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog
-from davserver.services.files import MAX_DEAD_PROPERTY_BYTES
+from davserver.services.dead_props import MAX_DEAD_PROPERTY_BYTES
 from davserver.services.tree import NodeView
 from tests.integration.test_startup_errors import self_signed
 from tests.servers import (

@@ -38,7 +38,7 @@ from davserver.errors import (
 )
 from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node, Op, User
 from davserver.services import files as files_module
-from davserver.services import package_rows, tree
+from davserver.services import package_rows, subtree_copy, tree
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.namespace import NamespaceService
@@ -650,7 +650,7 @@ def test_copy_of_a_big_subtree_reads_in_batches(
 ) -> None:
     # SQLite limits bound parameters per statement; copies read versions and properties in
     # batches. A batch of 2 makes this small tree take several.
-    monkeypatch.setattr(files_module, "_BATCH", 2)
+    monkeypatch.setattr(subtree_copy, "_BATCH", 2)
     src = service.create_folder(actor, home, "batched")
     for i in range(5):
         view = put(service, actor, src, f"f{i}.txt", f"content {i}".encode())
@@ -673,7 +673,7 @@ def test_copy_memory_does_not_grow_with_the_rows_copied(
     """A COPY of a folder holds a batch of rows at a time, and the new id of each node
     copied; it held every row and every row's new values (3.5 kB a node: 360 MB to copy a
     folder of 100,000)."""
-    monkeypatch.setattr(files_module, "_BATCH", 100)
+    monkeypatch.setattr(subtree_copy, "_BATCH", 100)
     seed = service.create_folder(actor, home, "seed")
     for i in range(20):
         put(service, actor, seed, f"f{i}.txt", f"content {i}".encode())
