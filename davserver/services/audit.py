@@ -161,7 +161,9 @@ class ReadLog:
             self.flush()
 
 
-# What a logbook row refers to, each ON DELETE SET NULL.
+# What a logbook row refers to with a foreign key, each ON DELETE SET NULL: its user and
+# session, which are never deleted. Its node, version and package are plain ids, kept when
+# those go (migration 0008).
 _REFERENCES = tuple(
     (column.name, next(iter(column.foreign_keys)).column)
     for column in Base.metadata.tables[LogEntry.__tablename__].columns
@@ -170,9 +172,9 @@ _REFERENCES = tuple(
 
 
 def _forget_what_is_gone(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Clear each reference of ``rows`` whose row was deleted since the download (a file or
-    version purged, a package deleted, a session ended): what that deletion did to the rows
-    already written. Without this, one such row failed the whole batch."""
+    """Clear each reference of ``rows`` whose row was deleted since the download: what that
+    deletion did to the rows already written. Without this, one such row failed the whole
+    batch (when files, versions and packages were references too)."""
     for name, target in _REFERENCES:
         wanted = list({row[name] for row in rows if row[name] is not None})
         there: set[Any] = set()

@@ -2814,8 +2814,8 @@ def test_a_download_whose_file_is_purged_before_its_batch_is_written_is_logged(
     """A download's row waits up to a second for its batch (``ReadLog``); the file may be
     purged from the trash meanwhile. The batch used to fail on the row's reference to the
     file that no longer exists, and every download in it, of any file by anyone, was
-    dropped from the logbook. The row is now written without the reference, as the purge
-    leaves the rows written before it."""
+    dropped from the logbook. The row is written, naming the file and version that are gone,
+    as the rows written before the purge still do."""
     app = srv.application
     put(srv, folder + "kept.txt", b"kept")
     put(srv, folder + "gone.txt", b"gone")
@@ -2841,7 +2841,7 @@ def test_a_download_whose_file_is_purged_before_its_batch_is_written_is_logged(
                 LogEntry.details["name"].as_string() == "gone.txt",
             )
         ).all()
-    assert [tuple(row) for row in orphaned] == [(None, None)]
+    assert [tuple(row) for row in orphaned] == [(gone.id, gone.current_version_id)]
 
 
 def test_unchanged_put_writes_no_version_row_in_the_logbook(srv: InprocServer, folder: str) -> None:
