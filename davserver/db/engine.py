@@ -171,6 +171,11 @@ class Database:
                 raise Unavailable("the database is busy with other changes; try again") from exc
             raise
 
+    def write_connection(self) -> sa.Connection:
+        """A Core connection whose transactions begin as ``write()``'s do: on SQLite with
+        ``BEGIN IMMEDIATE``, holding the database's write lock from the start (migrations)."""
+        return self._write_engine.connect()
+
     @contextmanager
     def connect(self) -> Iterator[sa.Connection]:
         """A Core connection for quick single-statement reads (cheaper than a Session)."""

@@ -15,6 +15,8 @@ from davserver.db.engine import Database
 
 # PostgreSQL's SQLSTATE for "permission denied".
 _INSUFFICIENT_PRIVILEGE = "42501"
+# Key of the transaction-level PostgreSQL advisory lock that migrations take ("davmigra").
+_MIGRATION_LOCK_KEY = 0x6461766D69677261
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -88,13 +90,21 @@ def migration_connection(db: Database) -> Iterator[sa.Connection]:
     SQLite table it cannot ALTER by copying it and dropping the old one; with foreign keys on,
     that DROP fails, or deletes every row that references the table (``ON DELETE CASCADE``:
     rebuilding ``users`` would empty ``nodes``).
+
+    One migration runs at a time: servers started together each bring the schema up to date,
+    and one that read the version while another was still migrating made the same tables
+    again and failed. The transaction takes a lock first (PostgreSQL an advisory lock, SQLite
+    its write lock, ``BEGIN IMMEDIATE``), so the next reads the version once the first has
+    committed, and finds nothing left to do.
     """
-    with db.engine.connect() as conn:
+    with db.write_connection() as conn:
         raw = conn.connection.dbapi_connection if db.is_sqlite else None
         if raw is not None:
             raw.execute("PRAGMA foreign_keys=OFF")  # outside a transaction, or it is ignored
         try:
             with conn.begin():
+                if not db.is_sqlite:
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
                 yield conn
                 if raw is not None:
                     dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").all()

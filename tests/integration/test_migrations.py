@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
+import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -23,6 +25,7 @@ from davserver.services.files import FileService
 from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView
 from tests.dbs import fresh_pg_database, pg_admin
+from tests.integration.test_startup_errors import command
 
 # SQLite cannot reflect the lower() indexes (0006), so autogenerate skips them there; the
 # behaviour test below checks them on both engines.
@@ -45,6 +48,49 @@ def test_downgrade_to_base_and_up_again(database: Database) -> None:
     with database.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
+
+
+def test_two_processes_starting_at_once_on_an_empty_database_both_come_up(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Several servers started together (a scaled deployment's first start) each bring the
+    schema up to date. The second read the version while the first was still creating the
+    tables, created them too and failed: UniqueViolation on PostgreSQL, "database is locked" on
+    SQLite, a traceback and no server."""
+    first = Database(db_url, pool_size=1)
+    inside, second_done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    # This process's migration pauses inside its transaction, after creating its first table,
+    # until the other process's has ended (or had a few seconds).
+    @sa.event.listens_for(first.engine, "after_cursor_execute")
+    def pause(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if not inside.is_set() and statement.lstrip().startswith("CREATE TABLE"):
+            inside.set()
+            second_done.wait(3)
+
+    def migrate() -> None:
+        try:
+            upgrade(first)
+        except BaseException as exc:
+            errors.append(exc)
+
+    migrating = threading.Thread(target=migrate)
+    migrating.start()
+    try:
+        assert inside.wait(30)
+        other = command(tmp_path, {"DAVSERVER_DATABASE_URL": db_url}, "db", "upgrade")
+        second_done.set()
+        migrating.join(30)
+        assert (other.returncode, other.stderr) == (0, "")
+        assert errors == []
+        with first.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        second_done.set()
+        migrating.join(30)
+        first.dispose()
 
 
 def _index_predicates(database: Database) -> tuple[dict[str, str], dict[str, str]]:
