@@ -14,7 +14,7 @@ from davserver.db import Base, Database
 from davserver.db.types import utcnow
 from davserver.errors import Unauthorized
 from davserver.models import SYSTEM_ROLES, ApiKey, Op, Role, User, UserRole
-from davserver.services.account_rules import check_name
+from davserver.services.account_rules import check_name, serialize_account_changes
 from davserver.services.actor import Actor
 from davserver.services.apikeys import KEY_MARKER, key_hash
 from davserver.services.audit import record_audit
@@ -59,10 +59,13 @@ class AccountService:
         """Create the first admin if no user of that name exists.
 
         Returns the generated password when one had to be made (to be shown once), else None.
-        An existing account is left as it is.
+        An existing account is left as it is. Servers started together on a new database
+        each call this: one at a time (``serialize_account_changes``), so the next finds the
+        roles and the admin the first made instead of inserting them again.
         """
         check_name(username)
         with self.db.write() as session:
+            serialize_account_changes(session)
             roles = self.ensure_roles(session)
             if session.scalar(sa.select(User.id).where(User.username == username)):
                 return None

@@ -711,3 +711,40 @@ def test_two_admins_demoting_each_other_at_once_leave_one(services: Services) ->
     assert sorted(outcomes.values()) == ["demoted", "refused"]
     admins = [u.username for u in services.users.list_users() if "admin" in u.roles]
     assert len(admins) == 1
+
+
+def test_two_servers_creating_the_first_admin_at_once_both_start(services: Services) -> None:
+    """Servers started together on a new database each create the system roles and the first
+    admin (``ensure_admin``). On PostgreSQL the second inserted the roles as well and stopped
+    with a UniqueViolation traceback (uq_roles_name): that server did not start."""
+    inside, second_done = threading.Event(), threading.Event()
+
+    # The first pauses inside its transaction once it has inserted a role, until the second
+    # has ended (or had a few seconds).
+    @sa.event.listens_for(services.db.engine, "after_cursor_execute")
+    def pause(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if not inside.is_set() and statement.startswith("INSERT INTO roles"):
+            inside.set()
+            second_done.wait(3)
+
+    outcomes: list[object] = []
+
+    def start() -> None:
+        try:
+            outcomes.append(services.accounts.ensure_admin("boss", "first-admin-password"))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    first = threading.Thread(target=start)
+    first.start()
+    try:
+        assert inside.wait(30)
+        start()
+        second_done.set()
+        first.join(30)
+    finally:
+        second_done.set()
+        first.join(30)
+    assert outcomes == [None, None]
+    assert services.users.show_user("boss").roles == ["admin", "user"]
+    assert len(logbook(services, "user:create")) == 1
