@@ -18,6 +18,7 @@ from wsgidav.dav_provider import _DAVResource
 
 from davserver.errors import Forbidden
 from providers.live_props import DS_NS, NC_NS
+from providers.xml_safety import xml_text
 
 DS = f"{{{DS_NS}}}"
 NC = f"{{{NC_NS}}}"
@@ -26,7 +27,7 @@ NC = f"{{{NC_NS}}}"
 def prop(name: str, value: object) -> str:
     """The XML text of property ``name`` (Clark notation) holding ``value`` as text."""
     namespace, _, local = name[1:].partition("}")
-    text = escape(str(value))
+    text = xml_text(str(value))
     return f'<X:{local} xmlns:X="{escape(namespace, {chr(34): "&quot;"})}">{text}</X:{local}>'
 
 

@@ -26,7 +26,7 @@ from wsgidav.dav_provider import DAVCollection
 from davserver.memory import release_free_memory
 from providers import live_props
 from providers.resources import VirtualCollection, members_of
-from providers.xml_safety import parse_xml_body
+from providers.xml_safety import parse_xml_body, xml_text
 
 _DAV = "{DAV:}"
 _SUPPORTED_LOCK = (
@@ -308,7 +308,7 @@ def rfc3339_time(epoch: float) -> str:
 
 
 def _text(local: str, value: str) -> str:
-    return f"<D:{local}>{escape(value)}</D:{local}>"
+    return f"<D:{local}>{xml_text(value)}</D:{local}>"
 
 
 def _empty(name: str) -> str:

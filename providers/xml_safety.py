@@ -10,6 +10,9 @@ alike: it is replaced here, once, by a version that refuses a DOCTYPE.
 
 Values stored before that (or written to the database by other means) are checked when they
 are read: one that is not a single well-formed element is answered as an empty one.
+
+Text written into a multistatus (a name, a path) goes through ``xml_text``: names may no longer
+hold what XML 1.0 has no character for, but earlier versions stored some.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from xml.sax.saxutils import escape
 
 from lxml import etree
 from wsgidav import util
@@ -26,6 +30,10 @@ _logger = logging.getLogger(__name__)
 _wsgidav_parse_xml_body = util.parse_xml_body
 # An XML declaration may only start a document; copied into a multistatus it would break it.
 _DECLARATION = re.compile(rb"\s*<\?xml\s")
+# What XML 1.0 has no character for: control characters but tab, newline and carriage return,
+# and the noncharacters U+FFFE and U+FFFF. Names cannot hold them (``check_name``); earlier
+# versions let U+FFFE and U+FFFF through.
+_NOT_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def parse_xml_body(environ: dict[str, Any], *, allow_empty: bool = False) -> Any:
@@ -44,6 +52,13 @@ def parse_xml_body(environ: dict[str, Any], *, allow_empty: bool = False) -> Any
 
 
 util.parse_xml_body = parse_xml_body
+
+
+def xml_text(value: str) -> str:
+    """``value`` escaped as XML character data, what XML cannot carry shown as U+FFFD: a
+    file named so by an earlier version made every listing of its folder (and of the trash,
+    once deleted) ill-formed, so no client could see it to rename it."""
+    return escape(_NOT_XML_CHARS.sub("\ufffd", value))
 
 
 def stored_element(name: str, value: bytes) -> bytes:

@@ -916,6 +916,47 @@ def test_names_xml_cannot_carry_are_refused_and_the_listing_stays_readable(
     assert member_names(srv, folder) == ["keep.txt"]  # parses the listing's XML
 
 
+@pytest.mark.parametrize("char", ["\ufffe", "\uffff"], ids=["U+FFFE", "U+FFFF"])
+def test_a_name_stored_before_that_rule_is_listed_readably_and_can_be_renamed(
+    srv: InprocServer, folder: str, char: str
+) -> None:
+    """Earlier versions stored such names; after an upgrade, every listing of their folder,
+    and of the trash once one was deleted, was still ill-formed XML, so no client could see
+    the item to rename it. The name's href is percent-encoded; its text properties show the
+    character as U+FFFD."""
+    put(srv, folder + "keep.txt", b"keep")
+    put(srv, folder + "odd.txt", b"odd")
+    odd = f"odd{char}name.txt"
+    with srv.application.db.write() as session:  # as an earlier version stored it
+        node = session.get(Node, existing_node(srv, folder + "odd.txt").id)
+        assert node is not None
+        node.name = node.name_key = odd
+    base = urllib.parse.unquote(path_of(folder)).rstrip("/")
+    entries = propfind(srv, folder)  # parses the listing's XML
+    assert sorted(entries) == sorted([base, f"{base}/keep.txt", f"{base}/{odd}"])
+    shown = entries[f"{base}/{odd}"].props[DAV_NS + "displayname"].text
+    assert shown == "odd\ufffdname.txt"
+
+    moved = call(
+        srv,
+        "MOVE",
+        folder + q(odd),
+        headers={"Destination": srv.url + path_of(folder) + "renamed.txt"},
+    )
+    assert moved.status == 201, moved.body[:500]
+    assert member_names(srv, folder) == ["keep.txt", "renamed.txt"]
+
+    with srv.application.db.write() as session:
+        node = session.get(Node, existing_node(srv, folder + "renamed.txt").id)
+        assert node is not None
+        node.name = node.name_key = odd
+    assert call(srv, "DELETE", folder + q(odd)).status == 204
+    trash = propfind(srv, "/trash/")  # parses too
+    filename = "{http://nextcloud.org/ns}trashbin-filename"
+    names = [e.props[filename].text for e in trash.values() if filename in e.props]
+    assert "odd\ufffdname.txt" in names
+
+
 TARGET_NAMES = ["what?.txt", "semi;colon.txt", "hash#tag.txt", "100%.txt", "a?b;c#d%25e.txt"]
 
 
