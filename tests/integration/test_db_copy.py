@@ -87,6 +87,37 @@ def populate(server: InprocServer) -> Deployment:
     return Deployment(server, alice, bob, key, rotated["refresh_token"], package_zip)
 
 
+def assert_serves(server: InprocServer, deployment: Deployment) -> None:
+    """``server`` (on another database: a copy, an upgrade) serves what ``populate`` made."""
+    alice = User(server, deployment.alice.name, deployment.alice.password)
+    bob = User(server, deployment.bob.name, deployment.bob.password)
+    assert alice.get("/files/docs/a.txt") == b"second"
+    assert alice.get("/files/docs/a.txt?version=1") == b"first"
+    assert (
+        alice.propfind("/files/docs/a.txt", "0")["/files/docs/a.txt"].get("{urn:example}colour")
+        == "teal"
+    )
+    assert alice.put("/files/docs/locked.txt", b"no token") == 423
+    assert bob.get(f"/shared/{alice.name}/docs/a.txt") == b"second"
+    assert alice.get("/packages/release.zip") == deployment.package_zip
+    trash = alice.propfind("/trash/")
+    assert any(path.startswith("/trash/gone (") for path in trash), trash
+    thumb = alice("GET", "/files/docs/deep/photo.jpg?thumbnail=64")
+    assert thumb.status == 200
+    with_key = User(server, alice.name, deployment.api_key)
+    assert with_key.get("/files/docs/a.txt") == b"second"
+    refreshed = http_request(
+        "POST",
+        server.url + "/api/v1/token/refresh",
+        json.dumps({"refresh_token": deployment.refresh_token}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert refreshed.status == 200, refreshed.body
+    # New rows get new ids (the logbook's sequence starts past the copied ones).
+    assert alice.put("/files/docs/new.txt", b"written on the copy") == 201
+    assert alice.get("/files/docs/new.txt") == b"written on the copy"
+
+
 @pytest.fixture(params=DIRECTIONS)
 def copied(
     request: pytest.FixtureRequest,
@@ -149,33 +180,7 @@ def test_the_copy_serves_what_the_original_served(
     source = deployment.server
     engine = "postgresql" if target_url.startswith("postgresql") else "sqlite"
     with run_inproc_server(engine, tmp_path, existing=(target_url, source.password)) as server:
-        alice = User(server, deployment.alice.name, deployment.alice.password)
-        bob = User(server, deployment.bob.name, deployment.bob.password)
-        assert alice.get("/files/docs/a.txt") == b"second"
-        assert alice.get("/files/docs/a.txt?version=1") == b"first"
-        assert (
-            alice.propfind("/files/docs/a.txt", "0")["/files/docs/a.txt"].get("{urn:example}colour")
-            == "teal"
-        )
-        assert alice.put("/files/docs/locked.txt", b"no token") == 423
-        assert bob.get(f"/shared/{alice.name}/docs/a.txt") == b"second"
-        assert alice.get("/packages/release.zip") == deployment.package_zip
-        trash = alice.propfind("/trash/")
-        assert any(path.startswith("/trash/gone (") for path in trash), trash
-        thumb = alice("GET", "/files/docs/deep/photo.jpg?thumbnail=64")
-        assert thumb.status == 200
-        with_key = User(server, alice.name, deployment.api_key)
-        assert with_key.get("/files/docs/a.txt") == b"second"
-        refreshed = http_request(
-            "POST",
-            server.url + "/api/v1/token/refresh",
-            json.dumps({"refresh_token": deployment.refresh_token}).encode(),
-            {"Content-Type": "application/json"},
-        )
-        assert refreshed.status == 200, refreshed.body
-        # New rows get new ids (the logbook's sequence starts past the copied ones).
-        assert alice.put("/files/docs/new.txt", b"written on the copy") == 201
-        assert alice.get("/files/docs/new.txt") == b"written on the copy"
+        assert_serves(server, deployment)
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)

@@ -18,14 +18,17 @@ from sqlalchemy.exc import IntegrityError
 import davserver.models  # noqa: F401  (fills the metadata)
 from davserver.config import ConfigError
 from davserver.db import Base, Database
-from davserver.db.migrate import downgrade, upgrade
+from davserver.db.migrate import downgrade, is_at_head, upgrade
 from davserver.models import Group, User
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView
-from tests.dbs import fresh_pg_database, pg_admin
+from tests.conftest import ENGINES
+from tests.dbs import fresh_database_url, fresh_pg_database, pg_admin
+from tests.integration.test_db_copy import assert_serves, populate
 from tests.integration.test_startup_errors import command
+from tests.servers import run_inproc_server
 
 # SQLite cannot reflect the lower() indexes (0006), so autogenerate skips them there; the
 # behaviour test below checks them on both engines.
@@ -157,6 +160,30 @@ def test_a_round_trip_to_the_first_revision_keeps_files_and_versions(
     upgrade(database)
     assert counts() == before
     assert files.usage(actor.user_id)[0] == sum(len(f"file {n} version 1") for n in range(3))
+
+
+@pytest.mark.parametrize("revision", ["0004", "0005", "0006"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_deployment_at_an_older_revision_is_upgraded_on_start_and_serves_it_all(
+    engine: str, revision: str, tmp_path: Path
+) -> None:
+    """What a server at an older revision held (versions, a thumbnail, a dead property, a
+    lock, a share, a package, the trash, an API key, a rotated refresh token) is served as
+    before once the next start has brought the schema up to date, and the quota totals that
+    migration 0005 filled in match the files."""
+    password = secrets.token_urlsafe(16)
+    with fresh_database_url(engine, str(tmp_path)) as url:
+        with run_inproc_server(engine, tmp_path, existing=(url, password)) as server:
+            deployment = populate(server)
+        older = Database(url)
+        try:
+            downgrade(older, revision)
+        finally:
+            older.dispose()
+        with run_inproc_server(engine, tmp_path, existing=(url, password)) as server:
+            assert is_at_head(server.application.db)
+            assert_serves(server, deployment)
+            assert server.application.services.files.recount_usage() == []
 
 
 def _add(database: Database, row: object) -> None:
