@@ -67,7 +67,9 @@ class AccountService:
         with self.db.write() as session:
             serialize_account_changes(session)
             roles = self.ensure_roles(session)
-            if session.scalar(sa.select(User.id).where(User.username == username)):
+            # In any case: names are unique ignoring case (``Admin`` is the account ``admin``).
+            taken = sa.func.lower(User.username) == username.lower()
+            if session.scalar(sa.select(User.id).where(taken)):
                 return None
             generated = None
             if not password:

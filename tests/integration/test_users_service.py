@@ -748,3 +748,13 @@ def test_two_servers_creating_the_first_admin_at_once_both_start(services: Servi
     assert outcomes == [None, None]
     assert services.users.show_user("boss").roles == ["admin", "user"]
     assert len(logbook(services, "user:create")) == 1
+
+
+def test_the_first_admin_setting_finds_its_user_in_any_case(services: Services) -> None:
+    """Names are unique ignoring case. With ``admin.user`` spelled in another case than the
+    existing account (``Admin`` for ``admin``), every start stopped with an IntegrityError
+    traceback (uq_users_username_lower) instead of leaving the account as it is."""
+    assert services.accounts.ensure_admin("admin", "first-admin-password") is None
+    assert services.accounts.ensure_admin("ADMIN", None) is None
+    assert [u.username for u in services.users.list_users()] == ["admin"]
+    assert len(logbook(services, "user:create")) == 1
