@@ -116,6 +116,8 @@ def announce(tls: bool, host: str, port: int, workers: int = 1) -> None:
     """Print the address being served: the line scripts and tests wait for."""
     scheme = "https" if tls else "http"
     suffix = f" ({workers} worker processes)" if workers > 1 else ""
+    if ":" in host:  # an IPv6 address is bracketed in a URL (RFC 3986)
+        host = f"[{host}]"
     print(f"davserver listening on {scheme}://{host}:{port}/{suffix}", flush=True)
 
 
