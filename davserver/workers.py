@@ -209,10 +209,21 @@ def _hold_port(host: str, port: int) -> socket.socket:
     Binding here makes a taken port fail before any worker starts, resolves port 0 to one port
     for all of them, and keeps the port while workers are replaced. A socket that does not
     listen receives no connections.
+
+    The address is first bound without ``SO_REUSEPORT``: with it, the bind succeeded where
+    another server's workers listened (another ``serve --workers`` on the same port, other
+    settings), and the kernel then shared the connections between the two.
     """
     family, kind, proto, _name, address = socket.getaddrinfo(
         host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
     )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CannotListen(host, port, exc) from exc
+        address = probe.getsockname()  # port 0: the one the kernel chose
     holder = socket.socket(family, kind, proto)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -369,6 +369,23 @@ def test_a_taken_port_is_one_clear_line(tmp_path: Path, workers: int) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_second_server_with_workers_on_a_served_port_is_refused(tmp_path: Path) -> None:
+    """Worker processes share their port with SO_REUSEPORT, and so did those of a second
+    ``serve --workers`` started by mistake on the same port with other settings: it came up,
+    and the kernel sent each new connection to either, so files uploaded to one were missing
+    on the next request. It is refused as a port taken by any other program is."""
+    with run_live_server(
+        "sqlite", tmp_path / "first", extra_env={"DAVSERVER_SERVER_WORKERS": str(WORKERS)}
+    ) as first:
+        second = tmp_path / "second"
+        second.mkdir()
+        port = str(first.port)
+        done = serve_until_it_stops(second, "--port", port, "--workers", str(WORKERS))
+    assert done.returncode == 1, done.stderr
+    assert f"davserver: cannot listen on {HOST}:{port}:" in done.stderr
+    assert "Address already in use" in done.stderr
+
+
 def test_a_schema_that_cannot_be_brought_up_to_date_stops_the_start(tmp_path: Path) -> None:
     """The migration runs in a child process (the server never loads Alembic); when it fails,
     its error is shown and the server does not start."""
