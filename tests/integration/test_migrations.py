@@ -20,6 +20,7 @@ from davserver.config import ConfigError
 from davserver.db import Base, Database
 from davserver.db.migrate import downgrade, is_at_head, upgrade
 from davserver.models import Group, User
+from davserver.services import usage
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.trash import TrashService
@@ -183,7 +184,7 @@ def test_a_deployment_at_an_older_revision_is_upgraded_on_start_and_serves_it_al
         with run_inproc_server(engine, tmp_path, existing=(url, password)) as server:
             assert is_at_head(server.application.db)
             assert_serves(server, deployment)
-            assert server.application.services.files.recount_usage() == []
+            assert usage.recount(server.application.db) == []
 
 
 def _add(database: Database, row: object) -> None:
