@@ -20,6 +20,8 @@
 * WsgiDAV compares the Destination's host with the Host header as text, so a port spelled in
   one and left to its default in the other (``host:443`` and ``host``) was another server
   (502). Default ports are dropped from both before it compares them.
+* A 405 carries ``Allow`` (RFC 9110 15.5.6 says it MUST): what OPTIONS lists for the URL.
+  WsgiDAV's had none.
 * PROPPATCH with a Depth header other than 0 was 400 ("Depth must be '0'"), but RFC 4918
   defines no Depth for PROPPATCH, and webdavclient3 sends ``Depth: 1`` with every
   ``set_property``. It is ignored: PROPPATCH changes the one resource it names.
@@ -37,6 +39,7 @@ from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
     HTTP_CONFLICT,
     HTTP_MEDIATYPE_NOT_SUPPORTED,
+    HTTP_METHOD_NOT_ALLOWED,
     DAVError,
 )
 from wsgidav.mw.base_mw import BaseMiddleware
@@ -64,6 +67,26 @@ class DavRequestServer(RequestServer):
         if override is not None and not error_list:
             success_code = override
         return super()._send_response(environ, start_response, root_res, success_code, error_list)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        try:
+            yield from super().__call__(environ, start_response)
+        except DAVError as error:
+            if error.value == HTTP_METHOD_NOT_ALLOWED:
+                allow = self._allowed_methods(environ)
+                if allow is not None:
+                    error.add_headers = [*(error.add_headers or []), ("Allow", allow)]
+            raise
+
+    def _allowed_methods(self, environ: dict[str, Any]) -> str | None:
+        """The Allow header OPTIONS answers for the request's URL, for a 405 to carry; None
+        when OPTIONS itself fails there."""
+        held = util.SubAppStartResponse()
+        try:
+            self.do_OPTIONS(dict(environ, REQUEST_METHOD="OPTIONS"), held)
+        except DAVError:
+            return None
+        return next((v for k, v in held.response_headers if k == "Allow"), None)
 
     def _evaluate_if_headers(self, res: Any, environ: dict[str, Any]) -> None:
         """If-Match and friends on the resource the request names (the first one WsgiDAV

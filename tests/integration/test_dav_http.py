@@ -1678,6 +1678,26 @@ def test_unknown_method_is_405_or_501(srv: InprocServer, folder: str, method: st
     no_traceback(response)
 
 
+def test_a_405_names_the_methods_the_url_allows(srv: InprocServer, folder: str) -> None:
+    # RFC 9110 15.5.6: a 405 MUST carry Allow. WsgiDAV's had none, so a client that read it
+    # to learn what it may do instead (as RFC 9110 invites) found nothing; it is what OPTIONS
+    # lists for the same URL.
+    put(srv, folder + "file.txt", b"f")
+    for method, target in (
+        ("PUT", folder),
+        ("MKCOL", folder),
+        ("MKCOL", folder + "file.txt"),
+        ("POST", folder + "file.txt"),
+        ("FROB", folder),
+        ("POST", f"http://{HOST}:{srv.port}/"),
+    ):
+        response = call(srv, method, target)
+        assert response.status == 405, (method, target, response.status)
+        allowed = call(srv, "OPTIONS", target).headers["Allow"]
+        assert response.headers.get("Allow") == allowed, (method, target, response.headers)
+        assert method not in allowed.split(", ")
+
+
 @pytest.mark.parametrize("method", ["GET", "PUT", "PROPFIND", "MKCOL", "DELETE"])
 @pytest.mark.parametrize("path", ["/files/%FF", "/files/%C3%28", "/files/a%80b/c"])
 def test_url_that_is_not_utf8_is_a_clean_4xx(srv: InprocServer, method: str, path: str) -> None:
