@@ -22,6 +22,9 @@
   (502). Default ports are dropped from both before it compares them.
 * A 405 carries ``Allow`` (RFC 9110 15.5.6 says it MUST): what OPTIONS lists for the URL.
   WsgiDAV's had none.
+* A list of the If header tagged with a resource's absolute URL (``<http://host/a%20b>``), or
+  with its path escaped otherwise, applies to that resource (RFC 4918 10.4). WsgiDAV compared
+  the tag with the resource's path as written, found no match and skipped the condition.
 * PROPPATCH with a Depth header other than 0 was 400 ("Depth must be '0'"), but RFC 4918
   defines no Depth for PROPPATCH, and webdavclient3 sends ``Depth: 1`` with every
   ``set_property``. It is ignored: PROPPATCH changes the one resource it names.
@@ -32,7 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import ParseResult, unquote
+from urllib.parse import ParseResult, unquote, urlsplit
 
 from wsgidav import request_server, util
 from wsgidav.dav_error import (
@@ -94,6 +97,8 @@ class DavRequestServer(RequestServer):
         if not environ.get(_CHECKED_KEY):
             environ[_CHECKED_KEY] = True
             conditions.check(res, environ)
+        if res is not None:
+            _retag_if_lists(environ, res.get_ref_url())
         with conditions.hidden(environ):
             super()._evaluate_if_headers(res, environ)
 
@@ -164,6 +169,25 @@ class DavRequestServer(RequestServer):
 
 # One byte range: "bytes=START-", "bytes=START-END" or "bytes=-SUFFIX" (a non-zero suffix).
 _SINGLE_RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d+)\s*-\s*(\d*)|-\s*0*[1-9]\d*)\s*", re.I)
+
+
+def _retag_if_lists(environ: dict[str, Any], ref_url: str) -> None:
+    """File the If header's lists tagged with any spelling of ``ref_url`` (absolute, or with
+    other escapes or without a folder's slash) under ``ref_url``, the key WsgiDAV looks up,
+    so that their conditions are evaluated rather than skipped."""
+    if "wsgidav.conditions.if" not in environ:
+        util.parse_if_header_dict(environ)
+    tagged = environ["wsgidav.conditions.if"]
+    if not tagged:
+        return
+    own = _tagged_path(ref_url)
+    for tag in [t for t in tagged if t not in ("*", ref_url)]:
+        if _tagged_path(tag) == own:
+            tagged.setdefault(ref_url, []).extend(tagged.pop(tag))
+
+
+def _tagged_path(url: str) -> str:
+    return unquote(urlsplit(url).path).rstrip("/") or "/"
 
 
 def _drop_unusable_range(environ: dict[str, Any]) -> None:

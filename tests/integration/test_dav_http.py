@@ -750,6 +750,45 @@ def test_preconditions_apply_to_the_requested_resource_only(srv: InprocServer, f
     assert stale.status == 412
 
 
+def test_an_if_header_list_tagged_with_an_absolute_url_is_applied(
+    srv: InprocServer, folder: str
+) -> None:
+    """RFC 4918 10.4: a list tagged with a resource's URL applies to that resource, and a tag
+    is an absolute URL as often as a path. WsgiDAV compared the tag with the resource's path
+    as written, so a tag with the scheme and host (or an escape spelled otherwise) matched
+    nothing and its condition was skipped: a PUT or DELETE guarded by a stale ETag went
+    through, and a COPY overwrote a destination whose tag no longer matched."""
+    url = folder + "a%20b.txt"
+    put(srv, url, b"first")
+    etag = call(srv, "HEAD", url).headers["ETag"]
+    absolute = srv.url + path_of(folder) + "a%20b.txt"
+    for tag in (absolute, path_of(folder) + "a%20b.txt", absolute.replace("a%20b", "a%20%62")):
+        stale = {"If": f'<{tag}> (["stale"])'}
+        assert call(srv, "PUT", url, b"lost", stale).status == 412, tag
+        assert call(srv, "DELETE", url, headers=stale).status == 412, tag
+        assert get_body(srv, url) == b"first"
+    put(srv, folder + "src.txt", b"src")
+    copied = call(
+        srv,
+        "COPY",
+        folder + "src.txt",
+        headers={"Destination": absolute, "If": f'<{absolute}> (["stale"])'},
+    )
+    assert copied.status == 412, copied.status
+    assert get_body(srv, url) == b"first"
+    # A folder's tag applies to it with or without its slash.
+    assert call(srv, "MKCOL", folder + "sub/").status == 201
+    token = _lock_token(
+        call(srv, "LOCK", folder + "sub/", LOCK_BODY, {"Content-Type": "application/xml"})
+    )
+    guarded = {"If": f"<{srv.url}{path_of(folder)}sub> (Not <{token}>)"}
+    assert call(srv, "DELETE", folder + "sub/", headers=guarded).status == 412
+    assert call(srv, "UNLOCK", folder + "sub/", headers={"Lock-Token": f"<{token}>"}).status == 204
+    # The current tag lets the write in.
+    assert call(srv, "PUT", url, b"second", {"If": f"<{absolute}> ([{etag}])"}).status == 204
+    assert get_body(srv, url) == b"second"
+
+
 # --- 4. uploads cut off ----------------------------------------------------------------------
 
 
