@@ -25,6 +25,8 @@
 * A list of the If header tagged with a resource's absolute URL (``<http://host/a%20b>``), or
   with its path escaped otherwise, applies to that resource (RFC 4918 10.4). WsgiDAV compared
   the tag with the resource's path as written, found no match and skipped the condition.
+* An entity-tag condition of the If header on a resource without an ETag (a folder) fails, as
+  the resource has no such tag; WsgiDAV took it as met.
 * PROPPATCH with a Depth header other than 0 was 400 ("Depth must be '0'"), but RFC 4918
   defines no Depth for PROPPATCH, and webdavclient3 sends ``Depth: 1`` with every
   ``set_property``. It is ignored: PROPPATCH changes the one resource it names.
@@ -99,6 +101,8 @@ class DavRequestServer(RequestServer):
             conditions.check(res, environ)
         if res is not None:
             _retag_if_lists(environ, res.get_ref_url())
+            if not res.support_etag():
+                res = _Untagged(res)
         with conditions.hidden(environ):
             super()._evaluate_if_headers(res, environ)
 
@@ -169,6 +173,21 @@ class DavRequestServer(RequestServer):
 
 # One byte range: "bytes=START-", "bytes=START-END" or "bytes=-SUFFIX" (a non-zero suffix).
 _SINGLE_RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d+)\s*-\s*(\d*)|-\s*0*[1-9]\d*)\s*", re.I)
+
+
+class _Untagged:
+    """A resource without an ETag as the If header's evaluation sees it: one whose tag is
+    none of those a condition names. WsgiDAV took every entity-tag condition on a resource
+    that does not support ETags as met."""
+
+    def __init__(self, res: Any) -> None:
+        self._res = res
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._res, name)
+
+    def support_etag(self) -> bool:
+        return True
 
 
 def _retag_if_lists(environ: dict[str, Any], ref_url: str) -> None:

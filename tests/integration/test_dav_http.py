@@ -789,6 +789,25 @@ def test_an_if_header_list_tagged_with_an_absolute_url_is_applied(
     assert get_body(srv, url) == b"second"
 
 
+def test_an_if_header_etag_never_matches_a_folder_which_has_none(
+    srv: InprocServer, folder: str
+) -> None:
+    """RFC 4918 10.4.8: an entity-tag condition holds when the resource has that tag, and a
+    folder has none. WsgiDAV took every tag condition on a resource without an ETag as met,
+    so a DELETE or MOVE of a folder guarded by a tag went through whatever the tag."""
+    assert call(srv, "MKCOL", folder + "kept/").status == 201
+    assert call(srv, "DELETE", folder + "kept/", headers={"If": '(["stale"])'}).status == 412
+    moved = call(
+        srv,
+        "MOVE",
+        folder + "kept/",
+        headers={"Destination": path_of(folder) + "moved/", "If": '(["stale"])'},
+    )
+    assert moved.status == 412
+    assert member_names(srv, folder) == ["kept"]
+    assert call(srv, "DELETE", folder + "kept/", headers={"If": '(Not ["stale"])'}).status == 204
+
+
 # --- 4. uploads cut off ----------------------------------------------------------------------
 
 
