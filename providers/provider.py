@@ -40,7 +40,12 @@ from providers.resources import (
     actor_of,
 )
 from providers.variants import respond_variant, wants_variant
-from providers.versions import respond_version, version_entry, wants_version
+from providers.versions import (
+    refuse_version_query,
+    respond_version,
+    version_entry,
+    wants_version,
+)
 
 ResourceFactory = Callable[["DavProvider", str, dict[str, Any], Any], Any]
 _CACHE_KEY = "davserver.nodes"
@@ -159,6 +164,7 @@ class DavProvider(DAVProvider):
         storage = getattr(self.lock_manager, "storage", None)
         if isinstance(storage, SqlLockStorage):
             storage.begin_request(RequestLockSpace(self, environ))
+        refuse_version_query(environ)
         check_request(self, environ)
         method = environ["REQUEST_METHOD"]
         if method == "UNLOCK":

@@ -24,7 +24,7 @@ from davserver.services.maintenance import MaintenanceService
 from davserver.services.permissions import Perm
 from tests.conftest import ENGINES
 from tests.servers import InprocServer, run_inproc_server
-from tests.webdav import DAV, DS, WIN32_PROPPATCH, User, make_user
+from tests.webdav import DAV, DS, LOCK_BODY, WIN32_PROPPATCH, User, make_user
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -510,3 +510,25 @@ def test_each_version_entry_has_its_checksums(server: InprocServer, alice: User)
     for number, data in enumerate(contents, start=1):
         sha1, md5 = hashlib.sha1(data).hexdigest(), hashlib.md5(data).hexdigest()
         assert found[f"sums.v{number}.txt"] == f"SHA1:{sha1} MD5:{md5}"
+
+
+@pytest.mark.parametrize(
+    "method", ["PUT", "DELETE", "PROPPATCH", "MOVE", "COPY", "LOCK", "PROPFIND"]
+)
+def test_version_n_is_for_reading_only(server: InprocServer, alice: User, method: str) -> None:
+    """``?version=N`` picks the version a GET or HEAD reads. Every other method ignored it and
+    acted on the file itself: ``DELETE report.txt?version=1``, meant for version 1, put the
+    whole file in the trash, a PUT replaced the current version, a COPY copied the current
+    bytes, and a PROPFIND described the current version at a URL whose GET is version 1.
+    They are a 400 that changes nothing."""
+    assert alice.put("/files/history.txt", b"first") == 201
+    assert alice.put("/files/history.txt", b"second") == 204
+    headers = {"Destination": f"{server.url}/files/elsewhere.txt", "Depth": "0"}
+    body = {"PUT": b"third", "PROPPATCH": WIN32_PROPPATCH, "LOCK": LOCK_BODY}.get(method)
+    response = alice(method, "/files/history.txt?version=1", body, headers)
+    assert response.status == 400, (response.status, response.body[:300])
+    assert b"version" in response.body
+    assert alice.get("/files/history.txt") == b"second"
+    assert alice.get("/files/history.txt?version=1") == b"first"
+    assert alice("GET", "/files/elsewhere.txt").status == 404
+    assert alice("OPTIONS", "/files/history.txt?version=1").status == 200
