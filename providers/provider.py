@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from wsgidav import util
 from wsgidav.dav_error import (
@@ -18,6 +19,7 @@ from wsgidav.dav_error import (
 )
 from wsgidav.dav_provider import DAVProvider
 
+from davserver.errors import BadRequest
 from davserver.services.files import FileService
 from davserver.services.namespace import (
     AccessContext,
@@ -28,6 +30,7 @@ from davserver.services.namespace import (
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from davserver.services.variants import VariantService
+from providers.errors import dav_errors
 from providers.gate import check_request, may_break_locks
 from providers.listing import folder_listing, vary_on_accept, wants_zip
 from providers.lock_space import RequestLockSpace
@@ -164,7 +167,7 @@ class DavProvider(DAVProvider):
         storage = getattr(self.lock_manager, "storage", None)
         if isinstance(storage, SqlLockStorage):
             storage.begin_request(RequestLockSpace(self, environ))
-        refuse_version_query(environ)
+        _refuse_reading_queries(environ)
         check_request(self, environ)
         method = environ["REQUEST_METHOD"]
         if method == "UNLOCK":
@@ -230,3 +233,23 @@ def _cache_key(path: str) -> str:
     only when there are any: a listing keys every member)."""
     key = path.strip("/")
     return key if "//" not in key else "/".join(p for p in key.split("/") if p)
+
+
+_READING = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _refuse_reading_queries(environ: dict[str, Any]) -> None:
+    """``?version=N``, ``?thumbnail=``, ``?preview=`` and ``?zip`` pick what a GET or HEAD
+    sends. Any other method ignored them and acted on the item itself (``DELETE
+    photo.jpg?thumbnail=256`` trashed the photo, a DELETE meant for version N the whole file):
+    BadRequest instead."""
+    if environ["REQUEST_METHOD"] in _READING or not environ.get("QUERY_STRING"):
+        return
+    refuse_version_query(environ)
+    query = parse_qs(environ["QUERY_STRING"], keep_blank_values=True)
+    if wants_variant(environ) or "zip" in query:
+        with dav_errors():
+            raise BadRequest(
+                "?thumbnail, ?preview and ?zip are for GET and HEAD; "
+                f"{environ['REQUEST_METHOD']} acts on the item itself, without them"
+            )

@@ -2978,3 +2978,20 @@ def test_failed_requests_write_no_logbook_row(srv: InprocServer, folder: str) ->
     assert call(srv, "MKCOL", folder + "missing/child").status == 409
     assert call(srv, "DELETE", folder + "missing").status == 404
     assert ops_since(app, mark) == []
+
+
+@pytest.mark.parametrize("query", ["thumbnail=256", "preview=1024", "zip"])
+@pytest.mark.parametrize("method", ["DELETE", "PUT", "MOVE", "COPY", "PROPPATCH"])
+def test_a_reading_query_with_a_changing_method_is_a_400(
+    srv: InprocServer, folder: str, method: str, query: str
+) -> None:
+    """``?thumbnail=``, ``?preview=`` and ``?zip`` pick what a GET or HEAD sends; any other
+    method ignored them and acted on the item itself: ``DELETE photo.jpg?thumbnail=256``
+    put the photo in the trash."""
+    put(srv, folder + "photo.jpg", b"not really a jpeg")
+    target = folder + ("photo.jpg" if query != "zip" else "")
+    headers = {"Destination": srv.url + path_of(folder) + "elsewhere", "Depth": "infinity"}
+    answer = call(srv, method, f"{target}?{query}", body=b"changed", headers=headers)
+    assert answer.status == 400, (answer.status, answer.body[:200])
+    assert get_body(srv, folder + "photo.jpg") == b"not really a jpeg"
+    assert member_names(srv, folder) == ["photo.jpg"]
