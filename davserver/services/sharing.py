@@ -96,12 +96,16 @@ class SharingService:
         grantee cannot make their access outlive their grant by resharing (to a group they
         are in, or to a friend).
 
-        Raises Forbidden (no SHARE, more than the granter holds, or replacing a grant someone
-        else made without managing the node's sharing), NotFound (no such user
-        or group) or BadRequest (no rights, both or neither grantee, expiry in the past,
-        granting the owner their own space, granting a space itself).
+        Raises Forbidden (no SHARE, more than the granter holds, replacing a grant someone
+        else made without managing the node's sharing, or signed in with an API key),
+        NotFound (no such user or group) or BadRequest (no rights, both or neither grantee,
+        expiry in the past, granting the owner their own space, granting a space itself).
         """
         holder = EVERYTHING if actor is None else holder
+        if actor is not None and actor.auth_method == "apikey":
+            # A grant lasts as long as it says: made with a key given out for a day (or
+            # stolen), it would outlive the key. As for making keys (ApiKeyService.create).
+            raise Forbidden("an API key cannot share items: sign in with your password")
         if not holder & Perm.SHARE:
             raise Forbidden("you may not share this item")
         if node.parent_id is None:

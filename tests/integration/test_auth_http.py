@@ -220,6 +220,27 @@ def test_an_api_key_cannot_mint_keys_that_outlive_it(server: InprocServer) -> No
     assert api(server, "POST", "/keys", {"name": "by-token"}, token=token)[0] == 201
 
 
+def test_an_api_key_cannot_share_what_would_outlive_it(server: InprocServer) -> None:
+    """A grant gives another account access for as long as it lasts: made with a key given out
+    for a day, it outlived the key as a lasting one would. Sharing needs the password, as
+    making keys does; revoking a grant (which only takes access away) works with a key."""
+    name, password = make_user(server)
+    friend, _ = make_user(server)
+    assert call(server, "PUT", "/files/shared.txt", user=(name, password), body=b"s").status == 201
+    _, created = api(
+        server, "POST", "/keys", {"name": "script", "expires_days": 1}, user=(name, password)
+    )
+    key = (name, created["key"])
+    grant = {"path": "/files/shared.txt", "user": friend, "rights": ["read", "download"]}
+    status, body = api(server, "POST", "/grants", grant, user=key)
+    assert status == 403 and "password" in body["message"], body
+    _, listing = api(server, "GET", "/grants?path=/files/shared.txt", user=(name, password))
+    assert listing["grants"] == []
+    assert api(server, "POST", "/grants", grant, user=(name, password))[0] == 201
+    revoke = f"/grants?path=/files/shared.txt&user={friend}"
+    assert api(server, "DELETE", revoke, user=key)[0] == 204
+
+
 def test_read_only_key_reads_but_never_writes(server: InprocServer) -> None:
     name, password = make_user(server)
     assert call(server, "PUT", "/files/kept.txt", user=(name, password), body=b"kept").status == 201
