@@ -57,6 +57,13 @@ _HOW_TO_CHANGE = (
     "a package is changed by COPYing files or folders into it, MOVE within it, and DELETE"
 )
 _CHANGES = _READ_METHODS | {"DELETE", "MOVE"}
+# Pinned versions stay in their package; the files they were pinned from are where they were.
+_NO_COPY_OUT = "a package's items are not copied out of it: GET them, or COPY the files"
+
+
+def _refuse_copy_out(environ: dict[str, Any]) -> None:
+    if environ["REQUEST_METHOD"] == "COPY":
+        raise Forbidden(_NO_COPY_OUT)
 
 
 def register(provider: DavProvider, service: PackageService) -> None:
@@ -121,7 +128,9 @@ class _Base:
         if into is not None and not (
             isinstance(into, PackageFolderResource) and into.package.id == package.id
         ):
-            raise Forbidden("items of a package move only within it; COPY them elsewhere")
+            raise Forbidden(
+                "items of a package move only within it; to take one out, DELETE it here"
+            )
 
     def _move_within(self, package: PackageView, path: str, dest_path: str) -> bool:
         """MOVE of the item or folder at ``path`` of ``package`` to ``dest_path`` (a path in
@@ -234,6 +243,7 @@ class PackageFolderResource(_Base, DAVCollection):
         return self.package.modified_at.timestamp()
 
     def check_request(self, environ: dict[str, Any]) -> None:
+        _refuse_copy_out(environ)
         _allow(environ, _CHANGES | {"MKCOL"}, _HOW_TO_CHANGE)
         if environ["REQUEST_METHOD"] != "MOVE":
             return
@@ -325,6 +335,7 @@ class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
         return _name(self.item)
 
     def check_request(self, environ: dict[str, Any]) -> None:
+        _refuse_copy_out(environ)
         _allow(environ, _CHANGES, _HOW_TO_CHANGE)
         if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
             ctx = self.provider.access(environ)

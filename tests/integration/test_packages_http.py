@@ -691,6 +691,18 @@ def test_move_refusals_change_nothing(server: InprocServer, alice: User) -> None
     assert other.move("/packages/fixed/a.txt", "/packages/fixed/b.txt").status == 404
 
 
+def test_refusals_to_take_items_out_of_a_package_say_what_to_do(alice: User) -> None:
+    """A package's items neither move nor copy out of it. The MOVE's 403 said "COPY them
+    elsewhere", which is refused too; the COPY's explained how to change a package."""
+    pinned_package(alice, "kept")
+    moved = alice.move("/packages/kept/a.txt", "/files/out.txt")
+    assert moved.status == 403 and b"COPY" not in moved.body, moved.body
+    for source in ("/packages/kept/a.txt", "/packages/kept/docs/"):
+        copied = alice.copy(source, "/files/out")
+        assert copied.status == 403 and b"not copied out" in copied.body, copied.body
+    assert alice.call("GET", "/files/out").status == 404
+
+
 def test_move_renames_a_package(server: InprocServer, alice: User) -> None:
     pinned_package(alice, "draft")
     files = zip_contents(alice, "draft")
