@@ -22,6 +22,10 @@
   (502). Default ports are dropped from both before it compares them.
 * A 405 carries ``Allow`` (RFC 9110 15.5.6 says it MUST): what OPTIONS lists for the URL.
   WsgiDAV's had none.
+* OPTIONS lists what the item at the URL accepts: WsgiDAV lists the same methods for every
+  item of a writable provider, so ``/``, a package's zip or a version offered PUT, DELETE and
+  LOCK, which each refuses (403). An item that accepts fewer says which
+  (``accepted_methods()``).
 * A list of the If header tagged with a resource's absolute URL (``<http://host/a%20b>``), or
   with its path escaped otherwise, applies to that resource (RFC 4918 10.4). WsgiDAV compared
   the tag with the resource's path as written, found no match and skipped the condition.
@@ -105,6 +109,25 @@ class DavRequestServer(RequestServer):
                 res = _Untagged(res)
         with conditions.hidden(environ):
             super()._evaluate_if_headers(res, environ)
+
+    def do_OPTIONS(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ["PATH_INFO"]
+        res = None if path == "*" else self._davProvider.get_resource_inst(path, environ)
+        accepted = getattr(res, "accepted_methods", None)
+        if accepted is None:
+            return super().do_OPTIONS(environ, start_response)
+        methods = accepted()
+
+        def answer(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers = [
+                (name, ", ".join(m for m in value.split(", ") if m in methods))
+                if name == "Allow"
+                else (name, value)
+                for name, value in headers
+            ]
+            return start_response(status, headers, exc_info)
+
+        return super().do_OPTIONS(environ, answer)
 
     def do_GET(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         _drop_unusable_range(environ)

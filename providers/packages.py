@@ -46,13 +46,13 @@ from providers.computed import StoredBytes
 from providers.conditions import served_range
 from providers.dispatch import destination_path
 from providers.errors import dav_errors
-from providers.resources import actor_of, guess_mime_type
+from providers.resources import READING, actor_of, guess_mime_type
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
     from providers.resources import _NodeResource
 
-_READ_METHODS = frozenset({"OPTIONS", "PROPFIND", "GET", "HEAD"})
+_READ_METHODS = READING
 _HOW_TO_CHANGE = (
     "a package is changed by COPYing files or folders into it, MOVE within it, and DELETE"
 )
@@ -184,6 +184,9 @@ class PackagesRootResource(_Base, DAVCollection):
     def get_last_modified(self) -> float:
         return time.time()
 
+    def accepted_methods(self) -> frozenset[str]:
+        return _READ_METHODS  # and MKCOL of a new package in it, a URL of its own
+
     def check_request(self, environ: dict[str, Any]) -> None:
         _allow(environ, _READ_METHODS | {"MKCOL"}, "this folder holds packages")
 
@@ -241,6 +244,9 @@ class PackageFolderResource(_Base, DAVCollection):
 
     def get_last_modified(self) -> float:
         return self.package.modified_at.timestamp()
+
+    def accepted_methods(self) -> frozenset[str]:
+        return _CHANGES
 
     def check_request(self, environ: dict[str, Any]) -> None:
         _refuse_copy_out(environ)
@@ -334,6 +340,9 @@ class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
     def get_display_name(self) -> str:
         return _name(self.item)
 
+    def accepted_methods(self) -> frozenset[str]:
+        return _CHANGES
+
     def check_request(self, environ: dict[str, Any]) -> None:
         _refuse_copy_out(environ)
         _allow(environ, _CHANGES, _HOW_TO_CHANGE)
@@ -421,6 +430,9 @@ class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
                 f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}",
             )
         )
+
+    def accepted_methods(self) -> frozenset[str]:
+        return _READ_METHODS
 
     def check_request(self, environ: dict[str, Any]) -> None:
         _allow(environ, _READ_METHODS, "the zip is read-only; change the package's folder")

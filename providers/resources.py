@@ -349,9 +349,17 @@ def _overwrite(environ: dict[str, Any]) -> bool:
     return environ.get("HTTP_OVERWRITE", "T") != "F"
 
 
+# The methods that only read: what every item accepts. Items that accept fewer methods than a
+# file or folder does say which in ``accepted_methods()``, for OPTIONS and a 405's Allow.
+READING = frozenset({"OPTIONS", "GET", "HEAD", "PROPFIND"})
+
+
 class VirtualCollection(DAVCollection):
     """A read-only folder that only lists names: ``/``, ``/groups/``, ``/shared/``, an owner
     in ``/shared/``. Nothing can be created, changed or locked in it."""
+
+    def accepted_methods(self) -> frozenset[str]:
+        return READING
 
     def __init__(self, path: str, environ: dict[str, Any], names: list[str]) -> None:
         DAVCollection.__init__(self, path, environ)

@@ -26,6 +26,7 @@ from providers.errors import dav_errors
 from providers.gate import check_destination
 from providers.resources import (
     EMPTY_SHA256,
+    READING,
     FolderResource,
     actor_of,
     guess_mime_type,
@@ -72,8 +73,11 @@ class TrashRootResource(ComputedProperties, DAVCollection):
         self.service = service
         self._entries_now: tuple[TrashEntry, ...] | None = None
 
+    def accepted_methods(self) -> frozenset[str]:
+        return READING
+
     def check_request(self, environ: dict[str, Any]) -> None:
-        if environ["REQUEST_METHOD"] not in ("PROPFIND", "OPTIONS", "GET", "HEAD"):
+        if environ["REQUEST_METHOD"] not in READING:
             raise Forbidden(self.read_only_reason)
 
     def _entries(self) -> tuple[TrashEntry, ...]:
@@ -124,9 +128,13 @@ class _Trashed(ComputedProperties):
     def is_entry(self) -> bool:
         return self.view.id == self.entry.view.id
 
+    def accepted_methods(self) -> frozenset[str]:
+        """MOVE out restores; DELETE purges a whole item of the trash, not what is in it."""
+        return READING | ({"MOVE", "DELETE"} if self.is_entry else {"MOVE"})
+
     def check_request(self, environ: dict[str, Any]) -> None:
         method = environ["REQUEST_METHOD"]
-        if method in ("PROPFIND", "OPTIONS", "GET", "HEAD"):
+        if method in READING:
             return
         if method == "DELETE" and self.is_entry:
             return

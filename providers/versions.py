@@ -37,7 +37,13 @@ from providers.conditions import served_range
 from providers.digests import repr_digest
 from providers.errors import dav_errors
 from providers.gate import check_destination
-from providers.resources import FileResource, FolderResource, actor_of, guess_mime_type
+from providers.resources import (
+    READING,
+    FileResource,
+    FolderResource,
+    actor_of,
+    guess_mime_type,
+)
 from providers.variants import wants_variant
 
 if TYPE_CHECKING:
@@ -74,9 +80,11 @@ class _InHistory(ComputedProperties):
     provider: DavProvider
     reached: Reached
 
+    def accepted_methods(self) -> frozenset[str]:
+        return READING
+
     def check_request(self, environ: dict[str, Any]) -> None:
-        method = environ["REQUEST_METHOD"]
-        if method not in ("PROPFIND", "OPTIONS", "GET", "HEAD"):
+        if environ["REQUEST_METHOD"] not in READING:
             raise Forbidden(self.read_only_reason)
 
     def get_creation_date(self) -> float:
@@ -162,6 +170,9 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
     @property
     def rights(self) -> Perm:
         return self.reached.rights
+
+    def accepted_methods(self) -> frozenset[str]:
+        return READING | {"COPY"}  # onto a file restores the version
 
     def check_request(self, environ: dict[str, Any]) -> None:
         method = environ["REQUEST_METHOD"]

@@ -9,8 +9,10 @@ import hashlib
 import io
 import json
 import logging
+import re
 import shutil
 import subprocess
+import urllib.parse
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -766,3 +768,42 @@ def test_viewers_and_read_only_keys_cannot_change_packages(server: InprocServer)
     viewer = User(server, f"viewer{uuid.uuid4().hex[:6]}", roles=["viewer"])
     assert viewer.call("MKCOL", "/packages/mine/").status == 403
     assert viewer.api("POST", "/packages", {"name": "mine"})[0] == 403
+
+
+# -- what OPTIONS (and a 405) offers
+
+
+READING = {"OPTIONS", "GET", "HEAD", "PROPFIND"}
+
+
+def test_options_lists_only_what_each_virtual_item_accepts(alice: User) -> None:
+    """OPTIONS (and every 405's Allow) listed PUT, DELETE, MOVE, PROPPATCH and LOCK for items
+    that refuse each with a 403: WsgiDAV builds the list for the provider, not the item."""
+    pinned_package(alice, "offered")
+    alice.put("/files/history.txt", b"one")
+    alice.put("/files/history.txt", b"two")
+    alice.put("/files/binned.txt", b"gone")
+    assert alice.call("DELETE", "/files/binned.txt").status == 204
+    listing = alice.call("PROPFIND", "/trash/", headers={"Depth": "1"}).body.decode()
+    binned = next(
+        href for href in re.findall(r"<D:href>([^<]*)</D:href>", listing) if "binned" in href
+    )
+    expected = {
+        "/": READING,
+        "/shared/": READING,
+        "/packages/": READING,
+        "/packages/offered.zip": READING,
+        "/packages/offered/": READING | {"DELETE", "MOVE"},
+        "/packages/offered/a.txt": READING | {"DELETE", "MOVE"},
+        "/versions/files/history.txt/": READING,
+        "/versions/files/history.txt/history.v1.txt": READING | {"COPY"},
+        "/trash/": READING,
+        urllib.parse.unquote(binned): READING | {"DELETE", "MOVE"},
+    }
+    offered = {
+        path: set(alice.call("OPTIONS", path).headers["Allow"].split(", ")) for path in expected
+    }
+    assert offered == expected
+    # What a real file offers is unchanged.
+    own = set(alice.call("OPTIONS", "/files/history.txt").headers["Allow"].split(", "))
+    assert {"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH", "LOCK", "UNLOCK"} <= own
