@@ -30,6 +30,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
 def cmd_serve(args: argparse.Namespace) -> int:
     from davserver.bootstrap import SchemaUpgradeFailed, prepare
     from davserver.capacity import accepted_connections, fit_threads
+    from davserver.config import unknown_environment
     from davserver.db.engine import check_url
     from davserver.server import CannotListen, check_tls, serve
     from davserver.workers import serve_workers, worker_count
@@ -40,6 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
+    for problem in unknown_environment():
+        logging.getLogger("davserver.config").warning("%s", problem)
     workers = worker_count(settings.server.workers)
     check_tls(settings.server)
     check_url(settings.database_url)

@@ -10,6 +10,7 @@ reads them from a global.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import types
@@ -401,6 +402,32 @@ def iter_options() -> typing.Iterator[tuple[str, dataclasses.Field[Any]]]:
 
 def env_name(dotted: str) -> str:
     return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+# Variables of the test suite (DAVSERVER_TEST_PG), not options.
+_TEST_PREFIX = ENV_PREFIX + "TEST_"
+
+
+def unknown_environment(env: Mapping[str, str] | None = None) -> list[str]:
+    """What to say of each ``DAVSERVER_`` variable that names no option, with the one it may
+    have meant. Such a variable is ignored, so a misspelt ``DAVSERVER_DATABASE_URL`` left a
+    server on SQLite without a word."""
+    env = os.environ if env is None else env
+    names = sorted(env_name(dotted) for dotted, _ in iter_options())
+    problems = []
+    for variable in sorted(env):
+        if not variable.startswith(ENV_PREFIX) or variable.startswith(_TEST_PREFIX):
+            continue
+        if variable in names:
+            continue
+        # By what follows the prefix, which every name shares.
+        suffixes = [name.removeprefix(ENV_PREFIX) for name in names]
+        close = difflib.get_close_matches(
+            variable.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.8
+        )
+        meant = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        problems.append(f"{variable} names no option and is ignored{meant}")
+    return problems
 
 
 def load_settings(

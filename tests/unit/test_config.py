@@ -16,6 +16,7 @@ from davserver.config import (
     iter_options,
     load_settings,
     trusted_networks,
+    unknown_environment,
 )
 from tests.servers import REPO_ROOT
 
@@ -175,6 +176,23 @@ def test_environment_bools() -> None:
 def test_unrelated_environment_variables_are_ignored() -> None:
     env = {"DAVSERVER_NOT_AN_OPTION": "x", "HOME": "/root", "PORT": "1"}
     assert load_settings(None, env=env) == Settings()
+
+
+def test_a_variable_that_names_no_option_is_told_with_the_one_it_may_mean() -> None:
+    """Ignored, a misspelt DAVSERVER_DATABASE_URL left the server on SQLite without a word;
+    ``davserver serve`` now warns of each such variable."""
+    env = {
+        "DAVSERVER_DATABSE_URL": "postgresql+psycopg://db/dav",
+        "DAVSERVER_SERVER_PORT": "8080",
+        "DAVSERVER_NOT_AN_OPTION": "x",
+        "DAVSERVER_TEST_PG": "postgresql+psycopg://localhost/test",  # the test suite's own
+        "PORT": "1",
+    }
+    assert unknown_environment(env) == [
+        "DAVSERVER_DATABSE_URL names no option and is ignored; did you mean"
+        " DAVSERVER_DATABASE_URL?",
+        "DAVSERVER_NOT_AN_OPTION names no option and is ignored",
+    ]
 
 
 def test_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
