@@ -52,11 +52,10 @@ if TYPE_CHECKING:
     from providers.provider import DavProvider
     from providers.resources import _NodeResource
 
-_READ_METHODS = READING
 _HOW_TO_CHANGE = (
     "a package is changed by COPYing files or folders into it, MOVE within it, and DELETE"
 )
-_CHANGES = _READ_METHODS | {"DELETE", "MOVE"}
+_CHANGES = READING | {"DELETE", "MOVE"}
 # Pinned versions stay in their package; the files they were pinned from are where they were.
 _NO_COPY_OUT = "a package's items are not copied out of it: GET them, or COPY the files"
 
@@ -185,10 +184,10 @@ class PackagesRootResource(_Base, DAVCollection):
         return time.time()
 
     def accepted_methods(self) -> frozenset[str]:
-        return _READ_METHODS  # and MKCOL of a new package in it, a URL of its own
+        return READING  # and MKCOL of a new package in it, a URL of its own
 
     def check_request(self, environ: dict[str, Any]) -> None:
-        _allow(environ, _READ_METHODS | {"MKCOL"}, "this folder holds packages")
+        _allow(environ, READING | {"MKCOL"}, "this folder holds packages")
 
     def check_incoming(self, environ: dict[str, Any]) -> None:
         _allow(environ, frozenset({"MKCOL"}), "create a package with MKCOL /packages/<name>/")
@@ -432,10 +431,10 @@ class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
         )
 
     def accepted_methods(self) -> frozenset[str]:
-        return _READ_METHODS
+        return READING
 
     def check_request(self, environ: dict[str, Any]) -> None:
-        _allow(environ, _READ_METHODS, "the zip is read-only; change the package's folder")
+        _allow(environ, READING, "the zip is read-only; change the package's folder")
         if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
             ctx = self.provider.access(environ)
             self.service.check_downloadable(ctx, self.package)

@@ -43,12 +43,8 @@ from providers.resources import (
     actor_of,
 )
 from providers.variants import respond_variant, wants_variant
-from providers.versions import (
-    refuse_version_query,
-    respond_version,
-    version_entry,
-    wants_version,
-)
+from providers.versions import SPACE as VERSIONS
+from providers.versions import respond_version, version_entry, wants_version
 
 ResourceFactory = Callable[["DavProvider", str, dict[str, Any], Any], Any]
 _CACHE_KEY = "davserver.nodes"
@@ -235,7 +231,9 @@ def _cache_key(path: str) -> str:
     return key if "//" not in key else "/".join(p for p in key.split("/") if p)
 
 
-_READING = frozenset({"GET", "HEAD", "OPTIONS"})
+# The methods ``?version=N``, ``?thumbnail=``, ``?preview=`` and ``?zip`` mean something for
+# (GET and HEAD), or change nothing with (OPTIONS).
+_QUERIED = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _refuse_reading_queries(environ: dict[str, Any]) -> None:
@@ -243,9 +241,14 @@ def _refuse_reading_queries(environ: dict[str, Any]) -> None:
     sends. Any other method ignored them and acted on the item itself (``DELETE
     photo.jpg?thumbnail=256`` trashed the photo, a DELETE meant for version N the whole file):
     BadRequest instead."""
-    if environ["REQUEST_METHOD"] in _READING or not environ.get("QUERY_STRING"):
+    if environ["REQUEST_METHOD"] in _QUERIED or not environ.get("QUERY_STRING"):
         return
-    refuse_version_query(environ)
+    if wants_version(environ):
+        with dav_errors():
+            raise BadRequest(
+                "?version=N is for GET and HEAD; to restore or copy a version, COPY its "
+                f"entry in /{VERSIONS}/"
+            )
     query = parse_qs(environ["QUERY_STRING"], keep_blank_values=True)
     if wants_variant(environ) or "zip" in query:
         with dav_errors():

@@ -282,18 +282,6 @@ def wants_version(environ: dict[str, Any]) -> bool:
     return "version" in query and "version" in parse_qs(query, keep_blank_values=True)
 
 
-def refuse_version_query(environ: dict[str, Any]) -> None:
-    """``?version=N`` picks what a GET or HEAD reads. Any other method would ignore it and act
-    on the file itself (a DELETE meant for version N trashed the whole file, a PUT replaced its
-    current version): BadRequest instead."""
-    if environ["REQUEST_METHOD"] not in ("GET", "HEAD", "OPTIONS") and wants_version(environ):
-        with dav_errors():
-            raise BadRequest(
-                "?version=N is for GET and HEAD; to restore or copy a version, COPY its "
-                f"entry in /{SPACE}/"
-            )
-
-
 def respond_version(
     provider: DavProvider, res: Any, environ: dict[str, Any], start_response: Any, default: Any
 ) -> Any:
