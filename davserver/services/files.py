@@ -763,23 +763,30 @@ class FileService:
             for version in (source.current_version_id, target.current_version_id)
         )
         version_id = None
-        if source_blob is not None and source_blob == target_blob:
-            # The bytes the file has make no new version, as with a PUT of them.
-            version_id = target.current_version_id
-        elif source_blob is not None:
+        if source_blob is not None and source_blob != target_blob:
             if target.group_id is None:  # the target's new size counts against its owner's quota
                 check_quota(session, target.owner_id, source.size - target.size)
             version_id, _ = self.add_version(
-                session, actor, target.id, source_blob, source.size, source.mime_type
+                session,
+                actor,
+                target.id,
+                source_blob,
+                source.size,
+                source.mime_type,
+                mtime=source.mtime,  # in the new version's row and the file's
             )
             version_rules.prune_file(session, self.policy, actor, target.id, current_id=version_id)
-        elif source_blob is None and target.current_version_id is not None:
-            add_home_bytes(session, target.owner_id, target.space, -target.size)
-            target.current_version_id = None
-            target.size = 0
-            target.modified_at = utcnow()
+        else:
+            if source_blob is not None:
+                # The bytes the file has make no new version, as with a PUT of them.
+                version_id = target.current_version_id
+            elif target.current_version_id is not None:
+                add_home_bytes(session, target.owner_id, target.space, -target.size)
+                target.current_version_id = None
+                target.size = 0
+                target.modified_at = utcnow()
+            _keep_mtime(session, target.id, version_id, source.mtime)
         target.mime_type = source.mime_type
-        _keep_mtime(session, target.id, version_id, source.mtime)
         record_audit(
             session,
             actor,
