@@ -779,10 +779,12 @@ class Bench:
             secs = time.perf_counter() - t0
         if errors:
             raise errors[0]
-        lat = [x for each in latencies for x in each]
+        lat = sorted(x for each in latencies for x in each)
         return {
             "par_fps": len(lat) / secs,
             "par_p50_ms": statistics.median(lat) * 1000,
+            "par_p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+            "par_max_ms": lat[-1] * 1000,
             "par_cpu_ms": cpu.server * 1000 / len(lat),
         }
 
@@ -966,6 +968,8 @@ def rows_for(sizes: Sizes) -> list[Row]:
         Row("small_qc", "   X-Query-Count per PUT (median)", "stmts"),
         Row("par_fps", "   the same over parallel connections", "files/s", True),
         Row("par_p50_ms", "   p50 latency", "ms", True),
+        Row("par_p99_ms", "   p99 latency", "ms", True),
+        Row("par_max_ms", "   slowest PUT", "ms", True),
         Row("par_cpu_ms", "   server CPU per PUT", "cpu-ms", True),
     ]
     for i, n in enumerate(sizes.members):

@@ -3,6 +3,7 @@
 ``Database.read()`` and ``Database.write()`` each give one transaction. On SQLite a write
 transaction starts with ``BEGIN IMMEDIATE``, so two writers queue on the database lock instead of
 failing with "database is locked" when a reader tries to upgrade; reads stay concurrent (WAL).
+A process's own SQLite writers first queue in arrival order (``davserver.db.writer_queue``).
 On PostgreSQL both are ordinary READ COMMITTED transactions; writers that must serialize on a row
 take ``SELECT ... FOR UPDATE``.
 
@@ -27,12 +28,16 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from davserver.config import ConfigError
+from davserver.db.writer_queue import WriterQueue
 from davserver.errors import StorageFull, Unavailable
 
 _BACKENDS = ("sqlite", "postgresql")
 _PG_DISK_FULL = "53100"
 _WRITE_OPTION = "davserver_write"
 _AUTOCOMMIT_OPTION = "davserver_autocommit"
+# How long a SQLite writer waits for the database before it gives up (Unavailable, a 503).
+BUSY_TIMEOUT = 30.0
+_BUSY = "the database is busy with other changes; try again"
 
 
 def check_url(url: str, *, option: str = "database.url") -> sa.URL:
@@ -115,7 +120,7 @@ class Database:
         kwargs["pool_size"] = min(pool_size, limit)
         kwargs["max_overflow"] = limit - kwargs["pool_size"]
         if self.is_sqlite:
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT}
             kwargs["poolclass"] = sa.pool.QueuePool
         else:
             # Newest first: a pool reuses the connection it just got back, which needs no check
@@ -144,6 +149,7 @@ class Database:
         )
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._writers = WriterQueue() if self.is_sqlite else None
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -158,9 +164,11 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A read-write transaction, committed when the block ends without an exception.
 
-        A database whose disk is full raises StorageFull, and a SQLite database that another
-        writer kept for longer than the busy timeout (30 s) Unavailable: rolled back, nothing
-        changed."""
+        A database whose disk is full raises StorageFull, and a SQLite database that other
+        writers kept for longer than the busy timeout (30 s) Unavailable: rolled back, nothing
+        changed. On SQLite the transaction first waits its turn among this process's writers."""
+        if self._writers is not None and not self._writers.acquire(BUSY_TIMEOUT):
+            raise Unavailable(_BUSY)
         try:
             with self._write_sessions() as session, session.begin():
                 yield session
@@ -168,8 +176,16 @@ class Database:
             if _disk_full(exc):
                 raise StorageFull("the server's database storage is full") from exc
             if getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-                raise Unavailable("the database is busy with other changes; try again") from exc
+                raise Unavailable(_BUSY) from exc
             raise
+        finally:
+            if self._writers is not None:
+                self._writers.release()
+
+    @property
+    def writers_waiting(self) -> int:
+        """How many of this process's SQLite writers wait for their turn (0 on PostgreSQL)."""
+        return self._writers.waiting if self._writers is not None else 0
 
     def write_connection(self) -> sa.Connection:
         """A Core connection whose transactions begin as ``write()``'s do: on SQLite with
@@ -255,7 +271,7 @@ def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cursor.close()
 

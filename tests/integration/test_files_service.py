@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import os
 import threading
+import time
 import tracemalloc
 import unicodedata
 import uuid
@@ -382,6 +383,85 @@ def test_a_change_that_cannot_get_the_sqlite_write_lock_is_unavailable(
     assert refused.value.retry_after > 0
     assert service.resolve(home.id, ["waiting"]) is None
     service.create_folder(actor, home, "waiting")  # once the other writer is done
+
+
+def _sqlite_begins(database: Database) -> list[str]:
+    """The names of the threads whose ``BEGIN IMMEDIATE`` SQLite has been sent, as they go."""
+    begins: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("BEGIN IMMEDIATE"):
+            begins.append(threading.current_thread().name)
+
+    event.listen(database.engine, "before_cursor_execute", seen)
+    return begins
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_sqlite_writers_of_one_process_wait_their_turn_before_begin(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """A writer that came while another's transaction was open went into SQLite's busy
+    handler, which sleeps up to 100 ms between tries and lets later writers in first: with 16
+    uploads at once a 4 KiB PUT waited up to 3.2 s. Writers now queue before their BEGIN, in
+    the order they came, and each begins once the one before it has committed."""
+    begins = _sqlite_begins(database)
+    inside, let_go = threading.Event(), threading.Event()
+
+    def holder(session: Session) -> None:
+        session.execute(sa.text("SELECT 1"))  # the transaction begins at its first statement
+        inside.set()
+        assert let_go.wait(10)
+
+    first = threading.Thread(target=service.run_write, args=(holder,), name="first")
+    first.start()
+    assert inside.wait(10)
+    later = [
+        threading.Thread(
+            target=service.create_folder, args=(actor, home, f"later-{n}"), name=f"later-{n}"
+        )
+        for n in range(3)
+    ]
+    for n, thread in enumerate(later, start=1):
+        thread.start()
+        deadline = time.monotonic() + 10
+        while database.writers_waiting < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+    try:
+        assert database.writers_waiting == 3
+        assert begins == ["first"], "a writer began while another's transaction was open"
+    finally:
+        let_go.set()
+        for thread in [first, *later]:
+            thread.join(10)
+    assert begins == ["first", "later-0", "later-1", "later-2"]
+    assert all(service.resolve(home.id, [f"later-{n}"]) for n in range(3))
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_sqlite_writer_that_waits_past_the_busy_timeout_is_unavailable(
+    service: FileService, actor: Actor, home: NodeView, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "BUSY_TIMEOUT", 0.1)
+    inside, let_go = threading.Event(), threading.Event()
+
+    def holder(session: Session) -> None:
+        session.execute(sa.text("SELECT 1"))  # the transaction begins at its first statement
+        inside.set()
+        assert let_go.wait(10)
+
+    first = threading.Thread(target=service.run_write, args=(holder,))
+    first.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(Unavailable) as refused:
+            service.create_folder(actor, home, "waiting")
+    finally:
+        let_go.set()
+        first.join(10)
+    assert refused.value.retry_after > 0
+    assert service.resolve(home.id, ["waiting"]) is None
+    service.create_folder(actor, home, "waiting")
 
 
 @pytest.mark.parametrize(("fsync", "synchronous"), [("true", 2), ("false", 1)])

@@ -55,8 +55,9 @@ class Worker(threading.Thread):
 class Waits:
     """Tells when a worker thread waits for the other transaction.
 
-    SQLite: a write transaction's BEGIN IMMEDIATE waits while another one is open; the worker
-    is waiting from the moment it issues it. PostgreSQL: a lock request that is not granted.
+    SQLite: a write transaction waits while another one is open, in the process's queue of
+    writers (``Database.writers_waiting``), or in its BEGIN IMMEDIATE when another process's
+    is open. PostgreSQL: a lock request that is not granted.
     """
 
     def __init__(self, database: Database) -> None:
@@ -85,7 +86,7 @@ class Waits:
         while time.monotonic() < deadline:
             assert worker.is_alive(), f"the worker finished instead of waiting: {worker.error!r}"
             if self.database.is_sqlite:
-                if worker.ident in self.begins:
+                if worker.ident in self.begins or self.database.writers_waiting:
                     return
             else:
                 with self.database.engine.connect() as conn:
