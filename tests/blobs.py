@@ -35,13 +35,20 @@ def put(files: FileService, actor: Actor, parent: NodeView, name: str, data: byt
 
 
 def loose_blob(
-    database: Database, store: FileSystemBlobStore, data: bytes, *, age: float = OLD
+    database: Database,
+    store: BlobStore,
+    data: bytes,
+    *,
+    age: float = OLD,
+    blob_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    """A blob row and file that nothing references, created ``age`` seconds ago."""
+    """A blob row (with ``blob_id``, else a random one) and file that nothing references,
+    created ``age`` seconds ago."""
     blob = write(store, data)
     store.release(blob)
     with database.write() as session:
         row = Blob(
+            id=blob_id or uuid.uuid4(),
             sha256=blob.sha256,
             md5=blob.md5,
             sha1=blob.sha1,

@@ -5,6 +5,7 @@ from davserver.blobstore.base import (
     BlobStore,
     BlobWriter,
     MaintainableBlobStore,
+    RemoteBlobStore,
     StoredBlob,
 )
 from davserver.blobstore.filesystem import FileSystemBlobStore, is_storage_key, storage_key_for
@@ -16,6 +17,7 @@ __all__ = [
     "BlobWriter",
     "FileSystemBlobStore",
     "MaintainableBlobStore",
+    "RemoteBlobStore",
     "StoredBlob",
     "is_sha256",
     "is_storage_key",

@@ -9,7 +9,11 @@ Blob rows and blob files are kept consistent against ``davserver gc`` by one rul
   ``ensure_stored(blob)``, which puts the bytes back from the spare if gc removed them; after
   that transaction ends, ``release(blob)``.
 - gc deletes a blob row only together with a re-check that nothing references it, and moves
-  the file away while that transaction is still open.
+  the file away while that transaction is still open (and back, should it fail, before it
+  rolls back).
+
+A ``RemoteBlobStore`` (S3) keeps the first rule with its round trips outside the transaction:
+``davserver.services.blob_refs`` places the bytes first, then holds the row.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class BlobStore(Protocol):
 
         Call it in the transaction that makes a row reference the blob, after that reference
         is written: the bytes are then put back from the spare if gc removed them meanwhile.
+        A ``RemoteBlobStore``'s is called before that transaction instead (see there).
         Costs one stat() when they are in place. Raises FileNotFoundError when they are
         missing and there is no spare.
         """
@@ -98,6 +103,19 @@ class BlobStore(Protocol):
     def release(self, blob: StoredBlob) -> None:
         """Drop the spare copy of a finished write (after its transaction ended either way)."""
         ...
+
+
+@runtime_checkable
+class RemoteBlobStore(BlobStore, Protocol):
+    """A store each call of which is a network round trip (an object store).
+
+    Its calls are kept out of database transactions: one made inside would hold SQLite's
+    only write lock, every other writer waiting, or PostgreSQL's row locks, for as long as
+    the store takes to answer. So ``ensure_stored`` runs before the referencing transaction
+    (``davserver.services.blob_refs``), not inside it as the base rule says.
+    """
+
+    remote: bool  # True; what tells such a store apart at run time
 
 
 @dataclass(frozen=True)

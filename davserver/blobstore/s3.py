@@ -5,7 +5,8 @@ gc for both. An upload waits in a local temp folder while it is hashed, since it
 the object, then goes up in one PUT with its Content-MD5 (the store checks the bytes it got), or
 as a multipart upload when it is large. The temp file stays as the write's spare until
 ``release`` (see ``davserver.blobstore.base``). Bytes already stored are not sent again,
-except small ones, which are sent without asking first.
+except small ones, which are sent without asking first. As a ``RemoteBlobStore``, its
+``ensure_stored`` runs before the transaction that references a blob, not inside it.
 
 An object store has no rename: gc sets a blob aside by copying it to ``<prefix>aside/<token>``
 on the server and deleting the key; restore copies it back. Set-aside objects are listed with
@@ -149,6 +150,8 @@ def _not_answering(operation: str, kind: str, detail: str) -> Unavailable:
 
 
 class S3BlobStore:
+    remote = True  # a RemoteBlobStore: every call is a round trip, kept out of transactions
+
     def __init__(self, location: S3Location, staging: str | os.PathLike[str]) -> None:
         self.location = location
         self.bucket = location.bucket

@@ -2,7 +2,7 @@
 
 Every method that changes something writes its logbook row in the same transaction. Bytes
 never pass through here: an upload is written to the blob store first (see ``BlobWriter``) and
-``commit_upload`` only records the finished blob.
+``commit_upload`` only records the finished blob (``blob_refs``: with its bytes in place).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
 from davserver.db.dialect import (
     NO_KEY_UPDATE,
-    for_bind,
-    insert_or_ignore,
     is_postgres,
 )
 from davserver.db.types import UTCDateTime, utcnow
@@ -36,7 +34,7 @@ from davserver.errors import (
     PreconditionFailed,
 )
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space
-from davserver.services import dead_props, tree, usage, version_rules
+from davserver.services import blob_refs, dead_props, tree, usage, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
 from davserver.services.lost_bytes import open_stored, require_stored
@@ -279,7 +277,7 @@ class FileService:
         key = name_key(name)
         mime = content_type[:255] if content_type else None
 
-        def work(session: Session) -> tuple[NodeView, bool]:
+        def work(session: Session, placed: uuid.UUID | None) -> tuple[NodeView, bool]:
             # Core statements: this is the hottest write path (every small-file PUT). Below
             # a space's root the folders above are held (``tree.hold_chain``) by the statement
             # that looks for the file; the file, when it is there and changes, is locked next
@@ -313,14 +311,14 @@ class FileService:
                     session,
                     actor,
                     node_id,
-                    self.blob_row_id(session, blob),
+                    blob_refs.reference_id(session, self.blobs, blob, placed),
                     blob.size,
                     mime,
                     first=True,
                     now=now,
                     mtime=mtime,
                 )
-                self._ensure_stored(session, blob)
+                blob_refs.referenced(session, self.blobs, blob)
                 record_audit(
                     session,
                     actor,
@@ -381,8 +379,9 @@ class FileService:
             ):
                 coalesced = "metadata"
             if current_version_id is not None and coalesced:
+                blob_id = blob_refs.reference_id(session, self.blobs, blob, placed)
                 version_id, version_no = self._replace_version(
-                    session, actor, node_id, current_version_id, blob, now, mtime
+                    session, actor, node_id, current_version_id, blob_id, blob.size, now, mtime
                 )
                 mime_type = current.mime_type  # a replaced version keeps the type
                 # What was overwritten: its bytes are gone from the history after this.
@@ -393,7 +392,7 @@ class FileService:
                     session,
                     actor,
                     node_id,
-                    self.blob_row_id(session, blob),
+                    blob_refs.reference_id(session, self.blobs, blob, placed),
                     blob.size,
                     mime,
                     now=now,
@@ -403,7 +402,7 @@ class FileService:
                 version_rules.prune_file(
                     session, self.policy, actor, node_id, current_id=version_id
                 )
-            self._ensure_stored(session, blob)
+            blob_refs.referenced(session, self.blobs, blob)
             record_audit(
                 session,
                 actor,
@@ -426,7 +425,12 @@ class FileService:
         try:
             actor.require_write()
             check_name(name)
-            return self.run_write(work)
+            return blob_refs.placing(
+                self.db,
+                self.blobs,
+                blob,
+                lambda placed: self.run_write(lambda session: work(session, placed)),
+            )
         finally:
             # The writer's spare copy matters only until the referencing transaction has ended.
             self.blobs.release(blob)
@@ -443,7 +447,8 @@ class FileService:
         actor: Actor,
         node_id: uuid.UUID,
         version_id: uuid.UUID,
-        blob: StoredBlob,
+        blob_id: uuid.UUID,
+        size: int,
         now: dt.datetime,
         mtime: dt.datetime | None,
     ) -> tuple[uuid.UUID, int]:
@@ -451,12 +456,12 @@ class FileService:
         (client metadata files keep no history, and uploads under one lock coalesce)."""
         version = session.get(FileVersion, version_id)
         assert version is not None
-        version.blob_id = self.blob_row_id(session, blob)
-        version.size = blob.size
+        version.blob_id = blob_id
+        version.size = size
         version.uploaded_by = actor.user_id
         version.uploaded_at = now
         version.mtime = mtime
-        _make_current(session, node_id, version_id, blob.size, now, None, mtime)
+        _make_current(session, node_id, version_id, size, now, None, mtime)
         return version_id, version.version_no
 
     def add_version(
@@ -706,33 +711,6 @@ class FileService:
                 if last or _sqlstate(exc) not in _RETRYABLE_SQLSTATES:
                     raise
         raise AssertionError("unreachable")
-
-    def _ensure_stored(self, session: Session, blob: StoredBlob) -> None:
-        """Once a version references ``blob``: its bytes must be in place, as gc may have removed
-        them after the upload finished (see davserver.blobstore.base). One stat() when they are."""
-        session.flush()
-        self.blobs.ensure_stored(blob)
-
-    def blob_row_id(self, session: Session, blob: StoredBlob) -> uuid.UUID:
-        """The id of the blob row for these bytes, inserting it if this is their first upload
-        (one statement then; two when the bytes are stored already)."""
-        inserted = session.scalar(
-            for_bind(_INSERT_BLOB, session),
-            {
-                "id": uuid.uuid4(),
-                "sha256": blob.sha256,
-                "md5": blob.md5,
-                "sha1": blob.sha1,
-                "size_bytes": blob.size,
-                "storage_key": blob.storage_key,
-                "created_at": utcnow(),
-                "crc32": blob.crc32,
-            },
-        )
-        # None: the row exists, from an earlier or a concurrent upload of the same bytes.
-        blob_id = inserted or session.scalar(_BLOB_ID, {"sha256": blob.sha256})
-        assert blob_id is not None
-        return blob_id
 
     def _move_onto_file(
         self, session: Session, actor: Actor, source: Node, occupant: NodeView
@@ -1133,10 +1111,6 @@ _LIVE_CHILD = sa.select(_n.c.id).where(
     _n.c.name_key == sa.bindparam("key"),
     _n.c.deleted_at.is_(None),
 )
-_INSERT_BLOB = {
-    dialect: insert.returning(_b.c.id) for dialect, insert in insert_or_ignore(_b, "sha256").items()
-}
-_BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
 
 
 _GROUP_ROOT = sa.select(_n.c.id).where(

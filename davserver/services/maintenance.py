@@ -13,7 +13,9 @@ pointing at removed bytes:
    set-aside files are deleted; after a rollback they are put back.
 2. An upload keeps its own copy of the bytes (the writer's spare) until its transaction has
    ended, and inside it, after writing the version, calls ``BlobStore.ensure_stored``: if the
-   file is missing, the spare is linked back into place.
+   file is missing, the spare is linked back into place. (An S3 store's ``ensure_stored``, a
+   round trip, runs before that transaction instead, which then checks that the blob row it
+   saw before is still there: ``davserver.services.blob_refs`` has why that is enough.)
 
 The engines order the two transactions. SQLite: write transactions start with BEGIN IMMEDIATE,
 so gc's (delete, move aside) and an upload's (upsert, version, ensure) never interleave, and
@@ -275,6 +277,10 @@ class MaintenanceService:
         """Run ``delete_rows`` in a write transaction and move the files whose keys it returns
         aside before the commit; delete them after it, put them back on failure.
 
+        A failure while the files are moved puts them back before the transaction rolls
+        back: a writer that finds a row still there relies on its file being in place
+        (``davserver.services.blob_refs``).
+
         PostgreSQL reports a version that referenced a row meanwhile as a foreign key
         violation (or, rarely, a deadlock): the batch is tried again and its re-check sees it.
         """
@@ -285,12 +291,17 @@ class MaintenanceService:
             try:
                 with self.db.write() as session:
                     removed = delete_rows(session)
-                    for storage_key in removed:
-                        token = self.blobs.set_aside(storage_key)
-                        if token is None:
-                            missing += 1
-                        else:
-                            moved.append((token, storage_key))
+                    try:
+                        for storage_key in removed:
+                            token = self.blobs.set_aside(storage_key)
+                            if token is None:
+                                missing += 1
+                            else:
+                                moved.append((token, storage_key))
+                    except BaseException:
+                        self._restore(moved, report)
+                        moved = []
+                        raise
             except (IntegrityError, OperationalError) as exc:
                 self._restore(moved, report)
                 failure = exc

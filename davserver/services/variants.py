@@ -47,6 +47,7 @@ from davserver.imaging import (
 )
 from davserver.imaging.spec import LOSSLESS_QUALITY
 from davserver.models import NodeKind
+from davserver.services import blob_refs
 from davserver.services.files import FileService
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
@@ -280,37 +281,39 @@ class VariantService:
     def _record(
         self, request: VariantRequest, rendered: RenderedImage, stored: StoredBlob, quality: int
     ) -> None:
-        """One transaction: the variant's blob row and its image_variants row.
+        """One transaction: the variant's blob row and its image_variants row, the blob's
+        bytes in place (``blob_refs``).
 
         Two servers that made the same variant at once both get here; the unique key keeps
         the first row and the second insert does nothing. Pillow writes the same bytes for the
         same input and settings, so the loser's blob is the winner's: nothing is left over.
         """
-        with self.db.write() as session:
-            source_id = session.scalar(_BLOB_ID, {"sha256": request.source.sha256})
-            if source_id is None:
-                raise NotFound("the image's bytes are no longer stored")
-            variant_blob_id = self.files.blob_row_id(session, stored)
-            session.execute(
-                for_bind(_INSERT_VARIANT, session).values(
-                    id=uuid.uuid4(),
-                    version_id=request.source.version_id,
-                    source_blob_id=source_id,
-                    variant_type=request.variant_type,
-                    max_size=request.spec.max_size,
-                    quality_level=quality,
-                    format=rendered.format,
-                    blob_id=variant_blob_id,
-                    width=rendered.width,
-                    height=rendered.height,
-                    size_bytes=stored.size,
-                    created_at=utcnow(),
+
+        def work(placed: uuid.UUID | None) -> None:
+            with self.db.write() as session:
+                source_id = session.scalar(_BLOB_ID, {"sha256": request.source.sha256})
+                if source_id is None:
+                    raise NotFound("the image's bytes are no longer stored")
+                variant_blob_id = blob_refs.reference_id(session, self.blobs, stored, placed)
+                session.execute(
+                    for_bind(_INSERT_VARIANT, session).values(
+                        id=uuid.uuid4(),
+                        version_id=request.source.version_id,
+                        source_blob_id=source_id,
+                        variant_type=request.variant_type,
+                        max_size=request.spec.max_size,
+                        quality_level=quality,
+                        format=rendered.format,
+                        blob_id=variant_blob_id,
+                        width=rendered.width,
+                        height=rendered.height,
+                        size_bytes=stored.size,
+                        created_at=utcnow(),
+                    )
                 )
-            )
-            # Now that a row references the blob, its bytes must be in place (gc may have
-            # taken them since the write finished; see davserver.blobstore.base).
-            session.flush()
-            self.blobs.ensure_stored(stored)
+                blob_refs.referenced(session, self.blobs, stored)
+
+        blob_refs.placing(self.db, self.blobs, stored, work)
 
     @contextmanager
     def _open_source(self, source: VariantSource) -> Iterator[BinaryIO]:

@@ -22,6 +22,7 @@ from sqlalchemy import event
 from davserver.blobstore import FileSystemBlobStore, StoredBlob, filesystem
 from davserver.db import Database
 from davserver.models import Blob, FileVersion
+from davserver.services import blob_refs
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.maintenance import GcReport, MaintenanceService
@@ -81,17 +82,18 @@ class Waits:
         event.remove(self.database.engine, "before_cursor_execute", self._seen)
         event.remove(self.database.engine, "handle_error", self._failed)
 
+    def is_waiting(self, worker: Worker) -> bool:
+        if self.database.is_sqlite:
+            return worker.ident in self.begins or self.database.writers_waiting > 0
+        with self.database.engine.connect() as conn:
+            return bool(conn.scalar(_WAITING_FOR_A_LOCK))
+
     def until_waiting(self, worker: Worker) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             assert worker.is_alive(), f"the worker finished instead of waiting: {worker.error!r}"
-            if self.database.is_sqlite:
-                if worker.ident in self.begins or self.database.writers_waiting:
-                    return
-            else:
-                with self.database.engine.connect() as conn:
-                    if conn.scalar(_WAITING_FOR_A_LOCK):
-                        return
+            if self.is_waiting(worker):
+                return
             time.sleep(0.01)
         raise AssertionError("the worker never waited for a lock")
 
@@ -218,7 +220,7 @@ def test_gc_while_the_upload_has_its_blob_row_but_no_version_yet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     loose_blob(database, store, DATA)
-    real_blob_id = files.blob_row_id
+    real_blob_id = blob_refs.row_id
     gc_run: list[Worker] = []
 
     def blob_id_then_gc(session: Any, blob: StoredBlob) -> uuid.UUID:
@@ -232,7 +234,7 @@ def test_gc_while_the_upload_has_its_blob_row_but_no_version_yet(
                 gc_run[0].outcome()  # nothing holds the row yet: gc deletes it and commits
         return found
 
-    monkeypatch.setattr(files, "blob_row_id", blob_id_then_gc)
+    monkeypatch.setattr(blob_refs, "row_id", blob_id_then_gc)
     view, _ = files.commit_upload(actor, home, "b.txt", write(store, DATA))
     report = gc_run[0].outcome()
     # SQLite: gc ran after the upload and saw the version. PostgreSQL: gc won; the version
