@@ -45,6 +45,7 @@ def loose_blob(
     """A blob row (with ``blob_id``, else a random one) and file that nothing references,
     created ``age`` seconds ago."""
     blob = write(store, data)
+    store.ensure_stored(blob)  # what a commit would have done (the S3 store sends them then)
     store.release(blob)
     with database.write() as session:
         row = Blob(

@@ -2,11 +2,13 @@
 
 Keys are the file-system store's (``<prefix>ab/abcd…``), so one ``is_storage_key`` rule serves
 gc for both. An upload waits in a local temp folder while it is hashed, since its SHA-256 names
-the object, then goes up in one PUT with its Content-MD5 (the store checks the bytes it got), or
-as a multipart upload when it is large. The temp file stays as the write's spare until
-``release`` (see ``davserver.blobstore.base``). Bytes already stored are not sent again,
-except small ones, which are sent without asking first. As a ``RemoteBlobStore``, its
-``ensure_stored`` runs before the transaction that references a blob, not inside it.
+the object; ``finish`` keeps it there as the write's spare (see ``davserver.blobstore.base``)
+and sends nothing. ``ensure_stored`` sends it: in one PUT with its Content-MD5 (the store
+checks the bytes it got), or as a multipart upload when it is large. Bytes already stored are
+not sent again, except small ones, which are sent without asking first. As a
+``RemoteBlobStore``, its ``ensure_stored`` runs before the transaction that references a blob,
+once the blob's row exists (``davserver.services.blob_refs``): that one call is the upload,
+and the proof that the bytes are in place. The temp file goes at ``release``.
 
 An object store has no rename: gc sets a blob aside by copying it to ``<prefix>aside/<token>``
 on the server and deleting the key; restore copies it back. Set-aside objects are listed with
@@ -208,8 +210,10 @@ class S3BlobStore:
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def ensure_stored(self, blob: StoredBlob) -> None:
-        key = self._key(blob.storage_key)
-        if self._size(key) is not None:
+        """Send the spare up unless the bucket has the bytes: small ones without asking
+        (the PUT costs what the question would), larger ones when a HEAD finds none."""
+        small = blob.spare is not None and blob.size <= _SEND_WITHOUT_ASKING
+        if not small and self.exists(blob.storage_key):
             return
         if blob.spare is None:
             raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
@@ -321,21 +325,23 @@ class _S3BlobWriter(StagedWriter):
         self._store = store
 
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
+        """The digests; the bytes stay in the temp file, the spare, for ``ensure_stored``
+        to send once a row is about to reference them (nothing is sent here)."""
         sha256, md5, sha1 = self._digests(expect)
         try:
             self._staged.file.close()
-            key = storage_key_for(sha256)
-            size = self.bytes_written
-            # No bytes: kept as the spare only, as the file-system store does (a new empty
-            # file has no version; ensure_stored places them once a row references them).
-            if size > 0 and (size <= _SEND_WITHOUT_ASKING or not self._store.exists(key)):
-                self._store.put_file(self._staged.path, key, md5, size)
         except BaseException:
             self.abort()
             raise
         self._done = True
         return StoredBlob(
-            sha256, md5, sha1, size, key, self._staged.crc32, spare=self._staged.path.name
+            sha256,
+            md5,
+            sha1,
+            self.bytes_written,
+            storage_key_for(sha256),
+            self._staged.crc32,
+            spare=self._staged.path.name,
         )
 
 

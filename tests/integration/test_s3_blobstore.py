@@ -22,11 +22,18 @@ from tests.s3 import STORES as S3_STORES
 from tests.s3 import S3Endpoints, fresh_bucket, location, server_env
 
 
-def _write(store: MaintainableBlobStore, data: bytes, **expect: str) -> StoredBlob:
+def _write(
+    store: MaintainableBlobStore, data: bytes, *, place: bool = True, **expect: str
+) -> StoredBlob:
+    """A finished write of ``data``; with ``place``, its bytes put in place as the services do
+    once a row is to reference them (the S3 store sends them only then)."""
     writer = store.writer()
     for start in range(0, len(data), 64 * 1024):
         writer.write(data[start : start + 64 * 1024])
-    return writer.finish(expect or None)
+    blob = writer.finish(expect or None)
+    if place:
+        store.ensure_stored(blob)
+    return blob
 
 
 def _keys(store: MaintainableBlobStore) -> list[str]:
@@ -117,7 +124,7 @@ def test_an_aborted_write_leaves_nothing(store: MaintainableBlobStore) -> None:
 
 
 def test_empty_bytes_are_placed_only_once_referenced(store: MaintainableBlobStore) -> None:
-    blob = _write(store, b"")
+    blob = _write(store, b"", place=False)
     assert _keys(store) == []
     store.ensure_stored(blob)
     assert _keys(store) == [blob.storage_key]
@@ -200,7 +207,10 @@ def test_a_small_upload_costs_one_request_and_a_large_one_asks_first(
     """Each request is a round trip to the store: a small upload is sent without asking
     whether the bucket has it; a larger one asks first, and is not sent again when it has."""
     sent = _requests(s3_store)
-    s3_store.release(_write(s3_store, b"small and new"))
+    small = _write(s3_store, b"small and new", place=False)
+    assert sent == []  # finish sends nothing: ensure_stored does, once a row will need them
+    s3_store.ensure_stored(small)
+    s3_store.release(small)
     assert sent == ["PutObject"]
     large = os.urandom(s3_module._SEND_WITHOUT_ASKING + 1)
     sent.clear()
@@ -269,9 +279,11 @@ def test_an_upload_the_store_refuses_leaves_no_temp_file(
     store = S3BlobStore(where, tmp_path / "staging")
     writer = store.writer()
     writer.write(b"nowhere to go")
+    blob = writer.finish()
     with pytest.raises(OSError, match=refusal) as raised:
-        writer.finish()
+        store.ensure_stored(blob)
     assert not isinstance(raised.value, FileNotFoundError)
+    store.release(blob)
     assert list(store.tmp_dir.iterdir()) == []
 
 
