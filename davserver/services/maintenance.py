@@ -49,7 +49,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -61,8 +61,13 @@ from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import utcnow
 from davserver.models import Op
 from davserver.services.audit import record_audit
+from davserver.services.blob_refs import is_remote
 
+T = TypeVar("T")
 _BATCH = 500  # rows per statement; SQLite allows 32,766 bound parameters
+# Blobs removed per transaction from a remote store (S3): each is a copy and a delete on the
+# store, made while the transaction is open, and on SQLite every other writer waits for it.
+_REMOTE_PER_TRANSACTION = 8
 _RETRIES = 4
 _READ_BLOCK = 1024 * 1024
 _LOGGED_PROBLEMS = 100  # problems copied into the logbook row; the report has them all
@@ -146,6 +151,8 @@ class MaintenanceService:
     def __init__(self, db: Database, blobs: MaintainableBlobStore) -> None:
         self.db = db
         self.blobs = blobs
+        # A local store moves a file aside with a rename: a whole batch in one transaction.
+        self._per_transaction = _REMOTE_PER_TRANSACTION if is_remote(blobs) else _BATCH
 
     # ---------------------------------------------------------------------- gc
 
@@ -215,12 +222,13 @@ class MaintenanceService:
 
     def _delete_rows(self, ids: list[uuid.UUID], report: GcReport) -> None:
         """Delete the rows of ``ids`` that are still unreferenced, and their files."""
+        for chunk in _batched(ids, self._per_transaction):
 
-        def remove(session: Session) -> list[str]:
-            session.execute(_DELETE_DEAD_VARIANTS, {"ids": ids})
-            return list(session.execute(_DELETE_UNREFERENCED, {"ids": ids}).scalars())
+            def remove(session: Session, chunk: list[uuid.UUID] = chunk) -> list[str]:
+                session.execute(_DELETE_DEAD_VARIANTS, {"ids": chunk})
+                return list(session.execute(_DELETE_UNREFERENCED, {"ids": chunk}).scalars())
 
-        self._remove_with_files(remove, report, orphans=False)
+            self._remove_with_files(remove, report, orphans=False)
 
     def _gc_orphans(self, cutoff: float, report: GcReport, tick: ProgressCallback) -> None:
         old = (f for f in self.blobs.iter_files() if f.mtime < cutoff and is_storage_key(f.key))
@@ -241,7 +249,10 @@ class MaintenanceService:
             report.orphan_files_removed += len(orphans)
             report.orphan_bytes_removed += sum(f.size for f in orphans)
             return
+        for chunk in _batched(orphans, self._per_transaction):
+            self._remove_orphans(chunk, report)
 
+    def _remove_orphans(self, orphans: list[BlobFile], report: GcReport) -> None:
         def remove(session: Session) -> list[str]:
             # Claim each SHA-256 with a row of our own: an upload inserting the same bytes now
             # waits for this transaction. Where the insert does nothing, a row appeared meanwhile.
@@ -486,8 +497,8 @@ def _ignore(_progress: Progress) -> None:
     return None
 
 
-def _batched(items: Iterable[BlobFile], size: int) -> Iterator[Sequence[BlobFile]]:
-    batch: list[BlobFile] = []
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,8 +47,9 @@ class S3Calls:
     for boto3's part-upload threads, the one that started them."""
 
     def __init__(self, database: Database, store: S3BlobStore, monkeypatch: pytest.MonkeyPatch):
-        self.calls: list[tuple[str, bool]] = []
+        self.calls: list[tuple[str, int | None]] = []  # (operation, write transaction number)
         self._open = 0
+        self._started = 0
         self._guard = threading.Lock()
         real_write = database.write
 
@@ -55,6 +57,7 @@ class S3Calls:
         def write() -> Iterator[Any]:
             with self._guard:
                 self._open += 1
+                self._started += 1
             try:
                 with real_write() as session:
                     yield session
@@ -67,10 +70,10 @@ class S3Calls:
 
     def _seen(self, model: Any, **_kwargs: Any) -> None:
         with self._guard:
-            self.calls.append((model.name, self._open > 0))
+            self.calls.append((model.name, self._started if self._open else None))
 
     def inside_transactions(self) -> list[str]:
-        return [name for name, inside in self.calls if inside]
+        return [name for name, inside in self.calls if inside is not None]
 
     def names(self) -> list[str]:
         return [name for name, _inside in self.calls]
@@ -256,3 +259,22 @@ def test_gc_that_fails_puts_the_bytes_back_before_its_rows(
     view, _ = upload.outcome()
     assert committed_without_bytes == []  # it waited for gc: nothing committed before
     assert_intact(database, maintenance, view.id)
+
+
+def test_gc_moves_few_objects_aside_per_write_transaction(
+    database: Database,
+    store: S3BlobStore,
+    maintenance: MaintenanceService,
+    s3_calls: S3Calls,
+) -> None:
+    """Each object gc moves aside is a copy and a delete on the store, made while the
+    transaction that deletes its row is open (on SQLite, every other writer waits): a few
+    objects per transaction, not a whole batch of 500."""
+    for n in range(20):
+        loose_blob(database, store, b"loose blob %d" % n)
+    report = maintenance.collect_garbage(grace=HOUR)
+    assert report.blobs_removed == 20 and report.errors == []
+    copies = Counter(tx for name, tx in s3_calls.calls if name == "CopyObject")
+    assert None not in copies  # moved aside inside the transactions, as before
+    assert sum(copies.values()) == 20
+    assert max(copies.values()) <= 8
