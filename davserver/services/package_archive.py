@@ -16,14 +16,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import io
 import json
 import uuid
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast, overload
 
-from davserver.services.zipstream import ZipEntry, ZipStream
+from davserver.services.zipstream import ChunkStream, Content, ZipEntry, ZipStream
 
 MANIFEST_FORMAT = "davserver-package/1"
 # Part of every ETag: a change in how the bytes are laid out must change the ETags too.
@@ -114,14 +114,18 @@ class PackageArchive:
 
 def manifest_bytes(package: PackageView) -> bytes:
     """The manifest riding inside the zip: each file's path, size, SHA-256 and version
-    (null for an empty file that has none).
+    (null for an empty file that has none). ``manifest_chunks`` joined."""
+    return b"".join(manifest_chunks(package))
 
-    The bytes are ``json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)`` and a
-    newline (``_manifest_document``; the ETags of existing zips depend on them), written a
-    file at a time: the document as Python objects took about 450 bytes a file, twice the
-    JSON, and a folder's zip may hold a hundred thousand files."""
-    out = io.BytesIO()
-    out.write(f'{{\n  "description": {_json(package.description)},\n  "files": '.encode())
+
+def manifest_chunks(package: PackageView) -> Iterator[bytes]:
+    """The bytes of ``manifest_bytes``, a file at a time, so that nobody need hold them all
+    (about 250 bytes a file: 16 MB for 64,000 files).
+
+    They are ``json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)`` and a
+    newline (``_manifest_document``; the ETags of existing zips depend on them): the
+    document as Python objects took about 450 bytes a file, twice the JSON."""
+    yield f'{{\n  "description": {_json(package.description)},\n  "files": '.encode()
     for index, item in enumerate(package.items):
         entry = (
             f"{'[' if index == 0 else ','}\n    {{\n"
@@ -132,11 +136,10 @@ def manifest_bytes(package: PackageView) -> bytes:
             f'      "version": {"null" if item.version_no is None else item.version_no}\n'
             "    }"
         )
-        out.write(entry.encode())
-    out.write(b"\n  ]" if package.items else b"[]")
+        yield entry.encode()
+    yield b"\n  ]" if package.items else b"[]"
     tail = f',\n  "format": {_json(MANIFEST_FORMAT)},\n  "package": {_json(package.name)}\n}}\n'
-    out.write(tail.encode())
-    return out.getvalue()
+    yield tail.encode()
 
 
 def _json(value: object) -> str:
@@ -167,29 +170,71 @@ def _manifest_document(package: PackageView) -> dict[str, Any]:
     }
 
 
-def layout_etag(package: PackageView, manifest: bytes) -> str:
-    """A strong ETag for the zip: SHA-256 of everything its bytes are made from."""
+def layout_etag(package: PackageView, manifest: Iterable[bytes]) -> str:
+    """A strong ETag for the zip: SHA-256 of everything its bytes are made from
+    (``manifest``: its bytes, whole or in chunks)."""
+    digest = _items_digest(package)
+    for chunk in [manifest] if isinstance(manifest, bytes) else manifest:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _items_digest(package: PackageView) -> Any:
     digest = hashlib.sha256(_LAYOUT_VERSION)
     for item in package.items:
         line = f"{item.path}\0{item.sha256}\0{item.size}\0{item.mtime.isoformat()}\n"
         digest.update(line.encode("utf-8", "surrogatepass"))
-    digest.update(manifest)
-    return digest.hexdigest()
+    return digest
 
 
-def build_archive(package: PackageView, open_blob: Opener) -> PackageArchive:
-    """The zip of ``package``. Items without a CRC-32 get 0: the size and ETag are right, but
-    such an archive is for HEAD and listings only, not for reading bytes."""
-    manifest = manifest_bytes(package)
-    entries = [
-        ZipEntry(
+class _Entries(Sequence[ZipEntry]):
+    """A package's items as zip entries, each made when asked (``ZipStream`` keeps the
+    sequence, so a zip of many files holds no second object per file)."""
+
+    def __init__(self, items: Sequence[PinnedItem], open_blob: Opener) -> None:
+        self.items = items
+        self.open_blob = open_blob
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, index: int) -> ZipEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ZipEntry]: ...
+
+    def __getitem__(self, index: int | slice) -> ZipEntry | Sequence[ZipEntry]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        item = self.items[index]
+        return ZipEntry(
             item.path,
             item.size,
             item.crc32 or 0,
             item.mtime,
-            functools.partial(open_blob, item.storage_key),
+            functools.partial(self.open_blob, item.storage_key),
         )
-        for item in package.items
-    ]
-    stream = ZipStream(entries, manifest=manifest)
-    return PackageArchive(package, stream, layout_etag(package, manifest))
+
+    def __iter__(self) -> Iterator[ZipEntry]:
+        for index in range(len(self.items)):
+            yield self[index]
+
+
+def build_archive(package: PackageView, open_blob: Opener) -> PackageArchive:
+    """The zip of ``package``. Items without a CRC-32 get 0: the size and ETag are right, but
+    such an archive is for HEAD and listings only, not for reading bytes.
+
+    The manifest is written once here for its size, CRC-32 and the ETag, and again when a
+    range reaches it; it is never held whole."""
+    digest = _items_digest(package)
+    size = crc = 0
+    for chunk in manifest_chunks(package):
+        digest.update(chunk)
+        size += len(chunk)
+        crc = zlib.crc32(chunk, crc)
+    manifest = Content(
+        size, crc, lambda: cast(BinaryIO, ChunkStream(lambda: manifest_chunks(package)))
+    )
+    stream = ZipStream(_Entries(package.items, open_blob), manifest=manifest)
+    return PackageArchive(package, stream, digest.hexdigest())

@@ -34,7 +34,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from davserver.blobstore.base import SeekableReader
 from davserver.errors import InvalidName
@@ -78,6 +78,71 @@ class ZipEntry:
     crc32: int
     modified: dt.datetime
     open: Callable[[], BinaryIO]
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """Bytes known by their size and CRC-32 but not held: ``open`` makes them again (a
+    manifest of a hundred thousand files, written when a range reaches it)."""
+
+    size: int
+    crc32: int
+    open: Callable[[], BinaryIO]
+
+
+class ChunkStream(io.RawIOBase):
+    """The bytes ``make`` yields, as a seekable read-only stream: a seek forward skips
+    chunks, a seek backward makes them again from the start. Holds one chunk at a time."""
+
+    def __init__(self, make: Callable[[], Iterable[bytes]]) -> None:
+        super().__init__()
+        self._make = make
+        self._chunks: Iterator[bytes] = iter(make())
+        self._pending = memoryview(b"")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._position
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("ChunkStream seeks from the start or the position")
+        if offset < self._position:
+            self._chunks, self._pending, self._position = iter(self._make()), memoryview(b""), 0
+        while self._position < offset and self._fill():
+            step = min(len(self._pending), offset - self._position)
+            self._pending = self._pending[step:]
+            self._position += step
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` as far as the chunks go (so read(n) gives n bytes before EOF)."""
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view) and self._fill():
+            count = min(len(view) - filled, len(self._pending))
+            view[filled : filled + count] = self._pending[:count]
+            self._pending = self._pending[count:]
+            filled += count
+        self._position += filled
+        return filled
+
+    def _fill(self) -> bool:
+        """At least one byte pending, unless the chunks are over."""
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return False
+            self._pending = memoryview(chunk)
+        return True
 
 
 def check_archive_path(path: str) -> str:
@@ -174,6 +239,10 @@ class ZipStream:
     """The archive of ``entries`` (plus ``manifest`` as ``MANIFEST_NAME``, last), laid out
     on construction: ``total_size`` is known at once and nothing is read until asked.
 
+    ``entries`` is kept, not copied, and indexed again when a header or an entry's bytes are
+    produced: a sequence that makes each ZipEntry when asked saves one object per entry.
+    Per entry the archive itself holds its name's bytes and two offsets, in arrays.
+
     Raises InvalidName for an unsafe or duplicate path, ValueError for a bad size or CRC.
     """
 
@@ -181,45 +250,86 @@ class ZipStream:
         self,
         entries: Sequence[ZipEntry],
         *,
-        manifest: bytes | None = None,
+        manifest: bytes | Content | None = None,
         block_size: int = BLOCK_SIZE,
     ) -> None:
         self.block_size = block_size
-        items = list(entries)
-        if manifest is not None:
-            newest = max((e.modified for e in items), default=_DOS_MIN)
-            items.append(
-                ZipEntry(
-                    MANIFEST_NAME, len(manifest), zlib.crc32(manifest), newest, _opener(manifest)
-                )
-            )
-        for entry in items:
+        self._given = entries
+        self._manifest: ZipEntry | None = None
+        # One pass over the entries: every name's UTF-8 in one buffer, and per entry its size
+        # and where its local header starts (then where its central header does), in arrays.
+        names = bytearray()
+        paths: list[str] = []
+        self._name_ends = array("Q")
+        self._sizes = array("Q")
+        self._local = array("Q")
+        newest: dt.datetime | None = None
+        offset = 0
+
+        def lay_out(entry: ZipEntry) -> None:
+            nonlocal offset
             check_archive_path(entry.path)
             if entry.size < 0 or not 0 <= entry.crc32 <= _LIMIT32:
                 raise ValueError(f"{entry.path!r}: bad size or CRC-32")
-        check_unique_paths([e.path for e in items])
-        self.entries = items
-        self._names = [e.path.encode("utf-8") for e in items]
-        # Where each local header starts, then each central header; one integer per entry.
-        self._local = array("Q")
-        offset = 0
-        for index, entry in enumerate(items):
+            paths.append(entry.path)
+            name = entry.path.encode("utf-8")
+            names.extend(name)
+            self._name_ends.append(len(names))
+            self._sizes.append(entry.size)
             self._local.append(offset)
-            offset += _LOCAL.size + len(self._names[index]) + _local_extra_size(entry.size)
-            offset += entry.size
+            offset += _LOCAL.size + len(name) + _local_extra_size(entry.size) + entry.size
+
+        for entry in entries:
+            lay_out(entry)
+            if manifest is not None:  # the manifest's time: the newest entry's
+                newest = entry.modified if newest is None else max(newest, entry.modified)
+        if manifest is not None:
+            if isinstance(manifest, bytes):
+                manifest = Content(len(manifest), zlib.crc32(manifest), _opener(manifest))
+            self._manifest = ZipEntry(
+                MANIFEST_NAME, manifest.size, manifest.crc32, newest or _DOS_MIN, manifest.open
+            )
+            lay_out(self._manifest)
+        check_unique_paths(paths)
+        self._names = bytes(names)
+        self.count = len(self._sizes)
         self.central_offset = offset
         self._central = array("Q")
-        for index, entry in enumerate(items):
+        for index in range(self.count):
             self._central.append(offset)
-            offset += _CENTRAL.size + len(self._names[index])
-            offset += _central_extra_size(entry.size, self._local[index])
+            offset += _CENTRAL.size + self._name_length(index)
+            offset += _central_extra_size(self._sizes[index], self._local[index])
         self.end_offset = offset
         central_size = self.end_offset - self.central_offset
         self.zip64 = (
-            len(items) >= _LIMIT16 or self.central_offset >= _LIMIT32 or central_size >= _LIMIT32
+            self.count >= _LIMIT16 or self.central_offset >= _LIMIT32 or central_size >= _LIMIT32
         )
-        self._end = self._end_records(len(items), central_size)
+        self._end = self._end_records(self.count, central_size)
         self.total_size = self.end_offset + len(self._end)
+
+    @property
+    def entries(self) -> list[ZipEntry]:
+        """Every entry, the manifest last (a list made on each call: for tests and tools)."""
+        return list(self._entries())
+
+    def entry(self, index: int) -> ZipEntry:
+        """The ``index``-th entry (the manifest is the last)."""
+        if index == len(self._given) and self._manifest is not None:
+            return self._manifest
+        return self._given[index]
+
+    def _entries(self) -> Iterator[ZipEntry]:
+        yield from self._given
+        if self._manifest is not None:
+            yield self._manifest
+
+    def _name_length(self, index: int) -> int:
+        return self._name_ends[index] - (self._name_ends[index - 1] if index else 0)
+
+    def _name(self, index: int) -> bytes:
+        return self._names[
+            self._name_ends[index] - self._name_length(index) : self._name_ends[index]
+        ]
 
     def __iter__(self) -> Iterator[bytes]:
         """The whole archive, in blocks of about ``block_size`` bytes."""
@@ -263,11 +373,11 @@ class ZipStream:
         if position < self.central_offset:
             index = bisect_right(self._local, position) - 1
             start = self._local[index]
-            data = start + _LOCAL.size + len(self._names[index])
-            data += _local_extra_size(self.entries[index].size)
+            size = self._sizes[index]
+            data = start + _LOCAL.size + self._name_length(index) + _local_extra_size(size)
             if position < data:
                 return "local", index, start, data
-            return "data", index, data, data + self.entries[index].size
+            return "data", index, data, data + size
         if position < self.end_offset:
             index = bisect_right(self._central, position) - 1
             stop = self._central[index + 1] if index + 1 < len(self._central) else self.end_offset
@@ -278,8 +388,8 @@ class ZipStream:
         """The bytes of a header part (see ``piece_at``)."""
         if kind == "end":
             return self._end
-        entry = self.entries[index]
-        name = self._names[index]
+        entry = self.entry(index)
+        name = self._name(index)
         dos_time, dos_date, unix_time = _times(entry.modified)
         timestamp = struct.pack("<HHBI", 0x5455, 5, 1, unix_time)
         large = entry.size >= _LIMIT32
@@ -406,7 +516,7 @@ class ZipReader(SeekableReader):
         return self._read_entry(index, position - start, count)
 
     def _read_entry(self, index: int, offset: int, count: int) -> bytes:
-        entry = self.archive.entries[index]
+        entry = self.archive.entry(index)
         if self._index != index or self._stream is None:
             self._close_stream()
             self._stream = entry.open()

@@ -3,6 +3,7 @@ ZIP64 only when needed (many entries, beyond 4 GiB), unsafe names refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import io
@@ -27,6 +28,7 @@ from davserver.services import package_archive
 from davserver.services.package_archive import PackageView, PinnedItem, manifest_bytes
 from davserver.services.zipstream import (
     MANIFEST_NAME,
+    ChunkStream,
     EntrySizeError,
     ZipEntry,
     ZipStream,
@@ -499,3 +501,44 @@ def test_the_manifest_is_what_json_dumps_writes(
         package_archive._manifest_document(package), indent=2, sort_keys=True, ensure_ascii=False
     )
     assert manifest_bytes(package) == (expected + "\n").encode()
+
+
+def test_a_chunk_stream_reads_seeks_and_makes_its_chunks_again_when_it_goes_back() -> None:
+    chunks = [b"abc", b"", b"defgh", b"i", b"jklmnop"]
+    whole = b"".join(chunks)
+    made = []
+
+    def make() -> list[bytes]:
+        made.append(1)
+        return chunks
+
+    stream = ChunkStream(make)
+    assert stream.read() == whole and stream.read(1) == b""
+    for start, count in [(4, 3), (0, 16), (9, 100), (2, 1), (len(whole), 5), (7, 0)]:
+        assert stream.seek(start) == start
+        assert stream.read(count) == whole[start : start + count]
+    assert len(made) == 6  # once at first, then for each of the five seeks backward
+    assert stream.seek(3) == 3 and stream.seek(2, io.SEEK_CUR) == 5 and stream.read(2) == b"fg"
+
+
+def test_a_package_zip_makes_its_manifest_when_read_with_the_etag_of_its_bytes() -> None:
+    """The manifest is not held by the archive, yet it and the ETag are those of its bytes
+    (the ETags of existing zips must not change)."""
+    named = _package(3, "three", empty=True)
+    items = [dataclasses.replace(it, path=f'ünïcode "{i}".txt') for i, it in enumerate(named.items)]
+    package = dataclasses.replace(named, items=tuple(items))
+    archive = package_archive.build_archive(package, lambda key: io.BytesIO(b""))
+    manifest = manifest_bytes(package)
+    assert archive.etag == package_archive.layout_etag(package, manifest)
+    assert archive.etag == package_archive.layout_etag(package, iter([manifest[:7], manifest[7:]]))
+    with zipfile.ZipFile(io.BytesIO(build(archive.stream))) as zf:
+        assert zf.testzip() is None
+        assert zf.read(MANIFEST_NAME) == manifest
+    assert not any(isinstance(value, bytes) and manifest in value for value in vars_of(archive))
+
+
+def vars_of(archive: package_archive.PackageArchive) -> list[Any]:
+    """The attribute values of the archive's stream, and what its manifest's opener holds."""
+    opener = archive.stream.entries[-1].open
+    cells = [cell.cell_contents for cell in getattr(opener, "__closure__", None) or ()]
+    return [*vars(archive.stream).values(), *cells]
