@@ -9,13 +9,17 @@ which no zip reads). 64,000 files take a few seconds instead of minutes of PUTs.
 is then made the ordinary way: MKCOL ``/packages/bench/`` and one COPY of the folder into it.
 
 Each zip is fetched ``--rounds`` times on a fresh keep-alive connection, its RSS (process tree,
-every 20 ms) sampled; the first answer is checked with ``zipfile`` (entry count, a CRC test of
-every entry). Printed per zip: time to first byte, total time and peak RSS (median [min-max]
-over the rounds), and the RSS before the first round, as that one shows the most growth.
+every 20 ms) and CPU time sampled; the first answer is checked with ``zipfile`` (entry count, a
+CRC test of every entry). Printed per zip: time to first byte, total time, server CPU and peak
+RSS (median [min-max] over the rounds), and the RSS before the first round. On a shared
+machine wall times swing; ``--compare DIR`` runs a second server on the code of another
+checkout (``git worktree add DIR <commit>``), with its own copy of the files, and fetches
+from the servers in turn, so that both see the same load.
 
     .venv/bin/python bench/folder_zip.py                        # 64,000 files, SQLite
     .venv/bin/python bench/folder_zip.py --db postgresql
     .venv/bin/python bench/folder_zip.py --files 5000 --rounds 1   # quick
+    .venv/bin/python bench/folder_zip.py --compare /tmp/before     # against another checkout
 """
 
 from __future__ import annotations
@@ -40,7 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa
-from core import PG_DEFAULT, HttpError, RssSampler, Server, start_davserver, stop_servers
+from core import (
+    PG_DEFAULT,
+    CpuMeter,
+    HttpError,
+    RssSampler,
+    Server,
+    start_davserver,
+    stop_servers,
+)
 
 import davserver.models  # noqa: F401  (the tables)
 from davserver.blobstore.filesystem import storage_key_for
@@ -159,11 +171,11 @@ def fill_rows(engine: sa.Engine, blob_root: Path, folder: str, count: int, per_f
 
 
 def fetch(server: Server, path: str) -> dict[str, Any]:
-    """GET ``path`` on a new connection: first byte, total, RSS, and the body."""
+    """GET ``path`` on a new connection: first byte, total, server CPU, RSS, and the body."""
     client = server.client()
     body = io.BytesIO()
     try:
-        with RssSampler(server.pid) as rss:
+        with RssSampler(server.pid) as rss, CpuMeter(rss.pids) as cpu:
             started = time.perf_counter()
             resp = client.send("GET", path)
             first = time.perf_counter() - started
@@ -179,6 +191,7 @@ def fetch(server: Server, path: str) -> dict[str, Any]:
     return {
         "first_byte_s": first,
         "total_s": total,
+        "server_cpu_s": cpu.server,
         "rss_before_mib": rss.before / 1024,
         "rss_peak_mib": rss.peak / 1024,
         "bytes": body.tell(),
@@ -203,6 +216,32 @@ def summary(runs: list[dict[str, Any]], key: str, scale: float = 1.0) -> str:
     return f"{statistics.median(values):7.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
+def prepare(
+    name: str, base: Path, src: str | None, args: argparse.Namespace
+) -> tuple[Server, dict[str, str]]:
+    """A running server (its code from ``src`` when given) with the files and the package;
+    the zips to fetch from it by label."""
+    server = Server(name, base / name, secrets.token_urlsafe(12))
+    extra = [*args.dav_env, f"PYTHONPATH={src}"] if src else args.dav_env
+    start_davserver(server, sys.executable, args.db, args.pg_url, extra)
+    db_url = f"sqlite:///{server.workdir / 'davserver.sqlite3'}"
+    if server.db_name:
+        db_url = f"{args.pg_url.rstrip('/')}/{server.db_name}"
+    fill_s = fill(server, db_url, args.files, args.per_folder)
+    print(f"{name}: {args.files} files filled in {fill_s:.1f} s ({args.db})", flush=True)
+    targets = {"folder ?zip": f"{FOLDER}?zip"}
+    if not args.no_package:
+        client = server.client()
+        client.expect("MKCOL", "/packages/bench/", (201,))
+        started = time.perf_counter()
+        dest = {"Destination": f"http://127.0.0.1:{server.port}/packages/bench/big"}
+        client.expect("COPY", FOLDER, (201,), headers=dest)
+        print(f"{name}: package pinned in {time.perf_counter() - started:.1f} s", flush=True)
+        client.close()
+        targets["package zip"] = PACKAGE_ZIP
+    return server, targets
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=64_000)
@@ -213,51 +252,55 @@ def main() -> int:
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--pg-url", default=PG_DEFAULT)
     parser.add_argument("--dav-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="also run a server with davserver imported from DIR (a checkout, e.g. a git"
+        " worktree of an earlier commit); the servers are fetched from in turn (repeatable)",
+    )
     parser.add_argument("--no-package", action="store_true", help="the folder's zip only")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    results: dict[str, list[dict[str, Any]]] = {}
+    trees: dict[str, str | None] = {"this tree": None, **{src: src for src in args.compare}}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in trees}
     with tempfile.TemporaryDirectory(prefix="davbench-zip-") as tmp:
-        server = Server("davserver", Path(tmp) / "dav", secrets.token_urlsafe(12))
+        servers: list[Server] = []
         try:
-            start_davserver(server, sys.executable, args.db, args.pg_url, args.dav_env)
-            db_url = f"sqlite:///{server.workdir / 'davserver.sqlite3'}"
-            if server.db_name:
-                db_url = f"{args.pg_url.rstrip('/')}/{server.db_name}"
-            fill_s = fill(server, db_url, args.files, args.per_folder)
-            print(f"{args.files} files filled in {fill_s:.1f} s ({args.db})", flush=True)
-            targets = {"folder ?zip": f"{FOLDER}?zip"}
-            if not args.no_package:
-                client = server.client()
-                client.expect("MKCOL", "/packages/bench/", (201,))
-                started = time.perf_counter()
-                dest = {"Destination": f"http://127.0.0.1:{server.port}/packages/bench/big"}
-                client.expect("COPY", FOLDER, (201,), headers=dest)
-                print(f"package pinned in {time.perf_counter() - started:.1f} s", flush=True)
-                client.close()
-                targets["package zip"] = PACKAGE_ZIP
-            for label, path in targets.items():
-                runs = []
-                for index in range(args.rounds):
-                    run = fetch(server, path)
-                    body = run.pop("body")
-                    if index == 0:
-                        check(body, args.files)
-                    runs.append(run)
-                results[label] = runs
+            prepared = {}
+            for index, (name, src) in enumerate(trees.items()):
+                server, targets = prepare(f"dav{index}", Path(tmp), src, args)
+                servers.append(server)
+                prepared[name] = (server, targets)
+            for round_no in range(args.rounds):
+                order = list(prepared.items())
+                shift = round_no % len(order)  # no tree always goes first
+                order = order[shift:] + order[:shift]
+                for label in targets:
+                    for name, (server, targets) in order:
+                        run = fetch(server, targets[label])
+                        body = run.pop("body")
+                        if round_no == 0:
+                            check(body, args.files)
+                        results[name].setdefault(label, []).append(run)
         finally:
-            stop_servers([server], args.pg_url)
+            stop_servers(servers, args.pg_url)
     if args.json:
         print(json.dumps({"files": args.files, "db": args.db, "runs": results}, indent=2))
         return 0
     print(f"{args.files} files of a few bytes, {args.db}, {args.rounds} rounds: median [min-max]")
-    for label, runs in results.items():
-        print(
-            f"  {label:12s} {runs[0]['bytes'] / 1e6:6.1f} MB"
-            f"  first byte {summary(runs, 'first_byte_s')} s"
-            f"  total {summary(runs, 'total_s')} s  peak RSS {summary(runs, 'rss_peak_mib')} MiB"
-            f"  (before the first: {runs[0]['rss_before_mib']:.0f} MiB)"
-        )
+    for name, by_label in results.items():
+        print(f"{name}:")
+        for label, runs in by_label.items():
+            print(
+                f"  {label:12s} {runs[0]['bytes'] / 1e6:5.1f} MB"
+                f"  first byte {summary(runs, 'first_byte_s')} s"
+                f"  total {summary(runs, 'total_s')} s"
+                f"  server CPU {summary(runs, 'server_cpu_s')} s"
+                f"  peak RSS {summary(runs, 'rss_peak_mib')} MiB"
+                f" (before the first: {runs[0]['rss_before_mib']:.0f} MiB)"
+            )
     return 0
 
 
