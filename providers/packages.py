@@ -56,6 +56,8 @@ _HOW_TO_CHANGE = (
     "a package is changed by COPYing files or folders into it, MOVE within it, and DELETE"
 )
 _CHANGES = READING | {"DELETE", "MOVE"}
+# The package whose items check_request found downloadable in this request (environ key).
+_CHECKED = "davserver.package_checked"
 # Pinned versions stay in their package; the files they were pinned from are where they were.
 _NO_COPY_OUT = "a package's items are not copied out of it: GET them, or COPY the files"
 
@@ -438,6 +440,7 @@ class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
         if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
             ctx = self.provider.access(environ)
             self.service.check_downloadable(ctx, self.package)
+            environ[_CHECKED] = self.package.id  # so that get_content need not check again
 
     def check_incoming(self, environ: dict[str, Any]) -> None:
         raise Forbidden("the zip is read-only; change the package's folder")
@@ -447,7 +450,13 @@ class PackageZipResource(StoredBytes, _Base, DAVNonCollection):
         ctx = self.provider.access(self.environ)
         with dav_errors():
             byte_range = served_range(self.environ, self.get_etag(), self.get_last_modified())
-            archive = self.service.download(ctx, self.package, byte_range=byte_range)
+            archive = self.service.download(
+                ctx,
+                self.package,
+                byte_range=byte_range,
+                laid_out=self.layout(),
+                checked=self.environ.get(_CHECKED) == self.package.id,
+            )
         return archive.stream.open()  # type: ignore[return-value]
 
 
@@ -474,7 +483,9 @@ class FolderZipResource(PackageZipResource):
         ctx = self.provider.access(self.environ)
         with dav_errors():
             byte_range = served_range(self.environ, self.get_etag(), self.get_last_modified())
-            archive = self.service.download_folder(ctx, self.package, byte_range=byte_range)
+            archive = self.service.download_folder(
+                ctx, self.package, byte_range=byte_range, laid_out=self.layout()
+            )
         return archive.stream.open()  # type: ignore[return-value]
 
 

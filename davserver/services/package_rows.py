@@ -2,16 +2,18 @@
 
 ``load_packages`` turns package rows into ``PackageView``s with their items (one query for all
 the items); ``pins_below`` finds what adding a file or folder pins, inside the adding
-transaction (one recursive query for a whole folder).
+transaction (one recursive query for a whole folder); ``folder_items`` reads a folder's files
+with their blobs for its zip (one recursive query, read in batches).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -32,65 +34,117 @@ def pins_below(
     prefix: str,
     *,
     allow_empty: bool = False,
-    make_safe: bool = False,
 ) -> list[dict[str, Any]]:
     """What adding ``node`` at ``prefix`` pins, read in the adding transaction: the file's
     current version (none for an empty file), or each live file below the folder at
     ``prefix/<relative path>`` (desktop clutter such as ``.DS_Store`` left out). A folder
-    without files is a Conflict unless ``allow_empty``. With ``make_safe`` (a folder's zip,
-    where nobody chose the paths) names a zip cannot hold, or that collide there, are made
-    safe and unique (``archive_names``); without, they are left for the package's checks to
-    refuse."""
+    without files is a Conflict unless ``allow_empty``. Names a zip cannot hold, or that
+    collide there, are left for the package's checks to refuse."""
     rows = session.execute(for_bind(_SUBTREE, session), {"root_id": node.id}).all()
     if not rows or rows[0].deleted_at is not None:
         raise NotFound("the item is gone")
     if not node.is_folder:
         return [_pin(rows[0], prefix)]
-    paths: dict[uuid.UUID, str] = {node.id: prefix}
     children: dict[uuid.UUID | None, list[Any]] = defaultdict(list)
     for row in rows[1:]:
         children[row.parent_id].append(row)
-    pins: list[dict[str, Any]] = []
-    stack = [node.id]
-    while stack:
-        folder = stack.pop()
-        kept = [row for row in children.get(folder, ()) if not is_client_metadata(row.name)]
-        names = [name_key(row.name) for row in kept]
-        if make_safe:
-            names = archive_names(names)
-        for row, name in zip(kept, names, strict=True):
-            paths[row.id] = f"{paths[folder]}/{name}"
-            if row.kind == NodeKind.FOLDER:
-                stack.append(row.id)
-            else:
-                pins.append(_pin(row, paths[row.id]))
+    pins = [_pin(row, path) for row, path in _files_below(node.id, prefix, children)]
     if not pins and not allow_empty:
         raise Conflict(f"{node.name!r} holds no file to pin")
     return pins
 
 
-def pinned_items(
-    conn: sa.Connection, pins: list[dict[str, Any]], added_at: dt.datetime
+def folder_items(
+    session: Session, node: NodeView, prefix: str, added_at: dt.datetime
 ) -> list[PinnedItem]:
-    """``pins`` (from ``pins_below``) as items with their versions' sizes and blobs, sorted
-    by path, as a package that is never stored would hold them (a folder's zip)."""
-    versions: dict[uuid.UUID, Any] = {}
-    ids = [pin["version_id"] for pin in pins if pin["version_id"] is not None]
-    for start in range(0, len(ids), _IN_BATCH):
-        for found in conn.execute(_VERSIONS, {"ids": ids[start : start + _IN_BATCH]}):
-            versions[found.version_id] = found
-    items = [
-        _pinned(
-            pin["node_id"],
-            pin["path_in_archive"],
-            pin["node_id"],
-            pin["mtime"],
-            added_at,
-            versions.get(pin["version_id"]),
+    """Folder ``node``'s live files as the items of a package that is never stored (a
+    folder's zip), sorted by path: each current version at ``prefix/<relative path>``,
+    desktop clutter left out, names a zip cannot hold or that collide there made safe and
+    unique (``archive_names``). NotFound when the folder is gone.
+
+    One query with each version's blob, read in batches (a server-side cursor on
+    PostgreSQL); each row is kept as one small tuple until the tree is walked, which needs
+    every sibling's name first."""
+    members: dict[Any, list[_Member]] = defaultdict(list)
+    result = session.execute(
+        for_bind(_ZIP_SUBTREE, session),
+        {"root_id": node.id},
+        execution_options={"yield_per": _YIELD_PER},
+    )
+    found = False
+    for row in result:
+        if not found:  # the folder itself comes first
+            if row.deleted_at is not None:
+                raise NotFound("the item is gone")
+            found = True
+            continue
+        members[row.parent_id].append(
+            _Member(
+                row.id,
+                row.name,
+                row.kind == NodeKind.FOLDER,
+                row.version_mtime or row.uploaded_at or row.node_mtime or row.modified_at,
+                row.version_id,
+                row.version_no,
+                row.size,
+                row.blob_id,
+                row.sha256,
+                row.crc32,
+                row.storage_key,
+            )
         )
-        for pin in pins
+    if not found:
+        raise NotFound("the item is gone")
+    items = [
+        _pinned(member.id, path, member.id, member.mtime, added_at, member)
+        for member, path in _files_below(node.id, prefix, members, make_safe=True)
     ]
-    return sorted(items, key=lambda item: item.path)
+    items.sort(key=lambda item: item.path)
+    return items
+
+
+class _Member(NamedTuple):
+    """A node below a zipped folder, with its current version and blob (``_pinned`` reads
+    the version columns by name; None in them for a folder or an empty file)."""
+
+    id: uuid.UUID
+    name: str
+    is_folder: bool
+    mtime: dt.datetime
+    version_id: uuid.UUID | None
+    version_no: int | None
+    size: int | None
+    blob_id: uuid.UUID | None
+    sha256: str | None
+    crc32: int | None
+    storage_key: str | None
+
+
+def _files_below(
+    root_id: uuid.UUID,
+    prefix: str,
+    children: dict[Any, list[Any]],
+    *,
+    make_safe: bool = False,
+) -> Iterator[tuple[Any, str]]:
+    """(row, path) of each file below ``root_id``, from its rows grouped by parent id (rows
+    of ``_SUBTREE``, or ``_Member``s); the groups are emptied on the way. Desktop clutter
+    is left out. With ``make_safe`` (a folder's zip, where nobody chose the paths) names a
+    zip cannot hold, or that collide there, are made safe and unique (``archive_names``);
+    without, they are left for the package's checks to refuse."""
+    stack = [(root_id, prefix)]
+    while stack:
+        folder, folder_path = stack.pop()
+        kept = [row for row in children.pop(folder, ()) if not is_client_metadata(row.name)]
+        names = [name_key(row.name) for row in kept]
+        if make_safe:
+            names = archive_names(names)
+        for row, name in zip(kept, names, strict=True):
+            path = f"{folder_path}/{name}"
+            if row.is_folder if isinstance(row, _Member) else row.kind == NodeKind.FOLDER:
+                stack.append((row.id, path))
+            else:
+                yield row, path
 
 
 def _pinned(
@@ -202,16 +256,12 @@ _ITEMS = (
 )
 
 
-_IN_BATCH = 500  # ids per IN list (PostgreSQL takes at most 65,535 parameters)
-_VERSIONS = (
-    sa.select(*_VERSION_COLUMNS)
-    .join(_b, _b.c.id == _v.c.blob_id)
-    .where(_v.c.id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
-)
+_YIELD_PER = 2000  # rows fetched at a time for a folder's zip
 
 
-def _subtree_statement(postgres: bool) -> sa.Select[Any]:
-    """A node (first) and every live node below it, with each file's current version."""
+def _subtree_statement(postgres: bool, *, blobs: bool = False) -> sa.Select[Any]:
+    """A node (first) and every live node below it, with each file's current version (and,
+    with ``blobs``, the version's number, size and blob)."""
     columns = (
         "id",
         "parent_id",
@@ -223,32 +273,52 @@ def _subtree_statement(postgres: bool) -> sa.Select[Any]:
         "deleted_at",
     )
     down = tree.walk_down(columns, "down", postgres=postgres)
+    version_columns: tuple[str, ...] = ("id", "mtime", "uploaded_at")
+    if blobs:
+        version_columns += ("version_no", "size", "blob_id")
     rows, version = join_by_key(
         down,
         _v,
         _v.c.id == down.c.current_version_id,
-        ("id", "mtime", "uploaded_at"),
+        version_columns,
         "version",
         one=True,
         postgres=postgres,
         optional=True,
     )
-    return (
-        sa.select(
-            down.c.id,
-            down.c.parent_id,
-            down.c.name,
-            down.c.kind,
-            down.c.deleted_at,
-            down.c.mtime.label("node_mtime"),
-            down.c.modified_at,
-            version.c.id.label("version_id"),
-            version.c.mtime.label("version_mtime"),
-            version.c.uploaded_at,
+    selected = [
+        down.c.id,
+        down.c.parent_id,
+        down.c.name,
+        down.c.kind,
+        down.c.deleted_at,
+        down.c.mtime.label("node_mtime"),
+        down.c.modified_at,
+        version.c.id.label("version_id"),
+        version.c.mtime.label("version_mtime"),
+        version.c.uploaded_at,
+    ]
+    if blobs:
+        rows, blob = join_by_key(
+            rows,
+            _b,
+            _b.c.id == version.c.blob_id,
+            ("id", "sha256", "crc32", "storage_key"),
+            "blob",
+            one=True,
+            postgres=postgres,
+            optional=True,
         )
-        .select_from(rows)
-        .order_by(down.c.depth)
-    )
+        selected += [
+            version.c.version_no,
+            version.c.size,
+            blob.c.id.label("blob_id"),
+            blob.c.sha256,
+            blob.c.crc32,
+            blob.c.storage_key,
+        ]
+    return sa.select(*selected).select_from(rows).order_by(down.c.depth)
 
 
 _SUBTREE = by_dialect(_subtree_statement)
+_ZIP_SUBTREE = by_dialect(functools.partial(_subtree_statement, blobs=True))

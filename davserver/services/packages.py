@@ -50,7 +50,7 @@ from davserver.services.package_archive import (
     PinnedItem,
     build_archive,
 )
-from davserver.services.package_rows import LIVE_PACKAGES, load_packages, pinned_items, pins_below
+from davserver.services.package_rows import LIVE_PACKAGES, folder_items, load_packages, pins_below
 from davserver.services.permissions import Perm, require
 from davserver.services.tree import NodeView, check_name, name_key
 from davserver.services.zipstream import (
@@ -550,13 +550,25 @@ class PackageService:
         return build_archive(package, self._open)
 
     def download(
-        self, ctx: AccessContext, package: PackageView, *, byte_range: str | None = None
+        self,
+        ctx: AccessContext,
+        package: PackageView,
+        *,
+        byte_range: str | None = None,
+        laid_out: PackageArchive | None = None,
+        checked: bool = False,
     ) -> PackageArchive:
         """The zip, ready to be read: checks every item, computes missing CRC-32s, and logs
         the download (``byte_range`` is the Range header, if any) as a file's GET is: in
-        the batches of ``ReadLog``, so that reading needs no room in the database."""
-        self.check_downloadable(ctx, package)
-        archive = self._readable(package, _zip_of(package, folder=False))
+        the batches of ``ReadLog``, so that reading needs no room in the database.
+
+        ``laid_out``: this package's ``layout``, used again when no CRC-32 was missing (a
+        request that sent its size and ETag need not lay out a large zip twice). ``checked``:
+        the caller ran ``check_downloadable`` for ``ctx`` in this request already (the
+        rights of every item are one query over all their ancestors)."""
+        if not checked:
+            self.check_downloadable(ctx, package)
+        archive = self._readable(package, _zip_of(package, folder=False), laid_out)
         self.namespace.files.read_log.add(
             ctx.actor,
             Op.PACKAGE_DOWNLOAD,
@@ -586,8 +598,7 @@ class PackageService:
                     sa.select(_groups.c.name).where(_groups.c.id == node.group_id)
                 )
             name = safe_archive_name(name_key(name or ctx.actor.username or "files"), first=True)
-            pins = pins_below(session, node, name, allow_empty=True, make_safe=True)
-            items = pinned_items(session.connection(), pins, node.modified_at)
+            items = folder_items(session, node, name, node.modified_at)
         return PackageView(
             id=node.id,
             name=name,
@@ -601,10 +612,16 @@ class PackageService:
         )
 
     def download_folder(
-        self, ctx: AccessContext, folder: PackageView, *, byte_range: str | None = None
+        self,
+        ctx: AccessContext,
+        folder: PackageView,
+        *,
+        byte_range: str | None = None,
+        laid_out: PackageArchive | None = None,
     ) -> PackageArchive:
-        """``of_folder``'s zip, ready to be read; logged as the folder's download."""
-        archive = self._readable(folder, _zip_of(folder, folder=True))
+        """``of_folder``'s zip, ready to be read; logged as the folder's download.
+        ``laid_out`` as for ``download``."""
+        archive = self._readable(folder, _zip_of(folder, folder=True), laid_out)
         self.namespace.files.read_log.add(
             ctx.actor,
             Op.FOLDER_DOWNLOAD,
@@ -619,11 +636,17 @@ class PackageService:
         )
         return archive
 
-    def _readable(self, package: PackageView, where: str) -> PackageArchive:
+    def _readable(
+        self, package: PackageView, where: str, laid_out: PackageArchive | None = None
+    ) -> PackageArchive:
         """The zip of ``package`` with its bytes: each item's blob checked (``lost_bytes``
-        names those gone, ``where``) and missing CRC-32s computed."""
+        names those gone, ``where``) and missing CRC-32s computed. ``laid_out`` (the
+        ``layout`` of ``package``) is the answer when no CRC-32 was missing."""
         self._require_bytes(package, where)
-        return build_archive(self._with_crc32(package), self._open)
+        ready = self._with_crc32(package)
+        if laid_out is not None and ready is package and laid_out.package is package:
+            return laid_out
+        return build_archive(ready, self._open)
 
     def _require_bytes(self, package: PackageView, where: str) -> None:
         """NotFound naming the items whose bytes the blob store lost (``lost_bytes``), so that

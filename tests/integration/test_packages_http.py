@@ -15,6 +15,7 @@ import subprocess
 import urllib.parse
 import uuid
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ import sqlalchemy as sa
 
 from davserver.db.types import utcnow
 from davserver.models import LogEntry, Package
+from davserver.services import packages as packages_service
+from davserver.services.package_archive import PackageArchive
+from davserver.services.packages import PackageService
 from davserver.services.zipstream import MANIFEST_NAME
 from tests import blobs
 from tests.conftest import ENGINES
@@ -89,7 +93,8 @@ class User:
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InprocServer]:
-    with run_inproc_server(request.param, tmp_path_factory.mktemp(f"pkg-{request.param}")) as srv:
+    folder = tmp_path_factory.mktemp(f"pkg-{request.param}")
+    with run_inproc_server(request.param, folder, logging__query_header=True) as srv:
         yield srv
 
 
@@ -164,6 +169,35 @@ def test_zip_holds_the_pinned_versions(alice: User, tmp_path: Path) -> None:
     ]
     tested = unzip_test(response.body, tmp_path)
     assert "No errors detected" in tested and "résumé.txt" in tested
+
+
+def test_a_zip_get_checks_its_items_and_lays_the_zip_out_once(
+    alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rights on every item (one query over all their ancestors) and the layout (every
+    header, the manifest, the ETag) are costly for a large package or folder: a GET sent its
+    size and ETag from one layout, and streams that one."""
+    pinned_package(alice, "once")
+    calls: Counter[str] = Counter()
+    check, build = PackageService.check_downloadable, packages_service.build_archive
+
+    def counted_check(self: PackageService, *args: Any) -> None:
+        calls["check"] += 1
+        check(self, *args)
+
+    def counted_build(*args: Any) -> PackageArchive:
+        calls["layout"] += 1
+        return build(*args)
+
+    monkeypatch.setattr(PackageService, "check_downloadable", counted_check)
+    monkeypatch.setattr(packages_service, "build_archive", counted_build)
+    whole = alice.call("GET", "/packages/once.zip")
+    assert whole.status == 200 and zipfile.ZipFile(io.BytesIO(whole.body)).testzip() is None
+    assert calls == {"check": 1, "layout": 1}
+    calls.clear()
+    folder = alice.call("GET", "/files/docs/?zip")
+    assert folder.status == 200 and zipfile.ZipFile(io.BytesIO(folder.body)).testzip() is None
+    assert calls == {"layout": 1}
 
 
 def test_later_changes_to_the_files_leave_the_package_alone(alice: User) -> None:
@@ -436,6 +470,21 @@ def test_a_folder_downloads_as_one_zip_of_its_current_files(
     assert len(logged) == 4  # the GETs that sent bytes, not the HEAD
     assert logged[0].details["files"] == len(below) and logged[0].details["name"] == "docs"
     assert logged[2].details["range"] == "bytes=100-5099"
+
+
+def test_a_folder_zip_costs_the_same_statements_whatever_its_size(alice: User) -> None:
+    """A folder's files and their blobs come from one query, read in batches: a large folder
+    is no more statements than a small one (versions were looked up 500 at a time)."""
+    counts = {}
+    for size in (1, 501):
+        alice.mkcol(f"/files/zip-{size}/")
+        for index in range(size):
+            alice.put(f"/files/zip-{size}/f{index:04d}.txt", f"{index}\n".encode())
+        response = alice.call("GET", f"/files/zip-{size}/?zip")
+        assert response.status == 200
+        assert len(zipfile.ZipFile(io.BytesIO(response.body)).namelist()) == size + 1
+        counts[size] = int(response.headers["X-Query-Count"])
+    assert counts[1] == counts[501], counts
 
 
 def test_an_empty_folder_zips_to_its_manifest(alice: User) -> None:
