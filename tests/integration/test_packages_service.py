@@ -154,6 +154,17 @@ def test_rights_on_many_at_once_agree_with_one_by_one(world: World) -> None:
     assert world.namespace.rights_on(ctx, []) == {}
 
 
+def test_rights_on_takes_more_ids_than_one_statement_may_hold(world: World) -> None:
+    """A package of more than 65,535 files: PostgreSQL takes at most 65,535 parameters in a
+    statement, so the ids are read in batches."""
+    ctx = world.namespace.context(world.actors["bob"])
+    known = world.nodes["f/x.txt"]
+    ids = [uuid.uuid4() for _ in range(70_000)] + [known]
+    rights = world.namespace.rights_on(ctx, ids)
+    assert rights[known] == world.namespace.rights_on(ctx, [known])[known] != Perm.NONE
+    assert sum(1 for right in rights.values() if right != Perm.NONE) == 1
+
+
 def test_rights_on_matches_the_rights_of_a_path(world: World) -> None:
     for who, parts in (
         ("bob", ["shared", "alice", "f", "x.txt"]),
