@@ -169,6 +169,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
                 "nodes removed": report.nodes_removed,
                 "versions removed": report.versions_removed,
                 "kept (pinned by a package)": report.items_pinned,
+                "cut-short purges finished": report.items_finished,
                 "seconds": report.seconds,
             },
         )

@@ -71,6 +71,13 @@ class Node(Base):
         _trashed_only("ix_nodes_trash", "owner_id", "deleted_at"),  # a user's trash
         _trashed_only("ix_nodes_trash_deleter", "deleted_by", "deleted_at"),  # group items
         _trashed_only("ix_nodes_trash_expiry", "deleted_at", "id"),  # the sweep's purge order
+        # The trash items being purged (a few at most): housekeeping finishes interrupted ones.
+        sa.Index(
+            "ix_nodes_purging",
+            "id",
+            sqlite_where=sa.text("purge_started_at IS NOT NULL"),
+            postgresql_where=sa.text("purge_started_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid_pk]
@@ -98,6 +105,9 @@ class Node(Base):
     deleted_by: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("users.id", ondelete="SET NULL")
     )
+    # Set on a trash item when its purge began: it is no longer in the trash for anyone, and
+    # its rows are being removed a batch at a time (services.trash).
+    purge_started_at: Mapped[timestamp_or_none]
 
     @property
     def is_folder(self) -> bool:

@@ -25,8 +25,10 @@ take finds neither.
 Restoring puts an item into a live folder of the same space under the name given, never
 replacing anything: Conflict when the name is taken or the folder is gone (a folder in the
 trash itself must be restored first). Purging removes the rows for good: the item, everything
-that went to the trash with it, their versions and properties (the foreign keys cascade); blobs
-stay until ``davserver gc`` finds nothing else uses them. An item deleted from a folder before
+that went to the trash with it, their versions and properties; blobs stay until ``davserver
+gc`` finds nothing else uses them. The item is marked first (``purge_started_at``: out of the
+trash from then on), then its rows go a batch at a time, each batch a transaction (see
+``TrashService.purge``). An item deleted from a folder before
 the folder was is not purged with it: it stays in the trash under its own name, moved (still
 deleted) into the folder the purged item was in. An item holding a version that a package of
 the trash's owner pins cannot be purged (they can remove it from the package). Other users'
@@ -56,7 +58,7 @@ from davserver.db import Base, Database
 from davserver.db.dialect import NO_KEY_UPDATE, by_dialect, for_bind, is_postgres, join_by_key
 from davserver.db.types import utcnow
 from davserver.errors import Conflict, Forbidden, NotFound
-from davserver.models import Node, Op, Space
+from davserver.models import Node, NodeKind, Op, Space
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
@@ -120,6 +122,7 @@ class PurgeReport:
     nodes_removed: int = 0
     versions_removed: int = 0
     items_pinned: int = 0  # kept: a package pins a version in them
+    items_finished: int = 0  # purges that had stopped half-way, finished now
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -214,7 +217,8 @@ class TrashService:
         someone the group shared a folder with, deleted there stays within the group's
         reach); with ``deleted_within``, only those deleted in one of these [start, end)
         periods. Three queries."""
-        query = _items(user_id, group_ids, managed_groups)
+        # An item being purged is gone from the trash, whatever of it is still there.
+        query = _items(user_id, group_ids, managed_groups).where(_n.c.purge_started_at.is_(None))
         if deleted_within is not None:
             query = query.where(
                 sa.or_(
@@ -285,7 +289,7 @@ class TrashService:
 
         def work(session: Session) -> NodeView:
             node = session.get(Node, node_id, with_for_update=NO_KEY_UPDATE)
-            if node is None or not tree.in_trash(session, node.id):
+            if node is None or not _restorable(session, node.id):
                 raise NotFound("that item is no longer in the trash")
             parent = session.get(Node, folder.id)
             if parent is None or not parent.is_folder:
@@ -365,51 +369,69 @@ class TrashService:
     ) -> int:
         """Remove a trashed item and everything below it for good; returns the number of
         nodes removed. NotFound when it is not in the trash; Conflict when a package pins one
-        of its versions. ``via`` ("cli") marks the logbook row of a command's purge."""
+        of its versions. ``via`` ("cli") marks the logbook row of a command's purge.
+
+        First the item is marked (``purge_started_at``) and the logbook row written, in one
+        short transaction: from then on it is gone from the trash for everyone (not listed,
+        not restorable). Then its rows go, ``_DELETE_BATCH`` at a time, each batch a
+        transaction of its own, so other writers take turns with the purge however big the
+        item is (on SQLite they wait for the database's one write lock). Should this stop
+        half-way, a purge of the marked item again (``purge_expired``, as housekeeping and
+        ``davserver trash purge`` run it) finishes it; an item already marked is finished
+        without a second logbook row."""
         if actor is not None:
             actor.require_write()
+        nodes = self._mark_purged(actor, node_id, reason=reason, via=via)
+        self._remove(node_id)
+        return nodes
 
-        def work(session: Session) -> int:
-            row = session.execute(
+    def _mark_purged(
+        self, actor: Actor | None, node_id: uuid.UUID, *, reason: str, via: str | None
+    ) -> int:
+        """Check and mark the item (see ``purge``); the number of its nodes. Its subtree is
+        counted before the write transaction, which holds the write lock for two statements:
+        what a trashed item holds cannot change (nothing writes inside the trash; a node
+        restored from it meanwhile is simply not purged), and packages pin live files only."""
+        with self.db.connect() as conn:
+            row = conn.execute(
                 sa.select(
                     _n.c.name,
                     _n.c.deleted_at,
-                    _n.c.parent_id,
                     _n.c.owner_id,
                     _n.c.group_id,
                     _n.c.deleted_by,
-                )
-                .where(_n.c.id == node_id)
-                .with_for_update()
+                    _n.c.purge_started_at,
+                ).where(_n.c.id == node_id)
             ).first()
             if row is None or row.deleted_at is None:
                 raise NotFound("that item is not in the trash")
             params = {"root_id": node_id, "holder_id": _holder(row)}
-            nodes, versions, pins = session.execute(
-                for_bind(_SUBTREE_COUNTS, session), params
-            ).one()
+            nodes, versions, pins = conn.execute(for_bind(_SUBTREE_COUNTS, conn), params).one()
+            if row.purge_started_at is not None:
+                return int(nodes)  # marked already: what is left of it is removed below
             if pins:
                 raise Conflict(
                     f"{row.name!r} holds versions that your packages pin; remove them from "
                     "the packages first"
                 )
             # Other users' packages cannot deliver it any more (it is deleted: 403) and only
-            # they could change them: their pins go, the items stay listed there as deleted.
-            released = session.execute(for_bind(_FOREIGN_PINS, session), params).all()
-            if released:
-                session.execute(_RELEASE_PIN, [{"item_id": pin.id} for pin in released])
-                now = utcnow()
-                session.execute(
-                    _TOUCH_PACKAGE,
-                    [{"package_id": p, "now": now} for p in {pin.package_id for pin in released}],
-                )
-            # Items deleted from inside this one before it was are trash items of their own:
-            # out of the way of the cascade, into the folder this one was in.
-            earlier = session.scalars(for_bind(_EARLIER_ITEMS, session), {"root_id": node_id}).all()
-            if earlier:
-                session.execute(
-                    _MOVE_NODE, [{"node_id": i, "new_parent_id": row.parent_id} for i in earlier]
-                )
+            # they could change them: their pins go with the rows (_remove_batch), the items
+            # stay listed there as deleted.
+            released = len(conn.execute(for_bind(_FOREIGN_PINS, conn), params).all())
+
+        def work(session: Session) -> None:
+            current = session.execute(
+                sa.select(_n.c.deleted_at, _n.c.purge_started_at)
+                .where(_n.c.id == node_id)
+                .with_for_update()
+            ).first()
+            if current is None or current.deleted_at != row.deleted_at:
+                raise NotFound("that item is not in the trash")  # purged, or restored
+            if current.purge_started_at is not None:
+                return  # another purge marked it meanwhile, and wrote the logbook row
+            session.execute(
+                sa.update(_n).where(_n.c.id == node_id).values(purge_started_at=utcnow())
+            )
             record_audit(
                 session,
                 actor,
@@ -421,15 +443,31 @@ class TrashService:
                     "deleted_at": row.deleted_at.isoformat(),
                     "nodes": nodes,
                     "versions": versions,
-                    "released_pins": len(released),
+                    "released_pins": released,
                     "reason": reason,
                     **({"via": via} if via else {}),
                 },
             )
-            session.execute(sa.delete(_n).where(_n.c.id == node_id))
-            return int(nodes)
 
-        return self.files.run_write(work)
+        self.files.run_write(work)
+        return int(nodes)
+
+    def _remove(self, node_id: uuid.UUID) -> None:
+        """Remove the rows of the marked item ``node_id`` a batch at a time: the files and
+        emptied folders of its deepest folders first, the item itself last."""
+        with self.db.connect() as conn:
+            folders = list(
+                conn.scalars(for_bind(_FOLDERS_DEEPEST_FIRST, conn), {"root_id": node_id})
+            )
+        while True:
+            started = time.monotonic()
+            emptied, done = self.files.run_write(
+                lambda session: _remove_batch(session, node_id, folders, _DELETE_BATCH)
+            )
+            if done:
+                return
+            del folders[:emptied]
+            _between_batches(self.db, time.monotonic() - started)
 
     def purge_expired(
         self,
@@ -441,12 +479,17 @@ class TrashService:
         via: str | None = None,
     ) -> PurgeReport:
         """Purge every item deleted longer ago than ``older_than`` (default: the retention
-        period; nothing when that is 0), of everyone or of one user's trash, one transaction
-        each (``davserver trash purge`` with ``via`` "cli", and the server's sweep)."""
+        period; nothing when that is 0), of everyone or of one user's trash, one after the
+        other (``davserver trash purge`` with ``via`` "cli", and the server's sweep). First,
+        whatever the retention, finish the purges that stopped half-way (see ``purge``)."""
         if older_than is None:
             older_than = dt.timedelta(days=self.retention_days) if self.retention_days else None
         report = PurgeReport(dry_run, older_than.days if older_than is not None else 0)
         started = time.monotonic()
+        if not dry_run:
+            for node_id in self._unfinished(user_id):
+                self._remove(node_id)
+                report.items_finished += 1
         if older_than is not None:
             cutoff = utcnow() - older_than
             for done, node_id in enumerate(self._expired(cutoff, user_id), start=1):
@@ -473,6 +516,12 @@ class TrashService:
                 return
             last = rows[-1]
             page = query.where(sa.tuple_(_n.c.deleted_at, _n.c.id) > (last.deleted_at, last.id))
+
+    def _unfinished(self, user_id: uuid.UUID | None) -> list[uuid.UUID]:
+        """The items marked as being purged (of one user's trash, or of all)."""
+        query = _items(user_id, None) if user_id else sa.select(_n.c.id)
+        with self.db.connect() as conn:
+            return list(conn.scalars(query.where(_n.c.purge_started_at.is_not(None))))
 
     def purge_entries(self, entries: list[TrashEntry], *, reason: str) -> int:
         """Purge these entries (the expired ones of a listing); returns how many went."""
@@ -602,20 +651,90 @@ def _trashed_with(postgres: bool) -> sa.CTE:
     return below.union_all(sa.select(child.c.id).select_from(steps))
 
 
-def _earlier_items(postgres: bool) -> sa.Select[Any]:
-    """The ids of the trash items directly inside what went to the trash with :root_id
-    (``_trashed_with``): each deleted before it, from a folder inside it."""
-    below = _trashed_with(postgres)
-    rows, earlier = join_by_key(
-        below,
-        _n,
-        sa.and_(_n.c.parent_id == below.c.id, _n.c.deleted_at.is_not(None)),
-        ("id",),
-        "earlier",
-        one=False,
-        postgres=postgres,
+def _between_batches(db: Database, seconds: float) -> None:
+    """After a purge's batch that took ``seconds``, on SQLite: a pause of a quarter of that
+    (at most ``_MAX_PAUSE``). A writer waiting for the database's write lock sleeps between
+    its tries (up to 100 ms each) and would seldom find it free if the next batch took it
+    at once. PostgreSQL's writers wait for the rows they change only."""
+    if db.is_sqlite:
+        time.sleep(min(seconds * _PAUSE_SHARE, _MAX_PAUSE))
+
+
+def _remove_batch(
+    session: Session, root_id: uuid.UUID, folders: Sequence[uuid.UUID], budget: int
+) -> tuple[int, bool]:
+    """One batch of ``TrashService._remove``: at most ``budget`` rows below the marked item
+    ``root_id`` deleted, from its ``folders`` (live folders, deepest first, itself last) in
+    order, and the item itself once they are all empty. Returns how many of ``folders`` it
+    emptied, and whether the item is gone (or was already)."""
+    root = session.execute(
+        sa.select(_n.c.parent_id).where(_n.c.id == root_id).with_for_update()
+    ).first()
+    if root is None:
+        return len(folders), True
+    emptied = 0
+    for folder in folders:
+        # Items deleted from inside this one before it was are trash items of their own: out
+        # of the way, into the folder the purged item is in.
+        session.execute(_MOVE_EARLIER, {"folder_id": folder, "new_parent_id": root.parent_id})
+        ids = session.scalars(_LIVE_CHILDREN, {"folder_id": folder, "limit": budget}).all()
+        if ids:
+            _release_pins(session, ids)
+            session.execute(_DELETE_CHILDREN, {"folder_id": folder, "ids": ids})
+            budget -= len(ids)
+        if budget <= 0:
+            return emptied, False  # this one may hold more
+        emptied += 1
+    _release_pins(session, [root_id])
+    session.execute(sa.delete(_n).where(_n.c.id == root_id))
+    return emptied, True
+
+
+def _release_pins(session: Session, node_ids: Sequence[uuid.UUID]) -> None:
+    """Take the versions of ``node_ids`` out of the packages that pin them (the item stays
+    there, answering as deleted) and mark those packages changed."""
+    pins = session.execute(_PINS_OF_NODES, {"ids": list(node_ids)}).all()
+    if not pins:
+        return
+    session.execute(_RELEASE_PIN, [{"item_id": pin.id} for pin in pins])
+    now = utcnow()
+    session.execute(
+        _TOUCH_PACKAGE, [{"package_id": p, "now": now} for p in {pin.package_id for pin in pins}]
     )
-    return sa.select(earlier.c.id).select_from(rows)
+
+
+def _folders_deepest_first(postgres: bool) -> sa.Select[Any]:
+    """:root_id and the live folders below it, deepest first: each is emptied after every
+    folder inside it was, so deleting what it holds deletes nothing further down."""
+    top = sa.select(_n.c.id, sa.literal(0).label("depth")).where(
+        _n.c.id == sa.bindparam("root_id", type_=sa.Uuid)
+    )
+    walk = top.cte("folders", recursive=True)
+    steps, child = tree.walk_step(walk, ("id", "kind"), up=False, postgres=postgres)
+    walk = walk.union_all(
+        sa.select(child.c.id, walk.c.depth + 1)
+        .select_from(steps)
+        .where(child.c.kind == NodeKind.FOLDER.value)
+    )
+    return sa.select(walk.c.id).order_by(walk.c.depth.desc())
+
+
+def _restorable(session: Session, node_id: uuid.UUID) -> bool:
+    """Whether the node is in the trash, as an item or inside one, and that item (the nearest
+    of it and the folders above it with a ``deleted_at``) is not being purged."""
+    chain = session.execute(for_bind(_CHAIN_UP, session), {"node_id": node_id}).all()
+    item = next((row for row in chain if row.deleted_at is not None), None)
+    return item is not None and item.purge_started_at is None
+
+
+def _chain_up(postgres: bool) -> sa.Select[Any]:
+    """(deleted_at, purge_started_at) of :node_id and each folder above it, nearest first."""
+    columns = ("id", "parent_id", "deleted_at", "purge_started_at")
+    start = sa.select(*(_n.c[c] for c in columns), sa.literal(0).label("depth"))
+    up = start.where(_n.c.id == sa.bindparam("node_id", type_=sa.Uuid)).cte("up", True)
+    steps, above = tree.walk_step(up, columns, up=True, postgres=postgres)
+    up = up.union_all(sa.select(*(above.c[c] for c in columns), up.c.depth + 1).select_from(steps))
+    return sa.select(up.c.deleted_at, up.c.purge_started_at).order_by(up.c.depth)
 
 
 def _holder(row: Any) -> uuid.UUID | None:
@@ -697,10 +816,30 @@ _TOUCH_PACKAGE = (
     .where(_packages.c.id == sa.bindparam("package_id", type_=sa.Uuid))
     .values(modified_at=sa.bindparam("now"))
 )
-_EARLIER_ITEMS = by_dialect(_earlier_items)
-_MOVE_NODE = (
+_FOLDERS_DEEPEST_FIRST = by_dialect(_folders_deepest_first)
+_CHAIN_UP = by_dialect(_chain_up)
+_IN_FOLDER = _n.c.parent_id == sa.bindparam("folder_id", type_=sa.Uuid)
+_MOVE_EARLIER = (
     sa.update(_n)
-    .where(_n.c.id == sa.bindparam("node_id", type_=sa.Uuid))
+    .where(_IN_FOLDER, _n.c.deleted_at.is_not(None))
     .values(parent_id=sa.bindparam("new_parent_id", type_=sa.Uuid))
 )
+_LIVE_CHILDREN = (
+    sa.select(_n.c.id).where(_IN_FOLDER, _n.c.deleted_at.is_(None)).limit(sa.bindparam("limit"))
+)
+# The folder and deleted_at again: a row that was restored meanwhile (PostgreSQL's READ
+# COMMITTED reads the ids before a restore commits) is rechecked, and stays.
+_DELETE_CHILDREN = sa.delete(_n).where(
+    _n.c.id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)),
+    _IN_FOLDER,
+    _n.c.deleted_at.is_(None),
+)
+_PINS_OF_NODES = (
+    sa.select(_items_t.c.id, _items_t.c.package_id)
+    .join(_v, _v.c.id == _items_t.c.version_id)
+    .where(_v.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
+)
 _PURGE_BATCH = 500
+_DELETE_BATCH = 2000  # rows per transaction of a purge (with their versions and properties)
+_PAUSE_SHARE = 0.25  # of a batch's time, paused after it on SQLite (TrashService._remove)
+_MAX_PAUSE = 0.1  # seconds

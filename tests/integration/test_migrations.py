@@ -251,6 +251,30 @@ def test_0008_keeps_a_purged_files_logbook_ids_and_downgrading_clears_them(
         assert compare_metadata(context, Base.metadata) == []
 
 
+def test_0009_downgrade_waits_for_unfinished_purges(
+    database: Database, files: FileService, actor: Actor, home: NodeView
+) -> None:
+    """Without 0009's mark, an item whose purge stopped half-way would come back into its
+    owner's trash with part of its content gone: going back to 0008 refuses until a purge
+    has finished it. Nothing is changed by the refusal."""
+    folder = files.create_folder(actor, home, "half")
+    files.delete(actor, folder.id)
+    marked = sa.text("UPDATE nodes SET purge_started_at = CURRENT_TIMESTAMP WHERE id = :id")
+    with database.engine.begin() as conn:
+        conn.execute(marked.bindparams(sa.bindparam("id", folder.id, type_=sa.Uuid)))
+    with pytest.raises(Exception, match="1 trash items are being purged"):
+        downgrade(database, "0008")
+    assert is_at_head(database)
+    assert TrashService(database, files).purge_expired().items_finished == 1
+    downgrade(database, "0008")
+    with database.engine.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("nodes")}
+    assert "purge_started_at" not in columns
+    upgrade(database)
+    _, found = _index_predicates(database)
+    assert found["ix_nodes_purging"] == "purge_started_at IS NOT NULL"
+
+
 @pytest.mark.postgres
 def test_a_database_user_that_may_not_create_tables_is_told_so() -> None:
     """PostgreSQL 15 lets only the owner create tables in schema public: the first start
