@@ -12,7 +12,7 @@ import functools
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from lxml import etree
 from wsgidav import util
@@ -496,9 +496,13 @@ class FolderResource(_NodeResource, DAVCollection):
 
 def members_of(collection: Any) -> Iterable[Any]:
     """The members of a collection for a caller that is done with each before it takes the
-    next (a listing): a folder's are made one at a time (``FolderResource.iter_members``)."""
+    next (a listing): made one at a time where the collection can (``iter_members``: a
+    folder's, /trash/'s), else all at once."""
     if isinstance(collection, FolderResource):
         return collection.iter_members(remember=False)
+    one_at_a_time = getattr(collection, "iter_members", None)
+    if one_at_a_time is not None:
+        return cast(Iterable[Any], one_at_a_time())
     members: list[Any] = collection.get_member_list()
     return members
 

@@ -23,6 +23,7 @@ from davserver.models import Blob, FileVersion, LogEntry, Node, Package, Package
 from davserver.services.actor import Actor
 from davserver.services.maintenance import MaintenanceService
 from tests.conftest import ENGINES
+from tests.integration.test_dav_http import _peak_while_answered
 from tests.servers import InprocServer, run_inproc_server
 from tests.webdav import DAV, DS, NC, WIN32_PROPPATCH, User, make_user, statements, updates_of
 
@@ -612,3 +613,39 @@ def test_a_groups_admins_see_what_anyone_deleted_from_its_space(
         back = alice("MOVE", entry, None, alice.destination(f"/groups/{team}/box/{name}"))
         assert back.status == 201
         assert alice.get(f"/groups/{team}/box/{name}") == name.encode()
+
+
+def test_a_big_trash_is_listed_one_member_at_a_time(server: InprocServer) -> None:
+    """PROPFIND Depth 1 of /trash/ with 1,500 items: each item's resource is made when it is
+    written and let go after, as a folder's members are (``members_of``). Every one was made
+    before the first was written: 3.7 times the body's size at the peak here, 3.2 with 50,000
+    items (179 MiB for a 55 MiB body); now 2.0 (108 MiB), the body and the listing's rows."""
+    app = server.application
+    owner = app.services.users.user_id(server.user)
+    home = app.files.home_id(owner)
+    when = utcnow() - dt.timedelta(days=1)
+    rows = []
+    for i in range(1_500):
+        name = f"item-{i:05d}-of-a-big-trash.txt"
+        deleted = when + dt.timedelta(milliseconds=i)
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "parent_id": home,
+                "name": name,
+                "name_key": name,
+                "kind": "file",
+                "owner_id": owner,
+                "space": "home",
+                "size": 1,
+                "created_at": when,
+                "modified_at": when,
+                "deleted_at": deleted,
+                "deleted_by": owner,
+            }
+        )
+    with app.db.engine.begin() as conn:
+        conn.execute(sa.insert(Node.__table__), rows)
+    peak, length = _peak_while_answered(server, "/trash/", {"Depth": "1"})
+    assert length > 1_000_000
+    assert peak < 2.5 * length, (peak, length)
