@@ -288,8 +288,18 @@ class TrashService:
         check_name(name)
 
         def work(session: Session) -> NodeView:
+            # The trash item it is or is in, held before the node itself: the order in which
+            # a purge locks them (see _hold_unpurged).
+            item_id = _trash_item(session, node_id)
+            if item_id is not None and item_id != node_id and not _hold_unpurged(session, item_id):
+                item_id = None
             node = session.get(Node, node_id, with_for_update=NO_KEY_UPDATE)
-            if node is None or not _restorable(session, node.id):
+            if (
+                item_id is None
+                or node is None
+                or node.purge_started_at is not None
+                or _trash_item(session, node_id) != item_id  # restored meanwhile
+            ):
                 raise NotFound("that item is no longer in the trash")
             parent = session.get(Node, folder.id)
             if parent is None or not parent.is_folder:
@@ -719,22 +729,35 @@ def _folders_deepest_first(postgres: bool) -> sa.Select[Any]:
     return sa.select(walk.c.id).order_by(walk.c.depth.desc())
 
 
-def _restorable(session: Session, node_id: uuid.UUID) -> bool:
-    """Whether the node is in the trash, as an item or inside one, and that item (the nearest
-    of it and the folders above it with a ``deleted_at``) is not being purged."""
+def _trash_item(session: Session, node_id: uuid.UUID) -> uuid.UUID | None:
+    """The trash item the node is or is in: the nearest of it and the folders above it with
+    a ``deleted_at``; None when it is live (or gone)."""
     chain = session.execute(for_bind(_CHAIN_UP, session), {"node_id": node_id}).all()
-    item = next((row for row in chain if row.deleted_at is not None), None)
-    return item is not None and item.purge_started_at is None
+    return next((row.id for row in chain if row.deleted_at is not None), None)
+
+
+def _hold_unpurged(session: Session, item_id: uuid.UUID) -> bool:
+    """Share-lock the trash item's row until the caller commits (PostgreSQL) and tell
+    whether it is still in the trash with no purge begun. A purge marking it (FOR UPDATE)
+    waits, and reads what is below it once the caller is done; a caller coming after the
+    mark waits for it and sees it. Else a node restored from inside an item as its purge
+    began could be emptied by the purge after it came back."""
+    row = session.execute(
+        sa.select(_n.c.deleted_at, _n.c.purge_started_at)
+        .where(_n.c.id == item_id)
+        .with_for_update(read=True)
+    ).first()
+    return row is not None and row.deleted_at is not None and row.purge_started_at is None
 
 
 def _chain_up(postgres: bool) -> sa.Select[Any]:
-    """(deleted_at, purge_started_at) of :node_id and each folder above it, nearest first."""
-    columns = ("id", "parent_id", "deleted_at", "purge_started_at")
+    """(id, deleted_at) of :node_id and each folder above it, nearest first."""
+    columns = ("id", "parent_id", "deleted_at")
     start = sa.select(*(_n.c[c] for c in columns), sa.literal(0).label("depth"))
     up = start.where(_n.c.id == sa.bindparam("node_id", type_=sa.Uuid)).cte("up", True)
     steps, above = tree.walk_step(up, columns, up=True, postgres=postgres)
     up = up.union_all(sa.select(*(above.c[c] for c in columns), up.c.depth + 1).select_from(steps))
-    return sa.select(up.c.deleted_at, up.c.purge_started_at).order_by(up.c.depth)
+    return sa.select(up.c.id, up.c.deleted_at).order_by(up.c.depth)
 
 
 def _holder(row: Any) -> uuid.UUID | None:

@@ -198,3 +198,67 @@ def test_a_marked_item_is_finished_by_a_purge_of_it_without_a_second_logbook_row
     assert len(_purge_rows(database, made["big"].id)) == 1
     with pytest.raises(NotFound):
         trash.purge(actor, made["big"].id)
+
+
+def _someone_waits_for_a_lock(database: Database) -> bool:
+    """PostgreSQL: whether another backend of this database is waiting for a row lock."""
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    with database.engine.connect() as conn:
+        return bool(conn.scalar(query))
+
+
+def test_a_folder_restored_from_an_item_as_its_purge_begins_comes_back_whole(
+    database: Database,
+    files: FileService,
+    actor: Actor,
+    home: NodeView,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL runs a restore and a purge side by side. A restore of big/b/ that had
+    checked big/ was not being purged, but not yet committed, when the purge marked big/ and
+    listed its folders: the purge then emptied big/b/ after it had come back. The restore
+    now holds big/'s row, so the mark waits for it. (SQLite runs one writer at a time.)"""
+    if database.is_sqlite:
+        pytest.skip("SQLite's writers never overlap")
+    made = _big_item(files, actor, home)
+    b = files.resolve(made["big"].id, ["b"])
+    assert b is not None
+    held, go = threading.Event(), threading.Event()
+    hold = trash_module._hold_unpurged
+
+    def held_then_waits(session: Any, item_id: uuid.UUID) -> bool:
+        found = hold(session, item_id)
+        held.set()
+        assert go.wait(20)
+        return found
+
+    monkeypatch.setattr(trash_module, "_hold_unpurged", held_then_waits)
+    trash = TrashService(database, files)
+    restored: list[NodeView] = []
+    restoring = threading.Thread(
+        target=lambda: restored.append(trash.restore(actor, b.id, home, "b", where="/files/b"))
+    )
+    restoring.start()
+    assert held.wait(20)
+    monkeypatch.setattr(trash_module, "_hold_unpurged", hold)
+    purging = threading.Thread(target=lambda: trash.purge(actor, made["big"].id))
+    purging.start()
+    for _ in range(400):  # until the purge waits for the restore's locks
+        if _someone_waits_for_a_lock(database):
+            break
+        threading.Event().wait(0.05)
+    go.set()
+    restoring.join(20)
+    purging.join(60)
+    assert restored and not purging.is_alive()
+    back = files.resolve(home.id, ["b"])
+    assert back is not None
+    assert sorted(child.name for child in files.children(back)) == [
+        "c",
+        *(f"f{i}.txt" for i in range(4)),
+    ]
+    c = files.resolve(back.id, ["c"])
+    assert c is not None and len(files.children(c)) == 4
