@@ -863,6 +863,6 @@ _PINS_OF_NODES = (
     .where(_v.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
 )
 _PURGE_BATCH = 500
-_DELETE_BATCH = 2000  # rows per transaction of a purge (with their versions and properties)
+_DELETE_BATCH = 5000  # rows per transaction of a purge (with their versions and properties)
 _PAUSE_SHARE = 0.25  # of a batch's time, paused after it on SQLite (TrashService._remove)
 _MAX_PAUSE = 0.1  # seconds
