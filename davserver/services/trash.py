@@ -663,9 +663,10 @@ def _trashed_with(postgres: bool) -> sa.CTE:
 
 def _between_batches(db: Database, seconds: float) -> None:
     """After a purge's batch that took ``seconds``, on SQLite: a pause of a quarter of that
-    (at most ``_MAX_PAUSE``). A writer waiting for the database's write lock sleeps between
-    its tries (up to 100 ms each) and would seldom find it free if the next batch took it
-    at once. PostgreSQL's writers wait for the rows they change only."""
+    (at most ``_MAX_PAUSE``). This process's writers queue for their turn and get it before
+    the next batch (``Database.write``); another process's (a CLI command) sleeps between its
+    tries for the write lock (up to 100 ms each) and would seldom find it free if the next
+    batch took it at once. PostgreSQL's writers wait for the rows they change only."""
     if db.is_sqlite:
         time.sleep(min(seconds * _PAUSE_SHARE, _MAX_PAUSE))
 
