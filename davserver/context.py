@@ -132,7 +132,12 @@ class Services:
         self.namespace.add_space(package_space.SPACE, package_space.resolver(self.packages))
         self.versions = VersionService(self.db, self.files)
         self.namespace.add_space(versions.SPACE, self.versions.resolve)
-        self.trash = TrashService(self.db, self.files, retention_days=settings.trash.retention_days)
+        self.trash = TrashService(
+            self.db,
+            self.files,
+            retention_days=settings.trash.retention_days,
+            swept=settings.maintenance.housekeeping_seconds > 0,
+        )
         self.namespace.add_space(trash.SPACE, self.trash.resolve)
         self.sharing = SharingService(self.db)
         self.variants = VariantService.from_settings(
