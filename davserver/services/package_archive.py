@@ -173,18 +173,13 @@ def _manifest_document(package: PackageView) -> dict[str, Any]:
 def layout_etag(package: PackageView, manifest: Iterable[bytes]) -> str:
     """A strong ETag for the zip: SHA-256 of everything its bytes are made from
     (``manifest``: its bytes, whole or in chunks)."""
-    digest = _items_digest(package)
-    for chunk in [manifest] if isinstance(manifest, bytes) else manifest:
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _items_digest(package: PackageView) -> Any:
     digest = hashlib.sha256(_LAYOUT_VERSION)
     for item in package.items:
         line = f"{item.path}\0{item.sha256}\0{item.size}\0{item.mtime.isoformat()}\n"
         digest.update(line.encode("utf-8", "surrogatepass"))
-    return digest
+    for chunk in [manifest] if isinstance(manifest, bytes) else manifest:
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 class _Entries(Sequence[ZipEntry]):
@@ -227,14 +222,18 @@ def build_archive(package: PackageView, open_blob: Opener) -> PackageArchive:
 
     The manifest is written once here for its size, CRC-32 and the ETag, and again when a
     range reaches it; it is never held whole."""
-    digest = _items_digest(package)
     size = crc = 0
-    for chunk in manifest_chunks(package):
-        digest.update(chunk)
-        size += len(chunk)
-        crc = zlib.crc32(chunk, crc)
+
+    def measured() -> Iterator[bytes]:
+        nonlocal size, crc
+        for chunk in manifest_chunks(package):
+            size += len(chunk)
+            crc = zlib.crc32(chunk, crc)
+            yield chunk
+
+    etag = layout_etag(package, measured())
     manifest = Content(
         size, crc, lambda: cast(BinaryIO, ChunkStream(lambda: manifest_chunks(package)))
     )
     stream = ZipStream(_Entries(package.items, open_blob), manifest=manifest)
-    return PackageArchive(package, stream, digest.hexdigest())
+    return PackageArchive(package, stream, etag)

@@ -82,7 +82,7 @@ def folder_items(
             _Member(
                 row.id,
                 row.name,
-                row.kind == NodeKind.FOLDER,
+                row.kind,
                 row.version_mtime or row.uploaded_at or row.node_mtime or row.modified_at,
                 row.version_id,
                 row.version_no,
@@ -109,7 +109,7 @@ class _Member(NamedTuple):
 
     id: uuid.UUID
     name: str
-    is_folder: bool
+    kind: str  # as the rows of ``_SUBTREE`` hold it, so ``_files_below`` reads both alike
     mtime: dt.datetime
     version_id: uuid.UUID | None
     version_no: int | None
@@ -141,7 +141,7 @@ def _files_below(
             names = archive_names(names)
         for row, name in zip(kept, names, strict=True):
             path = f"{folder_path}/{name}"
-            if row.is_folder if isinstance(row, _Member) else row.kind == NodeKind.FOLDER:
+            if row.kind == NodeKind.FOLDER:
                 stack.append((row.id, path))
             else:
                 yield row, path
