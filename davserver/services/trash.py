@@ -402,17 +402,30 @@ class TrashService:
         half-way, a purge of the marked item again (``purge_expired``, as housekeeping and
         ``davserver trash purge`` run it) finishes it; an item already marked is finished
         without a second logbook row."""
+        return self._purge(actor, node_id, reason=reason, via=via, now_up_to=now_up_to)[0]
+
+    def _purge(
+        self,
+        actor: Actor | None,
+        node_id: uuid.UUID,
+        *,
+        reason: str,
+        via: str | None,
+        now_up_to: int | None,
+    ) -> tuple[int, int]:
+        """``purge``; the numbers of nodes and of versions removed."""
         if actor is not None:
             actor.require_write()
-        nodes = self._mark_purged(actor, node_id, reason=reason, via=via)
+        nodes, versions = self._mark_purged(actor, node_id, reason=reason, via=via)
         if now_up_to is None or nodes <= now_up_to:
             self._remove(node_id)
-        return nodes
+        return nodes, versions
 
     def _mark_purged(
         self, actor: Actor | None, node_id: uuid.UUID, *, reason: str, via: str | None
-    ) -> int:
-        """Check and mark the item (see ``purge``); the number of its nodes. Its subtree is
+    ) -> tuple[int, int]:
+        """Check and mark the item (see ``purge``); the numbers of its nodes and versions
+        (of what is left of it, when it was marked already). Its subtree is
         counted before the write transaction, which holds the write lock for two statements:
         what a trashed item holds cannot change (nothing writes inside the trash; a node
         restored from it meanwhile is simply not purged), and packages pin live files only."""
@@ -432,7 +445,7 @@ class TrashService:
             params = {"root_id": node_id, "holder_id": _holder(row)}
             nodes, versions, pins = conn.execute(for_bind(_SUBTREE_COUNTS, conn), params).one()
             if row.purge_started_at is not None:
-                return int(nodes)  # marked already: what is left of it is removed below
+                return int(nodes), int(versions)  # marked already: the rest goes below
             if pins:
                 raise Conflict(
                     f"{row.name!r} holds versions that your packages pin; remove them from "
@@ -474,7 +487,7 @@ class TrashService:
             )
 
         self.files.run_write(work)
-        return int(nodes)
+        return int(nodes), int(versions)
 
     def _remove(self, node_id: uuid.UUID) -> None:
         """Remove the rows of the marked item ``node_id`` a batch at a time: the files and
@@ -568,21 +581,26 @@ class TrashService:
         via: str | None = None,
         now_up_to: int | None = None,
     ) -> None:
-        with self.db.connect() as conn:
-            row = conn.execute(
-                sa.select(_n.c.owner_id, _n.c.group_id, _n.c.deleted_by).where(_n.c.id == node_id)
-            ).first()
-            if row is None:
-                return  # gone with a folder purged before it
-            nodes, versions, pins = conn.execute(
-                for_bind(_SUBTREE_COUNTS, conn), {"root_id": node_id, "holder_id": _holder(row)}
-            ).one()
-        if pins:
-            report.items_pinned += 1
-            return
-        if not dry_run:
+        if dry_run:
+            with self.db.connect() as conn:
+                row = conn.execute(
+                    sa.select(_n.c.owner_id, _n.c.group_id, _n.c.deleted_by).where(
+                        _n.c.id == node_id
+                    )
+                ).first()
+                if row is None:
+                    return  # gone with a folder purged before it
+                params = {"root_id": node_id, "holder_id": _holder(row)}
+                nodes, versions, pins = conn.execute(for_bind(_SUBTREE_COUNTS, conn), params).one()
+            if pins:
+                report.items_pinned += 1
+                return
+        else:
+            # The purge counts the subtree itself: a second recursive count would read it twice.
             try:
-                self.purge(None, node_id, reason=reason, via=via, now_up_to=now_up_to)
+                nodes, versions = self._purge(
+                    None, node_id, reason=reason, via=via, now_up_to=now_up_to
+                )
             except NotFound:
                 return  # gone with a folder purged before it
             except Conflict:
