@@ -148,15 +148,29 @@ def _date(value: str | None) -> int | None:
     return None if parsed is None else int(parsed)
 
 
-def served_range(environ: dict[str, Any], etag: str, last_modified: float | None) -> str | None:
+def served_range(
+    environ: dict[str, Any],
+    etag: str,
+    last_modified: float | None,
+    last_changed: float | None = None,
+) -> str | None:
     """The Range header of a GET when WsgiDAV honours it, else None: it sends the whole
     entity instead when an If-Range names another ETag or time (a download resumed after the
-    bytes changed)."""
+    bytes changed).
+
+    A date matches only as a strong validator (RFC 9110 13.1.5): Last-Modified to the second,
+    with nothing the server changed after it (``last_changed``, when the resource has one).
+    A file's Last-Modified is the client's time (X-OC-Mtime), which a new version can carry
+    again unchanged; resuming by it joined the head of the old bytes to the tail of the new.
+    """
     byte_range: str | None = environ.get("HTTP_RANGE")
     if_range = environ.get("HTTP_IF_RANGE")
     if byte_range is None or if_range is None:
         return byte_range
     seconds = util.parse_time_string(if_range)
     if seconds:
-        return byte_range if last_modified is not None and int(last_modified) == seconds else None
+        strong = last_modified is not None and int(last_modified) == seconds
+        if last_changed is not None and int(last_changed) > seconds:
+            strong = False
+        return byte_range if strong else None
     return byte_range if if_range.strip('" ') == etag else None

@@ -131,11 +131,31 @@ class DavRequestServer(RequestServer):
 
     def do_GET(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         _drop_unusable_range(environ)
+        self._drop_range_of_weak_date(environ)
         return super().do_GET(environ, start_response)
 
     def do_HEAD(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         _drop_unusable_range(environ)
+        self._drop_range_of_weak_date(environ)
         return super().do_HEAD(environ, start_response)
+
+    def _drop_range_of_weak_date(self, environ: dict[str, Any]) -> None:
+        """Serve the whole file when an If-Range date is not a strong validator (see
+        ``conditions.served_range``): WsgiDAV resumed whenever the date equalled
+        Last-Modified, which for a file is the client's time and can outlive its bytes."""
+        if "HTTP_RANGE" not in environ or "HTTP_IF_RANGE" not in environ:
+            return
+        if not util.parse_time_string(environ["HTTP_IF_RANGE"]):
+            return  # an entity tag, which WsgiDAV compares
+        res = self._davProvider.get_resource_inst(environ["PATH_INFO"], environ)
+        changed = getattr(res, "get_last_changed", None)
+        if changed is None:
+            return
+        served = conditions.served_range(
+            environ, res.get_etag(), res.get_last_modified(), changed()
+        )
+        if served is None:
+            del environ["HTTP_RANGE"]
 
     def do_PROPFIND(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         res = self._davProvider.get_resource_inst(environ["PATH_INFO"], environ)

@@ -658,6 +658,34 @@ def test_a_new_version_with_an_older_client_time_is_modified_since(
     assert call(srv, "PUT", url, b"mine", {"If-Unmodified-Since": now_seen}).status == 204
 
 
+def test_if_range_by_date_resumes_only_bytes_the_server_knows_are_unchanged(
+    srv: InprocServer, folder: str
+) -> None:
+    """RFC 9110 13.1.5: a date in If-Range resumes a download only when it is a strong
+    validator. A file's Last-Modified is the client's time (X-OC-Mtime), which a new version
+    can carry again unchanged: a download resumed with that date got the tail of the new bytes
+    after the head of the old ones, a corrupt file. Such a date now sends the whole file; a
+    date the server set itself still resumes."""
+    url = folder + "resumed.txt"
+    put(srv, url, b"first version..", {"X-OC-Mtime": "1600000000"})
+    seen = call(srv, "GET", url).headers["Last-Modified"]
+    put(srv, url, b"second version!", {"X-OC-Mtime": "1600000000"})
+    assert call(srv, "GET", url).headers["Last-Modified"] == seen  # the same date, new bytes
+
+    resumed = call(srv, "GET", url, headers={"Range": "bytes=6-", "If-Range": seen})
+    assert (resumed.status, resumed.body) == (200, b"second version!")
+    assert "Content-Range" not in resumed.headers
+    etag = call(srv, "HEAD", url).headers["ETag"]
+    by_tag = call(srv, "GET", url, headers={"Range": "bytes=6-", "If-Range": etag})
+    assert (by_tag.status, by_tag.body) == (206, b" version!")
+
+    plain = folder + "server-dated.txt"
+    put(srv, plain, b"no client time")
+    dated = call(srv, "GET", plain).headers["Last-Modified"]
+    resumed = call(srv, "GET", plain, headers={"Range": "bytes=3-", "If-Range": dated})
+    assert (resumed.status, resumed.body) == (206, b"client time")
+
+
 def test_an_upload_keeps_its_own_x_oc_mtime_when_another_lands_in_between(
     srv: InprocServer, folder: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
