@@ -111,7 +111,7 @@ class FileSystemBlobStore:
             # A concurrent write may make it first; it was missing all the same, so flush it.
             folder.mkdir(exist_ok=True)
             if self.fsync:
-                _fsync_dir(folder.parent)
+                fsync_path(folder.parent)
         self._folders.add(name)
 
     def check(self) -> None:
@@ -174,7 +174,7 @@ class FileSystemBlobStore:
                     os.fsync(fh.fileno())
             os.replace(copy, final)
         if self.fsync:
-            _fsync_dir(final.parent)
+            fsync_path(final.parent)
 
     def release(self, blob: StoredBlob) -> None:
         if blob.spare is not None:
@@ -282,7 +282,7 @@ class _FileBlobWriter(StagedWriter):
                     os.replace(self._staged.path, final)
                     spare = None
             if self._store.fsync:
-                _fsync_dir(folder)
+                fsync_path(folder)
         except BaseException:
             self.abort()
             raise
@@ -290,7 +290,8 @@ class _FileBlobWriter(StagedWriter):
         return spare
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename into it), to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

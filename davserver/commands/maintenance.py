@@ -1,6 +1,6 @@
-"""``davserver gc`` and ``davserver fsck``: upkeep of the blob store.
+"""``davserver gc``, ``davserver fsck`` and ``davserver backup``: upkeep of the blob store.
 
-Both print a progress line on stderr about once a second on long runs (``--quiet`` for none),
+They print a progress line on stderr about once a second on long runs (``--quiet`` for none),
 a summary on stdout (``--json`` for scripts), and exit with status 1 when something is wrong.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from pathlib import Path
 from typing import Any
 
 from davserver.commands.common import (
@@ -69,6 +70,20 @@ def register(commands: Any) -> None:
     add_json_flag(fsck)
     fsck.set_defaults(func=cmd_fsck)
 
+    backup = commands.add_parser(
+        "backup",
+        help="copy the database and its blobs into a folder a server can run from",
+        description="Copy the database, as of one moment, into FOLDER/davserver.sqlite3 and "
+        "every blob it refers to into FOLDER/blobs/, checking each blob's SHA-256; blobs "
+        "already there from an earlier backup are kept, so the next run copies only new ones. "
+        "Safe while the server runs. DAVSERVER_DATA_DIR=FOLDER davserver serve serves the "
+        "backup; README.md says how to restore one.",
+    )
+    backup.add_argument("folder", metavar="FOLDER", help="where the backup goes (made if missing)")
+    backup.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_json_flag(backup)
+    backup.set_defaults(func=cmd_backup)
+
     recount = commands.add_parser(
         "recount",
         help="recount each user's space usage (for quotas) from the files",
@@ -110,6 +125,44 @@ def cmd_gc(args: argparse.Namespace) -> int:
         )
     for error in report.errors:
         print(f"davserver gc: {error}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from davserver.services.backup import BackupRefused, back_up  # Alembic: only for this
+
+    folder = Path(args.folder).resolve()
+    with open_services(args) as services:
+        settings = services.settings
+        live = (Path(settings.data_dir).resolve(), settings.blob_path)
+        if folder in live or settings.blob_path.is_relative_to(folder):
+            print(
+                f"davserver backup: {folder} holds the server's own data: name another folder",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            report = back_up(
+                services.db,
+                services.blobs,
+                folder,
+                fsync=settings.storage.fsync,
+                progress=None if args.quiet else ProgressLine("backup"),
+            )
+        except BackupRefused as exc:
+            print(f"davserver backup: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        emit_item(args, report.as_dict())
+        return 0 if report.ok else 1
+    for problem in report.problems:
+        print(f"{problem.kind:<10} {problem.storage_key}  {problem.detail}")
+    print(
+        f"backed up into {report.folder}: the database in {report.database_seconds}s, "
+        f"{report.blobs} blobs ({report.blobs_copied} copied, "
+        f"{human_size(report.bytes_copied)}; {report.blobs_kept} there already) "
+        f"in {report.seconds}s; problems: {report.problem_count or 'none'}"
+    )
     return 0 if report.ok else 1
 
 

@@ -72,6 +72,7 @@ class Op(enum.StrEnum):
     MAINTENANCE_FSCK = "maintenance:fsck"
     MAINTENANCE_RECOUNT = "maintenance:recount"
     MAINTENANCE_COPY = "maintenance:copy"
+    MAINTENANCE_BACKUP = "maintenance:backup"
 
 
 class LogEntry(Base):

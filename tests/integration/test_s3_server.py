@@ -220,3 +220,22 @@ def test_a_store_that_stops_answering_is_503_and_loses_nothing(
             assert health.status == 503
             assert json.loads(health.body)["blob_store"] == "failing"
             assert staged_files(srv) == []
+
+
+def test_a_backup_of_blobs_in_s3_holds_them_under_their_keys(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """``davserver backup`` reads the blobs from the bucket into BACKUP/blobs/<storage key>:
+    the bucket's keys are the store's prefix and those same keys, so the folder is both a
+    file-system store and what to put back into a bucket."""
+    with run_live_server("sqlite", tmp_path / "live", server_env(s3_endpoint, s3_bucket)) as srv:
+        srv.s3_bucket = s3_bucket
+        user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+        kept = [os.urandom(70_000 + i) for i in range(3)]  # past the single-request size too
+        for i, body in enumerate(kept):
+            assert user.put(f"/files/kept-{i}.bin", body) == 201
+        folder = tmp_path / "backup"
+        report = davserver_cli(srv, s3_endpoint, "backup", str(folder), "--json")
+    assert report["ok"] and report["blobs"] == report["blobs_copied"] == 3, report
+    for body in kept:
+        assert (folder / "blobs" / key_of(body)).read_bytes() == body

@@ -90,7 +90,7 @@ def test_new_fan_out_folders_are_made_durable_with_the_blob(
     from davserver.blobstore import filesystem
 
     flushed: list[Path] = []
-    monkeypatch.setattr(filesystem, "_fsync_dir", flushed.append)
+    monkeypatch.setattr(filesystem, "fsync_path", flushed.append)
     store = FileSystemBlobStore(tmp_path / "blobs", fsync=True)
     root = store.root
     first = _write(store, b"first")

@@ -1,0 +1,257 @@
+"""``davserver backup``: a consistent copy of a running server's database and blobs, laid out
+as a data folder that ``davserver serve`` can run from.
+
+The backup folder gets ``davserver.sqlite3`` and ``blobs/``, as ``<data_dir>`` holds them:
+
+1. The database goes into a new SQLite file, ``.davserver.sqlite3.partial`` at first, from one
+   snapshot: SQLite's online backup (one read transaction; writers go on meanwhile), or from
+   PostgreSQL every row of one REPEATABLE READ transaction (``davserver.db.copy``, as
+   ``davserver db copy`` makes it).
+2. Every blob that snapshot refers to is copied from the blob store (file system or S3) to
+   ``blobs/<storage key>``, the key the rows name, its size and SHA-256 checked on the way. A
+   file of the right size already there is kept: blobs never change, so the next backup into
+   the same folder copies only the new ones.
+3. Then the new database file replaces the folder's previous one.
+
+A backup cut short leaves the previous one whole: its database, and blobs that are a superset
+of what it refers to. Files the new database no longer refers to stay in ``blobs/`` until
+``davserver gc`` runs on a server of the backup.
+
+A blob the snapshot refers to and the store no longer has is reported, not fatal: either it is
+lost (``davserver fsck`` on the server says so too), or ``davserver gc`` collected it after the
+snapshot because its file was purged meanwhile. The backup is then complete but that file's
+bytes; a second run takes a newer snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from davserver.blobstore import BlobStore
+from davserver.blobstore.filesystem import fsync_path, is_storage_key
+from davserver.db import Base, Database
+from davserver.db.copy import copy_database
+from davserver.db.migrate import upgrade
+from davserver.models import Op
+from davserver.services.audit import record_audit
+from davserver.services.maintenance import FsckProblem, Progress, ProgressCallback
+
+DATABASE_FILE = "davserver.sqlite3"  # the names a data folder uses (Settings.database_url)
+BLOB_FOLDER = "blobs"
+_PARTIAL = ".davserver.sqlite3.partial"
+_READ_BLOCK = 1024 * 1024
+_LOGGED_PROBLEMS = 100
+_LISTED_PROBLEMS = 10_000  # a store that lost everything: listed up to here, counted all
+
+
+class BackupRefused(Exception):
+    """The backup folder cannot take a backup; nothing was changed in it."""
+
+
+@dataclass
+class BackupReport:
+    folder: str
+    database_seconds: float = 0.0
+    blobs: int = 0  # blobs the snapshot refers to
+    blobs_copied: int = 0
+    bytes_copied: int = 0
+    blobs_kept: int = 0  # already in the folder from an earlier backup
+    problems: list[FsckProblem] = field(default_factory=list)
+    problem_count: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "folder": self.folder,
+            "database_seconds": self.database_seconds,
+            "blobs": self.blobs,
+            "blobs_copied": self.blobs_copied,
+            "bytes_copied": self.bytes_copied,
+            "blobs_kept": self.blobs_kept,
+            "problems": [dataclasses.asdict(problem) for problem in self.problems],
+            "problem_count": self.problem_count,
+            "seconds": self.seconds,
+        }
+
+
+def back_up(
+    db: Database,
+    blobs: BlobStore,
+    folder: Path,
+    *,
+    fsync: bool = True,
+    progress: ProgressCallback | None = None,
+) -> BackupReport:
+    """Back the database and its blobs up into ``folder`` (see the module doc); one logbook
+    row in ``db`` says so. BackupRefused when ``folder`` is in use by a server."""
+    started = time.monotonic()
+    folder = folder.resolve()
+    _check_folder(folder)
+    report = BackupReport(str(folder))
+    partial = folder / _PARTIAL
+    partial.unlink(missing_ok=True)
+    try:
+        _snapshot_into(db, partial)
+        report.database_seconds = round(time.monotonic() - started, 3)
+        copier = _BlobCopier(blobs, folder / BLOB_FOLDER, fsync=fsync)
+        total, total_bytes = _blob_totals(partial)
+        report.blobs = total
+        tick = progress or (lambda _progress: None)
+        done_bytes = 0
+        for index, (key, sha256, size) in enumerate(_blob_rows(partial), 1):
+            problem = copier.copy(key, sha256, size)
+            done_bytes += size
+            if problem is not None:
+                report.problem_count += 1
+                if len(report.problems) < _LISTED_PROBLEMS:
+                    report.problems.append(problem)
+            tick(Progress("blobs", index, total, done_bytes, total_bytes))
+        copier.flush()
+        report.blobs_copied, report.bytes_copied = copier.copied, copier.copied_bytes
+        report.blobs_kept = copier.kept
+        if fsync:
+            fsync_path(partial)
+        os.replace(partial, folder / DATABASE_FILE)
+        if fsync:
+            fsync_path(folder)
+    finally:
+        partial.unlink(missing_ok=True)
+    report.seconds = round(time.monotonic() - started, 3)
+    details = report.as_dict()
+    details["problems"] = details["problems"][:_LOGGED_PROBLEMS]
+    with db.write() as session:
+        record_audit(session, None, Op.MAINTENANCE_BACKUP, details=details)
+    return report
+
+
+def _check_folder(folder: Path) -> None:
+    """BackupRefused for a folder a server (or any SQLite connection) is using: replacing the
+    database file under it would lose its writes, and its WAL would be applied to the new file.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise BackupRefused(f"{folder} is not a folder")
+    for suffix in ("-wal", "-shm"):
+        if (folder / (DATABASE_FILE + suffix)).exists():
+            raise BackupRefused(
+                f"{folder / DATABASE_FILE} is open ({DATABASE_FILE}{suffix} is there): stop the"
+                " server using the backup folder, or back up into another folder"
+            )
+    (folder / BLOB_FOLDER).mkdir(parents=True, exist_ok=True)
+
+
+def _snapshot_into(db: Database, target: Path) -> None:
+    """The whole database, as of one moment, into a new SQLite file ``target``."""
+    if db.is_sqlite:
+        source_path = db.engine.url.database
+        assert source_path, "an in-memory database has no file to back up"
+        with closing(sqlite3.connect(source_path)) as src, closing(sqlite3.connect(target)) as dst:
+            src.backup(dst)  # in one step: one read transaction, one snapshot
+    else:
+        copy = Database(f"sqlite:///{target}")
+        try:
+            upgrade(copy)
+            copy_database(db, copy, Base.metadata)
+        finally:
+            copy.dispose()
+    # One file, with no WAL beside it holding part of it (the rename moves the file alone);
+    # a server opening it switches it back to WAL.
+    with closing(sqlite3.connect(target)) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")
+
+
+def _blob_totals(snapshot: Path) -> tuple[int, int]:
+    with closing(sqlite3.connect(snapshot)) as conn:
+        count, size = conn.execute(
+            "SELECT count(*), coalesce(sum(size_bytes), 0) FROM blobs"
+        ).fetchone()
+    return int(count), int(size)
+
+
+def _blob_rows(snapshot: Path) -> Iterator[tuple[str, str, int]]:
+    """(storage key, SHA-256, size) of every blob the snapshot refers to, in key order (the
+    store's own order, so a file system reads its folders one after another)."""
+    with closing(sqlite3.connect(snapshot)) as conn:
+        yield from conn.execute("SELECT storage_key, sha256, size_bytes FROM blobs ORDER BY 1")
+
+
+class _BlobCopier:
+    """Copies blobs from ``store`` to ``root/<storage key>``, each through a temp file in
+    ``root/tmp`` (the file-system store's own temp folder), checked, then renamed."""
+
+    def __init__(self, store: BlobStore, root: Path, *, fsync: bool) -> None:
+        self.store = store
+        self.root = root
+        self.fsync = fsync
+        self.copied = self.copied_bytes = self.kept = 0
+        self._touched: set[Path] = set()
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def copy(self, key: str, sha256: str, size: int) -> FsckProblem | None:
+        if not is_storage_key(key):
+            return FsckProblem("skipped", key, sha256, "not a storage key: left out")
+        final = self.root / key
+        try:
+            if final.stat().st_size == size:
+                self.kept += 1
+                return None
+        except FileNotFoundError:
+            pass
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.root / "tmp", prefix="backup-")
+        try:
+            with os.fdopen(fd, "wb") as out, self.store.open(key) as src:
+                digest, copied = hashlib.sha256(), 0
+                while block := src.read(_READ_BLOCK):
+                    digest.update(block)
+                    out.write(block)
+                    copied += len(block)
+                if copied != size or digest.hexdigest() != sha256:
+                    return FsckProblem(
+                        "corrupt",
+                        key,
+                        sha256,
+                        f"the store's copy has {copied} bytes, sha256 {digest.hexdigest()}:"
+                        " left out",
+                    )
+                out.flush()
+                if self.fsync:
+                    os.fsync(out.fileno())
+            os.replace(temp, final)
+        except FileNotFoundError:
+            return FsckProblem(
+                "missing",
+                key,
+                sha256,
+                "not in the store: lost (see davserver fsck), or collected by gc after the"
+                " snapshot",
+            )
+        except OSError as exc:
+            return FsckProblem("unreadable", key, sha256, str(exc))
+        finally:
+            Path(temp).unlink(missing_ok=True)
+        self._touched.add(final.parent)
+        self.copied += 1
+        self.copied_bytes += size
+        return None
+
+    def flush(self) -> None:
+        """Make the renames durable: each folder a blob went into, once."""
+        if self.fsync:
+            for folder in sorted(self._touched):
+                fsync_path(folder)
+            fsync_path(self.root)

@@ -1,0 +1,258 @@
+"""``davserver backup``: a running server's database and blobs copied into a folder that a
+server then runs from, with every file, version and trashed item as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from davserver.cli import main
+from davserver.services import backup
+from tests.conftest import ENGINES
+from tests.dbs import fresh_database_url
+from tests.servers import InprocServer, run_inproc_server
+from tests.webdav import DS, User
+
+
+@pytest.fixture(params=ENGINES)
+def srv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InprocServer]:
+    """A server of this test's own, so that its backup holds only what the test put there."""
+    with run_inproc_server(request.param, tmp_path / "live") as server:
+        yield server
+
+
+@pytest.fixture
+def run(
+    srv: InprocServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Any:
+    def davserver(*argv: str, data_dir: Path | None = None) -> tuple[int, Any, str]:
+        """``davserver ARGV --json`` on the server's settings (or on the data folder
+        ``data_dir``): exit status, parsed report, stderr."""
+        url = srv.db_url if data_dir is None else f"sqlite:///{data_dir / backup.DATABASE_FILE}"
+        monkeypatch.setenv("DAVSERVER_DATABASE_URL", url)
+        monkeypatch.setenv("DAVSERVER_DATA_DIR", str(data_dir or srv.data_dir))
+        capsys.readouterr()
+        status = main(["--config", os.devnull, *argv, "--json"])
+        out, err = capsys.readouterr()
+        return status, json.loads(out) if out.strip() else None, err
+
+    return davserver
+
+
+def blob_count(database: Path) -> int:
+    with closing(sqlite3.connect(database)) as conn:
+        return int(conn.execute("SELECT count(*) FROM blobs").fetchone()[0])
+
+
+def serve_backup(folder: Path, srv: InprocServer) -> Any:
+    """A server on the backup; ``folder`` is ``<parent>/data``, a data folder."""
+    assert folder.name == "data"
+    url = f"sqlite:///{folder / backup.DATABASE_FILE}"
+    return run_inproc_server("sqlite", folder.parent, existing=(url, srv.password))
+
+
+def test_a_backup_is_a_data_folder_a_server_runs_from(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    user = User(srv, srv.user, srv.password)
+    assert user("MKCOL", "/files/docs/").status == 201
+    assert user.put("/files/docs/report.txt", b"draft one") == 201
+    assert user.put("/files/docs/report.txt", b"draft two, final") == 204
+    assert user.put("/files/docs/empty.txt", b"") == 201
+    big = os.urandom(3 * 1024 * 1024 + 7)
+    assert user.put("/files/big.bin", big) == 201
+    assert user.put("/files/deleted.txt", b"in the trash") == 201
+    assert user("DELETE", "/files/deleted.txt").status == 204
+
+    folder = tmp_path / "backup" / "data"
+    status, report, _ = run("backup", str(folder))
+    assert status == 0 and report["ok"], report
+    assert report["blobs"] == 4 == report["blobs_copied"]  # two drafts, big.bin, the trashed
+    assert report["bytes_copied"] == len(big) + 9 + 16 + 12 and report["blobs_kept"] == 0
+    assert sorted(p.name for p in folder.iterdir()) == [backup.BLOB_FOLDER, backup.DATABASE_FILE]
+    assert list((folder / backup.BLOB_FOLDER / "tmp").iterdir()) == []
+
+    with serve_backup(folder, srv) as restored:
+        again = User(restored, srv.user, srv.password)
+        assert again.get("/files/docs/report.txt") == b"draft two, final"
+        assert again.get("/files/docs/report.txt?version=1") == b"draft one"
+        assert again.get("/files/docs/empty.txt") == b""
+        assert again.get("/files/big.bin") == big
+        trashed = again.propfind("/trash/")
+        assert [p[DS + "original-path"] for p in trashed.values() if DS + "original-path" in p] == [
+            "/files/deleted.txt"
+        ]
+    # The backup is logged by the server it was taken from.
+    assert "maintenance:backup" in _ops(srv)
+
+
+@pytest.mark.postgres
+def test_a_backup_restores_into_a_new_postgresql_database(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    """README's restore for PostgreSQL: ``db copy`` from the backup's database into an empty
+    one, the blobs where ``storage.blob_dir`` says."""
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/kept.txt", b"first") == 201
+    assert user.put("/files/kept.txt", b"second") == 204
+    folder = tmp_path / "backup" / "data"
+    assert run("backup", str(folder))[0] == 0
+
+    with fresh_database_url("postgresql", str(tmp_path)) as target:
+        status, copied, _ = run("db", "copy", "--to", target, "--quiet", data_dir=folder)
+        assert status == 0 and copied["rows"]["file_versions"] == 2, copied
+        blobs = str(folder / backup.BLOB_FOLDER)
+        existing = (target, srv.password)
+        with run_inproc_server(
+            "postgresql", tmp_path / "restored", existing=existing, storage__blob_dir=blobs
+        ) as restored:
+            again = User(restored, srv.user, srv.password)
+            assert again.get("/files/kept.txt") == b"second"
+            assert again.get("/files/kept.txt?version=1") == b"first"
+
+
+def test_the_next_backup_copies_only_new_blobs_and_takes_a_new_snapshot(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    user = User(srv, srv.user, srv.password)
+    for i in range(5):
+        assert user.put(f"/files/f{i}.txt", f"file {i}".encode()) == 201
+    folder = tmp_path / "backup" / "data"
+    assert run("backup", str(folder))[1]["blobs_copied"] == 5
+
+    assert user.put("/files/later.txt", b"written after the first backup") == 201
+    assert user("DELETE", "/files/f0.txt").status == 204
+    status, report, _ = run("backup", str(folder))
+    assert status == 0 and (report["blobs_copied"], report["blobs_kept"]) == (1, 5), report
+    with serve_backup(folder, srv) as restored:
+        again = User(restored, srv.user, srv.password)
+        assert again.get("/files/later.txt") == b"written after the first backup"
+        assert again("GET", "/files/f0.txt").status == 404
+        assert again.get("/files/f1.txt") == b"file 1"
+
+
+def test_a_backup_taken_while_uploads_go_on_is_consistent(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    """Every version the backup's database holds has its bytes in the backup, whatever
+    committed while it ran."""
+    user = User(srv, srv.user, srv.password)
+    for i in range(20):
+        assert user.put(f"/files/before-{i}.bin", os.urandom(2000)) == 201
+    stop = threading.Event()
+    written: list[int] = []
+
+    def upload() -> None:
+        while not stop.is_set():
+            n = len(written)
+            assert user.put(f"/files/during-{n}.bin", os.urandom(3000)) == 201
+            written.append(n)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        folder = tmp_path / "backup" / "data"
+        status, report, _ = run("backup", str(folder))
+    finally:
+        stop.set()
+        uploader.join(60)
+    assert status == 0 and report["ok"], report
+    assert written, "no upload ran during the backup"
+    assert report["blobs"] == blob_count(folder / backup.DATABASE_FILE) >= 20
+
+    status, fsck, _ = run("fsck", "--quiet", data_dir=folder)
+    assert status == 0 and fsck["ok"] and fsck["blobs_checked"] == report["blobs"], fsck
+
+
+def test_a_missing_or_corrupt_blob_is_reported_and_left_out(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/rotten.txt", b"these bytes will rot") == 201
+    assert user.put("/files/lost.txt", b"these bytes will go") == 201
+    assert user.put("/files/fine.txt", b"these bytes stay") == 201
+    store = srv.application.services.blobs
+    keys = _keys_by_content(srv, [b"these bytes will rot", b"these bytes will go"])
+    with open(store.path_of(keys[0]), "r+b") as fh:  # type: ignore[attr-defined]
+        fh.write(b"T")
+    store.path_of(keys[1]).unlink()  # type: ignore[attr-defined]
+
+    folder = tmp_path / "backup" / "data"
+    status, report, _ = run("backup", str(folder))
+    assert status == 1 and not report["ok"]
+    assert sorted((p["kind"], p["storage_key"]) for p in report["problems"]) == sorted(
+        [("corrupt", keys[0]), ("missing", keys[1])]
+    )
+    assert report["blobs_copied"] == 1 and report["problem_count"] == 2
+    assert not (folder / backup.BLOB_FOLDER / keys[0]).exists()
+    assert (folder / backup.DATABASE_FILE).exists()  # the rest is backed up
+    with serve_backup(folder, srv) as restored:
+        assert User(restored, srv.user, srv.password).get("/files/fine.txt") == b"these bytes stay"
+
+
+def test_a_folder_in_use_or_the_servers_own_is_refused(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    status, _, err = run("backup", str(srv.data_dir))
+    assert status == 2 and "holds the server's own data" in err
+    status, _, err = run("backup", str(srv.data_dir.parent))  # blobs are inside it
+    assert status == 2 and "holds the server's own data" in err
+
+    folder = tmp_path / "served" / "data"
+    User(srv, srv.user, srv.password).put("/files/a.txt", b"a")
+    assert run("backup", str(folder))[0] == 0
+    before = (folder / backup.DATABASE_FILE).read_bytes()
+    (folder / (backup.DATABASE_FILE + "-wal")).write_bytes(b"")  # a server runs from it
+    status, _, err = run("backup", str(folder))
+    assert status == 1 and "is open" in err
+    assert (folder / backup.DATABASE_FILE).read_bytes() == before
+
+
+def test_a_backup_cut_short_leaves_the_previous_one_whole(
+    srv: InprocServer, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/first.txt", b"in the first backup") == 201
+    folder = tmp_path / "backup" / "data"
+    assert run("backup", str(folder))[0] == 0
+    previous = (folder / backup.DATABASE_FILE).read_bytes()
+
+    assert user.put("/files/second.txt", b"never backed up") == 201
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backup._BlobCopier, "copy", interrupted)
+    assert run("backup", str(folder))[0] == 130  # Ctrl-C while the blobs are copied
+    assert (folder / backup.DATABASE_FILE).read_bytes() == previous
+    assert sorted(p.name for p in folder.iterdir()) == [backup.BLOB_FOLDER, backup.DATABASE_FILE]
+
+
+def _keys_by_content(srv: InprocServer, contents: list[bytes]) -> list[str]:
+    import hashlib
+
+    import sqlalchemy as sa
+
+    from davserver.models import Blob
+
+    shas = [hashlib.sha256(c).hexdigest() for c in contents]
+    with srv.application.services.db.read() as session:
+        found = {sha: key for sha, key in session.execute(sa.select(Blob.sha256, Blob.storage_key))}
+    return [found[sha] for sha in shas]
+
+
+def _ops(srv: InprocServer) -> list[str]:
+    import sqlalchemy as sa
+
+    from davserver.models import LogEntry
+
+    with srv.application.services.db.read() as session:
+        return list(session.scalars(sa.select(LogEntry.op_type)))
