@@ -41,6 +41,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
+    # Alembic logs each plugin it sets up, seven lines at INFO on every start; the migrations
+    # it runs still say which.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     for problem in unknown_environment():
         logging.getLogger("davserver.config").warning("%s", problem)
     workers = worker_count(settings.server.workers)
