@@ -152,6 +152,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
         except BackupRefused as exc:
             print(f"davserver backup: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:  # the backup folder's disk: full, read-only, gone
+            print(
+                f"davserver backup: cannot write the backup into {folder}: {exc}", file=sys.stderr
+            )
+            return 1
     if args.json:
         emit_item(args, report.as_dict())
         return 0 if report.ok else 1

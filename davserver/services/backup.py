@@ -58,6 +58,10 @@ class BackupRefused(Exception):
     """The backup folder cannot take a backup; nothing was changed in it."""
 
 
+class _StoreFailed(Exception):
+    """Reading a blob from the store failed (the cause says how)."""
+
+
 @dataclass
 class BackupReport:
     folder: str
@@ -214,11 +218,11 @@ class _BlobCopier:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=self.root / "tmp", prefix="backup-")
         try:
-            with os.fdopen(fd, "wb") as out, self.store.open(key) as src:
+            with os.fdopen(fd, "wb") as out:
                 digest, copied = hashlib.sha256(), 0
-                while block := src.read(_READ_BLOCK):
+                for block in self._blocks(key):
                     digest.update(block)
-                    out.write(block)
+                    out.write(block)  # failing, it is the backup folder's fault: raised
                     copied += len(block)
                 if copied != size or digest.hexdigest() != sha256:
                     return FsckProblem(
@@ -232,22 +236,33 @@ class _BlobCopier:
                 if self.fsync:
                     os.fsync(out.fileno())
             os.replace(temp, final)
-        except FileNotFoundError:
-            return FsckProblem(
-                "missing",
-                key,
-                sha256,
-                "not in the store: lost (see davserver fsck), or collected by gc after the"
-                " snapshot",
-            )
-        except OSError as exc:
-            return FsckProblem("unreadable", key, sha256, str(exc))
+        except _StoreFailed as failed:
+            if isinstance(failed.__cause__, FileNotFoundError):
+                return FsckProblem(
+                    "missing",
+                    key,
+                    sha256,
+                    "not in the store: lost (see davserver fsck), or collected by gc after"
+                    " the snapshot",
+                )
+            return FsckProblem("unreadable", key, sha256, str(failed.__cause__))
         finally:
             Path(temp).unlink(missing_ok=True)
         self._touched.add(final.parent)
         self.copied += 1
         self.copied_bytes += size
         return None
+
+    def _blocks(self, key: str) -> Iterator[bytes]:
+        """The store's bytes of ``key``, a block at a time. What goes wrong reading them is
+        this blob's problem (_StoreFailed); what goes wrong writing them, between two blocks,
+        is not caught here."""
+        try:
+            with self.store.open(key) as src:
+                while block := src.read(_READ_BLOCK):
+                    yield block
+        except OSError as exc:
+            raise _StoreFailed(key) from exc
 
     def flush(self) -> None:
         """Make the renames durable: each folder a blob went into, once."""

@@ -3,6 +3,7 @@ server then runs from, with every file, version and trashed item as it was."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -11,9 +12,11 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
+from davserver.blobstore import FileSystemBlobStore
 from davserver.cli import main
 from davserver.services import backup
 from tests.conftest import ENGINES
@@ -256,3 +259,54 @@ def _ops(srv: InprocServer) -> list[str]:
 
     with srv.application.services.db.read() as session:
         return list(session.scalars(sa.select(LogEntry.op_type)))
+
+
+def test_a_backup_folder_that_cannot_be_written_stops_the_backup_with_one_line(
+    srv: InprocServer, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full or read-only backup disk fails every blob the same way: one line saying so (no
+    traceback, no problem per blob blamed on the store), and the previous backup stays."""
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/first.txt", b"in the first backup") == 201
+    folder = tmp_path / "backup" / "data"
+    assert run("backup", str(folder))[0] == 0
+    previous = (folder / backup.DATABASE_FILE).read_bytes()
+    assert user.put("/files/second.txt", b"does not fit") == 201
+
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(backup.os, "fsync", full)
+    status, report, err = run("backup", str(folder))
+    assert (status, report) == (1, None)
+    assert err.strip().splitlines() == [
+        f"davserver backup: cannot write the backup into {folder}: [Errno 28] No space left on"
+        " device"
+    ]
+    assert (folder / backup.DATABASE_FILE).read_bytes() == previous
+    assert list((folder / backup.BLOB_FOLDER / "tmp").iterdir()) == []
+
+
+def test_a_blob_the_store_cannot_read_is_reported_and_the_rest_backed_up(
+    srv: InprocServer, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/bad-sector.txt", b"on a bad sector") == 201
+    assert user.put("/files/fine.txt", b"readable") == 201
+    [bad_key] = _keys_by_content(srv, [b"on a bad sector"])
+    opened = FileSystemBlobStore.open
+
+    def open_with_a_bad_sector(store: FileSystemBlobStore, key: str) -> Any:
+        if key != bad_key:
+            return opened(store, key)
+        fh = mock.MagicMock()
+        fh.__enter__.return_value.read.side_effect = OSError(errno.EIO, "Input/output error")
+        return fh
+
+    monkeypatch.setattr(FileSystemBlobStore, "open", open_with_a_bad_sector)
+    folder = tmp_path / "backup" / "data"
+    status, report, _ = run("backup", str(folder))
+    assert status == 1 and report["blobs_copied"] == 1
+    assert [(p["kind"], p["storage_key"], p["detail"]) for p in report["problems"]] == [
+        ("unreadable", bad_key, "[Errno 5] Input/output error")
+    ]
