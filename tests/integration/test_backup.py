@@ -222,12 +222,7 @@ def test_a_folder_in_use_or_the_servers_own_is_refused(
 def test_a_backup_cut_short_leaves_the_previous_one_whole(
     srv: InprocServer, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    user = User(srv, srv.user, srv.password)
-    assert user.put("/files/first.txt", b"in the first backup") == 201
-    folder = tmp_path / "backup" / "data"
-    assert run("backup", str(folder))[0] == 0
-    previous = (folder / backup.DATABASE_FILE).read_bytes()
-
+    user, folder, previous = backed_up_once(srv, run, tmp_path)
     assert user.put("/files/second.txt", b"never backed up") == 201
 
     def interrupted(*_args: object) -> None:
@@ -237,6 +232,15 @@ def test_a_backup_cut_short_leaves_the_previous_one_whole(
     assert run("backup", str(folder))[0] == 130  # Ctrl-C while the blobs are copied
     assert (folder / backup.DATABASE_FILE).read_bytes() == previous
     assert sorted(p.name for p in folder.iterdir()) == [backup.BLOB_FOLDER, backup.DATABASE_FILE]
+
+
+def backed_up_once(srv: InprocServer, run: Any, tmp_path: Path) -> tuple[User, Path, bytes]:
+    """One file, backed up: the user, the backup folder and its database file's bytes."""
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/first.txt", b"in the first backup") == 201
+    folder = tmp_path / "backup" / "data"
+    assert run("backup", str(folder))[0] == 0
+    return user, folder, (folder / backup.DATABASE_FILE).read_bytes()
 
 
 def _keys_by_content(srv: InprocServer, contents: list[bytes]) -> list[str]:
@@ -266,11 +270,7 @@ def test_a_backup_folder_that_cannot_be_written_stops_the_backup_with_one_line(
 ) -> None:
     """A full or read-only backup disk fails every blob the same way: one line saying so (no
     traceback, no problem per blob blamed on the store), and the previous backup stays."""
-    user = User(srv, srv.user, srv.password)
-    assert user.put("/files/first.txt", b"in the first backup") == 201
-    folder = tmp_path / "backup" / "data"
-    assert run("backup", str(folder))[0] == 0
-    previous = (folder / backup.DATABASE_FILE).read_bytes()
+    user, folder, previous = backed_up_once(srv, run, tmp_path)
     assert user.put("/files/second.txt", b"does not fit") == 201
 
     def full(*_args: object) -> None:
