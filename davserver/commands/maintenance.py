@@ -135,9 +135,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     with open_services(args) as services:
         settings = services.settings
         live = (Path(settings.data_dir).resolve(), settings.blob_path)
-        if folder in live or settings.blob_path.is_relative_to(folder):
+        blobs = settings.blob_path
+        if folder in live or blobs.is_relative_to(folder) or folder.is_relative_to(blobs):
             print(
-                f"davserver backup: {folder} holds the server's own data: name another folder",
+                f"davserver backup: {folder} is, holds or is inside the server's own data"
+                f" ({live[0]}, {blobs}): name another folder",
                 file=sys.stderr,
             )
             return 2

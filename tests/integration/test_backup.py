@@ -205,9 +205,11 @@ def test_a_folder_in_use_or_the_servers_own_is_refused(
     srv: InprocServer, run: Any, tmp_path: Path
 ) -> None:
     status, _, err = run("backup", str(srv.data_dir))
-    assert status == 2 and "holds the server's own data" in err
+    assert status == 2 and "the server's own data" in err
     status, _, err = run("backup", str(srv.data_dir.parent))  # blobs are inside it
-    assert status == 2 and "holds the server's own data" in err
+    assert status == 2 and "the server's own data" in err
+    status, _, err = run("backup", str(srv.data_dir / "blobs" / "backup"))
+    assert status == 2 and "the server's own data" in err
 
     folder = tmp_path / "served" / "data"
     User(srv, srv.user, srv.password).put("/files/a.txt", b"a")
