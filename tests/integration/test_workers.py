@@ -111,12 +111,15 @@ def holder_of(conn: Connection, workers: set[int]) -> int:
     """The worker whose end of the TCP connection ``conn`` is (by /proc/net/tcp)."""
     assert conn.conn.sock is not None
     client_port = conn.conn.sock.getsockname()[1]
+    server_port = conn.conn.sock.getpeername()[1]
     inode = None
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            # The server's end: its remote address is the client's port.
-            if int(fields[2].rsplit(":", 1)[1], 16) == client_port and fields[3] == "01":
+            # The server's end: its own port, and the client's as the remote one. The client's
+            # port alone also names connections of other servers on this machine.
+            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            if (local, remote) == (server_port, client_port) and fields[3] == "01":
                 inode = fields[9]
     assert inode is not None, "the connection is not in /proc/net/tcp"
     holders = [pid for pid in workers if inode in socket_inodes(pid)]
