@@ -14,7 +14,8 @@ Contract:
   **bytes** (may be empty), ``timeout`` the granted lifetime in seconds (float), ``expire``
   its end as epoch seconds (float) and ``token`` an ``opaquelocktoken:`` URI.
 * A lock is expired when ``0 <= expire < now``. Expired locks are never returned; ``get()``
-  deletes an expired lock it finds, ``cleanup()`` deletes them all.
+  deletes an expired lock it finds, ``create()`` and ``cleanup()`` delete them all (so locks
+  left to expire do not pile up in the table).
 * ``create(path, lock)`` **mutates ``lock`` in place** (``LockManager`` returns its own dict):
   ``root`` becomes the normalized ``path``, ``timeout`` is clamped (``-1`` = infinite, or
   anything above ``max_timeout``, becomes ``max_timeout``), ``expire`` = now + timeout and
@@ -91,7 +92,7 @@ from wsgidav.lock_man.lock_manager import (
     validate_lock,
 )
 
-from davserver.db import Database
+from davserver.db import Base, Database
 from davserver.models import DavLock, Op
 
 __all__ = [
@@ -165,6 +166,17 @@ def _is_expired(expire: float, now: float) -> bool:
 
 def _unexpired(now: float) -> sa.ColumnElement[bool]:
     return sa.or_(DavLock.expire < 0, DavLock.expire >= now)
+
+
+_locks = Base.metadata.tables["locks"]
+# Core, not ORM: the ORM's bulk delete costs more than the statement (LOCK is a hot path).
+_DELETE_EXPIRED = _locks.delete().where(_locks.c.expire >= 0, _locks.c.expire < sa.bindparam("now"))
+
+
+def _delete_expired(session: Session, now: float) -> int:
+    """Delete the locks expired by ``now`` (``expire`` is indexed); return how many."""
+    result = session.connection().execute(_DELETE_EXPIRED, {"now": now})
+    return int(result.rowcount or 0)
 
 
 def _escape_like(text: str) -> str:
@@ -404,10 +416,7 @@ class SqlLockStorage:
     def cleanup(self) -> int:
         """Delete expired locks; return how many."""
         with self._db.write() as session:
-            result = session.execute(
-                sa.delete(DavLock).where(DavLock.expire >= 0, DavLock.expire < _now())
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
+            return _delete_expired(session, _now())
 
     def clear(self) -> None:
         """Delete every lock."""
@@ -533,6 +542,9 @@ class SqlLockStorage:
         with self._db.write() as session:
             self._serialize_writers(session)
             now = _now()
+            # A lock left to expire (a crashed editor, a dropped mount) is looked up by no one
+            # again, so nothing else would remove its row: one per abandoned LOCK, for ever.
+            _delete_expired(session, now)
             conflicts = self._conflicting_roots(
                 session, key=key, scope=lock["scope"], depth=lock["depth"], now=now
             )

@@ -1,0 +1,46 @@
+"""What a server that runs for months must not accumulate: a row, a file or a descriptor left
+behind by each abandoned or abusive request. ``bench/soak.py`` watches the same over rounds of
+mixed traffic; these are the leaks it found, each in its smallest form."""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+
+from davserver.models import DavLock
+from tests.servers import InprocServer
+
+LOCK = (
+    b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+    b"</D:lockscope><D:locktype><D:write/></D:locktype>"
+    b"<D:owner><D:href>tester</D:href></D:owner></D:lockinfo>"
+)
+
+
+def lock_rows_under(server: InprocServer, folder_url: str) -> int:
+    folder = folder_url.rstrip("/").rsplit("/", 1)[1]
+    with server.application.db.read() as session:
+        count = session.scalar(
+            sa.select(sa.func.count()).where(DavLock.root.contains(folder, autoescape=True))
+        )
+    return int(count or 0)
+
+
+def test_locks_left_to_expire_do_not_pile_up(
+    inproc_server: InprocServer, inproc_dav_dir: str
+) -> None:
+    """A client that locks and never unlocks (a crashed editor, a dropped mount) leaves its
+    lock to expire. Nothing asks for such a token again, so once expired its row must still go:
+    the next LOCK by anyone removes every expired one."""
+    for i in range(50):
+        url = f"{inproc_dav_dir}f{i}.txt"
+        assert inproc_server.request("PUT", url, b"x").status == 201
+        response = inproc_server.request("LOCK", url, LOCK, {"Timeout": "Second-1"})
+        assert response.status == 200, response.body
+    time.sleep(1.2)
+    response = inproc_server.request(
+        "LOCK", f"{inproc_dav_dir}f0.txt", LOCK, {"Timeout": "Second-600"}
+    )
+    assert response.status == 200, response.body
+    assert lock_rows_under(inproc_server, inproc_dav_dir) == 1
