@@ -27,11 +27,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
-from davserver.db.dialect import for_bind, insert_or_ignore
+from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
 from davserver.db.types import utcnow
 from davserver.errors import TooManyRequests
 from davserver.models import Op
 from davserver.services.audit import record_audit
+
+# Any constant: on PostgreSQL, recording a failed login takes this transaction-level advisory lock.
+_FAILURES_LOCK_KEY = 0x7468726F
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class LoginThrottle:
         }
         banned_until = None
         with self.db.write() as session:
+            self._forget_the_past(session, now)
             record_audit(
                 session,
                 None,
@@ -131,6 +135,21 @@ class LoginThrottle:
         """A verified password clears the account's failure count (not the address's), in the
         caller's transaction."""
         session.execute(_CLEAR, {"key": _keys(username, None)[0]})
+
+    def _forget_the_past(self, session: Session, now: dt.datetime) -> None:
+        """Delete the keys whose window and ban are both over: they count nothing any more,
+        and guesses at ever new names would otherwise leave a row each for ever.
+
+        A key last changed longer ago than both the window and the ban is over: a window
+        starts, and a ban is set, when the row changes. Failures are recorded one at a time
+        (SQLite's writers queue; PostgreSQL takes an advisory lock), so no other ``_count``
+        finds its row gone between its insert and its update, and two of these deletes never
+        wait for each other.
+        """
+        if is_postgres(session):
+            session.execute(sa.select(sa.func.pg_advisory_xact_lock(_FAILURES_LOCK_KEY)))
+        over = now - max(self.policy.window, self.policy.ban)
+        session.execute(_FORGET, {"over": over})
 
     def _count(self, session: Session, key: str, now: dt.datetime) -> int:
         """Add one failure to ``key``'s window (a new window when the old one ran out)."""
@@ -231,4 +250,5 @@ _BAN = (
         updated_at=sa.bindparam("now"),
     )
 )
+_FORGET = _t.delete().where(_t.c.updated_at < sa.bindparam("over"))  # updated_at is indexed
 _CLEAR = _t.delete().where(_t.c.key == sa.bindparam("key"), _t.c.banned_until.is_(None))
