@@ -341,7 +341,7 @@ class Server:
     def start(self, cmd: list[str], env: dict[str, str], ready_timeout: float) -> None:
         self.env = env
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.port or free_port()  # a port set beforehand is kept
         self.log_path = self.workdir.parent / f"{self.name}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
