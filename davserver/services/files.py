@@ -40,7 +40,7 @@ from davserver.services.audit import ReadLog, record_audit
 from davserver.services.lost_bytes import open_stored, require_stored
 from davserver.services.subtree_copy import copy_subtree
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
-from davserver.services.usage import add_home_bytes, bytes_below, check_quota
+from davserver.services.usage import add_home_bytes, add_upload_bytes, bytes_below, check_quota
 
 T = TypeVar("T")
 _RETRIES = 4
@@ -276,14 +276,16 @@ class FileService:
         """
         key = name_key(name)
         mime = content_type[:255] if content_type else None
+        space = Space.HOME.value if parent.group_id is None else Space.GROUP.value
 
         def work(session: Session, placed: uuid.UUID | None) -> tuple[NodeView, bool]:
             # Core statements: this is the hottest write path (every small-file PUT). Below
             # a space's root the folders above are held (``tree.hold_chain``) by the statement
             # that looks for the file; the file, when it is there and changes, is locked next
-            # (two uploads to one file queue there), the owner's row last (check_quota, the
-            # running total). PostgreSQL aborts the rare deadlock with a copy onto the file
-            # and the trash of its folder at once, and run_write runs it again.
+            # (two uploads to one file queue there), the owner's row last, by the statement
+            # before the commit (``usage.add_upload_bytes``: the running total and the quota).
+            # PostgreSQL aborts the rare deadlock with a copy onto the file and the trash of
+            # its folder at once, and run_write runs it again.
             if parent.parent_id is None:  # a root can neither move nor go to the trash
                 current = tree.child_for_update(session, parent.id, key)
             else:
@@ -295,8 +297,6 @@ class FileService:
             if current is None:
                 if expected_version_id is not None:
                     raise PreconditionFailed("the file no longer exists")
-                if enforce_quota:
-                    check_quota(session, parent.owner_id, blob.size)
                 now = utcnow()
                 node_id = insert_child(
                     session, parent.id, name, NodeKind.FILE, mime=mime, known_free=True, now=now
@@ -317,6 +317,7 @@ class FileService:
                     first=True,
                     now=now,
                     mtime=mtime,
+                    counted=False,
                 )
                 blob_refs.referenced(session, self.blobs, blob)
                 record_audit(
@@ -331,6 +332,9 @@ class FileService:
                         "size": blob.size,
                         "sha256": blob.sha256,
                     },
+                )
+                add_upload_bytes(
+                    session, parent.owner_id, space, blob.size, enforce_quota=enforce_quota
                 )
                 # Every column of the new file is known here: no need to read it back.
                 empty = NodeView(
@@ -363,8 +367,6 @@ class FileService:
                     return current, False
                 _keep_mtime(session, node_id, current_version_id, mtime)
                 return dataclasses.replace(current, mtime=mtime), False
-            if enforce_quota:
-                check_quota(session, parent.owner_id, blob.size - current.size)
             now = utcnow()
             op, details = Op.FILE_VERSION_CREATE, {}
             coalesced = (
@@ -397,6 +399,7 @@ class FileService:
                     mime,
                     now=now,
                     mtime=mtime,
+                    counted=False,
                 )
                 mime_type = mime or current.mime_type
                 version_rules.prune_file(
@@ -416,6 +419,9 @@ class FileService:
                     **details,
                 },
             )
+            # ``current`` was read with the file's row locked: its size is the one replaced.
+            growth = blob.size - current.size
+            add_upload_bytes(session, parent.owner_id, space, growth, enforce_quota=enforce_quota)
             # What changed is known here: no need to read the file back.
             return (
                 _with_upload(current, blob, version_id, version_no, now, mime_type, mtime),
@@ -453,7 +459,8 @@ class FileService:
         mtime: dt.datetime | None,
     ) -> tuple[uuid.UUID, int]:
         """Overwrite the current version in place, as of ``now``, with the client's ``mtime``
-        (client metadata files keep no history, and uploads under one lock coalesce)."""
+        (client metadata files keep no history, and uploads under one lock coalesce). The
+        owner's total is the caller's to move (``usage.add_upload_bytes``)."""
         version = session.get(FileVersion, version_id)
         assert version is not None
         version.blob_id = blob_id
@@ -461,7 +468,7 @@ class FileService:
         version.uploaded_by = actor.user_id
         version.uploaded_at = now
         version.mtime = mtime
-        _make_current(session, node_id, version_id, size, now, None, mtime)
+        _make_current(session, node_id, version_id, size, now, None, mtime, counted=False)
         return version_id, version.version_no
 
     def add_version(
@@ -476,10 +483,12 @@ class FileService:
         first: bool = False,
         now: dt.datetime | None = None,
         mtime: dt.datetime | None = None,
+        counted: bool = True,
     ) -> tuple[uuid.UUID, int]:
         """Insert the next version of a file (locked by the caller) and make it current, as of
         ``now`` (default: the present), with the client's modification time ``mtime`` on both
-        (none: the version's time is its upload's)."""
+        (none: the version's time is its upload's). ``counted``: the owner's total follows
+        the new size here; False when the caller moves it itself (an upload, last)."""
         version_no = (
             1 if first else (session.scalar(_LAST_VERSION_NO, {"node_id": node_id}) or 0) + 1
         )
@@ -499,7 +508,7 @@ class FileService:
                 "mtime": mtime,
             },
         )
-        _make_current(session, node_id, version_id, size, now, mime, mtime)
+        _make_current(session, node_id, version_id, size, now, mime, mtime, counted=counted)
         return version_id, version_no
 
     def delete(self, actor: Actor, node_id: uuid.UUID, *, seen: NodeView | None = None) -> None:
@@ -1002,11 +1011,14 @@ def _make_current(
     now: dt.datetime,
     mime: str | None,
     mtime: dt.datetime | None,
+    *,
+    counted: bool = True,
 ) -> None:
-    """Point a file at its new current version, with the client's ``mtime`` (or none); its
-    owner's ``home_bytes`` follows the size (before the node changes: the statement reads the
-    size it had)."""
-    session.execute(_HOME_BYTES_FOLLOW, {"node_id": node_id, "size": size})
+    """Point a file at its new current version, with the client's ``mtime`` (or none); with
+    ``counted``, its owner's ``home_bytes`` follows the size (before the node changes: the
+    statement reads the size it had)."""
+    if counted:
+        session.execute(_HOME_BYTES_FOLLOW, {"node_id": node_id, "size": size})
     session.execute(
         _SET_CURRENT,
         {

@@ -67,6 +67,29 @@ def add_home_bytes(session: Session, owner_id: uuid.UUID, space: str, delta: int
         session.execute(_ADD_HOME_BYTES, {"owner_id": owner_id, "delta": delta})
 
 
+def add_upload_bytes(
+    session: Session, owner_id: uuid.UUID, space: str, delta: int, *, enforce_quota: bool
+) -> None:
+    """``add_home_bytes`` for an upload, with ``enforce_quota`` checked against the total the
+    same statement writes: QuotaExceeded (the caller rolls back) when ``delta`` grows the space
+    past the owner's quota, ``check_quota``'s rule.
+
+    Call it last in the transaction. On PostgreSQL the owner's row stays locked from this
+    UPDATE to the commit, and every other upload of the owner waits there: taken earlier (a
+    ``check_quota`` before the file's row, or the total moved with the new version), the row
+    was held while the rest of the transaction ran, and with 16 uploads at once most of them
+    waited for it. Two uploads still cannot both take the last bytes: the second one's UPDATE
+    waits for the first's commit and adds to the total it committed."""
+    if not enforce_quota or delta <= 0 or space != Space.HOME.value:
+        add_home_bytes(session, owner_id, space, delta)
+        return
+    row = session.execute(_ADD_HOME_BYTES_RETURNING, {"owner_id": owner_id, "delta": delta}).first()
+    if row is None or row.quota_bytes is None or row.home_bytes <= row.quota_bytes:
+        return
+    left = max(0, row.quota_bytes - (row.home_bytes - delta))
+    raise QuotaExceeded(f"this needs {delta} more bytes; {left} of the quota are left")
+
+
 def recount(db: Database, owner_id: uuid.UUID | None = None) -> list[UsageDrift]:
     """Set each user's running total, or only ``owner_id``'s, from the rows; the users whose
     total was off. One transaction per user, holding their row, so a change committing
@@ -133,6 +156,7 @@ _ADD_HOME_BYTES = (
         updated_at=_u.c.updated_at,
     )
 )
+_ADD_HOME_BYTES_RETURNING = _ADD_HOME_BYTES.returning(_u.c.home_bytes, _u.c.quota_bytes)
 
 
 def _live_below(start: sa.Select[Any], name: str, *, postgres: bool) -> sa.CTE:
