@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import sqlalchemy as sa
@@ -103,3 +105,33 @@ def fresh_database_url(engine: str, tmp_dir: str) -> Iterator[str]:
         require_pg()
         with fresh_pg_database() as url:
             yield url
+
+
+def wait_for_a_lock_wait(database: Any) -> None:
+    """Until some transaction on ``database`` (PostgreSQL) waits for a lock: a race test's
+    second party has reached the row the first one holds."""
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(300):
+        with database.connect() as conn:
+            if conn.scalar(query):
+                return
+        time.sleep(0.01)
+    raise AssertionError("no transaction came to wait for a lock")
+
+
+def in_thread(name: str, work: Callable[[], object], outcome: dict[str, Any]) -> threading.Thread:
+    """``work`` started in a thread called ``name``; what it raised (or None) in ``outcome``."""
+
+    def target() -> None:
+        try:
+            work()
+            outcome[name] = None
+        except BaseException as exc:
+            outcome[name] = exc
+
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    return thread

@@ -46,7 +46,7 @@ from davserver.services.namespace import NamespaceService
 from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView, check_name
 from davserver.services.versions import VersionService
-from tests.dbs import pg_reads
+from tests.dbs import in_thread, pg_reads, wait_for_a_lock_wait
 
 
 @pytest.fixture
@@ -1040,27 +1040,16 @@ def test_an_upload_racing_the_trash_of_a_folder_above_is_refused(
             assert go.wait(30)
 
     monkeypatch.setattr(files_module, "add_home_bytes", add_then_pause)
-    outcome: dict[str, BaseException | None] = {}
-
-    def run(name: str, work: object) -> threading.Thread:
-        def target() -> None:
-            try:
-                work()  # type: ignore[operator]
-                outcome[name] = None
-            except BaseException as exc:
-                outcome[name] = exc
-
-        thread = threading.Thread(target=target, name=name)
-        thread.start()
-        return thread
-
-    trashing = run("trash", lambda: service.delete(actor, top.id))
+    outcome: dict[str, Any] = {}
+    trashing = in_thread("trash", lambda: service.delete(actor, top.id), outcome)
     assert counted.wait(30)
-    uploading = run("upload", lambda: put(service, actor, inner, "late.txt", b"l" * 5))
+    uploading = in_thread(
+        "upload", lambda: put(service, actor, inner, "late.txt", b"l" * 5), outcome
+    )
     if database.is_sqlite:
         uploading.join(0.3)  # waits for the trash's write transaction
     else:
-        _wait_for_a_lock_wait(database)  # on the folder the trash holds
+        wait_for_a_lock_wait(database)  # on the folder the trash holds
     assert uploading.is_alive()
     go.set()
     trashing.join(30)
@@ -1068,20 +1057,6 @@ def test_an_upload_racing_the_trash_of_a_folder_above_is_refused(
     assert outcome["trash"] is None
     assert isinstance(outcome["upload"], Conflict)
     assert _kept_and_counted(database, actor, home) == (0, 0)
-
-
-def _wait_for_a_lock_wait(database: Database) -> None:
-    """Until some transaction on this PostgreSQL database waits for a row lock."""
-    query = sa.text(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    for _ in range(300):
-        with database.connect() as conn:
-            if conn.scalar(query):
-                return
-        threading.Event().wait(0.01)
-    raise AssertionError("no transaction came to wait for a lock")
 
 
 def test_two_folders_moved_into_each_other_at_once_never_make_a_loop(
@@ -1206,7 +1181,7 @@ def test_a_folder_busy_with_uploads_can_still_be_moved(
     assert first_open.wait(30)
     threads.append(threading.Thread(target=move))
     threads[1].start()
-    _wait_for_a_lock_wait(database)  # the move waits for the first upload
+    wait_for_a_lock_wait(database)  # the move waits for the first upload
     threads.append(threading.Thread(target=hold, args=("second", second_in, release_second)))
     threads[2].start()
     # The second upload either got its hold at once (the mover then waits for it too) or

@@ -25,26 +25,12 @@ from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.tree import NodeView
 from tests.blobs import put, write
+from tests.dbs import in_thread, wait_for_a_lock_wait
 
 
 def _set_quota(database: Database, actor: Actor, quota: int) -> None:
     with database.write() as session:
         session.execute(sa.update(User).where(User.id == actor.user_id).values(quota_bytes=quota))
-
-
-def _in_thread(name: str, work: Callable[[], object], outcome: dict[str, Any]) -> threading.Thread:
-    """``work`` started in a thread called ``name``; what it raised (or None) in ``outcome``."""
-
-    def target() -> None:
-        try:
-            work()
-            outcome[name] = None
-        except BaseException as exc:
-            outcome[name] = exc
-
-    thread = threading.Thread(target=target, name=name)
-    thread.start()
-    return thread
 
 
 @contextmanager
@@ -59,20 +45,6 @@ def _no_lock_waits(database: Database) -> Iterator[None]:
         yield
     finally:
         event.remove(database.engine, "begin", fail_rather_than_wait)
-
-
-def _wait_for_a_lock_wait(database: Database) -> None:
-    """Until some transaction on this PostgreSQL database waits for a lock."""
-    query = sa.text(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    for _ in range(300):
-        with database.connect() as conn:
-            if conn.scalar(query):
-                return
-        threading.Event().wait(0.01)
-    raise AssertionError("no transaction came to wait for a lock")
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -112,7 +84,7 @@ def test_an_upload_midway_does_not_hold_up_its_owners_other_uploads(
 
     monkeypatch.setattr(files_module, "record_audit", audit_then_pause)
     outcome: dict[str, Any] = {}
-    first = _in_thread(
+    first = in_thread(
         "midway",
         lambda: files.commit_upload(
             actor, mine, "doc.txt", write(files.blobs, b"first"), enforce_quota=enforce_quota
@@ -166,13 +138,13 @@ def test_uploads_at_once_never_take_more_than_the_quota(
     threads: list[threading.Thread] = []
     event.listen(database.engine, "commit", pause_before_commit)
     try:
-        threads.append(_in_thread("first", upload(right), outcome))
+        threads.append(in_thread("first", upload(right), outcome))
         assert ready.wait(30)
-        threads.append(_in_thread("second", upload(left), outcome))
+        threads.append(in_thread("second", upload(left), outcome))
         if database.is_sqlite:
             threads[1].join(0.3)  # waits its turn to write
         else:
-            _wait_for_a_lock_wait(database)  # at the owner's row
+            wait_for_a_lock_wait(database)  # at the owner's row
         assert threads[1].is_alive()
     finally:
         go.set()
