@@ -134,12 +134,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     folder = Path(args.folder).resolve()
     with open_services(args) as services:
         settings = services.settings
-        live = (Path(settings.data_dir).resolve(), settings.blob_path)
-        blobs = settings.blob_path
-        if folder in live or blobs.is_relative_to(folder) or folder.is_relative_to(blobs):
+        data_dir, blobs = Path(settings.data_dir).resolve(), settings.blob_path
+        if folder == data_dir or blobs.is_relative_to(folder) or folder.is_relative_to(blobs):
             print(
                 f"davserver backup: {folder} is, holds or is inside the server's own data"
-                f" ({live[0]}, {blobs}): name another folder",
+                f" ({data_dir}, {blobs}): name another folder",
                 file=sys.stderr,
             )
             return 2
