@@ -4,6 +4,7 @@ server then runs from, with every file, version and trashed item as it was."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import sqlite3
@@ -15,9 +16,11 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import sqlalchemy as sa
 
 from davserver.blobstore import FileSystemBlobStore
 from davserver.cli import main
+from davserver.models import Blob, LogEntry
 from davserver.services import backup
 from tests.conftest import ENGINES
 from tests.dbs import fresh_database_url
@@ -246,12 +249,6 @@ def backed_up_once(srv: InprocServer, run: Any, tmp_path: Path) -> tuple[User, P
 
 
 def _keys_by_content(srv: InprocServer, contents: list[bytes]) -> list[str]:
-    import hashlib
-
-    import sqlalchemy as sa
-
-    from davserver.models import Blob
-
     shas = [hashlib.sha256(c).hexdigest() for c in contents]
     with srv.application.services.db.read() as session:
         found = {sha: key for sha, key in session.execute(sa.select(Blob.sha256, Blob.storage_key))}
@@ -259,10 +256,6 @@ def _keys_by_content(srv: InprocServer, contents: list[bytes]) -> list[str]:
 
 
 def _ops(srv: InprocServer) -> list[str]:
-    import sqlalchemy as sa
-
-    from davserver.models import LogEntry
-
     with srv.application.services.db.read() as session:
         return list(session.scalars(sa.select(LogEntry.op_type)))
 
