@@ -32,7 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from davserver.capacity import accepted_connections, fit_threads
     from davserver.config import unknown_environment
     from davserver.db.engine import check_url
-    from davserver.server import CannotListen, check_tls, serve
+    from davserver.server import CannotListen, serve
+    from davserver.tls import check_tls
     from davserver.workers import serve_workers, worker_count
 
     settings = settings_of(

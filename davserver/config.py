@@ -91,6 +91,13 @@ class ServerSettings:
     )
     ssl_certificate: str = opt("", "PEM certificate file; TLS is on when this and the key are set.")
     ssl_private_key: str = opt("", "PEM private key file for TLS.")
+    tls_reload_seconds: int = opt(
+        60,
+        "How often the certificate and key files are looked at for a new pair (a renewal),"
+        " which new connections then get without a restart; SIGHUP loads them at once."
+        " 0: only on SIGHUP.",
+        low=0,
+    )
     trusted_proxies: str = opt(
         "",
         "Reverse proxies or load balancers in front of the server (comma-separated addresses"

@@ -44,6 +44,9 @@ def _run_child(parent: int, work: Callable[[], None]) -> None:
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # A hangup is the parent's to act on (over TLS it passes SIGHUP on to the workers, which
+        # set their own handler); a child ends with its parent (_stop_with_parent).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         _stop_with_parent(parent)
         work()
         status = 0

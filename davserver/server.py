@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import logging
 import signal
-import ssl
 import threading
 from collections.abc import Callable
 from types import FrameType
 
 from cheroot import connections, wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from davserver.app import Application
-from davserver.config import ConfigError, ServerSettings
 from davserver.housekeeping import Housekeeper
 from davserver.http_request import MAX_HEADER_BYTES, Connection, ConnectionManager, Deadlines
 from davserver.memory import fix_malloc_thresholds, limit_malloc_arenas, release_free_memory
+from davserver.tls import CertificateReloader, make_adapter, tls_enabled
 
 log = logging.getLogger(__name__)
 
@@ -65,51 +63,8 @@ def make_server(app: Application, host: str, port: int, *, reuse_port: bool = Fa
     server.ConnectionClass = Connection
     server.deadlines = Deadlines(settings.header_timeout)
     if tls_enabled(settings):
-        server.ssl_adapter = BuiltinSSLAdapter(settings.ssl_certificate, settings.ssl_private_key)
+        server.ssl_adapter = make_adapter(settings)
     return server
-
-
-def tls_enabled(settings: ServerSettings) -> bool:
-    return bool(settings.ssl_certificate and settings.ssl_private_key)
-
-
-def check_tls(settings: ServerSettings) -> None:
-    """ConfigError unless TLS is off, or its certificate and key can be read and belong
-    together; checked before start-up, so the server never comes up without them."""
-    if not tls_enabled(settings):
-        return
-    for option, path in (
-        ("ssl_certificate", settings.ssl_certificate),
-        ("ssl_private_key", settings.ssl_private_key),
-    ):
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"server.{option}: cannot read {path}: {exc.strerror}") from None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(
-            settings.ssl_certificate, settings.ssl_private_key, password=_no_passphrase
-        )
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            raise ConfigError(
-                "server.ssl_private_key is not the key of server.ssl_certificate"
-            ) from None
-        raise ConfigError(
-            f"server.ssl_certificate and ssl_private_key: not a PEM certificate and its "
-            f"private key ({exc.reason or exc})"
-        ) from None
-
-
-def _no_passphrase() -> str:
-    """Asked for an encrypted key's passphrase: OpenSSL would prompt on the terminal (twice,
-    the check and the server), and without one fail with EINVAL and a traceback."""
-    raise ConfigError(
-        "server.ssl_private_key is encrypted, and the server has no passphrase to give:"
-        " store it decrypted, readable only by the server (openssl pkey -in KEY -out NEW)"
-    )
 
 
 def announce(tls: bool, host: str, port: int, workers: int = 1) -> None:
@@ -135,7 +90,8 @@ def serve(
     housekeeping: bool = True,
     ready: Callable[[wsgi.Server], None] = _announce,
 ) -> None:
-    """Serve until SIGINT or SIGTERM, then finish open requests and close.
+    """Serve until SIGINT or SIGTERM, then finish open requests and close. Over TLS a renewed
+    certificate is put in service as it appears, and at once on SIGHUP (``CertificateReloader``).
 
     ``ready`` is called once the port listens (by default it prints the address). A worker of
     ``davserver.workers`` passes ``reuse_port``, no ``housekeeping`` (its parent sweeps) and a
@@ -152,6 +108,7 @@ def serve(
     # Stops the server from outside the signal handler: it closes the port, then waits for
     # the requests in progress (up to cheroot's shutdown_timeout) while serve() returns.
     stopper = threading.Thread(target=server.stop, name="stop", daemon=True)
+    reloader = CertificateReloader(server, app.settings.server) if server.ssl_adapter else None
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         if stopping.is_set():  # Ctrl-C reaches a worker and its parent, which passes it on
@@ -163,6 +120,8 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        if reloader is not None:  # without TLS, a hangup ends the server as before
+            signal.signal(signal.SIGHUP, lambda _signum, _frame: reloader.reload_now())
     try:
         try:
             server.prepare()
@@ -170,8 +129,12 @@ def serve(
             raise CannotListen(host, port, exc) from exc
         ready(server)
         housekeeper.start()
+        if reloader is not None:
+            reloader.start()
         server.serve()
     finally:
+        if reloader is not None:
+            reloader.stop()
         housekeeper.stop()
         if stopper.is_alive():
             # The requests in progress still use the application (its database, the logbook

@@ -9,8 +9,9 @@ keep-alive connection stays with the worker that accepted it. Everything the wor
 servers behind a load balancer.
 
 The parent serves nothing. It holds the port (bound, not listening, so no connection waits on
-it), replaces a worker that dies, and on SIGTERM or SIGINT stops every worker, each after
-finishing its open requests. It forks each housekeeping sweep into a child process of its own,
+it), replaces a worker that dies, passes SIGHUP on to the workers over TLS (each then reads its
+certificate again), and on SIGTERM or SIGINT stops every worker, each after finishing its open
+requests. It forks each housekeeping sweep into a child process of its own,
 so a long sweep holds up neither a replacement nor a stop (which ends the sweep: its open
 transaction rolls back). A child whose parent dies is stopped by the kernel
 (``PR_SET_PDEATHSIG``).
@@ -36,7 +37,8 @@ from davserver.app import Application
 from davserver.config import ConfigError, Settings
 from davserver.housekeeping import Housekeeper
 from davserver.processes import fork_child
-from davserver.server import CannotListen, announce, serve, tls_enabled
+from davserver.server import CannotListen, announce, serve
+from davserver.tls import tls_enabled
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +186,13 @@ def serve_workers(app: Application, settings: Settings, workers: int) -> int:
     def stop(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
 
+    def reload(signum: int, _frame: FrameType | None) -> None:
+        pool.signal_all(signum)  # each worker reads its certificate again
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if tls_enabled(settings.server):
+        signal.signal(signal.SIGHUP, reload)
     try:
         for _ in range(workers):
             pool.spawn()

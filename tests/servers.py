@@ -286,10 +286,11 @@ def run_live_server(
 ) -> Iterator[LiveServer]:
     """Start ``python -m davserver serve`` on a free port with its own data folder and database.
 
-    ``extra_env`` sets more ``DAVSERVER_*`` options. Yields once the server answers HTTP and the
-    test user can list /files/; on exit terminates the process and raises if it does not exit
-    cleanly.
+    ``extra_env`` sets more ``DAVSERVER_*`` options (with a certificate, ``url`` is https). Yields
+    once the server answers HTTP and the test user can list /files/; on exit terminates the
+    process and raises if it does not exit cleanly.
     """
+    scheme = "https" if (extra_env or {}).get("DAVSERVER_SERVER_SSL_CERTIFICATE") else "http"
     data_dir = tmp_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     password = secrets.token_urlsafe(16)
@@ -301,7 +302,7 @@ def run_live_server(
                 port = free_port()
                 server = LiveServer(
                     engine=engine,
-                    url=f"http://{HOST}:{port}",
+                    url=f"{scheme}://{HOST}:{port}",
                     user=TEST_USER,
                     password=password,
                     data_dir=data_dir,
@@ -357,7 +358,8 @@ def run_inproc_server(
     """
     from davserver.bootstrap import prepare
     from davserver.config import load_settings
-    from davserver.server import make_server, tls_enabled
+    from davserver.server import make_server
+    from davserver.tls import tls_enabled
 
     data_dir = tmp_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)

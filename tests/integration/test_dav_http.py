@@ -41,7 +41,7 @@ from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog
 from davserver.services.dead_props import MAX_DEAD_PROPERTY_BYTES
 from davserver.services.tree import NodeView
-from tests.integration.test_startup_errors import self_signed
+from tests.certificates import self_signed
 from tests.servers import (
     HOST,
     DavServer,

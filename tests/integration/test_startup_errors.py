@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import sqlite3
 import ssl
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.certificates import self_signed
 from tests.servers import REPO_ROOT, LiveServer, basic_auth_header, free_port
 
 RUN_TIMEOUT = 60.0
@@ -200,27 +200,6 @@ def test_a_named_config_file_must_exist_and_be_yaml(tmp_path: Path) -> None:
 
 
 # --- HTTPS ---------------------------------------------------------------------------------
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set, so the TLS test must run: openssl is not installed")
-        pytest.skip("openssl is not installed")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=RUN_TIMEOUT,
-    )  # fmt: skip
-    return cert, key
 
 
 def test_a_key_that_is_encrypted_or_not_the_certificates_is_refused(tmp_path: Path) -> None:

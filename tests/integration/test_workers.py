@@ -110,8 +110,13 @@ def socket_inodes(pid: int) -> set[str]:
 def holder_of(conn: Connection, workers: set[int]) -> int:
     """The worker whose end of the TCP connection ``conn`` is (by /proc/net/tcp)."""
     assert conn.conn.sock is not None
-    client_port = conn.conn.sock.getsockname()[1]
-    server_port = conn.conn.sock.getpeername()[1]
+    return holder_of_socket(conn.conn.sock, workers)
+
+
+def holder_of_socket(sock: socket.socket, workers: set[int]) -> int:
+    """The worker holding the other end of the connected socket ``sock``."""
+    client_port = sock.getsockname()[1]
+    server_port = sock.getpeername()[1]
     inode = None
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
