@@ -163,6 +163,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     for problem in report.problems:
         print(f"{problem.kind:<10} {problem.storage_key}  {problem.detail}")
+    if report.snapshots > 1:
+        print(
+            f"the database was copied {report.snapshots} times: gc collected blobs the earlier"
+            " copy referred to"
+        )
     print(
         f"backed up into {report.folder}: the database in {report.database_seconds}s, "
         f"{report.blobs} blobs ({report.blobs_copied} copied, "

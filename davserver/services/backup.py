@@ -17,10 +17,12 @@ A backup cut short leaves the previous one whole: its database, and blobs that a
 of what it refers to. Files the new database no longer refers to stay in ``blobs/`` until
 ``davserver gc`` runs on a server of the backup.
 
-A blob the snapshot refers to and the store no longer has is reported, not fatal: either it is
-lost (``davserver fsck`` on the server says so too), or ``davserver gc`` collected it after the
-snapshot because its file was purged meanwhile. The backup is then complete but that file's
-bytes; a second run takes a newer snapshot.
+A blob the snapshot refers to and the store no longer has is one of two things. Either
+``davserver gc`` collected it after the snapshot, its file purged meanwhile: the live database
+no longer has its row. The backup then takes a new snapshot, which no longer refers to it, and
+copies what that one refers to and the first did not (``_SNAPSHOTS`` in all). Or the store has
+lost it (``davserver fsck`` on the server says so too): it is reported, not fatal, and the
+backup is complete but for that file's bytes.
 """
 
 from __future__ import annotations
@@ -31,18 +33,20 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 from davserver.blobstore import BlobStore
 from davserver.blobstore.filesystem import fsync_path, is_storage_key
 from davserver.db import Base, Database
 from davserver.db.copy import copy_database
 from davserver.db.migrate import upgrade
-from davserver.models import Op
+from davserver.models import Blob, Op
 from davserver.services.audit import record_audit
 from davserver.services.maintenance import FsckProblem, Progress, ProgressCallback
 
@@ -52,6 +56,10 @@ _PARTIAL = ".davserver.sqlite3.partial"
 _READ_BLOCK = 1024 * 1024
 _LOGGED_PROBLEMS = 100
 _LISTED_PROBLEMS = 10_000  # a store that lost everything: listed up to here, counted all
+_EARLIER = ".davserver.sqlite3.earlier"  # the snapshot before, while a new one is copied
+# A snapshot whose blobs gc collected before they were copied is taken again, this many in all.
+_SNAPSHOTS = 3
+_LOOKUP_BATCH = 500
 
 
 class BackupRefused(Exception):
@@ -70,6 +78,7 @@ class BackupReport:
     blobs_copied: int = 0
     bytes_copied: int = 0
     blobs_kept: int = 0  # already in the folder from an earlier backup
+    snapshots: int = 1  # more when gc collected blobs of one before they were copied
     problems: list[FsckProblem] = field(default_factory=list)
     problem_count: int = 0
     seconds: float = 0.0
@@ -87,6 +96,7 @@ class BackupReport:
             "blobs_copied": self.blobs_copied,
             "bytes_copied": self.bytes_copied,
             "blobs_kept": self.blobs_kept,
+            "snapshots": self.snapshots,
             "problems": [dataclasses.asdict(problem) for problem in self.problems],
             "problem_count": self.problem_count,
             "seconds": self.seconds,
@@ -107,24 +117,26 @@ def back_up(
     folder = folder.resolve()
     _check_folder(folder)
     report = BackupReport(str(folder))
-    partial = folder / _PARTIAL
+    partial, earlier = folder / _PARTIAL, folder / _EARLIER
     partial.unlink(missing_ok=True)
+    tick = progress or (lambda _progress: None)
     try:
         _snapshot_into(db, partial)
         report.database_seconds = round(time.monotonic() - started, 3)
         copier = _BlobCopier(blobs, folder / BLOB_FOLDER, fsync=fsync)
         total, total_bytes = _blob_totals(partial)
-        report.blobs = total
-        tick = progress or (lambda _progress: None)
-        done_bytes = 0
-        for index, (key, sha256, size) in enumerate(_blob_rows(partial), 1):
-            problem = copier.copy(key, sha256, size)
-            done_bytes += size
-            if problem is not None:
-                report.problem_count += 1
-                if len(report.problems) < _LISTED_PROBLEMS:
-                    report.problems.append(problem)
-            tick(Progress("blobs", index, total, done_bytes, total_bytes))
+        _copy_blobs(_blob_rows(partial), total, total_bytes, copier, report, tick)
+        while report.snapshots < _SNAPSHOTS and _collected_since(db, report):
+            os.replace(partial, earlier)
+            _snapshot_into(db, partial)
+            report.snapshots += 1
+            retry = [problem.storage_key for problem in report.problems]
+            report.problems, report.problem_count = [], 0
+            rows = list(_blob_rows(partial, new_since=earlier, retry=retry))
+            total_bytes = sum(size for _key, _sha256, size in rows)
+            _copy_blobs(iter(rows), len(rows), total_bytes, copier, report, tick)
+            earlier.unlink()
+        report.blobs = _blob_totals(partial)[0]
         copier.flush()
         report.blobs_copied, report.bytes_copied = copier.copied, copier.copied_bytes
         report.blobs_kept = copier.kept
@@ -135,6 +147,7 @@ def back_up(
             fsync_path(folder)
     finally:
         partial.unlink(missing_ok=True)
+        earlier.unlink(missing_ok=True)
     report.seconds = round(time.monotonic() - started, 3)
     details = report.as_dict()
     details["problems"] = details["problems"][:_LOGGED_PROBLEMS]
@@ -186,11 +199,61 @@ def _blob_totals(snapshot: Path) -> tuple[int, int]:
     return int(count), int(size)
 
 
-def _blob_rows(snapshot: Path) -> Iterator[tuple[str, str, int]]:
+def _blob_rows(
+    snapshot: Path, *, new_since: Path | None = None, retry: Iterable[str] = ()
+) -> Iterator[tuple[str, str, int]]:
     """(storage key, SHA-256, size) of every blob the snapshot refers to, in key order (the
-    store's own order, so a file system reads its folders one after another)."""
+    store's own order, so a file system reads its folders one after another). With
+    ``new_since``, an earlier snapshot: only the blobs that one does not refer to, and those
+    whose keys are in ``retry``."""
     with closing(sqlite3.connect(snapshot)) as conn:
-        yield from conn.execute("SELECT storage_key, sha256, size_bytes FROM blobs ORDER BY 1")
+        if new_since is None:
+            yield from conn.execute("SELECT storage_key, sha256, size_bytes FROM blobs ORDER BY 1")
+            return
+        conn.execute("ATTACH DATABASE ? AS earlier", (str(new_since),))
+        conn.execute("CREATE TEMP TABLE retry (storage_key TEXT PRIMARY KEY)")
+        conn.executemany("INSERT OR IGNORE INTO retry VALUES (?)", ((key,) for key in retry))
+        yield from conn.execute(
+            "SELECT storage_key, sha256, size_bytes FROM blobs"
+            " WHERE storage_key NOT IN (SELECT storage_key FROM earlier.blobs)"
+            " OR storage_key IN (SELECT storage_key FROM retry) ORDER BY 1"
+        )
+
+
+def _copy_blobs(
+    rows: Iterator[tuple[str, str, int]],
+    total: int,
+    total_bytes: int,
+    copier: _BlobCopier,
+    report: BackupReport,
+    tick: ProgressCallback,
+) -> None:
+    """Copy ``rows`` (``total`` of them), each failure a problem in ``report``."""
+    done_bytes = 0
+    for index, (key, sha256, size) in enumerate(rows, 1):
+        problem = copier.copy(key, sha256, size)
+        done_bytes += size
+        if problem is not None:
+            report.problem_count += 1
+            if len(report.problems) < _LISTED_PROBLEMS:
+                report.problems.append(problem)
+        tick(Progress("blobs", index, total, done_bytes, total_bytes))
+
+
+def _collected_since(db: Database, report: BackupReport) -> bool:
+    """Whether some blob the store did not have is one the live database no longer has either
+    (gc collected it after the snapshot), so a new snapshot would not refer to it. Only when
+    every problem is listed: a store that lost more is not helped by one."""
+    missing = [problem.sha256 for problem in report.problems if problem.kind == "missing"]
+    if not missing or report.problem_count > len(report.problems):
+        return False
+    with db.read() as session:
+        for start in range(0, len(missing), _LOOKUP_BATCH):
+            batch = missing[start : start + _LOOKUP_BATCH]
+            live = set(session.scalars(sa.select(Blob.sha256).where(Blob.sha256.in_(batch))))
+            if len(live) < len(set(batch)):
+                return True
+    return False
 
 
 class _BlobCopier:

@@ -3,6 +3,7 @@ server then runs from, with every file, version and trashed item as it was."""
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import hashlib
 import json
@@ -22,6 +23,7 @@ from davserver.blobstore import FileSystemBlobStore
 from davserver.cli import main
 from davserver.models import Blob, LogEntry
 from davserver.services import backup
+from davserver.services.maintenance import MaintenanceService
 from tests.conftest import ENGINES
 from tests.dbs import fresh_database_url
 from tests.servers import InprocServer, run_inproc_server
@@ -305,3 +307,44 @@ def test_a_blob_the_store_cannot_read_is_reported_and_the_rest_backed_up(
     assert [(p["kind"], p["storage_key"], p["detail"]) for p in report["problems"]] == [
         ("unreadable", bad_key, "[Errno 5] Input/output error")
     ]
+
+
+def test_a_blob_gc_collects_during_the_backup_makes_it_take_a_new_snapshot(
+    srv: InprocServer, tmp_path: Path
+) -> None:
+    """gc and a nightly backup may well run at the same hour. A file purged after the snapshot
+    was taken had its blob collected before the backup copied it: the backup then held a
+    version without its bytes and said "missing". It now takes a new snapshot, which no longer
+    has that version, and copies what is new in it."""
+    user = User(srv, srv.user, srv.password)
+    contents = [f"file number {i}".encode() for i in range(4)]
+    for i, content in enumerate(contents):
+        assert user.put(f"/files/f{i}.txt", content) == 201
+    keys = _keys_by_content(srv, contents)
+    doomed = max(range(4), key=lambda i: keys[i])  # copied last: after the first tick
+    assert user("DELETE", f"/files/f{doomed}.txt").status == 204
+    services = srv.application.services
+    collected: list[int] = []
+
+    def purge_and_collect_once(_progress: object) -> None:
+        if collected:
+            return
+        services.trash.purge_expired(older_than=dt.timedelta(0))
+        gc = MaintenanceService(services.db, services.blobs)
+        collected.append(gc.collect_garbage(grace=dt.timedelta(0)).blobs_removed)
+        assert user.put("/files/after-the-snapshot.txt", b"new since the snapshot") == 201
+
+    folder = tmp_path / "backup" / "data"
+    report = backup.back_up(services.db, services.blobs, folder, progress=purge_and_collect_once)
+    assert collected == [1]
+    assert report.ok, report
+    assert report.snapshots == 2
+    assert report.blobs == 4 == blob_count(folder / backup.DATABASE_FILE)
+    assert report.blobs_copied == 4  # three files of the first snapshot, one of the second
+    with serve_backup(folder, srv) as restored:
+        again = User(restored, srv.user, srv.password)
+        assert again.get("/files/after-the-snapshot.txt") == b"new since the snapshot"
+        for i, content in enumerate(contents):
+            if i != doomed:
+                assert again.get(f"/files/f{i}.txt") == content
+        assert again("GET", f"/files/f{doomed}.txt").status == 404
