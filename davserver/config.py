@@ -238,7 +238,8 @@ class MaintenanceSettings:
     )
     housekeeping_seconds: int = opt(
         3600,
-        "A running server purges expired trash items and packages this often (s; 0: never).",
+        "A running server purges expired trash items, packages and refresh tokens this often"
+        " (s; 0: never).",
         low=0,
     )
 

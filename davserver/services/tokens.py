@@ -226,6 +226,21 @@ class TokenService:
             session.execute(_rev.delete().where(_rev.c.expires_at < now))
             record_audit(session, revoker, Op.TOKEN_REVOKE, details={"jti": claims["jti"]})
 
+    def purge_expired(self) -> int:
+        """Delete the refresh tokens past their expiry (the housekeeping sweep), a batch per
+        transaction; how many. A token replaced by a refresh is kept until then to catch its
+        reuse; after that it is refused as expired, row or not. An access token revoked early
+        is kept until it would have expired, and deleted by the next revocation."""
+        deleted = 0
+        while True:
+            with self.db.write() as session:
+                expired = sa.select(_rt.c.id).where(_rt.c.expires_at < utcnow()).limit(_PURGE_BATCH)
+                result = session.execute(_rt.delete().where(_rt.c.id.in_(expired)))
+            count = int(result.rowcount)  # type: ignore[attr-defined]
+            deleted += count
+            if count < _PURGE_BATCH:
+                return deleted
+
     # -- checking
 
     def authenticate(
@@ -349,6 +364,7 @@ def _token_actor(
 
 
 _rt = Base.metadata.tables["refresh_tokens"]
+_PURGE_BATCH = 5000
 _s = Base.metadata.tables["sessions"]
 _rev = Base.metadata.tables["revoked_tokens"]
 _sec = Base.metadata.tables["instance_secrets"]
