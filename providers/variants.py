@@ -5,7 +5,8 @@ WsgiDAV's GET knows one representation per resource, so the provider hands these
 here. The service checks who may see the variant and finds or makes it; this module only
 speaks HTTP: the ETag (the source's SHA-256 and the variant's parameters, so it is known
 before anything is looked up and If-None-Match is answered at once), long private caching,
-and the bytes from the blob store.
+and the bytes from the blob store. A preview sent is logged as a download of its file (it needs
+the download right: it is the picture itself); a thumbnail is not.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from urllib.parse import parse_qs
 from wsgidav import util
 
 from davserver.errors import BadRequest
-from davserver.services.variant_policy import VARIANT_TYPES
+from davserver.services.variant_policy import PREVIEW, VARIANT_TYPES
 from providers.errors import dav_errors
+from providers.resources import actor_of
 
 # Authenticated content: caches shared between users must not keep it. A variant of an older
 # version never changes (a version is replaced in place only while it is the newest), so it may
@@ -57,6 +59,15 @@ def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> A
             return [b""]
         variant = service.get(request)
         body = service.open(variant) if environ["REQUEST_METHOD"] == "GET" else None
+        if body is not None and request.variant_type == PREVIEW:  # the picture itself
+            res.provider.files.record_download(
+                actor_of(environ),
+                view.id,
+                request.source.version_id,
+                size=variant.size,
+                version_no=version.version_no if version is not None else None,
+                variant=f"{PREVIEW} {variant.width}x{variant.height} {variant.format}",
+            )
     start_response(
         "200 OK",
         [

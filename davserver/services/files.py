@@ -194,15 +194,19 @@ class FileService:
         size: int,
         version_no: int | None = None,
         served_range: str | None = None,
+        variant: str | None = None,
     ) -> None:
         """Log that ``actor`` is being sent a file's bytes (its current version, or
-        ``version_no``), all of them or ``served_range``; a GET's, not a HEAD's. The row is
-        written within a second (``ReadLog``)."""
+        ``version_no``), all of them or ``served_range``, or an image ``variant`` of them
+        (such as "preview 1024x768 jpeg"); a GET's, not a HEAD's. The row is written within a
+        second (``ReadLog``)."""
         details: dict[str, Any] = {"size": size}
         if version_no is not None:
             details["version_no"] = version_no
         if served_range is not None:
             details["range"] = served_range[:200]
+        if variant is not None:
+            details["variant"] = variant
         self.read_log.add(
             actor, Op.FILE_DOWNLOAD, node_id=node_id, version_id=version_id, details=details
         )

@@ -34,6 +34,7 @@ from davserver.services.permissions import EVERYTHING, Perm
 from davserver.services.variants import VariantService
 from tests import images
 from tests.images import GREEN, RED
+from tests.integration.test_dav_http import downloads_of
 from tests.integration.test_sharing_http import People
 from tests.servers import InprocServer, LiveServer, Response
 
@@ -756,3 +757,35 @@ def test_variants_rebuild(
     assert cli_main(["--config", str(config), "variants", "rebuild", "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and "made" in out and "kept" in out
+
+
+def test_a_preview_is_logged_as_a_download_and_a_thumbnail_is_not(
+    inproc_server: InprocServer, inproc_dav_dir: str
+) -> None:
+    """A preview needs the download right because, at 1024 or 2048 pixels, it is the picture
+    itself: who fetched one belongs in the logbook as a download does (DESIGN: every download
+    writes a row). A thumbnail needs only the read right, and a folder of photos asks for
+    hundreds: it is not logged, nor is a HEAD or a 304."""
+    app = inproc_server.application
+    url = inproc_dav_dir + "logged.jpg"
+    put(inproc_server, url, images.jpeg(1600, 1200, (200, 40, 40)))
+    put(inproc_server, url, images.jpeg(1600, 1200, (40, 200, 40)))
+    view = app.files.resolve(app.files.home_id(owner_actor(inproc_server).user_id), path_parts(url))
+    assert view is not None
+
+    assert get(inproc_server, url, "thumbnail=256").status == 200
+    preview = get(inproc_server, url, "preview=1024")
+    assert preview.status == 200
+    assert get(inproc_server, url, "preview=1024", method="HEAD").status == 200
+    etag = preview.headers["ETag"]
+    assert get(inproc_server, url, "preview=1024", {"If-None-Match": etag}).status == 304
+    assert get(inproc_server, url, "preview=1024&version=1&format=png").status == 200
+    app.files.read_log.flush()
+
+    rows = downloads_of(app, view.id)
+    assert [(row.user_id, row.details) for row in rows] == [
+        (view.owner_id, {"size": len(preview.body), "variant": "preview 1024x768 jpeg"}),
+        (view.owner_id, {"size": rows[1].details["size"], "version_no": 1,
+                         "variant": "preview 1024x768 png"}),
+    ]  # fmt: skip
+    assert rows[0].version_id == view.current_version_id != rows[1].version_id
