@@ -7,7 +7,6 @@ cheap. Each is rendered as XML text here, the one definition both PROPFIND paths
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from wsgidav import util
@@ -73,6 +72,11 @@ def _folder_size(res: Any) -> int:
 def render(res: Any, name: str) -> str | None:
     """The property ``name`` of resource ``res`` as XML text, or None if it has none."""
     view = getattr(res, "view", None)
+    if name in (QUOTA_USED, QUOTA_AVAILABLE) and (view.is_folder if view else res.is_collection):
+        used, available = _usage(res)
+        value = used if name == QUOTA_USED else available
+        local = name[len("{DAV:}") :]
+        return f'<D:{local} xmlns:D="DAV:">{value}</D:{local}>'
     if view is None:
         return None
     if name == FILEID:
@@ -98,11 +102,6 @@ def render(res: Any, name: str) -> str | None:
     if name == SIZE:
         size = _folder_size(res) if view.is_folder else view.size
         return f'<oc:size xmlns:oc="{OC_NS}">{size}</oc:size>'
-    if name in (QUOTA_USED, QUOTA_AVAILABLE) and view.is_folder:
-        used, available = _usage(res)
-        value = used if name == QUOTA_USED else available
-        local = name[len("{DAV:}") :]
-        return f'<D:{local} xmlns:D="DAV:">{value}</D:{local}>'
     return None
 
 
@@ -162,15 +161,22 @@ def _usage(res: Any) -> tuple[int, int]:
     """(used, available) bytes of the quota of the space ``res`` is in, computed once per
     request and space: a user's space counts against its owner's quota (what a grantee
     uploads into a shared folder too), a group's space against nobody's, so there only the
-    disk limits an upload (and nothing is counted as used)."""
-    view = res.view
-    realm = ("group", view.group_id) if view.group_id is not None else ("user", view.owner_id)
+    disk limits an upload (and nothing is counted as used). A collection outside every space
+    (``/``, ``/trash/``, ``/groups/``...) shows the signed-in user's own: a drive mounted at
+    ``/`` shows its free space from there."""
+    view = getattr(res, "view", None)
+    if view is None:
+        realm = ("user", res.environ[ENVIRON_KEY].user_id)
+    elif view.group_id is not None:
+        realm = ("group", view.group_id)
+    else:
+        realm = ("user", view.owner_id)
     known: dict[tuple[str, Any], tuple[int, int]] = res.environ.setdefault(_USAGE_KEY, {})
     if realm in known:
         return known[realm]
     files = res.provider.files
-    used, quota = (0, None) if view.group_id is not None else files.usage(view.owner_id)
-    free_disk = shutil.disk_usage(getattr(files.blobs, "root", ".")).free
+    used, quota = (0, None) if realm[0] == "group" else files.usage(realm[1])
+    free_disk = files.blobs.free_bytes()
     available = free_disk if quota is None else max(0, min(quota - used, free_disk))
     known[realm] = (used, available)
     return used, available

@@ -82,6 +82,11 @@ class BlobStore(Protocol):
 
     def exists(self, storage_key: str) -> bool: ...
 
+    def free_bytes(self) -> int:
+        """The free space of the disk uploads are written to: the largest upload the store
+        can take now, as far as it knows (a bucket's own limit, if any, is not known)."""
+        ...
+
     def missing(self, storage_keys: Iterable[str]) -> list[str]:
         """The keys of ``storage_keys`` with no bytes stored, in their order (a package's or
         a folder's zip checks all its members before it starts)."""

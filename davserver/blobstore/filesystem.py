@@ -31,6 +31,7 @@ from davserver.blobstore.hashing import is_sha256
 from davserver.blobstore.staging import (
     StagedUpload,
     StagedWriter,
+    free_space,
     full_is_storage_full,
     regular_file,
     temp_files,
@@ -132,6 +133,9 @@ class FileSystemBlobStore:
         if self.path_of(earlier).exists():
             return earlier, True
         return key, False
+
+    def free_bytes(self) -> int:
+        return free_space(self.root)
 
     def path_of(self, storage_key: str) -> Path:
         if ".." in storage_key.split("/") or storage_key.startswith("/"):

@@ -46,6 +46,7 @@ from davserver.blobstore.filesystem import storage_key_for
 from davserver.blobstore.staging import (
     StagedUpload,
     StagedWriter,
+    free_space,
     full_is_storage_full,
     temp_files,
     temp_path,
@@ -189,6 +190,10 @@ class S3BlobStore:
     def writer(self) -> _S3BlobWriter:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         return _S3BlobWriter(self)
+
+    def free_bytes(self) -> int:
+        """The staging folder's disk: every upload is written there whole before it goes up."""
+        return free_space(self.tmp_dir)
 
     def open(self, storage_key: str) -> BinaryIO:
         return io.BufferedReader(_ObjectReader(self, self._key(storage_key)), _READ_BUFFER)

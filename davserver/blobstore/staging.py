@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -128,6 +129,14 @@ class StagedWriter:
             return
         self._done = True
         self._staged.discard()
+
+
+def free_space(folder: Path) -> int:
+    """Free bytes on the disk of ``folder``, or of its nearest parent that exists (a store's
+    folders are made by the first write)."""
+    while not folder.is_dir() and folder.parent != folder:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 def temp_path(folder: Path, name: str) -> Path:

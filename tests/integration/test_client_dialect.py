@@ -332,3 +332,21 @@ def test_a_finder_upload_not_of_its_expected_length_stores_nothing(
     response = put(srv, url, chunked(b"hello", b" world"), finder)
     assert response.status == 201, (response.status, response.body[:300])
     assert srv.request("GET", url).body == b"hello world"
+
+
+def test_every_collection_outside_a_space_shows_the_users_own_quota(srv: InprocServer) -> None:
+    """A drive mounted at ``/`` (the one URL where files, groups and shares are together) is
+    asked for the quota of ``/``: it had none, so Finder, GNOME Files, davfs2's df and
+    ``rclone about`` showed no free or used space. The collections outside every space answer
+    with the signed-in user's own, as /files/ does."""
+    (own,) = propfind(srv, "/files/").values()
+    expected = {
+        name: own.findtext(f"{DAV}{name}") for name in ("quota-used-bytes", "quota-available-bytes")
+    }
+    assert all(value and value.isdigit() for value in expected.values()), expected
+    for url in ("/", "/trash/", "/versions/", "/packages/", "/groups/", "/shared/"):
+        (prop,) = propfind(srv, url).values()
+        found = {name: prop.findtext(f"{DAV}{name}") for name in expected}
+        used, available = (int(found[name] or "-1") for name in expected)
+        assert used == int(expected["quota-used-bytes"] or "-2"), (url, found)
+        assert abs(available - int(expected["quota-available-bytes"] or "0")) < 2**26, (url, found)

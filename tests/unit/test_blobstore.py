@@ -8,10 +8,12 @@ import itertools
 import os
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from davserver.blobstore import FileSystemBlobStore, StoredBlob, is_storage_key
+from davserver.blobstore.s3 import S3BlobStore, S3Location
 from davserver.errors import ChecksumMismatch, StorageFull
 
 
@@ -201,3 +203,15 @@ def test_other_write_errors_stay_what_they_are(
         writer.finish()
     assert not isinstance(raised.value, StorageFull)
     assert raised.value.errno == errno.EIO
+
+
+def test_free_bytes_is_the_free_space_where_uploads_go(tmp_path: Path) -> None:
+    """quota-available-bytes of a user without a quota: the free space of the blob folder's
+    disk, or for S3 of the disk its uploads are staged on (each goes there whole first). S3
+    reported the server's working folder's disk instead."""
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    assert abs(store.free_bytes() - shutil.disk_usage(tmp_path).free) < 2**26
+    staged = S3BlobStore(S3Location(bucket="b"), tmp_path / "not" / "made" / "yet")
+    with mock.patch("shutil.disk_usage", wraps=shutil.disk_usage) as asked:
+        assert abs(staged.free_bytes() - shutil.disk_usage(tmp_path).free) < 2**26
+    assert asked.call_args_list[0].args == (tmp_path,)  # the nearest folder that exists
