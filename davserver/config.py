@@ -316,6 +316,12 @@ class VersionSettings:
 
 @dataclass(frozen=True)
 class TrashSettings:
+    enabled: bool = opt(
+        True,
+        "DELETE moves items to the trash, where they can be restored until purged; false:"
+        " DELETE removes them for good at once, and housekeeping purges whatever else is in"
+        " the trash (items replaced by a MOVE or COPY onto them, and those deleted before).",
+    )
     retention_days: int = opt(
         30,
         "Deleted items are purged for good this many days after deletion (0: never).",

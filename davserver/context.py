@@ -137,6 +137,7 @@ class Services:
             self.files,
             retention_days=settings.trash.retention_days,
             swept=settings.maintenance.housekeeping_seconds > 0,
+            enabled=settings.trash.enabled,
         )
         self.namespace.add_space(trash.SPACE, self.trash.resolve)
         self.sharing = SharingService(self.db)

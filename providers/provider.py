@@ -7,6 +7,7 @@ times per request); every write clears that cache.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,6 +21,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVProvider
 
 from davserver.errors import BadRequest
+from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.namespace import (
     AccessContext,
@@ -66,6 +68,11 @@ class DavProvider(DAVProvider):
         # GET <folder>?zip (providers.packages.register): (folder, environ, start_response,
         # WsgiDAV's handler) -> the answer.
         self.folder_zip: Callable[[Any, dict[str, Any], Any, Any], Any] | None = None
+        # DELETE of a live item (providers.trash.register: to the trash, or for good with the
+        # trash off): (actor, node id, the node as the request found it).
+        self.delete_item: Callable[[Actor, uuid.UUID, NodeView | None], None] = (
+            lambda actor, node_id, seen: files.delete(actor, node_id, seen=seen)
+        )
 
     def is_readonly(self) -> bool:
         return False

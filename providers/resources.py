@@ -279,7 +279,7 @@ class _NodeResource:
                 principal=self.environ.get("wsgidav.user_name"),
             )
         with dav_errors():
-            self.provider.files.delete(actor_of(self.environ), self.node_id, seen=self.view)
+            self.provider.delete_item(actor_of(self.environ), self.node_id, self.view)
         self.provider.drop_locks(self.get_ref_url())  # type: ignore[attr-defined]
         self.provider.forget(self.environ)
         return True

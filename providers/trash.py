@@ -47,7 +47,9 @@ _READ_ONLY = "the trash is read-only: MOVE an item out to restore it, DELETE it 
 
 
 def register(provider: DavProvider, service: TrashService) -> None:
-    """Give the items of the ``/trash/`` space their resources."""
+    """Give the items of the ``/trash/`` space their resources, and route DELETE of a live
+    item through the trash service (``TrashService.delete``)."""
+    provider.delete_item = lambda actor, node_id, seen: service.delete(actor, node_id, seen=seen)
     factories = provider.resource_factories
     factories[TrashRoot] = lambda p, path, environ, item: TrashRootResource(path, environ, service)
     factories[TrashEntry] = lambda p, path, environ, item: trashed(

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import posixpath
 import re
 import time
@@ -67,6 +68,8 @@ from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.tree import NodeView, check_name, name_key
 from davserver.services.usage import add_home_bytes, bytes_below, check_quota
+
+log = logging.getLogger(__name__)
 
 SPACE = "trash"
 
@@ -157,13 +160,17 @@ class TrashService:
         *,
         retention_days: int = 0,
         swept: bool = False,
+        enabled: bool = True,
     ) -> None:
         """``swept``: the server's housekeeping runs ``purge_expired`` now and then, which
-        finishes purges left half-way; then a listing leaves big expired items to it."""
+        finishes purges left half-way; then a listing leaves big expired items to it.
+        ``enabled`` False (``trash.enabled``): ``delete`` purges at once, and everything in
+        the trash is expired."""
         self.db = db
         self.files = files
         self.retention_days = retention_days
         self.swept = swept
+        self.enabled = enabled
 
     # ------------------------------------------------------------------ reads
 
@@ -270,7 +277,10 @@ class TrashService:
         return self.files.children(folder)
 
     def expired(self, listing: TrashListing) -> list[TrashEntry]:
-        """The entries deleted longer ago than the retention period."""
+        """The entries deleted longer ago than the retention period (with the trash off,
+        all of them)."""
+        if not self.enabled:
+            return list(listing.entries)
         if self.retention_days <= 0:
             return []
         cutoff = utcnow() - dt.timedelta(days=self.retention_days)
@@ -378,6 +388,25 @@ class TrashService:
         return self.restore(
             actor, entry.view.id, folder, entry.view.name, where=entry.original_path
         )
+
+    def delete(self, actor: Actor, node_id: uuid.UUID, *, seen: NodeView | None = None) -> None:
+        """DELETE of a live item: to the trash (``FileService.delete``), or with the trash
+        off, for good at once, as a DELETE of it in the trash would (the logbook has both
+        rows). An item that one of the deleting user's packages pins cannot be purged: it stays
+        in the trash until the package lets go of it, and the next sweep purges it then."""
+        self.files.delete(actor, node_id, seen=seen)
+        if self.enabled:
+            return
+        try:
+            self._purge(
+                actor,
+                node_id,
+                reason="deleted",
+                via=None,
+                now_up_to=_DELETE_BATCH if self.swept else None,
+            )
+        except Conflict as exc:
+            log.info("kept in the trash: %s", exc)
 
     def purge(
         self,
@@ -519,7 +548,9 @@ class TrashService:
         period; nothing when that is 0), of everyone or of one user's trash, one after the
         other (``davserver trash purge`` with ``via`` "cli", and the server's sweep). First,
         whatever the retention, finish the purges that stopped half-way (see ``purge``)."""
-        if older_than is None:
+        if older_than is None and not self.enabled:
+            older_than = dt.timedelta(0)
+        elif older_than is None:
             older_than = dt.timedelta(days=self.retention_days) if self.retention_days else None
         report = PurgeReport(dry_run, older_than.days if older_than is not None else 0)
         started = time.monotonic()

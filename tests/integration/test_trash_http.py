@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from davserver.cli import main
 from davserver.db.types import utcnow
+from davserver.housekeeping import Housekeeper
 from davserver.models import Blob, FileVersion, LogEntry, Node, Package, PackageItem
 from davserver.services.actor import Actor
 from davserver.services.maintenance import MaintenanceService
@@ -359,15 +360,12 @@ def test_items_past_retention_are_purged(server: InprocServer, alice: User, cli:
     assert originals(bob) == []
 
 
-def test_a_pinned_item_stays_until_its_package_lets_go(
-    server: InprocServer, alice: User, cli: Any
-) -> None:
-    assert alice.put("/files/pinned.txt", b"promised to a package") == 201
-    node = node_id(server, alice, "/pinned.txt")
+def pin(server: InprocServer, user: User, node: uuid.UUID) -> uuid.UUID:
+    """A package of ``user``'s pinning the file's current version; the package's id."""
     with server.application.db.write() as session:
         version = session.scalar(sa.select(FileVersion).where(FileVersion.node_id == node))
         assert version is not None
-        package = Package(name=f"p{uuid.uuid4().hex[:6]}", created_by=alice.id)
+        package = Package(name=f"p{uuid.uuid4().hex[:6]}", created_by=user.id)
         session.add(package)
         session.flush()
         session.add(
@@ -379,6 +377,15 @@ def test_a_pinned_item_stays_until_its_package_lets_go(
                 mtime=version.uploaded_at,
             )
         )
+        return package.id
+
+
+def test_a_pinned_item_stays_until_its_package_lets_go(
+    server: InprocServer, alice: User, cli: Any
+) -> None:
+    assert alice.put("/files/pinned.txt", b"promised to a package") == 201
+    node = node_id(server, alice, "/pinned.txt")
+    pin(server, alice, node)
     assert alice("DELETE", "/files/pinned.txt").status == 204
     refused = alice("DELETE", listed(alice, "/files/pinned.txt"))
     assert refused.status == 409 and b"packages pin" in refused.body
@@ -649,3 +656,62 @@ def test_a_big_trash_is_listed_one_member_at_a_time(server: InprocServer) -> Non
     peak, length = _peak_while_answered(server, "/trash/", {"Depth": "1"})
     assert length > 1_000_000
     assert peak < 2.5 * length, (peak, length)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_with_the_trash_off_delete_removes_for_good(engine: str, tmp_path: Path) -> None:
+    """DESIGN: DELETE moves to the trash "unless configured otherwise". With
+    ``trash.enabled: false`` a DELETE purges at once: nothing to restore, and gc takes the
+    bytes. What still lands in the trash (an item replaced by a MOVE onto it, one a package
+    pins) is purged by the next sweep, or by a listing of the trash."""
+    with run_inproc_server(engine, tmp_path, trash__enabled=False) as srv:
+        alice = make_user(srv, "alice")
+        secret = uuid.uuid4().bytes * 8
+        assert alice("MKCOL", "/files/private/").status == 201
+        assert alice.put("/files/private/secret.bin", secret) == 201
+        assert alice.put("/files/gone.txt", b"one file") == 201
+        folder, file = node_id(srv, alice, "/private"), node_id(srv, alice, "/gone.txt")
+
+        assert alice("DELETE", "/files/private/").status == 204
+        assert alice("DELETE", "/files/gone.txt").status == 204
+        assert subtree(srv, folder) == (0, 0) and subtree(srv, file) == (0, 0)
+        assert alice.members("/trash/") == []
+        with srv.application.db.read() as session:
+            ops = session.execute(
+                sa.select(LogEntry.op_type, LogEntry.user_id, LogEntry.details)
+                .where(LogEntry.node_id.in_([folder, file]))
+                .order_by(LogEntry.id)
+            ).all()
+        assert [(op, user) for op, user, _ in ops] == [
+            ("folder:create", alice.id), ("file:create", alice.id),
+            ("node:delete", alice.id), ("node:purge", alice.id),
+            ("node:delete", alice.id), ("node:purge", alice.id),
+        ]  # fmt: skip
+        assert {details["reason"] for op, _, details in ops if op == "node:purge"} == {"deleted"}
+        app = srv.application
+        MaintenanceService(app.db, app.blobs).collect_garbage(grace=dt.timedelta(0))
+        assert count(srv, Blob, Blob.sha256 == hashlib.sha256(secret).hexdigest()) == 0
+
+        # A MOVE onto a file makes the source's bytes its new version and trashes the source:
+        # in the trash until the next sweep.
+        assert alice.put("/files/old.txt", b"old") == 201
+        assert alice.put("/files/new.txt", b"new") == 201
+        source = node_id(srv, alice, "/new.txt")
+        moved = alice("MOVE", "/files/new.txt", headers={"Destination": "/files/old.txt"})
+        assert moved.status == 204
+        assert count(srv, Node, Node.id == source) == 1
+        swept = Housekeeper(app.services, 0).run_once()
+        assert swept.trash_items >= 1 and count(srv, Node, Node.id == source) == 0
+        assert alice.get("/files/old.txt") == b"new"
+
+        # Pinned by a package: kept in the trash (204, nothing lost) until it lets go.
+        assert alice.put("/files/pinned.txt", b"promised") == 201
+        pinned = node_id(srv, alice, "/pinned.txt")
+        package = pin(srv, alice, pinned)
+        assert alice("DELETE", "/files/pinned.txt").status == 204
+        assert originals(alice) == ["pinned.txt"]
+        assert count(srv, Node, Node.id == pinned) == 1
+        with app.db.write() as session:
+            session.execute(sa.delete(PackageItem).where(PackageItem.package_id == package))
+        assert originals(alice) == []  # listing purges it
+        assert count(srv, Node, Node.id == pinned) == 0
