@@ -242,6 +242,14 @@ class MaintenanceSettings:
         " (s; 0: never).",
         low=0,
     )
+    logbook_retention_days: int = opt(
+        0,
+        "Logbook rows older than this many days are deleted by the running server's"
+        " housekeeping (0: kept for ever). They name users, items, client addresses and user"
+        " agents: privacy rules may ask for a limit.",
+        low=0,
+        high=MAX_DAYS,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Clean-ups a running server does on its own: trash items past their retention, expired
-packages and refresh tokens past their expiry are deleted every
-``maintenance.housekeeping_seconds``, and the temp files a crashed upload left are removed once
-older than ``maintenance.gc_grace_seconds``, and at least an hour (an upload's temp file waits
-while it goes up to an S3 store, unchanged).
+packages, refresh tokens past their expiry and (with ``maintenance.logbook_retention_days``)
+old logbook rows are deleted every ``maintenance.housekeeping_seconds``, and the temp files a
+crashed upload left are removed once older than ``maintenance.gc_grace_seconds``, and at least
+an hour (an upload's temp file waits while it goes up to an S3 store, unchanged).
 
 Each purge is one transaction per item, so several server processes doing this at once only
 repeat a little work. Failures are logged and retried at the next run; they never stop serving.
@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from davserver.context import Services
+from davserver.services.audit import prune_logbook
 from davserver.services.maintenance import MaintenanceService
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class Swept:
     packages: int
     temp_files: int = 0
     refresh_tokens: int = 0
+    logbook_rows: int = 0
 
 
 class Housekeeper:
@@ -39,27 +41,30 @@ class Housekeeper:
 
     def run_once(self) -> Swept:
         """One sweep: expired trash items of everyone, expired packages and refresh tokens,
-        upload leftovers."""
+        logbook rows past their retention, upload leftovers."""
         trash = self.services.trash.purge_expired()
         packages = self.services.packages.purge_expired()
         tokens = self.services.tokens.purge_expired()
+        retention = self.services.settings.maintenance.logbook_retention_days
+        logbook = prune_logbook(self.services.db, retention) if retention else 0
         seconds = max(self.services.settings.maintenance.gc_grace_seconds, _LEFTOVER_AGE)
         grace = dt.timedelta(seconds=seconds)
         maintenance = MaintenanceService(self.services.db, self.services.blobs)
         temp = maintenance.sweep_temp(grace=grace)
-        if trash.items_purged or packages or tokens or temp.temp_files_removed:
+        if trash.items_purged or packages or tokens or logbook or temp.temp_files_removed:
             log.info(
-                "housekeeping: purged %d trash items, %d expired packages and %d expired"
-                " refresh tokens, removed %d upload leftovers (%d bytes)",
+                "housekeeping: purged %d trash items, %d expired packages, %d expired refresh"
+                " tokens and %d logbook rows, removed %d upload leftovers (%d bytes)",
                 trash.items_purged,
                 len(packages),
                 tokens,
+                logbook,
                 temp.temp_files_removed,
                 temp.temp_bytes_removed,
             )
         for error in temp.errors:
             log.warning("housekeeping: %s", error)
-        return Swept(trash.items_purged, len(packages), temp.temp_files_removed, tokens)
+        return Swept(trash.items_purged, len(packages), temp.temp_files_removed, tokens, logbook)
 
     def start(self) -> None:
         """Sweep now and then every ``every_seconds`` on a daemon thread (not when 0)."""

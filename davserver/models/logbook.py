@@ -73,6 +73,7 @@ class Op(enum.StrEnum):
     MAINTENANCE_RECOUNT = "maintenance:recount"
     MAINTENANCE_COPY = "maintenance:copy"
     MAINTENANCE_BACKUP = "maintenance:backup"
+    MAINTENANCE_LOGBOOK_PRUNE = "maintenance:logbook:prune"
 
 
 class LogEntry(Base):

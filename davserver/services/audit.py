@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
+from davserver.db.batches import delete_in_batches
 from davserver.db.types import utcnow
 from davserver.errors import BadRequest, StorageFull
 from davserver.models import LogEntry, Op, User
@@ -58,6 +59,19 @@ def _row(actor: Actor | None, op: Op, **fields: Unpack[LogFields]) -> dict[str, 
         "user_agent": ((actor.user_agent if actor else client) or "")[:512] or None,
         "details": fields.get("details") or {},
     }
+
+
+def prune_logbook(db: Database, older_than_days: int) -> int:
+    """Delete the logbook rows older than ``older_than_days`` (a batch per transaction), and
+    say so in a row of its own when any went; how many."""
+    table = Base.metadata.tables[LogEntry.__tablename__]
+    cutoff = utcnow() - dt.timedelta(days=older_than_days)
+    deleted = delete_in_batches(db, table, table.c.occurred_at < cutoff)
+    if deleted:
+        with db.write() as session:
+            details = {"rows": deleted, "older_than_days": older_than_days}
+            record_audit(session, None, Op.MAINTENANCE_LOGBOOK_PRUNE, details=details)
+    return deleted
 
 
 _INSERT = sa.insert(Base.metadata.tables[LogEntry.__tablename__])

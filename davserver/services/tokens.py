@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
+from davserver.db.batches import delete_in_batches
 from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import utcnow
 from davserver.errors import Unauthorized
@@ -227,19 +228,11 @@ class TokenService:
             record_audit(session, revoker, Op.TOKEN_REVOKE, details={"jti": claims["jti"]})
 
     def purge_expired(self) -> int:
-        """Delete the refresh tokens past their expiry (the housekeeping sweep), a batch per
-        transaction; how many. A token replaced by a refresh is kept until then to catch its
-        reuse; after that it is refused as expired, row or not. An access token revoked early
-        is kept until it would have expired, and deleted by the next revocation."""
-        deleted = 0
-        while True:
-            with self.db.write() as session:
-                expired = sa.select(_rt.c.id).where(_rt.c.expires_at < utcnow()).limit(_PURGE_BATCH)
-                result = session.execute(_rt.delete().where(_rt.c.id.in_(expired)))
-            count = int(result.rowcount)  # type: ignore[attr-defined]
-            deleted += count
-            if count < _PURGE_BATCH:
-                return deleted
+        """Delete the refresh tokens past their expiry (the housekeeping sweep); how many. A
+        token replaced by a refresh is kept until then to catch its reuse; after that it is
+        refused as expired, row or not. An access token revoked early is kept until it would
+        have expired, and deleted by the next revocation."""
+        return delete_in_batches(self.db, _rt, _rt.c.expires_at < utcnow())
 
     # -- checking
 
@@ -364,7 +357,6 @@ def _token_actor(
 
 
 _rt = Base.metadata.tables["refresh_tokens"]
-_PURGE_BATCH = 5000
 _s = Base.metadata.tables["sessions"]
 _rev = Base.metadata.tables["revoked_tokens"]
 _sec = Base.metadata.tables["instance_secrets"]

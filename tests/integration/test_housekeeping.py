@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -14,7 +15,8 @@ from davserver.db.types import utcnow
 from davserver.errors import Unauthorized
 from davserver.housekeeping import Housekeeper
 from davserver.models import LogEntry, Node, Package, RefreshToken
-from tests.servers import InprocServer, basic_auth_header
+from tests.conftest import ENGINES
+from tests.servers import InprocServer, basic_auth_header, run_inproc_server
 
 
 def _user_with_stale_trash(server: InprocServer) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
@@ -155,3 +157,34 @@ def test_a_sweep_deletes_refresh_tokens_past_their_expiry_and_keeps_the_rest(
         services.tokens.refresh(used[2])
     with pytest.raises(Unauthorized):
         services.tokens.refresh(pair.refresh_token)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_sweep_deletes_logbook_rows_past_their_retention(engine: str, tmp_path: Path) -> None:
+    """Every download adds a logbook row, with the client's address and user agent: a busy
+    server's logbook grew for ever, and privacy rules may ask that such records go after a
+    while. ``maintenance.logbook_retention_days`` (off by default) has the sweep delete the
+    older rows, and log that it did."""
+    with run_inproc_server(engine, tmp_path, maintenance__logbook_retention_days=30) as server:
+        assert server.request("PUT", "/files/kept.txt", b"x").status == 201
+        with server.app.db.write() as session:
+            ids = list(session.scalars(sa.select(LogEntry.id).order_by(LogEntry.id)))
+            old, recent = ids[:-1], ids[-1]
+            assert old, "the first start writes rows too"
+            session.execute(
+                sa.update(LogEntry)
+                .where(LogEntry.id.in_(old))
+                .values(occurred_at=utcnow() - dt.timedelta(days=31))
+            )
+        swept = Housekeeper(server.app.services, 0).run_once()
+        assert swept.logbook_rows == len(old)
+        with server.app.db.read() as session:
+            rows = session.execute(
+                sa.select(LogEntry.id, LogEntry.op_type, LogEntry.details).order_by(LogEntry.id)
+            ).all()
+        assert rows[0].id == recent
+        assert [(row.op_type, row.details) for row in rows[1:]] == [
+            ("maintenance:logbook:prune", {"rows": len(old), "older_than_days": 30})
+        ]
+        # The next sweep finds nothing more.
+        assert Housekeeper(server.app.services, 0).run_once().logbook_rows == 0
