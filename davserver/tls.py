@@ -121,9 +121,7 @@ class CertificateReloader:
     def check(self, *, force: bool = False) -> bool:
         """Load the pair if it changed (or ``force``); whether the server now serves it."""
         stamp = self._stamp()
-        if stamp == self._loaded and not force:
-            return False
-        if stamp == self._refused and not force:
+        if not force and stamp in (self._loaded, self._refused):
             return False
         try:
             adapter = make_adapter(self.settings)
