@@ -33,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from davserver.config import unknown_environment
     from davserver.db.engine import check_url
     from davserver.server import CannotListen, serve
-    from davserver.tls import check_tls
+    from davserver.tls import check_tls, warn_of_plain_http
     from davserver.workers import serve_workers, worker_count
 
     settings = settings_of(
@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("davserver.config").warning("%s", problem)
     workers = worker_count(settings.server.workers)
     check_tls(settings.server)
+    warn_of_plain_http(settings.server)
     check_url(settings.database_url)
     settings = fit_threads(settings, workers, accepted_connections(settings.database_url))
     try:

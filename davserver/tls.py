@@ -7,6 +7,7 @@ acme.sh, an internal CA's rotation) is served without a restart.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import ssl
@@ -33,6 +34,28 @@ def check_tls(settings: ServerSettings) -> None:
     together; checked before start-up, so the server never comes up without them."""
     if tls_enabled(settings):
         _check_pair(settings.ssl_certificate, settings.ssl_private_key)
+
+
+def warn_of_plain_http(settings: ServerSettings) -> None:
+    """Log a warning when the server would answer other machines over plain HTTP, with no
+    proxy in front (``server.trusted_proxies``) that could be speaking TLS to them."""
+    if tls_enabled(settings) or settings.trusted_proxies or _is_loopback(settings.host):
+        return
+    log.warning(
+        "serving plain HTTP on %s: Basic passwords cross the network in clear text, and"
+        " Windows will not send them at all; set server.ssl_certificate and"
+        " server.ssl_private_key, or serve behind a TLS proxy (server.trusted_proxies)",
+        settings.host,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may well resolve to an outside address
+        return False
 
 
 def make_adapter(settings: ServerSettings) -> BuiltinSSLAdapter:

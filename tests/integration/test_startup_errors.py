@@ -299,3 +299,44 @@ def test_a_first_start_tells_the_migrations_and_nothing_that_looks_wrong(
     text = live_server.stderr_text()
     assert "Running upgrade" in text  # the first start's log is all there
     assert "Warning" not in text and "setup plugin" not in text, text[:3000]
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "warned"),
+    [
+        ("0.0.0.0", {}, True),
+        ("0.0.0.0", {"DAVSERVER_SERVER_TRUSTED_PROXIES": "127.0.0.1"}, False),  # a TLS proxy
+        ("127.0.0.1", {}, False),
+    ],
+    ids=["every-interface", "behind-a-proxy", "loopback"],
+)
+def test_plain_http_off_this_machine_is_warned_about(
+    tmp_path: Path, host: str, extra: dict[str, str], warned: bool
+) -> None:
+    """Basic passwords cross the network in clear text over plain HTTP, and Windows will not
+    send them at all: a server listening past loopback without TLS, and with no proxy in front
+    of it, says so once at start."""
+    port = free_port()
+    env = _env(tmp_path, {"DAVSERVER_ADMIN_PASSWORD": "plain-http-1", **extra})
+    with subprocess.Popen(
+        [sys.executable, "-m", "davserver", "serve", "--host", host, "--port", str(port)],
+        cwd=tmp_path,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            lines = []
+            for line in process.stdout:  # the announcement is the last line of the start
+                lines.append(line)
+                if "listening on" in line:
+                    break
+            text = "".join(lines)
+            assert "listening on http://" in text, text
+            assert ("passwords cross the network in clear text" in text) == warned, text
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
