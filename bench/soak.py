@@ -4,12 +4,14 @@ A self-hosted server runs for months, so anything that grows with every request 
 threads, memory, temp files, database connections or rows that nothing ever removes) is a
 bug. This starts ``davserver serve`` (SQLite in a fresh data folder, or ``--db postgresql``
 on a fresh database) and drives ``--clients`` connections at once through ``--rounds``
-rounds of ``--cycles`` cycles each. One cycle is 29 requests of a mixed workload:
+rounds of ``--cycles`` cycles each. One cycle is 32 requests of a mixed workload:
 
 * normal: small and medium PUTs onto a bounded set of names (so most are new versions), a
   GET with Range, PROPFIND Depth 1, PROPPATCH, MKCOL + COPY + MOVE + DELETE, LOCK, a PUT with
   the token and UNLOCK, a locked file deleted by its holder, a thumbnail (the image gets a
   new version four times a round, so the image workers convert again);
+* other credentials: a PROPFIND with an API key as the Basic password, and a GET with a Bearer
+  access token, traded for a new pair (refresh) every cycle;
 * abusive: Basic auth with an unknown user (401), malformed XML bodies for PROPFIND,
   PROPPATCH and LOCK, a LOCK of one second never unlocked, uploads cut off mid-body (with
   Content-Length and chunked: the client closes the socket), and downloads abandoned after a
@@ -20,7 +22,9 @@ process tree: RSS, open fds, threads and processes; the files in the blob store'
 (upload staging), the SQLite WAL's size, the rows of ``locks`` (and how many of them have
 expired), ``sessions``, ``login_throttle`` and ``logbook``, and on PostgreSQL the connections
 in ``pg_stat_activity`` for the database (and how many sit idle in a transaction). Rows that
-record work (logbook, versions) grow by design; the others should reach a plateau. A figure
+record work (logbook, versions) grow by design, and so do refresh tokens: each refresh keeps
+the one it replaced until its expiry (30 days), to catch its reuse; the housekeeping sweep
+deletes them then. The others should reach a plateau. A figure
 of those that rose in every round is named at the end (with at least three rounds).
 
 The failed-login limit per address is raised so that every bad login is a counted 401, as
@@ -81,6 +85,7 @@ BIG_FILE = BIG_FOLDER + "big.bin"
 PACKAGE_ZIP = "/packages/soak.zip"
 IMAGE = "/files/soak-image.png"
 XML = {"Content-Type": 'application/xml; charset="utf-8"'}
+JSON = {"Content-Type": "application/json"}
 PROPPATCH_BODY = (
     b'<?xml version="1.0" encoding="utf-8"?>\n<D:propertyupdate xmlns:D="DAV:"'
     b' xmlns:Z="urn:soak:"><D:set><D:prop><Z:colour>%d</Z:colour></D:prop></D:set>'
@@ -120,6 +125,7 @@ ROW_QUERIES = {
     "throttle": "SELECT count(*) FROM login_throttle",
     "logbook": "SELECT count(*) FROM logbook",
     "versions": "SELECT count(*) FROM file_versions",
+    "refresh_tokens": "SELECT count(*) FROM refresh_tokens",
 }
 
 
@@ -267,6 +273,17 @@ class Worker:
         self.auth = self.client.auth["Authorization"]
         self.small = bytearray(os.urandom(4096))
         self.medium = bytearray(os.urandom(256 * 1024))
+        self.api_key = ""  # setup() makes one per client
+        self.tokens: dict[str, str] = {}  # the Bearer pair, from setup(), refreshed each cycle
+
+    def sign_in(self) -> None:
+        """An API key of its own, and a Bearer token pair (a session of its own)."""
+        body = json.dumps({"name": f"soak-c{self.index}", "scope": "read"}).encode()
+        _, _, data = self.client.expect("POST", "/api/v1/keys", (201,), body, JSON)
+        self.api_key = json.loads(data)["key"]
+        body = json.dumps({"username": USER, "password": self.server.password}).encode()
+        _, _, data = self.client.expect("POST", "/api/v1/token", (200,), body, JSON)
+        self.tokens = json.loads(data)
 
     def call(
         self, tally: Tally, method: str, path: str, body: Any = None, **headers: str
@@ -301,8 +318,20 @@ class Worker:
         status, hdrs, _ = c(tally, "LOCK", f"{f}gone.bin", LOCK_BODY, Timeout="Second-600", **XML)
         token = (hdrs.get("Lock-Token") or "").strip("<> ") if status == 200 else ""
         c(tally, "DELETE", f"{f}gone.bin", If=f"(<{token}>)")
+        self.other_credentials(other, tally)
         self.abuse(n, tally)
         c(tally, "GET", IMAGE + "?thumbnail=64")
+
+    def other_credentials(self, path: str, tally: Tally) -> None:
+        """An API key as the Basic password; a Bearer token, then a refresh of the pair."""
+        key = base64.b64encode(f"{USER}:{self.api_key}".encode()).decode()
+        self.call(tally, "PROPFIND", self.folder, b"", Depth="0", Authorization=f"Basic {key}")
+        bearer = f"Bearer {self.tokens['access_token']}"
+        self.call(tally, "GET", path, Range="bytes=0-4095", Authorization=bearer)
+        body = json.dumps({"refresh_token": self.tokens["refresh_token"]}).encode()
+        status, _, data = self.call(tally, "POST", "/api/v1/token/refresh", body, **JSON)
+        if status == 200:
+            self.tokens = json.loads(data)
 
     def abuse(self, n: int, tally: Tally) -> None:
         c, f, port = self.call, self.folder, self.server.port
@@ -395,6 +424,7 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("throttle", "{:>8}", lambda r: str(r["throttle"])),
     ("logbook", "{:>8}", lambda r: str(r["logbook"])),
     ("versions", "{:>8}", lambda r: str(r["versions"])),
+    ("refresh", "{:>7}", lambda r: str(r["refresh_tokens"])),
     ("pg conns", "{:>8}", lambda r: str(r.get("pg_conns", "-"))),
     ("idle tx", "{:>7}", lambda r: str(r.get("pg_idle_tx", "-"))),
 ]
@@ -476,6 +506,9 @@ def main() -> int:
     try:
         start_davserver(server, sys.executable, args.db, args.pg_url, env)
         setup(server, args)
+        workers = [Worker(server, i, args) for i in range(args.clients)]
+        for worker in workers:
+            worker.sign_in()
         time.sleep(args.settle)
         rows.append({"round": 0, "requests": 0, "seconds": 1, **figures(server, args.pg_url)})
         print(
@@ -484,7 +517,6 @@ def main() -> int:
         )
         print(header())
         print(line(rows[0]), flush=True)
-        workers = [Worker(server, i, args) for i in range(args.clients)]
         for r in range(1, args.rounds + 1):
             started = time.perf_counter()
             tally = run_round(server, workers, (r - 1) * args.cycles, args.cycles, stop)
