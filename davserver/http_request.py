@@ -51,7 +51,12 @@ And two for connections that say nothing, or say it slowly:
 * **A request line and headers sent a byte at a time** (slowloris) held a thread for as long
   as the client kept trickling: the socket's timeout bounds each wait, not the whole. They,
   and the TLS handshake, now have ``header_timeout`` seconds in all (``Deadlines``); then the
-  connection's reading side is shut down and cheroot closes it.
+  connection's reading side is shut down and cheroot closes it. Even so, as many tricklers as
+  threads held them all, renewing themselves every ``header_timeout``. Over plain HTTP the
+  line and headers now gather in the selector thread (``Connection.gather_head``), and a
+  worker takes the request once they are all in; one still incomplete after
+  ``header_timeout`` is closed there. Over TLS the worker still makes the handshake and reads
+  them, within ``header_timeout``.
 * **Plain HTTP on the TLS port** (an http:// URL for an https:// server) got cheroot's 400
   saying so while cheroot made the handshake; once the worker made it, the connection was
   only reset. It is answered 400 in the clear again, naming https.
@@ -59,8 +64,10 @@ And two for connections that say nothing, or say it slowly:
 
 from __future__ import annotations
 
+import enum
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -78,6 +85,27 @@ from davserver.errors import BadRequest, UploadIncomplete
 # The request line and headers together; Windows' redirector with a dozen lock tokens in an
 # If header stays far below this.
 MAX_HEADER_BYTES = 256 * 1024
+
+# What one look at a connection whose request line and headers are still arriving reads.
+_GATHER_BYTES = 64 * 1024
+
+
+def _head_complete(head: bytes, seen: int) -> bool:
+    """Whether ``head`` holds the blank line that ends a request's headers, or a line ended by
+    a bare LF, which cheroot answers 400 at once (searched from near ``seen``, what an earlier
+    look had, so a trickle is not searched again and again)."""
+    if head.find(b"\r\n\r\n", max(0, seen - 3)) >= 0:
+        return True
+    end = head.find(b"\n", max(0, seen))
+    while end >= 0:
+        if end == 0 or head[end - 1] != _CR:
+            return True
+        end = head.find(b"\n", end + 1)
+    return False
+
+
+_CR = ord("\r")
+
 
 # An unread request body up to this size is read and dropped after an early answer, so the
 # connection can be kept; a bigger one closes the connection instead.
@@ -333,10 +361,62 @@ class Request(cheroot_server.HTTPRequest):
         super().send_headers()
 
 
+class HeadState(enum.Enum):
+    """Where the next request on a connection stands (``Connection.gather_head``)."""
+
+    READY = "ready"  # its line and headers are all here, or cannot come: a worker takes it
+    WAITING = "waiting"  # part of them is here: back to the selector for the rest
+    LATE = "late"  # they took longer than header_timeout: the connection is closed
+
+
 class Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = Request
     # Set on a connection accepted for TLS: the handshake is still to be made.
     tls_pending = False
+    # What has arrived of a request line and headers not yet complete, and since when.
+    _head = b""
+    _head_since = 0.0
+
+    def gather_head(self, limit_seconds: float) -> HeadState:
+        """Read what has arrived of the next request, without waiting for more (the selector
+        found the connection readable, or its reader holds bytes already). A worker thread
+        takes the connection once its request line and headers are all there, so a client
+        sending them a byte at a time waits in the selector, as an idle connection does,
+        instead of holding a thread until ``header_timeout``. Over TLS the worker makes the
+        handshake and reads the headers itself, within ``header_timeout`` (``Deadlines``)."""
+        if self.tls_pending or isinstance(self.socket, ssl.SSLSocket):
+            return HeadState.READY
+        reader = self.rfile  # cheroot's StreamReader, a _pyio.BufferedReader (see has_data)
+        buffered = reader._read_buf[reader._read_pos :]
+        reader._read_buf, reader._read_pos = b"", 0
+        seen = len(self._head)
+        head = self._head + buffered
+        ended = False
+        if not _head_complete(head, seen):
+            # Not blocking: with a timeout set, recv() would first wait up to it for bytes.
+            timeout = self.socket.gettimeout()
+            self.socket.settimeout(0)
+            try:
+                arrived = self.socket.recv(_GATHER_BYTES)
+            except (BlockingIOError, InterruptedError):
+                arrived = None
+            except OSError:  # reset: the worker's read finds that out and ends it
+                arrived = b""
+            finally:
+                self.socket.settimeout(timeout)
+            ended = arrived == b""
+            head += arrived or b""
+        if ended or _head_complete(head, seen) or len(head) >= MAX_HEADER_BYTES:
+            reader._read_buf, self._head = head, b""  # for cheroot to read, as it arrived
+            return HeadState.READY
+        now = time.monotonic()
+        if not self._head:
+            self._head_since = now
+        self._head = head
+        if head and now - self._head_since > limit_seconds:
+            return HeadState.LATE
+        return HeadState.WAITING
+
     # After a failed handshake nothing is left to close: cheroot's close() would fail on the
     # plain socket the ssl module took over (EBADF), and end the worker thread.
     _socket_gone = False

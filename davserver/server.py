@@ -7,12 +7,19 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from cheroot import connections, wsgi
 
 from davserver.app import Application
 from davserver.housekeeping import Housekeeper
-from davserver.http_request import MAX_HEADER_BYTES, Connection, ConnectionManager, Deadlines
+from davserver.http_request import (
+    MAX_HEADER_BYTES,
+    Connection,
+    ConnectionManager,
+    Deadlines,
+    HeadState,
+)
 from davserver.memory import fix_malloc_thresholds, limit_malloc_arenas, release_free_memory
 from davserver.tls import CertificateReloader, make_adapter, tls_enabled
 
@@ -37,6 +44,18 @@ class _Server(wsgi.Server):
         # Ours lets a new connection wait for its first bytes without holding a worker thread.
         cheroots, self._connections = self._connections, ConnectionManager(self)
         cheroots.close()
+
+    def process_conn(self, conn: Any) -> None:
+        """Hand a readable connection to a worker thread once its request line and headers
+        have arrived (``Connection.gather_head``); until then it waits in the selector."""
+        limit = self.deadlines.seconds if self.deadlines is not None else float("inf")
+        state = conn.gather_head(limit)
+        if state is HeadState.WAITING:
+            self._connections.put(conn)
+        elif state is HeadState.LATE:
+            conn.close()
+        else:
+            super().process_conn(conn)
 
     def stop(self) -> None:
         super().stop()

@@ -2613,6 +2613,71 @@ def test_a_request_trickling_its_headers_is_cut_off(trickled_to: InprocServer) -
             thread.join(5)
 
 
+def test_headers_sent_a_byte_at_a_time_hold_no_thread(tmp_path: Path) -> None:
+    """``header_timeout`` bounded how long a client sending its headers a byte at a time held a
+    worker thread, not whether it held one: as many such clients as threads, opened anew every
+    20 s, kept every other client waiting (a request took 18 s with 40 of them and 32 threads).
+    A request's line and headers now gather in the selector, as an idle connection waits there,
+    and a thread takes the request once they are all in; a slow client's request still gets its
+    answer, and one past ``header_timeout`` is closed."""
+    with run_inproc_server(
+        "sqlite", tmp_path, server__threads=2, server__header_timeout=4
+    ) as server:
+        stop = threading.Event()
+        auth = basic_auth_header(server.user, server.password)
+        head = f"PROPFIND /files/ HTTP/1.1\r\nHost: {HOST}\r\nDepth: 0\r\n"
+        head += f"Authorization: {auth}\r\nContent-Length: 0\r\n\r\n"
+
+        def trickle(sock: socket.socket, text: str, pause: float) -> None:
+            with suppress(OSError):
+                for i in range(len(text)):
+                    if stop.wait(pause):
+                        return
+                    sock.sendall(text[i].encode())
+
+        endless = f"GET /files/ HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: " + "x" * 10_000
+        slow = [socket.create_connection((HOST, server.port), timeout=30) for _ in range(6)]
+        patient = socket.create_connection((HOST, server.port), timeout=30)
+        threads = [
+            threading.Thread(target=trickle, args=(sock, endless, 0.05), daemon=True)
+            for sock in slow
+        ]
+        threads.append(
+            threading.Thread(target=trickle, args=(patient, head, 2.5 / len(head)), daemon=True)
+        )
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.5)  # six times as many tricklers as threads
+            started = time.monotonic()
+            response = call(server, "PROPFIND", "/files/", headers={"Depth": "0"}, timeout=15)
+            assert response.status == 207
+            assert time.monotonic() - started < 2
+            # The patient client's request, 2.5 s in coming, is answered.
+            answer = patient.recv(200)
+            assert answer.startswith(b"HTTP/1.1 207"), answer
+            # The endless ones are closed once they are past header_timeout.
+            for sock in slow:
+                sock.settimeout(10)
+                with suppress(ConnectionResetError):
+                    assert sock.recv(100) == b""
+        finally:
+            stop.set()
+            for sock in [*slow, patient]:
+                sock.close()
+
+
+def test_a_line_ended_by_a_bare_lf_is_refused_at_once(srv: InprocServer) -> None:
+    """Headers are gathered until their blank line (CRLF CRLF); a request whose lines end in a
+    bare LF has none, and must still get cheroot's 400 at once, not wait for header_timeout."""
+    with socket.create_connection((HOST, srv.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(f"GET /files/ HTTP/1.1\nHost: {HOST}\n\n".encode())
+        answer = sock.recv(200)
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        assert time.monotonic() - started < 2
+
+
 def test_silent_connections_past_the_keep_alive_limit_close_the_oldest(tmp_path: Path) -> None:
     """A connection waiting for its first bytes takes a file descriptor, not a thread; with no
     bound, a client opening connections by the thousand (each closed only after
