@@ -14,6 +14,8 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,34 @@ def _env(cwd: Path, extra: dict[str, str]) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env["DAVSERVER_DATA_DIR"] = str(cwd / "data")
     return {**env, **extra}
+
+
+@contextmanager
+def serving(
+    cwd: Path, env: dict[str, str], *args: str, stderr: int = subprocess.DEVNULL
+) -> Iterator[list[str]]:
+    """``davserver serve ARGS`` for the block; yields its output up to the line announcing
+    where it listens (stderr too with ``subprocess.STDOUT``), then stops it."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "davserver", "serve", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            lines = []
+            for line in process.stdout:
+                lines.append(line)
+                if "listening on" in line:
+                    break
+            yield lines
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def assert_refused(done: subprocess.CompletedProcess[str], *fragments: str) -> str:
@@ -240,54 +270,35 @@ def test_serves_https_with_a_certificate_and_key(tmp_path: Path) -> None:
             "PYTHONUNBUFFERED": "1",
         },
     )
-    command = [sys.executable, "-m", "davserver", "serve", "--host", "127.0.0.1"]
-    with subprocess.Popen(
-        [*command, "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            lines = []
-            for line in process.stdout:  # the announcement is the line to wait for
-                lines.append(line)
-                if "listening on" in line:
-                    break
-            assert f"davserver listening on https://127.0.0.1:{port}/" in lines[-1], lines
+    with serving(tmp_path, env, "--host", "127.0.0.1", "--port", str(port)) as lines:
+        assert f"davserver listening on https://127.0.0.1:{port}/" in lines[-1], lines
 
-            context = ssl.create_default_context(cafile=str(cert))
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
-            auth = {"Authorization": basic_auth_header("tlsadmin", "tls-password-1")}
-            conn.request("PUT", "/files/over-tls.txt", body=b"secret bytes", headers=auth)
-            created = conn.getresponse()
-            created.read()
-            assert created.status == 201, "PUT over TLS"
-            conn.request("GET", "/files/over-tls.txt", headers=auth)
-            response = conn.getresponse()
-            assert (response.status, response.read()) == (200, b"secret bytes")
-            conn.close()
+        context = ssl.create_default_context(cafile=str(cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+        auth = {"Authorization": basic_auth_header("tlsadmin", "tls-password-1")}
+        conn.request("PUT", "/files/over-tls.txt", body=b"secret bytes", headers=auth)
+        created = conn.getresponse()
+        created.read()
+        assert created.status == 201, "PUT over TLS"
+        conn.request("GET", "/files/over-tls.txt", headers=auth)
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"secret bytes")
+        conn.close()
 
-            # Plain HTTP on the TLS port (an http:// URL) is told to use https, not reset:
-            # "connection reset by peer" was all a client could show its user.
-            for method, body in (("GET", None), ("PUT", b"x" * 100_000)):
-                plain = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                plain.request(method, "/files/over-tls.txt", body=body, headers=auth)
-                refused = plain.getresponse()
-                assert refused.status == 400, method
-                assert b"use an https:// URL" in refused.read()
-                plain.close()
-            # ... and the server goes on serving TLS.
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
-            conn.request("GET", "/files/over-tls.txt", headers=auth)
-            assert conn.getresponse().read() == b"secret bytes"
-            conn.close()
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        # Plain HTTP on the TLS port (an http:// URL) is told to use https, not reset:
+        # "connection reset by peer" was all a client could show its user.
+        for method, body in (("GET", None), ("PUT", b"x" * 100_000)):
+            plain = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            plain.request(method, "/files/over-tls.txt", body=body, headers=auth)
+            refused = plain.getresponse()
+            assert refused.status == 400, method
+            assert b"use an https:// URL" in refused.read()
+            plain.close()
+        # ... and the server goes on serving TLS.
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+        conn.request("GET", "/files/over-tls.txt", headers=auth)
+        assert conn.getresponse().read() == b"secret bytes"
+        conn.close()
 
 
 def test_a_first_start_tells_the_migrations_and_nothing_that_looks_wrong(
@@ -317,26 +328,9 @@ def test_plain_http_off_this_machine_is_warned_about(
     send them at all: a server listening past loopback without TLS, and with no proxy in front
     of it, says so once at start."""
     port = free_port()
-    env = _env(tmp_path, {"DAVSERVER_ADMIN_PASSWORD": "plain-http-1", **extra})
-    with subprocess.Popen(
-        [sys.executable, "-m", "davserver", "serve", "--host", host, "--port", str(port)],
-        cwd=tmp_path,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            lines = []
-            for line in process.stdout:  # the announcement is the last line of the start
-                lines.append(line)
-                if "listening on" in line:
-                    break
-            text = "".join(lines)
-            assert "listening on http://" in text, text
-            assert ("passwords cross the network in clear text" in text) == warned, text
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    env = _env(tmp_path, {"DAVSERVER_ADMIN_PASSWORD": "plain-http-1", "PYTHONUNBUFFERED": "1"})
+    args = ("--host", host, "--port", str(port))
+    with serving(tmp_path, {**env, **extra}, *args, stderr=subprocess.STDOUT) as lines:
+        text = "".join(lines)
+        assert "listening on http://" in text, text
+        assert ("passwords cross the network in clear text" in text) == warned, text
