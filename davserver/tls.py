@@ -60,9 +60,9 @@ def _is_loopback(host: str) -> bool:
 
 def make_adapter(settings: ServerSettings) -> BuiltinSSLAdapter:
     """cheroot's TLS adapter for the certificate and key as they are now; ConfigError (as
-    ``check_tls``) when they cannot be used."""
+    ``check_tls``) when they cannot be used. The pair is loaded once; only a pair that fails
+    is loaded again, by ``_check_pair``, to say what is wrong with it."""
     certificate, private_key = settings.ssl_certificate, settings.ssl_private_key
-    _check_pair(certificate, private_key)
     try:
         # cheroot passes the password on to SSLContext.load_cert_chain, which takes a callable
         # too (its annotation says str or bytes).
@@ -71,7 +71,8 @@ def make_adapter(settings: ServerSettings) -> BuiltinSSLAdapter:
             private_key,
             private_key_password=_no_passphrase,  # type: ignore[arg-type]
         )
-    except (OSError, ValueError) as exc:  # changed again since the check
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        _check_pair(certificate, private_key)
         raise ConfigError(f"server.ssl_certificate and ssl_private_key: {exc}") from None
 
 
