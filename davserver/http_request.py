@@ -46,17 +46,18 @@ And two for connections that say nothing, or say it slowly:
   handshake, so one silent client stopped every other from being accepted). A few silent
   connections (a browser's speculative preconnects, a TCP health check) held every thread.
   Here it waits in cheroot's selector, as an idle kept-alive connection does, until its first
-  bytes arrive; the worker that then reads it makes the TLS handshake. Past
+  bytes arrive (and makes its TLS handshake there: see below). Past
   ``keep_alive_connections`` waiting ones, the longest idle is closed.
 * **A request line and headers sent a byte at a time** (slowloris) held a thread for as long
   as the client kept trickling: the socket's timeout bounds each wait, not the whole. They,
   and the TLS handshake, now have ``header_timeout`` seconds in all (``Deadlines``); then the
   connection's reading side is shut down and cheroot closes it. Even so, as many tricklers as
-  threads held them all, renewing themselves every ``header_timeout``. Over plain HTTP the
-  line and headers now gather in the selector thread (``Connection.gather_head``), and a
-  worker takes the request once they are all in; one still incomplete after
-  ``header_timeout`` is closed there. Over TLS the worker still makes the handshake and reads
-  them, within ``header_timeout``.
+  threads held them all, renewing themselves every ``header_timeout``. The line and headers
+  now gather in the selector thread (``Connection.gather_head``), and a worker takes the
+  request once they are all in; one still incomplete after ``header_timeout`` is closed there.
+  Over TLS the handshake is made there too, without waiting for the client (one trickled a
+  byte at a time held a worker the same way), and the headers are read through TLS as they
+  arrive.
 * **Plain HTTP on the TLS port** (an http:// URL for an https:// server) got cheroot's 400
   saying so while cheroot made the handshake; once the worker made it, the connection was
   only reset. It is answered 400 in the clear again, naming https.
@@ -367,95 +368,163 @@ class HeadState(enum.Enum):
     READY = "ready"  # its line and headers are all here, or cannot come: a worker takes it
     WAITING = "waiting"  # part of them is here: back to the selector for the rest
     LATE = "late"  # they took longer than header_timeout: the connection is closed
+    FAILED = "failed"  # the TLS handshake failed: the connection is closed
 
 
 class Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = Request
     # Set on a connection accepted for TLS: the handshake is still to be made.
     tls_pending = False
-    # What has arrived of a request line and headers not yet complete, and since when.
+    # What has arrived of a request line and headers not yet complete.
     _head = b""
-    _head_since = 0.0
+    # When the handshake, or the request line, began to arrive; None between requests.
+    _since: float | None = None
 
     def gather_head(self, limit_seconds: float) -> HeadState:
-        """Read what has arrived of the next request, without waiting for more (the selector
-        found the connection readable, or its reader holds bytes already). A worker thread
-        takes the connection once its request line and headers are all there, so a client
-        sending them a byte at a time waits in the selector, as an idle connection does,
-        instead of holding a thread until ``header_timeout``. Over TLS the worker makes the
-        handshake and reads the headers itself, within ``header_timeout`` (``Deadlines``)."""
-        if self.tls_pending or isinstance(self.socket, ssl.SSLSocket):
-            return HeadState.READY
+        """Make what can be made of the TLS handshake, then read what has arrived of the next
+        request, without waiting for more (the selector found the connection readable, or its
+        reader holds bytes already). A worker thread takes the connection once its request
+        line and headers are all there, so a client sending them (or its handshake) a byte at
+        a time waits in the selector, as an idle connection does, instead of holding a thread
+        until ``header_timeout``; past that it is closed (LATE)."""
+        if self._since is None:
+            self._since = time.monotonic()
+        if self.tls_pending:
+            stage = self._advance_handshake()
+            if stage is not None:
+                return self._late_or(stage, limit_seconds)
         reader = self.rfile  # cheroot's StreamReader, a _pyio.BufferedReader (see has_data)
         buffered = reader._read_buf[reader._read_pos :]
         reader._read_buf, reader._read_pos = b"", 0
         seen = len(self._head)
         head = self._head + buffered
         ended = False
-        if not _head_complete(head, seen):
-            # Not blocking: with a timeout set, recv() would first wait up to it for bytes.
-            timeout = self.socket.gettimeout()
-            self.socket.settimeout(0)
-            try:
-                arrived = self.socket.recv(_GATHER_BYTES)
-            except (BlockingIOError, InterruptedError):
-                arrived = None
-            except OSError:  # reset: the worker's read finds that out and ends it
-                arrived = b""
-            finally:
-                self.socket.settimeout(timeout)
+        while not _head_complete(head, seen) and len(head) < MAX_HEADER_BYTES:
+            arrived = self._receive()
+            if arrived is None:
+                break
             ended = arrived == b""
-            head += arrived or b""
+            head += arrived
+            if ended or not self._decrypted_pending():
+                break
         if ended or _head_complete(head, seen) or len(head) >= MAX_HEADER_BYTES:
             reader._read_buf, self._head = head, b""  # for cheroot to read, as it arrived
+            self._since = None
             return HeadState.READY
-        now = time.monotonic()
-        if not self._head:
-            self._head_since = now
         self._head = head
-        if head and now - self._head_since > limit_seconds:
+        if not head and not isinstance(self.socket, ssl.SSLSocket):
+            self._since = None  # nothing of a request yet: an idle connection
+        return self._late_or(HeadState.WAITING, limit_seconds)
+
+    def _late_or(self, state: HeadState, limit_seconds: float) -> HeadState:
+        """``state``, or LATE for a connection still waiting past ``limit_seconds``."""
+        waited = time.monotonic() - (self._since or time.monotonic())
+        if state is HeadState.WAITING and waited > limit_seconds:
             return HeadState.LATE
-        return HeadState.WAITING
+        if state is not HeadState.WAITING:
+            self._since = None
+        return state
+
+    def _receive(self) -> bytes | None:
+        """What has arrived, read without waiting: None when nothing has, b"" when the stream
+        has ended or broken (the worker's read finds out which, and ends the connection)."""
+        sock = self.socket
+        timeout = sock.gettimeout()
+        sock.settimeout(0)  # with a timeout set, recv() would first wait up to it for bytes
+        try:
+            arrived: bytes = sock.recv(_GATHER_BYTES)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return None
+        except OSError:  # a reset, or a TLS record the worker cannot read either
+            return b""
+        finally:
+            sock.settimeout(timeout)
+        return arrived
+
+    def _decrypted_pending(self) -> bool:
+        """Whether the TLS layer holds bytes already decrypted, which the selector cannot see."""
+        return isinstance(self.socket, ssl.SSLSocket) and self.socket.pending() > 0
+
+    def _advance_handshake(self) -> HeadState | None:
+        """Take the TLS handshake as far as what the client has sent allows, without waiting:
+        None once it is made, WAITING for more of it, FAILED, or READY for a worker to finish:
+        a plain HTTP request to refuse, or a handshake waiting to write (``_finish_tls``)."""
+        if not isinstance(self.socket, ssl.SSLSocket):
+            if self._speaks_plain_http():
+                return HeadState.READY
+            if not self._wrap_tls():
+                return HeadState.FAILED
+        sock = self.socket
+        sock.settimeout(0)  # with a timeout set, the handshake would wait up to it
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            stage: HeadState | None = HeadState.WAITING
+        except ssl.SSLWantWriteError:
+            stage = HeadState.READY
+        except (OSError, ValueError):  # ssl.SSLError is an OSError: a failed or cut handshake
+            self._drop_socket()
+            return HeadState.FAILED
+        else:
+            stage = None
+            self.ssl_env = self.server.ssl_adapter.get_environ(sock)
+            self.tls_pending = False
+        sock.settimeout(self.server.timeout)
+        return stage
 
     # After a failed handshake nothing is left to close: cheroot's close() would fail on the
-    # plain socket the ssl module took over (EBADF), and end the worker thread.
+    # socket (EBADF, ENOTCONN), and end the thread calling it.
     _socket_gone = False
 
     def communicate(self) -> bool:
-        if self.tls_pending and not self._start_tls():
+        if self.tls_pending and not self._finish_tls():
             return False
         kept: bool = super().communicate()
         return kept
 
-    def _start_tls(self) -> bool:
-        """Make the TLS handshake, within the header deadline; False when it fails."""
+    def _finish_tls(self) -> bool:
+        """In a worker, what the selector left of the TLS handshake (``_advance_handshake``),
+        within the header deadline; False when it fails. A plain HTTP request is refused."""
         self.tls_pending = False
-        adapter = self.server.ssl_adapter  # a BuiltinSSLAdapter (davserver.server)
-        if self._speaks_plain_http():
-            self._refuse_plain_http()
-            return False
+        if not isinstance(self.socket, ssl.SSLSocket):
+            if self._speaks_plain_http():
+                self._refuse_plain_http()
+                return False
+            if not self._wrap_tls():
+                return False
+        sock = self.socket
         try:
-            # The ssl module takes the socket over (the plain one is left without its file
-            # descriptor), and closes it when the handshake fails.
+            with self.server.deadlines.limit(sock):
+                sock.do_handshake()
+            self.ssl_env = self.server.ssl_adapter.get_environ(sock)
+        except (OSError, ValueError):
+            self._drop_socket()
+            return False
+        return True
+
+    def _wrap_tls(self) -> bool:
+        """Put the TLS layer on the connection's socket, its handshake still to be made;
+        False when that fails (the ssl module then closes the socket it took over)."""
+        adapter = self.server.ssl_adapter  # a BuiltinSSLAdapter (davserver.tls)
+        try:
+            # The ssl module takes the socket over: the plain one is left without its file
+            # descriptor.
             sock = adapter.context.wrap_socket(
                 self.socket, server_side=True, do_handshake_on_connect=False
             )
         except (OSError, ValueError):
             self._socket_gone = True
             return False
-        try:
-            with self.server.deadlines.limit(sock):
-                sock.do_handshake()
-            self.ssl_env = adapter.get_environ(sock)
-        except (OSError, ValueError):  # ssl.SSLError is an OSError: a failed or cut handshake
-            sock.close()
-            self._socket_gone = True
-            return False
-        sock.settimeout(self.server.timeout)
         self.socket = sock
         self.rfile = adapter.makefile(sock, "rb", self.rbufsize)
         self.wfile = adapter.makefile(sock, "wb", self.wbufsize)
         return True
+
+    def _drop_socket(self) -> None:
+        """Close the socket of a connection whose handshake failed."""
+        with suppress(OSError):
+            self.socket.close()
+        self._socket_gone = True
 
     def _speaks_plain_http(self) -> bool:
         """Whether the client began with a request line (a letter) where a TLS handshake

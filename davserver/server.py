@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from types import FrameType
 from typing import Any
 
@@ -46,14 +47,16 @@ class _Server(wsgi.Server):
         cheroots.close()
 
     def process_conn(self, conn: Any) -> None:
-        """Hand a readable connection to a worker thread once its request line and headers
-        have arrived (``Connection.gather_head``); until then it waits in the selector."""
+        """Hand a readable connection to a worker thread once its TLS handshake is made and its
+        request line and headers have arrived (``Connection.gather_head``); until then it
+        waits in the selector."""
         limit = self.deadlines.seconds if self.deadlines is not None else float("inf")
         state = conn.gather_head(limit)
         if state is HeadState.WAITING:
             self._connections.put(conn)
-        elif state is HeadState.LATE:
-            conn.close()
+        elif state in (HeadState.LATE, HeadState.FAILED):
+            with suppress(OSError):
+                conn.close()
         else:
             super().process_conn(conn)
 

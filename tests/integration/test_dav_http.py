@@ -2613,42 +2613,58 @@ def test_a_request_trickling_its_headers_is_cut_off(trickled_to: InprocServer) -
             thread.join(5)
 
 
-def test_headers_sent_a_byte_at_a_time_hold_no_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_headers_sent_a_byte_at_a_time_hold_no_thread(scheme: str, tmp_path: Path) -> None:
     """``header_timeout`` bounded how long a client sending its headers a byte at a time held a
     worker thread, not whether it held one: as many such clients as threads, opened anew every
     20 s, kept every other client waiting (a request took 18 s with 40 of them and 32 threads).
     A request's line and headers now gather in the selector, as an idle connection waits there,
     and a thread takes the request once they are all in; a slow client's request still gets its
-    answer, and one past ``header_timeout`` is closed."""
+    answer, and one past ``header_timeout`` is closed. Over TLS the handshake is made there
+    too: a TLS record trickled a byte at a time held a thread as well."""
+    tls: dict[str, object] = {}
+    if scheme == "https":
+        cert, key = self_signed(tmp_path)
+        tls = {"server__ssl_certificate": str(cert), "server__ssl_private_key": str(key)}
     with run_inproc_server(
-        "sqlite", tmp_path, server__threads=2, server__header_timeout=4
+        "sqlite", tmp_path, server__threads=2, server__header_timeout=4, **tls
     ) as server:
         stop = threading.Event()
         auth = basic_auth_header(server.user, server.password)
         head = f"PROPFIND /files/ HTTP/1.1\r\nHost: {HOST}\r\nDepth: 0\r\n"
         head += f"Authorization: {auth}\r\nContent-Length: 0\r\n\r\n"
 
-        def trickle(sock: socket.socket, text: str, pause: float) -> None:
+        def connect(handshake: bool = True) -> socket.socket:
+            sock = socket.create_connection((HOST, server.port), timeout=30)
+            if scheme == "https" and handshake:
+                return ssl._create_unverified_context().wrap_socket(sock)
+            return sock
+
+        def trickle(sock: socket.socket, text: bytes, pause: float) -> None:
             with suppress(OSError):
                 for i in range(len(text)):
                     if stop.wait(pause):
                         return
-                    sock.sendall(text[i].encode())
+                    sock.sendall(text[i : i + 1])
 
-        endless = f"GET /files/ HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: " + "x" * 10_000
-        slow = [socket.create_connection((HOST, server.port), timeout=30) for _ in range(6)]
-        patient = socket.create_connection((HOST, server.port), timeout=30)
+        endless = f"GET /files/ HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: ".encode() + b"x" * 10_000
+        slow = [(connect(), endless) for _ in range(6)]
+        if scheme == "https":  # and handshakes: a TLS record of 16 KiB, a byte at a time
+            record = b"\x16\x03\x01\x40\x00\x01" + b"\x00" * 10_000
+            slow += [(connect(handshake=False), record) for _ in range(6)]
+        patient = connect()
         threads = [
-            threading.Thread(target=trickle, args=(sock, endless, 0.05), daemon=True)
-            for sock in slow
+            threading.Thread(target=trickle, args=(sock, text, 0.05), daemon=True)
+            for sock, text in slow
         ]
+        pause = 2.5 / len(head)
         threads.append(
-            threading.Thread(target=trickle, args=(patient, head, 2.5 / len(head)), daemon=True)
+            threading.Thread(target=trickle, args=(patient, head.encode(), pause), daemon=True)
         )
         for thread in threads:
             thread.start()
         try:
-            time.sleep(0.5)  # six times as many tricklers as threads
+            time.sleep(0.5)  # six (or twelve) times as many tricklers as threads
             started = time.monotonic()
             response = call(server, "PROPFIND", "/files/", headers={"Depth": "0"}, timeout=15)
             assert response.status == 207
@@ -2657,14 +2673,43 @@ def test_headers_sent_a_byte_at_a_time_hold_no_thread(tmp_path: Path) -> None:
             answer = patient.recv(200)
             assert answer.startswith(b"HTTP/1.1 207"), answer
             # The endless ones are closed once they are past header_timeout.
-            for sock in slow:
+            for sock, _ in slow:
                 sock.settimeout(10)
-                with suppress(ConnectionResetError):
+                with suppress(ConnectionResetError, ssl.SSLError):
                     assert sock.recv(100) == b""
         finally:
             stop.set()
-            for sock in [*slow, patient]:
+            for sock in [*(sock for sock, _ in slow), patient]:
                 sock.close()
+
+
+def test_broken_tls_handshakes_are_closed_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The selector makes the TLS handshake now: a client whose handshake is not TLS, or who
+    leaves in the middle of it, is closed at once (not after ``header_timeout``), nothing is
+    logged as a server error, and the clients after it are served."""
+    cert, key = self_signed(tmp_path)
+    tls = {"server__ssl_certificate": str(cert), "server__ssl_private_key": str(key)}
+    with run_inproc_server(
+        "sqlite", tmp_path, server__threads=2, server__header_timeout=30, **tls
+    ) as server:
+        for garbage in (b"\x16\x03\x01\x00\x05hello", b"\x00\x01\x02\x03" * 64):
+            with socket.create_connection((HOST, server.port), timeout=10) as sock:
+                started = time.monotonic()
+                sock.sendall(garbage)
+                with suppress(ConnectionResetError):
+                    while sock.recv(4096):  # an alert, perhaps, then the end
+                        pass
+                assert time.monotonic() - started < 5
+        for _ in range(3):  # a handshake begun, then the client leaves
+            sock = socket.create_connection((HOST, server.port), timeout=10)
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00")
+            sock.close()
+        response = call(server, "PROPFIND", "/files/", headers={"Depth": "0"}, timeout=5)
+        assert response.status == 207
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 def test_a_line_ended_by_a_bare_lf_is_refused_at_once(srv: InprocServer) -> None:
