@@ -58,6 +58,8 @@ def check_request(provider: DavProvider, environ: dict[str, Any]) -> None:
         elif method in ("COPY", "MOVE") and isinstance(target, _NodeResource):
             if method == "MOVE":
                 require(target.rights, Perm.WRITE, "move")
+                if _into_another_space(provider, environ, target):
+                    _may_take_bytes_away(target)
             else:
                 require(target.rights, Perm.DOWNLOAD, "copy")
             check_destination(provider, environ)
@@ -88,6 +90,27 @@ def check_destination(provider: DavProvider, environ: dict[str, Any]) -> None:
     if dest is not None:
         existing = provider.get_resource_inst(dest, environ)
         _may_create_or_change(provider, environ, dest, existing)
+
+
+def _into_another_space(provider: DavProvider, environ: dict[str, Any], target: Any) -> bool:
+    """Whether a MOVE's Destination is in a space other than ``target``'s (a copy there and
+    the source to the trash: ``FileService.move``)."""
+    dest = destination_path(environ)
+    if dest is None or target.view is None:
+        return False
+    parent = provider.get_resource_inst(util.get_uri_parent(dest.rstrip("/")), environ)
+    view = getattr(parent, "view", None) if isinstance(parent, _NodeResource) else None
+    if view is None:
+        return False
+    return (view.owner_id, view.group_id) != (target.view.owner_id, target.view.group_id)
+
+
+def _may_take_bytes_away(target: Any) -> None:
+    """A MOVE into another space copies the bytes there, out of reach of the rights they had
+    here (into the mover's own space, say): it needs DOWNLOAD, as a COPY does, besides the
+    WRITE every MOVE needs."""
+    if not target.rights & Perm.DOWNLOAD:
+        raise Forbidden("moving this item to another space needs the download right on it")
 
 
 def _may_change(target: Any) -> None:

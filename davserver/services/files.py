@@ -538,6 +538,9 @@ class FileService:
         """Rename and/or re-parent a node: one UPDATE whatever the size of the subtree.
         Returns what it replaced at the destination, if anything.
 
+        Into another space (``_move_to_another_space``) it is a copy there and the source to
+        its own space's trash, in one transaction: RFC 4918's MOVE (9.9).
+
         What is at the destination when this runs (not when the request began) is replaced if
         the client agreed to ``overwrite`` it, else PreconditionFailed (see ``_occupant``): a
         file moved onto a file becomes that file's newest version and goes to the trash itself
@@ -556,9 +559,8 @@ class FileService:
             node = held_node(session, node_id, seen=seen)
             if node.parent_id is None:
                 raise Conflict("the root of a space cannot be moved")
-            if (node.owner_id, node.group_id) != (dest_parent.owner_id, dest_parent.group_id):
-                # Rows keep their space's owner (quota, trash, sharing): copy, then delete.
-                raise Forbidden("items cannot be moved between spaces; copy them instead")
+            space = (node.owner_id, node.group_id)
+            elsewhere = space != (dest_parent.owner_id, dest_parent.group_id)
             if (node.parent_id, node.name) == (dest_parent.id, dest_name):
                 raise Forbidden(_SAME)  # a case-only rename is not the same name
             if node.id in tree.hold_chain(session, dest_parent.id):
@@ -570,21 +572,20 @@ class FileService:
                     self._move_onto_file(session, actor, node, occupant)
                     return occupant
                 _trash(session, actor, occupant.id, overwritten=True)
-            before = {"parent_id": str(node.parent_id), "name": node.name}
-            node.parent_id = dest_parent.id
-            node.name = dest_name
-            node.name_key = name_key(dest_name)
-            session.flush()
-            record_audit(
-                session,
-                actor,
-                Op.NODE_MOVE,
-                node_id=node.id,
-                details={
-                    "before": before,
-                    "after": {"parent_id": str(dest_parent.id), "name": dest_name},
-                },
-            )
+            details: dict[str, object] = {
+                "before": {"parent_id": str(node.parent_id), "name": node.name},
+                "after": {"parent_id": str(dest_parent.id), "name": dest_name},
+            }
+            if elsewhere:
+                moved = _move_to_another_space(session, actor, node, dest_parent, dest_name)
+                details["source"] = str(node.id)
+            else:
+                moved = node.id
+                node.parent_id = dest_parent.id
+                node.name = dest_name
+                node.name_key = name_key(dest_name)
+                session.flush()
+            record_audit(session, actor, Op.NODE_MOVE, node_id=moved, details=details)
             return occupant
 
         return self.run_write(work)
@@ -919,6 +920,19 @@ def _hold_name(session: Session, folder_id: uuid.UUID, key: str) -> None:
         digest = hashlib.blake2b(f"{folder_id}/{key}".encode(), digest_size=8).digest()
         lock_key = int.from_bytes(digest, "big", signed=True)
         session.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key)))
+
+
+def _move_to_another_space(
+    session: Session, actor: Actor, node: Node, dest_parent: NodeView, dest_name: str
+) -> uuid.UUID:
+    """MOVE into another space, as RFC 4918 (9.9) defines it: a copy, then the delete of the
+    source, in one transaction. Rows belong to their space's owner (its quota, trash and
+    sharing), so the node and everything below it are copied there, every version and dead
+    property along, sharing the blobs; the source goes to its own space's trash, from which
+    its owner can still restore it. The copy's id."""
+    copied = copy_subtree(session, actor, node, dest_parent, dest_name, True, history=True)
+    _trash(session, actor, node.id)
+    return copied
 
 
 def _trash(

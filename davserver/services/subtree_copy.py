@@ -9,6 +9,7 @@ against their quota as it goes.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -37,10 +38,14 @@ def copy_subtree(
     dest_parent: NodeView,
     dest_name: str,
     recursive: bool,
+    *,
+    history: bool = False,
 ) -> uuid.UUID:
     """Copy ``source``, with everything below it when ``recursive``, into ``dest_parent`` as
-    ``dest_name``, in the caller's transaction; the new root's id. Conflict when the folder is
-    gone, AlreadyExists when the name is taken, QuotaExceeded when the owner's quota is."""
+    ``dest_name``, in the caller's transaction; the new root's id. Each file copied gets its
+    current version as its first, or with ``history`` (a MOVE into another space) every one
+    of its versions, as they were. Conflict when the folder is gone, AlreadyExists when the
+    name is taken, QuotaExceeded when the owner's quota is."""
     parent_row = session.get(Node, dest_parent.id)
     if parent_row is None or parent_row.deleted_at is not None or not parent_row.is_folder:
         raise Conflict("the destination folder does not exist")
@@ -61,7 +66,9 @@ def copy_subtree(
     new_ids: dict[uuid.UUID, uuid.UUID] = {}  # of the folders copied, and of the root
     copied = 0
     for rows in batches:
-        copied += _copy_batch(session, actor, rows, new_ids, source.id, parent_row, dest_name)
+        copied += _copy_batch(
+            session, actor, rows, new_ids, source.id, parent_row, dest_name, history
+        )
         if parent_row.group_id is None:  # what the copy adds counts against the quota
             check_quota(session, parent_row.owner_id, copied)
     add_home_bytes(session, parent_row.owner_id, parent_row.space, copied)
@@ -76,11 +83,12 @@ def _copy_batch(
     source_id: uuid.UUID,
     parent_row: Node,
     dest_name: str,
+    history: bool,
 ) -> int:
     """Copy ``rows`` (``_COPIED`` columns; their parents copied before them, with their
-    new ids in ``new_ids``) with their current versions and dead properties as new rows
-    below ``parent_row``; adds the new ids of the folders among them (and of the root) to
-    ``new_ids`` and returns their bytes."""
+    new ids in ``new_ids``) with their versions (see ``copy_subtree``) and dead properties
+    as new rows below ``parent_row``; adds the new ids of the folders among them (and of the
+    root) to ``new_ids`` and returns their bytes."""
     now = utcnow()
     node_values = []
     batch_ids: dict[uuid.UUID, uuid.UUID] = {}
@@ -108,42 +116,10 @@ def _copy_batch(
             }
         )
     session.execute(sa.insert(Node), node_values)
-    current = {row.current_version_id: row.id for row in rows if row.current_version_id}
-    if current:
-        version_values = []
-        pointer_values = []
-        for version_id, blob_id, size, mtime in session.execute(
-            sa.select(
-                FileVersion.id, FileVersion.blob_id, FileVersion.size, FileVersion.mtime
-            ).where(FileVersion.id.in_(list(current)))
-        ):
-            new_version = uuid.uuid4()
-            version_values.append(
-                {
-                    "id": new_version,
-                    "node_id": batch_ids[current[version_id]],
-                    "version_no": 1,
-                    "blob_id": blob_id,
-                    "size": size,
-                    "uploaded_by": actor.user_id,
-                    "uploaded_at": now,
-                    "session_id": actor.session_id,
-                    "mtime": mtime,
-                }
-            )
-            pointer_values.append(
-                {"b_id": batch_ids[current[version_id]], "b_version": new_version}
-            )
-        session.execute(sa.insert(FileVersion), version_values)
-        nodes = sa.table(
-            "nodes", sa.column("id", sa.Uuid), sa.column("current_version_id", sa.Uuid)
-        )
-        session.execute(
-            sa.update(nodes)
-            .where(nodes.c.id == sa.bindparam("b_id"))
-            .values(current_version_id=sa.bindparam("b_version")),
-            pointer_values,
-        )
+    if history:
+        _copy_versions(session, batch_ids, [row for row in rows if row.current_version_id])
+    else:
+        _copy_current_versions(session, actor, batch_ids, rows, now)
     props = session.execute(for_bind(DEAD_OF, session), {"ids": [row.id for row in rows]}).all()
     if props:
         session.execute(
@@ -154,6 +130,90 @@ def _copy_batch(
             ],
         )
     return sum(row.size for row in rows if row.kind == NodeKind.FILE.value)
+
+
+def _copy_current_versions(
+    session: Session,
+    actor: Actor,
+    batch_ids: dict[uuid.UUID, uuid.UUID],
+    rows: Sequence[Any],
+    now: dt.datetime,
+) -> None:
+    """Give each copied file its source's current version as its first, uploaded ``now`` by
+    ``actor``."""
+    current = {row.current_version_id: row.id for row in rows if row.current_version_id}
+    if not current:
+        return
+    version_values = []
+    pointers: dict[uuid.UUID, uuid.UUID] = {}
+    for version_id, blob_id, size, mtime in session.execute(
+        sa.select(FileVersion.id, FileVersion.blob_id, FileVersion.size, FileVersion.mtime).where(
+            FileVersion.id.in_(list(current))
+        )
+    ):
+        new_version = uuid.uuid4()
+        node_id = batch_ids[current[version_id]]
+        version_values.append(
+            {
+                "id": new_version,
+                "node_id": node_id,
+                "version_no": 1,
+                "blob_id": blob_id,
+                "size": size,
+                "uploaded_by": actor.user_id,
+                "uploaded_at": now,
+                "session_id": actor.session_id,
+                "mtime": mtime,
+            }
+        )
+        pointers[node_id] = new_version
+    session.execute(sa.insert(FileVersion), version_values)
+    _point_at(session, pointers)
+
+
+def _copy_versions(
+    session: Session, batch_ids: dict[uuid.UUID, uuid.UUID], files: Sequence[Any]
+) -> None:
+    """Give each copied file every version of its source, numbered, dated and attributed as
+    they were, its current one current."""
+    if not files:
+        return
+    current = {row.current_version_id for row in files}
+    version_values = []
+    pointers: dict[uuid.UUID, uuid.UUID] = {}
+    for version in session.scalars(
+        sa.select(FileVersion).where(FileVersion.node_id.in_([row.id for row in files]))
+    ):
+        new_version = uuid.uuid4()
+        node_id = batch_ids[version.node_id]
+        version_values.append(
+            {
+                "id": new_version,
+                "node_id": node_id,
+                "version_no": version.version_no,
+                "blob_id": version.blob_id,
+                "size": version.size,
+                "uploaded_by": version.uploaded_by,
+                "uploaded_at": version.uploaded_at,
+                "session_id": version.session_id,
+                "mtime": version.mtime,
+            }
+        )
+        if version.id in current:
+            pointers[node_id] = new_version
+    session.execute(sa.insert(FileVersion), version_values)
+    _point_at(session, pointers)
+
+
+def _point_at(session: Session, pointers: dict[uuid.UUID, uuid.UUID]) -> None:
+    """Make each file's given version (``pointers``: node id -> version id) its current one."""
+    nodes = sa.table("nodes", sa.column("id", sa.Uuid), sa.column("current_version_id", sa.Uuid))
+    session.execute(
+        sa.update(nodes)
+        .where(nodes.c.id == sa.bindparam("b_id"))
+        .values(current_version_id=sa.bindparam("b_version")),
+        [{"b_id": node_id, "b_version": version} for node_id, version in pointers.items()],
+    )
 
 
 # What a copy copies of each node below the one it copies (as read from the Node it copies).

@@ -24,6 +24,10 @@ PROPPATCH = (
     b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:x="urn:x">'
     b"<D:set><D:prop><x:color>red</x:color></D:prop></D:set></D:propertyupdate>"
 )
+PROPFIND_COLOR = (
+    b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:x="urn:x">'
+    b"<D:prop><x:color/></D:prop></D:propfind>"
+)
 LOCK = (
     b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
     b"</D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"
@@ -221,9 +225,6 @@ def test_copy_into_another_users_tree_needs_write_there(people: People) -> None:
     into = f"{p.server.url}/shared/{p.alice}/inbox/mine.txt"
     assert p.call(p.bob, "COPY", "/files/mine.txt", headers={"Destination": into}).status == 201
     assert p.call(p.alice, "GET", "/files/inbox/mine.txt").body == b"from bob"
-    # Moving between spaces is refused: rows keep their space's owner.
-    into = f"{p.server.url}/shared/{p.alice}/inbox/moved.txt"
-    assert p.call(p.bob, "MOVE", "/files/mine.txt", headers={"Destination": into}).status == 403
     with p.server.app.db.read() as session:
         owners = set(
             session.scalars(
@@ -232,6 +233,108 @@ def test_copy_into_another_users_tree_needs_write_there(people: People) -> None:
         )
     ids = {p.server.app.services.users.user_id(n) for n in (p.alice, p.bob)}
     assert owners == ids  # bob's original and alice's copy
+
+
+# -- MOVE into another space: a copy there, the source to its own trash (RFC 4918 9.9)
+
+
+def rows_named(p: People, name: str) -> list[sa.Row[Any]]:
+    """(parent_id, group_id) of the rows, live or in a trashed folder, named ``name``."""
+    with p.server.app.db.read() as session:
+        query = sa.select(Node.parent_id, Node.group_id).where(Node.name == name)
+        return list(session.execute(query))
+
+
+def test_a_folder_moved_into_a_group_takes_its_history_and_leaves_the_quota(
+    people: People,
+) -> None:
+    """Finder, Explorer and GNOME Files drag items between the folders of one mounted drive
+    with MOVE. Between ``/files/`` and ``/groups/<group>/`` it was refused (403, "copy them
+    instead"), and a drag of a folder failed. It moves now: every version and dead property
+    goes along, the mover's quota is freed, and the original waits in the mover's trash."""
+    p = people
+    users = p.server.app.services.users
+    bob = users.user_id(p.bob)
+    assert p.call(p.bob, "MKCOL", "/files/report/").status == 201
+    assert p.put(p.bob, "/files/report/draft.txt", b"one") == 201
+    assert p.put(p.bob, "/files/report/draft.txt", b"two!") == 204
+    assert p.call(p.bob, "PROPPATCH", "/files/report/draft.txt", PROPPATCH).status == 207
+    used_before = p.server.app.files.usage(bob)[0]
+
+    into = {"Destination": f"{p.server.url}/groups/{p.team}/report/"}
+    moved = p.call(p.bob, "MOVE", "/files/report/", headers=into)
+
+    assert moved.status == 201, moved.body
+    assert p.call(p.bob, "PROPFIND", "/files/report/", headers={"Depth": "0"}).status == 404
+    moved_file = f"/groups/{p.team}/report/draft.txt"
+    assert p.call(p.alice, "GET", moved_file).body == b"two!"
+    assert p.call(p.alice, "GET", moved_file + "?version=1").body == b"one"
+    props = p.call(p.alice, "PROPFIND", moved_file, PROPFIND_COLOR, {"Depth": "0"})
+    assert b">red<" in props.body
+    assert p.server.app.files.usage(bob)[0] == used_before - 4
+    (copy,) = [row for row in rows_named(p, "draft.txt") if row.group_id is not None]
+    # The original is in bob's trash.
+    trash = p.call(p.bob, "PROPFIND", "/trash/", headers={"Depth": "1"})
+    assert b"report" in trash.body
+    with p.server.app.db.read() as session:
+        details = session.scalars(
+            sa.select(LogEntry.details).where(
+                LogEntry.op_type == Op.NODE_MOVE.value, LogEntry.node_id == copy.parent_id
+            )
+        ).one()
+    assert details["after"]["name"] == "report" and "source" in details
+
+
+def test_moving_out_of_a_share_needs_download_and_leaves_the_owner_a_trashed_original(
+    people: People,
+) -> None:
+    """Moving an item out of a folder shared with you puts its bytes in your own space, out of
+    the owner's reach and control: it needs the download right, as a COPY out does. The
+    owner finds the original in their trash."""
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/drop/").status == 201
+    assert p.put(p.alice, "/files/drop/secret.txt", b"eyes only") == 201
+    assert p.put(p.alice, "/files/drop/plan.txt", b"the plan") == 201
+    assert p.grant(p.alice, "/files/drop/secret.txt", p.bob, "read", "write") == 201
+    assert p.grant(p.alice, "/files/drop/plan.txt", p.bob, "read", "write", "download") == 201
+    shared = f"/shared/{p.alice}/"
+
+    def move(name: str) -> Response:
+        into = {"Destination": f"{p.server.url}/files/{name}"}
+        return p.call(p.bob, "MOVE", shared + name, headers=into)
+
+    refused = move("secret.txt")
+    assert refused.status == 403
+    assert b"download right" in refused.body
+    assert p.call(p.alice, "GET", "/files/drop/secret.txt").body == b"eyes only"
+    assert p.call(p.bob, "GET", "/files/secret.txt").status == 404
+
+    assert move("plan.txt").status == 201
+    assert p.call(p.bob, "GET", "/files/plan.txt").body == b"the plan"
+    assert p.call(p.alice, "GET", "/files/drop/plan.txt").status == 404
+    trash = p.call(p.alice, "PROPFIND", "/trash/", headers={"Depth": "1"})
+    assert b"plan.txt" in trash.body
+
+
+def test_a_move_into_another_space_over_the_quota_changes_nothing(people: People) -> None:
+    p = people
+    p.server.app.services.users.set_quota(None, p.bob, 100)
+    assert p.put(p.alice, f"/groups/{p.team}/big.bin", b"g" * 200) == 201
+    assert p.put(p.alice, f"/groups/{p.team}/doc.txt", b"group doc, version 2") == 201
+    assert p.put(p.bob, "/files/doc.txt", b"bob's doc") == 201
+    into = {"Destination": f"{p.server.url}/files/big.bin"}
+    assert p.call(p.bob, "MOVE", f"/groups/{p.team}/big.bin", headers=into).status == 507
+    assert p.call(p.alice, "GET", f"/groups/{p.team}/big.bin").body == b"g" * 200
+    assert p.call(p.bob, "GET", "/files/big.bin").status == 404
+    assert p.server.app.files.usage(p.server.app.services.users.user_id(p.bob))[0] == 9
+    # Onto a file of the other space: it becomes that file's newest version.
+    onto = {"Destination": f"{p.server.url}/files/doc.txt", "Overwrite": "F"}
+    assert p.call(p.bob, "MOVE", f"/groups/{p.team}/doc.txt", headers=onto).status == 412
+    onto["Overwrite"] = "T"
+    assert p.call(p.bob, "MOVE", f"/groups/{p.team}/doc.txt", headers=onto).status == 204
+    assert p.call(p.bob, "GET", "/files/doc.txt").body == b"group doc, version 2"
+    assert p.call(p.bob, "GET", "/files/doc.txt?version=1").body == b"bob's doc"
+    assert p.call(p.alice, "GET", f"/groups/{p.team}/doc.txt").status == 404
 
 
 @pytest.mark.parametrize(
@@ -927,12 +1030,14 @@ def test_a_refusal_tells_clients_why_in_the_body_they_read(people: People) -> No
     assert page.status == 403 and page.headers["Content-Type"].startswith("text/html")
     assert b"you may not download this item" in page.body
     # The one failure of a COPY, MOVE or DELETE, which WsgiDAV answers with its page itself.
-    into = {"Destination": f"{p.server.url}/groups/{p.team}/look.txt"}
-    moved = p.call(p.alice, "MOVE", "/files/look.txt", headers=into)
+    assert p.call(p.alice, "MKCOL", "/files/outer/").status == 201
+    assert p.put(p.alice, "/files/outer/inner.txt") == 201
+    into = {"Destination": f"{p.server.url}/files/outer", "Overwrite": "T"}
+    moved = p.call(p.alice, "MOVE", "/files/outer/inner.txt", headers=into)
     assert moved.status == 403
     assert moved.headers["Content-Type"].startswith("application/xml")
     message = ET.fromstring(moved.body).findtext("{http://sabredav.org/ns}message")
-    assert message == "items cannot be moved between spaces; copy them instead"
+    assert message == "the destination is a folder the source is in"
     assert int(moved.headers["Content-Length"]) == len(moved.body)
 
 
