@@ -389,7 +389,8 @@ class Connection(cheroot_server.HTTPConnection):
         until ``header_timeout``; past that it is closed (LATE)."""
         if self._since is None:
             self._since = time.monotonic()
-        if self.tls_pending:
+        shaking = self.tls_pending
+        if shaking:
             stage = self._advance_handshake()
             if stage is not None:
                 return self._late_or(stage, limit_seconds)
@@ -412,7 +413,7 @@ class Connection(cheroot_server.HTTPConnection):
             self._since = None
             return HeadState.READY
         self._head = head
-        if not head and not isinstance(self.socket, ssl.SSLSocket):
+        if not head and not shaking:
             self._since = None  # nothing of a request yet: an idle connection
         return self._late_or(HeadState.WAITING, limit_seconds)
 

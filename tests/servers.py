@@ -138,6 +138,22 @@ class LiveServer(DavServer):
     def diagnostics(self) -> str:
         return "\n--- server stderr (tail) ---\n" + tail(self.stderr_text(), 40)
 
+    def cli(self, *args: str) -> str:
+        """Run ``python -m davserver ARGS`` on this server's database; what it printed
+        (AssertionError when it fails)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "davserver", *args],
+            cwd=self.data_dir,
+            env=_server_env(self.data_dir, self.db_url, self.user, self.password),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            command = " ".join(args)
+            raise AssertionError(f"davserver {command} exited {done.returncode}: {done.stderr}")
+        return done.stdout
+
 
 @dataclass
 class InprocServer(DavServer):

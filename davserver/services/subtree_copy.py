@@ -181,28 +181,31 @@ def _copy_versions(
     current = {row.current_version_id for row in files}
     version_values = []
     pointers: dict[uuid.UUID, uuid.UUID] = {}
-    for version in session.scalars(
-        sa.select(FileVersion).where(FileVersion.node_id.in_([row.id for row in files]))
+    columns = [getattr(FileVersion, name) for name in ("id", "node_id", *_VERSION_KEPT)]
+    for version in session.execute(
+        sa.select(*columns).where(FileVersion.node_id.in_([row.id for row in files]))
     ):
         new_version = uuid.uuid4()
         node_id = batch_ids[version.node_id]
-        version_values.append(
-            {
-                "id": new_version,
-                "node_id": node_id,
-                "version_no": version.version_no,
-                "blob_id": version.blob_id,
-                "size": version.size,
-                "uploaded_by": version.uploaded_by,
-                "uploaded_at": version.uploaded_at,
-                "session_id": version.session_id,
-                "mtime": version.mtime,
-            }
-        )
+        kept = {name: getattr(version, name) for name in _VERSION_KEPT}
+        version_values.append({"id": new_version, "node_id": node_id, **kept})
         if version.id in current:
             pointers[node_id] = new_version
     session.execute(sa.insert(FileVersion), version_values)
     _point_at(session, pointers)
+
+
+# What a version copied with its history keeps (its node and id are new; read rows, not
+# entities, so that a big subtree's versions do not pile up in the session).
+_VERSION_KEPT = (
+    "version_no",
+    "blob_id",
+    "size",
+    "uploaded_by",
+    "uploaded_at",
+    "session_id",
+    "mtime",
+)
 
 
 def _point_at(session: Session, pointers: dict[uuid.UUID, uuid.UUID]) -> None:

@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -384,3 +385,31 @@ def test_davfs2_mount_roundtrip(live_server: LiveServer, dav_dir: str, tmp_path:
     assert active_locks(live_server, dav_dir) == {}, "davfs2 left locks behind after unmounting"
     for name, data in expected.items():
         wait_for(live_server, dav_dir + quote(name), data)
+
+
+@pytest.mark.skipif(
+    CANNOT_MOUNT is not None, reason=f"davfs2 cannot mount on this machine: {CANNOT_MOUNT}"
+)
+def test_davfs2_moves_between_spaces(live_server: LiveServer) -> None:
+    """With the whole namespace mounted (``/``), ``mv`` from ``files/`` into a group's folder is
+    a rename inside one mount, which davfs2 sends as MOVE; the server refused it (403), and
+    ``mv`` failed with "Input/output error". It moves now, folder and file."""
+    team = f"team-{uuid.uuid4().hex[:8]}"
+    live_server.cli("group", "create", team)
+    live_server.cli("group", "add", team, live_server.user)
+    folder = live_server.fresh_dir("cross")
+    name = urllib.parse.unquote(folder.rstrip("/").rsplit("/", 1)[1])
+    data = os.urandom(50_000)
+    assert live_server.request("PUT", folder + "inside.bin", data).status == 201
+    assert live_server.request("PUT", folder + "alone.txt", b"alone").status == 201
+    groups = f"{live_server.url}/groups/{team}/"
+
+    with davfs2_mount(live_server.url + "/", live_server.user, live_server.password) as mnt:
+        (mnt / "files" / name / "alone.txt").rename(mnt / "groups" / team / "alone.txt")
+        (mnt / "files" / name).rename(mnt / "groups" / team / name)
+        assert (mnt / "groups" / team / name / "inside.bin").read_bytes() == data
+
+    wait_for(live_server, groups + "alone.txt", b"alone")
+    wait_for(live_server, groups + f"{quote(name)}/inside.bin", data)
+    wait_for(live_server, folder + "inside.bin", None)
+    assert live_server.request("PROPFIND", folder, headers={"Depth": "0"}).status == 404
