@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
@@ -19,6 +20,8 @@ from davserver.blobstore import MaintainableBlobStore
 from davserver.config import Networks, Settings, trusted_networks
 from davserver.context import Services
 from davserver.errors import BadRequest, StorageFull, TooManyRequests, Unauthorized, Unavailable
+from davserver.metrics import Board, Counted, Slot, render
+from davserver.services.actor import Actor
 from providers.dispatch import DavRequestResolver
 from providers.error_printer import ErrorPrinter
 from providers.lock_manager import LockManager
@@ -28,6 +31,8 @@ from providers.provider import DavProvider
 from providers.trash import register as register_trash
 from providers.versions import register as register_versions
 
+# Where Prometheus scrapes (``server.metrics``).
+METRICS_PATH = "/metrics"
 # Bodies WsgiDAV reads whole into memory (PROPFIND, PROPPATCH, LOCK, ...) are capped.
 _STREAMED_METHODS = frozenset({"PUT", "GET", "HEAD"})
 
@@ -35,8 +40,17 @@ _STREAMED_METHODS = frozenset({"PUT", "GET", "HEAD"})
 class Application:
     """The WSGI application and everything it owns; ``close()`` releases it all."""
 
-    def __init__(self, settings: Settings, blobs: MaintainableBlobStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        blobs: MaintainableBlobStore | None = None,
+        *,
+        metrics: Slot | None = None,
+    ) -> None:
+        """``metrics``: this process's slot of the workers' shared board (davserver.workers);
+        by default a board of its own."""
         self.settings = settings
+        self.metrics = metrics or Board(1).slot(0)
         self._proxies = trusted_networks(settings.server.trusted_proxies)
         self.services = services = Services(settings, blobs)
         self.db = services.db
@@ -86,6 +100,23 @@ class Application:
         self._queries.count = getattr(self._queries, "count", 0) + 1
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        """Answer a request, counted in the metrics (``davserver.metrics``) when its response
+        is closed."""
+        counted = Counted(self.metrics, environ.get("REQUEST_METHOD", ""), time.monotonic())
+
+        def noted(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            counted.status = int(status[:3]) if status[:3].isdigit() else 0
+            return start_response(status, headers, exc_info)
+
+        try:
+            counted.response = self._respond(environ, noted)
+        except BaseException:
+            counted.status = 500  # cheroot answers it
+            counted.close()
+            raise
+        return counted
+
+    def _respond(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "")
         length = environ.get("CONTENT_LENGTH", "") or "0"
         path = environ.get("PATH_INFO", "")
@@ -126,7 +157,7 @@ class Application:
         if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
             return self.api(environ, start_response)
         try:
-            self.authenticator.identify(environ)
+            actor = self.authenticator.identify(environ)
         except Unauthorized:
             body = "" if environ.get("REQUEST_METHOD") == "HEAD" else "Authentication required\n"
             return _plain(start_response, "401 Unauthorized", body, self.authenticator.challenges)
@@ -146,7 +177,37 @@ class Application:
                 "The server is busy; try again\n",
                 [("Retry-After", str(exc.retry_after))],
             )
+        if path == METRICS_PATH and self.settings.server.metrics:
+            return self._metrics(environ, start_response, actor)
         return self.dav(environ, start_response)
+
+    def _metrics(
+        self, environ: dict[str, Any], start_response: Any, actor: Actor
+    ) -> Iterable[bytes]:
+        """GET /metrics, for admins: ``davserver.metrics.render``."""
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD"):
+            return _plain(
+                start_response, "405 Method Not Allowed", "GET only\n", [("Allow", "GET, HEAD")]
+            )
+        if not actor.is_admin:
+            return _plain(start_response, "403 Forbidden", "The metrics are for admins\n")
+        gauges = {
+            "davserver_blob_store_free_bytes": (
+                "Free space where uploads are written (the blob folder's disk, or S3 staging).",
+                float(self.blobs.free_bytes()),
+            )
+        }
+        body = render(self.metrics.board, gauges).encode()
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [b"" if method == "HEAD" else body]
 
     def _end_request(self) -> None:
         """Release what a request held for its whole life: its read connection, its locks view."""

@@ -104,6 +104,12 @@ class ServerSettings:
         " or networks, such as 10.0.0.0/8): from them the client's address is taken from"
         " X-Forwarded-For, for throttling, sessions and the logbook. Empty: nobody's.",
     )
+    metrics: bool = opt(
+        True,
+        "GET /metrics answers admins (an admin's read-only API key, say) with request counts,"
+        " durations and process figures in Prometheus's text format, summed over the worker"
+        " processes.",
+    )
 
     def __post_init__(self) -> None:
         """The rules between options, checked wherever settings are made."""

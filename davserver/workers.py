@@ -36,6 +36,7 @@ from types import FrameType
 from davserver.app import Application
 from davserver.config import ConfigError, Settings
 from davserver.housekeeping import Housekeeper
+from davserver.metrics import Board
 from davserver.processes import fork_child
 from davserver.server import CannotListen, announce, serve
 from davserver.tls import tls_enabled
@@ -70,15 +71,21 @@ def check_supported(workers: int) -> None:
 
 @dataclass
 class _Workers:
-    """The parent's side: the worker processes and when each started."""
+    """The parent's side: the worker processes, when each started, and its slot of the
+    metrics board (``start`` forks a worker for a slot; one that replaces a worker takes its
+    slot, so the totals carry on)."""
 
-    start: Callable[[], int]
+    start: Callable[[int], int]
     started: dict[int, float] = field(default_factory=dict)
+    slots: dict[int, int] = field(default_factory=dict)
     failed_starts: int = 0
 
     def spawn(self) -> int:
-        pid = self.start()
+        taken = set(self.slots.values())
+        slot = next(i for i in range(len(taken) + 1) if i not in taken)
+        pid = self.start(slot)
         self.started[pid] = time.monotonic()
+        self.slots[pid] = slot
         return pid
 
     def reap(self, other: Callable[[int, int], None] | None = None) -> list[tuple[int, int, float]]:
@@ -93,6 +100,7 @@ class _Workers:
             if pid == 0:
                 break
             began = self.started.pop(pid, None)
+            self.slots.pop(pid, None)
             if began is not None:
                 gone.append((pid, status, time.monotonic() - began))
             elif other is not None:
@@ -172,14 +180,16 @@ def serve_workers(app: Application, settings: Settings, workers: int) -> int:
     def ready(_server: object) -> None:
         os.write(ready_write, b".")
 
-    def worker() -> None:
-        serve(Application(settings), host, port, reuse_port=True, housekeeping=False, ready=ready)
+    def worker(slot: int) -> None:
+        app = Application(settings, metrics=board.slot(slot))
+        serve(app, host, port, reuse_port=True, housekeeping=False, ready=ready)
 
     def sweep() -> None:
         os.close(ready_write)
         Housekeeper(app.services, settings.maintenance.housekeeping_seconds).sweep()
 
-    pool = _Workers(lambda: fork(worker))
+    board = Board(workers)  # shared with the workers: made before they are forked
+    pool = _Workers(lambda slot: fork(lambda: worker(slot)))
     sweeps = _Sweeps(lambda: fork(sweep), settings.maintenance.housekeeping_seconds)
     stopping: list[int] = []
 

@@ -32,6 +32,7 @@ from tests.servers import (
     http_request,
     run_live_server,
 )
+from tests.unit.test_metrics import sample
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="worker processes need Linux (SO_REUSEPORT)"
@@ -201,6 +202,39 @@ def test_a_worker_that_dies_is_replaced_while_the_others_answer(server: LiveServ
     replacement = (now - {victim, survivor}).pop()
     reached = connections_on_each(server, now)
     assert reached[replacement].request("PUT", "/files/after.txt", b"replaced").status == 201
+    for conn in [*held.values(), *reached.values()]:
+        conn.close()
+
+
+def test_metrics_count_every_worker_whichever_answers_the_scrape(server: LiveServer) -> None:
+    """A scrape reaches whichever worker the kernel picks: each answers for all of them, and a
+    worker that replaces a dead one carries its totals on (Prometheus reads a counter that
+    goes back as a restart)."""
+    workers = workers_of(server)
+    held = connections_on_each(server, workers)
+    for conn in held.values():
+        for _ in range(4):
+            assert conn.request("OPTIONS", "/files/").status == 200
+
+    def options(conn: Connection) -> float:
+        response = conn.request("GET", "/metrics")
+        assert response.status == 200, response.body[:300]
+        text = response.body.decode()
+        assert sample(text, "davserver_worker_processes") == WORKERS
+        return sample(text, "davserver_http_requests_total", 'method="OPTIONS",code="2xx"')
+
+    assert {pid: options(conn) for pid, conn in held.items()} == dict.fromkeys(held, 8)
+
+    victim, survivor = sorted(workers)
+    os.kill(victim, signal.SIGKILL)
+    assert server.process is not None
+    deadline = time.monotonic() + 30
+    while victim in (now := children(server.process.pid)) or len(now) < WORKERS:
+        assert time.monotonic() < deadline, f"not replaced: {now}" + server.diagnostics()
+        time.sleep(0.1)
+    replacement = (now - {victim, survivor}).pop()
+    reached = connections_on_each(server, now)
+    assert options(reached[replacement]) == options(reached[survivor]) == 8
     for conn in [*held.values(), *reached.values()]:
         conn.close()
 
