@@ -387,22 +387,26 @@ class Connection(cheroot_server.HTTPConnection):
         line and headers are all there, so a client sending them (or its handshake) a byte at
         a time waits in the selector, as an idle connection does, instead of holding a thread
         until ``header_timeout``; past that it is closed (LATE)."""
-        if self._since is None:
-            self._since = time.monotonic()
-        shaking = self.tls_pending
-        if shaking:
+        shaken = self.tls_pending
+        if shaken:
+            if self._since is None:
+                self._since = time.monotonic()  # the handshake's clock
             stage = self._advance_handshake()
             if stage is not None:
                 return self._late_or(stage, limit_seconds)
+            self._since = None  # made: a request's clock starts with its first bytes
         reader = self.rfile  # cheroot's StreamReader, a _pyio.BufferedReader (see has_data)
         buffered = reader._read_buf[reader._read_pos :]
         reader._read_buf, reader._read_pos = b"", 0
         seen = len(self._head)
         head = self._head + buffered
-        ended = False
+        ended = partial_record = False
         while not _head_complete(head, seen) and len(head) < MAX_HEADER_BYTES:
             arrived = self._receive()
             if arrived is None:
+                # Over TLS, bytes that woke the selector but made no whole record yet: a
+                # request has begun (unless they were the handshake's last, just made).
+                partial_record = isinstance(self.socket, ssl.SSLSocket) and not shaken
                 break
             ended = arrived == b""
             head += arrived
@@ -413,8 +417,10 @@ class Connection(cheroot_server.HTTPConnection):
             self._since = None
             return HeadState.READY
         self._head = head
-        if not head and not shaking:
+        if not (head or partial_record):
             self._since = None  # nothing of a request yet: an idle connection
+        elif self._since is None:
+            self._since = time.monotonic()  # the request's clock
         return self._late_or(HeadState.WAITING, limit_seconds)
 
     def _late_or(self, state: HeadState, limit_seconds: float) -> HeadState:

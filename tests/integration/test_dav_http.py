@@ -12,6 +12,7 @@ import gzip
 import http.client
 import io
 import logging
+import os
 import secrets
 import select
 import socket
@@ -2681,6 +2682,49 @@ def test_headers_sent_a_byte_at_a_time_hold_no_thread(scheme: str, tmp_path: Pat
             stop.set()
             for sock in [*(sock for sock, _ in slow), patient]:
                 sock.close()
+
+
+def test_header_timeout_over_tls_counts_from_the_request_not_the_handshake(
+    tmp_path: Path,
+) -> None:
+    """The clock of ``header_timeout`` runs while a handshake or a request is arriving, not
+    while a connection is idle: a TLS client that waited after its handshake, then sent its
+    request in two writes, was closed unanswered (its clock had started with the handshake).
+    And a client trickling a TLS record a byte at a time after its handshake must still be cut
+    off: the clock had restarted at each byte, since nothing of a request was decrypted."""
+    cert, key = self_signed(tmp_path)
+    tls = {"server__ssl_certificate": str(cert), "server__ssl_private_key": str(key)}
+    with run_inproc_server(
+        "sqlite", tmp_path, server__threads=2, server__header_timeout=2, **tls
+    ) as server:
+        auth = basic_auth_header(server.user, server.password)
+        head = f"PROPFIND /files/ HTTP/1.1\r\nHost: {HOST}\r\nDepth: 0\r\n"
+        head += f"Authorization: {auth}\r\nContent-Length: 0\r\n\r\n"
+        context = ssl._create_unverified_context()
+        raw = socket.create_connection((HOST, server.port), timeout=10)
+        with context.wrap_socket(raw) as sock:
+            time.sleep(3)  # idle, past header_timeout, after the handshake
+            sock.sendall(head[:20].encode())
+            time.sleep(0.3)
+            sock.sendall(head[20:].encode())
+            answer = sock.recv(200)
+            assert answer.startswith(b"HTTP/1.1 207"), answer
+        # A record of 100 bytes announced after a handshake, then sent a byte every 0.25 s:
+        # never a whole request, so it is closed once past header_timeout.
+        raw = socket.create_connection((HOST, server.port), timeout=10)
+        with context.wrap_socket(raw) as sock, socket.socket(fileno=os.dup(sock.fileno())) as fd:
+            started = time.monotonic()
+            fd.sendall(b"\x17\x03\x03\x00\x64")
+            closed = False
+            while not closed and time.monotonic() - started < 8:
+                try:
+                    fd.sendall(b"\x00")
+                    readable, _, _ = select.select([fd], [], [], 0.25)
+                    closed = bool(readable) and not fd.recv(4096)  # what the server sent
+                except OSError:  # reset
+                    closed = True
+            assert closed, "a TLS record trickled a byte at a time was never cut off"
+            assert time.monotonic() - started < 6
 
 
 def test_broken_tls_handshakes_are_closed_at_once(
