@@ -58,8 +58,7 @@ def check_request(provider: DavProvider, environ: dict[str, Any]) -> None:
         elif method in ("COPY", "MOVE") and isinstance(target, _NodeResource):
             if method == "MOVE":
                 require(target.rights, Perm.WRITE, "move")
-                if _into_another_space(provider, environ, target):
-                    _may_take_bytes_away(target)
+                _may_move_bytes_there(provider, environ, target)
             else:
                 require(target.rights, Perm.DOWNLOAD, "copy")
             check_destination(provider, environ)
@@ -92,25 +91,25 @@ def check_destination(provider: DavProvider, environ: dict[str, Any]) -> None:
         _may_create_or_change(provider, environ, dest, existing)
 
 
-def _into_another_space(provider: DavProvider, environ: dict[str, Any], target: Any) -> bool:
-    """Whether a MOVE's Destination is in a space other than ``target``'s (a copy there and
-    the source to the trash: ``FileService.move``)."""
+def _may_move_bytes_there(provider: DavProvider, environ: dict[str, Any], target: Any) -> None:
+    """A MOVE that puts an item's bytes within the mover's reach needs DOWNLOAD on it, as a
+    COPY does: into another space (a copy there, out of reach of the grants it had), or under
+    a folder where the mover may download (its grants then cover the item: a grantee who may
+    write but not download took a file so, in two MOVEs, to their own space)."""
+    if target.rights & Perm.DOWNLOAD or target.view is None:
+        return
     dest = destination_path(environ)
-    if dest is None or target.view is None:
-        return False
-    parent = provider.get_resource_inst(util.get_uri_parent(dest.rstrip("/")), environ)
-    view = getattr(parent, "view", None) if isinstance(parent, _NodeResource) else None
-    if view is None:
-        return False
-    return (view.owner_id, view.group_id) != (target.view.owner_id, target.view.group_id)
+    parent = None if dest is None else provider.get_resource_inst(_parent_of(dest), environ)
+    if not isinstance(parent, _NodeResource) or parent.view is None:
+        return
+    view, here = parent.view, target.view
+    elsewhere = (view.owner_id, view.group_id) != (here.owner_id, here.group_id)
+    if elsewhere or parent.rights & Perm.DOWNLOAD:
+        raise Forbidden("moving this item there needs the download right on it")
 
 
-def _may_take_bytes_away(target: Any) -> None:
-    """A MOVE into another space copies the bytes there, out of reach of the rights they had
-    here (into the mover's own space, say): it needs DOWNLOAD, as a COPY does, besides the
-    WRITE every MOVE needs."""
-    if not target.rights & Perm.DOWNLOAD:
-        raise Forbidden("moving this item to another space needs the download right on it")
+def _parent_of(path: str) -> str:
+    return str(util.get_uri_parent(path.rstrip("/")))
 
 
 def _may_change(target: Any) -> None:

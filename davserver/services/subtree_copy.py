@@ -117,7 +117,8 @@ def _copy_batch(
         )
     session.execute(sa.insert(Node), node_values)
     if history:
-        _copy_versions(session, batch_ids, [row for row in rows if row.current_version_id])
+        files = [row for row in rows if row.kind == NodeKind.FILE.value]
+        _copy_versions(session, batch_ids, files)
     else:
         _copy_current_versions(session, actor, batch_ids, rows, now)
     props = session.execute(for_bind(DEAD_OF, session), {"ids": [row.id for row in rows]}).all()
@@ -175,7 +176,8 @@ def _copy_versions(
     session: Session, batch_ids: dict[uuid.UUID, uuid.UUID], files: Sequence[Any]
 ) -> None:
     """Give each copied file every version of its source, numbered, dated and attributed as
-    they were, its current one current."""
+    they were, its current one current (a file emptied by a MOVE onto it has history and no
+    current version)."""
     if not files:
         return
     current = {row.current_version_id for row in files}
@@ -191,7 +193,8 @@ def _copy_versions(
         version_values.append({"id": new_version, "node_id": node_id, **kept})
         if version.id in current:
             pointers[node_id] = new_version
-    session.execute(sa.insert(FileVersion), version_values)
+    if version_values:
+        session.execute(sa.insert(FileVersion), version_values)
     _point_at(session, pointers)
 
 
@@ -210,6 +213,8 @@ _VERSION_KEPT = (
 
 def _point_at(session: Session, pointers: dict[uuid.UUID, uuid.UUID]) -> None:
     """Make each file's given version (``pointers``: node id -> version id) its current one."""
+    if not pointers:
+        return
     nodes = sa.table("nodes", sa.column("id", sa.Uuid), sa.column("current_version_id", sa.Uuid))
     session.execute(
         sa.update(nodes)

@@ -295,25 +295,50 @@ def test_moving_out_of_a_share_needs_download_and_leaves_the_owner_a_trashed_ori
     assert p.call(p.alice, "MKCOL", "/files/drop/").status == 201
     assert p.put(p.alice, "/files/drop/secret.txt", b"eyes only") == 201
     assert p.put(p.alice, "/files/drop/plan.txt", b"the plan") == 201
-    assert p.grant(p.alice, "/files/drop/secret.txt", p.bob, "read", "write") == 201
+    assert p.grant(p.alice, "/files/drop", p.bob, "read", "write") == 201
     assert p.grant(p.alice, "/files/drop/plan.txt", p.bob, "read", "write", "download") == 201
     shared = f"/shared/{p.alice}/"
 
     def move(name: str) -> Response:
         into = {"Destination": f"{p.server.url}/files/{name}"}
-        return p.call(p.bob, "MOVE", shared + name, headers=into)
+        return p.call(p.bob, "MOVE", shared + "drop/" + name, headers=into)
 
     refused = move("secret.txt")
     assert refused.status == 403
     assert b"download right" in refused.body
     assert p.call(p.alice, "GET", "/files/drop/secret.txt").body == b"eyes only"
     assert p.call(p.bob, "GET", "/files/secret.txt").status == 404
+    # Nor by way of a folder of the owner's where bob may download: two MOVEs did it.
+    assert p.call(p.alice, "MKCOL", "/files/open/").status == 201
+    assert p.grant(p.alice, "/files/open", p.bob, "read", "write", "download") == 201
+    into = {"Destination": f"{p.server.url}/shared/{p.alice}/open/secret.txt"}
+    assert p.call(p.bob, "MOVE", shared + "drop/secret.txt", headers=into).status == 403
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/open/secret.txt").status == 404
+    assert p.call(p.alice, "GET", "/files/drop/secret.txt").body == b"eyes only"
 
     assert move("plan.txt").status == 201
     assert p.call(p.bob, "GET", "/files/plan.txt").body == b"the plan"
     assert p.call(p.alice, "GET", "/files/drop/plan.txt").status == 404
     trash = p.call(p.alice, "PROPFIND", "/trash/", headers={"Depth": "1"})
     assert b"plan.txt" in trash.body
+
+
+def test_a_moved_file_whose_content_was_emptied_keeps_its_history(people: People) -> None:
+    """An editor saving an empty document over a file (a temporary file renamed over it)
+    leaves it with its history and no current version; moved to another space, it arrived
+    with no versions at all."""
+    p = people
+    assert p.put(p.bob, "/files/doc.txt", b"one") == 201
+    assert p.put(p.bob, "/files/doc.txt", b"two!") == 204
+    assert p.put(p.bob, "/files/.doc.txt.tmp", b"") == 201
+    onto = {"Destination": f"{p.server.url}/files/doc.txt", "Overwrite": "T"}
+    assert p.call(p.bob, "MOVE", "/files/.doc.txt.tmp", headers=onto).status == 204
+    into = {"Destination": f"{p.server.url}/groups/{p.team}/doc.txt"}
+    assert p.call(p.bob, "MOVE", "/files/doc.txt", headers=into).status == 201
+    moved = f"/groups/{p.team}/doc.txt"
+    assert p.call(p.alice, "GET", moved).body == b""
+    assert p.call(p.alice, "GET", moved + "?version=1").body == b"one"
+    assert p.call(p.alice, "GET", moved + "?version=2").body == b"two!"
 
 
 def test_a_move_into_another_space_over_the_quota_changes_nothing(people: People) -> None:
