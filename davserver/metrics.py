@@ -181,9 +181,9 @@ def render(board: Board, gauges: Mapping[str, tuple[str, float]] | None = None) 
             text.sample(name, f'method="{method}"', value)
     text.family("davserver_http_requests_in_flight", "gauge", "Requests being answered now.")
     text.sample("davserver_http_requests_in_flight", "", sum(f[_IN_FLIGHT] for _, f in live))
+    running = _processes(text, live)
     text.family("davserver_worker_processes", "gauge", "Server processes answering requests.")
-    text.sample("davserver_worker_processes", "", len(live))
-    _processes(text, live)
+    text.sample("davserver_worker_processes", "", running)
     for name, (about, value) in (gauges or {}).items():
         text.family(name, "gauge", about)
         text.sample(name, "", value)
@@ -199,8 +199,9 @@ _PROCESS_FAMILIES = {
 }
 
 
-def _processes(text: _Text, live: list[tuple[int, tuple[float, ...]]]) -> None:
-    """Each worker process's memory, CPU time, threads, open files and start time."""
+def _processes(text: _Text, live: list[tuple[int, tuple[float, ...]]]) -> int:
+    """Each worker process's memory, CPU time, threads, open files and start time; how many
+    are running (a dead one's slot waits for its replacement)."""
     rows = [
         (f'worker="{i}",pid="{int(f[_PID])}"', f[_STARTED], _proc(int(f[_PID]))) for i, f in live
     ]
@@ -211,8 +212,10 @@ def _processes(text: _Text, live: list[tuple[int, tuple[float, ...]]]) -> None:
                 text.sample(name, labels, values[position])
     name = "davserver_process_start_time_seconds"
     text.family(name, "gauge", "When the process started, in seconds since the epoch.")
-    for labels, started, _ in rows:
-        text.sample(name, labels, started)
+    for labels, started, values in rows:
+        if values is not None:
+            text.sample(name, labels, started)
+    return sum(values is not None for _, _, values in rows)
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")

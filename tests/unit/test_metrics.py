@@ -86,3 +86,19 @@ def test_a_counted_response_reports_its_bytes_and_status_when_closed() -> None:
     assert sample(text, "davserver_http_requests_total", 'method="GET",code="2xx"') == 1
     assert sample(text, "davserver_http_response_bytes_total", 'method="GET"') == 7
     assert sample(text, "davserver_http_requests_in_flight") == 0
+
+
+def test_a_worker_that_died_counts_no_more_as_running_but_its_totals_stay() -> None:
+    board = Board(2)
+    board.slot(0)
+    pid = os.fork()
+    if pid == 0:  # a worker that answers one request, then dies
+        slot = board.slot(1)
+        slot.started()
+        slot.finished("GET", 200, 0.01, 1)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    text = render(board)
+    assert sample(text, "davserver_worker_processes") == 1
+    assert sample(text, "davserver_http_requests_total", 'method="GET",code="2xx"') == 1
+    assert f'pid="{pid}"' not in text
