@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -102,7 +102,10 @@ class Application:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """Answer a request, counted in the metrics (``davserver.metrics``) when its response
         is closed."""
-        counted = Counted(self.metrics, environ.get("REQUEST_METHOD", ""), time.monotonic())
+        # WsgiDAV does its work while the response is iterated, so what the request holds for
+        # its whole life (``_end_request``) is released when the server closes the response.
+        method = environ.get("REQUEST_METHOD", "")
+        counted = Counted(self.metrics, method, time.monotonic(), after=self._end_request)
 
         def noted(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             counted.status = int(status[:3]) if status[:3].isdigit() else 0
@@ -142,15 +145,8 @@ class Application:
         if self.settings.logging.query_header:
             self._queries.count = 0
             start_response = self._with_query_header(start_response)
-        # WsgiDAV does its work while the response is iterated, so the request's shared read
-        # connection is released when the server closes the response, not when this returns.
-        self.db.begin_request()
-        try:
-            response = self._dispatch(environ, start_response)
-        except BaseException:
-            self._end_request()
-            raise
-        return _ClosingResponse(response, self._end_request)
+        self.db.begin_request()  # ended by ``__call__``'s response, when it is closed
+        return self._dispatch(environ, start_response)
 
     def _dispatch(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -255,25 +251,6 @@ def _with_final_headers(start_response: Any) -> Any:
         return start_response(status, [*headers, *extra], exc_info)
 
     return wrapped
-
-
-class _ClosingResponse:
-    """A response iterable that runs ``on_close`` after the wrapped one is closed."""
-
-    def __init__(self, response: Iterable[bytes], on_close: Any) -> None:
-        self._response = response
-        self._on_close = on_close
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._response)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._response, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._on_close()
 
 
 def _path_problem(path_info: str) -> str | None:

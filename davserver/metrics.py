@@ -21,7 +21,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 # The methods counted by name; any other is counted as OTHER.
 METHODS = (
@@ -56,9 +56,15 @@ _SLOT_BYTES = _FIELDS * 8
 _PID, _STARTED, _IN_FLIGHT = 0, 1, 2
 
 
-def _offset(method: int, field: int) -> int:
-    """The byte offset, in a slot, of ``field`` of ``method``'s block."""
-    return (_HEADER + method * _PER_METHOD + field) * 8
+# Fields of a method's block, after its counts by class: its buckets, sum, bytes sent.
+_BUCKET0 = len(_CLASSES)
+_SUM = _BUCKET0 + len(BUCKETS)
+_SENT = _SUM + 1
+
+
+def _field(method: int, field: int) -> int:
+    """The index, among a slot's fields, of ``field`` of ``method``'s block."""
+    return _HEADER + method * _PER_METHOD + field
 
 
 class Board:
@@ -79,9 +85,6 @@ class Board:
         raw = self._memory[start : start + _SLOT_BYTES]
         return struct.unpack(_FORMAT, raw)
 
-    def close(self) -> None:
-        self._memory.close()
-
 
 # The struct format of a whole slot: q for counts, d for the start time and duration sums.
 _FORMAT = "=qdq" + ("q" * len(_CLASSES) + "q" * len(BUCKETS) + "dq") * len(METHODS)
@@ -92,7 +95,6 @@ class Slot:
 
     def __init__(self, board: Board, index: int) -> None:
         self.board = board
-        self.index = index
         self._memory = board._memory
         self._base = index * _SLOT_BYTES
         self._lock = threading.Lock()
@@ -104,7 +106,8 @@ class Slot:
 
     def started(self) -> None:
         """A request came in."""
-        self._add_int(self._base + _IN_FLIGHT * 8, 1)
+        with self._lock:
+            self._add(self._base + _IN_FLIGHT * 8, 1)
 
     def finished(self, method: str, status: int, seconds: float, sent: int) -> None:
         """A request was answered: ``status`` in ``seconds``, with ``sent`` body bytes."""
@@ -113,20 +116,17 @@ class Slot:
         bucket = next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), None)
         base = self._base
         with self._lock:
-            self._add_int_locked(base + _IN_FLIGHT * 8, -1)
-            self._add_int_locked(base + _offset(m, category), 1)
+            self._add(base + _IN_FLIGHT * 8, -1)
+            self._add(base + _field(m, category) * 8, 1)
             if bucket is not None:
-                self._add_int_locked(base + _offset(m, len(_CLASSES) + bucket), 1)
-            total = base + _offset(m, len(_CLASSES) + len(BUCKETS))
+                self._add(base + _field(m, _BUCKET0 + bucket) * 8, 1)
+            total = base + _field(m, _SUM) * 8
             (before,) = struct.unpack_from("=d", self._memory, total)
             struct.pack_into("=d", self._memory, total, before + seconds)
-            self._add_int_locked(total + 8, sent)
+            self._add(base + _field(m, _SENT) * 8, sent)
 
-    def _add_int(self, offset: int, delta: int) -> None:
-        with self._lock:
-            self._add_int_locked(offset, delta)
-
-    def _add_int_locked(self, offset: int, delta: int) -> None:
+    def _add(self, offset: int, delta: int) -> None:
+        """Add to the count at ``offset``; the caller holds the lock."""
         (value,) = struct.unpack_from("=q", self._memory, offset)
         struct.pack_into("=q", self._memory, offset, value + delta)
 
@@ -151,9 +151,8 @@ def render(board: Board, gauges: Mapping[str, tuple[str, float]] | None = None) 
     text = _Text()
 
     def total(m: int, field: int) -> float:
-        return sum(fields[_HEADER + m * _PER_METHOD + field] for _, fields in live)
+        return sum(fields[_field(m, field)] for _, fields in live)
 
-    sums, sent_bytes = len(_CLASSES) + len(BUCKETS), len(_CLASSES) + len(BUCKETS) + 1
     name = "davserver_http_requests_total"
     text.family(name, "counter", "Requests answered, by method and class of status.")
     for m, method in enumerate(METHODS):
@@ -169,15 +168,15 @@ def render(board: Board, gauges: Mapping[str, tuple[str, float]] | None = None) 
         label = f'method="{method}"'
         cumulative = 0.0
         for b, bound in enumerate(BUCKETS):
-            cumulative += total(m, len(_CLASSES) + b)
+            cumulative += total(m, _BUCKET0 + b)
             text.sample(name + "_bucket", f'{label},le="{bound}"', cumulative)
         text.sample(name + "_bucket", f'{label},le="+Inf"', count)
-        text.sample(name + "_sum", label, total(m, sums))
+        text.sample(name + "_sum", label, total(m, _SUM))
         text.sample(name + "_count", label, count)
     name = "davserver_http_response_bytes_total"
     text.family(name, "counter", "Bytes of response bodies sent, by method.")
     for m, method in enumerate(METHODS):
-        if value := total(m, sent_bytes):
+        if value := total(m, _SENT):
             text.sample(name, f'method="{method}"', value)
     text.family("davserver_http_requests_in_flight", "gauge", "Requests being answered now.")
     text.sample("davserver_http_requests_in_flight", "", sum(f[_IN_FLIGHT] for _, f in live))
@@ -236,15 +235,16 @@ def _proc(pid: int) -> tuple[float, float, float, float] | None:
 
 class Counted:
     """A response body that counts its bytes, and reports the request's end to ``slot`` when
-    the server closes it (after closing ``response``, the application's). The application
-    sets ``response`` and ``status`` as they come."""
+    the server closes it: after closing ``response`` (the application's), before ``after``.
+    The application sets ``response`` and ``status`` as they come."""
 
-    def __init__(self, slot: Slot, method: str, began: float) -> None:
+    def __init__(self, slot: Slot, method: str, began: float, *, after: Callable[[], None]) -> None:
         self.response: Iterable[bytes] = ()
         self.status = 0
         self._slot = slot
         self._method = method
         self._began = began
+        self._after = after
         self._sent = 0
         slot.started()
 
@@ -261,3 +261,4 @@ class Counted:
         finally:
             seconds = time.monotonic() - self._began
             self._slot.finished(self._method, self.status, seconds, self._sent)
+            self._after()

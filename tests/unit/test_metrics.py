@@ -75,14 +75,14 @@ def test_a_counted_response_reports_its_bytes_and_status_when_closed() -> None:
         def close(self) -> None:
             closed.append(True)
 
-    counted = Counted(board.slot(0), "GET", 0.0)
+    counted = Counted(board.slot(0), "GET", 0.0, after=lambda: closed.append(False))
     assert sample(render(board), "davserver_http_requests_in_flight") == 1
     counted.response = Body()
     counted.status = 206
     assert b"".join(counted) == b"abcdefg"
     counted.close()
     text = render(board)
-    assert closed == [True]
+    assert closed == [True, False]  # the application's response, then ``after``
     assert sample(text, "davserver_http_requests_total", 'method="GET",code="2xx"') == 1
     assert sample(text, "davserver_http_response_bytes_total", 'method="GET"') == 7
     assert sample(text, "davserver_http_requests_in_flight") == 0
