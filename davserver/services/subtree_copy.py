@@ -116,11 +116,8 @@ def _copy_batch(
             }
         )
     session.execute(sa.insert(Node), node_values)
-    if history:
-        files = [row for row in rows if row.kind == NodeKind.FILE.value]
-        _copy_versions(session, batch_ids, files)
-    else:
-        _copy_current_versions(session, actor, batch_ids, rows, now)
+    files = [row for row in rows if row.kind == NodeKind.FILE.value]
+    _copy_versions(session, batch_ids, files, fresh=None if history else (actor, now))
     props = session.execute(for_bind(DEAD_OF, session), {"ids": [row.id for row in rows]}).all()
     if props:
         session.execute(
@@ -133,63 +130,41 @@ def _copy_batch(
     return sum(row.size for row in rows if row.kind == NodeKind.FILE.value)
 
 
-def _copy_current_versions(
-    session: Session,
-    actor: Actor,
-    batch_ids: dict[uuid.UUID, uuid.UUID],
-    rows: Sequence[Any],
-    now: dt.datetime,
-) -> None:
-    """Give each copied file its source's current version as its first, uploaded ``now`` by
-    ``actor``."""
-    current = {row.current_version_id: row.id for row in rows if row.current_version_id}
-    if not current:
-        return
-    version_values = []
-    pointers: dict[uuid.UUID, uuid.UUID] = {}
-    for version_id, blob_id, size, mtime in session.execute(
-        sa.select(FileVersion.id, FileVersion.blob_id, FileVersion.size, FileVersion.mtime).where(
-            FileVersion.id.in_(list(current))
-        )
-    ):
-        new_version = uuid.uuid4()
-        node_id = batch_ids[current[version_id]]
-        version_values.append(
-            {
-                "id": new_version,
-                "node_id": node_id,
-                "version_no": 1,
-                "blob_id": blob_id,
-                "size": size,
-                "uploaded_by": actor.user_id,
-                "uploaded_at": now,
-                "session_id": actor.session_id,
-                "mtime": mtime,
-            }
-        )
-        pointers[node_id] = new_version
-    session.execute(sa.insert(FileVersion), version_values)
-    _point_at(session, pointers)
-
-
 def _copy_versions(
-    session: Session, batch_ids: dict[uuid.UUID, uuid.UUID], files: Sequence[Any]
+    session: Session,
+    batch_ids: dict[uuid.UUID, uuid.UUID],
+    files: Sequence[Any],
+    *,
+    fresh: tuple[Actor, dt.datetime] | None,
 ) -> None:
     """Give each copied file every version of its source, numbered, dated and attributed as
     they were, its current one current (a file emptied by a MOVE onto it has history and no
-    current version)."""
-    if not files:
+    current version); or, ``fresh`` (actor, now), its source's current version as its first,
+    uploaded now by that actor."""
+    current = {row.current_version_id for row in files if row.current_version_id}
+    # Fresh: the current versions, by their ids; else every version of the files.
+    key, ids = (
+        (FileVersion.id, list(current))
+        if fresh
+        else (FileVersion.node_id, [row.id for row in files])
+    )
+    if not ids:
         return
-    current = {row.current_version_id for row in files}
     version_values = []
     pointers: dict[uuid.UUID, uuid.UUID] = {}
     columns = [getattr(FileVersion, name) for name in ("id", "node_id", *_VERSION_KEPT)]
-    for version in session.execute(
-        sa.select(*columns).where(FileVersion.node_id.in_([row.id for row in files]))
-    ):
+    for version in session.execute(sa.select(*columns).where(key.in_(ids))):
         new_version = uuid.uuid4()
         node_id = batch_ids[version.node_id]
         kept = {name: getattr(version, name) for name in _VERSION_KEPT}
+        if fresh is not None:
+            actor, now = fresh
+            kept.update(
+                version_no=1,
+                uploaded_by=actor.user_id,
+                uploaded_at=now,
+                session_id=actor.session_id,
+            )
         version_values.append({"id": new_version, "node_id": node_id, **kept})
         if version.id in current:
             pointers[node_id] = new_version
@@ -198,8 +173,8 @@ def _copy_versions(
     _point_at(session, pointers)
 
 
-# What a version copied with its history keeps (its node and id are new; read rows, not
-# entities, so that a big subtree's versions do not pile up in the session).
+# What a copied version keeps (its node and id are new; rows are read, not entities, so that
+# a big subtree's versions do not pile up in the session).
 _VERSION_KEPT = (
     "version_no",
     "blob_id",
