@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import threading
@@ -19,7 +20,14 @@ from davserver.api.app import PREFIX as API_PREFIX
 from davserver.blobstore import MaintainableBlobStore
 from davserver.config import Networks, Settings, trusted_networks
 from davserver.context import Services
-from davserver.errors import BadRequest, StorageFull, TooManyRequests, Unauthorized, Unavailable
+from davserver.errors import (
+    BadRequest,
+    StorageFull,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UploadIncomplete,
+)
 from davserver.metrics import Board, Counted, Slot, render
 from davserver.services.actor import Actor
 from providers.dispatch import DavRequestResolver
@@ -173,9 +181,36 @@ class Application:
                 "The server is busy; try again\n",
                 [("Retry-After", str(exc.retry_after))],
             )
+        refused = self._take_chunked_body(environ, start_response)
+        if refused is not None:
+            return refused
         if path == METRICS_PATH and self.settings.server.metrics:
             return self._metrics(environ, start_response, actor)
         return self.dav(environ, start_response)
+
+    def _take_chunked_body(
+        self, environ: dict[str, Any], start_response: Any
+    ) -> Iterable[bytes] | None:
+        """Read a chunked body that WsgiDAV reads whole anyway (PROPFIND, PROPPATCH, LOCK,
+        MKCOL), up to ``server.max_xml_body``, and hand it on with its length: WsgiDAV reads a
+        body by its Content-Length, and took a chunked one (Go's net/http sends bodies of
+        unknown length so) for none. None when the request goes on; else the answer: 413 past
+        the limit (the rest is left unread, and the connection closed), 400 for a malformed or
+        cut-off body. PUT streams its body itself; the JSON API reads its own
+        (``davserver.api.inputs``)."""
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if not chunked or environ.get("REQUEST_METHOD") in _STREAMED_METHODS:
+            return None
+        limit = self.settings.server.max_xml_body
+        try:
+            body = environ["wsgi.input"].read(limit + 1)
+        except (BadRequest, UploadIncomplete) as exc:
+            return _plain(start_response, "400 Bad Request", f"{exc}\n")
+        if len(body) > limit:
+            return _plain(start_response, "413 Content Too Large", "Request body too large\n")
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return None
 
     def _metrics(
         self, environ: dict[str, Any], start_response: Any, actor: Actor

@@ -18,7 +18,9 @@ And four for requests that are broken or ambiguous:
   cheroot's reader raise ValueError, answered 500 and logged as a server bug. It is the
   client's fault: BadRequest (400), and the connection is closed, its framing being lost.
   So is a body cut off by the network (a reset, or the idle timeout while the body is due):
-  UploadIncomplete.
+  UploadIncomplete. cheroot's chunked reader is replaced (``_ChunkedBody``): it took a body
+  cut off in its last chunk for a whole one, left the trailers to be read as the next request,
+  and held each chunk whole in memory.
 * **Content-Length with Transfer-Encoding: chunked.** The chunked framing wins (RFC 9112,
   6.1), and the connection is closed after the answer: a proxy in front that framed the
   request by its Content-Length would otherwise read the rest as a second request (request
@@ -173,6 +175,107 @@ class _HeaderReader(cheroot_server.HeaderReader):
         return headers
 
 
+# A chunk's size line, extensions and all, and a chunked body's trailer section: far more than
+# any client sends (curl's and Go's size lines are a few bytes; trailers carry a checksum).
+_MAX_CHUNK_LINE = 4096
+_MAX_TRAILERS = 64 * 1024
+# RFC 9112 7.1: chunk-size [chunk-ext] CRLF; 16 hex digits are 2**64 - 1 bytes at most.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+# The most of a chunk read at once: a chunk of any size streams, as a Content-Length body does.
+_CHUNK_READ = 1024 * 1024
+
+
+class _ChunkedBody:
+    """A chunked request body (RFC 9112, 7.1), decoded as it is read.
+
+    cheroot's reader took a size line cut off by the end of the stream (or a bare "0") for the
+    last chunk, so an upload cut off there was stored as complete; it never read the trailer
+    section, whose lines were then read as the next request on the connection; and it read
+    each chunk whole into memory, any size a client announced (2**64 and over: a 500). Here the
+    body ends only with the blank line after the last chunk's trailers; anything cut off before
+    that raises ConnectionError (the body is incomplete), anything malformed ValueError; and a
+    chunk is read a piece at a time. Trailer fields are read and dropped: nothing uses them.
+    """
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self._left = 0  # bytes of the current chunk not yet read
+        self.done = False  # the last chunk and the trailer section are read
+
+    def read(self, size: int | None = -1) -> bytes:
+        """``size`` bytes, fewer only at the end of the body (all of it without ``size``)."""
+        pieces = []
+        wanted = -1 if size is None else size
+        while wanted and (piece := self._piece(_CHUNK_READ if wanted < 0 else wanted)):
+            pieces.append(piece)
+            wanted -= len(piece) if wanted > 0 else 0
+        return b"".join(pieces)
+
+    def _piece(self, most: int) -> bytes:
+        """Up to ``most`` bytes of one chunk; b"" at the end of the body."""
+        while not self.done and not self._left:
+            self._next_chunk()
+        if self.done:
+            return b""
+        data: bytes = self._rfile.read(min(most, self._left, _CHUNK_READ))
+        if not data:
+            raise ConnectionError("the body was cut off inside a chunk")
+        self._left -= len(data)
+        if not self._left:
+            end = self._rfile.read(2)
+            if len(end) < 2:
+                raise ConnectionError("the body was cut off after a chunk")
+            if end != b"\r\n":
+                raise ValueError("a chunk is longer than its size")
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = bytearray()
+        while size is None or size < 0 or len(line) < size:
+            byte = self.read(1)
+            line += byte
+            if byte in (b"", b"\n"):
+                break
+        return bytes(line)
+
+    def readlines(self, sizehint: int = 0) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def _line(self, limit: int) -> bytes:
+        """The next line without its CRLF, of at most ``limit`` bytes before it."""
+        line: bytes = self._rfile.readline(limit + 2)
+        if line.endswith(b"\r\n"):
+            return line[:-2]
+        if line.endswith(b"\n"):
+            raise ValueError("a line of the chunked body is not ended by CRLF")
+        if len(line) < limit + 2:  # the stream ended first
+            raise ConnectionError("the body ended before its last chunk")
+        raise ValueError("a line of the chunked body is too long")
+
+    def _next_chunk(self) -> None:
+        line = self._line(_MAX_CHUNK_LINE)
+        found = _CHUNK_SIZE.fullmatch(line)
+        if found is None:
+            raise ValueError(f"bad chunk size {line[:40]!r}")
+        self._left = int(found[1], 16)
+        if not self._left:
+            self._read_trailers()
+            self.done = True
+
+    def _read_trailers(self) -> None:
+        total = 0
+        while line := self._line(_MAX_TRAILERS):
+            total += len(line) + 2
+            name, colon, _value = line.partition(b":")
+            if total > _MAX_TRAILERS:
+                raise ValueError("the trailer section is too long")
+            if not colon or not _TOKEN.fullmatch(name):
+                raise ValueError(f"a trailer line is not a header field: {line[:40]!r}")
+
+
 class _Body:
     """The request body as the application reads it. With ``deferred``, "100 Continue" is
     sent before the first read, unless the answer has started by then. A body that cannot be
@@ -310,8 +413,9 @@ class Request(cheroot_server.HTTPRequest):
     @rfile.setter
     def rfile(self, reader: Any) -> None:
         # cheroot sets the body's reader in respond(), just before the application runs.
-        body_readers = (cheroot_server.KnownLengthRFile, cheroot_server.ChunkedRFile)
-        if isinstance(reader, body_readers):
+        if isinstance(reader, cheroot_server.ChunkedRFile):
+            reader = _ChunkedBody(reader.rfile)
+        if isinstance(reader, (cheroot_server.KnownLengthRFile, _ChunkedBody)):
             reader = _Body(reader, self, deferred=self.inheaders.get(b"Expect") == _DEFERRED)
         self._rfile = reader
 
@@ -355,6 +459,8 @@ class Request(cheroot_server.HTTPRequest):
         never_asked = isinstance(reader, _Body) and reader.deferred and not reader.continued
         if never_asked and (remaining or self.chunked_read):
             self.close_connection = True  # the client holds the body back: do not wait for it
+        elif self.chunked_read and not getattr(reader, "done", False):
+            self.close_connection = True  # the rest of the chunks is not read: nor drained
         elif not self.chunked_read and remaining > _DRAIN_LIMIT:
             self.close_connection = True
         if isinstance(reader, _Body):

@@ -1620,6 +1620,193 @@ def test_a_cut_off_chunked_upload_logs_no_error(
     assert errors_logged(caplog) == []
 
 
+def _half_closed(srv: InprocServer, head_lines: list[str], body: bytes) -> Response:
+    """Send one request whose body ends where ``body`` does (the client shuts its sending side
+    down after it), and read the answer."""
+    head = "\r\n".join(
+        [
+            *head_lines,
+            f"Host: {HOST}:{srv.port}",
+            f"Authorization: {basic_auth_header(srv.user, srv.password)}",
+        ]
+    )
+    sock = socket.create_connection((HOST, srv.port), timeout=10)
+    try:
+        sock.sendall(head.encode("latin-1") + b"\r\n\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock, method=head_lines[0].split()[0])
+        response.begin()
+        return Response(response.status, dict(response.getheaders()), response.read())
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"00", b"0", b"0\r\n", b"0\r\nX-Trailer: a", b"0\r\nX-Trailer: a\r\n"],
+    ids=["in-last-size", "after-last-size", "before-trailers", "in-trailer", "before-end"],
+)
+def test_a_chunked_upload_cut_off_in_its_last_chunk_or_trailers_stores_nothing(
+    srv: InprocServer, folder: str, caplog: pytest.LogCaptureFixture, tail: bytes
+) -> None:
+    """The body of a chunked request ends with the blank line after the last chunk (RFC 9112,
+    7.1): cut off anywhere before it, it is incomplete, like one cut off inside a chunk.
+    cheroot took a size line ended by the end of the stream, or a bare "0", for the last
+    chunk, and the first 1024 bytes became the file's new version."""
+    url = folder + "pad.txt"
+    put(srv, url, b"ORIGINAL")
+    node = existing_node(srv, url)
+    body = b"00000400\r\n" + b"A" * 1024 + b"\r\n" + tail
+    with caplog.at_level(logging.ERROR):
+        response = _half_closed(
+            srv, [f"PUT {path_of(url)} HTTP/1.1", "Transfer-Encoding: chunked"], body
+        )
+    assert response.status == 400, (response.status, response.body[:300])
+    assert get_body(srv, url) == b"ORIGINAL"
+    assert version_numbers(srv.application, node.id) == [1]
+    assert errors_logged(caplog) == []
+
+
+def test_trailers_are_read_with_the_body_never_as_the_next_request(
+    srv: InprocServer, folder: str
+) -> None:
+    """The trailer section belongs to the chunked body: cheroot never read it, so each of its
+    lines was read as the start of the next request on the connection (a request hidden
+    there ran; a pipelined one after it was lost)."""
+    url, victim = folder + "trailed.txt", folder + "victim.txt"
+    put(srv, victim, b"keep me")
+    auth = f"Authorization: {basic_auth_header(srv.user, srv.password)}"
+    host = f"Host: {HOST}:{srv.port}"
+    chunked = f"PUT {path_of(url)} HTTP/1.1\r\n{host}\r\n{auth}\r\nTransfer-Encoding: chunked"
+    pipelined = (
+        chunked.encode()
+        + b"\r\n\r\n3\r\nabc\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"
+        + f"GET {path_of(url)} HTTP/1.1\r\n{host}\r\n{auth}\r\nConnection: close\r\n\r\n".encode()
+    )
+    with socket.create_connection((HOST, srv.port), timeout=10) as sock:
+        sock.sendall(pipelined)
+        first = http.client.HTTPResponse(sock, method="PUT")
+        first.begin()
+        first.read()
+        second = http.client.HTTPResponse(sock, method="GET")
+        second.begin()
+        assert (first.status, second.status, second.read()) == (201, 200, b"abc")
+    # A "trailer" that is a request line is no field: the body is malformed, and the
+    # connection is closed with nothing run.
+    hidden = f"DELETE {path_of(victim)} HTTP/1.1\r\n{host}\r\n{auth}\r\n\r\n".encode()
+    response, after = exchange(
+        srv,
+        [f"PUT {path_of(url)} HTTP/1.1", "Transfer-Encoding: chunked"],
+        b"3\r\nxyz\r\n0\r\n" + hidden,
+    )
+    assert response.status == 400, (response.status, response.body[:300])
+    assert after == b""
+    assert get_body(srv, victim) == b"keep me"
+    assert get_body(srv, url) == b"abc"
+
+
+def test_a_big_chunk_is_streamed_to_disk_as_it_arrives(srv: InprocServer, folder: str) -> None:
+    """cheroot read each chunk whole into memory before the application saw a byte of it: one
+    chunk of 256 MiB took 256 MiB of the server's memory. Its bytes now reach the temp file
+    as they arrive."""
+    tmp_dir = srv.application.blobs.tmp_dir
+    before = set(tmp_dir.iterdir())
+    head = "\r\n".join(
+        [
+            f"PUT {path_of(folder)}big-chunk.bin HTTP/1.1",
+            f"Host: {HOST}:{srv.port}",
+            f"Authorization: {basic_auth_header(srv.user, srv.password)}",
+            "Transfer-Encoding: chunked",
+        ]
+    )
+    sock = socket.create_connection((HOST, srv.port), timeout=10)
+    try:
+        sock.sendall(head.encode() + b"\r\n\r\n" + b"%x\r\n" % (64 << 20) + b"x" * (4 << 20))
+
+        def written() -> int:
+            return sum(p.stat().st_size for p in set(tmp_dir.iterdir()) - before)
+
+        assert wait_for(lambda: written() >= 1 << 20, timeout=5.0), written()
+    finally:
+        sock.close()
+    assert call(srv, "GET", folder + "big-chunk.bin").status == 404
+
+
+@pytest.mark.parametrize("size", [b"ffffffffffffffffffff", b"1" * 17, b"-5", b"+5", b"0x5", b"5 5"])
+def test_a_chunk_size_out_of_any_range_is_a_400(
+    srv: InprocServer, folder: str, caplog: pytest.LogCaptureFixture, size: bytes
+) -> None:
+    """A size that no upload could have (over 16 hex digits), or that is not plain hex, is
+    the client's error: 400. Sizes of 2**64 and more were a 500 (OverflowError)."""
+    url = folder + "huge.txt"
+    with caplog.at_level(logging.ERROR):
+        response, after = exchange(
+            srv,
+            [f"PUT {path_of(url)} HTTP/1.1", "Transfer-Encoding: chunked"],
+            size + b"\r\nabc\r\n0\r\n\r\n",
+        )
+    assert response.status == 400, (response.status, response.body[:300])
+    assert after == b""
+    assert errors_logged(caplog) == []
+    assert call(srv, "GET", url).status == 404
+
+
+def _chunked(body: bytes, piece: int = 7) -> bytes:
+    """``body`` in chunked transfer coding, ``piece`` bytes a chunk."""
+    chunks = [body[i : i + piece] for i in range(0, len(body), piece)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+def test_xml_bodies_sent_chunked_are_read_as_those_with_a_length(
+    srv: InprocServer, folder: str
+) -> None:
+    """Clients that stream a body of unknown length send it chunked (Go's net/http does): a
+    PROPFIND, PROPPATCH, LOCK or MKCOL body was read only by its Content-Length, so a chunked
+    one was taken for no body at all (allprop, 400 "empty", a lock refresh, a MKCOL body
+    accepted)."""
+    put(srv, folder + "c.txt", b"chunky")
+    path = path_of(folder + "c.txt")
+
+    def chunked(method: str, target: str, body: bytes, *headers: str) -> Response:
+        lines = [f"{method} {target} HTTP/1.1", "Transfer-Encoding: chunked", *headers]
+        response, _after = exchange(srv, lines, _chunked(body))
+        return response
+
+    etag_only = b'<D:propfind xmlns:D="DAV:"><D:prop><D:getetag/></D:prop></D:propfind>'
+    found = chunked("PROPFIND", path, etag_only, "Depth: 0")
+    assert found.status == 207, found.body[:300]
+    assert b"getetag" in found.body and b"getcontentlength" not in found.body
+    assert chunked("PROPFIND", path, b"this is not xml", "Depth: 0").status == 400
+    patch = (
+        b'<D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:z"><D:set><D:prop>'
+        b"<Z:color>red</Z:color></D:prop></D:set></D:propertyupdate>"
+    )
+    assert chunked("PROPPATCH", path, patch).status == 207
+    assert b"red" in call(srv, "PROPFIND", folder + "c.txt", headers={"Depth": "0"}).body
+    lock = (
+        b'<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+        b"<D:locktype><D:write/></D:locktype></D:lockinfo>"
+    )
+    locked = chunked("LOCK", path, lock, "Timeout: Second-60")
+    assert locked.status == 200, locked.body[:300]
+    assert call(srv, "PUT", folder + "c.txt", b"no token").status == 423
+    assert chunked("MKCOL", path_of(folder + "sub"), b"<x/>").status == 415
+    assert call(srv, "PROPFIND", folder + "sub", headers={"Depth": "0"}).status == 404
+
+
+def test_a_chunked_xml_body_over_the_limit_is_413(srv: InprocServer, folder: str) -> None:
+    limit = srv.application.settings.server.max_xml_body
+    body = b'<?xml version="1.0"?><!-- ' + b"x" * limit + b" -->"
+    response, after = exchange(
+        srv,
+        [f"PROPFIND {path_of(folder)} HTTP/1.1", "Transfer-Encoding: chunked", "Depth: 0"],
+        _chunked(body, 64 * 1024),
+    )
+    assert response.status == 413
+    assert after == b""  # the rest of the body is not read: the connection is closed
+    assert call(srv, "PROPFIND", folder, headers={"Depth": "0"}).status == 207
+
+
 def test_content_length_beside_chunked_is_read_as_chunked_and_the_connection_closed(
     srv: InprocServer, folder: str
 ) -> None:
