@@ -28,6 +28,23 @@ from typing import Any
 from wsgidav import util
 from wsgidav.dav_error import HTTP_NOT_MODIFIED, HTTP_PRECONDITION_FAILED, DAVError
 
+_wsgidav_parse_time_string = util.parse_time_string
+
+
+def parse_http_date(text: str) -> int | None:
+    """Seconds since 1970 of an HTTP date; None when it is not one, and a condition on it is
+    then ignored (RFC 9110 13.1.3). WsgiDAV's parser raised ValueError on a well-formed date
+    past the year 9999, OverflowError on a longer year: a 500 for any method with such an
+    If-Modified-Since. It is replaced here by this one, for WsgiDAV's own callers too."""
+    try:
+        seconds = _wsgidav_parse_time_string(text)
+    except (ValueError, OverflowError):
+        return None
+    return None if seconds is None else int(seconds)
+
+
+util.parse_time_string = parse_http_date
+
 STANDARD_HEADERS = (
     "HTTP_IF_MATCH",
     "HTTP_IF_NONE_MATCH",
@@ -144,8 +161,7 @@ def _date(value: str | None) -> int | None:
     ignored, as RFC 9110 asks)."""
     if not value:
         return None
-    parsed = util.parse_time_string(value)
-    return None if parsed is None else int(parsed)
+    return parse_http_date(value)
 
 
 def served_range(
@@ -167,7 +183,7 @@ def served_range(
     if_range = environ.get("HTTP_IF_RANGE")
     if byte_range is None or if_range is None:
         return byte_range
-    seconds = util.parse_time_string(if_range)
+    seconds = parse_http_date(if_range)
     if seconds:
         strong = last_modified is not None and int(last_modified) == seconds
         if last_changed is not None and int(last_changed) > seconds:

@@ -145,7 +145,7 @@ class DavRequestServer(RequestServer):
         Last-Modified, which for a file is the client's time and can outlive its bytes."""
         if "HTTP_RANGE" not in environ or "HTTP_IF_RANGE" not in environ:
             return
-        if not util.parse_time_string(environ["HTTP_IF_RANGE"]):
+        if not conditions.parse_http_date(environ["HTTP_IF_RANGE"]):
             return  # an entity tag, which WsgiDAV compares
         res = self._davProvider.get_resource_inst(environ["PATH_INFO"], environ)
         changed = getattr(res, "get_last_changed", None)

@@ -36,7 +36,7 @@ from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from providers import live_props
-from providers.conditions import served_range
+from providers.conditions import parse_http_date, served_range
 from providers.digests import expected_digests, repr_digest
 from providers.error_printer import logs_unexpected
 from providers.errors import MKCOL_STATUS, dav_errors
@@ -112,20 +112,10 @@ def parse_client_time(value: Any) -> dt.datetime:
     try:
         seconds = float(text)
     except ValueError:
-        seconds = _http_date_seconds(text)
+        seconds = parse_http_date(text)
     if seconds is None:
         raise BadRequest(f"unreadable time {text!r}")
     return from_epoch(seconds)
-
-
-def _http_date_seconds(text: str) -> float | None:
-    """Seconds since 1970 of an HTTP date, or None; WsgiDAV's parser raises ValueError on a
-    well-formed date past year 9999 (``Wed, 04 Jan 99999 10:00:00 GMT``)."""
-    try:
-        seconds = util.parse_time_string(text)
-    except (ValueError, OverflowError):
-        return None
-    return None if seconds is None else float(seconds)
 
 
 class _NodeResource:

@@ -632,6 +632,32 @@ def test_if_modified_since_and_if_unmodified_since_count_whole_seconds(
     assert get_body(srv, url) == b"same second"
 
 
+@pytest.mark.parametrize(
+    "date", ["Mon, 01 Jan 10000 00:00:00 GMT", "Mon, 01 Jan 99999999999 00:00:00 GMT"]
+)
+def test_a_date_past_year_9999_in_a_condition_is_ignored_never_a_500(
+    srv: InprocServer, folder: str, date: str
+) -> None:
+    """A date HTTP can write but Python cannot hold is not a date (RFC 9110 13.1.3: the
+    header is then ignored). WsgiDAV's parser raised ValueError or OverflowError on it: a 500
+    on every method."""
+    url = folder + "far.txt"
+    put(srv, url, b"0123456789")
+    for header in ("If-Modified-Since", "If-Unmodified-Since"):
+        for method, body, expected in (
+            ("GET", b"", 200),
+            ("HEAD", b"", 200),
+            ("PROPFIND", b"", 207),
+            ("PUT", b"0123456789", 204),
+        ):
+            headers = {header: date, "Depth": "0"}
+            got = call(srv, method, url, body, headers).status
+            assert got == expected, (header, method, got)
+    ranged = call(srv, "GET", url, headers={"Range": "bytes=2-3", "If-Range": date})
+    assert (ranged.status, ranged.body) == (200, b"0123456789")  # If-Range fails: all of it
+    assert call(srv, "MKCOL", folder + "sub", headers={"If-Modified-Since": date}).status == 201
+
+
 def test_a_new_version_with_an_older_client_time_is_modified_since(
     srv: InprocServer, folder: str
 ) -> None:
