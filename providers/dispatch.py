@@ -79,6 +79,7 @@ class DavRequestServer(RequestServer):
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         try:
+            conditions.check_if_header(environ)
             yield from super().__call__(environ, start_response)
         except DAVError as error:
             if error.value == HTTP_METHOD_NOT_ALLOWED:

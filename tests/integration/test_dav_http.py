@@ -844,6 +844,69 @@ def test_an_if_header_list_tagged_with_an_absolute_url_is_applied(
     assert get_body(srv, url) == b"second"
 
 
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        ("garbage", 400),
+        ("()", 400),
+        ("(Not)", 400),
+        ('(["x"]) trailing', 400),
+        ('(["x"] junk)', 400),
+        ("</files/x.txt>", 400),
+        ("<http://[::1>(<urn:x>)", 400),
+        ("(<not a url>)", 400),
+        # Cut off inside the last list: read as far as it goes, and what is cut never holds.
+        ('(["not-the-etag"]', 412),
+        ('(<urn:uuid:nope> ["x"]', 412),
+        ("(<", 412),
+        ("(", 412),
+        ('(Not ["unquoted', 412),
+        ("(Not <DAV:no-lock> No", 412),
+    ],
+)
+def test_a_malformed_if_header_never_lets_a_change_through(
+    srv: InprocServer, folder: str, header: str, status: int
+) -> None:
+    """RFC 4918 10.4: an If header's conditions must all hold for the request to go ahead.
+    WsgiDAV read what its patterns found and dropped the rest, so a conditional PUT whose
+    header it could not read overwrote the file (a lost update); an unreadable tag URL was a
+    500. What cannot be read is a 400; a header cut off inside its last list (litmus cuts
+    long ones) is read up to the cut, and the condition cut off never holds."""
+    url = folder + "guarded.txt"
+    put(srv, url, b"original")
+    response = call(srv, "PUT", url, b"lost update", {"If": header})
+    assert response.status == status, (header, response.status, response.body[:200])
+    if status == 400:
+        assert b"If header" in response.body
+    assert get_body(srv, url) == b"original"
+    assert call(srv, "DELETE", url, headers={"If": header}).status == status
+    assert get_body(srv, url) == b"original"
+
+
+def test_if_headers_in_every_form_rfc_4918_gives_are_read(srv: InprocServer, folder: str) -> None:
+    url = folder + "forms.txt"
+    put(srv, url, b"v1")
+    etag = call(srv, "HEAD", url).headers["ETag"]
+    absolute, path = f"{srv.url}{path_of(url)}", path_of(url)
+    holds = [
+        f"([{etag}])",
+        "(Not <DAV:no-lock>)",
+        "(Not<DAV:no-lock>)",
+        f"(<urn:uuid:nope>) ([{etag}])",
+        f"(<urn:uuid:nope>)([{etag}])",
+        f"<{absolute}> ([{etag}] Not <DAV:no-lock>)",
+        f"<{path}> (not <DAV:no-lock>)\t(<urn:x>)",
+        f"  <{absolute}>([{etag}])  ",
+        f"([{etag}]) (Not <DAV:no-lock> [{etag[:10]}",  # cut off: the first list holds
+    ]
+    for header in holds:
+        response = call(srv, "PUT", url, b"v1", {"If": header})
+        assert response.status == 204, (header, response.status, response.body[:200])
+    for header in ('(["other"])', "(<urn:uuid:nope>)", f"<{absolute}> (Not [{etag}])"):
+        assert call(srv, "PUT", url, b"v2", {"If": header}).status == 412, header
+    assert get_body(srv, url) == b"v1"
+
+
 def test_an_if_header_etag_never_matches_a_folder_which_has_none(
     srv: InprocServer, folder: str
 ) -> None:
