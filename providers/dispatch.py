@@ -216,7 +216,9 @@ class DavRequestServer(RequestServer):
 
 
 # One byte range: "bytes=START-", "bytes=START-END" or "bytes=-SUFFIX" (a non-zero suffix).
-_SINGLE_RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d+)\s*-\s*(\d*)|-\s*0*[1-9]\d*)\s*", re.I)
+# One byte range (RFC 9110 14.1.2): no whitespace inside it, where WsgiDAV's own pattern
+# read "1 -2" as the last 2 bytes.
+_SINGLE_RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d+)-(\d*)|-(0*[1-9]\d*))\s*", re.I)
 
 
 class _Untagged:
@@ -258,7 +260,8 @@ def _drop_unusable_range(environ: dict[str, Any]) -> None:
 
     RFC 9110 lets a server ignore Range, and says to ignore one it cannot parse. WsgiDAV
     answered ``bytes=5-2`` with bytes from the end of the file, ``foo=1-2`` as bytes, ``bytes=abc``
-    with 416, and of ``bytes=0-4,10-14`` sent only the last range under a 206.
+    with 416, and of ``bytes=0-4,10-14`` sent only the last range under a 206; ``bytes=1 -2``
+    (whitespace inside a range) with the last 2 bytes.
     """
     header = environ.get("HTTP_RANGE")
     if header is None:
@@ -266,6 +269,9 @@ def _drop_unusable_range(environ: dict[str, Any]) -> None:
     match = _SINGLE_RANGE.fullmatch(header)
     if match is None or (match[2] and int(match[2]) < int(match[1])):
         del environ["HTTP_RANGE"]
+    else:  # spelt as WsgiDAV reads it right
+        first, last, suffix = match.groups()
+        environ["HTTP_RANGE"] = f"bytes=-{suffix}" if suffix else f"bytes={first}-{last}"
 
 
 def _check_content_coding(environ: dict[str, Any]) -> None:

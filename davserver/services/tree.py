@@ -46,7 +46,8 @@ def check_name(name: str) -> str:
     """Return ``name`` if it can be stored as a file or folder name, else raise InvalidName."""
     if name in ("", ".", ".."):
         raise InvalidName(f"{name!r} is not a valid name")
-    if len(name) > MAX_NAME_LENGTH:
+    if len(name) > MAX_NAME_LENGTH and len(name_key(name)) > MAX_NAME_LENGTH:
+        # As long as its composed form, by which it is found: macOS sends names decomposed.
         raise InvalidName(f"names are at most {MAX_NAME_LENGTH} characters")
     if any(ch in _FORBIDDEN_CHARS for ch in name):
         raise InvalidName("names may not contain '/', control characters, U+FFFE or U+FFFF")

@@ -571,7 +571,18 @@ def test_if_none_match_star_still_holds_when_the_upload_is_recorded(
 
 
 @pytest.mark.parametrize(
-    "header", ["bytes=5-2", "foo=1-2", "bytes=abc", "bytes=0-4,10-14", "bytes=-0"]
+    "header",
+    [
+        "bytes=5-2",
+        "foo=1-2",
+        "bytes=abc",
+        "bytes=0-4,10-14",
+        "bytes=-0",
+        "bytes=1 -2",  # WsgiDAV sent the last 2 bytes
+        "bytes=1- 2",  # ... bytes 1 to the end
+        "bytes=- 3",  # ... a 416 without Content-Range
+        "bytes=1 - ",
+    ],
 )
 def test_a_range_that_is_not_one_valid_byte_range_gets_the_whole_file(
     srv: InprocServer, folder: str, header: str
@@ -597,6 +608,7 @@ def test_valid_single_ranges_still_work(srv: InprocServer, folder: str) -> None:
         ("bytes=1000-", 1000, 1023),
         ("bytes=-5", 1019, 1023),
         ("bytes=1020-5000", 1020, 1023),
+        (" Bytes = 10-19 ", 10, 19),
     ):
         got = call(srv, "GET", folder + "ranged.bin", headers={"Range": header})
         assert got.status == 206, (header, got.status)
@@ -1048,6 +1060,20 @@ def test_name_of_255_characters_works(srv: InprocServer, folder: str) -> None:
     assert member_names(srv, folder) == [name]
     assert call(srv, "MKCOL", folder + q("d" * 255)).status == 201
 
+
+def test_a_long_name_sent_decomposed_counts_as_its_composed_form(
+    srv: InprocServer, folder: str
+) -> None:
+    """macOS sends names decomposed (NFD): "è" is two code points. A name is looked up by
+    its composed form (NFC), and is as long as that: 204 characters of a name that Finder
+    sends as 404 were refused as over 255."""
+    composed = "è" * 200 + ".txt"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert (len(composed), len(decomposed)) == (204, 404)
+    assert call(srv, "PUT", folder + q(decomposed), b"finder").status == 201
+    assert get_body(srv, folder + q(composed)) == b"finder"
+    too_long = unicodedata.normalize("NFD", "è" * 256)
+    assert call(srv, "PUT", folder + q(too_long), b"x").status == 400
 
 @pytest.mark.parametrize("method", ["PUT", "MKCOL"])
 def test_name_of_300_characters_is_refused_cleanly(
