@@ -1075,6 +1075,7 @@ def test_a_long_name_sent_decomposed_counts_as_its_composed_form(
     too_long = unicodedata.normalize("NFD", "è" * 256)
     assert call(srv, "PUT", folder + q(too_long), b"x").status == 400
 
+
 @pytest.mark.parametrize("method", ["PUT", "MKCOL"])
 def test_name_of_300_characters_is_refused_cleanly(
     srv: InprocServer, folder: str, method: str
