@@ -215,9 +215,9 @@ class DavRequestServer(RequestServer):
         return super().do_MKCOL(environ, _accepting_mtime(environ, start_response))
 
 
-# One byte range: "bytes=START-", "bytes=START-END" or "bytes=-SUFFIX" (a non-zero suffix).
-# One byte range (RFC 9110 14.1.2): no whitespace inside it, where WsgiDAV's own pattern
-# read "1 -2" as the last 2 bytes.
+# One byte range: "bytes=START-", "bytes=START-END" or "bytes=-SUFFIX" (a non-zero suffix),
+# with no whitespace inside it (RFC 9110 14.1.2), where WsgiDAV's own pattern read "1 -2" as
+# the last 2 bytes.
 _SINGLE_RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d+)-(\d*)|-(0*[1-9]\d*))\s*", re.I)
 
 

@@ -128,6 +128,10 @@ DEFAULT_MAX_TIMEOUT: Final = 7 * 24 * 3600
 _PG_ADVISORY_KEY: Final = 0x646176736C6F636B
 _LIKE_ESCAPE: Final = "\\"
 _ROOT_MAX_LENGTH: Final = 4096  # DavLock.root is String(4096)
+# A lock's owner says who holds it (Explorer and Office send a user's name or URL, some 100
+# bytes). Every lock discovery repeats it, and a listing that of each locked child, so it is
+# bounded as dead properties are (it counts against no quota either).
+OWNER_MAX_BYTES: Final = 8 * 1024
 
 _COLUMNS: Final = (
     DavLock.root,
@@ -523,6 +527,11 @@ class SqlLockStorage:
         key = _key(root)
         if len(key.root) > _ROOT_MAX_LENGTH:
             raise DAVError(HTTP_BAD_REQUEST, context_info="URL too long to lock.")
+        if isinstance(lock.get("owner"), bytes) and len(lock["owner"]) > OWNER_MAX_BYTES:
+            raise DAVError(
+                HTTP_BAD_REQUEST,
+                context_info=f"A lock's owner may be {OWNER_MAX_BYTES} bytes at most.",
+            )
         lock["root"] = root
         lock["timeout"] = timeout = self._normalize_timeout(lock.get("timeout"))
         if lock.get("type") != "write":
@@ -659,12 +668,19 @@ class SqlLockStorage:
 
     def drop(self, path: str) -> None:
         """Delete the locks on ``path`` and below it, which was moved or deleted (RFC 4918,
-        7.7); those on folders above a mount stay."""
-        for lock in self._locks(path, True, True, above=False):
+        7.7); those on folders above a mount stay. Read from the table, not the request's
+        snapshot: a lock another process took below ``path`` since would outlive it."""
+        for lock in self._locks(path, True, True, above=False, fresh=True):
             self._delete(lock["token"], None, {})  # the move's or deletion's row tells
 
     def _locks(
-        self, path: str, include_root: bool, include_children: bool, *, above: bool
+        self,
+        path: str,
+        include_root: bool,
+        include_children: bool,
+        *,
+        above: bool,
+        fresh: bool = False,
     ) -> list[LockDict]:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"not a lock path: {path!r}")
@@ -673,7 +689,7 @@ class SqlLockStorage:
             return []
         key = _key(url)
         root, above = key.root, above and key.hides_ancestors
-        if _scope.get() is not None:
+        if _scope.get() is not None and not fresh:
             candidates = self._snapshot(key.namespace)
         else:
             where: list[sa.ColumnElement[bool]] = []

@@ -41,7 +41,7 @@ from providers.digests import expected_digests, repr_digest
 from providers.error_printer import logs_unexpected
 from providers.errors import MKCOL_STATUS, dav_errors
 from providers.lock_storage import SqlLockStorage
-from providers.xml_safety import stored_elements
+from providers.xml_safety import BODY_KEY, stored_elements
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
@@ -448,12 +448,13 @@ class FolderResource(_NodeResource, DAVCollection):
             lock_manager.check_write_permission(
                 url=self.get_ref_url(), depth="0", token_list=tokens, principal=principal
             )
-            # An exclusive lock with depth infinity above refuses any new lock, even its
-            # holder's: refuse it before the file is made (WsgiDAV's own check, run later).
+            # The locks above that refuse this one (an exclusive one with depth infinity, or
+            # a shared one when this is exclusive), even to their holder: refused before the
+            # file is made (WsgiDAV's own check, run later, left the file behind).
             lock_manager._check_lock_permission(
                 new.get_ref_url(),
                 "write",
-                "shared",
+                _requested_scope(self.environ),
                 "0",
                 tokens,
                 principal,
@@ -673,6 +674,13 @@ class FileResource(_NodeResource, DAVNonCollection):
             url=self.get_ref_url(),
             principal=self.environ.get("wsgidav.user_name"),
         )
+
+
+def _requested_scope(environ: dict[str, Any]) -> str:
+    """The scope a LOCK asks for in its body (read by then): "shared" or "exclusive"."""
+    root = environ.get(BODY_KEY)
+    shared = root is not None and root.find("{DAV:}lockscope/{DAV:}shared") is not None
+    return "shared" if shared else "exclusive"
 
 
 def _file_type(content_type: str | None) -> str | None:

@@ -36,10 +36,14 @@ _DECLARATION = re.compile(rb"\s*<\?xml\s")
 _NOT_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
+# Where the request's parsed body is kept, for what WsgiDAV does not pass on (a LOCK's scope).
+BODY_KEY = "davserver.xml_body"
+
+
 def parse_xml_body(environ: dict[str, Any], *, allow_empty: bool = False) -> Any:
     """WsgiDAV's ``util.parse_xml_body``: the body's root element, or None if it is empty and
-    ``allow_empty``. Raises DAVError(400) for a missing or malformed body, or one that has a
-    DOCTYPE (a DTD, entity declarations)."""
+    ``allow_empty``; kept in the environ under ``BODY_KEY`` too. Raises DAVError(400) for a
+    missing or malformed body, or one that has a DOCTYPE (a DTD, entity declarations)."""
     root = _wsgidav_parse_xml_body(environ, allow_empty=allow_empty)
     if root is not None:
         docinfo = root.getroottree().docinfo
@@ -48,6 +52,7 @@ def parse_xml_body(environ: dict[str, Any], *, allow_empty: bool = False) -> Any
                 HTTP_BAD_REQUEST,
                 context_info="XML bodies with a DOCTYPE (DTD, entity declarations) are refused",
             )
+    environ[BODY_KEY] = root
     return root
 
 

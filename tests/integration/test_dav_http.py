@@ -3219,6 +3219,46 @@ def test_a_lock_of_a_new_name_in_a_locked_folder_creates_nothing_without_its_tok
         assert call(srv, "PUT", inner + "new.txt", b"x", held).status == 201
 
 
+def test_an_exclusive_lock_refused_under_a_shared_folder_lock_creates_nothing(
+    srv: InprocServer, folder: str
+) -> None:
+    """Under a shared lock with depth infinity only shared locks may be taken, even by its
+    holder: an exclusive LOCK of a new name there is 423, and makes no file. The check made
+    before the file was created asked about a shared lock whatever the scope requested, so
+    the refused LOCK left an empty file behind."""
+    inner = folder + "shared/"
+    assert call(srv, "MKCOL", inner).status == 201
+    xml = {"Content-Type": "application/xml", "Timeout": "Second-600"}
+    shared_body = LOCK_BODY.replace(b"<D:exclusive/>", b"<D:shared/>")
+    token = _lock_token(call(srv, "LOCK", inner, shared_body, {**xml, "Depth": "infinity"}))
+    held = {**xml, "If": f"(<{token}>)", "Depth": "0"}
+    refused = call(srv, "LOCK", inner + "new.txt", LOCK_BODY, held)
+    assert refused.status == 423, (refused.status, refused.body[:300])
+    assert member_names(srv, inner) == []
+    taken = call(srv, "LOCK", inner + "new.txt", shared_body, held)
+    assert taken.status == 201, (taken.status, taken.body[:300])
+    assert member_names(srv, inner) == ["new.txt"]
+
+
+def test_a_lock_owner_is_bounded(srv: InprocServer, folder: str) -> None:
+    """A lock's owner is repeated in every lock discovery and listing: 15 shared LOCKs with
+    an owner of 1 MB each made every PROPFIND of the folder 15 MB, counted against nothing."""
+    url = folder + "owned.txt"
+    put(srv, url, b"x")
+    xml = {"Content-Type": "application/xml", "Timeout": "Second-600"}
+
+    def lock_with_owner(owner: bytes) -> Response:
+        body = LOCK_BODY.replace(b"<D:owner>tests</D:owner>", b"<D:owner>" + owner + b"</D:owner>")
+        return call(srv, "LOCK", url, body, xml)
+
+    refused = lock_with_owner(b"x" * (512 << 10))
+    assert refused.status == 400, (refused.status, refused.body[:300])
+    assert b"owner" in refused.body
+    assert call(srv, "PUT", url, b"not locked").status == 204
+    taken = lock_with_owner(b"<D:href>DOMAIN\\someone</D:href>" + b" " * 7000)
+    assert taken.status == 200, (taken.status, taken.body[:300])
+
+
 def test_concurrent_locks_of_one_new_name_lock_it_once_and_refuse_the_rest_with_423(
     srv: InprocServer, folder: str
 ) -> None:

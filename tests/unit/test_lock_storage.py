@@ -650,3 +650,32 @@ def test_a_listing_remembers_each_mount_once_not_each_url(storage: SqlLockStorag
         scope = lock_storage_module._scope.get()
         assert scope is not None
         assert len(scope.mounts) == 2
+
+
+def test_a_drop_removes_locks_taken_elsewhere_after_the_request_read_them(
+    storage: SqlLockStorage, other_database: Database
+) -> None:
+    """A DELETE or MOVE drops the locks below what it removed. It read them from the
+    request's snapshot, taken at its first lock check: a LOCK another process took below the
+    folder in between outlived the folder, and blocked its URL for the lock's timeout."""
+    elsewhere = SqlLockStorage(other_database)
+    lock = {"type": "write", "scope": "exclusive", "depth": "0", "owner": OWNER,
+            "principal": "alice", "timeout": 600}  # fmt: skip
+
+    def take() -> None:
+        with elsewhere.request_scope("alice"):
+            elsewhere.create("/d/new.txt", dict(lock))
+
+    def below_d() -> list[str]:
+        return storage.get_lock_list(
+            "/d", include_root=True, include_children=True, token_only=True
+        )
+
+    with storage.request_scope("alice"):
+        assert below_d() == []
+        taken = threading.Thread(target=take)
+        taken.start()
+        taken.join()
+        storage.drop("/d")
+    with storage.request_scope("alice"):
+        assert below_d() == []
