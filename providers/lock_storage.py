@@ -411,6 +411,11 @@ class SqlLockStorage:
         finally:
             self.end_request()
 
+    def reread(self) -> None:
+        """Forget what this request read of the locks: the next check reads the table, with
+        the locks other processes took since."""
+        _forget_snapshots()
+
     def open(self) -> None:
         """Called by ``LockManager.__init__``; nothing to do (the table comes from migrations)."""
 
