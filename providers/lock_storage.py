@@ -411,10 +411,18 @@ class SqlLockStorage:
         finally:
             self.end_request()
 
-    def reread(self) -> None:
-        """Forget what this request read of the locks: the next check reads the table, with
-        the locks other processes took since."""
-        _forget_snapshots()
+    def reread(self) -> bool:
+        """Read the locks this request has read again, from the table: True when there is one
+        it had not seen (another process took it since), so that what was checked against
+        them must be checked again. Outside a request scope, or before any read: True."""
+        scope = _scope.get()
+        if scope is None or not scope.snapshots:
+            return True
+        seen = {lock["token"] for locks in scope.snapshots.values() for lock in locks}
+        for namespace in scope.snapshots:
+            scope.snapshots[namespace] = self._namespace_locks(namespace)
+        now = {lock["token"] for locks in scope.snapshots.values() for lock in locks}
+        return not now <= seen
 
     def open(self) -> None:
         """Called by ``LockManager.__init__``; nothing to do (the table comes from migrations)."""

@@ -669,9 +669,8 @@ class FileResource(_NodeResource, DAVNonCollection):
         and its holder's edit, were overwritten by this upload."""
         lock_manager = self.provider.lock_manager
         storage = getattr(lock_manager, "storage", None)
-        if not isinstance(storage, SqlLockStorage):
-            return
-        storage.reread()
+        if not isinstance(storage, SqlLockStorage) or not storage.reread():
+            return  # no lock was taken since the request checked them
         url = self.get_ref_url()
         # A new file is a new member of its folder, which a lock on the folder forbids too.
         urls = [url] if self.view is not None else [url, util.get_uri_parent(url)]
