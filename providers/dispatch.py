@@ -47,8 +47,10 @@ from wsgidav import request_server, util
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
     HTTP_CONFLICT,
+    HTTP_CREATED,
     HTTP_MEDIATYPE_NOT_SUPPORTED,
     HTTP_METHOD_NOT_ALLOWED,
+    HTTP_NO_CONTENT,
     DAVError,
 )
 from wsgidav.mw.base_mw import BaseMiddleware
@@ -57,7 +59,7 @@ from wsgidav.request_server import RequestServer
 from davserver.errors import BadRequest
 from davserver.services.bounds import from_epoch
 from providers import conditions, propfind
-from providers.resources import FOUND_KEY
+from providers.resources import CREATED_KEY, FOUND_KEY
 
 _STATUS_KEY = "davserver.status"
 _CHECKED_KEY = "davserver.preconditions_checked"
@@ -169,7 +171,21 @@ class DavRequestServer(RequestServer):
         check_mtime_header(environ)
         self._refuse_file_for_folder_path(environ)
         _check_content_coding(environ)
-        return super().do_PUT(environ, _accepting_mtime(environ, start_response))
+        held: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def hold(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            held.append((status, headers))
+
+        body = super().do_PUT(environ, _accepting_mtime(environ, hold))
+        (status, headers), created = held[0], environ.get(CREATED_KEY)
+        if created is None or status[:3] != ("204" if created else "201"):
+            start_response(status, headers)
+            return body
+        # WsgiDAV chose by whether the file was there when the request began; another PUT
+        # made it (or removed it) meanwhile: 201 for the one that created it, 204 for the rest.
+        kept = [(k, v) for k, v in headers if k.lower() in ("etag", "x-oc-mtime")]
+        answer = HTTP_CREATED if created else HTTP_NO_CONTENT
+        return util.send_status_response(environ, start_response, answer, add_headers=kept)
 
     def _refuse_file_for_folder_path(self, environ: dict[str, Any]) -> None:
         """409 for a PUT or LOCK whose path ends in a slash, unless a folder is there (whose

@@ -59,6 +59,9 @@ _LOCK_PROPS = frozenset({"{DAV:}lockdiscovery", "{DAV:}supportedlock"})
 # Content-Types of a PUT that say nothing about the file, which is then typed by its name:
 # no type, and curl's label for every -d/--data-binary body (a form's).
 _UNTYPED = frozenset({"", "application/octet-stream", "application/x-www-form-urlencoded"})
+# Whether a PUT created its file (True) or added a version (False): WsgiDAV answers 201 or 204
+# by whether the file was there when the request began, and another PUT may have made it since.
+CREATED_KEY = "davserver.put_created"
 # Set when a LOCK of an unmapped URL found the name taken meanwhile and locked what is there:
 # WsgiDAV answers 201 for such a LOCK, and providers.dispatch turns it into 200.
 FOUND_KEY = "davserver.lock_found_existing"
@@ -637,7 +640,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         header = self.environ.get("HTTP_X_OC_MTIME")  # checked before the PUT began
         with dav_errors():
             mtime = None if header is None else parse_client_time(int(header))
-            view, _created = self.provider.files.commit_upload(
+            view, created = self.provider.files.commit_upload(
                 actor_of(self.environ),
                 parent,
                 name,
@@ -650,6 +653,7 @@ class FileResource(_NodeResource, DAVNonCollection):
                 mtime=mtime,
             )
         self._kept_mtime = mtime is not None
+        self.environ[CREATED_KEY] = created
         self.view = view
         self.provider.forget(self.environ)
         self.provider.variants.after_upload(view)

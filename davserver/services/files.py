@@ -631,7 +631,9 @@ class FileService:
                     return occupant
                 _refuse_replacing_a_folder_above(session, occupant, source.parent_id)
                 _trash(session, actor, occupant.id, overwritten=True)
-            new_root = copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
+            new_root = _copy_to_free_name(
+                lambda: copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
+            )
             record_audit(
                 session,
                 actor,
@@ -708,14 +710,15 @@ class FileService:
 
     def run_write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in a write transaction, again when a concurrent writer won a race: it
-        took the name first, moved a folder this one held (``tree.ChainChanged``), or, on
-        PostgreSQL, the two deadlocked (the server aborts one of them)."""
+        took the name first (``_NameTakenMeanwhile`` too), moved a folder this one held
+        (``tree.ChainChanged``), or, on PostgreSQL, the two deadlocked (the server aborts one
+        of them)."""
         for attempt in range(_RETRIES):
             last = attempt == _RETRIES - 1
             try:
                 with self.db.write() as session:
                     return work(session)
-            except IntegrityError as exc:
+            except (IntegrityError, _NameTakenMeanwhile) as exc:
                 if last:
                     raise AlreadyExists("the name is taken") from exc
             except tree.ChainChanged as exc:
@@ -930,9 +933,27 @@ def _move_to_another_space(
     sharing), so the node and everything below it are copied there, every version and dead
     property along, sharing the blobs; the source goes to its own space's trash, from which
     its owner can still restore it. The copy's id."""
-    copied = copy_subtree(session, actor, node, dest_parent, dest_name, True, history=True)
+    copied = _copy_to_free_name(
+        lambda: copy_subtree(session, actor, node, dest_parent, dest_name, True, history=True)
+    )
     _trash(session, actor, node.id)
     return copied
+
+
+class _NameTakenMeanwhile(Exception):
+    """The name a COPY or MOVE found free was taken before its copy was written: a PUT
+    creates a file without waiting for ``_hold_name``. ``FileService.run_write`` runs the
+    work again, which finds the new file there (and replaces it if the client agreed)."""
+
+
+def _copy_to_free_name(copy: Callable[[], uuid.UUID]) -> uuid.UUID:
+    """``copy()`` (``copy_subtree``, after ``_occupant`` found the name free), its
+    AlreadyExists as ``_NameTakenMeanwhile``: a concurrent PUT took the name in between on
+    PostgreSQL, and the COPY with Overwrite: T was a 412."""
+    try:
+        return copy()
+    except AlreadyExists as exc:
+        raise _NameTakenMeanwhile(str(exc)) from exc
 
 
 def _trash(

@@ -2712,6 +2712,8 @@ def test_concurrent_puts_to_one_path_all_succeed(
     assert errors == []
     assert len(statuses) == writers
     assert all(s in (201, 204) for s in statuses), statuses
+    # One PUT created the file; the others added versions to it (all answered 201 before).
+    assert statuses.count(201) == (0 if existing else 1), statuses
     node = existing_node(srv, url)
     expected = writers + (1 if existing else 0)
     assert version_numbers(app, node.id) == list(range(1, expected + 1))

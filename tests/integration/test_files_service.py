@@ -1424,3 +1424,36 @@ def test_each_request_reads_only_the_rows_it_needs(
     assert max(entries[done] for done in _LOOKUPS) <= 60, entries  # a few keys per statement
     members = len(files.children(inner))
     assert max(entries[done] for done in _FOLDER_READS) <= 3 * members, (members, entries)
+
+
+def test_a_copy_onto_a_name_a_put_takes_meanwhile_replaces_that_file(
+    service: FileService,
+    actor: Actor,
+    home: NodeView,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PUT creates a file without waiting for a COPY's hold on the name: on PostgreSQL one
+    committed between the COPY finding the name free and writing its copy, and the COPY, with
+    Overwrite: T, was refused (412, "exists"). It runs again, and replaces the new file."""
+    if database.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's writers take turns: a PUT cannot land inside a COPY")
+    source = put(service, actor, home, "source.txt", b"the copy")
+    real = files_module._occupant
+    looks: list[str] = []
+
+    def after_a_put_lands(session: Session, folder: NodeView, name: str, **kw: Any) -> Any:
+        looks.append(name)
+        if len(looks) == 1:  # the name is free; then another client's PUT commits
+            outcome: dict[str, Any] = {}
+            landed = in_thread("put", lambda: put(service, actor, home, name, b"put"), outcome)
+            landed.join(10)
+            assert outcome == {"put": None}
+            return None
+        return real(session, folder, name, **kw)
+
+    monkeypatch.setattr(files_module, "_occupant", after_a_put_lands)
+    replaced = service.copy(actor, source.id, home, "dest.txt", overwrite=True)
+    assert replaced is not None and replaced.name == "dest.txt"
+    assert versions(database, replaced.id) == [(1, 3), (2, 8)]  # the PUT's, then the copy's
+    assert looks == ["dest.txt", "dest.txt"]
