@@ -3318,6 +3318,33 @@ def test_a_lock_taken_by_another_process_during_an_upload_stops_it(
         assert member_names(srv, inner) == []
 
 
+@pytest.mark.parametrize(
+    ("header", "granted"),
+    [
+        ("Second-1e3", "most"),  # WsgiDAV: Second-1
+        ("Second-60x, Second-120", "Second-120"),  # WsgiDAV: Second-60
+        ("Infinite, Second-60", "most"),
+        ("Second-0", "most"),
+        ("Second-300", "Second-300"),
+    ],
+)
+def test_a_lock_timeout_is_read_as_rfc_4918_writes_it(
+    srv: InprocServer, folder: str, header: str, granted: str
+) -> None:
+    """Timeout: Second-<digits> or Infinite, the first value that can be read; none, and the
+    server's default applies: the most it grants (``dav.lock_max_timeout``), as for Infinite."""
+    most = srv.application.settings.dav.lock_max_timeout
+    granted = f"Second-{most}" if granted == "most" else granted
+    put(srv, folder + "timed.txt", b"x")
+    xml = {"Content-Type": "application/xml", "Timeout": header}
+    taken = call(srv, "LOCK", folder + "timed.txt", LOCK_BODY, xml)
+    assert taken.status == 200, (taken.status, taken.body[:300])
+    found = re.search(rb"<(?:\w+:)?timeout>Second-(\d+)</", taken.body)
+    assert found is not None, taken.body
+    wanted = int(granted.removeprefix("Second-"))
+    assert wanted - 2 <= int(found[1]) <= wanted, (found[1], granted)  # counted from its expiry
+
+
 def test_concurrent_locks_of_one_new_name_lock_it_once_and_refuse_the_rest_with_423(
     srv: InprocServer, folder: str
 ) -> None:
