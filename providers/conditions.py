@@ -55,20 +55,24 @@ util.parse_time_string = parse_http_date
 
 # One token of an If header (RFC 4918 10.4.2): a URL in angle brackets (a resource tag, or a
 # state token such as a lock token), an entity tag in brackets, a parenthesis, or "Not".
+# Whitespace is HTTP's (space and tab, RFC 9110 5.6.3): a header is read as latin-1, where the
+# bytes 0x85 and 0xA0 of a URL's raw UTF-8 (à, Å, Cyrillic Er) are whitespace to Python.
 _IF_TOKEN = re.compile(
-    r"""\s*(?:
-        <(?P<url>[^<>\s]*)>
+    r"""[ \t]*(?:
+        <(?P<url>[^<>\x00-\x20\x7f]*)>
       | \[(?P<etag>(?:W/)?"[^"]*")\]
       | (?P<open>\()
       | (?P<close>\))
-      | (?P<not>not)(?=[\s<\[])
+      | (?P<not>not)(?=[ \t<\[])
     )""",
     re.IGNORECASE | re.VERBOSE,
 )
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 # The start of a condition, up to where a header was cut off: part of a URL, of an entity
 # tag, or of "Not".
-_CUT_OFF = re.compile(r'\s*(?:<[^<>\s]*|\[(?:W/?)?(?:"[^"]*"?)?|n(?:ot?)?)?', re.IGNORECASE)
+_CUT_OFF = re.compile(
+    r'[ \t]*(?:<[^<>\x00-\x20\x7f]*|\[(?:W/?)?(?:"[^"]*"?)?|n(?:ot?)?)?', re.IGNORECASE
+)
 # A condition that never holds: an entity tag no resource has (WsgiDAV compares it with the
 # resource's tag, or with "[]" where there is none).
 _NEVER = '[""]'
@@ -95,7 +99,7 @@ def check_if_header(environ: dict[str, Any]) -> None:
     tokens: list[str] = []
     in_list = negated = tagged = False
     conditions = lists = 0
-    text, pos = header.strip(), 0
+    text, pos = header.strip(" \t"), 0
     while found := _IF_TOKEN.match(text, pos):
         url, etag = found["url"], found["etag"]
         if not in_list and url is not None and not tagged and _is_reference(url):
@@ -110,7 +114,7 @@ def check_if_header(environ: dict[str, Any]) -> None:
             in_list, tagged, lists = False, False, lists + 1
         else:
             break
-        tokens.append(found[0].strip())
+        tokens.append(found[0].strip(" \t"))
         pos = found.end()
     rest = text[pos:]
     if in_list and _CUT_OFF.fullmatch(rest):

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from contextlib import suppress
 from typing import Any
 from urllib.parse import ParseResult, unquote, urlsplit
 
@@ -268,6 +269,10 @@ def _retag_if_lists(environ: dict[str, Any], ref_url: str) -> None:
 
 
 def _tagged_path(url: str) -> str:
+    """The path a tag names, unescaped. A tag sent as raw UTF-8 (which WSGI gives as latin-1)
+    is read as its letters, as its escaped form is."""
+    with suppress(UnicodeError):
+        url = url.encode("latin-1").decode("utf-8")
     return unquote(urlsplit(url).path).rstrip("/") or "/"
 
 

@@ -366,6 +366,15 @@ def _url_of(namespace: str, root: str) -> str | None:
     return found[1] if found is not None else above
 
 
+def check_owner(owner: bytes) -> None:
+    """DAVError(400) for a lock owner over ``OWNER_MAX_BYTES``."""
+    if len(owner) > OWNER_MAX_BYTES:
+        raise DAVError(
+            HTTP_BAD_REQUEST,
+            context_info=f"A lock's owner may be {OWNER_MAX_BYTES} bytes at most.",
+        )
+
+
 def _forget_snapshots() -> None:
     scope = _scope.get()
     if scope is not None:
@@ -540,11 +549,8 @@ class SqlLockStorage:
         key = _key(root)
         if len(key.root) > _ROOT_MAX_LENGTH:
             raise DAVError(HTTP_BAD_REQUEST, context_info="URL too long to lock.")
-        if isinstance(lock.get("owner"), bytes) and len(lock["owner"]) > OWNER_MAX_BYTES:
-            raise DAVError(
-                HTTP_BAD_REQUEST,
-                context_info=f"A lock's owner may be {OWNER_MAX_BYTES} bytes at most.",
-            )
+        if isinstance(lock.get("owner"), bytes):
+            check_owner(lock["owner"])
         lock["root"] = root
         lock["timeout"] = timeout = self._normalize_timeout(lock.get("timeout"))
         if lock.get("type") != "write":

@@ -40,7 +40,7 @@ from providers.conditions import parse_http_date, served_range
 from providers.digests import expected_digests, repr_digest
 from providers.error_printer import logs_unexpected
 from providers.errors import MKCOL_STATUS, dav_errors
-from providers.lock_storage import SqlLockStorage
+from providers.lock_storage import SqlLockStorage, check_owner
 from providers.xml_safety import BODY_KEY, stored_elements
 
 if TYPE_CHECKING:
@@ -451,9 +451,11 @@ class FolderResource(_NodeResource, DAVCollection):
             lock_manager.check_write_permission(
                 url=self.get_ref_url(), depth="0", token_list=tokens, principal=principal
             )
-            # The locks above that refuse this one (an exclusive one with depth infinity, or
-            # a shared one when this is exclusive), even to their holder: refused before the
-            # file is made (WsgiDAV's own check, run later, left the file behind).
+            # What refuses this lock, refused before the file is made (WsgiDAV's own checks,
+            # run later, left the file behind): an owner too long, and the locks above that
+            # refuse it (an exclusive one with depth infinity, or a shared one when this is
+            # exclusive), even to their holder.
+            _check_requested_owner(self.environ)
             lock_manager._check_lock_permission(
                 new.get_ref_url(),
                 "write",
@@ -699,6 +701,15 @@ class FileResource(_NodeResource, DAVNonCollection):
             url=self.get_ref_url(),
             principal=self.environ.get("wsgidav.user_name"),
         )
+
+
+def _check_requested_owner(environ: dict[str, Any]) -> None:
+    """DAVError(400) when the owner a LOCK's body gives is over the limit
+    (``lock_storage.check_owner``)."""
+    root = environ.get(BODY_KEY)
+    owner = None if root is None else root.find("{DAV:}owner")
+    if owner is not None:
+        check_owner(etree.tostring(owner))
 
 
 def _requested_scope(environ: dict[str, Any]) -> str:

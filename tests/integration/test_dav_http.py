@@ -920,6 +920,28 @@ def test_if_headers_in_every_form_rfc_4918_gives_are_read(srv: InprocServer, fol
     assert get_body(srv, url) == b"v1"
 
 
+@pytest.mark.parametrize("name", ["à.txt", "Åsa.txt", "Рим.txt", "é.txt"])
+def test_an_if_header_tag_in_raw_utf_8_names_its_file(
+    srv: InprocServer, folder: str, name: str
+) -> None:
+    """Some clients put a tag's URL in the If header as raw UTF-8. A header is read as
+    latin-1, where the bytes 0x85 and 0xA0 (of "à", "Å", Cyrillic "Er") are whitespace to
+    Python: such a tag was refused as malformed (400) while "é" passed. And no such tag named
+    its file, so its conditions were never evaluated: a stale one let the PUT through."""
+    url = folder + q(name)
+    put(srv, url, b"v1")
+    etag = call(srv, "HEAD", url).headers["ETag"]
+    raw_tag = f"{path_of(folder)}{name}".encode().decode("latin-1")
+    for condition, status in ((f"[{etag}]", 204), ('["stale"]', 412)):
+        response = raw_request(
+            srv,
+            [f"PUT {path_of(url)} HTTP/1.1", "Content-Length: 2", f"If: <{raw_tag}> ({condition})"],
+            b"v2",
+        )
+        assert response.status == status, (condition, response.status, response.body[:200])
+    assert get_body(srv, url) == b"v2"
+
+
 def test_an_if_header_etag_never_matches_a_folder_which_has_none(
     srv: InprocServer, folder: str
 ) -> None:
@@ -3249,14 +3271,17 @@ def test_a_lock_owner_is_bounded(srv: InprocServer, folder: str) -> None:
     put(srv, url, b"x")
     xml = {"Content-Type": "application/xml", "Timeout": "Second-600"}
 
-    def lock_with_owner(owner: bytes) -> Response:
+    def lock_with_owner(owner: bytes, target: str = url) -> Response:
         body = LOCK_BODY.replace(b"<D:owner>tests</D:owner>", b"<D:owner>" + owner + b"</D:owner>")
-        return call(srv, "LOCK", url, body, xml)
+        return call(srv, "LOCK", target, body, xml)
 
     refused = lock_with_owner(b"x" * (512 << 10))
     assert refused.status == 400, (refused.status, refused.body[:300])
     assert b"owner" in refused.body
     assert call(srv, "PUT", url, b"not locked").status == 204
+    # Nor does such a LOCK of a new name make the file (WsgiDAV makes it before it locks).
+    assert lock_with_owner(b"x" * 9000, folder + "never.txt").status == 400
+    assert call(srv, "HEAD", folder + "never.txt").status == 404
     taken = lock_with_owner(b"<D:href>DOMAIN\\someone</D:href>" + b" " * 7000)
     assert taken.status == 200, (taken.status, taken.body[:300])
 
