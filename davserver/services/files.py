@@ -38,7 +38,7 @@ from davserver.services import blob_refs, dead_props, tree, usage, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
 from davserver.services.lost_bytes import open_stored, require_stored
-from davserver.services.subtree_copy import copy_subtree
+from davserver.services.subtree_copy import NameTakenMeanwhile, copy_subtree
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
 from davserver.services.usage import add_home_bytes, add_upload_bytes, bytes_below, check_quota
 
@@ -631,9 +631,7 @@ class FileService:
                     return occupant
                 _refuse_replacing_a_folder_above(session, occupant, source.parent_id)
                 _trash(session, actor, occupant.id, overwritten=True)
-            new_root = _copy_to_free_name(
-                lambda: copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
-            )
+            new_root = copy_subtree(session, actor, source, dest_parent, dest_name, recursive)
             record_audit(
                 session,
                 actor,
@@ -710,7 +708,7 @@ class FileService:
 
     def run_write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in a write transaction, again when a concurrent writer won a race: it
-        took the name first (``_NameTakenMeanwhile`` too), moved a folder this one held
+        took the name first (``NameTakenMeanwhile`` too), moved a folder this one held
         (``tree.ChainChanged``), or, on PostgreSQL, the two deadlocked (the server aborts one
         of them)."""
         for attempt in range(_RETRIES):
@@ -718,7 +716,7 @@ class FileService:
             try:
                 with self.db.write() as session:
                     return work(session)
-            except (IntegrityError, _NameTakenMeanwhile) as exc:
+            except (IntegrityError, NameTakenMeanwhile) as exc:
                 if last:
                     raise AlreadyExists("the name is taken") from exc
             except tree.ChainChanged as exc:
@@ -933,27 +931,9 @@ def _move_to_another_space(
     sharing), so the node and everything below it are copied there, every version and dead
     property along, sharing the blobs; the source goes to its own space's trash, from which
     its owner can still restore it. The copy's id."""
-    copied = _copy_to_free_name(
-        lambda: copy_subtree(session, actor, node, dest_parent, dest_name, True, history=True)
-    )
+    copied = copy_subtree(session, actor, node, dest_parent, dest_name, True, history=True)
     _trash(session, actor, node.id)
     return copied
-
-
-class _NameTakenMeanwhile(Exception):
-    """The name a COPY or MOVE found free was taken before its copy was written: a PUT
-    creates a file without waiting for ``_hold_name``. ``FileService.run_write`` runs the
-    work again, which finds the new file there (and replaces it if the client agreed)."""
-
-
-def _copy_to_free_name(copy: Callable[[], uuid.UUID]) -> uuid.UUID:
-    """``copy()`` (``copy_subtree``, after ``_occupant`` found the name free), its
-    AlreadyExists as ``_NameTakenMeanwhile``: a concurrent PUT took the name in between on
-    PostgreSQL, and the COPY with Overwrite: T was a 412."""
-    try:
-        return copy()
-    except AlreadyExists as exc:
-        raise _NameTakenMeanwhile(str(exc)) from exc
 
 
 def _trash(

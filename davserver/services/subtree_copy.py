@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from davserver.db.dialect import by_dialect, for_bind
 from davserver.db.types import utcnow
-from davserver.errors import AlreadyExists, Conflict
+from davserver.errors import Conflict
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind
 from davserver.services import tree
 from davserver.services.actor import Actor
@@ -29,6 +29,14 @@ from davserver.services.usage import add_home_bytes, check_quota
 
 # SQLite allows 32,766 bound parameters per statement; IN lists stay well below that.
 _BATCH = 5000
+
+
+class NameTakenMeanwhile(Exception):
+    """The name a copy goes to is taken. Its callers (a COPY, a MOVE into another space)
+    found it free (``files._occupant``), so another writer took it since: a PUT creates a file
+    without waiting for ``files._hold_name``. ``FileService.run_write`` runs the work again,
+    which finds that file there (and replaces it if the client agreed); on PostgreSQL the
+    COPY with Overwrite: T was a 412."""
 
 
 def copy_subtree(
@@ -44,8 +52,8 @@ def copy_subtree(
     """Copy ``source``, with everything below it when ``recursive``, into ``dest_parent`` as
     ``dest_name``, in the caller's transaction; the new root's id. Each file copied gets its
     current version as its first, or with ``history`` (a MOVE into another space) every one
-    of its versions, as they were. Conflict when the folder is gone, AlreadyExists when the
-    name is taken, QuotaExceeded when the owner's quota is."""
+    of its versions, as they were. Conflict when the folder is gone, NameTakenMeanwhile when
+    the name is taken, QuotaExceeded when the owner's quota is."""
     parent_row = session.get(Node, dest_parent.id)
     if parent_row is None or parent_row.deleted_at is not None or not parent_row.is_folder:
         raise Conflict("the destination folder does not exist")
@@ -56,7 +64,7 @@ def copy_subtree(
             Node.deleted_at.is_(None),
         )
     ):
-        raise AlreadyExists(f"{dest_name!r} exists")
+        raise NameTakenMeanwhile(f"{dest_name!r} exists")
     # Read and written a batch at a time, parents before children: what stays in memory
     # for the whole copy is the new id of each folder copied (its children need it), not
     # the rows (which took 3.5 kB a node: 360 MB for a copy of 100,000).
