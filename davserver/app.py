@@ -30,6 +30,7 @@ from davserver.errors import (
 )
 from davserver.metrics import Board, Counted, Slot, render
 from davserver.services.actor import Actor
+from davserver.services.write_fence import set_write_fence
 from providers.dispatch import DavRequestResolver
 from providers.error_printer import ErrorPrinter
 from providers.lock_manager import LockManager
@@ -244,6 +245,7 @@ class Application:
         """Release what a request held for its whole life: its read connection, its locks view."""
         self.db.end_request()
         self.lock_storage.end_request()
+        set_write_fence(None)
 
     def _with_query_header(self, start_response: Any) -> Any:
         def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

@@ -7,6 +7,11 @@ file could not delete or move the folder it is in; only checks of the folder its
 folders above it used the submitted tokens. Here members are checked as those are: a member's
 lock conflicts unless its owner submitted its token.
 
+Every check of a request's write permission is remembered by the lock storage, and made again
+in each of the request's write transactions when a lock was taken meanwhile (``recheck``, the
+request's ``davserver.services.write_fence``): WsgiDAV keeps a LOCK from landing between its
+check and the write only in its own process.
+
 And a LOCK's Timeout header is read as RFC 4918 (10.7) writes it (``read_timeout_header``).
 """
 
@@ -15,8 +20,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sqlalchemy.orm import Session
 from wsgidav import util
+from wsgidav.dav_error import HTTP_LOCKED, DAVError
 from wsgidav.lock_man.lock_manager import LockManager as WsgiDavLockManager
+
+from providers.lock_storage import SqlLockStorage
 
 _SECONDS = re.compile(r"second-(\d+)", re.IGNORECASE)
 
@@ -41,9 +50,26 @@ util.read_timeout_value_header = read_timeout_header
 
 
 class LockManager(WsgiDavLockManager):
+    def recheck(self, session: Session) -> None:
+        """The request's checks of its write permission, made again in the write transaction
+        of ``session`` when a lock was taken since they were made (``SqlLockStorage.
+        checks_to_repeat``): DAVError(423) for the first that now fails."""
+        if not isinstance(self.storage, SqlLockStorage):
+            return
+        for check in self.storage.checks_to_repeat(session):
+            conflicts = self._conflicts(check.url, check.depth, list(check.tokens), check.principal)
+            if conflicts.hrefs:
+                raise DAVError(HTTP_LOCKED, err_condition=conflicts)
+
     def _get_write_conflicts(
         self, url: str, depth: str, token_list: list[str], principal: str | None
     ) -> Any:
+        # Every check WsgiDAV makes of a write (check_write_permission, write_transaction).
+        if isinstance(self.storage, SqlLockStorage):
+            self.storage.remember_check(url, depth, token_list, principal)
+        return self._conflicts(url, depth, token_list, principal)
+
+    def _conflicts(self, url: str, depth: str, token_list: list[str], principal: str | None) -> Any:
         conflicts = super()._get_write_conflicts(url, "0", token_list, principal)
         if depth == "infinity":
             below = self.storage.get_lock_list(

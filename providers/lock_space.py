@@ -108,6 +108,14 @@ class RequestLockSpace:
 
         return log
 
+    def exists(self, url: str) -> bool:
+        parts = [p for p in unquote(url).split("/") if p]
+        if not parts:
+            return True
+        provider = self._provider
+        found = provider.namespace.resolve_prefixes(provider.access(self._environ), parts)
+        return found[-1] is not None
+
     def _mount(self, url: str) -> LockKey | None:
         if url not in self._mounts:
             self._mounts[url] = self._resolve_mount(url)

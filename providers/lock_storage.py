@@ -25,10 +25,12 @@ Contract:
   the new root, or an ancestor of it with depth infinity, or (for a new depth-infinity lock) a
   descendant of it; an exclusive lock conflicts with any of those, a shared lock only with
   exclusive ones. On a conflict it raises ``DAVError(HTTP_LOCKED)`` with a ``lock-conflict``
-  condition naming the conflicting roots. Writers that create or revive locks serialize: on
-  PostgreSQL with ``pg_advisory_xact_lock`` on a fixed key, on SQLite through the ``BEGIN
-  IMMEDIATE`` of ``Database.write()``. So two processes can never both hold an exclusive lock
-  on one resource.
+  condition naming the conflicting roots. Writers that create locks serialize per namespace:
+  on PostgreSQL with ``pg_advisory_xact_lock`` on the namespace's key, on SQLite through the
+  ``BEGIN IMMEDIATE`` of ``Database.write()``. So two processes can never both hold an
+  exclusive lock on one resource. Within a request scope ``create()`` also checks, in that
+  transaction, that the item is still there (``LockSpace.exists``): a LOCK racing a MOVE or a
+  DELETE of it through another process gets 404, not a lock on a name nothing has any more.
 * ``refresh(token, *, timeout)`` sets a new timeout and expire and returns the lock. An unknown
   or expired token raises ``LockTokenError``, which is both a ``ValueError`` (as
   ``LockManager.refresh`` documents) and a ``DAVError(HTTP_PRECONDITION_FAILED)``, so a LOCK
@@ -59,6 +61,13 @@ each namespace's unexpired locks once, instead of running a query for each of th
 through the storage drops those snapshots. Outside a scope the namespace is ``""``, roots are
 used as given, and every call queries.
 
+The checks a request made of its write permission are remembered (``remember_check``), so
+that each of its write transactions can make them again where they can no longer be
+overtaken (``checks_to_repeat``, run by ``providers.lock_manager.LockManager.recheck``
+through ``davserver.services.write_fence``): it waits for the lock writers of those
+namespaces (PostgreSQL: the namespace's key, shared; SQLite: the write lock it holds), reads
+their locks again and hands back the checks when a lock was taken since.
+
 Root matching is exact and case-sensitive on both engines (SQLite's ``LIKE`` ignores ASCII case,
 so the prefix matches are checked again in Python).
 """
@@ -79,6 +88,7 @@ from sqlalchemy.orm import Session
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
     HTTP_LOCKED,
+    HTTP_NOT_FOUND,
     HTTP_PRECONDITION_FAILED,
     DAVError,
     DAVErrorCondition,
@@ -104,6 +114,7 @@ __all__ = [
     "LockTokenError",
     "OneNamespace",
     "SqlLockStorage",
+    "WriteCheck",
 ]
 
 LockDict = dict[str, Any]
@@ -124,8 +135,9 @@ LOCK_KEYS: Final = (
 )
 
 DEFAULT_MAX_TIMEOUT: Final = 7 * 24 * 3600
-# Key of the transaction-scoped PostgreSQL advisory lock that serializes lock writers ("davslock").
-_PG_ADVISORY_KEY: Final = 0x646176736C6F636B
+# The key space of the transaction-scoped PostgreSQL advisory locks of a namespace ("lock"):
+# exclusive for a writer of locks, shared for a write transaction that checked them.
+_PG_LOCKS_CLASS: Final = 0x6C6F636B
 _LIKE_ESCAPE: Final = "\\"
 _ROOT_MAX_LENGTH: Final = 4096  # DavLock.root is String(4096)
 # A lock's owner says who holds it (Explorer and Office send a user's name or URL, some 100
@@ -289,6 +301,11 @@ class LockSpace(Protocol):
         in that change's transaction; None when no row is written (outside a request)."""
         ...
 
+    def exists(self, url: str) -> bool:
+        """Whether the requester's ``url`` (a normalized URL path) names an item now, read
+        from the database rather than from what the request found earlier."""
+        ...
+
 
 class OneNamespace:
     """Every URL is its own canonical root, in one namespace."""
@@ -308,6 +325,22 @@ class OneNamespace:
     def request_keys(self) -> list[LockKey]:
         return [LockKey(self.name, "/")]
 
+    def exists(self, url: str) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class WriteCheck:
+    """A check a request made of its permission to write ``url`` (with ``depth``), with the
+    lock tokens it submitted, as WsgiDAV's ``LockManager._get_write_conflicts`` takes it; and
+    the namespace whose locks it read."""
+
+    url: str
+    depth: str
+    tokens: tuple[str, ...]
+    principal: str | None
+    namespace: str
+
 
 @dataclass
 class _RequestScope:
@@ -315,6 +348,10 @@ class _RequestScope:
     # The mounts met so far, each once (a listing keys every member): (namespace, url, root).
     mounts: dict[tuple[str, str, str], LockKey] = field(default_factory=dict)
     snapshots: dict[str, list[LockDict]] = field(default_factory=dict)
+    checks: list[WriteCheck] = field(default_factory=list)
+    # The tokens of each namespace's locks as the request read them first: its checks were
+    # made against those (or against later ones that the request itself took or released).
+    first_seen: dict[str, set[str]] = field(default_factory=dict)
 
 
 _scope: contextvars.ContextVar[_RequestScope | None] = contextvars.ContextVar(
@@ -420,18 +457,40 @@ class SqlLockStorage:
         finally:
             self.end_request()
 
-    def reread(self) -> bool:
-        """Read the locks this request has read again, from the table: True when there is one
-        it had not seen (another process took it since), so that what was checked against
-        them must be checked again. Outside a request scope, or before any read: True."""
+    def remember_check(
+        self, url: str, depth: str, tokens: Iterable[str], principal: str | None
+    ) -> None:
+        """Remember a check of the request's write permission (see the module doc); nothing
+        outside a request scope."""
         scope = _scope.get()
-        if scope is None or not scope.snapshots:
-            return True
-        seen = {lock["token"] for locks in scope.snapshots.values() for lock in locks}
-        for namespace in scope.snapshots:
-            scope.snapshots[namespace] = self._namespace_locks(namespace)
-        now = {lock["token"] for locks in scope.snapshots.values() for lock in locks}
-        return not now <= seen
+        if scope is None:
+            return
+        url = normalize_lock_root(url)
+        check = WriteCheck(url, depth, tuple(tokens), principal, _key(url).namespace)
+        if check not in scope.checks:
+            scope.checks.append(check)
+
+    def checks_to_repeat(self, session: Session) -> list[WriteCheck]:
+        """In the write transaction of ``session``: the request's checks of its write
+        permission, when a lock was taken in their namespaces since the request read them (by
+        another process: this one's WsgiDAV keeps a LOCK from landing during a write); none
+        when none was. First it waits for the lock writers of those namespaces to finish, and
+        keeps new ones out until the transaction ends (PostgreSQL; SQLite's writers take turns
+        anyway), so that no lock can land between this read and the commit. The snapshots are
+        then those read here."""
+        scope = _scope.get()
+        if scope is None or not scope.checks:
+            return []
+        new = False
+        statement = _HELD_NAMESPACE_LOCKS if self._is_postgres else _NAMESPACE_LOCKS
+        for namespace in sorted({check.namespace for check in scope.checks}):
+            rows = session.execute(statement, {"namespace": namespace, "now": _now()})
+            locks = scope.snapshots[namespace] = [_to_dict(row._mapping) for row in rows]
+            # Against the first read, not the last: a lock that stopped one of the request's
+            # transactions must stop the next one too (a PROPPATCH sets each property alone).
+            seen = scope.first_seen.get(namespace, set())
+            new = new or any(lock["token"] not in seen for lock in locks)
+        return list(scope.checks) if new else []
 
     def open(self) -> None:
         """Called by ``LockManager.__init__``; nothing to do (the table comes from migrations)."""
@@ -462,10 +521,11 @@ class SqlLockStorage:
             return self.max_timeout
         return value
 
-    def _serialize_writers(self, session: Session) -> None:
-        """Queue behind every other transaction that creates or revives locks (any process)."""
+    def _serialize_writers(self, session: Session, namespace: str) -> None:
+        """Queue behind every other transaction (of any process) that creates locks in
+        ``namespace``, or writes after checking them (``checks_to_repeat``)."""
         if self._is_postgres:
-            session.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_ADVISORY_KEY)))
+            session.execute(_OWN_NAMESPACE, {"namespace": namespace})
         # SQLite: Database.write() began with BEGIN IMMEDIATE, which already serializes writers.
 
     @staticmethod
@@ -566,9 +626,16 @@ class SqlLockStorage:
         validate_lock(lock)
 
         token = generate_lock_token()
+        scope = _scope.get()
         log = self._logger()  # it may read the item: before the write transaction begins
         with self._db.write() as session:
-            self._serialize_writers(session)
+            self._serialize_writers(session, key.namespace)
+            # Not before: a MOVE or DELETE of the item (or of a folder above it) through
+            # another process may have committed since the request found it.
+            if scope is not None and not scope.space.exists(root):
+                raise DAVError(
+                    HTTP_NOT_FOUND, context_info="It was moved or deleted while being locked."
+                )
             now = _now()
             # A lock left to expire (a crashed editor, a dropped mount) is looked up by no one
             # again, so nothing else would remove its row: one per abandoned LOCK, for ever.
@@ -613,9 +680,14 @@ class SqlLockStorage:
         granted = self._normalize_timeout(timeout)
         log = self._logger()
         with self._db.write() as session:
-            self._serialize_writers(session)
             now = _now()
-            row = session.get(DavLock, token) if isinstance(token, str) else None
+            # Locked (PostgreSQL): the purge of expired locks (``create``) cannot delete it
+            # under this update, and waits to see it refreshed.
+            row = (
+                session.get(DavLock, token, with_for_update=True)
+                if isinstance(token, str)
+                else None
+            )
             if row is None or _is_expired(row.expire, now):
                 found = None
             else:
@@ -781,6 +853,7 @@ class SqlLockStorage:
         found = scope.snapshots.get(namespace)
         if found is None:
             found = scope.snapshots[namespace] = self._namespace_locks(namespace)
+            scope.first_seen.setdefault(namespace, {lock["token"] for lock in found})
         return found
 
     def _namespace_locks(self, namespace: str) -> list[LockDict]:
@@ -799,6 +872,15 @@ class SqlLockStorage:
             return [_to_dict(row._mapping) for row in conn.execute(stmt)]
 
 
+def _namespace_turn(*, shared: bool) -> sa.Select[Any]:
+    """PostgreSQL: take the turn at the locks of the namespace ``:namespace`` until the
+    transaction ends, shared for a writer that checked them, exclusive for one that writes
+    them."""
+    take = sa.func.pg_advisory_xact_lock_shared if shared else sa.func.pg_advisory_xact_lock
+    return sa.select(take(_PG_LOCKS_CLASS, sa.func.hashtext(sa.bindparam("namespace"))))
+
+
+_OWN_NAMESPACE = _namespace_turn(shared=False)
 # Built once: constructing the statement per request cost more than running it.
 _NAMESPACE_LOCKS = (
     sa.select(*_COLUMNS)
@@ -807,4 +889,9 @@ _NAMESPACE_LOCKS = (
         sa.or_(DavLock.expire < 0, DavLock.expire >= sa.bindparam("now")),
     )
     .order_by(DavLock.created_at, DavLock.token)
+)
+# The same after the shared turn (PostgreSQL), in one statement: the uncorrelated condition is
+# a one-time filter, evaluated before the table is read, even when it has no row to read.
+_HELD_NAMESPACE_LOCKS = _NAMESPACE_LOCKS.where(
+    _namespace_turn(shared=True).scalar_subquery().is_not(None)
 )

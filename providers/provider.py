@@ -32,6 +32,7 @@ from davserver.services.namespace import (
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from davserver.services.variants import VariantService
+from davserver.services.write_fence import set_write_fence
 from providers.errors import dav_errors
 from providers.gate import check_request, may_break_locks
 from providers.listing import folder_listing, vary_on_accept, wants_zip
@@ -170,6 +171,7 @@ class DavProvider(DAVProvider):
         storage = getattr(self.lock_manager, "storage", None)
         if isinstance(storage, SqlLockStorage):
             storage.begin_request(RequestLockSpace(self, environ))
+            set_write_fence(self.lock_manager.recheck)  # ended with the lock scope (davserver.app)
         _refuse_reading_queries(environ)
         check_request(self, environ)
         method = environ["REQUEST_METHOD"]

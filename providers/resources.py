@@ -630,7 +630,6 @@ class FileResource(_NodeResource, DAVNonCollection):
             return
         try:
             parent = self._parent_view()  # before finish(): nothing to clean up if it fails
-            self._check_locks_again()
         except BaseException:
             writer.abort()
             raise
@@ -667,26 +666,6 @@ class FileResource(_NodeResource, DAVNonCollection):
         if self._kept_mtime:
             return True
         return super().set_last_modified(dest_path, time_stamp, dry_run=dry_run)
-
-    def _check_locks_again(self) -> None:
-        """The locks as they are once the body has arrived: DAVError(423) for one that
-        forbids this write now. WsgiDAV keeps a LOCK from landing while a write is under way,
-        but only in its own process: a LOCK taken through another server process meanwhile,
-        and its holder's edit, were overwritten by this upload."""
-        lock_manager = self.provider.lock_manager
-        storage = getattr(lock_manager, "storage", None)
-        if not isinstance(storage, SqlLockStorage) or not storage.reread():
-            return  # no lock was taken since the request checked them
-        url = self.get_ref_url()
-        # A new file is a new member of its folder, which a lock on the folder forbids too.
-        urls = [url] if self.view is not None else [url, util.get_uri_parent(url)]
-        for locked in urls:
-            lock_manager.check_write_permission(
-                url=locked,
-                depth="0",
-                token_list=self.environ.get("wsgidav.ifLockTokenList") or [],
-                principal=self.environ.get("wsgidav.user_name"),
-            )
 
     def _held_lock_since(self) -> dt.datetime | None:
         """When the lock the uploader holds on this file (and sent the token of) was taken:

@@ -41,6 +41,7 @@ from davserver.services.lost_bytes import open_stored, require_stored
 from davserver.services.subtree_copy import NameTakenMeanwhile, copy_subtree
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
 from davserver.services.usage import add_home_bytes, add_upload_bytes, bytes_below, check_quota
+from davserver.services.write_fence import run_write_fence
 
 T = TypeVar("T")
 _RETRIES = 4
@@ -710,11 +711,13 @@ class FileService:
         """Run ``work`` in a write transaction, again when a concurrent writer won a race: it
         took the name first (``NameTakenMeanwhile`` too), moved a folder this one held
         (``tree.ChainChanged``), or, on PostgreSQL, the two deadlocked (the server aborts one
-        of them)."""
+        of them). The request's fence, if it has one, runs first in each transaction
+        (``write_fence``: the WebDAV locks taken since the request checked them)."""
         for attempt in range(_RETRIES):
             last = attempt == _RETRIES - 1
             try:
                 with self.db.write() as session:
+                    run_write_fence(session)
                     return work(session)
             except (IntegrityError, NameTakenMeanwhile) as exc:
                 if last:

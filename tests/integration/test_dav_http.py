@@ -38,7 +38,16 @@ from sqlalchemy import event
 from davserver.app import Application
 from davserver.errors import QuotaExceeded
 from davserver.http_request import MAX_HEADER_BYTES
-from davserver.models import Blob, DeadProperty, FileVersion, LogEntry, Node, Op, User
+from davserver.models import (
+    Blob,
+    DavLock,
+    DeadProperty,
+    FileVersion,
+    LogEntry,
+    Node,
+    Op,
+    User,
+)
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog
 from davserver.services.dead_props import MAX_DEAD_PROPERTY_BYTES
@@ -2670,10 +2679,10 @@ def test_move_of_a_big_folder_is_one_update(srv: InprocServer, folder: str) -> N
 
 def test_uploads_take_a_fixed_number_of_statements(srv: InprocServer, folder: str) -> None:
     """Small-file PUTs are the hottest path: the statements each kind takes (reads of the
-    credentials, the path and the locks, the locks again once the body is in, then one write
-    transaction) stay fixed, whatever the folder holds. Fewer is welcome; more needs a reason,
-    and this number changed with it: the second read of the locks sees one another process
-    took while the body arrived."""
+    credentials, the path and the locks, then one write transaction, which reads the locks
+    again) stay fixed, whatever the folder holds. Fewer is welcome; more needs a reason, and
+    this number changed with it: the second read of the locks sees one another process took
+    since the first (on PostgreSQL it also takes the turn at them, in the same statement)."""
     app = srv.application
     conn = Connection(srv)
     begin = 1 if srv.engine == "sqlite" else 0  # BEGIN IMMEDIATE (psycopg's BEGIN is implicit)
@@ -3341,6 +3350,148 @@ def test_a_lock_taken_by_another_process_during_an_upload_stops_it(
         assert get_body(srv, target) == b"the lock holder's edit"
     else:
         assert member_names(srv, inner) == []
+
+
+@contextmanager
+def _other_process(srv: InprocServer) -> Iterator[Callable[..., Response]]:
+    """``request(method, url, body, headers)`` through a second server on the same database,
+    as the test user: another server process, with a lock manager of its own."""
+    assert srv.db_url is not None
+    with run_inproc_server(
+        srv.engine, srv.data_dir.parent, existing=(srv.db_url, srv.password)
+    ) as other:
+
+        def request(
+            method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] = {}
+        ) -> Response:
+            headers = {
+                name: other.url + path_of(value) if name == "Destination" else value
+                for name, value in headers.items()
+            }
+            return http_request(
+                method, other.url + path_of(url), body, headers, auth=(other.user, other.password)
+            )
+
+        yield request
+
+
+def _lock_from(request: Callable[..., Response], url: str, depth: str = "0") -> str:
+    headers = {"Content-Type": "application/xml", "Timeout": "Second-600", "Depth": depth}
+    taken = request("LOCK", url, LOCK_BODY, headers)
+    assert taken.status in (200, 201), (taken.status, taken.body[:300])
+    return _lock_token(taken)
+
+
+_CUSTOM_PROPPATCH = (
+    f'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:C="{CUSTOM_NS}">'
+    "<D:set><D:prop><C:color>red</C:color></D:prop></D:set></D:propertyupdate>"
+).encode()
+
+# What a write does once its locks were checked (method, target, body and headers), the lock
+# another process takes before the write's transaction (what, depth), and what must then be
+# as it was.
+_RACED_WRITES = {
+    "DELETE": ("DELETE", "tree/", None, {}, "tree/doc.txt", "0"),
+    "MOVE": ("MOVE", "tree/", None, {"Destination": "moved/"}, "tree/doc.txt", "0"),
+    "PUT": ("PUT", "tree/doc.txt", b"overwritten", {}, "tree/doc.txt", "0"),
+    "PUT new": ("PUT", "tree/new.txt", b"new", {}, "tree/", "0"),
+    "PROPPATCH": ("PROPPATCH", "tree/doc.txt", None, {}, "tree/doc.txt", "0"),
+    "COPY": ("COPY", "tree/doc.txt", None, {"Destination": "into/doc.txt"}, "into/", "infinity"),
+    "MKCOL": ("MKCOL", "into/sub/", None, {}, "into/", "0"),
+}
+
+
+@pytest.mark.parametrize("case", list(_RACED_WRITES))
+def test_a_lock_taken_by_another_process_before_a_write_commits_stops_it(
+    srv: InprocServer, folder: str, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """A write checks the locks when it begins, and WsgiDAV keeps a LOCK from landing before
+    the write is done only in its own process. A LOCK taken through another process between
+    the check and the write's transaction was ignored: the folder was moved or deleted, the
+    file overwritten or copied onto, under a lock its holder had just been granted (and a
+    MOVE or DELETE then dropped that lock). The write's transaction checks again: 423, and
+    everything is as it was."""
+    method, target, body, headers, locked, depth = _RACED_WRITES[case]
+    for made in ("tree/", "into/"):
+        assert call(srv, "MKCOL", folder + made).status == 201
+    put(srv, folder + "tree/doc.txt", b"the original")
+    if method == "PROPPATCH":
+        body = _CUSTOM_PROPPATCH
+        headers = {"Content-Type": "application/xml"}
+    headers = {
+        key: folder + value if key == "Destination" else value for key, value in headers.items()
+    }
+    files = srv.application.files
+    run_write = files.run_write
+    with _other_process(srv) as other:
+        tokens: list[str] = []
+
+        def locked_first(work: Callable[[Any], Any]) -> Any:
+            if not tokens:  # once: the write's own transaction, not a retry of it
+                tokens.append(_lock_from(other, folder + locked, depth))
+            return run_write(work)
+
+        monkeypatch.setattr(files, "run_write", locked_first)
+        refused = call(srv, method, folder + target, body, headers)
+        assert tokens, "the write made no transaction"
+        monkeypatch.undo()
+        if method == "PROPPATCH":  # each property's status, in a 207 (RFC 4918 9.2)
+            assert refused.status == 207, (refused.status, refused.body[:300])
+            assert b"HTTP/1.1 423 Locked" in refused.body, refused.body[:500]
+            kept = call(srv, "PROPFIND", folder + target, None, {"Depth": "0"})
+            assert b"color" not in kept.body, kept.body[:500]
+        else:
+            assert refused.status == 423, (refused.status, refused.body[:300])
+            assert b"lock" in refused.body.lower()
+        assert member_names(srv, folder) == ["into", "tree"]
+        assert member_names(srv, folder + "tree/") == ["doc.txt"]
+        assert member_names(srv, folder + "into/") == []
+        assert get_body(srv, folder + "tree/doc.txt") == b"the original"
+        # The lock holds: its holder may write what it locked, and no one else may.
+        held = {"If": f"(<{tokens[0]}>)"}
+        if locked.endswith(".txt"):
+            assert call(srv, "PUT", folder + locked, b"mine").status == 423
+            assert other("PUT", folder + locked, b"mine", held).status == 204
+        else:
+            assert call(srv, "PUT", folder + locked + "x.txt", b"mine").status == 423
+            assert other("PUT", folder + locked + "x.txt", b"mine", held).status == 201
+
+
+@pytest.mark.parametrize("method", ["MOVE", "DELETE"])
+def test_a_lock_of_a_new_name_whose_folder_another_process_moves_meanwhile_is_404(
+    srv: InprocServer, folder: str, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """A LOCK of a new name makes the file, then the lock. When another process moved or
+    deleted the folder in between, the lock was taken on a name nothing has any more: its
+    answer failed (a 500, so the client never got the token) and the lock stayed behind,
+    waiting for whatever would be made at that name next. Now: 404, and no lock."""
+    assert call(srv, "MKCOL", folder + "tree/").status == 201
+    files = srv.application.files
+    create = files.create_empty_file
+    with _other_process(srv) as other:
+        headers = {"Destination": folder + "moved/"} if method == "MOVE" else {}
+
+        def then_moved(actor: Actor, parent: NodeView, name: str) -> NodeView:
+            made = create(actor, parent, name)
+            gone = other(method, folder + "tree/", None, headers)
+            assert gone.status in (201, 204), (gone.status, gone.body[:300])
+            return made
+
+        monkeypatch.setattr(files, "create_empty_file", then_moved)
+        xml = {"Content-Type": "application/xml", "Timeout": "Second-600"}
+        refused = call(srv, "LOCK", folder + "tree/new.txt", LOCK_BODY, xml)
+        monkeypatch.undo()
+        assert refused.status == 404, (refused.status, refused.body[:300])
+        assert "Lock-Token" not in refused.headers
+        # Nothing is locked: a folder made at the old name takes the new file.
+        assert call(srv, "MKCOL", folder + "tree/").status == 201
+        assert call(srv, "PUT", folder + "tree/new.txt", b"unlocked").status == 201
+        if method == "MOVE":
+            assert member_names(srv, folder + "moved/") == ["new.txt"]
+            assert call(srv, "PUT", folder + "moved/new.txt", b"unlocked").status == 204
+    with srv.application.db.read() as session:
+        roots = session.scalars(sa.select(DavLock.root)).all()
+    assert not [root for root in roots if root.startswith(path_of(folder))], roots
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from wsgidav.lock_man.lock_manager import LockManager
 import providers.lock_storage as lock_storage_module
 from davserver.db import Database
 from davserver.models import DavLock
+from providers.lock_manager import LockManager as DavLockManager
 from providers.lock_storage import LOCK_KEYS, LockKey, LockTokenError, SqlLockStorage
 
 OWNER = b'<owner xmlns="DAV:">joe@example.com</owner>'
@@ -512,6 +513,44 @@ def test_shared_locks_across_processes(database: Database, other_database: Datab
         )
         == 2
     )
+
+
+# --- a write's checks, made again in its transaction ----------------------------------------
+
+
+def test_a_write_that_checked_the_locks_holds_off_new_ones_until_it_commits(
+    database: Database, other_database: Database
+) -> None:
+    """Between a request's check of the locks and its commit, no LOCK of another process may
+    land in the namespace: the write's transaction takes its turn there first (shared, on
+    PostgreSQL; SQLite's writers take turns anyway), a LOCK waits for it, and a write that
+    comes after a LOCK sees it and is told to check again."""
+    storage, other = SqlLockStorage(database), SqlLockStorage(other_database)
+    lm = DavLockManager(storage)
+    taken: list[str] = []
+
+    def lock_elsewhere() -> None:
+        with other.request_scope("space"):
+            taken.append(other.create("/doc", lock_def(depth="0", principal="ann"))["token"])
+
+    with storage.request_scope("space"):
+        lm.check_write_permission(url="/doc", depth="0", token_list=[], principal="joe")
+        with database.write() as session:
+            assert storage.checks_to_repeat(session) == []  # no lock was taken meanwhile
+            racer = threading.Thread(target=lock_elsewhere)
+            racer.start()
+            racer.join(timeout=0.5)
+            assert racer.is_alive(), "a LOCK landed inside a write that had checked the locks"
+        racer.join(timeout=30)
+        assert taken
+        with database.write() as session:
+            again = storage.checks_to_repeat(session)
+        assert [(check.url, check.depth) for check in again] == [("/doc", "0")]
+        with database.write() as session, pytest.raises(DAVError) as refused:
+            lm.recheck(session)
+        assert refused.value.value == HTTP_LOCKED
+    with storage.request_scope("space"), database.write() as session:
+        assert storage.checks_to_repeat(session) == []  # a request that checked nothing
 
 
 # --- threads racing -------------------------------------------------------------------------
