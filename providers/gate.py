@@ -93,19 +93,26 @@ def check_destination(provider: DavProvider, environ: dict[str, Any]) -> None:
 
 def _may_move_bytes_there(provider: DavProvider, environ: dict[str, Any], target: Any) -> None:
     """A MOVE that puts an item's bytes within the mover's reach needs DOWNLOAD on it, as a
-    COPY does: into another space (a copy there, out of reach of the grants it had), or under
+    COPY does: into another space (a copy there, out of reach of the grants it had), under
     a folder where the mover may download (its grants then cover the item: a grantee who may
-    write but not download took a file so, in two MOVEs, to their own space)."""
+    write but not download took a file so, in two MOVEs, to their own space), or onto a file
+    the mover may download (the bytes become that file's newest version)."""
     if target.rights & Perm.DOWNLOAD or target.view is None:
         return
     dest = destination_path(environ)
-    parent = None if dest is None else provider.get_resource_inst(_parent_of(dest), environ)
+    if dest is None:
+        return
+    refused = Forbidden("moving this item there needs the download right on it")
+    existing = provider.get_resource_inst(dest, environ)
+    if isinstance(existing, _NodeResource) and existing.rights & Perm.DOWNLOAD:
+        raise refused
+    parent = provider.get_resource_inst(_parent_of(dest), environ)
     if not isinstance(parent, _NodeResource) or parent.view is None:
         return
     view, here = parent.view, target.view
     elsewhere = (view.owner_id, view.group_id) != (here.owner_id, here.group_id)
     if elsewhere or parent.rights & Perm.DOWNLOAD:
-        raise Forbidden("moving this item there needs the download right on it")
+        raise refused
 
 
 def _parent_of(path: str) -> str:

@@ -315,6 +315,15 @@ def test_moving_out_of_a_share_needs_download_and_leaves_the_owner_a_trashed_ori
     assert p.call(p.bob, "MOVE", shared + "drop/secret.txt", headers=into).status == 403
     assert p.call(p.bob, "GET", f"/shared/{p.alice}/open/secret.txt").status == 404
     assert p.call(p.alice, "GET", "/files/drop/secret.txt").body == b"eyes only"
+    # Nor onto a file he may download, in the same folder: moved onto a file, the bytes
+    # become its newest version.
+    assert p.put(p.alice, "/files/drop/notes.txt", b"notes") == 201
+    assert p.grant(p.alice, "/files/drop/notes.txt", p.bob, "read", "download") == 201
+    onto = {"Destination": f"{p.server.url}{shared}drop/notes.txt", "Overwrite": "T"}
+    refused = p.call(p.bob, "MOVE", shared + "drop/secret.txt", headers=onto)
+    assert refused.status == 403, (refused.status, refused.body[:300])
+    assert p.call(p.bob, "GET", shared + "drop/notes.txt").body == b"notes"
+    assert p.call(p.alice, "GET", "/files/drop/secret.txt").body == b"eyes only"
 
     assert move("plan.txt").status == 201
     assert p.call(p.bob, "GET", "/files/plan.txt").body == b"the plan"
