@@ -18,7 +18,7 @@ from wsgidav import util
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
 from davserver.errors import Conflict, Forbidden
-from davserver.services.permissions import Perm
+from davserver.services.permissions import Perm, SpaceOwner, base_permissions, require, restrict
 from davserver.services.trash import TrashedNode, TrashEntry, TrashRoot, TrashService
 from davserver.services.tree import NodeView
 from providers.computed import DS, NC, ComputedProperties, StoredBytes, prop
@@ -33,6 +33,7 @@ from providers.resources import (
     guess_mime_type,
     logged_content,
 )
+from providers.variants import wants_variant
 
 if TYPE_CHECKING:
     from providers.provider import DavProvider
@@ -128,8 +129,18 @@ class _Trashed(ComputedProperties):
 
     @property
     def rights(self) -> Perm:
-        """Read-only: what is in your trash you may see and read (thumbnails, oc:permissions)."""
-        return Perm.READ | Perm.DOWNLOAD
+        """Read-only: what the user may do with the item where it was (thumbnails,
+        oc:permissions), short of changing it."""
+        return self._space_rights() & (Perm.READ | Perm.DOWNLOAD)
+
+    def _space_rights(self) -> Perm:
+        """What the user's roles and memberships give in the item's space. A moderator who
+        trashed a group's file (moderators may read and trash anything) finds it in their
+        trash, but may not download it there either, nor purge it: that needs the write
+        right in its space (its owner, the group's members, admins)."""
+        principal = self.provider.access(self.environ).principal
+        space = SpaceOwner(self.view.owner_id, self.view.group_id)
+        return restrict(principal, base_permissions(principal, space))
 
     @property
     def is_entry(self) -> bool:
@@ -141,9 +152,12 @@ class _Trashed(ComputedProperties):
 
     def check_request(self, environ: dict[str, Any]) -> None:
         method = environ["REQUEST_METHOD"]
+        if method == "GET" and not self.view.is_folder and not wants_variant(environ):
+            require(self.rights, Perm.DOWNLOAD, "download")
         if method in READING:
             return
         if method == "DELETE" and self.is_entry:
+            require(self._space_rights(), Perm.WRITE, "purge")
             return
         if method == "MOVE":
             self._check_restore(environ)

@@ -470,6 +470,45 @@ def test_group_and_moderator_deletions(server: InprocServer, alice: User) -> Non
     assert restored.status == 201
 
 
+def test_a_moderator_may_neither_download_nor_purge_what_they_trashed_from_a_group(
+    server: InprocServer, alice: User
+) -> None:
+    """Moderators read and trash anything, but download nothing they are not given. A group's
+    file a moderator trashed is in their trash (deleted by them, from a group they see):
+    there they could download it, and purge it for good. Now neither; the group's admin
+    finds it in theirs and restores it."""
+    mod = make_user(server, "mod", roles=["user", "moderator"])
+    team = f"team{uuid.uuid4().hex[:6]}"
+    groups = server.application.services.groups
+    groups.create_group(None, team)
+    groups.add_member(None, team, alice.name, admin=True)
+    assert alice("MKCOL", f"/groups/{team}/board/").status == 201
+    assert alice.put(f"/groups/{team}/board/secret.txt", b"board minutes") == 201
+    assert alice.put(f"/groups/{team}/plan.txt", b"the plan") == 201
+    assert mod("GET", f"/groups/{team}/plan.txt").status == 403
+    for path in ("plan.txt", "board/"):
+        assert mod("DELETE", f"/groups/{team}/{path}").status == 204
+    plan = listed(mod, f"/groups/{team}/plan.txt")
+    board = listed(mod, f"/groups/{team}/board")
+    for url, headers in (
+        (plan, {}),
+        (plan, {"Range": "bytes=0-3"}),
+        (f"{board}/secret.txt", {}),
+    ):
+        refused = mod("GET", url, None, headers)
+        assert refused.status == 403, (url, refused.status, refused.body[:200])
+        assert b"board minutes" not in refused.body and b"the plan" not in refused.body
+    assert mod("HEAD", plan).status == 200  # seeing it is reading it
+    assert mod("DELETE", plan).status == 403
+    assert mod("DELETE", board).status == 403
+    # The group's admin sees both, may read them, and restores one and purges the other.
+    plan, board = listed(alice, f"/groups/{team}/plan.txt"), listed(alice, f"/groups/{team}/board")
+    assert alice.get(plan) == b"the plan"
+    assert alice("MOVE", plan, None, alice.destination(f"/groups/{team}/plan.txt")).status == 201
+    assert alice("DELETE", board).status == 204
+    assert alice.get(f"/groups/{team}/plan.txt") == b"the plan"
+
+
 def test_unicode_and_spaces(server: InprocServer, alice: User) -> None:
     name = "Café menü · Sommer 2026.txt"
     assert alice("MKCOL", "/files/Ordner mit Ümlaut/").status == 201
