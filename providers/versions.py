@@ -35,6 +35,7 @@ from providers import live_props
 from providers.computed import DS, ComputedProperties, StoredBytes, prop
 from providers.conditions import served_range
 from providers.digests import repr_digest
+from providers.dispatch import destination_path
 from providers.errors import dav_errors
 from providers.gate import check_destination
 from providers.resources import (
@@ -180,10 +181,20 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
             if not wants_variant(environ):  # a thumbnail or preview needs only READ
                 require(self.rights, Perm.DOWNLOAD, "download")
         elif method == "COPY":
-            require(self.rights, Perm.DOWNLOAD, "copy")
-            check_destination(self.provider, environ)
+            if not self._restores_its_file(environ):
+                require(self.rights, Perm.DOWNLOAD, "copy")
+            check_destination(self.provider, environ)  # write on the file, or where it lands
         else:
             super().check_request(environ)
+
+    def _restores_its_file(self, environ: dict[str, Any]) -> bool:
+        """Whether a COPY lands on the version's own file: a restore, which takes no bytes
+        anywhere the restorer could read them (the file's rights stay theirs), so it needs
+        write on the file only. Copied elsewhere, a version's bytes need download."""
+        dest = destination_path(environ)
+        target = None if dest is None else self.provider.get_resource_inst(dest, environ)
+        view = getattr(target, "view", None)
+        return isinstance(view, NodeView) and view.id == self.reached.view.id
 
     def computed_properties(self) -> dict[str, str]:
         version = self.version

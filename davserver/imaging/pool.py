@@ -115,7 +115,10 @@ class RenderPool:
             or not payload
         ):
             raise RenderFailed("the image worker gave an answer that does not fit the request")
-        return RenderedImage(payload, str(fmt), width, height, reply.get("alpha") is True)
+        told = [reply.get("source_width"), reply.get("source_height")]
+        source_width, source_height = (v if isinstance(v, int) and v > 0 else 0 for v in told)
+        alpha = reply.get("alpha") is True
+        return RenderedImage(payload, str(fmt), width, height, alpha, source_width, source_height)
 
     def close(self) -> None:
         """Stop the idle workers; busy ones stop when their job ends."""

@@ -123,6 +123,7 @@ def render(
         image = open_image(source, max_pixels=max_pixels, input_formats=input_formats)
         fmt = output_format(image, spec)
         alpha = has_alpha(image)
+        source_width, source_height = image.size
         try:
             small = _resized(image, spec.max_size)
             rgb = _to_output_mode(small, fmt)
@@ -133,7 +134,7 @@ def render(
             raise InvalidImage(f"the image cannot be decoded: {exc}") from None
         finally:
             image.close()
-    return RenderedImage(data, fmt, rgb.width, rgb.height, alpha)
+    return RenderedImage(data, fmt, rgb.width, rgb.height, alpha, source_width, source_height)
 
 
 def _resized(image: Image.Image, max_size: int) -> Image.Image:

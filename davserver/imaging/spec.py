@@ -51,3 +51,6 @@ class RenderedImage:
     width: int
     height: int
     source_alpha: bool  # whether the source had transparency (whatever the output keeps)
+    # The source's size as stored, before it was turned upright (0: not told).
+    source_width: int = 0
+    source_height: int = 0

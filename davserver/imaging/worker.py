@@ -86,6 +86,8 @@ def _handle(header: dict[str, Any], fd: int, options: argparse.Namespace) -> tup
         "width": result.width,
         "height": result.height,
         "alpha": result.source_alpha,
+        "source_width": result.source_width,
+        "source_height": result.source_height,
     }
     return reply, result.data
 

@@ -73,5 +73,9 @@ class ImageVariant(Base):
     blob_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("blobs.id"), index=True)
     width: Mapped[int]
     height: Mapped[int]
+    # The source image's size (before it was turned upright): whether the variant shows every
+    # pixel of it. None for variants made before migration 0010.
+    source_width: Mapped[int | None]
+    source_height: Mapped[int | None]
     size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
     created_at: Mapped[created_at]

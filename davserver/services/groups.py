@@ -34,6 +34,7 @@ from davserver.services.account_rules import (
 )
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
+from davserver.services.grant_support import revoke_unsupported, spaces_of_grants_by
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,13 @@ class GroupAdminService:
                     actor, before, None, group=group.name, group_id=str(group.id)
                 ),
             )
+            member_ids = session.scalars(
+                sa.select(GroupMember.user_id).where(GroupMember.group_id == group.id)
+            ).all()
             # Memberships, grants and the empty root folder go by ON DELETE CASCADE.
             session.execute(sa.delete(Group).where(Group.id == group.id))
+            because = f"the group {group.name} was deleted"
+            revoke_unsupported(session, actor, spaces_of_grants_by(session, member_ids), because)
 
     def add_member(
         self, actor: Actor | None, group_name: str, username: str, *, admin: bool = False
@@ -246,6 +252,9 @@ class GroupAdminService:
                 ),
             )
             session.delete(member)
+            session.flush()
+            because = f"{user.username} left the group {group.name}"
+            revoke_unsupported(session, actor, spaces_of_grants_by(session, [user.id]), because)
 
     def set_group_admin(
         self, actor: Actor | None, group_name: str, username: str, *, admin: bool = True
@@ -259,6 +268,10 @@ class GroupAdminService:
                 raise Conflict(f"{user.username!r} is already {state} of {group.name!r}")
             member.is_admin = admin
             session.flush()
+            if not admin:  # what they shared as the group's admin now needs a grant of theirs
+                because = f"{user.username} is no longer an admin of the group {group.name}"
+                spaces = spaces_of_grants_by(session, [user.id])
+                revoke_unsupported(session, actor, spaces, because)
             record_audit(
                 session,
                 actor,

@@ -11,10 +11,12 @@ admins in a group's space, admins, the command line: whoever holds SHARE without
 grant on it; a grantee given SHARE only the grants they made themselves, so that they never
 lower or remove what someone with more authority gave.
 
-A grantee's share ends with their grant: revoking a user's grant (or replacing it with one
-without SHARE) revokes the grants they made on the node and below it, and in turn those made
-from these (``_drop_reshares``); a grant they make never expires after their own does
-(``holder_until``). Revoking a group's grant does not reach what its members shared on.
+A grantee's share ends with what let them share: revoking a grant to them or to their group,
+or replacing it with less, revokes the grants they made from it, and in turn those made from
+these, to users and to groups alike (``grant_support.revoke_unsupported``, which the group and
+user services run too when a membership, a group admin or a role ends). A grant they make
+never expires after their own does (``holder_until``). Nobody grants themselves: a grant
+from a group to a member would keep their access once the group's grant was revoked.
 
 ``holder`` is the granter's rights on the node as the namespace computed them; the command
 line (actor None) acts with every right.
@@ -39,6 +41,7 @@ from davserver.services import tree
 from davserver.services.account_rules import audit_details, find_live_user, iso
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
+from davserver.services.grant_support import grantee_id, revoke_unsupported, space_of
 from davserver.services.groups import find_group
 from davserver.services.permissions import (
     EVERYTHING,
@@ -137,6 +140,8 @@ class SharingService:
             row = session.scalars(sa.select(Grant).where(Grant.node_id == node.id, match)).first()
             before = None
             if row is None:
+                if actor is not None and user is not None and grantee.id == actor.user_id:
+                    raise BadRequest("you cannot grant rights to yourself")
                 row = Grant(
                     node_id=node.id,
                     user_id=grantee.id if user is not None else None,
@@ -155,14 +160,14 @@ class SharingService:
                     # changes, and the logbook gets no row saying so every time.
                     return _infos(session, Grant.id == row.id)[0]
                 before = {"rights": rights_of_grant(row).names(), "expires_at": iso(row.expires_at)}
-                if row.user_id is not None and row.can_share and not rights & Perm.SHARE:
-                    because = f"{label}'s grant no longer shares"
-                    _drop_reshares(session, actor, node, row.user_id, because)
             _set_rights(row, rights)
             row.expires_at = expires_at
             row.granted_by = actor.user_id if actor else None
             row.granted_at = utcnow()
             session.flush()
+            if before is not None:  # with less, what the grantee gave on from it may go
+                space = space_of(node.owner_id, node.group_id)
+                revoke_unsupported(session, actor, [space], f"{label}'s grant was changed")
             record_audit(
                 session,
                 actor,
@@ -291,10 +296,9 @@ def _remove_grant(
     info = found[0]
     if node is None:
         node = tree.get_node(session, info.node_id)
-    user_id = session.scalar(sa.select(Grant.user_id).where(Grant.id == grant_id))
-    session.execute(sa.delete(Grant).where(Grant.id == grant_id))
-    if user_id is not None and node is not None:
-        _drop_reshares(session, actor, node, user_id, f"{info.grantee}'s grant was revoked")
+    grantee = session.execute(
+        sa.delete(Grant).where(Grant.id == grant_id).returning(Grant.user_id, Grant.group_id)
+    ).one()
     reason = {"because": because} if because is not None else {}
     record_audit(
         session,
@@ -310,6 +314,10 @@ def _remove_grant(
             **reason,
         ),
     )
+    if node is not None:
+        space = space_of(node.owner_id, node.group_id)
+        lost = {grantee_id(grantee.user_id, grantee.group_id): info.grantee}
+        revoke_unsupported(session, actor, [space], f"{info.grantee}'s grant was revoked", lost)
 
 
 def _manages_sharing(session: Session, actor: Actor | None, node: NodeView) -> bool:
@@ -334,55 +342,6 @@ def _manages(session: Session, user_id: uuid.UUID, roles: frozenset[str], node: 
             groups[node.group_id] = is_admin
     who = Principal(user_id, roles, groups)
     return bool(base_permissions(who, SpaceOwner(node.owner_id, node.group_id)) & Perm.SHARE)
-
-
-def _drop_reshares(
-    session: Session, actor: Actor | None, node: NodeView, grantee_id: uuid.UUID, because: str
-) -> None:
-    """Revoke the grants ``grantee_id`` made on ``node`` or below it, and in turn those made
-    by whom they had given share, each with its logbook row saying ``because``: their right to
-    share there came from the grant just revoked (or stripped of share). Else a resharer kept
-    access through a grant to a group of theirs, and whoever they shared with kept theirs.
-
-    A grantee who manages the node anyway (an admin, the group's admins) keeps theirs. All the
-    nodes are in ``node``'s space, whose owner and group decide who manages it.
-    """
-    pending = [(node.id, grantee_id, because)]
-    while pending:
-        top, granter_id, reason = pending.pop()
-        roles = frozenset(
-            session.scalars(
-                sa.select(Role.name)
-                .join(UserRole, UserRole.role_id == Role.id)
-                .where(UserRole.user_id == granter_id)
-            )
-        )
-        if _manages(session, granter_id, roles, node):
-            continue
-        made = session.execute(
-            sa.select(Grant.id, Grant.node_id, Grant.user_id).where(Grant.granted_by == granter_id)
-        ).all()
-        for grant_id, node_id, user_id in made:
-            if top not in tree.chain_ids(session, node_id):
-                continue
-            info = _infos(session, Grant.id == grant_id)[0]
-            session.execute(sa.delete(Grant).where(Grant.id == grant_id))
-            record_audit(
-                session,
-                actor,
-                Op.GRANT_REVOKE,
-                node_id=node_id,
-                details=audit_details(
-                    actor,
-                    {"rights": info.rights, "expires_at": iso(info.expires_at)},
-                    None,
-                    grantee=info.grantee,
-                    grant_id=str(grant_id),
-                    because=reason,
-                ),
-            )
-            if user_id is not None:
-                pending.append((node_id, user_id, f"{info.grantee}'s grant was revoked"))
 
 
 def _require_may_change(session: Session, actor: Actor | None, node: NodeView, row: Grant) -> None:

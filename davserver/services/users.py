@@ -56,6 +56,7 @@ from davserver.services.account_rules import (
 from davserver.services.accounts import Hasher
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
+from davserver.services.grant_support import revoke_unsupported, spaces_of_grants_by
 from davserver.services.sharing import drop_grants_of_deleted_user
 
 # ------------------------------------------------------------------------------ views
@@ -453,6 +454,8 @@ class UserAdminService:
             session.execute(
                 sa.delete(UserRole).where(UserRole.user_id == user.id, UserRole.role_id == role_id)
             )
+            because = f"{user.username} no longer has the role {role}"
+            revoke_unsupported(session, actor, spaces_of_grants_by(session, [user.id]), because)
             return self._audit_roles(session, actor, user, Op.ROLE_REMOVE, role, before)
 
     # -------------------------------------------------------------------------- internals

@@ -136,6 +136,9 @@ class VariantRequest:
     source: VariantSource
     variant_type: str
     spec: VariantSpec
+    # Whether the asker may download the file: else a thumbnail that is the whole picture
+    # is refused (``VariantService.get``).
+    may_download: bool = True
 
     @property
     def etag(self) -> str:
@@ -167,6 +170,9 @@ class Variant:
     width: int
     height: int
     etag: str
+    # The source image's size as stored (before it was turned upright); None when the
+    # variant was made before sizes were kept.
+    source_size: tuple[int, int] | None = None
 
     @property
     def content_type(self) -> str:

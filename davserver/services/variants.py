@@ -147,7 +147,8 @@ class VariantService:
         if sha256 is None or key is None or size == 0:
             raise UnsupportedMedia("the file is empty")
         source = VariantSource(sha256, key, version_id, view.name)
-        return VariantRequest(source, variant_type, spec)
+        may_download = bool(rights & Perm.DOWNLOAD)
+        return VariantRequest(source, variant_type, spec, may_download=may_download)
 
     def has_preview(self, view: NodeView) -> bool:
         """For listings (the has-preview property): a non-empty file that looks like an image.
@@ -166,9 +167,30 @@ class VariantService:
         """The stored variant, made now if it does not exist yet.
 
         Raises UnsupportedMedia (not an accepted image), Unprocessable (damaged, too many
-        pixels, over the time or memory a conversion may use), Unavailable (every worker busy).
+        pixels, over the time or memory a conversion may use), Unavailable (every worker busy),
+        Forbidden when the asker may not download the file and the variant is the whole
+        picture: an image no bigger than the thumbnail (an icon, a signature, a QR code).
         """
-        return self._obtain(request)[0]
+        variant = self._obtain(request)[0]
+        if not request.may_download and self._is_whole_picture(request, variant):
+            raise Forbidden(
+                "this image is no bigger than the thumbnail, which would be the picture "
+                "itself: it needs the download right"
+            )
+        return variant
+
+    def _is_whole_picture(self, request: VariantRequest, variant: Variant) -> bool:
+        """Whether ``variant`` has every pixel of its source (it was not made smaller)."""
+        if max(variant.width, variant.height) < request.spec.max_size:
+            return True  # a smaller image fits the box as it is
+        size = variant.source_size
+        if size is None:  # made before source sizes were kept: make it again to learn it
+            rendered = self._render(request)
+            size = (rendered.source_width, rendered.source_height)
+            with self.db.write() as session:
+                params = {"sha256": request.source.sha256, "w": size[0], "h": size[1]}
+                session.execute(_KEEP_SOURCE_SIZE, params)
+        return sorted(size) == sorted((variant.width, variant.height))  # upright or not
 
     def _obtain(self, request: VariantRequest) -> tuple[Variant, bool]:
         """(the variant, whether this call made it)."""
@@ -231,6 +253,9 @@ class VariantService:
             row = row or rows.get("jpeg")
         if row is None:
             return None
+        source_size = None
+        if row.source_width is not None and row.source_height is not None:
+            source_size = (row.source_width, row.source_height)
         return Variant(
             storage_key=row.storage_key,
             size=row.size_bytes,
@@ -238,6 +263,7 @@ class VariantService:
             width=row.width,
             height=row.height,
             etag=request.etag,
+            source_size=source_size,
         )
 
     def _png_has_alpha(self, storage_key: str) -> bool:
@@ -307,6 +333,8 @@ class VariantService:
                         blob_id=variant_blob_id,
                         width=rendered.width,
                         height=rendered.height,
+                        source_width=rendered.source_width or None,
+                        source_height=rendered.source_height or None,
                         size_bytes=stored.size,
                         created_at=utcnow(),
                     )
@@ -446,7 +474,15 @@ _b = Base.metadata.tables["blobs"]
 _src = _b.alias("src")
 _out = _b.alias("out")
 _LOOKUP = (
-    sa.select(_iv.c.format, _iv.c.width, _iv.c.height, _out.c.size_bytes, _out.c.storage_key)
+    sa.select(
+        _iv.c.format,
+        _iv.c.width,
+        _iv.c.height,
+        _iv.c.source_width,
+        _iv.c.source_height,
+        _out.c.size_bytes,
+        _out.c.storage_key,
+    )
     .select_from(
         _iv.join(_src, _src.c.id == _iv.c.source_blob_id).join(_out, _out.c.id == _iv.c.blob_id)
     )
@@ -464,6 +500,12 @@ _INSERT_VARIANT = insert_or_ignore(
     _iv, "source_blob_id", "variant_type", "max_size", "format", "quality_level"
 )
 _BLOB_ID = sa.select(_b.c.id).where(_b.c.sha256 == sa.bindparam("sha256"))
+# The source's size, learnt for the variants of one source made before sizes were kept.
+_KEEP_SOURCE_SIZE = (
+    _iv.update()
+    .where(_iv.c.source_blob_id == _BLOB_ID.scalar_subquery(), _iv.c.source_width.is_(None))
+    .values(source_width=sa.bindparam("w"), source_height=sa.bindparam("h"))
+)
 _DELETE_VARIANTS = _iv.delete().where(
     _iv.c.source_blob_id == sa.bindparam("source_blob_id", type_=sa.Uuid)
 )

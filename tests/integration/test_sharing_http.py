@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from davserver.models import Grant, LogEntry, Node, Op
+from davserver.models import Grant, ImageVariant, LogEntry, Node, Op
 from tests import images
 from tests.conftest import ENGINES
 from tests.servers import InprocServer, Response, basic_auth_header, http_request, run_inproc_server
@@ -769,6 +769,80 @@ def test_a_deleted_users_grants_and_reshares_go(people: People) -> None:
     assert deleted["user"] == p.bob and deleted["after"]["revoked_grants"] == 4
 
 
+def test_what_a_member_shared_on_from_their_groups_grant_ends_with_it(people: People) -> None:
+    """A member given share through a grant to their group shares on from it. When the
+    group's grant is revoked, or the member leaves the group, what they shared on goes, and
+    what was shared on from that, to users and to groups alike: none of it did (a revoke
+    reached only what was shared on from a grant to a user), so access outlived the revoke.
+    Two grantees who shared with each other do not keep each other's access, and nobody
+    grants themselves (a grant to oneself from a group's grant was kept after it)."""
+    p = people
+    revoked_before = len(revoke_reasons(p))
+    for folder in ("g2", "g3"):
+        assert p.call(p.alice, "MKCOL", f"/files/{folder}/").status == 201
+        assert p.put(p.alice, f"/files/{folder}/s.txt", b"secret") == 201
+        assert (
+            p.grant(p.alice, f"/files/{folder}", p.team, "read", "download", "share", group=True)
+            == 201
+        )
+    g2, g3 = f"/shared/{p.alice}/g2", f"/shared/{p.alice}/g3"
+    assert p.grant(p.bob, g2, p.bob, "read", "download", "share") == 400
+    assert p.grant(p.bob, g2, p.carol, "read", "download", "share") == 201
+    assert p.grant(p.carol, g2, p.dave, "read") == 201
+    assert p.grant(p.carol, g2, p.bob, "read", "download", "share") == 201  # and back
+    assert p.call(p.carol, "GET", f"{g2}/s.txt").status == 200
+
+    assert p.revoke(p.alice, "/files/g2", p.team, group=True) == 204
+    for who in (p.bob, p.carol):
+        assert p.call(who, "GET", f"{g2}/s.txt").status == 404, who
+    assert p.call(p.dave, "PROPFIND", g2, headers={"Depth": "0"}).status == 404
+    assert p.rights_on("/files/g2") == {}
+
+    assert p.grant(p.bob, g3, p.carol, "read", "download") == 201
+    p.server.app.services.groups.remove_member(None, p.team, p.bob)
+    assert p.call(p.carol, "GET", f"{g3}/s.txt").status == 404
+    assert p.rights_on("/files/g3") == {"@" + p.team: ["read", "download", "share"]}
+    assert sorted(revoke_reasons(p)[revoked_before:]) == sorted(
+        [
+            ("@" + p.team, ""),  # alice's revoke
+            (p.carol, f"{p.bob}'s grant was revoked"),
+            (p.bob, f"{p.carol}'s grant was revoked"),
+            (p.dave, f"{p.carol}'s grant was revoked"),
+            (p.carol, f"{p.bob} left the group {p.team}"),
+        ]
+    )
+
+
+def test_a_revoke_reaches_what_was_shared_on_through_a_group(people: People) -> None:
+    """Bob shares on to his group what alice gave him, and carol, a member, on to dave: once
+    alice revokes bob, dave's access goes too."""
+    p = people
+    p.server.app.services.groups.add_member(None, p.team, p.carol)
+    assert p.call(p.alice, "MKCOL", "/files/sh4/").status == 201
+    assert p.put(p.alice, "/files/sh4/s.txt", b"secret") == 201
+    assert p.grant(p.alice, "/files/sh4", p.bob, "read", "download", "share") == 201
+    shared = f"/shared/{p.alice}/sh4"
+    assert p.grant(p.bob, shared, p.team, "read", "download", "share", group=True) == 201
+    assert p.grant(p.carol, shared, p.dave, "read") == 201
+    assert p.call(p.dave, "PROPFIND", shared, headers={"Depth": "0"}).status == 207
+
+    assert p.revoke(p.alice, "/files/sh4", p.bob) == 204
+    assert p.call(p.dave, "PROPFIND", shared, headers={"Depth": "0"}).status == 404
+    assert p.call(p.carol, "GET", f"{shared}/s.txt").status == 404
+    assert p.rights_on("/files/sh4") == {}
+
+
+def revoke_reasons(p: People) -> list[tuple[str, str]]:
+    """(grantee, because) of every grant revoked so far, oldest first."""
+    with p.server.app.db.read() as session:
+        rows = session.scalars(
+            sa.select(LogEntry.details)
+            .where(LogEntry.op_type == Op.GRANT_REVOKE.value)
+            .order_by(LogEntry.id)
+        ).all()
+    return [(d["grantee"], d.get("because", "")) for d in rows]
+
+
 def test_group_space_is_for_members(people: People) -> None:
     p = people
     assert p.put(p.bob, f"/groups/{p.team}/plan.txt", b"plan") == 201
@@ -873,6 +947,39 @@ def test_read_only_grantee_sees_thumbnails_but_not_the_original_or_a_preview(
     assert p.call(p.bob, "HEAD", shared + "?preview=1024").status == 403
     assert p.grant(p.alice, "/files/photo.jpg", p.bob, "read", "download") == 201
     assert p.call(p.bob, "GET", shared + "?preview=1024").status == 200
+
+
+def test_a_thumbnail_that_is_the_whole_picture_needs_the_download_right(people: People) -> None:
+    """Reading is enough for a thumbnail, but the thumbnail of an image no bigger than the
+    thumbnail is the picture itself, pixel for pixel (an icon, a signature, a QR code): a
+    grantee who may only read got it whole. Refused to them; a bigger image's thumbnail is
+    theirs to see, and with download every thumbnail is."""
+    p = people
+    pictures = {
+        "small.png": images.png_with_alpha(60, 30),
+        "exact.jpg": images.jpeg(64, 64),  # as big as the thumbnail, not smaller
+        "turned.jpg": images.exif_rotated_jpeg(64, 32),  # stored 64 x 32, shown 32 x 64
+        "big.jpg": images.jpeg(640, 64),
+    }
+    for name, data in pictures.items():
+        assert p.put(p.alice, f"/files/{name}", data) == 201
+        assert p.grant(p.alice, f"/files/{name}", p.bob, "read") == 201
+    # The owner's own thumbnails first: cached, and one made before sizes were kept.
+    for name in pictures:
+        assert p.call(p.alice, "GET", f"/files/{name}?thumbnail=64").status == 200
+    with p.server.app.db.write() as session:
+        session.execute(sa.update(ImageVariant).values(source_width=None, source_height=None))
+    for name in pictures:
+        answer = p.call(p.bob, "GET", f"/shared/{p.alice}/{name}?thumbnail=64")
+        if name == "big.jpg":
+            assert answer.status == 200, (name, answer.status)
+            assert images.decode(answer.body).size == (64, 6)
+        else:
+            assert answer.status == 403, (name, answer.status, answer.body[:200])
+            assert b"needs the download right" in answer.body
+    for name in pictures:
+        assert p.grant(p.alice, f"/files/{name}", p.bob, "read", "download") == 201
+        assert p.call(p.bob, "GET", f"/shared/{p.alice}/{name}?thumbnail=64").status == 200
 
 
 def test_copy_or_move_onto_or_into_itself_through_another_url_is_refused(

@@ -425,6 +425,20 @@ def test_read_only_grantees_see_the_history_but_not_the_bytes(
         "COPY", entry, None, downloader.destination(f"/shared/{alice.name}/shared.txt")
     )
     assert restore.status == 403
+    # Write without download restores, as the README says: no bytes reach the restorer,
+    # who still may not read the file. A copy of the version to a new name needs download.
+    writer = make_user(server, "writer")
+    services.sharing.grant(None, node, Perm.NONE, user=writer.name, rights=Perm.WRITE)
+    restored = writer("COPY", entry, None, writer.destination(f"/shared/{alice.name}/shared.txt"))
+    assert restored.status == 204, (restored.status, restored.body[:300])
+    assert alice.get("/files/shared.txt") == b"old shared text"
+    assert writer("GET", f"/shared/{alice.name}/shared.txt").status == 403
+    assert alice.put("/files/other.txt", b"other") == 201
+    other = services.namespace.locate(alice.name, "/other.txt")
+    services.sharing.grant(None, other, Perm.NONE, user=writer.name, rights=Perm.WRITE)
+    another = writer.destination(f"/shared/{alice.name}/other.txt")
+    assert writer("COPY", entry, None, another).status == 403
+    assert alice.put("/files/shared.txt", b"new shared text") == 204
     # A stranger sees nothing of it.
     stranger = make_user(server, "stranger")
     assert stranger("GET", entry).status == 404
