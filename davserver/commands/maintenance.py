@@ -215,3 +215,8 @@ def _print_fsck(report: FsckReport) -> None:
         f"checked {report.blobs_checked} blobs ({human_size(report.bytes_checked)}){scanned} "
         f"in {report.seconds}s; problems: {found}"
     )
+    if report.garbage_without_file:
+        print(
+            f"{report.garbage_without_file} unused blob rows have no file (a gc stopped half-way"
+            " or is running): not a problem, the next gc removes them"
+        )

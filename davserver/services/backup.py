@@ -48,7 +48,12 @@ from davserver.db.copy import copy_database
 from davserver.db.migrate import upgrade
 from davserver.models import Blob, Op
 from davserver.services.audit import record_audit
-from davserver.services.maintenance import FsckProblem, Progress, ProgressCallback
+from davserver.services.maintenance import (
+    FsckProblem,
+    Progress,
+    ProgressCallback,
+    unused_blob_keys,
+)
 
 DATABASE_FILE = "davserver.sqlite3"  # the names a data folder uses (Settings.database_url)
 BLOB_FOLDER = "blobs"
@@ -81,6 +86,9 @@ class BackupReport:
     snapshots: int = 1  # more when gc collected blobs of one before they were copied
     problems: list[FsckProblem] = field(default_factory=list)
     problem_count: int = 0
+    # Rows the snapshot does not use whose file is gone (garbage a gc was removing): not a
+    # problem, the restored database's next gc removes them.
+    garbage_without_file: int = 0
     seconds: float = 0.0
 
     @property
@@ -99,6 +107,7 @@ class BackupReport:
             "snapshots": self.snapshots,
             "problems": [dataclasses.asdict(problem) for problem in self.problems],
             "problem_count": self.problem_count,
+            "garbage_without_file": self.garbage_without_file,
             "seconds": self.seconds,
         }
 
@@ -126,6 +135,7 @@ def back_up(
         copier = _BlobCopier(blobs, folder / BLOB_FOLDER, fsync=fsync)
         total, total_bytes = _blob_totals(partial)
         _copy_blobs(_blob_rows(partial), total, total_bytes, copier, report, tick)
+        _forgive_garbage(partial, report)
         while report.snapshots < _SNAPSHOTS and _collected_since(db, report):
             os.replace(partial, earlier)
             _snapshot_into(db, partial)
@@ -135,6 +145,7 @@ def back_up(
             rows = list(_blob_rows(partial, new_since=earlier, retry=retry))
             total_bytes = sum(size for _key, _sha256, size in rows)
             _copy_blobs(iter(rows), len(rows), total_bytes, copier, report, tick)
+            _forgive_garbage(partial, report)
             earlier.unlink()
         report.blobs = _blob_totals(partial)[0]
         copier.flush()
@@ -238,6 +249,26 @@ def _copy_blobs(
             if len(report.problems) < _LISTED_PROBLEMS:
                 report.problems.append(problem)
         tick(Progress("blobs", index, total, done_bytes, total_bytes))
+
+
+def _forgive_garbage(snapshot: Path, report: BackupReport) -> None:
+    """Take out of ``report`` the missing blobs that nothing in ``snapshot`` uses: garbage a
+    gc was removing (``maintenance.unused_blob_keys``). Only when every problem is listed."""
+    missing = [problem.storage_key for problem in report.problems if problem.kind == "missing"]
+    if not missing or report.problem_count > len(report.problems):
+        return
+    engine = sa.create_engine(f"sqlite:///{snapshot}")
+    try:
+        with engine.connect() as conn:
+            unused = set()
+            for start in range(0, len(missing), _LOOKUP_BATCH):
+                unused |= unused_blob_keys(conn, missing[start : start + _LOOKUP_BATCH])
+    finally:
+        engine.dispose()
+    kept = [p for p in report.problems if not (p.kind == "missing" and p.storage_key in unused)]
+    report.garbage_without_file += len(report.problems) - len(kept)
+    report.problem_count -= len(report.problems) - len(kept)
+    report.problems = kept
 
 
 def _collected_since(db: Database, report: BackupReport) -> bool:

@@ -130,6 +130,9 @@ class FsckReport:
     counts: dict[str, int] = field(default_factory=dict)
     problems: list[FsckProblem] = field(default_factory=list)
     problems_truncated: bool = False
+    # Rows nothing uses whose file is gone (a gc that stopped half-way, or one running now):
+    # nothing anyone needs is lost, and the next gc removes them. Not a problem.
+    garbage_without_file: int = 0
     seconds: float = 0.0
 
     @property
@@ -393,6 +396,9 @@ class MaintenanceService:
                 tick(Progress("hash", before, total, base + n, total_bytes))
 
             problem = self._verify(row, hashing)
+            if problem is not None and problem.kind == "missing" and self._unused(row.storage_key):
+                report.garbage_without_file += 1
+                problem = None
             done_bytes += row.size_bytes
             report.blobs_checked = index
             report.bytes_checked = done_bytes
@@ -410,6 +416,10 @@ class MaintenanceService:
         with self.db.write() as session:
             record_audit(session, None, Op.MAINTENANCE_FSCK, details=details)
         return report
+
+    def _unused(self, storage_key: str) -> bool:
+        with self.db.connect() as conn:
+            return bool(unused_blob_keys(conn, [storage_key]))
 
     def _totals(self, sample: int | None, since: dt.datetime | None) -> tuple[int, int]:
         statement = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(_b.c.size_bytes), 0))
@@ -528,6 +538,15 @@ def _unreferenced() -> sa.ColumnElement[bool]:
         ~sa.exists().where(_iv.c.blob_id == _b.c.id, _variant_live()),
         ~sa.exists().where(_p.c.archive_blob_id == _b.c.id),
     )
+
+
+def unused_blob_keys(conn: sa.Connection, storage_keys: Sequence[str]) -> set[str]:
+    """Which of ``storage_keys`` are of blob rows nothing uses (see ``_unreferenced``), in the
+    database of ``conn`` (the live one, or a backup's)."""
+    statement = sa.select(_b.c.storage_key).where(
+        _b.c.storage_key.in_(list(storage_keys)), _unreferenced()
+    )
+    return set(conn.scalars(statement))
 
 
 def _variant_live() -> sa.ColumnElement[bool]:

@@ -24,6 +24,7 @@ from davserver.cli import main
 from davserver.models import Blob, LogEntry
 from davserver.services import backup
 from davserver.services.maintenance import MaintenanceService
+from tests.blobs import loose_blob
 from tests.conftest import ENGINES
 from tests.dbs import fresh_database_url
 from tests.servers import InprocServer, run_inproc_server
@@ -204,6 +205,30 @@ def test_a_missing_or_corrupt_blob_is_reported_and_left_out(
     assert (folder / backup.DATABASE_FILE).exists()  # the rest is backed up
     with serve_backup(folder, srv) as restored:
         assert User(restored, srv.user, srv.password).get("/files/fine.txt") == b"these bytes stay"
+
+
+def test_an_unused_row_whose_file_is_gone_is_no_problem_of_the_backup(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    """A blob row nothing uses, whose file a gc moved away before it stopped (or while the
+    backup ran), failed the backup as a missing blob, though nothing anyone needs is lost
+    and the next gc removes the row; fsck of the backup called it missing too."""
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/kept.txt", b"kept bytes") == 201
+    store = srv.application.services.blobs
+    loose_blob(srv.application.db, store, b"garbage bytes")
+    (key,) = _keys_by_content(srv, [b"garbage bytes"])
+    store.path_of(key).unlink()  # type: ignore[attr-defined]
+
+    folder = tmp_path / "backup" / "data"
+    status, report, _ = run("backup", str(folder))
+    assert status == 0 and report["ok"], report
+    assert report["garbage_without_file"] == 1 and report["problems"] == []
+    with serve_backup(folder, srv) as restored:
+        assert User(restored, srv.user, srv.password).get("/files/kept.txt") == b"kept bytes"
+        app = restored.application
+        checked = MaintenanceService(app.db, app.blobs).check()  # type: ignore[arg-type]
+    assert checked.ok and checked.garbage_without_file == 1
 
 
 def test_a_folder_in_use_or_the_servers_own_is_refused(
