@@ -23,6 +23,7 @@ WsgiDAV, once ``check_if_header`` has found it well-formed.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -174,8 +175,25 @@ def check(res: Any, environ: dict[str, Any]) -> None:
             raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-None-Match failed")
     elif reading:
         since = _date(environ.get("HTTP_IF_MODIFIED_SINCE"))
+        # A date later than the server's clock is invalid (RFC 7232 3.3; Apache ignores it):
+        # a file's client time may be in the future, and a client echoing it got a 304 for
+        # bytes changed since (Last-Modified is never sent so, see ``sent_last_modified``).
+        if since is not None and since > time.time():
+            since = None
         if since is not None and modified is not None and _unchanged(res, modified, since):
             raise _not_modified(res, environ, etag)
+
+
+def sent_last_modified(response_headers: list[tuple[str, str]]) -> None:
+    """Last-Modified as a GET or HEAD sends it: never later than the answer's Date (RFC 9110
+    8.8.2.1: a time in the future, a client's X-OC-Mtime, becomes the time of the answer).
+    PROPFIND's getlastmodified keeps the client's time, which sync clients compare."""
+    now = time.time()
+    for i, (name, value) in enumerate(response_headers):
+        if name.lower() == "last-modified":
+            sent = parse_http_date(value)
+            if sent is not None and sent > now:
+                response_headers[i] = (name, util.get_rfc1123_time(now))
 
 
 def _unchanged(res: Any, modified: int, since: int) -> bool:

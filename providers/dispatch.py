@@ -1,4 +1,4 @@
-"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with ten fixes.
+"""The innermost middleware: hands each request to WsgiDAV's RequestServer, with these fixes.
 
 * COPY and MOVE answered by a provider hook (``handle_copy``/``handle_move``) always get 204
   from WsgiDAV; RFC 4918 wants 201 when the destination is new. Resources leave the right code
@@ -34,6 +34,9 @@
 * PROPPATCH with a Depth header other than 0 was 400 ("Depth must be '0'"), but RFC 4918
   defines no Depth for PROPPATCH, and webdavclient3 sends ``Depth: 1`` with every
   ``set_property``. It is ignored: PROPPATCH changes the one resource it names.
+* COPY of a folder with ``Depth: 1`` was 400: RFC 4918 defines only 0 and infinity for it,
+  and webdavclient3 copies folders with 1 unless told otherwise. It copies the folder whole,
+  as SabreDAV (Nextcloud) does, which is what that client means by it.
 """
 
 from __future__ import annotations
@@ -204,6 +207,8 @@ class DavRequestServer(RequestServer):
 
     def do_COPY(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         _drop_default_ports(environ)
+        if environ.get("HTTP_DEPTH", "").strip() == "1":
+            environ["HTTP_DEPTH"] = "infinity"  # webdavclient3's folder copy (see above)
         return super().do_COPY(environ, start_response)
 
     def do_MOVE(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

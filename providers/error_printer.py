@@ -25,6 +25,7 @@ from wsgidav.dav_error import (
     HTTP_NO_CONTENT,
     HTTP_NOT_MODIFIED,
     DAVError,
+    DAVErrorCondition,
     get_http_status_string,
 )
 from wsgidav.mw.base_mw import BaseMiddleware
@@ -122,7 +123,7 @@ def _error_response(
         # takes it out.
         start_response(status, [("Content-Length", "0"), date, *(error.add_headers or [])])
         return [b""]
-    if error.err_condition or _wants_html(environ):
+    if error.err_condition is None and _wants_html(environ):
         content_type, body = error.get_response_page()
     else:
         content_type, body = _sabre_error(error)
@@ -169,17 +170,28 @@ def _page_for_client(
 def _sabre_error(error: DAVError) -> tuple[str, bytes]:
     """The error body of Nextcloud and ownCloud (SabreDAV's), for clients other than
     browsers: rclone and the ownCloud/Nextcloud clients read its ``s:message`` and show
-    ``you may not download this item: 403 Forbidden`` instead of a page of HTML."""
+    ``you may not download this item: 403 Forbidden`` instead of a page of HTML. A pre- or
+    postcondition the request failed (RFC 4918 16: ``lock-token-submitted``, RFC 4331's
+    ``quota-not-exceeded``...) is its element in the same ``DAV:error``."""
     message = str(error.context_info or get_http_status_string(error))
     if error.src_exception is not None:  # as the HTML page tells it (a 500's is never here)
         message += f": {error.src_exception}"
-    return _sabre_body(message)
+    condition = error.err_condition
+    return _sabre_body(message, "" if condition is None else _condition_xml(condition))
 
 
-def _sabre_body(message: str) -> tuple[str, bytes]:
+def _condition_xml(condition: DAVErrorCondition) -> str:
+    namespace, _, name = str(condition.condition_code).lstrip("{").partition("}")
+    hrefs = "".join(f"<d:href>{xml_escape(href)}</d:href>" for href in condition.hrefs)
+    if namespace == "DAV:":
+        return f"<d:{name}>{hrefs}</d:{name}>"
+    return f'<c:{name} xmlns:c="{xml_escape(namespace)}">{hrefs}</c:{name}>'
+
+
+def _sabre_body(message: str, condition: str = "") -> tuple[str, bytes]:
     body = (
         '<?xml version="1.0" encoding="utf-8"?>\n'
         '<d:error xmlns:d="DAV:" xmlns:s="http://sabredav.org/ns">'
-        f"<s:message>{xml_escape(message)}</s:message></d:error>"
+        f"{condition}<s:message>{xml_escape(message)}</s:message></d:error>"
     )
     return "application/xml; charset=utf-8", body.encode()

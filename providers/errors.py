@@ -43,6 +43,12 @@ _STATUS: Statuses = [
     (errors.Unprocessable, HTTP_UNPROCESSABLE_ENTITY),
     (errors.Unavailable, HTTP_SERVICE_UNAVAILABLE),
 ]
+# The preconditions of RFC 4331 (6) a 507 names.
+QUOTA_NOT_EXCEEDED = "{DAV:}quota-not-exceeded"
+_CONDITIONS = [
+    (errors.QuotaExceeded, QUOTA_NOT_EXCEEDED),
+    (errors.StorageFull, "{DAV:}sufficient-disk-space"),
+]
 # WsgiDAV knows no reason phrase for these ("507 Status" otherwise).
 for _code, _reason in (
     (HTTP_REQUEST_ENTITY_TOO_LARGE, "Content Too Large"),
@@ -68,7 +74,10 @@ def to_dav_error(exc: errors.DomainError, overrides: Statuses = ()) -> DAVError:
                 else None
             )
             # The message says what went wrong; the exception's repr would only repeat it.
-            return DAVError(status, context_info=str(exc), add_headers=headers)
+            condition = next((c for k, c in _CONDITIONS if isinstance(exc, k)), None)
+            return DAVError(
+                status, context_info=str(exc), add_headers=headers, err_condition=condition
+            )
     return DAVError(500, context_info=str(exc), src_exception=exc)
 
 

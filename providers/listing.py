@@ -53,15 +53,20 @@ def vary_on_accept(start_response: Any) -> Any:
 
 
 def folder_listing(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    """Answer GET/HEAD on collection ``res`` with 200 and an HTML index of its members."""
+    """Answer GET/HEAD on collection ``res`` with 200 and an HTML index of its members. Links
+    are absolute paths: asked without its trailing slash (``/files/a``), a relative link
+    ``b.txt`` took a browser to ``/files/b.txt``."""
     title = html.escape(res.path)
+    here = environ.get("SCRIPT_NAME", "").rstrip("/") + "/" + res.path.strip("/") + "/"
     rows = []
     if res.path not in ("", "/"):
-        rows.append('<li><a href="../">../</a></li>')
+        up = here.rstrip("/").rsplit("/", 1)[0] + "/"
+        rows.append(f'<li><a href="{quote(up)}">../</a></li>')
     for member in members_of(res):
         name = member.name + ("/" if member.is_collection else "")
         size = "" if member.is_collection else f" ({member.get_content_length()} bytes)"
-        rows.append(f'<li><a href="{quote(name)}">{html.escape(name)}</a>{html.escape(size)}</li>')
+        link = quote(here + name)
+        rows.append(f'<li><a href="{link}">{html.escape(name)}</a>{html.escape(size)}</li>')
     body = (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{title}</title></head>\n<body><h1>{title}</h1>\n<ul>\n"

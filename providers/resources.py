@@ -13,21 +13,22 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from urllib.parse import quote
 
 from lxml import etree
 from wsgidav import util
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
     HTTP_CONFLICT,
+    HTTP_FAILED_DEPENDENCY,
     HTTP_FORBIDDEN,
-    HTTP_INSUFFICIENT_STORAGE,
     DAVError,
     PRECONDITION_CODE_ProtectedProperty,
 )
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 
 from davserver.blobstore import BlobWriter
-from davserver.errors import AlreadyExists, BadRequest
+from davserver.errors import AlreadyExists, BadRequest, QuotaExceeded
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
 from davserver.services.dead_props import check_dead_properties, check_property_name
@@ -36,7 +37,7 @@ from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from providers import live_props
-from providers.conditions import parse_http_date, served_range
+from providers.conditions import parse_http_date, sent_last_modified, served_range
 from providers.digests import expected_digests, repr_digest
 from providers.error_printer import logs_unexpected
 from providers.errors import MKCOL_STATUS, dav_errors
@@ -70,6 +71,18 @@ FOUND_KEY = "davserver.lock_found_existing"
 @functools.lru_cache(maxsize=1024)
 def _mime_of_suffixes(suffixes: str) -> str:
     return str(util.guess_mime_type("x" + suffixes))
+
+
+def _href(self: _DAVResource) -> str:
+    """WsgiDAV's ``get_href``, with ``|`` escaped: it is not allowed in a URI (RFC 3986 2),
+    and Java's URI parser refuses an href that holds it (Sardine). The rest WsgiDAV leaves
+    unescaped stays so (Nautilus chokes on ``%28``)."""
+    provider = self.provider
+    path = provider.mount_path + provider.share_path + self.get_preferred_path()
+    return quote(path, "/!*'(),$-_.")
+
+
+_DAVResource.get_href = _href  # every resource's, whatever space it is in
 
 
 def guess_mime_type(name: str) -> str:
@@ -138,6 +151,7 @@ class _NodeResource:
         self.view = view
         self._dead = None if dead is None else stored_elements(dead)
         self._dead_planned: dict[str, bytes | None] = {}  # a PROPPATCH's, tried (dry run)
+        self._dead_failed: DAVError | None = None  # setting them failed
         self.rights = rights
 
     @property
@@ -222,15 +236,26 @@ class _NodeResource:
                 self._dead_planned[name] = stored
                 check_dead_properties(self.dead_properties(), self._dead_planned)
             return None
-        with dav_errors():
-            self.provider.files.set_dead_properties(
-                actor_of(self.environ), self.node_id, {name: stored}
-            )
-        if self._dead is not None:
-            if stored is None:
-                self._dead.pop(name, None)
-            else:
-                self._dead[name] = stored
+        # All of them at the first (RFC 4918 9.2: all or none), in one transaction; the
+        # others then have nothing left to do, or fail with it.
+        planned, self._dead_planned = self._dead_planned, {}
+        if planned:
+            try:
+                with dav_errors():
+                    self.provider.files.set_dead_properties(
+                        actor_of(self.environ), self.node_id, planned
+                    )
+            except DAVError as exc:
+                self._dead_failed = exc
+                raise
+            if self._dead is not None:
+                for changed, value in planned.items():
+                    if value is None:
+                        self._dead.pop(changed, None)
+                    else:
+                        self._dead[changed] = value
+        elif self._dead_failed is not None:
+            raise DAVError(HTTP_FAILED_DEPENDENCY, context_info="another property failed")
         return None
 
     def remove_all_properties(self, *, recursive: bool) -> None:
@@ -576,6 +601,7 @@ class FileResource(_NodeResource, DAVNonCollection):
                 self.provider.files.check_content(self.view)
         response_headers.append(("Repr-Digest", repr_digest(self.get_etag())))
         response_headers.append(("Cache-Control", "no-cache"))
+        sent_last_modified(response_headers)
 
     def support_ranges(self) -> bool:
         return True
@@ -613,10 +639,10 @@ class FileResource(_NodeResource, DAVNonCollection):
                 actor_of(environ), self.view or self._parent_view(), self.view
             )
         if self._allowance is not None and (expected_length or 0) > self._allowance:
-            raise DAVError(
-                HTTP_INSUFFICIENT_STORAGE,
-                context_info=f"{expected_length} bytes do not fit: {self._allowance} are left",
-            )
+            with dav_errors():
+                raise QuotaExceeded(
+                    f"{expected_length} bytes do not fit: {self._allowance} are left"
+                )
         with dav_errors():
             self._writer = self.provider.files.blobs.writer()
         return _UploadSink(self._writer, expected_length, self._allowance)
@@ -722,10 +748,10 @@ class _UploadSink:
 
     def write(self, data: bytes) -> int:
         if self._allowance is not None and self._writer.bytes_written + len(data) > self._allowance:
-            raise DAVError(
-                HTTP_INSUFFICIENT_STORAGE,
-                context_info=f"the upload grew past the {self._allowance} bytes the quota leaves",
-            )
+            with dav_errors():
+                raise QuotaExceeded(
+                    f"the upload grew past the {self._allowance} bytes the quota leaves"
+                )
         with dav_errors():
             return self._writer.write(data)
 

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -846,13 +847,18 @@ def test_quota_refuses_before_the_body_and_cuts_off_chunked_uploads(server: Inpr
     started = time.perf_counter()
     big = call(server, "PUT", "/files/big.bin", user=user, body=b"x" * 5000)
     assert big.status == 507
+    # RFC 4331 (6): the precondition it failed, beside the message clients show.
+    refused = ET.fromstring(big.body)
+    assert refused.find("{DAV:}quota-not-exceeded") is not None, big.body
+    assert "5000 bytes do not fit" in (refused.findtext("{http://sabredav.org/ns}message") or "")
     assert put_chunked(server, "/files/chunked.bin", user, [b"y" * 400] * 5) == 507
     assert versions_of(server, name) == 0
     assert call(server, "GET", "/files/chunked.bin", user=user).status == 404
     # What fits, fits; dedup does not make usage smaller.
     assert call(server, "PUT", "/files/a.bin", user=user, body=b"a" * 450).status == 201
     assert call(server, "PUT", "/files/b.bin", user=user, body=b"a" * 450).status == 201
-    assert call(server, "PUT", "/files/c.bin", user=user, body=b"c" * 200).status == 507
+    late = call(server, "PUT", "/files/c.bin", user=user, body=b"c" * 200)  # found in the commit
+    assert late.status == 507 and b"quota-not-exceeded" in late.body, late.body
     # Replacing a file frees its old bytes first.
     assert call(server, "PUT", "/files/a.bin", user=user, body=b"d" * 540).status == 204
     assert versions_of(server, name) == 3

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from davserver.app import Application
-from davserver.errors import QuotaExceeded
+from davserver.errors import QuotaExceeded, Unavailable
 from davserver.http_request import MAX_HEADER_BYTES
 from davserver.models import (
     Blob,
@@ -466,6 +466,26 @@ def test_an_uploaded_page_cannot_run_scripts_as_the_server(srv: InprocServer, fo
     assert sandbox == ["sandbox", "allow-downloads"], sandbox
 
 
+def test_the_folder_listing_links_where_its_names_are_whatever_the_url(
+    srv: InprocServer, folder: str
+) -> None:
+    """A browser resolves a listing's links against the URL it asked for: asked without the
+    folder's trailing slash, relative links pointed into the folder above."""
+    inner = folder + "a%20b/"
+    assert call(srv, "MKCOL", inner).status == 201
+    put(srv, inner + "x%7Cy.txt", b"x")
+    assert call(srv, "MKCOL", inner + "sub/").status == 201
+    base = path_of(inner)
+    for url in (inner, inner.rstrip("/")):
+        page = call(srv, "GET", url).body.decode()
+        links = re.findall(r'href="([^"]*)"', page)
+        assert links == [path_of(folder), base + "sub/", base + "x%7Cy.txt"], links
+    # The same in a multistatus: "|" is not allowed in a URI (Java's URI class refuses it).
+    listed = call(srv, "PROPFIND", inner, headers={"Depth": "1"}).body.decode()
+    hrefs = re.findall(r"<D:href>([^<]*)</D:href>", listed)
+    assert sorted(hrefs) == [base, base + "sub/", base + "x%7Cy.txt"], hrefs
+
+
 def test_a_put_with_a_content_coding_is_a_415_and_identity_is_none(
     srv: InprocServer, folder: str
 ) -> None:
@@ -699,12 +719,34 @@ def test_a_new_version_with_an_older_client_time_is_modified_since(
     assert refused.status == 412
     assert get_body(srv, url) == b"older copy synced over it"
 
-    # The date it answers now, or a later one, is still "not modified since" (304).
+    # The date it answers now is still "not modified since" (304); a date later than the
+    # server's clock says nothing (RFC 7232 3.3, as Apache reads it): the whole answer.
     now_seen = call(srv, "GET", url).headers["Last-Modified"]
     assert call(srv, "GET", url, headers={"If-Modified-Since": now_seen}).status == 304
     later = _http_date(time.time() + 60)
-    assert call(srv, "GET", url, headers={"If-Modified-Since": later}).status == 304
+    assert call(srv, "GET", url, headers={"If-Modified-Since": later}).status == 200
     assert call(srv, "PUT", url, b"mine", {"If-Unmodified-Since": now_seen}).status == 204
+
+
+def test_a_client_time_in_the_future_is_never_sent_as_last_modified(
+    srv: InprocServer, folder: str
+) -> None:
+    """A file's client time (X-OC-Mtime) may lie in the future. Last-Modified said it as it
+    was, and a client asking If-Modified-Since that date got 304 for bytes changed since.
+    Last-Modified is never later than the answer's Date (RFC 9110 8.8.2.1, a MUST), and a
+    date later than the server's clock is no reason for a 304; the WebDAV property keeps
+    the client's time, which sync clients compare with their own."""
+    url = folder + "future.txt"
+    year_2100 = "4102444800"
+    put(srv, url, b"v1", {"X-OC-Mtime": year_2100})
+    answer = call(srv, "GET", url)
+    sent = email.utils.parsedate_to_datetime(answer.headers["Last-Modified"]).timestamp()
+    assert sent <= email.utils.parsedate_to_datetime(answer.headers["Date"]).timestamp()
+    listed = propfind(srv, url, "0")[urllib.parse.unquote(path_of(url))]
+    assert "2100" in (listed.props[DAV_NS + "getlastmodified"].text or "")
+    put(srv, url, b"v2 changed")
+    asked = call(srv, "GET", url, headers={"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"})
+    assert asked.status == 200 and asked.body == b"v2 changed"
 
 
 def test_if_range_by_date_resumes_only_bytes_the_server_knows_are_unchanged(
@@ -2088,6 +2130,44 @@ def test_an_unexpected_error_in_proppatch_is_logged_once_and_a_500_propstat(
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(logged) == 1, [r.getMessage() for r in logged]
     assert logged[0].exc_info is not None and logged[0].exc_info[0] is RuntimeError
+
+
+def test_a_proppatch_sets_all_its_properties_or_none(
+    srv: InprocServer, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 4918 9.2: a PROPPATCH's instructions are all carried out or none. Each property
+    was set in a transaction of its own, so one that failed (the database, a lock taken
+    meanwhile) left those before it set. Now one transaction sets them all, and one logbook
+    row says so; when it fails, each property says so and none is set."""
+    url = folder + "props.txt"
+    put(srv, url, b"content")
+    three = "<X:a>1</X:a><X:b>2</X:b><X:c>3</X:c>"
+    headers = {"Content-Type": "application/xml"}
+    assert call(srv, "PROPPATCH", url, proppatch_body(set_props=three), headers).status == 207
+    node = existing_node(srv, url)
+    with srv.application.db.read() as session:
+        rows = session.scalars(
+            sa.select(LogEntry.details).where(
+                LogEntry.node_id == node.id, LogEntry.op_type == Op.NODE_PROPPATCH.value
+            )
+        ).all()
+    assert [row["set"] for row in rows] == [[f"{{{CUSTOM_NS}}}{n}" for n in "abc"]], rows
+
+    files = srv.application.files
+    calls: list[int] = []
+
+    def failing(*_args: Any, **_kwargs: Any) -> None:
+        calls.append(1)
+        raise Unavailable("the database is busy")
+
+    monkeypatch.setattr(files, "set_dead_properties", failing)
+    again = "<X:a>9</X:a><X:d>4</X:d>"
+    answer = call(srv, "PROPPATCH", url, proppatch_body(set_props=again), headers)
+    monkeypatch.undo()
+    assert answer.status == 207 and len(calls) == 1
+    assert b"503 Service Unavailable" in answer.body and b"424 Failed Dependency" in answer.body
+    listed = call(srv, "PROPFIND", url, None, {"Depth": "0"}).body
+    assert b">1</" in listed and b">9</" not in listed and b">4</" not in listed
 
 
 @pytest.mark.parametrize("method", ["FROB", "BREW", "PATCH", "SEARCH"])
