@@ -100,7 +100,7 @@ def _revoke_unsupported(
     ]
     granters = _principals(session, {r.granted_by for r in rows if r.granted_by is not None})
     chains = {r.rule.node_id: tree.chain_ids(session, r.rule.node_id) for r in rows}
-    standing: list[_Row] = []
+    standing: dict[uuid.UUID, list[GrantRule]] = {}  # by node
     pending = list(rows)
     found = True
     while found and pending:
@@ -109,12 +109,12 @@ def _revoke_unsupported(
             if row.granted_by is not None:
                 who = granters.get(row.granted_by)
                 chain = chains[row.rule.node_id]
-                support = [s.rule for s in standing if s.rule.node_id in chain]
+                support = [rule for node in chain for rule in standing.get(node, ())]
                 needed = row.rule.rights | Perm.SHARE
                 held = Perm.NONE if who is None else effective_permissions(who, space, support, now)
                 if held & needed != needed:
                     continue
-            standing.append(row)
+            standing.setdefault(row.rule.node_id, []).append(row.rule)
             pending.remove(row)
             found = True
     # Each says why: the grant its granter lost in this pass, else what began it.
