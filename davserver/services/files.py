@@ -34,7 +34,7 @@ from davserver.errors import (
     PreconditionFailed,
 )
 from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Space
-from davserver.services import blob_refs, dead_props, tree, usage, version_rules
+from davserver.services import blob_refs, dead_props, save_patterns, tree, usage, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
 from davserver.services.lost_bytes import open_stored, require_stored
@@ -573,6 +573,14 @@ class FileService:
                     self._move_onto_file(session, actor, node, occupant)
                     return occupant
                 _trash(session, actor, occupant.id, overwritten=True)
+            elif node.parent_id == dest_parent.id:  # a rename: perhaps a save's last step
+                away = save_patterns.moved_away_for_save(
+                    session, actor, node, dest_parent, dest_name
+                )
+                if away is not None and self._give_the_name_back(
+                    session, actor, node, dest_name, *away
+                ):
+                    return None
             details: dict[str, object] = {
                 "before": {"parent_id": str(node.parent_id), "name": node.name},
                 "after": {"parent_id": str(dest_parent.id), "name": dest_name},
@@ -730,6 +738,53 @@ class FileService:
                     raise
         raise AssertionError("unreachable")
 
+    def _give_the_name_back(
+        self,
+        session: Session,
+        actor: Actor,
+        saved: Node,
+        name: str,
+        document_id: uuid.UUID,
+        tmp_name: str,
+    ) -> bool:
+        """An office program's save (``save_patterns``): the document it moved to ``tmp_name``
+        takes its ``name`` back, with the ``saved`` file's content as its newest version, and
+        ``saved`` takes ``tmp_name``, with the document's old content. False (nothing done)
+        when the document is no longer where the save left it."""
+        tree.take_turn(session, document_id)
+        document = session.get(Node, document_id, with_for_update=NO_KEY_UPDATE)
+        if document is None or not save_patterns.still_saved_away(document, tmp_name, saved):
+            return False
+        new, old = _content_of(session, saved), _content_of(session, document)
+        saved_name = saved.name
+        document.name, document.name_key = name, name_key(name)
+        session.flush()  # the .tmp name is free now
+        saved.name, saved.name_key = tmp_name, name_key(tmp_name)
+        session.flush()
+        folder = str(document.parent_id)
+        for node, content, before, after in (
+            (document, new, tmp_name, name),
+            (saved, old, saved_name, tmp_name),
+        ):
+            blob_id, size, mime, mtime = content
+            version_id, _ = self.add_version(
+                session, actor, node.id, blob_id, size, mime, mtime=mtime
+            )
+            version_rules.prune_file(session, self.policy, actor, node.id, current_id=version_id)
+            record_audit(
+                session,
+                actor,
+                Op.NODE_MOVE,
+                node_id=node.id,
+                version_id=version_id,
+                details={
+                    "before": {"parent_id": folder, "name": before},
+                    "after": {"parent_id": folder, "name": after},
+                    "save": True,
+                },
+            )
+        return True
+
     def _move_onto_file(
         self, session: Session, actor: Actor, source: Node, occupant: NodeView
     ) -> None:
@@ -791,6 +846,17 @@ class FileService:
             version_id=version_id,
             details={"source": str(source.id), "onto": "existing file"},
         )
+
+
+def _content_of(
+    session: Session, node: Node
+) -> tuple[uuid.UUID, int, str | None, dt.datetime | None]:
+    """(blob id, size, MIME type, client's modification time) of a file's current version."""
+    blob_id = session.scalar(
+        sa.select(FileVersion.blob_id).where(FileVersion.id == node.current_version_id)
+    )
+    assert blob_id is not None
+    return blob_id, node.size, node.mime_type, node.mtime
 
 
 def _unchanged(file: NodeView, blob: StoredBlob) -> bool:

@@ -266,6 +266,51 @@ def test_explorer_save_sequence_leaves_one_version(server: InprocServer, alice: 
     assert alice.get("/files/Notes.txt") == b"saved again by Explorer"
 
 
+def test_an_office_save_through_a_tmp_name_keeps_the_documents_history(
+    server: InprocServer, alice: User
+) -> None:
+    """Word, Excel and PowerPoint on a mapped drive save by writing a temporary file, moving
+    the document away to a .tmp name, moving the temporary file onto the document's name and
+    deleting the .tmp: the document's history went to the trash with the .tmp, and the new
+    file started again at version 1. The document keeps its name, its id and its history,
+    with the saved content as its newest version; each name holds what the program expects."""
+    doc = "/files/office/doc é.docx"
+    assert alice("MKCOL", "/files/office/").status == 201
+    assert alice.put(doc, b"first draft") == 201
+    assert alice.put(doc, b"second draft") == 204
+    before = server.application.services.namespace.locate(alice.name, "/office/doc é.docx")
+    token = alice.lock(doc)
+    held = {"If": f"(<{token}>)"}
+    assert alice.put("/files/office/~WRL0001.tmp", b"the saved document") == 201
+    away = alice("MOVE", doc, None, {**alice.destination("/files/office/~WRL0002.tmp"), **held})
+    assert away.status == 201, (away.status, away.body[:200])
+    back = alice("MOVE", "/files/office/~WRL0001.tmp", None, alice.destination(doc))
+    assert back.status == 201, (back.status, back.body[:200])
+    assert alice.get(doc) == b"the saved document"
+    assert alice.get("/files/office/~WRL0002.tmp") == b"second draft"
+    assert alice("GET", "/files/office/~WRL0001.tmp").status == 404
+    assert alice("DELETE", "/files/office/~WRL0002.tmp").status == 204
+    assert history(server, alice, "/office/doc é.docx") == [
+        (1, 11, sha(b"first draft")),
+        (2, 12, sha(b"second draft")),
+        (3, 18, sha(b"the saved document")),
+    ]
+    after = server.application.services.namespace.locate(alice.name, "/office/doc é.docx")
+    assert after.id == before.id
+    assert alice.members("/files/office/") == ["doc é.docx"]
+
+    # A rename to a name that is not a .tmp, then another file moved onto the first name, is
+    # two renames: each file keeps its own history.
+    assert alice.put("/files/office/a.txt", b"a") == 201
+    assert alice.put("/files/office/c.txt", b"c") == 201
+    to_b = alice("MOVE", "/files/office/a.txt", None, alice.destination("/files/office/b.txt"))
+    assert to_b.status == 201
+    c_to_a = alice("MOVE", "/files/office/c.txt", None, alice.destination("/files/office/a.txt"))
+    assert c_to_a.status == 201
+    assert history(server, alice, "/office/a.txt") == [(1, 1, sha(b"c"))]
+    assert history(server, alice, "/office/b.txt") == [(1, 1, sha(b"a"))]
+
+
 def test_saves_under_one_lock_make_one_version(server: InprocServer, alice: User) -> None:
     assert alice.put("/files/budget.xlsx", b"opened") == 201
     token = alice.lock("/files/budget.xlsx")
