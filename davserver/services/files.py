@@ -407,9 +407,6 @@ class FileService:
                     counted=False,
                 )
                 mime_type = mime or current.mime_type
-                version_rules.prune_file(
-                    session, self.policy, actor, node_id, current_id=version_id
-                )
             blob_refs.referenced(session, self.blobs, blob)
             record_audit(
                 session,
@@ -492,8 +489,10 @@ class FileService:
     ) -> tuple[uuid.UUID, int]:
         """Insert the next version of a file (locked by the caller) and make it current, as of
         ``now`` (default: the present), with the client's modification time ``mtime`` on both
-        (none: the version's time is its upload's). ``counted``: the owner's total follows
-        the new size here; False when the caller moves it itself (an upload, last)."""
+        (none: the version's time is its upload's); then, unless it is the ``first``, apply
+        the retention policy to the file's older ones (``version_rules.prune_file``).
+        ``counted``: the owner's total follows the new size here; False when the caller moves
+        it itself (an upload, last)."""
         version_no = (
             1 if first else (session.scalar(_LAST_VERSION_NO, {"node_id": node_id}) or 0) + 1
         )
@@ -514,6 +513,8 @@ class FileService:
             },
         )
         _make_current(session, node_id, version_id, size, now, mime, mtime, counted=counted)
+        if not first:
+            version_rules.prune_file(session, self.policy, actor, node_id, current_id=version_id)
         return version_id, version_no
 
     def delete(self, actor: Actor, node_id: uuid.UUID, *, seen: NodeView | None = None) -> None:
@@ -770,7 +771,6 @@ class FileService:
             version_id, _ = self.add_version(
                 session, actor, node.id, blob_id, size, mime, mtime=mtime
             )
-            version_rules.prune_file(session, self.policy, actor, node.id, current_id=version_id)
             record_audit(
                 session,
                 actor,
@@ -826,7 +826,6 @@ class FileService:
                 source.mime_type,
                 mtime=source.mtime,  # in the new version's row and the file's
             )
-            version_rules.prune_file(session, self.policy, actor, target.id, current_id=version_id)
         else:
             if source_blob is not None:
                 # The bytes the file has make no new version, as with a PUT of them.

@@ -247,7 +247,6 @@ class VersionService:
             version_id, version_no = self.files.add_version(
                 session, actor, node.id, blob_id, size, None
             )
-            version_rules.prune_file(session, self.policy, actor, node.id, current_id=version_id)
             record_audit(
                 session,
                 actor,
