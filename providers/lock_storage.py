@@ -482,9 +482,13 @@ class SqlLockStorage:
         if scope is None or not scope.checks:
             return []
         new = False
-        statement = _HELD_NAMESPACE_LOCKS if self._is_postgres else _NAMESPACE_LOCKS
-        for namespace in sorted({check.namespace for check in scope.checks}):
-            rows = session.execute(statement, {"namespace": namespace, "now": _now()})
+        namespaces = sorted({check.namespace for check in scope.checks})
+        if self._is_postgres:
+            # A statement of its own: one that waited for the turn inside it would read the
+            # locks as they were when it began, without a lock committed while it waited.
+            session.execute(_SHARE_NAMESPACES, {"namespaces": namespaces})
+        for namespace in namespaces:
+            rows = session.execute(_NAMESPACE_LOCKS, {"namespace": namespace, "now": _now()})
             locks = scope.snapshots[namespace] = [_to_dict(row._mapping) for row in rows]
             # Against the first read, not the last: a lock that stopped one of the request's
             # transactions must stop the next one too (a PROPPATCH sets each property alone).
@@ -872,15 +876,20 @@ class SqlLockStorage:
             return [_to_dict(row._mapping) for row in conn.execute(stmt)]
 
 
-def _namespace_turn(*, shared: bool) -> sa.Select[Any]:
-    """PostgreSQL: take the turn at the locks of the namespace ``:namespace`` until the
-    transaction ends, shared for a writer that checked them, exclusive for one that writes
-    them."""
-    take = sa.func.pg_advisory_xact_lock_shared if shared else sa.func.pg_advisory_xact_lock
-    return sa.select(take(_PG_LOCKS_CLASS, sa.func.hashtext(sa.bindparam("namespace"))))
-
-
-_OWN_NAMESPACE = _namespace_turn(shared=False)
+# PostgreSQL: the turn at the locks of the namespace ``:namespace`` until the transaction ends,
+# exclusive for a writer of locks (a writer that checked them takes it shared).
+_OWN_NAMESPACE = sa.select(
+    sa.func.pg_advisory_xact_lock(_PG_LOCKS_CLASS, sa.func.hashtext(sa.bindparam("namespace")))
+)
+# The shared turns at several namespaces, in their (sorted) order.
+_NAMESPACES = (
+    sa.func.unnest(sa.bindparam("namespaces", type_=sa.ARRAY(sa.Text)))
+    .table_valued("namespace")
+    .render_derived(name="turns")
+)
+_SHARE_NAMESPACES = sa.select(
+    sa.func.pg_advisory_xact_lock_shared(_PG_LOCKS_CLASS, sa.func.hashtext(_NAMESPACES.c.namespace))
+)
 # Built once: constructing the statement per request cost more than running it.
 _NAMESPACE_LOCKS = (
     sa.select(*_COLUMNS)
@@ -889,9 +898,4 @@ _NAMESPACE_LOCKS = (
         sa.or_(DavLock.expire < 0, DavLock.expire >= sa.bindparam("now")),
     )
     .order_by(DavLock.created_at, DavLock.token)
-)
-# The same after the shared turn (PostgreSQL), in one statement: the uncorrelated condition is
-# a one-time filter, evaluated before the table is read, even when it has no row to read.
-_HELD_NAMESPACE_LOCKS = _NAMESPACE_LOCKS.where(
-    _namespace_turn(shared=True).scalar_subquery().is_not(None)
 )

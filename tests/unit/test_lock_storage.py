@@ -553,6 +553,41 @@ def test_a_write_that_checked_the_locks_holds_off_new_ones_until_it_commits(
         assert storage.checks_to_repeat(session) == []  # a request that checked nothing
 
 
+def test_a_write_sees_a_lock_that_committed_while_it_waited_for_its_turn(
+    database: Database, other_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other way round: a LOCK holds the namespace's turn when the write's transaction
+    begins. The write waits for it, and its check must then see the lock: on PostgreSQL the
+    turn was taken inside the statement that read the locks, whose snapshot was older than
+    the lock's commit, and the write went ahead as if there were none."""
+    storage, other = SqlLockStorage(database), SqlLockStorage(other_database)
+    lm = DavLockManager(storage)
+    granted = threading.Event()
+    slow_purge = lock_storage_module._delete_expired
+
+    def purge_slowly(session: Any, now: float) -> int:
+        purged = slow_purge(session, now)  # SQLite: its first statement takes the write lock
+        granted.set()  # the LOCK holds the turn from here to its commit
+        time.sleep(0.5)
+        return purged
+
+    monkeypatch.setattr(lock_storage_module, "_delete_expired", purge_slowly)
+
+    def lock_elsewhere() -> None:
+        with other.request_scope("space"):
+            other.create("/doc", lock_def(depth="0", principal="ann"))
+
+    with storage.request_scope("space"):
+        lm.check_write_permission(url="/doc", depth="0", token_list=[], principal="joe")
+        racer = threading.Thread(target=lock_elsewhere)
+        racer.start()
+        assert granted.wait(timeout=30)
+        with database.write() as session:
+            again = storage.checks_to_repeat(session)
+        racer.join(timeout=30)
+    assert [(check.url, check.depth) for check in again] == [("/doc", "0")]
+
+
 # --- threads racing -------------------------------------------------------------------------
 
 
