@@ -139,12 +139,12 @@ class DavRequestServer(RequestServer):
     def do_GET(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         _drop_unusable_range(environ)
         self._drop_range_of_weak_date(environ)
-        return super().do_GET(environ, start_response)
+        return super().do_GET(environ, _no_future_last_modified(start_response))
 
     def do_HEAD(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         _drop_unusable_range(environ)
         self._drop_range_of_weak_date(environ)
-        return super().do_HEAD(environ, start_response)
+        return super().do_HEAD(environ, _no_future_last_modified(start_response))
 
     def _drop_range_of_weak_date(self, environ: dict[str, Any]) -> None:
         """Serve the whole file when an If-Range date is not a strong validator (see
@@ -235,6 +235,17 @@ class DavRequestServer(RequestServer):
             path = environ["PATH_INFO"]
             self._evaluate_if_headers(self._davProvider.get_resource_inst(path, environ), environ)
         return super().do_MKCOL(environ, _accepting_mtime(environ, start_response))
+
+
+def _no_future_last_modified(start_response: Any) -> Any:
+    """``start_response`` sending Last-Modified no later than Date (``conditions.
+    sent_last_modified``), whatever resource answers: a file, a version, a trashed file."""
+
+    def answer(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        conditions.sent_last_modified(headers)
+        return start_response(status, headers, exc_info)
+
+    return answer
 
 
 # One byte range: "bytes=START-", "bytes=START-END" or "bytes=-SUFFIX" (a non-zero suffix),

@@ -57,7 +57,8 @@ def folder_listing(res: Any, environ: dict[str, Any], start_response: Any) -> It
     are absolute paths: asked without its trailing slash (``/files/a``), a relative link
     ``b.txt`` took a browser to ``/files/b.txt``."""
     title = html.escape(res.path)
-    here = environ.get("SCRIPT_NAME", "").rstrip("/") + "/" + res.path.strip("/") + "/"
+    names = [environ.get("SCRIPT_NAME", "").strip("/"), res.path.strip("/")]
+    here = "/" + "".join(f"{name}/" for name in names if name)  # "/" at the root
     rows = []
     if res.path not in ("", "/"):
         up = here.rstrip("/").rsplit("/", 1)[0] + "/"

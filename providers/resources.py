@@ -37,7 +37,7 @@ from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from providers import live_props
-from providers.conditions import parse_http_date, sent_last_modified, served_range
+from providers.conditions import parse_http_date, served_range
 from providers.digests import expected_digests, repr_digest
 from providers.error_printer import logs_unexpected
 from providers.errors import MKCOL_STATUS, dav_errors
@@ -601,7 +601,6 @@ class FileResource(_NodeResource, DAVNonCollection):
                 self.provider.files.check_content(self.view)
         response_headers.append(("Repr-Digest", repr_digest(self.get_etag())))
         response_headers.append(("Cache-Control", "no-cache"))
-        sent_last_modified(response_headers)
 
     def support_ranges(self) -> bool:
         return True

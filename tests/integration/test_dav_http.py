@@ -480,6 +480,9 @@ def test_the_folder_listing_links_where_its_names_are_whatever_the_url(
         page = call(srv, "GET", url).body.decode()
         links = re.findall(r'href="([^"]*)"', page)
         assert links == [path_of(folder), base + "sub/", base + "x%7Cy.txt"], links
+    # At the root too (it joined its path to "/" into "//files/": another host to a browser).
+    root_links = re.findall(r'href="([^"]*)"', call(srv, "GET", srv.url + "/").body.decode())
+    assert "/files/" in root_links and not [link for link in root_links if "//" in link]
     # The same in a multistatus: "|" is not allowed in a URI (Java's URI class refuses it).
     listed = call(srv, "PROPFIND", inner, headers={"Depth": "1"}).body.decode()
     hrefs = re.findall(r"<D:href>([^<]*)</D:href>", listed)
@@ -747,6 +750,20 @@ def test_a_client_time_in_the_future_is_never_sent_as_last_modified(
     put(srv, url, b"v2 changed")
     asked = call(srv, "GET", url, headers={"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"})
     assert asked.status == 200 and asked.body == b"v2 changed"
+
+    # Whatever answers: the old version, its entry in /versions/, the file in the trash.
+    def sent_no_later_than_its_date(target: str) -> None:
+        answer = call(srv, "HEAD", target)
+        assert answer.status == 200, (target, answer.status)
+        sent = email.utils.parsedate_to_datetime(answer.headers["Last-Modified"]).timestamp()
+        assert sent <= email.utils.parsedate_to_datetime(answer.headers["Date"]).timestamp()
+
+    sent_no_later_than_its_date(url + "?version=1")
+    sent_no_later_than_its_date(url.replace("/files/", "/versions/files/", 1) + "/future.v1.txt")
+    assert call(srv, "DELETE", url).status == 204
+    trash = call(srv, "PROPFIND", srv.url + "/trash/", headers={"Depth": "1"}).body.decode()
+    trashed = [href for href in re.findall(r"<D:href>([^<]*)</D:href>", trash) if "future" in href]
+    sent_no_later_than_its_date(srv.url + trashed[-1])
 
 
 def test_if_range_by_date_resumes_only_bytes_the_server_knows_are_unchanged(
