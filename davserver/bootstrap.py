@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+
 from davserver.config import ConfigError, Settings
 from davserver.db import Database
-from davserver.db.engine import check_url
+from davserver.db.engine import check_url, unusable
 from davserver.processes import run_in_child
 
 if TYPE_CHECKING:  # the command line makes folders and migrates without the WebDAV app
@@ -96,6 +98,9 @@ def _upgrade_schema_in_child(settings: Settings) -> None:
             upgrade_schema(settings)
         except ConfigError as exc:  # a reason for the user, not a traceback
             print(f"davserver: {exc}", file=sys.stderr, flush=True)
+            os._exit(_TOLD)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            print(f"davserver: {unusable(exc)}", file=sys.stderr, flush=True)
             os._exit(_TOLD)
 
     code = run_in_child(work)

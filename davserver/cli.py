@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
+    from davserver.db.engine import unusable
+
     argv = sys.argv[1:] if argv is None else list(argv)
     for arg in argv:
         if not arg.isascii() and not _is_utf8(arg):
@@ -241,10 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"davserver: {exc}", file=sys.stderr)
         return 1
     except (OperationalError, InterfaceError) as exc:
-        # The database is out of reach (down, wrong address, a file that cannot be opened)
-        # or refused the work: what the driver said, without a traceback.
-        said = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
-        print(f"davserver: cannot use the database: {said[0] if said else exc}", file=sys.stderr)
+        print(f"davserver: {unusable(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C: what was not committed is rolled back; 128 + SIGINT, as shells report it.

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -376,6 +377,14 @@ class Settings:
     def __post_init__(self) -> None:
         if self.storage.backend == "s3" and not self.s3.bucket:
             raise ConfigError("storage.backend is s3 but s3.bucket is not set")
+        endpoint = urlsplit(self.s3.endpoint_url or "")
+        if self.s3.endpoint_url and (
+            endpoint.scheme not in ("http", "https") or not endpoint.hostname
+        ):
+            raise ConfigError(
+                f"s3.endpoint_url: {self.s3.endpoint_url!r} is not a URL; expected"
+                " http://host:port or https://host"
+            )
         segments = self.s3.prefix.strip("/").split("/")
         if self.s3.prefix.strip("/") and any(s in ("", ".", "..") for s in segments):
             # Keys are taken literally by AWS, but stores that map them onto paths (SeaweedFS's

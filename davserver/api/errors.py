@@ -16,6 +16,11 @@ _STATUS: list[tuple[type[errors.DomainError], int, str]] = [
     (errors.QuotaExceeded, 507, "insufficient_storage"),
     (errors.StorageFull, 507, "insufficient_storage"),
     (errors.Unavailable, 503, "unavailable"),
+    # A body cut off before its end (a chunked one before its last chunk), as over WebDAV.
+    (errors.UploadIncomplete, 400, "bad_request"),
+    (errors.ChecksumMismatch, 400, "bad_request"),
+    (errors.UnsupportedMedia, 415, "unsupported_media_type"),
+    (errors.Unprocessable, 422, "unprocessable"),
 ]
 
 

@@ -57,9 +57,9 @@ def require_sqlite_file(settings: Settings) -> None:
     on a deployment that ``serve`` or ``db upgrade`` made: run from another folder (cron
     runs in $HOME, where ./data is not the server's) or with a mistyped data_dir, they
     would otherwise make a new, empty database and answer from it."""
-    from sqlalchemy.engine import make_url
+    from davserver.db.engine import check_url
 
-    url = make_url(settings.database_url)
+    url = check_url(settings.database_url)  # ConfigError when it is no database URL
     path = url.database
     if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         except BackupRefused as exc:
             print(f"davserver backup: {exc}", file=sys.stderr)
             return 1
-        except OSError as exc:  # the backup folder's disk: full, read-only, gone
+        except (OSError, sqlite3.Error) as exc:  # the backup folder: full, read-only, gone
             print(
                 f"davserver backup: cannot write the backup into {folder}: {exc}", file=sys.stderr
             )

@@ -40,6 +40,13 @@ BUSY_TIMEOUT = 30.0
 _BUSY = "the database is busy with other changes; try again"
 
 
+def unusable(exc: sa.exc.DBAPIError | sa.exc.OperationalError) -> str:
+    """What to tell the user when the database is out of reach (down, a wrong address, a file
+    that cannot be opened) or refused the work: the driver's first line, no traceback."""
+    said = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return f"cannot use the database: {said[0] if said else exc}"
+
+
 def check_url(url: str, *, option: str = "database.url") -> sa.URL:
     """``url`` parsed, or ConfigError naming what is wrong with it (and ``option``, where
     it was given): not a URL, a database other than SQLite and PostgreSQL, or a driver that
@@ -166,11 +173,17 @@ class Database:
 
         A database whose disk is full raises StorageFull, and a SQLite database that other
         writers kept for longer than the busy timeout (30 s) Unavailable: rolled back, nothing
-        changed. On SQLite the transaction first waits its turn among this process's writers."""
+        changed. On SQLite the transaction first waits its turn among this process's writers,
+        and holds the database's write lock from the start of the block: what it reads, before
+        its first statement too, is what it changes (lazily, BEGIN IMMEDIATE waited for the
+        first statement, and a check made before it, through another connection, could be
+        overtaken by another process's commit)."""
         if self._writers is not None and not self._writers.acquire(BUSY_TIMEOUT):
             raise Unavailable(_BUSY)
         try:
             with self._write_sessions() as session, session.begin():
+                if self.is_sqlite:
+                    session.connection()  # BEGIN IMMEDIATE now
                 yield session
         except sa.exc.OperationalError as exc:
             if _disk_full(exc):

@@ -86,8 +86,14 @@ def check_password(password: str) -> str:
     """``password`` when it is long enough and not too long to be verified at login."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise BadRequest(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+    try:
+        encoded = password.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 (stdin), as lone surrogates
+        raise BadRequest("a password is text: what was given is not UTF-8") from None
+    if len(encoded) > MAX_PASSWORD_BYTES:
         raise BadRequest(f"a password has at most {MAX_PASSWORD_BYTES} bytes")
+    if "\x00" in password:  # usable in Basic, but no JSON body (/token) may carry it
+        raise BadRequest("a password cannot hold a NUL character")
     return password
 
 

@@ -99,7 +99,7 @@ def _revoke_unsupported(
         if row.rule.expires_at is None or row.rule.expires_at > now
     ]
     granters = _principals(session, {r.granted_by for r in rows if r.granted_by is not None})
-    chains = {r.rule.node_id: tree.chain_ids(session, r.rule.node_id) for r in rows}
+    chains = tree.chains_of(session, {r.rule.node_id for r in rows})
     standing: dict[uuid.UUID, list[GrantRule]] = {}  # by node
     pending = list(rows)
     found = True

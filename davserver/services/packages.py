@@ -739,11 +739,20 @@ def _one_file(items: list[Any]) -> dict[str, uuid.UUID | None]:
     return {"node_id": items[0].node_id, "version_id": items[0].version_id}
 
 
+# What package_items.path_in_archive holds (String(1024)): PostgreSQL refused a longer one
+# with a 500, and SQLite kept it, for db copy to fail on.
+MAX_ITEM_PATH = 1024
+
+
 def _check_item_paths(kept: list[str], new_paths: list[str]) -> None:
     """InvalidName unless ``new_paths`` are safe archive paths, none the manifest's, that
     collide with neither each other nor the ``kept`` items (letter case aside)."""
     for new_path in new_paths:
         check_archive_path(new_path)
+        if len(new_path) > MAX_ITEM_PATH:
+            raise InvalidName(
+                f"{new_path[:80]!r}...: a package item's path is at most {MAX_ITEM_PATH} characters"
+            )
         if _fold(new_path) == _fold(MANIFEST_NAME):
             raise InvalidName(f"{new_path!r} is the name of the package's manifest")
     check_unique_paths([*kept, *new_paths])

@@ -138,7 +138,7 @@ class SharingService:
                 match = Grant.group_id == team.id
                 label = "@" + team.name
             row = session.scalars(sa.select(Grant).where(Grant.node_id == node.id, match)).first()
-            before = None
+            before, lowered = None, False
             if row is None:
                 if actor is not None and user is not None and grantee.id == actor.user_id:
                     raise BadRequest("you cannot grant rights to yourself")
@@ -160,12 +160,16 @@ class SharingService:
                     # changes, and the logbook gets no row saying so every time.
                     return _infos(session, Grant.id == row.id)[0]
                 before = {"rights": rights_of_grant(row).names(), "expires_at": iso(row.expires_at)}
+                lowered = bool(rights_of_grant(row) & ~rights) or (
+                    expires_at is not None
+                    and (row.expires_at is None or expires_at < row.expires_at)
+                )
             _set_rights(row, rights)
             row.expires_at = expires_at
             row.granted_by = actor.user_id if actor else None
             row.granted_at = utcnow()
             session.flush()
-            if before is not None:  # with less, what the grantee gave on from it may go
+            if before is not None and lowered:  # what the grantee gave on from it may go
                 space = space_of(node.owner_id, node.group_id)
                 revoke_unsupported(session, actor, [space], f"{label}'s grant was changed")
             record_audit(
@@ -262,8 +266,10 @@ def drop_grants_of_deleted_user(
     count = sa.select(sa.func.count()).select_from(Grant)
     before = session.scalar(count) or 0
     to_them = session.scalars(sa.select(Grant.id).where(Grant.user_id == user_id)).all()
+    spaces: set[SpaceOwner | None] = set()
+    lost: dict[uuid.UUID, str] = {}
     for grant_id in to_them:
-        _remove_grant(session, actor, None, grant_id, because)
+        spaces.add(_remove_grant(session, actor, None, grant_id, because, cascade=False, lost=lost))
     roles = frozenset(
         session.scalars(
             sa.select(Role.name)
@@ -277,7 +283,12 @@ def drop_grants_of_deleted_user(
     for grant_id, node_id in made:
         node = tree.get_node(session, node_id)
         if node is not None and not _manages(session, user_id, roles, node):
-            _remove_grant(session, actor, node, grant_id, because)
+            spaces.add(
+                _remove_grant(session, actor, node, grant_id, because, cascade=False, lost=lost)
+            )
+    # Then what was given on from those, once per space.
+    cascaded = [space for space in spaces if space is not None]
+    revoke_unsupported(session, actor, cascaded, f"{username}'s grant was revoked", lost)
     return before - (session.scalar(count) or 0)
 
 
@@ -287,12 +298,17 @@ def _remove_grant(
     node: NodeView | None,
     grant_id: uuid.UUID,
     because: str | None = None,
-) -> None:
-    """Delete a grant (on ``node``; None: look it up) with its logbook row, and the reshares
-    its grantee made from it (``_drop_reshares``); nothing when it is gone already."""
+    *,
+    cascade: bool = True,
+    lost: dict[uuid.UUID, str] | None = None,
+) -> SpaceOwner | None:
+    """Delete a grant (on ``node``; None: look it up) with its logbook row, and, with
+    ``cascade``, what no longer stands in its space without it (``revoke_unsupported``);
+    without, its grantee goes into ``lost`` for the caller's own. Nothing when it is gone
+    already. Returns its space, None when it was gone."""
     found = _infos(session, Grant.id == grant_id)
     if not found:
-        return
+        return None
     info = found[0]
     if node is None:
         node = tree.get_node(session, info.node_id)
@@ -314,10 +330,15 @@ def _remove_grant(
             **reason,
         ),
     )
-    if node is not None:
-        space = space_of(node.owner_id, node.group_id)
-        lost = {grantee_id(grantee.user_id, grantee.group_id): info.grantee}
-        revoke_unsupported(session, actor, [space], f"{info.grantee}'s grant was revoked", lost)
+    if node is None:
+        return None
+    space = space_of(node.owner_id, node.group_id)
+    gone = {grantee_id(grantee.user_id, grantee.group_id): info.grantee}
+    if cascade:
+        revoke_unsupported(session, actor, [space], f"{info.grantee}'s grant was revoked", gone)
+    elif lost is not None:
+        lost.update(gone)
+    return space
 
 
 def _manages_sharing(session: Session, actor: Actor | None, node: NodeView) -> bool:

@@ -18,10 +18,14 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from passlib.hash import argon2, bcrypt
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    import _csv
 
 from davserver.db import Database
 from davserver.errors import BadRequest, DomainError
@@ -112,6 +116,14 @@ def read_user_csv(lines: Iterable[str]) -> tuple[list[ImportRow], list[ImportPro
     names or e-mail addresses repeated within the file. Line numbers count the header as 1.
     """
     reader = csv.reader(lines)
+    try:
+        rows, problems = _read(reader)
+    except csv.Error as exc:  # a field over csv's limit, a NUL...: nothing past it is read
+        return [], [ImportProblem(max(reader.line_num, 1), f"not readable as CSV: {exc}")]
+    return rows, problems
+
+
+def _read(reader: _csv.Reader) -> tuple[list[ImportRow], list[ImportProblem]]:
     header_line = next(reader, None)
     if header_line is None:
         return [], [ImportProblem(1, "the file is empty; a header row is required")]

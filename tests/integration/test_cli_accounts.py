@@ -179,6 +179,7 @@ def test_user_lifecycle(cli: Cli) -> None:
         (("user", "quota", "admin1", "9223372036854775808"), None, "8 EiB"),
         (("user", "create", "zed", "--password-stdin"), "", "no password on standard input"),
         (("user", "create", "zed", "--password-stdin"), "short\n", "at least 8"),
+        (("user", "create", "zed", "--password-stdin"), "abc\x00defghij\n", "NUL character"),
         (("user", "show", "nobody"), None, "no user 'nobody'"),
         (("user", "disable", "admin1"), None, "last active admin"),
         (("user", "delete", "admin1"), None, "last active admin"),
@@ -374,6 +375,17 @@ def test_import_refuses_everything_when_one_row_is_bad(cli: Cli, tmp_path: Path)
     assert as_json.code == 1
     assert [e["line"] for e in as_json.data["errors"]] == [3, 4, 5]
     assert as_json.data["imported"] == []
+    assert cli.json("user", "list") == []
+
+
+def test_an_import_file_that_is_no_csv_is_one_line_and_imports_nothing(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A field over the csv module's limit (131,072 characters) ended in a traceback."""
+    path = write_csv(tmp_path, f"username,password_hash\n{'x' * 200_000},y\n")
+    result = cli("user", "import", path)
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "not readable as CSV" in result.err, result.err
     assert cli.json("user", "list") == []
 
 

@@ -97,6 +97,7 @@ def test_api_create_add_show_remove_delete(alice: User) -> None:
         "A.TXT",  # a.txt is in the package already
         MANIFEST_NAME,
         MANIFEST_NAME.upper(),
+        "/".join(["d" * 200] * 6),  # over the 1,024 characters an item's path holds (a 500)
     ],
 )
 def test_api_refuses_unsafe_or_duplicate_paths(alice: User, path_in_archive: str) -> None:

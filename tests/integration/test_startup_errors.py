@@ -130,6 +130,14 @@ def assert_refused(done: subprocess.CompletedProcess[str], *fragments: str) -> s
             ("only SQLite and PostgreSQL",),
         ),
         ({"DAVSERVER_STORAGE_BACKEND": "s3"}, ("s3.bucket is not set",)),
+        (
+            {
+                "DAVSERVER_STORAGE_BACKEND": "s3",
+                "DAVSERVER_S3_BUCKET": "photos",
+                "DAVSERVER_S3_ENDPOINT_URL": "minio:9000",  # no scheme: a traceback
+            },
+            ("s3.endpoint_url: 'minio:9000' is not a URL",),
+        ),
         ({"DAVSERVER_STORAGE_BACKEND": "ftp"}, ("storage.backend", "filesystem, s3")),
         (
             {
@@ -150,6 +158,25 @@ def test_settings_it_cannot_run_with_are_refused_in_one_line(
     stderr = assert_refused(serve(tmp_path, env), *fragments)
     assert "s3cret" not in stderr  # a database password is never printed
     assert not (tmp_path / "data").exists()  # refused before creating anything
+
+
+def test_a_database_out_of_reach_is_named_in_one_line(tmp_path: Path) -> None:
+    """Nothing listens there: ``serve`` logged two tracebacks from the child that brings the
+    schema up to date; the other commands said it in one line, as it does now."""
+    env = {"DAVSERVER_DATABASE_URL": "postgresql+psycopg://dav:s3cret@127.0.0.1:9/dav"}
+    stderr = assert_refused(serve(tmp_path, env), "cannot use the database")
+    assert "Traceback" not in stderr and "s3cret" not in stderr
+
+
+@pytest.mark.parametrize("url", ["notaurl", "mysql://dav@db/dav"])
+def test_a_command_names_a_database_url_it_cannot_use_in_one_line(tmp_path: Path, url: str) -> None:
+    """``serve`` and ``db upgrade`` did; ``user list``, ``gc`` and the others ended in a
+    traceback (the check for a missing SQLite file read the URL first)."""
+    for args in (("user", "list"), ("gc",)):
+        done = command(tmp_path, {"DAVSERVER_DATABASE_URL": url}, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("davserver: database.url")
 
 
 def test_folders_that_cannot_be_made_are_named(tmp_path: Path) -> None:

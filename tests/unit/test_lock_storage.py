@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -16,7 +18,13 @@ import providers.lock_storage as lock_storage_module
 from davserver.db import Database
 from davserver.models import DavLock
 from providers.lock_manager import LockManager as DavLockManager
-from providers.lock_storage import LOCK_KEYS, LockKey, LockTokenError, SqlLockStorage
+from providers.lock_storage import (
+    LOCK_KEYS,
+    LockKey,
+    LockTokenError,
+    OneNamespace,
+    SqlLockStorage,
+)
 
 OWNER = b'<owner xmlns="DAV:">joe@example.com</owner>'
 WEEK = 7 * 24 * 3600
@@ -586,6 +594,46 @@ def test_a_write_sees_a_lock_that_committed_while_it_waited_for_its_turn(
             again = storage.checks_to_repeat(session)
         racer.join(timeout=30)
     assert [(check.url, check.depth) for check in again] == [("/doc", "0")]
+
+
+def test_a_lock_is_only_taken_on_an_item_that_is_there_when_it_is_taken(
+    database: Database, other_database: Database
+) -> None:
+    """The LOCK checks, in its transaction, that its item is still there. On SQLite that
+    transaction took the write lock only at its first statement, after the check: another
+    process's DELETE could commit in between, and the lock was granted on a name nothing had
+    any more (a later file made there found it locked). The check is now made holding it."""
+    storage = SqlLockStorage(database)
+    seen_writable: list[bool] = []
+
+    class Space(OneNamespace):
+        def exists(self, url: str) -> bool:
+            # Could another process start a write now? (It must not, while the LOCK checks.)
+            seen_writable.append(_can_write_now(other_database))
+            return True
+
+    with storage.request_scope(Space("space")):
+        storage.create("/doc", lock_def(depth="0"))
+    assert seen_writable == [False]
+
+
+def _can_write_now(database: Database) -> bool:
+    if database.is_sqlite:
+        with closing(sqlite3.connect(database.url.database or "", timeout=0)) as raw:
+            raw.isolation_level = None
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False
+            raw.execute("ROLLBACK")
+            return True
+    with database.engine.connect() as conn:
+        held = conn.scalar(
+            sa.text("SELECT pg_try_advisory_xact_lock_shared(:c, hashtext('space'))"),
+            {"c": lock_storage_module._PG_LOCKS_CLASS},
+        )
+        conn.rollback()
+    return bool(held)
 
 
 # --- threads racing -------------------------------------------------------------------------
