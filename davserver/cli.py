@@ -139,10 +139,15 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
         print(json.dumps({"to": shown, "rows": report.rows, "seconds": report.seconds}))
     else:
         print(f"copied {report.total} rows into {shown} in {report.seconds:.1f} s")
-        print(
-            f"to serve it, set database.url (DAVSERVER_DATABASE_URL) to that database and keep"
-            f" the blobs where they are ({settings.blob_path})"
+        blobs = settings.blob_path
+        keep = (
+            f"keep the blobs where they are ({blobs})"
+            if blobs.is_dir()
+            else f"set storage.blob_dir (DAVSERVER_STORAGE_BLOB_DIR) to the folder holding the"
+            f" blobs: these settings name {blobs}, which does not exist (a backup's blobs are"
+            " in its blobs/ folder)"
         )
+        print(f"to serve it, set database.url (DAVSERVER_DATABASE_URL) to that database and {keep}")
     return 0
 
 

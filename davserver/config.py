@@ -545,11 +545,13 @@ def _coerce(dotted: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> An
         text = str(value).strip().lower()
         if text in ("1", "true", "yes", "on"):
             return True
-        if text in ("0", "false", "no", "off", ""):
+        if text in ("0", "false", "no", "off"):
             return False
+        # An empty value (DAVSERVER_TRASH_ENABLED=) is no answer: taken as false, it purged
+        # every deletion at once.
         raise ConfigError(f"{dotted}: expected true or false, got {value!r}")
     if kind is int:
-        if isinstance(value, bool):  # YAML's yes/no: not a number
+        if isinstance(value, (bool, float)):  # YAML's yes/no, or 0.9 (int() made it 0)
             raise ConfigError(f"{dotted}: expected an integer, got {value!r}")
         try:
             number = int(value)

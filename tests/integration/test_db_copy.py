@@ -325,3 +325,19 @@ def test_the_command_names_the_option_holding_a_bad_url(
     monkeypatch.setenv("DAVSERVER_DATABASE_URL", f"sqlite:///{tmp_path / 'one.sqlite3'}")
     assert main(["--config", os.devnull, "db", "copy", "--to", "mysql://x@db/name"]) == 2
     assert "davserver: --to mysql://x@db/name: only SQLite" in capsys.readouterr().err
+
+
+def test_the_command_says_where_the_blobs_must_be_when_the_settings_name_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Copying a backup's database from another folder said to keep the blobs where they
+    are, naming ./data/blobs, which did not exist; a backup keeps its blobs beside it."""
+    source = tmp_path / "backup" / "davserver.sqlite3"
+    source.parent.mkdir()
+    upgrade(Database(f"sqlite:///{source}"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAVSERVER_DATABASE_URL", f"sqlite:///{source}")
+    target = f"sqlite:///{tmp_path / 'copy.sqlite3'}"
+    assert main(["--config", os.devnull, "db", "copy", "--to", target, "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "set storage.blob_dir" in said and "does not exist" in said, said

@@ -173,6 +173,28 @@ def test_environment_bools() -> None:
         assert settings.storage.fsync is expected, text
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DAVSERVER_TRASH_ENABLED": ""}, "trash.enabled: expected true or false, got ''"),
+        ({"DAVSERVER_STORAGE_FSYNC": " "}, "storage.fsync: expected true or false"),
+    ],
+)
+def test_an_empty_bool_is_refused_not_taken_as_false(env: dict[str, str], message: str) -> None:
+    """``DAVSERVER_TRASH_ENABLED=`` turned the trash off without a word: every DELETE purged."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, env=env)
+    assert message in str(refused.value)
+
+
+def test_a_number_with_a_fraction_is_refused_not_cut_down(tmp_path: Path) -> None:
+    """``gc_grace_seconds: 0.9`` became 0, the grace only for a stopped server."""
+    path = write_yaml(tmp_path / "c.yaml", "maintenance:\n  gc_grace_seconds: 0.9\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, env={})
+    assert "maintenance.gc_grace_seconds: expected an integer, got 0.9" in str(refused.value)
+
+
 def test_unrelated_environment_variables_are_ignored() -> None:
     env = {"DAVSERVER_NOT_AN_OPTION": "x", "HOME": "/root", "PORT": "1"}
     assert load_settings(None, env=env) == Settings()
