@@ -128,7 +128,8 @@ class ApiApp:
         tokens = self.services.tokens
         match method, parts:
             case "POST", ["token"]:
-                body = self._body(environ)
+                # OAuth 2 clients add fields of their own (client_id, scope): taken as sent.
+                body = self._oauth_body(environ)
                 if body.get("grant_type") == "refresh_token":
                     return 200, tokens.refresh(
                         required_text(body, "refresh_token"), **client
@@ -138,10 +139,10 @@ class ApiApp:
                 )
                 return 200, pair.as_json()
             case "POST", ["token", "refresh"]:
-                body = self._body(environ)
+                body = self._oauth_body(environ)
                 return 200, tokens.refresh(required_text(body, "refresh_token"), **client).as_json()
             case "POST", ["token", "revoke"]:
-                tokens.revoke(required_text(self._body(environ), "token"), **client)
+                tokens.revoke(required_text(self._oauth_body(environ), "token"), **client)
                 return 200, {"revoked": True}
             case "GET", ["health"]:
                 return self._health()
@@ -163,7 +164,8 @@ class ApiApp:
                 keys = self.services.api_keys.list_keys(actor.user_id, actor=actor)
                 return 200, {"keys": [plain(k.as_dict()) for k in keys]}
             case "POST", ["keys"]:
-                return 201, self._create_key(actor, self._body(environ))
+                body = self._body(environ, "name", "scope", "expires_days")
+                return 201, self._create_key(actor, body)
             case "DELETE", ["keys", key]:
                 self.services.api_keys.revoke(actor, actor.user_id, key)
                 return 204, None
@@ -179,7 +181,8 @@ class ApiApp:
                 grants = self.services.sharing.grants_on(target.view, reaching=reaching)
                 return 200, {"grants": [plain(g.as_dict()) for g in grants]}
             case "POST", ["grants"]:
-                return 201, self._grant(actor, self._body(environ))
+                body = self._body(environ, "path", "user", "group", "rights", "expires_days")
+                return 201, self._grant(actor, body)
             case "DELETE", ["grants"]:
                 query = query_params(environ, "path", "user", "group")
                 target = self._reach(actor, required_text(query, "path"))
@@ -218,7 +221,7 @@ class ApiApp:
                 found = packages.list_packages(actor.user_id)
                 return 200, {"packages": [plain(p.summary()) for p in found]}
             case "POST", []:
-                body = self._body(environ)
+                body = self._body(environ, "name", "description", "expires_days")
                 created = packages.create(
                     actor,
                     actor.user_id,
@@ -232,7 +235,7 @@ class ApiApp:
             case "GET", [name]:
                 return 200, self._package(actor, packages.get(actor.user_id, name))
             case "PATCH", [name]:
-                body = self._body(environ)
+                body = self._body(environ, "name", "description", "expires_days")
                 changed = packages.update(
                     actor,
                     packages.get(actor.user_id, name),
@@ -247,7 +250,7 @@ class ApiApp:
                 packages.delete(actor, packages.get(actor.user_id, name))
                 return 204, None
             case "POST", [name, "items"]:
-                body = self._body(environ)
+                body = self._body(environ, "path", "path_in_archive")
                 package = packages.get(actor.user_id, name)
                 path_in_archive = optional_text(body, "path_in_archive")
                 ctx = self.services.namespace.context(actor)
@@ -255,7 +258,7 @@ class ApiApp:
                 added = packages.add(actor, package, ctx, target.view, path_in_archive)
                 return 201, {"added": [plain(item.as_dict()) for item in added]}
             case "PATCH", [name, "items", *path] if path:
-                body = self._body(environ)
+                body = self._body(environ, "path_in_archive")
                 package = packages.get(actor.user_id, name)
                 packages.move(
                     actor, package, "/".join(path), required_text(body, "path_in_archive")
@@ -266,8 +269,21 @@ class ApiApp:
                 return 204, None
         raise NotFound(f"no API endpoint {method} {PREFIX}/packages/{'/'.join(rest)}")
 
-    def _body(self, environ: dict[str, Any]) -> dict[str, Any]:
+    def _oauth_body(self, environ: dict[str, Any]) -> dict[str, Any]:
         return read_body(environ, self.services.settings.server.max_xml_body)
+
+    def _body(self, environ: dict[str, Any], *fields: str) -> dict[str, Any]:
+        """The request's JSON object, with none but ``fields`` in it: BadRequest naming the
+        others. Ignored, a misspelt field left a default in its place: ``"scpoe": "read"``
+        made a key that writes, ``"expire_days"`` a grant that never expires."""
+        body = self._oauth_body(environ)
+        unknown = sorted(set(body) - set(fields))
+        if unknown:
+            raise BadRequest(
+                f"unknown field(s) {', '.join(map(repr, unknown))}; this request takes "
+                f"{', '.join(fields)}"
+            )
+        return body
 
     def _package(self, actor: Actor, package: PackageView) -> dict[str, Any]:
         """A package with its items, where its zip is, and what could not be downloaded."""

@@ -571,6 +571,27 @@ def test_api_refuses_nul_characters_with_400_never_500(server: InprocServer) -> 
         assert (status, body["error"]) == (400, "bad_request"), (method, path, body)
 
 
+def test_api_refuses_a_field_it_does_not_know_and_changes_nothing(server: InprocServer) -> None:
+    """A misspelt field was ignored and its default taken: ``"scpoe": "read"`` made a key
+    that writes, ``"expire_days": 1`` a key and a grant that never expire."""
+    name, password = make_user(server)
+    user = (name, password)
+    for path, payload in [
+        ("/keys", {"name": "typo", "scpoe": "read", "expires_days": 1}),
+        ("/keys", {"name": "typo", "scope": "read", "expire_days": 1}),
+        ("/grants", {"path": "/files", "user": "bob", "rights": ["read"], "expire_days": 1}),
+        ("/packages", {"name": "p", "descripton": "typo"}),
+    ]:
+        status, body = api(server, "POST", path, payload, user=user)
+        assert (status, body["error"]) == (400, "bad_request"), (path, body)
+        assert "unknown field" in body["message"] and "takes" in body["message"], body
+    status, body = api(server, "GET", "/keys", user=user)
+    assert status == 200 and body["keys"] == []
+    # The token endpoints take what OAuth 2 clients add (client_id, scope).
+    login = {"username": name, "password": password, "client_id": "app", "scope": "x"}
+    assert api(server, "POST", "/token", login)[0] == 200
+
+
 def test_api_refuses_a_query_that_is_not_utf8(server: InprocServer) -> None:
     """A query's bytes that are not UTF-8 were read as U+FFFD: ``?path=/files/%FF.txt``
     found, and a DELETE revoked grants on, the file named ``\ufffd.txt``. A path that is not
