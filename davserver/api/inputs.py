@@ -102,7 +102,7 @@ def query_params(environ: dict[str, Any], *names: str) -> dict[str, str]:
         raise BadRequest("the query is not valid UTF-8") from None
     for name, value in pairs:
         if name not in names:
-            takes = ", ".join(names)
+            takes = ", ".join(names) or "no parameters"
             raise BadRequest(f"unknown query parameter {name!r}; this endpoint takes {takes}")
         if name in query:
             raise BadRequest(f"the query parameter {name!r} is given twice")

@@ -586,7 +586,20 @@ def test_api_refuses_a_field_it_does_not_know_and_changes_nothing(server: Inproc
         assert (status, body["error"]) == (400, "bad_request"), (path, body)
         assert "unknown field" in body["message"] and "takes" in body["message"], body
     status, body = api(server, "GET", "/keys", user=user)
-    assert status == 200 and body["keys"] == []
+    assert status == 200 and body["keys"] == []  # nothing made by the refused requests
+    # Nor a query parameter an endpoint does not take (only /grants and /audit take any).
+    status, key = api(server, "POST", "/keys", {"name": "kept"}, user=user)
+    assert status == 201
+    for method, path in [
+        ("GET", "/me?x=1"),
+        ("GET", "/sessions?limit=1"),
+        ("GET", "/keys?name=x"),
+        ("GET", "/packages?limit=5"),
+        ("DELETE", f"/keys/{key['id']}?confirm=no"),
+    ]:
+        status, body = api(server, method, path, user=user)
+        assert (status, body["error"]) == (400, "bad_request"), (method, path, body)
+    assert [k["name"] for k in api(server, "GET", "/keys", user=user)[1]["keys"]] == ["kept"]
     # The token endpoints take what OAuth 2 clients add (client_id, scope).
     login = {"username": name, "password": password, "client_id": "app", "scope": "x"}
     assert api(server, "POST", "/token", login)[0] == 200
