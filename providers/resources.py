@@ -151,6 +151,7 @@ class _NodeResource:
         self.view = view
         self._dead = None if dead is None else stored_elements(dead)
         self._dead_planned: dict[str, bytes | None] = {}  # a PROPPATCH's, tried (dry run)
+        self._mtime_planned: dt.datetime | None = None  # and the client's time it sets
         self._dead_failed: DAVError | None = None  # setting them failed
         self.rights = rights
 
@@ -218,7 +219,10 @@ class _NodeResource:
             except BadRequest as exc:
                 # RFC 4918 9.2: 409 for a value not appropriate to the property.
                 raise DAVError(HTTP_CONFLICT, context_info=str(exc)) from None
-            return self.set_last_modified(self.path, mtime, dry_run=dry_run)
+            if dry_run:
+                self._mtime_planned = mtime
+                return None
+            return self._set_planned()
         if name == live_props.CHECKSUMS:
             # rclone sends its checksums along with a new mtime; ours are computed from the
             # bytes, so the client's are accepted and not stored.
@@ -236,26 +240,35 @@ class _NodeResource:
                 self._dead_planned[name] = stored
                 check_dead_properties(self.dead_properties(), self._dead_planned)
             return None
-        # All of them at the first (RFC 4918 9.2: all or none), in one transaction; the
-        # others then have nothing left to do, or fail with it.
-        planned, self._dead_planned = self._dead_planned, {}
-        if planned:
-            try:
-                with dav_errors():
-                    self.provider.files.set_dead_properties(
-                        actor_of(self.environ), self.node_id, planned
-                    )
-            except DAVError as exc:
-                self._dead_failed = exc
-                raise
-            if self._dead is not None:
-                for changed, value in planned.items():
-                    if value is None:
-                        self._dead.pop(changed, None)
-                    else:
-                        self._dead[changed] = value
-        elif self._dead_failed is not None:
-            raise DAVError(HTTP_FAILED_DEPENDENCY, context_info="another property failed")
+        return self._set_planned()
+
+    def _set_planned(self) -> None:
+        """What the PROPPATCH's dry run planned, all of it at its first property (RFC 4918
+        9.2: all or none), in one transaction: the dead properties and the client's time
+        (Windows sets Win32LastModifiedTime beside its own properties). The other properties
+        then have nothing left to do, or fail with it (424)."""
+        planned, mtime = self._dead_planned, self._mtime_planned
+        self._dead_planned, self._mtime_planned = {}, None
+        if not planned and mtime is None:
+            if self._dead_failed is not None:
+                raise DAVError(HTTP_FAILED_DEPENDENCY, context_info="another property failed")
+            return None
+        try:
+            with dav_errors():
+                self.provider.files.set_dead_properties(
+                    actor_of(self.environ), self.node_id, planned, mtime=mtime
+                )
+        except DAVError as exc:
+            self._dead_failed = exc
+            raise
+        if mtime is not None:
+            self.provider.forget(self.environ)
+        if self._dead is not None:
+            for changed, value in planned.items():
+                if value is None:
+                    self._dead.pop(changed, None)
+                else:
+                    self._dead[changed] = value
         return None
 
     def remove_all_properties(self, *, recursive: bool) -> None:

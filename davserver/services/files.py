@@ -677,9 +677,15 @@ class FileService:
         self.run_write(work)
 
     def set_dead_properties(
-        self, actor: Actor, node_id: uuid.UUID, changes: dict[str, bytes | None]
+        self,
+        actor: Actor,
+        node_id: uuid.UUID,
+        changes: dict[str, bytes | None],
+        *,
+        mtime: dt.datetime | None = None,
     ) -> None:
-        """Set (bytes) or remove (None) dead properties of a node, all or nothing.
+        """Set (bytes) or remove (None) dead properties of a node, all or nothing, with the
+        client's modification time ``mtime`` if given (a PROPPATCH of both: one transaction).
         QuotaExceeded when the node's would then exceed ``dead_props.MAX_DEAD_PROPERTY_BYTES``;
         BadRequest for a name too long to store (``dead_props.check_property_name``)."""
         actor.require_write()
@@ -687,7 +693,15 @@ class FileService:
             dead_props.check_property_name(name)
 
         def work(session: Session) -> None:
-            live_node(session, node_id)
+            node = live_node(session, node_id)
+            details: dict[str, Any] = {}
+            if mtime is not None:
+                before = node.mtime
+                _keep_mtime(session, node.id, node.current_version_id, mtime)
+                details["mtime"] = {
+                    "before": before.isoformat() if before is not None else None,
+                    "after": mtime.isoformat(),
+                }
             stored = sa.select(DeadProperty.name, DeadProperty.value).where(
                 DeadProperty.node_id == node_id
             )
@@ -707,8 +721,15 @@ class FileService:
                 Op.NODE_PROPPATCH,
                 node_id=node_id,
                 details={
-                    "set": sorted(k for k, v in changes.items() if v is not None),
-                    "removed": sorted(k for k, v in changes.items() if v is None),
+                    **(
+                        {
+                            "set": sorted(k for k, v in changes.items() if v is not None),
+                            "removed": sorted(k for k, v in changes.items() if v is None),
+                        }
+                        if changes
+                        else {}
+                    ),
+                    **details,
                 },
             )
 

@@ -2106,7 +2106,8 @@ def unexpected_error(monkeypatch: pytest.MonkeyPatch) -> str:
         raise RuntimeError(marker)
 
     monkeypatch.setattr("providers.resources.FileResource.get_content", fail)
-    monkeypatch.setattr("davserver.services.files.FileService.set_mtime", fail)
+    # A PROPPATCH sets the mtime with the dead properties (one transaction).
+    monkeypatch.setattr("davserver.services.files.FileService.set_dead_properties", fail)
     return marker
 
 
@@ -2177,14 +2178,23 @@ def test_a_proppatch_sets_all_its_properties_or_none(
         calls.append(1)
         raise Unavailable("the database is busy")
 
+    modified = call(srv, "HEAD", url).headers["Last-Modified"]
     monkeypatch.setattr(files, "set_dead_properties", failing)
-    again = "<X:a>9</X:a><X:d>4</X:d>"
+    # Windows sets its time beside its own properties: that is all or none too.
+    again = (
+        "<Z:Win32LastModifiedTime>Wed, 01 Jan 2003 00:00:00 GMT</Z:Win32LastModifiedTime>"
+        "<X:a>9</X:a><X:d>4</X:d>"
+    )
     answer = call(srv, "PROPPATCH", url, proppatch_body(set_props=again), headers)
     monkeypatch.undo()
     assert answer.status == 207 and len(calls) == 1
     assert b"503 Service Unavailable" in answer.body and b"424 Failed Dependency" in answer.body
     listed = call(srv, "PROPFIND", url, None, {"Depth": "0"}).body
     assert b">1</" in listed and b">9</" not in listed and b">4</" not in listed
+    assert call(srv, "HEAD", url).headers["Last-Modified"] == modified
+    # And both at once when nothing fails, in one logbook row.
+    assert call(srv, "PROPPATCH", url, proppatch_body(set_props=again), headers).status == 207
+    assert "2003" in call(srv, "HEAD", url).headers["Last-Modified"]
 
 
 @pytest.mark.parametrize("method", ["FROB", "BREW", "PATCH", "SEARCH"])
