@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from davserver.config import ConfigError, Settings
 from davserver.db import Database
-from davserver.db.engine import check_url, unusable
+from davserver.db.engine import check_url, is_in_memory, unusable
 from davserver.processes import run_in_child
 
 if TYPE_CHECKING:  # the command line makes folders and migrates without the WebDAV app
@@ -45,7 +45,13 @@ def prepare(
     from davserver.app import Application
     from davserver.context import open_s3_store
 
-    check_url(settings.database_url)
+    if is_in_memory(check_url(settings.database_url)):
+        # Each pooled connection (and the child that migrates) would have a database of its
+        # own: "no such table: roles".
+        raise ConfigError(
+            "database.url names an in-memory SQLite database, which a server cannot share"
+            " between its connections; name a file: sqlite:///path"
+        )
     blobs = open_s3_store(settings)  # asks the bucket before anything is made
     make_folders(settings)
     if migrate_in_child:

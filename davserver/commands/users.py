@@ -150,6 +150,8 @@ def cmd_user_role_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_user_quota(args: argparse.Namespace) -> int:
+    if not args.size.strip():  # an empty shell variable must not lift a quota
+        raise BadRequest('no size given: a size such as 10G, or "none" for no quota')
     quota = parse_size(args.size)
     with open_services(args) as services:
         _emit_user(args, services.users.set_quota(None, args.username, quota))

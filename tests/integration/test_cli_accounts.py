@@ -177,6 +177,7 @@ def test_user_lifecycle(cli: Cli) -> None:
         (("user", "create", "zed", "--quota", "8388608T"), None, "8 EiB"),  # 2**63 bytes
         (("user", "quota", "admin1", "99999999999999999999T"), None, "8 EiB"),
         (("user", "quota", "admin1", "9223372036854775808"), None, "8 EiB"),
+        (("user", "quota", "admin1", ""), None, "no size given"),
         (("user", "create", "zed", "--password-stdin"), "", "no password on standard input"),
         (("user", "create", "zed", "--password-stdin"), "short\n", "at least 8"),
         (("user", "create", "zed", "--password-stdin"), "abc\x00defghij\n", "NUL character"),

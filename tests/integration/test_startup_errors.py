@@ -130,6 +130,7 @@ def assert_refused(done: subprocess.CompletedProcess[str], *fragments: str) -> s
             ("only SQLite and PostgreSQL",),
         ),
         ({"DAVSERVER_STORAGE_BACKEND": "s3"}, ("s3.bucket is not set",)),
+        ({"DAVSERVER_DATABASE_URL": "sqlite://"}, ("an in-memory SQLite database",)),
         (
             {
                 "DAVSERVER_STORAGE_BACKEND": "s3",
