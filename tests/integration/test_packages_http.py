@@ -398,7 +398,7 @@ def test_the_package_folder_lists_and_serves_the_pinned_items(alice: User) -> No
     got = alice.call("GET", "/packages/tree/docs/sub/deeper/d.txt")
     assert got.status == 200 and got.body == contents["docs/sub/deeper/d.txt"]
     html = alice.call("GET", "/packages/tree/").body
-    assert b'href="docs/"' in html and b"a.txt" in html
+    assert b'href="/packages/tree/docs/"' in html and b"a.txt" in html
     # DELETE unpins: one item, then a whole folder of the archive; the files stay
     assert alice.call("DELETE", "/packages/tree/a.txt").status == 204
     assert alice.call("DELETE", "/packages/tree/docs/sub/").status == 204
