@@ -488,8 +488,7 @@ class SqlLockStorage:
             # locks as they were when it began, without a lock committed while it waited.
             session.execute(_SHARE_NAMESPACES, {"namespaces": namespaces})
         for namespace in namespaces:
-            rows = session.execute(_NAMESPACE_LOCKS, {"namespace": namespace, "now": _now()})
-            locks = scope.snapshots[namespace] = [_to_dict(row._mapping) for row in rows]
+            locks = scope.snapshots[namespace] = _read_namespace_locks(session, namespace)
             # Against the first read, not the last: a lock that stopped one of the request's
             # transactions must stop the next one too (a PROPPATCH sets each property alone).
             seen = scope.first_seen.get(namespace, set())
@@ -863,8 +862,7 @@ class SqlLockStorage:
     def _namespace_locks(self, namespace: str) -> list[LockDict]:
         """Every unexpired lock of a namespace (the per-request snapshot); a prepared statement."""
         with self._db.connect() as conn:
-            rows = conn.execute(_NAMESPACE_LOCKS, {"namespace": namespace, "now": _now()})
-            return [_to_dict(row._mapping) for row in rows]
+            return _read_namespace_locks(conn, namespace)
 
     def _query(self, *where: sa.ColumnElement[bool]) -> list[LockDict]:
         stmt = (
@@ -874,6 +872,12 @@ class SqlLockStorage:
         )
         with self._db.connect() as conn:
             return [_to_dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def _read_namespace_locks(conn: Session | sa.Connection, namespace: str) -> list[LockDict]:
+    """Every unexpired lock of a namespace, read through ``conn``."""
+    rows = conn.execute(_NAMESPACE_LOCKS, {"namespace": namespace, "now": _now()})
+    return [_to_dict(row._mapping) for row in rows]
 
 
 # PostgreSQL: the turn at the locks of the namespace ``:namespace`` until the transaction ends,
