@@ -591,6 +591,20 @@ def test_api_key_rules(services: Services) -> None:
         ("5f4dcc3b5aa765d61d8327deb882cf99", BadRequest),  # bare md5
         ("plaintext-password", BadRequest),
     ],
+    ids=[
+        "bcrypt-2b",
+        "bcrypt-2a",
+        "bcrypt-2y",
+        "argon2i",
+        "argon2id",
+        "bcrypt-2x",
+        "bcrypt-truncated",
+        "argon2id-garbage",
+        "argon2d",
+        "md5-crypt",
+        "bare-md5",
+        "plaintext",
+    ],
 )
 def test_accepted_hash_formats(password_hash: str, scheme: str | type[Exception]) -> None:
     if isinstance(scheme, type):
