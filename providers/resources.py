@@ -326,6 +326,7 @@ class _NodeResource:
                 name,
                 overwrite=_overwrite(self.environ),
                 seen=self.view,
+                may_download=self._may_download,
             )
         self.provider.drop_locks(self.get_ref_url())  # type: ignore[attr-defined]
         self.provider.forget(self.environ)
@@ -335,6 +336,11 @@ class _NodeResource:
         renamed = bool(existing and existing.view and existing.view.id == self.node_id)
         self.environ["davserver.status"] = 204 if replaced or renamed else 201
         return True
+
+    def _may_download(self, node_ids: list[uuid.UUID]) -> bool:
+        ctx = self.provider.access(self.environ)
+        rights = self.provider.namespace.rights_on(ctx, node_ids)
+        return all(rights[node_id] & Perm.DOWNLOAD for node_id in node_ids)
 
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
         # A space added to the namespace may decide what a COPY into it means (a package

@@ -536,9 +536,15 @@ class FileService:
         *,
         overwrite: bool = False,
         seen: NodeView | None = None,
+        may_download: Callable[[list[uuid.UUID]], bool] | None = None,
     ) -> NodeView | None:
         """Rename and/or re-parent a node: one UPDATE whatever the size of the subtree.
         Returns what it replaced at the destination, if anything.
+
+        ``may_download`` tells whether the mover may download every one of some files: an
+        office program's save (``save_patterns``) swaps two files' contents only when they
+        may download both, since each file's bytes land on the other, with its grants (None:
+        a save is two plain renames).
 
         Into another space (``_move_to_another_space``) it is a copy there and the source to
         its own space's trash, in one transaction: RFC 4918's MOVE (9.9).
@@ -578,8 +584,11 @@ class FileService:
                 away = save_patterns.moved_away_for_save(
                     session, actor, node, dest_parent, dest_name
                 )
-                if away is not None and self._give_the_name_back(
-                    session, actor, node, dest_name, *away
+                if (
+                    away is not None
+                    and may_download is not None
+                    and may_download([node.id, away[0]])
+                    and self._give_the_name_back(session, actor, node, dest_name, *away)
                 ):
                     return None
             details: dict[str, object] = {

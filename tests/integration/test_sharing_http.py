@@ -332,6 +332,52 @@ def test_moving_out_of_a_share_needs_download_and_leaves_the_owner_a_trashed_ori
     assert b"plan.txt" in trash.body
 
 
+def test_an_office_save_pattern_gives_no_bytes_to_a_writer_who_may_not_download_them(
+    people: People,
+) -> None:
+    """An office save's three MOVEs swap two files' contents (the document takes the saved
+    bytes back, the .tmp the document's old ones). Done by a grantee who may write in the
+    folder but download only one of the files, that swap would put the other's bytes on the
+    file they may download: the save is then two plain renames."""
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/p2/").status == 201
+    assert p.put(p.alice, "/files/p2/secret.docx", b"TOP-SECRET-DOC") == 201
+    assert p.put(p.alice, "/files/p2/mine.txt", b"bob may read this") == 201
+    assert p.grant(p.alice, "/files/p2", p.bob, "read", "write") == 201
+    assert p.grant(p.alice, "/files/p2/mine.txt", p.bob, "read", "download") == 201
+    shared = f"/shared/{p.alice}/p2/"
+
+    def move(source: str, dest: str) -> int:
+        into = {"Destination": f"{p.server.url}{shared}{dest}"}
+        return p.call(p.bob, "MOVE", shared + source, headers=into).status
+
+    assert p.call(p.bob, "GET", shared + "secret.docx").status == 403
+    # The secret moved away to a .tmp name, the downloadable file onto its name.
+    assert move("secret.docx", "secret.tmp") == 201
+    assert move("mine.txt", "secret.docx") == 201
+    assert p.call(p.bob, "GET", shared + "secret.tmp").status == 403
+    assert p.call(p.bob, "GET", shared + "secret.docx").body == b"bob may read this"
+    assert p.call(p.alice, "GET", "/files/p2/secret.tmp").body == b"TOP-SECRET-DOC"
+    # The other way round: the downloadable file is the document, a file bob may not
+    # download the saved content.
+    assert p.put(p.alice, "/files/p2/d.txt", b"downloadable") == 201
+    assert p.put(p.alice, "/files/p2/y.txt", b"not for bob") == 201
+    assert p.grant(p.alice, "/files/p2/d.txt", p.bob, "read", "download") == 201
+    assert move("d.txt", "d.tmp") == 201
+    assert move("y.txt", "d.txt") == 201
+    assert p.call(p.bob, "GET", shared + "d.tmp").body == b"downloadable"
+    assert p.call(p.bob, "GET", shared + "d.txt").status == 403
+    assert p.call(p.alice, "GET", "/files/p2/d.txt").body == b"not for bob"
+    # Where bob may download both, the save keeps the document's history as for the owner.
+    assert p.put(p.alice, "/files/p2/doc.txt", b"first draft") == 201
+    assert p.put(p.alice, "/files/p2/new.txt", b"second draft") == 201
+    assert p.grant(p.alice, "/files/p2", p.bob, "read", "write", "download") == 201
+    assert move("doc.txt", "doc.tmp") == 201
+    assert move("new.txt", "doc.txt") == 201
+    assert p.call(p.bob, "GET", shared + "doc.txt").body == b"second draft"
+    assert p.call(p.bob, "GET", shared + "doc.txt?version=1").body == b"first draft"
+
+
 def test_a_moved_file_whose_content_was_emptied_keeps_its_history(people: People) -> None:
     """An editor saving an empty document over a file (a temporary file renamed over it)
     leaves it with its history and no current version; moved to another space, it arrived
