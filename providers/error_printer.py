@@ -41,6 +41,9 @@ class ErrorPrinter(BaseMiddleware):
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         held = util.SubAppStartResponse()
         started = False
+        # RFC 9110 9.3.2: no body after a HEAD's answer, an error's page included (a client
+        # reads one as the next answer on the connection).
+        head = environ.get("REQUEST_METHOD") == "HEAD"
         try:
             app_iter = self.next_app(environ, held)
             try:
@@ -49,7 +52,7 @@ class ErrorPrinter(BaseMiddleware):
                         headers, chunk = _page_for_client(held, chunk, environ)
                         start_response(held.status, headers, held.exc_info)
                         started = True
-                    yield chunk
+                    yield b"" if head else chunk
             finally:
                 close = getattr(app_iter, "close", None)
                 if close is not None:
@@ -129,7 +132,8 @@ def _error_response(
         content_type, body = _sabre_error(error)
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), date]
     start_response(status, headers + (error.add_headers or []))
-    return [body if error.add_body else b""]
+    head = environ.get("REQUEST_METHOD") == "HEAD"
+    return [body if error.add_body and not head else b""]
 
 
 def _wants_html(environ: dict[str, Any]) -> bool:

@@ -140,7 +140,9 @@ class Connection:
         self, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] = {}
     ) -> Response:
         sent = {"Authorization": self.auth, **headers}
-        self.conn.request(method, path_of(url), body=body, headers=sent)
+        parts = urllib.parse.urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.conn.request(method, target, body=body, headers=sent)
         resp = self.conn.getresponse()
         return Response(resp.status, dict(resp.getheaders()), resp.read())
 
@@ -2095,6 +2097,34 @@ def test_headers_past_the_cap_are_refused(srv: InprocServer, folder: str) -> Non
     assert response.status == 413
     fine, _ = exchange(srv, [f"GET {path_of(folder)} HTTP/1.1", "X-Big: " + "x" * 8000], b"")
     assert fine.status == 200
+
+
+@pytest.mark.parametrize(("query", "status"), [("?version=99", 404), ("?thumbnail=256", 415)])
+def test_a_head_answered_with_an_error_sends_no_body(
+    srv: InprocServer, folder: str, query: str, status: int
+) -> None:
+    """RFC 9110 9.3.2: a HEAD answer has no body, errors included. A body after it is read as
+    the next answer on the connection (Python's http.client: BadStatusLine; curl: 'Excess
+    found')."""
+    url = folder + "head.txt"
+    put(srv, url, b"content")
+    sock = _sent(srv, [f"HEAD {path_of(url)}{query} HTTP/1.1"], b"")
+    received = b""
+    try:
+        sock.settimeout(1.0)
+        while True:  # everything sent until the server falls silent or closes
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            received += data
+    finally:
+        sock.close()
+    head, _, after = received.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert after == b""
 
 
 @pytest.fixture
