@@ -76,23 +76,33 @@ class ErrorPrinter(BaseMiddleware):
 
 
 def logs_unexpected(method: Callable[..., T]) -> Callable[..., T]:
-    """For a resource method whose exceptions WsgiDAV turns into a status without logging
-    them (``set_property_value``: a PROPPATCH answers 207 with a 500 propstat): log an
-    unexpected exception once and raise a 500 that names nothing of it."""
+    """For a resource method whose exceptions WsgiDAV turns into a status itself, without
+    logging them (``set_property_value``: a PROPPATCH answers 207 with a 500 propstat; the
+    ``handle_*`` methods of a COPY, MOVE or DELETE: its status page): log an unexpected
+    exception once and raise a 500 that names nothing of it. The error is kept in the
+    request's environ, so that a status page WsgiDAV makes of it is answered as this
+    middleware answers the error itself (``_page_for_client``), with its message and its
+    precondition."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
         try:
             return method(self, *args, **kwargs)
-        except DAVError:
+        except DAVError as exc:
+            self.environ[_RAISED] = exc
             raise
         except DomainError as exc:
-            raise to_dav_error(exc) from exc
+            error = self.environ[_RAISED] = to_dav_error(exc)
+            raise error from exc
         except Exception as exc:
             log_unexpected(exc, self.environ)
-            raise DAVError(HTTP_INTERNAL_ERROR) from None
+            error = self.environ[_RAISED] = DAVError(HTTP_INTERNAL_ERROR)
+            raise error from None
 
     return wrapper
+
+
+_RAISED = "davserver.raised_error"
 
 
 def log_unexpected(error: BaseException, environ: dict[str, Any]) -> None:
@@ -126,14 +136,20 @@ def _error_response(
         # takes it out.
         start_response(status, [("Content-Length", "0"), date, *(error.add_headers or [])])
         return [b""]
-    if error.err_condition is None and _wants_html(environ):
-        content_type, body = error.get_response_page()
-    else:
-        content_type, body = _sabre_error(error)
+    content_type, body = _error_body(error, environ)
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), date]
     start_response(status, headers + (error.add_headers or []))
     head = environ.get("REQUEST_METHOD") == "HEAD"
     return [body if error.add_body and not head else b""]
+
+
+def _error_body(error: DAVError, environ: dict[str, Any]) -> tuple[str, bytes]:
+    """The content type and body telling ``error``: WsgiDAV's page for a browser, else the
+    XML of ``_sabre_error``."""
+    if error.err_condition is None and _wants_html(environ):
+        content_type, body = error.get_response_page()
+        return content_type, body
+    return _sabre_error(error)
 
 
 def _wants_html(environ: dict[str, Any]) -> bool:
@@ -148,16 +164,22 @@ def _page_for_client(
     held: Any, chunk: bytes, environ: dict[str, Any]
 ) -> tuple[list[tuple[str, str]], bytes]:
     """The headers and first chunk to answer with. WsgiDAV answers the one failure of a
-    COPY, MOVE or DELETE with its HTML status page itself (``send_status_response``), not
-    through here as a DAVError: for a client other than a browser that page is turned into
-    the XML of ``_sabre_error``, with the same reason. Its page for a success is dropped."""
+    COPY, MOVE or DELETE with its status page itself (``send_status_response``), not through
+    here as a DAVError: the error our resource raised (``logs_unexpected`` kept it) is told
+    as ``_error_response`` tells it, with its message and precondition; else, for a client
+    other than a browser, WsgiDAV's HTML page is turned into the XML of ``_sabre_error``,
+    with the same reason. Its page for a success is dropped."""
     headers: list[tuple[str, str]] = held.response_headers
     status = str(held.status)
+    kept = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]
     if status[:1] == "2" and chunk.startswith(_WSGIDAV_PAGE):
         # A success (201 Created) needs no page, and WsgiDAV's names its version and the
         # server's local time.
-        kept = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]
         return [*kept, ("Content-Length", "0")], b""
+    raised = environ.get(_RAISED)
+    if status[:1] in ("4", "5") and raised is not None and status[:3] == str(raised.value):
+        content_type, body = _error_body(raised, environ)
+        return [("Content-Type", content_type), ("Content-Length", str(len(body))), *kept], body
     if status[:1] not in ("4", "5") or _wants_html(environ):
         return headers, chunk
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
@@ -167,7 +189,6 @@ def _page_for_client(
     text = html.unescape(found.group(1).decode("utf-8", "replace"))
     reason = text.removeprefix(status + ":").strip() or status
     content_type, body = _sabre_body(reason)
-    kept = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]
     return [("Content-Type", content_type), ("Content-Length", str(len(body))), *kept], body
 
 

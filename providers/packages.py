@@ -45,6 +45,7 @@ from davserver.services.packages import PackageService
 from providers.computed import StoredBytes
 from providers.conditions import served_range
 from providers.dispatch import destination_path
+from providers.error_printer import logs_unexpected
 from providers.errors import dav_errors
 from providers.resources import READING, actor_of, guess_mime_type
 
@@ -262,6 +263,7 @@ class PackageFolderResource(_Base, DAVCollection):
     def check_incoming(self, environ: dict[str, Any]) -> None:
         _allow(environ, frozenset({"COPY"}), _HOW_TO_CHANGE)
 
+    @logs_unexpected
     def handle_move(self, dest_path: str) -> bool:
         if self.folder.prefix:
             return self._move_within(self.package, self.folder.prefix, dest_path)
@@ -275,6 +277,7 @@ class PackageFolderResource(_Base, DAVCollection):
         self.environ["davserver.status"] = 201  # a package of that name is refused (409)
         return True
 
+    @logs_unexpected
     def receive_copy(self, source: _NodeResource, name: str, *, depth_infinity: bool) -> bool:
         """COPY of a file or folder to ``<this folder>/<name>``: pin its current versions
         there, replacing what was at that path (Overwrite: F was refused by WsgiDAV)."""
@@ -301,6 +304,7 @@ class PackageFolderResource(_Base, DAVCollection):
     def support_recursive_delete(self) -> bool:
         return True
 
+    @logs_unexpected
     def handle_delete(self) -> bool:
         actor = actor_of(self.environ)
         with dav_errors():
@@ -356,6 +360,7 @@ class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
     def check_incoming(self, environ: dict[str, Any]) -> None:
         _allow(environ, frozenset({"COPY"}), _HOW_TO_CHANGE)
 
+    @logs_unexpected
     def handle_move(self, dest_path: str) -> bool:
         return self._move_within(self.package, self.item.path, dest_path)
 
@@ -375,6 +380,7 @@ class PackageFileResource(StoredBytes, _Base, DAVNonCollection):
                 served_range=served_range(self.environ, self.get_etag(), self.get_last_modified()),
             )
 
+    @logs_unexpected
     def handle_delete(self) -> bool:
         with dav_errors():
             self.service.remove(actor_of(self.environ), self.package, self.item.path)

@@ -300,6 +300,7 @@ class _NodeResource:
     def delete(self) -> None:
         self.handle_delete()
 
+    @logs_unexpected
     def handle_delete(self) -> bool:
         lock_manager = self.provider.lock_manager
         if lock_manager is not None:
@@ -315,6 +316,7 @@ class _NodeResource:
         self.provider.forget(self.environ)
         return True
 
+    @logs_unexpected
     def handle_move(self, dest_path: str) -> bool:
         parent, name, existing = self._split_destination(dest_path)
         assert parent.view is not None
@@ -342,6 +344,7 @@ class _NodeResource:
         rights = self.provider.namespace.rights_on(ctx, node_ids)
         return all(rights[node_id] & Perm.DOWNLOAD for node_id in node_ids)
 
+    @logs_unexpected
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
         # A space added to the namespace may decide what a COPY into it means (a package
         # pins the current versions): its folder's ``receive_copy``.
@@ -414,9 +417,11 @@ class VirtualCollection(DAVCollection):
     def get_last_modified(self) -> float:
         return time.time()
 
+    @logs_unexpected
     def handle_move(self, dest_path: str) -> bool:
         raise DAVError(HTTP_FORBIDDEN, context_info=f"{self.path} cannot be moved")
 
+    @logs_unexpected
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
         raise DAVError(HTTP_FORBIDDEN, context_info=f"{self.path} cannot be copied")
 

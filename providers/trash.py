@@ -23,6 +23,7 @@ from davserver.services.trash import TrashedNode, TrashEntry, TrashRoot, TrashSe
 from davserver.services.tree import NodeView
 from providers.computed import DS, NC, ComputedProperties, StoredBytes, prop
 from providers.dispatch import destination_path
+from providers.error_printer import logs_unexpected
 from providers.errors import dav_errors
 from providers.gate import check_destination
 from providers.resources import (
@@ -183,6 +184,7 @@ class _Trashed(ComputedProperties):
             )
         check_destination(provider, environ)
 
+    @logs_unexpected
     def handle_move(self, dest_path: str) -> bool:
         provider, environ = self.provider, self.environ
         dest = dest_path.rstrip("/")
@@ -197,6 +199,7 @@ class _Trashed(ComputedProperties):
         environ["davserver.status"] = 201
         return True
 
+    @logs_unexpected
     def handle_delete(self) -> bool:
         with dav_errors():
             if not self.is_entry:
@@ -205,6 +208,7 @@ class _Trashed(ComputedProperties):
         self.provider.forget(self.environ)
         return True
 
+    @logs_unexpected
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
         with dav_errors():
             raise Forbidden(_READ_ONLY)

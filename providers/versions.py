@@ -36,6 +36,7 @@ from providers.computed import DS, ComputedProperties, StoredBytes, prop
 from providers.conditions import served_range
 from providers.digests import repr_digest
 from providers.dispatch import destination_path
+from providers.error_printer import logs_unexpected
 from providers.errors import dav_errors
 from providers.gate import check_destination
 from providers.resources import (
@@ -257,6 +258,7 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
             )
         return content
 
+    @logs_unexpected
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
         """Onto a file: restore (a new version of it); to a new name: a new file."""
         provider, environ = self.provider, self.environ

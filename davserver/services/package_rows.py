@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
-from davserver.db.dialect import by_dialect, for_bind, join_by_key
+from davserver.db.dialect import by_dialect, for_bind, is_postgres, join_by_key
 from davserver.errors import Conflict, NotFound
 from davserver.models import NodeKind
 from davserver.services import tree
@@ -40,6 +40,42 @@ def pins_below(
     ``prefix/<relative path>`` (desktop clutter such as ``.DS_Store`` left out). A folder
     without files is a Conflict unless ``allow_empty``. Names a zip cannot hold, or that
     collide there, are left for the package's checks to refuse."""
+    pins = _read_pins(session, node, prefix, allow_empty=allow_empty)
+    if is_postgres(session) and not _held_as_read(session, pins):
+        # An upload or a move changed one of them meanwhile: now that they are held, again.
+        pins = _read_pins(session, node, prefix, allow_empty=allow_empty)
+    return pins
+
+
+def _held_as_read(session: Session, pins: list[dict[str, Any]]) -> bool:
+    """Hold the pinned files' rows (FOR SHARE) until the adding transaction ends, so that no
+    upload replaces, and prunes, a version being pinned, and no trash purges it (each locks
+    its file's row first): a pin of a version deleted meanwhile failed on its foreign key,
+    and a prune of a version pinned meanwhile on the same key. Whether each file's current
+    version, once held, is still the one read before (PostgreSQL; SQLite's writers take
+    turns)."""
+    read = {pin["node_id"]: pin["version_id"] for pin in pins}
+    held: dict[uuid.UUID, Any] = {}
+    ids = list(read)
+    for start in range(0, len(ids), _LOCK_BATCH):
+        rows = session.execute(
+            sa.select(_n.c.id, _n.c.current_version_id, _n.c.deleted_at)
+            .where(_n.c.id.in_(ids[start : start + _LOCK_BATCH]))
+            .order_by(_n.c.id)  # one order for every adder: no deadlock between them
+            .with_for_update(read=True)
+        )
+        for row in rows:
+            held[row.id] = None if row.deleted_at is not None else row.current_version_id
+    return all(held.get(node_id, _GONE) == version_id for node_id, version_id in read.items())
+
+
+_LOCK_BATCH = 1000
+_GONE = object()
+
+
+def _read_pins(
+    session: Session, node: NodeView, prefix: str, *, allow_empty: bool
+) -> list[dict[str, Any]]:
     rows = session.execute(for_bind(_SUBTREE, session), {"root_id": node.id}).all()
     if not rows or rows[0].deleted_at is not None:
         raise NotFound("the item is gone")

@@ -899,6 +899,13 @@ def test_quota_refuses_before_the_body_and_cuts_off_chunked_uploads(server: Inpr
     assert time.perf_counter() - started < 30
     used, quota = server.app.files.usage(server.app.services.users.user_id(name))
     assert (used, quota) == (990, 1000)
+    # A COPY over the quota tells the same (WsgiDAV answers a COPY's failure itself).
+    into = {"Destination": server.url + "/files/e.bin"}
+    copied = call(server, "COPY", "/files/a.bin", user=user, headers=into)
+    assert copied.status == 507
+    refused = ET.fromstring(copied.body)
+    assert refused.find("{DAV:}quota-not-exceeded") is not None, copied.body
+    assert "of the quota are left" in (refused.findtext("{http://sabredav.org/ns}message") or "")
 
 
 def test_over_quota_a_file_can_still_be_replaced_by_one_no_bigger(server: InprocServer) -> None:

@@ -2141,6 +2141,40 @@ def unexpected_error(monkeypatch: pytest.MonkeyPatch) -> str:
     return marker
 
 
+@pytest.mark.parametrize("method", ["COPY", "MOVE", "DELETE"])
+def test_an_unexpected_error_in_a_copy_move_or_delete_is_logged_once_without_details(
+    srv: InprocServer,
+    folder: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+) -> None:
+    """WsgiDAV answers a COPY's, MOVE's or DELETE's failure itself, with its page naming the
+    exception (a database error's SQL), and logs nothing of it."""
+    marker = f"unexpected-{uuid.uuid4().hex[:8]}"
+
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError(marker)
+
+    service = {"COPY": "copy", "MOVE": "move", "DELETE": "delete"}[method]
+    monkeypatch.setattr(f"davserver.services.files.FileService.{service}", fail)
+    url = folder + "bug.txt"
+    put(srv, url, b"content")
+    caplog.clear()
+    headers = {} if method == "DELETE" else {"Destination": folder + "copy.txt"}
+    with caplog.at_level(logging.ERROR):
+        for accept in ("*/*", "text/html"):
+            response = call(srv, method, url, headers={**headers, "Accept": accept})
+            assert response.status == 500
+            no_traceback(response)
+            assert marker.encode() not in response.body and b"RuntimeError" not in response.body
+        assert wait_for(lambda: len(caplog.records) >= 2, timeout=3.0)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(logged) == 2, [r.getMessage() for r in logged]
+    assert all(r.exc_info is not None and r.exc_info[0] is RuntimeError for r in logged)
+    assert get_body(srv, url) == b"content"
+
+
 def test_an_unexpected_error_is_logged_once_and_answered_500_without_details(
     srv: InprocServer, folder: str, caplog: pytest.LogCaptureFixture, unexpected_error: str
 ) -> None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
+import time
 import uuid
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,10 +21,12 @@ from alembic import command
 
 from davserver.blobstore import FileSystemBlobStore
 from davserver.db import Database
+from davserver.db.dialect import NO_KEY_UPDATE
 from davserver.db.migrate import alembic_config
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import Forbidden, NotFound
-from davserver.models import Blob, FileVersion, Grant, Group, GroupMember, Package, User
+from davserver.models import Blob, FileVersion, Grant, Group, GroupMember, Node, Package, User
+from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.maintenance import MaintenanceService
@@ -29,8 +34,10 @@ from davserver.services.namespace import NamespaceService
 from davserver.services.packages import PackageService
 from davserver.services.permissions import EVERYTHING, GROUP_MEMBER, Perm
 from davserver.services.tree import NodeView
+from davserver.services.version_rules import VersionPolicy
 from davserver.services.zipstream import MANIFEST_NAME
 from tests.blobs import put
+from tests.dbs import in_thread, wait_for_a_lock_wait
 
 R, D, W = Perm.READ, Perm.DOWNLOAD, Perm.WRITE
 
@@ -228,6 +235,52 @@ def test_pinned_time_and_version_survive_later_changes(
     after = packages.layout(packages.get(actor.user_id, "pinned"))
     assert after.etag == before.etag
     assert zip_of(packages, actor, "pinned").read("d/doc.txt") == b"one"
+
+
+def test_a_pin_racing_an_upload_that_prunes_the_version_it_read_pins_the_new_one(
+    database: Database, store: FileSystemBlobStore, actor: Actor, home: NodeView
+) -> None:
+    """On PostgreSQL an upload that made a new version and pruned the one before (keep_last
+    1) while a COPY into a package was pinning that one: the pin's insert failed on its
+    foreign key (a 500 naming the SQL); the other way round, the upload's prune failed."""
+    files = FileService(database, store, VersionPolicy(keep_last=1))
+    packages = PackageService(
+        database, store, NamespaceService(database, files), default_expiry_days=7
+    )
+    doc = put(files, actor, home, "r.txt", b"one")
+    other = put(files, actor, home, "other.txt", b"two")
+    with database.read() as session:
+        blob_id = session.scalar(
+            sa.select(FileVersion.blob_id).where(FileVersion.node_id == other.id)
+        )
+    assert blob_id is not None
+    package = packages.create(actor, actor.user_id, "race")
+    ctx = packages.namespace.context(actor)
+    opened, release = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def upload() -> None:  # what a PUT's commit does, held open
+        with database.write() as session:
+            tree.take_turn(session, doc.id)
+            session.get(Node, doc.id, with_for_update=NO_KEY_UPDATE)
+            files.add_version(session, actor, doc.id, blob_id, 3, "text/plain")
+            opened.set()
+            assert release.wait(30)
+
+    uploading = in_thread("upload", upload, outcome)
+    assert opened.wait(30)
+    pinning = in_thread("pin", lambda: packages.add(actor, package, ctx, doc), outcome)
+    if database.engine.dialect.name == "postgresql":
+        wait_for_a_lock_wait(database)  # the pin waits for the upload
+    else:
+        time.sleep(0.3)  # SQLite: its write transaction waits to begin
+    release.set()
+    uploading.join(30)
+    pinning.join(30)
+    assert outcome == {"upload": None, "pin": None}
+    (item,) = packages.get(actor.user_id, "race").items
+    assert item.version_no == 2
+    assert zip_of(packages, actor, "race").read("r.txt") == b"two"
 
 
 @pytest.mark.parametrize("name", ["Thumbs.db", ".DS_Store", "._report.pdf"])
