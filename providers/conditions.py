@@ -209,7 +209,17 @@ def _unchanged(res: Any, modified: int, since: int) -> bool:
         return True
     changed = getattr(res, "get_last_changed", None)
     changed_at = None if changed is None else changed()
+    if modified > time.time():
+        return _unchanged_by_the_server(changed_at, since)
     return modified <= since and (changed_at is None or int(changed_at) <= since)
+
+
+def _unchanged_by_the_server(changed_at: float | None, since: int) -> bool:
+    """For a resource whose Last-Modified lies in the future: the date a client has from it
+    is the time of an answer (``sent_last_modified``), so what counts is whether the server
+    changed it since. Only a change in an earlier second than ``since`` is surely before
+    it (a change in that very second may have followed the answer)."""
+    return changed_at is not None and int(changed_at) < since
 
 
 def _not_modified(res: Any, environ: dict[str, Any], etag: str | None) -> DAVError:
@@ -298,8 +308,12 @@ def served_range(
         return byte_range
     seconds = parse_http_date(if_range)
     if seconds:
-        strong = last_modified is not None and int(last_modified) == seconds
-        if last_changed is not None and int(last_changed) > seconds:
-            strong = False
+        future = last_modified is not None and last_modified > time.time()
+        if future and int(last_modified or 0) != seconds:  # the time of an answer, sent back
+            strong = _unchanged_by_the_server(last_changed, seconds)
+        else:
+            strong = last_modified is not None and int(last_modified) == seconds
+            if last_changed is not None and int(last_changed) > seconds:
+                strong = False
         return byte_range if strong else None
     return byte_range if if_range.strip('" ') == etag else None

@@ -163,6 +163,8 @@ class DavRequestServer(RequestServer):
         )
         if served is None:
             del environ["HTTP_RANGE"]
+        else:  # decided: WsgiDAV would compare the date with Last-Modified again
+            del environ["HTTP_IF_RANGE"]
 
     def do_PROPFIND(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         res = self._davProvider.get_resource_inst(environ["PATH_INFO"], environ)

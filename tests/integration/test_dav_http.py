@@ -768,6 +768,29 @@ def test_a_client_time_in_the_future_is_never_sent_as_last_modified(
     sent_no_later_than_its_date(srv.url + trashed[-1])
 
 
+def test_the_last_modified_sent_for_a_future_client_time_works_as_a_validator(
+    srv: InprocServer, folder: str
+) -> None:
+    """For a file whose client time lies in the future, Last-Modified is the answer's time
+    (above). Sent back, it resumes a download (If-Range) and lets a careful PUT through
+    (If-Unmodified-Since) while the bytes are unchanged, as for any file; both compared it
+    with the client's time, so a resume always restarted and every such PUT was a 412."""
+    url = folder + "future-validator.txt"
+    put(srv, url, b"0123456789", {"X-OC-Mtime": "4102444800"})  # 2100
+    time.sleep(1.1)  # the answer's second is after the upload's
+    seen = call(srv, "HEAD", url).headers["Last-Modified"]
+    resumed = call(srv, "GET", url, headers={"Range": "bytes=4-", "If-Range": seen})
+    assert (resumed.status, resumed.body) == (206, b"456789")
+    careful = {"If-Unmodified-Since": seen}
+    time.sleep(1.1)  # a change in the very second of the date cannot be told from one before
+    assert put(srv, url, b"changed after it", careful) == 204
+    # Changed since: the same date resumes nothing and refuses the careful PUT.
+    again = call(srv, "GET", url, headers={"Range": "bytes=4-", "If-Range": seen})
+    assert (again.status, again.body) == (200, b"changed after it")
+    assert call(srv, "PUT", url, b"lost update", careful).status == 412
+    assert get_body(srv, url) == b"changed after it"
+
+
 def test_if_range_by_date_resumes_only_bytes_the_server_knows_are_unchanged(
     srv: InprocServer, folder: str
 ) -> None:
