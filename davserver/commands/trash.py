@@ -28,7 +28,7 @@ from davserver.commands.common import (
 )
 from davserver.context import Services
 from davserver.errors import BadRequest, NotFound
-from davserver.services.trash import TrashEntry
+from davserver.services.trash import TrashEntry, TrashListing
 from davserver.services.tree import name_key
 
 LIST_COLUMNS = ("name", "kind", "size", "original_path", "deleted_at", "deleted_by")
@@ -81,13 +81,20 @@ def register(commands: Any) -> None:
     purge.set_defaults(func=cmd_purge)
 
 
+def _listing(services: Services, username: str) -> TrashListing:
+    """What the user's ``/trash/`` shows: with what they deleted from groups they still see,
+    and what anyone deleted from the groups they are an admin of."""
+    ctx = services.namespace.context_of_user(services.users.user_id(username))
+    return services.trash.listing_for(services.namespace, ctx)
+
+
 def _entries(services: Services, username: str) -> list[TrashEntry]:
-    return list(services.trash.listing(services.users.user_id(username)).entries)
+    return list(_listing(services, username).entries)
 
 
 def _find(services: Services, username: str, item: str) -> TrashEntry:
     """The item named ``item`` in the user's trash, or the only one deleted under that name."""
-    listing = services.trash.listing(services.users.user_id(username))
+    listing = _listing(services, username)
     found = listing.find(item)
     if found is not None:
         return found

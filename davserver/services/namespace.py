@@ -33,6 +33,7 @@ from davserver.db.types import utcnow
 from davserver.errors import NotFound
 from davserver.models import NodeKind
 from davserver.services import tree
+from davserver.services.accounts import user_with_roles
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.permissions import (
@@ -198,6 +199,16 @@ class NamespaceService:
             return groups, dict(grants)
 
         return AccessContext(actor, now, load)
+
+    def context_of_user(self, user_id: uuid.UUID, missing: str = "no such user") -> AccessContext:
+        """The access context of a user the command line acts for (with their roles, as if
+        they had signed in); NotFound, saying ``missing``, when there is no such user."""
+        with self.db.connect() as conn:
+            rows = conn.execute(user_with_roles().where(_users.c.id == user_id)).all()
+        if not rows:
+            raise NotFound(missing)
+        roles = frozenset(row.role for row in rows if row.role)
+        return self.context(Actor(user_id, rows[0].username, roles))
 
     # -- resolving paths
 

@@ -38,7 +38,6 @@ from davserver.db import Base, Database
 from davserver.db.types import utcnow
 from davserver.errors import BadRequest, Conflict, Forbidden, InvalidName, NotFound
 from davserver.models import Op
-from davserver.services.accounts import user_with_roles
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.bounds import check_days, days_from_now
@@ -136,12 +135,7 @@ class PackageService:
     def creator_context(self, owner_id: uuid.UUID) -> AccessContext:
         """The access context of a package's creator, for the command line (which acts for
         them: items are pinned and checked with the creator's own rights)."""
-        with self.db.connect() as conn:
-            rows = conn.execute(user_with_roles().where(_users.c.id == owner_id)).all()
-        if not rows:
-            raise NotFound("the package's creator no longer exists")
-        roles = frozenset(row.role for row in rows if row.role)
-        return self.namespace.context(Actor(owner_id, rows[0].username, roles))
+        return self.namespace.context_of_user(owner_id, "the package's creator no longer exists")
 
     # ---------------------------------------------------------------- changes
 

@@ -633,7 +633,7 @@ def test_namesakes_deleted_in_the_same_millisecond(
 
 
 def test_a_groups_admins_see_what_anyone_deleted_from_its_space(
-    server: InprocServer, alice: User
+    server: InprocServer, alice: User, cli: Any
 ) -> None:
     """What someone the group shared a folder with deletes from it, and what a member deletes
     before being removed from the group, is in the trash of the group's admins too: else
@@ -654,7 +654,18 @@ def test_a_groups_admins_see_what_anyone_deleted_from_its_space(
     assert bob("DELETE", f"/groups/{team}/box/by-bob.txt").status == 204
     groups.remove_member(None, team, bob.name)
     assert originals(alice) == ["by-bob.txt", "by-carol.txt"]
-    for name in ("by-carol.txt", "by-bob.txt"):
+    # `davserver trash list` shows what the user's /trash/ shows (it showed an admin nothing
+    # of the group's, and a removed member what they no longer reach).
+    for user in (alice, bob, carol):
+        status, items, _ = cli("trash", "list", user.name)
+        assert status == 0
+        assert sorted(item["name"] for item in items) == user.members("/trash/"), user.name
+    status, items, _ = cli("trash", "list", bob.name)
+    assert [item["name"] for item in items] == []
+    entry = listed(alice, f"/groups/{team}/box/by-carol.txt").removeprefix("/trash/")
+    status, _, _ = cli("trash", "restore", alice.name, entry)
+    assert status == 0 and alice.get(f"/groups/{team}/box/by-carol.txt") == b"by-carol.txt"
+    for name in ("by-bob.txt",):
         entry = listed(alice, f"/groups/{team}/box/{name}")
         back = alice("MOVE", entry, None, alice.destination(f"/groups/{team}/box/{name}"))
         assert back.status == 201
