@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
 from davserver.db.dialect import NO_KEY_UPDATE, by_dialect, for_bind, is_postgres, join_by_key
-from davserver.db.types import utcnow
+from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import Conflict, Forbidden, NotFound
 from davserver.models import Node, NodeKind, Op, Space
 from davserver.services import tree
@@ -471,7 +471,7 @@ class TrashService:
             ).first()
             if row is None or row.deleted_at is None:
                 raise NotFound("that item is not in the trash")
-            params = {"root_id": node_id, "holder_id": _holder(row)}
+            params = {"root_id": node_id, "holder_id": _holder(row), "now": utcnow()}
             nodes, versions, pins = conn.execute(for_bind(_SUBTREE_COUNTS, conn), params).one()
             if row.purge_started_at is not None:
                 return int(nodes), int(versions)  # marked already: the rest goes below
@@ -621,7 +621,7 @@ class TrashService:
                 ).first()
                 if row is None:
                     return  # gone with a folder purged before it
-                params = {"root_id": node_id, "holder_id": _holder(row)}
+                params = {"root_id": node_id, "holder_id": _holder(row), "now": utcnow()}
                 nodes, versions, pins = conn.execute(for_bind(_SUBTREE_COUNTS, conn), params).one()
             if pins:
                 report.items_pinned += 1
@@ -836,9 +836,14 @@ def _holder(row: Any) -> uuid.UUID | None:
 
 
 def _held_by_holder() -> sa.ColumnElement[bool]:
-    """The package_items row is in a package of :holder_id's."""
+    """The package_items row is in a live package of :holder_id's (one expired at :now is
+    404 everywhere, so its creator could not take the item out: it holds nothing back)."""
     own = sa.select(_packages.c.id).where(
-        _packages.c.created_by == sa.bindparam("holder_id", type_=sa.Uuid)
+        _packages.c.created_by == sa.bindparam("holder_id", type_=sa.Uuid),
+        sa.or_(
+            _packages.c.expires_at.is_(None),
+            _packages.c.expires_at > sa.bindparam("now", type_=UTCDateTime),
+        ),
     )
     return _items_t.c.package_id.in_(own)
 

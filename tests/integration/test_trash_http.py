@@ -394,6 +394,20 @@ def test_a_pinned_item_stays_until_its_package_lets_go(
     status, report, _ = cli("trash", "purge", "--user", alice.name)
     assert status == 0 and report["items_pinned"] == 1 and report["items_purged"] == 0
     assert count(server, Node, Node.id == node) == 1
+    # Once its package expired (404 everywhere: nobody can take the item out), a pin holds
+    # nothing back: the 409 asked for what could not be done.
+    assert alice.put("/files/expired.txt", b"promised for a while") == 201
+    other = node_id(server, alice, "/expired.txt")
+    package = pin(server, alice, other)
+    assert alice("DELETE", "/files/expired.txt").status == 204
+    with server.application.db.write() as session:
+        session.execute(
+            sa.update(Package)
+            .where(Package.id == package)
+            .values(expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+    assert alice("DELETE", listed(alice, "/files/expired.txt")).status == 204
+    assert count(server, Node, Node.id == other) == 0
 
 
 def test_another_user_s_package_does_not_stop_the_owner_s_purge(
