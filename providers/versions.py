@@ -46,6 +46,7 @@ from providers.resources import (
     actor_of,
     guess_mime_type,
 )
+from providers.trash import TrashedFile
 from providers.variants import wants_variant
 
 if TYPE_CHECKING:
@@ -313,6 +314,8 @@ def version_entry(provider: DavProvider, res: Any, environ: dict[str, Any]) -> V
     for a malformed N or a folder, NotFound for a version that does not exist."""
     with dav_errors():
         number = _version_number(environ)
+        if isinstance(res, TrashedFile):
+            raise Conflict("a file's versions are read again once it is restored from the trash")
         if not isinstance(res, FileResource) or res.view is None:
             raise BadRequest("only files have versions")
         path = environ["PATH_INFO"].rstrip("/")

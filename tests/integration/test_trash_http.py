@@ -235,6 +235,9 @@ def test_reading_a_file_in_the_trash_is_a_logged_download(
             )
         ).all()
     assert [tuple(row) for row in rows] == [(file_id, alice.id, {"size": 14})]
+    # Its versions are kept, but read once it is back: "only files have versions" was wrong.
+    older = alice("GET", in_trash + "?version=1")
+    assert older.status == 409 and b"restored from the trash" in older.body, older.body
 
 
 def test_restore_refusals_say_why(server: InprocServer, alice: User, cli: Any) -> None:
