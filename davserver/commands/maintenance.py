@@ -138,8 +138,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         data_dir, blobs = Path(settings.data_dir).resolve(), settings.blob_path
         if folder == data_dir or blobs.is_relative_to(folder) or folder.is_relative_to(blobs):
             print(
-                f"davserver backup: {folder} is, holds or is inside the server's own data"
-                f" ({data_dir}, {blobs}): name another folder",
+                f"davserver backup: {folder} is the server's own data folder ({data_dir}), or holds"
+                f" or is inside its blobs ({blobs}): name another folder",
                 file=sys.stderr,
             )
             return 2

@@ -78,8 +78,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
             args,
             {
                 "dry run": report.dry_run,
-                "policy": f"keep last {report.keep_last or 'all'}, thin after "
-                f"{report.thin_after_days or 'never'} days",
+                "policy": f"keep last {report.keep_last or 'all'}, "
+                + (
+                    f"thin after {report.thin_after_days} days"
+                    if report.thin_after_days
+                    else "never thin"
+                ),
                 "files checked": report.files_checked,
                 "files pruned": report.files_pruned,
                 "versions removed": (

@@ -322,8 +322,10 @@ class TrashService:
             ):
                 raise NotFound("that item is no longer in the trash")
             parent = session.get(Node, folder.id)
-            if parent is None or not parent.is_folder:
+            if parent is None:
                 raise Conflict(f"cannot restore to {where}: its folder no longer exists")
+            if not parent.is_folder:
+                raise Conflict(f"cannot restore to {where}: {parent.name!r} is a file")
             try:
                 # Held until the restore commits: a folder above going to the trash meanwhile
                 # would not count what comes back. A folder restored into itself meets itself

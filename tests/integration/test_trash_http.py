@@ -291,6 +291,16 @@ def test_restore_refusals_say_why(server: InprocServer, alice: User, cli: Any) -
     other = alice("MOVE", mine, None, alice.destination(f"/groups/{team}/mine.txt"))
     assert other.status == 403
     assert alice("MOVE", mine, None, alice.destination("/nowhere/mine.txt")).status == 409
+    # Under a file: the command line said its folder no longer existed.
+    status, _, err = cli(
+        "trash",
+        "restore",
+        alice.name,
+        "mine.txt",
+        "--to",
+        f"{alice.name}:/projects/plan.txt/mine.txt",
+    )
+    assert status == 1 and "'plan.txt' is a file" in err, err
 
 
 def test_delete_in_the_trash_purges_and_gc_takes_the_blobs(
