@@ -11,12 +11,13 @@ that names nothing of it.
 
 from __future__ import annotations
 
+import errno
 import functools
 import html
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from xml.sax.saxutils import escape as xml_escape
 
 from wsgidav import util
@@ -62,17 +63,31 @@ class ErrorPrinter(BaseMiddleware):
             return
         except DAVError as exc:
             if started:
-                raise
+                _cut_off(exc, environ)
             error = exc
         except DomainError as exc:  # from a path that had no dav_errors(), such as a LOCK's
             if started:
-                raise
+                _cut_off(exc, environ)
             error = to_dav_error(exc)
         except Exception as exc:
             if started:
                 raise  # the answer is under way: cheroot logs it and drops the connection
             error = DAVError(HTTP_INTERNAL_ERROR, src_exception=exc)
         yield from _error_response(_logged(error, environ), start_response, environ)
+
+
+def _cut_off(error: Exception, environ: dict[str, Any]) -> NoReturn:
+    """A known failure (the blob store not answering) after the answer began: all that can
+    be done is to drop the connection, so the client sees the body end early. One line in
+    the log; cheroot drops a connection whose socket was reset without logging anything
+    (a traceback of 40 lines for any other exception)."""
+    log.warning(
+        "%s %s: answer cut off: %s",
+        environ.get("REQUEST_METHOD"),
+        environ.get("PATH_INFO"),
+        error,
+    )
+    raise ConnectionAbortedError(errno.ECONNABORTED, "answer cut off") from None
 
 
 def logs_unexpected(method: Callable[..., T]) -> Callable[..., T]:

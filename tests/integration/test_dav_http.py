@@ -2164,6 +2164,62 @@ def unexpected_error(monkeypatch: pytest.MonkeyPatch) -> str:
     return marker
 
 
+def test_a_store_failing_during_a_download_cuts_it_off_with_one_log_line(
+    srv: InprocServer,
+    folder: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Once the answer has begun, a failure of the blob store (a known error, logged by the
+    store) can only cut the connection off: it did so with a 40-line traceback from cheroot.
+    Now one WARNING line names the request; the client sees a body shorter than promised."""
+    url = folder + "cut.bin"
+    put(srv, url, b"x" * 4_000_000)
+
+    class Failing(io.RawIOBase):
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return True
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            return 0
+
+        def readinto(self, buffer: Any) -> int:
+            if self.sent >= 3_000_000:  # some blocks (server.block_size) sent first
+                raise Unavailable("the blob store is not answering (test)")
+            n = min(len(buffer), 8192)
+            buffer[:n] = b"x" * n
+            self.sent += n
+            return n
+
+    monkeypatch.setattr(
+        "providers.resources.FileResource.get_content", lambda self: io.BufferedReader(Failing())
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        conn = http.client.HTTPConnection(HOST, srv.port, timeout=10)
+        try:
+            conn.request("GET", path_of(url), headers={"Authorization": Connection(srv).auth})
+            answer = conn.getresponse()
+            assert answer.status == 200
+            with pytest.raises(http.client.IncompleteRead):
+                answer.read()
+        finally:
+            conn.close()
+        assert wait_for(lambda: bool(caplog.records), timeout=3.0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    lines = [r for r in caplog.records if r.name == "providers.error_printer"]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    assert "not answering" in lines[0].getMessage() and path_of(url) in lines[0].getMessage()
+    assert "Traceback" not in capfd.readouterr().err  # cheroot's error log
+
+
 @pytest.mark.parametrize("method", ["COPY", "MOVE", "DELETE"])
 def test_an_unexpected_error_in_a_copy_move_or_delete_is_logged_once_without_details(
     srv: InprocServer,
