@@ -21,13 +21,18 @@ def wants_zip(environ: dict[str, Any]) -> bool:
     """``?zip`` (as dufs and curl users spell it) or ``Accept: application/zip`` (as
     Nextcloud's clients ask for a folder), unless with ``q=0`` (RFC 9110 12.4.2: not
     acceptable)."""
-    if "zip" in parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+    if zip_in_query(environ):
         return True
     for kind in environ.get("HTTP_ACCEPT", "").split(","):
         media, *params = kind.split(";")
         if media.strip().lower() == "application/zip":
             return _quality(params) > 0
     return False
+
+
+def zip_in_query(environ: dict[str, Any]) -> bool:
+    """Whether the URL asks for a zip (``?zip``), which nothing but a folder can answer."""
+    return "zip" in parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
 
 
 def _quality(params: list[str]) -> float:

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 
 from wsgidav import util
 from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
     HTTP_FORBIDDEN,
     DAVError,
     PRECONDITION_CODE_PropfindFiniteDepth,
@@ -35,7 +36,7 @@ from davserver.services.variants import VariantService
 from davserver.services.write_fence import set_write_fence
 from providers.errors import dav_errors
 from providers.gate import check_request, may_break_locks
-from providers.listing import folder_listing, vary_on_accept, wants_zip
+from providers.listing import folder_listing, vary_on_accept, wants_zip, zip_in_query
 from providers.lock_space import RequestLockSpace
 from providers.lock_storage import SqlLockStorage
 from providers.resources import (
@@ -53,6 +54,10 @@ ResourceFactory = Callable[["DavProvider", str, dict[str, Any], Any], Any]
 _CACHE_KEY = "davserver.nodes"
 _ACCESS_KEY = "davserver.access"
 _MISSING = object()
+_NO_ZIP = (
+    "only a folder of /files/, /groups/ or /shared/ is downloaded as a zip (?zip); a package's"
+    " zip is /packages/<name>.zip"
+)
 
 
 class DavProvider(DAVProvider):
@@ -191,11 +196,16 @@ class DavProvider(DAVProvider):
                 return respond_variant(res, environ, start_response)
             if wants_version(environ):
                 return respond_version(self, res, environ, start_response, default)
+            folder_zip = self.folder_zip if isinstance(res, FolderResource) else None
+            if zip_in_query(environ) and folder_zip is None:
+                # Answering the listing (or the file) with 200 gave a client asking for a zip
+                # something else.
+                raise DAVError(HTTP_BAD_REQUEST, context_info=_NO_ZIP)
             if res.is_collection:
-                if isinstance(res, FolderResource) and self.folder_zip:
+                if folder_zip is not None:
                     start_response = vary_on_accept(start_response)
                     if wants_zip(environ):
-                        return self.folder_zip(res, environ, start_response, default)
+                        return folder_zip(res, environ, start_response, default)
                 return folder_listing(res, environ, start_response)
             return default(environ, start_response)
         depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()

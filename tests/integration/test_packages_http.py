@@ -457,6 +457,12 @@ def test_a_folder_downloads_as_one_zip_of_its_current_files(
     assert refused.headers["Content-Type"].startswith("text/html")
     assert listing.headers["Vary"] == asked.headers["Vary"] == "Accept"
 
+    # Nothing but such a folder is a zip: a file, the trash, a package's folder asked so got
+    # 200 and the file or a listing.
+    alice.mkcol("/packages/zipped/")
+    for url in ("/files/a.txt?zip", "/trash/?zip", "/packages/zipped/?zip", "/?zip"):
+        refused = alice.call("GET", url)
+        assert refused.status == 400 and b"/packages/&lt;name&gt;.zip" in refused.body, url
     # A change inside makes another zip, with another ETag.
     alice.put("/files/docs/sub/deeper/d.txt", b"changed\n")
     changed = alice.call("GET", "/files/docs/?zip")
