@@ -1812,12 +1812,24 @@ def _sent(srv: InprocServer, head_lines: list[str], body: bytes) -> socket.socke
     return sock
 
 
+class _Unbuffered:
+    """A socket for ``http.client.HTTPResponse`` that reads no byte past the answer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def makefile(self, mode: str) -> Any:
+        return self.sock.makefile(mode, buffering=0)
+
+
 def exchange(srv: InprocServer, head_lines: list[str], body: bytes) -> tuple[Response, bytes]:
     """One request on a kept-alive connection: the answer, and what the server sent after it
     before closing the connection or falling silent (b"" when it closed)."""
     sock = _sent(srv, head_lines, body)
     try:
-        response = http.client.HTTPResponse(sock, method=head_lines[0].split()[0])
+        # Unbuffered: a buffered reader takes in what follows the answer too, and ``after``
+        # would miss it.
+        response = http.client.HTTPResponse(_Unbuffered(sock), method=head_lines[0].split()[0])
         response.begin()
         answer = Response(response.status, dict(response.getheaders()), response.read())
         sock.settimeout(3)
