@@ -187,6 +187,17 @@ def _wait_until_answering(
     raise RuntimeError(f"{store} did not answer on {url} within {START_TIMEOUT:.0f} s")
 
 
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """The URL of a store that accepts connections and never answers: the kernel completes
+    the handshakes of a listening socket that nobody accepts from, and the requests sent on
+    them wait in its buffers."""
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen(16)
+        yield f"http://{HOST}:{listener.getsockname()[1]}"
+
+
 def location(endpoint: str, bucket: str, prefix: str = "") -> S3Location:
     return S3Location(
         bucket=bucket,

@@ -14,8 +14,9 @@ An object store has no rename: gc sets a blob aside by copying it to ``<prefix>a
 on the server and deleting the key; restore copies it back. Set-aside objects are listed with
 the temp files, so gc's sweep of old temp files also removes those a crashed gc left.
 
-Errors: a missing object is FileNotFoundError; an unreachable store, or one answering 5xx or
-"slow down" after boto3's retries, is Unavailable (503 with Retry-After), logged at WARNING
+Errors: a missing object is FileNotFoundError; an unreachable store, one that does not answer
+in time (``QUICK``, ``TRANSFERS``), or one answering 5xx or "slow down" after boto3's
+retries, is Unavailable (503 with Retry-After), logged at WARNING
 with boto3's account of it; a full one is StorageFull (507); any other refusal (credentials, a
 missing bucket) is an OSError naming the operation and the store's error code. The 503's
 message goes to the client, so it names the operation and the kind of failure only: boto3's
@@ -94,23 +95,51 @@ class S3Location:
         return f"s3://{self.bucket}/{self.prefix} at {where}"
 
 
-def make_client(location: S3Location) -> S3Client:
-    """A boto3 S3 client for ``location``: retries with backoff, and checksums only where
-    the protocol requires them (newer boto3 adds CRC32 trailers that some S3-compatible
-    stores refuse; Content-MD5 guards the bytes here)."""
+@dataclass(frozen=True)
+class Patience:
+    """How long a client waits for the store: ``connect`` seconds for a connection (urllib3
+    also sends a request and its body under this timeout), ``read`` seconds for each read of
+    the answer, and ``attempts`` tries in all (boto3's standard retries, with backoff)."""
+
+    connect: float
+    read: float
+    attempts: int
+
+    def longest(self) -> float:
+        """The longest one call waits for a store that takes connections and never answers:
+        every attempt's read timeout, and the backoff before each retry (at most 2**n s
+        before retry n+1 in boto3's standard mode)."""
+        backoff = sum(min(2.0**n, 20.0) for n in range(self.attempts - 1))
+        return self.attempts * self.read + backoff
+
+
+# Requests answered with headers alone (HeadBucket, HeadObject, DeleteObject): a store that
+# takes seconds over one is not working. The health check and the question whether the bucket
+# has an object, asked on the request path, give up after about 7 s.
+QUICK = Patience(connect=3, read=3, attempts=2)
+# Transfers (PutObject, parts, GetObject, copies) and listings: a store may take a while to
+# answer a 64 MiB part or a page of a large listing, so each read waits longer; a call gives
+# up after about a minute (3 x 20 s and 3 s of backoff), a download's body after 20 s quiet.
+TRANSFERS = Patience(connect=5, read=20, attempts=3)
+
+
+def make_client(location: S3Location, patience: Patience = TRANSFERS) -> S3Client:
+    """A boto3 S3 client for ``location`` that waits for the store as ``patience`` says,
+    and sends checksums only where the protocol requires them (newer boto3 adds CRC32
+    trailers that some S3-compatible stores refuse; Content-MD5 guards the bytes here)."""
     try:
         import boto3
         from botocore.config import Config
     except ImportError:
         raise OSError("storage.backend s3 needs boto3: pip install 'davserver[s3]'") from None
     config = Config(
-        retries={"max_attempts": 5, "mode": "standard"},
+        retries={"total_max_attempts": patience.attempts, "mode": "standard"},
         max_pool_connections=location.connections,
         s3={"addressing_style": location.addressing_style},  # type: ignore[arg-type]
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=patience.connect,
+        read_timeout=patience.read,
     )
     return boto3.client(
         "s3",
@@ -162,22 +191,37 @@ class S3BlobStore:
         self.tmp_dir = Path(staging)  # made by the first write
         self._client_lock = threading.Lock()
         self._client_pid = -1
-        self._s3: S3Client | None = None
+        self._clients: dict[Patience, S3Client] = {}
 
     @property
     def client(self) -> S3Client:
-        """This process's client (made on first use, and again in a forked child)."""
-        if self._s3 is None or self._client_pid != os.getpid():
+        """This process's client for transfers and listings (``TRANSFERS``)."""
+        return self._client_with(TRANSFERS)
+
+    @property
+    def quick_client(self) -> S3Client:
+        """This process's client for requests answered with headers alone (``QUICK``)."""
+        return self._client_with(QUICK)
+
+    def _client_with(self, patience: Patience) -> S3Client:
+        """This process's client of that patience: made on first use, and again in a forked
+        child (a connection pool must not be shared across a fork)."""
+        client = self._clients.get(patience) if self._client_pid == os.getpid() else None
+        if client is None:
             with self._client_lock:
-                if self._s3 is None or self._client_pid != os.getpid():
-                    self._s3 = make_client(self.location)
+                if self._client_pid != os.getpid():
+                    self._clients = {}
                     self._client_pid = os.getpid()
-        return self._s3
+                client = self._clients.get(patience)
+                if client is None:
+                    client = self._clients[patience] = make_client(self.location, patience)
+        return client
 
     def check(self) -> None:
-        """Raise (OSError or Unavailable) unless the bucket answers to these credentials."""
+        """Raise (OSError or Unavailable) unless the bucket answers to these credentials:
+        within seconds (``QUICK``), as a load balancer's health check needs."""
         with _s3_errors("HeadBucket", self.bucket):
-            self.client.head_bucket(Bucket=self.bucket)
+            self.quick_client.head_bucket(Bucket=self.bucket)
 
     def _key(self, storage_key: str) -> str:
         if ".." in storage_key.split("/") or storage_key.startswith("/"):
@@ -212,7 +256,7 @@ class S3BlobStore:
     def delete(self, storage_key: str) -> None:
         key = self._key(storage_key)
         with _s3_errors("DeleteObject", key):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            self.quick_client.delete_object(Bucket=self.bucket, Key=key)
 
     def ensure_stored(self, blob: StoredBlob) -> None:
         """Send the spare up unless the bucket has the bytes: small ones without asking
@@ -266,7 +310,7 @@ class S3BlobStore:
         if size is None:
             return 0
         with _s3_errors("DeleteObject", key):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            self.quick_client.delete_object(Bucket=self.bucket, Key=key)
         return size
 
     # -- S3 calls
@@ -280,7 +324,7 @@ class S3BlobStore:
         """The object's size, or None when there is none."""
         try:
             with _s3_errors("HeadObject", key):
-                head = self.client.head_object(Bucket=self.bucket, Key=key)
+                head = self.quick_client.head_object(Bucket=self.bucket, Key=key)
         except FileNotFoundError:
             return None
         return int(head["ContentLength"])
@@ -310,7 +354,7 @@ class S3BlobStore:
         with _s3_errors("CopyObject", source):
             self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target)
         with _s3_errors("DeleteObject", source):
-            self.client.delete_object(Bucket=self.bucket, Key=source)
+            self.quick_client.delete_object(Bucket=self.bucket, Key=source)
 
     def _list(self, prefix: str) -> Iterator[BlobFile]:
         pages = self.client.get_paginator("list_objects_v2")

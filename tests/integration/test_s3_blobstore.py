@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from davserver.config import ConfigError, load_settings
 from davserver.context import open_blob_store
 from davserver.errors import ChecksumMismatch, Unavailable
 from tests.s3 import STORES as S3_STORES
-from tests.s3 import S3Endpoints, fresh_bucket, location, server_env
+from tests.s3 import S3Endpoints, fresh_bucket, location, server_env, silent_endpoint
 
 
 def _write(
@@ -243,7 +244,8 @@ def _requests(store: S3BlobStore) -> list[str]:
     def record(event_name: str, **_: object) -> None:
         sent.append(event_name.rsplit(".", 1)[-1])
 
-    store.client.meta.events.register("before-send.s3", record)
+    for client in (store.client, store.quick_client):
+        client.meta.events.register("before-send.s3", record)
     return sent
 
 
@@ -264,6 +266,37 @@ def test_an_unreachable_store_is_unavailable(tmp_path: Path) -> None:
     blob = StoredBlob("0" * 64, "", "", 0, "00/" + "0" * 64)
     with pytest.raises(Unavailable):
         store.exists(blob.storage_key)
+
+
+def test_a_store_that_never_answers_fails_the_health_check_within_seconds(
+    tmp_path: Path,
+) -> None:
+    """A hung store (it accepts connections, never answers) must not hold the health check,
+    nor a request asking whether the bucket has an object, for minutes: a load balancer
+    would wait for the one and every client for the other."""
+    with silent_endpoint() as url:
+        store = S3BlobStore(location(url, "bucket"), tmp_path / "staging")
+        for call in (store.check, lambda: store.exists("00/" + "0" * 64)):
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="not answering"):
+                call()
+            assert time.monotonic() - started < s3_module.QUICK.longest() + 1 <= 10
+
+
+def test_a_transfer_from_a_store_that_never_answers_gives_up_in_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download's GET tries ``attempts`` times, each waiting ``read`` seconds: no more
+    (the README promises the bound), and no less (the retries are there)."""
+    short = s3_module.Patience(connect=1, read=0.5, attempts=3)
+    monkeypatch.setattr(s3_module, "TRANSFERS", short)
+    with silent_endpoint() as url:
+        store = S3BlobStore(location(url, "bucket"), tmp_path / "staging")
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="not answering"):
+            store.open("00/" + "0" * 64)
+        took = time.monotonic() - started
+    assert short.attempts * short.read <= took < short.longest() + 1
 
 
 def test_an_upload_the_store_refuses_leaves_no_temp_file(

@@ -66,7 +66,8 @@ class S3Calls:
                     self._open -= 1
 
         monkeypatch.setattr(database, "write", write)
-        store.client.meta.events.register("before-call.s3", self._seen)
+        for client in (store.client, store.quick_client):
+            client.meta.events.register("before-call.s3", self._seen)
 
     def _seen(self, model: Any, **_kwargs: Any) -> None:
         with self._guard:
