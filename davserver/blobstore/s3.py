@@ -16,11 +16,12 @@ the temp files, so gc's sweep of old temp files also removes those a crashed gc 
 
 Errors: a missing object is FileNotFoundError; an unreachable store, one that does not answer
 in time (``QUICK``, ``TRANSFERS``), or one answering 5xx or "slow down" after boto3's
-retries, is Unavailable (503 with Retry-After), logged at WARNING
-with boto3's account of it; a full one is StorageFull (507); any other refusal (credentials, a
-missing bucket) is an OSError naming the operation and the store's error code. The 503's
-message goes to the client, so it names the operation and the kind of failure only: boto3's
-text holds the store's internal URL, the object's key and an upload's id.
+retries, is Unavailable (503 with Retry-After), logged at WARNING with boto3's account of
+it; so is a store refusing the server (its credentials, its access, a bucket gone:
+``_REFUSED``), which the operator must fix; a full one is StorageFull (507); any other error
+is an OSError naming the operation and the store's error code. The 503's message goes to
+the client, so it names the operation and the kind of failure only: boto3's text holds the
+store's internal URL, the object's key and an upload's id.
 
 boto3 is imported only when this store is configured (the ``s3`` extra). A client is made per
 process: ``davserver serve`` forks its workers after building the store, and a connection pool
@@ -74,6 +75,19 @@ _READ_BUFFER = 1024 * 1024
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _FULL = frozenset({"XMinioStorageFull", "QuotaExceeded", "EntityTooLarge", "507"})
 _BUSY = frozenset({"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "503"})
+# The store refusing the server itself: nothing a client can change, nor a bug here, but the
+# operator's to fix (the credentials, the bucket's policy, the bucket). What the client is
+# told, by the store's error code; any other 403 is a refusal of access.
+_REFUSED = {
+    "NoSuchBucket": "the bucket no longer exists",
+    "InvalidAccessKeyId": "the blob store refuses the server's credentials",
+    "SignatureDoesNotMatch": "the blob store refuses the server's credentials",
+    "ExpiredToken": "the blob store refuses the server's credentials",
+    "InvalidToken": "the blob store refuses the server's credentials",
+    "RequestTimeTooSkewed": "the blob store refuses the server's clock",
+    "AccessDenied": "the blob store denies the server access",
+    "AllAccessDisabled": "the blob store denies the server access",
+}
 
 
 @dataclass(frozen=True)
@@ -152,8 +166,9 @@ def make_client(location: S3Location, patience: Patience = TRANSFERS) -> S3Clien
 
 
 @contextlib.contextmanager
-def _s3_errors(operation: str, key: str) -> Iterator[None]:
-    """The store's answers as the exceptions the blob store interface promises."""
+def _s3_errors(operation: str, bucket: str, key: str = "") -> Iterator[None]:
+    """The store's answers as the exceptions the blob store interface promises; the
+    operator's log names the bucket and the key, the client's message neither."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -162,13 +177,16 @@ def _s3_errors(operation: str, key: str) -> Iterator[None]:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        message = f"S3 {operation} {key}: {code or status} {error.get('Message', '')}".strip()
+        where = f"s3://{bucket}/{key}"
+        message = f"S3 {operation} {where}: {code or status} {error.get('Message', '')}".strip()
         if code in _NOT_FOUND or (status == "404" and code != "NoSuchBucket"):
             raise FileNotFoundError(message) from None
         if code in _FULL or status == "507":
             raise StorageFull("the server's storage is full") from exc
         if code in _BUSY or status.startswith("5"):
             raise _not_answering(operation, code or status, message) from exc
+        if code in _REFUSED or status == "403":
+            raise _refused(operation, code or status, message) from exc
         raise OSError(message) from exc
     except BotoCoreError as exc:  # no connection, a timeout, an unreadable answer
         raise _not_answering(operation, type(exc).__name__, f"S3 {operation}: {exc}") from exc
@@ -179,6 +197,14 @@ def _not_answering(operation: str, kind: str, detail: str) -> Unavailable:
     logged for the operator; the message, which the client sees, keeps to the kind."""
     log.warning("the blob store is not answering: %s", detail)
     return Unavailable(f"the blob store is not answering (S3 {operation}: {kind})")
+
+
+def _refused(operation: str, code: str, detail: str) -> Unavailable:
+    """The Unavailable for a store that refuses the server (``_REFUSED``), logged as
+    ``_not_answering`` logs; the client is told why in one line."""
+    reason = _REFUSED.get(code, _REFUSED["AccessDenied"])
+    log.warning("%s: %s", reason, detail)
+    return Unavailable(f"{reason} (S3 {operation}: {code})")
 
 
 class S3BlobStore:
@@ -255,7 +281,7 @@ class S3BlobStore:
 
     def delete(self, storage_key: str) -> None:
         key = self._key(storage_key)
-        with _s3_errors("DeleteObject", key):
+        with _s3_errors("DeleteObject", self.bucket, key):
             self.quick_client.delete_object(Bucket=self.bucket, Key=key)
 
     def ensure_stored(self, blob: StoredBlob) -> None:
@@ -309,7 +335,7 @@ class S3BlobStore:
         size = self._size(key)
         if size is None:
             return 0
-        with _s3_errors("DeleteObject", key):
+        with _s3_errors("DeleteObject", self.bucket, key):
             self.quick_client.delete_object(Bucket=self.bucket, Key=key)
         return size
 
@@ -323,7 +349,7 @@ class S3BlobStore:
     def _size(self, key: str) -> int | None:
         """The object's size, or None when there is none."""
         try:
-            with _s3_errors("HeadObject", key):
+            with _s3_errors("HeadObject", self.bucket, key):
                 head = self.quick_client.head_object(Bucket=self.bucket, Key=key)
         except FileNotFoundError:
             return None
@@ -332,7 +358,7 @@ class S3BlobStore:
     def put_file(self, path: Path, storage_key: str, md5: str, size: int) -> None:
         """Send the local file ``path`` (``size`` bytes, this MD5) up as ``storage_key``."""
         key = self._key(storage_key)
-        with _s3_errors("PutObject", key):
+        with _s3_errors("PutObject", self.bucket, key):
             if size < MULTIPART_BYTES:
                 digest = base64.b64encode(bytes.fromhex(md5)).decode("ascii")
                 with open(path, "rb") as body:
@@ -351,14 +377,14 @@ class S3BlobStore:
 
     def _move(self, source: str, target: str) -> None:
         """Copy on the server (in parts when large), then delete the source."""
-        with _s3_errors("CopyObject", source):
+        with _s3_errors("CopyObject", self.bucket, source):
             self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target)
-        with _s3_errors("DeleteObject", source):
+        with _s3_errors("DeleteObject", self.bucket, source):
             self.quick_client.delete_object(Bucket=self.bucket, Key=source)
 
     def _list(self, prefix: str) -> Iterator[BlobFile]:
         pages = self.client.get_paginator("list_objects_v2")
-        with _s3_errors("ListObjectsV2", prefix):
+        with _s3_errors("ListObjectsV2", self.bucket, prefix):
             for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield BlobFile(
@@ -418,7 +444,7 @@ class _ObjectReader(SeekableReader):
     def _get(self, first: int | None) -> Any:
         """GetObject from byte ``first`` to the end (the whole object for None)."""
         bucket, key = self._store.bucket, self._key
-        with _s3_errors("GetObject", key):
+        with _s3_errors("GetObject", bucket, key):
             if first is None:
                 return self._store.client.get_object(Bucket=bucket, Key=key)
             ranged = f"bytes={first}-{self._length - 1}"
@@ -430,7 +456,7 @@ class _ObjectReader(SeekableReader):
             return 0
         if self._body is None:
             self._body = self._get(self._position)["Body"]
-        with _s3_errors("GetObject", self._key):
+        with _s3_errors("GetObject", self._store.bucket, self._key):
             data = self._body.read(wanted)
         if not data:
             raise OSError(f"S3 GetObject {self._key}: the object ended early")

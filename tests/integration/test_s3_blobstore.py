@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,11 +315,59 @@ def test_an_upload_the_store_refuses_leaves_no_temp_file(
     writer = store.writer()
     writer.write(b"nowhere to go")
     blob = writer.finish()
-    with pytest.raises(OSError, match=refusal) as raised:
+    with pytest.raises(Unavailable, match=refusal):
         store.ensure_stored(blob)
-    assert not isinstance(raised.value, FileNotFoundError)
     store.release(blob)
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_bucket_gone_at_run_time_is_unavailable_naming_it(
+    s3_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bucket deleted behind the server's back is the operator's to fix: the client is told
+    so in one line (a 503, not a 500), and the log gets one warning, not a traceback."""
+    bucket = f"davserver-{secrets.token_hex(6)}"
+    admin = make_client(location(s3_endpoint, bucket))
+    admin.create_bucket(Bucket=bucket)
+    store = S3BlobStore(location(s3_endpoint, bucket, "blobs/"), tmp_path / "staging")
+    blob = _write(store, b"stored before the bucket went")
+    store.release(blob)
+    admin.delete_object(Bucket=bucket, Key="blobs/" + blob.storage_key)
+    admin.delete_bucket(Bucket=bucket)
+    caplog.set_level(logging.WARNING, logger=s3_module.__name__)
+    gone = r"the bucket no longer exists \(S3 GetObject: NoSuchBucket\)"
+    with pytest.raises(Unavailable, match=gone):
+        store.open(blob.storage_key)
+    assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.WARNING, None)]
+    assert bucket in caplog.text  # the operator learns which bucket
+
+
+@pytest.mark.parametrize(
+    ("code", "refusal"),
+    [
+        ("InvalidAccessKeyId", "refuses the server's credentials"),
+        ("SignatureDoesNotMatch", "refuses the server's credentials"),
+        ("ExpiredToken", "refuses the server's credentials"),
+        ("AccessDenied", "denies the server access"),
+    ],
+)
+def test_a_store_refusing_the_server_is_unavailable_naming_why(
+    code: str, refusal: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from botocore.stub import Stubber
+
+    store = S3BlobStore(location("http://127.0.0.1:9", "bucket"), tmp_path / "staging")
+    caplog.set_level(logging.WARNING, logger=s3_module.__name__)
+    with Stubber(store.client) as stub:
+        stub.add_client_error("get_object", service_error_code=code, http_status_code=403)
+        with pytest.raises(Unavailable, match=rf"{refusal} \(S3 GetObject: {code}\)"):
+            store.open("00/" + "0" * 64)
+    # A HEAD's refusal has no body, so no code: its status says as much.
+    with Stubber(store.quick_client) as stub:
+        stub.add_client_error("head_object", service_error_code="403", http_status_code=403)
+        with pytest.raises(Unavailable, match=r"denies the server access \(S3 HeadObject: 403\)"):
+            store.exists("00/" + "0" * 64)
+    assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.WARNING, None)] * 2
 
 
 def test_a_forked_child_makes_its_own_client(s3_store: S3BlobStore) -> None:

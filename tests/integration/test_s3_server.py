@@ -222,6 +222,32 @@ def test_a_store_that_stops_answering_is_503_and_loses_nothing(
             assert staged_files(srv) == []
 
 
+def test_a_bucket_deleted_at_run_time_is_503_with_one_warning(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """The store refusing the server (here: its bucket is gone) is for the operator to fix:
+    the client gets a 503 naming the problem in one line, the log one warning per request
+    and no traceback, as for a store that does not answer."""
+    bucket = f"davserver-{uuid.uuid4().hex[:12]}"
+    admin = make_client(location(s3_endpoint, bucket))
+    admin.create_bucket(Bucket=bucket)
+    with run_live_server("sqlite", tmp_path, server_env(s3_endpoint, bucket)) as srv:
+        user = User(srv, srv.user, srv.password)  # type: ignore[arg-type]
+        assert user.put("/files/kept.txt", b"stored while the bucket was there") == 201
+        for key in objects(s3_endpoint, bucket):
+            admin.delete_object(Bucket=bucket, Key=key)
+        admin.delete_bucket(Bucket=bucket)
+        logged = srv.stderr_size()
+        get = user("GET", "/files/kept.txt")
+        assert get.status == 503, get.body[:300]
+        assert "Retry-After" in get.headers
+        assert b"the bucket no longer exists" in get.body
+        log = srv.stderr_text(logged)
+        assert "Traceback" not in log
+        warnings = [line for line in log.splitlines() if "WARNING" in line]
+        assert len(warnings) == 1 and bucket in warnings[0], log
+
+
 def test_a_backup_of_blobs_in_s3_holds_them_under_their_keys(
     s3_endpoint: str, s3_bucket: str, tmp_path: Path
 ) -> None:
