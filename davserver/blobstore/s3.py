@@ -451,6 +451,14 @@ class _ObjectReader(SeekableReader):
             return self._store.client.get_object(Bucket=bucket, Key=key, Range=ranged)
 
     def readinto(self, buffer: Any) -> int:
+        """Bytes from the position on; 0 at the object's end. A read from past its end
+        raises OSError: a caller seeks there only when it believes the object longer (its
+        row's size, a Range it answers), and 0 would make it send less than it promised."""
+        if self._position > self._length and len(buffer):
+            raise OSError(
+                f"S3 GetObject {self._key}: the object ended early (a read from byte"
+                f" {self._position} of an object of {self._length} bytes)"
+            )
         wanted = min(len(buffer), self._length - self._position)
         if wanted <= 0:
             return 0

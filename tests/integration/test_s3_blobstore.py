@@ -239,6 +239,25 @@ def test_reading_from_the_start_costs_one_request(s3_store: S3BlobStore) -> None
     assert sent == ["GetObject", "GetObject"]
 
 
+def test_reading_past_the_end_of_a_too_short_object_raises(s3_store: S3BlobStore) -> None:
+    """An object shorter than its row says (a damaged store): a Range past its real end was
+    answered 206 with the row's length and then nothing, the connection left hanging. The
+    read raises instead, as one that ends early inside the object does, so it is cut."""
+    data = os.urandom(1000)
+    blob = _write(s3_store, data)
+    s3_store.release(blob)
+    key = "blobs/" + blob.storage_key
+    s3_store.client.put_object(Bucket=s3_store.bucket, Key=key, Body=data[:100])
+    with s3_store.open(blob.storage_key) as fh:
+        fh.seek(500)  # where the row's 1000 bytes say there is more
+        with pytest.raises(OSError, match="the object ended early"):
+            fh.read(10)
+    with s3_store.open(blob.storage_key) as fh:  # reading up to its real end is not an error
+        fh.seek(50)
+        assert fh.read() == data[50:100]
+        assert fh.read(10) == b""
+
+
 def _requests(store: S3BlobStore) -> list[str]:
     """The names of the S3 operations ``store`` sends from now on, as they are sent."""
     sent: list[str] = []
