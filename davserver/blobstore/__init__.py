@@ -5,6 +5,8 @@ from davserver.blobstore.base import (
     BlobStore,
     BlobWriter,
     MaintainableBlobStore,
+    PartialUpload,
+    PartialUploadStore,
     RemoteBlobStore,
     StoredBlob,
 )
@@ -17,6 +19,8 @@ __all__ = [
     "BlobWriter",
     "FileSystemBlobStore",
     "MaintainableBlobStore",
+    "PartialUpload",
+    "PartialUploadStore",
     "RemoteBlobStore",
     "StoredBlob",
     "is_sha256",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,32 @@ class MaintainableBlobStore(BlobStore, Protocol):
 
     def discard(self, token: str) -> int:
         """Delete a set-aside blob for good; returns the bytes freed."""
+        ...
+
+
+@dataclass(frozen=True)
+class PartialUpload:
+    """A multipart upload the store holds unfinished: its key (below the store's prefix),
+    the store's id for it, the bytes of the parts it has, and when it began (epoch s)."""
+
+    key: str
+    upload_id: str
+    size: int
+    started: float
+
+
+@runtime_checkable
+class PartialUploadStore(Protocol):
+    """What gc needs of a store that keeps unfinished multipart uploads (S3). An upload cut
+    off while the store was out of reach (the abort fails then too), or by a killed server,
+    leaves its parts there, kept and billed until someone aborts it."""
+
+    def iter_partial_uploads(self) -> Iterator[PartialUpload]:
+        """The unfinished uploads under the store's prefix."""
+        ...
+
+    def abort_upload(self, upload: PartialUpload) -> None:
+        """Abort it, its parts deleted (nothing when it is gone already)."""
         ...
 
 

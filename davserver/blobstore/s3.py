@@ -13,6 +13,9 @@ and the proof that the bytes are in place. The temp file goes at ``release``.
 An object store has no rename: gc sets a blob aside by copying it to ``<prefix>aside/<token>``
 on the server and deleting the key; restore copies it back. Set-aside objects are listed with
 the temp files, so gc's sweep of old temp files also removes those a crashed gc left.
+A large upload cut off half-way (the store out of reach, so that the abort fails too, or the
+server killed) leaves an unfinished multipart upload, whose parts the store keeps; gc aborts
+those older than its grace period (``iter_partial_uploads``, ``abort_upload``).
 
 Errors: a missing object is FileNotFoundError; an unreachable store, one that does not answer
 in time (``QUICK``, ``TRANSFERS``), or one answering 5xx or "slow down" after boto3's
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from davserver.blobstore.base import BlobFile, SeekableReader, StoredBlob
+from davserver.blobstore.base import BlobFile, PartialUpload, SeekableReader, StoredBlob
 from davserver.blobstore.filesystem import storage_key_for
 from davserver.blobstore.staging import (
     StagedUpload,
@@ -339,7 +342,43 @@ class S3BlobStore:
             self.quick_client.delete_object(Bucket=self.bucket, Key=key)
         return size
 
+    def iter_partial_uploads(self) -> Iterator[PartialUpload]:
+        """Multipart uploads under the prefix never completed nor aborted: a large upload's
+        (``put_file``) or a large set-aside copy's, cut off. One listing of their parts each,
+        for their size."""
+        pages = self.client.get_paginator("list_multipart_uploads")
+        with _s3_errors("ListMultipartUploads", self.bucket, self.prefix):
+            for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for item in page.get("Uploads", []):
+                    yield PartialUpload(
+                        item["Key"][len(self.prefix) :],
+                        item["UploadId"],
+                        self._parts_size(item["Key"], item["UploadId"]),
+                        item["Initiated"].timestamp(),
+                    )
+
+    def abort_upload(self, upload: PartialUpload) -> None:
+        key = self._key(upload.key)
+        gone_meanwhile = contextlib.suppress(FileNotFoundError)  # NoSuchUpload
+        with gone_meanwhile, _s3_errors("AbortMultipartUpload", self.bucket, key):
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload.upload_id
+            )
+
     # -- S3 calls
+
+    def _parts_size(self, key: str, upload_id: str) -> int:
+        """The bytes of an unfinished upload's parts; 0 when it is gone meanwhile."""
+        pages = self.client.get_paginator("list_parts")
+        try:
+            with _s3_errors("ListParts", self.bucket, key):
+                return sum(
+                    int(part["Size"])
+                    for page in pages.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    for part in page.get("Parts", [])
+                )
+        except FileNotFoundError:
+            return 0
 
     def _aside_key(self, token: str) -> str:
         if not token.startswith(_ASIDE_TOKEN) or "/" in token:

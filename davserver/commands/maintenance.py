@@ -121,6 +121,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
                 f"({human_size(report.orphan_bytes_removed)})",
                 "temp files removed": f"{report.temp_files_removed} "
                 f"({human_size(report.temp_bytes_removed)})",
+                "s3 uploads aborted": f"{report.multipart_uploads_aborted} "
+                f"({human_size(report.multipart_bytes_aborted)})",
                 "seconds": report.seconds,
             },
         )

@@ -55,7 +55,13 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from davserver.blobstore import BlobFile, MaintainableBlobStore, is_sha256, is_storage_key
+from davserver.blobstore import (
+    BlobFile,
+    MaintainableBlobStore,
+    PartialUploadStore,
+    is_sha256,
+    is_storage_key,
+)
 from davserver.db import Base, Database
 from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import utcnow
@@ -100,6 +106,8 @@ class GcReport:
     orphan_bytes_removed: int = 0
     temp_files_removed: int = 0
     temp_bytes_removed: int = 0
+    multipart_uploads_aborted: int = 0  # unfinished uploads in an S3 store (their parts)
+    multipart_bytes_aborted: int = 0
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -167,7 +175,8 @@ class MaintenanceService:
         progress: ProgressCallback | None = None,
     ) -> GcReport:
         """Remove blobs older than ``grace`` that nothing references: rows with their files,
-        files with no row, and upload leftovers in the temp area. Writes one logbook row.
+        files with no row, upload leftovers in the temp area and, in an S3 store, unfinished
+        multipart uploads. Writes one logbook row.
 
         Problems with single files (permissions, I/O) are collected in ``errors``; the run goes
         on with the rest.
@@ -179,6 +188,7 @@ class MaintenanceService:
         self._gc_rows(cutoff, report, tick)
         self._gc_orphans(cutoff.timestamp(), report, tick)
         self._gc_temp(cutoff.timestamp(), report, tick)
+        self._gc_partial_uploads(cutoff.timestamp(), report, tick)
         report.seconds = round(time.monotonic() - started, 3)
         self._log_gc(report)
         return report
@@ -364,6 +374,26 @@ class MaintenanceService:
             report.temp_files_removed += 1
             report.temp_bytes_removed += found.size
         tick(Progress("temp", report.temp_files_removed, report.temp_files_removed))
+
+    def _gc_partial_uploads(self, cutoff: float, report: GcReport, tick: ProgressCallback) -> None:
+        """Abort the store's unfinished multipart uploads begun before ``cutoff``: the parts
+        an upload cut off left (``PartialUploadStore``). Younger ones may be going on."""
+        blobs = self.blobs
+        if not isinstance(blobs, PartialUploadStore):
+            return
+        for upload in blobs.iter_partial_uploads():
+            if upload.started >= cutoff:
+                continue
+            if not report.dry_run:
+                try:
+                    blobs.abort_upload(upload)
+                except OSError as exc:
+                    report.errors.append(f"could not abort the upload of {upload.key}: {exc}")
+                    continue
+            report.multipart_uploads_aborted += 1
+            report.multipart_bytes_aborted += upload.size
+        done = report.multipart_uploads_aborted
+        tick(Progress("uploads", done, done, report.multipart_bytes_aborted))
 
     # -------------------------------------------------------------------- fsck
 
