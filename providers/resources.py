@@ -647,7 +647,7 @@ class FileResource(_NodeResource, DAVNonCollection):
             length = environ.get("HTTP_X_EXPECTED_ENTITY_LENGTH", "").strip()
         else:
             length = str(environ.get("CONTENT_LENGTH", "")).strip()
-        expected_length = int(length) if length.isdigit() else None
+        expected_length = int(length) if length.isascii() and length.isdigit() else None
         if self.view is not None and environ.get("HTTP_IF_MATCH", "").strip() not in ("", "*"):
             self._expected_version = self.view.current_version_id
         # "If-None-Match: *" held when the request began (nothing there); it must still hold

@@ -52,12 +52,12 @@ def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> A
             ("ETag", etag),
             ("Cache-Control", CACHE_CONTROL if fixed else CACHE_CONTROL_CURRENT),
         ]
-        if _none_match(environ.get("HTTP_IF_NONE_MATCH", ""), request.etag):
-            # Content-Length: 0, or WsgiDAV closes the connection (davserver.app drops it).
-            not_modified = [*headers, ("Content-Length", "0"), ("Date", util.get_rfc1123_time())]
-            start_response("304 Not Modified", not_modified)
-            return [b""]
+        if_none_match = environ.get("HTTP_IF_NONE_MATCH", "")
+        if _none_match(if_none_match, request.etag):
+            return _not_modified(start_response, headers)
         variant = service.get(request)
+        if _none_match(if_none_match, None):  # "*": once it is known to exist (RFC 9110 13.1.2)
+            return _not_modified(start_response, headers)
         body = service.open(variant) if environ["REQUEST_METHOD"] == "GET" else None
         if body is not None and request.variant_type == PREVIEW:  # the picture itself
             res.provider.files.record_download(
@@ -88,12 +88,22 @@ def _params(environ: dict[str, Any]) -> dict[str, list[str]]:
     return parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
 
 
-def _none_match(header: str, etag: str) -> bool:
-    """If-None-Match (weak comparison, RFC 9110 13.1.2): does it name ``etag`` or ``*``?"""
+def _not_modified(start_response: Any, headers: list[tuple[str, str]]) -> list[bytes]:
+    # Content-Length: 0, or WsgiDAV closes the connection (davserver.app drops it).
+    not_modified = [*headers, ("Content-Length", "0"), ("Date", util.get_rfc1123_time())]
+    start_response("304 Not Modified", not_modified)
+    return [b""]
+
+
+def _none_match(header: str, etag: str | None) -> bool:
+    """If-None-Match (weak comparison, RFC 9110 13.1.2): does it name ``etag``, or is it
+    ``*`` (asked with ``etag`` None, when the variant is known to exist)?"""
     for tag in header.split(","):
         tag = tag.strip()
         if tag == "*":
-            return True
+            return etag is None
+        if etag is None:
+            continue
         if tag.startswith("W/"):
             tag = tag[2:]
         if tag.strip('"') == etag:

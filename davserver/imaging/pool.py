@@ -145,10 +145,10 @@ class RenderPool:
             self._queue.release()
 
     def _run_on_worker(self, header: dict[str, Any], fd: int) -> tuple[dict[str, Any], bytes]:
-        worker = self._take()
         deadline = time.monotonic() + self.limits.timeout
+        worker = self._sent_to_a_worker(header, fd, deadline)
         try:
-            reply, payload = worker.call(header, fd, deadline)
+            reply, payload = worker.receive(deadline)
         except TimeoutError:
             worker.kill()
             raise RenderFailed(
@@ -172,12 +172,42 @@ class RenderPool:
             raise ImageTooLarge(message)
         raise InvalidImage(message)
 
+    def _sent_to_a_worker(self, header: dict[str, Any], fd: int, deadline: float) -> _Worker:
+        """The worker the job went to. A worker that died while idle (killed, or out of
+        memory) cannot take it: the job goes to a fresh one, and says nothing of the image
+        (it was answered 422, and that failure remembered for the image for minutes)."""
+        worker = self._take()
+        try:
+            worker.send(header, fd, deadline)
+            return worker
+        except (OSError, TimeoutError) as exc:
+            status, stderr = worker.kill()
+            log.warning("image worker had died while idle (status %s): %s %s", status, exc, stderr)
+        worker = self._start()
+        try:
+            worker.send(header, fd, deadline)
+        except (OSError, TimeoutError) as exc:
+            status, stderr = worker.kill()
+            log.error("a new image worker did not take a job (status %s): %s", status, stderr)
+            raise RendererBusy("no image worker could take the job") from exc
+        return worker
+
     def _take(self) -> _Worker:
-        with self._lock:
-            if self._closed:
-                raise RendererBusy("the image workers are shutting down")
-            if self._idle:
-                return self._idle.pop()
+        """An idle worker still alive, or a new one."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise RendererBusy("the image workers are shutting down")
+                if not self._idle:
+                    break
+                worker = self._idle.pop()
+            if worker.process.poll() is None:
+                return worker
+            status, stderr = worker.kill()
+            log.warning("image worker had died while idle (status %s): %s", status, stderr)
+        return self._start()
+
+    def _start(self) -> _Worker:
         try:
             return _Worker(self._command)
         except (OSError, ProtocolError, TimeoutError) as exc:
@@ -230,12 +260,12 @@ class _Worker:
             log.error("image worker exited during start (status %s): %s", status, stderr)
             raise
 
-    def call(
-        self, header: dict[str, Any], fd: int, deadline: float
-    ) -> tuple[dict[str, Any], bytes]:
+    def send(self, header: dict[str, Any], fd: int, deadline: float) -> None:
         self.jobs += 1
         self.sock.settimeout(max(0.001, deadline - time.monotonic()))
         send_message(self.sock, header, fd=fd)
+
+    def receive(self, deadline: float) -> tuple[dict[str, Any], bytes]:
         reply, payload, fds = receive_message(self.sock, max_payload=_MAX_REPLY, deadline=deadline)
         for extra in fds:
             os.close(extra)

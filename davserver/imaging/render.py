@@ -142,6 +142,10 @@ def _resized(image: Image.Image, max_size: int) -> Image.Image:
     # Palette and bilevel images would be resized with NEAREST; give them real channels.
     if image.mode == "P" or image.mode == "PA":
         image = image.convert("RGBA" if has_alpha(image) else "RGB")
+    elif image.mode in ("L", "RGB") and "transparency" in image.info:
+        # A key colour (PNG's tRNS) marks transparent pixels only while they keep it
+        # exactly: resampled, the edges would come out as opaque pixels of that colour.
+        image = image.convert("RGBA")
     elif image.mode == "1":
         image = image.convert("L")
     elif image.mode.startswith("I;16"):
@@ -200,11 +204,19 @@ def _flatten(rgba: Image.Image) -> Image.Image:
 
 
 def _stretch_to_l(image: Image.Image) -> Image.Image:
-    """16-bit or float grey as 8-bit grey, its value range stretched to 0..255."""
+    """16-bit, 32-bit or float grey as 8-bit grey. Values within the range of 16 bits (all
+    of a 16-bit image's), or of 0..1 for floats, keep their brightness: stretching each
+    image's own range to 0..255 made a uniform white or grey image black, and a dark one
+    bright. Values outside those ranges (their scale unknown) are stretched."""
     extrema = image.getextrema()
     assert isinstance(extrema[0], int | float) and isinstance(extrema[1], int | float)
     low, high = float(extrema[0]), float(extrema[1])
-    span = high - low or 1.0
+    if image.mode == "F" and low >= 0.0 and high <= 1.0:
+        low, span = 0.0, 1.0
+    elif low >= 0.0 and high <= 65535.0:
+        low, span = 0.0, 65535.0
+    else:
+        span = high - low or 1.0
     scaled = image.convert("F").point(lambda v: (v - low) * (255.0 / span))
     return scaled.convert("L")
 

@@ -200,6 +200,6 @@ def _one(params: Mapping[str, Sequence[str]], name: str) -> str:
 
 def _one_int(params: Mapping[str, Sequence[str]], name: str) -> int:
     text = _one(params, name).strip()
-    if not text.isdigit() or len(text) > 6:
+    if not (text.isascii() and text.isdigit()) or len(text) > 6:  # not "²" or "٢٥٦"
         raise BadRequest(f"{name} must be a whole number")
     return int(text)

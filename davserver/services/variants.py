@@ -207,11 +207,13 @@ class VariantService:
             except (UnsupportedMedia, Unprocessable) as exc:
                 self._remember_failure(request.key, exc)
                 raise
+            if rendered.source_alpha and rendered.format == "jpeg":
+                # A transparent image's JPEG never exists without its PNG (see _lookup): the
+                # PNG first, so that when it cannot be made (every worker busy) neither is
+                # stored. Stored alone, the JPEG was served for good where the PNG belongs.
+                png = VariantSpec(request.spec.max_size, "png", LOSSLESS_QUALITY)
+                self._obtain(replace(request, spec=png))
             variant = self._store(request, rendered)
-        if rendered.source_alpha and rendered.format == "jpeg":
-            # A transparent image's JPEG never exists without its PNG (see _lookup).
-            png = VariantSpec(request.spec.max_size, "png", LOSSLESS_QUALITY)
-            self.get(replace(request, spec=png))
         return variant, True
 
     def open(self, variant: Variant) -> BinaryIO:

@@ -27,6 +27,7 @@ from davserver.cli import main as cli_main
 from davserver.db import Database
 from davserver.errors import NotFound
 from davserver.imaging import PoolLimits, RenderedImage, RenderPool, VariantSpec
+from davserver.imaging.pool import RendererBusy
 from davserver.models import Blob, ImageVariant, User
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
@@ -203,6 +204,30 @@ def test_transparency_survives_in_png_and_is_white_in_jpeg(
     assert again.headers["Content-Type"] == "image/png"
 
 
+def test_a_transparent_images_jpeg_is_not_kept_when_its_png_cannot_be_made(
+    inproc_server: InprocServer, inproc_dav_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transparent image's JPEG is stored only with its PNG, so a JPEG found alone is of an
+    opaque image (``_lookup``). The JPEG was stored first: when the PNG then failed (every
+    worker busy), the default thumbnail was that flattened JPEG for good."""
+    url = inproc_dav_dir + "alpha-busy.png"
+    put(inproc_server, url, images.png_with_alpha(402, 201))  # bytes no other test renders
+    service = service_of(inproc_server)
+    real = service._render
+
+    def busy_for_png(request: Any) -> RenderedImage:
+        if request.spec.format == "png":
+            raise RendererBusy("every image worker is busy; try again shortly")
+        return real(request)
+
+    monkeypatch.setattr(service, "_render", busy_for_png)
+    assert get(inproc_server, url, "thumbnail=256&format=jpeg").status == 503
+    monkeypatch.undo()
+    default = get(inproc_server, url, "thumbnail=256")
+    assert default.status == 200 and default.headers["Content-Type"] == "image/png"
+    assert get(inproc_server, url, "thumbnail=256&format=jpeg").status == 200
+
+
 def test_a_lower_quality_gives_smaller_bytes(
     inproc_server: InprocServer, inproc_dav_dir: str
 ) -> None:
@@ -253,6 +278,9 @@ def test_bad_images_get_a_clean_4xx(
         ("thumbnail=64&quality=55", 400, b"60, 80, 90"),
         ("thumbnail=64&preview=1024", 400, b"either"),
         ("thumbnail=abc", 400, b"whole number"),
+        ("thumbnail=%C2%B2", 400, b"whole number"),  # a superscript 2: int() refused it, a 500
+        ("thumbnail=%D9%A2%D9%A5%D9%A6", 400, b"whole number"),  # Arabic-Indic 256: taken
+        ("thumbnail=64&quality=%C2%B9", 400, b"whole number"),
     ],
 )
 def test_bad_parameters_get_400_naming_what_is_allowed(
@@ -321,6 +349,11 @@ def test_cache_headers_and_if_none_match(inproc_server: InprocServer, inproc_dav
         assert not_modified.headers.get("Connection") != "close"  # kept alive
     assert get(inproc_server, url, "thumbnail=64", {"If-None-Match": etag}).status == 200
     assert renders(inproc_server) == before + 1
+    # "*" matches only a variant that exists: not one of a file that is no image (a 304
+    # told the client its cached copy of nothing was fine).
+    put(inproc_server, inproc_dav_dir + "notes.jpg", b"not a picture")
+    star = {"If-None-Match": "*"}
+    assert get(inproc_server, inproc_dav_dir + "notes.jpg", "thumbnail=64", star).status == 415
 
 
 def test_only_an_older_version_s_variant_may_be_cached_for_good(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageDraw
 
 from davserver import errors
 from davserver.config import ConfigError, ImageSettings
@@ -140,6 +140,37 @@ def test_sixteen_bit_grey_is_stretched_to_eight_bits() -> None:
     decoded = images.decode(make(images.grey16_png(200, 100)).data)
     assert decoded.mode == "L" and decoded.size == (200, 100)
     assert decoded.getpixel((0, 50)) < 10 and decoded.getpixel((199, 50)) > 245  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "fmt", "expected"),
+    [
+        ("I;16", 65535, "PNG", 255),  # white: black when each image's range was stretched
+        ("I;16", 30000, "PNG", 117),
+        ("I;16", 996, "PNG", 4),  # nearly black: it came out white
+        ("I", 40000, "TIFF", 156),
+        ("F", 0.5, "TIFF", 128),
+    ],
+)
+def test_uniform_high_depth_grey_keeps_its_brightness(
+    mode: str, value: float, fmt: str, expected: int
+) -> None:
+    data = images.encode(Image.new(mode, (300, 300), value), fmt)
+    low, high = images.decode(make(data).data).convert("L").getextrema()  # type: ignore[misc]
+    assert abs(low - expected) <= 2 and abs(high - expected) <= 2, (low, high)
+
+
+def test_a_transparent_key_colour_leaves_no_opaque_fringe() -> None:
+    """An RGB PNG whose magenta marks transparency (tRNS): resized before the key applied,
+    the disc's edge came out as a ring of opaque, nearly magenta pixels."""
+    image = Image.new("RGB", (600, 600), (255, 0, 255))
+    ImageDraw.Draw(image).ellipse((100, 100, 500, 500), fill=(0, 200, 0))
+    data = images.encode(image, "PNG", transparency=(255, 0, 255))
+    out = images.decode(make(data, fmt="png").data).convert("RGBA")
+    pixels = list(out.getdata())
+    fringe = [p for p in pixels if p[3] > 0 and p[0] > 150 and p[2] > 150]
+    assert not fringe, fringe[:5]
+    assert any(p[3] == 0 for p in pixels) and any(p[3] == 255 for p in pixels)
 
 
 def test_an_embedded_icc_profile_is_applied_and_dropped() -> None:
@@ -276,6 +307,24 @@ def test_a_crashing_worker_fails_only_its_job(pool_factory: Callable[..., Render
     for _ in range(2):  # a fresh worker each time
         with pytest.raises(RenderFailed):
             pool.render(io.BytesIO(images.jpeg()), VariantSpec(64, None, 80))
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["found dead", "dead on sending"])
+def test_a_worker_that_died_while_idle_is_replaced_and_the_image_rendered(
+    pool_factory: Callable[..., RenderPool], noticed: bool
+) -> None:
+    """A worker killed while idle (the OOM killer, an operator) got the next job: a broken
+    pipe, answered 422, which the server remembers against the image for minutes."""
+    pool = pool_factory()
+    spec = VariantSpec(64, None, 80)
+    assert pool.render(io.BytesIO(images.jpeg()), spec).width == 64
+    (idle,) = pool._idle
+    idle.process.kill()
+    idle.process.wait()
+    if not noticed:  # died after the pool looked: the job's sending fails
+        idle.process.poll = lambda: None  # type: ignore[method-assign]
+    assert pool.render(io.BytesIO(images.jpeg()), spec).width == 64
+    assert len(pool._idle) == 1 and pool._idle[0] is not idle
 
 
 @pytest.mark.parametrize("script", [TOO_WIDE, HUGE_HEADER], ids=["too wide", "huge header"])
