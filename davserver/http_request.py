@@ -111,8 +111,10 @@ _CR = ord("\r")
 
 
 # An unread request body up to this size is read and dropped after an early answer, so the
-# connection can be kept; a bigger one closes the connection instead.
+# connection can be kept; a bigger one closes the connection instead. So does one that has
+# not arrived within _DRAIN_SECONDS: the drain holds a thread, and the answer waits for it.
 _DRAIN_LIMIT = 1024 * 1024
+_DRAIN_SECONDS = 2.0
 # What an "Expect: 100-continue" header is renamed to, so that cheroot does not answer it.
 _DEFERRED = b"100-continue (deferred)"
 _QUOTED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
@@ -463,9 +465,38 @@ class Request(cheroot_server.HTTPRequest):
             self.close_connection = True  # the rest of the chunks is not read: nor drained
         elif not self.chunked_read and remaining > _DRAIN_LIMIT:
             self.close_connection = True
+        elif not self.chunked_read and remaining and not self._drained(reader, remaining):
+            self.close_connection = True  # never sent, or trickled: do not wait for it
         if isinstance(reader, _Body):
             reader.answered = True
         super().send_headers()
+
+    def _drained(self, reader: Any, remaining: int) -> bool:
+        """Read and drop the ``remaining`` bytes of an unread body within _DRAIN_SECONDS, as
+        cheroot would (RFC 9112 9.6: a client may miss an answer sent before its body, if
+        the connection is closed under it), but not for as long as the client takes: a
+        client that sends nothing, or a byte now and then, held the thread, and the answer,
+        for the whole of server.request_timeout per read. False when it did not all come."""
+        body = getattr(reader, "_body", reader)  # cheroot's reader, past _Body's checks
+        sock = self.conn.socket
+        saved = sock.gettimeout()
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        try:
+            while remaining > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                sock.settimeout(left)
+                data = body.read(min(remaining, 64 * 1024))
+                if not data:
+                    return False
+                remaining -= len(data)
+            return True
+        except (OSError, ValueError):
+            return False
+        finally:
+            with suppress(OSError):
+                sock.settimeout(saved)
 
 
 class HeadState(enum.Enum):

@@ -953,6 +953,38 @@ def test_quota_answers_before_a_body_that_never_comes(server: InprocServer) -> N
     assert propfind(server, user=(name, password)) == 207
 
 
+def test_an_early_answer_waits_only_briefly_for_a_small_body(server: InprocServer) -> None:
+    """After a 401 sent from the headers alone, a small unread body (up to 1 MiB) is read and
+    dropped so that the connection can be kept. A client that never sent it, or trickled it,
+    held a server thread for as long as it liked, before its 401 was even sent: 32 such
+    connections, with no account, stalled every request to the server."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        head = ["PUT /files/never.bin HTTP/1.1", "Host: 127.0.0.1", "Content-Length: 1000"]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + b"x")
+        started = time.perf_counter()
+        reader = sock.makefile("rb")
+        assert reader.readline().split()[1] == b"401"
+        assert time.perf_counter() - started < 5
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        reader.read(length)
+        assert reader.read() == b""  # then closed: the body was not coming
+    # A client that sends its small body with its headers keeps its connection.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("PUT", "/files/anon.bin", body=b"a" * 500_000)
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 401 and first.getheader("Connection") != "close"
+        conn.request("PROPFIND", "/files/", headers={"Depth": "0"})
+        second = conn.getresponse()
+        second.read()
+        assert second.status == 401
+    finally:
+        conn.close()
+
+
 def put_expecting_continue(
     server: InprocServer, path: str, authorization: str | None, body: bytes
 ) -> list[int]:
