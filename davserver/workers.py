@@ -44,9 +44,14 @@ from davserver.tls import tls_enabled
 log = logging.getLogger(__name__)
 
 # A worker that dies this soon after it started counts as a failed start; after
-# _FAILED_STARTS of those in a row the parent gives up instead of forking forever.
+# _FAILED_STARTS of those in a row the parent gives up instead of forking forever, unless
+# other workers still serve: then it tries again after _RETRY_SECONDS, doubled each time up
+# to _RETRY_MAX_SECONDS (a TLS key that does not match its renewed certificate yet, which
+# the serving workers already survive, stopped the whole server when one of them died).
 _QUICK_DEATH_SECONDS = 10.0
 _FAILED_STARTS = 3
+_RETRY_SECONDS = 5.0
+_RETRY_MAX_SECONDS = 300.0
 # How long workers get to finish their open requests after SIGTERM before they are killed.
 _STOP_GRACE_SECONDS = 30.0
 _START_TIMEOUT_SECONDS = 120.0
@@ -275,6 +280,7 @@ def _wait_until_listening(
 
 def _supervise(pool: _Workers, sweeps: _Sweeps, stopping: list[int]) -> int:
     """Sweep now and then, replace workers that die, until a signal; the exit status."""
+    later: list[float] = []  # when to start the replacements put off (see _FAILED_STARTS)
     while not stopping:
         sweeps.start_if_due()
         for pid, status, ran in pool.reap(sweeps.ended):
@@ -284,7 +290,7 @@ def _supervise(pool: _Workers, sweeps: _Sweeps, stopping: list[int]) -> int:
                 pool.failed_starts += 1
             else:
                 pool.failed_starts = 0
-            if pool.failed_starts >= _FAILED_STARTS:
+            if pool.failed_starts >= _FAILED_STARTS and not pool.started:
                 log.error(
                     "worker %d exited (%s) %.1f s after it started, the %d. in a row: stopping",
                     pid,
@@ -293,6 +299,20 @@ def _supervise(pool: _Workers, sweeps: _Sweeps, stopping: list[int]) -> int:
                     pool.failed_starts,
                 )
                 return 1
+            if pool.failed_starts >= _FAILED_STARTS:
+                times = pool.failed_starts - _FAILED_STARTS
+                delay = min(_RETRY_MAX_SECONDS, _RETRY_SECONDS * 2**times)
+                later.append(time.monotonic() + delay)
+                log.error(
+                    "worker %d exited (%s) %.1f s after it started, the %d. in a row; "
+                    "the other workers serve on, another starts in %.0f s",
+                    pid,
+                    _describe(status),
+                    ran,
+                    pool.failed_starts,
+                    delay,
+                )
+                continue
             replacement = pool.spawn()
             log.warning(
                 "worker %d exited (%s) after %.0f s; started worker %d in its place",
@@ -301,6 +321,10 @@ def _supervise(pool: _Workers, sweeps: _Sweeps, stopping: list[int]) -> int:
                 ran,
                 replacement,
             )
+        now = time.monotonic()
+        for due in [t for t in later if t <= now]:
+            later.remove(due)
+            log.info("started worker %d in place of one that could not start", pool.spawn())
         time.sleep(_TICK_SECONDS)
     log.info("signal %s: stopping the workers", stopping[0])
     return 0

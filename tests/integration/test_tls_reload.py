@@ -163,3 +163,33 @@ def test_sighup_to_the_parent_renews_every_workers_certificate(tmp_path: Path) -
 
         wait_for(every_worker_presents_the_new_one, server, "every worker on the new certificate")
         assert workers_of(server, 2) == workers  # reloaded, not replaced
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers need Linux")
+def test_a_worker_dying_while_the_key_does_not_match_leaves_the_others_serving(
+    tmp_path: Path,
+) -> None:
+    """Between a renewal's certificate and its key, a worker that dies (the OOM killer, a
+    crash) is replaced by one that cannot load the pair: after three such quick deaths the
+    parent stopped every worker, and the server was gone. Now the others serve on and a
+    replacement is tried again later, and starts once the key is there."""
+    with tls_server(tmp_path, tls_reload_seconds="1", workers="2") as (server, cert, key):
+        assert server.process is not None
+        victim, survivor = sorted(workers_of(server, 2))
+        kept = renew(tmp_path, cert, key, replace="certificate")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: "the other workers serve on" in server.stderr_text(),
+            server,
+            "replacements put off",
+        )
+        assert server.process.poll() is None
+        assert survivor in workers_of(server, 1)
+        unchecked = ssl._create_unverified_context()
+        conn = http.client.HTTPSConnection(HOST, server.port, context=unchecked, timeout=30)
+        assert get_root(conn, server) == 207
+        conn.close()
+
+        os.replace(kept.with_name("key.pem"), key)  # the renewal done
+        assert len(workers_of(server, 2, timeout=WAIT)) == 2
+        assert server.process.poll() is None
