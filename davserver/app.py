@@ -175,11 +175,11 @@ class Application:
             )
         except StorageFull:  # a first login is recorded: the database's disk is full
             return _plain(start_response, "507 Insufficient Storage", "The server is full\n")
-        except Unavailable as exc:  # ... or another writer kept SQLite's write lock too long
+        except Unavailable as exc:  # another writer kept SQLite's write lock, no PostgreSQL
             return _plain(
                 start_response,
                 "503 Service Unavailable",
-                "The server is busy; try again\n",
+                f"{exc}\n",
                 [("Retry-After", str(exc.retry_after))],
             )
         refused = self._take_chunked_body(environ, start_response)

@@ -15,6 +15,7 @@ all of a request's quick reads share one pooled connection instead of checking o
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import sqlite3
 import time
@@ -38,6 +39,10 @@ _AUTOCOMMIT_OPTION = "davserver_autocommit"
 # How long a SQLite writer waits for the database before it gives up (Unavailable, a 503).
 BUSY_TIMEOUT = 30.0
 _BUSY = "the database is busy with other changes; try again"
+_OUT_OF_REACH = "the database is not answering; try again"
+_SERVER_GOING = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, cannot connect now
+
+log = logging.getLogger(__name__)
 
 
 def unusable(exc: sa.exc.DBAPIError | sa.exc.OperationalError) -> str:
@@ -160,8 +165,9 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only transaction; rolled back at the end."""
-        with self._read_sessions() as session:
+        """A read-only transaction; rolled back at the end. Unavailable when PostgreSQL is out
+        of reach (``_out_of_reach``), as for ``write`` and ``connect``."""
+        with _out_of_reach(), self._read_sessions() as session:
             try:
                 yield session
             finally:
@@ -190,6 +196,10 @@ class Database:
                 raise StorageFull("the server's database storage is full") from exc
             if getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
                 raise Unavailable(_BUSY) from exc
+            _raise_if_out_of_reach(exc)
+            raise
+        except sa.exc.DBAPIError as exc:
+            _raise_if_out_of_reach(exc)
             raise
         finally:
             if self._writers is not None:
@@ -208,14 +218,15 @@ class Database:
     @contextmanager
     def connect(self) -> Iterator[sa.Connection]:
         """A Core connection for quick single-statement reads (cheaper than a Session)."""
-        shared = self._request.get()
-        if shared is None:
-            with self._read_engine.connect() as conn:
-                yield conn
-            return
-        if shared.connection is None:
-            shared.connection = self._read_engine.connect()
-        yield shared.connection
+        with _out_of_reach():
+            shared = self._request.get()
+            if shared is None:
+                with self._read_engine.connect() as conn:
+                    yield conn
+                return
+            if shared.connection is None:
+                shared.connection = self._read_engine.connect()
+            yield shared.connection
 
     def begin_request(self) -> None:
         """From here on (in this thread's context) quick reads share one connection."""
@@ -231,6 +242,35 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _out_of_reach() -> Iterator[None]:
+    """PostgreSQL out of reach (down, restarting, failing over, the network cut, the
+    database gone) as Unavailable, a 503 with Retry-After and one WARNING line: it was a 500
+    with a traceback, as for a bug, on every request."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        _raise_if_out_of_reach(exc)
+        raise
+
+
+def _raise_if_out_of_reach(exc: sa.exc.DBAPIError) -> None:
+    """Raise Unavailable for an error of the connection rather than of the statement: one
+    that invalidated the connection, or a psycopg error with a connection's SQLSTATE (class
+    08; 57P01-57P03: the server shutting down, or starting) or none at all (no connection
+    was made). Deadlocks and serialization failures are left to the callers that retry."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)
+    psycopg = type(orig).__module__.startswith("psycopg") and isinstance(
+        exc, sa.exc.OperationalError | sa.exc.InterfaceError
+    )
+    connection = state is None or state.startswith("08") or state in _SERVER_GOING
+    if exc.connection_invalidated or (psycopg and connection):
+        said = str(orig if orig is not None else exc).strip().splitlines()
+        log.warning("%s: %s", _OUT_OF_REACH, said[0] if said else type(exc).__name__)
+        raise Unavailable(_OUT_OF_REACH) from exc
 
 
 def _disk_full(exc: sa.exc.DBAPIError) -> bool:

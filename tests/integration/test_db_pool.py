@@ -3,6 +3,7 @@ dropped them (a restart, a failover, ``idle_session_timeout``)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from davserver.db import Database
 from tests.dbs import fresh_pg_database, pg_admin, pg_reads, require_pg
-from tests.servers import LiveServer
+from tests.servers import LiveServer, run_inproc_server
 
 pytestmark = pytest.mark.postgres
 
@@ -201,3 +202,39 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_database_out_of_reach_is_a_503_not_a_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every request needs the database; while PostgreSQL refuses connections (a restart, a
+    failover, a network cut), each got a bare 500 and its traceback in the log, as for a bug.
+    Now a 503 with Retry-After, one WARNING line each, and service again once it is back."""
+    require_pg()
+    with run_inproc_server("postgresql", tmp_path) as server:
+        assert server.request("PROPFIND", "/files/", headers={"Depth": "0"}).status == 207
+        database = sa.make_url(server.db_url).database
+        with pg_admin() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            )
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                for method, path in (("PROPFIND", "/files/"), ("GET", "/api/v1/keys")):
+                    answer = server.request(method, path, headers={"Depth": "0"})
+                    assert answer.status == 503, (method, answer.status, answer.body[:300])
+                    assert answer.headers.get("Retry-After"), answer.headers
+                    assert b"database" in answer.body, answer.body
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+            assert not errors, [r.getMessage() for r in errors]
+            assert any("database" in r.getMessage() for r in caplog.records)
+        finally:
+            with pg_admin() as conn:
+                conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        assert server.request("PROPFIND", "/files/", headers={"Depth": "0"}).status == 207
