@@ -209,16 +209,19 @@ def _unchanged(res: Any, modified: int, since: int) -> bool:
         return True
     changed = getattr(res, "get_last_changed", None)
     changed_at = None if changed is None else changed()
-    if modified > time.time():
+    if since < modified:
         return _unchanged_by_the_server(changed_at, since)
     return modified <= since and (changed_at is None or int(changed_at) <= since)
 
 
 def _unchanged_by_the_server(changed_at: float | None, since: int) -> bool:
-    """For a resource whose Last-Modified lies in the future: the date a client has from it
-    is the time of an answer (``sent_last_modified``), so what counts is whether the server
-    changed it since. Only a change in an earlier second than ``since`` is surely before
-    it (a change in that very second may have followed the answer)."""
+    """For a date earlier than the resource's Last-Modified: a client time that was in the
+    future when a client was answered reached it as the time of that answer
+    (``sent_last_modified``), and stays earlier once the clock has passed it; so what counts
+    is whether the server changed the resource since. Only a change in an earlier second than
+    ``since`` is surely before it (a change in that very second may have followed the
+    answer). Any other earlier date fails here as by Last-Modified: the server's change
+    came after it."""
     return changed_at is not None and int(changed_at) < since
 
 
@@ -308,9 +311,8 @@ def served_range(
         return byte_range
     seconds = parse_http_date(if_range)
     if seconds:
-        future = last_modified is not None and last_modified > time.time()
-        if future and int(last_modified or 0) != seconds:  # the time of an answer, sent back
-            strong = _unchanged_by_the_server(last_changed, seconds)
+        if last_modified is not None and seconds < int(last_modified):
+            strong = _unchanged_by_the_server(last_changed, seconds)  # perhaps an answer's
         else:
             strong = last_modified is not None and int(last_modified) == seconds
             if last_changed is not None and int(last_changed) > seconds:

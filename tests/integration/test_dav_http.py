@@ -789,6 +789,16 @@ def test_the_last_modified_sent_for_a_future_client_time_works_as_a_validator(
     assert (again.status, again.body) == (200, b"changed after it")
     assert call(srv, "PUT", url, b"lost update", careful).status == 412
     assert get_body(srv, url) == b"changed after it"
+    # A client clock a few seconds ahead: the date still works once the clock has passed the
+    # client's time (it was compared with that time again then).
+    near = folder + "near-future.txt"
+    put(srv, near, b"0123456789", {"X-OC-Mtime": str(int(time.time()) + 2)})
+    time.sleep(1.1)
+    seen = call(srv, "HEAD", near).headers["Last-Modified"]
+    time.sleep(2.5)  # now past the client's time
+    resumed = call(srv, "GET", near, headers={"Range": "bytes=4-", "If-Range": seen})
+    assert (resumed.status, resumed.body) == (206, b"456789")
+    assert put(srv, near, b"careful", {"If-Unmodified-Since": seen}) == 204
 
 
 def test_if_range_by_date_resumes_only_bytes_the_server_knows_are_unchanged(
