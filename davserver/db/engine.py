@@ -19,9 +19,9 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -41,8 +41,10 @@ BUSY_TIMEOUT = 30.0
 _BUSY = "the database is busy with other changes; try again"
 _OUT_OF_REACH = "the database is not answering; try again"
 _SERVER_GOING = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, cannot connect now
+_RUN_AGAIN = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def unusable(exc: sa.exc.DBAPIError | sa.exc.OperationalError) -> str:
@@ -205,6 +207,19 @@ class Database:
             if self._writers is not None:
                 self._writers.release()
 
+    def write_until_done(self, work: Callable[[Session], T], attempts: int = 4) -> T:
+        """``work`` in a write transaction (``write``), run again when PostgreSQL aborted it
+        to break a deadlock, or for a serialization failure (``may_run_again``), up to
+        ``attempts`` times in all."""
+        for attempt in range(attempts):
+            try:
+                with self.write() as session:
+                    return work(session)
+            except sa.exc.DBAPIError as exc:
+                if attempt == attempts - 1 or not may_run_again(exc):
+                    raise
+        raise AssertionError("unreachable")
+
     @property
     def writers_waiting(self) -> int:
         """How many of this process's SQLite writers wait for their turn (0 on PostgreSQL)."""
@@ -271,6 +286,12 @@ def _raise_if_out_of_reach(exc: sa.exc.DBAPIError) -> None:
         said = str(orig if orig is not None else exc).strip().splitlines()
         log.warning("%s: %s", _OUT_OF_REACH, said[0] if said else type(exc).__name__)
         raise Unavailable(_OUT_OF_REACH) from exc
+
+
+def may_run_again(exc: sa.exc.DBAPIError) -> bool:
+    """Whether PostgreSQL aborted the transaction to break a deadlock (40P01) or for a
+    serialization failure (40001): it can run again, and should."""
+    return getattr(exc.orig, "sqlstate", None) in _RUN_AGAIN
 
 
 def _disk_full(exc: sa.exc.DBAPIError) -> bool:

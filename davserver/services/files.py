@@ -25,6 +25,7 @@ from davserver.db.dialect import (
     NO_KEY_UPDATE,
     is_postgres,
 )
+from davserver.db.engine import may_run_again
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import (
     AlreadyExists,
@@ -45,8 +46,6 @@ from davserver.services.write_fence import run_write_fence
 
 T = TypeVar("T")
 _RETRIES = 4
-# PostgreSQL's deadlock_detected and serialization_failure: the transaction can run again.
-_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 class FileService:
@@ -765,7 +764,7 @@ class FileService:
                 if last:
                     raise Conflict("the folders kept moving; try again") from exc
             except DBAPIError as exc:
-                if last or _sqlstate(exc) not in _RETRYABLE_SQLSTATES:
+                if last or not may_run_again(exc):
                     raise
         raise AssertionError("unreachable")
 
@@ -919,10 +918,6 @@ def _with_upload(
         sha1=blob.sha1,
         storage_key=blob.storage_key,
     )
-
-
-def _sqlstate(exc: DBAPIError) -> str | None:
-    return getattr(exc.orig, "sqlstate", None)
 
 
 def live_node(session: Session, node_id: uuid.UUID) -> Node:

@@ -265,7 +265,8 @@ class PackageService:
         # NFC, as most zip tools write names (macOS clients send NFD).
         prefix = check_archive_path(name_key(node.name if path is None else path))
         now = utcnow()
-        with self.db.write() as session:
+
+        def work(session: Session) -> list[str]:
             self._lock_live(session, package, now)
             pins = pins_below(session, node, prefix)
             existing = {
@@ -296,7 +297,11 @@ class PackageService:
                 replaced=len(replaced) if replace else 0,
                 paths=new_paths[:100],
             )
-        added = set(new_paths)
+            return new_paths
+
+        # Again when PostgreSQL broke a deadlock with it: pins_below holds the files' rows,
+        # and a MOVE onto one of them holds the other and waits for it.
+        added = set(self.db.write_until_done(work))
         fresh = self.get(package.created_by, package.name)
         return [item for item in fresh.items if item.path in added]
 

@@ -26,6 +26,7 @@ from davserver.db.migrate import alembic_config
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.errors import Forbidden, NotFound
 from davserver.models import Blob, FileVersion, Grant, Group, GroupMember, Node, Package, User
+from davserver.services import package_rows as package_rows_module
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
@@ -281,6 +282,37 @@ def test_a_pin_racing_an_upload_that_prunes_the_version_it_read_pins_the_new_one
     (item,) = packages.get(actor.user_id, "race").items
     assert item.version_no == 2
     assert zip_of(packages, actor, "race").read("r.txt") == b"two"
+
+
+def test_a_pin_that_postgresql_chose_to_break_a_deadlock_runs_again(
+    database: Database,
+    files: FileService,
+    packages: PackageService,
+    actor: Actor,
+    home: NodeView,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Adding holds the pinned files' rows, so a MOVE onto one of them that holds the other
+    can deadlock with it; when PostgreSQL aborted the add to break the cycle, it answered 500.
+    It runs again now, as writes in FileService do."""
+    doc = put(files, actor, home, "dl.txt", b"pinned after a deadlock")
+    package = packages.create(actor, actor.user_id, "deadlocked")
+    real = package_rows_module.pins_below
+    calls: list[int] = []
+
+    class DeadlockDetected(Exception):
+        sqlstate = "40P01"
+
+    def deadlocked_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("SELECT ... FOR SHARE", {}, DeadlockDetected())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("davserver.services.packages.pins_below", deadlocked_once)
+    (item,) = packages.add(actor, package, packages.namespace.context(actor), doc)
+    assert len(calls) == 2 and item.path == "dl.txt"
+    assert zip_of(packages, actor, "deadlocked").read("dl.txt") == b"pinned after a deadlock"
 
 
 @pytest.mark.parametrize("name", ["Thumbs.db", ".DS_Store", "._report.pdf"])
