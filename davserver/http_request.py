@@ -560,6 +560,11 @@ class Connection(cheroot_server.HTTPConnection):
             self._since = time.monotonic()  # the request's clock
         return self._late_or(HeadState.WAITING, limit_seconds)
 
+    def late(self, limit_seconds: float) -> bool:
+        """Whether a request (or handshake) begun on this connection has waited in the
+        selector for more than ``limit_seconds``."""
+        return self._since is not None and time.monotonic() - self._since > limit_seconds
+
     def _late_or(self, state: HeadState, limit_seconds: float) -> HeadState:
         """``state``, or LATE for a connection still waiting past ``limit_seconds``."""
         waited = time.monotonic() - (self._since or time.monotonic())
@@ -729,6 +734,26 @@ class ConnectionManager(cheroot_connections.ConnectionManager):
         self.put(conn)  # into the selector (its buffer is empty)
         self._close_longest_idle(keep=conn)
         return None
+
+    def _expire(self, threshold: float) -> None:
+        """cheroot's expiry of connections idle past ``server.timeout``, and of those whose
+        request line and headers (or TLS handshake) began to arrive and are not complete
+        within ``header_timeout`` (``Connection.late``): one that sent part of them and
+        then nothing was only found late when more bytes came, so it stayed for the whole
+        idle timeout (60 s) instead."""
+        super()._expire(threshold)  # type: ignore[misc]
+        deadlines = getattr(self.server, "deadlines", None)
+        if deadlines is None:
+            return
+        late = [
+            (fd, conn)
+            for fd, conn in self._selector.connections
+            if conn is not self.server and conn.late(deadlines.seconds)
+        ]
+        for fd, conn in late:
+            self._selector.unregister(fd)
+            with suppress(OSError):
+                conn.close()
 
     def _close_longest_idle(self, *, keep: Any) -> None:
         """Past the keep-alive limit, close the connections idle the longest (``keep``

@@ -3225,6 +3225,23 @@ def test_a_request_trickling_its_headers_is_cut_off(trickled_to: InprocServer) -
             thread.join(5)
 
 
+def test_headers_that_stop_coming_are_closed_after_header_timeout(
+    trickled_to: InprocServer,
+) -> None:
+    """A request line and part of the headers, then nothing: the connection was found late
+    only when more bytes came, so it stayed for the idle timeout (60 s), not header_timeout
+    (2 s here), as README says."""
+    with socket.create_connection((HOST, trickled_to.port), timeout=30) as raw:
+        sock = raw
+        if trickled_to.url.startswith("https"):
+            sock = ssl._create_unverified_context().wrap_socket(raw)
+        sock.sendall(b"GET /files/ HTTP/1.1\r\nHo")
+        started = time.monotonic()
+        with suppress(ConnectionResetError, ssl.SSLError):
+            assert sock.recv(100) == b""
+        assert time.monotonic() - started < 5
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_headers_sent_a_byte_at_a_time_hold_no_thread(scheme: str, tmp_path: Path) -> None:
     """``header_timeout`` bounded how long a client sending its headers a byte at a time held a
