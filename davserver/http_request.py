@@ -567,8 +567,7 @@ class Connection(cheroot_server.HTTPConnection):
 
     def _late_or(self, state: HeadState, limit_seconds: float) -> HeadState:
         """``state``, or LATE for a connection still waiting past ``limit_seconds``."""
-        waited = time.monotonic() - (self._since or time.monotonic())
-        if state is HeadState.WAITING and waited > limit_seconds:
+        if state is HeadState.WAITING and self.late(limit_seconds):
             return HeadState.LATE
         if state is not HeadState.WAITING:
             self._since = None

@@ -52,11 +52,11 @@ def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> A
             ("ETag", etag),
             ("Cache-Control", CACHE_CONTROL if fixed else CACHE_CONTROL_CURRENT),
         ]
-        if_none_match = environ.get("HTTP_IF_NONE_MATCH", "")
-        if _none_match(if_none_match, request.etag):
+        tags = [tag.strip() for tag in environ.get("HTTP_IF_NONE_MATCH", "").split(",")]
+        if _names(tags, request.etag):
             return _not_modified(start_response, headers)
         variant = service.get(request)
-        if _none_match(if_none_match, None):  # "*": once it is known to exist (RFC 9110 13.1.2)
+        if "*" in tags:  # any variant, once it is known to exist (RFC 9110 13.1.2)
             return _not_modified(start_response, headers)
         body = service.open(variant) if environ["REQUEST_METHOD"] == "GET" else None
         if body is not None and request.variant_type == PREVIEW:  # the picture itself
@@ -95,20 +95,10 @@ def _not_modified(start_response: Any, headers: list[tuple[str, str]]) -> list[b
     return [b""]
 
 
-def _none_match(header: str, etag: str | None) -> bool:
-    """If-None-Match (weak comparison, RFC 9110 13.1.2): does it name ``etag``, or is it
-    ``*`` (asked with ``etag`` None, when the variant is known to exist)?"""
-    for tag in header.split(","):
-        tag = tag.strip()
-        if tag == "*":
-            return etag is None
-        if etag is None:
-            continue
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if tag.strip('"') == etag:
-            return True
-    return False
+def _names(tags: list[str], etag: str) -> bool:
+    """Whether an If-None-Match's entity tags name ``etag`` (weak comparison, RFC 9110
+    13.1.2: ``W/`` ignored)."""
+    return any(tag.removeprefix("W/").strip('"') == etag for tag in tags)
 
 
 class _FileBody:

@@ -189,7 +189,7 @@ class Database:
         if self._writers is not None and not self._writers.acquire(BUSY_TIMEOUT):
             raise Unavailable(_BUSY)
         try:
-            with self._write_sessions() as session, session.begin():
+            with _out_of_reach(), self._write_sessions() as session, session.begin():
                 if self.is_sqlite:
                     session.connection()  # BEGIN IMMEDIATE now
                 yield session
@@ -198,10 +198,6 @@ class Database:
                 raise StorageFull("the server's database storage is full") from exc
             if getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
                 raise Unavailable(_BUSY) from exc
-            _raise_if_out_of_reach(exc)
-            raise
-        except sa.exc.DBAPIError as exc:
-            _raise_if_out_of_reach(exc)
             raise
         finally:
             if self._writers is not None:
