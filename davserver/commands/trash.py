@@ -2,7 +2,8 @@
 
 ``list USER`` shows what ``/trash/`` shows that user (with the group items they deleted, from
 any group). ``restore USER ITEM`` puts an item back where it was deleted from, or with ``--to
-OWNER:/path`` (``@GROUP:/path``) elsewhere in the same space; ITEM is its name in the trash, or
+OWNER:/path`` (``@GROUP:/path``) elsewhere in the same space, or into a folder under its own
+name when the path ends with ``/``; ITEM is its name in the trash, or
 the name it had when no other item in the trash had that name too. ``purge`` removes for good what
 was deleted longer ago than ``trash.retention_days`` (or ``--older-than``), for everyone or one
 user: run it from cron. The command line acts with every right; each change is in the logbook.
@@ -27,7 +28,7 @@ from davserver.commands.common import (
     open_services,
 )
 from davserver.context import Services
-from davserver.errors import BadRequest, NotFound
+from davserver.errors import NotFound
 from davserver.services.trash import TrashEntry, TrashListing
 from davserver.services.tree import name_key
 
@@ -54,7 +55,9 @@ def register(commands: Any) -> None:
         "--to",
         type=item_path,
         metavar="OWNER:/path",
-        help="where to put it (same space; default: where it was deleted from)",
+        help="where to put it, in the same space: a new path (alice:/docs/a-old.txt), or a "
+        "folder ending in / to keep its name (alice:/docs/); default: where it was deleted "
+        "from",
     )
     add_json_flag(restore)
     restore.set_defaults(func=cmd_restore)
@@ -138,10 +141,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
             where = entry.original_path
         else:
             space, path = args.to
-            name = posixpath.basename(path.rstrip("/"))
-            if not name:
-                raise BadRequest("--to names the item's new path, such as alice:/docs/a.txt")
-            folder = services.namespace.locate(space, posixpath.dirname(path.rstrip("/")))
+            if path.endswith("/"):
+                # Into that folder, as cp and mv take a folder: under the name it had.
+                name = posixpath.basename(entry.original_path)
+                folder = services.namespace.locate(space, path)
+                path += name
+            else:
+                name = posixpath.basename(path)
+                folder = services.namespace.locate(space, posixpath.dirname(path))
             where = f"{space}:{path}"
             view = services.trash.restore(None, entry.view.id, folder, name, where=where)
     emit_item(args, {"restored": entry.name, "to": where, "id": view.id})

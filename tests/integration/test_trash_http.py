@@ -301,6 +301,16 @@ def test_restore_refusals_say_why(server: InprocServer, alice: User, cli: Any) -
         f"{alice.name}:/projects/plan.txt/mine.txt",
     )
     assert status == 1 and "'plan.txt' is a file" in err, err
+    # A folder ending in / takes the item under the name it had, as cp and mv do.
+    status, result, _ = cli("trash", "restore", alice.name, "mine.txt", "--to", f"{alice.name}:/")
+    assert status == 0 and result["to"] == f"{alice.name}:/mine.txt"
+    assert alice.get("/files/mine.txt") == b"mine"
+    assert alice("DELETE", "/files/mine.txt").status == 204
+    status, result, _ = cli(
+        "trash", "restore", alice.name, "mine.txt", "--to", f"{alice.name}:/projects/"
+    )
+    assert status == 0 and result["to"] == f"{alice.name}:/projects/mine.txt"
+    assert alice.get("/files/projects/mine.txt") == b"mine"
 
 
 def test_delete_in_the_trash_purges_and_gc_takes_the_blobs(
