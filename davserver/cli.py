@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from davserver.commands.common import add_json_flag, settings_of
 from davserver.config import ConfigError
@@ -158,6 +159,24 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def public_url(text: str) -> str:
+    """``--url``: an http or https URL naming a host (and a path, behind a proxy), for argparse."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError when the port is not a number in range)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL: {exc}") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(c.isspace() for c in text)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a URL the clients can use; expected http(s)://host[:port][/path]"
+        )
+    return text
+
+
 def cmd_davmount(args: argparse.Namespace) -> int:
     from davserver.davmount import instructions
 
@@ -198,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     davmount = commands.add_parser(
         "davmount", help="print how to mount this server in Explorer, Finder, GNOME, rclone..."
     )
-    davmount.add_argument("--url", help="the server's public URL (default: from the settings)")
+    davmount.add_argument(
+        "--url",
+        type=public_url,
+        help="the server's public URL, http(s)://host[:port][/path] (default: from the settings)",
+    )
     davmount.add_argument("--user", help="the user to show in the examples")
     davmount.set_defaults(func=cmd_davmount)
 

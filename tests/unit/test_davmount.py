@@ -41,3 +41,25 @@ def test_cli_uses_the_configured_port(tmp_path: Path) -> None:
         check=True,
     )
     assert "http://127.0.0.1:9123/files/" in result.stdout
+
+
+def test_cli_refuses_a_url_clients_cannot_use(tmp_path: Path) -> None:
+    """A mistyped --url would be printed into every instruction: say so instead (exit 2)."""
+
+    def davmount(url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "davserver", "davmount", "--url", url],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+            timeout=60,
+        )
+
+    for url in ("dav.example.org", "ftp://dav.example.org/", "http://a b/", "http://h:99999/"):
+        result = davmount(url)
+        assert result.returncode == 2 and "--url" in result.stderr, (url, result.stderr)
+        assert result.stdout == ""
+    behind_a_proxy = davmount("https://example.org/dav/")
+    assert behind_a_proxy.returncode == 0
+    assert "https://example.org/dav/files/" in behind_a_proxy.stdout
