@@ -2,7 +2,8 @@
 packages, refresh tokens past their expiry and (with ``maintenance.logbook_retention_days``)
 old logbook rows are deleted every ``maintenance.housekeeping_seconds``, and the temp files a
 crashed upload left are removed once older than ``maintenance.gc_grace_seconds``, and at least
-an hour (an upload's temp file waits while it goes up to an S3 store, unchanged).
+an hour (an upload's temp file waits while it goes up to an S3 store, unchanged), and the
+unfinished multipart uploads a cut-off upload left in an S3 store once a day old.
 
 Each purge is one transaction per item, so several server processes doing this at once only
 repeat a little work. Failures are logged and retried at the next run; they never stop serving.
@@ -21,6 +22,9 @@ from davserver.services.maintenance import MaintenanceService
 
 log = logging.getLogger(__name__)
 _LEFTOVER_AGE = 3600  # seconds: no upload in progress leaves its temp file alone this long
+# An S3 multipart upload of tens of GB over a slow link can take hours: the sweep, which runs
+# on its own, aborts only those begun a day ago (``davserver gc`` takes its --grace).
+UNFINISHED_UPLOAD_AGE = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Housekeeper:
 
     def run_once(self) -> Swept:
         """One sweep: expired trash items of everyone, expired packages and refresh tokens,
-        logbook rows past their retention, upload leftovers."""
+        logbook rows past their retention, upload leftovers (temp files, S3 multipart uploads)."""
         trash = self.services.trash.purge_expired()
         packages = self.services.packages.purge_expired()
         tokens = self.services.tokens.purge_expired()
@@ -49,18 +53,30 @@ class Housekeeper:
         logbook = prune_logbook(self.services.db, retention) if retention else 0
         seconds = max(self.services.settings.maintenance.gc_grace_seconds, _LEFTOVER_AGE)
         grace = dt.timedelta(seconds=seconds)
+        uploads_grace = max(grace, UNFINISHED_UPLOAD_AGE)
         maintenance = MaintenanceService(self.services.db, self.services.blobs)
-        temp = maintenance.sweep_temp(grace=grace)
-        if trash.items_purged or packages or tokens or logbook or temp.temp_files_removed:
+        temp = maintenance.sweep_leftovers(grace=grace, uploads_grace=uploads_grace)
+        aborted = temp.multipart_uploads_aborted
+        if (
+            trash.items_purged
+            or packages
+            or tokens
+            or logbook
+            or temp.temp_files_removed
+            or aborted
+        ):
             log.info(
                 "housekeeping: purged %d trash items, %d expired packages, %d expired refresh"
-                " tokens and %d logbook rows, removed %d upload leftovers (%d bytes)",
+                " tokens and %d logbook rows, removed %d upload leftovers (%d bytes) and"
+                " aborted %d unfinished S3 uploads (%d bytes)",
                 trash.items_purged,
                 len(packages),
                 tokens,
                 logbook,
                 temp.temp_files_removed,
                 temp.temp_bytes_removed,
+                aborted,
+                temp.multipart_bytes_aborted,
             )
         for error in temp.errors:
             log.warning("housekeeping: %s", error)

@@ -224,12 +224,16 @@ class MaintenanceService:
                 self._delete_rows([row.id for row in rows], report)
             tick(Progress("blobs", seen, None, report.bytes_removed))
 
-    def sweep_temp(self, *, grace: dt.timedelta) -> GcReport:
-        """Remove only upload leftovers older than ``grace``: what a crashed server left in the
-        temp area. The housekeeping sweep runs it; a logbook row when anything went."""
+    def sweep_leftovers(self, *, grace: dt.timedelta, uploads_grace: dt.timedelta) -> GcReport:
+        """Remove only what cut-off uploads left: temp files older than ``grace`` (a crashed
+        server's) and, in an S3 store, multipart uploads begun before ``uploads_grace`` (their
+        parts are kept and billed until aborted). The housekeeping sweep runs it; a logbook
+        row when anything went."""
         report = GcReport(dry_run=False, grace_seconds=int(grace.total_seconds()))
-        self._gc_temp((utcnow() - grace).timestamp(), report, _ignore)
-        if report.temp_files_removed or report.errors:
+        now = utcnow()
+        self._gc_temp((now - grace).timestamp(), report, _ignore)
+        self._gc_partial_uploads((now - uploads_grace).timestamp(), report, _ignore)
+        if report.temp_files_removed or report.multipart_uploads_aborted or report.errors:
             self._log_gc(report)
         return report
 
