@@ -133,8 +133,9 @@ class LoginThrottle:
 
     def clear(self, session: Session, username: str) -> None:
         """A verified password clears the account's failure count (not the address's), in the
-        caller's transaction."""
-        session.execute(_CLEAR, {"key": _keys(username, None)[0]})
+        caller's transaction; a ban that is over goes with it, else the failures counted
+        since it ended would stay, and one typo later would ban the account again."""
+        session.execute(_CLEAR, {"key": _keys(username, None)[0], "now": utcnow()})
 
     def _forget_the_past(self, session: Session, now: dt.datetime) -> None:
         """Delete the keys whose window and ban are both over: they count nothing any more,
@@ -251,4 +252,17 @@ _BAN = (
     )
 )
 _FORGET = _t.delete().where(_t.c.updated_at < sa.bindparam("over"))  # updated_at is indexed
-_CLEAR = _t.delete().where(_t.c.key == sa.bindparam("key"), _t.c.banned_until.is_(None))
+_CLEAR = _t.delete().where(
+    _t.c.key == sa.bindparam("key"),
+    sa.or_(_t.c.banned_until.is_(None), _t.c.banned_until <= sa.bindparam("now")),
+)
+_LIFT = _t.delete().where(_t.c.key == sa.bindparam("key")).returning(_t.c.banned_until)
+
+
+def lift_account_ban(session: Session, username: str) -> dt.datetime | None:
+    """Forget the account's failures and its ban, in the caller's transaction: an admin who
+    sets a new password or enables the account means its owner to sign in now. Returns when
+    the ban would have ended, if one was in force."""
+    now = utcnow()
+    until = session.execute(_LIFT, {"key": _keys(username, None)[0]}).scalar()
+    return until if until is not None and until > now else None

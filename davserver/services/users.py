@@ -58,6 +58,7 @@ from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.grant_support import revoke_unsupported, spaces_of_grants_by
 from davserver.services.sharing import drop_grants_of_deleted_user
+from davserver.services.throttle import lift_account_ban
 
 # ------------------------------------------------------------------------------ views
 
@@ -301,6 +302,9 @@ class UserAdminService:
                 after["ended_sessions"] = _end_sessions(
                     session, user.id, keep_api_key_sessions=False
                 )
+            else:
+                # Its owner's clients, refused meanwhile, may have had it banned.
+                after["lifted_ban_until"] = iso(lift_account_ban(session, user.username))
             user.is_active = active
             session.flush()
             record_audit(
@@ -382,6 +386,8 @@ class UserAdminService:
             user.password_hash = password_hash
             session.flush()
             ended = _end_sessions(session, user.id, keep_api_key_sessions=True)
+            # Whoever forgot the password may have had the account banned trying others.
+            lifted = lift_account_ban(session, user.username)
             # The hashes themselves stay out of the logbook.
             record_audit(
                 session,
@@ -390,7 +396,11 @@ class UserAdminService:
                 details=audit_details(
                     actor,
                     None,
-                    {"generated": generated is not None, "ended_sessions": ended},
+                    {
+                        "generated": generated is not None,
+                        "ended_sessions": ended,
+                        "lifted_ban_until": iso(lifted),
+                    },
                     user=user.username,
                     user_id=str(user.id),
                 ),

@@ -680,6 +680,33 @@ def test_api_answers_head_as_get_without_the_body(server: InprocServer) -> None:
 # -- throttling
 
 
+def test_an_admin_setting_a_password_or_enabling_the_account_lifts_its_ban(
+    server: InprocServer,
+) -> None:
+    """Someone who forgot their password, tried others and was banned signs in at once with
+    the one an admin sets; so does a user enabled again, whose clients were refused (and
+    counted as failures) while the account was disabled."""
+    users = server.app.services.users
+    name, _ = make_user(server)
+    assert [propfind(server, user=(name, f"guess-{i}")) for i in range(3)] == [401, 401, 429]
+    users.set_password(None, name, "the-new-one-1234")
+    assert propfind(server, user=(name, "the-new-one-1234")) == 207
+
+    other, password = make_user(server)
+    users.disable_user(None, other)
+    assert [propfind(server, user=(other, password)) for _ in range(3)] == [401, 401, 429]
+    users.enable_user(None, other)
+    assert propfind(server, user=(other, password)) == 207
+    with server.app.db.read() as session:
+        lifted = session.scalars(
+            sa.select(LogEntry.details)
+            .where(LogEntry.op_type.in_([Op.USER_PASSWORD_SET.value, Op.USER_ENABLE.value]))
+            .order_by(LogEntry.id.desc())
+            .limit(2)
+        ).all()
+    assert all(details["after"]["lifted_ban_until"] for details in lifted), lifted
+
+
 def test_repeated_failures_lock_the_account_until_the_ban_expires(server: InprocServer) -> None:
     name, password = make_user(server)
     cached_client = {

@@ -85,6 +85,28 @@ def test_success_clears_the_account_count(database: Database) -> None:
     assert [fail(t, "erin", "10.3.3.3") for _ in range(3)] == [False, False, True]
 
 
+def test_success_after_a_ban_ended_clears_the_count_too(database: Database) -> None:
+    """A ban leaves its row (with its end in the past) once over: a password that works must
+    clear that row too, or one typo after the failures since would ban the account again."""
+    t = throttle(database, ban=dt.timedelta(seconds=-1))  # over as soon as it starts
+    assert [fail(t, "gail", "10.5.5.5") for _ in range(3)] == [False, False, True]
+    fail(t, "gail", "10.5.5.5")
+    fail(t, "gail", "10.5.5.5")
+    with database.write() as session:
+        t.clear(session, "gail")
+    assert [fail(t, "gail", "10.5.5.5") for _ in range(3)] == [False, False, True]
+
+
+def test_a_ban_in_force_is_not_cleared_by_a_late_success(database: Database) -> None:
+    """A success verified just before another process banned the account lifts nothing."""
+    t = throttle(database)
+    assert [fail(t, "hal", "10.6.6.6") for _ in range(3)] == [False, False, True]
+    with database.write() as session:
+        t.clear(session, "hal")
+    with pytest.raises(TooManyRequests):
+        t.check("hal", None)
+
+
 def test_each_failure_and_ban_is_in_the_logbook(database: Database) -> None:
     t = throttle(database)
     for _ in range(3):
