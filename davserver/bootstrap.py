@@ -44,6 +44,7 @@ def prepare(
     """
     from davserver.app import Application
     from davserver.context import open_s3_store
+    from davserver.services.store_owner import StoreOfAnotherDatabase, claim_store
 
     if is_in_memory(check_url(settings.database_url)):
         # Each pooled connection (and the child that migrates) would have a database of its
@@ -59,6 +60,11 @@ def prepare(
     app = Application(settings, blobs)
     if not migrate_in_child:
         upgrade_schema(settings, app.db)
+    try:
+        claim_store(app.db, app.blobs)
+    except StoreOfAnotherDatabase:
+        app.close()
+        raise
     generated = app.accounts.ensure_admin(settings.admin.user, settings.admin.password or None)
     return app, generated
 

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from davserver.commands.common import add_json_flag, settings_of
@@ -88,12 +89,14 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
     from davserver.commands.common import require_sqlite_file
+    from davserver.context import open_blob_store
     from davserver.db import Base, Database
     from davserver.db.copy import CopyFailed, CopyReport, copy_database
     from davserver.db.engine import check_url, is_in_memory
     from davserver.db.migrate import is_at_head, upgrade
     from davserver.models import Op
     from davserver.services.audit import record_audit
+    from davserver.services.store_owner import hand_over
 
     settings = settings_of(args)
     source_url, target_url = check_url(settings.database_url), check_url(args.to, option="--to")
@@ -106,6 +109,13 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
             " name a file: sqlite:///path"
         )
     require_sqlite_file(settings)
+    if source_url.get_backend_name() == "sqlite" and Path(f"{source_url.database}-wal").exists():
+        # Looked at before this command opens it (which makes the -wal file itself).
+        print(
+            "davserver: warning: the database is open (its -wal file is there): if a server"
+            " still runs on it, what it writes after the copy is not copied; stop it first",
+            file=sys.stderr,
+        )
     source, target = Database(settings.database_url), Database(args.to)
     try:
         if not is_at_head(source):
@@ -133,6 +143,10 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        # From now on gc, fsck and serve refuse the store on the old settings (store_owner).
+        local = settings.storage.backend != "s3"
+        store = None if local and not settings.blob_path.is_dir() else open_blob_store(settings)
+        handed = hand_over(source, target, store)
     finally:
         source.dispose()
         target.dispose()
@@ -149,6 +163,11 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
             " in its blobs/ folder)"
         )
         print(f"to serve it, set database.url (DAVSERVER_DATABASE_URL) to that database and {keep}")
+        if handed:
+            print(
+                "the blob store now belongs to the copy: serve, gc and fsck with these settings"
+                " refuse it, so that a gc on this database cannot delete the copy's new files"
+            )
     return 0
 
 

@@ -131,6 +131,10 @@ class BlobFile:
     mtime: float
 
 
+# Beside the blobs, never a storage key: which database the store belongs to.
+OWNER_KEY = "database-id"
+
+
 class MaintainableBlobStore(BlobStore, Protocol):
     """What gc and fsck need beyond ``BlobStore``: listing, and removal that can be undone."""
 
@@ -155,6 +159,19 @@ class MaintainableBlobStore(BlobStore, Protocol):
 
     def discard(self, token: str) -> int:
         """Delete a set-aside blob for good; returns the bytes freed."""
+        ...
+
+    def describe(self) -> str:
+        """Where the store is, for messages."""
+        ...
+
+    def owner(self) -> str | None:
+        """The identity of the database this store's blobs belong to (``OWNER_KEY``), or None
+        while none has claimed it: gc on another database would take its blobs for orphans."""
+        ...
+
+    def set_owner(self, database_id: str) -> None:
+        """Mark the store as the blobs of the database ``database_id``."""
         ...
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from davserver.blobstore.base import BlobFile, StoredBlob
+from davserver.blobstore.base import OWNER_KEY, BlobFile, StoredBlob
 from davserver.blobstore.hashing import is_sha256
 from davserver.blobstore.staging import (
     StagedUpload,
@@ -187,7 +187,9 @@ class FileSystemBlobStore:
     # -- what gc and fsck need
 
     def iter_files(self) -> Iterator[BlobFile]:
-        yield from _walk(self.root, "", skip=self.tmp_dir)
+        for found in _walk(self.root, "", skip=self.tmp_dir):
+            if found.key != OWNER_KEY:
+                yield found
 
     def iter_temp_files(self) -> Iterator[BlobFile]:
         yield from temp_files(self.tmp_dir)
@@ -218,6 +220,25 @@ class FileSystemBlobStore:
         except FileNotFoundError:
             return 0
         return size
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def owner(self) -> str | None:
+        try:
+            return (self.root / OWNER_KEY).read_text("utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def set_owner(self, database_id: str) -> None:
+        # Written aside and renamed into place: a reader finds the old identity or the new.
+        temp = self.tmp_dir / f"{OWNER_KEY}-{secrets.token_hex(4)}"
+        temp.write_text(database_id + "\n", "utf-8")
+        if self.fsync:
+            fsync_path(temp)
+        os.replace(temp, self.root / OWNER_KEY)
+        if self.fsync:
+            fsync_path(self.root)
 
     def _temp_path(self, name: str) -> Path:
         return temp_path(self.tmp_dir, name)

@@ -46,7 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from davserver.blobstore.base import BlobFile, PartialUpload, SeekableReader, StoredBlob
+from davserver.blobstore.base import (
+    OWNER_KEY,
+    BlobFile,
+    PartialUpload,
+    SeekableReader,
+    StoredBlob,
+)
 from davserver.blobstore.filesystem import storage_key_for
 from davserver.blobstore.staging import (
     StagedUpload,
@@ -304,10 +310,30 @@ class S3BlobStore:
     # -- what gc and fsck need
 
     def iter_files(self) -> Iterator[BlobFile]:
-        """Objects under the prefix in key order (S3 lists that way), set-aside ones excepted."""
+        """Objects under the prefix in key order (S3 lists that way), set-aside ones and the
+        owner's mark excepted."""
         for found in self._list(self.prefix):
-            if not found.key.startswith(ASIDE):
+            if not found.key.startswith(ASIDE) and found.key != OWNER_KEY:
                 yield found
+
+    def describe(self) -> str:
+        return self.location.describe()
+
+    def owner(self) -> str | None:
+        key = self.prefix + OWNER_KEY
+        try:
+            with _s3_errors("GetObject", self.bucket, key):
+                body = self.quick_client.get_object(Bucket=self.bucket, Key=key)["Body"]
+                return body.read(1024).decode("utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def set_owner(self, database_id: str) -> None:
+        key = self.prefix + OWNER_KEY
+        with _s3_errors("PutObject", self.bucket, key):
+            self.quick_client.put_object(
+                Bucket=self.bucket, Key=key, Body=(database_id + "\n").encode("utf-8")
+            )
 
     def iter_temp_files(self) -> Iterator[BlobFile]:
         """Local uploads in progress or left by a crash, then blobs gc set aside."""

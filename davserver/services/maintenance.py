@@ -68,6 +68,7 @@ from davserver.db.types import utcnow
 from davserver.models import Op
 from davserver.services.audit import record_audit
 from davserver.services.blob_refs import is_remote
+from davserver.services.store_owner import claim_store
 
 T = TypeVar("T")
 _BATCH = 500  # rows per statement; SQLite allows 32,766 bound parameters
@@ -181,6 +182,7 @@ class MaintenanceService:
         Problems with single files (permissions, I/O) are collected in ``errors``; the run goes
         on with the rest.
         """
+        claim_store(self.db, self.blobs)  # never another database's blobs: their orphans
         started = time.monotonic()
         cutoff = utcnow() - grace
         report = GcReport(dry_run=dry_run, grace_seconds=int(grace.total_seconds()))
@@ -419,6 +421,7 @@ class MaintenanceService:
         committing. At most ``max_problems`` are listed; ``counts`` has them all. Writes one
         logbook row.
         """
+        claim_store(self.db, self.blobs)  # another database's blobs would all be problems
         started = time.monotonic()
         report = FsckReport(orphan_scan=sample is None and since is None)
         tick = progress or _ignore

@@ -33,6 +33,7 @@ from davserver.models import Op
 from davserver.services.accounts import AccountService, actor_from_rows, user_with_roles
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
+from davserver.services.instance import shared_value
 from davserver.services.sessions import SessionService
 
 REFRESH_PREFIX = "drt_"
@@ -86,14 +87,7 @@ class TokenService:
         return self._secret
 
     def _shared_secret(self) -> str:
-        with self.db.write() as session:
-            session.execute(
-                for_bind(_INSERT_SECRET, session),
-                {"name": _SECRET_NAME, "value": secrets.token_urlsafe(48), "created_at": utcnow()},
-            )
-            value = session.scalar(sa.select(_sec.c.value).where(_sec.c.name == _SECRET_NAME))
-        assert value is not None
-        return str(value)
+        return shared_value(self.db, _SECRET_NAME, lambda: secrets.token_urlsafe(48))
 
     # -- issuing
 
@@ -359,8 +353,6 @@ def _token_actor(
 _rt = Base.metadata.tables["refresh_tokens"]
 _s = Base.metadata.tables["sessions"]
 _rev = Base.metadata.tables["revoked_tokens"]
-_sec = Base.metadata.tables["instance_secrets"]
-_INSERT_SECRET = insert_or_ignore(_sec, "name")
 _INSERT_REVOKED = insert_or_ignore(_rev, "jti")
 _REFRESH_ROW = sa.select(
     _rt.c.id,

@@ -3,6 +3,7 @@ row, and the copy serves what the original served."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import queue
@@ -24,6 +25,8 @@ from davserver.db.migrate import upgrade
 from davserver.errors import Conflict
 from davserver.models import DeadProperty, LogEntry
 from davserver.models import User as UserRow
+from davserver.services.maintenance import MaintenanceService
+from davserver.services.store_owner import StoreOfAnotherDatabase
 from tests.dbs import fresh_database_url
 from tests.images import jpeg
 from tests.servers import InprocServer, basic_auth_header, http_request, run_inproc_server
@@ -167,6 +170,16 @@ def test_every_row_arrives_as_it_was(copied: tuple[Deployment, str, dict[str, An
     target["logbook"] = [row for row in target["logbook"] if row not in copy_rows]
     # Rows the source wrote after the copy began (the download log's batch) are not in it.
     source["logbook"] = source["logbook"][: len(target["logbook"])]
+    # The copy is a database of its own, to which the blob store now belongs (store_owner).
+    identities = []
+    for rows in (source, target):
+        [identity] = [row for row in rows["instance_secrets"] if row["name"] == "database-id"]
+        rows["instance_secrets"].remove(identity)
+        identities.append(identity["value"])
+    assert identities[0] != identities[1]
+    assert (deployment.server.data_dir / "blobs" / "database-id").read_text().strip() == identities[
+        1
+    ]
     for table in Base.metadata.sorted_tables:
         for mine, theirs in zip(target[table.name], source[table.name], strict=True):
             assert mine == theirs, {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
@@ -181,6 +194,44 @@ def test_the_copy_serves_what_the_original_served(
     engine = "postgresql" if target_url.startswith("postgresql") else "sqlite"
     with run_inproc_server(engine, tmp_path, existing=(target_url, source.password)) as server:
         assert_serves(server, deployment)
+
+
+def test_gc_on_the_old_settings_cannot_delete_what_the_copy_stored(
+    copied: tuple[Deployment, str, dict[str, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a move, a cron job still holding the old settings ran gc on the old database,
+    and every blob uploaded to the copy since, having no row there, went as an orphan. The
+    store now belongs to the copy: gc and fsck on the old database refuse it, and so does a
+    server started on it; the copy serves and collects as before."""
+    deployment, target_url, _ = copied
+    source = deployment.server
+    engine = "postgresql" if target_url.startswith("postgresql") else "sqlite"
+    env = {"storage__blob_dir": str(source.data_dir / "blobs")}
+    with run_inproc_server(engine, tmp_path, existing=(target_url, source.password), **env) as new:
+        after = make_user(new, "after")
+        assert after.put("/files/after-the-move.bin", b"uploaded after the move") == 201
+        capsys.readouterr()
+        for command in (["gc", "--grace", "0"], ["fsck"]):
+            assert main(["--config", os.devnull, *command]) == 2, command
+            said = capsys.readouterr().err
+            assert "belongs to another database" in said and len(said.splitlines()) == 1, said
+        assert after.get("/files/after-the-move.bin") == b"uploaded after the move"
+        with (
+            pytest.raises(StoreOfAnotherDatabase),
+            run_inproc_server(
+                "sqlite" if engine == "postgresql" else "postgresql",
+                tmp_path / "old",
+                existing=(source.db_url, source.password),
+                **env,
+            ),
+        ):
+            pass
+        assert (
+            MaintenanceService(new.app.db, new.app.blobs).collect_garbage(grace=dt.timedelta(0)).ok
+        )
+        assert after.get("/files/after-the-move.bin") == b"uploaded after the move"
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
@@ -283,9 +334,11 @@ def test_a_row_the_target_refuses_is_named_in_one_line_and_nothing_is_copied(
         monkeypatch.setenv("DAVSERVER_DATA_DIR", str(server.data_dir))
         capsys.readouterr()
         assert main(["--config", os.devnull, "db", "copy", "--to", target_url, "--quiet"]) == 1
-        err = capsys.readouterr().err
-        assert err.startswith("davserver: the target refused a row, so nothing was copied:")
-        assert "dead_properties: value too long" in err and len(err.splitlines()) == 1
+        warning, refusal = capsys.readouterr().err.splitlines()
+        # The server is still running on the source: the command says so before it copies.
+        assert warning.startswith("davserver: warning: the database is open")
+        assert refusal.startswith("davserver: the target refused a row, so nothing was copied:")
+        assert "dead_properties: value too long" in refusal
         target = Database(target_url)
         try:
             assert count(target, UserRow) == 0
