@@ -62,6 +62,7 @@ from wsgidav.request_server import RequestServer
 
 from davserver.errors import BadRequest
 from davserver.services.bounds import from_epoch
+from davserver.services.tree import name_key
 from providers import conditions, propfind
 from providers.resources import CREATED_KEY, FOUND_KEY
 
@@ -287,11 +288,12 @@ def _retag_if_lists(environ: dict[str, Any], ref_url: str) -> None:
 
 
 def _tagged_path(url: str) -> str:
-    """The path a tag names, unescaped. A tag sent as raw UTF-8 (which WSGI gives as latin-1)
+    """The path a tag names, unescaped, its names in the form they are looked up by (NFC: a
+    decomposed name is the same file). A tag sent as raw UTF-8 (which WSGI gives as latin-1)
     is read as its letters, as its escaped form is."""
     with suppress(UnicodeError):
         url = url.encode("latin-1").decode("utf-8")
-    return unquote(urlsplit(url).path).rstrip("/") or "/"
+    return name_key(unquote(urlsplit(url).path)).rstrip("/") or "/"
 
 
 def _drop_unusable_range(environ: dict[str, Any]) -> None:

@@ -1045,6 +1045,26 @@ def test_an_if_header_tag_in_raw_utf_8_names_its_file(
     assert get_body(srv, url) == b"v2"
 
 
+def test_an_if_header_tag_names_its_file_in_either_unicode_form(
+    srv: InprocServer, folder: str
+) -> None:
+    """A name is one file whether spelt composed (NFC) or decomposed (NFD, macOS); a tag in
+    the other form than the request's URL was not taken for this file, so its conditions
+    were skipped and a stale ETag let the PUT overwrite newer bytes."""
+    composed, decomposed = "caf\u00e9.txt", "cafe\u0301.txt"
+    put(srv, folder + q(composed), b"v1")
+    etag = call(srv, "HEAD", folder + q(composed)).headers["ETag"]
+    for request_name, tag_name in ((composed, decomposed), (decomposed, composed)):
+        tag = f"{srv.url}{path_of(folder)}{q(tag_name)}"
+        stale = call(srv, "PUT", folder + q(request_name), b"lost", {"If": f'<{tag}> (["stale"])'})
+        assert stale.status == 412, (request_name, stale.status)
+        current = call(srv, "HEAD", folder + q(request_name)).headers["ETag"]
+        fresh = call(srv, "PUT", folder + q(request_name), b"v2", {"If": f"<{tag}> ([{current}])"})
+        assert fresh.status == 204, (request_name, fresh.status)
+    assert get_body(srv, folder + q(composed)) == b"v2"
+    assert etag != call(srv, "HEAD", folder + q(composed)).headers["ETag"]
+
+
 def test_an_if_header_etag_never_matches_a_folder_which_has_none(
     srv: InprocServer, folder: str
 ) -> None:
