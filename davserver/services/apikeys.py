@@ -120,9 +120,13 @@ class ApiKeyService:
             user = _owner(session, actor, user_id)
             if user.deleted_at is not None:
                 raise Conflict(f"user {user.username!r} is deleted")
+            # An expired key is listed as expired, not active: its name is free again.
             clash = session.scalar(
                 sa.select(ApiKey.id).where(
-                    ApiKey.user_id == user.id, ApiKey.name == name, ApiKey.is_active.is_(True)
+                    ApiKey.user_id == user.id,
+                    ApiKey.name == name,
+                    ApiKey.is_active.is_(True),
+                    sa.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
                 )
             )
             if clash is not None:

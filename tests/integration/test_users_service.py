@@ -570,6 +570,12 @@ def test_api_key_rules(services: Services) -> None:
         )
     statuses = {k.name: k.status for k in services.api_keys.list_keys(owner.id)}
     assert statuses == {"mine": KeyStatus.ACTIVE, "soon": KeyStatus.EXPIRED}
+    # An expired key's name is free again: a key made for 90 days is replaced by another.
+    services.api_keys.create(None, owner.id, "soon")
+    statuses_of_soon = sorted(
+        k.status.value for k in services.api_keys.list_keys(owner.id) if k.name == "soon"
+    )
+    assert statuses_of_soon == sorted([KeyStatus.ACTIVE.value, KeyStatus.EXPIRED.value])
 
 
 # ------------------------------------------------------------------------------ CSV import
