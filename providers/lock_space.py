@@ -14,7 +14,6 @@ handed back to the requester as it spelled the URL.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -24,6 +23,7 @@ from wsgidav.lock_man.lock_manager import normalize_lock_root
 
 from davserver.models import Op
 from davserver.services.audit import record_audit
+from davserver.services.lock_rows import group_namespace, user_namespace
 from davserver.services.tree import NodeView, name_key
 from providers.dispatch import destination_path
 from providers.lock_storage import LockKey, LockLogger
@@ -34,16 +34,6 @@ if TYPE_CHECKING:
 
 # How many names make the mount of a space reached through another user's URLs.
 _MOUNT_DEPTH = {"users": 2, "shared": 3}
-
-
-def user_namespace(user_id: uuid.UUID) -> str:
-    """The lock namespace of a user's own space."""
-    return user_id.hex
-
-
-def group_namespace(group_name: str) -> str:
-    """The lock namespace of a group's space (shared by its members)."""
-    return "group:" + group_name
 
 
 class RequestLockSpace:

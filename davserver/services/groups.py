@@ -35,6 +35,7 @@ from davserver.services.account_rules import (
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.grant_support import revoke_unsupported, spaces_of_grants_by
+from davserver.services.lock_rows import group_namespace, release_locks_of
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,10 @@ class GroupAdminService:
         require_admin(actor)
         with self.db.write() as session:
             group, user, member = self._membership(session, group_name, username)
+            # Locks they took on the group's files: no one else may unlock them.
+            released = release_locks_of(
+                session, user.username, namespace=group_namespace(group.name)
+            )
             record_audit(
                 session,
                 actor,
@@ -244,7 +249,7 @@ class GroupAdminService:
                 details=audit_details(
                     actor,
                     {"is_admin": member.is_admin},
-                    None,
+                    {"released_locks": released},
                     group=group.name,
                     group_id=str(group.id),
                     user=user.username,

@@ -57,6 +57,7 @@ from davserver.services.accounts import Hasher
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.grant_support import revoke_unsupported, spaces_of_grants_by
+from davserver.services.lock_rows import release_locks_of
 from davserver.services.sharing import drop_grants_of_deleted_user
 from davserver.services.throttle import lift_account_ban
 
@@ -302,6 +303,8 @@ class UserAdminService:
                 after["ended_sessions"] = _end_sessions(
                     session, user.id, keep_api_key_sessions=False
                 )
+                # Its clients can no longer unlock: others would wait for the locks' end.
+                after["released_locks"] = release_locks_of(session, user.username)
             else:
                 # Its owner's clients, refused meanwhile, may have had it banned.
                 after["lifted_ban_until"] = iso(lift_account_ban(session, user.username))
@@ -343,6 +346,7 @@ class UserAdminService:
             )
             dropped = drop_grants_of_deleted_user(session, actor, user.id, user.username)
             ended = _end_sessions(session, user.id, keep_api_key_sessions=False)
+            released = release_locks_of(session, user.username)
             user.is_active = False
             user.deleted_at = utcnow()
             user.email = None
@@ -361,6 +365,7 @@ class UserAdminService:
                         "revoked_api_keys": sorted(revoked),
                         "revoked_grants": dropped,
                         "ended_sessions": ended,
+                        "released_locks": released,
                     },
                     user=user.username,
                     user_id=str(user.id),

@@ -290,3 +290,40 @@ def test_a_lock_holds_whichever_unicode_form_spells_the_url(
     assert lockroots(p, user, url(used)) == [folder_url(used)]
     unlock = p.call(user, "UNLOCK", folder_url(used) + "/", None, {"Lock-Token": f"<{token}>"})
     assert unlock.status == 204, (unlock.status, unlock.body[:300])
+
+
+def test_the_locks_of_a_member_who_leaves_or_a_user_who_goes_go_with_them(p: People) -> None:
+    """A member removed from the group, or a user disabled or deleted, can no longer unlock
+    what they locked, and others could not either: the group's file stayed locked for up to
+    a week (``dav.lock_max_timeout``). Their locks now end with the membership (those in the
+    group's space) or the account (all)."""
+    groups, users = p.server.app.services.groups, p.server.app.services.users
+    in_group = f"/groups/{p.team}/plan-{uuid.uuid4().hex[:6]}.txt"
+    assert p.put(p.alice, in_group) == 201
+    own = f"/files/own-{uuid.uuid4().hex[:6]}.txt"
+    assert p.put(p.bob, own) == 201
+    token_of(lock(p, p.bob, in_group))
+    own_token = token_of(lock(p, p.bob, own))
+    assert p.put(p.alice, in_group, b"alice's edit") == 423
+
+    groups.remove_member(None, p.team, p.bob)
+    assert p.put(p.alice, in_group, b"alice's edit") == 204
+    assert p.call(p.bob, "PUT", own, b"bob's", with_token(own_token)).status == 204  # kept
+
+    groups.add_member(None, p.team, p.bob)
+    token_of(lock(p, p.bob, in_group))
+    users.disable_user(None, p.bob)
+    assert p.put(p.alice, in_group, b"after bob was disabled") == 204
+    users.enable_user(None, p.bob)
+    token_of(lock(p, p.bob, in_group))
+    users.delete_user(None, p.bob)
+    assert p.put(p.alice, in_group, b"after bob was deleted") == 204
+    with p.server.app.db.read() as session:
+        details = session.scalars(
+            sa.select(LogEntry.details)
+            .where(LogEntry.op_type.in_(["group:member:remove", "user:disable", "user:delete"]))
+            .order_by(LogEntry.id.desc())
+            .limit(3)
+        ).all()
+    # Disabled: the group's file and bob's own; deleted: the group's file he locked again.
+    assert [d["after"]["released_locks"] for d in details] == [1, 2, 1]

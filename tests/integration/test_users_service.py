@@ -385,7 +385,7 @@ def test_only_admins_administer(services: Services, admin: Actor) -> None:
     ("change", "op", "before", "after"),
     [
         (lambda s: s.users.disable_user(None, "judy"), "user:disable", {"is_active": True},
-         {"is_active": False, "ended_sessions": 0}),
+         {"is_active": False, "ended_sessions": 0, "released_locks": 0}),
         (lambda s: s.users.add_role(None, "judy", "viewer"), "user:role:assign",
          {"roles": ["user"]}, {"roles": ["user", "viewer"]}),
         (lambda s: s.users.remove_role(None, "judy", "user"), "user:role:remove",
@@ -395,7 +395,7 @@ def test_only_admins_administer(services: Services, admin: Actor) -> None:
         (lambda s: s.users.set_email(None, "judy", "j@example.org"), "user:update",
          {"email": None}, {"email": "j@example.org"}),
         (lambda s: s.users.set_password(None, "judy", "new-password"), "user:password:set",
-         None, {"generated": False, "ended_sessions": 0}),
+         None, {"generated": False, "ended_sessions": 0, "lifted_ban_until": None}),
     ],
 )  # fmt: skip
 def test_each_change_logs_before_and_after(
