@@ -363,10 +363,11 @@ def _take_forwarded_address(environ: dict[str, Any], proxies: Networks) -> None:
     hops = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
     for hop in reversed(hops):
         try:
-            ipaddress.ip_address(hop)
+            address = ipaddress.ip_address(hop)
         except ValueError:
             return
-        environ["REMOTE_ADDR"] = hop
+        # Without a zone (fe80::1%eth0): it means nothing here, and PostgreSQL's inet refuses it.
+        environ["REMOTE_ADDR"] = hop = str(address).partition("%")[0]
         if not _trusted(hop, proxies):
             return
 

@@ -805,6 +805,22 @@ def test_behind_a_trusted_proxy_each_client_is_throttled_on_its_own(proxied: Inp
     time.sleep(BAN_SECONDS + 0.5)
 
 
+def test_a_forwarded_link_local_address_with_its_zone_is_taken_without_it(
+    proxied: InprocServer,
+) -> None:
+    """A proxy may forward a link-local client with its zone (``fe80::1%eth0``): PostgreSQL's
+    inet refused it, so every such request was a 500 there."""
+    name, password = make_user(proxied)
+    client = {"X-Forwarded-For": "fe80::1%eth0", "User-Agent": f"zoned-{name}"}
+    assert propfind(proxied, user=(name, "wrong"), headers=client) == 401
+    assert propfind(proxied, user=(name, password), headers=client) == 207
+    status, listing = api(proxied, "GET", "/sessions", user=(name, password), headers=client)
+    assert status == 200
+    assert {s["ip"] for s in listing["sessions"] if s["user_agent"] == client["User-Agent"]} == {
+        "fe80::1"
+    }
+
+
 def test_names_guessed_at_once_from_one_address_are_throttled_as_one_after_another(
     proxied: InprocServer,
 ) -> None:
