@@ -15,27 +15,31 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from davserver.config import ConfigError
+
 revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# (index, table, column, how to change one of a pair)
+# (index, table, column): davserver's commands upgrade the schema before anything else, so
+# the pairs are renamed in SQL (the message says how).
 _INDEXES = (
-    ("uq_users_username_lower", "users", "username", "UPDATE users SET username = ..."),
-    ("uq_users_email_lower", "users", "email", "davserver user email NAME NEW-ADDRESS"),
-    ("uq_groups_name_lower", "groups", "name", "UPDATE groups SET name = ..."),
+    ("uq_users_username_lower", "users", "username"),
+    ("uq_users_email_lower", "users", "email"),
+    ("uq_groups_name_lower", "groups", "name"),
 )
 
 
-class CaseDuplicates(RuntimeError):
-    """Names that differ only in case: the unique index cannot be made until they are renamed."""
+class CaseDuplicates(ConfigError):
+    """Names that differ only in case: the unique index cannot be made until they are renamed.
+    A ConfigError: the command says so in one line (exit 2), as for other reasons to stop."""
 
 
 def upgrade() -> None:
     conn = op.get_bind()
     problems = []
-    for _index, table, column, fix in _INDEXES:
+    for _index, table, column in _INDEXES:
         clashes = conn.execute(
             sa.text(
                 f"SELECT {column} FROM {table} WHERE lower({column}) IN ("
@@ -45,16 +49,18 @@ def upgrade() -> None:
         ).scalars()
         found = list(clashes)
         if found:
-            problems.append(f"{table}.{column}: {', '.join(map(repr, found))} (change with: {fix})")
+            problems.append(f"{table}.{column}: {', '.join(map(repr, found))}")
     if problems:
         raise CaseDuplicates(
-            "these differ only in case, which is no longer allowed; change all but one of each,"
-            " then upgrade again: " + "; ".join(problems)
+            "the database holds names that differ only in case, which is no longer allowed;"
+            " nothing was changed. Rename all but one of each in SQL (UPDATE users SET"
+            " username = 'new' WHERE username = 'old'; the same for users.email or"
+            " groups.name), then start again: " + "; ".join(problems)
         )
-    for index, table, column, _fix in _INDEXES:
+    for index, table, column in _INDEXES:
         op.create_index(index, table, [sa.text(f"lower({column})")], unique=True)
 
 
 def downgrade() -> None:
-    for index, table, _column, _fix in reversed(_INDEXES):
+    for index, table, _column in reversed(_INDEXES):
         op.drop_index(index, table_name=table)
