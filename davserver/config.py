@@ -27,6 +27,7 @@ ENV_PREFIX = "DAVSERVER_"
 # The longest span in days any option, expiry or retention takes: a hundred years, far from
 # the year 9999 where Python's datetimes end (davserver.services.bounds uses it too).
 MAX_DAYS = 36_500
+MAX_SECONDS = MAX_DAYS * 86_400  # a duration's bound: dates and timers stay in range
 
 
 def opt(
@@ -71,12 +72,15 @@ class ServerSettings:
     max_xml_body: int = opt(
         1024 * 1024, "Largest PROPFIND/PROPPATCH/LOCK body accepted (413).", low=4096
     )
-    request_timeout: int = opt(60, "Seconds a connection may stay idle before it is closed.", low=1)
+    request_timeout: int = opt(
+        60, "Seconds a connection may stay idle before it is closed.", low=1, high=MAX_SECONDS
+    )
     header_timeout: int = opt(
         20,
         "Seconds a client has, once it starts a request, for its request line and headers (and"
         " a new connection's TLS handshake); a slower one is cut off.",
         low=1,
+        high=MAX_SECONDS,
     )
     keep_alive_connections: int = opt(
         500,
@@ -98,6 +102,7 @@ class ServerSettings:
         " which new connections then get without a restart; SIGHUP loads them at once."
         " 0: only on SIGHUP.",
         low=0,
+        high=MAX_SECONDS,
     )
     trusted_proxies: str = opt(
         "",
@@ -136,6 +141,7 @@ class DatabaseSettings:
         "A pooled connection unused this long is checked (one round trip) before its next use,"
         " and replaced if the server dropped it (PostgreSQL); 0 checks it at every use.",
         low=0,
+        high=MAX_SECONDS,
     )
     reconnect_after_seconds: int = opt(
         600,
@@ -145,6 +151,7 @@ class DatabaseSettings:
         " connection, when autovacuum (which analyses growing tables, and so makes PostgreSQL"
         " plan again) is off. 0 keeps connections open for good.",
         low=0,
+        high=MAX_SECONDS,
     )
 
 
@@ -199,7 +206,7 @@ class AdminSettings:
 class DavSettings:
     realm: str = opt("davserver", "Realm shown in the Basic authentication prompt.")
     lock_max_timeout: int = opt(
-        7 * 24 * 3600, "Longest lock lifetime a client may ask for (s).", low=1
+        7 * 24 * 3600, "Longest lock lifetime a client may ask for (s).", low=1, high=MAX_SECONDS
     )
 
 
@@ -209,9 +216,10 @@ class AuthSettings:
         300,
         "Seconds a verified Basic password is recognised without hashing after its last use.",
         low=0,
+        high=MAX_SECONDS,
     )
     access_token_seconds: int = opt(
-        900, "Lifetime of a Bearer access token from /api/v1/token.", low=1
+        900, "Lifetime of a Bearer access token from /api/v1/token.", low=1, high=MAX_SECONDS
     )
     refresh_token_days: int = opt(
         30, "Lifetime of a refresh token; each one works only once.", low=1, high=MAX_DAYS
@@ -223,6 +231,7 @@ class AuthSettings:
         1800,
         "A client's session ends after this long without a request; the next one starts anew.",
         low=1,
+        high=MAX_SECONDS,
     )
     max_failures_per_user: int = opt(
         5, "Failed logins for one account within the window before it is locked (429).", low=1
@@ -232,8 +241,12 @@ class AuthSettings:
         "Failed logins from one client address within the window before it is locked (429).",
         low=1,
     )
-    failure_window_seconds: int = opt(900, "Window in which failed logins are counted.", low=1)
-    ban_seconds: int = opt(900, "How long a locked account or address is refused.", low=0)
+    failure_window_seconds: int = opt(
+        900, "Window in which failed logins are counted.", low=1, high=MAX_SECONDS
+    )
+    ban_seconds: int = opt(
+        900, "How long a locked account or address is refused.", low=0, high=MAX_SECONDS
+    )
 
 
 @dataclass(frozen=True)
@@ -242,12 +255,14 @@ class MaintenanceSettings:
         3600,
         "gc leaves blobs, orphan files and upload leftovers younger than this alone (s).",
         low=0,
+        high=MAX_SECONDS,
     )
     housekeeping_seconds: int = opt(
         3600,
         "A running server purges expired trash items, packages and refresh tokens this often"
         " (s; 0: never).",
         low=0,
+        high=MAX_SECONDS,
     )
     logbook_retention_days: int = opt(
         0,
@@ -303,7 +318,10 @@ class ImageSettings:
         low=64,
     )
     timeout: int = opt(
-        30, "Seconds one conversion may take before its worker is killed (422).", low=1
+        30,
+        "Seconds one conversion may take before its worker is killed (422).",
+        low=1,
+        high=MAX_SECONDS,
     )
     render_on_upload: bool = opt(
         False, "Make the thumbnail sizes in the background as soon as an image is uploaded."
@@ -326,6 +344,7 @@ class VersionSettings:
         "An upload by the same user this soon after the file's previous version replaces that "
         "version instead of adding one (0: off; uploads under one lock always coalesce).",
         low=0,
+        high=MAX_SECONDS,
     )
 
 

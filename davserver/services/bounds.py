@@ -12,11 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-from davserver.config import MAX_DAYS as MAX_DAYS  # the settings' bound too
+from davserver.config import MAX_DAYS as MAX_DAYS  # the settings' bounds too
+from davserver.config import MAX_SECONDS as MAX_SECONDS
 from davserver.db.types import utcnow
 from davserver.errors import BadRequest
 
-MAX_SECONDS = MAX_DAYS * 86_400
 # The database's largest integer (BigInteger, SQLite's INTEGER): quotas and sizes, LIMITs.
 MAX_INTEGER = 2**63 - 1
 MAX_BYTES = MAX_INTEGER

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
 from davserver.config import (
+    MAX_SECONDS,
     ConfigError,
     Settings,
     env_name,
@@ -18,6 +21,7 @@ from davserver.config import (
     trusted_networks,
     unknown_environment,
 )
+from davserver.db.types import utcnow
 from tests.servers import REPO_ROOT
 
 REPO_CONFIG = REPO_ROOT / "config.yaml"
@@ -328,6 +332,23 @@ def test_every_number_option_has_a_range() -> None:
     }
     assert len(numbers) > 20
     assert numbers - bounded == set()
+
+
+def test_every_duration_has_an_upper_bound() -> None:
+    """A huge duration passed the settings and failed at run time: gc's cutoff date out of
+    range (a traceback), the housekeeping thread's timer overflowing (it died)."""
+    durations = [
+        dotted
+        for dotted, f in iter_options()
+        if ("seconds" in dotted or "timeout" in dotted) and not isinstance(f.default, bool)
+    ]
+    assert len(durations) > 10
+    assert [d for d, f in iter_options() if d in durations and f.metadata["high"] is None] == []
+    # The bound is one a timer takes and a date can step back or forward by.
+    assert MAX_SECONDS <= threading.TIMEOUT_MAX
+    assert utcnow() - dt.timedelta(seconds=MAX_SECONDS) < utcnow() + dt.timedelta(
+        seconds=MAX_SECONDS
+    )
 
 
 @pytest.mark.parametrize(("dotted", "low", "high"), _bounded())
