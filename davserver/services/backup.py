@@ -28,13 +28,14 @@ backup is complete but for that file's bytes.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 import sqlite3
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,37 @@ def back_up(
     started = time.monotonic()
     folder = folder.resolve()
     _check_folder(folder)
+    with _only_backup_into(folder):
+        return _back_up(db, blobs, folder, fsync, progress, started)
+
+
+@contextmanager
+def _only_backup_into(folder: Path) -> Iterator[None]:
+    """Hold the folder for this backup: BackupRefused while another one writes into it (each
+    would delete the other's partial snapshot). An advisory lock on the folder itself (no
+    file is left in it), gone with the process."""
+    held = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupRefused(
+                f"another backup is writing into {folder}: wait for it to end, or back up"
+                " into another folder"
+            ) from None
+        yield
+    finally:
+        os.close(held)
+
+
+def _back_up(
+    db: Database,
+    blobs: BlobStore,
+    folder: Path,
+    fsync: bool,
+    progress: ProgressCallback | None,
+    started: float,
+) -> BackupReport:
     report = BackupReport(str(folder))
     partial, earlier = folder / _PARTIAL, folder / _EARLIER
     partial.unlink(missing_ok=True)

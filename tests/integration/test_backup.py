@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -249,6 +250,25 @@ def test_a_folder_in_use_or_the_servers_own_is_refused(
     status, _, err = run("backup", str(folder))
     assert status == 1 and "is open" in err
     assert (folder / backup.DATABASE_FILE).read_bytes() == before
+
+
+def test_a_second_backup_into_a_folder_waits_for_none_and_is_refused(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    """Two backups into one folder at once each deleted the other's partial snapshot, and one
+    failed with a 'No such file' of a file it had not named."""
+    folder = tmp_path / "shared-target"
+    assert run("backup", str(folder))[0] == 0
+    before = (folder / backup.DATABASE_FILE).read_bytes()
+    held = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the backup running meanwhile holds it
+        status, _, err = run("backup", str(folder))
+    finally:
+        os.close(held)
+    assert status == 1 and "another backup is writing into" in err, err
+    assert (folder / backup.DATABASE_FILE).read_bytes() == before
+    assert run("backup", str(folder))[0] == 0  # and once it has ended, the next one runs
 
 
 def test_a_backup_cut_short_leaves_the_previous_one_whole(
