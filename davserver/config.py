@@ -27,6 +27,7 @@ ENV_PREFIX = "DAVSERVER_"
 # The longest span in days any option, expiry or retention takes: a hundred years, far from
 # the year 9999 where Python's datetimes end (davserver.services.bounds uses it too).
 MAX_DAYS = 36_500
+MIN_TOKEN_SECRET = 32  # bytes
 MAX_SECONDS = MAX_DAYS * 86_400  # a duration's bound: dates and timers stay in range
 
 
@@ -225,7 +226,9 @@ class AuthSettings:
         30, "Lifetime of a refresh token; each one works only once.", low=1, high=MAX_DAYS
     )
     token_secret: str = opt(
-        "", "Key signing access tokens; empty means one generated once and kept in the database."
+        "",
+        "Key signing access tokens, at least 32 bytes; empty means one generated once and kept"
+        " in the database.",
     )
     session_idle_seconds: int = opt(
         1800,
@@ -394,6 +397,12 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def __post_init__(self) -> None:
+        if self.auth.token_secret and len(self.auth.token_secret.encode()) < MIN_TOKEN_SECRET:
+            raise ConfigError(
+                f"auth.token_secret: at least {MIN_TOKEN_SECRET} bytes, as long as the hash"
+                " that signs with it (HS256); shorter ones can be guessed offline from any"
+                " token. Leave it empty to have one generated"
+            )
         if self.storage.backend == "s3" and not self.s3.bucket:
             raise ConfigError("storage.backend is s3 but s3.bucket is not set")
         endpoint = urlsplit(self.s3.endpoint_url or "")

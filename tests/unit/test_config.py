@@ -365,6 +365,15 @@ def test_numbers_outside_their_range_are_refused(
                 load_settings(None, env={name: str(outside)})
 
 
+def test_a_token_secret_shorter_than_its_hash_is_refused() -> None:
+    """A 1-byte signing key was taken; any token would give it away to an offline guess."""
+    name = env_name("auth.token_secret")
+    with pytest.raises(ConfigError, match=r"auth\.token_secret: at least 32 bytes"):
+        load_settings(None, env={name: "x" * 31})
+    assert load_settings(None, env={name: "x" * 32}).auth.token_secret == "x" * 32
+    assert load_settings(None, env={}).auth.token_secret == ""  # one is generated
+
+
 def test_a_yaml_boolean_is_not_a_number(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"server\.threads: expected an integer"):
         load_settings(write_yaml(tmp_path / "c.yaml", "server:\n  threads: yes\n"), env={})
