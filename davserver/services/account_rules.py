@@ -137,9 +137,17 @@ def serialize_account_changes(session: Session) -> None:
         session.execute(sa.select(sa.func.pg_advisory_xact_lock(_ACCOUNTS_LOCK_KEY)))
 
 
+def account_key(username: str) -> str:
+    """The form a user's or a group's name is found by: names are unique ignoring case
+    (``lower()``, migration 0006) and ASCII, so only ASCII is folded (Python would fold the
+    Kelvin sign to k, and a command naming "\u212aarl" would act on karl)."""
+    return username.lower() if username.isascii() else username
+
+
 def find_user(session: Session, username: str) -> User:
     """The user of that name in any case (names are unique ignoring case), deleted or not."""
-    found = session.scalar(sa.select(User).where(sa.func.lower(User.username) == username.lower()))
+    key = account_key(username)
+    found = session.scalar(sa.select(User).where(sa.func.lower(User.username) == key))
     if found is None:
         raise NotFound(f"no user {username!r}")
     return found

@@ -14,7 +14,11 @@ from davserver.db import Base, Database
 from davserver.db.types import utcnow
 from davserver.errors import Unauthorized
 from davserver.models import SYSTEM_ROLES, ApiKey, Op, Role, User, UserRole
-from davserver.services.account_rules import check_name, serialize_account_changes
+from davserver.services.account_rules import (
+    account_key,
+    check_name,
+    serialize_account_changes,
+)
 from davserver.services.actor import Actor
 from davserver.services.apikeys import KEY_MARKER, key_hash
 from davserver.services.audit import record_audit
@@ -128,7 +132,7 @@ class AccountService:
         if "\x00" in username:  # no name holds one, and PostgreSQL refuses it in a query
             raise Unauthorized("unknown user or wrong password")
         with self.db.connect() as conn:
-            rows = conn.execute(_BY_USERNAME, {"name_key": _name_key(username)}).all()
+            rows = conn.execute(_BY_USERNAME, {"name_key": account_key(username)}).all()
         stored_hash = rows[0].password_hash if rows and rows[0].is_active else None
         if stored_hash and self.memo.matches(username, password, stored_hash):
             return actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
@@ -153,7 +157,7 @@ class AccountService:
         now = utcnow()
         with self.db.connect() as conn:
             rows = conn.execute(_BY_KEY, {"key_hash": key_hash(key), "now": now}).all()
-        if not rows or rows[0].username.lower() != _name_key(username):  # as for passwords
+        if not rows or rows[0].username.lower() != account_key(username):  # as for passwords
             return None
         key_row = rows[0]
         if not (key_row.is_active and key_row.key_active):
@@ -233,12 +237,6 @@ def user_with_roles() -> sa.Select[Any]:
 
 
 _BY_USERNAME = user_with_roles().where(sa.func.lower(_users.c.username) == sa.bindparam("name_key"))
-
-
-def _name_key(username: str) -> str:
-    """The form a name signs in by: names are unique ignoring case (``lower()``, migration
-    0006) and ASCII, so only ASCII is folded (Python would fold the Kelvin sign to k)."""
-    return username.lower() if username.isascii() else username
 
 
 _BY_KEY = (

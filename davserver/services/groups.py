@@ -24,6 +24,7 @@ from davserver.errors import AlreadyExists, Conflict, NotFound
 from davserver.models import Group, GroupMember, Node, Op, User
 from davserver.services.account_rules import (
     UserStatus,
+    account_key,
     audit_details,
     check_name,
     find_live_user,
@@ -69,7 +70,7 @@ class GroupDetail(GroupInfo):
 
 def find_group(session: Session, name: str) -> Group:
     """The group of that name, in any case (names are unique ignoring case); NotFound if none."""
-    found = session.scalar(sa.select(Group).where(sa.func.lower(Group.name) == name.lower()))
+    found = session.scalar(sa.select(Group).where(sa.func.lower(Group.name) == account_key(name)))
     if found is None:
         raise NotFound(f"no group {name!r}")
     return found
@@ -136,7 +137,7 @@ class GroupAdminService:
         with self.db.write() as session:
             serialize_account_changes(session)
             taken = session.scalar(
-                sa.select(Group.id).where(sa.func.lower(Group.name) == name.lower()).limit(1)
+                sa.select(Group.id).where(sa.func.lower(Group.name) == account_key(name)).limit(1)
             )
             if taken is not None:
                 raise AlreadyExists(f"the group name {name!r} is taken")

@@ -222,6 +222,20 @@ def test_names_and_emails_are_unique_ignoring_case(
         assert len(services.users.list_users()) == 1
 
 
+def test_a_name_folding_to_another_in_python_alone_finds_no_one(services: Services) -> None:
+    """Python lowers the Kelvin sign to k, SQL does not: ``user disable "\u212aarl"`` found
+    karl and disabled him. Names are ASCII, so a non-ASCII one names no user or group."""
+    services.users.create_user(None, "karl")
+    services.groups.create_group(None, "kit")
+    with pytest.raises(NotFound):
+        services.users.disable_user(None, "\u212aarl")
+    with pytest.raises(NotFound):
+        services.users.show_user("\u212aARL")
+    with pytest.raises(NotFound):
+        services.groups.add_member(None, "\u212ait", "karl")
+    assert services.users.show_user("KARL").status == "active"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
