@@ -74,6 +74,7 @@ so the prefix matches are checked again in Python).
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import datetime as dt
 import math
@@ -342,12 +343,47 @@ class WriteCheck:
     namespace: str
 
 
+class _LockIndex:
+    """A snapshot's locks found by root, for the many lookups of one request: a PROPFIND
+    asks for each member's, and going through every lock of the namespace each time made a
+    2,000-member listing take 1.3 s instead of 0.06 s while 1,500 locks were held elsewhere."""
+
+    def __init__(self, locks: list[LockDict]) -> None:
+        self.locks = locks
+        self._by_root: dict[str, list[int]] = {}
+        self._deep: list[int] = []  # depth infinity: they cover what is below their root
+        for index, lock in enumerate(locks):
+            self._by_root.setdefault(lock["root"], []).append(index)
+            if lock["depth"] == "infinity":
+                self._deep.append(index)
+        self._roots = sorted(self._by_root)
+
+    def candidates(
+        self, root: str, include_root: bool, include_children: bool, above: bool
+    ) -> list[LockDict]:
+        """The locks that may be on ``root`` (with ``above``, those on a folder above it
+        with depth infinity too) or below it, oldest first: a superset of what matches."""
+        picked: set[int] = set()
+        if include_root:
+            picked.update(self._by_root.get(root, ()))
+            if above:
+                picked.update(i for i in self._deep if _is_below(self.locks[i]["root"], root))
+        if include_children:
+            prefix = _child_prefix(root)
+            for other in self._roots[bisect.bisect_left(self._roots, prefix) :]:
+                if not other.startswith(prefix):
+                    break
+                picked.update(self._by_root[other])
+        return [self.locks[i] for i in sorted(picked)]
+
+
 @dataclass
 class _RequestScope:
     space: LockSpace
     # The mounts met so far, each once (a listing keys every member): (namespace, url, root).
     mounts: dict[tuple[str, str, str], LockKey] = field(default_factory=dict)
     snapshots: dict[str, list[LockDict]] = field(default_factory=dict)
+    indexes: dict[str, _LockIndex] = field(default_factory=dict)  # of the snapshots, by root
     checks: list[WriteCheck] = field(default_factory=list)
     # The tokens of each namespace's locks as the request read them first: its checks were
     # made against those (or against later ones that the request itself took or released).
@@ -416,6 +452,7 @@ def _forget_snapshots() -> None:
     scope = _scope.get()
     if scope is not None:
         scope.snapshots.clear()
+        scope.indexes.clear()
 
 
 class SqlLockStorage:
@@ -784,7 +821,9 @@ class SqlLockStorage:
         key = _key(url)
         root, above = key.root, above and key.hides_ancestors
         if _scope.get() is not None and not fresh:
-            candidates = self._snapshot(key.namespace)
+            candidates = self._indexed(key.namespace).candidates(
+                root, include_root, include_children, above
+            )
         else:
             where: list[sa.ColumnElement[bool]] = []
             if include_root:
@@ -858,6 +897,17 @@ class SqlLockStorage:
             found = scope.snapshots[namespace] = self._namespace_locks(namespace)
             scope.first_seen.setdefault(namespace, {lock["token"] for lock in found})
         return found
+
+    def _indexed(self, namespace: str) -> _LockIndex:
+        """The request's snapshot of the namespace, indexed (again when it was read again)."""
+        locks = self._snapshot(namespace)
+        scope = _scope.get()
+        index = scope.indexes.get(namespace) if scope is not None else None
+        if index is None or index.locks is not locks:
+            index = _LockIndex(locks)
+            if scope is not None:
+                scope.indexes[namespace] = index
+        return index
 
     def _namespace_locks(self, namespace: str) -> list[LockDict]:
         """Every unexpired lock of a namespace (the per-request snapshot); a prepared statement."""

@@ -801,3 +801,41 @@ def test_a_drop_removes_locks_taken_elsewhere_after_the_request_read_them(
         storage.drop("/d")
     with storage.request_scope("alice"):
         assert below_d() == []
+
+
+def test_a_request_finds_in_its_indexed_snapshot_what_a_query_finds(
+    storage: SqlLockStorage,
+) -> None:
+    """Within a request the locks are looked up in the snapshot by root (a PROPFIND asks once
+    per member): the answers are those of the table's, for roots on, above and below each
+    path, with depth 0 and infinity, and paths whose names only start like a lock's."""
+    for root, depth in [
+        ("/a", "0"),
+        ("/a/b", "infinity"),
+        ("/a/b/c/d", "0"),
+        ("/a/bc", "0"),
+        ("/ab", "infinity"),
+        ("/x/y", "0"),
+        ("/", "0"),
+    ]:
+        storage.create(root, lock_def(depth=depth, scope="shared"))
+    paths = ["/", "/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/bc", "/ab/z", "/x", "/nothing"]
+    flags = [(True, False), (False, True), (True, True)]
+
+    def answers() -> list[list[str]]:
+        return [
+            sorted(
+                lock["root"]
+                for lock in storage.get_lock_list(
+                    path, include_root=root, include_children=children, token_only=False
+                )
+            )
+            for path in paths
+            for root, children in flags
+        ]
+
+    outside = answers()
+    with storage.request_scope(""):
+        assert answers() == outside
+    below_a = outside[paths.index("/a") * len(flags) + 1]
+    assert below_a == ["/a/b", "/a/b/c/d", "/a/bc"]  # not /ab, whose name starts as /a does
