@@ -1,9 +1,10 @@
 """Clean-ups a running server does on its own: trash items past their retention, expired
 packages, refresh tokens past their expiry and (with ``maintenance.logbook_retention_days``)
-old logbook rows are deleted every ``maintenance.housekeeping_seconds``, and the temp files a
-crashed upload left are removed once older than ``maintenance.gc_grace_seconds``, and at least
-an hour (an upload's temp file waits while it goes up to an S3 store, unchanged), and the
-unfinished multipart uploads a cut-off upload left in an S3 store once a day old.
+old logbook rows, and the client addresses and user agents of sessions as old, are deleted
+every ``maintenance.housekeeping_seconds``; the temp files a crashed upload left are removed
+once older than ``maintenance.gc_grace_seconds``, and at least an hour (an upload's temp file
+waits while it goes up to an S3 store, unchanged), and the unfinished multipart uploads a
+cut-off upload left in an S3 store once a day old.
 
 Each purge is one transaction per item, so several server processes doing this at once only
 repeat a little work. Failures are logged and retried at the next run; they never stop serving.
@@ -17,7 +18,7 @@ import threading
 from dataclasses import dataclass
 
 from davserver.context import Services
-from davserver.services.audit import prune_logbook
+from davserver.services.audit import forget_client_details, prune_logbook
 from davserver.services.maintenance import MaintenanceService
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class Housekeeper:
         tokens = self.services.tokens.purge_expired()
         retention = self.services.settings.maintenance.logbook_retention_days
         logbook = prune_logbook(self.services.db, retention) if retention else 0
+        if retention:  # the sessions name clients too (GET /api/v1/sessions shows them)
+            forget_client_details(self.services.db, retention)
         seconds = max(self.services.settings.maintenance.gc_grace_seconds, _LEFTOVER_AGE)
         grace = dt.timedelta(seconds=seconds)
         uploads_grace = max(grace, UNFINISHED_UPLOAD_AGE)

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
-from davserver.db.batches import delete_in_batches
+from davserver.db.batches import delete_in_batches, update_in_batches
 from davserver.db.types import utcnow
 from davserver.errors import BadRequest, StorageFull
-from davserver.models import LogEntry, Op, User
+from davserver.models import LogEntry, LoginSession, Op, User
 from davserver.services.actor import Actor
 
 
@@ -72,6 +72,17 @@ def prune_logbook(db: Database, older_than_days: int) -> int:
             details = {"rows": deleted, "older_than_days": older_than_days}
             record_audit(session, None, Op.MAINTENANCE_LOGBOOK_PRUNE, details=details)
     return deleted
+
+
+def forget_client_details(db: Database, older_than_days: int) -> int:
+    """Blank the client address and user agent of the sessions last seen before
+    ``older_than_days`` (the logbook's retention): they name clients as the logbook rows did,
+    and the rows that point at a session keep pointing at it; how many."""
+    table = Base.metadata.tables[LoginSession.__tablename__]
+    cutoff = utcnow() - dt.timedelta(days=older_than_days)
+    named = sa.or_(table.c.ip.is_not(None), table.c.user_agent != "")
+    where = sa.and_(table.c.last_seen_at < cutoff, named)
+    return update_in_batches(db, table, where, {"ip": None, "user_agent": ""})
 
 
 _INSERT = sa.insert(Base.metadata.tables[LogEntry.__tablename__])

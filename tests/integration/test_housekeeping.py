@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from davserver.db.types import utcnow
 from davserver.errors import Unauthorized
 from davserver.housekeeping import Housekeeper
-from davserver.models import LogEntry, Node, Package, RefreshToken
+from davserver.models import LogEntry, LoginSession, Node, Package, RefreshToken
 from tests.conftest import ENGINES
 from tests.servers import InprocServer, basic_auth_header, run_inproc_server
 
@@ -188,3 +188,30 @@ def test_a_sweep_deletes_logbook_rows_past_their_retention(engine: str, tmp_path
         ]
         # The next sweep finds nothing more.
         assert Housekeeper(server.app.services, 0).run_once().logbook_rows == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_sweep_forgets_the_client_details_of_sessions_past_the_retention(
+    engine: str, tmp_path: Path
+) -> None:
+    """The sessions name clients (address, user agent) as the logbook rows do, and kept them
+    for ever, deleted users' too. Past the logbook's retention those two are blanked; the
+    session stays, for the versions and rows that point at it."""
+    with run_inproc_server(engine, tmp_path, maintenance__logbook_retention_days=30) as server:
+        headers = {"User-Agent": "SecretAgent/1.0"}
+        assert server.request("PUT", "/files/a.txt", b"x", headers).status == 201
+        with server.app.db.write() as session:
+            old = session.scalars(sa.select(LoginSession.id)).all()
+            assert old
+            session.execute(
+                sa.update(LoginSession).values(last_seen_at=utcnow() - dt.timedelta(days=31))
+            )
+        assert server.request("PUT", "/files/b.txt", b"y", {"User-Agent": "Recent/2"}).status == 201
+        Housekeeper(server.app.services, 0).run_once()
+        with server.app.db.read() as session:
+            rows = session.execute(
+                sa.select(LoginSession.id, LoginSession.ip, LoginSession.user_agent)
+            ).all()
+        kept = {row.id: (row.ip, row.user_agent) for row in rows}
+        assert all(kept[id] == (None, "") for id in old)
+        assert ("127.0.0.1", "Recent/2") in [(str(ip), agent) for ip, agent in kept.values()]
