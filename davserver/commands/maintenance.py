@@ -24,7 +24,8 @@ from davserver.commands.common import (
 )
 from davserver.services import usage
 from davserver.services.bounds import MAX_INTEGER, MAX_SECONDS
-from davserver.services.maintenance import FsckReport, MaintenanceService
+from davserver.services.fsck import FsckReport, FsckService
+from davserver.services.maintenance import MaintenanceService
 
 
 def register(commands: Any) -> None:
@@ -195,7 +196,7 @@ def cmd_recount(args: argparse.Namespace) -> int:
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     with open_services(args) as services:
-        report = MaintenanceService(services.db, services.blobs).check(
+        report = FsckService(services.db, services.blobs).check(
             sample=args.sample,
             since=args.since,
             progress=None if args.quiet else ProgressLine("fsck"),

@@ -49,12 +49,8 @@ from davserver.db.copy import copy_database
 from davserver.db.migrate import upgrade
 from davserver.models import Blob, Op
 from davserver.services.audit import record_audit
-from davserver.services.maintenance import (
-    FsckProblem,
-    Progress,
-    ProgressCallback,
-    unused_blob_keys,
-)
+from davserver.services.fsck import FsckProblem
+from davserver.services.maintenance import Progress, ProgressCallback, unused_blob_keys
 
 DATABASE_FILE = "davserver.sqlite3"  # the names a data folder uses (Settings.database_url)
 BLOB_FOLDER = "blobs"

@@ -1,4 +1,5 @@
-"""Blob store upkeep: ``collect_garbage`` removes blobs nothing references, ``check`` re-hashes.
+"""Blob store upkeep: ``collect_garbage`` removes blobs nothing references (fsck, which re-hashes
+them, is ``davserver.services.fsck``).
 
 gc against a racing upload
 --------------------------
@@ -43,10 +44,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -59,7 +58,6 @@ from davserver.blobstore import (
     BlobFile,
     MaintainableBlobStore,
     PartialUploadStore,
-    is_sha256,
     is_storage_key,
 )
 from davserver.db import Base, Database
@@ -71,13 +69,12 @@ from davserver.services.blob_refs import is_remote
 from davserver.services.store_owner import claim_store
 
 T = TypeVar("T")
-_BATCH = 500  # rows per statement; SQLite allows 32,766 bound parameters
+BATCH = 500  # rows per statement; SQLite allows 32,766 bound parameters
 # Blobs removed per transaction from a remote store (S3): each is a copy and a delete on the
 # store, made while the transaction is open, and on SQLite every other writer waits for it.
 _REMOTE_PER_TRANSACTION = 8
 _RETRIES = 4
-_READ_BLOCK = 1024 * 1024
-_LOGGED_PROBLEMS = 100  # problems copied into the logbook row; the report has them all
+LOGGED_PROBLEMS = 100  # problems copied into a logbook row; the report has them all
 
 
 @dataclass(frozen=True)
@@ -120,51 +117,12 @@ class GcReport:
         return {**dataclasses.asdict(self), "ok": self.ok}
 
 
-@dataclass(frozen=True)
-class FsckProblem:
-    """One finding: ``kind`` is missing, corrupt, unreadable or orphan."""
-
-    kind: str
-    storage_key: str
-    sha256: str | None
-    detail: str
-
-
-@dataclass
-class FsckReport:
-    blobs_checked: int = 0
-    bytes_checked: int = 0
-    files_scanned: int = 0  # files walked looking for orphans; 0 when that scan was skipped
-    orphan_scan: bool = True
-    counts: dict[str, int] = field(default_factory=dict)
-    problems: list[FsckProblem] = field(default_factory=list)
-    problems_truncated: bool = False
-    # Rows nothing uses whose file is gone (a gc that stopped half-way, or one running now):
-    # nothing anyone needs is lost, and the next gc removes them. Not a problem.
-    garbage_without_file: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.counts
-
-    def add(self, problem: FsckProblem, limit: int) -> None:
-        self.counts[problem.kind] = self.counts.get(problem.kind, 0) + 1
-        if len(self.problems) < limit:
-            self.problems.append(problem)
-        else:
-            self.problems_truncated = True
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "ok": self.ok}
-
-
 class MaintenanceService:
     def __init__(self, db: Database, blobs: MaintainableBlobStore) -> None:
         self.db = db
         self.blobs = blobs
         # A local store moves a file aside with a rename: a whole batch in one transaction.
-        self._per_transaction = _REMOTE_PER_TRANSACTION if is_remote(blobs) else _BATCH
+        self._per_transaction = _REMOTE_PER_TRANSACTION if is_remote(blobs) else BATCH
 
     # ---------------------------------------------------------------------- gc
 
@@ -186,7 +144,7 @@ class MaintenanceService:
         started = time.monotonic()
         cutoff = utcnow() - grace
         report = GcReport(dry_run=dry_run, grace_seconds=int(grace.total_seconds()))
-        tick = progress or _ignore
+        tick = progress or ignore_progress
         self._gc_rows(cutoff, report, tick)
         self._gc_orphans(cutoff.timestamp(), report, tick)
         self._gc_temp(cutoff.timestamp(), report, tick)
@@ -198,7 +156,7 @@ class MaintenanceService:
     def _log_gc(self, report: GcReport) -> None:
         """The run's maintenance:gc logbook row (its first problems only)."""
         details = report.as_dict()
-        details["errors"] = report.errors[:_LOGGED_PROBLEMS]
+        details["errors"] = report.errors[:LOGGED_PROBLEMS]
         with self.db.write() as session:
             record_audit(session, None, Op.MAINTENANCE_GC, details=details)
 
@@ -208,7 +166,7 @@ class MaintenanceService:
         while True:
             with self.db.connect() as conn:
                 rows = conn.execute(
-                    _candidates(after), {"cutoff": cutoff, "after": after, "limit": _BATCH}
+                    _candidates(after), {"cutoff": cutoff, "after": after, "limit": BATCH}
                 ).all()
             if not rows:
                 return
@@ -233,15 +191,15 @@ class MaintenanceService:
         row when anything went."""
         report = GcReport(dry_run=False, grace_seconds=int(grace.total_seconds()))
         now = utcnow()
-        self._gc_temp((now - grace).timestamp(), report, _ignore)
-        self._gc_partial_uploads((now - uploads_grace).timestamp(), report, _ignore)
+        self._gc_temp((now - grace).timestamp(), report, ignore_progress)
+        self._gc_partial_uploads((now - uploads_grace).timestamp(), report, ignore_progress)
         if report.temp_files_removed or report.multipart_uploads_aborted or report.errors:
             self._log_gc(report)
         return report
 
     def _delete_rows(self, ids: list[uuid.UUID], report: GcReport) -> None:
         """Delete the rows of ``ids`` that are still unreferenced, and their files."""
-        for chunk in _batched(ids, self._per_transaction):
+        for chunk in batched(ids, self._per_transaction):
 
             def remove(session: Session, chunk: list[uuid.UUID] = chunk) -> list[str]:
                 session.execute(_DELETE_DEAD_VARIANTS, {"ids": chunk})
@@ -252,7 +210,7 @@ class MaintenanceService:
     def _gc_orphans(self, cutoff: float, report: GcReport, tick: ProgressCallback) -> None:
         old = (f for f in self.blobs.iter_files() if f.mtime < cutoff and is_storage_key(f.key))
         seen = 0
-        for batch in _batched(old, _BATCH):
+        for batch in batched(old, BATCH):
             seen += len(batch)
             self._gc_orphan_batch(batch, report)
             tick(Progress("orphans", seen, None, report.orphan_bytes_removed))
@@ -268,7 +226,7 @@ class MaintenanceService:
             report.orphan_files_removed += len(orphans)
             report.orphan_bytes_removed += sum(f.size for f in orphans)
             return
-        for chunk in _batched(orphans, self._per_transaction):
+        for chunk in batched(orphans, self._per_transaction):
             self._remove_orphans(chunk, report)
 
     def _remove_orphans(self, orphans: list[BlobFile], report: GcReport) -> None:
@@ -401,150 +359,12 @@ class MaintenanceService:
         done = report.multipart_uploads_aborted
         tick(Progress("uploads", done, done, report.multipart_bytes_aborted))
 
-    # -------------------------------------------------------------------- fsck
 
-    def check(
-        self,
-        *,
-        sample: int | None = None,
-        since: dt.datetime | None = None,
-        progress: ProgressCallback | None = None,
-        max_problems: int = 10_000,
-        orphan_min_age: dt.timedelta = dt.timedelta(minutes=1),
-    ) -> FsckReport:
-        """Re-hash blobs and report any whose file is missing or whose bytes (SHA-256, size,
-        CRC-32) no longer match their row; then report files that have no row.
-
-        ``sample`` checks that many blobs chosen at random, ``since`` only blobs created at or
-        after that time; either skips the orphan scan, which walks the whole store. Files
-        younger than ``orphan_min_age`` are not called orphans: their upload may be
-        committing. At most ``max_problems`` are listed; ``counts`` has them all. Writes one
-        logbook row.
-        """
-        claim_store(self.db, self.blobs)  # another database's blobs would all be problems
-        started = time.monotonic()
-        report = FsckReport(orphan_scan=sample is None and since is None)
-        tick = progress or _ignore
-        total, total_bytes = self._totals(sample, since)
-        done_bytes = 0
-        for index, row in enumerate(self._rows_to_check(sample, since), 1):
-
-            def hashing(n: int, before: int = index - 1, base: int = done_bytes) -> None:
-                tick(Progress("hash", before, total, base + n, total_bytes))
-
-            problem = self._verify(row, hashing)
-            if problem is not None and problem.kind == "missing" and self._unused(row.storage_key):
-                report.garbage_without_file += 1
-                problem = None
-            done_bytes += row.size_bytes
-            report.blobs_checked = index
-            report.bytes_checked = done_bytes
-            if problem is not None:
-                report.add(problem, max_problems)
-            tick(Progress("hash", index, total, done_bytes, total_bytes))
-        if report.orphan_scan:
-            cutoff = time.time() - orphan_min_age.total_seconds()
-            for problem in self._orphans(report, cutoff, tick):
-                report.add(problem, max_problems)
-        report.seconds = round(time.monotonic() - started, 3)
-        details = report.as_dict()
-        details["problems"] = details["problems"][:_LOGGED_PROBLEMS]
-        details.update(sample=sample, since=since.isoformat() if since else None)
-        with self.db.write() as session:
-            record_audit(session, None, Op.MAINTENANCE_FSCK, details=details)
-        return report
-
-    def _unused(self, storage_key: str) -> bool:
-        with self.db.connect() as conn:
-            return bool(unused_blob_keys(conn, [storage_key]))
-
-    def _totals(self, sample: int | None, since: dt.datetime | None) -> tuple[int, int]:
-        statement = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(_b.c.size_bytes), 0))
-        if since is not None:
-            statement = statement.where(_b.c.created_at >= since)
-        with self.db.connect() as conn:
-            count, size = conn.execute(statement).one()
-        if sample is not None and sample < count:
-            # The sizes of a random sample are not known up front; estimate them.
-            return sample, int(size * sample / count) if count else 0
-        return int(count), int(size)
-
-    def _rows_to_check(self, sample: int | None, since: dt.datetime | None) -> Iterator[Any]:
-        columns = (_b.c.id, _b.c.sha256, _b.c.storage_key, _b.c.size_bytes, _b.c.crc32)
-        if sample is not None:
-            with self.db.connect() as conn:
-                picked = conn.execute(
-                    sa.select(*columns).order_by(sa.func.random()).limit(sample)
-                ).all()
-            yield from picked
-            return
-        after: uuid.UUID | None = None
-        while True:
-            statement = sa.select(*columns).order_by(_b.c.id).limit(_BATCH)
-            if after is not None:
-                statement = statement.where(_b.c.id > after)
-            if since is not None:
-                statement = statement.where(_b.c.created_at >= since)
-            with self.db.connect() as conn:
-                rows = conn.execute(statement).all()
-            if not rows:
-                return
-            yield from rows
-            after = rows[-1].id
-
-    def _verify(self, row: Any, read: Callable[[int], None]) -> FsckProblem | None:
-        """Hash one blob in fixed-size blocks (``read`` hears the bytes so far after each);
-        the problem with it, if any."""
-        digest = hashlib.sha256()
-        crc = 0
-        size = 0
-        try:
-            with self.blobs.open(row.storage_key) as fh:
-                while block := fh.read(_READ_BLOCK):
-                    digest.update(block)
-                    crc = zlib.crc32(block, crc)
-                    size += len(block)
-                    read(size)
-        except FileNotFoundError:
-            return FsckProblem("missing", row.storage_key, row.sha256, "the file is missing")
-        except OSError as exc:
-            return FsckProblem("unreadable", row.storage_key, row.sha256, str(exc))
-        wrong = []
-        if size != row.size_bytes:
-            wrong.append(f"size {size}, expected {row.size_bytes}")
-        if digest.hexdigest() != row.sha256:
-            wrong.append(f"sha256 {digest.hexdigest()}")
-        if row.crc32 is not None and crc != row.crc32:
-            wrong.append(f"crc32 {crc:08x}, expected {row.crc32:08x}")
-        if wrong:
-            return FsckProblem("corrupt", row.storage_key, row.sha256, "; ".join(wrong))
-        return None
-
-    def _orphans(
-        self, report: FsckReport, cutoff: float, tick: ProgressCallback
-    ) -> Iterator[FsckProblem]:
-        for batch in _batched(self.blobs.iter_files(), _BATCH):
-            report.files_scanned += len(batch)
-            shas = [f.key.rpartition("/")[2] for f in batch]
-            with self.db.connect() as conn:
-                keys = set(
-                    conn.execute(
-                        sa.select(_b.c.storage_key).where(
-                            _b.c.sha256.in_([s for s in shas if is_sha256(s)])
-                        )
-                    ).scalars()
-                )
-            for found in batch:
-                if found.key not in keys and found.mtime < cutoff:
-                    yield FsckProblem("orphan", found.key, None, f"no row ({found.size} bytes)")
-            tick(Progress("orphans", report.files_scanned))
-
-
-def _ignore(_progress: Progress) -> None:
+def ignore_progress(_progress: Progress) -> None:
     return None
 
 
-def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     batch: list[T] = []
     for item in items:
         batch.append(item)

@@ -24,6 +24,7 @@ from davserver.blobstore import FileSystemBlobStore
 from davserver.cli import main
 from davserver.models import Blob, LogEntry
 from davserver.services import backup
+from davserver.services.fsck import FsckService
 from davserver.services.maintenance import MaintenanceService
 from tests.blobs import loose_blob
 from tests.conftest import ENGINES
@@ -228,7 +229,7 @@ def test_an_unused_row_whose_file_is_gone_is_no_problem_of_the_backup(
     with serve_backup(folder, srv) as restored:
         assert User(restored, srv.user, srv.password).get("/files/kept.txt") == b"kept bytes"
         app = restored.application
-        checked = MaintenanceService(app.db, app.blobs).check()  # type: ignore[arg-type]
+        checked = FsckService(app.db, app.blobs).check()  # type: ignore[arg-type]
     assert checked.ok and checked.garbage_without_file == 1
 
 

@@ -21,6 +21,7 @@ from davserver.db.types import utcnow
 from davserver.models import Blob, ImageVariant, LogEntry, Package
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
+from davserver.services.fsck import FsckService
 from davserver.services.maintenance import MaintenanceService
 from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView
@@ -221,7 +222,7 @@ def test_a_store_that_fanned_out_twice_keeps_working(
     report = maintenance.collect_garbage(grace=HOUR)
     assert report.orphan_files_removed == 1 and report.blobs_removed == 0
     assert not orphan.exists() and earlier.exists()
-    assert maintenance.check().ok
+    assert FsckService(maintenance.db, maintenance.blobs).check().ok
 
 
 # --------------------------------------------------------------------------------- fsck
@@ -239,7 +240,7 @@ def test_fsck_finds_corrupt_missing_and_orphan_files(
     put(files, actor, home, "flipped.txt", b"flipped bytes")
     put(files, actor, home, "short.txt", b"truncated bytes")
     put(files, actor, home, "gone.txt", b"missing bytes")
-    assert maintenance.check().ok
+    assert FsckService(maintenance.db, maintenance.blobs).check().ok
     with open(path_of(store, b"flipped bytes"), "r+b") as fh:
         fh.write(b"F")
     path_of(store, b"truncated bytes").write_bytes(b"trunc")
@@ -251,7 +252,7 @@ def test_fsck_finds_corrupt_missing_and_orphan_files(
     loose_blob(database, store, b"garbage bytes")
     path_of(store, b"garbage bytes").unlink()
 
-    report = maintenance.check()
+    report = FsckService(maintenance.db, maintenance.blobs).check()
 
     assert not report.ok
     assert report.counts == {"corrupt": 2, "missing": 1, "orphan": 1}
@@ -282,11 +283,13 @@ def test_fsck_sample_and_since_check_a_subset_and_skip_the_orphan_scan(
         loose_blob(database, store, f"old {i}".encode(), age=3 * 24 * 3600)
     loose_blob(database, store, b"new one", age=0)
     orphan_file(store, b"orphan")
-    sampled = maintenance.check(sample=3)
+    sampled = FsckService(maintenance.db, maintenance.blobs).check(sample=3)
     assert sampled.blobs_checked == 3 and not sampled.orphan_scan and sampled.ok
-    recent = maintenance.check(since=utcnow() - dt.timedelta(days=1))
+    recent = FsckService(maintenance.db, maintenance.blobs).check(
+        since=utcnow() - dt.timedelta(days=1)
+    )
     assert (recent.blobs_checked, recent.bytes_checked) == (1, len(b"new one"))
-    assert maintenance.check().counts == {"orphan": 1}
+    assert FsckService(maintenance.db, maintenance.blobs).check().counts == {"orphan": 1}
 
 
 def test_fsck_reports_progress_within_a_large_blob(
@@ -294,7 +297,7 @@ def test_fsck_reports_progress_within_a_large_blob(
 ) -> None:
     loose_blob(database, store, os.urandom(3 * 1024 * 1024 + 5))
     seen: list[Any] = []
-    assert maintenance.check(progress=seen.append).ok
+    assert FsckService(maintenance.db, maintenance.blobs).check(progress=seen.append).ok
     hashing = [p for p in seen if p.phase == "hash"]
     assert [p.bytes_done for p in hashing[:3]] == [1 << 20, 2 << 20, 3 << 20]
     assert hashing[-1].done == hashing[-1].total == 1
@@ -313,7 +316,7 @@ def test_an_empty_new_file_leaves_no_blob_file_and_an_emptied_one_keeps_its_blob
     assert list(store.iter_files()) == [] and list(store.iter_temp_files()) == []
     for orphan in store.root.rglob("*"):
         backdate(orphan, OLD)
-    assert maintenance.check().ok
+    assert FsckService(maintenance.db, maintenance.blobs).check().ok
 
     # 0 bytes over a file with bytes make a version of size 0: that one needs its blob.
     put(files, actor, home, "doc.txt", b"some bytes")
@@ -322,7 +325,7 @@ def test_an_empty_new_file_leaves_no_blob_file_and_an_emptied_one_keeps_its_blob
     assert path_of(store, b"").is_file() and list(store.iter_temp_files()) == []
     with files.open_content(emptied) as fh:
         assert fh.read() == b""
-    report = maintenance.check()
+    report = FsckService(maintenance.db, maintenance.blobs).check()
     assert report.ok and report.blobs_checked == 2 and report.files_scanned == 2
 
 

@@ -25,6 +25,7 @@ from davserver.models import Blob, FileVersion
 from davserver.services import blob_refs
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
+from davserver.services.fsck import FsckService
 from davserver.services.maintenance import GcReport, MaintenanceService
 from davserver.services.tree import NodeView
 from tests.blobs import HOUR, loose_blob, orphan_file, sha, write
@@ -131,7 +132,7 @@ def assert_intact(database: Database, maintenance: MaintenanceService, node_id: 
     assert found == sha(DATA)
     with maintenance.blobs.open(storage_key) as fh:
         assert fh.read() == DATA
-    assert maintenance.check().ok
+    assert FsckService(maintenance.db, maintenance.blobs).check().ok
     assert list(maintenance.blobs.iter_temp_files()) == []
 
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from davserver.cli import main
 from davserver.db.types import utcnow
 from davserver.models import Blob, FileVersion, LogEntry, Node, Package, PackageItem
+from davserver.services.fsck import FsckService
 from davserver.services.maintenance import MaintenanceService
 from davserver.services.permissions import Perm
 from tests.conftest import ENGINES
@@ -519,7 +520,7 @@ def test_a_0_byte_put_of_a_new_file_stores_nothing(engine: str, tmp_path: Path) 
         assert alice.put("/files/empty.txt", b"") == 201
         assert alice.get("/files/empty.txt") == b""
         assert list(store.iter_files()) == [] and list(store.iter_temp_files()) == []
-        report = maintenance.check()
+        report = FsckService(maintenance.db, maintenance.blobs).check()
         assert report.ok and report.files_scanned == 0
 
         assert alice.put("/files/doc.txt", b"some bytes") == 201
@@ -528,7 +529,7 @@ def test_a_0_byte_put_of_a_new_file_stores_nothing(engine: str, tmp_path: Path) 
         assert alice.get("/files/doc.txt") == b""
         assert alice.get("/versions/files/doc.txt/doc.v2.txt") == b""
         assert list(store.iter_temp_files()) == []
-        report = maintenance.check()
+        report = FsckService(maintenance.db, maintenance.blobs).check()
         assert report.ok and report.blobs_checked == 2 and report.files_scanned == 2
 
 

@@ -1,0 +1,214 @@
+"""fsck: re-hash every blob against its row, and find the files that have no row."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from davserver.blobstore import MaintainableBlobStore, is_sha256
+from davserver.db import Base, Database
+from davserver.models import Op
+from davserver.services.audit import record_audit
+from davserver.services.maintenance import (
+    BATCH,
+    LOGGED_PROBLEMS,
+    Progress,
+    ProgressCallback,
+    batched,
+    ignore_progress,
+    unused_blob_keys,
+)
+from davserver.services.store_owner import claim_store
+
+_READ_BLOCK = 1024 * 1024
+_b = Base.metadata.tables["blobs"]
+
+
+@dataclass(frozen=True)
+class FsckProblem:
+    """One finding: ``kind`` is missing, corrupt, unreadable or orphan."""
+
+    kind: str
+    storage_key: str
+    sha256: str | None
+    detail: str
+
+
+@dataclass
+class FsckReport:
+    blobs_checked: int = 0
+    bytes_checked: int = 0
+    files_scanned: int = 0  # files walked looking for orphans; 0 when that scan was skipped
+    orphan_scan: bool = True
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[FsckProblem] = field(default_factory=list)
+    problems_truncated: bool = False
+    # Rows nothing uses whose file is gone (a gc that stopped half-way, or one running now):
+    # nothing anyone needs is lost, and the next gc removes them. Not a problem.
+    garbage_without_file: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts
+
+    def add(self, problem: FsckProblem, limit: int) -> None:
+        self.counts[problem.kind] = self.counts.get(problem.kind, 0) + 1
+        if len(self.problems) < limit:
+            self.problems.append(problem)
+        else:
+            self.problems_truncated = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+
+class FsckService:
+    def __init__(self, db: Database, blobs: MaintainableBlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    def check(
+        self,
+        *,
+        sample: int | None = None,
+        since: dt.datetime | None = None,
+        progress: ProgressCallback | None = None,
+        max_problems: int = 10_000,
+        orphan_min_age: dt.timedelta = dt.timedelta(minutes=1),
+    ) -> FsckReport:
+        """Re-hash blobs and report any whose file is missing or whose bytes (SHA-256, size,
+        CRC-32) no longer match their row; then report files that have no row.
+
+        ``sample`` checks that many blobs chosen at random, ``since`` only blobs created at or
+        after that time; either skips the orphan scan, which walks the whole store. Files
+        younger than ``orphan_min_age`` are not called orphans: their upload may be
+        committing. At most ``max_problems`` are listed; ``counts`` has them all. Writes one
+        logbook row.
+        """
+        claim_store(self.db, self.blobs)  # another database's blobs would all be problems
+        started = time.monotonic()
+        report = FsckReport(orphan_scan=sample is None and since is None)
+        tick = progress or ignore_progress
+        total, total_bytes = self._totals(sample, since)
+        done_bytes = 0
+        for index, row in enumerate(self._rows_to_check(sample, since), 1):
+
+            def hashing(n: int, before: int = index - 1, base: int = done_bytes) -> None:
+                tick(Progress("hash", before, total, base + n, total_bytes))
+
+            problem = self._verify(row, hashing)
+            if problem is not None and problem.kind == "missing" and self._unused(row.storage_key):
+                report.garbage_without_file += 1
+                problem = None
+            done_bytes += row.size_bytes
+            report.blobs_checked = index
+            report.bytes_checked = done_bytes
+            if problem is not None:
+                report.add(problem, max_problems)
+            tick(Progress("hash", index, total, done_bytes, total_bytes))
+        if report.orphan_scan:
+            cutoff = time.time() - orphan_min_age.total_seconds()
+            for problem in self._orphans(report, cutoff, tick):
+                report.add(problem, max_problems)
+        report.seconds = round(time.monotonic() - started, 3)
+        details = report.as_dict()
+        details["problems"] = details["problems"][:LOGGED_PROBLEMS]
+        details.update(sample=sample, since=since.isoformat() if since else None)
+        with self.db.write() as session:
+            record_audit(session, None, Op.MAINTENANCE_FSCK, details=details)
+        return report
+
+    def _unused(self, storage_key: str) -> bool:
+        with self.db.connect() as conn:
+            return bool(unused_blob_keys(conn, [storage_key]))
+
+    def _totals(self, sample: int | None, since: dt.datetime | None) -> tuple[int, int]:
+        statement = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(_b.c.size_bytes), 0))
+        if since is not None:
+            statement = statement.where(_b.c.created_at >= since)
+        with self.db.connect() as conn:
+            count, size = conn.execute(statement).one()
+        if sample is not None and sample < count:
+            # The sizes of a random sample are not known up front; estimate them.
+            return sample, int(size * sample / count) if count else 0
+        return int(count), int(size)
+
+    def _rows_to_check(self, sample: int | None, since: dt.datetime | None) -> Iterator[Any]:
+        columns = (_b.c.id, _b.c.sha256, _b.c.storage_key, _b.c.size_bytes, _b.c.crc32)
+        if sample is not None:
+            with self.db.connect() as conn:
+                picked = conn.execute(
+                    sa.select(*columns).order_by(sa.func.random()).limit(sample)
+                ).all()
+            yield from picked
+            return
+        after: uuid.UUID | None = None
+        while True:
+            statement = sa.select(*columns).order_by(_b.c.id).limit(BATCH)
+            if after is not None:
+                statement = statement.where(_b.c.id > after)
+            if since is not None:
+                statement = statement.where(_b.c.created_at >= since)
+            with self.db.connect() as conn:
+                rows = conn.execute(statement).all()
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1].id
+
+    def _verify(self, row: Any, read: Callable[[int], None]) -> FsckProblem | None:
+        """Hash one blob in fixed-size blocks (``read`` hears the bytes so far after each);
+        the problem with it, if any."""
+        digest = hashlib.sha256()
+        crc = 0
+        size = 0
+        try:
+            with self.blobs.open(row.storage_key) as fh:
+                while block := fh.read(_READ_BLOCK):
+                    digest.update(block)
+                    crc = zlib.crc32(block, crc)
+                    size += len(block)
+                    read(size)
+        except FileNotFoundError:
+            return FsckProblem("missing", row.storage_key, row.sha256, "the file is missing")
+        except OSError as exc:
+            return FsckProblem("unreadable", row.storage_key, row.sha256, str(exc))
+        wrong = []
+        if size != row.size_bytes:
+            wrong.append(f"size {size}, expected {row.size_bytes}")
+        if digest.hexdigest() != row.sha256:
+            wrong.append(f"sha256 {digest.hexdigest()}")
+        if row.crc32 is not None and crc != row.crc32:
+            wrong.append(f"crc32 {crc:08x}, expected {row.crc32:08x}")
+        if wrong:
+            return FsckProblem("corrupt", row.storage_key, row.sha256, "; ".join(wrong))
+        return None
+
+    def _orphans(
+        self, report: FsckReport, cutoff: float, tick: ProgressCallback
+    ) -> Iterator[FsckProblem]:
+        for batch in batched(self.blobs.iter_files(), BATCH):
+            report.files_scanned += len(batch)
+            shas = [f.key.rpartition("/")[2] for f in batch]
+            with self.db.connect() as conn:
+                keys = set(
+                    conn.execute(
+                        sa.select(_b.c.storage_key).where(
+                            _b.c.sha256.in_([s for s in shas if is_sha256(s)])
+                        )
+                    ).scalars()
+                )
+            for found in batch:
+                if found.key not in keys and found.mtime < cutoff:
+                    yield FsckProblem("orphan", found.key, None, f"no row ({found.size} bytes)")
+            tick(Progress("orphans", report.files_scanned))
