@@ -52,7 +52,8 @@ def open_s3_store(settings: Settings) -> S3BlobStore | None:
     when it does not."""
     if settings.storage.backend != "s3":
         return None
-    from davserver.blobstore.s3 import S3BlobStore, S3Location
+    from davserver.blobstore.s3 import S3BlobStore
+    from davserver.blobstore.s3_client import S3Location
 
     s3 = settings.s3
     prefix = s3.prefix.strip("/")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from davserver.blobstore.s3 import S3Location, make_client
+from davserver.blobstore.s3_client import S3Location, make_client
 from tests.servers import HOST, free_port
 
 ACCESS_KEY = "davserver-test"

@@ -17,12 +17,13 @@ A large upload cut off half-way (the store out of reach, so that the abort fails
 server killed) leaves an unfinished multipart upload, whose parts the store keeps; gc aborts
 those older than its grace period (``iter_partial_uploads``, ``abort_upload``).
 
-Errors: a missing object is FileNotFoundError; an unreachable store, one that does not answer
-in time (``QUICK``, ``TRANSFERS``), or one answering 5xx or "slow down" after boto3's
-retries, is Unavailable (503 with Retry-After), logged at WARNING with boto3's account of
-it; so is a store refusing the server (its credentials, its access, a bucket gone:
-``_REFUSED``), which the operator must fix; a full one is StorageFull (507); any other error
-is an OSError naming the operation and the store's error code. The 503's message goes to
+Errors (``davserver.blobstore.s3_client.s3_errors``): a missing object is FileNotFoundError;
+an unreachable store, one that does not answer in time (``QUICK``, ``TRANSFERS``), or one
+answering 5xx or "slow down" after boto3's retries, is Unavailable (503 with Retry-After),
+logged at WARNING with boto3's account of it; so is a store refusing the server (its
+credentials, its access, a bucket gone), which the operator must fix; a full one is
+StorageFull (507); any other error is an OSError naming the operation and the store's error
+code. The 503's message goes to
 the client, so it names the operation and the kind of failure only: boto3's text holds the
 store's internal URL, the object's key and an upload's id.
 
@@ -36,13 +37,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import logging
 import os
 import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -54,6 +53,14 @@ from davserver.blobstore.base import (
     StoredBlob,
 )
 from davserver.blobstore.filesystem import storage_key_for
+from davserver.blobstore.s3_client import (
+    QUICK,
+    TRANSFERS,
+    Patience,
+    S3Location,
+    make_client,
+    s3_errors,
+)
 from davserver.blobstore.staging import (
     StagedUpload,
     StagedWriter,
@@ -62,12 +69,9 @@ from davserver.blobstore.staging import (
     temp_files,
     temp_path,
 )
-from davserver.errors import StorageFull, Unavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-log = logging.getLogger(__name__)
 
 ASIDE = "aside/"
 _ASIDE_TOKEN = "gc-"
@@ -81,139 +85,6 @@ _SEND_WITHOUT_ASKING = 64 * 1024
 _CHECKS_AT_ONCE = 16  # HeadObject requests in flight for one ``missing`` call
 # How much a reader asks for at a time when it has to start a ranged GET.
 _READ_BUFFER = 1024 * 1024
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
-_FULL = frozenset({"XMinioStorageFull", "QuotaExceeded", "EntityTooLarge", "507"})
-_BUSY = frozenset({"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "503"})
-# The store refusing the server itself: nothing a client can change, nor a bug here, but the
-# operator's to fix (the credentials, the bucket's policy, the bucket). What the client is
-# told, by the store's error code; any other 403 is a refusal of access.
-_REFUSED = {
-    "NoSuchBucket": "the bucket no longer exists",
-    "InvalidAccessKeyId": "the blob store refuses the server's credentials",
-    "SignatureDoesNotMatch": "the blob store refuses the server's credentials",
-    "ExpiredToken": "the blob store refuses the server's credentials",
-    "InvalidToken": "the blob store refuses the server's credentials",
-    "RequestTimeTooSkewed": "the blob store refuses the server's clock",
-    "AccessDenied": "the blob store denies the server access",
-    "AllAccessDisabled": "the blob store denies the server access",
-}
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """Where the blobs live and how to reach them; empty values take boto3's defaults (its
-    credential chain: AWS_* variables, ~/.aws, an instance role)."""
-
-    bucket: str
-    prefix: str = ""
-    endpoint_url: str = ""
-    region: str = ""
-    access_key_id: str = ""
-    secret_access_key: str = ""
-    addressing_style: str = "auto"
-    connections: int = 10
-
-    def describe(self) -> str:
-        where = self.endpoint_url or "AWS"
-        return f"s3://{self.bucket}/{self.prefix} at {where}"
-
-
-@dataclass(frozen=True)
-class Patience:
-    """How long a client waits for the store: ``connect`` seconds for a connection (urllib3
-    also sends a request and its body under this timeout), ``read`` seconds for each read of
-    the answer, and ``attempts`` tries in all (boto3's standard retries, with backoff)."""
-
-    connect: float
-    read: float
-    attempts: int
-
-    def longest(self) -> float:
-        """The longest one call waits for a store that takes connections and never answers:
-        every attempt's read timeout, and the backoff before each retry (at most 2**n s
-        before retry n+1 in boto3's standard mode)."""
-        backoff = sum(min(2.0**n, 20.0) for n in range(self.attempts - 1))
-        return self.attempts * self.read + backoff
-
-
-# Requests answered with headers alone (HeadBucket, HeadObject, DeleteObject): a store that
-# takes seconds over one is not working. The health check and the question whether the bucket
-# has an object, asked on the request path, give up after about 7 s.
-QUICK = Patience(connect=3, read=3, attempts=2)
-# Transfers (PutObject, parts, GetObject, copies) and listings: a store may take a while to
-# answer a 64 MiB part or a page of a large listing, so each read waits longer; a call gives
-# up after about a minute (3 x 20 s and 3 s of backoff), a download's body after 20 s quiet.
-TRANSFERS = Patience(connect=5, read=20, attempts=3)
-
-
-def make_client(location: S3Location, patience: Patience = TRANSFERS) -> S3Client:
-    """A boto3 S3 client for ``location`` that waits for the store as ``patience`` says,
-    and sends checksums only where the protocol requires them (newer boto3 adds CRC32
-    trailers that some S3-compatible stores refuse; Content-MD5 guards the bytes here)."""
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:
-        raise OSError("storage.backend s3 needs boto3: pip install 'davserver[s3]'") from None
-    config = Config(
-        retries={"total_max_attempts": patience.attempts, "mode": "standard"},
-        max_pool_connections=location.connections,
-        s3={"addressing_style": location.addressing_style},  # type: ignore[arg-type]
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        connect_timeout=patience.connect,
-        read_timeout=patience.read,
-    )
-    return boto3.client(
-        "s3",
-        endpoint_url=location.endpoint_url or None,
-        region_name=location.region or None,
-        aws_access_key_id=location.access_key_id or None,
-        aws_secret_access_key=location.secret_access_key or None,
-        config=config,
-    )
-
-
-@contextlib.contextmanager
-def _s3_errors(operation: str, bucket: str, key: str = "") -> Iterator[None]:
-    """The store's answers as the exceptions the blob store interface promises; the
-    operator's log names the bucket and the key, the client's message neither."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        where = f"s3://{bucket}/{key}"
-        message = f"S3 {operation} {where}: {code or status} {error.get('Message', '')}".strip()
-        if code in _NOT_FOUND or (status == "404" and code != "NoSuchBucket"):
-            raise FileNotFoundError(message) from None
-        if code in _FULL or status == "507":
-            raise StorageFull("the server's storage is full") from exc
-        if code in _BUSY or status.startswith("5"):
-            raise _not_answering(operation, code or status, message) from exc
-        if code in _REFUSED or status == "403":
-            raise _refused(operation, code or status, message) from exc
-        raise OSError(message) from exc
-    except BotoCoreError as exc:  # no connection, a timeout, an unreadable answer
-        raise _not_answering(operation, type(exc).__name__, f"S3 {operation}: {exc}") from exc
-
-
-def _not_answering(operation: str, kind: str, detail: str) -> Unavailable:
-    """The Unavailable for a store that did not answer: ``detail`` (where, which key) is
-    logged for the operator; the message, which the client sees, keeps to the kind."""
-    log.warning("the blob store is not answering: %s", detail)
-    return Unavailable(f"the blob store is not answering (S3 {operation}: {kind})")
-
-
-def _refused(operation: str, code: str, detail: str) -> Unavailable:
-    """The Unavailable for a store that refuses the server (``_REFUSED``), logged as
-    ``_not_answering`` logs; the client is told why in one line."""
-    reason = _REFUSED.get(code, _REFUSED["AccessDenied"])
-    log.warning("%s: %s", reason, detail)
-    return Unavailable(f"{reason} (S3 {operation}: {code})")
 
 
 class S3BlobStore:
@@ -255,7 +126,7 @@ class S3BlobStore:
     def check(self) -> None:
         """Raise (OSError or Unavailable) unless the bucket answers to these credentials:
         within seconds (``QUICK``), as a load balancer's health check needs."""
-        with _s3_errors("HeadBucket", self.bucket):
+        with s3_errors("HeadBucket", self.bucket):
             self.quick_client.head_bucket(Bucket=self.bucket)
 
     def _key(self, storage_key: str) -> str:
@@ -290,7 +161,7 @@ class S3BlobStore:
 
     def delete(self, storage_key: str) -> None:
         key = self._key(storage_key)
-        with _s3_errors("DeleteObject", self.bucket, key):
+        with s3_errors("DeleteObject", self.bucket, key):
             self.quick_client.delete_object(Bucket=self.bucket, Key=key)
 
     def ensure_stored(self, blob: StoredBlob) -> None:
@@ -322,7 +193,7 @@ class S3BlobStore:
     def owner(self) -> str | None:
         key = self.prefix + OWNER_KEY
         try:
-            with _s3_errors("GetObject", self.bucket, key):
+            with s3_errors("GetObject", self.bucket, key):
                 body = self.quick_client.get_object(Bucket=self.bucket, Key=key)["Body"]
                 return body.read(1024).decode("utf-8").strip() or None
         except FileNotFoundError:
@@ -330,7 +201,7 @@ class S3BlobStore:
 
     def set_owner(self, database_id: str) -> None:
         key = self.prefix + OWNER_KEY
-        with _s3_errors("PutObject", self.bucket, key):
+        with s3_errors("PutObject", self.bucket, key):
             self.quick_client.put_object(
                 Bucket=self.bucket, Key=key, Body=(database_id + "\n").encode("utf-8")
             )
@@ -364,7 +235,7 @@ class S3BlobStore:
         size = self._size(key)
         if size is None:
             return 0
-        with _s3_errors("DeleteObject", self.bucket, key):
+        with s3_errors("DeleteObject", self.bucket, key):
             self.quick_client.delete_object(Bucket=self.bucket, Key=key)
         return size
 
@@ -373,7 +244,7 @@ class S3BlobStore:
         (``put_file``) or a large set-aside copy's, cut off. One listing of their parts each,
         for their size."""
         pages = self.client.get_paginator("list_multipart_uploads")
-        with _s3_errors("ListMultipartUploads", self.bucket, self.prefix):
+        with s3_errors("ListMultipartUploads", self.bucket, self.prefix):
             for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for item in page.get("Uploads", []):
                     yield PartialUpload(
@@ -386,7 +257,7 @@ class S3BlobStore:
     def abort_upload(self, upload: PartialUpload) -> None:
         key = self._key(upload.key)
         gone_meanwhile = contextlib.suppress(FileNotFoundError)  # NoSuchUpload
-        with gone_meanwhile, _s3_errors("AbortMultipartUpload", self.bucket, key):
+        with gone_meanwhile, s3_errors("AbortMultipartUpload", self.bucket, key):
             self.client.abort_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload.upload_id
             )
@@ -397,7 +268,7 @@ class S3BlobStore:
         """The bytes of an unfinished upload's parts; 0 when it is gone meanwhile."""
         pages = self.client.get_paginator("list_parts")
         try:
-            with _s3_errors("ListParts", self.bucket, key):
+            with s3_errors("ListParts", self.bucket, key):
                 return sum(
                     int(part["Size"])
                     for page in pages.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -414,7 +285,7 @@ class S3BlobStore:
     def _size(self, key: str) -> int | None:
         """The object's size, or None when there is none."""
         try:
-            with _s3_errors("HeadObject", self.bucket, key):
+            with s3_errors("HeadObject", self.bucket, key):
                 head = self.quick_client.head_object(Bucket=self.bucket, Key=key)
         except FileNotFoundError:
             return None
@@ -423,7 +294,7 @@ class S3BlobStore:
     def put_file(self, path: Path, storage_key: str, md5: str, size: int) -> None:
         """Send the local file ``path`` (``size`` bytes, this MD5) up as ``storage_key``."""
         key = self._key(storage_key)
-        with _s3_errors("PutObject", self.bucket, key):
+        with s3_errors("PutObject", self.bucket, key):
             if size < MULTIPART_BYTES:
                 digest = base64.b64encode(bytes.fromhex(md5)).decode("ascii")
                 with open(path, "rb") as body:
@@ -442,14 +313,14 @@ class S3BlobStore:
 
     def _move(self, source: str, target: str) -> None:
         """Copy on the server (in parts when large), then delete the source."""
-        with _s3_errors("CopyObject", self.bucket, source):
+        with s3_errors("CopyObject", self.bucket, source):
             self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target)
-        with _s3_errors("DeleteObject", self.bucket, source):
+        with s3_errors("DeleteObject", self.bucket, source):
             self.quick_client.delete_object(Bucket=self.bucket, Key=source)
 
     def _list(self, prefix: str) -> Iterator[BlobFile]:
         pages = self.client.get_paginator("list_objects_v2")
-        with _s3_errors("ListObjectsV2", self.bucket, prefix):
+        with s3_errors("ListObjectsV2", self.bucket, prefix):
             for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield BlobFile(
@@ -509,7 +380,7 @@ class _ObjectReader(SeekableReader):
     def _get(self, first: int | None) -> Any:
         """GetObject from byte ``first`` to the end (the whole object for None)."""
         bucket, key = self._store.bucket, self._key
-        with _s3_errors("GetObject", bucket, key):
+        with s3_errors("GetObject", bucket, key):
             if first is None:
                 return self._store.client.get_object(Bucket=bucket, Key=key)
             ranged = f"bytes={first}-{self._length - 1}"
@@ -529,7 +400,7 @@ class _ObjectReader(SeekableReader):
             return 0
         if self._body is None:
             self._body = self._get(self._position)["Body"]
-        with _s3_errors("GetObject", self._store.bucket, self._key):
+        with s3_errors("GetObject", self._store.bucket, self._key):
             data = self._body.read(wanted)
         if not data:
             raise OSError(f"S3 GetObject {self._key}: the object ended early")

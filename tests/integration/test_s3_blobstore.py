@@ -17,7 +17,8 @@ import pytest
 
 from davserver.blobstore import FileSystemBlobStore, MaintainableBlobStore, StoredBlob
 from davserver.blobstore import s3 as s3_module
-from davserver.blobstore.s3 import S3BlobStore, make_client
+from davserver.blobstore.s3 import S3BlobStore
+from davserver.blobstore.s3_client import make_client
 from davserver.config import ConfigError, load_settings
 from davserver.context import open_blob_store
 from davserver.errors import ChecksumMismatch, Unavailable

@@ -15,7 +15,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from davserver.blobstore.s3 import make_client
+from davserver.blobstore.s3_client import make_client
 from tests.images import jpeg
 from tests.s3 import location, run_s3_endpoint, server_env
 from tests.servers import LiveServer, basic_auth_header, http_request, run_live_server

@@ -13,7 +13,8 @@ from unittest import mock
 import pytest
 
 from davserver.blobstore import FileSystemBlobStore, StoredBlob, is_storage_key
-from davserver.blobstore.s3 import S3BlobStore, S3Location
+from davserver.blobstore.s3 import S3BlobStore
+from davserver.blobstore.s3_client import S3Location
 from davserver.errors import ChecksumMismatch, StorageFull
 
 
