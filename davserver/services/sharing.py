@@ -38,7 +38,7 @@ from davserver.db.types import utcnow
 from davserver.errors import BadRequest, Forbidden, NotFound
 from davserver.models import Grant, Group, GroupMember, Op, Role, User, UserRole
 from davserver.services import tree
-from davserver.services.account_rules import audit_details, find_live_user, iso
+from davserver.services.account_rules import account_key, audit_details, find_live_user, iso
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.grant_support import grantee_id, revoke_unsupported, space_of
@@ -214,10 +214,10 @@ class SharingService:
         if (user is None) == (group is None):
             raise BadRequest("revoke from exactly one user or one group")
         if user is not None:
-            named = sa.select(User.id).where(sa.func.lower(User.username) == user.lower())
+            named = sa.select(User.id).where(sa.func.lower(User.username) == account_key(user))
             match = Grant.user_id == named.scalar_subquery()
         else:
-            named = sa.select(Group.id).where(sa.func.lower(Group.name) == (group or "").lower())
+            named = sa.select(Group.id).where(sa.func.lower(Group.name) == account_key(group or ""))
             match = Grant.group_id == named.scalar_subquery()
         self._revoke(actor, node, holder, match)
 

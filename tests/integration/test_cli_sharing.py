@@ -153,3 +153,16 @@ def test_audit_reads_a_time_window_and_an_item_once_it_is_deleted(
         with pytest.raises(SystemExit) as usage:
             cli("audit", *bad)
         assert usage.value.code == 2, bad
+
+
+def test_revoke_names_no_one_by_a_name_python_alone_folds(cli: Cli, services: Services) -> None:
+    """Python lowers the Kelvin sign to k, SQL does not: revoke "\u212aarl" took karl's grant."""
+    for name in ("alice", "karl"):
+        cli.json("user", "create", name, "--password-stdin", stdin="a-good-password\n")
+    cli.json("group", "create", "kit")
+    make_file(services, "alice", "doc.txt")
+    cli.json("grant", "alice:/doc.txt", "--to", "karl", "--rights", "read")
+    cli.json("grant", "alice:/doc.txt", "--to", "@kit", "--rights", "read")
+    assert "no such grant" in cli.fails("revoke", "alice:/doc.txt", "\u212aarl")
+    assert "no such grant" in cli.fails("revoke", "alice:/doc.txt", "@\u212ait")
+    assert len(cli.json("grants", "alice:/doc.txt")) == 2
