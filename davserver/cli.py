@@ -1,22 +1,21 @@
-"""The command line: ``davserver serve | config | davmount | db upgrade`` and the command groups
+"""The command line: ``davserver serve | config | davmount`` and the command groups
 in ``davserver.commands``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from davserver.commands.common import add_json_flag, settings_of
+from davserver.commands.common import settings_of
 from davserver.config import ConfigError
 from davserver.errors import DomainError
 
 # Command groups, each a module of davserver.commands with register(commands).
 COMMAND_GROUPS: tuple[str, ...] = (
+    "database",
     "users",
     "apikeys",
     "sharing",
@@ -74,100 +73,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CannotListen as exc:
         print(f"davserver: {exc}", file=sys.stderr)
         return 1
-    return 0
-
-
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from davserver.bootstrap import upgrade_schema
-
-    upgrade_schema(settings_of(args))
-    print("database is at the newest schema")
-    return 0
-
-
-def cmd_db_copy(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
-
-    from davserver.commands.common import require_sqlite_file
-    from davserver.context import open_blob_store
-    from davserver.db import Base, Database
-    from davserver.db.copy import CopyFailed, CopyReport, copy_database
-    from davserver.db.engine import check_url, is_in_memory
-    from davserver.db.migrate import is_at_head, upgrade
-    from davserver.models import Op
-    from davserver.services.audit import record_audit
-    from davserver.services.store_owner import hand_over
-
-    settings = settings_of(args)
-    source_url, target_url = check_url(settings.database_url), check_url(args.to, option="--to")
-    shown = target_url.render_as_string(hide_password=True)
-    if source_url == target_url:
-        raise ConfigError(f"--to names the database being copied ({shown})")
-    if is_in_memory(target_url):
-        raise ConfigError(
-            f"--to names an in-memory SQLite database ({shown}), gone when the copy ends;"
-            " name a file: sqlite:///path"
-        )
-    require_sqlite_file(settings)
-    if source_url.get_backend_name() == "sqlite" and Path(f"{source_url.database}-wal").exists():
-        # Looked at before this command opens it (which makes the -wal file itself).
-        print(
-            "davserver: warning: the database is open (its -wal file is there): if a server"
-            " still runs on it, what it writes after the copy is not copied; stop it first",
-            file=sys.stderr,
-        )
-    source, target = Database(settings.database_url), Database(args.to)
-    try:
-        if not is_at_head(source):
-            print(
-                "davserver: the database to copy is not at the newest schema: run"
-                " `davserver db upgrade` first",
-                file=sys.stderr,
-            )
-            return 1
-        upgrade(target)
-
-        def tell(table: str, rows: int) -> None:
-            if not args.quiet:
-                print(f"db copy: {table}: {rows} rows", file=sys.stderr)
-
-        def log(session: sa.orm.Session, report: CopyReport) -> None:
-            details = {"from": source_url.get_backend_name(), "rows": report.rows}
-            record_audit(session, None, Op.MAINTENANCE_COPY, details=details)
-
-        try:
-            report = copy_database(source, target, Base.metadata, progress=tell, before_commit=log)
-        except CopyFailed as exc:
-            print(
-                f"davserver: the target refused a row, so nothing was copied: {exc}",
-                file=sys.stderr,
-            )
-            return 1
-        # From now on gc, fsck and serve refuse the store on the old settings (store_owner).
-        local = settings.storage.backend != "s3"
-        store = None if local and not settings.blob_path.is_dir() else open_blob_store(settings)
-        handed = hand_over(source, target, store)
-    finally:
-        source.dispose()
-        target.dispose()
-    if args.json:
-        print(json.dumps({"to": shown, "rows": report.rows, "seconds": report.seconds}))
-    else:
-        print(f"copied {report.total} rows into {shown} in {report.seconds:.1f} s")
-        blobs = settings.blob_path
-        keep = (
-            f"keep the blobs where they are ({blobs})"
-            if blobs.is_dir()
-            else f"set storage.blob_dir (DAVSERVER_STORAGE_BLOB_DIR) to the folder holding the"
-            f" blobs: these settings name {blobs}, which does not exist (a backup's blobs are"
-            " in its blobs/ folder)"
-        )
-        print(f"to serve it, set database.url (DAVSERVER_DATABASE_URL) to that database and {keep}")
-        if handed:
-            print(
-                "the blob store now belongs to the copy: serve, gc and fsck with these settings"
-                " refuse it, so that a gc on this database cannot delete the copy's new files"
-            )
     return 0
 
 
@@ -243,23 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     davmount.add_argument("--user", help="the user to show in the examples")
     davmount.set_defaults(func=cmd_davmount)
-
-    db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(dest="db_command", required=True)
-    upgrade = db_commands.add_parser("upgrade", help="apply pending migrations")
-    upgrade.set_defaults(func=cmd_db_upgrade)
-    copy = db_commands.add_parser(
-        "copy",
-        help="copy every row into another, empty database (SQLite to PostgreSQL)",
-        description="Copy every row of the configured database into another, empty one"
-        " (brought to the newest schema first), keeping ids, in one transaction: moving from"
-        " the embedded SQLite to PostgreSQL, or back. Blobs stay where they are. Stop the"
-        " server first: what it writes after the copy starts is not copied.",
-    )
-    copy.add_argument("--to", required=True, metavar="URL", help="SQLAlchemy URL of the target")
-    copy.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    add_json_flag(copy)
-    copy.set_defaults(func=cmd_db_copy)
 
     import importlib
 

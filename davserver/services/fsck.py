@@ -27,7 +27,7 @@ from davserver.services.maintenance import (
     ignore_progress,
     unused_blob_keys,
 )
-from davserver.services.store_owner import claim_store
+from davserver.services.store_owner import check_store
 
 _READ_BLOCK = 1024 * 1024
 _b = Base.metadata.tables["blobs"]
@@ -95,7 +95,7 @@ class FsckService:
         committing. At most ``max_problems`` are listed; ``counts`` has them all. Writes one
         logbook row.
         """
-        claim_store(self.db, self.blobs)  # another database's blobs would all be problems
+        check_store(self.db, self.blobs)  # another database's blobs would all be problems
         started = time.monotonic()
         report = FsckReport(orphan_scan=sample is None and since is None)
         tick = progress or ignore_progress

@@ -66,7 +66,7 @@ from davserver.db.types import utcnow
 from davserver.models import Op
 from davserver.services.audit import record_audit
 from davserver.services.blob_refs import is_remote
-from davserver.services.store_owner import claim_store
+from davserver.services.store_owner import check_store, claim_store
 
 T = TypeVar("T")
 BATCH = 500  # rows per statement; SQLite allows 32,766 bound parameters
@@ -140,7 +140,8 @@ class MaintenanceService:
         Problems with single files (permissions, I/O) are collected in ``errors``; the run goes
         on with the rest.
         """
-        claim_store(self.db, self.blobs)  # never another database's blobs: their orphans
+        # Never another database's blobs (all orphans here); a dry run only looks.
+        (check_store if dry_run else claim_store)(self.db, self.blobs)
         started = time.monotonic()
         cutoff = utcnow() - grace
         report = GcReport(dry_run=dry_run, grace_seconds=int(grace.total_seconds()))

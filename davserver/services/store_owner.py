@@ -4,11 +4,17 @@ gc deletes the files in the store that no row of its database names. Pointed at 
 the store's blobs do not belong to, it takes every newer blob for an orphan: after a move to
 PostgreSQL (``davserver db copy``), a cron job still holding the old settings would run gc on
 the old SQLite file and delete every file uploaded since. So each database has an identity
-(``database-id`` in ``instance_secrets``, made on first use), the store names the one it
-belongs to (``BlobStore.owner``: a small file, or an object, beside the blobs), the first
-database to serve or collect from an unmarked store claims it, and ``db copy`` gives the copy
-an identity of its own and the store to it. Serving, gc and fsck refuse a store that belongs
-to another database.
+(``database-id`` in ``instance_secrets``, made on first use) and the store names the one it
+belongs to (``BlobStore.owner``: a small file, or an object, beside the blobs).
+
+- The first database to serve or collect from an unmarked store claims it (``claim_store``);
+  fsck and a dry run only look (``check_store``), so that they work on a read-only store.
+- Serving, gc and fsck refuse a store that belongs to another database.
+- ``db copy`` gives the copy an identity of its own. It hands the store over only when asked
+  (``--take-blob-store``, a move): a copy of a backup must not take the store from the live
+  database it was taken from, which shares the backup's identity.
+- ``db claim-blob-store`` gives the store to the configured database whoever had it: after a
+  restore, or a copy made without the flag.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from davserver.db import Database
 from davserver.services.instance import replace_value, shared_value
 
 _NAME = "database-id"
+CLAIM_COMMAND = "davserver db claim-blob-store"
 
 
 class StoreOfAnotherDatabase(ConfigError):
@@ -33,29 +40,70 @@ def database_id(db: Database) -> str:
     return shared_value(db, _NAME, lambda: str(uuid.uuid4()))
 
 
+def store_owner(blobs: MaintainableBlobStore) -> str | None:
+    """The identity the store names, None when unmarked; ConfigError, in one line, when its
+    mark cannot be read (not text, a folder, no permission, the object store not answering)."""
+    try:
+        return blobs.owner()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"cannot read which database the blob store ({blobs.describe()}) belongs to, from"
+            f" its {OWNER_KEY}: {reason}. If the mark is damaged, remove it and run"
+            f" `{CLAIM_COMMAND}` with the settings of the database in use"
+        ) from None
+
+
+def check_store(db: Database, blobs: MaintainableBlobStore) -> None:
+    """StoreOfAnotherDatabase when the store belongs to another database; an unmarked store
+    is left unmarked (for fsck and dry runs, which must work on a read-only store)."""
+    _refuse_another(database_id(db), store_owner(blobs), blobs)
+
+
 def claim_store(db: Database, blobs: MaintainableBlobStore) -> None:
     """Mark an unmarked store as ``db``'s; StoreOfAnotherDatabase when it is another's."""
-    mine = database_id(db)
-    owner = blobs.owner()
+    mine, owner = database_id(db), store_owner(blobs)
     if owner is None:
         blobs.set_owner(mine)
-    elif owner != mine:
-        raise StoreOfAnotherDatabase(
-            f"the blob store ({blobs.describe()}) belongs to another database (id {owner});"
-            f" this one is {mine}. After `davserver db copy` the store belongs to the copy:"
-            " use the settings that name it (DAVSERVER_DATABASE_URL). If this database is"
-            f" the one in use, remove the store's {OWNER_KEY} and start again"
+    _refuse_another(mine, owner, blobs)
+
+
+def take_store(db: Database, blobs: MaintainableBlobStore) -> str | None:
+    """Make the store ``db``'s whoever had it; returns the identity it named before."""
+    mine, before = database_id(db), store_owner(blobs)
+    if before != mine:
+        blobs.set_owner(mine)
+    return before
+
+
+def check_handover(source: Database, blobs: MaintainableBlobStore) -> None:
+    """Before a copy that is to take the store: ConfigError unless the store is ``source``'s
+    or no one's (settings naming a third database's store are a mistake to stop at)."""
+    mine, owner = database_id(source), store_owner(blobs)
+    if owner not in (None, mine):
+        raise ConfigError(
+            f"--take-blob-store: the blob store ({blobs.describe()}) belongs to another database"
+            f" (id {owner}), not to the one being copied ({mine}); nothing was copied. Name the"
+            " store of the database being copied (storage.blob_dir), or copy without the flag"
+            f" and run `{CLAIM_COMMAND}` with the copy's settings"
         )
 
 
-def hand_over(source: Database, target: Database, blobs: MaintainableBlobStore | None) -> bool:
-    """After ``target`` was copied from ``source``: give it an identity of its own and, if
-    the store is ``source``'s (or no one's), the store. False when there is no store here or
-    it is a third database's, which it stays."""
-    mine = database_id(source)
+def give_identity(target: Database, blobs: MaintainableBlobStore | None = None) -> None:
+    """After ``target`` was copied from another database: an identity of its own (the copied
+    one is the source's) and, with ``blobs``, the store (check_handover first)."""
     copy = str(uuid.uuid4())
     replace_value(target, _NAME, copy)
-    if blobs is None or blobs.owner() not in (None, mine):
-        return False
-    blobs.set_owner(copy)
-    return True
+    if blobs is not None:
+        blobs.set_owner(copy)
+
+
+def _refuse_another(mine: str, owner: str | None, blobs: MaintainableBlobStore) -> None:
+    if owner is not None and owner != mine:
+        raise StoreOfAnotherDatabase(
+            f"the blob store ({blobs.describe()}) belongs to another database (id {owner});"
+            f" this one is {mine}. Use the settings of the database in use (after `davserver"
+            " db copy --take-blob-store` the store belongs to the copy). If this database"
+            f" replaces that one (a restore, or a copy made without the flag), run"
+            f" `{CLAIM_COMMAND}` with these settings"
+        )

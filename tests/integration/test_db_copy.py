@@ -27,6 +27,7 @@ from davserver.models import DeadProperty, LogEntry
 from davserver.models import User as UserRow
 from davserver.services.maintenance import MaintenanceService
 from davserver.services.store_owner import StoreOfAnotherDatabase
+from tests.conftest import ENGINES
 from tests.dbs import fresh_database_url
 from tests.images import jpeg
 from tests.servers import InprocServer, basic_auth_header, http_request, run_inproc_server
@@ -128,8 +129,9 @@ def copied(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Iterator[tuple[Deployment, str, dict[str, Any]]]:
-    """A populated server on one engine, copied (while it runs) into a fresh database on the
-    other by the command line; yields the source, the target's URL and the command's JSON."""
+    """A populated server on one engine, moved (copied while it runs, taking the blob store)
+    into a fresh database on the other by the command line; yields the source, the target's
+    URL and the command's JSON."""
     source_engine, target_engine = request.param
     with (
         run_inproc_server(source_engine, tmp_path) as server,
@@ -139,11 +141,14 @@ def copied(
         monkeypatch.setenv("DAVSERVER_DATABASE_URL", server.db_url)
         monkeypatch.setenv("DAVSERVER_DATA_DIR", str(server.data_dir))
         capsys.readouterr()
-        status = main(["--config", os.devnull, "db", "copy", "--to", target_url, "--json"])
+        move = ["db", "copy", "--to", target_url, "--take-blob-store", "--json"]
+        status = main(["--config", os.devnull, *move])
         out, err = capsys.readouterr()
         assert status == 0, err
         assert "db copy: nodes:" in err  # progress, per table
-        yield deployment, target_url, json.loads(out)
+        report = json.loads(out)
+        assert report["took_blob_store"] is True
+        yield deployment, target_url, report
 
 
 def rows_of(url: str) -> dict[str, list[dict[str, Any]]]:
@@ -391,6 +396,95 @@ def test_the_command_says_where_the_blobs_must_be_when_the_settings_name_none(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DAVSERVER_DATABASE_URL", f"sqlite:///{source}")
     target = f"sqlite:///{tmp_path / 'copy.sqlite3'}"
+    # Asked to take a store there is none of, it stops before copying.
+    take = ["db", "copy", "--to", target, "--quiet", "--take-blob-store"]
+    assert main(["--config", os.devnull, *take]) == 2
+    said = capsys.readouterr().err
+    assert "--take-blob-store" in said and "does not exist" in said, said
     assert main(["--config", os.devnull, "db", "copy", "--to", target, "--quiet"]) == 0
     said = capsys.readouterr().out
     assert "set storage.blob_dir" in said and "does not exist" in said, said
+
+
+@pytest.mark.parametrize("target_engine", ENGINES)
+def test_a_copy_of_a_backup_leaves_the_store_to_the_database_in_use(
+    target_engine: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A backup keeps the identity of the database it was taken from, and ``db copy`` of it
+    handed the store the settings named, the live one, to the copy: the live server's gc,
+    fsck and restart were refused, and a gc on the copy deleted what the live server had
+    uploaded since the backup. The store now moves only with --take-blob-store, or when the
+    copy claims it because it replaces the live database."""
+    with (
+        run_inproc_server("sqlite", tmp_path / "live") as live,
+        fresh_database_url(target_engine, str(tmp_path)) as copy_url,
+    ):
+        alice = make_user(live, "alice")
+        assert alice.put("/files/before.txt", b"before the backup") == 201
+
+        def davserver(*argv: str, url: str) -> tuple[int, str, str]:
+            """One command on the database ``url``, with the live server's blob store."""
+            monkeypatch.setenv("DAVSERVER_DATABASE_URL", url)
+            monkeypatch.setenv("DAVSERVER_DATA_DIR", str(live.data_dir))
+            capsys.readouterr()
+            status = main(["--config", os.devnull, *argv])
+            out, err = capsys.readouterr()
+            return status, out, err
+
+        folder = tmp_path / "backup"
+        assert davserver("backup", str(folder), url=live.db_url)[0] == 0
+        backup_url = f"sqlite:///{folder / 'davserver.sqlite3'}"
+        status, out, err = davserver("db", "copy", "--to", copy_url, "--quiet", url=backup_url)
+        assert status == 0, err
+        assert "still belongs to the database copied from" in out, out
+        assert alice.put("/files/after.txt", b"after the backup") == 201
+
+        # The live database keeps its store; the copy may not collect from it.
+        assert davserver("gc", "--grace", "0", url=live.db_url)[0] == 0
+        assert davserver("fsck", url=live.db_url)[0] == 0
+        status, _, err = davserver("gc", "--grace", "0", url=copy_url)
+        assert status == 2 and "belongs to another database" in err, err
+        assert "claim-blob-store" in err and len(err.splitlines()) == 1, err
+        assert alice.get("/files/after.txt") == b"after the backup"
+
+        # When the copy does replace the live database, it claims the store.
+        live_id = (live.data_dir / "blobs" / "database-id").read_text().strip()
+        status, out, _ = davserver("db", "claim-blob-store", "--json", url=copy_url)
+        claimed = json.loads(out)
+        assert status == 0 and claimed["before"] == live_id != claimed["database_id"], claimed
+        assert davserver("gc", "--dry-run", url=live.db_url)[0] == 2
+        assert davserver("gc", "--dry-run", url=copy_url)[0] == 0
+        status, out, _ = davserver("db", "claim-blob-store", url=copy_url)
+        assert status == 0 and "already belongs to this database" in out, out
+
+
+def test_taking_the_store_of_a_third_database_is_refused_before_copying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Settings that name another database's blob store beside the database being copied are
+    a mistake: the copy would take a store none of its rows name."""
+    with (
+        run_inproc_server("sqlite", tmp_path / "one") as one,
+        run_inproc_server("sqlite", tmp_path / "two") as two,
+    ):
+        mark = two.data_dir / "blobs" / "database-id"
+        theirs = mark.read_text()
+        monkeypatch.setenv("DAVSERVER_DATABASE_URL", one.db_url)
+        monkeypatch.setenv("DAVSERVER_STORAGE_BLOB_DIR", str(two.data_dir / "blobs"))
+        target = tmp_path / "copy.sqlite3"
+        argv = ["db", "copy", "--to", f"sqlite:///{target}", "--quiet", "--take-blob-store"]
+        capsys.readouterr()
+        assert main(["--config", os.devnull, *argv]) == 2
+        warning, said = capsys.readouterr().err.splitlines()  # the warning: one still runs
+        assert warning.startswith("davserver: warning: the database is open"), warning
+        assert "belongs to another database" in said and "nothing was copied" in said, said
+        assert mark.read_text() == theirs
+        if target.exists():
+            copy = Database(f"sqlite:///{target}")
+            try:
+                assert sa.inspect(copy.engine).get_table_names() == []
+            finally:
+                copy.dispose()

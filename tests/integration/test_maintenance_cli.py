@@ -12,11 +12,14 @@ import pytest
 import sqlalchemy as sa
 
 from davserver.blobstore import FileSystemBlobStore
+from davserver.blobstore.base import OWNER_KEY
 from davserver.cli import main
 from davserver.commands import common as commands
+from davserver.config import ConfigError
 from davserver.db import Base, Database
 from davserver.models import LogEntry
 from tests.blobs import loose_blob, path_of
+from tests.servers import run_inproc_server
 
 
 @pytest.fixture
@@ -206,3 +209,45 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(
     monkeypatch.setattr("davserver.commands.maintenance.emit_item", closed)
     status, _, err = run("gc")
     assert status == 1 and err == ""
+
+
+def test_fsck_and_a_dry_run_only_look_at_which_database_the_store_belongs_to(
+    run: Any, data_dir: Path
+) -> None:
+    """fsck and ``gc --dry-run`` marked an unmarked store as this database's, so they failed
+    on a store mounted read-only; they only check the mark now. A real gc claims it."""
+    mark = data_dir / "blobs" / OWNER_KEY
+    for argv in (["fsck"], ["gc", "--dry-run"]):
+        status, _, err = run(*argv)
+        assert status == 0, err
+        assert not mark.exists(), argv
+    assert run("gc")[0] == 0
+    assert mark.is_file()
+
+
+@pytest.mark.parametrize("damage", ["not text", "a folder", "empty"])
+def test_a_store_mark_that_cannot_be_read_stops_gc_fsck_and_serve_in_one_line(
+    damage: str, run: Any, db_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """A mark that was not UTF-8, or a folder, was a traceback from serve, gc and fsck."""
+    assert run("gc")[0] == 0  # claims the store
+    mark = data_dir / "blobs" / OWNER_KEY
+    mark.unlink()
+    if damage == "not text":
+        mark.write_bytes(b"\xff\xfe\x00 not an identity")
+    elif damage == "a folder":
+        mark.mkdir()
+    else:  # an empty mark names no one: the store is claimed again
+        mark.write_bytes(b"")
+        assert run("gc")[0] == 0 and mark.read_text().strip()
+        return
+    for argv in (["gc"], ["gc", "--dry-run"], ["fsck"]):
+        status, _, err = run(*argv)
+        assert status == 2, (argv, err)
+        assert err.startswith("davserver: cannot read which database the blob store"), err
+        assert len(err.splitlines()) == 1 and "claim-blob-store" in err, err
+    with (
+        pytest.raises(ConfigError, match="cannot read which database"),
+        run_inproc_server("sqlite", tmp_path, existing=(db_url, "unused-password")),
+    ):
+        pass

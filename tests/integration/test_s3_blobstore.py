@@ -17,11 +17,13 @@ import pytest
 
 from davserver.blobstore import FileSystemBlobStore, MaintainableBlobStore, StoredBlob
 from davserver.blobstore import s3 as s3_module
+from davserver.blobstore.base import OWNER_KEY
 from davserver.blobstore.s3 import S3BlobStore
 from davserver.blobstore.s3_client import make_client
 from davserver.config import ConfigError, load_settings
 from davserver.context import open_blob_store
 from davserver.errors import ChecksumMismatch, Unavailable
+from davserver.services.store_owner import store_owner
 from tests.s3 import STORES as S3_STORES
 from tests.s3 import S3Endpoints, fresh_bucket, location, server_env, silent_endpoint
 
@@ -181,6 +183,22 @@ def test_old_temp_files_can_be_removed_by_name(store: MaintainableBlobStore) -> 
 def test_keys_are_listed_in_order(store: MaintainableBlobStore) -> None:
     blobs = [_write(store, b"blob %d" % n) for n in range(12)]
     assert _keys(store) == sorted(b.storage_key for b in blobs)
+
+
+def test_the_owner_mark_names_one_database_and_is_no_blob(store: MaintainableBlobStore) -> None:
+    blob = _write(store, b"a blob beside the mark")
+    assert store.owner() is None
+    store.set_owner("first")
+    store.set_owner("second")  # replaced whole, as db copy --take-blob-store does
+    assert store.owner() == "second"
+    assert _keys(store) == [blob.storage_key]  # gc and fsck never take it for an orphan
+    if isinstance(store, S3BlobStore):
+        key = store.prefix + OWNER_KEY
+        store.quick_client.put_object(Bucket=store.bucket, Key=key, Body=b"\xff\xfe garbage")
+    else:
+        (store.root / OWNER_KEY).write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ConfigError, match=r"cannot read which database .* belongs to"):
+        store_owner(store)
 
 
 # --- S3 only --------------------------------------------------------------------------------
