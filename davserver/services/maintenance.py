@@ -63,6 +63,7 @@ from davserver.blobstore import (
 from davserver.db import Base, Database
 from davserver.db.dialect import for_bind, insert_or_ignore
 from davserver.db.types import utcnow
+from davserver.errors import Unavailable
 from davserver.models import Op
 from davserver.services.audit import record_audit
 from davserver.services.blob_refs import is_remote
@@ -346,17 +347,22 @@ class MaintenanceService:
         blobs = self.blobs
         if not isinstance(blobs, PartialUploadStore):
             return
-        for upload in blobs.iter_partial_uploads():
-            if upload.started >= cutoff:
-                continue
-            if not report.dry_run:
-                try:
-                    blobs.abort_upload(upload)
-                except OSError as exc:
-                    report.errors.append(f"could not abort the upload of {upload.key}: {exc}")
+        try:
+            for upload in blobs.iter_partial_uploads():
+                if upload.started >= cutoff:
                     continue
-            report.multipart_uploads_aborted += 1
-            report.multipart_bytes_aborted += upload.size
+                if not report.dry_run:
+                    try:
+                        blobs.abort_upload(upload)
+                    except (OSError, Unavailable) as exc:
+                        report.errors.append(f"could not abort the upload of {upload.key}: {exc}")
+                        continue
+                report.multipart_uploads_aborted += 1
+                report.multipart_bytes_aborted += upload.size
+        except (OSError, Unavailable) as exc:
+            # A store whose policy refuses ListMultipartUploads (or lifecycle rules do this
+            # work): the rest of the run is done all the same.
+            report.errors.append(f"could not list the store's unfinished uploads: {exc}")
         done = report.multipart_uploads_aborted
         tick(Progress("uploads", done, done, report.multipart_bytes_aborted))
 

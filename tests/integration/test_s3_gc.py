@@ -4,8 +4,10 @@ the middle of a multipart upload leaves in the bucket."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -77,3 +79,29 @@ def test_the_housekeeping_sweep_aborts_only_day_old_multipart_uploads(
     old = maintenance.sweep_leftovers(grace=hour, uploads_grace=dt.timedelta(0))
     assert (old.multipart_uploads_aborted, old.multipart_bytes_aborted) == (1, 700)
     assert old.errors == [] and _unfinished(store) == set()
+
+
+def test_a_store_that_refuses_to_list_unfinished_uploads_stops_neither_gc_nor_the_sweep(
+    store: S3BlobStore, maintenance: MaintenanceService, tmp_path: Path
+) -> None:
+    """A bucket policy without s3:ListBucketMultipartUploads (lifecycle rules abort them
+    there) made the housekeeping sweep fail on every run, with a traceback, and gc with it."""
+
+    def refuse(**_: object) -> tuple[object, dict[str, object]]:
+        denied = {"Code": "AccessDenied", "Message": "not for this key"}
+        return SimpleNamespace(status_code=403), {"Error": denied, "ResponseMetadata": {}}
+
+    store.client.meta.events.register("before-call.s3.ListMultipartUploads", refuse)
+    leftover = store.tmp_dir / "upload-cut-off"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"a crashed upload's temp file")
+    os.utime(leftover, (0, 0))
+
+    swept = maintenance.sweep_leftovers(grace=HOUR, uploads_grace=UNFINISHED_UPLOAD_AGE)
+    assert swept.temp_files_removed == 1 and not leftover.exists()
+    [error] = swept.errors
+    assert error.startswith("could not list the store's unfinished uploads:"), error
+    assert "AccessDenied" in error
+
+    report = maintenance.collect_garbage(grace=dt.timedelta(0))
+    assert not report.ok and report.errors == [error]
