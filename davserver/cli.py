@@ -84,19 +84,32 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def public_url(text: str) -> str:
-    """``--url``: an http or https URL naming a host (and a path, behind a proxy), for argparse."""
+    """``--url``: an http or https URL naming a host (and a path, behind a proxy), for argparse.
+    Nothing the instructions would carry wrongly: no query or fragment (the clients append
+    paths), no user or password (``--user`` names the user; a password does not belong in
+    printed instructions), no empty or zero port, no backslash (Windows reads it as a ``/``)."""
     try:
         parts = urlsplit(text)
-        parts.port  # noqa: B018 (raises ValueError when the port is not a number in range)
+        port = parts.port  # ValueError when the port is not a number in range
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a URL: {exc}") from None
+    expected = "expected http(s)://host[:port][/path]"
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname
-        or any(c.isspace() for c in text)
+        or any(c.isspace() or c == "\\" for c in text)
+        or port == 0
+        or parts.netloc.endswith(":")
     ):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL the clients can use; {expected}")
+    if parts.username is not None or parts.password is not None:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a URL the clients can use; expected http(s)://host[:port][/path]"
+            f"{text!r} holds a user name or password; {expected}, and the user in --user"
+        )
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has a query or fragment, which the clients would take for part of a"
+            f" path; {expected}"
         )
     return text
 

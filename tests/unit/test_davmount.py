@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from davserver.cli import public_url
 from davserver.davmount import instructions
 from tests.servers import REPO_ROOT
 
@@ -63,3 +67,30 @@ def test_cli_refuses_a_url_clients_cannot_use(tmp_path: Path) -> None:
     behind_a_proxy = davmount("https://example.org/dav/")
     assert behind_a_proxy.returncode == 0
     assert "https://example.org/dav/files/" in behind_a_proxy.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://dav.example.org/?token=1",  # the clients append paths after the query
+        "https://dav.example.org/#top",
+        "https://dav.example.org/dav?",
+        "https://alice:secret@dav.example.org/",  # a password printed into every example
+        "https://alice@dav.example.org/",
+        "https://dav.example.org:0/",
+        "https://dav.example.org:/",
+        "https://dav.example.org\\evil.example/",  # Windows reads a backslash as a slash
+        "https://dav.example.org/a\\b/",
+    ],
+)
+def test_a_url_the_instructions_would_carry_wrongly_is_refused(url: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="expected http"):
+        public_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://dav.example.org", "http://[::1]:8080/dav/", "https://dav.example.org:443/a%20b/"],
+)
+def test_a_url_with_a_host_port_and_path_is_taken_as_given(url: str) -> None:
+    assert public_url(url) == url
