@@ -68,6 +68,7 @@ from davserver.errors import (
 )
 from davserver.jsonsafe import plain
 from davserver.services import health
+from davserver.services.account_rules import account_key
 from davserver.services.actor import Actor
 from davserver.services.audit import MAX_ROWS, read_logbook
 from davserver.services.bounds import (
@@ -353,7 +354,7 @@ class ApiApp:
         user = query.get("user") or None
         if actor.is_admin:
             user_id = self.services.users.user_id(user, include_deleted=True) if user else None
-        elif user is None or user.lower() == actor.username.lower():
+        elif user is None or account_key(user) == account_key(actor.username):
             user_id = actor.user_id
         else:
             raise Forbidden("only admins read other users' logbook rows")

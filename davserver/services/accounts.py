@@ -72,7 +72,7 @@ class AccountService:
             serialize_account_changes(session)
             roles = self.ensure_roles(session)
             # In any case: names are unique ignoring case (``Admin`` is the account ``admin``).
-            taken = sa.func.lower(User.username) == username.lower()
+            taken = sa.func.lower(User.username) == account_key(username)
             if session.scalar(sa.select(User.id).where(taken)):
                 return None
             generated = None

@@ -33,6 +33,7 @@ from davserver.models import Op, User, UserRole
 from davserver.services.account_rules import (
     DEFAULT_ROLES,
     RolesLoader,
+    account_key,
     audit_details,
     check_email,
     check_name,
@@ -160,7 +161,7 @@ def _read(reader: _csv.Reader) -> tuple[list[ImportRow], list[ImportProblem]]:
         except DomainError as exc:
             problems.append(ImportProblem(line, str(exc)))
             continue
-        key = row.username.lower()
+        key = account_key(row.username)
         if key in seen_names:
             problems.append(
                 ImportProblem(line, f"username {row.username!r} repeats line {seen_names[key]}")
@@ -217,7 +218,7 @@ def _against_database(
     session: Session, rows: list[ImportRow], roles: Mapping[str, int], skip_existing: bool
 ) -> tuple[list[ImportRow], list[ImportProblem], list[str]]:
     """Rows to insert, problems found against existing users and roles, names skipped."""
-    names = {name.lower() for name in session.scalars(sa.select(User.username))}
+    names = {account_key(name) for name in session.scalars(sa.select(User.username))}
     emails = {
         email.lower() for email in session.scalars(sa.select(User.email)) if email is not None
     }
@@ -225,7 +226,7 @@ def _against_database(
     problems: list[ImportProblem] = []
     skipped: list[str] = []
     for row in rows:
-        if row.username.lower() in names:
+        if account_key(row.username) in names:
             if skip_existing:
                 skipped.append(row.username)
             else:

@@ -41,6 +41,7 @@ from davserver.services.account_rules import (
     DEFAULT_ROLES,
     RolesLoader,
     UserStatus,
+    account_key,
     audit_details,
     check_email,
     check_name,
@@ -146,7 +147,7 @@ def email_taken(session: Session, email: str, *, other_than: uuid.UUID | None = 
 
 def name_taken(session: Session, username: str) -> bool:
     """True when a user (deleted ones included: their names stay reserved) has that name."""
-    query = sa.select(User.id).where(sa.func.lower(User.username) == username.lower())
+    query = sa.select(User.id).where(sa.func.lower(User.username) == account_key(username))
     return session.scalar(query.limit(1)) is not None
 
 
