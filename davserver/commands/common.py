@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import sys
 import time
 import unicodedata
@@ -196,10 +197,11 @@ def timestamp(text: str) -> dt.datetime:
 
 
 def item_path(text: str) -> tuple[str, str]:
-    """``OWNER:/path`` or ``@GROUP:/path`` -> (space, path), for argparse."""
+    """``OWNER:/path`` or ``@GROUP:/path`` -> (space, path), for argparse. Doubled slashes
+    (``"$DIR/"`` with DIR ending in one) mean one, as in a shell."""
     space, colon, path = text.partition(":")
     if not colon or not space:
         raise argparse.ArgumentTypeError(
             f"name an item as OWNER:/path or @GROUP:/path, not {text!r}"
         )
-    return space, path or "/"
+    return space, re.sub("/{2,}", "/", path) or "/"
