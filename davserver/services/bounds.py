@@ -1,4 +1,4 @@
-"""Bounds on the numbers people and clients type: days, byte counts and client times.
+"""Bounds on what people and clients type: days, byte counts, client times, descriptions.
 
 Python's datetimes end with the year 9999 and the database's integer columns at 2**63 - 1
 (BigInteger on both engines), so a number beyond either is refused here as BadRequest,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import unicodedata
 
 from davserver.config import MAX_DAYS as MAX_DAYS  # the settings' bounds too
 from davserver.config import MAX_SECONDS as MAX_SECONDS
@@ -76,3 +77,18 @@ def parse_time(text: str, *, what: str = "a time") -> dt.datetime:
         return value.astimezone(dt.UTC)
     except OverflowError:
         raise BadRequest(f"{what} is outside the years 1 to 9999 in UTC: {text}") from None
+
+
+# Descriptions of packages and groups: printed in listings, an admin's terminal among them.
+MAX_DESCRIPTION_LENGTH = 1024
+
+
+def check_description(text: str) -> str:
+    """A package's or group's description as it is stored; BadRequest when it is longer than
+    ``MAX_DESCRIPTION_LENGTH`` characters or holds a control character (it is printed in
+    listings, an admin's terminal among them: no escape sequences, no line breaks)."""
+    if len(text) > MAX_DESCRIPTION_LENGTH:
+        raise BadRequest(f"a description has at most {MAX_DESCRIPTION_LENGTH} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        raise BadRequest("a description may not contain control characters")
+    return text

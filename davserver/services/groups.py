@@ -35,6 +35,7 @@ from davserver.services.account_rules import (
 )
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
+from davserver.services.bounds import check_description
 from davserver.services.grant_support import revoke_unsupported, spaces_of_grants_by
 from davserver.services.lock_rows import group_namespace, release_locks_of
 
@@ -134,6 +135,7 @@ class GroupAdminService:
         """A new, empty group; AlreadyExists when the name is taken (ignoring case)."""
         require_admin(actor)
         check_name(name, "group name")
+        description = check_description(description)
         with self.db.write() as session:
             serialize_account_changes(session)
             taken = session.scalar(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
-import unicodedata
 import uuid
 import zlib
 from typing import Any, BinaryIO
@@ -40,7 +39,7 @@ from davserver.errors import BadRequest, Conflict, Forbidden, InvalidName, NotFo
 from davserver.models import Op
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.bounds import check_days, days_from_now
+from davserver.services.bounds import check_days, check_description, days_from_now
 from davserver.services.lost_bytes import lost_bytes, open_stored, require_stored
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.package_archive import (
@@ -60,7 +59,6 @@ from davserver.services.zipstream import (
 )
 
 _CRC_BLOCK = 1024 * 1024
-MAX_DESCRIPTION_LENGTH = 1024
 
 
 def check_package_name(name: str) -> str:
@@ -73,17 +71,6 @@ def check_package_name(name: str) -> str:
     if name.lower().endswith(".zip"):
         raise InvalidName(f"{name!r}: a package's zip is <name>.zip, so names cannot end in .zip")
     return name
-
-
-def check_description(text: str) -> str:
-    """A package description as it is stored; BadRequest when it is longer than
-    ``MAX_DESCRIPTION_LENGTH`` characters or holds a control character (it is printed in
-    listings, an admin's terminal among them: no escape sequences, no line breaks)."""
-    if len(text) > MAX_DESCRIPTION_LENGTH:
-        raise BadRequest(f"a description has at most {MAX_DESCRIPTION_LENGTH} characters")
-    if any(unicodedata.category(ch) == "Cc" for ch in text):
-        raise BadRequest("a description may not contain control characters")
-    return text
 
 
 class PackageService:

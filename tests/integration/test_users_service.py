@@ -477,6 +477,16 @@ def test_group_membership_and_group_admins(services: Services) -> None:
     ]
 
 
+def test_a_group_description_is_bounded_and_printable(services: Services) -> None:
+    """It had no limit (a megabyte was stored and printed in every listing) and could carry
+    escape sequences into an admin's terminal; it has a package description's rules now."""
+    for bad, said in (("x" * 1025, "at most 1024"), ("red\x1b[2Jalert", "control characters")):
+        with pytest.raises(BadRequest, match=said):
+            services.groups.create_group(None, "crew", description=bad)
+    assert services.groups.list_groups() == []
+    assert services.groups.create_group(None, "crew", description="é" * 1024).name == "crew"
+
+
 def test_a_deleted_user_cannot_join_a_group(services: Services) -> None:
     services.users.create_user(None, "nina")
     services.groups.create_group(None, "crew")
