@@ -81,6 +81,7 @@ from davserver.services.package_archive import PackageView
 from davserver.services.permissions import Perm
 
 PREFIX = "/api/v1"
+HEALTH_RETRY_SECONDS = 5  # a failing part: a database failing over, a store coming back
 MAX_LOG_ID = 2**63 - 1  # the logbook's ids are bigint
 Identify = Callable[[dict[str, Any]], Actor]
 
@@ -120,7 +121,9 @@ class ApiApp:
         except BodyTooLarge:
             response = self.too_large(start_response)
         else:
-            response = _json(start_response, status, body)
+            # Only the health check answers 503 without an Unavailable: when to ask again.
+            retry = [("Retry-After", str(HEALTH_RETRY_SECONDS))] if status == 503 else None
+            response = _json(start_response, status, body, retry)
         return [b""] if method == "HEAD" else response
 
     def _route(self, method: str, parts: list[str], environ: dict[str, Any]) -> tuple[int, Any]:

@@ -41,6 +41,9 @@ def test_a_failing_part_is_503_naming_it_and_logged(
     with caplog.at_level(logging.WARNING, logger=health.__name__):
         status, body = ask(inproc_server)
     assert (status, body) == (503, {"status": "failing", "database": "ok", "blob_store": "failing"})
+    # As every other 503 of the server: when to ask again (a proxy's retry honours it).
+    retry = http_request("GET", inproc_server.url + "/api/v1/health").headers.get("Retry-After")
+    assert retry is not None and 1 <= int(retry) <= 60, retry
     assert "Read-only file system" in caplog.text  # the reason goes to the log, not to anyone
 
     def no_database(_db: object) -> None:
