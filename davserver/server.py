@@ -126,7 +126,7 @@ def serve(
     server = make_server(app, host, port, reuse_port=reuse_port)
     every = app.settings.maintenance.housekeeping_seconds if housekeeping else 0
     housekeeper = Housekeeper(app.services, every)
-    stopping = threading.Event()
+    stopping, listening = threading.Event(), threading.Event()
     # Stops the server from outside the signal handler: it closes the port, then waits for
     # the requests in progress (up to cheroot's shutdown_timeout) while serve() returns.
     stopper = threading.Thread(target=server.stop, name="stop", daemon=True)
@@ -137,7 +137,10 @@ def serve(
             return
         stopping.set()
         log.info("signal %s: stopping", signum)
-        stopper.start()
+        # cheroot's stop() does nothing before prepare() has finished (which would then serve
+        # for ever): a signal that early is seen after prepare(), and nothing is served.
+        if listening.is_set():
+            stopper.start()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
@@ -149,6 +152,9 @@ def serve(
             server.prepare()
         except OSError as exc:
             raise CannotListen(host, port, exc) from exc
+        listening.set()
+        if stopping.is_set():  # a signal during the start (a worker's, or systemd's stop)
+            return
         ready(server)
         housekeeper.start()
         if reloader is not None:

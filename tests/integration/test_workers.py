@@ -478,3 +478,48 @@ def taken_port() -> Iterator[int]:
         sock.bind((HOST, 0))
         sock.listen()
         yield int(sock.getsockname()[1])
+
+
+# cheroot's prepare() with a SIGTERM delivered to the process while it runs (the handler is
+# in place by then): what a stop just after a start (systemd, a parent stopping its workers)
+# meets.
+SIGNAL_WHILE_STARTING = """
+import os, signal, sys
+from cheroot.server import HTTPServer
+
+real_prepare = HTTPServer.prepare
+
+def prepare(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    real_prepare(self)
+
+HTTPServer.prepare = prepare
+from davserver.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, WORKERS])
+def test_a_stop_during_the_start_is_not_lost(tmp_path: Path, workers: int) -> None:
+    """cheroot's stop() does nothing until prepare() has finished, which then serves for ever:
+    a SIGTERM that came while a process was starting was lost. A worker replaced just before a
+    stop went on serving until the parent killed it 30 s later; a single server went on."""
+    serve = ["serve", "--workers", str(workers), "--host", HOST, "--port", str(free_port())]
+    with open(tmp_path / "stderr", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SIGNAL_WHILE_STARTING, *serve],
+            cwd=tmp_path,
+            env=server_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        if workers > 1:  # each worker stops itself; the parent then has none left
+            assert proc.wait(timeout=20) in (0, 1), (tmp_path / "stderr").read_text()
+        else:
+            assert proc.wait(timeout=20) == 0, (tmp_path / "stderr").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not children(proc.pid)
