@@ -504,7 +504,8 @@ def test_a_stop_during_the_start_is_not_lost(tmp_path: Path, workers: int) -> No
     """cheroot's stop() does nothing until prepare() has finished, which then serves for ever:
     a SIGTERM that came while a process was starting was lost. A worker replaced just before a
     stop went on serving until the parent killed it 30 s later; a single server went on."""
-    serve = ["serve", "--workers", str(workers), "--host", HOST, "--port", str(free_port())]
+    port = str(free_port())
+    serve = ["serve", "--workers", str(workers), "--host", HOST, "--port", port]
     with open(tmp_path / "stderr", "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-c", SIGNAL_WHILE_STARTING, *serve],
@@ -519,7 +520,24 @@ def test_a_stop_during_the_start_is_not_lost(tmp_path: Path, workers: int) -> No
         else:
             assert proc.wait(timeout=20) == 0, (tmp_path / "stderr").read_text()
     finally:
+        left = _serving_on(port)
+        for pid in left:  # what the old code left serving, orphaned once its parent was killed
+            os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert not children(proc.pid)
+    assert not left, "processes still serving after the stop"
+
+
+def _serving_on(port: str) -> list[int]:
+    """The processes started with ``--port PORT``, whoever their parent is now."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--port" in args and port.encode() in args:
+                found.append(int(entry.name))
+    return found
