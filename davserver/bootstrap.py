@@ -70,11 +70,13 @@ def prepare(
 
 
 def make_folders(settings: Settings) -> None:
-    """The data folder (for SQLite's file) and the blob folder, made where missing;
-    ConfigError naming the option whose folder cannot be made."""
+    """The data folder (for SQLite's file) and the blob folder with its ``tmp/`` (uploads in
+    progress; an S3 store's staging), made where missing; ConfigError naming the option whose
+    folder cannot be made."""
     if not settings.database.url:
         _make_folder("data_dir", Path(settings.data_dir))
     _make_folder("storage.blob_dir", settings.blob_path)
+    _make_folder("storage.blob_dir", settings.blob_path / "tmp")
 
 
 def _make_folder(option: str, path: Path) -> None:

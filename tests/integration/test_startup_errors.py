@@ -190,6 +190,13 @@ def test_folders_that_cannot_be_made_are_named(tmp_path: Path) -> None:
         serve(tmp_path, {"DAVSERVER_STORAGE_BLOB_DIR": str(tmp_path / "taken" / "blobs")}),
         "storage.blob_dir: cannot create the folder",
     )
+    # Its tmp/ (uploads in progress) was made later, unguarded: a traceback and exit 1.
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "tmp").write_text("a file where the uploads' folder should be")
+    assert_refused(
+        serve(tmp_path, {"DAVSERVER_STORAGE_BLOB_DIR": str(tmp_path / "blobs")}),
+        f"storage.blob_dir: cannot create the folder {tmp_path / 'blobs' / 'tmp'}",
+    )
 
 
 def test_commands_make_the_data_folder_as_serve_does_or_name_it(tmp_path: Path) -> None:
