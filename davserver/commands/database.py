@@ -7,10 +7,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from davserver.commands.common import add_json_flag, require_sqlite_file, settings_of
+from davserver.commands.common import (
+    add_json_flag,
+    open_services,
+    require_sqlite_file,
+    settings_of,
+)
 from davserver.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from davserver.blobstore import MaintainableBlobStore
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -106,29 +114,31 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_to_take(settings: Settings) -> Any:
+def _store_to_take(settings: Settings) -> MaintainableBlobStore:
     """The store these settings name, for ``--take-blob-store``; ConfigError when a folder
     they name does not exist (a backup's blobs are beside it, not there)."""
     from davserver.context import open_blob_store
 
-    if settings.storage.backend != "s3" and not settings.blob_path.is_dir():
-        raise ConfigError(
-            f"--take-blob-store: these settings name the blob folder {settings.blob_path},"
-            " which does not exist; set storage.blob_dir (DAVSERVER_STORAGE_BLOB_DIR) to the"
-            " folder holding the blobs (a backup's are in its blobs/ folder)"
-        )
+    missing = _missing_blob_folder(settings)
+    if missing:
+        raise ConfigError(f"--take-blob-store: {missing}")
     return open_blob_store(settings)
 
 
-def _say_where_the_blobs_are(settings: Settings, *, took: bool) -> None:
+def _missing_blob_folder(settings: Settings) -> str | None:
+    """What to do when the settings name a blob folder that does not exist, else None."""
     blobs = settings.blob_path
-    keep = (
-        f"keep the blobs where they are ({blobs})"
-        if settings.storage.backend == "s3" or blobs.is_dir()
-        else f"set storage.blob_dir (DAVSERVER_STORAGE_BLOB_DIR) to the folder holding the"
-        f" blobs: these settings name {blobs}, which does not exist (a backup's blobs are"
-        " in its blobs/ folder)"
+    if settings.storage.backend == "s3" or blobs.is_dir():
+        return None
+    return (
+        f"set storage.blob_dir (DAVSERVER_STORAGE_BLOB_DIR) to the folder holding the blobs:"
+        f" these settings name {blobs}, which does not exist (a backup's blobs are in its"
+        " blobs/ folder)"
     )
+
+
+def _say_where_the_blobs_are(settings: Settings, *, took: bool) -> None:
+    keep = _missing_blob_folder(settings) or f"keep the blobs where they are ({settings.blob_path})"
     print(f"to serve it, set database.url (DAVSERVER_DATABASE_URL) to that database and {keep}")
     if took:
         print(
@@ -144,32 +154,22 @@ def _say_where_the_blobs_are(settings: Settings, *, took: bool) -> None:
 
 
 def cmd_claim_blob_store(args: argparse.Namespace) -> int:
-    from davserver.context import open_blob_store
-    from davserver.db import Database
-    from davserver.db.migrate import is_at_head
-    from davserver.services.store_owner import database_id, take_store
+    from davserver.services.store_owner import take_store
 
-    settings = settings_of(args)
-    require_sqlite_file(settings)
-    db = Database(settings.database_url)
-    try:
-        if not is_at_head(db):
-            raise ConfigError(
-                "the database is not at the newest schema: run `davserver db upgrade`"
-            )
-        store = open_blob_store(settings)
-        before, mine = take_store(db, store), database_id(db)
-    finally:
-        db.dispose()
+    with open_services(args) as services:  # the schema brought up to date, as for gc
+        store = services.blobs
+        before, mine = take_store(services.db, store)
     if args.json:
         print(json.dumps({"store": store.describe(), "database_id": mine, "before": before}))
     elif before == mine:
         print(f"the blob store ({store.describe()}) already belongs to this database ({mine})")
     else:
-        print(
-            f"the blob store ({store.describe()}) now belongs to this database ({mine});"
-            f" before, to {before or 'none'}. serve, gc and fsck on that one refuse it from now on"
+        had = (
+            f"before, to {before}: serve, gc and fsck on that one refuse it from now on"
+            if before
+            else "it named no database before"
         )
+        print(f"the blob store ({store.describe()}) now belongs to this database ({mine}); {had}")
     return 0
 
 

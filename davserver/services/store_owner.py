@@ -68,12 +68,12 @@ def claim_store(db: Database, blobs: MaintainableBlobStore) -> None:
     _refuse_another(mine, owner, blobs)
 
 
-def take_store(db: Database, blobs: MaintainableBlobStore) -> str | None:
-    """Make the store ``db``'s whoever had it; returns the identity it named before."""
+def take_store(db: Database, blobs: MaintainableBlobStore) -> tuple[str | None, str]:
+    """Make the store ``db``'s whoever had it; (the identity it named before, ``db``'s)."""
     mine, before = database_id(db), store_owner(blobs)
     if before != mine:
         blobs.set_owner(mine)
-    return before
+    return before, mine
 
 
 def check_handover(source: Database, blobs: MaintainableBlobStore) -> None:
