@@ -33,8 +33,8 @@ _BATCH = 5000
 
 class NameTakenMeanwhile(Exception):
     """The name a copy goes to is taken. Its callers (a COPY, a MOVE into another space)
-    found it free (``files._occupant``), so another writer took it since: a PUT creates a file
-    without waiting for ``files._hold_name``. ``FileService.run_write`` runs the work again,
+    found it free (``node_rows.occupant_at``), so another writer took it since: a PUT creates a file
+    without waiting for ``node_rows._hold_name``. ``FileService.run_write`` runs the work again,
     which finds that file there (and replaces it if the client agreed); on PostgreSQL the
     COPY with Overwrite: T was a 412."""
 

@@ -63,9 +63,10 @@ from davserver.models import Node, NodeKind, Op, Space
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.files import FileService, view_of
+from davserver.services.files import FileService
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService
+from davserver.services.node_rows import view_of
 from davserver.services.tree import NodeView, check_name, name_key
 from davserver.services.usage import add_home_bytes, bytes_below, check_quota
 

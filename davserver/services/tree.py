@@ -168,7 +168,7 @@ def take_turn(session: Session, node_id: uuid.UUID) -> None:
 
 
 # Serializes writers to one name on PostgreSQL; SQLite renders no FOR UPDATE (its BEGIN
-# IMMEDIATE already serializes writers). FOR NO KEY UPDATE (see files.live_node), after the
+# IMMEDIATE already serializes writers). FOR NO KEY UPDATE (see node_rows.live_node), after the
 # child's exclusive turn (``turn``), taken inside a CASE: on the child alone, whatever the plan.
 def _child_for_update(postgres: bool) -> sa.Select[Any]:
     found = sa.and_(

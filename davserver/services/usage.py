@@ -3,7 +3,7 @@ listing shows.
 
 ``users.home_bytes`` holds the bytes of the live files of a user's own space. Every change that
 adds, resizes, trashes or restores a file there moves it in the change's own transaction
-(``add_home_bytes``, or ``files._make_current`` for a new version), so reading a user's usage
+(``add_home_bytes``, or ``version_rows.make_current`` for a new version), so reading a user's usage
 sums nothing; ``recount`` repairs a total that a bug or a hand-edited database put off. Group
 spaces count against no quota. Folder sizes (``subtree_size``, ``child_folder_sizes``) are
 summed over the live files below, for listings.

@@ -36,12 +36,14 @@ from davserver.services import version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.bounds import spelled_number
-from davserver.services.files import FileService, held_node, hold_folder, insert_child, view_of
+from davserver.services.files import FileService
 from davserver.services.lost_bytes import open_stored, require_stored
 from davserver.services.maintenance import Progress, ProgressCallback
 from davserver.services.namespace import AccessContext, NamespaceService, Reached, Virtual
+from davserver.services.node_rows import held_node, hold_folder, insert_child, view_of
 from davserver.services.tree import NodeView, check_name, name_key
 from davserver.services.usage import check_quota
+from davserver.services.version_rows import add_version
 
 SPACE = "versions"
 # The spaces whose files have a history to browse (``users`` only for those who see it).
@@ -244,8 +246,8 @@ class VersionService:
                 return None
             if node.group_id is None:
                 check_quota(session, node.owner_id, size - node.size)
-            version_id, version_no = self.files.add_version(
-                session, actor, node.id, blob_id, size, None
+            version_id, version_no = add_version(
+                session, self.files.policy, actor, node.id, blob_id, size, None
             )
             record_audit(
                 session,
@@ -283,8 +285,8 @@ class VersionService:
             if parent.group_id is None:
                 check_quota(session, parent.owner_id, size)
             node_id = insert_child(session, parent.id, name, NodeKind.FILE, mime=mime_type)
-            version_id, _ = self.files.add_version(
-                session, actor, node_id, blob_id, size, mime_type, first=True
+            version_id, _ = add_version(
+                session, self.files.policy, actor, node_id, blob_id, size, mime_type, first=True
             )
             record_audit(
                 session,

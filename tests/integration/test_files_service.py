@@ -39,7 +39,7 @@ from davserver.errors import (
 )
 from davserver.models import Blob, DeadProperty, FileVersion, Group, LogEntry, Node, Op, User
 from davserver.services import files as files_module
-from davserver.services import package_rows, subtree_copy, tree
+from davserver.services import node_rows, package_rows, subtree_copy, tree, uploads, usage
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.namespace import NamespaceService
@@ -621,7 +621,7 @@ def test_logbook_failure_rolls_the_change_back(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("logbook unavailable")
 
-    monkeypatch.setattr(files_module, "record_audit", broken)
+    monkeypatch.setattr(uploads, "record_audit", broken)
     with pytest.raises(RuntimeError):
         put(service, actor, home, "never.txt", b"data")
     assert service.resolve(home.id, ["never.txt"]) is None
@@ -836,7 +836,7 @@ def test_the_running_total_follows_every_change_to_a_space(
     def check(expected: int) -> None:
         with database.connect() as conn:
             kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
-            counted = files_module.bytes_below(conn, home.id)
+            counted = usage.bytes_below(conn, home.id)
         assert kept == counted
         assert account_updated() == updated  # usage is not a change to the account
         assert service.usage(actor.user_id)[0] == service.subtree_size(home.id) == expected
@@ -974,7 +974,7 @@ def _kept_and_counted(database: Database, actor: Actor, home: NodeView) -> tuple
     with database.connect() as conn:
         kept = conn.scalar(sa.select(users.c.home_bytes).where(users.c.id == actor.user_id))
         assert kept is not None
-        return kept, files_module.bytes_below(conn, home.id)
+        return kept, usage.bytes_below(conn, home.id)
 
 
 def test_nothing_lands_in_a_folder_that_went_to_the_trash_after_it_was_looked_up(
@@ -1031,7 +1031,7 @@ def test_an_upload_racing_the_trash_of_a_folder_above_is_refused(
     inner = service.create_folder(actor, top, "inner")
     put(service, actor, inner, "old.txt", b"o" * 10)
     counted, go = threading.Event(), threading.Event()
-    original = files_module.add_home_bytes
+    original = node_rows.add_home_bytes
 
     def add_then_pause(session: object, *args: object) -> None:
         original(session, *args)  # type: ignore[arg-type]
@@ -1039,7 +1039,7 @@ def test_an_upload_racing_the_trash_of_a_folder_above_is_refused(
             counted.set()
             assert go.wait(30)
 
-    monkeypatch.setattr(files_module, "add_home_bytes", add_then_pause)
+    monkeypatch.setattr(node_rows, "add_home_bytes", add_then_pause)
     outcome: dict[str, Any] = {}
     trashing = in_thread("trash", lambda: service.delete(actor, top.id), outcome)
     assert counted.wait(30)
@@ -1439,7 +1439,7 @@ def test_a_copy_onto_a_name_a_put_takes_meanwhile_replaces_that_file(
     if database.engine.dialect.name != "postgresql":
         pytest.skip("SQLite's writers take turns: a PUT cannot land inside a COPY")
     source = put(service, actor, home, "source.txt", b"the copy")
-    real = files_module._occupant
+    real = files_module.occupant_at
     looks: list[str] = []
 
     def after_a_put_lands(session: Session, folder: NodeView, name: str, **kw: Any) -> Any:
@@ -1452,7 +1452,7 @@ def test_a_copy_onto_a_name_a_put_takes_meanwhile_replaces_that_file(
             return None
         return real(session, folder, name, **kw)
 
-    monkeypatch.setattr(files_module, "_occupant", after_a_put_lands)
+    monkeypatch.setattr(files_module, "occupant_at", after_a_put_lands)
     replaced = service.copy(actor, source.id, home, "dest.txt", overwrite=True)
     assert replaced is not None and replaced.name == "dest.txt"
     assert versions(database, replaced.id) == [(1, 3), (2, 8)]  # the PUT's, then the copy's

@@ -35,6 +35,7 @@ from davserver.services.namespace import NamespaceService
 from davserver.services.packages import PackageService
 from davserver.services.permissions import EVERYTHING, GROUP_MEMBER, Perm
 from davserver.services.tree import NodeView
+from davserver.services.version_rows import add_version
 from davserver.services.version_rules import VersionPolicy
 from davserver.services.zipstream import MANIFEST_NAME
 from tests.blobs import put
@@ -264,7 +265,7 @@ def test_a_pin_racing_an_upload_that_prunes_the_version_it_read_pins_the_new_one
         with database.write() as session:
             tree.take_turn(session, doc.id)
             session.get(Node, doc.id, with_for_update=NO_KEY_UPDATE)
-            files.add_version(session, actor, doc.id, blob_id, 3, "text/plain")
+            add_version(session, files.policy, actor, doc.id, blob_id, 3, "text/plain")
             opened.set()
             assert release.wait(30)
 

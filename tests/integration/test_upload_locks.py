@@ -20,7 +20,7 @@ from sqlalchemy import event
 from davserver.db import Database
 from davserver.errors import QuotaExceeded
 from davserver.models import User
-from davserver.services import files as files_module
+from davserver.services import uploads as uploads_module
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.tree import NodeView
@@ -74,7 +74,7 @@ def test_an_upload_midway_does_not_hold_up_its_owners_other_uploads(
     if replacing:
         put(files, actor, mine, "doc.txt", b"old")
     midway, go = threading.Event(), threading.Event()
-    original = files_module.record_audit
+    original = uploads_module.record_audit
 
     def audit_then_pause(*args: Any, **kwargs: Any) -> None:
         original(*args, **kwargs)
@@ -82,7 +82,7 @@ def test_an_upload_midway_does_not_hold_up_its_owners_other_uploads(
             midway.set()
             assert go.wait(30)
 
-    monkeypatch.setattr(files_module, "record_audit", audit_then_pause)
+    monkeypatch.setattr(uploads_module, "record_audit", audit_then_pause)
     outcome: dict[str, Any] = {}
     first = in_thread(
         "midway",
