@@ -92,7 +92,7 @@ class TrashRootResource(ComputedProperties, DAVCollection):
             listing = self.service.listing_for(namespace, ctx)
             expired = self.service.expired(listing)
             if expired:
-                self.service.purge_entries(expired, reason="expired")
+                self.service.purge_items([e.view.id for e in expired], reason="expired")
                 self.provider.forget(self.environ)
                 listing = self.service.listing_for(namespace, ctx)
             self._entries_now = listing.entries

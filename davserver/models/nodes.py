@@ -106,7 +106,7 @@ class Node(Base):
         sa.ForeignKey("users.id", ondelete="SET NULL")
     )
     # Set on a trash item when its purge began: it is no longer in the trash for anyone, and
-    # its rows are being removed a batch at a time (services.trash).
+    # its rows are being removed a batch at a time (services.trash_purge).
     purge_started_at: Mapped[timestamp_or_none]
 
     @property

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from davserver.db import Base, Database
 from davserver.errors import NotFound
 from davserver.services import trash as trash_module
+from davserver.services import trash_purge
 from davserver.services.actor import Actor
 from davserver.services.audit import read_logbook
 from davserver.services.files import FileService
@@ -71,9 +72,9 @@ def test_another_writer_commits_between_the_batches_of_a_big_purge(
     the purge still has batches to go; on SQLite it would wait for the lock (and this test
     time out) if the purge held its transaction between the batches."""
     made = _big_item(files, actor, home)
-    monkeypatch.setattr(trash_module, "_DELETE_BATCH", 3)
+    monkeypatch.setattr(trash_purge, "_DELETE_BATCH", 3)
     events: list[str] = []
-    batch = trash_module._remove_batch
+    batch = trash_purge._remove_batch
 
     def counted_batch(*args: Any) -> Any:
         emptied, done = batch(*args)
@@ -86,7 +87,7 @@ def test_another_writer_commits_between_the_batches_of_a_big_purge(
         uploaded.append(_upload(files, actor, home, "meanwhile.txt"))
         events.append("put")
 
-    between = trash_module._between_batches
+    between = trash_purge._between_batches
 
     def let_a_put_in(db: Database, seconds: float) -> None:
         if events.count("batch") == 1:
@@ -96,8 +97,8 @@ def test_another_writer_commits_between_the_batches_of_a_big_purge(
             assert not other.is_alive(), "the upload waited for the purge"
         between(db, seconds)
 
-    monkeypatch.setattr(trash_module, "_remove_batch", counted_batch)
-    monkeypatch.setattr(trash_module, "_between_batches", let_a_put_in)
+    monkeypatch.setattr(trash_purge, "_remove_batch", counted_batch)
+    monkeypatch.setattr(trash_purge, "_between_batches", let_a_put_in)
     trash = TrashService(database, files)
     removed = trash.purge(actor, made["big"].id)
 
@@ -131,8 +132,8 @@ def test_an_interrupted_purge_is_hidden_and_finished_by_purging_again(
     retention, removes the rest."""
     made = _big_item(files, actor, home)
     used = files.usage(actor.user_id)  # what is in the trash counts for nothing, half-purged too
-    monkeypatch.setattr(trash_module, "_DELETE_BATCH", 3)
-    batch = trash_module._remove_batch
+    monkeypatch.setattr(trash_purge, "_DELETE_BATCH", 3)
+    batch = trash_purge._remove_batch
     calls: list[int] = []
 
     def stopping_batch(*args: Any) -> Any:
@@ -141,11 +142,11 @@ def test_an_interrupted_purge_is_hidden_and_finished_by_purging_again(
             raise Stop
         return batch(*args)
 
-    monkeypatch.setattr(trash_module, "_remove_batch", stopping_batch)
+    monkeypatch.setattr(trash_purge, "_remove_batch", stopping_batch)
     trash = TrashService(database, files)
     with pytest.raises(Stop):
         trash.purge(actor, made["big"].id)
-    monkeypatch.setattr(trash_module, "_remove_batch", batch)
+    monkeypatch.setattr(trash_purge, "_remove_batch", batch)
 
     ids = [made["big"].id, made["c"].id, *(view.id for view in made["inner"])]
     nodes_left, versions_left = _rows_left(database, ids)
@@ -181,9 +182,9 @@ def test_a_marked_item_is_finished_by_a_purge_of_it_without_a_second_logbook_row
     """Two purges of one item (a client's DELETE retried, the sweep meeting an item being
     purged) write one logbook row and leave nothing behind."""
     made = _big_item(files, actor, home)
-    monkeypatch.setattr(trash_module, "_DELETE_BATCH", 3)
+    monkeypatch.setattr(trash_purge, "_DELETE_BATCH", 3)
     trash = TrashService(database, files)
-    between = trash_module._between_batches
+    between = trash_purge._between_batches
     seen: list[int] = []
 
     def purge_again_meanwhile(db: Database, seconds: float) -> None:
@@ -192,7 +193,7 @@ def test_a_marked_item_is_finished_by_a_purge_of_it_without_a_second_logbook_row
             trash.purge(None, made["big"].id)
         between(db, seconds)
 
-    monkeypatch.setattr(trash_module, "_between_batches", purge_again_meanwhile)
+    monkeypatch.setattr(trash_purge, "_between_batches", purge_again_meanwhile)
     trash.purge(actor, made["big"].id)
     ids = [made["big"].id, made["c"].id, *(view.id for view in made["inner"])]
     assert _rows_left(database, ids) == (0, 0)
@@ -227,7 +228,7 @@ def test_a_folder_restored_from_an_item_as_its_purge_begins_comes_back_whole(
     b = files.resolve(made["big"].id, ["b"])
     assert b is not None
     held, go = threading.Event(), threading.Event()
-    hold = trash_module._hold_unpurged
+    hold = trash_module.hold_unpurged
 
     def held_then_waits(session: Any, item_id: uuid.UUID) -> bool:
         found = hold(session, item_id)
@@ -235,7 +236,7 @@ def test_a_folder_restored_from_an_item_as_its_purge_begins_comes_back_whole(
         assert go.wait(20)
         return found
 
-    monkeypatch.setattr(trash_module, "_hold_unpurged", held_then_waits)
+    monkeypatch.setattr(trash_module, "hold_unpurged", held_then_waits)
     trash = TrashService(database, files)
     restored: list[NodeView] = []
     restoring = threading.Thread(
@@ -243,7 +244,7 @@ def test_a_folder_restored_from_an_item_as_its_purge_begins_comes_back_whole(
     )
     restoring.start()
     assert held.wait(20)
-    monkeypatch.setattr(trash_module, "_hold_unpurged", hold)
+    monkeypatch.setattr(trash_module, "hold_unpurged", hold)
     purging = threading.Thread(target=lambda: trash.purge(actor, made["big"].id))
     purging.start()
     for _ in range(400):  # until the purge waits for the restore's locks
@@ -281,7 +282,7 @@ def test_a_listing_leaves_the_rows_of_a_big_expired_item_to_housekeeping(
     made = _big_item(files, actor, home)
     small = _upload(files, actor, home, "small.txt")
     files.delete(actor, small.id)
-    monkeypatch.setattr(trash_module, "_DELETE_BATCH", 3)
+    monkeypatch.setattr(trash_purge, "_DELETE_BATCH", 3)
     trash = TrashService(database, files, retention_days=1, swept=swept)
     long_ago = trash_module.utcnow() - dt.timedelta(days=2)
     with database.write() as session:
@@ -291,7 +292,7 @@ def test_a_listing_leaves_the_rows_of_a_big_expired_item_to_housekeeping(
     expired = trash.expired(trash.listing(actor.user_id))
     assert {e.view.id for e in expired} == {made["big"].id, small.id}
 
-    assert trash.purge_entries(expired, reason="expired") == 2
+    assert trash.purge_items([e.view.id for e in expired], reason="expired") == 2
 
     assert [e.view.id for e in trash.listing(actor.user_id).entries] == [made["early"].id]
     assert _rows_left(database, [small.id]) == (0, 0)

@@ -16,6 +16,7 @@ from davserver.db import Base, Database
 from davserver.db.types import utcnow
 from davserver.models import Group, LogEntry, User
 from davserver.services import trash as trash_module
+from davserver.services import trash_purge
 from davserver.services.actor import Actor
 from davserver.services.audit import read_logbook
 from davserver.services.files import FileService
@@ -186,7 +187,7 @@ def test_the_purge_meets_each_expired_item_once_oldest_first(
     ]
     with database.engine.begin() as conn:
         conn.execute(_n.insert(), rows)
-    monkeypatch.setattr(trash_module, "_PURGE_BATCH", 2)
+    monkeypatch.setattr(trash_purge, "_PURGE_BATCH", 2)
     trash = TrashService(database, files)
     met: list[uuid.UUID] = []
     monkeypatch.setattr(trash, "_purge_counted", lambda node_id, *_a, **_k: met.append(node_id))
