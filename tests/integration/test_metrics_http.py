@@ -3,12 +3,14 @@ does not depend on the database). Several worker processes: tests/integration/te
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from davserver.metrics import render
 from tests.servers import InprocServer, basic_auth_header, http_request, run_inproc_server
 from tests.unit.test_metrics import sample
 
@@ -26,12 +28,23 @@ def scrape(srv: InprocServer, user: str, password: str, method: str = "GET") -> 
     return response.status, response.body.decode()
 
 
+def _all_answered(srv: InprocServer) -> None:
+    """Wait until the server has ended every request so far. A request is counted as answered
+    when the server closes its response, just after the last byte went out: the client may
+    have sent its next request by then (on a busy machine, the scrape saw two in flight)."""
+    deadline = time.monotonic() + 10
+    while sample(render(srv.application.metrics.board), "davserver_http_requests_in_flight"):
+        assert time.monotonic() < deadline, "requests still in flight after 10 s"
+        time.sleep(0.01)
+
+
 def test_an_admin_reads_what_was_answered(srv: InprocServer) -> None:
     assert srv.request("PUT", "/files/a.txt", b"12345").status == 201
     for _ in range(3):
         assert srv.request("GET", "/files/a.txt").status == 200
     assert srv.request("GET", "/files/missing.txt").status == 404
     assert srv.request("PROPFIND", "/files/", None, {"Depth": "0"}).status == 207
+    _all_answered(srv)
 
     status, text = scrape(srv, srv.user, srv.password)
 
@@ -46,6 +59,7 @@ def test_an_admin_reads_what_was_answered(srv: InprocServer) -> None:
     assert sample(text, "davserver_worker_processes") == 1
     assert sample(text, "davserver_blob_store_free_bytes") > 0
     # The scrape is counted too, once answered.
+    _all_answered(srv)
     _, again = scrape(srv, srv.user, srv.password)
     assert sample(again, requests, 'method="GET",code="2xx"') == 4
 
