@@ -349,8 +349,9 @@ class ApiApp:
         return found
 
     def _audit(self, actor: Actor, query: dict[str, str]) -> dict[str, Any]:
-        """Logbook rows, newest first: an admin's of anyone (``user``), anyone else's their
-        own (a user's rows include the failed sign-ins under their name); about an item of
+        """Logbook rows, newest first: an admin's of anyone (``user``: what they did, and
+        what happened to their account, admins' doings included), anyone else's their own
+        (with the failed sign-ins under their name, the account's bans); about an item of
         their namespace (``path``) or any item by its id (``node``: trashed or purged too),
         an operation or family (``op``), the last ``days`` days or from ``since``, before
         ``until``, at most ``limit`` (100)."""
@@ -386,6 +387,7 @@ class ApiApp:
         rows = read_logbook(
             self.services.db,
             user_id=user_id,
+            about_user=actor.is_admin,
             node_id=node_id,
             op=query.get("op"),
             since=since,

@@ -35,6 +35,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         rows = read_logbook(
             services.db,
             user_id=user_id,
+            about_user=True,
             node_id=node_id,
             op=args.op,
             since=since,
@@ -57,7 +58,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Print logbook rows, newest first, filtered by user, item, operation, age.",
     )
     audit.add_argument(
-        "--user", help="rows of this user (deleted users too), and failed sign-ins under their name"
+        "--user",
+        help="rows of this user (deleted users too) and about their account: failed sign-ins"
+        " under their name, bans, what admins did to it",
     )
     item = audit.add_mutually_exclusive_group()
     item.add_argument("--item", type=item_path, help="rows about OWNER:/path or @GROUP:/path")

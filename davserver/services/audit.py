@@ -234,10 +234,39 @@ class LogbookRow:
         return dataclasses.asdict(self)
 
 
+# What someone does to another's account: each row names the account by its id in details.
+_TO_THE_ACCOUNT = tuple(
+    o for o in Op if o.value.startswith(("user:", "apikey:")) or o is Op.SESSION_END
+)
+
+
+def _about(user_id: uuid.UUID, others: bool) -> list[sa.ColumnElement[bool]]:
+    """Conditions for the rows about ``user_id``'s account that another user's id (or none)
+    is on. What happens to it with nobody signed in has no user: a failed sign-in under its
+    name, its ban (its throttle key), a refresh token of theirs used again (which ends their
+    session; by its id). With ``others``, ``_TO_THE_ACCOUNT`` too. Each names its operations,
+    so the logbook's index by operation finds them."""
+    log, users = LogEntry.__table__, User.__table__
+    name = sa.select(sa.func.lower(users.c.username)).where(users.c.id == user_id)
+    named = sa.func.lower(log.c.details["username"].as_string()) == name.scalar_subquery()
+    key = log.c.details["key"].as_string() == ("user:" + name.scalar_subquery())
+    account = log.c.details["user_id"].as_string() == str(user_id)
+    nobody = log.c.user_id.is_(None)
+    found = [
+        sa.and_(log.c.op_type == Op.LOGIN_FAILURE.value, nobody, named),
+        sa.and_(log.c.op_type == Op.LOGIN_BAN.value, nobody, key),
+        sa.and_(log.c.op_type == Op.TOKEN_REUSE.value, nobody, account),
+    ]
+    if others:
+        found.append(sa.and_(log.c.op_type.in_([o.value for o in _TO_THE_ACCOUNT]), account))
+    return found
+
+
 def read_logbook(
     db: Database,
     *,
     user_id: uuid.UUID | None = None,
+    about_user: bool = False,
     node_id: uuid.UUID | None = None,
     op: str | None = None,
     since: dt.datetime | None = None,
@@ -245,11 +274,15 @@ def read_logbook(
     before: int | None = None,
     limit: int = 100,
 ) -> list[LogbookRow]:
-    """Logbook rows, newest first, at most ``limit`` (1 to MAX_ROWS): of one user (with the
-    failed sign-ins under their name), about one
+    """Logbook rows, newest first, at most ``limit`` (1 to MAX_ROWS): of one user (with what
+    happened to their account with nobody signed in: see ``_about``), about one
     file or folder, of one operation (``share:grant:create``) or family of them (``share``;
     BadRequest for one no row can have), from ``since`` and before ``until``. Each filter uses
     an index of the logbook.
+
+    With ``about_user``, the user's rows include what others did to their account
+    (``_TO_THE_ACCOUNT``: an admin disabled it, made them a key, ended their session), with
+    those others' addresses: an admin's view.
 
     ``before`` is the id of a row: only the rows after it in this order (older ones), so that
     the id of a page's last row asks for the next page; BadRequest when no row has that id
@@ -278,14 +311,7 @@ def read_logbook(
         .limit(limit)
     )
     if user_id is not None:
-        # A failed sign-in has no user, only the name typed: it is the named user's too.
-        name = sa.select(users.c.username).where(users.c.id == user_id).scalar_subquery()
-        attempt = sa.and_(
-            log.c.op_type == Op.LOGIN_FAILURE.value,
-            log.c.user_id.is_(None),
-            sa.func.lower(log.c.details["username"].as_string()) == sa.func.lower(name),
-        )
-        query = query.where(sa.or_(log.c.user_id == user_id, attempt))
+        query = query.where(sa.or_(log.c.user_id == user_id, *_about(user_id, about_user)))
     if node_id is not None:
         query = query.where(log.c.node_id == node_id)
     if op:

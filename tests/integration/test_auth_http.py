@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from davserver.models import FileVersion, LogEntry, LoginSession, Node, Op
+from davserver.services.actor import Actor
 from tests.conftest import ENGINES
 from tests.servers import InprocServer, Response, basic_auth_header, http_request, run_inproc_server
 
@@ -1264,3 +1265,29 @@ def test_an_admin_ending_a_session_is_logged_with_whose_it_was(server: InprocSer
     assert row["user"] == server.user
     assert row["details"]["user"] == name
     assert row["details"]["user_id"] == str(server.app.services.users.user_id(name))
+
+
+def test_what_an_admin_did_to_an_account_is_among_its_rows_for_admins_only(
+    server: InprocServer,
+) -> None:
+    """Asked for a user's rows, the logbook showed what they did, not what was done to their
+    account (disabled, a new password): those rows are the admin's. An admin now sees them
+    among the user's rows; the user does not (they carry the admin's address)."""
+    name, password = make_user(server)
+    users = server.app.services.users
+    admin = Actor(
+        user_id=users.user_id(server.user), username=server.user, roles=frozenset({"admin"})
+    )
+    users.disable_user(admin, name)
+    users.enable_user(admin, name)
+    assert call(server, "PUT", "/files/mine.txt", user=(name, password), body=b"x").status == 201
+
+    def ops(query: str, user: tuple[str, str]) -> list[str]:
+        status, body = api(server, "GET", "/audit?limit=50" + query, user=user)
+        assert status == 200, body
+        return [e["op"] for e in body["entries"] if not e["op"].startswith("auth:")]
+
+    for_admins = ops(f"&user={name}", (server.user, server.password))
+    assert for_admins[:3] == ["file:create", "user:enable", "user:disable"]
+    assert "user:disable" not in ops("", (name, password))
+    assert "file:create" in ops("", (name, password))

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from davserver.blobstore import StoredBlob
 from davserver.context import Services
-from davserver.errors import Forbidden
+from davserver.errors import Forbidden, TooManyRequests
+from davserver.models import Op
 from davserver.services.actor import Actor
+from davserver.services.audit import record_audit
 from davserver.services.permissions import Perm
+from davserver.services.throttle import LoginThrottle, ThrottlePolicy
 from tests.integration import test_cli_accounts as accounts_cli
 from tests.integration.test_cli_accounts import Cli
 
@@ -106,7 +111,11 @@ def test_audit_reads_the_logbook_by_user_item_and_operation(cli: Cli, services: 
         "share:grant:revoke"
     ]
     assert {row["op"] for row in cli.json("audit", "--op", "user:create")} == {"user:create"}
-    assert [row["op"] for row in cli.json("audit", "--user", "alice")] == ["file:create"]
+    # alice's rows: what she did, and what was done to her account (here by the CLI).
+    assert [row["op"] for row in cli.json("audit", "--user", "alice")] == [
+        "file:create",
+        "user:create",
+    ]
     table = cli("audit", "--days", "1")
     assert table.code == 0 and "share:grant:revoke" in table.out
     assert "no user" in cli.fails("audit", "--user", "zed")
@@ -131,7 +140,7 @@ def test_audit_reads_a_time_window_and_an_item_once_it_is_deleted(
     cli.json("user", "create", "alice", "--password-stdin", stdin="a-good-password\n")
     for name in ("one.txt", "two.txt", "three.txt"):
         make_file(services, "alice", name)
-    three, two, one = cli.json("audit", "--user", "alice")
+    three, two, one = cli.json("audit", "--user", "alice", "--op", "file")
     window = ("--since", two["occurred_at"], "--until", three["occurred_at"])
     assert [row["id"] for row in cli.json("audit", *window)] == [two["id"]]
     naive = two["occurred_at"].removesuffix("+00:00")
@@ -166,3 +175,39 @@ def test_revoke_names_no_one_by_a_name_python_alone_folds(cli: Cli, services: Se
     assert "no such grant" in cli.fails("revoke", "alice:/doc.txt", "\u212aarl")
     assert "no such grant" in cli.fails("revoke", "alice:/doc.txt", "@\u212ait")
     assert len(cli.json("grants", "alice:/doc.txt")) == 2
+
+
+def test_audit_of_a_user_has_what_happened_to_their_account(cli: Cli, services: Services) -> None:
+    """``--user`` listed what the user did and the failed sign-ins under their name; not
+    their account's ban, a reuse of their refresh token (rows with no user: nobody signed
+    in), nor what admins did to it (created it, disabled it, made them a key)."""
+    for name in ("alice", "bob"):
+        cli.json("user", "create", name, "--password-stdin", stdin="a-good-password\n")
+    cli.json("user", "disable", "alice")
+    cli.json("apikey", "create", "alice", "--name", "sync")
+    cli.json("apikey", "create", "bob", "--name", "sync")
+    throttle = LoginThrottle(services.db, ThrottlePolicy(max_failures_per_user=2))
+    for typed in ("ALICE", "alice", "bob"):
+        with contextlib.suppress(TooManyRequests):
+            throttle.record_failure(typed, "192.0.2.9", "guesser/1.0", "bad credentials")
+    alice_id = services.users.user_id("alice")
+    with services.db.write() as session:  # as davserver.services.tokens writes it
+        details = {"user_id": str(alice_id), "family_id": "f", "session_id": "s"}
+        record_audit(session, None, Op.TOKEN_REUSE, details=details)
+    rows = cli.json("audit", "--user", "alice")
+    assert [row["op"] for row in rows] == [
+        "auth:token:reuse",
+        "auth:login:ban",
+        "auth:login:failure",
+        "auth:login:failure",
+        "apikey:create",
+        "user:disable",
+        "user:create",
+    ]
+    assert rows[1]["details"]["key"] == "user:alice"
+    assert all(row["details"].get("user_id") == str(alice_id) for row in rows[-3:])
+    assert [row["op"] for row in cli.json("audit", "--user", "bob")] == [
+        "auth:login:failure",
+        "apikey:create",
+        "user:create",
+    ]
