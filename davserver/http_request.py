@@ -421,6 +421,16 @@ class Request(cheroot_server.HTTPRequest):
             reader = _Body(reader, self, deferred=self.inheaders.get(b"Expect") == _DEFERRED)
         self._rfile = reader
 
+    def simple_response(self, status: Any, msg: Any = "") -> None:
+        """cheroot's own answer to a request the application never sees (a malformed request
+        line or header, headers too large, a server stopping), counted in /metrics as the
+        application's answers are (``count_refusal``): else they were nowhere."""
+        count = getattr(self.server, "count_refusal", None)
+        if count is not None:
+            method = getattr(self, "method", None)  # none before the request line is read
+            count(method.decode("latin-1") if isinstance(method, bytes) else "", str(status))
+        super().simple_response(status, msg)
+
     def read_request_line(self) -> bool:
         # cheroot takes the absolute form only as a proxy, whose other ways are undone below.
         scheme = self.scheme

@@ -60,6 +60,13 @@ class _Server(wsgi.Server):
         else:
             super().process_conn(conn)
 
+    def count_refusal(self, method: str, status: str) -> None:
+        """Count an answer cheroot gave itself (``Request.simple_response``) in the metrics
+        of this process, as a request of no time: an unknown ``method`` counts as OTHER."""
+        metrics = self.wsgi_app.metrics
+        metrics.started()
+        metrics.finished(method, int(status[:3]) if status[:3].isdigit() else 500, 0.0, 0)
+
     def stop(self) -> None:
         super().stop()
         if self.deadlines is not None:

@@ -3,6 +3,7 @@ does not depend on the database). Several worker processes: tests/integration/te
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from davserver.http_request import MAX_HEADER_BYTES
 from davserver.metrics import render
 from tests.servers import InprocServer, basic_auth_header, http_request, run_inproc_server
 from tests.unit.test_metrics import sample
@@ -81,3 +83,24 @@ def test_the_metrics_are_for_admins_and_an_admins_read_only_key(srv: InprocServe
 def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
     with run_inproc_server("sqlite", tmp_path, server__metrics=False) as server:
         assert scrape(server, server.user, server.password)[0] == 404
+
+
+def test_requests_refused_before_the_application_are_counted(srv: InprocServer) -> None:
+    """A request cheroot itself refuses (a malformed request line, headers past the limit)
+    never reaches the application, and /metrics did not count it: a client sending broken
+    requests did not show at all."""
+    huge = b"x" * (MAX_HEADER_BYTES + 1)
+    refused = (
+        (b"NOT A REQUEST LINE\r\n\r\n", b"HTTP/1.1 400"),
+        (b"GET /files/ HTTP/1.1\r\nHost: h\r\nX-Big: " + huge + b"\r\n\r\n", b"HTTP/1.1 413"),
+    )
+    for request, answer in refused:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as conn:
+            conn.sendall(request)
+            assert conn.recv(100).startswith(answer)
+    _all_answered(srv)
+    _, text = scrape(srv, srv.user, srv.password)
+    requests = "davserver_http_requests_total"
+    assert sample(text, requests, 'method="OTHER",code="4xx"') == 1
+    assert sample(text, requests, 'method="GET",code="4xx"') == 1
+    assert sample(text, "davserver_http_requests_in_flight") == 1  # the scrape itself
