@@ -46,7 +46,7 @@ from davserver.services.subtree_copy import NameTakenMeanwhile, copy_subtree
 from davserver.services.tree import NodeView, check_name, is_client_metadata, name_key
 from davserver.services.uploads import Upload, record_upload
 from davserver.services.usage import add_home_bytes, check_quota
-from davserver.services.version_rows import add_version, content_of, keep_mtime
+from davserver.services.version_rows import add_version, content_of, keep_mtime, mtime_change
 from davserver.services.write_fence import run_write_fence
 
 T = TypeVar("T")
@@ -468,12 +468,7 @@ class FileService:
                 actor,
                 Op.NODE_PROPPATCH,
                 node_id=node.id,
-                details={
-                    "mtime": {
-                        "before": before.isoformat() if before is not None else None,
-                        "after": mtime.isoformat(),
-                    }
-                },
+                details={"mtime": mtime_change(before, mtime)},
             )
 
         self.run_write(work)
@@ -500,10 +495,7 @@ class FileService:
             if mtime is not None:
                 before = node.mtime
                 keep_mtime(session, node.id, node.current_version_id, mtime)
-                details["mtime"] = {
-                    "before": before.isoformat() if before is not None else None,
-                    "after": mtime.isoformat(),
-                }
+                details["mtime"] = mtime_change(before, mtime)
             stored = sa.select(DeadProperty.name, DeadProperty.value).where(
                 DeadProperty.node_id == node_id
             )

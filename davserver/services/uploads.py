@@ -25,7 +25,12 @@ from davserver.services.audit import record_audit
 from davserver.services.node_rows import insert_child, view_of
 from davserver.services.tree import NodeView, is_client_metadata, name_key
 from davserver.services.usage import add_upload_bytes
-from davserver.services.version_rows import add_version, keep_mtime, replace_version
+from davserver.services.version_rows import (
+    add_version,
+    keep_mtime,
+    mtime_change,
+    replace_version,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +170,13 @@ def _change_file(
     if upload.expected_version_id is not None and current_version_id != upload.expected_version_id:
         raise PreconditionFailed("the file changed since the ETag was issued")
     if _unchanged(current, blob):
-        if mtime is None:
+        if mtime is None or mtime == current.mtime:
             return current
+        # No new version, but a new time (rclone sends X-OC-Mtime with every upload): as a
+        # PROPPATCH of the time would be.
         keep_mtime(session, node_id, current_version_id, mtime)
+        changed = {"mtime": mtime_change(current.mtime, mtime)}
+        record_audit(session, actor, Op.NODE_PROPPATCH, node_id=node_id, details=changed)
         return dataclasses.replace(current, mtime=mtime)
     now = utcnow()
     op, details = Op.FILE_VERSION_CREATE, {}

@@ -102,6 +102,14 @@ def keep_mtime(
         )
 
 
+def mtime_change(before: dt.datetime | None, after: dt.datetime) -> dict[str, str | None]:
+    """A new client modification time as the logbook tells it (``node:proppatch``)."""
+    return {
+        "before": before.isoformat() if before is not None else None,
+        "after": after.isoformat(),
+    }
+
+
 def make_current(
     session: Session,
     node_id: uuid.UUID,

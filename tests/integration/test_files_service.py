@@ -721,6 +721,30 @@ def test_a_new_modification_time_is_in_the_logbook(
     assert logged[1].user_id == actor.user_id
 
 
+def test_the_same_bytes_with_a_new_modification_time_are_in_the_logbook(
+    service: FileService, actor: Actor, home: NodeView, database: Database
+) -> None:
+    """An upload of the bytes a file has, with the client's time (X-OC-Mtime: rclone sends it
+    on every sync), makes no version but changes the file's time: no logbook row said so (a
+    PROPPATCH of the time writes one). The same time again changes nothing and says nothing."""
+    first = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    second = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
+    for name, data in (("same.txt", b"bytes"), ("empty.txt", b"")):
+        view, _ = service.commit_upload(actor, home, name, store(service, data), mtime=first)
+        for mtime in (second, second):
+            _, created = service.commit_upload(actor, home, name, store(service, data), mtime=mtime)
+            assert not created
+        with database.read() as session:
+            logged = session.execute(
+                sa.select(LogEntry.op_type, LogEntry.details)
+                .where(LogEntry.node_id == view.id)
+                .order_by(LogEntry.id)
+            ).all()
+        assert [row.op_type for row in logged] == ["file:create", "node:proppatch"], name
+        after = {"before": first.isoformat(), "after": second.isoformat()}
+        assert logged[1].details == {"mtime": after}, name
+
+
 def test_copy_of_a_big_subtree_reads_in_batches(
     service: FileService,
     actor: Actor,
