@@ -262,16 +262,17 @@ class MaintenanceSettings:
     )
     housekeeping_seconds: int = opt(
         3600,
-        "A running server purges expired trash items, packages and refresh tokens this often"
-        " (s; 0: never).",
+        "A running server purges expired trash items, packages and refresh tokens, and logbook"
+        " rows past logbook_retention_days, this often (s; 0: never; then run `davserver"
+        " housekeeping` from cron, or nothing is pruned).",
         low=0,
         high=MAX_SECONDS,
     )
     logbook_retention_days: int = opt(
         0,
         "Logbook rows older than this many days are deleted by the running server's"
-        " housekeeping (0: kept for ever). They name users, items, client addresses and user"
-        " agents: privacy rules may ask for a limit.",
+        " housekeeping, or `davserver housekeeping` (0: kept for ever). They name users,"
+        " items, client addresses and user agents: privacy rules may ask for a limit.",
         low=0,
         high=MAX_DAYS,
     )

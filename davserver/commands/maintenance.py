@@ -7,6 +7,7 @@ a summary on stdout (``--json`` for scripts), and exit with status 1 when someth
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sqlite3
 import sys
@@ -22,6 +23,7 @@ from davserver.commands.common import (
     timestamp,
     whole_number,
 )
+from davserver.housekeeping import Housekeeper
 from davserver.services import usage
 from davserver.services.bounds import MAX_INTEGER, MAX_SECONDS
 from davserver.services.fsck import FsckReport, FsckService
@@ -97,6 +99,28 @@ def register(commands: Any) -> None:
     recount.add_argument("--user", metavar="NAME", help="only this user")
     add_json_flag(recount)
     recount.set_defaults(func=cmd_recount)
+
+    housekeeping = commands.add_parser(
+        "housekeeping",
+        help="run the server's housekeeping sweep once (for cron, where it is switched off)",
+        description="Purge expired trash items, packages and refresh tokens, logbook rows past "
+        "maintenance.logbook_retention_days (and old sessions' client addresses), and upload "
+        "leftovers: what a running server does every maintenance.housekeeping_seconds. With "
+        "that set to 0, run this from cron instead. Safe while the server runs.",
+    )
+    add_json_flag(housekeeping)
+    housekeeping.set_defaults(func=cmd_housekeeping)
+
+
+def cmd_housekeeping(args: argparse.Namespace) -> int:
+    with open_services(args) as services:
+        swept = Housekeeper(services, 0).run_once()
+    done = dataclasses.asdict(swept)
+    if args.json:
+        emit_item(args, done)
+    else:
+        print(", ".join(f"{what.replace('_', ' ')}: {count}" for what, count in done.items()))
+    return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

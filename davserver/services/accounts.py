@@ -87,7 +87,12 @@ class AccountService:
                 session,
                 None,
                 Op.USER_CREATE,
-                details={"username": username, "roles": ["admin", "user"], "bootstrap": True},
+                details={
+                    "username": username,
+                    "user_id": str(user.id),  # as every row about an account has
+                    "roles": ["admin", "user"],
+                    "bootstrap": True,
+                },
             )
             return generated
 

@@ -290,6 +290,9 @@ def read_logbook(
     """
     if not 1 <= limit <= MAX_ROWS:
         raise BadRequest(f"limit is a whole number from 1 to {MAX_ROWS}")
+    if since is not None and until is not None and until <= since:
+        # An empty answer would look as if nothing happened then.
+        raise BadRequest("until must be later than since")
     log = LogEntry.__table__
     users = User.__table__
     query = (

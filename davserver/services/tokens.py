@@ -196,19 +196,22 @@ class TokenService:
                 row = session.execute(_REFRESH_ROW, {"hash": _sha256(token)}).first()
                 if row is None:
                     return  # RFC 7009: an unknown token is not an error
-                self._revoke_family(session, row.family_id, row.session_id, now)
-                record_audit(
-                    session,
-                    holder(row.user_id, row.session_id),
-                    Op.TOKEN_REVOKE,
-                    details={"family_id": str(row.family_id)},
-                )
+                if self._revoke_family(session, row.family_id, row.session_id, now):
+                    record_audit(
+                        session,
+                        holder(row.user_id, row.session_id),
+                        Op.TOKEN_REVOKE,
+                        details={"family_id": str(row.family_id)},
+                    )
+                # else revoked already: no row claims it was done again (anyone holding an
+                # old token may ask, without signing in)
             return
         claims = self._claims(token)
         if claims is None:
             return
         revoker = holder(uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
         with self.db.write() as session:
+            known = session.scalar(sa.select(_rev.c.jti).where(_rev.c.jti == claims["jti"]))
             session.execute(
                 for_bind(_INSERT_REVOKED, session),
                 {
@@ -219,7 +222,8 @@ class TokenService:
                 },
             )
             session.execute(_rev.delete().where(_rev.c.expires_at < now))
-            record_audit(session, revoker, Op.TOKEN_REVOKE, details={"jti": claims["jti"]})
+            if known is None:  # revoked already: no second row in the user's name
+                record_audit(session, revoker, Op.TOKEN_REVOKE, details={"jti": claims["jti"]})
 
     def purge_expired(self) -> int:
         """Delete the refresh tokens past their expiry (the housekeeping sweep); how many. A
@@ -313,8 +317,10 @@ class TokenService:
         family_id: uuid.UUID,
         session_id: uuid.UUID | None,
         now: dt.datetime,
-    ) -> None:
-        session.execute(
+    ) -> int:
+        """Revoke a family's refresh tokens and end its session; how many tokens were still
+        live (0: revoked already)."""
+        revoked = session.execute(
             _rt.update()
             .where(_rt.c.family_id == family_id, _rt.c.revoked_at.is_(None))
             .values(revoked_at=now)
@@ -325,6 +331,7 @@ class TokenService:
                 .where(_s.c.id == session_id, _s.c.ended_at.is_(None))
                 .values(ended_at=now)
             )
+        return int(revoked.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _token_actor(

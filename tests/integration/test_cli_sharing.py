@@ -153,6 +153,9 @@ def test_audit_reads_a_time_window_and_an_item_once_it_is_deleted(
         "node:delete",
         "file:create",
     ]
+    # A window that ends before it starts holds nothing: an error, not an empty answer.
+    backwards = ("--since", three["occurred_at"], "--until", two["occurred_at"])
+    assert "until must be later than since" in cli.fails("audit", *backwards)
     for bad in (
         ("--since", "yesterday"),
         ("--node", "x"),
@@ -211,3 +214,6 @@ def test_audit_of_a_user_has_what_happened_to_their_account(cli: Cli, services: 
         "apikey:create",
         "user:create",
     ]
+    # The first admin, made at the first start, too.
+    services.accounts.ensure_admin("boss", "a-good-password")
+    assert [row["op"] for row in cli.json("audit", "--user", "boss")] == ["user:create"]

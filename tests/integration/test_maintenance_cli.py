@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ from davserver.cli import main
 from davserver.commands import common as commands
 from davserver.config import ConfigError
 from davserver.db import Base, Database
-from davserver.models import LogEntry
+from davserver.db.types import utcnow
+from davserver.models import LogEntry, Op
+from davserver.services.audit import record_audit
 from tests.blobs import loose_blob, path_of
 from tests.servers import run_inproc_server
 
@@ -251,3 +254,28 @@ def test_a_store_mark_that_cannot_be_read_stops_gc_fsck_and_serve_in_one_line(
         run_inproc_server("sqlite", tmp_path, existing=(db_url, "unused-password")),
     ):
         pass
+
+
+def test_housekeeping_runs_the_sweep_where_the_server_does_not(
+    run: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``maintenance.housekeeping_seconds: 0`` no server sweeps, and no command pruned
+    the logbook: ``logbook_retention_days`` stopped without a word. ``davserver housekeeping``
+    runs the sweep once, from cron."""
+    monkeypatch.setenv("DAVSERVER_MAINTENANCE_LOGBOOK_RETENTION_DAYS", "30")
+    db = Database(db_url)
+    try:
+        with db.write() as session:
+            for _ in range(3):
+                record_audit(session, None, Op.USER_UPDATE, details={"user": "old"})
+        with db.write() as session:
+            rows = list(session.scalars(sa.select(LogEntry.id)))
+            aged = sa.update(LogEntry).values(occurred_at=utcnow() - dt.timedelta(days=31))
+            session.execute(aged)
+    finally:
+        db.dispose()
+    status, swept, _ = run("housekeeping", "--json")
+    assert status == 0 and swept["logbook_rows"] == len(rows)
+    assert logged_ops(db_url) == ["maintenance:logbook:prune"]
+    status, again, _ = run("housekeeping")
+    assert status == 0 and "logbook rows: 0" in again
