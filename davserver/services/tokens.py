@@ -212,6 +212,8 @@ class TokenService:
         revoker = holder(uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
         with self.db.write() as session:
             known = session.scalar(sa.select(_rev.c.jti).where(_rev.c.jti == claims["jti"]))
+            if known is not None:
+                return  # revoked already: no second row in the user's name
             session.execute(
                 for_bind(_INSERT_REVOKED, session),
                 {
@@ -222,8 +224,7 @@ class TokenService:
                 },
             )
             session.execute(_rev.delete().where(_rev.c.expires_at < now))
-            if known is None:  # revoked already: no second row in the user's name
-                record_audit(session, revoker, Op.TOKEN_REVOKE, details={"jti": claims["jti"]})
+            record_audit(session, revoker, Op.TOKEN_REVOKE, details={"jti": claims["jti"]})
 
     def purge_expired(self) -> int:
         """Delete the refresh tokens past their expiry (the housekeeping sweep); how many. A

@@ -65,6 +65,18 @@ def put(service: FileService, actor: Actor, parent: NodeView, name: str, data: b
     return view
 
 
+def logged(database: Database, node_id: uuid.UUID) -> list[Any]:
+    """The logbook rows about a node, oldest first: (op_type, details, user_id)."""
+    with database.read() as session:
+        return list(
+            session.execute(
+                sa.select(LogEntry.op_type, LogEntry.details, LogEntry.user_id)
+                .where(LogEntry.node_id == node_id)
+                .order_by(LogEntry.id)
+            ).all()
+        )
+
+
 def versions(database: Database, node_id: uuid.UUID) -> list[tuple[int, int]]:
     with database.read() as session:
         rows = session.execute(
@@ -683,15 +695,10 @@ def test_desktop_metadata_files_keep_no_history(
     with service.open_content(current) as fh:
         assert fh.read() == b"third!"
     # The logbook tells a replaced version from a new one, and what the replace overwrote.
-    with database.read() as session:
-        logged = session.execute(
-            sa.select(LogEntry.op_type, LogEntry.details)
-            .where(LogEntry.node_id == view.id)
-            .order_by(LogEntry.id)
-        ).all()
-    assert [row.op_type for row in logged] == ["file:create"] + ["file:version:replace"] * 2
-    assert [row.details["coalesced"] for row in logged[1:]] == ["metadata"] * 2
-    assert [row.details["before"] for row in logged[1:]] == [
+    rows = logged(database, view.id)
+    assert [row.op_type for row in rows] == ["file:create"] + ["file:version:replace"] * 2
+    assert [row.details["coalesced"] for row in rows[1:]] == ["metadata"] * 2
+    assert [row.details["before"] for row in rows[1:]] == [
         {"size": 5, "sha256": hashlib.sha256(b"first").hexdigest()},
         {"size": 6, "sha256": hashlib.sha256(b"second").hexdigest()},
     ]
@@ -707,18 +714,13 @@ def test_a_new_modification_time_is_in_the_logbook(
     second = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
     service.set_mtime(actor, view.id, first)
     service.set_mtime(actor, view.id, second)
-    with database.read() as session:
-        logged = session.execute(
-            sa.select(LogEntry.op_type, LogEntry.details, LogEntry.user_id)
-            .where(LogEntry.node_id == view.id)
-            .order_by(LogEntry.id)
-        ).all()
-    assert [row.op_type for row in logged] == ["file:create", "node:proppatch", "node:proppatch"]
-    assert [row.details for row in logged[1:]] == [
+    rows = logged(database, view.id)
+    assert [row.op_type for row in rows] == ["file:create", "node:proppatch", "node:proppatch"]
+    assert [row.details for row in rows[1:]] == [
         {"mtime": {"before": None, "after": first.isoformat()}},
         {"mtime": {"before": first.isoformat(), "after": second.isoformat()}},
     ]
-    assert logged[1].user_id == actor.user_id
+    assert rows[1].user_id == actor.user_id
 
 
 def test_the_same_bytes_with_a_new_modification_time_are_in_the_logbook(
@@ -734,15 +736,10 @@ def test_the_same_bytes_with_a_new_modification_time_are_in_the_logbook(
         for mtime in (second, second):
             _, created = service.commit_upload(actor, home, name, store(service, data), mtime=mtime)
             assert not created
-        with database.read() as session:
-            logged = session.execute(
-                sa.select(LogEntry.op_type, LogEntry.details)
-                .where(LogEntry.node_id == view.id)
-                .order_by(LogEntry.id)
-            ).all()
-        assert [row.op_type for row in logged] == ["file:create", "node:proppatch"], name
+        rows = logged(database, view.id)
+        assert [row.op_type for row in rows] == ["file:create", "node:proppatch"], name
         after = {"before": first.isoformat(), "after": second.isoformat()}
-        assert logged[1].details == {"mtime": after}, name
+        assert rows[1].details == {"mtime": after}, name
 
 
 def test_copy_of_a_big_subtree_reads_in_batches(
