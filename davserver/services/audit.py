@@ -239,26 +239,42 @@ _TO_THE_ACCOUNT = tuple(
     o for o in Op if o.value.startswith(("user:", "apikey:")) or o is Op.SESSION_END
 )
 
+# A part of a query for the logbook's rows: the one operation its rows have (None: any),
+# and what else picks them.
+_Branch = tuple[Op | None, sa.ColumnElement[bool]]
 
-def _about(user_id: uuid.UUID, others: bool) -> list[sa.ColumnElement[bool]]:
-    """Conditions for the rows about ``user_id``'s account that another user's id (or none)
-    is on. What happens to it with nobody signed in has no user: a failed sign-in under its
-    name, its ban (its throttle key), a refresh token of theirs used again (which ends their
-    session; by its id). With ``others``, ``_TO_THE_ACCOUNT`` too. Each names its operations,
-    so the logbook's index by operation finds them."""
+
+def _about(user_id: uuid.UUID, others: bool) -> list[_Branch]:
+    """The rows about ``user_id``'s account that another user's id (or none) is on. What
+    happens to it with nobody signed in has no user: a failed sign-in under its name, its ban
+    (its throttle key), a refresh token of theirs used again (which ends their session; by its
+    id). With ``others``, ``_TO_THE_ACCOUNT`` too (not the user's own: those are theirs)."""
     log, users = LogEntry.__table__, User.__table__
     name = sa.select(sa.func.lower(users.c.username)).where(users.c.id == user_id)
     named = sa.func.lower(log.c.details["username"].as_string()) == name.scalar_subquery()
     key = log.c.details["key"].as_string() == ("user:" + name.scalar_subquery())
     account = log.c.details["user_id"].as_string() == str(user_id)
     nobody = log.c.user_id.is_(None)
-    found = [
-        sa.and_(log.c.op_type == Op.LOGIN_FAILURE.value, nobody, named),
-        sa.and_(log.c.op_type == Op.LOGIN_BAN.value, nobody, key),
-        sa.and_(log.c.op_type == Op.TOKEN_REUSE.value, nobody, account),
+    found: list[_Branch] = [
+        (Op.LOGIN_FAILURE, sa.and_(nobody, named)),
+        (Op.LOGIN_BAN, sa.and_(nobody, key)),
+        (Op.TOKEN_REUSE, sa.and_(nobody, account)),
     ]
     if others:
-        found.append(sa.and_(log.c.op_type.in_([o.value for o in _TO_THE_ACCOUNT]), account))
+        someone_else = log.c.user_id.is_distinct_from(user_id)
+        found += [(op, sa.and_(account, someone_else)) for op in _TO_THE_ACCOUNT]
+    return found
+
+
+def _operations(op: str) -> list[Op]:
+    """The operations ``op`` names: itself, or the family it begins (``share``: every
+    ``share:...``). BadRequest when it names none."""
+    family = op.rstrip(":")
+    found = [known for known in Op if known == family or known.startswith(family + ":")]
+    if not found:
+        # A typo ("shared") would otherwise be an empty answer, as if nothing happened.
+        areas = ", ".join(sorted({known.split(":")[0] for known in Op}))
+        raise BadRequest(f"no operation {op!r}; operations start with {areas}")
     return found
 
 
@@ -277,8 +293,7 @@ def read_logbook(
     """Logbook rows, newest first, at most ``limit`` (1 to MAX_ROWS): of one user (with what
     happened to their account with nobody signed in: see ``_about``), about one
     file or folder, of one operation (``share:grant:create``) or family of them (``share``;
-    BadRequest for one no row can have), from ``since`` and before ``until``. Each filter uses
-    an index of the logbook.
+    BadRequest for one no row can have), from ``since`` and before ``until``.
 
     With ``about_user``, the user's rows include what others did to their account
     (``_TO_THE_ACCOUNT``: an admin disabled it, made them a key, ended their session), with
@@ -287,6 +302,10 @@ def read_logbook(
     ``before`` is the id of a row: only the rows after it in this order (older ones), so that
     the id of a page's last row asks for the next page; BadRequest when no row has that id
     (an empty page would look like the end of the logbook).
+
+    However large the logbook, a page reads about ``limit`` rows of an index per part of the
+    question (``_newest``): the user's own rows, each kind of row about their account, each
+    operation of a family.
     """
     if not 1 <= limit <= MAX_ROWS:
         raise BadRequest(f"limit is a whole number from 1 to {MAX_ROWS}")
@@ -294,51 +313,88 @@ def read_logbook(
         # An empty answer would look as if nothing happened then.
         raise BadRequest("until must be later than since")
     log = LogEntry.__table__
-    users = User.__table__
-    query = (
-        sa.select(
-            log.c.id,
-            log.c.occurred_at,
-            users.c.username,
-            log.c.op_type,
-            log.c.node_id,
-            log.c.session_id,
-            log.c.remote_addr,
-            log.c.details,
-            log.c.version_id,
-            log.c.package_id,
-            log.c.user_agent,
-        )
-        .select_from(log.outerjoin(users, users.c.id == log.c.user_id))
-        .order_by(log.c.occurred_at.desc(), log.c.id.desc())
-        .limit(limit)
-    )
-    if user_id is not None:
-        query = query.where(sa.or_(log.c.user_id == user_id, *_about(user_id, about_user)))
+    ops = _operations(op) if op else None
+    where: list[sa.ColumnElement[bool]] = []
     if node_id is not None:
-        query = query.where(log.c.node_id == node_id)
-    if op:
-        family = op.rstrip(":")
-        if not any(known == family or known.startswith(family + ":") for known in Op):
-            # A typo ("shared") would otherwise be an empty answer, as if nothing happened.
-            areas = ", ".join(sorted({known.split(":")[0] for known in Op}))
-            raise BadRequest(f"no operation {op!r}; operations start with {areas}")
-        query = query.where(
-            sa.or_(log.c.op_type == family, log.c.op_type.startswith(family + ":", autoescape=True))
-        )
+        where.append(log.c.node_id == node_id)
     if since is not None:
-        query = query.where(log.c.occurred_at >= since)
+        where.append(log.c.occurred_at >= since)
     if until is not None:
-        query = query.where(log.c.occurred_at < until)
+        where.append(log.c.occurred_at < until)
     if before is not None:
         then = sa.select(log.c.occurred_at).where(log.c.id == before).scalar_subquery()
-        query = query.where(
+        # The first condition alone is a range of every index by time; the second is exact.
+        where.append(log.c.occurred_at <= then)
+        where.append(
             sa.or_(log.c.occurred_at < then, sa.and_(log.c.occurred_at == then, log.c.id < before))
         )
+    if user_id is not None:
+        branches: list[_Branch] = [(None, log.c.user_id == user_id)]
+        branches += _about(user_id, about_user)
+    else:
+        branches = [(None, sa.true())]
+    if ops is not None:
+        branches = _narrowed(branches, ops)
     with db.connect() as conn:
         if (
             before is not None
             and conn.scalar(sa.select(log.c.id).where(log.c.id == before)) is None
         ):
             raise BadRequest(f"no logbook row {before} to read before")
-        return [LogbookRow(*row) for row in conn.execute(query)]
+        return _newest(conn, branches, where, limit)
+
+
+def _narrowed(branches: list[_Branch], ops: list[Op]) -> list[_Branch]:
+    """``branches`` for the rows of ``ops`` only: one per operation where a branch took any
+    (so each walks the index by operation), none where a branch's own operation is not one."""
+    narrowed: list[_Branch] = []
+    for own, condition in branches:
+        if own is None:
+            narrowed += [(o, condition) for o in ops]
+        elif own in ops:
+            narrowed.append((own, condition))
+    return narrowed
+
+
+def _newest(
+    conn: sa.Connection, branches: list[_Branch], where: list[sa.ColumnElement[bool]], limit: int
+) -> list[LogbookRow]:
+    """The newest ``limit`` rows of all ``branches`` together, each meeting ``where``.
+
+    Each branch is its own ordered, limited statement, which the database answers by walking
+    one index backwards (by user, by operation, by time) and stopping after ``limit`` rows. One
+    statement with an OR of them could walk none, and read the whole logbook for a rare
+    operation or a quiet user. Once ``limit`` rows are in hand, a later branch only needs rows
+    as new as the oldest of them, so it stops there. The branches are disjoint: no row comes
+    twice."""
+    log, users = LogEntry.__table__, User.__table__
+    columns = (
+        log.c.id,
+        log.c.occurred_at,
+        users.c.username,
+        log.c.op_type,
+        log.c.node_id,
+        log.c.session_id,
+        log.c.remote_addr,
+        log.c.details,
+        log.c.version_id,
+        log.c.package_id,
+        log.c.user_agent,
+    )
+    found: list[LogbookRow] = []
+    for own, condition in branches:
+        query = (
+            sa.select(*columns)
+            .select_from(log.outerjoin(users, users.c.id == log.c.user_id))
+            .where(condition, *where)
+            .order_by(log.c.occurred_at.desc(), log.c.id.desc())
+            .limit(limit)
+        )
+        if own is not None:
+            query = query.where(log.c.op_type == own.value)
+        if len(found) == limit:
+            query = query.where(log.c.occurred_at >= found[-1].occurred_at)
+        found += (LogbookRow(*row) for row in conn.execute(query))
+        found.sort(key=lambda row: (row.occurred_at, row.id), reverse=True)
+        del found[limit:]
+    return found
