@@ -21,7 +21,12 @@ from davserver.services.accounts import AccountService
 from davserver.services.apikeys import ApiKeyService
 from davserver.services.files import FileService
 from davserver.services.groups import GroupAdminService
-from davserver.services.namespace import NamespaceService, may_see_all_users, users_space
+from davserver.services.namespace import (
+    NamespaceService,
+    may_see_all_users,
+    users_members,
+    users_space,
+)
 from davserver.services.packages import PackageService
 from davserver.services.sessions import SessionService
 from davserver.services.sharing import SharingService
@@ -123,7 +128,9 @@ class Services:
             ),
         )
         self.namespace = NamespaceService(self.db, self.files)
-        self.namespace.add_space("users", users_space, visible=may_see_all_users)
+        self.namespace.add_space(
+            "users", users_space, visible=may_see_all_users, members=users_members
+        )
         self.packages = PackageService(
             self.db,
             self.blobs,

@@ -854,6 +854,8 @@ class SqlLockStorage:
         snapshots)."""
         scope = _scope.get()
         namespaces = {scope.space.namespace(normalize_lock_root(p)) if scope else "" for p in paths}
+        if scope is not None:
+            self._read_snapshots(scope, [n for n in namespaces if n not in scope.snapshots])
         now = _now()
         return any(
             not _is_expired(lock["expire"], now)
@@ -897,6 +899,21 @@ class SqlLockStorage:
             found = scope.snapshots[namespace] = self._namespace_locks(namespace)
             scope.first_seen.setdefault(namespace, {lock["token"] for lock in found})
         return found
+
+    def _read_snapshots(self, scope: _RequestScope, namespaces: list[str]) -> None:
+        """Read the snapshots of many namespaces together: a listing of ``/users/`` has one
+        per member, and read one at a time they cost a statement each."""
+        if len(namespaces) < 2:
+            return  # _snapshot reads one as cheaply
+        found: dict[str, list[LockDict]] = {namespace: [] for namespace in namespaces}
+        with self._db.connect() as conn:
+            for start in range(0, len(namespaces), _NAMESPACES_AT_ONCE):
+                params = {"namespaces": namespaces[start : start + _NAMESPACES_AT_ONCE]}
+                for row in conn.execute(_MANY_NAMESPACES_LOCKS, {**params, "now": _now()}):
+                    found[row.namespace].append(_to_dict(row._mapping))
+        for namespace, locks in found.items():
+            scope.snapshots[namespace] = locks
+            scope.first_seen.setdefault(namespace, {lock["token"] for lock in locks})
 
     def _indexed(self, namespace: str) -> _LockIndex:
         """The request's snapshot of the namespace, indexed (again when it was read again)."""
@@ -949,6 +966,16 @@ _NAMESPACE_LOCKS = (
     sa.select(*_COLUMNS)
     .where(
         DavLock.namespace == sa.bindparam("namespace"),
+        sa.or_(DavLock.expire < 0, DavLock.expire >= sa.bindparam("now")),
+    )
+    .order_by(DavLock.created_at, DavLock.token)
+)
+# The same for many namespaces, up to _NAMESPACES_AT_ONCE (each row says whose it is).
+_NAMESPACES_AT_ONCE: Final = 1000
+_MANY_NAMESPACES_LOCKS = (
+    sa.select(*_COLUMNS, DavLock.namespace)
+    .where(
+        DavLock.namespace.in_(sa.bindparam("namespaces", expanding=True)),
         sa.or_(DavLock.expire < 0, DavLock.expire >= sa.bindparam("now")),
     )
     .order_by(DavLock.created_at, DavLock.token)

@@ -411,6 +411,24 @@ class VirtualCollection(DAVCollection):
     def get_display_name(self) -> str:
         return util.get_uri_name(self.path.rstrip("/"))
 
+    def get_member_list(self) -> list[Any]:
+        """The members, from a few queries where the namespace can find them together
+        (``/shared/<owner>/``, ``/users/``: see ``NamespaceService.members``), else one by
+        one (WsgiDAV's way: a path lookup and its dead properties each)."""
+        parts = [p for p in self.path.split("/") if p]
+        provider = self.provider
+        found = provider.namespace.members(provider.access(self.environ), parts)
+        if found is None:
+            members: list[Any] = DAVCollection.get_member_list(self)
+            return members
+        dead = provider.files.dead_properties(reached.view.id for _, reached in found)
+        return [
+            provider.resource_for(
+                self.path + name, self.environ, reached.view, dead[reached.view.id], reached.rights
+            )
+            for name, reached in found
+        ]
+
     def prevent_locking(self) -> bool:
         return True
 

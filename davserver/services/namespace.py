@@ -54,6 +54,11 @@ SPACES = ("files", "groups", "shared")
 # returns what each prefix is, starting with the space itself (Virtual, Reached, or an item of
 # its own that the provider registers a resource for).
 SpaceResolver = Callable[["NamespaceService", "AccessContext", list[str]], list[Any]]
+# A space whose folders list many members may find them together: given the same, it returns
+# the members of the folder at those names (see NamespaceService.members), or None.
+MemberFinder = Callable[
+    ["NamespaceService", "AccessContext", list[str]], "list[tuple[str, Reached]] | None"
+]
 
 
 class AccessContext:
@@ -138,6 +143,51 @@ def users_space(service: NamespaceService, ctx: AccessContext, rest: list[str]) 
     return found
 
 
+def users_members(
+    service: NamespaceService, ctx: AccessContext, rest: list[str]
+) -> list[tuple[str, Reached]] | None:
+    """The members of ``/users/``: every user's space, from two statements (a user without a
+    space yet gets one, as on first use)."""
+    if rest or not may_see_all_users(ctx.actor):
+        return None
+    with service.db.connect() as conn:
+        homes = conn.execute(
+            sa.select(_users.c.username, _users.c.id).where(_users.c.deleted_at.is_(None))
+        ).all()
+        roots = tree.home_roots(conn)
+    made = [service.files.home_id(user_id) for _, user_id in homes if user_id not in roots]
+    if made:
+        with service.db.connect() as conn:
+            roots.update((view.owner_id, view) for view in tree.get_nodes(conn, made).values())
+    return _readable(ctx, [(name, roots.get(user_id)) for name, user_id in sorted(homes)])
+
+
+def _shared_members(
+    service: NamespaceService, ctx: AccessContext, rest: list[str]
+) -> list[tuple[str, Reached]] | None:
+    """The members of ``/shared/<owner>/``: the items that owner granted the user, from one
+    statement."""
+    if len(rest) != 1:
+        return None
+    entries = service.shared(ctx).get(rest[0], {})
+    with service.db.connect() as conn:
+        views = tree.get_nodes(conn, list(entries.values()))
+    return _readable(ctx, [(name, views.get(node_id)) for name, node_id in entries.items()])
+
+
+def _readable(
+    ctx: AccessContext, named: list[tuple[str, NodeView | None]]
+) -> list[tuple[str, Reached]]:
+    """Each named node the user may read, reached from the top of its space or share (as
+    ``NamespaceService.descend`` reaches where it starts)."""
+    found = []
+    for name, view in named:
+        rights = ctx.top(view) if view is not None else Perm.NONE
+        if view is not None and rights & Perm.READ:
+            found.append((name, Reached(view, rights)))
+    return found
+
+
 @dataclass(frozen=True)
 class Virtual:
     """A read-only folder that only lists names: ``/``, ``/groups/``, ``/shared/``, an owner."""
@@ -159,16 +209,21 @@ class NamespaceService:
         self.files = files
         self._extra: dict[str, SpaceResolver] = {}
         self._visible: dict[str, Callable[[Actor], bool]] = {}
+        self._members: dict[str, MemberFinder] = {"shared": _shared_members}
 
     def add_space(
         self,
         name: str,
         resolver: SpaceResolver,
         visible: Callable[[Actor], bool] | None = None,
+        members: MemberFinder | None = None,
     ) -> None:
         """Serve ``/<name>/...`` through ``resolver`` (see ``SpaceResolver``); ``visible``
-        says whom ``/`` shows it to (everyone by default)."""
+        says whom ``/`` shows it to (everyone by default); ``members`` finds the members of
+        its virtual folders together (see ``members``)."""
         self._extra[name] = resolver
+        if members is not None:
+            self._members[name] = members
         if visible is not None:
             self._visible[name] = visible
 
@@ -245,6 +300,15 @@ class NamespaceService:
                     found += self.descend(ctx, entry, rest[2:])
         found = found[: len(parts)]
         return found + [None] * (len(parts) - len(found))
+
+    def members(self, ctx: AccessContext, parts: Sequence[str]) -> list[tuple[str, Reached]] | None:
+        """The readable members of the virtual folder at ``parts`` by name, each as
+        ``resolve_prefixes`` of its path reaches it, from a few statements however many there
+        are; None for a folder that lists few (``/``, ``/groups/``), whose members are best
+        looked up one by one. Two list many: ``/shared/<owner>/``, every item one owner granted
+        the user, and an admin's ``/users/``."""
+        finder = self._members.get(parts[0]) if parts else None
+        return finder(self, ctx, list(parts[1:])) if finder is not None else None
 
     def descend(
         self, ctx: AccessContext, start_id: uuid.UUID, rest: list[str]

@@ -142,6 +142,11 @@ _HOME_ROOT = _view_select(_nodes).where(
     _nodes.c.space == Space.HOME.value,
     _nodes.c.deleted_at.is_(None),
 )
+_HOME_ROOTS = _view_select(_nodes).where(
+    _nodes.c.parent_id.is_(None),
+    _nodes.c.space == Space.HOME.value,
+    _nodes.c.deleted_at.is_(None),
+)
 _BY_ID = _view_select(_nodes).where(_nodes.c.id == sa.bindparam("node_id", type_=sa.Uuid))
 # PostgreSQL grants a row's share lock to every transaction asking for it while others hold it,
 # whoever waits for the row meanwhile: a MOVE or DELETE of a folder waits for the uploads
@@ -202,6 +207,11 @@ _CHILDREN = (
 def home_root(session: Session | sa.Connection, owner_id: uuid.UUID) -> NodeView | None:
     row = session.execute(_HOME_ROOT, {"owner_id": owner_id}).first()
     return _to_view(row) if row else None
+
+
+def home_roots(session: Session | sa.Connection) -> dict[uuid.UUID, NodeView]:
+    """Every user's home root that exists, by its owner's id (one statement)."""
+    return {view.owner_id: view for view in map(_to_view, session.execute(_HOME_ROOTS))}
 
 
 def get_node(session: Session | sa.Connection, node_id: uuid.UUID) -> NodeView | None:

@@ -952,6 +952,42 @@ def test_a_grantees_listing_costs_the_same_queries_whatever_its_size(people: Peo
     assert counts[5] == counts[150], counts
 
 
+def test_listing_what_an_owner_shared_costs_the_same_queries_whatever_its_number(
+    people: People,
+) -> None:
+    """``/shared/<owner>/`` lists every item the owner granted the user, each from its own
+    rows. Its members were looked up one by one: two statements each (2,010 for 1,001)."""
+    p = people
+    assert p.call(p.bob, "PROPFIND", "/files/", headers={"Depth": "0"}).status == 207  # sign in
+    counts, made = {}, 0
+    for total in (2, 12):
+        for i in range(made, total):
+            if i % 2:
+                assert p.put(p.alice, f"/files/doc{i:02d}.txt", b"x" * i) == 201
+                path = f"/files/doc{i:02d}.txt"
+            else:
+                assert p.call(p.alice, "MKCOL", f"/files/dir{i:02d}/").status == 201
+                path = f"/files/dir{i:02d}"
+            assert p.grant(p.alice, path, p.bob, "read") == 201
+        made = total
+        listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
+        assert listing.status == 207 and listing.body.count(b"<D:response>") == total + 1
+        counts[total] = int(listing.headers["X-Query-Count"])
+    assert counts[2] == counts[12], counts
+    # What each member says is its own: a file's length, a folder, a dead property.
+    assert p.call(p.alice, "PROPPATCH", "/files/doc03.txt", PROPPATCH).status == 207
+    listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
+    members = {
+        response.findtext("{DAV:}href"): response for response in ET.fromstring(listing.body)
+    }
+    doc = members[f"/shared/{p.alice}/doc03.txt"]
+    assert doc.findtext(".//{DAV:}getcontentlength") == "3"
+    assert doc.find(".//{urn:x}color") is not None
+    assert members[f"/shared/{p.alice}/doc05.txt"].find(".//{urn:x}color") is None
+    folder = members[f"/shared/{p.alice}/dir04/"]
+    assert folder.find(".//{DAV:}resourcetype/{DAV:}collection") is not None
+
+
 def test_listing_an_items_grants_costs_the_same_queries_whatever_their_number(
     people: People,
 ) -> None:
@@ -1117,6 +1153,44 @@ def test_moderators_and_admins_reach_every_users_space(people: People) -> None:
     assert p.call(p.bob, "PROPFIND", "/users/", headers={"Depth": "0"}).status == 404
     root = p.call(p.bob, "PROPFIND", "/", headers={"Depth": "1"})
     assert b"/users/" not in root.body and b"/shared/" in root.body
+
+
+def test_listing_every_users_space_costs_the_same_queries_whatever_their_number(
+    people: People,
+) -> None:
+    """An admin's ``/users/`` lists every user's space. Each was looked up on its own: four
+    statements a user (2,000 users, 8,000 statements); and while any space held a lock, the
+    locks of each space were read on their own too."""
+    p = people
+    users = p.server.app.services.users
+    admin = f"adm{uuid.uuid4().hex[:6]}"
+    p.passwords[admin] = f"pw-{uuid.uuid4().hex}"
+    users.create_user(None, admin, password=p.passwords[admin], roles=["user", "admin"])
+    locked = p.call(p.alice, "LOCK", "/files/", LOCK, {"Depth": "infinity"})
+    assert locked.status == 200
+
+    def listing() -> Response:
+        found = p.call(admin, "PROPFIND", "/users/", headers={"Depth": "1"})
+        assert found.status == 207
+        return found
+
+    listing()  # the spaces of users who never signed in are made on first use
+    before = listing()
+    for i in range(10):
+        users.create_user(None, f"extra{i}{admin}", password=None)
+    listing()
+    after = listing()
+    assert after.headers["X-Query-Count"] == before.headers["X-Query-Count"]
+    assert after.body.count(b"<D:response>") == before.body.count(b"<D:response>") + 10
+    members = {r.findtext("{DAV:}href"): r for r in ET.fromstring(after.body)}
+    space = members[f"/users/extra3{admin}/"]
+    assert space.find(".//{DAV:}resourcetype/{DAV:}collection") is not None
+    assert p.call(admin, "PUT", f"/users/extra3{admin}/a.txt", b"a").status == 201
+    # alice's space shows her lock; the others none.
+    assert members[f"/users/{p.alice}/"].find(".//{DAV:}activelock") is not None
+    assert space.find(".//{DAV:}activelock") is None
+    token = locked.headers["Lock-Token"]
+    assert p.call(p.alice, "UNLOCK", "/files/", headers={"Lock-Token": token}).status == 204
 
 
 def _share_two_namesakes(p: People) -> str:
