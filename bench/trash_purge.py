@@ -8,15 +8,21 @@ writes (an empty folder each, in a loop) in the same user's space. Printed per r
 purge's total time, its longest write transaction (time inside ``Database.write``) and how
 many it ran, and the other writer's longest wait and number of writes; then medians.
 
+With ``--items N`` a round instead puts N files in the trash, each an item of its own, and
+purges them as expired (``purge_expired``, what housekeeping, ``davserver trash purge`` and a
+listing of /trash/ do): the cost per item.
+
     .venv/bin/python bench/trash_purge.py                       # SQLite, 64,000 files, 3 rounds
     .venv/bin/python bench/trash_purge.py --db postgresql       # a fresh database, dropped after
     .venv/bin/python bench/trash_purge.py --files 300000 --rounds 1
+    .venv/bin/python bench/trash_purge.py --items 2000           # many small items
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import hashlib
 import secrets
 import statistics
@@ -38,7 +44,7 @@ from davserver.db import Base, Database
 from davserver.db.migrate import upgrade
 from davserver.db.types import utcnow
 from davserver.models import User
-from davserver.services import trash as trash_module
+from davserver.services import trash_purge as trash_module
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
 from davserver.services.trash import TrashService
@@ -141,6 +147,39 @@ def build_trashed_folder(
     return top
 
 
+def build_trashed_files(db: Database, home: uuid.UUID, owner: uuid.UUID, count: int) -> None:
+    """``count`` files of ``home`` in the trash, each an item of its own (one version, one
+    blob each)."""
+    now = utcnow()
+    nodes, blobs, versions = [], [], []
+    for i in range(count):
+        node_id, blob_id, version_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        digest = hashlib.sha256(f"item-{i}".encode()).hexdigest()
+        nodes.append(
+            {"id": node_id, "parent_id": home, "name": f"item{i}.txt", "name_key": f"item{i}.txt",
+             "kind": "file", "owner_id": owner, "space": "home", "size": 100, "created_at": now,
+             "modified_at": now, "deleted_at": now, "deleted_by": owner}
+        )  # fmt: skip
+        blobs.append(
+            {"id": blob_id, "sha256": digest, "md5": digest[:32], "sha1": digest[:40],
+             "size_bytes": 100, "storage_key": digest, "created_at": now}
+        )  # fmt: skip
+        versions.append(
+            {"id": version_id, "node_id": node_id, "version_no": 1, "blob_id": blob_id,
+             "size": 100, "uploaded_by": owner, "uploaded_at": now}
+        )  # fmt: skip
+    with db.engine.begin() as conn:
+        conn.execute(_n.insert(), nodes)
+        conn.execute(_b.insert(), blobs)
+        conn.execute(_v.insert(), versions)
+        conn.execute(
+            _n.update()
+            .where(_n.c.id == sa.bindparam("nid"))
+            .values(current_version_id=sa.bindparam("vid")),
+            [{"nid": v["node_id"], "vid": v["id"]} for v in versions],
+        )
+
+
 class WriteTimer:
     """Times each ``Database.write`` transaction of the threads it is told to watch."""
 
@@ -177,7 +216,10 @@ def one_round(args: argparse.Namespace, tmp: str, r: int) -> dict[str, float]:
         home_id = files.home_id(actor.user_id)
         home = files.resolve(home_id, [])
         assert home is not None
-        top = build_trashed_folder(db, home_id, actor.user_id, args.files, args.folders, str(r))
+        if args.items:
+            build_trashed_files(db, home_id, actor.user_id, args.items)
+        else:
+            top = build_trashed_folder(db, home_id, actor.user_id, args.files, args.folders, str(r))
         trash = TrashService(db, files)
         timer = WriteTimer(db)
         stop = threading.Event()
@@ -199,11 +241,15 @@ def one_round(args: argparse.Namespace, tmp: str, r: int) -> dict[str, float]:
         writer.start()
         time.sleep(0.1)
         started = time.perf_counter()
-        removed = trash.purge(actor, top)
+        if args.items:
+            report = trash.purge_expired(older_than=dt.timedelta(0))
+            assert report.items_purged == args.items, report
+        else:
+            removed = trash.purge(actor, top)
+            assert removed == args.files + args.folders + 1, removed
         total = time.perf_counter() - started
         stop.set()
         writer.join()
-        assert removed == args.files + args.folders + 1, removed
         with db.connect() as conn:
             left = conn.scalar(sa.select(sa.func.count()).select_from(_v))
         assert left == 0, left
@@ -224,6 +270,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=64000)
     parser.add_argument("--folders", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--items", type=int, default=0, help="purge this many one-file items instead (expired)"
+    )
     parser.add_argument("--no-writer", action="store_true", help="no other writer meanwhile")
     parser.add_argument("--batch", type=int, help="rows per purge transaction (_DELETE_BATCH)")
     parser.add_argument("--pause-share", type=float, help="of a batch's time (_PAUSE_SHARE)")
@@ -238,7 +287,12 @@ def main() -> None:
             result = one_round(args, tmp, r)
         results.append(result)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()), flush=True)
-    print(f"{args.db}, {args.files} files in {args.folders} folders, {args.rounds} rounds:")
+    what = (
+        f"{args.items} one-file items"
+        if args.items
+        else f"{args.files} files in {args.folders} folders"
+    )
+    print(f"{args.db}, {what}, {args.rounds} rounds:")
     for key in results[0]:
         values = [res[key] for res in results]
         print(

@@ -30,15 +30,22 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
-from davserver.db.dialect import by_dialect, for_bind, join_by_key
-from davserver.db.types import UTCDateTime, utcnow
+from davserver.db.dialect import by_dialect, for_bind
+from davserver.db.types import utcnow
 from davserver.errors import Conflict, NotFound
-from davserver.models import NodeKind, Op, Space
+from davserver.models import Op, Space
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.files import FileService
-from davserver.services.maintenance import Progress, ProgressCallback
+from davserver.services.maintenance import Progress, ProgressCallback, batched
+from davserver.services.purge_rows import (
+    FOLDERS_DEEPEST_FIRST,
+    FOREIGN_PINS,
+    SUBTREE_COUNTS,
+    holder,
+    remove_batch,
+)
 from davserver.services.tree import NodeView
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,19 @@ class PurgeReport:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A trash item as a purge found it before marking it (``TrashPurge._check``)."""
+
+    node_id: uuid.UUID
+    name: str
+    deleted_at: dt.datetime
+    nodes: int  # in its subtree, itself included
+    versions: int
+    released: int = 0  # other users' package pins it releases
+    marked: bool = False  # already: a purge of it stopped half-way
 
 
 class TrashPurge:
@@ -146,81 +166,151 @@ class TrashPurge:
         self, actor: Actor | None, node_id: uuid.UUID, *, reason: str, via: str | None
     ) -> tuple[int, int]:
         """Check and mark the item (see ``purge``); the numbers of its nodes and versions
-        (of what is left of it, when it was marked already). Its subtree is
-        counted before the write transaction, which holds the write lock for two statements:
-        what a trashed item holds cannot change (nothing writes inside the trash; a node
-        restored from it meanwhile is simply not purged), and packages pin live files only."""
+        (of what is left of it, when it was marked already)."""
         with self.db.connect() as conn:
-            row = conn.execute(
-                sa.select(
-                    _n.c.name,
-                    _n.c.deleted_at,
-                    _n.c.owner_id,
-                    _n.c.group_id,
-                    _n.c.deleted_by,
-                    _n.c.purge_started_at,
-                ).where(_n.c.id == node_id)
-            ).first()
-            if row is None or row.deleted_at is None:
-                raise NotFound("that item is not in the trash")
-            params = {"root_id": node_id, "holder_id": _holder(row), "now": utcnow()}
-            nodes, versions, pins = conn.execute(for_bind(_SUBTREE_COUNTS, conn), params).one()
-            if row.purge_started_at is not None:
-                return int(nodes), int(versions)  # marked already: the rest goes below
-            if pins:
-                raise Conflict(
-                    f"{row.name!r} holds versions that your packages pin; remove them from "
-                    "the packages first"
-                )
-            # Other users' packages cannot deliver it any more (it is deleted: 403) and only
-            # they could change them: their pins go with the rows (_remove_batch), the items
-            # stay listed there as deleted.
-            released = len(conn.execute(for_bind(_FOREIGN_PINS, conn), params).all())
+            found = self._check(conn, node_id)
+        if not found.marked and not self.files.run_write(
+            lambda session: self._mark(session, actor, found, reason=reason, via=via)
+        ):
+            raise NotFound("that item is not in the trash")  # purged, or restored meanwhile
+        return found.nodes, found.versions
 
-        def work(session: Session) -> None:
-            current = session.execute(
-                sa.select(_n.c.deleted_at, _n.c.purge_started_at)
-                .where(_n.c.id == node_id)
-                .with_for_update()
-            ).first()
-            if current is None or current.deleted_at != row.deleted_at:
-                raise NotFound("that item is not in the trash")  # purged, or restored
-            if current.purge_started_at is not None:
-                return  # another purge marked it meanwhile, and wrote the logbook row
-            session.execute(
-                sa.update(_n).where(_n.c.id == node_id).values(purge_started_at=utcnow())
+    def _check(self, conn: sa.Connection, node_id: uuid.UUID) -> _Found:
+        """What a purge of the item needs to know before it marks it: NotFound when it is not
+        in the trash, Conflict when a package of its owner pins a version in it. Its subtree
+        is counted outside the write transaction, which then holds the write lock for two
+        statements: what a trashed item holds cannot change (nothing writes inside the
+        trash; a node restored from it meanwhile is simply not purged), and packages pin
+        live files only."""
+        row = conn.execute(
+            sa.select(
+                _n.c.name,
+                _n.c.deleted_at,
+                _n.c.owner_id,
+                _n.c.group_id,
+                _n.c.deleted_by,
+                _n.c.purge_started_at,
+            ).where(_n.c.id == node_id)
+        ).first()
+        if row is None or row.deleted_at is None:
+            raise NotFound("that item is not in the trash")
+        params = {"root_id": node_id, "holder_id": holder(row), "now": utcnow()}
+        nodes, versions, pins = conn.execute(for_bind(SUBTREE_COUNTS, conn), params).one()
+        found = _Found(node_id, row.name, row.deleted_at, int(nodes), int(versions))
+        if row.purge_started_at is not None:
+            return dataclasses.replace(found, marked=True)  # the rest goes below
+        if pins:
+            raise Conflict(
+                f"{row.name!r} holds versions that your packages pin; remove them from "
+                "the packages first"
             )
-            record_audit(
-                session,
-                actor,
-                Op.NODE_PURGE,
-                node_id=node_id,
-                details={
-                    "node_id": str(node_id),
-                    "name": row.name,
-                    "deleted_at": row.deleted_at.isoformat(),
-                    "nodes": nodes,
-                    "versions": versions,
-                    "released_pins": released,
-                    "reason": reason,
-                    **({"via": via} if via else {}),
-                },
-            )
+        # Other users' packages cannot deliver it any more (it is deleted: 403) and only
+        # they could change them: their pins go with the rows (remove_batch), the items
+        # stay listed there as deleted.
+        released = len(conn.execute(for_bind(FOREIGN_PINS, conn), params).all())
+        return dataclasses.replace(found, released=released)
 
-        self.files.run_write(work)
-        return int(nodes), int(versions)
+    def _mark(
+        self, session: Session, actor: Actor | None, found: _Found, *, reason: str, via: str | None
+    ) -> bool:
+        """Mark the item ``_check`` found and write its logbook row; False when it is no
+        longer in the trash (purged, or restored meanwhile). Marked by another purge
+        meanwhile, which wrote the row: True, and nothing written."""
+        current = session.execute(
+            sa.select(_n.c.deleted_at, _n.c.purge_started_at)
+            .where(_n.c.id == found.node_id)
+            .with_for_update()
+        ).first()
+        if current is None or current.deleted_at != found.deleted_at:
+            return False
+        if current.purge_started_at is not None:
+            return True
+        session.execute(
+            sa.update(_n).where(_n.c.id == found.node_id).values(purge_started_at=utcnow())
+        )
+        record_audit(
+            session,
+            actor,
+            Op.NODE_PURGE,
+            node_id=found.node_id,
+            details={
+                "node_id": str(found.node_id),
+                "name": found.name,
+                "deleted_at": found.deleted_at.isoformat(),
+                "nodes": found.nodes,
+                "versions": found.versions,
+                "released_pins": found.released,
+                "reason": reason,
+                **({"via": via} if via else {}),
+            },
+        )
+        return True
+
+    def _purge_small(
+        self,
+        node_ids: Sequence[uuid.UUID],
+        report: PurgeReport,
+        *,
+        reason: str,
+        via: str | None = None,
+    ) -> list[uuid.UUID]:
+        """Purge the small items of ``node_ids`` (at most ``_TOGETHER``) together: all marked
+        in one transaction (a logbook row each), then all removed in another, where one at a
+        time took two transactions an item (a durable commit each: 5 ms on SQLite, 10 ms on
+        PostgreSQL). An item is small when that many of its size fit in one batch of rows.
+        Returns the bigger ones, left to be purged one at a time."""
+        small_enough = _DELETE_BATCH // _TOGETHER
+        small: list[_Found] = []
+        bigger: list[uuid.UUID] = []
+        folders: dict[uuid.UUID, list[uuid.UUID]] = {}
+        with self.db.connect() as conn:
+            for node_id in node_ids:
+                try:
+                    found = self._check(conn, node_id)
+                except NotFound:
+                    continue  # gone with a folder purged before it
+                except Conflict:
+                    report.items_pinned += 1
+                    continue
+                if found.nodes > small_enough:
+                    bigger.append(node_id)
+                    continue
+                small.append(found)
+                statement = for_bind(FOLDERS_DEEPEST_FIRST, conn)
+                folders[node_id] = list(conn.scalars(statement, {"root_id": node_id}))
+        if not small:
+            return bigger
+
+        def mark(session: Session) -> list[_Found]:
+            return [
+                found
+                for found in small
+                if found.marked or self._mark(session, None, found, reason=reason, via=via)
+            ]
+
+        marked = self.files.run_write(mark)
+
+        def remove(session: Session) -> None:
+            for found in marked:
+                remove_batch(session, found.node_id, folders[found.node_id], _DELETE_BATCH)
+
+        self.files.run_write(remove)
+        report.items_purged += len(marked)
+        report.nodes_removed += sum(found.nodes for found in marked)
+        report.versions_removed += sum(found.versions for found in marked)
+        return bigger
 
     def _remove(self, node_id: uuid.UUID) -> None:
         """Remove the rows of the marked item ``node_id`` a batch at a time: the files and
         emptied folders of its deepest folders first, the item itself last."""
         with self.db.connect() as conn:
             folders = list(
-                conn.scalars(for_bind(_FOLDERS_DEEPEST_FIRST, conn), {"root_id": node_id})
+                conn.scalars(for_bind(FOLDERS_DEEPEST_FIRST, conn), {"root_id": node_id})
             )
         while True:
             started = time.monotonic()
             emptied, done = self.files.run_write(
-                lambda session: _remove_batch(session, node_id, folders, _DELETE_BATCH)
+                lambda session: remove_batch(session, node_id, folders, _DELETE_BATCH)
             )
             if done:
                 return
@@ -252,8 +342,14 @@ class TrashPurge:
                 report.items_finished += 1
         if older_than is not None:
             cutoff = utcnow() - older_than
-            for done, node_id in enumerate(self._expired(cutoff, user_id), start=1):
-                self._purge_counted(node_id, dry_run, report, via=via)
+            done = 0
+            for group in batched(self._expired(cutoff, user_id), _TOGETHER):
+                bigger = group
+                if not dry_run:
+                    bigger = self._purge_small(group, report, reason="expired", via=via)
+                for node_id in bigger:
+                    self._purge_counted(node_id, dry_run, report, via=via)
+                done += len(group)
                 if progress is not None:
                     progress(Progress("items", done))
         report.seconds = round(time.monotonic() - started, 3)
@@ -290,8 +386,9 @@ class TrashPurge:
         at most (a purge of 64,000 files takes 10 s, of 300,000 minutes)."""
         report = PurgeReport(False, self.retention_days)
         now_up_to = _DELETE_BATCH if self.swept else None
-        for node_id in node_ids:
-            self._purge_counted(node_id, False, report, reason=reason, now_up_to=now_up_to)
+        for group in batched(node_ids, _TOGETHER):
+            for node_id in self._purge_small(group, report, reason=reason):
+                self._purge_counted(node_id, False, report, reason=reason, now_up_to=now_up_to)
         return report.items_purged
 
     def _purge_counted(
@@ -304,31 +401,22 @@ class TrashPurge:
         via: str | None = None,
         now_up_to: int | None = None,
     ) -> None:
-        if dry_run:
-            with self.db.connect() as conn:
-                row = conn.execute(
-                    sa.select(_n.c.owner_id, _n.c.group_id, _n.c.deleted_by).where(
-                        _n.c.id == node_id
-                    )
-                ).first()
-                if row is None:
-                    return  # gone with a folder purged before it
-                params = {"root_id": node_id, "holder_id": _holder(row), "now": utcnow()}
-                nodes, versions, pins = conn.execute(for_bind(_SUBTREE_COUNTS, conn), params).one()
-            if pins:
-                report.items_pinned += 1
-                return
-        else:
-            # The purge counts the subtree itself: a second recursive count would read it twice.
-            try:
+        try:
+            if dry_run:
+                with self.db.connect() as conn:
+                    found = self._check(conn, node_id)
+                nodes, versions = found.nodes, found.versions
+            else:
+                # The purge counts the subtree itself: a second recursive count would read it
+                # twice.
                 nodes, versions = self._purge(
                     None, node_id, reason=reason, via=via, now_up_to=now_up_to
                 )
-            except NotFound:
-                return  # gone with a folder purged before it
-            except Conflict:
-                report.items_pinned += 1
-                return
+        except NotFound:
+            return  # gone with a folder purged before it
+        except Conflict:
+            report.items_pinned += 1
+            return
         report.items_purged += 1
         report.nodes_removed += int(nodes)
         report.versions_removed += int(versions)
@@ -357,15 +445,6 @@ def trash_items(
     )
 
 
-def _trashed_with(postgres: bool) -> sa.CTE:
-    """The trash item :root_id and what went to the trash with it: the nodes below it with no
-    ``deleted_at`` of their own (an item deleted before it, and what is below that, is not)."""
-    sub = sa.select(_n.c.id).where(_n.c.id == sa.bindparam("root_id", type_=sa.Uuid))
-    below = sub.cte("below", recursive=True)
-    steps, child = tree.walk_step(below, ("id",), up=False, postgres=postgres, live=True)
-    return below.union_all(sa.select(child.c.id).select_from(steps))
-
-
 def _between_batches(db: Database, seconds: float) -> None:
     """After a purge's batch that took ``seconds``, on SQLite: a pause of a quarter of that
     (at most ``_MAX_PAUSE``). This process's writers queue for their turn and get it before
@@ -374,65 +453,6 @@ def _between_batches(db: Database, seconds: float) -> None:
     batch took it at once. PostgreSQL's writers wait for the rows they change only."""
     if db.is_sqlite:
         time.sleep(min(seconds * _PAUSE_SHARE, _MAX_PAUSE))
-
-
-def _remove_batch(
-    session: Session, root_id: uuid.UUID, folders: Sequence[uuid.UUID], budget: int
-) -> tuple[int, bool]:
-    """One batch of ``TrashPurge._remove``: at most ``budget`` rows below the marked item
-    ``root_id`` deleted, from its ``folders`` (live folders, deepest first, itself last) in
-    order, and the item itself once they are all empty. Returns how many of ``folders`` it
-    emptied, and whether the item is gone (or was already)."""
-    root = session.execute(
-        sa.select(_n.c.parent_id).where(_n.c.id == root_id).with_for_update()
-    ).first()
-    if root is None:
-        return len(folders), True
-    emptied = 0
-    for folder in folders:
-        # Items deleted from inside this one before it was are trash items of their own: out
-        # of the way, into the folder the purged item is in.
-        session.execute(_MOVE_EARLIER, {"folder_id": folder, "new_parent_id": root.parent_id})
-        ids = session.scalars(_LIVE_CHILDREN, {"folder_id": folder, "limit": budget}).all()
-        if ids:
-            _release_pins(session, ids)
-            session.execute(_DELETE_CHILDREN, {"folder_id": folder, "ids": ids})
-            budget -= len(ids)
-        if budget <= 0:
-            return emptied, False  # this one may hold more
-        emptied += 1
-    _release_pins(session, [root_id])
-    session.execute(sa.delete(_n).where(_n.c.id == root_id))
-    return emptied, True
-
-
-def _release_pins(session: Session, node_ids: Sequence[uuid.UUID]) -> None:
-    """Take the versions of ``node_ids`` out of the packages that pin them (the item stays
-    there, answering as deleted) and mark those packages changed."""
-    pins = session.execute(_PINS_OF_NODES, {"ids": list(node_ids)}).all()
-    if not pins:
-        return
-    session.execute(_RELEASE_PIN, [{"item_id": pin.id} for pin in pins])
-    now = utcnow()
-    session.execute(
-        _TOUCH_PACKAGE, [{"package_id": p, "now": now} for p in {pin.package_id for pin in pins}]
-    )
-
-
-def _folders_deepest_first(postgres: bool) -> sa.Select[Any]:
-    """:root_id and the live folders below it, deepest first: each is emptied after every
-    folder inside it was, so deleting what it holds deletes nothing further down."""
-    top = sa.select(_n.c.id, sa.literal(0).label("depth")).where(
-        _n.c.id == sa.bindparam("root_id", type_=sa.Uuid)
-    )
-    walk = top.cte("folders", recursive=True)
-    steps, child = tree.walk_step(walk, ("id", "kind"), up=False, postgres=postgres)
-    walk = walk.union_all(
-        sa.select(child.c.id, walk.c.depth + 1)
-        .select_from(steps)
-        .where(child.c.kind == NodeKind.FOLDER.value)
-    )
-    return sa.select(walk.c.id).order_by(walk.c.depth.desc())
 
 
 def trash_item(session: Session, node_id: uuid.UUID) -> uuid.UUID | None:
@@ -466,113 +486,13 @@ def _chain_up(postgres: bool) -> sa.Select[Any]:
     return sa.select(up.c.id, up.c.deleted_at).order_by(up.c.depth)
 
 
-def _holder(row: Any) -> uuid.UUID | None:
-    """Whose trash lists a trashed node (with its owner_id, group_id and deleted_by): the
-    owner's for their own space, the deleter's for a group's."""
-    return row.deleted_by if row.group_id is not None else row.owner_id
-
-
-def _held_by_holder() -> sa.ColumnElement[bool]:
-    """The package_items row is in a live package of :holder_id's (one expired at :now is
-    404 everywhere, so its creator could not take the item out: it holds nothing back)."""
-    own = sa.select(_packages.c.id).where(
-        _packages.c.created_by == sa.bindparam("holder_id", type_=sa.Uuid),
-        sa.or_(
-            _packages.c.expires_at.is_(None),
-            _packages.c.expires_at > sa.bindparam("now", type_=UTCDateTime),
-        ),
-    )
-    return _items_t.c.package_id.in_(own)
-
-
-def _pins_below(postgres: bool, *, own: bool) -> tuple[Any, Any, Any, Any]:
-    """(rows, below, versions, pins) for :root_id and what went to the trash with it: its
-    versions, and the package items pinning them in the packages of :holder_id (``own``) or
-    in everyone else's."""
-    below = _trashed_with(postgres)
-    rows, versions = join_by_key(
-        below,
-        _v,
-        _v.c.node_id == below.c.id,
-        ("id",),
-        "versions",
-        one=False,
-        postgres=postgres,
-        optional=True,
-    )
-    whose = _held_by_holder() if own else ~_held_by_holder()
-    rows, pins = join_by_key(
-        rows,
-        _items_t,
-        sa.and_(_items_t.c.version_id == versions.c.id, whose),
-        ("id", "package_id"),
-        "pins",
-        one=False,
-        postgres=postgres,
-        optional=own,
-    )
-    return rows, below, versions, pins
-
-
-def _foreign_pins(postgres: bool) -> sa.Select[Any]:
-    """(id, package_id) of the items of other users' packages pinning a version of :root_id
-    or of what went to the trash with it (:holder_id: whose trash it is in)."""
-    rows, _below, _versions, pins = _pins_below(postgres, own=False)
-    return sa.select(pins.c.id, pins.c.package_id).select_from(rows)
-
-
-def _subtree_counts(postgres: bool) -> sa.Select[int, int, int]:
-    """(nodes, versions, versions pinned by :holder_id's packages) of :root_id and what went
-    to the trash with it."""
-    rows, below, versions, pins = _pins_below(postgres, own=True)
-    return sa.select(
-        sa.func.count(sa.distinct(below.c.id)),
-        sa.func.count(sa.distinct(versions.c.id)),
-        sa.func.count(pins.c.id),
-    ).select_from(rows)
-
-
 _n = Base.metadata.tables["nodes"]
-_v = Base.metadata.tables["file_versions"]
 _users = Base.metadata.tables["users"]
-_items_t = Base.metadata.tables["package_items"]
-_packages = Base.metadata.tables["packages"]
-_SUBTREE_COUNTS = by_dialect(_subtree_counts)
-_FOREIGN_PINS = by_dialect(_foreign_pins)
-_RELEASE_PIN = (
-    sa.update(_items_t)
-    .where(_items_t.c.id == sa.bindparam("item_id", type_=sa.Uuid))
-    .values(version_id=None)
-)
-_TOUCH_PACKAGE = (
-    sa.update(_packages)
-    .where(_packages.c.id == sa.bindparam("package_id", type_=sa.Uuid))
-    .values(modified_at=sa.bindparam("now"))
-)
-_FOLDERS_DEEPEST_FIRST = by_dialect(_folders_deepest_first)
 _CHAIN_UP = by_dialect(_chain_up)
-_IN_FOLDER = _n.c.parent_id == sa.bindparam("folder_id", type_=sa.Uuid)
-_MOVE_EARLIER = (
-    sa.update(_n)
-    .where(_IN_FOLDER, _n.c.deleted_at.is_not(None))
-    .values(parent_id=sa.bindparam("new_parent_id", type_=sa.Uuid))
-)
-_LIVE_CHILDREN = (
-    sa.select(_n.c.id).where(_IN_FOLDER, _n.c.deleted_at.is_(None)).limit(sa.bindparam("limit"))
-)
-# The folder and deleted_at again: a row that was restored meanwhile (PostgreSQL's READ
-# COMMITTED reads the ids before a restore commits) is rechecked, and stays.
-_DELETE_CHILDREN = sa.delete(_n).where(
-    _n.c.id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)),
-    _IN_FOLDER,
-    _n.c.deleted_at.is_(None),
-)
-_PINS_OF_NODES = (
-    sa.select(_items_t.c.id, _items_t.c.package_id)
-    .join(_v, _v.c.id == _items_t.c.version_id)
-    .where(_v.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
-)
 _PURGE_BATCH = 500
+# Small items are purged _TOGETHER at a time (TrashPurge._purge_small): those small enough that
+# the group's rows fit in one batch (_DELETE_BATCH).
+_TOGETHER = 100
 _DELETE_BATCH = 5000  # rows per transaction of a purge (with their versions and properties)
 _PAUSE_SHARE = 0.25  # of a batch's time, paused after it on SQLite (TrashPurge._remove)
 _MAX_PAUSE = 0.1  # seconds

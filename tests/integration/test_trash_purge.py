@@ -74,7 +74,7 @@ def test_another_writer_commits_between_the_batches_of_a_big_purge(
     made = _big_item(files, actor, home)
     monkeypatch.setattr(trash_purge, "_DELETE_BATCH", 3)
     events: list[str] = []
-    batch = trash_purge._remove_batch
+    batch = trash_purge.remove_batch
 
     def counted_batch(*args: Any) -> Any:
         emptied, done = batch(*args)
@@ -97,7 +97,7 @@ def test_another_writer_commits_between_the_batches_of_a_big_purge(
             assert not other.is_alive(), "the upload waited for the purge"
         between(db, seconds)
 
-    monkeypatch.setattr(trash_purge, "_remove_batch", counted_batch)
+    monkeypatch.setattr(trash_purge, "remove_batch", counted_batch)
     monkeypatch.setattr(trash_purge, "_between_batches", let_a_put_in)
     trash = TrashService(database, files)
     removed = trash.purge(actor, made["big"].id)
@@ -133,7 +133,7 @@ def test_an_interrupted_purge_is_hidden_and_finished_by_purging_again(
     made = _big_item(files, actor, home)
     used = files.usage(actor.user_id)  # what is in the trash counts for nothing, half-purged too
     monkeypatch.setattr(trash_purge, "_DELETE_BATCH", 3)
-    batch = trash_purge._remove_batch
+    batch = trash_purge.remove_batch
     calls: list[int] = []
 
     def stopping_batch(*args: Any) -> Any:
@@ -142,11 +142,11 @@ def test_an_interrupted_purge_is_hidden_and_finished_by_purging_again(
             raise Stop
         return batch(*args)
 
-    monkeypatch.setattr(trash_purge, "_remove_batch", stopping_batch)
+    monkeypatch.setattr(trash_purge, "remove_batch", stopping_batch)
     trash = TrashService(database, files)
     with pytest.raises(Stop):
         trash.purge(actor, made["big"].id)
-    monkeypatch.setattr(trash_purge, "_remove_batch", batch)
+    monkeypatch.setattr(trash_purge, "remove_batch", batch)
 
     ids = [made["big"].id, made["c"].id, *(view.id for view in made["inner"])]
     nodes_left, versions_left = _rows_left(database, ids)
@@ -302,3 +302,56 @@ def test_a_listing_leaves_the_rows_of_a_big_expired_item_to_housekeeping(
     assert report.items_finished == (1 if swept else 0)
     assert _rows_left(database, ids) == (0, 0)
     assert len(_purge_rows(database, made["big"].id)) == 1
+
+
+def test_small_expired_items_are_purged_together(
+    database: Database,
+    files: FileService,
+    actor: Actor,
+    home: NodeView,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Expired items were purged one at a time, in two transactions each (a durable commit
+    each: 1,000 one-file items took 5.4 s on SQLite, 10 s on PostgreSQL). Small ones now go
+    a group at a time, marked in one transaction and removed in another, each with its
+    logbook row; a bigger one goes on its own, and an item deleted from inside a folder
+    before it is an item of its own still."""
+    made = _big_item(files, actor, home)  # 16 nodes, and early.txt deleted from inside it
+    singles = []
+    for i in range(3):
+        single = _upload(files, actor, home, f"single{i}.txt")
+        files.delete(actor, single.id)
+        singles.append(single)
+    folder = files.create_folder(actor, home, "small")
+    inside = _upload(files, actor, folder, "inside.txt")
+    files.delete(actor, folder.id)
+    # Groups of 4; small: at most 10 nodes. Oldest first: [early, big, single0, single1], then
+    # [single2, small]: 2 + (1 + 1 for big) + 2 transactions, where one at a time took 12.
+    monkeypatch.setattr(trash_purge, "_TOGETHER", 4)
+    monkeypatch.setattr(trash_purge, "_DELETE_BATCH", 40)
+    writes: list[int] = []
+    write = database.write
+
+    def counted() -> Any:
+        writes.append(1)
+        return write()
+
+    monkeypatch.setattr(database, "write", counted)
+    report = TrashService(database, files).purge_expired(older_than=dt.timedelta(0))
+    assert (report.items_purged, report.nodes_removed, report.versions_removed) == (6, 22, 17)
+    assert len(writes) == 6
+    everything = [made["big"].id, made["c"].id, made["early"].id, folder.id, inside.id]
+    everything += [view.id for view in (*made["inner"], *singles)]
+    assert _rows_left(database, everything) == (0, 0)
+    purged = {
+        item: [
+            (row.details["nodes"], row.details["versions"]) for row in _purge_rows(database, item)
+        ]
+        for item in (made["big"].id, made["early"].id, folder.id, *(s.id for s in singles))
+    }
+    assert purged == {
+        made["big"].id: [(16, 12)],
+        made["early"].id: [(1, 1)],
+        folder.id: [(2, 1)],
+        **{single.id: [(1, 1)] for single in singles},
+    }

@@ -191,6 +191,7 @@ def test_the_purge_meets_each_expired_item_once_oldest_first(
     trash = TrashService(database, files)
     met: list[uuid.UUID] = []
     monkeypatch.setattr(trash, "_purge_counted", lambda node_id, *_a, **_k: met.append(node_id))
+    monkeypatch.setattr(trash, "_purge_small", lambda node_ids, *_a, **_k: list(node_ids))
     expired = sorted(rows[:7], key=lambda row: (row["deleted_at"], row["id"]))
     trash.purge_expired(older_than=dt.timedelta(days=30))
     assert met == [row["id"] for row in expired]
