@@ -81,6 +81,7 @@ class AccessContext:
         # The most this user may ever hold (roles and key scope cap it); nothing adds to it.
         self.ceiling = restrict(self._alone, EVERYTHING)
         self._shared: dict[str, dict[str, uuid.UUID]] | None = None
+        self._visible_groups: dict[str, uuid.UUID] | None = None
 
     @cached_property
     def _loaded(self) -> tuple[dict[uuid.UUID, tuple[str, bool]], dict[uuid.UUID, Perm]]:
@@ -175,6 +176,30 @@ def _shared_members(
     return _readable(ctx, [(name, views.get(node_id)) for name, node_id in entries.items()])
 
 
+def _groups_members(
+    service: NamespaceService, ctx: AccessContext, rest: list[str]
+) -> list[tuple[str, Reached]] | None:
+    """The members of ``/groups/``: the space of each group the user sees, from two
+    statements (a group without a space yet gets one, as on first use)."""
+    if rest:
+        return None
+    groups = service.visible_groups(ctx)
+    with service.db.connect() as conn:
+        roots = tree.group_roots(conn)
+    made = [
+        service.files.group_root_id(group_id, ctx.actor.user_id)
+        for group_id in groups.values()
+        if group_id not in roots
+    ]
+    if made:
+        with service.db.connect() as conn:
+            views = tree.get_nodes(conn, made).values()
+        roots.update((view.group_id, view) for view in views if view.group_id is not None)
+    return _readable(
+        ctx, [(name, roots.get(group_id)) for name, group_id in sorted(groups.items())]
+    )
+
+
 def _readable(
     ctx: AccessContext, named: list[tuple[str, NodeView | None]]
 ) -> list[tuple[str, Reached]]:
@@ -209,7 +234,10 @@ class NamespaceService:
         self.files = files
         self._extra: dict[str, SpaceResolver] = {}
         self._visible: dict[str, Callable[[Actor], bool]] = {}
-        self._members: dict[str, MemberFinder] = {"shared": _shared_members}
+        self._members: dict[str, MemberFinder] = {
+            "groups": _groups_members,
+            "shared": _shared_members,
+        }
 
     def add_space(
         self,
@@ -304,9 +332,9 @@ class NamespaceService:
     def members(self, ctx: AccessContext, parts: Sequence[str]) -> list[tuple[str, Reached]] | None:
         """The readable members of the virtual folder at ``parts`` by name, each as
         ``resolve_prefixes`` of its path reaches it, from a few statements however many there
-        are; None for a folder that lists few (``/``, ``/groups/``), whose members are best
-        looked up one by one. Two list many: ``/shared/<owner>/``, every item one owner granted
-        the user, and an admin's ``/users/``."""
+        are; None for one whose members are best looked up one by one (``/``, ``/shared/``).
+        Those that may list many: ``/groups/``, ``/shared/<owner>/`` (every item one owner
+        granted the user), and an admin's ``/users/``."""
         finder = self._members.get(parts[0]) if parts else None
         return finder(self, ctx, list(parts[1:])) if finder is not None else None
 
@@ -446,10 +474,15 @@ class NamespaceService:
     def visible_groups(self, ctx: AccessContext) -> dict[str, uuid.UUID]:
         """{name: id} of the groups whose space the user sees: their own, or all for admins
         and moderators."""
+        if ctx._visible_groups is not None:
+            return ctx._visible_groups  # a listing of /groups/ asks for each member
         if ctx.actor.is_admin or "moderator" in ctx.actor.roles:
             with self.db.connect() as conn:
-                return {row.name: row.id for row in conn.execute(_ALL_GROUPS)}
-        return {name: gid for gid, (name, _) in ctx.groups.items()}
+                found = {row.name: row.id for row in conn.execute(_ALL_GROUPS)}
+        else:
+            found = {name: gid for gid, (name, _) in ctx.groups.items()}
+        ctx._visible_groups = found
+        return found
 
     def shared(self, ctx: AccessContext) -> dict[str, dict[str, uuid.UUID]]:
         """{owner username or @group: {entry name: node id}}: the top-most live nodes granted to the

@@ -147,6 +147,11 @@ _HOME_ROOTS = _view_select(_nodes).where(
     _nodes.c.space == Space.HOME.value,
     _nodes.c.deleted_at.is_(None),
 )
+_GROUP_ROOTS = _view_select(_nodes).where(
+    _nodes.c.parent_id.is_(None),
+    _nodes.c.space == Space.GROUP.value,
+    _nodes.c.deleted_at.is_(None),
+)
 _BY_ID = _view_select(_nodes).where(_nodes.c.id == sa.bindparam("node_id", type_=sa.Uuid))
 # PostgreSQL grants a row's share lock to every transaction asking for it while others hold it,
 # whoever waits for the row meanwhile: a MOVE or DELETE of a folder waits for the uploads
@@ -212,6 +217,12 @@ def home_root(session: Session | sa.Connection, owner_id: uuid.UUID) -> NodeView
 def home_roots(session: Session | sa.Connection) -> dict[uuid.UUID, NodeView]:
     """Every user's home root that exists, by its owner's id (one statement)."""
     return {view.owner_id: view for view in map(_to_view, session.execute(_HOME_ROOTS))}
+
+
+def group_roots(session: Session | sa.Connection) -> dict[uuid.UUID, NodeView]:
+    """Every group space's root that exists, by its group's id (one statement)."""
+    found = map(_to_view, session.execute(_GROUP_ROOTS))
+    return {view.group_id: view for view in found if view.group_id is not None}
 
 
 def get_node(session: Session | sa.Connection, node_id: uuid.UUID) -> NodeView | None:

@@ -1193,6 +1193,46 @@ def test_listing_every_users_space_costs_the_same_queries_whatever_their_number(
     assert p.call(p.alice, "UNLOCK", "/files/", headers={"Lock-Token": token}).status == 204
 
 
+def test_listing_every_group_space_costs_the_same_queries_whatever_their_number(
+    people: People,
+) -> None:
+    """``/groups/`` lists a space for each group the user is in (every group, for an admin).
+    Each was looked up on its own, and for an admin each lookup read every group again:
+    6,011 statements and 14 s for 2,000 groups."""
+    p = people
+    users, groups = p.server.app.services.users, p.server.app.services.groups
+    admin = f"adm{uuid.uuid4().hex[:6]}"
+    p.passwords[admin] = f"pw-{uuid.uuid4().hex}"
+    users.create_user(None, admin, password=p.passwords[admin], roles=["user", "admin"])
+
+    def listing(who: str) -> Response:
+        found = p.call(who, "PROPFIND", "/groups/", headers={"Depth": "1"})
+        assert found.status == 207
+        return found
+
+    def count(found: Response) -> tuple[str, int]:
+        return found.headers["X-Query-Count"], found.body.count(b"<D:response>")
+
+    for who in (admin, p.bob):
+        listing(who)  # a group's space is made on first use
+    before = {who: count(listing(who)) for who in (admin, p.bob)}
+    added = [f"crowd{i}{admin}" for i in range(10)]
+    for name in added:
+        groups.create_group(None, name)
+        groups.add_member(None, name, p.bob)
+    for who in (admin, p.bob):
+        listing(who)
+    after = {who: count(listing(who)) for who in (admin, p.bob)}
+    for who in (admin, p.bob):
+        assert after[who] == (before[who][0], before[who][1] + 10), (who, before, after)
+    # bob's listing holds his groups, each a folder he may write in.
+    members = {r.findtext("{DAV:}href"): r for r in ET.fromstring(listing(p.bob).body)}
+    assert f"/groups/{p.team}/" in members and f"/groups/{added[3]}/" in members
+    assert len(members) == 1 + 1 + 10
+    assert p.put(p.bob, f"/groups/{added[3]}/a.txt", b"a") == 201
+    assert p.call(p.carol, "PROPFIND", f"/groups/{added[3]}/", headers={"Depth": "0"}).status == 404
+
+
 def _share_two_namesakes(p: People) -> str:
     """alice shares /files/a/doc.txt and /files/b/doc.txt with bob (download, write);
     returns the name bob's /shared/<alice>/ lists the second one under."""
