@@ -64,6 +64,15 @@ def prepare_listing(folder: Any, names: list[str]) -> None:
         folder.environ[_SIZES_KEY] = folder.provider.files.child_folder_sizes(view.id)
 
 
+def prepare_members(collection: Any, members: list[Any], names: list[str]) -> None:
+    """``prepare_listing`` for the members of a virtual collection, which come from
+    different folders (``/shared/<owner>/``, ``/groups/``): their ``oc:size`` in one query."""
+    if SIZE in names and members:
+        views = (getattr(member, "view", None) for member in members)
+        folders = [view.id for view in views if view is not None and view.is_folder]
+        collection.environ[_SIZES_KEY] = collection.provider.files.folder_sizes(folders)
+
+
 def _folder_size(res: Any) -> int:
     known = res.environ.get(_SIZES_KEY, {}).get(res.view.id)
     return known if known is not None else res.provider.files.subtree_size(res.view.id)

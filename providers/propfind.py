@@ -91,7 +91,11 @@ def respond(res: Any, environ: dict[str, Any], start_response: Any) -> Iterable[
     # With no lock anywhere in the spaces listed, every lockdiscovery is empty: skip the
     # lookups. Members of a folder are in its space; those of a virtual one (/shared/alice/)
     # may each be in another.
-    spaces = [res, *members] if isinstance(res, VirtualCollection) else [res]
+    spaces: list[Any] = [res]
+    if isinstance(res, VirtualCollection):
+        members = list(members)
+        spaces += members
+        live_props.prepare_members(res, members, names)
     urls = [item.get_ref_url() for item in spaces]
     any_locks = lock_manager is not None and (has_locks is None or bool(has_locks(urls)))
     body = _Body()

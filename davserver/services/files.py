@@ -147,6 +147,11 @@ class FileService:
         with self.db.connect() as conn:
             return usage.child_folder_sizes(conn, folder_id)
 
+    def folder_sizes(self, folder_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """``subtree_size`` of each of these live folders, in one query."""
+        with self.db.connect() as conn:
+            return usage.folder_sizes(conn, folder_ids)
+
     def upload_allowance(
         self, actor: Actor, into: NodeView, replacing: NodeView | None
     ) -> int | None:

@@ -28,6 +28,10 @@ PROPFIND_COLOR = (
     b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:x="urn:x">'
     b"<D:prop><x:color/></D:prop></D:propfind>"
 )
+OC_SIZE = (
+    b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:oc="http://owncloud.org/ns">'
+    b"<D:prop><oc:size/><D:resourcetype/></D:prop></D:propfind>"
+)
 LOCK = (
     b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
     b"</D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"
@@ -973,7 +977,20 @@ def test_listing_what_an_owner_shared_costs_the_same_queries_whatever_its_number
         listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
         assert listing.status == 207 and listing.body.count(b"<D:response>") == total + 1
         counts[total] = int(listing.headers["X-Query-Count"])
-    assert counts[2] == counts[12], counts
+        # What Nextcloud's client asks: oc:size was summed member by member.
+        sized = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", OC_SIZE, {"Depth": "1"})
+        assert sized.status == 207
+        counts[-total] = int(sized.headers["X-Query-Count"])
+    assert counts[2] == counts[12] and counts[-2] == counts[-12], counts
+    assert p.put(p.alice, "/files/dir00/inside.bin", b"x" * 7) == 201
+    sized = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", OC_SIZE, {"Depth": "1"})
+    sizes = {
+        r.findtext("{DAV:}href"): r.findtext(".//{http://owncloud.org/ns}size")
+        for r in ET.fromstring(sized.body)
+    }
+    assert sizes[f"/shared/{p.alice}/dir00/"] == "7"
+    assert sizes[f"/shared/{p.alice}/dir02/"] == "0"
+    assert sizes[f"/shared/{p.alice}/doc03.txt"] == "3"
     # What each member says is its own: a file's length, a folder, a dead property.
     assert p.call(p.alice, "PROPPATCH", "/files/doc03.txt", PROPPATCH).status == 207
     listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
@@ -1213,9 +1230,15 @@ def test_listing_every_group_space_costs_the_same_queries_whatever_their_number(
     def count(found: Response) -> tuple[str, int]:
         return found.headers["X-Query-Count"], found.body.count(b"<D:response>")
 
+    def sized() -> tuple[str, int]:
+        found = p.call(admin, "PROPFIND", "/groups/", OC_SIZE, {"Depth": "1"})
+        assert found.status == 207
+        return count(found)
+
     for who in (admin, p.bob):
         listing(who)  # a group's space is made on first use
     before = {who: count(listing(who)) for who in (admin, p.bob)}
+    sized_before = sized()
     added = [f"crowd{i}{admin}" for i in range(10)]
     for name in added:
         groups.create_group(None, name)
@@ -1225,6 +1248,7 @@ def test_listing_every_group_space_costs_the_same_queries_whatever_their_number(
     after = {who: count(listing(who)) for who in (admin, p.bob)}
     for who in (admin, p.bob):
         assert after[who] == (before[who][0], before[who][1] + 10), (who, before, after)
+    assert sized() == (sized_before[0], sized_before[1] + 10)
     # bob's listing holds his groups, each a folder he may write in.
     members = {r.findtext("{DAV:}href"): r for r in ET.fromstring(listing(p.bob).body)}
     assert f"/groups/{p.team}/" in members and f"/groups/{added[3]}/" in members
