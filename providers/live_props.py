@@ -74,8 +74,14 @@ def prepare_members(collection: Any, members: list[Any], names: list[str]) -> No
 
 
 def _folder_size(res: Any) -> int:
-    known = res.environ.get(_SIZES_KEY, {}).get(res.view.id)
-    return known if known is not None else res.provider.files.subtree_size(res.view.id)
+    view = res.view
+    known = res.environ.get(_SIZES_KEY, {}).get(view.id)
+    if known is not None:
+        return int(known)
+    if view.parent_id is None and view.group_id is None:
+        # The top of a user's own space: its running total, not a walk of every file in it.
+        return _usage(res)[0]
+    return res.provider.files.subtree_size(view.id)
 
 
 def render(res: Any, name: str) -> str | None:

@@ -312,6 +312,36 @@ def test_a_listings_folder_sizes_take_one_query_whatever_the_number_of_folders(
     assert counts[6] == counts[2]
 
 
+def test_the_size_of_ones_own_space_is_its_running_total(srv: InprocServer, folder: str) -> None:
+    """oc:size of the top of /files/ walked the whole space, as any folder's does: 1-2 s
+    at a million files, and sync clients ask it on every poll. It is the space's running
+    total (what quota-used-bytes shows), which every upload, deletion and restore keeps."""
+    app = srv.app
+    home = app.services.files.home_id(app.services.users.user_id(srv.user))
+
+    def root_size() -> tuple[str | None, list[str]]:
+        seen: list[str] = []
+
+        def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+            seen.append(statement)
+
+        event.listen(app.db.engine, "before_cursor_execute", note)
+        try:
+            prop = propfind(srv, srv.files_url)["/files/"]
+        finally:
+            event.remove(app.db.engine, "before_cursor_execute", note)
+        assert prop.findtext(f"{OC}size") == prop.findtext(f"{DAV}quota-used-bytes")
+        return prop.findtext(f"{OC}size"), seen
+
+    assert put(srv, f"{folder}total.bin", b"z" * 1234, {}).status == 201
+    size, statements = root_size()
+    assert size == str(app.services.files.subtree_size(home))
+    assert not [s for s in statements if "RECURSIVE" in s.upper()], statements
+    assert srv.request("DELETE", f"{folder}total.bin").status == 204
+    after, _ = root_size()
+    assert int(after or 0) == int(size or 0) - 1234 == app.services.files.subtree_size(home)
+
+
 def chunked(*chunks: bytes) -> bytes:
     """A chunked request body made of ``chunks`` (sent as it is: the client adds no framing)."""
     return b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
