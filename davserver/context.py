@@ -21,12 +21,7 @@ from davserver.services.accounts import AccountService
 from davserver.services.apikeys import ApiKeyService
 from davserver.services.files import FileService
 from davserver.services.groups import GroupAdminService
-from davserver.services.namespace import (
-    NamespaceService,
-    may_see_all_users,
-    users_members,
-    users_space,
-)
+from davserver.services.namespace import NamespaceService, may_see_all_users
 from davserver.services.packages import PackageService
 from davserver.services.sessions import SessionService
 from davserver.services.sharing import SharingService
@@ -35,6 +30,7 @@ from davserver.services.tokens import TokenService
 from davserver.services.trash import TrashService
 from davserver.services.user_import import UserImportService
 from davserver.services.users import UserAdminService
+from davserver.services.users_space import users_members, users_space
 from davserver.services.variants import VariantService
 from davserver.services.version_rules import VersionPolicy
 from davserver.services.versions import VersionService

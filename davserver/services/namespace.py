@@ -126,43 +126,6 @@ def may_see_all_users(actor: Actor) -> bool:
     return actor.is_admin or "moderator" in actor.roles
 
 
-def users_space(service: NamespaceService, ctx: AccessContext, rest: list[str]) -> list[Any]:
-    """``/users/<name>/...``: every user's own space, for admins (everything) and moderators
-    (they read and may move things to the trash)."""
-    if not may_see_all_users(ctx.actor):
-        return []
-    query = sa.select(_users.c.username, _users.c.id).where(_users.c.deleted_at.is_(None))
-    if rest:
-        # Below /users/ only the one user is needed: /users/ itself then stands for them
-        # alone, which nothing in the request lists (reading 10,000 names took 40 ms).
-        query = query.where(_users.c.username == rest[0])
-    with service.db.connect() as conn:
-        homes = {row.username: row.id for row in conn.execute(query)}
-    found: list[Any] = [Virtual(sorted(homes))]
-    if rest and rest[0] in homes:
-        found += service.descend(ctx, service.files.home_id(homes[rest[0]]), rest[1:])
-    return found
-
-
-def users_members(
-    service: NamespaceService, ctx: AccessContext, rest: list[str]
-) -> list[tuple[str, Reached]] | None:
-    """The members of ``/users/``: every user's space, from two statements (a user without a
-    space yet gets one, as on first use)."""
-    if rest or not may_see_all_users(ctx.actor):
-        return None
-    with service.db.connect() as conn:
-        homes = conn.execute(
-            sa.select(_users.c.username, _users.c.id).where(_users.c.deleted_at.is_(None))
-        ).all()
-        roots = tree.home_roots(conn)
-    made = [service.files.home_id(user_id) for _, user_id in homes if user_id not in roots]
-    if made:
-        with service.db.connect() as conn:
-            roots.update((view.owner_id, view) for view in tree.get_nodes(conn, made).values())
-    return _readable(ctx, [(name, roots.get(user_id)) for name, user_id in sorted(homes)])
-
-
 def _shared_members(
     service: NamespaceService, ctx: AccessContext, rest: list[str]
 ) -> list[tuple[str, Reached]] | None:
@@ -173,7 +136,7 @@ def _shared_members(
     entries = service.shared(ctx).get(rest[0], {})
     with service.db.connect() as conn:
         views = tree.get_nodes(conn, list(entries.values()))
-    return _readable(ctx, [(name, views.get(node_id)) for name, node_id in entries.items()])
+    return readable(ctx, [(name, views.get(node_id)) for name, node_id in entries.items()])
 
 
 def _groups_members(
@@ -195,12 +158,10 @@ def _groups_members(
         with service.db.connect() as conn:
             views = tree.get_nodes(conn, made).values()
         roots.update((view.group_id, view) for view in views if view.group_id is not None)
-    return _readable(
-        ctx, [(name, roots.get(group_id)) for name, group_id in sorted(groups.items())]
-    )
+    return readable(ctx, [(name, roots.get(group_id)) for name, group_id in sorted(groups.items())])
 
 
-def _readable(
+def readable(
     ctx: AccessContext, named: list[tuple[str, NodeView | None]]
 ) -> list[tuple[str, Reached]]:
     """Each named node the user may read, reached from the top of its space or share (as
@@ -476,7 +437,7 @@ class NamespaceService:
         and moderators."""
         if ctx._visible_groups is not None:
             return ctx._visible_groups  # a listing of /groups/ asks for each member
-        if ctx.actor.is_admin or "moderator" in ctx.actor.roles:
+        if may_see_all_users(ctx.actor):
             with self.db.connect() as conn:
                 found = {row.name: row.id for row in conn.execute(_ALL_GROUPS)}
         else:
