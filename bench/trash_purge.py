@@ -100,44 +100,11 @@ def build_trashed_folder(
             _n.insert(), [node(f, top, f"d{i}", "folder") for i, f in enumerate(subfolders)]
         )
         for start in range(0, files, 10000):
-            nodes, blobs, versions = [], [], []
+            nodes = []
             for i in range(start, min(files, start + 10000)):
-                node_id, blob_id, version_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-                digest = hashlib.sha256(f"{tag}-{i}".encode()).hexdigest()
-                row = node(node_id, subfolders[i % folders], f"f{i}.txt", "file")
-                row.update(size=100, current_version_id=None)
-                nodes.append(row)
-                blobs.append(
-                    {
-                        "id": blob_id,
-                        "sha256": digest,
-                        "md5": digest[:32],
-                        "sha1": digest[:40],
-                        "size_bytes": 100,
-                        "storage_key": digest,
-                        "created_at": now,
-                    }
-                )
-                versions.append(
-                    {
-                        "id": version_id,
-                        "node_id": node_id,
-                        "version_no": 1,
-                        "blob_id": blob_id,
-                        "size": 100,
-                        "uploaded_by": owner,
-                        "uploaded_at": now,
-                    }
-                )
-            conn.execute(_n.insert(), nodes)
-            conn.execute(_b.insert(), blobs)
-            conn.execute(_v.insert(), versions)
-            conn.execute(
-                _n.update()
-                .where(_n.c.id == sa.bindparam("nid"))
-                .values(current_version_id=sa.bindparam("vid")),
-                [{"nid": v["node_id"], "vid": v["id"]} for v in versions],
-            )
+                row = node(uuid.uuid4(), subfolders[i % folders], f"f{i}.txt", "file")
+                nodes.append({**row, "size": 100})
+            _insert_files(conn, nodes, owner, tag)
         conn.execute(
             _n.update().where(_n.c.id == top).values(deleted_at=utcnow(), deleted_by=owner)
         )
@@ -151,33 +118,42 @@ def build_trashed_files(db: Database, home: uuid.UUID, owner: uuid.UUID, count: 
     """``count`` files of ``home`` in the trash, each an item of its own (one version, one
     blob each)."""
     now = utcnow()
-    nodes, blobs, versions = [], [], []
-    for i in range(count):
-        node_id, blob_id, version_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-        digest = hashlib.sha256(f"item-{i}".encode()).hexdigest()
-        nodes.append(
-            {"id": node_id, "parent_id": home, "name": f"item{i}.txt", "name_key": f"item{i}.txt",
-             "kind": "file", "owner_id": owner, "space": "home", "size": 100, "created_at": now,
-             "modified_at": now, "deleted_at": now, "deleted_by": owner}
-        )  # fmt: skip
+    nodes = [
+        {"id": uuid.uuid4(), "parent_id": home, "name": f"item{i}.txt", "name_key": f"item{i}.txt",
+         "kind": "file", "owner_id": owner, "space": "home", "size": 100, "created_at": now,
+         "modified_at": now, "deleted_at": now, "deleted_by": owner}
+        for i in range(count)
+    ]  # fmt: skip
+    with db.engine.begin() as conn:
+        _insert_files(conn, nodes, owner, "item")
+
+
+def _insert_files(
+    conn: sa.Connection, nodes: list[dict[str, Any]], owner: uuid.UUID, tag: str
+) -> None:
+    """Insert the file ``nodes``, each with a version of 100 bytes and a blob of its own."""
+    now = utcnow()
+    blobs, versions = [], []
+    for i, row in enumerate(nodes):
+        blob_id = uuid.uuid4()
+        digest = hashlib.sha256(f"{tag}-{i}-{row['id']}".encode()).hexdigest()
         blobs.append(
             {"id": blob_id, "sha256": digest, "md5": digest[:32], "sha1": digest[:40],
              "size_bytes": 100, "storage_key": digest, "created_at": now}
         )  # fmt: skip
         versions.append(
-            {"id": version_id, "node_id": node_id, "version_no": 1, "blob_id": blob_id,
+            {"id": uuid.uuid4(), "node_id": row["id"], "version_no": 1, "blob_id": blob_id,
              "size": 100, "uploaded_by": owner, "uploaded_at": now}
         )  # fmt: skip
-    with db.engine.begin() as conn:
-        conn.execute(_n.insert(), nodes)
-        conn.execute(_b.insert(), blobs)
-        conn.execute(_v.insert(), versions)
-        conn.execute(
-            _n.update()
-            .where(_n.c.id == sa.bindparam("nid"))
-            .values(current_version_id=sa.bindparam("vid")),
-            [{"nid": v["node_id"], "vid": v["id"]} for v in versions],
-        )
+    conn.execute(_n.insert(), nodes)
+    conn.execute(_b.insert(), blobs)
+    conn.execute(_v.insert(), versions)
+    conn.execute(
+        _n.update()
+        .where(_n.c.id == sa.bindparam("nid"))
+        .values(current_version_id=sa.bindparam("vid")),
+        [{"nid": v["node_id"], "vid": v["id"]} for v in versions],
+    )
 
 
 class WriteTimer:
