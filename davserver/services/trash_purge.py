@@ -262,7 +262,6 @@ class TrashPurge:
         small_enough = _DELETE_BATCH // _TOGETHER
         small: list[_Found] = []
         bigger: list[uuid.UUID] = []
-        folders: dict[uuid.UUID, list[uuid.UUID]] = {}
         with self.db.connect() as conn:
             for node_id in node_ids:
                 try:
@@ -276,8 +275,6 @@ class TrashPurge:
                     bigger.append(node_id)
                     continue
                 small.append(found)
-                statement = for_bind(FOLDERS_DEEPEST_FIRST, conn)
-                folders[node_id] = list(conn.scalars(statement, {"root_id": node_id}))
         if not small:
             return bigger
 
@@ -291,8 +288,12 @@ class TrashPurge:
         marked = self.files.run_write(mark)
 
         def remove(session: Session) -> None:
+            # Each item's folders as they are now that it is marked: one restored out of it
+            # before is no longer below it, and no restore can take one out any more.
+            statement = for_bind(FOLDERS_DEEPEST_FIRST, session)
             for found in marked:
-                remove_batch(session, found.node_id, folders[found.node_id], _DELETE_BATCH)
+                folders = list(session.scalars(statement, {"root_id": found.node_id}))
+                remove_batch(session, found.node_id, folders, _DELETE_BATCH)
 
         self.files.run_write(remove)
         report.items_purged += len(marked)

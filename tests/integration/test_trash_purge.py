@@ -355,3 +355,41 @@ def test_small_expired_items_are_purged_together(
         folder.id: [(2, 1)],
         **{single.id: [(1, 1)] for single in singles},
     }
+
+
+def test_a_folder_restored_before_a_group_of_items_is_marked_comes_back_whole(
+    database: Database,
+    files: FileService,
+    actor: Actor,
+    home: NodeView,
+) -> None:
+    """A group purge checks its items, then marks them. It listed each item's folders as it
+    checked it, and emptied them after the mark: a folder restored out of an item in between
+    came back, and then lost everything in it (found by a review; the restore answered 201).
+    The folders are listed once the items are marked, when no restore can take one out."""
+    made = _big_item(files, actor, home)
+    b = files.resolve(made["big"].id, ["b"])
+    assert b is not None
+    trash = TrashService(database, files)
+    write = files.run_write
+    restored: list[NodeView] = []
+    began: list[bool] = []
+
+    def restore_first(work: Any) -> Any:
+        if not began:  # the group's first write: its mark
+            began.append(True)
+            restored.append(trash.restore(actor, b.id, home, "b", where="/files/b"))
+        return write(work)
+
+    files.run_write = restore_first  # type: ignore[method-assign]
+    report = trash.purge_expired(older_than=dt.timedelta(0))
+    assert restored and report.items_purged == 2  # big/ (without b/) and big/a/early.txt
+    back = files.resolve(home.id, ["b"])
+    assert back is not None
+    assert sorted(child.name for child in files.children(back)) == [
+        "c",
+        *(f"f{i}.txt" for i in range(4)),
+    ]
+    c = files.resolve(back.id, ["c"])
+    assert c is not None and len(files.children(c)) == 4
+    assert _rows_left(database, [made["big"].id, *(v.id for v in made["inner"][:4])]) == (0, 0)
