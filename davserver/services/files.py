@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, BinaryIO, TypeVar
 
 import sqlalchemy as sa
@@ -94,6 +94,30 @@ class FileService:
                 root_id = self.run_write(lambda s: self._create_group_root(s, group_id, creator_id))
             self._group_root_ids[group_id] = root_id
             return root_id
+
+    def home_ids(self, user_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        """``home_id`` of each user, the missing spaces made in one transaction (a listing of
+        /users/ meets them all at once: one transaction each took 2.6 s for 2,000)."""
+        missing = [user_id for user_id in user_ids if user_id not in self._home_ids]
+        if missing:
+            with self._home_lock:
+                made = self.run_write(lambda s: [self._create_home(s, u).id for u in missing])
+                self._home_ids.update(zip(missing, made, strict=True))
+        return [self._home_ids[user_id] for user_id in user_ids]
+
+    def group_root_ids(
+        self, group_ids: Sequence[uuid.UUID], creator_id: uuid.UUID
+    ) -> list[uuid.UUID]:
+        """``group_root_id`` of each group, the missing roots made in one transaction (as
+        ``home_ids``, for /groups/)."""
+        missing = [group_id for group_id in group_ids if group_id not in self._group_root_ids]
+        if missing:
+            with self._home_lock:
+                made = self.run_write(
+                    lambda s: [self._create_group_root(s, g, creator_id) for g in missing]
+                )
+                self._group_root_ids.update(zip(missing, made, strict=True))
+        return [self._group_root_ids[group_id] for group_id in group_ids]
 
     def _create_group_root(
         self, session: Session, group_id: uuid.UUID, creator_id: uuid.UUID

@@ -149,11 +149,8 @@ def _groups_members(
     groups = service.visible_groups(ctx)
     with service.db.connect() as conn:
         roots = tree.group_roots(conn)
-    made = [
-        service.files.group_root_id(group_id, ctx.actor.user_id)
-        for group_id in groups.values()
-        if group_id not in roots
-    ]
+    missing = [group_id for group_id in groups.values() if group_id not in roots]
+    made = service.files.group_root_ids(missing, ctx.actor.user_id) if missing else []
     if made:
         with service.db.connect() as conn:
             views = tree.get_nodes(conn, made).values()

@@ -50,7 +50,7 @@ def users_members(
             sa.select(_users.c.username, _users.c.id).where(_users.c.deleted_at.is_(None))
         ).all()
         roots = tree.home_roots(conn)
-    made = [service.files.home_id(user_id) for _, user_id in homes if user_id not in roots]
+    made = service.files.home_ids([user_id for _, user_id in homes if user_id not in roots])
     if made:
         with service.db.connect() as conn:
             roots.update((view.owner_id, view) for view in tree.get_nodes(conn, made).values())

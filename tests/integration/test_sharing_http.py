@@ -76,6 +76,21 @@ class People:
         )
         return response.status, json.loads(response.body) if response.body else None
 
+    def commits(self, run: Any) -> int:
+        """How many transactions the server's database committed while ``run()`` ran."""
+        seen: list[int] = []
+
+        def note(_conn: Any) -> None:
+            seen.append(1)
+
+        engine = self.server.app.db.engine
+        sa.event.listen(engine, "commit", note)
+        try:
+            run()
+        finally:
+            sa.event.remove(engine, "commit", note)
+        return len(seen)
+
     def grant(self, who: str, path: str, to: str, *rights: str, group: bool = False) -> int:
         payload = {"path": path, ("group" if group else "user"): to, "rights": list(rights)}
         status, _ = self.api(who, "POST", "/grants", payload)
@@ -1200,7 +1215,7 @@ def test_listing_every_users_space_costs_the_same_queries_whatever_their_number(
     before, sized_before = listing(), sized()
     for i in range(10):
         users.create_user(None, f"extra{i}{admin}", password=None)
-    listing()
+    assert p.commits(listing) == 1  # the ten new spaces, made together
     after = listing()
     assert after.headers["X-Query-Count"] == before.headers["X-Query-Count"]
     assert sized() == sized_before
@@ -1249,8 +1264,10 @@ def test_listing_every_group_space_costs_the_same_queries_whatever_their_number(
     for name in added:
         groups.create_group(None, name)
         groups.add_member(None, name, p.bob)
-    for who in (admin, p.bob):
-        listing(who)
+    # The new groups' spaces are made by the first listing, in one transaction (one each made
+    # 2,000 spaces in 4.7 s on PostgreSQL).
+    assert p.commits(lambda: listing(admin)) == 1
+    listing(p.bob)
     after = {who: count(listing(who)) for who in (admin, p.bob)}
     for who in (admin, p.bob):
         assert after[who] == (before[who][0], before[who][1] + 10), (who, before, after)
