@@ -55,6 +55,19 @@ def _rows_left(database: Database, ids: list[uuid.UUID]) -> tuple[int, int]:
     return int(nodes or 0), int(versions or 0)
 
 
+def _came_back_whole(files: FileService, home: NodeView) -> None:
+    """``big/b/`` of ``_big_item``, restored as ``b/``, holds all it held: ``c/`` with its 4
+    files and 4 files of its own."""
+    back = files.resolve(home.id, ["b"])
+    assert back is not None
+    assert sorted(child.name for child in files.children(back)) == [
+        "c",
+        *(f"f{i}.txt" for i in range(4)),
+    ]
+    c = files.resolve(back.id, ["c"])
+    assert c is not None and len(files.children(c)) == 4
+
+
 def _purge_rows(database: Database, node_id: uuid.UUID) -> list[Any]:
     return [row for row in read_logbook(database, node_id=node_id) if row.op == "node:purge"]
 
@@ -255,14 +268,7 @@ def test_a_folder_restored_from_an_item_as_its_purge_begins_comes_back_whole(
     restoring.join(20)
     purging.join(60)
     assert restored and not purging.is_alive()
-    back = files.resolve(home.id, ["b"])
-    assert back is not None
-    assert sorted(child.name for child in files.children(back)) == [
-        "c",
-        *(f"f{i}.txt" for i in range(4)),
-    ]
-    c = files.resolve(back.id, ["c"])
-    assert c is not None and len(files.children(c)) == 4
+    _came_back_whole(files, home)
 
 
 @pytest.mark.parametrize("swept", [True, False], ids=["housekeeping", "no-housekeeping"])
@@ -384,12 +390,5 @@ def test_a_folder_restored_before_a_group_of_items_is_marked_comes_back_whole(
     files.run_write = restore_first  # type: ignore[method-assign]
     report = trash.purge_expired(older_than=dt.timedelta(0))
     assert restored and report.items_purged == 2  # big/ (without b/) and big/a/early.txt
-    back = files.resolve(home.id, ["b"])
-    assert back is not None
-    assert sorted(child.name for child in files.children(back)) == [
-        "c",
-        *(f"f{i}.txt" for i in range(4)),
-    ]
-    c = files.resolve(back.id, ["c"])
-    assert c is not None and len(files.children(c)) == 4
+    _came_back_whole(files, home)
     assert _rows_left(database, [made["big"].id, *(v.id for v in made["inner"][:4])]) == (0, 0)
