@@ -321,13 +321,6 @@ def read_logbook(
         where.append(log.c.occurred_at >= since)
     if until is not None:
         where.append(log.c.occurred_at < until)
-    if before is not None:
-        then = sa.select(log.c.occurred_at).where(log.c.id == before).scalar_subquery()
-        # The first condition alone is a range of every index by time; the second is exact.
-        where.append(log.c.occurred_at <= then)
-        where.append(
-            sa.or_(log.c.occurred_at < then, sa.and_(log.c.occurred_at == then, log.c.id < before))
-        )
     if user_id is not None:
         branches: list[_Branch] = [(None, log.c.user_id == user_id)]
         branches += _about(user_id, about_user)
@@ -336,11 +329,17 @@ def read_logbook(
     if ops is not None:
         branches = _narrowed(branches, ops)
     with db.connect() as conn:
-        if (
-            before is not None
-            and conn.scalar(sa.select(log.c.id).where(log.c.id == before)) is None
-        ):
-            raise BadRequest(f"no logbook row {before} to read before")
+        if before is not None:
+            then = conn.scalar(sa.select(log.c.occurred_at).where(log.c.id == before))
+            if then is None:
+                raise BadRequest(f"no logbook row {before} to read before")
+            # The first condition alone is a range of every index by time; the second is exact.
+            where.append(log.c.occurred_at <= then)
+            where.append(
+                sa.or_(
+                    log.c.occurred_at < then, sa.and_(log.c.occurred_at == then, log.c.id < before)
+                )
+            )
         return _newest(conn, branches, where, limit)
 
 
