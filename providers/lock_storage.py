@@ -896,8 +896,8 @@ class SqlLockStorage:
             return self._namespace_locks(namespace)
         found = scope.snapshots.get(namespace)
         if found is None:
-            found = scope.snapshots[namespace] = self._namespace_locks(namespace)
-            scope.first_seen.setdefault(namespace, {lock["token"] for lock in found})
+            found = self._namespace_locks(namespace)
+            _keep_snapshot(scope, namespace, found)
         return found
 
     def _read_snapshots(self, scope: _RequestScope, namespaces: list[str]) -> None:
@@ -912,8 +912,7 @@ class SqlLockStorage:
                 for row in conn.execute(_MANY_NAMESPACES_LOCKS, {**params, "now": _now()}):
                     found[row.namespace].append(_to_dict(row._mapping))
         for namespace, locks in found.items():
-            scope.snapshots[namespace] = locks
-            scope.first_seen.setdefault(namespace, {lock["token"] for lock in locks})
+            _keep_snapshot(scope, namespace, locks)
 
     def _indexed(self, namespace: str) -> _LockIndex:
         """The request's snapshot of the namespace, indexed (again when it was read again)."""
@@ -939,6 +938,12 @@ class SqlLockStorage:
         )
         with self._db.connect() as conn:
             return [_to_dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def _keep_snapshot(scope: _RequestScope, namespace: str, locks: list[LockDict]) -> None:
+    """The request's snapshot of a namespace's locks, as first read."""
+    scope.snapshots[namespace] = locks
+    scope.first_seen.setdefault(namespace, {lock["token"] for lock in locks})
 
 
 def _read_namespace_locks(conn: Session | sa.Connection, namespace: str) -> list[LockDict]:

@@ -413,7 +413,7 @@ class VirtualCollection(DAVCollection):
 
     def get_member_list(self) -> list[Any]:
         """The members, from a few queries where the namespace can find them together
-        (``/shared/<owner>/``, ``/users/``: see ``NamespaceService.members``), else one by
+        (``/groups/``, ``/shared/<owner>/``, ``/users/``: ``NamespaceService.members``), else one by
         one (WsgiDAV's way: a path lookup and its dead properties each)."""
         parts = [p for p in self.path.split("/") if p]
         provider = self.provider

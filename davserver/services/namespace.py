@@ -150,7 +150,7 @@ def _groups_members(
     with service.db.connect() as conn:
         roots = tree.group_roots(conn)
     missing = [group_id for group_id in groups.values() if group_id not in roots]
-    made = service.files.group_root_ids(missing, ctx.actor.user_id) if missing else []
+    made = service.files.group_root_ids(missing, ctx.actor.user_id)
     if made:
         with service.db.connect() as conn:
             views = tree.get_nodes(conn, made).values()

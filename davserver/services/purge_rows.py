@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.db import Base
-from davserver.db.dialect import by_dialect, join_by_key
+from davserver.db.dialect import by_dialect, for_bind, join_by_key
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.models import NodeKind
 from davserver.services import tree
@@ -135,6 +135,12 @@ def _release_pins(session: Session, node_ids: Sequence[uuid.UUID]) -> None:
     )
 
 
+def folders_deepest_first(conn: Session | sa.Connection, root_id: uuid.UUID) -> list[uuid.UUID]:
+    """The trash item ``root_id`` and the live folders below it, deepest first: the order
+    ``remove_batch`` empties them in."""
+    return list(conn.scalars(for_bind(_FOLDERS_DEEPEST_FIRST, conn), {"root_id": root_id}))
+
+
 def _folders_deepest_first(postgres: bool) -> sa.Select[Any]:
     """:root_id and the live folders below it, deepest first: each is emptied after every
     folder inside it was, so deleting what it holds deletes nothing further down."""
@@ -167,7 +173,7 @@ _TOUCH_PACKAGE = (
     .where(_packages.c.id == sa.bindparam("package_id", type_=sa.Uuid))
     .values(modified_at=sa.bindparam("now"))
 )
-FOLDERS_DEEPEST_FIRST = by_dialect(_folders_deepest_first)
+_FOLDERS_DEEPEST_FIRST = by_dialect(_folders_deepest_first)
 _IN_FOLDER = _n.c.parent_id == sa.bindparam("folder_id", type_=sa.Uuid)
 _MOVE_EARLIER = (
     sa.update(_n)

@@ -40,9 +40,9 @@ from davserver.services.audit import record_audit
 from davserver.services.files import FileService
 from davserver.services.maintenance import Progress, ProgressCallback, batched
 from davserver.services.purge_rows import (
-    FOLDERS_DEEPEST_FIRST,
     FOREIGN_PINS,
     SUBTREE_COUNTS,
+    folders_deepest_first,
     holder,
     remove_batch,
 )
@@ -66,6 +66,12 @@ class PurgeReport:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def count_purged(self, nodes: int, versions: int) -> None:
+        """One more item purged, of ``nodes`` nodes and ``versions`` versions."""
+        self.items_purged += 1
+        self.nodes_removed += nodes
+        self.versions_removed += versions
 
 
 @dataclass(frozen=True)
@@ -290,24 +296,20 @@ class TrashPurge:
         def remove(session: Session) -> None:
             # Each item's folders as they are now that it is marked: one restored out of it
             # before is no longer below it, and no restore can take one out any more.
-            statement = for_bind(FOLDERS_DEEPEST_FIRST, session)
             for found in marked:
-                folders = list(session.scalars(statement, {"root_id": found.node_id}))
+                folders = folders_deepest_first(session, found.node_id)
                 remove_batch(session, found.node_id, folders, _DELETE_BATCH)
 
         self.files.run_write(remove)
-        report.items_purged += len(marked)
-        report.nodes_removed += sum(found.nodes for found in marked)
-        report.versions_removed += sum(found.versions for found in marked)
+        for found in marked:
+            report.count_purged(found.nodes, found.versions)
         return bigger
 
     def _remove(self, node_id: uuid.UUID) -> None:
         """Remove the rows of the marked item ``node_id`` a batch at a time: the files and
         emptied folders of its deepest folders first, the item itself last."""
         with self.db.connect() as conn:
-            folders = list(
-                conn.scalars(for_bind(FOLDERS_DEEPEST_FIRST, conn), {"root_id": node_id})
-            )
+            folders = folders_deepest_first(conn, node_id)
         while True:
             started = time.monotonic()
             emptied, done = self.files.run_write(
@@ -418,9 +420,7 @@ class TrashPurge:
         except Conflict:
             report.items_pinned += 1
             return
-        report.items_purged += 1
-        report.nodes_removed += int(nodes)
-        report.versions_removed += int(versions)
+        report.count_purged(int(nodes), int(versions))
 
 
 def trash_items(

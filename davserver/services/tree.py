@@ -136,22 +136,20 @@ def _to_view(row: sa.Row[Any]) -> NodeView:
 
 # Statements are built once (per path depth) with bind parameters, so a request pays neither
 # for constructing them nor, thanks to SQLAlchemy's compiled cache, for compiling them.
-_HOME_ROOT = _view_select(_nodes).where(
-    _nodes.c.owner_id == sa.bindparam("owner_id", type_=sa.Uuid),
-    _nodes.c.parent_id.is_(None),
-    _nodes.c.space == Space.HOME.value,
-    _nodes.c.deleted_at.is_(None),
-)
-_HOME_ROOTS = _view_select(_nodes).where(
-    _nodes.c.parent_id.is_(None),
-    _nodes.c.space == Space.HOME.value,
-    _nodes.c.deleted_at.is_(None),
-)
-_GROUP_ROOTS = _view_select(_nodes).where(
-    _nodes.c.parent_id.is_(None),
-    _nodes.c.space == Space.GROUP.value,
-    _nodes.c.deleted_at.is_(None),
-)
+
+
+def _space_roots(space: Space) -> sa.Select[Any]:
+    """The live root folders of the spaces of one kind."""
+    return _view_select(_nodes).where(
+        _nodes.c.parent_id.is_(None),
+        _nodes.c.space == space.value,
+        _nodes.c.deleted_at.is_(None),
+    )
+
+
+_HOME_ROOTS = _space_roots(Space.HOME)
+_HOME_ROOT = _HOME_ROOTS.where(_nodes.c.owner_id == sa.bindparam("owner_id", type_=sa.Uuid))
+_GROUP_ROOTS = _space_roots(Space.GROUP)
 _BY_ID = _view_select(_nodes).where(_nodes.c.id == sa.bindparam("node_id", type_=sa.Uuid))
 # PostgreSQL grants a row's share lock to every transaction asking for it while others hold it,
 # whoever waits for the row meanwhile: a MOVE or DELETE of a folder waits for the uploads
