@@ -82,6 +82,14 @@ class LogEntry(Base):
         sa.Index("ix_logbook_user_time", "user_id", "occurred_at"),
         sa.Index("ix_logbook_node_time", "node_id", "occurred_at"),
         sa.Index("ix_logbook_op_time", "op_type", "occurred_at"),
+        # Few rows are about an account (migration 0011): the index holds those only.
+        sa.Index(
+            "ix_logbook_account_time",
+            "account_id",
+            "occurred_at",
+            sqlite_where=sa.text("account_id IS NOT NULL"),
+            postgresql_where=sa.text("account_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[bigint_pk]
@@ -100,6 +108,10 @@ class LogEntry(Base):
     node_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     version_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     package_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    # The account a row is about: a failed sign-in under its name, its ban, a reuse of its
+    # refresh token, what an admin did to it (``davserver.services.audit``). Set when the row
+    # is written, so that reading an account's history walks an index, not the details.
+    account_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     remote_addr: Mapped[str | None] = mapped_column(InetType)
     user_agent: Mapped[str | None] = mapped_column(sa.String(512))
     details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -32,6 +32,7 @@ class LogFields(TypedDict, total=False):
     details: dict[str, Any] | None
     remote_addr: str | None
     user_agent: str | None
+    account_id: uuid.UUID | None  # see _account
 
 
 def record_audit(
@@ -58,7 +59,17 @@ def _row(actor: Actor | None, op: Op, **fields: Unpack[LogFields]) -> dict[str, 
         "remote_addr": actor.remote_addr if actor else fields.get("remote_addr"),
         "user_agent": ((actor.user_agent if actor else client) or "")[:512] or None,
         "details": fields.get("details") or {},
+        "account_id": fields.get("account_id") or _account(op, fields.get("details")),
     }
+
+
+def _account(op: Op, details: dict[str, Any] | None) -> uuid.UUID | None:
+    """The account a row of ``op`` is about, when its details name one by id, as every row of
+    ``_ABOUT_AN_ACCOUNT`` does. A failed sign-in and a ban name it by name, and their writer
+    (``LoginThrottle``) gives its id."""
+    if op not in _ABOUT_AN_ACCOUNT or not details or "user_id" not in details:
+        return None
+    return uuid.UUID(details["user_id"])
 
 
 def prune_logbook(db: Database, older_than_days: int) -> int:
@@ -87,6 +98,15 @@ def forget_client_details(db: Database, older_than_days: int) -> int:
 
 _INSERT = sa.insert(Base.metadata.tables[LogEntry.__tablename__])
 log = logging.getLogger(__name__)
+
+# What someone does to another's account: each row names the account by its id in details.
+_TO_THE_ACCOUNT = tuple(
+    o for o in Op if o.value.startswith(("user:", "apikey:")) or o is Op.SESSION_END
+)
+# What happens to an account with nobody signed in.
+_WITH_NOBODY = (Op.LOGIN_FAILURE, Op.LOGIN_BAN, Op.TOKEN_REUSE)
+# The rows whose account_id names the account they are about.
+_ABOUT_AN_ACCOUNT = frozenset((*_TO_THE_ACCOUNT, *_WITH_NOBODY))
 
 
 class ReadLog:
@@ -234,36 +254,28 @@ class LogbookRow:
         return dataclasses.asdict(self)
 
 
-# What someone does to another's account: each row names the account by its id in details.
-_TO_THE_ACCOUNT = tuple(
-    o for o in Op if o.value.startswith(("user:", "apikey:")) or o is Op.SESSION_END
-)
-
 # A part of a query for the logbook's rows: the one operation its rows have (None: any),
 # and what else picks them.
 _Branch = tuple[Op | None, sa.ColumnElement[bool]]
 
 
 def _about(user_id: uuid.UUID, others: bool) -> list[_Branch]:
-    """The rows about ``user_id``'s account that another user's id (or none) is on. What
-    happens to it with nobody signed in has no user: a failed sign-in under its name, its ban
-    (its throttle key), a refresh token of theirs used again (which ends their session; by its
-    id). With ``others``, ``_TO_THE_ACCOUNT`` too (not the user's own: those are theirs)."""
-    log, users = LogEntry.__table__, User.__table__
-    name = sa.select(sa.func.lower(users.c.username)).where(users.c.id == user_id)
-    named = sa.func.lower(log.c.details["username"].as_string()) == name.scalar_subquery()
-    key = log.c.details["key"].as_string() == ("user:" + name.scalar_subquery())
-    account = log.c.details["user_id"].as_string() == str(user_id)
-    nobody = log.c.user_id.is_(None)
-    found: list[_Branch] = [
-        (Op.LOGIN_FAILURE, sa.and_(nobody, named)),
-        (Op.LOGIN_BAN, sa.and_(nobody, key)),
-        (Op.TOKEN_REUSE, sa.and_(nobody, account)),
-    ]
+    """The rows about ``user_id``'s account that another user's id (or none) is on: one
+    statement on the index by account. What happens to it with nobody signed in has no user:
+    a failed sign-in under its name, its ban, a refresh token of theirs used again (which ends
+    their session). With ``others``, ``_TO_THE_ACCOUNT`` too (not the user's own: those are
+    theirs)."""
+    log = LogEntry.__table__
+    with_nobody = sa.and_(
+        log.c.user_id.is_(None), log.c.op_type.in_([o.value for o in _WITH_NOBODY])
+    )
     if others:
-        someone_else = log.c.user_id.is_distinct_from(user_id)
-        found += [(op, sa.and_(account, someone_else)) for op in _TO_THE_ACCOUNT]
-    return found
+        by_others = sa.and_(
+            log.c.user_id.is_distinct_from(user_id),
+            log.c.op_type.in_([o.value for o in _TO_THE_ACCOUNT]),
+        )
+        return [(None, sa.and_(log.c.account_id == user_id, sa.or_(with_nobody, by_others)))]
+    return [(None, sa.and_(log.c.account_id == user_id, with_nobody))]
 
 
 def _operations(op: str) -> list[Op]:
@@ -304,7 +316,7 @@ def read_logbook(
     (an empty page would look like the end of the logbook).
 
     However large the logbook, a page reads about ``limit`` rows of an index per part of the
-    question (``_newest``): the user's own rows, each kind of row about their account, each
+    question (``_newest``): the user's own rows, the rows about their account, each
     operation of a family.
     """
     if not 1 <= limit <= MAX_ROWS:

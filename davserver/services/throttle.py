@@ -30,8 +30,11 @@ from davserver.db import Base, Database
 from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
 from davserver.db.types import utcnow
 from davserver.errors import TooManyRequests
-from davserver.models import Op
+from davserver.models import Op, User
+from davserver.services.account_rules import account_key
 from davserver.services.audit import record_audit
+
+_ACCOUNT = sa.select(User.id).where(sa.func.lower(User.username) == sa.bindparam("name_key"))
 
 # Any constant: on PostgreSQL, recording a failed login takes this transaction-level advisory lock.
 _FAILURES_LOCK_KEY = 0x7468726F
@@ -106,6 +109,8 @@ class LoginThrottle:
         banned_until = None
         with self.db.write() as session:
             self._forget_the_past(session, now)
+            # The account of that name, if any: the row is in its history (``audit --user``).
+            account_id = session.scalar(_ACCOUNT, {"name_key": account_key(username)})
             record_audit(
                 session,
                 None,
@@ -113,6 +118,7 @@ class LoginThrottle:
                 details={"username": username, "reason": reason},
                 remote_addr=remote_addr,
                 user_agent=user_agent,
+                account_id=account_id,
             )
             for key in _keys(username, remote_addr):
                 failures = self._count(session, key, now)
@@ -126,6 +132,7 @@ class LoginThrottle:
                         details={"key": key, "failures": failures, "until": until.isoformat()},
                         remote_addr=remote_addr,
                         user_agent=user_agent,
+                        account_id=account_id if key.startswith("user:") else None,
                     )
                     banned_until = max(banned_until or until, until)
         if banned_until is not None:

@@ -69,6 +69,7 @@ def book(database: Database) -> Book:
                 "op_type": op.value,
                 "node_id": on,
                 "details": details,
+                "account_id": _account(users, op, details),
             }
         )
     with database.write() as session:
@@ -78,6 +79,15 @@ def book(database: Database) -> Book:
     for row, row_id in zip(book.rows, ids, strict=True):
         row["id"] = row_id
     return book
+
+
+def _account(users: dict[str, uuid.UUID], op: Op, details: dict[str, Any]) -> uuid.UUID | None:
+    """The account a row is about, as its writers set it: by its id in details, or by the
+    name a failed sign-in or a ban gives."""
+    if "user_id" in details:
+        return uuid.UUID(details["user_id"])
+    name = details.get("username", details.get("key", "").removeprefix("user:")).lower()
+    return users.get(name)
 
 
 def expected(book: Book, **filters: Any) -> list[int]:

@@ -7,6 +7,7 @@ import datetime as dt
 import re
 import secrets
 import threading
+import uuid
 import warnings
 from pathlib import Path
 
@@ -20,9 +21,10 @@ import davserver.models  # noqa: F401  (fills the metadata)
 from davserver.config import ConfigError
 from davserver.db import Base, Database
 from davserver.db.migrate import downgrade, is_at_head, upgrade
-from davserver.models import Group, User
+from davserver.models import Group, LogEntry, Op, User
 from davserver.services import usage
 from davserver.services.actor import Actor
+from davserver.services.audit import read_logbook
 from davserver.services.files import FileService
 from davserver.services.trash import TrashService
 from davserver.services.tree import NodeView
@@ -292,6 +294,55 @@ def test_0009_downgrade_waits_for_unfinished_purges(
     upgrade(database)
     _, found = _index_predicates(database)
     assert found["ix_nodes_purging"] == "purge_started_at IS NOT NULL"
+
+
+def test_0011_fills_in_the_account_each_row_was_about(database: Database) -> None:
+    """The rows written before 0011 get the account they named: by id in their details, or
+    by the name of a failed sign-in or a ban, ignoring case. Other rows, a name no account
+    has and an address's ban get none; and reading an account's history finds them."""
+    downgrade(database, "0010")
+    alice, admin = uuid.uuid4(), uuid.uuid4()
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    with database.write() as session:
+        people = [{"id": i, "username": n, "created_at": now, "updated_at": now}
+                  for i, n in ((alice, "Alice"), (admin, "admin"))]  # fmt: skip
+        session.execute(sa.insert(User.__table__), people)
+    written: list[tuple[uuid.UUID | None, Op, dict[str, str], uuid.UUID | None]] = [
+        (None, Op.LOGIN_FAILURE, {"username": "ALICE"}, alice),
+        (None, Op.LOGIN_FAILURE, {"username": "nobody-has-it"}, None),
+        (None, Op.LOGIN_BAN, {"key": "user:alice"}, alice),
+        (None, Op.LOGIN_BAN, {"key": "addr:192.0.2.1"}, None),
+        (None, Op.TOKEN_REUSE, {"user_id": str(alice)}, alice),
+        (admin, Op.USER_DISABLE, {"user_id": str(alice)}, alice),
+        (admin, Op.ROLE_ASSIGN, {"user_id": str(admin)}, admin),
+        (admin, Op.APIKEY_CREATE, {"user_id": str(alice)}, alice),
+        (alice, Op.SESSION_END, {"user_id": str(alice)}, alice),
+        (alice, Op.FILE_CREATE, {"user_id": str(admin)}, None),  # not a row about accounts
+        (alice, Op.LOGIN_SUCCESS, {}, None),
+    ]
+    rows = [
+        {"occurred_at": now + dt.timedelta(seconds=i), "user_id": who, "op_type": op.value,
+         "details": details}
+        for i, (who, op, details, _account) in enumerate(written)
+    ]  # fmt: skip
+    with database.write() as session:
+        session.execute(sa.insert(LogEntry.__table__), rows)
+    upgrade(database)
+    log = LogEntry.__table__
+    with database.connect() as conn:
+        found = conn.execute(sa.select(log.c.op_type, log.c.account_id).order_by(log.c.id)).all()
+    assert found == [(op.value, account) for _who, op, _details, account in written]
+    history = read_logbook(database, user_id=alice, about_user=True)
+    assert [row.op for row in history][::-1] == [
+        "auth:login:failure",
+        "auth:login:ban",
+        "auth:token:reuse",
+        "user:disable",
+        "apikey:create",
+        "auth:session:end",
+        "file:create",
+        "auth:login",
+    ]
 
 
 @pytest.mark.postgres
