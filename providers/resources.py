@@ -32,7 +32,7 @@ from davserver.errors import AlreadyExists, BadRequest, QuotaExceeded
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
 from davserver.services.dead_props import check_dead_properties, check_property_name
-from davserver.services.files import FileService
+from davserver.services.files import FileService, moves_in_as_version
 from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
@@ -332,7 +332,9 @@ class _NodeResource:
             )
         self.provider.drop_locks(self.get_ref_url())  # type: ignore[attr-defined]
         self.provider.forget(self.environ)
-        if replaced is not None:
+        # A file moved onto a file is a new version of it, which keeps its locks (RFC 4918
+        # 7.7), as for COPY; anything else replaced went to the trash.
+        if replaced is not None and not moves_in_as_version(self.is_collection, replaced, name):
             self._drop_locks_at(dest_path, existing)
         # The destination named the node itself: a case- or normalization-only rename.
         renamed = bool(existing and existing.view and existing.view.id == self.node_id)

@@ -398,7 +398,7 @@ class FileService:
             occupant = occupant_at(session, dest_parent, dest_name, overwrite=overwrite, mover=node)
             if occupant is not None:
                 refuse_replacing_a_folder_above(session, occupant, node.parent_id)
-                if not (node.is_folder or occupant.is_folder or is_client_metadata(dest_name)):
+                if moves_in_as_version(node.is_folder, occupant, dest_name):
                     self._move_onto_file(session, actor, node, occupant)
                     return occupant
                 trash_node(session, actor, occupant.id, overwritten=True)
@@ -690,6 +690,14 @@ class FileService:
             version_id=version_id,
             details={"source": str(source.id), "onto": "existing file"},
         )
+
+
+def moves_in_as_version(moving_a_folder: bool, occupant: NodeView, dest_name: str) -> bool:
+    """Whether a node moved onto ``occupant`` becomes its newest version (a file onto a file),
+    so that the occupant stays, with its history, grants and locks; else the occupant goes to
+    the trash. A client's metadata file (``._name``, ``.DS_Store``) keeps no history: it is
+    replaced."""
+    return not (moving_a_folder or occupant.is_folder or is_client_metadata(dest_name))
 
 
 def _move_to_another_space(

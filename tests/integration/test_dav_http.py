@@ -3536,6 +3536,34 @@ def test_a_folder_with_a_locked_member_changes_once_the_members_token_is_submitt
         assert get_body(srv, folder + "moved/held.txt") == b"held"
 
 
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+def test_a_file_moved_or_copied_onto_a_locked_file_leaves_the_lock_with_its_holder(
+    srv: InprocServer, folder: str, method: str
+) -> None:
+    """A program that holds a lock and saves by writing a temporary file and renaming it over
+    the document (gedit, LibreOffice, vim through davfs2): the document stays the same file,
+    with the renamed bytes as its newest version, so it stays locked, as RFC 4918 7.7 has a
+    resource moved onto a lock join it. The MOVE dropped the lock: the holder's next PUT with
+    its token got 412, and any other client could write."""
+    put(srv, folder + "doc.txt", b"first")
+    put(srv, folder + "doc.tmp", b"saved")
+    locked = call(srv, "LOCK", folder + "doc.txt", LOCK_BODY, {"Content-Type": "application/xml"})
+    token = _lock_token(locked)
+    doc_url = srv.url + path_of(folder) + "doc.txt"
+    headers = {"Destination": path_of(folder) + "doc.txt", "Overwrite": "T"}
+    assert call(srv, method, folder + "doc.tmp", headers=headers).status == 423
+    done = call(
+        srv, method, folder + "doc.tmp", headers={**headers, "If": f"<{doc_url}> (<{token}>)"}
+    )
+    assert done.status == 204, (done.status, done.body[:300])
+    assert get_body(srv, folder + "doc.txt") == b"saved"
+    assert call(srv, "PUT", folder + "doc.txt", b"someone else").status == 423
+    assert call(srv, "PUT", folder + "doc.txt", b"mine", {"If": f"(<{token}>)"}).status == 204
+    assert get_body(srv, folder + "doc.txt") == b"mine"
+    unlocked = call(srv, "UNLOCK", folder + "doc.txt", headers={"Lock-Token": f"<{token}>"})
+    assert unlocked.status == 204
+
+
 @pytest.mark.parametrize("depth", ["0", "infinity"])
 def test_a_lock_of_a_new_name_in_a_locked_folder_creates_nothing_without_its_token(
     srv: InprocServer, folder: str, depth: str
