@@ -3275,8 +3275,12 @@ def test_headers_sent_a_byte_at_a_time_hold_no_thread(scheme: str, tmp_path: Pat
     if scheme == "https":
         cert, key = self_signed(tmp_path)
         tls = {"server__ssl_certificate": str(cert), "server__ssl_private_key": str(key)}
+    # The patient client's headers take 2.5 s, and 4 s or more on a machine running the whole
+    # suite (each of its bytes waits its turn among a dozen trickling threads): a header_timeout
+    # of 4 s closed it unanswered there once. 8 s leaves room, and the endless ones still meet
+    # it well within the 15 s each is given below.
     with run_inproc_server(
-        "sqlite", tmp_path, server__threads=2, server__header_timeout=4, **tls
+        "sqlite", tmp_path, server__threads=2, server__header_timeout=8, **tls
     ) as server:
         stop = threading.Event()
         auth = basic_auth_header(server.user, server.password)
@@ -3323,7 +3327,7 @@ def test_headers_sent_a_byte_at_a_time_hold_no_thread(scheme: str, tmp_path: Pat
             assert answer.startswith(b"HTTP/1.1 207"), answer
             # The endless ones are closed once they are past header_timeout.
             for sock, _ in slow:
-                sock.settimeout(10)
+                sock.settimeout(15)
                 with suppress(ConnectionResetError, ssl.SSLError):
                     assert sock.recv(100) == b""
         finally:
