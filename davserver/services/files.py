@@ -29,6 +29,7 @@ from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Spac
 from davserver.services import blob_refs, dead_props, save_patterns, tree, usage, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
+from davserver.services.grant_support import recheck_moved
 from davserver.services.lost_bytes import open_stored, require_stored
 from davserver.services.node_rows import (
     SAME,
@@ -422,10 +423,13 @@ class FileService:
                 details["source"] = str(node.id)
             else:
                 moved = node.id
+                reparented = node.parent_id != dest_parent.id
                 node.parent_id = dest_parent.id
                 node.name = dest_name
                 node.name_key = name_key(dest_name)
                 session.flush()
+                if reparented:
+                    recheck_moved(session, actor, node, f"{dest_name!r} was moved")
             record_audit(session, actor, Op.NODE_MOVE, node_id=moved, details=details)
             return occupant
 

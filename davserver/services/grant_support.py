@@ -15,10 +15,16 @@ node. Grants that stand are found from those of the managers up (a fixpoint), so
 who shared with each other cannot keep each other's grants alive once the grant that let them
 share is gone. A deleted user keeps only what their own space and the groups they administered
 give them (``users.delete_user``). Expired grants give nothing, and are left as they are.
+
+A grant that stands now but would stop standing when a grant it rests on expires is given that
+expiry (``_Standing.ends``): what was shared on never outlives what it was shared from, also
+when that is given an expiry after the sharing. A node moved elsewhere in its space rests on
+the grants above its new place (``recheck_moved``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -85,6 +91,40 @@ def revoke_unsupported(
     )
 
 
+def recheck_moved(session: Session, actor: Actor | None, node: Node, because: str) -> int:
+    """After ``node`` went to another folder of its space (a MOVE, a restore elsewhere from
+    the trash), in the caller's transaction: the grants on it and below it rest on the grants
+    above its new place now, and those that no longer stand go (``revoke_unsupported``).
+
+    Only a grant made by someone other than the space's owner (a group's admins, for a group's
+    space) can lose its support, and only one at or below ``node``. Those are found from the
+    grants up, by key (nodes has no index by space, and the subtree may be large): a server
+    where nobody shared on costs one read of the grants table. Returns how many went."""
+    space = space_of(node.owner_id, node.group_id)
+    managers = sa.select(GroupMember.user_id).where(
+        GroupMember.group_id == space.group_id, GroupMember.is_admin.is_(True)
+    )
+    shared_on = session.scalars(
+        sa.select(Grant.node_id)
+        .where(
+            Grant.granted_by.is_not(None),
+            Grant.granted_by != space.owner_id,
+            Grant.granted_by.not_in(managers),
+        )
+        .distinct()
+    ).all()
+    if not shared_on:
+        return 0
+    here = [
+        view.id
+        for view in tree.get_nodes(session, shared_on).values()
+        if space_of(view.owner_id, view.group_id) == space
+    ]
+    if not any(node.id in chain for chain in tree.chains_of(session, here).values()):
+        return 0
+    return revoke_unsupported(session, actor, [space], because)
+
+
 def _revoke_unsupported(
     session: Session,
     actor: Actor | None,
@@ -99,24 +139,11 @@ def _revoke_unsupported(
         if row.rule.expires_at is None or row.rule.expires_at > now
     ]
     granters = _principals(session, {r.granted_by for r in rows if r.granted_by is not None})
-    chains = tree.chains_of(session, {r.rule.node_id for r in rows})
-    standing: dict[uuid.UUID, list[GrantRule]] = {}  # by node
-    pending = list(rows)
-    found = True
-    while found and pending:
-        found = False
-        for row in list(pending):
-            if row.granted_by is not None:
-                who = granters.get(row.granted_by)
-                chain = chains[row.rule.node_id]
-                support = [rule for node in chain for rule in standing.get(node, ())]
-                needed = row.rule.rights | Perm.SHARE
-                held = Perm.NONE if who is None else effective_permissions(who, space, support, now)
-                if held & needed != needed:
-                    continue
-            standing.setdefault(row.rule.node_id, []).append(row.rule)
-            pending.remove(row)
-            found = True
+    stand = _Standing(space, granters, tree.chains_of(session, {r.rule.node_id for r in rows}))
+    standing = stand.at(rows, now)
+    pending = [row for row in rows if row.id not in standing]
+    for row, ends in stand.ends(rows, standing).items():
+        _end_grant(session, actor, row, ends, because)
     # Each says why: the grant its granter lost in this pass, else what began it.
     lost = dict(lost_before)
     lost.update((grantee_id(r.rule.user_id, r.rule.group_id), r.grantee) for r in pending)
@@ -140,6 +167,98 @@ def _revoke_unsupported(
             ),
         )
     return len(pending)
+
+
+@dataclass(frozen=True)
+class _Standing:
+    """Which grants of one space stand at a time, from those of its managers up."""
+
+    space: SpaceOwner
+    granters: Mapping[uuid.UUID, Principal]
+    chains: Mapping[uuid.UUID, set[uuid.UUID]]  # each granted node and its ancestors
+
+    def at(self, rows: list[_Row], when: dt.datetime) -> set[uuid.UUID]:
+        """The ids of the grants among ``rows`` that stand at ``when`` (a fixpoint: a grant
+        stands once grants that stand give its granter SHARE and its rights, so two grantees
+        who shared with each other do not keep each other's grants)."""
+        standing: dict[uuid.UUID, list[GrantRule]] = {}  # by node
+        held_ids: set[uuid.UUID] = set()
+        pending = [r for r in rows if r.rule.expires_at is None or r.rule.expires_at > when]
+        found = True
+        while found and pending:
+            found = False
+            for row in list(pending):
+                if row.granted_by is not None:
+                    who = self.granters.get(row.granted_by)
+                    chain = self.chains[row.rule.node_id]
+                    support = [rule for node in chain for rule in standing.get(node, ())]
+                    needed = row.rule.rights | Perm.SHARE
+                    held = (
+                        Perm.NONE
+                        if who is None
+                        else effective_permissions(who, self.space, support, when)
+                    )
+                    if held & needed != needed:
+                        continue
+                standing.setdefault(row.rule.node_id, []).append(row.rule)
+                held_ids.add(row.id)
+                pending.remove(row)
+                found = True
+        return held_ids
+
+    def ends(self, rows: list[_Row], standing: set[uuid.UUID]) -> dict[_Row, dt.datetime]:
+        """The grants that stand now but would outlive what lets their granter make them
+        (their own grant was given an expiry, or an earlier one), each with when they stop
+        standing: the first expiry of a grant to a granter at which they no longer would."""
+        alive = [row for row in rows if row.id in standing]
+        granter_ids = {row.granted_by for row in alive if row.granted_by is not None}
+        granters = [self.granters[g] for g in granter_ids if g in self.granters]
+        times = sorted(
+            {
+                row.rule.expires_at
+                for row in alive
+                if row.rule.expires_at is not None and any(_to(row.rule, g) for g in granters)
+            }
+        )
+        ends: dict[_Row, dt.datetime] = {}
+        for when in times:
+            still = self.at(alive, when)
+            for row in alive:
+                if row.id not in still and row not in ends:
+                    ends[row] = when
+        return {
+            row: when
+            for row, when in ends.items()
+            if row.rule.expires_at is None or when < row.rule.expires_at
+        }
+
+
+def _to(rule: GrantRule, who: Principal) -> bool:
+    """Whether ``rule`` is a grant to ``who`` or to a group of theirs, expired or not."""
+    if rule.user_id is not None:
+        return rule.user_id == who.user_id
+    return rule.group_id in (who.groups or {})
+
+
+def _end_grant(
+    session: Session, actor: Actor | None, row: _Row, ends: dt.datetime, because: str
+) -> None:
+    """Give ``row`` the expiry ``ends``, with a logbook row saying why."""
+    session.execute(sa.update(Grant).where(Grant.id == row.id).values(expires_at=ends))
+    record_audit(
+        session,
+        actor,
+        Op.GRANT_CREATE,
+        node_id=row.rule.node_id,
+        details=audit_details(
+            actor,
+            {"expires_at": iso(row.rule.expires_at)},
+            {"expires_at": iso(ends)},
+            grantee=row.grantee,
+            grant_id=str(row.id),
+            because=because,
+        ),
+    )
 
 
 def grantee_id(user_id: uuid.UUID | None, group_id: uuid.UUID | None) -> uuid.UUID:

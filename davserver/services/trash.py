@@ -51,6 +51,7 @@ from davserver.models import Node, Op
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
+from davserver.services.grant_support import recheck_moved
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.node_rows import view_of
 from davserver.services.trash_purge import TrashPurge, hold_unpurged, trash_item, trash_items
@@ -304,10 +305,13 @@ class TrashService(TrashPurge):
             deleted_at = node.deleted_at
             node.deleted_at = None
             node.deleted_by = None
+            moved = node.parent_id != parent.id
             node.parent_id = parent.id
             node.name = name
             node.name_key = name_key(name)
             session.flush()
+            if moved:
+                recheck_moved(session, actor, node, f"{name!r} was restored to {where}")
             record_audit(
                 session,
                 actor,

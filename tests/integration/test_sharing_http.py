@@ -715,6 +715,114 @@ def test_a_reshare_never_outlives_the_sharers_own_grant(people: People) -> None:
     assert status == 201 and made["expires_at"] > bobs["expires_at"]
 
 
+def test_a_reshare_ends_with_the_sharers_grant_when_that_is_given_an_expiry(
+    people: People,
+) -> None:
+    """Bob shared on (to carol, who shared on to dave) while his own grant had no expiry;
+    alice then gives his grant one: what was shared on from it ends then too, however far
+    down, and a logbook row says so. A grant that lasts by another grant does not."""
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/open-ended/").status == 201
+    assert p.put(p.alice, "/files/open-ended/doc.txt") == 201
+    assert p.grant(p.alice, "/files/open-ended", p.bob, "read", "download", "share") == 201
+    shared = f"/shared/{p.alice}/open-ended"
+    assert p.grant(p.bob, shared, p.carol, "read", "download", "share") == 201
+    assert p.grant(p.carol, shared, p.dave, "read") == 201
+    assert p.grant(p.alice, "/files/open-ended", p.team, "read", group=True) == 201
+
+    def expiries() -> dict[str, str | None]:
+        status, listed = p.api(p.alice, "GET", "/grants?path=/files/open-ended")
+        assert status == 200, listed
+        return {g["grantee"]: g["expires_at"] for g in listed["grants"]}
+
+    assert set(expiries().values()) == {None}
+    rights = ["read", "download", "share"]
+    payload = {"path": "/files/open-ended", "user": p.bob, "rights": rights, "expires_days": 2}
+    status, bobs = p.api(p.alice, "POST", "/grants", payload)
+    assert status == 201 and bobs["expires_at"] is not None
+    ends = bobs["expires_at"]
+    assert expiries() == {p.bob: ends, p.carol: ends, p.dave: ends, "@" + p.team: None}
+    assert p.call(p.dave, "PROPFIND", shared, headers={"Depth": "0"}).status == 207
+    with p.server.app.db.read() as session:
+        changed = session.scalars(
+            sa.select(LogEntry.details).where(LogEntry.op_type == Op.GRANT_CREATE.value)
+        ).all()
+    capped = [d for d in changed if d.get("because") == f"{p.bob}'s grant was changed"]
+    assert sorted(d["grantee"] for d in capped) == sorted([p.carol, p.dave])
+    assert all(d["after"] == {"expires_at": ends} for d in capped)
+
+    # When bob's grant is over, so are theirs (bob still reads it as a member of the team).
+    with p.server.app.db.write() as session:
+        session.execute(
+            sa.update(Grant)
+            .where(Grant.expires_at.is_not(None))
+            .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
+    for who in (p.carol, p.dave):
+        assert p.call(who, "PROPFIND", shared, headers={"Depth": "0"}).status == 404
+
+
+def test_a_reshare_with_lasting_support_is_not_given_an_expiry(people: People) -> None:
+    """Bob may share by his group's grant too, which does not expire: giving his own grant an
+    expiry leaves what he shared on as it was."""
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/held-twice/").status == 201
+    assert p.grant(p.alice, "/files/held-twice", p.bob, "read", "share") == 201
+    assert p.grant(p.alice, "/files/held-twice", p.team, "read", "share", group=True) == 201
+    assert p.grant(p.bob, f"/shared/{p.alice}/held-twice", p.carol, "read") == 201
+    payload = {"path": "/files/held-twice", "user": p.bob, "rights": ["read", "share"]}
+    status, _ = p.api(p.alice, "POST", "/grants", {**payload, "expires_days": 1})
+    assert status == 201
+    status, listed = p.api(p.alice, "GET", "/grants?path=/files/held-twice")
+    assert status == 200
+    assert {g["grantee"]: g["expires_at"] is None for g in listed["grants"]} == {
+        p.bob: False,
+        "@" + p.team: True,
+        p.carol: True,
+    }
+
+
+def test_a_reshare_goes_when_its_item_leaves_what_the_sharer_may_share(people: People) -> None:
+    """Bob may share in alice's /files/pub/ and shared pub/inner on to carol. Alice moves
+    inner within pub: carol keeps it. Alice moves it out of pub, or restores it from the trash
+    outside pub: bob may not share it there, so carol's grant goes, with a logbook row."""
+    p = people
+    for folder in ("pub", "pub/inner", "pub/deeper", "pub/other", "vault"):
+        assert p.call(p.alice, "MKCOL", f"/files/{folder}/").status == 201
+    assert p.put(p.alice, "/files/pub/inner/i.txt", b"inner") == 201
+    assert p.put(p.alice, "/files/pub/other/o.txt", b"other") == 201
+    assert p.grant(p.alice, "/files/pub", p.bob, "read", "download", "share") == 201
+    for name in ("inner", "other"):
+        assert p.grant(p.bob, f"/shared/{p.alice}/pub/{name}", p.carol, "download") == 201
+    inner, other = f"/shared/{p.alice}/inner/i.txt", f"/shared/{p.alice}/other/o.txt"
+    assert p.call(p.carol, "GET", inner).body == b"inner"
+
+    def move(source: str, destination: str) -> int:
+        headers = {"Destination": p.server.url + destination}
+        return p.call(p.alice, "MOVE", source, headers=headers).status
+
+    assert move("/files/pub/inner/", "/files/pub/deeper/inner/") == 201
+    assert p.call(p.carol, "GET", inner).body == b"inner"
+    assert move("/files/pub/deeper/inner/", "/files/vault/inner/") == 201
+    assert p.call(p.carol, "GET", inner).status == 404
+    assert p.rights_on("/files/vault/inner") == {}
+
+    assert p.call(p.alice, "DELETE", "/files/pub/other/").status == 204
+    trash = p.call(p.alice, "PROPFIND", "/trash/", headers={"Depth": "1"})
+    entry = re.findall(r"<[^>]*href>([^<]*/trash/[^<]*other[^<]*)<", trash.body.decode())
+    assert len(entry) == 1, trash.body
+    assert move(entry[0], "/files/vault/other/") == 201
+    assert p.call(p.carol, "GET", other).status == 404
+    assert p.rights_on("/files/vault/other") == {}
+    assert p.rights_on("/files/pub") == {p.bob: ["read", "download", "share"]}
+    with p.server.app.db.read() as session:
+        revoked = session.scalars(
+            sa.select(LogEntry.details).where(LogEntry.op_type == Op.GRANT_REVOKE.value)
+        ).all()
+    reasons = sorted(d["because"] for d in revoked if d["grantee"] == p.carol)
+    assert reasons == ["'inner' was moved", "'other' was restored to /files/vault/other"]
+
+
 def test_group_grant_and_removed_member_on_a_kept_alive_connection(people: People) -> None:
     p = people
     assert p.put(p.alice, "/files/for-team.txt", b"team stuff") == 201
