@@ -344,7 +344,8 @@ class Flow:
 
     @property
     def owncloud(self) -> bool:
-        return self.vendor == "owncloud"
+        """Whether rclone keeps modification times and reads hashes (``oc:`` properties)."""
+        return self.vendor in ("owncloud", "nextcloud")
 
     def where(self) -> str:
         return (
@@ -745,3 +746,29 @@ def test_purge(flow: Flow) -> None:
     assert step.folder.returncode == 3, (
         f"{flow.where()}: {PURGE_FOLDER!r} should be gone\n{step.folder.describe()}"
     )
+
+
+def test_vendor_nextcloud_uploads_whole_files_with_chunking_off(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """What README says of vendor ``nextcloud``: alone, rclone refuses to start (davserver has
+    no Nextcloud chunked-upload endpoints); with ``nextcloud_chunk_size=0`` it uploads each file
+    whole, keeps modification times and compares hashes, as vendor ``owncloud`` does."""
+    if not HAVE_RCLONE:
+        pytest.fail(f"CI is set, so rclone must run, but {RCLONE} is missing")
+    flow = Flow(live_server, "nextcloud", tmp_path)
+    files = {"a.txt": b"alpha", "sub/b \N{EN DASH} 2.bin": os.urandom(70_000)}
+    for i, (name, data) in enumerate(files.items()):
+        write_file(flow.local_root / name, data, OLDEST_MTIME + 86_400 * (i + 1))
+    refused = flow.rclone("copy", str(flow.local_root), flow.remote())
+    assert not refused.ok and "/dav/files/USER" in refused.stderr, refused.describe()
+
+    flow.env["RCLONE_WEBDAV_NEXTCLOUD_CHUNK_SIZE"] = "0"
+    copied = flow.rclone("copy", str(flow.local_root), flow.remote())
+    assert copied.ok, copied.describe()
+    listing = flow.list_remote()
+    assert listing.ok, listing.describe()
+    local = scan_tree(flow.local_root)
+    assert_listing_matches(flow, listing, local)
+    assert_modtimes(flow, listing, local)
+    assert_clean_check(flow, flow.check(), local, "check after the copy")
