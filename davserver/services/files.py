@@ -29,7 +29,7 @@ from davserver.models import DeadProperty, FileVersion, Node, NodeKind, Op, Spac
 from davserver.services import blob_refs, dead_props, save_patterns, tree, usage, version_rules
 from davserver.services.actor import Actor
 from davserver.services.audit import ReadLog, record_audit
-from davserver.services.grant_support import recheck_moved
+from davserver.services.grant_support import recheck_moved, space_of
 from davserver.services.lost_bytes import open_stored, require_stored
 from davserver.services.node_rows import (
     SAME,
@@ -394,7 +394,8 @@ class FileService:
             elsewhere = space != (dest_parent.owner_id, dest_parent.group_id)
             if (node.parent_id, node.name) == (dest_parent.id, dest_name):
                 raise Forbidden(SAME)  # a case-only rename is not the same name
-            if node.id in tree.hold_chain(session, dest_parent.id):
+            dest_chain = tree.hold_chain(session, dest_parent.id)
+            if node.id in dest_chain:
                 raise Forbidden("cannot move a folder into itself")
             occupant = occupant_at(session, dest_parent, dest_name, overwrite=overwrite, mover=node)
             if occupant is not None:
@@ -423,13 +424,15 @@ class FileService:
                 details["source"] = str(node.id)
             else:
                 moved = node.id
-                reparented = node.parent_id != dest_parent.id
+                # The folders it leaves: the grants there no longer reach it.
+                left: set[uuid.UUID] = set()
+                if node.parent_id != dest_parent.id:
+                    left = tree.chain_ids(session, node.parent_id) - set(dest_chain)
                 node.parent_id = dest_parent.id
                 node.name = dest_name
                 node.name_key = name_key(dest_name)
                 session.flush()
-                if reparented:
-                    recheck_moved(session, actor, node, f"{dest_name!r} was moved")
+                recheck_moved(session, actor, space_of(*space), left, f"{dest_name!r} was moved")
             record_audit(session, actor, Op.NODE_MOVE, node_id=moved, details=details)
             return occupant
 

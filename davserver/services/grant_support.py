@@ -17,16 +17,16 @@ share is gone. A deleted user keeps only what their own space and the groups the
 give them (``users.delete_user``). Expired grants give nothing, and are left as they are.
 
 A grant that stands now but would stop standing when a grant it rests on expires is given that
-expiry (``_Standing.ends``): what was shared on never outlives what it was shared from, also
+expiry (``_Standing``): what was shared on never outlives what it was shared from, also
 when that is given an expiry after the sharing. A node moved elsewhere in its space rests on
-the grants above its new place (``recheck_moved``).
+the grants above its new place only (``recheck_moved``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -39,11 +39,13 @@ from davserver.services.account_rules import audit_details, iso
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.permissions import (
+    GRANTABLE_MEMBERS,
     GrantRule,
     Perm,
     Principal,
     SpaceOwner,
-    effective_permissions,
+    base_permissions,
+    restrict,
     rights_of_grant,
 )
 
@@ -91,38 +93,25 @@ def revoke_unsupported(
     )
 
 
-def recheck_moved(session: Session, actor: Actor | None, node: Node, because: str) -> int:
-    """After ``node`` went to another folder of its space (a MOVE, a restore elsewhere from
-    the trash), in the caller's transaction: the grants on it and below it rest on the grants
-    above its new place now, and those that no longer stand go (``revoke_unsupported``).
-
-    Only a grant made by someone other than the space's owner (a group's admins, for a group's
-    space) can lose its support, and only one at or below ``node``. Those are found from the
-    grants up, by key (nodes has no index by space, and the subtree may be large): a server
-    where nobody shared on costs one read of the grants table. Returns how many went."""
-    space = space_of(node.owner_id, node.group_id)
-    managers = sa.select(GroupMember.user_id).where(
-        GroupMember.group_id == space.group_id, GroupMember.is_admin.is_(True)
+def recheck_moved(
+    session: Session,
+    actor: Actor | None,
+    space: SpaceOwner,
+    left: Collection[uuid.UUID],
+    because: str,
+) -> int:
+    """After nodes of ``space`` went out from under the folders ``left`` (a MOVE or a restore
+    to another folder, a purge moving items trashed from inside the purged folder up), in the
+    caller's transaction: a grant on them or below them that rested on a grant to its granter
+    on one of ``left`` may no longer stand, and goes (``revoke_unsupported``). Only a grant
+    that gives SHARE holds another up, so leaving folders that have none (nearly every move)
+    costs one lookup by key. Returns how many went."""
+    if not left:
+        return 0
+    sharing = session.scalar(
+        sa.select(Grant.id).where(Grant.node_id.in_(list(left)), Grant.can_share.is_(True)).limit(1)
     )
-    shared_on = session.scalars(
-        sa.select(Grant.node_id)
-        .where(
-            Grant.granted_by.is_not(None),
-            Grant.granted_by != space.owner_id,
-            Grant.granted_by.not_in(managers),
-        )
-        .distinct()
-    ).all()
-    if not shared_on:
-        return 0
-    here = [
-        view.id
-        for view in tree.get_nodes(session, shared_on).values()
-        if space_of(view.owner_id, view.group_id) == space
-    ]
-    if not any(node.id in chain for chain in tree.chains_of(session, here).values()):
-        return 0
-    return revoke_unsupported(session, actor, [space], because)
+    return 0 if sharing is None else revoke_unsupported(session, actor, [space], because)
 
 
 def _revoke_unsupported(
@@ -139,11 +128,13 @@ def _revoke_unsupported(
         if row.rule.expires_at is None or row.rule.expires_at > now
     ]
     granters = _principals(session, {r.granted_by for r in rows if r.granted_by is not None})
-    stand = _Standing(space, granters, tree.chains_of(session, {r.rule.node_id for r in rows}))
-    standing = stand.at(rows, now)
-    pending = [row for row in rows if row.id not in standing]
-    for row, ends in stand.ends(rows, standing).items():
-        _end_grant(session, actor, row, ends, because)
+    chains = tree.chains_of(session, {r.rule.node_id for r in rows})
+    until = _Standing(space, granters, chains, rows).ends()
+    pending = [row for row in rows if until[row.id] <= now]
+    for row in rows:
+        # Standing now, but not as long as it says: what it rests on ends sooner.
+        if now < until[row.id] < (row.rule.expires_at or _FOREVER):
+            _end_grant(session, actor, row, until[row.id], because)
     # Each says why: the grant its granter lost in this pass, else what began it.
     lost = dict(lost_before)
     lost.update((grantee_id(r.rule.user_id, r.rule.group_id), r.grantee) for r in pending)
@@ -169,75 +160,82 @@ def _revoke_unsupported(
     return len(pending)
 
 
-@dataclass(frozen=True)
+# Until when a grant stands: from never (not now) to for good.
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
+_FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
 class _Standing:
-    """Which grants of one space stand at a time, from those of its managers up."""
+    """Until when each grant of one space stands, from those of its managers up.
 
-    space: SpaceOwner
-    granters: Mapping[uuid.UUID, Principal]
-    chains: Mapping[uuid.UUID, set[uuid.UUID]]  # each granted node and its ancestors
+    A grant made by the server stands until its own expiry. Any other stands while its granter
+    holds SHARE and each of its rights there: for good by their roles and memberships
+    (``base_permissions``), else while some grant to them (or a group of theirs) on the node or
+    above it gives that right and stands itself. So a grant lasts until the earliest, over the
+    rights it needs, of the latest end of the grants giving each, and never past its own
+    expiry. The ends are found as the least fixpoint: every grant a granter made starts at
+    never and only moves later, so two grantees who shared with each other cannot hold each
+    other's grants up. A round costs, for each grant, the grants on its chain that reach its
+    granter.
+    """
 
-    def at(self, rows: list[_Row], when: dt.datetime) -> set[uuid.UUID]:
-        """The ids of the grants among ``rows`` that stand at ``when`` (a fixpoint: a grant
-        stands once grants that stand give its granter SHARE and its rights, so two grantees
-        who shared with each other do not keep each other's grants)."""
-        standing: dict[uuid.UUID, list[GrantRule]] = {}  # by node
-        held_ids: set[uuid.UUID] = set()
-        pending = [r for r in rows if r.rule.expires_at is None or r.rule.expires_at > when]
-        found = True
-        while found and pending:
-            found = False
-            for row in list(pending):
-                if row.granted_by is not None:
-                    who = self.granters.get(row.granted_by)
-                    chain = self.chains[row.rule.node_id]
-                    support = [rule for node in chain for rule in standing.get(node, ())]
-                    needed = row.rule.rights | Perm.SHARE
-                    held = (
-                        Perm.NONE
-                        if who is None
-                        else effective_permissions(who, self.space, support, when)
-                    )
-                    if held & needed != needed:
-                        continue
-                standing.setdefault(row.rule.node_id, []).append(row.rule)
-                held_ids.add(row.id)
-                pending.remove(row)
-                found = True
-        return held_ids
+    def __init__(
+        self,
+        space: SpaceOwner,
+        granters: Mapping[uuid.UUID, Principal],
+        chains: Mapping[uuid.UUID, set[uuid.UUID]],  # each granted node and its ancestors
+        rows: list[_Row],
+    ) -> None:
+        self.space = space
+        self.granters = granters
+        self.chains = chains
+        self.rows = rows
+        # The grants on each node, by grantee (a user's or a group's id).
+        self._on: dict[uuid.UUID, dict[uuid.UUID, list[_Row]]] = {}
+        for row in rows:
+            grantee = grantee_id(row.rule.user_id, row.rule.group_id)
+            self._on.setdefault(row.rule.node_id, {}).setdefault(grantee, []).append(row)
 
-    def ends(self, rows: list[_Row], standing: set[uuid.UUID]) -> dict[_Row, dt.datetime]:
-        """The grants that stand now but would outlive what lets their granter make them
-        (their own grant was given an expiry, or an earlier one), each with when they stop
-        standing: the first expiry of a grant to a granter at which they no longer would."""
-        alive = [row for row in rows if row.id in standing]
-        granter_ids = {row.granted_by for row in alive if row.granted_by is not None}
-        granters = [self.granters[g] for g in granter_ids if g in self.granters]
-        times = sorted(
-            {
-                row.rule.expires_at
-                for row in alive
-                if row.rule.expires_at is not None and any(_to(row.rule, g) for g in granters)
-            }
-        )
-        ends: dict[_Row, dt.datetime] = {}
-        for when in times:
-            still = self.at(alive, when)
-            for row in alive:
-                if row.id not in still and row not in ends:
-                    ends[row] = when
-        return {
-            row: when
-            for row, when in ends.items()
-            if row.rule.expires_at is None or when < row.rule.expires_at
+    def ends(self) -> dict[uuid.UUID, dt.datetime]:
+        """Until when each grant stands, by id: ``_NEVER`` for one that does not stand now."""
+        until = {
+            row.id: (row.rule.expires_at or _FOREVER) if row.granted_by is None else _NEVER
+            for row in self.rows
         }
+        changed = True
+        while changed:
+            changed = False
+            for row in self.rows:
+                if row.granted_by is None:
+                    continue
+                ends = min(row.rule.expires_at or _FOREVER, self._held_until(row, until))
+                if ends > until[row.id]:
+                    until[row.id] = ends
+                    changed = True
+        return until
 
-
-def _to(rule: GrantRule, who: Principal) -> bool:
-    """Whether ``rule`` is a grant to ``who`` or to a group of theirs, expired or not."""
-    if rule.user_id is not None:
-        return rule.user_id == who.user_id
-    return rule.group_id in (who.groups or {})
+    def _held_until(self, row: _Row, until: Mapping[uuid.UUID, dt.datetime]) -> dt.datetime:
+        """Until when ``row``'s granter holds what it gives, by the grants' ``until`` so far."""
+        who = self.granters.get(row.granted_by) if row.granted_by is not None else None
+        needed = row.rule.rights | Perm.SHARE
+        if who is None or restrict(who, needed) & needed != needed:
+            return _NEVER  # a granter gone, or a right their role takes away (a viewer's write)
+        lasting = base_permissions(who, self.space)
+        reaching = [
+            other
+            for node in self.chains[row.rule.node_id]
+            for grantee in (who.user_id, *(who.groups or {}))
+            for other in self._on.get(node, {}).get(grantee, ())
+            if other.id != row.id
+        ]
+        held = _FOREVER
+        for right in GRANTABLE_MEMBERS:
+            if not right & needed or right & lasting or (right == Perm.READ and lasting):
+                continue
+            # Any right implies READ, so every grant gives it.
+            giving = [o for o in reaching if right == Perm.READ or o.rule.rights & right]
+            held = min(held, max((until[o.id] for o in giving), default=_NEVER))
+        return held
 
 
 def _end_grant(

@@ -15,6 +15,7 @@ from davserver.db.dialect import by_dialect, for_bind, join_by_key
 from davserver.db.types import UTCDateTime, utcnow
 from davserver.models import NodeKind
 from davserver.services import tree
+from davserver.services.grant_support import recheck_moved, space_of
 
 
 def holder(row: Any) -> uuid.UUID | None:
@@ -100,15 +101,22 @@ def remove_batch(
     order, and the item itself once they are all empty. Returns how many of ``folders`` it
     emptied, and whether the item is gone (or was already)."""
     root = session.execute(
-        sa.select(_n.c.parent_id).where(_n.c.id == root_id).with_for_update()
+        sa.select(_n.c.parent_id, _n.c.owner_id, _n.c.group_id)
+        .where(_n.c.id == root_id)
+        .with_for_update()
     ).first()
     if root is None:
         return len(folders), True
     emptied = 0
     for folder in folders:
         # Items deleted from inside this one before it was are trash items of their own: out
-        # of the way, into the folder the purged item is in.
-        session.execute(_MOVE_EARLIER, {"folder_id": folder, "new_parent_id": root.parent_id})
+        # of the way, into the folder the purged item is in, where the grants on this one and
+        # the folders up to the item no longer reach them.
+        moving = {"folder_id": folder, "new_parent_id": root.parent_id}
+        if session.execute(_MOVE_EARLIER, moving).rowcount:  # type: ignore[attr-defined]
+            left = tree.chain_ids(session, folder) - tree.chain_ids(session, root.parent_id)
+            space = space_of(root.owner_id, root.group_id)
+            recheck_moved(session, None, space, left, "the folder it was deleted from was purged")
         ids = session.scalars(_LIVE_CHILDREN, {"folder_id": folder, "limit": budget}).all()
         if ids:
             _release_pins(session, ids)

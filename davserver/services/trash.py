@@ -51,7 +51,7 @@ from davserver.models import Node, Op
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.grant_support import recheck_moved
+from davserver.services.grant_support import recheck_moved, space_of
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.node_rows import view_of
 from davserver.services.trash_purge import TrashPurge, hold_unpurged, trash_item, trash_items
@@ -283,7 +283,7 @@ class TrashService(TrashPurge):
                 # Held until the restore commits: a folder above going to the trash meanwhile
                 # would not count what comes back. A folder restored into itself meets itself
                 # here too (it is in the trash).
-                tree.hold_chain(session, parent.id)
+                chain = tree.hold_chain(session, parent.id)
             except Conflict:
                 raise Conflict(f"cannot restore to {where}: its folder no longer exists") from None
             if (node.owner_id, node.group_id) != (parent.owner_id, parent.group_id):
@@ -305,13 +305,17 @@ class TrashService(TrashPurge):
             deleted_at = node.deleted_at
             node.deleted_at = None
             node.deleted_by = None
-            moved = node.parent_id != parent.id
+            # The folders it was deleted from, if it comes back elsewhere: their grants no
+            # longer reach it.
+            left: set[uuid.UUID] = set()
+            if node.parent_id is not None and node.parent_id != parent.id:
+                left = tree.chain_ids(session, node.parent_id) - set(chain)
             node.parent_id = parent.id
             node.name = name
             node.name_key = name_key(name)
             session.flush()
-            if moved:
-                recheck_moved(session, actor, node, f"{name!r} was restored to {where}")
+            space = space_of(node.owner_id, node.group_id)
+            recheck_moved(session, actor, space, left, f"{name!r} was restored to {where}")
             record_audit(
                 session,
                 actor,

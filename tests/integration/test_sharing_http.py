@@ -823,6 +823,38 @@ def test_a_reshare_goes_when_its_item_leaves_what_the_sharer_may_share(people: P
     assert reasons == ["'inner' was moved", "'other' was restored to /files/vault/other"]
 
 
+def test_a_reshare_goes_when_a_purge_moves_its_item_out_of_the_sharers_folder(
+    people: People,
+) -> None:
+    """Bob may share in alice's pp/a, and shared pp/a/inner on to carol. Alice deletes inner,
+    then a, then purges a: the purge moves inner (a trash item of its own) up into pp, out of
+    what bob may share, and a restore from there puts it back in pp, where it is. Carol's
+    grant goes with the purge."""
+    p = people
+    for folder in ("pp", "pp/a", "pp/a/inner"):
+        assert p.call(p.alice, "MKCOL", f"/files/{folder}/").status == 201
+    assert p.put(p.alice, "/files/pp/a/inner/i.txt", b"inner") == 201
+    assert p.grant(p.alice, "/files/pp/a", p.bob, "read", "download", "share") == 201
+    assert p.grant(p.bob, f"/shared/{p.alice}/a/inner", p.carol, "download") == 201
+    assert p.call(p.carol, "GET", f"/shared/{p.alice}/inner/i.txt").body == b"inner"
+    assert p.call(p.alice, "DELETE", "/files/pp/a/inner/").status == 204
+    assert p.call(p.alice, "DELETE", "/files/pp/a/").status == 204
+
+    def in_trash(name: str) -> str:
+        listing = p.call(p.alice, "PROPFIND", "/trash/", headers={"Depth": "1"}).body.decode()
+        hrefs = re.findall(r"<[^>]*href>([^<]*/trash/[^<]*)<", listing)
+        found = [h for h in hrefs if h.rstrip("/").rsplit("/", 1)[-1].startswith(name)]
+        assert len(found) == 1, hrefs
+        return found[0]
+
+    assert p.call(p.alice, "DELETE", in_trash("a")).status == 204
+    assert p.rights_on("/files/pp") == {}
+    destination = {"Destination": p.server.url + "/files/pp/inner/"}
+    assert p.call(p.alice, "MOVE", in_trash("inner"), headers=destination).status == 201
+    assert p.rights_on("/files/pp/inner") == {}
+    assert p.call(p.carol, "GET", f"/shared/{p.alice}/inner/i.txt").status == 404
+
+
 def test_group_grant_and_removed_member_on_a_kept_alive_connection(people: People) -> None:
     p = people
     assert p.put(p.alice, "/files/for-team.txt", b"team stuff") == 201
