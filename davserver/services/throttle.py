@@ -109,8 +109,11 @@ class LoginThrottle:
         banned_until = None
         with self.db.write() as session:
             self._forget_the_past(session, now)
-            # The account of that name, if any: the row is in its history (``audit --user``).
-            account_id = session.scalar(_ACCOUNT, {"name_key": account_key(username)})
+            # The account the failure counts against (its throttle key: the name casefolded,
+            # so a Kelvin sign counts for a k), if any: the row, and a ban it starts, are in
+            # that account's history (``audit --user``).
+            counted_as = _keys(username, None)[0].removeprefix("user:")
+            account_id = session.scalar(_ACCOUNT, {"name_key": account_key(counted_as)})
             record_audit(
                 session,
                 None,

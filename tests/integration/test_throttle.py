@@ -9,7 +9,8 @@ import sqlalchemy as sa
 
 from davserver.db import Database
 from davserver.errors import TooManyRequests
-from davserver.models import LogEntry, Op
+from davserver.models import LogEntry, Op, User
+from davserver.services.audit import read_logbook
 from davserver.services.throttle import LoginThrottle, ThrottlePolicy
 
 
@@ -121,3 +122,34 @@ def test_each_failure_and_ban_is_in_the_logbook(database: Database) -> None:
     assert all(str(r.remote_addr) == "10.4.4.4" for r in rows)
     assert rows[0].details == {"username": "frank", "reason": "bad credentials"}
     assert rows[-1].details["key"] == "user:frank"
+
+
+def test_failures_and_bans_are_in_the_history_of_the_account_they_count_against(
+    database: Database,
+) -> None:
+    """A name typed in any case, or with a letter that folds to the account's (the Kelvin sign
+    to k), counts against the account and bans it: its history (``audit --user``) shows the
+    failures and the ban. A name no account has is in nobody's."""
+    with database.write() as session:
+        karl = User(username="karl", password_hash="x")
+        session.add(karl)
+        session.flush()
+        karl_id = karl.id
+    t = throttle(database)
+    assert [fail(t, typed, "10.0.0.1") for typed in ("KARL", "karl", "\u212aarl")] == [
+        False,
+        False,
+        True,
+    ]
+    assert not fail(t, "nobody-has-it", "10.0.0.2")
+    rows = read_logbook(database, user_id=karl_id)
+    assert [row.op for row in rows] == ["auth:login:ban"] + ["auth:login:failure"] * 3
+    assert rows[0].details["key"] == "user:karl"
+    with database.connect() as conn:
+        log = LogEntry.__table__
+        unknown = conn.scalar(
+            sa.select(log.c.account_id).where(
+                log.c.details["username"].as_string() == "nobody-has-it"
+            )
+        )
+    assert unknown is None
