@@ -31,7 +31,7 @@ from davserver.blobstore import BlobWriter
 from davserver.errors import AlreadyExists, BadRequest, QuotaExceeded
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
-from davserver.services.dead_props import check_dead_properties, check_property_name
+from davserver.services.dead_props import PlannedProperties, check_property_name
 from davserver.services.files import FileService, moves_in_as_version
 from davserver.services.namespace import Reached
 from davserver.services.permissions import Perm
@@ -150,7 +150,7 @@ class _NodeResource:
     ) -> None:
         self.view = view
         self._dead = None if dead is None else stored_elements(dead)
-        self._dead_planned: dict[str, bytes | None] = {}  # a PROPPATCH's, tried (dry run)
+        self._dead_planned: PlannedProperties | None = None  # a PROPPATCH's, tried (dry run)
         self._mtime_planned: dt.datetime | None = None  # and the client's time it sets
         self._dead_failed: DAVError | None = None  # setting them failed
         self.rights = rights
@@ -237,8 +237,9 @@ class _NodeResource:
             # name, or a request that does not fit, sets none of it (RFC 4918 9.2).
             with dav_errors():
                 check_property_name(name)
-                self._dead_planned[name] = stored
-                check_dead_properties(self.dead_properties(), self._dead_planned)
+                if self._dead_planned is None:
+                    self._dead_planned = PlannedProperties(self.dead_properties())
+                self._dead_planned.plan(name, stored)
             return None
         return self._set_planned()
 
@@ -247,8 +248,9 @@ class _NodeResource:
         9.2: all or none), in one transaction: the dead properties and the client's time
         (Windows sets Win32LastModifiedTime beside its own properties). The other properties
         then have nothing left to do, or fail with it (424)."""
-        planned, mtime = self._dead_planned, self._mtime_planned
-        self._dead_planned, self._mtime_planned = {}, None
+        planned = self._dead_planned.changes if self._dead_planned is not None else {}
+        mtime = self._mtime_planned
+        self._dead_planned, self._mtime_planned = None, None
         if not planned and mtime is None:
             if self._dead_failed is not None:
                 raise DAVError(HTTP_FAILED_DEPENDENCY, context_info="another property failed")

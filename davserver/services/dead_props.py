@@ -40,9 +40,41 @@ def check_dead_properties(kept: dict[str, bytes], changes: dict[str, bytes | Non
     """QuotaExceeded when a node's dead properties ``kept``, with ``changes`` (None removes
     one) applied, would hold more than MAX_DEAD_PROPERTY_BYTES of names and values."""
     merged = {**kept, **changes}
-    total = sum(
-        len(name.encode()) + len(value) for name, value in merged.items() if value is not None
-    )
+    _check_total(sum(_bytes(name, value) for name, value in merged.items()))
+
+
+class PlannedProperties:
+    """A PROPPATCH's changes to a node's dead properties, planned one at a time (WsgiDAV tries
+    each property before it sets any), each counted against MAX_DEAD_PROPERTY_BYTES in constant
+    time: summing them all again for each of many changes took time and, with the refusals
+    kept for the answer, memory growing with the square of their number (a 250 KB request of
+    12,000 properties held 2.3 GB). The first change that does not fit is refused; the later
+    ones are not counted (they fail with it)."""
+
+    def __init__(self, kept: dict[str, bytes]) -> None:
+        self._kept = kept
+        self.changes: dict[str, bytes | None] = {}
+        self._total = sum(_bytes(name, value) for name, value in kept.items())
+        self.refused = False
+
+    def plan(self, name: str, value: bytes | None) -> None:
+        """Add setting (or, with None, removing) ``name``; QuotaExceeded the first time the
+        properties would no longer fit."""
+        if self.refused:
+            return
+        before = self.changes[name] if name in self.changes else self._kept.get(name)
+        self._total += _bytes(name, value) - _bytes(name, before)
+        self.changes[name] = value
+        if self._total > MAX_DEAD_PROPERTY_BYTES:
+            self.refused = True
+            _check_total(self._total)
+
+
+def _bytes(name: str, value: bytes | None) -> int:
+    return 0 if value is None else len(name.encode()) + len(value)
+
+
+def _check_total(total: int) -> None:
     if total > MAX_DEAD_PROPERTY_BYTES:
         raise QuotaExceeded(
             f"an item's properties are limited to {MAX_DEAD_PROPERTY_BYTES} bytes; "
