@@ -17,8 +17,10 @@ never points at bytes that a crash could lose.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import logging
 import os
 import secrets
 import shutil
@@ -37,6 +39,8 @@ from davserver.blobstore.staging import (
     temp_files,
     temp_path,
 )
+
+log = logging.getLogger(__name__)
 
 _WRITEBACK_EVERY = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
@@ -156,11 +160,39 @@ class FileSystemBlobStore:
 
     # -- the upload side of the gc protocol
 
+    def whole(self, storage_key: str, size: int) -> bool:
+        """Whether the file under ``storage_key`` holds ``size`` bytes (a missing one does not):
+        a blob cut short is found by its size, at the cost of one stat."""
+        try:
+            return self.path_of(storage_key).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
+    def replace_damaged(self, storage_key: str, good: Path, size: int) -> None:
+        """Move the damaged file under ``storage_key`` aside (the next write of those bytes
+        puts a whole copy there, ``_FileBlobWriter.finish`` and ``ensure_stored``), saying so in
+        the log, as fsck would report it."""
+        final = self.path_of(storage_key)
+        with contextlib.suppress(FileNotFoundError):
+            found = final.stat().st_size
+            final.unlink()
+            log.warning(
+                "blob %s held %d bytes instead of %d: replaced by an upload of the same bytes (%s)",
+                storage_key,
+                found,
+                size,
+                good.name,
+            )
+
     @full_is_storage_full
     def ensure_stored(self, blob: StoredBlob) -> None:
         final = self.path_of(blob.storage_key)
-        if final.exists():
+        if self.whole(blob.storage_key, blob.size):
             return
+        if final.exists():
+            if blob.spare is None:
+                return  # cut short, and no whole copy to put there (fsck reports it)
+            self.replace_damaged(blob.storage_key, self._temp_path(blob.spare), blob.size)
         if blob.spare is None:
             raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
         spare = self._temp_path(blob.spare)
@@ -264,6 +296,11 @@ class _FileBlobWriter(StagedWriter):
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
         sha256, md5, sha1 = self._digests(expect)
         key, stored = self._store.locate(sha256)
+        if stored and not self._store.whole(key, self.bytes_written):
+            # The stored copy was cut short (a crash with fsync off, a disk error): this one
+            # replaces it, for every file that has these bytes.
+            self._store.replace_damaged(key, self._staged.path, self.bytes_written)
+            stored = False
         if self.bytes_written == 0 and not stored:
             spare: str | None = self._keep_empty()
         else:

@@ -62,6 +62,34 @@ def test_the_same_bytes_twice_are_stored_once(store: FileSystemBlobStore) -> Non
     assert list(store.iter_temp_files()) == []
 
 
+def test_a_stored_copy_cut_short_is_replaced_by_the_next_write_of_those_bytes(
+    store: FileSystemBlobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blob file shorter than its bytes (a crash with fsync off, a disk error) was kept
+    when the same bytes came again: the new file's version pointed at the cut copy, and a GET
+    sent fewer bytes than it announced. The write puts its whole copy there instead, and so
+    does ``ensure_stored`` (the gc protocol's second look), each saying so in the log."""
+    data = os.urandom(200_000)
+    first = _write(store, data)
+    store.release(first)
+    path = store.path_of(first.storage_key)
+    os.truncate(path, 1000)
+    again = _write(store, data)
+    assert again.storage_key == first.storage_key
+    assert path.read_bytes() == data
+    assert "held 1000 bytes instead of 200000" in caplog.text
+    store.release(again)
+    # A write that found the copy whole keeps its own as the spare; cut short after that,
+    # the copy is replaced from the spare.
+    third = _write(store, data)
+    os.truncate(path, 10)
+    store.ensure_stored(third)
+    assert path.read_bytes() == data
+    store.release(third)
+    assert [f.key for f in store.iter_files()] == [first.storage_key]
+    assert list(store.iter_temp_files()) == []
+
+
 def test_a_fan_out_folder_removed_behind_the_stores_back_is_made_again(
     store: FileSystemBlobStore,
 ) -> None:
