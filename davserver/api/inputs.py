@@ -34,11 +34,17 @@ def read_body(environ: dict[str, Any], limit: int) -> dict[str, Any]:
         raw = environ["wsgi.input"].read(length) if length > 0 else b""
     kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if kind == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
-        body = dict(parse_qsl(raw.decode("utf-8", "replace")))
+        try:
+            # Strict, as for the query: bytes that are not UTF-8 read as U+FFFD would name
+            # another item.
+            text = raw.decode("utf-8")
+            body = _fields(parse_qsl(text, errors="strict"))
+        except UnicodeDecodeError:
+            raise BadRequest("the body is not valid UTF-8") from None
     else:
         try:
-            body = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(raw or b"{}", object_pairs_hook=_fields)
+        except (ValueError, UnicodeDecodeError):  # a field given twice is a BadRequest
             raise BadRequest("the body is not valid JSON") from None
         except RecursionError:  # [[[[... deeper than Python's stack
             raise BadRequest("the body is nested too deeply") from None
@@ -46,6 +52,18 @@ def read_body(environ: dict[str, Any], limit: int) -> dict[str, Any]:
             raise BadRequest("the body must be a JSON object")
     check_text(body)
     return body
+
+
+def _fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's (or a form's) fields; BadRequest for one given twice, which a reader
+    taking the first (a proxy, an audit tool) and this one taking the last would each read
+    as another request."""
+    fields: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise BadRequest(f"the field {name!r} is given twice")
+        fields[name] = value
+    return fields
 
 
 _MAX_DEPTH = 32  # far more than any request of this API has

@@ -457,6 +457,11 @@ def test_a_new_password_ends_the_token_sessions_of_the_old_one(server: InprocSer
         # PostgreSQL refuses a NUL in any text: it was a 500 there
         (b'{"username": "ad\\u0000min", "password": "x"}', "application/json", 400),
         (b"username=ad%00min&password=x", "application/x-www-form-urlencoded", 400),
+        # Not UTF-8: read as U+FFFD, it named another account (or item)
+        (b"username=ad%FFmin&password=x", "application/x-www-form-urlencoded", 400),
+        # A field given twice: a proxy reading the first and the API the last disagree
+        (b'{"username": "a", "username": "b", "password": "x"}', "application/json", 400),
+        (b"username=a&username=b&password=x", "application/x-www-form-urlencoded", 400),
         # A lone surrogate is valid JSON but no UTF-8: the database driver's 500
         (b'{"username": "ad\\ud800min", "password": "x"}', "application/json", 400),
         # nested past Python's recursion limit: it was a RecursionError, a 500
