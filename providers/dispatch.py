@@ -398,7 +398,7 @@ def _drop_default_ports(environ: dict[str, Any]) -> None:
     WsgiDAV read the missing header and failed with a 500."""
     scheme = environ.get("wsgi.url_scheme", "http")
     if "HTTP_HOST" not in environ:
-        header = unquote_keeping_slashes(environ.get("HTTP_DESTINATION", ""))
+        header = unquote_destination(environ.get("HTTP_DESTINATION", ""))
         environ["HTTP_HOST"] = _split_destination(header, scheme).netloc
     environ["HTTP_HOST"] = _without_default_port(environ["HTTP_HOST"], scheme)
     if "HTTP_X_FORWARDED_HOST" in environ:
@@ -410,12 +410,16 @@ def _drop_default_ports(environ: dict[str, Any]) -> None:
 _QUOTED_SLASH = re.compile("%2F", re.I)
 
 
-def unquote_keeping_slashes(url: str) -> str:
-    """``url`` un-escaped as cheroot un-escapes a request's path: an escaped slash (``%2F``)
-    stays as it is, since it is part of a name, not a separator (RFC 3986, 2.2).
+def unquote_destination(url: str) -> str:
+    """A Destination header's URL read as cheroot reads a request's: without its query and
+    fragment (a ``?`` or ``#`` left unescaped ends the path), then un-escaped, but an escaped
+    slash (``%2F``) stays as it is, since it is part of a name, not a separator (RFC 3986,
+    2.2).
 
     WsgiDAV un-escaped the Destination whole, so ``MOVE`` to ``q%2Fr.txt`` went to the
-    folder ``q`` (or 409), while ``PUT q%2Fr.txt`` made a file named ``q%2Fr.txt``."""
+    folder ``q`` (or 409), while ``PUT q%2Fr.txt`` made a file named ``q%2Fr.txt``; and a
+    COPY to ``c.txt?x=1`` made a file named ``c.txt?x=1``, where a PUT makes ``c.txt``."""
+    url = url.partition("#")[0].partition("?")[0]
     return "%2F".join(unquote(part) for part in _QUOTED_SLASH.split(url))
 
 
@@ -428,14 +432,14 @@ def destination_path(environ: dict[str, Any]) -> str | None:
     header = environ.get("HTTP_DESTINATION")
     if not header:
         return None
-    path = _split_destination(unquote_keeping_slashes(header)).path
+    path = _split_destination(unquote_destination(header)).path
     return util.normalize_path(path) if path else None
 
 
 # WsgiDAV 4.4.0 (pinned) calls these module-level names only in _copy_or_move, on the
 # Destination header; nothing else in request_server uses them.
 request_server.urlparse = _split_destination
-request_server.unquote = unquote_keeping_slashes
+request_server.unquote = unquote_destination
 
 
 class DavRequestResolver(BaseMiddleware):

@@ -1350,6 +1350,27 @@ def test_an_escaped_slash_names_the_same_item_in_the_path_and_the_destination(
 
 
 @pytest.mark.parametrize("method", ["MOVE", "COPY"])
+def test_a_destinations_query_and_fragment_are_not_part_of_the_name(
+    srv: InprocServer, folder: str, method: str
+) -> None:
+    """A Destination ``c.txt?x=1`` (or ``#frag``) named a new file ``c.txt?x=1``, where a
+    PUT to the same URL makes ``c.txt``; escaped (``%3F``, ``%23``) they are part of the name,
+    in both."""
+    for stem, suffix, name in (
+        ("c.txt", "?x=1", "c.txt"),
+        ("d.txt", "#frag", "d.txt"),
+        ("e.txt", "%3Fy%23z", "e.txt?y#z"),
+    ):
+        source = folder + f"source-{stem}"
+        put(srv, source, b"payload")
+        destination = srv.url + path_of(folder) + stem + suffix
+        response = call(srv, method, source, headers={"Destination": destination})
+        assert response.status == 201, (suffix, response.status, response.body[:300])
+        assert name in member_names(srv, folder), (suffix, member_names(srv, folder))
+        assert get_body(srv, folder + q(name)) == b"payload"
+
+
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
 @pytest.mark.parametrize("source", ["doc.txt", "inner/doc.txt", "inner/", "inner/deeper/"])
 def test_replacing_a_folder_the_source_is_in_is_refused(
     srv: InprocServer, folder: str, method: str, source: str
