@@ -38,6 +38,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _NotTwice(logging.Filter):
+    """Drops WsgiDAV's own "PUT: byte copy failed" record, which it writes with a traceback
+    for any error while a PUT's body is taken in. Those are the answers given on purpose (a
+    quota, a full or read-only blob store: 507, 503), which are no fault to log, and 500s,
+    which ``ErrorPrinter`` logs once, here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "PUT: byte copy failed"
+
+
+logging.getLogger("wsgidav.request_server").addFilter(_NotTwice())
+
+
 class ErrorPrinter(BaseMiddleware):
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         held = util.SubAppStartResponse()

@@ -34,8 +34,8 @@ from davserver.blobstore.staging import (
     StagedUpload,
     StagedWriter,
     free_space,
-    full_is_storage_full,
     regular_file,
+    storage_write_errors,
     temp_files,
     temp_path,
 )
@@ -123,7 +123,7 @@ class FileSystemBlobStore:
         if not os.access(self.tmp_dir, os.W_OK | os.X_OK):
             raise PermissionError(f"cannot write in {self.tmp_dir}")
 
-    @full_is_storage_full
+    @storage_write_errors
     def writer(self) -> _FileBlobWriter:
         return _FileBlobWriter(self)
 
@@ -184,7 +184,7 @@ class FileSystemBlobStore:
                 good.name,
             )
 
-    @full_is_storage_full
+    @storage_write_errors
     def ensure_stored(self, blob: StoredBlob) -> None:
         final = self.path_of(blob.storage_key)
         if self.whole(blob.storage_key, blob.size):
@@ -292,7 +292,7 @@ class _FileBlobWriter(StagedWriter):
             _start_writeback(fd, self._flushed, bytes_written - self._flushed)
             self._flushed = bytes_written
 
-    @full_is_storage_full
+    @storage_write_errors
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
         sha256, md5, sha1 = self._digests(expect)
         key, stored = self._store.locate(sha256)

@@ -65,7 +65,7 @@ from davserver.blobstore.staging import (
     StagedUpload,
     StagedWriter,
     free_space,
-    full_is_storage_full,
+    storage_write_errors,
     temp_files,
     temp_path,
 )
@@ -136,7 +136,7 @@ class S3BlobStore:
 
     # -- the BlobStore interface
 
-    @full_is_storage_full
+    @storage_write_errors
     def writer(self) -> _S3BlobWriter:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         return _S3BlobWriter(self)

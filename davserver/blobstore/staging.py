@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import shutil
 import stat
@@ -19,17 +20,25 @@ from typing import ParamSpec, TypeVar
 
 from davserver.blobstore.base import BlobFile
 from davserver.blobstore.hashing import MultiHasher
-from davserver.errors import ChecksumMismatch, StorageFull
+from davserver.errors import ChecksumMismatch, StorageFull, Unavailable
+
+log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # What writing answers when the disk (or the user's file system quota) has no room left.
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+# What it answers when the folder cannot be written at all: mounted read-only, or its
+# permissions changed under the server.
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
-def full_is_storage_full(function: Callable[_P, _R]) -> Callable[_P, _R]:
+def storage_write_errors(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """``function``, with "no space left" raised as StorageFull: the one write error a
-    client can act on (507), where any other is the server's fault."""
+    client can act on (507). A folder that cannot be written (read-only, permissions) is
+    Unavailable (503, Retry-After) with a warning naming it for the operator, as for a store
+    that does not answer: it was a bare 500 with a traceback. Any other error is the
+    server's fault, and stays what it is."""
 
     @functools.wraps(function)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -38,6 +47,9 @@ def full_is_storage_full(function: Callable[_P, _R]) -> Callable[_P, _R]:
         except OSError as exc:
             if exc.errno in _FULL:
                 raise StorageFull("the server's storage is full") from exc
+            if exc.errno in _NOT_WRITABLE:
+                log.warning("the blob store cannot be written: %s", exc)
+                raise Unavailable("the server's storage cannot be written at the moment") from exc
             raise
 
     return wrapper
@@ -112,7 +124,7 @@ class StagedWriter:
     def bytes_written(self) -> int:
         return self._staged.bytes_written
 
-    @full_is_storage_full
+    @storage_write_errors
     def write(self, data: bytes) -> int:
         return self._staged.write(data)
 

@@ -82,6 +82,32 @@ def test_an_upload_that_does_not_fit_on_the_disk_is_507_and_loses_nothing(
     assert server.request("GET", f"{folder}small.bin").body == small
 
 
+def test_a_blob_store_that_cannot_be_written_is_503_and_loses_nothing(
+    server: InprocServer, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The blob folder remounted read-only (a disk error does that, or an operator): an upload
+    was a bare 500 with a traceback in the log. It is a 503 saying why, with Retry-After, and
+    a warning for the operator; the file keeps its content, and uploads work once the folder
+    can be written again."""
+    folder = server.fresh_dir("ro")
+    first = os.urandom(10 * 1024)
+    assert server.request("PUT", f"{folder}doc.bin", body=first).status == 201
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        caplog.clear()
+        refused = server.request("PUT", f"{folder}doc.bin", body=os.urandom(1024))
+        assert refused.status == 503, refused.body[:300]
+        assert b"cannot be written" in refused.body and "Retry-After" in refused.headers
+        assert "the blob store cannot be written" in caplog.text
+        assert not [r for r in caplog.records if r.exc_info], caplog.text
+        assert server.request("GET", f"{folder}doc.bin").body == first
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert version_numbers(server.application, existing_node(server, f"{folder}doc.bin").id) == [1]
+    assert server.request("PUT", f"{folder}doc.bin", body=b"later").status == 204
+    assert server.request("GET", f"{folder}doc.bin").body == b"later"
+
+
 def grow(disk: Path, size: str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
 
