@@ -51,6 +51,7 @@ from davserver.models import Blob, Op
 from davserver.services.audit import record_audit
 from davserver.services.fsck import FsckProblem
 from davserver.services.maintenance import Progress, ProgressCallback, unused_blob_keys
+from davserver.services.store_owner import backup_identity, give_identity
 
 DATABASE_FILE = "davserver.sqlite3"  # the names a data folder uses (Settings.database_url)
 BLOB_FOLDER = "blobs"
@@ -176,6 +177,7 @@ def _back_up(
             _forgive_garbage(partial, report)
             earlier.unlink()
         report.blobs = _blob_totals(partial)[0]
+        _give_backup_identity(db, folder, partial)
         copier.flush()
         report.blobs_copied, report.bytes_copied = copier.copied, copier.copied_bytes
         report.blobs_kept = copier.kept
@@ -228,6 +230,20 @@ def _snapshot_into(db: Database, target: Path) -> None:
     # a server opening it switches it back to WAL.
     with closing(sqlite3.connect(target)) as conn:
         conn.execute("PRAGMA journal_mode=DELETE")
+
+
+def _give_backup_identity(db: Database, folder: Path, snapshot: Path) -> None:
+    """The backup's database gets an identity of its own (``store_owner.backup_identity``):
+    with the live database's, gc run on the backup with the live store's settings deleted
+    every file uploaded since the backup. Its own ``blobs/`` is left unmarked, for the first
+    server run on it (or the copy a restore makes) to claim."""
+    copy = Database(f"sqlite:///{snapshot}")
+    try:
+        give_identity(copy, identity=backup_identity(db, str(folder.resolve())))
+    finally:
+        copy.dispose()
+    with closing(sqlite3.connect(snapshot)) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")  # as _snapshot_into leaves it
 
 
 def _blob_totals(snapshot: Path) -> tuple[int, int]:

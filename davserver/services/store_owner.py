@@ -12,7 +12,11 @@ belongs to (``BlobStore.owner``: a small file, or an object, beside the blobs).
 - Serving, gc and fsck refuse a store that belongs to another database.
 - ``db copy`` gives the copy an identity of its own. It hands the store over only when asked
   (``--take-blob-store``, a move): a copy of a backup must not take the store from the live
-  database it was taken from, which shares the backup's identity.
+  database it was taken from.
+- A backup's database has an identity of its own too, the same for every backup into one
+  folder (``backup_identity``): a server or gc run on a backup with the live store's settings
+  (an S3 bucket, a ``storage.blob_dir``) is refused, where gc took every file uploaded since
+  the backup for an orphan and deleted it from the live store.
 - ``db claim-blob-store`` gives the store to the configured database whoever had it: after a
   restore, or a copy made without the flag.
 """
@@ -89,13 +93,22 @@ def check_handover(source: Database, blobs: MaintainableBlobStore) -> None:
         )
 
 
-def give_identity(target: Database, blobs: MaintainableBlobStore | None = None) -> None:
+def give_identity(
+    target: Database, blobs: MaintainableBlobStore | None = None, *, identity: str | None = None
+) -> None:
     """After ``target`` was copied from another database: an identity of its own (the copied
-    one is the source's) and, with ``blobs``, the store (check_handover first)."""
-    copy = str(uuid.uuid4())
+    one is the source's; ``identity``, else a new one) and, with ``blobs``, the store
+    (check_handover first)."""
+    copy = identity or str(uuid.uuid4())
     replace_value(target, _NAME, copy)
     if blobs is not None:
         blobs.set_owner(copy)
+
+
+def backup_identity(db: Database, folder: str) -> str:
+    """The identity of the backups of ``db`` into ``folder``: derived from both, so that each
+    backup into one folder has the one the server run on it earlier claimed its blobs with."""
+    return str(uuid.uuid5(uuid.UUID(database_id(db)), f"backup:{folder}"))
 
 
 def _refuse_another(mine: str, owner: str | None, blobs: MaintainableBlobStore) -> None:

@@ -105,6 +105,32 @@ def test_a_backup_is_a_data_folder_a_server_runs_from(
     assert "maintenance:backup" in _ops(srv)
 
 
+def test_gc_on_a_backup_with_the_live_stores_settings_is_refused(
+    srv: InprocServer, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup shared its database's identity, so gc run on it with the live store's
+    settings (``storage.blob_dir`` set, an S3 bucket) took every file uploaded since the
+    backup for an orphan and deleted it. The backup has an identity of its own, the same for
+    each backup into its folder: gc refuses the live store, and a server run on the backup
+    serves its own blobs, after the next backup into the folder too."""
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/before.txt", b"backed up") == 201
+    folder = tmp_path / "backup" / "data"
+    assert run("backup", str(folder))[0] == 0
+    assert user.put("/files/after.txt", b"uploaded after the backup") == 201
+
+    monkeypatch.setenv("DAVSERVER_STORAGE_BLOB_DIR", str(srv.data_dir / "blobs"))
+    status, _, err = run("gc", "--grace", "0", data_dir=folder)
+    assert status == 2 and "belongs to another database" in err, err
+    assert user.get("/files/after.txt") == b"uploaded after the backup"
+    monkeypatch.delenv("DAVSERVER_STORAGE_BLOB_DIR")
+
+    for _ in range(2):  # a server on the backup claims its blobs; the next backup keeps them
+        with serve_backup(folder, srv) as restored:
+            assert User(restored, srv.user, srv.password).get("/files/before.txt") == b"backed up"
+        assert run("backup", str(folder))[0] == 0
+
+
 @pytest.mark.postgres
 def test_a_backup_restores_into_a_new_postgresql_database(
     srv: InprocServer, run: Any, tmp_path: Path
