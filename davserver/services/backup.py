@@ -14,8 +14,8 @@ The backup folder gets ``davserver.sqlite3`` and ``blobs/``, as ``<data_dir>`` h
 3. Then the new database file replaces the folder's previous one.
 
 A backup cut short leaves the previous one whole: its database, and blobs that are a superset
-of what it refers to. Files the new database no longer refers to stay in ``blobs/`` until
-``davserver gc`` runs on a server of the backup.
+of what it refers to. Once the new database has replaced it, the files it has no row for are
+removed (``_remove_unused_files``).
 
 A blob the snapshot refers to and the store no longer has is one of two things. Either
 ``davserver gc`` collected it after the snapshot, its file purged meanwhile: the live database
@@ -43,7 +43,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from davserver.blobstore import BlobStore
-from davserver.blobstore.filesystem import fsync_path, is_storage_key
+from davserver.blobstore.filesystem import FileSystemBlobStore, fsync_path, is_storage_key
 from davserver.db import Base, Database
 from davserver.db.copy import copy_database
 from davserver.db.migrate import upgrade
@@ -87,6 +87,9 @@ class BackupReport:
     # Rows the snapshot does not use whose file is gone (garbage a gc was removing): not a
     # problem, the restored database's next gc removes them.
     garbage_without_file: int = 0
+    # Files in blobs/ the new database has no row for, removed once it replaced the old one:
+    # copied for a snapshot taken again, or kept for an earlier backup.
+    files_removed: int = 0
     seconds: float = 0.0
 
     @property
@@ -106,6 +109,7 @@ class BackupReport:
             "problems": [dataclasses.asdict(problem) for problem in self.problems],
             "problem_count": self.problem_count,
             "garbage_without_file": self.garbage_without_file,
+            "files_removed": self.files_removed,
             "seconds": self.seconds,
         }
 
@@ -186,6 +190,7 @@ def _back_up(
         os.replace(partial, folder / DATABASE_FILE)
         if fsync:
             fsync_path(folder)
+        report.files_removed = _remove_unused_files(folder)
     finally:
         partial.unlink(missing_ok=True)
         earlier.unlink(missing_ok=True)
@@ -244,6 +249,20 @@ def _give_backup_identity(db: Database, folder: Path, snapshot: Path) -> None:
         copy.dispose()
     with closing(sqlite3.connect(snapshot)) as conn:
         conn.execute("PRAGMA journal_mode=DELETE")  # as _snapshot_into leaves it
+
+
+def _remove_unused_files(folder: Path) -> int:
+    """Remove the files in ``folder``'s blobs/ that its database (the new one, in place) has
+    no row for, as gc would on a server of the backup; how many. Until the new database
+    replaced the old one they were part of a whole backup; now ``davserver fsck`` on a
+    restore would report them as orphans."""
+    with closing(sqlite3.connect(folder / DATABASE_FILE)) as conn:
+        rows = {key for (key,) in conn.execute("SELECT storage_key FROM blobs")}
+    store = FileSystemBlobStore(folder / BLOB_FOLDER, fsync=False)
+    unused = [found.key for found in store.iter_files() if found.key not in rows]
+    for key in unused:
+        store.delete(key)
+    return len(unused)
 
 
 def _blob_totals(snapshot: Path) -> tuple[int, int]:
