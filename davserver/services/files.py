@@ -213,7 +213,7 @@ class FileService:
 
         Raises NotFound when the blob store has lost the bytes.
         """
-        return open_stored(self.blobs, view.storage_key, view.name)
+        return open_stored(self.blobs, view.storage_key, view.name, view.size)
 
     def check_content(self, view: NodeView) -> None:
         """What ``open_content`` would raise, without opening the bytes: NotFound when the

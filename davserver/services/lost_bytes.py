@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Iterable
 from typing import BinaryIO
 
@@ -32,15 +33,40 @@ def lost_bytes(what: str, storage_keys: Iterable[str | None]) -> NotFound:
     return NotFound(f"{what}: the bytes are missing from the blob store")
 
 
-def open_stored(blobs: BlobStore, storage_key: str | None, what: str) -> BinaryIO:
+def open_stored(
+    blobs: BlobStore, storage_key: str | None, what: str, size: int | None = None
+) -> BinaryIO:
     """A seekable reader of the bytes under ``storage_key`` (none for None: a file with no
-    version); ``lost_bytes`` for ``what`` when the blob store has lost them."""
+    version); ``lost_bytes`` for ``what`` when the blob store has lost them, or, for a file
+    in a local folder, when the file holds fewer or more than ``size`` bytes (cut short by a
+    crash or a disk error): a GET announced ``size`` and then sent what there was."""
     if storage_key is None:
         return io.BytesIO(b"")
     try:
-        return blobs.open(storage_key)
+        reader = blobs.open(storage_key)
     except FileNotFoundError as exc:
         raise lost_bytes(what, [storage_key]) from exc
+    held = _local_size(reader)
+    if size is not None and held is not None and held != size:
+        reader.close()
+        log.error(
+            "%s: the blob store holds %d bytes of %s instead of %d (davserver fsck lists every"
+            " damaged blob; an upload of the same bytes replaces it)",
+            what,
+            held,
+            storage_key,
+            size,
+        )
+        raise NotFound(f"{what}: the bytes are damaged in the blob store")
+    return reader
+
+
+def _local_size(reader: BinaryIO) -> int | None:
+    """The size of the file ``reader`` reads, if it is a local one (one fstat)."""
+    try:
+        return os.fstat(reader.fileno()).st_size
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def require_stored(blobs: BlobStore, storage_key: str | None, what: str) -> None:

@@ -483,7 +483,7 @@ class PackageService:
 
     def open_item(self, item: PinnedItem) -> BinaryIO:
         """A seekable reader of one pinned version's bytes; NotFound when they are missing."""
-        return open_stored(self.blobs, item.storage_key, item.path)
+        return open_stored(self.blobs, item.storage_key, item.path, item.size)
 
     def check_item_bytes(self, item: PinnedItem) -> None:
         """What ``open_item`` would raise, without opening the bytes: NotFound when they are

@@ -179,7 +179,8 @@ class VersionService:
 
     def open(self, version: VersionInfo) -> BinaryIO:
         """A seekable reader of a version's bytes; NotFound when the blob store lost them."""
-        return open_stored(self.files.blobs, version.storage_key, f"version {version.version_no}")
+        what = f"version {version.version_no}"
+        return open_stored(self.files.blobs, version.storage_key, what, version.size)
 
     def check_bytes(self, version: VersionInfo) -> None:
         """What ``open`` would raise, without opening the bytes: NotFound when the blob store

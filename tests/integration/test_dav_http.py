@@ -1349,6 +1349,29 @@ def test_an_escaped_slash_names_the_same_item_in_the_path_and_the_destination(
         assert get_body(srv, url) == b"payload"
 
 
+def test_a_blob_cut_short_is_a_clear_404_until_the_same_bytes_are_uploaded_again(
+    srv: InprocServer, folder: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blob file cut short (a crash with fsync off, a disk error) was served as a 200 that
+    announced the whole size and then stopped, with nothing in the log; and an upload of the
+    same bytes, under any name, pointed at the cut copy. It is a 404 naming the file and an
+    error naming the blob, until an upload of the same bytes puts a whole copy there."""
+    data = os.urandom(200_000)
+    put(srv, folder + "a.bin", data)
+    key = existing_node(srv, folder + "a.bin").storage_key
+    assert key is not None
+    path = srv.application.services.blobs.path_of(key)  # type: ignore[attr-defined]
+    os.truncate(path, 1000)
+    caplog.clear()
+    for url in (folder + "a.bin", folder + "a.bin?version=1"):
+        got = call(srv, "GET", url)
+        assert got.status == 404 and b"damaged in the blob store" in got.body, got.body[:300]
+    assert "holds 1000 bytes of" in caplog.text
+    assert put(srv, folder + "b.bin", data) == 201
+    assert get_body(srv, folder + "b.bin") == data
+    assert get_body(srv, folder + "a.bin") == data
+
+
 @pytest.mark.parametrize("method", ["MOVE", "COPY"])
 def test_a_destinations_query_and_fragment_are_not_part_of_the_name(
     srv: InprocServer, folder: str, method: str
