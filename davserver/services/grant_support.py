@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -102,16 +103,29 @@ def recheck_moved(
 ) -> int:
     """After nodes of ``space`` went out from under the folders ``left`` (a MOVE or a restore
     to another folder, a purge moving items trashed from inside the purged folder up), in the
-    caller's transaction: a grant on them or below them that rested on a grant to its granter
-    on one of ``left`` may no longer stand, and goes (``revoke_unsupported``). Only a grant
-    that gives SHARE holds another up, so leaving folders that have none (nearly every move)
-    costs one lookup by key. Returns how many went."""
+    caller's transaction: a grant on them or below them whose granter held SHARE, or one of
+    the rights it gives, by a grant on one of ``left`` may no longer stand, and goes
+    (``revoke_unsupported``). So only grants on ``left`` to someone who shared on (to them,
+    or to a group of theirs) matter: leaving folders without any (nearly every move) costs one
+    lookup by key, and folders shared with people who never shared on, two. Returns how many
+    went."""
     if not left:
         return 0
-    sharing = session.scalar(
-        sa.select(Grant.id).where(Grant.node_id.in_(list(left)), Grant.can_share.is_(True)).limit(1)
+    given = session.execute(
+        sa.select(Grant.user_id, Grant.group_id).where(Grant.node_id.in_(list(left)))
+    ).all()
+    if not given:
+        return 0
+    users = {row.user_id for row in given if row.user_id is not None}
+    groups = [row.group_id for row in given if row.group_id is not None]
+    if groups:
+        users |= set(
+            session.scalars(sa.select(GroupMember.user_id).where(GroupMember.group_id.in_(groups)))
+        )
+    shared_on = session.scalar(
+        sa.select(Grant.id).where(Grant.granted_by.in_(list(users))).limit(1)
     )
-    return 0 if sharing is None else revoke_unsupported(session, actor, [space], because)
+    return 0 if shared_on is None else revoke_unsupported(session, actor, [space], because)
 
 
 def _revoke_unsupported(
@@ -175,8 +189,8 @@ class _Standing:
     rights it needs, of the latest end of the grants giving each, and never past its own
     expiry. The ends are found as the least fixpoint: every grant a granter made starts at
     never and only moves later, so two grantees who shared with each other cannot hold each
-    other's grants up. A round costs, for each grant, the grants on its chain that reach its
-    granter.
+    other's grants up. A grant is looked at again only when one it rests on moved later (a
+    work list), so a chain of reshares costs its length, in whatever order its rows come.
     """
 
     def __init__(
@@ -188,13 +202,29 @@ class _Standing:
     ) -> None:
         self.space = space
         self.granters = granters
-        self.chains = chains
         self.rows = rows
-        # The grants on each node, by grantee (a user's or a group's id).
-        self._on: dict[uuid.UUID, dict[uuid.UUID, list[_Row]]] = {}
+        on: dict[uuid.UUID, dict[uuid.UUID, list[_Row]]] = {}  # by node, then by grantee
         for row in rows:
             grantee = grantee_id(row.rule.user_id, row.rule.group_id)
-            self._on.setdefault(row.rule.node_id, {}).setdefault(grantee, []).append(row)
+            on.setdefault(row.rule.node_id, {}).setdefault(grantee, []).append(row)
+        # For each grant a granter made, the grants that may hold it up: on its node or above,
+        # to its granter or a group of theirs; and the other way round.
+        self._resting_on: dict[uuid.UUID, list[_Row]] = {}
+        self._held_up: dict[uuid.UUID, list[_Row]] = {}
+        for row in rows:
+            who = granters.get(row.granted_by) if row.granted_by is not None else None
+            if who is None:
+                continue
+            reaching = [
+                other
+                for node in chains[row.rule.node_id]
+                for grantee in (who.user_id, *(who.groups or {}))
+                for other in on.get(node, {}).get(grantee, ())
+                if other.id != row.id
+            ]
+            self._resting_on[row.id] = reaching
+            for other in reaching:
+                self._held_up.setdefault(other.id, []).append(row)
 
     def ends(self) -> dict[uuid.UUID, dt.datetime]:
         """Until when each grant stands, by id: ``_NEVER`` for one that does not stand now."""
@@ -202,16 +232,18 @@ class _Standing:
             row.id: (row.rule.expires_at or _FOREVER) if row.granted_by is None else _NEVER
             for row in self.rows
         }
-        changed = True
-        while changed:
-            changed = False
-            for row in self.rows:
-                if row.granted_by is None:
-                    continue
-                ends = min(row.rule.expires_at or _FOREVER, self._held_until(row, until))
-                if ends > until[row.id]:
-                    until[row.id] = ends
-                    changed = True
+        work = deque(row for row in self.rows if row.granted_by is not None)
+        queued = {row.id for row in work}
+        while work:
+            row = work.popleft()
+            queued.discard(row.id)
+            ends = min(row.rule.expires_at or _FOREVER, self._held_until(row, until))
+            if ends > until[row.id]:
+                until[row.id] = ends
+                for resting in self._held_up.get(row.id, ()):
+                    if resting.id not in queued:
+                        work.append(resting)
+                        queued.add(resting.id)
         return until
 
     def _held_until(self, row: _Row, until: Mapping[uuid.UUID, dt.datetime]) -> dt.datetime:
@@ -221,13 +253,7 @@ class _Standing:
         if who is None or restrict(who, needed) & needed != needed:
             return _NEVER  # a granter gone, or a right their role takes away (a viewer's write)
         lasting = base_permissions(who, self.space)
-        reaching = [
-            other
-            for node in self.chains[row.rule.node_id]
-            for grantee in (who.user_id, *(who.groups or {}))
-            for other in self._on.get(node, {}).get(grantee, ())
-            if other.id != row.id
-        ]
+        reaching = self._resting_on.get(row.id, [])
         held = _FOREVER
         for right in GRANTABLE_MEMBERS:
             if not right & needed or right & lasting or (right == Perm.READ and lasting):

@@ -823,6 +823,39 @@ def test_a_reshare_goes_when_its_item_leaves_what_the_sharer_may_share(people: P
     assert reasons == ["'inner' was moved", "'other' was restored to /files/vault/other"]
 
 
+@pytest.mark.parametrize("how", ["move", "restore"])
+def test_a_reshare_goes_when_its_item_leaves_the_grant_a_right_it_gives_came_from(
+    people: People, how: str
+) -> None:
+    """Bob may write in alice's w (by a grant to him, or to his team) and share w/x (by
+    another grant, on x), and gave carol write on x. Alice moves x out of w, or deletes it and
+    restores it elsewhere: bob no longer holds write on x, so carol's grant goes. A grant
+    without SHARE on the folder left held the reshare up too: the recheck looked for SHARE
+    there only, and carol kept writing into alice's folder."""
+    p = people
+    for folder in ("w", "w/x", "elsewhere"):
+        assert p.call(p.alice, "MKCOL", f"/files/{folder}/").status == 201
+    to_team = how == "restore"
+    writer = p.team if to_team else p.bob
+    assert p.grant(p.alice, "/files/w", writer, "read", "write", group=to_team) == 201
+    assert p.grant(p.alice, "/files/w/x", p.bob, "read", "share") == 201
+    assert p.grant(p.bob, f"/shared/{p.alice}/w/x", p.carol, "read", "write") == 201
+    if how == "move":
+        headers = {"Destination": p.server.url + "/files/elsewhere/x/"}
+        assert p.call(p.alice, "MOVE", "/files/w/x/", headers=headers).status == 201
+    else:
+        assert p.call(p.alice, "DELETE", "/files/w/x/").status == 204
+        listing = p.call(p.alice, "PROPFIND", "/trash/", headers={"Depth": "1"}).body.decode()
+        entry = re.findall(r"<[^>]*href>([^<]*/trash/x[^<]*)<", listing)
+        assert len(entry) == 1, listing
+        headers = {"Destination": p.server.url + "/files/elsewhere/x/"}
+        assert p.call(p.alice, "MOVE", entry[0], headers=headers).status == 201
+    assert p.rights_on("/files/elsewhere/x") == {p.bob: ["read", "share"]}
+    assert p.call(p.carol, "PUT", f"/shared/{p.alice}/x/new.txt", b"carol's").status == 409
+    shared = p.call(p.carol, "PROPFIND", f"/shared/{p.alice}/x", headers={"Depth": "0"})
+    assert shared.status == 404
+
+
 def test_a_reshare_goes_when_a_purge_moves_its_item_out_of_the_sharers_folder(
     people: People,
 ) -> None:
