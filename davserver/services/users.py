@@ -453,6 +453,10 @@ class UserAdminService:
                 raise Conflict(f"user {user.username!r} already has the role {role!r}")
             session.add(UserRole(user_id=user.id, role_id=role_id, assigned_by=_actor_id(actor)))
             session.flush()
+            # A role can take rights away too (a viewer may not write): what the user shared
+            # on that they no longer hold goes, as when a role is removed.
+            because = f"{user.username} now has the role {role}"
+            revoke_unsupported(session, actor, spaces_of_grants_by(session, [user.id]), because)
             return self._audit_roles(session, actor, user, Op.ROLE_ASSIGN, role, before)
 
     def remove_role(self, actor: Actor | None, username: str, role: str) -> UserInfo:

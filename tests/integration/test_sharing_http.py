@@ -856,6 +856,19 @@ def test_a_reshare_goes_when_its_item_leaves_the_grant_a_right_it_gives_came_fro
     assert shared.status == 404
 
 
+def test_a_reshare_of_write_goes_when_its_granter_becomes_a_viewer(people: People) -> None:
+    """A viewer may not write, whatever their grants say: bob made a viewer, carol's write
+    that bob gave her goes with it (it stood until some other change rechecked the space)."""
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/v/").status == 201
+    assert p.grant(p.alice, "/files/v", p.bob, "read", "write", "share") == 201
+    assert p.grant(p.bob, f"/shared/{p.alice}/v", p.carol, "read", "write") == 201
+    assert p.grant(p.bob, f"/shared/{p.alice}/v", p.dave, "read") == 201
+    p.server.app.services.users.add_role(None, p.bob, "viewer")
+    assert p.rights_on("/files/v") == {p.bob: ["read", "write", "share"], p.dave: ["read"]}
+    assert p.call(p.carol, "PUT", f"/shared/{p.alice}/v/new.txt", b"carol's").status == 409
+
+
 def test_a_reshare_goes_when_a_purge_moves_its_item_out_of_the_sharers_folder(
     people: People,
 ) -> None:
