@@ -82,6 +82,10 @@ class BlobStore(Protocol):
 
     def exists(self, storage_key: str) -> bool: ...
 
+    def size_of(self, storage_key: str) -> int | None:
+        """How many bytes the store holds under ``storage_key``; None when it holds none."""
+        ...
+
     def free_bytes(self) -> int:
         """The free space of the disk uploads are written to: the largest upload the store
         can take now, as far as it knows (a bucket's own limit, if any, is not known)."""

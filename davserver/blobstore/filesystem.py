@@ -160,13 +160,13 @@ class FileSystemBlobStore:
 
     # -- the upload side of the gc protocol
 
-    def whole(self, storage_key: str, size: int) -> bool:
-        """Whether the file under ``storage_key`` holds ``size`` bytes (a missing one does not):
-        a blob cut short is found by its size, at the cost of one stat."""
+    def size_of(self, storage_key: str) -> int | None:
+        """The size of the file under ``storage_key`` (one stat): a blob cut short is found
+        by it."""
         try:
-            return self.path_of(storage_key).stat().st_size == size
+            return self.path_of(storage_key).stat().st_size
         except FileNotFoundError:
-            return False
+            return None
 
     def replace_damaged(self, storage_key: str, good: Path, size: int) -> None:
         """Move the damaged file under ``storage_key`` aside (the next write of those bytes
@@ -187,7 +187,7 @@ class FileSystemBlobStore:
     @storage_write_errors
     def ensure_stored(self, blob: StoredBlob) -> None:
         final = self.path_of(blob.storage_key)
-        if self.whole(blob.storage_key, blob.size):
+        if self.size_of(blob.storage_key) == blob.size:
             return
         if final.exists():
             if blob.spare is None:
@@ -296,7 +296,7 @@ class _FileBlobWriter(StagedWriter):
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
         sha256, md5, sha1 = self._digests(expect)
         key, stored = self._store.locate(sha256)
-        if stored and not self._store.whole(key, self.bytes_written):
+        if stored and self._store.size_of(key) != self.bytes_written:
             # The stored copy was cut short (a crash with fsync off, a disk error): this one
             # replaces it, for every file that has these bytes.
             self._store.replace_damaged(key, self._staged.path, self.bytes_written)

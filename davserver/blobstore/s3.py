@@ -149,7 +149,10 @@ class S3BlobStore:
         return io.BufferedReader(_ObjectReader(self, self._key(storage_key)), _READ_BUFFER)
 
     def exists(self, storage_key: str) -> bool:
-        return self._size(self._key(storage_key)) is not None
+        return self.size_of(storage_key) is not None
+
+    def size_of(self, storage_key: str) -> int | None:
+        return self._size(self._key(storage_key))
 
     def missing(self, storage_keys: Iterable[str]) -> list[str]:
         """One HeadObject per key, ``_CHECKS_AT_ONCE`` at a time: a round trip each, so a

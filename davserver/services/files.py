@@ -218,7 +218,7 @@ class FileService:
     def check_content(self, view: NodeView) -> None:
         """What ``open_content`` would raise, without opening the bytes: NotFound when the
         blob store has lost them (a HEAD answers what a GET would)."""
-        require_stored(self.blobs, view.storage_key, view.name)
+        require_stored(self.blobs, view.storage_key, view.name, view.size)
 
     def record_download(
         self,

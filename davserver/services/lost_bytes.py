@@ -49,16 +49,22 @@ def open_stored(
     held = _local_size(reader)
     if size is not None and held is not None and held != size:
         reader.close()
-        log.error(
-            "%s: the blob store holds %d bytes of %s instead of %d (davserver fsck lists every"
-            " damaged blob; an upload of the same bytes replaces it)",
-            what,
-            held,
-            storage_key,
-            size,
-        )
-        raise NotFound(f"{what}: the bytes are damaged in the blob store")
+        raise damaged_bytes(what, storage_key, held, size)
     return reader
+
+
+def damaged_bytes(what: str, storage_key: str, held: int, size: int) -> NotFound:
+    """The NotFound for ``what`` whose blob ``storage_key`` holds ``held`` bytes instead of
+    its ``size``, once an error naming it is logged."""
+    log.error(
+        "%s: the blob store holds %d bytes of %s instead of %d (davserver fsck lists every"
+        " damaged blob; an upload of the same bytes replaces it)",
+        what,
+        held,
+        storage_key,
+        size,
+    )
+    return NotFound(f"{what}: the bytes are damaged in the blob store")
 
 
 def _local_size(reader: BinaryIO) -> int | None:
@@ -69,8 +75,15 @@ def _local_size(reader: BinaryIO) -> int | None:
         return None
 
 
-def require_stored(blobs: BlobStore, storage_key: str | None, what: str) -> None:
+def require_stored(
+    blobs: BlobStore, storage_key: str | None, what: str, size: int | None = None
+) -> None:
     """What ``open_stored`` would raise, without opening the bytes (a HEAD answers what a
-    GET would)."""
-    if storage_key is not None and not blobs.exists(storage_key):
+    GET would), from the size the store holds: one stat, or one HeadObject."""
+    if storage_key is None:
+        return
+    held = blobs.size_of(storage_key)
+    if held is None:
         raise lost_bytes(what, [storage_key])
+    if size is not None and held != size:
+        raise damaged_bytes(what, storage_key, held, size)

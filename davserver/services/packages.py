@@ -488,7 +488,7 @@ class PackageService:
     def check_item_bytes(self, item: PinnedItem) -> None:
         """What ``open_item`` would raise, without opening the bytes: NotFound when they are
         missing (a HEAD answers what a GET would)."""
-        require_stored(self.blobs, item.storage_key, item.path)
+        require_stored(self.blobs, item.storage_key, item.path, item.size)
 
     def check_zip_bytes(self, package: PackageView, *, folder: bool = False) -> None:
         """What ``download`` (``download_folder`` with ``folder``) would raise for bytes the

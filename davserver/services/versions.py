@@ -185,7 +185,8 @@ class VersionService:
     def check_bytes(self, version: VersionInfo) -> None:
         """What ``open`` would raise, without opening the bytes: NotFound when the blob store
         lost them (a HEAD answers what a GET would)."""
-        require_stored(self.files.blobs, version.storage_key, f"version {version.version_no}")
+        what = f"version {version.version_no}"
+        require_stored(self.files.blobs, version.storage_key, what, version.size)
 
     def resolve(
         self, namespace: NamespaceService, ctx: AccessContext, rest: list[str]

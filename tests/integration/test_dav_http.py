@@ -1355,7 +1355,8 @@ def test_a_blob_cut_short_is_a_clear_404_until_the_same_bytes_are_uploaded_again
     """A blob file cut short (a crash with fsync off, a disk error) was served as a 200 that
     announced the whole size and then stopped, with nothing in the log; and an upload of the
     same bytes, under any name, pointed at the cut copy. It is a 404 naming the file and an
-    error naming the blob, until an upload of the same bytes puts a whole copy there."""
+    error naming the blob (a HEAD too), until an upload of the same bytes puts a whole copy
+    there."""
     data = os.urandom(200_000)
     put(srv, folder + "a.bin", data)
     key = existing_node(srv, folder + "a.bin").storage_key
@@ -1366,6 +1367,7 @@ def test_a_blob_cut_short_is_a_clear_404_until_the_same_bytes_are_uploaded_again
     for url in (folder + "a.bin", folder + "a.bin?version=1"):
         got = call(srv, "GET", url)
         assert got.status == 404 and b"damaged in the blob store" in got.body, got.body[:300]
+        assert call(srv, "HEAD", url).status == 404  # a HEAD answers as the GET does
     assert "holds 1000 bytes of" in caplog.text
     assert put(srv, folder + "b.bin", data) == 201
     assert get_body(srv, folder + "b.bin") == data
