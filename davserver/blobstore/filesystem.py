@@ -169,9 +169,8 @@ class FileSystemBlobStore:
             return None
 
     def replace_damaged(self, storage_key: str, good: Path, size: int) -> None:
-        """Move the damaged file under ``storage_key`` aside (the next write of those bytes
-        puts a whole copy there, ``_FileBlobWriter.finish`` and ``ensure_stored``), saying so in
-        the log, as fsck would report it."""
+        """Remove the damaged file under ``storage_key``, for the caller to put the whole copy
+        ``good`` there (``_FileBlobWriter.finish``, ``ensure_stored``), saying so in the log."""
         final = self.path_of(storage_key)
         with contextlib.suppress(FileNotFoundError):
             found = final.stat().st_size
