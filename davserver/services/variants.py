@@ -49,6 +49,7 @@ from davserver.imaging.spec import LOSSLESS_QUALITY
 from davserver.models import NodeKind
 from davserver.services import blob_refs
 from davserver.services.files import FileService
+from davserver.services.lost_bytes import open_stored
 from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView
 from davserver.services.variant_policy import (
@@ -217,11 +218,9 @@ class VariantService:
         return variant, True
 
     def open(self, variant: Variant) -> BinaryIO:
-        """A reader of a variant's bytes; NotFound when the blob store lost them."""
-        try:
-            return self.blobs.open(variant.storage_key)
-        except FileNotFoundError as exc:
-            raise NotFound("the variant's bytes are missing from the blob store") from exc
+        """A reader of a variant's bytes; NotFound when the blob store lost them or holds
+        them cut short (``open_stored``: a 200 that stalled, with nothing logged)."""
+        return open_stored(self.blobs, variant.storage_key, "the variant", variant.size)
 
     def _lookup(self, request: VariantRequest) -> Variant | None:
         """The stored variant ``request`` names, or None.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import threading
 import time
@@ -326,6 +327,24 @@ def test_the_second_request_is_served_from_the_cache(
     put(inproc_server, inproc_dav_dir + "copy.jpg", data)
     assert get(inproc_server, inproc_dav_dir + "copy.jpg", "thumbnail=256").body == first.body
     assert renders(inproc_server) == before + 1
+
+
+def test_a_stored_variant_cut_short_is_a_404_naming_it(
+    inproc_server: InprocServer, inproc_dav_dir: str
+) -> None:
+    """A thumbnail whose stored blob was cut short (a crash with fsync off, a disk error) was
+    a 200 announcing the whole size that sent part of it and then held the connection, with
+    nothing logged; as for a file's bytes, it is a 404 saying so."""
+    data = images.jpeg(1200, 900, (200, 40, 90))
+    url = inproc_dav_dir + "cut.jpg"
+    put(inproc_server, url, data)
+    first = get(inproc_server, url, "thumbnail=256")
+    assert first.status == 200
+    key = sha(first.body)
+    blobs = inproc_server.application.services.blobs
+    os.truncate(blobs.path_of(f"{key[:2]}/{key}"), 100)  # type: ignore[attr-defined]
+    cut = get(inproc_server, url, "thumbnail=256")
+    assert cut.status == 404 and b"damaged in the blob store" in cut.body, cut.body[:300]
 
 
 def test_cache_headers_and_if_none_match(inproc_server: InprocServer, inproc_dav_dir: str) -> None:
