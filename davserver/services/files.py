@@ -423,16 +423,13 @@ class FileService:
                 moved = _move_to_another_space(session, actor, node, dest_parent, dest_name)
                 details["source"] = str(node.id)
             else:
-                moved = node.id
-                # The folders it leaves: the grants there no longer reach it.
-                left: set[uuid.UUID] = set()
-                if node.parent_id != dest_parent.id:
-                    left = tree.chain_ids(session, node.parent_id) - set(dest_chain)
+                moved, moved_from = node.id, node.parent_id
                 node.parent_id = dest_parent.id
                 node.name = dest_name
                 node.name_key = name_key(dest_name)
                 session.flush()
-                recheck_moved(session, actor, space_of(*space), left, f"{dest_name!r} was moved")
+                because = f"{dest_name!r} was moved"
+                recheck_moved(session, actor, space_of(*space), moved_from, dest_chain, because)
             record_audit(session, actor, Op.NODE_MOVE, node_id=moved, details=details)
             return occupant
 

@@ -98,17 +98,22 @@ def recheck_moved(
     session: Session,
     actor: Actor | None,
     space: SpaceOwner,
-    left: Collection[uuid.UUID],
+    moved_from: uuid.UUID,
+    now_under: Collection[uuid.UUID],
     because: str,
 ) -> int:
-    """After nodes of ``space`` went out from under the folders ``left`` (a MOVE or a restore
-    to another folder, a purge moving items trashed from inside the purged folder up), in the
-    caller's transaction: a grant on them or below them whose granter held SHARE, or one of
-    the rights it gives, by a grant on one of ``left`` may no longer stand, and goes
-    (``revoke_unsupported``). So only grants on ``left`` to someone who shared on (to them,
-    or to a group of theirs) matter: leaving folders without any (nearly every move) costs one
-    lookup by key, and folders shared with people who never shared on, two. Returns how many
-    went."""
+    """After nodes of ``space`` went from the folder ``moved_from`` to one whose chain (it and
+    every folder above it) is ``now_under`` (a MOVE or a restore to another folder, a purge
+    moving items trashed from inside the purged folder up), in the caller's transaction: the
+    folders they left are those above them before and not now. A grant on them or below them
+    whose granter held SHARE, or one of the rights it gives, by a grant on one of those may no
+    longer stand, and goes (``revoke_unsupported``). So only grants there to someone who
+    shared on (to them, or to a group of theirs) matter: a rename leaves no folder and costs
+    nothing; leaving folders without any such grant (nearly every move) costs a walk up and
+    one lookup by key. Returns how many went."""
+    if moved_from in now_under:  # then so is every folder above it
+        return 0
+    left = tree.chain_ids(session, moved_from) - set(now_under)
     if not left:
         return 0
     given = session.execute(

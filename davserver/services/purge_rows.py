@@ -108,15 +108,18 @@ def remove_batch(
     if root is None:
         return len(folders), True
     emptied = 0
+    now_under: set[uuid.UUID] | None = None  # the chain of the folder the item is in
     for folder in folders:
         # Items deleted from inside this one before it was are trash items of their own: out
         # of the way, into the folder the purged item is in, where the grants on this one and
         # the folders up to the item no longer reach them.
         moving = {"folder_id": folder, "new_parent_id": root.parent_id}
         if session.execute(_MOVE_EARLIER, moving).rowcount:  # type: ignore[attr-defined]
-            left = tree.chain_ids(session, folder) - tree.chain_ids(session, root.parent_id)
+            if now_under is None:
+                now_under = tree.chain_ids(session, root.parent_id)
             space = space_of(root.owner_id, root.group_id)
-            recheck_moved(session, None, space, left, "the folder it was deleted from was purged")
+            because = "the folder it was deleted from was purged"
+            recheck_moved(session, None, space, folder, now_under, because)
         ids = session.scalars(_LIVE_CHILDREN, {"folder_id": folder, "limit": budget}).all()
         if ids:
             _release_pins(session, ids)

@@ -305,17 +305,15 @@ class TrashService(TrashPurge):
             deleted_at = node.deleted_at
             node.deleted_at = None
             node.deleted_by = None
-            # The folders it was deleted from, if it comes back elsewhere: their grants no
-            # longer reach it.
-            left: set[uuid.UUID] = set()
-            if node.parent_id is not None and node.parent_id != parent.id:
-                left = tree.chain_ids(session, node.parent_id) - set(chain)
+            deleted_from = node.parent_id
             node.parent_id = parent.id
             node.name = name
             node.name_key = name_key(name)
             session.flush()
-            space = space_of(node.owner_id, node.group_id)
-            recheck_moved(session, actor, space, left, f"{name!r} was restored to {where}")
+            if deleted_from is not None:  # back elsewhere: the grants there no longer reach it
+                space = space_of(node.owner_id, node.group_id)
+                because = f"{name!r} was restored to {where}"
+                recheck_moved(session, actor, space, deleted_from, chain, because)
             record_audit(
                 session,
                 actor,
