@@ -17,7 +17,6 @@ never points at bytes that a crash could lose.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import logging
@@ -168,30 +167,29 @@ class FileSystemBlobStore:
         except FileNotFoundError:
             return None
 
-    def replace_damaged(self, storage_key: str, good: Path, size: int) -> None:
-        """Remove the damaged file under ``storage_key``, for the caller to put the whole copy
-        ``good`` there (``_FileBlobWriter.finish``, ``ensure_stored``), saying so in the log."""
-        final = self.path_of(storage_key)
-        with contextlib.suppress(FileNotFoundError):
-            found = final.stat().st_size
-            final.unlink()
-            log.warning(
-                "blob %s held %d bytes instead of %d: replaced by an upload of the same bytes (%s)",
-                storage_key,
-                found,
-                size,
-                good.name,
-            )
+    def replace_damaged(self, storage_key: str, held: int, size: int, good: Path) -> None:
+        """Remove the file under ``storage_key``, which holds ``held`` bytes instead of
+        ``size``, for the caller to put the whole copy ``good`` there
+        (``_FileBlobWriter.finish``, ``ensure_stored``), saying so in the log."""
+        self.path_of(storage_key).unlink(missing_ok=True)
+        log.warning(
+            "blob %s held %d bytes instead of %d: replaced by an upload of the same bytes (%s)",
+            storage_key,
+            held,
+            size,
+            good.name,
+        )
 
     @storage_write_errors
     def ensure_stored(self, blob: StoredBlob) -> None:
         final = self.path_of(blob.storage_key)
-        if self.size_of(blob.storage_key) == blob.size:
+        held = self.size_of(blob.storage_key)
+        if held == blob.size:
             return
-        if final.exists():
+        if held is not None:
             if blob.spare is None:
                 return  # cut short, and no whole copy to put there (fsck reports it)
-            self.replace_damaged(blob.storage_key, self._temp_path(blob.spare), blob.size)
+            self.replace_damaged(blob.storage_key, held, blob.size, self._temp_path(blob.spare))
         if blob.spare is None:
             raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
         spare = self._temp_path(blob.spare)
@@ -295,10 +293,12 @@ class _FileBlobWriter(StagedWriter):
     def finish(self, expect: Mapping[str, str] | None = None) -> StoredBlob:
         sha256, md5, sha1 = self._digests(expect)
         key, stored = self._store.locate(sha256)
-        if stored and self._store.size_of(key) != self.bytes_written:
-            # The stored copy was cut short (a crash with fsync off, a disk error): this one
-            # replaces it, for every file that has these bytes.
-            self._store.replace_damaged(key, self._staged.path, self.bytes_written)
+        held = self._store.size_of(key) if stored else None
+        if stored and held != self.bytes_written:
+            # The stored copy was cut short (a crash with fsync off, a disk error), or went
+            # meanwhile: this one takes its place, for every file that has these bytes.
+            if held is not None:
+                self._store.replace_damaged(key, held, self.bytes_written, self._staged.path)
             stored = False
         if self.bytes_written == 0 and not stored:
             spare: str | None = self._keep_empty()
