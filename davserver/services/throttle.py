@@ -20,6 +20,7 @@ import datetime as dt
 import ipaddress
 import math
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,12 +30,10 @@ from sqlalchemy.orm import Session
 from davserver.db import Base, Database
 from davserver.db.dialect import for_bind, insert_or_ignore, is_postgres
 from davserver.db.types import utcnow
-from davserver.errors import TooManyRequests
-from davserver.models import Op, User
-from davserver.services.account_rules import account_key
+from davserver.errors import NotFound, TooManyRequests
+from davserver.models import Op
+from davserver.services.account_rules import find_user
 from davserver.services.audit import record_audit
-
-_ACCOUNT = sa.select(User.id).where(sa.func.lower(User.username) == sa.bindparam("name_key"))
 
 # Any constant: on PostgreSQL, recording a failed login takes this transaction-level advisory lock.
 _FAILURES_LOCK_KEY = 0x7468726F
@@ -48,8 +47,14 @@ class ThrottlePolicy:
     ban: dt.timedelta = dt.timedelta(minutes=15)
 
 
+def _counted_as(username: str) -> str:
+    """The name a login's failures count against: any spelling that folds to it (a Kelvin
+    sign for a k) is the same account."""
+    return username.casefold()
+
+
 def _keys(username: str, remote_addr: str | None) -> list[str]:
-    keys = [f"user:{username.casefold()}"[:200]]
+    keys = [f"user:{_counted_as(username)}"[:200]]
     if remote_addr:
         keys.append(f"addr:{_client_of(remote_addr)}"[:200])
     return keys
@@ -109,11 +114,12 @@ class LoginThrottle:
         banned_until = None
         with self.db.write() as session:
             self._forget_the_past(session, now)
-            # The account the failure counts against (its throttle key: the name casefolded,
-            # so a Kelvin sign counts for a k), if any: the row, and a ban it starts, are in
-            # that account's history (``audit --user``).
-            counted_as = _keys(username, None)[0].removeprefix("user:")
-            account_id = session.scalar(_ACCOUNT, {"name_key": account_key(counted_as)})
+            # The account the failure counts against, if any: the row, and a ban it starts,
+            # are in that account's history (``audit --user``).
+            try:
+                account_id: uuid.UUID | None = find_user(session, _counted_as(username)).id
+            except NotFound:
+                account_id = None
             record_audit(
                 session,
                 None,
