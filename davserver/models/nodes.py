@@ -71,6 +71,9 @@ class Node(Base):
         _trashed_only("ix_nodes_trash", "owner_id", "deleted_at"),  # a user's trash
         _trashed_only("ix_nodes_trash_deleter", "deleted_by", "deleted_at"),  # group items
         _trashed_only("ix_nodes_trash_expiry", "deleted_at", "id"),  # the sweep's purge order
+        # A space's nodes (a group's by group_id, a home's by owner_id with group_id NULL): the
+        # grants in a space are found through them (grant_support).
+        sa.Index("ix_nodes_space", "group_id", "owner_id"),
         # The trash items being purged (a few at most): housekeeping finishes interrupted ones.
         sa.Index(
             "ix_nodes_purging",

@@ -20,6 +20,7 @@ class Grant(Base):
         sa.CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="one_grantee"),
         sa.Index("ix_grants_node_user", "node_id", "user_id"),
         sa.Index("ix_grants_node_group", "node_id", "group_id"),
+        sa.Index("ix_grants_granted_by", "granted_by"),  # who shared on (grant_support)
     )
 
     id: Mapped[uuid_pk]

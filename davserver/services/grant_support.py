@@ -108,9 +108,9 @@ def recheck_moved(
     folders they left are those above them before and not now. A grant on them or below them
     whose granter held SHARE, or one of the rights it gives, by a grant on one of those may no
     longer stand, and goes (``revoke_unsupported``). So only grants there to someone who
-    shared on (to them, or to a group of theirs) matter: a rename leaves no folder and costs
-    nothing; leaving folders without any such grant (nearly every move) costs a walk up and
-    one lookup by key. Returns how many went."""
+    shared on in this space (to them, or to a group of theirs) matter: a rename leaves no
+    folder and costs nothing; leaving folders without any such grant (nearly every move)
+    costs a walk up and a lookup or two by key. Returns how many went."""
     if moved_from in now_under:  # then so is every folder above it
         return 0
     left = tree.chain_ids(session, moved_from) - set(now_under)
@@ -128,7 +128,10 @@ def recheck_moved(
             session.scalars(sa.select(GroupMember.user_id).where(GroupMember.group_id.in_(groups)))
         )
     shared_on = session.scalar(
-        sa.select(Grant.id).where(Grant.granted_by.in_(list(users))).limit(1)
+        sa.select(Grant.id)
+        .join(Node, Node.id == Grant.node_id)
+        .where(Grant.granted_by.in_(list(users)), _in_space(space))
+        .limit(1)
     )
     return 0 if shared_on is None else revoke_unsupported(session, actor, [space], because)
 
@@ -297,18 +300,20 @@ def grantee_id(user_id: uuid.UUID | None, group_id: uuid.UUID | None) -> uuid.UU
     return grantee
 
 
+def _in_space(space: SpaceOwner) -> sa.ColumnElement[bool]:
+    """Whether a node is in ``space`` (by ix_nodes_space)."""
+    if space.group_id is not None:
+        return Node.group_id == space.group_id
+    return sa.and_(Node.group_id.is_(None), Node.owner_id == space.owner_id)
+
+
 def _grants_in(session: Session, space: SpaceOwner) -> list[_Row]:
-    in_space = (
-        Node.group_id == space.group_id
-        if space.group_id is not None
-        else sa.and_(Node.owner_id == space.owner_id, Node.group_id.is_(None))
-    )
     result = session.execute(
         sa.select(Grant, User.username, Group.name)
         .join(Node, Node.id == Grant.node_id)
         .outerjoin(User, User.id == Grant.user_id)
         .outerjoin(Group, Group.id == Grant.group_id)
-        .where(in_space)
+        .where(_in_space(space))
         .order_by(Grant.granted_at, Grant.id)
     )
     rows = []

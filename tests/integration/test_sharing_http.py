@@ -19,6 +19,7 @@ from davserver.models import Grant, ImageVariant, LogEntry, Node, Op
 from tests import images
 from tests.conftest import ENGINES
 from tests.servers import InprocServer, Response, basic_auth_header, http_request, run_inproc_server
+from tests.webdav import statements
 
 PROPPATCH = (
     b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:x="urn:x">'
@@ -867,6 +868,32 @@ def test_a_reshare_of_write_goes_when_its_granter_becomes_a_viewer(people: Peopl
     p.server.app.services.users.add_role(None, p.bob, "viewer")
     assert p.rights_on("/files/v") == {p.bob: ["read", "write", "share"], p.dave: ["read"]}
     assert p.call(p.carol, "PUT", f"/shared/{p.alice}/v/new.txt", b"carol's").status == 409
+
+
+def test_a_move_rereads_the_spaces_grants_only_if_its_grantee_shared_on_in_it(
+    people: People,
+) -> None:
+    """Bob may share in alice's s and shared his own file with carol, nothing of alice's. A
+    move out of s leaves no reshare of alice's space to recheck: the space's grants are not
+    read (at 200,000 grants on a server that pass took 1.5 s on SQLite). Once bob reshares in
+    s, the same move reads them, and carol's grant goes."""
+    p = people
+    for folder in ("s", "s/a", "s/b", "away"):
+        assert p.call(p.alice, "MKCOL", f"/files/{folder}/").status == 201
+    assert p.grant(p.alice, "/files/s", p.bob, "read", "download", "share") == 201
+    assert p.put(p.bob, "/files/own.txt") == 201
+    assert p.grant(p.bob, "/files/own.txt", p.carol, "read") == 201
+
+    def moved(name: str) -> list[str]:
+        headers = {"Destination": f"{p.server.url}/files/away/{name}/"}
+        with statements(p.server) as seen:
+            assert p.call(p.alice, "MOVE", f"/files/s/{name}/", headers=headers).status == 201
+        return [s for s in seen if "ORDER BY grants.granted_at" in s]
+
+    assert moved("a") == []
+    assert p.grant(p.bob, f"/shared/{p.alice}/s/b", p.carol, "read") == 201
+    assert len(moved("b")) == 1
+    assert p.rights_on("/files/away/b") == {}
 
 
 def test_a_reshare_goes_when_a_purge_moves_its_item_out_of_the_sharers_folder(
