@@ -44,7 +44,7 @@ def prepare(
     """
     from davserver.app import Application
     from davserver.context import open_s3_store
-    from davserver.services.store_owner import claim_store
+    from davserver.services.store_owner import serve_store
 
     if is_in_memory(check_url(settings.database_url)):
         # Each pooled connection (and the child that migrates) would have a database of its
@@ -61,7 +61,7 @@ def prepare(
     if not migrate_in_child:
         upgrade_schema(settings, app.db)
     try:
-        claim_store(app.db, app.blobs)
+        serve_store(app.db, app.blobs)
     except ConfigError:  # another database's store, or one whose mark cannot be read
         app.close()
         raise

@@ -43,6 +43,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from davserver.blobstore import BlobStore
+from davserver.blobstore.base import OWNER_KEY
 from davserver.blobstore.filesystem import FileSystemBlobStore, fsync_path, is_storage_key
 from davserver.db import Base, Database
 from davserver.db.copy import copy_database
@@ -51,7 +52,7 @@ from davserver.models import Blob, Op
 from davserver.services.audit import record_audit
 from davserver.services.fsck import FsckProblem
 from davserver.services.maintenance import Progress, ProgressCallback, unused_blob_keys
-from davserver.services.store_owner import backup_identity, give_identity
+from davserver.services.store_owner import backup_identity, mark_backup
 
 DATABASE_FILE = "davserver.sqlite3"  # the names a data folder uses (Settings.database_url)
 BLOB_FOLDER = "blobs"
@@ -191,6 +192,9 @@ def _back_up(
         if fsync:
             fsync_path(folder)
         report.files_removed = _remove_unused_files(folder)
+        # Unmarked, for the first server run on the backup to claim: one run on it before
+        # gave the database and the store another identity.
+        (folder / BLOB_FOLDER / OWNER_KEY).unlink(missing_ok=True)
     finally:
         partial.unlink(missing_ok=True)
         earlier.unlink(missing_ok=True)
@@ -240,11 +244,11 @@ def _snapshot_into(db: Database, target: Path) -> None:
 def _give_backup_identity(db: Database, folder: Path, snapshot: Path) -> None:
     """The backup's database gets an identity of its own (``store_owner.backup_identity``):
     with the live database's, gc run on the backup with the live store's settings deleted
-    every file uploaded since the backup. Its own ``blobs/`` is left unmarked, for the first
-    server run on it (or the copy a restore makes) to claim."""
+    every file uploaded since the backup. The first server run on it (or on the copy a
+    restore makes) gives it another (``store_owner.serve_store``)."""
     copy = Database(f"sqlite:///{snapshot}")
     try:
-        give_identity(copy, identity=backup_identity(db, str(folder.resolve())))
+        mark_backup(copy, backup_identity(db, str(folder.resolve())))
     finally:
         copy.dispose()
     with closing(sqlite3.connect(snapshot)) as conn:

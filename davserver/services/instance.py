@@ -34,3 +34,22 @@ def replace_value(db: Database, name: str, value: str) -> None:
     with db.write() as session:
         session.execute(_DELETE, {"name": name})
         session.execute(_values.insert(), {"name": name, "value": value, "created_at": utcnow()})
+
+
+def remove_value(db: Database, name: str) -> None:
+    """Remove ``name``, if it was there."""
+    with db.write() as session:
+        session.execute(_DELETE, {"name": name})
+
+
+def replace_once(db: Database, mark: str, name: str, value: str) -> str | None:
+    """If ``mark`` is there: remove it and set ``name`` to ``value``, in one transaction, and
+    return what ``mark`` held; else None. Of processes asking at once, one does it (the others'
+    delete finds nothing, once the first committed)."""
+    with db.write() as session:
+        held = session.scalar(_DELETE.returning(_values.c.value), {"name": mark})
+        if held is None:
+            return None
+        session.execute(_DELETE, {"name": name})
+        session.execute(_values.insert(), {"name": name, "value": value, "created_at": utcnow()})
+    return str(held)

@@ -14,24 +14,32 @@ belongs to (``BlobStore.owner``: a small file, or an object, beside the blobs).
   (``--take-blob-store``, a move): a copy of a backup must not take the store from the live
   database it was taken from.
 - A backup's database has an identity of its own too, the same for every backup into one
-  folder (``backup_identity``): a server or gc run on a backup with the live store's settings
-  (an S3 bucket, a ``storage.blob_dir``) is refused, where gc took every file uploaded since
-  the backup for an orphan and deleted it from the live store.
+  folder (``backup_identity``), and so has the backup's own store: a server or gc run on a
+  backup with the live store's settings (an S3 bucket, a ``storage.blob_dir``) is refused,
+  where gc took every file uploaded since the backup for an orphan and deleted it from the
+  live store.
+- The first server run on a backup's database (a restore) gives it an identity of its own,
+  and the backup's store with it (``serve_store``): every other copy of the backup keeps the
+  backup's identity, so gc run on one with the restored store's settings is refused too.
 - ``db claim-blob-store`` gives the store to the configured database whoever had it: after a
   restore, or a copy made without the flag.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from davserver.blobstore import MaintainableBlobStore
 from davserver.blobstore.base import OWNER_KEY
 from davserver.config import ConfigError
 from davserver.db import Database
-from davserver.services.instance import replace_value, shared_value
+from davserver.services.instance import remove_value, replace_once, replace_value, shared_value
+
+log = logging.getLogger(__name__)
 
 _NAME = "database-id"
+_BACKUP = "backup-identity"  # a backup's database holds it until a server runs on it
 CLAIM_COMMAND = "davserver db claim-blob-store"
 
 
@@ -72,8 +80,19 @@ def claim_store(db: Database, blobs: MaintainableBlobStore) -> None:
     _refuse_another(mine, owner, blobs)
 
 
+def serve_store(db: Database, blobs: MaintainableBlobStore) -> None:
+    """Before a server serves ``db`` with ``blobs``: a backup's database becomes a live one of
+    its own (``_go_live``), taking the store if it is the backup's; then ``claim_store``."""
+    backup = _go_live(db)
+    if backup is not None and store_owner(blobs) == backup:
+        blobs.set_owner(database_id(db))
+    claim_store(db, blobs)
+
+
 def take_store(db: Database, blobs: MaintainableBlobStore) -> tuple[str | None, str]:
-    """Make the store ``db``'s whoever had it; (the identity it named before, ``db``'s)."""
+    """Make the store ``db``'s whoever had it (a backup's database becomes a live one of its
+    own first); (the identity the store named before, ``db``'s)."""
+    _go_live(db)
     mine, before = database_id(db), store_owner(blobs)
     if before != mine:
         blobs.set_owner(mine)
@@ -101,14 +120,38 @@ def give_identity(
     (check_handover first)."""
     copy = identity or str(uuid.uuid4())
     replace_value(target, _NAME, copy)
+    remove_value(target, _BACKUP)  # a copy of a backup is no backup
     if blobs is not None:
         blobs.set_owner(copy)
+
+
+def mark_backup(target: Database, identity: str) -> None:
+    """``target`` is a backup's database: ``identity`` (``backup_identity``) is its own until
+    a server runs on it (``serve_store``)."""
+    give_identity(target, identity=identity)
+    replace_value(target, _BACKUP, identity)
 
 
 def backup_identity(db: Database, folder: str) -> str:
     """The identity of the backups of ``db`` into ``folder``: derived from both, so that each
     backup into one folder has the one the server run on it earlier claimed its blobs with."""
     return str(uuid.uuid5(uuid.UUID(database_id(db)), f"backup:{folder}"))
+
+
+def _go_live(db: Database) -> str | None:
+    """When ``db`` is a backup's database no server ran on yet (a restore, or a look at the
+    backup): an identity of its own from now on, and the backup's, returned; else None. The
+    backup and its other copies (an rsync, a snapshot) keep the backup's identity, so the store
+    this one serves from refuses them."""
+    backup = replace_once(db, _BACKUP, _NAME, str(uuid.uuid4()))
+    if backup is not None:
+        log.warning(
+            "this database is a backup's (id %s); it now has an identity of its own (%s),"
+            " and the backup and its copies are refused the blob store it uses",
+            backup,
+            database_id(db),
+        )
+    return backup
 
 
 def _refuse_another(mine: str, owner: str | None, blobs: MaintainableBlobStore) -> None:

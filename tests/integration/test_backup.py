@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -131,12 +132,50 @@ def test_gc_on_a_backup_with_the_live_stores_settings_is_refused(
         assert run("backup", str(folder))[0] == 0
 
 
+def test_a_restored_backup_refuses_gc_from_the_backups_other_copies(
+    srv: InprocServer, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore (README: ``cp -a`` of the backup folder) left the live database with the
+    backup's identity, which every other copy of the backup (the folder itself, an rsync of it)
+    shares: gc run on one of them with the restored store's settings took every file uploaded
+    since the restore for an orphan and deleted it. The first server run on the restored copy
+    gives it an identity of its own, and takes its blobs along."""
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/before.txt", b"backed up") == 201
+    folder = tmp_path / "backup" / "data"
+    assert run("backup", str(folder))[0] == 0
+    restored, spare = tmp_path / "restored" / "data", tmp_path / "spare" / "data"
+    shutil.copytree(folder, restored)
+    shutil.copytree(folder, spare)
+    with serve_backup(restored, srv) as server:
+        again = User(server, srv.user, srv.password)
+        assert again.put("/files/after.txt", b"uploaded after the restore") == 201
+
+    monkeypatch.setenv("DAVSERVER_STORAGE_BLOB_DIR", str(restored / backup.BLOB_FOLDER))
+    for other in (spare, folder):
+        status, _, err = run("gc", "--grace", "0", data_dir=other)
+        assert status == 2 and "belongs to another database" in err, err
+    monkeypatch.delenv("DAVSERVER_STORAGE_BLOB_DIR")
+    status, report, _ = run("fsck", data_dir=restored)
+    assert status == 0 and report["ok"], report
+    for data in (restored, spare):  # the spare copy is a restore of its own
+        with serve_backup(data, srv) as server:
+            again = User(server, srv.user, srv.password)
+            assert again.get("/files/before.txt") == b"backed up"
+    with serve_backup(restored, srv) as server:
+        again = User(server, srv.user, srv.password)
+        assert again.get("/files/after.txt") == b"uploaded after the restore"
+
+
 @pytest.mark.postgres
+@pytest.mark.parametrize("take", [False, True], ids=["claim-on-serve", "take-blob-store"])
 def test_a_backup_restores_into_a_new_postgresql_database(
-    srv: InprocServer, run: Any, tmp_path: Path
+    srv: InprocServer, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, take: bool
 ) -> None:
     """README's restore for PostgreSQL: ``db copy`` from the backup's database into an empty
-    one, the blobs where ``storage.blob_dir`` says."""
+    one (with ``--take-blob-store``, or the first server claims the store), the blobs where
+    ``storage.blob_dir`` says. The copy is no backup's database: a server on it keeps the
+    identity ``db copy`` gave it, which the store names."""
     user = User(srv, srv.user, srv.password)
     assert user.put("/files/kept.txt", b"first") == 201
     assert user.put("/files/kept.txt", b"second") == 204
@@ -144,9 +183,12 @@ def test_a_backup_restores_into_a_new_postgresql_database(
     assert run("backup", str(folder))[0] == 0
 
     with fresh_database_url("postgresql", str(tmp_path)) as target:
-        status, copied, _ = run("db", "copy", "--to", target, "--quiet", data_dir=folder)
-        assert status == 0 and copied["rows"]["file_versions"] == 2, copied
         blobs = str(folder / backup.BLOB_FOLDER)
+        flags = ("--take-blob-store",) if take else ()
+        monkeypatch.setenv("DAVSERVER_STORAGE_BLOB_DIR", blobs)
+        status, copied, _ = run("db", "copy", "--to", target, "--quiet", *flags, data_dir=folder)
+        monkeypatch.delenv("DAVSERVER_STORAGE_BLOB_DIR")
+        assert status == 0 and copied["rows"]["file_versions"] == 2, copied
         existing = (target, srv.password)
         with run_inproc_server(
             "postgresql", tmp_path / "restored", existing=existing, storage__blob_dir=blobs
