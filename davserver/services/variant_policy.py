@@ -127,6 +127,7 @@ class VariantSource:
     storage_key: str
     version_id: uuid.UUID | None
     name: str
+    size: int  # of the blob: a stored copy of another size is damaged
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ class VariantService:
             size = version.size
         if sha256 is None or key is None or size == 0:
             raise UnsupportedMedia("the file is empty")
-        source = VariantSource(sha256, key, version_id, view.name)
+        source = VariantSource(sha256, key, version_id, view.name, size)
         may_download = bool(rights & Perm.DOWNLOAD)
         return VariantRequest(source, variant_type, spec, may_download=may_download)
 
@@ -278,8 +278,9 @@ class VariantService:
         return len(head) == 26 and head[12:16] == b"IHDR" and head[25] in (4, 6)
 
     def _render(self, request: VariantRequest) -> RenderedImage:
-        with self._open_source(request.source) as source:
-            rendered = self.pool.render(source, request.spec)
+        source = request.source
+        with open_stored(self.blobs, source.storage_key, source.name, source.size) as reader:
+            rendered = self.pool.render(reader, request.spec)
         with self._guard:
             self.renders += 1
         return rendered
@@ -345,15 +346,6 @@ class VariantService:
         blob_refs.placing(self.db, self.blobs, stored, work)
 
     @contextmanager
-    def _open_source(self, source: VariantSource) -> Iterator[BinaryIO]:
-        try:
-            reader = self.blobs.open(source.storage_key)
-        except FileNotFoundError as exc:
-            raise NotFound("the file's bytes are missing from the blob store") from exc
-        with reader:
-            yield reader
-
-    @contextmanager
     def _single_flight(self, key: tuple[Any, ...]) -> Iterator[None]:
         """One conversion per variant at a time in this process; later askers wait for it."""
         with self._guard:
@@ -394,7 +386,9 @@ class VariantService:
             return
         if view.sha256 is None or view.storage_key is None:
             return
-        source = VariantSource(view.sha256, view.storage_key, view.current_version_id, view.name)
+        source = VariantSource(
+            view.sha256, view.storage_key, view.current_version_id, view.name, view.size
+        )
         with self._guard:
             if self._pending >= _BACKGROUND_QUEUE:
                 log.info("background thumbnails skipped for %s: queue full", view.name)
@@ -440,7 +434,9 @@ class VariantService:
                 if row.sha256 in seen or not self.policy.looks_like_image(row.name, row.mime):
                     continue
                 seen.add(row.sha256)
-                out.append(VariantSource(row.sha256, row.storage_key, row.version_id, row.name))
+                out.append(
+                    VariantSource(row.sha256, row.storage_key, row.version_id, row.name, row.size)
+                )
         return out
 
     def rebuild(self, source: VariantSource, *, force: bool = False) -> RebuildResult:
@@ -517,6 +513,7 @@ _SOURCES = (
         _n.c.current_version_id.label("version_id"),
         _b.c.sha256,
         _b.c.storage_key,
+        _b.c.size_bytes.label("size"),
     )
     .select_from(_n.join(_v, _v.c.id == _n.c.current_version_id).join(_b, _b.c.id == _v.c.blob_id))
     .where(_n.c.kind == NodeKind.FILE.value, _n.c.deleted_at.is_(None), _b.c.size_bytes > 0)

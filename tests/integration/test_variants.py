@@ -347,6 +347,24 @@ def test_a_stored_variant_cut_short_is_a_404_naming_it(
     assert cut.status == 404 and b"damaged in the blob store" in cut.body, cut.body[:300]
 
 
+def test_a_source_cut_short_is_a_404_and_its_repair_is_seen_at_once(
+    inproc_server: InprocServer, inproc_dav_dir: str
+) -> None:
+    """A thumbnail of an image whose blob was cut short was a 422 ("cannot read the image"),
+    remembered for 5 minutes: the same upload again repairs the blob, and the thumbnail still
+    failed. It is a 404 saying the bytes are damaged, as for the file's GET, and not kept."""
+    data = images.jpeg(900, 700, (20, 200, 90))
+    url = inproc_dav_dir + "cut-source.jpg"
+    put(inproc_server, url, data)
+    blobs = inproc_server.application.services.blobs
+    key = sha(data)
+    os.truncate(blobs.path_of(f"{key[:2]}/{key}"), 1000)  # type: ignore[attr-defined]
+    cut = get(inproc_server, url, "thumbnail=256")
+    assert cut.status == 404 and b"damaged in the blob store" in cut.body, cut.body[:300]
+    put(inproc_server, inproc_dav_dir + "again.jpg", data)  # the upload heals the blob
+    assert get(inproc_server, url, "thumbnail=256").status == 200
+
+
 def test_cache_headers_and_if_none_match(inproc_server: InprocServer, inproc_dav_dir: str) -> None:
     data = images.jpeg(300, 300, (90, 90, 10))
     url = inproc_dav_dir + "etag.jpg"

@@ -486,7 +486,7 @@ def test_who_may_see_a_thumbnail_and_a_preview(
 
 
 def test_the_etag_names_the_source_bytes_and_every_parameter() -> None:
-    source = VariantSource("cd" * 32, "cd/cd/x", None, "a.jpg")
+    source = VariantSource("cd" * 32, "cd/cd/x", None, "a.jpg", 10)
     tags = {
         VariantRequest(source, kind, VariantSpec(size, fmt, quality)).etag
         for kind in (THUMBNAIL, PREVIEW)
