@@ -91,9 +91,9 @@ class BlobStore(Protocol):
         can take now, as far as it knows (a bucket's own limit, if any, is not known)."""
         ...
 
-    def missing(self, storage_keys: Iterable[str]) -> list[str]:
-        """The keys of ``storage_keys`` with no bytes stored, in their order (a package's or
-        a folder's zip checks all its members before it starts)."""
+    def sizes_of(self, storage_keys: Iterable[str]) -> list[int | None]:
+        """``size_of`` each of ``storage_keys``, in their order (a package's or a folder's zip
+        checks all its members before it starts)."""
         ...
 
     def delete(self, storage_key: str) -> None: ...

@@ -151,8 +151,8 @@ class FileSystemBlobStore:
     def exists(self, storage_key: str) -> bool:
         return self.path_of(storage_key).is_file()
 
-    def missing(self, storage_keys: Iterable[str]) -> list[str]:
-        return [key for key in storage_keys if not self.exists(key)]
+    def sizes_of(self, storage_keys: Iterable[str]) -> list[int | None]:
+        return [self.size_of(key) for key in storage_keys]
 
     def delete(self, storage_key: str) -> None:
         self.path_of(storage_key).unlink(missing_ok=True)

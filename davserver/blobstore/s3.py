@@ -154,13 +154,12 @@ class S3BlobStore:
     def size_of(self, storage_key: str) -> int | None:
         return self._size(self._key(storage_key))
 
-    def missing(self, storage_keys: Iterable[str]) -> list[str]:
+    def sizes_of(self, storage_keys: Iterable[str]) -> list[int | None]:
         """One HeadObject per key, ``_CHECKS_AT_ONCE`` at a time: a round trip each, so a
         zip of a thousand files waits for a few dozen of them, not a thousand."""
         keys = list(storage_keys)
         with ThreadPoolExecutor(min(_CHECKS_AT_ONCE, max(len(keys), 1))) as pool:
-            found = list(pool.map(self.exists, keys))
-        return [key for key, there in zip(keys, found, strict=True) if not there]
+            return list(pool.map(self.size_of, keys))
 
     def delete(self, storage_key: str) -> None:
         key = self._key(storage_key)

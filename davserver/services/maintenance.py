@@ -175,10 +175,10 @@ class MaintenanceService:
             after = rows[-1].id
             seen += len(rows)
             if report.dry_run:
-                gone = set(self.blobs.missing([row.storage_key for row in rows]))
-                for row in rows:
+                sizes = self.blobs.sizes_of([row.storage_key for row in rows])
+                for row, size in zip(rows, sizes, strict=True):
                     report.blobs_removed += 1
-                    if row.storage_key in gone:
+                    if size is None:
                         report.blobs_without_file += 1
                     else:
                         report.bytes_removed += row.size_bytes

@@ -40,7 +40,7 @@ from davserver.models import Op
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.bounds import check_days, check_description, days_from_now
-from davserver.services.lost_bytes import lost_bytes, open_stored, require_stored
+from davserver.services.lost_bytes import damaged_bytes, lost_bytes, open_stored, require_stored
 from davserver.services.namespace import AccessContext, NamespaceService
 from davserver.services.package_archive import (
     PackageArchive,
@@ -635,15 +635,20 @@ class PackageService:
         return build_archive(ready, self._open)
 
     def _require_bytes(self, package: PackageView, where: str) -> None:
-        """NotFound naming the items whose bytes the blob store lost (``lost_bytes``), so that
-        the answer is an error, not a zip that breaks off at the first of them."""
-        keys = {item.storage_key for item in package.items if item.storage_key is not None}
-        gone = set(self.blobs.missing(sorted(keys)))
-        lost = [item for item in package.items if item.storage_key in gone]
+        """NotFound naming the items whose bytes the blob store lost (``lost_bytes``), else
+        the first it holds cut short (``damaged_bytes``), so that the answer is an error, not
+        a zip that breaks off at the first of them."""
+        keys = sorted({item.storage_key for item in package.items if item.storage_key})
+        held = dict(zip(keys, self.blobs.sizes_of(keys), strict=True))
+        stored = [(item, held[item.storage_key]) for item in package.items if item.storage_key]
+        lost = [item for item, size in stored if size is None]
         if lost:
             paths = ", ".join(item.path for item in lost[:10])
             more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
             raise lost_bytes(f"{paths}{more} in {where}", [item.storage_key for item in lost])
+        for item, size in stored:
+            if size is not None and size != item.size and item.storage_key:
+                raise damaged_bytes(f"{item.path} in {where}", item.storage_key, size, item.size)
 
     def _with_crc32(self, package: PackageView) -> PackageView:
         """``package`` with every item's CRC-32, reading (once, then stored) the blobs of

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -330,27 +331,34 @@ def test_a_pinned_item_read_from_the_package_folder_is_a_logged_download(
     ]
 
 
+@pytest.mark.parametrize("damage", ["gone", "cut short"])
 def test_lost_bytes_are_named_before_any_byte_of_the_zip_is_sent(
-    server: InprocServer, alice: User, caplog: pytest.LogCaptureFixture
+    server: InprocServer, alice: User, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
-    # The second member's blob file is gone (a disk restored from an old backup): the zip was
-    # a 200 that broke off mid-stream, or a bare 500. It is a 404 naming the file now, as a
-    # GET of the file is, and the server's log names the blob for the admin (fsck finds all).
+    # The second member's blob file is gone (a disk restored from an old backup), or cut short
+    # (a crash with fsync off): the zip was a 200 that broke off mid-stream, or a bare 500. It
+    # is a 404 naming the file now, as a GET of the file is, and the server's log names the
+    # blob for the admin (fsck finds all).
     kept, lost = (f"{what} {uuid.uuid4()}".encode() for what in ("kept", "lost"))
     alice.put("/files/kept.txt", kept)
     alice.put("/files/lost.txt", lost)
     alice.mkcol("/packages/damaged/")
     for name in ("kept.txt", "lost.txt"):
         assert alice.copy(f"/files/{name}", f"/packages/damaged/{name}").status == 201
-    blobs.path_of(server.application.blobs, lost).unlink()
+    stored = blobs.path_of(server.application.blobs, lost)
+    if damage == "gone":
+        stored.unlink()
+    else:
+        os.truncate(stored, 5)
+    said = b"missing from the blob store" if damage == "gone" else b"damaged in the blob store"
     with caplog.at_level(logging.ERROR):
         for headers in ({}, {"Range": "bytes=0-"}, {"Range": "bytes=500-"}):
             response = alice.call("GET", "/packages/damaged.zip", headers=headers)
             assert response.status == 404, (headers, response.status)
-            assert b"lost.txt" in response.body and b"blob store" in response.body
+            assert b"lost.txt" in response.body and said in response.body, response.body
         for path in ("/files/lost.txt", "/packages/damaged/lost.txt"):
             response = alice.call("GET", path)
-            assert response.status == 404 and b"blob store" in response.body, path
+            assert response.status == 404 and said in response.body, path
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len([m for m in logged if blobs.sha(lost) in m and "lost.txt" in m]) == 5, logged
     server.application.files.read_log.flush()

@@ -104,14 +104,14 @@ def test_a_missing_blob_is_file_not_found(store: MaintainableBlobStore) -> None:
         store.open(key)
 
 
-def test_missing_names_the_keys_without_bytes_in_order(store: MaintainableBlobStore) -> None:
+def test_sizes_of_gives_each_keys_size_or_none_in_order(store: MaintainableBlobStore) -> None:
     blobs = [_write(store, b"present %d" % n) for n in range(20)]
     gone = [blobs[3].storage_key, blobs[17].storage_key]
     for key in gone:
         store.delete(key)
-    keys = [blob.storage_key for blob in blobs]
-    assert store.missing(keys) == gone
-    assert store.missing([]) == []
+    sizes = store.sizes_of([blob.storage_key for blob in blobs])
+    assert sizes == [None if b.storage_key in gone else b.size for b in blobs]
+    assert store.sizes_of([]) == []
 
 
 def test_a_wrong_announced_digest_stores_nothing(store: MaintainableBlobStore) -> None:
