@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import logging
 import os
 import secrets
 import threading
@@ -74,6 +75,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 ASIDE = "aside/"
+log = logging.getLogger(__name__)
+
 _ASIDE_TOKEN = "gc-"
 # Larger uploads go up in parts of this size, several at once; smaller ones in one PUT.
 MULTIPART_BYTES = 64 * 1024 * 1024
@@ -82,7 +85,7 @@ _PART_UPLOADS = 4
 # costs about what the question would (one round trip), and most small uploads are new bytes.
 # A repeat PUT of the same key writes the same bytes (a versioned bucket keeps both).
 _SEND_WITHOUT_ASKING = 64 * 1024
-_CHECKS_AT_ONCE = 16  # HeadObject requests in flight for one ``missing`` call
+_CHECKS_AT_ONCE = 16  # HeadObject requests in flight for one ``sizes_of`` call
 # How much a reader asks for at a time when it has to start a ranged GET.
 _READ_BUFFER = 1024 * 1024
 
@@ -168,12 +171,23 @@ class S3BlobStore:
 
     def ensure_stored(self, blob: StoredBlob) -> None:
         """Send the spare up unless the bucket has the bytes: small ones without asking
-        (the PUT costs what the question would), larger ones when a HEAD finds none."""
+        (the PUT costs what the question would), larger ones when a HEAD finds none, or an
+        object of another size (put there by another program, or cut short by the store)."""
         small = blob.spare is not None and blob.size <= _SEND_WITHOUT_ASKING
-        if not small and self.exists(blob.storage_key):
+        held = None if small else self.size_of(blob.storage_key)
+        if held == blob.size:
             return
         if blob.spare is None:
+            if held is not None:
+                return  # the wrong bytes, and no whole copy to put there (fsck reports it)
             raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
+        if held is not None:
+            log.warning(
+                "blob %s held %d bytes instead of %d: replaced by an upload of the same bytes",
+                blob.storage_key,
+                held,
+                blob.size,
+            )
         self.put_file(temp_path(self.tmp_dir, blob.spare), blob.storage_key, blob.md5, blob.size)
 
     def release(self, blob: StoredBlob) -> None:

@@ -153,6 +153,27 @@ def test_bytes_removed_before_the_commit_are_put_back_from_the_spare(
         store.ensure_stored(blob)
 
 
+def test_bytes_stored_cut_short_are_replaced_from_the_spare(store: MaintainableBlobStore) -> None:
+    """An object holding the wrong bytes (cut short by a disk error, or put there by another
+    program) was taken for the blob by an S3 store: it asked only whether one existed. Each
+    GET of the file then sent what was there."""
+    data = os.urandom(100 * 1024)  # over what an S3 store sends without asking
+    blob = _write(store, data)
+    if isinstance(store, S3BlobStore):
+        key = store.prefix + blob.storage_key
+        store.quick_client.put_object(Bucket=store.bucket, Key=key, Body=data[:1000])
+    else:  # a copy of its own: the spare is a hard link of the stored file
+        stored = store.path_of(blob.storage_key)  # type: ignore[attr-defined]
+        stored.unlink()
+        stored.write_bytes(data[:1000])
+    assert store.size_of(blob.storage_key) == 1000
+    store.ensure_stored(blob)
+    store.release(blob)
+    assert store.size_of(blob.storage_key) == len(data)
+    with store.open(blob.storage_key) as fh:
+        assert fh.read() == data
+
+
 def test_gc_sets_aside_restores_and_discards(store: MaintainableBlobStore) -> None:
     kept, dropped = _write(store, b"kept"), _write(store, b"dropped!")
     store.release(kept)
