@@ -28,7 +28,8 @@ And four for requests that are broken or ambiguous:
 * **Headers** are capped at ``MAX_HEADER_BYTES`` in all (cheroot's default is no cap, so a
   client could make a thread buffer gigabytes): 413.
 * **Header lines a proxy could read otherwise** (whitespace before a colon, a folded line,
-  a bare CR, two different Content-Lengths, two Hosts or none) are refused, 400
+  a bare CR, two different Content-Lengths, two Hosts or none, two Authorizations, Destinations
+  or other fields that are no list) are refused, 400
   (``_StrictLines``).
 
 And two for the request line:
@@ -130,20 +131,28 @@ _PLAIN_HTTP_ANSWER = (
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
+# Fields a request gives once: none is a list (RFC 9110 5.3), and where a proxy in front acts
+# on the first of two (who signed in, where a MOVE goes, which lock is held) and the server on
+# the last, they answer different requests.
+_ONCE = frozenset(
+    (b"host", b"authorization", b"destination", b"overwrite", b"depth", b"lock-token", b"if")
+)
+
+
 class _StrictLines:
     """The header lines of a request as cheroot's reader reads them, refusing (ValueError,
     which cheroot answers 400 and closes the connection) what RFC 9112 tells a server to
     refuse because a proxy in front could frame or route the request otherwise: a field name
     that is not a token, such as one with whitespace before its colon (5.1), a line folded
     onto the one before (obs-fold, 5.2), a bare CR (2.2), Content-Length given twice with
-    different values (6.3), and Host given twice (3.2). cheroot took the last Content-Length
-    and the last Host, read ``Content-Length :`` as one, and replaced a field with its folded
-    continuation."""
+    different values (6.3), and Host (3.2) or another field that is no list given twice
+    (``_ONCE``). cheroot took the last Content-Length, the last Host and the last of the others,
+    read ``Content-Length :`` as one, and replaced a field with its folded continuation."""
 
     def __init__(self, rfile: Any) -> None:
         self._rfile = rfile
         self._length: bytes | None = None
-        self.hosts = 0
+        self._seen: set[bytes] = set()
 
     def readline(self, size: int = -1) -> bytes:
         line: bytes = self._rfile.readline(size)
@@ -162,10 +171,10 @@ class _StrictLines:
             if self._length is not None and value != self._length:
                 raise ValueError("Two different Content-Length headers.")
             self._length = value
-        elif name == b"host":
-            self.hosts += 1
-            if self.hosts > 1:
-                raise ValueError("Two Host headers.")
+        elif name in _ONCE:
+            if name in self._seen:
+                raise ValueError(f"Two {name.decode().title()} headers.")
+            self._seen.add(name)
         return line
 
 

@@ -2185,15 +2185,20 @@ def test_headers_a_proxy_could_read_otherwise_are_a_400(
         ["GET /files/ HTTP/1.1", f"Host: {HOST}", "Host: elsewhere.example"],
         ["GET /files/ HTTP/1.1", f"Host: {HOST}", "Bad Name: x"],
         ["GET /files/ HTTP/1.1", f"Host: {HOST}", "X-Note: a\rb"],
+        ["GET /files/ HTTP/1.1", f"Host: {HOST}", "Authorization: Basic bm9ib2R5Og=="],
+        ["MOVE /files/a HTTP/1.1", f"Host: {HOST}", "Destination: /files/b", "destination: /c"],
+        ["PROPFIND /files/ HTTP/1.1", f"Host: {HOST}", "Depth: 0", "Depth: 1"],
     ],
-    ids=["no-host", "two-hosts", "space-in-name", "bare-cr"],
+    ids=["no-host", "two-hosts", "space-in-name", "bare-cr", "two-auth", "two-dest", "two-depth"],
 )
 def test_a_request_without_one_host_or_with_a_malformed_field_is_a_400(
     srv: InprocServer, head: list[str]
 ) -> None:
     """RFC 9112 3.2: an HTTP/1.1 request without a Host, or with two, is a 400; 5.1 and 2.2: so
     is a field name that is not a token, and a bare CR. cheroot served them all (with two
-    Host fields the last won, which a proxy or a cache in front may not agree with)."""
+    Host fields the last won, which a proxy or a cache in front may not agree with). The same
+    for two of a field that is no list (RFC 9110 5.3): with two Authorization fields a proxy
+    that checks the first let through the second's account."""
     lines = [*head, f"Authorization: {basic_auth_header(srv.user, srv.password)}"]
     sock = socket.create_connection((HOST, srv.port), timeout=10)
     try:
