@@ -13,6 +13,7 @@ import datetime as dt
 import enum
 import re
 import secrets
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -135,6 +136,14 @@ def serialize_account_changes(session: Session) -> None:
     (``BEGIN IMMEDIATE``); PostgreSQL takes a transaction-level advisory lock."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(sa.select(sa.func.pg_advisory_xact_lock(_ACCOUNTS_LOCK_KEY)))
+
+
+def hold_account_row(session: Session, user_id: uuid.UUID) -> None:
+    """Lock the user's row until the transaction ends (PostgreSQL; SQLite's writers queue
+    anyway), before a change that ends the user's sessions: a token login in flight, which
+    reads the row locked before it starts a session (``AccountService.still_signed_in``),
+    then waits for the change and sees it, or commits its session first, which then ends."""
+    session.execute(sa.select(User.id).where(User.id == user_id).with_for_update())
 
 
 def account_key(username: str) -> str:

@@ -17,6 +17,7 @@ from davserver.models import SYSTEM_ROLES, ApiKey, Op, Role, User, UserRole
 from davserver.services.account_rules import (
     account_key,
     check_name,
+    check_password,
     serialize_account_changes,
 )
 from davserver.services.actor import Actor
@@ -60,7 +61,9 @@ class AccountService:
         return existing
 
     def ensure_admin(self, username: str, password: str | None) -> str | None:
-        """Create the first admin if no user of that name exists.
+        """Create the first admin if no user of that name exists, with ``password`` if it
+        passes the password rules (BadRequest else: "ab" made an account, while no one could
+        set such a password later).
 
         Returns the generated password when one had to be made (to be shown once), else None.
         An existing account is left as it is. Servers started together on a new database
@@ -78,7 +81,7 @@ class AccountService:
             generated = None
             if not password:
                 generated = password = secrets.token_urlsafe(18)
-            user = User(username=username, password_hash=self.hasher.hash(password))
+            user = User(username=username, password_hash=self.hasher.hash(check_password(password)))
             session.add(user)
             session.flush()
             for role in ("admin", "user"):
@@ -125,7 +128,19 @@ class AccountService:
         remote_addr: str | None = None,
         user_agent: str | None = None,
     ) -> Actor:
-        """The actor for a valid, active username and password.
+        """The actor for a valid, active username and password (``sign_in``)."""
+        return self.sign_in(username, password, remote_addr=remote_addr, user_agent=user_agent)[0]
+
+    def sign_in(
+        self,
+        username: str,
+        password: str,
+        *,
+        remote_addr: str | None = None,
+        user_agent: str | None = None,
+    ) -> tuple[Actor, str]:
+        """The actor for a valid, active username and password, and the hash it was verified
+        against, for ``still_signed_in``.
 
         The name is matched ignoring case, as it is unique ignoring case; the actor carries
         its stored spelling. A pair verified recently is recognised from the credential memo
@@ -140,20 +155,37 @@ class AccountService:
             rows = conn.execute(_BY_USERNAME, {"name_key": account_key(username)}).all()
         stored_hash = rows[0].password_hash if rows and rows[0].is_active else None
         if stored_hash and self.memo.matches(username, password, stored_hash):
-            return actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
+            actor = actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
+            return actor, stored_hash
         with self.throttle.one_at_a_time(username, remote_addr):
             # A client's requests sent at once wait for its first: then they are recognised.
             if stored_hash and self.memo.matches(username, password, stored_hash):
-                return actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
+                actor = actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
+                return actor, stored_hash
             self.throttle.check(username, remote_addr)
             ok, new_hash = self.hasher.verify(password, stored_hash)  # unknown users cost the same
-            if not ok:
+            if not ok or stored_hash is None:
                 self.throttle.record_failure(username, remote_addr, user_agent, "bad credentials")
                 raise Unauthorized("unknown user or wrong password")
             actor = actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
-            self._record_login(actor, new_hash)
-            self.memo.remember(username, password, new_hash or stored_hash or "")
-        return actor
+            verified = self._record_login(actor, stored_hash, new_hash)
+            self.memo.remember(username, password, verified)
+        return actor, verified
+
+    def still_signed_in(self, session: Session, actor: Actor, verified_hash: str) -> None:
+        """Unauthorized unless the user's row, read and locked in the caller's transaction,
+        still holds ``verified_hash`` and is active: a password change, a disable or a delete
+        committed since ``sign_in`` verified the password ends every session there is when it
+        commits, so a session begun after it (a token login in flight) would outlive it.
+        Those lock the row before they end the sessions (``UserService``), so on PostgreSQL
+        one of the two waits for the other; SQLite's writers queue anyway."""
+        row = session.execute(
+            sa.select(User.password_hash, User.is_active)
+            .where(User.id == actor.user_id, User.deleted_at.is_(None))
+            .with_for_update()
+        ).first()
+        if row is None or not row.is_active or row.password_hash != verified_hash:
+            raise Unauthorized("unknown user or wrong password")
 
     def _authenticate_key(
         self, username: str, key: str, remote_addr: str | None, user_agent: str | None
@@ -181,11 +213,17 @@ class AccountService:
             read_only=key_row.scope == "read",
         )
 
-    def _record_login(self, actor: Actor, new_hash: str | None) -> None:
-        values: dict[str, object] = {"last_login_at": utcnow()}
-        if new_hash:
-            values["password_hash"] = new_hash
+    def _record_login(self, actor: Actor, stored_hash: str, new_hash: str | None) -> str:
+        """The login's time, and ``new_hash`` (the password hashed again with the current
+        parameters) in place of ``stored_hash``; the hash the row holds now. Unauthorized when
+        the row no longer holds ``stored_hash`` or is disabled: a password change or a disable
+        committed while the password was being verified (the rehash put the old password
+        back)."""
         with self.db.write() as session:
+            self.still_signed_in(session, actor, stored_hash)
+            values: dict[str, object] = {"last_login_at": utcnow()}
+            if new_hash:
+                values["password_hash"] = new_hash
             session.execute(sa.update(User).where(User.id == actor.user_id).values(**values))
             self.throttle.clear(session, actor.username)
             record_audit(
@@ -194,6 +232,7 @@ class AccountService:
                 Op.LOGIN_SUCCESS,
                 details={"hash_upgraded": True} if new_hash else None,
             )
+        return new_hash or stored_hash
 
 
 def actor_from_rows(

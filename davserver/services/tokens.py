@@ -103,11 +103,13 @@ class TokenService:
 
         Raises Unauthorized or TooManyRequests (throttled like every password check).
         """
-        actor = self.accounts.authenticate_password(
+        actor, verified = self.accounts.sign_in(
             username, password, remote_addr=remote_addr, user_agent=user_agent
         )
         now = utcnow()
         with self.db.write() as session:
+            # A password change or a disable since the check would not end this session.
+            self.accounts.still_signed_in(session, actor, verified)
             session_id = self.sessions.start(
                 session, actor, expires_at=now + self.refresh_lifetime, auth_method="token"
             )

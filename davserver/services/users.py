@@ -49,6 +49,7 @@ from davserver.services.account_rules import (
     find_live_user,
     find_user,
     generate_password,
+    hold_account_row,
     iso,
     require_admin,
     serialize_account_changes,
@@ -295,6 +296,7 @@ class UserAdminService:
         with self.db.write() as session:
             serialize_account_changes(session)
             user = find_live_user(session, username)
+            hold_account_row(session, user.id)
             if user.is_active == active:
                 state = "active" if active else "disabled"
                 raise Conflict(f"user {user.username!r} is already {state}")
@@ -335,6 +337,7 @@ class UserAdminService:
         with self.db.write() as session:
             serialize_account_changes(session)
             user = find_live_user(session, username)
+            hold_account_row(session, user.id)
             self._keep_an_admin(session, user, "delete")
             before = {"is_active": user.is_active, "deleted_at": None, "email": user.email}
             revoked = list(

@@ -20,7 +20,14 @@ from davserver.config import load_settings
 from davserver.context import Services
 from davserver.db.migrate import upgrade
 from davserver.db.types import utcnow
-from davserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, NotFound
+from davserver.errors import (
+    AlreadyExists,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+)
 from davserver.models import ApiKey, Group, LogEntry, LoginSession, Node, RefreshToken, User
 from davserver.services import account_rules
 from davserver.services.account_rules import (
@@ -363,6 +370,111 @@ def test_roles_are_added_and_removed_once(services: Services) -> None:
     assert services.users.remove_role(None, "gina", "user").roles == ["viewer"]
     with pytest.raises(Conflict, match="does not have"):
         services.users.remove_role(None, "gina", "user")
+
+
+@pytest.mark.parametrize("change", ["password", "disable", "delete"])
+def test_a_token_login_in_flight_during_a_reset_leaves_no_session(
+    services: Services, change: str
+) -> None:
+    """A token login checks the password, then starts a session with a refresh token. A reset,
+    a disable or a delete committed in between ended every session there was then, and the
+    login's began after it: a refresh token that kept working and rotating for good, for
+    whoever held the leaked password. The login finds the change and is refused."""
+    services.users.create_user(None, "mona", password="mona's old password")
+    services.users.create_user(None, "other-admin", roles=["admin", "user"])
+    signed_in = services.accounts.sign_in
+
+    def sign_in_then_change(*args: Any, **kwargs: Any) -> Any:
+        verified = signed_in(*args, **kwargs)
+        if change == "password":
+            services.users.set_password(None, "mona", "mona's new password")
+        elif change == "disable":
+            services.users.disable_user(None, "mona")
+        else:
+            services.users.delete_user(None, "mona")
+        return verified
+
+    services.accounts.sign_in = sign_in_then_change  # type: ignore[method-assign]
+    with pytest.raises(Unauthorized):
+        services.tokens.login("mona", "mona's old password")
+    with services.db.read() as session:
+        user_id = session.scalar(sa.select(User.id).where(User.username == "mona"))
+        assert (
+            session.scalars(
+                sa.select(LoginSession.id).where(
+                    LoginSession.user_id == user_id, LoginSession.ended_at.is_(None)
+                )
+            ).all()
+            == []
+        )
+        assert (
+            session.scalars(
+                sa.select(RefreshToken.id).where(
+                    RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None)
+                )
+            ).all()
+            == []
+        )
+
+
+def test_a_disable_waits_for_a_token_login_that_is_starting_its_session(
+    services: Services,
+) -> None:
+    """The other order, on two connections at once: the login holds the user's row while it
+    starts its session, and a disable begun meanwhile waits for it, then ends that session
+    too. On PostgreSQL the disable ended the sessions it saw before the login committed, and
+    the login's refresh token worked again once the user was enabled."""
+    services.users.create_user(None, "nina", password="nina's password")
+    services.users.create_user(None, "other-admin", roles=["admin", "user"])
+    starting, go = threading.Event(), threading.Event()
+    start = services.tokens.sessions.start
+
+    def start_and_wait(*args: Any, **kwargs: Any) -> Any:
+        started = start(*args, **kwargs)
+        starting.set()
+        assert go.wait(10)
+        return started
+
+    services.tokens.sessions.start = start_and_wait  # type: ignore[method-assign]
+    pairs: list[Any] = []
+    login = threading.Thread(
+        target=lambda: pairs.append(services.tokens.login("nina", "nina's password"))
+    )
+    login.start()
+    assert starting.wait(10)
+    disable = threading.Thread(target=services.users.disable_user, args=(None, "nina"))
+    disable.start()
+    disable.join(0.5)
+    assert disable.is_alive()  # waiting for the login's transaction
+    go.set()
+    login.join(10)
+    disable.join(10)
+    assert len(pairs) == 1
+    services.users.enable_user(None, "nina")  # revives none of the sessions the disable ended
+    with pytest.raises(Unauthorized):
+        services.tokens.refresh(pairs[0].refresh_token)
+
+
+def test_a_rehash_at_login_does_not_undo_a_reset_made_meanwhile(services: Services) -> None:
+    """An imported user's first login hashes the password again with the current parameters
+    and stores that. A reset committed while the old hash was being verified was overwritten
+    by it: the new password was refused and the old one worked again."""
+    text = f"username,password_hash\nnils,{BCRYPT_HASH}\n"
+    services.user_import.import_csv(None, io.StringIO(text))
+    verify = services.accounts.hasher.verify
+
+    def verify_while_reset(password: str, stored: str | None) -> Any:
+        outcome = verify(password, stored)
+        services.users.set_password(None, "nils", "nils's new password")
+        return outcome
+
+    services.accounts.hasher.verify = verify_while_reset  # type: ignore[method-assign]
+    with pytest.raises(Unauthorized):
+        services.accounts.authenticate_password("nils", "old-bcrypt-password")
+    services.accounts.hasher.verify = verify  # type: ignore[method-assign]
+    assert services.accounts.authenticate_password("nils", "nils's new password").username == "nils"
+    with pytest.raises(Unauthorized):
+        services.accounts.authenticate_password("nils", "old-bcrypt-password")
 
 
 def test_password_email_quota_changes(services: Services) -> None:
