@@ -13,6 +13,8 @@ import threading
 from passlib.context import CryptContext
 
 MAX_PASSWORD_BYTES = 1024
+_BCRYPT = ("$2a$", "$2b$", "$2y$")
+_BCRYPT_BYTES = 72
 
 # argon2id with the OWASP parameters (19 MiB, 2 passes, 1 lane): a login costs ~20 ms and
 # 19 MiB rather than the library default of 64 MiB.
@@ -45,6 +47,18 @@ class PasswordHasher:
                 _context.verify(password, self._dummy_hash)
                 return False, None
             try:
+                if stored_hash.startswith(_BCRYPT) and len(password.encode()) > _BCRYPT_BYTES:
+                    return self._verify_bcrypt_prefix(password, stored_hash)
                 return _context.verify_and_update(password, stored_hash)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, UnicodeEncodeError):
                 return False, None
+
+    @staticmethod
+    def _verify_bcrypt_prefix(password: str, stored_hash: str) -> tuple[bool, str | None]:
+        """bcrypt reads the first 72 bytes of a password: PHP's ``password_hash`` and the
+        systems accounts are imported from hashed longer ones so, and the bcrypt library now
+        refuses them (ValueError), so such a user could never sign in. The replacement hash is
+        of the whole password."""
+        if not _context.verify(password.encode()[:_BCRYPT_BYTES], stored_hash):
+            return False, None
+        return True, _context.hash(password)

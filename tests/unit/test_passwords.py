@@ -1,0 +1,39 @@
+"""Password hashes: new ones argon2id, imported bcrypt ones verified and replaced."""
+
+from __future__ import annotations
+
+import pytest
+from passlib.hash import argon2, bcrypt
+
+from auth.passwords import PasswordHasher
+
+
+@pytest.fixture(scope="module")
+def hasher() -> PasswordHasher:
+    return PasswordHasher()
+
+
+@pytest.mark.parametrize("prefix", ["$2y$", "$2b$", "$2a$"])
+def test_a_bcrypt_hash_of_a_long_password_verifies_by_its_first_72_bytes(
+    hasher: PasswordHasher, prefix: str
+) -> None:
+    """PHP's password_hash, like every bcrypt before, read the first 72 bytes of a longer
+    password; the bcrypt library now refuses more (ValueError), which read as a wrong password:
+    such an imported user could never sign in. The replacement hash is of the whole password."""
+    password = "correct horse battery staple, and then a good deal more than that: " + "ä" * 12
+    assert len(password.encode()) > 72
+    stored = bcrypt.using(rounds=4).hash(password.encode()[:72]).replace("$2b$", prefix, 1)
+    ok, replacement = hasher.verify(password, stored)
+    assert ok and replacement is not None and argon2.identify(replacement)
+    assert hasher.verify(password, replacement) == (True, None)
+    assert hasher.verify(password[:60], replacement)[0] is False
+    assert hasher.verify("x" + password[1:], stored) == (False, None)
+
+
+def test_a_short_password_against_bcrypt_and_argon2(hasher: PasswordHasher) -> None:
+    stored = bcrypt.using(rounds=4).hash("short one")
+    ok, replacement = hasher.verify("short one", stored)
+    assert ok and replacement is not None
+    assert hasher.verify("short one", replacement) == (True, None)
+    assert hasher.verify("short two", stored) == (False, None)
+    assert hasher.verify("a\udc80b", stored) == (False, None)  # a lone surrogate
