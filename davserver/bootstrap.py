@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from davserver.config import ConfigError, Settings
 from davserver.db import Database
 from davserver.db.engine import check_url, is_in_memory, unusable
+from davserver.errors import BadRequest
 from davserver.processes import run_in_child
 
 if TYPE_CHECKING:  # the command line makes folders and migrates without the WebDAV app
@@ -65,7 +66,13 @@ def prepare(
     except ConfigError:  # another database's store, or one whose mark cannot be read
         app.close()
         raise
-    generated = app.accounts.ensure_admin(settings.admin.user, settings.admin.password or None)
+    try:
+        generated = app.accounts.ensure_admin(settings.admin.user, settings.admin.password or None)
+    except BadRequest as exc:  # a name or a password the account rules refuse
+        app.close()
+        raise ConfigError(
+            f"admin.user / admin.password (DAVSERVER_ADMIN_USER / _PASSWORD): {exc}"
+        ) from None
     return app, generated
 
 

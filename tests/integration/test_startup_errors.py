@@ -161,6 +161,25 @@ def test_settings_it_cannot_run_with_are_refused_in_one_line(
     assert not (tmp_path / "data").exists()  # refused before creating anything
 
 
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"DAVSERVER_ADMIN_PASSWORD": "ab"}, "a password has at least 8 characters"),
+        ({"DAVSERVER_ADMIN_USER": "a b"}, "a username has only ASCII letters"),
+    ],
+    ids=["short-password", "bad-name"],
+)
+def test_a_first_admin_the_account_rules_refuse_is_named_in_one_line(
+    tmp_path: Path, env: dict[str, str], fragment: str
+) -> None:
+    """The first admin was made with any password given ("ab", one over 1 KiB that no login
+    could send, one with a NUL), where no one could set such a password later; a name the
+    rules refuse was a traceback."""
+    assert_refused(serve(tmp_path, env), "admin.user / admin.password", fragment)
+    with sqlite3.connect(tmp_path / "data" / "davserver.sqlite3") as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
 def test_a_database_out_of_reach_is_named_in_one_line(tmp_path: Path) -> None:
     """Nothing listens there: ``serve`` logged two tracebacks from the child that brings the
     schema up to date; the other commands said it in one line, as it does now."""
