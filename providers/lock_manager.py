@@ -22,7 +22,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 from wsgidav import util
-from wsgidav.dav_error import HTTP_LOCKED, DAVError
+from wsgidav.dav_error import (
+    HTTP_LOCKED,
+    DAVError,
+    DAVErrorCondition,
+    PRECONDITION_CODE_LockConflict,
+)
 from wsgidav.lock_man.lock_manager import LockManager as WsgiDavLockManager
 
 from providers.lock_storage import SqlLockStorage
@@ -70,12 +75,48 @@ class LockManager(WsgiDavLockManager):
         return self._conflicts(url, depth, token_list, principal)
 
     def _conflicts(self, url: str, depth: str, token_list: list[str], principal: str | None) -> Any:
-        conflicts = super()._get_write_conflicts(url, "0", token_list, principal)
+        """The locks a write to ``url`` (and, with Depth infinity, below it) conflicts with.
+
+        A lock holds up a write unless its owner submitted its token; and a shared one not
+        when the request submits one of the other locks on what it holds (RFC 4918 6.2: each
+        holder of a shared lock may write). WsgiDAV asked for every lock's token, so of two
+        holders of shared locks on a file neither could write alone."""
+        covering = []
+        u = url
+        while u:
+            covering += [
+                lock
+                for lock in self.get_url_lock_list(u)
+                if u == url or lock["depth"] == "infinity"
+            ]
+            u = util.get_uri_parent(u)
+        conflicts = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
+        for root in _refused(covering, token_list, principal):
+            conflicts.add_href(root)
         if depth == "infinity":
             below = self.storage.get_lock_list(
                 url, include_root=False, include_children=True, token_only=False
             )
-            for lock in below:
-                if lock["principal"] != principal or lock["token"] not in token_list:
-                    conflicts.add_href(lock["root"])
+            for root in sorted({lock["root"] for lock in below}):
+                on_it = [lock for lock in below if _covers(lock, root)]
+                for refused in _refused(covering + on_it, token_list, principal):
+                    if refused == root:
+                        conflicts.add_href(root)
         return conflicts
+
+
+def _covers(lock: dict[str, Any], url: str) -> bool:
+    return lock["root"] == url or (
+        lock["depth"] == "infinity" and util.is_child_uri(lock["root"], url)
+    )
+
+
+def _refused(locks: list[dict[str, Any]], tokens: list[str], principal: str | None) -> list[str]:
+    """The roots of ``locks`` (all covering one URL) that hold up a write to it."""
+    submitted = [lock["principal"] == principal and lock["token"] in tokens for lock in locks]
+    holds_one = any(submitted)
+    return [
+        lock["root"]
+        for lock, own in zip(locks, submitted, strict=True)
+        if not own and not (holds_one and lock["scope"] == "shared")
+    ]

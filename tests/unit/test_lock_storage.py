@@ -240,6 +240,34 @@ def test_shared_locks(lm: LockManager) -> None:
     assert [x["token"] for x in lm.get_indirect_url_lock_list("/folder/y")] == [p["token"]]
 
 
+def test_each_holder_of_a_shared_lock_writes_with_its_own_token(storage: SqlLockStorage) -> None:
+    """RFC 4918 6.2: every holder of a shared lock may write. WsgiDAV asked for every lock's
+    token, so of two holders of shared locks on a file neither could write alone (423)."""
+    lm = DavLockManager(storage)
+    joe = acquire(lm, "/doc", scope="shared", depth="0", principal="joe")["token"]
+    ann = acquire(lm, "/doc", scope="shared", depth="0", principal="ann")["token"]
+    assert can_write(lm, "/doc", depth="0", principal="joe", tokens=[joe])
+    assert can_write(lm, "/doc", depth="0", principal="ann", tokens=[ann])
+    assert not can_write(lm, "/doc", depth="0", principal="bob", tokens=[])
+    assert not can_write(lm, "/doc", depth="0", principal="bob", tokens=[joe, ann])
+    assert not can_write(lm, "/doc", depth="0", principal="joe", tokens=[])
+
+    # A folder's shared lock, and members' shared locks under it: any one held covers them.
+    top = acquire(lm, "/f", scope="shared", depth="infinity", principal="joe")["token"]
+    acquire(lm, "/f/x", scope="shared", depth="0", principal="ann")
+    mine = acquire(lm, "/f/y", scope="shared", depth="0", principal="ann")["token"]
+    assert can_write(lm, "/f/x", depth="0", principal="joe", tokens=[top])
+    assert can_write(lm, "/f", depth="infinity", principal="joe", tokens=[top])
+    assert not can_write(lm, "/f", depth="infinity", principal="ann", tokens=[mine])
+    assert can_write(lm, "/f/y", depth="0", principal="ann", tokens=[mine])
+    assert not can_write(lm, "/f/z", depth="0", principal="ann", tokens=[mine])
+    assert not can_write(lm, "/f", depth="infinity", principal="bob", tokens=[])
+
+    # An exclusive lock still wants its own token, whatever else is submitted.
+    acquire(lm, "/g", scope="exclusive", depth="infinity", principal="joe")
+    assert not can_write(lm, "/g/a", depth="0", principal="joe", tokens=[joe])
+
+
 def test_depth_zero_covers_only_the_resource(lm: LockManager) -> None:
     lock = acquire(lm, "/a", depth="0", principal="joe")
     tok = lock["token"]
