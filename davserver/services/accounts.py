@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import secrets
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -155,22 +156,20 @@ class AccountService:
             rows = conn.execute(_BY_USERNAME, {"name_key": account_key(username)}).all()
         stored_hash = rows[0].password_hash if rows and rows[0].is_active else None
         if stored_hash and self.memo.matches(username, password, stored_hash):
-            actor = actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
-            return actor, stored_hash
+            return _password_actor(rows, remote_addr, user_agent, stored_hash), stored_hash
         with self.throttle.one_at_a_time(username, remote_addr):
             # A client's requests sent at once wait for its first: then they are recognised.
             if stored_hash and self.memo.matches(username, password, stored_hash):
-                actor = actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
-                return actor, stored_hash
+                return _password_actor(rows, remote_addr, user_agent, stored_hash), stored_hash
             self.throttle.check(username, remote_addr)
             ok, new_hash = self.hasher.verify(password, stored_hash)  # unknown users cost the same
             if not ok or stored_hash is None:
                 self.throttle.record_failure(username, remote_addr, user_agent, "bad credentials")
                 raise Unauthorized("unknown user or wrong password")
-            actor = actor_from_rows(rows, remote_addr, user_agent, auth_method="password")
+            actor = _password_actor(rows, remote_addr, user_agent, stored_hash)
             verified = self._record_login(actor, stored_hash, new_hash)
             self.memo.remember(username, password, verified)
-        return actor, verified
+        return _password_actor(rows, remote_addr, user_agent, verified), verified
 
     def still_signed_in(self, session: Session, actor: Actor, verified_hash: str) -> None:
         """Unauthorized unless the user's row, read and locked in the caller's transaction,
@@ -233,6 +232,16 @@ class AccountService:
                 details={"hash_upgraded": True} if new_hash else None,
             )
         return new_hash or stored_hash
+
+
+def _password_actor(
+    rows: Sequence[sa.Row[Any]], remote_addr: str | None, user_agent: str | None, verified: str
+) -> Actor:
+    """The actor signed in by a password verified against the hash ``verified``."""
+    credential = hashlib.sha256(verified.encode()).hexdigest()[:16]
+    return actor_from_rows(
+        rows, remote_addr, user_agent, auth_method="password", credential=credential
+    )
 
 
 def actor_from_rows(

@@ -25,6 +25,9 @@ class Actor:
     read_only: bool = False
     # The user's own quota as read when they signed in for this request (None: unlimited).
     quota_bytes: int | None = None
+    # Which password signed in (a digest of the hash it was verified against): a request
+    # after a password change is in a session of its own, not in one the change ended.
+    credential: str = ""
 
     @property
     def is_admin(self) -> bool:

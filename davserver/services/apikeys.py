@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from davserver.db import Database
 from davserver.db.types import utcnow
 from davserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, NotFound
-from davserver.models import ApiKey, Op, User
+from davserver.models import ApiKey, LoginSession, Op, User
 from davserver.services.account_rules import audit_details, iso
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
@@ -174,9 +174,9 @@ class ApiKeyService:
     def revoke(self, actor: Actor | None, user_id: uuid.UUID, key: str) -> ApiKeyInfo:
         """Revoke one of the user's keys, named by its id, its prefix or the whole key.
 
-        The key stops working on the next request. Raises NotFound (no such key of this
-        user, or it is revoked already: a second DELETE answers as the API's other ones do),
-        Conflict (a prefix shared by several keys) or Forbidden.
+        The key stops working on the next request, and its sessions end. Raises NotFound
+        (no such key of this user, or it is revoked already: a second DELETE answers as the
+        API's other ones do), Conflict (a prefix shared by several keys) or Forbidden.
         """
         with self.db.write() as session:
             user = _owner(session, actor, user_id)
@@ -185,6 +185,16 @@ class ApiKeyService:
                 raise NotFound(f"the key {row.prefix}… is already revoked")
             row.is_active = False
             session.flush()
+            result = session.execute(
+                sa.update(LoginSession)
+                .where(
+                    LoginSession.user_id == user.id,
+                    LoginSession.api_key_id == row.id,
+                    LoginSession.ended_at.is_(None),
+                )
+                .values(ended_at=utcnow())
+            )
+            ended = int(result.rowcount)  # type: ignore[attr-defined]
             record_audit(
                 session,
                 actor,
@@ -192,7 +202,7 @@ class ApiKeyService:
                 details=audit_details(
                     actor,
                     {"is_active": True},
-                    {"is_active": False},
+                    {"is_active": False, "ended_sessions": ended},
                     user=user.username,
                     user_id=str(user.id),
                     key_id=str(row.id),

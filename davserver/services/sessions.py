@@ -28,7 +28,7 @@ from davserver.models import Op
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 
-_ClientKey = tuple[uuid.UUID, str, uuid.UUID | None, str, str | None]
+_ClientKey = tuple[uuid.UUID, str, uuid.UUID | None, str, str | None, str]
 
 
 class SessionService:
@@ -59,6 +59,7 @@ class SessionService:
             actor.api_key_id,
             (actor.user_agent or "")[:512],
             actor.remote_addr,
+            actor.credential,
         )
         now = time.monotonic()
         recent = self._recent.get(key)

@@ -891,6 +891,40 @@ def test_requests_of_one_client_share_a_session_in_the_logbook(server: InprocSer
     assert str(recorded[sid].ip) == "127.0.0.1" and recorded[sid].auth_method == "password"
 
 
+def test_after_a_password_change_a_client_is_in_a_new_session(server: InprocServer) -> None:
+    """The same client (address, user agent) after a password change: its requests went on
+    under the session the change had ended, in the logbook and in ``/me``, for up to a minute
+    (the session id was remembered by client, not by credential)."""
+    name, password = make_user(server)
+    agent = {"User-Agent": f"test-client/{uuid.uuid4().hex[:6]}"}
+
+    def session_of(secret: str) -> str:
+        response = call(server, "GET", "/api/v1/me", user=(name, secret), headers=agent)
+        assert response.status == 200
+        return str(json.loads(response.body)["session_id"])
+
+    before = session_of(password)
+    server.app.services.users.set_password(None, name, "a-new-password-1")
+    after = session_of("a-new-password-1")
+    assert after != before
+    status, listed = api(server, "GET", "/sessions", user=(name, "a-new-password-1"))
+    assert status == 200
+    active = {s["id"] for s in listed["sessions"] if s["active"]}
+    assert after in active and before not in active
+
+
+def test_revoking_an_api_key_ends_its_sessions(server: InprocServer) -> None:
+    name, password = make_user(server)
+    _, created = api(server, "POST", "/keys", {"name": "k"}, user=(name, password))
+    assert propfind(server, user=(name, created["key"])) == 207
+    status, _ = api(server, "DELETE", f"/keys/{created['id']}", user=(name, password))
+    assert status in (200, 204)
+    assert propfind(server, user=(name, created["key"])) == 401
+    status, listed = api(server, "GET", "/sessions", user=(name, password))
+    assert status == 200
+    assert [s for s in listed["sessions"] if s["auth_method"] == "apikey" and s["active"]] == []
+
+
 # -- quota
 
 
