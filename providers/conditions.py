@@ -301,9 +301,13 @@ def served_range(
     bytes changed).
 
     A date matches only as a strong validator (RFC 9110 13.1.5): Last-Modified to the second,
-    with nothing the server changed after it (``last_changed``, when the resource has one).
-    A file's Last-Modified is the client's time (X-OC-Mtime), which a new version can carry
-    again unchanged; resuming by it joined the head of the old bytes to the tail of the new.
+    with the server's last change (``last_changed``) in an earlier second. A file's
+    Last-Modified is the client's time (X-OC-Mtime), which a new version can carry again
+    unchanged; resuming by it joined the head of the old bytes to the tail of the new. And a
+    change in the very second of the date may have followed an answer that carried the same
+    date (two uploads, or two pins of a package, within one second): RFC 9110 counts a date
+    strong only in an answer sent a second after it, which the server cannot know of. So a
+    date resumes only bytes that were already there a second before it; an ETag always.
     """
     byte_range: str | None = environ.get("HTTP_RANGE")
     if_range = environ.get("HTTP_IF_RANGE")
@@ -315,7 +319,6 @@ def served_range(
             strong = _unchanged_by_the_server(last_changed, seconds)  # perhaps an answer's
         else:
             strong = last_modified is not None and int(last_modified) == seconds
-            if last_changed is not None and int(last_changed) > seconds:
-                strong = False
+            strong = strong and _unchanged_by_the_server(last_changed, seconds)
         return byte_range if strong else None
     return byte_range if if_range.strip('" ') == etag else None

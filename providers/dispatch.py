@@ -148,19 +148,21 @@ class DavRequestServer(RequestServer):
         return super().do_HEAD(environ, _no_future_last_modified(start_response))
 
     def _drop_range_of_weak_date(self, environ: dict[str, Any]) -> None:
-        """Serve the whole file when an If-Range date is not a strong validator (see
+        """Serve the whole entity when an If-Range date is not a strong validator (see
         ``conditions.served_range``): WsgiDAV resumed whenever the date equalled
-        Last-Modified, which for a file is the client's time and can outlive its bytes."""
+        Last-Modified, which for a file is the client's time and can outlive its bytes, and
+        which a change in the same second leaves as it was (a package's zip too)."""
         if "HTTP_RANGE" not in environ or "HTTP_IF_RANGE" not in environ:
             return
         if not conditions.parse_http_date(environ["HTTP_IF_RANGE"]):
             return  # an entity tag, which WsgiDAV compares
         res = self._davProvider.get_resource_inst(environ["PATH_INFO"], environ)
-        changed = getattr(res, "get_last_changed", None)
-        if changed is None:
+        if res is None:
             return
+        modified = res.get_last_modified()
+        changed = getattr(res, "get_last_changed", None)
         served = conditions.served_range(
-            environ, res.get_etag(), res.get_last_modified(), changed()
+            environ, res.get_etag(), modified, changed() if changed is not None else modified
         )
         if served is None:
             del environ["HTTP_RANGE"]

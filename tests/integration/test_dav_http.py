@@ -810,8 +810,9 @@ def test_if_range_by_date_resumes_only_bytes_the_server_knows_are_unchanged(
     """RFC 9110 13.1.5: a date in If-Range resumes a download only when it is a strong
     validator. A file's Last-Modified is the client's time (X-OC-Mtime), which a new version
     can carry again unchanged: a download resumed with that date got the tail of the new bytes
-    after the head of the old ones, a corrupt file. Such a date now sends the whole file; a
-    date the server set itself still resumes."""
+    after the head of the old ones, a corrupt file. Such a date now sends the whole file; and
+    so does a date the server set itself: a second upload within that second leaves it as it
+    was (RFC 9110 13.1.5 counts it strong only in an answer sent a second later)."""
     url = folder + "resumed.txt"
     put(srv, url, b"first version..", {"X-OC-Mtime": "1600000000"})
     seen = call(srv, "GET", url).headers["Last-Modified"]
@@ -826,10 +827,20 @@ def test_if_range_by_date_resumes_only_bytes_the_server_knows_are_unchanged(
     assert (by_tag.status, by_tag.body) == (206, b" version!")
 
     plain = folder + "server-dated.txt"
-    put(srv, plain, b"no client time")
+    put(srv, plain, b"the first one")
     dated = call(srv, "GET", plain).headers["Last-Modified"]
-    resumed = call(srv, "GET", plain, headers={"Range": "bytes=3-", "If-Range": dated})
-    assert (resumed.status, resumed.body) == (206, b"client time")
+    put(srv, plain, b"one more time")
+    resumed = call(srv, "GET", plain, headers={"Range": "bytes=4-", "If-Range": dated})
+    assert (resumed.status, resumed.body) == (200, b"one more time")
+
+    # A date a second after the server's last change names those bytes alone: a client time
+    # in the future reaches the client as the time of the answer, a second after the upload.
+    ahead = folder + "ahead.txt"
+    put(srv, ahead, b"from the future", {"X-OC-Mtime": str(int(time.time()) + 3600)})
+    time.sleep(1.1)
+    answered = call(srv, "GET", ahead).headers["Last-Modified"]
+    resumed = call(srv, "GET", ahead, headers={"Range": "bytes=5-", "If-Range": answered})
+    assert (resumed.status, resumed.body) == (206, b"the future")
 
 
 def test_an_upload_keeps_its_own_x_oc_mtime_when_another_lands_in_between(
