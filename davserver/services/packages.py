@@ -573,8 +573,8 @@ class PackageService:
 
     def of_folder(self, ctx: AccessContext, node: NodeView, rights: Perm) -> PackageView:
         """Folder ``node``'s live files as a package that is never stored: each current
-        version under the folder's name (a space's root has none: its group's, or the
-        user's), for ``GET <folder>?zip``. Needs DOWNLOAD on the folder (grants reach
+        version under the folder's name (a space's root has none: its group's, or its
+        owner's), for ``GET <folder>?zip``. Needs DOWNLOAD on the folder (grants reach
         everything below it)."""
         require(rights, Perm.DOWNLOAD, "download")
         with self.db.read() as session:
@@ -583,7 +583,13 @@ class PackageService:
                 name = session.scalar(
                     sa.select(_groups.c.name).where(_groups.c.id == node.group_id)
                 )
-            name = safe_archive_name(name_key(name or ctx.actor.username or "files"), first=True)
+            elif not name:  # a home's root: its owner's (an admin's /users/<name>/ too)
+                name = session.scalar(
+                    sa.select(_users.c.username).where(_users.c.id == node.owner_id)
+                )
+            name = safe_archive_name(name_key(name or "files"), first=True)
+            if _fold(name) == _fold(MANIFEST_NAME):  # the manifest lies beside it, at the top
+                name = "_" + name
             items = folder_items(session, node, name, node.modified_at)
         return PackageView(
             id=node.id,

@@ -547,6 +547,29 @@ def test_a_folder_zips_whatever_names_its_files_have(alice: User, tmp_path: Path
     assert alice.call("GET", "/files/C:/?zip").body == response.body
 
 
+def test_a_package_zip_is_not_resumed_by_a_date_a_pin_in_that_second_left_as_it_was(
+    alice: User,
+) -> None:
+    # A pin changes the zip and its ETag, but within the second of the Last-Modified it leaves
+    # that date as it was: a download resumed with If-Range by it got the tail of the new zip
+    # after the head of the old one (206, a corrupt zip). The whole zip comes now.
+    alice.mkcol("/packages/resumed/")
+    for name in ("one.txt", "two.txt"):
+        alice.put(f"/files/{name}", name.encode() * 3000)
+    assert alice.copy("/files/one.txt", "/packages/resumed/one.txt").status == 201
+    first = alice.call("GET", "/packages/resumed.zip")
+    assert first.status == 200
+    assert alice.copy("/files/two.txt", "/packages/resumed/two.txt").status == 201
+    headers = {"Range": "bytes=500-", "If-Range": first.headers["Last-Modified"]}
+    resumed = alice.call("GET", "/packages/resumed.zip", headers=headers)
+    now = alice.call("GET", "/packages/resumed.zip")
+    assert resumed.status == 200 and resumed.body == now.body
+    assert now.headers["ETag"] != first.headers["ETag"]
+    headers = {"Range": "bytes=500-", "If-Range": now.headers["ETag"]}
+    by_tag = alice.call("GET", "/packages/resumed.zip", headers=headers)
+    assert by_tag.status == 206 and by_tag.body == now.body[500:]
+
+
 def test_a_folder_zip_is_never_resumed_or_revalidated_by_date(alice: User) -> None:
     # Its files' times are the clients' (X-OC-Mtime) and a deletion or a rename leaves them
     # as they were, so no date tells that the zip changed: a download resumed with If-Range
@@ -597,6 +620,25 @@ def test_a_group_space_zips_under_the_groups_name(server: InprocServer, alice: U
     assert names == [f"{group}/plan.txt", MANIFEST_NAME]
     home = alice.call("GET", "/files/?zip")  # a home's root: its owner's name, as before
     assert f'filename="{alice.name}.zip"' in home.headers["Content-Disposition"]
+    # ... also for an admin: the zip of alice's space was named after the admin.
+    alice.put("/files/own.txt", b"alice's")
+    admin = User(server, f"admin{uuid.uuid4().hex[:6]}", roles=["admin", "user"])
+    theirs = admin.call("GET", f"/users/{alice.name}/?zip")
+    assert theirs.status == 200
+    assert f'filename="{alice.name}.zip"' in theirs.headers["Content-Disposition"]
+    names = zipfile.ZipFile(io.BytesIO(theirs.body)).namelist()
+    assert names == [f"{alice.name}/own.txt", MANIFEST_NAME]
+
+
+def test_a_folder_named_as_the_manifest_zips_beside_it(alice: User) -> None:
+    # The folder is the zip's top, where the manifest lies too: the zip was a 400 "in the
+    # archive twice".
+    alice.mkcol("/files/.DavServer-Manifest.json/")
+    alice.put("/files/.DavServer-Manifest.json/in.txt", b"inside")
+    response = alice.call("GET", "/files/.DavServer-Manifest.json/?zip")
+    assert response.status == 200, response.body[:300]
+    names = zipfile.ZipFile(io.BytesIO(response.body)).namelist()
+    assert names == ["_.DavServer-Manifest.json/in.txt", MANIFEST_NAME]
 
 
 def test_a_shared_folder_zips_only_with_the_download_right(server: InprocServer) -> None:
