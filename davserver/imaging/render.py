@@ -58,6 +58,31 @@ _DECODE_ERRORS = (
 )
 
 
+# The signatures an image file starts with, for telling a damaged image (422) from a file
+# that is no image at all (415) when Pillow can read neither.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _claimed_format(source: BinaryIO) -> str | None:
+    """The format ``source``'s first bytes name, if any."""
+    try:
+        source.seek(0)
+        head = source.read(12)
+    except (OSError, ValueError):
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+
+
 def open_image(
     source: BinaryIO, *, max_pixels: int, input_formats: Sequence[str] = INPUT_FORMATS
 ) -> Image.Image:
@@ -71,6 +96,9 @@ def open_image(
         try:
             image = Image.open(source, formats=list(input_formats))
         except UnidentifiedImageError:
+            claimed = _claimed_format(source)
+            if claimed in input_formats:  # its signature says so, and nothing else can be read
+                raise InvalidImage(f"the image cannot be read: a damaged {claimed}") from None
             accepted = ", ".join(input_formats)
             raise UnsupportedImage(f"not an image in an accepted format ({accepted})") from None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):

@@ -213,6 +213,24 @@ def test_a_truncated_image_is_invalid() -> None:
         make(images.truncated_jpeg())
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP"])
+def test_an_image_cut_short_in_its_header_is_invalid_not_unsupported(fmt: str) -> None:
+    """A PNG of its signature and half a header: Pillow cannot even tell its format, so it
+    was "not an image in an accepted format" (415) where README promises a damaged image
+    422. Its signature tells what it claims to be."""
+    whole = images.encode(Image.new("RGB", (40, 30), RED), fmt)
+    with pytest.raises(InvalidImage, match="cannot be read"):
+        make(whole[:14])
+    # The signature of a format not accepted here is still unsupported.
+    with pytest.raises(UnsupportedImage):
+        render(
+            io.BytesIO(whole[:14]),
+            VariantSpec(64, None, 80),
+            max_pixels=MAX_PIXELS,
+            input_formats=("ICO",),
+        )
+
+
 def test_a_decompression_bomb_is_refused_from_its_header() -> None:
     bomb = images.decompression_bomb()
     assert len(bomb) < 200
