@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 from wsgidav import util
 
-from davserver.errors import BadRequest
+from davserver.errors import BadRequest, PreconditionFailed
 from davserver.services.variant_policy import PREVIEW, VARIANT_TYPES
 from providers.errors import dav_errors
 from providers.resources import actor_of
@@ -52,6 +52,9 @@ def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> A
             ("ETag", etag),
             ("Cache-Control", CACHE_CONTROL if fixed else CACHE_CONTROL_CURRENT),
         ]
+        wanted = [tag.strip() for tag in environ.get("HTTP_IF_MATCH", "*").split(",")]
+        if "*" not in wanted and etag not in wanted:  # strong comparison (RFC 9110 13.1.1)
+            raise PreconditionFailed("If-Match names another variant")
         tags = [tag.strip() for tag in environ.get("HTTP_IF_NONE_MATCH", "").split(",")]
         if _names(tags, request.etag):
             return _not_modified(start_response, headers)

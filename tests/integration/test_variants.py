@@ -393,6 +393,19 @@ def test_cache_headers_and_if_none_match(inproc_server: InprocServer, inproc_dav
     assert get(inproc_server, inproc_dav_dir + "notes.jpg", "thumbnail=64", star).status == 415
 
 
+def test_if_match_names_the_variant_or_gets_412(
+    inproc_server: InprocServer, inproc_dav_dir: str
+) -> None:
+    """If-Match was ignored on a thumbnail: a client holding another one's ETag got 200,
+    where the file itself and a package's zip answer 412."""
+    url = inproc_dav_dir + "matched.jpg"
+    put(inproc_server, url, images.jpeg(300, 200, (10, 120, 60)))
+    etag = get(inproc_server, url, "thumbnail=64").headers["ETag"]
+    for header, status in ((etag, 200), ("*", 200), ('"nope"', 412), (f"W/{etag}", 412)):
+        got = get(inproc_server, url, "thumbnail=64", {"If-Match": header}).status
+        assert got == status, (header, got)
+
+
 def test_only_an_older_version_s_variant_may_be_cached_for_good(
     inproc_server: InprocServer, inproc_dav_dir: str
 ) -> None:
