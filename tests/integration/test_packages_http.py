@@ -274,7 +274,8 @@ def test_the_logbook_names_the_range_that_was_served(server: InprocServer, alice
     asked = [
         ({"Range": "bytes=10-"}, 206, "bytes=10-"),
         ({"Range": "bytes=11-", "If-Range": etag}, 206, "bytes=11-"),
-        ({"Range": "bytes=12-", "If-Range": modified}, 206, "bytes=12-"),
+        # a date: a pin in its second would have left it as it was (conditions.served_range)
+        ({"Range": "bytes=12-", "If-Range": modified}, 200, None),
         ({"Range": "bytes=13-", "If-Range": '"stale"'}, 200, None),
         ({"Range": "bytes=14-", "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"}, 200, None),
     ]
