@@ -200,7 +200,10 @@ class S3Settings:
 @dataclass(frozen=True)
 class AdminSettings:
     user: str = opt("admin", "Username of the first admin, created on start if missing.")
-    password: str = opt("", "Password of the first admin; empty means generate and print once.")
+    password: str = opt(
+        "",
+        "Password of the first admin (8 characters at least); empty means generate and print once.",
+    )
 
 
 @dataclass(frozen=True)
