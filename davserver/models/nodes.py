@@ -71,9 +71,14 @@ class Node(Base):
         _trashed_only("ix_nodes_trash", "owner_id", "deleted_at"),  # a user's trash
         _trashed_only("ix_nodes_trash_deleter", "deleted_by", "deleted_at"),  # group items
         _trashed_only("ix_nodes_trash_expiry", "deleted_at", "id"),  # the sweep's purge order
-        # A space's nodes (a group's by group_id, a home's by owner_id with group_id NULL): the
-        # grants in a space are found through them (grant_support).
-        sa.Index("ix_nodes_space", "group_id", "owner_id"),
+        # A home's nodes: the grants in a user's space are found through them (grant_support).
+        # Home nodes only, so that a group's trash is still read by ix_nodes_trash_deleter.
+        sa.Index(
+            "ix_nodes_home_space",
+            "owner_id",
+            sqlite_where=sa.text("group_id IS NULL"),
+            postgresql_where=sa.text("group_id IS NULL"),
+        ),
         # The trash items being purged (a few at most): housekeeping finishes interrupted ones.
         sa.Index(
             "ix_nodes_purging",

@@ -301,7 +301,7 @@ def grantee_id(user_id: uuid.UUID | None, group_id: uuid.UUID | None) -> uuid.UU
 
 
 def _in_space(space: SpaceOwner) -> sa.ColumnElement[bool]:
-    """Whether a node is in ``space`` (by ix_nodes_space)."""
+    """Whether a node is in ``space`` (a home's by ix_nodes_home_space)."""
     if space.group_id is not None:
         return Node.group_id == space.group_id
     return sa.and_(Node.group_id.is_(None), Node.owner_id == space.owner_id)

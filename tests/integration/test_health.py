@@ -20,6 +20,9 @@ def ask(server: InprocServer, method: str = "GET") -> tuple[int, dict[str, str] 
 
 
 def logbook_rows(server: InprocServer) -> int:
+    """The logbook's rows, once the downloads earlier tests made on this server are written
+    (they are logged in batches, and a batch landing between two counts failed the test)."""
+    server.application.files.read_log.flush()
     with server.application.db.read() as session:
         return int(session.scalar(sa.select(sa.func.count()).select_from(LogEntry)) or 0)
 
