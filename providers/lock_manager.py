@@ -78,9 +78,11 @@ class LockManager(WsgiDavLockManager):
         """The locks a write to ``url`` (and, with Depth infinity, below it) conflicts with.
 
         A lock holds up a write unless its owner submitted its token; and a shared one not
-        when the request submits one of the other locks on what it holds (RFC 4918 6.2: each
+        when the request submits another lock covering the same resource (RFC 4918 6.2: each
         holder of a shared lock may write). WsgiDAV asked for every lock's token, so of two
-        holders of shared locks on a file neither could write alone."""
+        holders of shared locks on a file neither could write alone. A member's locks are
+        judged with the locks that cover the member: those of ``url`` and above it with Depth
+        infinity, and those on the folders between."""
         covering = []
         u = url
         while u:
@@ -91,32 +93,38 @@ class LockManager(WsgiDavLockManager):
             ]
             u = util.get_uri_parent(u)
         conflicts = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
-        for root in _refused(covering, token_list, principal):
-            conflicts.add_href(root)
-        if depth == "infinity":
-            below = self.storage.get_lock_list(
-                url, include_root=False, include_children=True, token_only=False
-            )
-            for root in sorted({lock["root"] for lock in below}):
-                on_it = [lock for lock in below if _covers(lock, root)]
-                for refused in _refused(covering + on_it, token_list, principal):
-                    if refused == root:
-                        conflicts.add_href(root)
+        for lock in _refused(covering, token_list, principal):
+            conflicts.add_href(lock["root"])
+        if depth != "infinity":
+            return conflicts
+        below = self.storage.get_lock_list(
+            url, include_root=False, include_children=True, token_only=False
+        )
+        by_root: dict[str, list[dict[str, Any]]] = {}
+        for lock in below:
+            by_root.setdefault(lock["root"].rstrip("/"), []).append(lock)
+        above = [lock for lock in covering if lock["depth"] == "infinity"]
+        top = url.rstrip("/")
+        for root in sorted(by_root):
+            on_it = list(by_root[root])
+            folder = root.rsplit("/", 1)[0]
+            while len(folder) > len(top):  # the locked folders between url and the member
+                on_it += [lock for lock in by_root.get(folder, ()) if lock["depth"] == "infinity"]
+                folder = folder.rsplit("/", 1)[0]
+            refused = _refused(above + on_it, token_list, principal)
+            if any(lock in refused for lock in by_root[root]):
+                conflicts.add_href(by_root[root][0]["root"])
         return conflicts
 
 
-def _covers(lock: dict[str, Any], url: str) -> bool:
-    return lock["root"] == url or (
-        lock["depth"] == "infinity" and util.is_child_uri(lock["root"], url)
-    )
-
-
-def _refused(locks: list[dict[str, Any]], tokens: list[str], principal: str | None) -> list[str]:
-    """The roots of ``locks`` (all covering one URL) that hold up a write to it."""
+def _refused(
+    locks: list[dict[str, Any]], tokens: list[str], principal: str | None
+) -> list[dict[str, Any]]:
+    """Those of ``locks`` (all covering one resource) that hold up a write to it."""
     submitted = [lock["principal"] == principal and lock["token"] in tokens for lock in locks]
     holds_one = any(submitted)
     return [
-        lock["root"]
+        lock
         for lock, own in zip(locks, submitted, strict=True)
         if not own and not (holds_one and lock["scope"] == "shared")
     ]

@@ -267,6 +267,17 @@ def test_each_holder_of_a_shared_lock_writes_with_its_own_token(storage: SqlLock
     acquire(lm, "/g", scope="exclusive", depth="infinity", principal="joe")
     assert not can_write(lm, "/g/a", depth="0", principal="joe", tokens=[joe])
 
+    # A folder's Depth 0 lock covers no member: held, it excuses no member's shared lock.
+    acquire(lm, "/h/m", scope="shared", depth="0", principal="ann")
+    own = acquire(lm, "/h", scope="exclusive", depth="0", principal="bob")["token"]
+    assert not can_write(lm, "/h", depth="infinity", principal="bob", tokens=[own])
+    assert can_write(lm, "/h", depth="0", principal="bob", tokens=[own])
+    # ... while a lock on a folder between does cover the member below it.
+    between = acquire(lm, "/h/d", scope="shared", depth="infinity", principal="bob")["token"]
+    acquire(lm, "/h/d/m", scope="shared", depth="0", principal="ann")
+    assert can_write(lm, "/h/d", depth="infinity", principal="bob", tokens=[between])
+    assert not can_write(lm, "/h/d", depth="infinity", principal="cy", tokens=[between])
+
 
 def test_depth_zero_covers_only_the_resource(lm: LockManager) -> None:
     lock = acquire(lm, "/a", depth="0", principal="joe")
