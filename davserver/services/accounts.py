@@ -152,13 +152,13 @@ class AccountService:
         """
         if "\x00" in username:  # no name holds one, and PostgreSQL refuses it in a query
             raise Unauthorized("unknown user or wrong password")
-        with self.db.connect() as conn:
-            rows = conn.execute(_BY_USERNAME, {"name_key": account_key(username)}).all()
-        stored_hash = rows[0].password_hash if rows and rows[0].is_active else None
+        rows, stored_hash = self._account(username)
         if stored_hash and self.memo.matches(username, password, stored_hash):
             return _password_actor(rows, remote_addr, user_agent, stored_hash), stored_hash
         with self.throttle.one_at_a_time(username, remote_addr):
-            # A client's requests sent at once wait for its first: then they are recognised.
+            # A client's requests sent at once wait for its first: then they are recognised,
+            # by the hash it may have replaced (an imported one, hashed again at its login).
+            rows, stored_hash = self._account(username)
             if stored_hash and self.memo.matches(username, password, stored_hash):
                 return _password_actor(rows, remote_addr, user_agent, stored_hash), stored_hash
             self.throttle.check(username, remote_addr)
@@ -170,6 +170,12 @@ class AccountService:
             verified = self._record_login(actor, stored_hash, new_hash)
             self.memo.remember(username, password, verified)
         return _password_actor(rows, remote_addr, user_agent, verified), verified
+
+    def _account(self, username: str) -> tuple[Sequence[sa.Row[Any]], str | None]:
+        """The user's rows (one per role) and, when active, their password hash."""
+        with self.db.connect() as conn:
+            rows = conn.execute(_BY_USERNAME, {"name_key": account_key(username)}).all()
+        return rows, rows[0].password_hash if rows and rows[0].is_active else None
 
     def still_signed_in(self, session: Session, actor: Actor, verified_hash: str) -> None:
         """Unauthorized unless the user's row, read and locked in the caller's transaction,

@@ -455,6 +455,32 @@ def test_a_disable_waits_for_a_token_login_that_is_starting_its_session(
         services.tokens.refresh(pairs[0].refresh_token)
 
 
+def test_an_imported_users_first_requests_at_once_all_sign_in(services: Services) -> None:
+    """A client opens several connections at once (Explorer, Finder, rclone). The first
+    request hashes the imported password again; the others, waiting their turn with the
+    imported hash read before, were refused (401) once the row held the new one."""
+    text = f"username,password_hash\nolga,{BCRYPT_HASH}\n"
+    services.user_import.import_csv(None, io.StringIO(text))
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def sign_in() -> None:
+        start.wait()
+        try:
+            outcomes.append(
+                services.accounts.authenticate_password("olga", "old-bcrypt-password").username
+            )
+        except Unauthorized:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=sign_in) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == ["olga"] * 8
+
+
 def test_a_rehash_at_login_does_not_undo_a_reset_made_meanwhile(services: Services) -> None:
     """An imported user's first login hashes the password again with the current parameters
     and stores that. A reset committed while the old hash was being verified was overwritten
