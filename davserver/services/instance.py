@@ -42,14 +42,20 @@ def remove_value(db: Database, name: str) -> None:
         session.execute(_DELETE, {"name": name})
 
 
-def replace_once(db: Database, mark: str, name: str, value: str) -> str | None:
-    """If ``mark`` is there: remove it and set ``name`` to ``value``, in one transaction, and
-    return what ``mark`` held; else None. Of processes asking at once, one does it (the others'
-    delete finds nothing, once the first committed)."""
+def value_of(db: Database, name: str) -> str | None:
+    """The value of ``name``, None when there is none."""
+    with db.connect() as conn:
+        value = conn.execute(_VALUE, {"name": name}).scalar()
+    return None if value is None else str(value)
+
+
+def replace_if(db: Database, name: str, expected: str, value: str) -> bool:
+    """Set ``name`` to ``value`` if it holds ``expected``; whether it did. Of processes asking
+    at once, one does it (the others' update finds ``value`` there, once the first committed)."""
     with db.write() as session:
-        held = session.scalar(_DELETE.returning(_values.c.value), {"name": mark})
-        if held is None:
-            return None
-        session.execute(_DELETE, {"name": name})
-        session.execute(_values.insert(), {"name": name, "value": value, "created_at": utcnow()})
-    return str(held)
+        done = session.execute(
+            _values.update()
+            .where(_values.c.name == name, _values.c.value == expected)
+            .values(value=value)
+        )
+    return bool(done.rowcount)  # type: ignore[attr-defined]

@@ -34,12 +34,18 @@ from davserver.blobstore import MaintainableBlobStore
 from davserver.blobstore.base import OWNER_KEY
 from davserver.config import ConfigError
 from davserver.db import Database
-from davserver.services.instance import remove_value, replace_once, replace_value, shared_value
+from davserver.services.instance import (
+    remove_value,
+    replace_if,
+    replace_value,
+    shared_value,
+    value_of,
+)
 
 log = logging.getLogger(__name__)
 
 _NAME = "database-id"
-_BACKUP = "backup-identity"  # a backup's database holds it until a server runs on it
+_BACKUP = "backup-identity"  # a backup's database, and a restore of it, hold the backup's
 CLAIM_COMMAND = "davserver db claim-blob-store"
 
 
@@ -82,17 +88,26 @@ def claim_store(db: Database, blobs: MaintainableBlobStore) -> None:
 
 def serve_store(db: Database, blobs: MaintainableBlobStore) -> None:
     """Before a server serves ``db`` with ``blobs``: a backup's database becomes a live one of
-    its own (``_go_live``), taking the store if it is the backup's; then ``claim_store``."""
-    backup = _go_live(db)
-    if backup is not None and store_owner(blobs) == backup:
-        blobs.set_owner(database_id(db))
+    its own (``_go_live``) once the store is known to be the backup's or no one's, and takes
+    a store still marked as the backup's (also after a start that stopped in between); then
+    ``claim_store``."""
+    backup = value_of(db, _BACKUP)
+    if backup is not None:
+        owner = store_owner(blobs)
+        if database_id(db) == backup:  # no server ran on it yet
+            _refuse_another(backup, owner, blobs)  # before anything changes
+            _go_live(db, backup)
+        if owner == backup:
+            blobs.set_owner(database_id(db))
     claim_store(db, blobs)
 
 
 def take_store(db: Database, blobs: MaintainableBlobStore) -> tuple[str | None, str]:
     """Make the store ``db``'s whoever had it (a backup's database becomes a live one of its
     own first); (the identity the store named before, ``db``'s)."""
-    _go_live(db)
+    backup = value_of(db, _BACKUP)
+    if backup is not None and database_id(db) == backup:
+        _go_live(db, backup)
     mine, before = database_id(db), store_owner(blobs)
     if before != mine:
         blobs.set_owner(mine)
@@ -138,20 +153,19 @@ def backup_identity(db: Database, folder: str) -> str:
     return str(uuid.uuid5(uuid.UUID(database_id(db)), f"backup:{folder}"))
 
 
-def _go_live(db: Database) -> str | None:
-    """When ``db`` is a backup's database no server ran on yet (a restore, or a look at the
-    backup): an identity of its own from now on, and the backup's, returned; else None. The
-    backup and its other copies (an rsync, a snapshot) keep the backup's identity, so the store
-    this one serves from refuses them."""
-    backup = replace_once(db, _BACKUP, _NAME, str(uuid.uuid4()))
-    if backup is not None:
+def _go_live(db: Database, backup: str) -> None:
+    """``db``, a backup's database (``backup``) no server ran on yet (a restore, or a look at
+    the backup), gets an identity of its own from now on, logged; of servers starting at once,
+    one makes it. The backup and its other copies (an rsync, a snapshot) keep the backup's
+    identity, so the store this one serves from refuses them. The mark stays: a store still
+    named by the backup's identity is this database's to take."""
+    if replace_if(db, _NAME, backup, str(uuid.uuid4())):
         log.warning(
             "this database is a backup's (id %s); it now has an identity of its own (%s),"
             " and the backup and its copies are refused the blob store it uses",
             backup,
             database_id(db),
         )
-    return backup
 
 
 def _refuse_another(mine: str, owner: str | None, blobs: MaintainableBlobStore) -> None:

@@ -27,6 +27,7 @@ from davserver.models import Blob, LogEntry
 from davserver.services import backup
 from davserver.services.fsck import FsckService
 from davserver.services.maintenance import MaintenanceService
+from davserver.services.store_owner import StoreOfAnotherDatabase
 from tests.blobs import loose_blob
 from tests.conftest import ENGINES
 from tests.dbs import fresh_database_url
@@ -165,6 +166,36 @@ def test_a_restored_backup_refuses_gc_from_the_backups_other_copies(
     with serve_backup(restored, srv) as server:
         again = User(server, srv.user, srv.password)
         assert again.get("/files/after.txt") == b"uploaded after the restore"
+
+
+def test_a_restore_refused_its_store_is_still_a_backup_when_started_right(
+    srv: InprocServer, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first start on a restored copy with the wrong store's settings (the live one's) is
+    refused, and changes nothing: it gave the database its own identity before it looked at
+    the store, so the start with the right settings found the backup's store (marked by a gc
+    run on the backup) another database's and was refused too."""
+    user = User(srv, srv.user, srv.password)
+    assert user.put("/files/kept.txt", b"backed up") == 201
+    folder = tmp_path / "backup" / "data"
+    assert run("backup", str(folder))[0] == 0
+    assert run("gc", "--grace", "0", data_dir=folder)[0] == 0  # marks the backup's blobs
+    restored = tmp_path / "restored" / "data"
+    shutil.copytree(folder, restored)
+    live_blobs = str(srv.data_dir / "blobs")
+    wrong = run_inproc_server(
+        "sqlite",
+        restored.parent,
+        existing=(f"sqlite:///{restored / backup.DATABASE_FILE}", srv.password),
+        storage__blob_dir=live_blobs,
+    )
+    with pytest.raises(StoreOfAnotherDatabase), wrong:
+        pass
+    with serve_backup(restored, srv) as server:
+        assert User(server, srv.user, srv.password).get("/files/kept.txt") == b"backed up"
+    monkeypatch.setenv("DAVSERVER_STORAGE_BLOB_DIR", str(restored / backup.BLOB_FOLDER))
+    status, _, err = run("gc", "--grace", "0", data_dir=folder)  # the backup: refused now
+    assert status == 2 and "belongs to another database" in err, err
 
 
 @pytest.mark.postgres
