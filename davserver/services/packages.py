@@ -750,8 +750,9 @@ def _check_item_paths(kept: list[str], new_paths: list[str]) -> None:
             raise InvalidName(
                 f"{new_path[:80]!r}...: a package item's path is at most {MAX_ITEM_PATH} characters"
             )
-        if _fold(new_path) == _fold(MANIFEST_NAME):
-            raise InvalidName(f"{new_path!r} is the name of the package's manifest")
+        top = new_path.split("/", 1)[0]  # a folder pinned under it holds it as its first part
+        if _fold(top) == _fold(MANIFEST_NAME):
+            raise InvalidName(f"{top!r} is the name of the package's manifest")
     check_unique_paths([*kept, *new_paths])
 
 

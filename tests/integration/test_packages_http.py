@@ -640,6 +640,13 @@ def test_a_folder_named_as_the_manifest_zips_beside_it(alice: User) -> None:
     assert response.status == 200, response.body[:300]
     names = zipfile.ZipFile(io.BytesIO(response.body)).namelist()
     assert names == ["_.DavServer-Manifest.json/in.txt", MANIFEST_NAME]
+    # Pinned into a package under that name, it made a package whose zip failed for good.
+    alice.mkcol("/packages/manifested/")
+    pinned = alice.copy(
+        "/files/.DavServer-Manifest.json/", "/packages/manifested/.davserver-manifest.JSON/"
+    )
+    assert pinned.status == 400 and b"manifest" in pinned.body
+    assert alice.call("GET", "/packages/manifested.zip").status == 200
 
 
 def test_a_shared_folder_zips_only_with_the_download_right(server: InprocServer) -> None:
