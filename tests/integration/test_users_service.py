@@ -693,7 +693,7 @@ def test_api_key_revoke_by_prefix_id_or_key(services: Services, how: str) -> Non
         services.api_keys.revoke(None, info.id, ref)
     [row] = logbook(services, "apikey:revoke")
     assert row.details["before"] == {"is_active": True}
-    assert row.details["after"] == {"is_active": False}
+    assert row.details["after"] == {"is_active": False, "ended_sessions": 0}
 
 
 def test_api_key_rules(services: Services) -> None:
