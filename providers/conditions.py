@@ -160,7 +160,7 @@ def check(res: Any, environ: dict[str, Any]) -> None:
     modified = _last_modified_of(res)
     if_match = environ.get("HTTP_IF_MATCH")
     if if_match is not None:
-        if not _matches(if_match, res, etag, weak=False):
+        if not matches_etag(if_match, res, etag, weak=False):
             raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-Match failed")
     else:
         since = _date(environ.get("HTTP_IF_UNMODIFIED_SINCE"))
@@ -169,7 +169,7 @@ def check(res: Any, environ: dict[str, Any]) -> None:
     reading = environ.get("REQUEST_METHOD") in ("GET", "HEAD")
     if_none_match = environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
-        if _matches(if_none_match, res, etag, weak=True):
+        if matches_etag(if_none_match, res, etag, weak=True):
             if reading:
                 raise _not_modified(res, environ, etag)
             raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-None-Match failed")
@@ -245,9 +245,10 @@ def hidden(environ: dict[str, Any]) -> Iterator[None]:
         environ.update(saved)
 
 
-def _matches(header: str, res: Any, etag: str | None, *, weak: bool) -> bool:
-    """Whether ``header`` (``*`` or a list of entity tags) matches the resource: ``*`` any
-    that exists; a tag its entity tag, compared weakly (``W/`` ignored) or strongly (a weak
+def matches_etag(header: str, res: Any, etag: str | None, *, weak: bool) -> bool:
+    """Whether ``header`` (an If-Match or If-None-Match: ``*`` or a list of entity tags)
+    matches the resource ``res`` (None: there is none): ``*`` any that exists; a tag its
+    entity tag ``etag``, compared weakly (``W/`` ignored) or strongly (a weak
     tag never matches)."""
     if header.strip() == "*":
         return res is not None

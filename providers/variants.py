@@ -19,6 +19,7 @@ from wsgidav import util
 
 from davserver.errors import BadRequest, PreconditionFailed
 from davserver.services.variant_policy import PREVIEW, VARIANT_TYPES
+from providers.conditions import matches_etag
 from providers.errors import dav_errors
 from providers.resources import actor_of
 
@@ -52,14 +53,15 @@ def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> A
             ("ETag", etag),
             ("Cache-Control", CACHE_CONTROL if fixed else CACHE_CONTROL_CURRENT),
         ]
-        wanted = [tag.strip() for tag in environ.get("HTTP_IF_MATCH", "*").split(",")]
-        if "*" not in wanted and etag not in wanted:  # strong comparison (RFC 9110 13.1.1)
+        if_match = environ.get("HTTP_IF_MATCH")
+        if if_match is not None and not matches_etag(if_match, res, request.etag, weak=False):
             raise PreconditionFailed("If-Match names another variant")
-        tags = [tag.strip() for tag in environ.get("HTTP_IF_NONE_MATCH", "").split(",")]
-        if _names(tags, request.etag):
+        if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+        if if_none_match is not None and matches_etag(if_none_match, None, request.etag, weak=True):
             return _not_modified(start_response, headers)
         variant = service.get(request)
-        if "*" in tags:  # any variant, once it is known to exist (RFC 9110 13.1.2)
+        # "*": any variant, once it is known to exist (RFC 9110 13.1.2)
+        if if_none_match is not None and matches_etag(if_none_match, variant, None, weak=True):
             return _not_modified(start_response, headers)
         body = service.open(variant) if environ["REQUEST_METHOD"] == "GET" else None
         if body is not None and request.variant_type == PREVIEW:  # the picture itself
@@ -96,12 +98,6 @@ def _not_modified(start_response: Any, headers: list[tuple[str, str]]) -> list[b
     not_modified = [*headers, ("Content-Length", "0"), ("Date", util.get_rfc1123_time())]
     start_response("304 Not Modified", not_modified)
     return [b""]
-
-
-def _names(tags: list[str], etag: str) -> bool:
-    """Whether an If-None-Match's entity tags name ``etag`` (weak comparison, RFC 9110
-    13.1.2: ``W/`` ignored)."""
-    return any(tag.removeprefix("W/").strip('"') == etag for tag in tags)
 
 
 class _FileBody:
