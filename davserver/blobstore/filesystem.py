@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
 import secrets
 import shutil
@@ -33,13 +32,13 @@ from davserver.blobstore.staging import (
     StagedUpload,
     StagedWriter,
     free_space,
+    must_place,
     regular_file,
     storage_write_errors,
     temp_files,
     temp_path,
+    warn_replaced,
 )
-
-log = logging.getLogger(__name__)
 
 _WRITEBACK_EVERY = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
@@ -167,31 +166,14 @@ class FileSystemBlobStore:
         except FileNotFoundError:
             return None
 
-    def replace_damaged(self, storage_key: str, held: int, size: int, good: Path) -> None:
-        """Remove the file under ``storage_key``, which holds ``held`` bytes instead of
-        ``size``, for the caller to put the whole copy ``good`` there
-        (``_FileBlobWriter.finish``, ``ensure_stored``), saying so in the log."""
-        self.path_of(storage_key).unlink(missing_ok=True)
-        log.warning(
-            "blob %s held %d bytes instead of %d: replaced by an upload of the same bytes (%s)",
-            storage_key,
-            held,
-            size,
-            good.name,
-        )
-
     @storage_write_errors
     def ensure_stored(self, blob: StoredBlob) -> None:
         final = self.path_of(blob.storage_key)
         held = self.size_of(blob.storage_key)
-        if held == blob.size:
+        if not must_place(blob, held):
             return
-        if held is not None:
-            if blob.spare is None:
-                return  # cut short, and no whole copy to put there (fsck reports it)
-            self.replace_damaged(blob.storage_key, held, blob.size, self._temp_path(blob.spare))
-        if blob.spare is None:
-            raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
+        assert blob.spare is not None
+        final.unlink(missing_ok=True)  # held cut short: the whole copy takes its place
         spare = self._temp_path(blob.spare)
         if self.fsync:
             # A dedup write's spare was never flushed: it had not been needed until now.
@@ -298,7 +280,8 @@ class _FileBlobWriter(StagedWriter):
             # The stored copy was cut short (a crash with fsync off, a disk error), or went
             # meanwhile: this one takes its place, for every file that has these bytes.
             if held is not None:
-                self._store.replace_damaged(key, held, self.bytes_written, self._staged.path)
+                self._store.path_of(key).unlink(missing_ok=True)
+                warn_replaced(key, held, self.bytes_written)
             stored = False
         if self.bytes_written == 0 and not stored:
             spare: str | None = self._keep_empty()

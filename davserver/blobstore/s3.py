@@ -37,7 +37,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import logging
 import os
 import secrets
 import threading
@@ -66,6 +65,7 @@ from davserver.blobstore.staging import (
     StagedUpload,
     StagedWriter,
     free_space,
+    must_place,
     storage_write_errors,
     temp_files,
     temp_path,
@@ -75,8 +75,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 ASIDE = "aside/"
-log = logging.getLogger(__name__)
-
 _ASIDE_TOKEN = "gc-"
 # Larger uploads go up in parts of this size, several at once; smaller ones in one PUT.
 MULTIPART_BYTES = 64 * 1024 * 1024
@@ -175,19 +173,9 @@ class S3BlobStore:
         object of another size (put there by another program, or cut short by the store)."""
         small = blob.spare is not None and blob.size <= _SEND_WITHOUT_ASKING
         held = None if small else self.size_of(blob.storage_key)
-        if held == blob.size:
+        if not must_place(blob, held):
             return
-        if blob.spare is None:
-            if held is not None:
-                return  # the wrong bytes, and no whole copy to put there (fsck reports it)
-            raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
-        if held is not None:
-            log.warning(
-                "blob %s held %d bytes instead of %d: replaced by an upload of the same bytes",
-                blob.storage_key,
-                held,
-                blob.size,
-            )
+        assert blob.spare is not None
         self.put_file(temp_path(self.tmp_dir, blob.spare), blob.storage_key, blob.md5, blob.size)
 
     def release(self, blob: StoredBlob) -> None:

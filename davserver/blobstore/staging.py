@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from davserver.blobstore.base import BlobFile
+from davserver.blobstore.base import BlobFile, StoredBlob
 from davserver.blobstore.hashing import MultiHasher
 from davserver.errors import ChecksumMismatch, StorageFull, Unavailable
 
@@ -31,6 +31,33 @@ _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 # What it answers when the folder cannot be written at all: mounted read-only, or its
 # permissions changed under the server.
 _NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def must_place(blob: StoredBlob, held: int | None) -> bool:
+    """For ``ensure_stored``: whether the spare must go to ``blob``'s key, where the store
+    holds ``held`` bytes (None: nothing, or not asked). Not when it holds the whole blob, nor
+    when it holds other bytes and there is no whole copy to put there (fsck reports it);
+    FileNotFoundError when it holds nothing and there is no spare."""
+    if held == blob.size:
+        return False
+    if blob.spare is None:
+        if held is not None:
+            return False
+        raise FileNotFoundError(f"blob {blob.storage_key} is missing and has no spare copy")
+    if held is not None:
+        warn_replaced(blob.storage_key, held, blob.size)
+    return True
+
+
+def warn_replaced(storage_key: str, held: int, size: int) -> None:
+    """Say that the blob under ``storage_key``, holding ``held`` bytes instead of ``size``, is
+    replaced by an upload's whole copy."""
+    log.warning(
+        "blob %s held %d bytes instead of %d: replaced by an upload of the same bytes",
+        storage_key,
+        held,
+        size,
+    )
 
 
 def storage_write_errors(function: Callable[_P, _R]) -> Callable[_P, _R]:
