@@ -33,6 +33,7 @@ import secrets
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -200,6 +201,65 @@ def fetch(server: Server, path: str) -> dict[str, Any]:
     }
 
 
+def resume(server: Server, path: str, etag: str, size: int) -> dict[str, Any]:
+    """A resumed download's last MiB (``Range`` with ``If-Range``) on a new connection: how
+    long the server takes to answer a byte range of a big zip, and its CPU for it."""
+    client = server.client()
+    start = max(0, size - (1 << 20))
+    headers = {"Range": f"bytes={start}-", "If-Range": etag}
+    try:
+        with RssSampler(server.pid) as rss, CpuMeter(rss.pids) as cpu:
+            started = time.perf_counter()
+            resp = client.send("GET", path, headers=headers)
+            data = resp.read()
+            total = time.perf_counter() - started
+        if resp.status != 206 or len(data) != size - start:
+            raise HttpError(f"GET {path} {headers} -> {resp.status}, {len(data)} bytes")
+    finally:
+        client.close()
+    return {"total_s": total, "server_cpu_s": cpu.server, "rss_peak_mib": rss.peak / 1024}
+
+
+def in_parallel(server: Server, path: str, count: int) -> dict[str, Any]:
+    """``count`` whole downloads of ``path`` at once, each on its own connection: the slowest
+    one's time and the server's peak RSS."""
+    errors: list[BaseException] = []
+    times: list[float] = []
+
+    def one() -> None:
+        try:
+            times.append(fetch_body(server, path))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    with RssSampler(server.pid) as rss, CpuMeter(rss.pids) as cpu:
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        total = time.perf_counter() - started
+    if errors:
+        raise HttpError(f"{len(errors)} of {count} parallel downloads failed: {errors[0]}")
+    return {"total_s": total, "server_cpu_s": cpu.server, "rss_peak_mib": rss.peak / 1024}
+
+
+def fetch_body(server: Server, path: str) -> float:
+    """GET ``path`` whole on a new connection, discarding the bytes; the seconds it took."""
+    client = server.client()
+    try:
+        started = time.perf_counter()
+        resp = client.send("GET", path)
+        while resp.read(1 << 20):
+            pass
+        if resp.status != 200:
+            raise HttpError(f"GET {path} -> {resp.status}")
+        return time.perf_counter() - started
+    finally:
+        client.close()
+
+
 def check(body: io.BytesIO, files: int) -> None:
     """The answer is a zip of ``files`` files and the manifest, every CRC right."""
     with zipfile.ZipFile(body) as archive:
@@ -261,6 +321,13 @@ def main() -> int:
         " worktree of an earlier commit); the servers are fetched from in turn (repeatable)",
     )
     parser.add_argument("--no-package", action="store_true", help="the folder's zip only")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fetch each zip N times at once per round (slowest time, peak RSS)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     trees: dict[str, str | None] = {"this tree": None, **{src: src for src in args.compare}}
@@ -284,6 +351,11 @@ def main() -> int:
                         if round_no == 0:
                             check(body, args.files)
                         results[name].setdefault(label, []).append(run)
+                        ranged = resume(server, targets[label], run["etag"], run["bytes"])
+                        results[name].setdefault(f"{label} resume", []).append(ranged)
+                        if args.parallel:
+                            both = in_parallel(server, targets[label], args.parallel)
+                            results[name].setdefault(f"{label} x{args.parallel}", []).append(both)
         finally:
             stop_servers(servers, args.pg_url)
     if args.json:
@@ -293,8 +365,15 @@ def main() -> int:
     for name, by_label in results.items():
         print(f"{name}:")
         for label, runs in by_label.items():
+            if "bytes" not in runs[0]:  # a resume or parallel downloads
+                print(
+                    f"  {label:20s} total {summary(runs, 'total_s')} s"
+                    f"  server CPU {summary(runs, 'server_cpu_s')} s"
+                    f"  peak RSS {summary(runs, 'rss_peak_mib')} MiB"
+                )
+                continue
             print(
-                f"  {label:12s} {runs[0]['bytes'] / 1e6:5.1f} MB"
+                f"  {label:20s} {runs[0]['bytes'] / 1e6:5.1f} MB"
                 f"  first byte {summary(runs, 'first_byte_s')} s"
                 f"  total {summary(runs, 'total_s')} s"
                 f"  server CPU {summary(runs, 'server_cpu_s')} s"

@@ -182,6 +182,25 @@ def layout_etag(package: PackageView, manifest: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
+def range_bounds(byte_range: str | None, size: int) -> tuple[int, int]:
+    """(first, last) byte, inclusive, that a single byte range of a ``size``-byte body
+    serves (``byte_range`` as ``dispatch`` leaves the Range header: "bytes=A-B", "bytes=A-"
+    or "bytes=-N"); the whole body for None or anything else. An empty range, one that starts
+    past the end, is (size, size - 1)."""
+    whole = (0, size - 1)
+    if byte_range is None or not byte_range.startswith("bytes="):
+        return whole
+    first, _, last = byte_range[len("bytes=") :].partition("-")
+    if not (first or last).isdigit() or (first and last and not last.isdigit()):
+        return whole
+    if not first:  # the last N bytes
+        return max(0, size - int(last)), size - 1
+    start = int(first)
+    if start >= size:
+        return size, size - 1
+    return start, min(int(last), size - 1) if last else size - 1
+
+
 class _Entries(Sequence[ZipEntry]):
     """A package's items as zip entries, each made when asked (``ZipStream`` keeps the
     sequence, so a zip of many files holds no second object per file)."""

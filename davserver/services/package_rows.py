@@ -12,7 +12,7 @@ import datetime as dt
 import functools
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from davserver.errors import Conflict, NotFound
 from davserver.models import NodeKind
 from davserver.services import tree
 from davserver.services.package_archive import EMPTY_SHA256, PackageView, PinnedItem
+from davserver.services.package_cache import PackageCache
 from davserver.services.tree import NodeView, is_client_metadata, name_key
 from davserver.services.zipstream import archive_names
 
@@ -219,17 +220,27 @@ def _pin(row: Any, path: str) -> dict[str, Any]:
     }
 
 
-def load_packages(conn: sa.Connection, rows: Iterable[Any]) -> list[PackageView]:
-    """Package rows (``LIVE_PACKAGES``) as views, with all their items read in one query."""
+def load_packages(
+    conn: sa.Connection, rows: Iterable[Any], cache: PackageCache | None = None
+) -> list[PackageView]:
+    """Package rows (``LIVE_PACKAGES``) as views, with all their items read in one query;
+    with ``cache``, only those of packages it does not hold as of their row."""
     rows = list(rows)
+    if cache is not None:
+        return cache.views(rows, functools.partial(_read_views, conn))
+    views = _read_views(conn, rows)
+    return [views[row.id] for row in rows]
+
+
+def _read_views(conn: sa.Connection, rows: Sequence[Any]) -> dict[uuid.UUID, PackageView]:
     items: dict[uuid.UUID, list[PinnedItem]] = defaultdict(list)
     if rows:
         for row in conn.execute(_ITEMS, {"ids": [row.id for row in rows]}):
             items[row.package_id].append(
                 _pinned(row.id, row.path_in_archive, row.node_id, row.mtime, row.added_at, row)
             )
-    return [
-        PackageView(
+    return {
+        row.id: PackageView(
             id=row.id,
             name=row.name,
             description=row.description,
@@ -242,7 +253,7 @@ def load_packages(conn: sa.Connection, rows: Iterable[Any]) -> list[PackageView]
             items=tuple(sorted(items[row.id], key=lambda item: item.path)),
         )
         for row in rows
-    ]
+    }
 
 
 _p = Base.metadata.tables["packages"]

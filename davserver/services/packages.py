@@ -26,6 +26,7 @@ import datetime as dt
 import io
 import uuid
 import zlib
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import sqlalchemy as sa
@@ -47,7 +48,9 @@ from davserver.services.package_archive import (
     PackageView,
     PinnedItem,
     build_archive,
+    range_bounds,
 )
+from davserver.services.package_cache import PackageCache
 from davserver.services.package_rows import LIVE_PACKAGES, folder_items, load_packages, pins_below
 from davserver.services.permissions import Perm, require
 from davserver.services.tree import NodeView, check_name, name_key
@@ -86,6 +89,7 @@ class PackageService:
         self.blobs = blobs
         self.namespace = namespace
         self.default_expiry_days = default_expiry_days
+        self.cache = PackageCache()
 
     # ------------------------------------------------------------------ reads
 
@@ -96,7 +100,7 @@ class PackageService:
             statement = statement.where(_p.c.created_by == owner_id)
         with self.db.connect() as conn:
             rows = conn.execute(statement, {"now": utcnow()}).all()
-            return load_packages(conn, rows)
+            return load_packages(conn, rows, self.cache)
 
     def find(self, owner_id: uuid.UUID, name: str) -> PackageView | None:
         """A user's live package by name, or None."""
@@ -109,7 +113,7 @@ class PackageService:
                 LIVE_PACKAGES.where(_p.c.created_by == owner_id, _p.c.name == key),
                 {"now": utcnow()},
             ).all()
-            found = load_packages(conn, rows)
+            found = load_packages(conn, rows, self.cache)
         return found[0] if found else None
 
     def get(self, owner_id: uuid.UUID, name: str) -> PackageView:
@@ -494,7 +498,7 @@ class PackageService:
         """What ``download`` (``download_folder`` with ``folder``) would raise for bytes the
         blob store lost, without reading them or logging a download: a HEAD answers what a
         GET would."""
-        self._require_bytes(package, _zip_of(package, folder=folder))
+        self._require_bytes(package.items, _zip_of(package, folder=folder))
 
     def download_item(
         self,
@@ -532,8 +536,9 @@ class PackageService:
         return io.BytesIO(b"") if storage_key is None else self.blobs.open(storage_key)
 
     def layout(self, package: PackageView) -> PackageArchive:
-        """The zip's size and ETag (for HEAD and listings; its bytes are not for reading)."""
-        return build_archive(package, self._open)
+        """The zip's size and ETag (for HEAD and listings; its bytes are not for reading).
+        Laid out once for a package the cache holds."""
+        return self.cache.archive(package, lambda: build_archive(package, self._open))
 
     def download(
         self,
@@ -554,7 +559,7 @@ class PackageService:
         rights of every item are one query over all their ancestors)."""
         if not checked:
             self.check_downloadable(ctx, package)
-        archive = self._readable(package, _zip_of(package, folder=False), laid_out)
+        archive = self._readable(package, _zip_of(package, folder=False), laid_out, byte_range)
         self.namespace.files.read_log.add(
             ctx.actor,
             Op.PACKAGE_DOWNLOAD,
@@ -613,7 +618,7 @@ class PackageService:
     ) -> PackageArchive:
         """``of_folder``'s zip, ready to be read; logged as the folder's download.
         ``laid_out`` as for ``download``."""
-        archive = self._readable(folder, _zip_of(folder, folder=True), laid_out)
+        archive = self._readable(folder, _zip_of(folder, folder=True), laid_out, byte_range)
         self.namespace.files.read_log.add(
             ctx.actor,
             Op.FOLDER_DOWNLOAD,
@@ -629,24 +634,33 @@ class PackageService:
         return archive
 
     def _readable(
-        self, package: PackageView, where: str, laid_out: PackageArchive | None = None
+        self,
+        package: PackageView,
+        where: str,
+        laid_out: PackageArchive | None = None,
+        byte_range: str | None = None,
     ) -> PackageArchive:
-        """The zip of ``package`` with its bytes: each item's blob checked (``lost_bytes``
-        names those gone, ``where``) and missing CRC-32s computed. ``laid_out`` (the
-        ``layout`` of ``package``) is the answer when no CRC-32 was missing."""
-        self._require_bytes(package, where)
+        """The zip of ``package`` with its bytes: missing CRC-32s computed, and the blob of
+        each item the answer reads checked (``lost_bytes`` names those gone, ``where``):
+        every item's for the whole zip, those ``byte_range`` (the Range header served)
+        overlaps for a part. ``laid_out`` (the ``layout`` of ``package``) is used again."""
+        archive = laid_out if laid_out is not None and laid_out.package is package else None
+        archive = archive or self.layout(package)
+        read = archive.stream.reading(*range_bounds(byte_range, archive.size))
+        self._require_bytes([package.items[i] for i in read if i < len(package.items)], where)
         ready = self._with_crc32(package)
-        if laid_out is not None and ready is package and laid_out.package is package:
-            return laid_out
-        return build_archive(ready, self._open)
+        if ready is package:
+            return archive
+        self.cache.replace(package, ready)
+        return self.layout(ready)
 
-    def _require_bytes(self, package: PackageView, where: str) -> None:
-        """NotFound naming the items whose bytes the blob store lost (``lost_bytes``), else
-        the first it holds cut short (``damaged_bytes``), so that the answer is an error, not
-        a zip that breaks off at the first of them."""
-        keys = sorted({item.storage_key for item in package.items if item.storage_key})
+    def _require_bytes(self, items: Sequence[PinnedItem], where: str) -> None:
+        """NotFound naming the ``items`` whose bytes the blob store lost (``lost_bytes``),
+        else the first it holds cut short (``damaged_bytes``), so that the answer is an error,
+        not a zip that breaks off at the first of them."""
+        keys = sorted({item.storage_key for item in items if item.storage_key})
         held = dict(zip(keys, self.blobs.sizes_of(keys), strict=True))
-        stored = [(item, held[item.storage_key]) for item in package.items if item.storage_key]
+        stored = [(item, held[item.storage_key]) for item in items if item.storage_key]
         lost = [item for item, size in stored if size is None]
         if lost:
             paths = ", ".join(item.path for item in lost[:10])

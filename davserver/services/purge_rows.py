@@ -201,8 +201,15 @@ _DELETE_CHILDREN = sa.delete(_n).where(
     _IN_FOLDER,
     _n.c.deleted_at.is_(None),
 )
-_PINS_OF_NODES = (
+_NODE_IDS = sa.bindparam("ids", expanding=True, type_=sa.Uuid)
+# The items pinning a version of the nodes, and those of empty files (no version) pinning the
+# nodes themselves, whose node_id the nodes' deletion clears (ON DELETE SET NULL): each is a
+# change to its package (``PackageCache`` relies on every one updating ``modified_at``).
+_PINS_OF_NODES = sa.union_all(
     sa.select(_items_t.c.id, _items_t.c.package_id)
     .join(_v, _v.c.id == _items_t.c.version_id)
-    .where(_v.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)))
+    .where(_v.c.node_id.in_(_NODE_IDS)),
+    sa.select(_items_t.c.id, _items_t.c.package_id).where(
+        _items_t.c.node_id.in_(_NODE_IDS), _items_t.c.version_id.is_(None)
+    ),
 )

@@ -367,6 +367,16 @@ class ZipStream:
 
     # -- layout
 
+    def reading(self, start: int, end: int) -> range:
+        """The indices of the entries whose bytes the range ``start``..``end`` (inclusive)
+        may read: those whose local header or data it overlaps (none past the last entry's
+        data: the central directory and end records are made from the layout alone)."""
+        if start >= self.central_offset or end < start:
+            return range(0)
+        first = bisect_right(self._local, start) - 1
+        last = bisect_right(self._local, min(end, self.central_offset - 1)) - 1
+        return range(first, last + 1)
+
     def piece_at(self, position: int) -> tuple[str, int, int, int]:
         """(kind, entry index, start, end) of the part holding ``position``: kind is
         "local", "data", "central" or "end"; end is exclusive."""

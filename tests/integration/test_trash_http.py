@@ -476,6 +476,27 @@ def test_another_user_s_package_does_not_stop_the_owner_s_purge(
     assert purge is not None and purge["released_pins"] == 1
 
 
+def test_purging_a_pinned_empty_file_changes_its_package(
+    server: InprocServer, alice: User
+) -> None:
+    """An empty file's pin holds the file's node, not a version: its purge cleared the pin's
+    node id by the foreign key alone and left the package's modified_at as it was, which the
+    packages kept in memory (``PackageCache``) take to mean that nothing in it changed."""
+    assert alice.put("/files/empty.txt", b"") == 201
+    assert alice("MKCOL", "/packages/blank/").status == 201
+    pin = alice("COPY", "/files/empty.txt", None, alice.destination("/packages/blank/e.txt"))
+    assert pin.status == 201
+    packages = server.application.services.packages
+    before = packages.find(alice.id, "blank")
+    assert before is not None and before.items[0].node_id is not None
+    assert alice("DELETE", "/files/empty.txt").status == 204
+    assert alice("DELETE", listed(alice, "/files/empty.txt")).status == 204
+    after = packages.find(alice.id, "blank")
+    assert after is not None and after.items[0].node_id is None
+    assert after.modified_at > before.modified_at
+    assert alice("GET", "/packages/blank.zip").status == 403  # its file is gone
+
+
 def test_group_and_moderator_deletions(server: InprocServer, alice: User) -> None:
     bob, mod = make_user(server, "bob"), make_user(server, "mod", roles=["user", "moderator"])
     team = f"team{uuid.uuid4().hex[:6]}"

@@ -203,6 +203,45 @@ def test_a_range_opens_only_the_entries_it_overlaps_and_reads_in_blocks() -> Non
     assert max(len(c) for c in chunks) < 2 * 64 * 1024
 
 
+def test_reading_names_every_entry_a_range_opens() -> None:
+    # A package's zip checks the blobs of the entries a range reads, not of all of them (a
+    # resumed download of a zip of 64,000 files stat'ed every blob): none may be missed.
+    counting = CountingOpens(sample_entries())
+    archive = ZipStream(counting.entries, manifest=MANIFEST)
+    size = archive.total_size
+    rng = random.Random(11)
+    ranges = [(0, size - 1), (archive.central_offset, size - 1), (size - 22, size - 1)]
+    ranges += [sorted((rng.randrange(size), rng.randrange(size))) for _ in range(300)]
+    for start, end in ranges:
+        counting.opened.clear()
+        list(archive.iter_range(start, end))
+        named = {archive.entry(i).path for i in archive.reading(start, end)}
+        assert set(counting.opened) <= named, (start, end)
+    assert archive.reading(0, size - 1) == range(len(counting.entries) + 1)  # the manifest too
+    assert archive.reading(archive.central_offset, size - 1) == range(0)
+    _kind, index, start, stop = archive.piece_at(archive.central_offset // 2)
+    assert archive.reading(start, stop - 1) == range(index, index + 1)
+
+
+@pytest.mark.parametrize(
+    "header, bounds",
+    [
+        (None, (0, 999)),
+        ("bytes=0-", (0, 999)),
+        ("bytes=10-19", (10, 19)),
+        ("bytes=990-5000", (990, 999)),
+        ("bytes=-10", (990, 999)),
+        ("bytes=-5000", (0, 999)),
+        ("bytes=1000-", (1000, 999)),  # past the end: nothing
+        ("bytes=0-4,10-14", (0, 999)),  # not one range: the whole body
+        ("items=0-4", (0, 999)),
+        ("bytes=-", (0, 999)),
+    ],
+)
+def test_range_bounds(header: str | None, bounds: tuple[int, int]) -> None:
+    assert package_archive.range_bounds(header, 1000) == bounds
+
+
 @pytest.mark.parametrize("count, zip64", [(65_534, False), (65_535, True)])
 def test_zip64_end_records_start_at_65535_entries(count: int, zip64: bool) -> None:
     archive = ZipStream([entry(f"{i}", b"") for i in range(count)])
