@@ -92,11 +92,14 @@ def check_destination(provider: DavProvider, environ: dict[str, Any]) -> None:
 
 
 def _may_move_bytes_there(provider: DavProvider, environ: dict[str, Any], target: Any) -> None:
-    """A MOVE that puts an item's bytes within the mover's reach needs DOWNLOAD on it, as a
+    """A MOVE that puts an item's bytes within someone's reach needs DOWNLOAD on it, as a
     COPY does: into another space (a copy there, out of reach of the grants it had), under
     a folder where the mover may download (its grants then cover the item: a grantee who may
-    write but not download took a file so, in two MOVEs, to their own space), or onto a file
-    the mover may download (the bytes become that file's newest version)."""
+    write but not download took a file so, in two MOVEs, to their own space), onto a file
+    the mover may download (the bytes become that file's newest version), or where grants
+    reach someone those where it is do not (a grantee who may write two folders, but
+    download in neither, moved a file into the one also shared with a friend, who then
+    downloaded it: ``NamespaceService.widens_reach``)."""
     if target.rights & Perm.DOWNLOAD or target.view is None:
         return
     dest = destination_path(environ)
@@ -113,6 +116,16 @@ def _may_move_bytes_there(provider: DavProvider, environ: dict[str, Any], target
     elsewhere = (view.owner_id, view.group_id) != (here.owner_id, here.group_id)
     if elsewhere or parent.rights & Perm.DOWNLOAD:
         raise refused
+    there = view.id
+    if isinstance(existing, _NodeResource) and existing.view and not existing.is_collection:
+        there = existing.view.id  # a file overwritten stays, with grants of its own
+    if here.parent_id is not None and provider.namespace.widens_reach(
+        here.parent_id, there, provider.access(environ).now
+    ):
+        raise Forbidden(
+            "moving this item there would let others reach it whom its grants here do not;"
+            " that needs the download right on it"
+        )
 
 
 def _parent_of(path: str) -> str:

@@ -393,6 +393,31 @@ class NamespaceService:
             rights[node_id] = restrict(ctx.principal, total)
         return rights
 
+    def widens_reach(self, here: uuid.UUID, there: uuid.UUID, now: dt.datetime) -> bool:
+        """Whether the grants on ``there`` and the folders above it give some user or group a
+        right that those on ``here`` and the folders above it do not (grants in force at
+        ``now``; a user and a group are different grantees, whoever is in the group): an item
+        moved from below ``here`` to below ``there``, in the same space, would reach them.
+
+        Grants on the item itself and below it move with it and are not counted."""
+        with self.db.connect() as conn:
+            chains = _live_ancestries(conn, [here, there])
+            ids = {row.node_id for chain in chains.values() for row in chain}
+            grants = conn.execute(_GRANTS_ON, {"ids": list(ids), "now": now}).all()
+
+        def reach(node_id: uuid.UUID) -> dict[uuid.UUID, Perm]:
+            chain = {row.node_id for row in chains.get(node_id, ())}
+            rights: dict[uuid.UUID, Perm] = defaultdict(lambda: Perm.NONE)
+            for grant in grants:
+                if grant.node_id in chain:
+                    rights[grant.user_id or grant.group_id] |= rights_of_grant(grant)
+            return rights
+
+        before = reach(here)
+        return any(
+            rights & ~before.get(grantee, Perm.NONE) for grantee, rights in reach(there).items()
+        )
+
     def held_until(self, ctx: AccessContext, node: NodeView, rights: Perm) -> dt.datetime | None:
         """Until when the user holds every one of ``rights`` on ``node``: None for good (by
         role, ownership of the space, membership of its group, or a grant without expiry),
@@ -525,6 +550,18 @@ _APPLIES_TO_ME = sa.and_(
 _MY_GRANTS = sa.select(
     _g.c.node_id, _g.c.can_read, _g.c.can_download, _g.c.can_write, _g.c.can_share
 ).where(_APPLIES_TO_ME)
+_GRANTS_ON = sa.select(
+    _g.c.node_id,
+    _g.c.user_id,
+    _g.c.group_id,
+    _g.c.can_read,
+    _g.c.can_download,
+    _g.c.can_write,
+    _g.c.can_share,
+).where(
+    _g.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)),
+    sa.or_(_g.c.expires_at.is_(None), _g.c.expires_at > sa.bindparam("now")),
+)
 _MY_GRANT_EXPIRIES = sa.select(
     _g.c.can_read, _g.c.can_download, _g.c.can_write, _g.c.can_share, _g.c.expires_at
 ).where(_g.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)), _APPLIES_TO_ME)

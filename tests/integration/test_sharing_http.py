@@ -362,6 +362,50 @@ def test_moving_out_of_a_share_needs_download_and_leaves_the_owner_a_trashed_ori
     assert b"plan.txt" in trash.body
 
 
+def test_a_writer_who_may_not_download_cannot_move_an_item_where_others_reach_it(
+    people: People,
+) -> None:
+    """bob may write in two of alice's folders and download in neither; carol (or a group)
+    may read and download in the second. bob's MOVE of a file from the first into the second
+    let carol download what neither was given: moving where grants reach someone more is
+    sharing, and needs the download right, as a COPY does. Moves that reach nobody new
+    (within a folder, or between folders with the same grantees) stay open to him."""
+    p = people
+    for folder in ("first", "second", "same"):
+        assert p.call(p.alice, "MKCOL", f"/files/{folder}/").status == 201
+        assert p.grant(p.alice, f"/files/{folder}", p.bob, "read", "write") == 201
+    assert p.put(p.alice, "/files/first/secret.txt", b"alice only") == 201
+    assert p.put(p.alice, "/files/first/doc.txt", b"alice's doc") == 201
+    assert p.put(p.alice, "/files/second/public.txt", b"for carol") == 201
+    assert p.grant(p.alice, "/files/second", p.carol, "read", "download") == 201
+    shared = f"{p.server.url}/shared/{p.alice}/"
+
+    def move(source: str, dest: str, overwrite: str = "F") -> Response:
+        headers = {"Destination": shared + dest, "Overwrite": overwrite}
+        return p.call(p.bob, "MOVE", f"/shared/{p.alice}/{source}", headers=headers)
+
+    for dest, overwrite in (("second/secret.txt", "F"), ("second/public.txt", "T")):
+        refused = move("first/secret.txt", dest, overwrite)
+        assert refused.status == 403 and b"download right" in refused.body, refused.status
+    refused = move("first/", "second/first/")  # a whole folder, with what is in it
+    assert refused.status == 403, refused.status
+    assert p.call(p.carol, "GET", f"/shared/{p.alice}/second/public.txt").body == b"for carol"
+    assert p.call(p.alice, "GET", "/files/first/secret.txt").body == b"alice only"
+    # A file of its own granted to someone: overwriting it gives them the bytes too.
+    assert p.put(p.alice, "/files/first/card.txt", b"for the team") == 201
+    assert p.grant(p.alice, "/files/first/card.txt", p.team, "read", group=True) == 201
+    assert move("first/secret.txt", "first/card.txt", "T").status == 403
+    assert p.call(p.alice, "GET", "/files/first/card.txt").body == b"for the team"
+    # A group reached where a user was not: the same.
+    assert p.grant(p.alice, "/files/same", p.team, "read", group=True) == 201
+    assert move("first/secret.txt", "same/secret.txt").status == 403
+    assert p.revoke(p.alice, "/files/same", p.team, group=True) == 204
+    # Reaching nobody new: a rename, and a move between folders shared alike.
+    assert move("first/doc.txt", "first/renamed.txt").status == 201
+    assert move("first/renamed.txt", "same/doc.txt").status == 201
+    assert p.call(p.alice, "GET", "/files/same/doc.txt").body == b"alice's doc"
+
+
 def test_an_office_save_pattern_gives_no_bytes_to_a_writer_who_may_not_download_them(
     people: People,
 ) -> None:
