@@ -229,7 +229,7 @@ def in_parallel(server: Server, path: str, count: int) -> dict[str, Any]:
     def one() -> None:
         try:
             times.append(fetch_body(server, path))
-        except BaseException as exc:  # noqa: BLE001  (reported below)
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=one) for _ in range(count)]

@@ -170,6 +170,10 @@ class GroupAdminService:
         with self.db.write() as session:
             serialize_account_changes(session)
             group = find_group(session, name)
+            # Before counting: a write into the space holds its group's row (the foreign key
+            # of the nodes it inserts) until it commits, so the count waits for it and sees
+            # its items; one that starts later waits for this delete and finds no group.
+            session.execute(sa.select(Group.id).where(Group.id == group.id).with_for_update())
             items = session.scalar(
                 sa.select(sa.func.count())
                 .select_from(Node)

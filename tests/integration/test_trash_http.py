@@ -476,9 +476,7 @@ def test_another_user_s_package_does_not_stop_the_owner_s_purge(
     assert purge is not None and purge["released_pins"] == 1
 
 
-def test_purging_a_pinned_empty_file_changes_its_package(
-    server: InprocServer, alice: User
-) -> None:
+def test_purging_a_pinned_empty_file_changes_its_package(server: InprocServer, alice: User) -> None:
     """An empty file's pin holds the file's node, not a version: its purge cleared the pin's
     node id by the foreign key alone and left the package's modified_at as it was, which the
     packages kept in memory (``PackageCache``) take to mean that nothing in it changed."""

@@ -625,6 +625,54 @@ def test_a_group_description_is_bounded_and_printable(services: Services) -> Non
     assert services.groups.create_group(None, "crew", description="é" * 1024).name == "crew"
 
 
+def test_a_group_is_not_deleted_under_an_upload_committing_into_its_space(
+    services: Services,
+) -> None:
+    """The delete counted the space's items, then deleted the group, whose nodes went by
+    ON DELETE CASCADE: on PostgreSQL an upload that committed in between (201 Created) was
+    wiped with the group. Here the upload's transaction has inserted its node and not yet
+    committed when the delete starts; the delete waits for it, sees the file and refuses."""
+    info, _ = services.users.create_user(None, "pia")
+    services.groups.create_group(None, "busy")
+    with services.db.write() as session:
+        group_id = session.scalar(sa.select(Group.id).where(Group.name == "busy"))
+        root = Node(
+            name="", name_key="", kind="folder", owner_id=info.id, space="group", group_id=group_id
+        )
+        session.add(root)
+    outcome: list[BaseException | None] = []
+
+    def delete() -> None:
+        try:
+            services.groups.delete_group(None, "busy")
+            outcome.append(None)
+        except BaseException as exc:  # the assertion below reports it
+            outcome.append(exc)
+
+    deleting = threading.Thread(target=delete)
+    with services.db.write() as session:  # the upload's transaction
+        session.add(
+            Node(
+                parent_id=root.id,
+                name="late.txt",
+                name_key="late.txt",
+                kind="file",
+                owner_id=info.id,
+                space="group",
+                group_id=group_id,
+            )
+        )
+        session.flush()
+        deleting.start()
+        deleting.join(1.0)  # it waits for this transaction (or has run: the assertion tells)
+        assert deleting.is_alive(), outcome
+    deleting.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], Conflict), outcome
+    with services.db.read() as session:
+        assert session.scalar(sa.select(Node.name).where(Node.name == "late.txt")) == "late.txt"
+        assert session.scalar(sa.select(Group.name).where(Group.id == group_id)) == "busy"
+
+
 def test_a_deleted_user_cannot_join_a_group(services: Services) -> None:
     services.users.create_user(None, "nina")
     services.groups.create_group(None, "crew")
