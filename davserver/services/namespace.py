@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import posixpath
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -469,14 +469,17 @@ class NamespaceService:
 
     def shared(self, ctx: AccessContext) -> dict[str, dict[str, uuid.UUID]]:
         """{owner username or @group: {entry name: node id}}: the top-most live nodes granted to the
-        user, other than their own. Two entries of one owner with the same name are told
-        apart as ``name (2)``, or ``doc (2).txt`` for a file (as Nextcloud names them: programs
-        still know its type)."""
+        user, other than their own.
+
+        Entries of one owner with the same name are each told apart by the start of their
+        node's id: ``doc (1f3a9c0e).txt`` (the extension last, so programs still know the
+        type), ``name (1f3a9c0e)`` for a folder. Such a name never passes to another item:
+        numbered in order (``doc (2).txt``), the names shifted when one of them was deleted
+        or unshared, and an editor's save to the old URL wrote into another file."""
         if ctx._shared is not None:
             return ctx._shared
         granted = [nid for nid, rights in ctx.grants.items() if rights]
         result: dict[str, dict[str, uuid.UUID]] = {}
-        taken: dict[str, set[str]] = {}
         if granted:
             with self.db.connect() as conn:
                 ancestries = _live_ancestries(conn, granted)
@@ -492,21 +495,15 @@ class NamespaceService:
                     )
                 ]
                 entries = conn.execute(_ENTRIES, {"ids": tops}).all() if tops else []
+            by_owner: dict[str, list[Any]] = defaultdict(list)
             for row in sorted(entries, key=lambda r: (r.username, r.name, str(r.id))):
                 if row.owner_id == ctx.actor.user_id and row.group_id is None:
                     continue  # the user's own files are in /files/
                 # A group's items are listed under @group, not under the member who happened
                 # to create the group's space.
-                owner = row.username if row.group_id is None else f"@{row.group_name}"
-                names = result.setdefault(owner, {})
-                keys = taken.setdefault(owner, set())
-                name, n = row.name, 1
-                # Names are told apart as lookups find them: by name_key (NFC).
-                while tree.name_key(name) in keys:
-                    n += 1
-                    name = _numbered(row.name, n, is_folder=row.kind == NodeKind.FOLDER.value)
-                names[name] = row.id
-                keys.add(tree.name_key(name))
+                by_owner[row.username if row.group_id is None else f"@{row.group_name}"].append(row)
+            for owner, rows in by_owner.items():
+                result[owner] = _entry_names(rows)
         ctx._shared = result
         return result
 
@@ -521,10 +518,30 @@ def _entry(entries: dict[str, uuid.UUID], name: str) -> uuid.UUID | None:
     return next((node for entry, node in entries.items() if tree.name_key(entry) == key), None)
 
 
-def _numbered(name: str, n: int, *, is_folder: bool) -> str:
-    """``doc.txt`` -> ``doc (n).txt``; a folder, or a name without an extension: ``name (n)``."""
+def _entry_names(rows: Sequence[Any]) -> dict[str, uuid.UUID]:
+    """{entry name: node id} of one owner's shared nodes (rows with id, name and kind): a
+    name held by one keeps it; namesakes (by name_key, as lookups find them) are each
+    tagged with their id's first 8 hex digits, or all 32 should that name be taken too."""
+    held = Counter(tree.name_key(row.name) for row in rows)
+    names = {row.name: row.id for row in rows if held[tree.name_key(row.name)] == 1}
+    keys = {tree.name_key(name) for name in names}
+    for row in rows:
+        if held[tree.name_key(row.name)] == 1:
+            continue
+        is_folder = row.kind == NodeKind.FOLDER.value
+        name = _tagged(row.name, row.id.hex[:8], is_folder=is_folder)
+        if tree.name_key(name) in keys:
+            name = _tagged(row.name, row.id.hex, is_folder=is_folder)
+        names[name] = row.id
+        keys.add(tree.name_key(name))
+    return names
+
+
+def _tagged(name: str, tag: str, *, is_folder: bool) -> str:
+    """``doc.txt`` -> ``doc (tag).txt``; a folder, or a name without an extension:
+    ``name (tag)``."""
     stem, ext = (name, "") if is_folder else posixpath.splitext(name)
-    return f"{stem} ({n}){ext}"
+    return f"{stem} ({tag}){ext}"
 
 
 _n = Base.metadata.tables["nodes"]

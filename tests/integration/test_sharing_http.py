@@ -1547,17 +1547,26 @@ def test_listing_every_group_space_costs_the_same_queries_whatever_their_number(
     assert p.call(p.carol, "PROPFIND", f"/groups/{added[3]}/", headers={"Depth": "0"}).status == 404
 
 
-def _share_two_namesakes(p: People) -> str:
+def _share_two_namesakes(p: People) -> dict[str, str]:
     """alice shares /files/a/doc.txt and /files/b/doc.txt with bob (download, write);
-    returns the name bob's /shared/<alice>/ lists the second one under."""
+    returns the names bob's /shared/<alice>/ lists them under (escaped), by folder."""
     for folder in ("a", "b"):
         assert p.call(p.alice, "MKCOL", f"/files/{folder}/").status == 201
         assert p.put(p.alice, f"/files/{folder}/doc.txt", f"from {folder}".encode()) == 201
         assert p.grant(p.alice, f"/files/{folder}/doc.txt", p.bob, "download", "write") == 201
-    listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
-    hrefs = re.findall(rf"<D:href>/shared/{p.alice}/([^<]+)</D:href>", listing.body.decode())
-    assert len(hrefs) == 2 and "doc.txt" in hrefs, hrefs
-    return next(h for h in hrefs if h != "doc.txt")
+    hrefs = shared_entries(p, p.bob)
+    assert len(hrefs) == 2 and all(TAGGED.fullmatch(h) for h in hrefs), hrefs
+    return {p.call(p.bob, "GET", f"/shared/{p.alice}/{h}").body.decode()[5:]: h for h in hrefs}
+
+
+# A namesake's entry: doc (<the first 8 hex digits of its id>).txt, escaped.
+TAGGED = re.compile(r"doc%20\([0-9a-f]{8}\)\.txt")
+
+
+def shared_entries(p: People, who: str) -> list[str]:
+    """The names (escaped) ``who``'s /shared/<alice>/ lists."""
+    listing = p.call(who, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
+    return re.findall(rf"<D:href>/shared/{p.alice}/([^<]+)</D:href>", listing.body.decode())
 
 
 def test_an_upload_to_a_renamed_namesake_entry_is_a_version_of_its_file(people: People) -> None:
@@ -1565,30 +1574,47 @@ def test_an_upload_to_a_renamed_namesake_entry_is_a_version_of_its_file(people: 
     entry is a new version of the file it shows, never a new file beside the original (in a
     folder the grantee may not even write in)."""
     p = people
-    second = _share_two_namesakes(p)
-    first = p.call(p.bob, "GET", f"/shared/{p.alice}/doc.txt").body
-    folder = "b" if first == b"from a" else "a"
-    assert p.call(p.bob, "GET", f"/shared/{p.alice}/{second}").body == f"from {folder}".encode()
+    second = _share_two_namesakes(p)["b"]
     assert p.put(p.bob, f"/shared/{p.alice}/{second}", b"edited by bob") == 204
-    assert p.call(p.alice, "GET", f"/files/{folder}/doc.txt").body == b"edited by bob"
+    assert p.call(p.alice, "GET", "/files/b/doc.txt").body == b"edited by bob"
+    assert p.call(p.alice, "GET", "/files/a/doc.txt").body == b"from a"
     for place in ("a", "b"):
         listing = p.call(p.alice, "PROPFIND", f"/files/{place}/", headers={"Depth": "1"})
         assert listing.body.count(b"<D:href>") == 2, listing.body  # the folder and doc.txt
 
 
 def test_a_shared_namesake_keeps_its_extension(people: People) -> None:
-    """The second of two shared files of one name is ``doc (2).txt``, as Nextcloud names it:
-    programs still know its type (``doc.txt (2)`` opens with nothing)."""
+    """Two shared files of one name are each ``doc (<id>).txt``: programs still know their
+    type (``doc.txt (2)`` opens with nothing)."""
     p = people
-    assert _share_two_namesakes(p) == "doc%20(2).txt"
-    entry = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/doc%20(2).txt", headers={"Depth": "0"})
-    assert b"<D:getcontenttype>text/plain" in entry.body
+    entry = _share_two_namesakes(p)["a"]
+    answer = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/{entry}", headers={"Depth": "0"})
+    assert b"<D:getcontenttype>text/plain" in answer.body
     assert p.call(p.alice, "MKCOL", "/files/c/").status == 201
     for folder in ("/files/c/photos.2024", "/files/photos.2024"):
         assert p.call(p.alice, "MKCOL", folder + "/").status == 201
         assert p.grant(p.alice, folder, p.bob, "read") == 201
-    listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
-    assert f"/shared/{p.alice}/photos.2024%20(2)/".encode() in listing.body
+    folders = [h for h in shared_entries(p, p.bob) if h.startswith("photos")]
+    assert len(folders) == 2, folders
+    assert all(re.fullmatch(r"photos\.2024%20\([0-9a-f]{8}\)/", h) for h in folders), folders
+
+
+def test_a_namesake_entry_never_passes_to_another_file(people: People) -> None:
+    """carol had alice's two doc.txt files as ``doc.txt`` and ``doc (2).txt``; alice deleted
+    the first, and ``doc.txt`` named the second at once: carol's editor saved its copy of the
+    first over the second (204). Each namesake is named by its own id now: the entry of the
+    deleted file is gone (its save refused), the other's entry still names the other."""
+    p = people
+    names = _share_two_namesakes(p)
+    assert p.call(p.alice, "DELETE", "/files/a/doc.txt").status == 204
+    gone = f"/shared/{p.alice}/{names['a']}"
+    assert p.call(p.bob, "GET", gone).status == 404
+    assert p.put(p.bob, gone, b"bob's edit of a") in (403, 404, 409)
+    assert p.call(p.alice, "GET", "/files/b/doc.txt").body == b"from b"
+    # Alone now, the other file has the plain name; its tagged one no longer answers.
+    assert shared_entries(p, p.bob) == ["doc.txt"]
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/{names['b']}").status == 404
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/doc.txt").body == b"from b"
 
 
 def test_quota_properties_are_those_of_the_space_the_item_is_in(people: People) -> None:
@@ -1630,7 +1656,7 @@ def test_the_history_of_a_renamed_namesake_entry_answers_what_it_lists(people: P
     shows; each listed entry answers GET, ``?version=N`` on the entry works, and a grantee
     with write restores a version onto it."""
     p = people
-    second = _share_two_namesakes(p)
+    second = _share_two_namesakes(p)["b"]
     history = f"/versions/shared/{p.alice}/{second}/"
     before = p.call(p.bob, "GET", f"/shared/{p.alice}/{second}").body
     assert p.put(p.bob, f"/shared/{p.alice}/{second}", b"version 2") == 204
@@ -1688,9 +1714,8 @@ def test_a_shared_entry_answers_to_its_nfd_name_as_files_do(people: People) -> N
     assert p.call(p.alice, "MKCOL", "/files/mac/").status == 201
     assert p.put(p.alice, f"/files/mac/{nfd}", b"decomposed") == 201
     assert p.grant(p.alice, "/files/mac/cafe\u0301.txt", p.bob, "download") == 201
-    listing = p.call(p.bob, "PROPFIND", f"/shared/{p.alice}/", headers={"Depth": "1"})
-    hrefs = re.findall(rf"<D:href>/shared/{p.alice}/([^<]+)</D:href>", listing.body.decode())
-    assert len(hrefs) == 2 and any("(2)" in h for h in hrefs), hrefs
+    hrefs = shared_entries(p, p.bob)
+    assert len(hrefs) == 2 and all(re.search(r"%20\([0-9a-f]{8}\)\.txt$", h) for h in hrefs)
     bodies = {p.call(p.bob, "GET", f"/shared/{p.alice}/{h}").body for h in hrefs}
     assert bodies == {b"coffee", b"decomposed"}
 
