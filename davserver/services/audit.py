@@ -338,11 +338,15 @@ def read_logbook(
         branches += _about(user_id, about_user)
     else:
         branches = [(None, sa.true())]
+    # The rows the caller may read, of any operation: only one of them is a cursor (any
+    # other answered, by its error or by where the page stopped, whether a row of that
+    # number existed, and when).
+    readable = sa.or_(*(condition for _, condition in branches))
     if ops is not None:
         branches = _narrowed(branches, ops)
     with db.connect() as conn:
         if before is not None:
-            then = conn.scalar(sa.select(log.c.occurred_at).where(log.c.id == before))
+            then = conn.scalar(sa.select(log.c.occurred_at).where(log.c.id == before, readable))
             if then is None:
                 raise BadRequest(f"no logbook row {before} to read before")
             # The first condition alone is a range of every index by time; the second is exact.

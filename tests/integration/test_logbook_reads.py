@@ -180,3 +180,17 @@ def test_an_unknown_operation_or_row_is_an_error(database: Database, book: Book)
         read_logbook(database, op="shared")
     with pytest.raises(BadRequest, match="no logbook row"):
         read_logbook(database, before=max(row["id"] for row in book.rows) + 1)
+
+
+def test_a_row_the_reader_may_not_read_is_no_cursor(database: Database, book: Book) -> None:
+    """A user's cursor was looked up among all rows: ``before=N`` answered "no logbook row N"
+    only when none existed, and cut the page at the time of anyone's row N. Another user's
+    row is as unknown to them as a missing one now."""
+    alice = book.users["alice"]
+    others = [row["id"] for row in book.rows if row["user_id"] not in (alice, None)]
+    own = [row["id"] for row in book.rows if row["user_id"] == alice]
+    with pytest.raises(BadRequest, match="no logbook row"):
+        read_logbook(database, user_id=alice, before=others[-1])
+    page = read_logbook(database, user_id=alice, before=own[-1])
+    assert page and all(row.id != own[-1] for row in page)
+    assert read_logbook(database, before=others[-1])  # an admin's reading: every row
