@@ -225,8 +225,10 @@ def check_unique_paths(paths: Iterable[str]) -> None:
     for path in paths:
         parts = [_fold(p) for p in path.split("/")]
         key = "/".join(parts)
-        if key in files or key in folders:
+        if key in files:
             raise InvalidName(f"{path!r} is in the archive twice (letter case aside)")
+        if key in folders:
+            raise InvalidName(f"{path!r} is a folder of the archive (letter case aside)")
         for depth in range(1, len(parts)):
             folder = "/".join(parts[:depth])
             if folder in files:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -121,6 +122,11 @@ def test_api_input_errors(server: InprocServer, alice: User, bob: User) -> None:
     assert alice.api("POST", "/packages", {"name": "a/b"})[0] == 400
     assert alice.api("POST", "/packages", {})[0] == 400
     assert alice.api("POST", "/packages", {"name": "p", "expires_days": -1})[0] == 400
+    # Valid JSON, but more digits than Python reads: it said "the body is not valid JSON".
+    huge = b'{"name": "p", "expires_days": ' + b"9" * 5000 + b"}"
+    answer = alice.call("POST", "/api/v1/packages", huge, {"Content-Type": "application/json"})
+    assert answer.status == 400, answer.status
+    assert json.loads(answer.body)["message"] == "a number in the body has more than 100 digits"
     status, created = alice.api("POST", "/packages", {"name": "p", "expires_days": 0})
     assert status == 201 and created["expires_at"] is None
     assert alice.api("POST", "/packages/p/items", {"path": "/files/nope"})[0] == 404
