@@ -21,6 +21,7 @@ from davserver.services.accounts import AccountService
 from davserver.services.apikeys import ApiKeyService
 from davserver.services.files import FileService
 from davserver.services.groups import GroupAdminService
+from davserver.services.lock_reach import LockReach
 from davserver.services.namespace import NamespaceService, may_see_all_users
 from davserver.services.packages import PackageService
 from davserver.services.sessions import SessionService
@@ -144,12 +145,13 @@ class Services:
             enabled=settings.trash.enabled,
         )
         self.namespace.add_space(trash.SPACE, self.trash.resolve)
-        self.sharing = SharingService(self.db)
+        self.locks = LockReach(self.db, self.namespace)
+        self.sharing = SharingService(self.db, self.locks)
         self.variants = VariantService.from_settings(
             self.db, self.blobs, self.files, settings.images
         )
         self.users = UserAdminService(self.db, self.hasher, self.accounts.ensure_roles)
-        self.groups = GroupAdminService(self.db)
+        self.groups = GroupAdminService(self.db, self.locks)
         self.user_import = UserImportService(self.db, self.accounts.ensure_roles)
         self.api_keys = ApiKeyService(self.db)
 

@@ -48,6 +48,8 @@ class Housekeeper:
         """One sweep: expired trash items of everyone, expired packages and refresh tokens,
         logbook rows past their retention, upload leftovers (temp files, S3 multipart uploads)."""
         trash = self.services.trash.purge_expired()
+        # Grants that expired leave their holders' locks in force: no one else could break them.
+        self.services.locks.release(None, because="its holder may no longer write there")
         packages = self.services.packages.purge_expired()
         tokens = self.services.tokens.purge_expired()
         retention = self.services.settings.maintenance.logbook_retention_days

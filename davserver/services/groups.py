@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -38,6 +38,9 @@ from davserver.services.audit import record_audit
 from davserver.services.bounds import check_description
 from davserver.services.grant_support import revoke_unsupported, spaces_of_grants_by
 from davserver.services.lock_rows import group_namespace, release_locks_of
+
+if TYPE_CHECKING:
+    from davserver.services.lock_reach import LockReach
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,9 @@ def find_group(session: Session, name: str) -> Group:
 
 
 class GroupAdminService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, locks: LockReach | None = None) -> None:
         self.db = db
+        self.locks = locks  # releases the locks of those who may no longer write
 
     # -------------------------------------------------------------------------- reads
 
@@ -209,6 +213,9 @@ class GroupAdminService:
             session.execute(sa.delete(Group).where(Group.id == group.id))
             because = f"the group {group.name} was deleted"
             revoke_unsupported(session, actor, spaces_of_grants_by(session, member_ids), because)
+            usernames = [str(m["user"]) for m in members]
+        if self.locks is not None and usernames:
+            self.locks.release(actor, principals=usernames, because=because)
 
     def add_member(
         self, actor: Actor | None, group_name: str, username: str, *, admin: bool = False
@@ -267,6 +274,10 @@ class GroupAdminService:
             session.flush()
             because = f"{user.username} left the group {group.name}"
             revoke_unsupported(session, actor, spaces_of_grants_by(session, [user.id]), because)
+        # Locks elsewhere, on what the group was granted, or what they had through a grant
+        # revoked above: the others who may write there could not break them.
+        if self.locks is not None:
+            self.locks.release(actor, principals=[user.username], because=because)
 
     def set_group_admin(
         self, actor: Actor | None, group_name: str, username: str, *, admin: bool = True

@@ -22,9 +22,12 @@ def user_namespace(user_id: uuid.UUID) -> str:
     return user_id.hex
 
 
+GROUP_PREFIX = "group:"
+
+
 def group_namespace(group_name: str) -> str:
     """The lock namespace of a group's space (shared by its members)."""
-    return "group:" + group_name
+    return GROUP_PREFIX + group_name
 
 
 def release_locks_of(session: Session, username: str, *, namespace: str | None = None) -> int:

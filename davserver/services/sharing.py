@@ -28,7 +28,7 @@ import datetime as dt
 import uuid
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
@@ -54,6 +54,9 @@ from davserver.services.permissions import (
 )
 from davserver.services.tree import NodeView
 
+if TYPE_CHECKING:
+    from davserver.services.lock_reach import LockReach
+
 
 @dataclass(frozen=True)
 class GrantInfo:
@@ -77,8 +80,9 @@ def _set_rights(grant: Grant, rights: Perm) -> None:
 
 
 class SharingService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, locks: LockReach | None = None) -> None:
         self.db = db
+        self.locks = locks  # releases the locks of those who may no longer write
 
     def grant(
         self,
@@ -185,7 +189,10 @@ class SharingService:
                     grant_id=str(row.id),
                 ),
             )
-            return _infos(session, Grant.id == row.id)[0]
+            info = _infos(session, Grant.id == row.id)[0]
+        if lowered:
+            self._release_locks(actor, node, f"{label}'s grant was changed")
+        return info
 
     def revoke(
         self, actor: Actor | None, node: NodeView, holder: Perm, grant_id: uuid.UUID
@@ -233,6 +240,13 @@ class SharingService:
                 raise NotFound("no such grant on this item")
             _require_may_change(session, actor, node, row)
             _remove_grant(session, actor, node, row.id)
+        self._release_locks(actor, node, "a grant was revoked")
+
+    def _release_locks(self, actor: Actor | None, node: NodeView, because: str) -> None:
+        """After rights on ``node`` were taken away: the locks in its space whose holders
+        may no longer write what they lock (``LockReach``)."""
+        if self.locks is not None:
+            self.locks.release_in_space(actor, node.owner_id, node.group_id, because)
 
     def grants_on(
         self,

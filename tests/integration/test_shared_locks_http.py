@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
 import uuid
@@ -13,7 +14,9 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
-from davserver.models import LogEntry, User
+from davserver.db.types import utcnow
+from davserver.housekeeping import Housekeeper
+from davserver.models import Grant, LogEntry, Node, User
 from tests.conftest import ENGINES
 from tests.integration.test_sharing_http import People
 from tests.servers import InprocServer, Response, run_inproc_server
@@ -144,13 +147,13 @@ def test_a_lock_through_a_groups_share_holds_for_its_members(p: People) -> None:
 
 
 def test_the_owner_or_an_admin_can_break_a_grantees_lock(p: People) -> None:
-    # Bob's editor locked alice's document for a week, then his grant was revoked: he can no
-    # longer reach it to unlock it, and alice could not write her own file until it expired.
+    # Bob's editor locked alice's document for a week, then crashed: alice could not write
+    # her own file until the lock expired. (Had his grant been revoked, his lock would have
+    # gone with it: test_a_lock_whose_holder_may_no_longer_write_there_is_released.)
     mine, bobs = shared_folder(p)
     doc = mine + "/doc.txt"
     headers = {"Timeout": "Second-604800", "Depth": "0"}
     token = token_of(p.call(p.bob, "LOCK", bobs + "/doc.txt", LOCK, headers))
-    assert p.revoke(p.alice, mine, p.bob) == 204
     assert p.put(p.alice, doc, b"alice's edit") == 423
     unlock = {"Lock-Token": f"<{token}>"}
     # Someone who may only write there (carol, through a grant) cannot break it.
@@ -327,3 +330,70 @@ def test_the_locks_of_a_member_who_leaves_or_a_user_who_goes_go_with_them(p: Peo
         ).all()
     # Disabled: the group's file and bob's own; deleted: the group's file he locked again.
     assert [d["after"]["released_locks"] for d in details] == [1, 2, 1]
+
+
+def test_a_lock_whose_holder_may_no_longer_write_there_is_released(p: People) -> None:
+    """bob locked a file of alice's that he could write through a grant to his group, or to
+    him; he left the group, or the grant was revoked, lowered or ran out. He could no longer
+    reach the file to unlock it, and carol, who may write there, could not break his lock:
+    her saves got 423 for up to a week. His lock goes with his right to write, with a row in
+    the logbook saying why; a lock he may still write under stays."""
+    groups = p.server.app.services.groups
+    folder = f"/files/gp-{uuid.uuid4().hex[:6]}"
+    assert p.call(p.alice, "MKCOL", folder + "/").status == 201
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        assert p.put(p.alice, f"{folder}/{name}") == 201
+    assert p.grant(p.alice, folder, p.team, "write", group=True) == 201
+    assert p.grant(p.alice, folder, p.carol, "write") == 201
+    assert p.grant(p.alice, f"{folder}/b.txt", p.bob, "write") == 201
+    carols = bobs = f"/shared/{p.alice}/{folder.rsplit('/', 1)[1]}"
+    for name in ("a.txt", "b.txt"):
+        token_of(lock(p, p.bob, f"{bobs}/{name}"))
+        assert p.put(p.carol, f"{carols}/{name}", b"carol") == 423
+    groups.remove_member(None, p.team, p.bob)
+    assert p.put(p.carol, f"{carols}/a.txt", b"carol") == 204  # bob's lock went
+    assert p.put(p.carol, f"{carols}/b.txt", b"carol") == 423  # his own grant still covers it
+    # His own grant lowered to read, then (after he locks again) revoked: the lock goes.
+    assert p.grant(p.alice, f"{folder}/b.txt", p.bob, "read") == 201
+    assert p.put(p.carol, f"{carols}/b.txt", b"carol") == 204
+    assert p.grant(p.alice, f"{folder}/c.txt", p.bob, "write") == 201
+    token_of(lock(p, p.bob, f"/shared/{p.alice}/c.txt"))
+    assert p.put(p.carol, f"{carols}/c.txt", b"carol") == 423
+    assert p.revoke(p.alice, f"{folder}/c.txt", p.bob) == 204
+    assert p.put(p.carol, f"{carols}/c.txt", b"carol") == 204
+    # A grant that ran out: the next housekeeping sweep releases what it held.
+    assert p.grant(p.alice, f"{folder}/d.txt", p.bob, "write") == 201
+    token_of(lock(p, p.bob, f"/shared/{p.alice}/d.txt"))
+    with p.server.app.db.write() as session:
+        session.execute(
+            sa.update(Grant)
+            .where(Grant.node_id.in_(node_ids(p, f"{folder}/d.txt")))
+            .values(expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+    assert p.put(p.carol, f"{carols}/d.txt", b"carol") == 423
+    Housekeeper(p.server.app.services, 0).run_once()
+    assert p.put(p.carol, f"{carols}/d.txt", b"carol") == 204
+    with p.server.app.db.read() as session:
+        because = session.scalars(
+            sa.select(LogEntry.details["because"].as_string())
+            .where(
+                LogEntry.op_type == "lock:delete", LogEntry.details["holder"].as_string() == p.bob
+            )
+            .order_by(LogEntry.id)
+        ).all()
+    assert because == [
+        f"{p.bob} left the group {p.team}",
+        f"{p.bob}'s grant was changed",
+        "a grant was revoked",
+        "its holder may no longer write there",
+    ]
+
+
+def node_ids(p: People, path: str) -> list[uuid.UUID]:
+    """The node of alice's ``path`` (a file of her home, one level below its root)."""
+    folder, name = path.removeprefix("/files/").split("/")
+    with p.server.app.db.read() as session:
+        parent = sa.select(Node.id).where(Node.name == folder).scalar_subquery()
+        return list(
+            session.scalars(sa.select(Node.id).where(Node.parent_id == parent, Node.name == name))
+        )
