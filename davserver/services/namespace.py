@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import posixpath
+import re
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -521,20 +522,36 @@ def _entry(entries: dict[str, uuid.UUID], name: str) -> uuid.UUID | None:
 def _entry_names(rows: Sequence[Any]) -> dict[str, uuid.UUID]:
     """{entry name: node id} of one owner's shared nodes (rows with id, name and kind): a
     name held by one keeps it; namesakes (by name_key, as lookups find them) are each
-    tagged with their id's first 8 hex digits, or all 32 should that name be taken too."""
+    tagged with their id's first 8 hex digits, or all 32 should that name be taken too.
+
+    A tag is the node's for good: a name that looks tagged (``doc (3606ae9d).txt``) is given
+    as it is only to the node whose id the tag begins; another node so named is tagged too.
+    Otherwise a file shared under such a name took over the URL of a namesake's entry."""
     held = Counter(tree.name_key(row.name) for row in rows)
-    names = {row.name: row.id for row in rows if held[tree.name_key(row.name)] == 1}
-    keys = {tree.name_key(name) for name in names}
+    names: dict[str, uuid.UUID] = {}
+    keys: set[str] = set()
     for row in rows:
-        if held[tree.name_key(row.name)] == 1:
-            continue
         is_folder = row.kind == NodeKind.FOLDER.value
-        name = _tagged(row.name, row.id.hex[:8], is_folder=is_folder)
-        if tree.name_key(name) in keys:
-            name = _tagged(row.name, row.id.hex, is_folder=is_folder)
+        claimed = _claimed_tag(row.name, is_folder=is_folder)
+        name = row.name
+        if held[tree.name_key(name)] > 1 or not row.id.hex.startswith(claimed or ""):
+            name = _tagged(row.name, row.id.hex[:8], is_folder=is_folder)
+            if tree.name_key(name) in keys:
+                name = _tagged(row.name, row.id.hex, is_folder=is_folder)
         names[name] = row.id
         keys.add(tree.name_key(name))
     return names
+
+
+# The tag ``_tagged`` gives: 8 or 32 hex digits in parentheses at the end of the stem.
+_TAG = re.compile(r" \(([0-9a-f]{8}|[0-9a-f]{32})\)$")
+
+
+def _claimed_tag(name: str, *, is_folder: bool) -> str | None:
+    """The id digits a name's tag names (``doc (3606ae9d).txt``: ``3606ae9d``), or None."""
+    stem = name if is_folder else posixpath.splitext(name)[0]
+    found = _TAG.search(stem)
+    return found[1] if found else None
 
 
 def _tagged(name: str, tag: str, *, is_folder: bool) -> str:

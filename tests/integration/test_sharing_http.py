@@ -11,6 +11,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 import sqlalchemy as sa
@@ -1615,6 +1616,23 @@ def test_a_namesake_entry_never_passes_to_another_file(people: People) -> None:
     assert shared_entries(p, p.bob) == ["doc.txt"]
     assert p.call(p.bob, "GET", f"/shared/{p.alice}/{names['b']}").status == 404
     assert p.call(p.bob, "GET", f"/shared/{p.alice}/doc.txt").body == b"from b"
+    # A file named like a tag it does not hold (a copy saved as it was listed, say) is
+    # tagged as well: it took over the entry of the file whose tag it spelt.
+    assert p.call(p.alice, "MKCOL", "/files/c/").status == 201
+    assert p.put(p.alice, "/files/c/doc.txt", b"from c") == 201
+    assert p.grant(p.alice, "/files/c/doc.txt", p.bob, "download", "write") == 201
+    tagged = {
+        p.call(p.bob, "GET", f"/shared/{p.alice}/{h}").body: h for h in shared_entries(p, p.bob)
+    }
+    lookalike = unquote(tagged[b"from c"])
+    assert p.put(p.alice, f"/files/c/{quote(lookalike)}", b"lookalike") == 201
+    assert p.grant(p.alice, f"/files/c/{lookalike}", p.bob, "download") == 201
+    entries = shared_entries(p, p.bob)
+    assert len(entries) == 3 and tagged[b"from c"] in entries, entries
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/{tagged[b'from c']}").body == b"from c"
+    (other,) = [e for e in entries if e not in tagged.values()]
+    assert re.fullmatch(r"doc%20\([0-9a-f]{8}\)%20\([0-9a-f]{8}\)\.txt", other), other
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/{other}").body == b"lookalike"
 
 
 def test_quota_properties_are_those_of_the_space_the_item_is_in(people: People) -> None:
