@@ -81,18 +81,30 @@ class PackageCache:
         return [found[row.id] for row in rows]
 
     def archive(self, view: PackageView, lay_out: Callable[[], PackageArchive]) -> PackageArchive:
-        """``lay_out()``, the zip of ``view``, made once for a view that is kept."""
-        with self._lock:
-            entry = self._entries.get(view.id)
-            if entry is not None and entry.view is view and entry.archive is not None:
-                return entry.archive
-        archive = lay_out()
-        with self._lock:
-            entry = self._entries.get(view.id)
-            if entry is not None and entry.view is view:
-                entry.archive = entry.archive or archive
-                return entry.archive
+        """``lay_out()``, the zip of ``view``, made once for a view that is kept (requests
+        asking at once wait for the first one's)."""
+        kept, archive = self._kept_archive(view)
+        if archive is not None:
+            return archive
+        if not kept:
+            return lay_out()  # a folder's zip, or a view no longer kept
+        with self._reading([view.id]):
+            kept, archive = self._kept_archive(view)
+            if archive is None:
+                archive = lay_out()
+                with self._lock:
+                    entry = self._entries.get(view.id)
+                    if entry is not None and entry.view is view:
+                        entry.archive = archive
         return archive
+
+    def _kept_archive(self, view: PackageView) -> tuple[bool, PackageArchive | None]:
+        """(whether ``view`` is kept, the archive kept with it)."""
+        with self._lock:
+            entry = self._entries.get(view.id)
+            if entry is None or entry.view is not view:
+                return False, None
+            return True, entry.archive
 
     def replace(self, old: PackageView, new: PackageView) -> None:
         """Keep ``new`` instead of ``old``: the same package, from the same row, with more

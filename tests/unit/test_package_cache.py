@@ -122,7 +122,20 @@ def test_a_kept_view_is_laid_out_once_and_replaced_with_its_crc32s() -> None:
         laid.append(which)
         return PackageArchive(which, None, "etag")  # type: ignore[arg-type]
 
-    first = cache.archive(kept, lambda: lay_out(kept))
+    def slowly() -> PackageArchive:
+        time.sleep(0.2)
+        return lay_out(kept)
+
+    got: list[PackageArchive] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(cache.archive(kept, slowly))) for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    first = got[0]
+    assert all(archive is first for archive in got) and laid == [kept]  # laid out once
     assert cache.archive(kept, lambda: lay_out(kept)) is first and laid == [kept]
     stranger = view(row(), 1)  # not kept (a folder's zip): laid out every time
     cache.archive(stranger, lambda: lay_out(stranger))
