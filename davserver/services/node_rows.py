@@ -46,7 +46,12 @@ def held_node(session: Session, node_id: uuid.UUID, *, seen: NodeView | None = N
     folder since trashed is NotFound where the request found it, not in a deleted folder)."""
     node = still_where_seen(live_node(session, node_id), seen)
     if node.parent_id is not None:
-        tree.hold_chain(session, node.parent_id)
+        try:
+            tree.hold_chain(session, node.parent_id)
+        except tree.FolderGone:
+            # It went to the trash with its folder meanwhile (a client deleting a folder and
+            # a file in it at once): gone from its URL, as a missing node is, not a conflict.
+            raise NotFound("no such file or folder: a folder above it was deleted") from None
     return node
 
 

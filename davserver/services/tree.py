@@ -438,6 +438,11 @@ def list_children(session: Session | sa.Connection, folder: NodeView) -> list[No
     ]
 
 
+class FolderGone(Conflict):
+    """``hold_chain``'s folder, or one above it, is in the trash or gone: a Conflict for
+    what would be made in it, a NotFound for what was in it (``node_rows.held_node``)."""
+
+
 class ChainChanged(Exception):
     """A folder above the one being changed moved while ``hold_chain`` waited for it; the
     transaction should be run again (``FileService.run_write`` does)."""
@@ -578,10 +583,10 @@ def _walk_up(folder_id: uuid.UUID, found: Sequence[Any]) -> list[uuid.UUID]:
         row = rows.get(current)
         if row is None:
             if not chain:
-                raise Conflict("the folder no longer exists")
+                raise FolderGone("the folder no longer exists")
             raise ChainChanged(f"a folder above {folder_id} moved")
         if row.deleted_at is not None:
-            raise Conflict("the folder was deleted")
+            raise FolderGone("the folder was deleted")
         chain.append(current)
         if len(chain) > len(rows):
             raise ChainChanged(f"the folders above {folder_id} form a loop")

@@ -234,6 +234,26 @@ def test_move_into_own_subtree_is_refused(
         service.move(actor, outer.id, inner, "loop")
 
 
+def test_an_item_whose_folder_was_deleted_meanwhile_is_not_found(
+    service: FileService, actor: Actor, home: NodeView
+) -> None:
+    """A client deleted a folder and a file in it at once: the file's DELETE, having found
+    the file, ran after the folder went to the trash and answered 409 "the folder was
+    deleted", which clients read as "make the parent first". The file is gone from its URL
+    with its folder: 404. Creating in such a folder stays a conflict (409)."""
+    folder = service.create_folder(actor, home, "going")
+    inside = put(service, actor, folder, "in.txt", b"inside")
+    service.delete(actor, folder.id)
+    for change in (
+        lambda: service.delete(actor, inside.id),
+        lambda: service.move(actor, inside.id, home, "out.txt"),
+    ):
+        with pytest.raises(NotFound, match="a folder above it was deleted"):
+            change()
+    with pytest.raises(Conflict, match="the folder was deleted"):
+        service.create_folder(actor, folder, "new")
+
+
 def test_copy_shares_blobs_and_keeps_structure(
     service: FileService, actor: Actor, home: NodeView, database: Database
 ) -> None:
@@ -1002,8 +1022,10 @@ def test_nothing_lands_in_a_folder_that_went_to_the_trash_after_it_was_looked_up
     service: FileService, actor: Actor, home: NodeView, database: Database
 ) -> None:
     """A client looks a folder up, then (before its change commits) a folder above it goes to
-    the trash. The change must not land in the trash: 409, and the running total stays true
-    (it had counted a file arriving there as live for ever)."""
+    the trash. The change must not land in the trash: 409 for an upload and what would be made
+    in it, 404 for a move, delete or restore of what was in it (gone from its URL with the
+    folder), and the running total stays true (it had counted a file arriving there as live
+    for ever)."""
     trash = TrashService(database, service)
     history = VersionService(database, service)
     top = service.create_folder(actor, home, "top")
@@ -1031,8 +1053,9 @@ def test_nothing_lands_in_a_folder_that_went_to_the_trash_after_it_was_looked_up
             actor, binned.id, inner, "binned.txt", where="/top/inner/binned.txt"
         ),
     }
+    gone = {"a move out", "a delete", "a version restored"}
     for what, change in changes.items():
-        with pytest.raises(Conflict):
+        with pytest.raises(NotFound if what in gone else Conflict):
             change()
         assert _kept_and_counted(database, actor, home) == (100, 100), what
     assert service.resolve(home.id, ["outside.txt"]) is not None
