@@ -64,7 +64,7 @@ from davserver.errors import BadRequest
 from davserver.services.bounds import from_epoch
 from davserver.services.tree import name_key
 from providers import conditions, propfind
-from providers.resources import CREATED_KEY, FOUND_KEY
+from providers.resources import CREATED_KEY, FOUND_KEY, MTIME_KEY
 
 _STATUS_KEY = "davserver.status"
 _CHECKED_KEY = "davserver.preconditions_checked"
@@ -239,7 +239,13 @@ class DavRequestServer(RequestServer):
         if conditions.has_preconditions(environ):
             path = environ["PATH_INFO"]
             self._evaluate_if_headers(self._davProvider.get_resource_inst(path, environ), environ)
-        return super().do_MKCOL(environ, _accepting_mtime(environ, start_response))
+        body = super().do_MKCOL(environ, _accepting_mtime(environ, start_response))
+        if environ.get(MTIME_KEY, 0) < 0 and "HTTP_X_OC_MTIME" not in environ:
+            # Before 1970: hidden from WsgiDAV (check_mtime_header), set here.
+            made = self._davProvider.get_resource_inst(environ["PATH_INFO"], environ)
+            if made is not None:
+                made.set_last_modified(made.path, environ[MTIME_KEY], dry_run=False)
+        return body
 
 
 def _no_future_last_modified(start_response: Any) -> Any:
@@ -334,27 +340,34 @@ def _check_content_coding(environ: dict[str, Any]) -> None:
 
 
 def check_mtime_header(environ: dict[str, Any]) -> None:
-    """Refuse an X-OC-Mtime that cannot be kept with 400, before anything is stored.
+    """Refuse an X-OC-Mtime that cannot be kept with 400, before anything is stored; keep
+    the seconds it gives under ``MTIME_KEY``.
 
     WsgiDAV applies the header only after the upload has committed, and lets through what
     ``str.isdigit`` accepts (``"²"``, which ``int`` refuses) and any number of digits (year
     10000 and beyond); clients send whole seconds since 1970 (rclone, Nextcloud's, which
-    answer 400 themselves for a value they cannot use)."""
+    answer 400 themselves for a value they cannot use). A time before 1970 is negative:
+    WsgiDAV refused it (400), which rclone answered by deleting the file it could not update
+    (a PROPPATCH of the same time was taken). Such a value is taken from WsgiDAV's sight: an
+    upload keeps the time itself (``MTIME_KEY``), and ``do_MKCOL`` sets a new folder's."""
     text = environ.get("HTTP_X_OC_MTIME")
     if text is None:
         return
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isascii() and text.removeprefix("-").isdigit()):
         raise DAVError(HTTP_BAD_REQUEST, context_info="X-OC-Mtime is whole seconds since 1970")
     try:
         from_epoch(int(text))
     except BadRequest as exc:
         raise DAVError(HTTP_BAD_REQUEST, context_info=f"X-OC-Mtime: {exc}") from None
+    environ[MTIME_KEY] = int(text)
+    if text.startswith("-"):
+        del environ["HTTP_X_OC_MTIME"]
 
 
 def _accepting_mtime(environ: dict[str, Any], start_response: Any) -> Any:
     """Tell ownCloud-dialect clients (rclone) their X-OC-Mtime was kept, so they skip the
     PROPPATCH they would otherwise send to set it."""
-    if "HTTP_X_OC_MTIME" not in environ:
+    if MTIME_KEY not in environ:
         return start_response
 
     def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

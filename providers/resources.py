@@ -60,6 +60,8 @@ _LOCK_PROPS = frozenset({"{DAV:}lockdiscovery", "{DAV:}supportedlock"})
 # Content-Types of a PUT that say nothing about the file, which is then typed by its name:
 # no type, and curl's label for every -d/--data-binary body (a form's).
 _UNTYPED = frozenset({"", "application/octet-stream", "application/x-www-form-urlencoded"})
+# The seconds of a request's X-OC-Mtime, once checked (``dispatch.check_mtime_header``).
+MTIME_KEY = "davserver.oc_mtime"
 # Whether a PUT created its file (True) or added a version (False): WsgiDAV answers 201 or 204
 # by whether the file was there when the request began, and another PUT may have made it since.
 CREATED_KEY = "davserver.put_created"
@@ -709,9 +711,9 @@ class FileResource(_NodeResource, DAVNonCollection):
         # An existing file keeps its own name: the URL's may be another (a shared entry told
         # apart from a namesake, ``/shared/<owner>/doc (2).txt``), which is not in its folder.
         name = self._new_name or (self.view.name if self.view else util.get_uri_name(self.path))
-        header = self.environ.get("HTTP_X_OC_MTIME")  # checked before the PUT began
+        seconds = self.environ.get(MTIME_KEY)  # X-OC-Mtime, checked before the PUT began
         with dav_errors():
-            mtime = None if header is None else parse_client_time(int(header))
+            mtime = None if seconds is None else parse_client_time(seconds)
             view, created = self.provider.files.commit_upload(
                 actor_of(self.environ),
                 parent,

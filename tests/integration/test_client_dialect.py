@@ -9,6 +9,7 @@ X-Expected-Entity-Length.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import email.utils
 import hashlib
 import os
@@ -74,9 +75,22 @@ def test_x_oc_mtime_is_kept_and_acknowledged(srv: InprocServer, folder: str) -> 
     assert "X-OC-MTime" not in put(srv, folder + "b.txt", b"untimed", {}).headers
 
 
-# Past year 9999, too large for any clock, negative, not a number, fractional, empty, and a
-# digit Python's str.isdigit() accepts but int() refuses (a latin-1 superscript two).
-UNUSABLE_MTIMES = ["253402300800", "99999999999999", "9" * 30, "-5", "soon", "1.5", "", "\xb2"]
+# Past year 9999, before year 1, too large for any clock, not a number, fractional, empty, a
+# sign alone or twice, and a digit Python's str.isdigit() accepts but int() refuses (a latin-1
+# superscript two).
+UNUSABLE_MTIMES = [
+    "253402300800",
+    "-62135596801",
+    "99999999999999",
+    "9" * 30,
+    "soon",
+    "1.5",
+    "",
+    "-",
+    "--5",
+    "+5",
+    "\xb2",
+]
 
 
 @pytest.mark.parametrize("value", UNUSABLE_MTIMES)
@@ -95,15 +109,24 @@ def test_an_unusable_x_oc_mtime_is_a_400_that_stores_nothing(
     assert blob_tmp_files(srv) == []
 
 
-@pytest.mark.parametrize("seconds", [0, 253402300799])
+# Before 1970 too (the moon landing, year 1): WsgiDAV refused a negative X-OC-Mtime, and
+# rclone, whose update of such a file then failed, deleted the file it could not update.
+@pytest.mark.parametrize("seconds", [0, 253402300799, -14182940, -62135596800])
 def test_an_x_oc_mtime_at_the_ends_of_the_range_is_kept(
     srv: InprocServer, folder: str, seconds: int
 ) -> None:
-    response = put(srv, folder + "edge.txt", b"edge", {"X-OC-Mtime": str(seconds)})
-    assert response.status == 201, response.body[:500]
-    (prop,) = propfind(srv, folder + "edge.txt").values()
-    modified = email.utils.parsedate_to_datetime(prop.findtext(f"{DAV}getlastmodified") or "")
-    assert int(modified.timestamp()) == seconds
+    for name in ("edge.txt", "edge.txt", "edge-folder/"):  # new, then a new version; a folder
+        headers = {"X-OC-Mtime": str(seconds)}
+        if name.endswith("/"):
+            response = srv.request("MKCOL", folder + name, None, headers)
+        else:
+            response = put(srv, folder + name, f"edge {len(name)}".encode(), headers)
+        assert response.status in (201, 204), response.body[:500]
+        assert response.headers.get("X-OC-MTime") == "accepted"
+        (prop,) = propfind(srv, folder + name).values()
+        shown = prop.findtext(f"{DAV}getlastmodified") or ""
+        when = dt.datetime.fromtimestamp(seconds, dt.UTC)  # (email.utils reads 0001 as 2001)
+        assert shown == f"{when:%a, %d %b} {when.year:04d} {when:%H:%M:%S} GMT", (name, shown)
 
 
 def lastmodified_patch(value: str) -> bytes:
