@@ -60,6 +60,11 @@ _LOCK_PROPS = frozenset({"{DAV:}lockdiscovery", "{DAV:}supportedlock"})
 # Content-Types of a PUT that say nothing about the file, which is then typed by its name:
 # no type, and curl's label for every -d/--data-binary body (a form's).
 _UNTYPED = frozenset({"", "application/octet-stream", "application/x-www-form-urlencoded"})
+# An upload whose body took longer than this (seconds) is checked again, when it is recorded,
+# against the uploader's rights then (``FileResource._may_still_write``); a shorter one is
+# judged by those it began with, as any request is: one statement apart from a revoke, it
+# could have come first. Every small upload paid four statements more for it.
+_RECHECK_AFTER = 1.0
 # The seconds of a request's X-OC-Mtime, once checked (``dispatch.check_mtime_header``).
 MTIME_KEY = "davserver.oc_mtime"
 # Whether a PUT created its file (True) or added a version (False): WsgiDAV answers 201 or 204
@@ -599,6 +604,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         self._expected_digests: dict[str, str] = {}
         self._allowance: int | None = None
         self._kept_mtime = False  # the upload kept the request's X-OC-Mtime
+        self._began = 0.0  # time.monotonic() when the body began to arrive
 
     def _parent_view(self) -> NodeView:
         """The folder this file is (or is being created) in."""
@@ -692,6 +698,7 @@ class FileResource(_NodeResource, DAVNonCollection):
                 )
         with dav_errors():
             self._writer = self.provider.files.blobs.writer()
+        self._began = time.monotonic()
         return _UploadSink(self._writer, expected_length, self._allowance)
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -703,6 +710,8 @@ class FileResource(_NodeResource, DAVNonCollection):
             return
         try:
             parent = self._parent_view()  # before finish(): nothing to clean up if it fails
+            if time.monotonic() - self._began > _RECHECK_AFTER:
+                self._may_still_write(self.view or parent)
         except BaseException:
             writer.abort()
             raise
@@ -731,6 +740,18 @@ class FileResource(_NodeResource, DAVNonCollection):
         self.view = view
         self.provider.forget(self.environ)
         self.provider.variants.after_upload(view)
+
+    def _may_still_write(self, target: NodeView) -> None:
+        """Forbidden when the uploader lost the right to write ``target`` (the file, or the
+        folder it is made in) while the body arrived: their grant revoked, or their removal
+        from the group it came through. Rights were read when the request began; a long
+        upload landed after the revoke had taken effect for every other request."""
+        fresh = self.provider.namespace.context(actor_of(self.environ))
+        rights = self.provider.namespace.rights_on(fresh, [target.id])[target.id]
+        if not rights & Perm.WRITE:
+            raise DAVError(
+                HTTP_FORBIDDEN, context_info="you may no longer write here: nothing was stored"
+            )
 
     def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
         """WsgiDAV sets a PUT's X-OC-Mtime once the upload is done, in a transaction of its

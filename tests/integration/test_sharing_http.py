@@ -7,6 +7,8 @@ import datetime as dt
 import http.client
 import json
 import re
+import socket
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -405,6 +407,37 @@ def test_a_writer_who_may_not_download_cannot_move_an_item_where_others_reach_it
     assert move("first/doc.txt", "first/renamed.txt").status == 201
     assert move("first/renamed.txt", "same/doc.txt").status == 201
     assert p.call(p.alice, "GET", "/files/same/doc.txt").body == b"alice's doc"
+
+
+def test_a_long_upload_that_outlived_its_writers_grant_stores_nothing(people: People) -> None:
+    """bob began a long upload into alice's folder; his grant was revoked before its last
+    byte arrived. The upload was judged by the rights it began with and landed: 201, a file
+    of bob's bytes in alice's folder after she had taken his access away. An upload that took
+    more than a second is judged again when it is recorded."""
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/inbox/").status == 201
+    assert p.put(p.alice, "/files/inbox/kept.txt", b"alice's") == 201
+    assert p.grant(p.alice, "/files/inbox", p.bob, "read", "write") == 201
+    body = b"b" * 100_000
+    for name in ("late.txt", "kept.txt"):  # a new file, and a new version of one
+        path = f"/shared/{p.alice}/inbox/{name}"
+        with socket.create_connection(("127.0.0.1", p.server.port), timeout=30) as sock:
+            head = [
+                f"PUT {path} HTTP/1.1",
+                "Host: 127.0.0.1",
+                f"Authorization: {basic_auth_header(p.bob, p.passwords[p.bob])}",
+                f"Content-Length: {len(body)}",
+            ]
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body[:1000])
+            time.sleep(0.5)
+            assert p.revoke(p.alice, "/files/inbox", p.bob) == 204
+            time.sleep(0.7)  # over a second since the body began
+            sock.sendall(body[1000:])
+            status = sock.makefile("rb").readline().split()[1]
+        assert status == b"403", (name, status)
+        assert p.grant(p.alice, "/files/inbox", p.bob, "read", "write") == 201
+    assert p.call(p.alice, "GET", "/files/inbox/late.txt").status == 404
+    assert p.call(p.alice, "GET", "/files/inbox/kept.txt").body == b"alice's"
 
 
 def test_an_office_save_pattern_gives_no_bytes_to_a_writer_who_may_not_download_them(
