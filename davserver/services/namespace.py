@@ -396,9 +396,10 @@ class NamespaceService:
 
     def widens_reach(self, here: uuid.UUID, there: uuid.UUID, now: dt.datetime) -> bool:
         """Whether the grants on ``there`` and the folders above it give some user or group a
-        right that those on ``here`` and the folders above it do not (grants in force at
-        ``now``; a user and a group are different grantees, whoever is in the group): an item
-        moved from below ``here`` to below ``there``, in the same space, would reach them.
+        right, or a right for longer, than those on ``here`` and the folders above it do
+        (grants in force at ``now``; a user and a group are different grantees, whoever is in
+        the group): an item moved from below ``here`` to below ``there``, in the same space,
+        would reach them.
 
         Grants on the item itself and below it move with it and are not counted."""
         with self.db.connect() as conn:
@@ -406,18 +407,22 @@ class NamespaceService:
             ids = {row.node_id for chain in chains.values() for row in chain}
             grants = conn.execute(_GRANTS_ON, {"ids": list(ids), "now": now}).all()
 
-        def reach(node_id: uuid.UUID) -> dict[uuid.UUID, Perm]:
+        def reach(node_id: uuid.UUID) -> dict[tuple[uuid.UUID, Perm], dt.datetime]:
+            """(grantee, right) -> until when the grants on the chain give it."""
             chain = {row.node_id for row in chains.get(node_id, ())}
-            rights: dict[uuid.UUID, Perm] = defaultdict(lambda: Perm.NONE)
+            until: dict[tuple[uuid.UUID, Perm], dt.datetime] = {}
             for grant in grants:
-                if grant.node_id in chain:
-                    rights[grant.user_id or grant.group_id] |= rights_of_grant(grant)
-            return rights
+                if grant.node_id not in chain:
+                    continue
+                ends = grant.expires_at or _FOREVER
+                for right in GRANTABLE_MEMBERS:
+                    if rights_of_grant(grant) & right:
+                        key = (grant.user_id or grant.group_id, right)
+                        until[key] = max(until.get(key, ends), ends)
+            return until
 
         before = reach(here)
-        return any(
-            rights & ~before.get(grantee, Perm.NONE) for grantee, rights in reach(there).items()
-        )
+        return any(ends > before.get(key, _NEVER) for key, ends in reach(there).items())
 
     def held_until(self, ctx: AccessContext, node: NodeView, rights: Perm) -> dt.datetime | None:
         """Until when the user holds every one of ``rights`` on ``node``: None for good (by
@@ -561,6 +566,8 @@ def _tagged(name: str, tag: str, *, is_folder: bool) -> str:
     return f"{stem} ({tag}){ext}"
 
 
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
+_FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 _n = Base.metadata.tables["nodes"]
 _g = Base.metadata.tables["grants"]
 _groups = Base.metadata.tables["groups"]
@@ -592,6 +599,7 @@ _GRANTS_ON = sa.select(
     _g.c.can_download,
     _g.c.can_write,
     _g.c.can_share,
+    _g.c.expires_at,
 ).where(
     _g.c.node_id.in_(sa.bindparam("ids", expanding=True, type_=sa.Uuid)),
     sa.or_(_g.c.expires_at.is_(None), _g.c.expires_at > sa.bindparam("now")),

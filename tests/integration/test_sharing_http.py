@@ -403,6 +403,19 @@ def test_a_writer_who_may_not_download_cannot_move_an_item_where_others_reach_it
     assert p.grant(p.alice, "/files/same", p.team, "read", group=True) == 201
     assert move("first/secret.txt", "same/secret.txt").status == 403
     assert p.revoke(p.alice, "/files/same", p.team, group=True) == 204
+    # Reaching someone for longer: carol's grant ends tomorrow where the file is, never
+    # where bob would move it.
+    for folder, days in (("soon", 1), ("later", 0)):
+        assert p.call(p.alice, "MKCOL", f"/files/{folder}/").status == 201
+        assert p.grant(p.alice, f"/files/{folder}", p.bob, "read", "write") == 201
+        grant = {"path": f"/files/{folder}", "user": p.carol, "rights": ["read", "download"]}
+        status, _ = p.api(
+            p.alice, "POST", "/grants", {**grant, "expires_days": days} if days else grant
+        )
+        assert status == 201
+    assert p.put(p.alice, "/files/soon/brief.txt", b"for a day") == 201
+    assert move("soon/brief.txt", "later/brief.txt").status == 403
+    assert move("soon/brief.txt", "soon/renamed.txt").status == 201
     # Reaching nobody new: a rename, and a move between folders shared alike.
     assert move("first/doc.txt", "first/renamed.txt").status == 201
     assert move("first/renamed.txt", "same/doc.txt").status == 201
