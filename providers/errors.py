@@ -20,9 +20,21 @@ from wsgidav.dav_error import (
     HTTP_SERVICE_UNAVAILABLE,
     HTTP_UNPROCESSABLE_ENTITY,
     DAVError,
+    DAVErrorCondition,
 )
 
 from davserver import errors
+
+
+def _condition_repr(condition: DAVErrorCondition) -> str:
+    """An error's condition as WsgiDAV writes it into the ``responsedescription`` of a
+    PROPPATCH (``DAVError.get_user_info``, with ``repr``): its name and hrefs, where it wrote
+    ``<wsgidav.dav_error.DAVErrorCondition object at 0x7fb6b053c850>``."""
+    name = str(condition.condition_code).rpartition("}")[2]
+    return " ".join([name, *condition.hrefs])
+
+
+DAVErrorCondition.__repr__ = _condition_repr
 
 Statuses = Sequence[tuple[type[errors.DomainError], int]]
 _STATUS: Statuses = [

@@ -2989,6 +2989,10 @@ def test_proppatch_of_a_protected_property_is_403(srv: InprocServer, folder: str
     assert response.status == 207
     statuses = next(iter(parse_multistatus(response.body).values())).status
     assert statuses == {DAV_NS + "getetag": 403}
+    # The reason names the condition; it showed the address of a WsgiDAV object.
+    described = ET.fromstring(response.body).findtext(DAV_NS + "responsedescription") or ""
+    assert "cannot-modify-protected-property" in described, described
+    assert "object at 0x" not in described
 
 
 # --- 10. folders -----------------------------------------------------------------------------
