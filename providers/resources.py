@@ -61,9 +61,9 @@ _LOCK_PROPS = frozenset({"{DAV:}lockdiscovery", "{DAV:}supportedlock"})
 # no type, and curl's label for every -d/--data-binary body (a form's).
 _UNTYPED = frozenset({"", "application/octet-stream", "application/x-www-form-urlencoded"})
 # An upload whose body took longer than this (seconds) is checked again, when it is recorded,
-# against the uploader's rights then (``FileResource._may_still_write``); a shorter one is
-# judged by those it began with, as any request is: one statement apart from a revoke, it
-# could have come first. Every small upload paid four statements more for it.
+# against the uploader's rights and the owner's quota then (``FileResource._may_still_write``);
+# a shorter one is judged by those it began with, as any request is: one statement apart from
+# a revoke, it could have come first. Every small upload paid four statements more for it.
 _RECHECK_AFTER = 1.0
 # The seconds of a request's X-OC-Mtime, once checked (``dispatch.check_mtime_header``).
 MTIME_KEY = "davserver.oc_mtime"
@@ -708,9 +708,10 @@ class FileResource(_NodeResource, DAVNonCollection):
         if with_errors:
             writer.abort()
             return
+        long = time.monotonic() - self._began > _RECHECK_AFTER
         try:
             parent = self._parent_view()  # before finish(): nothing to clean up if it fails
-            if time.monotonic() - self._began > _RECHECK_AFTER:
+            if long:
                 self._may_still_write(self.view or parent)
         except BaseException:
             writer.abort()
@@ -731,7 +732,8 @@ class FileResource(_NodeResource, DAVNonCollection):
                 content_type=self._content_type,
                 expected_version_id=self._expected_version,
                 must_be_new=self._must_be_new,
-                enforce_quota=self._allowance is not None,
+                # A quota set while a long upload ran holds for it too.
+                enforce_quota=self._allowance is not None or long,
                 lock_since=self._held_lock_since(),
                 mtime=mtime,
             )

@@ -434,23 +434,43 @@ def test_a_long_upload_that_outlived_its_writers_grant_stores_nothing(people: Pe
     body = b"b" * 100_000
     for name in ("late.txt", "kept.txt"):  # a new file, and a new version of one
         path = f"/shared/{p.alice}/inbox/{name}"
-        with socket.create_connection(("127.0.0.1", p.server.port), timeout=30) as sock:
-            head = [
-                f"PUT {path} HTTP/1.1",
-                "Host: 127.0.0.1",
-                f"Authorization: {basic_auth_header(p.bob, p.passwords[p.bob])}",
-                f"Content-Length: {len(body)}",
-            ]
-            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body[:1000])
-            time.sleep(0.5)
-            assert p.revoke(p.alice, "/files/inbox", p.bob) == 204
-            time.sleep(0.7)  # over a second since the body began
-            sock.sendall(body[1000:])
-            status = sock.makefile("rb").readline().split()[1]
+        status = slow_put(
+            p, p.bob, path, body, after=lambda: p.revoke(p.alice, "/files/inbox", p.bob)
+        )
         assert status == b"403", (name, status)
         assert p.grant(p.alice, "/files/inbox", p.bob, "read", "write") == 201
     assert p.call(p.alice, "GET", "/files/inbox/late.txt").status == 404
     assert p.call(p.alice, "GET", "/files/inbox/kept.txt").body == b"alice's"
+    # A quota set while it ran (alice had none when it began) holds for it too: 507.
+    assert (
+        slow_put(
+            p,
+            p.bob,
+            f"/shared/{p.alice}/inbox/big.txt",
+            body,
+            after=lambda: p.server.app.services.users.set_quota(None, p.alice, 50_000),
+        )
+        == b"507"
+    )
+    assert p.call(p.alice, "GET", "/files/inbox/big.txt").status == 404
+
+
+def slow_put(p: People, who: str, path: str, body: bytes, *, after: Any) -> bytes:
+    """PUT ``body`` as ``who``, its first KB, then ``after()``, the rest over a second after
+    the first; the status of the answer."""
+    with socket.create_connection(("127.0.0.1", p.server.port), timeout=30) as sock:
+        head = [
+            f"PUT {path} HTTP/1.1",
+            "Host: 127.0.0.1",
+            f"Authorization: {basic_auth_header(who, p.passwords[who])}",
+            f"Content-Length: {len(body)}",
+        ]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body[:1000])
+        time.sleep(0.5)
+        after()
+        time.sleep(0.7)  # over a second since the body began
+        sock.sendall(body[1000:])
+        return sock.makefile("rb").readline().split()[1]
 
 
 def test_an_office_save_pattern_gives_no_bytes_to_a_writer_who_may_not_download_them(
