@@ -197,7 +197,8 @@ class SharingService:
     def revoke(
         self, actor: Actor | None, node: NodeView, holder: Perm, grant_id: uuid.UUID
     ) -> None:
-        """Remove a grant on ``node``; the grantee is refused from their next request on.
+        """Remove a grant on ``node``; the grantee is refused from their next request on. A
+        user may remove a grant to themselves (declining a share) without SHARE.
 
         Raises Forbidden (no SHARE, or a grant someone else made without managing the node's
         sharing) or NotFound (no such grant on the node).
@@ -232,13 +233,19 @@ class SharingService:
         self, actor: Actor | None, node: NodeView, holder: Perm, which: sa.ColumnElement[bool]
     ) -> None:
         holder = EVERYTHING if actor is None else holder
-        if not holder & Perm.SHARE:
-            raise Forbidden("you may not change the sharing of this item")
+        refused = Forbidden("you may not change the sharing of this item")
         with self.db.write() as session:
             row = session.scalars(sa.select(Grant).where(Grant.node_id == node.id, which)).first()
+            # A user may always decline what was shared with them (their own user grant);
+            # anything else needs SHARE, and is refused alike whether or not such a grant is
+            # there (which only those who may share may list).
+            declining = row is not None and actor is not None and row.user_id == actor.user_id
+            if not declining and not holder & Perm.SHARE:
+                raise refused
             if row is None:
                 raise NotFound("no such grant on this item")
-            _require_may_change(session, actor, node, row)
+            if not declining:
+                _require_may_change(session, actor, node, row)
             _remove_grant(session, actor, node, row.id)
         self._release_locks(actor, node, "a grant was revoked")
 

@@ -655,13 +655,15 @@ def test_a_sharer_cannot_lower_or_revoke_what_the_owner_granted(people: People) 
     assert p.grant(p.alice, "/files/plans", p.carol, "read", "download", "write") == 201
     assert p.grant(p.alice, "/files/plans", p.dave, "read") == 201
     shared = f"/shared/{p.alice}/plans"
-    # Not even a grant bob could have made himself (dave's read), nor his own.
+    # Not even a grant bob could have made himself (dave's read), nor his own (which he may
+    # only decline whole: test_a_grantee_may_decline_what_was_shared_with_them).
     for grantee, rights in ((p.carol, ["read"]), (p.dave, ["read"]), (p.bob, ["read"])):
         status, body = p.api(
             p.bob, "POST", "/grants", {"path": shared, "user": grantee, "rights": rights}
         )
         assert status == 403 and f"made by {p.alice}" in body["message"], body
-        assert p.revoke(p.bob, shared, grantee) == 403
+        if grantee != p.bob:
+            assert p.revoke(p.bob, shared, grantee) == 403
     assert p.rights_on("/files/plans") == {
         p.bob: ["read", "share"],
         p.carol: ["read", "download", "write"],
@@ -673,6 +675,32 @@ def test_a_sharer_cannot_lower_or_revoke_what_the_owner_granted(people: People) 
     assert p.put(p.carol, f"{shared}/no-more.txt") == 403
     assert p.revoke(p.alice, "/files/plans", p.carol) == 204
     assert p.rights_on("/files/plans") == {p.bob: ["read", "share"], p.dave: ["read"]}
+
+
+def test_a_grantee_may_decline_what_was_shared_with_them(people: People) -> None:
+    """bob could not remove alice's grant to him (403 "you may not change the sharing"): a
+    share he did not want stayed in his /shared/ for good. He may remove his own grant now,
+    and only his: not another grantee's, nor a group's he is in; and a grant that is not
+    there is refused as one that is, to whoever may not share."""
+    p = people
+    assert p.put(p.alice, "/files/unwanted.txt", b"spam") == 201
+    assert p.grant(p.alice, "/files/unwanted.txt", p.bob, "read") == 201
+    assert p.grant(p.alice, "/files/unwanted.txt", p.carol, "read") == 201
+    assert p.grant(p.alice, "/files/unwanted.txt", p.team, "read", group=True) == 201
+    entry = f"/shared/{p.alice}/unwanted.txt"
+    for other in (("user", p.carol), ("group", p.team), ("user", p.dave)):
+        status, _ = p.api(p.bob, "DELETE", f"/grants?path={entry}&{other[0]}={other[1]}")
+        assert status == 403, (other, status)
+    status, _ = p.api(p.bob, "DELETE", f"/grants?path={entry}&user={p.bob}")
+    assert status == 204
+    assert sorted(p.rights_on("/files/unwanted.txt")) == sorted([p.carol, "@" + p.team])
+    with p.server.app.db.read() as session:
+        row = session.scalars(
+            sa.select(LogEntry.details)
+            .where(LogEntry.op_type == Op.GRANT_REVOKE.value)
+            .order_by(LogEntry.id.desc())
+        ).first()
+    assert row is not None and row["grantee"] == p.bob
 
 
 def test_a_sharer_manages_the_grants_they_made(people: People) -> None:
