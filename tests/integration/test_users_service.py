@@ -625,6 +625,19 @@ def test_a_group_description_is_bounded_and_printable(services: Services) -> Non
     assert services.groups.create_group(None, "crew", description="é" * 1024).name == "crew"
 
 
+def group_node(owner_id: uuid.UUID, group_id: uuid.UUID, name: str, parent: Node | None) -> Node:
+    """A row of a group's space: its root folder (no parent), or a file in ``parent``."""
+    return Node(
+        parent_id=parent.id if parent else None,
+        name=name,
+        name_key=name,
+        kind="file" if parent else "folder",
+        owner_id=owner_id,
+        space="group",
+        group_id=group_id,
+    )
+
+
 def test_a_group_is_not_deleted_under_an_upload_committing_into_its_space(
     services: Services,
 ) -> None:
@@ -636,9 +649,7 @@ def test_a_group_is_not_deleted_under_an_upload_committing_into_its_space(
     services.groups.create_group(None, "busy")
     with services.db.write() as session:
         group_id = session.scalar(sa.select(Group.id).where(Group.name == "busy"))
-        root = Node(
-            name="", name_key="", kind="folder", owner_id=info.id, space="group", group_id=group_id
-        )
+        root = group_node(info.id, group_id, "", None)
         session.add(root)
     outcome: list[BaseException | None] = []
 
@@ -651,17 +662,7 @@ def test_a_group_is_not_deleted_under_an_upload_committing_into_its_space(
 
     deleting = threading.Thread(target=delete)
     with services.db.write() as session:  # the upload's transaction
-        session.add(
-            Node(
-                parent_id=root.id,
-                name="late.txt",
-                name_key="late.txt",
-                kind="file",
-                owner_id=info.id,
-                space="group",
-                group_id=group_id,
-            )
-        )
+        session.add(group_node(info.id, group_id, "late.txt", root))
         session.flush()
         deleting.start()
         deleting.join(1.0)  # it waits for this transaction (or has run: the assertion tells)
@@ -688,22 +689,10 @@ def test_a_group_with_files_is_not_deleted(services: Services) -> None:
     services.groups.add_member(None, "archive", "omar")
     with services.db.write() as session:
         group_id = session.scalar(sa.select(Group.id).where(Group.name == "archive"))
-        root = Node(
-            name="", name_key="", kind="folder", owner_id=info.id, space="group", group_id=group_id
-        )
+        root = group_node(info.id, group_id, "", None)
         session.add(root)
         session.flush()
-        session.add(
-            Node(
-                parent_id=root.id,
-                name="plan.txt",
-                name_key="plan.txt",
-                kind="file",
-                owner_id=info.id,
-                space="group",
-                group_id=group_id,
-            )
-        )
+        session.add(group_node(info.id, group_id, "plan.txt", root))
     with pytest.raises(Conflict, match="1 item"):
         services.groups.delete_group(None, "archive")
     services.groups.delete_group(None, "empty")
