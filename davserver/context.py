@@ -150,7 +150,7 @@ class Services:
         self.variants = VariantService.from_settings(
             self.db, self.blobs, self.files, settings.images
         )
-        self.users = UserAdminService(self.db, self.hasher, self.accounts.ensure_roles)
+        self.users = UserAdminService(self.db, self.hasher, self.accounts.ensure_roles, self.locks)
         self.groups = GroupAdminService(self.db, self.locks)
         self.user_import = UserImportService(self.db, self.accounts.ensure_roles)
         self.api_keys = ApiKeyService(self.db)

@@ -49,7 +49,9 @@ class Housekeeper:
         logbook rows past their retention, upload leftovers (temp files, S3 multipart uploads)."""
         trash = self.services.trash.purge_expired()
         # Grants that expired leave their holders' locks in force: no one else could break them.
-        self.services.locks.release(None, because="its holder may no longer write there")
+        self.services.locks.release(
+            None, everywhere=True, because="its holder may no longer write there"
+        )
         packages = self.services.packages.purge_expired()
         tokens = self.services.tokens.purge_expired()
         retention = self.services.settings.maintenance.logbook_retention_days

@@ -359,9 +359,11 @@ def check_mtime_header(environ: dict[str, Any]) -> None:
         from_epoch(int(text))
     except BadRequest as exc:
         raise DAVError(HTTP_BAD_REQUEST, context_info=f"X-OC-Mtime: {exc}") from None
-    environ[MTIME_KEY] = int(text)
-    if text.startswith("-"):
+    seconds = environ[MTIME_KEY] = int(text)
+    if seconds < 0:
         del environ["HTTP_X_OC_MTIME"]
+    else:
+        environ["HTTP_X_OC_MTIME"] = str(seconds)  # "-0" is 0 too, which WsgiDAV reads
 
 
 def _accepting_mtime(environ: dict[str, Any], start_response: Any) -> Any:

@@ -28,7 +28,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 
 from davserver.blobstore import BlobWriter
-from davserver.errors import AlreadyExists, BadRequest, QuotaExceeded
+from davserver.errors import AlreadyExists, BadRequest, NotFound, QuotaExceeded
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
 from davserver.services.dead_props import PlannedProperties, check_property_name
@@ -712,7 +712,7 @@ class FileResource(_NodeResource, DAVNonCollection):
         try:
             parent = self._parent_view()  # before finish(): nothing to clean up if it fails
             if long:
-                self._may_still_write(self.view or parent)
+                self._may_still_write(parent)
         except BaseException:
             writer.abort()
             raise
@@ -743,14 +743,24 @@ class FileResource(_NodeResource, DAVNonCollection):
         self.provider.forget(self.environ)
         self.provider.variants.after_upload(view)
 
-    def _may_still_write(self, target: NodeView) -> None:
-        """Forbidden when the uploader lost the right to write ``target`` (the file, or the
-        folder it is made in) while the body arrived: their grant revoked, or their removal
-        from the group it came through. Rights were read when the request began; a long
-        upload landed after the revoke had taken effect for every other request."""
-        fresh = self.provider.namespace.context(actor_of(self.environ))
-        rights = self.provider.namespace.rights_on(fresh, [target.id])[target.id]
-        if not rights & Perm.WRITE:
+    def _may_still_write(self, parent: NodeView) -> None:
+        """Forbidden when the uploader may no longer write the file, or (when the file is
+        gone, or new) the folder it is made in, while the body arrived: a grant revoked, a
+        removal from the group it came through, the account disabled. Rights were read when
+        the request began; a long upload landed after the revoke had taken effect for every
+        other request. When both are gone, recording the upload fails (409) or makes the
+        file as a short upload's would."""
+        namespace = self.provider.namespace
+        try:
+            fresh = namespace.context_of_user(actor_of(self.environ).user_id, active=True)
+        except NotFound:
+            raise DAVError(
+                HTTP_FORBIDDEN, context_info="your account was disabled: nothing was stored"
+            ) from None
+        ids = [node.id for node in (self.view, parent) if node is not None]
+        live = namespace.live(ids)
+        target = next((node_id for node_id in ids if node_id in live), None)
+        if target is not None and not namespace.rights_on(fresh, [target])[target] & Perm.WRITE:
             raise DAVError(
                 HTTP_FORBIDDEN, context_info="you may no longer write here: nothing was stored"
             )

@@ -41,6 +41,7 @@ from davserver.services.lock_rows import group_namespace, release_locks_of
 
 if TYPE_CHECKING:
     from davserver.services.lock_reach import LockReach
+    from davserver.services.permissions import SpaceOwner
 
 
 @dataclass(frozen=True)
@@ -212,10 +213,11 @@ class GroupAdminService:
             # Memberships, grants and the empty root folder go by ON DELETE CASCADE.
             session.execute(sa.delete(Group).where(Group.id == group.id))
             because = f"the group {group.name} was deleted"
-            revoke_unsupported(session, actor, spaces_of_grants_by(session, member_ids), because)
+            gave_on = spaces_of_grants_by(session, member_ids)
+            revoke_unsupported(session, actor, gave_on, because)
             usernames = [str(m["user"]) for m in members]
-        if self.locks is not None and usernames:
-            self.locks.release(actor, principals=usernames, because=because)
+        if self.locks is not None:
+            self.locks.release(actor, principals=usernames, spaces=gave_on, because=because)
 
     def add_member(
         self, actor: Actor | None, group_name: str, username: str, *, admin: bool = False
@@ -273,11 +275,12 @@ class GroupAdminService:
             session.delete(member)
             session.flush()
             because = f"{user.username} left the group {group.name}"
-            revoke_unsupported(session, actor, spaces_of_grants_by(session, [user.id]), because)
-        # Locks elsewhere, on what the group was granted, or what they had through a grant
-        # revoked above: the others who may write there could not break them.
+            gave_on = spaces_of_grants_by(session, [user.id])
+            revoke_unsupported(session, actor, gave_on, because)
+        # Their locks elsewhere, on what the group was granted, and those of the people they
+        # shared on with, whose grants went above: no one else who writes there could break them.
         if self.locks is not None:
-            self.locks.release(actor, principals=[user.username], because=because)
+            self.locks.release(actor, principals=[user.username], spaces=gave_on, because=because)
 
     def set_group_admin(
         self, actor: Actor | None, group_name: str, username: str, *, admin: bool = True
@@ -291,8 +294,9 @@ class GroupAdminService:
                 raise Conflict(f"{user.username!r} is already {state} of {group.name!r}")
             member.is_admin = admin
             session.flush()
+            because = f"{user.username} is no longer an admin of the group {group.name}"
+            spaces: set[SpaceOwner] = set()
             if not admin:  # what they shared as the group's admin now needs a grant of theirs
-                because = f"{user.username} is no longer an admin of the group {group.name}"
                 spaces = spaces_of_grants_by(session, [user.id])
                 revoke_unsupported(session, actor, spaces, because)
             record_audit(
@@ -309,7 +313,10 @@ class GroupAdminService:
                     user_id=str(user.id),
                 ),
             )
-            return GroupMemberInfo(user.username, admin, user_status(user), member.added_at)
+            info = GroupMemberInfo(user.username, admin, user_status(user), member.added_at)
+        if spaces and self.locks is not None:  # of those they had shared with
+            self.locks.release(actor, spaces=spaces, because=because)
+        return info
 
     def _membership(
         self, session: Session, group_name: str, username: str

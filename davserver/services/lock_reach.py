@@ -2,12 +2,13 @@
 
 A lock keeps everyone else from writing its item until its holder unlocks it or it expires (up
 to ``dav.lock_max_timeout``: a week). When the holder loses the right to write the item (a
-grant revoked, lowered or expired, a removal from the group it came from), they cannot reach
-it to unlock it any more, and no one else who may write there can break it: only its
-manager (owner, group admin, admin) may, if they notice. Such a lock stops protecting anyone's
-edit; it only blocks the others. ``LockReach.release`` deletes them, each with a logbook row:
-right after a change that takes rights away (``SharingService``, ``GroupAdminService``), and
-at every housekeeping sweep (grants that expired meanwhile).
+grant revoked, lowered or expired, directly or because the grant it was shared on from went, a
+removal from the group it came through), they cannot reach it to unlock it any more, and no
+one else who may write there can break it: only its manager (owner, group admin, admin) may,
+if they notice. Such a lock stops protecting anyone's edit; it only blocks the others.
+``LockReach.release`` deletes them, each with a logbook row: right after a change that takes
+rights away (``SharingService``, ``GroupAdminService``, ``UserAdminService``), and at every
+housekeeping sweep (grants that expired meanwhile; and whatever a failed release left).
 
 A lock row names its item as its space's owner (or a group member) sees it: the namespace of
 the space and the URL path there (``/files/...``, ``/groups/<group>/...``); see
@@ -16,11 +17,12 @@ the space and the URL path there (``/files/...``, ``/groups/<group>/...``); see
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote
 
 import sqlalchemy as sa
@@ -33,7 +35,9 @@ from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
 from davserver.services.lock_rows import GROUP_PREFIX, group_namespace, user_namespace
 from davserver.services.namespace import NamespaceService
-from davserver.services.permissions import Perm
+from davserver.services.permissions import Perm, SpaceOwner
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,32 +57,48 @@ class LockReach:
         self,
         actor: Actor | None,
         *,
-        principals: Iterable[str] | None = None,
-        namespaces: Iterable[str] | None = None,
+        principals: Iterable[str] = (),
+        spaces: Iterable[SpaceOwner] = (),
+        everywhere: bool = False,
         because: str,
     ) -> int:
-        """Delete the unexpired locks (of ``principals`` only, in ``namespaces`` only, when
-        given) whose holders may not write their items any more, ``because`` in each one's
-        logbook row; how many."""
+        """Delete the unexpired locks of ``principals`` and those in ``spaces`` (every lock,
+        ``everywhere``) whose holders may not write their items any more, ``because`` in
+        each one's logbook row; how many. It never raises: what it could not judge or release
+        is logged and left for the next housekeeping sweep (the change that called it has
+        committed already)."""
+        try:
+            return self._release(actor, list(principals), list(spaces), everywhere, because)
+        except Exception:
+            log.exception("locks whose holders may no longer write were left in place")
+            return 0
+
+    def _release(
+        self,
+        actor: Actor | None,
+        principals: list[str],
+        spaces: list[SpaceOwner],
+        everywhere: bool,
+        because: str,
+    ) -> int:
         query = sa.select(DavLock.token, DavLock.namespace, DavLock.root, DavLock.principal).where(
             sa.or_(DavLock.expire < 0, DavLock.expire >= time.time())
         )
-        if principals is not None:
-            query = query.where(DavLock.principal.in_(list(principals)))
-        if namespaces is not None:
-            query = query.where(DavLock.namespace.in_(list(namespaces)))
         with self.db.connect() as conn:
-            held = [_Held(*row) for row in conn.execute(query)]
-        void = []
-        for lock in held:
-            may_write, node_id = self._reach(lock)
-            if not may_write:
-                void.append((lock, node_id))
+            if not everywhere:
+                namespaces = _namespaces(conn, spaces)
+                if not (principals or namespaces):
+                    return 0
+                query = query.where(
+                    sa.or_(DavLock.principal.in_(principals), DavLock.namespace.in_(namespaces))
+                )
+            held = [_Held(*row) for row in conn.execute(query.order_by(DavLock.token))]
+        void = self._void(held)
         if not void:
             return 0
         released = 0
         with self.db.write() as session:
-            for lock, node_id in void:
+            for lock, node_id in void:  # in token order: two releases never wait crosswise
                 gone = session.execute(
                     sa.delete(DavLock).where(DavLock.token == lock.token).returning(DavLock.token)
                 ).first()
@@ -99,49 +119,87 @@ class LockReach:
                 )
         return released
 
-    def release_in_space(
-        self, actor: Actor | None, owner_id: uuid.UUID, group_id: uuid.UUID | None, because: str
-    ) -> int:
-        """``release`` of the locks in the space of a node (its ``owner_id``, ``group_id``)."""
-        if group_id is None:
-            return self.release(actor, namespaces=[user_namespace(owner_id)], because=because)
+    def _void(self, held: list[_Held]) -> list[tuple[_Held, uuid.UUID | None]]:
+        """The locks of ``held`` whose holders may not write their items (a missing item, a
+        missing or disabled holder: none may), with each item's node; one access context and
+        one pass of rights per holder."""
+        by_holder: dict[str, list[_Held]] = defaultdict(list)
+        for lock in held:
+            by_holder[lock.principal].append(lock)
+        void: list[tuple[_Held, uuid.UUID | None]] = []
         with self.db.connect() as conn:
-            name = conn.scalar(sa.select(Group.name).where(Group.id == group_id))
-        if name is None:
-            return 0
-        return self.release(actor, namespaces=[group_namespace(name)], because=because)
-
-    def _reach(self, lock: _Held) -> tuple[bool, uuid.UUID | None]:
-        """Whether the lock's holder may still write the item it locks (a missing one: no),
-        and the item's node."""
-        with self.db.connect() as conn:
-            holder = conn.scalar(
-                sa.select(User.id).where(User.username == lock.principal, User.is_active)
+            holders = dict(
+                conn.execute(
+                    sa.select(User.username, User.id).where(
+                        User.username.in_(list(by_holder)), User.is_active
+                    )
+                ).all()
             )
-            group: Any = None
-            if lock.namespace.startswith(GROUP_PREFIX):
-                group = conn.scalar(
-                    sa.select(Group.id).where(Group.name == lock.namespace[len(GROUP_PREFIX) :])
-                )
-        if holder is None:
-            return False, None
-        names = [unquote(part) for part in lock.root.split("/") if part]
+            roots = _space_roots(conn, {lock.namespace for lock in held})
+            items = {lock.token: _item(conn, roots, lock) for lock in held}
+        for principal, locks in by_holder.items():
+            holder = holders.get(principal)
+            try:
+                ctx = self.namespace.context_of_user(holder) if holder is not None else None
+            except NotFound:
+                ctx = None
+            ids = [node for lock in locks if (node := items[lock.token]) is not None]
+            rights = self.namespace.rights_on(ctx, ids) if ctx is not None and ids else {}
+            for lock in locks:
+                node_id = items[lock.token]
+                if not _in_a_space(lock):
+                    continue  # not a lock on a space's item: not judged here
+                if node_id is None or not rights.get(node_id, Perm.NONE) & Perm.WRITE:
+                    void.append((lock, node_id))
+        return sorted(void, key=lambda pair: pair[0].token)
+
+
+def _namespaces(conn: sa.Connection, spaces: list[SpaceOwner]) -> list[str]:
+    """The lock namespaces of ``spaces`` (those of groups that still exist)."""
+    names = [user_namespace(s.owner_id) for s in spaces if s.group_id is None]
+    group_ids = [s.group_id for s in spaces if s.group_id is not None]
+    if group_ids:
+        found = conn.scalars(sa.select(Group.name).where(Group.id.in_(group_ids)))
+        names += [group_namespace(name) for name in found]
+    return names
+
+
+def _space_roots(conn: sa.Connection, namespaces: set[str]) -> dict[str, uuid.UUID]:
+    """The root folder of each namespace's space that exists (none is made for a lock)."""
+    roots: dict[str, uuid.UUID] = {}
+    groups = {n[len(GROUP_PREFIX) :]: n for n in namespaces if n.startswith(GROUP_PREFIX)}
+    if groups:
+        found = conn.execute(sa.select(Group.id, Group.name).where(Group.name.in_(groups)))
+        ids = {row.id: row.name for row in found}
+        for group_id, view in tree.group_roots(conn).items():
+            if group_id in ids:
+                roots[groups[ids[group_id]]] = view.id
+    for namespace in namespaces - set(groups.values()):
         try:
-            ctx = self.namespace.context_of_user(holder)
-            if group is not None:
-                start = self.namespace.files.group_root_id(group, holder)
-                names = names[2:]  # /groups/<group>/...
-            elif lock.namespace.startswith(GROUP_PREFIX):
-                return False, None  # the group is gone
-            else:
-                start = self.namespace.files.home_id(uuid.UUID(hex=lock.namespace))
-                names = names[1:]  # /files/...
-        except (NotFound, ValueError):
-            return False, None
-        with self.db.connect() as conn:
-            item = tree.resolve_from(conn, start, names)[-1]
-        if item is None:
-            return False, None
-        # Rights as any URL reaching it sums them (a grantee cannot read the owner's folders
-        # above what was shared with them).
-        return bool(self.namespace.rights_on(ctx, [item.id])[item.id] & Perm.WRITE), item.id
+            owner = uuid.UUID(hex=namespace)
+        except ValueError:
+            continue  # no namespace of a space (a lock on a virtual folder's URL)
+        home = tree.home_root(conn, owner)
+        if home is not None:
+            roots[namespace] = home.id
+    return roots
+
+
+def _in_a_space(lock: _Held) -> bool:
+    """Whether the lock's root is an item's URL in its space (``/files/...`` in a user's
+    namespace, ``/groups/<group>/...`` in a group's)."""
+    if lock.namespace.startswith(GROUP_PREFIX):
+        top = "/groups/" + lock.namespace[len(GROUP_PREFIX) :]
+        return unquote(lock.root) == top or unquote(lock.root).startswith(top + "/")
+    return lock.root == "/files" or lock.root.startswith("/files/")
+
+
+def _item(conn: sa.Connection, roots: dict[str, uuid.UUID], lock: _Held) -> uuid.UUID | None:
+    """The node a lock's root names in its space; None when there is none."""
+    start = roots.get(lock.namespace)
+    if start is None or not _in_a_space(lock):
+        return None
+    names = [unquote(part) for part in lock.root.split("/") if part]
+    names = names[2:] if lock.namespace.startswith(GROUP_PREFIX) else names[1:]
+    found = tree.resolve_from(conn, start, names)[-1]
+    return found.id if found is not None else None

@@ -242,12 +242,15 @@ class NamespaceService:
 
         return AccessContext(actor, now, load)
 
-    def context_of_user(self, user_id: uuid.UUID, missing: str = "no such user") -> AccessContext:
+    def context_of_user(
+        self, user_id: uuid.UUID, missing: str = "no such user", *, active: bool = False
+    ) -> AccessContext:
         """The access context of a user the command line acts for (with their roles, as if
-        they had signed in); NotFound, saying ``missing``, when there is no such user."""
+        they had signed in); NotFound, saying ``missing``, when there is no such user (or,
+        ``active``, when the account is disabled)."""
         with self.db.connect() as conn:
             rows = conn.execute(user_with_roles().where(_users.c.id == user_id)).all()
-        if not rows:
+        if not rows or (active and not rows[0].is_active):
             raise NotFound(missing)
         roles = frozenset(row.role for row in rows if row.role)
         return self.context(Actor(user_id, rows[0].username, roles))
@@ -393,6 +396,15 @@ class NamespaceService:
                 total |= ctx.grants.get(row.node_id, Perm.NONE)
             rights[node_id] = restrict(ctx.principal, total)
         return rights
+
+    def live(self, node_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``node_ids`` that exist and are not in the trash (nor below a folder that
+        is)."""
+        ids = list(dict.fromkeys(node_ids))
+        if not ids:
+            return set()
+        with self.db.connect() as conn:
+            return set(_live_ancestries(conn, ids))
 
     def widens_reach(self, here: uuid.UUID, there: uuid.UUID, now: dt.datetime) -> bool:
         """Whether the grants on ``there`` and the folders above it give some user or group a

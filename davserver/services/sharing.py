@@ -250,10 +250,13 @@ class SharingService:
         self._release_locks(actor, node, "a grant was revoked")
 
     def _release_locks(self, actor: Actor | None, node: NodeView, because: str) -> None:
-        """After rights on ``node`` were taken away: the locks in its space whose holders
-        may no longer write what they lock (``LockReach``)."""
+        """After rights on ``node`` were taken away (with the grants given on from them, in
+        the same space): the locks there whose holders may no longer write what they lock
+        (``LockReach``)."""
         if self.locks is not None:
-            self.locks.release_in_space(actor, node.owner_id, node.group_id, because)
+            self.locks.release(
+                actor, spaces=[space_of(node.owner_id, node.group_id)], because=because
+            )
 
     def grants_on(
         self,

@@ -18,7 +18,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -62,6 +62,9 @@ from davserver.services.grant_support import revoke_unsupported, spaces_of_grant
 from davserver.services.lock_rows import release_locks_of
 from davserver.services.sharing import drop_grants_of_deleted_user
 from davserver.services.throttle import lift_account_ban
+
+if TYPE_CHECKING:
+    from davserver.services.lock_reach import LockReach
 
 # ------------------------------------------------------------------------------ views
 
@@ -156,10 +159,17 @@ def name_taken(session: Session, username: str) -> bool:
 
 
 class UserAdminService:
-    def __init__(self, db: Database, hasher: Hasher, ensure_roles: RolesLoader) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hasher: Hasher,
+        ensure_roles: RolesLoader,
+        locks: LockReach | None = None,
+    ) -> None:
         self.db = db
         self.hasher = hasher
         self.ensure_roles = ensure_roles
+        self.locks = locks  # releases the locks of those who may no longer write
 
     # -------------------------------------------------------------------------- reads
 
@@ -348,6 +358,7 @@ class UserAdminService:
                     .returning(ApiKey.prefix)
                 )
             )
+            gave_on = spaces_of_grants_by(session, [user.id])  # their reshares go below
             dropped = drop_grants_of_deleted_user(session, actor, user.id, user.username)
             ended = _end_sessions(session, user.id, keep_api_key_sessions=False)
             released = release_locks_of(session, user.username)
@@ -375,7 +386,10 @@ class UserAdminService:
                     user_id=str(user.id),
                 ),
             )
-            return user_info(user, user_roles(session, [user.id])[user.id])
+            info = user_info(user, user_roles(session, [user.id])[user.id])
+        if self.locks is not None:  # of those they had shared with, whose grants went
+            self.locks.release(actor, spaces=gave_on, because=f"{user.username} was deleted")
+        return info
 
     def set_password(self, actor: Actor | None, username: str, password: str | None) -> str | None:
         """A new password (generated and returned when None), in force from the next request.

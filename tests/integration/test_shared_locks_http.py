@@ -371,8 +371,12 @@ def test_a_lock_whose_holder_may_no_longer_write_there_is_released(p: People) ->
             .values(expires_at=utcnow() - dt.timedelta(seconds=1))
         )
     assert p.put(p.carol, f"{carols}/d.txt", b"carol") == 423
+    in_group = f"/groups/{p.team}/kept-{uuid.uuid4().hex[:6]}.txt"  # one the sweep keeps
+    assert p.put(p.alice, in_group) == 201
+    token_of(lock(p, p.alice, in_group))
     Housekeeper(p.server.app.services, 0).run_once()
     assert p.put(p.carol, f"{carols}/d.txt", b"carol") == 204
+    assert lockroots(p, p.alice, in_group) == [in_group]
     with p.server.app.db.read() as session:
         because = session.scalars(
             sa.select(LogEntry.details["because"].as_string())
@@ -387,6 +391,37 @@ def test_a_lock_whose_holder_may_no_longer_write_there_is_released(p: People) ->
         "a grant was revoked",
         "its holder may no longer write there",
     ]
+
+
+def test_a_lock_goes_when_the_grant_it_was_taken_under_goes_with_anothers(p: People) -> None:
+    """The grants a removal or a deletion takes with it (those shared on from the lost one)
+    left their holders' locks for the next sweep, an hour away: dave, who had write through
+    bob's reshare, kept alice's file locked after bob left the group, and after bob's
+    account was deleted."""
+    groups, users = p.server.app.services.groups, p.server.app.services.users
+    folder = f"/files/re-{uuid.uuid4().hex[:6]}"
+    assert p.call(p.alice, "MKCOL", folder + "/").status == 201
+    assert p.put(p.alice, f"{folder}/r.txt") == 201
+    assert p.grant(p.alice, folder, p.team, "read", "write", "share", group=True) == 201
+    assert p.grant(p.alice, folder, p.carol, "write") == 201
+    bobs = f"/shared/{p.alice}/{folder.rsplit('/', 1)[1]}"
+    assert p.grant(p.bob, bobs, p.dave, "read") == 201  # dave is a viewer: read only
+    erin = f"erin{uuid.uuid4().hex[:6]}"
+    p.passwords[erin] = f"pw-{uuid.uuid4().hex}"
+    users.create_user(None, erin, password=p.passwords[erin])
+    assert p.grant(p.bob, bobs, erin, "read", "write") == 201
+    token_of(lock(p, erin, f"{bobs}/r.txt"))
+    assert p.put(p.carol, f"{bobs}/r.txt", b"carol") == 423
+    groups.remove_member(None, p.team, p.bob)
+    assert p.put(p.carol, f"{bobs}/r.txt", b"carol") == 204
+    # The same through a deleted account: alice's own grant to bob, and bob's to erin.
+    groups.add_member(None, p.team, p.bob)
+    assert p.grant(p.alice, folder, p.bob, "read", "write", "share") == 201
+    assert p.grant(p.bob, bobs, erin, "read", "write") == 201
+    token_of(lock(p, erin, f"{bobs}/r.txt"))
+    assert p.put(p.carol, f"{bobs}/r.txt", b"carol") == 423
+    users.delete_user(None, p.bob)
+    assert p.put(p.carol, f"{bobs}/r.txt", b"carol 2") == 204
 
 
 def node_ids(p: People, path: str) -> list[uuid.UUID]:

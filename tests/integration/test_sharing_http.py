@@ -441,6 +441,16 @@ def test_a_long_upload_that_outlived_its_writers_grant_stores_nothing(people: Pe
         assert p.grant(p.alice, "/files/inbox", p.bob, "read", "write") == 201
     assert p.call(p.alice, "GET", "/files/inbox/late.txt").status == 404
     assert p.call(p.alice, "GET", "/files/inbox/kept.txt").body == b"alice's"
+    # Its file deleted meanwhile: made again, as a short upload's is (not "you may no longer
+    # write here"); its account disabled meanwhile: refused.
+    assert p.put(p.alice, "/files/inbox/gone.txt", b"alice's") == 201
+    deleting = lambda: p.call(p.alice, "DELETE", "/files/inbox/gone.txt")  # noqa: E731
+    assert slow_put(p, p.alice, "/files/inbox/gone.txt", body, after=deleting) == b"201"
+    users = p.server.app.services.users
+    disabling = lambda: users.disable_user(None, p.bob)  # noqa: E731
+    assert slow_put(p, p.bob, f"/shared/{p.alice}/inbox/off.txt", body, after=disabling) == b"403"
+    users.enable_user(None, p.bob)
+    assert p.call(p.alice, "GET", "/files/inbox/off.txt").status == 404
     # A quota set while it ran (alice had none when it began) holds for it too: 507.
     assert (
         slow_put(
