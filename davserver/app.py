@@ -342,10 +342,15 @@ def _destination_problem(environ: dict[str, Any]) -> str | None:
 
 
 def _trusted(address: str, proxies: Networks) -> bool:
+    """Whether ``address`` is one of ``proxies``, an IPv4 address written as IPv6 as well
+    (``::ffff:127.0.0.1``: listening on ``::``, cheroot takes IPv4 clients so, and the
+    proxy at 127.0.0.1 was trusted by no one, its forwarded addresses ignored)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     return any(ip in network for network in proxies)
 
 
