@@ -73,6 +73,10 @@ class _Server(wsgi.Server):
             self.deadlines.close()
 
 
+# How long a stopping server lets its open requests finish.
+OPEN_REQUESTS_GRACE_SECONDS = 25.0
+
+
 def make_server(app: Application, host: str, port: int, *, reuse_port: bool = False) -> wsgi.Server:
     """A cheroot server for ``app``; ``reuse_port`` lets several processes listen on one port."""
     settings = app.settings.server
@@ -91,6 +95,9 @@ def make_server(app: Application, host: str, port: int, *, reuse_port: bool = Fa
     server.keep_alive_conn_limit = settings.keep_alive_connections
     server.ConnectionClass = Connection
     server.deadlines = Deadlines(settings.header_timeout)
+    # cheroot cut the requests still open 5 s after a SIGTERM: an upload of any size, as the
+    # README promises, gets this long (a worker's supervisor waits a little longer).
+    server.shutdown_timeout = OPEN_REQUESTS_GRACE_SECONDS
     if tls_enabled(settings):
         server.ssl_adapter = make_adapter(settings)
     return server

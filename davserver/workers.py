@@ -38,7 +38,7 @@ from davserver.config import ConfigError, Settings
 from davserver.housekeeping import Housekeeper
 from davserver.metrics import Board
 from davserver.processes import fork_child
-from davserver.server import CannotListen, announce, serve
+from davserver.server import OPEN_REQUESTS_GRACE_SECONDS, CannotListen, announce, serve
 from davserver.tls import tls_enabled
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,9 @@ _QUICK_DEATH_SECONDS = 10.0
 _FAILED_STARTS = 3
 _RETRY_SECONDS = 5.0
 _RETRY_MAX_SECONDS = 300.0
-# How long workers get to finish their open requests after SIGTERM before they are killed.
-_STOP_GRACE_SECONDS = 30.0
+# How long workers get to finish their open requests after SIGTERM before they are killed:
+# their own grace and a little more to close.
+_STOP_GRACE_SECONDS = OPEN_REQUESTS_GRACE_SECONDS + 5.0
 _START_TIMEOUT_SECONDS = 120.0
 _TICK_SECONDS = 0.2
 
