@@ -107,6 +107,25 @@ class _RequestConnection:
         self.connection: sa.Connection | None = None
 
 
+# libpq's connection parameters that bound how long a PostgreSQL out of reach holds a request
+# (then Unavailable, a 503): without them a server that accepted connections but did not answer
+# held each request for libpq's 130 s connect, and one cut off mid-query until TCP gave up
+# (minutes). Each may be set otherwise in the database URL (``?connect_timeout=30``).
+PG_CONNECT_DEFAULTS: dict[str, int] = {
+    "connect_timeout": 10,  # seconds to connect
+    "keepalives": 1,  # probe an idle connection ...
+    "keepalives_idle": 30,  # ... after 30 s idle,
+    "keepalives_interval": 10,  # every 10 s,
+    "keepalives_count": 3,  # 3 unanswered: dead
+    "tcp_user_timeout": 30_000,  # ms data sent may stay unacknowledged
+}
+
+
+def pg_connect_args(url: sa.URL) -> dict[str, int]:
+    """``PG_CONNECT_DEFAULTS`` but those the URL sets itself."""
+    return {key: value for key, value in PG_CONNECT_DEFAULTS.items() if key not in url.query}
+
+
 class Database:
     """One engine and its session factory; shared by every thread of a server process."""
 
@@ -145,6 +164,7 @@ class Database:
             # replacing the connection now and then bounds how long a plan made for a small
             # table can outlive it, when autovacuum is off.
             kwargs["pool_recycle"] = reconnect_after if reconnect_after > 0 else -1
+            kwargs["connect_args"] = pg_connect_args(self.url)
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine, synchronous="FULL" if durable_commits else "NORMAL")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from davserver.db import Database
+from davserver.db.engine import PG_CONNECT_DEFAULTS, pg_connect_args
+from davserver.errors import Unavailable
 from tests.dbs import fresh_pg_database, pg_admin, pg_reads, require_pg
 from tests.servers import LiveServer, run_inproc_server
 
@@ -238,3 +241,28 @@ def test_a_database_out_of_reach_is_a_503_not_a_500(
             with pg_admin() as conn:
                 conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
         assert server.request("PROPFIND", "/files/", headers={"Depth": "0"}).status == 207
+
+
+def test_a_postgresql_that_accepts_but_never_answers_is_unavailable_soon(tmp_path: Path) -> None:
+    """A PostgreSQL whose port accepts connections but never answers (a hung server, a
+    half-dead proxy) held every request for libpq's default of 130 s, the health check too.
+    The connection attempt now gives up (Unavailable, a 503) after ``connect_timeout``: 10 s
+    unless the URL sets it (1 s here)."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)  # accepts (the kernel does) and never says a word
+        port = hole.getsockname()[1]
+        url = sa.make_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/x?connect_timeout=1")
+        assert pg_connect_args(url)["tcp_user_timeout"] == 30_000
+        assert "connect_timeout" not in pg_connect_args(url)  # the URL's own
+        assert pg_connect_args(url.difference_update_query(["connect_timeout"])) == (
+            PG_CONNECT_DEFAULTS
+        )
+        db = Database(url.render_as_string(hide_password=False))
+        try:
+            started = time.monotonic()
+            with pytest.raises(Unavailable), db.read() as session:
+                session.execute(sa.text("SELECT 1"))
+            assert time.monotonic() - started < 10
+        finally:
+            db.dispose()
