@@ -69,6 +69,7 @@ And two for connections that say nothing, or say it slowly:
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import socket
 import ssl
@@ -82,6 +83,7 @@ from typing import Any
 from cheroot import connections as cheroot_connections
 from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
+from cheroot import wsgi
 from cheroot.makefile import MakeFile
 
 from davserver.errors import BadRequest, UploadIncomplete
@@ -371,9 +373,10 @@ class Deadlines:
         self._closed = threading.Event()
 
     @contextmanager
-    def limit(self, sock: socket.socket) -> Iterator[Deadline]:
-        """Within the block, reading ``sock`` ends after ``seconds``."""
-        deadline = Deadline(time.monotonic() + self.seconds, sock)
+    def limit(self, sock: socket.socket, seconds: float | None = None) -> Iterator[Deadline]:
+        """Within the block, reading ``sock`` ends after ``seconds`` (these deadlines' own, if
+        not given)."""
+        deadline = Deadline(time.monotonic() + (seconds or self.seconds), sock)
         with self._lock:
             self._due.add(deadline)
             if self._watcher is None:
@@ -790,3 +793,21 @@ class ConnectionManager(cheroot_connections.ConnectionManager):
         for _, fd, conn in waiting[:excess]:
             self._selector.unregister(fd)
             conn.close()
+
+
+# In a request's WSGI environ: ``limit(seconds)``, a context manager within which reading the
+# request's body ends (a short read) after ``seconds``; it yields the Deadline, ``expired``
+# once it cut the body off. Absent where the server gives none (tests calling the app).
+BODY_DEADLINE_KEY = "davserver.body_deadline"
+
+
+class Gateway(wsgi.Gateway_10):
+    """cheroot's WSGI 1.0 gateway, with ``BODY_DEADLINE_KEY`` in each environ (cheroot's
+    stubs type ``get_environ`` as returning None)."""
+
+    def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
+        environ: dict[str, Any] = super().get_environ()
+        deadlines = getattr(self.req.server, "deadlines", None)
+        if deadlines is not None:
+            environ[BODY_DEADLINE_KEY] = functools.partial(deadlines.limit, self.req.conn.socket)
+        return environ

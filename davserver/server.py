@@ -19,6 +19,7 @@ from davserver.http_request import (
     Connection,
     ConnectionManager,
     Deadlines,
+    Gateway,
     HeadState,
 )
 from davserver.memory import fix_malloc_thresholds, limit_malloc_arenas, release_free_memory
@@ -94,6 +95,7 @@ def make_server(app: Application, host: str, port: int, *, reuse_port: bool = Fa
     # cheroot's default of 10 made every client past the tenth reconnect for each request.
     server.keep_alive_conn_limit = settings.keep_alive_connections
     server.ConnectionClass = Connection
+    server.gateway = Gateway  # lets the app bound how long a body may take (the JSON API's)
     server.deadlines = Deadlines(settings.header_timeout)
     # cheroot cut the requests still open 5 s after a SIGTERM: an upload of any size, as the
     # README promises, gets this long (a worker's supervisor waits a little longer).

@@ -47,6 +47,7 @@ from urllib.parse import quote
 from davserver.api.errors import status_of
 from davserver.api.inputs import (
     BodyTooLarge,
+    BodyTooSlow,
     expiry_days,
     optional_text,
     parse_id,
@@ -120,6 +121,9 @@ class ApiApp:
             response = self.error(start_response, exc)
         except BodyTooLarge:
             response = self.too_large(start_response)
+        except BodyTooSlow:
+            refusal = {"error": "timeout", "message": "the request body came too slowly"}
+            response = _json(start_response, 408, refusal, [("Connection", "close")])
         else:
             # Only the health check answers 503 without an Unavailable: when to ask again.
             retry = [("Retry-After", str(HEALTH_RETRY_SECONDS))] if status == 503 else None

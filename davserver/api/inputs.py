@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from davserver.errors import BadRequest, NotFound
+from davserver.http_request import BODY_DEADLINE_KEY
 from davserver.services.bounds import check_days, spelled_number
 
 
@@ -17,13 +18,42 @@ class BodyTooLarge(Exception):
     is refused by the front before the API runs)."""
 
 
+class BodyTooSlow(Exception):
+    """The body did not arrive within ``BODY_SECONDS``."""
+
+
+# How long an API request's body (at most ``server.max_xml_body``, 2 MiB) may take to arrive.
+# ``POST /api/v1/token`` reads it before anyone has signed in: sent a byte every few seconds,
+# 40 bodies held every server thread (a read waits up to ``server.request_timeout`` for each
+# byte) and the health check timed out.
+BODY_SECONDS = 15.0
+
+
+def _read(environ: dict[str, Any], size: int) -> bytes:
+    """Up to ``size`` bytes of the request's body; BodyTooSlow when they do not arrive within
+    ``BODY_SECONDS`` (the server then cuts the reading off: ``http_request.BODY_DEADLINE_KEY``)."""
+    limit = environ.get(BODY_DEADLINE_KEY)
+    if limit is None:  # the app called without a server (tests)
+        return bytes(environ["wsgi.input"].read(size))
+    with limit(BODY_SECONDS) as deadline:
+        try:
+            raw = bytes(environ["wsgi.input"].read(size))
+        except OSError:
+            if not deadline.expired:
+                raise
+            raw = b""
+    if deadline.expired:
+        raise BodyTooSlow
+    return raw
+
+
 def read_body(environ: dict[str, Any], limit: int) -> dict[str, Any]:
     """The request's JSON object (or form fields); BadRequest when it is neither.
 
     A "form" that is a JSON object is read as JSON: ``curl -d '{...}'`` labels it a form.
     A chunked body (no Content-Length: a pipe, a generator) is read up to ``limit`` bytes."""
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        raw = environ["wsgi.input"].read(limit + 1)
+        raw = _read(environ, limit + 1)
         if len(raw) > limit:
             raise BodyTooLarge
     else:
@@ -31,7 +61,7 @@ def read_body(environ: dict[str, Any], limit: int) -> dict[str, Any]:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             raise BadRequest("invalid Content-Length") from None
-        raw = environ["wsgi.input"].read(length) if length > 0 else b""
+        raw = _read(environ, length) if length > 0 else b""
     kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if kind == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
         try:

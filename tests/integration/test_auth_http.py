@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import socket
@@ -19,6 +20,7 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from davserver.api import inputs
 from davserver.models import FileVersion, LogEntry, LoginSession, Node, Op
 from davserver.services.actor import Actor
 from tests.conftest import ENGINES
@@ -1036,6 +1038,41 @@ def test_quota_answers_before_a_body_that_never_comes(server: InprocServer) -> N
     assert announce_huge_put(server, None) == (401, "Unauthorized", "close")
     assert versions_of(server, name) == 0
     assert propfind(server, user=(name, password)) == 207
+
+
+def test_a_token_request_trickling_its_body_is_cut_off(
+    server: InprocServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``POST /api/v1/token`` reads its body before anyone has signed in: sent a byte every
+    few seconds, 40 such bodies held every server thread, and the health check timed out.
+    A body gets ``BODY_SECONDS`` (15; 1 here) to arrive: then 408, and the connection ends."""
+    monkeypatch.setattr(inputs, "BODY_SECONDS", 1.0)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        head = [
+            "POST /api/v1/token HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Content-Type: application/json",
+            "Content-Length: 1000",
+        ]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + b"{")
+        started = time.perf_counter()
+
+        def trickle() -> None:  # a byte every 0.2 s, until the server stops reading
+            with contextlib.suppress(OSError):
+                for _ in range(50):
+                    time.sleep(0.2)
+                    sock.sendall(b" ")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        reader = sock.makefile("rb")
+        status = reader.readline().split()[1:2]
+        headers = []
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            headers.append(line.lower().strip())
+        assert status == [b"408"], status
+        assert b"connection: close" in headers
+        assert time.perf_counter() - started < 5
+    assert http_request("GET", server.url + "/api/v1/health").status == 200
 
 
 def test_an_early_answer_waits_only_briefly_for_a_small_body(server: InprocServer) -> None:
