@@ -38,17 +38,20 @@ def opt(
     low: int | None = None,
     high: int | None = None,
     choices: tuple[str, ...] = (),
+    required: bool = False,
 ) -> Any:
     """A settings field with its help text, and for a number its range ``low..high``, for a
-    text the ``choices`` it may take (compared without case)."""
-    return field(
-        default=default, metadata={"help": help, "low": low, "high": high, "choices": choices}
-    )
+    text the ``choices`` it may take (compared without case), or whether it must not be
+    empty (``required``)."""
+    metadata = {"help": help, "low": low, "high": high, "choices": choices, "required": required}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = opt("127.0.0.1", "Address to listen on; 0.0.0.0 for every interface.")
+    host: str = opt(
+        "127.0.0.1", "Address to listen on; 0.0.0.0 for every interface.", required=True
+    )
     port: int = opt(8080, "TCP port to listen on (0: any free one).", low=0, high=65535)
     threads: int = opt(
         32,
@@ -591,7 +594,13 @@ def _coerce(dotted: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> An
             raise ConfigError(f"{dotted}: expected an integer, got {value!r}") from None
         return _in_range(dotted, f, number)
     if kind is str:
+        if isinstance(value, bool | int | float):
+            # YAML reads an unquoted 0x5eed or 1_000 as a number and yes as true: as text it
+            # was another password (104373592874733), 'True' a realm.
+            raise ConfigError(f"{dotted}: expected text, got {value!r}; quote it in YAML")
         text = "" if value is None else str(value)
+        if f.metadata.get("required") and not text.strip():
+            raise ConfigError(f"{dotted}: must not be empty")
         choices = f.metadata.get("choices") or ()
         if choices:
             chosen = {choice.lower(): choice for choice in choices}.get(text.lower())

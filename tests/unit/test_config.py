@@ -379,6 +379,35 @@ def test_a_yaml_boolean_is_not_a_number(tmp_path: Path) -> None:
         load_settings(write_yaml(tmp_path / "c.yaml", "server:\n  threads: yes\n"), env={})
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "admin:\n  password: 0x5eed5eed5eed",  # read as 104373592874733
+        "admin:\n  password: 1_234_567_8",  # read as 12345678
+        "dav:\n  realm: yes",  # read as True
+    ],
+)
+def test_a_yaml_number_or_boolean_is_not_taken_as_text(tmp_path: Path, line: str) -> None:
+    """An unquoted value YAML reads as a number or a boolean was made text by str(): the
+    admin's password 0x5eed5eed5eed became 104373592874733, and the written one was refused.
+    Quoted, it is the text written."""
+    with pytest.raises(ConfigError, match=r"expected text, got .*; quote it in YAML"):
+        load_settings(write_yaml(tmp_path / "c.yaml", line + "\n"), env={})
+    key, _, value = line.rpartition(": ")
+    settings = load_settings(write_yaml(tmp_path / "q.yaml", f'{key}: "{value}"\n'), env={})
+    section, _, name = key.partition(":\n  ")
+    assert getattr(getattr(settings, section), name) == value
+
+
+@pytest.mark.parametrize("given", [{"server__host": ""}, {"server__host": "  "}])
+def test_an_empty_host_is_refused_before_anything_starts(given: dict[str, str]) -> None:
+    """An empty host went through: the database was migrated, then cheroot's traceback."""
+    with pytest.raises(ConfigError, match=r"server\.host: must not be empty"):
+        load_settings(None, env={}, **given)
+    with pytest.raises(ConfigError, match=r"server\.host: must not be empty"):
+        load_settings(None, env={"DAVSERVER_SERVER_HOST": ""})
+
+
 def test_a_choice_is_taken_in_any_case_and_kept_as_listed() -> None:
     assert load_settings(None, env={"DAVSERVER_LOGGING_LEVEL": "debug"}).logging.level == "DEBUG"
     settings = load_settings(
