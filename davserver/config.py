@@ -519,7 +519,7 @@ def load_settings(
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     if path is not None and (required or Path(path).exists()):
-        values = _flatten(_read_yaml(path))
+        values = _flatten(_without_empty_sections(_read_yaml(path)))
     known = dict(iter_options())
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -556,6 +556,18 @@ def _yaml_problem(exc: Exception) -> str:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         return f"{exc.problem}{where}"
     return " ".join(str(exc).split())
+
+
+def _without_empty_sections(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` without the section lines that hold nothing (``server:`` left in when its
+    options were commented out again, as config.yaml invites): YAML reads them as null, which
+    was refused as an unknown option named like the section."""
+    sections = {
+        f.name
+        for f in dataclasses.fields(Settings)
+        if dataclasses.is_dataclass(_field_type(Settings, f))
+    }
+    return {key: value for key, value in data.items() if not (key in sections and value is None)}
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -374,6 +374,16 @@ def test_a_token_secret_shorter_than_its_hash_is_refused() -> None:
     assert load_settings(None, env={}).auth.token_secret == ""  # one is generated
 
 
+def test_a_section_line_whose_options_are_all_commented_out_is_empty(tmp_path: Path) -> None:
+    """config.yaml invites uncommenting a section and its options: commented out again, the
+    section line alone read as null and was refused as "unknown option(s) ...: server"."""
+    text = "server:\n#  port: 9000\ndav:\n  realm: home\n"
+    settings = load_settings(write_yaml(tmp_path / "c.yaml", text), env={})
+    assert (settings.server.port, settings.dav.realm) == (8080, "home")
+    with pytest.raises(ConfigError, match="unknown option"):
+        load_settings(write_yaml(tmp_path / "d.yaml", "server: 5\n"), env={})
+
+
 def test_a_yaml_boolean_is_not_a_number(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"server\.threads: expected an integer"):
         load_settings(write_yaml(tmp_path / "c.yaml", "server:\n  threads: yes\n"), env={})
