@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import sqlite3
 import ssl
 import subprocess
@@ -313,7 +314,6 @@ def test_a_key_that_is_encrypted_or_not_the_certificates_is_refused(tmp_path: Pa
 
 def test_serves_https_with_a_certificate_and_key(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
-    port = free_port()
     env = _env(
         tmp_path,
         {
@@ -324,8 +324,14 @@ def test_serves_https_with_a_certificate_and_key(tmp_path: Path) -> None:
             "PYTHONUNBUFFERED": "1",
         },
     )
-    with serving(tmp_path, env, "--host", "127.0.0.1", "--port", str(port)) as lines:
-        assert f"davserver listening on https://127.0.0.1:{port}/" in lines[-1], lines
+    # Port 0, read back from the announcement: a port picked free beforehand was once taken
+    # by another test's connection before the server could bind it (it left without a line).
+    args = ("--host", "127.0.0.1", "--port", "0")
+    with serving(tmp_path, env, *args, stderr=subprocess.STDOUT) as lines:  # why, if not
+        announced = lines[-1] if lines else ""
+        found = re.search(r"davserver listening on https://127\.0\.0\.1:(\d+)/", announced)
+        assert found, lines
+        port = int(found[1])
 
         context = ssl.create_default_context(cafile=str(cert))
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
