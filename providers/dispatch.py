@@ -355,11 +355,12 @@ def check_mtime_header(environ: dict[str, Any]) -> None:
         return
     if not (text.isascii() and text.removeprefix("-").isdigit()):
         raise DAVError(HTTP_BAD_REQUEST, context_info="X-OC-Mtime is whole seconds since 1970")
+    seconds = int(text)
     try:
-        from_epoch(int(text))
+        from_epoch(seconds)
     except BadRequest as exc:
         raise DAVError(HTTP_BAD_REQUEST, context_info=f"X-OC-Mtime: {exc}") from None
-    seconds = environ[MTIME_KEY] = int(text)
+    environ[MTIME_KEY] = seconds
     if seconds < 0:
         del environ["HTTP_X_OC_MTIME"]
     else:

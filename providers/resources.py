@@ -758,12 +758,14 @@ class FileResource(_NodeResource, DAVNonCollection):
                 HTTP_FORBIDDEN, context_info="your account was disabled: nothing was stored"
             ) from None
         ids = [node.id for node in (self.view, parent) if node is not None]
-        live = namespace.live(ids)
-        target = next((node_id for node_id in ids if node_id in live), None)
-        if target is not None and not namespace.rights_on(fresh, [target])[target] & Perm.WRITE:
-            raise DAVError(
-                HTTP_FORBIDDEN, context_info="you may no longer write here: nothing was stored"
-            )
+        rights = namespace.rights_on(fresh, ids)  # none on a node that is gone
+        for node_id in ids:
+            if rights[node_id] & Perm.WRITE:
+                return
+            if namespace.live([node_id]):  # there, and no longer theirs to write
+                raise DAVError(
+                    HTTP_FORBIDDEN, context_info="you may no longer write here: nothing was stored"
+                )
 
     def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
         """WsgiDAV sets a PUT's X-OC-Mtime once the upload is done, in a transaction of its

@@ -123,6 +123,7 @@ class LockReach:
         """The locks of ``held`` whose holders may not write their items (a missing item, a
         missing or disabled holder: none may), with each item's node; one access context and
         one pass of rights per holder."""
+        held = [lock for lock in held if _in_a_space(lock)]  # others are not judged here
         by_holder: dict[str, list[_Held]] = defaultdict(list)
         for lock in held:
             by_holder[lock.principal].append(lock)
@@ -147,8 +148,6 @@ class LockReach:
             rights = self.namespace.rights_on(ctx, ids) if ctx is not None and ids else {}
             for lock in locks:
                 node_id = items[lock.token]
-                if not _in_a_space(lock):
-                    continue  # not a lock on a space's item: not judged here
                 if node_id is None or not rights.get(node_id, Perm.NONE) & Perm.WRITE:
                     void.append((lock, node_id))
         return sorted(void, key=lambda pair: pair[0].token)
@@ -195,9 +194,9 @@ def _in_a_space(lock: _Held) -> bool:
 
 
 def _item(conn: sa.Connection, roots: dict[str, uuid.UUID], lock: _Held) -> uuid.UUID | None:
-    """The node a lock's root names in its space; None when there is none."""
+    """The node a lock's root (``_in_a_space``) names in its space; None when there is none."""
     start = roots.get(lock.namespace)
-    if start is None or not _in_a_space(lock):
+    if start is None:
         return None
     names = [unquote(part) for part in lock.root.split("/") if part]
     names = names[2:] if lock.namespace.startswith(GROUP_PREFIX) else names[1:]
