@@ -500,6 +500,26 @@ def big_body(total: int, salt: int) -> Iterator[bytes | bytearray | memoryview]:
         index += 1
 
 
+def run_at_once(work: Callable[[int], object], count: int) -> tuple[float, list[BaseException]]:
+    """``work(0)`` .. ``work(count - 1)``, each on a thread of its own, started together;
+    (the seconds until the last ended, what any of them raised)."""
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            work(index)
+        except BaseException as exc:  # returned to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, errors
+
+
 def put_files(
     client: Client, folder: str, count: int, size: int, tag: int, start: int = 0
 ) -> tuple[float, list[float], list[int]]:
@@ -756,7 +776,6 @@ class Bench:
         finally:
             setup.close()
         latencies: list[list[float]] = [[] for _ in range(k)]
-        errors: list[BaseException] = []
 
         def upload(i: int) -> None:
             c = s.client()
@@ -764,19 +783,11 @@ class Bench:
                 _, latencies[i], _ = put_files(
                     c, folder, per, self.sizes.small_bytes, r, start=i * per
                 )
-            except BaseException as exc:  # reported by the caller
-                errors.append(exc)
             finally:
                 c.close()
 
-        threads = [threading.Thread(target=upload, args=(i,)) for i in range(k)]
         with CpuMeter(process_tree(s.pid)) as cpu:
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            secs = time.perf_counter() - t0
+            secs, errors = run_at_once(upload, k)
         if errors:
             raise errors[0]
         lat = sorted(x for each in latencies for x in each)

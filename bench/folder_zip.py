@@ -33,7 +33,6 @@ import secrets
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import zipfile
@@ -51,6 +50,7 @@ from core import (
     HttpError,
     RssSampler,
     Server,
+    run_at_once,
     start_davserver,
     stop_servers,
 )
@@ -223,23 +223,8 @@ def resume(server: Server, path: str, etag: str, size: int) -> dict[str, Any]:
 def in_parallel(server: Server, path: str, count: int) -> dict[str, Any]:
     """``count`` whole downloads of ``path`` at once, each on its own connection: the slowest
     one's time and the server's peak RSS."""
-    errors: list[BaseException] = []
-    times: list[float] = []
-
-    def one() -> None:
-        try:
-            times.append(fetch_body(server, path))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one) for _ in range(count)]
     with RssSampler(server.pid) as rss, CpuMeter(rss.pids) as cpu:
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        total = time.perf_counter() - started
+        total, errors = run_at_once(lambda _: fetch_body(server, path), count)
     if errors:
         raise HttpError(f"{len(errors)} of {count} parallel downloads failed: {errors[0]}")
     return {"total_s": total, "server_cpu_s": cpu.server, "rss_peak_mib": rss.peak / 1024}

@@ -33,7 +33,16 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import core
-from core import MIB, PG_DEFAULT, VENV_PYTHON, Server, big_body, put_files, start_davserver
+from core import (
+    MIB,
+    PG_DEFAULT,
+    VENV_PYTHON,
+    Server,
+    big_body,
+    put_files,
+    run_at_once,
+    start_davserver,
+)
 
 SMALL_BYTES = 4096
 
@@ -100,24 +109,15 @@ def small_round(server: Server, folder: str, count: int, parallel: int, tag: int
         setup.close()
     per = count // parallel
     latencies: list[list[float]] = [[] for _ in range(parallel)]
-    errors: list[BaseException] = []
 
     def upload(i: int) -> None:
         client = server.client()
         try:
             _, latencies[i], _ = put_files(client, folder, per, SMALL_BYTES, tag, start=i * per)
-        except BaseException as exc:
-            errors.append(exc)
         finally:
             client.close()
 
-    threads = [threading.Thread(target=upload, args=(i,)) for i in range(parallel)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
+    seconds, errors = run_at_once(upload, parallel)
     if errors:
         raise errors[0]
     every = [x for each in latencies for x in each]
