@@ -41,6 +41,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# The earliest and latest aware UTC times: "never" and "for good" where a time is compared.
+NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
+FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from davserver.db.types import utcnow
+from davserver.db.types import FOREVER, NEVER, utcnow
 from davserver.models import Grant, Group, GroupMember, Node, Op, Role, User, UserRole
 from davserver.services import tree
 from davserver.services.account_rules import audit_details, iso
@@ -155,7 +155,7 @@ def _revoke_unsupported(
     pending = [row for row in rows if until[row.id] <= now]
     for row in rows:
         # Standing now, but not as long as it says: what it rests on ends sooner.
-        if now < until[row.id] < (row.rule.expires_at or _FOREVER):
+        if now < until[row.id] < (row.rule.expires_at or FOREVER):
             _end_grant(session, actor, row, until[row.id], because)
     # Each says why: the grant its granter lost in this pass, else what began it.
     lost = dict(lost_before)
@@ -180,11 +180,6 @@ def _revoke_unsupported(
             ),
         )
     return len(pending)
-
-
-# Until when a grant stands: from never (not now) to for good.
-_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
-_FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 class _Standing:
@@ -235,9 +230,9 @@ class _Standing:
                 self._held_up.setdefault(other.id, []).append(row)
 
     def ends(self) -> dict[uuid.UUID, dt.datetime]:
-        """Until when each grant stands, by id: ``_NEVER`` for one that does not stand now."""
+        """Until when each grant stands, by id: ``NEVER`` for one that does not stand now."""
         until = {
-            row.id: (row.rule.expires_at or _FOREVER) if row.granted_by is None else _NEVER
+            row.id: (row.rule.expires_at or FOREVER) if row.granted_by is None else NEVER
             for row in self.rows
         }
         work = deque(row for row in self.rows if row.granted_by is not None)
@@ -245,7 +240,7 @@ class _Standing:
         while work:
             row = work.popleft()
             queued.discard(row.id)
-            ends = min(row.rule.expires_at or _FOREVER, self._held_until(row, until))
+            ends = min(row.rule.expires_at or FOREVER, self._held_until(row, until))
             if ends > until[row.id]:
                 until[row.id] = ends
                 for resting in self._held_up.get(row.id, ()):
@@ -259,16 +254,16 @@ class _Standing:
         who = self.granters.get(row.granted_by) if row.granted_by is not None else None
         needed = row.rule.rights | Perm.SHARE
         if who is None or restrict(who, needed) & needed != needed:
-            return _NEVER  # a granter gone, or a right their role takes away (a viewer's write)
+            return NEVER  # a granter gone, or a right their role takes away (a viewer's write)
         lasting = base_permissions(who, self.space)
         reaching = self._resting_on.get(row.id, [])
-        held = _FOREVER
+        held = FOREVER
         for right in GRANTABLE_MEMBERS:
             if not right & needed or right & lasting or (right == Perm.READ and lasting):
                 continue
             # Any right implies READ, so every grant gives it.
             giving = [o for o in reaching if right == Perm.READ or o.rule.rights & right]
-            held = min(held, max((until[o.id] for o in giving), default=_NEVER))
+            held = min(held, max((until[o.id] for o in giving), default=NEVER))
         return held
 
 

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from davserver.db import Base, Database
 from davserver.db.dialect import by_dialect, for_bind
-from davserver.db.types import utcnow
+from davserver.db.types import FOREVER, NEVER, utcnow
 from davserver.errors import NotFound
 from davserver.models import NodeKind
 from davserver.services import tree
@@ -426,7 +426,7 @@ class NamespaceService:
             for grant in grants:
                 if grant.node_id not in chain:
                     continue
-                ends = grant.expires_at or _FOREVER
+                ends = grant.expires_at or FOREVER
                 for right in GRANTABLE_MEMBERS:
                     if rights_of_grant(grant) & right:
                         key = (grant.user_id or grant.group_id, right)
@@ -434,7 +434,7 @@ class NamespaceService:
             return until
 
         before = reach(here)
-        return any(ends > before.get(key, _NEVER) for key, ends in reach(there).items())
+        return any(ends > before.get(key, NEVER) for key, ends in reach(there).items())
 
     def held_until(self, ctx: AccessContext, node: NodeView, rights: Perm) -> dt.datetime | None:
         """Until when the user holds every one of ``rights`` on ``node``: None for good (by
@@ -578,8 +578,6 @@ def _tagged(name: str, tag: str, *, is_folder: bool) -> str:
     return f"{stem} ({tag}){ext}"
 
 
-_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
-_FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 _n = Base.metadata.tables["nodes"]
 _g = Base.metadata.tables["grants"]
 _groups = Base.metadata.tables["groups"]
