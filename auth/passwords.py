@@ -3,12 +3,14 @@
 argon2id for new hashes; bcrypt hashes from imported accounts still verify and are flagged for
 an upgrade to argon2 on the next successful login. Inputs longer than MAX_PASSWORD_BYTES are
 refused before any hashing, so a huge password costs nothing. At most ``max_concurrent``
-hashes run at once (argon2 takes 64 MiB each), so a burst of logins cannot exhaust memory.
+hashes run at once (argon2 takes 19 MiB each), so a burst of logins cannot exhaust memory.
+Passwords are compared in Unicode's composed form (NFC), whatever form a client sends.
 """
 
 from __future__ import annotations
 
 import threading
+import unicodedata
 
 from passlib.context import CryptContext
 
@@ -36,22 +38,38 @@ class PasswordHasher:
 
     def hash(self, password: str) -> str:
         with self._slots:
-            return _context.hash(password)
+            return _context.hash(_composed(password))
 
     def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
-        """(matches, replacement hash or None). Unknown hash formats never match."""
+        """(matches, replacement hash or None). Unknown hash formats never match.
+
+        Passwords are hashed in Unicode's composed form (NFC), as RFC 8265 prepares them: "é"
+        typed on a Mac may arrive as "e" and a combining accent, on Windows as one character.
+        A hash stored before that is of whichever form its owner typed, so a non-ASCII password
+        that does not match composed is tried as given and decomposed, and a match there is
+        replaced by the composed form's hash."""
         if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
             return False, None
+        composed = _composed(password)
         with self._slots:
             if not stored_hash:
-                _context.verify(password, self._dummy_hash)
+                _context.verify(composed, self._dummy_hash)
                 return False, None
-            try:
-                if stored_hash.startswith(_BCRYPT) and len(password.encode()) > _BCRYPT_BYTES:
-                    return self._verify_bcrypt_prefix(password, stored_hash)
-                return _context.verify_and_update(password, stored_hash)
-            except (ValueError, TypeError, UnicodeEncodeError):
-                return False, None
+            for form in _forms(password, composed):
+                ok, replacement = self._verify_one(form, stored_hash)
+                if ok:
+                    if form != composed:
+                        replacement = _context.hash(composed)
+                    return True, replacement
+            return False, None
+
+    def _verify_one(self, password: str, stored_hash: str) -> tuple[bool, str | None]:
+        try:
+            if stored_hash.startswith(_BCRYPT) and len(password.encode()) > _BCRYPT_BYTES:
+                return self._verify_bcrypt_prefix(password, stored_hash)
+            return _context.verify_and_update(password, stored_hash)
+        except (ValueError, TypeError, UnicodeEncodeError):
+            return False, None
 
     @staticmethod
     def _verify_bcrypt_prefix(password: str, stored_hash: str) -> tuple[bool, str | None]:
@@ -62,3 +80,18 @@ class PasswordHasher:
         if not _context.verify(password.encode()[:_BCRYPT_BYTES], stored_hash):
             return False, None
         return True, _context.hash(password)
+
+
+def _composed(password: str) -> str:
+    return unicodedata.normalize("NFC", password)
+
+
+def _forms(password: str, composed: str) -> list[str]:
+    """The forms a stored hash may be of: composed first, then as typed and decomposed."""
+    if password.isascii():
+        return [password]
+    forms = [composed]
+    for form in (password, unicodedata.normalize("NFD", password)):
+        if form not in forms:
+            forms.append(form)
+    return forms

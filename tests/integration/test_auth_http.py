@@ -184,6 +184,20 @@ def test_a_name_signs_in_in_any_case_as_it_is_unique_ignoring_case(server: Inpro
     assert propfind(server, user=(other.upper(), created["key"])) == 401
 
 
+def test_a_password_signs_in_whichever_unicode_form_the_client_sends(
+    server: InprocServer,
+) -> None:
+    """A password set with "é" as one character signs in from a client that sends "e" and a
+    combining accent (and the other way round), over Basic and at the token endpoint."""
+    name, _ = make_user(server)
+    composed, decomposed = "Caf\u00e9 cr\u00e8me 42", "Cafe\u0301 cre\u0300me 42"
+    server.app.services.users.set_password(None, name, decomposed)
+    assert propfind(server, user=(name, composed)) == 207
+    assert propfind(server, user=(name, decomposed)) == 207
+    assert login(server, name, composed)["access_token"]
+    assert propfind(server, user=(name, "Cafe creme 42")) == 401
+
+
 # -- API keys
 
 

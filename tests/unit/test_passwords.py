@@ -37,3 +37,30 @@ def test_a_short_password_against_bcrypt_and_argon2(hasher: PasswordHasher) -> N
     assert hasher.verify("short one", replacement) == (True, None)
     assert hasher.verify("short two", stored) == (False, None)
     assert hasher.verify("a\udc80b", stored) == (False, None)  # a lone surrogate
+
+
+def test_a_password_verifies_in_either_unicode_form(hasher: PasswordHasher) -> None:
+    """Typed on a Mac, "Café" may arrive decomposed (e + U+0301), on Windows composed (é):
+    the same password to its owner. Passwords are hashed in NFC and compared in NFC."""
+    composed, decomposed = "Caf\u00e9 au lait", "Cafe\u0301 au lait"
+    stored = hasher.hash(decomposed)
+    assert hasher.verify(composed, stored) == (True, None)
+    assert hasher.verify(decomposed, stored) == (True, None)
+    assert hasher.verify("Cafe au lait", stored) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("set_as", "typed"),
+    [("Cafe\u0301 au lait", "Caf\u00e9 au lait"), ("Caf\u00e9 au lait", "Cafe\u0301 au lait")],
+)
+def test_a_hash_made_before_normalizing_verifies_in_either_form_and_is_replaced(
+    hasher: PasswordHasher, set_as: str, typed: str
+) -> None:
+    """A hash stored before passwords were normalized is of the form its owner typed then:
+    either form verifies against it, and the replacement is the NFC one."""
+    stored = argon2.using(memory_cost=1024, rounds=1).hash(set_as)
+    ok, replacement = hasher.verify(typed, stored)
+    assert ok and replacement is not None
+    assert hasher.verify(typed, replacement) == (True, None)
+    assert hasher.verify(set_as, replacement) == (True, None)
+    assert hasher.verify("Cafe au lait", stored) == (False, None)
