@@ -264,13 +264,16 @@ class Application:
 # Sandboxed, with nothing to load but its own images, media and inline styles, it is shown,
 # inert; and no answer may be sniffed into a type it was not given. Downloads stay allowed:
 # a sandbox blocks those started from the page, and the folder listing's links start them.
+# No other site may frame an answer, or load one as its script or image with the credentials
+# the browser holds for this server (a .js or JSON file read across sites).
 _CONTENT_POLICY = [
     (
         "Content-Security-Policy",
         "sandbox allow-downloads; default-src 'none'; img-src 'self' data:; media-src 'self';"
-        " style-src 'unsafe-inline'",
+        " style-src 'unsafe-inline'; frame-ancestors 'none'",
     ),
     ("X-Content-Type-Options", "nosniff"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
 ]
 
 

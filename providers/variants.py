@@ -23,12 +23,11 @@ from providers.conditions import matches_etag
 from providers.errors import dav_errors
 from providers.resources import actor_of
 
-# Authenticated content: caches shared between users must not keep it. A variant of an older
-# version never changes (a version is replaced in place only while it is the newest), so it may
-# be kept for good. The file's own URL, and its newest version's, show new bytes once the file
-# changes: a cache must ask again each time, and the ETag makes that a 304 without a body.
-CACHE_CONTROL = "private, max-age=31536000, immutable"
-CACHE_CONTROL_CURRENT = "private, no-cache"
+# Authenticated content: caches shared between users must not keep it. No variant's URL names
+# fixed bytes: the file's shows its newest version, a version's can name another file's once
+# the path is renamed and uploaded again (and the newest version may be replaced in place). A
+# browser asks again each time, and the ETag makes that a 304 without a body.
+CACHE_CONTROL = "private, no-cache"
 
 
 def wants_variant(environ: dict[str, Any]) -> bool:
@@ -48,11 +47,7 @@ def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> A
             raise BadRequest("only files have thumbnails or previews")
         request = service.request(res.rights, view, _params(environ), version=version)
         etag = f'"{request.etag}"'
-        fixed = version is not None and not version.is_current
-        headers = [
-            ("ETag", etag),
-            ("Cache-Control", CACHE_CONTROL if fixed else CACHE_CONTROL_CURRENT),
-        ]
+        headers = [("ETag", etag), ("Cache-Control", CACHE_CONTROL)]
         if_match = environ.get("HTTP_IF_MATCH")
         if if_match is not None and not matches_etag(if_match, res, request.etag, weak=False):
             raise PreconditionFailed("If-Match names another variant")

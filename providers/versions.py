@@ -237,11 +237,14 @@ class VersionResource(StoredBytes, _InHistory, DAVNonCollection):
         return self.version.sha256
 
     def finalize_headers(self, environ: dict[str, Any], response_headers: list[Any]) -> None:
-        """A HEAD answers 404, as the GET would, when the bytes are lost."""
+        """A HEAD answers 404, as the GET would, when the bytes are lost. no-cache, as for the
+        file itself: a version's URL can come to name other bytes (another file uploaded at
+        the path after a rename, the newest version replaced in place)."""
         if environ["REQUEST_METHOD"] == "HEAD":
             with dav_errors():
                 self.service.check_bytes(self.version)
         response_headers.append(("Repr-Digest", repr_digest(self.version.sha256)))
+        response_headers.append(("Cache-Control", "no-cache"))
 
     def get_content(self) -> BinaryIO:
         """GET only: the download is logged once the bytes are found."""

@@ -463,6 +463,10 @@ def test_an_uploaded_page_cannot_run_scripts_as_the_server(srv: InprocServer, fo
         policy = response.headers.get("Content-Security-Policy", "")
         assert "sandbox" in policy.split(";")[0] and "default-src 'none'" in policy, policy
         assert response.headers.get("X-Content-Type-Options") == "nosniff"
+        # Nor may another site frame it, or load it as a script or an image with the
+        # browser's credentials for this server.
+        assert "frame-ancestors 'none'" in policy, policy
+        assert response.headers.get("Cross-Origin-Resource-Policy") == "same-origin"
     # A sandbox blocks downloads started from the page (Chrome) unless it allows them: a
     # link to a .docx or .zip in the folder listing must still download it.
     listing = call(srv, "GET", folder, headers={"Accept": "text/html"})
