@@ -18,8 +18,10 @@ class Grant(Base):
     __tablename__ = "grants"
     __table_args__ = (
         sa.CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="one_grantee"),
-        sa.Index("ix_grants_node_user", "node_id", "user_id"),
-        sa.Index("ix_grants_node_group", "node_id", "group_id"),
+        # One grant per item and grantee: a new grant replaces the old (NULLs are distinct,
+        # so a user's grants and a group's do not meet).
+        sa.Index("uq_grants_node_user", "node_id", "user_id", unique=True),
+        sa.Index("uq_grants_node_group", "node_id", "group_id", unique=True),
         sa.Index("ix_grants_granted_by", "granted_by"),  # who shared on (grant_support)
     )
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from davserver.db import Database
@@ -130,6 +131,34 @@ class SharingService:
             raise BadRequest("a grant expires in the future")
         if actor is not None and holder_until is not None:
             expires_at = holder_until if expires_at is None else min(expires_at, holder_until)
+        for attempt in range(2):
+            try:
+                info, lowered, label = self._write_grant(
+                    actor, node, rights, expires_at, user=user, group=group
+                )
+                break
+            except IntegrityError:
+                # A grant to this grantee on this item was committed since this one looked
+                # for it (one per item and grantee, in the database): this one replaces it,
+                # as if it had been sent second.
+                if attempt:
+                    raise
+        if lowered:
+            self._release_locks(actor, node, f"{label}'s grant was changed")
+        return info
+
+    def _write_grant(
+        self,
+        actor: Actor | None,
+        node: NodeView,
+        rights: Perm,
+        expires_at: dt.datetime | None,
+        *,
+        user: str | None,
+        group: str | None,
+    ) -> tuple[GrantInfo, bool, str]:
+        """``grant``'s transaction: (the grant, whether it lowered an earlier one, the
+        grantee's label)."""
         with self.db.write() as session:
             if user is not None:
                 grantee = find_live_user(session, user)
@@ -162,7 +191,7 @@ class SharingService:
                 ):
                     # The same grant again (a script making sure a share exists): nothing
                     # changes, and the logbook gets no row saying so every time.
-                    return _infos(session, Grant.id == row.id)[0]
+                    return _infos(session, Grant.id == row.id)[0], False, label
                 before = {"rights": rights_of_grant(row).names(), "expires_at": iso(row.expires_at)}
                 lowered = bool(rights_of_grant(row) & ~rights) or (
                     expires_at is not None
@@ -190,9 +219,7 @@ class SharingService:
                 ),
             )
             info = _infos(session, Grant.id == row.id)[0]
-        if lowered:
-            self._release_locks(actor, node, f"{label}'s grant was changed")
-        return info
+        return info, lowered, label
 
     def revoke(
         self, actor: Actor | None, node: NodeView, holder: Perm, grant_id: uuid.UUID

@@ -21,7 +21,7 @@ import davserver.models  # noqa: F401  (fills the metadata)
 from davserver.config import ConfigError
 from davserver.db import Base, Database
 from davserver.db.migrate import downgrade, is_at_head, upgrade
-from davserver.models import Group, LogEntry, Op, User
+from davserver.models import Grant, Group, LogEntry, Op, User
 from davserver.services import usage
 from davserver.services.actor import Actor
 from davserver.services.audit import read_logbook
@@ -343,6 +343,41 @@ def test_0011_fills_in_the_account_each_row_was_about(database: Database) -> Non
         "file:create",
         "auth:login",
     ]
+
+
+def test_0013_keeps_the_newest_of_each_item_and_grantees_grants(
+    database: Database, files: FileService, actor: Actor, home: NodeView
+) -> None:
+    """Before 0013 two grants sent at once could both be stored: the newest of each item
+    and grantee stays, a user's and a group's grants on one item both stay, and then the
+    database takes no second one."""
+    folder = files.create_folder(actor, home, "shared")
+    downgrade(database, "0012")
+    bob, team = uuid.uuid4(), uuid.uuid4()
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    with database.write() as session:
+        session.execute(sa.insert(User.__table__), [{"id": bob, "username": "bob",
+                        "created_at": now, "updated_at": now}])  # fmt: skip
+        session.execute(sa.insert(Group.__table__), [{"id": team, "name": "team",
+                        "created_at": now}])  # fmt: skip
+        rows = [(bob, None, False, 0), (bob, None, True, 2), (bob, None, False, 1),
+                (None, team, True, 0), (None, team, False, 0)]  # fmt: skip
+        ids = sorted(uuid.uuid4() for _ in rows)
+        session.execute(
+            sa.insert(Grant.__table__),
+            [{"id": ids[i], "node_id": folder.id, "user_id": user, "group_id": group,
+              "can_read": True, "can_write": write, "granted_at": now + dt.timedelta(days=d)}
+             for i, (user, group, write, d) in enumerate(rows)],
+        )  # fmt: skip
+    upgrade(database)
+    with database.connect() as conn:
+        kept = conn.execute(
+            sa.select(Grant.id, Grant.can_write).where(Grant.node_id == folder.id)
+        ).all()
+    # bob's newest (2 days) and, of the team's two of one time, the higher id
+    assert sorted(kept) == sorted([(ids[1], True), (ids[4], False)])
+    with pytest.raises(IntegrityError), database.write() as session:
+        session.add(Grant(node_id=folder.id, user_id=bob, can_read=True))
 
 
 @pytest.mark.postgres

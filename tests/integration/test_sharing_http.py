@@ -3,6 +3,7 @@ file and on a folder, every WebDAV method as the grantee, and the edge cases of 
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import http.client
 import json
@@ -711,6 +712,37 @@ def test_a_grantee_may_decline_what_was_shared_with_them(people: People) -> None
             .order_by(LogEntry.id.desc())
         ).first()
     assert row is not None and row["grantee"] == p.bob
+
+
+def test_grants_sent_at_once_leave_one_grant_that_a_revoke_removes(people: People) -> None:
+    """Two grants to bob on one folder sent at once each found no grant there and each
+    inserted one (PostgreSQL): a later lowering or revoke changed one row, and bob kept the
+    other's rights. The database holds one grant per item and grantee, and a grant that
+    loses that race replaces the winner's, as if it had come second."""
+    p = people
+    assert p.call(p.alice, "MKCOL", "/files/raced/").status == 201
+    assert p.put(p.alice, "/files/raced/x.txt", b"x") == 201
+    sets = [("read",), ("read", "download", "write"), ("read", "download")] * 3
+    for grantee, group in ((p.bob, False), (p.team, True)):
+        with concurrent.futures.ThreadPoolExecutor(len(sets)) as pool:
+            sent = [
+                pool.submit(p.grant, p.alice, "/files/raced", grantee, *rights, group=group)
+                for rights in sets
+            ]
+        assert [future.result() for future in sent] == [201] * len(sets)
+    with p.server.app.db.read() as session:
+        node = session.scalars(sa.select(Node.id).where(Node.name == "raced")).one()
+        grantees = session.execute(
+            sa.select(Grant.user_id, Grant.group_id).where(Grant.node_id == node)
+        ).all()
+    assert len(grantees) == 2, grantees
+    assert p.revoke(p.alice, "/files/raced", p.bob) == 204
+    assert p.revoke(p.alice, "/files/raced", p.team, group=True) == 204
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/raced/x.txt").status == 404
+    with p.server.app.db.read() as session, pytest.raises(sa.exc.IntegrityError):
+        for _ in range(2):
+            session.add(Grant(node_id=node, user_id=grantees[0].user_id, can_read=True))
+            session.flush()
 
 
 def test_a_sharer_manages_the_grants_they_made(people: People) -> None:
