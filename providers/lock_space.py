@@ -21,9 +21,12 @@ from urllib.parse import quote, unquote
 from sqlalchemy.orm import Session
 from wsgidav.lock_man.lock_manager import normalize_lock_root
 
+from davserver.errors import NotFound
 from davserver.models import Op
 from davserver.services.audit import record_audit
 from davserver.services.lock_rows import group_namespace, user_namespace
+from davserver.services.namespace import Reached
+from davserver.services.permissions import Perm
 from davserver.services.tree import NodeView, name_key
 from providers.dispatch import destination_path
 from providers.lock_storage import LockKey, LockLogger
@@ -98,13 +101,21 @@ class RequestLockSpace:
 
         return log
 
-    def exists(self, url: str) -> bool:
+    def writable(self, url: str) -> bool | None:
         parts = [p for p in unquote(url).split("/") if p]
         if not parts:
             return True
         provider = self._provider
-        found = provider.namespace.resolve_prefixes(provider.access(self._environ), parts)
-        return found[-1] is not None
+        found = provider.namespace.resolve_prefixes(provider.access(self._environ), parts)[-1]
+        if not isinstance(found, Reached):
+            return None if found is None else True  # a virtual folder: nothing to write
+        node_id = found.view.id
+        namespace = provider.namespace
+        try:
+            fresh = namespace.context_of_user(actor_of(self._environ).user_id, active=True)
+        except NotFound:  # the account was disabled meanwhile
+            return False
+        return bool(namespace.rights_on(fresh, [node_id])[node_id] & Perm.WRITE)
 
     def _mount(self, url: str) -> LockKey | None:
         if url not in self._mounts:

@@ -88,6 +88,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
+    HTTP_FORBIDDEN,
     HTTP_LOCKED,
     HTTP_NOT_FOUND,
     HTTP_PRECONDITION_FAILED,
@@ -105,6 +106,7 @@ from wsgidav.lock_man.lock_manager import (
 
 from davserver.db import Base, Database
 from davserver.models import DavLock, Op
+from davserver.services.lock_rows import PG_LOCKS_CLASS, principal_turn
 
 __all__ = [
     "LOCK_KEYS",
@@ -136,9 +138,6 @@ LOCK_KEYS: Final = (
 )
 
 DEFAULT_MAX_TIMEOUT: Final = 7 * 24 * 3600
-# The key space of the transaction-scoped PostgreSQL advisory locks of a namespace ("lock"):
-# exclusive for a writer of locks, shared for a write transaction that checked them.
-_PG_LOCKS_CLASS: Final = 0x6C6F636B
 _LIKE_ESCAPE: Final = "\\"
 _ROOT_MAX_LENGTH: Final = 4096  # DavLock.root is String(4096)
 # A lock's owner says who holds it (Explorer and Office send a user's name or URL, some 100
@@ -302,9 +301,10 @@ class LockSpace(Protocol):
         in that change's transaction; None when no row is written (outside a request)."""
         ...
 
-    def exists(self, url: str) -> bool:
-        """Whether the requester's ``url`` (a normalized URL path) names an item now, read
-        from the database rather than from what the request found earlier."""
+    def writable(self, url: str) -> bool | None:
+        """Whether the requester may write what ``url`` (a normalized URL path) names now;
+        None when it names nothing. Read from the database rather than from what the request
+        found earlier: the item moved or deleted, a grant revoked since."""
         ...
 
 
@@ -326,7 +326,7 @@ class OneNamespace:
     def request_keys(self) -> list[LockKey]:
         return [LockKey(self.name, "/")]
 
-    def exists(self, url: str) -> bool:
+    def writable(self, url: str) -> bool | None:
         return True
 
 
@@ -563,7 +563,8 @@ class SqlLockStorage:
 
     def _serialize_writers(self, session: Session, namespace: str) -> None:
         """Queue behind every other transaction (of any process) that creates locks in
-        ``namespace``, or writes after checking them (``checks_to_repeat``)."""
+        ``namespace`` (or for a holder: ``principal_turn``), or writes after checking them
+        (``checks_to_repeat``)."""
         if self._is_postgres:
             session.execute(_OWN_NAMESPACE, {"namespace": namespace})
         # SQLite: Database.write() began with BEGIN IMMEDIATE, which already serializes writers.
@@ -670,11 +671,19 @@ class SqlLockStorage:
         log = self._logger()  # it may read the item: before the write transaction begins
         with self._db.write() as session:
             self._serialize_writers(session, key.namespace)
-            # Not before: a MOVE or DELETE of the item (or of a folder above it) through
-            # another process may have committed since the request found it.
-            if scope is not None and not scope.space.exists(root):
+            # Not before: a MOVE or DELETE of the item (or of a folder above it), or a revoke
+            # of the requester's right to write it, may have committed since the request
+            # began. Those that release the locks of such holders (LockReach) wait for this
+            # turn, at the namespace and at the holder, before they look.
+            self._serialize_writers(session, principal_turn(lock["principal"]))
+            writable = True if scope is None else scope.space.writable(root)
+            if writable is None:
                 raise DAVError(
                     HTTP_NOT_FOUND, context_info="It was moved or deleted while being locked."
+                )
+            if not writable:
+                raise DAVError(
+                    HTTP_FORBIDDEN, context_info="You may no longer write it: it was not locked."
                 )
             now = _now()
             # A lock left to expire (a crashed editor, a dropped mount) is looked up by no one
@@ -955,7 +964,7 @@ def _read_namespace_locks(conn: Session | sa.Connection, namespace: str) -> list
 # PostgreSQL: the turn at the locks of the namespace ``:namespace`` until the transaction ends,
 # exclusive for a writer of locks (a writer that checked them takes it shared).
 _OWN_NAMESPACE = sa.select(
-    sa.func.pg_advisory_xact_lock(_PG_LOCKS_CLASS, sa.func.hashtext(sa.bindparam("namespace")))
+    sa.func.pg_advisory_xact_lock(PG_LOCKS_CLASS, sa.func.hashtext(sa.bindparam("namespace")))
 )
 # The shared turns at several namespaces, in their (sorted) order.
 _NAMESPACES = (
@@ -964,7 +973,7 @@ _NAMESPACES = (
     .render_derived(name="turns")
 )
 _SHARE_NAMESPACES = sa.select(
-    sa.func.pg_advisory_xact_lock_shared(_PG_LOCKS_CLASS, sa.func.hashtext(_NAMESPACES.c.namespace))
+    sa.func.pg_advisory_xact_lock_shared(PG_LOCKS_CLASS, sa.func.hashtext(_NAMESPACES.c.namespace))
 )
 # Built once: constructing the statement per request cost more than running it.
 _NAMESPACE_LOCKS = (

@@ -33,7 +33,12 @@ from davserver.models import DavLock, Group, Op, User
 from davserver.services import tree
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
-from davserver.services.lock_rows import GROUP_PREFIX, group_namespace, user_namespace
+from davserver.services.lock_rows import (
+    GROUP_PREFIX,
+    group_namespace,
+    user_namespace,
+    wait_for_lock_writers,
+)
 from davserver.services.namespace import NamespaceService
 from davserver.services.permissions import Perm, SpaceOwner
 
@@ -84,15 +89,21 @@ class LockReach:
         query = sa.select(DavLock.token, DavLock.namespace, DavLock.root, DavLock.principal).where(
             sa.or_(DavLock.expire < 0, DavLock.expire >= time.time())
         )
-        with self.db.connect() as conn:
-            if not everywhere:
-                namespaces = _namespaces(conn, spaces)
+        if everywhere:  # the sweep: a lock stored as it looks is the next sweep's
+            with self.db.connect() as conn:
+                held = [_Held(*row) for row in conn.execute(query.order_by(DavLock.token))]
+        else:
+            with self.db.write() as session:
+                namespaces = _namespaces(session.connection(), spaces)
                 if not (principals or namespaces):
                     return 0
+                # A LOCK that checked its holder's rights before the change that called this
+                # committed may not have stored its lock yet: wait for it.
+                wait_for_lock_writers(session, namespaces, principals)
                 query = query.where(
                     sa.or_(DavLock.principal.in_(principals), DavLock.namespace.in_(namespaces))
                 )
-            held = [_Held(*row) for row in conn.execute(query.order_by(DavLock.token))]
+                held = [_Held(*row) for row in session.execute(query.order_by(DavLock.token))]
         void = self._void(held)
         if not void:
             return 0

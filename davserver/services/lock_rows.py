@@ -10,11 +10,18 @@ ends, the locks it held would keep everyone else from the files until they expir
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
+from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from davserver.models import DavLock
+
+# The key space of the transaction-scoped PostgreSQL advisory locks of a namespace ("lock"):
+# exclusive for a writer of locks (``providers.lock_storage``), shared for a write transaction
+# that checked them, and for what waits for the locks being stored (``wait_for_lock_writers``).
+PG_LOCKS_CLASS: Final = 0x6C6F636B
 
 
 def user_namespace(user_id: uuid.UUID) -> str:
@@ -28,6 +35,33 @@ GROUP_PREFIX = "group:"
 def group_namespace(group_name: str) -> str:
     """The lock namespace of a group's space (shared by its members)."""
     return GROUP_PREFIX + group_name
+
+
+def principal_turn(username: str) -> str:
+    """The advisory lock a LOCK also holds while it stores a lock of ``username``'s: no
+    namespace is spelt so (a user's is hex, a group's starts with ``GROUP_PREFIX``)."""
+    return "principal:" + username
+
+
+_SHARED_TURN = sa.select(
+    sa.func.pg_advisory_xact_lock_shared(PG_LOCKS_CLASS, sa.func.hashtext(sa.bindparam("key")))
+)
+
+
+def wait_for_lock_writers(
+    session: Session, namespaces: Iterable[str], principals: Iterable[str]
+) -> None:
+    """Wait, in the caller's transaction, until the LOCKs storing locks in ``namespaces`` or
+    for ``principals`` have committed, and keep new ones from starting until it ends: what is
+    read of the locks then is all there will be of those that checked their holder's rights
+    before the caller began (PostgreSQL; on SQLite a write transaction queues behind every
+    writer already). Namespaces first, then holders, each sorted: the order a LOCK takes
+    them in."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted(set(namespaces)) + sorted({principal_turn(p) for p in principals})
+    for key in keys:
+        session.execute(_SHARED_TURN, {"key": key})
 
 
 def release_locks_of(session: Session, username: str, *, namespace: str | None = None) -> int:

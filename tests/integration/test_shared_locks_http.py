@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
+import time
 import unicodedata
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -17,6 +20,7 @@ import sqlalchemy as sa
 from davserver.db.types import utcnow
 from davserver.housekeeping import Housekeeper
 from davserver.models import Grant, LogEntry, Node, User
+from providers.lock_space import RequestLockSpace
 from tests.conftest import ENGINES
 from tests.integration.test_sharing_http import People
 from tests.servers import InprocServer, Response, run_inproc_server
@@ -432,3 +436,54 @@ def node_ids(p: People, path: str) -> list[uuid.UUID]:
         return list(
             session.scalars(sa.select(Node.id).where(Node.parent_id == parent, Node.name == name))
         )
+
+
+def test_a_lock_asked_for_before_a_revoke_and_taken_after_it_is_refused(
+    p: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob's LOCK read his rights when it began; alice's revoke, and the release of the
+    locks bob may no longer hold, ran before the LOCK stored his lock. It was stored all the
+    same, and kept alice from her own file until it expired (an hour) or a housekeeping
+    sweep. A lock is taken by the rights its holder has when it is stored."""
+    mine, bobs = shared_folder(p)
+    original = RequestLockSpace.lock_logger
+    revoked: list[int] = []
+
+    def revoke_first(space: RequestLockSpace) -> Any:  # just before the lock is stored
+        if not revoked:
+            revoked.append(p.revoke(p.alice, mine, p.bob))
+        return original(space)
+
+    monkeypatch.setattr(RequestLockSpace, "lock_logger", revoke_first)
+    assert lock(p, p.bob, f"{bobs}/doc.txt").status == 403
+    assert revoked == [204]
+    assert p.put(p.alice, f"{mine}/doc.txt", b"alice") == 204
+    assert lockroots(p, p.alice, f"{mine}/doc.txt") == []
+
+
+def test_a_revoke_while_a_lock_is_being_stored_releases_it(
+    p: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoke committed after bob's LOCK checked his rights and before it stored the
+    lock; the release of his locks looked before that too (PostgreSQL), and missed it. It
+    waits for the locks being stored where it looks, and releases this one."""
+    mine, bobs = shared_folder(p)
+    original = RequestLockSpace.writable
+    threads: list[threading.Thread] = []
+    revoked: list[int] = []
+
+    def revoke_meanwhile(space: RequestLockSpace, url: str) -> bool:
+        may = original(space, url)
+        if not threads:  # the revoke runs while this transaction stores the lock
+            threads.append(threading.Thread(target=lambda: revoked.append(
+                p.revoke(p.alice, mine, p.bob))))  # fmt: skip
+            threads[0].start()
+            time.sleep(0.5)
+        return may
+
+    monkeypatch.setattr(RequestLockSpace, "writable", revoke_meanwhile)
+    assert lock(p, p.bob, f"{bobs}/doc.txt").status == 200
+    threads[0].join(30)
+    assert revoked == [204]
+    assert p.put(p.alice, f"{mine}/doc.txt", b"alice") == 204
+    assert lockroots(p, p.alice, f"{mine}/doc.txt") == []

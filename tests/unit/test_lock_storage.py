@@ -17,6 +17,7 @@ from wsgidav.lock_man.lock_manager import LockManager
 import providers.lock_storage as lock_storage_module
 from davserver.db import Database
 from davserver.models import DavLock
+from davserver.services.lock_rows import PG_LOCKS_CLASS
 from providers.lock_manager import LockManager as DavLockManager
 from providers.lock_storage import (
     LOCK_KEYS,
@@ -646,7 +647,7 @@ def test_a_lock_is_only_taken_on_an_item_that_is_there_when_it_is_taken(
     seen_writable: list[bool] = []
 
     class Space(OneNamespace):
-        def exists(self, url: str) -> bool:
+        def writable(self, url: str) -> bool | None:
             # Could another process start a write now? (It must not, while the LOCK checks.)
             seen_writable.append(_can_write_now(other_database))
             return True
@@ -669,7 +670,7 @@ def _can_write_now(database: Database) -> bool:
     with database.engine.connect() as conn:
         held = conn.scalar(
             sa.text("SELECT pg_try_advisory_xact_lock_shared(:c, hashtext('space'))"),
-            {"c": lock_storage_module._PG_LOCKS_CLASS},
+            {"c": PG_LOCKS_CLASS},
         )
         conn.rollback()
     return bool(held)
