@@ -29,8 +29,8 @@ def register(commands: Any) -> None:
         help="make the configured thumbnail and preview sizes of every image",
         description="Make, for the current version of every file that looks like an image, "
         "the variants a plain ?thumbnail=N or ?preview=N asks for (images.thumbnail_sizes and "
-        "images.preview_sizes). Existing variants are kept unless --force. Safe while the "
-        "server runs.",
+        "images.preview_sizes). Existing variants are kept unless --force; those whose bytes "
+        "the blob store lost are made again. Safe while the server runs.",
     )
     rebuild.add_argument(
         "--force",

@@ -7,7 +7,9 @@ on first request by the worker pool (``davserver.imaging``), stored as a blob an
 ``image_variants``; the unique key on that table decides between two servers that made the
 same variant at once, and within one process the second request waits for the first one's
 result instead of converting again. Failures are remembered for a few minutes, so a hostile
-file cannot keep a worker busy by being asked for again and again.
+file cannot keep a worker busy by being asked for again and again. A variant is only a cache:
+one whose bytes the blob store lost or holds cut short is forgotten and made again when next
+asked for (``_obtain``), or by ``davserver variants rebuild``.
 
 What a client may ask for, and who may see a variant, is ``davserver.services.variant_policy``.
 """
@@ -165,7 +167,8 @@ class VariantService:
     # ----------------------------------------------------------------------- getting one
 
     def get(self, request: VariantRequest) -> Variant:
-        """The stored variant, made now if it does not exist yet.
+        """The stored variant, made now if it does not exist yet or its bytes are lost (so a
+        HEAD answers what a GET would).
 
         Raises UnsupportedMedia (not an accepted image), Unprocessable (damaged, too many
         pixels, over the time or memory a conversion may use), Unavailable (every worker busy),
@@ -194,14 +197,17 @@ class VariantService:
         return sorted(size) == sorted((variant.width, variant.height))  # upright or not
 
     def _obtain(self, request: VariantRequest) -> tuple[Variant, bool]:
-        """(the variant, whether this call made it)."""
+        """(the variant, whether this call made it). A stored one whose bytes the blob store
+        has lost or holds cut short is forgotten and made again."""
         found = self._lookup(request)
-        if found is not None:
+        if found is not None and self._held(found):
             return found, False
         with self._single_flight(request.key):
             found = self._lookup(request)
             if found is not None:
-                return found, False
+                if self._held(found):
+                    return found, False
+                self._forget_lost(request, found)
             self._raise_remembered_failure(request.key)
             try:
                 rendered = self._render(request)
@@ -219,8 +225,40 @@ class VariantService:
 
     def open(self, variant: Variant) -> BinaryIO:
         """A reader of a variant's bytes; NotFound when the blob store lost them or holds
-        them cut short (``open_stored``: a 200 that stalled, with nothing logged)."""
+        them cut short since ``get`` looked (``open_stored``: a 200 that stalled, with nothing
+        logged); the next ``get`` makes the variant again."""
         return open_stored(self.blobs, variant.storage_key, "the variant", variant.size)
+
+    def _held(self, variant: Variant) -> bool:
+        """Whether the blob store holds the whole of ``variant``'s bytes (one stat, or one
+        HeadObject)."""
+        return self.blobs.size_of(variant.storage_key) == variant.size
+
+    def _forget_lost(self, request: VariantRequest, variant: Variant) -> None:
+        """Drop the row of ``variant``, found for ``request``, whose bytes the blob store has
+        lost or holds cut short, so that it is made again; only while the row still names
+        those bytes, as another server may have made it again meanwhile. Its blob row is
+        left to gc (which removes it once nothing references it) or to the variant made
+        again, which puts the same bytes back under it."""
+        log.warning(
+            "%s: the %s %d of %s is missing from the blob store or cut short (%s): making it again",
+            request.source.name,
+            request.variant_type,
+            request.spec.max_size,
+            request.source.sha256,
+            variant.storage_key,
+        )
+        quality = LOSSLESS_QUALITY if variant.format == "png" else request.spec.quality
+        params = {
+            "sha256": request.source.sha256,
+            "variant_type": request.variant_type,
+            "max_size": request.spec.max_size,
+            "format": variant.format,
+            "quality_level": quality,
+            "storage_key": variant.storage_key,
+        }
+        with self.db.write() as session:
+            session.execute(_FORGET_VARIANT, params)
 
     def _lookup(self, request: VariantRequest) -> Variant | None:
         """The stored variant ``request`` names, or None.
@@ -268,14 +306,21 @@ class VariantService:
         )
 
     def _png_has_alpha(self, storage_key: str) -> bool:
-        """Whether a PNG variant (written by us, so trusted) is RGBA or grey with alpha."""
+        """Whether a PNG variant (written by us, so trusted) is RGBA or grey with alpha.
+
+        True when its header cannot be read (its bytes lost or cut short): the PNG is taken,
+        found lost and made again (``_obtain``), which tells; the JPEG of a transparent image
+        would be served for it.
+        """
         try:
             with self.blobs.open(storage_key) as fh:
                 head = fh.read(26)
         except FileNotFoundError:
-            return False
+            return True
+        if len(head) < 26:
+            return True
         # Signature (8), IHDR length and type (8), width, height, bit depth; then colour type.
-        return len(head) == 26 and head[12:16] == b"IHDR" and head[25] in (4, 6)
+        return head[12:16] == b"IHDR" and head[25] in (4, 6)
 
     def _render(self, request: VariantRequest) -> RenderedImage:
         source = request.source
@@ -502,6 +547,15 @@ _KEEP_SOURCE_SIZE = (
     _iv.update()
     .where(_iv.c.source_blob_id == _BLOB_ID.scalar_subquery(), _iv.c.source_width.is_(None))
     .values(source_width=sa.bindparam("w"), source_height=sa.bindparam("h"))
+)
+# One variant (by its unique key) while it is stored in the blob under "storage_key".
+_FORGET_VARIANT = _iv.delete().where(
+    _iv.c.source_blob_id == _BLOB_ID.scalar_subquery(),
+    _iv.c.variant_type == sa.bindparam("variant_type"),
+    _iv.c.max_size == sa.bindparam("max_size"),
+    _iv.c.format == sa.bindparam("format"),
+    _iv.c.quality_level == sa.bindparam("quality_level"),
+    sa.exists().where(_b.c.id == _iv.c.blob_id, _b.c.storage_key == sa.bindparam("storage_key")),
 )
 _DELETE_VARIANTS = _iv.delete().where(
     _iv.c.source_blob_id == sa.bindparam("source_blob_id", type_=sa.Uuid)

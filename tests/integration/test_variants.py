@@ -328,22 +328,75 @@ def test_the_second_request_is_served_from_the_cache(
     assert renders(inproc_server) == before + 1
 
 
-def test_a_stored_variant_cut_short_is_a_404_naming_it(
-    inproc_server: InprocServer, inproc_dav_dir: str
+def damage_variant(srv: InprocServer, body: bytes, damage: str) -> Path:
+    """Remove (``lost``) or cut short (``cut``) the stored blob of a variant sent as ``body``;
+    its path."""
+    key = sha(body)
+    path: Path = srv.application.services.blobs.path_of(f"{key[:2]}/{key}")  # type: ignore[attr-defined]
+    if damage == "lost":
+        path.unlink()
+    else:
+        os.truncate(path, 100)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["lost", "cut"])
+def test_a_variant_whose_bytes_are_lost_or_cut_short_is_made_again(
+    inproc_server: InprocServer, inproc_dav_dir: str, damage: str
 ) -> None:
-    """A thumbnail whose stored blob was cut short (a crash with fsync off, a disk error) was
-    a 200 announcing the whole size that sent part of it and then held the connection, with
-    nothing logged; as for a file's bytes, it is a 404 saying so."""
+    """A variant is only a cache of a conversion. When the blob store lost its bytes (a file
+    removed by hand, a disk restored from an older backup) or holds them cut short (a crash
+    with fsync off), it was a 404 for ever, until ``variants rebuild --force`` converted every
+    image again; a HEAD meanwhile said 200. Both now convert it again, once, and answer with it."""
     data = images.jpeg(1200, 900, (200, 40, 90))
-    url = inproc_dav_dir + "cut.jpg"
+    url = inproc_dav_dir + f"{damage}.jpg"
     put(inproc_server, url, data)
     first = get(inproc_server, url, "thumbnail=256")
     assert first.status == 200
-    key = sha(first.body)
-    blobs = inproc_server.application.services.blobs
-    os.truncate(blobs.path_of(f"{key[:2]}/{key}"), 100)  # type: ignore[attr-defined]
-    cut = get(inproc_server, url, "thumbnail=256")
-    assert cut.status == 404 and b"damaged in the blob store" in cut.body, cut.body[:300]
+    path = damage_variant(inproc_server, first.body, damage)
+    before = renders(inproc_server)
+    head = get(inproc_server, url, "thumbnail=256", method="HEAD")
+    assert head.status == 200, head.body[:300]
+    assert head.headers["ETag"] == first.headers["ETag"]
+    assert head.headers["Content-Length"] == str(len(first.body))
+    again = get(inproc_server, url, "thumbnail=256")
+    assert again.status == 200, again.body[:300]
+    assert again.body == first.body and again.headers["ETag"] == first.headers["ETag"]
+    assert renders(inproc_server) == before + 1
+    assert path.stat().st_size == len(first.body)
+    assert len(variant_rows(inproc_server, data)) == 1
+    # Lost again, now asked for by GET first, by several at once: converted once.
+    damage_variant(inproc_server, first.body, damage)
+    results: list[Response] = []
+    start = threading.Barrier(3)
+
+    def fetch() -> None:
+        start.wait()
+        results.append(get(inproc_server, url, "thumbnail=256"))
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [(r.status, r.body) for r in results] == [(200, first.body)] * 3
+    assert renders(inproc_server) == before + 2
+
+
+def test_a_transparent_images_lost_png_is_made_again_not_replaced_by_its_jpeg(
+    inproc_server: InprocServer, inproc_dav_dir: str
+) -> None:
+    """Without a format, a transparent image's PNG is told apart from its JPEG by reading the
+    PNG's header; with the PNG's bytes lost, the flattened JPEG was taken instead."""
+    url = inproc_dav_dir + "alpha-lost.png"
+    put(inproc_server, url, images.png_with_alpha(404, 202))  # bytes no other test renders
+    png = get(inproc_server, url, "thumbnail=256")
+    assert png.headers["Content-Type"] == "image/png"
+    assert get(inproc_server, url, "thumbnail=256&format=jpeg").status == 200
+    damage_variant(inproc_server, png.body, "lost")
+    again = get(inproc_server, url, "thumbnail=256")
+    assert again.status == 200 and again.headers["Content-Type"] == "image/png"
+    assert again.body == png.body
 
 
 def test_a_source_cut_short_is_a_404_and_its_repair_is_seen_at_once(
@@ -840,6 +893,21 @@ def test_variants_rebuild(
 
     status, summary, _ = rebuild()
     assert (status, summary["made"], summary["kept"]) == (1, 0, 8)
+
+    # A variant whose bytes the blob store lost is made again without --force.
+    with database.read() as session:
+        lost = session.scalar(  # a JPEG: a PNG variant can hold the bytes of its source
+            sa.select(Blob.storage_key)
+            .join(ImageVariant, ImageVariant.blob_id == Blob.id)
+            .where(ImageVariant.format == "jpeg")
+            .limit(1)
+        )
+    assert lost is not None
+    lost_path = files.blobs.path_of(lost)  # type: ignore[attr-defined]
+    lost_path.unlink()
+    status, summary, _ = rebuild()
+    assert (status, summary["made"], summary["kept"]) == (1, 1, 7)
+    assert lost_path.is_file()
 
     files.delete(actor, uploaded["broken.jpg"].id)
     status, summary, _ = rebuild("--force")
