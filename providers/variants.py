@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 from wsgidav import util
 
-from davserver.errors import BadRequest, PreconditionFailed
+from davserver.errors import BadRequest, NotFound, PreconditionFailed
 from davserver.services.variant_policy import PREVIEW, VARIANT_TYPES
 from providers.conditions import matches_etag
 from providers.errors import dav_errors
@@ -58,7 +58,13 @@ def respond_variant(res: Any, environ: dict[str, Any], start_response: Any) -> A
         # "*": any variant, once it is known to exist (RFC 9110 13.1.2)
         if if_none_match is not None and matches_etag(if_none_match, variant, None, weak=True):
             return _not_modified(start_response, headers)
-        body = service.open(variant) if environ["REQUEST_METHOD"] == "GET" else None
+        body = None
+        if environ["REQUEST_METHOD"] == "GET":
+            try:
+                body = service.open(variant)
+            except NotFound:  # its bytes were lost: a variant is a cache, made again
+                variant = service.get(request, check_bytes=True)
+                body = service.open(variant)
         if body is not None and request.variant_type == PREVIEW:  # the picture itself
             res.provider.files.record_download(
                 actor_of(environ),

@@ -8,8 +8,8 @@ on first request by the worker pool (``davserver.imaging``), stored as a blob an
 same variant at once, and within one process the second request waits for the first one's
 result instead of converting again. Failures are remembered for a few minutes, so a hostile
 file cannot keep a worker busy by being asked for again and again. A variant is only a cache:
-one whose bytes the blob store lost or holds cut short is forgotten and made again when next
-asked for (``_obtain``), or by ``davserver variants rebuild``.
+one whose bytes the blob store lost or holds cut short is forgotten and made again when a GET
+finds it so, or by ``davserver variants rebuild``.
 
 What a client may ask for, and who may see a variant, is ``davserver.services.variant_policy``.
 """
@@ -166,16 +166,17 @@ class VariantService:
 
     # ----------------------------------------------------------------------- getting one
 
-    def get(self, request: VariantRequest) -> Variant:
-        """The stored variant, made now if it does not exist yet or its bytes are lost (so a
-        HEAD answers what a GET would).
+    def get(self, request: VariantRequest, *, check_bytes: bool = False) -> Variant:
+        """The stored variant, made now if it does not exist yet; with ``check_bytes`` (when
+        ``open`` found them lost), also when the blob store lost its bytes or holds them cut
+        short. Not checked otherwise: a stat, or on S3 a round trip, for every thumbnail.
 
         Raises UnsupportedMedia (not an accepted image), Unprocessable (damaged, too many
         pixels, over the time or memory a conversion may use), Unavailable (every worker busy),
         Forbidden when the asker may not download the file and the variant is the whole
         picture: an image no bigger than the thumbnail (an icon, a signature, a QR code).
         """
-        variant = self._obtain(request)[0]
+        variant = self._obtain(request, check_bytes)[0]
         if not request.may_download and self._is_whole_picture(request, variant):
             raise Forbidden(
                 "this image is no bigger than the thumbnail, which would be the picture "
@@ -196,16 +197,16 @@ class VariantService:
                 session.execute(_KEEP_SOURCE_SIZE, params)
         return sorted(size) == sorted((variant.width, variant.height))  # upright or not
 
-    def _obtain(self, request: VariantRequest) -> tuple[Variant, bool]:
-        """(the variant, whether this call made it). A stored one whose bytes the blob store
-        has lost or holds cut short is forgotten and made again."""
+    def _obtain(self, request: VariantRequest, check_bytes: bool) -> tuple[Variant, bool]:
+        """(the variant, whether this call made it). With ``check_bytes``, a stored one whose
+        bytes the blob store has lost or holds cut short is forgotten and made again."""
         found = self._lookup(request)
-        if found is not None and self._held(found):
+        if found is not None and (not check_bytes or self._held(found)):
             return found, False
         with self._single_flight(request.key):
             found = self._lookup(request)
             if found is not None:
-                if self._held(found):
+                if not check_bytes or self._held(found):  # made again meanwhile
                     return found, False
                 self._forget_lost(request, found)
             self._raise_remembered_failure(request.key)
@@ -219,14 +220,14 @@ class VariantService:
                 # PNG first, so that when it cannot be made (every worker busy) neither is
                 # stored. Stored alone, the JPEG was served for good where the PNG belongs.
                 png = VariantSpec(request.spec.max_size, "png", LOSSLESS_QUALITY)
-                self._obtain(replace(request, spec=png))
+                self._obtain(replace(request, spec=png), check_bytes)
             variant = self._store(request, rendered)
         return variant, True
 
     def open(self, variant: Variant) -> BinaryIO:
         """A reader of a variant's bytes; NotFound when the blob store lost them or holds
-        them cut short since ``get`` looked (``open_stored``: a 200 that stalled, with nothing
-        logged); the next ``get`` makes the variant again."""
+        them cut short (``open_stored``: a 200 that stalled, with nothing logged); then
+        ``get(request, check_bytes=True)`` makes it again."""
         return open_stored(self.blobs, variant.storage_key, "the variant", variant.size)
 
     def _held(self, variant: Variant) -> bool:
@@ -309,7 +310,7 @@ class VariantService:
         """Whether a PNG variant (written by us, so trusted) is RGBA or grey with alpha.
 
         True when its header cannot be read (its bytes lost or cut short): the PNG is taken,
-        found lost and made again (``_obtain``), which tells; the JPEG of a transparent image
+        found lost and made again when a GET opens it, which tells; the JPEG of a transparent image
         would be served for it.
         """
         try:
@@ -464,7 +465,7 @@ class VariantService:
             request = VariantRequest(
                 source, variant_type, VariantSpec(size, None, self.policy.default_quality)
             )
-            if self._obtain(request)[1]:
+            if self._obtain(request, check_bytes=True)[1]:
                 made += 1
             else:
                 kept += 1
