@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
@@ -44,6 +45,13 @@ def record_audit(
     login); with an actor, the actor's own are used.
     """
     session.execute(_INSERT, _row(actor, op, **fields))
+
+
+def record_audits(session: Session, actor: Actor | None, op: Op, rows: Iterable[LogFields]) -> None:
+    """``record_audit`` of many rows of one ``op`` at once (one executemany)."""
+    params = [_row(actor, op, **fields) for fields in rows]
+    if params:
+        session.execute(_INSERT, params)
 
 
 def _row(actor: Actor | None, op: Op, **fields: Unpack[LogFields]) -> dict[str, Any]:

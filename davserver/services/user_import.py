@@ -16,6 +16,7 @@ already exists is a problem too, unless ``skip_existing``: then that row is skip
 from __future__ import annotations
 
 import csv
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     import _csv
 
 from davserver.db import Database
+from davserver.db.types import utcnow
 from davserver.errors import BadRequest, DomainError
 from davserver.models import Op, User, UserRole
 from davserver.services.account_rules import (
@@ -42,7 +44,7 @@ from davserver.services.account_rules import (
     serialize_account_changes,
 )
 from davserver.services.actor import Actor
-from davserver.services.audit import record_audit
+from davserver.services.audit import record_audits
 
 REQUIRED_COLUMNS = ("username", "password_hash")
 OPTIONAL_COLUMNS = ("email", "roles", "quota")
@@ -209,8 +211,7 @@ class UserImportService:
             problems.extend(more_problems)
             if problems:
                 raise ImportRejected(problems)
-            for row in good:
-                _insert(session, actor, row, roles, source)
+            _insert(session, actor, good, roles, source)
         return ImportReport(imported=[row.username for row in good], skipped=skipped)
 
 
@@ -246,41 +247,58 @@ def _against_database(
 
 
 def _insert(
-    session: Session, actor: Actor | None, row: ImportRow, roles: Mapping[str, int], source: str
+    session: Session,
+    actor: Actor | None,
+    rows: Sequence[ImportRow],
+    roles: Mapping[str, int],
+    source: str,
 ) -> None:
-    user = User(
-        username=row.username,
-        email=row.email,
-        password_hash=row.password_hash,
-        quota_bytes=row.quota_bytes,
-    )
-    session.add(user)
-    session.flush()
-    for name in row.roles:
-        session.add(
-            UserRole(
-                user_id=user.id,
-                role_id=roles[name],
-                assigned_by=actor.user_id if actor is not None else None,
-            )
-        )
-    record_audit(
+    """Insert ``rows`` with their roles and logbook rows: three statements run for all of
+    them (executemany), not three per user: 20,000 users one at a time held the database's
+    write lock for 37 s, and a running server's writes waited for it (SQLite: its uploads
+    failed after ``database.busy_timeout``)."""
+    if not rows:
+        return
+    now = utcnow()
+    ids = [uuid.uuid4() for _ in rows]
+    assigned_by = actor.user_id if actor is not None else None
+    users = [
+        {"id": user_id, "username": row.username, "email": row.email,
+         "password_hash": row.password_hash, "quota_bytes": row.quota_bytes,
+         "created_at": now, "updated_at": now}
+        for user_id, row in zip(ids, rows, strict=True)
+    ]  # fmt: skip
+    session.execute(sa.insert(User), users)
+    given = [
+        {"user_id": user_id, "role_id": roles[name], "assigned_by": assigned_by,
+         "assigned_at": now}
+        for user_id, row in zip(ids, rows, strict=True)
+        for name in row.roles
+    ]  # fmt: skip
+    if given:
+        session.execute(sa.insert(UserRole), given)
+    record_audits(
         session,
         actor,
         Op.USER_IMPORT,
-        details=audit_details(
-            actor,
-            None,
+        (
             {
-                "email": row.email,
-                "roles": list(row.roles),
-                "quota_bytes": row.quota_bytes,
-                "hash_scheme": row.scheme,
-            },
-            user=row.username,
-            user_id=str(user.id),
-            source=source,
-            line=row.line,
+                "details": audit_details(
+                    actor,
+                    None,
+                    {
+                        "email": row.email,
+                        "roles": list(row.roles),
+                        "quota_bytes": row.quota_bytes,
+                        "hash_scheme": row.scheme,
+                    },
+                    user=row.username,
+                    user_id=str(user_id),
+                    source=source,
+                    line=row.line,
+                )
+            }
+            for user_id, row in zip(ids, rows, strict=True)
         ),
     )
 

@@ -907,6 +907,34 @@ def test_import_keeps_hashes_and_can_skip_existing(services: Services) -> None:
     assert BCRYPT_HASH not in str(rows[0].details)
 
 
+def test_an_import_costs_the_same_statements_whatever_its_size(services: Services) -> None:
+    """20,000 users imported one at a time (three statements each) held the database's write
+    lock for 37 s, and a running server's uploads waited for it (on SQLite, then failed).
+    The users, their roles and their logbook rows are each inserted in one go."""
+
+    def statements_to_import(prefix: str, count: int) -> int:
+        text = "username,password_hash,roles\n" + "".join(
+            f"{prefix}{i},{BCRYPT_HASH},user viewer\n" for i in range(count)
+        )
+        seen: list[str] = []
+
+        def listener(*_args: Any) -> None:
+            seen.append("")
+
+        sa.event.listen(services.db.engine, "before_cursor_execute", listener)
+        try:
+            services.user_import.import_csv(None, io.StringIO(text))
+        finally:
+            sa.event.remove(services.db.engine, "before_cursor_execute", listener)
+        return len(seen)
+
+    statements_to_import("first", 1)  # the first makes the roles the service needs
+    assert statements_to_import("few", 2) == statements_to_import("many", 200)
+    assert len([u for u in services.users.list_users() if u.username.startswith("many")]) == 200
+    assert services.users.show_user("many199").roles == ["user", "viewer"]
+    assert len(logbook(services, "user:import")) == 203
+
+
 def test_two_admins_demoting_each_other_at_once_leave_one(services: Services) -> None:
     # Without serialising account changes, both would see "another admin is left" (PostgreSQL).
     services.users.create_user(None, "ann", roles=["admin"])
