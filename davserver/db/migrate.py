@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +52,7 @@ def downgrade(db: Database, revision: str) -> None:
 def _migrate(db: Database, action: Callable[[Config, str], None], revision: str) -> None:
     cfg = alembic_config()
     try:
-        with migration_connection(db) as conn:
+        with migration_connection(db, target=revision) as conn:
             _require_known_revision(cfg, conn)
             cfg.attributes["connection"] = conn
             action(cfg, revision)
@@ -83,13 +85,17 @@ def _require_known_revision(cfg: Config, conn: sa.Connection) -> None:
 
 
 @contextmanager
-def migration_connection(db: Database) -> Iterator[sa.Connection]:
-    """A connection in a transaction, for migrations.
+def migration_connection(db: Database, *, target: str | None = None) -> Iterator[sa.Connection]:
+    """A connection in a transaction, for migrations to ``target`` (None: unknown).
 
-    On SQLite, foreign keys are off meanwhile and checked before the commit. Alembic changes a
-    SQLite table it cannot ALTER by copying it and dropping the old one; with foreign keys on,
-    that DROP fails, or deletes every row that references the table (``ON DELETE CASCADE``:
-    rebuilding ``users`` would empty ``nodes``).
+    On SQLite, foreign keys are off meanwhile, and the rows the migrations left pointing at
+    nothing are refused before the commit (ConfigError). Alembic changes a SQLite table it
+    cannot ALTER by copying it and dropping the old one; with foreign keys on, that DROP
+    fails, or deletes every row that references the table (``ON DELETE CASCADE``: rebuilding
+    ``users`` would empty ``nodes``). The check reads every table, so it runs only when the
+    schema is not yet at ``target``; and rows that pointed at nothing before (an admin's
+    ``DELETE`` in the sqlite3 shell, which keeps foreign keys off) are not the migrations'
+    doing and stop nothing: they made every command fail, blaming a migration that never ran.
 
     One migration runs at a time: servers started together each bring the schema up to date,
     and one that read the version while another was still migrating made the same tables
@@ -105,14 +111,76 @@ def migration_connection(db: Database) -> Iterator[sa.Connection]:
             with conn.begin():
                 if not db.is_sqlite:
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+                checked = raw is not None and not _already_at(conn, target)
+                before = _broken_references(conn) if checked else []
                 yield conn
-                if raw is not None:
-                    dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
-                    if dangling:
-                        raise RuntimeError(
-                            f"the migration left {len(dangling)} row(s) referencing nothing, "
-                            f"such as {tuple(dangling[0])}; nothing was changed"
-                        )
+                if checked:
+                    _refuse_broken_references(_broken_references(conn), before)
         finally:
             if raw is not None:
                 raw.execute("PRAGMA foreign_keys=ON")
+
+
+def _already_at(conn: sa.Connection, target: str | None) -> bool:
+    """True when the schema is at ``target`` (a revision, "head" or "base"): nothing will
+    migrate. False when unsure (no target, or a relative one such as "-1")."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if target is None or not re.fullmatch(r"\w+", target):
+        return False
+    try:
+        wanted = ScriptDirectory.from_config(alembic_config()).get_revisions(target)
+    except CommandError:
+        return False
+    current = MigrationContext.configure(conn).get_current_heads()
+    return {script.revision for script in wanted if script is not None} == set(current)
+
+
+# A row whose foreign key names nothing: its table, rowid, the parent table, and the key's
+# columns and values (the rowid alone does not say which row it was before a migration: a
+# table Alembic copies to change it numbers its rows anew).
+_Broken = tuple[str, int, str, tuple[tuple[str, object], ...]]
+
+
+def _broken_references(conn: sa.Connection) -> list[_Broken]:
+    """The rows of a SQLite database whose foreign key names a row that does not exist."""
+    broken = []
+    for table, rowid, parent, fkid in conn.exec_driver_sql("PRAGMA foreign_key_check").all():
+        keys = conn.exec_driver_sql(f'PRAGMA foreign_key_list("{table}")').all()
+        columns = [key[3] for key in keys if key[0] == fkid]
+        selected = ", ".join(f'"{column}"' for column in columns)
+        values = conn.exec_driver_sql(
+            f'SELECT {selected} FROM "{table}" WHERE rowid = ?', (rowid,)
+        ).one()
+        broken.append((table, rowid, parent, tuple(zip(columns, values, strict=True))))
+    return broken
+
+
+def _refuse_broken_references(after: list[_Broken], before: list[_Broken]) -> None:
+    """ConfigError, naming one, when ``after`` holds rows pointing at nothing that ``before``
+    did not (told by table, parent table and key, whatever their rowids)."""
+    was = Counter((table, parent, key) for table, _rowid, parent, key in before)
+    new = []
+    for table, rowid, parent, key in after:
+        if was[table, parent, key]:
+            was[table, parent, key] -= 1
+        else:
+            new.append((table, rowid, parent, key))
+    if not new:
+        return
+    table, rowid, parent, key = new[0]
+    where = " AND ".join(f"{column} = {_sql_literal(value)}" for column, value in key)
+    raise ConfigError(
+        f"the migration would leave {len(new)} row(s) pointing at nothing, such as {table}"
+        f" row {rowid} ({where}), which names a {parent} row that does not exist; nothing was"
+        f" changed. Delete or correct such rows in SQL (DELETE FROM {table} WHERE {where}),"
+        " then start again"
+    )
+
+
+def _sql_literal(value: object) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return "NULL" if value is None else str(value)

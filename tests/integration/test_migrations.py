@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
+import sqlite3
 import threading
 import uuid
 import warnings
@@ -20,8 +21,8 @@ from sqlalchemy.exc import IntegrityError
 import davserver.models  # noqa: F401  (fills the metadata)
 from davserver.config import ConfigError
 from davserver.db import Base, Database
-from davserver.db.migrate import downgrade, is_at_head, upgrade
-from davserver.models import Grant, Group, LogEntry, Op, User
+from davserver.db.migrate import downgrade, is_at_head, migration_connection, upgrade
+from davserver.models import Grant, Group, LogEntry, Op, Role, User, UserRole
 from davserver.services import usage
 from davserver.services.actor import Actor
 from davserver.services.audit import read_logbook
@@ -241,6 +242,81 @@ def test_migration_0006_stops_on_names_differing_only_in_case(database: Database
     upgrade(database)
     with pytest.raises(IntegrityError):
         _add(database, _user("DAVE"))
+
+
+def _orphan_a_role(path: str) -> int:
+    """A user_roles row whose user is gone, as ``sqlite3 db "DELETE FROM users ..."`` leaves
+    it (the sqlite3 shell keeps foreign keys off); returns its rowid."""
+    with sqlite3.connect(path) as raw:
+        raw.execute(
+            "INSERT OR IGNORE INTO roles (name, description, is_system) VALUES ('user', '', 1)"
+        )
+        raw.execute(
+            "INSERT INTO users (id, username, password_hash, is_active, created_at, updated_at,"
+            " home_bytes) VALUES ('0123456789abcdef0123456789abcdef', 'carol', 'x', 1,"
+            " '2026-03-01', '2026-03-01', 0)"
+        )
+        rowid = raw.execute(
+            "INSERT INTO user_roles (user_id, role_id, assigned_at) SELECT"
+            " '0123456789abcdef0123456789abcdef', id, '2026-03-01' FROM roles WHERE name = 'user'"
+        ).lastrowid
+        raw.execute("DELETE FROM users WHERE username = 'carol'")
+    raw.close()
+    assert rowid is not None
+    return rowid
+
+
+def test_a_broken_reference_the_migrations_did_not_make_stops_nothing(tmp_path: Path) -> None:
+    """A row an admin's edit left pointing at nothing made every upgrade (so every command)
+    fail, blaming a migration, even when none ran; a migration that runs keeps it as it was."""
+    path = str(tmp_path / "davserver.sqlite3")
+    db = Database(f"sqlite:///{path}", pool_size=1)
+    try:
+        upgrade(db)
+        rowid = _orphan_a_role(path)
+        upgrade(db)  # nothing to do
+        downgrade(db, "0012")
+        upgrade(db)
+        assert is_at_head(db)
+        with db.engine.connect() as conn:
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    finally:
+        db.dispose()
+    assert [tuple(row)[:3] for row in broken] == [("user_roles", rowid, "users")]
+
+
+def test_a_migration_that_breaks_references_is_stopped_in_one_line(tmp_path: Path) -> None:
+    """A migration that leaves rows pointing at nothing is rolled back, with the row named
+    and how to repair it (exit 2 from any command), and rows broken before do not count."""
+    path = str(tmp_path / "davserver.sqlite3")
+    db = Database(f"sqlite:///{path}", pool_size=1)
+    try:
+        upgrade(db)
+        _orphan_a_role(path)
+        _add(db, _user("dave"))
+        with db.engine.connect() as conn:
+            dave = conn.execute(sa.select(User.id).where(User.username == "dave")).scalar_one()
+            role = conn.execute(sa.select(Role.id).where(Role.name == "user")).scalar_one()
+        _add(db, UserRole(user_id=dave, role_id=role))
+        with db.engine.connect() as conn:
+            rowid = conn.exec_driver_sql(
+                "SELECT rowid FROM user_roles WHERE user_id = ?", (dave.hex,)
+            ).scalar_one()
+        with (
+            pytest.raises(ConfigError) as raised,
+            migration_connection(db) as conn,  # as a migration would, deleting a user
+        ):
+            conn.execute(sa.delete(User).where(User.username == "dave"))
+        with db.engine.connect() as conn:  # nothing was changed
+            assert conn.execute(sa.select(User.id).where(User.username == "dave")).one()
+    finally:
+        db.dispose()
+    said = str(raised.value)
+    assert "\n" not in said
+    assert f"user_roles row {rowid}" in said
+    assert "users row that does not exist" in said
+    assert f"DELETE FROM user_roles WHERE user_id = '{dave.hex}')" in said
+    assert "1 row" in said  # carol's, broken before, is not the migration's
 
 
 def test_0008_keeps_a_purged_files_logbook_ids_and_downgrading_clears_them(

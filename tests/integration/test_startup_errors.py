@@ -261,6 +261,19 @@ def test_a_schema_newer_than_this_davserver_is_named_not_a_traceback(tmp_path: P
         assert_refused(command(tmp_path, {}, *args), expected)
 
 
+def test_a_row_an_admins_edit_left_pointing_at_nothing_stops_no_command(tmp_path: Path) -> None:
+    # The sqlite3 shell keeps foreign keys off: deleting a user there leaves their roles
+    # behind. Every command then ended in a traceback blaming a migration that never ran.
+    assert command(tmp_path, {}, "db", "upgrade").returncode == 0
+    assert command(tmp_path, {}, "user", "create", "carol").returncode == 0
+    with sqlite3.connect(tmp_path / "data" / "davserver.sqlite3") as db:
+        db.execute("DELETE FROM users WHERE username = 'carol'")
+        assert db.execute("PRAGMA foreign_key_check").fetchall()
+    for args in (("user", "list"), ("db", "upgrade")):
+        done = command(tmp_path, {}, *args)
+        assert done.returncode == 0, done.stderr
+
+
 def test_a_certificate_and_key_that_do_not_load_are_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
