@@ -34,6 +34,7 @@ from davserver.db.types import FOREVER, NEVER, utcnow
 from davserver.errors import NotFound
 from davserver.models import NodeKind
 from davserver.services import tree
+from davserver.services.account_rules import account_key
 from davserver.services.accounts import user_with_roles
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
@@ -337,12 +338,15 @@ class NamespaceService:
 
     def locate(self, space: str, path: str) -> NodeView:
         """The node at ``path`` in ``space``: a username for their home, ``@group`` for a
-        group's space. For administration (the command line), no rights involved."""
+        group's space, either in any case (as every command finds users and groups; the path
+        is exact, as in the URL). For administration (the command line), no rights involved."""
         parts = [p for p in path.split("/") if p]
         with self.db.connect() as conn:
             if space.startswith("@"):
                 group_id = conn.execute(
-                    sa.select(_groups.c.id).where(_groups.c.name == space[1:])
+                    sa.select(_groups.c.id).where(
+                        sa.func.lower(_groups.c.name) == account_key(space[1:])
+                    )
                 ).scalar()
                 root_id = conn.execute(
                     sa.select(_n.c.id).where(_n.c.group_id == group_id, _n.c.parent_id.is_(None))
@@ -352,7 +356,8 @@ class NamespaceService:
             else:
                 user_id = conn.execute(
                     sa.select(_users.c.id).where(
-                        _users.c.username == space, _users.c.deleted_at.is_(None)
+                        sa.func.lower(_users.c.username) == account_key(space),
+                        _users.c.deleted_at.is_(None),
                     )
                 ).scalar()
                 if user_id is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 
 import pytest
 
@@ -218,3 +219,21 @@ def test_audit_of_a_user_has_what_happened_to_their_account(cli: Cli, services: 
     # The first admin, made at the first start, too.
     services.accounts.ensure_admin("boss", "a-good-password")
     assert [row["op"] for row in cli.json("audit", "--user", "boss")] == ["user:create"]
+
+
+def test_items_are_named_by_owner_and_group_in_any_case(cli: Cli, services: Services) -> None:
+    """Names are unique ignoring case and every other command finds them so: ``grant
+    ALICE:/doc.txt`` said "no user 'ALICE'". The path stays exact, as in the URL."""
+    for name in ("alice", "bob"):
+        cli.json("user", "create", name, "--password-stdin", stdin="a-good-password\n")
+    team = uuid.UUID(cli.json("group", "create", "Team")["id"])
+    make_file(services, "alice", "doc.txt")
+    alice = services.users.user_id("alice")
+    root = services.files.resolve(services.files.group_root_id(team, alice), [])
+    assert root is not None
+    services.files.create_folder(Actor(user_id=alice, username="alice"), root, "plans")
+    cli.json("grant", "ALICE:/doc.txt", "--to", "bob", "--rights", "read")
+    cli.json("grant", "@TEAM:/plans", "--to", "bob", "--rights", "read")
+    assert [g["grantee"] for g in cli.json("grants", "Alice:/doc.txt")] == ["bob"]
+    assert [g["grantee"] for g in cli.json("grants", "@team:/plans")] == ["bob"]
+    assert "nothing at" in cli.fails("grants", "alice:/DOC.txt")

@@ -231,6 +231,20 @@ def test_unshared_items_answer_like_missing(people: People) -> None:
     assert p.call(p.carol, "DELETE", f"/shared/{p.alice}/private.txt").status == 404
 
 
+def test_a_space_has_one_url_whatever_case_its_owners_name_is_typed_in(people: People) -> None:
+    """Owner and group names are found in any case on the command line, but a URL is the
+    spelling its listing gives: clients compare URLs byte for byte, and a second URL for one
+    item would be a second item to a sync client (and two lock roots)."""
+    p = people
+    assert p.put(p.alice, "/files/note.txt") == 201
+    assert p.grant(p.alice, "/files/note.txt", p.bob, "read", "download") == 201
+    assert p.put(p.alice, f"/groups/{p.team}/plan.txt") == 201
+    assert p.call(p.bob, "GET", f"/shared/{p.alice}/note.txt").status == 200
+    assert p.call(p.bob, "GET", f"/groups/{p.team}/plan.txt").status == 200
+    assert p.call(p.bob, "GET", f"/shared/{p.alice.upper()}/note.txt").status == 404
+    assert p.call(p.bob, "GET", f"/groups/{p.team.upper()}/plan.txt").status == 404
+
+
 def test_listing_shows_only_the_shared_child(people: People) -> None:
     p = people
     assert p.call(p.alice, "MKCOL", "/files/mixed/").status == 201
