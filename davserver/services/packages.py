@@ -182,23 +182,34 @@ class PackageService:
         if not changes:
             raise BadRequest("nothing to change: give a new name, a description or an expiry")
         now = utcnow()
-        with self.db.write() as session:
-            row = self._lock_live(session, package, now)
-            if "name" in changes:
-                self._claim_name(session, actor, package.created_by, changes["name"], now)
-            session.execute(
-                sa.update(_p).where(_p.c.id == package.id).values(**changes, modified_at=now)
-            )
-            before = {key: getattr(row, key) for key in changes}
-            record_audit(
-                session,
-                actor,
-                Op.PACKAGE_UPDATE,
-                package_id=package.id,
-                details=_details(
-                    actor, package.name, package.id, before=_shown(before), after=_shown(changes)
-                ),
-            )
+        try:
+            with self.db.write() as session:
+                row = self._lock_live(session, package, now)
+                if "name" in changes:
+                    self._claim_name(session, actor, package.created_by, changes["name"], now)
+                session.execute(
+                    sa.update(_p).where(_p.c.id == package.id).values(**changes, modified_at=now)
+                )
+                before = {key: getattr(row, key) for key in changes}
+                record_audit(
+                    session,
+                    actor,
+                    Op.PACKAGE_UPDATE,
+                    package_id=package.id,
+                    details=_details(
+                        actor,
+                        package.name,
+                        package.id,
+                        before=_shown(before),
+                        after=_shown(changes),
+                    ),
+                )
+        except IntegrityError:
+            # A concurrent rename or create to the same name won: _claim_name's lock takes
+            # no row that does not exist yet (PostgreSQL).
+            if "name" not in changes:
+                raise
+            raise Conflict(f"there is a package {key!r} already") from None
         return self.get(package.created_by, changes.get("name", package.name))
 
     def _insert(

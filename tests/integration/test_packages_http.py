@@ -4,6 +4,7 @@ ETag, Range and resume, HEAD, expiry, zip-slip names refused, and what WebDAV re
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import hashlib
 import io
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import urllib.parse
 import uuid
 import zipfile
@@ -861,6 +863,32 @@ def test_move_renames_a_package(server: InprocServer, alice: User) -> None:
         ).first()
     assert row is not None
     assert (row.details["before"], row.details["after"]) == ({"name": "draft"}, {"name": "final"})
+
+
+@pytest.mark.parametrize("ways", [("PATCH", "PATCH"), ("MOVE", "MOVE"), ("PATCH", "MOVE")])
+def test_two_packages_renamed_to_one_name_at_once_leave_one_and_a_409(
+    alice: User, ways: tuple[str, str]
+) -> None:
+    """PostgreSQL: each rename found the name free, and the one that committed second met the
+    unique index: a 500 with an IntegrityError, where a rename onto a taken name says 409."""
+
+    def rename(way: str, old: str, new: str) -> int:
+        barrier.wait()
+        if way == "PATCH":
+            return alice.api("PATCH", f"/packages/{old}", {"name": new})[0]
+        return alice.move(f"/packages/{old}/", f"/packages/{new}/").status
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for round_no in range(6):
+            barrier = threading.Barrier(2)
+            olds = [f"r{round_no}-{side}" for side in "ab"]
+            for old in olds:
+                assert alice.api("POST", "/packages", {"name": old})[0] == 201
+            statuses = list(pool.map(rename, ways, olds, [f"r{round_no}-new"] * 2))
+            won = [s == {"PATCH": 200, "MOVE": 201}[w] for w, s in zip(ways, statuses, strict=True)]
+            assert sorted(won) == [False, True] and 409 in statuses, statuses
+            names = {p["name"] for p in alice.api("GET", "/packages")[1]["packages"]}
+            assert f"r{round_no}-new" in names and len(names & set(olds)) == 1, names
 
 
 # -- what WebDAV refuses in /packages/
