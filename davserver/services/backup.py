@@ -256,14 +256,19 @@ def _give_backup_identity(db: Database, folder: Path, snapshot: Path) -> None:
 
 
 def _remove_unused_files(folder: Path) -> int:
-    """Remove the files in ``folder``'s blobs/ that its database (the new one, in place) has
-    no row for, as gc would on a server of the backup; how many. Until the new database
+    """Remove the blob files in ``folder``'s blobs/ that its database (the new one, in place)
+    has no row for, as gc would on a server of the backup; how many. Until the new database
     replaced the old one they were part of a whole backup; now ``davserver fsck`` on a
-    restore would report them as orphans."""
+    restore would report them as orphans. Files not named as blobs are not the backup's:
+    left alone, as gc leaves them."""
     with closing(sqlite3.connect(folder / DATABASE_FILE)) as conn:
         rows = {key for (key,) in conn.execute("SELECT storage_key FROM blobs")}
     store = FileSystemBlobStore(folder / BLOB_FOLDER, fsync=False)
-    unused = [found.key for found in store.iter_files() if found.key not in rows]
+    unused = [
+        found.key
+        for found in store.iter_files()
+        if is_storage_key(found.key) and found.key not in rows
+    ]
     for key in unused:
         store.delete(key)
     return len(unused)

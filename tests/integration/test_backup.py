@@ -516,3 +516,24 @@ def test_a_blob_gc_collects_during_the_backup_makes_it_take_a_new_snapshot(
             if i != doomed:
                 assert again.get(f"/files/f{i}.txt") == content
         assert again("GET", f"/files/f{doomed}.txt").status == 404
+
+
+def test_files_in_the_backup_folder_that_are_no_blobs_are_left_alone(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    """A backup removed every file under FOLDER/blobs/ its database had no row for, photos
+    and notes someone kept there included. Only files named as blobs are its to remove."""
+    User(srv, srv.user, srv.password).put("/files/kept.txt", b"kept")
+    folder = tmp_path / "backup" / "data"
+    blobs = folder / backup.BLOB_FOLDER
+    (blobs / "photos").mkdir(parents=True)
+    (blobs / "photos" / "cat.jpg").write_bytes(b"precious")
+    (blobs / "readme.txt").write_bytes(b"notes")
+    leftover = blobs / "ab" / ("ab" + "0" * 62)
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"a blob no row names")
+    status, report, _ = run("backup", str(folder))
+    assert status == 0 and report["files_removed"] == 1, report
+    assert (blobs / "photos" / "cat.jpg").read_bytes() == b"precious"
+    assert (blobs / "readme.txt").read_bytes() == b"notes"
+    assert not leftover.exists()
