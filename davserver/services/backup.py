@@ -52,7 +52,7 @@ from davserver.models import Blob, Op
 from davserver.services.audit import record_audit
 from davserver.services.fsck import FsckProblem
 from davserver.services.maintenance import Progress, ProgressCallback, unused_blob_keys
-from davserver.services.store_owner import backup_identity, mark_backup
+from davserver.services.store_owner import backup_identity, is_backup_into, mark_backup
 
 DATABASE_FILE = "davserver.sqlite3"  # the names a data folder uses (Settings.database_url)
 BLOB_FOLDER = "blobs"
@@ -127,7 +127,7 @@ def back_up(
     row in ``db`` says so. BackupRefused when ``folder`` is in use by a server."""
     started = time.monotonic()
     folder = folder.resolve()
-    _check_folder(folder)
+    _check_folder(db, folder)
     with _only_backup_into(folder):
         return _back_up(db, blobs, folder, fsync, progress, started)
 
@@ -206,9 +206,10 @@ def _back_up(
     return report
 
 
-def _check_folder(folder: Path) -> None:
+def _check_folder(db: Database, folder: Path) -> None:
     """BackupRefused for a folder a server (or any SQLite connection) is using: replacing the
     database file under it would lose its writes, and its WAL would be applied to the new file.
+    And for one holding another database's data (``_check_earlier_backup``).
     """
     if folder.exists() and not folder.is_dir():
         raise BackupRefused(f"{folder} is not a folder")
@@ -218,7 +219,38 @@ def _check_folder(folder: Path) -> None:
                 f"{folder / DATABASE_FILE} is open ({DATABASE_FILE}{suffix} is there): stop the"
                 " server using the backup folder, or back up into another folder"
             )
+    _check_earlier_backup(db, folder)
     (folder / BLOB_FOLDER).mkdir(parents=True, exist_ok=True)
+
+
+def _check_earlier_backup(db: Database, folder: Path) -> None:
+    """BackupRefused unless ``folder`` holds no database and no marked blob store, or holds an
+    earlier backup of ``db`` into it (``store_owner.is_backup_into``), served since or not.
+    The backup replaces the database file and removes the blob files it has no row for: in
+    another server's data folder (a restore included) that was all of its data."""
+    database = folder / DATABASE_FILE
+    if database.exists():
+        if not is_backup_into(db, str(folder), _instance_values(database)):
+            raise BackupRefused(
+                f"{database} is not a backup of this database into {folder} (another server's"
+                " data, a restore, or another file): back up into another folder, or remove it"
+            )
+    elif (folder / BLOB_FOLDER / OWNER_KEY).exists():
+        raise BackupRefused(
+            f"{folder / BLOB_FOLDER} is a blob store in use ({OWNER_KEY} names its database),"
+            " not a backup of this database: back up into another folder"
+        )
+
+
+def _instance_values(database: Path) -> dict[str, str]:
+    """The ``instance_secrets`` of the SQLite file ``database``, read without changing it (no
+    server has it open: ``_check_folder``); none when it is no davserver database."""
+    try:
+        uri = f"{database.as_uri()}?mode=ro&immutable=1"
+        with closing(sqlite3.connect(uri, uri=True)) as conn:
+            return dict(conn.execute("SELECT name, value FROM instance_secrets"))
+    except sqlite3.Error:
+        return {}
 
 
 def _snapshot_into(db: Database, target: Path) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 
 from davserver.blobstore import MaintainableBlobStore
 from davserver.blobstore.base import OWNER_KEY
@@ -151,6 +152,14 @@ def backup_identity(db: Database, folder: str) -> str:
     """The identity of the backups of ``db`` into ``folder``: derived from both, so that each
     backup into one folder has the one the server run on it earlier claimed its blobs with."""
     return str(uuid.uuid5(uuid.UUID(database_id(db)), f"backup:{folder}"))
+
+
+def is_backup_into(db: Database, folder: str, values: Mapping[str, str]) -> bool:
+    """Whether a database whose ``instance_secrets`` are ``values`` is a backup of ``db`` into
+    ``folder``: marked with ``backup_identity`` (a server run on it since keeps the mark), or
+    holding it as its own identity (a backup taken by a release before the mark)."""
+    mine = backup_identity(db, folder)
+    return mine in (values.get(_BACKUP), values.get(_NAME))
 
 
 def _go_live(db: Database, backup: str) -> None:

@@ -537,3 +537,35 @@ def test_files_in_the_backup_folder_that_are_no_blobs_are_left_alone(
     assert (blobs / "photos" / "cat.jpg").read_bytes() == b"precious"
     assert (blobs / "readme.txt").read_bytes() == b"notes"
     assert not leftover.exists()
+
+
+def test_a_folder_holding_another_database_is_refused(
+    srv: InprocServer, run: Any, tmp_path: Path
+) -> None:
+    """A backup into a folder holding another server's data (its database file, its blobs)
+    replaced that database with the backup and deleted every blob of it. Only an empty
+    folder, or one holding an earlier backup of this database into it, takes a backup."""
+    user, folder, _ = backed_up_once(srv, run, tmp_path)
+    restored = tmp_path / "restored" / "data"  # a restore is another database from now on
+    shutil.copytree(folder, restored)
+    with serve_backup(restored, srv) as server:
+        assert User(server, srv.user, srv.password).put("/files/new.txt", b"only here") == 201
+    other = tmp_path / "other"  # a file of that name that is no database at all
+    other.mkdir()
+    (other / backup.DATABASE_FILE).write_bytes(b"precious")
+    postgres_data = tmp_path / "pg-data"  # the blob store of a server on PostgreSQL
+    (postgres_data / backup.BLOB_FOLDER / "ab").mkdir(parents=True)
+    (postgres_data / backup.BLOB_FOLDER / "database-id").write_text("some-id\n")
+    stored = postgres_data / backup.BLOB_FOLDER / "ab" / ("ab" + "1" * 62)
+    stored.write_bytes(b"another server's blob")
+
+    for target in (restored, other, postgres_data):
+        before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+        status, report, err = run("backup", str(target))
+        assert (status, report) == (1, None), err
+        assert len(err.strip().splitlines()) == 1 and "not a backup of this database" in err
+        assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+    with serve_backup(restored, srv) as server:
+        assert User(server, srv.user, srv.password).get("/files/new.txt") == b"only here"
+    assert user.put("/files/second.txt", b"next night") == 201
+    assert run("backup", str(folder))[0] == 0  # the earlier backup into it: taken
