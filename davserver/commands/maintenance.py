@@ -237,6 +237,10 @@ def _print_fsck(report: FsckReport) -> None:
         print(f"{problem.kind:<10} {problem.storage_key}  {problem.detail}")
     if report.problems_truncated:
         print(f"... and more: {sum(report.counts.values())} problems in all")
+    for key in report.foreign:
+        print(f"{'foreign':<10} {key}  not a blob: left alone (gc and backup leave it too)")
+    if report.foreign_files > len(report.foreign):
+        print(f"... and more: {report.foreign_files} foreign files in all")
     found = ", ".join(f"{n} {kind}" for kind, n in sorted(report.counts.items())) or "none"
     scanned = f", {report.files_scanned} files scanned" if report.orphan_scan else ""
     print(

@@ -1,4 +1,7 @@
-"""fsck: re-hash every blob against its row, and find the files that have no row."""
+"""fsck: re-hash every blob against its row, and find the files that have no row.
+
+A file in the store not named as a blob (``is_storage_key``) is foreign: gc and backup leave
+it alone, so fsck lists it apart, not as a problem."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from davserver.blobstore import MaintainableBlobStore, is_sha256
+from davserver.blobstore import MaintainableBlobStore, is_sha256, is_storage_key
 from davserver.db import Base, Database
 from davserver.models import Op
 from davserver.services.audit import record_audit
@@ -55,6 +58,10 @@ class FsckReport:
     # Rows nothing uses whose file is gone (a gc that stopped half-way, or one running now):
     # nothing anyone needs is lost, and the next gc removes them. Not a problem.
     garbage_without_file: int = 0
+    # Files not named as blobs (notes, a stray copy): no one's to remove; listed up to the
+    # problems' limit, counted all.
+    foreign_files: int = 0
+    foreign: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -118,7 +125,7 @@ class FsckService:
             tick(Progress("hash", index, total, done_bytes, total_bytes))
         if report.orphan_scan:
             cutoff = time.time() - orphan_min_age.total_seconds()
-            for problem in self._orphans(report, cutoff, tick):
+            for problem in self._orphans(report, cutoff, tick, max_problems):
                 report.add(problem, max_problems)
         report.seconds = round(time.monotonic() - started, 3)
         details = report.as_dict()
@@ -195,10 +202,17 @@ class FsckService:
         return None
 
     def _orphans(
-        self, report: FsckReport, cutoff: float, tick: ProgressCallback
+        self, report: FsckReport, cutoff: float, tick: ProgressCallback, limit: int
     ) -> Iterator[FsckProblem]:
+        """Blob files with no row, older than ``cutoff``; foreign files go into ``report``."""
         for batch in batched(self.blobs.iter_files(), BATCH):
             report.files_scanned += len(batch)
+            for found in batch:
+                if not is_storage_key(found.key):
+                    report.foreign_files += 1
+                    if len(report.foreign) < limit:
+                        report.foreign.append(found.key)
+            batch = [found for found in batch if is_storage_key(found.key)]
             shas = [f.key.rpartition("/")[2] for f in batch]
             with self.db.connect() as conn:
                 keys = set(

@@ -276,6 +276,31 @@ def test_fsck_finds_corrupt_missing_and_orphan_files(
     assert logged is not None and logged["counts"]["corrupt"] == 2
 
 
+def test_fsck_lists_files_that_are_no_blobs_as_foreign_and_passes(
+    database: Database, store: FileSystemBlobStore, maintenance: MaintenanceService
+) -> None:
+    """A file in the store not named as a blob (notes, a stray copy) was reported as an
+    orphan, failing every fsck, though gc never removes it. It is listed as foreign: not a
+    problem, left alone."""
+    loose_blob(database, store, b"a blob")
+    notes = store.root / "notes.txt"
+    notes.write_bytes(b"not a blob")
+    stray = store.root / "ab" / "copy of ab12"
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(b"not a blob either")
+    for path in (notes, stray):
+        backdate(path, OLD)
+    orphan_file(store, b"nobody's bytes")
+
+    report = FsckService(maintenance.db, maintenance.blobs).check()
+    assert report.counts == {"orphan": 1}
+    assert report.foreign == ["ab/copy of ab12", "notes.txt"] and report.foreign_files == 2
+    assert maintenance.collect_garbage(grace=HOUR).orphan_files_removed == 1
+    report = FsckService(maintenance.db, maintenance.blobs).check()
+    assert report.ok and report.foreign_files == 2
+    assert notes.exists() and stray.exists()
+
+
 def test_fsck_sample_and_since_check_a_subset_and_skip_the_orphan_scan(
     database: Database, store: FileSystemBlobStore, maintenance: MaintenanceService
 ) -> None:

@@ -109,6 +109,16 @@ def test_gc_and_fsck_from_the_command_line(run: Any, db_url: str, data_dir: Path
     ] * 3 + ["maintenance:fsck"]
 
 
+def test_fsck_names_foreign_files_and_exits_zero(run: Any, db_url: str, data_dir: Path) -> None:
+    add_loose_blob(db_url, data_dir, b"a blob")
+    (data_dir / "blobs" / "notes.txt").write_bytes(b"not a blob")
+    status, text, _ = run("fsck")
+    assert status == 0, text
+    assert "foreign    notes.txt  not a blob: left alone" in text and "problems: none" in text
+    status, report, _ = run("fsck", "--json")
+    assert status == 0 and report["ok"] and report["foreign"] == ["notes.txt"]
+
+
 def test_gc_exits_non_zero_when_a_file_cannot_be_removed(
     run: Any, db_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
