@@ -137,6 +137,8 @@ class BlobFile:
 
 # Beside the blobs, never a storage key: which database the store belongs to.
 OWNER_KEY = "database-id"
+# Beside the blobs too: where fsck moves a blob it found corrupt (``quarantine``).
+QUARANTINE = "quarantine"
 
 
 class MaintainableBlobStore(BlobStore, Protocol):
@@ -163,6 +165,14 @@ class MaintainableBlobStore(BlobStore, Protocol):
 
     def discard(self, token: str) -> int:
         """Delete a set-aside blob for good; returns the bytes freed."""
+        ...
+
+    def quarantine(self, storage_key: str) -> str | None:
+        """Move a blob found corrupt from its key to ``QUARANTINE/<sha256>``, which listing
+        (so gc, fsck and backup) leaves alone; where it went, for messages, or None when
+        there was nothing to move. With its key empty the blob is missing: a download
+        answers a clean error, and the next upload of those bytes stores a copy of its own,
+        where dedup would have kept the corrupt one (it compares sizes only)."""
         ...
 
     def describe(self) -> str:

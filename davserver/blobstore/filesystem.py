@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from davserver.blobstore.base import OWNER_KEY, BlobFile, StoredBlob
+from davserver.blobstore.base import OWNER_KEY, QUARANTINE, BlobFile, StoredBlob
 from davserver.blobstore.hashing import is_sha256
 from davserver.blobstore.staging import (
     StagedUpload,
@@ -198,7 +198,7 @@ class FileSystemBlobStore:
     # -- what gc and fsck need
 
     def iter_files(self) -> Iterator[BlobFile]:
-        for found in _walk(self.root, "", skip=self.tmp_dir):
+        for found in _walk(self.root, "", skip={self.tmp_dir, self.root / QUARANTINE}):
             if found.key != OWNER_KEY:
                 yield found
 
@@ -231,6 +231,19 @@ class FileSystemBlobStore:
         except FileNotFoundError:
             return 0
         return size
+
+    def quarantine(self, storage_key: str) -> str | None:
+        folder = self.root / QUARANTINE
+        target = folder / storage_key.rpartition("/")[2]
+        folder.mkdir(exist_ok=True)
+        try:
+            os.replace(self.path_of(storage_key), target)
+        except FileNotFoundError:
+            return None
+        if self.fsync:
+            fsync_path(folder)
+            fsync_path(self.path_of(storage_key).parent)
+        return str(target)
 
     def describe(self) -> str:
         return str(self.root)
@@ -357,8 +370,9 @@ def _link(source: Path, target: Path) -> bool | None:
     return True
 
 
-def _walk(folder: Path, prefix: str, *, skip: Path) -> Iterator[BlobFile]:
-    """Regular files below ``folder`` in key order, one folder listing in memory at a time."""
+def _walk(folder: Path, prefix: str, *, skip: set[Path]) -> Iterator[BlobFile]:
+    """Regular files below ``folder`` in key order, one folder listing in memory at a time,
+    the folders in ``skip`` left out."""
     try:
         with os.scandir(folder) as scan:
             entries = sorted(scan, key=lambda e: e.name)
@@ -366,7 +380,7 @@ def _walk(folder: Path, prefix: str, *, skip: Path) -> Iterator[BlobFile]:
         return
     for entry in entries:
         path = Path(entry.path)
-        if path == skip:
+        if path in skip:
             continue
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(path, f"{prefix}{entry.name}/", skip=skip)

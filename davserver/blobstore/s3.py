@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from davserver.blobstore.base import (
     OWNER_KEY,
+    QUARANTINE,
     BlobFile,
     PartialUpload,
     SeekableReader,
@@ -185,11 +186,19 @@ class S3BlobStore:
     # -- what gc and fsck need
 
     def iter_files(self) -> Iterator[BlobFile]:
-        """Objects under the prefix in key order (S3 lists that way), set-aside ones and the
-        owner's mark excepted."""
+        """Objects under the prefix in key order (S3 lists that way), set-aside and
+        quarantined ones and the owner's mark excepted."""
         for found in self._list(self.prefix):
-            if not found.key.startswith(ASIDE) and found.key != OWNER_KEY:
+            if not found.key.startswith((ASIDE, QUARANTINE + "/")) and found.key != OWNER_KEY:
                 yield found
+
+    def quarantine(self, storage_key: str) -> str | None:
+        target = f"{self.prefix}{QUARANTINE}/{storage_key.rpartition('/')[2]}"
+        try:
+            self._move(self._key(storage_key), target)
+        except FileNotFoundError:
+            return None
+        return f"s3://{self.bucket}/{target}"
 
     def describe(self) -> str:
         return self.location.describe()

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from davserver.blobstore.base import QUARANTINE
 from davserver.commands.common import (
     ProgressLine,
     add_json_flag,
@@ -55,7 +56,9 @@ def register(commands: Any) -> None:
         "fsck",
         help="re-hash blobs; report missing, corrupt and orphan files",
         description="Re-hash every blob (SHA-256, size, CRC-32) against its row, then list "
-        "files in the store that have no row. Reports only; changes nothing.",
+        "files in the store that have no row. A corrupt blob is moved to the store's "
+        "quarantine/, so that the next upload of its bytes stores them again; nothing else "
+        "is changed.",
     )
     fsck.add_argument(
         "--sample",
@@ -247,6 +250,11 @@ def _print_fsck(report: FsckReport) -> None:
         f"checked {report.blobs_checked} blobs ({human_size(report.bytes_checked)}){scanned} "
         f"in {report.seconds}s; problems: {found}"
     )
+    if report.quarantined:
+        print(
+            f"{report.quarantined} corrupt blobs moved to the blob store's {QUARANTINE}/: missing"
+            " now, each comes back with the next upload of its bytes (or from a backup)"
+        )
     if report.garbage_without_file:
         print(
             f"{report.garbage_without_file} unused blob rows have no file (a gc stopped half-way"

@@ -1,5 +1,13 @@
 """fsck: re-hash every blob against its row, and find the files that have no row.
 
+A blob found corrupt is read once more and, corrupt again, moved to the store's quarantine
+(``MaintainableBlobStore.quarantine``): served, its bytes were wrong, and an upload of the
+right ones deduplicated onto it, as dedup compares sizes only (reading the stored copy in full
+would double the cost of every re-upload of a large file). Missing instead, it answers a clean
+error, and the next upload of those bytes stores them again. The second read spares a blob an
+upload replaced meanwhile (a copy cut short, which the first read found too short) and one
+read wrong once.
+
 A file in the store not named as a blob (``is_storage_key``) is foreign: gc and backup leave
 it alone, so fsck lists it apart, not as a problem."""
 
@@ -17,8 +25,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from davserver.blobstore import MaintainableBlobStore, is_sha256, is_storage_key
+from davserver.blobstore import (
+    MaintainableBlobStore,
+    is_sha256,
+    is_storage_key,
+    storage_key_for,
+)
 from davserver.db import Base, Database
+from davserver.errors import Unavailable
 from davserver.models import Op
 from davserver.services.audit import record_audit
 from davserver.services.maintenance import (
@@ -62,6 +76,7 @@ class FsckReport:
     # problems' limit, counted all.
     foreign_files: int = 0
     foreign: list[str] = field(default_factory=list)
+    quarantined: int = 0  # corrupt blobs moved to the store's quarantine (see the module doc)
     seconds: float = 0.0
 
     @property
@@ -94,7 +109,8 @@ class FsckService:
         orphan_min_age: dt.timedelta = dt.timedelta(minutes=1),
     ) -> FsckReport:
         """Re-hash blobs and report any whose file is missing or whose bytes (SHA-256, size,
-        CRC-32) no longer match their row; then report files that have no row.
+        CRC-32) no longer match their row, moving a corrupt one to the store's quarantine
+        (see the module doc); then report files that have no row.
 
         ``sample`` checks that many blobs chosen at random, ``since`` only blobs created at or
         after that time; either skips the orphan scan, which walks the whole store. Files
@@ -114,6 +130,8 @@ class FsckService:
                 tick(Progress("hash", before, total, base + n, total_bytes))
 
             problem = self._verify(row, hashing)
+            if problem is not None and problem.kind == "corrupt":
+                problem = self._quarantine(row, report)
             if problem is not None and problem.kind == "missing" and self._unused(row.storage_key):
                 report.garbage_without_file += 1
                 problem = None
@@ -134,6 +152,40 @@ class FsckService:
         with self.db.write() as session:
             record_audit(session, None, Op.MAINTENANCE_FSCK, details=details)
         return report
+
+    def _quarantine(self, row: Any, report: FsckReport) -> FsckProblem | None:
+        """Move the blob of ``row``, found corrupt, to the quarantine once a second read finds
+        it corrupt too; the problem the second read found, saying what was done."""
+        again = self._verify(row, lambda _size: None)
+        if again is None or again.kind != "corrupt":
+            return again
+        try:
+            where = self.blobs.quarantine(row.storage_key)
+        except (OSError, Unavailable) as exc:
+            return dataclasses.replace(
+                again, detail=f"{again.detail}; could not move it to quarantine: {exc}"
+            )
+        if where is None:  # gone meanwhile (gc collected it)
+            return again
+        report.quarantined += 1
+        self._rekey(row)
+        return dataclasses.replace(
+            again,
+            detail=f"{again.detail}; moved to {where}: missing now, the next upload of these"
+            " bytes stores them again",
+        )
+
+    def _rekey(self, row: Any) -> None:
+        """Point a quarantined blob's row at the key new bytes go to: one stored where the
+        store fanned out twice (``ab/cd/abcd…``) is stored again at ``ab/abcd…``."""
+        key = storage_key_for(row.sha256)
+        if row.storage_key != key:
+            with self.db.write() as session:
+                session.execute(
+                    _b.update()
+                    .where(_b.c.id == row.id, _b.c.storage_key == row.storage_key)
+                    .values(storage_key=key)
+                )
 
     def _unused(self, storage_key: str) -> bool:
         with self.db.connect() as conn:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from davserver.blobstore import FileSystemBlobStore, storage_key_for
 from davserver.db import Database
 from davserver.db.types import utcnow
+from davserver.errors import NotFound
 from davserver.models import Blob, ImageVariant, LogEntry, Package
 from davserver.services.actor import Actor
 from davserver.services.files import FileService
@@ -266,7 +267,8 @@ def test_fsck_finds_corrupt_missing_and_orphan_files(
     }
     short = next(p for p in report.problems if p.sha256 == sha(b"truncated bytes"))
     assert "size 5, expected 15" in short.detail
-    assert report.blobs_checked == 5 and report.files_scanned == 5
+    assert report.quarantined == 2  # the corrupt ones: out of the scan for orphans
+    assert report.blobs_checked == 5 and report.files_scanned == 3
     with database.read() as session:
         logged = session.scalars(
             sa.select(LogEntry.details)
@@ -299,6 +301,66 @@ def test_fsck_lists_files_that_are_no_blobs_as_foreign_and_passes(
     report = FsckService(maintenance.db, maintenance.blobs).check()
     assert report.ok and report.foreign_files == 2
     assert notes.exists() and stray.exists()
+
+
+def test_fsck_moves_a_corrupt_blob_to_quarantine_and_an_upload_heals_it(
+    database: Database,
+    store: FileSystemBlobStore,
+    files: FileService,
+    maintenance: MaintenanceService,
+    actor: Actor,
+    home: NodeView,
+) -> None:
+    """A blob whose bytes rotted in place (same size) was served as it was, and an upload of
+    the original bytes deduplicated onto it: nothing healed it. fsck moves it to
+    ``quarantine/``, so the blob counts as missing (a clean 404) and the next upload of those
+    bytes stores a copy of its own, without dedup reading the stored copy."""
+    original = os.urandom(200_000)
+    put(files, actor, home, "photo.bin", original)
+    rotten = bytearray(original)
+    rotten[1000] ^= 0xFF
+    path_of(store, original).write_bytes(bytes(rotten))
+
+    report = FsckService(maintenance.db, maintenance.blobs).check()
+    assert report.counts == {"corrupt": 1} and report.quarantined == 1
+    [problem] = report.problems
+    kept = store.root / "quarantine" / sha(original)
+    assert f"moved to {kept}" in problem.detail
+    assert kept.read_bytes() == bytes(rotten) and not path_of(store, original).exists()
+    photo = files.resolve(files.home_id(actor.user_id), ["photo.bin"])
+    assert photo is not None
+    with pytest.raises(NotFound):
+        files.open_content(photo)
+    again = FsckService(maintenance.db, maintenance.blobs).check()
+    assert again.counts == {"missing": 1} and again.files_scanned == 0  # quarantine: not scanned
+
+    put(files, actor, home, "photo again.bin", original)
+    with files.open_content(photo) as fh:
+        assert fh.read() == original
+    assert FsckService(maintenance.db, maintenance.blobs).check().ok
+    maintenance.collect_garbage(grace=dt.timedelta(0))
+    assert kept.exists()  # the rotten copy stays for whoever wants to look at it
+
+
+def test_a_corrupt_blob_stored_where_the_store_fanned_out_twice_heals_too(
+    store: FileSystemBlobStore,
+    files: FileService,
+    maintenance: MaintenanceService,
+    actor: Actor,
+    home: NodeView,
+) -> None:
+    """An upload stores new bytes at ``ab/abcd…``; a row naming ``ab/cd/abcd…`` would stay
+    missing. fsck points the row of a blob it quarantines at the key new bytes go to."""
+    earlier = two_level_file(store, b"stored long ago")
+    put(files, actor, home, "old.txt", b"stored long ago")
+    earlier.write_bytes(b"Stored long ago")
+    assert FsckService(maintenance.db, maintenance.blobs).check().quarantined == 1
+    put(files, actor, home, "again.txt", b"stored long ago")
+    view = files.resolve(files.home_id(actor.user_id), ["old.txt"])
+    assert view is not None
+    with files.open_content(view) as fh:
+        assert fh.read() == b"stored long ago"
+    assert FsckService(maintenance.db, maintenance.blobs).check().ok
 
 
 def test_fsck_sample_and_since_check_a_subset_and_skip_the_orphan_scan(

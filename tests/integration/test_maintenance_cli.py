@@ -81,26 +81,29 @@ def test_gc_and_fsck_from_the_command_line(run: Any, db_url: str, data_dir: Path
     with open(damaged, "r+b") as fh:
         fh.write(b"T")
 
-    status, report, _ = run("fsck", "--json")
-    assert status == 1 and not report["ok"]
-    assert report["counts"] == {"corrupt": 1} and report["blobs_checked"] == 2
-    assert report["problems"][0]["storage_key"].endswith(damaged.name)
-
     status, text, _ = run("fsck")
     assert status == 1
     assert "corrupt" in text and damaged.name in text and "problems: 1 corrupt" in text
+    assert "1 corrupt blobs moved to the blob store's quarantine/" in text
+    quarantined = data_dir / "blobs" / "quarantine" / damaged.name
+    assert quarantined.exists() and not damaged.exists()
+
+    # Missing now, and as nothing uses it, garbage for gc to take.
+    status, report, _ = run("fsck", "--json")
+    assert status == 0 and report["ok"] and report["blobs_checked"] == 2
+    assert report["garbage_without_file"] == 1 and report["quarantined"] == 0
 
     status, report, _ = run("gc", "--dry-run", "--json")
     assert status == 0 and report["dry_run"] and report["blobs_removed"] == 2
-    assert garbage.exists() and damaged.exists()
+    assert garbage.exists()
 
     status, text, _ = run("gc", "--grace", "86400")
     assert status == 0 and "blobs removed         0 (0 B)" in text
 
     status, report, _ = run("gc", "--json")
-    assert status == 0 and report["blobs_removed"] == 2
-    assert report["bytes_removed"] == len(b"nobody uses these bytes") + len(b"these bytes will rot")
-    assert not garbage.exists() and not damaged.exists()
+    assert status == 0 and report["blobs_removed"] == 2 and report["blobs_without_file"] == 1
+    assert report["bytes_removed"] == len(b"nobody uses these bytes")
+    assert not garbage.exists() and quarantined.exists()
 
     status, report, _ = run("fsck", "--json")
     assert status == 0 and report["ok"] and report["blobs_checked"] == 0

@@ -11,10 +11,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from davserver.blobstore import storage_key_for
 from davserver.blobstore.s3 import S3BlobStore
 from davserver.housekeeping import UNFINISHED_UPLOAD_AGE
+from davserver.services.actor import Actor
+from davserver.services.files import FileService
+from davserver.services.fsck import FsckService
 from davserver.services.maintenance import MaintenanceService
-from tests.blobs import HOUR
+from davserver.services.tree import NodeView
+from tests.blobs import HOUR, put, sha
 from tests.s3 import fresh_bucket, location
 
 
@@ -105,3 +110,37 @@ def test_a_store_that_refuses_to_list_unfinished_uploads_stops_neither_gc_nor_th
 
     report = maintenance.collect_garbage(grace=dt.timedelta(0))
     assert not report.ok and report.errors == [error]
+
+
+def test_fsck_moves_a_corrupt_object_to_quarantine_and_an_upload_heals_it(
+    store: S3BlobStore,
+    maintenance: MaintenanceService,
+    files: FileService,
+    actor: Actor,
+    home: NodeView,
+) -> None:
+    """As on a local disk: an object whose bytes are wrong but of the right size was kept by
+    every upload of the right ones (larger than what is sent without asking, they are not
+    sent when the bucket holds that many bytes). fsck moves it under ``quarantine/``; the
+    next upload of those bytes stores them again."""
+    original = os.urandom(100_000)
+    put(files, actor, home, "photo.bin", original)
+    key = storage_key_for(sha(original))
+    rotten = bytes(b ^ 0xFF for b in original[:10]) + original[10:]
+    store.client.put_object(Bucket=store.bucket, Key=store.prefix + key, Body=rotten)
+
+    report = FsckService(maintenance.db, maintenance.blobs).check()
+    assert report.counts == {"corrupt": 1} and report.quarantined == 1
+    kept = f"{store.prefix}quarantine/{sha(original)}"
+    assert f"moved to s3://{store.bucket}/{kept}" in report.problems[0].detail
+    body = store.client.get_object(Bucket=store.bucket, Key=kept)["Body"].read()
+    assert body == rotten and store.size_of(key) is None
+
+    put(files, actor, home, "photo again.bin", original)
+    photo = files.resolve(files.home_id(actor.user_id), ["photo.bin"])
+    assert photo is not None
+    with files.open_content(photo) as fh:
+        assert fh.read() == original
+    assert FsckService(maintenance.db, maintenance.blobs).check().ok
+    maintenance.collect_garbage(grace=dt.timedelta(0))
+    assert store.client.head_object(Bucket=store.bucket, Key=kept)["ContentLength"] == 100_000
