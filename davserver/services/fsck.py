@@ -60,6 +60,11 @@ class FsckProblem:
     detail: str
 
 
+class _WrongBytes(FsckProblem):
+    """A corrupt blob whose bytes are not those its row names (their SHA-256 differs): the
+    only kind fsck moves to the quarantine."""
+
+
 @dataclass
 class FsckReport:
     blobs_checked: int = 0
@@ -130,7 +135,7 @@ class FsckService:
                 tick(Progress("hash", before, total, base + n, total_bytes))
 
             problem = self._verify(row, hashing)
-            if problem is not None and problem.kind == "corrupt":
+            if isinstance(problem, _WrongBytes):
                 problem = self._quarantine(row, report)
             if problem is not None and problem.kind == "missing" and self._unused(row.storage_key):
                 report.garbage_without_file += 1
@@ -157,7 +162,7 @@ class FsckService:
         """Move the blob of ``row``, found corrupt, to the quarantine once a second read finds
         it corrupt too; the problem the second read found, saying what was done."""
         again = self._verify(row, lambda _size: None)
-        if again is None or again.kind != "corrupt":
+        if not isinstance(again, _WrongBytes):  # fine, gone, or right bytes under a wrong row
             return again
         try:
             where = self.blobs.quarantine(row.storage_key)
@@ -249,8 +254,11 @@ class FsckService:
             wrong.append(f"sha256 {digest.hexdigest()}")
         if row.crc32 is not None and crc != row.crc32:
             wrong.append(f"crc32 {crc:08x}, expected {row.crc32:08x}")
-        if wrong:
-            return FsckProblem("corrupt", row.storage_key, row.sha256, "; ".join(wrong))
+        if digest.hexdigest() != row.sha256:
+            return _WrongBytes("corrupt", row.storage_key, row.sha256, "; ".join(wrong))
+        if wrong:  # the right bytes: the row is what is wrong
+            detail = "; ".join(wrong) + " (the bytes are right: their SHA-256 is the row's)"
+            return FsckProblem("corrupt", row.storage_key, row.sha256, detail)
         return None
 
     def _orphans(

@@ -342,6 +342,31 @@ def test_fsck_moves_a_corrupt_blob_to_quarantine_and_an_upload_heals_it(
     assert kept.exists()  # the rotten copy stays for whoever wants to look at it
 
 
+def test_fsck_leaves_right_bytes_in_place_when_only_their_row_is_wrong(
+    database: Database,
+    store: FileSystemBlobStore,
+    files: FileService,
+    maintenance: MaintenanceService,
+    actor: Actor,
+    home: NodeView,
+) -> None:
+    """Bytes whose SHA-256 is the row's are the right bytes, whatever else the row says (a
+    CRC-32 or size written wrong by hand or by an old bug): fsck reports the row, and never
+    moves the only copy of a file to the quarantine."""
+    put(files, actor, home, "kept.txt", b"right bytes, wrong row")
+    with database.write() as session:
+        session.execute(
+            sa.update(Blob).where(Blob.sha256 == sha(b"right bytes, wrong row")).values(crc32=7)
+        )
+    report = FsckService(maintenance.db, maintenance.blobs).check()
+    assert report.counts == {"corrupt": 1} and report.quarantined == 0
+    assert "crc32" in report.problems[0].detail
+    view = files.resolve(files.home_id(actor.user_id), ["kept.txt"])
+    assert view is not None
+    with files.open_content(view) as fh:
+        assert fh.read() == b"right bytes, wrong row"
+
+
 def test_a_corrupt_blob_stored_where_the_store_fanned_out_twice_heals_too(
     store: FileSystemBlobStore,
     files: FileService,
