@@ -176,13 +176,20 @@ class ApiKeyService:
 
         The key stops working on the next request, and its sessions end. Raises NotFound
         (no such key of this user, or it is revoked already: a second DELETE answers as the
-        API's other ones do), Conflict (a prefix shared by several keys) or Forbidden.
+        API's other ones do), Conflict (a prefix shared by several keys) or Forbidden (another
+        user's key, or another key than the one the actor signed in with).
         """
         with self.db.write() as session:
             user = _owner(session, actor, user_id)
             row = _find_key(session, user.id, key.strip())
             if not row.is_active:
                 raise NotFound(f"the key {row.prefix}… is already revoked")
+            if actor is not None and actor.auth_method == "apikey" and row.id != actor.api_key_id:
+                # A key given out for a day (or stolen) would revoke the lasting ones.
+                raise Forbidden(
+                    "an API key can revoke only itself: sign in with your password to revoke"
+                    " another key"
+                )
             row.is_active = False
             session.flush()
             result = session.execute(

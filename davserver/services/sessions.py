@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from davserver.db import Base, Database
 from davserver.db.types import utcnow
-from davserver.errors import NotFound
+from davserver.errors import Forbidden, NotFound
 from davserver.models import Op
 from davserver.services.actor import Actor
 from davserver.services.audit import record_audit
@@ -176,7 +176,8 @@ class SessionService:
         A token client is refused from its next request on; a password or key client simply
         starts a new session with its next request, since its credential is still valid.
         NotFound when there is no such session (of the actor's), or it has ended already: a
-        second DELETE answers as the API's other ones do. The logbook row names the user
+        second DELETE answers as the API's other ones do; Forbidden, signed in with an API key,
+        for another session than the key's own. The logbook row names the user
         whose session it was, who is not the actor when an admin ends it.
         """
         now = utcnow()
@@ -188,6 +189,12 @@ class SessionService:
             ).first()
             if found is None or (found.user_id != actor.user_id and not actor.is_admin):
                 raise NotFound("no such session")
+            if actor.auth_method == "apikey" and session_id != actor.session_id:
+                # A key given out for a day (or stolen) would sign its user's clients out.
+                raise Forbidden(
+                    "an API key can end only its own session: sign in with your password to"
+                    " end another"
+                )
             ended = session.execute(
                 _s.update()
                 .where(_s.c.id == session_id, _s.c.ended_at.is_(None))

@@ -238,6 +238,35 @@ def test_an_api_key_cannot_mint_keys_that_outlive_it(server: InprocServer) -> No
     assert api(server, "POST", "/keys", {"name": "by-token"}, token=token)[0] == 201
 
 
+def test_an_api_key_cannot_revoke_its_users_other_keys_or_end_their_sessions(
+    server: InprocServer,
+) -> None:
+    """A key given to a device for a day (or stolen) revoked its user's lasting keys (the
+    backup's, rclone's) and ended their token sessions: it cannot make credentials, and may
+    not unmake the others either. It may revoke itself and end its own session; the password
+    does the rest."""
+    name, password = make_user(server)
+    _, day = api(server, "POST", "/keys", {"name": "day", "expires_days": 1}, user=(name, password))
+    _, other = api(server, "POST", "/keys", {"name": "backup"}, user=(name, password))
+    token = login(server, name, password)["access_token"]
+    key = (name, day["key"])
+    status, body = api(server, "DELETE", f"/keys/{other['id']}", user=key)
+    assert status == 403 and "password" in body["message"], body
+    _, sessions = api(server, "GET", "/sessions", user=key)
+    theirs = [s["id"] for s in sessions["sessions"] if s["auth_method"] != "apikey"]
+    assert theirs
+    for session_id in theirs:
+        status, body = api(server, "DELETE", f"/sessions/{session_id}", user=key)
+        assert status == 403 and "password" in body["message"], body
+    assert api(server, "GET", "/me", token=token)[0] == 200
+    assert propfind(server, user=(name, other["key"])) == 207
+    own = next(s["id"] for s in sessions["sessions"] if s["auth_method"] == "apikey")
+    assert api(server, "DELETE", f"/sessions/{own}", user=key)[0] == 204
+    assert api(server, "DELETE", f"/keys/{day['id']}", user=key)[0] == 204
+    assert propfind(server, user=key) == 401
+    assert api(server, "DELETE", f"/keys/{other['id']}", user=(name, password))[0] == 204
+
+
 def test_an_api_key_cannot_share_what_would_outlive_it(server: InprocServer) -> None:
     """A grant gives another account access for as long as it lasts: made with a key given out
     for a day, it outlived the key as a lasting one would. Sharing needs the password, as
