@@ -12,7 +12,7 @@ A request is often answered before its body is read: 401 (no or wrong credential
   ``read(remaining)`` to keep the connection, so a client announcing 50 GiB made the server
   allocate 50 GiB. Past ``_DRAIN_LIMIT`` the connection is closed instead.
 
-And four for requests that are broken or ambiguous:
+And five for requests that are broken or ambiguous:
 
 * **A malformed chunked body** (a chunk size that is not hex, a chunk not ended by CRLF) made
   cheroot's reader raise ValueError, answered 500 and logged as a server bug. It is the
@@ -28,9 +28,13 @@ And four for requests that are broken or ambiguous:
 * **Headers** are capped at ``MAX_HEADER_BYTES`` in all (cheroot's default is no cap, so a
   client could make a thread buffer gigabytes): 413.
 * **Header lines a proxy could read otherwise** (whitespace before a colon, a folded line,
-  a bare CR, two different Content-Lengths, two Hosts or none, two Authorizations, Destinations
-  or other fields that are no list) are refused, 400
-  (``_StrictLines``).
+  a bare CR, two different Content-Lengths, a Content-Length that is not digits, two Hosts or
+  none, two Authorizations, Destinations or other fields that are no list) are refused, 400
+  (``_StrictLines``), and so is a Transfer-Encoding in an HTTP/1.0 request (cheroot framed it
+  by its Content-Length). A field named with underscores is dropped, as nginx drops it: WSGI
+  gives ``X_Forwarded_For`` the key of ``X-Forwarded-For``, and the last one won.
+* **Connection** options are read as a list, in any case (cheroot compared the whole value:
+  ``Close`` kept the connection, an HTTP/1.0 ``keep-alive`` closed it).
 
 And two for the request line:
 
@@ -112,6 +116,27 @@ def _head_complete(head: bytes, seen: int) -> bool:
 
 _CR = ord("\r")
 
+# A body announced by a Content-Length of at most this gathers in the selector with the
+# headers (``Connection._whole``); a bigger one, a chunked one, or one the client holds back
+# for a 100 Continue is read by the worker.
+_GATHER_BODY = 64 * 1024
+_LENGTH_FIELD = re.compile(rb"^content-length:[ \t]*([0-9]{1,7})[ \t]*\r?$", re.I | re.M)
+_HELD_BODY = re.compile(rb"^(?:transfer-encoding|expect)[ \t]*:", re.I | re.M)
+
+
+def _gathered_size(head: bytes) -> int:
+    """The bytes of ``head`` (whose headers are complete) that make the request's line, its
+    headers and, if small (``_GATHER_BODY``), its body."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        return 0  # a line ended by a bare LF: cheroot answers 400 at once
+    headers = head[:end]
+    found = _LENGTH_FIELD.search(headers)
+    if found is None or _HELD_BODY.search(headers) is not None:
+        return 0
+    length = int(found[1])
+    return end + 4 + length if length <= _GATHER_BODY else 0
+
 
 # An unread request body up to this size is read and dropped after an early answer, so the
 # connection can be kept; a bigger one closes the connection instead. So does one that has
@@ -157,19 +182,26 @@ class _StrictLines:
         self._seen: set[bytes] = set()
 
     def readline(self, size: int = -1) -> bytes:
-        line: bytes = self._rfile.readline(size)
-        if line[:1] in (b" ", b"\t"):
-            raise ValueError("Folded header lines (obs-fold) are not accepted.")
-        name, colon, value = line.partition(b":")
-        if not colon or line == b"\r\n":
-            return line  # the end of the headers, or cheroot's own error
-        if not _TOKEN.fullmatch(name):
-            raise ValueError("A header field name is not a token.")
-        if b"\r" in line[:-2]:
-            raise ValueError("A bare CR in a header field.")
+        while True:
+            line: bytes = self._rfile.readline(size)
+            if line[:1] in (b" ", b"\t"):
+                raise ValueError("Folded header lines (obs-fold) are not accepted.")
+            name, colon, value = line.partition(b":")
+            if not colon or line == b"\r\n":
+                return line  # the end of the headers, or cheroot's own error
+            if not _TOKEN.fullmatch(name):
+                raise ValueError("A header field name is not a token.")
+            if b"\r" in line[:-2]:
+                raise ValueError("A bare CR in a header field.")
+            if b"_" not in name:
+                break
+            # X_Forwarded_For is X-Forwarded-For's WSGI key too, and the last one won: dropped,
+            # as nginx drops such fields (underscores_in_headers off), and cheroot can.
         name = name.lower()
         if name == b"content-length":
-            value = value.strip()
+            value = value.strip(b" \t\r\n")
+            if not value.isdigit():  # ASCII digits only (cheroot's int() took "+3", "1_0")
+                raise ValueError("Malformed Content-Length Header.")
             if self._length is not None and value != self._length:
                 raise ValueError("Two different Content-Length headers.")
             self._length = value
@@ -473,9 +505,23 @@ class Request(cheroot_server.HTTPRequest):
         if ready and self.request_protocol == b"HTTP/1.1" and b"Host" not in self.inheaders:
             self.simple_response("400 Bad Request", "An HTTP/1.1 request needs a Host header.")
             return False
-        if ready and self.chunked_read and b"Content-Length" in self.inheaders:
+        if not ready:
+            return False
+        if self.request_protocol != b"HTTP/1.1" and b"Transfer-Encoding" in self.inheaders:
+            # RFC 9112 6.1: cheroot framed it by its Content-Length, or as no body.
+            self.simple_response(
+                "400 Bad Request", "Transfer-Encoding is not allowed in an HTTP/1.0 request."
+            )
+            return False
+        if self.chunked_read and b"Content-Length" in self.inheaders:
             self.close_connection = True
-        return ready
+        # RFC 9110 7.6.1: a list of options, any case (cheroot compared the whole value).
+        options = {o.strip().lower() for o in self.inheaders.get(b"Connection", b"").split(b",")}
+        if b"close" in options:
+            self.close_connection = True
+        elif self.response_protocol != "HTTP/1.1":
+            self.close_connection = b"keep-alive" not in options
+        return True
 
     def send_headers(self) -> None:
         reader = self._rfile
@@ -560,7 +606,7 @@ class Connection(cheroot_server.HTTPConnection):
         seen = len(self._head)
         head = self._head + buffered
         ended = partial_record = False
-        while not _head_complete(head, seen) and len(head) < MAX_HEADER_BYTES:
+        while not self._whole(head, seen):
             arrived = self._receive()
             if arrived is None:
                 # Over TLS, bytes that woke the selector but made no whole record yet: a
@@ -571,9 +617,9 @@ class Connection(cheroot_server.HTTPConnection):
             head += arrived
             if ended or not self._decrypted_pending():
                 break
-        if ended or _head_complete(head, seen) or len(head) >= MAX_HEADER_BYTES:
+        if ended or self._whole(head, seen):
             reader._read_buf, self._head = head, b""  # for cheroot to read, as it arrived
-            self._since = None
+            self._since = self._wanted = None
             return HeadState.READY
         self._head = head
         if not (head or partial_record):
@@ -581,6 +627,24 @@ class Connection(cheroot_server.HTTPConnection):
         elif self._since is None:
             self._since = time.monotonic()  # the request's clock
         return self._late_or(HeadState.WAITING, limit_seconds)
+
+    # How many bytes make the request gathered (line, headers and a small body), once its
+    # headers are all in; None before.
+    _wanted: int | None = None
+
+    def _whole(self, head: bytes, seen: int) -> bool:
+        """Whether ``head`` holds the request's line and headers (or is past their cap) and,
+        when they announce a body of at most ``_GATHER_BODY`` bytes by Content-Length, that body
+        too: a JSON login, a PROPFIND or LOCK body, a small file. Sent slowly, it held a worker
+        (a POST /api/v1/token with no password, up to its 15 s deadline; 32 of them held every
+        thread); here it waits in the selector as the headers do, under their deadline."""
+        if self._wanted is None:
+            if len(head) >= MAX_HEADER_BYTES:
+                return True
+            if not _head_complete(head, seen):
+                return False
+            self._wanted = _gathered_size(head)
+        return len(head) >= self._wanted
 
     def late(self, limit_seconds: float) -> bool:
         """Whether a request (or handshake) begun on this connection has waited in the

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
-from davserver.errors import BadRequest, NotFound
+from davserver.errors import BadRequest, NotFound, UploadIncomplete
 from davserver.http_request import BODY_DEADLINE_KEY
 from davserver.services.bounds import check_days, spelled_number
 
@@ -38,7 +38,7 @@ def _read(environ: dict[str, Any], size: int) -> bytes:
     with limit(BODY_SECONDS) as deadline:
         try:
             raw = bytes(environ["wsgi.input"].read(size))
-        except OSError:
+        except (OSError, UploadIncomplete):  # a chunked body's reader says the latter
             if not deadline.expired:
                 raise
             raw = b""

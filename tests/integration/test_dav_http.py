@@ -2194,6 +2194,67 @@ def test_headers_a_proxy_could_read_otherwise_are_a_400(
 
 
 @pytest.mark.parametrize(
+    ("protocol", "framing"),
+    [
+        ("HTTP/1.1", ["Content-Length: +3"]),
+        ("HTTP/1.1", ["Content-Length: 1_0"]),
+        ("HTTP/1.1", ["Content-Length: -1"]),
+        ("HTTP/1.1", ["Content-Length: \x0b3"]),
+        ("HTTP/1.0", ["Content-Length: 3", "Transfer-Encoding: chunked", "Connection: keep-alive"]),
+        ("HTTP/1.0", ["Transfer-Encoding: chunked", "Connection: keep-alive"]),
+    ],
+    ids=["plus", "underscore", "negative", "vertical-tab", "http10-te-and-length", "http10-te"],
+)
+def test_a_body_framed_in_a_way_a_proxy_may_read_otherwise_is_a_400_that_closes(
+    srv: InprocServer, folder: str, protocol: str, framing: list[str]
+) -> None:
+    """RFC 9112 6.3: an invalid Content-Length is a 400 and the connection closes; cheroot
+    read it with Python's int() ("+3", "1_0", "-1" and a vertical tab pass) and the answer
+    kept the connection, its next bytes framed by that reading. 6.1: a Transfer-Encoding in
+    an HTTP/1.0 request is a 400 that closes; cheroot framed it by its Content-Length (or as
+    no body), and a request hidden in the chunks was served as the next one."""
+    url = folder + "framed10.txt"
+    smuggled = f"DELETE {path_of(folder)} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    body = b"abc" if "chunked" not in str(framing) else b"3\r\nabc\r\n0\r\n\r\n"
+    response, after = exchange(srv, [f"PUT {path_of(url)} {protocol}", *framing], body + smuggled)
+    assert response.status == 400, (response.status, response.body[:300])
+    assert after == b""  # closed: nothing more was read as a request
+    assert call(srv, "GET", url).status == 404
+    assert call(srv, "PROPFIND", folder, headers={"Depth": "0"}).status == 207
+
+
+@pytest.mark.parametrize(
+    ("protocol", "connection", "kept"),
+    [
+        ("HTTP/1.1", "Close", False),
+        ("HTTP/1.1", "keep-alive, close", False),
+        ("HTTP/1.1", "TE", True),
+        ("HTTP/1.0", "keep-alive", True),
+        ("HTTP/1.0", "Keep-Alive", True),
+        ("HTTP/1.0", "keep-alive, close", False),
+    ],
+)
+def test_connection_options_are_read_as_a_list_ignoring_case(
+    srv: InprocServer, folder: str, protocol: str, connection: str, kept: bool
+) -> None:
+    """RFC 9110 7.6.1: the Connection field is a list of options, compared ignoring case.
+    cheroot compared the whole value: "Close" (or "keep-alive, close") kept the connection
+    open without saying so, and an HTTP/1.0 client's "keep-alive" closed it."""
+    response, after = exchange(
+        srv,
+        [f"PROPFIND {path_of(folder)} {protocol}", "Depth: 0", f"Connection: {connection}"],
+        b"",
+    )
+    assert response.status == 207
+    assert (after == b"(still open)") is kept, after
+    said = response.headers.get("Connection", "").lower()
+    if protocol == "HTTP/1.0":  # closing is the default: only keeping is said
+        assert said == ("keep-alive" if kept else "")
+    else:
+        assert said == ("" if kept else "close")
+
+
+@pytest.mark.parametrize(
     "head",
     [
         ["GET /files/ HTTP/1.1"],
@@ -3791,7 +3852,7 @@ def test_a_lock_taken_by_another_process_during_an_upload_stops_it(
             head = (
                 f"PUT {path_of(target)} HTTP/1.1\r\nHost: {HOST}:{srv.port}\r\n"
                 f"Authorization: {basic_auth_header(srv.user, srv.password)}\r\n"
-                "Content-Length: 1000\r\n\r\n"
+                "Content-Length: 100000\r\n\r\n"  # past what gathers before a worker
             )
             tmp_dir = srv.application.blobs.tmp_dir
             before = set(tmp_dir.iterdir())
@@ -3813,7 +3874,7 @@ def test_a_lock_taken_by_another_process_during_an_upload_stops_it(
                     auth=(other.user, other.password),
                 )
                 assert edit.status == 204
-            sock.sendall(b"a" * 990)
+            sock.sendall(b"a" * 99_990)
             response = http.client.HTTPResponse(sock, method="PUT")
             response.begin()
             assert response.status == 423, (response.status, response.read()[:300])
