@@ -52,10 +52,12 @@ class PasswordHasher:
             return False, None
         composed = _composed(password)
         with self._slots:
+            forms = _forms(password, composed)
             if not stored_hash:
-                _context.verify(composed, self._dummy_hash)
+                for form in forms:  # as many as a user's wrong password costs: no oracle
+                    _context.verify(form, self._dummy_hash)
                 return False, None
-            for form in _forms(password, composed):
+            for form in forms:
                 ok, replacement = self._verify_one(form, stored_hash)
                 if ok:
                     if form != composed:

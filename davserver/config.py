@@ -82,8 +82,7 @@ class ServerSettings:
     header_timeout: int = opt(
         20,
         "Seconds a client has, once it starts a request, for its request line and headers (and"
-        " a new connection's TLS handshake, and a body of up to 64 KiB sent with a"
-        " Content-Length); a slower one is cut off.",
+        " a new connection's TLS handshake); a slower one is cut off.",
         low=1,
         high=MAX_SECONDS,
     )

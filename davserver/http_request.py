@@ -124,6 +124,15 @@ _LENGTH_FIELD = re.compile(rb"^content-length:[ \t]*([0-9]{1,7})[ \t]*\r?$", re.
 _HELD_BODY = re.compile(rb"^(?:transfer-encoding|expect)[ \t]*:", re.I | re.M)
 
 
+def body_gathered(environ: dict[str, Any]) -> bool:
+    """Whether the request's body (if any) arrived with its headers, before a worker took the
+    request (``Connection._whole``): reading it waits for nothing."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    if "HTTP_TRANSFER_ENCODING" in environ or "HTTP_EXPECT" in environ:
+        return False
+    return not length or (length.isdigit() and int(length) <= _GATHER_BODY)
+
+
 def _gathered_size(head: bytes) -> int:
     """The bytes of ``head`` (whose headers are complete) that make the request's line, its
     headers and, if small (``_GATHER_BODY``), its body."""
@@ -131,6 +140,8 @@ def _gathered_size(head: bytes) -> int:
     if end < 0:
         return 0  # a line ended by a bare LF: cheroot answers 400 at once
     headers = head[:end]
+    if headers.count(b"\n") != headers.count(b"\r\n"):
+        return 0  # a line ended by a bare LF: refused by the worker, whatever follows
     found = _LENGTH_FIELD.search(headers)
     if found is None or _HELD_BODY.search(headers) is not None:
         return 0
@@ -146,6 +157,12 @@ _DRAIN_SECONDS = 2.0
 # What an "Expect: 100-continue" header is renamed to, so that cheroot does not answer it.
 _DEFERRED = b"100-continue (deferred)"
 _QUOTED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
+_LATE_BODY_MESSAGE = b"The request body did not arrive in time.\n"
+_LATE_BODY_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(_LATE_BODY_MESSAGE), _LATE_BODY_MESSAGE)
+)
 _PLAIN_HTTP_MESSAGE = b"This server speaks HTTPS on this port: use an https:// URL.\n"
 _PLAIN_HTTP_ANSWER = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -195,6 +212,8 @@ class _StrictLines:
                 raise ValueError("A bare CR in a header field.")
             if b"_" not in name:
                 break
+            if not line.endswith(b"\r\n"):  # as cheroot refuses any other line
+                raise ValueError("HTTP requires CRLF terminators")
             # X_Forwarded_For is X-Forwarded-For's WSGI key too, and the last one won: dropped,
             # as nginx drops such fields (underscores_in_headers off), and cheroot can.
         name = name.lower()
@@ -619,7 +638,7 @@ class Connection(cheroot_server.HTTPConnection):
                 break
         if ended or self._whole(head, seen):
             reader._read_buf, self._head = head, b""  # for cheroot to read, as it arrived
-            self._since = self._wanted = None
+            self._since = self._wanted = self._body_since = None
             return HeadState.READY
         self._head = head
         if not (head or partial_record):
@@ -631,6 +650,8 @@ class Connection(cheroot_server.HTTPConnection):
     # How many bytes make the request gathered (line, headers and a small body), once its
     # headers are all in; None before.
     _wanted: int | None = None
+    # When the headers were all in, while such a body is still to come.
+    _body_since: float | None = None
 
     def _whole(self, head: bytes, seen: int) -> bool:
         """Whether ``head`` holds the request's line and headers (or is past their cap) and,
@@ -644,12 +665,25 @@ class Connection(cheroot_server.HTTPConnection):
             if not _head_complete(head, seen):
                 return False
             self._wanted = _gathered_size(head)
+            self._body_since = time.monotonic()
         return len(head) >= self._wanted
 
     def late(self, limit_seconds: float) -> bool:
         """Whether a request (or handshake) begun on this connection has waited in the
-        selector for more than ``limit_seconds``."""
-        return self._since is not None and time.monotonic() - self._since > limit_seconds
+        selector for more than ``limit_seconds``; a small body whose headers are in, for more
+        than ``server.request_timeout`` since (as a worker would wait for a read of it)."""
+        now = time.monotonic()
+        if self._body_since is not None:
+            return now - self._body_since > self.server.timeout
+        return self._since is not None and now - self._since > limit_seconds
+
+    def close_late(self) -> None:
+        """Close a connection found ``late``; a request whose small body did not come in time
+        is answered 408 first, as a worker reading it would have been."""
+        if self._body_since is not None:
+            with suppress(OSError, ValueError):
+                self.socket.sendall(_LATE_BODY_ANSWER)
+        self.close()
 
     def _late_or(self, state: HeadState, limit_seconds: float) -> HeadState:
         """``state``, or LATE for a connection still waiting past ``limit_seconds``."""
@@ -826,19 +860,18 @@ class ConnectionManager(cheroot_connections.ConnectionManager):
         within ``header_timeout`` (``Connection.late``): one that sent part of them and
         then nothing was only found late when more bytes came, so it stayed for the whole
         idle timeout (60 s) instead."""
-        super()._expire(threshold)  # type: ignore[misc]
         deadlines = getattr(self.server, "deadlines", None)
-        if deadlines is None:
-            return
-        late = [
-            (fd, conn)
-            for fd, conn in self._selector.connections
-            if conn is not self.server and conn.late(deadlines.seconds)
-        ]
-        for fd, conn in late:
-            self._selector.unregister(fd)
-            with suppress(OSError):
-                conn.close()
+        if deadlines is not None:  # first: a late body's 408 before the idle expiry's close
+            late = [
+                (fd, conn)
+                for fd, conn in self._selector.connections
+                if conn is not self.server and conn.late(deadlines.seconds)
+            ]
+            for fd, conn in late:
+                self._selector.unregister(fd)
+                with suppress(OSError):
+                    conn.close_late()
+        super()._expire(threshold)  # type: ignore[misc]
 
     def _close_longest_idle(self, *, keep: Any) -> None:
         """Past the keep-alive limit, close the connections idle the longest (``keep``

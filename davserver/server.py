@@ -55,7 +55,10 @@ class _Server(wsgi.Server):
         state = conn.gather_head(limit)
         if state is HeadState.WAITING:
             self._connections.put(conn)
-        elif state in (HeadState.LATE, HeadState.FAILED):
+        elif state is HeadState.LATE:
+            with suppress(OSError):
+                conn.close_late()
+        elif state is HeadState.FAILED:
             with suppress(OSError):
                 conn.close()
         else:

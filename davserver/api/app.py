@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -67,6 +68,7 @@ from davserver.errors import (
     Unauthorized,
     Unavailable,
 )
+from davserver.http_request import body_gathered
 from davserver.jsonsafe import plain
 from davserver.services import health
 from davserver.services.account_rules import account_key
@@ -87,6 +89,14 @@ MAX_LOG_ID = 2**63 - 1  # the logbook's ids are bigint
 Identify = Callable[[dict[str, Any]], Actor]
 
 
+# Token requests read their body before anyone has signed in. One sent with a Content-Length of
+# up to 64 KiB has arrived before a thread takes the request (``http_request.body_gathered``);
+# another (chunked, held back for a 100 Continue, or larger) is read by at most this many
+# threads at once, and the rest get 503: 32 of them whose bodies never came held every thread
+# for ``inputs.BODY_SECONDS``.
+SLOW_TOKEN_BODIES = 2
+
+
 class ApiApp:
     def __init__(
         self, services: Services, identify: Identify, challenges: list[tuple[str, str]]
@@ -94,6 +104,7 @@ class ApiApp:
         self.services = services
         self.identify = identify
         self.challenges = challenges
+        self._slow_token_bodies = threading.BoundedSemaphore(SLOW_TOKEN_BODIES)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -139,7 +150,7 @@ class ApiApp:
         match method, parts:
             case "POST", ["token"]:
                 # OAuth 2 clients add fields of their own (client_id, scope): taken as sent.
-                body = self._oauth_body(environ)
+                body = self._token_body(environ)
                 if body.get("grant_type") == "refresh_token":
                     return 200, tokens.refresh(
                         required_text(body, "refresh_token"), **client
@@ -149,10 +160,10 @@ class ApiApp:
                 )
                 return 200, pair.as_json()
             case "POST", ["token", "refresh"]:
-                body = self._oauth_body(environ)
+                body = self._token_body(environ)
                 return 200, tokens.refresh(required_text(body, "refresh_token"), **client).as_json()
             case "POST", ["token", "revoke"]:
-                tokens.revoke(required_text(self._oauth_body(environ), "token"), **client)
+                tokens.revoke(required_text(self._token_body(environ), "token"), **client)
                 return 200, {"revoked": True}
             case "GET", ["health"]:
                 return self._health()
@@ -281,6 +292,17 @@ class ApiApp:
 
     def _oauth_body(self, environ: dict[str, Any]) -> dict[str, Any]:
         return read_body(environ, self.services.settings.server.max_xml_body)
+
+    def _token_body(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """A token request's body, read before anyone has signed in (``SLOW_TOKEN_BODIES``)."""
+        if body_gathered(environ):
+            return self._oauth_body(environ)
+        if not self._slow_token_bodies.acquire(blocking=False):
+            raise Unavailable("too many sign-ins are still sending their request: try again")
+        try:
+            return self._oauth_body(environ)
+        finally:
+            self._slow_token_bodies.release()
 
     def _body(self, environ: dict[str, Any], *fields: str) -> dict[str, Any]:
         """The request's JSON object, with none but ``fields`` in it: BadRequest naming the

@@ -1168,6 +1168,37 @@ def test_small_bodies_sent_slowly_hold_no_thread(server: InprocServer) -> None:
             sock.close()
 
 
+@pytest.mark.parametrize("held", ["Expect: 100-continue", "Transfer-Encoding: chunked"])
+def test_token_bodies_held_back_take_at_most_two_threads(server: InprocServer, held: str) -> None:
+    """A token request whose body a client holds back for a 100 Continue, or sends chunked,
+    is read by a thread (it cannot be gathered with the headers): 40 of them that never sent
+    it held every thread for 15 s. Two are read at once; the others get 503 at once."""
+    socks = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            head = ["POST /api/v1/token HTTP/1.1", "Host: 127.0.0.1", "Content-Length: 50", held]
+            if held.startswith("Transfer"):
+                head.remove("Content-Length: 50")
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+            socks.append(sock)
+        time.sleep(0.5)
+        started = time.perf_counter()
+        name, password = make_user(server)
+        assert login(server, name, password)["access_token"]
+        assert propfind(server, user=(name, password)) == 207
+        assert time.perf_counter() - started < 3
+        refused = 0
+        for sock in socks[:10]:
+            sock.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                refused += b" 503 " in sock.recv(200)
+        assert refused >= 8
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_an_early_answer_waits_only_briefly_for_a_small_body(server: InprocServer) -> None:
     """After a 401 sent from the headers alone, a small unread body (up to 1 MiB) is read and
     dropped so that the connection can be kept. A client that never sent it, or trickled it,

@@ -2173,8 +2173,16 @@ def test_content_length_beside_chunked_is_read_as_chunked_and_the_connection_clo
         ["Transfer-Encoding\t: chunked"],
         ["Content-Length: 3", " 40"],
         ["X-Note: folded", " Content-Length: 40"],
+        ["X_Pad: 1\nContent-Length: 40"],
     ],
-    ids=["two-lengths", "space-before-colon", "tab-before-colon", "folded-length", "folded"],
+    ids=[
+        "two-lengths",
+        "space-before-colon",
+        "tab-before-colon",
+        "folded-length",
+        "folded",
+        "underscored-bare-lf",
+    ],
 )
 def test_headers_a_proxy_could_read_otherwise_are_a_400(
     srv: InprocServer, folder: str, framing: list[str]
@@ -3392,6 +3400,37 @@ def trickled_to(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Inpr
         "sqlite", tmp_path, server__threads=2, server__header_timeout=2, **tls
     ) as server:
         yield server
+
+
+def test_a_small_body_has_the_request_timeout_to_arrive_then_a_408(tmp_path: Path) -> None:
+    """A body of up to 64 KiB is gathered with the headers, without a thread; it had to come
+    within ``header_timeout`` of the request's first byte, and a slower one was cut off
+    without an answer. It has ``request_timeout`` once the headers are in, as a worker reading
+    it would wait; then 408, and the connection closes."""
+    with run_inproc_server(
+        "sqlite", tmp_path, server__header_timeout=1, server__request_timeout=4
+    ) as server:
+        body = b"s" * 60_000
+        head = (
+            f"PUT /files/slow-small.bin HTTP/1.1\r\nHost: {HOST}\r\n"
+            f"Authorization: {basic_auth_header(server.user, server.password)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection((HOST, server.port), timeout=15) as sock:
+            sock.sendall(head)
+            for i in range(0, len(body), 10_000):  # 2.5 s in all: past header_timeout
+                time.sleep(0.5)
+                sock.sendall(body[i : i + 10_000])
+            assert sock.makefile("rb").readline().split()[1] == b"201"
+        with socket.create_connection((HOST, server.port), timeout=15) as sock:
+            sock.sendall(head + body[:10])
+            started = time.perf_counter()
+            reader = sock.makefile("rb")
+            assert reader.readline().split()[1] == b"408"
+            assert 3 < time.perf_counter() - started < 10
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+            assert reader.read() == b"The request body did not arrive in time.\n"  # then closed
 
 
 def test_a_request_trickling_its_headers_is_cut_off(trickled_to: InprocServer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from passlib.hash import argon2, bcrypt
 
+from auth import passwords
 from auth.passwords import PasswordHasher
 
 
@@ -64,3 +65,31 @@ def test_a_hash_made_before_normalizing_verifies_in_either_form_and_is_replaced(
     assert hasher.verify(typed, replacement) == (True, None)
     assert hasher.verify(set_as, replacement) == (True, None)
     assert hasher.verify("Cafe au lait", stored) == (False, None)
+
+
+def test_an_unknown_user_costs_what_a_wrong_non_ascii_password_costs(
+    hasher: PasswordHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong non-ASCII password is tried in each of its forms against a user's hash; an
+    unknown user's was tried once against the dummy hash, so the time told whether the
+    account existed. Both run as many hashes."""
+    real = passwords._context
+    runs: list[str] = []
+
+    class Counting:
+        def verify(self, secret: str, stored: str) -> bool:
+            runs.append("verify")
+            return bool(real.verify(secret, stored))
+
+        def verify_and_update(self, secret: str, stored: str) -> tuple[bool, str | None]:
+            runs.append("verify")
+            return real.verify_and_update(secret, stored)  # type: ignore[no-any-return]
+
+    stored = hasher.hash("the right password")
+    monkeypatch.setattr(passwords, "_context", Counting())
+    wrong = "wrong pa\u0301ssword"  # not composed: tried composed and as typed
+    assert hasher.verify(wrong, stored) == (False, None)
+    for_a_user = len(runs)
+    runs.clear()
+    assert hasher.verify(wrong, None) == (False, None)
+    assert len(runs) == for_a_user == 2
