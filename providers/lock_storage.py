@@ -106,7 +106,7 @@ from wsgidav.lock_man.lock_manager import (
 
 from davserver.db import Base, Database
 from davserver.models import DavLock, Op
-from davserver.services.lock_rows import PG_LOCKS_CLASS, principal_turn
+from davserver.services.lock_rows import PG_LOCKS_CLASS, principal_turn, take_shared_turns
 
 __all__ = [
     "LOCK_KEYS",
@@ -523,7 +523,7 @@ class SqlLockStorage:
         if self._is_postgres:
             # A statement of its own: one that waited for the turn inside it would read the
             # locks as they were when it began, without a lock committed while it waited.
-            session.execute(_SHARE_NAMESPACES, {"namespaces": namespaces})
+            take_shared_turns(session, namespaces)
         for namespace in namespaces:
             locks = scope.snapshots[namespace] = _read_namespace_locks(session, namespace)
             # Against the first read, not the last: a lock that stopped one of the request's
@@ -965,15 +965,6 @@ def _read_namespace_locks(conn: Session | sa.Connection, namespace: str) -> list
 # exclusive for a writer of locks (a writer that checked them takes it shared).
 _OWN_NAMESPACE = sa.select(
     sa.func.pg_advisory_xact_lock(PG_LOCKS_CLASS, sa.func.hashtext(sa.bindparam("namespace")))
-)
-# The shared turns at several namespaces, in their (sorted) order.
-_NAMESPACES = (
-    sa.func.unnest(sa.bindparam("namespaces", type_=sa.ARRAY(sa.Text)))
-    .table_valued("namespace")
-    .render_derived(name="turns")
-)
-_SHARE_NAMESPACES = sa.select(
-    sa.func.pg_advisory_xact_lock_shared(PG_LOCKS_CLASS, sa.func.hashtext(_NAMESPACES.c.namespace))
 )
 # Built once: constructing the statement per request cost more than running it.
 _NAMESPACE_LOCKS = (

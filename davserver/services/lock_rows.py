@@ -43,9 +43,22 @@ def principal_turn(username: str) -> str:
     return "principal:" + username
 
 
-_SHARED_TURN = sa.select(
-    sa.func.pg_advisory_xact_lock_shared(PG_LOCKS_CLASS, sa.func.hashtext(sa.bindparam("key")))
+# The shared turns at several keys (namespaces, ``principal_turn``s), in the order given.
+_TURNS = (
+    sa.func.unnest(sa.bindparam("keys", type_=sa.ARRAY(sa.Text)))
+    .table_valued("key")
+    .render_derived(name="turns")
 )
+_SHARED_TURNS = sa.select(
+    sa.func.pg_advisory_xact_lock_shared(PG_LOCKS_CLASS, sa.func.hashtext(_TURNS.c.key))
+)
+
+
+def take_shared_turns(session: Session, keys: list[str]) -> None:
+    """PostgreSQL: the shared turns at ``keys``, in their order, until the caller's
+    transaction ends (one statement): a writer of locks there, which takes its turn
+    exclusively, waits for them, or they for it."""
+    session.execute(_SHARED_TURNS, {"keys": keys})
 
 
 def wait_for_lock_writers(
@@ -57,11 +70,10 @@ def wait_for_lock_writers(
     before the caller began (PostgreSQL; on SQLite a write transaction queues behind every
     writer already). Namespaces first, then holders, each sorted: the order a LOCK takes
     them in."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    keys = sorted(set(namespaces)) + sorted({principal_turn(p) for p in principals})
-    for key in keys:
-        session.execute(_SHARED_TURN, {"key": key})
+    if session.get_bind().dialect.name == "postgresql":
+        take_shared_turns(
+            session, sorted(set(namespaces)) + sorted({principal_turn(p) for p in principals})
+        )
 
 
 def release_locks_of(session: Session, username: str, *, namespace: str | None = None) -> int:
