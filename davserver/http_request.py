@@ -120,32 +120,23 @@ _CR = ord("\r")
 # headers (``Connection._whole``); a bigger one, a chunked one, or one the client holds back
 # for a 100 Continue is read by the worker.
 _GATHER_BODY = 64 * 1024
-_LENGTH_FIELD = re.compile(rb"^content-length:[ \t]*([0-9]{1,7})[ \t]*\r?$", re.I | re.M)
+_LENGTH_FIELD = re.compile(rb"^content-length:[ \t]*([0-9]+)[ \t]*\r?$", re.I | re.M)
 _HELD_BODY = re.compile(rb"^(?:transfer-encoding|expect)[ \t]*:", re.I | re.M)
-
-
-def body_gathered(environ: dict[str, Any]) -> bool:
-    """Whether the request's body (if any) arrived with its headers, before a worker took the
-    request (``Connection._whole``): reading it waits for nothing."""
-    length = environ.get("CONTENT_LENGTH") or ""
-    if "HTTP_TRANSFER_ENCODING" in environ or "HTTP_EXPECT" in environ:
-        return False
-    return not length or (length.isdigit() and int(length) <= _GATHER_BODY)
 
 
 def _gathered_size(head: bytes) -> int:
     """The bytes of ``head`` (whose headers are complete) that make the request's line, its
-    headers and, if small (``_GATHER_BODY``), its body."""
+    headers and its body, if it has none or a small one (``_GATHER_BODY``); 0 when its body is
+    left to the worker."""
     end = head.find(b"\r\n\r\n")
-    if end < 0:
-        return 0  # a line ended by a bare LF: cheroot answers 400 at once
     headers = head[:end]
-    if headers.count(b"\n") != headers.count(b"\r\n"):
+    if end < 0 or headers.count(b"\n") != headers.count(b"\r\n"):
         return 0  # a line ended by a bare LF: refused by the worker, whatever follows
-    found = _LENGTH_FIELD.search(headers)
-    if found is None or _HELD_BODY.search(headers) is not None:
+    if _HELD_BODY.search(headers) is not None:
         return 0
-    length = int(found[1])
+    found = _LENGTH_FIELD.search(headers)
+    digits = found[1] if found is not None else b"0"
+    length = int(digits) if len(digits) <= 7 else _GATHER_BODY + 1
     return end + 4 + length if length <= _GATHER_BODY else 0
 
 
@@ -638,6 +629,7 @@ class Connection(cheroot_server.HTTPConnection):
                 break
         if ended or self._whole(head, seen):
             reader._read_buf, self._head = head, b""  # for cheroot to read, as it arrived
+            self.body_gathered = bool(self._wanted)
             self._since = self._wanted = self._body_since = None
             return HeadState.READY
         self._head = head
@@ -648,8 +640,10 @@ class Connection(cheroot_server.HTTPConnection):
         return self._late_or(HeadState.WAITING, limit_seconds)
 
     # How many bytes make the request gathered (line, headers and a small body), once its
-    # headers are all in; None before.
+    # headers are all in (0: its body is left to the worker); None before.
     _wanted: int | None = None
+    # Whether the request a worker takes now came with all of its body (``BODY_GATHERED_KEY``).
+    body_gathered = False
     # When the headers were all in, while such a body is still to come.
     _body_since: float | None = None
 
@@ -896,14 +890,18 @@ class ConnectionManager(cheroot_connections.ConnectionManager):
 # request's body ends (a short read) after ``seconds``; it yields the Deadline, ``expired``
 # once it cut the body off. Absent where the server gives none (tests calling the app).
 BODY_DEADLINE_KEY = "davserver.body_deadline"
+# In a request's WSGI environ: True when its body (if any) arrived with its headers, before a
+# worker took the request (``Connection._whole``): reading it waits for nothing.
+BODY_GATHERED_KEY = "davserver.body_gathered"
 
 
 class Gateway(wsgi.Gateway_10):
-    """cheroot's WSGI 1.0 gateway, with ``BODY_DEADLINE_KEY`` in each environ (cheroot's
-    stubs type ``get_environ`` as returning None)."""
+    """cheroot's WSGI 1.0 gateway, with ``BODY_DEADLINE_KEY`` and ``BODY_GATHERED_KEY`` in
+    each environ (cheroot's stubs type ``get_environ`` as returning None)."""
 
     def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
         environ: dict[str, Any] = super().get_environ()
+        environ[BODY_GATHERED_KEY] = getattr(self.req.conn, "body_gathered", False)
         deadlines = getattr(self.req.server, "deadlines", None)
         if deadlines is not None:
             environ[BODY_DEADLINE_KEY] = functools.partial(deadlines.limit, self.req.conn.socket)

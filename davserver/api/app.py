@@ -68,7 +68,7 @@ from davserver.errors import (
     Unauthorized,
     Unavailable,
 )
-from davserver.http_request import body_gathered
+from davserver.http_request import BODY_GATHERED_KEY
 from davserver.jsonsafe import plain
 from davserver.services import health
 from davserver.services.account_rules import account_key
@@ -90,7 +90,7 @@ Identify = Callable[[dict[str, Any]], Actor]
 
 
 # Token requests read their body before anyone has signed in. One sent with a Content-Length of
-# up to 64 KiB has arrived before a thread takes the request (``http_request.body_gathered``);
+# up to 64 KiB has arrived before a thread takes the request (``http_request.BODY_GATHERED_KEY``);
 # another (chunked, held back for a 100 Continue, or larger) is read by at most this many
 # threads at once, and the rest get 503: 32 of them whose bodies never came held every thread
 # for ``inputs.BODY_SECONDS``.
@@ -295,7 +295,7 @@ class ApiApp:
 
     def _token_body(self, environ: dict[str, Any]) -> dict[str, Any]:
         """A token request's body, read before anyone has signed in (``SLOW_TOKEN_BODIES``)."""
-        if body_gathered(environ):
+        if environ.get(BODY_GATHERED_KEY):
             return self._oauth_body(environ)
         if not self._slow_token_bodies.acquire(blocking=False):
             raise Unavailable("too many sign-ins are still sending their request: try again")
