@@ -250,11 +250,12 @@ class FsckService:
         wrong = []
         if size != row.size_bytes:
             wrong.append(f"size {size}, expected {row.size_bytes}")
-        if digest.hexdigest() != row.sha256:
-            wrong.append(f"sha256 {digest.hexdigest()}")
+        actual = digest.hexdigest()
+        if actual != row.sha256:
+            wrong.append(f"sha256 {actual}")
         if row.crc32 is not None and crc != row.crc32:
             wrong.append(f"crc32 {crc:08x}, expected {row.crc32:08x}")
-        if digest.hexdigest() != row.sha256:
+        if actual != row.sha256:
             return _WrongBytes("corrupt", row.storage_key, row.sha256, "; ".join(wrong))
         if wrong:  # the right bytes: the row is what is wrong
             detail = "; ".join(wrong) + " (the bytes are right: their SHA-256 is the row's)"
