@@ -21,7 +21,6 @@ from urllib.parse import quote, unquote
 from sqlalchemy.orm import Session
 from wsgidav.lock_man.lock_manager import normalize_lock_root
 
-from davserver.errors import NotFound
 from davserver.models import Op
 from davserver.services.audit import record_audit
 from davserver.services.lock_rows import group_namespace, user_namespace
@@ -110,12 +109,8 @@ class RequestLockSpace:
         if not isinstance(found, Reached):
             return None if found is None else True  # a virtual folder: nothing to write
         node_id = found.view.id
-        namespace = provider.namespace
-        try:
-            fresh = namespace.context_of_user(actor_of(self._environ).user_id, active=True)
-        except NotFound:  # the account was disabled meanwhile
-            return False
-        return bool(namespace.rights_on(fresh, [node_id])[node_id] & Perm.WRITE)
+        rights = provider.namespace.rights_now(actor_of(self._environ).user_id, [node_id])
+        return rights is not None and bool(rights[node_id] & Perm.WRITE)  # None: disabled
 
     def _mount(self, url: str) -> LockKey | None:
         if url not in self._mounts:

@@ -28,7 +28,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 
 from davserver.blobstore import BlobWriter
-from davserver.errors import AlreadyExists, BadRequest, NotFound, QuotaExceeded
+from davserver.errors import AlreadyExists, BadRequest, QuotaExceeded
 from davserver.services.actor import ENVIRON_KEY, Actor
 from davserver.services.bounds import from_epoch
 from davserver.services.dead_props import PlannedProperties, check_property_name
@@ -751,14 +751,12 @@ class FileResource(_NodeResource, DAVNonCollection):
         other request. When both are gone, recording the upload fails (409) or makes the
         file as a short upload's would."""
         namespace = self.provider.namespace
-        try:
-            fresh = namespace.context_of_user(actor_of(self.environ).user_id, active=True)
-        except NotFound:
+        ids = [node.id for node in (self.view, parent) if node is not None]
+        rights = namespace.rights_now(actor_of(self.environ).user_id, ids)  # none on one gone
+        if rights is None:
             raise DAVError(
                 HTTP_FORBIDDEN, context_info="your account was disabled: nothing was stored"
-            ) from None
-        ids = [node.id for node in (self.view, parent) if node is not None]
-        rights = namespace.rights_on(fresh, ids)  # none on a node that is gone
+            )
         for node_id in ids:
             if rights[node_id] & Perm.WRITE:
                 return

@@ -377,6 +377,18 @@ class NamespaceService:
             raise NotFound("the item no longer exists")
         return rows[0].group_name, [row.name for row in rows if row.parent_id is not None]
 
+    def rights_now(
+        self, user_id: uuid.UUID, node_ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, Perm] | None:
+        """``rights_on`` for a user as their grants, groups and roles stand now, where a
+        request's access context holds them as they were when it began; None when the
+        account is disabled (or gone)."""
+        try:
+            fresh = self.context_of_user(user_id, active=True)
+        except NotFound:
+            return None
+        return self.rights_on(fresh, node_ids)
+
     def rights_on(self, ctx: AccessContext, node_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Perm]:
         """The user's rights on nodes known by id, whatever path reaches them (one query).
 
